@@ -1,0 +1,353 @@
+//! The machine contract: socket handles, transmits, socket intents, verdicts and the driving loop.
+//!
+//! Every protocol machine in the workspace follows one shape (see the crate docs for the loop):
+//! inputs are `handle_*` calls that take `now`; outputs are drained after every input with
+//! [`Machine::poll_transmit`], [`Machine::poll_socket_op`], [`Machine::poll_event`] and finally
+//! [`Machine::poll_timeout`]. [`drain`] is that loop, shared by the runtime and the simulator.
+
+use core::fmt;
+use core::net::SocketAddr;
+
+use crate::time::Instant;
+
+/// A handle for a socket. The machine names its sockets; the runtime or simulator owns the real thing.
+///
+/// Ids are scoped to one machine: two machines may use the same id for different sockets.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct SocketId(pub u32);
+
+impl fmt::Display for SocketId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "socket#{}", self.0)
+    }
+}
+
+/// The transport of a socket intent.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Transport {
+    /// A UDP socket.
+    Udp,
+    /// A TCP socket (stream or listener).
+    Tcp,
+}
+
+/// A network interface name (at most 15 bytes, as Linux's `IFNAMSIZ` allows), stored inline.
+#[derive(Copy, Clone, PartialEq, Eq, Hash)]
+pub struct InterfaceName {
+    bytes: [u8; 15],
+    len: u8,
+}
+
+impl InterfaceName {
+    /// The longest name accepted.
+    pub const MAX_LEN: usize = 15;
+
+    /// A name, or `None` if it is empty, longer than [`Self::MAX_LEN`] or contains NUL or `/`.
+    pub fn new(name: &str) -> Option<Self> {
+        let raw = name.as_bytes();
+        if raw.is_empty() || raw.len() > Self::MAX_LEN || raw.iter().any(|b| *b == 0 || *b == b'/')
+        {
+            return None;
+        }
+        let mut bytes = [0u8; 15];
+        bytes.get_mut(..raw.len())?.copy_from_slice(raw);
+        Some(InterfaceName {
+            bytes,
+            len: u8::try_from(raw.len()).ok()?,
+        })
+    }
+
+    /// The name as text.
+    pub fn as_str(&self) -> &str {
+        let raw = self.bytes.get(..usize::from(self.len)).unwrap_or(&[]);
+        core::str::from_utf8(raw).unwrap_or("")
+    }
+}
+
+impl fmt::Debug for InterfaceName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:?}", self.as_str())
+    }
+}
+
+/// Options a bind intent carries. The runtime applies them **before** `bind(2)`.
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq, Hash)]
+pub struct BindOptions {
+    /// Set `SO_REUSEADDR`.
+    pub reuse_address: bool,
+    /// Set `SO_REUSEPORT` (where the platform has it).
+    pub reuse_port: bool,
+    /// Bind to this interface (`SO_BINDTODEVICE` on Linux, `IP_BOUND_IF` on macOS, `IP_UNICAST_IF` on
+    /// Windows).
+    pub device: Option<InterfaceName>,
+}
+
+/// A socket intent: something the machine needs done to a socket it names.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum SocketOp {
+    /// Create a socket and bind it to `local` (port 0 picks any). Answered with
+    /// [`SocketOutcome::Bound`] or [`SocketOutcome::Failed`].
+    Bind {
+        /// The handle the machine will use for it.
+        socket: SocketId,
+        /// UDP or TCP.
+        transport: Transport,
+        /// The local address.
+        local: SocketAddr,
+        /// Options set before binding.
+        options: BindOptions,
+    },
+    /// Connect a bound TCP socket. Answered with [`SocketOutcome::Connected`] or a failure.
+    Connect {
+        /// The socket.
+        socket: SocketId,
+        /// The remote address.
+        remote: SocketAddr,
+    },
+    /// Make a bound TCP socket listen.
+    Listen {
+        /// The socket.
+        socket: SocketId,
+        /// The accept backlog.
+        backlog: u32,
+    },
+    /// Set the IP TTL (hop limit) of outgoing packets.
+    SetTtl {
+        /// The socket.
+        socket: SocketId,
+        /// The TTL.
+        ttl: u8,
+    },
+    /// Close the socket. The machine emits this exactly once per socket it opened.
+    Close {
+        /// The socket.
+        socket: SocketId,
+    },
+}
+
+impl SocketOp {
+    /// The socket this intent is about.
+    pub fn socket(&self) -> SocketId {
+        match *self {
+            SocketOp::Bind { socket, .. }
+            | SocketOp::Connect { socket, .. }
+            | SocketOp::Listen { socket, .. }
+            | SocketOp::SetTtl { socket, .. }
+            | SocketOp::Close { socket } => socket,
+        }
+    }
+}
+
+/// Which kind of operation failed, in a [`SocketOutcome::Failed`].
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]
+pub enum OpKind {
+    /// A bind intent.
+    Bind,
+    /// A connect intent.
+    Connect,
+    /// A listen intent.
+    Listen,
+    /// A TTL change.
+    SetTtl,
+    /// Sending a transmit.
+    Send,
+    /// Receiving.
+    Receive,
+}
+
+/// An I/O error, reduced to what a protocol machine can act on.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum IoError {
+    /// The address is in use.
+    AddrInUse,
+    /// The address is not local.
+    AddrNotAvailable,
+    /// Not allowed (privileged port, missing capability for `SO_BINDTODEVICE`...).
+    PermissionDenied,
+    /// The peer refused (TCP RST, or ICMP port unreachable on a connected UDP socket).
+    ConnectionRefused,
+    /// The connection was reset.
+    ConnectionReset,
+    /// No route to the host.
+    HostUnreachable,
+    /// No route to the network.
+    NetworkUnreachable,
+    /// The operation timed out in the kernel.
+    TimedOut,
+    /// The datagram is larger than the path allows.
+    MessageTooLong,
+    /// The socket's send buffer is full; the datagram was not sent.
+    WouldBlock,
+    /// The interface does not exist.
+    NoSuchDevice,
+    /// The runtime has no socket with this id.
+    UnknownSocket,
+    /// Anything else, with the raw OS error code if there was one.
+    Other(Option<i32>),
+}
+
+/// The runtime's answer to a [`SocketOp`] or an asynchronous socket error.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum SocketOutcome {
+    /// A bind succeeded; `local` is the real address (port 0 resolved).
+    Bound {
+        /// The bound local address.
+        local: SocketAddr,
+    },
+    /// A TCP connect completed.
+    Connected {
+        /// The local address of the connection.
+        local: SocketAddr,
+        /// The remote address.
+        remote: SocketAddr,
+    },
+    /// The peer closed a TCP stream (EOF).
+    PeerClosed,
+    /// An operation failed.
+    Failed {
+        /// What was being done.
+        op: OpKind,
+        /// The destination, for a failed send.
+        destination: Option<SocketAddr>,
+        /// Why.
+        error: IoError,
+    },
+}
+
+/// Describes one datagram (or stream chunk) the machine wrote into the caller's buffer.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+#[must_use]
+pub struct Transmit {
+    /// The socket to send from.
+    pub socket: SocketId,
+    /// The destination (ignored by the runtime for connected TCP streams).
+    pub destination: SocketAddr,
+    /// How many bytes of the caller's buffer hold the payload.
+    pub len: usize,
+}
+
+/// The size of buffer a caller should pass to `poll_transmit`; every machine's transmits fit in it.
+pub const TRANSMIT_BUFFER_LEN: usize = 1500;
+
+/// Why a machine dropped an input.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum DropReason {
+    /// The bytes are not a well-formed message; the decoder said why.
+    Malformed(crate::stun::DecodeError),
+    /// A well-formed message of a kind this machine does not accept here (wrong class or method).
+    Unexpected,
+    /// A response whose transaction id matches no live transaction.
+    UnknownTransaction,
+    /// A response from a source address other than the one expected.
+    WrongSource,
+    /// A response on a different socket than its request was sent from.
+    WrongSocket,
+    /// A duplicate of something already handled.
+    Duplicate,
+    /// The input arrived on a socket the machine does not own.
+    UnknownSocket,
+    /// The machine's bounded queue is full.
+    QueueFull,
+    /// The machine is closed.
+    Closed,
+}
+
+/// What a machine did with a datagram.
+///
+/// Machines can share a socket: the first that does not answer [`Verdict::NotMine`] owns the datagram.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]
+#[must_use]
+pub enum Verdict {
+    /// The machine used it.
+    Consumed,
+    /// Not a message for this machine (for example not STUN at all); offer it to another.
+    NotMine,
+    /// It was for this machine but was rejected and counted.
+    Dropped(DropReason),
+}
+
+/// The contract every protocol machine follows, so the runtime and the simulator can drive any of
+/// them. Users may equally call the machines' inherent methods of the same names.
+///
+/// After every `handle_*` call or command, drain the outputs in this order until each is empty:
+/// `poll_transmit`, `poll_socket_op`, `poll_event`; then read `poll_timeout`. [`drain`] does this.
+pub trait Machine {
+    /// What the machine reports.
+    type Event;
+
+    /// A datagram arrived on `socket` from `from`.
+    fn handle_datagram(
+        &mut self,
+        now: Instant,
+        socket: SocketId,
+        from: SocketAddr,
+        data: &[u8],
+    ) -> Verdict;
+
+    /// Bytes arrived on a connected TCP stream. Datagram-only machines answer `NotMine`.
+    fn handle_stream(&mut self, now: Instant, socket: SocketId, data: &[u8]) -> Verdict {
+        let _ = (now, socket, data);
+        Verdict::NotMine
+    }
+
+    /// The outcome of a socket intent, or an asynchronous socket error.
+    fn handle_socket_result(&mut self, now: Instant, socket: SocketId, outcome: SocketOutcome);
+
+    /// Time has reached (or passed) the deadline from `poll_timeout`.
+    fn handle_timeout(&mut self, now: Instant);
+
+    /// Writes the next datagram into `buf` (at least [`TRANSMIT_BUFFER_LEN`] bytes).
+    fn poll_transmit(&mut self, buf: &mut [u8]) -> Option<Transmit>;
+
+    /// The next socket intent.
+    fn poll_socket_op(&mut self) -> Option<SocketOp>;
+
+    /// The next event.
+    fn poll_event(&mut self) -> Option<Self::Event>;
+
+    /// The next deadline, if any. O(1).
+    fn poll_timeout(&self) -> Option<Instant>;
+}
+
+/// Where [`drain`] delivers a machine's outputs: the runtime's sockets, the simulator's network, or a
+/// test's vectors.
+pub trait Outputs<E> {
+    /// Send `bytes` as described by `transmit`.
+    fn transmit(&mut self, transmit: Transmit, bytes: &[u8]);
+    /// Carry out a socket intent.
+    fn socket_op(&mut self, op: SocketOp);
+    /// Deliver an event.
+    fn event(&mut self, event: E);
+}
+
+/// Drains every output of `machine` into `outputs`, in the contract's order, and returns the next
+/// deadline. `buf` is scratch space for transmits.
+pub fn drain<M, O>(machine: &mut M, buf: &mut [u8], outputs: &mut O) -> Option<Instant>
+where
+    M: Machine + ?Sized,
+    O: Outputs<M::Event> + ?Sized,
+{
+    loop {
+        let mut progressed = false;
+        while let Some(t) = machine.poll_transmit(buf) {
+            progressed = true;
+            let bytes = buf.get(..t.len).unwrap_or(&[]);
+            outputs.transmit(t, bytes);
+        }
+        while let Some(op) = machine.poll_socket_op() {
+            progressed = true;
+            outputs.socket_op(op);
+        }
+        while let Some(ev) = machine.poll_event() {
+            progressed = true;
+            outputs.event(ev);
+        }
+        if !progressed {
+            return machine.poll_timeout();
+        }
+    }
+}

@@ -1,0 +1,478 @@
+//! Typed STUN attributes: parsing from and writing to wire values.
+
+use core::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+
+use super::header::Header;
+use super::{attr, read_u16, read_u32};
+
+/// Why an attribute's value is invalid.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]
+pub enum AttrError {
+    /// The value's length is wrong for its type (or for its address family).
+    BadLength,
+    /// An address attribute with a family other than 1 (IPv4) or 2 (IPv6).
+    BadFamily,
+    /// Text that is not UTF-8.
+    BadUtf8,
+    /// An ERROR-CODE whose class is not 3..=6 or whose number is over 99.
+    BadErrorCode,
+    /// A value longer than the RFC allows (SOFTWARE, reason phrase, USERNAME).
+    TooLong,
+}
+
+/// The known attribute kinds, used to index a decoded message.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]
+#[allow(missing_docs)]
+pub enum AttrKind {
+    MappedAddress,
+    XorMappedAddress,
+    XorMappedAddressDraft,
+    ResponseAddress,
+    SourceAddress,
+    ChangedAddress,
+    ChangeRequest,
+    OtherAddress,
+    ResponseOrigin,
+    ResponsePort,
+    Padding,
+    Username,
+    Software,
+    ErrorCode,
+    UnknownAttributes,
+    MessageIntegrity,
+    Fingerprint,
+}
+
+impl AttrKind {
+    /// How many kinds there are.
+    pub const COUNT: usize = 17;
+
+    /// The kind of a type code, if known.
+    pub fn from_code(code: u16) -> Option<AttrKind> {
+        Some(match code {
+            attr::MAPPED_ADDRESS => AttrKind::MappedAddress,
+            attr::XOR_MAPPED_ADDRESS => AttrKind::XorMappedAddress,
+            attr::XOR_MAPPED_ADDRESS_DRAFT => AttrKind::XorMappedAddressDraft,
+            attr::RESPONSE_ADDRESS => AttrKind::ResponseAddress,
+            attr::SOURCE_ADDRESS => AttrKind::SourceAddress,
+            attr::CHANGED_ADDRESS => AttrKind::ChangedAddress,
+            attr::CHANGE_REQUEST => AttrKind::ChangeRequest,
+            attr::OTHER_ADDRESS => AttrKind::OtherAddress,
+            attr::RESPONSE_ORIGIN => AttrKind::ResponseOrigin,
+            attr::RESPONSE_PORT => AttrKind::ResponsePort,
+            attr::PADDING => AttrKind::Padding,
+            attr::USERNAME => AttrKind::Username,
+            attr::SOFTWARE => AttrKind::Software,
+            attr::ERROR_CODE => AttrKind::ErrorCode,
+            attr::UNKNOWN_ATTRIBUTES => AttrKind::UnknownAttributes,
+            attr::MESSAGE_INTEGRITY => AttrKind::MessageIntegrity,
+            attr::FINGERPRINT => AttrKind::Fingerprint,
+            _ => return None,
+        })
+    }
+
+    /// Position in a per-kind table.
+    pub(crate) fn index(self) -> usize {
+        self as usize
+    }
+}
+
+/// The flags of a CHANGE-REQUEST.
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq, Hash)]
+pub struct ChangeRequest {
+    /// Ask the server to answer from its other IP address.
+    pub change_ip: bool,
+    /// Ask the server to answer from its other port.
+    pub change_port: bool,
+}
+
+impl ChangeRequest {
+    /// No change.
+    pub const NONE: ChangeRequest = ChangeRequest {
+        change_ip: false,
+        change_port: false,
+    };
+    /// Change the port only.
+    pub const PORT: ChangeRequest = ChangeRequest {
+        change_ip: false,
+        change_port: true,
+    };
+    /// Change the IP only.
+    pub const IP: ChangeRequest = ChangeRequest {
+        change_ip: true,
+        change_port: false,
+    };
+    /// Change both.
+    pub const BOTH: ChangeRequest = ChangeRequest {
+        change_ip: true,
+        change_port: true,
+    };
+
+    /// Whether anything is to change.
+    pub fn any(self) -> bool {
+        self.change_ip || self.change_port
+    }
+
+    fn to_wire(self) -> u32 {
+        (if self.change_ip { 4 } else { 0 }) | (if self.change_port { 2 } else { 0 })
+    }
+}
+
+/// An ERROR-CODE value.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]
+pub struct ErrorCode<'a> {
+    /// The code, 300..=699.
+    pub code: u16,
+    /// The reason phrase.
+    pub reason: &'a str,
+}
+
+/// A list of attribute types (the value of UNKNOWN-ATTRIBUTES), either as received or as given.
+#[derive(Copy, Clone, Debug, Eq, Hash)]
+pub enum AttrTypes<'a> {
+    /// Big-endian u16s as they are on the wire (even length).
+    Wire(&'a [u8]),
+    /// A list to encode.
+    List(&'a [u16]),
+}
+
+impl<'a> AttrTypes<'a> {
+    /// The types.
+    pub fn iter(&self) -> impl Iterator<Item = u16> + 'a {
+        let (wire, list): (&'a [u8], &'a [u16]) = match *self {
+            AttrTypes::Wire(w) => (w, &[]),
+            AttrTypes::List(l) => (&[], l),
+        };
+        wire.chunks_exact(2)
+            .map(|c| {
+                u16::from_be_bytes([
+                    c.first().copied().unwrap_or(0),
+                    c.get(1).copied().unwrap_or(0),
+                ])
+            })
+            .chain(list.iter().copied())
+    }
+
+    fn byte_len(&self) -> usize {
+        match *self {
+            AttrTypes::Wire(w) => w.len(),
+            AttrTypes::List(l) => l.len().saturating_mul(2),
+        }
+    }
+}
+
+impl PartialEq for AttrTypes<'_> {
+    fn eq(&self, other: &Self) -> bool {
+        self.iter().eq(other.iter())
+    }
+}
+
+/// A STUN attribute, decoded (borrowing from the message) or to be encoded.
+///
+/// Address-valued attributes hold the real (un-XORed) address.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Attribute<'a> {
+    /// MAPPED-ADDRESS.
+    MappedAddress(SocketAddr),
+    /// XOR-MAPPED-ADDRESS.
+    XorMappedAddress(SocketAddr),
+    /// XOR-MAPPED-ADDRESS under its pre-standard code 0x8020.
+    XorMappedAddressDraft(SocketAddr),
+    /// RESPONSE-ADDRESS (RFC 3489).
+    ResponseAddress(SocketAddr),
+    /// SOURCE-ADDRESS (RFC 3489).
+    SourceAddress(SocketAddr),
+    /// CHANGED-ADDRESS (RFC 3489).
+    ChangedAddress(SocketAddr),
+    /// CHANGE-REQUEST.
+    ChangeRequest(ChangeRequest),
+    /// OTHER-ADDRESS (RFC 5780).
+    OtherAddress(SocketAddr),
+    /// RESPONSE-ORIGIN (RFC 5780).
+    ResponseOrigin(SocketAddr),
+    /// RESPONSE-PORT (RFC 5780).
+    ResponsePort(u16),
+    /// PADDING (RFC 5780).
+    Padding(&'a [u8]),
+    /// USERNAME.
+    Username(&'a [u8]),
+    /// SOFTWARE.
+    Software(&'a str),
+    /// ERROR-CODE.
+    ErrorCode(ErrorCode<'a>),
+    /// UNKNOWN-ATTRIBUTES.
+    UnknownAttributes(AttrTypes<'a>),
+    /// MESSAGE-INTEGRITY (the HMAC as received; use `MessageWriter::add_message_integrity` to compute one).
+    MessageIntegrity([u8; 20]),
+    /// FINGERPRINT (the value as received; use `MessageWriter::add_fingerprint` to compute one).
+    Fingerprint(u32),
+    /// Any other attribute.
+    Other {
+        /// The type code.
+        kind: u16,
+        /// The value.
+        value: &'a [u8],
+    },
+}
+
+/// Longest SOFTWARE, reason phrase and USERNAME values (RFC 8489: 763 bytes, 513 for USERNAME).
+const MAX_TEXT: usize = 763;
+const MAX_USERNAME: usize = 513;
+
+impl<'a> Attribute<'a> {
+    /// The attribute's type code.
+    pub fn code(&self) -> u16 {
+        match self {
+            Attribute::MappedAddress(_) => attr::MAPPED_ADDRESS,
+            Attribute::XorMappedAddress(_) => attr::XOR_MAPPED_ADDRESS,
+            Attribute::XorMappedAddressDraft(_) => attr::XOR_MAPPED_ADDRESS_DRAFT,
+            Attribute::ResponseAddress(_) => attr::RESPONSE_ADDRESS,
+            Attribute::SourceAddress(_) => attr::SOURCE_ADDRESS,
+            Attribute::ChangedAddress(_) => attr::CHANGED_ADDRESS,
+            Attribute::ChangeRequest(_) => attr::CHANGE_REQUEST,
+            Attribute::OtherAddress(_) => attr::OTHER_ADDRESS,
+            Attribute::ResponseOrigin(_) => attr::RESPONSE_ORIGIN,
+            Attribute::ResponsePort(_) => attr::RESPONSE_PORT,
+            Attribute::Padding(_) => attr::PADDING,
+            Attribute::Username(_) => attr::USERNAME,
+            Attribute::Software(_) => attr::SOFTWARE,
+            Attribute::ErrorCode(_) => attr::ERROR_CODE,
+            Attribute::UnknownAttributes(_) => attr::UNKNOWN_ATTRIBUTES,
+            Attribute::MessageIntegrity(_) => attr::MESSAGE_INTEGRITY,
+            Attribute::Fingerprint(_) => attr::FINGERPRINT,
+            Attribute::Other { kind, .. } => *kind,
+        }
+    }
+
+    /// Parses a value of type `code` found in a message with `header`.
+    pub fn parse(code: u16, value: &'a [u8], header: &Header) -> Result<Attribute<'a>, AttrError> {
+        let Some(kind) = AttrKind::from_code(code) else {
+            return Ok(Attribute::Other { kind: code, value });
+        };
+        Ok(match kind {
+            AttrKind::MappedAddress => Attribute::MappedAddress(parse_address(value, None)?),
+            AttrKind::XorMappedAddress => {
+                Attribute::XorMappedAddress(parse_address(value, Some(&header.xor_key()))?)
+            }
+            AttrKind::XorMappedAddressDraft => {
+                Attribute::XorMappedAddressDraft(parse_address(value, Some(&header.xor_key()))?)
+            }
+            AttrKind::ResponseAddress => Attribute::ResponseAddress(parse_address(value, None)?),
+            AttrKind::SourceAddress => Attribute::SourceAddress(parse_address(value, None)?),
+            AttrKind::ChangedAddress => Attribute::ChangedAddress(parse_address(value, None)?),
+            AttrKind::OtherAddress => Attribute::OtherAddress(parse_address(value, None)?),
+            AttrKind::ResponseOrigin => Attribute::ResponseOrigin(parse_address(value, None)?),
+            AttrKind::ChangeRequest => {
+                if value.len() != 4 {
+                    return Err(AttrError::BadLength);
+                }
+                let flags = read_u32(value, 0).ok_or(AttrError::BadLength)?;
+                Attribute::ChangeRequest(ChangeRequest {
+                    change_ip: flags & 4 != 0,
+                    change_port: flags & 2 != 0,
+                })
+            }
+            AttrKind::ResponsePort => {
+                if value.len() != 4 {
+                    return Err(AttrError::BadLength);
+                }
+                Attribute::ResponsePort(read_u16(value, 0).ok_or(AttrError::BadLength)?)
+            }
+            AttrKind::Padding => Attribute::Padding(value),
+            AttrKind::Username => {
+                if value.len() > MAX_USERNAME {
+                    return Err(AttrError::TooLong);
+                }
+                Attribute::Username(value)
+            }
+            AttrKind::Software => Attribute::Software(parse_text(value)?),
+            AttrKind::ErrorCode => {
+                if value.len() < 4 {
+                    return Err(AttrError::BadLength);
+                }
+                let class = u16::from(*value.get(2).ok_or(AttrError::BadLength)? & 0x07);
+                let number = u16::from(*value.get(3).ok_or(AttrError::BadLength)?);
+                if !(3..=6).contains(&class) || number > 99 {
+                    return Err(AttrError::BadErrorCode);
+                }
+                let reason = parse_text(value.get(4..).ok_or(AttrError::BadLength)?)?;
+                Attribute::ErrorCode(ErrorCode {
+                    code: class.saturating_mul(100).saturating_add(number),
+                    reason,
+                })
+            }
+            AttrKind::UnknownAttributes => {
+                if !value.len().is_multiple_of(2) {
+                    return Err(AttrError::BadLength);
+                }
+                Attribute::UnknownAttributes(AttrTypes::Wire(value))
+            }
+            AttrKind::MessageIntegrity => {
+                Attribute::MessageIntegrity(value.try_into().map_err(|_| AttrError::BadLength)?)
+            }
+            AttrKind::Fingerprint => {
+                if value.len() != 4 {
+                    return Err(AttrError::BadLength);
+                }
+                Attribute::Fingerprint(read_u32(value, 0).ok_or(AttrError::BadLength)?)
+            }
+        })
+    }
+
+    /// The length of the encoded value (without header or padding).
+    pub fn value_len(&self) -> usize {
+        match self {
+            Attribute::MappedAddress(a)
+            | Attribute::XorMappedAddress(a)
+            | Attribute::XorMappedAddressDraft(a)
+            | Attribute::ResponseAddress(a)
+            | Attribute::SourceAddress(a)
+            | Attribute::ChangedAddress(a)
+            | Attribute::OtherAddress(a)
+            | Attribute::ResponseOrigin(a) => address_len(a),
+            Attribute::ChangeRequest(_)
+            | Attribute::ResponsePort(_)
+            | Attribute::Fingerprint(_) => 4,
+            Attribute::Padding(v) | Attribute::Username(v) | Attribute::Other { value: v, .. } => {
+                v.len()
+            }
+            Attribute::Software(s) => s.len(),
+            Attribute::ErrorCode(e) => e.reason.len().saturating_add(4),
+            Attribute::UnknownAttributes(t) => t.byte_len(),
+            Attribute::MessageIntegrity(_) => 20,
+        }
+    }
+
+    /// Writes the value into `out` (exactly `value_len()` bytes). `None` if `out` is too short or the
+    /// value cannot be represented (an error code outside 300..=699).
+    pub(crate) fn write_value(&self, header: &Header, out: &mut [u8]) -> Option<()> {
+        match self {
+            Attribute::MappedAddress(a)
+            | Attribute::ResponseAddress(a)
+            | Attribute::SourceAddress(a)
+            | Attribute::ChangedAddress(a)
+            | Attribute::OtherAddress(a)
+            | Attribute::ResponseOrigin(a) => write_address(a, None, out),
+            Attribute::XorMappedAddress(a) | Attribute::XorMappedAddressDraft(a) => {
+                write_address(a, Some(&header.xor_key()), out)
+            }
+            Attribute::ChangeRequest(c) => {
+                out.get_mut(..4)?
+                    .copy_from_slice(&c.to_wire().to_be_bytes());
+                Some(())
+            }
+            Attribute::ResponsePort(p) => {
+                let v = out.get_mut(..4)?;
+                v.copy_from_slice(&[0, 0, 0, 0]);
+                v.get_mut(..2)?.copy_from_slice(&p.to_be_bytes());
+                Some(())
+            }
+            Attribute::Fingerprint(f) => {
+                out.get_mut(..4)?.copy_from_slice(&f.to_be_bytes());
+                Some(())
+            }
+            Attribute::Padding(v) | Attribute::Username(v) | Attribute::Other { value: v, .. } => {
+                out.get_mut(..v.len())?.copy_from_slice(v);
+                Some(())
+            }
+            Attribute::Software(s) => {
+                out.get_mut(..s.len())?.copy_from_slice(s.as_bytes());
+                Some(())
+            }
+            Attribute::ErrorCode(e) => {
+                if !(300..=699).contains(&e.code) {
+                    return None;
+                }
+                let class = u8::try_from(e.code / 100).ok()?;
+                let number = u8::try_from(e.code % 100).ok()?;
+                out.get_mut(..4)?.copy_from_slice(&[0, 0, class, number]);
+                out.get_mut(4..4usize.checked_add(e.reason.len())?)?
+                    .copy_from_slice(e.reason.as_bytes());
+                Some(())
+            }
+            Attribute::UnknownAttributes(t) => {
+                for (slot, code) in out.chunks_exact_mut(2).zip(t.iter()) {
+                    slot.copy_from_slice(&code.to_be_bytes());
+                }
+                Some(())
+            }
+            Attribute::MessageIntegrity(m) => {
+                out.get_mut(..20)?.copy_from_slice(m);
+                Some(())
+            }
+        }
+    }
+}
+
+fn parse_text(value: &[u8]) -> Result<&str, AttrError> {
+    if value.len() > MAX_TEXT {
+        return Err(AttrError::TooLong);
+    }
+    core::str::from_utf8(value).map_err(|_| AttrError::BadUtf8)
+}
+
+fn address_len(a: &SocketAddr) -> usize {
+    match a {
+        SocketAddr::V4(_) => 8,
+        SocketAddr::V6(_) => 20,
+    }
+}
+
+/// Parses `reserved(1) family(1) port(2) address(4|16)`, un-XORing with `key` when given.
+fn parse_address(value: &[u8], key: Option<&[u8; 16]>) -> Result<SocketAddr, AttrError> {
+    let family = *value.get(1).ok_or(AttrError::BadLength)?;
+    let want = match family {
+        1 => 8,
+        2 => 20,
+        _ => return Err(AttrError::BadFamily),
+    };
+    if value.len() != want {
+        return Err(AttrError::BadLength);
+    }
+    let mut port = read_u16(value, 2).ok_or(AttrError::BadLength)?;
+    let mut ip = [0u8; 16];
+    let raw = value.get(4..).ok_or(AttrError::BadLength)?;
+    for (dst, src) in ip.iter_mut().zip(raw) {
+        *dst = *src;
+    }
+    if let Some(key) = key {
+        port ^= u16::from_be_bytes([key[0], key[1]]);
+        for (b, k) in ip.iter_mut().zip(key.iter()) {
+            *b ^= *k;
+        }
+    }
+    let addr = if family == 1 {
+        let [a, b, c, d, ..] = ip;
+        IpAddr::V4(Ipv4Addr::new(a, b, c, d))
+    } else {
+        IpAddr::V6(Ipv6Addr::from(ip))
+    };
+    Ok(SocketAddr::new(addr, port))
+}
+
+fn write_address(a: &SocketAddr, key: Option<&[u8; 16]>, out: &mut [u8]) -> Option<()> {
+    let mut ip = [0u8; 16];
+    let (family, ip_len) = match a.ip() {
+        IpAddr::V4(v4) => {
+            ip.get_mut(..4)?.copy_from_slice(&v4.octets());
+            (1u8, 4usize)
+        }
+        IpAddr::V6(v6) => {
+            ip.copy_from_slice(&v6.octets());
+            (2u8, 16usize)
+        }
+    };
+    let mut port = a.port();
+    if let Some(key) = key {
+        port ^= u16::from_be_bytes([key[0], key[1]]);
+        for (b, k) in ip.iter_mut().zip(key.iter()) {
+            *b ^= *k;
+        }
+    }
+    let [p0, p1] = port.to_be_bytes();
+    out.get_mut(..4)?.copy_from_slice(&[0, family, p0, p1]);
+    out.get_mut(4..4usize.checked_add(ip_len)?)?
+        .copy_from_slice(ip.get(..ip_len)?);
+    Some(())
+}

@@ -1,0 +1,449 @@
+//! Zero-copy decoding and validation of STUN messages.
+
+use hmac::{Hmac, KeyInit, Mac};
+use sha1::Sha1;
+
+use core::net::SocketAddr;
+
+use super::attribute::{AttrError, AttrKind, Attribute, ChangeRequest, ErrorCode};
+use super::header::{Class, Header, Method, TransactionId, HEADER_LEN, MAGIC_COOKIE};
+use super::{padded, read_u16, FINGERPRINT_XOR};
+
+/// Why bytes are not a valid STUN message.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]
+pub enum DecodeError {
+    /// Fewer than 20 bytes.
+    TooShort,
+    /// The first two bits are not zero: not STUN.
+    NotStun,
+    /// The header's length is not a multiple of four.
+    UnalignedLength,
+    /// The header's length disagrees with the bytes (for a datagram: more or fewer bytes than it says).
+    LengthMismatch,
+    /// An attribute header or value runs past the end of the message.
+    AttributeTruncated,
+    /// A known attribute has an invalid value.
+    BadAttribute {
+        /// Its type code.
+        code: u16,
+        /// What is wrong.
+        error: AttrError,
+    },
+    /// An attribute follows FINGERPRINT.
+    FingerprintNotLast,
+    /// The FINGERPRINT does not match the message.
+    FingerprintMismatch,
+}
+
+impl core::fmt::Display for DecodeError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            DecodeError::TooShort => f.write_str("shorter than a STUN header"),
+            DecodeError::NotStun => f.write_str("not a STUN message"),
+            DecodeError::UnalignedLength => f.write_str("length is not a multiple of 4"),
+            DecodeError::LengthMismatch => f.write_str("length field disagrees with the data"),
+            DecodeError::AttributeTruncated => f.write_str("attribute runs past the message"),
+            DecodeError::BadAttribute { code, error } => {
+                write!(f, "attribute 0x{code:04x} is invalid: {error:?}")
+            }
+            DecodeError::FingerprintNotLast => f.write_str("attribute after FINGERPRINT"),
+            DecodeError::FingerprintMismatch => f.write_str("FINGERPRINT mismatch"),
+        }
+    }
+}
+
+/// Why MESSAGE-INTEGRITY did not verify.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]
+pub enum IntegrityError {
+    /// The message has no MESSAGE-INTEGRITY.
+    Missing,
+    /// The HMAC does not match.
+    Mismatch,
+}
+
+/// A cheap test of whether `buf` could be a STUN message: at least a header, the top two bits zero and
+/// a length that is a multiple of four. Lets machines answer `NotMine` for other protocols.
+pub fn is_stun(buf: &[u8]) -> bool {
+    match (buf.first(), read_u16(buf, 2)) {
+        (Some(first), Some(len)) => buf.len() >= HEADER_LEN && first & 0xC0 == 0 && len % 4 == 0,
+        _ => false,
+    }
+}
+
+/// A raw attribute: type code and value, borrowed from the message.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub struct RawAttribute<'a> {
+    /// Type code.
+    pub code: u16,
+    /// Value, without padding.
+    pub value: &'a [u8],
+    /// Offset of the attribute header from the start of the message.
+    pub offset: usize,
+}
+
+/// Iterator over the raw attributes of a validated message.
+#[derive(Clone, Debug)]
+pub struct Attributes<'a> {
+    raw: &'a [u8],
+    at: usize,
+}
+
+impl<'a> Iterator for Attributes<'a> {
+    type Item = RawAttribute<'a>;
+
+    fn next(&mut self) -> Option<RawAttribute<'a>> {
+        let code = read_u16(self.raw, self.at)?;
+        let len = usize::from(read_u16(self.raw, self.at.checked_add(2)?)?);
+        let start = self.at.checked_add(4)?;
+        let value = self.raw.get(start..start.checked_add(len)?)?;
+        let offset = self.at;
+        self.at = start.checked_add(padded(len)?)?;
+        Some(RawAttribute {
+            code,
+            value,
+            offset,
+        })
+    }
+}
+
+/// A decoded, validated STUN message borrowing the input bytes.
+///
+/// Decoding checks framing, every attribute's length and every known attribute's value, and the
+/// FINGERPRINT if there is one. Getters then return the first occurrence of each attribute.
+/// Attributes after MESSAGE-INTEGRITY (other than FINGERPRINT) are ignored by the getters, as RFC 5389
+/// requires.
+#[derive(Clone, Debug)]
+pub struct Message<'a> {
+    header: Header,
+    raw: &'a [u8],
+    /// Offset of the first occurrence of each known kind (0 = absent; 0 is never an attribute offset).
+    index: [u16; AttrKind::COUNT],
+    /// The first comprehension-required attribute we do not know, if any.
+    first_unknown: u16,
+    unknown_count: u16,
+}
+
+impl<'a> Message<'a> {
+    /// Decodes one datagram: `buf` must hold exactly one message.
+    pub fn decode(buf: &'a [u8]) -> Result<Message<'a>, DecodeError> {
+        let (msg, used) = Self::decode_prefix(buf)?;
+        if used != buf.len() {
+            return Err(DecodeError::LengthMismatch);
+        }
+        Ok(msg)
+    }
+
+    /// Decodes the message at the start of `buf` (for streams) and returns it with the number of bytes
+    /// it occupies. A buffer that holds only part of a message is `LengthMismatch`; use
+    /// [`Message::needed`] to learn how many bytes to wait for.
+    pub fn decode_prefix(buf: &'a [u8]) -> Result<(Message<'a>, usize), DecodeError> {
+        let total = Self::needed(buf)?;
+        let raw = buf.get(..total).ok_or(DecodeError::LengthMismatch)?;
+        let message_type = read_u16(raw, 0).ok_or(DecodeError::TooShort)?;
+        let (class, method) = Header::split_type(message_type);
+        let cookie: [u8; 4] = raw
+            .get(4..8)
+            .and_then(|c| c.try_into().ok())
+            .ok_or(DecodeError::TooShort)?;
+        let txid: [u8; 12] = raw
+            .get(8..20)
+            .and_then(|c| c.try_into().ok())
+            .ok_or(DecodeError::TooShort)?;
+        let header = Header {
+            class,
+            method,
+            cookie,
+            transaction_id: TransactionId::new(txid),
+        };
+        let mut msg = Message {
+            header,
+            raw,
+            index: [0; AttrKind::COUNT],
+            first_unknown: 0,
+            unknown_count: 0,
+        };
+        msg.validate()?;
+        Ok((msg, total))
+    }
+
+    /// The total size of the message whose header starts `buf`, once the first 20 bytes are there.
+    pub fn needed(buf: &[u8]) -> Result<usize, DecodeError> {
+        let first = *buf.first().ok_or(DecodeError::TooShort)?;
+        if buf.len() < HEADER_LEN {
+            return Err(DecodeError::TooShort);
+        }
+        if first & 0xC0 != 0 {
+            return Err(DecodeError::NotStun);
+        }
+        let len = usize::from(read_u16(buf, 2).ok_or(DecodeError::TooShort)?);
+        if len % 4 != 0 {
+            return Err(DecodeError::UnalignedLength);
+        }
+        let total = HEADER_LEN
+            .checked_add(len)
+            .ok_or(DecodeError::LengthMismatch)?;
+        if total > buf.len() {
+            return Err(DecodeError::LengthMismatch);
+        }
+        Ok(total)
+    }
+
+    fn validate(&mut self) -> Result<(), DecodeError> {
+        let mut at = HEADER_LEN;
+        let mut after_integrity = false;
+        while at < self.raw.len() {
+            let code = read_u16(self.raw, at).ok_or(DecodeError::AttributeTruncated)?;
+            let len = usize::from(
+                read_u16(self.raw, at.saturating_add(2)).ok_or(DecodeError::AttributeTruncated)?,
+            );
+            let start = at.saturating_add(4);
+            let end = start.saturating_add(len);
+            let next = start.saturating_add(padded(len).ok_or(DecodeError::AttributeTruncated)?);
+            if next > self.raw.len() {
+                return Err(DecodeError::AttributeTruncated);
+            }
+            let value = self
+                .raw
+                .get(start..end)
+                .ok_or(DecodeError::AttributeTruncated)?;
+            let parsed = Attribute::parse(code, value, &self.header)
+                .map_err(|error| DecodeError::BadAttribute { code, error })?;
+            match AttrKind::from_code(code) {
+                Some(AttrKind::Fingerprint) => {
+                    if next != self.raw.len() {
+                        return Err(DecodeError::FingerprintNotLast);
+                    }
+                    let Attribute::Fingerprint(got) = parsed else {
+                        return Err(DecodeError::FingerprintMismatch);
+                    };
+                    if got != fingerprint_of(self.raw.get(..at).unwrap_or(&[])) {
+                        return Err(DecodeError::FingerprintMismatch);
+                    }
+                    self.record(AttrKind::Fingerprint, at);
+                }
+                Some(kind) if !after_integrity => {
+                    self.record(kind, at);
+                    after_integrity = kind == AttrKind::MessageIntegrity;
+                }
+                Some(_) => {}
+                None => {
+                    if code < 0x8000 && !after_integrity {
+                        if self.unknown_count == 0 {
+                            self.first_unknown = code;
+                        }
+                        self.unknown_count = self.unknown_count.saturating_add(1);
+                    }
+                }
+            }
+            at = next;
+        }
+        Ok(())
+    }
+
+    fn record(&mut self, kind: AttrKind, at: usize) {
+        if let Some(slot) = self.index.get_mut(kind.index()) {
+            if *slot == 0 {
+                *slot = u16::try_from(at).unwrap_or(0);
+            }
+        }
+    }
+
+    /// The header.
+    pub fn header(&self) -> &Header {
+        &self.header
+    }
+
+    /// The class.
+    pub fn class(&self) -> Class {
+        self.header.class
+    }
+
+    /// The method.
+    pub fn method(&self) -> Method {
+        self.header.method
+    }
+
+    /// The transaction id.
+    pub fn transaction_id(&self) -> TransactionId {
+        self.header.transaction_id
+    }
+
+    /// Whether this is an RFC 3489 message (no magic cookie).
+    pub fn is_legacy(&self) -> bool {
+        u32::from_be_bytes(self.header.cookie) != MAGIC_COOKIE
+    }
+
+    /// The whole message's bytes.
+    pub fn as_bytes(&self) -> &'a [u8] {
+        self.raw
+    }
+
+    /// Every attribute, in order, as raw type and value.
+    pub fn attributes(&self) -> Attributes<'a> {
+        Attributes {
+            raw: self.raw,
+            at: HEADER_LEN,
+        }
+    }
+
+    /// The first attribute of `kind` (before MESSAGE-INTEGRITY, or FINGERPRINT).
+    pub fn get(&self, kind: AttrKind) -> Option<Attribute<'a>> {
+        let at = usize::from(*self.index.get(kind.index())?);
+        if at == 0 {
+            return None;
+        }
+        let code = read_u16(self.raw, at)?;
+        let len = usize::from(read_u16(self.raw, at.checked_add(2)?)?);
+        let start = at.checked_add(4)?;
+        let value = self.raw.get(start..start.checked_add(len)?)?;
+        Attribute::parse(code, value, &self.header).ok()
+    }
+
+    /// How many comprehension-required attributes (type < 0x8000) this decoder does not know, and the
+    /// first of them: a server answers such a request with error 420.
+    pub fn unknown_comprehension_required(&self) -> Option<(u16, u16)> {
+        (self.unknown_count > 0).then_some((self.first_unknown, self.unknown_count))
+    }
+
+    /// Up to `out.len()` unknown comprehension-required attribute types, for UNKNOWN-ATTRIBUTES.
+    /// Returns how many were written.
+    pub fn collect_unknown(&self, out: &mut [u16]) -> usize {
+        let mut n = 0usize;
+        let integrity = usize::from(self.index_of(AttrKind::MessageIntegrity));
+        let unknown = self.attributes().filter(|a| {
+            a.code < 0x8000
+                && AttrKind::from_code(a.code).is_none()
+                && (integrity == 0 || a.offset < integrity)
+        });
+        for (slot, a) in out.iter_mut().zip(unknown) {
+            *slot = a.code;
+            n = n.saturating_add(1);
+        }
+        n
+    }
+
+    fn index_of(&self, kind: AttrKind) -> u16 {
+        self.index.get(kind.index()).copied().unwrap_or(0)
+    }
+
+    fn address(&self, kind: AttrKind) -> Option<SocketAddr> {
+        match self.get(kind)? {
+            Attribute::MappedAddress(a)
+            | Attribute::XorMappedAddress(a)
+            | Attribute::XorMappedAddressDraft(a)
+            | Attribute::ResponseAddress(a)
+            | Attribute::SourceAddress(a)
+            | Attribute::ChangedAddress(a)
+            | Attribute::OtherAddress(a)
+            | Attribute::ResponseOrigin(a) => Some(a),
+            _ => None,
+        }
+    }
+
+    /// XOR-MAPPED-ADDRESS, else MAPPED-ADDRESS, else the pre-standard 0x8020 form.
+    pub fn mapped_address(&self) -> Option<SocketAddr> {
+        self.address(AttrKind::XorMappedAddress)
+            .or_else(|| self.address(AttrKind::MappedAddress))
+            .or_else(|| self.address(AttrKind::XorMappedAddressDraft))
+    }
+
+    /// XOR-MAPPED-ADDRESS only.
+    pub fn xor_mapped_address(&self) -> Option<SocketAddr> {
+        self.address(AttrKind::XorMappedAddress)
+    }
+
+    /// OTHER-ADDRESS, else the RFC 3489 CHANGED-ADDRESS.
+    pub fn other_address(&self) -> Option<SocketAddr> {
+        self.address(AttrKind::OtherAddress)
+            .or_else(|| self.address(AttrKind::ChangedAddress))
+    }
+
+    /// RESPONSE-ORIGIN, else the RFC 3489 SOURCE-ADDRESS.
+    pub fn response_origin(&self) -> Option<SocketAddr> {
+        self.address(AttrKind::ResponseOrigin)
+            .or_else(|| self.address(AttrKind::SourceAddress))
+    }
+
+    /// CHANGE-REQUEST, if present.
+    pub fn change_request(&self) -> Option<ChangeRequest> {
+        match self.get(AttrKind::ChangeRequest)? {
+            Attribute::ChangeRequest(c) => Some(c),
+            _ => None,
+        }
+    }
+
+    /// RESPONSE-PORT, if present.
+    pub fn response_port(&self) -> Option<u16> {
+        match self.get(AttrKind::ResponsePort)? {
+            Attribute::ResponsePort(p) => Some(p),
+            _ => None,
+        }
+    }
+
+    /// ERROR-CODE, if present.
+    pub fn error_code(&self) -> Option<ErrorCode<'a>> {
+        match self.get(AttrKind::ErrorCode)? {
+            Attribute::ErrorCode(e) => Some(e),
+            _ => None,
+        }
+    }
+
+    /// SOFTWARE, if present.
+    pub fn software(&self) -> Option<&'a str> {
+        match self.get(AttrKind::Software)? {
+            Attribute::Software(s) => Some(s),
+            _ => None,
+        }
+    }
+
+    /// Whether the message carries a (verified) FINGERPRINT.
+    pub fn has_fingerprint(&self) -> bool {
+        self.index_of(AttrKind::Fingerprint) != 0
+    }
+
+    /// Verifies MESSAGE-INTEGRITY with a short-term credential `key` (the password, after SASLprep).
+    pub fn verify_integrity(&self, key: &[u8]) -> Result<(), IntegrityError> {
+        let at = usize::from(self.index_of(AttrKind::MessageIntegrity));
+        if at == 0 {
+            return Err(IntegrityError::Missing);
+        }
+        let Some(Attribute::MessageIntegrity(expected)) = self.get(AttrKind::MessageIntegrity)
+        else {
+            return Err(IntegrityError::Missing);
+        };
+        let covered = self.raw.get(..at).ok_or(IntegrityError::Missing)?;
+        let mac = integrity_of(covered, at, key).ok_or(IntegrityError::Mismatch)?;
+        // Constant-time comparison.
+        let diff = mac
+            .iter()
+            .zip(expected.iter())
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b));
+        if diff == 0 {
+            Ok(())
+        } else {
+            Err(IntegrityError::Mismatch)
+        }
+    }
+}
+
+/// FINGERPRINT value of `bytes` (the message up to the FINGERPRINT attribute, with the header length
+/// already covering it).
+pub(crate) fn fingerprint_of(bytes: &[u8]) -> u32 {
+    // The header length must count the FINGERPRINT attribute; when validating we hash the bytes as they
+    // are, because the sender already set the length that way.
+    crc32fast::hash(bytes) ^ FINGERPRINT_XOR
+}
+
+/// HMAC-SHA1 over `covered` (the message before MESSAGE-INTEGRITY, `mi_offset` bytes) with the header
+/// length adjusted to end just after MESSAGE-INTEGRITY.
+pub(crate) fn integrity_of(covered: &[u8], mi_offset: usize, key: &[u8]) -> Option<[u8; 20]> {
+    let adjusted = u16::try_from(mi_offset.checked_add(24)?.checked_sub(HEADER_LEN)?).ok()?;
+    let mut mac = <Hmac<Sha1> as KeyInit>::new_from_slice(key).ok()?;
+    mac.update(covered.get(..2)?);
+    mac.update(&adjusted.to_be_bytes());
+    mac.update(covered.get(4..)?);
+    let out = mac.finalize().into_bytes();
+    let mut res = [0u8; 20];
+    res.copy_from_slice(out.get(..20)?);
+    Some(res)
+}

@@ -1,0 +1,15 @@
+//! # p2pd-punch
+//!
+//! TCP hole punching: clock offset, meet-time agreement and the punch machine. Filled in by the punching
+//! issue; today it only fixes the crate's place and lints in the workspace.
+#![forbid(unsafe_code)]
+#![deny(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    clippy::arithmetic_side_effects
+)]
+#![warn(missing_docs)]
+
+pub use p2pd_proto::{Instant, SocketId};
