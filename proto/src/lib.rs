@@ -20,7 +20,7 @@
 //!
 //! let server_addr = "192.0.2.10:3478".parse().unwrap();
 //! let client_addr = "198.51.100.7:40000".parse().unwrap();
-//! let mut server = StunServer::new(ServerConfig::single(server_addr));
+//! let mut server = StunServer::new(ServerConfig::single(server_addr)).unwrap();
 //! let mut client = StunClient::new(ClientConfig::default(), 42);
 //! let mut now = Instant::ZERO;
 //! let socket = client.open_socket(now, client_addr, Default::default()).unwrap();
@@ -77,10 +77,10 @@
 )]
 #![warn(missing_docs)]
 
-// pub mod client;
+pub mod client;
 pub mod machine;
 pub mod rng;
-// pub mod server;
+pub mod server;
 pub mod stun;
 pub mod time;
 

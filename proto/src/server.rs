@@ -1,0 +1,635 @@
+//! The RFC 5780 STUN server machine.
+//!
+//! A full RFC 5780 server listens on four sockets, one per [`Role`]: primary or alternate IP times
+//! primary or alternate port. A Binding request's CHANGE-REQUEST picks the socket that answers; OTHER-
+//! ADDRESS is advertised only when both an alternate IP and an alternate port exist (and are bound).
+//! A change the server cannot honour gets error 420 naming CHANGE-REQUEST.
+//!
+//! RFC 3489 clients (no magic cookie) are answered in their dialect: MAPPED-ADDRESS, SOURCE-ADDRESS
+//! and CHANGED-ADDRESS, no XOR or FINGERPRINT.
+//!
+//! Responses are never longer than [`MAX_RESPONSE_LEN`] bytes, and handling a request allocates
+//! nothing: requests become small fixed-size records in a queue allocated up front, and each response is
+//! encoded straight into the caller's transmit buffer.
+
+use core::net::{IpAddr, SocketAddr};
+use std::collections::VecDeque;
+
+use crate::machine::{
+    BindOptions, DropReason, IoError, Machine, OpKind, SocketId, SocketOp, SocketOutcome, Transmit,
+    Transport, Verdict,
+};
+use crate::stun::{
+    self, attr, AttrTypes, Attribute, Class, ErrorCode, Header, Message, MessageWriter, Method,
+};
+use crate::time::Instant;
+
+/// The longest response the server sends (IPv6 with every attribute and the longest SOFTWARE).
+pub const MAX_RESPONSE_LEN: usize = 200;
+
+/// The longest SOFTWARE value the server accepts in its configuration.
+pub const MAX_SOFTWARE_LEN: usize = 32;
+
+/// Most attribute types listed in one UNKNOWN-ATTRIBUTES.
+const MAX_UNKNOWN: usize = 4;
+
+/// One of the four RFC 5780 server sockets.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Role {
+    /// Primary IP, primary port.
+    Primary,
+    /// Primary IP, alternate port.
+    AlternatePort,
+    /// Alternate IP, primary port.
+    AlternateIp,
+    /// Alternate IP, alternate port.
+    AlternateBoth,
+}
+
+impl Role {
+    /// All four roles.
+    pub const ALL: [Role; 4] = [
+        Role::Primary,
+        Role::AlternatePort,
+        Role::AlternateIp,
+        Role::AlternateBoth,
+    ];
+
+    fn index(self) -> usize {
+        self as usize
+    }
+
+    fn from_parts(alt_ip: bool, alt_port: bool) -> Role {
+        match (alt_ip, alt_port) {
+            (false, false) => Role::Primary,
+            (false, true) => Role::AlternatePort,
+            (true, false) => Role::AlternateIp,
+            (true, true) => Role::AlternateBoth,
+        }
+    }
+
+    fn alt_ip(self) -> bool {
+        matches!(self, Role::AlternateIp | Role::AlternateBoth)
+    }
+
+    fn alt_port(self) -> bool {
+        matches!(self, Role::AlternatePort | Role::AlternateBoth)
+    }
+
+    /// The socket id the server uses for this role.
+    pub fn socket(self) -> SocketId {
+        SocketId(self as u32)
+    }
+}
+
+/// Server settings.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServerConfig {
+    /// Primary IP and port.
+    pub primary: SocketAddr,
+    /// The second IP address (same family as the primary).
+    pub alternate_ip: Option<IpAddr>,
+    /// The second port.
+    pub alternate_port: Option<u16>,
+    /// SOFTWARE to put in responses (at most [`MAX_SOFTWARE_LEN`] bytes).
+    pub software: Option<&'static str>,
+    /// How many responses may wait to be sent; more requests are dropped and counted.
+    pub queue_capacity: usize,
+    /// Options for every bind.
+    pub bind_options: BindOptions,
+}
+
+impl ServerConfig {
+    /// A server on one address: it answers Binding requests but no change requests.
+    pub fn single(primary: SocketAddr) -> Self {
+        ServerConfig {
+            primary,
+            alternate_ip: None,
+            alternate_port: None,
+            software: Some("p2pd-rs"),
+            queue_capacity: 256,
+            bind_options: BindOptions::default(),
+        }
+    }
+
+    /// A full RFC 5780 server on `primary` plus an alternate IP and port.
+    pub fn rfc5780(primary: SocketAddr, alternate_ip: IpAddr, alternate_port: u16) -> Self {
+        ServerConfig {
+            alternate_ip: Some(alternate_ip),
+            alternate_port: Some(alternate_port),
+            ..ServerConfig::single(primary)
+        }
+    }
+
+    /// The configured address of a role, if the role exists.
+    pub fn role_addr(&self, role: Role) -> Option<SocketAddr> {
+        let ip = if role.alt_ip() {
+            self.alternate_ip?
+        } else {
+            self.primary.ip()
+        };
+        let port = if role.alt_port() {
+            self.alternate_port?
+        } else {
+            self.primary.port()
+        };
+        Some(SocketAddr::new(ip, port))
+    }
+}
+
+/// Why a configuration is unusable.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// The alternate IP is of another family than the primary, or equal to it.
+    BadAlternateIp,
+    /// The alternate port equals the primary port, or a port is 0 while alternates are configured.
+    BadPort,
+    /// SOFTWARE is longer than [`MAX_SOFTWARE_LEN`].
+    SoftwareTooLong,
+    /// `queue_capacity` is 0.
+    ZeroQueue,
+}
+
+impl core::fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        core::fmt::Debug::fmt(self, f)
+    }
+}
+
+/// What the server reports.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ServerEvent {
+    /// A role's socket is bound.
+    Listening {
+        /// The role.
+        role: Role,
+        /// Its local address.
+        local: SocketAddr,
+    },
+    /// A role's socket could not be bound; the server works without it.
+    SocketFailed {
+        /// The role.
+        role: Role,
+        /// Why.
+        error: IoError,
+    },
+    /// The server is closed; every socket has had its close intent. The last event.
+    Closed,
+}
+
+/// Counters.
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
+pub struct ServerStats {
+    /// Binding requests accepted.
+    pub requests: u64,
+    /// Success responses sent.
+    pub responses: u64,
+    /// Error responses sent.
+    pub error_responses: u64,
+    /// Datagrams dropped as malformed.
+    pub malformed: u64,
+    /// Requests dropped because the queue was full.
+    pub queue_full: u64,
+    /// Datagrams that were not STUN requests (answered `NotMine` or ignored indications).
+    pub not_requests: u64,
+    /// Sends the runtime reported as failed.
+    pub send_failures: u64,
+}
+
+#[derive(Copy, Clone, Debug)]
+enum Reply {
+    Success,
+    Error {
+        code: u16,
+        unknown: [u16; MAX_UNKNOWN],
+        unknown_len: u8,
+    },
+}
+
+/// A response waiting to be encoded: fixed size, no heap.
+#[derive(Copy, Clone, Debug)]
+struct Pending {
+    header: Header,
+    /// The role that received the request.
+    received_on: Role,
+    /// The role that answers.
+    answer_from: Role,
+    /// The client's address as seen (the mapped address).
+    client: SocketAddr,
+    destination: SocketAddr,
+    reply: Reply,
+}
+
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+enum SocketState {
+    Absent,
+    Binding,
+    Bound(SocketAddr),
+    Failed,
+}
+
+/// The RFC 5780 STUN server machine. See the module docs.
+#[derive(Debug)]
+pub struct StunServer {
+    config: ServerConfig,
+    sockets: [SocketState; 4],
+    queue: VecDeque<Pending>,
+    ops: VecDeque<SocketOp>,
+    events: VecDeque<ServerEvent>,
+    closed: bool,
+    stats: ServerStats,
+}
+
+impl StunServer {
+    /// A server for `config`; it asks for its sockets at once (drain `poll_socket_op`).
+    pub fn new(config: ServerConfig) -> Result<Self, ConfigError> {
+        if let Some(ip) = config.alternate_ip {
+            if ip.is_ipv4() != config.primary.is_ipv4() || ip == config.primary.ip() {
+                return Err(ConfigError::BadAlternateIp);
+            }
+        }
+        if let Some(port) = config.alternate_port {
+            if port == config.primary.port() || port == 0 || config.primary.port() == 0 {
+                return Err(ConfigError::BadPort);
+            }
+        }
+        if config.alternate_ip.is_some() && config.primary.port() == 0 {
+            return Err(ConfigError::BadPort);
+        }
+        if config.software.is_some_and(|s| s.len() > MAX_SOFTWARE_LEN) {
+            return Err(ConfigError::SoftwareTooLong);
+        }
+        if config.queue_capacity == 0 {
+            return Err(ConfigError::ZeroQueue);
+        }
+        let mut sockets = [SocketState::Absent; 4];
+        let mut ops = VecDeque::with_capacity(8);
+        for role in Role::ALL {
+            if let Some(local) = config.role_addr(role) {
+                if let Some(s) = sockets.get_mut(role.index()) {
+                    *s = SocketState::Binding;
+                }
+                ops.push_back(SocketOp::Bind {
+                    socket: role.socket(),
+                    transport: Transport::Udp,
+                    local,
+                    options: config.bind_options,
+                });
+            }
+        }
+        Ok(StunServer {
+            queue: VecDeque::with_capacity(config.queue_capacity),
+            config,
+            sockets,
+            ops,
+            events: VecDeque::with_capacity(8),
+            closed: false,
+            stats: ServerStats::default(),
+        })
+    }
+
+    /// The counters.
+    pub fn stats(&self) -> ServerStats {
+        self.stats
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &ServerConfig {
+        &self.config
+    }
+
+    /// The role a socket id stands for.
+    pub fn role_of(&self, socket: SocketId) -> Option<Role> {
+        Role::ALL.into_iter().find(|r| r.socket() == socket)
+    }
+
+    /// The address a role listens on: the bound address once bound, else the configured one.
+    pub fn local_addr(&self, role: Role) -> Option<SocketAddr> {
+        match self.sockets.get(role.index())? {
+            SocketState::Bound(a) => Some(*a),
+            SocketState::Binding => self.config.role_addr(role),
+            SocketState::Absent | SocketState::Failed => None,
+        }
+    }
+
+    /// The socket serving local address `addr`, if any.
+    pub fn socket_for(&self, addr: SocketAddr) -> Option<SocketId> {
+        Role::ALL
+            .into_iter()
+            .find(|r| self.local_addr(*r) == Some(addr))
+            .map(Role::socket)
+    }
+
+    /// Whether the role's socket is usable.
+    fn available(&self, role: Role) -> bool {
+        matches!(
+            self.sockets.get(role.index()),
+            Some(SocketState::Bound(_) | SocketState::Binding)
+        )
+    }
+
+    /// OTHER-ADDRESS for a request received on `role`: only when all four roles work.
+    fn other_address(&self, role: Role) -> Option<SocketAddr> {
+        if Role::ALL.iter().all(|r| self.available(*r)) {
+            self.local_addr(Role::from_parts(!role.alt_ip(), !role.alt_port()))
+        } else {
+            None
+        }
+    }
+
+    /// Closes every socket (each exactly once), then reports [`ServerEvent::Closed`]. Idempotent.
+    pub fn close(&mut self, _now: Instant) {
+        if self.closed {
+            return;
+        }
+        self.closed = true;
+        for role in Role::ALL {
+            if let Some(state) = self.sockets.get_mut(role.index()) {
+                if matches!(state, SocketState::Bound(_) | SocketState::Binding) {
+                    self.ops.push_back(SocketOp::Close {
+                        socket: role.socket(),
+                    });
+                }
+                *state = SocketState::Absent;
+            }
+        }
+        self.queue.clear();
+        self.events.push_back(ServerEvent::Closed);
+    }
+
+    /// Handles a datagram received on `socket` from `from`.
+    pub fn handle_datagram(
+        &mut self,
+        _now: Instant,
+        socket: SocketId,
+        from: SocketAddr,
+        data: &[u8],
+    ) -> Verdict {
+        if self.closed {
+            return Verdict::Dropped(DropReason::Closed);
+        }
+        let Some(received_on) = self.role_of(socket).filter(|r| self.available(*r)) else {
+            return Verdict::Dropped(DropReason::UnknownSocket);
+        };
+        if !stun::is_stun(data) {
+            self.stats.not_requests = self.stats.not_requests.saturating_add(1);
+            return Verdict::NotMine;
+        }
+        let msg = match Message::decode(data) {
+            Ok(m) => m,
+            Err(e) => {
+                self.stats.malformed = self.stats.malformed.saturating_add(1);
+                return Verdict::Dropped(DropReason::Malformed(e));
+            }
+        };
+        match msg.class() {
+            Class::Request => {}
+            Class::Indication => {
+                // Binding indications are keep-alives: consumed, never answered.
+                self.stats.not_requests = self.stats.not_requests.saturating_add(1);
+                return Verdict::Consumed;
+            }
+            Class::Success | Class::Error => {
+                self.stats.not_requests = self.stats.not_requests.saturating_add(1);
+                return Verdict::NotMine;
+            }
+        }
+        if self.queue.len() >= self.config.queue_capacity {
+            self.stats.queue_full = self.stats.queue_full.saturating_add(1);
+            return Verdict::Dropped(DropReason::QueueFull);
+        }
+        self.stats.requests = self.stats.requests.saturating_add(1);
+        let header = Header {
+            class: Class::Success,
+            ..*msg.header()
+        };
+        let mut pending = Pending {
+            header,
+            received_on,
+            answer_from: received_on,
+            client: from,
+            destination: from,
+            reply: Reply::Success,
+        };
+        if msg.method() != Method::BINDING {
+            pending.reply = error_reply(400, &[]);
+        } else if let Some(_first) = msg.unknown_comprehension_required() {
+            let mut unknown = [0u16; MAX_UNKNOWN];
+            let n = msg.collect_unknown(&mut unknown);
+            pending.reply = error_reply(420, unknown.get(..n).unwrap_or(&[]));
+        } else {
+            if let Some(port) = msg.response_port() {
+                pending.destination.set_port(port);
+            }
+            if let Some(change) = msg.change_request() {
+                let target = Role::from_parts(
+                    received_on.alt_ip() ^ change.change_ip,
+                    received_on.alt_port() ^ change.change_port,
+                );
+                if self.available(target) {
+                    pending.answer_from = target;
+                } else {
+                    pending.reply = error_reply(420, &[attr::CHANGE_REQUEST]);
+                }
+            }
+        }
+        if let Reply::Error { .. } = pending.reply {
+            pending.header.class = Class::Error;
+            // Errors go back to where the request came from, from where it arrived.
+            pending.answer_from = received_on;
+            pending.destination = from;
+        }
+        self.queue.push_back(pending);
+        Verdict::Consumed
+    }
+
+    /// Handles the answer to a bind intent or a send failure.
+    pub fn handle_socket_result(
+        &mut self,
+        _now: Instant,
+        socket: SocketId,
+        outcome: SocketOutcome,
+    ) {
+        let Some(role) = self.role_of(socket) else {
+            return;
+        };
+        let Some(state) = self.sockets.get_mut(role.index()) else {
+            return;
+        };
+        match outcome {
+            SocketOutcome::Bound { local } if *state == SocketState::Binding => {
+                *state = SocketState::Bound(local);
+                self.events
+                    .push_back(ServerEvent::Listening { role, local });
+            }
+            SocketOutcome::Failed {
+                op: OpKind::Bind,
+                error,
+                ..
+            } if *state == SocketState::Binding => {
+                *state = SocketState::Failed;
+                self.events
+                    .push_back(ServerEvent::SocketFailed { role, error });
+            }
+            SocketOutcome::Failed {
+                op: OpKind::Send, ..
+            } => {
+                self.stats.send_failures = self.stats.send_failures.saturating_add(1);
+            }
+            _ => {}
+        }
+    }
+
+    /// The server has no timers.
+    pub fn handle_timeout(&mut self, _now: Instant) {}
+
+    /// Encodes the next response into `buf`.
+    pub fn poll_transmit(&mut self, buf: &mut [u8]) -> Option<Transmit> {
+        while let Some(p) = self.queue.pop_front() {
+            if !self.available(p.answer_from) {
+                continue;
+            }
+            let Some(len) = self.encode(&p, buf) else {
+                continue;
+            };
+            match p.reply {
+                Reply::Success => self.stats.responses = self.stats.responses.saturating_add(1),
+                Reply::Error { .. } => {
+                    self.stats.error_responses = self.stats.error_responses.saturating_add(1)
+                }
+            }
+            return Some(Transmit {
+                socket: p.answer_from.socket(),
+                destination: p.destination,
+                len,
+            });
+        }
+        None
+    }
+
+    fn encode(&self, p: &Pending, buf: &mut [u8]) -> Option<usize> {
+        let buf = buf.get_mut(..MAX_RESPONSE_LEN.min(buf.len()))?;
+        let legacy = p.header.is_legacy();
+        let mut w = MessageWriter::new(buf, p.header).ok()?;
+        match p.reply {
+            Reply::Success => {
+                let origin = self.local_addr(p.answer_from)?;
+                let other = self.other_address(p.received_on);
+                if legacy {
+                    w.add(&Attribute::MappedAddress(p.client)).ok()?;
+                    w.add(&Attribute::SourceAddress(origin)).ok()?;
+                    if let Some(other) = other {
+                        w.add(&Attribute::ChangedAddress(other)).ok()?;
+                    }
+                } else {
+                    w.add(&Attribute::XorMappedAddress(p.client)).ok()?;
+                    w.add(&Attribute::MappedAddress(p.client)).ok()?;
+                    w.add(&Attribute::ResponseOrigin(origin)).ok()?;
+                    if let Some(other) = other {
+                        w.add(&Attribute::OtherAddress(other)).ok()?;
+                    }
+                }
+            }
+            Reply::Error {
+                code,
+                unknown,
+                unknown_len,
+            } => {
+                w.add(&Attribute::ErrorCode(ErrorCode {
+                    code,
+                    reason: reason_phrase(code),
+                }))
+                .ok()?;
+                if unknown_len > 0 {
+                    let list = unknown.get(..usize::from(unknown_len))?;
+                    w.add(&Attribute::UnknownAttributes(AttrTypes::List(list)))
+                        .ok()?;
+                }
+            }
+        }
+        if let Some(s) = self.config.software {
+            w.add(&Attribute::Software(s)).ok()?;
+        }
+        if !legacy {
+            w.add_fingerprint().ok()?;
+        }
+        Some(w.finish())
+    }
+
+    /// The next socket intent.
+    pub fn poll_socket_op(&mut self) -> Option<SocketOp> {
+        self.ops.pop_front()
+    }
+
+    /// The next event.
+    pub fn poll_event(&mut self) -> Option<ServerEvent> {
+        self.events.pop_front()
+    }
+
+    /// The server has no timers: always `None`.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        None
+    }
+}
+
+fn error_reply(code: u16, unknown: &[u16]) -> Reply {
+    let mut list = [0u16; MAX_UNKNOWN];
+    let mut n = 0u8;
+    for (slot, t) in list.iter_mut().zip(unknown) {
+        *slot = *t;
+        n = n.saturating_add(1);
+    }
+    Reply::Error {
+        code,
+        unknown: list,
+        unknown_len: n,
+    }
+}
+
+fn reason_phrase(code: u16) -> &'static str {
+    match code {
+        400 => "Bad Request",
+        420 => "Unknown Attribute",
+        _ => "Error",
+    }
+}
+
+impl Machine for StunServer {
+    type Event = ServerEvent;
+
+    fn handle_datagram(
+        &mut self,
+        now: Instant,
+        socket: SocketId,
+        from: SocketAddr,
+        data: &[u8],
+    ) -> Verdict {
+        StunServer::handle_datagram(self, now, socket, from, data)
+    }
+
+    fn handle_socket_result(&mut self, now: Instant, socket: SocketId, outcome: SocketOutcome) {
+        StunServer::handle_socket_result(self, now, socket, outcome);
+    }
+
+    fn handle_timeout(&mut self, now: Instant) {
+        StunServer::handle_timeout(self, now);
+    }
+
+    fn poll_transmit(&mut self, buf: &mut [u8]) -> Option<Transmit> {
+        StunServer::poll_transmit(self, buf)
+    }
+
+    fn poll_socket_op(&mut self) -> Option<SocketOp> {
+        StunServer::poll_socket_op(self)
+    }
+
+    fn poll_event(&mut self) -> Option<ServerEvent> {
+        StunServer::poll_event(self)
+    }
+
+    fn poll_timeout(&self) -> Option<Instant> {
+        StunServer::poll_timeout(self)
+    }
+}
