@@ -8,7 +8,7 @@ use p2pd_proto::client::{
     TransactionResult,
 };
 use p2pd_proto::stun::{
-    Attribute, ChangeRequest, Class, ErrorCode, Header, Message, MessageWriter, Method,
+    Attribute, ChangeRequest, Class, ErrorCode, Header, Message, MessageWriter,
 };
 use p2pd_proto::{
     DropReason, Instant, IoError, OpKind, SocketId, SocketOp, SocketOutcome, Verdict,
