@@ -117,7 +117,8 @@ pub struct Message<'a> {
     header: Header,
     raw: &'a [u8],
     /// Offset of the first occurrence of each known kind (0 = absent; 0 is never an attribute offset).
-    index: [u16; AttrKind::COUNT],
+    /// `u32`, not `u16`: a message is up to 20 + 65535 bytes, so an attribute can start past 65535.
+    index: [u32; AttrKind::COUNT],
     /// The first comprehension-required attribute we do not know, if any.
     first_unknown: u16,
     unknown_count: u16,
@@ -166,7 +167,8 @@ impl<'a> Message<'a> {
         Ok((msg, total))
     }
 
-    /// The total size of the message whose header starts `buf`, once the first 20 bytes are there.
+    /// The total size of the message whose header starts `buf`, once the first 20 bytes are there
+    /// (the rest of the message need not have arrived yet).
     pub fn needed(buf: &[u8]) -> Result<usize, DecodeError> {
         let first = *buf.first().ok_or(DecodeError::TooShort)?;
         if buf.len() < HEADER_LEN {
@@ -179,13 +181,10 @@ impl<'a> Message<'a> {
         if len % 4 != 0 {
             return Err(DecodeError::UnalignedLength);
         }
-        let total = HEADER_LEN
+        // The body need not be there yet: a stream reader calls this to learn how much to wait for.
+        HEADER_LEN
             .checked_add(len)
-            .ok_or(DecodeError::LengthMismatch)?;
-        if total > buf.len() {
-            return Err(DecodeError::LengthMismatch);
-        }
-        Ok(total)
+            .ok_or(DecodeError::LengthMismatch)
     }
 
     fn validate(&mut self) -> Result<(), DecodeError> {
@@ -243,7 +242,7 @@ impl<'a> Message<'a> {
     fn record(&mut self, kind: AttrKind, at: usize) {
         if let Some(slot) = self.index.get_mut(kind.index()) {
             if *slot == 0 {
-                *slot = u16::try_from(at).unwrap_or(0);
+                *slot = u32::try_from(at).unwrap_or(0);
             }
         }
     }
@@ -288,7 +287,7 @@ impl<'a> Message<'a> {
 
     /// The first attribute of `kind` (before MESSAGE-INTEGRITY, or FINGERPRINT).
     pub fn get(&self, kind: AttrKind) -> Option<Attribute<'a>> {
-        let at = usize::from(*self.index.get(kind.index())?);
+        let at = self.index_of(kind);
         if at == 0 {
             return None;
         }
@@ -309,7 +308,7 @@ impl<'a> Message<'a> {
     /// Returns how many were written.
     pub fn collect_unknown(&self, out: &mut [u16]) -> usize {
         let mut n = 0usize;
-        let integrity = usize::from(self.index_of(AttrKind::MessageIntegrity));
+        let integrity = self.index_of(AttrKind::MessageIntegrity);
         let unknown = self.attributes().filter(|a| {
             a.code < 0x8000
                 && AttrKind::from_code(a.code).is_none()
@@ -322,8 +321,11 @@ impl<'a> Message<'a> {
         n
     }
 
-    fn index_of(&self, kind: AttrKind) -> u16 {
-        self.index.get(kind.index()).copied().unwrap_or(0)
+    fn index_of(&self, kind: AttrKind) -> usize {
+        self.index
+            .get(kind.index())
+            .and_then(|&at| usize::try_from(at).ok())
+            .unwrap_or(0)
     }
 
     fn address(&self, kind: AttrKind) -> Option<SocketAddr> {
@@ -403,7 +405,7 @@ impl<'a> Message<'a> {
 
     /// Verifies MESSAGE-INTEGRITY with a short-term credential `key` (the password, after SASLprep).
     pub fn verify_integrity(&self, key: &[u8]) -> Result<(), IntegrityError> {
-        let at = usize::from(self.index_of(AttrKind::MessageIntegrity));
+        let at = self.index_of(AttrKind::MessageIntegrity);
         if at == 0 {
             return Err(IntegrityError::Missing);
         }
