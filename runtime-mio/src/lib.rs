@@ -1,1 +1,99 @@
-//! placeholder
+//! # p2pd-mio
+//!
+//! A single-threaded [mio] + [socket2] event loop that drives any [`p2pd_proto::Machine`] on real
+//! sockets: [`Runtime`].
+//!
+//! The machine asks for sockets with intents ([`p2pd_proto::SocketOp`]): the runtime creates them
+//! with socket2, applies `SO_REUSEADDR` / `SO_REUSEPORT` and interface binding (`SO_BINDTODEVICE`
+//! on Linux, `IP_BOUND_IF` on macOS, `IP_UNICAST_IF` on Windows) **before** `bind`, registers them
+//! with mio under a slot token, and answers with [`p2pd_proto::SocketOutcome::Bound`] (the real
+//! local address) or `Failed`. It sends the machine's transmits, hands it every received datagram,
+//! calls `handle_timeout` once its deadline has passed, and gives its events to a callback that may
+//! issue further commands. Errors on the network side (a send on a closed socket, ICMP port
+//! unreachable, a full send buffer) are reported to the machine, never panics.
+//!
+//! UDP over IPv4 and IPv6 is supported; TCP intents are answered with `Failed` for now.
+//!
+//! ## Example
+//!
+//! A machine that binds a socket on loopback, sends itself one datagram, reports its length and
+//! closes the socket; the runtime stops when the machine is idle.
+//!
+//! ```
+//! use std::net::SocketAddr;
+//! use std::ops::ControlFlow;
+//! use std::time::Duration;
+//! use p2pd_mio::{RunEnd, Runtime};
+//! use p2pd_proto::{
+//!     Instant, Machine, SocketId, SocketOp, SocketOutcome, Transmit, Transport, Verdict,
+//! };
+//!
+//! #[derive(Default)]
+//! struct Loopback {
+//!     ops: Vec<SocketOp>,
+//!     send_to: Option<SocketAddr>,
+//!     events: Vec<usize>,
+//! }
+//!
+//! impl Machine for Loopback {
+//!     type Event = usize;
+//!     fn handle_datagram(&mut self, _: Instant, socket: SocketId, _: SocketAddr, data: &[u8]) -> Verdict {
+//!         self.events.push(data.len());
+//!         self.ops.push(SocketOp::Close { socket });
+//!         Verdict::Consumed
+//!     }
+//!     fn handle_socket_result(&mut self, _: Instant, _: SocketId, outcome: SocketOutcome) {
+//!         if let SocketOutcome::Bound { local } = outcome {
+//!             self.send_to = Some(local); // to ourselves
+//!         }
+//!     }
+//!     fn handle_timeout(&mut self, _: Instant) {}
+//!     fn poll_transmit(&mut self, buf: &mut [u8]) -> Option<Transmit> {
+//!         let destination = self.send_to.take()?;
+//!         buf[..5].copy_from_slice(b"hello");
+//!         Some(Transmit { socket: SocketId(1), destination, len: 5 })
+//!     }
+//!     fn poll_socket_op(&mut self) -> Option<SocketOp> { self.ops.pop() }
+//!     fn poll_event(&mut self) -> Option<usize> { self.events.pop() }
+//!     fn poll_timeout(&self) -> Option<Instant> { None }
+//! }
+//!
+//! # fn main() -> std::io::Result<()> {
+//! let mut machine = Loopback::default();
+//! machine.ops.push(SocketOp::Bind {
+//!     socket: SocketId(1),
+//!     transport: Transport::Udp,
+//!     local: "127.0.0.1:0".parse().unwrap(),
+//!     options: Default::default(),
+//! });
+//! let mut runtime = Runtime::new()?;
+//! let mut received = 0;
+//! let end = runtime.run(&mut machine, Some(Duration::from_secs(5)), |_machine, _now, len| {
+//!     received = len;
+//!     ControlFlow::Continue(())
+//! })?;
+//! assert_eq!(end, RunEnd::Idle);
+//! assert_eq!(received, 5);
+//! assert_eq!(runtime.open_sockets(), 0);
+//! assert_eq!(runtime.stats().datagrams_received, 1);
+//! # Ok(())
+//! # }
+//! ```
+#![deny(unsafe_code)]
+#![cfg_attr(
+    not(test),
+    deny(
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::panic,
+        clippy::indexing_slicing
+    )
+)]
+#![warn(missing_docs)]
+
+mod device;
+mod error;
+mod runtime;
+
+pub use error::map_io_error;
+pub use runtime::{RunEnd, Runtime, RuntimeStats, RECV_BUFFER_LEN};
