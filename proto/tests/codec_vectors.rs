@@ -591,3 +591,34 @@ fn every_truncation_and_length_of_the_vectors_is_a_typed_error() {
         }
     }
 }
+
+#[test]
+fn attributes_after_message_integrity_sha256_are_ignored() {
+    // RFC 8489 §14.6: only MESSAGE-INTEGRITY and FINGERPRINT count after MESSAGE-INTEGRITY-SHA256.
+    // (Found by the codec_diff fuzz target: stun-types ignored this XOR-MAPPED-ADDRESS, we did not.)
+    let mut buf = [0u8; 128];
+    let header = Header::new(Class::Success, Method::BINDING, TransactionId::new(TXID));
+    let mut w = MessageWriter::new(&mut buf, header).unwrap();
+    w.add(&Attribute::Other {
+        kind: 0x001C,
+        value: &[0xAA; 32],
+    })
+    .unwrap();
+    w.add(&Attribute::XorMappedAddress(addr("192.0.2.1:32853")))
+        .unwrap();
+    w.add(&Attribute::Other {
+        kind: 0x7FFF,
+        value: &[],
+    })
+    .unwrap();
+    w.add_message_integrity(PASSWORD).unwrap();
+    w.add_fingerprint().unwrap();
+    let len = w.finish();
+    let msg = Message::decode(&buf[..len]).unwrap();
+    assert_eq!(msg.xor_mapped_address(), None);
+    assert_eq!(msg.unknown_comprehension_required(), Some((0x001C, 1)));
+    let mut unknown = [0u16; 4];
+    assert_eq!(msg.collect_unknown(&mut unknown), 1);
+    assert_eq!(msg.verify_integrity(PASSWORD), Ok(()));
+    assert!(msg.has_fingerprint());
+}

@@ -9,6 +9,9 @@ use super::attribute::{AttrError, AttrKind, Attribute, ChangeRequest, ErrorCode}
 use super::header::{Class, Header, Method, TransactionId, HEADER_LEN, MAGIC_COOKIE};
 use super::{padded, read_u16, FINGERPRINT_XOR};
 
+/// MESSAGE-INTEGRITY-SHA256 (RFC 8489): not verified here, but it ends the attributes we read.
+const MESSAGE_INTEGRITY_SHA256: u16 = 0x001C;
+
 /// Why bytes are not a valid STUN message.
 #[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]
 pub enum DecodeError {
@@ -110,8 +113,8 @@ impl<'a> Iterator for Attributes<'a> {
 ///
 /// Decoding checks framing, every attribute's length and every known attribute's value, and the
 /// FINGERPRINT if there is one. Getters then return the first occurrence of each attribute.
-/// Attributes after MESSAGE-INTEGRITY (other than FINGERPRINT) are ignored by the getters, as RFC 5389
-/// requires.
+/// Attributes after MESSAGE-INTEGRITY or MESSAGE-INTEGRITY-SHA256 (other than MESSAGE-INTEGRITY and
+/// FINGERPRINT) are ignored by the getters, as RFC 5389 and RFC 8489 require.
 #[derive(Clone, Debug)]
 pub struct Message<'a> {
     header: Header,
@@ -122,6 +125,9 @@ pub struct Message<'a> {
     /// The first comprehension-required attribute we do not know, if any.
     first_unknown: u16,
     unknown_count: u16,
+    /// Offset of the first MESSAGE-INTEGRITY or MESSAGE-INTEGRITY-SHA256 (0 = none): attributes from
+    /// there on are ignored, except MESSAGE-INTEGRITY and FINGERPRINT (RFC 8489 §14.5, §14.6).
+    integrity_boundary: u32,
 }
 
 impl<'a> Message<'a> {
@@ -162,6 +168,7 @@ impl<'a> Message<'a> {
             index: [0; AttrKind::COUNT],
             first_unknown: 0,
             unknown_count: 0,
+            integrity_boundary: 0,
         };
         msg.validate()?;
         Ok((msg, total))
@@ -220,9 +227,11 @@ impl<'a> Message<'a> {
                     }
                     self.record(AttrKind::Fingerprint, at);
                 }
-                Some(kind) if !after_integrity => {
+                Some(kind) if !after_integrity || kind == AttrKind::MessageIntegrity => {
                     self.record(kind, at);
-                    after_integrity = kind == AttrKind::MessageIntegrity;
+                    if kind == AttrKind::MessageIntegrity {
+                        self.enter_integrity(at, &mut after_integrity);
+                    }
                 }
                 Some(_) => {}
                 None => {
@@ -232,11 +241,21 @@ impl<'a> Message<'a> {
                         }
                         self.unknown_count = self.unknown_count.saturating_add(1);
                     }
+                    if code == MESSAGE_INTEGRITY_SHA256 {
+                        self.enter_integrity(at, &mut after_integrity);
+                    }
                 }
             }
             at = next;
         }
         Ok(())
+    }
+
+    fn enter_integrity(&mut self, at: usize, after_integrity: &mut bool) {
+        if !*after_integrity {
+            *after_integrity = true;
+            self.integrity_boundary = u32::try_from(at).unwrap_or(u32::MAX);
+        }
     }
 
     fn record(&mut self, kind: AttrKind, at: usize) {
@@ -308,11 +327,11 @@ impl<'a> Message<'a> {
     /// Returns how many were written.
     pub fn collect_unknown(&self, out: &mut [u16]) -> usize {
         let mut n = 0usize;
-        let integrity = self.index_of(AttrKind::MessageIntegrity);
+        let integrity = usize::try_from(self.integrity_boundary).unwrap_or(usize::MAX);
         let unknown = self.attributes().filter(|a| {
             a.code < 0x8000
                 && AttrKind::from_code(a.code).is_none()
-                && (integrity == 0 || a.offset < integrity)
+                && (integrity == 0 || a.offset <= integrity)
         });
         for (slot, a) in out.iter_mut().zip(unknown) {
             *slot = a.code;
