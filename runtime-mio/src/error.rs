@@ -115,7 +115,11 @@ mod tests {
             (libc::EINVAL, IoError::Other(Some(libc::EINVAL))),
         ];
         for (code, want) in cases {
-            assert_eq!(map_io_error(&io::Error::from_raw_os_error(code)), want, "{code}");
+            assert_eq!(
+                map_io_error(&io::Error::from_raw_os_error(code)),
+                want,
+                "{code}"
+            );
         }
     }
 }

@@ -343,13 +343,16 @@ impl Runtime {
                     let data = self.recv_buf.get(..n).unwrap_or(&[]);
                     match machine.handle_datagram(now, id, from, data) {
                         Verdict::Consumed => {
-                            self.stats.verdict_consumed = self.stats.verdict_consumed.saturating_add(1)
+                            self.stats.verdict_consumed =
+                                self.stats.verdict_consumed.saturating_add(1)
                         }
                         Verdict::NotMine => {
-                            self.stats.verdict_not_mine = self.stats.verdict_not_mine.saturating_add(1)
+                            self.stats.verdict_not_mine =
+                                self.stats.verdict_not_mine.saturating_add(1)
                         }
                         Verdict::Dropped(_) => {
-                            self.stats.verdict_dropped = self.stats.verdict_dropped.saturating_add(1)
+                            self.stats.verdict_dropped =
+                                self.stats.verdict_dropped.saturating_add(1)
                         }
                     }
                     if self.drain(machine, on_event).is_break() {
@@ -695,9 +698,18 @@ mod tests {
     #[test]
     fn ceil_millis_rounds_up() {
         assert_eq!(ceil_millis(Duration::ZERO), Duration::ZERO);
-        assert_eq!(ceil_millis(Duration::from_nanos(1)), Duration::from_millis(1));
-        assert_eq!(ceil_millis(Duration::from_micros(1500)), Duration::from_millis(2));
-        assert_eq!(ceil_millis(Duration::from_millis(7)), Duration::from_millis(7));
+        assert_eq!(
+            ceil_millis(Duration::from_nanos(1)),
+            Duration::from_millis(1)
+        );
+        assert_eq!(
+            ceil_millis(Duration::from_micros(1500)),
+            Duration::from_millis(2)
+        );
+        assert_eq!(
+            ceil_millis(Duration::from_millis(7)),
+            Duration::from_millis(7)
+        );
     }
 
     #[test]
