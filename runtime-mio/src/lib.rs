@@ -12,7 +12,13 @@
 //! issue further commands. Errors on the network side (a send on a closed socket, ICMP port
 //! unreachable, a full send buffer) are reported to the machine, never panics.
 //!
-//! UDP over IPv4 and IPv6 is supported; TCP intents are answered with `Failed` for now.
+//! UDP and TCP over IPv4 and IPv6 are supported. A TCP socket is bound first (so reuse flags
+//! and the device apply, as bind-before-connect needs), then connected without blocking
+//! ([`p2pd_proto::SocketOutcome::Connected`] when the handshake completes); stream bytes go to
+//! `handle_stream`, EOF is reported as `PeerClosed`, and transmits on a stream are written in
+//! order (queued within [`MAX_STREAM_BUFFER`] bytes when the kernel pushes back). `Listen` puts a
+//! bound socket into the listening state; the contract has no outcome for accepted connections,
+//! so they are left in the kernel's backlog.
 //!
 //! ## Example
 //!
@@ -96,4 +102,4 @@ mod error;
 mod runtime;
 
 pub use error::map_io_error;
-pub use runtime::{RunEnd, Runtime, RuntimeStats, RECV_BUFFER_LEN};
+pub use runtime::{RunEnd, Runtime, RuntimeStats, MAX_STREAM_BUFFER, RECV_BUFFER_LEN};

@@ -82,10 +82,40 @@ pub enum RunEnd {
     Idle,
 }
 
-/// A socket the runtime owns, by kind. TCP kinds (bound, connecting, stream, listener) slot in here.
+/// Cap on bytes waiting to be written to one TCP stream; a transmit that does not fit fails with
+/// [`IoError::WouldBlock`] and nothing of it is queued.
+pub const MAX_STREAM_BUFFER: usize = 256 * 1024;
+
+/// A socket the runtime owns, by kind.
 enum Kind {
     /// A bound, registered UDP socket.
     Udp(mio::net::UdpSocket),
+    /// A bound TCP socket, neither connecting nor listening (not registered).
+    TcpBound(Socket),
+    /// A connecting or connected TCP stream (registered readable and writable).
+    TcpStream(Stream),
+    /// A listening TCP socket (not registered: the contract has no outcome for accepted streams,
+    /// so connections stay in the kernel's backlog).
+    TcpListener(mio::net::TcpListener),
+}
+
+/// A TCP stream and its state.
+struct Stream {
+    stream: mio::net::TcpStream,
+    remote: SocketAddr,
+    /// The connect completed (`Connected` was reported).
+    connected: bool,
+    /// The connect failed or a read error / EOF was reported: no more reads.
+    read_closed: bool,
+    /// Bytes accepted from transmits but not yet written (at most [`MAX_STREAM_BUFFER`]).
+    out: Vec<u8>,
+}
+
+/// Where a connecting stream stands.
+enum Progress {
+    Pending,
+    Connected(SocketAddr),
+    Failed(IoError),
 }
 
 /// One row of the socket table.
@@ -111,7 +141,7 @@ enum ReadEnd {
 /// A single-threaded mio event loop that drives any [`Machine`] on real sockets.
 ///
 /// The runtime carries out the machine's socket intents (bind with reuse flags and interface
-/// binding, TTL, close), sends its transmits, feeds it received datagrams and timeouts, and hands
+/// binding, TCP connect and listen, TTL, close), sends its transmits, feeds it received datagrams and timeouts, and hands
 /// its events to a callback. Socket ids are the machine's, so drive one machine (or machines
 /// sharing one id space) per runtime.
 ///
@@ -313,9 +343,27 @@ impl Runtime {
         }
     }
 
+    /// Services a ready slot: reads a UDP socket, or advances a TCP stream.
+    fn read_socket<M, F>(&mut self, machine: &mut M, idx: usize, on_event: &mut F) -> ReadEnd
+    where
+        M: Machine,
+        F: FnMut(&mut M, Instant, M::Event) -> ControlFlow<()>,
+    {
+        match self.slots.get(idx) {
+            Some(Some(Entry {
+                kind: Kind::Udp(_), ..
+            })) => self.read_udp(machine, idx, on_event),
+            Some(Some(Entry {
+                kind: Kind::TcpStream(_),
+                ..
+            })) => self.service_stream(machine, idx, on_event),
+            _ => ReadEnd::Done,
+        }
+    }
+
     /// Reads datagrams from slot `idx` until `WouldBlock`, handing each to the machine and
     /// draining after each.
-    fn read_socket<M, F>(&mut self, machine: &mut M, idx: usize, on_event: &mut F) -> ReadEnd
+    fn read_udp<M, F>(&mut self, machine: &mut M, idx: usize, on_event: &mut F) -> ReadEnd
     where
         M: Machine,
         F: FnMut(&mut M, Instant, M::Event) -> ControlFlow<()>,
@@ -330,6 +378,7 @@ impl Runtime {
             let id = entry.id;
             let result = match &entry.kind {
                 Kind::Udp(sock) => sock.recv_from(&mut self.recv_buf),
+                _ => return ReadEnd::Done,
             };
             match result {
                 Ok((n, from)) => {
@@ -341,20 +390,7 @@ impl Runtime {
                         .saturating_add(u64::try_from(n).unwrap_or(u64::MAX));
                     let now = self.now();
                     let data = self.recv_buf.get(..n).unwrap_or(&[]);
-                    match machine.handle_datagram(now, id, from, data) {
-                        Verdict::Consumed => {
-                            self.stats.verdict_consumed =
-                                self.stats.verdict_consumed.saturating_add(1)
-                        }
-                        Verdict::NotMine => {
-                            self.stats.verdict_not_mine =
-                                self.stats.verdict_not_mine.saturating_add(1)
-                        }
-                        Verdict::Dropped(_) => {
-                            self.stats.verdict_dropped =
-                                self.stats.verdict_dropped.saturating_add(1)
-                        }
-                    }
+                    self.count_verdict(machine.handle_datagram(now, id, from, data));
                     if self.drain(machine, on_event).is_break() {
                         return ReadEnd::Break;
                     }
@@ -385,6 +421,163 @@ impl Runtime {
                 }
             }
         }
+    }
+
+    /// Advances TCP stream `idx`: completes a connect, flushes queued bytes, reads until
+    /// `WouldBlock` (handing each chunk to `handle_stream`), reports EOF as `PeerClosed`.
+    fn service_stream<M, F>(&mut self, machine: &mut M, idx: usize, on_event: &mut F) -> ReadEnd
+    where
+        M: Machine,
+        F: FnMut(&mut M, Instant, M::Event) -> ControlFlow<()>,
+    {
+        // Connection progress.
+        let Some(Some(Entry {
+            id,
+            kind: Kind::TcpStream(st),
+            ..
+        })) = self.slots.get_mut(idx)
+        else {
+            return ReadEnd::Done;
+        };
+        let id = *id;
+        if !st.connected {
+            if st.read_closed {
+                return ReadEnd::Done;
+            }
+            let outcome = match connect_progress(&st.stream) {
+                Progress::Pending => return ReadEnd::Done,
+                Progress::Connected(local) => {
+                    st.connected = true;
+                    SocketOutcome::Connected {
+                        local,
+                        remote: st.remote,
+                    }
+                }
+                Progress::Failed(error) => {
+                    st.read_closed = true;
+                    SocketOutcome::Failed {
+                        op: OpKind::Connect,
+                        destination: Some(st.remote),
+                        error,
+                    }
+                }
+            };
+            if let SocketOutcome::Failed { .. } = outcome {
+                self.stats.op_failures = self.stats.op_failures.saturating_add(1);
+            }
+            self.report(id, outcome);
+            if self.drain(machine, on_event).is_break() {
+                return ReadEnd::Break;
+            }
+        }
+        self.flush_stream(idx);
+
+        let mut reads = 0usize;
+        loop {
+            let Some(Some(Entry {
+                id,
+                kind: Kind::TcpStream(st),
+                ..
+            })) = self.slots.get_mut(idx)
+            else {
+                return ReadEnd::Done;
+            };
+            let id = *id;
+            if !st.connected || st.read_closed {
+                return ReadEnd::Done;
+            }
+            let result = io::Read::read(&mut st.stream, &mut self.recv_buf);
+            match result {
+                Ok(0) => {
+                    st.read_closed = true;
+                    self.report(id, SocketOutcome::PeerClosed);
+                    return match self.drain(machine, on_event) {
+                        ControlFlow::Break(()) => ReadEnd::Break,
+                        ControlFlow::Continue(()) => ReadEnd::Done,
+                    };
+                }
+                Ok(n) => {
+                    self.stats.bytes_received = self
+                        .stats
+                        .bytes_received
+                        .saturating_add(u64::try_from(n).unwrap_or(u64::MAX));
+                    let now = self.now();
+                    let data = self.recv_buf.get(..n).unwrap_or(&[]);
+                    self.count_verdict(machine.handle_stream(now, id, data));
+                    if self.drain(machine, on_event).is_break() {
+                        return ReadEnd::Break;
+                    }
+                    reads = reads.saturating_add(1);
+                    if reads >= MAX_READS_PER_WAKEUP {
+                        return ReadEnd::More;
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return ReadEnd::Done,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    st.read_closed = true;
+                    self.stats.receive_errors = self.stats.receive_errors.saturating_add(1);
+                    let outcome = SocketOutcome::Failed {
+                        op: OpKind::Receive,
+                        destination: None,
+                        error: map_io_error(&e),
+                    };
+                    self.report(id, outcome);
+                    return match self.drain(machine, on_event) {
+                        ControlFlow::Break(()) => ReadEnd::Break,
+                        ControlFlow::Continue(()) => ReadEnd::Done,
+                    };
+                }
+            }
+        }
+    }
+
+    /// Writes as much of stream `idx`'s queued bytes as the kernel takes; a write error is
+    /// reported as a failed send and drops the queue.
+    fn flush_stream(&mut self, idx: usize) {
+        let Some(Some(Entry {
+            id,
+            kind: Kind::TcpStream(st),
+            ..
+        })) = self.slots.get_mut(idx)
+        else {
+            return;
+        };
+        let id = *id;
+        if !st.connected || st.out.is_empty() {
+            return;
+        }
+        let result = write_some(&mut st.stream, &st.out);
+        let written = match result {
+            Ok(n) => n,
+            Err(error) => {
+                st.out.clear();
+                let destination = Some(st.remote);
+                self.stats.send_errors = self.stats.send_errors.saturating_add(1);
+                let outcome = SocketOutcome::Failed {
+                    op: OpKind::Send,
+                    destination,
+                    error,
+                };
+                self.report(id, outcome);
+                return;
+            }
+        };
+        st.out.drain(..written.min(st.out.len()));
+        self.stats.bytes_sent = self
+            .stats
+            .bytes_sent
+            .saturating_add(u64::try_from(written).unwrap_or(u64::MAX));
+    }
+
+    /// Counts a machine's verdict.
+    fn count_verdict(&mut self, verdict: Verdict) {
+        let counter = match verdict {
+            Verdict::Consumed => &mut self.stats.verdict_consumed,
+            Verdict::NotMine => &mut self.stats.verdict_not_mine,
+            Verdict::Dropped(_) => &mut self.stats.verdict_dropped,
+        };
+        *counter = counter.saturating_add(1);
     }
 
     /// The drain loop: transmits, socket intents, events, then queued socket outcomes, until a pass
@@ -422,21 +615,33 @@ impl Runtime {
         }
     }
 
-    /// Sends one transmit from `tx_buf`; failures are queued for the machine.
+    /// Sends one transmit from `tx_buf` (a datagram, or bytes on a connected TCP stream); failures
+    /// are queued for the machine.
     fn send(&mut self, t: Transmit) {
         let destination = t.destination;
+        let idx = self.ids.get(&t.socket).copied();
+        let mut datagram = false;
         let result = match self.tx_buf.get(..t.len) {
             None => Err(IoError::MessageTooLong),
-            Some(bytes) => match self.ids.get(&t.socket).and_then(|&i| self.slots.get(i)) {
-                Some(Some(entry)) => match &entry.kind {
-                    Kind::Udp(sock) => send_to(sock, bytes, destination),
+            Some(bytes) => match idx.and_then(|i| self.slots.get_mut(i)) {
+                Some(Some(entry)) => match &mut entry.kind {
+                    Kind::Udp(sock) => {
+                        datagram = true;
+                        send_to(sock, bytes, destination)
+                    }
+                    Kind::TcpStream(st) => stream_send(st, bytes),
+                    Kind::TcpBound(_) | Kind::TcpListener(_) => {
+                        Err(IoError::Other(Some(NOT_CONNECTED)))
+                    }
                 },
                 _ => Err(IoError::UnknownSocket),
             },
         };
         match result {
             Ok(n) => {
-                self.stats.datagrams_sent = self.stats.datagrams_sent.saturating_add(1);
+                if datagram {
+                    self.stats.datagrams_sent = self.stats.datagrams_sent.saturating_add(1);
+                }
                 self.stats.bytes_sent = self
                     .stats
                     .bytes_sent
@@ -472,13 +677,21 @@ impl Runtime {
                 }
             }
             SocketOp::Close { socket } => self.close(socket),
-            SocketOp::Connect { socket, .. } => {
-                let error = self.unsupported(socket);
-                self.fail(socket, OpKind::Connect, error);
+            SocketOp::Connect { socket, remote } => {
+                if let Err(error) = self.connect(socket, remote) {
+                    self.stats.op_failures = self.stats.op_failures.saturating_add(1);
+                    let outcome = SocketOutcome::Failed {
+                        op: OpKind::Connect,
+                        destination: Some(remote),
+                        error,
+                    };
+                    self.report(socket, outcome);
+                }
             }
-            SocketOp::Listen { socket, .. } => {
-                let error = self.unsupported(socket);
-                self.fail(socket, OpKind::Listen, error);
+            SocketOp::Listen { socket, backlog } => {
+                if let Err(error) = self.listen(socket, backlog) {
+                    self.fail(socket, OpKind::Listen, error);
+                }
             }
             // An intent this runtime does not know yet: nothing sensible to report it as.
             _ => {
@@ -487,13 +700,83 @@ impl Runtime {
         }
     }
 
-    /// The error for an operation this runtime does not support on `socket` (yet).
-    fn unsupported(&self, socket: SocketId) -> IoError {
-        if self.ids.contains_key(&socket) {
-            IoError::Other(None)
-        } else {
-            IoError::UnknownSocket
+    /// Starts a non-blocking connect on bound TCP socket `id`; completion is reported when the
+    /// stream becomes writable.
+    fn connect(&mut self, id: SocketId, remote: SocketAddr) -> Result<(), IoError> {
+        let idx = *self.ids.get(&id).ok_or(IoError::UnknownSocket)?;
+        let slot = self.slots.get_mut(idx).ok_or(IoError::UnknownSocket)?;
+        let Some(Entry {
+            kind: Kind::TcpBound(_),
+            ..
+        }) = slot
+        else {
+            // Not a bound TCP socket (UDP, already connecting, listening).
+            return Err(IoError::Other(None));
+        };
+        let Some(mut entry) = slot.take() else {
+            return Err(IoError::UnknownSocket);
+        };
+        let sock = match entry.kind {
+            Kind::TcpBound(sock) => sock,
+            other => {
+                entry.kind = other;
+                *slot = Some(entry);
+                return Err(IoError::Other(None));
+            }
+        };
+        let started = match sock.connect(&remote.into()) {
+            Ok(()) => Ok(()),
+            Err(e) if connect_in_progress(&e) => Ok(()),
+            Err(e) => Err(map_io_error(&e)),
+        };
+        if let Err(error) = started {
+            // The socket stays bound; the machine decides whether to close it.
+            entry.kind = Kind::TcpBound(sock);
+            *slot = Some(entry);
+            return Err(error);
         }
+        let mut stream = mio::net::TcpStream::from_std(std::net::TcpStream::from(sock));
+        let registered = self.poll.registry().register(
+            &mut stream,
+            Token(idx),
+            Interest::READABLE | Interest::WRITABLE,
+        );
+        let failed = registered.err().map(|e| map_io_error(&e));
+        entry.kind = Kind::TcpStream(Stream {
+            stream,
+            remote,
+            connected: false,
+            read_closed: failed.is_some(),
+            out: Vec::new(),
+        });
+        *slot = Some(entry);
+        failed.map_or(Ok(()), Err)
+    }
+
+    /// Makes bound TCP socket `id` listen.
+    fn listen(&mut self, id: SocketId, backlog: u32) -> Result<(), IoError> {
+        let idx = *self.ids.get(&id).ok_or(IoError::UnknownSocket)?;
+        let slot = self.slots.get_mut(idx).ok_or(IoError::UnknownSocket)?;
+        let Some(Entry {
+            kind: Kind::TcpBound(sock),
+            ..
+        }) = slot
+        else {
+            return Err(IoError::Other(None));
+        };
+        sock.listen(i32::try_from(backlog).unwrap_or(i32::MAX))
+            .map_err(|e| map_io_error(&e))?;
+        let Some(mut entry) = slot.take() else {
+            return Err(IoError::UnknownSocket);
+        };
+        entry.kind = match entry.kind {
+            Kind::TcpBound(sock) => Kind::TcpListener(mio::net::TcpListener::from_std(
+                std::net::TcpListener::from(sock),
+            )),
+            other => other,
+        };
+        *slot = Some(entry);
+        Ok(())
     }
 
     /// Queues a failed intent.
@@ -533,7 +816,10 @@ impl Runtime {
                 let (sock, local) = open_udp(local, &options)?;
                 (Kind::Udp(sock), local)
             }
-            Transport::Tcp => return Err(IoError::Other(None)),
+            Transport::Tcp => {
+                let (sock, local) = open_tcp(local, &options)?;
+                (Kind::TcpBound(sock), local)
+            }
         };
         let idx = self.free.pop().unwrap_or(self.slots.len());
         let registered = match &mut kind {
@@ -541,6 +827,7 @@ impl Runtime {
                 .poll
                 .registry()
                 .register(sock, Token(idx), Interest::READABLE),
+            _ => Ok(()),
         };
         if let Err(e) = registered {
             if idx < self.slots.len() {
@@ -563,6 +850,9 @@ impl Runtime {
         let entry = self.entry(id).ok_or(IoError::UnknownSocket)?;
         let sock = match &entry.kind {
             Kind::Udp(sock) => SockRef::from(sock),
+            Kind::TcpBound(sock) => SockRef::from(sock),
+            Kind::TcpStream(st) => SockRef::from(&st.stream),
+            Kind::TcpListener(sock) => SockRef::from(sock),
         };
         let result = if entry.local.is_ipv4() {
             sock.set_ttl_v4(u32::from(ttl))
@@ -578,11 +868,12 @@ impl Runtime {
             return;
         };
         if let Some(mut entry) = self.slots.get_mut(idx).and_then(Option::take) {
-            match &mut entry.kind {
-                Kind::Udp(sock) => {
-                    let _ = self.poll.registry().deregister(sock);
-                }
-            }
+            let registry = self.poll.registry();
+            let _ = match &mut entry.kind {
+                Kind::Udp(sock) => registry.deregister(sock),
+                Kind::TcpStream(st) => registry.deregister(&mut st.stream),
+                Kind::TcpBound(_) | Kind::TcpListener(_) => Ok(()),
+            };
             self.stats.sockets_closed = self.stats.sockets_closed.saturating_add(1);
         }
         self.free.push(idx);
@@ -610,6 +901,100 @@ fn send_to(sock: &mio::net::UdpSocket, bytes: &[u8], to: SocketAddr) -> Result<u
             Err(e) => return Err(map_io_error(&e)),
         }
     }
+}
+
+/// The OS code for "not connected", reported when a transmit names a TCP socket that is not a
+/// connected stream.
+#[cfg(unix)]
+const NOT_CONNECTED: i32 = libc::ENOTCONN;
+/// The OS code for "not connected" (`WSAENOTCONN`).
+#[cfg(windows)]
+const NOT_CONNECTED: i32 = 10057;
+/// The OS code for "not connected" (none on this platform).
+#[cfg(not(any(unix, windows)))]
+const NOT_CONNECTED: i32 = 0;
+
+/// Whether a non-blocking `connect` error only means "in progress".
+fn connect_in_progress(e: &io::Error) -> bool {
+    #[cfg(unix)]
+    if e.raw_os_error() == Some(libc::EINPROGRESS) {
+        return true;
+    }
+    e.kind() == io::ErrorKind::WouldBlock
+}
+
+/// Where a connecting stream stands, after it became writable (or readable).
+fn connect_progress(stream: &mio::net::TcpStream) -> Progress {
+    match stream.take_error() {
+        Ok(Some(e)) | Err(e) => return Progress::Failed(map_io_error(&e)),
+        Ok(None) => {}
+    }
+    match stream.peer_addr() {
+        Ok(_) => match stream.local_addr() {
+            Ok(local) => Progress::Connected(local),
+            Err(e) => Progress::Failed(map_io_error(&e)),
+        },
+        Err(e) if e.kind() == io::ErrorKind::NotConnected => Progress::Pending,
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => Progress::Pending,
+        Err(e) => Progress::Failed(map_io_error(&e)),
+    }
+}
+
+/// Writes as much of `bytes` as the kernel takes without blocking.
+fn write_some(stream: &mut mio::net::TcpStream, bytes: &[u8]) -> Result<usize, IoError> {
+    let mut written = 0usize;
+    while let Some(rest) = bytes.get(written..).filter(|r| !r.is_empty()) {
+        match io::Write::write(stream, rest) {
+            Ok(0) => return Err(IoError::ConnectionReset),
+            Ok(n) => written = written.saturating_add(n),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(map_io_error(&e)),
+        }
+    }
+    Ok(written)
+}
+
+/// Sends `bytes` on a stream: written at once if nothing is queued, the rest queued (whole or not
+/// at all, within [`MAX_STREAM_BUFFER`]). Returns how many bytes were written at once.
+fn stream_send(st: &mut Stream, bytes: &[u8]) -> Result<usize, IoError> {
+    if !st.connected {
+        return Err(IoError::Other(Some(NOT_CONNECTED)));
+    }
+    if st.out.len().saturating_add(bytes.len()) > MAX_STREAM_BUFFER {
+        return Err(IoError::WouldBlock);
+    }
+    let written = if st.out.is_empty() {
+        write_some(&mut st.stream, bytes)?
+    } else {
+        0
+    };
+    st.out
+        .extend_from_slice(bytes.get(written..).unwrap_or(&[]));
+    Ok(written)
+}
+
+/// Creates a non-blocking TCP socket with `options` applied, bound to `local`.
+fn open_tcp(local: SocketAddr, options: &BindOptions) -> Result<(Socket, SocketAddr), IoError> {
+    let io = |e: io::Error| map_io_error(&e);
+    let socket = Socket::new(
+        Domain::for_address(local),
+        Type::STREAM,
+        Some(Protocol::TCP),
+    )
+    .map_err(io)?;
+    if local.is_ipv6() {
+        socket.set_only_v6(true).map_err(io)?;
+    }
+    apply_options(&socket, local, options)?;
+    socket.set_nonblocking(true).map_err(io)?;
+    socket.bind(&local.into()).map_err(io)?;
+    let bound = socket
+        .local_addr()
+        .map_err(io)?
+        .as_socket()
+        .ok_or(IoError::Other(None))?;
+    Ok((socket, bound))
 }
 
 /// Creates a non-blocking UDP socket with `options` applied, bound to `local`.

@@ -214,6 +214,7 @@ fn runtime_is_reusable_across_runs() {
 enum Input {
     Result(SocketId, SocketOutcome),
     Datagram(SocketId, SocketAddr, Vec<u8>),
+    Stream(SocketId, Vec<u8>),
     Timeout(Instant),
 }
 
@@ -246,6 +247,11 @@ impl Machine for Script {
     ) -> Verdict {
         self.inputs
             .push_back(Input::Datagram(socket, from, data.to_vec()));
+        Verdict::Consumed
+    }
+
+    fn handle_stream(&mut self, _now: Instant, socket: SocketId, data: &[u8]) -> Verdict {
+        self.inputs.push_back(Input::Stream(socket, data.to_vec()));
         Verdict::Consumed
     }
 
@@ -396,7 +402,7 @@ fn reuse_port_lets_two_sockets_share_a_port() {
 }
 
 #[test]
-fn set_ttl_and_unsupported_ops() {
+fn set_ttl_and_misdirected_ops() {
     let mut rt = Runtime::new().unwrap();
     let mut m = Script::with_ops([
         bind_op(1, "127.0.0.1:0", BindOptions::default()),
@@ -408,11 +414,9 @@ fn set_ttl_and_unsupported_ops() {
             socket: SocketId(5),
             ttl: 3,
         },
-        SocketOp::Bind {
-            socket: SocketId(6),
-            transport: Transport::Tcp,
-            local: "127.0.0.1:0".parse().unwrap(),
-            options: BindOptions::default(),
+        SocketOp::Connect {
+            socket: SocketId(1),
+            remote: "127.0.0.1:9".parse().unwrap(),
         },
     ]);
     let seen = collect(&mut rt, &mut m, 3);
@@ -428,11 +432,12 @@ fn set_ttl_and_unsupported_ops() {
                     error: IoError::UnknownSocket
                 }
             ),
+            // Connect is for TCP sockets only.
             Input::Result(
-                SocketId(6),
+                SocketId(1),
                 SocketOutcome::Failed {
-                    op: OpKind::Bind,
-                    destination: None,
+                    op: OpKind::Connect,
+                    destination: Some("127.0.0.1:9".parse().unwrap()),
                     error: IoError::Other(None)
                 }
             ),

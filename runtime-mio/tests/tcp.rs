@@ -1,0 +1,245 @@
+//! TCP through the runtime on loopback: bind-before-connect, stream bytes, EOF, refusal, listen.
+
+use std::collections::VecDeque;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::ops::ControlFlow;
+use std::time::Duration;
+
+use p2pd_mio::{RunEnd, Runtime};
+use p2pd_proto::{
+    BindOptions, Instant, IoError, Machine, OpKind, SocketId, SocketOp, SocketOutcome, Transmit,
+    Transport, Verdict,
+};
+
+const LIMIT: Option<Duration> = Some(Duration::from_secs(5));
+const S: SocketId = SocketId(1);
+
+fn tcp_bind(local: &str) -> SocketOp {
+    SocketOp::Bind {
+        socket: S,
+        transport: Transport::Tcp,
+        local: local.parse().unwrap(),
+        options: BindOptions {
+            reuse_address: true,
+            reuse_port: true,
+            device: None,
+        },
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+enum Input {
+    Result(SocketOutcome),
+    Stream(Vec<u8>),
+}
+
+/// Every input becomes an event; the test reacts in the callback.
+#[derive(Default)]
+struct Tcp {
+    ops: VecDeque<SocketOp>,
+    tx: VecDeque<Vec<u8>>,
+    inputs: VecDeque<Input>,
+    remote: Option<SocketAddr>,
+}
+
+impl Machine for Tcp {
+    type Event = Input;
+    fn handle_datagram(&mut self, _: Instant, _: SocketId, _: SocketAddr, _: &[u8]) -> Verdict {
+        Verdict::NotMine
+    }
+    fn handle_stream(&mut self, _: Instant, socket: SocketId, data: &[u8]) -> Verdict {
+        assert_eq!(socket, S);
+        self.inputs.push_back(Input::Stream(data.to_vec()));
+        Verdict::Consumed
+    }
+    fn handle_socket_result(&mut self, _: Instant, socket: SocketId, outcome: SocketOutcome) {
+        assert_eq!(socket, S);
+        self.inputs.push_back(Input::Result(outcome));
+    }
+    fn handle_timeout(&mut self, _: Instant) {}
+    fn poll_transmit(&mut self, buf: &mut [u8]) -> Option<Transmit> {
+        let bytes = self.tx.pop_front()?;
+        buf[..bytes.len()].copy_from_slice(&bytes);
+        Some(Transmit {
+            socket: S,
+            destination: self.remote?,
+            len: bytes.len(),
+        })
+    }
+    fn poll_socket_op(&mut self) -> Option<SocketOp> {
+        self.ops.pop_front()
+    }
+    fn poll_event(&mut self) -> Option<Input> {
+        self.inputs.pop_front()
+    }
+    fn poll_timeout(&self) -> Option<Instant> {
+        None
+    }
+}
+
+#[test]
+fn connect_exchange_and_peer_close() {
+    let server = TcpListener::bind("127.0.0.1:0").unwrap();
+    let server_addr = server.local_addr().unwrap();
+    let peer = std::thread::spawn(move || {
+        let (mut conn, from) = server.accept().unwrap();
+        let mut got = [0u8; 4];
+        conn.read_exact(&mut got).unwrap();
+        assert_eq!(&got, b"ping");
+        conn.write_all(b"pong").unwrap();
+        from
+    });
+
+    let mut rt = Runtime::new().unwrap();
+    let mut m = Tcp {
+        remote: Some(server_addr),
+        ..Tcp::default()
+    };
+    m.ops.push_back(tcp_bind("127.0.0.1:0"));
+    let mut seen = Vec::new();
+    let end = rt
+        .run(&mut m, LIMIT, |m, _, input| {
+            match &input {
+                Input::Result(SocketOutcome::Bound { .. }) => {
+                    m.ops.push_back(SocketOp::Connect {
+                        socket: S,
+                        remote: server_addr,
+                    });
+                }
+                Input::Result(SocketOutcome::Connected { .. }) => m.tx.push_back(b"ping".to_vec()),
+                Input::Result(SocketOutcome::PeerClosed) => {
+                    m.ops.push_back(SocketOp::Close { socket: S });
+                }
+                _ => {}
+            }
+            seen.push(input);
+            ControlFlow::Continue(())
+        })
+        .unwrap();
+    let client_addr = peer.join().unwrap();
+    assert_eq!(end, RunEnd::Idle, "{seen:?}");
+    let bound = match seen[0] {
+        Input::Result(SocketOutcome::Bound { local }) => local,
+        ref other => panic!("{other:?}"),
+    };
+    assert_eq!(
+        bound, client_addr,
+        "the connection comes from the bound address"
+    );
+    assert_eq!(
+        seen[1],
+        Input::Result(SocketOutcome::Connected {
+            local: bound,
+            remote: server_addr
+        })
+    );
+    let streamed: Vec<u8> = seen
+        .iter()
+        .filter_map(|i| match i {
+            Input::Stream(d) => Some(d.clone()),
+            _ => None,
+        })
+        .flatten()
+        .collect();
+    assert_eq!(streamed, b"pong");
+    assert_eq!(seen.last(), Some(&Input::Result(SocketOutcome::PeerClosed)));
+    assert_eq!(rt.open_sockets(), 0);
+    assert_eq!(rt.stats().bytes_sent, 4);
+    assert_eq!(rt.stats().bytes_received, 4);
+}
+
+#[test]
+fn connect_to_closed_port_is_refused() {
+    // Find a port nobody listens on.
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let remote: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let mut rt = Runtime::new().unwrap();
+    let mut m = Tcp::default();
+    m.ops.extend([
+        tcp_bind("127.0.0.1:0"),
+        SocketOp::Connect { socket: S, remote },
+    ]);
+    let mut seen = Vec::new();
+    rt.run(&mut m, LIMIT, |_, _, input| {
+        seen.push(input);
+        if seen.len() == 2 {
+            ControlFlow::Break(())
+        } else {
+            ControlFlow::Continue(())
+        }
+    })
+    .unwrap();
+    assert_eq!(
+        seen[1],
+        Input::Result(SocketOutcome::Failed {
+            op: OpKind::Connect,
+            destination: Some(remote),
+            error: IoError::ConnectionRefused
+        })
+    );
+    // A transmit on the failed stream is reported, not a panic.
+    m.remote = Some(remote);
+    m.tx.push_back(b"x".to_vec());
+    m.ops.push_back(SocketOp::Close { socket: S });
+    let _ = rt.drive(&mut m, |_, _, input| {
+        assert!(matches!(
+            input,
+            Input::Result(SocketOutcome::Failed {
+                op: OpKind::Send,
+                ..
+            })
+        ));
+        ControlFlow::Continue(())
+    });
+    assert_eq!(rt.open_sockets(), 0);
+}
+
+#[test]
+fn listen_accepts_into_the_backlog() {
+    let mut rt = Runtime::new().unwrap();
+    let mut m = Tcp::default();
+    m.ops.extend([
+        tcp_bind("127.0.0.1:0"),
+        SocketOp::Listen {
+            socket: S,
+            backlog: 8,
+        },
+    ]);
+    let mut seen = Vec::new();
+    let _ = rt.drive(&mut m, |_, _, input| {
+        seen.push(input);
+        ControlFlow::Continue(())
+    });
+    let local = match seen[..] {
+        [Input::Result(SocketOutcome::Bound { local })] => local,
+        ref other => panic!("{other:?}"),
+    };
+    let conn = TcpStream::connect_timeout(&local, Duration::from_secs(2));
+    assert!(conn.is_ok(), "{conn:?}");
+    m.ops.push_back(SocketOp::Listen {
+        socket: S,
+        backlog: 8,
+    });
+    let _ = rt.drive(&mut m, |_, _, input| {
+        // Listening twice is refused.
+        assert!(matches!(
+            input,
+            Input::Result(SocketOutcome::Failed {
+                op: OpKind::Listen,
+                ..
+            })
+        ));
+        ControlFlow::Continue(())
+    });
+    m.ops.push_back(SocketOp::Close { socket: S });
+    assert_eq!(
+        rt.run(&mut m, LIMIT, |_, _, _| ControlFlow::Continue(()))
+            .unwrap(),
+        RunEnd::Idle
+    );
+}
