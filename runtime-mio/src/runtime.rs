@@ -312,7 +312,8 @@ impl Runtime {
                     self.ready.push(idx);
                 }
             }
-            for idx in std::mem::take(&mut self.carry) {
+            // Popped, not taken, so both vectors keep their capacity (no allocation per turn).
+            while let Some(idx) = self.carry.pop() {
                 if !self.ready.contains(&idx) {
                     self.ready.push(idx);
                 }
