@@ -97,6 +97,8 @@
 )]
 #![warn(missing_docs)]
 
+/// The `p2pd` command line, as a library so tests can reuse its parts.
+pub mod cli;
 mod device;
 mod error;
 mod runtime;

@@ -1,0 +1,50 @@
+//! The `p2pd` command line: one sub-command per job, human output by default, `--json` for scripts.
+
+pub mod json;
+pub mod stun;
+pub mod stun_server;
+
+use std::net::{SocketAddr, ToSocketAddrs};
+
+use p2pd_proto::InterfaceName;
+
+/// The default STUN port.
+pub const STUN_PORT: u16 = 3478;
+
+/// Resolves `HOST[:PORT]` (IPv6 literals as `[::1]:3478` or bare `::1`), preferring IPv4.
+pub fn resolve(target: &str, default_port: u16) -> Result<SocketAddr, String> {
+    if let Ok(a) = target.parse::<SocketAddr>() {
+        return Ok(a);
+    }
+    if let Ok(ip) = target.parse::<std::net::IpAddr>() {
+        return Ok(SocketAddr::new(ip, default_port));
+    }
+    let with_port = if target
+        .rsplit_once(':')
+        .is_some_and(|(_, p)| p.parse::<u16>().is_ok())
+    {
+        target.to_string()
+    } else {
+        format!("{target}:{default_port}")
+    };
+    let addrs: Vec<SocketAddr> = with_port
+        .to_socket_addrs()
+        .map_err(|e| format!("cannot resolve {target}: {e}"))?
+        .collect();
+    addrs
+        .iter()
+        .find(|a| a.is_ipv4())
+        .or_else(|| addrs.first())
+        .copied()
+        .ok_or_else(|| format!("{target} has no addresses"))
+}
+
+/// Parses an interface name for `--interface`.
+pub fn interface(name: &str) -> Result<InterfaceName, String> {
+    InterfaceName::new(name).ok_or_else(|| {
+        format!(
+            "invalid interface name {name:?} (1 to {} bytes, no '/' or NUL)",
+            InterfaceName::MAX_LEN
+        )
+    })
+}

@@ -1,0 +1,269 @@
+//! `p2pd stun SERVER`: one Binding transaction, printing mapped address, other address and RTT.
+
+use std::net::SocketAddr;
+use std::ops::ControlFlow;
+use std::time::Duration;
+
+use clap::{Args, ValueEnum};
+use p2pd_proto::client::{
+    BindingResponse, ClientConfig, ClientEvent, Failure, Request, Retransmit, StunClient,
+};
+use p2pd_proto::stun::ChangeRequest;
+use p2pd_proto::BindOptions;
+
+use super::json::Object;
+use crate::Runtime;
+
+/// Which CHANGE-REQUEST to send.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Change {
+    /// No change (a plain Binding request).
+    None,
+    /// Ask for the reply from the server's other port.
+    Port,
+    /// Ask for the reply from the server's other IP.
+    Ip,
+    /// Ask for the reply from the other IP and port.
+    Both,
+}
+
+impl From<Change> for ChangeRequest {
+    fn from(c: Change) -> Self {
+        match c {
+            Change::None => ChangeRequest::NONE,
+            Change::Port => ChangeRequest::PORT,
+            Change::Ip => ChangeRequest::IP,
+            Change::Both => ChangeRequest::BOTH,
+        }
+    }
+}
+
+/// Options of `p2pd stun`.
+#[derive(Debug, Args)]
+pub struct StunArgs {
+    /// The STUN server: HOST[:PORT] (default port 3478).
+    pub server: String,
+    /// Local address to send from (default: any address, any port, of the server's family).
+    #[arg(long)]
+    pub local: Option<SocketAddr>,
+    /// Bind to this network interface (SO_BINDTODEVICE on Linux).
+    #[arg(long)]
+    pub interface: Option<String>,
+    /// CHANGE-REQUEST to send (RFC 5780).
+    #[arg(long, value_enum, default_value = "none")]
+    pub change: Change,
+    /// Speak RFC 3489 (no magic cookie), as p2pd does for change requests.
+    #[arg(long)]
+    pub legacy: bool,
+    /// Initial retransmission timeout in milliseconds (RFC 5389 RTO).
+    #[arg(long, default_value_t = 500)]
+    pub rto_ms: u64,
+    /// Total transmissions (RFC 5389 Rc).
+    #[arg(long, default_value_t = 7)]
+    pub transmissions: u32,
+    /// Send once and wait this many milliseconds instead of retransmitting.
+    #[arg(long)]
+    pub single_shot_ms: Option<u64>,
+    /// Print one JSON object instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Runs `p2pd stun`; returns the process exit code.
+pub fn run(args: &StunArgs) -> i32 {
+    match query(args) {
+        Ok(r) => {
+            print_success(args, &r);
+            0
+        }
+        Err(e) => {
+            if args.json {
+                println!(
+                    "{}",
+                    Object::new()
+                        .str("server", &args.server)
+                        .str("error", &e.message)
+                        .str("kind", e.kind)
+                        .finish()
+                );
+            } else {
+                eprintln!("p2pd stun: {}", e.message);
+            }
+            1
+        }
+    }
+}
+
+struct CliError {
+    kind: &'static str,
+    message: String,
+}
+
+impl CliError {
+    fn new(kind: &'static str, message: impl Into<String>) -> Self {
+        CliError {
+            kind,
+            message: message.into(),
+        }
+    }
+}
+
+struct Answer {
+    server: SocketAddr,
+    response: BindingResponse,
+}
+
+fn query(args: &StunArgs) -> Result<Answer, CliError> {
+    let server =
+        super::resolve(&args.server, super::STUN_PORT).map_err(|e| CliError::new("resolve", e))?;
+    let local = args.local.unwrap_or_else(|| {
+        if server.is_ipv4() {
+            SocketAddr::from(([0, 0, 0, 0], 0))
+        } else {
+            SocketAddr::from(([0u16; 8], 0))
+        }
+    });
+    let device = match &args.interface {
+        Some(name) => Some(super::interface(name).map_err(|e| CliError::new("usage", e))?),
+        None => None,
+    };
+    let retransmit = match args.single_shot_ms {
+        Some(ms) => Retransmit::SingleShot {
+            timeout: Duration::from_millis(ms),
+        },
+        None => Retransmit::Rfc5389 {
+            rto: Duration::from_millis(args.rto_ms.max(1)),
+            transmissions: args.transmissions.max(1),
+            last_wait: 16,
+            max_rto: Duration::from_secs(60),
+        },
+    };
+    let seed = seed_from_os();
+    let mut client = StunClient::new(
+        ClientConfig {
+            retransmit,
+            ..ClientConfig::default()
+        },
+        seed,
+    );
+    let mut runtime = Runtime::new().map_err(|e| CliError::new("io", e.to_string()))?;
+    let now = runtime.now();
+    let options = BindOptions {
+        device,
+        ..BindOptions::default()
+    };
+    let socket = client
+        .open_socket(now, local, options)
+        .map_err(|e| CliError::new("usage", e.to_string()))?;
+    let mut request = Request::binding(socket, server).with_change(args.change.into());
+    if args.legacy {
+        request = request.legacy();
+    }
+    client
+        .start(now, request)
+        .map_err(|e| CliError::new("usage", e.to_string()))?;
+
+    let mut result: Option<Result<BindingResponse, CliError>> = None;
+    let run = runtime.run(&mut client, None, |client, now, event| match event {
+        ClientEvent::SocketFailed { error, .. } => {
+            result = Some(Err(CliError::new(
+                "socket",
+                format!("cannot bind {local}: {error:?}"),
+            )));
+            client.close(now);
+            ControlFlow::Continue(())
+        }
+        ClientEvent::Transaction(t) => {
+            result = Some(t.outcome.map_err(|f| failure(server, f)));
+            client.close(now);
+            ControlFlow::Continue(())
+        }
+        ClientEvent::Closed => ControlFlow::Break(()),
+        _ => ControlFlow::Continue(()),
+    });
+    if let Err(e) = run {
+        return Err(CliError::new("io", e.to_string()));
+    }
+    match result {
+        Some(Ok(response)) => Ok(Answer { server, response }),
+        Some(Err(e)) => Err(e),
+        None => Err(CliError::new("io", "the event loop ended without a result")),
+    }
+}
+
+fn failure(server: SocketAddr, f: Failure) -> CliError {
+    match f {
+        Failure::Timeout { transmissions } => CliError::new(
+            "timeout",
+            format!("no reply from {server} after {transmissions} transmission(s)"),
+        ),
+        Failure::ErrorResponse { code, reason } => CliError::new(
+            "error-response",
+            format!("{server} answered error {code} {reason}"),
+        ),
+        Failure::ServerMisbehaved(m) => {
+            CliError::new("server-misbehaved", format!("{server} misbehaved: {m:?}"))
+        }
+        Failure::SocketFailed(e) => CliError::new("socket", format!("socket failed: {e:?}")),
+        other => CliError::new("cancelled", format!("{other:?}")),
+    }
+}
+
+fn print_success(args: &StunArgs, a: &Answer) {
+    let r = &a.response;
+    let rtt_ms = r.rtt.as_secs_f64() * 1000.0;
+    if args.json {
+        println!(
+            "{}",
+            Object::new()
+                .str("server", &a.server.to_string())
+                .opt("local", r.local)
+                .str("mapped", &r.mapped.to_string())
+                .opt("other_address", r.other_address)
+                .opt("response_origin", r.response_origin)
+                .str("source", &r.source.to_string())
+                .num("rtt_ms", (rtt_ms * 1000.0).round() / 1000.0)
+                .num("transmissions", r.transmissions)
+                .bool("legacy", r.legacy)
+                .finish()
+        );
+        return;
+    }
+    let none = || "-".to_string();
+    println!("server           {}", a.server);
+    println!(
+        "local            {}",
+        r.local.map_or_else(none, |l| l.to_string())
+    );
+    println!("mapped address   {}", r.mapped);
+    println!(
+        "other address    {}",
+        r.other_address.map_or_else(none, |l| l.to_string())
+    );
+    println!(
+        "response origin  {}",
+        r.response_origin.map_or_else(none, |l| l.to_string())
+    );
+    println!("reply from       {}", r.source);
+    println!(
+        "rtt              {rtt_ms:.3} ms ({} transmission{})",
+        r.transmissions,
+        if r.transmissions == 1 { "" } else { "s" }
+    );
+}
+
+/// A seed for transaction ids from the OS (time and process id; ids need only be unpredictable enough
+/// not to collide with other clients).
+pub fn seed_from_os() -> u64 {
+    use std::collections::hash_map::RandomState;
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0),
+    );
+    h.write_u32(std::process::id());
+    h.finish()
+}

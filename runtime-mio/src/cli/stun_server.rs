@@ -1,0 +1,172 @@
+//! `p2pd stun-server`: a full RFC 5780 STUN server on two IPs and two ports.
+
+use std::net::{IpAddr, SocketAddr};
+use std::ops::ControlFlow;
+use std::time::Duration;
+
+use clap::Args;
+use p2pd_proto::server::{Role, ServerConfig, ServerEvent, StunServer};
+use p2pd_proto::BindOptions;
+
+use super::json::Object;
+use crate::Runtime;
+
+/// Options of `p2pd stun-server`.
+#[derive(Debug, Args)]
+pub struct StunServerArgs {
+    /// The primary IP address.
+    #[arg(long)]
+    pub primary: IpAddr,
+    /// The alternate IP address (RFC 5780 change-IP); without it change-IP requests get error 420.
+    #[arg(long)]
+    pub alternate: Option<IpAddr>,
+    /// The primary port.
+    #[arg(long, default_value_t = 3478)]
+    pub port: u16,
+    /// The alternate port (default: PORT + 1).
+    #[arg(long)]
+    pub alt_port: Option<u16>,
+    /// Serve only the primary address and port (no alternates at all).
+    #[arg(long, conflicts_with_all = ["alternate", "alt_port"])]
+    pub single: bool,
+    /// Bind every socket to this network interface.
+    #[arg(long)]
+    pub interface: Option<String>,
+    /// Stop after this many seconds (default: run until killed).
+    #[arg(long)]
+    pub duration: Option<f64>,
+    /// Print JSON lines instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+fn role_name(role: Role) -> &'static str {
+    match role {
+        Role::Primary => "primary",
+        Role::AlternatePort => "alternate-port",
+        Role::AlternateIp => "alternate-ip",
+        Role::AlternateBoth => "alternate-ip+port",
+    }
+}
+
+/// Runs `p2pd stun-server`; returns the process exit code.
+pub fn run(args: &StunServerArgs) -> i32 {
+    let primary = SocketAddr::new(args.primary, args.port);
+    let mut config = ServerConfig::single(primary);
+    if !args.single {
+        config.alternate_ip = args.alternate;
+        config.alternate_port = Some(args.alt_port.unwrap_or(args.port.wrapping_add(1)));
+    }
+    if let Some(name) = &args.interface {
+        match super::interface(name) {
+            Ok(device) => {
+                config.bind_options = BindOptions {
+                    device: Some(device),
+                    ..config.bind_options
+                }
+            }
+            Err(e) => {
+                eprintln!("p2pd stun-server: {e}");
+                return 2;
+            }
+        }
+    }
+    let mut server = match StunServer::new(config) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("p2pd stun-server: invalid configuration: {e}");
+            return 2;
+        }
+    };
+    let mut runtime = match Runtime::new() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("p2pd stun-server: {e}");
+            return 1;
+        }
+    };
+    let json = args.json;
+    let mut listening = 0;
+    let mut failed = 0;
+    let expected = Role::ALL
+        .iter()
+        .filter(|r| server.config().role_addr(**r).is_some())
+        .count();
+    let limit = args.duration.map(Duration::from_secs_f64);
+    let result = runtime.run(&mut server, limit, |server, now, event| {
+        match event {
+            ServerEvent::Listening { role, local } => {
+                listening += 1;
+                if json {
+                    println!(
+                        "{}",
+                        Object::new()
+                            .str("event", "listening")
+                            .str("role", role_name(role))
+                            .str("local", &local.to_string())
+                            .finish()
+                    );
+                } else {
+                    println!("listening {:<18} {local}", role_name(role));
+                }
+            }
+            ServerEvent::SocketFailed { role, error } => {
+                failed += 1;
+                let addr = server.config().role_addr(role);
+                if json {
+                    println!(
+                        "{}",
+                        Object::new()
+                            .str("event", "socket-failed")
+                            .str("role", role_name(role))
+                            .opt("local", addr)
+                            .str("error", &format!("{error:?}"))
+                            .finish()
+                    );
+                } else {
+                    eprintln!(
+                        "cannot bind {} ({}): {error:?}",
+                        addr.map_or_else(|| "-".into(), |a| a.to_string()),
+                        role_name(role)
+                    );
+                }
+                if role == Role::Primary {
+                    server.close(now);
+                }
+            }
+            ServerEvent::Closed => return ControlFlow::Break(()),
+            _ => {}
+        }
+        if listening + failed == expected && failed == 0 && !json {
+            println!("ready: RFC 5780 server with {listening} socket(s)");
+        }
+        ControlFlow::Continue(())
+    });
+    let stats = server.stats();
+    if json {
+        println!(
+            "{}",
+            Object::new()
+                .str("event", "stopped")
+                .num("requests", stats.requests as f64)
+                .num("responses", stats.responses as f64)
+                .num("error_responses", stats.error_responses as f64)
+                .num("malformed", stats.malformed as f64)
+                .num("queue_full", stats.queue_full as f64)
+                .finish()
+        );
+    } else {
+        println!(
+            "stopped: {} requests, {} responses, {} error responses, {} malformed, {} dropped (queue full)",
+            stats.requests, stats.responses, stats.error_responses, stats.malformed, stats.queue_full
+        );
+    }
+    match result {
+        Err(e) => {
+            eprintln!("p2pd stun-server: {e}");
+            1
+        }
+        Ok(_) if failed > 0 && listening == 0 => 1,
+        Ok(_) => 0,
+    }
+}
