@@ -208,7 +208,7 @@ fn check_framing(data: &[u8]) {
     assert_eq!(is_stun(data), needed.is_ok());
     match needed {
         Ok(total) => {
-            assert!(total >= HEADER_LEN && (total - HEADER_LEN) % 4 == 0);
+            assert!(total >= HEADER_LEN && (total - HEADER_LEN).is_multiple_of(4));
             match Message::decode_prefix(data) {
                 Ok((msg, used)) => {
                     assert_eq!(used, total);

@@ -464,6 +464,12 @@ fn mapped_address_with_a_short_value() {
         ("0001 0000", AttrError::BadLength),
         ("0001 0008 0002 e126 9fc4c1b7", AttrError::BadLength), // IPv6 family, IPv4 length
         ("0001 0008 0003 e126 9fc4c1b7", AttrError::BadFamily),
+        ("0001 0002 0002 0000", AttrError::BadLength),
+        ("0001 0001 00 000000", AttrError::BadLength),
+        (
+            "0020 0014 0001 e126 9fc4c1b7 00000000 00000000 00000000",
+            AttrError::BadLength,
+        ),
         ("0020 0004 0001 e126", AttrError::BadLength),
         ("0005 0000", AttrError::BadLength),
     ] {

@@ -421,34 +421,25 @@ fn address_len(a: &SocketAddr) -> usize {
 
 /// Parses `reserved(1) family(1) port(2) address(4|16)`, un-XORing with `key` when given.
 fn parse_address(value: &[u8], key: Option<&[u8; 16]>) -> Result<SocketAddr, AttrError> {
-    let family = *value.get(1).ok_or(AttrError::BadLength)?;
-    let want = match family {
-        1 => 8,
-        2 => 20,
-        _ => return Err(AttrError::BadFamily),
-    };
-    if value.len() != want {
-        return Err(AttrError::BadLength);
-    }
-    let mut port = read_u16(value, 2).ok_or(AttrError::BadLength)?;
-    let mut ip = [0u8; 16];
-    let raw = value.get(4..).ok_or(AttrError::BadLength)?;
-    for (dst, src) in ip.iter_mut().zip(raw) {
-        *dst = *src;
-    }
-    if let Some(key) = key {
-        port ^= u16::from_be_bytes([key[0], key[1]]);
-        for (b, k) in ip.iter_mut().zip(key.iter()) {
-            *b ^= *k;
+    let zero = [0u8; 16];
+    let key = key.unwrap_or(&zero);
+    let [k0, k1, k2, k3, ..] = *key;
+    match *value {
+        [_, 1, p0, p1, a, b, c, d] => {
+            let port = u16::from_be_bytes([p0 ^ k0, p1 ^ k1]);
+            let ip = Ipv4Addr::new(a ^ k0, b ^ k1, c ^ k2, d ^ k3);
+            Ok(SocketAddr::new(IpAddr::V4(ip), port))
         }
+        [_, 2, p0, p1, ref rest @ ..] => {
+            let raw: [u8; 16] = rest.try_into().map_err(|_| AttrError::BadLength)?;
+            let ip = u128::from_be_bytes(raw) ^ u128::from_be_bytes(*key);
+            let port = u16::from_be_bytes([p0 ^ k0, p1 ^ k1]);
+            Ok(SocketAddr::new(IpAddr::V6(Ipv6Addr::from(ip)), port))
+        }
+        [_, 1 | 2, ..] => Err(AttrError::BadLength),
+        [_, _, ..] => Err(AttrError::BadFamily),
+        _ => Err(AttrError::BadLength),
     }
-    let addr = if family == 1 {
-        let [a, b, c, d, ..] = ip;
-        IpAddr::V4(Ipv4Addr::new(a, b, c, d))
-    } else {
-        IpAddr::V6(Ipv6Addr::from(ip))
-    };
-    Ok(SocketAddr::new(addr, port))
 }
 
 fn write_address(a: &SocketAddr, key: Option<&[u8; 16]>, out: &mut [u8]) -> Option<()> {
