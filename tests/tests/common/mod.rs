@@ -1,0 +1,481 @@
+//! Helpers shared by the real-socket integration tests: free loopback ports, our STUN server in a
+//! thread, a blocking STUN client on a `p2pd_mio::Runtime`, the `p2pd` binary, child processes
+//! that are killed on drop, and the process's resident memory.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, UdpSocket};
+use std::ops::ControlFlow;
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdout, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{mpsc, Arc, OnceLock};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use p2pd_mio::{Runtime, RuntimeStats};
+use p2pd_proto::client::{
+    ClientConfig, ClientEvent, Request, Retransmit, StunClient, TransactionResult,
+};
+use p2pd_proto::server::{ServerConfig, ServerEvent, ServerStats, StunServer};
+use p2pd_proto::{BindOptions, SocketId};
+
+pub const LO1: IpAddr = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 1));
+pub const LO2: IpAddr = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2));
+
+/// Ports are taken below the kernel's ephemeral range (32768..) so that no socket bound to port 0
+/// takes them between our check and the server's bind.
+const PORT_LOW: u32 = 10_000;
+const PORT_SPAN: u32 = 22_000;
+
+static NEXT_PORT: AtomicU32 = AtomicU32::new(0);
+
+fn port_free(port: u16) -> bool {
+    [LO1, LO2].iter().all(|ip| {
+        let a = SocketAddr::new(*ip, port);
+        UdpSocket::bind(a).is_ok() && TcpListener::bind(a).is_ok()
+    })
+}
+
+/// Two different ports that are free for UDP and TCP on both 127.0.0.1 and 127.0.0.2.
+pub fn free_port_pair() -> (u16, u16) {
+    let start = {
+        let t = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or(0);
+        (std::process::id().wrapping_mul(7919) ^ t) % PORT_SPAN
+    };
+    let _ = NEXT_PORT.compare_exchange(0, start.max(1), Ordering::SeqCst, Ordering::SeqCst);
+    let take = || loop {
+        let n = NEXT_PORT.fetch_add(1, Ordering::SeqCst);
+        let port = u16::try_from(PORT_LOW + n % PORT_SPAN).expect("port in range");
+        if port_free(port) {
+            return port;
+        }
+    };
+    let p = take();
+    let q = take();
+    (p, q)
+}
+
+/// A retransmission policy for loopback: quick, but patient enough for a loaded 2-core machine.
+pub fn loopback_retransmit() -> Retransmit {
+    Retransmit::Rfc5389 {
+        rto: Duration::from_millis(200),
+        transmissions: 6,
+        last_wait: 4,
+        max_rto: Duration::from_secs(1),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Our RFC 5780 server, driven by its own Runtime in a thread.
+
+/// What the server thread hands back when it stops.
+#[derive(Debug)]
+pub struct ServerReport {
+    pub stats: ServerStats,
+    pub runtime: RuntimeStats,
+    /// Sockets still open in the server's runtime after close (must be 0).
+    pub open_after_close: usize,
+    pub closed_event: bool,
+}
+
+pub struct ServerThread {
+    pub primary: SocketAddr,
+    pub alternate: Option<SocketAddr>,
+    stop: Arc<AtomicBool>,
+    handle: Option<JoinHandle<ServerReport>>,
+}
+
+impl ServerThread {
+    /// An RFC 5780 server on 127.0.0.1:P / 127.0.0.2:P2 (all four roles), on fresh ports.
+    pub fn rfc5780() -> ServerThread {
+        for _ in 0..10 {
+            let (p, q) = free_port_pair();
+            let config = ServerConfig::rfc5780(SocketAddr::new(LO1, p), LO2, q);
+            if let Some(s) = Self::try_start(config, 4) {
+                return s;
+            }
+        }
+        panic!("could not start the RFC 5780 server on loopback after 10 attempts");
+    }
+
+    /// A server on 127.0.0.1:P only (no alternates).
+    pub fn single() -> ServerThread {
+        for _ in 0..10 {
+            let (p, _) = free_port_pair();
+            if let Some(s) = Self::try_start(ServerConfig::single(SocketAddr::new(LO1, p)), 1) {
+                return s;
+            }
+        }
+        panic!("could not start the single-address server on loopback after 10 attempts");
+    }
+
+    fn try_start(config: ServerConfig, roles: usize) -> Option<ServerThread> {
+        let primary = config.primary;
+        let alternate = match (config.alternate_ip, config.alternate_port) {
+            (Some(ip), Some(port)) => Some(SocketAddr::new(ip, port)),
+            _ => None,
+        };
+        let stop = Arc::new(AtomicBool::new(false));
+        let (ready_tx, ready_rx) = mpsc::channel::<bool>();
+        let stop2 = Arc::clone(&stop);
+        let handle = std::thread::spawn(move || {
+            let mut rt = Runtime::new().expect("runtime");
+            let mut server = StunServer::new(config).expect("valid server config");
+            let (mut listening, mut failed) = (0usize, 0usize);
+            rt.run(&mut server, Some(Duration::from_secs(10)), |_, _, ev| {
+                match ev {
+                    ServerEvent::Listening { .. } => listening += 1,
+                    ServerEvent::SocketFailed { .. } => failed += 1,
+                    _ => {}
+                }
+                if listening + failed >= roles {
+                    ControlFlow::Break(())
+                } else {
+                    ControlFlow::Continue(())
+                }
+            })
+            .expect("server run");
+            let ok = listening == roles && failed == 0;
+            let _ = ready_tx.send(ok);
+            while ok && !stop2.load(Ordering::SeqCst) {
+                rt.run(&mut server, Some(Duration::from_millis(20)), |_, _, _| {
+                    ControlFlow::Continue(())
+                })
+                .expect("server run");
+            }
+            let now = rt.now();
+            server.close(now);
+            let mut closed_event = false;
+            rt.run(&mut server, Some(Duration::from_secs(5)), |_, _, ev| {
+                if matches!(ev, ServerEvent::Closed) {
+                    closed_event = true;
+                    ControlFlow::Break(())
+                } else {
+                    ControlFlow::Continue(())
+                }
+            })
+            .expect("server run");
+            ServerReport {
+                stats: server.stats(),
+                runtime: rt.stats(),
+                open_after_close: rt.open_sockets(),
+                closed_event,
+            }
+        });
+        let ok = ready_rx
+            .recv_timeout(Duration::from_secs(15))
+            .unwrap_or(false);
+        let mut s = ServerThread {
+            primary,
+            alternate,
+            stop,
+            handle: Some(handle),
+        };
+        if ok {
+            Some(s)
+        } else {
+            let _ = s.stop_inner();
+            None
+        }
+    }
+
+    fn stop_inner(&mut self) -> Option<ServerReport> {
+        self.stop.store(true, Ordering::SeqCst);
+        self.handle.take().map(|h| h.join().expect("server thread"))
+    }
+
+    /// Stops the server and returns its counters.
+    pub fn stop(mut self) -> ServerReport {
+        self.stop_inner().expect("server thread already stopped")
+    }
+}
+
+impl Drop for ServerThread {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(h) = self.handle.take() {
+            if !std::thread::panicking() {
+                let _ = h.join();
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// A blocking STUN client.
+
+pub struct Client {
+    pub rt: Runtime,
+    pub client: StunClient,
+}
+
+impl Client {
+    pub fn new(retransmit: Retransmit, max_transactions: usize, seed: u64) -> Client {
+        Client {
+            rt: Runtime::new().expect("runtime"),
+            client: StunClient::new(
+                ClientConfig {
+                    retransmit,
+                    max_transactions,
+                    ..ClientConfig::default()
+                },
+                seed,
+            ),
+        }
+    }
+
+    /// Opens a socket on `local` and waits until it is bound; returns its id and real address.
+    pub fn open(&mut self, local: SocketAddr) -> (SocketId, SocketAddr) {
+        let now = self.rt.now();
+        let id = self
+            .client
+            .open_socket(now, local, BindOptions::default())
+            .expect("open_socket");
+        let mut bound = None;
+        self.rt
+            .run(
+                &mut self.client,
+                Some(Duration::from_secs(5)),
+                |_, _, ev| {
+                    match ev {
+                        ClientEvent::SocketReady { socket, local } if socket == id => {
+                            bound = Some(local);
+                            return ControlFlow::Break(());
+                        }
+                        ClientEvent::SocketFailed { socket, error } if socket == id => {
+                            panic!("cannot bind {local}: {error:?}")
+                        }
+                        _ => {}
+                    }
+                    ControlFlow::Continue(())
+                },
+            )
+            .expect("client run");
+        let bound = bound.expect("no SocketReady within 5 s");
+        assert_eq!(
+            self.rt.local_addr(id),
+            Some(bound),
+            "runtime agrees on the address"
+        );
+        (id, bound)
+    }
+
+    /// Runs one transaction to its end.
+    pub fn query(&mut self, request: Request) -> TransactionResult {
+        let now = self.rt.now();
+        let handle = self.client.start(now, request).expect("start");
+        let mut result = None;
+        self.rt
+            .run(
+                &mut self.client,
+                Some(Duration::from_secs(20)),
+                |_, _, ev| {
+                    if let ClientEvent::Transaction(t) = ev {
+                        if t.id == handle {
+                            result = Some(t);
+                            return ControlFlow::Break(());
+                        }
+                    }
+                    ControlFlow::Continue(())
+                },
+            )
+            .expect("client run");
+        result.expect("the transaction did not end within 20 s")
+    }
+
+    /// Closes the client and waits for `Closed`; asserts that every socket is gone.
+    pub fn close(&mut self) {
+        let now = self.rt.now();
+        self.client.close(now);
+        let mut closed = false;
+        self.rt
+            .run(
+                &mut self.client,
+                Some(Duration::from_secs(5)),
+                |_, _, ev| {
+                    if matches!(ev, ClientEvent::Closed) {
+                        closed = true;
+                        ControlFlow::Break(())
+                    } else {
+                        ControlFlow::Continue(())
+                    }
+                },
+            )
+            .expect("client run");
+        assert!(closed, "no Closed event after close");
+        assert_eq!(
+            self.rt.open_sockets(),
+            0,
+            "runtime sockets left after close"
+        );
+        assert_eq!(self.client.open_sockets(), 0);
+        assert_eq!(self.client.in_flight(), 0);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Child processes and the p2pd binary.
+
+/// A child process that is killed (and reaped) on drop.
+pub struct ChildGuard {
+    pub child: Child,
+    pub name: String,
+}
+
+impl ChildGuard {
+    pub fn spawn(name: &str, cmd: &mut Command) -> std::io::Result<ChildGuard> {
+        Ok(ChildGuard {
+            child: cmd.spawn()?,
+            name: name.to_string(),
+        })
+    }
+
+    /// Whether it has exited (and how).
+    pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.try_wait().ok().flatten()
+    }
+}
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_none() {
+            let _ = self.child.kill();
+        }
+        let _ = self.child.wait();
+    }
+}
+
+/// Whether `program` is found on PATH.
+pub fn on_path(program: &str) -> bool {
+    std::env::var_os("PATH").is_some_and(|paths| {
+        std::env::split_paths(&paths).any(|dir| {
+            let p = dir.join(program);
+            p.is_file()
+        })
+    })
+}
+
+/// The `p2pd` binary of this workspace, built once per test binary (same profile and target
+/// directory as the test itself).
+pub fn p2pd_bin() -> &'static Path {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        let exe = std::env::current_exe().expect("current_exe");
+        // <target>/<profile>/deps/<test-binary>
+        let profile_dir = exe
+            .parent()
+            .and_then(Path::parent)
+            .expect("test binary lives in <target>/<profile>/deps")
+            .to_path_buf();
+        let target_dir = profile_dir.parent().expect("target dir").to_path_buf();
+        let workspace = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .parent()
+            .expect("workspace root")
+            .join("Cargo.toml");
+        let mut cmd = Command::new(env!("CARGO"));
+        cmd.args(["build", "--quiet", "-p", "p2pd-mio", "--bin", "p2pd"])
+            .arg("--manifest-path")
+            .arg(&workspace)
+            .arg("--target-dir")
+            .arg(&target_dir);
+        if profile_dir.file_name().is_some_and(|n| n == "release") {
+            cmd.arg("--release");
+        }
+        let status = cmd.status().expect("run cargo build for p2pd");
+        assert!(
+            status.success(),
+            "cargo build -p p2pd-mio --bin p2pd failed"
+        );
+        let bin = profile_dir.join(format!("p2pd{}", std::env::consts::EXE_SUFFIX));
+        assert!(bin.is_file(), "{} missing after the build", bin.display());
+        bin
+    })
+}
+
+/// `p2pd stun-server` on fresh loopback ports, ready to answer (it printed its four
+/// `listening` lines).
+pub struct CliServer {
+    pub primary: SocketAddr,
+    pub alternate: SocketAddr,
+    pub guard: ChildGuard,
+    /// Kept open so the server never gets EPIPE on stdout.
+    _stdout: BufReader<ChildStdout>,
+}
+
+impl CliServer {
+    pub fn start() -> CliServer {
+        let mut last = String::new();
+        for _ in 0..10 {
+            let (p, q) = free_port_pair();
+            let mut guard = ChildGuard::spawn(
+                "p2pd stun-server",
+                Command::new(p2pd_bin())
+                    .args(["stun-server", "--primary", "127.0.0.1", "--alternate"])
+                    .arg("127.0.0.2")
+                    .args(["--port", &p.to_string(), "--alt-port", &q.to_string()])
+                    .arg("--json")
+                    .stdin(Stdio::null())
+                    .stdout(Stdio::piped())
+                    .stderr(Stdio::inherit()),
+            )
+            .expect("spawn p2pd stun-server");
+            let mut out = BufReader::new(guard.child.stdout.take().expect("stdout"));
+            let mut listening = 0;
+            let mut line = String::new();
+            last.clear();
+            loop {
+                line.clear();
+                match out.read_line(&mut line) {
+                    Ok(0) | Err(_) => break,
+                    Ok(_) => {}
+                }
+                last.push_str(&line);
+                if line.contains("\"socket-failed\"") {
+                    break;
+                }
+                if line.contains("\"listening\"") {
+                    listening += 1;
+                    if listening == 4 {
+                        return CliServer {
+                            primary: SocketAddr::new(LO1, p),
+                            alternate: SocketAddr::new(LO2, q),
+                            guard,
+                            _stdout: out,
+                        };
+                    }
+                }
+            }
+        }
+        panic!("p2pd stun-server did not start after 10 attempts; last output:\n{last}");
+    }
+}
+
+/// The string value of `"key":"..."` in a one-line JSON object (enough for our flat output).
+pub fn json_str(json: &str, key: &str) -> Option<String> {
+    let pat = format!("\"{key}\":\"");
+    let start = json.find(&pat)? + pat.len();
+    let end = json.get(start..)?.find('"')? + start;
+    json.get(start..end).map(str::to_string)
+}
+
+/// The raw (number, bool, null) value of `"key":...` in a one-line JSON object.
+pub fn json_raw(json: &str, key: &str) -> Option<String> {
+    let pat = format!("\"{key}\":");
+    let start = json.find(&pat)? + pat.len();
+    let rest = json.get(start..)?;
+    let end = rest.find([',', '}']).unwrap_or(rest.len());
+    rest.get(..end).map(|s| s.trim().to_string())
+}
+
+/// The resident set size of this process in KiB (Linux `/proc/self/status`, VmRSS).
+pub fn rss_kib() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+}
