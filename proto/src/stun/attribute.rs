@@ -71,6 +71,61 @@ impl AttrKind {
         })
     }
 
+    /// Checks that `value` is a valid value of this kind, without building it. This is the one
+    /// place the format rules live: [`Attribute::parse`] checks with it before building.
+    pub fn check(self, value: &[u8]) -> Result<(), AttrError> {
+        let exact = |n: usize| {
+            if value.len() == n {
+                Ok(())
+            } else {
+                Err(AttrError::BadLength)
+            }
+        };
+        match self {
+            AttrKind::MappedAddress
+            | AttrKind::XorMappedAddress
+            | AttrKind::XorMappedAddressDraft
+            | AttrKind::ResponseAddress
+            | AttrKind::SourceAddress
+            | AttrKind::ChangedAddress
+            | AttrKind::OtherAddress
+            | AttrKind::ResponseOrigin => match *value {
+                [_, 1, _, _, _, _, _, _] => Ok(()),
+                [_, 2, ref rest @ ..] if rest.len() == 18 => Ok(()),
+                [_, 1 | 2, ..] => Err(AttrError::BadLength),
+                [_, _, ..] => Err(AttrError::BadFamily),
+                _ => Err(AttrError::BadLength),
+            },
+            AttrKind::ChangeRequest | AttrKind::ResponsePort | AttrKind::Fingerprint => exact(4),
+            AttrKind::MessageIntegrity => exact(20),
+            AttrKind::Padding => Ok(()),
+            AttrKind::Username => {
+                if value.len() > MAX_USERNAME {
+                    Err(AttrError::TooLong)
+                } else {
+                    Ok(())
+                }
+            }
+            AttrKind::Software => check_text(value),
+            AttrKind::ErrorCode => {
+                let [_, _, class, number, ref reason @ ..] = *value else {
+                    return Err(AttrError::BadLength);
+                };
+                if !(3..=6).contains(&(class & 0x07)) || number > 99 {
+                    return Err(AttrError::BadErrorCode);
+                }
+                check_text(reason)
+            }
+            AttrKind::UnknownAttributes => {
+                if value.len().is_multiple_of(2) {
+                    Ok(())
+                } else {
+                    Err(AttrError::BadLength)
+                }
+            }
+        }
+    }
+
     /// Position in a per-kind table.
     pub(crate) fn index(self) -> usize {
         self as usize
@@ -250,73 +305,45 @@ impl<'a> Attribute<'a> {
         let Some(kind) = AttrKind::from_code(code) else {
             return Ok(Attribute::Other { kind: code, value });
         };
-        Ok(match kind {
-            AttrKind::MappedAddress => Attribute::MappedAddress(parse_address(value, None)?),
-            AttrKind::XorMappedAddress => {
-                Attribute::XorMappedAddress(parse_address(value, Some(&header.xor_key()))?)
-            }
-            AttrKind::XorMappedAddressDraft => {
-                Attribute::XorMappedAddressDraft(parse_address(value, Some(&header.xor_key()))?)
-            }
-            AttrKind::ResponseAddress => Attribute::ResponseAddress(parse_address(value, None)?),
-            AttrKind::SourceAddress => Attribute::SourceAddress(parse_address(value, None)?),
-            AttrKind::ChangedAddress => Attribute::ChangedAddress(parse_address(value, None)?),
-            AttrKind::OtherAddress => Attribute::OtherAddress(parse_address(value, None)?),
-            AttrKind::ResponseOrigin => Attribute::ResponseOrigin(parse_address(value, None)?),
+        kind.check(value)?;
+        Self::build(kind, value, header).ok_or(AttrError::BadLength)
+    }
+
+    /// Builds an attribute from a value that [`AttrKind::check`] accepted.
+    fn build(kind: AttrKind, value: &'a [u8], header: &Header) -> Option<Attribute<'a>> {
+        let plain = |v| parse_address(v, None).ok();
+        let xored = |v| parse_address(v, Some(&header.xor_key())).ok();
+        Some(match kind {
+            AttrKind::MappedAddress => Attribute::MappedAddress(plain(value)?),
+            AttrKind::XorMappedAddress => Attribute::XorMappedAddress(xored(value)?),
+            AttrKind::XorMappedAddressDraft => Attribute::XorMappedAddressDraft(xored(value)?),
+            AttrKind::ResponseAddress => Attribute::ResponseAddress(plain(value)?),
+            AttrKind::SourceAddress => Attribute::SourceAddress(plain(value)?),
+            AttrKind::ChangedAddress => Attribute::ChangedAddress(plain(value)?),
+            AttrKind::OtherAddress => Attribute::OtherAddress(plain(value)?),
+            AttrKind::ResponseOrigin => Attribute::ResponseOrigin(plain(value)?),
             AttrKind::ChangeRequest => {
-                if value.len() != 4 {
-                    return Err(AttrError::BadLength);
-                }
-                let flags = read_u32(value, 0).ok_or(AttrError::BadLength)?;
+                let flags = read_u32(value, 0)?;
                 Attribute::ChangeRequest(ChangeRequest {
                     change_ip: flags & 4 != 0,
                     change_port: flags & 2 != 0,
                 })
             }
-            AttrKind::ResponsePort => {
-                if value.len() != 4 {
-                    return Err(AttrError::BadLength);
-                }
-                Attribute::ResponsePort(read_u16(value, 0).ok_or(AttrError::BadLength)?)
-            }
+            AttrKind::ResponsePort => Attribute::ResponsePort(read_u16(value, 0)?),
             AttrKind::Padding => Attribute::Padding(value),
-            AttrKind::Username => {
-                if value.len() > MAX_USERNAME {
-                    return Err(AttrError::TooLong);
-                }
-                Attribute::Username(value)
-            }
-            AttrKind::Software => Attribute::Software(parse_text(value)?),
+            AttrKind::Username => Attribute::Username(value),
+            AttrKind::Software => Attribute::Software(core::str::from_utf8(value).ok()?),
             AttrKind::ErrorCode => {
-                if value.len() < 4 {
-                    return Err(AttrError::BadLength);
-                }
-                let class = u16::from(*value.get(2).ok_or(AttrError::BadLength)? & 0x07);
-                let number = u16::from(*value.get(3).ok_or(AttrError::BadLength)?);
-                if !(3..=6).contains(&class) || number > 99 {
-                    return Err(AttrError::BadErrorCode);
-                }
-                let reason = parse_text(value.get(4..).ok_or(AttrError::BadLength)?)?;
+                let class = u16::from(*value.get(2)? & 0x07);
+                let number = u16::from(*value.get(3)?);
                 Attribute::ErrorCode(ErrorCode {
                     code: class.saturating_mul(100).saturating_add(number),
-                    reason,
+                    reason: core::str::from_utf8(value.get(4..)?).ok()?,
                 })
             }
-            AttrKind::UnknownAttributes => {
-                if !value.len().is_multiple_of(2) {
-                    return Err(AttrError::BadLength);
-                }
-                Attribute::UnknownAttributes(AttrTypes::Wire(value))
-            }
-            AttrKind::MessageIntegrity => {
-                Attribute::MessageIntegrity(value.try_into().map_err(|_| AttrError::BadLength)?)
-            }
-            AttrKind::Fingerprint => {
-                if value.len() != 4 {
-                    return Err(AttrError::BadLength);
-                }
-                Attribute::Fingerprint(read_u32(value, 0).ok_or(AttrError::BadLength)?)
-            }
+            AttrKind::UnknownAttributes => Attribute::UnknownAttributes(AttrTypes::Wire(value)),
+            AttrKind::MessageIntegrity => Attribute::MessageIntegrity(value.try_into().ok()?),
+            AttrKind::Fingerprint => Attribute::Fingerprint(read_u32(value, 0)?),
         })
     }
 
@@ -405,11 +432,17 @@ impl<'a> Attribute<'a> {
     }
 }
 
-fn parse_text(value: &[u8]) -> Result<&str, AttrError> {
+/// Checks text without building a `&str`; ASCII (the usual SOFTWARE and reason phrase) is checked
+/// word-at-a-time before falling back to full UTF-8 validation.
+fn check_text(value: &[u8]) -> Result<(), AttrError> {
     if value.len() > MAX_TEXT {
         return Err(AttrError::TooLong);
     }
-    core::str::from_utf8(value).map_err(|_| AttrError::BadUtf8)
+    if value.is_ascii() || core::str::from_utf8(value).is_ok() {
+        Ok(())
+    } else {
+        Err(AttrError::BadUtf8)
+    }
 }
 
 fn address_len(a: &SocketAddr) -> usize {
@@ -420,7 +453,7 @@ fn address_len(a: &SocketAddr) -> usize {
 }
 
 /// Parses `reserved(1) family(1) port(2) address(4|16)`, un-XORing with `key` when given.
-fn parse_address(value: &[u8], key: Option<&[u8; 16]>) -> Result<SocketAddr, AttrError> {
+pub(crate) fn parse_address(value: &[u8], key: Option<&[u8; 16]>) -> Result<SocketAddr, AttrError> {
     let zero = [0u8; 16];
     let key = key.unwrap_or(&zero);
     let [k0, k1, k2, k3, ..] = *key;

@@ -5,7 +5,7 @@ use sha1::Sha1;
 
 use core::net::SocketAddr;
 
-use super::attribute::{AttrError, AttrKind, Attribute, ChangeRequest, ErrorCode};
+use super::attribute::{parse_address, AttrError, AttrKind, Attribute, ChangeRequest, ErrorCode};
 use super::header::{Class, Header, Method, TransactionId, HEADER_LEN, MAGIC_COOKIE};
 use super::{padded, read_u16, FINGERPRINT_XOR};
 
@@ -195,45 +195,45 @@ impl<'a> Message<'a> {
     }
 
     fn validate(&mut self) -> Result<(), DecodeError> {
+        let raw = self.raw;
+        let mut rest = raw.get(HEADER_LEN..).unwrap_or(&[]);
         let mut at = HEADER_LEN;
         let mut after_integrity = false;
-        while at < self.raw.len() {
-            let code = read_u16(self.raw, at).ok_or(DecodeError::AttributeTruncated)?;
-            let len = usize::from(
-                read_u16(self.raw, at.saturating_add(2)).ok_or(DecodeError::AttributeTruncated)?,
-            );
-            let start = at.saturating_add(4);
-            let end = start.saturating_add(len);
-            let next = start.saturating_add(padded(len).ok_or(DecodeError::AttributeTruncated)?);
-            if next > self.raw.len() {
-                return Err(DecodeError::AttributeTruncated);
-            }
-            let value = self
-                .raw
-                .get(start..end)
+        while let [t0, t1, l0, l1, ref tail @ ..] = *rest {
+            let code = u16::from_be_bytes([t0, t1]);
+            let len = u16::from_be_bytes([l0, l1]);
+            // At most 65535 + 3, so this cannot overflow.
+            let padded_len = usize::from(len).wrapping_add(3) & !3;
+            let (padded_value, after) = tail
+                .split_at_checked(padded_len)
                 .ok_or(DecodeError::AttributeTruncated)?;
-            let parsed = Attribute::parse(code, value, &self.header)
-                .map_err(|error| DecodeError::BadAttribute { code, error })?;
+            let value = padded_value
+                .get(..usize::from(len))
+                .ok_or(DecodeError::AttributeTruncated)?;
             match AttrKind::from_code(code) {
                 Some(AttrKind::Fingerprint) => {
-                    if next != self.raw.len() {
+                    if !after.is_empty() {
                         return Err(DecodeError::FingerprintNotLast);
                     }
-                    let Attribute::Fingerprint(got) = parsed else {
-                        return Err(DecodeError::FingerprintMismatch);
-                    };
-                    if got != fingerprint_of(self.raw.get(..at).unwrap_or(&[])) {
+                    let got: [u8; 4] = value.try_into().map_err(|_| DecodeError::BadAttribute {
+                        code,
+                        error: AttrError::BadLength,
+                    })?;
+                    if u32::from_be_bytes(got) != fingerprint_of(raw.get(..at).unwrap_or(&[])) {
                         return Err(DecodeError::FingerprintMismatch);
                     }
                     self.record(AttrKind::Fingerprint, at);
                 }
-                Some(kind) if !after_integrity || kind == AttrKind::MessageIntegrity => {
-                    self.record(kind, at);
-                    if kind == AttrKind::MessageIntegrity {
-                        self.enter_integrity(at, &mut after_integrity);
+                Some(kind) => {
+                    kind.check(value)
+                        .map_err(|error| DecodeError::BadAttribute { code, error })?;
+                    if !after_integrity || kind == AttrKind::MessageIntegrity {
+                        self.record(kind, at);
+                        if kind == AttrKind::MessageIntegrity {
+                            self.enter_integrity(at, &mut after_integrity);
+                        }
                     }
                 }
-                Some(_) => {}
                 None => {
                     if code < 0x8000 && !after_integrity {
                         if self.unknown_count == 0 {
@@ -246,9 +246,14 @@ impl<'a> Message<'a> {
                     }
                 }
             }
-            at = next;
+            at = at.wrapping_add(4).wrapping_add(padded_len);
+            rest = after;
         }
-        Ok(())
+        if rest.is_empty() {
+            Ok(())
+        } else {
+            Err(DecodeError::AttributeTruncated)
+        }
     }
 
     fn enter_integrity(&mut self, at: usize, after_integrity: &mut bool) {
@@ -306,6 +311,12 @@ impl<'a> Message<'a> {
 
     /// The first attribute of `kind` (before MESSAGE-INTEGRITY, or FINGERPRINT).
     pub fn get(&self, kind: AttrKind) -> Option<Attribute<'a>> {
+        let (code, value) = self.value_of(kind)?;
+        Attribute::parse(code, value, &self.header).ok()
+    }
+
+    /// The type code and value of the first attribute of `kind`.
+    fn value_of(&self, kind: AttrKind) -> Option<(u16, &'a [u8])> {
         let at = self.index_of(kind);
         if at == 0 {
             return None;
@@ -313,8 +324,7 @@ impl<'a> Message<'a> {
         let code = read_u16(self.raw, at)?;
         let len = usize::from(read_u16(self.raw, at.checked_add(2)?)?);
         let start = at.checked_add(4)?;
-        let value = self.raw.get(start..start.checked_add(len)?)?;
-        Attribute::parse(code, value, &self.header).ok()
+        Some((code, self.raw.get(start..start.checked_add(len)?)?))
     }
 
     /// How many comprehension-required attributes (type < 0x8000) this decoder does not know, and the
@@ -347,18 +357,16 @@ impl<'a> Message<'a> {
             .unwrap_or(0)
     }
 
+    /// An address attribute's value, decoded straight from the (already checked) bytes.
     fn address(&self, kind: AttrKind) -> Option<SocketAddr> {
-        match self.get(kind)? {
-            Attribute::MappedAddress(a)
-            | Attribute::XorMappedAddress(a)
-            | Attribute::XorMappedAddressDraft(a)
-            | Attribute::ResponseAddress(a)
-            | Attribute::SourceAddress(a)
-            | Attribute::ChangedAddress(a)
-            | Attribute::OtherAddress(a)
-            | Attribute::ResponseOrigin(a) => Some(a),
+        let (_, value) = self.value_of(kind)?;
+        let key = match kind {
+            AttrKind::XorMappedAddress | AttrKind::XorMappedAddressDraft => {
+                Some(self.header.xor_key())
+            }
             _ => None,
-        }
+        };
+        parse_address(value, key.as_ref()).ok()
     }
 
     /// XOR-MAPPED-ADDRESS, else MAPPED-ADDRESS, else the pre-standard 0x8020 form.

@@ -77,7 +77,6 @@ impl<'b> MessageWriter<'b> {
             .buf
             .get_mut(start..end)
             .ok_or(EncodeError::BufferTooSmall)?;
-        slot.fill(0);
         let [c0, c1] = attribute.code().to_be_bytes();
         let [l0, l1] = wire_len.to_be_bytes();
         slot.get_mut(..4)
@@ -89,8 +88,11 @@ impl<'b> MessageWriter<'b> {
         attribute
             .write_value(&self.header, value)
             .ok_or(EncodeError::InvalidValue)?;
+        if let Some(padding) = slot.get_mut(4usize.saturating_add(value_len)..) {
+            padding.fill(0);
+        }
         self.len = end;
-        self.set_length(self.len)
+        Ok(())
     }
 
     /// Appends MESSAGE-INTEGRITY computed with the short-term credential `key`.
@@ -124,8 +126,11 @@ impl<'b> MessageWriter<'b> {
         Ok(())
     }
 
-    /// Finishes the message and returns its length.
-    pub fn finish(self) -> usize {
+    /// Writes the final length into the header and returns the message's length. The header's
+    /// length field is only right after this (or after `add_fingerprint`).
+    pub fn finish(mut self) -> usize {
+        // Cannot fail: `add` keeps the body within 16 bits and the header is in the buffer.
+        let _ = self.set_length(self.len);
         self.len
     }
 }
