@@ -119,9 +119,10 @@ impl<'a> Iterator for Attributes<'a> {
 pub struct Message<'a> {
     header: Header,
     raw: &'a [u8],
-    /// Offset of the first occurrence of each known kind (0 = absent; 0 is never an attribute offset).
-    /// `u32`, not `u16`: a message is up to 20 + 65535 bytes, so an attribute can start past 65535.
-    index: [u32; AttrKind::COUNT],
+    /// Where the first attribute of each known kind starts, as its 4-byte word number after the
+    /// header plus one (0 = absent). Attributes are 4-byte aligned and a body is at most 65535 bytes,
+    /// so this fits 16 bits for every message.
+    index: [u16; AttrKind::COUNT],
     /// The first comprehension-required attribute we do not know, if any.
     first_unknown: u16,
     unknown_count: u16,
@@ -266,7 +267,8 @@ impl<'a> Message<'a> {
     fn record(&mut self, kind: AttrKind, at: usize) {
         if let Some(slot) = self.index.get_mut(kind.index()) {
             if *slot == 0 {
-                *slot = u32::try_from(at).unwrap_or(0);
+                let word = at.saturating_sub(HEADER_LEN) >> 2;
+                *slot = u16::try_from(word.saturating_add(1)).unwrap_or(0);
             }
         }
     }
@@ -351,10 +353,10 @@ impl<'a> Message<'a> {
     }
 
     fn index_of(&self, kind: AttrKind) -> usize {
-        self.index
-            .get(kind.index())
-            .and_then(|&at| usize::try_from(at).ok())
-            .unwrap_or(0)
+        match self.index.get(kind.index()).copied().unwrap_or(0) {
+            0 => 0,
+            slot => (usize::from(slot).saturating_sub(1) << 2).saturating_add(HEADER_LEN),
+        }
     }
 
     /// An address attribute's value, decoded straight from the (already checked) bytes.
