@@ -589,7 +589,11 @@ impl StunClient {
             self.stats.unexpected = self.stats.unexpected.saturating_add(1);
             return Verdict::Dropped(DropReason::Unexpected);
         }
-        if !source_acceptable(&tx.request, from) {
+        // An error response (for example 420 to a change the server cannot make) comes from the
+        // address the request was sent to; a success must come from where the request allows.
+        let acceptable = source_acceptable(&tx.request, from)
+            || (msg.class() == Class::Error && canonical(from) == canonical(tx.request.server));
+        if !acceptable {
             tx.misdirected = Some(from);
             self.stats.wrong_source = self.stats.wrong_source.saturating_add(1);
             return Verdict::Dropped(DropReason::WrongSource);

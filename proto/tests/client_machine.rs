@@ -523,3 +523,35 @@ fn same_seed_same_bytes() {
     };
     assert_eq!(run(), run());
 }
+
+#[test]
+fn error_to_a_change_request_is_accepted_from_the_server_address() {
+    let (mut c, s) = client(Retransmit::RFC5389);
+    c.start(
+        ms(0),
+        Request::binding(s, addr(SERVER)).with_change(ChangeRequest::IP),
+    )
+    .unwrap();
+    let (_, req) = sent(&mut c).remove(0);
+    let err = respond(
+        &req,
+        Class::Error,
+        &[Attribute::ErrorCode(ErrorCode {
+            code: 420,
+            reason: "Unknown Attribute",
+        })],
+    );
+    // From the same IP but another port: neither the changed address nor the server.
+    assert_eq!(
+        c.handle_datagram(ms(2), s, addr("192.0.2.1:9999"), &err),
+        Verdict::Dropped(DropReason::WrongSource)
+    );
+    assert_eq!(
+        c.handle_datagram(ms(2), s, addr(SERVER), &err),
+        Verdict::Consumed
+    );
+    assert!(matches!(
+        &results(&mut c)[0].outcome,
+        Err(Failure::ErrorResponse { code: 420, .. })
+    ));
+}

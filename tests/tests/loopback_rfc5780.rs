@@ -173,7 +173,6 @@ fn change_request_without_alternates_gets_error_420() {
 /// dropped as `WrongSource`, and the transaction ends after every retransmission with
 /// `ServerMisbehaved(ReplyFromUnexpectedSource)` instead of `ErrorResponse { code: 420 }`.
 #[test]
-#[ignore = "proto client bug: error responses to change requests are checked against the changed source"]
 fn client_accepts_420_from_the_primary_address() {
     let server = ServerThread::single();
     let mut c = Client::new(loopback_retransmit(), 16, 0x5eed_0003);
