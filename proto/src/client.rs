@@ -14,7 +14,7 @@ use core::time::Duration;
 use std::collections::VecDeque;
 
 use crate::machine::{
-    BindOptions, DropReason, IoError, Machine, OpKind, SocketId, SocketOp, SocketOutcome, Transmit,
+    BindOptions, DropReason, IoError, OpKind, SocketId, SocketOp, SocketOutcome, Transmit,
     Transport, Verdict,
 };
 use crate::rng::Rng;
@@ -884,40 +884,4 @@ fn encode_request(
     Some(w.finish())
 }
 
-impl Machine for StunClient {
-    type Event = ClientEvent;
-
-    fn handle_datagram(
-        &mut self,
-        now: Instant,
-        socket: SocketId,
-        from: SocketAddr,
-        data: &[u8],
-    ) -> Verdict {
-        StunClient::handle_datagram(self, now, socket, from, data)
-    }
-
-    fn handle_socket_result(&mut self, now: Instant, socket: SocketId, outcome: SocketOutcome) {
-        StunClient::handle_socket_result(self, now, socket, outcome);
-    }
-
-    fn handle_timeout(&mut self, now: Instant) {
-        StunClient::handle_timeout(self, now);
-    }
-
-    fn poll_transmit(&mut self, buf: &mut [u8]) -> Option<Transmit> {
-        StunClient::poll_transmit(self, buf)
-    }
-
-    fn poll_socket_op(&mut self) -> Option<SocketOp> {
-        StunClient::poll_socket_op(self)
-    }
-
-    fn poll_event(&mut self) -> Option<ClientEvent> {
-        StunClient::poll_event(self)
-    }
-
-    fn poll_timeout(&self) -> Option<Instant> {
-        StunClient::poll_timeout(self)
-    }
-}
+crate::impl_machine!(StunClient, ClientEvent);

@@ -351,3 +351,53 @@ where
         }
     }
 }
+
+/// Implements [`Machine`] for a type whose inherent methods already have the contract's names and
+/// signatures, so every machine keeps its inherent API and the trait stays a thin delegation.
+#[macro_export]
+macro_rules! impl_machine {
+    ($machine:ty, $event:ty) => {
+        impl $crate::Machine for $machine {
+            type Event = $event;
+
+            fn handle_datagram(
+                &mut self,
+                now: $crate::Instant,
+                socket: $crate::SocketId,
+                from: ::core::net::SocketAddr,
+                data: &[u8],
+            ) -> $crate::Verdict {
+                <$machine>::handle_datagram(self, now, socket, from, data)
+            }
+
+            fn handle_socket_result(
+                &mut self,
+                now: $crate::Instant,
+                socket: $crate::SocketId,
+                outcome: $crate::SocketOutcome,
+            ) {
+                <$machine>::handle_socket_result(self, now, socket, outcome);
+            }
+
+            fn handle_timeout(&mut self, now: $crate::Instant) {
+                <$machine>::handle_timeout(self, now);
+            }
+
+            fn poll_transmit(&mut self, buf: &mut [u8]) -> Option<$crate::Transmit> {
+                <$machine>::poll_transmit(self, buf)
+            }
+
+            fn poll_socket_op(&mut self) -> Option<$crate::SocketOp> {
+                <$machine>::poll_socket_op(self)
+            }
+
+            fn poll_event(&mut self) -> Option<$event> {
+                <$machine>::poll_event(self)
+            }
+
+            fn poll_timeout(&self) -> Option<$crate::Instant> {
+                <$machine>::poll_timeout(self)
+            }
+        }
+    };
+}

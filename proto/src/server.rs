@@ -16,7 +16,7 @@ use core::net::{IpAddr, SocketAddr};
 use std::collections::VecDeque;
 
 use crate::machine::{
-    BindOptions, DropReason, IoError, Machine, OpKind, SocketId, SocketOp, SocketOutcome, Transmit,
+    BindOptions, DropReason, IoError, OpKind, SocketId, SocketOp, SocketOutcome, Transmit,
     Transport, Verdict,
 };
 use crate::stun::{
@@ -596,40 +596,4 @@ fn reason_phrase(code: u16) -> &'static str {
     }
 }
 
-impl Machine for StunServer {
-    type Event = ServerEvent;
-
-    fn handle_datagram(
-        &mut self,
-        now: Instant,
-        socket: SocketId,
-        from: SocketAddr,
-        data: &[u8],
-    ) -> Verdict {
-        StunServer::handle_datagram(self, now, socket, from, data)
-    }
-
-    fn handle_socket_result(&mut self, now: Instant, socket: SocketId, outcome: SocketOutcome) {
-        StunServer::handle_socket_result(self, now, socket, outcome);
-    }
-
-    fn handle_timeout(&mut self, now: Instant) {
-        StunServer::handle_timeout(self, now);
-    }
-
-    fn poll_transmit(&mut self, buf: &mut [u8]) -> Option<Transmit> {
-        StunServer::poll_transmit(self, buf)
-    }
-
-    fn poll_socket_op(&mut self) -> Option<SocketOp> {
-        StunServer::poll_socket_op(self)
-    }
-
-    fn poll_event(&mut self) -> Option<ServerEvent> {
-        StunServer::poll_event(self)
-    }
-
-    fn poll_timeout(&self) -> Option<Instant> {
-        StunServer::poll_timeout(self)
-    }
-}
+crate::impl_machine!(StunServer, ServerEvent);
