@@ -3,11 +3,13 @@
 //! messages that both accept, both read the same class, method, transaction id and
 //! XOR-MAPPED-ADDRESS.
 
+mod common;
+
+use common::mutation::{mutate, mutation};
 use core::net::SocketAddr;
 
 use p2pd_proto::stun::{
     AttrTypes, Attribute, Class, ErrorCode, Header, Message, MessageWriter, Method, TransactionId,
-    HEADER_LEN,
 };
 use proptest::prelude::*;
 use stun_types::attribute::{
@@ -306,46 +308,6 @@ fn encode_spec(spec: &Spec) -> Vec<u8> {
     }
     let len = w.finish();
     buf[..len].to_vec()
-}
-
-#[derive(Debug, Clone)]
-enum Mutation {
-    Flip(usize, u8),
-    Set(usize, u8),
-    Truncate(usize),
-    Append(Vec<u8>),
-}
-
-fn mutation() -> impl Strategy<Value = Mutation> {
-    prop_oneof![
-        4 => (any::<usize>(), 0u8..8).prop_map(|(i, b)| Mutation::Flip(i, b)),
-        2 => (any::<usize>(), any::<u8>()).prop_map(|(i, b)| Mutation::Set(i, b)),
-        1 => any::<usize>().prop_map(Mutation::Truncate),
-        1 => prop::collection::vec(any::<u8>(), 0..12).prop_map(Mutation::Append),
-    ]
-}
-
-fn mutate(mut m: Vec<u8>, mutations: &[Mutation], fix_length: bool) -> Vec<u8> {
-    for mutation in mutations {
-        match mutation {
-            Mutation::Flip(i, bit) if !m.is_empty() => {
-                let i = i % m.len();
-                m[i] ^= 1 << bit;
-            }
-            Mutation::Set(i, b) if !m.is_empty() => {
-                let i = i % m.len();
-                m[i] = *b;
-            }
-            Mutation::Truncate(n) => m.truncate(n % (m.len() + 1)),
-            Mutation::Append(v) => m.extend_from_slice(v),
-            _ => {}
-        }
-    }
-    if fix_length && m.len() >= HEADER_LEN {
-        let body = u16::try_from(m.len() - HEADER_LEN).unwrap_or(u16::MAX);
-        m[2..4].copy_from_slice(&body.to_be_bytes());
-    }
-    m
 }
 
 /// When both decoders accept `data`, they must agree on what it says.
