@@ -12,7 +12,8 @@ use p2pd_proto::stun::ChangeRequest;
 use p2pd_proto::BindOptions;
 
 use super::json::Object;
-use crate::Runtime;
+use crate::{RunEnd, Runtime};
+use std::io::IsTerminal;
 
 /// Which CHANGE-REQUEST to send.
 #[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
@@ -164,25 +165,51 @@ fn query(args: &StunArgs) -> Result<Answer, CliError> {
         .map_err(|e| CliError::new("usage", e.to_string()))?;
 
     let mut result: Option<Result<BindingResponse, CliError>> = None;
-    let run = runtime.run(&mut client, None, |client, now, event| match event {
-        ClientEvent::SocketFailed { error, .. } => {
-            result = Some(Err(CliError::new(
-                "socket",
-                format!("cannot bind {local}: {error:?}"),
-            )));
-            client.close(now);
-            ControlFlow::Continue(())
+    // Progress on stderr once the answer takes longer than a second (not with --json, not when
+    // stderr is not a terminal).
+    let progress = !args.json && std::io::stderr().is_terminal();
+    let started = std::time::Instant::now();
+    let mut progressed = false;
+    loop {
+        let run = runtime.run(
+            &mut client,
+            Some(Duration::from_secs(1)),
+            |client, now, event| match event {
+                ClientEvent::SocketFailed { error, .. } => {
+                    result = Some(Err(CliError::new(
+                        "socket",
+                        format!("cannot bind {local}: {error:?}"),
+                    )));
+                    client.close(now);
+                    ControlFlow::Continue(())
+                }
+                ClientEvent::Transaction(t) => {
+                    result = Some(t.outcome.map_err(|f| failure(server, f)));
+                    client.close(now);
+                    ControlFlow::Continue(())
+                }
+                ClientEvent::Closed => ControlFlow::Break(()),
+                _ => ControlFlow::Continue(()),
+            },
+        );
+        match run {
+            Err(e) => return Err(CliError::new("io", e.to_string())),
+            Ok(RunEnd::TimeLimit) => {
+                if progress {
+                    let stats = client.stats();
+                    eprint!(
+                        "\rwaiting for {server}: {:.0} s, {} transmission(s)   ",
+                        started.elapsed().as_secs_f64(),
+                        stats.requests.saturating_add(stats.retransmissions)
+                    );
+                    progressed = true;
+                }
+            }
+            Ok(_) => break,
         }
-        ClientEvent::Transaction(t) => {
-            result = Some(t.outcome.map_err(|f| failure(server, f)));
-            client.close(now);
-            ControlFlow::Continue(())
-        }
-        ClientEvent::Closed => ControlFlow::Break(()),
-        _ => ControlFlow::Continue(()),
-    });
-    if let Err(e) = run {
-        return Err(CliError::new("io", e.to_string()));
+    }
+    if progressed {
+        eprintln!();
     }
     match result {
         Some(Ok(response)) => Ok(Answer { server, response }),
