@@ -1,6 +1,6 @@
 //! Typed STUN attributes: parsing from and writing to wire values.
 
-use core::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use core::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
 
 use super::header::Header;
 use super::{attr, read_u16, read_u32};
@@ -47,32 +47,81 @@ impl AttrKind {
     /// How many kinds there are.
     pub const COUNT: usize = 17;
 
+    /// Every kind, in [`AttrKind::index`] order.
+    const ALL: [AttrKind; AttrKind::COUNT] = [
+        AttrKind::MappedAddress,
+        AttrKind::XorMappedAddress,
+        AttrKind::XorMappedAddressDraft,
+        AttrKind::ResponseAddress,
+        AttrKind::SourceAddress,
+        AttrKind::ChangedAddress,
+        AttrKind::ChangeRequest,
+        AttrKind::OtherAddress,
+        AttrKind::ResponseOrigin,
+        AttrKind::ResponsePort,
+        AttrKind::Padding,
+        AttrKind::Username,
+        AttrKind::Software,
+        AttrKind::ErrorCode,
+        AttrKind::UnknownAttributes,
+        AttrKind::MessageIntegrity,
+        AttrKind::Fingerprint,
+    ];
+
+    /// The kind's type code.
+    pub(crate) const fn code(self) -> u16 {
+        match self {
+            AttrKind::MappedAddress => attr::MAPPED_ADDRESS,
+            AttrKind::XorMappedAddress => attr::XOR_MAPPED_ADDRESS,
+            AttrKind::XorMappedAddressDraft => attr::XOR_MAPPED_ADDRESS_DRAFT,
+            AttrKind::ResponseAddress => attr::RESPONSE_ADDRESS,
+            AttrKind::SourceAddress => attr::SOURCE_ADDRESS,
+            AttrKind::ChangedAddress => attr::CHANGED_ADDRESS,
+            AttrKind::ChangeRequest => attr::CHANGE_REQUEST,
+            AttrKind::OtherAddress => attr::OTHER_ADDRESS,
+            AttrKind::ResponseOrigin => attr::RESPONSE_ORIGIN,
+            AttrKind::ResponsePort => attr::RESPONSE_PORT,
+            AttrKind::Padding => attr::PADDING,
+            AttrKind::Username => attr::USERNAME,
+            AttrKind::Software => attr::SOFTWARE,
+            AttrKind::ErrorCode => attr::ERROR_CODE,
+            AttrKind::UnknownAttributes => attr::UNKNOWN_ATTRIBUTES,
+            AttrKind::MessageIntegrity => attr::MESSAGE_INTEGRITY,
+            AttrKind::Fingerprint => attr::FINGERPRINT,
+        }
+    }
+
+    /// Kinds by code: entry `i` is the kind of code `i` for `i < 64` and of `0x8000 + i - 64` for
+    /// `64 <= i < 128` (every known code is in one of those two ranges).
+    const BY_CODE: [Option<AttrKind>; 128] = {
+        let mut t = [None; 128];
+        let mut kinds: &[AttrKind] = &AttrKind::ALL;
+        while let [kind, ref rest @ ..] = *kinds {
+            let code = kind.code();
+            // 0x0000..0x003F -> 0..63, 0x8000..0x803F -> 64..127.
+            let slot = ((code & 0x3F) | ((code >> 9) & 0x40)) as usize;
+            if let Some((_, [entry, ..])) = t.split_at_mut_checked(slot) {
+                *entry = Some(kind);
+            }
+            kinds = rest;
+        }
+        t
+    };
+
     /// The kind of a type code, if known.
+    #[inline]
     pub fn from_code(code: u16) -> Option<AttrKind> {
-        Some(match code {
-            attr::MAPPED_ADDRESS => AttrKind::MappedAddress,
-            attr::XOR_MAPPED_ADDRESS => AttrKind::XorMappedAddress,
-            attr::XOR_MAPPED_ADDRESS_DRAFT => AttrKind::XorMappedAddressDraft,
-            attr::RESPONSE_ADDRESS => AttrKind::ResponseAddress,
-            attr::SOURCE_ADDRESS => AttrKind::SourceAddress,
-            attr::CHANGED_ADDRESS => AttrKind::ChangedAddress,
-            attr::CHANGE_REQUEST => AttrKind::ChangeRequest,
-            attr::OTHER_ADDRESS => AttrKind::OtherAddress,
-            attr::RESPONSE_ORIGIN => AttrKind::ResponseOrigin,
-            attr::RESPONSE_PORT => AttrKind::ResponsePort,
-            attr::PADDING => AttrKind::Padding,
-            attr::USERNAME => AttrKind::Username,
-            attr::SOFTWARE => AttrKind::Software,
-            attr::ERROR_CODE => AttrKind::ErrorCode,
-            attr::UNKNOWN_ATTRIBUTES => AttrKind::UnknownAttributes,
-            attr::MESSAGE_INTEGRITY => AttrKind::MessageIntegrity,
-            attr::FINGERPRINT => AttrKind::Fingerprint,
-            _ => return None,
-        })
+        // Only codes whose bits other than 0x8000 and 0x003F are clear can be known.
+        if code & 0x7FC0 != 0 {
+            return None;
+        }
+        let slot = usize::from((code & 0x3F) | ((code >> 9) & 0x40));
+        AttrKind::BY_CODE.get(slot).copied().flatten()
     }
 
     /// Checks that `value` is a valid value of this kind, without building it. This is the one
     /// place the format rules live: [`Attribute::parse`] checks with it before building.
+    #[inline(always)]
     pub fn check(self, value: &[u8]) -> Result<(), AttrError> {
         let exact = |n: usize| {
             if value.len() == n {
@@ -127,6 +176,7 @@ impl AttrKind {
     }
 
     /// Position in a per-kind table.
+    #[inline]
     pub(crate) fn index(self) -> usize {
         self as usize
     }
@@ -312,7 +362,7 @@ impl<'a> Attribute<'a> {
     /// Builds an attribute from a value that [`AttrKind::check`] accepted.
     fn build(kind: AttrKind, value: &'a [u8], header: &Header) -> Option<Attribute<'a>> {
         let plain = |v| parse_address(v, None).ok();
-        let xored = |v| parse_address(v, Some(&header.xor_key())).ok();
+        let xored = |v| parse_address(v, Some(header)).ok();
         Some(match kind {
             AttrKind::MappedAddress => Attribute::MappedAddress(plain(value)?),
             AttrKind::XorMappedAddress => Attribute::XorMappedAddress(xored(value)?),
@@ -434,15 +484,34 @@ impl<'a> Attribute<'a> {
 
 /// Checks text without building a `&str`; ASCII (the usual SOFTWARE and reason phrase) is checked
 /// word-at-a-time before falling back to full UTF-8 validation.
+#[inline]
 fn check_text(value: &[u8]) -> Result<(), AttrError> {
     if value.len() > MAX_TEXT {
         return Err(AttrError::TooLong);
     }
-    if value.is_ascii() || core::str::from_utf8(value).is_ok() {
+    if is_ascii(value) || core::str::from_utf8(value).is_ok() {
         Ok(())
     } else {
         Err(AttrError::BadUtf8)
     }
+}
+
+/// Whether every byte is below 0x80, a word at a time: short values do not reach the standard
+/// library's vectorised loop, and this stays inline. The last word may overlap the one before it.
+#[inline]
+fn is_ascii(value: &[u8]) -> bool {
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    let acc = if let Some(last) = value.last_chunk::<8>() {
+        let (words, _) = value.as_chunks::<8>();
+        words.iter().fold(u64::from_ne_bytes(*last), |acc, w| {
+            acc | u64::from_ne_bytes(*w)
+        })
+    } else if let (Some(first), Some(last)) = (value.first_chunk::<4>(), value.last_chunk::<4>()) {
+        u64::from(u32::from_ne_bytes(*first) | u32::from_ne_bytes(*last))
+    } else {
+        value.iter().fold(0, |acc, &b| acc | u64::from(b))
+    };
+    acc & HIGH == 0
 }
 
 fn address_len(a: &SocketAddr) -> usize {
@@ -452,22 +521,25 @@ fn address_len(a: &SocketAddr) -> usize {
     }
 }
 
-/// Parses `reserved(1) family(1) port(2) address(4|16)`, un-XORing with `key` when given.
-pub(crate) fn parse_address(value: &[u8], key: Option<&[u8; 16]>) -> Result<SocketAddr, AttrError> {
-    let zero = [0u8; 16];
-    let key = key.unwrap_or(&zero);
-    let [k0, k1, k2, k3, ..] = *key;
+/// Parses `reserved(1) family(1) port(2) address(4|16)`, un-XORing with the cookie and transaction id
+/// of `xor` when given.
+#[inline]
+pub(crate) fn parse_address(value: &[u8], xor: Option<&Header>) -> Result<SocketAddr, AttrError> {
+    let cookie = xor.map_or(0, |h| u32::from_be_bytes(h.cookie));
+    // The port is XORed with the cookie's top 16 bits.
+    let port_key = (cookie >> 16) as u16;
     match *value {
         [_, 1, p0, p1, a, b, c, d] => {
-            let port = u16::from_be_bytes([p0 ^ k0, p1 ^ k1]);
-            let ip = Ipv4Addr::new(a ^ k0, b ^ k1, c ^ k2, d ^ k3);
-            Ok(SocketAddr::new(IpAddr::V4(ip), port))
+            let port = u16::from_be_bytes([p0, p1]) ^ port_key;
+            let ip = Ipv4Addr::from_bits(u32::from_be_bytes([a, b, c, d]) ^ cookie);
+            Ok(SocketAddr::V4(SocketAddrV4::new(ip, port)))
         }
         [_, 2, p0, p1, ref rest @ ..] => {
             let raw: [u8; 16] = rest.try_into().map_err(|_| AttrError::BadLength)?;
-            let ip = u128::from_be_bytes(raw) ^ u128::from_be_bytes(*key);
-            let port = u16::from_be_bytes([p0 ^ k0, p1 ^ k1]);
-            Ok(SocketAddr::new(IpAddr::V6(Ipv6Addr::from(ip)), port))
+            let key = xor.map_or(0, |h| u128::from_be_bytes(h.xor_key()));
+            let ip = Ipv6Addr::from_bits(u128::from_be_bytes(raw) ^ key);
+            let port = u16::from_be_bytes([p0, p1]) ^ port_key;
+            Ok(SocketAddr::V6(SocketAddrV6::new(ip, port, 0, 0)))
         }
         [_, 1 | 2, ..] => Err(AttrError::BadLength),
         [_, _, ..] => Err(AttrError::BadFamily),
@@ -499,4 +571,39 @@ fn write_address(a: &SocketAddr, key: Option<&[u8; 16]>, out: &mut [u8]) -> Opti
     out.get_mut(4..4usize.checked_add(ip_len)?)?
         .copy_from_slice(ip.get(..ip_len)?);
     Some(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn from_code_knows_exactly_the_kinds() {
+        let mut known = 0;
+        for code in 0..=u16::MAX {
+            if let Some(kind) = AttrKind::from_code(code) {
+                assert_eq!(kind.code(), code);
+                known += 1;
+            }
+        }
+        assert_eq!(known, AttrKind::COUNT);
+        for kind in AttrKind::ALL {
+            assert_eq!(AttrKind::from_code(kind.code()), Some(kind));
+            assert_eq!(AttrKind::ALL[kind.index()], kind);
+        }
+    }
+
+    #[test]
+    fn is_ascii_agrees_with_std() {
+        for len in 0..40 {
+            let ascii = vec![b'a'; len];
+            assert!(is_ascii(&ascii));
+            for at in 0..len {
+                let mut v = ascii.clone();
+                v[at] = 0x80 | (at as u8);
+                assert!(!is_ascii(&v), "len {len} at {at}");
+                assert_eq!(is_ascii(&v), v.is_ascii());
+            }
+        }
+    }
 }

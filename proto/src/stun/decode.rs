@@ -4,6 +4,7 @@ use hmac::{Hmac, KeyInit, Mac};
 use sha1::Sha1;
 
 use core::net::SocketAddr;
+use std::sync::OnceLock;
 
 use super::attribute::{parse_address, AttrError, AttrKind, Attribute, ChangeRequest, ErrorCode};
 use super::header::{Class, Header, Method, TransactionId, HEADER_LEN, MAGIC_COOKIE};
@@ -134,8 +135,10 @@ pub struct Message<'a> {
 impl<'a> Message<'a> {
     /// Decodes one datagram: `buf` must hold exactly one message.
     pub fn decode(buf: &'a [u8]) -> Result<Message<'a>, DecodeError> {
-        let (msg, used) = Self::decode_prefix(buf)?;
-        if used != buf.len() {
+        let total = Self::needed(buf)?;
+        let raw = buf.get(..total).ok_or(DecodeError::LengthMismatch)?;
+        let msg = Self::parse(raw)?;
+        if total != buf.len() {
             return Err(DecodeError::LengthMismatch);
         }
         Ok(msg)
@@ -147,130 +150,125 @@ impl<'a> Message<'a> {
     pub fn decode_prefix(buf: &'a [u8]) -> Result<(Message<'a>, usize), DecodeError> {
         let total = Self::needed(buf)?;
         let raw = buf.get(..total).ok_or(DecodeError::LengthMismatch)?;
-        let message_type = read_u16(raw, 0).ok_or(DecodeError::TooShort)?;
-        let (class, method) = Header::split_type(message_type);
-        let cookie: [u8; 4] = raw
-            .get(4..8)
-            .and_then(|c| c.try_into().ok())
-            .ok_or(DecodeError::TooShort)?;
-        let txid: [u8; 12] = raw
-            .get(8..20)
-            .and_then(|c| c.try_into().ok())
-            .ok_or(DecodeError::TooShort)?;
-        let header = Header {
-            class,
-            method,
-            cookie,
-            transaction_id: TransactionId::new(txid),
-        };
-        let mut msg = Message {
-            header,
-            raw,
-            index: [0; AttrKind::COUNT],
-            first_unknown: 0,
-            unknown_count: 0,
-            integrity_boundary: 0,
-        };
-        msg.validate()?;
-        Ok((msg, total))
+        Ok((Self::parse(raw)?, total))
     }
 
     /// The total size of the message whose header starts `buf`, once the first 20 bytes are there
     /// (the rest of the message need not have arrived yet).
+    #[inline]
     pub fn needed(buf: &[u8]) -> Result<usize, DecodeError> {
-        let first = *buf.first().ok_or(DecodeError::TooShort)?;
-        if buf.len() < HEADER_LEN {
+        let Some(&[first, _, l0, l1, ..]) = buf.first_chunk::<HEADER_LEN>() else {
             return Err(DecodeError::TooShort);
-        }
+        };
         if first & 0xC0 != 0 {
             return Err(DecodeError::NotStun);
         }
-        let len = usize::from(read_u16(buf, 2).ok_or(DecodeError::TooShort)?);
+        let len = u16::from_be_bytes([l0, l1]);
         if len % 4 != 0 {
             return Err(DecodeError::UnalignedLength);
         }
         // The body need not be there yet: a stream reader calls this to learn how much to wait for.
-        HEADER_LEN
-            .checked_add(len)
-            .ok_or(DecodeError::LengthMismatch)
+        // At most 20 + 65535: cannot overflow.
+        Ok(HEADER_LEN.wrapping_add(usize::from(len)))
     }
 
-    fn validate(&mut self) -> Result<(), DecodeError> {
-        let raw = self.raw;
-        let mut rest = raw.get(HEADER_LEN..).unwrap_or(&[]);
-        let mut at = HEADER_LEN;
+    /// Parses and validates `raw`, which `needed` sized: checks every attribute and indexes the known
+    /// ones. Works on locals and builds the message in the return value, so nothing is copied twice.
+    #[inline(always)]
+    fn parse(raw: &'a [u8]) -> Result<Message<'a>, DecodeError> {
+        let Some((head, body)) = raw.split_first_chunk::<HEADER_LEN>() else {
+            return Err(DecodeError::TooShort);
+        };
+        let mut index = [0u16; AttrKind::COUNT];
+        let mut first_unknown = 0u16;
+        let mut unknown_count = 0u16;
+        let mut integrity_boundary = 0u32;
+        let mut rest = body;
+        // Offset of the current attribute from the start of the body.
+        let mut off = 0usize;
         let mut after_integrity = false;
         while let [t0, t1, l0, l1, ref tail @ ..] = *rest {
             let code = u16::from_be_bytes([t0, t1]);
-            let len = u16::from_be_bytes([l0, l1]);
+            let len = usize::from(u16::from_be_bytes([l0, l1]));
             // At most 65535 + 3, so this cannot overflow.
-            let padded_len = usize::from(len).wrapping_add(3) & !3;
-            let (padded_value, after) = tail
-                .split_at_checked(padded_len)
-                .ok_or(DecodeError::AttributeTruncated)?;
-            let value = padded_value
-                .get(..usize::from(len))
-                .ok_or(DecodeError::AttributeTruncated)?;
+            let padded_len = len.wrapping_add(3) & !3;
+            let Some((padded_value, after)) = tail.split_at_checked(padded_len) else {
+                return Err(DecodeError::AttributeTruncated);
+            };
+            let Some(value) = padded_value.get(..len) else {
+                return Err(DecodeError::AttributeTruncated);
+            };
+            // The word number of this attribute plus one: `off` is a multiple of four below 65536.
+            let slot_value = ((off >> 2) as u16).wrapping_add(1);
             match AttrKind::from_code(code) {
                 Some(AttrKind::Fingerprint) => {
                     if !after.is_empty() {
                         return Err(DecodeError::FingerprintNotLast);
                     }
-                    let got: [u8; 4] = value.try_into().map_err(|_| DecodeError::BadAttribute {
-                        code,
-                        error: AttrError::BadLength,
-                    })?;
-                    if u32::from_be_bytes(got) != fingerprint_of(raw.get(..at).unwrap_or(&[])) {
+                    let Ok(got) = <[u8; 4]>::try_from(value) else {
+                        return Err(DecodeError::BadAttribute {
+                            code,
+                            error: AttrError::BadLength,
+                        });
+                    };
+                    // `off` is within the body, so the header plus `off` is within `raw`.
+                    let covered = raw.get(..HEADER_LEN.wrapping_add(off)).unwrap_or(&[]);
+                    if u32::from_be_bytes(got) != fingerprint_of(covered) {
                         return Err(DecodeError::FingerprintMismatch);
                     }
-                    self.record(AttrKind::Fingerprint, at);
+                    record(&mut index, AttrKind::Fingerprint, slot_value);
                 }
                 Some(kind) => {
-                    kind.check(value)
-                        .map_err(|error| DecodeError::BadAttribute { code, error })?;
-                    if !after_integrity || kind == AttrKind::MessageIntegrity {
-                        self.record(kind, at);
+                    if let Err(error) = kind.check(value) {
+                        return Err(DecodeError::BadAttribute { code, error });
+                    }
+                    if !after_integrity {
+                        record(&mut index, kind, slot_value);
                         if kind == AttrKind::MessageIntegrity {
-                            self.enter_integrity(at, &mut after_integrity);
+                            after_integrity = true;
+                            integrity_boundary = HEADER_LEN.wrapping_add(off) as u32;
                         }
+                    } else if kind == AttrKind::MessageIntegrity {
+                        record(&mut index, kind, slot_value);
                     }
                 }
                 None => {
-                    if code < 0x8000 && !after_integrity {
-                        if self.unknown_count == 0 {
-                            self.first_unknown = code;
+                    if !after_integrity {
+                        if code < 0x8000 {
+                            if unknown_count == 0 {
+                                first_unknown = code;
+                            }
+                            unknown_count = unknown_count.saturating_add(1);
                         }
-                        self.unknown_count = self.unknown_count.saturating_add(1);
-                    }
-                    if code == MESSAGE_INTEGRITY_SHA256 {
-                        self.enter_integrity(at, &mut after_integrity);
+                        if code == MESSAGE_INTEGRITY_SHA256 {
+                            after_integrity = true;
+                            integrity_boundary = HEADER_LEN.wrapping_add(off) as u32;
+                        }
                     }
                 }
             }
-            at = at.wrapping_add(4).wrapping_add(padded_len);
+            // Both within the body (at most 65535 bytes): cannot overflow.
+            off = off.wrapping_add(4).wrapping_add(padded_len);
             rest = after;
         }
-        if rest.is_empty() {
-            Ok(())
-        } else {
-            Err(DecodeError::AttributeTruncated)
+        if !rest.is_empty() {
+            return Err(DecodeError::AttributeTruncated);
         }
-    }
-
-    fn enter_integrity(&mut self, at: usize, after_integrity: &mut bool) {
-        if !*after_integrity {
-            *after_integrity = true;
-            self.integrity_boundary = u32::try_from(at).unwrap_or(u32::MAX);
-        }
-    }
-
-    fn record(&mut self, kind: AttrKind, at: usize) {
-        if let Some(slot) = self.index.get_mut(kind.index()) {
-            if *slot == 0 {
-                let word = at.saturating_sub(HEADER_LEN) >> 2;
-                *slot = u16::try_from(word.saturating_add(1)).unwrap_or(0);
-            }
-        }
+        let [t0, t1, _, _, c0, c1, c2, c3, ref txid @ ..] = *head;
+        let (class, method) = Header::split_type(u16::from_be_bytes([t0, t1]));
+        Ok(Message {
+            header: Header {
+                class,
+                method,
+                cookie: [c0, c1, c2, c3],
+                transaction_id: TransactionId::new(*txid),
+            },
+            raw,
+            index,
+            first_unknown,
+            unknown_count,
+            integrity_boundary,
+        })
     }
 
     /// The header.
@@ -318,15 +316,18 @@ impl<'a> Message<'a> {
     }
 
     /// The type code and value of the first attribute of `kind`.
+    #[inline]
     fn value_of(&self, kind: AttrKind) -> Option<(u16, &'a [u8])> {
         let at = self.index_of(kind);
         if at == 0 {
             return None;
         }
-        let code = read_u16(self.raw, at)?;
-        let len = usize::from(read_u16(self.raw, at.checked_add(2)?)?);
-        let start = at.checked_add(4)?;
-        Some((code, self.raw.get(start..start.checked_add(len)?)?))
+        let (_, attr) = self.raw.split_at_checked(at)?;
+        let [t0, t1, l0, l1, ref value @ ..] = *attr else {
+            return None;
+        };
+        let len = usize::from(u16::from_be_bytes([l0, l1]));
+        Some((u16::from_be_bytes([t0, t1]), value.get(..len)?))
     }
 
     /// How many comprehension-required attributes (type < 0x8000) this decoder does not know, and the
@@ -352,23 +353,24 @@ impl<'a> Message<'a> {
         n
     }
 
+    #[inline]
     fn index_of(&self, kind: AttrKind) -> usize {
         match self.index.get(kind.index()).copied().unwrap_or(0) {
             0 => 0,
-            slot => (usize::from(slot).saturating_sub(1) << 2).saturating_add(HEADER_LEN),
+            // At most 20 + 4 * 65535: cannot overflow.
+            slot => (usize::from(slot).wrapping_sub(1) << 2).wrapping_add(HEADER_LEN),
         }
     }
 
     /// An address attribute's value, decoded straight from the (already checked) bytes.
+    #[inline]
     fn address(&self, kind: AttrKind) -> Option<SocketAddr> {
         let (_, value) = self.value_of(kind)?;
-        let key = match kind {
-            AttrKind::XorMappedAddress | AttrKind::XorMappedAddressDraft => {
-                Some(self.header.xor_key())
-            }
+        let xor = match kind {
+            AttrKind::XorMappedAddress | AttrKind::XorMappedAddressDraft => Some(&self.header),
             _ => None,
         };
-        parse_address(value, key.as_ref()).ok()
+        parse_address(value, xor).ok()
     }
 
     /// XOR-MAPPED-ADDRESS, else MAPPED-ADDRESS, else the pre-standard 0x8020 form.
@@ -457,12 +459,28 @@ impl<'a> Message<'a> {
     }
 }
 
+/// Records `slot_value` as where the first attribute of `kind` is, unless one came before.
+#[inline(always)]
+fn record(index: &mut [u16; AttrKind::COUNT], kind: AttrKind, slot_value: u16) {
+    if let Some(slot) = index.get_mut(kind.index()) {
+        if *slot == 0 {
+            *slot = slot_value;
+        }
+    }
+}
+
 /// FINGERPRINT value of `bytes` (the message up to the FINGERPRINT attribute, with the header length
 /// already covering it).
 pub(crate) fn fingerprint_of(bytes: &[u8]) -> u32 {
     // The header length must count the FINGERPRINT attribute; when validating we hash the bytes as they
     // are, because the sender already set the length that way.
-    crc32fast::hash(bytes) ^ FINGERPRINT_XOR
+    //
+    // `crc32fast::hash` detects the CPU's features on every call, which costs about a third of a
+    // short message's CRC; a hasher made once carries the detected implementation.
+    static HASHER: OnceLock<crc32fast::Hasher> = OnceLock::new();
+    let mut hasher = HASHER.get_or_init(crc32fast::Hasher::new).clone();
+    hasher.update(bytes);
+    hasher.finalize() ^ FINGERPRINT_XOR
 }
 
 /// HMAC-SHA1 over `covered` (the message before MESSAGE-INTEGRITY, `mi_offset` bytes) with the header
