@@ -101,6 +101,7 @@
 pub mod cli;
 mod device;
 mod error;
+mod mmsg;
 mod runtime;
 
 pub use error::map_io_error;

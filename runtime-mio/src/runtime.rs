@@ -16,12 +16,14 @@ use socket2::{Domain, Protocol, SockRef, Socket, Type};
 
 use crate::device::bind_to_device;
 use crate::error::map_io_error;
+use crate::mmsg::{RecvBatch, SendBatch};
 
 /// Size of the receive buffer (and of the transmit scratch buffer): the largest UDP payload.
 pub const RECV_BUFFER_LEN: usize = 65_536;
 
 /// How many datagrams one socket may deliver per wake-up before the loop looks at timers and other
-/// sockets again (the rest is read on the next turn, without waiting).
+/// sockets again (the rest is read on the next turn, without waiting). Checked after each batch of
+/// datagrams read in one call, so one more batch may be delivered.
 const MAX_READS_PER_WAKEUP: usize = 256;
 
 /// Consecutive receive errors on one socket after which the loop stops reading it until it is
@@ -122,6 +124,8 @@ enum Progress {
 struct Entry {
     /// The machine's handle.
     id: SocketId,
+    /// Unique per socket the runtime opened (ids and slots are reused, serials are not).
+    serial: u64,
     /// The real local address.
     local: SocketAddr,
     /// The socket.
@@ -164,8 +168,20 @@ pub struct Runtime {
     carry: Vec<usize>,
     /// Socket outcomes to report after the current drain.
     pending: VecDeque<(SocketId, SocketOutcome)>,
+    /// Receive buffer for TCP streams.
     recv_buf: Box<[u8]>,
+    /// Where the machine writes each transmit.
     tx_buf: Box<[u8]>,
+    /// Datagrams read from one UDP socket by one call, and not all handed to the machine yet.
+    rx: RecvBatch,
+    /// The slot and socket serial `rx` was read from.
+    rx_owner: Option<(usize, u64)>,
+    /// Datagrams to send from one UDP socket in one call, in the order the machine produced them.
+    tx: SendBatch,
+    /// The slot and machine id `tx` is for.
+    tx_owner: Option<(usize, SocketId)>,
+    /// Serial for the next socket opened.
+    next_serial: u64,
     stats: RuntimeStats,
 }
 
@@ -194,6 +210,11 @@ impl Runtime {
             pending: VecDeque::new(),
             recv_buf: vec![0u8; RECV_BUFFER_LEN].into_boxed_slice(),
             tx_buf: vec![0u8; RECV_BUFFER_LEN].into_boxed_slice(),
+            rx: RecvBatch::new(),
+            rx_owner: None,
+            tx: SendBatch::new(),
+            tx_owner: None,
+            next_serial: 0,
             stats: RuntimeStats::default(),
         })
     }
@@ -318,6 +339,14 @@ impl Runtime {
                     self.ready.push(idx);
                 }
             }
+            // Datagrams already read but not handed over (the callback stopped a run in the
+            // middle of a batch) go first, before any socket is read again.
+            if let Some((idx, _)) = self.rx_owner.filter(|_| self.rx.has_pending()) {
+                if let Some(pos) = self.ready.iter().position(|&i| i == idx) {
+                    self.ready.remove(pos);
+                }
+                self.ready.insert(0, idx);
+            }
             // Outcomes left over from a `Break` are delivered before new input.
             if !self.pending.is_empty() && self.drain(machine, &mut on_event).is_break() {
                 let ready = std::mem::take(&mut self.ready);
@@ -362,8 +391,9 @@ impl Runtime {
         }
     }
 
-    /// Reads datagrams from slot `idx` until `WouldBlock`, handing each to the machine and
-    /// draining after each.
+    /// Reads datagrams from slot `idx` until `WouldBlock`, a batch at a time, handing each to the
+    /// machine and draining after each. Transmits produced while a batch is handed over are sent
+    /// together once the batch is done.
     fn read_udp<M, F>(&mut self, machine: &mut M, idx: usize, on_event: &mut F) -> ReadEnd
     where
         M: Machine,
@@ -372,33 +402,42 @@ impl Runtime {
         let mut reads = 0usize;
         let mut errors = 0usize;
         loop {
+            // Datagrams read earlier from this socket (by the last call, or by a run the callback
+            // stopped in the middle of a batch).
+            if self.rx.has_pending() {
+                let Some((owner, serial)) = self.rx_owner else {
+                    self.rx.clear();
+                    continue;
+                };
+                if owner != idx {
+                    // Not this socket's: `run` hands those over first, so this is not expected.
+                    return ReadEnd::More;
+                }
+                match self.hand_over(machine, idx, serial, on_event) {
+                    ControlFlow::Break(_) => return ReadEnd::Break,
+                    ControlFlow::Continue(n) => reads = reads.saturating_add(n),
+                }
+                // The batch is done: send what it produced (and report any send failure).
+                if self.drain(machine, on_event).is_break() {
+                    return ReadEnd::Break;
+                }
+                if reads >= MAX_READS_PER_WAKEUP {
+                    return ReadEnd::More;
+                }
+            }
             // The socket may have been closed (or its slot reused) by the last drain.
             let Some(Some(entry)) = self.slots.get(idx) else {
                 return ReadEnd::Done;
             };
-            let id = entry.id;
+            let (id, serial) = (entry.id, entry.serial);
             let result = match &entry.kind {
-                Kind::Udp(sock) => sock.recv_from(&mut self.recv_buf),
+                Kind::Udp(sock) => self.rx.recv(sock),
                 _ => return ReadEnd::Done,
             };
             match result {
-                Ok((n, from)) => {
+                Ok(_) => {
                     errors = 0;
-                    self.stats.datagrams_received = self.stats.datagrams_received.saturating_add(1);
-                    self.stats.bytes_received = self
-                        .stats
-                        .bytes_received
-                        .saturating_add(u64::try_from(n).unwrap_or(u64::MAX));
-                    let now = self.now();
-                    let data = self.recv_buf.get(..n).unwrap_or(&[]);
-                    self.count_verdict(machine.handle_datagram(now, id, from, data));
-                    if self.drain(machine, on_event).is_break() {
-                        return ReadEnd::Break;
-                    }
-                    reads = reads.saturating_add(1);
-                    if reads >= MAX_READS_PER_WAKEUP {
-                        return ReadEnd::More;
-                    }
+                    self.rx_owner = Some((idx, serial));
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return ReadEnd::Done,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -420,6 +459,53 @@ impl Runtime {
                         return ReadEnd::Done;
                     }
                 }
+            }
+        }
+    }
+
+    /// Hands the datagrams waiting in `rx` to the machine, draining after each but deferring the
+    /// sends. Stops with `Break` when the callback does (the rest stays in `rx`). Datagrams of a
+    /// socket that was closed meanwhile are dropped, as the kernel drops those it still held.
+    /// Returns how many datagrams were handed over.
+    fn hand_over<M, F>(
+        &mut self,
+        machine: &mut M,
+        idx: usize,
+        serial: u64,
+        on_event: &mut F,
+    ) -> ControlFlow<usize, usize>
+    where
+        M: Machine,
+        F: FnMut(&mut M, Instant, M::Event) -> ControlFlow<()>,
+    {
+        let mut handed = 0usize;
+        loop {
+            let id = match self.slots.get(idx) {
+                Some(Some(entry)) if entry.serial == serial => entry.id,
+                _ => {
+                    self.rx.clear();
+                    return ControlFlow::Continue(handed);
+                }
+            };
+            let now = self.now();
+            let Some((from, data)) = self.rx.pop() else {
+                return ControlFlow::Continue(handed);
+            };
+            let Some(from) = from else {
+                // Not an IP sender: nothing the machine could answer.
+                continue;
+            };
+            let n = data.len();
+            let verdict = machine.handle_datagram(now, id, from, data);
+            handed = handed.saturating_add(1);
+            self.stats.datagrams_received = self.stats.datagrams_received.saturating_add(1);
+            self.stats.bytes_received = self
+                .stats
+                .bytes_received
+                .saturating_add(u64::try_from(n).unwrap_or(u64::MAX));
+            self.count_verdict(verdict);
+            if self.drain_deferred(machine, on_event).is_break() {
+                return ControlFlow::Break(handed);
             }
         }
     }
@@ -582,8 +668,35 @@ impl Runtime {
     }
 
     /// The drain loop: transmits, socket intents, events, then queued socket outcomes, until a pass
-    /// produces nothing.
+    /// produces nothing and every transmit is sent.
     fn drain<M, F>(&mut self, machine: &mut M, on_event: &mut F) -> ControlFlow<()>
+    where
+        M: Machine,
+        F: FnMut(&mut M, Instant, M::Event) -> ControlFlow<()>,
+    {
+        self.drain_with(machine, on_event, true)
+    }
+
+    /// [`Runtime::drain`], except that UDP transmits may be left in the send batch, to go out with
+    /// those of the next inputs (the caller drains once more after its last input).
+    fn drain_deferred<M, F>(&mut self, machine: &mut M, on_event: &mut F) -> ControlFlow<()>
+    where
+        M: Machine,
+        F: FnMut(&mut M, Instant, M::Event) -> ControlFlow<()>,
+    {
+        self.drain_with(machine, on_event, false)
+    }
+
+    /// The drain loop. Transmits are collected into the send batch, which is sent when it is full,
+    /// when a transmit for another socket comes, before a socket intent is carried out or an event
+    /// is handed to the callback (so the batch is empty whenever the drain returns `Break`), and at
+    /// the end if `flush`. Send failures are queued and reported like any other socket outcome.
+    fn drain_with<M, F>(
+        &mut self,
+        machine: &mut M,
+        on_event: &mut F,
+        flush: bool,
+    ) -> ControlFlow<()>
     where
         M: Machine,
         F: FnMut(&mut M, Instant, M::Event) -> ControlFlow<()>,
@@ -596,10 +709,12 @@ impl Runtime {
             }
             while let Some(op) = machine.poll_socket_op() {
                 progressed = true;
+                self.flush_sends();
                 self.apply(op);
             }
             while let Some(ev) = machine.poll_event() {
                 progressed = true;
+                self.flush_sends();
                 let now = self.now();
                 if on_event(machine, now, ev).is_break() {
                     return ControlFlow::Break(());
@@ -611,9 +726,70 @@ impl Runtime {
                 machine.handle_socket_result(now, id, outcome);
             }
             if !progressed {
+                if flush && !self.tx.is_empty() {
+                    self.flush_sends();
+                    if !self.pending.is_empty() {
+                        // Send failures to report.
+                        continue;
+                    }
+                }
                 return ControlFlow::Continue(());
             }
         }
+    }
+
+    /// Sends the send batch in as few calls as the kernel allows, in order. A datagram the kernel
+    /// refuses is reported as a failed send (queued) and the rest are still sent.
+    fn flush_sends(&mut self) {
+        let Some((idx, socket)) = self.tx_owner.take() else {
+            self.tx.clear();
+            return;
+        };
+        let count = self.tx.len();
+        let mut i = 0usize;
+        while i < count {
+            let result = match self.slots.get(idx) {
+                Some(Some(Entry {
+                    id,
+                    kind: Kind::Udp(sock),
+                    ..
+                })) if *id == socket => self.tx.send(sock, i).map_err(|e| {
+                    if e.kind() == io::ErrorKind::Interrupted {
+                        None
+                    } else {
+                        Some(map_io_error(&e))
+                    }
+                }),
+                // Not expected: sockets are closed only after a flush.
+                _ => Err(Some(IoError::UnknownSocket)),
+            };
+            match result {
+                Ok(n) => {
+                    let sent = i.saturating_add(n).min(count);
+                    for j in i..sent {
+                        let len = u64::try_from(self.tx.sent_len(j)).unwrap_or(u64::MAX);
+                        self.stats.datagrams_sent = self.stats.datagrams_sent.saturating_add(1);
+                        self.stats.bytes_sent = self.stats.bytes_sent.saturating_add(len);
+                    }
+                    i = sent;
+                }
+                // Interrupted: try the same datagram again.
+                Err(None) => {}
+                Err(Some(error)) => {
+                    self.stats.send_errors = self.stats.send_errors.saturating_add(1);
+                    if let Some(destination) = self.tx.destination(i) {
+                        let outcome = SocketOutcome::Failed {
+                            op: OpKind::Send,
+                            destination: Some(destination),
+                            error,
+                        };
+                        self.report(socket, outcome);
+                    }
+                    i = i.saturating_add(1);
+                }
+            }
+        }
+        self.tx.clear();
     }
 
     /// Sends one transmit from `tx_buf` (a datagram, or bytes on a connected TCP stream); failures
@@ -621,6 +797,28 @@ impl Runtime {
     fn send(&mut self, t: Transmit) {
         let destination = t.destination;
         let idx = self.ids.get(&t.socket).copied();
+        // A datagram joins the send batch (sent first if it is full or for another socket).
+        let udp = idx.filter(|&i| {
+            t.len <= self.tx_buf.len()
+                && matches!(
+                    self.slots.get(i),
+                    Some(Some(Entry {
+                        kind: Kind::Udp(_),
+                        ..
+                    }))
+                )
+        });
+        if let Some(i) = udp {
+            if self.tx.is_full() || self.tx_owner.is_some_and(|(owner, _)| owner != i) {
+                self.flush_sends();
+            }
+            self.tx
+                .push(self.tx_buf.get(..t.len).unwrap_or_default(), destination);
+            self.tx_owner = Some((i, t.socket));
+            return;
+        }
+        // Anything else is handled at once, after the datagrams before it.
+        self.flush_sends();
         let mut datagram = false;
         let result = match self.tx_buf.get(..t.len) {
             None => Err(IoError::MessageTooLong),
@@ -836,7 +1034,14 @@ impl Runtime {
             }
             return Err(map_io_error(&e));
         }
-        let entry = Entry { id, local, kind };
+        let serial = self.next_serial;
+        self.next_serial = serial.wrapping_add(1);
+        let entry = Entry {
+            id,
+            serial,
+            local,
+            kind,
+        };
         match self.slots.get_mut(idx) {
             Some(slot) => *slot = Some(entry),
             None => self.slots.push(Some(entry)),
