@@ -1,0 +1,350 @@
+//! Batched UDP I/O (`recvmmsg` / `sendmmsg` on Linux): bursts, mixed IPv4 / IPv6 sockets, a
+//! failing datagram in the middle of a batch, and a run stopped in the middle of a read batch.
+
+use std::collections::{HashMap, VecDeque};
+use std::net::{SocketAddr, UdpSocket};
+use std::ops::ControlFlow;
+use std::thread;
+use std::time::Duration;
+
+use p2pd_mio::{map_io_error, RunEnd, Runtime};
+use p2pd_proto::{
+    BindOptions, Instant, Machine, OpKind, SocketId, SocketOp, SocketOutcome, Transmit, Transport,
+    Verdict,
+};
+
+const LIMIT: Option<Duration> = Some(Duration::from_secs(10));
+
+fn bind_op(socket: u32, local: SocketAddr) -> SocketOp {
+    SocketOp::Bind {
+        socket: SocketId(socket),
+        transport: Transport::Udp,
+        local,
+        options: BindOptions::default(),
+    }
+}
+
+fn ipv6_available() -> bool {
+    UdpSocket::bind("[::1]:0").is_ok()
+}
+
+#[derive(Debug, Clone, PartialEq)]
+enum Input {
+    Result(SocketId, SocketOutcome),
+    Datagram(SocketId, SocketAddr, Vec<u8>),
+}
+
+/// Every input becomes an event, except datagrams in echo mode, which are sent back on the socket
+/// they came in on (no event, so the echoes of one read batch leave in one send batch). In echo
+/// mode the machine closes every socket once each has echoed `close_after` datagrams.
+#[derive(Default)]
+struct Relay {
+    ops: VecDeque<SocketOp>,
+    tx: VecDeque<(SocketId, SocketAddr, Vec<u8>)>,
+    inputs: VecDeque<Input>,
+    echo: bool,
+    close_after: usize,
+    echoed: HashMap<SocketId, usize>,
+    bound: HashMap<SocketId, SocketAddr>,
+}
+
+impl Machine for Relay {
+    type Event = Input;
+
+    fn handle_datagram(
+        &mut self,
+        _now: Instant,
+        socket: SocketId,
+        from: SocketAddr,
+        data: &[u8],
+    ) -> Verdict {
+        if !self.echo {
+            self.inputs
+                .push_back(Input::Datagram(socket, from, data.to_vec()));
+            return Verdict::Consumed;
+        }
+        self.tx.push_back((socket, from, data.to_vec()));
+        let n = self.echoed.entry(socket).or_default();
+        *n += 1;
+        let done = self
+            .bound
+            .keys()
+            .all(|id| self.echoed.get(id).is_some_and(|&n| n >= self.close_after));
+        if done {
+            for &socket in self.bound.keys() {
+                self.ops.push_back(SocketOp::Close { socket });
+            }
+        }
+        Verdict::Consumed
+    }
+
+    fn handle_socket_result(&mut self, _now: Instant, socket: SocketId, outcome: SocketOutcome) {
+        if let SocketOutcome::Bound { local } = outcome {
+            self.bound.insert(socket, local);
+        }
+        self.inputs.push_back(Input::Result(socket, outcome));
+    }
+
+    fn handle_timeout(&mut self, _now: Instant) {}
+
+    fn poll_transmit(&mut self, buf: &mut [u8]) -> Option<Transmit> {
+        let (socket, destination, bytes) = self.tx.pop_front()?;
+        buf[..bytes.len()].copy_from_slice(&bytes);
+        Some(Transmit {
+            socket,
+            destination,
+            len: bytes.len(),
+        })
+    }
+
+    fn poll_socket_op(&mut self) -> Option<SocketOp> {
+        self.ops.pop_front()
+    }
+
+    fn poll_event(&mut self) -> Option<Input> {
+        self.inputs.pop_front()
+    }
+
+    fn poll_timeout(&self) -> Option<Instant> {
+        None
+    }
+}
+
+/// Runs until `n` events have been seen (or the limit), returning them.
+fn collect(rt: &mut Runtime, m: &mut Relay, n: usize) -> Vec<Input> {
+    let mut seen = Vec::new();
+    rt.run(m, LIMIT, |_, _, input| {
+        seen.push(input);
+        if seen.len() >= n {
+            ControlFlow::Break(())
+        } else {
+            ControlFlow::Continue(())
+        }
+    })
+    .unwrap();
+    seen
+}
+
+/// Binds `addrs` as sockets 1, 2, ... and returns their real addresses.
+fn bind_all(rt: &mut Runtime, m: &mut Relay, addrs: &[&str]) -> Vec<SocketAddr> {
+    for (i, a) in addrs.iter().enumerate() {
+        m.ops.push_back(bind_op(i as u32 + 1, a.parse().unwrap()));
+    }
+    let seen = collect(rt, m, addrs.len());
+    seen.iter()
+        .map(|input| match input {
+            Input::Result(_, SocketOutcome::Bound { local }) => *local,
+            other => panic!("expected Bound, got {other:?}"),
+        })
+        .collect()
+}
+
+/// Sends `n` numbered datagrams to `server` keeping up to `window` unanswered, and returns the
+/// numbers of the echoes in the order they arrived.
+fn burst_client(server: SocketAddr, n: u32, window: u32) -> Vec<u32> {
+    let local = if server.is_ipv4() {
+        "127.0.0.1:0"
+    } else {
+        "[::1]:0"
+    };
+    let sock = UdpSocket::bind(local).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut got = Vec::with_capacity(n as usize);
+    let mut next = 0u32;
+    let mut buf = [0u8; 64];
+    while got.len() < n as usize {
+        while next < n && next - (got.len() as u32) < window {
+            sock.send_to(&next.to_be_bytes(), server).unwrap();
+            next += 1;
+        }
+        let (len, from) = sock.recv_from(&mut buf).expect("an echo within 5 s");
+        assert_eq!(from, server);
+        assert_eq!(len, 4);
+        got.push(u32::from_be_bytes(buf[..4].try_into().unwrap()));
+    }
+    got
+}
+
+fn echo_bursts(addrs: &[&str]) {
+    const N: u32 = 1000;
+    let mut rt = Runtime::new().unwrap();
+    let mut m = Relay::default();
+    let servers = bind_all(&mut rt, &mut m, addrs);
+    m.echo = true;
+    m.close_after = N as usize;
+    let clients: Vec<_> = servers
+        .iter()
+        .map(|&server| thread::spawn(move || burst_client(server, N, 64)))
+        .collect();
+    let end = rt
+        .run(&mut m, LIMIT, |_, _, input| panic!("unexpected {input:?}"))
+        .unwrap();
+    assert_eq!(end, RunEnd::Idle);
+    let want: Vec<u32> = (0..N).collect();
+    for client in clients {
+        assert_eq!(client.join().unwrap(), want, "every echo, in order");
+    }
+    let stats = rt.stats();
+    let total = u64::from(N) * servers.len() as u64;
+    assert_eq!(stats.datagrams_received, total);
+    assert_eq!(stats.datagrams_sent, total);
+    assert_eq!(stats.bytes_sent, total * 4);
+    assert_eq!(stats.send_errors, 0);
+    assert_eq!(rt.open_sockets(), 0);
+}
+
+#[test]
+fn burst_of_1000_is_echoed_in_order_ipv4() {
+    echo_bursts(&["127.0.0.1:0"]);
+}
+
+#[test]
+fn bursts_on_mixed_ipv4_and_ipv6_sockets() {
+    if !ipv6_available() {
+        println!("skipping: cannot bind [::1]");
+        return;
+    }
+    echo_bursts(&["127.0.0.1:0", "[::1]:0", "127.0.0.1:0", "[::1]:0"]);
+}
+
+/// Reads `n` datagrams from `sock`, returning (sender, payload) in arrival order.
+fn read_n(sock: &UdpSocket, n: usize) -> Vec<(SocketAddr, Vec<u8>)> {
+    sock.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut buf = [0u8; 2048];
+    (0..n)
+        .map(|_| {
+            let (len, from) = sock.recv_from(&mut buf).expect("a datagram within 5 s");
+            (from, buf[..len].to_vec())
+        })
+        .collect()
+}
+
+#[test]
+fn one_failing_datagram_in_a_batch_is_reported_and_the_rest_are_sent() {
+    let mut rt = Runtime::new().unwrap();
+    let mut m = Relay::default();
+    let a = bind_all(&mut rt, &mut m, &["127.0.0.1:0"])[0];
+    let sink = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let dst = sink.local_addr().unwrap();
+    // An IPv6 destination from an IPv4 socket: refused by the kernel (EAFNOSUPPORT on Linux).
+    let bad: SocketAddr = "[::1]:9".parse().unwrap();
+    let want_error = {
+        let probe = UdpSocket::bind("127.0.0.1:0").unwrap();
+        map_io_error(&probe.send_to(b"x", bad).unwrap_err())
+    };
+
+    // 40 datagrams (more than one send batch), the 6th and the 35th undeliverable.
+    for i in 0..40u8 {
+        let to = if i == 5 || i == 34 { bad } else { dst };
+        m.tx.push_back((SocketId(1), to, vec![i]));
+    }
+    let mut seen = Vec::new();
+    let flow = rt.drive(&mut m, |_, _, input| {
+        seen.push(input);
+        ControlFlow::Continue(())
+    });
+    assert!(flow.is_continue());
+    let failed = SocketOutcome::Failed {
+        op: OpKind::Send,
+        destination: Some(bad),
+        error: want_error,
+    };
+    assert_eq!(
+        seen,
+        vec![
+            Input::Result(SocketId(1), failed.clone()),
+            Input::Result(SocketId(1), failed)
+        ],
+        "each failure reported once, after the drain"
+    );
+    let got = read_n(&sink, 38);
+    let want: Vec<(SocketAddr, Vec<u8>)> = (0..40u8)
+        .filter(|&i| i != 5 && i != 34)
+        .map(|i| (a, vec![i]))
+        .collect();
+    assert_eq!(got, want, "the others are sent, in order");
+    let stats = rt.stats();
+    assert_eq!(stats.datagrams_sent, 38);
+    assert_eq!(stats.send_errors, 2);
+}
+
+#[test]
+fn transmits_on_alternating_sockets_keep_their_order() {
+    let mut rt = Runtime::new().unwrap();
+    let mut m = Relay::default();
+    let socks = bind_all(&mut rt, &mut m, &["127.0.0.1:0", "127.0.0.1:0"]);
+    let sink = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let dst = sink.local_addr().unwrap();
+    // Runs of different lengths on each socket, so batches end on a socket change and when full.
+    let mut want = Vec::new();
+    let mut seq = 0u16;
+    for (socket, run) in [(1usize, 3usize), (2, 1), (1, 40), (2, 33), (1, 1), (2, 5)] {
+        for _ in 0..run {
+            let payload = seq.to_be_bytes().to_vec();
+            m.tx.push_back((SocketId(socket as u32), dst, payload.clone()));
+            want.push((socks[socket - 1], payload));
+            seq += 1;
+        }
+    }
+    assert!(rt
+        .drive(&mut m, |_, _, _| ControlFlow::Continue(()))
+        .is_continue());
+    assert_eq!(read_n(&sink, want.len()), want);
+    assert_eq!(rt.stats().datagrams_sent, want.len() as u64);
+    assert_eq!(rt.stats().send_errors, 0);
+}
+
+#[test]
+fn a_run_stopped_mid_batch_resumes_with_the_rest() {
+    let mut rt = Runtime::new().unwrap();
+    let mut m = Relay::default();
+    let a = bind_all(&mut rt, &mut m, &["127.0.0.1:0"])[0];
+    let peer = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let from = peer.local_addr().unwrap();
+    const N: u8 = 50;
+    for i in 0..N {
+        peer.send_to(&[i], a).unwrap();
+    }
+    // One datagram per run: each run stops after the first event, leaving the rest of the batch.
+    let mut got = Vec::new();
+    while got.len() < N as usize {
+        let seen = collect(&mut rt, &mut m, 1);
+        match &seen[..] {
+            [Input::Datagram(SocketId(1), f, data)] => {
+                assert_eq!(*f, from);
+                got.push(data[0]);
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(got, (0..N).collect::<Vec<_>>());
+    assert_eq!(rt.stats().datagrams_received, u64::from(N));
+
+    // Stop after the first of a new burst, then close the socket and bind a new one with the same
+    // id: the old socket's remaining datagrams are dropped, not delivered on the new one.
+    for i in 0..N {
+        peer.send_to(&[i], a).unwrap();
+    }
+    let seen = collect(&mut rt, &mut m, 1);
+    assert_eq!(seen, vec![Input::Datagram(SocketId(1), from, vec![0])]);
+    m.ops.push_back(SocketOp::Close {
+        socket: SocketId(1),
+    });
+    m.ops.push_back(bind_op(1, "127.0.0.1:0".parse().unwrap()));
+    let mut seen = Vec::new();
+    let end = rt
+        .run(&mut m, Some(Duration::from_millis(200)), |_, _, input| {
+            seen.push(input);
+            ControlFlow::Continue(())
+        })
+        .unwrap();
+    assert_eq!(end, RunEnd::TimeLimit);
+    assert!(
+        matches!(
+            &seen[..],
+            [Input::Result(SocketId(1), SocketOutcome::Bound { .. })]
+        ),
+        "{seen:?}"
+    );
+    assert_eq!(rt.stats().datagrams_received, u64::from(N) + 1);
+}
