@@ -252,7 +252,7 @@ fn one_failing_datagram_in_a_batch_is_reported_and_the_rest_are_sent() {
     assert_eq!(
         seen,
         vec![
-            Input::Result(SocketId(1), failed.clone()),
+            Input::Result(SocketId(1), failed),
             Input::Result(SocketId(1), failed)
         ],
         "each failure reported once, after the drain"
