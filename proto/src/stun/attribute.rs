@@ -47,7 +47,7 @@ impl AttrKind {
     /// How many kinds there are.
     pub const COUNT: usize = 17;
 
-    /// Every kind, in [`AttrKind::index`] order.
+    /// Every kind, in declaration order.
     const ALL: [AttrKind; AttrKind::COUNT] = [
         AttrKind::MappedAddress,
         AttrKind::XorMappedAddress,
@@ -175,10 +175,10 @@ impl AttrKind {
         }
     }
 
-    /// Position in a per-kind table.
+    /// The kind's bit in a set of kinds.
     #[inline]
-    pub(crate) fn index(self) -> usize {
-        self as usize
+    pub(crate) const fn bit(self) -> u32 {
+        1 << self as u32
     }
 }
 
@@ -484,7 +484,7 @@ impl<'a> Attribute<'a> {
 
 /// Checks text without building a `&str`; ASCII (the usual SOFTWARE and reason phrase) is checked
 /// word-at-a-time before falling back to full UTF-8 validation.
-#[inline]
+#[inline(always)]
 fn check_text(value: &[u8]) -> Result<(), AttrError> {
     if value.len() > MAX_TEXT {
         return Err(AttrError::TooLong);
@@ -498,7 +498,7 @@ fn check_text(value: &[u8]) -> Result<(), AttrError> {
 
 /// Whether every byte is below 0x80, a word at a time: short values do not reach the standard
 /// library's vectorised loop, and this stays inline. The last word may overlap the one before it.
-#[inline]
+#[inline(always)]
 fn is_ascii(value: &[u8]) -> bool {
     const HIGH: u64 = 0x8080_8080_8080_8080;
     let acc = if let Some(last) = value.last_chunk::<8>() {
@@ -523,28 +523,34 @@ fn address_len(a: &SocketAddr) -> usize {
 
 /// Parses `reserved(1) family(1) port(2) address(4|16)`, un-XORing with the cookie and transaction id
 /// of `xor` when given.
-#[inline]
 pub(crate) fn parse_address(value: &[u8], xor: Option<&Header>) -> Result<SocketAddr, AttrError> {
-    let cookie = xor.map_or(0, |h| u32::from_be_bytes(h.cookie));
-    // The port is XORed with the cookie's top 16 bits.
-    let port_key = (cookie >> 16) as u16;
     match *value {
-        [_, 1, p0, p1, a, b, c, d] => {
-            let port = u16::from_be_bytes([p0, p1]) ^ port_key;
-            let ip = Ipv4Addr::from_bits(u32::from_be_bytes([a, b, c, d]) ^ cookie);
-            Ok(SocketAddr::V4(SocketAddrV4::new(ip, port)))
-        }
+        [_, 1, ..] => parse_ipv4_address(value, xor).ok_or(AttrError::BadLength),
         [_, 2, p0, p1, ref rest @ ..] => {
             let raw: [u8; 16] = rest.try_into().map_err(|_| AttrError::BadLength)?;
             let key = xor.map_or(0, |h| u128::from_be_bytes(h.xor_key()));
             let ip = Ipv6Addr::from_bits(u128::from_be_bytes(raw) ^ key);
-            let port = u16::from_be_bytes([p0, p1]) ^ port_key;
+            // The port is XORed with the cookie's top 16 bits.
+            let port = u16::from_be_bytes([p0, p1]) ^ (key >> 112) as u16;
             Ok(SocketAddr::V6(SocketAddrV6::new(ip, port, 0, 0)))
         }
-        [_, 1 | 2, ..] => Err(AttrError::BadLength),
+        [_, 2, ..] => Err(AttrError::BadLength),
         [_, _, ..] => Err(AttrError::BadFamily),
         _ => Err(AttrError::BadLength),
     }
+}
+
+/// [`parse_address`] of an IPv4 address, a few word operations; `None` for anything else.
+#[inline(always)]
+pub(crate) fn parse_ipv4_address(value: &[u8], xor: Option<&Header>) -> Option<SocketAddr> {
+    let [_, 1, p0, p1, a, b, c, d] = *value else {
+        return None;
+    };
+    let cookie = xor.map_or(0, |h| u32::from_be_bytes(h.cookie));
+    // The port is XORed with the cookie's top 16 bits.
+    let port = u16::from_be_bytes([p0, p1]) ^ (cookie >> 16) as u16;
+    let ip = Ipv4Addr::from_bits(u32::from_be_bytes([a, b, c, d]) ^ cookie);
+    Some(SocketAddr::V4(SocketAddrV4::new(ip, port)))
 }
 
 fn write_address(a: &SocketAddr, key: Option<&[u8; 16]>, out: &mut [u8]) -> Option<()> {
@@ -589,7 +595,7 @@ mod tests {
         assert_eq!(known, AttrKind::COUNT);
         for kind in AttrKind::ALL {
             assert_eq!(AttrKind::from_code(kind.code()), Some(kind));
-            assert_eq!(AttrKind::ALL[kind.index()], kind);
+            assert_eq!(AttrKind::ALL[kind as usize], kind);
         }
     }
 

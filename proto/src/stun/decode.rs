@@ -6,7 +6,9 @@ use sha1::Sha1;
 use core::net::SocketAddr;
 use std::sync::OnceLock;
 
-use super::attribute::{parse_address, AttrError, AttrKind, Attribute, ChangeRequest, ErrorCode};
+use super::attribute::{
+    parse_address, parse_ipv4_address, AttrError, AttrKind, Attribute, ChangeRequest, ErrorCode,
+};
 use super::header::{Class, Header, Method, TransactionId, HEADER_LEN, MAGIC_COOKIE};
 use super::{padded, read_u16, FINGERPRINT_XOR};
 
@@ -120,10 +122,10 @@ impl<'a> Iterator for Attributes<'a> {
 pub struct Message<'a> {
     header: Header,
     raw: &'a [u8],
-    /// Where the first attribute of each known kind starts, as its 4-byte word number after the
-    /// header plus one (0 = absent). Attributes are 4-byte aligned and a body is at most 65535 bytes,
-    /// so this fits 16 bits for every message.
-    index: [u16; AttrKind::COUNT],
+    /// Bit [`AttrKind::bit`] is set when the getters have an attribute of that kind to return: one
+    /// before the integrity boundary, or any MESSAGE-INTEGRITY or FINGERPRINT. The getters find
+    /// the first of its kind by walking the (validated) attributes, which keeps the message small.
+    present: u32,
     /// The first comprehension-required attribute we do not know, if any.
     first_unknown: u16,
     unknown_count: u16,
@@ -137,11 +139,8 @@ impl<'a> Message<'a> {
     pub fn decode(buf: &'a [u8]) -> Result<Message<'a>, DecodeError> {
         let total = Self::needed(buf)?;
         let raw = buf.get(..total).ok_or(DecodeError::LengthMismatch)?;
-        let msg = Self::parse(raw)?;
-        if total != buf.len() {
-            return Err(DecodeError::LengthMismatch);
-        }
-        Ok(msg)
+        // A longer buffer is `LengthMismatch`, but only once the message itself is valid.
+        Self::parse(raw, buf.len())
     }
 
     /// Decodes the message at the start of `buf` (for streams) and returns it with the number of bytes
@@ -150,7 +149,7 @@ impl<'a> Message<'a> {
     pub fn decode_prefix(buf: &'a [u8]) -> Result<(Message<'a>, usize), DecodeError> {
         let total = Self::needed(buf)?;
         let raw = buf.get(..total).ok_or(DecodeError::LengthMismatch)?;
-        Ok((Self::parse(raw)?, total))
+        Ok((Self::parse(raw, total)?, total))
     }
 
     /// The total size of the message whose header starts `buf`, once the first 20 bytes are there
@@ -172,21 +171,20 @@ impl<'a> Message<'a> {
         Ok(HEADER_LEN.wrapping_add(usize::from(len)))
     }
 
-    /// Parses and validates `raw`, which `needed` sized: checks every attribute and indexes the known
-    /// ones. Works on locals and builds the message in the return value, so nothing is copied twice.
+    /// Parses and validates `raw`, which `needed` sized: checks every attribute and notes the known
+    /// ones; then fails with `LengthMismatch` if the datagram was `datagram_len` bytes rather than
+    /// exactly the message. Works on locals and builds the message in the return value.
     #[inline(always)]
-    fn parse(raw: &'a [u8]) -> Result<Message<'a>, DecodeError> {
+    fn parse(raw: &'a [u8], datagram_len: usize) -> Result<Message<'a>, DecodeError> {
         let Some((head, body)) = raw.split_first_chunk::<HEADER_LEN>() else {
             return Err(DecodeError::TooShort);
         };
-        let mut index = [0u16; AttrKind::COUNT];
+        let mut present = 0u32;
         let mut first_unknown = 0u16;
         let mut unknown_count = 0u16;
+        // Offset of the first MESSAGE-INTEGRITY(-SHA256); 0 while there is none.
         let mut integrity_boundary = 0u32;
         let mut rest = body;
-        // Offset of the current attribute from the start of the body.
-        let mut off = 0usize;
-        let mut after_integrity = false;
         while let [t0, t1, l0, l1, ref tail @ ..] = *rest {
             let code = u16::from_be_bytes([t0, t1]);
             let len = usize::from(u16::from_be_bytes([l0, l1]));
@@ -198,8 +196,6 @@ impl<'a> Message<'a> {
             let Some(value) = padded_value.get(..len) else {
                 return Err(DecodeError::AttributeTruncated);
             };
-            // The word number of this attribute plus one: `off` is a multiple of four below 65536.
-            let slot_value = ((off >> 2) as u16).wrapping_add(1);
             match AttrKind::from_code(code) {
                 Some(AttrKind::Fingerprint) => {
                     if !after.is_empty() {
@@ -211,29 +207,30 @@ impl<'a> Message<'a> {
                             error: AttrError::BadLength,
                         });
                     };
-                    // `off` is within the body, so the header plus `off` is within `raw`.
-                    let covered = raw.get(..HEADER_LEN.wrapping_add(off)).unwrap_or(&[]);
+                    // Everything before the FINGERPRINT attribute (its value and header are the last
+                    // 8 bytes).
+                    let covered = raw.get(..raw.len().saturating_sub(8)).unwrap_or(&[]);
                     if u32::from_be_bytes(got) != fingerprint_of(covered) {
                         return Err(DecodeError::FingerprintMismatch);
                     }
-                    record(&mut index, AttrKind::Fingerprint, slot_value);
+                    present |= AttrKind::Fingerprint.bit();
                 }
                 Some(kind) => {
                     if let Err(error) = kind.check(value) {
                         return Err(DecodeError::BadAttribute { code, error });
                     }
-                    if !after_integrity {
-                        record(&mut index, kind, slot_value);
+                    if integrity_boundary == 0 {
+                        present |= kind.bit();
                         if kind == AttrKind::MessageIntegrity {
-                            after_integrity = true;
-                            integrity_boundary = HEADER_LEN.wrapping_add(off) as u32;
+                            // A message is at most 20 + 65535 bytes.
+                            integrity_boundary = offset(raw, rest) as u32;
                         }
                     } else if kind == AttrKind::MessageIntegrity {
-                        record(&mut index, kind, slot_value);
+                        present |= kind.bit();
                     }
                 }
                 None => {
-                    if !after_integrity {
+                    if integrity_boundary == 0 {
                         if code < 0x8000 {
                             if unknown_count == 0 {
                                 first_unknown = code;
@@ -241,18 +238,19 @@ impl<'a> Message<'a> {
                             unknown_count = unknown_count.saturating_add(1);
                         }
                         if code == MESSAGE_INTEGRITY_SHA256 {
-                            after_integrity = true;
-                            integrity_boundary = HEADER_LEN.wrapping_add(off) as u32;
+                            // A message is at most 20 + 65535 bytes.
+                            integrity_boundary = offset(raw, rest) as u32;
                         }
                     }
                 }
             }
-            // Both within the body (at most 65535 bytes): cannot overflow.
-            off = off.wrapping_add(4).wrapping_add(padded_len);
             rest = after;
         }
         if !rest.is_empty() {
             return Err(DecodeError::AttributeTruncated);
+        }
+        if datagram_len != raw.len() {
+            return Err(DecodeError::LengthMismatch);
         }
         let [t0, t1, _, _, c0, c1, c2, c3, ref txid @ ..] = *head;
         let (class, method) = Header::split_type(u16::from_be_bytes([t0, t1]));
@@ -264,7 +262,7 @@ impl<'a> Message<'a> {
                 transaction_id: TransactionId::new(*txid),
             },
             raw,
-            index,
+            present,
             first_unknown,
             unknown_count,
             integrity_boundary,
@@ -318,16 +316,27 @@ impl<'a> Message<'a> {
     /// The type code and value of the first attribute of `kind`.
     #[inline]
     fn value_of(&self, kind: AttrKind) -> Option<(u16, &'a [u8])> {
-        let at = self.index_of(kind);
-        if at == 0 {
+        self.find(kind).map(|(_, value)| (kind.code(), value))
+    }
+
+    /// The offset and value of the first attribute of `kind`, if the getters see one.
+    #[inline]
+    fn find(&self, kind: AttrKind) -> Option<(usize, &'a [u8])> {
+        if self.present & kind.bit() == 0 {
             return None;
         }
-        let (_, attr) = self.raw.split_at_checked(at)?;
-        let [t0, t1, l0, l1, ref value @ ..] = *attr else {
-            return None;
-        };
-        let len = usize::from(u16::from_be_bytes([l0, l1]));
-        Some((u16::from_be_bytes([t0, t1]), value.get(..len)?))
+        // The first attribute of the kind is the one the getters want: if the kind is present, one
+        // came before the integrity boundary (or it is MESSAGE-INTEGRITY or FINGERPRINT).
+        let code = kind.code();
+        let (_, mut rest) = self.raw.split_first_chunk::<HEADER_LEN>()?;
+        while let [t0, t1, l0, l1, ref tail @ ..] = *rest {
+            let len = usize::from(u16::from_be_bytes([l0, l1]));
+            if u16::from_be_bytes([t0, t1]) == code {
+                return Some((offset(self.raw, rest), tail.get(..len)?));
+            }
+            rest = tail.get(len.wrapping_add(3) & !3..)?;
+        }
+        None
     }
 
     /// How many comprehension-required attributes (type < 0x8000) this decoder does not know, and the
@@ -353,24 +362,18 @@ impl<'a> Message<'a> {
         n
     }
 
-    #[inline]
-    fn index_of(&self, kind: AttrKind) -> usize {
-        match self.index.get(kind.index()).copied().unwrap_or(0) {
-            0 => 0,
-            // At most 20 + 4 * 65535: cannot overflow.
-            slot => (usize::from(slot).wrapping_sub(1) << 2).wrapping_add(HEADER_LEN),
-        }
-    }
-
     /// An address attribute's value, decoded straight from the (already checked) bytes.
     #[inline]
     fn address(&self, kind: AttrKind) -> Option<SocketAddr> {
-        let (_, value) = self.value_of(kind)?;
+        let (_, value) = self.find(kind)?;
         let xor = match kind {
             AttrKind::XorMappedAddress | AttrKind::XorMappedAddressDraft => Some(&self.header),
             _ => None,
         };
-        parse_address(value, xor).ok()
+        match parse_ipv4_address(value, xor) {
+            Some(addr) => Some(addr),
+            None => other_address(value, xor),
+        }
     }
 
     /// XOR-MAPPED-ADDRESS, else MAPPED-ADDRESS, else the pre-standard 0x8020 form.
@@ -431,17 +434,15 @@ impl<'a> Message<'a> {
 
     /// Whether the message carries a (verified) FINGERPRINT.
     pub fn has_fingerprint(&self) -> bool {
-        self.index_of(AttrKind::Fingerprint) != 0
+        self.present & AttrKind::Fingerprint.bit() != 0
     }
 
     /// Verifies MESSAGE-INTEGRITY with a short-term credential `key` (the password, after SASLprep).
     pub fn verify_integrity(&self, key: &[u8]) -> Result<(), IntegrityError> {
-        let at = self.index_of(AttrKind::MessageIntegrity);
-        if at == 0 {
+        let Some((at, value)) = self.find(AttrKind::MessageIntegrity) else {
             return Err(IntegrityError::Missing);
-        }
-        let Some(Attribute::MessageIntegrity(expected)) = self.get(AttrKind::MessageIntegrity)
-        else {
+        };
+        let Ok(expected) = <[u8; 20]>::try_from(value) else {
             return Err(IntegrityError::Missing);
         };
         let covered = self.raw.get(..at).ok_or(IntegrityError::Missing)?;
@@ -459,14 +460,16 @@ impl<'a> Message<'a> {
     }
 }
 
-/// Records `slot_value` as where the first attribute of `kind` is, unless one came before.
+/// An address that is not IPv4 (kept out of line: the IPv4 case is a few instructions).
+#[inline(never)]
+fn other_address(value: &[u8], xor: Option<&Header>) -> Option<SocketAddr> {
+    parse_address(value, xor).ok()
+}
+
+/// Offset in `raw` of `rest`, a suffix of it.
 #[inline(always)]
-fn record(index: &mut [u16; AttrKind::COUNT], kind: AttrKind, slot_value: u16) {
-    if let Some(slot) = index.get_mut(kind.index()) {
-        if *slot == 0 {
-            *slot = slot_value;
-        }
-    }
+fn offset(raw: &[u8], rest: &[u8]) -> usize {
+    raw.len().wrapping_sub(rest.len())
 }
 
 /// FINGERPRINT value of `bytes` (the message up to the FINGERPRINT attribute, with the header length
@@ -495,4 +498,110 @@ pub(crate) fn integrity_of(covered: &[u8], mi_offset: usize, key: &[u8]) -> Opti
     let mut res = [0u8; 20];
     res.copy_from_slice(out.get(..20)?);
     Some(res)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::stun::{attr, MessageWriter};
+
+    /// The getters' rule, from the attribute list: the first attribute of the kind, before the first
+    /// MESSAGE-INTEGRITY(-SHA256) unless it is MESSAGE-INTEGRITY or FINGERPRINT.
+    fn reference(msg: &Message<'_>, kind: AttrKind) -> Option<Attribute<'static>> {
+        let mut boundary = None;
+        for a in msg.attributes() {
+            let counts = boundary.is_none()
+                || matches!(kind, AttrKind::MessageIntegrity | AttrKind::Fingerprint);
+            if counts && a.code == kind.code() {
+                // Leak for a 'static result: tests only.
+                let leaked: &'static [u8] = Box::leak(a.value.to_vec().into_boxed_slice());
+                return Attribute::parse(a.code, leaked, msg.header()).ok();
+            }
+            if boundary.is_none()
+                && (a.code == attr::MESSAGE_INTEGRITY || a.code == MESSAGE_INTEGRITY_SHA256)
+            {
+                boundary = Some(a.offset);
+            }
+        }
+        None
+    }
+
+    #[test]
+    fn getters_find_the_first_attribute_the_rules_allow() {
+        let header = Header::new(Class::Success, Method::BINDING, TransactionId::new([3; 12]));
+        let mut seed = 0x9E37_79B9_7F4A_7C15u64;
+        let mut next = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        for _ in 0..2000 {
+            let mut buf = [0u8; 1024];
+            let mut w = MessageWriter::new(&mut buf, header).unwrap();
+            for _ in 0..(next() % 8) {
+                let port = (next() % 65536) as u16;
+                let a = match next() % 9 {
+                    0 => Attribute::XorMappedAddress(SocketAddr::from(([1, 2, 3, 4], port))),
+                    1 => Attribute::MappedAddress(SocketAddr::from(([5, 6, 7, 8], port))),
+                    2 => Attribute::OtherAddress(SocketAddr::from(([9u16; 8], port))),
+                    3 => Attribute::Software(["a", "bc", "def", "ghijk"][(next() % 4) as usize]),
+                    4 => Attribute::ResponsePort(port),
+                    5 => Attribute::MessageIntegrity([port as u8; 20]),
+                    6 => Attribute::Other {
+                        kind: MESSAGE_INTEGRITY_SHA256,
+                        value: &[7; 32],
+                    },
+                    7 => Attribute::ChangeRequest(ChangeRequest::BOTH),
+                    _ => Attribute::Other {
+                        kind: 0x7F00,
+                        value: &[1, 2, 3],
+                    },
+                };
+                w.add(&a).unwrap();
+            }
+            if next() % 2 == 0 {
+                w.add_fingerprint().unwrap();
+            }
+            let n = w.finish();
+            let msg = Message::decode(&buf[..n]).unwrap();
+            for kind in [
+                AttrKind::XorMappedAddress,
+                AttrKind::MappedAddress,
+                AttrKind::OtherAddress,
+                AttrKind::Software,
+                AttrKind::ResponsePort,
+                AttrKind::MessageIntegrity,
+                AttrKind::ChangeRequest,
+                AttrKind::Fingerprint,
+            ] {
+                assert_eq!(msg.get(kind), reference(&msg, kind), "{kind:?} in {msg:?}");
+            }
+            let addr = |a: Option<Attribute<'_>>| match a {
+                Some(
+                    Attribute::XorMappedAddress(x)
+                    | Attribute::MappedAddress(x)
+                    | Attribute::OtherAddress(x),
+                ) => Some(x),
+                _ => None,
+            };
+            assert_eq!(
+                msg.xor_mapped_address(),
+                addr(reference(&msg, AttrKind::XorMappedAddress))
+            );
+            assert_eq!(
+                msg.mapped_address(),
+                addr(reference(&msg, AttrKind::XorMappedAddress))
+                    .or(addr(reference(&msg, AttrKind::MappedAddress)))
+            );
+            assert_eq!(
+                msg.other_address(),
+                addr(reference(&msg, AttrKind::OtherAddress))
+            );
+            assert_eq!(
+                msg.has_fingerprint(),
+                reference(&msg, AttrKind::Fingerprint).is_some()
+            );
+        }
+    }
 }
