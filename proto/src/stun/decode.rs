@@ -10,7 +10,7 @@ use super::attribute::{
     parse_address, parse_ipv4_address, AttrError, AttrKind, Attribute, ChangeRequest, ErrorCode,
 };
 use super::header::{Class, Header, Method, TransactionId, HEADER_LEN, MAGIC_COOKIE};
-use super::{padded, read_u16, FINGERPRINT_XOR};
+use super::{attr, padded, read_u16, FINGERPRINT_XOR};
 
 /// MESSAGE-INTEGRITY-SHA256 (RFC 8489): not verified here, but it ends the attributes we read.
 const MESSAGE_INTEGRITY_SHA256: u16 = 0x001C;
@@ -196,7 +196,13 @@ impl<'a> Message<'a> {
             let Some(value) = padded_value.get(..len) else {
                 return Err(DecodeError::AttributeTruncated);
             };
-            match AttrKind::from_code(code) {
+            // XOR-MAPPED-ADDRESS, the attribute of nearly every response, skips the kind lookup.
+            let kind = if code == attr::XOR_MAPPED_ADDRESS {
+                Some(AttrKind::XorMappedAddress)
+            } else {
+                AttrKind::from_code(code)
+            };
+            match kind {
                 Some(AttrKind::Fingerprint) => {
                     if !after.is_empty() {
                         return Err(DecodeError::FingerprintNotLast);
