@@ -1,16 +1,33 @@
 //! # p2pd-nat
 //!
-//! NAT behaviour discovery: the behaviour model, the classifier machine, the port-delta test, port
-//! prediction and the STUN server list. Filled in by the NAT issue; today it re-exports the STUN
-//! vocabulary it will build on.
+//! NAT behaviour discovery. Today: the behaviour model ([`Behaviour`]: mapping, filtering, port
+//! allocation, port range, hairpinning, mapping lifetime) shared by the classifier and the simulator,
+//! and its translation to p2pd's labels. The classifier machine, the delta scorer, port prediction and
+//! the STUN server list come next.
+//!
+//! ```
+//! use p2pd_nat::{Behaviour, Filtering, Mapping, PortAllocation};
+//! let nat = Behaviour::new(Mapping::AddressAndPortDependent, Filtering::AddressAndPortDependent)
+//!     .with_allocation(PortAllocation::Sequential { stride: 1 });
+//! assert_eq!(nat.p2pd().to_string(), "symmetric, independent delta 1");
+//! ```
 #![forbid(unsafe_code)]
-#![deny(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    clippy::indexing_slicing,
-    clippy::arithmetic_side_effects
+#![cfg_attr(
+    not(test),
+    deny(
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::panic,
+        clippy::indexing_slicing,
+        clippy::arithmetic_side_effects
+    )
 )]
 #![warn(missing_docs)]
 
+mod behaviour;
+
+pub use behaviour::{
+    Behaviour, Connectivity, Filtering, Mapping, P2pdDelta, P2pdLabel, P2pdNatType, PortAllocation,
+    PortRange,
+};
 pub use p2pd_proto::stun::ChangeRequest;
