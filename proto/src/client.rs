@@ -124,6 +124,8 @@ pub struct Request {
     pub legacy: bool,
     /// RESPONSE-PORT (RFC 5780): ask for the reply at this port of our address.
     pub response_port: Option<u16>,
+    /// This transaction's retransmission policy, instead of the client's.
+    pub retransmit: Option<Retransmit>,
 }
 
 impl Request {
@@ -136,6 +138,7 @@ impl Request {
             expect_from: None,
             legacy: false,
             response_port: None,
+            retransmit: None,
         }
     }
 
@@ -160,6 +163,13 @@ impl Request {
     /// With RESPONSE-PORT.
     pub fn with_response_port(mut self, port: u16) -> Self {
         self.response_port = Some(port);
+        self
+    }
+
+    /// With its own retransmission policy (for example a long schedule for a probe whose silence is
+    /// itself the evidence).
+    pub fn with_retransmit(mut self, retransmit: Retransmit) -> Self {
+        self.retransmit = Some(retransmit);
         self
     }
 }
@@ -737,7 +747,11 @@ impl StunClient {
             };
             tx.transmissions = tx.transmissions.saturating_add(1);
             tx.last_sent = now;
-            let (wait, more) = retransmit.wait_after(tx.transmissions);
+            let (wait, more) = tx
+                .request
+                .retransmit
+                .unwrap_or(retransmit)
+                .wait_after(tx.transmissions);
             tx.deadline = Some(now.saturating_add(wait));
             tx.final_wait = !more;
             if tx.transmissions == 1 {

@@ -555,3 +555,23 @@ fn error_to_a_change_request_is_accepted_from_the_server_address() {
         Err(Failure::ErrorResponse { code: 420, .. })
     ));
 }
+
+#[test]
+fn a_request_may_carry_its_own_retransmission_policy() {
+    let (mut c, s) = client(Retransmit::RFC5389);
+    c.start(
+        ms(0),
+        Request::binding(s, addr(SERVER)).with_retransmit(Retransmit::SingleShot {
+            timeout: Duration::from_millis(250),
+        }),
+    )
+    .unwrap();
+    c.start(ms(0), Request::binding(s, addr(SERVER))).unwrap();
+    assert_eq!(sent(&mut c).len(), 2);
+    // Only the default-policy transaction is retransmitted at 500 ms; the other ended at 250 ms.
+    let times = run_until(&mut c, ms(600));
+    assert_eq!(times, vec![ms(500)]);
+    let r = results(&mut c);
+    assert_eq!(r.len(), 1);
+    assert_eq!(r[0].outcome, Err(Failure::Timeout { transmissions: 1 }));
+}
