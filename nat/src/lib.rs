@@ -25,9 +25,13 @@
 #![warn(missing_docs)]
 
 mod behaviour;
+pub mod classify;
 
 pub use behaviour::{
     Behaviour, Connectivity, Filtering, Mapping, P2pdDelta, P2pdLabel, P2pdNatType, PortAllocation,
     PortRange,
+};
+pub use classify::{
+    Classification, Classifier, ClassifierConfig, ClassifierEvent, Report, ServerSpec,
 };
 pub use p2pd_proto::stun::ChangeRequest;

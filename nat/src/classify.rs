@@ -1,0 +1,696 @@
+//! The NAT classifier machine: mapping and filtering tests (RFC 5780 §4) against several servers in
+//! parallel, with every probe kept as evidence.
+//!
+//! For each server the classifier uses two fresh local sockets:
+//!
+//! - a **mapping socket**, shared by all servers, sends plain Binding requests to each server's
+//!   primary address, to its alternate IP with the primary port, and to its alternate IP and port.
+//!   Equal mapped addresses for every destination mean endpoint-independent mapping; equal only per
+//!   destination IP, address-dependent; else address-and-port-dependent.
+//! - a **filtering socket** per server first sends a plain request to the primary address (the
+//!   control: it opens the mapping and measures the round-trip time), then asks the server to answer
+//!   from its other IP and port, and from its other port. A reply to the first means endpoint-
+//!   independent filtering; to the second only, address-dependent; to neither, address-and-port-
+//!   dependent. A socket used for filtering never sends anywhere else, so its own traffic cannot open
+//!   the filter it measures.
+//!
+//! A positive result (a reply) is conclusive. A negative one (no reply) is only believed after the
+//! control succeeded and the request was retransmitted on a schedule scaled to the measured RTT, and
+//! only if every server agrees: servers that disagree, or lie about their other address, make the
+//! result `Inconclusive`, never a guess.
+
+use core::net::{IpAddr, SocketAddr};
+use core::time::Duration;
+use std::collections::VecDeque;
+use std::vec::Vec;
+
+use p2pd_proto::client::{
+    ClientConfig, ClientEvent, Failure, Request, Retransmit, StunClient, TransactionHandle,
+};
+use p2pd_proto::stun::ChangeRequest;
+use p2pd_proto::{BindOptions, Instant, SocketId, SocketOp, SocketOutcome, Transmit, Verdict};
+
+use crate::behaviour::{Filtering, Mapping};
+
+/// A STUN server the classifier may use: its canonical id and its two addresses.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]
+pub struct ServerSpec {
+    /// Canonical id (never a list position).
+    pub id: u64,
+    /// Primary IP and port.
+    pub primary: SocketAddr,
+    /// The alternate IP and port (RFC 5780 OTHER-ADDRESS), if known in advance. When `None`, the
+    /// address the server reports is used.
+    pub alternate: Option<SocketAddr>,
+}
+
+/// Classifier settings.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClassifierConfig {
+    /// The local IP to bind to (its unspecified address means "any"; then open internet cannot be
+    /// told from a port-preserving NAT and is reported inconclusive).
+    pub local_ip: IpAddr,
+    /// Options for every bind.
+    pub bind_options: BindOptions,
+    /// How many servers to test in parallel (at least 2 for corroboration when available).
+    pub parallel_servers: usize,
+    /// Retransmission policy for probes whose reply is expected (controls and mapping probes).
+    pub probe_retransmit: Retransmit,
+    /// Transmissions of a filtering probe before its silence counts as "filtered".
+    pub filter_transmissions: u32,
+    /// Give up after this long.
+    pub deadline: Duration,
+}
+
+impl Default for ClassifierConfig {
+    fn default() -> Self {
+        ClassifierConfig {
+            local_ip: IpAddr::from([0, 0, 0, 0]),
+            bind_options: BindOptions::default(),
+            parallel_servers: 2,
+            probe_retransmit: Retransmit::Rfc5389 {
+                rto: Duration::from_millis(100),
+                transmissions: 8,
+                last_wait: 4,
+                max_rto: Duration::from_millis(400),
+            },
+            filter_transmissions: 10,
+            deadline: Duration::from_secs(8),
+        }
+    }
+}
+
+/// What a probe tested.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]
+pub enum ProbeKind {
+    /// Mapping socket to the primary address.
+    MapPrimary,
+    /// Mapping socket to the alternate IP, primary port.
+    MapAlternateIp,
+    /// Mapping socket to the alternate IP and port.
+    MapAlternateBoth,
+    /// Filtering socket to the primary address (the control).
+    FilterControl,
+    /// Filtering socket: answer from the other IP and port.
+    FilterChangeBoth,
+    /// Filtering socket: answer from the other port.
+    FilterChangePort,
+}
+
+/// How a probe ended.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum ProbeOutcome {
+    /// Still running (only in a report cut short by the deadline).
+    Pending,
+    /// A reply.
+    Reply {
+        /// Our mapped address.
+        mapped: SocketAddr,
+        /// The OTHER-ADDRESS the server reported.
+        other_address: Option<SocketAddr>,
+        /// Where the reply came from.
+        source: SocketAddr,
+        /// Round-trip time.
+        rtt: Duration,
+    },
+    /// No acceptable reply after every transmission.
+    NoReply {
+        /// Transmissions made.
+        transmissions: u32,
+    },
+    /// An error response.
+    ErrorResponse {
+        /// Its code.
+        code: u16,
+    },
+    /// The server broke the protocol (for example answered a change request from the wrong
+    /// address), or the socket failed.
+    Failed,
+}
+
+/// One probe, as evidence.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub struct Probe {
+    /// The server's canonical id.
+    pub server: u64,
+    /// What it tested.
+    pub kind: ProbeKind,
+    /// The local socket.
+    pub socket: SocketId,
+    /// Where the request went.
+    pub destination: SocketAddr,
+    /// The change requested.
+    pub change: ChangeRequest,
+    /// How it ended.
+    pub outcome: ProbeOutcome,
+}
+
+/// Why the classifier gave no answer.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum InconclusiveReason {
+    /// No server produced a complete, consistent set of results.
+    NoUsableServer,
+    /// Servers gave different mapping results.
+    MappingDisagrees,
+    /// Servers gave different filtering results.
+    FilteringDisagrees,
+    /// The mapped address is our own, but our local IP is not known, so "no NAT" cannot be told
+    /// from a port-preserving NAT.
+    LocalAddressUnknown,
+    /// The deadline passed first.
+    Deadline,
+}
+
+/// The classifier's answer.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Classification {
+    /// A public address with no filtering.
+    Open,
+    /// A public address behind a filtering firewall.
+    Firewall(Filtering),
+    /// A NAT.
+    Nat {
+        /// Its mapping behaviour.
+        mapping: Mapping,
+        /// Its filtering behaviour.
+        filtering: Filtering,
+    },
+    /// No server answered anything.
+    Blocked,
+    /// No safe answer.
+    Inconclusive(InconclusiveReason),
+}
+
+/// The full report: the answer, the public addresses seen and every probe.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Report {
+    /// The answer.
+    pub classification: Classification,
+    /// Distinct mapped addresses seen.
+    pub public_addresses: Vec<SocketAddr>,
+    /// Servers whose results were complete and consistent.
+    pub servers_agreeing: usize,
+    /// Every probe.
+    pub probes: Vec<Probe>,
+}
+
+/// What the classifier reports.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ClassifierEvent {
+    /// The classification is finished; sockets are being closed.
+    Done(Report),
+    /// Every socket has been closed. The last event.
+    Closed,
+}
+
+#[derive(Clone, Debug)]
+struct ServerRun {
+    spec: ServerSpec,
+    filter_socket: Option<SocketId>,
+    alternate: Option<SocketAddr>,
+    unusable: bool,
+}
+
+/// The classifier machine. See the module docs.
+#[derive(Debug)]
+pub struct Classifier {
+    config: ClassifierConfig,
+    client: StunClient,
+    runs: Vec<ServerRun>,
+    mapping_socket: Option<SocketId>,
+    probes: Vec<Probe>,
+    handles: Vec<(TransactionHandle, usize)>,
+    events: VecDeque<ClassifierEvent>,
+    deadline: Option<Instant>,
+    done: bool,
+}
+
+impl Classifier {
+    /// A classifier over `servers` (the first `parallel_servers` are used), seeded with `seed`.
+    pub fn new(config: ClassifierConfig, servers: &[ServerSpec], seed: u64) -> Self {
+        let client_config = ClientConfig {
+            retransmit: config.probe_retransmit,
+            max_transactions: 64,
+            max_sockets: 16,
+            ..ClientConfig::default()
+        };
+        let runs = servers
+            .iter()
+            .take(config.parallel_servers.max(1))
+            .map(|spec| ServerRun {
+                spec: *spec,
+                filter_socket: None,
+                alternate: spec.alternate,
+                unusable: false,
+            })
+            .collect();
+        Classifier {
+            client: StunClient::new(client_config, seed),
+            config,
+            runs,
+            mapping_socket: None,
+            probes: Vec::new(),
+            handles: Vec::new(),
+            events: VecDeque::new(),
+            deadline: None,
+            done: false,
+        }
+    }
+
+    /// Starts the tests: opens the sockets and sends the first probes.
+    pub fn start(&mut self, now: Instant) {
+        if self.deadline.is_some() || self.done {
+            return;
+        }
+        self.deadline = Some(now.saturating_add(self.config.deadline));
+        let local = SocketAddr::new(self.config.local_ip, 0);
+        let options = self.config.bind_options;
+        self.mapping_socket = self.client.open_socket(now, local, options).ok();
+        for i in 0..self.runs.len() {
+            let socket = self.client.open_socket(now, local, options).ok();
+            let Some(run) = self.runs.get_mut(i) else {
+                continue;
+            };
+            run.filter_socket = socket;
+            let primary = run.spec.primary;
+            if let Some(ms) = self.mapping_socket {
+                self.probe(
+                    now,
+                    i,
+                    ProbeKind::MapPrimary,
+                    ms,
+                    primary,
+                    ChangeRequest::NONE,
+                    None,
+                );
+            }
+            if let Some(fs) = socket {
+                self.probe(
+                    now,
+                    i,
+                    ProbeKind::FilterControl,
+                    fs,
+                    primary,
+                    ChangeRequest::NONE,
+                    None,
+                );
+            }
+        }
+        if self.runs.is_empty() {
+            self.finish(now);
+        }
+    }
+
+    /// Abandons the tests and closes every socket. Idempotent.
+    pub fn close(&mut self, now: Instant) {
+        if !self.done {
+            self.done = true;
+            self.client.close(now);
+        }
+    }
+
+    /// The probes so far.
+    pub fn probes(&self) -> &[Probe] {
+        &self.probes
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn probe(
+        &mut self,
+        now: Instant,
+        run: usize,
+        kind: ProbeKind,
+        socket: SocketId,
+        destination: SocketAddr,
+        change: ChangeRequest,
+        policy: Option<(Retransmit, SocketAddr)>,
+    ) {
+        let server = self.runs.get(run).map_or(0, |r| r.spec.id);
+        let mut request = Request::binding(socket, destination).with_change(change);
+        if let Some((retransmit, expect)) = policy {
+            request = request.with_retransmit(retransmit).expect_from(expect);
+        }
+        let outcome = match self.client.start(now, request) {
+            Ok(handle) => {
+                self.handles.push((handle, self.probes.len()));
+                ProbeOutcome::Pending
+            }
+            Err(_) => ProbeOutcome::Failed,
+        };
+        self.probes.push(Probe {
+            server,
+            kind,
+            socket,
+            destination,
+            change,
+            outcome,
+        });
+    }
+
+    /// Reacts to the client's events: records outcomes, starts follow-up probes, decides.
+    fn pump(&mut self, now: Instant) {
+        while let Some(event) = self.client.poll_event() {
+            match event {
+                ClientEvent::Transaction(t) => {
+                    let Some(pos) = self.handles.iter().position(|(h, _)| *h == t.id) else {
+                        continue;
+                    };
+                    let (_, index) = self.handles.swap_remove(pos);
+                    let outcome = match t.outcome {
+                        Ok(r) => ProbeOutcome::Reply {
+                            mapped: r.mapped,
+                            other_address: r.other_address,
+                            source: r.source,
+                            rtt: r.rtt,
+                        },
+                        Err(Failure::Timeout { transmissions }) => {
+                            ProbeOutcome::NoReply { transmissions }
+                        }
+                        Err(Failure::ErrorResponse { code, .. }) => {
+                            ProbeOutcome::ErrorResponse { code }
+                        }
+                        Err(_) => ProbeOutcome::Failed,
+                    };
+                    if let Some(p) = self.probes.get_mut(index) {
+                        p.outcome = outcome;
+                    }
+                    if !self.done {
+                        self.follow_up(now, index);
+                    }
+                }
+                ClientEvent::Closed => self.events.push_back(ClassifierEvent::Closed),
+                _ => {}
+            }
+        }
+        if !self.done && (self.handles.is_empty() || self.decided_early()) {
+            self.finish(now);
+        }
+    }
+
+    /// Starts the probes that depend on probe `index`'s result.
+    fn follow_up(&mut self, now: Instant, index: usize) {
+        let Some(probe) = self.probes.get(index).copied() else {
+            return;
+        };
+        let Some(run) = self.runs.iter().position(|r| r.spec.id == probe.server) else {
+            return;
+        };
+        let ProbeOutcome::Reply {
+            other_address, rtt, ..
+        } = probe.outcome
+        else {
+            if matches!(probe.kind, ProbeKind::MapPrimary | ProbeKind::FilterControl) {
+                // Without its first answers a server cannot complete the tests.
+                if let Some(r) = self.runs.get_mut(run) {
+                    r.unusable = true;
+                }
+            }
+            return;
+        };
+        let Some(spec) = self.runs.get(run).map(|r| r.spec) else {
+            return;
+        };
+        // The alternate address: the configured one wins; a reported one that is not really
+        // "other" (same IP or same port as the primary) is a lie and makes the server unusable.
+        let alternate = match (spec.alternate, other_address) {
+            (Some(configured), _) => Some(configured),
+            (None, Some(reported))
+                if reported.ip() != spec.primary.ip() && reported.port() != spec.primary.port() =>
+            {
+                Some(reported)
+            }
+            _ => None,
+        };
+        let Some(alternate) = alternate else {
+            if let Some(r) = self.runs.get_mut(run) {
+                r.unusable = true;
+            }
+            return;
+        };
+        if let Some(r) = self.runs.get_mut(run) {
+            r.alternate = Some(alternate);
+        }
+        match probe.kind {
+            ProbeKind::MapPrimary => {
+                let alt_ip = SocketAddr::new(alternate.ip(), spec.primary.port());
+                self.probe(
+                    now,
+                    run,
+                    ProbeKind::MapAlternateIp,
+                    probe.socket,
+                    alt_ip,
+                    ChangeRequest::NONE,
+                    None,
+                );
+                self.probe(
+                    now,
+                    run,
+                    ProbeKind::MapAlternateBoth,
+                    probe.socket,
+                    alternate,
+                    ChangeRequest::NONE,
+                    None,
+                );
+            }
+            ProbeKind::FilterControl => {
+                // Silence must outlast the path's round trip many times over before it counts.
+                let rto = rtt.saturating_mul(2).max(Duration::from_millis(20));
+                let policy = Retransmit::Rfc5389 {
+                    rto,
+                    transmissions: self.config.filter_transmissions.max(1),
+                    last_wait: 3,
+                    max_rto: rto.saturating_mul(2),
+                };
+                let from_port = SocketAddr::new(spec.primary.ip(), alternate.port());
+                self.probe(
+                    now,
+                    run,
+                    ProbeKind::FilterChangeBoth,
+                    probe.socket,
+                    spec.primary,
+                    ChangeRequest::BOTH,
+                    Some((policy, alternate)),
+                );
+                self.probe(
+                    now,
+                    run,
+                    ProbeKind::FilterChangePort,
+                    probe.socket,
+                    spec.primary,
+                    ChangeRequest::PORT,
+                    Some((policy, from_port)),
+                );
+            }
+            _ => {}
+        }
+    }
+
+    /// Every usable server has shown endpoint-independent filtering and its mapping is known:
+    /// nothing left can change the answer.
+    fn decided_early(&self) -> bool {
+        let usable: Vec<&ServerRun> = self.runs.iter().filter(|r| !r.unusable).collect();
+        !usable.is_empty()
+            && usable.iter().all(|r| {
+                self.filtering_of(r.spec.id) == Some(Filtering::EndpointIndependent)
+                    && self.mapping_of(r.spec.id).is_some()
+            })
+    }
+
+    fn outcome_of(&self, server: u64, kind: ProbeKind) -> Option<ProbeOutcome> {
+        self.probes
+            .iter()
+            .find(|p| p.server == server && p.kind == kind)
+            .map(|p| p.outcome)
+    }
+
+    fn mapped_of(&self, server: u64, kind: ProbeKind) -> Option<SocketAddr> {
+        match self.outcome_of(server, kind)? {
+            ProbeOutcome::Reply { mapped, .. } => Some(mapped),
+            _ => None,
+        }
+    }
+
+    fn mapping_of(&self, server: u64) -> Option<Mapping> {
+        let m1 = self.mapped_of(server, ProbeKind::MapPrimary)?;
+        let m2 = self.mapped_of(server, ProbeKind::MapAlternateIp)?;
+        let m3 = self.mapped_of(server, ProbeKind::MapAlternateBoth)?;
+        Some(if m1 == m2 && m2 == m3 {
+            Mapping::EndpointIndependent
+        } else if m1 != m2 && m2 == m3 {
+            Mapping::AddressDependent
+        } else if m2 != m3 {
+            Mapping::AddressAndPortDependent
+        } else {
+            // m1 == m2 but m2 != m3 is covered above; anything else is inconsistent.
+            return None;
+        })
+    }
+
+    fn filtering_of(&self, server: u64) -> Option<Filtering> {
+        let both = self.outcome_of(server, ProbeKind::FilterChangeBoth)?;
+        let port = self.outcome_of(server, ProbeKind::FilterChangePort)?;
+        match (both, port) {
+            (ProbeOutcome::Reply { .. }, _) => Some(Filtering::EndpointIndependent),
+            (ProbeOutcome::NoReply { .. }, ProbeOutcome::Reply { .. }) => {
+                Some(Filtering::AddressDependent)
+            }
+            (ProbeOutcome::NoReply { .. }, ProbeOutcome::NoReply { .. }) => {
+                Some(Filtering::AddressAndPortDependent)
+            }
+            _ => None,
+        }
+    }
+
+    fn finish(&mut self, now: Instant) {
+        if self.done {
+            return;
+        }
+        let report = self.report(false);
+        self.events.push_back(ClassifierEvent::Done(report));
+        self.close(now);
+    }
+
+    fn report(&self, deadline: bool) -> Report {
+        let mut public_addresses: Vec<SocketAddr> = Vec::new();
+        for p in &self.probes {
+            if let ProbeOutcome::Reply { mapped, .. } = p.outcome {
+                if !public_addresses.contains(&mapped) {
+                    public_addresses.push(mapped);
+                }
+            }
+        }
+        let any_reply = !public_addresses.is_empty();
+        let mut mappings = Vec::new();
+        let mut filterings = Vec::new();
+        for run in self.runs.iter().filter(|r| !r.unusable) {
+            if let (Some(m), Some(f)) =
+                (self.mapping_of(run.spec.id), self.filtering_of(run.spec.id))
+            {
+                mappings.push(m);
+                filterings.push(f);
+            }
+        }
+        let classification = if deadline && mappings.is_empty() {
+            if any_reply {
+                Classification::Inconclusive(InconclusiveReason::Deadline)
+            } else {
+                Classification::Blocked
+            }
+        } else if !any_reply
+            && self
+                .probes
+                .iter()
+                .all(|p| matches!(p.outcome, ProbeOutcome::NoReply { .. }))
+        {
+            Classification::Blocked
+        } else {
+            self.decide(&mappings, &filterings)
+        };
+        Report {
+            classification,
+            public_addresses,
+            servers_agreeing: mappings.len(),
+            probes: self.probes.clone(),
+        }
+    }
+
+    fn decide(&self, mappings: &[Mapping], filterings: &[Filtering]) -> Classification {
+        let (Some(&mapping), Some(&filtering)) = (mappings.first(), filterings.first()) else {
+            return Classification::Inconclusive(InconclusiveReason::NoUsableServer);
+        };
+        if mappings.iter().any(|m| *m != mapping) {
+            return Classification::Inconclusive(InconclusiveReason::MappingDisagrees);
+        }
+        if filterings.iter().any(|f| *f != filtering) {
+            return Classification::Inconclusive(InconclusiveReason::FilteringDisagrees);
+        }
+        // Endpoint-independent mapping must hold across servers too.
+        let primaries: Vec<SocketAddr> = self
+            .runs
+            .iter()
+            .filter(|r| !r.unusable)
+            .filter_map(|r| self.mapped_of(r.spec.id, ProbeKind::MapPrimary))
+            .collect();
+        if mapping == Mapping::EndpointIndependent
+            && primaries.windows(2).any(|w| w.first() != w.get(1))
+        {
+            return Classification::Inconclusive(InconclusiveReason::MappingDisagrees);
+        }
+        let local = self.mapping_socket.and_then(|s| self.client.local_addr(s));
+        let translated = match (primaries.first(), local) {
+            (Some(mapped), Some(local)) if !local.ip().is_unspecified() => *mapped != local,
+            (Some(mapped), Some(local)) if mapped.port() == local.port() => {
+                return Classification::Inconclusive(InconclusiveReason::LocalAddressUnknown)
+            }
+            _ => true,
+        };
+        if !translated {
+            return if filtering == Filtering::EndpointIndependent {
+                Classification::Open
+            } else {
+                Classification::Firewall(filtering)
+            };
+        }
+        Classification::Nat { mapping, filtering }
+    }
+
+    /// Feeds a datagram to the probes.
+    pub fn handle_datagram(
+        &mut self,
+        now: Instant,
+        socket: SocketId,
+        from: SocketAddr,
+        data: &[u8],
+    ) -> Verdict {
+        let v = self.client.handle_datagram(now, socket, from, data);
+        self.pump(now);
+        v
+    }
+
+    /// Feeds a socket outcome.
+    pub fn handle_socket_result(&mut self, now: Instant, socket: SocketId, outcome: SocketOutcome) {
+        self.client.handle_socket_result(now, socket, outcome);
+        self.pump(now);
+    }
+
+    /// Advances time.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        if !self.done && self.deadline.is_some_and(|d| now >= d) {
+            let report = self.report(true);
+            self.events.push_back(ClassifierEvent::Done(report));
+            self.close(now);
+        }
+        self.client.handle_timeout(now);
+        self.pump(now);
+    }
+
+    /// The next probe datagram.
+    pub fn poll_transmit(&mut self, buf: &mut [u8]) -> Option<Transmit> {
+        self.client.poll_transmit(buf)
+    }
+
+    /// The next socket intent.
+    pub fn poll_socket_op(&mut self) -> Option<SocketOp> {
+        self.client.poll_socket_op()
+    }
+
+    /// The next event.
+    pub fn poll_event(&mut self) -> Option<ClassifierEvent> {
+        self.events.pop_front()
+    }
+
+    /// The next deadline.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        let client = self.client.poll_timeout();
+        if self.done {
+            return client;
+        }
+        match (client, self.deadline) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+}
+
+p2pd_proto::impl_machine!(Classifier, ClassifierEvent);
