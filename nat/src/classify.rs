@@ -302,8 +302,13 @@ impl Classifier {
         }
     }
 
-    /// Abandons the tests and closes every socket. Idempotent.
+    /// Abandons the tests and closes every socket; [`ClassifierEvent::Closed`] follows. Idempotent.
     pub fn close(&mut self, now: Instant) {
+        self.shut(now);
+        self.pump(now);
+    }
+
+    fn shut(&mut self, now: Instant) {
         if !self.done {
             self.done = true;
             self.client.close(now);
@@ -348,43 +353,57 @@ impl Classifier {
         });
     }
 
-    /// Reacts to the client's events: records outcomes, starts follow-up probes, decides.
+    /// Reacts to the client's events: records outcomes, starts follow-up probes, decides; repeats
+    /// until nothing changes (deciding closes the client, whose `Closed` must be passed on).
     fn pump(&mut self, now: Instant) {
-        while let Some(event) = self.client.poll_event() {
-            match event {
-                ClientEvent::Transaction(t) => {
-                    let Some(pos) = self.handles.iter().position(|(h, _)| *h == t.id) else {
-                        continue;
-                    };
-                    let (_, index) = self.handles.swap_remove(pos);
-                    let outcome = match t.outcome {
-                        Ok(r) => ProbeOutcome::Reply {
-                            mapped: r.mapped,
-                            other_address: r.other_address,
-                            source: r.source,
-                            rtt: r.rtt,
-                        },
-                        Err(Failure::Timeout { transmissions }) => {
-                            ProbeOutcome::NoReply { transmissions }
-                        }
-                        Err(Failure::ErrorResponse { code, .. }) => {
-                            ProbeOutcome::ErrorResponse { code }
-                        }
-                        Err(_) => ProbeOutcome::Failed,
-                    };
-                    if let Some(p) = self.probes.get_mut(index) {
-                        p.outcome = outcome;
-                    }
-                    if !self.done {
-                        self.follow_up(now, index);
-                    }
-                }
-                ClientEvent::Closed => self.events.push_back(ClassifierEvent::Closed),
-                _ => {}
+        loop {
+            let mut progressed = false;
+            while let Some(event) = self.client.poll_event() {
+                progressed = true;
+                self.on_client_event(now, event);
+            }
+            if !self.done && (self.handles.is_empty() || self.decided_early()) {
+                self.finish(now);
+                progressed = true;
+            }
+            if !progressed {
+                break;
             }
         }
-        if !self.done && (self.handles.is_empty() || self.decided_early()) {
-            self.finish(now);
+    }
+
+    fn on_client_event(&mut self, now: Instant, event: ClientEvent) {
+        match event {
+            ClientEvent::Transaction(t) => {
+                let Some(pos) = self.handles.iter().position(|(h, _)| *h == t.id) else {
+                    return;
+                };
+                let (_, index) = self.handles.swap_remove(pos);
+                let outcome = match t.outcome {
+                    Ok(r) => ProbeOutcome::Reply {
+                        mapped: r.mapped,
+                        other_address: r.other_address,
+                        source: r.source,
+                        rtt: r.rtt,
+                    },
+                    Err(Failure::Timeout { transmissions }) => {
+                        ProbeOutcome::NoReply { transmissions }
+                    }
+                    Err(Failure::ErrorResponse { code, .. }) => {
+                        ProbeOutcome::ErrorResponse { code }
+                    }
+                    Err(Failure::Closed | Failure::Cancelled) => ProbeOutcome::Pending,
+                    Err(_) => ProbeOutcome::Failed,
+                };
+                if let Some(p) = self.probes.get_mut(index) {
+                    p.outcome = outcome;
+                }
+                if !self.done {
+                    self.follow_up(now, index);
+                }
+            }
+            ClientEvent::Closed => self.events.push_back(ClassifierEvent::Closed),
+            _ => {}
         }
     }
 
@@ -408,10 +427,13 @@ impl Classifier {
             }
             return;
         };
+        if !matches!(probe.kind, ProbeKind::MapPrimary | ProbeKind::FilterControl) {
+            return;
+        }
         let Some(spec) = self.runs.get(run).map(|r| r.spec) else {
             return;
         };
-        // The alternate address: the configured one wins; a reported one that is not really
+        // The alternate address (from an answer to the primary address): the configured one wins; a reported one that is not really
         // "other" (same IP or same port as the primary) is a lie and makes the server unusable.
         let alternate = match (spec.alternate, other_address) {
             (Some(configured), _) => Some(configured),
@@ -548,7 +570,7 @@ impl Classifier {
         }
         let report = self.report(false);
         self.events.push_back(ClassifierEvent::Done(report));
-        self.close(now);
+        self.shut(now);
     }
 
     fn report(&self, deadline: bool) -> Report {
@@ -659,7 +681,7 @@ impl Classifier {
         if !self.done && self.deadline.is_some_and(|d| now >= d) {
             let report = self.report(true);
             self.events.push_back(ClassifierEvent::Done(report));
-            self.close(now);
+            self.shut(now);
         }
         self.client.handle_timeout(now);
         self.pump(now);
