@@ -1,0 +1,107 @@
+//! Type erasure: any [`Machine`] behind one object-safe trait, its events kept typed for
+//! [`crate::Sim::take_events`].
+
+use core::any::Any;
+use core::net::SocketAddr;
+
+use p2pd_proto::{
+    drain, Instant, Machine, Outputs, SocketId, SocketOp, SocketOutcome, Transmit, Verdict,
+};
+
+/// One output of a machine, in the order it was drained.
+#[derive(Debug)]
+pub(crate) enum Output {
+    Transmit {
+        socket: SocketId,
+        destination: SocketAddr,
+        data: Vec<u8>,
+    },
+    Op(SocketOp),
+}
+
+/// A machine with its event type erased.
+pub(crate) trait Node {
+    fn handle_datagram(
+        &mut self,
+        now: Instant,
+        socket: SocketId,
+        from: SocketAddr,
+        data: &[u8],
+    ) -> Verdict;
+    fn handle_socket_result(&mut self, now: Instant, socket: SocketId, outcome: SocketOutcome);
+    fn handle_timeout(&mut self, now: Instant);
+    /// Drains transmits and socket intents into `out` (events stay inside, typed) and returns the
+    /// next deadline.
+    fn drain(&mut self, buf: &mut [u8], out: &mut Vec<Output>) -> Option<Instant>;
+    fn as_any(&self) -> &dyn Any;
+    fn as_any_mut(&mut self) -> &mut dyn Any;
+}
+
+/// A machine and the events it reported that nobody has taken yet.
+pub(crate) struct Typed<M: Machine> {
+    pub(crate) machine: M,
+    pub(crate) events: Vec<M::Event>,
+}
+
+struct Sink<'a, E> {
+    out: &'a mut Vec<Output>,
+    events: &'a mut Vec<E>,
+}
+
+impl<E> Outputs<E> for Sink<'_, E> {
+    fn transmit(&mut self, transmit: Transmit, bytes: &[u8]) {
+        self.out.push(Output::Transmit {
+            socket: transmit.socket,
+            destination: transmit.destination,
+            data: bytes.to_vec(),
+        });
+    }
+
+    fn socket_op(&mut self, op: SocketOp) {
+        self.out.push(Output::Op(op));
+    }
+
+    fn event(&mut self, event: E) {
+        self.events.push(event);
+    }
+}
+
+impl<M> Node for Typed<M>
+where
+    M: Machine + 'static,
+    M::Event: 'static,
+{
+    fn handle_datagram(
+        &mut self,
+        now: Instant,
+        socket: SocketId,
+        from: SocketAddr,
+        data: &[u8],
+    ) -> Verdict {
+        self.machine.handle_datagram(now, socket, from, data)
+    }
+
+    fn handle_socket_result(&mut self, now: Instant, socket: SocketId, outcome: SocketOutcome) {
+        self.machine.handle_socket_result(now, socket, outcome);
+    }
+
+    fn handle_timeout(&mut self, now: Instant) {
+        self.machine.handle_timeout(now);
+    }
+
+    fn drain(&mut self, buf: &mut [u8], out: &mut Vec<Output>) -> Option<Instant> {
+        let mut sink = Sink {
+            out,
+            events: &mut self.events,
+        };
+        drain(&mut self.machine, buf, &mut sink)
+    }
+
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
+
+    fn as_any_mut(&mut self) -> &mut dyn Any {
+        self
+    }
+}
