@@ -3,12 +3,13 @@
 //! ```text
 //! p2pd stun SERVER [--change port|ip|both] [--legacy] [--json]
 //! p2pd stun-server --primary IP [--alternate IP] [--port P] [--alt-port P2] [--json]
+//! p2pd nat --server ADDR[,ALT] [--server ...] [--local-ip IP] [--interface IF] [--timeout S] [--verbose] [--json]
 //! ```
 
 use clap::{Parser, Subcommand};
 use p2pd_mio::cli;
 
-/// NAT traversal toolkit: STUN client and RFC 5780 server.
+/// NAT traversal toolkit: STUN client, RFC 5780 server and NAT classifier.
 #[derive(Debug, Parser)]
 #[command(name = "p2pd", version, about)]
 struct Cli {
@@ -22,6 +23,8 @@ enum Command {
     Stun(cli::stun::StunArgs),
     /// Run an RFC 5780 STUN server (two IPs x two ports).
     StunServer(cli::stun_server::StunServerArgs),
+    /// Classify the NAT or firewall in front of this host (RFC 5780 tests against several servers).
+    Nat(cli::nat::NatArgs),
 }
 
 fn main() {
@@ -29,6 +32,7 @@ fn main() {
     let code = match &args.command {
         Command::Stun(a) => cli::stun::run(a),
         Command::StunServer(a) => cli::stun_server::run(a),
+        Command::Nat(a) => cli::nat::run(a),
     };
     std::process::exit(code);
 }

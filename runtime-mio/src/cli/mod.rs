@@ -1,6 +1,7 @@
 //! The `p2pd` command line: one sub-command per job, human output by default, `--json` for scripts.
 
 pub mod json;
+pub mod nat;
 pub mod stun;
 pub mod stun_server;
 
