@@ -62,7 +62,7 @@ struct Entry {
     expires: Instant,
 }
 
-/// Most remote endpoints remembered per mapping; older ones are forgotten first by address order.
+/// Most remote endpoints remembered per mapping; beyond it the lowest address is forgotten first.
 const MAX_PERMITTED: usize = 4096;
 
 /// One NAT box: a public IP, a behaviour and a mapping table.
