@@ -91,6 +91,8 @@ struct HostState {
     sockets: BTreeMap<SocketId, SimSocket>,
     /// The deadline a timer event is queued for.
     timer: Option<Instant>,
+    /// When the timer last fired, and how many times in a row at that instant.
+    fired: (Instant, u32),
 }
 
 /// Who owns a public IP.
@@ -148,6 +150,10 @@ impl Ord for Queued {
 
 /// The first ephemeral port ([RFC 6335](https://www.rfc-editor.org/rfc/rfc6335) dynamic range).
 const EPHEMERAL_LOW: u16 = 49152;
+
+/// How often one host's timer may fire at the same instant before the simulator declares the
+/// machine stuck (a deadline that never advances would otherwise spin forever).
+const MAX_TIMEOUTS_PER_INSTANT: u32 = 10_000;
 
 /// A seeded, virtual-time network simulation. See the crate docs.
 pub struct Sim {
@@ -437,6 +443,7 @@ impl Sim {
             link,
             sockets: BTreeMap::new(),
             timer: None,
+            fired: (Instant::MAX, 0),
         });
         self.service(id);
         id
@@ -522,6 +529,14 @@ impl Sim {
             return; // superseded
         }
         host.timer = None;
+        host.fired = match host.fired {
+            (t, n) if t == now => (t, n + 1),
+            _ => (now, 1),
+        };
+        assert!(
+            host.fired.1 <= MAX_TIMEOUTS_PER_INSTANT,
+            "{id:?}'s machine keeps asking for a timeout at {now:?} (its deadline never advances)"
+        );
         host.node.handle_timeout(now);
         self.stats.timeouts += 1;
         self.service(id);

@@ -138,3 +138,47 @@ fn equal_latency_keeps_order_and_jitter_reorders_deterministically() {
     assert_eq!(arrivals(messy, 1), (order, hash));
     assert_ne!(arrivals(messy, 2).1, hash);
 }
+
+/// A machine whose deadline never advances.
+struct Stuck;
+
+impl p2pd_proto::Machine for Stuck {
+    type Event = ();
+    fn handle_datagram(
+        &mut self,
+        _: p2pd_proto::Instant,
+        _: SocketId,
+        _: SocketAddr,
+        _: &[u8],
+    ) -> p2pd_proto::Verdict {
+        p2pd_proto::Verdict::NotMine
+    }
+    fn handle_socket_result(
+        &mut self,
+        _: p2pd_proto::Instant,
+        _: SocketId,
+        _: p2pd_proto::SocketOutcome,
+    ) {
+    }
+    fn handle_timeout(&mut self, _: p2pd_proto::Instant) {}
+    fn poll_transmit(&mut self, _: &mut [u8]) -> Option<p2pd_proto::Transmit> {
+        None
+    }
+    fn poll_socket_op(&mut self) -> Option<p2pd_proto::SocketOp> {
+        None
+    }
+    fn poll_event(&mut self) -> Option<()> {
+        None
+    }
+    fn poll_timeout(&self) -> Option<p2pd_proto::Instant> {
+        Some(p2pd_proto::Instant::from_millis(5))
+    }
+}
+
+#[test]
+#[should_panic(expected = "keeps asking for a timeout")]
+fn a_machine_whose_deadline_never_advances_is_reported() {
+    let mut sim = Sim::new(11);
+    sim.add_host(Host::public([A]), Stuck);
+    sim.run_for(Duration::from_secs(1));
+}
