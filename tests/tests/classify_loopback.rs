@@ -37,16 +37,20 @@ fn loopback_without_nat_is_open() {
     let mut report = None;
     let mut closed = false;
     runtime
-        .run(&mut classifier, Some(Duration::from_secs(20)), |_, _, event| {
-            match event {
-                ClassifierEvent::Done(r) => report = Some(r),
-                ClassifierEvent::Closed => {
-                    closed = true;
-                    return ControlFlow::Break(());
+        .run(
+            &mut classifier,
+            Some(Duration::from_secs(20)),
+            |_, _, event| {
+                match event {
+                    ClassifierEvent::Done(r) => report = Some(r),
+                    ClassifierEvent::Closed => {
+                        closed = true;
+                        return ControlFlow::Break(());
+                    }
                 }
-            }
-            ControlFlow::Continue(())
-        })
+                ControlFlow::Continue(())
+            },
+        )
         .unwrap();
     let elapsed = started.elapsed();
     let report = report.expect("a report");
@@ -74,6 +78,9 @@ fn loopback_without_nat_is_open() {
         .public_addresses
         .iter()
         .all(|a| a.ip() == IpAddr::V4(Ipv4Addr::LOCALHOST)));
-    drop(a.stop());
-    drop(b.stop());
+    // Both servers answered every probe the classifier sent them.
+    for server in [a.stop(), b.stop()] {
+        assert!(server.stats.requests >= 5, "{:?}", server.stats);
+        assert_eq!(server.stats.requests, server.stats.responses);
+    }
 }
