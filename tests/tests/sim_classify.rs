@@ -3,7 +3,7 @@
 //! truth or be `Inconclusive` — never wrong. Prints the inconclusive rate per loss level.
 
 use core::time::Duration;
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
 use p2pd_nat::{
     Behaviour, Classification, Classifier, ClassifierConfig, ClassifierEvent, Filtering, Mapping,
@@ -167,5 +167,164 @@ fn never_wrong_at_any_loss() {
             f64::from(inconclusive.get()) * 100.0 / f64::from(runs.get()),
             slowest.get()
         );
+    }
+}
+
+mod liar {
+    //! A STUN server that lies about its OTHER-ADDRESS: it wraps our honest server and rewrites
+    //! that one attribute in every response.
+
+    use std::net::SocketAddr;
+
+    use p2pd_proto::server::StunServer;
+    use p2pd_proto::stun::{Attribute, Message, MessageWriter};
+    use p2pd_proto::{Instant, SocketId, SocketOp, SocketOutcome, Transmit, Verdict};
+
+    pub struct LyingServer {
+        pub inner: StunServer,
+        pub claim: SocketAddr,
+    }
+
+    impl LyingServer {
+        pub fn handle_datagram(
+            &mut self,
+            now: Instant,
+            s: SocketId,
+            from: SocketAddr,
+            d: &[u8],
+        ) -> Verdict {
+            self.inner.handle_datagram(now, s, from, d)
+        }
+        pub fn handle_socket_result(&mut self, now: Instant, s: SocketId, o: SocketOutcome) {
+            self.inner.handle_socket_result(now, s, o)
+        }
+        pub fn handle_timeout(&mut self, now: Instant) {
+            self.inner.handle_timeout(now)
+        }
+        pub fn poll_transmit(&mut self, buf: &mut [u8]) -> Option<Transmit> {
+            let t = self.inner.poll_transmit(buf)?;
+            let original = buf[..t.len].to_vec();
+            let msg = Message::decode(&original).ok()?;
+            let mut w = MessageWriter::new(buf, *msg.header()).ok()?;
+            for raw in msg.attributes() {
+                let a = Attribute::parse(raw.code, raw.value, msg.header()).ok()?;
+                match a {
+                    Attribute::OtherAddress(_) => {
+                        w.add(&Attribute::OtherAddress(self.claim)).ok()?
+                    }
+                    Attribute::ChangedAddress(_) => {
+                        w.add(&Attribute::ChangedAddress(self.claim)).ok()?
+                    }
+                    Attribute::Fingerprint(_) => w.add_fingerprint().ok()?,
+                    other => w.add(&other).ok()?,
+                }
+            }
+            let len = w.finish();
+            Some(Transmit { len, ..t })
+        }
+        pub fn poll_socket_op(&mut self) -> Option<SocketOp> {
+            self.inner.poll_socket_op()
+        }
+        pub fn poll_event(&mut self) -> Option<p2pd_proto::server::ServerEvent> {
+            self.inner.poll_event()
+        }
+        pub fn poll_timeout(&self) -> Option<Instant> {
+            self.inner.poll_timeout()
+        }
+    }
+
+    p2pd_proto::impl_machine!(LyingServer, p2pd_proto::server::ServerEvent);
+}
+
+/// One honest server and one that lies about its other address, in three ways. The answer must be
+/// the truth (from the honest server, or from the liar too when its real alternate is configured).
+#[test]
+fn servers_that_lie_about_other_address_never_cause_a_wrong_answer() {
+    use p2pd_proto::server::{ServerConfig, StunServer};
+    let claims: [SocketAddr; 3] = [
+        "192.0.2.21:3479".parse().unwrap(), // same IP as its primary: an obvious lie
+        "192.0.2.99:3479".parse().unwrap(), // an address where nobody answers
+        "192.0.2.2:3479".parse().unwrap(),  // the honest server's alternate
+    ];
+    for (i, claim) in claims.into_iter().enumerate() {
+        for configured in [false, true] {
+            for (m, f) in [
+                (Mapping::EndpointIndependent, Filtering::AddressDependent),
+                (
+                    Mapping::AddressAndPortDependent,
+                    Filtering::AddressDependent,
+                ),
+                (Mapping::EndpointIndependent, Filtering::EndpointIndependent),
+            ] {
+                let mut sim = Sim::new(100 + i as u64);
+                sim.add_stun_server([192, 0, 2, 1].into(), [192, 0, 2, 2].into(), 3478, 3479);
+                let liar = liar::LyingServer {
+                    inner: StunServer::new(ServerConfig::rfc5780(
+                        "192.0.2.21:3478".parse().unwrap(),
+                        "192.0.2.22".parse().unwrap(),
+                        3479,
+                    ))
+                    .unwrap(),
+                    claim,
+                };
+                sim.add_host(
+                    Host::public([Ipv4Addr::new(192, 0, 2, 21), Ipv4Addr::new(192, 0, 2, 22)]),
+                    liar,
+                );
+                let nat = sim.add_nat(Ipv4Addr::new(203, 0, 113, 10), Behaviour::new(m, f));
+                sim.set_nat_link(nat, LinkConfig::with_latency(Duration::from_millis(10)));
+                let servers = [
+                    ServerSpec {
+                        id: 1,
+                        primary: "192.0.2.1:3478".parse().unwrap(),
+                        alternate: None,
+                    },
+                    ServerSpec {
+                        id: 2,
+                        primary: "192.0.2.21:3478".parse().unwrap(),
+                        alternate: configured.then(|| "192.0.2.22:3479".parse().unwrap()),
+                    },
+                ];
+                let config = ClassifierConfig {
+                    local_ip: IpAddr::V4(Ipv4Addr::new(10, 0, 0, 2)),
+                    ..ClassifierConfig::default()
+                };
+                let seed = sim.machine_seed();
+                let host = sim.add_host_behind(
+                    nat,
+                    Ipv4Addr::new(10, 0, 0, 2),
+                    Classifier::new(config, &servers, seed),
+                );
+                sim.with_machine::<Classifier, _>(host, |c, now| c.start(now));
+                sim.run_for(Duration::from_secs(12));
+                let report = sim
+                    .take_events::<Classifier>(host)
+                    .into_iter()
+                    .find_map(|e| match e {
+                        ClassifierEvent::Done(r) => Some(r),
+                        _ => None,
+                    })
+                    .expect("a report");
+                let truth = Truth::Nat(m, f);
+                assert!(
+                    correct(truth, report.classification),
+                    "claim {claim}, configured {configured}, {m:?}/{f:?}: {:?}",
+                    report.classification
+                );
+                // With its real alternate configured the liar is fully usable. Otherwise the first
+                // two lies make it unusable; the third points at another server that really
+                // answers like an alternate would, so it is harmless and may count.
+                let agreeing = report.servers_agreeing;
+                let ok = match (configured, i) {
+                    (true, _) => agreeing == 2,
+                    (false, 2) => agreeing >= 1,
+                    (false, _) => agreeing == 1,
+                };
+                assert!(
+                    ok,
+                    "claim {claim}, configured {configured}, {m:?}/{f:?}: {agreeing} agreeing"
+                );
+            }
+        }
     }
 }
