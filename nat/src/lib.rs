@@ -26,6 +26,7 @@
 
 mod behaviour;
 pub mod classify;
+mod delta;
 
 pub use behaviour::{
     Behaviour, Connectivity, Filtering, Mapping, P2pdDelta, P2pdLabel, P2pdNatType, PortAllocation,
@@ -33,5 +34,9 @@ pub use behaviour::{
 };
 pub use classify::{
     Classification, Classifier, ClassifierConfig, ClassifierEvent, Report, ServerSpec,
+};
+pub use delta::{
+    decide, delta_test, score_round, DeltaConfig, DeltaReport, DeltaVerdict, InconclusiveReason,
+    LocalPorts, Observation, RoundEvidence, Tally,
 };
 pub use p2pd_proto::stun::ChangeRequest;
