@@ -27,6 +27,7 @@
 mod behaviour;
 pub mod classify;
 mod delta;
+mod predict;
 
 pub use behaviour::{
     Behaviour, Connectivity, Filtering, Mapping, P2pdDelta, P2pdLabel, P2pdNatType, PortAllocation,
@@ -40,3 +41,7 @@ pub use delta::{
     LocalPorts, Observation, RoundEvidence, Tally,
 };
 pub use p2pd_proto::stun::ChangeRequest;
+pub use predict::{
+    local_for_external, predict, Candidate, PortMapping, PredictConfig, CONFIDENCE_DEPENDENT,
+    CONFIDENCE_EXACT, CONFIDENCE_SEQUENTIAL, MAX_CANDIDATES,
+};
