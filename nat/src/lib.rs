@@ -28,6 +28,7 @@ mod behaviour;
 pub mod classify;
 mod delta;
 mod predict;
+mod servers;
 
 pub use behaviour::{
     Behaviour, Connectivity, Filtering, Mapping, P2pdDelta, P2pdLabel, P2pdNatType, PortAllocation,
@@ -44,4 +45,8 @@ pub use p2pd_proto::stun::ChangeRequest;
 pub use predict::{
     local_for_external, predict, Candidate, PortMapping, PredictConfig, CONFIDENCE_DEPENDENT,
     CONFIDENCE_EXACT, CONFIDENCE_SEQUENTIAL, MAX_CANDIDATES,
+};
+pub use servers::{
+    default_servers, is_public_candidate, HealthConfig, ServerEntry, ServerHealth, ServerId,
+    ServerList, MAX_SERVERS,
 };
