@@ -23,8 +23,9 @@
 //!   For a pair, `ld = local_i - local_{i-1}` and `md = mapped_i - mapped_{i-1}`, both **modulo the
 //!   port space** (see below) and **signed** (forward distance): p2pd takes absolute values, which
 //!   confuses a stride of +10 with one of -10 and "mirrored" pairs with preserved ones;
-//! - the best (most supported, smallest on ties) **offset** `mapped - local` over pairs with `md == ld`
-//!   and a non-zero offset (p2pd's "preserving" pairs);
+//! - the best (most supported, smallest on ties) **offset** class `mapped - local` over pairs with
+//!   `md == ld` and a non-zero offset (p2pd's "preserving" pairs); it is reported as the most common
+//!   unreduced `mapped - local` of the class, i.e. as observed (p2pd's vector: `+46000`);
 //! - the best non-zero **stride** `md` over all pairs (p2pd's `dist_no`, which however left out pairs
 //!   with `ld == 1` and preserved pairs; we count every pair the stride explains);
 //! - the best **dependent stride** `md` over pairs with `ld == 1` (p2pd's `local_dist`).
@@ -51,7 +52,8 @@
 //! 1. Round 1 judges Equal, FixedOffset and Sequential. Exactly one confirmed: that is the answer,
 //!    unless round 2 was given and refutes its prediction (Equal: replies equal; FixedOffset `o`:
 //!    pairs with offset `o`; Sequential `s`: pairs with stride `s`), which gives
-//!    `Inconclusive { Contradictory }`. More than one confirmed: `Inconclusive { Ambiguous }`. Any
+//!    `Inconclusive { Contradictory }`. More than one confirmed, or one confirmed while another has
+//!    a majority that only lacked variation: `Inconclusive { Ambiguous }`. None confirmed and any
 //!    undetermined: `Inconclusive` with the reason.
 //! 2. All three refuted: round 2 is needed (`Inconclusive { NeedConsecutiveRound }` without it). Its
 //!    dependent stride `k` over `ld == 1` pairs, confirmed, gives `LocalPortDependent { stride: k }`:
@@ -74,8 +76,19 @@
 //! same port, one less than the 16-bit distance across the wrap. A NAT that allocates from a range
 //! `low..=high` wraps modulo the range's length instead (65535 for `1..=65535`, the simulator's
 //! [`crate::PortRange::ALL`]); [`DeltaConfig::with_range`] sets that modulus. With the wrong modulus,
-//! a pair that crosses the wrap shows a stride off by `65536 - len`; that pair is then evidence
-//! against, which the majority rule absorbs when wraps are rare (small strides and offsets).
+//! a pair that crosses the wrap shows a stride off by `65536 - len`. When wraps are rare (small
+//! strides and offsets) the majority rule outvotes that pair; when they are frequent (a stride or
+//! offset near half the port space) the wrapped class can win and the answer would be off by one.
+//! So by default [`delta_test`] scores the observations modulo 65536 **and** modulo 65535
+//! ([`DeltaConfig::cross_check`]) and answers only if both agree — same rule, same observed offset,
+//! strides with the same signed value — else `Inconclusive { WrapAmbiguous }`: modulo the NAT's true
+//! length the truth is confirmed whenever a wrong answer is confirmed modulo another length, so the
+//! two disagree instead of being wrong.
+//!
+//! Strides are residues: above half the modulus they are descending steps (`65535` is -1 modulo
+//! 65536), which is how [`crate::predict`] reads them. A stride of +43675 in `1..=65535` may thus be
+//! reported (modulo 65536) as 43676, i.e. -21860, the same step in that range. Offsets are reported
+//! as observed and may differ from the NAT's configured offset by the range length (the same rule).
 //!
 //! # Limits
 //!
@@ -143,14 +156,17 @@ pub struct DeltaConfig {
     probes: u16,
     threshold: u32,
     modulus: u32,
+    cross_check: Option<u32>,
 }
 
 impl DeltaConfig {
-    /// p2pd's defaults: 12 probes per round, threshold 5, and the 16-bit port space (modulus 65536).
+    /// p2pd's defaults: 12 probes per round, threshold 5, the 16-bit port space (modulus 65536),
+    /// cross-checked against the range `1..=65535` (modulus 65535) by [`delta_test`].
     pub const P2PD: DeltaConfig = DeltaConfig {
         probes: 12,
         threshold: 5,
         modulus: 65536,
+        cross_check: Some(65535),
     };
 
     /// `n` probes per round and p2pd's threshold `n / 2 - 1` (at least 2).
@@ -169,14 +185,23 @@ impl DeltaConfig {
         self
     }
 
-    /// The same settings with distances modulo `modulus` (clamped to `2..=65536`).
+    /// The same settings with distances modulo `modulus` (clamped to `2..=65536`) and no cross-check.
     pub fn with_modulus(mut self, modulus: u32) -> Self {
         self.modulus = modulus.clamp(2, 65536);
+        self.cross_check = None;
+        self
+    }
+
+    /// The same settings with [`delta_test`] also scoring modulo `modulus` (clamped to `2..=65536`)
+    /// and answering only when both moduli give the same verdict; `None` turns the check off.
+    pub fn with_cross_check(mut self, modulus: Option<u32>) -> Self {
+        self.cross_check = modulus.map(|m| m.clamp(2, 65536));
         self
     }
 
     /// The same settings with distances modulo the length of `range`, the NAT's external port range
-    /// when known (65535 for [`PortRange::ALL`], which matches p2pd's `field_dist` and the simulator).
+    /// when known (65535 for [`PortRange::ALL`], which matches p2pd's `field_dist` and the simulator),
+    /// and no cross-check.
     pub fn with_range(self, range: PortRange) -> Self {
         self.with_modulus(range.len())
     }
@@ -194,6 +219,11 @@ impl DeltaConfig {
     /// The modulus of port distances (65536 by default).
     pub fn modulus(&self) -> u32 {
         self.modulus
+    }
+
+    /// The second modulus [`delta_test`] checks the verdict against (65535 by default).
+    pub fn cross_check(&self) -> Option<u32> {
+        self.cross_check
     }
 }
 
@@ -229,8 +259,9 @@ pub struct RoundEvidence {
     pub equal: u32,
     /// Whether adjacent pairs of equal replies saw at least two distinct local distances.
     pub equal_varied: bool,
-    /// The best non-zero offset `mapped - local` over pairs with equal distances, as a signed value
-    /// in `(-modulus/2, modulus/2]`.
+    /// The best non-zero offset class `mapped - local` over pairs with equal distances (classes are
+    /// residues modulo [`DeltaConfig::modulus`]); its value is the most common unreduced
+    /// `mapped - local` of the class, in `-65535..=65535`.
     pub offset: Option<Tally<i32>>,
     /// The best non-zero mapped distance over all pairs.
     pub stride: Option<Tally<u16>>,
@@ -260,6 +291,10 @@ pub enum InconclusiveReason {
     NeedConsecutiveRound,
     /// A round was passed in the other round's place.
     WrongRound,
+    /// The verdict depends on the port space's modulus: scored modulo [`DeltaConfig::modulus`] and
+    /// modulo [`DeltaConfig::cross_check`], the same observations give different answers (ports
+    /// wrapped around the top of the range, and whether the NAT skips port 0 matters).
+    WrapAmbiguous,
 }
 
 /// The scorer's answer.
@@ -269,12 +304,14 @@ pub enum DeltaVerdict {
     Equal,
     /// Mapped port = local port + `offset` (non-zero). p2pd: PRESERV.
     FixedOffset {
-        /// The offset, in `(-modulus/2, modulus/2]`.
+        /// The offset as observed (`mapped - local`, in `-65535..=65535`); offsets that differ by the
+        /// NAT's port-range length are the same rule.
         offset: i32,
     },
     /// Each new mapping takes the previous mapped port + `stride`. p2pd: INDEPENDENT.
     Sequential {
-        /// The stride, modulo the port space (above half of it means descending).
+        /// The stride, modulo [`DeltaConfig::modulus`]; above half the modulus it means descending
+        /// (modulo 65536: `stride - 65536`, as [`crate::predict`] reads it).
         stride: u16,
     },
     /// Mapped ports advance by `stride` per local port. p2pd: DEPENDENT.
@@ -329,18 +366,47 @@ pub struct DeltaReport {
     pub consecutive: Option<RoundEvidence>,
 }
 
-/// Scores both rounds and decides: [`score_round`] then [`decide`].
+/// Scores both rounds and decides: [`score_round`] then [`decide`]. With a
+/// [`DeltaConfig::cross_check`] modulus (the default), a conclusive verdict must also come out of
+/// scoring modulo that second modulus, else it is `Inconclusive { WrapAmbiguous }`; the report's
+/// counts are those modulo [`DeltaConfig::modulus`].
 pub fn delta_test(
     cfg: &DeltaConfig,
     random: &[Observation],
     consecutive: Option<&[Observation]>,
 ) -> DeltaReport {
-    let random = score_round(cfg, random, LocalPorts::Random);
-    let consecutive = consecutive.map(|obs| score_round(cfg, obs, LocalPorts::Consecutive));
-    DeltaReport {
-        verdict: decide(cfg, &random, consecutive.as_ref()),
-        random,
-        consecutive,
+    let score = |cfg: &DeltaConfig| {
+        let r1 = score_round(cfg, random, LocalPorts::Random);
+        let r2 = consecutive.map(|obs| score_round(cfg, obs, LocalPorts::Consecutive));
+        let verdict = decide(cfg, &r1, r2.as_ref());
+        DeltaReport {
+            verdict,
+            random: r1,
+            consecutive: r2,
+        }
+    };
+    let mut report = score(cfg);
+    if let Some(m) = cfg.cross_check.filter(|m| *m != cfg.modulus) {
+        let other = score(&cfg.with_modulus(m)).verdict;
+        if report.verdict.is_conclusive() && !agree(report.verdict, cfg.modulus, other, m) {
+            report.verdict = inconclusive(InconclusiveReason::WrapAmbiguous);
+        }
+    }
+    report
+}
+
+/// Whether verdicts scored modulo `ma` and `mb` describe the same allocation: same rule, the same
+/// observed offset, strides with the same signed value (`65535` modulo 65536 and `65534` modulo
+/// 65535 are both -1).
+fn agree(a: DeltaVerdict, ma: u32, b: DeltaVerdict, mb: u32) -> bool {
+    use DeltaVerdict as V;
+    let s = |v: u16, m: u32| signed(u32::from(v), m);
+    match (a, b) {
+        (V::Sequential { stride: x }, V::Sequential { stride: y })
+        | (V::LocalPortDependent { stride: x }, V::LocalPortDependent { stride: y }) => {
+            s(x, ma) == s(y, mb)
+        }
+        _ => a == b,
     }
 }
 
@@ -406,6 +472,33 @@ fn signed(r: u32, m: u32) -> i32 {
         r
     };
     i32::try_from(v).unwrap_or(0)
+}
+
+/// The most common observed `mapped - local` (unreduced) among the pairs of offset class `residue`
+/// (ties: the smallest magnitude). Members of one class differ by the modulus when some mapped
+/// ports wrapped; any of them describes the NAT, the most common is what most probes saw.
+fn raw_offset(observations: &[Observation], m: u32, residue: u32) -> i32 {
+    let mut raws: BTreeMap<i32, u32> = BTreeMap::new();
+    for w in observations.windows(2) {
+        let [a, b] = w else { continue };
+        let (Some(ma), Some(mb)) = (a.mapped, b.mapped) else {
+            continue;
+        };
+        let ld = sub_mod(b.local, a.local, m);
+        if ld != 0 && sub_mod(mb, ma, m) == ld && sub_mod(mb, b.local, m) == residue {
+            let raw = i32::from(mb).saturating_sub(i32::from(b.local));
+            inc(raws.entry(raw).or_insert(0));
+        }
+    }
+    let mut out: Option<(i32, u32)> = None;
+    for (&raw, &n) in &raws {
+        let better =
+            out.is_none_or(|(r, c)| n > c || (n == c && raw.unsigned_abs() < r.unsigned_abs()));
+        if better {
+            out = Some((raw, n));
+        }
+    }
+    out.map_or_else(|| signed(residue, m), |(r, _)| r)
 }
 
 fn to_u16(t: Tally<u32>) -> Tally<u16> {
@@ -481,7 +574,7 @@ pub fn score_round(
     }
     ev.equal_varied = equal.varied;
     ev.offset = best(&offsets).map(|t| Tally {
-        value: signed(t.value, m),
+        value: raw_offset(observations, m, t.value),
         support: t.support,
         varied: t.varied,
     });
@@ -536,7 +629,9 @@ fn refutes(cfg: &DeltaConfig, round: &RoundEvidence, verdict: DeltaVerdict) -> b
     let status = match verdict {
         DeltaVerdict::Equal => judge(cfg, round.equal, round.replies, None, r),
         DeltaVerdict::FixedOffset { offset } => {
-            let t = round.offset.filter(|t| t.value == offset);
+            let m = i64::from(cfg.modulus());
+            let same = |a: i32, b: i32| i64::from(a).rem_euclid(m) == i64::from(b).rem_euclid(m);
+            let t = round.offset.filter(|t| same(t.value, offset));
             judge_tally(cfg, t, round.pairs, false, r)
         }
         DeltaVerdict::Sequential { stride } => {
@@ -649,7 +744,7 @@ mod tests {
     const T5: DeltaConfig = DeltaConfig {
         probes: 8,
         threshold: 5,
-        modulus: 65536,
+        ..DeltaConfig::P2PD
     };
 
     fn obs(pairs: &[(u16, u16)]) -> Vec<Observation> {
@@ -728,9 +823,9 @@ mod tests {
 
     #[test]
     fn p2pd_vectors() {
-        // PRESERV: 50000 - 4000 = 46000 = -19536 modulo 65536; p2pd records no value.
+        // PRESERV: 50000 - 4000 = 46000 (p2pd records no value).
         let v = both(&T5, &obs(&P2PD_PRESERVING));
-        assert_eq!(v, DeltaVerdict::FixedOffset { offset: -19536 });
+        assert_eq!(v, DeltaVerdict::FixedOffset { offset: 46000 });
         assert_eq!(v.p2pd(), P2pdDelta::Preserving);
         assert_eq!(both(&T5, &obs(&P2PD_EQUAL)), DeltaVerdict::Equal);
         assert_eq!(both(&T5, &obs(&P2PD_EQUAL)).p2pd(), P2pdDelta::Equal);
@@ -938,6 +1033,43 @@ mod tests {
             delta_test(&cfg, &fixed, None).verdict,
             DeltaVerdict::FixedOffset { offset: -25536 }
         );
+        // A large stride in 1..=65535 wraps every other allocation: modulo 65536 the wrapped class
+        // (43676 = -21860) and the plain one (43675 = -21861, wrong in that range) split the pairs.
+        // Here the wrapped class wins and agrees with the modulo-65535 reading (43675 = -21860), so
+        // the answer stands: the same step in that range.
+        let big: Vec<Observation> = locals
+            .iter()
+            .enumerate()
+            .map(|(i, &l)| Observation::new(l, PortRange::ALL.wrap(1000 + 43675 * i as i64)))
+            .collect();
+        assert_eq!(
+            delta_test(&cfg, &big, None).verdict,
+            DeltaVerdict::Sequential { stride: 43676 }
+        );
+        assert_eq!(
+            delta_test(&by_range, &big, None).verdict,
+            DeltaVerdict::Sequential { stride: 43675 }
+        );
+        let last = crate::PortMapping {
+            local: 0,
+            external: big[11].mapped.unwrap(),
+        };
+        let next = crate::predict(
+            &crate::PredictConfig::default(),
+            PortAllocation::Sequential { stride: 43676 },
+            &[last],
+            None,
+            &mut p2pd_proto::Rng::from_seed(0),
+        );
+        assert_eq!(next[0].port, PortRange::ALL.wrap(1000 + 43675 * 12));
+        // Had the plain class won modulo 65536 (43675 = -21861), modulo 65535 would still say
+        // -21860: the two disagree and the answer is withheld.
+        assert!(!agree(
+            DeltaVerdict::Sequential { stride: 43675 },
+            65536,
+            DeltaVerdict::Sequential { stride: 43675 },
+            65535
+        ));
         // p2pd's field_dist(65535, 0) is 0; ours is 1.
         assert_eq!(sub_mod(0, 65535, 65536), 1);
         assert_eq!(sub_mod(65535, 0, 65536), 65535);
@@ -1080,7 +1212,26 @@ mod tests {
             }
             t => t,
         };
-        prop_assert_eq!(got, want, "modulus {}, verdict {:?}", m, v);
+        // Equivalent modulo the NAT's modulus: offsets as observed may differ by it, strides above
+        // 32767 read as negative (two's complement).
+        let same = |a: i64, b: i64| (a - b).rem_euclid(i64::from(m)) == 0;
+        let s16 = |s: u16| i64::from(s as i16);
+        let ok = match (got, want) {
+            (
+                PortAllocation::FixedOffset { offset: a },
+                PortAllocation::FixedOffset { offset: b },
+            ) => same(a.into(), b.into()),
+            (
+                PortAllocation::Sequential { stride: a },
+                PortAllocation::Sequential { stride: b },
+            )
+            | (
+                PortAllocation::LocalPortDependent { stride: a },
+                PortAllocation::LocalPortDependent { stride: b },
+            ) => a == b || same(s16(a), b.into()),
+            (a, b) => a == b,
+        };
+        prop_assert!(ok, "modulus {}, truth {:?}, verdict {:?}", m, want, v);
         Ok(())
     }
 
@@ -1096,7 +1247,10 @@ mod tests {
             loss2 in proptest::collection::vec(prop_oneof![6 => Just(0u8), 1 => Just(1u8), 1 => Just(2u8)], 16),
             round1_consecutive in proptest::bool::weighted(0.2),
         ) {
-            let cfg = DeltaConfig::for_probes(n).with_modulus(m);
+            // The default settings (modulo 65536, cross-checked modulo 65535) and the NAT's own
+            // modulus without a cross-check.
+            let cfg = DeltaConfig::for_probes(n);
+            let exact = DeltaConfig::for_probes(n).with_modulus(m);
             let mut rng = p2pd_proto::Rng::from_seed(seed);
             let mut nat = ModelNat { rule: truth, m, last: None, first: None, rng: p2pd_proto::Rng::from_seed(!seed) };
             let n = usize::from(n);
@@ -1115,10 +1269,12 @@ mod tests {
             let locals2: Vec<u16> = (start..).take(n).collect();
             let r1 = nat.round(&locals1, &loss1);
             let r2 = nat.round(&locals2, &loss2);
-            let report = delta_test(&cfg, &r1, Some(&r2));
+            check(truth, m, delta_test(&cfg, &r1, Some(&r2)).verdict)?;
+            let report = delta_test(&exact, &r1, Some(&r2));
             check(truth, m, report.verdict)?;
             // Round 1 alone: never wrong either.
             check(truth, m, delta_test(&cfg, &r1, None).verdict)?;
+            check(truth, m, delta_test(&exact, &r1, None).verdict)?;
             // Without loss and with random local ports, the deterministic rules are found.
             if !round1_consecutive && loss1.iter().chain(&loss2).all(|x| *x == 0) && truth != PortAllocation::Random {
                 prop_assert!(report.verdict.is_conclusive(), "{:?} -> {:?}", truth, report);
