@@ -30,7 +30,9 @@ use p2pd_proto::client::{
 use p2pd_proto::stun::ChangeRequest;
 use p2pd_proto::{BindOptions, Instant, SocketId, SocketOp, SocketOutcome, Transmit, Verdict};
 
-use crate::behaviour::{Filtering, Mapping};
+use crate::behaviour::{Behaviour, Filtering, Mapping};
+use crate::delta::{delta_test, DeltaConfig, DeltaReport, Observation};
+use p2pd_proto::Rng;
 
 /// A STUN server the classifier may use: its canonical id and its two addresses.
 #[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]
@@ -60,6 +62,9 @@ pub struct ClassifierConfig {
     pub filter_transmissions: u32,
     /// Give up after this long.
     pub deadline: Duration,
+    /// Probes per round of the port-allocation test (0 skips the test). Each probe is a fresh
+    /// socket; probes run one after another so that no other mapping is created in between.
+    pub allocation_probes: u16,
 }
 
 impl Default for ClassifierConfig {
@@ -76,6 +81,7 @@ impl Default for ClassifierConfig {
             },
             filter_transmissions: 10,
             deadline: Duration::from_secs(8),
+            allocation_probes: 12,
         }
     }
 }
@@ -95,6 +101,10 @@ pub enum ProbeKind {
     FilterChangeBoth,
     /// Filtering socket: answer from the other port.
     FilterChangePort,
+    /// Port-allocation test, round 1 (a fresh socket on a random local port).
+    AllocationRandom,
+    /// Port-allocation test, round 2 (fresh sockets on consecutive local ports).
+    AllocationConsecutive,
 }
 
 /// How a probe ended.
@@ -193,6 +203,19 @@ pub struct Report {
     pub servers_agreeing: usize,
     /// Every probe.
     pub probes: Vec<Probe>,
+    /// The port-allocation test: its verdict and evidence, when it ran (only behind a NAT).
+    pub allocation: Option<DeltaReport>,
+}
+
+impl Report {
+    /// The NAT's behaviour, when mapping, filtering and port allocation are all known.
+    pub fn behaviour(&self) -> Option<Behaviour> {
+        let Classification::Nat { mapping, filtering } = self.classification else {
+            return None;
+        };
+        let allocation = self.allocation.as_ref()?.verdict.allocation()?;
+        Some(Behaviour::new(mapping, filtering).with_allocation(allocation))
+    }
 }
 
 /// What the classifier reports.
@@ -224,6 +247,23 @@ pub struct Classifier {
     events: VecDeque<ClassifierEvent>,
     deadline: Option<Instant>,
     done: bool,
+    rng: Rng,
+    allocation: Option<AllocationRun>,
+    allocation_report: Option<DeltaReport>,
+}
+
+/// The port-allocation test in progress.
+#[derive(Clone, Debug, Default)]
+struct AllocationRun {
+    /// Local ports planned for the current round.
+    ports: Vec<u16>,
+    /// Observations of the current round so far.
+    current: Vec<Observation>,
+    /// Round 1's observations once it is over.
+    random: Option<Vec<Observation>>,
+    /// The socket of the probe in flight.
+    socket: Option<SocketId>,
+    finished: bool,
 }
 
 impl Classifier {
@@ -255,6 +295,9 @@ impl Classifier {
             events: VecDeque::new(),
             deadline: None,
             done: false,
+            rng: Rng::from_seed(seed ^ 0xA110_C8ED),
+            allocation: None,
+            allocation_report: None,
         }
     }
 
@@ -362,9 +405,23 @@ impl Classifier {
                 progressed = true;
                 self.on_client_event(now, event);
             }
-            if !self.done && (self.handles.is_empty() || self.decided_early()) {
-                self.finish(now);
-                progressed = true;
+            if !self.done {
+                match &self.allocation {
+                    None if self.handles.is_empty() || self.decided_early() => {
+                        if self.needs_allocation_test() {
+                            self.allocation = Some(AllocationRun::default());
+                            self.next_allocation_round(now);
+                        } else {
+                            self.finish(now);
+                        }
+                        progressed = true;
+                    }
+                    Some(run) if run.finished => {
+                        self.finish(now);
+                        progressed = true;
+                    }
+                    _ => {}
+                }
             }
             if !progressed {
                 break;
@@ -412,6 +469,13 @@ impl Classifier {
         let Some(probe) = self.probes.get(index).copied() else {
             return;
         };
+        if matches!(
+            probe.kind,
+            ProbeKind::AllocationRandom | ProbeKind::AllocationConsecutive
+        ) {
+            self.allocation_probe_done(now, probe);
+            return;
+        }
         let Some(run) = self.runs.iter().position(|r| r.spec.id == probe.server) else {
             return;
         };
@@ -508,6 +572,156 @@ impl Classifier {
         }
     }
 
+    /// Whether the behaviour tests found a NAT, so its port allocation is worth measuring.
+    fn needs_allocation_test(&self) -> bool {
+        self.config.allocation_probes >= 2
+            && matches!(self.current_classification(), Classification::Nat { .. })
+    }
+
+    fn current_classification(&self) -> Classification {
+        let (mappings, filterings) = self.verdicts();
+        self.decide(&mappings, &filterings)
+    }
+
+    /// Plans the next round (random local ports, then consecutive ones) and starts its first probe.
+    fn next_allocation_round(&mut self, now: Instant) {
+        let n = usize::from(self.config.allocation_probes);
+        let Some(run) = self.allocation.as_mut() else {
+            return;
+        };
+        run.ports.clear();
+        run.current.clear();
+        if run.random.is_none() {
+            while run.ports.len() < n {
+                let port = u16::try_from(self.rng.below(64_512))
+                    .unwrap_or(0)
+                    .saturating_add(1024);
+                if !run.ports.contains(&port) {
+                    run.ports.push(port);
+                }
+            }
+        } else {
+            let span = u64::from(u16::MAX)
+                .saturating_sub(1024)
+                .saturating_sub(n as u64);
+            let base = u16::try_from(self.rng.below(span))
+                .unwrap_or(0)
+                .saturating_add(1024);
+            run.ports
+                .extend((0..self.config.allocation_probes).map(|i| base.saturating_add(i)));
+        }
+        self.next_allocation_probe(now);
+    }
+
+    /// Opens the next planned socket and sends its probe, or ends the round.
+    fn next_allocation_probe(&mut self, now: Instant) {
+        let target = self
+            .runs
+            .iter()
+            .find(|r| !r.unusable && self.mapped_of(r.spec.id, ProbeKind::MapPrimary).is_some())
+            .map(|r| {
+                (
+                    self.runs.iter().position(|x| x.spec.id == r.spec.id),
+                    r.spec.primary,
+                )
+            });
+        let Some((Some(run_index), server)) = target else {
+            self.end_allocation_round(now);
+            return;
+        };
+        let Some(run) = self.allocation.as_mut() else {
+            return;
+        };
+        let Some(&port) = run.ports.get(run.current.len()) else {
+            self.end_allocation_round(now);
+            return;
+        };
+        let kind = if run.random.is_none() {
+            ProbeKind::AllocationRandom
+        } else {
+            ProbeKind::AllocationConsecutive
+        };
+        let local = SocketAddr::new(self.config.local_ip, port);
+        match self
+            .client
+            .open_socket(now, local, self.config.bind_options)
+        {
+            Ok(socket) => {
+                if let Some(run) = self.allocation.as_mut() {
+                    run.socket = Some(socket);
+                }
+                self.probe(
+                    now,
+                    run_index,
+                    kind,
+                    socket,
+                    server,
+                    ChangeRequest::NONE,
+                    None,
+                );
+            }
+            Err(_) => {
+                if let Some(run) = self.allocation.as_mut() {
+                    run.current.push(Observation {
+                        local: port,
+                        mapped: None,
+                    });
+                }
+                self.next_allocation_probe(now);
+            }
+        }
+    }
+
+    /// Records an allocation probe's result, releases its socket and moves on.
+    fn allocation_probe_done(&mut self, now: Instant, probe: Probe) {
+        let Some(run) = self.allocation.as_mut() else {
+            return;
+        };
+        let planned = run.ports.get(run.current.len()).copied().unwrap_or(0);
+        let local = self
+            .client
+            .local_addr(probe.socket)
+            .map_or(planned, |a| a.port());
+        let mapped = match probe.outcome {
+            ProbeOutcome::Reply { mapped, .. } => Some(mapped.port()),
+            _ => None,
+        };
+        run.current.push(Observation { local, mapped });
+        run.socket = None;
+        self.client.close_socket(now, probe.socket);
+        self.next_allocation_probe(now);
+    }
+
+    /// Scores the round just finished; starts round 2 if round 1 asks for it.
+    fn end_allocation_round(&mut self, now: Instant) {
+        let cfg = DeltaConfig::for_probes(self.config.allocation_probes);
+        let Some(run) = self.allocation.as_mut() else {
+            return;
+        };
+        let observations = core::mem::take(&mut run.current);
+        let report = match &run.random {
+            None => {
+                let report = delta_test(&cfg, &observations, None);
+                run.random = Some(observations);
+                report
+            }
+            Some(random) => delta_test(&cfg, random, Some(&observations)),
+        };
+        let needs_round_two = report.consecutive.is_none()
+            && matches!(
+                report.verdict,
+                crate::delta::DeltaVerdict::Inconclusive {
+                    reason: crate::delta::InconclusiveReason::NeedConsecutiveRound
+                }
+            );
+        self.allocation_report = Some(report);
+        if needs_round_two {
+            self.next_allocation_round(now);
+        } else if let Some(run) = self.allocation.as_mut() {
+            run.finished = true;
+        }
+    }
+
     /// Every usable server has shown endpoint-independent filtering and its mapping is known:
     /// nothing left can change the answer.
     fn decided_early(&self) -> bool {
@@ -583,16 +797,7 @@ impl Classifier {
             }
         }
         let any_reply = !public_addresses.is_empty();
-        let mut mappings = Vec::new();
-        let mut filterings = Vec::new();
-        for run in self.runs.iter().filter(|r| !r.unusable) {
-            if let (Some(m), Some(f)) =
-                (self.mapping_of(run.spec.id), self.filtering_of(run.spec.id))
-            {
-                mappings.push(m);
-                filterings.push(f);
-            }
-        }
+        let (mappings, filterings) = self.verdicts();
         let classification = if deadline && mappings.is_empty() {
             if any_reply {
                 Classification::Inconclusive(InconclusiveReason::Deadline)
@@ -614,7 +819,23 @@ impl Classifier {
             public_addresses,
             servers_agreeing: mappings.len(),
             probes: self.probes.clone(),
+            allocation: self.allocation_report.clone(),
         }
+    }
+
+    /// The mapping and filtering results of every usable server with complete results.
+    fn verdicts(&self) -> (Vec<Mapping>, Vec<Filtering>) {
+        let mut mappings = Vec::new();
+        let mut filterings = Vec::new();
+        for run in self.runs.iter().filter(|r| !r.unusable) {
+            if let (Some(m), Some(f)) =
+                (self.mapping_of(run.spec.id), self.filtering_of(run.spec.id))
+            {
+                mappings.push(m);
+                filterings.push(f);
+            }
+        }
+        (mappings, filterings)
     }
 
     fn decide(&self, mappings: &[Mapping], filterings: &[Filtering]) -> Classification {

@@ -6,8 +6,8 @@ use core::time::Duration;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
 use p2pd_nat::{
-    Behaviour, Classification, Classifier, ClassifierConfig, ClassifierEvent, Filtering, Mapping,
-    ServerSpec,
+    Behaviour, Classification, Classifier, ClassifierConfig, ClassifierEvent, DeltaVerdict,
+    Filtering, Mapping, PortAllocation, Report, ServerSpec,
 };
 use p2pd_sim::{run_seeds, Host, LinkConfig, Sim};
 
@@ -22,11 +22,19 @@ const FILTERINGS: [Filtering; 3] = [
     Filtering::AddressAndPortDependent,
 ];
 
+const ALLOCATIONS: [PortAllocation; 5] = [
+    PortAllocation::Preserving,
+    PortAllocation::FixedOffset { offset: 1000 },
+    PortAllocation::Sequential { stride: 1 },
+    PortAllocation::LocalPortDependent { stride: 2 },
+    PortAllocation::Random,
+];
+
 #[derive(Copy, Clone, Debug)]
 enum Truth {
     Open,
     Firewall(Filtering),
-    Nat(Mapping, Filtering),
+    Nat(Mapping, Filtering, PortAllocation),
 }
 
 fn servers() -> Vec<ServerSpec> {
@@ -45,7 +53,7 @@ fn servers() -> Vec<ServerSpec> {
 }
 
 /// Runs one classification and returns the answer and the virtual time it took.
-fn classify(truth: Truth, loss: f64, seed: u64) -> (Classification, Duration) {
+fn classify(truth: Truth, loss: f64, seed: u64) -> (Report, Duration) {
     let mut sim = Sim::new(seed);
     sim.add_stun_server([192, 0, 2, 1].into(), [192, 0, 2, 2].into(), 3478, 3479);
     sim.add_stun_server([192, 0, 2, 11].into(), [192, 0, 2, 12].into(), 3478, 3479);
@@ -77,10 +85,10 @@ fn classify(truth: Truth, loss: f64, seed: u64) -> (Classification, Duration) {
             // The host's address equals the box's public one, as behind a stateful firewall.
             sim.add_host_behind(nat, ip, c)
         }
-        Truth::Nat(mapping, filtering) => {
+        Truth::Nat(mapping, filtering, allocation) => {
             let nat = sim.add_nat(
                 Ipv4Addr::new(203, 0, 113, 10),
-                Behaviour::new(mapping, filtering),
+                Behaviour::new(mapping, filtering).with_allocation(allocation),
             );
             sim.set_nat_link(nat, link);
             let ip = Ipv4Addr::new(10, 0, 0, 2);
@@ -99,7 +107,7 @@ fn classify(truth: Truth, loss: f64, seed: u64) -> (Classification, Duration) {
         sim.run_for(Duration::from_millis(50));
         for ev in sim.take_events::<Classifier>(host) {
             if let ClassifierEvent::Done(report) = ev {
-                answer = Some((report.classification, sim.now() - start));
+                answer = Some((report, sim.now() - start));
             }
         }
         if answer.is_some() {
@@ -114,7 +122,7 @@ fn correct(truth: Truth, got: Classification) -> bool {
         (Truth::Open, Classification::Open) => true,
         (Truth::Firewall(f), Classification::Firewall(g)) => f == g,
         (Truth::Firewall(Filtering::EndpointIndependent), Classification::Open) => true,
-        (Truth::Nat(m, f), Classification::Nat { mapping, filtering }) => {
+        (Truth::Nat(m, f, _), Classification::Nat { mapping, filtering }) => {
             m == mapping && f == filtering
         }
         _ => false,
@@ -126,23 +134,41 @@ fn truths() -> Vec<Truth> {
     t.extend(FILTERINGS.iter().map(|f| Truth::Firewall(*f)));
     for m in MAPPINGS {
         for f in FILTERINGS {
-            t.push(Truth::Nat(m, f));
+            for a in ALLOCATIONS {
+                t.push(Truth::Nat(m, f, a));
+            }
         }
     }
     t
+}
+
+/// Whether the allocation verdict is the truth or inconclusive (a test cut short by the deadline
+/// counts as inconclusive); `None` when the truth has no allocation.
+fn allocation_ok(truth: Truth, report: &Report) -> Option<bool> {
+    let Truth::Nat(_, _, allocation) = truth else {
+        return None;
+    };
+    Some(match report.allocation.as_ref().map(|a| a.verdict) {
+        None | Some(DeltaVerdict::Inconclusive { .. }) => true,
+        Some(v) => v.allocation() == Some(allocation),
+    })
 }
 
 #[test]
 fn never_wrong_at_any_loss() {
     use std::cell::Cell;
     let seeds: Vec<u64> = (1..=5).collect();
+    let wall = std::time::Instant::now();
     for loss in [0.0, 0.10, 0.30] {
         let runs = Cell::new(0u32);
         let inconclusive = Cell::new(0u32);
+        let nat_runs = Cell::new(0u32);
+        let allocation_inconclusive = Cell::new(0u32);
         let slowest = Cell::new(Duration::ZERO);
         for truth in truths() {
             run_seeds(seeds.clone(), |seed| {
-                let (got, took) = classify(truth, loss, seed);
+                let (report, took) = classify(truth, loss, seed);
+                let got = report.classification;
                 runs.set(runs.get() + 1);
                 slowest.set(slowest.get().max(took));
                 if let Classification::Inconclusive(reason) = got {
@@ -151,23 +177,39 @@ fn never_wrong_at_any_loss() {
                         loss > 0.0,
                         "inconclusive without loss: {truth:?} -> {reason:?}"
                     );
-                } else {
-                    assert!(
-                        correct(truth, got),
-                        "WRONG: truth {truth:?}, classifier {got:?}, loss {loss}, seed {seed}"
+                    return;
+                }
+                assert!(
+                    correct(truth, got),
+                    "WRONG: truth {truth:?}, classifier {got:?}, loss {loss}, seed {seed}"
+                );
+                if let Truth::Nat(..) = truth {
+                    nat_runs.set(nat_runs.get() + 1);
+                    let verdict = report.allocation.as_ref().map(|a| a.verdict);
+                    assert_eq!(
+                        allocation_ok(truth, &report),
+                        Some(true),
+                        "WRONG allocation: truth {truth:?}, verdict {verdict:?}, loss {loss}, seed {seed}"
                     );
+                    if let None | Some(DeltaVerdict::Inconclusive { .. }) = verdict {
+                        allocation_inconclusive.set(allocation_inconclusive.get() + 1);
+                    }
                 }
             });
         }
         println!(
-            "loss {:>3.0}%: {} runs, {} inconclusive ({:.1} %), slowest {:?} (virtual time)",
+            "loss {:>3.0}%: {} runs, {} inconclusive ({:.1} %); allocation inconclusive in {} of {} NAT runs ({:.1} %); slowest {:?} (virtual time)",
             loss * 100.0,
             runs.get(),
             inconclusive.get(),
             f64::from(inconclusive.get()) * 100.0 / f64::from(runs.get()),
+            allocation_inconclusive.get(),
+            nat_runs.get(),
+            f64::from(allocation_inconclusive.get()) * 100.0 / f64::from(nat_runs.get().max(1)),
             slowest.get()
         );
     }
+    println!("matrix wall time: {:?}", wall.elapsed());
 }
 
 mod liar {
@@ -305,7 +347,7 @@ fn servers_that_lie_about_other_address_never_cause_a_wrong_answer() {
                         _ => None,
                     })
                     .expect("a report");
-                let truth = Truth::Nat(m, f);
+                let truth = Truth::Nat(m, f, PortAllocation::Preserving);
                 assert!(
                     correct(truth, report.classification),
                     "claim {claim}, configured {configured}, {m:?}/{f:?}: {:?}",

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use clap::Args;
 use p2pd_nat::classify::{InconclusiveReason, Probe, ProbeKind, ProbeOutcome};
+use p2pd_nat::DeltaVerdict;
 use p2pd_nat::{
     Behaviour, Classification, Classifier, ClassifierConfig, ClassifierEvent, Filtering, Mapping,
     Report, ServerSpec,
@@ -309,6 +310,22 @@ fn kind_name(k: ProbeKind) -> &'static str {
         ProbeKind::FilterControl => "filter-control",
         ProbeKind::FilterChangeBoth => "filter-change-ip+port",
         ProbeKind::FilterChangePort => "filter-change-port",
+        ProbeKind::AllocationRandom => "allocation-random-port",
+        ProbeKind::AllocationConsecutive => "allocation-consecutive-port",
+    }
+}
+
+/// The port-allocation verdict in words.
+fn allocation_text(v: &DeltaVerdict) -> String {
+    match v {
+        DeltaVerdict::Equal => "port preserving (external = local)".into(),
+        DeltaVerdict::FixedOffset { offset } => format!("fixed offset {offset:+}"),
+        DeltaVerdict::Sequential { stride } => format!("sequential, stride {stride}"),
+        DeltaVerdict::LocalPortDependent { stride } => {
+            format!("local-port dependent, stride {stride}")
+        }
+        DeltaVerdict::Random => "random".into(),
+        DeltaVerdict::Inconclusive { reason } => format!("inconclusive ({reason:?})"),
     }
 }
 
@@ -415,7 +432,15 @@ fn print_report(args: &NatArgs, out: &Outcome) {
             .opt("filtering", filtering.map(filtering_name))
             .opt("reason", reason.map(reason_key))
             .opt("reason_text", reason.map(reason_name))
-            .opt("p2pd_label", p2pd.as_ref().map(|(_, name)| name.clone()));
+            .opt("p2pd_label", p2pd.as_ref().map(|(_, name)| name.clone()))
+            .opt(
+                "allocation",
+                r.allocation.as_ref().map(|a| allocation_text(&a.verdict)),
+            )
+            .opt(
+                "p2pd_full_label",
+                r.behaviour().map(|b| b.p2pd().to_string()),
+            );
         o = match &p2pd {
             Some((n, _)) => o.num("p2pd_nat_type", *n),
             None => o.opt("p2pd_nat_type", None::<u8>),
@@ -472,8 +497,15 @@ fn print_report(args: &NatArgs, out: &Outcome) {
         Classification::Inconclusive(why) => format!("inconclusive: {}", reason_name(why)),
     };
     println!("classification    {verdict}");
-    if let Some((n, name)) = &p2pd {
-        println!("p2pd NAT type     {name} ({n}; port delta not measured)");
+    if let Some(a) = &r.allocation {
+        println!("port allocation   {}", allocation_text(&a.verdict));
+    }
+    match (r.behaviour(), &p2pd) {
+        (Some(b), _) => println!("p2pd label        {}", b.p2pd()),
+        (None, Some((n, name))) => {
+            println!("p2pd NAT type     {name} ({n}; port delta not measured)")
+        }
+        (None, None) => {}
     }
     println!("local IP          {}", out.local_ip);
     if r.public_addresses.is_empty() {
