@@ -199,7 +199,11 @@ struct Expect {
     filtering: Option<&'static str>,
     /// Mapped ports must lie in this range (NATs that allocate from a range).
     ports: Option<(u16, u16)>,
+    /// The port-allocation verdict's text must start with this (or say "inconclusive").
+    allocation: Option<&'static str>,
 }
+
+const PRESERVING: &str = "port preserving";
 
 const EIM: Option<&str> = Some("endpoint-independent");
 const APDM: Option<&str> = Some("address-and-port-dependent");
@@ -207,12 +211,17 @@ const EIF: Option<&str> = Some("endpoint-independent");
 const ADF: Option<&str> = Some("address-dependent");
 const APDF: Option<&str> = Some("address-and-port-dependent");
 
-fn nat(mapping: Option<&'static str>, filtering: Option<&'static str>) -> Expect {
+fn nat(
+    mapping: Option<&'static str>,
+    filtering: Option<&'static str>,
+    allocation: &'static str,
+) -> Expect {
     Expect {
         class: "nat",
         mapping,
         filtering,
         ports: None,
+        allocation: Some(allocation),
     }
 }
 
@@ -271,6 +280,12 @@ fn check(json: &str, want: &Expect, wan_ip: Option<&str>) -> Result<(), String> 
     if class != "blocked" && json_raw(json, "servers_agreeing").as_deref() != Some("2") {
         return Err("not both servers agree".into());
     }
+    if let Some(prefix) = want.allocation {
+        let got = json_str(json, "allocation").unwrap_or_default();
+        if !got.starts_with(prefix) && !got.starts_with("inconclusive") {
+            return Err(format!("WRONG allocation: got {got:?}, want {prefix:?}"));
+        }
+    }
     Ok(())
 }
 
@@ -297,6 +312,7 @@ fn nat_lab_modes_match_ground_truth() {
                 mapping: None,
                 filtering: None,
                 ports: None,
+                allocation: None,
             },
         ),
         // No NAT rules and no route back: nothing answers.
@@ -307,28 +323,29 @@ fn nat_lab_modes_match_ground_truth() {
                 mapping: None,
                 filtering: None,
                 ports: None,
+                allocation: None,
             },
         ),
-        ("masq", nat(EIM, APDF)),
-        ("snat", nat(EIM, APDF)),
+        ("masq", nat(EIM, APDF, PRESERVING)),
+        ("snat", nat(EIM, APDF, PRESERVING)),
         (
             "snat-range",
             Expect {
                 ports: Some((20000, 29999)),
-                ..nat(EIM, APDF)
+                ..nat(EIM, APDF, "random")
             },
         ),
-        ("masq-fully", nat(APDM, APDF)),
+        ("masq-fully", nat(APDM, APDF, "random")),
         (
             "seq",
             Expect {
                 ports: Some((20000, 29999)),
-                ..nat(APDM, APDF)
+                ..nat(APDM, APDF, "sequential, stride 1")
             },
         ),
-        ("preserve", nat(EIM, APDF)),
-        ("fullcone", nat(EIM, EIF)),
-        ("restricted", nat(EIM, ADF)),
+        ("preserve", nat(EIM, APDF, "fixed offset +1000")),
+        ("fullcone", nat(EIM, EIF, PRESERVING)),
+        ("restricted", nat(EIM, ADF, PRESERVING)),
     ];
 
     let route_back = ["192.0.2.0/24", "via", "203.0.113.10"];
@@ -392,8 +409,9 @@ fn nat_lab_modes_match_ground_truth() {
             json_str(&json, "mapping"),
         ) {
             (Some(c), Some(m)) => format!(
-                "{c} {m} / {}",
-                json_str(&json, "filtering").unwrap_or_default()
+                "{c} {m} / {}; {}",
+                json_str(&json, "filtering").unwrap_or_default(),
+                json_str(&json, "allocation").unwrap_or_default()
             ),
             (Some(c), None) => c,
             _ => "(no output)".into(),
