@@ -1,9 +1,16 @@
 //! # p2pd-nat
 //!
-//! NAT behaviour discovery. Today: the behaviour model ([`Behaviour`]: mapping, filtering, port
-//! allocation, port range, hairpinning, mapping lifetime) shared by the classifier and the simulator,
-//! and its translation to p2pd's labels. The classifier machine, the delta scorer, port prediction and
-//! the STUN server list come next.
+//! NAT behaviour discovery, as pure machines and functions (no I/O, no clock, injected RNG):
+//!
+//! - [`Behaviour`]: the RFC 4787 / RFC 5780 vocabulary (mapping, filtering, port allocation, port
+//!   range, hairpinning, mapping lifetime) shared by the classifier and the simulator's NAT boxes,
+//!   with the translation to p2pd's labels ([`Behaviour::p2pd`]).
+//! - [`Classifier`]: a machine that runs the mapping and filtering tests against several STUN
+//!   servers in parallel, then the port-allocation test, and reports every probe as evidence with
+//!   an answer or `Inconclusive` — never a guess ([`classify`] explains the method).
+//! - [`delta_test`]: the port-allocation ("delta") scorer over probe observations.
+//! - [`predict`]: ranked candidates for the external port of a chosen local port.
+//! - [`default_servers`] / [`ServerList`]: RFC 5780 servers with canonical ids and health.
 //!
 //! ```
 //! use p2pd_nat::{Behaviour, Filtering, Mapping, PortAllocation};
