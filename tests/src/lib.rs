@@ -62,6 +62,12 @@
 //! assert_eq!(reply.rtt, Duration::from_millis(40));
 //! ```
 //!
+//! ## The classifier matrix
+//!
+//! [`matrix`] runs the NAT classifier against every simulated truth (open, firewalls, NATs of every
+//! mapping x filtering x port allocation) at several loss levels and grades each answer right,
+//! inconclusive or wrong; `tests/sim_classify.rs` and `p2pd sim nat` both use it.
+//!
 //! ## The cross-crate tests
 //!
 //! - integration tests on real sockets (`tests/`): our STUN client against our RFC 5780 server on
@@ -72,6 +78,7 @@
 #![warn(missing_docs)]
 
 mod link;
+pub mod matrix;
 mod natbox;
 mod node;
 mod raw;
@@ -83,6 +90,7 @@ mod trace;
 mod tests;
 
 pub use link::LinkConfig;
+pub use matrix::{run_matrix, run_one, Correctness, MatrixSummary, Outcome, Truth};
 pub use natbox::{NatStats, Protocol};
 pub use raw::{RawEvent, RawUdp};
 pub use replay::{run_seeds, SEED_VAR};

@@ -26,7 +26,7 @@ pub fn run_seeds(seeds: impl IntoIterator<Item = u64>, f: impl Fn(u64)) {
 }
 
 /// A seed in decimal or `0x` hexadecimal.
-fn parse_seed(s: &str) -> Option<u64> {
+pub(crate) fn parse_seed(s: &str) -> Option<u64> {
     let s = s.trim();
     match s.strip_prefix("0x").or_else(|| s.strip_prefix("0X")) {
         Some(hex) => u64::from_str_radix(hex, 16).ok(),
