@@ -3,7 +3,8 @@
 //! ```text
 //! p2pd stun SERVER [--change port|ip|both] [--legacy] [--json]
 //! p2pd stun-server --primary IP [--alternate IP] [--port P] [--alt-port P2] [--json]
-//! p2pd nat --server ADDR[,ALT] [--server ...] [--local-ip IP] [--interface IF] [--timeout S] [--verbose] [--json]
+//! p2pd nat [--server ADDR[,ALT]|ID ...] [--list-servers] [--local-ip IP] [--interface IF] [--timeout S] [--verbose] [--json]
+//! p2pd sim nat [--seeds N] [--loss 0,10,30] [--json]
 //! ```
 
 use clap::{Parser, Subcommand};
@@ -25,6 +26,8 @@ enum Command {
     StunServer(cli::stun_server::StunServerArgs),
     /// Classify the NAT or firewall in front of this host (RFC 5780 tests against several servers).
     Nat(cli::nat::NatArgs),
+    /// Run the deterministic simulator (`sim nat`: the classifier's accuracy matrix).
+    Sim(cli::sim::SimArgs),
 }
 
 fn main() {
@@ -33,6 +36,7 @@ fn main() {
         Command::Stun(a) => cli::stun::run(a),
         Command::StunServer(a) => cli::stun_server::run(a),
         Command::Nat(a) => cli::nat::run(a),
+        Command::Sim(a) => cli::sim::run(a),
     };
     std::process::exit(code);
 }

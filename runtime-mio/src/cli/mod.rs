@@ -2,6 +2,7 @@
 
 pub mod json;
 pub mod nat;
+pub mod sim;
 pub mod stun;
 pub mod stun_server;
 
