@@ -342,6 +342,8 @@ impl Classifier {
         }
         if self.runs.is_empty() {
             self.finish(now);
+            // Finishing closed the client: pass its `Closed` on now, as no later call may come.
+            self.pump(now);
         }
     }
 

@@ -197,3 +197,20 @@ fn servers_that_lie_about_other_address_never_cause_a_wrong_answer() {
         }
     }
 }
+
+/// Regression (found by the `classifier_session` fuzz target): with no servers, `start` reported
+/// `Done` but kept the client's `Closed` to itself until some later call, and `poll_timeout` was
+/// `None`, so a runtime waiting for `Closed` waited forever.
+#[test]
+fn no_servers_reports_then_closes_at_once() {
+    let mut c = Classifier::new(ClassifierConfig::default(), &[], 1);
+    c.start(p2pd_proto::Instant::ZERO);
+    let mut events = Vec::new();
+    while let Some(e) = c.poll_event() {
+        events.push(e);
+    }
+    assert!(matches!(events.first(), Some(ClassifierEvent::Done(_))), "{events:?}");
+    assert_eq!(events.get(1), Some(&ClassifierEvent::Closed), "{events:?}");
+    assert_eq!(events.len(), 2);
+    assert_eq!(c.poll_timeout(), None);
+}
