@@ -60,6 +60,10 @@ pub struct ClassifierConfig {
     pub probe_retransmit: Retransmit,
     /// Transmissions of a filtering probe before its silence counts as "filtered".
     pub filter_transmissions: u32,
+    /// The least spacing between those transmissions.
+    pub filter_spacing: Duration,
+    /// The least wait after the last of them.
+    pub filter_final_wait: Duration,
     /// Give up after this long.
     pub deadline: Duration,
     /// Probes per round of the port-allocation test (0 skips the test). Each probe is a fresh
@@ -80,6 +84,8 @@ impl Default for ClassifierConfig {
                 max_rto: Duration::from_millis(400),
             },
             filter_transmissions: 10,
+            filter_spacing: Duration::from_millis(10),
+            filter_final_wait: Duration::from_millis(50),
             deadline: Duration::from_secs(8),
             allocation_probes: 12,
         }
@@ -542,13 +548,25 @@ impl Classifier {
                 );
             }
             ProbeKind::FilterControl => {
-                // Silence must outlast the path's round trip many times over before it counts.
-                let rto = rtt.saturating_mul(2).max(Duration::from_millis(20));
+                // Silence counts only after many independent chances: the request is sent
+                // `filter_transmissions` times at an even spacing (half the measured RTT, at least
+                // `filter_spacing`, so a loss burst shorter than the whole train cannot hide a
+                // reply), then a final wait of three RTTs (at least `filter_final_wait`) lets the
+                // last replies arrive.
+                let spacing = rtt
+                    .checked_div(2)
+                    .unwrap_or_default()
+                    .max(self.config.filter_spacing);
+                let final_wait = rtt.saturating_mul(3).max(self.config.filter_final_wait);
+                let last_wait =
+                    u32::try_from(final_wait.as_nanos().div_ceil(spacing.as_nanos().max(1)))
+                        .unwrap_or(u32::MAX)
+                        .max(1);
                 let policy = Retransmit::Rfc5389 {
-                    rto,
+                    rto: spacing,
                     transmissions: self.config.filter_transmissions.max(1),
-                    last_wait: 3,
-                    max_rto: rto.saturating_mul(2),
+                    last_wait,
+                    max_rto: spacing,
                 };
                 let from_port = SocketAddr::new(spec.primary.ip(), alternate.port());
                 self.probe(
