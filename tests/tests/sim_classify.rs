@@ -209,7 +209,10 @@ fn no_servers_reports_then_closes_at_once() {
     while let Some(e) = c.poll_event() {
         events.push(e);
     }
-    assert!(matches!(events.first(), Some(ClassifierEvent::Done(_))), "{events:?}");
+    assert!(
+        matches!(events.first(), Some(ClassifierEvent::Done(_))),
+        "{events:?}"
+    );
     assert_eq!(events.get(1), Some(&ClassifierEvent::Closed), "{events:?}");
     assert_eq!(events.len(), 2);
     assert_eq!(c.poll_timeout(), None);

@@ -1,5 +1,16 @@
-//! `p2pd nat --server ADDR[,ALT] ...`: classifies the NAT (or firewall) in front of this host with
-//! the RFC 5780 mapping and filtering tests, corroborated across servers.
+//! `p2pd nat [--server ADDR[,ALT]|ID ...]`: classifies the NAT (or firewall) in front of this host
+//! with the RFC 5780 mapping and filtering tests, corroborated across servers.
+//!
+//! Without `--server` the built-in list ([`p2pd_nat::default_servers`], the RFC 5780 capable
+//! entries) is used; `p2pd nat --list-servers` prints it with each server's id.
+//!
+//! # Server ids
+//!
+//! Every server's id (the classifier's `ServerSpec::id`, printed as 16 hex digits in probes and JSON)
+//! is its [`ServerId`]: the 64-bit FNV-1a of `"stun:" + host + ":" + port` when a host name was
+//! given, else of `"stun:" + primary` in canonical `Display` form (see `p2pd_nat::servers`). An
+//! address that is a built-in server's primary takes that entry's id, so one server has one id
+//! however it is named. `--server` also accepts a built-in id (`--server 1a2b3c4d5e6f7081`).
 
 use std::fmt::Write as _;
 use std::io::IsTerminal;
@@ -11,8 +22,8 @@ use clap::Args;
 use p2pd_nat::classify::{InconclusiveReason, Probe, ProbeKind, ProbeOutcome};
 use p2pd_nat::DeltaVerdict;
 use p2pd_nat::{
-    Behaviour, Classification, Classifier, ClassifierConfig, ClassifierEvent, Filtering, Mapping,
-    Report, ServerSpec,
+    default_servers, Behaviour, Classification, Classifier, ClassifierConfig, ClassifierEvent,
+    Filtering, Mapping, Report, ServerEntry, ServerId, ServerSpec,
 };
 use p2pd_proto::BindOptions;
 
@@ -23,10 +34,14 @@ use crate::{RunEnd, Runtime};
 #[derive(Debug, Args)]
 pub struct NatArgs {
     /// An RFC 5780 STUN server: HOST[:PORT], or HOST[:PORT],ALT[:PORT] to give its alternate
-    /// address (otherwise the OTHER-ADDRESS it reports is used). Repeat it; two or more servers
-    /// corroborate each other.
-    #[arg(long = "server", value_name = "ADDR[,ALT]")]
+    /// address (otherwise the OTHER-ADDRESS it reports is used), or the id of a built-in server
+    /// (see --list-servers). Repeat it; two or more servers corroborate each other. Default: the
+    /// built-in RFC 5780 servers.
+    #[arg(long = "server", value_name = "ADDR[,ALT]|ID")]
     pub servers: Vec<String>,
+    /// Print the built-in servers with their ids and exit.
+    #[arg(long)]
+    pub list_servers: bool,
     /// The local IP to test from (default: the one the OS routes to the first server).
     #[arg(long)]
     pub local_ip: Option<IpAddr>,
@@ -44,23 +59,54 @@ pub struct NatArgs {
     pub json: bool,
 }
 
-/// FNV-1a (64 bit) of `text`: the canonical server id (stable across runs and list orders).
-pub fn fnv1a(text: &str) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in text.bytes() {
-        h ^= u64::from(b);
-        h = h.wrapping_mul(0x0000_0100_0000_01b3);
-    }
-    h
+/// The built-in servers usable for classification (RFC 5780 capable).
+pub fn builtin_servers() -> Vec<ServerEntry> {
+    default_servers()
+        .into_iter()
+        .filter(|e| e.rfc5780)
+        .collect()
 }
 
-/// Parses one `--server` value into a [`ServerSpec`] (id = FNV-1a of the resolved primary address).
-pub fn server_spec(text: &str) -> Result<ServerSpec, String> {
-    let (primary, alternate) = match text.split_once(',') {
-        Some((p, a)) => (p.trim(), Some(a.trim())),
-        None => (text.trim(), None),
+/// The classifier's spec of a built-in server.
+pub fn entry_spec(e: &ServerEntry) -> ServerSpec {
+    ServerSpec {
+        id: e.id.as_u64(),
+        primary: e.primary,
+        alternate: e.alternate,
+    }
+}
+
+/// The host name in `HOST[:PORT]`, if it is a name rather than an IP literal.
+fn host_name(target: &str) -> Option<&str> {
+    if target.parse::<SocketAddr>().is_ok() || target.parse::<IpAddr>().is_ok() {
+        return None;
+    }
+    let host = match target.rsplit_once(':') {
+        Some((h, p)) if p.parse::<u16>().is_ok() => h,
+        _ => target,
     };
-    let primary = super::resolve(primary, super::STUN_PORT)?;
+    (!host.is_empty()).then_some(host)
+}
+
+/// Parses one `--server` value into a [`ServerSpec`]: a built-in server's id (16 hex digits), or
+/// `HOST[:PORT][,ALT[:PORT]]` with the [`ServerId`] of the name (or of the resolved primary
+/// address; a built-in server's primary keeps that server's id and alternate).
+pub fn server_spec(text: &str) -> Result<ServerSpec, String> {
+    let text = text.trim();
+    let builtin = builtin_servers();
+    if text.len() == 16 && text.bytes().all(|b| b.is_ascii_hexdigit()) {
+        let id = u64::from_str_radix(text, 16).map_err(|e| format!("bad id {text}: {e}"))?;
+        return builtin
+            .iter()
+            .find(|e| e.id.as_u64() == id)
+            .map(entry_spec)
+            .ok_or_else(|| format!("no built-in server has id {text} (see --list-servers)"));
+    }
+    let (primary_text, alternate) = match text.split_once(',') {
+        Some((p, a)) => (p.trim(), Some(a.trim())),
+        None => (text, None),
+    };
+    let primary = super::resolve(primary_text, super::STUN_PORT)?;
     let alternate = match alternate {
         Some(a) => {
             let a = super::resolve(a, primary.port())?;
@@ -73,11 +119,47 @@ pub fn server_spec(text: &str) -> Result<ServerSpec, String> {
         }
         None => None,
     };
+    let known = builtin.iter().find(|e| e.primary == primary);
+    let id = match (host_name(primary_text), known) {
+        (_, Some(e)) => e.id,
+        (host, None) => ServerId::of(host, primary),
+    };
     Ok(ServerSpec {
-        id: fnv1a(&primary.to_string()),
+        id: id.as_u64(),
         primary,
-        alternate,
+        alternate: alternate.or(known.and_then(|e| e.alternate)),
     })
+}
+
+/// Prints the built-in servers (`--list-servers`).
+fn list_servers(json: bool) {
+    let servers = builtin_servers();
+    if json {
+        let items: Vec<String> = servers
+            .iter()
+            .map(|e| {
+                Object::new()
+                    .str("id", &e.id.to_string())
+                    .opt("host", e.host)
+                    .str("primary", &e.primary.to_string())
+                    .opt("alternate", e.alternate)
+                    .finish()
+            })
+            .collect();
+        println!("{{\"servers\":[{}]}}", items.join(","));
+        return;
+    }
+    println!("{:<16}  {:<22} {:<22} host", "id", "primary", "alternate");
+    for e in &servers {
+        println!(
+            "{}  {:<22} {:<22} {}",
+            e.id,
+            e.primary.to_string(),
+            e.alternate
+                .map_or_else(|| "-".to_string(), |a| a.to_string()),
+            e.host.unwrap_or("-")
+        );
+    }
 }
 
 /// The local IP the OS would use to reach `server` (a UDP `connect` sends nothing).
@@ -116,6 +198,10 @@ fn route_local_ip(server: SocketAddr, interface: Option<&str>) -> Result<IpAddr,
 
 /// Runs `p2pd nat`; returns the process exit code (0 classified, 3 inconclusive, 1 error).
 pub fn run(args: &NatArgs) -> i32 {
+    if args.list_servers {
+        list_servers(args.json);
+        return 0;
+    }
     match classify(args) {
         Ok(out) => {
             print_report(args, &out);
@@ -143,20 +229,19 @@ struct Outcome {
 }
 
 fn classify(args: &NatArgs) -> Result<Outcome, String> {
-    if args.servers.is_empty() {
-        return Err(
-            "no STUN servers given: pass --server ADDR[,ALT] (at least two RFC 5780 \
-                    servers are recommended)"
-                .to_string(),
-        );
-    }
     let mut servers: Vec<ServerSpec> = Vec::new();
     for text in &args.servers {
         let spec = server_spec(text)?;
-        if servers.iter().any(|s| s.id == spec.id) {
+        if servers
+            .iter()
+            .any(|s| s.id == spec.id || s.primary == spec.primary)
+        {
             return Err(format!("server {} given twice", spec.primary));
         }
         servers.push(spec);
+    }
+    if servers.is_empty() {
+        servers = builtin_servers().iter().map(entry_spec).collect();
     }
     let first = *servers.first().ok_or("no STUN servers given")?;
     if servers
@@ -174,7 +259,14 @@ fn classify(args: &NatArgs) -> Result<Outcome, String> {
     };
     let local_ip = match args.local_ip {
         Some(ip) => ip,
-        None => route_local_ip(first.primary, args.interface.as_deref())?,
+        // No route: bind to "any" and let the probes time out (the answer is then Blocked).
+        None => route_local_ip(first.primary, args.interface.as_deref()).unwrap_or(
+            if first.primary.is_ipv4() {
+                IpAddr::from([0, 0, 0, 0])
+            } else {
+                IpAddr::from([0u16; 8])
+            },
+        ),
     };
     let deadline = Duration::from_secs_f64(args.timeout);
     let config = ClassifierConfig {
@@ -530,24 +622,55 @@ fn print_report(args: &NatArgs, out: &Outcome) {
 
 #[cfg(test)]
 mod tests {
-    use super::{fnv1a, server_spec, with_raw};
-
-    #[test]
-    fn fnv1a_known_values() {
-        assert_eq!(fnv1a(""), 0xcbf2_9ce4_8422_2325);
-        assert_eq!(fnv1a("a"), 0xaf63_dc4c_8601_ec8c);
-    }
+    use super::{builtin_servers, host_name, server_spec, with_raw};
+    use p2pd_nat::ServerId;
 
     #[test]
     fn server_specs() {
         let s = server_spec("192.0.2.1:3478").unwrap();
-        assert_eq!(s.id, fnv1a("192.0.2.1:3478"));
+        assert_eq!(
+            s.id,
+            ServerId::of(None, "192.0.2.1:3478".parse().unwrap()).as_u64()
+        );
         assert_eq!(s.alternate, None);
         let s = server_spec("192.0.2.1,192.0.2.2:3479").unwrap();
         assert_eq!(s.primary.to_string(), "192.0.2.1:3478");
         assert_eq!(s.alternate.unwrap().to_string(), "192.0.2.2:3479");
         assert!(server_spec("192.0.2.1:3478,192.0.2.1:3479").is_err());
         assert!(server_spec("192.0.2.1:3478,192.0.2.2").is_err());
+    }
+
+    #[test]
+    fn builtin_servers_by_id_and_address() {
+        let list = builtin_servers();
+        assert!(list.len() >= 2);
+        for e in &list {
+            let by_id = server_spec(&e.id.to_string()).unwrap();
+            assert_eq!(by_id.id, e.id.as_u64());
+            assert_eq!(by_id.primary, e.primary);
+            assert_eq!(by_id.alternate, e.alternate);
+            // The bare address keeps the entry's id and alternate.
+            let by_addr = server_spec(&e.primary.to_string()).unwrap();
+            assert_eq!(by_addr, by_id);
+        }
+        assert!(server_spec("0123456789abcdef").is_err());
+        // Ids are stable: the documented derivation of the first built-in entry.
+        assert_eq!(
+            list[0].id,
+            ServerId::of(
+                Some("hetzner1.p2pd.net"),
+                "88.99.211.216:3478".parse().unwrap()
+            )
+        );
+    }
+
+    #[test]
+    fn host_names() {
+        assert_eq!(host_name("stun.example.org:3478"), Some("stun.example.org"));
+        assert_eq!(host_name("stun.example.org"), Some("stun.example.org"));
+        assert_eq!(host_name("192.0.2.1:3478"), None);
+        assert_eq!(host_name("::1"), None);
+        assert_eq!(host_name("[::1]:3478"), None);
     }
 
     #[test]
