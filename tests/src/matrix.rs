@@ -381,6 +381,9 @@ impl MatrixSummary {
     }
 }
 
+/// One thread's share: its per-loss counts and its notable runs with their job index.
+type Part = (Vec<LossSummary>, Vec<(usize, Notable)>);
+
 /// Runs every truth at every loss level (fractions) with every seed, spread over the available
 /// cores. Deterministic: the summary depends only on `losses` and `seeds`.
 pub fn run_matrix(losses: &[f64], seeds: &[u64]) -> MatrixSummary {
@@ -441,7 +444,7 @@ pub fn run_matrix_on(losses: &[f64], seeds: &[u64], threads: usize) -> MatrixSum
         }
         (per_loss, notable)
     };
-    let parts: Vec<(Vec<LossSummary>, Vec<(usize, Notable)>)> = if threads == 1 {
+    let parts: Vec<Part> = if threads == 1 {
         vec![worker(0)]
     } else {
         std::thread::scope(|scope| {
