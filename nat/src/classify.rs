@@ -47,7 +47,7 @@ pub struct ServerSpec {
 }
 
 /// Classifier settings.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct ClassifierConfig {
     /// The local IP to bind to (its unspecified address means "any"; then open internet cannot be
     /// told from a port-preserving NAT and is reported inconclusive).
@@ -64,6 +64,9 @@ pub struct ClassifierConfig {
     pub filter_spacing: Duration,
     /// The least wait after the last of them.
     pub filter_final_wait: Duration,
+    /// The highest acceptable chance that a "filtered" verdict is only loss (see
+    /// [`Report::confidence`]); above it the answer is `Inconclusive`.
+    pub max_false_negative: f64,
     /// Give up after this long.
     pub deadline: Duration,
     /// Probes per round of the port-allocation test (0 skips the test). Each probe is a fresh
@@ -86,6 +89,7 @@ impl Default for ClassifierConfig {
             filter_transmissions: 10,
             filter_spacing: Duration::from_millis(10),
             filter_final_wait: Duration::from_millis(50),
+            max_false_negative: 1e-5,
             deadline: Duration::from_secs(8),
             allocation_probes: 12,
         }
@@ -128,6 +132,8 @@ pub enum ProbeOutcome {
         source: SocketAddr,
         /// Round-trip time.
         rtt: Duration,
+        /// Transmissions made before the reply came.
+        transmissions: u32,
     },
     /// No acceptable reply after every transmission.
     NoReply {
@@ -176,6 +182,10 @@ pub enum InconclusiveReason {
     LocalAddressUnknown,
     /// The deadline passed first.
     Deadline,
+    /// Filtering rests on silence, and with the loss seen on this path (and the servers that could
+    /// corroborate it) silence is not proof enough: the chance that every transmission was lost is
+    /// above [`ClassifierConfig::max_false_negative`].
+    SilenceNotConclusive,
 }
 
 /// The classifier's answer.
@@ -199,7 +209,7 @@ pub enum Classification {
 }
 
 /// The full report: the answer, the public addresses seen and every probe.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct Report {
     /// The answer.
     pub classification: Classification,
@@ -207,6 +217,11 @@ pub struct Report {
     pub public_addresses: Vec<SocketAddr>,
     /// Servers whose results were complete and consistent.
     pub servers_agreeing: usize,
+    /// How sure the answer is, from 0 to 1: one minus the chance that a "filtered" verdict is only
+    /// packet loss. That chance is the per-transmission loss estimated from every probe that got a
+    /// reply (or none), raised to the number of unanswered transmissions, multiplied over the
+    /// agreeing servers. Positive evidence (a reply) is certain: 1.0.
+    pub confidence: f64,
     /// Every probe.
     pub probes: Vec<Probe>,
     /// The port-allocation test: its verdict and evidence, when it ran (only behind a NAT).
@@ -225,7 +240,7 @@ impl Report {
 }
 
 /// What the classifier reports.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub enum ClassifierEvent {
     /// The classification is finished; sockets are being closed.
     Done(Report),
@@ -450,6 +465,7 @@ impl Classifier {
                         other_address: r.other_address,
                         source: r.source,
                         rtt: r.rtt,
+                        transmissions: r.transmissions,
                     },
                     Err(Failure::Timeout { transmissions }) => {
                         ProbeOutcome::NoReply { transmissions }
@@ -838,6 +854,7 @@ impl Classifier {
             classification,
             public_addresses,
             servers_agreeing: mappings.len(),
+            confidence: 1.0 - self.false_negative_chance(),
             probes: self.probes.clone(),
             allocation: self.allocation_report.clone(),
         }
@@ -858,6 +875,82 @@ impl Classifier {
         (mappings, filterings)
     }
 
+    /// The per-transmission chance that a request or its reply is lost on this path, estimated from
+    /// the probes whose reply was expected (a reply after `k` transmissions counts `k - 1` losses
+    /// and one success; no reply, all losses), with one imagined loss and success added so that a
+    /// clean but short record never gives zero.
+    fn loss_estimate(&self) -> f64 {
+        let (mut lost, mut sent) = (1.0f64, 2.0f64);
+        // Only servers whose tests completed speak for the path: a server that is down, or whose
+        // claimed alternate is a black hole, says nothing about loss.
+        let complete: Vec<u64> = self
+            .runs
+            .iter()
+            .filter(|r| {
+                !r.unusable
+                    && self.mapping_of(r.spec.id).is_some()
+                    && self.filtering_of(r.spec.id).is_some()
+            })
+            .map(|r| r.spec.id)
+            .collect();
+        for p in &self.probes {
+            let allocation = matches!(
+                p.kind,
+                ProbeKind::AllocationRandom | ProbeKind::AllocationConsecutive
+            );
+            if !allocation && !complete.contains(&p.server) {
+                continue;
+            }
+            // The filtering probes are sent faster than the round trip, so their transmission
+            // counts say nothing about loss; the others retransmit only after `probe_retransmit`'s
+            // timeout (a path slower than that overstates loss, which only makes us more careful).
+            if matches!(
+                p.kind,
+                ProbeKind::FilterChangeBoth | ProbeKind::FilterChangePort
+            ) {
+                continue;
+            }
+            match p.outcome {
+                ProbeOutcome::Reply { transmissions, .. } => {
+                    sent += f64::from(transmissions);
+                    lost += f64::from(transmissions.saturating_sub(1));
+                }
+                ProbeOutcome::NoReply { transmissions } => {
+                    sent += f64::from(transmissions);
+                    lost += f64::from(transmissions);
+                }
+                _ => {}
+            }
+        }
+        (lost / sent).clamp(0.0, 1.0)
+    }
+
+    /// The chance that the filtering verdict is wrong because loss alone silenced the decisive
+    /// probe on every agreeing server (0 when filtering was shown by a reply).
+    fn false_negative_chance(&self) -> f64 {
+        let q = self.loss_estimate();
+        let mut chance = 1.0f64;
+        let mut negative = false;
+        for run in self.runs.iter().filter(|r| !r.unusable) {
+            let decisive = match self.filtering_of(run.spec.id) {
+                Some(Filtering::AddressDependent) => ProbeKind::FilterChangeBoth,
+                Some(Filtering::AddressAndPortDependent) => ProbeKind::FilterChangePort,
+                _ => continue,
+            };
+            if let Some(ProbeOutcome::NoReply { transmissions }) =
+                self.outcome_of(run.spec.id, decisive)
+            {
+                negative = true;
+                chance *= q.powi(i32::try_from(transmissions).unwrap_or(i32::MAX));
+            }
+        }
+        if negative {
+            chance
+        } else {
+            0.0
+        }
+    }
+
     fn decide(&self, mappings: &[Mapping], filterings: &[Filtering]) -> Classification {
         let (Some(&mapping), Some(&filtering)) = (mappings.first(), filterings.first()) else {
             return Classification::Inconclusive(InconclusiveReason::NoUsableServer);
@@ -867,6 +960,9 @@ impl Classifier {
         }
         if filterings.iter().any(|f| *f != filtering) {
             return Classification::Inconclusive(InconclusiveReason::FilteringDisagrees);
+        }
+        if self.false_negative_chance() > self.config.max_false_negative {
+            return Classification::Inconclusive(InconclusiveReason::SilenceNotConclusive);
         }
         // Endpoint-independent mapping must hold across servers too.
         let primaries: Vec<SocketAddr> = self

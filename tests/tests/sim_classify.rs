@@ -177,7 +177,7 @@ fn servers_that_lie_about_other_address_never_cause_a_wrong_answer() {
                 assert_eq!(
                     grade_behaviour(truth, report.classification),
                     Correctness::Right,
-                    "claim {claim}, configured {configured}, {m:?}/{f:?}: {:?}",
+                    "claim {claim}, configured {configured}, {m:?}/{f:?}: {:?}\n{report:#?}",
                     report.classification
                 );
                 // With its real alternate configured the liar is fully usable. Otherwise the first

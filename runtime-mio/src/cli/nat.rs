@@ -448,12 +448,14 @@ fn probe_json(p: &Probe) -> String {
             other_address,
             source,
             rtt,
+            transmissions,
         } => o
             .str("outcome", "reply")
             .str("mapped", &mapped.to_string())
             .opt("other_address", other_address)
             .str("source", &source.to_string())
-            .num("rtt_ms", ms(rtt)),
+            .num("rtt_ms", ms(rtt))
+            .num("transmissions", transmissions),
         ProbeOutcome::NoReply { transmissions } => o
             .str("outcome", "no-reply")
             .num("transmissions", transmissions),
@@ -473,6 +475,7 @@ fn probe_text(p: &Probe) -> String {
             other_address,
             source,
             rtt,
+            ..
         } => {
             let mut s = format!("reply from {source}: mapped {mapped}");
             if let Some(o) = other_address {
