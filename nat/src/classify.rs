@@ -32,6 +32,7 @@ use p2pd_proto::{BindOptions, Instant, SocketId, SocketOp, SocketOutcome, Transm
 
 use crate::behaviour::{Behaviour, Filtering, Mapping};
 use crate::delta::{delta_test, DeltaConfig, DeltaReport, Observation};
+use crate::servers::{ServerId, ServerList};
 use p2pd_proto::Rng;
 
 /// A STUN server the classifier may use: its canonical id and its two addresses.
@@ -229,6 +230,37 @@ pub struct Report {
 }
 
 impl Report {
+    /// Feeds the servers' health: a server whose primary address answered counts a success (with
+    /// the round-trip time of its first reply); one that never answered counts a failure. Only the
+    /// probes to the primary address count, since the others test the NAT, not the server.
+    pub fn update_health(&self, servers: &mut ServerList, now: Instant) {
+        let mut seen: Vec<u64> = Vec::new();
+        for p in &self.probes {
+            if !matches!(p.kind, ProbeKind::MapPrimary | ProbeKind::FilterControl)
+                || seen.contains(&p.server)
+            {
+                continue;
+            }
+            let id = ServerId::from_u64(p.server);
+            match p.outcome {
+                ProbeOutcome::Reply { rtt, .. } => {
+                    seen.push(p.server);
+                    servers.record_success(id, now, rtt);
+                }
+                ProbeOutcome::NoReply { .. } | ProbeOutcome::Failed => {
+                    let answered = self.probes.iter().any(|q| {
+                        q.server == p.server && matches!(q.outcome, ProbeOutcome::Reply { .. })
+                    });
+                    if !answered {
+                        seen.push(p.server);
+                        servers.record_failure(id, now);
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+
     /// The NAT's behaviour, when mapping, filtering and port allocation are all known.
     pub fn behaviour(&self) -> Option<Behaviour> {
         let Classification::Nat { mapping, filtering } = self.classification else {

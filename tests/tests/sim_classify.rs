@@ -217,3 +217,66 @@ fn no_servers_reports_then_closes_at_once() {
     assert_eq!(events.len(), 2);
     assert_eq!(c.poll_timeout(), None);
 }
+
+/// A report feeds the server list's health: the server that answered gains a success and an RTT,
+/// the one that never answered a failure and a back-off, so the next selection prefers the first.
+#[test]
+fn reports_update_server_health() {
+    use p2pd_nat::{HealthConfig, ServerEntry, ServerList};
+    use p2pd_proto::Rng;
+    let alive = ServerEntry::new(None, "192.0.2.1:3478".parse().unwrap(), None, true);
+    let dead = ServerEntry::new(None, "192.0.2.31:3478".parse().unwrap(), None, true);
+    let health = HealthConfig {
+        backoff_after: 1,
+        ..HealthConfig::default()
+    };
+    let mut list = ServerList::new([alive, dead], health);
+    let mut sim = Sim::new(9);
+    sim.add_stun_server([192, 0, 2, 1].into(), [192, 0, 2, 2].into(), 3478, 3479);
+    let nat = sim.add_nat(
+        Ipv4Addr::new(203, 0, 113, 10),
+        Behaviour::new(Mapping::EndpointIndependent, Filtering::EndpointIndependent),
+    );
+    sim.set_nat_link(nat, LinkConfig::with_latency(Duration::from_millis(10)));
+    let specs: Vec<ServerSpec> = [alive, dead]
+        .iter()
+        .map(|e| ServerSpec {
+            id: e.id.as_u64(),
+            primary: e.primary,
+            alternate: e.alternate,
+        })
+        .collect();
+    let config = ClassifierConfig {
+        local_ip: IpAddr::V4(Ipv4Addr::new(10, 0, 0, 2)),
+        ..ClassifierConfig::default()
+    };
+    let seed = sim.machine_seed();
+    let host = sim.add_host_behind(
+        nat,
+        Ipv4Addr::new(10, 0, 0, 2),
+        Classifier::new(config, &specs, seed),
+    );
+    sim.with_machine::<Classifier, _>(host, |c, now| c.start(now));
+    sim.run_for(Duration::from_secs(10));
+    let report = sim
+        .take_events::<Classifier>(host)
+        .into_iter()
+        .find_map(|e| match e {
+            ClassifierEvent::Done(r) => Some(r),
+            _ => None,
+        })
+        .expect("a report");
+    let now = sim.now();
+    report.update_health(&mut list, now);
+    let a = list.health(alive.id).unwrap();
+    let d = list.health(dead.id).unwrap();
+    assert_eq!((a.successes, a.failures), (1, 0), "{a:?}");
+    assert!(
+        a.srtt.is_some_and(|rtt| rtt >= Duration::from_millis(20)),
+        "{a:?}"
+    );
+    assert_eq!((d.successes, d.failures), (0, 1), "{d:?}");
+    assert!(list.in_backoff(dead.id, now));
+    let mut rng = Rng::from_seed(1);
+    assert_eq!(list.select(now, 2, &mut rng), vec![alive.id]);
+}
