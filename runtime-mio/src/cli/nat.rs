@@ -546,6 +546,7 @@ fn print_report(args: &NatArgs, out: &Outcome) {
                 "servers_agreeing",
                 u32::try_from(r.servers_agreeing).unwrap_or(u32::MAX),
             )
+            .num("confidence", r.confidence)
             .num(
                 "servers_tested",
                 u32::try_from(out.servers.len()).unwrap_or(u32::MAX),
@@ -613,6 +614,11 @@ fn print_report(args: &NatArgs, out: &Outcome) {
         "servers agreeing  {} of {}",
         r.servers_agreeing,
         out.servers.len()
+    );
+    println!(
+        "confidence        {:.6} (chance that loss alone faked a filter: {:.1e})",
+        r.confidence,
+        1.0 - r.confidence
     );
     println!("time              {:.0} ms", ms(out.elapsed));
     if args.verbose {
