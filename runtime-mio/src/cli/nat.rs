@@ -20,11 +20,11 @@ use std::time::Duration;
 
 use clap::Args;
 use p2pd_nat::classify::{InconclusiveReason, Probe, ProbeKind, ProbeOutcome};
-use p2pd_nat::DeltaVerdict;
 use p2pd_nat::{
     default_servers, Behaviour, Classification, Classifier, ClassifierConfig, ClassifierEvent,
     Filtering, Mapping, Report, ServerEntry, ServerId, ServerSpec,
 };
+use p2pd_nat::{Connectivity, DeltaVerdict};
 use p2pd_proto::BindOptions;
 
 use super::json::Object;
@@ -407,6 +407,17 @@ fn kind_name(k: ProbeKind) -> &'static str {
     }
 }
 
+/// Everything known about the path, when it is known completely (for a NAT: with its allocation).
+fn connectivity(r: &Report) -> Option<Connectivity> {
+    match r.classification {
+        Classification::Open => Some(Connectivity::Open),
+        Classification::Firewall(f) => Some(Connectivity::Firewall(f)),
+        Classification::Blocked => Some(Connectivity::Blocked),
+        Classification::Nat { .. } => r.behaviour().map(Connectivity::Nat),
+        Classification::Inconclusive(_) => None,
+    }
+}
+
 /// The port-allocation verdict in words.
 fn allocation_text(v: &DeltaVerdict) -> String {
     match v {
@@ -596,8 +607,8 @@ fn print_report(args: &NatArgs, out: &Outcome) {
     if let Some(a) = &r.allocation {
         println!("port allocation   {}", allocation_text(&a.verdict));
     }
-    match (r.behaviour(), &p2pd) {
-        (Some(b), _) => println!("p2pd label        {}", b.p2pd()),
+    match (connectivity(r), &p2pd) {
+        (Some(c), _) => println!("p2pd label        {}", c.p2pd()),
         (None, Some((n, name))) => {
             println!("p2pd NAT type     {name} ({n}; port delta not measured)")
         }
