@@ -8,12 +8,12 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
 use p2pd_nat::{
     Behaviour, Classifier, ClassifierConfig, ClassifierEvent, Filtering, Mapping, PortAllocation,
-    ServerSpec,
+    Report, ServerSpec,
 };
 use p2pd_sim::matrix::{
     grade_behaviour, run_matrix, seeds_or_env, Correctness, Truth, DEFAULT_LOSSES,
 };
-use p2pd_sim::{Host, LinkConfig, Sim, SEED_VAR};
+use p2pd_sim::{Host, LinkConfig, NatId, Sim, SEED_VAR};
 
 #[test]
 fn never_wrong_at_any_loss() {
@@ -104,6 +104,29 @@ mod liar {
     p2pd_proto::impl_machine!(LyingServer, p2pd_proto::server::ServerEvent);
 }
 
+/// Runs a classifier on host 10.0.0.2 behind `nat` against `servers` until it reports.
+fn classify_behind(sim: &mut Sim, nat: NatId, servers: &[ServerSpec]) -> Report {
+    let config = ClassifierConfig {
+        local_ip: IpAddr::V4(Ipv4Addr::new(10, 0, 0, 2)),
+        ..ClassifierConfig::default()
+    };
+    let seed = sim.machine_seed();
+    let host = sim.add_host_behind(
+        nat,
+        Ipv4Addr::new(10, 0, 0, 2),
+        Classifier::new(config, servers, seed),
+    );
+    sim.with_machine::<Classifier, _>(host, |c, now| c.start(now));
+    sim.run_for(Duration::from_secs(12));
+    sim.take_events::<Classifier>(host)
+        .into_iter()
+        .find_map(|e| match e {
+            ClassifierEvent::Done(r) => Some(r),
+            _ => None,
+        })
+        .expect("a report")
+}
+
 /// One honest server and one that lies about its other address, in three ways. The answer must be
 /// the truth (from the honest server, or from the liar too when its real alternate is configured).
 #[test]
@@ -153,26 +176,7 @@ fn servers_that_lie_about_other_address_never_cause_a_wrong_answer() {
                         alternate: configured.then(|| "192.0.2.22:3479".parse().unwrap()),
                     },
                 ];
-                let config = ClassifierConfig {
-                    local_ip: IpAddr::V4(Ipv4Addr::new(10, 0, 0, 2)),
-                    ..ClassifierConfig::default()
-                };
-                let seed = sim.machine_seed();
-                let host = sim.add_host_behind(
-                    nat,
-                    Ipv4Addr::new(10, 0, 0, 2),
-                    Classifier::new(config, &servers, seed),
-                );
-                sim.with_machine::<Classifier, _>(host, |c, now| c.start(now));
-                sim.run_for(Duration::from_secs(12));
-                let report = sim
-                    .take_events::<Classifier>(host)
-                    .into_iter()
-                    .find_map(|e| match e {
-                        ClassifierEvent::Done(r) => Some(r),
-                        _ => None,
-                    })
-                    .expect("a report");
+                let report = classify_behind(&mut sim, nat, &servers);
                 let truth = Truth::Nat(m, f, PortAllocation::Preserving);
                 assert_eq!(
                     grade_behaviour(truth, report.classification),
@@ -246,26 +250,7 @@ fn reports_update_server_health() {
             alternate: e.alternate,
         })
         .collect();
-    let config = ClassifierConfig {
-        local_ip: IpAddr::V4(Ipv4Addr::new(10, 0, 0, 2)),
-        ..ClassifierConfig::default()
-    };
-    let seed = sim.machine_seed();
-    let host = sim.add_host_behind(
-        nat,
-        Ipv4Addr::new(10, 0, 0, 2),
-        Classifier::new(config, &specs, seed),
-    );
-    sim.with_machine::<Classifier, _>(host, |c, now| c.start(now));
-    sim.run_for(Duration::from_secs(10));
-    let report = sim
-        .take_events::<Classifier>(host)
-        .into_iter()
-        .find_map(|e| match e {
-            ClassifierEvent::Done(r) => Some(r),
-            _ => None,
-        })
-        .expect("a report");
+    let report = classify_behind(&mut sim, nat, &specs);
     let now = sim.now();
     report.update_health(&mut list, now);
     let a = list.health(alive.id).unwrap();
