@@ -1,16 +1,50 @@
 //! # p2pd-signaling
 //!
-//! Encrypted signaling: identities, sealed envelopes, the MQTT client machine, multi-broker rendezvous,
-//! the PNP name registry and the peer address format. Filled in by the signaling issue; today it only
-//! fixes the crate's place and lints in the workspace.
+//! Encrypted signaling: identities and sealed envelopes today; the MQTT client machine,
+//! multi-broker rendezvous, the PNP name registry and the peer address format come later.
+//!
+//! - [`Identity`] / [`PublicKey`] / [`NodeId`]: secp256k1 key pairs (k256) and the node id derived
+//!   from the public key (first 20 bytes of SHA-256 over the compressed key).
+//! - [`seal`] / [`Opener`]: the sealed [envelope](envelope) (wire format v1, documented there):
+//!   ECIES-encrypted to the recipient, ECDSA-signed by the sender, with a timestamp and nonce that
+//!   the [`Opener`] checks against a freshness window and a bounded replay cache.
+//!
+//! Like every protocol crate this one does no I/O, reads no clock and no global RNG: time
+//! (`now_ms`, Unix milliseconds) and randomness (key bytes, nonces) are passed in.
+//!
+//! ```
+//! use p2pd_signaling::{seal, Identity, Opener};
+//! let alice = Identity::from_secret_bytes(&[1; 32]).unwrap();
+//! let bob = Identity::from_secret_bytes(&[2; 32]).unwrap();
+//! let now = 1_700_000_000_000;
+//! let bytes = seal(&alice, &bob.public_key(), now, [7; 16], b"hello").unwrap();
+//! let mut opener = Opener::new(1024);
+//! let opened = opener.open(&bob, now + 10, &bytes).unwrap();
+//! assert_eq!(opened.payload, b"hello");
+//! assert_eq!(opened.sender, alice.public_key());
+//! ```
 #![forbid(unsafe_code)]
-#![deny(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    clippy::indexing_slicing,
-    clippy::arithmetic_side_effects
+#![cfg_attr(
+    not(test),
+    deny(
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::panic,
+        clippy::indexing_slicing,
+        clippy::arithmetic_side_effects
+    )
 )]
 #![warn(missing_docs)]
 
+mod ecies;
+pub mod envelope;
+mod identity;
+
+pub use envelope::{seal, OpenError, Opened, Opener, SealError};
+pub use identity::{
+    Identity, InvalidKey, NodeId, PublicKey, NODE_ID_LEN, PUBLIC_KEY_LEN, SECRET_KEY_LEN,
+};
 pub use p2pd_proto::{Instant, SocketId};
+
+#[cfg(test)]
+mod tests;
