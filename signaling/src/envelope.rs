@@ -59,20 +59,17 @@ use std::collections::{HashSet, VecDeque};
 use std::fmt;
 
 use hkdf::Hkdf;
-use k256::ecdsa::signature::{Signer, Verifier};
-use k256::ecdsa::Signature;
 use k256::NonZeroScalar;
 use sha2::{Digest, Sha256};
 
 use crate::ecies;
+pub use crate::identity::SIGNATURE_LEN;
 use crate::identity::{Identity, NodeId, PublicKey, NODE_ID_LEN, PUBLIC_KEY_LEN};
 
 /// The wire format version this crate writes and reads.
 pub const VERSION: u8 = 1;
 /// Length of the envelope nonce.
 pub const NONCE_LEN: usize = 16;
-/// Length of the signature.
-pub const SIGNATURE_LEN: usize = 64;
 /// Length of everything before the ciphertext.
 pub const HEADER_LEN: usize = 1 + PUBLIC_KEY_LEN + NODE_ID_LEN + 8 + NONCE_LEN + 4;
 /// Fixed bytes an envelope adds to its payload.
@@ -234,8 +231,7 @@ pub fn seal(
     out.extend_from_slice(&nonce);
     out.extend_from_slice(&ct_len_u32.to_be_bytes());
     ecies::encrypt(&mut out, recipient, &eph, &gcm_nonce, payload).ok_or(SealError::Crypto)?;
-    let signature: Signature = sender.signing_key().sign(&out);
-    out.extend_from_slice(&signature.to_bytes());
+    out.extend_from_slice(&sender.sign(&out));
     Ok(out)
 }
 
@@ -363,11 +359,9 @@ impl Opener {
         }
         let signed = bytes.get(..signed_len).ok_or(OpenError::Truncated)?;
         let sig_bytes = bytes.get(signed_len..).ok_or(OpenError::Truncated)?;
-        let signature = Signature::from_slice(sig_bytes).map_err(|_| OpenError::BadSignature)?;
-        sender
-            .verifying_key()
-            .verify(signed, &signature)
-            .map_err(|_| OpenError::BadSignature)?;
+        if !sender.verify(signed, sig_bytes) {
+            return Err(OpenError::BadSignature);
+        }
         let ciphertext = bytes
             .get(HEADER_LEN..signed_len)
             .ok_or(OpenError::Truncated)?;

@@ -2,13 +2,16 @@
 
 use core::fmt;
 
-use k256::ecdsa::{SigningKey, VerifyingKey};
+use k256::ecdsa::signature::{Signer, Verifier};
+use k256::ecdsa::{Signature, SigningKey, VerifyingKey};
 use sha2::{Digest, Sha256};
 
 /// Length of a compressed SEC1 public key.
 pub const PUBLIC_KEY_LEN: usize = 33;
 /// Length of a [`NodeId`].
 pub const NODE_ID_LEN: usize = 20;
+/// Length of a signature (`r ‖ s`).
+pub const SIGNATURE_LEN: usize = 64;
 /// Length of a secret key.
 pub const SECRET_KEY_LEN: usize = 32;
 
@@ -72,8 +75,11 @@ impl PublicKey {
         &self.key
     }
 
-    pub(crate) fn verifying_key(&self) -> VerifyingKey {
-        VerifyingKey::from(self.key)
+    /// Verifies a 64-byte `r ‖ s` ECDSA signature over SHA-256 of `msg` (see [`Identity::sign`]).
+    /// High-S signatures are rejected, never normalised.
+    pub fn verify(&self, msg: &[u8], signature: &[u8]) -> bool {
+        Signature::from_slice(signature)
+            .is_ok_and(|sig| VerifyingKey::from(self.key).verify(msg, &sig).is_ok())
     }
 }
 
@@ -193,8 +199,15 @@ impl Identity {
         self.public.node_id()
     }
 
-    pub(crate) fn signing_key(&self) -> &SigningKey {
-        &self.signing
+    /// A 64-byte `r ‖ s` ECDSA secp256k1 signature over SHA-256 of `msg`: deterministic
+    /// (RFC 6979) and low-S.
+    pub fn sign(&self, msg: &[u8]) -> [u8; SIGNATURE_LEN] {
+        let sig: Signature = self.signing.sign(msg);
+        let mut out = [0u8; SIGNATURE_LEN];
+        for (dst, src) in out.iter_mut().zip(sig.to_bytes().iter()) {
+            *dst = *src;
+        }
+        out
     }
 
     pub(crate) fn secret_key(&self) -> k256::SecretKey {

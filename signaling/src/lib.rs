@@ -43,6 +43,7 @@ mod identity;
 pub use envelope::{seal, OpenError, Opened, Opener, SealError};
 pub use identity::{
     Identity, InvalidKey, NodeId, PublicKey, NODE_ID_LEN, PUBLIC_KEY_LEN, SECRET_KEY_LEN,
+    SIGNATURE_LEN,
 };
 pub use p2pd_proto::{Instant, SocketId};
 

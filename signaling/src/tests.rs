@@ -196,9 +196,8 @@ fn wrong_recipient() {
     let mut forged = bytes.clone();
     forged[34..54].copy_from_slice(c.node_id().as_bytes());
     let signed_len = forged.len() - SIGNATURE_LEN;
-    use k256::ecdsa::signature::Signer;
-    let sig: Signature = a.signing_key().sign(&forged[..signed_len]);
-    forged[signed_len..].copy_from_slice(&sig.to_bytes());
+    let sig = a.sign(&forged[..signed_len]);
+    forged[signed_len..].copy_from_slice(&sig);
     assert_eq!(
         Opener::new(4).open(&c, NOW, &forged),
         Err(OpenError::DecryptFailed)
@@ -305,6 +304,10 @@ fn high_s_signature_rejected() {
     let neg_s = -*sig.s();
     let high = Signature::from_scalars(sig.r().to_bytes(), neg_s.to_bytes()).unwrap();
     assert_ne!(high, sig);
+    assert!(a.public_key().verify(&bytes[..signed_len], &sig.to_bytes()));
+    assert!(!a
+        .public_key()
+        .verify(&bytes[..signed_len], &high.to_bytes()));
     assert_eq!(high.normalize_s(), sig);
     bytes[signed_len..].copy_from_slice(&high.to_bytes());
     assert_eq!(
