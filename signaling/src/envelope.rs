@@ -12,14 +12,17 @@
 //! 54      8       timestamp: u64, Unix time in milliseconds (the sender's `now_ms`)
 //! 62      16      nonce (caller-supplied randomness; unique per sender)
 //! 78      4       L: u32, length of the ciphertext
-//! 82      L       ciphertext: ECIES of the payload to the recipient's public key, eciespy's
+//! 82      L       ciphertext: ECIES to the recipient's public key of
+//!                 `sender public key (33, the same bytes as at offset 1) ‖ payload`, in eciespy's
 //!                 default layout: eph_pk (65, uncompressed) ‖ gcm nonce (16) ‖ tag (16) ‖ AES-256-GCM
-//!                 body, key = HKDF-SHA256(ikm = eph_pk ‖ uncompressed shared point); L = 97 + payload
+//!                 body, key = HKDF-SHA256(ikm = eph_pk ‖ uncompressed shared point);
+//!                 L = 97 + 33 + payload length
 //! 82+L    64      signature r ‖ s: ECDSA secp256k1 over SHA-256 of bytes [0, 82+L), low-S
 //! ```
 //!
 //! Sizes: the payload is at most [`MAX_PAYLOAD`] bytes, so an envelope is at most [`MAX_ENVELOPE`]
-//! bytes; the fixed overhead is [`OVERHEAD`] (243) bytes.
+//! bytes; the fixed overhead is [`OVERHEAD`] (276) bytes. Any eciespy-compatible
+//! implementation can decrypt the ciphertext (it yields the 33-byte sender key, then the payload).
 //!
 //! # Determinism
 //!
@@ -33,7 +36,8 @@
 //!
 //! Length and version framing, recipient node id, freshness (timestamp not older than
 //! `max_age_ms` and not more than `max_future_ms` ahead of `now_ms`), sender key, replay cache,
-//! then the signature (verified **before** any decryption), then decryption. Only an envelope
+//! then the signature (verified **before** any decryption), then decryption, then the sender key
+//! inside the plaintext must equal the signer's ([`OpenError::SenderMismatch`]). Only an envelope
 //! that passes everything enters the replay cache, so forgeries cannot fill it.
 //!
 //! **High-S signatures are rejected** ([`OpenError::BadSignature`]), not normalised: our own
@@ -48,12 +52,12 @@
 //! capacity for the expected message rate over `max_age_ms + max_future_ms`; if it is too small,
 //! late but genuine envelopes are rejected, never replays accepted.
 //!
-//! # Known limitation
+//! # Why the sender key is inside the ciphertext too
 //!
-//! The ciphertext is plain eciespy ECIES of the payload and does not name the sender, so a third
-//! party can strip a signature and re-sign the (unreadable to it) ciphertext under its own key. The
-//! signature proves who sent the envelope, not who wrote the payload; payloads that need that must
-//! carry the author inside.
+//! Plain encrypt-then-sign lets a third party strip the signature, put its own key in the header
+//! and re-sign a ciphertext it cannot read ("surreptitious forwarding"): the recipient would then
+//! attribute someone else's payload to it. The encrypted copy of the sender key binds the payload
+//! to its author, so such an envelope fails with [`OpenError::SenderMismatch`].
 
 use std::collections::{HashSet, VecDeque};
 use std::fmt;
@@ -73,12 +77,13 @@ pub const NONCE_LEN: usize = 16;
 /// Length of everything before the ciphertext.
 pub const HEADER_LEN: usize = 1 + PUBLIC_KEY_LEN + NODE_ID_LEN + 8 + NONCE_LEN + 4;
 /// Fixed bytes an envelope adds to its payload.
-pub const OVERHEAD: usize = HEADER_LEN + ecies::OVERHEAD + SIGNATURE_LEN;
+pub const OVERHEAD: usize = HEADER_LEN + MIN_CIPHERTEXT + SIGNATURE_LEN;
 /// The largest payload [`seal`] accepts and [`Opener::open`] returns.
 pub const MAX_PAYLOAD: usize = 16 * 1024;
 /// The largest envelope.
 pub const MAX_ENVELOPE: usize = OVERHEAD + MAX_PAYLOAD;
-const MAX_CIPHERTEXT: usize = ecies::OVERHEAD + MAX_PAYLOAD;
+const MIN_CIPHERTEXT: usize = ecies::OVERHEAD + PUBLIC_KEY_LEN;
+const MAX_CIPHERTEXT: usize = MIN_CIPHERTEXT + MAX_PAYLOAD;
 
 const OFF_SENDER: usize = 1;
 const OFF_RECIPIENT: usize = OFF_SENDER + PUBLIC_KEY_LEN;
@@ -133,6 +138,9 @@ pub enum OpenError {
     Replay,
     /// Signed correctly but the ciphertext does not decrypt with our key.
     DecryptFailed,
+    /// Decrypts, but the sender key inside the ciphertext is not the signer's: someone re-signed
+    /// another sender's ciphertext.
+    SenderMismatch,
     /// Larger than [`MAX_ENVELOPE`] or the ciphertext is longer than [`MAX_PAYLOAD`] allows.
     TooLarge,
 }
@@ -151,6 +159,7 @@ impl fmt::Display for OpenError {
             }
             OpenError::Replay => f.write_str("replayed envelope"),
             OpenError::DecryptFailed => f.write_str("envelope does not decrypt"),
+            OpenError::SenderMismatch => f.write_str("envelope re-signed by another sender"),
             OpenError::TooLarge => f.write_str("envelope too large"),
         }
     }
@@ -220,7 +229,7 @@ pub fn seal(
         derive_ephemeral(sender, recipient, now_ms, &nonce, payload).ok_or(SealError::Crypto)?;
     let ct_len = payload
         .len()
-        .checked_add(ecies::OVERHEAD)
+        .checked_add(MIN_CIPHERTEXT)
         .ok_or(SealError::TooLarge)?;
     let ct_len_u32 = u32::try_from(ct_len).map_err(|_| SealError::TooLarge)?;
     let mut out = Vec::with_capacity(OVERHEAD.saturating_add(payload.len()));
@@ -230,7 +239,11 @@ pub fn seal(
     out.extend_from_slice(&now_ms.to_be_bytes());
     out.extend_from_slice(&nonce);
     out.extend_from_slice(&ct_len_u32.to_be_bytes());
-    ecies::encrypt(&mut out, recipient, &eph, &gcm_nonce, payload).ok_or(SealError::Crypto)?;
+    let sender_key = sender.public_key().to_bytes();
+    let mut plaintext = Vec::with_capacity(PUBLIC_KEY_LEN.saturating_add(payload.len()));
+    plaintext.extend_from_slice(&sender_key);
+    plaintext.extend_from_slice(payload);
+    ecies::encrypt(&mut out, recipient, &eph, &gcm_nonce, &plaintext).ok_or(SealError::Crypto)?;
     out.extend_from_slice(&sender.sign(&out));
     Ok(out)
 }
@@ -324,7 +337,7 @@ impl Opener {
         if ct_len > MAX_CIPHERTEXT {
             return Err(OpenError::TooLarge);
         }
-        if ct_len < ecies::OVERHEAD {
+        if ct_len < MIN_CIPHERTEXT {
             return Err(OpenError::Malformed);
         }
         let signed_len = HEADER_LEN.checked_add(ct_len).ok_or(OpenError::TooLarge)?;
@@ -365,8 +378,12 @@ impl Opener {
         let ciphertext = bytes
             .get(HEADER_LEN..signed_len)
             .ok_or(OpenError::Truncated)?;
-        let payload =
+        let mut payload =
             ecies::decrypt(&recipient.secret_key(), ciphertext).ok_or(OpenError::DecryptFailed)?;
+        if payload.get(..PUBLIC_KEY_LEN) != Some(&sender_bytes[..]) {
+            return Err(OpenError::SenderMismatch);
+        }
+        payload.drain(..PUBLIC_KEY_LEN);
         if payload.len() > MAX_PAYLOAD {
             return Err(OpenError::TooLarge);
         }

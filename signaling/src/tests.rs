@@ -83,7 +83,7 @@ fn round_trip() {
     let (a, b) = (id(1), id(2));
     let bytes = seal(&a, &b.public_key(), NOW, nonce(1), b"hello bob").unwrap();
     assert_eq!(bytes.len(), OVERHEAD + 9);
-    assert_eq!(OVERHEAD, 243);
+    assert_eq!(OVERHEAD, 276);
     assert_eq!(bytes[0], 1);
     let mut opener = Opener::new(8);
     let opened = opener.open(&b, NOW + 5, &bytes).unwrap();
@@ -336,7 +336,9 @@ fn ecies_interop_with_ecies_crate() {
     let bytes = seal(&a, &b.public_key(), NOW, nonce(1), payload).unwrap();
     let ct = &bytes[HEADER_LEN..bytes.len() - SIGNATURE_LEN];
     assert_eq!(ecies::OVERHEAD, 97);
-    assert_eq!(::ecies::decrypt(&b.secret_bytes(), ct).unwrap(), payload);
+    let mut expected = a.public_key().to_bytes().to_vec();
+    expected.extend_from_slice(payload);
+    assert_eq!(::ecies::decrypt(&b.secret_bytes(), ct).unwrap(), expected);
     for len in [0usize, 1, 100] {
         let msg = vec![7u8; len];
         let theirs = ::ecies::encrypt(&b.public_key().to_bytes(), &msg).unwrap();
@@ -367,4 +369,24 @@ proptest! {
         if let Some(first) = data.first_mut() { *first = 1; }
         prop_assert!(Opener::new(2).open(&b, NOW, &data).is_err());
     }
+}
+
+#[test]
+fn resigned_by_third_party_rejected() {
+    // Surreptitious forwarding: c swaps in its key and re-signs a's ciphertext to b.
+    let (a, b, c) = (id(1), id(2), id(3));
+    let mut bytes = seal(&a, &b.public_key(), NOW, nonce(1), b"from a").unwrap();
+    bytes[1..34].copy_from_slice(&c.public_key().to_bytes());
+    let signed_len = bytes.len() - SIGNATURE_LEN;
+    let sig = c.sign(&bytes[..signed_len]);
+    bytes[signed_len..].copy_from_slice(&sig);
+    let mut opener = Opener::new(4);
+    assert_eq!(opener.open(&b, NOW, &bytes), Err(OpenError::SenderMismatch));
+    assert!(opener.is_empty());
+    // The real sender re-signing a changed timestamp is still its own message.
+    let mut bytes = seal(&a, &b.public_key(), NOW, nonce(2), b"from a").unwrap();
+    bytes[61] ^= 1;
+    let sig = a.sign(&bytes[..signed_len]);
+    bytes[signed_len..].copy_from_slice(&sig);
+    assert_eq!(opener.open(&b, NOW, &bytes).unwrap().payload, b"from a");
 }
