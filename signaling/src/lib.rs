@@ -5,7 +5,7 @@
 //!
 //! - [`Identity`] / [`PublicKey`] / [`NodeId`]: secp256k1 key pairs (k256) and the node id derived
 //!   from the public key (first 20 bytes of SHA-256 over the compressed key).
-//! - [`seal`] / [`Opener`]: the sealed [envelope](envelope) (wire format v1, documented there):
+//! - [`seal`] / [`Opener`]: the sealed [`envelope`] (wire format v1, documented there):
 //!   ECIES-encrypted to the recipient, ECDSA-signed by the sender, with a timestamp and nonce that
 //!   the [`Opener`] checks against a freshness window and a bounded replay cache.
 //!
