@@ -1,13 +1,14 @@
 //! # p2pd-signaling
 //!
 //! Encrypted signaling: identities and sealed envelopes today; the MQTT client machine,
-//! multi-broker rendezvous, the PNP name registry and the peer address format come later.
+//! multi-broker rendezvous and the PNP name registry come later.
 //!
 //! - [`Identity`] / [`PublicKey`] / [`NodeId`]: secp256k1 key pairs (k256) and the node id derived
 //!   from the public key (first 20 bytes of SHA-256 over the compressed key).
 //! - [`seal`] / [`Opener`]: the sealed [`envelope`] (wire format v1, documented there):
 //!   ECIES-encrypted to the recipient, ECDSA-signed by the sender, with a timestamp and nonce that
 //!   the [`Opener`] checks against a freshness window and a bounded replay cache.
+//! - [`PeerAddress`]: the versioned, canonical peer [`address`] format (binary and `p2pd1:` text).
 //!
 //! Like every protocol crate this one does no I/O, reads no clock and no global RNG: time
 //! (`now_ms`, Unix milliseconds) and randomness (key bytes, nonces) are passed in.
@@ -36,10 +37,14 @@
 )]
 #![warn(missing_docs)]
 
+pub mod address;
 mod ecies;
 pub mod envelope;
 mod identity;
 
+pub use address::{
+    AddressError, BrokerId, Endpoint, Interface, InterfaceLabel, NatInfo, Part, PeerAddress,
+};
 pub use envelope::{seal, OpenError, Opened, Opener, SealError};
 pub use identity::{
     Identity, InvalidKey, NodeId, PublicKey, NODE_ID_LEN, PUBLIC_KEY_LEN, SECRET_KEY_LEN,

@@ -1,0 +1,1173 @@
+//! The peer address format (v1): who a peer is, where it can be reached, what NAT it sits behind
+//! and which signaling brokers it listens on.
+//!
+//! Unlike p2pd's `-`-separated text address, this format names brokers by canonical [`BrokerId`]
+//! (never by an offset into a local list), carries the public key (the node id is checked against
+//! it), has hard caps, and has exactly one encoding per value: the parser rejects anything the
+//! encoder would not have produced.
+//!
+//! # Binary form
+//!
+//! All integers are big-endian. `count` bytes are section length prefixes (number of entries).
+//!
+//! ```text
+//! address   = version:u8 (= 1)
+//!             node_id:[20]          ; must equal NodeId::from_public_key(public_key)
+//!             public_key:[33]       ; compressed SEC1 (02|03 ‖ X), a valid curve point
+//!             count:u8 interface*   ; at most MAX_INTERFACES
+//!             count:u8 broker:u64*  ; at most MAX_BROKERS, no duplicates
+//! interface = flags:u8              ; bits 0-1 label kind, bit 2 NAT known, bits 3-7 reserved (0)
+//!             label                 ; kind 0: nothing; 1: index:u32; 2: len:u8 name:[len]; 3: reserved
+//!             nat?                  ; present iff flag bit 2
+//!             count:u8 endpoint*    ; at most MAX_ENDPOINTS per interface, no duplicates
+//! nat       = mapping:u8 (0 EI, 1 AD, 2 APD) filtering:u8 (same) allocation
+//! allocation= 0 (preserving) | 1 offset:i32 (fixed offset) | 2 stride:u16 (sequential, non-zero)
+//!           | 3 stride:u16 (local-port dependent) | 4 (random)
+//! endpoint  = 4 ip:[4] port:u16 | 6 ip:[16] port:u16   ; port non-zero
+//! ```
+//!
+//! Names are 1..=[`MAX_NAME_LEN`] bytes of UTF-8 without control characters. Labelled interfaces
+//! (by index or name) must be distinct. The whole encoding is at most [`MAX_ADDRESS_LEN`] bytes.
+//! Order is significant (preference order) and preserved; duplicates are rejected.
+//!
+//! # Text form
+//!
+//! `p2pd1:` followed by the binary form in unpadded base64url (RFC 4648 §5). The decoder is strict:
+//! no padding, no whitespace, unused trailing bits must be zero, so the text form is canonical too
+//! and parses to exactly the value the binary form does.
+//!
+//! ```
+//! use p2pd_signaling::{BrokerId, Endpoint, Identity, Interface, InterfaceLabel, PeerAddress};
+//! let id = Identity::from_secret_bytes(&[1; 32]).unwrap();
+//! let addr = PeerAddress {
+//!     public_key: id.public_key(),
+//!     interfaces: vec![Interface {
+//!         label: InterfaceLabel::Name("eth0".into()),
+//!         nat: None,
+//!         endpoints: vec![Endpoint::new("192.0.2.1".parse().unwrap(), 4000)],
+//!     }],
+//!     brokers: vec![BrokerId::from_u64(7)],
+//! };
+//! let text = addr.to_text().unwrap();
+//! assert!(text.starts_with("p2pd1:"));
+//! assert_eq!(PeerAddress::from_text(&text).unwrap(), addr);
+//! assert_eq!(PeerAddress::from_bytes(&addr.to_bytes().unwrap()).unwrap(), addr);
+//! ```
+
+use core::fmt;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+
+use p2pd_nat::{Behaviour, Filtering, Mapping, PortAllocation};
+
+use crate::identity::{NodeId, PublicKey, NODE_ID_LEN, PUBLIC_KEY_LEN};
+
+/// The format version this module reads and writes.
+pub const ADDRESS_VERSION: u8 = 1;
+/// Most interfaces in one address.
+pub const MAX_INTERFACES: usize = 8;
+/// Most endpoints per interface.
+pub const MAX_ENDPOINTS: usize = 8;
+/// Most brokers in one address.
+pub const MAX_BROKERS: usize = 8;
+/// Longest interface name, in bytes.
+pub const MAX_NAME_LEN: usize = 32;
+/// Largest binary encoding, in bytes.
+pub const MAX_ADDRESS_LEN: usize = 1024;
+/// The text form's prefix.
+pub const TEXT_PREFIX: &str = "p2pd1:";
+/// Longest text form: the prefix plus unpadded base64 of [`MAX_ADDRESS_LEN`] bytes.
+pub const MAX_TEXT_LEN: usize = TEXT_PREFIX.len() + (MAX_ADDRESS_LEN * 4).div_ceil(3);
+
+const FLAG_LABEL_MASK: u8 = 0b011;
+const FLAG_NAT: u8 = 0b100;
+const FLAG_RESERVED: u8 = !0b111;
+
+/// A signaling broker's canonical id (a hash of its address and key, computed by the broker list),
+/// never its position in a list. Displayed as 16 lowercase hex digits.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Debug)]
+pub struct BrokerId(u64);
+
+impl BrokerId {
+    /// An id from a number.
+    pub const fn from_u64(v: u64) -> BrokerId {
+        BrokerId(v)
+    }
+
+    /// The id as a number.
+    pub const fn as_u64(self) -> u64 {
+        self.0
+    }
+}
+
+impl fmt::Display for BrokerId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:016x}", self.0)
+    }
+}
+
+/// An IP address and a (non-zero) port. Unlike [`SocketAddr`] it has no IPv6 flow info or scope
+/// id, which the format does not carry.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
+pub struct Endpoint {
+    /// The address.
+    pub ip: IpAddr,
+    /// The port (0 is rejected).
+    pub port: u16,
+}
+
+impl Endpoint {
+    /// An endpoint.
+    pub const fn new(ip: IpAddr, port: u16) -> Self {
+        Endpoint { ip, port }
+    }
+}
+
+impl From<Endpoint> for SocketAddr {
+    fn from(e: Endpoint) -> SocketAddr {
+        SocketAddr::new(e.ip, e.port)
+    }
+}
+
+impl From<SocketAddr> for Endpoint {
+    /// Drops IPv6 flow info and scope id.
+    fn from(s: SocketAddr) -> Endpoint {
+        Endpoint::new(s.ip(), s.port())
+    }
+}
+
+/// How the peer names an interface.
+#[derive(Clone, PartialEq, Eq, Hash, Debug)]
+pub enum InterfaceLabel {
+    /// Not named.
+    Unnamed,
+    /// The OS interface index.
+    Index(u32),
+    /// The interface name (1..=[`MAX_NAME_LEN`] bytes, no control characters).
+    Name(String),
+}
+
+/// The NAT behaviour of an interface, as far as the peer needs it for punching.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
+pub struct NatInfo {
+    /// Mapping behaviour.
+    pub mapping: Mapping,
+    /// Filtering behaviour.
+    pub filtering: Filtering,
+    /// Port allocation (a `Sequential` stride must be non-zero).
+    pub allocation: PortAllocation,
+}
+
+impl From<&Behaviour> for NatInfo {
+    fn from(b: &Behaviour) -> NatInfo {
+        NatInfo {
+            mapping: b.mapping,
+            filtering: b.filtering,
+            allocation: b.allocation,
+        }
+    }
+}
+
+/// One of the peer's interfaces.
+#[derive(Clone, PartialEq, Eq, Hash, Debug)]
+pub struct Interface {
+    /// Its label.
+    pub label: InterfaceLabel,
+    /// Its NAT behaviour, `None` if unknown.
+    pub nat: Option<NatInfo>,
+    /// Where it can be reached (external and local addresses), in preference order.
+    pub endpoints: Vec<Endpoint>,
+}
+
+/// A peer's address. The node id is not stored: it is always [`PeerAddress::node_id`], derived
+/// from the key.
+#[derive(Clone, PartialEq, Eq, Hash, Debug)]
+pub struct PeerAddress {
+    /// The peer's public key.
+    pub public_key: PublicKey,
+    /// Its interfaces.
+    pub interfaces: Vec<Interface>,
+    /// The brokers it listens on, in preference order.
+    pub brokers: Vec<BrokerId>,
+}
+
+/// Which part of an address an error is about.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
+pub enum Part {
+    /// An interface.
+    Interface,
+    /// An endpoint of an interface.
+    Endpoint,
+    /// A broker.
+    Broker,
+}
+
+/// Why an address was rejected.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
+pub enum AddressError {
+    /// The input ends early.
+    Truncated,
+    /// Bytes follow a complete address.
+    TrailingBytes,
+    /// The version byte is not [`ADDRESS_VERSION`].
+    UnsupportedVersion(u8),
+    /// A section has more entries than its cap.
+    TooMany {
+        /// Which section.
+        what: Part,
+    },
+    /// The encoding is longer than [`MAX_ADDRESS_LEN`] (or the text than [`MAX_TEXT_LEN`]).
+    TooLarge,
+    /// The public key is not a valid compressed secp256k1 point.
+    BadKey,
+    /// The node id does not match the public key.
+    NodeIdMismatch,
+    /// An endpoint's family byte is neither 4 nor 6.
+    BadFamily(u8),
+    /// A port is 0.
+    BadPort,
+    /// An entry occurs twice.
+    Duplicate {
+        /// Which kind of entry.
+        what: Part,
+    },
+    /// An interface name is empty, too long, not UTF-8 or has control characters.
+    BadName,
+    /// A NAT mapping, filtering or allocation code is unknown, or a sequential stride is 0.
+    BadNat,
+    /// Reserved flag bits (or the reserved label kind) are set.
+    Reserved,
+    /// The text form lacks the prefix or is not strict unpadded base64url.
+    BadText,
+}
+
+impl fmt::Display for AddressError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            AddressError::Truncated => f.write_str("address truncated"),
+            AddressError::TrailingBytes => f.write_str("trailing bytes after address"),
+            AddressError::UnsupportedVersion(v) => write!(f, "unsupported address version {v}"),
+            AddressError::TooMany { what } => write!(f, "too many entries: {what:?}"),
+            AddressError::TooLarge => f.write_str("address too large"),
+            AddressError::BadKey => f.write_str("invalid public key"),
+            AddressError::NodeIdMismatch => f.write_str("node id does not match public key"),
+            AddressError::BadFamily(b) => write!(f, "unknown address family {b}"),
+            AddressError::BadPort => f.write_str("port 0"),
+            AddressError::Duplicate { what } => write!(f, "duplicate entry: {what:?}"),
+            AddressError::BadName => f.write_str("invalid interface name"),
+            AddressError::BadNat => f.write_str("invalid NAT behaviour"),
+            AddressError::Reserved => f.write_str("reserved bits set"),
+            AddressError::BadText => f.write_str("invalid text address"),
+        }
+    }
+}
+
+impl std::error::Error for AddressError {}
+
+impl PeerAddress {
+    /// The node id (derived from the key).
+    pub fn node_id(&self) -> NodeId {
+        self.public_key.node_id()
+    }
+
+    /// Checks caps, ports, names, NAT codes and duplicates (everything but the total size).
+    pub fn validate(&self) -> Result<(), AddressError> {
+        if self.interfaces.len() > MAX_INTERFACES {
+            return Err(AddressError::TooMany {
+                what: Part::Interface,
+            });
+        }
+        if self.brokers.len() > MAX_BROKERS {
+            return Err(AddressError::TooMany { what: Part::Broker });
+        }
+        for (i, iface) in self.interfaces.iter().enumerate() {
+            iface.validate()?;
+            let earlier = self.interfaces.iter().take(i);
+            if iface.label != InterfaceLabel::Unnamed
+                && earlier.clone().any(|e| e.label == iface.label)
+            {
+                return Err(AddressError::Duplicate {
+                    what: Part::Interface,
+                });
+            }
+        }
+        if has_duplicates(&self.brokers) {
+            return Err(AddressError::Duplicate { what: Part::Broker });
+        }
+        Ok(())
+    }
+
+    /// The binary form. Fails if the value breaks a rule of the format.
+    pub fn to_bytes(&self) -> Result<Vec<u8>, AddressError> {
+        self.validate()?;
+        let mut out = Vec::with_capacity(128);
+        out.push(ADDRESS_VERSION);
+        out.extend_from_slice(self.node_id().as_bytes());
+        out.extend_from_slice(&self.public_key.to_bytes());
+        out.push(count_byte(self.interfaces.len())?);
+        for iface in &self.interfaces {
+            iface.encode(&mut out)?;
+        }
+        out.push(count_byte(self.brokers.len())?);
+        for b in &self.brokers {
+            out.extend_from_slice(&b.0.to_be_bytes());
+        }
+        if out.len() > MAX_ADDRESS_LEN {
+            return Err(AddressError::TooLarge);
+        }
+        Ok(out)
+    }
+
+    /// Parses the binary form strictly (see the [module docs](self)).
+    pub fn from_bytes(bytes: &[u8]) -> Result<PeerAddress, AddressError> {
+        if bytes.len() > MAX_ADDRESS_LEN {
+            return Err(AddressError::TooLarge);
+        }
+        let mut r = Reader(bytes);
+        let version = r.u8()?;
+        if version != ADDRESS_VERSION {
+            return Err(AddressError::UnsupportedVersion(version));
+        }
+        let node_id = NodeId(r.array::<NODE_ID_LEN>()?);
+        let key_bytes = r.array::<PUBLIC_KEY_LEN>()?;
+        let public_key = PublicKey::from_bytes(&key_bytes).map_err(|_| AddressError::BadKey)?;
+        if public_key.to_bytes() != key_bytes {
+            return Err(AddressError::BadKey);
+        }
+        if public_key.node_id() != node_id {
+            return Err(AddressError::NodeIdMismatch);
+        }
+        let n = r.count(MAX_INTERFACES, Part::Interface)?;
+        let mut interfaces = Vec::with_capacity(n);
+        for _ in 0..n {
+            interfaces.push(Interface::decode(&mut r)?);
+        }
+        let n = r.count(MAX_BROKERS, Part::Broker)?;
+        let mut brokers = Vec::with_capacity(n);
+        for _ in 0..n {
+            brokers.push(BrokerId(u64::from_be_bytes(r.array()?)));
+        }
+        if !r.0.is_empty() {
+            return Err(AddressError::TrailingBytes);
+        }
+        let addr = PeerAddress {
+            public_key,
+            interfaces,
+            brokers,
+        };
+        addr.validate()?;
+        Ok(addr)
+    }
+
+    /// The text form: [`TEXT_PREFIX`] and unpadded base64url of the binary form.
+    pub fn to_text(&self) -> Result<String, AddressError> {
+        let bytes = self.to_bytes()?;
+        let mut out = String::with_capacity(MAX_TEXT_LEN);
+        out.push_str(TEXT_PREFIX);
+        base64url_encode(&bytes, &mut out);
+        Ok(out)
+    }
+
+    /// Parses the text form strictly; gives exactly what [`PeerAddress::from_bytes`] gives for the
+    /// decoded bytes.
+    pub fn from_text(text: &str) -> Result<PeerAddress, AddressError> {
+        if text.len() > MAX_TEXT_LEN {
+            return Err(AddressError::TooLarge);
+        }
+        let body = text
+            .strip_prefix(TEXT_PREFIX)
+            .ok_or(AddressError::BadText)?;
+        let bytes = base64url_decode(body).ok_or(AddressError::BadText)?;
+        PeerAddress::from_bytes(&bytes)
+    }
+}
+
+impl fmt::Display for PeerAddress {
+    /// The text form, or `<invalid address>` if the value breaks a rule of the format.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.to_text() {
+            Ok(t) => f.write_str(&t),
+            Err(_) => f.write_str("<invalid address>"),
+        }
+    }
+}
+
+impl core::str::FromStr for PeerAddress {
+    type Err = AddressError;
+    fn from_str(s: &str) -> Result<Self, AddressError> {
+        PeerAddress::from_text(s)
+    }
+}
+
+impl Interface {
+    fn validate(&self) -> Result<(), AddressError> {
+        if let InterfaceLabel::Name(name) = &self.label {
+            if name.is_empty() || name.len() > MAX_NAME_LEN || name.chars().any(char::is_control) {
+                return Err(AddressError::BadName);
+            }
+        }
+        if let Some(nat) = &self.nat {
+            if matches!(nat.allocation, PortAllocation::Sequential { stride: 0 }) {
+                return Err(AddressError::BadNat);
+            }
+        }
+        if self.endpoints.len() > MAX_ENDPOINTS {
+            return Err(AddressError::TooMany {
+                what: Part::Endpoint,
+            });
+        }
+        if self.endpoints.iter().any(|e| e.port == 0) {
+            return Err(AddressError::BadPort);
+        }
+        if has_duplicates(&self.endpoints) {
+            return Err(AddressError::Duplicate {
+                what: Part::Endpoint,
+            });
+        }
+        Ok(())
+    }
+
+    fn encode(&self, out: &mut Vec<u8>) -> Result<(), AddressError> {
+        let kind: u8 = match self.label {
+            InterfaceLabel::Unnamed => 0,
+            InterfaceLabel::Index(_) => 1,
+            InterfaceLabel::Name(_) => 2,
+        };
+        let flags = kind | if self.nat.is_some() { FLAG_NAT } else { 0 };
+        out.push(flags);
+        match &self.label {
+            InterfaceLabel::Unnamed => {}
+            InterfaceLabel::Index(i) => out.extend_from_slice(&i.to_be_bytes()),
+            InterfaceLabel::Name(name) => {
+                out.push(u8::try_from(name.len()).map_err(|_| AddressError::BadName)?);
+                out.extend_from_slice(name.as_bytes());
+            }
+        }
+        if let Some(nat) = &self.nat {
+            out.push(mapping_code(nat.mapping));
+            out.push(filtering_code(nat.filtering));
+            match nat.allocation {
+                PortAllocation::Preserving => out.push(0),
+                PortAllocation::FixedOffset { offset } => {
+                    out.push(1);
+                    out.extend_from_slice(&offset.to_be_bytes());
+                }
+                PortAllocation::Sequential { stride } => {
+                    out.push(2);
+                    out.extend_from_slice(&stride.to_be_bytes());
+                }
+                PortAllocation::LocalPortDependent { stride } => {
+                    out.push(3);
+                    out.extend_from_slice(&stride.to_be_bytes());
+                }
+                PortAllocation::Random => out.push(4),
+            }
+        }
+        out.push(count_byte(self.endpoints.len())?);
+        for e in &self.endpoints {
+            match e.ip {
+                IpAddr::V4(ip) => {
+                    out.push(4);
+                    out.extend_from_slice(&ip.octets());
+                }
+                IpAddr::V6(ip) => {
+                    out.push(6);
+                    out.extend_from_slice(&ip.octets());
+                }
+            }
+            out.extend_from_slice(&e.port.to_be_bytes());
+        }
+        Ok(())
+    }
+
+    fn decode(r: &mut Reader<'_>) -> Result<Interface, AddressError> {
+        let flags = r.u8()?;
+        if flags & FLAG_RESERVED != 0 {
+            return Err(AddressError::Reserved);
+        }
+        let label = match flags & FLAG_LABEL_MASK {
+            0 => InterfaceLabel::Unnamed,
+            1 => InterfaceLabel::Index(u32::from_be_bytes(r.array()?)),
+            2 => {
+                let len = usize::from(r.u8()?);
+                let bytes = r.take(len)?;
+                let name = core::str::from_utf8(bytes).map_err(|_| AddressError::BadName)?;
+                InterfaceLabel::Name(name.to_owned())
+            }
+            _ => return Err(AddressError::Reserved),
+        };
+        let nat = if flags & FLAG_NAT != 0 {
+            let mapping = match r.u8()? {
+                0 => Mapping::EndpointIndependent,
+                1 => Mapping::AddressDependent,
+                2 => Mapping::AddressAndPortDependent,
+                _ => return Err(AddressError::BadNat),
+            };
+            let filtering = match r.u8()? {
+                0 => Filtering::EndpointIndependent,
+                1 => Filtering::AddressDependent,
+                2 => Filtering::AddressAndPortDependent,
+                _ => return Err(AddressError::BadNat),
+            };
+            let allocation = match r.u8()? {
+                0 => PortAllocation::Preserving,
+                1 => PortAllocation::FixedOffset {
+                    offset: i32::from_be_bytes(r.array()?),
+                },
+                2 => PortAllocation::Sequential {
+                    stride: u16::from_be_bytes(r.array()?),
+                },
+                3 => PortAllocation::LocalPortDependent {
+                    stride: u16::from_be_bytes(r.array()?),
+                },
+                4 => PortAllocation::Random,
+                _ => return Err(AddressError::BadNat),
+            };
+            Some(NatInfo {
+                mapping,
+                filtering,
+                allocation,
+            })
+        } else {
+            None
+        };
+        let n = r.count(MAX_ENDPOINTS, Part::Endpoint)?;
+        let mut endpoints = Vec::with_capacity(n);
+        for _ in 0..n {
+            let ip = match r.u8()? {
+                4 => IpAddr::V4(Ipv4Addr::from(r.array::<4>()?)),
+                6 => IpAddr::V6(Ipv6Addr::from(r.array::<16>()?)),
+                other => return Err(AddressError::BadFamily(other)),
+            };
+            let port = u16::from_be_bytes(r.array()?);
+            endpoints.push(Endpoint { ip, port });
+        }
+        Ok(Interface {
+            label,
+            nat,
+            endpoints,
+        })
+    }
+}
+
+fn mapping_code(m: Mapping) -> u8 {
+    match m {
+        Mapping::EndpointIndependent => 0,
+        Mapping::AddressDependent => 1,
+        Mapping::AddressAndPortDependent => 2,
+    }
+}
+
+fn filtering_code(f: Filtering) -> u8 {
+    match f {
+        Filtering::EndpointIndependent => 0,
+        Filtering::AddressDependent => 1,
+        Filtering::AddressAndPortDependent => 2,
+    }
+}
+
+fn has_duplicates<T: PartialEq>(items: &[T]) -> bool {
+    items
+        .iter()
+        .enumerate()
+        .any(|(i, a)| items.iter().take(i).any(|b| b == a))
+}
+
+fn count_byte(n: usize) -> Result<u8, AddressError> {
+    u8::try_from(n).map_err(|_| AddressError::TooLarge)
+}
+
+struct Reader<'a>(&'a [u8]);
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], AddressError> {
+        if self.0.len() < n {
+            return Err(AddressError::Truncated);
+        }
+        let (head, rest) = self.0.split_at(n);
+        self.0 = rest;
+        Ok(head)
+    }
+
+    fn array<const N: usize>(&mut self) -> Result<[u8; N], AddressError> {
+        let mut out = [0u8; N];
+        out.copy_from_slice(self.take(N)?);
+        Ok(out)
+    }
+
+    fn u8(&mut self) -> Result<u8, AddressError> {
+        let [b] = self.array::<1>()?;
+        Ok(b)
+    }
+
+    /// A count byte, checked against `max` before any entry is read.
+    fn count(&mut self, max: usize, what: Part) -> Result<usize, AddressError> {
+        let n = usize::from(self.u8()?);
+        if n > max {
+            return Err(AddressError::TooMany { what });
+        }
+        Ok(n)
+    }
+}
+
+const B64: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+
+fn b64_char(v: u32) -> char {
+    B64.get((v & 63) as usize).map_or('A', |&c| char::from(c))
+}
+
+fn base64url_encode(bytes: &[u8], out: &mut String) {
+    for chunk in bytes.chunks(3) {
+        let mut buf = [0u8; 3];
+        for (d, s) in buf.iter_mut().zip(chunk) {
+            *d = *s;
+        }
+        let [a, b, c] = buf;
+        let v = (u32::from(a) << 16) | (u32::from(b) << 8) | u32::from(c);
+        // 2, 3 or 4 characters for 1, 2 or 3 bytes.
+        let chars = chunk.len().saturating_add(1);
+        for i in 0..chars {
+            let shift = 18u32.saturating_sub(6u32.saturating_mul(i as u32));
+            out.push(b64_char(v >> shift));
+        }
+    }
+}
+
+fn b64_value(c: u8) -> Option<u32> {
+    let v = match c {
+        b'A'..=b'Z' => c.wrapping_sub(b'A'),
+        b'a'..=b'z' => c.wrapping_sub(b'a').wrapping_add(26),
+        b'0'..=b'9' => c.wrapping_sub(b'0').wrapping_add(52),
+        b'-' => 62,
+        b'_' => 63,
+        _ => return None,
+    };
+    Some(u32::from(v))
+}
+
+/// Strict unpadded base64url: `None` on any other character, a dangling single character, or
+/// non-zero unused bits (so every byte string has exactly one accepted text).
+fn base64url_decode(text: &str) -> Option<Vec<u8>> {
+    let mut out = Vec::with_capacity(text.len().saturating_mul(3) / 4);
+    for chunk in text.as_bytes().chunks(4) {
+        let mut v = 0u32;
+        for &c in chunk {
+            v = (v << 6) | b64_value(c)?;
+        }
+        let [_, b0, b1, b2] = match chunk.len() {
+            4 => v.to_be_bytes(),
+            3 => {
+                if v & 0b11 != 0 {
+                    return None;
+                }
+                (v << 6).to_be_bytes()
+            }
+            2 => {
+                if v & 0b1111 != 0 {
+                    return None;
+                }
+                (v << 12).to_be_bytes()
+            }
+            _ => return None,
+        };
+        let n = chunk.len().saturating_sub(1);
+        out.extend([b0, b1, b2].iter().take(n));
+    }
+    Some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Identity;
+    use proptest::prelude::*;
+
+    fn key(b: u8) -> PublicKey {
+        Identity::from_secret_bytes(&[b; 32]).unwrap().public_key()
+    }
+
+    fn sample() -> PeerAddress {
+        PeerAddress {
+            public_key: key(1),
+            interfaces: vec![
+                Interface {
+                    label: InterfaceLabel::Name("eth0".into()),
+                    nat: Some(NatInfo {
+                        mapping: Mapping::AddressAndPortDependent,
+                        filtering: Filtering::AddressDependent,
+                        allocation: PortAllocation::FixedOffset { offset: -3 },
+                    }),
+                    endpoints: vec![
+                        Endpoint::new("198.51.100.7".parse().unwrap(), 40000),
+                        Endpoint::new("192.168.1.2".parse().unwrap(), 40000),
+                    ],
+                },
+                Interface {
+                    label: InterfaceLabel::Index(3),
+                    nat: None,
+                    endpoints: vec![Endpoint::new("2001:db8::1".parse().unwrap(), 5000)],
+                },
+            ],
+            brokers: vec![BrokerId(1), BrokerId(0xdead_beef)],
+        }
+    }
+
+    /// Offset of interface 0's flags byte.
+    const IFACES: usize = 1 + NODE_ID_LEN + PUBLIC_KEY_LEN + 1;
+
+    #[test]
+    fn sample_round_trips() {
+        let a = sample();
+        let bytes = a.to_bytes().unwrap();
+        assert_eq!(PeerAddress::from_bytes(&bytes).unwrap(), a);
+        let text = a.to_text().unwrap();
+        assert!(text.starts_with(TEXT_PREFIX));
+        assert_eq!(PeerAddress::from_text(&text).unwrap(), a);
+        assert_eq!(text.parse::<PeerAddress>().unwrap(), a);
+        assert_eq!(a.to_string(), text);
+        assert_eq!(bytes[0], ADDRESS_VERSION);
+        assert_eq!(&bytes[1..21], a.node_id().as_bytes());
+    }
+
+    #[test]
+    fn every_truncation_is_truncated() {
+        let bytes = sample().to_bytes().unwrap();
+        for n in 0..bytes.len() {
+            assert_eq!(
+                PeerAddress::from_bytes(&bytes[..n]),
+                Err(AddressError::Truncated),
+                "length {n}"
+            );
+        }
+    }
+
+    #[test]
+    fn trailing_and_version() {
+        let mut bytes = sample().to_bytes().unwrap();
+        bytes.push(0);
+        assert_eq!(
+            PeerAddress::from_bytes(&bytes),
+            Err(AddressError::TrailingBytes)
+        );
+        bytes.pop();
+        bytes[0] = 2;
+        assert_eq!(
+            PeerAddress::from_bytes(&bytes),
+            Err(AddressError::UnsupportedVersion(2))
+        );
+    }
+
+    #[test]
+    fn key_and_node_id() {
+        let good = sample().to_bytes().unwrap();
+        let mut b = good.clone();
+        b[1] ^= 1;
+        assert_eq!(
+            PeerAddress::from_bytes(&b),
+            Err(AddressError::NodeIdMismatch)
+        );
+        // Another valid key with the old node id.
+        let mut b = good.clone();
+        b[21..54].copy_from_slice(&key(2).to_bytes());
+        assert_eq!(
+            PeerAddress::from_bytes(&b),
+            Err(AddressError::NodeIdMismatch)
+        );
+        // Uncompressed-style prefix / not on the curve.
+        for prefix in [0x04, 0x00, 0x05] {
+            let mut b = good.clone();
+            b[21] = prefix;
+            assert_eq!(PeerAddress::from_bytes(&b), Err(AddressError::BadKey));
+        }
+        let mut b = good;
+        b[22..54].fill(0xff);
+        assert_eq!(PeerAddress::from_bytes(&b), Err(AddressError::BadKey));
+    }
+
+    #[test]
+    fn flags_family_port_nat() {
+        let good = sample().to_bytes().unwrap();
+        // Interface 0: flags 2|4 (name + nat), len 4 "eth0", nat 3 bytes + 4 offset, count, endpoints.
+        assert_eq!(good[IFACES], 0b110);
+        for bad in [0b1110, 0x80, 0b111] {
+            let mut b = good.clone();
+            b[IFACES] = bad;
+            assert_eq!(
+                PeerAddress::from_bytes(&b),
+                Err(AddressError::Reserved),
+                "{bad:#b}"
+            );
+        }
+        let nat = IFACES + 1 + 1 + 4;
+        for off in [0, 1, 2] {
+            let mut b = good.clone();
+            b[nat + off] = 9;
+            assert_eq!(PeerAddress::from_bytes(&b), Err(AddressError::BadNat));
+        }
+        let count = nat + 3 + 4;
+        assert_eq!(good[count], 2);
+        let mut b = good.clone();
+        b[count + 1] = 5;
+        assert_eq!(PeerAddress::from_bytes(&b), Err(AddressError::BadFamily(5)));
+        let mut b = good.clone();
+        b[count + 6..count + 8].fill(0);
+        assert_eq!(PeerAddress::from_bytes(&b), Err(AddressError::BadPort));
+        let mut b = good.clone();
+        b[count] = 9;
+        assert_eq!(
+            PeerAddress::from_bytes(&b),
+            Err(AddressError::TooMany {
+                what: Part::Endpoint
+            })
+        );
+        // Name not UTF-8 / with a control character / empty.
+        let mut b = good.clone();
+        b[IFACES + 2] = 0xff;
+        assert_eq!(PeerAddress::from_bytes(&b), Err(AddressError::BadName));
+        let mut b = good.clone();
+        b[IFACES + 2] = b'\n';
+        assert_eq!(PeerAddress::from_bytes(&b), Err(AddressError::BadName));
+        let mut b = good;
+        b[IFACES + 1] = 0;
+        b.drain(IFACES + 2..IFACES + 6);
+        assert_eq!(PeerAddress::from_bytes(&b), Err(AddressError::BadName));
+    }
+
+    #[test]
+    fn value_rules_on_encode_and_decode() {
+        let check = |a: PeerAddress, e: AddressError| {
+            assert_eq!(a.to_bytes(), Err(e));
+            assert_eq!(a.to_text(), Err(e));
+        };
+        let mut a = sample();
+        a.brokers.push(BrokerId(1));
+        check(a, AddressError::Duplicate { what: Part::Broker });
+        let mut a = sample();
+        let e = a.interfaces[0].endpoints[0];
+        a.interfaces[0].endpoints.push(e);
+        check(
+            a,
+            AddressError::Duplicate {
+                what: Part::Endpoint,
+            },
+        );
+        let mut a = sample();
+        let i = a.interfaces[1].clone();
+        a.interfaces.push(i);
+        check(
+            a,
+            AddressError::Duplicate {
+                what: Part::Interface,
+            },
+        );
+        // Unnamed interfaces may repeat.
+        let mut a = sample();
+        for iface in &mut a.interfaces {
+            iface.label = InterfaceLabel::Unnamed;
+        }
+        let i = a.interfaces[1].clone();
+        a.interfaces.push(i);
+        assert!(a.to_bytes().is_ok());
+        let mut a = sample();
+        a.interfaces[0].endpoints[0].port = 0;
+        check(a, AddressError::BadPort);
+        let mut a = sample();
+        a.interfaces[0].label = InterfaceLabel::Name("x".repeat(MAX_NAME_LEN + 1));
+        check(a, AddressError::BadName);
+        let mut a = sample();
+        a.interfaces[0].nat = Some(NatInfo {
+            mapping: Mapping::EndpointIndependent,
+            filtering: Filtering::EndpointIndependent,
+            allocation: PortAllocation::Sequential { stride: 0 },
+        });
+        check(a, AddressError::BadNat);
+
+        // The same rules on decode: splice duplicates into valid encodings.
+        let mut a = sample();
+        a.brokers = vec![BrokerId(5)];
+        let mut b = a.to_bytes().unwrap();
+        let len = b.len();
+        b[len - 9] = 2;
+        b.extend_from_slice(&5u64.to_be_bytes());
+        assert_eq!(
+            PeerAddress::from_bytes(&b),
+            Err(AddressError::Duplicate { what: Part::Broker })
+        );
+        let mut a = sample();
+        a.interfaces.truncate(1);
+        a.interfaces[0].endpoints.truncate(1);
+        a.brokers.clear();
+        let mut b = a.to_bytes().unwrap();
+        // Endpoint: 1 + 4 + 2 bytes, then the broker count.
+        let ep = b[b.len() - 8..b.len() - 1].to_vec();
+        let count = b.len() - 9;
+        assert_eq!(b[count], 1);
+        b[count] = 2;
+        b.splice(b.len() - 1..b.len() - 1, ep);
+        assert_eq!(
+            PeerAddress::from_bytes(&b),
+            Err(AddressError::Duplicate {
+                what: Part::Endpoint
+            })
+        );
+        let mut a = sample();
+        a.interfaces[0] = a.interfaces[1].clone();
+        a.interfaces[0].label = InterfaceLabel::Index(4);
+        let mut b = a.to_bytes().unwrap();
+        b[IFACES + 4] = 3;
+        assert_eq!(
+            PeerAddress::from_bytes(&b),
+            Err(AddressError::Duplicate {
+                what: Part::Interface
+            })
+        );
+    }
+
+    fn big() -> PeerAddress {
+        let iface = |n: u32| Interface {
+            label: InterfaceLabel::Index(n),
+            nat: None,
+            endpoints: (0..MAX_ENDPOINTS as u16)
+                .map(|p| Endpoint::new("2001:db8::1".parse().unwrap(), p + 1))
+                .collect(),
+        };
+        PeerAddress {
+            public_key: key(1),
+            interfaces: (0..MAX_INTERFACES as u32).map(iface).collect(),
+            brokers: (0..MAX_BROKERS as u64).map(BrokerId).collect(),
+        }
+    }
+
+    #[test]
+    fn caps() {
+        // At most 8 × (6 + 8 × 19) = 1264 bytes of interfaces: over the size cap.
+        assert_eq!(big().to_bytes(), Err(AddressError::TooLarge));
+        let mut a = big();
+        a.interfaces.truncate(5);
+        let bytes = a.to_bytes().unwrap();
+        assert!(bytes.len() <= MAX_ADDRESS_LEN);
+        assert_eq!(PeerAddress::from_bytes(&bytes).unwrap(), a);
+        let text = a.to_text().unwrap();
+        assert!(text.len() <= MAX_TEXT_LEN);
+        assert_eq!(PeerAddress::from_text(&text).unwrap(), a);
+
+        let mut a = sample();
+        a.brokers = (0..=MAX_BROKERS as u64).map(BrokerId).collect();
+        assert_eq!(
+            a.to_bytes(),
+            Err(AddressError::TooMany { what: Part::Broker })
+        );
+        let mut a = sample();
+        a.interfaces = (0..=MAX_INTERFACES as u32)
+            .map(|i| Interface {
+                label: InterfaceLabel::Index(i),
+                nat: None,
+                endpoints: vec![],
+            })
+            .collect();
+        assert_eq!(
+            a.to_bytes(),
+            Err(AddressError::TooMany {
+                what: Part::Interface
+            })
+        );
+        let mut a = sample();
+        a.interfaces[1].endpoints = (1..=MAX_ENDPOINTS as u16 + 1)
+            .map(|p| Endpoint::new("192.0.2.1".parse().unwrap(), p))
+            .collect();
+        assert_eq!(
+            a.to_bytes(),
+            Err(AddressError::TooMany {
+                what: Part::Endpoint
+            })
+        );
+
+        // Decoder: count bytes over the cap, oversized input.
+        let good = sample().to_bytes().unwrap();
+        let mut b = good.clone();
+        b[IFACES - 1] = MAX_INTERFACES as u8 + 1;
+        assert_eq!(
+            PeerAddress::from_bytes(&b),
+            Err(AddressError::TooMany {
+                what: Part::Interface
+            })
+        );
+        let mut b = good.clone();
+        let bc = b.len() - 17;
+        assert_eq!(b[bc], 2);
+        b[bc] = MAX_BROKERS as u8 + 1;
+        assert_eq!(
+            PeerAddress::from_bytes(&b),
+            Err(AddressError::TooMany { what: Part::Broker })
+        );
+        let mut b = good;
+        b.resize(MAX_ADDRESS_LEN + 1, 0);
+        assert_eq!(PeerAddress::from_bytes(&b), Err(AddressError::TooLarge));
+        let long = format!("{TEXT_PREFIX}{}", "A".repeat(MAX_TEXT_LEN));
+        assert_eq!(PeerAddress::from_text(&long), Err(AddressError::TooLarge));
+    }
+
+    #[test]
+    fn text_is_strict() {
+        let text = sample().to_text().unwrap();
+        let body = &text[TEXT_PREFIX.len()..];
+        for bad in [
+            format!("p2pd2:{body}"),
+            format!("P2PD1:{body}"),
+            body.to_string(),
+            format!("{text}="),
+            format!("{text} "),
+            format!("{TEXT_PREFIX}A"), // dangling single character
+            format!("{text}{}", "A".repeat(5 - body.len() % 4)),
+            text.replace('-', "+"),
+            format!(" {text}"),
+        ] {
+            if bad != text {
+                assert_eq!(
+                    PeerAddress::from_text(&bad),
+                    Err(AddressError::BadText),
+                    "{bad}"
+                );
+            }
+        }
+        // Non-zero unused bits: the binary length is 1 + 20 + 33 + ... ; find the last char.
+        let bytes = sample().to_bytes().unwrap();
+        assert_ne!(bytes.len() % 3, 0, "sample must leave unused bits");
+        let mut t = text.clone().into_bytes();
+        let last = t.len() - 1;
+        let v = b64_value(t[last]).unwrap();
+        t[last] = B64[(v | 1) as usize];
+        assert_eq!(
+            PeerAddress::from_text(std::str::from_utf8(&t).unwrap()),
+            Err(AddressError::BadText)
+        );
+        // A wrong binary behind a valid text gives the binary error.
+        let mut b = bytes;
+        b[0] = 7;
+        let mut t = TEXT_PREFIX.to_string();
+        base64url_encode(&b, &mut t);
+        assert_eq!(
+            PeerAddress::from_text(&t),
+            Err(AddressError::UnsupportedVersion(7))
+        );
+    }
+
+    #[test]
+    fn base64_matches_rfc4648() {
+        for (raw, enc) in [
+            (&b""[..], ""),
+            (b"f", "Zg"),
+            (b"fo", "Zm8"),
+            (b"foo", "Zm9v"),
+            (b"foob", "Zm9vYg"),
+            (b"fooba", "Zm9vYmE"),
+            (b"foobar", "Zm9vYmFy"),
+            (&[0xfb, 0xff, 0xfe], "-__-"),
+        ] {
+            let mut s = String::new();
+            base64url_encode(raw, &mut s);
+            assert_eq!(s, enc);
+            assert_eq!(base64url_decode(enc).unwrap(), raw);
+        }
+    }
+
+    fn arb_alloc() -> impl Strategy<Value = PortAllocation> {
+        prop_oneof![
+            Just(PortAllocation::Preserving),
+            any::<i32>().prop_map(|offset| PortAllocation::FixedOffset { offset }),
+            (1..=u16::MAX).prop_map(|stride| PortAllocation::Sequential { stride }),
+            any::<u16>().prop_map(|stride| PortAllocation::LocalPortDependent { stride }),
+            Just(PortAllocation::Random),
+        ]
+    }
+
+    fn arb_nat() -> impl Strategy<Value = Option<NatInfo>> {
+        let m = prop_oneof![
+            Just(Mapping::EndpointIndependent),
+            Just(Mapping::AddressDependent),
+            Just(Mapping::AddressAndPortDependent)
+        ];
+        let f = prop_oneof![
+            Just(Filtering::EndpointIndependent),
+            Just(Filtering::AddressDependent),
+            Just(Filtering::AddressAndPortDependent)
+        ];
+        proptest::option::of(
+            (m, f, arb_alloc()).prop_map(|(mapping, filtering, allocation)| NatInfo {
+                mapping,
+                filtering,
+                allocation,
+            }),
+        )
+    }
+
+    fn arb_endpoint() -> impl Strategy<Value = Endpoint> {
+        let ip = prop_oneof![
+            any::<[u8; 4]>().prop_map(|o| IpAddr::V4(o.into())),
+            any::<[u8; 16]>().prop_map(|o| IpAddr::V6(o.into())),
+        ];
+        (ip, 1..=u16::MAX).prop_map(|(ip, port)| Endpoint::new(ip, port))
+    }
+
+    fn arb_interface(i: usize) -> impl Strategy<Value = Interface> {
+        let label = prop_oneof![
+            Just(InterfaceLabel::Unnamed),
+            any::<u16>().prop_map(move |n| InterfaceLabel::Index(u32::from(n) << 3 | i as u32)),
+            "[a-zA-Zé0-9 ._-]{0,8}".prop_map(move |s| InterfaceLabel::Name(format!("{s}{i}"))),
+        ];
+        let eps = proptest::collection::vec(arb_endpoint(), 0..=4).prop_map(|mut v| {
+            let mut seen = Vec::new();
+            v.retain(|e| {
+                let new = !seen.contains(e);
+                seen.push(*e);
+                new
+            });
+            v
+        });
+        (label, arb_nat(), eps).prop_map(|(label, nat, endpoints)| Interface {
+            label,
+            nat,
+            endpoints,
+        })
+    }
+
+    fn arb_address() -> impl Strategy<Value = PeerAddress> {
+        let ifaces =
+            (0..=MAX_INTERFACES).prop_flat_map(|n| (0..n).map(arb_interface).collect::<Vec<_>>());
+        let brokers = proptest::collection::btree_set(any::<u64>(), 0..=MAX_BROKERS)
+            .prop_map(|s| s.into_iter().rev().map(BrokerId).collect::<Vec<_>>());
+        (1u8..=200, ifaces, brokers).prop_map(|(k, interfaces, brokers)| PeerAddress {
+            public_key: key(k),
+            interfaces,
+            brokers,
+        })
+    }
+
+    proptest! {
+        #[test]
+        fn round_trips(a in arb_address()) {
+            match a.to_bytes() {
+                Ok(bytes) => {
+                    prop_assert!(bytes.len() <= MAX_ADDRESS_LEN);
+                    prop_assert_eq!(PeerAddress::from_bytes(&bytes)?, a.clone());
+                    let text = a.to_text()?;
+                    prop_assert_eq!(PeerAddress::from_text(&text)?, a);
+                    for n in 0..bytes.len() {
+                        prop_assert_eq!(PeerAddress::from_bytes(&bytes[..n]), Err(AddressError::Truncated));
+                    }
+                }
+                Err(e) => prop_assert_eq!(e, AddressError::TooLarge),
+            }
+        }
+
+        #[test]
+        fn arbitrary_bytes_never_panic_and_are_canonical(bytes in proptest::collection::vec(any::<u8>(), 0..200), tail in proptest::collection::vec(any::<u8>(), 0..64)) {
+            let _ = PeerAddress::from_bytes(&bytes);
+            // A valid header makes deeper parsing reachable.
+            let mut b = sample().to_bytes().unwrap()[..IFACES - 1].to_vec();
+            b.extend_from_slice(&tail);
+            if let Ok(a) = PeerAddress::from_bytes(&b) {
+                prop_assert_eq!(a.to_bytes()?, b);
+            }
+        }
+    }
+}
