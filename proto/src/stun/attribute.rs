@@ -22,24 +22,40 @@ pub enum AttrError {
 
 /// The known attribute kinds, used to index a decoded message.
 #[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]
-#[allow(missing_docs)]
 pub enum AttrKind {
+    /// MAPPED-ADDRESS.
     MappedAddress,
+    /// XOR-MAPPED-ADDRESS.
     XorMappedAddress,
+    /// XOR-MAPPED-ADDRESS under the pre-standard code 0x8020.
     XorMappedAddressDraft,
+    /// RESPONSE-ADDRESS (RFC 3489).
     ResponseAddress,
+    /// SOURCE-ADDRESS (RFC 3489).
     SourceAddress,
+    /// CHANGED-ADDRESS (RFC 3489).
     ChangedAddress,
+    /// CHANGE-REQUEST.
     ChangeRequest,
+    /// OTHER-ADDRESS (RFC 5780).
     OtherAddress,
+    /// RESPONSE-ORIGIN (RFC 5780).
     ResponseOrigin,
+    /// RESPONSE-PORT (RFC 5780).
     ResponsePort,
+    /// PADDING (RFC 5780).
     Padding,
+    /// USERNAME.
     Username,
+    /// SOFTWARE.
     Software,
+    /// ERROR-CODE.
     ErrorCode,
+    /// UNKNOWN-ATTRIBUTES.
     UnknownAttributes,
+    /// MESSAGE-INTEGRITY.
     MessageIntegrity,
+    /// FINGERPRINT.
     Fingerprint,
 }
 
