@@ -9,6 +9,7 @@
 //!   ECIES-encrypted to the recipient, ECDSA-signed by the sender, with a timestamp and nonce that
 //!   the [`Opener`] checks against a freshness window and a bounded replay cache.
 //! - [`PeerAddress`]: the versioned, canonical peer [`address`] format (binary and `p2pd1:` text).
+//! - [`mqtt`]: the MQTT codec ([`MqttPacket`], [`MqttDecoder`]: bounded streaming decode, MQTT 3.1.1).
 //!
 //! Like every protocol crate this one does no I/O, reads no clock and no global RNG: time
 //! (`now_ms`, Unix milliseconds) and randomness (key bytes, nonces) are passed in.
@@ -41,6 +42,7 @@ pub mod address;
 mod ecies;
 pub mod envelope;
 mod identity;
+pub mod mqtt;
 
 pub use address::{
     AddressError, BrokerId, Endpoint, Interface, InterfaceLabel, NatInfo, Part, PeerAddress,
@@ -50,6 +52,7 @@ pub use identity::{
     Identity, InvalidKey, NodeId, PublicKey, NODE_ID_LEN, PUBLIC_KEY_LEN, SECRET_KEY_LEN,
     SIGNATURE_LEN,
 };
+pub use mqtt::codec::{CodecError as MqttCodecError, Decoder as MqttDecoder, Packet as MqttPacket};
 pub use p2pd_proto::{Instant, SocketId};
 
 #[cfg(test)]

@@ -1,0 +1,344 @@
+use super::*;
+
+const V: Protocol = Protocol::V311;
+
+fn all_packets() -> Vec<Packet> {
+    vec![
+        Packet::Connect {
+            client_id: "p2pd-abc".into(),
+            keep_alive: 60,
+            clean_session: true,
+            protocol: V,
+        },
+        Packet::Connect {
+            client_id: String::new(),
+            keep_alive: 0,
+            clean_session: false,
+            protocol: V,
+        },
+        Packet::ConnAck {
+            session_present: false,
+            code: 0,
+        },
+        Packet::ConnAck {
+            session_present: true,
+            code: 5,
+        },
+        Packet::Subscribe {
+            pkid: 1,
+            topics: vec![
+                ("node/a".into(), QoS::AtLeastOnce),
+                ("b/#".into(), QoS::AtMostOnce),
+                ("c".into(), QoS::ExactlyOnce),
+            ],
+        },
+        Packet::SubAck {
+            pkid: 1,
+            codes: vec![1, 0, 2, 0x80],
+        },
+        Packet::Publish {
+            topic: "node/a".into(),
+            qos: QoS::AtMostOnce,
+            pkid: 0,
+            retain: false,
+            dup: false,
+            payload: b"00hello".to_vec(),
+        },
+        Packet::Publish {
+            topic: "t".into(),
+            qos: QoS::AtLeastOnce,
+            pkid: 0xBEEF,
+            retain: true,
+            dup: true,
+            payload: vec![0xAB; 300],
+        },
+        Packet::Publish {
+            topic: "t".into(),
+            qos: QoS::ExactlyOnce,
+            pkid: 65535,
+            retain: false,
+            dup: false,
+            payload: Vec::new(),
+        },
+        Packet::PubAck { pkid: 42 },
+        Packet::PingReq,
+        Packet::PingResp,
+        Packet::Disconnect,
+    ]
+}
+
+fn enc(p: &Packet) -> Vec<u8> {
+    let mut out = Vec::new();
+    encode(p, V, &mut out).unwrap();
+    out
+}
+
+fn decode_all(bytes: &[u8], max: usize) -> Vec<Result<Packet, CodecError>> {
+    let mut d = Decoder::new(V, max);
+    let mut out = Vec::new();
+    let mut rest = bytes;
+    loop {
+        let n = match d.push(rest) {
+            Ok(n) => n,
+            Err(e) => {
+                out.push(Err(e));
+                return out;
+            }
+        };
+        assert!(d.buffered() <= d.capacity());
+        rest = &rest[n..];
+        let mut got = false;
+        while let Some(r) = d.next() {
+            got = true;
+            out.push(r);
+        }
+        if rest.is_empty() || (n == 0 && !got) {
+            return out;
+        }
+    }
+}
+
+#[test]
+fn round_trip_every_packet() {
+    for p in all_packets() {
+        let bytes = enc(&p);
+        assert_eq!(decode_all(&bytes, 1024), vec![Ok(p.clone())], "{p:?}");
+    }
+}
+
+#[test]
+fn known_bytes() {
+    assert_eq!(enc(&Packet::PingReq), [0xC0, 0]);
+    assert_eq!(enc(&Packet::PubAck { pkid: 0x0102 }), [0x40, 2, 1, 2]);
+    assert_eq!(
+        enc(&Packet::Connect {
+            client_id: "id".into(),
+            keep_alive: 30,
+            clean_session: true,
+            protocol: V,
+        }),
+        [0x10, 14, 0, 4, b'M', b'Q', b'T', b'T', 4, 2, 0, 30, 0, 2, b'i', b'd']
+    );
+}
+
+#[test]
+fn qos1_pkid_preserved() {
+    for pkid in [1u16, 2, 255, 256, 0x7FFF, 0xFFFF] {
+        let p = Packet::Publish {
+            topic: "x".into(),
+            qos: QoS::AtLeastOnce,
+            pkid,
+            retain: false,
+            dup: false,
+            payload: b"p".to_vec(),
+        };
+        let got = decode_all(&enc(&p), 64);
+        assert!(
+            matches!(&got[..], [Ok(Packet::Publish { pkid: k, qos: QoS::AtLeastOnce, .. })] if *k == pkid)
+        );
+    }
+}
+
+#[test]
+fn stream_split_at_every_offset() {
+    let packets = all_packets();
+    let wire: Vec<u8> = packets.iter().flat_map(enc).collect();
+    let expected: Vec<_> = packets.iter().cloned().map(Ok).collect();
+    // Whole.
+    assert_eq!(decode_all(&wire, 1024), expected);
+    // Two pieces, split at every offset.
+    for cut in 0..=wire.len() {
+        let mut d = Decoder::new(V, 1024);
+        let mut got = Vec::new();
+        for piece in [&wire[..cut], &wire[cut..]] {
+            assert_eq!(d.push(piece), Ok(piece.len()));
+            while let Some(r) = d.next() {
+                got.push(r);
+            }
+        }
+        assert_eq!(got, expected, "cut at {cut}");
+        assert_eq!(d.buffered(), 0);
+    }
+    // Byte by byte.
+    let mut d = Decoder::new(V, 1024);
+    let mut got = Vec::new();
+    for b in &wire {
+        assert_eq!(d.push(std::slice::from_ref(b)), Ok(1));
+        while let Some(r) = d.next() {
+            got.push(r);
+        }
+    }
+    assert_eq!(got, expected);
+}
+
+#[test]
+fn small_buffer_still_decodes_many_packets() {
+    // The decoder holds at most one max-size frame; push takes what fits.
+    let packets = all_packets();
+    let wire: Vec<u8> = packets.iter().flat_map(enc).collect();
+    let biggest = packets.iter().map(|p| enc(p).len()).max().unwrap();
+    let got = decode_all(&wire, biggest);
+    assert_eq!(got, packets.into_iter().map(Ok).collect::<Vec<_>>());
+}
+
+#[test]
+fn oversized_rejected_from_header() {
+    let big = Packet::Publish {
+        topic: "t".into(),
+        qos: QoS::AtMostOnce,
+        pkid: 0,
+        retain: false,
+        dup: false,
+        payload: vec![0; 10_000],
+    };
+    let bytes = enc(&big);
+    let mut d = Decoder::new(V, 100);
+    // Only the header and a little more are offered; the verdict needs no more.
+    assert_eq!(d.push(&bytes[..10]), Ok(10));
+    assert_eq!(
+        d.next(),
+        Some(Err(CodecError::TooLarge {
+            size: bytes.len(),
+            max: 100
+        }))
+    );
+    assert_eq!(d.next(), None);
+    assert_eq!(d.push(&bytes[10..]), Err(CodecError::Poisoned));
+    assert_eq!(d.buffered(), 0);
+
+    // A 256 MiB announcement with a 64 KiB limit: rejected after 5 bytes.
+    let mut d = Decoder::new(V, 65_536);
+    assert_eq!(d.push(&[0x30, 0xFF, 0xFF, 0xFF, 0x7F]), Ok(5));
+    assert!(matches!(d.next(), Some(Err(CodecError::TooLarge { .. }))));
+
+    // Pushing the whole thing never buffers more than the limit.
+    let mut d = Decoder::new(V, 100);
+    assert_eq!(d.push(&bytes), Ok(100));
+    assert!(d.buffered() <= 100);
+    assert!(matches!(d.next(), Some(Err(CodecError::TooLarge { .. }))));
+
+    // Exactly at the limit is fine.
+    let exact = bytes.len();
+    assert_eq!(decode_all(&bytes, exact), vec![Ok(big)]);
+}
+
+#[test]
+fn garbage_is_typed_error() {
+    let cases: &[&[u8]] = &[
+        &[0x00, 0x00],                         // packet type 0
+        &[0xF0, 0x00],                         // packet type 15
+        &[0x30, 0xFF, 0xFF, 0xFF, 0xFF, 0x01], // 5-byte remaining length
+        &[0x20, 0x00],                         // CONNACK without body
+        &[0x20, 0x02, 0x00, 0x09],             // bad CONNACK code
+        &[0x40, 0x02, 0x00, 0x00],             // PUBACK pkid 0
+        &[0x32, 0x03, 0x00, 0x01, b't'],       // QoS 1 without pkid
+        &[0x36, 0x03, 0x00, 0x01, b't'],       // QoS 3
+        &[0x30, 0x03, 0x00, 0x05, b't'],       // topic longer than the packet
+        &[0x30, 0x03, 0x00, 0x01, 0xFF],       // topic not UTF-8
+        &[0x82, 0x02, 0x00, 0x01],             // SUBSCRIBE without filters
+        &[0x90, 0x02, 0x00, 0x01],             // SUBACK without codes
+        &[0x90, 0x03, 0x00, 0x01, 0x07],       // bad SUBACK code
+        &[0x10, 0x02, 0x00, 0x04],             // truncated CONNECT
+        &[0x62, 0x02, 0x00, 0x01],             // PUBREL: unsupported
+    ];
+    for bytes in cases {
+        let got = decode_all(bytes, 1024);
+        assert!(
+            matches!(
+                &got[..],
+                [Err(CodecError::Malformed(_) | CodecError::Unsupported(_))]
+            ),
+            "{bytes:x?}: {got:?}"
+        );
+    }
+}
+
+#[test]
+fn encode_rejects_invalid_and_leaves_output_untouched() {
+    let long = "x".repeat(65_536);
+    let bad = [
+        Packet::Publish {
+            topic: long.clone(),
+            qos: QoS::AtMostOnce,
+            pkid: 0,
+            retain: false,
+            dup: false,
+            payload: Vec::new(),
+        },
+        Packet::Publish {
+            topic: "t".into(),
+            qos: QoS::AtMostOnce,
+            pkid: 3,
+            retain: false,
+            dup: false,
+            payload: Vec::new(),
+        },
+        Packet::Publish {
+            topic: "t".into(),
+            qos: QoS::AtLeastOnce,
+            pkid: 0,
+            retain: false,
+            dup: false,
+            payload: Vec::new(),
+        },
+        Packet::Subscribe {
+            pkid: 1,
+            topics: Vec::new(),
+        },
+        Packet::Subscribe {
+            pkid: 0,
+            topics: vec![("t".into(), QoS::AtLeastOnce)],
+        },
+        Packet::SubAck {
+            pkid: 1,
+            codes: vec![3],
+        },
+        Packet::ConnAck {
+            session_present: false,
+            code: 6,
+        },
+        Packet::PubAck { pkid: 0 },
+        Packet::Connect {
+            client_id: long,
+            keep_alive: 1,
+            clean_session: true,
+            protocol: V,
+        },
+        Packet::Connect {
+            client_id: "a".into(),
+            keep_alive: 1,
+            clean_session: true,
+            protocol: Protocol::V5,
+        },
+    ];
+    for p in &bad {
+        let mut out = vec![9];
+        assert!(
+            matches!(encode(p, V, &mut out), Err(CodecError::Invalid(_))),
+            "{p:?}"
+        );
+        assert_eq!(out, [9]);
+    }
+}
+
+#[test]
+fn v5_is_unsupported_for_now() {
+    let mut out = Vec::new();
+    assert_eq!(
+        encode(&Packet::PingReq, Protocol::V5, &mut out),
+        Err(CodecError::Unsupported("MQTT 5 (next)"))
+    );
+    let mut d = Decoder::new(Protocol::V5, 64);
+    assert_eq!(d.push(&[0xC0, 0]), Ok(2));
+    assert!(matches!(d.next(), Some(Err(CodecError::Unsupported(_)))));
+}
+
+#[test]
+fn prefix_of_valid_stream_never_errors() {
+    let wire: Vec<u8> = all_packets().iter().flat_map(enc).collect();
+    for end in 0..=wire.len() {
+        for r in decode_all(&wire[..end], 1024) {
+            assert!(r.is_ok(), "prefix {end}");
+        }
+    }
+}
