@@ -1,0 +1,61 @@
+//! Feeds the MQTT 3.1.1 `Decoder` arbitrary bytes in arbitrary chunks. It may not panic, it
+//! never buffers more than its limit, it makes progress (a full buffer always yields a packet
+//! or an error), and every decoded packet re-encodes to bytes that decode to the same packet.
+//!
+//! Input: byte 0 picks the limit (16 << (b % 8) bytes, 16 B to 2 KiB). Then chunks: a length
+//! byte (0..=63) followed by that many bytes, until the input runs out.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+use p2pd_signaling::mqtt::{encode, Decoder, Packet, Protocol};
+
+const V: Protocol = Protocol::V311;
+
+fn check_reencode(packet: &Packet, max: usize) {
+    let mut wire = Vec::new();
+    encode(packet, V, &mut wire).expect("a decoded packet re-encodes");
+    assert!(wire.len() <= max, "re-encoded packet grew past the limit");
+    let mut d = Decoder::new(V, max);
+    assert_eq!(d.push(&wire), Ok(wire.len()));
+    assert_eq!(d.next(), Some(Ok(packet.clone())));
+    assert_eq!(d.next(), None);
+    assert_eq!(d.buffered(), 0);
+}
+
+fuzz_target!(|data: &[u8]| {
+    let Some((&sel, mut rest)) = data.split_first() else {
+        return;
+    };
+    let max = 16usize << (sel % 8);
+    let mut d = Decoder::new(V, max);
+    let mut failed = false;
+    while let Some((&len, tail)) = rest.split_first() {
+        let n = usize::from(len % 64).min(tail.len());
+        let (mut chunk, tail) = tail.split_at(n);
+        rest = tail;
+        while !chunk.is_empty() {
+            let taken = match d.push(chunk) {
+                Ok(t) => t,
+                Err(_) => {
+                    assert!(failed, "push fails only after an error");
+                    return;
+                }
+            };
+            assert!(d.buffered() <= d.capacity() && d.capacity() <= max.max(5));
+            chunk = &chunk[taken..];
+            let mut progressed = taken > 0;
+            while let Some(r) = d.next() {
+                progressed = true;
+                match r {
+                    Ok(p) => check_reencode(&p, max),
+                    Err(_) => failed = true,
+                }
+            }
+            if failed {
+                assert_eq!(d.next(), None);
+                return;
+            }
+            assert!(progressed, "full buffer without a packet or an error");
+        }
+    }
+});
