@@ -1,21 +1,19 @@
-//! Feeds the MQTT 3.1.1 `Decoder` arbitrary bytes in arbitrary chunks. It may not panic, it
+//! Feeds the MQTT `Decoder` (3.1.1 and 5) arbitrary bytes in arbitrary chunks. It may not panic, it
 //! never buffers more than its limit, it makes progress (a full buffer always yields a packet
 //! or an error), and every decoded packet re-encodes to bytes that decode to the same packet.
 //!
-//! Input: byte 0 picks the limit (16 << (b % 8) bytes, 16 B to 2 KiB). Then chunks: a length
+//! Input: byte 0 picks the limit (16 << (b % 8) bytes, 16 B to 2 KiB) and, with bit 3, MQTT 5. Then chunks: a length
 //! byte (0..=63) followed by that many bytes, until the input runs out.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
 use p2pd_signaling::mqtt::{encode, Decoder, Packet, Protocol};
 
-const V: Protocol = Protocol::V311;
-
-fn check_reencode(packet: &Packet, max: usize) {
+fn check_reencode(packet: &Packet, v: Protocol, max: usize) {
     let mut wire = Vec::new();
-    encode(packet, V, &mut wire).expect("a decoded packet re-encodes");
+    encode(packet, v, &mut wire).expect("a decoded packet re-encodes");
     assert!(wire.len() <= max, "re-encoded packet grew past the limit");
-    let mut d = Decoder::new(V, max);
+    let mut d = Decoder::new(v, max);
     assert_eq!(d.push(&wire), Ok(wire.len()));
     assert_eq!(d.next(), Some(Ok(packet.clone())));
     assert_eq!(d.next(), None);
@@ -27,7 +25,12 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     let max = 16usize << (sel % 8);
-    let mut d = Decoder::new(V, max);
+    let v = if sel & 8 != 0 {
+        Protocol::V5
+    } else {
+        Protocol::V311
+    };
+    let mut d = Decoder::new(v, max);
     let mut failed = false;
     while let Some((&len, tail)) = rest.split_first() {
         let n = usize::from(len % 64).min(tail.len());
@@ -47,7 +50,7 @@ fuzz_target!(|data: &[u8]| {
             while let Some(r) = d.next() {
                 progressed = true;
                 match r {
-                    Ok(p) => check_reencode(&p, max),
+                    Ok(p) => check_reencode(&p, v, max),
                     Err(_) => failed = true,
                 }
             }

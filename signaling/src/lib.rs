@@ -9,7 +9,7 @@
 //!   ECIES-encrypted to the recipient, ECDSA-signed by the sender, with a timestamp and nonce that
 //!   the [`Opener`] checks against a freshness window and a bounded replay cache.
 //! - [`PeerAddress`]: the versioned, canonical peer [`address`] format (binary and `p2pd1:` text).
-//! - [`mqtt`]: the MQTT codec ([`MqttPacket`], [`MqttDecoder`]: bounded streaming decode, MQTT 3.1.1).
+//! - [`mqtt`]: the MQTT codec ([`MqttPacket`], [`MqttDecoder`]: bounded streaming decode, MQTT 3.1.1 and 5).
 //!
 //! Like every protocol crate this one does no I/O, reads no clock and no global RNG: time
 //! (`now_ms`, Unix milliseconds) and randomness (key bytes, nonces) are passed in.

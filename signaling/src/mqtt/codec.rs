@@ -4,10 +4,16 @@
 //! crate underneath can be swapped (or replaced by a hand-written v3.1.1 codec) without touching
 //! it.
 //!
-//! Supported: MQTT 3.1.1 ([`Protocol::V311`]) CONNECT, CONNACK, SUBSCRIBE, SUBACK, PUBLISH
-//! (QoS 0/1/2), PUBACK, PINGREQ, PINGRESP, DISCONNECT. Other packet types (PUBREC/PUBREL/PUBCOMP,
-//! UNSUBSCRIBE/UNSUBACK), CONNECT with a will or login, and MQTT 5 ([`Protocol::V5`]) are
-//! rejected with [`CodecError::Unsupported`]; MQTT 5 is next.
+//! Supported, for MQTT 3.1.1 ([`Protocol::V311`]) and MQTT 5 ([`Protocol::V5`]): CONNECT,
+//! CONNACK, SUBSCRIBE, SUBACK, PUBLISH (QoS 0/1/2), PUBACK, PINGREQ, PINGRESP, DISCONNECT. Other
+//! packet types (PUBREC/PUBREL/PUBCOMP, UNSUBSCRIBE/UNSUBACK, AUTH) and CONNECT with a will or
+//! login are rejected with [`CodecError::Unsupported`].
+//!
+//! MQTT 5 limits (next): we encode no properties and drop received ones (CONNACK's
+//! Maximum Packet Size, PUBLISH's Message Expiry Interval, ...), subscription options beyond
+//! QoS, PUBACK and DISCONNECT reason codes. A PUBLISH using a Topic Alias is
+//! [`CodecError::Unsupported`] (we advertise no Topic Alias Maximum, so brokers must not send
+//! one). CONNACK and SUBACK codes are raw bytes in either protocol's code space.
 //!
 //! What we add on top of the crate:
 //! - framing is ours: [`Decoder`] reads the fixed header itself, rejects a frame larger than
@@ -22,7 +28,7 @@
 
 use bytes::BytesMut;
 use mqttbytes_ng as mb;
-use mqttbytes_ng::v4;
+use mqttbytes_ng::{v4, v5};
 
 /// Largest remaining length MQTT can express (four 7-bit groups).
 const MAX_REMAINING_LEN: usize = 268_435_455;
@@ -34,8 +40,7 @@ const MAX_FIXED_HEADER: usize = 5;
 pub enum Protocol {
     /// MQTT 3.1.1 (protocol level 4).
     V311,
-    /// MQTT 5.0 (protocol level 5). Not supported yet: every use returns
-    /// [`CodecError::Unsupported`].
+    /// MQTT 5.0 (protocol level 5), without properties (see the module docs).
     V5,
 }
 
@@ -68,7 +73,7 @@ pub enum Packet {
     ConnAck {
         /// The broker kept a session for us.
         session_present: bool,
-        /// Return code: 3.1.1 uses 0 (accepted) to 5.
+        /// Return code: 3.1.1 uses 0 (accepted) to 5; MQTT 5 uses 0 or a reason code >= 0x80.
         code: u8,
     },
     /// SUBSCRIBE (at least one filter; non-zero packet id).
@@ -82,7 +87,8 @@ pub enum Packet {
     SubAck {
         /// Packet identifier (non-zero).
         pkid: u16,
-        /// One return code per filter: 0, 1, 2 (granted QoS) or 0x80 (failure).
+        /// One return code per filter: 0, 1, 2 (granted QoS) or 0x80 (failure); MQTT 5 adds
+        /// its reason codes (0x83, 0x87, 0x8F, 0x91, 0x97, 0x9E, 0xA1, 0xA2).
         codes: Vec<u8>,
     },
     /// PUBLISH.
@@ -152,14 +158,15 @@ impl std::error::Error for CodecError {}
 
 /// Encodes `packet` for `protocol` and appends it to `out`. On error `out` is unchanged.
 pub fn encode(packet: &Packet, protocol: Protocol, out: &mut Vec<u8>) -> Result<(), CodecError> {
-    if protocol != Protocol::V311 {
-        return Err(CodecError::Unsupported("MQTT 5 (next)"));
-    }
-    let packet = to_v4(packet)?;
     let mut scratch = BytesMut::new();
-    packet
-        .write(&mut scratch, MAX_REMAINING_LEN)
-        .map_err(map_encode_err)?;
+    match protocol {
+        Protocol::V311 => to_v4(packet)?
+            .write(&mut scratch, MAX_REMAINING_LEN)
+            .map_err(map_encode_err)?,
+        Protocol::V5 => to_v5(packet)?
+            .write(&mut scratch, None)
+            .map_err(map_encode_err)?,
+    };
     out.extend_from_slice(&scratch);
     Ok(())
 }
@@ -297,16 +304,7 @@ fn to_v4(packet: &Packet) -> Result<v4::Packet, CodecError> {
             dup,
             payload,
         } => {
-            check_str(topic)?;
-            match qos {
-                QoS::AtMostOnce if *pkid != 0 => {
-                    return Err(CodecError::Invalid("QoS 0 PUBLISH with a packet id"))
-                }
-                QoS::AtMostOnce => {}
-                QoS::AtLeastOnce | QoS::ExactlyOnce => {
-                    nonzero(*pkid)?;
-                }
-            }
+            check_publish(topic, *qos, *pkid)?;
             let mut p = v4::Publish::new(topic.as_str(), qos_to(*qos), payload.as_slice());
             p.pkid = *pkid;
             p.retain = *retain;
@@ -390,6 +388,271 @@ fn from_v4(packet: v4::Packet) -> Result<Packet, CodecError> {
     })
 }
 
+fn connack_code_to_v5(code: u8) -> Result<v5::ConnectReturnCode, CodecError> {
+    use v5::ConnectReturnCode as C;
+    // Only MQTT 5 codes: the crate's encoder hits `unreachable!` on its 3.1.1-only variants.
+    Ok(match code {
+        0 => C::Success,
+        128 => C::UnspecifiedError,
+        129 => C::MalformedPacket,
+        130 => C::ProtocolError,
+        131 => C::ImplementationSpecificError,
+        132 => C::UnsupportedProtocolVersion,
+        133 => C::ClientIdentifierNotValid,
+        134 => C::BadUserNamePassword,
+        135 => C::NotAuthorized,
+        136 => C::ServerUnavailable,
+        137 => C::ServerBusy,
+        138 => C::Banned,
+        140 => C::BadAuthenticationMethod,
+        144 => C::TopicNameInvalid,
+        149 => C::PacketTooLarge,
+        151 => C::QuotaExceeded,
+        153 => C::PayloadFormatInvalid,
+        154 => C::RetainNotSupported,
+        155 => C::QoSNotSupported,
+        156 => C::UseAnotherServer,
+        157 => C::ServerMoved,
+        159 => C::ConnectionRateExceeded,
+        _ => return Err(CodecError::Invalid("not an MQTT 5 CONNACK reason code")),
+    })
+}
+
+fn connack_code_from_v5(code: v5::ConnectReturnCode) -> Result<u8, CodecError> {
+    use v5::ConnectReturnCode as C;
+    Ok(match code {
+        C::Success => 0,
+        C::UnspecifiedError => 128,
+        C::MalformedPacket => 129,
+        C::ProtocolError => 130,
+        C::ImplementationSpecificError => 131,
+        C::UnsupportedProtocolVersion => 132,
+        C::ClientIdentifierNotValid => 133,
+        C::BadUserNamePassword => 134,
+        C::NotAuthorized => 135,
+        C::ServerUnavailable => 136,
+        C::ServerBusy => 137,
+        C::Banned => 138,
+        C::BadAuthenticationMethod => 140,
+        C::TopicNameInvalid => 144,
+        C::PacketTooLarge => 149,
+        C::QuotaExceeded => 151,
+        C::PayloadFormatInvalid => 153,
+        C::RetainNotSupported => 154,
+        C::QoSNotSupported => 155,
+        C::UseAnotherServer => 156,
+        C::ServerMoved => 157,
+        C::ConnectionRateExceeded => 159,
+        C::RefusedProtocolVersion | C::BadClientId | C::ServiceUnavailable => {
+            return Err(CodecError::Malformed("3.1.1 CONNACK code in MQTT 5"))
+        }
+    })
+}
+
+fn suback_code_to_v5(code: u8) -> Result<v5::SubscribeReasonCode, CodecError> {
+    use v5::SubscribeReasonCode as C;
+    Ok(match code {
+        0 => C::Success(mb::QoS::AtMostOnce),
+        1 => C::Success(mb::QoS::AtLeastOnce),
+        2 => C::Success(mb::QoS::ExactlyOnce),
+        0x80 => C::Unspecified,
+        0x83 => C::ImplementationSpecific,
+        0x87 => C::NotAuthorized,
+        0x8F => C::TopicFilterInvalid,
+        0x91 => C::PkidInUse,
+        0x97 => C::QuotaExceeded,
+        0x9E => C::SharedSubscriptionsNotSupported,
+        0xA1 => C::SubscriptionIdNotSupported,
+        0xA2 => C::WildcardSubscriptionsNotSupported,
+        _ => return Err(CodecError::Invalid("not an MQTT 5 SUBACK reason code")),
+    })
+}
+
+fn suback_code_from_v5(code: v5::SubscribeReasonCode) -> u8 {
+    use v5::SubscribeReasonCode as C;
+    match code {
+        C::Success(q) => match q {
+            mb::QoS::AtMostOnce => 0,
+            mb::QoS::AtLeastOnce => 1,
+            mb::QoS::ExactlyOnce => 2,
+        },
+        C::Failure | C::Unspecified => 0x80,
+        C::ImplementationSpecific => 0x83,
+        C::NotAuthorized => 0x87,
+        C::TopicFilterInvalid => 0x8F,
+        C::PkidInUse => 0x91,
+        C::QuotaExceeded => 0x97,
+        C::SharedSubscriptionsNotSupported => 0x9E,
+        C::SubscriptionIdNotSupported => 0xA1,
+        C::WildcardSubscriptionsNotSupported => 0xA2,
+    }
+}
+
+fn check_publish(topic: &str, qos: QoS, pkid: u16) -> Result<(), CodecError> {
+    check_str(topic)?;
+    match qos {
+        QoS::AtMostOnce if pkid != 0 => Err(CodecError::Invalid("QoS 0 PUBLISH with a packet id")),
+        QoS::AtMostOnce => Ok(()),
+        QoS::AtLeastOnce | QoS::ExactlyOnce => nonzero(pkid).map(|_| ()),
+    }
+}
+
+fn to_v5(packet: &Packet) -> Result<v5::Packet, CodecError> {
+    Ok(match packet {
+        Packet::Connect {
+            client_id,
+            keep_alive,
+            clean_session,
+            protocol,
+        } => {
+            if *protocol != Protocol::V5 {
+                return Err(CodecError::Invalid("CONNECT protocol differs from codec's"));
+            }
+            check_str(client_id)?;
+            let c = v5::Connect {
+                keep_alive: *keep_alive,
+                client_id: client_id.clone(),
+                clean_start: *clean_session,
+                properties: None,
+            };
+            v5::Packet::Connect(c, None, None)
+        }
+        Packet::ConnAck {
+            session_present,
+            code,
+        } => v5::Packet::ConnAck(v5::ConnAck {
+            session_present: *session_present,
+            code: connack_code_to_v5(*code)?,
+            properties: None,
+        }),
+        Packet::Subscribe { pkid, topics } => {
+            if topics.is_empty() {
+                return Err(CodecError::Invalid("SUBSCRIBE without a filter"));
+            }
+            let mut filters = Vec::with_capacity(topics.len());
+            for (path, qos) in topics {
+                check_str(path)?;
+                filters.push(v5::Filter::new(path.as_str(), qos_to(*qos)));
+            }
+            v5::Packet::Subscribe(v5::Subscribe {
+                pkid: nonzero(*pkid)?,
+                filters,
+                properties: None,
+            })
+        }
+        Packet::SubAck { pkid, codes } => {
+            if codes.is_empty() {
+                return Err(CodecError::Invalid("SUBACK without a return code"));
+            }
+            let return_codes = codes
+                .iter()
+                .map(|c| suback_code_to_v5(*c))
+                .collect::<Result<Vec<_>, _>>()?;
+            v5::Packet::SubAck(v5::SubAck {
+                pkid: nonzero(*pkid)?,
+                return_codes,
+                properties: None,
+            })
+        }
+        Packet::Publish {
+            topic,
+            qos,
+            pkid,
+            retain,
+            dup,
+            payload,
+        } => {
+            check_publish(topic, *qos, *pkid)?;
+            v5::Packet::Publish(v5::Publish {
+                dup: *dup,
+                qos: qos_to(*qos),
+                retain: *retain,
+                topic: bytes::Bytes::copy_from_slice(topic.as_bytes()),
+                pkid: *pkid,
+                payload: bytes::Bytes::copy_from_slice(payload),
+                properties: None,
+            })
+        }
+        Packet::PubAck { pkid } => v5::Packet::PubAck(v5::PubAck::new(nonzero(*pkid)?, None)),
+        Packet::PingReq => v5::Packet::PingReq(v5::PingReq),
+        Packet::PingResp => v5::Packet::PingResp(v5::PingResp),
+        Packet::Disconnect => v5::Packet::Disconnect(v5::Disconnect::new(
+            v5::DisconnectReasonCode::NormalDisconnection,
+        )),
+    })
+}
+
+fn from_v5(packet: v5::Packet) -> Result<Packet, CodecError> {
+    Ok(match packet {
+        v5::Packet::Connect(c, will, login) => {
+            if will.is_some() || login.is_some() {
+                return Err(CodecError::Unsupported("CONNECT with will or login"));
+            }
+            Packet::Connect {
+                client_id: c.client_id,
+                keep_alive: c.keep_alive,
+                clean_session: c.clean_start,
+                protocol: Protocol::V5,
+            }
+        }
+        v5::Packet::ConnAck(a) => Packet::ConnAck {
+            session_present: a.session_present,
+            code: connack_code_from_v5(a.code)?,
+        },
+        v5::Packet::Subscribe(s) => Packet::Subscribe {
+            pkid: decoded_nonzero(s.pkid)?,
+            topics: s
+                .filters
+                .into_iter()
+                .map(|f| (f.path, qos_from(f.qos)))
+                .collect(),
+        },
+        v5::Packet::SubAck(s) => {
+            if s.return_codes.is_empty() {
+                return Err(CodecError::Malformed("SUBACK without a return code"));
+            }
+            Packet::SubAck {
+                pkid: decoded_nonzero(s.pkid)?,
+                codes: s
+                    .return_codes
+                    .into_iter()
+                    .map(suback_code_from_v5)
+                    .collect(),
+            }
+        }
+        v5::Packet::Publish(p) => {
+            if p.properties
+                .as_ref()
+                .is_some_and(|pr| pr.topic_alias.is_some())
+            {
+                return Err(CodecError::Unsupported("PUBLISH with a topic alias"));
+            }
+            let topic = String::from_utf8(p.topic.to_vec())
+                .map_err(|_| CodecError::Malformed("string is not UTF-8"))?;
+            Packet::Publish {
+                topic,
+                qos: qos_from(p.qos),
+                pkid: p.pkid,
+                retain: p.retain,
+                dup: p.dup,
+                payload: p.payload.to_vec(),
+            }
+        }
+        v5::Packet::PubAck(a) => Packet::PubAck {
+            pkid: decoded_nonzero(a.pkid)?,
+        },
+        v5::Packet::PingReq(_) => Packet::PingReq,
+        v5::Packet::PingResp(_) => Packet::PingResp,
+        v5::Packet::Disconnect(_) => Packet::Disconnect,
+        v5::Packet::Auth(_) => return Err(CodecError::Unsupported("AUTH")),
+        v5::Packet::PubRec(_) => return Err(CodecError::Unsupported("PUBREC")),
+        v5::Packet::PubRel(_) => return Err(CodecError::Unsupported("PUBREL")),
+        v5::Packet::PubComp(_) => return Err(CodecError::Unsupported("PUBCOMP")),
+        v5::Packet::Unsubscribe(_) => return Err(CodecError::Unsupported("UNSUBSCRIBE")),
+        v5::Packet::UnsubAck(_) => return Err(CodecError::Unsupported("UNSUBACK")),
+    })
+}
+
 fn map_encode_err(e: mb::Error) -> CodecError {
     match e {
         mb::Error::PayloadTooLong | mb::Error::OutgoingPacketTooLarge { .. } => {
@@ -415,6 +678,9 @@ fn map_decode_err(e: mb::Error) -> CodecError {
         E::EmptySubscription => "SUBSCRIBE without a filter",
         E::PayloadRequired => "packet body missing",
         E::MalformedRemainingLength => "remaining length over 4 bytes",
+        E::InvalidPropertyType(_) => "invalid property",
+        E::InvalidRetainForwardRule(_) => "invalid retain handling",
+        E::InsufficientBytes(_) => "framing disagreement",
         _ => "rejected by the decoder",
     })
 }
@@ -518,9 +784,6 @@ impl Decoder {
     }
 
     fn decode_one(&mut self) -> Result<Option<Packet>, CodecError> {
-        if self.protocol != Protocol::V311 {
-            return Err(CodecError::Unsupported("MQTT 5 (next)"));
-        }
         let Some((header_len, remaining)) = parse_fixed_header(&self.buffer)? else {
             return Ok(None);
         };
@@ -536,14 +799,18 @@ impl Decoder {
         }
         let mut frame = self.buffer.split_to(frame_len);
         // Exactly one complete frame: the crate cannot ask for more bytes.
-        let packet = v4::Packet::read(&mut frame, MAX_REMAINING_LEN).map_err(|e| match e {
-            mb::Error::InsufficientBytes(_) => CodecError::Malformed("framing disagreement"),
-            e => map_decode_err(e),
-        })?;
+        let packet = match self.protocol {
+            Protocol::V311 => v4::Packet::read(&mut frame, MAX_REMAINING_LEN)
+                .map_err(map_decode_err)
+                .and_then(from_v4),
+            Protocol::V5 => v5::Packet::read(&mut frame, None)
+                .map_err(map_decode_err)
+                .and_then(from_v5),
+        }?;
         if !frame.is_empty() {
             return Err(CodecError::Malformed("framing disagreement"));
         }
-        from_v4(packet).map(Some)
+        Ok(Some(packet))
     }
 }
 

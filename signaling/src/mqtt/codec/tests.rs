@@ -1,20 +1,26 @@
 use super::*;
 
 const V: Protocol = Protocol::V311;
+const BOTH: [Protocol; 2] = [Protocol::V311, Protocol::V5];
 
 fn all_packets() -> Vec<Packet> {
+    packets_for(V)
+}
+
+fn packets_for(v: Protocol) -> Vec<Packet> {
+    let refused = if v == Protocol::V5 { 0x87 } else { 5 };
     vec![
         Packet::Connect {
             client_id: "p2pd-abc".into(),
             keep_alive: 60,
             clean_session: true,
-            protocol: V,
+            protocol: v,
         },
         Packet::Connect {
             client_id: String::new(),
             keep_alive: 0,
             clean_session: false,
-            protocol: V,
+            protocol: v,
         },
         Packet::ConnAck {
             session_present: false,
@@ -22,7 +28,7 @@ fn all_packets() -> Vec<Packet> {
         },
         Packet::ConnAck {
             session_present: true,
-            code: 5,
+            code: refused,
         },
         Packet::Subscribe {
             pkid: 1,
@@ -68,13 +74,21 @@ fn all_packets() -> Vec<Packet> {
 }
 
 fn enc(p: &Packet) -> Vec<u8> {
+    enc_as(p, V)
+}
+
+fn enc_as(p: &Packet, v: Protocol) -> Vec<u8> {
     let mut out = Vec::new();
-    encode(p, V, &mut out).unwrap();
+    encode(p, v, &mut out).unwrap();
     out
 }
 
 fn decode_all(bytes: &[u8], max: usize) -> Vec<Result<Packet, CodecError>> {
-    let mut d = Decoder::new(V, max);
+    decode_all_as(bytes, max, V)
+}
+
+fn decode_all_as(bytes: &[u8], max: usize, v: Protocol) -> Vec<Result<Packet, CodecError>> {
+    let mut d = Decoder::new(v, max);
     let mut out = Vec::new();
     let mut rest = bytes;
     loop {
@@ -100,10 +114,70 @@ fn decode_all(bytes: &[u8], max: usize) -> Vec<Result<Packet, CodecError>> {
 
 #[test]
 fn round_trip_every_packet() {
-    for p in all_packets() {
-        let bytes = enc(&p);
-        assert_eq!(decode_all(&bytes, 1024), vec![Ok(p.clone())], "{p:?}");
+    for v in BOTH {
+        for p in packets_for(v) {
+            let bytes = enc_as(&p, v);
+            assert_eq!(
+                decode_all_as(&bytes, 1024, v),
+                vec![Ok(p.clone())],
+                "{v:?} {p:?}"
+            );
+        }
     }
+}
+
+#[test]
+fn v5_known_bytes_and_properties_dropped() {
+    let v5 = Protocol::V5;
+    assert_eq!(
+        enc_as(
+            &Packet::Connect {
+                client_id: "id".into(),
+                keep_alive: 30,
+                clean_session: true,
+                protocol: v5,
+            },
+            v5
+        ),
+        [0x10, 15, 0, 4, b'M', b'Q', b'T', b'T', 5, 2, 0, 30, 0, 0, 2, b'i', b'd']
+    );
+    // PUBACK with reason 0x10 (no matching subscribers) and no properties.
+    assert_eq!(
+        decode_all_as(&[0x40, 3, 0, 9, 0x10], 64, v5),
+        vec![Ok(Packet::PubAck { pkid: 9 })]
+    );
+    // PUBLISH QoS 1 with Message Expiry Interval 120: accepted, property dropped.
+    let publish = [
+        0x32, 13, 0, 1, b't', 0, 5, 5, 0x02, 0, 0, 0, 120, b'h', b'i',
+    ];
+    assert_eq!(
+        decode_all_as(&publish, 64, v5),
+        vec![Ok(Packet::Publish {
+            topic: "t".into(),
+            qos: QoS::AtLeastOnce,
+            pkid: 5,
+            retain: false,
+            dup: false,
+            payload: b"hi".to_vec(),
+        })]
+    );
+    // Topic alias 1: unsupported.
+    let aliased = [0x30, 7, 0, 0, 3, 0x23, 0, 1, b'x'];
+    assert!(matches!(
+        &decode_all_as(&aliased, 64, v5)[..],
+        [Err(CodecError::Unsupported(_))]
+    ));
+    // A 3.1.1 CONNECT on an MQTT 5 stream and vice versa.
+    let c4 = enc(&all_packets()[0]);
+    assert!(matches!(
+        &decode_all_as(&c4, 64, v5)[..],
+        [Err(CodecError::Malformed(_))]
+    ));
+    let c5 = enc_as(&packets_for(v5)[0], v5);
+    assert!(matches!(
+        &decode_all_as(&c5, 64, V)[..],
+        [Err(CodecError::Unsupported(_))]
+    ));
 }
 
 #[test]
@@ -141,14 +215,20 @@ fn qos1_pkid_preserved() {
 
 #[test]
 fn stream_split_at_every_offset() {
-    let packets = all_packets();
-    let wire: Vec<u8> = packets.iter().flat_map(enc).collect();
+    for v in BOTH {
+        split_at_every_offset(v);
+    }
+}
+
+fn split_at_every_offset(v: Protocol) {
+    let packets = packets_for(v);
+    let wire: Vec<u8> = packets.iter().flat_map(|p| enc_as(p, v)).collect();
     let expected: Vec<_> = packets.iter().cloned().map(Ok).collect();
     // Whole.
-    assert_eq!(decode_all(&wire, 1024), expected);
+    assert_eq!(decode_all_as(&wire, 1024, v), expected);
     // Two pieces, split at every offset.
     for cut in 0..=wire.len() {
-        let mut d = Decoder::new(V, 1024);
+        let mut d = Decoder::new(v, 1024);
         let mut got = Vec::new();
         for piece in [&wire[..cut], &wire[cut..]] {
             assert_eq!(d.push(piece), Ok(piece.len()));
@@ -160,7 +240,7 @@ fn stream_split_at_every_offset() {
         assert_eq!(d.buffered(), 0);
     }
     // Byte by byte.
-    let mut d = Decoder::new(V, 1024);
+    let mut d = Decoder::new(v, 1024);
     let mut got = Vec::new();
     for b in &wire {
         assert_eq!(d.push(std::slice::from_ref(b)), Ok(1));
@@ -322,15 +402,24 @@ fn encode_rejects_invalid_and_leaves_output_untouched() {
 }
 
 #[test]
-fn v5_is_unsupported_for_now() {
+fn v5_rejects_codes_outside_its_space() {
     let mut out = Vec::new();
-    assert_eq!(
-        encode(&Packet::PingReq, Protocol::V5, &mut out),
-        Err(CodecError::Unsupported("MQTT 5 (next)"))
-    );
-    let mut d = Decoder::new(Protocol::V5, 64);
-    assert_eq!(d.push(&[0xC0, 0]), Ok(2));
-    assert!(matches!(d.next(), Some(Err(CodecError::Unsupported(_)))));
+    for p in [
+        Packet::ConnAck {
+            session_present: false,
+            code: 5,
+        },
+        Packet::SubAck {
+            pkid: 1,
+            codes: vec![0x81],
+        },
+    ] {
+        assert!(matches!(
+            encode(&p, Protocol::V5, &mut out),
+            Err(CodecError::Invalid(_))
+        ));
+    }
+    assert!(out.is_empty());
 }
 
 #[test]
