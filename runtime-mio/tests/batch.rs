@@ -1,6 +1,8 @@
 //! Batched UDP I/O (`recvmmsg` / `sendmmsg` on Linux): bursts, mixed IPv4 / IPv6 sockets, a
 //! failing datagram in the middle of a batch, and a run stopped in the middle of a read batch.
 
+mod common;
+
 use std::collections::{HashMap, VecDeque};
 use std::net::{SocketAddr, UdpSocket};
 use std::ops::ControlFlow;
@@ -40,7 +42,7 @@ enum Input {
 #[derive(Default)]
 struct Relay {
     ops: VecDeque<SocketOp>,
-    tx: VecDeque<(SocketId, SocketAddr, Vec<u8>)>,
+    tx: VecDeque<common::Queued>,
     inputs: VecDeque<Input>,
     echo: bool,
     close_after: usize,
@@ -88,13 +90,7 @@ impl Machine for Relay {
     fn handle_timeout(&mut self, _now: Instant) {}
 
     fn poll_transmit(&mut self, buf: &mut [u8]) -> Option<Transmit> {
-        let (socket, destination, bytes) = self.tx.pop_front()?;
-        buf[..bytes.len()].copy_from_slice(&bytes);
-        Some(Transmit {
-            socket,
-            destination,
-            len: bytes.len(),
-        })
+        common::pop_transmit(&mut self.tx, buf)
     }
 
     fn poll_socket_op(&mut self) -> Option<SocketOp> {

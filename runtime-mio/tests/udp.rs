@@ -1,5 +1,7 @@
 //! Real-socket tests of the runtime on loopback, with small hand-written machines.
 
+mod common;
+
 use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::ops::ControlFlow;
@@ -37,7 +39,7 @@ const B: SocketId = SocketId(2);
 
 struct Echo {
     ops: VecDeque<SocketOp>,
-    tx: VecDeque<(SocketId, SocketAddr, Vec<u8>)>,
+    tx: VecDeque<common::Queued>,
     events: VecDeque<EchoEvent>,
     a: Option<SocketAddr>,
     b: Option<SocketAddr>,
@@ -116,13 +118,7 @@ impl Machine for Echo {
     }
 
     fn poll_transmit(&mut self, buf: &mut [u8]) -> Option<Transmit> {
-        let (socket, destination, bytes) = self.tx.pop_front()?;
-        buf[..bytes.len()].copy_from_slice(&bytes);
-        Some(Transmit {
-            socket,
-            destination,
-            len: bytes.len(),
-        })
+        common::pop_transmit(&mut self.tx, buf)
     }
 
     fn poll_socket_op(&mut self) -> Option<SocketOp> {
@@ -221,7 +217,7 @@ enum Input {
 #[derive(Default)]
 struct Script {
     ops: VecDeque<SocketOp>,
-    tx: VecDeque<(SocketId, SocketAddr, Vec<u8>)>,
+    tx: VecDeque<common::Queued>,
     inputs: VecDeque<Input>,
     deadline: Option<Instant>,
 }
@@ -266,13 +262,7 @@ impl Machine for Script {
     }
 
     fn poll_transmit(&mut self, buf: &mut [u8]) -> Option<Transmit> {
-        let (socket, destination, bytes) = self.tx.pop_front()?;
-        buf[..bytes.len()].copy_from_slice(&bytes);
-        Some(Transmit {
-            socket,
-            destination,
-            len: bytes.len(),
-        })
+        common::pop_transmit(&mut self.tx, buf)
     }
 
     fn poll_socket_op(&mut self) -> Option<SocketOp> {
