@@ -105,12 +105,23 @@ pub enum SocketOp {
         /// The remote address.
         remote: SocketAddr,
     },
-    /// Make a bound TCP socket listen.
+    /// Make a bound TCP socket listen. Connections wait in the kernel's backlog until the machine
+    /// asks for them with [`SocketOp::Accept`].
     Listen {
         /// The socket.
         socket: SocketId,
         /// The accept backlog.
         backlog: u32,
+    },
+    /// Take the next incoming connection on `listener` (now or when one arrives) and name it
+    /// `socket`. Answered on `socket` with [`SocketOutcome::Accepted`], or on `socket` with a
+    /// failure of kind [`OpKind::Accept`]. The machine chooses the id, so it also chooses how many
+    /// connections it is willing to hold: one outstanding `Accept` per free slot.
+    Accept {
+        /// The listening socket.
+        listener: SocketId,
+        /// The handle the machine will use for the accepted stream.
+        socket: SocketId,
     },
     /// Set the IP TTL (hop limit) of outgoing packets.
     SetTtl {
@@ -133,6 +144,7 @@ impl SocketOp {
             SocketOp::Bind { socket, .. }
             | SocketOp::Connect { socket, .. }
             | SocketOp::Listen { socket, .. }
+            | SocketOp::Accept { socket, .. }
             | SocketOp::SetTtl { socket, .. }
             | SocketOp::Close { socket } => socket,
         }
@@ -148,6 +160,8 @@ pub enum OpKind {
     Connect,
     /// A listen intent.
     Listen,
+    /// An accept intent.
+    Accept,
     /// A TTL change.
     SetTtl,
     /// Sending a transmit.
@@ -199,6 +213,13 @@ pub enum SocketOutcome {
     },
     /// A TCP connect completed.
     Connected {
+        /// The local address of the connection.
+        local: SocketAddr,
+        /// The remote address.
+        remote: SocketAddr,
+    },
+    /// An accept intent completed: the socket is a connected TCP stream.
+    Accepted {
         /// The local address of the connection.
         local: SocketAddr,
         /// The remote address.
@@ -354,11 +375,31 @@ where
 
 /// Implements [`Machine`] for a type whose inherent methods already have the contract's names and
 /// signatures, so every machine keeps its inherent API and the trait stays a thin delegation.
+///
+/// `impl_machine!(Type, Event)` is for datagram machines; `impl_machine!(Type, Event, stream)` also
+/// delegates `handle_stream` to an inherent method of that name.
 #[macro_export]
 macro_rules! impl_machine {
+    ($machine:ty, $event:ty, stream) => {
+        $crate::impl_machine!(@impl $machine, $event,
+            fn handle_stream(
+                &mut self,
+                now: $crate::Instant,
+                socket: $crate::SocketId,
+                data: &[u8],
+            ) -> $crate::Verdict {
+                <$machine>::handle_stream(self, now, socket, data)
+            }
+        );
+    };
     ($machine:ty, $event:ty) => {
+        $crate::impl_machine!(@impl $machine, $event,);
+    };
+    (@impl $machine:ty, $event:ty, $($extra:item)*) => {
         impl $crate::Machine for $machine {
             type Event = $event;
+
+            $($extra)*
 
             fn handle_datagram(
                 &mut self,

@@ -96,9 +96,16 @@ enum Kind {
     TcpBound(Socket),
     /// A connecting or connected TCP stream (registered readable and writable).
     TcpStream(Stream),
-    /// A listening TCP socket (not registered: the contract has no outcome for accepted streams,
-    /// so connections stay in the kernel's backlog).
-    TcpListener(mio::net::TcpListener),
+    /// A listening TCP socket (registered readable) and the ids the machine asked to name its next
+    /// accepted connections, oldest first.
+    TcpListener(Listener),
+}
+
+/// A listening TCP socket and its outstanding accept intents.
+struct Listener {
+    listener: mio::net::TcpListener,
+    /// Ids for the next accepted connections; connections beyond these wait in the kernel's backlog.
+    waiting: VecDeque<SocketId>,
 }
 
 /// A TCP stream and its state.
@@ -387,6 +394,16 @@ impl Runtime {
                 kind: Kind::TcpStream(_),
                 ..
             })) => self.service_stream(machine, idx, on_event),
+            Some(Some(Entry {
+                kind: Kind::TcpListener(_),
+                ..
+            })) => {
+                self.accept_waiting(idx);
+                match self.drain(machine, on_event) {
+                    ControlFlow::Break(()) => ReadEnd::Break,
+                    ControlFlow::Continue(()) => ReadEnd::Done,
+                }
+            }
             _ => ReadEnd::Done,
         }
     }
@@ -892,6 +909,10 @@ impl Runtime {
                     self.fail(socket, OpKind::Listen, error);
                 }
             }
+            SocketOp::Accept { listener, socket } => match self.queue_accept(listener, socket) {
+                Ok(idx) => self.accept_waiting(idx),
+                Err(error) => self.fail(socket, OpKind::Accept, error),
+            },
             // An intent this runtime does not know yet: nothing sensible to report it as.
             _ => {
                 self.stats.op_failures = self.stats.op_failures.saturating_add(1);
@@ -968,14 +989,123 @@ impl Runtime {
         let Some(mut entry) = slot.take() else {
             return Err(IoError::UnknownSocket);
         };
+        let mut registered = Ok(());
         entry.kind = match entry.kind {
-            Kind::TcpBound(sock) => Kind::TcpListener(mio::net::TcpListener::from_std(
-                std::net::TcpListener::from(sock),
-            )),
+            Kind::TcpBound(sock) => {
+                let mut listener =
+                    mio::net::TcpListener::from_std(std::net::TcpListener::from(sock));
+                registered =
+                    self.poll
+                        .registry()
+                        .register(&mut listener, Token(idx), Interest::READABLE);
+                Kind::TcpListener(Listener {
+                    listener,
+                    waiting: VecDeque::new(),
+                })
+            }
             other => other,
         };
         *slot = Some(entry);
-        Ok(())
+        registered.map_err(|e| map_io_error(&e))
+    }
+
+    /// Records that the next connection on `listener` is to be named `socket`; returns the
+    /// listener's slot.
+    fn queue_accept(&mut self, listener: SocketId, socket: SocketId) -> Result<usize, IoError> {
+        if self.ids.contains_key(&socket) {
+            // API misuse: the id is taken.
+            return Err(IoError::Other(None));
+        }
+        let idx = *self.ids.get(&listener).ok_or(IoError::UnknownSocket)?;
+        let Some(Some(Entry {
+            kind: Kind::TcpListener(l),
+            ..
+        })) = self.slots.get_mut(idx)
+        else {
+            // Not a listening socket.
+            return Err(IoError::Other(None));
+        };
+        if l.waiting.contains(&socket) || l.waiting.len() >= MAX_PENDING_REPORTS {
+            return Err(IoError::Other(None));
+        }
+        l.waiting.push_back(socket);
+        Ok(idx)
+    }
+
+    /// Accepts connections on listener slot `idx` while the machine has ids waiting for them,
+    /// registering each stream and reporting `Accepted` (or a failed accept) on its id.
+    fn accept_waiting(&mut self, idx: usize) {
+        loop {
+            let Some(Some(Entry {
+                kind: Kind::TcpListener(l),
+                ..
+            })) = self.slots.get_mut(idx)
+            else {
+                return;
+            };
+            let Some(&socket) = l.waiting.front() else {
+                return;
+            };
+            let (mut stream, remote) = match l.listener.accept() {
+                Ok(accepted) => accepted,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    l.waiting.pop_front();
+                    self.fail(socket, OpKind::Accept, map_io_error(&e));
+                    continue;
+                }
+            };
+            l.waiting.pop_front();
+            if self.ids.contains_key(&socket) {
+                // The machine bound this id meanwhile: misuse; the connection is dropped.
+                self.fail(socket, OpKind::Accept, IoError::Other(None));
+                continue;
+            }
+            let local = match stream.local_addr() {
+                Ok(local) => local,
+                Err(e) => {
+                    self.fail(socket, OpKind::Accept, map_io_error(&e));
+                    continue;
+                }
+            };
+            let new_idx = self.free.pop().unwrap_or(self.slots.len());
+            let registered = self.poll.registry().register(
+                &mut stream,
+                Token(new_idx),
+                Interest::READABLE | Interest::WRITABLE,
+            );
+            if let Err(e) = registered {
+                if new_idx < self.slots.len() {
+                    self.free.push(new_idx);
+                }
+                self.fail(socket, OpKind::Accept, map_io_error(&e));
+                continue;
+            }
+            let serial = self.next_serial;
+            self.next_serial = serial.wrapping_add(1);
+            let entry = Entry {
+                id: socket,
+                serial,
+                local,
+                kind: Kind::TcpStream(Stream {
+                    stream,
+                    remote,
+                    connected: true,
+                    read_closed: false,
+                    out: Vec::new(),
+                }),
+            };
+            match self.slots.get_mut(new_idx) {
+                Some(slot) => *slot = Some(entry),
+                None => self.slots.push(Some(entry)),
+            }
+            self.ids.insert(socket, new_idx);
+            self.stats.sockets_opened = self.stats.sockets_opened.saturating_add(1);
+            self.report(socket, SocketOutcome::Accepted { local, remote });
+            // Bytes may have arrived before registration: read them on the next turn.
+            self.carry.push(new_idx);
+        }
     }
 
     /// Queues a failed intent.
@@ -1058,7 +1188,7 @@ impl Runtime {
             Kind::Udp(sock) => SockRef::from(sock),
             Kind::TcpBound(sock) => SockRef::from(sock),
             Kind::TcpStream(st) => SockRef::from(&st.stream),
-            Kind::TcpListener(sock) => SockRef::from(sock),
+            Kind::TcpListener(l) => SockRef::from(&l.listener),
         };
         let result = if entry.local.is_ipv4() {
             sock.set_ttl_v4(u32::from(ttl))
@@ -1078,7 +1208,9 @@ impl Runtime {
             let _ = match &mut entry.kind {
                 Kind::Udp(sock) => registry.deregister(sock),
                 Kind::TcpStream(st) => registry.deregister(&mut st.stream),
-                Kind::TcpBound(_) | Kind::TcpListener(_) => Ok(()),
+                // Outstanding accepts end with the listener, without a report.
+                Kind::TcpListener(l) => registry.deregister(&mut l.listener),
+                Kind::TcpBound(_) => Ok(()),
             };
             self.stats.sockets_closed = self.stats.sockets_closed.saturating_add(1);
         }

@@ -243,3 +243,169 @@ fn listen_accepts_into_the_backlog() {
         RunEnd::Idle
     );
 }
+
+/// A listener that accepts into ids 10, 11, ... (one outstanding accept at a time) and echoes every
+/// stream chunk back on the stream it came from.
+#[derive(Default)]
+struct Echo {
+    ops: VecDeque<SocketOp>,
+    tx: VecDeque<(SocketId, Vec<u8>)>,
+    events: VecDeque<(SocketId, SocketOutcome)>,
+    next: u32,
+    accepted: Vec<SocketId>,
+}
+
+const LISTENER: SocketId = SocketId(1);
+
+impl Echo {
+    fn accept_next(&mut self) {
+        self.next += 1;
+        self.ops.push_back(SocketOp::Accept {
+            listener: LISTENER,
+            socket: SocketId(9 + self.next),
+        });
+    }
+}
+
+impl Machine for Echo {
+    type Event = (SocketId, SocketOutcome);
+    fn handle_datagram(&mut self, _: Instant, _: SocketId, _: SocketAddr, _: &[u8]) -> Verdict {
+        Verdict::NotMine
+    }
+    fn handle_stream(&mut self, _: Instant, socket: SocketId, data: &[u8]) -> Verdict {
+        assert!(self.accepted.contains(&socket));
+        self.tx.push_back((socket, data.to_vec()));
+        Verdict::Consumed
+    }
+    fn handle_socket_result(&mut self, _: Instant, socket: SocketId, outcome: SocketOutcome) {
+        match outcome {
+            SocketOutcome::Bound { .. } => {}
+            SocketOutcome::Accepted { .. } => {
+                self.accepted.push(socket);
+                self.accept_next();
+            }
+            SocketOutcome::PeerClosed => self.ops.push_back(SocketOp::Close { socket }),
+            _ => {}
+        }
+        self.events.push_back((socket, outcome));
+    }
+    fn handle_timeout(&mut self, _: Instant) {}
+    fn poll_transmit(&mut self, buf: &mut [u8]) -> Option<Transmit> {
+        let (socket, bytes) = self.tx.pop_front()?;
+        buf[..bytes.len()].copy_from_slice(&bytes);
+        Some(Transmit {
+            socket,
+            destination: "0.0.0.0:0".parse().unwrap(),
+            len: bytes.len(),
+        })
+    }
+    fn poll_socket_op(&mut self) -> Option<SocketOp> {
+        self.ops.pop_front()
+    }
+    fn poll_event(&mut self) -> Option<(SocketId, SocketOutcome)> {
+        self.events.pop_front()
+    }
+    fn poll_timeout(&self) -> Option<Instant> {
+        None
+    }
+}
+
+#[test]
+fn accept_names_connections_and_streams_them() {
+    let mut rt = Runtime::new().unwrap();
+    let mut m = Echo::default();
+    m.ops.extend([
+        tcp_bind("127.0.0.1:0"),
+        SocketOp::Listen {
+            socket: LISTENER,
+            backlog: 8,
+        },
+    ]);
+    let mut local = None;
+    let _ = rt.drive(&mut m, |_, _, (_, outcome)| {
+        if let SocketOutcome::Bound { local: l } = outcome {
+            local = Some(l);
+        }
+        ControlFlow::Continue(())
+    });
+    let local = local.unwrap();
+    // Two clients connect before the machine asks for any connection: they wait in the backlog.
+    let clients: Vec<_> = (0..2)
+        .map(|i| {
+            std::thread::spawn(move || {
+                let mut c = TcpStream::connect(local).unwrap();
+                c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+                let msg = format!("hello {i}");
+                c.write_all(msg.as_bytes()).unwrap();
+                let mut back = vec![0u8; msg.len()];
+                c.read_exact(&mut back).unwrap();
+                assert_eq!(back, msg.as_bytes());
+                c.local_addr().unwrap()
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(100));
+    m.accept_next();
+    let mut remotes = Vec::new();
+    let mut closed = 0;
+    let end = rt
+        .run(&mut m, LIMIT, |_, _, (socket, outcome)| {
+            match outcome {
+                SocketOutcome::Accepted { local: l, remote } => {
+                    assert_eq!(l, local);
+                    assert!(socket.0 >= 10);
+                    remotes.push(remote);
+                }
+                SocketOutcome::PeerClosed => closed += 1,
+                other => panic!("{other:?}"),
+            }
+            if closed == 2 {
+                ControlFlow::Break(())
+            } else {
+                ControlFlow::Continue(())
+            }
+        })
+        .unwrap();
+    assert_eq!(end, RunEnd::Break);
+    let mut addrs: Vec<SocketAddr> = clients.into_iter().map(|c| c.join().unwrap()).collect();
+    addrs.sort();
+    remotes.sort();
+    assert_eq!(addrs, remotes);
+    // The listener and the one outstanding accept: closing the listener ends it without a report.
+    let _ = rt.drive(&mut m, |_, _, ev| panic!("{ev:?}"));
+    assert_eq!(rt.open_sockets(), 1);
+    m.ops.push_back(SocketOp::Close { socket: LISTENER });
+    assert_eq!(
+        rt.run(&mut m, LIMIT, |_, _, ev| panic!("{ev:?}")).unwrap(),
+        RunEnd::Idle
+    );
+}
+
+#[test]
+fn accept_on_a_socket_that_is_not_listening_fails() {
+    let mut rt = Runtime::new().unwrap();
+    let mut m = Echo::default();
+    m.ops.push_back(tcp_bind("127.0.0.1:0"));
+    m.accept_next();
+    let mut seen = Vec::new();
+    let _ = rt.drive(&mut m, |_, _, ev| {
+        seen.push(ev);
+        ControlFlow::Continue(())
+    });
+    assert!(matches!(
+        seen[..],
+        [
+            (LISTENER, SocketOutcome::Bound { .. }),
+            (
+                SocketId(10),
+                SocketOutcome::Failed {
+                    op: OpKind::Accept,
+                    ..
+                }
+            )
+        ]
+    ));
+    m.ops.push_back(SocketOp::Close { socket: LISTENER });
+    let _ = rt.drive(&mut m, |_, _, _| ControlFlow::Continue(()));
+    assert_eq!(rt.open_sockets(), 0);
+}
