@@ -43,6 +43,8 @@ mod ecies;
 pub mod envelope;
 mod identity;
 pub mod mqtt;
+pub mod pnp;
+pub mod rendezvous;
 
 pub use address::{
     AddressError, BrokerId, Endpoint, Interface, InterfaceLabel, NatInfo, Part, PeerAddress,

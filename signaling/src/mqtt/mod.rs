@@ -4,6 +4,7 @@
 //! over the pinned `mqttbytes-ng` crate, which nothing outside [`codec`] touches. The sans-IO
 //! client machine (CONNECT, SUBSCRIBE QoS 1, PUBLISH, PUBACK, keep-alive) comes next.
 
+pub mod client;
 pub mod codec;
 
 pub use codec::{encode, CodecError, Decoder, Packet, Protocol, QoS};

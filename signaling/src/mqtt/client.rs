@@ -1,0 +1,1 @@
+//! The sans-IO MQTT client machine. (Being written; see the issue tracker.)

@@ -1,0 +1,1 @@
+//! Multi-broker rendezvous over MQTT. (Being written; see the issue tracker.)
