@@ -17,8 +17,8 @@
 //! ([`p2pd_proto::SocketOutcome::Connected`] when the handshake completes); stream bytes go to
 //! `handle_stream`, EOF is reported as `PeerClosed`, and transmits on a stream are written in
 //! order (queued within [`MAX_STREAM_BUFFER`] bytes when the kernel pushes back). `Listen` puts a
-//! bound socket into the listening state; the contract has no outcome for accepted connections,
-//! so they are left in the kernel's backlog.
+//! bound socket into the listening state; each `Accept` intent names the next accepted connection
+//! (answered with `Accepted`), and connections nobody asked for wait in the kernel's backlog.
 //!
 //! ## Example
 //!
@@ -101,6 +101,7 @@
 pub mod cli;
 mod device;
 mod error;
+pub mod identity_file;
 mod mmsg;
 mod runtime;
 

@@ -5,6 +5,7 @@
 //! p2pd stun-server --primary IP [--alternate IP] [--port P] [--alt-port P2] [--json]
 //! p2pd nat [--server ADDR[,ALT]|ID ...] [--list-servers] [--local-ip IP] [--interface IF] [--timeout S] [--verbose] [--json]
 //! p2pd sim nat [--seeds N] [--loss 0,10,30] [--json]
+//! p2pd id new|show [--file PATH] [--force] [--json]
 //! ```
 
 use clap::{Parser, Subcommand};
@@ -28,6 +29,8 @@ enum Command {
     Nat(cli::nat::NatArgs),
     /// Run the deterministic simulator (`sim nat`: the classifier's accuracy matrix).
     Sim(cli::sim::SimArgs),
+    /// Create or show this node's identity (secp256k1 key pair; the node id derives from it).
+    Id(cli::id::IdArgs),
 }
 
 fn main() {
@@ -37,6 +40,7 @@ fn main() {
         Command::StunServer(a) => cli::stun_server::run(a),
         Command::Nat(a) => cli::nat::run(a),
         Command::Sim(a) => cli::sim::run(a),
+        Command::Id(a) => cli::id::run(a),
     };
     std::process::exit(code);
 }

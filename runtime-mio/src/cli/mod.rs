@@ -1,5 +1,6 @@
 //! The `p2pd` command line: one sub-command per job, human output by default, `--json` for scripts.
 
+pub mod id;
 pub mod json;
 pub mod nat;
 pub mod sim;
