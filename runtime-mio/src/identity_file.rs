@@ -115,7 +115,7 @@ pub fn read_identity(path: &Path) -> Result<Identity, String> {
 
 /// Parses lowercase or uppercase hex (even length, no separators).
 pub fn parse_hex(s: &str) -> Option<Vec<u8>> {
-    if s.len() % 2 != 0 {
+    if !s.len().is_multiple_of(2) {
         return None;
     }
     (0..s.len())
