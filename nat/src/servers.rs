@@ -60,17 +60,25 @@ impl fmt::Write for Fnv1a {
     }
 }
 
+/// The canonical 64-bit id of a service: FNV-1a of `scheme + ":" + host + ":" + port` when the
+/// host name is known (ASCII-lowercased, trailing dot removed), otherwise of `scheme + ":" +
+/// address` in Rust's canonical `Display` form. STUN servers (`"stun"`), MQTT brokers (`"mqtt"`)
+/// and PNP servers share it, so no list position ever names a server.
+pub fn canonical_id(scheme: &str, host: Option<&str>, address: SocketAddr) -> u64 {
+    use fmt::Write as _;
+    let mut h = Fnv1a(Fnv1a::OFFSET);
+    // Writing into the hasher cannot fail.
+    let _ = match host.map(|h| h.trim_end_matches('.')) {
+        Some(name) if !name.is_empty() => write!(h, "{scheme}:{name}:{}", address.port()),
+        _ => write!(h, "{scheme}:{address}"),
+    };
+    h.0
+}
+
 impl ServerId {
     /// The id of the server named `host` (if known) with primary address `primary`.
     pub fn of(host: Option<&str>, primary: SocketAddr) -> ServerId {
-        use fmt::Write as _;
-        let mut h = Fnv1a(Fnv1a::OFFSET);
-        // Writing into the hasher cannot fail.
-        let _ = match host.map(|h| h.trim_end_matches('.')) {
-            Some(name) if !name.is_empty() => write!(h, "stun:{name}:{}", primary.port()),
-            _ => write!(h, "stun:{primary}"),
-        };
-        ServerId(h.0)
+        ServerId(canonical_id("stun", host, primary))
     }
 
     /// The id as a number.

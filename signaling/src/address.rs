@@ -88,6 +88,20 @@ const FLAG_RESERVED: u8 = !0b111;
 pub struct BrokerId(u64);
 
 impl BrokerId {
+    /// The canonical id of the MQTT broker named `host` (if known) at `address`: FNV-1a of
+    /// `"mqtt:" + host + ":" + port`, or of `"mqtt:" + address` when no name is known (see
+    /// [`p2pd_nat::canonical_id`]).
+    ///
+    /// ```
+    /// use p2pd_signaling::BrokerId;
+    /// let a = BrokerId::of(Some("Broker.Example.org."), "192.0.2.7:1883".parse().unwrap());
+    /// let b = BrokerId::of(Some("broker.example.org"), "198.51.100.1:1883".parse().unwrap());
+    /// assert_eq!(a, b); // named brokers keep their id when they move
+    /// ```
+    pub fn of(host: Option<&str>, address: SocketAddr) -> BrokerId {
+        BrokerId(p2pd_nat::canonical_id("mqtt", host, address))
+    }
+
     /// An id from a number.
     pub const fn from_u64(v: u64) -> BrokerId {
         BrokerId(v)
