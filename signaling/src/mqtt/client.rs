@@ -1,1 +1,969 @@
-//! The sans-IO MQTT client machine. (Being written; see the issue tracker.)
+//! The sans-IO MQTT client machine: one broker, one TCP stream at a time, reconnecting forever.
+//!
+//! [`MqttClient`] follows the workspace's machine contract (see `p2pd_proto::machine`): it asks
+//! for a TCP socket with [`SocketOp::Bind`] then [`SocketOp::Connect`], speaks MQTT 3.1.1 or 5
+//! over the bytes given to [`handle_stream`](MqttClient::handle_stream), hands its output out in
+//! chunks through [`poll_transmit`](MqttClient::poll_transmit), and reports what happened as
+//! [`MqttEvent`]s. It never reads a clock; its randomness (client id, back-off jitter) comes from
+//! the seed given to [`MqttClient::new`].
+//!
+//! What it does:
+//! - CONNECT with a random client id (`p2pd-` + 16 alphanumerics, never derived from a node id),
+//!   always a clean session; MQTT 5 can fall back to 3.1.1 when the broker refuses the version;
+//! - SUBSCRIBE (QoS 0 or 1), renewed after every reconnect;
+//! - PUBLISH QoS 0 (only while connected) and QoS 1 (packet ids, PUBACK matching, a bounded
+//!   in-flight store, queued while disconnected, resent with DUP after a reconnect);
+//! - PUBACK for incoming QoS 1 messages;
+//! - keep-alive: PINGREQ after `keep_alive` without sending or without receiving; a PINGREQ
+//!   without PINGRESP within `ping_timeout` ends the connection;
+//! - a connect timeout covering bind, TCP connect and CONNACK;
+//! - reconnect with exponential back-off and jitter, on every failure: broker close, socket
+//!   error, timeout, refusal, undecodable or oversize packet, protocol violation.
+//!
+//! Every connection attempt uses a fresh [`SocketId`] (see [`MqttConfig::socket_ids`]) and closes
+//! it exactly once; input for an earlier socket is ignored and counted. All buffers are bounded:
+//! the decoder by `max_packet_size`, the outbound queue by `max_queued_bytes`, the in-flight store
+//! by `max_inflight`, subscriptions by `max_subscriptions`, events by `max_pending_events`.
+//!
+//! ```
+//! use p2pd_proto::{Instant, SocketOp, SocketOutcome};
+//! use p2pd_signaling::mqtt::client::{MqttClient, MqttConfig};
+//!
+//! let broker = "192.0.2.1:1883".parse().unwrap();
+//! let mut client = MqttClient::new(MqttConfig::new(broker), 7, Instant::ZERO);
+//! let Some(SocketOp::Bind { socket, .. }) = client.poll_socket_op() else { panic!() };
+//! client.handle_socket_result(Instant::ZERO, socket, SocketOutcome::Bound {
+//!     local: "10.0.0.2:40000".parse().unwrap(),
+//! });
+//! assert!(matches!(client.poll_socket_op(), Some(SocketOp::Connect { .. })));
+//! ```
+
+use std::collections::VecDeque;
+
+use core::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use core::time::Duration;
+
+use p2pd_proto::{
+    BindOptions, DropReason, Instant, Rng, SocketId, SocketOp, SocketOutcome, Transmit, Transport,
+    Verdict,
+};
+
+use super::codec::{encode, CodecError, Decoder, Packet, Protocol, QoS};
+
+mod sizes;
+mod types;
+
+pub use types::{
+    DisconnectReason, MqttConfig, MqttEvent, MqttStats, PublishError, PublishId, SubscribeError,
+};
+
+use sizes::{publish_size, subscribe_size, valid_filter, valid_topic_name};
+
+/// Length of the random part of the client id.
+const CLIENT_ID_RANDOM_LEN: usize = 16;
+/// Characters of the random part of the client id (MQTT 3.1.1 servers must accept these).
+const CLIENT_ID_ALPHABET: &[u8] = b"0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ";
+/// MQTT 5 CONNACK reason "Unsupported Protocol Version".
+const V5_UNSUPPORTED_PROTOCOL: u8 = 0x84;
+/// MQTT 3.1.1 CONNACK return code "unacceptable protocol version".
+const V311_UNACCEPTABLE_PROTOCOL: u8 = 1;
+
+/// Where the connection is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    /// No socket; the next attempt starts at `retry_at`.
+    Waiting { retry_at: Instant },
+    /// Bind intent sent.
+    Binding { socket: SocketId, deadline: Instant },
+    /// Connect intent sent.
+    Connecting { socket: SocketId, deadline: Instant },
+    /// TCP connected, CONNECT queued, waiting for CONNACK.
+    Handshaking { socket: SocketId, deadline: Instant },
+    /// CONNACK accepted.
+    Connected { socket: SocketId },
+    /// `close` was called.
+    Closed,
+}
+
+impl State {
+    fn socket(self) -> Option<SocketId> {
+        match self {
+            State::Binding { socket, .. }
+            | State::Connecting { socket, .. }
+            | State::Handshaking { socket, .. }
+            | State::Connected { socket } => Some(socket),
+            State::Waiting { .. } | State::Closed => None,
+        }
+    }
+}
+
+/// Where a subscription is on the current connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SubState {
+    /// To be sent once connected (and when the queue has room).
+    Unsent,
+    /// SUBSCRIBE sent with this packet id.
+    AwaitingAck(u16),
+    /// SUBACK granted it.
+    Granted,
+}
+
+#[derive(Debug, Clone)]
+struct Subscription {
+    filter: String,
+    qos: QoS,
+    state: SubState,
+}
+
+/// A QoS 1 message held until its PUBACK.
+#[derive(Debug, Clone)]
+struct Outgoing {
+    id: PublishId,
+    pkid: u16,
+    topic: String,
+    payload: Vec<u8>,
+    /// Queued on the current connection, waiting for PUBACK.
+    sent: bool,
+    /// Sent on some connection before (the next send carries DUP).
+    sent_before: bool,
+}
+
+/// Why a packet could not be queued.
+#[derive(Debug)]
+enum QueueError {
+    Full,
+    Encode,
+}
+
+/// Whether packet processing goes on after a packet.
+#[derive(Debug, PartialEq, Eq)]
+enum Flow {
+    Continue,
+    Stop,
+}
+
+/// The sans-IO MQTT client. See the [module docs](self).
+#[derive(Debug)]
+pub struct MqttClient {
+    config: MqttConfig,
+    protocol: Protocol,
+    client_id: String,
+    rng: Rng,
+    state: State,
+    /// The latest `now` seen.
+    now: Instant,
+    decoder: Decoder,
+    /// The first bytes of the current connection (to recognise a 3.1.1 CONNACK to a v5 CONNECT).
+    first_bytes: [u8; 4],
+    first_bytes_len: usize,
+    /// Bytes waiting to be written to `outbound_socket`.
+    outbound: VecDeque<u8>,
+    outbound_socket: Option<SocketId>,
+    last_sent: Instant,
+    last_received: Instant,
+    ping_sent: Option<Instant>,
+    subscriptions: Vec<Subscription>,
+    inflight: VecDeque<Outgoing>,
+    last_pkid: u16,
+    next_publish_id: u64,
+    /// Consecutive attempts that ended without an accepted CONNACK since the last success.
+    failures: u32,
+    /// Attempts started (selects the next socket id).
+    attempt: u32,
+    ops: VecDeque<SocketOp>,
+    events: VecDeque<MqttEvent>,
+    deadline: Option<Instant>,
+    stats: MqttStats,
+}
+
+p2pd_proto::impl_machine!(MqttClient, MqttEvent, stream);
+
+impl MqttClient {
+    /// A client for `config` whose randomness comes from `seed`. It starts connecting at once: the
+    /// first [`poll_socket_op`](Self::poll_socket_op) returns the Bind intent.
+    pub fn new(config: MqttConfig, seed: u64, now: Instant) -> Self {
+        let config = config.normalized();
+        let mut rng = Rng::from_seed(seed);
+        let client_id = random_client_id(&mut rng);
+        let mut client = Self {
+            protocol: config.protocol,
+            decoder: Decoder::new(config.protocol, config.max_packet_size),
+            config,
+            client_id,
+            rng,
+            state: State::Waiting { retry_at: now },
+            now,
+            first_bytes: [0; 4],
+            first_bytes_len: 0,
+            outbound: VecDeque::new(),
+            outbound_socket: None,
+            last_sent: now,
+            last_received: now,
+            ping_sent: None,
+            subscriptions: Vec::new(),
+            inflight: VecDeque::new(),
+            last_pkid: 0,
+            next_publish_id: 0,
+            failures: 0,
+            attempt: 0,
+            ops: VecDeque::new(),
+            events: VecDeque::new(),
+            deadline: None,
+            stats: MqttStats::default(),
+        };
+        client.start_attempt(now);
+        client.refresh_deadline();
+        client
+    }
+
+    /// The client id sent in CONNECT (the same on every reconnect).
+    pub fn client_id(&self) -> &str {
+        &self.client_id
+    }
+
+    /// The protocol in use (MQTT 3.1.1 after a fallback).
+    pub fn protocol(&self) -> Protocol {
+        self.protocol
+    }
+
+    /// Whether the broker accepted the current connection.
+    pub fn is_connected(&self) -> bool {
+        matches!(self.state, State::Connected { .. })
+    }
+
+    /// Whether [`close`](Self::close) was called.
+    pub fn is_closed(&self) -> bool {
+        self.state == State::Closed
+    }
+
+    /// The counters.
+    pub fn stats(&self) -> MqttStats {
+        self.stats
+    }
+
+    /// QoS 1 messages held until their PUBACK.
+    pub fn inflight(&self) -> usize {
+        self.inflight.len()
+    }
+
+    /// Bytes waiting in the outbound queue.
+    pub fn queued_bytes(&self) -> usize {
+        self.outbound.len()
+    }
+
+    /// Subscribes to `filter` now if connected, else on connect, and again after every reconnect.
+    /// Subscribing to a filter again replaces its QoS. The answer is a
+    /// [`MqttEvent::Subscribed`] or [`MqttEvent::SubscribeFailed`].
+    pub fn subscribe(
+        &mut self,
+        now: Instant,
+        filter: &str,
+        qos: QoS,
+    ) -> Result<(), SubscribeError> {
+        if self.is_closed() {
+            return Err(SubscribeError::Closed);
+        }
+        if qos == QoS::ExactlyOnce {
+            return Err(SubscribeError::UnsupportedQoS);
+        }
+        let fits = subscribe_size(self.protocol, filter.len())
+            .is_some_and(|size| size <= self.config.max_packet_size);
+        if !valid_filter(filter) || !fits {
+            return Err(SubscribeError::InvalidFilter);
+        }
+        self.now = now;
+        if let Some(sub) = self.subscriptions.iter_mut().find(|s| s.filter == filter) {
+            sub.qos = qos;
+            sub.state = SubState::Unsent;
+        } else {
+            if self.subscriptions.len() >= self.config.max_subscriptions {
+                return Err(SubscribeError::TooManySubscriptions);
+            }
+            self.subscriptions.push(Subscription {
+                filter: filter.to_owned(),
+                qos,
+                state: SubState::Unsent,
+            });
+        }
+        self.pump(now);
+        self.refresh_deadline();
+        Ok(())
+    }
+
+    /// Publishes `payload` on `topic`.
+    ///
+    /// QoS 0 is sent only while connected and when the outbound queue has room. QoS 1 is held in
+    /// the in-flight store until its PUBACK ([`MqttEvent::Delivered`] with the returned id): sent
+    /// now if connected, else on connect, and again with DUP after a reconnect.
+    pub fn publish(
+        &mut self,
+        now: Instant,
+        topic: &str,
+        payload: &[u8],
+        qos: QoS,
+    ) -> Result<PublishId, PublishError> {
+        if self.is_closed() {
+            return Err(PublishError::Closed);
+        }
+        if qos == QoS::ExactlyOnce {
+            return Err(PublishError::UnsupportedQoS);
+        }
+        if !valid_topic_name(topic) {
+            return Err(PublishError::InvalidTopic);
+        }
+        let max = self.config.max_packet_size;
+        let size =
+            publish_size(self.protocol, topic.len(), qos, payload.len()).unwrap_or(usize::MAX);
+        if size > max {
+            return Err(PublishError::TooLarge { size, max });
+        }
+        self.now = now;
+        let id = PublishId(self.next_publish_id);
+        if qos == QoS::AtMostOnce {
+            if !self.is_connected() {
+                return Err(PublishError::NotConnected);
+            }
+            let packet = Packet::Publish {
+                topic: topic.to_owned(),
+                qos,
+                pkid: 0,
+                retain: false,
+                dup: false,
+                payload: payload.to_vec(),
+            };
+            self.queue_packet(now, &packet)
+                .map_err(|_| PublishError::QueueFull)?;
+        } else {
+            if self.inflight.len() >= self.config.max_inflight {
+                return Err(PublishError::QueueFull);
+            }
+            let pkid = self.allocate_pkid();
+            self.inflight.push_back(Outgoing {
+                id,
+                pkid,
+                topic: topic.to_owned(),
+                payload: payload.to_vec(),
+                sent: false,
+                sent_before: false,
+            });
+            self.pump(now);
+        }
+        self.next_publish_id = self.next_publish_id.saturating_add(1);
+        self.refresh_deadline();
+        Ok(id)
+    }
+
+    /// Closes the client: a DISCONNECT if connected (best effort, ahead of the close intent), the
+    /// Close intent for the current socket, then [`MqttEvent::Closed`]. Idempotent.
+    pub fn close(&mut self, now: Instant) {
+        if self.is_closed() {
+            return;
+        }
+        self.now = now;
+        if self.is_connected() {
+            // Best effort: a full queue just means no DISCONNECT.
+            let _ = self.queue_packet(now, &Packet::Disconnect);
+        }
+        if let Some(socket) = self.state.socket() {
+            self.ops.push_back(SocketOp::Close { socket });
+        }
+        self.state = State::Closed;
+        self.subscriptions.clear();
+        self.inflight.clear();
+        self.decoder = Decoder::new(self.protocol, self.config.max_packet_size);
+        self.events.push_back(MqttEvent::Closed);
+        self.deadline = None;
+    }
+
+    /// Datagrams are never for this machine.
+    pub fn handle_datagram(
+        &mut self,
+        now: Instant,
+        socket: SocketId,
+        from: SocketAddr,
+        data: &[u8],
+    ) -> Verdict {
+        let _ = (now, socket, from, data);
+        Verdict::NotMine
+    }
+
+    /// Bytes arrived on the broker stream (in chunks of any size).
+    pub fn handle_stream(&mut self, now: Instant, socket: SocketId, data: &[u8]) -> Verdict {
+        if self.is_closed() {
+            self.count_dropped();
+            return Verdict::Dropped(DropReason::Closed);
+        }
+        let current = match self.state {
+            State::Handshaking { socket, .. } | State::Connected { socket } => Some(socket),
+            _ => None,
+        };
+        if current != Some(socket) {
+            self.count_dropped();
+            return Verdict::Dropped(DropReason::UnknownSocket);
+        }
+        self.now = now;
+        self.last_received = now;
+        self.record_first_bytes(data);
+        self.consume(now, socket, data);
+        self.refresh_deadline();
+        Verdict::Consumed
+    }
+
+    /// The outcome of a socket intent, or an asynchronous error on the stream.
+    pub fn handle_socket_result(&mut self, now: Instant, socket: SocketId, outcome: SocketOutcome) {
+        if self.is_closed() || self.state.socket() != Some(socket) {
+            self.count_dropped();
+            return;
+        }
+        self.now = now;
+        match (self.state, outcome) {
+            (State::Binding { socket, deadline }, SocketOutcome::Bound { .. }) => {
+                self.ops.push_back(SocketOp::Connect {
+                    socket,
+                    remote: self.config.broker,
+                });
+                self.state = State::Connecting { socket, deadline };
+            }
+            (State::Connecting { socket, deadline }, SocketOutcome::Connected { .. }) => {
+                self.state = State::Handshaking { socket, deadline };
+                self.outbound_socket = Some(socket);
+                let connect = Packet::Connect {
+                    client_id: self.client_id.clone(),
+                    keep_alive: keep_alive_secs(self.config.keep_alive),
+                    clean_session: true,
+                    protocol: self.protocol,
+                };
+                if self.queue_packet(now, &connect).is_err() {
+                    self.disconnect(now, DisconnectReason::QueueOverflow, false);
+                }
+            }
+            (_, SocketOutcome::PeerClosed) => {
+                self.disconnect(now, DisconnectReason::PeerClosed, false);
+            }
+            (_, SocketOutcome::Failed { op, error, .. }) => {
+                self.disconnect(now, DisconnectReason::Io { op, error }, false);
+            }
+            _ => self.count_dropped(),
+        }
+        self.refresh_deadline();
+    }
+
+    /// Starts the next attempt, ends an attempt that took too long, or runs the keep-alive.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        self.now = now;
+        match self.state {
+            State::Waiting { retry_at } if now >= retry_at => self.start_attempt(now),
+            State::Binding { deadline, .. }
+            | State::Connecting { deadline, .. }
+            | State::Handshaking { deadline, .. }
+                if now >= deadline =>
+            {
+                self.disconnect(now, DisconnectReason::ConnectTimeout, false);
+            }
+            State::Connected { .. } => match self.ping_sent {
+                Some(sent) if now >= sent.saturating_add(self.config.ping_timeout) => {
+                    self.disconnect(now, DisconnectReason::KeepAliveTimeout, false);
+                }
+                Some(_) => {}
+                None => {
+                    if self.ping_due().is_some_and(|due| now >= due) {
+                        // A full queue cannot take the PINGREQ; the connection is then treated
+                        // as if the ping went unanswered.
+                        let _ = self.queue_packet(now, &Packet::PingReq);
+                        self.ping_sent = Some(now);
+                    }
+                }
+            },
+            _ => {}
+        }
+        self.refresh_deadline();
+    }
+
+    /// Writes the next chunk of the outbound stream (at most `buf.len()` bytes) into `buf`.
+    pub fn poll_transmit(&mut self, buf: &mut [u8]) -> Option<Transmit> {
+        let socket = self.outbound_socket?;
+        let len = buf.len().min(self.outbound.len());
+        if len == 0 {
+            return None;
+        }
+        for (dst, src) in buf.iter_mut().zip(self.outbound.drain(..len)) {
+            *dst = src;
+        }
+        // Room freed: queue what was waiting for it.
+        let now = self.now;
+        self.pump(now);
+        self.refresh_deadline();
+        Some(Transmit {
+            socket,
+            destination: self.config.broker,
+            len,
+        })
+    }
+
+    /// The next socket intent.
+    pub fn poll_socket_op(&mut self) -> Option<SocketOp> {
+        self.ops.pop_front()
+    }
+
+    /// The next event.
+    pub fn poll_event(&mut self) -> Option<MqttEvent> {
+        self.events.pop_front()
+    }
+
+    /// The next deadline (cached; `None` once closed).
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.deadline
+    }
+
+    fn start_attempt(&mut self, now: Instant) {
+        let offset = self
+            .attempt
+            .checked_rem(self.config.socket_ids)
+            .unwrap_or(0);
+        let socket = SocketId(self.config.socket_base.0.wrapping_add(offset));
+        self.attempt = self.attempt.wrapping_add(1);
+        let ip = if self.config.broker.is_ipv4() {
+            IpAddr::V4(Ipv4Addr::UNSPECIFIED)
+        } else {
+            IpAddr::V6(Ipv6Addr::UNSPECIFIED)
+        };
+        self.ops.push_back(SocketOp::Bind {
+            socket,
+            transport: Transport::Tcp,
+            local: SocketAddr::new(ip, 0),
+            options: BindOptions::default(),
+        });
+        self.state = State::Binding {
+            socket,
+            deadline: now.saturating_add(self.config.connect_timeout),
+        };
+        self.stats.attempts = self.stats.attempts.saturating_add(1);
+    }
+
+    /// Ends the current attempt or connection: closes its socket, forgets the stream state, marks
+    /// subscriptions and QoS 1 messages for sending on the next connection, reports
+    /// [`MqttEvent::Disconnected`] and schedules the next attempt (at once if `retry_now`).
+    fn disconnect(&mut self, now: Instant, reason: DisconnectReason, retry_now: bool) {
+        if let Some(socket) = self.state.socket() {
+            self.ops.push_back(SocketOp::Close { socket });
+        }
+        self.outbound.clear();
+        self.outbound_socket = None;
+        self.decoder = Decoder::new(self.protocol, self.config.max_packet_size);
+        self.first_bytes_len = 0;
+        self.ping_sent = None;
+        for sub in &mut self.subscriptions {
+            sub.state = SubState::Unsent;
+        }
+        for message in &mut self.inflight {
+            message.sent = false;
+        }
+        let retry_in = if retry_now {
+            Duration::ZERO
+        } else {
+            self.failures = self.failures.saturating_add(1);
+            self.backoff_delay()
+        };
+        self.state = State::Waiting {
+            retry_at: now.saturating_add(retry_in),
+        };
+        self.stats.disconnects = self.stats.disconnects.saturating_add(1);
+        if matches!(
+            reason,
+            DisconnectReason::Codec(_) | DisconnectReason::ProtocolViolation(_)
+        ) {
+            self.stats.protocol_errors = self.stats.protocol_errors.saturating_add(1);
+        }
+        self.push_event(MqttEvent::Disconnected { reason, retry_in });
+    }
+
+    /// `backoff_initial * 2^(failures - 1)`, capped at `backoff_max`, then drawn uniformly from
+    /// its upper half.
+    fn backoff_delay(&mut self) -> Duration {
+        let doublings = self.failures.saturating_sub(1).min(31);
+        let factor = 1u32.checked_shl(doublings).unwrap_or(u32::MAX);
+        let base = self
+            .config
+            .backoff_initial
+            .saturating_mul(factor)
+            .min(self.config.backoff_max);
+        let base_nanos = u64::try_from(base.as_nanos()).unwrap_or(u64::MAX);
+        let half = base_nanos.checked_div(2).unwrap_or(0);
+        let spread = base_nanos.saturating_sub(half);
+        let jitter = self.rng.below(spread.saturating_add(1));
+        Duration::from_nanos(half.saturating_add(jitter))
+    }
+
+    fn consume(&mut self, now: Instant, socket: SocketId, data: &[u8]) {
+        let mut rest = data;
+        loop {
+            let taken = match self.decoder.push(rest) {
+                Ok(taken) => taken,
+                Err(error) => {
+                    self.disconnect(now, DisconnectReason::Codec(error), false);
+                    return;
+                }
+            };
+            rest = rest.get(taken..).unwrap_or_default();
+            let mut decoded = false;
+            while let Some(result) = self.decoder.next() {
+                decoded = true;
+                let flow = match result {
+                    Ok(packet) => {
+                        self.stats.packets_in = self.stats.packets_in.saturating_add(1);
+                        self.on_packet(now, packet)
+                    }
+                    Err(error) => {
+                        self.on_decode_error(now, error);
+                        Flow::Stop
+                    }
+                };
+                if flow == Flow::Stop || self.state.socket() != Some(socket) {
+                    return;
+                }
+            }
+            if rest.is_empty() {
+                return;
+            }
+            if taken == 0 && !decoded {
+                // The decoder promises progress on a full buffer; never spin if it breaks it.
+                let stalled = CodecError::Malformed("decoder made no progress");
+                self.disconnect(now, DisconnectReason::Codec(stalled), false);
+                return;
+            }
+        }
+    }
+
+    fn record_first_bytes(&mut self, data: &[u8]) {
+        for byte in data {
+            let Some(slot) = self.first_bytes.get_mut(self.first_bytes_len) else {
+                return;
+            };
+            *slot = *byte;
+            self.first_bytes_len = self.first_bytes_len.saturating_add(1);
+        }
+    }
+
+    fn on_decode_error(&mut self, now: Instant, error: CodecError) {
+        // A 3.1.1-only broker answers a v5 CONNECT with a 3.1.1 CONNACK (code 1), which the v5
+        // decoder cannot read: recognise it by its bytes.
+        let v311_refusal = matches!(self.state, State::Handshaking { .. })
+            && self.protocol == Protocol::V5
+            && self.first_bytes_len == 4
+            && matches!(
+                self.first_bytes,
+                [0x20, 0x02, _, V311_UNACCEPTABLE_PROTOCOL]
+            );
+        if v311_refusal {
+            self.refused(now, V311_UNACCEPTABLE_PROTOCOL);
+        } else {
+            self.disconnect(now, DisconnectReason::Codec(error), false);
+        }
+    }
+
+    /// The broker refused the CONNECT with `code`.
+    fn refused(&mut self, now: Instant, code: u8) {
+        let protocol = self.protocol;
+        let version_refused = match protocol {
+            Protocol::V5 => code == V5_UNSUPPORTED_PROTOCOL || code == V311_UNACCEPTABLE_PROTOCOL,
+            Protocol::V311 => false,
+        };
+        let fall_back = version_refused && self.config.fallback_to_v311;
+        if fall_back {
+            self.protocol = Protocol::V311;
+        }
+        self.disconnect(now, DisconnectReason::Refused { code, protocol }, fall_back);
+    }
+
+    fn on_packet(&mut self, now: Instant, packet: Packet) -> Flow {
+        if let State::Handshaking { socket, .. } = self.state {
+            return match packet {
+                Packet::ConnAck {
+                    session_present,
+                    code: 0,
+                } => {
+                    self.state = State::Connected { socket };
+                    self.failures = 0;
+                    self.stats.connects = self.stats.connects.saturating_add(1);
+                    self.push_event(MqttEvent::Connected {
+                        session_present,
+                        protocol: self.protocol,
+                    });
+                    self.pump(now);
+                    Flow::Continue
+                }
+                Packet::ConnAck { code, .. } => {
+                    self.refused(now, code);
+                    Flow::Stop
+                }
+                _ => self.violation(now, "packet before CONNACK"),
+            };
+        }
+        match packet {
+            Packet::Publish {
+                topic,
+                qos,
+                pkid,
+                payload,
+                ..
+            } => self.on_publish(now, topic, qos, pkid, payload),
+            Packet::PubAck { pkid } => {
+                let position = self.inflight.iter().position(|m| m.sent && m.pkid == pkid);
+                match position.and_then(|i| self.inflight.remove(i)) {
+                    Some(message) => self.push_event(MqttEvent::Delivered(message.id)),
+                    None => self.count_dropped(),
+                }
+                Flow::Continue
+            }
+            Packet::SubAck { pkid, codes } => {
+                self.on_suback(pkid, codes.first().copied());
+                Flow::Continue
+            }
+            Packet::PingResp => {
+                self.ping_sent = None;
+                Flow::Continue
+            }
+            Packet::Disconnect => {
+                self.disconnect(now, DisconnectReason::BrokerDisconnect, false);
+                Flow::Stop
+            }
+            Packet::ConnAck { .. } => self.violation(now, "second CONNACK"),
+            Packet::Connect { .. } | Packet::Subscribe { .. } | Packet::PingReq => {
+                self.violation(now, "client-only packet from the broker")
+            }
+        }
+    }
+
+    fn violation(&mut self, now: Instant, what: &'static str) -> Flow {
+        self.disconnect(now, DisconnectReason::ProtocolViolation(what), false);
+        Flow::Stop
+    }
+
+    fn on_publish(
+        &mut self,
+        now: Instant,
+        topic: String,
+        qos: QoS,
+        pkid: u16,
+        payload: Vec<u8>,
+    ) -> Flow {
+        if qos == QoS::ExactlyOnce {
+            return self.violation(now, "QoS 2 PUBLISH (never subscribed with QoS 2)");
+        }
+        if self.events.len() >= self.config.max_pending_events {
+            // Not acknowledged: the broker may deliver it again.
+            self.stats.events_dropped = self.stats.events_dropped.saturating_add(1);
+            return Flow::Continue;
+        }
+        self.push_event(MqttEvent::Message {
+            topic,
+            payload,
+            qos,
+        });
+        if qos == QoS::AtLeastOnce && self.queue_packet(now, &Packet::PubAck { pkid }).is_err() {
+            self.disconnect(now, DisconnectReason::QueueOverflow, false);
+            return Flow::Stop;
+        }
+        Flow::Continue
+    }
+
+    fn on_suback(&mut self, pkid: u16, code: Option<u8>) {
+        let position = self
+            .subscriptions
+            .iter()
+            .position(|s| s.state == SubState::AwaitingAck(pkid));
+        let (Some(index), Some(code)) = (position, code) else {
+            self.count_dropped();
+            return;
+        };
+        let granted = match code {
+            0 => Some(QoS::AtMostOnce),
+            1 => Some(QoS::AtLeastOnce),
+            2 => Some(QoS::ExactlyOnce),
+            _ => None,
+        };
+        match granted {
+            Some(granted) => {
+                let Some(sub) = self.subscriptions.get_mut(index) else {
+                    return;
+                };
+                sub.state = SubState::Granted;
+                let topic = sub.filter.clone();
+                self.push_event(MqttEvent::Subscribed { topic, granted });
+            }
+            None => {
+                let sub = self.subscriptions.remove(index);
+                self.push_event(MqttEvent::SubscribeFailed {
+                    topic: sub.filter,
+                    code,
+                });
+            }
+        }
+    }
+
+    /// While connected, queues unsent SUBSCRIBEs, then unsent QoS 1 PUBLISHes, while they fit.
+    fn pump(&mut self, now: Instant) {
+        if !self.is_connected() {
+            return;
+        }
+        for index in 0..self.subscriptions.len() {
+            let Some(sub) = self.subscriptions.get(index) else {
+                break;
+            };
+            if sub.state != SubState::Unsent {
+                continue;
+            }
+            let pkid = self.allocate_pkid();
+            let Some(sub) = self.subscriptions.get(index) else {
+                break;
+            };
+            let packet = Packet::Subscribe {
+                pkid,
+                topics: vec![(sub.filter.clone(), sub.qos)],
+            };
+            match self.queue_packet(now, &packet) {
+                Ok(()) => {
+                    if let Some(sub) = self.subscriptions.get_mut(index) {
+                        sub.state = SubState::AwaitingAck(pkid);
+                    }
+                }
+                Err(QueueError::Full) => return,
+                Err(QueueError::Encode) => {
+                    // Validated in `subscribe`; unreachable in practice. Forget it.
+                    if let Some(sub) = self.subscriptions.get_mut(index) {
+                        sub.state = SubState::Granted;
+                    }
+                }
+            }
+        }
+        for index in 0..self.inflight.len() {
+            let Some(message) = self.inflight.get(index) else {
+                break;
+            };
+            if message.sent {
+                continue;
+            }
+            let packet = Packet::Publish {
+                topic: message.topic.clone(),
+                qos: QoS::AtLeastOnce,
+                pkid: message.pkid,
+                retain: false,
+                dup: message.sent_before,
+                payload: message.payload.clone(),
+            };
+            let resend = message.sent_before;
+            match self.queue_packet(now, &packet) {
+                Ok(()) => {
+                    if resend {
+                        self.stats.resent = self.stats.resent.saturating_add(1);
+                    }
+                    if let Some(message) = self.inflight.get_mut(index) {
+                        message.sent = true;
+                        message.sent_before = true;
+                    }
+                }
+                Err(QueueError::Full) => return,
+                Err(QueueError::Encode) => {
+                    // Validated in `publish`; unreachable in practice. Keep it, never resend.
+                    if let Some(message) = self.inflight.get_mut(index) {
+                        message.sent = true;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Encodes `packet` onto the outbound queue if it fits.
+    fn queue_packet(&mut self, now: Instant, packet: &Packet) -> Result<(), QueueError> {
+        let mut bytes = Vec::new();
+        encode(packet, self.protocol, &mut bytes).map_err(|_| QueueError::Encode)?;
+        let room = self
+            .config
+            .max_queued_bytes
+            .saturating_sub(self.outbound.len());
+        if bytes.len() > room {
+            return Err(QueueError::Full);
+        }
+        self.outbound.extend(bytes);
+        self.last_sent = now;
+        self.stats.packets_out = self.stats.packets_out.saturating_add(1);
+        Ok(())
+    }
+
+    /// A packet id used by no held QoS 1 message and no pending SUBSCRIBE.
+    fn allocate_pkid(&mut self) -> u16 {
+        // At most 4096 + 1024 ids are in use, so a free one is always found.
+        for _ in 0..=u16::MAX {
+            self.last_pkid = self.last_pkid.checked_add(1).unwrap_or(1);
+            let candidate = self.last_pkid;
+            let in_use = self.inflight.iter().any(|m| m.pkid == candidate)
+                || self
+                    .subscriptions
+                    .iter()
+                    .any(|s| s.state == SubState::AwaitingAck(candidate));
+            if !in_use {
+                break;
+            }
+        }
+        self.last_pkid
+    }
+
+    /// When the next PINGREQ is due (keep-alive enabled, connected, no ping outstanding).
+    fn ping_due(&self) -> Option<Instant> {
+        if self.config.keep_alive.is_zero() {
+            return None;
+        }
+        let quiet_since = self.last_sent.min(self.last_received);
+        Some(quiet_since.saturating_add(self.config.keep_alive))
+    }
+
+    fn push_event(&mut self, event: MqttEvent) {
+        if self.events.len() >= self.config.max_pending_events {
+            self.stats.events_dropped = self.stats.events_dropped.saturating_add(1);
+        } else {
+            self.events.push_back(event);
+        }
+    }
+
+    fn count_dropped(&mut self) {
+        self.stats.dropped = self.stats.dropped.saturating_add(1);
+    }
+
+    fn refresh_deadline(&mut self) {
+        self.deadline = match self.state {
+            State::Waiting { retry_at } => Some(retry_at),
+            State::Binding { deadline, .. }
+            | State::Connecting { deadline, .. }
+            | State::Handshaking { deadline, .. } => Some(deadline),
+            State::Connected { .. } => match self.ping_sent {
+                Some(sent) => Some(sent.saturating_add(self.config.ping_timeout)),
+                None => self.ping_due(),
+            },
+            State::Closed => None,
+        };
+    }
+}
+
+/// `p2pd-` and 16 random alphanumerics.
+fn random_client_id(rng: &mut Rng) -> String {
+    let mut id = String::from("p2pd-");
+    let alphabet_len = u64::try_from(CLIENT_ID_ALPHABET.len()).unwrap_or(1);
+    for _ in 0..CLIENT_ID_RANDOM_LEN {
+        let index = usize::try_from(rng.below(alphabet_len)).unwrap_or(0);
+        id.push(char::from(
+            CLIENT_ID_ALPHABET.get(index).copied().unwrap_or(b'x'),
+        ));
+    }
+    id
+}
+
+/// The keep-alive in whole seconds, rounded up, at most 65535 (0 disables it).
+fn keep_alive_secs(keep_alive: Duration) -> u16 {
+    let secs = keep_alive
+        .as_secs()
+        .saturating_add(u64::from(keep_alive.subsec_nanos() > 0));
+    u16::try_from(secs).unwrap_or(u16::MAX)
+}
+
+#[cfg(test)]
+mod tests;
