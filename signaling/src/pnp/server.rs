@@ -1,0 +1,930 @@
+//! The PNP server machine: UDP datagrams and length-prefixed TCP streams in, sealed replies out.
+
+use core::fmt;
+use core::net::SocketAddr;
+use core::time::Duration;
+use std::collections::VecDeque;
+
+use p2pd_proto::{
+    BindOptions, DropReason, Instant, IoError, OpKind, Rng, SocketId, SocketOp, SocketOutcome,
+    Transmit, Transport, Verdict,
+};
+
+use crate::envelope::{self, OpenError, Opener, NONCE_LEN};
+use crate::identity::{Identity, PublicKey};
+
+use super::handler::{self, RuleCounters, Rules};
+use super::limits::{RateLimiter, RateVerdict, ReplyCache};
+use super::store::{NameStore, SourceKey};
+use super::wire::{
+    self, ErrorCode, FrameEvent, FrameReader, Reply, ReplyBody, Request, MAX_MESSAGE_LEN,
+};
+
+/// The server's UDP socket.
+pub const UDP_SOCKET: SocketId = SocketId(0);
+/// The server's TCP listening socket.
+pub const TCP_LISTENER: SocketId = SocketId(1);
+/// The most TCP connections one server holds.
+pub const MAX_CONNECTIONS: usize = 4096;
+const FIRST_CONNECTION_ID: u32 = 2;
+/// How long a connection slot waits after a failed accept before asking again.
+const ACCEPT_RETRY: Duration = Duration::from_secs(1);
+
+/// Server settings. [`PnpServerConfig::new`] gives sensible defaults.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PnpServerConfig {
+    /// Where to bind the UDP socket (`None`: no UDP).
+    pub udp: Option<SocketAddr>,
+    /// Where to bind the TCP listener (`None`: no TCP).
+    pub tcp: Option<SocketAddr>,
+    /// Options for both binds.
+    pub bind_options: BindOptions,
+    /// The Unix time in milliseconds at [`Instant::ZERO`]: the machine computes wall-clock time
+    /// as `unix_epoch_ms + (now - Instant::ZERO)` for envelope freshness and record expiry. The
+    /// runtime sets it from the system clock when it fixes its `Instant` epoch.
+    pub unix_epoch_ms: u64,
+    /// Requests older than this (by their envelope timestamp) are dropped as stale.
+    pub max_age_ms: u64,
+    /// Requests further ahead of the server's clock than this are dropped.
+    pub max_future_ms: u64,
+    /// How many accepted requests the replay cache remembers; size it for the request rate over
+    /// `max_age_ms + max_future_ms` (a too small cache rejects late genuine requests, never
+    /// accepts replays).
+    pub replay_capacity: usize,
+    /// How many replies are kept to answer retransmitted requests.
+    pub reply_cache_capacity: usize,
+    /// Names one source (IPv4 address, IPv6 /64) may hold.
+    pub max_names_per_source: u64,
+    /// Requests one source may make per `rate_window`.
+    pub requests_per_window: u32,
+    /// The rate limiter's window.
+    pub rate_window: Duration,
+    /// How many sources the rate limiter tracks at once.
+    pub rate_table_capacity: usize,
+    /// The longest lifetime a record may have (its expiry minus now).
+    pub max_lifetime: Duration,
+    /// How many TCP connections are held at once (at most [`MAX_CONNECTIONS`]).
+    pub max_connections: usize,
+    /// A TCP connection silent for this long is closed.
+    pub tcp_idle_timeout: Duration,
+    /// The listen backlog.
+    pub listen_backlog: u32,
+    /// How many replies may wait to be sent.
+    pub transmit_queue_capacity: usize,
+    /// How often expired names are pruned from the store.
+    pub prune_interval: Duration,
+}
+
+impl PnpServerConfig {
+    /// A server on `udp` and `tcp` with default limits; `unix_epoch_ms` as documented on the field.
+    pub fn new(udp: SocketAddr, tcp: SocketAddr, unix_epoch_ms: u64) -> Self {
+        PnpServerConfig {
+            udp: Some(udp),
+            tcp: Some(tcp),
+            bind_options: BindOptions::default(),
+            unix_epoch_ms,
+            max_age_ms: 30_000,
+            max_future_ms: 5_000,
+            replay_capacity: 16_384,
+            reply_cache_capacity: 256,
+            max_names_per_source: 32,
+            requests_per_window: 20,
+            rate_window: Duration::from_secs(1),
+            rate_table_capacity: 4096,
+            max_lifetime: Duration::from_secs(7 * 24 * 3600),
+            max_connections: 64,
+            tcp_idle_timeout: Duration::from_secs(10),
+            listen_backlog: 128,
+            transmit_queue_capacity: 256,
+            prune_interval: Duration::from_secs(60),
+        }
+    }
+}
+
+/// Why a configuration is unusable.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum PnpConfigError {
+    /// Neither UDP nor TCP is configured.
+    NoTransport,
+    /// `max_connections` is 0 (with TCP) or above [`MAX_CONNECTIONS`].
+    BadConnectionLimit,
+    /// A capacity that must be non-zero is zero.
+    ZeroCapacity,
+}
+
+impl fmt::Display for PnpConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(self, f)
+    }
+}
+
+impl std::error::Error for PnpConfigError {}
+
+/// What the server reports.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum PnpServerEvent {
+    /// A socket is bound (UDP) or bound and listening (TCP).
+    Listening {
+        /// Which one.
+        transport: Transport,
+        /// Its local address.
+        local: SocketAddr,
+    },
+    /// A socket could not be bound or could not listen; the server works without it.
+    SocketFailed {
+        /// Which one.
+        transport: Transport,
+        /// What failed.
+        op: OpKind,
+        /// Why.
+        error: IoError,
+    },
+    /// The server is closed; every socket it owned has had its close intent. The last event.
+    Closed,
+}
+
+/// Counters.
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
+pub struct PnpServerStats {
+    /// Requests opened and answered (including error replies).
+    pub requests: u64,
+    /// Error replies among them.
+    pub error_replies: u64,
+    /// Retransmitted requests answered from the reply cache.
+    pub duplicates: u64,
+    /// Messages larger than [`MAX_MESSAGE_LEN`], dropped unopened.
+    pub oversize: u64,
+    /// Messages that are not envelopes of our version.
+    pub not_envelopes: u64,
+    /// Envelopes refused as stale or from the future.
+    pub stale: u64,
+    /// Envelopes refused as replays.
+    pub replays: u64,
+    /// Envelopes that failed to open otherwise (signature, recipient, decryption, framing).
+    pub bad_envelopes: u64,
+    /// Requests over their source's rate (answered once per window, then dropped).
+    pub rate_limited: u64,
+    /// Requests from new sources dropped because the rate table was full.
+    pub rate_table_full: u64,
+    /// UDP replies not sent because they would have been larger than the request, even as a
+    /// `PaddingRequired` error.
+    pub amplification_dropped: u64,
+    /// Replies dropped because the transmit queue was full.
+    pub queue_full: u64,
+    /// Store failures (answered `ServerBusy`).
+    pub store_errors: u64,
+    /// Names removed by pruning.
+    pub pruned: u64,
+    /// TCP connections accepted.
+    pub connections_accepted: u64,
+    /// TCP connections closed by the server (each exactly once).
+    pub connections_closed: u64,
+    /// TCP connections closed for a bad frame length.
+    pub bad_frames: u64,
+    /// TCP connections closed for idleness.
+    pub idle_closed: u64,
+    /// Sends the runtime reported as failed.
+    pub send_failures: u64,
+}
+
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+enum Listener {
+    Absent,
+    Binding,
+    Bound(SocketAddr),
+    Failed,
+}
+
+#[derive(Clone, Debug)]
+struct Connection {
+    remote: SocketAddr,
+    source: SourceKey,
+    reader: FrameReader,
+    idle_deadline: Instant,
+}
+
+#[derive(Clone, Debug)]
+enum Slot {
+    /// Not waiting for a connection; ask again at `retry_at` (if the listener is up).
+    Idle { retry_at: Option<Instant> },
+    /// An `Accept` intent is outstanding.
+    Accepting,
+    /// A connected stream.
+    Open(Box<Connection>),
+}
+
+#[derive(Clone, Debug)]
+struct Outgoing {
+    socket: SocketId,
+    destination: SocketAddr,
+    bytes: Vec<u8>,
+}
+
+/// The PNP name registry server. See the [module docs](super) for the protocol.
+///
+/// Construct it, answer its bind intents, then feed it datagrams, stream chunks, socket outcomes
+/// and timeouts; drain its outputs after every input.
+pub struct PnpServer<S: NameStore> {
+    config: PnpServerConfig,
+    identity: Identity,
+    store: S,
+    rng: Rng,
+    opener: Opener,
+    rates: RateLimiter,
+    replies: ReplyCache,
+    rules: Rules,
+    udp: Listener,
+    tcp: Listener,
+    slots: Vec<Slot>,
+    transmits: VecDeque<Outgoing>,
+    ops: VecDeque<SocketOp>,
+    events: VecDeque<PnpServerEvent>,
+    next_prune: Instant,
+    timeout: Option<Instant>,
+    closed: bool,
+    stats: PnpServerStats,
+}
+
+impl<S: NameStore> fmt::Debug for PnpServer<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PnpServer")
+            .field("public_key", &self.identity.public_key())
+            .field("udp", &self.udp)
+            .field("tcp", &self.tcp)
+            .field("closed", &self.closed)
+            .field("stats", &self.stats)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S: NameStore> PnpServer<S> {
+    /// A server with `identity` (its key is what clients seal requests to), writing names to
+    /// `store`; `seed` seeds the reply nonces. Emits its bind intents at once.
+    pub fn new(
+        config: PnpServerConfig,
+        identity: Identity,
+        store: S,
+        seed: u64,
+    ) -> Result<Self, PnpConfigError> {
+        if config.udp.is_none() && config.tcp.is_none() {
+            return Err(PnpConfigError::NoTransport);
+        }
+        if config.tcp.is_some()
+            && (config.max_connections == 0 || config.max_connections > MAX_CONNECTIONS)
+        {
+            return Err(PnpConfigError::BadConnectionLimit);
+        }
+        if config.replay_capacity == 0
+            || config.transmit_queue_capacity == 0
+            || config.rate_table_capacity == 0
+        {
+            return Err(PnpConfigError::ZeroCapacity);
+        }
+        let connections = if config.tcp.is_some() {
+            config.max_connections
+        } else {
+            0
+        };
+        let mut ops = VecDeque::new();
+        let mut udp = Listener::Absent;
+        if let Some(local) = config.udp {
+            ops.push_back(SocketOp::Bind {
+                socket: UDP_SOCKET,
+                transport: Transport::Udp,
+                local,
+                options: config.bind_options,
+            });
+            udp = Listener::Binding;
+        }
+        let mut tcp = Listener::Absent;
+        if let Some(local) = config.tcp {
+            ops.push_back(SocketOp::Bind {
+                socket: TCP_LISTENER,
+                transport: Transport::Tcp,
+                local,
+                options: config.bind_options,
+            });
+            tcp = Listener::Binding;
+        }
+        let rules = Rules {
+            max_names_per_source: config.max_names_per_source,
+            max_lifetime_ms: u64::try_from(config.max_lifetime.as_millis()).unwrap_or(u64::MAX),
+            max_future_ms: config.max_future_ms,
+        };
+        Ok(PnpServer {
+            opener: Opener::with_window(
+                config.replay_capacity,
+                config.max_age_ms,
+                config.max_future_ms,
+            ),
+            rates: RateLimiter::new(
+                config.rate_table_capacity,
+                config.requests_per_window,
+                config.rate_window,
+            ),
+            replies: ReplyCache::new(config.reply_cache_capacity),
+            rules,
+            udp,
+            tcp,
+            slots: vec![Slot::Idle { retry_at: None }; connections],
+            transmits: VecDeque::new(),
+            ops,
+            events: VecDeque::new(),
+            next_prune: Instant::ZERO.saturating_add(config.prune_interval),
+            timeout: None,
+            closed: false,
+            stats: PnpServerStats::default(),
+            rng: Rng::from_seed(seed),
+            identity,
+            store,
+            config,
+        })
+    }
+
+    /// The server's public key (clients need it, with the address, to reach the server).
+    pub fn public_key(&self) -> PublicKey {
+        self.identity.public_key()
+    }
+
+    /// The counters.
+    pub fn stats(&self) -> PnpServerStats {
+        self.stats
+    }
+
+    /// The store.
+    pub fn store(&self) -> &S {
+        &self.store
+    }
+
+    /// The store, mutably (for example to seed it).
+    pub fn store_mut(&mut self) -> &mut S {
+        &mut self.store
+    }
+
+    /// How many TCP connections are open.
+    pub fn open_connections(&self) -> usize {
+        self.slots
+            .iter()
+            .filter(|s| matches!(s, Slot::Open(_)))
+            .count()
+    }
+
+    /// How many entries the bounded tables hold: (rate limiter sources, cached replies, replay
+    /// cache entries, queued transmits).
+    pub fn table_sizes(&self) -> (usize, usize, usize, usize) {
+        (
+            self.rates.len(),
+            self.replies.len(),
+            self.opener.len(),
+            self.transmits.len(),
+        )
+    }
+
+    /// Unix time in milliseconds at `now` (see [`PnpServerConfig::unix_epoch_ms`]).
+    pub fn unix_ms(&self, now: Instant) -> u64 {
+        let since = u64::try_from(now.saturating_duration_since(Instant::ZERO).as_millis())
+            .unwrap_or(u64::MAX);
+        self.config.unix_epoch_ms.saturating_add(since)
+    }
+
+    /// Whether [`PnpServer::close`] has been called.
+    pub fn is_closed(&self) -> bool {
+        self.closed
+    }
+
+    /// Closes every socket the server owns (each exactly once) and ends with
+    /// [`PnpServerEvent::Closed`]. Idempotent.
+    pub fn close(&mut self, _now: Instant) {
+        if self.closed {
+            return;
+        }
+        self.closed = true;
+        if matches!(self.udp, Listener::Binding | Listener::Bound(_)) {
+            self.ops.push_back(SocketOp::Close { socket: UDP_SOCKET });
+        }
+        self.udp = Listener::Absent;
+        for index in 0..self.slots.len() {
+            if let Some(slot) = self.slots.get_mut(index) {
+                if matches!(slot, Slot::Open(_)) {
+                    self.ops.push_back(SocketOp::Close {
+                        socket: connection_id(index),
+                    });
+                    self.stats.connections_closed = self.stats.connections_closed.saturating_add(1);
+                }
+                *slot = Slot::Idle { retry_at: None };
+            }
+        }
+        if matches!(self.tcp, Listener::Binding | Listener::Bound(_)) {
+            self.ops.push_back(SocketOp::Close {
+                socket: TCP_LISTENER,
+            });
+        }
+        self.tcp = Listener::Absent;
+        self.transmits.clear();
+        self.timeout = None;
+        self.events.push_back(PnpServerEvent::Closed);
+    }
+
+    /// Handles a datagram on the UDP socket.
+    pub fn handle_datagram(
+        &mut self,
+        now: Instant,
+        socket: SocketId,
+        from: SocketAddr,
+        data: &[u8],
+    ) -> Verdict {
+        if self.closed {
+            return Verdict::Dropped(DropReason::Closed);
+        }
+        if socket != UDP_SOCKET || !matches!(self.udp, Listener::Bound(_)) {
+            return Verdict::Dropped(DropReason::UnknownSocket);
+        }
+        if data.first() != Some(&envelope::VERSION) {
+            self.stats.not_envelopes = self.stats.not_envelopes.saturating_add(1);
+            return Verdict::NotMine;
+        }
+        let source = SourceKey::from_ip(from.ip());
+        let verdict = match self.answer(now, source, data, Some(data.len())) {
+            Ok(reply) => self.queue(UDP_SOCKET, from, reply),
+            Err(reason) => Verdict::Dropped(reason),
+        };
+        self.refresh_timeout();
+        verdict
+    }
+
+    /// Handles bytes on an accepted TCP connection: any number of frames, split anywhere.
+    pub fn handle_stream(&mut self, now: Instant, socket: SocketId, data: &[u8]) -> Verdict {
+        if self.closed {
+            return Verdict::Dropped(DropReason::Closed);
+        }
+        let Some(index) = self.open_index(socket) else {
+            return Verdict::Dropped(DropReason::UnknownSocket);
+        };
+        let idle_timeout = self.config.tcp_idle_timeout;
+        let mut rest = data;
+        let mut verdict = Verdict::Consumed;
+        while let Some(Slot::Open(conn)) = self.slots.get_mut(index) {
+            conn.idle_deadline = now.saturating_add(idle_timeout);
+            let (remote, source) = (conn.remote, conn.source);
+            match conn.reader.next(&mut rest) {
+                None => break,
+                Some(FrameEvent::BadLength(_)) => {
+                    self.stats.bad_frames = self.stats.bad_frames.saturating_add(1);
+                    self.close_connection(now, index);
+                    verdict = Verdict::Dropped(DropReason::Unexpected);
+                    break;
+                }
+                Some(FrameEvent::Frame(body)) => match self.answer(now, source, &body, None) {
+                    Ok(reply) => match wire::frame(&reply) {
+                        Some(framed) => verdict = self.queue(socket, remote, framed),
+                        None => verdict = Verdict::Dropped(DropReason::Unexpected),
+                    },
+                    Err(reason) => verdict = Verdict::Dropped(reason),
+                },
+            }
+        }
+        self.refresh_timeout();
+        verdict
+    }
+
+    /// Handles the outcome of an intent, or an asynchronous socket error.
+    pub fn handle_socket_result(&mut self, now: Instant, socket: SocketId, outcome: SocketOutcome) {
+        if socket == UDP_SOCKET {
+            self.udp_result(outcome);
+        } else if socket == TCP_LISTENER {
+            self.listener_result(now, outcome);
+        } else if let Some(index) = slot_index(socket).filter(|i| *i < self.slots.len()) {
+            self.connection_result(now, index, socket, outcome);
+        }
+        self.refresh_timeout();
+    }
+
+    fn udp_result(&mut self, outcome: SocketOutcome) {
+        match outcome {
+            SocketOutcome::Bound { local } if self.udp == Listener::Binding => {
+                self.udp = Listener::Bound(local);
+                self.events.push_back(PnpServerEvent::Listening {
+                    transport: Transport::Udp,
+                    local,
+                });
+            }
+            SocketOutcome::Failed {
+                op: OpKind::Bind,
+                error,
+                ..
+            } if self.udp == Listener::Binding => {
+                self.udp = Listener::Failed;
+                self.events.push_back(PnpServerEvent::SocketFailed {
+                    transport: Transport::Udp,
+                    op: OpKind::Bind,
+                    error,
+                });
+            }
+            SocketOutcome::Failed {
+                op: OpKind::Send, ..
+            } => self.stats.send_failures = self.stats.send_failures.saturating_add(1),
+            _ => {}
+        }
+    }
+
+    fn listener_result(&mut self, now: Instant, outcome: SocketOutcome) {
+        match outcome {
+            SocketOutcome::Bound { local } if self.tcp == Listener::Binding => {
+                self.tcp = Listener::Bound(local);
+                self.ops.push_back(SocketOp::Listen {
+                    socket: TCP_LISTENER,
+                    backlog: self.config.listen_backlog,
+                });
+                self.events.push_back(PnpServerEvent::Listening {
+                    transport: Transport::Tcp,
+                    local,
+                });
+                self.accept_idle_slots(now);
+            }
+            SocketOutcome::Failed {
+                op: op @ (OpKind::Bind | OpKind::Listen),
+                error,
+                ..
+            } if matches!(self.tcp, Listener::Binding | Listener::Bound(_)) => {
+                if op == OpKind::Listen {
+                    // The socket exists (it was bound): it still needs its one close.
+                    self.ops.push_back(SocketOp::Close {
+                        socket: TCP_LISTENER,
+                    });
+                }
+                self.tcp = Listener::Failed;
+                self.events.push_back(PnpServerEvent::SocketFailed {
+                    transport: Transport::Tcp,
+                    op,
+                    error,
+                });
+            }
+            _ => {}
+        }
+    }
+
+    fn connection_result(
+        &mut self,
+        now: Instant,
+        index: usize,
+        socket: SocketId,
+        outcome: SocketOutcome,
+    ) {
+        let Some(slot) = self.slots.get_mut(index) else {
+            return;
+        };
+        match outcome {
+            SocketOutcome::Accepted { remote, .. } => {
+                if matches!(slot, Slot::Accepting) && !self.closed {
+                    *slot = Slot::Open(Box::new(Connection {
+                        remote,
+                        source: SourceKey::from_ip(remote.ip()),
+                        reader: FrameReader::new(MAX_MESSAGE_LEN),
+                        idle_deadline: now.saturating_add(self.config.tcp_idle_timeout),
+                    }));
+                    self.stats.connections_accepted =
+                        self.stats.connections_accepted.saturating_add(1);
+                } else if !matches!(slot, Slot::Open(_)) {
+                    // A stream we did not (or no longer) wait for is still ours to close, once.
+                    self.ops.push_back(SocketOp::Close { socket });
+                }
+            }
+            SocketOutcome::Failed {
+                op: OpKind::Accept, ..
+            } if matches!(slot, Slot::Accepting) => {
+                *slot = Slot::Idle {
+                    retry_at: Some(now.saturating_add(ACCEPT_RETRY)),
+                };
+            }
+            SocketOutcome::PeerClosed | SocketOutcome::Failed { .. }
+                if matches!(slot, Slot::Open(_)) =>
+            {
+                if matches!(
+                    outcome,
+                    SocketOutcome::Failed {
+                        op: OpKind::Send,
+                        ..
+                    }
+                ) {
+                    self.stats.send_failures = self.stats.send_failures.saturating_add(1);
+                }
+                self.close_connection(now, index);
+            }
+            _ => {}
+        }
+    }
+
+    /// Prunes expired names, closes idle connections and retries failed accepts.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        if self.closed {
+            return;
+        }
+        if now >= self.next_prune {
+            self.next_prune = now.saturating_add(self.config.prune_interval);
+            match self.store.prune_expired(self.unix_ms(now)) {
+                Ok(n) => self.stats.pruned = self.stats.pruned.saturating_add(n),
+                Err(_) => self.stats.store_errors = self.stats.store_errors.saturating_add(1),
+            }
+        }
+        for index in 0..self.slots.len() {
+            if let Some(Slot::Open(conn)) = self.slots.get(index) {
+                if now >= conn.idle_deadline {
+                    self.stats.idle_closed = self.stats.idle_closed.saturating_add(1);
+                    self.close_connection(now, index);
+                }
+            }
+        }
+        self.accept_idle_slots(now);
+        self.refresh_timeout();
+    }
+
+    /// Writes the next reply into `buf`.
+    pub fn poll_transmit(&mut self, buf: &mut [u8]) -> Option<Transmit> {
+        while let Some(out) = self.transmits.pop_front() {
+            let Some(dst) = buf.get_mut(..out.bytes.len()) else {
+                continue;
+            };
+            dst.copy_from_slice(&out.bytes);
+            return Some(Transmit {
+                socket: out.socket,
+                destination: out.destination,
+                len: out.bytes.len(),
+            });
+        }
+        None
+    }
+
+    /// The next socket intent.
+    pub fn poll_socket_op(&mut self) -> Option<SocketOp> {
+        self.ops.pop_front()
+    }
+
+    /// The next event.
+    pub fn poll_event(&mut self) -> Option<PnpServerEvent> {
+        self.events.pop_front()
+    }
+
+    /// The next deadline (pruning, idle connections, accept retries). O(1).
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.timeout
+    }
+
+    fn open_index(&self, socket: SocketId) -> Option<usize> {
+        let index = slot_index(socket)?;
+        matches!(self.slots.get(index), Some(Slot::Open(_))).then_some(index)
+    }
+
+    fn queue(&mut self, socket: SocketId, destination: SocketAddr, bytes: Vec<u8>) -> Verdict {
+        if self.transmits.len() >= self.config.transmit_queue_capacity {
+            self.stats.queue_full = self.stats.queue_full.saturating_add(1);
+            return Verdict::Dropped(DropReason::QueueFull);
+        }
+        self.transmits.push_back(Outgoing {
+            socket,
+            destination,
+            bytes,
+        });
+        Verdict::Consumed
+    }
+
+    fn accept_idle_slots(&mut self, now: Instant) {
+        if self.closed || !matches!(self.tcp, Listener::Bound(_)) {
+            return;
+        }
+        for (index, slot) in self.slots.iter_mut().enumerate() {
+            if let Slot::Idle { retry_at } = slot {
+                if retry_at.is_none_or(|t| now >= t) {
+                    *slot = Slot::Accepting;
+                    self.ops.push_back(SocketOp::Accept {
+                        listener: TCP_LISTENER,
+                        socket: connection_id(index),
+                    });
+                }
+            }
+        }
+    }
+
+    /// Closes an open connection (its one close intent) and frees its slot for the next accept.
+    fn close_connection(&mut self, now: Instant, index: usize) {
+        let Some(slot) = self.slots.get_mut(index) else {
+            return;
+        };
+        if !matches!(slot, Slot::Open(_)) {
+            return;
+        }
+        *slot = Slot::Idle { retry_at: None };
+        let socket = connection_id(index);
+        self.ops.push_back(SocketOp::Close { socket });
+        self.stats.connections_closed = self.stats.connections_closed.saturating_add(1);
+        // A reply still queued for this stream must not reach the next connection on this id.
+        self.transmits.retain(|t| t.socket != socket);
+        self.accept_idle_slots(now);
+    }
+
+    fn refresh_timeout(&mut self) {
+        if self.closed {
+            self.timeout = None;
+            return;
+        }
+        let listening = matches!(self.tcp, Listener::Bound(_));
+        let mut next = self.next_prune;
+        for slot in &self.slots {
+            match slot {
+                Slot::Open(conn) => next = next.min(conn.idle_deadline),
+                Slot::Idle { retry_at: Some(at) } if listening => next = next.min(*at),
+                _ => {}
+            }
+        }
+        self.timeout = Some(next);
+    }
+
+    /// The sealed reply to one request, or why there is none.
+    fn answer(
+        &mut self,
+        now: Instant,
+        source: SourceKey,
+        request: &[u8],
+        udp_limit: Option<usize>,
+    ) -> Result<Vec<u8>, DropReason> {
+        if request.len() > MAX_MESSAGE_LEN {
+            self.stats.oversize = self.stats.oversize.saturating_add(1);
+            return Err(DropReason::Unexpected);
+        }
+        let Some(key) = wire::peek_envelope(request) else {
+            self.stats.not_envelopes = self.stats.not_envelopes.saturating_add(1);
+            return Err(DropReason::Unexpected);
+        };
+        let rate = self.rates.check(now, source);
+        match rate {
+            RateVerdict::Allowed | RateVerdict::LimitedTell { .. } => {}
+            RateVerdict::Limited => {
+                self.stats.rate_limited = self.stats.rate_limited.saturating_add(1);
+                return Err(DropReason::Unexpected);
+            }
+            RateVerdict::TableFull => {
+                self.stats.rate_table_full = self.stats.rate_table_full.saturating_add(1);
+                return Err(DropReason::Unexpected);
+            }
+        }
+        if let Some(cached) = self.replies.get(&key, request) {
+            self.stats.duplicates = self.stats.duplicates.saturating_add(1);
+            return Ok(cached.to_vec());
+        }
+        let now_ms = self.unix_ms(now);
+        let opened = match self.opener.open(&self.identity, now_ms, request) {
+            Ok(opened) => opened,
+            Err(e) => {
+                let counter = match e {
+                    OpenError::Stale { .. } | OpenError::FromFuture { .. } => &mut self.stats.stale,
+                    OpenError::Replay => &mut self.stats.replays,
+                    _ => &mut self.stats.bad_envelopes,
+                };
+                *counter = counter.saturating_add(1);
+                return Err(if e == OpenError::Replay {
+                    DropReason::Duplicate
+                } else {
+                    DropReason::Unexpected
+                });
+            }
+        };
+        let body = if let RateVerdict::LimitedTell { retry_after_ms } = rate {
+            self.stats.rate_limited = self.stats.rate_limited.saturating_add(1);
+            ReplyBody::Error {
+                code: ErrorCode::RateLimited,
+                detail: retry_after_ms,
+            }
+        } else {
+            match Request::decode(&opened.payload) {
+                Ok(req) => {
+                    let mut counters = RuleCounters::default();
+                    let body = handler::execute(
+                        &mut self.store,
+                        &self.rules,
+                        &mut counters,
+                        now_ms,
+                        source,
+                        &opened.sender,
+                        req,
+                    );
+                    self.stats.store_errors = self
+                        .stats
+                        .store_errors
+                        .saturating_add(counters.store_errors);
+                    body
+                }
+                Err(e) => {
+                    let (code, detail) = ErrorCode::for_wire_error(e);
+                    ReplyBody::Error { code, detail }
+                }
+            }
+        };
+        let sealed = self
+            .seal_reply(now_ms, &opened.sender, opened.nonce, body, udp_limit)
+            .ok_or(DropReason::Unexpected)?;
+        self.stats.requests = self.stats.requests.saturating_add(1);
+        self.replies.insert(key, request, sealed.clone());
+        Ok(sealed)
+    }
+
+    /// Seals the reply; over UDP, substitutes `PaddingRequired` if the reply would be larger than
+    /// the request, and gives up if even that is.
+    fn seal_reply(
+        &mut self,
+        now_ms: u64,
+        to: &PublicKey,
+        request_nonce: [u8; NONCE_LEN],
+        body: ReplyBody,
+        udp_limit: Option<usize>,
+    ) -> Option<Vec<u8>> {
+        let is_error = matches!(body, ReplyBody::Error { .. });
+        let reply = Reply {
+            request_nonce,
+            body,
+        };
+        let sealed = self.seal(now_ms, to, &reply)?;
+        let limit = udp_limit.unwrap_or(usize::MAX);
+        if sealed.len() <= limit {
+            if is_error {
+                self.stats.error_replies = self.stats.error_replies.saturating_add(1);
+            }
+            return Some(sealed);
+        }
+        let needed = u64::try_from(sealed.len()).unwrap_or(u64::MAX);
+        let fallback = Reply {
+            request_nonce,
+            body: ReplyBody::Error {
+                code: ErrorCode::PaddingRequired,
+                detail: needed,
+            },
+        };
+        let sealed = self.seal(now_ms, to, &fallback)?;
+        if sealed.len() <= limit {
+            self.stats.error_replies = self.stats.error_replies.saturating_add(1);
+            Some(sealed)
+        } else {
+            self.stats.amplification_dropped = self.stats.amplification_dropped.saturating_add(1);
+            None
+        }
+    }
+
+    fn seal(&mut self, now_ms: u64, to: &PublicKey, reply: &Reply) -> Option<Vec<u8>> {
+        let mut nonce = [0u8; NONCE_LEN];
+        self.rng.fill_bytes(&mut nonce);
+        envelope::seal(&self.identity, to, now_ms, nonce, &reply.encode()).ok()
+    }
+}
+
+fn connection_id(index: usize) -> SocketId {
+    let index = u32::try_from(index).unwrap_or(u32::MAX);
+    SocketId(FIRST_CONNECTION_ID.saturating_add(index))
+}
+
+fn slot_index(socket: SocketId) -> Option<usize> {
+    usize::try_from(socket.0.checked_sub(FIRST_CONNECTION_ID)?).ok()
+}
+
+// `impl_machine!` takes a plain type; the server is generic over its store, so the same thin
+// delegation is written out here.
+impl<S: NameStore> p2pd_proto::Machine for PnpServer<S> {
+    type Event = PnpServerEvent;
+
+    fn handle_datagram(
+        &mut self,
+        now: Instant,
+        socket: SocketId,
+        from: SocketAddr,
+        data: &[u8],
+    ) -> Verdict {
+        PnpServer::handle_datagram(self, now, socket, from, data)
+    }
+
+    fn handle_stream(&mut self, now: Instant, socket: SocketId, data: &[u8]) -> Verdict {
+        PnpServer::handle_stream(self, now, socket, data)
+    }
+
+    fn handle_socket_result(&mut self, now: Instant, socket: SocketId, outcome: SocketOutcome) {
+        PnpServer::handle_socket_result(self, now, socket, outcome);
+    }
+
+    fn handle_timeout(&mut self, now: Instant) {
+        PnpServer::handle_timeout(self, now);
+    }
+
+    fn poll_transmit(&mut self, buf: &mut [u8]) -> Option<Transmit> {
+        PnpServer::poll_transmit(self, buf)
+    }
+
+    fn poll_socket_op(&mut self) -> Option<SocketOp> {
+        PnpServer::poll_socket_op(self)
+    }
+
+    fn poll_event(&mut self) -> Option<PnpServerEvent> {
+        PnpServer::poll_event(self)
+    }
+
+    fn poll_timeout(&self) -> Option<Instant> {
+        PnpServer::poll_timeout(self)
+    }
+}
