@@ -6,6 +6,8 @@
 //! p2pd nat [--server ADDR[,ALT]|ID ...] [--list-servers] [--local-ip IP] [--interface IF] [--timeout S] [--verbose] [--json]
 //! p2pd sim nat [--seeds N] [--loss 0,10,30] [--json]
 //! p2pd id new|show [--file PATH] [--force] [--json]
+//! p2pd signal listen --broker HOST[:PORT] ... [--identity FILE] [--count N] [--timeout S] [--json]
+//! p2pd signal send PEER MESSAGE --broker HOST[:PORT] ... [--identity FILE] [--timeout S] [--json]
 //! ```
 
 use clap::{Parser, Subcommand};
@@ -31,6 +33,8 @@ enum Command {
     Sim(cli::sim::SimArgs),
     /// Create or show this node's identity (secp256k1 key pair; the node id derives from it).
     Id(cli::id::IdArgs),
+    /// Encrypted, signed messages between nodes through several MQTT brokers.
+    Signal(cli::signal::SignalArgs),
 }
 
 fn main() {
@@ -41,6 +45,7 @@ fn main() {
         Command::Nat(a) => cli::nat::run(a),
         Command::Sim(a) => cli::sim::run(a),
         Command::Id(a) => cli::id::run(a),
+        Command::Signal(a) => cli::signal::run(a),
     };
     std::process::exit(code);
 }

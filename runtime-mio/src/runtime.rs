@@ -249,6 +249,17 @@ impl Runtime {
             .unwrap_or(self.epoch)
     }
 
+    /// Unix time in milliseconds at proto [`Instant::ZERO`] (the runtime's creation), read from
+    /// the system clock now; machines that stamp messages with wall-clock time take it as their
+    /// epoch.
+    pub fn unix_epoch_ms(&self) -> u64 {
+        let unix_now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis());
+        let since_epoch = self.epoch.elapsed().as_millis();
+        u64::try_from(unix_now.saturating_sub(since_epoch)).unwrap_or(u64::MAX)
+    }
+
     /// How many sockets are open.
     pub fn open_sockets(&self) -> usize {
         self.ids.len()

@@ -3,6 +3,7 @@
 pub mod id;
 pub mod json;
 pub mod nat;
+pub mod signal;
 pub mod sim;
 pub mod stun;
 pub mod stun_server;

@@ -1,0 +1,340 @@
+//! `p2pd signal listen` / `p2pd signal send PEER MESSAGE`: encrypted, signed messages between
+//! nodes through several MQTT brokers at once (the rendezvous machine of `p2pd-signaling`).
+
+use std::ops::ControlFlow;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Subcommand};
+use p2pd_signaling::rendezvous::{
+    BrokerSpec, Rendezvous, RendezvousConfig, RendezvousEvent, MAX_BROKERS,
+};
+use p2pd_signaling::{Identity, PeerAddress, PublicKey};
+
+use super::json::Object;
+use super::resolve;
+use crate::identity_file::{default_identity_path, os_seed, parse_hex, read_identity};
+use crate::{RunEnd, Runtime};
+
+/// The default MQTT port.
+pub const MQTT_PORT: u16 = 1883;
+
+/// `p2pd signal ...`
+#[derive(Debug, Args)]
+pub struct SignalArgs {
+    #[command(subcommand)]
+    command: SignalCommand,
+}
+
+/// Options shared by both sub-commands.
+#[derive(Debug, Args)]
+struct Common {
+    /// An MQTT broker, HOST[:PORT] (default port 1883); give two or more, every message goes
+    /// through each.
+    #[arg(long = "broker", required = true)]
+    brokers: Vec<String>,
+    /// The identity file (default: $P2PD_IDENTITY, else ~/.config/p2pd/identity.key).
+    #[arg(long)]
+    identity: Option<PathBuf>,
+    /// Print JSON lines instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, Subcommand)]
+enum SignalCommand {
+    /// Print every message sent to this node (one line each) until interrupted.
+    Listen {
+        #[command(flatten)]
+        common: Common,
+        /// Stop after this many messages.
+        #[arg(long)]
+        count: Option<u64>,
+        /// Stop after this many seconds.
+        #[arg(long)]
+        timeout: Option<f64>,
+    },
+    /// Send MESSAGE to PEER (a public key in hex, or a p2pd1: address) and wait for the brokers'
+    /// acknowledgements.
+    Send {
+        /// The recipient: 66 hex digits of its public key, or its p2pd1: address.
+        peer: String,
+        /// The message (UTF-8 text).
+        message: String,
+        #[command(flatten)]
+        common: Common,
+        /// Give up waiting for acknowledgements after this many seconds.
+        #[arg(long, default_value_t = 10.0)]
+        timeout: f64,
+    },
+}
+
+/// Runs `p2pd signal`; returns the exit code.
+pub fn run(args: &SignalArgs) -> i32 {
+    let result = match &args.command {
+        SignalCommand::Listen {
+            common,
+            count,
+            timeout,
+        } => listen(common, *count, *timeout),
+        SignalCommand::Send {
+            peer,
+            message,
+            common,
+            timeout,
+        } => send(common, peer, message, *timeout),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("p2pd signal: {e}");
+            1
+        }
+    }
+}
+
+/// Parses `--broker` values into canonical broker specs.
+pub fn parse_brokers(values: &[String]) -> Result<Vec<BrokerSpec>, String> {
+    if values.len() > MAX_BROKERS {
+        return Err(format!("at most {MAX_BROKERS} brokers"));
+    }
+    let mut out: Vec<BrokerSpec> = Vec::new();
+    for v in values {
+        let address = resolve(v, MQTT_PORT)?;
+        let host = host_part(v);
+        let named = host.parse::<std::net::IpAddr>().is_err();
+        let spec = BrokerSpec::new(named.then_some(host), address);
+        if out.iter().any(|b| b.id == spec.id) {
+            return Err(format!("broker {v} given twice"));
+        }
+        out.push(spec);
+    }
+    Ok(out)
+}
+
+/// The host of `HOST[:PORT]` (brackets of an IPv6 literal removed).
+fn host_part(target: &str) -> &str {
+    if let Some(rest) = target.strip_prefix('[') {
+        return rest.split(']').next().unwrap_or(rest);
+    }
+    if target.matches(':').count() > 1 {
+        return target; // a bare IPv6 literal
+    }
+    target.split(':').next().unwrap_or(target)
+}
+
+/// Parses PEER: a hex public key or a `p2pd1:` address; returns the key and, for an address, the
+/// broker ids it listens on.
+pub fn parse_peer(peer: &str) -> Result<(PublicKey, Option<PeerAddress>), String> {
+    if peer.starts_with("p2pd1:") {
+        let addr = PeerAddress::from_text(peer).map_err(|e| format!("bad peer address: {e}"))?;
+        return Ok((addr.public_key, Some(addr)));
+    }
+    let bytes = parse_hex(peer).ok_or("PEER is neither a hex public key nor a p2pd1: address")?;
+    let key = PublicKey::from_bytes(&bytes).map_err(|e| format!("bad public key: {e}"))?;
+    Ok((key, None))
+}
+
+fn load_identity(common: &Common) -> Result<Identity, String> {
+    let path = common
+        .identity
+        .clone()
+        .unwrap_or_else(default_identity_path);
+    read_identity(&path).map_err(|e| format!("{e} (create one with `p2pd id new`)"))
+}
+
+fn start(common: &Common, identity: Identity) -> Result<(Runtime, Rendezvous), String> {
+    let brokers = parse_brokers(&common.brokers)?;
+    if brokers.len() < 2 && !common.json {
+        eprintln!(
+            "note: one broker only; give --broker twice or more so delivery survives an outage"
+        );
+    }
+    let rt = Runtime::new().map_err(|e| format!("runtime: {e}"))?;
+    let config = RendezvousConfig::new(brokers, rt.unix_epoch_ms());
+    let seed = os_seed().map_err(|e| format!("random seed: {e}"))?;
+    let machine = Rendezvous::new(config, identity, seed, rt.now()).map_err(|e| e.to_string())?;
+    Ok((rt, machine))
+}
+
+fn listen(common: &Common, count: Option<u64>, timeout: Option<f64>) -> Result<i32, String> {
+    let identity = load_identity(common)?;
+    let node = identity.node_id();
+    let key = identity.public_key();
+    let (mut rt, mut machine) = start(common, identity)?;
+    let address = PeerAddress {
+        public_key: key,
+        interfaces: Vec::new(),
+        brokers: machine.broker_ids().collect(),
+    };
+    let text = address.to_text().map_err(|e| e.to_string())?;
+    if common.json {
+        println!(
+            "{}",
+            Object::new()
+                .str("event", "listening")
+                .str("node_id", &node.to_string())
+                .str("public_key", &key.to_string())
+                .str("topic", machine.topic())
+                .str("address", &text)
+                .finish()
+        );
+    } else {
+        println!("node id     {node}");
+        println!("public key  {key}");
+        println!("address     {text}");
+    }
+    let limit = timeout.map(Duration::from_secs_f64);
+    let mut received = 0u64;
+    let mut closing = false;
+    let json = common.json;
+    let end = rt
+        .run(&mut machine, limit, |m, now, ev| {
+            match ev {
+                RendezvousEvent::Message {
+                    from,
+                    payload,
+                    broker,
+                    sent_at_ms,
+                } => {
+                    received += 1;
+                    let text = String::from_utf8_lossy(&payload);
+                    if json {
+                        println!(
+                            "{}",
+                            Object::new()
+                                .str("event", "message")
+                                .str("from", &from.to_string())
+                                .str("node_id", &from.node_id().to_string())
+                                .str("broker", &broker.to_string())
+                                .num("sent_at_ms", sent_at_ms as f64)
+                                .str("message", &text)
+                                .finish()
+                        );
+                    } else {
+                        println!("{} {text}", from.node_id());
+                    }
+                    if count.is_some_and(|c| received >= c) && !closing {
+                        closing = true;
+                        m.close(now);
+                    }
+                }
+                RendezvousEvent::Closed => return ControlFlow::Break(()),
+                other => report(&other, json),
+            }
+            ControlFlow::Continue(())
+        })
+        .map_err(|e| format!("event loop: {e}"))?;
+    if end == RunEnd::TimeLimit {
+        close(&mut rt, &mut machine);
+    }
+    Ok(if count.is_some_and(|c| received < c) {
+        1
+    } else {
+        0
+    })
+}
+
+fn send(common: &Common, peer: &str, message: &str, timeout: f64) -> Result<i32, String> {
+    let identity = load_identity(common)?;
+    let (to, address) = parse_peer(peer)?;
+    let (mut rt, mut machine) = start(common, identity)?;
+    let via: Option<Vec<_>> = address.map(|a| a.brokers);
+    let sending = machine
+        .send(rt.now(), &to, via.as_deref(), message.as_bytes())
+        .map_err(|e| e.to_string())?;
+    let json = common.json;
+    let mut acked = 0usize;
+    let mut closing = false;
+    let end = rt
+        .run(
+            &mut machine,
+            Some(Duration::from_secs_f64(timeout)),
+            |m, now, ev| {
+                match ev {
+                    RendezvousEvent::Acknowledged { id, broker } if id == sending.id => {
+                        acked += 1;
+                        if json {
+                            println!(
+                                "{}",
+                                Object::new()
+                                    .str("event", "acknowledged")
+                                    .str("broker", &broker.to_string())
+                                    .finish()
+                            );
+                        } else {
+                            println!("acknowledged by broker {broker}");
+                        }
+                        if acked >= sending.brokers && !closing {
+                            closing = true;
+                            m.close(now);
+                        }
+                    }
+                    RendezvousEvent::Closed => return ControlFlow::Break(()),
+                    other => report(&other, json),
+                }
+                ControlFlow::Continue(())
+            },
+        )
+        .map_err(|e| format!("event loop: {e}"))?;
+    if end == RunEnd::TimeLimit {
+        close(&mut rt, &mut machine);
+    }
+    if acked == 0 {
+        eprintln!("p2pd signal send: no broker acknowledged the message within {timeout} s");
+        return Ok(1);
+    }
+    if acked < sending.brokers {
+        eprintln!(
+            "p2pd signal send: {acked} of {} brokers acknowledged",
+            sending.brokers
+        );
+    }
+    Ok(0)
+}
+
+/// Closes the machine and runs until its sockets are released (bounded).
+fn close(rt: &mut Runtime, machine: &mut Rendezvous) {
+    let now = rt.now();
+    machine.close(now);
+    let _ = rt.run(machine, Some(Duration::from_secs(2)), |_, _, ev| {
+        if ev == RendezvousEvent::Closed {
+            ControlFlow::Break(())
+        } else {
+            ControlFlow::Continue(())
+        }
+    });
+}
+
+/// Broker health changes and rejected envelopes go to stderr (or JSON lines on stdout).
+fn report(ev: &RendezvousEvent, json: bool) {
+    let (kind, broker, detail) = match ev {
+        RendezvousEvent::BrokerUp { broker } => ("broker_up", broker, String::new()),
+        RendezvousEvent::BrokerDown {
+            broker,
+            reason,
+            retry_in,
+        } => (
+            "broker_down",
+            broker,
+            format!("{reason:?}, retry in {} ms", retry_in.as_millis()),
+        ),
+        RendezvousEvent::Listening { broker } => ("subscribed", broker, String::new()),
+        RendezvousEvent::Rejected { broker, reason } => ("rejected", broker, reason.to_string()),
+        _ => return,
+    };
+    if json {
+        println!(
+            "{}",
+            Object::new()
+                .str("event", kind)
+                .str("broker", &broker.to_string())
+                .str("detail", &detail)
+                .finish()
+        );
+    } else if detail.is_empty() {
+        eprintln!("{kind} {broker}");
+    } else {
+        eprintln!("{kind} {broker}: {detail}");
+    }
+}
