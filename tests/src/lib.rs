@@ -19,21 +19,36 @@
 //! - **Links** ([`LinkConfig`]): latency, jitter, loss, duplication, reordering; one per host (its
 //!   access link, or its LAN link behind a NAT) and one per NAT box toward the internet. A packet
 //!   crosses the sender's link and the receiver's.
-//! - **NAT boxes** ([`Sim::add_nat`]) implement `p2pd-nat`'s [`p2pd_nat::Behaviour`] for UDP:
-//!   mapping (endpoint-independent, address-dependent, address-and-port-dependent), filtering (the
-//!   same three), port allocation within a port range, hairpinning and mapping lifetime, with
+//! - **NAT boxes** ([`Sim::add_nat`]) implement `p2pd-nat`'s [`p2pd_nat::Behaviour`] for UDP and
+//!   TCP: mapping (endpoint-independent, address-dependent, address-and-port-dependent), filtering
+//!   (the same three), port allocation within a port range, hairpinning and mapping lifetime, with
 //!   counters ([`NatStats`]). Hosts behind the same box also reach each other directly by private IP.
+//!   TCP ([`NatTcpConfig`], [`Sim::set_nat_tcp`]): only an outbound SYN creates a mapping; inbound
+//!   SYNs pass the filtering like datagrams (endpoint-independent filtering lets an unsolicited SYN
+//!   in; crossing SYNs make a simultaneous open); a dropped SYN is dropped silently or answered with
+//!   an RST; a TCP mapping idles out after 2 h, or 4 min once a FIN or RST crossed it.
+//! - **TCP** on every host, at segment level (SYN, SYN-ACK, ACK, data, FIN, RST cross links and NAT
+//!   boxes like datagrams): `Connect` (`Connected`, or `Failed` with `ConnectionRefused` on an RST
+//!   and `TimedOut` when the SYN retries run out), `Listen` with a bounded backlog (SYNs beyond it
+//!   are dropped), `Accept` (the machine names the next connection), simultaneous open (both sides
+//!   `Connected`, as on Linux), `SO_REUSEADDR`/`SO_REUSEPORT` (TCP sockets that all set one of them
+//!   may share a port, e.g. a listener and connectors, as hole punching needs; otherwise
+//!   `AddrInUse`), a reliable ordered stream over lossy, reordering, duplicating links (sequence
+//!   numbers, cumulative ACKs, RFC 6298 RTO with backoff, go-back-N and fast retransmit), transmits
+//!   appended to the stream and delivered through `handle_stream`, `Close` with FIN (`PeerClosed`
+//!   after the data) and TIME-WAIT, RST to a port nobody listens on (or a silent drop:
+//!   [`TcpConfig::rst_on_closed_port`]), `ConnectionReset` after an RST. Settings per host
+//!   ([`Host::with_tcp`], [`Sim::set_tcp_config`]); counters per host and network-wide
+//!   ([`Sim::host_tcp_stats`], [`Sim::tcp_stats`]); segments feed the trace hash. The rules in
+//!   detail are in the `tcp` module's source docs. [`RawTcp`] is a bare TCP machine for tests.
+//! - **Failures**: [`Sim::set_host_down`] cuts a host off (packets dropped both ways);
+//!   [`Sim::kill_host`] kills its process (its connections are reset, its sockets forgotten) and
+//!   [`Sim::restart_host`] runs a new machine there.
 //! - **STUN servers** ([`Sim::add_stun_server`]): a public host with two IPs running our RFC 5780
 //!   [`p2pd_proto::server::StunServer`].
 //! - **Replay**: [`run_seeds`] runs a test per seed and, on failure, prints
 //!   `simulation failed with seed N; replay with P2PD_SIM_SEED=N`; setting that variable runs only
 //!   that seed.
-//!
-//! TCP plugs in at two places. The NAT mapping table is already keyed by [`Protocol`], so a TCP
-//! packet type adds connection state per mapping in the NAT box (outbound SYN opens, crossing SYNs
-//! make a simultaneous open, an unsolicited inbound SYN gets an RST or is dropped silently); and the
-//! host side answers `Connect`/`Listen` intents (today they fail with `IoError::Other(None)`) and
-//! feeds stream bytes to `handle_stream`.
 //!
 //! ```
 //! use core::time::Duration;
@@ -82,8 +97,10 @@ pub mod matrix;
 mod natbox;
 mod node;
 mod raw;
+mod raw_tcp;
 mod replay;
 mod sim;
+mod tcp;
 mod trace;
 
 #[cfg(test)]
@@ -91,8 +108,10 @@ mod tests;
 
 pub use link::LinkConfig;
 pub use matrix::{run_matrix, run_one, Correctness, MatrixSummary, Outcome, Truth};
-pub use natbox::{NatStats, Protocol};
+pub use natbox::{NatStats, NatTcpConfig, Protocol};
 pub use raw::{RawEvent, RawUdp};
+pub use raw_tcp::{RawTcp, TcpEvent};
 pub use replay::{run_seeds, SEED_VAR};
-pub use sim::{Host, HostId, NatId, Sim, SimStats};
+pub use sim::{Dead, Host, HostId, NatId, Sim, SimStats};
+pub use tcp::{TcpConfig, TcpHeader, TcpStats, MAX_SEND_BUFFER, MSS, WINDOW};
 pub use trace::TraceEntry;

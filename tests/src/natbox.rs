@@ -1,25 +1,62 @@
 //! NAT boxes: the mapping table, port allocation and filtering of `p2pd-nat`'s behaviour model.
 //!
-//! The table is keyed by [`Protocol`], so TCP shares the allocation and filtering logic: a TCP
-//! extension adds per-mapping connection state (SYN seen outbound, SYN-ACK inbound, simultaneous open
-//! when both SYNs cross, RST or silent drop for an unsolicited inbound SYN) on top of
-//! [`NatBox::outbound`] and [`NatBox::inbound`]; only UDP packets reach the box today.
+//! The table is keyed by [`Protocol`], so TCP shares the mapping, port allocation and filtering
+//! logic with UDP. TCP specifics ([`NatTcpConfig`]):
+//!
+//! - only an outbound segment with SYN set (a SYN, or the SYN-ACK of an inside listener) creates a
+//!   mapping; any other outbound segment without a mapping is dropped
+//!   ([`NatStats::tcp_dropped_no_mapping`]);
+//! - inbound segments pass the filtering behaviour like datagrams, so an unsolicited SYN reaches the
+//!   inside host only through endpoint-independent filtering (or from a remote the mapping has
+//!   contacted: crossing SYNs make a simultaneous open). A SYN dropped for filtering or for no
+//!   mapping is dropped silently by default, or answered with an RST from the box's public address
+//!   ([`NatTcpConfig::rst_unsolicited_syn`]);
+//! - lifetime: a TCP mapping lives [`NatTcpConfig::idle_lifetime`] after each outbound segment; once
+//!   a FIN or RST crosses it in either direction it lives only
+//!   [`NatTcpConfig::transitory_lifetime`] after the last outbound segment, until an outbound SYN
+//!   opens it again. The state is per mapping, not per connection: one closing connection shortens
+//!   the lifetime of every connection sharing the mapping (a simplification).
 
 use core::net::{Ipv4Addr, SocketAddrV4};
+use core::time::Duration;
 use std::collections::{BTreeMap, BTreeSet};
 
 use p2pd_nat::{Behaviour, Filtering, Mapping, PortAllocation};
 use p2pd_proto::{Instant, Rng};
 
 use crate::link::LinkConfig;
+use crate::tcp::TcpHeader;
 
 /// The transport protocol of a simulated packet or NAT mapping.
 #[derive(Copy, Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Protocol {
     /// UDP.
     Udp,
-    /// TCP (reserved: the simulator carries only UDP today).
+    /// TCP.
     Tcp,
+}
+
+/// How a NAT box treats TCP ([`crate::Sim::set_nat_tcp`]); see the module docs.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub struct NatTcpConfig {
+    /// How long a TCP mapping lives after an outbound segment (RFC 5382 asks for at least 2 h 4 min;
+    /// default 7440 s).
+    pub idle_lifetime: Duration,
+    /// How long it lives once a FIN or RST was seen (RFC 5382's transitory 4 min; default 240 s).
+    pub transitory_lifetime: Duration,
+    /// Answer an inbound SYN the box drops (filtered, or no mapping) with an RST instead of
+    /// dropping it silently (default: silent).
+    pub rst_unsolicited_syn: bool,
+}
+
+impl Default for NatTcpConfig {
+    fn default() -> Self {
+        NatTcpConfig {
+            idle_lifetime: Duration::from_secs(7440),
+            transitory_lifetime: Duration::from_secs(240),
+            rst_unsolicited_syn: false,
+        }
+    }
 }
 
 /// A NAT box's counters.
@@ -41,6 +78,12 @@ pub struct NatStats {
     pub dropped_hairpin: u64,
     /// Outbound packets dropped because the port range was exhausted.
     pub dropped_no_port: u64,
+    /// Outbound TCP segments without SYN dropped because no mapping existed.
+    pub tcp_dropped_no_mapping: u64,
+    /// Inbound SYNs dropped silently (filtered, or no mapping).
+    pub tcp_syn_dropped: u64,
+    /// RSTs the box sent for inbound SYNs it dropped.
+    pub tcp_rst_sent: u64,
 }
 
 /// What a mapping is keyed by: the protocol and internal endpoint, plus the destination's IP (and
@@ -60,6 +103,8 @@ struct Entry {
     /// Remote endpoints contacted from this mapping (bounded by [`MAX_PERMITTED`]).
     permitted: BTreeSet<SocketAddrV4>,
     expires: Instant,
+    /// TCP: a FIN or RST crossed the mapping (transitory lifetime).
+    closing: bool,
 }
 
 /// Most remote endpoints remembered per mapping; beyond it the lowest address is forgotten first.
@@ -72,6 +117,7 @@ pub(crate) struct NatBox {
     pub(crate) behaviour: Behaviour,
     pub(crate) link: LinkConfig,
     pub(crate) stats: NatStats,
+    pub(crate) tcp: NatTcpConfig,
     rng: Rng,
     mappings: BTreeMap<MappingKey, Entry>,
     by_port: BTreeMap<(Protocol, u16), MappingKey>,
@@ -97,6 +143,7 @@ impl NatBox {
             behaviour,
             link: LinkConfig::IDEAL,
             stats: NatStats::default(),
+            tcp: NatTcpConfig::default(),
             rng,
             mappings: BTreeMap::new(),
             by_port: BTreeMap::new(),
@@ -113,13 +160,14 @@ impl NatBox {
 
     /// Translates an outbound packet from `internal` to `remote`: finds or creates the mapping,
     /// permits `remote`, refreshes the expiry. Returns the external endpoint, or `None` (dropped) if
-    /// no port is free.
+    /// no port is free, or for a TCP segment without SYN that has no mapping.
     pub(crate) fn outbound(
         &mut self,
         now: Instant,
         protocol: Protocol,
         internal: SocketAddrV4,
         remote: SocketAddrV4,
+        tcp: Option<TcpHeader>,
     ) -> Option<SocketAddrV4> {
         self.expire(now);
         let key = MappingKey {
@@ -135,6 +183,10 @@ impl NatBox {
             },
         };
         if !self.mappings.contains_key(&key) {
+            if tcp.is_some_and(|h| !h.has(TcpHeader::SYN)) {
+                self.stats.tcp_dropped_no_mapping += 1;
+                return None;
+            }
             let Some(port) = self.allocate(protocol, internal.port()) else {
                 self.stats.dropped_no_port += 1;
                 return None;
@@ -148,15 +200,32 @@ impl NatBox {
                     internal,
                     permitted: BTreeSet::new(),
                     expires: now,
+                    closing: false,
                 },
             );
         }
-        let lifetime = self.behaviour.mapping_lifetime;
+        let udp_lifetime = self.behaviour.mapping_lifetime;
+        let tcp_config = self.tcp;
         let entry = self.mappings.get_mut(&key)?;
         if entry.permitted.len() >= MAX_PERMITTED && !entry.permitted.contains(&remote) {
             entry.permitted.pop_first();
         }
         entry.permitted.insert(remote);
+        let lifetime = match tcp {
+            None => udp_lifetime,
+            Some(h) => {
+                if h.has(TcpHeader::FIN) || h.has(TcpHeader::RST) {
+                    entry.closing = true;
+                } else if h.is_syn_only() {
+                    entry.closing = false;
+                }
+                if entry.closing {
+                    tcp_config.transitory_lifetime
+                } else {
+                    tcp_config.idle_lifetime
+                }
+            }
+        };
         entry.expires = now + lifetime;
         self.next_expiry = self.next_expiry.min(entry.expires);
         self.stats.translated_out += 1;
@@ -171,12 +240,13 @@ impl NatBox {
         protocol: Protocol,
         remote: SocketAddrV4,
         external_port: u16,
+        tcp: Option<TcpHeader>,
     ) -> Result<SocketAddrV4, InboundDrop> {
         self.expire(now);
         let entry = self
             .by_port
             .get(&(protocol, external_port))
-            .and_then(|key| self.mappings.get(key));
+            .and_then(|key| self.mappings.get_mut(key));
         let Some(entry) = entry else {
             self.stats.dropped_no_mapping += 1;
             return Err(InboundDrop::NoMapping);
@@ -189,6 +259,11 @@ impl NatBox {
         if !allowed {
             self.stats.dropped_filtered += 1;
             return Err(InboundDrop::Filtered);
+        }
+        if tcp.is_some_and(|h| h.has(TcpHeader::FIN) || h.has(TcpHeader::RST)) && !entry.closing {
+            entry.closing = true;
+            entry.expires = entry.expires.min(now + self.tcp.transitory_lifetime);
+            self.next_expiry = self.next_expiry.min(entry.expires);
         }
         self.stats.translated_in += 1;
         Ok(entry.internal)

@@ -28,6 +28,7 @@ pub(crate) trait Node {
         from: SocketAddr,
         data: &[u8],
     ) -> Verdict;
+    fn handle_stream(&mut self, now: Instant, socket: SocketId, data: &[u8]) -> Verdict;
     fn handle_socket_result(&mut self, now: Instant, socket: SocketId, outcome: SocketOutcome);
     fn handle_timeout(&mut self, now: Instant);
     /// Drains transmits and socket intents into `out` (events stay inside, typed) and returns the
@@ -79,6 +80,10 @@ where
         data: &[u8],
     ) -> Verdict {
         self.machine.handle_datagram(now, socket, from, data)
+    }
+
+    fn handle_stream(&mut self, now: Instant, socket: SocketId, data: &[u8]) -> Verdict {
+        self.machine.handle_stream(now, socket, data)
     }
 
     fn handle_socket_result(&mut self, now: Instant, socket: SocketId, outcome: SocketOutcome) {

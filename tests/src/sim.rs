@@ -15,7 +15,12 @@ use p2pd_proto::{
 use crate::link::LinkConfig;
 use crate::natbox::{NatBox, NatStats, Protocol};
 use crate::node::{Node, Output, Typed};
+use crate::tcp::{TcpConfig, TcpHeader, TcpStack, TcpStats};
 use crate::trace::{TraceEntry, TraceHash};
+
+mod tcp_glue;
+
+pub use tcp_glue::Dead;
 
 /// Names a host of a [`Sim`].
 #[derive(Copy, Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -30,6 +35,7 @@ pub struct NatId(pub usize);
 pub struct Host {
     ips: Vec<Ipv4Addr>,
     link: LinkConfig,
+    tcp: TcpConfig,
 }
 
 impl Host {
@@ -38,7 +44,14 @@ impl Host {
         Host {
             ips: ips.into_iter().collect(),
             link: LinkConfig::IDEAL,
+            tcp: TcpConfig::default(),
         }
+    }
+
+    /// The same host with these TCP settings.
+    pub fn with_tcp(mut self, tcp: TcpConfig) -> Self {
+        self.tcp = tcp;
+        self
     }
 
     /// The same host with this access link.
@@ -65,6 +78,9 @@ pub struct SimStats {
     pub no_socket: u64,
     /// Timer firings.
     pub timeouts: u64,
+    /// Packets (datagrams and segments) dropped because their host was down
+    /// ([`Sim::set_host_down`]).
+    pub dropped_host_down: u64,
 }
 
 /// Where a host sits.
@@ -81,6 +97,8 @@ struct SimSocket {
     /// `None`: bound to the wildcard address.
     ip: Option<Ipv4Addr>,
     port: u16,
+    /// `SO_REUSEADDR` or `SO_REUSEPORT` (TCP: sockets that all have it may share a port).
+    reuse: bool,
 }
 
 struct HostState {
@@ -93,6 +111,12 @@ struct HostState {
     timer: Option<Instant>,
     /// When the timer last fired, and how many times in a row at that instant.
     fired: (Instant, u32),
+    /// The host's TCP.
+    tcp: TcpStack,
+    /// The deadline a TCP timer event is queued for.
+    tcp_timer: Option<Instant>,
+    /// Cut off from the network ([`Sim::set_host_down`]).
+    down: bool,
 }
 
 /// Who owns a public IP.
@@ -108,12 +132,16 @@ struct Packet {
     src: SocketAddrV4,
     dst: SocketAddrV4,
     data: Vec<u8>,
+    /// The TCP header of a segment.
+    tcp: Option<TcpHeader>,
 }
 
 #[derive(Debug)]
 enum Event {
     /// A host's deadline.
     Timer(HostId),
+    /// A host's TCP deadline.
+    TcpTimer(HostId),
     /// A packet reached the internet core; route it by destination IP.
     Internet(Packet),
     /// A packet from the LAN reached a NAT box.
@@ -167,6 +195,10 @@ pub struct Sim {
     port_rng: Rng,
     /// Seeds for NAT boxes and machines.
     seed_rng: Rng,
+    /// Seeds for hosts' TCP stacks (initial sequence numbers).
+    tcp_rng: Rng,
+    /// Network-side TCP counters (link losses and duplicates).
+    tcp_net: TcpStats,
     hosts: Vec<HostState>,
     nats: Vec<NatBox>,
     /// Hosts behind each NAT box, by private IP.
@@ -190,6 +222,8 @@ impl Sim {
             net_rng: Rng::from_seed(master.next_u64()),
             port_rng: Rng::from_seed(master.next_u64()),
             seed_rng: Rng::from_seed(master.next_u64()),
+            tcp_rng: Rng::from_seed(master.next_u64()),
+            tcp_net: TcpStats::default(),
             hosts: Vec::new(),
             nats: Vec::new(),
             lans: Vec::new(),
@@ -281,7 +315,7 @@ impl Sim {
         for ip in &host.ips {
             self.claim(*ip, Owner::Host(id));
         }
-        self.push_host(machine, Location::Public, host.ips, host.link)
+        self.push_host(machine, Location::Public, host.ips, host.link, host.tcp)
     }
 
     /// Adds a host with `private_ip` behind `nat`, running `machine`, on an ideal LAN link.
@@ -304,6 +338,7 @@ impl Sim {
             Location::Behind(nat),
             vec![private_ip],
             LinkConfig::IDEAL,
+            TcpConfig::default(),
         )
     }
 
@@ -393,6 +428,7 @@ impl Sim {
         self.now = self.now.max(q.at);
         match q.event {
             Event::Timer(host) => self.fire_timer(host, q.at),
+            Event::TcpTimer(host) => self.fire_tcp_timer(host, q.at),
             Event::Internet(p) => self.route_internet(p),
             Event::NatFromLan(nat, p) => self.nat_from_lan(nat, p),
             Event::NatFromWan(nat, p) => self.nat_from_wan(nat, p),
@@ -427,6 +463,7 @@ impl Sim {
         location: Location,
         ips: Vec<Ipv4Addr>,
         link: LinkConfig,
+        tcp: TcpConfig,
     ) -> HostId
     where
         M: Machine + 'static,
@@ -444,6 +481,9 @@ impl Sim {
             sockets: BTreeMap::new(),
             timer: None,
             fired: (Instant::MAX, 0),
+            tcp: TcpStack::new(tcp, Rng::from_seed(self.tcp_rng.next_u64())),
+            tcp_timer: None,
+            down: false,
         });
         self.service(id);
         id
@@ -549,27 +589,38 @@ impl Sim {
             .handle_socket_result(now, socket, outcome);
     }
 
-    /// Carries out a socket intent. UDP and TCP binds are honoured (TCP sockets carry no traffic
-    /// yet); connect and listen fail with `IoError::Other(None)`; TTL changes are accepted.
+    /// Carries out a socket intent: binds (UDP and TCP), TCP connect, listen and accept (see
+    /// `tcp.rs`), close; TTL changes are accepted and ignored.
     fn socket_op(&mut self, id: HostId, op: SocketOp) {
         match op {
             SocketOp::Bind {
                 socket,
                 transport,
                 local,
-                ..
+                options,
             } => {
-                let outcome = self.bind(id, socket, transport, local);
+                let reuse = options.reuse_address || options.reuse_port;
+                let outcome = self.bind(id, socket, transport, local, reuse);
+                if let (Transport::Tcp, SocketOutcome::Bound { local }) = (transport, outcome) {
+                    let host = self.host_mut(id);
+                    if let (Some(s), SocketAddr::V4(mut bound)) = (host.sockets.get(&socket), local)
+                    {
+                        if s.ip.is_none() {
+                            bound.set_ip(Ipv4Addr::UNSPECIFIED);
+                        }
+                        host.tcp.bind(socket, bound);
+                    }
+                }
                 self.answer(id, socket, outcome);
             }
-            SocketOp::Connect { socket, .. } => {
-                self.answer(id, socket, fail(OpKind::Connect, IoError::Other(None)))
-            }
-            SocketOp::Listen { socket, .. } => {
-                self.answer(id, socket, fail(OpKind::Listen, IoError::Other(None)))
-            }
+            SocketOp::Connect { socket, remote } => self.tcp_connect(id, socket, remote),
+            SocketOp::Listen { socket, backlog } => self.tcp_listen(id, socket, backlog),
+            SocketOp::Accept { listener, socket } => self.tcp_accept(id, listener, socket),
             SocketOp::Close { socket } => {
-                self.host_mut(id).sockets.remove(&socket);
+                let removed = self.host_mut(id).sockets.remove(&socket);
+                if removed.is_none_or(|s| s.protocol == Protocol::Tcp) {
+                    self.tcp_close(id, socket);
+                }
             }
             _ => {}
         }
@@ -581,6 +632,7 @@ impl Sim {
         socket: SocketId,
         transport: Transport,
         local: SocketAddr,
+        reuse: bool,
     ) -> SocketOutcome {
         let protocol = match transport {
             Transport::Udp => Protocol::Udp,
@@ -605,6 +657,7 @@ impl Sim {
                 s.protocol == protocol
                     && s.port == port
                     && (s.ip.is_none() || ip.is_none() || s.ip == ip)
+                    && !(protocol == Protocol::Tcp && s.reuse && reuse)
             })
         };
         let port = if local.port() == 0 {
@@ -623,9 +676,15 @@ impl Sim {
             local.port()
         };
         let reported = ip.unwrap_or(host.ips[0]);
-        self.host_mut(id)
-            .sockets
-            .insert(socket, SimSocket { protocol, ip, port });
+        self.host_mut(id).sockets.insert(
+            socket,
+            SimSocket {
+                protocol,
+                ip,
+                port,
+                reuse,
+            },
+        );
         SocketOutcome::Bound {
             local: SocketAddr::V4(SocketAddrV4::new(reported, port)),
         }
@@ -650,6 +709,9 @@ impl Sim {
             };
             return self.answer(id, socket, outcome);
         };
+        if s.protocol == Protocol::Tcp {
+            return self.tcp_write(id, socket, destination, &data);
+        }
         self.stats.sent += 1;
         let src = SocketAddrV4::new(s.ip.unwrap_or(host.ips[0]), s.port);
         let packet = Packet {
@@ -657,7 +719,19 @@ impl Sim {
             src,
             dst,
             data,
+            tcp: None,
         };
+        self.emit(id, packet);
+    }
+
+    /// Puts a packet from host `id` on the network (or back on the host for its own IPs).
+    fn emit(&mut self, id: HostId, packet: Packet) {
+        let host = self.hosts.get(id.0).expect("unknown host");
+        if host.down {
+            self.stats.dropped_host_down += 1;
+            return;
+        }
+        let dst = packet.dst;
         if host.ips.contains(dst.ip()) {
             // Loopback: no link.
             let now = self.now;
@@ -674,10 +748,18 @@ impl Sim {
     fn cross(&mut self, link: LinkConfig, packet: Packet, then: impl Fn(Packet) -> Event) {
         let now = self.now;
         match link.traverse(&mut self.net_rng, now) {
-            [None, _] => self.stats.lost += 1,
+            [None, _] => {
+                self.stats.lost += 1;
+                if packet.tcp.is_some() {
+                    self.tcp_net.lost += 1;
+                }
+            }
             [Some(at), None] => self.schedule(at, then(packet)),
             [Some(at), Some(again)] => {
                 self.stats.duplicated += 1;
+                if packet.tcp.is_some() {
+                    self.tcp_net.duplicated += 1;
+                }
                 self.schedule(at, then(packet.clone()));
                 self.schedule(again, then(packet));
             }
@@ -711,7 +793,8 @@ impl Sim {
             return self.cross(link, packet, |p| Event::Deliver(h, p));
         }
         let nb = self.nat_mut(nat);
-        let Some(external) = nb.outbound(now, packet.protocol, packet.src, packet.dst) else {
+        let Some(external) = nb.outbound(now, packet.protocol, packet.src, packet.dst, packet.tcp)
+        else {
             return;
         };
         packet.src = external;
@@ -730,8 +813,15 @@ impl Sim {
     fn nat_from_wan(&mut self, nat: NatId, mut packet: Packet) {
         let now = self.now;
         let nb = self.nat_mut(nat);
-        let Ok(internal) = nb.inbound(now, packet.protocol, packet.src, packet.dst.port()) else {
-            return;
+        let inbound = nb.inbound(
+            now,
+            packet.protocol,
+            packet.src,
+            packet.dst.port(),
+            packet.tcp,
+        );
+        let Ok(internal) = inbound else {
+            return self.nat_refuse(nat, packet);
         };
         packet.dst = internal;
         let host = self
@@ -750,6 +840,13 @@ impl Sim {
     fn deliver(&mut self, id: HostId, packet: Packet) {
         let now = self.now;
         let host = self.hosts.get_mut(id.0).expect("unknown host");
+        if host.down {
+            self.stats.dropped_host_down += 1;
+            return;
+        }
+        if let Some(header) = packet.tcp {
+            return self.tcp_deliver(id, packet, header);
+        }
         let dst_ip = *packet.dst.ip();
         let matches = |s: &SimSocket, exact: bool| {
             s.protocol == packet.protocol
@@ -780,6 +877,7 @@ impl Sim {
                 src: packet.src,
                 dst: packet.dst,
                 data: packet.data.clone(),
+                tcp: None,
             });
         }
         let _ = host

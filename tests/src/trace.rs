@@ -5,6 +5,7 @@ use core::net::SocketAddrV4;
 use p2pd_proto::Instant;
 
 use crate::sim::HostId;
+use crate::tcp::TcpHeader;
 
 /// One delivered datagram, as recorded after [`crate::Sim::record_trace`].
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -19,6 +20,8 @@ pub struct TraceEntry {
     pub dst: SocketAddrV4,
     /// Its payload.
     pub data: Vec<u8>,
+    /// The TCP header, for a segment (every segment reaching a host's TCP is recorded).
+    pub tcp: Option<TcpHeader>,
 }
 
 /// FNV-1a (64-bit) over every delivery.
@@ -34,7 +37,7 @@ impl TraceHash {
         self.0
     }
 
-    fn eat(&mut self, bytes: &[u8]) {
+    pub(crate) fn eat(&mut self, bytes: &[u8]) {
         for b in bytes {
             self.0 ^= u64::from(*b);
             self.0 = self.0.wrapping_mul(0x0000_0100_0000_01b3);
