@@ -333,7 +333,7 @@ impl<S: NameStore> PnpServer<S> {
             ops,
             events: VecDeque::new(),
             next_prune: Instant::ZERO.saturating_add(config.prune_interval),
-            timeout: None,
+            timeout: Some(Instant::ZERO.saturating_add(config.prune_interval)),
             closed: false,
             stats: PnpServerStats::default(),
             rng: Rng::from_seed(seed),

@@ -1,0 +1,337 @@
+//! Machine contract tests: close idempotency, exactly-once socket closes, determinism, the
+//! `Machine` trait, limits on commands.
+
+use std::time::Duration;
+
+use p2pd_proto::{
+    drain, DropReason, Instant, Machine, OpKind, Outputs, SocketId, SocketOp, SocketOutcome,
+    Transmit, Verdict,
+};
+
+use super::harness::*;
+use crate::pnp::*;
+
+#[test]
+fn server_close_is_idempotent_and_closes_each_socket_once() {
+    let mut w = World::new(server_config());
+    let c1 = w.raw_connect("198.51.100.1:40000".parse().unwrap());
+    let c2 = w.raw_connect("198.51.100.2:40000".parse().unwrap());
+    w.server.close(w.now);
+    w.server.close(w.now);
+    let mut ops = Vec::new();
+    while let Some(op) = w.server.poll_socket_op() {
+        ops.push(op);
+    }
+    let mut closed: Vec<SocketId> = ops
+        .iter()
+        .map(|op| match op {
+            SocketOp::Close { socket } => *socket,
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    closed.sort();
+    assert_eq!(closed, vec![UDP_SOCKET, TCP_LISTENER, c1, c2]);
+    let mut events = Vec::new();
+    while let Some(ev) = w.server.poll_event() {
+        events.push(ev);
+    }
+    assert_eq!(events, vec![PnpServerEvent::Closed]);
+    assert_eq!(w.server.poll_timeout(), None);
+    assert_eq!(
+        w.server
+            .handle_datagram(w.now, UDP_SOCKET, "198.51.100.1:1".parse().unwrap(), &[1]),
+        Verdict::Dropped(DropReason::Closed)
+    );
+    // A connection the runtime accepted just before the close is still closed, once.
+    w.server.handle_socket_result(
+        w.now,
+        SocketId(10),
+        SocketOutcome::Accepted {
+            local: server_addr(),
+            remote: "198.51.100.3:1".parse().unwrap(),
+        },
+    );
+    assert_eq!(
+        w.server.poll_socket_op(),
+        Some(SocketOp::Close {
+            socket: SocketId(10)
+        })
+    );
+    assert_eq!(w.server.poll_socket_op(), None);
+    w.server.handle_timeout(w.now + Duration::from_secs(100));
+    assert_eq!(w.server.poll_socket_op(), None);
+}
+
+#[test]
+fn server_without_tcp_and_failed_sockets() {
+    let mut config = server_config();
+    config.tcp = None;
+    let mut server = PnpServer::new(config.clone(), id(200), MemoryStore::new(1), 1).unwrap();
+    let op = server.poll_socket_op().unwrap();
+    assert!(matches!(
+        op,
+        SocketOp::Bind {
+            socket: UDP_SOCKET,
+            ..
+        }
+    ));
+    assert_eq!(server.poll_socket_op(), None);
+    server.handle_socket_result(
+        Instant::ZERO,
+        UDP_SOCKET,
+        SocketOutcome::Failed {
+            op: OpKind::Bind,
+            destination: None,
+            error: p2pd_proto::IoError::AddrInUse,
+        },
+    );
+    assert!(matches!(
+        server.poll_event(),
+        Some(PnpServerEvent::SocketFailed { .. })
+    ));
+    server.close(Instant::ZERO);
+    assert_eq!(server.poll_socket_op(), None); // the failed socket never existed
+    config.udp = None;
+    assert_eq!(
+        PnpServer::new(config, id(200), MemoryStore::new(1), 1).err(),
+        Some(PnpConfigError::NoTransport)
+    );
+    let mut config = server_config();
+    config.max_connections = MAX_CONNECTIONS + 1;
+    assert_eq!(
+        PnpServer::new(config, id(200), MemoryStore::new(1), 1).err(),
+        Some(PnpConfigError::BadConnectionLimit)
+    );
+}
+
+#[test]
+fn listen_failure_closes_the_listener_once() {
+    let mut server = PnpServer::new(server_config(), id(200), MemoryStore::new(1), 1).unwrap();
+    let now = Instant::ZERO;
+    while let Some(op) = server.poll_socket_op() {
+        if let SocketOp::Bind { socket, local, .. } = op {
+            server.handle_socket_result(now, socket, SocketOutcome::Bound { local });
+        }
+    }
+    server.handle_socket_result(
+        now,
+        TCP_LISTENER,
+        SocketOutcome::Failed {
+            op: OpKind::Listen,
+            destination: None,
+            error: p2pd_proto::IoError::Other(None),
+        },
+    );
+    let mut closes = 0;
+    while let Some(op) = server.poll_socket_op() {
+        if op
+            == (SocketOp::Close {
+                socket: TCP_LISTENER,
+            })
+        {
+            closes += 1;
+        }
+    }
+    server.close(now);
+    while let Some(op) = server.poll_socket_op() {
+        if op
+            == (SocketOp::Close {
+                socket: TCP_LISTENER,
+            })
+        {
+            closes += 1;
+        }
+    }
+    assert_eq!(closes, 1);
+}
+
+#[test]
+fn client_close_fails_pending_and_closes_each_socket_once() {
+    let mut w = World::new(server_config());
+    let u = w.add_client(1, "198.51.100.1:4000", PnpTransport::Udp);
+    let t = w.add_client(2, "198.51.100.2:4000", PnpTransport::Tcp);
+    // Lose every UDP request so it stays pending; refuse nothing on TCP but never deliver
+    // (the TCP request is answered and closed; a second one stays pending while binding).
+    w.lose_requests.extend([true; 10]);
+    let now = w.now;
+    let rid = w.client(u).lookup(now, name("x")).unwrap();
+    w.pump();
+    let tid = w.client(t).lookup(now, name("x")).unwrap();
+    // Do not pump the TCP client: its request is still binding.
+    for c in [u, t] {
+        w.client(c).close(now);
+        w.client(c).close(now);
+    }
+    w.pump();
+    let ev_u = std::mem::take(&mut w.clients[u].events);
+    assert_eq!(
+        ev_u,
+        vec![
+            PnpClientEvent::Failed {
+                id: rid,
+                reason: PnpFailure::Closed
+            },
+            PnpClientEvent::Closed
+        ]
+    );
+    let ev_t = std::mem::take(&mut w.clients[t].events);
+    assert_eq!(
+        ev_t,
+        vec![
+            PnpClientEvent::Failed {
+                id: tid,
+                reason: PnpFailure::Closed
+            },
+            PnpClientEvent::Closed
+        ]
+    );
+    assert_eq!(w.clients[u].closes, vec![CLIENT_UDP_SOCKET]);
+    assert_eq!(w.clients[t].closes.len(), 1);
+    assert_eq!(
+        w.client(u).lookup(now, name("x")),
+        Err(PnpClientError::Closed)
+    );
+    assert_eq!(w.client(u).poll_timeout(), None);
+}
+
+#[test]
+fn tcp_peer_close_before_reply_fails_once() {
+    let server = id(200);
+    let config = PnpClientConfig::new(server_addr(), server.public_key(), PnpTransport::Tcp, EPOCH);
+    let mut client = PnpClient::new(config, id(1), 1);
+    let now = Instant::from_millis(1);
+    let rid = client.lookup(now, name("x")).unwrap();
+    let Some(SocketOp::Bind { socket, local, .. }) = client.poll_socket_op() else {
+        panic!()
+    };
+    client.handle_socket_result(now, socket, SocketOutcome::Bound { local });
+    assert_eq!(
+        client.poll_socket_op(),
+        Some(SocketOp::Connect {
+            socket,
+            remote: server_addr()
+        })
+    );
+    client.handle_socket_result(
+        now,
+        socket,
+        SocketOutcome::Connected {
+            local,
+            remote: server_addr(),
+        },
+    );
+    let mut buf = [0u8; 1500];
+    let t = client.poll_transmit(&mut buf).unwrap();
+    assert_eq!(t.socket, socket);
+    assert_eq!(usize::from(u16::from_be_bytes([buf[0], buf[1]])), t.len - 2);
+    client.handle_socket_result(now, socket, SocketOutcome::PeerClosed);
+    client.handle_socket_result(now, socket, SocketOutcome::PeerClosed);
+    assert_eq!(client.poll_socket_op(), Some(SocketOp::Close { socket }));
+    assert_eq!(client.poll_socket_op(), None);
+    assert_eq!(
+        client.poll_event(),
+        Some(PnpClientEvent::Failed {
+            id: rid,
+            reason: PnpFailure::ConnectionClosed
+        })
+    );
+    assert_eq!(client.poll_event(), None);
+    client.close(now);
+    assert_eq!(client.poll_socket_op(), None);
+}
+
+#[test]
+fn pending_requests_are_bounded() {
+    let server = id(200);
+    let mut config =
+        PnpClientConfig::new(server_addr(), server.public_key(), PnpTransport::Udp, EPOCH);
+    config.max_pending = 2;
+    let mut client = PnpClient::new(config, id(1), 1);
+    let now = Instant::ZERO;
+    client.lookup(now, name("a")).unwrap();
+    client.lookup(now, name("b")).unwrap();
+    assert_eq!(
+        client.lookup(now, name("c")),
+        Err(PnpClientError::TooManyPending)
+    );
+    assert_eq!(
+        client.register(
+            now,
+            name("c"),
+            vec![0; MAX_VALUE_LEN + 1],
+            1,
+            Duration::ZERO
+        ),
+        Err(PnpClientError::TooManyPending)
+    );
+}
+
+#[test]
+fn same_seeds_same_bytes() {
+    let run = || {
+        let mut w = World::new(server_config());
+        let a = w.add_client(1, "198.51.100.1:4000", PnpTransport::Udp);
+        w.lose_replies.push_back(true);
+        w.register(a, "alice", b"1", 1);
+        w.lookup(a, "alice");
+        w.captured.clone()
+    };
+    assert_eq!(run(), run());
+}
+
+#[derive(Default)]
+struct Sink {
+    transmits: Vec<(Transmit, Vec<u8>)>,
+    ops: Vec<SocketOp>,
+    events: usize,
+}
+
+impl<E> Outputs<E> for Sink {
+    fn transmit(&mut self, transmit: Transmit, bytes: &[u8]) {
+        self.transmits.push((transmit, bytes.to_vec()));
+    }
+    fn socket_op(&mut self, op: SocketOp) {
+        self.ops.push(op);
+    }
+    fn event(&mut self, _event: E) {
+        self.events += 1;
+    }
+}
+
+#[test]
+fn machines_drive_through_the_trait_with_a_boxed_store() {
+    let store: Box<dyn NameStore> = Box::new(MemoryStore::new(10));
+    let mut server: Box<dyn Machine<Event = PnpServerEvent>> =
+        Box::new(PnpServer::new(server_config(), id(200), store, 3).unwrap());
+    let mut buf = vec![0u8; p2pd_proto::TRANSMIT_BUFFER_LEN];
+    let mut sink = Sink::default();
+    let deadline = drain(server.as_mut(), &mut buf, &mut sink);
+    assert!(deadline.is_some());
+    for op in std::mem::take(&mut sink.ops) {
+        if let SocketOp::Bind { socket, local, .. } = op {
+            server.handle_socket_result(Instant::ZERO, socket, SocketOutcome::Bound { local });
+        }
+    }
+    let _ = drain(server.as_mut(), &mut buf, &mut sink);
+    assert_eq!(sink.events, 2); // UDP and TCP listening
+    let accepts = sink
+        .ops
+        .iter()
+        .filter(|op| matches!(op, SocketOp::Accept { .. }))
+        .count();
+    assert_eq!(accepts, 64);
+
+    let config = PnpClientConfig::new(
+        server_addr(),
+        id(200).public_key(),
+        PnpTransport::Udp,
+        EPOCH,
+    );
+    let mut client = PnpClient::new(config, id(1), 1);
+    client.lookup(Instant::ZERO, name("x")).unwrap();
+    let client: &mut dyn Machine<Event = PnpClientEvent> = &mut client;
+    let mut sink = Sink::default();
+    let deadline = drain(client, &mut buf, &mut sink);
+    assert_eq!(deadline, Some(Instant::ZERO + Duration::from_secs(5)));
+    assert_eq!(sink.ops.len(), 1);
+}

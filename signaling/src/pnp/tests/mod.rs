@@ -1,0 +1,8 @@
+//! In-crate tests of the PNP registry: codec, rules and both machines driven against each other
+//! over an in-memory network (UDP and TCP).
+
+mod codec;
+mod harness;
+mod machines;
+mod rules;
+mod transport;
