@@ -46,6 +46,10 @@
 //!   [`Sim::restart_host`] runs a new machine there.
 //! - **STUN servers** ([`Sim::add_stun_server`]): a public host with two IPs running our RFC 5780
 //!   [`p2pd_proto::server::StunServer`].
+//! - **MQTT brokers** ([`Sim::add_mqtt_broker`]): a public host running [`MqttBroker`], a minimal
+//!   MQTT 3.1.1 + 5 broker machine over the signaling crate's codec (CONNECT, SUBSCRIBE with
+//!   wildcards, PUBLISH QoS 0/1 fan-out, sessions, PING, keep-alive, bounded everything); see
+//!   [`broker`]. [`Sim::kill_host`] / [`Sim::restart_mqtt_broker`] take it down and back.
 //! - **Replay**: [`run_seeds`] runs a test per seed and, on failure, prints
 //!   `simulation failed with seed N; replay with P2PD_SIM_SEED=N`; setting that variable runs only
 //!   that seed.
@@ -92,6 +96,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod broker;
 mod link;
 pub mod matrix;
 mod natbox;
@@ -106,6 +111,7 @@ mod trace;
 #[cfg(test)]
 mod tests;
 
+pub use broker::{BrokerConfig, BrokerEvent, BrokerStats, CloseReason, MqttBroker};
 pub use link::LinkConfig;
 pub use matrix::{run_matrix, run_one, Correctness, MatrixSummary, Outcome, Truth};
 pub use natbox::{NatStats, NatTcpConfig, Protocol};
