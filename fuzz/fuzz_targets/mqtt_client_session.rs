@@ -55,6 +55,8 @@ enum Outcome {
 enum Op {
     /// Answer the current socket's intent (or any outcome at all).
     Outcome(Outcome),
+    /// Shortcut to depth: Bound, Connected and CONNACK 0 on the current socket.
+    Handshake,
     /// An outcome for some other socket id (old, future or unknown).
     StaleOutcome { socket: u8, outcome: Outcome },
     /// Broker packets, encoded and cut at `cuts` into chunks.
@@ -301,6 +303,17 @@ fuzz_target!(|input: Input| {
             Op::Outcome(outcome) => {
                 if let Some(socket) = h.current() {
                     h.outcome(socket, &outcome);
+                }
+            }
+            Op::Handshake => {
+                if let Some(socket) = h.current() {
+                    h.outcome(socket, &Outcome::Bound);
+                    h.drain(TRANSMIT_BUFFER_LEN);
+                    h.outcome(socket, &Outcome::Connected);
+                    h.drain(TRANSMIT_BUFFER_LEN);
+                    let mut bytes = Vec::new();
+                    h.encode_broker(&BrokerPacket::ConnAck { session_present: false, code: 0 }, &mut bytes);
+                    h.stream(socket, &bytes);
                 }
             }
             Op::StaleOutcome { socket, outcome } => h.outcome(SocketId(995 + u32::from(socket % 16)), &outcome),

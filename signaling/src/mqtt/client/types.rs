@@ -46,9 +46,12 @@ pub struct MqttConfig {
     /// acknowledgement events are dropped and counted ([`MqttStats::events_dropped`]); an
     /// incoming QoS 1 message that was dropped is not acknowledged. At least 16. Default: 1024.
     pub max_pending_events: usize,
-    /// The first reconnect delay. Default: 500 ms.
+    /// The first reconnect delay. The delay doubles with every attempt that ends without an
+    /// accepted CONNACK, up to `backoff_max`, and is then drawn uniformly from its upper half
+    /// (jitter). An accepted CONNACK resets it. A fallback to 3.1.1 retries at once.
+    /// Default: 500 ms.
     pub backoff_initial: Duration,
-    /// The largest reconnect delay. Default: 60 s.
+    /// The largest reconnect delay (before jitter). Default: 60 s.
     pub backoff_max: Duration,
     /// The first socket id this client uses. Every connection attempt takes the next id in
     /// `socket_base .. socket_base + socket_ids` (wrapping), so outcomes for an earlier
