@@ -69,7 +69,12 @@ fn sealed(
     (Instant::from_millis(i), bytes)
 }
 
-fn answer(server: &mut PnpServer<MemoryStore>, now: Instant, bytes: &[u8], buf: &mut [u8]) -> usize {
+fn answer(
+    server: &mut PnpServer<MemoryStore>,
+    now: Instant,
+    bytes: &[u8],
+    buf: &mut [u8],
+) -> usize {
     let _ = server.handle_datagram(now, UDP_SOCKET, from(), bytes);
     server.poll_transmit(buf).map_or(0, |t| t.len)
 }

@@ -769,6 +769,12 @@ impl<S: NameStore> PnpServer<S> {
             }
         }
         if let Some(cached) = self.replies.get(&key, request) {
+            // A request first sent over TCP may come back over UDP: the size rule still holds.
+            if cached.len() > udp_limit.unwrap_or(usize::MAX) {
+                self.stats.amplification_dropped =
+                    self.stats.amplification_dropped.saturating_add(1);
+                return Err(DropReason::Duplicate);
+            }
             self.stats.duplicates = self.stats.duplicates.saturating_add(1);
             return Ok(cached.to_vec());
         }

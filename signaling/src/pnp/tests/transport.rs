@@ -466,6 +466,44 @@ fn udp_replies_are_never_larger_than_requests() {
 }
 
 #[test]
+fn a_tcp_request_replayed_over_udp_gets_no_larger_reply() {
+    let mut w = World::new(server_config());
+    let now_ms = w.server.unix_ms(w.now);
+    let record = Record::sign(
+        &id(1),
+        name("big"),
+        vec![1; MAX_VALUE_LEN],
+        1,
+        now_ms + 60_000,
+    )
+    .unwrap();
+    let register = seal_request(
+        &id(1),
+        &w.server_key,
+        now_ms,
+        [1; 16],
+        &Request::Register(Box::new(record)),
+        0,
+    );
+    assert_eq!(w.raw_udp(src("198.51.100.1:4000"), &register).len(), 1);
+    // An unpadded lookup over TCP gets the large Found reply (and it is cached).
+    let lookup = seal_request(
+        &id(1),
+        &w.server_key,
+        now_ms,
+        [2; 16],
+        &Request::Lookup(name("big")),
+        0,
+    );
+    let conn = w.raw_connect(src("198.51.100.1:40000"));
+    let out = w.raw_stream(conn, &frame(&lookup).unwrap());
+    assert!(out.len() > lookup.len() + 2);
+    // The same bytes over UDP (say from a spoofed victim address): nothing.
+    assert!(w.raw_udp(src("203.0.113.7:53"), &lookup).is_empty());
+    assert_eq!(w.server.stats().amplification_dropped, 1);
+}
+
+#[test]
 fn server_survives_garbage_and_keeps_working() {
     let mut w = World::new(server_config());
     let mut rng = Rng::from_seed(7);
