@@ -725,3 +725,44 @@ fn a_host_cut_off_times_out_its_peer() {
     );
     assert!(sim.stats().dropped_host_down >= 4);
 }
+
+#[test]
+fn a_closed_connection_shortens_the_nat_mapping_lifetime() {
+    let mut sim = Sim::new(12);
+    let (srv, _, acc) = server(&mut sim, LinkConfig::IDEAL, 2);
+    let nat = sim.add_nat(
+        NAT_A,
+        Behaviour::new(Mapping::EndpointIndependent, Filtering::AddressDependent),
+    );
+    let cli = sim.add_host_behind(nat, PRIV_A, RawTcp::new());
+    let (open, closed) = sim.with_machine::<RawTcp, _>(cli, |m, _| {
+        let a = m.bind(any(41000), false);
+        m.connect(a, addr(SRV, 80));
+        let b = m.bind(any(41001), false);
+        m.connect(b, addr(SRV, 80));
+        (a, b)
+    });
+    sim.run_for(Duration::from_millis(10));
+    assert!(connected(&events(&mut sim, cli), closed).is_some());
+    // One connection closes (FIN both ways); the other stays idle.
+    sim.with_machine::<RawTcp, _>(cli, |m, _| m.close(closed));
+    sim.run_for(Duration::from_millis(10));
+    // `open` connected first, so the server's second accept is `closed`'s peer.
+    sim.with_machine::<RawTcp, _>(srv, |m, _| m.close(acc[1]));
+    let _ = open;
+    sim.run_for(Duration::from_millis(10));
+    assert_eq!(sim.nat_mappings(nat), 2);
+    // Past the transitory 240 s, within the idle 2 h: only the closed one's mapping expires
+    // (counted at the box's next packet).
+    sim.run_for(Duration::from_secs(300));
+    let probe = tcp(&mut sim, cli)(&|m| {
+        let s = m.bind(any(41002), false);
+        m.connect(s, addr(SRV, 81));
+        s
+    });
+    sim.run_for(Duration::from_millis(10));
+    let _ = probe;
+    let ns = sim.nat_stats(nat);
+    assert_eq!(ns.expired, 1, "{ns:?}");
+    assert_eq!(sim.nat_mappings(nat), 2, "the open one and the probe's");
+}

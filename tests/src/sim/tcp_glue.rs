@@ -46,8 +46,8 @@ impl Machine for Dead {
 }
 
 impl Sim {
-    /// Sets a host's TCP settings (for connections opened from now on, and its closed-port
-    /// answer at once).
+    /// Sets a host's TCP settings, from now on (a connection's current RTO stays until its next
+    /// RTT sample or backoff).
     pub fn set_tcp_config(&mut self, host: HostId, config: TcpConfig) {
         self.host_mut(host).tcp.config = config;
     }
