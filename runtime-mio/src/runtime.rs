@@ -290,7 +290,9 @@ impl Runtime {
     }
 
     /// Runs the loop until `on_event` answers `Break`, `limit` (measured from the call) passes, or
-    /// the machine is idle (no open sockets, no deadline). See [`RunEnd`].
+    /// the machine is idle (no open sockets, no deadline). See [`RunEnd`]. Every call polls the
+    /// sockets at least once, even when `limit` has already passed after the first drain, so
+    /// running in short slices never starves the machine of input.
     ///
     /// The machine is drained first, after every datagram, socket outcome, timeout and event, so
     /// commands the callback issues on `&mut M` take effect at once. `handle_timeout` is called
@@ -307,6 +309,7 @@ impl Runtime {
         if self.drain(machine, &mut on_event).is_break() {
             return Ok(RunEnd::Break);
         }
+        let mut polled = false;
         loop {
             let now = self.now();
             let deadline = machine.poll_timeout();
@@ -321,7 +324,10 @@ impl Runtime {
                 }
             }
             let wall = std::time::Instant::now();
-            if end.is_some_and(|end| wall >= end) {
+            // Past the limit, one last non-blocking pass still reads the sockets, so a caller
+            // that runs in short slices while also feeding the machine is never starved of input.
+            let last_pass = end.is_some_and(|end| wall >= end);
+            if last_pass && polled {
                 return Ok(RunEnd::TimeLimit);
             }
             let backlog = !self.carry.is_empty() || !self.pending.is_empty();
@@ -334,9 +340,10 @@ impl Runtime {
                 let left = end.saturating_duration_since(wall);
                 timeout = Some(timeout.map_or(left, |t| t.min(left)));
             }
-            if backlog {
+            if backlog || last_pass {
                 timeout = Some(Duration::ZERO);
             }
+            polled = true;
             match self.poll.poll(&mut self.events, timeout) {
                 Ok(()) => {}
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}

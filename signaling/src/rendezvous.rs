@@ -32,7 +32,7 @@ use crate::address::BrokerId;
 use crate::envelope::{seal, OpenError, Opener, SealError, NONCE_LEN};
 use crate::identity::{Identity, NodeId, PublicKey};
 use crate::mqtt::client::{
-    DisconnectReason, MqttClient, MqttConfig, MqttEvent, PublishError, PublishId,
+    DisconnectReason, MqttClient, MqttConfig, MqttEvent, MqttStats, PublishError, PublishId,
 };
 use crate::mqtt::codec::QoS;
 
@@ -403,6 +403,14 @@ impl Rendezvous {
             .map(|b| b.health)
     }
 
+    /// The MQTT client counters of broker `id`, if configured.
+    pub fn mqtt_stats(&self, id: BrokerId) -> Option<MqttStats> {
+        self.brokers
+            .iter()
+            .find(|b| b.spec.id == id)
+            .map(|b| b.client.stats())
+    }
+
     /// How many brokers are connected now.
     pub fn connected_brokers(&self) -> usize {
         self.brokers.iter().filter(|b| b.health.connected).count()
@@ -416,6 +424,12 @@ impl Rendezvous {
     /// Envelopes held in the replay cache (bounded by the configured capacity).
     pub fn replay_cache_len(&self) -> usize {
         self.opener.len()
+    }
+
+    /// Broker acknowledgements still awaited for sent messages (bounded by the configured
+    /// `max_tracked`).
+    pub fn pending_acks(&self) -> usize {
+        self.tracked.len()
     }
 
     /// Whether [`close`](Self::close) was called.

@@ -479,3 +479,96 @@ pub fn rss_kib() -> Option<u64> {
         .find_map(|l| l.strip_prefix("VmRSS:"))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
 }
+
+// ---------------------------------------------------------------------------------------------
+// mosquitto.
+
+/// The mosquitto binary, if installed.
+pub fn mosquitto_binary() -> Option<PathBuf> {
+    ["/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto"]
+        .iter()
+        .map(PathBuf::from)
+        .find(|p| p.is_file())
+        .or_else(|| on_path("mosquitto").then(|| PathBuf::from("mosquitto")))
+}
+
+/// A mosquitto broker on 127.0.0.1, started by the test, killed on drop; it can be killed and
+/// restarted on the same port.
+pub struct Mosquitto {
+    pub port: u16,
+    binary: PathBuf,
+    dir: PathBuf,
+    child: Option<ChildGuard>,
+}
+
+impl Mosquitto {
+    /// Starts a broker on a free port; `None` when mosquitto is not installed (the caller skips).
+    pub fn start() -> Option<Mosquitto> {
+        let binary = mosquitto_binary()?;
+        let (port, _) = free_port_pair();
+        let dir =
+            std::env::temp_dir().join(format!("p2pd-mosquitto-{}-{port}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let mut m = Mosquitto {
+            port,
+            binary,
+            dir,
+            child: None,
+        };
+        m.restart();
+        Some(m)
+    }
+
+    /// The broker's address.
+    pub fn addr(&self) -> SocketAddr {
+        SocketAddr::new(LO1, self.port)
+    }
+
+    /// Kills the broker (SIGKILL: connections end without a DISCONNECT).
+    pub fn kill(&mut self) {
+        self.child = None;
+    }
+
+    /// (Re)starts the broker on its port and waits until it accepts connections.
+    pub fn restart(&mut self) {
+        self.kill();
+        let conf = self.dir.join("mosquitto.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "listener {} 127.0.0.1\nallow_anonymous true\npersistence false\nmax_keepalive 600\n",
+                self.port
+            ),
+        )
+        .expect("write mosquitto.conf");
+        let log = std::fs::File::create(self.dir.join("mosquitto.log")).expect("log file");
+        let child = ChildGuard::spawn(
+            "mosquitto",
+            Command::new(&self.binary)
+                .arg("-c")
+                .arg(&conf)
+                .stdout(Stdio::null())
+                .stderr(log),
+        )
+        .expect("spawn mosquitto");
+        self.child = Some(child);
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while std::net::TcpStream::connect_timeout(&self.addr(), Duration::from_millis(200))
+            .is_err()
+        {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "mosquitto did not start on port {}",
+                self.port
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Mosquitto {
+    fn drop(&mut self) {
+        self.kill();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
