@@ -1,15 +1,23 @@
 //! # p2pd-signaling
 //!
-//! Encrypted signaling: identities and sealed envelopes today; the MQTT client machine,
-//! multi-broker rendezvous and the PNP name registry come later.
+//! Encrypted signaling between nodes: identities, sealed envelopes, an MQTT client machine,
+//! multi-broker rendezvous, the PNP name registry and the peer address format.
 //!
 //! - [`Identity`] / [`PublicKey`] / [`NodeId`]: secp256k1 key pairs (k256) and the node id derived
 //!   from the public key (first 20 bytes of SHA-256 over the compressed key).
 //! - [`seal`] / [`Opener`]: the sealed [`envelope`] (wire format v1, documented there):
 //!   ECIES-encrypted to the recipient, ECDSA-signed by the sender, with a timestamp and nonce that
 //!   the [`Opener`] checks against a freshness window and a bounded replay cache.
+//! - [`mqtt`]: the MQTT codec ([`MqttPacket`], [`MqttDecoder`]: bounded streaming decode, MQTT
+//!   3.1.1 and 5) and the sans-IO [`MqttClient`] machine (QoS 0/1, keep-alive, reconnect with
+//!   back-off and jitter, bounded queues).
+//! - [`rendezvous`]: the [`Rendezvous`] machine: a node's topic from its id, every message sealed
+//!   once and published on every broker, de-duplicated on receipt, brokers named by canonical
+//!   [`BrokerId`]s with per-broker health.
+//! - [`pnp`]: the PNP name registry ([`PnpServer`] over UDP and length-prefixed TCP with a
+//!   [`NameStore`] trait, [`PnpClient`]): owner-signed records, expiry, increasing versions, a
+//!   server-time window, quotas, bounded replies.
 //! - [`PeerAddress`]: the versioned, canonical peer [`address`] format (binary and `p2pd1:` text).
-//! - [`mqtt`]: the MQTT codec ([`MqttPacket`], [`MqttDecoder`]: bounded streaming decode, MQTT 3.1.1 and 5).
 //!
 //! Like every protocol crate this one does no I/O, reads no clock and no global RNG: time
 //! (`now_ms`, Unix milliseconds) and randomness (key bytes, nonces) are passed in.
@@ -54,7 +62,10 @@ pub use identity::{
     Identity, InvalidKey, NodeId, PublicKey, NODE_ID_LEN, PUBLIC_KEY_LEN, SECRET_KEY_LEN,
     SIGNATURE_LEN,
 };
+pub use mqtt::client::{MqttClient, MqttConfig, MqttEvent};
 pub use mqtt::codec::{CodecError as MqttCodecError, Decoder as MqttDecoder, Packet as MqttPacket};
+pub use pnp::{MemoryStore, NameStore, PnpClient, PnpServer};
+pub use rendezvous::{BrokerSpec, Rendezvous, RendezvousConfig, RendezvousEvent};
 pub use p2pd_proto::{Instant, SocketId};
 
 #[cfg(test)]

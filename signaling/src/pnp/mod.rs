@@ -50,11 +50,11 @@
 //!            "p2pd-pnp/v1/record" ‖ record without the signature
 //! ```
 //!
-//! Error codes ([`ErrorCode`]; `detail` in brackets): 1 not found, 2 not owner, 3 stale version
-//! [stored version], 4 quota exceeded [names per source], 5 rate limited [ms to wait], 6 bad
-//! signature, 7 malformed, 8 too large [limit], 9 server busy, 10 invalid name, 11 invalid expiry
-//! [latest accepted expiry], 12 padding required [request length needed], 13 unsupported version
-//! [server's version].
+//! Error codes ([`ErrorCode`]; `detail` after the colon): 1 not found, 2 not owner, 3 stale
+//! version: stored version, 4 quota exceeded: names per source, 5 rate limited: ms to wait, 6 bad
+//! signature, 7 malformed, 8 too large: the limit, 9 server busy, 10 invalid name, 11 invalid
+//! expiry: latest accepted expiry, 12 padding required: request length needed, 13 unsupported
+//! version: the server's version.
 //!
 //! Limits: names are 1..=[`MAX_NAME_LEN`] (64) bytes of `a-z 0-9 - _ .` starting with a letter or
 //! digit (never normalised); values are at most [`MAX_VALUE_LEN`] (640) bytes; so every request
