@@ -104,6 +104,7 @@ mod error;
 pub mod identity_file;
 mod mmsg;
 mod runtime;
+pub mod store_sqlite;
 
 pub use error::map_io_error;
 pub use runtime::{RunEnd, Runtime, RuntimeStats, MAX_STREAM_BUFFER, RECV_BUFFER_LEN};

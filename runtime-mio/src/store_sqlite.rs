@@ -1,0 +1,589 @@
+//! A [`NameStore`] on SQLite, so a PNP server keeps its names across restarts and crashes.
+//!
+//! One table holds every name: the name (primary key), the owner-signed record as
+//! [`Record::to_bytes`], its expiry in Unix milliseconds and the 9-byte [`SourceKey`] that wrote
+//! it, with an index on the source (quotas) and one on the expiry (pruning). The schema carries
+//! its version in `PRAGMA user_version` ([`SCHEMA_VERSION`]); a file with another version is
+//! refused rather than guessed at.
+//!
+//! The file is opened in WAL mode with `synchronous = FULL`: a write the server has answered
+//! is on disk, and a process killed at any moment leaves a consistent database.
+//!
+//! Nothing read back is trusted: every record is parsed and its owner signature verified, and it
+//! must agree with its row (name, expiry). A row that fails is reported as
+//! [`StoreError::Backend`] (the server answers `ServerBusy` for that name), never a panic.
+//!
+//! One `SqliteStore` should own a database file at a time: the name count behind the capacity
+//! bound is kept in memory (counting a large table on every insert would be slow), so rows written
+//! by another process are only counted after a reopen. Reading the file meanwhile (for example
+//! with the `sqlite3` shell) is fine.
+
+use std::fmt;
+use std::path::Path;
+use std::time::Duration;
+
+use p2pd_signaling::pnp::{Name, NameStore, Record, SourceKey, StoreError, StoredName};
+use rusqlite::types::Value;
+use rusqlite::{params, Connection, OptionalExtension};
+
+/// The schema version this code writes and reads (`PRAGMA user_version`).
+pub const SCHEMA_VERSION: i64 = 1;
+
+/// The capacity of [`SqliteStore::open`] and [`SqliteStore::in_memory`] unless
+/// [`SqliteStore::with_capacity`] sets another.
+pub const DEFAULT_CAPACITY: u64 = 1_000_000;
+
+/// How long a statement waits for a lock held by another connection before failing.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(2);
+
+const CREATE_SCHEMA: &str = "
+    CREATE TABLE names (
+        name       TEXT    PRIMARY KEY NOT NULL,
+        record     BLOB    NOT NULL,
+        expires_ms INTEGER NOT NULL,
+        source     BLOB    NOT NULL
+    ) WITHOUT ROWID;
+    CREATE INDEX names_by_source ON names (source);
+    CREATE INDEX names_by_expiry ON names (expires_ms);
+";
+
+/// A bounded [`NameStore`] in an SQLite database (a file, or memory for tests).
+pub struct SqliteStore {
+    connection: Connection,
+    capacity: u64,
+    /// Rows in the table, counted at open and kept up to date by every write.
+    len: u64,
+}
+
+impl fmt::Debug for SqliteStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SqliteStore")
+            .field("path", &self.connection.path())
+            .field("capacity", &self.capacity)
+            .field("len", &self.len)
+            .finish()
+    }
+}
+
+fn backend(error: rusqlite::Error) -> StoreError {
+    StoreError::Backend(error.to_string())
+}
+
+/// Unix milliseconds as an SQLite integer. Times past `i64::MAX` ms (292 million years) are
+/// clamped; they only order the pruning index, the record itself keeps the exact value.
+fn to_sql_ms(ms: u64) -> i64 {
+    i64::try_from(ms).unwrap_or(i64::MAX)
+}
+
+impl SqliteStore {
+    /// Opens (or creates) the database file at `path`, in WAL mode, creating the schema in a new
+    /// file. Fails on a file that is not SQLite or has another [`SCHEMA_VERSION`].
+    pub fn open(path: impl AsRef<Path>) -> Result<SqliteStore, StoreError> {
+        let path = path.as_ref();
+        let connection = Connection::open(path)
+            .map_err(|e| StoreError::Backend(format!("{}: {e}", path.display())))?;
+        let mode: String = connection
+            .query_row("PRAGMA journal_mode = WAL", [], |row| row.get(0))
+            .map_err(|e| StoreError::Backend(format!("{}: {e}", path.display())))?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            return Err(StoreError::Backend(format!(
+                "{}: cannot use the WAL journal (SQLite chose {mode:?})",
+                path.display()
+            )));
+        }
+        Self::prepare(connection)
+    }
+
+    /// A fresh database in memory (tests, simulation); gone when dropped.
+    pub fn in_memory() -> Result<SqliteStore, StoreError> {
+        Self::prepare(Connection::open_in_memory().map_err(backend)?)
+    }
+
+    /// The same store, holding at most `capacity` names: inserting a new name beyond it fails
+    /// with [`StoreError::Full`] (replacing an existing name always works). A database that
+    /// already holds more keeps them.
+    pub fn with_capacity(mut self, capacity: u64) -> SqliteStore {
+        self.capacity = capacity;
+        self
+    }
+
+    /// The most names this store accepts.
+    pub fn capacity(&self) -> u64 {
+        self.capacity
+    }
+
+    fn prepare(connection: Connection) -> Result<SqliteStore, StoreError> {
+        connection.busy_timeout(BUSY_TIMEOUT).map_err(backend)?;
+        connection
+            .pragma_update(None, "synchronous", "FULL")
+            .map_err(backend)?;
+        let version: i64 = connection
+            .query_row("PRAGMA user_version", [], |row| row.get(0))
+            .map_err(backend)?;
+        match version {
+            0 => {
+                // A new database (or an empty one): create the schema and stamp it, atomically.
+                connection
+                    .execute_batch(&format!(
+                        "BEGIN IMMEDIATE; {CREATE_SCHEMA} PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;"
+                    ))
+                    .map_err(|e| {
+                        let _ = connection.execute_batch("ROLLBACK");
+                        StoreError::Backend(format!("cannot create the schema: {e}"))
+                    })?;
+            }
+            SCHEMA_VERSION => {}
+            other => {
+                return Err(StoreError::Backend(format!(
+                    "unsupported schema version {other} (this build reads version {SCHEMA_VERSION})"
+                )))
+            }
+        }
+        let len: i64 = connection
+            .query_row("SELECT COUNT(*) FROM names", [], |row| row.get(0))
+            .map_err(backend)?;
+        Ok(SqliteStore {
+            connection,
+            capacity: DEFAULT_CAPACITY,
+            len: u64::try_from(len).unwrap_or(0),
+        })
+    }
+
+    /// Decodes and checks one row; any disagreement is corruption.
+    fn decode_row(
+        name: &Name,
+        record: Value,
+        expires_ms: Value,
+        source: Value,
+    ) -> Result<StoredName, StoreError> {
+        let corrupt = |what: &str| StoreError::Backend(format!("corrupt row for {name}: {what}"));
+        let (Value::Blob(record), Value::Integer(expires_ms), Value::Blob(source)) =
+            (record, expires_ms, source)
+        else {
+            return Err(corrupt("a column has the wrong type"));
+        };
+        let record = Record::from_bytes(&record).map_err(|e| corrupt(&format!("record: {e:?}")))?;
+        if record.name() != name {
+            return Err(corrupt("the record is for another name"));
+        }
+        if !record.verify() {
+            return Err(corrupt("the record's owner signature does not verify"));
+        }
+        if to_sql_ms(record.expires_ms()) != expires_ms {
+            return Err(corrupt("the expiry column disagrees with the record"));
+        }
+        let source = SourceKey::from_bytes(&source).ok_or_else(|| corrupt("bad source key"))?;
+        Ok(StoredName { record, source })
+    }
+}
+
+impl NameStore for SqliteStore {
+    fn get(&self, name: &Name) -> Result<Option<StoredName>, StoreError> {
+        let mut statement = self
+            .connection
+            .prepare_cached("SELECT record, expires_ms, source FROM names WHERE name = ?1")
+            .map_err(backend)?;
+        // Read as untyped values: a column of the wrong type is a corrupt row, not a query error.
+        let row = statement
+            .query_row([name.as_str()], |row| {
+                Ok((
+                    row.get::<_, Value>(0)?,
+                    row.get::<_, Value>(1)?,
+                    row.get::<_, Value>(2)?,
+                ))
+            })
+            .optional()
+            .map_err(backend)?;
+        match row {
+            None => Ok(None),
+            Some((record, expires_ms, source)) => {
+                Self::decode_row(name, record, expires_ms, source).map(Some)
+            }
+        }
+    }
+
+    fn put(&mut self, entry: StoredName) -> Result<(), StoreError> {
+        let name = entry.record.name().as_str();
+        let transaction = self.connection.transaction().map_err(backend)?;
+        let exists = transaction
+            .prepare_cached("SELECT 1 FROM names WHERE name = ?1")
+            .and_then(|mut s| s.exists([name]))
+            .map_err(backend)?;
+        if !exists && self.len >= self.capacity {
+            return Err(StoreError::Full);
+        }
+        transaction
+            .prepare_cached(
+                "INSERT INTO names (name, record, expires_ms, source) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT (name) DO UPDATE SET
+                     record = excluded.record,
+                     expires_ms = excluded.expires_ms,
+                     source = excluded.source",
+            )
+            .and_then(|mut s| {
+                s.execute(params![
+                    name,
+                    entry.record.to_bytes(),
+                    to_sql_ms(entry.record.expires_ms()),
+                    &entry.source.to_bytes()[..],
+                ])
+            })
+            .map_err(backend)?;
+        transaction.commit().map_err(backend)?;
+        if !exists {
+            self.len = self.len.saturating_add(1);
+        }
+        Ok(())
+    }
+
+    fn delete(&mut self, name: &Name) -> Result<bool, StoreError> {
+        let removed = self
+            .connection
+            .prepare_cached("DELETE FROM names WHERE name = ?1")
+            .and_then(|mut s| s.execute([name.as_str()]))
+            .map_err(backend)?;
+        self.len = self.len.saturating_sub(removed as u64);
+        Ok(removed > 0)
+    }
+
+    fn count_for_source(&self, source: SourceKey) -> Result<u64, StoreError> {
+        let count: i64 = self
+            .connection
+            .prepare_cached("SELECT COUNT(*) FROM names WHERE source = ?1")
+            .and_then(|mut s| s.query_row([&source.to_bytes()[..]], |row| row.get(0)))
+            .map_err(backend)?;
+        Ok(u64::try_from(count).unwrap_or(0))
+    }
+
+    fn prune_expired(&mut self, now_ms: u64) -> Result<u64, StoreError> {
+        let removed = self
+            .connection
+            .prepare_cached("DELETE FROM names WHERE expires_ms <= ?1")
+            .and_then(|mut s| s.execute([to_sql_ms(now_ms)]))
+            .map_err(backend)?;
+        let removed = removed as u64;
+        self.len = self.len.saturating_sub(removed);
+        Ok(removed)
+    }
+
+    fn len(&self) -> Result<u64, StoreError> {
+        Ok(self.len)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use p2pd_signaling::pnp::MemoryStore;
+    use p2pd_signaling::Identity;
+    use std::net::IpAddr;
+    use std::path::PathBuf;
+
+    const NOW_MS: u64 = 1_700_000_000_000;
+
+    fn identity(secret: u8) -> Identity {
+        Identity::from_secret_bytes(&[secret; 32]).unwrap()
+    }
+
+    fn source(ip: &str) -> SourceKey {
+        SourceKey::from_ip(ip.parse::<IpAddr>().unwrap())
+    }
+
+    fn entry(owner: u8, name: &str, version: u64, expires_ms: u64, from: &str) -> StoredName {
+        let record = Record::sign(
+            &identity(owner),
+            Name::new(name).unwrap(),
+            format!("value of {name} v{version}").into_bytes(),
+            version,
+            expires_ms,
+        )
+        .unwrap();
+        StoredName {
+            record,
+            source: source(from),
+        }
+    }
+
+    fn name(s: &str) -> Name {
+        Name::new(s).unwrap()
+    }
+
+    /// The behaviour every [`NameStore`] must have; `make(capacity)` gives an empty store.
+    fn behaves_like_a_name_store<S: NameStore>(make: impl Fn(usize) -> S) {
+        let mut store = make(3);
+        assert_eq!(store.len().unwrap(), 0);
+        assert!(store.is_empty().unwrap());
+        assert_eq!(store.get(&name("alice")).unwrap(), None);
+        assert!(!store.delete(&name("alice")).unwrap());
+        assert_eq!(store.count_for_source(source("192.0.2.1")).unwrap(), 0);
+
+        // Insert and read back exactly.
+        let alice = entry(1, "alice", 1, NOW_MS + 10_000, "192.0.2.1");
+        store.put(alice.clone()).unwrap();
+        assert_eq!(store.get(&name("alice")).unwrap(), Some(alice));
+        assert_eq!(store.len().unwrap(), 1);
+        assert!(!store.is_empty().unwrap());
+        assert_eq!(store.count_for_source(source("192.0.2.1")).unwrap(), 1);
+
+        // Replacing keeps the count and moves the name to the new source.
+        let alice2 = entry(1, "alice", 2, NOW_MS + 20_000, "2001:db8::1");
+        store.put(alice2.clone()).unwrap();
+        assert_eq!(store.get(&name("alice")).unwrap(), Some(alice2));
+        assert_eq!(store.len().unwrap(), 1);
+        assert_eq!(store.count_for_source(source("192.0.2.1")).unwrap(), 0);
+        // IPv6 sources count per /64.
+        assert_eq!(store.count_for_source(source("2001:db8::ffff")).unwrap(), 1);
+
+        // Capacity: new names up to it, then Full; replacing still works when full.
+        store
+            .put(entry(2, "bob", 1, NOW_MS + 5_000, "192.0.2.1"))
+            .unwrap();
+        store
+            .put(entry(3, "carol", 1, NOW_MS + 30_000, "192.0.2.1"))
+            .unwrap();
+        assert_eq!(store.len().unwrap(), 3);
+        assert_eq!(
+            store.put(entry(4, "dave", 1, NOW_MS + 30_000, "192.0.2.9")),
+            Err(StoreError::Full)
+        );
+        assert_eq!(store.get(&name("dave")).unwrap(), None);
+        assert_eq!(store.len().unwrap(), 3);
+        let bob2 = entry(2, "bob", 2, NOW_MS + 6_000, "192.0.2.1");
+        store.put(bob2.clone()).unwrap();
+        assert_eq!(store.get(&name("bob")).unwrap(), Some(bob2));
+        assert_eq!(store.count_for_source(source("192.0.2.1")).unwrap(), 2);
+
+        // Delete frees a slot.
+        assert!(store.delete(&name("carol")).unwrap());
+        assert!(!store.delete(&name("carol")).unwrap());
+        assert_eq!(store.get(&name("carol")).unwrap(), None);
+        assert_eq!(store.len().unwrap(), 2);
+        assert_eq!(store.count_for_source(source("192.0.2.1")).unwrap(), 1);
+        store
+            .put(entry(4, "dave", 1, NOW_MS + 30_000, "192.0.2.9"))
+            .unwrap();
+
+        // Expired entries are still returned by get (the server decides) until pruned; pruning
+        // removes those expiring at or before now.
+        assert!(store.get(&name("bob")).unwrap().is_some());
+        assert_eq!(store.prune_expired(NOW_MS).unwrap(), 0);
+        assert_eq!(store.prune_expired(NOW_MS + 6_000).unwrap(), 1); // bob, exactly at expiry
+        assert_eq!(store.get(&name("bob")).unwrap(), None);
+        assert_eq!(store.count_for_source(source("192.0.2.1")).unwrap(), 0);
+        assert_eq!(store.len().unwrap(), 2);
+        assert_eq!(store.prune_expired(u64::MAX).unwrap(), 2);
+        assert!(store.is_empty().unwrap());
+        assert_eq!(store.count_for_source(source("2001:db8::1")).unwrap(), 0);
+
+        // A zero-capacity store takes nothing.
+        let mut none = make(0);
+        assert_eq!(
+            none.put(entry(1, "x", 1, NOW_MS, "192.0.2.1")),
+            Err(StoreError::Full)
+        );
+    }
+
+    fn sqlite(capacity: usize) -> SqliteStore {
+        SqliteStore::in_memory()
+            .unwrap()
+            .with_capacity(capacity as u64)
+    }
+
+    #[test]
+    fn memory_store_passes_the_shared_list() {
+        behaves_like_a_name_store(MemoryStore::new);
+    }
+
+    #[test]
+    fn sqlite_store_passes_the_shared_list() {
+        behaves_like_a_name_store(sqlite);
+    }
+
+    #[test]
+    fn sqlite_store_passes_the_shared_list_as_a_box_dyn() {
+        behaves_like_a_name_store(|c| Box::new(sqlite(c)) as Box<dyn NameStore>);
+    }
+
+    struct TempDir(PathBuf);
+
+    impl TempDir {
+        fn new(tag: &str) -> TempDir {
+            let dir = std::env::temp_dir().join(format!(
+                "p2pd-store-sqlite-{tag}-{}-{}",
+                std::process::id(),
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap()
+                    .as_nanos()
+            ));
+            std::fs::create_dir_all(&dir).unwrap();
+            TempDir(dir)
+        }
+    }
+
+    impl Drop for TempDir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    #[test]
+    fn file_store_persists_across_reopen() {
+        let dir = TempDir::new("reopen");
+        let path = dir.0.join("names.db");
+        let alice = entry(1, "alice", 7, NOW_MS + 60_000, "192.0.2.1");
+        let bob = entry(2, "bob", 3, NOW_MS + 1_000, "2001:db8::1");
+        {
+            let mut store = SqliteStore::open(&path).unwrap();
+            let mode: String = store
+                .connection
+                .query_row("PRAGMA journal_mode", [], |r| r.get(0))
+                .unwrap();
+            assert_eq!(mode, "wal");
+            store.put(alice.clone()).unwrap();
+            store.put(bob.clone()).unwrap();
+            store
+                .put(entry(3, "carol", 1, NOW_MS, "192.0.2.1"))
+                .unwrap();
+            assert!(store.delete(&name("carol")).unwrap());
+        }
+        let mut store = SqliteStore::open(&path).unwrap().with_capacity(2);
+        assert_eq!(store.len().unwrap(), 2, "the count is read back at open");
+        assert_eq!(store.get(&name("alice")).unwrap(), Some(alice));
+        assert_eq!(store.get(&name("bob")).unwrap(), Some(bob));
+        assert_eq!(store.get(&name("carol")).unwrap(), None);
+        assert_eq!(store.count_for_source(source("192.0.2.1")).unwrap(), 1);
+        assert_eq!(
+            store.put(entry(4, "dave", 1, NOW_MS, "192.0.2.1")),
+            Err(StoreError::Full),
+            "the capacity counts names written before the reopen"
+        );
+        assert_eq!(store.prune_expired(NOW_MS + 1_000).unwrap(), 1);
+        drop(store);
+        let store = SqliteStore::open(&path).unwrap();
+        assert_eq!(store.len().unwrap(), 1);
+        assert!(store.get(&name("bob")).unwrap().is_none());
+    }
+
+    #[test]
+    fn other_schema_versions_and_non_databases_are_refused() {
+        let dir = TempDir::new("schema");
+        let path = dir.0.join("future.db");
+        {
+            let c = Connection::open(&path).unwrap();
+            c.execute_batch("PRAGMA user_version = 99").unwrap();
+        }
+        match SqliteStore::open(&path) {
+            Err(StoreError::Backend(e)) => assert!(e.contains("schema version 99"), "{e}"),
+            other => panic!("expected a schema error, got {other:?}"),
+        }
+        let junk = dir.0.join("junk.db");
+        std::fs::write(&junk, vec![0x5a; 4096]).unwrap();
+        assert!(matches!(
+            SqliteStore::open(&junk),
+            Err(StoreError::Backend(_))
+        ));
+        let missing_dir = dir.0.join("no-such-dir").join("x.db");
+        assert!(matches!(
+            SqliteStore::open(missing_dir),
+            Err(StoreError::Backend(_))
+        ));
+    }
+
+    #[test]
+    fn corrupt_rows_are_errors_not_panics() {
+        let mut store = SqliteStore::in_memory().unwrap();
+        let good = entry(1, "good", 1, NOW_MS + 1_000, "192.0.2.1");
+        store.put(good.clone()).unwrap();
+        for (row, what) in [
+            ("trunc", "record"),
+            ("forged", "signature"),
+            ("renamed", "another name"),
+            ("expiry", "expiry"),
+            ("source", "source"),
+            ("text", "wrong type"),
+        ] {
+            store
+                .put(entry(1, row, 1, NOW_MS + 1_000, "192.0.2.1"))
+                .unwrap();
+            let changed = match row {
+                "trunc" => store.connection.execute(
+                    "UPDATE names SET record = substr(record, 1, 20) WHERE name = ?1",
+                    [row],
+                ),
+                "forged" => {
+                    // Flip one bit of the signature (the record's last byte).
+                    let mut bytes: Vec<u8> = store
+                        .connection
+                        .query_row("SELECT record FROM names WHERE name = ?1", [row], |r| {
+                            r.get(0)
+                        })
+                        .unwrap();
+                    *bytes.last_mut().unwrap() ^= 1;
+                    store.connection.execute(
+                        "UPDATE names SET record = ?2 WHERE name = ?1",
+                        params![row, bytes],
+                    )
+                }
+                "renamed" => store.connection.execute(
+                    "UPDATE names SET record = (SELECT record FROM names WHERE name = 'good')
+                     WHERE name = ?1",
+                    [row],
+                ),
+                "expiry" => store.connection.execute(
+                    "UPDATE names SET expires_ms = expires_ms + 1 WHERE name = ?1",
+                    [row],
+                ),
+                "source" => store
+                    .connection
+                    .execute("UPDATE names SET source = x'07' WHERE name = ?1", [row]),
+                _ => store.connection.execute(
+                    "UPDATE names SET record = 'not a blob' WHERE name = ?1",
+                    [row],
+                ),
+            };
+            assert_eq!(changed.unwrap(), 1);
+            match store.get(&name(row)) {
+                Err(StoreError::Backend(e)) => {
+                    assert!(
+                        e.contains("corrupt row for") && e.contains(what),
+                        "{row}: {e}"
+                    )
+                }
+                other => panic!("{row}: expected a backend error, got {other:?}"),
+            }
+            // The rest of the store still works.
+            assert_eq!(store.get(&name("good")).unwrap(), Some(good.clone()));
+        }
+        // A corrupt row can be replaced or deleted.
+        store
+            .put(entry(1, "trunc", 2, NOW_MS + 1_000, "192.0.2.1"))
+            .unwrap();
+        assert!(store.get(&name("trunc")).unwrap().is_some());
+        assert!(store.delete(&name("forged")).unwrap());
+        assert_eq!(store.len().unwrap(), 6);
+    }
+
+    #[test]
+    fn backend_failures_are_errors() {
+        let mut store = SqliteStore::in_memory().unwrap();
+        store.connection.execute_batch("DROP TABLE names").unwrap();
+        assert!(matches!(store.get(&name("a")), Err(StoreError::Backend(_))));
+        assert!(matches!(
+            store.put(entry(1, "a", 1, NOW_MS, "192.0.2.1")),
+            Err(StoreError::Backend(_))
+        ));
+        assert!(matches!(
+            store.delete(&name("a")),
+            Err(StoreError::Backend(_))
+        ));
+        assert!(matches!(
+            store.prune_expired(NOW_MS),
+            Err(StoreError::Backend(_))
+        ));
+        assert!(matches!(
+            store.count_for_source(source("192.0.2.1")),
+            Err(StoreError::Backend(_))
+        ));
+    }
+}
