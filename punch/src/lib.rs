@@ -12,4 +12,9 @@
 )]
 #![warn(missing_docs)]
 
+pub mod machine;
+pub mod message;
+
+pub use machine::{PunchConfig, PunchEvent, PunchFailure, Puncher};
+pub use message::{Candidate, Message, SessionId};
 pub use p2pd_proto::{Instant, SocketId};
