@@ -8,6 +8,10 @@
 //! p2pd id new|show [--file PATH] [--force] [--json]
 //! p2pd signal listen --broker HOST[:PORT] ... [--identity FILE] [--count N] [--timeout S] [--json]
 //! p2pd signal send PEER MESSAGE --broker HOST[:PORT] ... [--identity FILE] [--timeout S] [--json]
+//! p2pd pnp-server --db FILE [--udp ADDR] [--tcp ADDR] [--identity FILE] [--capacity N] [--duration S] [--json]
+//! p2pd name register NAME VALUE --server ADDR --server-key HEX [--tcp] [--version N] [--ttl S] [--identity FILE] [--json]
+//! p2pd name lookup NAME --server ADDR --server-key HEX [--tcp] [--json]
+//! p2pd name delete NAME --server ADDR --server-key HEX [--tcp] [--version N] [--identity FILE] [--json]
 //! ```
 
 use clap::{Parser, Subcommand};
@@ -35,6 +39,10 @@ enum Command {
     Id(cli::id::IdArgs),
     /// Encrypted, signed messages between nodes through several MQTT brokers.
     Signal(cli::signal::SignalArgs),
+    /// Run a PNP name registry server (UDP and TCP, names kept in SQLite).
+    PnpServer(cli::pnp_server::PnpServerArgs),
+    /// Register, look up or delete a name on a PNP server.
+    Name(cli::name::NameArgs),
 }
 
 fn main() {
@@ -46,6 +54,8 @@ fn main() {
         Command::Sim(a) => cli::sim::run(a),
         Command::Id(a) => cli::id::run(a),
         Command::Signal(a) => cli::signal::run(a),
+        Command::PnpServer(a) => cli::pnp_server::run(a),
+        Command::Name(a) => cli::name::run(a),
     };
     std::process::exit(code);
 }

@@ -51,6 +51,13 @@ impl Object {
         self
     }
 
+    /// Adds an unsigned integer member, exactly (no detour through `f64`).
+    pub fn uint(mut self, key: &str, value: u64) -> Self {
+        self.key(key);
+        let _ = write!(self.out, "{value}");
+        self
+    }
+
     /// Adds a boolean member.
     pub fn bool(mut self, key: &str, value: bool) -> Self {
         self.key(key);
@@ -97,8 +104,12 @@ mod tests {
             .opt("b", None::<u8>)
             .num("c", 1.5)
             .bool("d", true)
+            .uint("e", u64::MAX)
             .finish();
-        assert_eq!(s, r#"{"a":"x\"y\n","b":null,"c":1.5,"d":true}"#);
+        assert_eq!(
+            s,
+            r#"{"a":"x\"y\n","b":null,"c":1.5,"d":true,"e":18446744073709551615}"#
+        );
         assert_eq!(Object::new().finish(), "{}");
     }
 }

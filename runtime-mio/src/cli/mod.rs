@@ -2,9 +2,12 @@
 
 pub mod id;
 pub mod json;
+pub mod name;
 pub mod nat;
+pub mod pnp_server;
 pub mod signal;
 pub mod sim;
+pub mod stop_signal;
 pub mod stun;
 pub mod stun_server;
 

@@ -1,0 +1,455 @@
+//! `p2pd name register|lookup|delete`: names on a PNP server (`p2pd pnp-server`), owned by this
+//! node's identity and signed by it, so a lookup is verified without trusting the server.
+
+use std::ops::ControlFlow;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Subcommand};
+use p2pd_proto::Instant;
+use p2pd_signaling::pnp::{
+    ErrorCode, Name, PnpClient, PnpClientConfig, PnpClientError, PnpClientEvent, PnpFailure,
+    PnpServerId, PnpTransport, Record, RequestId,
+};
+use p2pd_signaling::{Identity, PublicKey};
+
+use super::json::Object;
+use super::resolve;
+use crate::identity_file::{
+    default_identity_path, generate_identity, os_seed, parse_hex, read_identity,
+};
+use crate::Runtime;
+
+/// The default PNP port.
+pub const PNP_PORT: u16 = 5300;
+/// How much longer than the request's own timeout the loop waits for the client to report.
+const REPORT_GRACE: Duration = Duration::from_secs(2);
+
+/// `p2pd name ...`
+#[derive(Debug, Args)]
+pub struct NameArgs {
+    #[command(subcommand)]
+    command: NameCommand,
+}
+
+/// How to reach the server; shared by every sub-command.
+#[derive(Debug, Args)]
+struct ServerOptions {
+    /// The PNP server, HOST[:PORT] (default port 5300).
+    #[arg(long)]
+    server: String,
+    /// The server's public key (66 hex digits, printed by `p2pd pnp-server`).
+    #[arg(long)]
+    server_key: String,
+    /// Use TCP instead of UDP.
+    #[arg(long)]
+    tcp: bool,
+    /// Give up after this many seconds.
+    #[arg(long, default_value_t = 5.0)]
+    timeout: f64,
+    /// Print one JSON object instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, Subcommand)]
+enum NameCommand {
+    /// Register NAME with VALUE (or update it), owned and signed by this node's identity.
+    Register {
+        /// The name: 1 to 64 of a-z 0-9 - _ . starting with a letter or digit.
+        name: String,
+        /// The value (UTF-8 text, at most 640 bytes), for example a p2pd1: address.
+        value: String,
+        #[command(flatten)]
+        server: ServerOptions,
+        /// The record's version; it must exceed the version stored (default: the current Unix
+        /// time in ms, so later registrations win).
+        #[arg(long)]
+        version: Option<u64>,
+        /// How long the record lives, in seconds.
+        #[arg(long, default_value_t = 3600)]
+        ttl: u64,
+        /// The identity file (default: $P2PD_IDENTITY, else ~/.config/p2pd/identity.key).
+        #[arg(long)]
+        identity: Option<PathBuf>,
+    },
+    /// Look NAME up: prints its value, owner key, version and expiry; exits 1 if not found.
+    Lookup {
+        /// The name.
+        name: String,
+        #[command(flatten)]
+        server: ServerOptions,
+        /// The identity to sign the request with (default: a throwaway key).
+        #[arg(long)]
+        identity: Option<PathBuf>,
+    },
+    /// Delete NAME, which this node's identity must own.
+    Delete {
+        /// The name.
+        name: String,
+        #[command(flatten)]
+        server: ServerOptions,
+        /// The delete's version; it must exceed the version stored (default: the current Unix
+        /// time in ms).
+        #[arg(long)]
+        version: Option<u64>,
+        /// The identity file (default as for `register`).
+        #[arg(long)]
+        identity: Option<PathBuf>,
+    },
+}
+
+/// Runs `p2pd name`; returns the exit code.
+pub fn run(args: &NameArgs) -> i32 {
+    let (verb, result) = match &args.command {
+        NameCommand::Register {
+            name,
+            value,
+            server,
+            version,
+            ttl,
+            identity,
+        } => (
+            "register",
+            register(name, value, server, *version, *ttl, identity.as_ref()),
+        ),
+        NameCommand::Lookup {
+            name,
+            server,
+            identity,
+        } => ("lookup", lookup(name, server, identity.as_ref())),
+        NameCommand::Delete {
+            name,
+            server,
+            version,
+            identity,
+        } => ("delete", delete(name, server, *version, identity.as_ref())),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("p2pd name {verb}: {e}");
+            1
+        }
+    }
+}
+
+fn parse_name(name: &str) -> Result<Name, String> {
+    Name::new(name).map_err(|e| format!("invalid name {name:?}: {e}"))
+}
+
+fn owner_identity(path: Option<&PathBuf>) -> Result<Identity, String> {
+    let path = path.cloned().unwrap_or_else(default_identity_path);
+    read_identity(&path).map_err(|e| format!("{e} (create one with `p2pd id new`)"))
+}
+
+fn unix_now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// The outcome of one request, with the server id it went to.
+struct Exchange {
+    event: PnpClientEvent,
+    server_id: PnpServerId,
+    /// Unix ms when the outcome arrived.
+    unix_ms: u64,
+}
+
+/// Sends one request (made by `command`) and waits for its outcome.
+fn exchange(
+    options: &ServerOptions,
+    identity: Identity,
+    command: impl FnOnce(&mut PnpClient, Instant) -> Result<RequestId, PnpClientError>,
+) -> Result<Exchange, String> {
+    let server = resolve(&options.server, PNP_PORT)?;
+    let key_bytes = parse_hex(&options.server_key).ok_or("--server-key is not hex")?;
+    let key = PublicKey::from_bytes(&key_bytes).map_err(|e| format!("--server-key: {e}"))?;
+    let timeout =
+        Duration::try_from_secs_f64(options.timeout).map_err(|e| format!("--timeout: {e}"))?;
+    let transport = if options.tcp {
+        PnpTransport::Tcp
+    } else {
+        PnpTransport::Udp
+    };
+    let mut rt = Runtime::new().map_err(|e| format!("runtime: {e}"))?;
+    let mut config = PnpClientConfig::new(server, key, transport, rt.unix_epoch_ms());
+    config.timeout = timeout;
+    let seed = os_seed().map_err(|e| format!("random seed: {e}"))?;
+    let mut client = PnpClient::new(config, identity, seed);
+    let server_id = client.server_id();
+    command(&mut client, rt.now()).map_err(|e| e.to_string())?;
+    let mut outcome = None;
+    rt.run(
+        &mut client,
+        Some(timeout.saturating_add(REPORT_GRACE)),
+        |m, now, event| {
+            match event {
+                PnpClientEvent::Closed => return ControlFlow::Break(()),
+                event if outcome.is_none() => {
+                    outcome = Some(event);
+                    m.close(now);
+                }
+                _ => {}
+            }
+            ControlFlow::Continue(())
+        },
+    )
+    .map_err(|e| format!("event loop: {e}"))?;
+    let event = outcome.ok_or("the client reported nothing (internal error)")?;
+    Ok(Exchange {
+        event,
+        server_id,
+        unix_ms: unix_now_ms(),
+    })
+}
+
+fn register(
+    name: &str,
+    value: &str,
+    options: &ServerOptions,
+    version: Option<u64>,
+    ttl: u64,
+    identity: Option<&PathBuf>,
+) -> Result<i32, String> {
+    let name = parse_name(name)?;
+    let identity = owner_identity(identity)?;
+    let owner = identity.public_key();
+    let version = version.unwrap_or_else(unix_now_ms);
+    let ttl = Duration::from_secs(ttl);
+    let value = value.as_bytes().to_vec();
+    let done = exchange(options, identity, |client, now| {
+        client.register(now, name, value, version, ttl)
+    })?;
+    match done.event {
+        PnpClientEvent::Registered { name, version, .. } => {
+            if options.json {
+                println!(
+                    "{}",
+                    Object::new()
+                        .str("event", "registered")
+                        .str("name", name.as_str())
+                        .uint("version", version)
+                        .str("owner", &owner.to_string())
+                        .uint("ttl_s", ttl.as_secs())
+                        .str("server_id", &done.server_id.to_string())
+                        .finish()
+                );
+            } else {
+                println!(
+                    "registered {name} version {version} for {} s (owner {owner}, server {})",
+                    ttl.as_secs(),
+                    done.server_id
+                );
+            }
+            Ok(0)
+        }
+        other => failed(other, options),
+    }
+}
+
+fn lookup(name: &str, options: &ServerOptions, identity: Option<&PathBuf>) -> Result<i32, String> {
+    let name = parse_name(name)?;
+    // A lookup needs no particular identity: a throwaway key reveals nothing about this node.
+    let identity = match identity {
+        Some(path) => owner_identity(Some(path))?,
+        None => generate_identity().map_err(|e| format!("throwaway key: {e}"))?,
+    };
+    let done = exchange(options, identity, |client, now| client.lookup(now, name))?;
+    match done.event {
+        PnpClientEvent::Found { record, .. } => {
+            print_record(&record, done.server_id, done.unix_ms, options.json);
+            Ok(0)
+        }
+        PnpClientEvent::NotFound { name, .. } => {
+            if options.json {
+                println!(
+                    "{}",
+                    Object::new()
+                        .str("event", "not_found")
+                        .str("name", name.as_str())
+                        .str("server_id", &done.server_id.to_string())
+                        .finish()
+                );
+            } else {
+                println!("{name}: not found");
+            }
+            Ok(1)
+        }
+        other => failed(other, options),
+    }
+}
+
+fn delete(
+    name: &str,
+    options: &ServerOptions,
+    version: Option<u64>,
+    identity: Option<&PathBuf>,
+) -> Result<i32, String> {
+    let name = parse_name(name)?;
+    let identity = owner_identity(identity)?;
+    let version = version.unwrap_or_else(unix_now_ms);
+    let done = exchange(options, identity, |client, now| {
+        client.delete(now, name, version)
+    })?;
+    match done.event {
+        PnpClientEvent::Deleted { name, version, .. } => {
+            if options.json {
+                println!(
+                    "{}",
+                    Object::new()
+                        .str("event", "deleted")
+                        .str("name", name.as_str())
+                        .uint("version", version)
+                        .str("server_id", &done.server_id.to_string())
+                        .finish()
+                );
+            } else {
+                println!(
+                    "deleted {name} (version {version}, server {})",
+                    done.server_id
+                );
+            }
+            Ok(0)
+        }
+        other => failed(other, options),
+    }
+}
+
+fn print_record(record: &Record, server_id: PnpServerId, unix_ms: u64, json: bool) {
+    let value = String::from_utf8_lossy(record.value());
+    let hex: String = record.value().iter().map(|b| format!("{b:02x}")).collect();
+    let expires_in_s = record.expires_ms().saturating_sub(unix_ms) / 1000;
+    if json {
+        println!(
+            "{}",
+            Object::new()
+                .str("event", "found")
+                .str("name", record.name().as_str())
+                .str("value", &value)
+                .str("value_hex", &hex)
+                .str("owner", &record.owner().to_string())
+                .uint("version", record.version())
+                .uint("expires_ms", record.expires_ms())
+                .uint("expires_in_s", expires_in_s)
+                .str("server_id", &server_id.to_string())
+                .finish()
+        );
+    } else {
+        println!("name     {}", record.name());
+        if std::str::from_utf8(record.value()).is_ok() {
+            println!("value    {value}");
+        } else {
+            println!("value    (hex) {hex}");
+        }
+        println!("owner    {}", record.owner());
+        println!("version  {}", record.version());
+        println!(
+            "expires  {} (Unix ms, in {expires_in_s} s)",
+            record.expires_ms()
+        );
+        println!("server   {server_id}");
+    }
+}
+
+/// Explains a refusal code and its detail number.
+fn explain(code: ErrorCode, detail: u64) -> String {
+    match code {
+        ErrorCode::NotFound => "not found".into(),
+        ErrorCode::NotOwner => "the name belongs to another key".into(),
+        ErrorCode::StaleVersion => {
+            format!("stale version: the server holds version {detail}; give a larger --version")
+        }
+        ErrorCode::QuotaExceeded => format!("quota exceeded ({detail} names per source)"),
+        ErrorCode::RateLimited => format!("rate limited; retry in {detail} ms"),
+        ErrorCode::BadSignature => "the record's signature was refused".into(),
+        ErrorCode::Malformed => "the server found the request malformed".into(),
+        ErrorCode::TooLarge => format!("too large (limit {detail} bytes)"),
+        ErrorCode::ServerBusy => "server busy (its store is full or failing)".into(),
+        ErrorCode::InvalidName => "invalid name".into(),
+        ErrorCode::InvalidExpiry => {
+            format!(
+                "invalid expiry (the latest accepted is {detail} Unix ms); give a shorter --ttl"
+            )
+        }
+        ErrorCode::PaddingRequired => {
+            format!("the server wants requests of at least {detail} bytes")
+        }
+        ErrorCode::UnsupportedVersion => {
+            format!("the server speaks protocol version {detail}")
+        }
+        other => format!("error code {} (detail {detail})", other.to_u8()),
+    }
+}
+
+/// Prints why a request failed; exit code 1.
+fn failed(event: PnpClientEvent, options: &ServerOptions) -> Result<i32, String> {
+    let (kind, code, detail, text) = match event {
+        PnpClientEvent::Failed { reason, .. } => match reason {
+            PnpFailure::Refused { code, detail } => (
+                "refused",
+                Some(code),
+                Some(detail),
+                format!("refused by the server: {}", explain(code, detail)),
+            ),
+            PnpFailure::Timeout => (
+                "timeout",
+                None,
+                None,
+                format!(
+                    "no valid reply within {} s (check the address, --server-key and --tcp)",
+                    options.timeout
+                ),
+            ),
+            PnpFailure::BadRecordSignature => (
+                "bad_record_signature",
+                None,
+                None,
+                "the server returned a record whose signature does not verify".into(),
+            ),
+            PnpFailure::ExpiredRecord => (
+                "expired_record",
+                None,
+                None,
+                "the server returned an expired record".into(),
+            ),
+            PnpFailure::Mismatch => (
+                "mismatch",
+                None,
+                None,
+                "the server's reply does not match the request".into(),
+            ),
+            PnpFailure::MalformedReply => (
+                "malformed_reply",
+                None,
+                None,
+                "the server's reply is malformed".into(),
+            ),
+            PnpFailure::Io { op, error } => ("io", None, None, format!("{op:?} failed: {error:?}")),
+            PnpFailure::ConnectionClosed => (
+                "connection_closed",
+                None,
+                None,
+                "the server closed the connection before replying".into(),
+            ),
+            other => ("failed", None, None, format!("{other:?}")),
+        },
+        other => (
+            "unexpected",
+            None,
+            None,
+            format!("unexpected event {other:?}"),
+        ),
+    };
+    if options.json {
+        let mut o = Object::new().str("event", "failed").str("reason", kind);
+        if let (Some(code), Some(detail)) = (code, detail) {
+            o = o.str("code", &code.to_string()).uint("detail", detail);
+        }
+        println!("{}", o.str("message", &text).finish());
+    } else {
+        eprintln!("{text}");
+    }
+    Ok(1)
+}
