@@ -3,17 +3,21 @@
 //! TCP hole punching: clock offset, meet-time agreement and the punch machine. Filled in by the punching
 //! issue; today it only fixes the crate's place and lints in the workspace.
 #![forbid(unsafe_code)]
-#![deny(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    clippy::indexing_slicing,
-    clippy::arithmetic_side_effects
+#![cfg_attr(
+    not(test),
+    deny(
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::panic,
+        clippy::indexing_slicing,
+        clippy::arithmetic_side_effects
+    )
 )]
 #![warn(missing_docs)]
 
 pub mod machine;
 pub mod message;
+pub mod plan;
 
 pub use machine::{PunchConfig, PunchEvent, PunchFailure, Puncher};
 pub use message::{Candidate, Message, SessionId};
