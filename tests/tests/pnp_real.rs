@@ -488,6 +488,32 @@ fn cli_names_survive_sigkill_and_keep_their_rules() {
     assert_eq!(rc, 0);
     assert_found(&line, "tcp value", &bob, 20);
 
+    // The wrong server key: the server cannot open the request and stays silent; the CLI gives
+    // up after --timeout with a hint.
+    let started = StdInstant::now();
+    let wrong = Command::new(p2pd_bin())
+        .args([
+            "name",
+            "lookup",
+            "bob",
+            "--timeout",
+            "0.5",
+            "--json",
+            "--server",
+        ])
+        .arg(server.addr.to_string())
+        .args(["--server-key", &alice.to_string()])
+        .output()
+        .unwrap();
+    let line = String::from_utf8_lossy(&wrong.stdout);
+    assert_eq!(wrong.status.code(), Some(1), "{line}");
+    assert_eq!(
+        json_str(&line, "reason").as_deref(),
+        Some("timeout"),
+        "{line}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(3));
+
     // SIGTERM: a clean stop, every socket released, counters printed.
     let (code, rest) = server.stop_with("TERM");
     assert_eq!(code, Some(0), "{rest}");
@@ -499,6 +525,11 @@ fn cli_names_survive_sigkill_and_keep_their_rules() {
     assert_eq!(json_raw(stopped, "names").as_deref(), Some("1"));
     assert_eq!(json_raw(stopped, "open_sockets").as_deref(), Some("0"));
     assert_eq!(json_raw(stopped, "store_errors").as_deref(), Some("0"));
+    let bad: u64 = json_raw(stopped, "bad_envelopes").unwrap().parse().unwrap();
+    assert!(
+        bad >= 1,
+        "the wrong-key lookup was dropped unopened: {stopped}"
+    );
 }
 
 /// A `PnpClient` on a `Runtime` over UDP and over TCP: registers, looks up (its own names and one
