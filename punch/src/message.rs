@@ -435,3 +435,123 @@ impl Hello {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cands() -> Vec<Candidate> {
+        vec![
+            Candidate {
+                local_port: 20_001,
+                external: "203.0.113.5:41000".parse().unwrap(),
+            },
+            Candidate {
+                local_port: 20_001,
+                external: "[2001:db8::1]:41001".parse().unwrap(),
+            },
+        ]
+    }
+
+    fn all() -> Vec<Message> {
+        let session = SessionId([9; 16]);
+        vec![
+            Message::Offer {
+                session,
+                round: 0,
+                t1: 1,
+                candidates: cands(),
+            },
+            Message::Answer {
+                session,
+                round: 2,
+                t1: 1,
+                t2: 2,
+                t3: 3,
+                meet: u64::MAX,
+                candidates: cands(),
+            },
+            Message::Ack {
+                session,
+                round: 1,
+                meet: 5,
+                uncertainty_ns: 6,
+            },
+            Message::Abort {
+                session,
+                round: 1,
+                reason: AbortReason::TooLate,
+            },
+        ]
+    }
+
+    #[test]
+    fn round_trip_and_every_truncation() {
+        for m in all() {
+            let bytes = m.encode().unwrap();
+            assert_eq!(Message::decode(&bytes).unwrap(), m);
+            for n in 0..bytes.len() {
+                let e = Message::decode(&bytes[..n]).unwrap_err();
+                assert!(
+                    matches!(e, MessageError::Truncated | MessageError::Invalid(_)),
+                    "{m:?} cut at {n}: {e:?}"
+                );
+            }
+            let mut long = bytes.clone();
+            long.push(0);
+            assert_eq!(Message::decode(&long), Err(MessageError::TrailingBytes));
+        }
+    }
+
+    #[test]
+    fn strict_fields() {
+        let bytes = all()[0].encode().unwrap();
+        let with = |i: usize, v: u8| {
+            let mut b = bytes.clone();
+            b[i] = v;
+            Message::decode(&b)
+        };
+        assert_eq!(with(0, b'{'), Err(MessageError::NotPunch));
+        assert_eq!(with(1, 2), Err(MessageError::UnsupportedVersion(2)));
+        assert_eq!(with(2, 9), Err(MessageError::UnknownKind(9)));
+        // Candidate count (after tag, version, kind, session, round, t1).
+        let count = 3 + 16 + 1 + 8;
+        assert!(matches!(with(count, 0), Err(MessageError::Invalid(_))));
+        assert!(matches!(with(count, 17), Err(MessageError::Invalid(_))));
+        // Family byte of the first candidate.
+        assert!(matches!(with(count + 3, 5), Err(MessageError::Invalid(_))));
+        // Local port 0.
+        let mut b = bytes.clone();
+        b[count + 1] = 0;
+        b[count + 2] = 0;
+        assert!(matches!(Message::decode(&b), Err(MessageError::Invalid(_))));
+        assert!(Message::Offer {
+            session: SessionId([0; 16]),
+            round: 0,
+            t1: 0,
+            candidates: vec![],
+        }
+        .encode()
+        .is_err());
+        let abort = all()[3].encode().unwrap();
+        let mut b = abort.clone();
+        *b.last_mut().unwrap() = 0;
+        assert!(matches!(Message::decode(&b), Err(MessageError::Invalid(_))));
+    }
+
+    #[test]
+    fn hello_round_trip() {
+        let h = Hello {
+            session: SessionId([3; 16]),
+            round: 4,
+            node_id: [5; NODE_ID_LEN],
+        };
+        let b = h.encode();
+        assert_eq!(b.len(), HELLO_LEN);
+        assert_eq!(Hello::decode(&b), Some(h));
+        assert_eq!(Hello::decode(&b[..HELLO_LEN - 1]), None);
+        let mut bad = b;
+        bad[0] = b'X';
+        assert_eq!(Hello::decode(&bad), None);
+    }
+}

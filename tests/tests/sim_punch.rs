@@ -6,11 +6,12 @@ use core::net::{Ipv4Addr, SocketAddr};
 use core::time::Duration;
 use std::collections::VecDeque;
 
-use p2pd_nat::{Behaviour, Filtering, Mapping};
+use p2pd_nat::{Behaviour, Filtering, Mapping, PortAllocation};
 use p2pd_proto::{Instant, SocketId};
 use p2pd_punch::machine::NodeId;
+use p2pd_punch::message::AbortReason;
 use p2pd_punch::{Candidate, PunchConfig, PunchEvent, PunchFailure, Puncher};
-use p2pd_sim::{run_seeds, HostId, LinkConfig, Sim};
+use p2pd_sim::{run_seeds, HostId, LinkConfig, NatTcpConfig, Sim};
 
 const NAT_A: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 10);
 const NAT_B: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 20);
@@ -20,31 +21,72 @@ const ID_A: NodeId = [0x11; 20];
 const ID_B: NodeId = [0x22; 20];
 const EPOCH_NS: u64 = 1_800_000_000_000_000_000;
 
+#[derive(Debug)]
 struct Outcome {
     connected: Option<(SocketId, SocketAddr, SocketAddr)>,
     failed: Option<PunchFailure>,
+    rounds_failed: Vec<PunchFailure>,
     closed: bool,
 }
 
-/// Runs one punch between A (initiator) and B; candidates from the NATs' ground truth
-/// (port preservation: external = NAT IP : local port). `skew_b` shifts B's wall clock.
-fn punch(
-    seed: u64,
+#[derive(Clone)]
+struct Scenario {
     a: Behaviour,
     b: Behaviour,
     link: LinkConfig,
+    /// B's wall clock minus A's, ms.
     skew_b_ms: i64,
-) -> (Outcome, Outcome, Sim, HostId, HostId) {
+    /// One-way signaling delay range, ms.
+    signal_ms: (u64, u64),
+    /// Copies of every signaling message (brokers duplicate).
+    copies: u64,
+    /// Both sides call `initiate` at once.
+    glare: bool,
+    /// NATs answer unsolicited SYNs with RST.
+    nat_rst: bool,
+}
+
+impl Scenario {
+    fn new(a: Behaviour, b: Behaviour) -> Self {
+        Scenario {
+            a,
+            b,
+            link: LinkConfig::IDEAL,
+            skew_b_ms: 0,
+            signal_ms: (40, 80),
+            copies: 2,
+            glare: false,
+            nat_rst: false,
+        }
+    }
+}
+
+/// Runs one punch between A (initiator) and B; candidates from the NATs' ground truth for
+/// port-preserving NATs (external = NAT IP : local port).
+fn punch(seed: u64, sc: &Scenario) -> (Outcome, Outcome, Sim, HostId, HostId) {
     let mut sim = Sim::new(seed);
-    let nat_a = sim.add_nat(NAT_A, a);
-    let nat_b = sim.add_nat(NAT_B, b);
-    sim.set_nat_link(nat_a, link);
-    sim.set_nat_link(nat_b, link);
+    let nat_a = sim.add_nat(NAT_A, sc.a);
+    let nat_b = sim.add_nat(NAT_B, sc.b);
+    sim.set_nat_link(nat_a, sc.link);
+    sim.set_nat_link(nat_b, sc.link);
+    if sc.nat_rst {
+        for nat in [nat_a, nat_b] {
+            sim.set_nat_tcp(
+                nat,
+                NatTcpConfig {
+                    rst_unsolicited_syn: true,
+                    ..NatTcpConfig::default()
+                },
+            );
+        }
+    }
     let config_a = PunchConfig::new(ID_A, EPOCH_NS);
-    let epoch_b = EPOCH_NS.checked_add_signed(skew_b_ms * 1_000_000).unwrap();
+    let epoch_b = EPOCH_NS
+        .checked_add_signed(sc.skew_b_ms * 1_000_000)
+        .unwrap();
     let config_b = PunchConfig::new(ID_B, epoch_b);
-    let ha = sim.add_host_behind(nat_a, PRIV_A, Puncher::new(config_a, 1));
-    let hb = sim.add_host_behind(nat_b, PRIV_B, Puncher::new(config_b, 2));
+    let ha = sim.add_host_behind(nat_a, PRIV_A, Puncher::new(config_a, seed));
+    let hb = sim.add_host_behind(nat_b, PRIV_B, Puncher::new(config_b, seed ^ 1));
     let cand = |ip: Ipv4Addr, port: u16| Candidate {
         local_port: port,
         external: SocketAddr::new(ip.into(), port),
@@ -54,21 +96,21 @@ fn punch(
         m.initiate(now, ID_B, vec![cand(NAT_A, round_port[0])])
             .unwrap();
     });
-    // Signaling: 40-80 ms each way, every message delivered twice (two brokers).
+    if sc.glare {
+        sim.with_machine::<Puncher, _>(hb, |m, now| {
+            m.initiate(now, ID_A, vec![cand(NAT_B, round_port[1])])
+                .unwrap();
+        });
+    }
+    let mut rng = p2pd_proto::Rng::from_seed(seed);
     let mut wire: VecDeque<(Instant, HostId, NodeId, Vec<u8>)> = VecDeque::new();
-    let mut out = [
-        Outcome {
-            connected: None,
-            failed: None,
-            closed: false,
-        },
-        Outcome {
-            connected: None,
-            failed: None,
-            closed: false,
-        },
-    ];
-    let end = sim.now().saturating_add(Duration::from_secs(60));
+    let mut out = [(); 2].map(|_| Outcome {
+        connected: None,
+        failed: None,
+        rounds_failed: Vec::new(),
+        closed: false,
+    });
+    let end = sim.now().saturating_add(Duration::from_secs(120));
     while sim.now() < end && !(out[0].closed && out[1].closed) {
         sim.run_for(Duration::from_millis(5));
         let now = sim.now();
@@ -77,8 +119,9 @@ fn punch(
             for ev in sim.take_events::<Puncher>(host) {
                 match ev {
                     PunchEvent::Signal { payload, .. } => {
-                        for copy in 0..2u64 {
-                            let delay = 40 + (seed.wrapping_mul(7).wrapping_add(copy * 13) % 40);
+                        for _ in 0..sc.copies {
+                            let (lo, hi) = sc.signal_ms;
+                            let delay = lo + rng.below(hi - lo + 1);
                             let at = now.saturating_add(Duration::from_millis(delay));
                             wire.push_back((at, peer_host, from, payload.clone()));
                         }
@@ -104,8 +147,9 @@ fn punch(
                         out[i].failed = Some(reason);
                         sim.with_machine::<Puncher, _>(host, |m, now| m.close(now));
                     }
+                    PunchEvent::RoundFailed { reason, .. } => out[i].rounds_failed.push(reason),
                     PunchEvent::Closed => out[i].closed = true,
-                    PunchEvent::Armed { .. } | PunchEvent::RoundFailed { .. } => {}
+                    PunchEvent::Armed { .. } => {}
                     other => panic!("{other:?}"),
                 }
             }
@@ -126,28 +170,143 @@ fn punch(
     (oa, ob, sim, ha, hb)
 }
 
+/// Both sides connected to each other's external endpoint; only the winners stay open.
+fn assert_connected(seed: u64, a: &Outcome, b: &Outcome, sim: &Sim, ha: HostId, hb: HostId) {
+    let (_, la, ra) = a
+        .connected
+        .unwrap_or_else(|| panic!("seed {seed} A: {a:?}"));
+    let (_, lb, rb) = b
+        .connected
+        .unwrap_or_else(|| panic!("seed {seed} B: {b:?}"));
+    assert_eq!(ra, SocketAddr::new(NAT_B.into(), lb.port()));
+    assert_eq!(rb, SocketAddr::new(NAT_A.into(), la.port()));
+    assert!(a.closed && b.closed);
+    assert_eq!(sim.socket_count(ha), 1, "A: only the winner stays open");
+    assert_eq!(sim.socket_count(hb), 1, "B: only the winner stays open");
+    assert_eq!(sim.machine::<Puncher>(ha).poll_timeout(), None);
+    assert_eq!(sim.machine::<Puncher>(hb).poll_timeout(), None);
+    assert_eq!(sim.machine::<Puncher>(ha).open_sockets(), 0);
+}
+
 fn eim(filtering: Filtering) -> Behaviour {
     Behaviour::new(Mapping::EndpointIndependent, filtering)
 }
 
 #[test]
 fn port_restricted_pair_connects_and_cleans_up() {
-    run_seeds(0..5, |seed| {
-        let (a, b, sim, ha, hb) = punch(
-            seed,
+    let sc = Scenario::new(
+        eim(Filtering::AddressAndPortDependent),
+        eim(Filtering::AddressAndPortDependent),
+    );
+    run_seeds(0..10, |seed| {
+        let (a, b, sim, ha, hb) = punch(seed, &sc);
+        assert_connected(seed, &a, &b, &sim, ha, hb);
+    });
+}
+
+#[test]
+fn lossy_links_skewed_clocks_and_rst_nats_still_connect() {
+    let base = Scenario::new(
+        eim(Filtering::AddressAndPortDependent),
+        Behaviour::new(
+            Mapping::AddressAndPortDependent,
+            Filtering::AddressAndPortDependent,
+        ),
+    );
+    let lossy = LinkConfig {
+        latency: Duration::from_millis(20),
+        jitter: Duration::from_millis(10),
+        loss: 0.2,
+        ..LinkConfig::IDEAL
+    };
+    let cases = [
+        Scenario {
+            link: lossy,
+            ..base.clone()
+        },
+        Scenario {
+            skew_b_ms: 3_500,
+            ..base.clone()
+        },
+        Scenario {
+            skew_b_ms: -7_000,
+            ..base.clone()
+        },
+        Scenario {
+            nat_rst: true,
+            ..base.clone()
+        },
+        Scenario {
+            copies: 4,
+            signal_ms: (5, 300),
+            ..base.clone()
+        },
+        Scenario {
+            glare: true,
+            ..base.clone()
+        },
+    ];
+    for (i, sc) in cases.iter().enumerate() {
+        run_seeds(0..6, |seed| {
+            let (a, b, sim, ha, hb) = punch(seed, sc);
+            assert!(
+                a.connected.is_some() && b.connected.is_some(),
+                "case {i} seed {seed}: {a:?} {b:?}"
+            );
+            assert_connected(seed, &a, &b, &sim, ha, hb);
+        });
+    }
+}
+
+#[test]
+fn slow_signaling_is_too_uncertain_and_fails_typed() {
+    let sc = Scenario {
+        signal_ms: (400, 900),
+        ..Scenario::new(
             eim(Filtering::AddressAndPortDependent),
             eim(Filtering::AddressAndPortDependent),
-            LinkConfig::IDEAL,
-            0,
+        )
+    };
+    run_seeds(0..3, |seed| {
+        let (a, b, sim, ha, hb) = punch(seed, &sc);
+        assert!(
+            matches!(a.failed, Some(PunchFailure::TooUncertain { .. })),
+            "{a:?}"
         );
-        let (_, la, ra) = a.connected.unwrap_or_else(|| panic!("A: {:?}", a.failed));
-        let (_, lb, rb) = b.connected.unwrap_or_else(|| panic!("B: {:?}", b.failed));
-        assert_eq!(ra, SocketAddr::new(NAT_B.into(), lb.port()));
-        assert_eq!(rb, SocketAddr::new(NAT_A.into(), la.port()));
+        assert!(
+            matches!(
+                b.failed,
+                Some(PunchFailure::PeerAborted(AbortReason::TooUncertain))
+                    | Some(PunchFailure::NoOffer)
+            ),
+            "{b:?}"
+        );
+        assert_eq!(a.rounds_failed.len(), 2);
+        assert_eq!(sim.socket_count(ha), 0);
+        assert_eq!(sim.socket_count(hb), 0);
+    });
+}
+
+#[test]
+fn unpredictable_pair_fails_after_every_round_and_closes_everything() {
+    let random = Behaviour::new(
+        Mapping::AddressAndPortDependent,
+        Filtering::AddressAndPortDependent,
+    )
+    .with_allocation(PortAllocation::Random);
+    let sc = Scenario::new(random, random);
+    run_seeds(0..3, |seed| {
+        let (a, b, sim, ha, hb) = punch(seed, &sc);
+        assert!(
+            matches!(a.failed, Some(PunchFailure::NoConnection { .. })),
+            "{a:?}"
+        );
+        assert!(b.failed.is_some(), "{b:?}");
+        assert_eq!(a.rounds_failed.len(), 2);
         assert!(a.closed && b.closed);
-        // Only the winners remain (owned by the caller now).
-        assert_eq!(sim.socket_count(ha), 1, "A");
-        assert_eq!(sim.socket_count(hb), 1, "B");
-        assert_eq!(sim.machine::<Puncher>(ha).poll_timeout(), None);
+        assert_eq!(sim.socket_count(ha), 0);
+        assert_eq!(sim.socket_count(hb), 0);
+        let stats = sim.machine::<Puncher>(ha).stats();
+        assert!(stats.connects >= 3, "{stats:?}");
     });
 }
