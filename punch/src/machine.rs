@@ -625,7 +625,12 @@ impl Puncher {
                 Verdict::Consumed
             }
             Message::Offer { t1, candidates, .. } if self.role == Role::Responder => {
-                if round > self.round && matches!(self.phase, Phase::AwaitingOffer { .. }) {
+                // The initiator moved on to a new round (ours may still be running, or it ended
+                // and we wait for this offer): follow it with fresh sockets.
+                let waiting =
+                    matches!(self.phase, Phase::AwaitingOffer { .. }) && round == self.round;
+                if (round > self.round || waiting) && !matches!(self.phase, Phase::Finished) {
+                    self.close_all_sockets();
                     self.round = round;
                     return self.on_offer(now, t1, candidates);
                 }

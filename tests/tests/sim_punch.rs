@@ -307,6 +307,6 @@ fn unpredictable_pair_fails_after_every_round_and_closes_everything() {
         assert_eq!(sim.socket_count(ha), 0);
         assert_eq!(sim.socket_count(hb), 0);
         let stats = sim.machine::<Puncher>(ha).stats();
-        assert!(stats.connects >= 3, "{stats:?}");
+        assert!(stats.connects >= 3, "{stats:?} {a:?} {b:?}");
     });
 }
