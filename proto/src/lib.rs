@@ -1,9 +1,11 @@
 //! # p2pd-proto
 //!
 //! The base of p2pd-rs: the **machine contract** every protocol machine follows, the **STUN codec**,
-//! the **STUN client** machine (transactions with RFC 5389 retransmission) and the **RFC 5780 STUN
-//! server** machine. Nothing here does I/O, reads a clock, spawns a thread or uses a global RNG: the
-//! caller owns sockets, time and the loop.
+//! the **STUN client** machine (transactions with RFC 5389 retransmission), the **RFC 5780 STUN
+//! server** machine (UDP, and STUN over TCP on its primary address) and the **STUN-over-TCP
+//! binding** machine ([`client_tcp::TcpBinding`]) that learns a NAT's TCP mapping for a local port.
+//! Nothing here does I/O, reads a clock, spawns a thread or uses a global RNG: the caller owns
+//! sockets, time and the loop.
 //!
 //! ## The driving loop
 //!
@@ -78,6 +80,7 @@
 #![warn(missing_docs)]
 
 pub mod client;
+pub mod client_tcp;
 pub mod machine;
 pub mod rng;
 pub mod server;

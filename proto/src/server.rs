@@ -11,8 +11,25 @@
 //! Responses are never longer than [`MAX_RESPONSE_LEN`] bytes, and handling a request allocates
 //! nothing: requests become small fixed-size records in a queue allocated up front, and each response is
 //! encoded straight into the caller's transmit buffer.
+//!
+//! ## STUN over TCP
+//!
+//! With [`ServerConfig::with_tcp`] the server also listens on TCP on the primary address (RFC 5389
+//! §7.2.2): messages on a stream, framed by the header's length field. It binds
+//! [`TCP_LISTENER`], listens, and keeps one [`SocketOp::Accept`] outstanding per free connection
+//! slot ([`ServerConfig::max_tcp_connections`]); accepted streams are named
+//! `SocketId(TCP_CONNECTION_BASE + slot)` and fed to [`StunServer::handle_stream`] in chunks of any
+//! size. Each Binding request is answered on its stream, RESPONSE-ORIGIN being the connection's
+//! local address; OTHER-ADDRESS is never sent over TCP, RESPONSE-PORT is ignored, and a
+//! CHANGE-REQUEST asking for any change gets error 420 (a stream cannot be answered from another
+//! address). Bytes that cannot start a STUN message, or a message longer than
+//! [`MAX_TCP_MESSAGE_LEN`], close that connection; a well-framed message that does not decode is
+//! dropped and counted. A connection idle for [`ServerConfig::tcp_idle_timeout`] is closed; each
+//! accepted socket gets exactly one close intent. The connection buffers are allocated when the
+//! server is built, so TCP requests allocate nothing either.
 
 use core::net::{IpAddr, SocketAddr};
+use core::time::Duration;
 use std::collections::VecDeque;
 
 use crate::machine::{
@@ -23,6 +40,11 @@ use crate::stun::{
     self, attr, AttrTypes, Attribute, Class, ErrorCode, Header, Message, MessageWriter, Method,
 };
 use crate::time::Instant;
+
+mod tcp;
+
+use tcp::{connection_id, slot_index, Frame, Listener, SlotState, TcpSide, ACCEPT_RETRY};
+pub use tcp::{MAX_TCP_CONNECTIONS, MAX_TCP_MESSAGE_LEN, TCP_CONNECTION_BASE, TCP_LISTENER};
 
 /// The longest response the server sends (IPv6 with every attribute and the longest SOFTWARE).
 pub const MAX_RESPONSE_LEN: usize = 200;
@@ -97,6 +119,15 @@ pub struct ServerConfig {
     pub queue_capacity: usize,
     /// Options for every bind.
     pub bind_options: BindOptions,
+    /// Also serve STUN over TCP on the primary address (see the module docs).
+    pub tcp: bool,
+    /// Most TCP connections held at once (1 to [`MAX_TCP_CONNECTIONS`]); the server asks for one
+    /// accepted connection per free slot.
+    pub max_tcp_connections: usize,
+    /// A TCP connection that sends nothing for this long is closed.
+    pub tcp_idle_timeout: Duration,
+    /// The TCP listen backlog.
+    pub tcp_backlog: u32,
 }
 
 impl ServerConfig {
@@ -109,7 +140,17 @@ impl ServerConfig {
             software: Some("p2pd-rs"),
             queue_capacity: 256,
             bind_options: BindOptions::default(),
+            tcp: false,
+            max_tcp_connections: 64,
+            tcp_idle_timeout: Duration::from_secs(120),
+            tcp_backlog: 128,
         }
+    }
+
+    /// The same configuration, serving STUN over TCP on the primary address too (or not).
+    pub fn with_tcp(mut self, tcp: bool) -> Self {
+        self.tcp = tcp;
+        self
     }
 
     /// A full RFC 5780 server on `primary` plus an alternate IP and port.
@@ -149,6 +190,8 @@ pub enum ConfigError {
     SoftwareTooLong,
     /// `queue_capacity` is 0.
     ZeroQueue,
+    /// TCP is on and `max_tcp_connections` is 0 or above [`MAX_TCP_CONNECTIONS`].
+    BadConnectionLimit,
 }
 
 impl core::fmt::Display for ConfigError {
@@ -175,6 +218,18 @@ pub enum ServerEvent {
         /// Why.
         error: IoError,
     },
+    /// The TCP listener is bound and listening on `local`.
+    TcpListening {
+        /// Its local address.
+        local: SocketAddr,
+    },
+    /// The TCP listener could not be bound or could not listen; the server works without TCP.
+    TcpFailed {
+        /// Which step failed.
+        op: OpKind,
+        /// Why.
+        error: IoError,
+    },
     /// The server is closed; every socket has had its close intent. The last event.
     Closed,
 }
@@ -196,6 +251,14 @@ pub struct ServerStats {
     pub not_requests: u64,
     /// Sends the runtime reported as failed.
     pub send_failures: u64,
+    /// TCP connections accepted.
+    pub tcp_accepted: u64,
+    /// TCP connections closed by the server (each exactly once).
+    pub tcp_closed: u64,
+    /// TCP connections closed because their bytes could not be framed as STUN.
+    pub tcp_bad_frames: u64,
+    /// TCP connections closed for idleness.
+    pub tcp_idle_closed: u64,
 }
 
 #[derive(Copy, Clone, Debug)]
@@ -220,6 +283,8 @@ struct Pending {
     client: SocketAddr,
     destination: SocketAddr,
     reply: Reply,
+    /// The TCP connection slot the request came on (`None`: UDP).
+    stream: Option<usize>,
 }
 
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
@@ -238,6 +303,8 @@ pub struct StunServer {
     queue: VecDeque<Pending>,
     ops: VecDeque<SocketOp>,
     events: VecDeque<ServerEvent>,
+    tcp: TcpSide,
+    timeout: Option<Instant>,
     closed: bool,
     stats: ServerStats,
 }
@@ -264,8 +331,20 @@ impl StunServer {
         if config.queue_capacity == 0 {
             return Err(ConfigError::ZeroQueue);
         }
+        if config.tcp
+            && (config.max_tcp_connections == 0 || config.max_tcp_connections > MAX_TCP_CONNECTIONS)
+        {
+            return Err(ConfigError::BadConnectionLimit);
+        }
         let mut sockets = [SocketState::Absent; 4];
-        let mut ops = VecDeque::with_capacity(8);
+        // Room for every bind, and for a close and an accept per connection slot: serving never
+        // grows the queue.
+        let tcp_slots = if config.tcp {
+            config.max_tcp_connections
+        } else {
+            0
+        };
+        let mut ops = VecDeque::with_capacity(tcp_slots.saturating_mul(2).saturating_add(8));
         for role in Role::ALL {
             if let Some(local) = config.role_addr(role) {
                 if let Some(s) = sockets.get_mut(role.index()) {
@@ -279,12 +358,23 @@ impl StunServer {
                 });
             }
         }
+        let tcp = TcpSide::new(tcp_slots);
+        if config.tcp {
+            ops.push_back(SocketOp::Bind {
+                socket: TCP_LISTENER,
+                transport: Transport::Tcp,
+                local: config.primary,
+                options: config.bind_options,
+            });
+        }
         Ok(StunServer {
             queue: VecDeque::with_capacity(config.queue_capacity),
             config,
             sockets,
             ops,
             events: VecDeque::with_capacity(8),
+            tcp,
+            timeout: None,
             closed: false,
             stats: ServerStats::default(),
         })
@@ -355,8 +445,39 @@ impl StunServer {
                 *state = SocketState::Absent;
             }
         }
+        for index in 0..self.tcp.slots.len() {
+            if let Some(slot) = self.tcp.slots.get_mut(index) {
+                if slot.is_open() {
+                    self.ops.push_back(SocketOp::Close {
+                        socket: connection_id(index),
+                    });
+                    self.stats.tcp_closed = self.stats.tcp_closed.saturating_add(1);
+                }
+                slot.reset();
+            }
+        }
+        if matches!(self.tcp.listener, Listener::Binding | Listener::Bound(_)) {
+            self.ops.push_back(SocketOp::Close {
+                socket: TCP_LISTENER,
+            });
+        }
+        self.tcp.listener = Listener::Absent;
+        self.timeout = None;
         self.queue.clear();
         self.events.push_back(ServerEvent::Closed);
+    }
+
+    /// How many TCP connections are open.
+    pub fn tcp_connections(&self) -> usize {
+        self.tcp.open_count()
+    }
+
+    /// The TCP listener's bound address, once bound.
+    pub fn tcp_local_addr(&self) -> Option<SocketAddr> {
+        match self.tcp.listener {
+            Listener::Bound(a) => Some(a),
+            _ => None,
+        }
     }
 
     /// Handles a datagram received on `socket` from `from`.
@@ -384,21 +505,100 @@ impl StunServer {
                 return Verdict::Dropped(DropReason::Malformed(e));
             }
         };
+        match self.pending_for(&msg, received_on, from, None) {
+            Ok(pending) => self.enqueue(pending),
+            Err(verdict) => verdict,
+        }
+    }
+
+    /// Handles bytes on an accepted TCP connection: any number of messages, split anywhere.
+    pub fn handle_stream(&mut self, now: Instant, socket: SocketId, data: &[u8]) -> Verdict {
+        if self.closed {
+            return Verdict::Dropped(DropReason::Closed);
+        }
+        let Some(index) = self.tcp.open_index(socket) else {
+            return Verdict::Dropped(DropReason::UnknownSocket);
+        };
+        let idle = self.config.tcp_idle_timeout;
+        let mut verdict = Verdict::Consumed;
+        let mut rest = data;
+        while let Some(slot) = self.tcp.slots.get_mut(index) {
+            if let SlotState::Open { idle_deadline, .. } = &mut slot.state {
+                *idle_deadline = now.saturating_add(idle);
+            }
+            let before = rest.len();
+            rest = slot.fill(rest);
+            let stuck = !rest.is_empty() && rest.len() == before;
+            // Answer every whole message held.
+            while let Some(slot) = self.tcp.slots.get(index) {
+                let total = match slot.frame() {
+                    Frame::Partial => break,
+                    Frame::Bad(e) => {
+                        self.stats.tcp_bad_frames = self.stats.tcp_bad_frames.saturating_add(1);
+                        self.close_connection(now, index);
+                        self.refresh_timeout();
+                        return Verdict::Dropped(DropReason::Malformed(e));
+                    }
+                    Frame::Complete(total) => total,
+                };
+                let SlotState::Open { remote, .. } = slot.state else {
+                    break;
+                };
+                // The message leaves the slot's buffer for the stack, so the slot can be updated
+                // while it is answered.
+                let mut scratch = [0u8; MAX_TCP_MESSAGE_LEN];
+                let (Some(dst), Some(src)) = (scratch.get_mut(..total), slot.held().get(..total))
+                else {
+                    break;
+                };
+                dst.copy_from_slice(src);
+                let outcome = match Message::decode(dst) {
+                    Ok(msg) => self.pending_for(&msg, Role::Primary, remote, Some(index)),
+                    Err(e) => {
+                        self.stats.malformed = self.stats.malformed.saturating_add(1);
+                        Err(Verdict::Dropped(DropReason::Malformed(e)))
+                    }
+                };
+                verdict = match outcome {
+                    Ok(pending) => self.enqueue(pending),
+                    Err(v) => v,
+                };
+                if let Some(slot) = self.tcp.slots.get_mut(index) {
+                    slot.consume(total);
+                }
+            }
+            if rest.is_empty() || stuck {
+                break;
+            }
+        }
+        self.refresh_timeout();
+        verdict
+    }
+
+    /// The response record for a decoded request received on `received_on` (or on TCP connection
+    /// `stream`) from `from`, or the verdict for a message that gets no response.
+    fn pending_for(
+        &mut self,
+        msg: &Message<'_>,
+        received_on: Role,
+        from: SocketAddr,
+        stream: Option<usize>,
+    ) -> Result<Pending, Verdict> {
         match msg.class() {
             Class::Request => {}
             Class::Indication => {
                 // Binding indications are keep-alives: consumed, never answered.
                 self.stats.not_requests = self.stats.not_requests.saturating_add(1);
-                return Verdict::Consumed;
+                return Err(Verdict::Consumed);
             }
             Class::Success | Class::Error => {
                 self.stats.not_requests = self.stats.not_requests.saturating_add(1);
-                return Verdict::NotMine;
+                return Err(Verdict::NotMine);
             }
         }
         if self.queue.len() >= self.config.queue_capacity {
             self.stats.queue_full = self.stats.queue_full.saturating_add(1);
-            return Verdict::Dropped(DropReason::QueueFull);
+            return Err(Verdict::Dropped(DropReason::QueueFull));
         }
         self.stats.requests = self.stats.requests.saturating_add(1);
         let header = Header {
@@ -412,6 +612,7 @@ impl StunServer {
             client: from,
             destination: from,
             reply: Reply::Success,
+            stream,
         };
         if msg.method() != Method::BINDING {
             pending.reply = error_reply(400, &[]);
@@ -419,6 +620,11 @@ impl StunServer {
             let mut unknown = [0u16; MAX_UNKNOWN];
             let n = msg.collect_unknown(&mut unknown);
             pending.reply = error_reply(420, unknown.get(..n).unwrap_or(&[]));
+        } else if stream.is_some() {
+            // A stream is answered on itself: no change can be honoured, RESPONSE-PORT is moot.
+            if msg.change_request().is_some_and(|c| c.any()) {
+                pending.reply = error_reply(420, &[attr::CHANGE_REQUEST]);
+            }
         } else {
             if let Some(port) = msg.response_port() {
                 pending.destination.set_port(port);
@@ -441,17 +647,26 @@ impl StunServer {
             pending.answer_from = received_on;
             pending.destination = from;
         }
+        Ok(pending)
+    }
+
+    fn enqueue(&mut self, pending: Pending) -> Verdict {
         self.queue.push_back(pending);
         Verdict::Consumed
     }
 
     /// Handles the answer to a bind intent or a send failure.
-    pub fn handle_socket_result(
-        &mut self,
-        _now: Instant,
-        socket: SocketId,
-        outcome: SocketOutcome,
-    ) {
+    pub fn handle_socket_result(&mut self, now: Instant, socket: SocketId, outcome: SocketOutcome) {
+        if socket == TCP_LISTENER {
+            self.listener_result(now, outcome);
+            self.refresh_timeout();
+            return;
+        }
+        if let Some(index) = slot_index(socket).filter(|i| *i < self.tcp.slots.len()) {
+            self.connection_result(now, index, socket, outcome);
+            self.refresh_timeout();
+            return;
+        }
         let Some(role) = self.role_of(socket) else {
             return;
         };
@@ -482,15 +697,162 @@ impl StunServer {
         }
     }
 
-    /// The server has no timers.
-    pub fn handle_timeout(&mut self, _now: Instant) {}
+    fn listener_result(&mut self, now: Instant, outcome: SocketOutcome) {
+        match outcome {
+            SocketOutcome::Bound { local } if self.tcp.listener == Listener::Binding => {
+                self.tcp.listener = Listener::Bound(local);
+                self.ops.push_back(SocketOp::Listen {
+                    socket: TCP_LISTENER,
+                    backlog: self.config.tcp_backlog,
+                });
+                self.events.push_back(ServerEvent::TcpListening { local });
+                self.accept_idle_slots(now);
+            }
+            SocketOutcome::Failed {
+                op: op @ (OpKind::Bind | OpKind::Listen),
+                error,
+                ..
+            } if matches!(self.tcp.listener, Listener::Binding | Listener::Bound(_)) => {
+                if op == OpKind::Listen {
+                    // The socket exists (it was bound): it still needs its one close.
+                    self.ops.push_back(SocketOp::Close {
+                        socket: TCP_LISTENER,
+                    });
+                }
+                self.tcp.listener = Listener::Failed;
+                for index in 0..self.tcp.slots.len() {
+                    if let Some(slot) = self.tcp.slots.get_mut(index) {
+                        if !slot.is_open() {
+                            slot.reset();
+                        }
+                    }
+                }
+                self.events.push_back(ServerEvent::TcpFailed { op, error });
+            }
+            _ => {}
+        }
+    }
+
+    fn connection_result(
+        &mut self,
+        now: Instant,
+        index: usize,
+        socket: SocketId,
+        outcome: SocketOutcome,
+    ) {
+        let Some(slot) = self.tcp.slots.get_mut(index) else {
+            return;
+        };
+        match outcome {
+            SocketOutcome::Accepted { local, remote } => {
+                if slot.state == SlotState::Accepting && !self.closed {
+                    slot.open(
+                        local,
+                        remote,
+                        now.saturating_add(self.config.tcp_idle_timeout),
+                    );
+                    self.stats.tcp_accepted = self.stats.tcp_accepted.saturating_add(1);
+                } else if !slot.is_open() {
+                    // A stream we did not (or no longer) wait for is still ours to close, once.
+                    self.ops.push_back(SocketOp::Close { socket });
+                }
+            }
+            SocketOutcome::Failed {
+                op: OpKind::Accept, ..
+            } if slot.state == SlotState::Accepting => {
+                slot.state = SlotState::Idle {
+                    retry_at: Some(now.saturating_add(ACCEPT_RETRY)),
+                };
+            }
+            SocketOutcome::PeerClosed | SocketOutcome::Failed { .. } if slot.is_open() => {
+                if matches!(
+                    outcome,
+                    SocketOutcome::Failed {
+                        op: OpKind::Send,
+                        ..
+                    }
+                ) {
+                    self.stats.send_failures = self.stats.send_failures.saturating_add(1);
+                }
+                self.close_connection(now, index);
+            }
+            _ => {}
+        }
+    }
+
+    /// Closes idle TCP connections and retries failed accepts (UDP needs no timers).
+    pub fn handle_timeout(&mut self, now: Instant) {
+        if self.closed {
+            return;
+        }
+        for index in 0..self.tcp.slots.len() {
+            if let Some(slot) = self.tcp.slots.get(index) {
+                if let SlotState::Open { idle_deadline, .. } = slot.state {
+                    if now >= idle_deadline {
+                        self.stats.tcp_idle_closed = self.stats.tcp_idle_closed.saturating_add(1);
+                        self.close_connection(now, index);
+                    }
+                }
+            }
+        }
+        self.accept_idle_slots(now);
+        self.refresh_timeout();
+    }
+
+    /// Asks for a connection for every idle slot whose retry time has come.
+    fn accept_idle_slots(&mut self, now: Instant) {
+        if self.closed || !matches!(self.tcp.listener, Listener::Bound(_)) {
+            return;
+        }
+        for (index, slot) in self.tcp.slots.iter_mut().enumerate() {
+            if let SlotState::Idle { retry_at } = slot.state {
+                if retry_at.is_none_or(|t| now >= t) {
+                    slot.state = SlotState::Accepting;
+                    self.ops.push_back(SocketOp::Accept {
+                        listener: TCP_LISTENER,
+                        socket: connection_id(index),
+                    });
+                }
+            }
+        }
+    }
+
+    /// Closes an open connection (its one close intent), drops its queued responses and frees its
+    /// slot for the next accept.
+    fn close_connection(&mut self, now: Instant, index: usize) {
+        let Some(slot) = self.tcp.slots.get_mut(index) else {
+            return;
+        };
+        if !slot.is_open() {
+            return;
+        }
+        slot.reset();
+        self.ops.push_back(SocketOp::Close {
+            socket: connection_id(index),
+        });
+        self.stats.tcp_closed = self.stats.tcp_closed.saturating_add(1);
+        // A response still queued for this stream must not reach the next connection in the slot.
+        self.queue.retain(|p| p.stream != Some(index));
+        self.accept_idle_slots(now);
+    }
+
+    fn refresh_timeout(&mut self) {
+        self.timeout = if self.closed {
+            None
+        } else {
+            self.tcp.next_deadline()
+        };
+    }
 
     /// Encodes the next response into `buf`.
     pub fn poll_transmit(&mut self, buf: &mut [u8]) -> Option<Transmit> {
         while let Some(p) = self.queue.pop_front() {
-            if !self.available(p.answer_from) {
-                continue;
-            }
+            let socket = match p.stream {
+                Some(index) if self.tcp.local(index).is_some() => connection_id(index),
+                Some(_) => continue,
+                None if self.available(p.answer_from) => p.answer_from.socket(),
+                None => continue,
+            };
             let Some(len) = self.encode(&p, buf) else {
                 continue;
             };
@@ -501,7 +863,7 @@ impl StunServer {
                 }
             }
             return Some(Transmit {
-                socket: p.answer_from.socket(),
+                socket,
                 destination: p.destination,
                 len,
             });
@@ -515,8 +877,13 @@ impl StunServer {
         let mut w = MessageWriter::new(buf, p.header).ok()?;
         match p.reply {
             Reply::Success => {
-                let origin = self.local_addr(p.answer_from)?;
-                let other = self.other_address(p.received_on);
+                let (origin, other) = match p.stream {
+                    Some(index) => (self.tcp.local(index)?, None),
+                    None => (
+                        self.local_addr(p.answer_from)?,
+                        self.other_address(p.received_on),
+                    ),
+                };
                 if legacy {
                     w.add(&Attribute::MappedAddress(p.client)).ok()?;
                     w.add(&Attribute::SourceAddress(origin)).ok()?;
@@ -568,9 +935,9 @@ impl StunServer {
         self.events.pop_front()
     }
 
-    /// The server has no timers: always `None`.
+    /// The next TCP deadline (idle connection, accept retry); `None` without TCP. O(1).
     pub fn poll_timeout(&self) -> Option<Instant> {
-        None
+        self.timeout
     }
 }
 
@@ -596,4 +963,4 @@ fn reason_phrase(code: u16) -> &'static str {
     }
 }
 
-crate::impl_machine!(StunServer, ServerEvent);
+crate::impl_machine!(StunServer, ServerEvent, stream);

@@ -473,3 +473,63 @@ fn no_heap_allocation_per_request() {
     assert_eq!(answered, 10_000);
     assert_eq!(ALLOCS.with(|a| a.get()), 0, "allocations while serving");
 }
+
+#[test]
+fn no_heap_allocation_per_tcp_request() {
+    use p2pd_proto::server::TCP_LISTENER;
+    let mut cfg = ServerConfig::single(addr(P)).with_tcp(true);
+    cfg.max_tcp_connections = 4;
+    let mut s = StunServer::new(cfg).unwrap();
+    let mut accepts = Vec::new();
+    for _ in 0..3 {
+        while let Some(op) = s.poll_socket_op() {
+            match op {
+                SocketOp::Bind { socket, local, .. } => {
+                    s.handle_socket_result(Instant::ZERO, socket, SocketOutcome::Bound { local })
+                }
+                SocketOp::Accept { socket, .. } => accepts.push(socket),
+                _ => {}
+            }
+        }
+    }
+    let client = addr(CLIENT);
+    let accepted = SocketOutcome::Accepted {
+        local: addr(P),
+        remote: client,
+    };
+    for socket in &accepts {
+        s.handle_socket_result(Instant::ZERO, *socket, accepted);
+    }
+    let mut stream = request(false, &[]);
+    stream.extend(request(
+        false,
+        &[Attribute::ChangeRequest(ChangeRequest::BOTH)],
+    ));
+    let mut buf = [0u8; TRANSMIT_BUFFER_LEN];
+    ALLOCS.with(|a| a.set(0));
+    COUNTING.with(|c| c.set(true));
+    let mut answered = 0;
+    for i in 0..5_000usize {
+        let socket = accepts[i % accepts.len()];
+        // Split the two requests at a moving offset.
+        let cut = i % stream.len();
+        let _ = s.handle_stream(Instant::ZERO, socket, &stream[..cut]);
+        let _ = s.handle_stream(Instant::ZERO, socket, &stream[cut..]);
+        while s.poll_transmit(&mut buf).is_some() {
+            answered += 1;
+        }
+        // Recycle a connection now and then: close, re-accept.
+        if i % 100 == 0 {
+            s.handle_socket_result(Instant::ZERO, socket, SocketOutcome::PeerClosed);
+            while let Some(op) = s.poll_socket_op() {
+                if let SocketOp::Accept { socket, listener } = op {
+                    assert_eq!(listener, TCP_LISTENER);
+                    s.handle_socket_result(Instant::ZERO, socket, accepted);
+                }
+            }
+        }
+    }
+    COUNTING.with(|c| c.set(false));
+    assert_eq!(answered, 10_000);
+    assert_eq!(ALLOCS.with(|a| a.get()), 0, "allocations while serving TCP");
+}

@@ -1,0 +1,521 @@
+//! The STUN server over TCP: listener, accept slots, framing at every split, answers on the stream,
+//! bad framing, idle timeout, closes exactly once, bounds.
+
+use core::net::SocketAddr;
+use core::time::Duration;
+use std::collections::BTreeMap;
+
+use p2pd_proto::server::{
+    ConfigError, Role, ServerConfig, ServerEvent, StunServer, MAX_RESPONSE_LEN,
+    MAX_TCP_MESSAGE_LEN, TCP_CONNECTION_BASE, TCP_LISTENER,
+};
+use p2pd_proto::stun::{
+    attr, AttrKind, Attribute, ChangeRequest, Class, Header, Message, MessageWriter, Method,
+    TransactionId,
+};
+use p2pd_proto::{
+    DropReason, Instant, IoError, OpKind, SocketId, SocketOp, SocketOutcome, Transport, Verdict,
+    TRANSMIT_BUFFER_LEN,
+};
+
+fn addr(s: &str) -> SocketAddr {
+    s.parse().unwrap()
+}
+
+const P: &str = "192.0.2.1:3478";
+const CLIENT: &str = "203.0.113.9:40000";
+
+fn conn(i: u32) -> SocketId {
+    SocketId(TCP_CONNECTION_BASE + i)
+}
+
+/// Every op the server has queued.
+fn ops(s: &mut StunServer) -> Vec<SocketOp> {
+    std::iter::from_fn(|| s.poll_socket_op()).collect()
+}
+
+fn events(s: &mut StunServer) -> Vec<ServerEvent> {
+    std::iter::from_fn(|| s.poll_event()).collect()
+}
+
+/// A TCP server with every bind answered; returns it with the accept intents it asked for.
+fn tcp_server(config: ServerConfig) -> (StunServer, Vec<SocketId>) {
+    let mut s = StunServer::new(config.with_tcp(true)).unwrap();
+    let mut accepts = Vec::new();
+    let mut pending = ops(&mut s);
+    while !pending.is_empty() {
+        for op in pending {
+            match op {
+                SocketOp::Bind { socket, local, .. } => {
+                    s.handle_socket_result(Instant::ZERO, socket, SocketOutcome::Bound { local })
+                }
+                SocketOp::Listen { socket, .. } => assert_eq!(socket, TCP_LISTENER),
+                SocketOp::Accept { listener, socket } => {
+                    assert_eq!(listener, TCP_LISTENER);
+                    accepts.push(socket);
+                }
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        pending = ops(&mut s);
+    }
+    (s, accepts)
+}
+
+fn small(max: usize) -> ServerConfig {
+    let mut c = ServerConfig::single(addr(P));
+    c.max_tcp_connections = max;
+    c
+}
+
+fn accept(s: &mut StunServer, socket: SocketId, now: Instant) {
+    s.handle_socket_result(
+        now,
+        socket,
+        SocketOutcome::Accepted {
+            local: addr(P),
+            remote: addr(CLIENT),
+        },
+    );
+}
+
+fn request(id: u8, attrs: &[Attribute<'_>]) -> Vec<u8> {
+    let header = Header::new(
+        Class::Request,
+        Method::BINDING,
+        TransactionId::new([id; 12]),
+    );
+    let mut buf = [0u8; 512];
+    let mut w = MessageWriter::new(&mut buf, header).unwrap();
+    for a in attrs {
+        w.add(a).unwrap();
+    }
+    w.add_fingerprint().unwrap();
+    let n = w.finish();
+    buf[..n].to_vec()
+}
+
+/// Every transmit the server has queued: (socket, destination, bytes).
+fn transmits(s: &mut StunServer) -> Vec<(SocketId, SocketAddr, Vec<u8>)> {
+    let mut buf = [0u8; TRANSMIT_BUFFER_LEN];
+    std::iter::from_fn(|| {
+        let t = s.poll_transmit(&mut buf)?;
+        assert!(t.len <= MAX_RESPONSE_LEN);
+        Some((t.socket, t.destination, buf[..t.len].to_vec()))
+    })
+    .collect()
+}
+
+fn closes(ops: &[SocketOp]) -> Vec<SocketId> {
+    ops.iter()
+        .filter_map(|op| match op {
+            SocketOp::Close { socket } => Some(*socket),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn tcp_binds_listens_and_accepts_one_per_slot() {
+    let mut s = StunServer::new(small(3).with_tcp(true)).unwrap();
+    let first = ops(&mut s);
+    assert!(first.contains(&SocketOp::Bind {
+        socket: TCP_LISTENER,
+        transport: Transport::Tcp,
+        local: addr(P),
+        options: Default::default(),
+    }));
+    s.handle_socket_result(
+        Instant::ZERO,
+        TCP_LISTENER,
+        SocketOutcome::Bound { local: addr(P) },
+    );
+    let next = ops(&mut s);
+    assert_eq!(
+        next[0],
+        SocketOp::Listen {
+            socket: TCP_LISTENER,
+            backlog: 128
+        }
+    );
+    assert_eq!(
+        next[1..].to_vec(),
+        (0..3)
+            .map(|i| SocketOp::Accept {
+                listener: TCP_LISTENER,
+                socket: conn(i)
+            })
+            .collect::<Vec<_>>()
+    );
+    assert_eq!(
+        events(&mut s),
+        vec![ServerEvent::TcpListening { local: addr(P) }]
+    );
+    assert_eq!(s.tcp_local_addr(), Some(addr(P)));
+    // Without TCP nothing of the sort happens, and there is no timer.
+    let mut udp = StunServer::new(ServerConfig::single(addr(P))).unwrap();
+    assert!(ops(&mut udp).iter().all(|op| matches!(
+        op,
+        SocketOp::Bind {
+            transport: Transport::Udp,
+            ..
+        }
+    )));
+    assert_eq!(udp.poll_timeout(), None);
+}
+
+#[test]
+fn connection_limit_is_validated() {
+    for bad in [0, p2pd_proto::server::MAX_TCP_CONNECTIONS + 1] {
+        let err = StunServer::new(small(bad).with_tcp(true)).unwrap_err();
+        assert_eq!(err, ConfigError::BadConnectionLimit);
+        // Irrelevant without TCP.
+        assert!(StunServer::new(small(bad)).is_ok());
+    }
+}
+
+#[test]
+fn a_request_split_anywhere_is_answered_on_its_stream() {
+    let req = request(1, &[Attribute::Software("split test")]);
+    for split in 0..=req.len() {
+        for split2 in split..=req.len() {
+            // A full RFC 5780 server: OTHER-ADDRESS must still not appear over TCP.
+            let cfg = ServerConfig::rfc5780(addr(P), "192.0.2.2".parse().unwrap(), 3479);
+            let (mut s, accepts) = tcp_server(cfg);
+            accept(&mut s, accepts[0], Instant::ZERO);
+            for part in [&req[..split], &req[split..split2], &req[split2..]] {
+                assert_eq!(
+                    s.handle_stream(Instant::ZERO, accepts[0], part),
+                    Verdict::Consumed
+                );
+            }
+            let out = transmits(&mut s);
+            assert_eq!(out.len(), 1, "split {split}/{split2}");
+            let (socket, dst, bytes) = &out[0];
+            assert_eq!(*socket, accepts[0]);
+            assert_eq!(*dst, addr(CLIENT));
+            let m = Message::decode(bytes).unwrap();
+            assert_eq!(m.class(), Class::Success);
+            assert_eq!(m.transaction_id(), TransactionId::new([1; 12]));
+            assert_eq!(m.xor_mapped_address(), Some(addr(CLIENT)));
+            assert_eq!(m.response_origin(), Some(addr(P)));
+            assert_eq!(m.other_address(), None);
+            assert!(m.has_fingerprint());
+        }
+    }
+}
+
+#[test]
+fn several_requests_in_one_chunk_get_one_answer_each_in_order() {
+    let (mut s, accepts) = tcp_server(small(4));
+    accept(&mut s, accepts[2], Instant::ZERO);
+    let mut chunk = Vec::new();
+    for id in 1..=5 {
+        chunk.extend(request(id, &[]));
+    }
+    // And half of a sixth.
+    let sixth = request(6, &[]);
+    chunk.extend(&sixth[..10]);
+    assert_eq!(
+        s.handle_stream(Instant::ZERO, accepts[2], &chunk),
+        Verdict::Consumed
+    );
+    let out = transmits(&mut s);
+    let ids: Vec<u8> = out
+        .iter()
+        .map(|(sock, _, b)| {
+            assert_eq!(*sock, accepts[2]);
+            Message::decode(b).unwrap().transaction_id().as_bytes()[0]
+        })
+        .collect();
+    assert_eq!(ids, vec![1, 2, 3, 4, 5]);
+    let _ = s.handle_stream(Instant::ZERO, accepts[2], &sixth[10..]);
+    assert_eq!(transmits(&mut s).len(), 1);
+    assert_eq!(s.stats().requests, 6);
+}
+
+#[test]
+fn a_chunk_longer_than_the_buffer_is_reassembled() {
+    let (mut s, accepts) = tcp_server(small(1));
+    accept(&mut s, accepts[0], Instant::ZERO);
+    let mut chunk = Vec::new();
+    let mut n = 0;
+    while chunk.len() < 4 * MAX_TCP_MESSAGE_LEN {
+        chunk.extend(request(
+            n as u8,
+            &[Attribute::Software("a longer request body")],
+        ));
+        n += 1;
+    }
+    let _ = s.handle_stream(Instant::ZERO, accepts[0], &chunk);
+    assert_eq!(transmits(&mut s).len(), n);
+}
+
+#[test]
+fn change_requests_over_tcp_get_420_and_response_port_is_ignored() {
+    let cfg = ServerConfig::rfc5780(addr(P), "192.0.2.2".parse().unwrap(), 3479);
+    let (mut s, accepts) = tcp_server(cfg);
+    accept(&mut s, accepts[0], Instant::ZERO);
+    for change in [ChangeRequest::PORT, ChangeRequest::IP, ChangeRequest::BOTH] {
+        let _ = s.handle_stream(
+            Instant::ZERO,
+            accepts[0],
+            &request(2, &[Attribute::ChangeRequest(change)]),
+        );
+        let out = transmits(&mut s);
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].0, accepts[0]);
+        let m = Message::decode(&out[0].2).unwrap();
+        assert_eq!(m.class(), Class::Error);
+        assert_eq!(m.error_code().unwrap().code, 420);
+        let Some(Attribute::UnknownAttributes(list)) = m.get(AttrKind::UnknownAttributes) else {
+            panic!("no UNKNOWN-ATTRIBUTES")
+        };
+        assert_eq!(list.iter().collect::<Vec<_>>(), vec![attr::CHANGE_REQUEST]);
+    }
+    for attrs in [
+        vec![Attribute::ChangeRequest(ChangeRequest::NONE)],
+        vec![Attribute::ResponsePort(9)],
+    ] {
+        let _ = s.handle_stream(Instant::ZERO, accepts[0], &request(3, &attrs));
+        let out = transmits(&mut s);
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].0, accepts[0]);
+        assert_eq!(out[0].1, addr(CLIENT));
+        assert_eq!(Message::decode(&out[0].2).unwrap().class(), Class::Success);
+    }
+    // The connection is still open after the errors.
+    assert_eq!(s.tcp_connections(), 1);
+}
+
+#[test]
+fn bad_framing_closes_only_that_connection_once() {
+    for garbage in [
+        vec![0xFFu8; 20], // not STUN
+        {
+            let mut r = request(1, &[]);
+            r[3] = 0x02; // unaligned length
+            r
+        },
+        {
+            let mut r = request(1, &[]);
+            r[2] = 0x08; // announces 2048 + 20 bytes: longer than the buffer
+            r
+        },
+    ] {
+        let (mut s, accepts) = tcp_server(small(2));
+        accept(&mut s, accepts[0], Instant::ZERO);
+        accept(&mut s, accepts[1], Instant::ZERO);
+        let v = s.handle_stream(Instant::ZERO, accepts[0], &garbage);
+        assert!(
+            matches!(v, Verdict::Dropped(DropReason::Malformed(_))),
+            "{v:?}"
+        );
+        let after = ops(&mut s);
+        assert_eq!(closes(&after), vec![accepts[0]]);
+        // The slot asks for the next connection.
+        assert!(after.contains(&SocketOp::Accept {
+            listener: TCP_LISTENER,
+            socket: accepts[0]
+        }));
+        assert_eq!(s.stats().tcp_bad_frames, 1);
+        assert_eq!(s.tcp_connections(), 1);
+        // More bytes on the closed id are refused; the other connection still works.
+        assert_eq!(
+            s.handle_stream(Instant::ZERO, accepts[0], &request(1, &[])),
+            Verdict::Dropped(DropReason::UnknownSocket)
+        );
+        let _ = s.handle_stream(Instant::ZERO, accepts[1], &request(1, &[]));
+        assert_eq!(transmits(&mut s).len(), 1);
+        // Its peer closing does not close it again.
+        s.handle_socket_result(Instant::ZERO, accepts[0], SocketOutcome::PeerClosed);
+        assert!(closes(&ops(&mut s)).is_empty());
+    }
+}
+
+#[test]
+fn a_well_framed_bad_message_is_dropped_and_the_stream_goes_on() {
+    let (mut s, accepts) = tcp_server(small(1));
+    accept(&mut s, accepts[0], Instant::ZERO);
+    let mut bad = request(1, &[]);
+    let last = bad.len() - 1;
+    bad[last] ^= 1; // FINGERPRINT mismatch
+    bad.extend(request(2, &[]));
+    let _ = s.handle_stream(Instant::ZERO, accepts[0], &bad);
+    let out = transmits(&mut s);
+    assert_eq!(out.len(), 1);
+    assert_eq!(
+        Message::decode(&out[0].2).unwrap().transaction_id(),
+        TransactionId::new([2; 12])
+    );
+    assert_eq!(s.stats().malformed, 1);
+    assert_eq!(s.tcp_connections(), 1);
+    // Indications are consumed, responses ignored, neither answered.
+    let ind = {
+        let header = Header::new(
+            Class::Indication,
+            Method::BINDING,
+            TransactionId::new([4; 12]),
+        );
+        let mut buf = [0u8; 64];
+        let w = MessageWriter::new(&mut buf, header).unwrap();
+        let n = w.finish();
+        buf[..n].to_vec()
+    };
+    let _ = s.handle_stream(Instant::ZERO, accepts[0], &ind);
+    assert!(transmits(&mut s).is_empty());
+}
+
+#[test]
+fn idle_connections_close_at_the_deadline_and_traffic_extends_it() {
+    let mut cfg = small(2);
+    cfg.tcp_idle_timeout = Duration::from_secs(10);
+    let (mut s, accepts) = tcp_server(cfg);
+    let t0 = Instant::from_millis(1000);
+    accept(&mut s, accepts[0], t0);
+    assert_eq!(s.poll_timeout(), Some(t0 + Duration::from_secs(10)));
+    let t1 = t0 + Duration::from_secs(6);
+    let _ = s.handle_stream(t1, accepts[0], &request(1, &[])[..5]);
+    assert_eq!(s.poll_timeout(), Some(t1 + Duration::from_secs(10)));
+    s.handle_timeout(t0 + Duration::from_secs(10));
+    assert!(closes(&ops(&mut s)).is_empty());
+    s.handle_timeout(t1 + Duration::from_secs(10));
+    let after = ops(&mut s);
+    assert_eq!(closes(&after), vec![accepts[0]]);
+    assert_eq!(s.stats().tcp_idle_closed, 1);
+    assert_eq!(s.poll_timeout(), None);
+    s.handle_timeout(t1 + Duration::from_secs(20));
+    assert!(closes(&ops(&mut s)).is_empty());
+}
+
+#[test]
+fn a_response_queued_for_a_closed_connection_is_not_sent() {
+    let (mut s, accepts) = tcp_server(small(1));
+    accept(&mut s, accepts[0], Instant::ZERO);
+    let _ = s.handle_stream(Instant::ZERO, accepts[0], &request(1, &[]));
+    s.handle_socket_result(Instant::ZERO, accepts[0], SocketOutcome::PeerClosed);
+    assert_eq!(closes(&ops(&mut s)), vec![accepts[0]]);
+    // A new connection lands in the same slot: it must not get the old answer.
+    accept(&mut s, accepts[0], Instant::ZERO);
+    assert!(transmits(&mut s).is_empty());
+    // A send failure closes the stream too.
+    s.handle_socket_result(
+        Instant::ZERO,
+        accepts[0],
+        SocketOutcome::Failed {
+            op: OpKind::Send,
+            destination: None,
+            error: IoError::ConnectionReset,
+        },
+    );
+    assert_eq!(closes(&ops(&mut s)), vec![accepts[0]]);
+    assert_eq!(s.stats().send_failures, 1);
+    assert_eq!(s.stats().tcp_closed, 2);
+}
+
+#[test]
+fn failed_accepts_are_retried_later() {
+    let (mut s, accepts) = tcp_server(small(1));
+    let t0 = Instant::from_millis(500);
+    s.handle_socket_result(
+        t0,
+        accepts[0],
+        SocketOutcome::Failed {
+            op: OpKind::Accept,
+            destination: None,
+            error: IoError::Other(Some(24)),
+        },
+    );
+    assert!(ops(&mut s).is_empty());
+    let retry = s.poll_timeout().unwrap();
+    assert!(retry > t0);
+    s.handle_timeout(retry);
+    assert_eq!(
+        ops(&mut s),
+        vec![SocketOp::Accept {
+            listener: TCP_LISTENER,
+            socket: accepts[0]
+        }]
+    );
+}
+
+#[test]
+fn listener_failures_turn_tcp_off_and_close_what_exists() {
+    // Bind failure: nothing to close.
+    let mut s = StunServer::new(small(2).with_tcp(true)).unwrap();
+    let _ = ops(&mut s);
+    let fail = |op| SocketOutcome::Failed {
+        op,
+        destination: None,
+        error: IoError::AddrInUse,
+    };
+    s.handle_socket_result(Instant::ZERO, TCP_LISTENER, fail(OpKind::Bind));
+    assert!(ops(&mut s).is_empty());
+    assert_eq!(
+        events(&mut s),
+        vec![ServerEvent::TcpFailed {
+            op: OpKind::Bind,
+            error: IoError::AddrInUse
+        }]
+    );
+    s.close(Instant::ZERO);
+    assert!(!closes(&ops(&mut s)).contains(&TCP_LISTENER));
+    // Listen failure: the bound socket is closed once, and never again.
+    let (mut s, _) = tcp_server(small(2));
+    s.handle_socket_result(Instant::ZERO, TCP_LISTENER, fail(OpKind::Listen));
+    assert_eq!(closes(&ops(&mut s)), vec![TCP_LISTENER]);
+    s.close(Instant::ZERO);
+    assert!(!closes(&ops(&mut s)).contains(&TCP_LISTENER));
+}
+
+#[test]
+fn close_closes_every_socket_exactly_once() {
+    let (mut s, accepts) = tcp_server(small(3));
+    accept(&mut s, accepts[0], Instant::ZERO);
+    accept(&mut s, accepts[2], Instant::ZERO);
+    let _ = s.handle_stream(Instant::ZERO, accepts[0], &request(1, &[]));
+    s.close(Instant::ZERO);
+    s.close(Instant::ZERO);
+    let mut count: BTreeMap<SocketId, usize> = BTreeMap::new();
+    for c in closes(&ops(&mut s)) {
+        *count.entry(c).or_default() += 1;
+    }
+    let expected: BTreeMap<SocketId, usize> =
+        [Role::Primary.socket(), accepts[0], accepts[2], TCP_LISTENER]
+            .into_iter()
+            .map(|s| (s, 1))
+            .collect();
+    assert_eq!(count, expected);
+    assert!(transmits(&mut s).is_empty());
+    assert_eq!(events(&mut s).last(), Some(&ServerEvent::Closed));
+    assert_eq!(s.poll_timeout(), None);
+    // A connection accepted late is closed, once.
+    accept(&mut s, accepts[1], Instant::ZERO);
+    assert_eq!(closes(&ops(&mut s)), vec![accepts[1]]);
+    assert_eq!(
+        s.handle_stream(Instant::ZERO, accepts[0], &request(1, &[])),
+        Verdict::Dropped(DropReason::Closed)
+    );
+}
+
+#[test]
+fn udp_is_unchanged_with_tcp_on() {
+    let (mut s, accepts) = tcp_server(small(1));
+    let req = request(7, &[Attribute::ResponsePort(9)]);
+    assert_eq!(
+        s.handle_datagram(Instant::ZERO, Role::Primary.socket(), addr(CLIENT), &req),
+        Verdict::Consumed
+    );
+    let out = transmits(&mut s);
+    assert_eq!(out[0].0, Role::Primary.socket());
+    assert_eq!(out[0].1, addr("203.0.113.9:9"));
+    // Stream bytes on a socket that is not an open connection are refused.
+    assert_eq!(
+        s.handle_stream(Instant::ZERO, accepts[0], &req),
+        Verdict::Dropped(DropReason::UnknownSocket)
+    );
+    assert_eq!(
+        s.handle_stream(Instant::ZERO, Role::Primary.socket(), &req),
+        Verdict::Dropped(DropReason::UnknownSocket)
+    );
+}
