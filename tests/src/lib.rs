@@ -45,7 +45,9 @@
 //!   [`Sim::kill_host`] kills its process (its connections are reset, its sockets forgotten) and
 //!   [`Sim::restart_host`] runs a new machine there.
 //! - **STUN servers** ([`Sim::add_stun_server`]): a public host with two IPs running our RFC 5780
-//!   [`p2pd_proto::server::StunServer`].
+//!   [`p2pd_proto::server::StunServer`], which also serves STUN over TCP on its primary address (so
+//!   [`p2pd_proto::client_tcp::TcpBinding`] behind a NAT box learns its TCP mapping;
+//!   [`Sim::nat_mapping_table`] is the ground truth).
 //! - **MQTT brokers** ([`Sim::add_mqtt_broker`]): a public host running [`MqttBroker`], a minimal
 //!   MQTT 3.1.1 + 5 broker machine over the signaling crate's codec (CONNECT, SUBSCRIBE with
 //!   wildcards, PUBLISH QoS 0/1 fan-out, sessions, PING, keep-alive, bounded everything); see
@@ -114,7 +116,7 @@ mod tests;
 pub use broker::{BrokerConfig, BrokerEvent, BrokerStats, CloseReason, MqttBroker};
 pub use link::LinkConfig;
 pub use matrix::{run_matrix, run_one, Correctness, MatrixSummary, Outcome, Truth};
-pub use natbox::{NatStats, NatTcpConfig, Protocol};
+pub use natbox::{NatMapping, NatStats, NatTcpConfig, Protocol};
 pub use raw::{RawEvent, RawUdp};
 pub use raw_tcp::{RawTcp, TcpEvent};
 pub use replay::{run_seeds, SEED_VAR};

@@ -86,6 +86,22 @@ pub struct NatStats {
     pub tcp_rst_sent: u64,
 }
 
+/// One live mapping of a NAT box, as [`crate::Sim::nat_mapping_table`] lists it (ground truth for
+/// tests).
+#[derive(Copy, Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct NatMapping {
+    /// UDP or TCP.
+    pub protocol: Protocol,
+    /// The inside endpoint.
+    pub internal: SocketAddrV4,
+    /// The destination IP the mapping is for (address(-and-port)-dependent mapping), else `None`.
+    pub remote_ip: Option<Ipv4Addr>,
+    /// The destination port the mapping is for (address-and-port-dependent mapping), else `None`.
+    pub remote_port: Option<u16>,
+    /// The box's public endpoint for it.
+    pub external: SocketAddrV4,
+}
+
 /// What a mapping is keyed by: the protocol and internal endpoint, plus the destination's IP (and
 /// port) for address(-and-port)-dependent mapping.
 #[derive(Copy, Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -156,6 +172,20 @@ impl NatBox {
     /// Live mappings.
     pub(crate) fn mapping_count(&self) -> usize {
         self.mappings.len()
+    }
+
+    /// Every mapping in the table, in key order (expired ones may linger until the next packet).
+    pub(crate) fn mapping_table(&self) -> Vec<NatMapping> {
+        self.mappings
+            .iter()
+            .map(|(key, entry)| NatMapping {
+                protocol: key.protocol,
+                internal: entry.internal,
+                remote_ip: key.remote_ip,
+                remote_port: key.remote_port,
+                external: SocketAddrV4::new(self.public_ip, entry.external_port),
+            })
+            .collect()
     }
 
     /// Translates an outbound packet from `internal` to `remote`: finds or creates the mapping,

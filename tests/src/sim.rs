@@ -13,7 +13,7 @@ use p2pd_proto::{
 };
 
 use crate::link::LinkConfig;
-use crate::natbox::{NatBox, NatStats, Protocol};
+use crate::natbox::{NatBox, NatMapping, NatStats, Protocol};
 use crate::node::{Node, Output, Typed};
 use crate::tcp::{TcpConfig, TcpHeader, TcpStack, TcpStats};
 use crate::trace::{TraceEntry, TraceHash};
@@ -300,6 +300,11 @@ impl Sim {
         self.nat_ref(nat).mapping_count()
     }
 
+    /// A NAT box's mapping table (ground truth: which external endpoint each inside endpoint got).
+    pub fn nat_mapping_table(&self, nat: NatId) -> Vec<NatMapping> {
+        self.nat_ref(nat).mapping_table()
+    }
+
     /// Adds a public host running `machine`, and drains the machine (its first intents are carried
     /// out at once).
     ///
@@ -343,7 +348,7 @@ impl Sim {
     }
 
     /// Adds an RFC 5780 STUN server (our [`StunServer`]) on a public host with IPs `ip1` and `ip2`,
-    /// answering on ports `port1` and `port2` of both.
+    /// answering on ports `port1` and `port2` of both, and serving STUN over TCP on `ip1:port1`.
     ///
     /// # Panics
     /// If the IPs are in use or the configuration is invalid (equal IPs or ports, port 0).
@@ -358,7 +363,8 @@ impl Sim {
             SocketAddr::new(IpAddr::V4(ip1), port1),
             IpAddr::V4(ip2),
             port2,
-        );
+        )
+        .with_tcp(true);
         let server = StunServer::new(config).expect("valid STUN server configuration");
         self.add_host(Host::public([ip1, ip2]), server)
     }
