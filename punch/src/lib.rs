@@ -15,10 +15,14 @@
 )]
 #![warn(missing_docs)]
 
+pub mod clock;
 pub mod machine;
 pub mod message;
 pub mod plan;
+pub mod sntp;
 
+pub use clock::{agree, propose, ClockError, MeetPolicy, MeetTime, PeerClock, Proposer, WallTime};
 pub use machine::{PunchConfig, PunchEvent, PunchFailure, Puncher};
 pub use message::{Candidate, Message, SessionId};
 pub use p2pd_proto::{Instant, SocketId};
+pub use sntp::{ClockEstimate, SntpClient, SntpConfig, SntpEvent, SntpFailure};
