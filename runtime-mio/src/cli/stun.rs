@@ -1,4 +1,7 @@
-//! `p2pd stun SERVER`: one Binding transaction, printing mapped address, other address and RTT.
+//! `p2pd stun SERVER`: one Binding transaction, printing mapped address, other address and RTT;
+//! with `--tcp`, one Binding over TCP printing the NAT's TCP mapping (see [`tcp`]).
+
+mod tcp;
 
 use std::net::SocketAddr;
 use std::ops::ControlFlow;
@@ -65,6 +68,15 @@ pub struct StunArgs {
     /// Send once and wait this many milliseconds instead of retransmitting.
     #[arg(long)]
     pub single_shot_ms: Option<u64>,
+    /// Ask over TCP (RFC 5389 §7.2.2) and print the TCP mapping of the local port; the socket
+    /// is bound with SO_REUSEADDR and SO_REUSEPORT. `--single-shot-ms` is the timeout (default
+    /// 5000).
+    #[arg(long)]
+    pub tcp: bool,
+    /// With --tcp: keep the connection (and the NAT mapping) open this many seconds after the
+    /// answer.
+    #[arg(long, requires = "tcp")]
+    pub hold: Option<f64>,
     /// Print one JSON object instead of text.
     #[arg(long)]
     pub json: bool,
@@ -72,27 +84,54 @@ pub struct StunArgs {
 
 /// Runs `p2pd stun`; returns the process exit code.
 pub fn run(args: &StunArgs) -> i32 {
+    if args.tcp {
+        return match target(args) {
+            Ok((server, local)) => tcp::run(args, server, local),
+            Err(e) => {
+                report_error(args, &e);
+                1
+            }
+        };
+    }
     match query(args) {
         Ok(r) => {
             print_success(args, &r);
             0
         }
         Err(e) => {
-            if args.json {
-                println!(
-                    "{}",
-                    Object::new()
-                        .str("server", &args.server)
-                        .str("error", &e.message)
-                        .str("kind", e.kind)
-                        .finish()
-                );
-            } else {
-                eprintln!("p2pd stun: {}", e.message);
-            }
+            report_error(args, &e);
             1
         }
     }
+}
+
+fn report_error(args: &StunArgs, e: &CliError) {
+    if args.json {
+        println!(
+            "{}",
+            Object::new()
+                .str("server", &args.server)
+                .str("error", &e.message)
+                .str("kind", e.kind)
+                .finish()
+        );
+    } else {
+        eprintln!("p2pd stun: {}", e.message);
+    }
+}
+
+/// The server's address and the local address to use (default: any address of its family).
+fn target(args: &StunArgs) -> Result<(SocketAddr, SocketAddr), CliError> {
+    let server =
+        super::resolve(&args.server, super::STUN_PORT).map_err(|e| CliError::new("resolve", e))?;
+    let local = args.local.unwrap_or_else(|| {
+        if server.is_ipv4() {
+            SocketAddr::from(([0, 0, 0, 0], 0))
+        } else {
+            SocketAddr::from(([0u16; 8], 0))
+        }
+    });
+    Ok((server, local))
 }
 
 struct CliError {
@@ -115,15 +154,7 @@ struct Answer {
 }
 
 fn query(args: &StunArgs) -> Result<Answer, CliError> {
-    let server =
-        super::resolve(&args.server, super::STUN_PORT).map_err(|e| CliError::new("resolve", e))?;
-    let local = args.local.unwrap_or_else(|| {
-        if server.is_ipv4() {
-            SocketAddr::from(([0, 0, 0, 0], 0))
-        } else {
-            SocketAddr::from(([0u16; 8], 0))
-        }
-    });
+    let (server, local) = target(args)?;
     let device = match &args.interface {
         Some(name) => Some(super::interface(name).map_err(|e| CliError::new("usage", e))?),
         None => None,

@@ -1,4 +1,5 @@
-//! `p2pd stun-server`: a full RFC 5780 STUN server on two IPs and two ports.
+//! `p2pd stun-server`: a full RFC 5780 STUN server on two IPs and two ports, and with `--tcp` STUN
+//! over TCP on the primary address.
 
 use std::net::{IpAddr, SocketAddr};
 use std::ops::ControlFlow;
@@ -29,6 +30,12 @@ pub struct StunServerArgs {
     /// Serve only the primary address and port (no alternates at all).
     #[arg(long, conflicts_with_all = ["alternate", "alt_port"])]
     pub single: bool,
+    /// Also serve STUN over TCP (RFC 5389 §7.2.2) on the primary address and port.
+    #[arg(long)]
+    pub tcp: bool,
+    /// With --tcp: most TCP connections held at once.
+    #[arg(long, default_value_t = 64, requires = "tcp")]
+    pub max_connections: usize,
     /// Bind every socket to this network interface.
     #[arg(long)]
     pub interface: Option<String>,
@@ -52,7 +59,8 @@ fn role_name(role: Role) -> &'static str {
 /// Runs `p2pd stun-server`; returns the process exit code.
 pub fn run(args: &StunServerArgs) -> i32 {
     let primary = SocketAddr::new(args.primary, args.port);
-    let mut config = ServerConfig::single(primary);
+    let mut config = ServerConfig::single(primary).with_tcp(args.tcp);
+    config.max_tcp_connections = args.max_connections;
     if !args.single {
         config.alternate_ip = args.alternate;
         config.alternate_port = Some(args.alt_port.unwrap_or(args.port.wrapping_add(1)));
@@ -91,7 +99,8 @@ pub fn run(args: &StunServerArgs) -> i32 {
     let expected = Role::ALL
         .iter()
         .filter(|r| server.config().role_addr(**r).is_some())
-        .count();
+        .count()
+        + usize::from(args.tcp);
     let limit = args.duration.map(Duration::from_secs_f64);
     let result = runtime.run(&mut server, limit, |server, now, event| {
         match event {
@@ -134,11 +143,49 @@ pub fn run(args: &StunServerArgs) -> i32 {
                     server.close(now);
                 }
             }
+            ServerEvent::TcpListening { local } => {
+                listening += 1;
+                if json {
+                    println!(
+                        "{}",
+                        Object::new()
+                            .str("event", "listening")
+                            .str("role", "primary")
+                            .str("transport", "tcp")
+                            .str("local", &local.to_string())
+                            .finish()
+                    );
+                } else {
+                    println!("listening {:<18} {local}", "tcp");
+                }
+            }
+            ServerEvent::TcpFailed { op, error } => {
+                failed += 1;
+                if json {
+                    println!(
+                        "{}",
+                        Object::new()
+                            .str("event", "socket-failed")
+                            .str("role", "primary")
+                            .str("transport", "tcp")
+                            .str("local", &primary.to_string())
+                            .str("error", &format!("{op:?}: {error:?}"))
+                            .finish()
+                    );
+                } else {
+                    eprintln!("cannot serve TCP on {primary} ({op:?}): {error:?}");
+                }
+                // TCP was asked for: without it the server is not what the user wanted.
+                server.close(now);
+            }
             ServerEvent::Closed => return ControlFlow::Break(()),
             _ => {}
         }
         if listening + failed == expected && failed == 0 && !json {
-            println!("ready: RFC 5780 server with {listening} socket(s)");
+            println!(
+                "ready: RFC 5780 server with {listening} socket(s){}",
+                if args.tcp { " (incl. TCP)" } else { "" }
+            );
         }
         ControlFlow::Continue(())
     });
@@ -153,6 +200,10 @@ pub fn run(args: &StunServerArgs) -> i32 {
                 .num("error_responses", stats.error_responses as f64)
                 .num("malformed", stats.malformed as f64)
                 .num("queue_full", stats.queue_full as f64)
+                .uint("tcp_accepted", stats.tcp_accepted)
+                .uint("tcp_closed", stats.tcp_closed)
+                .uint("tcp_bad_frames", stats.tcp_bad_frames)
+                .uint("tcp_idle_closed", stats.tcp_idle_closed)
                 .finish()
         );
     } else {
@@ -160,6 +211,12 @@ pub fn run(args: &StunServerArgs) -> i32 {
             "stopped: {} requests, {} responses, {} error responses, {} malformed, {} dropped (queue full)",
             stats.requests, stats.responses, stats.error_responses, stats.malformed, stats.queue_full
         );
+        if args.tcp {
+            println!(
+                "tcp: {} accepted, {} closed ({} bad framing, {} idle)",
+                stats.tcp_accepted, stats.tcp_closed, stats.tcp_bad_frames, stats.tcp_idle_closed
+            );
+        }
     }
     match result {
         Err(e) => {

@@ -1,0 +1,144 @@
+//! `p2pd stun SERVER --tcp`: one Binding request over TCP (RFC 5389 §7.2.2), printing the NAT's TCP
+//! mapping for the local port. The socket is bound with SO_REUSEADDR and SO_REUSEPORT, so a fixed
+//! `--local` port can be shared with a hole-punching socket; `--hold SECS` keeps the connection
+//! (and so the mapping) open that long after the answer.
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::ops::ControlFlow;
+use std::time::Duration;
+
+use p2pd_proto::client_tcp::{
+    TcpBinding, TcpBindingConfig, TcpBindingError, TcpBindingEvent, TcpMapping,
+};
+
+use super::super::json::Object;
+use super::{seed_from_os, CliError, StunArgs};
+use crate::Runtime;
+
+/// How long to wait for the answer without `--single-shot-ms`.
+const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Runs the TCP query and prints the answer; returns the exit code.
+pub(super) fn run(args: &StunArgs, server: SocketAddr, local: SocketAddr) -> i32 {
+    match query(args, server, local) {
+        Ok(()) => 0,
+        Err(e) => {
+            super::report_error(args, &e);
+            1
+        }
+    }
+}
+
+fn query(args: &StunArgs, server: SocketAddr, local: SocketAddr) -> Result<(), CliError> {
+    if args.legacy || args.change != super::Change::None {
+        return Err(CliError::new(
+            "usage",
+            "--tcp cannot send RFC 3489 or CHANGE-REQUEST queries (a stream is answered on itself)",
+        ));
+    }
+    let mut config = TcpBindingConfig::new(server, local);
+    config.timeout = args
+        .single_shot_ms
+        .map_or(DEFAULT_TIMEOUT, Duration::from_millis);
+    if let Some(name) = &args.interface {
+        config.options.device =
+            Some(super::super::interface(name).map_err(|e| CliError::new("usage", e))?);
+    }
+    let hold = match args.hold {
+        Some(s) if s.is_finite() && s >= 0.0 => Some(Duration::from_secs_f64(s)),
+        Some(_) => return Err(CliError::new("usage", "--hold needs a number of seconds")),
+        None => None,
+    };
+    config.keep_open = hold.is_some();
+    let mut runtime = Runtime::new().map_err(|e| CliError::new("io", e.to_string()))?;
+    let mut binding = TcpBinding::new(config, seed_from_os(), runtime.now());
+    let mut result: Option<Result<TcpMapping, TcpBindingError>> = None;
+    let run = runtime.run(&mut binding, None, |_, _, event| match event {
+        TcpBindingEvent::Mapped(m) => {
+            result = Some(Ok(m));
+            // Print at once: with --hold the caller reads the mapping while it is held.
+            ControlFlow::Break(())
+        }
+        TcpBindingEvent::Failed { reason } => {
+            result = Some(Err(reason));
+            ControlFlow::Continue(())
+        }
+        TcpBindingEvent::Closed { .. } => ControlFlow::Break(()),
+        _ => ControlFlow::Continue(()),
+    });
+    if let Err(e) = run {
+        return Err(CliError::new("io", e.to_string()));
+    }
+    let mapping = match result {
+        Some(Ok(m)) => m,
+        Some(Err(reason)) => return Err(failure(server, reason)),
+        None => return Err(CliError::new("io", "the event loop ended without a result")),
+    };
+    print_success(args, server, &mapping);
+    let _ = std::io::stdout().flush();
+    if let Some(hold) = hold {
+        // Hold the mapping: keep the loop (and the connection) running, then close.
+        let _ = runtime.run(&mut binding, Some(hold), |_, _, event| match event {
+            TcpBindingEvent::Closed { .. } => ControlFlow::Break(()),
+            _ => ControlFlow::Continue(()),
+        });
+        binding.close(runtime.now());
+        let _ = runtime.run(&mut binding, Some(Duration::from_secs(1)), |_, _, _| {
+            ControlFlow::Continue(())
+        });
+    }
+    Ok(())
+}
+
+fn failure(server: SocketAddr, reason: TcpBindingError) -> CliError {
+    match reason {
+        TcpBindingError::Timeout => {
+            CliError::new("timeout", format!("no answer from {server} over TCP"))
+        }
+        TcpBindingError::BindFailed(e) => CliError::new("socket", format!("cannot bind: {e:?}")),
+        TcpBindingError::ConnectFailed(e) => {
+            CliError::new("connect", format!("cannot connect to {server}: {e:?}"))
+        }
+        TcpBindingError::ErrorResponse { code } => {
+            CliError::new("error-response", format!("{server} answered error {code}"))
+        }
+        TcpBindingError::PeerClosed => CliError::new(
+            "server-misbehaved",
+            format!("{server} closed the connection without answering"),
+        ),
+        other => CliError::new("server-misbehaved", format!("{server}: {other:?}")),
+    }
+}
+
+fn print_success(args: &StunArgs, server: SocketAddr, m: &TcpMapping) {
+    let rtt_ms = m.rtt.as_secs_f64() * 1000.0;
+    if args.json {
+        println!(
+            "{}",
+            Object::new()
+                .str("server", &server.to_string())
+                .str("transport", "tcp")
+                .str("local", &m.local.to_string())
+                .str("mapped", &m.mapped.to_string())
+                .opt("response_origin", m.response_origin)
+                .opt("software", m.server_software.as_deref())
+                .num("rtt_ms", (rtt_ms * 1000.0).round() / 1000.0)
+                .finish()
+        );
+        return;
+    }
+    let none = || "-".to_string();
+    println!("server           {server} (tcp)");
+    println!("local            {}", m.local);
+    println!("mapped address   {}", m.mapped);
+    println!(
+        "response origin  {}",
+        m.response_origin.map_or_else(none, |a| a.to_string())
+    );
+    println!(
+        "software         {}",
+        m.server_software.clone().unwrap_or_else(none)
+    );
+    println!("rtt              {rtt_ms:.3} ms");
+}
