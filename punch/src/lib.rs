@@ -18,6 +18,7 @@
 pub mod clock;
 pub mod machine;
 pub mod message;
+pub mod node;
 pub mod plan;
 pub mod sntp;
 

@@ -4,9 +4,11 @@
 //! p2pd stun SERVER [--change port|ip|both] [--legacy] [--json]
 //! p2pd stun-server --primary IP [--alternate IP] [--port P] [--alt-port P2] [--json]
 //! p2pd nat [--server ADDR[,ALT]|ID ...] [--list-servers] [--local-ip IP] [--interface IF] [--timeout S] [--verbose] [--json]
+//! p2pd ntp SERVER... [--samples N] [--spacing-ms MS] [--timeout-ms MS] [--json]
 //! p2pd sim nat [--seeds N] [--loss 0,10,30] [--json]
 //! p2pd id new|show [--file PATH] [--force] [--json]
 //! p2pd signal listen --broker HOST[:PORT] ... [--identity FILE] [--count N] [--timeout S] [--json]
+//! p2pd punch PEER|--wait --broker HOST[:PORT] ... --stun HOST[:PORT] [--identity FILE] [--json]
 //! p2pd signal send PEER MESSAGE --broker HOST[:PORT] ... [--identity FILE] [--timeout S] [--json]
 //! p2pd pnp-server --db FILE [--udp ADDR] [--tcp ADDR] [--identity FILE] [--capacity N] [--duration S] [--json]
 //! p2pd name register NAME VALUE --server ADDR --server-key HEX [--tcp] [--version N] [--ttl S] [--identity FILE] [--json]
@@ -33,6 +35,8 @@ enum Command {
     StunServer(cli::stun_server::StunServerArgs),
     /// Classify the NAT or firewall in front of this host (RFC 5780 tests against several servers).
     Nat(cli::nat::NatArgs),
+    /// Measure this host's clock offset from NTP servers (SNTP), with its uncertainty.
+    Ntp(cli::ntp::NtpArgs),
     /// Run the deterministic simulator (`sim nat`: the classifier's accuracy matrix).
     Sim(cli::sim::SimArgs),
     /// Create or show this node's identity (secp256k1 key pair; the node id derives from it).
@@ -43,6 +47,8 @@ enum Command {
     PnpServer(cli::pnp_server::PnpServerArgs),
     /// Register, look up or delete a name on a PNP server.
     Name(cli::name::NameArgs),
+    /// Punch a TCP connection to a peer through both NATs, then pipe stdin/stdout over it.
+    Punch(cli::punch::PunchArgs),
 }
 
 fn main() {
@@ -51,11 +57,13 @@ fn main() {
         Command::Stun(a) => cli::stun::run(a),
         Command::StunServer(a) => cli::stun_server::run(a),
         Command::Nat(a) => cli::nat::run(a),
+        Command::Ntp(a) => cli::ntp::run(a),
         Command::Sim(a) => cli::sim::run(a),
         Command::Id(a) => cli::id::run(a),
         Command::Signal(a) => cli::signal::run(a),
         Command::PnpServer(a) => cli::pnp_server::run(a),
         Command::Name(a) => cli::name::run(a),
+        Command::Punch(a) => cli::punch::run(a),
     };
     std::process::exit(code);
 }

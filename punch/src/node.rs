@@ -1,0 +1,672 @@
+//! A whole punching node in one machine: signaling ([`Rendezvous`] over MQTT brokers), mapping
+//! discovery (a [`TcpBinding`] STUN-over-TCP probe from every punch port, kept open so the mapping
+//! lives), the [`Puncher`], and afterwards the punched stream itself (bytes in as
+//! [`NodeEvent::Data`], out with [`PunchNode::send`]).
+//!
+//! The runtime (or the simulator) drives it like any machine; the CLI's `p2pd punch` is this
+//! machine plus stdin/stdout. Socket ids are split into ranges: the rendezvous machine uses
+//! `0 ..` ([`p2pd_signaling::rendezvous::SOCKETS_PER_BROKER`] per broker), the puncher [`PUNCH_SOCKET_BASE`] `..`, the probes
+//! [`PROBE_SOCKET_BASE`] `..`.
+
+use core::net::SocketAddr;
+use core::time::Duration;
+use std::collections::VecDeque;
+
+use p2pd_proto::client_tcp::{
+    TcpBinding, TcpBindingConfig, TcpBindingError, TcpBindingEvent, TCP_BINDING_SOCKET,
+};
+use p2pd_proto::{
+    Instant, Rng, SocketId, SocketOp, SocketOutcome, Transmit, Verdict, TRANSMIT_BUFFER_LEN,
+};
+use p2pd_signaling::rendezvous::{Rendezvous, RendezvousConfig, RendezvousEvent};
+use p2pd_signaling::{Identity, PublicKey};
+
+use crate::machine::{PunchConfig, PunchEvent, PunchFailure, Puncher};
+use crate::message::{Candidate, TAG};
+use crate::plan::{pick_local_ports, plan_candidates, NatView, Observation};
+
+/// The puncher's first socket id.
+pub const PUNCH_SOCKET_BASE: u32 = 10_000;
+/// The probes' first socket id.
+pub const PROBE_SOCKET_BASE: u32 = 20_000;
+/// Probe socket ids cycle through this many.
+const PROBE_SOCKET_IDS: u32 = 1024;
+/// Most bytes queued for the punched stream.
+pub const MAX_SEND_QUEUE: usize = 256 * 1024;
+
+/// How a [`PunchNode`] runs.
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct PunchNodeConfig {
+    /// Signaling (brokers, epoch).
+    pub rendezvous: RendezvousConfig,
+    /// The punch machine's settings (its `node_id`, `unix_epoch_ns` and socket range are set
+    /// from the node).
+    pub punch: PunchConfig,
+    /// The STUN server (TCP) that tells each punch port's mapping.
+    pub stun_server: SocketAddr,
+    /// Our NAT's behaviour, if classified (without it the mapping is taken to be
+    /// endpoint-independent).
+    pub nat: Option<NatView>,
+    /// Local ports per round. Default 1.
+    pub ports_per_round: usize,
+    /// A probe's time limit. Default 5 s.
+    pub probe_timeout: Duration,
+}
+
+impl PunchNodeConfig {
+    /// Defaults for these signaling settings and STUN server.
+    pub fn new(rendezvous: RendezvousConfig, stun_server: SocketAddr) -> Self {
+        let epoch_ns = rendezvous.unix_epoch_ms.saturating_mul(1_000_000);
+        PunchNodeConfig {
+            rendezvous,
+            punch: PunchConfig::new([0; 20], epoch_ns),
+            stun_server,
+            nat: None,
+            ports_per_round: 1,
+            probe_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// What a [`PunchNode`] reports.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum NodeEvent {
+    /// A signaling event (broker up/down, rejected envelope, a non-punch message...).
+    Signaling(RendezvousEvent),
+    /// A round's probes found these candidates.
+    Candidates {
+        /// The round.
+        round: u8,
+        /// Our candidates.
+        candidates: Vec<Candidate>,
+    },
+    /// A probe failed (its port is left out of the round).
+    ProbeFailed {
+        /// The local port.
+        port: u16,
+        /// Why.
+        reason: TcpBindingError,
+    },
+    /// The punch machine's progress (armed, round failed).
+    Punch(PunchEvent),
+    /// Punched: the stream to the peer is up.
+    Connected {
+        /// The peer's key.
+        peer: PublicKey,
+        /// Our end.
+        local: SocketAddr,
+        /// The peer's end.
+        remote: SocketAddr,
+    },
+    /// Bytes from the peer on the punched stream.
+    Data(Vec<u8>),
+    /// The peer closed the punched stream (EOF), or it failed.
+    StreamClosed,
+    /// The punch failed for good.
+    Failed(PunchFailure),
+    /// Everything is released: the last event.
+    Closed,
+}
+
+/// One probe.
+struct Probe {
+    outer: SocketId,
+    port: u16,
+    machine: TcpBinding,
+    result: Option<Option<Observation>>,
+    closed: bool,
+}
+
+/// The punched stream, once up.
+struct Stream {
+    socket: SocketId,
+    remote: SocketAddr,
+    out: VecDeque<u8>,
+    closed: bool,
+}
+
+/// Which round the probes are for, and who to tell.
+#[derive(Copy, Clone, Debug)]
+enum Pending {
+    Initiate,
+    Provide(u8),
+}
+
+/// The composite punching node (see the [module docs](self)).
+pub struct PunchNode {
+    config: PunchNodeConfig,
+    rendezvous: Rendezvous,
+    puncher: Puncher,
+    probes: Vec<Probe>,
+    next_probe: u32,
+    pending: Option<Pending>,
+    peer: Option<PublicKey>,
+    stream: Option<Stream>,
+    rng: Rng,
+    events: VecDeque<NodeEvent>,
+    closing: bool,
+    closed_reported: bool,
+    rendezvous_closed: bool,
+    puncher_closed: bool,
+    deadline: Option<Instant>,
+}
+
+impl core::fmt::Debug for PunchNode {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("PunchNode")
+            .field("probes", &self.probes.len())
+            .field("connected", &self.stream.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl PunchNode {
+    /// A node for `identity`; it connects to its brokers at once and answers punch offers.
+    pub fn new(
+        mut config: PunchNodeConfig,
+        identity: Identity,
+        seed: u64,
+        now: Instant,
+    ) -> Result<Self, p2pd_signaling::rendezvous::ConfigError> {
+        let mut rng = Rng::from_seed(seed);
+        config.rendezvous.socket_base = SocketId(0);
+        config.punch.node_id = identity.node_id().0;
+        config.punch.unix_epoch_ns = config.rendezvous.unix_epoch_ms.saturating_mul(1_000_000);
+        config.punch.socket_base = SocketId(PUNCH_SOCKET_BASE);
+        config.punch.socket_ids = PROBE_SOCKET_BASE.saturating_sub(PUNCH_SOCKET_BASE);
+        let rendezvous = Rendezvous::new(config.rendezvous.clone(), identity, rng.next_u64(), now)?;
+        let puncher = Puncher::new(config.punch.clone(), rng.next_u64());
+        let mut node = PunchNode {
+            config,
+            rendezvous,
+            puncher,
+            probes: Vec::new(),
+            next_probe: 0,
+            pending: None,
+            peer: None,
+            stream: None,
+            rng,
+            events: VecDeque::new(),
+            closing: false,
+            closed_reported: false,
+            rendezvous_closed: false,
+            puncher_closed: false,
+            deadline: None,
+        };
+        node.pump(now);
+        Ok(node)
+    }
+
+    /// Starts punching to `peer`: probes first, then the offer.
+    pub fn punch(&mut self, now: Instant, peer: PublicKey) -> Result<(), &'static str> {
+        if self.closing {
+            return Err("closed");
+        }
+        if self.peer.is_some() || self.pending.is_some() {
+            return Err("a punch is already in progress");
+        }
+        self.peer = Some(peer);
+        self.start_probes(now, Pending::Initiate);
+        self.pump(now);
+        Ok(())
+    }
+
+    /// Queues bytes for the punched stream. `Err` before it is up, after it closed, or when the
+    /// queue is full.
+    pub fn send(&mut self, now: Instant, bytes: &[u8]) -> Result<(), &'static str> {
+        let stream = self.stream.as_mut().ok_or("not connected")?;
+        if stream.closed {
+            return Err("the stream is closed");
+        }
+        if stream.out.len().saturating_add(bytes.len()) > MAX_SEND_QUEUE {
+            return Err("send queue full");
+        }
+        stream.out.extend(bytes.iter().copied());
+        self.pump(now);
+        Ok(())
+    }
+
+    /// Whether the punched stream is up.
+    pub fn is_connected(&self) -> bool {
+        self.stream.as_ref().is_some_and(|s| !s.closed)
+    }
+
+    /// Bytes waiting to be written to the punched stream.
+    pub fn queued(&self) -> usize {
+        self.stream.as_ref().map_or(0, |s| s.out.len())
+    }
+
+    /// The signaling machine (health, stats).
+    pub fn rendezvous(&self) -> &Rendezvous {
+        &self.rendezvous
+    }
+
+    /// The punch machine (stats).
+    pub fn puncher(&self) -> &Puncher {
+        &self.puncher
+    }
+
+    /// Closes everything (the punched stream too). Idempotent; [`NodeEvent::Closed`] comes last.
+    pub fn close(&mut self, now: Instant) {
+        if self.closing {
+            return;
+        }
+        self.closing = true;
+        self.puncher.close(now);
+        self.rendezvous.close(now);
+        for p in &mut self.probes {
+            p.machine.close(now);
+        }
+        if let Some(s) = &mut self.stream {
+            if !s.closed {
+                s.closed = true;
+                s.out.clear();
+            }
+        }
+        self.pump(now);
+    }
+
+    // ----- machine contract -----
+
+    /// Datagrams are not for this node.
+    pub fn handle_datagram(
+        &mut self,
+        _now: Instant,
+        _socket: SocketId,
+        _from: SocketAddr,
+        _data: &[u8],
+    ) -> Verdict {
+        Verdict::NotMine
+    }
+
+    /// Stream bytes: the punched stream, a probe, the puncher or a broker connection.
+    pub fn handle_stream(&mut self, now: Instant, socket: SocketId, data: &[u8]) -> Verdict {
+        let verdict = if self.stream.as_ref().is_some_and(|s| s.socket == socket) {
+            if !self.closing {
+                self.events.push_back(NodeEvent::Data(data.to_vec()));
+            }
+            Verdict::Consumed
+        } else if let Some(p) = self.probes.iter_mut().find(|p| p.outer == socket) {
+            p.machine.handle_stream(now, TCP_BINDING_SOCKET, data)
+        } else if socket.0 >= PUNCH_SOCKET_BASE {
+            self.puncher.handle_stream(now, socket, data)
+        } else {
+            self.rendezvous.handle_stream(now, socket, data)
+        };
+        self.pump(now);
+        verdict
+    }
+
+    /// A socket outcome, routed like stream bytes.
+    pub fn handle_socket_result(&mut self, now: Instant, socket: SocketId, outcome: SocketOutcome) {
+        if let Some(s) = self.stream.as_mut().filter(|s| s.socket == socket) {
+            if matches!(
+                outcome,
+                SocketOutcome::PeerClosed | SocketOutcome::Failed { .. }
+            ) && !s.closed
+            {
+                s.closed = true;
+                s.out.clear();
+                self.events.push_back(NodeEvent::StreamClosed);
+            }
+        } else if let Some(p) = self.probes.iter_mut().find(|p| p.outer == socket) {
+            p.machine
+                .handle_socket_result(now, TCP_BINDING_SOCKET, outcome);
+        } else if socket.0 >= PUNCH_SOCKET_BASE {
+            self.puncher.handle_socket_result(now, socket, outcome);
+        } else {
+            self.rendezvous.handle_socket_result(now, socket, outcome);
+        }
+        self.pump(now);
+    }
+
+    /// Time passed.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        if self.rendezvous.poll_timeout().is_some_and(|t| t <= now) {
+            self.rendezvous.handle_timeout(now);
+        }
+        if self.puncher.poll_timeout().is_some_and(|t| t <= now) {
+            self.puncher.handle_timeout(now);
+        }
+        for p in &mut self.probes {
+            if p.machine.poll_timeout().is_some_and(|t| t <= now) {
+                p.machine.handle_timeout(now);
+            }
+        }
+        self.pump(now);
+    }
+
+    /// The next transmit of any part.
+    pub fn poll_transmit(&mut self, buf: &mut [u8]) -> Option<Transmit> {
+        if let Some(t) = self.rendezvous.poll_transmit(buf) {
+            return Some(t);
+        }
+        if let Some(t) = self.puncher.poll_transmit(buf) {
+            return Some(t);
+        }
+        for p in &mut self.probes {
+            if let Some(t) = p.machine.poll_transmit(buf) {
+                return Some(Transmit {
+                    socket: p.outer,
+                    ..t
+                });
+            }
+        }
+        let s = self.stream.as_mut()?;
+        if s.out.is_empty() || s.closed {
+            return None;
+        }
+        let n = s.out.len().min(buf.len()).min(TRANSMIT_BUFFER_LEN);
+        for (dst, src) in buf.iter_mut().zip(s.out.drain(..n)) {
+            *dst = src;
+        }
+        Some(Transmit {
+            socket: s.socket,
+            destination: s.remote,
+            len: n,
+        })
+    }
+
+    /// The next socket intent of any part.
+    pub fn poll_socket_op(&mut self) -> Option<SocketOp> {
+        if let Some(op) = self.rendezvous.poll_socket_op() {
+            return Some(op);
+        }
+        if let Some(op) = self.puncher.poll_socket_op() {
+            return Some(op);
+        }
+        for p in &mut self.probes {
+            if let Some(op) = p.machine.poll_socket_op() {
+                return Some(remap(op, p.outer));
+            }
+        }
+        // The punched stream is ours once handed over: close it once, on close.
+        if self.closing {
+            if let Some(s) = self.stream.as_mut() {
+                if s.closed && s.socket != SocketId(u32::MAX) {
+                    let socket = s.socket;
+                    s.socket = SocketId(u32::MAX);
+                    return Some(SocketOp::Close { socket });
+                }
+            }
+        }
+        None
+    }
+
+    /// The next event.
+    pub fn poll_event(&mut self) -> Option<NodeEvent> {
+        let ev = self.events.pop_front();
+        if ev.is_none() {
+            self.report_closed();
+            return self.events.pop_front();
+        }
+        ev
+    }
+
+    /// The earliest deadline of any part (cached).
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.deadline
+    }
+
+    // ----- glue -----
+
+    fn start_probes(&mut self, now: Instant, pending: Pending) {
+        for p in &mut self.probes {
+            p.machine.close(now);
+        }
+        let n = self.config.ports_per_round.clamp(1, 8);
+        let ports = pick_local_ports(&mut self.rng, n);
+        for port in ports {
+            let outer = SocketId(
+                PROBE_SOCKET_BASE
+                    .saturating_add(self.next_probe.checked_rem(PROBE_SOCKET_IDS).unwrap_or(0)),
+            );
+            self.next_probe = self.next_probe.wrapping_add(1);
+            let local = SocketAddr::new(self.config.punch.bind_ip, port);
+            let mut binding = TcpBindingConfig::new(self.config.stun_server, local).keep_open(true);
+            binding.timeout = self.config.probe_timeout;
+            self.probes.push(Probe {
+                outer,
+                port,
+                machine: TcpBinding::new(binding, self.rng.next_u64(), now),
+                result: None,
+                closed: false,
+            });
+        }
+        self.pending = Some(pending);
+    }
+
+    /// Takes every part's events, glues them, and caches the deadline.
+    fn pump(&mut self, now: Instant) {
+        loop {
+            let mut progressed = false;
+            while let Some(ev) = self.rendezvous.poll_event() {
+                progressed = true;
+                self.on_rendezvous(now, ev);
+            }
+            while let Some(ev) = self.puncher.poll_event() {
+                progressed = true;
+                self.on_punch(now, ev);
+            }
+            for i in 0..self.probes.len() {
+                while let Some(ev) = self.probes.get_mut(i).and_then(|p| p.machine.poll_event()) {
+                    progressed = true;
+                    self.on_probe(i, ev);
+                }
+            }
+            if self.probes_done() {
+                progressed |= self.finish_probes(now);
+            }
+            if !progressed {
+                break;
+            }
+        }
+        // Probes that are closed and no longer needed leave the table.
+        if self.pending.is_none() {
+            self.probes.retain(|p| !(p.closed && p.result.is_some()));
+        }
+        let mut deadline = self.rendezvous.poll_timeout();
+        for t in [self.puncher.poll_timeout()]
+            .into_iter()
+            .chain(self.probes.iter().map(|p| p.machine.poll_timeout()))
+            .flatten()
+        {
+            deadline = Some(deadline.map_or(t, |d| d.min(t)));
+        }
+        self.deadline = deadline;
+    }
+
+    fn on_rendezvous(&mut self, now: Instant, ev: RendezvousEvent) {
+        match ev {
+            RendezvousEvent::Message { from, payload, .. } if payload.first() == Some(&TAG) => {
+                if self.peer.is_none() {
+                    self.peer = Some(from);
+                }
+                if self.peer == Some(from) {
+                    let _ = self.puncher.handle_signal(now, from.node_id().0, &payload);
+                }
+            }
+            RendezvousEvent::Closed => self.rendezvous_closed = true,
+            other => self.events.push_back(NodeEvent::Signaling(other)),
+        }
+    }
+
+    fn on_punch(&mut self, now: Instant, ev: PunchEvent) {
+        match ev {
+            PunchEvent::Signal { payload, .. } => {
+                if let Some(peer) = self.peer {
+                    let _ = self.rendezvous.send(now, &peer, None, &payload);
+                }
+            }
+            PunchEvent::NeedCandidates { round } => {
+                if !self.closing {
+                    self.start_probes(now, Pending::Provide(round));
+                }
+            }
+            PunchEvent::Connected {
+                socket,
+                local,
+                remote,
+                leftover,
+                ..
+            } => {
+                self.stream = Some(Stream {
+                    socket,
+                    remote,
+                    out: VecDeque::new(),
+                    closed: false,
+                });
+                for p in &mut self.probes {
+                    p.machine.close(now);
+                }
+                if let Some(peer) = self.peer {
+                    self.events.push_back(NodeEvent::Connected {
+                        peer,
+                        local,
+                        remote,
+                    });
+                }
+                if !leftover.is_empty() {
+                    self.events.push_back(NodeEvent::Data(leftover));
+                }
+                // The puncher has nothing left to do.
+                self.puncher.close(now);
+            }
+            PunchEvent::Failed { reason } => {
+                for p in &mut self.probes {
+                    p.machine.close(now);
+                }
+                if reason != PunchFailure::Closed {
+                    self.events.push_back(NodeEvent::Failed(reason));
+                }
+            }
+            PunchEvent::Closed => self.puncher_closed = true,
+            other => self.events.push_back(NodeEvent::Punch(other)),
+        }
+    }
+
+    fn on_probe(&mut self, i: usize, ev: TcpBindingEvent) {
+        let Some(p) = self.probes.get_mut(i) else {
+            return;
+        };
+        match ev {
+            TcpBindingEvent::Mapped(m) => {
+                p.result = Some(Some(Observation {
+                    local_port: m.local.port(),
+                    mapped: m.mapped,
+                }));
+            }
+            TcpBindingEvent::Failed { reason } => {
+                p.result = Some(None);
+                let port = p.port;
+                self.events
+                    .push_back(NodeEvent::ProbeFailed { port, reason });
+            }
+            TcpBindingEvent::Closed { .. } => {
+                p.closed = true;
+                if p.result.is_none() {
+                    p.result = Some(None);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn probes_done(&self) -> bool {
+        self.pending.is_some() && self.probes.iter().all(|p| p.result.is_some() || p.closed)
+    }
+
+    /// All probes of the round answered: plan and hand the candidates on.
+    fn finish_probes(&mut self, now: Instant) -> bool {
+        let Some(pending) = self.pending.take() else {
+            return false;
+        };
+        let observations: Vec<Observation> = self
+            .probes
+            .iter()
+            .filter_map(|p| p.result.flatten())
+            .collect();
+        let candidates = plan_candidates(self.config.nat, &observations);
+        if self.closing {
+            return true;
+        }
+        let round = match pending {
+            Pending::Initiate => 0,
+            Pending::Provide(r) => r,
+        };
+        if candidates.is_empty() {
+            self.events
+                .push_back(NodeEvent::Failed(PunchFailure::NoSockets(
+                    p2pd_proto::IoError::Other(None),
+                )));
+            self.puncher.close(now);
+            return true;
+        }
+        self.events.push_back(NodeEvent::Candidates {
+            round,
+            candidates: candidates.clone(),
+        });
+        let result = match pending {
+            Pending::Initiate => match self.peer {
+                Some(peer) => self
+                    .puncher
+                    .initiate(now, peer.node_id().0, candidates)
+                    .map(|_| ()),
+                None => Err("no peer"),
+            },
+            Pending::Provide(r) => self.puncher.provide_candidates(now, r, candidates),
+        };
+        if result.is_err() {
+            self.puncher.close(now);
+        }
+        true
+    }
+
+    fn report_closed(&mut self) {
+        if self.closing
+            && !self.closed_reported
+            && self.rendezvous_closed
+            && self.puncher_closed
+            && self.probes.iter().all(|p| p.closed)
+            && self
+                .stream
+                .as_ref()
+                .is_none_or(|s| s.socket == SocketId(u32::MAX))
+        {
+            self.closed_reported = true;
+            self.events.push_back(NodeEvent::Closed);
+        }
+    }
+}
+
+/// `op` with its socket id replaced by `outer` (a probe's single socket).
+fn remap(op: SocketOp, outer: SocketId) -> SocketOp {
+    match op {
+        SocketOp::Bind {
+            transport,
+            local,
+            options,
+            ..
+        } => SocketOp::Bind {
+            socket: outer,
+            transport,
+            local,
+            options,
+        },
+        SocketOp::Connect { remote, .. } => SocketOp::Connect {
+            socket: outer,
+            remote,
+        },
+        SocketOp::Listen { backlog, .. } => SocketOp::Listen {
+            socket: outer,
+            backlog,
+        },
+        SocketOp::SetTtl { ttl, .. } => SocketOp::SetTtl { socket: outer, ttl },
+        SocketOp::Close { .. } => SocketOp::Close { socket: outer },
+        other => other,
+    }
+}
+
+p2pd_proto::impl_machine!(PunchNode, NodeEvent, stream);
