@@ -55,7 +55,9 @@
 //! the close intent for an owned socket once, then [`SntpEvent::Closed`]; closing before the end
 //! also finishes with [`SntpFailure::Closed`].
 
+mod config;
 pub mod packet;
+mod report;
 #[cfg(test)]
 mod tests;
 
@@ -65,251 +67,19 @@ use std::collections::VecDeque;
 
 use p2pd_proto::stun::DecodeError;
 use p2pd_proto::{
-    BindOptions, DropReason, Instant, IoError, OpKind, Rng, SocketId, SocketOp, SocketOutcome,
-    Transmit, Transport, Verdict,
+    BindOptions, DropReason, Instant, OpKind, Rng, SocketId, SocketOp, SocketOutcome, Transmit,
+    Transport, Verdict,
 };
 
-use crate::clock::{offset_and_delay, ReferenceOffset};
+use crate::clock::offset_and_delay;
+pub use config::{
+    ApiError, ConfigError, SntpConfig, MAX_ATTEMPTS_PER_SAMPLE, MAX_SAMPLES_PER_SERVER, MAX_SERVERS,
+};
 pub use packet::{KissCode, NtpPacket, RejectReason, PACKET_LEN};
+pub use report::{ClockEstimate, SntpEvent, SntpFailure, SntpSample, SntpStats};
 
-/// Most servers one machine queries.
-pub const MAX_SERVERS: usize = 16;
-/// Most samples asked of one server.
-pub const MAX_SAMPLES_PER_SERVER: u32 = 16;
-/// Most attempts for one sample.
-pub const MAX_ATTEMPTS_PER_SAMPLE: u32 = 8;
 /// How many sent queries are remembered to match late replies (the oldest is forgotten first).
 const QUERY_MEMORY: usize = 64;
-
-/// SNTP client settings. [`SntpConfig::new`] fills in the defaults.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct SntpConfig {
-    /// The servers to ask (1..=[`MAX_SERVERS`]), all of the socket's address family.
-    pub servers: Vec<SocketAddr>,
-    /// Unix time in nanoseconds at [`Instant::ZERO`]: the local wall clock is this plus `now`.
-    pub unix_epoch_ns: u64,
-    /// Samples per server (1..=[`MAX_SAMPLES_PER_SERVER`]; default 4).
-    pub samples_per_server: u32,
-    /// Time from the end of one sample (reply or give-up) to the next query of the same server
-    /// (default 2 s, the spacing of ntpd's and chrony's initial burst; public servers answer
-    /// faster queries with a `RATE` kiss).
-    pub sample_spacing: Duration,
-    /// How long to wait for a reply before trying again (default 1 s).
-    pub reply_timeout: Duration,
-    /// Transmissions per sample before it counts as lost (1..=[`MAX_ATTEMPTS_PER_SAMPLE`];
-    /// default 2).
-    pub attempts_per_sample: u32,
-    /// Replies whose server is farther than this from its reference (root delay/2 + root
-    /// dispersion) are rejected (default 1.5 s, NTP's `MAXDIST`).
-    pub max_root_distance: Duration,
-    /// Added to every uncertainty: how far the caller's reading of `now` and its epoch may be from
-    /// the clock it describes (default 2 ms, enough for an epoch taken in whole milliseconds).
-    pub local_error: Duration,
-}
-
-impl SntpConfig {
-    /// The defaults for `servers`, with the local wall clock at `unix_epoch_ns + now`.
-    pub fn new(servers: Vec<SocketAddr>, unix_epoch_ns: u64) -> SntpConfig {
-        SntpConfig {
-            servers,
-            unix_epoch_ns,
-            samples_per_server: 4,
-            sample_spacing: Duration::from_secs(2),
-            reply_timeout: Duration::from_secs(1),
-            attempts_per_sample: 2,
-            max_root_distance: Duration::from_millis(1500),
-            local_error: Duration::from_millis(2),
-        }
-    }
-}
-
-/// A configuration the machine refuses.
-#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]
-#[non_exhaustive]
-pub enum ConfigError {
-    /// No servers, or more than [`MAX_SERVERS`].
-    ServerCount,
-    /// `samples_per_server` outside 1..=[`MAX_SAMPLES_PER_SERVER`].
-    SampleCount,
-    /// `attempts_per_sample` outside 1..=[`MAX_ATTEMPTS_PER_SAMPLE`].
-    AttemptCount,
-    /// A zero `reply_timeout`.
-    ZeroTimeout,
-}
-
-impl core::fmt::Display for ConfigError {
-    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        core::fmt::Debug::fmt(self, f)
-    }
-}
-
-impl std::error::Error for ConfigError {}
-
-/// Misuse of the machine's API.
-#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]
-#[non_exhaustive]
-pub enum ApiError {
-    /// The machine already has its socket.
-    SocketAlreadySet,
-    /// A server's address family differs from the socket's.
-    AddressFamilyMismatch,
-    /// The machine is closed.
-    Closed,
-}
-
-impl core::fmt::Display for ApiError {
-    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        core::fmt::Debug::fmt(self, f)
-    }
-}
-
-impl std::error::Error for ApiError {}
-
-/// One accepted reply.
-#[derive(Copy, Clone, Debug, PartialEq, Eq)]
-pub struct SntpSample {
-    /// The server.
-    pub server: SocketAddr,
-    /// θ: server clock − local wall clock, in nanoseconds.
-    pub offset_ns: i64,
-    /// δ: the round trip minus the server's processing time, in nanoseconds.
-    pub delay_ns: u64,
-    /// The server's root delay, in nanoseconds.
-    pub root_delay_ns: u64,
-    /// The server's root dispersion, in nanoseconds.
-    pub root_dispersion_ns: u64,
-    /// The server's stratum (1..=15).
-    pub stratum: u8,
-    /// The bound on |true offset − `offset_ns`| (see the module docs).
-    pub uncertainty_ns: u64,
-    /// When the reply arrived (T4, machine time).
-    pub received_at: Instant,
-}
-
-/// The machine's answer: how far the local wall clock is from true time.
-#[derive(Copy, Clone, Debug, PartialEq, Eq)]
-pub struct ClockEstimate {
-    /// Server clock − local wall clock, in nanoseconds: `true time ≈ local + offset_ns`.
-    pub offset_ns: i64,
-    /// |true offset − `offset_ns`| ≤ this, if the server's root delay and dispersion are honest.
-    pub uncertainty_ns: u64,
-    /// The server whose sample was chosen.
-    pub server: SocketAddr,
-    /// That sample's round trip δ, in nanoseconds.
-    pub delay_ns: u64,
-    /// That server's stratum.
-    pub stratum: u8,
-    /// How many samples were accepted, from every server.
-    pub samples: u32,
-    /// When the chosen sample's reply arrived (machine time).
-    pub measured_at: Instant,
-}
-
-impl ClockEstimate {
-    /// The estimate as a [`ReferenceOffset`] (what a peer needs over signaling).
-    pub fn reference_offset(&self) -> ReferenceOffset {
-        ReferenceOffset {
-            offset_ns: self.offset_ns,
-            uncertainty_ns: self.uncertainty_ns,
-        }
-    }
-}
-
-/// Why the machine has no estimate.
-#[derive(Clone, Debug, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum SntpFailure {
-    /// No server answered anything acceptable.
-    Timeout {
-        /// Queries sent, retries included.
-        queries: u32,
-    },
-    /// Every server sent a kiss-o'-death; their codes, one per server.
-    AllServersRefused {
-        /// The kiss codes.
-        kiss_codes: Vec<KissCode>,
-    },
-    /// No sample, and at least one server said its clock is unsynchronised.
-    Unsynchronized,
-    /// No sample, and replies were rejected; the last reason.
-    BadReplies {
-        /// The last rejection.
-        last: RejectReason,
-    },
-    /// The socket could not be bound.
-    SocketFailed(IoError),
-    /// The machine was closed first.
-    Closed,
-}
-
-impl core::fmt::Display for SntpFailure {
-    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        match self {
-            SntpFailure::Timeout { queries } => write!(f, "no reply to {queries} queries"),
-            SntpFailure::AllServersRefused { kiss_codes } => {
-                f.write_str("every server refused:")?;
-                for code in kiss_codes {
-                    write!(f, " {code}")?;
-                }
-                Ok(())
-            }
-            SntpFailure::Unsynchronized => f.write_str("server clock unsynchronised"),
-            SntpFailure::BadReplies { last } => write!(f, "bad replies ({last})"),
-            SntpFailure::SocketFailed(e) => write!(f, "socket failed: {e:?}"),
-            SntpFailure::Closed => f.write_str("closed"),
-        }
-    }
-}
-
-/// What the machine reports.
-#[derive(Clone, Debug, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum SntpEvent {
-    /// The socket is bound (only for a socket the machine opened).
-    SocketReady {
-        /// The socket.
-        socket: SocketId,
-        /// Its local address.
-        local: SocketAddr,
-    },
-    /// A reply was accepted.
-    Sample(SntpSample),
-    /// The end of the measurement: exactly once.
-    Finished(Result<ClockEstimate, SntpFailure>),
-    /// The machine is closed; the last event.
-    Closed,
-}
-
-/// Counters, for tests and diagnostics.
-#[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
-pub struct SntpStats {
-    /// Queries sent (first attempts).
-    pub queries: u32,
-    /// Retransmissions.
-    pub retries: u32,
-    /// Samples accepted.
-    pub samples: u32,
-    /// Datagrams too short to be NTP.
-    pub too_short: u64,
-    /// Datagrams of the wrong mode or version.
-    pub wrong_header: u64,
-    /// Replies whose originate timestamp matched no remembered query.
-    pub unknown_originate: u64,
-    /// Replies from the wrong address, or on a socket that is not ours.
-    pub wrong_source: u64,
-    /// Second replies to one query.
-    pub duplicates: u64,
-    /// Kiss-o'-death replies.
-    pub kisses: u64,
-    /// Replies from unsynchronised servers.
-    pub unsynchronized: u64,
-    /// Replies rejected for bad timestamps or root distance.
-    pub bad_times: u64,
-    /// Sends the runtime reported as failed.
-    pub send_failures: u64,
-    /// Datagrams after the end or the close.
-    pub late: u64,
-}
 
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
 enum SocketState {
