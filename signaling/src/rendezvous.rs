@@ -6,9 +6,10 @@
 //! chosen broker (at least two when two are configured), so one broker going down does not stop
 //! delivery. The receiver opens each copy with one [`Opener`]: the first copy is reported, later
 //! copies (from other brokers, MQTT QoS 1 redeliveries, or an attacker's raw replay) hit the
-//! replay cache and are counted as duplicates, never reported twice. Anything else that fails to
-//! open (bad signature, stale, from the future, addressed to someone else) is reported as
-//! [`RendezvousEvent::Rejected`] with the typed [`OpenError`] and counted.
+//! replay cache and are counted as duplicates, never reported twice, even when they arrive after
+//! the freshness window (a copy held by the sender's client while a broker was down). Anything
+//! else that fails to open (bad signature, stale, from the future, addressed to someone else) is
+//! reported as [`RendezvousEvent::Rejected`] with the typed [`OpenError`] and counted.
 //!
 //! Brokers are named by their canonical [`BrokerId`] (a hash of name/address, see
 //! [`BrokerId::of`]), never by a position in a list, and each keeps its own health record
@@ -30,7 +31,7 @@ use p2pd_proto::{Instant, Rng, SocketId, SocketOp, SocketOutcome, Transmit, Verd
 
 use crate::address::BrokerId;
 use crate::envelope::{seal, OpenError, Opener, SealError, NONCE_LEN};
-use crate::identity::{Identity, NodeId, PublicKey};
+use crate::identity::{Identity, NodeId, PublicKey, NODE_ID_LEN, PUBLIC_KEY_LEN};
 use crate::mqtt::client::{
     DisconnectReason, MqttClient, MqttConfig, MqttEvent, MqttStats, PublishError, PublishId,
 };
@@ -672,6 +673,14 @@ impl Rendezvous {
     fn on_envelope(&mut self, i: usize, now: Instant, bytes: &[u8]) {
         let unix_ms = self.unix_ms(now);
         let result = self.opener.open(&self.identity, unix_ms, bytes);
+        // A copy held back by a broker outage (the sender's client resends it once the broker is
+        // back) may arrive after the freshness window: if its first copy was opened, it is still
+        // a duplicate, not a rejection.
+        let duplicate = match &result {
+            Err(OpenError::Replay) => true,
+            Err(OpenError::Stale { .. }) => self.seen_before(bytes),
+            _ => false,
+        };
         let Some(b) = self.brokers.get_mut(i) else {
             return;
         };
@@ -687,7 +696,7 @@ impl Rendezvous {
                     sent_at_ms: opened.timestamp,
                 });
             }
-            Err(OpenError::Replay) => {
+            Err(_) if duplicate => {
                 b.health.duplicates = b.health.duplicates.saturating_add(1);
                 self.stats.duplicates = self.stats.duplicates.saturating_add(1);
             }
@@ -696,6 +705,23 @@ impl Rendezvous {
                 self.stats.rejected = self.stats.rejected.saturating_add(1);
                 self.push(RendezvousEvent::Rejected { broker, reason });
             }
+        }
+    }
+
+    /// Whether the envelope's (sender, nonce) is in the replay cache, read from the header
+    /// (see the layout in [`crate::envelope`]).
+    fn seen_before(&self, bytes: &[u8]) -> bool {
+        const OFF_SENDER: usize = 1;
+        const OFF_NONCE: usize = OFF_SENDER + PUBLIC_KEY_LEN + NODE_ID_LEN + 8;
+        let sender = bytes
+            .get(OFF_SENDER..OFF_SENDER + PUBLIC_KEY_LEN)
+            .and_then(|k| PublicKey::from_bytes(k).ok());
+        let nonce = bytes
+            .get(OFF_NONCE..OFF_NONCE + NONCE_LEN)
+            .and_then(|n| <[u8; NONCE_LEN]>::try_from(n).ok());
+        match (sender, nonce) {
+            (Some(sender), Some(nonce)) => self.opener.contains(&sender, &nonce),
+            _ => false,
         }
     }
 
@@ -709,3 +735,6 @@ impl Rendezvous {
 }
 
 p2pd_proto::impl_machine!(Rendezvous, RendezvousEvent, stream);
+
+#[cfg(test)]
+mod tests;
