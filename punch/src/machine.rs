@@ -1000,6 +1000,15 @@ impl Puncher {
             return;
         };
         let Some(id) = self.new_socket_id() else {
+            // No free socket (or id) now: try again later rather than stay due, which would make
+            // the caller spin.
+            let retry = self.config.retry_interval.max(Duration::from_millis(1));
+            if let Phase::Punching(p) = &mut self.phase {
+                if let Some(x) = p.pairs.get_mut(pair) {
+                    x.next = Some(at.saturating_add(retry));
+                    x.socket = None;
+                }
+            }
             return;
         };
         self.ops.push_back(self.bind_op(id, port));
@@ -1162,6 +1171,13 @@ impl Puncher {
             }
             _ => {}
         }
+    }
+
+    /// Whether `id` is a dialing socket whose bind has not completed yet.
+    fn is_binding(&self, id: SocketId) -> bool {
+        self.sockets
+            .iter()
+            .any(|s| s.id == id && matches!(s.kind, SockKind::Dialing { bound: false, .. }))
     }
 
     fn any_bound(&self) -> bool {
@@ -1347,7 +1363,14 @@ impl Puncher {
                 Phase::AwaitingOffer { deadline } => Some(*deadline),
                 Phase::AwaitingAck { meet_ns, .. } => Some(self.instant_of(*meet_ns)),
                 Phase::Punching(p) => {
-                    let next = p.pairs.iter().filter_map(|x| x.next).min();
+                    // A pair whose socket is still binding connects when the bind completes (see
+                    // `on_outcome`), not on a timer: a due time there would make the caller spin.
+                    let next = p
+                        .pairs
+                        .iter()
+                        .filter(|x| !x.socket.is_some_and(|id| self.is_binding(id)))
+                        .filter_map(|x| x.next)
+                        .min();
                     Some(next.map_or(p.deadline, |n| n.min(p.deadline)))
                 }
                 Phase::Idle
@@ -1404,3 +1427,6 @@ fn duration_ns(d: Duration) -> u64 {
 }
 
 p2pd_proto::impl_machine!(Puncher, PunchEvent, stream);
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,1140 @@
+//! Stateful fuzzing of the TCP hole-punch machine (`p2pd_punch::Puncher`): API calls (initiate,
+//! provide candidates, close), signaling (raw bytes, or well-formed messages with the right or a
+//! wrong session, round and sender, plus shortcuts that play the peer's side correctly: an answer
+//! echoing an offer's `t1`, an ack echoing an answer's meet, a peer offer), socket outcomes for the
+//! intents the machine issued (and for unknown ids), stream bytes (valid or broken hellos, the
+//! CHOSEN marker, junk) and time steps (small ones and jumps past deadlines).
+//!
+//! Checks the contract's invariants, not just "no panic": every socket the machine binds is closed
+//! at most once and nothing is done with it afterwards; an accept id that never got `Accepted` is
+//! never closed; transmits only go to streams (connected or accepted) and are a hello then at most
+//! the marker; the winner of `Connected` is never touched again; `poll_timeout` never makes the
+//! caller spin; `Connected`/`Failed` at most once, nothing but `Closed` after them, nothing after
+//! `Closed`; after the end the machine owns nothing and has no timer; at most `max_sockets` open;
+//! every signal payload decodes.
+#![no_main]
+
+use std::collections::HashMap;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::time::Duration;
+
+use arbitrary::Arbitrary;
+use libfuzzer_sys::fuzz_target;
+use p2pd_proto::{
+    Instant, IoError, OpKind, SocketId, SocketOp, SocketOutcome, Transport, TRANSMIT_BUFFER_LEN,
+};
+use p2pd_punch::message::{AbortReason, Hello, CHOSEN, HELLO_LEN, NODE_ID_LEN};
+use p2pd_punch::{Candidate, Message, PunchConfig, PunchEvent, Puncher, SessionId};
+
+const PEER: [u8; NODE_ID_LEN] = [0x20; NODE_ID_LEN];
+const BASE: u32 = 1000;
+
+#[derive(Arbitrary, Debug, Clone, Copy)]
+struct FCand {
+    local_port: u16,
+    v6: bool,
+    ip: u32,
+    port: u16,
+}
+
+#[derive(Arbitrary, Debug)]
+enum Cands {
+    /// Valid candidates (1..=4) in the machine's address family.
+    Good(u8, u16),
+    /// Anything, including empty, too many, port 0, the other family.
+    Any(Vec<FCand>),
+}
+
+#[derive(Arbitrary, Debug, Clone, Copy)]
+enum SessionSel {
+    /// The machine's current session.
+    Current,
+    /// A session from the fuzz input.
+    Fuzz([u8; 2]),
+}
+
+#[derive(Arbitrary, Debug, Clone, Copy)]
+enum FromSel {
+    Peer,
+    Ourselves,
+    Other(u8),
+}
+
+#[derive(Arbitrary, Debug)]
+enum Signal {
+    Raw(Vec<u8>),
+    Offer {
+        session: SessionSel,
+        round: i8,
+        t1_off_ms: i16,
+        cands: Cands,
+    },
+    Answer {
+        session: SessionSel,
+        round: i8,
+        t1: u64,
+        t2: u64,
+        t3: u64,
+        meet: u64,
+        cands: Cands,
+    },
+    Ack {
+        session: SessionSel,
+        round: i8,
+        meet: u64,
+        uncertainty_ns: u64,
+    },
+    Abort {
+        session: SessionSel,
+        round: i8,
+        reason: u8,
+    },
+}
+
+#[derive(Arbitrary, Debug, Clone, Copy)]
+enum Err {
+    AddrInUse,
+    Refused,
+    Reset,
+    TimedOut,
+    Unreachable,
+    Unknown,
+    Other,
+}
+
+impl Err {
+    fn io(self) -> IoError {
+        match self {
+            Err::AddrInUse => IoError::AddrInUse,
+            Err::Refused => IoError::ConnectionRefused,
+            Err::Reset => IoError::ConnectionReset,
+            Err::TimedOut => IoError::TimedOut,
+            Err::Unreachable => IoError::HostUnreachable,
+            Err::Unknown => IoError::UnknownSocket,
+            Err::Other => IoError::Other(Some(5)),
+        }
+    }
+}
+
+#[derive(Arbitrary, Debug, Clone, Copy)]
+enum WildOutcome {
+    Bound,
+    Connected,
+    Accepted,
+    PeerClosed,
+    Failed { op: u8, err: Err },
+}
+
+#[derive(Arbitrary, Debug)]
+enum HelloKind {
+    Valid,
+    WrongSession,
+    WrongRound,
+    WrongNode,
+    BadMagic,
+}
+
+#[derive(Arbitrary, Debug)]
+enum Op {
+    Initiate {
+        peer: FromSel,
+        cands: Cands,
+    },
+    Provide {
+        round_delta: i8,
+        cands: Cands,
+    },
+    /// A signaling message from someone.
+    Signal {
+        from: FromSel,
+        signal: Signal,
+    },
+    /// Shortcut: the peer answers the machine's latest offer correctly (peer clock offset,
+    /// processing time and lead from the input).
+    PeerAnswer {
+        t1_index: u8,
+        offset_ms: i16,
+        proc_ms: u8,
+        lead_ms: u16,
+        cands: Cands,
+    },
+    /// Shortcut: the peer offers (new session, or the current one with some round).
+    PeerOffer {
+        new_session: bool,
+        round_delta: i8,
+        offset_ms: i16,
+        cands: Cands,
+    },
+    /// Shortcut: the peer acknowledges the machine's latest answer (`meet_delta` 0 is exact).
+    PeerAck {
+        meet_delta: i8,
+        uncertainty_ms: u8,
+    },
+    /// Shortcut: the peer re-sends the latest signal the machine emitted back to it.
+    Echo,
+    /// Answer a pending bind (by index) with Bound or a failure.
+    BindResult {
+        which: u8,
+        fail: Option<Err>,
+    },
+    /// Every pending bind succeeds.
+    AllBound,
+    /// Answer a pending connect.
+    ConnectResult {
+        which: u8,
+        fail: Option<Err>,
+    },
+    /// Answer a pending accept.
+    AcceptResult {
+        which: u8,
+        fail: Option<Err>,
+        remote: u8,
+    },
+    /// A stream ends or fails.
+    StreamEnd {
+        which: u8,
+        fail: Option<Err>,
+    },
+    /// Any outcome for some id (known or not; connected/accepted only for unknown ids).
+    Wild {
+        id: u16,
+        outcome: WildOutcome,
+    },
+    /// A hello on a stream, maybe followed by the marker and data, cut in two.
+    Hello {
+        which: u8,
+        kind: HelloKind,
+        chosen: bool,
+        extra: Vec<u8>,
+        cut: u8,
+    },
+    /// Raw bytes on a stream (or any id).
+    Bytes {
+        which: u8,
+        any_id: Option<u16>,
+        data: Vec<u8>,
+    },
+    Advance {
+        ms: u16,
+    },
+    /// To the next deadline (plus a little).
+    ToDeadline {
+        extra_ms: u8,
+    },
+    Jump {
+        secs: u8,
+    },
+    Datagram,
+    Close,
+}
+
+#[derive(Arbitrary, Debug)]
+struct Setup {
+    seed: u64,
+    leader: bool,
+    v6: bool,
+    max_sockets: u8,
+    small_ids: Option<u8>,
+    max_rounds: u8,
+    signal_attempts: u8,
+    accept_offers: bool,
+    epoch_s: u32,
+    retry_ms: u8,
+    window_ms: u16,
+    lead_ms: u16,
+}
+
+#[derive(Arbitrary, Debug)]
+struct Input {
+    setup: Setup,
+    ops: Vec<Op>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+enum St {
+    /// Bound by a Bind intent (bind outcome delivered or not).
+    Opened {
+        bound: bool,
+        failed: bool,
+        listening: bool,
+        connecting: Option<SocketAddr>,
+        local: SocketAddr,
+    },
+    /// An accept intent not yet answered.
+    Accepting { listener: SocketId },
+    /// A stream (connected or accepted).
+    Stream { remote: SocketAddr, tx: usize },
+    /// Handed to the caller by `Connected`.
+    Winner,
+}
+
+struct H {
+    m: Puncher,
+    now: Instant,
+    ours: [u8; NODE_ID_LEN],
+    bind_ip: IpAddr,
+    epoch_ns: u64,
+    max_sockets: usize,
+    span: u32,
+    socks: HashMap<SocketId, St>,
+    /// Every id the machine ever used.
+    known: Vec<SocketId>,
+    /// (session, round, t1s) of the offers the machine sent.
+    offers: Vec<(SessionId, u8, u64)>,
+    /// (session, round, meet) of the machine's latest answer.
+    answer: Option<(SessionId, u8, u64)>,
+    last_signal: Option<Vec<u8>>,
+    need_round: u8,
+    round: u8,
+    peer: Option<[u8; NODE_ID_LEN]>,
+    terminal: bool,
+    closed_event: bool,
+}
+
+fn pick<T: Copy>(v: &[T], which: u8) -> Option<T> {
+    if v.is_empty() {
+        None
+    } else {
+        Some(v[usize::from(which) % v.len()])
+    }
+}
+
+impl H {
+    fn wall(&self) -> u64 {
+        self.epoch_ns.saturating_add(self.now.as_nanos())
+    }
+
+    fn from(&self, f: FromSel) -> [u8; NODE_ID_LEN] {
+        match f {
+            FromSel::Peer => PEER,
+            FromSel::Ourselves => self.ours,
+            FromSel::Other(b) => [b; NODE_ID_LEN],
+        }
+    }
+
+    fn session(&self, s: SessionSel) -> SessionId {
+        match s {
+            SessionSel::Current => self.m.session().unwrap_or(SessionId([0; 16])),
+            SessionSel::Fuzz([a, b]) => {
+                let mut id = [a; 16];
+                id[15] = b;
+                SessionId(id)
+            }
+        }
+    }
+
+    fn cands(&self, c: &Cands) -> Vec<Candidate> {
+        match c {
+            Cands::Good(n, base) => {
+                let n = usize::from(*n % 4) + 1;
+                (0..n)
+                    .map(|i| {
+                        let port = base.wrapping_add(i as u16 * 7).max(1);
+                        let ip = if self.bind_ip.is_ipv4() {
+                            IpAddr::V4(Ipv4Addr::new(203, 0, 113, i as u8 + 1))
+                        } else {
+                            IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, i as u16 + 1))
+                        };
+                        Candidate {
+                            local_port: 20_000 + (i as u16 % 2),
+                            external: SocketAddr::new(ip, port),
+                        }
+                    })
+                    .collect()
+            }
+            Cands::Any(list) => list
+                .iter()
+                .take(20)
+                .map(|c| Candidate {
+                    local_port: c.local_port,
+                    external: SocketAddr::new(
+                        if c.v6 {
+                            IpAddr::V6(Ipv6Addr::from(u128::from(c.ip)))
+                        } else {
+                            IpAddr::V4(Ipv4Addr::from(c.ip))
+                        },
+                        c.port,
+                    ),
+                })
+                .collect(),
+        }
+    }
+
+    fn round(&self, delta: i8) -> u8 {
+        (i16::from(self.round) + i16::from(delta)).clamp(0, 255) as u8
+    }
+
+    fn ids_where(&self, f: impl Fn(&St) -> bool) -> Vec<SocketId> {
+        let mut v: Vec<SocketId> = self
+            .socks
+            .iter()
+            .filter(|(_, s)| f(s))
+            .map(|(id, _)| *id)
+            .collect();
+        v.sort_by_key(|s| s.0);
+        v
+    }
+
+    fn drain(&mut self) {
+        let mut buf = vec![0u8; TRANSMIT_BUFFER_LEN];
+        loop {
+            let mut progressed = false;
+            while let Some(t) = self.m.poll_transmit(&mut buf) {
+                progressed = true;
+                assert!(!self.closed_event, "transmit after Closed");
+                let bytes = &buf[..t.len];
+                let Some(St::Stream { remote, tx }) = self.socks.get_mut(&t.socket) else {
+                    panic!(
+                        "transmit on {} which is not an open stream: {:?}",
+                        t.socket,
+                        self.socks.get(&t.socket)
+                    );
+                };
+                assert_eq!(t.destination, *remote);
+                if *tx == 0 {
+                    assert_eq!(
+                        bytes.len(),
+                        HELLO_LEN,
+                        "first bytes on a stream are the hello"
+                    );
+                    let h = Hello::decode(bytes).expect("a valid hello");
+                    assert_eq!(h.node_id, self.ours);
+                } else {
+                    assert_eq!(*tx, HELLO_LEN, "at most a hello and a marker");
+                    assert_eq!(bytes, &[CHOSEN], "the marker follows the hello");
+                    assert!(
+                        self.ours < self.peer.unwrap_or([0xff; NODE_ID_LEN]),
+                        "only the leader writes the marker"
+                    );
+                }
+                *tx += bytes.len();
+            }
+            while let Some(op) = self.m.poll_socket_op() {
+                progressed = true;
+                assert!(!self.closed_event, "intent after Closed: {op:?}");
+                assert!(!self.terminal, "intent after the punch ended: {op:?}");
+                let id = op.socket();
+                assert!(
+                    id.0 >= BASE && id.0 < BASE + self.span,
+                    "id {id} outside the configured range"
+                );
+                if !self.known.contains(&id) && self.known.len() < 4096 {
+                    self.known.push(id);
+                }
+                match op {
+                    SocketOp::Bind { socket, transport, local, options } => {
+                        assert_eq!(transport, Transport::Tcp);
+                        assert!(options.reuse_address && options.reuse_port, "reuse flags set before bind");
+                        assert_eq!(local.ip(), self.bind_ip);
+                        assert_ne!(local.port(), 0);
+                        assert!(!self.socks.contains_key(&socket), "bind on {socket} which is in use: {:?}", self.socks.get(&socket));
+                        self.socks.insert(
+                            socket,
+                            St::Opened { bound: false, failed: false, listening: false, connecting: None, local },
+                        );
+                    }
+                    SocketOp::Listen { socket, .. } => match self.socks.get_mut(&socket) {
+                        Some(St::Opened { bound: true, failed: false, connecting: None, listening, .. }) => *listening = true,
+                        other => panic!("listen on {socket} in state {other:?}"),
+                    },
+                    SocketOp::Accept { listener, socket } => {
+                        assert!(
+                            matches!(self.socks.get(&listener), Some(St::Opened { listening: true, failed: false, .. })),
+                            "accept on {listener} which is not listening: {:?}",
+                            self.socks.get(&listener)
+                        );
+                        assert!(!self.socks.contains_key(&socket), "accept id {socket} in use: {:?}", self.socks.get(&socket));
+                        self.socks.insert(socket, St::Accepting { listener });
+                    }
+                    SocketOp::Connect { socket, remote } => match self.socks.get_mut(&socket) {
+                        Some(St::Opened { bound: true, failed: false, listening: false, connecting, .. })
+                            if connecting.is_none() =>
+                        {
+                            assert_eq!(remote.is_ipv4(), self.bind_ip.is_ipv4());
+                            *connecting = Some(remote);
+                        }
+                        other => panic!("connect on {socket} in state {other:?}"),
+                    },
+                    SocketOp::Close { socket } => match self.socks.remove(&socket) {
+                        Some(St::Opened { listening, .. }) => {
+                            if listening {
+                                // The runtime drops the listener's outstanding accepts with it.
+                                self.socks.retain(|_, s| *s != St::Accepting { listener: socket });
+                            }
+                        }
+                        Some(St::Stream { .. }) => {}
+                        other => panic!("close of {socket} in state {other:?} (closed twice, never opened, an accept that never came up, or the winner)"),
+                    },
+                    other => panic!("unexpected intent {other:?}"),
+                }
+            }
+            while let Some(ev) = self.m.poll_event() {
+                progressed = true;
+                assert!(!self.closed_event, "event after Closed: {ev:?}");
+                if self.terminal {
+                    assert!(
+                        matches!(ev, PunchEvent::Closed),
+                        "{ev:?} after the punch ended"
+                    );
+                }
+                match ev {
+                    PunchEvent::Signal { peer, payload } => {
+                        assert_eq!(
+                            Some(peer),
+                            self.peer,
+                            "signal to a node that is not the peer"
+                        );
+                        let msg = Message::decode(&payload).expect("signal payloads decode");
+                        assert_eq!(
+                            Some(msg.session()),
+                            self.m.session(),
+                            "signal for another session"
+                        );
+                        match &msg {
+                            Message::Offer {
+                                session, round, t1, ..
+                            } => {
+                                if self.offers.len() >= 64 {
+                                    self.offers.remove(0);
+                                }
+                                self.offers.push((*session, *round, *t1));
+                                self.round = *round;
+                            }
+                            Message::Answer {
+                                session,
+                                round,
+                                meet,
+                                ..
+                            } => {
+                                self.answer = Some((*session, *round, *meet));
+                                self.round = *round;
+                            }
+                            _ => {}
+                        }
+                        self.last_signal = Some(payload);
+                    }
+                    PunchEvent::NeedCandidates { round } => {
+                        self.need_round = round;
+                        self.round = round;
+                    }
+                    PunchEvent::Armed { meet, .. } => {
+                        assert!(meet > self.now, "armed for a meet time in the past");
+                    }
+                    PunchEvent::Connected { socket, remote, .. } => {
+                        match self.socks.get(&socket) {
+                            Some(St::Stream { remote: r, tx }) => {
+                                assert_eq!(*r, remote);
+                                assert!(*tx >= HELLO_LEN, "connected before our hello went out");
+                            }
+                            other => panic!("Connected on {socket} in state {other:?}"),
+                        }
+                        self.socks.insert(socket, St::Winner);
+                        self.terminal = true;
+                    }
+                    PunchEvent::Failed { .. } => self.terminal = true,
+                    PunchEvent::RoundFailed { round, .. } => {
+                        self.round = round.saturating_add(1);
+                    }
+                    PunchEvent::Closed => self.closed_event = true,
+                    _ => {}
+                }
+            }
+            if !progressed {
+                break;
+            }
+        }
+        let open = self.m.open_sockets();
+        assert!(
+            open <= self.max_sockets,
+            "{open} sockets open, limit {}",
+            self.max_sockets
+        );
+        let ours = self
+            .socks
+            .values()
+            .filter(|s| !matches!(s, St::Winner))
+            .count();
+        assert!(
+            ours <= open,
+            "the machine owns {open} sockets, the runtime sees {ours}: {:?}",
+            self.socks
+        );
+        if self.terminal || self.closed_event {
+            assert_eq!(open, 0, "sockets left after the end");
+            assert_eq!(ours, 0, "sockets left open after the end: {:?}", self.socks);
+        }
+        if self.closed_event {
+            assert_eq!(self.m.poll_timeout(), None, "timer after Closed");
+            assert!(self.m.is_closed());
+        }
+    }
+
+    fn outcome(&mut self, socket: SocketId, outcome: SocketOutcome) {
+        self.m.handle_socket_result(self.now, socket, outcome);
+        self.drain();
+    }
+
+    fn signal(&mut self, from: [u8; NODE_ID_LEN], payload: &[u8]) {
+        let before = self.m.session();
+        let _ = self.m.handle_signal(self.now, from, payload);
+        // An offer that starts a session (idle, or glare) makes its sender the peer.
+        if let Ok(Message::Offer { session, .. }) = Message::decode(payload) {
+            if before != Some(session) && self.m.session() == Some(session) {
+                self.peer = Some(from);
+            }
+        }
+        self.drain();
+    }
+
+    fn message(&mut self, from: [u8; NODE_ID_LEN], msg: Message) {
+        if let Ok(bytes) = msg.encode() {
+            self.signal(from, &bytes);
+        }
+    }
+
+    /// Time moves to `to`: handle_timeout, and at most once more if the deadline is still due.
+    fn advance(&mut self, to: Instant) {
+        self.now = self.now.max(to);
+        self.m.handle_timeout(self.now);
+        self.drain();
+        if self.m.poll_timeout().is_some_and(|t| t <= self.now) {
+            self.m.handle_timeout(self.now);
+            self.drain();
+            if let Some(t) = self.m.poll_timeout() {
+                assert!(t > self.now, "poll_timeout {t:?} <= now {:?} after two handle_timeout(now): the caller would spin", self.now);
+            }
+        }
+    }
+
+    fn stream_id(&self, which: u8) -> Option<SocketId> {
+        pick(&self.ids_where(|s| matches!(s, St::Stream { .. })), which)
+    }
+
+    fn run(&mut self, op: Op) {
+        match op {
+            Op::Initiate { peer, cands } => {
+                let peer = self.from(peer);
+                let c = self.cands(&cands);
+                let was_idle = self.m.session().is_none() && !self.m.is_closed();
+                if self.m.initiate(self.now, peer, c).is_ok() {
+                    assert!(was_idle);
+                    self.peer = Some(peer);
+                    self.round = 0;
+                }
+                self.drain();
+            }
+            Op::Provide { round_delta, cands } => {
+                let round =
+                    (i16::from(self.need_round) + i16::from(round_delta % 2)).clamp(0, 255) as u8;
+                let c = self.cands(&cands);
+                let _ = self.m.provide_candidates(self.now, round, c);
+                self.drain();
+            }
+            Op::Signal { from, signal } => {
+                let from = self.from(from);
+                let msg = match signal {
+                    Signal::Raw(bytes) => {
+                        self.signal(from, &bytes);
+                        return;
+                    }
+                    Signal::Offer {
+                        session,
+                        round,
+                        t1_off_ms,
+                        cands,
+                    } => Message::Offer {
+                        session: self.session(session),
+                        round: self.round(round),
+                        t1: (self.wall() as i64).wrapping_add(i64::from(t1_off_ms) * 1_000_000)
+                            as u64,
+                        candidates: self.cands(&cands),
+                    },
+                    Signal::Answer {
+                        session,
+                        round,
+                        t1,
+                        t2,
+                        t3,
+                        meet,
+                        cands,
+                    } => Message::Answer {
+                        session: self.session(session),
+                        round: self.round(round),
+                        t1,
+                        t2,
+                        t3,
+                        meet,
+                        candidates: self.cands(&cands),
+                    },
+                    Signal::Ack {
+                        session,
+                        round,
+                        meet,
+                        uncertainty_ns,
+                    } => Message::Ack {
+                        session: self.session(session),
+                        round: self.round(round),
+                        meet,
+                        uncertainty_ns,
+                    },
+                    Signal::Abort {
+                        session,
+                        round,
+                        reason,
+                    } => Message::Abort {
+                        session: self.session(session),
+                        round: self.round(round),
+                        reason: [
+                            AbortReason::TooUncertain,
+                            AbortReason::TooLate,
+                            AbortReason::Cancelled,
+                            AbortReason::NoSockets,
+                        ][usize::from(reason % 4)],
+                    },
+                };
+                self.message(from, msg);
+            }
+            Op::PeerAnswer {
+                t1_index,
+                offset_ms,
+                proc_ms,
+                lead_ms,
+                cands,
+            } => {
+                let Some((session, round, t1)) = pick(&self.offers, t1_index) else {
+                    return;
+                };
+                let t2 = (self.wall() as i64).wrapping_add(i64::from(offset_ms) * 1_000_000) as u64;
+                let t3 = t2.wrapping_add(u64::from(proc_ms) * 1_000_000);
+                let meet = t3.wrapping_add(u64::from(lead_ms) * 1_000_000);
+                let msg = Message::Answer {
+                    session,
+                    round,
+                    t1,
+                    t2,
+                    t3,
+                    meet,
+                    candidates: self.cands(&cands),
+                };
+                self.message(PEER, msg);
+            }
+            Op::PeerOffer {
+                new_session,
+                round_delta,
+                offset_ms,
+                cands,
+            } => {
+                let session = if new_session {
+                    let mut s = [0x77; 16];
+                    s[0] = self.round;
+                    SessionId(s)
+                } else {
+                    self.session(SessionSel::Current)
+                };
+                let round = if new_session {
+                    0
+                } else {
+                    self.round(round_delta % 3)
+                };
+                let t1 = (self.wall() as i64).wrapping_add(i64::from(offset_ms) * 1_000_000) as u64;
+                let msg = Message::Offer {
+                    session,
+                    round,
+                    t1,
+                    candidates: self.cands(&cands),
+                };
+                self.message(PEER, msg);
+            }
+            Op::PeerAck {
+                meet_delta,
+                uncertainty_ms,
+            } => {
+                let Some((session, round, meet)) = self.answer else {
+                    return;
+                };
+                let meet = (meet as i64).wrapping_add(i64::from(meet_delta)) as u64;
+                let msg = Message::Ack {
+                    session,
+                    round,
+                    meet,
+                    uncertainty_ns: u64::from(uncertainty_ms) * 1_000_000,
+                };
+                self.message(PEER, msg);
+            }
+            Op::Echo => {
+                if let Some(bytes) = self.last_signal.clone() {
+                    self.signal(PEER, &bytes);
+                }
+            }
+            Op::BindResult { which, fail } => {
+                let pending = self.ids_where(|s| {
+                    matches!(
+                        s,
+                        St::Opened {
+                            bound: false,
+                            failed: false,
+                            ..
+                        }
+                    )
+                });
+                let Some(id) = pick(&pending, which) else {
+                    return;
+                };
+                self.bind_result(id, fail);
+            }
+            Op::AllBound => {
+                for id in self.ids_where(|s| {
+                    matches!(
+                        s,
+                        St::Opened {
+                            bound: false,
+                            failed: false,
+                            ..
+                        }
+                    )
+                }) {
+                    if matches!(
+                        self.socks.get(&id),
+                        Some(St::Opened {
+                            bound: false,
+                            failed: false,
+                            ..
+                        })
+                    ) {
+                        self.bind_result(id, None);
+                    }
+                }
+            }
+            Op::ConnectResult { which, fail } => {
+                let pending = self.ids_where(|s| {
+                    matches!(
+                        s,
+                        St::Opened {
+                            connecting: Some(_),
+                            failed: false,
+                            ..
+                        }
+                    )
+                });
+                let Some(id) = pick(&pending, which) else {
+                    return;
+                };
+                let Some(St::Opened {
+                    connecting: Some(remote),
+                    local,
+                    ..
+                }) = self.socks.get(&id).cloned()
+                else {
+                    return;
+                };
+                match fail {
+                    None => {
+                        self.socks.insert(id, St::Stream { remote, tx: 0 });
+                        self.outcome(id, SocketOutcome::Connected { local, remote });
+                    }
+                    Some(e) => {
+                        self.mark_failed(id);
+                        self.outcome(
+                            id,
+                            SocketOutcome::Failed {
+                                op: OpKind::Connect,
+                                destination: None,
+                                error: e.io(),
+                            },
+                        );
+                    }
+                }
+            }
+            Op::AcceptResult {
+                which,
+                fail,
+                remote,
+            } => {
+                let pending = self.ids_where(|s| matches!(s, St::Accepting { .. }));
+                let Some(id) = pick(&pending, which) else {
+                    return;
+                };
+                let Some(St::Accepting { listener }) = self.socks.get(&id).cloned() else {
+                    return;
+                };
+                let local = match self.socks.get(&listener) {
+                    Some(St::Opened { local, .. }) => *local,
+                    _ => SocketAddr::new(self.bind_ip, 1),
+                };
+                match fail {
+                    None => {
+                        let ip = if self.bind_ip.is_ipv4() {
+                            IpAddr::V4(Ipv4Addr::new(203, 0, 113, remote % 8))
+                        } else {
+                            IpAddr::V6(Ipv6Addr::new(
+                                0x2001,
+                                0xdb8,
+                                0,
+                                0,
+                                0,
+                                0,
+                                0,
+                                u16::from(remote % 8),
+                            ))
+                        };
+                        let remote = SocketAddr::new(ip, 40_000 + u16::from(remote));
+                        self.socks.insert(id, St::Stream { remote, tx: 0 });
+                        self.outcome(id, SocketOutcome::Accepted { local, remote });
+                    }
+                    Some(e) => {
+                        // The machine forgets a failed accept without closing it.
+                        self.socks.remove(&id);
+                        self.outcome(
+                            id,
+                            SocketOutcome::Failed {
+                                op: OpKind::Accept,
+                                destination: None,
+                                error: e.io(),
+                            },
+                        );
+                    }
+                }
+            }
+            Op::StreamEnd { which, fail } => {
+                let Some(id) = self.stream_id(which) else {
+                    return;
+                };
+                let outcome = match fail {
+                    None => SocketOutcome::PeerClosed,
+                    Some(e) => SocketOutcome::Failed {
+                        op: OpKind::Receive,
+                        destination: None,
+                        error: e.io(),
+                    },
+                };
+                self.outcome(id, outcome);
+            }
+            Op::Wild { id, outcome } => {
+                self.wild(SocketId(BASE.wrapping_add(u32::from(id))), outcome)
+            }
+            Op::Hello {
+                which,
+                kind,
+                chosen,
+                extra,
+                cut,
+            } => {
+                let Some(id) = self.stream_id(which) else {
+                    return;
+                };
+                let mut hello = Hello {
+                    session: self.m.session().unwrap_or(SessionId([0; 16])),
+                    round: self.round,
+                    node_id: self.peer.unwrap_or(PEER),
+                };
+                match kind {
+                    HelloKind::Valid | HelloKind::BadMagic => {}
+                    HelloKind::WrongSession => hello.session.0[3] ^= 1,
+                    HelloKind::WrongRound => hello.round ^= 1,
+                    HelloKind::WrongNode => hello.node_id[0] ^= 1,
+                }
+                let mut bytes = hello.encode().to_vec();
+                if matches!(kind, HelloKind::BadMagic) {
+                    bytes[0] = b'X';
+                }
+                if chosen {
+                    bytes.push(CHOSEN);
+                }
+                bytes.extend(extra.iter().take(64));
+                let cut = usize::from(cut).min(bytes.len());
+                let (a, b) = bytes.split_at(cut);
+                for part in [a, b] {
+                    if !part.is_empty() {
+                        let _ = self.m.handle_stream(self.now, id, part);
+                        self.drain();
+                    }
+                }
+            }
+            Op::Bytes {
+                which,
+                any_id,
+                data,
+            } => {
+                let id = match any_id {
+                    Some(i) => SocketId(BASE.wrapping_add(u32::from(i))),
+                    None => match self.stream_id(which) {
+                        Some(id) => id,
+                        None => return,
+                    },
+                };
+                let _ = self.m.handle_stream(self.now, id, &data);
+                self.drain();
+            }
+            Op::Advance { ms } => self.advance(
+                self.now
+                    .saturating_add(Duration::from_millis(u64::from(ms))),
+            ),
+            Op::ToDeadline { extra_ms } => {
+                let to = self.m.poll_timeout().unwrap_or(self.now).max(self.now);
+                self.advance(to.saturating_add(Duration::from_millis(u64::from(extra_ms))));
+            }
+            Op::Jump { secs } => self.advance(
+                self.now
+                    .saturating_add(Duration::from_secs(u64::from(secs))),
+            ),
+            Op::Datagram => {
+                let v = self.m.handle_datagram(
+                    self.now,
+                    SocketId(BASE),
+                    "192.0.2.1:1".parse().unwrap(),
+                    b"x",
+                );
+                assert_eq!(v, p2pd_proto::Verdict::NotMine);
+                self.drain();
+            }
+            Op::Close => {
+                let was_closed = self.m.is_closed();
+                self.m.close(self.now);
+                self.drain();
+                assert!(self.closed_event, "no Closed after close");
+                if !was_closed {
+                    self.m.close(self.now);
+                    self.drain();
+                }
+            }
+        }
+    }
+
+    fn mark_failed(&mut self, id: SocketId) {
+        if let Some(St::Opened {
+            failed, connecting, ..
+        }) = self.socks.get_mut(&id)
+        {
+            *failed = true;
+            *connecting = None;
+        }
+    }
+
+    fn bind_result(&mut self, id: SocketId, fail: Option<Err>) {
+        match fail {
+            None => {
+                let local = match self.socks.get_mut(&id) {
+                    Some(St::Opened { bound, local, .. }) => {
+                        *bound = true;
+                        *local
+                    }
+                    _ => SocketAddr::new(self.bind_ip, 1),
+                };
+                self.outcome(id, SocketOutcome::Bound { local });
+            }
+            Some(e) => {
+                self.mark_failed(id);
+                self.outcome(
+                    id,
+                    SocketOutcome::Failed {
+                        op: OpKind::Bind,
+                        destination: None,
+                        error: e.io(),
+                    },
+                );
+            }
+        }
+    }
+
+    fn wild(&mut self, id: SocketId, outcome: WildOutcome) {
+        let known = self.known.contains(&id);
+        let local = SocketAddr::new(self.bind_ip, 20_000);
+        let remote = SocketAddr::new(self.bind_ip, 9);
+        let outcome = match outcome {
+            WildOutcome::Bound => {
+                if let Some(St::Opened {
+                    bound,
+                    failed: false,
+                    ..
+                }) = self.socks.get_mut(&id)
+                {
+                    *bound = true;
+                }
+                SocketOutcome::Bound { local }
+            }
+            // A connect or accept the machine never asked for only makes sense for a foreign id.
+            WildOutcome::Connected if !known => SocketOutcome::Connected { local, remote },
+            WildOutcome::Accepted if !known => SocketOutcome::Accepted { local, remote },
+            WildOutcome::Connected | WildOutcome::Accepted | WildOutcome::PeerClosed => {
+                SocketOutcome::PeerClosed
+            }
+            WildOutcome::Failed { op, err } => {
+                let kinds = [
+                    OpKind::Bind,
+                    OpKind::Connect,
+                    OpKind::Listen,
+                    OpKind::Accept,
+                    OpKind::Send,
+                    OpKind::Receive,
+                ];
+                match self.socks.get(&id) {
+                    Some(St::Accepting { .. }) => {
+                        self.socks.remove(&id);
+                    }
+                    Some(St::Opened { .. }) => self.mark_failed(id),
+                    _ => {}
+                }
+                SocketOutcome::Failed {
+                    op: kinds[usize::from(op) % kinds.len()],
+                    destination: None,
+                    error: err.io(),
+                }
+            }
+        };
+        self.outcome(id, outcome);
+    }
+}
+
+fuzz_target!(|input: Input| {
+    let s = &input.setup;
+    let ours = if s.leader {
+        [0x10; NODE_ID_LEN]
+    } else {
+        [0x30; NODE_ID_LEN]
+    };
+    let epoch_ns = u64::from(s.epoch_s) * 1_000_000_000;
+    let mut config = PunchConfig::new(ours, epoch_ns);
+    config.bind_ip = if s.v6 {
+        IpAddr::V6(Ipv6Addr::UNSPECIFIED)
+    } else {
+        IpAddr::V4(Ipv4Addr::UNSPECIFIED)
+    };
+    config.max_sockets = usize::from(s.max_sockets % 24) + 1;
+    config.socket_base = SocketId(BASE);
+    config.socket_ids = match s.small_ids {
+        Some(n) => u32::from(n % 40) + 1,
+        None => 4096,
+    };
+    config.max_rounds = s.max_rounds % 4 + 1;
+    config.signal_attempts = u32::from(s.signal_attempts % 5) + 1;
+    config.accept_offers = s.accept_offers;
+    config.retry_interval = Duration::from_millis(u64::from(s.retry_ms) + 1);
+    config.punch_window = Duration::from_millis(u64::from(s.window_ms) + 1);
+    config.lead = Duration::from_millis(u64::from(s.lead_ms));
+    let mut h = H {
+        m: Puncher::new(config.clone(), s.seed),
+        now: Instant::from_millis(1),
+        ours,
+        bind_ip: config.bind_ip,
+        epoch_ns,
+        max_sockets: config.max_sockets,
+        span: config.socket_ids,
+        socks: HashMap::new(),
+        known: Vec::new(),
+        offers: Vec::new(),
+        answer: None,
+        last_signal: None,
+        need_round: 0,
+        round: 0,
+        peer: None,
+        terminal: false,
+        closed_event: false,
+    };
+    for op in input.ops.into_iter().take(256) {
+        h.run(op);
+    }
+    // Closing always ends cleanly.
+    h.run(Op::Close);
+    assert!(h.closed_event);
+    assert_eq!(h.m.open_sockets(), 0);
+});
