@@ -1,6 +1,8 @@
 //! A whole punching node in one machine: signaling ([`Rendezvous`] over MQTT brokers), mapping
 //! discovery (a [`TcpBinding`] STUN-over-TCP probe from every punch port, kept open so the mapping
-//! lives), the [`Puncher`], and afterwards the punched stream itself (bytes in as
+//! lives; from another port when the NAT's mapping is dependent and its allocation follows the local
+//! port, so the probe does not hold the port the punch connection is predicted to get), the
+//! [`Puncher`], and afterwards the punched stream itself (bytes in as
 //! [`NodeEvent::Data`], out with [`PunchNode::send`]).
 //!
 //! The runtime (or the simulator) drives it like any machine; the CLI's `p2pd punch` is this
@@ -52,6 +54,9 @@ pub struct PunchNodeConfig {
     pub ports_per_round: usize,
     /// A probe's time limit. Default 5 s.
     pub probe_timeout: Duration,
+    /// Times a round's probing is tried (fresh ports each time) before the punch fails with
+    /// [`PunchFailure::NoSockets`] because no probe answered. Default 3.
+    pub probe_attempts: u32,
 }
 
 impl PunchNodeConfig {
@@ -65,6 +70,7 @@ impl PunchNodeConfig {
             nat: None,
             ports_per_round: 1,
             probe_timeout: Duration::from_secs(5),
+            probe_attempts: 3,
         }
     }
 }
@@ -113,10 +119,14 @@ pub enum NodeEvent {
 /// One probe.
 struct Probe {
     outer: SocketId,
+    /// The punch port the probe is for (the probe itself may run from another port: see
+    /// [`probe_elsewhere`]).
     port: u16,
     machine: TcpBinding,
     result: Option<Option<Observation>>,
     closed: bool,
+    /// Probed for the round being prepared (an earlier round's probe is only waiting to close).
+    current: bool,
 }
 
 /// The punched stream, once up.
@@ -140,7 +150,12 @@ pub struct PunchNode {
     rendezvous: Rendezvous,
     puncher: Puncher,
     probes: Vec<Probe>,
+    /// Probes' socket intents, taken out of them at every pump so that a finished probe can leave
+    /// the table before the caller polled its `Close`.
+    probe_ops: VecDeque<SocketOp>,
     next_probe: u32,
+    /// Probing attempts made for the pending round.
+    probe_attempts: u32,
     pending: Option<Pending>,
     peer: Option<PublicKey>,
     stream: Option<Stream>,
@@ -183,7 +198,9 @@ impl PunchNode {
             rendezvous,
             puncher,
             probes: Vec::new(),
+            probe_ops: VecDeque::new(),
             next_probe: 0,
+            probe_attempts: 0,
             pending: None,
             peer: None,
             stream: None,
@@ -208,6 +225,7 @@ impl PunchNode {
             return Err("a punch is already in progress");
         }
         self.peer = Some(peer);
+        self.probe_attempts = 0;
         self.start_probes(now, Pending::Initiate);
         self.pump(now);
         Ok(())
@@ -377,6 +395,9 @@ impl PunchNode {
         if let Some(op) = self.puncher.poll_socket_op() {
             return Some(op);
         }
+        if let Some(op) = self.probe_ops.pop_front() {
+            return Some(op);
+        }
         for p in &mut self.probes {
             if let Some(op) = p.machine.poll_socket_op() {
                 return Some(remap(op, p.outer));
@@ -413,18 +434,30 @@ impl PunchNode {
     // ----- glue -----
 
     fn start_probes(&mut self, now: Instant, pending: Pending) {
+        self.probe_attempts = self.probe_attempts.saturating_add(1);
         for p in &mut self.probes {
             p.machine.close(now);
+            p.current = false;
         }
         let n = self.config.ports_per_round.clamp(1, 8);
-        let ports = pick_local_ports(&mut self.rng, n);
-        for port in ports {
+        let elsewhere = probe_elsewhere(self.config.nat);
+        let mut ports = pick_local_ports(
+            &mut self.rng,
+            if elsewhere { n.saturating_mul(2) } else { n },
+        );
+        // With `elsewhere`, the second half are the probes' own ports.
+        let probe_ports = if elsewhere {
+            ports.split_off(n)
+        } else {
+            ports.clone()
+        };
+        for (port, probe_port) in ports.into_iter().zip(probe_ports) {
             let outer = SocketId(
                 PROBE_SOCKET_BASE
                     .saturating_add(self.next_probe.checked_rem(PROBE_SOCKET_IDS).unwrap_or(0)),
             );
             self.next_probe = self.next_probe.wrapping_add(1);
-            let local = SocketAddr::new(self.config.punch.bind_ip, port);
+            let local = SocketAddr::new(self.config.punch.bind_ip, probe_port);
             let mut binding = TcpBindingConfig::new(self.config.stun_server, local).keep_open(true);
             binding.timeout = self.config.probe_timeout;
             self.probes.push(Probe {
@@ -433,6 +466,7 @@ impl PunchNode {
                 machine: TcpBinding::new(binding, self.rng.next_u64(), now),
                 result: None,
                 closed: false,
+                current: true,
             });
         }
         self.pending = Some(pending);
@@ -463,7 +497,13 @@ impl PunchNode {
                 break;
             }
         }
-        // Probes that are closed and no longer needed leave the table.
+        // Probes that are closed and no longer needed leave the table; their last intents (the
+        // `Close` of their socket) stay queued.
+        for p in &mut self.probes {
+            while let Some(op) = p.machine.poll_socket_op() {
+                self.probe_ops.push_back(remap(op, p.outer));
+            }
+        }
         if self.pending.is_none() {
             self.probes.retain(|p| !(p.closed && p.result.is_some()));
         }
@@ -502,6 +542,7 @@ impl PunchNode {
             }
             PunchEvent::NeedCandidates { round } => {
                 if !self.closing {
+                    self.probe_attempts = 0;
                     self.start_probes(now, Pending::Provide(round));
                 }
             }
@@ -554,7 +595,7 @@ impl PunchNode {
         match ev {
             TcpBindingEvent::Mapped(m) => {
                 p.result = Some(Some(Observation {
-                    local_port: m.local.port(),
+                    local_port: p.port,
                     mapped: m.mapped,
                 }));
             }
@@ -583,9 +624,12 @@ impl PunchNode {
         let Some(pending) = self.pending.take() else {
             return false;
         };
+        // Only this round's probes: an earlier round's observation is stale (a sequential NAT has
+        // moved on since, and its ports would add pairs that take the predicted ports).
         let observations: Vec<Observation> = self
             .probes
             .iter()
+            .filter(|p| p.current)
             .filter_map(|p| p.result.flatten())
             .collect();
         let candidates = plan_candidates(self.config.nat, &observations);
@@ -596,6 +640,11 @@ impl PunchNode {
             Pending::Initiate => 0,
             Pending::Provide(r) => r,
         };
+        if candidates.is_empty() && self.probe_attempts < self.config.probe_attempts {
+            // Every probe failed (lost segments, a slow server): probe again from fresh ports.
+            self.start_probes(now, pending);
+            return true;
+        }
         if candidates.is_empty() {
             self.events
                 .push_back(NodeEvent::Failed(PunchFailure::NoSockets(
@@ -641,6 +690,21 @@ impl PunchNode {
     }
 }
 
+/// Whether the probes must run from other ports than the punch ports: with a dependent mapping
+/// whose external port follows the local port (preserving, fixed offset), a probe kept open from
+/// the punch port would hold the very external port the punch connection is predicted to get (its
+/// mapping is for the STUN server, a different destination), and the NAT would give the punch
+/// connection another one. The probe then only tells the external IP.
+fn probe_elsewhere(view: Option<NatView>) -> bool {
+    view.is_some_and(|v| {
+        v.mapping != p2pd_nat::Mapping::EndpointIndependent
+            && matches!(
+                v.allocation,
+                p2pd_nat::PortAllocation::Preserving | p2pd_nat::PortAllocation::FixedOffset { .. }
+            )
+    })
+}
+
 /// `op` with its socket id replaced by `outer` (a probe's single socket).
 fn remap(op: SocketOp, outer: SocketId) -> SocketOp {
     match op {
@@ -670,3 +734,143 @@ fn remap(op: SocketOp, outer: SocketId) -> SocketOp {
 }
 
 p2pd_proto::impl_machine!(PunchNode, NodeEvent, stream);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use p2pd_nat::{Mapping, PortAllocation};
+    use p2pd_signaling::rendezvous::BrokerSpec;
+
+    fn node(nat: Option<NatView>, secret: u8) -> PunchNode {
+        let brokers = vec![BrokerSpec::new(None, "192.0.2.10:1883".parse().unwrap())];
+        let mut config = PunchNodeConfig::new(
+            RendezvousConfig::new(brokers, 1_800_000_000_000),
+            "192.0.2.1:3478".parse().unwrap(),
+        );
+        config.nat = nat;
+        let identity = Identity::from_secret_bytes(&[secret; 32]).unwrap();
+        PunchNode::new(config, identity, 7, Instant::ZERO).unwrap()
+    }
+
+    fn peer() -> PublicKey {
+        Identity::from_secret_bytes(&[9; 32]).unwrap().public_key()
+    }
+
+    /// The probes' (socket, local port) binds.
+    fn probe_binds(n: &mut PunchNode) -> Vec<(SocketId, u16)> {
+        let mut out = Vec::new();
+        while let Some(op) = n.poll_socket_op() {
+            if let SocketOp::Bind { socket, local, .. } = op {
+                if socket.0 >= PROBE_SOCKET_BASE {
+                    out.push((socket, local.port()));
+                }
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn closing_while_probing_closes_the_probe_socket() {
+        // Regression: a probe that finished on close left the table before its `Close` was
+        // polled, so its socket was never closed.
+        let mut n = node(None, 1);
+        n.punch(Instant::ZERO, peer()).unwrap();
+        let binds = probe_binds(&mut n);
+        assert_eq!(binds.len(), 1);
+        n.close(Instant::ZERO);
+        let mut closes = Vec::new();
+        while let Some(op) = n.poll_socket_op() {
+            if let SocketOp::Close { socket } = op {
+                closes.push(socket);
+            }
+        }
+        assert!(closes.contains(&binds[0].0), "{closes:?}");
+        assert_eq!(
+            closes.iter().filter(|s| **s == binds[0].0).count(),
+            1,
+            "closed once"
+        );
+    }
+
+    #[test]
+    fn probes_run_from_another_port_when_the_prediction_follows_the_local_port() {
+        // Regression: with a dependent mapping and preserving (or fixed-offset) allocation, a
+        // kept-open probe from the punch port holds the external port the punch connection is
+        // predicted to get.
+        let view = |mapping, allocation| {
+            Some(NatView {
+                mapping,
+                allocation,
+            })
+        };
+        assert!(probe_elsewhere(view(
+            Mapping::AddressAndPortDependent,
+            PortAllocation::Preserving
+        )));
+        assert!(probe_elsewhere(view(
+            Mapping::AddressDependent,
+            PortAllocation::FixedOffset { offset: 10 }
+        )));
+        assert!(!probe_elsewhere(view(
+            Mapping::EndpointIndependent,
+            PortAllocation::Preserving
+        )));
+        assert!(!probe_elsewhere(view(
+            Mapping::AddressAndPortDependent,
+            PortAllocation::Sequential { stride: 1 }
+        )));
+        assert!(!probe_elsewhere(None));
+        let mut n = node(
+            view(Mapping::AddressAndPortDependent, PortAllocation::Preserving),
+            1,
+        );
+        n.punch(Instant::ZERO, peer()).unwrap();
+        let binds = probe_binds(&mut n);
+        assert_eq!(binds.len(), 1);
+        let punch_port = n.probes[0].port;
+        assert_ne!(binds[0].1, punch_port);
+        let mut same = node(None, 1);
+        same.punch(Instant::ZERO, peer()).unwrap();
+        let binds = probe_binds(&mut same);
+        assert_eq!(binds[0].1, same.probes[0].port);
+    }
+
+    #[test]
+    fn a_round_whose_probes_all_fail_is_probed_again_from_fresh_ports() {
+        // Regression: one lost probe ended the whole punch with `NoSockets`.
+        use p2pd_proto::{IoError, OpKind};
+        let mut n = node(None, 1);
+        n.punch(Instant::ZERO, peer()).unwrap();
+        let mut seen = Vec::new();
+        for attempt in 0..3 {
+            let binds = probe_binds(&mut n);
+            assert_eq!(binds.len(), 1, "attempt {attempt}");
+            let (socket, port) = binds[0];
+            assert!(!seen.contains(&port), "fresh port");
+            seen.push(port);
+            n.handle_socket_result(
+                Instant::ZERO,
+                socket,
+                SocketOutcome::Failed {
+                    op: OpKind::Bind,
+                    destination: None,
+                    error: IoError::AddrInUse,
+                },
+            );
+        }
+        assert!(probe_binds(&mut n).is_empty(), "no fourth attempt");
+        let events: Vec<NodeEvent> = core::iter::from_fn(|| n.poll_event()).collect();
+        let probe_failures = events
+            .iter()
+            .filter(|e| matches!(e, NodeEvent::ProbeFailed { .. }))
+            .count();
+        assert_eq!(probe_failures, 3, "{events:?}");
+        assert!(
+            matches!(
+                events.last(),
+                Some(NodeEvent::Failed(PunchFailure::NoSockets(_)))
+            ),
+            "{events:?}"
+        );
+    }
+}

@@ -89,6 +89,13 @@
 //! mapping x filtering x port allocation) at several loss levels and grades each answer right,
 //! inconclusive or wrong; `tests/sim_classify.rs` and `p2pd sim nat` both use it.
 //!
+//! ## The punch matrix
+//!
+//! [`punch_matrix`] punches between whole punching nodes (signaling over simulated MQTT brokers,
+//! STUN-over-TCP probes, planner, punch machine) behind every pair of NAT kinds at several loss
+//! levels, and grades each pair against a ground-truth oracle of what is punchable in principle;
+//! `tests/sim_punch_matrix.rs` and `p2pd sim punch` both use it.
+//!
 //! ## The cross-crate tests
 //!
 //! - integration tests on real sockets (`tests/`): our STUN client against our RFC 5780 server on
@@ -103,6 +110,7 @@ mod link;
 pub mod matrix;
 mod natbox;
 mod node;
+pub mod punch_matrix;
 mod raw;
 mod raw_tcp;
 mod replay;

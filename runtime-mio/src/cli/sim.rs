@@ -1,11 +1,16 @@
 //! `p2pd sim nat [--seeds N] [--loss 0,10,30] [--json]`: runs the NAT classifier against every
 //! simulated truth (open host, firewalls, NATs of every mapping x filtering x port allocation) in the
 //! deterministic simulator and prints how often it is right, inconclusive or wrong per loss level.
+//!
+//! `p2pd sim punch [--seeds N] [--loss 0,10] [--nat-rst] [--json]`: punches between whole punching
+//! nodes behind every pair of NAT kinds and prints the success per pair against the oracle of
+//! what is punchable in principle (see `p2pd_sim::punch_matrix`).
 
 use std::time::{Duration, Instant};
 
 use clap::{Args, Subcommand};
 use p2pd_sim::matrix::{run_matrix, truths, MatrixSummary};
+use p2pd_sim::punch_matrix::{self, PunchMatrix, KINDS};
 
 use super::json::Object;
 
@@ -22,6 +27,26 @@ pub struct SimArgs {
 pub enum SimCommand {
     /// The classifier accuracy matrix (exits 1 if any answer is wrong).
     Nat(SimNatArgs),
+    /// The punch matrix: every pair of NAT kinds x loss x seeds (exits 1 if a punchable pair
+    /// ever fails, a run ends without a typed failure, or anything is left after close).
+    Punch(SimPunchArgs),
+}
+
+/// Options of `p2pd sim punch`.
+#[derive(Debug, Args)]
+pub struct SimPunchArgs {
+    /// Seeds per pair and loss level (seeds 1..=N).
+    #[arg(long, default_value_t = 3)]
+    pub seeds: u64,
+    /// Loss levels in percent, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "0,10")]
+    pub loss: Vec<f64>,
+    /// NAT boxes answer unsolicited SYNs with an RST (default: drop them silently).
+    #[arg(long)]
+    pub nat_rst: bool,
+    /// Print one JSON object instead of text.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// Options of `p2pd sim nat`.
@@ -42,6 +67,7 @@ pub struct SimNatArgs {
 pub fn run(args: &SimArgs) -> i32 {
     match &args.command {
         SimCommand::Nat(a) => run_nat(a),
+        SimCommand::Punch(a) => run_punch(a),
     }
 }
 
@@ -63,6 +89,111 @@ pub fn losses(args: &SimNatArgs) -> Result<Vec<f64>, String> {
             }
         })
         .collect()
+}
+
+/// Runs `p2pd sim punch`: 0 when nothing is flagged, 1 otherwise (or on bad options).
+pub fn run_punch(args: &SimPunchArgs) -> i32 {
+    let checked = losses(&SimNatArgs {
+        seeds: args.seeds,
+        loss: args.loss.clone(),
+        json: args.json,
+    });
+    let losses = match checked {
+        Ok(l) => l,
+        Err(e) => {
+            if args.json {
+                println!("{}", Object::new().str("error", &e).finish());
+            } else {
+                eprintln!("p2pd sim punch: {e}");
+            }
+            return 1;
+        }
+    };
+    let seeds: Vec<u64> = (1..=args.seeds).collect();
+    let pairs = punch_matrix::pairs(&KINDS);
+    if !args.json {
+        println!(
+            "punch matrix: {} pairs x {} loss level(s) x {} seed(s) = {} runs (NAT boxes {}              unsolicited SYNs)",
+            pairs.len(),
+            losses.len(),
+            seeds.len(),
+            pairs.len() * losses.len() * seeds.len(),
+            if args.nat_rst { "reset" } else { "drop" }
+        );
+    }
+    let started = Instant::now();
+    let m = punch_matrix::run_matrix(&pairs, &losses, args.nat_rst, &seeds);
+    let wall = started.elapsed();
+    if args.json {
+        println!("{}", punch_json(&m, wall));
+    } else {
+        print!("{}", punch_text(&m, wall));
+    }
+    i32::from(!m.flagged().is_empty())
+}
+
+/// The punch matrix as text: the table, the flagged cells with their seeds, a summary line.
+pub fn punch_text(m: &PunchMatrix, wall: Duration) -> String {
+    use std::fmt::Write as _;
+    let mut s = m.table();
+    for c in m.flagged() {
+        let _ = writeln!(
+            s,
+            "FLAGGED: {:?} -> {:?} at {:.0}% loss: {} of {} connected, failures {:?}, seeds {:?}",
+            c.a,
+            c.b,
+            c.loss * 100.0,
+            c.successes,
+            c.runs,
+            c.failures,
+            c.notable_seeds
+        );
+    }
+    let punchable: Vec<_> = m.cells.iter().filter(|c| c.punchable).collect();
+    let ok: u32 = punchable.iter().map(|c| c.successes).sum();
+    let runs: u32 = punchable.iter().map(|c| c.runs).sum();
+    let surprises = m.cells.iter().filter(|c| c.surprise()).count();
+    let _ = writeln!(
+        s,
+        "punchable pairs: {ok} of {runs} runs connected; unpunchable cells that connected:          {surprises}; flagged cells: {}; wall time {:.3} s",
+        m.flagged().len(),
+        wall.as_secs_f64()
+    );
+    s
+}
+
+/// The punch matrix as one JSON object.
+pub fn punch_json(m: &PunchMatrix, wall: Duration) -> String {
+    let cells: Vec<String> = m
+        .cells
+        .iter()
+        .map(|c| {
+            let mut failures = Object::new();
+            for (f, n) in &c.failures {
+                failures = failures.uint(&f.to_string(), u64::from(*n));
+            }
+            let o = Object::new()
+                .opt("a", c.a.map(|k| k.label()))
+                .opt("b", c.b.map(|k| k.label()))
+                .num("loss_percent", c.loss * 100.0)
+                .bool("punchable", c.punchable)
+                .uint("runs", u64::from(c.runs))
+                .uint("successes", u64::from(c.successes))
+                .uint("leaky", u64::from(c.leaky))
+                .num("slowest_virtual_s", secs(c.slowest))
+                .bool("flagged", c.flagged())
+                .finish();
+            let body = o.strip_suffix('}').unwrap_or(&o);
+            format!("{body},\"failures\":{}}}", failures.finish())
+        })
+        .collect();
+    let o = Object::new()
+        .uint("runs", u64::from(m.runs()))
+        .uint("flagged", m.flagged().len() as u64)
+        .num("wall_s", secs(wall))
+        .finish();
+    let body = o.strip_suffix('}').unwrap_or(&o);
+    format!("{body},\"cells\":[{}]}}", cells.join(","))
 }
 
 /// Runs `p2pd sim nat`: 0 when no answer is wrong, 1 otherwise (or on bad options).
@@ -196,6 +327,22 @@ mod tests {
             ..args
         };
         assert!(losses(&bad).is_err());
+    }
+
+    #[test]
+    fn a_small_punch_matrix_prints() {
+        use p2pd_sim::punch_matrix::NatKind;
+        let pairs = [
+            (NatKind::FullCone, NatKind::SymmetricRandom),
+            (NatKind::PortRestricted, NatKind::SymmetricRandom),
+        ];
+        let m = punch_matrix::run_matrix(&pairs, &[0.0], false, &[1]);
+        assert!(m.flagged().is_empty(), "{}", m.table());
+        let j = punch_json(&m, Duration::from_millis(5));
+        assert!(j.starts_with("{\"runs\":2,\"flagged\":0,"), "{j}");
+        assert!(j.contains("\"failures\":{\"NoConnection\":1}"), "{j}");
+        let t = punch_text(&m, Duration::ZERO);
+        assert!(t.contains("punchable pairs: 1 of 1 runs connected"), "{t}");
     }
 
     #[test]

@@ -77,6 +77,15 @@ impl Sim {
         self.host_ref(host).sockets.len()
     }
 
+    /// The ids and local ports of the sockets the host's machine holds (to say which leaked).
+    pub fn socket_list(&self, host: HostId) -> Vec<(SocketId, u16)> {
+        self.host_ref(host)
+            .sockets
+            .iter()
+            .map(|(id, s)| (*id, s.port))
+            .collect()
+    }
+
     /// How many TCP connections the host's stack keeps, in every state (unaccepted, closing and
     /// TIME-WAIT included).
     pub fn tcp_connections(&self, host: HostId) -> usize {

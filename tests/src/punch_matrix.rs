@@ -1,0 +1,883 @@
+//! TCP hole punching against ground truth in the simulator: every pair of NAT kinds ([`NatKind`])
+//! at several loss levels and seeds, each run a whole [`PunchNode`] per side (signaling over two
+//! simulated MQTT brokers, STUN-over-TCP probes, the planner, the punch machine, the punched
+//! stream), graded against the oracle [`punchable`].
+//!
+//! [`run_one`] punches once from host A to host B and checks the result; [`run_matrix`] runs the
+//! whole matrix and counts per (pair, loss). Nothing here reads the wall clock, and every run is
+//! deterministic for its (pair, loss, seed), so the summary does not depend on threads.
+//!
+//! # One run
+//!
+//! A simulation with two MQTT brokers and a STUN server (answering over TCP) on public hosts;
+//! host A and host B each behind a NAT box of its kind (or public for [`NatKind::Open`]), each
+//! running a [`PunchNode`] whose `nat` is the ground-truth behaviour as a classifier would report
+//! it (`None`, i.e. "treat as endpoint-independent", for an open host). Once both nodes listen on
+//! both brokers, A punches to B. A run **succeeds** when both report `Connected` to each other,
+//! each side's remote being the other side's real external endpoint of the winning connection (the
+//! NAT box's mapping table is the ground truth), and a few bytes cross the stream both ways.
+//! Otherwise it **fails** with A's typed [`PunchFailure`] (or, if there is none within
+//! [`RUN_LIMIT`] of virtual time, a harness reason: [`Failure::Hang`], ...). Either way both nodes
+//! are then closed and the run checks that everything is released: one `Closed` each, no socket
+//! left in the simulator (the winner stream is closed by the node's close), no deadline left on the
+//! machines.
+//!
+//! # The oracle
+//!
+//! A side is **predictable** when its peer can know, before any connect, the external endpoint the
+//! side's punch socket will use toward the peer:
+//!
+//! - an open host (no translation), or
+//! - endpoint-independent mapping (the endpoint observed by the STUN probe from the punch port is
+//!   reused for every destination, whatever the port allocation), or
+//! - a dependent mapping whose port allocation is a function of something known: preserving, fixed
+//!   offset (from the local port) or sequential (the next port after the probe's observed one).
+//!   Random allocation (and local-port-dependent allocation, which the planner does not model for
+//!   a second mapping of the same local port) is not predictable.
+//!
+//! A side is **reachable** (an unsolicited SYN from the peer's unpredictable port gets through to
+//! its listener on the punch port) when it is open, or its filtering is endpoint-independent, or
+//! it is address-dependent: the side's own SYN toward the peer's candidate (right IP, wrong port)
+//! opens the filter for the peer's whole IP (the sim's NAT boxes have one public IP, and the
+//! peer's SYN is retransmitted, or retried after an RST, if it arrives before ours left).
+//! Address-and-port-dependent filtering only admits the exact endpoint our SYN went to.
+//!
+//! A pair is **punchable** iff both sides are predictable (the SYNs cross: simultaneous open, or
+//! the later SYN meets the mapping the earlier one opened), or one side is predictable *and*
+//! reachable (the other side connects to it from wherever its NAT puts it, and its listener
+//! accepts):
+//!
+//! `punchable(a, b) = (P(a) && P(b)) || (P(a) && R(a)) || (P(b) && R(b))`.
+//!
+//! Everything else (e.g. port-restricted cone vs symmetric random) is not punchable in principle:
+//! the expected outcome is a typed failure after every round (`NoConnection`).
+
+use core::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use core::time::Duration;
+use std::collections::BTreeMap;
+
+use p2pd_nat::{Behaviour, Filtering, Mapping, PortAllocation};
+use p2pd_punch::node::{NodeEvent, PunchNode, PunchNodeConfig};
+use p2pd_punch::plan::NatView;
+use p2pd_punch::{PunchConfig, PunchFailure};
+use p2pd_signaling::rendezvous::{BrokerSpec, RendezvousConfig};
+use p2pd_signaling::{Identity, PublicKey};
+
+use crate::{
+    BrokerConfig, Host, HostId, LinkConfig, MqttBroker, NatId, NatTcpConfig, Sim, TcpConfig,
+};
+
+/// The NAT kinds of the matrix.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum NatKind {
+    /// A public host, no NAT.
+    Open,
+    /// Full cone: endpoint-independent mapping and filtering.
+    FullCone,
+    /// Restricted cone: endpoint-independent mapping, address-dependent filtering.
+    Restricted,
+    /// Port-restricted cone: endpoint-independent mapping, address-and-port-dependent filtering.
+    PortRestricted,
+    /// Port-restricted cone with random port allocation.
+    PortRestrictedRandom,
+    /// Symmetric (address-and-port-dependent mapping and filtering), port preserving.
+    SymmetricPreserving,
+    /// Symmetric, sequential allocation with stride 1.
+    SymmetricSequential,
+    /// Symmetric, random allocation.
+    SymmetricRandom,
+}
+
+/// Every kind, in table order.
+pub const KINDS: [NatKind; 8] = [
+    NatKind::Open,
+    NatKind::FullCone,
+    NatKind::Restricted,
+    NatKind::PortRestricted,
+    NatKind::PortRestrictedRandom,
+    NatKind::SymmetricPreserving,
+    NatKind::SymmetricSequential,
+    NatKind::SymmetricRandom,
+];
+
+impl NatKind {
+    /// A short label for tables.
+    pub fn label(self) -> &'static str {
+        match self {
+            NatKind::Open => "open",
+            NatKind::FullCone => "full-cone",
+            NatKind::Restricted => "restricted",
+            NatKind::PortRestricted => "port-restr",
+            NatKind::PortRestrictedRandom => "port-restr/rand",
+            NatKind::SymmetricPreserving => "sym/preserve",
+            NatKind::SymmetricSequential => "sym/seq1",
+            NatKind::SymmetricRandom => "sym/random",
+        }
+    }
+
+    /// The NAT box's behaviour (`None` for an open host).
+    pub fn behaviour(self) -> Option<Behaviour> {
+        use Filtering as F;
+        use Mapping as M;
+        let (m, f, a) = match self {
+            NatKind::Open => return None,
+            NatKind::FullCone => (M::EndpointIndependent, F::EndpointIndependent, None),
+            NatKind::Restricted => (M::EndpointIndependent, F::AddressDependent, None),
+            NatKind::PortRestricted => (M::EndpointIndependent, F::AddressAndPortDependent, None),
+            NatKind::PortRestrictedRandom => (
+                M::EndpointIndependent,
+                F::AddressAndPortDependent,
+                Some(PortAllocation::Random),
+            ),
+            NatKind::SymmetricPreserving => (
+                M::AddressAndPortDependent,
+                F::AddressAndPortDependent,
+                Some(PortAllocation::Preserving),
+            ),
+            NatKind::SymmetricSequential => (
+                M::AddressAndPortDependent,
+                F::AddressAndPortDependent,
+                Some(PortAllocation::Sequential { stride: 1 }),
+            ),
+            NatKind::SymmetricRandom => (
+                M::AddressAndPortDependent,
+                F::AddressAndPortDependent,
+                Some(PortAllocation::Random),
+            ),
+        };
+        let b = Behaviour::new(m, f);
+        Some(match a {
+            Some(a) => b.with_allocation(a),
+            None => b,
+        })
+    }
+
+    /// What a classifier reports for this NAT, as the node takes it (`None` for an open host: no
+    /// NAT, the mapping is the local endpoint).
+    pub fn view(self) -> Option<NatView> {
+        self.behaviour().map(|b| NatView {
+            mapping: b.mapping,
+            allocation: b.allocation,
+        })
+    }
+}
+
+/// Whether the peer can know this side's external endpoint toward it (see the module docs).
+pub fn predictable(kind: NatKind) -> bool {
+    let Some(b) = kind.behaviour() else {
+        return true;
+    };
+    b.mapping == Mapping::EndpointIndependent
+        || matches!(
+            b.allocation,
+            PortAllocation::Preserving
+                | PortAllocation::FixedOffset { .. }
+                | PortAllocation::Sequential { .. }
+        )
+}
+
+/// Whether a SYN from the peer's unpredictable port reaches this side's listener once this side
+/// sent toward the peer's IP (see the module docs).
+pub fn reachable(kind: NatKind) -> bool {
+    kind.behaviour().is_none_or(|b| {
+        matches!(
+            b.filtering,
+            Filtering::EndpointIndependent | Filtering::AddressDependent
+        )
+    })
+}
+
+/// The oracle: whether a punch between `a` and `b` can succeed in principle (see the module docs).
+pub fn punchable(a: NatKind, b: NatKind) -> bool {
+    let (pa, pb) = (predictable(a), predictable(b));
+    // (P(a) && P(b)) || (P(a) && R(a)) || (P(b) && R(b)), factored.
+    (pa && (pb || reachable(a))) || (pb && reachable(b))
+}
+
+/// The default loss levels (fractions): 0 % and 10 %.
+pub const DEFAULT_LOSSES: [f64; 2] = [0.0, 0.10];
+
+/// Virtual time a run may take from the punch command to its outcome (three rounds of probes,
+/// offer, 2 s lead and 6 s window fit well within it).
+pub const RUN_LIMIT: Duration = Duration::from_secs(120);
+
+/// Virtual time the nodes get to listen on both brokers before the punch.
+pub const SETUP_LIMIT: Duration = Duration::from_secs(30);
+
+const BROKER_IPS: [Ipv4Addr; 2] = [
+    Ipv4Addr::new(192, 0, 2, 10),
+    Ipv4Addr::new(198, 51, 100, 20),
+];
+const BROKER_PORT: u16 = 1883;
+const STUN_IPS: [Ipv4Addr; 2] = [Ipv4Addr::new(192, 0, 2, 1), Ipv4Addr::new(192, 0, 2, 2)];
+const STUN_PORT: u16 = 3478;
+/// The public IPs of A's and B's NAT boxes (or of the hosts themselves when open).
+const PUBLIC_IPS: [Ipv4Addr; 2] = [Ipv4Addr::new(203, 0, 113, 1), Ipv4Addr::new(203, 0, 113, 2)];
+const PRIVATE_IPS: [Ipv4Addr; 2] = [Ipv4Addr::new(10, 0, 0, 2), Ipv4Addr::new(10, 1, 0, 2)];
+const EPOCH_MS: u64 = 1_800_000_000_000;
+const STEP: Duration = Duration::from_millis(20);
+
+/// Why a run did not succeed.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Failure {
+    /// A's typed punch failure (its variant name; `NoConnection`, `NoAnswer`, ...).
+    Punch(&'static str),
+    /// The nodes did not both listen on both brokers within [`SETUP_LIMIT`].
+    Setup,
+    /// Neither a connection nor a typed failure within [`RUN_LIMIT`].
+    Hang,
+    /// Only one side connected (or B failed while A connected).
+    OneSided,
+    /// A side's remote is not the other side's real external endpoint.
+    WrongEndpoint,
+    /// The bytes did not cross the stream both ways.
+    NoData,
+}
+
+impl core::fmt::Display for Failure {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            Failure::Punch(name) => f.write_str(name),
+            other => write!(f, "{other:?}"),
+        }
+    }
+}
+
+/// The variant name of a punch failure.
+pub fn failure_name(f: &PunchFailure) -> &'static str {
+    match f {
+        PunchFailure::NoAnswer => "NoAnswer",
+        PunchFailure::NoAcknowledgement => "NoAcknowledgement",
+        PunchFailure::TooUncertain { .. } => "TooUncertain",
+        PunchFailure::TooLate => "TooLate",
+        PunchFailure::PeerAborted(_) => "PeerAborted",
+        PunchFailure::NoConnection { .. } => "NoConnection",
+        PunchFailure::NoSockets(_) => "NoSockets",
+        PunchFailure::NoOffer => "NoOffer",
+        PunchFailure::Closed => "Closed",
+        _ => "Other",
+    }
+}
+
+/// One punch against the oracle.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Outcome {
+    /// A's NAT kind (the initiator).
+    pub a: NatKind,
+    /// B's NAT kind.
+    pub b: NatKind,
+    /// The loss fraction of both access links.
+    pub loss: f64,
+    /// Whether the NAT boxes answered unsolicited SYNs with an RST.
+    pub nat_rst: bool,
+    /// The simulation seed.
+    pub seed: u64,
+    /// `Ok` with the virtual time from the punch command to both sides connected, or why not.
+    pub result: Result<Duration, Failure>,
+    /// What was left after both nodes closed (empty: everything released).
+    pub leaks: Vec<String>,
+}
+
+impl Outcome {
+    /// Whether the run connected.
+    pub fn succeeded(&self) -> bool {
+        self.result.is_ok()
+    }
+}
+
+/// Quick TCP (Linux-like, with the RTO capped so that lossy links recover within the signaling
+/// and punch timeouts).
+pub fn tcp_config() -> TcpConfig {
+    TcpConfig {
+        initial_rto: Duration::from_millis(500),
+        max_rto: Duration::from_secs(2),
+        ..TcpConfig::default()
+    }
+}
+
+/// The network of one run: brokers, STUN server, two nodes.
+pub struct World {
+    /// The simulation.
+    pub sim: Sim,
+    /// The brokers' hosts.
+    pub brokers: [HostId; 2],
+    /// The STUN server's host.
+    pub stun: HostId,
+    /// The brokers' ids.
+    pub broker_ids: [p2pd_signaling::BrokerId; 2],
+    /// A's and B's hosts.
+    pub hosts: [HostId; 2],
+    /// A's and B's NAT boxes (`None`: open).
+    pub nats: [Option<NatId>; 2],
+    /// A's and B's public keys.
+    pub keys: [PublicKey; 2],
+    /// A's and B's kinds.
+    pub kinds: [NatKind; 2],
+    /// Whether the NAT boxes answer unsolicited SYNs with an RST.
+    pub nat_rst: bool,
+    /// The NAT view / punch settings used for the next nodes.
+    pub punch: PunchConfig,
+}
+
+impl World {
+    /// A network with two brokers and a STUN server, and host A and B behind `kinds` (NAT boxes
+    /// that answer unsolicited SYNs with an RST if `nat_rst`, else drop them silently), both access
+    /// links with `loss`, nodes started with `punch` settings (node id, epoch and socket range are
+    /// set by the node).
+    pub fn new(
+        seed: u64,
+        kinds: [NatKind; 2],
+        loss: f64,
+        nat_rst: bool,
+        punch: PunchConfig,
+    ) -> World {
+        let mut sim = Sim::new(seed);
+        let service_link =
+            LinkConfig::with_latency(Duration::from_millis(10)).jitter(Duration::from_millis(3));
+        let brokers = BROKER_IPS.map(|ip| {
+            let b = sim.add_mqtt_broker_with(
+                Host::public([ip])
+                    .with_link(service_link)
+                    .with_tcp(tcp_config()),
+                BrokerConfig::new(BROKER_PORT),
+            );
+            let _ = sim.take_events::<MqttBroker>(b);
+            b
+        });
+        let stun = sim.add_stun_server(STUN_IPS[0], STUN_IPS[1], STUN_PORT, STUN_PORT + 1);
+        sim.set_link(stun, service_link);
+        let broker_ids =
+            BROKER_IPS.map(|ip| BrokerSpec::new(None, SocketAddr::from((ip, BROKER_PORT))).id);
+        let access = LinkConfig::with_latency(Duration::from_millis(20))
+            .jitter(Duration::from_millis(5))
+            .loss(loss);
+        let mut hosts = Vec::new();
+        let mut nats = Vec::new();
+        let mut keys = Vec::new();
+        for i in 0..2 {
+            let secret = [u8::try_from(i).unwrap_or(0).wrapping_add(0x31); 32];
+            let identity = Identity::from_secret_bytes(&secret).expect("valid secret");
+            keys.push(identity.public_key());
+            let node = new_node(&mut sim, kinds[i], identity, &punch);
+            let (host, nat) = match kinds[i].behaviour() {
+                None => {
+                    let h = sim.add_host(
+                        Host::public([PUBLIC_IPS[i]])
+                            .with_link(access)
+                            .with_tcp(tcp_config()),
+                        node,
+                    );
+                    (h, None)
+                }
+                Some(b) => {
+                    let nat = sim.add_nat(PUBLIC_IPS[i], b);
+                    sim.set_nat_link(nat, access);
+                    sim.set_nat_tcp(
+                        nat,
+                        NatTcpConfig {
+                            rst_unsolicited_syn: nat_rst,
+                            ..NatTcpConfig::default()
+                        },
+                    );
+                    let h = sim.add_host_behind(nat, PRIVATE_IPS[i], node);
+                    sim.set_tcp_config(h, tcp_config());
+                    (h, Some(nat))
+                }
+            };
+            hosts.push(host);
+            nats.push(nat);
+        }
+        World {
+            sim,
+            brokers,
+            stun,
+            broker_ids,
+            hosts: [hosts[0], hosts[1]],
+            nats: [nats[0], nats[1]],
+            keys: [keys[0], keys[1]],
+            kinds,
+            nat_rst,
+            punch,
+        }
+    }
+
+    /// Replaces side `i`'s node with a fresh one (same identity), killing the old process first
+    /// (call after the old node closed; its sockets are already gone).
+    pub fn restart_node(&mut self, i: usize) {
+        let secret = [u8::try_from(i).unwrap_or(0).wrapping_add(0x31); 32];
+        let identity = Identity::from_secret_bytes(&secret).expect("valid secret");
+        let node = new_node(&mut self.sim, self.kinds[i], identity, &self.punch);
+        self.sim.restart_host(self.hosts[i], node);
+    }
+
+    /// Whether both nodes listen on both brokers.
+    pub fn ready(&self) -> bool {
+        self.hosts.iter().all(|h| {
+            let n = self.sim.machine::<PunchNode>(*h);
+            self.broker_ids
+                .iter()
+                .all(|id| n.rendezvous().health(*id).is_some_and(|h| h.listening))
+        })
+    }
+
+    /// Runs until both nodes listen on both brokers (at most `limit`); events are dropped.
+    pub fn wait_ready(&mut self, limit: Duration) -> bool {
+        let end = self.sim.now() + limit;
+        while !self.ready() {
+            if self.sim.now() >= end {
+                return false;
+            }
+            self.sim.run_for(STEP);
+            for h in self.hosts {
+                let _ = self.sim.take_events::<PunchNode>(h);
+            }
+        }
+        true
+    }
+
+    /// The real external endpoint of side `i`'s socket at `local` toward `remote`: the NAT box's
+    /// mapping for it, or `local` itself for an open host.
+    pub fn external_of(
+        &self,
+        i: usize,
+        local: SocketAddr,
+        remote: SocketAddr,
+    ) -> Option<SocketAddr> {
+        let Some(nat) = self.nats[i] else {
+            return Some(SocketAddr::new(PUBLIC_IPS[i].into(), local.port()));
+        };
+        let SocketAddr::V4(remote) = remote else {
+            return None;
+        };
+        let internal = SocketAddrV4::new(PRIVATE_IPS[i], local.port());
+        self.sim
+            .nat_mapping_table(nat)
+            .into_iter()
+            .find(|m| {
+                m.protocol == crate::Protocol::Tcp
+                    && m.internal == internal
+                    && m.remote_ip.is_none_or(|ip| ip == *remote.ip())
+                    && m.remote_port.is_none_or(|p| p == remote.port())
+            })
+            .map(|m| SocketAddr::V4(m.external))
+    }
+
+    /// Punches from A to B, checks the outcome, closes both nodes and checks the clean-up.
+    pub fn punch_once(&mut self) -> (Result<Duration, Failure>, Vec<String>) {
+        let result = self.punch_and_check();
+        let leaks = self.close_and_check();
+        (result, leaks)
+    }
+
+    fn punch_and_check(&mut self) -> Result<Duration, Failure> {
+        let ha = self.hosts[0];
+        let key_b = self.keys[1];
+        let started = self.sim.now();
+        self.sim
+            .with_machine::<PunchNode, _>(ha, |n, now| n.punch(now, key_b))
+            .map_err(|_| Failure::Punch("Refused"))?;
+        let end = started + RUN_LIMIT;
+        // (local, remote) per side, once connected; A's typed failure; B's failure.
+        let mut connected: [Option<(SocketAddr, SocketAddr)>; 2] = [None, None];
+        let mut failed: [Option<PunchFailure>; 2] = [None, None];
+        let mut data: [Vec<u8>; 2] = [Vec::new(), Vec::new()];
+        let messages: [&[u8]; 2] = [b"hello from A", b"hello from B"];
+        let mut sent = [false; 2];
+        let mut up_at = None;
+        loop {
+            for (i, h) in self.hosts.into_iter().enumerate() {
+                for ev in self.sim.take_events::<PunchNode>(h) {
+                    match ev {
+                        NodeEvent::Connected {
+                            peer,
+                            local,
+                            remote,
+                        } => {
+                            if peer != self.keys[1 - i] {
+                                return Err(Failure::WrongEndpoint);
+                            }
+                            connected[i] = Some((local, remote));
+                        }
+                        NodeEvent::Data(d) => data[i].extend_from_slice(&d),
+                        NodeEvent::Failed(f) => failed[i] = Some(f),
+                        _ => {}
+                    }
+                }
+            }
+            if let Some(f) = &failed[0] {
+                return Err(Failure::Punch(failure_name(f)));
+            }
+            if connected.iter().all(Option::is_some) {
+                let now = self.sim.now();
+                let t = *up_at.get_or_insert(now.saturating_duration_since(started));
+                for i in 0..2 {
+                    if !sent[i] {
+                        sent[i] = true;
+                        let msg = messages[i];
+                        let r = self
+                            .sim
+                            .with_machine::<PunchNode, _>(self.hosts[i], |n, now| n.send(now, msg));
+                        if r.is_err() {
+                            return Err(Failure::NoData);
+                        }
+                    }
+                }
+                if data[0] == messages[1] && data[1] == messages[0] {
+                    return self.check_endpoints(connected).map(|()| t);
+                }
+            } else if failed[1].is_some() && connected[0].is_some() {
+                return Err(Failure::OneSided);
+            }
+            if self.sim.now() >= end {
+                return Err(if connected.iter().any(Option::is_some) {
+                    if connected.iter().all(Option::is_some) {
+                        Failure::NoData
+                    } else {
+                        Failure::OneSided
+                    }
+                } else {
+                    Failure::Hang
+                });
+            }
+            self.sim.run_for(STEP);
+        }
+    }
+
+    fn check_endpoints(&self, c: [Option<(SocketAddr, SocketAddr)>; 2]) -> Result<(), Failure> {
+        let [Some((la, ra)), Some((lb, rb))] = c else {
+            return Err(Failure::OneSided);
+        };
+        let ext_a = self.external_of(0, la, ra);
+        let ext_b = self.external_of(1, lb, rb);
+        if ext_a == Some(rb) && ext_b == Some(ra) {
+            Ok(())
+        } else {
+            Err(Failure::WrongEndpoint)
+        }
+    }
+
+    /// Closes both nodes and lists what is left: missing or repeated `Closed`, sockets in the
+    /// simulator, deadlines on the machines.
+    pub fn close_and_check(&mut self) -> Vec<String> {
+        for h in self.hosts {
+            self.sim
+                .with_machine::<PunchNode, _>(h, |n, now| n.close(now));
+        }
+        let mut closed = [0u32; 2];
+        let end = self.sim.now() + Duration::from_secs(30);
+        while closed != [1, 1] && self.sim.now() < end {
+            self.sim.run_for(STEP);
+            for (i, h) in self.hosts.into_iter().enumerate() {
+                closed[i] += u32::try_from(
+                    self.sim
+                        .take_events::<PunchNode>(h)
+                        .iter()
+                        .filter(|e| matches!(e, NodeEvent::Closed))
+                        .count(),
+                )
+                .unwrap_or(u32::MAX);
+            }
+        }
+        // Let the closing handshakes finish.
+        self.sim.run_for(Duration::from_secs(1));
+        let mut leaks = Vec::new();
+        for (i, h) in self.hosts.into_iter().enumerate() {
+            let side = ["A", "B"][i];
+            for e in self.sim.take_events::<PunchNode>(h) {
+                if matches!(e, NodeEvent::Closed) {
+                    closed[i] += 1;
+                }
+            }
+            if closed[i] != 1 {
+                leaks.push(format!("{side}: {} Closed events", closed[i]));
+            }
+            let sockets = self.sim.socket_count(h);
+            if sockets != 0 {
+                leaks.push(format!(
+                    "{side}: {sockets} sockets {:?}",
+                    self.sim.socket_list(h)
+                ));
+            }
+            if let Some(t) = self.sim.machine::<PunchNode>(h).poll_timeout() {
+                leaks.push(format!("{side}: deadline {t:?}"));
+            }
+        }
+        leaks
+    }
+}
+
+fn new_node(sim: &mut Sim, kind: NatKind, identity: Identity, punch: &PunchConfig) -> PunchNode {
+    let brokers = BROKER_IPS
+        .iter()
+        .map(|ip| BrokerSpec::new(None, SocketAddr::from((*ip, BROKER_PORT))))
+        .collect();
+    let mut rendezvous = RendezvousConfig::new(brokers, EPOCH_MS);
+    rendezvous.mqtt.backoff_initial = Duration::from_millis(200);
+    rendezvous.mqtt.backoff_max = Duration::from_secs(3);
+    rendezvous.mqtt.connect_timeout = Duration::from_secs(6);
+    let mut config = PunchNodeConfig::new(rendezvous, SocketAddr::from((STUN_IPS[0], STUN_PORT)));
+    config.nat = kind.view();
+    // The node sets the node id, epoch and socket range itself.
+    config.punch = punch.clone();
+    let seed = sim.machine_seed();
+    PunchNode::new(config, identity, seed, sim.now()).expect("valid configuration")
+}
+
+/// The punch settings of the matrix: the defaults.
+pub fn matrix_punch_config() -> PunchConfig {
+    PunchConfig::new([0; 20], EPOCH_MS.saturating_mul(1_000_000))
+}
+
+/// Runs one punch from A behind `a` to B behind `b` at `loss` with simulation seed `seed`; the NAT
+/// boxes answer unsolicited SYNs with an RST if `nat_rst`.
+pub fn run_one(a: NatKind, b: NatKind, loss: f64, nat_rst: bool, seed: u64) -> Outcome {
+    let mut w = World::new(seed, [a, b], loss, nat_rst, matrix_punch_config());
+    let (result, leaks) = if w.wait_ready(SETUP_LIMIT) {
+        w.punch_once()
+    } else {
+        (Err(Failure::Setup), w.close_and_check())
+    };
+    Outcome {
+        a,
+        b,
+        loss,
+        nat_rst,
+        seed,
+        result,
+        leaks,
+    }
+}
+
+/// The counts of one (pair, loss).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct PairSummary {
+    /// A's kind.
+    pub a: Option<NatKind>,
+    /// B's kind.
+    pub b: Option<NatKind>,
+    /// The loss fraction.
+    pub loss: f64,
+    /// What the oracle says.
+    pub punchable: bool,
+    /// Runs.
+    pub runs: u32,
+    /// Runs that connected.
+    pub successes: u32,
+    /// Failed runs by reason.
+    pub failures: BTreeMap<Failure, u32>,
+    /// Runs that left something behind after close.
+    pub leaky: u32,
+    /// The slowest success, in virtual time.
+    pub slowest: Duration,
+    /// Seeds of the runs worth a look: a failure of a punchable pair, an untyped failure, a leak.
+    pub notable_seeds: Vec<u64>,
+}
+
+impl PairSummary {
+    /// Whether this cell breaks the claim: a punchable pair below 100 %, a failure that is not a
+    /// typed punch failure, or a leak.
+    pub fn flagged(&self) -> bool {
+        (self.punchable && self.successes < self.runs)
+            || self
+                .failures
+                .keys()
+                .any(|f| !matches!(f, Failure::Punch(_)))
+            || self.leaky > 0
+    }
+
+    /// An unpunchable pair that connected anyway (fine, but worth printing).
+    pub fn surprise(&self) -> bool {
+        !self.punchable && self.successes > 0
+    }
+
+    fn add(&mut self, o: &Outcome) {
+        self.runs += 1;
+        match &o.result {
+            Ok(t) => {
+                self.successes += 1;
+                self.slowest = self.slowest.max(*t);
+            }
+            Err(f) => *self.failures.entry(f.clone()).or_default() += 1,
+        }
+        if !o.leaks.is_empty() {
+            self.leaky += 1;
+        }
+        let notable = (self.punchable && !o.succeeded())
+            || matches!(&o.result, Err(f) if !matches!(f, Failure::Punch(_)))
+            || !o.leaks.is_empty();
+        if notable {
+            self.notable_seeds.push(o.seed);
+        }
+    }
+}
+
+/// The whole matrix: one cell per (loss, A's kind, B's kind), in that order.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct PunchMatrix {
+    /// The cells.
+    pub cells: Vec<PairSummary>,
+}
+
+impl PunchMatrix {
+    /// Runs over all cells.
+    pub fn runs(&self) -> u32 {
+        self.cells.iter().map(|c| c.runs).sum()
+    }
+
+    /// Cells that break the claim ([`PairSummary::flagged`]).
+    pub fn flagged(&self) -> Vec<&PairSummary> {
+        self.cells.iter().filter(|c| c.flagged()).collect()
+    }
+
+    /// The table as text: one line per cell, then the flagged cells and surprises.
+    pub fn table(&self) -> String {
+        use std::fmt::Write as _;
+        let mut s = format!(
+            "{:>5} {:<16} {:<16} {:>9} {:>5} {:>5} {:>8} {:>9}  failures\n",
+            "loss", "A", "B", "punchable", "runs", "ok", "success", "slowest"
+        );
+        for c in &self.cells {
+            let failures: Vec<String> = c
+                .failures
+                .iter()
+                .map(|(f, n)| format!("{f} x{n}"))
+                .collect();
+            let mark = if c.flagged() {
+                "  <-- FLAGGED"
+            } else if c.surprise() {
+                "  (unpunchable, connected)"
+            } else {
+                ""
+            };
+            let _ = writeln!(
+                s,
+                "{:>4.0}% {:<16} {:<16} {:>9} {:>5} {:>5} {:>7.1}% {:>7.3} s  {}{}{}",
+                c.loss * 100.0,
+                c.a.map_or("?", NatKind::label),
+                c.b.map_or("?", NatKind::label),
+                if c.punchable { "yes" } else { "no" },
+                c.runs,
+                c.successes,
+                f64::from(c.successes) * 100.0 / f64::from(c.runs.max(1)),
+                c.slowest.as_secs_f64(),
+                failures.join(", "),
+                if c.leaky > 0 {
+                    format!(" leaks in {} run(s)", c.leaky)
+                } else {
+                    String::new()
+                },
+                mark,
+            );
+        }
+        s
+    }
+}
+
+/// Every ordered pair of `kinds`.
+pub fn pairs(kinds: &[NatKind]) -> Vec<(NatKind, NatKind)> {
+    kinds
+        .iter()
+        .flat_map(|a| kinds.iter().map(move |b| (*a, *b)))
+        .collect()
+}
+
+/// Runs every pair at every loss level (fractions) with every seed, spread over the available
+/// cores; the NAT boxes answer unsolicited SYNs with an RST if `nat_rst`. Deterministic: the
+/// result depends only on the arguments.
+pub fn run_matrix(
+    pairs: &[(NatKind, NatKind)],
+    losses: &[f64],
+    nat_rst: bool,
+    seeds: &[u64],
+) -> PunchMatrix {
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    run_matrix_on(pairs, losses, nat_rst, seeds, threads)
+}
+
+/// [`run_matrix`] on at most `threads` threads (at least one).
+pub fn run_matrix_on(
+    pairs: &[(NatKind, NatKind)],
+    losses: &[f64],
+    nat_rst: bool,
+    seeds: &[u64],
+    threads: usize,
+) -> PunchMatrix {
+    // (cell index, seed) jobs; cell = loss index * pairs + pair index.
+    let cells = losses.len() * pairs.len();
+    let jobs: Vec<(usize, u64)> = (0..cells)
+        .flat_map(|c| seeds.iter().map(move |s| (c, *s)))
+        .collect();
+    let threads = threads.clamp(1, jobs.len().max(1));
+    let empty: Vec<PairSummary> = (0..cells)
+        .map(|c| {
+            let (a, b) = pairs[c % pairs.len()];
+            PairSummary {
+                a: Some(a),
+                b: Some(b),
+                loss: losses[c / pairs.len()],
+                punchable: punchable(a, b),
+                ..PairSummary::default()
+            }
+        })
+        .collect();
+    let worker = |k: usize| {
+        let mut out: Vec<(usize, Outcome)> = Vec::new();
+        for (j, &(c, seed)) in jobs.iter().enumerate() {
+            if j % threads != k {
+                continue;
+            }
+            let (a, b) = pairs[c % pairs.len()];
+            out.push((j, run_one(a, b, losses[c / pairs.len()], nat_rst, seed)));
+        }
+        out
+    };
+    let mut outcomes: Vec<(usize, Outcome)> = if threads == 1 {
+        worker(0)
+    } else {
+        std::thread::scope(|scope| {
+            let handles: Vec<_> = (0..threads)
+                .map(|k| {
+                    let worker = &worker;
+                    scope.spawn(move || worker(k))
+                })
+                .collect();
+            handles
+                .into_iter()
+                .flat_map(|h| h.join().unwrap_or_else(|e| std::panic::resume_unwind(e)))
+                .collect()
+        })
+    };
+    outcomes.sort_by_key(|(j, _)| *j);
+    let mut cells = empty;
+    for (j, o) in &outcomes {
+        if let Some((c, _)) = jobs.get(*j) {
+            if let Some(cell) = cells.get_mut(*c) {
+                cell.add(o);
+            }
+        }
+    }
+    PunchMatrix { cells }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_oracle() {
+        use NatKind::*;
+        assert!(punchable(Open, SymmetricRandom));
+        assert!(punchable(FullCone, SymmetricRandom));
+        assert!(punchable(Restricted, SymmetricRandom));
+        assert!(!punchable(PortRestricted, SymmetricRandom));
+        assert!(!punchable(SymmetricRandom, SymmetricRandom));
+        assert!(!punchable(SymmetricPreserving, SymmetricRandom));
+        assert!(punchable(SymmetricSequential, SymmetricPreserving));
+        assert!(punchable(PortRestrictedRandom, SymmetricSequential));
+        for a in KINDS {
+            for b in KINDS {
+                assert_eq!(punchable(a, b), punchable(b, a));
+            }
+        }
+    }
+}
