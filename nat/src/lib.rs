@@ -54,6 +54,6 @@ pub use predict::{
     CONFIDENCE_EXACT, CONFIDENCE_SEQUENTIAL, MAX_CANDIDATES,
 };
 pub use servers::{
-    canonical_id, default_servers, is_public_candidate, HealthConfig, ServerEntry, ServerHealth, ServerId,
-    ServerList, MAX_SERVERS,
+    canonical_id, default_servers, is_public_candidate, HealthConfig, ServerEntry, ServerHealth,
+    ServerId, ServerList, MAX_SERVERS,
 };

@@ -22,7 +22,9 @@
 //! 5. Every connection that comes up (connected or accepted) carries the [`Hello`] both ways. The
 //!    side with the smaller node id leads: it takes the first connection whose hello checks out,
 //!    writes [`CHOSEN`] on it and closes everything else; the follower takes the connection on
-//!    which it reads [`CHOSEN`]. The winner is handed to the caller
+//!    which it reads [`CHOSEN`] (while it holds a verified connection it waits up to
+//!    `chosen_timeout` for the marker, even past the punch window, so loss cannot leave the leader
+//!    connected alone). The winner is handed to the caller
 //!    ([`PunchEvent::Connected`]); the machine never touches it again. Every other socket is closed
 //!    exactly once.
 //! 6. A failed round is retried with fresh candidates (`max_rounds`); the last failure is final
@@ -79,6 +81,9 @@ pub struct PunchConfig {
     pub punch_window: Duration,
     /// Rounds (with fresh candidates) before the punch fails. Default 3.
     pub max_rounds: u8,
+    /// A follower holding a connection whose hello checked out waits this long for the leader's
+    /// marker, past the punch window if need be. Default 10 s.
+    pub chosen_timeout: Duration,
     /// The first socket id; the machine cycles through `socket_base .. socket_base + socket_ids`.
     pub socket_base: SocketId,
     /// How many socket ids the machine cycles through. Default 4096.
@@ -106,6 +111,7 @@ impl PunchConfig {
             retry_interval: Duration::from_millis(100),
             punch_window: Duration::from_secs(6),
             max_rounds: 3,
+            chosen_timeout: Duration::from_secs(10),
             socket_base: SocketId(0),
             socket_ids: 4096,
             max_sockets: 64,
@@ -1272,7 +1278,17 @@ impl Puncher {
                 self.win(now, id, local, remote, leftover);
                 return Verdict::Consumed;
             }
+            // The leader may have chosen this connection already: its marker is on the way
+            // (TCP retransmits it). Do not give up on the round while waiting for it.
+            self.wait_for_chosen(now);
         }
+        let Some(Sock {
+            kind: SockKind::Stream { rx, .. },
+            ..
+        }) = self.sockets.get(index)
+        else {
+            return Verdict::Consumed;
+        };
         // Follower: the marker follows the hello.
         match rx.get(HELLO_LEN) {
             None => Verdict::Consumed,
@@ -1287,6 +1303,18 @@ impl Puncher {
             Some(_) => {
                 self.close_socket(id);
                 Verdict::Dropped(DropReason::Unexpected)
+            }
+        }
+    }
+
+    /// A follower with a verified connection keeps the round open for at least
+    /// [`PunchConfig::chosen_timeout`] more, so a leader's marker delayed by loss is not met by a
+    /// closed round (which would leave the leader alone with a connection).
+    fn wait_for_chosen(&mut self, now: Instant) {
+        let until = now.saturating_add(self.config.chosen_timeout);
+        if let Phase::Punching(p) = &mut self.phase {
+            if p.deadline < until {
+                p.deadline = until;
             }
         }
     }

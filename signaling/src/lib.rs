@@ -64,9 +64,9 @@ pub use identity::{
 };
 pub use mqtt::client::{MqttClient, MqttConfig, MqttEvent};
 pub use mqtt::codec::{CodecError as MqttCodecError, Decoder as MqttDecoder, Packet as MqttPacket};
+pub use p2pd_proto::{Instant, SocketId};
 pub use pnp::{MemoryStore, NameStore, PnpClient, PnpServer};
 pub use rendezvous::{BrokerSpec, Rendezvous, RendezvousConfig, RendezvousEvent};
-pub use p2pd_proto::{Instant, SocketId};
 
 #[cfg(test)]
 mod tests;
