@@ -43,6 +43,7 @@ use p2pd_proto::{
     Transmit, Transport, Verdict,
 };
 
+use crate::clock::{offset_and_delay, ClockError};
 use crate::message::{
     AbortReason, Candidate, Hello, Message, MessageError, SessionId, CHOSEN, HELLO_LEN,
     MAX_CANDIDATES, NODE_ID_LEN,
@@ -155,6 +156,9 @@ pub enum PunchFailure {
     NoSockets(IoError),
     /// The responder waited for the next round's offer in vain.
     NoOffer,
+    /// The four timestamps of the clock exchange contradict each other (the answer arrived before
+    /// the offer left, say): no meet time can be trusted.
+    BadClock(ClockError),
     /// The caller closed the machine.
     Closed,
 }
@@ -761,7 +765,16 @@ impl Puncher {
     fn on_answer(&mut self, now: Instant, t: [u64; 3], meet_ns: u64, peer: Vec<Candidate>) {
         let [t1, t2, t3] = t;
         let t4 = self.wall_ns(now);
-        let clock = exchange_clock([t1, t2, t3, t4], self.config.drift_allowance);
+        let clock = match exchange_clock([t1, t2, t3, t4], self.config.drift_allowance) {
+            Ok(clock) => clock,
+            Err(error) => {
+                // The answer's timestamps contradict ours (a clock stepped mid-exchange, or a
+                // forged answer): no meet time can be trusted.
+                self.signal_abort(AbortReason::TooUncertain);
+                self.round_failed(now, PunchFailure::BadClock(error));
+                return;
+            }
+        };
         let limit = self.config.max_uncertainty;
         if clock.uncertainty > limit {
             self.signal_abort(AbortReason::TooUncertain);
@@ -1423,31 +1436,23 @@ fn check_candidates(candidates: &[Candidate]) -> Result<(), &'static str> {
     Ok(())
 }
 
-/// The peer's clock relative to ours from one four-timestamp exchange (NTP on-wire math).
+/// The peer's clock relative to ours from one four-timestamp exchange.
 struct ExchangeClock {
     /// Peer minus us, nanoseconds.
     offset_ns: i64,
-    /// Half the round trip spent on the path, plus the drift allowance.
+    /// Half the round trip spent on the path (rounded up), plus the drift allowance.
     uncertainty: Duration,
 }
 
-fn exchange_clock(t: [u64; 4], drift: Duration) -> ExchangeClock {
-    // Differences of u64 values fit in i128 with room to spare; saturating ops keep the lints
-    // honest.
+/// [`crate::clock::offset_and_delay`] on the four timestamps (see [`crate::clock`] for the math and
+/// sign conventions).
+fn exchange_clock(t: [u64; 4], drift: Duration) -> Result<ExchangeClock, ClockError> {
     let [t1, t2, t3, t4] = t.map(i128::from);
-    let offset = t2
-        .saturating_sub(t1)
-        .saturating_add(t3.saturating_sub(t4))
-        .div_euclid(2);
-    let delay = t4
-        .saturating_sub(t1)
-        .saturating_sub(t3.saturating_sub(t2))
-        .max(0);
-    let half = u64::try_from(delay.div_euclid(2)).unwrap_or(u64::MAX);
-    ExchangeClock {
-        offset_ns: i64::try_from(offset).unwrap_or(if offset < 0 { i64::MIN } else { i64::MAX }),
-        uncertainty: Duration::from_nanos(half).saturating_add(drift),
-    }
+    let (offset_ns, delay) = offset_and_delay(t1, t2, t3, t4)?;
+    Ok(ExchangeClock {
+        offset_ns,
+        uncertainty: Duration::from_nanos(delay.div_ceil(2)).saturating_add(drift),
+    })
 }
 
 fn duration_ns(d: Duration) -> u64 {

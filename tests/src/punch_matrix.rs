@@ -254,6 +254,7 @@ pub fn failure_name(f: &PunchFailure) -> &'static str {
         PunchFailure::NoConnection { .. } => "NoConnection",
         PunchFailure::NoSockets(_) => "NoSockets",
         PunchFailure::NoOffer => "NoOffer",
+        PunchFailure::BadClock(_) => "BadClock",
         PunchFailure::Closed => "Closed",
         _ => "Other",
     }
