@@ -236,6 +236,11 @@ fn punch(args: &PunchArgs) -> Result<i32, String> {
     })
 }
 
+/// Milliseconds from `started` to `now`, for the status lines.
+fn since(started: Instant, now: Instant) -> f64 {
+    now.saturating_duration_since(started).as_millis() as f64
+}
+
 #[derive(Default)]
 struct LoopState {
     connected_at: Option<Instant>,
@@ -293,6 +298,7 @@ fn on_event(
                 &format!("round {round}: candidates {}", list.join(" ")),
                 Object::new()
                     .num("round", round)
+                    .num("elapsed_ms", since(started, now))
                     .str("candidates", &list.join(" ")),
             );
         }
@@ -310,6 +316,7 @@ fn on_event(
                 ),
                 Object::new()
                     .num("round", round)
+                    .num("elapsed_ms", since(started, now))
                     .num("meet_in_ms", in_ms as f64)
                     .num("uncertainty_ms", uncertainty.as_millis() as f64),
             );
@@ -320,6 +327,7 @@ fn on_event(
                 &format!("round {round} failed: {reason:?}"),
                 Object::new()
                     .num("round", round)
+                    .num("elapsed_ms", since(started, now))
                     .str("reason", &format!("{reason:?}")),
             );
         }
@@ -327,7 +335,9 @@ fn on_event(
             status.line(
                 "failed",
                 &format!("punch failed: {reason:?}"),
-                Object::new().str("reason", &format!("{reason:?}")),
+                Object::new()
+                    .str("reason", &format!("{reason:?}"))
+                    .num("elapsed_ms", since(started, now)),
             );
             state.failed = true;
             if !state.closing {
