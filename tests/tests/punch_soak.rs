@@ -1,0 +1,453 @@
+//! Soak on real sockets: 100 punches on loopback between two [`PunchNode`]s, each driven
+//! in-process by its own `p2pd_mio::Runtime` (both in this thread, alternating in 2 ms slices),
+//! with signaling through two real mosquitto brokers and mappings from our STUN server over TCP
+//! (its own runtime in a thread).
+//!
+//! Every round builds fresh nodes on the same two runtimes, punches (A initiates, B answers),
+//! exchanges bytes both ways on the punched stream, closes both nodes twice, and checks that each
+//! node reported exactly one `Closed` and nothing after it, that both runtimes hold no socket, that
+//! neither node has a deadline left, and (at the end) that resident memory did not grow between
+//! round 10 and round 100 and that the server saw every TCP connection closed.
+//!
+//! Memory is measured twice: the bytes live on the heap (a counting global allocator: every
+//! allocation minus every free, all threads) must be flat between round 10 and the last round, and
+//! so must VmRSS, within a slack for the allocator's warm-up (in a 400-round run VmRSS rose about
+//! 700 KiB until round ~300 and then stayed put, while the live heap stayed flat).
+//!
+//! Skips (with a message) when mosquitto is not installed; CI installs it.
+
+mod common;
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::net::SocketAddr;
+use std::ops::ControlFlow;
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::{mpsc, Arc};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use common::{free_port_pair, rss_kib, Mosquitto, LO1};
+use p2pd_mio::Runtime;
+use p2pd_proto::server::{ServerConfig, ServerEvent, ServerStats, StunServer};
+use p2pd_punch::node::{NodeEvent, PunchNode, PunchNodeConfig};
+use p2pd_punch::PunchEvent;
+use p2pd_signaling::rendezvous::{BrokerSpec, RendezvousConfig};
+use p2pd_signaling::{Identity, PublicKey};
+
+/// Counts the bytes live on the heap (all threads).
+struct LiveBytes;
+
+static LIVE: AtomicI64 = AtomicI64::new(0);
+
+fn size(layout: Layout) -> i64 {
+    i64::try_from(layout.size()).unwrap_or(i64::MAX)
+}
+
+unsafe impl GlobalAlloc for LiveBytes {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        let p = unsafe { System.alloc(layout) };
+        if !p.is_null() {
+            LIVE.fetch_add(size(layout), Ordering::Relaxed);
+        }
+        p
+    }
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        let p = unsafe { System.alloc_zeroed(layout) };
+        if !p.is_null() {
+            LIVE.fetch_add(size(layout), Ordering::Relaxed);
+        }
+        p
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        unsafe { System.dealloc(ptr, layout) };
+        LIVE.fetch_sub(size(layout), Ordering::Relaxed);
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        let p = unsafe { System.realloc(ptr, layout, new_size) };
+        if !p.is_null() {
+            let new = i64::try_from(new_size).unwrap_or(i64::MAX);
+            LIVE.fetch_add(new - size(layout), Ordering::Relaxed);
+        }
+        p
+    }
+}
+
+#[global_allocator]
+static GLOBAL: LiveBytes = LiveBytes;
+
+/// Bytes live on the heap now.
+fn live_bytes() -> i64 {
+    LIVE.load(Ordering::Relaxed)
+}
+
+/// Rounds (`P2PD_PUNCH_SOAK_ROUNDS` overrides, at least 20).
+fn rounds() -> usize {
+    std::env::var("P2PD_PUNCH_SOAK_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(100usize)
+        .max(20)
+}
+
+/// Our STUN server (UDP + TCP on 127.0.0.1:P) driven by a runtime in a thread.
+struct TcpStunServer {
+    addr: SocketAddr,
+    stop: Arc<AtomicBool>,
+    handle: Option<JoinHandle<(ServerStats, usize)>>,
+}
+
+impl TcpStunServer {
+    fn start() -> TcpStunServer {
+        for _ in 0..10 {
+            let (p, _) = free_port_pair();
+            let addr = SocketAddr::new(LO1, p);
+            let config = ServerConfig::single(addr).with_tcp(true);
+            let stop = Arc::new(AtomicBool::new(false));
+            let stop2 = Arc::clone(&stop);
+            let (tx, rx) = mpsc::channel();
+            let handle = std::thread::spawn(move || {
+                let mut rt = Runtime::new().expect("runtime");
+                let mut server = StunServer::new(config).expect("config");
+                let mut up = (0, 0);
+                rt.run(&mut server, Some(Duration::from_secs(10)), |_, _, ev| {
+                    match ev {
+                        ServerEvent::Listening { .. } | ServerEvent::TcpListening { .. } => {
+                            up.0 += 1
+                        }
+                        ServerEvent::SocketFailed { .. } | ServerEvent::TcpFailed { .. } => {
+                            up.1 += 1
+                        }
+                        _ => {}
+                    }
+                    if up.0 + up.1 == 2 {
+                        ControlFlow::Break(())
+                    } else {
+                        ControlFlow::Continue(())
+                    }
+                })
+                .expect("run");
+                let ok = up == (2, 0);
+                let _ = tx.send(ok);
+                while ok && !stop2.load(Ordering::SeqCst) {
+                    rt.run(&mut server, Some(Duration::from_millis(20)), |_, _, _| {
+                        ControlFlow::Continue(())
+                    })
+                    .expect("run");
+                }
+                server.close(rt.now());
+                rt.run(&mut server, Some(Duration::from_secs(5)), |_, _, ev| {
+                    if matches!(ev, ServerEvent::Closed) {
+                        ControlFlow::Break(())
+                    } else {
+                        ControlFlow::Continue(())
+                    }
+                })
+                .expect("run");
+                (server.stats(), rt.open_sockets())
+            });
+            if rx.recv_timeout(Duration::from_secs(15)).unwrap_or(false) {
+                return TcpStunServer {
+                    addr,
+                    stop,
+                    handle: Some(handle),
+                };
+            }
+            stop.store(true, Ordering::SeqCst);
+            let _ = handle.join();
+        }
+        panic!("could not start the TCP STUN server on loopback");
+    }
+
+    /// Stops it; returns its counters and the sockets its runtime still held after close.
+    fn stop(mut self) -> (ServerStats, usize) {
+        self.stop.store(true, Ordering::SeqCst);
+        self.handle.take().expect("running").join().expect("thread")
+    }
+}
+
+impl Drop for TcpStunServer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(h) = self.handle.take() {
+            if !std::thread::panicking() {
+                let _ = h.join();
+            }
+        }
+    }
+}
+
+/// One side: a runtime kept across rounds and the round's node.
+struct Side {
+    rt: Runtime,
+    node: Option<PunchNode>,
+    events: Vec<NodeEvent>,
+    /// Bytes received on the punched stream.
+    data: Vec<u8>,
+}
+
+impl Side {
+    fn node(&mut self) -> &mut PunchNode {
+        self.node.as_mut().expect("a node this round")
+    }
+
+    /// Runs this side's loop for up to `slice`.
+    fn turn(&mut self, slice: Duration) {
+        let Some(node) = self.node.as_mut() else {
+            return;
+        };
+        let events = &mut self.events;
+        let data = &mut self.data;
+        self.rt
+            .run(node, Some(slice), |_, _, ev| {
+                if let NodeEvent::Data(bytes) = &ev {
+                    data.extend_from_slice(bytes);
+                }
+                events.push(ev);
+                ControlFlow::Continue(())
+            })
+            .expect("run");
+    }
+
+    fn closed(&self) -> usize {
+        self.events
+            .iter()
+            .filter(|e| matches!(e, NodeEvent::Closed))
+            .count()
+    }
+
+    fn connected(&self) -> bool {
+        self.events
+            .iter()
+            .any(|e| matches!(e, NodeEvent::Connected { .. }))
+    }
+}
+
+/// Runs both sides in turns until `done` holds or `timeout` passes; returns whether it held.
+fn run_until(
+    a: &mut Side,
+    b: &mut Side,
+    timeout: Duration,
+    mut done: impl FnMut(&Side, &Side) -> bool,
+) -> bool {
+    let end = Instant::now() + timeout;
+    while Instant::now() < end {
+        a.turn(Duration::from_millis(2));
+        b.turn(Duration::from_millis(2));
+        if done(a, b) {
+            return true;
+        }
+    }
+    false
+}
+
+fn config(brokers: &[SocketAddr], stun: SocketAddr, rt: &Runtime) -> PunchNodeConfig {
+    let specs = brokers.iter().map(|b| BrokerSpec::new(None, *b)).collect();
+    let mut c = PunchNodeConfig::new(RendezvousConfig::new(specs, rt.unix_epoch_ms()), stun);
+    c.rendezvous.mqtt.backoff_initial = Duration::from_millis(100);
+    c.rendezvous.mqtt.backoff_max = Duration::from_millis(500);
+    // Loopback signaling takes milliseconds: a short meet lead keeps 100 rounds quick.
+    c.punch.lead = Duration::from_millis(300);
+    c.punch.min_margin = Duration::from_millis(50);
+    c.probe_timeout = Duration::from_secs(3);
+    c
+}
+
+fn describe(side: &Side) -> String {
+    side.events
+        .iter()
+        .filter(|e| !matches!(e, NodeEvent::Data(_)))
+        .map(|e| format!("{e:?}"))
+        .collect::<Vec<_>>()
+        .join("\n  ")
+}
+
+#[test]
+fn hundred_punches_on_real_sockets_no_leaks() {
+    let (Some(m1), Some(m2)) = (Mosquitto::start(), Mosquitto::start()) else {
+        eprintln!("SKIP hundred_punches_on_real_sockets_no_leaks: mosquitto is not installed");
+        return;
+    };
+    let started = Instant::now();
+    let server = TcpStunServer::start();
+    let brokers = [m1.addr(), m2.addr()];
+    let id_a = Identity::from_secret_bytes(&[0x5a; 32]).expect("identity");
+    let id_b = Identity::from_secret_bytes(&[0x5b; 32]).expect("identity");
+    let key_b: PublicKey = id_b.public_key();
+    let new_side = || Side {
+        rt: Runtime::new().expect("runtime"),
+        node: None,
+        events: Vec::new(),
+        data: Vec::new(),
+    };
+    let (mut a, mut b) = (new_side(), new_side());
+    let rounds = rounds();
+    let mut rss = Vec::with_capacity(rounds); // rss[i]: after round i + 1
+    let mut live = Vec::with_capacity(rounds); // the same for live heap bytes
+    let mut punch_ms = Vec::with_capacity(rounds);
+    let mut rounds_used = [0usize; 3];
+
+    for round in 1..=rounds {
+        let seed = round as u64;
+        for (side, id, s) in [(&mut a, &id_a, 1u64), (&mut b, &id_b, 2)] {
+            side.events.clear();
+            side.data.clear();
+            let c = config(&brokers, server.addr, &side.rt);
+            let now = side.rt.now();
+            side.node =
+                Some(PunchNode::new(c, id.clone(), seed * 16 + s, now).expect("valid node config"));
+        }
+        // Both subscribed on both brokers (the offer would be re-sent otherwise, a second later).
+        let subscribed = |s: &Side| {
+            let r = s.node.as_ref().expect("node").rendezvous();
+            r.broker_ids()
+                .all(|id| r.health(id).is_some_and(|h| h.listening))
+        };
+        assert!(
+            run_until(&mut a, &mut b, Duration::from_secs(10), |a, b| subscribed(
+                a
+            )
+                && subscribed(b)),
+            "round {round}: brokers not ready"
+        );
+
+        let t0 = Instant::now();
+        let now = a.rt.now();
+        a.node().punch(now, key_b).expect("punch");
+        let ok = run_until(&mut a, &mut b, Duration::from_secs(30), |a, b| {
+            a.connected() && b.connected()
+        });
+        assert!(
+            ok,
+            "round {round}: not connected\nA:\n  {}\nB:\n  {}",
+            describe(&a),
+            describe(&b)
+        );
+        punch_ms.push(t0.elapsed().as_secs_f64() * 1000.0);
+        let failed_rounds = a
+            .events
+            .iter()
+            .filter(|e| matches!(e, NodeEvent::Punch(PunchEvent::RoundFailed { .. })))
+            .count();
+        rounds_used[failed_rounds.min(2)] += 1;
+        assert!(
+            a.events
+                .iter()
+                .chain(b.events.iter())
+                .all(|e| !matches!(e, NodeEvent::Failed(_))),
+            "round {round}: a failure next to Connected"
+        );
+
+        // Data both ways on the punched stream.
+        let msg_a = format!("round {round}: from A").into_bytes();
+        let msg_b = format!("round {round}: from B, a little longer").into_bytes();
+        let now = a.rt.now();
+        a.node().send(now, &msg_a).expect("send A");
+        let now = b.rt.now();
+        b.node().send(now, &msg_b).expect("send B");
+        assert!(
+            run_until(&mut a, &mut b, Duration::from_secs(10), |a, b| a.data
+                == msg_b
+                && b.data == msg_a),
+            "round {round}: data: A got {:?}, B got {:?}",
+            String::from_utf8_lossy(&a.data),
+            String::from_utf8_lossy(&b.data)
+        );
+
+        // Close both, twice (the second close is a no-op), and wait for Closed.
+        for side in [&mut a, &mut b] {
+            let now = side.rt.now();
+            side.node().close(now);
+            side.node().close(now);
+        }
+        assert!(
+            run_until(&mut a, &mut b, Duration::from_secs(10), |a, b| a.closed()
+                == 1
+                && b.closed() == 1),
+            "round {round}: no Closed\nA:\n  {}\nB:\n  {}",
+            describe(&a),
+            describe(&b)
+        );
+        // A third close after Closed, and a little more running: nothing happens.
+        for side in [&mut a, &mut b] {
+            let now = side.rt.now();
+            side.node().close(now);
+        }
+        let _ = run_until(&mut a, &mut b, Duration::from_millis(10), |_, _| false);
+        for (name, side) in [("A", &mut a), ("B", &mut b)] {
+            assert_eq!(side.closed(), 1, "round {round} {name}: Closed once");
+            assert!(
+                matches!(side.events.last(), Some(NodeEvent::Closed)),
+                "round {round} {name}: an event after Closed: {:?}",
+                side.events.last()
+            );
+            assert_eq!(
+                side.rt.open_sockets(),
+                0,
+                "round {round} {name}: sockets left open in the runtime"
+            );
+            assert_eq!(
+                side.node().poll_timeout(),
+                None,
+                "round {round} {name}: a deadline left after Closed"
+            );
+            assert!(!side.node().is_connected());
+            let now = side.rt.now();
+            assert!(side.node().send(now, b"late").is_err());
+            side.node = None;
+        }
+        rss.push(rss_kib());
+        live.push(live_bytes());
+        if round % 10 == 0 {
+            eprintln!(
+                "round {round}: VmRSS {:?} KiB, live heap {} bytes",
+                rss[round - 1],
+                live[round - 1]
+            );
+        }
+    }
+
+    let (stats, server_open) = server.stop();
+    assert_eq!(server_open, 0, "server sockets left after close");
+    assert_eq!(
+        stats.tcp_accepted,
+        (2 * rounds) as u64,
+        "one probe per side per round: {stats:?}"
+    );
+    assert_eq!(
+        stats.tcp_closed, stats.tcp_accepted,
+        "every probe connection closed: {stats:?}"
+    );
+    let sa = a.rt.stats();
+    let sb = b.rt.stats();
+    assert_eq!(sa.sockets_opened, sa.sockets_closed, "{sa:?}");
+    assert_eq!(sb.sockets_opened, sb.sockets_closed, "{sb:?}");
+    punch_ms.sort_by(f64::total_cmp);
+    eprintln!(
+        "punch soak: {rounds} punches in {:.1} s; punch -> both connected median {:.0} ms, max {:.0} ms \
+         (meet lead 300 ms); rounds used 1/2/3: {rounds_used:?}; sockets opened/closed A {}/{} B {}/{}; \
+         server TCP accepted/closed {}/{}; VmRSS after round 10 {:?} KiB, after round {rounds} {:?} KiB; \
+         live heap after round 10 {} bytes, after round {rounds} {} bytes",
+        started.elapsed().as_secs_f64(),
+        punch_ms[punch_ms.len() / 2],
+        punch_ms[punch_ms.len() - 1],
+        sa.sockets_opened,
+        sa.sockets_closed,
+        sb.sockets_opened,
+        sb.sockets_closed,
+        stats.tcp_accepted,
+        stats.tcp_closed,
+        rss[9],
+        rss[rounds - 1],
+        live[9],
+        live[rounds - 1]
+    );
+    // The live heap is flat (a leak of even a few bytes per punch would show over 90 rounds).
+    let (l10, l_end) = (live[9], live[rounds - 1]);
+    assert!(
+        l_end <= l10 + 16 * 1024,
+        "live heap grew from {l10} to {l_end} bytes"
+    );
+    if let (Some(x), Some(y)) = (rss[9], rss[rounds - 1]) {
+        assert!(y <= x + 2048, "VmRSS grew from {x} KiB to {y} KiB");
+    }
+}
