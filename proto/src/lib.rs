@@ -79,6 +79,7 @@
 )]
 #![warn(missing_docs)]
 
+pub mod accept;
 pub mod client;
 pub mod client_tcp;
 pub mod machine;

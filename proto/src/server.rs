@@ -17,7 +17,7 @@
 //! With [`ServerConfig::with_tcp`] the server also listens on TCP on the primary address (RFC 5389
 //! §7.2.2): messages on a stream, framed by the header's length field. It binds
 //! [`TCP_LISTENER`], listens, and keeps one [`SocketOp::Accept`] outstanding per free connection
-//! slot ([`ServerConfig::max_tcp_connections`]); accepted streams are named
+//! slot ([`ServerConfig::max_tcp_connections`], managed by an [`AcceptPool`]); accepted streams are named
 //! `SocketId(TCP_CONNECTION_BASE + slot)` and fed to [`StunServer::handle_stream`] in chunks of any
 //! size. Each Binding request is answered on its stream, RESPONSE-ORIGIN being the connection's
 //! local address; OTHER-ADDRESS is never sent over TCP, RESPONSE-PORT is ignored, and a
@@ -32,6 +32,7 @@ use core::net::{IpAddr, SocketAddr};
 use core::time::Duration;
 use std::collections::VecDeque;
 
+use crate::accept::{AcceptPool, PoolConfig, PoolEvent};
 use crate::machine::{
     BindOptions, DropReason, IoError, OpKind, SocketId, SocketOp, SocketOutcome, Transmit,
     Transport, Verdict,
@@ -43,7 +44,7 @@ use crate::time::Instant;
 
 mod tcp;
 
-use tcp::{connection_id, slot_index, Frame, Listener, SlotState, TcpSide, ACCEPT_RETRY};
+use tcp::{Frame, StreamBuf};
 pub use tcp::{MAX_TCP_CONNECTIONS, MAX_TCP_MESSAGE_LEN, TCP_CONNECTION_BASE, TCP_LISTENER};
 
 /// The longest response the server sends (IPv6 with every attribute and the longest SOFTWARE).
@@ -303,7 +304,7 @@ pub struct StunServer {
     queue: VecDeque<Pending>,
     ops: VecDeque<SocketOp>,
     events: VecDeque<ServerEvent>,
-    tcp: TcpSide,
+    tcp: AcceptPool<StreamBuf>,
     timeout: Option<Instant>,
     closed: bool,
     stats: ServerStats,
@@ -358,14 +359,18 @@ impl StunServer {
                 });
             }
         }
-        let tcp = TcpSide::new(tcp_slots);
+        let mut tcp = AcceptPool::new(
+            PoolConfig {
+                listener: TCP_LISTENER,
+                first_socket: TCP_CONNECTION_BASE,
+                capacity: tcp_slots,
+                idle_timeout: config.tcp_idle_timeout,
+                backlog: config.tcp_backlog,
+            },
+            StreamBuf::new,
+        );
         if config.tcp {
-            ops.push_back(SocketOp::Bind {
-                socket: TCP_LISTENER,
-                transport: Transport::Tcp,
-                local: config.primary,
-                options: config.bind_options,
-            });
+            tcp.bind(config.primary, config.bind_options, &mut ops);
         }
         Ok(StunServer {
             queue: VecDeque::with_capacity(config.queue_capacity),
@@ -445,23 +450,9 @@ impl StunServer {
                 *state = SocketState::Absent;
             }
         }
-        for index in 0..self.tcp.slots.len() {
-            if let Some(slot) = self.tcp.slots.get_mut(index) {
-                if slot.is_open() {
-                    self.ops.push_back(SocketOp::Close {
-                        socket: connection_id(index),
-                    });
-                    self.stats.tcp_closed = self.stats.tcp_closed.saturating_add(1);
-                }
-                slot.reset();
-            }
-        }
-        if matches!(self.tcp.listener, Listener::Binding | Listener::Bound(_)) {
-            self.ops.push_back(SocketOp::Close {
-                socket: TCP_LISTENER,
-            });
-        }
-        self.tcp.listener = Listener::Absent;
+        let closed = self.tcp.close_all(&mut self.ops);
+        let closed = u64::try_from(closed).unwrap_or(u64::MAX);
+        self.stats.tcp_closed = self.stats.tcp_closed.saturating_add(closed);
         self.timeout = None;
         self.queue.clear();
         self.events.push_back(ServerEvent::Closed);
@@ -474,10 +465,7 @@ impl StunServer {
 
     /// The TCP listener's bound address, once bound.
     pub fn tcp_local_addr(&self) -> Option<SocketAddr> {
-        match self.tcp.listener {
-            Listener::Bound(a) => Some(a),
-            _ => None,
-        }
+        self.tcp.local_addr()
     }
 
     /// Handles a datagram received on `socket` from `from`.
@@ -519,19 +507,15 @@ impl StunServer {
         let Some(index) = self.tcp.open_index(socket) else {
             return Verdict::Dropped(DropReason::UnknownSocket);
         };
-        let idle = self.config.tcp_idle_timeout;
         let mut verdict = Verdict::Consumed;
         let mut rest = data;
-        while let Some(slot) = self.tcp.slots.get_mut(index) {
-            if let SlotState::Open { idle_deadline, .. } = &mut slot.state {
-                *idle_deadline = now.saturating_add(idle);
-            }
+        while let Some((_, buf)) = self.tcp.touch(now, index) {
             let before = rest.len();
-            rest = slot.fill(rest);
+            rest = buf.fill(rest);
             let stuck = !rest.is_empty() && rest.len() == before;
             // Answer every whole message held.
-            while let Some(slot) = self.tcp.slots.get(index) {
-                let total = match slot.frame() {
+            while let Some((conn, buf)) = self.tcp.get(index) {
+                let total = match buf.frame() {
                     Frame::Partial => break,
                     Frame::Bad(e) => {
                         self.stats.tcp_bad_frames = self.stats.tcp_bad_frames.saturating_add(1);
@@ -541,19 +525,16 @@ impl StunServer {
                     }
                     Frame::Complete(total) => total,
                 };
-                let SlotState::Open { remote, .. } = slot.state else {
-                    break;
-                };
                 // The message leaves the slot's buffer for the stack, so the slot can be updated
                 // while it is answered.
                 let mut scratch = [0u8; MAX_TCP_MESSAGE_LEN];
-                let (Some(dst), Some(src)) = (scratch.get_mut(..total), slot.held().get(..total))
+                let (Some(dst), Some(src)) = (scratch.get_mut(..total), buf.held().get(..total))
                 else {
                     break;
                 };
                 dst.copy_from_slice(src);
                 let outcome = match Message::decode(dst) {
-                    Ok(msg) => self.pending_for(&msg, Role::Primary, remote, Some(index)),
+                    Ok(msg) => self.pending_for(&msg, Role::Primary, conn.remote, Some(index)),
                     Err(e) => {
                         self.stats.malformed = self.stats.malformed.saturating_add(1);
                         Err(Verdict::Dropped(DropReason::Malformed(e)))
@@ -563,8 +544,8 @@ impl StunServer {
                     Ok(pending) => self.enqueue(pending),
                     Err(v) => v,
                 };
-                if let Some(slot) = self.tcp.slots.get_mut(index) {
-                    slot.consume(total);
+                if let Some((_, buf)) = self.tcp.get_mut(index) {
+                    buf.consume(total);
                 }
             }
             if rest.is_empty() || stuck {
@@ -657,15 +638,13 @@ impl StunServer {
 
     /// Handles the answer to a bind intent or a send failure.
     pub fn handle_socket_result(&mut self, now: Instant, socket: SocketId, outcome: SocketOutcome) {
-        if socket == TCP_LISTENER {
-            self.listener_result(now, outcome);
-            self.refresh_timeout();
-            return;
-        }
-        if let Some(index) = slot_index(socket).filter(|i| *i < self.tcp.slots.len()) {
-            self.connection_result(now, index, socket, outcome);
-            self.refresh_timeout();
-            return;
+        match self.tcp.handle_result(now, socket, outcome, &mut self.ops) {
+            PoolEvent::NotMine => {}
+            event => {
+                self.tcp_event(now, event);
+                self.refresh_timeout();
+                return;
+            }
         }
         let Some(role) = self.role_of(socket) else {
             return;
@@ -697,86 +676,24 @@ impl StunServer {
         }
     }
 
-    fn listener_result(&mut self, now: Instant, outcome: SocketOutcome) {
-        match outcome {
-            SocketOutcome::Bound { local } if self.tcp.listener == Listener::Binding => {
-                self.tcp.listener = Listener::Bound(local);
-                self.ops.push_back(SocketOp::Listen {
-                    socket: TCP_LISTENER,
-                    backlog: self.config.tcp_backlog,
-                });
+    fn tcp_event(&mut self, now: Instant, event: PoolEvent) {
+        match event {
+            PoolEvent::Listening(local) => {
                 self.events.push_back(ServerEvent::TcpListening { local });
-                self.accept_idle_slots(now);
             }
-            SocketOutcome::Failed {
-                op: op @ (OpKind::Bind | OpKind::Listen),
-                error,
-                ..
-            } if matches!(self.tcp.listener, Listener::Binding | Listener::Bound(_)) => {
-                if op == OpKind::Listen {
-                    // The socket exists (it was bound): it still needs its one close.
-                    self.ops.push_back(SocketOp::Close {
-                        socket: TCP_LISTENER,
-                    });
-                }
-                self.tcp.listener = Listener::Failed;
-                for index in 0..self.tcp.slots.len() {
-                    if let Some(slot) = self.tcp.slots.get_mut(index) {
-                        if !slot.is_open() {
-                            slot.reset();
-                        }
-                    }
-                }
+            PoolEvent::ListenerFailed { op, error } => {
                 self.events.push_back(ServerEvent::TcpFailed { op, error });
             }
-            _ => {}
-        }
-    }
-
-    fn connection_result(
-        &mut self,
-        now: Instant,
-        index: usize,
-        socket: SocketId,
-        outcome: SocketOutcome,
-    ) {
-        let Some(slot) = self.tcp.slots.get_mut(index) else {
-            return;
-        };
-        match outcome {
-            SocketOutcome::Accepted { local, remote } => {
-                if slot.state == SlotState::Accepting && !self.closed {
-                    slot.open(
-                        local,
-                        remote,
-                        now.saturating_add(self.config.tcp_idle_timeout),
-                    );
-                    self.stats.tcp_accepted = self.stats.tcp_accepted.saturating_add(1);
-                } else if !slot.is_open() {
-                    // A stream we did not (or no longer) wait for is still ours to close, once.
-                    self.ops.push_back(SocketOp::Close { socket });
-                }
+            PoolEvent::Opened(_) => {
+                self.stats.tcp_accepted = self.stats.tcp_accepted.saturating_add(1);
             }
-            SocketOutcome::Failed {
-                op: OpKind::Accept, ..
-            } if slot.state == SlotState::Accepting => {
-                slot.state = SlotState::Idle {
-                    retry_at: Some(now.saturating_add(ACCEPT_RETRY)),
-                };
-            }
-            SocketOutcome::PeerClosed | SocketOutcome::Failed { .. } if slot.is_open() => {
-                if matches!(
-                    outcome,
-                    SocketOutcome::Failed {
-                        op: OpKind::Send,
-                        ..
-                    }
-                ) {
+            PoolEvent::Ended { index, send_failed } => {
+                if send_failed {
                     self.stats.send_failures = self.stats.send_failures.saturating_add(1);
                 }
                 self.close_connection(now, index);
             }
-            _ => {}
+            PoolEvent::NotMine | PoolEvent::Nothing => {}
         }
     }
 
@@ -785,55 +702,25 @@ impl StunServer {
         if self.closed {
             return;
         }
-        for index in 0..self.tcp.slots.len() {
-            if let Some(slot) = self.tcp.slots.get(index) {
-                if let SlotState::Open { idle_deadline, .. } = slot.state {
-                    if now >= idle_deadline {
-                        self.stats.tcp_idle_closed = self.stats.tcp_idle_closed.saturating_add(1);
-                        self.close_connection(now, index);
-                    }
-                }
+        for index in 0..self.tcp.capacity() {
+            if self.tcp.is_expired(index, now) {
+                self.stats.tcp_idle_closed = self.stats.tcp_idle_closed.saturating_add(1);
+                self.close_connection(now, index);
             }
         }
-        self.accept_idle_slots(now);
+        self.tcp.accept_idle(now, &mut self.ops);
         self.refresh_timeout();
-    }
-
-    /// Asks for a connection for every idle slot whose retry time has come.
-    fn accept_idle_slots(&mut self, now: Instant) {
-        if self.closed || !matches!(self.tcp.listener, Listener::Bound(_)) {
-            return;
-        }
-        for (index, slot) in self.tcp.slots.iter_mut().enumerate() {
-            if let SlotState::Idle { retry_at } = slot.state {
-                if retry_at.is_none_or(|t| now >= t) {
-                    slot.state = SlotState::Accepting;
-                    self.ops.push_back(SocketOp::Accept {
-                        listener: TCP_LISTENER,
-                        socket: connection_id(index),
-                    });
-                }
-            }
-        }
     }
 
     /// Closes an open connection (its one close intent), drops its queued responses and frees its
     /// slot for the next accept.
     fn close_connection(&mut self, now: Instant, index: usize) {
-        let Some(slot) = self.tcp.slots.get_mut(index) else {
-            return;
-        };
-        if !slot.is_open() {
+        if !self.tcp.close(now, index, &mut self.ops) {
             return;
         }
-        slot.reset();
-        self.ops.push_back(SocketOp::Close {
-            socket: connection_id(index),
-        });
         self.stats.tcp_closed = self.stats.tcp_closed.saturating_add(1);
         // A response still queued for this stream must not reach the next connection in the slot.
         self.queue.retain(|p| p.stream != Some(index));
-        self.accept_idle_slots(now);
     }
 
     fn refresh_timeout(&mut self) {
@@ -848,7 +735,7 @@ impl StunServer {
     pub fn poll_transmit(&mut self, buf: &mut [u8]) -> Option<Transmit> {
         while let Some(p) = self.queue.pop_front() {
             let socket = match p.stream {
-                Some(index) if self.tcp.local(index).is_some() => connection_id(index),
+                Some(index) if self.tcp.get(index).is_some() => self.tcp.socket(index),
                 Some(_) => continue,
                 None if self.available(p.answer_from) => p.answer_from.socket(),
                 None => continue,
@@ -878,7 +765,7 @@ impl StunServer {
         match p.reply {
             Reply::Success => {
                 let (origin, other) = match p.stream {
-                    Some(index) => (self.tcp.local(index)?, None),
+                    Some(index) => (self.tcp.get(index)?.0.local, None),
                     None => (
                         self.local_addr(p.answer_from)?,
                         self.other_address(p.received_on),
