@@ -65,7 +65,7 @@ pub enum Listener {
     Binding,
     /// Bound and asked to listen.
     Bound(SocketAddr),
-    /// Bind or listen failed; no connections will be accepted.
+    /// The bind failed (or, for a TCP listener, the listen): the socket serves nothing.
     Failed,
 }
 

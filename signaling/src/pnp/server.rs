@@ -5,6 +5,7 @@ use core::net::SocketAddr;
 use core::time::Duration;
 use std::collections::VecDeque;
 
+use p2pd_proto::accept::{AcceptPool, Listener, PoolConfig, PoolEvent, SlotData};
 use p2pd_proto::{
     BindOptions, DropReason, Instant, IoError, OpKind, Rng, SocketId, SocketOp, SocketOutcome,
     Transmit, Transport, Verdict,
@@ -27,8 +28,6 @@ pub const TCP_LISTENER: SocketId = SocketId(1);
 /// The most TCP connections one server holds.
 pub const MAX_CONNECTIONS: usize = 4096;
 const FIRST_CONNECTION_ID: u32 = 2;
-/// How long a connection slot waits after a failed accept before asking again.
-const ACCEPT_RETRY: Duration = Duration::from_secs(1);
 
 /// Server settings. [`PnpServerConfig::new`] gives sensible defaults.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -189,30 +188,11 @@ pub struct PnpServerStats {
     pub send_failures: u64,
 }
 
-#[derive(Copy, Clone, Debug, PartialEq, Eq)]
-enum Listener {
-    Absent,
-    Binding,
-    Bound(SocketAddr),
-    Failed,
-}
-
-#[derive(Clone, Debug)]
-struct Connection {
-    remote: SocketAddr,
-    source: SourceKey,
-    reader: FrameReader,
-    idle_deadline: Instant,
-}
-
-#[derive(Clone, Debug)]
-enum Slot {
-    /// Not waiting for a connection; ask again at `retry_at` (if the listener is up).
-    Idle { retry_at: Option<Instant> },
-    /// An `Accept` intent is outstanding.
-    Accepting,
-    /// A connected stream.
-    Open(Box<Connection>),
+/// A connection slot reassembles length-prefixed frames; each connection starts a fresh reader.
+impl SlotData for FrameReader {
+    fn reset(&mut self) {
+        *self = FrameReader::new(MAX_MESSAGE_LEN);
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -236,8 +216,7 @@ pub struct PnpServer<S: NameStore> {
     replies: ReplyCache,
     rules: Rules,
     udp: Listener,
-    tcp: Listener,
-    slots: Vec<Slot>,
+    tcp: AcceptPool<FrameReader>,
     transmits: VecDeque<Outgoing>,
     ops: VecDeque<SocketOp>,
     events: VecDeque<PnpServerEvent>,
@@ -252,7 +231,7 @@ impl<S: NameStore> fmt::Debug for PnpServer<S> {
         f.debug_struct("PnpServer")
             .field("public_key", &self.identity.public_key())
             .field("udp", &self.udp)
-            .field("tcp", &self.tcp)
+            .field("tcp", &self.tcp.listener())
             .field("closed", &self.closed)
             .field("stats", &self.stats)
             .finish_non_exhaustive()
@@ -298,15 +277,18 @@ impl<S: NameStore> PnpServer<S> {
             });
             udp = Listener::Binding;
         }
-        let mut tcp = Listener::Absent;
+        let mut tcp = AcceptPool::new(
+            PoolConfig {
+                listener: TCP_LISTENER,
+                first_socket: FIRST_CONNECTION_ID,
+                capacity: connections,
+                idle_timeout: config.tcp_idle_timeout,
+                backlog: config.listen_backlog,
+            },
+            || FrameReader::new(MAX_MESSAGE_LEN),
+        );
         if let Some(local) = config.tcp {
-            ops.push_back(SocketOp::Bind {
-                socket: TCP_LISTENER,
-                transport: Transport::Tcp,
-                local,
-                options: config.bind_options,
-            });
-            tcp = Listener::Binding;
+            tcp.bind(local, config.bind_options, &mut ops);
         }
         let rules = Rules {
             max_names_per_source: config.max_names_per_source,
@@ -328,7 +310,6 @@ impl<S: NameStore> PnpServer<S> {
             rules,
             udp,
             tcp,
-            slots: vec![Slot::Idle { retry_at: None }; connections],
             transmits: VecDeque::new(),
             ops,
             events: VecDeque::new(),
@@ -365,10 +346,7 @@ impl<S: NameStore> PnpServer<S> {
 
     /// How many TCP connections are open.
     pub fn open_connections(&self) -> usize {
-        self.slots
-            .iter()
-            .filter(|s| matches!(s, Slot::Open(_)))
-            .count()
+        self.tcp.open_count()
     }
 
     /// How many entries the bounded tables hold: (rate limiter sources, cached replies, replay
@@ -405,23 +383,9 @@ impl<S: NameStore> PnpServer<S> {
             self.ops.push_back(SocketOp::Close { socket: UDP_SOCKET });
         }
         self.udp = Listener::Absent;
-        for index in 0..self.slots.len() {
-            if let Some(slot) = self.slots.get_mut(index) {
-                if matches!(slot, Slot::Open(_)) {
-                    self.ops.push_back(SocketOp::Close {
-                        socket: connection_id(index),
-                    });
-                    self.stats.connections_closed = self.stats.connections_closed.saturating_add(1);
-                }
-                *slot = Slot::Idle { retry_at: None };
-            }
-        }
-        if matches!(self.tcp, Listener::Binding | Listener::Bound(_)) {
-            self.ops.push_back(SocketOp::Close {
-                socket: TCP_LISTENER,
-            });
-        }
-        self.tcp = Listener::Absent;
+        let closed = self.tcp.close_all(&mut self.ops);
+        let closed = u64::try_from(closed).unwrap_or(u64::MAX);
+        self.stats.connections_closed = self.stats.connections_closed.saturating_add(closed);
         self.transmits.clear();
         self.timeout = None;
         self.events.push_back(PnpServerEvent::Closed);
@@ -459,16 +423,14 @@ impl<S: NameStore> PnpServer<S> {
         if self.closed {
             return Verdict::Dropped(DropReason::Closed);
         }
-        let Some(index) = self.open_index(socket) else {
+        let Some(index) = self.tcp.open_index(socket) else {
             return Verdict::Dropped(DropReason::UnknownSocket);
         };
-        let idle_timeout = self.config.tcp_idle_timeout;
         let mut rest = data;
         let mut verdict = Verdict::Consumed;
-        while let Some(Slot::Open(conn)) = self.slots.get_mut(index) {
-            conn.idle_deadline = now.saturating_add(idle_timeout);
-            let (remote, source) = (conn.remote, conn.source);
-            match conn.reader.next(&mut rest) {
+        while let Some((conn, reader)) = self.tcp.touch(now, index) {
+            let (remote, source) = (conn.remote, SourceKey::from_ip(conn.remote.ip()));
+            match reader.next(&mut rest) {
                 None => break,
                 Some(FrameEvent::BadLength(_)) => {
                     self.stats.bad_frames = self.stats.bad_frames.saturating_add(1);
@@ -493,10 +455,9 @@ impl<S: NameStore> PnpServer<S> {
     pub fn handle_socket_result(&mut self, now: Instant, socket: SocketId, outcome: SocketOutcome) {
         if socket == UDP_SOCKET {
             self.udp_result(outcome);
-        } else if socket == TCP_LISTENER {
-            self.listener_result(now, outcome);
-        } else if let Some(index) = slot_index(socket).filter(|i| *i < self.slots.len()) {
-            self.connection_result(now, index, socket, outcome);
+        } else {
+            let event = self.tcp.handle_result(now, socket, outcome, &mut self.ops);
+            self.tcp_event(now, event);
         }
         self.refresh_timeout();
     }
@@ -529,90 +490,31 @@ impl<S: NameStore> PnpServer<S> {
         }
     }
 
-    fn listener_result(&mut self, now: Instant, outcome: SocketOutcome) {
-        match outcome {
-            SocketOutcome::Bound { local } if self.tcp == Listener::Binding => {
-                self.tcp = Listener::Bound(local);
-                self.ops.push_back(SocketOp::Listen {
-                    socket: TCP_LISTENER,
-                    backlog: self.config.listen_backlog,
-                });
+    fn tcp_event(&mut self, now: Instant, event: PoolEvent) {
+        match event {
+            PoolEvent::Listening(local) => {
                 self.events.push_back(PnpServerEvent::Listening {
                     transport: Transport::Tcp,
                     local,
                 });
-                self.accept_idle_slots(now);
             }
-            SocketOutcome::Failed {
-                op: op @ (OpKind::Bind | OpKind::Listen),
-                error,
-                ..
-            } if matches!(self.tcp, Listener::Binding | Listener::Bound(_)) => {
-                if op == OpKind::Listen {
-                    // The socket exists (it was bound): it still needs its one close.
-                    self.ops.push_back(SocketOp::Close {
-                        socket: TCP_LISTENER,
-                    });
-                }
-                self.tcp = Listener::Failed;
+            PoolEvent::ListenerFailed { op, error } => {
                 self.events.push_back(PnpServerEvent::SocketFailed {
                     transport: Transport::Tcp,
                     op,
                     error,
                 });
             }
-            _ => {}
-        }
-    }
-
-    fn connection_result(
-        &mut self,
-        now: Instant,
-        index: usize,
-        socket: SocketId,
-        outcome: SocketOutcome,
-    ) {
-        let Some(slot) = self.slots.get_mut(index) else {
-            return;
-        };
-        match outcome {
-            SocketOutcome::Accepted { remote, .. } => {
-                if matches!(slot, Slot::Accepting) && !self.closed {
-                    *slot = Slot::Open(Box::new(Connection {
-                        remote,
-                        source: SourceKey::from_ip(remote.ip()),
-                        reader: FrameReader::new(MAX_MESSAGE_LEN),
-                        idle_deadline: now.saturating_add(self.config.tcp_idle_timeout),
-                    }));
-                    self.stats.connections_accepted =
-                        self.stats.connections_accepted.saturating_add(1);
-                } else if !matches!(slot, Slot::Open(_)) {
-                    // A stream we did not (or no longer) wait for is still ours to close, once.
-                    self.ops.push_back(SocketOp::Close { socket });
-                }
+            PoolEvent::Opened(_) => {
+                self.stats.connections_accepted = self.stats.connections_accepted.saturating_add(1);
             }
-            SocketOutcome::Failed {
-                op: OpKind::Accept, ..
-            } if matches!(slot, Slot::Accepting) => {
-                *slot = Slot::Idle {
-                    retry_at: Some(now.saturating_add(ACCEPT_RETRY)),
-                };
-            }
-            SocketOutcome::PeerClosed | SocketOutcome::Failed { .. }
-                if matches!(slot, Slot::Open(_)) =>
-            {
-                if matches!(
-                    outcome,
-                    SocketOutcome::Failed {
-                        op: OpKind::Send,
-                        ..
-                    }
-                ) {
+            PoolEvent::Ended { index, send_failed } => {
+                if send_failed {
                     self.stats.send_failures = self.stats.send_failures.saturating_add(1);
                 }
                 self.close_connection(now, index);
             }
-            _ => {}
+            PoolEvent::NotMine | PoolEvent::Nothing => {}
         }
     }
 
@@ -628,15 +530,13 @@ impl<S: NameStore> PnpServer<S> {
                 Err(_) => self.stats.store_errors = self.stats.store_errors.saturating_add(1),
             }
         }
-        for index in 0..self.slots.len() {
-            if let Some(Slot::Open(conn)) = self.slots.get(index) {
-                if now >= conn.idle_deadline {
-                    self.stats.idle_closed = self.stats.idle_closed.saturating_add(1);
-                    self.close_connection(now, index);
-                }
+        for index in 0..self.tcp.capacity() {
+            if self.tcp.is_expired(index, now) {
+                self.stats.idle_closed = self.stats.idle_closed.saturating_add(1);
+                self.close_connection(now, index);
             }
         }
-        self.accept_idle_slots(now);
+        self.tcp.accept_idle(now, &mut self.ops);
         self.refresh_timeout();
     }
 
@@ -671,11 +571,6 @@ impl<S: NameStore> PnpServer<S> {
         self.timeout
     }
 
-    fn open_index(&self, socket: SocketId) -> Option<usize> {
-        let index = slot_index(socket)?;
-        matches!(self.slots.get(index), Some(Slot::Open(_))).then_some(index)
-    }
-
     fn queue(&mut self, socket: SocketId, destination: SocketAddr, bytes: Vec<u8>) -> Verdict {
         if self.transmits.len() >= self.config.transmit_queue_capacity {
             self.stats.queue_full = self.stats.queue_full.saturating_add(1);
@@ -689,38 +584,15 @@ impl<S: NameStore> PnpServer<S> {
         Verdict::Consumed
     }
 
-    fn accept_idle_slots(&mut self, now: Instant) {
-        if self.closed || !matches!(self.tcp, Listener::Bound(_)) {
-            return;
-        }
-        for (index, slot) in self.slots.iter_mut().enumerate() {
-            if let Slot::Idle { retry_at } = slot {
-                if retry_at.is_none_or(|t| now >= t) {
-                    *slot = Slot::Accepting;
-                    self.ops.push_back(SocketOp::Accept {
-                        listener: TCP_LISTENER,
-                        socket: connection_id(index),
-                    });
-                }
-            }
-        }
-    }
-
     /// Closes an open connection (its one close intent) and frees its slot for the next accept.
     fn close_connection(&mut self, now: Instant, index: usize) {
-        let Some(slot) = self.slots.get_mut(index) else {
-            return;
-        };
-        if !matches!(slot, Slot::Open(_)) {
+        if !self.tcp.close(now, index, &mut self.ops) {
             return;
         }
-        *slot = Slot::Idle { retry_at: None };
-        let socket = connection_id(index);
-        self.ops.push_back(SocketOp::Close { socket });
         self.stats.connections_closed = self.stats.connections_closed.saturating_add(1);
         // A reply still queued for this stream must not reach the next connection on this id.
+        let socket = self.tcp.socket(index);
         self.transmits.retain(|t| t.socket != socket);
-        self.accept_idle_slots(now);
     }
 
     fn refresh_timeout(&mut self) {
@@ -728,16 +600,8 @@ impl<S: NameStore> PnpServer<S> {
             self.timeout = None;
             return;
         }
-        let listening = matches!(self.tcp, Listener::Bound(_));
-        let mut next = self.next_prune;
-        for slot in &self.slots {
-            match slot {
-                Slot::Open(conn) => next = next.min(conn.idle_deadline),
-                Slot::Idle { retry_at: Some(at) } if listening => next = next.min(*at),
-                _ => {}
-            }
-        }
-        self.timeout = Some(next);
+        let next = self.next_prune;
+        self.timeout = Some(self.tcp.next_deadline().map_or(next, |t| t.min(next)));
     }
 
     /// The sealed reply to one request, or why there is none.
@@ -880,15 +744,6 @@ impl<S: NameStore> PnpServer<S> {
         self.rng.fill_bytes(&mut nonce);
         envelope::seal(&self.identity, to, now_ms, nonce, &reply.encode()).ok()
     }
-}
-
-fn connection_id(index: usize) -> SocketId {
-    let index = u32::try_from(index).unwrap_or(u32::MAX);
-    SocketId(FIRST_CONNECTION_ID.saturating_add(index))
-}
-
-fn slot_index(socket: SocketId) -> Option<usize> {
-    usize::try_from(socket.0.checked_sub(FIRST_CONNECTION_ID)?).ok()
 }
 
 // `impl_machine!` takes a plain type; the server is generic over its store, so the same thin

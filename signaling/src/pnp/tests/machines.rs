@@ -146,6 +146,57 @@ fn listen_failure_closes_the_listener_once() {
 }
 
 #[test]
+fn accept_completing_after_listen_failure_is_closed_once() {
+    let mut server = PnpServer::new(server_config(), id(200), MemoryStore::new(1), 1).unwrap();
+    let now = Instant::ZERO;
+    let mut accepts = Vec::new();
+    while let Some(op) = server.poll_socket_op() {
+        match op {
+            SocketOp::Bind { socket, local, .. } => {
+                server.handle_socket_result(now, socket, SocketOutcome::Bound { local });
+            }
+            SocketOp::Accept { socket, .. } => accepts.push(socket),
+            _ => {}
+        }
+    }
+    let late = *accepts.first().expect("an accept per free slot");
+    server.handle_socket_result(
+        now,
+        TCP_LISTENER,
+        SocketOutcome::Failed {
+            op: OpKind::Listen,
+            destination: None,
+            error: p2pd_proto::IoError::Other(None),
+        },
+    );
+    while server.poll_socket_op().is_some() {}
+    // The listener is gone, so no accept is outstanding: a stream still reported for one is
+    // closed at once and never served.
+    server.handle_socket_result(
+        now,
+        late,
+        SocketOutcome::Accepted {
+            local: "192.0.2.1:7000".parse().unwrap(),
+            remote: "198.51.100.9:40000".parse().unwrap(),
+        },
+    );
+    assert_eq!(
+        server.poll_socket_op(),
+        Some(SocketOp::Close { socket: late })
+    );
+    assert_eq!(server.poll_socket_op(), None);
+    assert_eq!(server.open_connections(), 0);
+    server.close(now);
+    let mut closes = Vec::new();
+    while let Some(op) = server.poll_socket_op() {
+        if let SocketOp::Close { socket } = op {
+            closes.push(socket);
+        }
+    }
+    assert!(!closes.contains(&late), "closed twice: {closes:?}");
+}
+
+#[test]
 fn client_close_fails_pending_and_closes_each_socket_once() {
     let mut w = World::new(server_config());
     let u = w.add_client(1, "198.51.100.1:4000", PnpTransport::Udp);
