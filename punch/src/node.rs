@@ -18,7 +18,8 @@ use p2pd_proto::client_tcp::{
     TcpBinding, TcpBindingConfig, TcpBindingError, TcpBindingEvent, TCP_BINDING_SOCKET,
 };
 use p2pd_proto::{
-    Instant, Rng, SocketId, SocketOp, SocketOutcome, Transmit, Verdict, TRANSMIT_BUFFER_LEN,
+    Instant, IoError, OpKind, Rng, SocketId, SocketOp, SocketOutcome, Transmit, Verdict,
+    TRANSMIT_BUFFER_LEN,
 };
 use p2pd_signaling::rendezvous::{Rendezvous, RendezvousConfig, RendezvousEvent};
 use p2pd_signaling::{Identity, PublicKey};
@@ -129,12 +130,55 @@ struct Probe {
     current: bool,
 }
 
+/// After the runtime refused a stream transmit (its buffer is full), the stream waits this long
+/// before it writes again.
+const STREAM_RETRY: Duration = Duration::from_millis(5);
+
 /// The punched stream, once up.
+///
+/// A runtime may refuse a stream transmit when its own buffer for the stream is full
+/// (`Failed { op: Send, error: WouldBlock }`; nothing of that transmit is taken). That is flow
+/// control, not a broken stream: bytes stay in `out` until the runtime has taken them. The first
+/// `emitted` bytes of `out` went out as the transmits in `chunks` since the last settle point;
+/// refusals are reported in the same drain (the runtime and the simulator deliver socket outcomes
+/// before any further input), so at the next input (stream bytes or a timeout; a transmit makes
+/// the deadline immediate) every such transmit not refused was taken. Refused ones are always the
+/// last ones: every transmit after the first of a batch is full-sized, so once one does not fit,
+/// none after it does.
 struct Stream {
     socket: SocketId,
     remote: SocketAddr,
     out: VecDeque<u8>,
+    /// Bytes at the front of `out` handed to the runtime, not yet known to be taken.
+    emitted: usize,
+    /// Their transmits' lengths, in order.
+    chunks: VecDeque<usize>,
+    /// Transmits the runtime refused (the last ones of `chunks`).
+    refused: usize,
+    /// No stream transmit before this (after a refusal).
+    blocked_until: Option<Instant>,
     closed: bool,
+}
+
+impl Stream {
+    /// Every transmit since the last settle point not refused was taken: drop those bytes, keep
+    /// the refused ones queued (in order) to be sent again.
+    fn settle(&mut self) {
+        let refused: usize = self.chunks.iter().rev().take(self.refused).sum();
+        let taken = self.emitted.saturating_sub(refused).min(self.out.len());
+        self.out.drain(..taken);
+        self.emitted = 0;
+        self.chunks.clear();
+        self.refused = 0;
+    }
+
+    fn clear(&mut self) {
+        self.out.clear();
+        self.emitted = 0;
+        self.chunks.clear();
+        self.refused = 0;
+        self.blocked_until = None;
+    }
 }
 
 /// Which round the probes are for, and who to tell.
@@ -166,6 +210,8 @@ pub struct PunchNode {
     rendezvous_closed: bool,
     puncher_closed: bool,
     deadline: Option<Instant>,
+    /// The time of the last input (for deadlines set while polling).
+    last_now: Instant,
 }
 
 impl core::fmt::Debug for PunchNode {
@@ -211,6 +257,7 @@ impl PunchNode {
             rendezvous_closed: false,
             puncher_closed: false,
             deadline: None,
+            last_now: now,
         };
         node.pump(now);
         Ok(node)
@@ -246,12 +293,19 @@ impl PunchNode {
         Ok(())
     }
 
+    /// The punched stream's socket while it is up (for the runtime's own view of it, e.g. bytes
+    /// it still holds unwritten).
+    pub fn stream_socket(&self) -> Option<SocketId> {
+        self.stream.as_ref().filter(|s| !s.closed).map(|s| s.socket)
+    }
+
     /// Whether the punched stream is up.
     pub fn is_connected(&self) -> bool {
         self.stream.as_ref().is_some_and(|s| !s.closed)
     }
 
-    /// Bytes waiting to be written to the punched stream.
+    /// Bytes waiting to be written to the punched stream (including those handed to the runtime
+    /// and not yet known to be taken).
     pub fn queued(&self) -> usize {
         self.stream.as_ref().map_or(0, |s| s.out.len())
     }
@@ -280,8 +334,8 @@ impl PunchNode {
         if let Some(s) = &mut self.stream {
             if !s.closed {
                 s.closed = true;
-                s.out.clear();
             }
+            s.clear();
         }
         self.pump(now);
     }
@@ -301,6 +355,9 @@ impl PunchNode {
 
     /// Stream bytes: the punched stream, a probe, the puncher or a broker connection.
     pub fn handle_stream(&mut self, now: Instant, socket: SocketId, data: &[u8]) -> Verdict {
+        if let Some(s) = self.stream.as_mut() {
+            s.settle();
+        }
         let verdict = if self.stream.as_ref().is_some_and(|s| s.socket == socket) {
             if !self.closing {
                 self.events.push_back(NodeEvent::Data(data.to_vec()));
@@ -320,13 +377,25 @@ impl PunchNode {
     /// A socket outcome, routed like stream bytes.
     pub fn handle_socket_result(&mut self, now: Instant, socket: SocketId, outcome: SocketOutcome) {
         if let Some(s) = self.stream.as_mut().filter(|s| s.socket == socket) {
-            if matches!(
+            let refused = matches!(
+                outcome,
+                SocketOutcome::Failed {
+                    op: OpKind::Send,
+                    error: IoError::WouldBlock,
+                    ..
+                }
+            );
+            if refused && !s.closed && s.refused < s.chunks.len() {
+                // Flow control: sent again after a pause (see `Stream`).
+                s.refused = s.refused.saturating_add(1);
+                s.blocked_until = Some(now.saturating_add(STREAM_RETRY));
+            } else if matches!(
                 outcome,
                 SocketOutcome::PeerClosed | SocketOutcome::Failed { .. }
             ) && !s.closed
             {
                 s.closed = true;
-                s.out.clear();
+                s.clear();
                 self.events.push_back(NodeEvent::StreamClosed);
             }
         } else if let Some(p) = self.probes.iter_mut().find(|p| p.outer == socket) {
@@ -342,6 +411,12 @@ impl PunchNode {
 
     /// Time passed.
     pub fn handle_timeout(&mut self, now: Instant) {
+        if let Some(s) = self.stream.as_mut() {
+            s.settle();
+            if s.blocked_until.is_some_and(|t| t <= now) {
+                s.blocked_until = None;
+            }
+        }
         if self.rendezvous.poll_timeout().is_some_and(|t| t <= now) {
             self.rendezvous.handle_timeout(now);
         }
@@ -373,13 +448,26 @@ impl PunchNode {
             }
         }
         let s = self.stream.as_mut()?;
-        if s.out.is_empty() || s.closed {
+        if s.closed || s.blocked_until.is_some() {
             return None;
         }
-        let n = s.out.len().min(buf.len()).min(TRANSMIT_BUFFER_LEN);
-        for (dst, src) in buf.iter_mut().zip(s.out.drain(..n)) {
-            *dst = src;
+        let full = buf.len().min(TRANSMIT_BUFFER_LEN);
+        let n = s.out.len().saturating_sub(s.emitted).min(full);
+        // Only the first transmit of a batch may be short (see `Stream`); a short tail waits for
+        // the next settle point (at the latest the immediate deadline below).
+        if n == 0 || (n < full && !s.chunks.is_empty()) {
+            return None;
         }
+        for (dst, src) in buf.iter_mut().zip(s.out.range(s.emitted..)).take(n) {
+            *dst = *src;
+        }
+        s.emitted = s.emitted.saturating_add(n);
+        s.chunks.push_back(n);
+        // Settle at once (a timeout now), so taken bytes leave the queue and the rest goes out.
+        self.deadline = Some(
+            self.deadline
+                .map_or(self.last_now, |d| d.min(self.last_now)),
+        );
         Some(Transmit {
             socket: s.socket,
             destination: s.remote,
@@ -515,6 +603,18 @@ impl PunchNode {
         {
             deadline = Some(deadline.map_or(t, |d| d.min(t)));
         }
+        if let Some(s) = self.stream.as_ref().filter(|s| !s.closed) {
+            // Unsettled transmits settle at once; a refused stream retries after its pause.
+            let t = if s.chunks.is_empty() {
+                s.blocked_until
+            } else {
+                Some(now)
+            };
+            if let Some(t) = t {
+                deadline = Some(deadline.map_or(t, |d| d.min(t)));
+            }
+        }
+        self.last_now = now;
         self.deadline = deadline;
     }
 
@@ -557,6 +657,10 @@ impl PunchNode {
                     socket,
                     remote,
                     out: VecDeque::new(),
+                    emitted: 0,
+                    chunks: VecDeque::new(),
+                    refused: 0,
+                    blocked_until: None,
                     closed: false,
                 });
                 for p in &mut self.probes {

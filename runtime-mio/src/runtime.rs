@@ -265,6 +265,16 @@ impl Runtime {
         self.ids.len()
     }
 
+    /// Bytes the machine sent on TCP stream `id` that the runtime holds and has not written to the
+    /// OS yet (0 for any other socket). Closing the socket now would drop them: a caller that wants
+    /// everything delivered closes once this is 0.
+    pub fn unsent(&self, id: SocketId) -> usize {
+        match self.entry(id).map(|e| &e.kind) {
+            Some(Kind::TcpStream(st)) => st.out.len(),
+            _ => 0,
+        }
+    }
+
     /// The counters.
     pub fn stats(&self) -> RuntimeStats {
         self.stats

@@ -19,19 +19,13 @@
 mod common;
 
 use std::alloc::{GlobalAlloc, Layout, System};
-use std::net::SocketAddr;
-use std::ops::ControlFlow;
-use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
-use std::sync::{mpsc, Arc};
-use std::thread::JoinHandle;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::{Duration, Instant};
 
-use common::{free_port_pair, rss_kib, Mosquitto, LO1};
-use p2pd_mio::Runtime;
-use p2pd_proto::server::{ServerConfig, ServerEvent, ServerStats, StunServer};
-use p2pd_punch::node::{NodeEvent, PunchNode, PunchNodeConfig};
+use common::punch::{config, describe, new_side, run_until, subscribed, TcpStunServer};
+use common::{rss_kib, Mosquitto};
+use p2pd_punch::node::{NodeEvent, PunchNode};
 use p2pd_punch::PunchEvent;
-use p2pd_signaling::rendezvous::{BrokerSpec, RendezvousConfig};
 use p2pd_signaling::{Identity, PublicKey};
 
 /// Counts the bytes live on the heap (all threads).
@@ -89,178 +83,6 @@ fn rounds() -> usize {
         .max(20)
 }
 
-/// Our STUN server (UDP + TCP on 127.0.0.1:P) driven by a runtime in a thread.
-struct TcpStunServer {
-    addr: SocketAddr,
-    stop: Arc<AtomicBool>,
-    handle: Option<JoinHandle<(ServerStats, usize)>>,
-}
-
-impl TcpStunServer {
-    fn start() -> TcpStunServer {
-        for _ in 0..10 {
-            let (p, _) = free_port_pair();
-            let addr = SocketAddr::new(LO1, p);
-            let config = ServerConfig::single(addr).with_tcp(true);
-            let stop = Arc::new(AtomicBool::new(false));
-            let stop2 = Arc::clone(&stop);
-            let (tx, rx) = mpsc::channel();
-            let handle = std::thread::spawn(move || {
-                let mut rt = Runtime::new().expect("runtime");
-                let mut server = StunServer::new(config).expect("config");
-                let mut up = (0, 0);
-                rt.run(&mut server, Some(Duration::from_secs(10)), |_, _, ev| {
-                    match ev {
-                        ServerEvent::Listening { .. } | ServerEvent::TcpListening { .. } => {
-                            up.0 += 1
-                        }
-                        ServerEvent::SocketFailed { .. } | ServerEvent::TcpFailed { .. } => {
-                            up.1 += 1
-                        }
-                        _ => {}
-                    }
-                    if up.0 + up.1 == 2 {
-                        ControlFlow::Break(())
-                    } else {
-                        ControlFlow::Continue(())
-                    }
-                })
-                .expect("run");
-                let ok = up == (2, 0);
-                let _ = tx.send(ok);
-                while ok && !stop2.load(Ordering::SeqCst) {
-                    rt.run(&mut server, Some(Duration::from_millis(20)), |_, _, _| {
-                        ControlFlow::Continue(())
-                    })
-                    .expect("run");
-                }
-                server.close(rt.now());
-                rt.run(&mut server, Some(Duration::from_secs(5)), |_, _, ev| {
-                    if matches!(ev, ServerEvent::Closed) {
-                        ControlFlow::Break(())
-                    } else {
-                        ControlFlow::Continue(())
-                    }
-                })
-                .expect("run");
-                (server.stats(), rt.open_sockets())
-            });
-            if rx.recv_timeout(Duration::from_secs(15)).unwrap_or(false) {
-                return TcpStunServer {
-                    addr,
-                    stop,
-                    handle: Some(handle),
-                };
-            }
-            stop.store(true, Ordering::SeqCst);
-            let _ = handle.join();
-        }
-        panic!("could not start the TCP STUN server on loopback");
-    }
-
-    /// Stops it; returns its counters and the sockets its runtime still held after close.
-    fn stop(mut self) -> (ServerStats, usize) {
-        self.stop.store(true, Ordering::SeqCst);
-        self.handle.take().expect("running").join().expect("thread")
-    }
-}
-
-impl Drop for TcpStunServer {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-        if let Some(h) = self.handle.take() {
-            if !std::thread::panicking() {
-                let _ = h.join();
-            }
-        }
-    }
-}
-
-/// One side: a runtime kept across rounds and the round's node.
-struct Side {
-    rt: Runtime,
-    node: Option<PunchNode>,
-    events: Vec<NodeEvent>,
-    /// Bytes received on the punched stream.
-    data: Vec<u8>,
-}
-
-impl Side {
-    fn node(&mut self) -> &mut PunchNode {
-        self.node.as_mut().expect("a node this round")
-    }
-
-    /// Runs this side's loop for up to `slice`.
-    fn turn(&mut self, slice: Duration) {
-        let Some(node) = self.node.as_mut() else {
-            return;
-        };
-        let events = &mut self.events;
-        let data = &mut self.data;
-        self.rt
-            .run(node, Some(slice), |_, _, ev| {
-                if let NodeEvent::Data(bytes) = &ev {
-                    data.extend_from_slice(bytes);
-                }
-                events.push(ev);
-                ControlFlow::Continue(())
-            })
-            .expect("run");
-    }
-
-    fn closed(&self) -> usize {
-        self.events
-            .iter()
-            .filter(|e| matches!(e, NodeEvent::Closed))
-            .count()
-    }
-
-    fn connected(&self) -> bool {
-        self.events
-            .iter()
-            .any(|e| matches!(e, NodeEvent::Connected { .. }))
-    }
-}
-
-/// Runs both sides in turns until `done` holds or `timeout` passes; returns whether it held.
-fn run_until(
-    a: &mut Side,
-    b: &mut Side,
-    timeout: Duration,
-    mut done: impl FnMut(&Side, &Side) -> bool,
-) -> bool {
-    let end = Instant::now() + timeout;
-    while Instant::now() < end {
-        a.turn(Duration::from_millis(2));
-        b.turn(Duration::from_millis(2));
-        if done(a, b) {
-            return true;
-        }
-    }
-    false
-}
-
-fn config(brokers: &[SocketAddr], stun: SocketAddr, rt: &Runtime) -> PunchNodeConfig {
-    let specs = brokers.iter().map(|b| BrokerSpec::new(None, *b)).collect();
-    let mut c = PunchNodeConfig::new(RendezvousConfig::new(specs, rt.unix_epoch_ms()), stun);
-    c.rendezvous.mqtt.backoff_initial = Duration::from_millis(100);
-    c.rendezvous.mqtt.backoff_max = Duration::from_millis(500);
-    // Loopback signaling takes milliseconds: a short meet lead keeps 100 rounds quick.
-    c.punch.lead = Duration::from_millis(300);
-    c.punch.min_margin = Duration::from_millis(50);
-    c.probe_timeout = Duration::from_secs(3);
-    c
-}
-
-fn describe(side: &Side) -> String {
-    side.events
-        .iter()
-        .filter(|e| !matches!(e, NodeEvent::Data(_)))
-        .map(|e| format!("{e:?}"))
-        .collect::<Vec<_>>()
-        .join("\n  ")
-}
-
 #[test]
 fn hundred_punches_on_real_sockets_no_leaks() {
     let (Some(m1), Some(m2)) = (Mosquitto::start(), Mosquitto::start()) else {
@@ -273,12 +95,6 @@ fn hundred_punches_on_real_sockets_no_leaks() {
     let id_a = Identity::from_secret_bytes(&[0x5a; 32]).expect("identity");
     let id_b = Identity::from_secret_bytes(&[0x5b; 32]).expect("identity");
     let key_b: PublicKey = id_b.public_key();
-    let new_side = || Side {
-        rt: Runtime::new().expect("runtime"),
-        node: None,
-        events: Vec::new(),
-        data: Vec::new(),
-    };
     let (mut a, mut b) = (new_side(), new_side());
     let rounds = rounds();
     let mut rss = Vec::with_capacity(rounds); // rss[i]: after round i + 1
@@ -297,11 +113,6 @@ fn hundred_punches_on_real_sockets_no_leaks() {
                 Some(PunchNode::new(c, id.clone(), seed * 16 + s, now).expect("valid node config"));
         }
         // Both subscribed on both brokers (the offer would be re-sent otherwise, a second later).
-        let subscribed = |s: &Side| {
-            let r = s.node.as_ref().expect("node").rendezvous();
-            r.broker_ids()
-                .all(|id| r.health(id).is_some_and(|h| h.listening))
-        };
         assert!(
             run_until(&mut a, &mut b, Duration::from_secs(10), |a, b| subscribed(
                 a

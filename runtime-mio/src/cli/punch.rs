@@ -215,9 +215,11 @@ fn punch(args: &PunchArgs) -> Result<i32, String> {
             && state.pending.is_empty()
             && node.is_connected()
             && node.queued() == 0
+            && node.stream_socket().is_none_or(|s| rt.unsent(s) == 0)
             && !state.closing
         {
-            // stdin is done and everything is written: close (the peer sees EOF).
+            // stdin is done and everything is written, by the node and by the runtime (closing
+            // earlier would drop what the runtime still holds): close (the peer sees EOF).
             state.closing = true;
             node.close(now);
         }

@@ -572,3 +572,8 @@ impl Drop for Mosquitto {
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// Punch tests on real sockets (our STUN server over TCP, PunchNode sides).
+
+pub mod punch;

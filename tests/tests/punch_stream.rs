@@ -1,0 +1,247 @@
+//! The punched stream on real sockets, with more data than fits in any buffer: two
+//! [`PunchNode`](p2pd_punch::node::PunchNode)s in-process on `p2pd_mio` runtimes, and `p2pd punch`
+//! end to end, each with two real mosquitto brokers and our STUN server over TCP on loopback.
+//!
+//! Skips (with a message) when mosquitto is not installed; CI installs it.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::punch::{config, describe, run_until, subscribed, Side, TcpStunServer};
+use common::Mosquitto;
+use p2pd_mio::Runtime;
+use p2pd_punch::node::{NodeEvent, PunchNode};
+use p2pd_signaling::Identity;
+
+/// A big transfer while the reader stalls: the sender's runtime fills its buffer for the stream
+/// and refuses transmits (`Failed { op: Send, error: WouldBlock }`). Regression: the node took
+/// that for a broken stream (`StreamClosed`, queue dropped), so `p2pd punch < file` to a slow
+/// reader ended "cleanly" with a truncated file. Now the refused bytes are sent again after a
+/// pause: every byte arrives, in order, and the stream stays up.
+#[test]
+fn bulk_transfer_to_a_stalled_reader_arrives_whole() {
+    let (Some(m1), Some(m2)) = (Mosquitto::start(), Mosquitto::start()) else {
+        eprintln!(
+            "SKIP bulk_transfer_to_a_stalled_reader_arrives_whole: mosquitto is not installed"
+        );
+        return;
+    };
+    let server = TcpStunServer::start();
+    let brokers = [m1.addr(), m2.addr()];
+    let id_a = Identity::from_secret_bytes(&[0x6a; 32]).expect("identity");
+    let id_b = Identity::from_secret_bytes(&[0x6b; 32]).expect("identity");
+    let key_b = id_b.public_key();
+    let mut sides = [(id_a, 3u64), (id_b, 4)].map(|(id, seed)| {
+        let rt = Runtime::new().expect("runtime");
+        let c = config(&brokers, server.addr, &rt);
+        let now = rt.now();
+        Side {
+            node: Some(PunchNode::new(c, id, seed, now).expect("node")),
+            rt,
+            events: Vec::new(),
+            data: Vec::new(),
+        }
+    });
+    let [a, b] = &mut sides;
+    assert!(run_until(a, b, Duration::from_secs(10), |a, b| subscribed(
+        a
+    )
+        && subscribed(b)));
+    let now = a.rt.now();
+    a.node().punch(now, key_b).expect("punch");
+    assert!(
+        run_until(a, b, Duration::from_secs(30), |a, b| a.connected()
+            && b.connected()),
+        "not connected\nA:\n  {}\nB:\n  {}",
+        describe(a),
+        describe(b)
+    );
+
+    // 16 MiB of a counting pattern, fed as the queue allows; B is not run for the first 300 ms,
+    // so A's socket buffers and the runtime's own buffer fill up.
+    const TOTAL: usize = 16 << 20;
+    let pattern = |i: usize| (i % 251) as u8;
+    let mut fed = 0usize;
+    let feed = |a: &mut Side, fed: &mut usize| {
+        while *fed < TOTAL {
+            let room = p2pd_punch::node::MAX_SEND_QUEUE.saturating_sub(a.node().queued());
+            let n = room.min(64 * 1024).min(TOTAL - *fed);
+            if n == 0 {
+                break;
+            }
+            let chunk: Vec<u8> = (*fed..*fed + n).map(pattern).collect();
+            let now = a.rt.now();
+            a.node().send(now, &chunk).expect("send");
+            *fed += n;
+        }
+    };
+    let stall_end = Instant::now() + Duration::from_millis(300);
+    while Instant::now() < stall_end {
+        feed(a, &mut fed);
+        a.turn(Duration::from_millis(2));
+    }
+    assert!(
+        fed < TOTAL,
+        "the reader's stall did not block the sender ({fed} bytes fed)"
+    );
+    // The runtime itself holds bytes it could not write yet: closing now would drop them (why
+    // `p2pd punch` closes only once `Runtime::unsent` is 0 as well).
+    let stream = a.node().stream_socket().expect("stream socket");
+    let held = a.rt.unsent(stream);
+    assert!(
+        held > 0,
+        "the runtime holds no unwritten bytes after the stall"
+    );
+    let end = Instant::now() + Duration::from_secs(60);
+    while b.data.len() < TOTAL && Instant::now() < end {
+        feed(a, &mut fed);
+        a.turn(Duration::from_millis(2));
+        b.turn(Duration::from_millis(2));
+        let closed = a
+            .events
+            .iter()
+            .chain(b.events.iter())
+            .any(|e| matches!(e, NodeEvent::StreamClosed));
+        assert!(
+            !closed,
+            "the stream closed after {} of {TOTAL} bytes",
+            b.data.len()
+        );
+    }
+    assert_eq!(b.data.len(), TOTAL, "bytes received");
+    let bad = b
+        .data
+        .iter()
+        .enumerate()
+        .position(|(i, &x)| x != pattern(i));
+    assert_eq!(bad, None, "first wrong byte");
+    assert_eq!(a.node().queued(), 0);
+    assert_eq!(
+        a.rt.unsent(stream),
+        0,
+        "everything written once B has it all"
+    );
+    assert!(
+        a.rt.stats().send_errors > 0,
+        "the runtime never refused a transmit: the test did not exercise flow control"
+    );
+    eprintln!(
+        "bulk: {TOTAL} bytes through a stalled reader; runtime refusals {}, runtime held {held} \
+         unwritten bytes after the stall",
+        a.rt.stats().send_errors
+    );
+    for side in [&mut *a, &mut *b] {
+        let now = side.rt.now();
+        side.node().close(now);
+    }
+    assert!(run_until(a, b, Duration::from_secs(10), |a, b| a.closed()
+        == 1
+        && b.closed() == 1));
+    assert_eq!(a.rt.open_sockets(), 0);
+    assert_eq!(b.rt.open_sockets(), 0);
+    assert_eq!(a.node().poll_timeout(), None);
+    assert_eq!(b.node().poll_timeout(), None);
+}
+
+/// `p2pd punch < FILE` to a peer whose stdout is read slowly: the whole file arrives, and both
+/// sides exit 0. Regressions: (1) the runtime's refusal of a transmit when its buffer for the
+/// stream was full ended the stream ("peer closed", exit 0, file truncated after a few MB);
+/// (2) after stdin's EOF the CLI closed as soon as the node's queue was empty, dropping what the
+/// runtime still held unwritten (up to 256 KiB of the file's end).
+#[test]
+fn cli_file_to_a_slow_reader_arrives_whole() {
+    use std::io::{Read, Write};
+    use std::process::{Command, Stdio};
+
+    let (Some(m1), Some(m2)) = (Mosquitto::start(), Mosquitto::start()) else {
+        eprintln!("SKIP cli_file_to_a_slow_reader_arrives_whole: mosquitto is not installed");
+        return;
+    };
+    let server = TcpStunServer::start();
+    let dir = std::env::temp_dir().join(format!("p2pd-punch-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let mut keys = Vec::new();
+    for name in ["a", "b"] {
+        let out = Command::new(common::p2pd_bin())
+            .args(["id", "new", "--json", "--file"])
+            .arg(dir.join(format!("{name}.key")))
+            .output()
+            .expect("p2pd id new");
+        assert!(out.status.success());
+        keys.push(common::json_str(&String::from_utf8_lossy(&out.stdout), "public_key").unwrap());
+    }
+    const TOTAL: usize = 24 << 20;
+    let file: Vec<u8> = (0..TOTAL).map(|i| (i % 253) as u8).collect();
+    std::fs::write(dir.join("file"), &file).expect("write file");
+    let args = |name: &str| {
+        let mut v = vec![
+            "punch".to_string(),
+            "--identity".into(),
+            dir.join(format!("{name}.key")).display().to_string(),
+            "--stun".into(),
+            server.addr.to_string(),
+            "--timeout".into(),
+            "20".into(),
+        ];
+        for m in [&m1, &m2] {
+            v.extend(["--broker".to_string(), m.addr().to_string()]);
+        }
+        v
+    };
+    // B: stdin stays open (it ends when A's EOF arrives); stdout read only after 3 s, then slowly.
+    let mut b = common::ChildGuard::spawn(
+        "p2pd punch --wait",
+        Command::new(common::p2pd_bin())
+            .args(args("b"))
+            .arg("--wait")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null()),
+    )
+    .expect("spawn B");
+    let mut b_out = b.child.stdout.take().expect("stdout");
+    let reader = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_secs(3));
+        let mut got = Vec::new();
+        let mut buf = vec![0u8; 16 * 1024];
+        loop {
+            match b_out.read(&mut buf) {
+                Ok(0) | Err(_) => return got,
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    let mut a = common::ChildGuard::spawn(
+        "p2pd punch",
+        Command::new(common::p2pd_bin())
+            .args(args("a"))
+            .arg(&keys[1])
+            .stdin(std::fs::File::open(dir.join("file")).expect("open file"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null()),
+    )
+    .expect("spawn A");
+    let wait = |g: &mut common::ChildGuard, what: &str| {
+        let end = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(s) = g.exited() {
+                return s;
+            }
+            assert!(Instant::now() < end, "{what} did not exit");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    let sa = wait(&mut a, "A");
+    let sb = wait(&mut b, "B");
+    let got = reader.join().expect("reader");
+    if let Some(s) = b.child.stdin.as_mut() {
+        let _ = s.flush();
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(sa.success() && sb.success(), "A {sa}, B {sb}");
+    assert_eq!(got.len(), TOTAL, "bytes B wrote to stdout");
+    assert!(got == file, "the file arrived changed");
+}
