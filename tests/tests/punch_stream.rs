@@ -148,7 +148,9 @@ fn bulk_transfer_to_a_stalled_reader_arrives_whole() {
 /// sides exit 0. Regressions: (1) the runtime's refusal of a transmit when its buffer for the
 /// stream was full ended the stream ("peer closed", exit 0, file truncated after a few MB);
 /// (2) after stdin's EOF the CLI closed as soon as the node's queue was empty, dropping what the
-/// runtime still held unwritten (up to 256 KiB of the file's end).
+/// runtime still held unwritten (up to 256 KiB of the file's end); (3) stdin was read without
+/// bound while the peer was slow, so the sender's memory grew by the whole input (VmHWM 42 MB for a
+/// 24 MB file; now about 10 MB).
 #[test]
 fn cli_file_to_a_slow_reader_arrives_whole() {
     use std::io::{Read, Write};
@@ -234,6 +236,22 @@ fn cli_file_to_a_slow_reader_arrives_whole() {
             std::thread::sleep(Duration::from_millis(20));
         }
     };
+    // A's peak resident memory, sampled while it runs (stdin must not pile up in memory).
+    let pid = a.child.id();
+    let mut hwm_kib = 0u64;
+    let end = Instant::now() + Duration::from_secs(60);
+    while a.exited().is_none() && Instant::now() < end {
+        if let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) {
+            if let Some(v) = status
+                .lines()
+                .find_map(|l| l.strip_prefix("VmHWM:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            {
+                hwm_kib = hwm_kib.max(v);
+            }
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
     let sa = wait(&mut a, "A");
     let sb = wait(&mut b, "B");
     let got = reader.join().expect("reader");
@@ -244,4 +262,9 @@ fn cli_file_to_a_slow_reader_arrives_whole() {
     assert!(sa.success() && sb.success(), "A {sa}, B {sb}");
     assert_eq!(got.len(), TOTAL, "bytes B wrote to stdout");
     assert!(got == file, "the file arrived changed");
+    eprintln!("p2pd punch < {TOTAL} bytes: sender VmHWM {hwm_kib} KiB");
+    assert!(
+        hwm_kib < (TOTAL as u64 / 1024) * 3 / 4,
+        "the sender's memory grew with its input: VmHWM {hwm_kib} KiB for a {TOTAL}-byte file"
+    );
 }

@@ -139,8 +139,10 @@ fn punch(args: &PunchArgs) -> Result<i32, String> {
     );
     let mut node = PunchNode::new(config, identity, seed, rt.now()).map_err(|e| e.to_string())?;
 
-    // stdin on a thread; the loop below runs the node in short slices and feeds it.
-    let (tx, rx) = mpsc::channel::<Option<Vec<u8>>>();
+    // stdin on a thread; the loop below runs the node in short slices and feeds it. The channel
+    // is bounded and drained only while little is pending, so a slow peer holds stdin back
+    // instead of the whole input piling up in memory.
+    let (tx, rx) = mpsc::sync_channel::<Option<Vec<u8>>>(STDIN_CHUNKS);
     std::thread::spawn(move || {
         let mut stdin = std::io::stdin();
         let mut buf = vec![0u8; 16 * 1024];
@@ -195,8 +197,11 @@ fn punch(args: &PunchArgs) -> Result<i32, String> {
         if state.closed {
             break;
         }
-        // Feed stdin.
-        while let Ok(msg) = rx.try_recv() {
+        // Feed stdin (at most about one send queue's worth waits here).
+        while state.pending.len() < p2pd_punch::node::MAX_SEND_QUEUE {
+            let Ok(msg) = rx.try_recv() else {
+                break;
+            };
             match msg {
                 Some(bytes) => state.pending.extend_from_slice(&bytes),
                 None => state.stdin_done = true,
@@ -237,6 +242,9 @@ fn punch(args: &PunchArgs) -> Result<i32, String> {
         0
     })
 }
+
+/// stdin chunks (16 KiB each) the reader thread may have waiting.
+const STDIN_CHUNKS: usize = 4;
 
 /// Milliseconds from `started` to `now`, for the status lines.
 fn since(started: Instant, now: Instant) -> f64 {
