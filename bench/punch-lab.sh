@@ -94,15 +94,15 @@ for pair in "${pairs[@]}"; do
         d=$LAB_STATE/$ma-$mb-$run; mkdir -p "$d"; : > "$d/a.out"; : > "$d/b.out"; : > "$d/a.err"; : > "$d/b.err"
         msg_a="hello from A $pair $run"; msg_b="hello from B $pair $run"
         # shellcheck disable=SC2046
-        ( feed "$msg_b" "$d/b.out" "$msg_a" "$d/b.err" | ip netns exec "$LAB_PREFIX-hb" "$P2PD" punch --wait \
+        ( set +e; feed "$msg_b" "$d/b.out" "$msg_a" "$d/b.err" | ip netns exec "$LAB_PREFIX-hb" "$P2PD" punch --wait \
             --identity "$LAB_STATE/b.key" "${common[@]}" --timeout 60 $(nat_args "$mb") > "$d/b.out" 2> "$d/b.err"
-          echo $? > "$d/b.rc" ) &
+          echo "${PIPESTATUS[1]}" > "$d/b.rc" ) &
         pid_b=$!
         sleep 0.5
         # shellcheck disable=SC2046
-        ( feed "$msg_a" "$d/a.out" "$msg_b" "$d/a.err" | ip netns exec "$LAB_PREFIX-ha" "$P2PD" punch "$key_b" \
+        ( set +e; feed "$msg_a" "$d/a.out" "$msg_b" "$d/a.err" | ip netns exec "$LAB_PREFIX-ha" "$P2PD" punch "$key_b" \
             --identity "$LAB_STATE/a.key" "${common[@]}" --timeout 60 $(nat_args "$ma") > "$d/a.out" 2> "$d/a.err"
-          echo $? > "$d/a.rc" )
+          echo "${PIPESTATUS[1]}" > "$d/a.rc" )
         wait "$pid_b"
         rc_a=$(cat "$d/a.rc"); rc_b=$(cat "$d/b.rc")
         ok=0
