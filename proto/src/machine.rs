@@ -130,7 +130,20 @@ pub enum SocketOp {
         /// The TTL.
         ttl: u8,
     },
-    /// Close the socket. The machine emits this exactly once per socket it opened.
+    /// Shut down the sending half of a connected TCP stream (`shutdown(SHUT_WR)`), after every
+    /// byte already handed over in transmits on it is written: the peer then reads EOF
+    /// ([`SocketOutcome::PeerClosed`]) while this side keeps receiving (bytes, and the peer's own
+    /// EOF). Nothing answers success; a transmit on the socket afterwards fails with
+    /// [`SocketOutcome::Failed`] of kind [`OpKind::Send`], and a stream that cannot be shut down
+    /// (not connected, reset) answers a failure of kind [`OpKind::Shutdown`]. A second `Shutdown`
+    /// does nothing. The socket stays the machine's: it still emits [`SocketOp::Close`] for it.
+    Shutdown {
+        /// The socket.
+        socket: SocketId,
+    },
+    /// Close the socket. The machine emits this exactly once per socket it opened. A runtime
+    /// may drop bytes it still holds unwritten for a stream (the mio runtime does): to have them
+    /// all delivered, [`SocketOp::Shutdown`] first and close after the peer's EOF.
     Close {
         /// The socket.
         socket: SocketId,
@@ -146,6 +159,7 @@ impl SocketOp {
             | SocketOp::Listen { socket, .. }
             | SocketOp::Accept { socket, .. }
             | SocketOp::SetTtl { socket, .. }
+            | SocketOp::Shutdown { socket }
             | SocketOp::Close { socket } => socket,
         }
     }
@@ -166,6 +180,8 @@ pub enum OpKind {
     SetTtl,
     /// Sending a transmit.
     Send,
+    /// Shutting down a stream's sending half ([`SocketOp::Shutdown`]).
+    Shutdown,
     /// Receiving.
     Receive,
 }

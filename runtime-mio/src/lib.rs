@@ -16,7 +16,9 @@
 //! and the device apply, as bind-before-connect needs), then connected without blocking
 //! ([`p2pd_proto::SocketOutcome::Connected`] when the handshake completes); stream bytes go to
 //! `handle_stream`, EOF is reported as `PeerClosed`, and transmits on a stream are written in
-//! order (queued within [`MAX_STREAM_BUFFER`] bytes when the kernel pushes back). `Listen` puts a
+//! order (queued within [`MAX_STREAM_BUFFER`] bytes when the kernel pushes back). `Shutdown` shuts
+//! down a stream's sending half once those queued bytes are written (the peer reads EOF, we keep
+//! receiving); `Close` drops whatever is still queued. `Listen` puts a
 //! bound socket into the listening state; each `Accept` intent names the next accepted connection
 //! (answered with `Accepted`), and connections nobody asked for wait in the kernel's backlog.
 //!

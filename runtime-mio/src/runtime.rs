@@ -118,6 +118,20 @@ struct Stream {
     read_closed: bool,
     /// Bytes accepted from transmits but not yet written (at most [`MAX_STREAM_BUFFER`]).
     out: Vec<u8>,
+    /// The machine asked to shut down the sending half ([`SocketOp::Shutdown`]): done once `out`
+    /// is written (or at once if it was empty). Transmits fail from then on.
+    shutdown: Shutdown,
+}
+
+/// Where the sending half of a stream stands.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+enum Shutdown {
+    /// Open.
+    No,
+    /// Asked for; waits for the queued bytes to be written.
+    Pending,
+    /// Done (or failed and reported).
+    Done,
 }
 
 /// Where a connecting stream stands.
@@ -152,7 +166,7 @@ enum ReadEnd {
 /// A single-threaded mio event loop that drives any [`Machine`] on real sockets.
 ///
 /// The runtime carries out the machine's socket intents (bind with reuse flags and interface
-/// binding, TCP connect and listen, TTL, close), sends its transmits, feeds it received datagrams and timeouts, and hands
+/// binding, TCP connect and listen, TTL, shutdown of a stream's sending half, close), sends its transmits, feeds it received datagrams and timeouts, and hands
 /// its events to a callback. Socket ids are the machine's, so drive one machine (or machines
 /// sharing one id space) per runtime.
 ///
@@ -680,6 +694,7 @@ impl Runtime {
             return;
         }
         let result = write_some(&mut st.stream, &st.out);
+        let written_all = matches!(result, Ok(n) if n >= st.out.len());
         let written = match result {
             Ok(n) => n,
             Err(error) => {
@@ -700,6 +715,56 @@ impl Runtime {
             .stats
             .bytes_sent
             .saturating_add(u64::try_from(written).unwrap_or(u64::MAX));
+        if written_all && st.shutdown == Shutdown::Pending {
+            // Everything handed over before the `Shutdown` is written: now the FIN.
+            self.shutdown_now(idx);
+        }
+    }
+
+    /// Carries out [`SocketOp::Shutdown`] on socket `id`: at once if nothing is queued for it,
+    /// else once the queue is written ([`Runtime::flush_stream`]).
+    fn shutdown(&mut self, id: SocketId) {
+        let Some(&idx) = self.ids.get(&id) else {
+            self.fail(id, OpKind::Shutdown, IoError::UnknownSocket);
+            return;
+        };
+        let Some(Some(Entry {
+            kind: Kind::TcpStream(st),
+            ..
+        })) = self.slots.get_mut(idx)
+        else {
+            self.fail(id, OpKind::Shutdown, IoError::Other(Some(NOT_CONNECTED)));
+            return;
+        };
+        if !st.connected {
+            self.fail(id, OpKind::Shutdown, IoError::Other(Some(NOT_CONNECTED)));
+            return;
+        }
+        if st.shutdown != Shutdown::No {
+            return;
+        }
+        if st.out.is_empty() {
+            self.shutdown_now(idx);
+        } else {
+            st.shutdown = Shutdown::Pending;
+        }
+    }
+
+    /// Shuts down the sending half of stream slot `idx` now; a failure is reported.
+    fn shutdown_now(&mut self, idx: usize) {
+        let Some(Some(Entry {
+            id,
+            kind: Kind::TcpStream(st),
+            ..
+        })) = self.slots.get_mut(idx)
+        else {
+            return;
+        };
+        let id = *id;
+        st.shutdown = Shutdown::Done;
+        if let Err(e) = st.stream.shutdown(std::net::Shutdown::Write) {
+            self.fail(id, OpKind::Shutdown, map_io_error(&e));
+        }
     }
 
     /// Counts a machine's verdict.
@@ -921,6 +986,7 @@ impl Runtime {
                 }
             }
             SocketOp::Close { socket } => self.close(socket),
+            SocketOp::Shutdown { socket } => self.shutdown(socket),
             SocketOp::Connect { socket, remote } => {
                 if let Err(error) = self.connect(socket, remote) {
                     self.stats.op_failures = self.stats.op_failures.saturating_add(1);
@@ -996,6 +1062,7 @@ impl Runtime {
             connected: false,
             read_closed: failed.is_some(),
             out: Vec::new(),
+            shutdown: Shutdown::No,
         });
         *slot = Some(entry);
         failed.map_or(Ok(()), Err)
@@ -1122,6 +1189,7 @@ impl Runtime {
                     connected: true,
                     read_closed: false,
                     out: Vec::new(),
+                    shutdown: Shutdown::No,
                 }),
             };
             match self.slots.get_mut(new_idx) {
@@ -1280,6 +1348,17 @@ const NOT_CONNECTED: i32 = 10057;
 #[cfg(not(any(unix, windows)))]
 const NOT_CONNECTED: i32 = 0;
 
+/// The OS code for "broken pipe", reported when a transmit names a TCP stream whose sending half
+/// the machine shut down.
+#[cfg(unix)]
+const BROKEN_PIPE: i32 = libc::EPIPE;
+/// The OS code for "shut down" (`WSAESHUTDOWN`).
+#[cfg(windows)]
+const BROKEN_PIPE: i32 = 10058;
+/// The OS code for "broken pipe" (none on this platform).
+#[cfg(not(any(unix, windows)))]
+const BROKEN_PIPE: i32 = 0;
+
 /// Whether a non-blocking `connect` error only means "in progress".
 fn connect_in_progress(e: &io::Error) -> bool {
     #[cfg(unix)]
@@ -1326,6 +1405,9 @@ fn write_some(stream: &mut mio::net::TcpStream, bytes: &[u8]) -> Result<usize, I
 fn stream_send(st: &mut Stream, bytes: &[u8]) -> Result<usize, IoError> {
     if !st.connected {
         return Err(IoError::Other(Some(NOT_CONNECTED)));
+    }
+    if st.shutdown != Shutdown::No {
+        return Err(IoError::Other(Some(BROKEN_PIPE)));
     }
     if st.out.len().saturating_add(bytes.len()) > MAX_STREAM_BUFFER {
         return Err(IoError::WouldBlock);

@@ -409,3 +409,164 @@ fn accept_on_a_socket_that_is_not_listening_fails() {
     let _ = rt.drive(&mut m, |_, _, _| ControlFlow::Continue(()));
     assert_eq!(rt.open_sockets(), 0);
 }
+
+/// `Shutdown` with bytes still queued in the runtime (the peer does not read at first): they are
+/// all written before the FIN, the peer reads every byte and then EOF, a transmit after the
+/// shutdown fails, and the peer's answer still arrives on our side (half-close).
+#[test]
+fn shutdown_after_queued_bytes_half_closes() {
+    let server = TcpListener::bind("127.0.0.1:0").unwrap();
+    let server_addr = server.local_addr().unwrap();
+    let (go_tx, go_rx) = std::sync::mpsc::channel::<()>();
+    let pattern = |i: usize| (i % 251) as u8;
+    let peer = std::thread::spawn(move || {
+        let (mut conn, _) = server.accept().unwrap();
+        go_rx.recv().unwrap();
+        let mut got = Vec::new();
+        conn.read_to_end(&mut got).unwrap();
+        conn.write_all(b"answer after your EOF").unwrap();
+        conn.shutdown(std::net::Shutdown::Write).unwrap();
+        got
+    });
+
+    let mut rt = Runtime::new().unwrap();
+    let mut m = Tcp {
+        remote: Some(server_addr),
+        ..Tcp::default()
+    };
+    m.ops.push_back(tcp_bind("127.0.0.1:0"));
+    let mut seen = Vec::new();
+    let mut connected = false;
+    let slice = Some(Duration::from_millis(5));
+    let collect = |m: &mut Tcp, input: Input, seen: &mut Vec<Input>, connected: &mut bool| {
+        match &input {
+            Input::Result(SocketOutcome::Bound { .. }) => m.ops.push_back(SocketOp::Connect {
+                socket: S,
+                remote: server_addr,
+            }),
+            Input::Result(SocketOutcome::Connected { .. }) => *connected = true,
+            _ => {}
+        }
+        seen.push(input);
+    };
+    let start = std::time::Instant::now();
+    while !connected {
+        assert!(start.elapsed() < Duration::from_secs(5), "{seen:?}");
+        rt.run(&mut m, slice, |m, _, i| {
+            collect(m, i, &mut seen, &mut connected);
+            ControlFlow::Continue(())
+        })
+        .unwrap();
+    }
+    // Feed 32 KiB chunks while the runtime has room, until the kernel is full and the runtime
+    // itself holds bytes (the peer is not reading).
+    const CHUNK: usize = 32 * 1024;
+    let mut fed = 0usize;
+    let mut stalled_turns = 0;
+    while stalled_turns < 20 {
+        assert!(start.elapsed() < Duration::from_secs(10), "never filled up");
+        if rt.unsent(S) + CHUNK <= p2pd_mio::MAX_STREAM_BUFFER {
+            m.tx.push_back((fed..fed + CHUNK).map(pattern).collect());
+            fed += CHUNK;
+        }
+        rt.run(&mut m, slice, |m, _, i| {
+            collect(m, i, &mut seen, &mut connected);
+            ControlFlow::Continue(())
+        })
+        .unwrap();
+        if rt.unsent(S) > 0 {
+            stalled_turns += 1;
+        }
+    }
+    assert!(
+        !seen
+            .iter()
+            .any(|i| matches!(i, Input::Result(SocketOutcome::Failed { .. }))),
+        "{seen:?}"
+    );
+    let held = rt.unsent(S);
+    assert!(held > 0);
+    m.ops.push_back(SocketOp::Shutdown { socket: S });
+    let _ = rt.drive(&mut m, |m, _, i| {
+        collect(m, i, &mut seen, &mut connected);
+        ControlFlow::Continue(())
+    });
+    // (A transmit polled in the same drain would go first: transmits before intents.)
+    m.tx.push_back(b"too late".to_vec());
+    let _ = rt.drive(&mut m, |m, _, i| {
+        collect(m, i, &mut seen, &mut connected);
+        ControlFlow::Continue(())
+    });
+    assert_eq!(rt.unsent(S), held, "the queue is kept for the shutdown");
+    let failed: Vec<&Input> = seen
+        .iter()
+        .filter(|i| matches!(i, Input::Result(SocketOutcome::Failed { .. })))
+        .collect();
+    assert!(
+        matches!(
+            failed.as_slice(),
+            [Input::Result(SocketOutcome::Failed {
+                op: OpKind::Send,
+                ..
+            })]
+        ),
+        "a transmit after the shutdown fails: {failed:?}"
+    );
+    seen.clear();
+    go_tx.send(()).unwrap();
+    let end = rt
+        .run(&mut m, LIMIT, |m, _, input| {
+            if input == Input::Result(SocketOutcome::PeerClosed) {
+                m.ops.push_back(SocketOp::Close { socket: S });
+            }
+            seen.push(input);
+            ControlFlow::Continue(())
+        })
+        .unwrap();
+    assert_eq!(end, RunEnd::Idle, "{seen:?}");
+    let got = peer.join().unwrap();
+    assert_eq!(got.len(), fed, "the peer read every byte, then EOF");
+    assert!(got.iter().enumerate().all(|(i, &b)| b == pattern(i)));
+    let back: Vec<u8> = seen
+        .iter()
+        .filter_map(|i| match i {
+            Input::Stream(d) => Some(d.clone()),
+            _ => None,
+        })
+        .flatten()
+        .collect();
+    assert_eq!(back, b"answer after your EOF");
+    assert_eq!(
+        seen.last(),
+        Some(&Input::Result(SocketOutcome::PeerClosed)),
+        "{seen:?}"
+    );
+    assert_eq!(rt.open_sockets(), 0);
+}
+
+/// `Shutdown` on a socket that is not a connected stream fails with kind `Shutdown`.
+#[test]
+fn shutdown_on_a_bound_socket_fails() {
+    let mut rt = Runtime::new().unwrap();
+    let mut m = Tcp::default();
+    m.ops.push_back(tcp_bind("127.0.0.1:0"));
+    m.ops.push_back(SocketOp::Shutdown { socket: S });
+    let mut seen = Vec::new();
+    let _ = rt.drive(&mut m, |_, _, i| {
+        seen.push(i);
+        ControlFlow::Continue(())
+    });
+    assert!(
+        matches!(
+            seen.as_slice(),
+            [
+                Input::Result(SocketOutcome::Bound { .. }),
+                Input::Result(SocketOutcome::Failed {
+                    op: OpKind::Shutdown,
+                    ..
+                }),
+            ]
+        ),
+        "{seen:?}"
+    );
+}
