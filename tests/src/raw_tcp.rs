@@ -61,7 +61,8 @@ pub enum TcpEvent {
 }
 
 /// A machine that is nothing but TCP sockets: [`RawTcp::bind`], [`RawTcp::connect`],
-/// [`RawTcp::listen`], [`RawTcp::accept`], [`RawTcp::send`], [`RawTcp::close`]. Every outcome and
+/// [`RawTcp::listen`], [`RawTcp::accept`], [`RawTcp::send`], [`RawTcp::shutdown`],
+/// [`RawTcp::close`]. Every outcome and
 /// every stream chunk is a [`TcpEvent`].
 #[derive(Debug, Default)]
 pub struct RawTcp {
@@ -122,6 +123,11 @@ impl RawTcp {
         for chunk in data.chunks(p2pd_proto::TRANSMIT_BUFFER_LEN) {
             self.transmits.push_back((socket, chunk.to_vec()));
         }
+    }
+
+    /// Shuts down the sending half of stream `socket` after what was sent on it.
+    pub fn shutdown(&mut self, socket: SocketId) {
+        self.ops.push_back(SocketOp::Shutdown { socket });
     }
 
     /// Closes `socket`.

@@ -595,8 +595,8 @@ impl Sim {
             .handle_socket_result(now, socket, outcome);
     }
 
-    /// Carries out a socket intent: binds (UDP and TCP), TCP connect, listen and accept (see
-    /// `tcp.rs`), close; TTL changes are accepted and ignored.
+    /// Carries out a socket intent: binds (UDP and TCP), TCP connect, listen, accept and shutdown
+    /// (see `tcp.rs`), close; TTL changes are accepted and ignored.
     fn socket_op(&mut self, id: HostId, op: SocketOp) {
         match op {
             SocketOp::Bind {
@@ -622,6 +622,7 @@ impl Sim {
             SocketOp::Connect { socket, remote } => self.tcp_connect(id, socket, remote),
             SocketOp::Listen { socket, backlog } => self.tcp_listen(id, socket, backlog),
             SocketOp::Accept { listener, socket } => self.tcp_accept(id, listener, socket),
+            SocketOp::Shutdown { socket } => self.tcp_shutdown(id, socket),
             SocketOp::Close { socket } => {
                 let removed = self.host_mut(id).sockets.remove(&socket);
                 if removed.is_none_or(|s| s.protocol == Protocol::Tcp) {

@@ -34,6 +34,12 @@
 //!   connecting socket drops it silently; closing a listener resets its unaccepted connections. New
 //!   data reaching an orphaned connection is answered with an RST. The peer sees `PeerClosed` after
 //!   every byte before the FIN.
+//! - **Shutdown**: `Shutdown` sends the FIN after the queued data as `Close` does
+//!   (ESTABLISHED -> FIN-WAIT-1, CLOSE-WAIT -> LAST-ACK), but the socket stays the machine's: bytes
+//!   and the peer's FIN keep arriving (`PeerClosed`), transmits fail with `EPIPE`, and a later
+//!   `Close` releases the socket (the connection finishes alone from wherever it is). A second
+//!   `Shutdown` does nothing; on a socket that is not a connected stream it fails (kind
+//!   `Shutdown`).
 //! - **Reset**: an in-window RST reports `Failed { op: Receive, error: ConnectionReset }` (or
 //!   `ConnectionRefused` while connecting); the socket stays the machine's until it closes it, and
 //!   transmits on it fail with `ConnectionReset`.
@@ -865,7 +871,15 @@ impl Conn {
                 stats.refused += 1;
                 self.fail(OpKind::Connect, IoError::ConnectionRefused, out);
             }
-            State::Established | State::CloseWait if self.socket.is_some() => {
+            // (FIN-WAIT and later with a socket: the machine shut down and still holds it.)
+            State::Established
+            | State::CloseWait
+            | State::FinWait1
+            | State::FinWait2
+            | State::Closing
+            | State::LastAck
+                if self.socket.is_some() =>
+            {
                 stats.reset += 1;
                 self.fail(OpKind::Receive, IoError::ConnectionReset, out);
             }
@@ -1144,6 +1158,10 @@ impl TcpStack {
         let Some(conn) = self.conns.get_mut(&id) else {
             return Err(IoError::UnknownSocket);
         };
+        if conn.fin_queued {
+            // The machine shut the sending half down.
+            return Err(IoError::Other(Some(BROKEN_PIPE)));
+        }
         if !matches!(conn.state, State::Established | State::CloseWait) {
             return Err(IoError::Other(Some(NOT_CONNECTED)));
         }
@@ -1151,6 +1169,35 @@ impl TcpStack {
             return Err(IoError::WouldBlock);
         }
         conn.send.extend(data);
+        conn.push(now, &mut self.stats, out);
+        Ok(())
+    }
+
+    /// `Shutdown`: a FIN after the queued data; the socket stays the machine's and keeps receiving.
+    pub(crate) fn shutdown(
+        &mut self,
+        now: Instant,
+        socket: SocketId,
+        out: &mut Vec<TcpOut>,
+    ) -> Result<(), IoError> {
+        let id = match self.socks.get(&socket) {
+            None => return Err(IoError::UnknownSocket),
+            Some(Sock::Conn(id)) => *id,
+            Some(Sock::Dead(error)) => return Err(*error),
+            Some(_) => return Err(IoError::Other(Some(NOT_CONNECTED))),
+        };
+        let Some(conn) = self.conns.get_mut(&id) else {
+            return Err(IoError::UnknownSocket);
+        };
+        if conn.fin_queued {
+            return Ok(());
+        }
+        conn.state = match conn.state {
+            State::Established => State::FinWait1,
+            State::CloseWait => State::LastAck,
+            _ => return Err(IoError::Other(Some(NOT_CONNECTED))),
+        };
+        conn.fin_queued = true;
         conn.push(now, &mut self.stats, out);
         Ok(())
     }
@@ -1187,7 +1234,12 @@ impl TcpStack {
                         conn.send_rst(&mut self.stats, out);
                         self.remove(id, IoError::ConnectionReset);
                     }
-                    _ => self.remove(id, IoError::ConnectionReset),
+                    // Shut down before: the FIN is already queued or sent; finish alone.
+                    State::FinWait1 | State::Closing | State::LastAck | State::TimeWait => {}
+                    State::FinWait2 => {
+                        conn.linger_until = Some(now + self.config.time_wait);
+                    }
+                    State::SynSent => self.remove(id, IoError::ConnectionReset),
                 }
             }
             _ => {}
@@ -1353,3 +1405,5 @@ impl TcpStack {
 
 /// `ENOTCONN` on Linux, as the mio runtime reports a send on an unconnected stream.
 const NOT_CONNECTED: i32 = 107;
+/// `EPIPE` on Linux, as the mio runtime reports a send after `Shutdown`.
+const BROKEN_PIPE: i32 = 32;

@@ -766,3 +766,121 @@ fn a_closed_connection_shortens_the_nat_mapping_lifetime() {
     assert_eq!(ns.expired, 1, "{ns:?}");
     assert_eq!(sim.nat_mappings(nat), 2, "the open one and the probe's");
 }
+
+/// Half-close: both sides send and shut down their sending half at once, over a slow lossy link.
+/// Each still receives all of the other's bytes and then EOF (the first to shut down does not
+/// lose what is still on its way to it); a transmit after the shutdown fails; `Close` afterwards
+/// releases both sockets and the connections finish alone.
+fn half_close_run(seed: u64, loss: f64) {
+    let mut sim = Sim::new(seed);
+    let link = LinkConfig::with_latency(Duration::from_millis(40))
+        .jitter(Duration::from_millis(5))
+        .loss(loss);
+    let (srv, listener, acc) = server(&mut sim, link, 1);
+    let cli = sim.add_host(Host::public([CLI]).with_link(link), RawTcp::new());
+    let config = TcpConfig {
+        max_rto: Duration::from_secs(4),
+        syn_retries: 20,
+        ..TcpConfig::default()
+    };
+    sim.set_tcp_config(cli, config);
+    sim.set_tcp_config(srv, config);
+    let s = tcp(&mut sim, cli)(&|m| {
+        let s = m.bind(any(0), false);
+        m.connect(s, addr(SRV, 80));
+        s
+    });
+    let up = pattern(50_000, 5);
+    let down = pattern(120_000, 6);
+    let (mut ce, mut se) = (Vec::new(), Vec::new());
+    let mut sent = (false, false);
+    for _ in 0..3000 {
+        sim.run_for(Duration::from_millis(50));
+        ce.extend(events(&mut sim, cli));
+        se.extend(events(&mut sim, srv));
+        if !sent.0 && connected(&ce, s).is_some() {
+            sent.0 = true;
+            sim.with_machine::<RawTcp, _>(cli, |m, _| {
+                m.send(s, &up);
+                m.shutdown(s);
+            });
+        }
+        if !sent.1 && accepted(&se, acc[0]).is_some() {
+            sent.1 = true;
+            sim.with_machine::<RawTcp, _>(srv, |m, _| {
+                m.send(acc[0], &down);
+                m.shutdown(acc[0]);
+                m.shutdown(acc[0]);
+            });
+        }
+        if peer_closed(&ce, s) == 1 && peer_closed(&se, acc[0]) == 1 {
+            break;
+        }
+    }
+    assert_eq!(received(&se, acc[0]), up, "seed {seed}: server got");
+    assert_eq!(received(&ce, s), down, "seed {seed}: client got");
+    assert_eq!(peer_closed(&ce, s), 1, "seed {seed}");
+    assert_eq!(peer_closed(&se, acc[0]), 1, "seed {seed}");
+    assert_eq!(failure(&ce, s), None, "seed {seed}");
+    assert_eq!(failure(&se, acc[0]), None, "seed {seed}");
+    // The EOF comes after every byte.
+    let last = |ev: &[TcpEvent], socket| {
+        ev.iter()
+            .rposition(|e| matches!(e, TcpEvent::Data { socket: x, .. } if *x == socket))
+            < ev.iter()
+                .position(|e| matches!(e, TcpEvent::PeerClosed { socket: x } if *x == socket))
+    };
+    assert!(last(&ce, s) && last(&se, acc[0]), "seed {seed}");
+
+    // Sending after the shutdown fails; the sockets are still the machines'.
+    sim.with_machine::<RawTcp, _>(cli, |m, _| m.send(s, b"late"));
+    sim.run_for(Duration::from_millis(10));
+    let ce = events(&mut sim, cli);
+    assert!(
+        matches!(
+            failure(&ce, s),
+            Some((OpKind::Send, IoError::Other(Some(_))))
+        ),
+        "seed {seed}: {ce:?}"
+    );
+    assert_eq!(sim.socket_count(cli), 1);
+    assert_eq!(sim.socket_count(srv), 2);
+    sim.with_machine::<RawTcp, _>(cli, |m, _| m.close(s));
+    sim.with_machine::<RawTcp, _>(srv, |m, _| {
+        m.close(acc[0]);
+        m.close(listener);
+    });
+    sim.run_for(Duration::from_secs(2));
+    assert!(events(&mut sim, cli).is_empty(), "seed {seed}");
+    assert!(events(&mut sim, srv).is_empty(), "seed {seed}");
+    assert_eq!(sim.socket_count(cli), 0);
+    assert_eq!(sim.socket_count(srv), 0);
+    sim.run_for(Duration::from_secs(125));
+    assert_eq!(sim.tcp_connections(cli), 0, "seed {seed}");
+    assert_eq!(sim.tcp_connections(srv), 0, "seed {seed}");
+}
+
+#[test]
+fn half_close_delivers_both_directions() {
+    half_close_run(1, 0.0);
+    for seed in 0..20 {
+        half_close_run(100 + seed, 0.1);
+    }
+}
+
+#[test]
+fn shutdown_of_a_socket_that_is_not_a_stream_fails() {
+    let mut sim = Sim::new(3);
+    let h = sim.add_host(Host::public([CLI]), RawTcp::new());
+    let s = tcp(&mut sim, h)(&|m| {
+        let s = m.bind(any(0), false);
+        m.shutdown(s);
+        s
+    });
+    sim.run_for(Duration::from_millis(10));
+    let ev = events(&mut sim, h);
+    assert_eq!(
+        failure(&ev, s),
+        Some((OpKind::Shutdown, IoError::Other(Some(107))))
+    );
+}

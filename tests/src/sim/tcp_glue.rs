@@ -182,6 +182,18 @@ impl Sim {
         self.apply_tcp(id, out);
     }
 
+    pub(super) fn tcp_shutdown(&mut self, id: HostId, socket: SocketId) {
+        let now = self.now;
+        let mut out = Vec::new();
+        let result = self
+            .tcp_socket_check(id, socket)
+            .and_then(|()| self.host_mut(id).tcp.shutdown(now, socket, &mut out));
+        if let Err(error) = result {
+            self.answer(id, socket, fail(OpKind::Shutdown, error));
+        }
+        self.apply_tcp(id, out);
+    }
+
     pub(super) fn tcp_close(&mut self, id: HostId, socket: SocketId) {
         let now = self.now;
         let mut out = Vec::new();
