@@ -3,7 +3,9 @@
 //! lives; from another port when the NAT's mapping is dependent and its allocation follows the local
 //! port, so the probe does not hold the port the punch connection is predicted to get), the
 //! [`Puncher`], and afterwards the punched stream itself (bytes in as
-//! [`NodeEvent::Data`], out with [`PunchNode::send`]).
+//! [`NodeEvent::Data`], out with [`PunchNode::send`], our end of the sending side with
+//! [`PunchNode::finish`]: the peer reads EOF once every byte is written, and we keep receiving
+//! until its own EOF, [`NodeEvent::StreamClosed`]).
 //!
 //! The runtime (or the simulator) drives it like any machine; the CLI's `p2pd punch` is this
 //! machine plus stdin/stdout. Socket ids are split into ranges: the rendezvous machine uses
@@ -109,7 +111,10 @@ pub enum NodeEvent {
     },
     /// Bytes from the peer on the punched stream.
     Data(Vec<u8>),
-    /// The peer closed the punched stream (EOF), or it failed.
+    /// The peer finished sending (EOF, after its last [`NodeEvent::Data`]), or the stream failed.
+    /// Reported once. After an EOF the stream stays up for our side: [`PunchNode::is_connected`]
+    /// is still true and [`PunchNode::send`] / [`PunchNode::finish`] work as before; after a
+    /// failure (or a failure that comes later) `is_connected` is false.
     StreamClosed,
     /// The punch failed for good.
     Failed(PunchFailure),
@@ -157,7 +162,15 @@ struct Stream {
     refused: usize,
     /// No stream transmit before this (after a refusal).
     blocked_until: Option<Instant>,
+    /// Failed, or the node is closing: nothing more is sent or reported.
     closed: bool,
+    /// [`PunchNode::finish`] was called: no more `send`; the `Shutdown` goes out once `out` is
+    /// empty (every byte taken by the runtime).
+    finishing: bool,
+    /// The `Shutdown` intent went out.
+    shut: bool,
+    /// [`NodeEvent::StreamClosed`] was reported (the peer's EOF, or a failure).
+    ended: bool,
 }
 
 impl Stream {
@@ -278,12 +291,17 @@ impl PunchNode {
         Ok(())
     }
 
-    /// Queues bytes for the punched stream. `Err` before it is up, after it closed, or when the
-    /// queue is full.
+    /// Queues bytes for the punched stream. `Err` before it is up, after it failed or the node
+    /// closed, after [`PunchNode::finish`], or when the queue is full. The peer's EOF
+    /// ([`NodeEvent::StreamClosed`] with [`PunchNode::is_connected`] still true) does not stop
+    /// sending.
     pub fn send(&mut self, now: Instant, bytes: &[u8]) -> Result<(), &'static str> {
         let stream = self.stream.as_mut().ok_or("not connected")?;
         if stream.closed {
             return Err("the stream is closed");
+        }
+        if stream.finishing {
+            return Err("the sending side is finished");
         }
         if stream.out.len().saturating_add(bytes.len()) > MAX_SEND_QUEUE {
             return Err("send queue full");
@@ -293,13 +311,37 @@ impl PunchNode {
         Ok(())
     }
 
+    /// Finishes our sending side of the punched stream (half-close): once every byte queued so far
+    /// has been taken by the runtime, the node emits [`SocketOp::Shutdown`] for the stream (the
+    /// runtime writes what it still holds, then the FIN), so the peer reads all of it and then
+    /// EOF. We keep receiving: [`NodeEvent::Data`] until the peer's own EOF,
+    /// [`NodeEvent::StreamClosed`]; then [`PunchNode::close`]. [`PunchNode::send`] fails from now
+    /// on. Idempotent; `Err` before the stream is up and after it failed or the node closed.
+    pub fn finish(&mut self, now: Instant) -> Result<(), &'static str> {
+        let stream = self.stream.as_mut().ok_or("not connected")?;
+        if stream.closed {
+            return Err("the stream is closed");
+        }
+        stream.finishing = true;
+        self.pump(now);
+        Ok(())
+    }
+
+    /// Whether [`PunchNode::finish`] has taken full effect on the node's side: every queued byte
+    /// was taken by the runtime and the `Shutdown` intent went out (the runtime may still hold
+    /// bytes it has not written: see its own view of the socket, [`PunchNode::stream_socket`]).
+    pub fn is_finished(&self) -> bool {
+        self.stream.as_ref().is_some_and(|s| s.shut)
+    }
+
     /// The punched stream's socket while it is up (for the runtime's own view of it, e.g. bytes
     /// it still holds unwritten).
     pub fn stream_socket(&self) -> Option<SocketId> {
         self.stream.as_ref().filter(|s| !s.closed).map(|s| s.socket)
     }
 
-    /// Whether the punched stream is up.
+    /// Whether the punched stream is up: punched, not failed, the node not closed. Stays true
+    /// after the peer's EOF and after [`PunchNode::finish`] (half-closed either way).
     pub fn is_connected(&self) -> bool {
         self.stream.as_ref().is_some_and(|s| !s.closed)
     }
@@ -389,14 +431,19 @@ impl PunchNode {
                 // Flow control: sent again after a pause (see `Stream`).
                 s.refused = s.refused.saturating_add(1);
                 s.blocked_until = Some(now.saturating_add(STREAM_RETRY));
-            } else if matches!(
-                outcome,
-                SocketOutcome::PeerClosed | SocketOutcome::Failed { .. }
-            ) && !s.closed
-            {
+            } else if matches!(outcome, SocketOutcome::PeerClosed) && !s.closed {
+                // Half-closed by the peer: we may still send (and finish).
+                if !s.ended {
+                    s.ended = true;
+                    self.events.push_back(NodeEvent::StreamClosed);
+                }
+            } else if matches!(outcome, SocketOutcome::Failed { .. }) && !s.closed {
                 s.closed = true;
                 s.clear();
-                self.events.push_back(NodeEvent::StreamClosed);
+                if !s.ended {
+                    s.ended = true;
+                    self.events.push_back(NodeEvent::StreamClosed);
+                }
             }
         } else if let Some(p) = self.probes.iter_mut().find(|p| p.outer == socket) {
             p.machine
@@ -489,6 +536,14 @@ impl PunchNode {
         for p in &mut self.probes {
             if let Some(op) = p.machine.poll_socket_op() {
                 return Some(remap(op, p.outer));
+            }
+        }
+        // Finishing: the `Shutdown` once the runtime has taken every byte (unsettled transmits
+        // stay in `out` until the next settle point, so refused ones are sent first).
+        if let Some(s) = self.stream.as_mut() {
+            if s.finishing && !s.shut && !s.closed && s.out.is_empty() && s.chunks.is_empty() {
+                s.shut = true;
+                return Some(SocketOp::Shutdown { socket: s.socket });
             }
         }
         // The punched stream is ours once handed over: close it once, on close.
@@ -662,6 +717,9 @@ impl PunchNode {
                     refused: 0,
                     blocked_until: None,
                     closed: false,
+                    finishing: false,
+                    shut: false,
+                    ended: false,
                 });
                 for p in &mut self.probes {
                     p.machine.close(now);

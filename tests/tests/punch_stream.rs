@@ -153,7 +153,7 @@ fn bulk_transfer_to_a_stalled_reader_arrives_whole() {
 /// 24 MB file; now about 10 MB).
 #[test]
 fn cli_file_to_a_slow_reader_arrives_whole() {
-    use std::io::{Read, Write};
+    use std::io::Read;
     use std::process::{Command, Stdio};
 
     let (Some(m1), Some(m2)) = (Mosquitto::start(), Mosquitto::start()) else {
@@ -191,13 +191,14 @@ fn cli_file_to_a_slow_reader_arrives_whole() {
         }
         v
     };
-    // B: stdin stays open (it ends when A's EOF arrives); stdout read only after 3 s, then slowly.
+    // B: nothing to send (stdin at EOF at once: B finishes its sending side as soon as it is
+    // connected, and keeps receiving); stdout read only after 3 s, then slowly.
     let mut b = common::ChildGuard::spawn(
         "p2pd punch --wait",
         Command::new(common::p2pd_bin())
             .args(args("b"))
             .arg("--wait")
-            .stdin(Stdio::piped())
+            .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::null()),
     )
@@ -255,9 +256,6 @@ fn cli_file_to_a_slow_reader_arrives_whole() {
     let sa = wait(&mut a, "A");
     let sb = wait(&mut b, "B");
     let got = reader.join().expect("reader");
-    if let Some(s) = b.child.stdin.as_mut() {
-        let _ = s.flush();
-    }
     let _ = std::fs::remove_dir_all(&dir);
     assert!(sa.success() && sb.success(), "A {sa}, B {sb}");
     assert_eq!(got.len(), TOTAL, "bytes B wrote to stdout");
@@ -267,4 +265,104 @@ fn cli_file_to_a_slow_reader_arrives_whole() {
         hwm_kib < (TOTAL as u64 / 1024) * 3 / 4,
         "the sender's memory grew with its input: VmHWM {hwm_kib} KiB for a {TOTAL}-byte file"
     );
+}
+
+/// `p2pd punch` on both sides with finite input, both stdins at EOF from the start (`p2pd punch <
+/// a` against `p2pd punch --wait < b`): each side finishes its sending side after its file and
+/// keeps reading until the other's EOF, so both outputs are complete and both exit 0.
+/// Regression: stdin's EOF closed the whole connection, so the side that finished first dropped
+/// whatever the other had not delivered yet (and the other side's output was cut short).
+#[test]
+fn cli_both_sides_pipe_finite_input_and_both_outputs_are_complete() {
+    use std::io::Read;
+    use std::process::{Command, Stdio};
+
+    let (Some(m1), Some(m2)) = (Mosquitto::start(), Mosquitto::start()) else {
+        eprintln!("SKIP cli_both_sides_pipe_finite_input: mosquitto is not installed");
+        return;
+    };
+    let server = TcpStunServer::start();
+    let dir = std::env::temp_dir().join(format!("p2pd-punch-both-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let mut keys = Vec::new();
+    for name in ["a", "b"] {
+        let out = Command::new(common::p2pd_bin())
+            .args(["id", "new", "--json", "--file"])
+            .arg(dir.join(format!("{name}.key")))
+            .output()
+            .expect("p2pd id new");
+        assert!(out.status.success());
+        keys.push(common::json_str(&String::from_utf8_lossy(&out.stdout), "public_key").unwrap());
+    }
+    // Different sizes, so one side finishes well before the other; B's input is the bigger one.
+    let file_a: Vec<u8> = (0..(1usize << 20)).map(|i| (i % 241) as u8).collect();
+    let file_b: Vec<u8> = (0..(6usize << 20))
+        .map(|i| (i % 239) as u8 ^ 0x5a)
+        .collect();
+    std::fs::write(dir.join("in-a"), &file_a).expect("write");
+    std::fs::write(dir.join("in-b"), &file_b).expect("write");
+    let args = |name: &str| {
+        let mut v = vec![
+            "punch".to_string(),
+            "--identity".into(),
+            dir.join(format!("{name}.key")).display().to_string(),
+            "--stun".into(),
+            server.addr.to_string(),
+            "--timeout".into(),
+            "20".into(),
+        ];
+        for m in [&m1, &m2] {
+            v.extend(["--broker".to_string(), m.addr().to_string()]);
+        }
+        v
+    };
+    let spawn = |what: &str, cmd: &mut Command| {
+        let mut g = common::ChildGuard::spawn(what, cmd).expect("spawn");
+        let mut out = g.child.stdout.take().expect("stdout");
+        let reader = std::thread::spawn(move || {
+            let mut got = Vec::new();
+            let _ = out.read_to_end(&mut got);
+            got
+        });
+        (g, reader)
+    };
+    let (mut b, b_reader) = spawn(
+        "p2pd punch --wait",
+        Command::new(common::p2pd_bin())
+            .args(args("b"))
+            .arg("--wait")
+            .stdin(std::fs::File::open(dir.join("in-b")).expect("open"))
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null()),
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    let (mut a, a_reader) = spawn(
+        "p2pd punch",
+        Command::new(common::p2pd_bin())
+            .args(args("a"))
+            .arg(&keys[1])
+            .stdin(std::fs::File::open(dir.join("in-a")).expect("open"))
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null()),
+    );
+    let wait = |g: &mut common::ChildGuard, what: &str| {
+        let end = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(s) = g.exited() {
+                return s;
+            }
+            assert!(Instant::now() < end, "{what} did not exit");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    let sa = wait(&mut a, "A");
+    let sb = wait(&mut b, "B");
+    let got_a = a_reader.join().expect("reader A");
+    let got_b = b_reader.join().expect("reader B");
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(sa.success() && sb.success(), "A {sa}, B {sb}");
+    assert_eq!(got_b.len(), file_a.len(), "bytes B wrote to stdout");
+    assert_eq!(got_a.len(), file_b.len(), "bytes A wrote to stdout");
+    assert!(got_b == file_a, "A's file arrived changed");
+    assert!(got_a == file_b, "B's file arrived changed");
 }

@@ -1,6 +1,10 @@
 //! `p2pd punch PEER`: punch a TCP connection to PEER through both NATs (signaling over MQTT
 //! brokers, mappings from a STUN server over TCP), then carry stdin to the peer and the peer's bytes
 //! to stdout, like netcat. Run it on both sides (or `--wait` on one).
+//!
+//! At stdin's EOF only our sending side is finished (a half-close: the peer reads every byte, then
+//! EOF), and the peer's bytes keep coming to stdout; the connection is closed and the command
+//! exits once the peer has finished sending too (or the stream fails).
 
 use std::io::{Read, Write};
 use std::ops::ControlFlow;
@@ -219,14 +223,25 @@ fn punch(args: &PunchArgs) -> Result<i32, String> {
         if state.stdin_done
             && state.pending.is_empty()
             && node.is_connected()
-            && node.queued() == 0
-            && node.stream_socket().is_none_or(|s| rt.unsent(s) == 0)
+            && !state.finished
             && !state.closing
         {
-            // stdin is done and everything is written, by the node and by the runtime (closing
-            // earlier would drop what the runtime still holds): close (the peer sees EOF).
-            state.closing = true;
-            node.close(now);
+            // stdin is done and all of it is handed to the node: finish our sending side. The
+            // node shuts the stream down once the runtime has taken every byte, and the runtime
+            // once it has written them; the peer then reads EOF, and we keep reading its bytes.
+            state.finished = true;
+            let _ = node.finish(now);
+        }
+        if state.peer_done && !state.closing {
+            // Both directions done (the runtime has written everything: closing earlier would
+            // drop what it still holds), or the stream failed: close.
+            let written = state.finished
+                && node.is_finished()
+                && node.stream_socket().is_none_or(|s| rt.unsent(s) == 0);
+            if written || !node.is_connected() {
+                state.closing = true;
+                node.close(now);
+            }
         }
         let _ = rt.drive(&mut node, |node, now, ev| {
             on_event(node, now, ev, &status, started, &mut state, &mut stdout)
@@ -256,6 +271,10 @@ struct LoopState {
     connected_at: Option<Instant>,
     pending: Vec<u8>,
     stdin_done: bool,
+    /// Our sending side is finished ([`PunchNode::finish`]).
+    finished: bool,
+    /// The peer finished sending, or the stream failed ([`NodeEvent::StreamClosed`]).
+    peer_done: bool,
     closing: bool,
     closed: bool,
     failed: bool,
@@ -365,15 +384,13 @@ fn on_event(
             );
         }
         NodeEvent::StreamClosed => {
+            // The loop closes once our side is finished too (or at once if the stream failed).
             status.line(
                 "peer_closed",
                 "the peer closed the connection",
                 Object::new(),
             );
-            if !state.closing {
-                state.closing = true;
-                node.close(now);
-            }
+            state.peer_done = true;
         }
         NodeEvent::Closed => {
             state.closed = true;
