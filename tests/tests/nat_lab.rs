@@ -14,111 +14,13 @@
 mod common;
 
 use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Instant;
 
+use common::lab::{skip_reason, Lab};
 use common::{json_raw, json_str, p2pd_bin, ChildGuard};
 
-fn lab_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("lab")
-}
-
-/// Why the lab cannot run here, if it cannot.
-fn skip_reason() -> Option<String> {
-    if !cfg!(target_os = "linux") {
-        return Some("the NAT lab needs Linux network namespaces".into());
-    }
-    let root = std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("Uid:"))
-                .and_then(|v| v.split_whitespace().nth(1).map(|e| e == "0"))
-        })
-        .unwrap_or(false);
-    if !root {
-        return Some("not root (the NAT lab creates network namespaces)".into());
-    }
-    let works = |program: &str, args: &[&str]| {
-        Command::new(program)
-            .args(args)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success())
-    };
-    if !works("ip", &["netns", "list"]) {
-        return Some("`ip netns` is unavailable (iproute2)".into());
-    }
-    if !works("nft", &["--version"]) {
-        return Some("`nft` is unavailable (nftables)".into());
-    }
-    if !common::on_path("conntrack") {
-        return Some("`conntrack` is unavailable".into());
-    }
-    if !works("ss", &["-V"]) {
-        return Some("`ss` is unavailable (iproute2)".into());
-    }
-    if !common::on_path("turnserver") {
-        return Some("`turnserver` is unavailable (coturn)".into());
-    }
-    None
-}
-
-/// One lab (namespaces `PREFIX-*`, state in its own directory), torn down on drop.
-struct Lab {
-    prefix: String,
-    state: PathBuf,
-    up: bool,
-}
-
 impl Lab {
-    fn script(&self, name: &str, args: &[&str]) -> Result<(), String> {
-        let out = Command::new("bash")
-            .arg(lab_dir().join(name))
-            .args(args)
-            .env("LAB_PREFIX", &self.prefix)
-            .env("LAB_STATE", &self.state)
-            .stdin(Stdio::null())
-            .output()
-            .map_err(|e| format!("{name}: {e}"))?;
-        if out.status.success() {
-            Ok(())
-        } else {
-            Err(format!(
-                "{name} {args:?} failed ({}):\n{}{}",
-                out.status,
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            ))
-        }
-    }
-
-    fn start() -> Lab {
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.subsec_nanos())
-            .unwrap_or(0);
-        let prefix = format!("pl{}x{}", std::process::id(), nanos % 10_000);
-        let state = std::env::temp_dir().join(format!("p2pd-lab-{prefix}"));
-        let mut lab = Lab {
-            prefix,
-            state,
-            up: false,
-        };
-        std::fs::create_dir_all(&lab.state).expect("lab state directory");
-        lab.up = true; // from here on, Drop tears down whatever part was created
-        lab.script("lab.sh", &["up"]).expect("lab up");
-        lab.script("lab.sh", &["services"])
-            .expect("coturn in the stun namespace");
-        lab
-    }
-
-    fn ns(&self, name: &str) -> String {
-        format!("{}-{name}", self.prefix)
-    }
-
     fn ip(&self, args: &[&str]) -> Result<(), String> {
         let out = Command::new("ip")
             .args(args)
@@ -131,17 +33,6 @@ impl Lab {
                 "ip {args:?}: {}",
                 String::from_utf8_lossy(&out.stderr)
             ))
-        }
-    }
-}
-
-impl Drop for Lab {
-    fn drop(&mut self) {
-        if self.up {
-            if let Err(e) = self.script("lab.sh", &["down"]) {
-                eprintln!("lab down: {e}");
-            }
-            let _ = std::fs::remove_dir_all(&self.state);
         }
     }
 }
@@ -297,7 +188,7 @@ fn nat_lab_modes_match_ground_truth() {
     }
     let bin = p2pd_bin().to_path_buf(); // build before the lab exists
     let total = Instant::now();
-    let lab = Lab::start();
+    let lab = Lab::start("pl");
     let server = start_p2pd_server(&lab);
     let setup = total.elapsed();
 

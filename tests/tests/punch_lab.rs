@@ -18,115 +18,24 @@
 mod common;
 
 use std::io::{BufRead, BufReader, Read, Write};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+use common::lab::{self, Lab};
 use common::{json_raw, json_str, p2pd_bin, ChildGuard};
 
-fn lab_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("lab")
-}
-
-/// Why the lab cannot run here, if it cannot.
+/// Why the lab (with mosquitto) cannot run here, if it cannot.
 fn skip_reason() -> Option<String> {
-    if !cfg!(target_os = "linux") {
-        return Some("the NAT lab needs Linux network namespaces".into());
-    }
-    let root = std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("Uid:"))
-                .and_then(|v| v.split_whitespace().nth(1).map(|e| e == "0"))
-        })
-        .unwrap_or(false);
-    if !root {
-        return Some("not root (the NAT lab creates network namespaces)".into());
-    }
-    let works = |program: &str, args: &[&str]| {
-        Command::new(program)
-            .args(args)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success())
-    };
-    if !works("ip", &["netns", "list"]) {
-        return Some("`ip netns` is unavailable (iproute2)".into());
-    }
-    if !works("nft", &["--version"]) {
-        return Some("`nft` is unavailable (nftables)".into());
-    }
-    if !common::on_path("conntrack") {
-        return Some("`conntrack` is unavailable".into());
-    }
-    if !works("ss", &["-V"]) {
-        return Some("`ss` is unavailable (iproute2)".into());
-    }
-    if !common::on_path("turnserver") {
-        return Some("`turnserver` is unavailable (coturn)".into());
-    }
-    if common::mosquitto_binary().is_none() {
-        return Some("`mosquitto` is unavailable".into());
-    }
-    None
-}
-
-/// One lab (namespaces `PREFIX-*`, state in its own directory), torn down on drop.
-struct Lab {
-    prefix: String,
-    state: PathBuf,
-    up: bool,
+    lab::skip_reason().or_else(|| {
+        common::mosquitto_binary()
+            .is_none()
+            .then(|| "`mosquitto` is unavailable".into())
+    })
 }
 
 impl Lab {
-    fn script(&self, name: &str, args: &[&str]) -> Result<(), String> {
-        let out = Command::new("bash")
-            .arg(lab_dir().join(name))
-            .args(args)
-            .env("LAB_PREFIX", &self.prefix)
-            .env("LAB_STATE", &self.state)
-            .stdin(Stdio::null())
-            .output()
-            .map_err(|e| format!("{name}: {e}"))?;
-        if out.status.success() {
-            Ok(())
-        } else {
-            Err(format!(
-                "{name} {args:?} failed ({}):\n{}{}",
-                out.status,
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            ))
-        }
-    }
-
-    fn start() -> Lab {
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.subsec_nanos())
-            .unwrap_or(0);
-        let prefix = format!("pp{}x{}", std::process::id(), nanos % 10_000);
-        let state = std::env::temp_dir().join(format!("p2pd-lab-{prefix}"));
-        let mut lab = Lab {
-            prefix,
-            state,
-            up: false,
-        };
-        std::fs::create_dir_all(&lab.state).expect("lab state directory");
-        lab.up = true; // from here on, Drop tears down whatever part was created
-        lab.script("lab.sh", &["up"]).expect("lab up");
-        lab.script("lab.sh", &["services"])
-            .expect("coturn in the stun namespace");
-        lab
-    }
-
-    fn ns(&self, name: &str) -> String {
-        format!("{}-{name}", self.prefix)
-    }
-
     /// Whether a TCP socket listens on `ip:port` in the stun namespace.
     fn tcp_listening(&self, ip: &str, port: u16) -> bool {
         Command::new("ip")
@@ -184,17 +93,6 @@ impl Lab {
         let json = String::from_utf8_lossy(&out.stdout);
         let key = json_str(&json, "public_key").expect("public_key");
         (file, key)
-    }
-}
-
-impl Drop for Lab {
-    fn drop(&mut self) {
-        if self.up {
-            if let Err(e) = self.script("lab.sh", &["down"]) {
-                eprintln!("lab down: {e}");
-            }
-            let _ = std::fs::remove_dir_all(&self.state);
-        }
     }
 }
 
@@ -478,7 +376,7 @@ fn punch_through_real_nats() {
     let started = Instant::now();
     let bin = p2pd_bin(); // built before the lab exists
     assert!(bin.is_file());
-    let lab = Lab::start();
+    let lab = Lab::start("pp");
     let _brokers = [lab.broker("203.0.113.3"), lab.broker("203.0.113.4")];
     let ids = [lab.identity("a"), lab.identity("b")];
 

@@ -22,7 +22,8 @@ use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::{Duration, Instant};
 
-use common::punch::{config, describe, new_side, run_until, subscribed, TcpStunServer};
+use common::punch::{config, describe, new_side, run_until, subscribed};
+use common::servers::TcpStunServer;
 use common::{rss_kib, Mosquitto};
 use p2pd_punch::node::{NodeEvent, PunchNode};
 use p2pd_punch::PunchEvent;

@@ -8,7 +8,8 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::punch::{config, describe, run_until, subscribed, Side, TcpStunServer};
+use common::punch::{config, describe, run_until, subscribed, Side};
+use common::servers::TcpStunServer;
 use common::Mosquitto;
 use p2pd_mio::Runtime;
 use p2pd_punch::node::{NodeEvent, PunchNode};

@@ -9,105 +9,19 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::ops::ControlFlow;
 use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{mpsc, Arc};
-use std::thread::JoinHandle;
 use std::time::Duration;
 
+use common::servers::{Coturn, TcpStunServer};
 use common::{free_port_pair, json_str, on_path, p2pd_bin, ChildGuard, LO1, LO2};
 use p2pd_mio::Runtime;
 use p2pd_proto::client_tcp::{
     CloseCause, TcpBinding, TcpBindingConfig, TcpBindingError, TcpBindingEvent, TcpMapping,
 };
-use p2pd_proto::server::{ServerConfig, ServerEvent, ServerStats, StunServer};
 use p2pd_proto::stun::{Class, Message, MAGIC_COOKIE};
 
-/// Our server (UDP + TCP on 127.0.0.1:P) driven by a runtime in a thread.
-struct TcpServer {
-    addr: SocketAddr,
-    stop: Arc<AtomicBool>,
-    handle: Option<JoinHandle<(ServerStats, usize)>>,
-}
-
-impl TcpServer {
-    fn start() -> TcpServer {
-        for _ in 0..10 {
-            let (p, _) = free_port_pair();
-            let addr = SocketAddr::new(LO1, p);
-            let mut config = ServerConfig::single(addr).with_tcp(true);
-            config.tcp_idle_timeout = Duration::from_secs(2);
-            let stop = Arc::new(AtomicBool::new(false));
-            let stop2 = Arc::clone(&stop);
-            let (tx, rx) = mpsc::channel();
-            let handle = std::thread::spawn(move || {
-                let mut rt = Runtime::new().expect("runtime");
-                let mut server = StunServer::new(config).expect("config");
-                let mut up = (0, 0);
-                rt.run(&mut server, Some(Duration::from_secs(10)), |_, _, ev| {
-                    match ev {
-                        ServerEvent::Listening { .. } | ServerEvent::TcpListening { .. } => {
-                            up.0 += 1
-                        }
-                        ServerEvent::SocketFailed { .. } | ServerEvent::TcpFailed { .. } => {
-                            up.1 += 1
-                        }
-                        _ => {}
-                    }
-                    if up.0 + up.1 == 2 {
-                        ControlFlow::Break(())
-                    } else {
-                        ControlFlow::Continue(())
-                    }
-                })
-                .expect("run");
-                let ok = up == (2, 0);
-                let _ = tx.send(ok);
-                while ok && !stop2.load(Ordering::SeqCst) {
-                    rt.run(&mut server, Some(Duration::from_millis(20)), |_, _, _| {
-                        ControlFlow::Continue(())
-                    })
-                    .expect("run");
-                }
-                server.close(rt.now());
-                rt.run(&mut server, Some(Duration::from_secs(5)), |_, _, ev| {
-                    if matches!(ev, ServerEvent::Closed) {
-                        ControlFlow::Break(())
-                    } else {
-                        ControlFlow::Continue(())
-                    }
-                })
-                .expect("run");
-                (server.stats(), rt.open_sockets())
-            });
-            if rx.recv_timeout(Duration::from_secs(15)).unwrap_or(false) {
-                return TcpServer {
-                    addr,
-                    stop,
-                    handle: Some(handle),
-                };
-            }
-            stop.store(true, Ordering::SeqCst);
-            let _ = handle.join();
-        }
-        panic!("could not start the TCP STUN server on loopback");
-    }
-
-    /// Stops it; returns its counters and the sockets its runtime still held after close.
-    fn stop(mut self) -> (ServerStats, usize) {
-        self.stop.store(true, Ordering::SeqCst);
-        self.handle.take().expect("running").join().expect("thread")
-    }
-}
-
-impl Drop for TcpServer {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-        if let Some(h) = self.handle.take() {
-            if !std::thread::panicking() {
-                let _ = h.join();
-            }
-        }
-    }
+/// Our server (UDP + TCP on 127.0.0.1:P) in a thread, idle TCP connections closed after 2 s.
+fn start_server() -> TcpStunServer {
+    TcpStunServer::start_with(|config| config.tcp_idle_timeout = Duration::from_secs(2))
 }
 
 /// Runs a binding until it reports its outcome; returns the outcome with the runtime and machine
@@ -153,7 +67,7 @@ fn free_local(ip: std::net::IpAddr) -> SocketAddr {
 
 #[test]
 fn tcp_binding_against_our_server_on_loopback() {
-    let server = TcpServer::start();
+    let server = start_server();
     let local = free_local(LO1);
     // Closed after the answer.
     let (m, rt, b) = bind(TcpBindingConfig::new(server.addr, local));
@@ -167,7 +81,7 @@ fn tcp_binding_against_our_server_on_loopback() {
 
     // Kept open: the same fixed local port (reuse flags) is then shared by a binding to a second
     // server while the first connection still holds it.
-    let server2 = TcpServer::start();
+    let server2 = start_server();
     let local = free_local(LO1);
     let (m1, rt1, b1) = bind(TcpBindingConfig::new(server.addr, local).keep_open(true));
     assert_eq!(m1.expect("first").mapped, local);
@@ -195,7 +109,7 @@ fn tcp_binding_against_our_server_on_loopback() {
 
 #[test]
 fn a_kept_open_binding_sees_the_server_idle_timeout() {
-    let server = TcpServer::start();
+    let server = start_server();
     let (m, mut rt, mut b) =
         bind(TcpBindingConfig::new(server.addr, SocketAddr::new(LO1, 0)).keep_open(true));
     m.expect("mapping");
@@ -241,7 +155,7 @@ fn read_message(s: &mut TcpStream) -> Vec<u8> {
 
 #[test]
 fn our_server_against_a_raw_tcp_client() {
-    let server = TcpServer::start();
+    let server = start_server();
     let mut s = TcpStream::connect(server.addr).expect("connect");
     s.set_nodelay(true).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
@@ -308,78 +222,40 @@ fn tcp_binding_against_coturn() {
         println!("SKIP: coturn (turnserver) not installed");
         return;
     }
-    let mut last_log = String::new();
-    for attempt in 0..5 {
-        let (p, q) = free_port_pair();
-        let dir = std::env::temp_dir().join(format!(
-            "p2pd-coturn-tcp-{}-{attempt}-{p}",
-            std::process::id()
-        ));
-        std::fs::create_dir_all(&dir).expect("temp dir");
-        let log = std::fs::File::create(dir.join("turnserver.log")).expect("log");
-        let log2 = log.try_clone().expect("log");
-        let guard = ChildGuard::spawn(
-            "turnserver",
-            Command::new("turnserver")
-                .args(["-n", "--stun-only", "-L", "127.0.0.1", "-L", "127.0.0.2"])
-                .args(["--listening-port", &p.to_string()])
-                .args(["--alt-listening-port", &q.to_string()])
-                .args(["--no-tls", "--no-dtls", "--no-cli"])
-                .args(["--log-file", "stdout", "--simple-log"])
-                .arg("--userdb")
-                .arg(dir.join("turndb"))
-                .arg("--pidfile")
-                .arg(dir.join("turnserver.pid"))
-                .stdin(Stdio::null())
-                .stdout(log)
-                .stderr(log2),
-        )
-        .expect("spawn turnserver");
-        let server = SocketAddr::new(LO1, p);
+    let coturn = Coturn::start("p2pd-coturn-tcp", "listen on TCP", |coturn| {
         // Wait for coturn's TCP listener.
         let until = std::time::Instant::now() + Duration::from_secs(15);
-        let mut up = false;
         while std::time::Instant::now() < until {
-            if TcpStream::connect_timeout(&server, Duration::from_millis(200)).is_ok() {
-                up = true;
-                break;
+            if TcpStream::connect_timeout(&coturn.primary, Duration::from_millis(200)).is_ok() {
+                return true;
             }
             std::thread::sleep(Duration::from_millis(50));
         }
-        if !up {
-            last_log = std::fs::read_to_string(dir.join("turnserver.log")).unwrap_or_default();
-            drop(guard);
-            let _ = std::fs::remove_dir_all(&dir);
-            continue;
-        }
-        let local = free_local(LO1);
-        let (m, rt, b) = bind(TcpBindingConfig::new(server, local).keep_open(true));
-        let log = || std::fs::read_to_string(dir.join("turnserver.log")).unwrap_or_default();
-        let m = m.unwrap_or_else(|e| panic!("coturn over TCP: {e:?}\n{}", log()));
-        assert_eq!(m.local, local);
-        assert_eq!(m.mapped, local, "XOR-MAPPED-ADDRESS over TCP");
-        assert!(
-            m.server_software
-                .as_deref()
-                .is_some_and(|s| s.to_ascii_lowercase().contains("coturn")),
-            "{:?}",
-            m.server_software
-        );
-        assert!(b.is_open(), "coturn keeps the connection open");
-        close(rt, b);
-        // And to coturn's second address, from an ephemeral port, closed after the answer.
-        let (m, rt, _) = bind(TcpBindingConfig::new(
-            SocketAddr::new(LO2, p),
-            SocketAddr::new(LO2, 0),
-        ));
-        let m = m.unwrap_or_else(|e| panic!("coturn over TCP (127.0.0.2): {e:?}\n{}", log()));
-        assert_eq!(m.mapped, m.local);
-        assert_eq!(rt.open_sockets(), 0);
-        drop(guard);
-        let _ = std::fs::remove_dir_all(&dir);
-        return;
-    }
-    panic!("coturn did not listen on TCP after 5 attempts; last log:\n{last_log}");
+        false
+    });
+    let server = coturn.primary;
+    let local = free_local(LO1);
+    let (m, rt, b) = bind(TcpBindingConfig::new(server, local).keep_open(true));
+    let m = m.unwrap_or_else(|e| panic!("coturn over TCP: {e:?}\n{}", coturn.log()));
+    assert_eq!(m.local, local);
+    assert_eq!(m.mapped, local, "XOR-MAPPED-ADDRESS over TCP");
+    assert!(
+        m.server_software
+            .as_deref()
+            .is_some_and(|s| s.to_ascii_lowercase().contains("coturn")),
+        "{:?}",
+        m.server_software
+    );
+    assert!(b.is_open(), "coturn keeps the connection open");
+    close(rt, b);
+    // And to coturn's second address, from an ephemeral port, closed after the answer.
+    let (m, rt, _) = bind(TcpBindingConfig::new(
+        SocketAddr::new(LO2, server.port()),
+        SocketAddr::new(LO2, 0),
+    ));
+    let m = m.unwrap_or_else(|e| panic!("coturn over TCP (127.0.0.2): {e:?}\n{}", coturn.log()));
+    assert_eq!(m.mapped, m.local);
+    assert_eq!(rt.open_sockets(), 0);
 }
 
 #[test]

@@ -577,3 +577,13 @@ impl Drop for Mosquitto {
 // Punch tests on real sockets (our STUN server over TCP, PunchNode sides).
 
 pub mod punch;
+
+// ---------------------------------------------------------------------------------------------
+// The NAT lab of `tests/lab/` (network namespaces, nftables, coturn), torn down on drop.
+
+pub mod lab;
+
+// ---------------------------------------------------------------------------------------------
+// Servers in the background: our STUN server over TCP in a thread, coturn on loopback.
+
+pub mod servers;
