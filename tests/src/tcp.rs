@@ -1141,6 +1141,20 @@ impl TcpStack {
         }
     }
 
+    /// The connection behind machine socket `socket`, or why there is none: unknown, dead (its
+    /// error), or not a connection (bound or listening); with the stack's counters, borrowed
+    /// alongside.
+    fn connection_of(&mut self, socket: SocketId) -> Result<(&mut Conn, &mut TcpStats), IoError> {
+        let id = match self.socks.get(&socket) {
+            None => return Err(IoError::UnknownSocket),
+            Some(Sock::Conn(id)) => *id,
+            Some(Sock::Dead(error)) => return Err(*error),
+            Some(_) => return Err(IoError::Other(Some(NOT_CONNECTED))),
+        };
+        let conn = self.conns.get_mut(&id).ok_or(IoError::UnknownSocket)?;
+        Ok((conn, &mut self.stats))
+    }
+
     /// Bytes the machine transmitted on `socket`.
     pub(crate) fn write(
         &mut self,
@@ -1149,15 +1163,7 @@ impl TcpStack {
         data: &[u8],
         out: &mut Vec<TcpOut>,
     ) -> Result<(), IoError> {
-        let id = match self.socks.get(&socket) {
-            None => return Err(IoError::UnknownSocket),
-            Some(Sock::Conn(id)) => *id,
-            Some(Sock::Dead(error)) => return Err(*error),
-            Some(_) => return Err(IoError::Other(Some(NOT_CONNECTED))),
-        };
-        let Some(conn) = self.conns.get_mut(&id) else {
-            return Err(IoError::UnknownSocket);
-        };
+        let (conn, stats) = self.connection_of(socket)?;
         if conn.fin_queued {
             // The machine shut the sending half down.
             return Err(IoError::Other(Some(BROKEN_PIPE)));
@@ -1169,7 +1175,7 @@ impl TcpStack {
             return Err(IoError::WouldBlock);
         }
         conn.send.extend(data);
-        conn.push(now, &mut self.stats, out);
+        conn.push(now, stats, out);
         Ok(())
     }
 
@@ -1180,15 +1186,7 @@ impl TcpStack {
         socket: SocketId,
         out: &mut Vec<TcpOut>,
     ) -> Result<(), IoError> {
-        let id = match self.socks.get(&socket) {
-            None => return Err(IoError::UnknownSocket),
-            Some(Sock::Conn(id)) => *id,
-            Some(Sock::Dead(error)) => return Err(*error),
-            Some(_) => return Err(IoError::Other(Some(NOT_CONNECTED))),
-        };
-        let Some(conn) = self.conns.get_mut(&id) else {
-            return Err(IoError::UnknownSocket);
-        };
+        let (conn, stats) = self.connection_of(socket)?;
         if conn.fin_queued {
             return Ok(());
         }
@@ -1198,7 +1196,7 @@ impl TcpStack {
             _ => return Err(IoError::Other(Some(NOT_CONNECTED))),
         };
         conn.fin_queued = true;
-        conn.push(now, &mut self.stats, out);
+        conn.push(now, stats, out);
         Ok(())
     }
 
