@@ -42,7 +42,7 @@ fi
 py_version=$("$venv/bin/python" -c 'import sys, importlib.metadata as m; print("p2pd", m.version("p2pd") + ", Python", sys.version.split()[0])')
 
 # --- ours -----------------------------------------------------------------------------------------------------
-cargo build --release --quiet -p p2pd-mio --bin p2pd
+cargo build --release --quiet -p p2pd --bin p2pd
 bin=$ROOT/target/release/p2pd
 
 # --- lab ------------------------------------------------------------------------------------------------------

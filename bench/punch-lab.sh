@@ -28,7 +28,7 @@ for t in ip nft conntrack ss turnserver mosquitto; do
     command -v "$t" >/dev/null || [ -x "/usr/sbin/$t" ] || { echo "missing: $t" >&2; exit 2; }
 done
 if [ -z "${P2PD:-}" ]; then
-    cargo build --release --quiet -p p2pd-mio --bin p2pd
+    cargo build --release --quiet -p p2pd --bin p2pd
     P2PD=$PWD/target/release/p2pd
 fi
 mosq=$(command -v mosquitto || echo /usr/sbin/mosquitto)

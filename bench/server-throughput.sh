@@ -16,7 +16,7 @@ rounds=${2:-3}
 windows=${WINDOWS:-"32 128 512"}
 port=${BENCH_PORT:-34900}
 coturn_port=$((port + 10))
-cargo build --release --quiet -p p2pd-mio --bin p2pd -p p2pd-sim --bin stun-load
+cargo build --release --quiet -p p2pd --bin p2pd -p p2pd-tests --bin stun-load
 load=target/release/stun-load
 tmp=$(mktemp -d)
 pids=()

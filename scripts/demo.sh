@@ -5,7 +5,7 @@
 # Needs only cargo (Linux routes 127/8 to lo).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-cargo build --release --quiet -p p2pd-mio --bin p2pd
+cargo build --release --quiet -p p2pd --bin p2pd
 p2pd=target/release/p2pd
 port=${DEMO_PORT:-34780}
 alt=$((port + 1))

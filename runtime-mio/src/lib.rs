@@ -99,14 +99,10 @@
 )]
 #![warn(missing_docs)]
 
-/// The `p2pd` command line, as a library so tests can reuse its parts.
-pub mod cli;
 mod device;
 mod error;
-pub mod identity_file;
 mod mmsg;
 mod runtime;
-pub mod store_sqlite;
 
 pub use error::map_io_error;
 pub use runtime::{RunEnd, Runtime, RuntimeStats, MAX_STREAM_BUFFER, RECV_BUFFER_LEN};

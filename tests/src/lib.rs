@@ -1,133 +1,565 @@
-//! # p2pd-sim
+//! # p2pd-tests
 //!
-//! The deterministic network simulator, and the workspace's cross-crate tests.
+//! The workspace's cross-crate tests (`tests/`: simulation matrices and soaks over `p2pd-sim`,
+//! real sockets through `p2pd-mio`, interop with coturn and mosquitto) and the scaffolding they
+//! share with the CLI's end-to-end tests (`cli/tests/`): free loopback ports, our STUN server in a
+//! thread, a blocking STUN client on a [`p2pd_mio::Runtime`], `p2pd stun-server` as a child
+//! process ([`CliServer`]), child processes that are killed on drop, mosquitto and coturn on
+//! loopback, the real-NAT lab of `tests/lab/`, and the process's resident memory.
 //!
-//! ## The simulator
-//!
-//! [`Sim`] is a seeded discrete-event simulation in virtual time ([`p2pd_proto::Instant`]): no wall
-//! clock, no threads, no real sockets. Events sit in a queue ordered by (time, sequence number), so
-//! equal times stay first-in first-out, and every random choice (link effects, ephemeral ports, NAT
-//! port allocation, machine seeds from [`Sim::machine_seed`]) derives from the one seed given to
-//! [`Sim::new`]: the same seed gives the same run, packet for packet ([`Sim::trace_hash`]).
-//!
-//! - **Hosts** run any [`p2pd_proto::Machine`] through the machine contract: the simulator carries
-//!   out socket intents (bind on the host's IPs, ephemeral ports, `AddrInUse`, close), sends
-//!   transmits as packets, delivers packets to the socket bound to their destination, fires
-//!   `handle_timeout` at the machine's deadline and keeps its events for [`Sim::take_events`].
-//!   A host is public ([`Sim::add_host`], one or more IPv4 addresses) or behind a NAT box
-//!   ([`Sim::add_host_behind`], a private IP). Commands go through [`Sim::with_machine`].
-//! - **Links** ([`LinkConfig`]): latency, jitter, loss, duplication, reordering; one per host (its
-//!   access link, or its LAN link behind a NAT) and one per NAT box toward the internet. A packet
-//!   crosses the sender's link and the receiver's.
-//! - **NAT boxes** ([`Sim::add_nat`]) implement `p2pd-nat`'s [`p2pd_nat::Behaviour`] for UDP and
-//!   TCP: mapping (endpoint-independent, address-dependent, address-and-port-dependent), filtering
-//!   (the same three), port allocation within a port range, hairpinning and mapping lifetime, with
-//!   counters ([`NatStats`]). Hosts behind the same box also reach each other directly by private IP.
-//!   TCP ([`NatTcpConfig`], [`Sim::set_nat_tcp`]): only an outbound SYN creates a mapping; inbound
-//!   SYNs pass the filtering like datagrams (endpoint-independent filtering lets an unsolicited SYN
-//!   in; crossing SYNs make a simultaneous open); a dropped SYN is dropped silently or answered with
-//!   an RST; a TCP mapping idles out after 2 h, or 4 min once a FIN or RST crossed it.
-//! - **TCP** on every host, at segment level (SYN, SYN-ACK, ACK, data, FIN, RST cross links and NAT
-//!   boxes like datagrams): `Connect` (`Connected`, or `Failed` with `ConnectionRefused` on an RST
-//!   and `TimedOut` when the SYN retries run out), `Listen` with a bounded backlog (SYNs beyond it
-//!   are dropped), `Accept` (the machine names the next connection), simultaneous open (both sides
-//!   `Connected`, as on Linux), `SO_REUSEADDR`/`SO_REUSEPORT` (TCP sockets that all set one of them
-//!   may share a port, e.g. a listener and connectors, as hole punching needs; otherwise
-//!   `AddrInUse`), a reliable ordered stream over lossy, reordering, duplicating links (sequence
-//!   numbers, cumulative ACKs, RFC 6298 RTO with backoff, go-back-N and fast retransmit), transmits
-//!   appended to the stream and delivered through `handle_stream`, `Close` with FIN (`PeerClosed`
-//!   after the data) and TIME-WAIT, RST to a port nobody listens on (or a silent drop:
-//!   [`TcpConfig::rst_on_closed_port`]), `ConnectionReset` after an RST. Settings per host
-//!   ([`Host::with_tcp`], [`Sim::set_tcp_config`]); counters per host and network-wide
-//!   ([`Sim::host_tcp_stats`], [`Sim::tcp_stats`]); segments feed the trace hash. The rules in
-//!   detail are in the `tcp` module's source docs. [`RawTcp`] is a bare TCP machine for tests.
-//! - **Failures**: [`Sim::set_host_down`] cuts a host off (packets dropped both ways);
-//!   [`Sim::kill_host`] kills its process (its connections are reset, its sockets forgotten) and
-//!   [`Sim::restart_host`] runs a new machine there.
-//! - **STUN servers** ([`Sim::add_stun_server`]): a public host with two IPs running our RFC 5780
-//!   [`p2pd_proto::server::StunServer`], which also serves STUN over TCP on its primary address (so
-//!   [`p2pd_proto::client_tcp::TcpBinding`] behind a NAT box learns its TCP mapping;
-//!   [`Sim::nat_mapping_table`] is the ground truth).
-//! - **MQTT brokers** ([`Sim::add_mqtt_broker`]): a public host running [`MqttBroker`], a minimal
-//!   MQTT 3.1.1 + 5 broker machine over the signaling crate's codec (CONNECT, SUBSCRIBE with
-//!   wildcards, PUBLISH QoS 0/1 fan-out, sessions, PING, keep-alive, bounded everything); see
-//!   [`broker`]. [`Sim::kill_host`] / [`Sim::restart_mqtt_broker`] take it down and back.
-//! - **Replay**: [`run_seeds`] runs a test per seed and, on failure, prints
-//!   `simulation failed with seed N; replay with P2PD_SIM_SEED=N`; setting that variable runs only
-//!   that seed.
-//!
-//! ```
-//! use core::time::Duration;
-//! use p2pd_proto::client::{ClientConfig, ClientEvent, Request, StunClient};
-//! use p2pd_sim::{Host, LinkConfig, Sim};
-//!
-//! let mut sim = Sim::new(7);
-//! sim.add_stun_server([192, 0, 2, 1].into(), [192, 0, 2, 2].into(), 3478, 3479);
-//! let seed = sim.machine_seed();
-//! let link = LinkConfig::with_latency(Duration::from_millis(20));
-//! let client = sim.add_host(
-//!     Host::public([[198, 51, 100, 7].into()]).with_link(link),
-//!     StunClient::new(ClientConfig::default(), seed),
-//! );
-//! sim.with_machine::<StunClient, _>(client, |c, now| {
-//!     let socket = c.open_socket(now, "0.0.0.0:4000".parse().unwrap(), Default::default()).unwrap();
-//!     c.start(now, Request::binding(socket, "192.0.2.1:3478".parse().unwrap())).unwrap();
-//! });
-//! sim.run_for(Duration::from_secs(1));
-//! let done = sim.take_events::<StunClient>(client).into_iter().find_map(|e| match e {
-//!     ClientEvent::Transaction(t) => Some(t),
-//!     _ => None,
-//! });
-//! let reply = done.unwrap().outcome.unwrap();
-//! assert_eq!(reply.mapped, "198.51.100.7:4000".parse().unwrap());
-//! assert_eq!(reply.rtt, Duration::from_millis(40));
-//! ```
-//!
-//! ## The classifier matrix
-//!
-//! [`matrix`] runs the NAT classifier against every simulated truth (open, firewalls, NATs of every
-//! mapping x filtering x port allocation) at several loss levels and grades each answer right,
-//! inconclusive or wrong; `tests/sim_classify.rs` and `p2pd sim nat` both use it.
-//!
-//! ## The punch matrix
-//!
-//! [`punch_matrix`] punches between whole punching nodes (signaling over simulated MQTT brokers,
-//! STUN-over-TCP probes, planner, punch machine) behind every pair of NAT kinds at several loss
-//! levels, and grades each pair against a ground-truth oracle of what is punchable in principle;
-//! `tests/sim_punch_matrix.rs` and `p2pd sim punch` both use it.
-//!
-//! ## The cross-crate tests
-//!
-//! - integration tests on real sockets (`tests/`): our STUN client against our RFC 5780 server on
-//!   127.0.0.1 + 127.0.0.2, against coturn, coturn's `turnutils_natdiscovery` against our server, the
-//!   `p2pd` CLI end to end, and a 10,000-transaction soak through the mio runtime;
-//! - the `stun-load` binary, a closed-loop STUN load generator used by `bench/server-throughput.sh`.
-#![forbid(unsafe_code)]
-#![warn(missing_docs)]
+//! The `stun-load` binary (`src/bin/stun-load.rs`) is the closed-loop STUN load generator of
+//! `bench/server-throughput.sh`.
 
-pub mod broker;
-mod link;
-pub mod matrix;
-mod natbox;
-mod node;
-pub mod punch_matrix;
-mod raw;
-mod raw_tcp;
-mod replay;
-mod sim;
-mod tcp;
-mod trace;
+use std::io::{BufRead, BufReader};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, UdpSocket};
+use std::ops::ControlFlow;
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdout, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{mpsc, Arc};
+use std::thread::JoinHandle;
+use std::time::Duration;
 
-#[cfg(test)]
-mod tests;
+use p2pd_mio::{Runtime, RuntimeStats};
+use p2pd_proto::client::{
+    ClientConfig, ClientEvent, Request, Retransmit, StunClient, TransactionResult,
+};
+use p2pd_proto::server::{ServerConfig, ServerEvent, ServerStats, StunServer};
+use p2pd_proto::{BindOptions, SocketId};
 
-pub use broker::{BrokerConfig, BrokerEvent, BrokerStats, CloseReason, MqttBroker};
-pub use link::LinkConfig;
-pub use matrix::{run_matrix, run_one, Correctness, MatrixSummary, Outcome, Truth};
-pub use natbox::{NatMapping, NatStats, NatTcpConfig, Protocol};
-pub use raw::{RawEvent, RawUdp};
-pub use raw_tcp::{RawTcp, TcpEvent};
-pub use replay::{run_seeds, SEED_VAR};
-pub use sim::{Dead, Host, HostId, NatId, Sim, SimStats};
-pub use tcp::{TcpConfig, TcpHeader, TcpStats, MAX_SEND_BUFFER, MSS, WINDOW};
-pub use trace::TraceEntry;
+pub const LO1: IpAddr = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 1));
+pub const LO2: IpAddr = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2));
+
+/// Ports are taken below the kernel's ephemeral range (32768..) so that no socket bound to port 0
+/// takes them between our check and the server's bind.
+const PORT_LOW: u32 = 10_000;
+const PORT_SPAN: u32 = 22_000;
+
+static NEXT_PORT: AtomicU32 = AtomicU32::new(0);
+
+fn port_free(port: u16) -> bool {
+    [LO1, LO2].iter().all(|ip| {
+        let a = SocketAddr::new(*ip, port);
+        UdpSocket::bind(a).is_ok() && TcpListener::bind(a).is_ok()
+    })
+}
+
+/// Two different ports that are free for UDP and TCP on both 127.0.0.1 and 127.0.0.2.
+pub fn free_port_pair() -> (u16, u16) {
+    let start = {
+        let t = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or(0);
+        (std::process::id().wrapping_mul(7919) ^ t) % PORT_SPAN
+    };
+    let _ = NEXT_PORT.compare_exchange(0, start.max(1), Ordering::SeqCst, Ordering::SeqCst);
+    let take = || loop {
+        let n = NEXT_PORT.fetch_add(1, Ordering::SeqCst);
+        let port = u16::try_from(PORT_LOW + n % PORT_SPAN).expect("port in range");
+        if port_free(port) {
+            return port;
+        }
+    };
+    let p = take();
+    let q = take();
+    (p, q)
+}
+
+/// A retransmission policy for loopback: quick, but patient enough for a loaded 2-core machine.
+pub fn loopback_retransmit() -> Retransmit {
+    Retransmit::Rfc5389 {
+        rto: Duration::from_millis(200),
+        transmissions: 6,
+        last_wait: 4,
+        max_rto: Duration::from_secs(1),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Our RFC 5780 server, driven by its own Runtime in a thread.
+
+/// What the server thread hands back when it stops.
+#[derive(Debug)]
+pub struct ServerReport {
+    pub stats: ServerStats,
+    pub runtime: RuntimeStats,
+    /// Sockets still open in the server's runtime after close (must be 0).
+    pub open_after_close: usize,
+    pub closed_event: bool,
+}
+
+pub struct ServerThread {
+    pub primary: SocketAddr,
+    pub alternate: Option<SocketAddr>,
+    stop: Arc<AtomicBool>,
+    handle: Option<JoinHandle<ServerReport>>,
+}
+
+impl ServerThread {
+    /// An RFC 5780 server on 127.0.0.1:P / 127.0.0.2:P2 (all four roles), on fresh ports.
+    pub fn rfc5780() -> ServerThread {
+        for _ in 0..10 {
+            let (p, q) = free_port_pair();
+            let config = ServerConfig::rfc5780(SocketAddr::new(LO1, p), LO2, q);
+            if let Some(s) = Self::try_start(config, 4) {
+                return s;
+            }
+        }
+        panic!("could not start the RFC 5780 server on loopback after 10 attempts");
+    }
+
+    /// A server on 127.0.0.1:P only (no alternates).
+    pub fn single() -> ServerThread {
+        for _ in 0..10 {
+            let (p, _) = free_port_pair();
+            if let Some(s) = Self::try_start(ServerConfig::single(SocketAddr::new(LO1, p)), 1) {
+                return s;
+            }
+        }
+        panic!("could not start the single-address server on loopback after 10 attempts");
+    }
+
+    fn try_start(config: ServerConfig, roles: usize) -> Option<ServerThread> {
+        let primary = config.primary;
+        let alternate = match (config.alternate_ip, config.alternate_port) {
+            (Some(ip), Some(port)) => Some(SocketAddr::new(ip, port)),
+            _ => None,
+        };
+        let stop = Arc::new(AtomicBool::new(false));
+        let (ready_tx, ready_rx) = mpsc::channel::<bool>();
+        let stop2 = Arc::clone(&stop);
+        let handle = std::thread::spawn(move || {
+            let mut rt = Runtime::new().expect("runtime");
+            let mut server = StunServer::new(config).expect("valid server config");
+            let (mut listening, mut failed) = (0usize, 0usize);
+            rt.run(&mut server, Some(Duration::from_secs(10)), |_, _, ev| {
+                match ev {
+                    ServerEvent::Listening { .. } => listening += 1,
+                    ServerEvent::SocketFailed { .. } => failed += 1,
+                    _ => {}
+                }
+                if listening + failed >= roles {
+                    ControlFlow::Break(())
+                } else {
+                    ControlFlow::Continue(())
+                }
+            })
+            .expect("server run");
+            let ok = listening == roles && failed == 0;
+            let _ = ready_tx.send(ok);
+            while ok && !stop2.load(Ordering::SeqCst) {
+                rt.run(&mut server, Some(Duration::from_millis(20)), |_, _, _| {
+                    ControlFlow::Continue(())
+                })
+                .expect("server run");
+            }
+            let now = rt.now();
+            server.close(now);
+            let mut closed_event = false;
+            rt.run(&mut server, Some(Duration::from_secs(5)), |_, _, ev| {
+                if matches!(ev, ServerEvent::Closed) {
+                    closed_event = true;
+                    ControlFlow::Break(())
+                } else {
+                    ControlFlow::Continue(())
+                }
+            })
+            .expect("server run");
+            ServerReport {
+                stats: server.stats(),
+                runtime: rt.stats(),
+                open_after_close: rt.open_sockets(),
+                closed_event,
+            }
+        });
+        let ok = ready_rx
+            .recv_timeout(Duration::from_secs(15))
+            .unwrap_or(false);
+        let mut s = ServerThread {
+            primary,
+            alternate,
+            stop,
+            handle: Some(handle),
+        };
+        if ok {
+            Some(s)
+        } else {
+            let _ = s.stop_inner();
+            None
+        }
+    }
+
+    fn stop_inner(&mut self) -> Option<ServerReport> {
+        self.stop.store(true, Ordering::SeqCst);
+        self.handle.take().map(|h| h.join().expect("server thread"))
+    }
+
+    /// Stops the server and returns its counters.
+    pub fn stop(mut self) -> ServerReport {
+        self.stop_inner().expect("server thread already stopped")
+    }
+}
+
+impl Drop for ServerThread {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(h) = self.handle.take() {
+            if !std::thread::panicking() {
+                let _ = h.join();
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// A blocking STUN client.
+
+pub struct Client {
+    pub rt: Runtime,
+    pub client: StunClient,
+}
+
+impl Client {
+    pub fn new(retransmit: Retransmit, max_transactions: usize, seed: u64) -> Client {
+        Client {
+            rt: Runtime::new().expect("runtime"),
+            client: StunClient::new(
+                ClientConfig {
+                    retransmit,
+                    max_transactions,
+                    ..ClientConfig::default()
+                },
+                seed,
+            ),
+        }
+    }
+
+    /// Opens a socket on `local` and waits until it is bound; returns its id and real address.
+    pub fn open(&mut self, local: SocketAddr) -> (SocketId, SocketAddr) {
+        let now = self.rt.now();
+        let id = self
+            .client
+            .open_socket(now, local, BindOptions::default())
+            .expect("open_socket");
+        let mut bound = None;
+        self.rt
+            .run(
+                &mut self.client,
+                Some(Duration::from_secs(5)),
+                |_, _, ev| {
+                    match ev {
+                        ClientEvent::SocketReady { socket, local } if socket == id => {
+                            bound = Some(local);
+                            return ControlFlow::Break(());
+                        }
+                        ClientEvent::SocketFailed { socket, error } if socket == id => {
+                            panic!("cannot bind {local}: {error:?}")
+                        }
+                        _ => {}
+                    }
+                    ControlFlow::Continue(())
+                },
+            )
+            .expect("client run");
+        let bound = bound.expect("no SocketReady within 5 s");
+        assert_eq!(
+            self.rt.local_addr(id),
+            Some(bound),
+            "runtime agrees on the address"
+        );
+        (id, bound)
+    }
+
+    /// Runs one transaction to its end.
+    pub fn query(&mut self, request: Request) -> TransactionResult {
+        let now = self.rt.now();
+        let handle = self.client.start(now, request).expect("start");
+        let mut result = None;
+        self.rt
+            .run(
+                &mut self.client,
+                Some(Duration::from_secs(20)),
+                |_, _, ev| {
+                    if let ClientEvent::Transaction(t) = ev {
+                        if t.id == handle {
+                            result = Some(t);
+                            return ControlFlow::Break(());
+                        }
+                    }
+                    ControlFlow::Continue(())
+                },
+            )
+            .expect("client run");
+        result.expect("the transaction did not end within 20 s")
+    }
+
+    /// Closes the client and waits for `Closed`; asserts that every socket is gone.
+    pub fn close(&mut self) {
+        let now = self.rt.now();
+        self.client.close(now);
+        let mut closed = false;
+        self.rt
+            .run(
+                &mut self.client,
+                Some(Duration::from_secs(5)),
+                |_, _, ev| {
+                    if matches!(ev, ClientEvent::Closed) {
+                        closed = true;
+                        ControlFlow::Break(())
+                    } else {
+                        ControlFlow::Continue(())
+                    }
+                },
+            )
+            .expect("client run");
+        assert!(closed, "no Closed event after close");
+        assert_eq!(
+            self.rt.open_sockets(),
+            0,
+            "runtime sockets left after close"
+        );
+        assert_eq!(self.client.open_sockets(), 0);
+        assert_eq!(self.client.in_flight(), 0);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Child processes and the p2pd binary.
+
+/// A child process that is killed (and reaped) on drop.
+pub struct ChildGuard {
+    pub child: Child,
+    pub name: String,
+}
+
+impl ChildGuard {
+    pub fn spawn(name: &str, cmd: &mut Command) -> std::io::Result<ChildGuard> {
+        Ok(ChildGuard {
+            child: cmd.spawn()?,
+            name: name.to_string(),
+        })
+    }
+
+    /// Whether it has exited (and how).
+    pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.try_wait().ok().flatten()
+    }
+}
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_none() {
+            let _ = self.child.kill();
+        }
+        let _ = self.child.wait();
+    }
+}
+
+/// Whether `program` is found on PATH.
+pub fn on_path(program: &str) -> bool {
+    std::env::var_os("PATH").is_some_and(|paths| {
+        std::env::split_paths(&paths).any(|dir| {
+            let p = dir.join(program);
+            p.is_file()
+        })
+    })
+}
+
+/// `p2pd stun-server` on fresh loopback ports, ready to answer (it printed its four
+/// `listening` lines).
+pub struct CliServer {
+    pub primary: SocketAddr,
+    pub alternate: SocketAddr,
+    pub guard: ChildGuard,
+    /// Kept open so the server never gets EPIPE on stdout.
+    _stdout: BufReader<ChildStdout>,
+}
+
+impl CliServer {
+    /// Starts the `p2pd` binary at `bin` (a CLI test passes `env!("CARGO_BIN_EXE_p2pd")`).
+    pub fn start(bin: &Path) -> CliServer {
+        let mut last = String::new();
+        for _ in 0..10 {
+            let (p, q) = free_port_pair();
+            let mut guard = ChildGuard::spawn(
+                "p2pd stun-server",
+                Command::new(bin)
+                    .args(["stun-server", "--primary", "127.0.0.1", "--alternate"])
+                    .arg("127.0.0.2")
+                    .args(["--port", &p.to_string(), "--alt-port", &q.to_string()])
+                    .arg("--json")
+                    .stdin(Stdio::null())
+                    .stdout(Stdio::piped())
+                    .stderr(Stdio::inherit()),
+            )
+            .expect("spawn p2pd stun-server");
+            let mut out = BufReader::new(guard.child.stdout.take().expect("stdout"));
+            let mut listening = 0;
+            let mut line = String::new();
+            last.clear();
+            loop {
+                line.clear();
+                match out.read_line(&mut line) {
+                    Ok(0) | Err(_) => break,
+                    Ok(_) => {}
+                }
+                last.push_str(&line);
+                if line.contains("\"socket-failed\"") {
+                    break;
+                }
+                if line.contains("\"listening\"") {
+                    listening += 1;
+                    if listening == 4 {
+                        return CliServer {
+                            primary: SocketAddr::new(LO1, p),
+                            alternate: SocketAddr::new(LO2, q),
+                            guard,
+                            _stdout: out,
+                        };
+                    }
+                }
+            }
+        }
+        panic!("p2pd stun-server did not start after 10 attempts; last output:\n{last}");
+    }
+}
+
+/// The string value of `"key":"..."` in a one-line JSON object (enough for our flat output).
+pub fn json_str(json: &str, key: &str) -> Option<String> {
+    let pat = format!("\"{key}\":\"");
+    let start = json.find(&pat)? + pat.len();
+    let end = json.get(start..)?.find('"')? + start;
+    json.get(start..end).map(str::to_string)
+}
+
+/// The raw (number, bool, null) value of `"key":...` in a one-line JSON object.
+pub fn json_raw(json: &str, key: &str) -> Option<String> {
+    let pat = format!("\"{key}\":");
+    let start = json.find(&pat)? + pat.len();
+    let rest = json.get(start..)?;
+    let end = rest.find([',', '}']).unwrap_or(rest.len());
+    rest.get(..end).map(|s| s.trim().to_string())
+}
+
+/// The resident set size of this process in KiB (Linux `/proc/self/status`, VmRSS).
+pub fn rss_kib() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+}
+
+// ---------------------------------------------------------------------------------------------
+// mosquitto.
+
+/// The mosquitto binary, if installed.
+pub fn mosquitto_binary() -> Option<PathBuf> {
+    ["/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto"]
+        .iter()
+        .map(PathBuf::from)
+        .find(|p| p.is_file())
+        .or_else(|| on_path("mosquitto").then(|| PathBuf::from("mosquitto")))
+}
+
+/// A mosquitto broker on 127.0.0.1, started by the test, killed on drop; it can be killed and
+/// restarted on the same port.
+pub struct Mosquitto {
+    pub port: u16,
+    binary: PathBuf,
+    dir: PathBuf,
+    child: Option<ChildGuard>,
+}
+
+impl Mosquitto {
+    /// Starts a broker on a free port; `None` when mosquitto is not installed (the caller skips).
+    pub fn start() -> Option<Mosquitto> {
+        let binary = mosquitto_binary()?;
+        let (port, _) = free_port_pair();
+        let dir =
+            std::env::temp_dir().join(format!("p2pd-mosquitto-{}-{port}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let mut m = Mosquitto {
+            port,
+            binary,
+            dir,
+            child: None,
+        };
+        m.restart();
+        Some(m)
+    }
+
+    /// The broker's address.
+    pub fn addr(&self) -> SocketAddr {
+        SocketAddr::new(LO1, self.port)
+    }
+
+    /// Kills the broker (SIGKILL: connections end without a DISCONNECT).
+    pub fn kill(&mut self) {
+        self.child = None;
+    }
+
+    /// (Re)starts the broker on its port and waits until it accepts connections.
+    pub fn restart(&mut self) {
+        self.kill();
+        let conf = self.dir.join("mosquitto.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "listener {} 127.0.0.1\nallow_anonymous true\npersistence false\nmax_keepalive 600\n",
+                self.port
+            ),
+        )
+        .expect("write mosquitto.conf");
+        let log = std::fs::File::create(self.dir.join("mosquitto.log")).expect("log file");
+        let child = ChildGuard::spawn(
+            "mosquitto",
+            Command::new(&self.binary)
+                .arg("-c")
+                .arg(&conf)
+                .stdout(Stdio::null())
+                .stderr(log),
+        )
+        .expect("spawn mosquitto");
+        self.child = Some(child);
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while std::net::TcpStream::connect_timeout(&self.addr(), Duration::from_millis(200))
+            .is_err()
+        {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "mosquitto did not start on port {}",
+                self.port
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Mosquitto {
+    fn drop(&mut self) {
+        self.kill();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Punch tests on real sockets (our STUN server over TCP, PunchNode sides).
+
+pub mod punch;
+
+// ---------------------------------------------------------------------------------------------
+// The NAT lab of `tests/lab/` (network namespaces, nftables, coturn), torn down on drop.
+
+pub mod lab;
+
+// ---------------------------------------------------------------------------------------------
+// Servers in the background: our STUN server over TCP in a thread, coturn on loopback.
+
+pub mod servers;
+
+// ---------------------------------------------------------------------------------------------
+// An SNTP responder with a known clock offset.
+
+pub mod sntp_responder;

@@ -2,7 +2,7 @@
 //! NAT and no filtering between 127.0.0.1 and 127.0.0.2, so the answer must be `Open`, decided
 //! early, with every socket closed afterwards.
 
-mod common;
+use p2pd_tests as common;
 
 use std::net::{IpAddr, Ipv4Addr};
 use std::ops::ControlFlow;

@@ -3,7 +3,7 @@
 //! Skipped (with a message) when `turnserver` is not installed. coturn quirk: OTHER-ADDRESS and
 //! change-IP are right only for the first `-L` address, so requests go to 127.0.0.1.
 
-mod common;
+use p2pd_tests as common;
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};

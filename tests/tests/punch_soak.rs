@@ -16,7 +16,7 @@
 //!
 //! Skips (with a message) when mosquitto is not installed; CI installs it.
 
-mod common;
+use p2pd_tests as common;
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicI64, Ordering};

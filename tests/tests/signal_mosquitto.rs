@@ -5,7 +5,7 @@
 //!
 //! Skips (with a message) when mosquitto is not installed; CI installs it.
 
-mod common;
+use p2pd_tests as common;
 
 use std::ops::ControlFlow;
 use std::process::{Command, Stdio};

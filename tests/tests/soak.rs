@@ -2,7 +2,7 @@
 //! a thread) on loopback, opening and closing sockets every round. Nothing may fail, and sockets,
 //! transactions, timers and memory must return to their baseline.
 
-mod common;
+use p2pd_tests as common;
 
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;

@@ -1,4 +1,4 @@
-//! The `p2pd` command line: one sub-command per job, human output by default, `--json` for scripts.
+//! The sub-commands of `p2pd`: one module per job, human output by default, `--json` for scripts.
 
 pub mod id;
 pub mod json;

@@ -16,8 +16,8 @@ use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant as StdInstant};
 
 use common::{free_port_pair, json_raw, json_str, p2pd_bin, ChildGuard, LO1};
-use p2pd_mio::identity_file::write_identity;
-use p2pd_mio::store_sqlite::SqliteStore;
+use p2pd_cli::identity_file::write_identity;
+use p2pd_cli::store_sqlite::SqliteStore;
 use p2pd_mio::Runtime;
 use p2pd_proto::{Instant, Transport};
 use p2pd_signaling::pnp::{

@@ -18,7 +18,7 @@ use super::resolve;
 use crate::identity_file::{
     default_identity_path, generate_identity, os_seed, parse_hex, read_identity,
 };
-use crate::Runtime;
+use p2pd_mio::Runtime;
 
 /// The default PNP port.
 pub const PNP_PORT: u16 = 5300;

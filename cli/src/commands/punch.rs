@@ -25,7 +25,7 @@ use super::json::Object;
 use super::resolve;
 use super::signal::{parse_brokers, parse_peer};
 use crate::identity_file::{default_identity_path, os_seed, read_identity};
-use crate::Runtime;
+use p2pd_mio::Runtime;
 
 /// Options of `p2pd punch`.
 #[derive(Debug, Args)]

@@ -5,7 +5,7 @@
 //! p2pd stun-server --primary IP [--alternate IP] [--port P] [--alt-port P2] [--json]
 //! p2pd nat [--server ADDR[,ALT]|ID ...] [--list-servers] [--local-ip IP] [--interface IF] [--timeout S] [--verbose] [--json]
 //! p2pd ntp SERVER... [--samples N] [--spacing-ms MS] [--timeout-ms MS] [--json]
-//! p2pd sim nat [--seeds N] [--loss 0,10,30] [--json]
+//! p2pd sim nat|punch [--seeds N] [--loss 0,10,30] [--json]
 //! p2pd id new|show [--file PATH] [--force] [--json]
 //! p2pd signal listen --broker HOST[:PORT] ... [--identity FILE] [--count N] [--timeout S] [--json]
 //! p2pd punch PEER|--wait --broker HOST[:PORT] ... --stun HOST[:PORT] [--identity FILE] [--json]
@@ -17,7 +17,7 @@
 //! ```
 
 use clap::{Parser, Subcommand};
-use p2pd_mio::cli;
+use p2pd_cli::commands as cli;
 
 /// NAT traversal toolkit: STUN client, RFC 5780 server and NAT classifier.
 #[derive(Debug, Parser)]
@@ -37,7 +37,8 @@ enum Command {
     Nat(cli::nat::NatArgs),
     /// Measure this host's clock offset from NTP servers (SNTP), with its uncertainty.
     Ntp(cli::ntp::NtpArgs),
-    /// Run the deterministic simulator (`sim nat`: the classifier's accuracy matrix).
+    /// Run the deterministic simulator (`sim nat`: the classifier's accuracy matrix; `sim punch`: the
+    /// punch matrix against its oracle).
     Sim(cli::sim::SimArgs),
     /// Create or show this node's identity (secp256k1 key pair; the node id derives from it).
     Id(cli::id::IdArgs),

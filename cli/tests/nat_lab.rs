@@ -20,20 +20,19 @@ use std::time::Instant;
 use common::lab::{skip_reason, Lab};
 use common::{json_raw, json_str, p2pd_bin, ChildGuard};
 
-impl Lab {
-    fn ip(&self, args: &[&str]) -> Result<(), String> {
-        let out = Command::new("ip")
-            .args(args)
-            .output()
-            .map_err(|e| e.to_string())?;
-        if out.status.success() {
-            Ok(())
-        } else {
-            Err(format!(
-                "ip {args:?}: {}",
-                String::from_utf8_lossy(&out.stderr)
-            ))
-        }
+/// Runs `ip ARGS...`.
+fn run_ip(args: &[&str]) -> Result<(), String> {
+    let out = Command::new("ip")
+        .args(args)
+        .output()
+        .map_err(|e| e.to_string())?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "ip {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        ))
     }
 }
 
@@ -251,7 +250,7 @@ fn nat_lab_modes_match_ground_truth() {
         lab.script("nat.sh", &["A", nft_mode, "inputdrop"])
             .unwrap_or_else(|e| panic!("nat.sh A {nft_mode}: {e}"));
         if *mode == "open" {
-            lab.ip(&[
+            run_ip(&[
                 "-n",
                 &stun_ns,
                 "route",
@@ -273,7 +272,7 @@ fn nat_lab_modes_match_ground_truth() {
             .expect("run p2pd nat");
         let took = started.elapsed();
         if *mode == "open" {
-            lab.ip(&[
+            run_ip(&[
                 "-n",
                 &stun_ns,
                 "route",

@@ -207,7 +207,7 @@ fn p2pd_stun(server: SocketAddr, change: &str, legacy: bool) -> String {
 
 #[test]
 fn cli_stun_against_cli_stun_server() {
-    let server = CliServer::start();
+    let server = CliServer::start(common::p2pd_bin());
     let (primary, alternate) = (server.primary, server.alternate);
     let (p, p2) = (primary.port(), alternate.port());
     let cases = [

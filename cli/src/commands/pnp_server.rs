@@ -16,7 +16,7 @@ use super::json::Object;
 use super::stop_signal;
 use crate::identity_file::{default_identity_path, os_seed, read_identity};
 use crate::store_sqlite::{SqliteStore, DEFAULT_CAPACITY};
-use crate::Runtime;
+use p2pd_mio::Runtime;
 
 /// How long the loop runs between checks for SIGINT / SIGTERM and the `--duration` limit.
 const SLICE: Duration = Duration::from_millis(100);

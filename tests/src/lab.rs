@@ -4,6 +4,9 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::ChildGuard;
 
 pub fn lab_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("lab")
@@ -59,6 +62,51 @@ pub struct Lab {
 }
 
 impl Lab {
+    /// Whether a TCP socket listens on `ip:port` in the stun namespace.
+    pub fn tcp_listening(&self, ip: &str, port: u16) -> bool {
+        Command::new("ip")
+            .args(["netns", "exec", &self.ns("stun"), "ss", "-Hltn"])
+            .arg(format!("src {ip}:{port}"))
+            .output()
+            .is_ok_and(|o| o.status.success() && !o.stdout.is_empty())
+    }
+
+    /// A mosquitto broker on `ip:1883` in the stun namespace, once it listens.
+    pub fn broker(&self, ip: &str) -> ChildGuard {
+        let conf = self.state.join(format!("mosquitto-{ip}.conf"));
+        std::fs::write(
+            &conf,
+            format!("listener 1883 {ip}\nallow_anonymous true\npersistence false\n"),
+        )
+        .expect("write mosquitto.conf");
+        let log = std::fs::File::create(self.state.join(format!("mosquitto-{ip}.log")))
+            .expect("mosquitto log");
+        let binary = crate::mosquitto_binary().expect("mosquitto");
+        let mut guard = ChildGuard::spawn(
+            "mosquitto (lab)",
+            Command::new("ip")
+                .args(["netns", "exec", &self.ns("stun")])
+                .arg(binary)
+                .arg("-c")
+                .arg(&conf)
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(log),
+        )
+        .expect("spawn mosquitto");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !self.tcp_listening(ip, 1883) {
+            if let Some(status) = guard.exited() {
+                let log = std::fs::read_to_string(self.state.join(format!("mosquitto-{ip}.log")))
+                    .unwrap_or_default();
+                panic!("mosquitto on {ip} exited ({status}):\n{log}");
+            }
+            assert!(Instant::now() < deadline, "mosquitto on {ip} not listening");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        guard
+    }
+
     /// Runs a script of `tests/lab/` on this lab.
     pub fn script(&self, name: &str, args: &[&str]) -> Result<(), String> {
         let out = Command::new("bash")

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Subcommand};
 
-use crate::cli::json::Object as Json;
+use crate::commands::json::Object as Json;
 use crate::identity_file::{
     default_identity_path, generate_identity, read_identity, write_identity,
 };

@@ -28,7 +28,7 @@ use p2pd_nat::{Connectivity, DeltaVerdict};
 use p2pd_proto::BindOptions;
 
 use super::json::Object;
-use crate::{RunEnd, Runtime};
+use p2pd_mio::{RunEnd, Runtime};
 
 /// Options of `p2pd nat`.
 #[derive(Debug, Args)]

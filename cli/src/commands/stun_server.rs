@@ -10,7 +10,7 @@ use p2pd_proto::server::{Role, ServerConfig, ServerEvent, StunServer};
 use p2pd_proto::BindOptions;
 
 use super::json::Object;
-use crate::Runtime;
+use p2pd_mio::Runtime;
 
 /// Options of `p2pd stun-server`.
 #[derive(Debug, Args)]

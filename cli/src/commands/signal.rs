@@ -14,7 +14,7 @@ use p2pd_signaling::{Identity, PeerAddress, PublicKey};
 use super::json::Object;
 use super::resolve;
 use crate::identity_file::{default_identity_path, os_seed, parse_hex, read_identity};
-use crate::{RunEnd, Runtime};
+use p2pd_mio::{RunEnd, Runtime};
 
 /// The default MQTT port.
 pub const MQTT_PORT: u16 = 1883;

@@ -15,7 +15,7 @@ fn turnutils_natdiscovery_against_p2pd_stun_server() {
         println!("SKIP: turnutils_natdiscovery (coturn) not installed");
         return;
     }
-    let server = CliServer::start();
+    let server = CliServer::start(common::p2pd_bin());
     let dir = std::env::temp_dir().join(format!("p2pd-natdiscovery-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("temp dir");
     let out_path = dir.join("natdiscovery.out");

@@ -15,7 +15,7 @@ use p2pd_proto::stun::ChangeRequest;
 use p2pd_proto::BindOptions;
 
 use super::json::Object;
-use crate::{RunEnd, Runtime};
+use p2pd_mio::{RunEnd, Runtime};
 use std::io::IsTerminal;
 
 /// Which CHANGE-REQUEST to send.

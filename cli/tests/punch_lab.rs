@@ -35,65 +35,18 @@ fn skip_reason() -> Option<String> {
     })
 }
 
-impl Lab {
-    /// Whether a TCP socket listens on `ip:port` in the stun namespace.
-    fn tcp_listening(&self, ip: &str, port: u16) -> bool {
-        Command::new("ip")
-            .args(["netns", "exec", &self.ns("stun"), "ss", "-Hltn"])
-            .arg(format!("src {ip}:{port}"))
-            .output()
-            .is_ok_and(|o| o.status.success() && !o.stdout.is_empty())
-    }
-
-    /// A mosquitto broker on `ip:1883` in the stun namespace, once it listens.
-    fn broker(&self, ip: &str) -> ChildGuard {
-        let conf = self.state.join(format!("mosquitto-{ip}.conf"));
-        std::fs::write(
-            &conf,
-            format!("listener 1883 {ip}\nallow_anonymous true\npersistence false\n"),
-        )
-        .expect("write mosquitto.conf");
-        let log = std::fs::File::create(self.state.join(format!("mosquitto-{ip}.log")))
-            .expect("mosquitto log");
-        let binary = common::mosquitto_binary().expect("mosquitto");
-        let mut guard = ChildGuard::spawn(
-            "mosquitto (lab)",
-            Command::new("ip")
-                .args(["netns", "exec", &self.ns("stun")])
-                .arg(binary)
-                .arg("-c")
-                .arg(&conf)
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(log),
-        )
-        .expect("spawn mosquitto");
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while !self.tcp_listening(ip, 1883) {
-            if let Some(status) = guard.exited() {
-                let log = std::fs::read_to_string(self.state.join(format!("mosquitto-{ip}.log")))
-                    .unwrap_or_default();
-                panic!("mosquitto on {ip} exited ({status}):\n{log}");
-            }
-            assert!(Instant::now() < deadline, "mosquitto on {ip} not listening");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        guard
-    }
-
-    /// A new identity file; returns (path, public key hex).
-    fn identity(&self, name: &str) -> (PathBuf, String) {
-        let file = self.state.join(format!("{name}.key"));
-        let out = Command::new(p2pd_bin())
-            .args(["id", "new", "--json", "--file"])
-            .arg(&file)
-            .output()
-            .expect("p2pd id new");
-        assert!(out.status.success(), "p2pd id new: {out:?}");
-        let json = String::from_utf8_lossy(&out.stdout);
-        let key = json_str(&json, "public_key").expect("public_key");
-        (file, key)
-    }
+/// A new identity file; returns (path, public key hex).
+fn identity(lab: &Lab, name: &str) -> (PathBuf, String) {
+    let file = lab.state.join(format!("{name}.key"));
+    let out = Command::new(p2pd_bin())
+        .args(["id", "new", "--json", "--file"])
+        .arg(&file)
+        .output()
+        .expect("p2pd id new");
+    assert!(out.status.success(), "p2pd id new: {out:?}");
+    let json = String::from_utf8_lossy(&out.stdout);
+    let key = json_str(&json, "public_key").expect("public_key");
+    (file, key)
 }
 
 const BROKERS: [&str; 2] = ["203.0.113.3:1883", "203.0.113.4:1883"];
@@ -378,7 +331,7 @@ fn punch_through_real_nats() {
     assert!(bin.is_file());
     let lab = Lab::start("pp");
     let _brokers = [lab.broker("203.0.113.3"), lab.broker("203.0.113.4")];
-    let ids = [lab.identity("a"), lab.identity("b")];
+    let ids = [identity(&lab, "a"), identity(&lab, "b")];
 
     const SEQ: &[&str] = &["--nat-mapping", "apdm", "--nat-allocation", "sequential:1"];
     const EIM: &[&str] = &["--nat-mapping", "eim"];

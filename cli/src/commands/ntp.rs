@@ -11,7 +11,7 @@ use p2pd_punch::sntp::{ClockEstimate, SntpClient, SntpConfig, SntpEvent, SntpFai
 
 use super::json::Object;
 use crate::identity_file::os_seed;
-use crate::Runtime;
+use p2pd_mio::Runtime;
 
 /// The NTP port.
 pub const NTP_PORT: u16 = 123;

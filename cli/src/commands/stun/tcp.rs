@@ -14,7 +14,7 @@ use p2pd_proto::client_tcp::{
 
 use super::super::json::Object;
 use super::{seed_from_os, CliError, StunArgs};
-use crate::Runtime;
+use p2pd_mio::Runtime;
 
 /// How long to wait for the answer without `--single-shot-ms`.
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);

@@ -1,0 +1,15 @@
+//! # p2pd (the command line)
+//!
+//! The `p2pd` binary's parts: one module per sub-command in [`commands`] (clap arguments, the run,
+//! human or `--json` output), the node identity file ([`identity_file`]) and the SQLite name store
+//! behind `p2pd pnp-server --db` ([`store_sqlite`]). The protocol machines live in the protocol
+//! crates and run here on [`p2pd_mio::Runtime`]; nothing in this crate is a dependency of them.
+//!
+//! This crate is not published; it is a library only so its end-to-end tests (`cli/tests/`) can
+//! write identity files and open the name store the way the binary does.
+#![deny(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod commands;
+pub mod identity_file;
+pub mod store_sqlite;
