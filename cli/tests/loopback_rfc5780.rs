@@ -3,6 +3,7 @@
 
 mod common;
 
+use p2pd_proto::Machine;
 use std::net::SocketAddr;
 use std::process::Command;
 

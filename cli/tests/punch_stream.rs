@@ -6,6 +6,7 @@
 
 mod common;
 
+use p2pd_proto::Machine;
 use std::time::{Duration, Instant};
 
 use common::punch::{config, describe, run_until, subscribed, Side};

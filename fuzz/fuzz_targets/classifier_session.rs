@@ -5,6 +5,7 @@
 //! unless its bind failed); `poll_timeout` never at or before the time just handled; probes bounded.
 #![no_main]
 
+use p2pd_proto::Machine;
 use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;

@@ -2,6 +2,7 @@
 //! raw), socket outcomes and time steps. Checks the contract's invariants, not just "no panic".
 #![no_main]
 
+use p2pd_proto::Machine;
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::time::Duration;

@@ -6,6 +6,7 @@
 //! reported once per publish; nothing happens after `Closed`.
 #![no_main]
 
+use p2pd_proto::Machine;
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::time::Duration;

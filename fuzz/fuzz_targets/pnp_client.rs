@@ -5,6 +5,7 @@
 //! only to the server and within bounds, a Found record always verifies and matches its request.
 #![no_main]
 
+use p2pd_proto::Machine;
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::OnceLock;

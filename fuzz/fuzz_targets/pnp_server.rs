@@ -5,6 +5,7 @@
 //! requester answering its nonce, sockets closed exactly once, nothing after close, tables bounded.
 #![no_main]
 
+use p2pd_proto::Machine;
 use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::sync::OnceLock;

@@ -14,6 +14,7 @@
 //! every signal payload decodes.
 #![no_main]
 
+use p2pd_proto::Machine;
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::Duration;

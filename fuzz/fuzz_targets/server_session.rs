@@ -3,6 +3,7 @@
 //! from a bound role, echoing the transaction id.
 #![no_main]
 
+use p2pd_proto::Machine;
 use std::collections::HashSet;
 use std::net::SocketAddr;
 

@@ -4,6 +4,7 @@
 //! nothing after Closed.
 #![no_main]
 
+use p2pd_proto::Machine;
 use std::net::SocketAddr;
 use std::time::Duration;
 

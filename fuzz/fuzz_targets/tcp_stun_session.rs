@@ -15,6 +15,7 @@
 //! forward.
 #![no_main]
 
+use p2pd_proto::Machine;
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 

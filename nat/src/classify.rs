@@ -21,6 +21,7 @@
 
 use core::net::{IpAddr, SocketAddr};
 use core::time::Duration;
+use p2pd_proto::Machine;
 use std::collections::VecDeque;
 use std::vec::Vec;
 
@@ -1025,9 +1026,13 @@ impl Classifier {
         }
         Classification::Nat { mapping, filtering }
     }
+}
+
+impl p2pd_proto::Machine for Classifier {
+    type Event = ClassifierEvent;
 
     /// Feeds a datagram to the probes.
-    pub fn handle_datagram(
+    fn handle_datagram(
         &mut self,
         now: Instant,
         socket: SocketId,
@@ -1040,13 +1045,13 @@ impl Classifier {
     }
 
     /// Feeds a socket outcome.
-    pub fn handle_socket_result(&mut self, now: Instant, socket: SocketId, outcome: SocketOutcome) {
+    fn handle_socket_result(&mut self, now: Instant, socket: SocketId, outcome: SocketOutcome) {
         self.client.handle_socket_result(now, socket, outcome);
         self.pump(now);
     }
 
     /// Advances time.
-    pub fn handle_timeout(&mut self, now: Instant) {
+    fn handle_timeout(&mut self, now: Instant) {
         if !self.done && self.deadline.is_some_and(|d| now >= d) {
             let report = self.report(true);
             self.events.push_back(ClassifierEvent::Done(report));
@@ -1057,22 +1062,22 @@ impl Classifier {
     }
 
     /// The next probe datagram.
-    pub fn poll_transmit(&mut self, buf: &mut [u8]) -> Option<Transmit> {
+    fn poll_transmit(&mut self, buf: &mut [u8]) -> Option<Transmit> {
         self.client.poll_transmit(buf)
     }
 
     /// The next socket intent.
-    pub fn poll_socket_op(&mut self) -> Option<SocketOp> {
+    fn poll_socket_op(&mut self) -> Option<SocketOp> {
         self.client.poll_socket_op()
     }
 
     /// The next event.
-    pub fn poll_event(&mut self) -> Option<ClassifierEvent> {
+    fn poll_event(&mut self) -> Option<ClassifierEvent> {
         self.events.pop_front()
     }
 
     /// The next deadline.
-    pub fn poll_timeout(&self) -> Option<Instant> {
+    fn poll_timeout(&self) -> Option<Instant> {
         let client = self.client.poll_timeout();
         if self.done {
             return client;
@@ -1083,5 +1088,3 @@ impl Classifier {
         }
     }
 }
-
-p2pd_proto::impl_machine!(Classifier, ClassifierEvent);

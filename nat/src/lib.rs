@@ -49,6 +49,7 @@ pub use delta::{
     LocalPorts, Observation, RoundEvidence, Tally,
 };
 pub use p2pd_proto::stun::ChangeRequest;
+pub use p2pd_proto::{Instant, Machine};
 pub use predict::{
     local_for_external, predict, Candidate, PortMapping, PredictConfig, CONFIDENCE_DEPENDENT,
     CONFIDENCE_EXACT, CONFIDENCE_SEQUENTIAL, MAX_CANDIDATES,

@@ -554,237 +554,6 @@ impl StunClient {
         self.closed
     }
 
-    /// Handles a datagram received on `socket` from `from`.
-    pub fn handle_datagram(
-        &mut self,
-        now: Instant,
-        socket: SocketId,
-        from: SocketAddr,
-        data: &[u8],
-    ) -> Verdict {
-        self.advance(now);
-        if !stun::is_stun(data) {
-            return Verdict::NotMine;
-        }
-        let msg = match Message::decode(data) {
-            Ok(m) => m,
-            Err(e) => {
-                self.stats.malformed = self.stats.malformed.saturating_add(1);
-                return Verdict::Dropped(DropReason::Malformed(e));
-            }
-        };
-        if !msg.class().is_response() {
-            return Verdict::NotMine;
-        }
-        let key = (msg.header().cookie, msg.transaction_id());
-        let Some(slot) = self.transactions.iter().position(|t| {
-            t.as_ref()
-                .is_some_and(|t| (t.cookie, t.txid) == key && t.transmissions > 0)
-        }) else {
-            if self.recent.contains(&key) {
-                self.stats.duplicates = self.stats.duplicates.saturating_add(1);
-                return Verdict::Dropped(DropReason::Duplicate);
-            }
-            self.stats.unknown_transaction = self.stats.unknown_transaction.saturating_add(1);
-            return Verdict::NotMine;
-        };
-        let Some(tx) = self.transactions.get_mut(slot).and_then(Option::as_mut) else {
-            return Verdict::NotMine;
-        };
-        if tx.request.socket != socket {
-            self.stats.wrong_source = self.stats.wrong_source.saturating_add(1);
-            return Verdict::Dropped(DropReason::WrongSocket);
-        }
-        if msg.method() != Method::BINDING {
-            self.stats.unexpected = self.stats.unexpected.saturating_add(1);
-            return Verdict::Dropped(DropReason::Unexpected);
-        }
-        // An error response (for example 420 to a change the server cannot make) comes from the
-        // address the request was sent to; a success must come from where the request allows.
-        let acceptable = source_acceptable(&tx.request, from)
-            || (msg.class() == Class::Error && canonical(from) == canonical(tx.request.server));
-        if !acceptable {
-            tx.misdirected = Some(from);
-            self.stats.wrong_source = self.stats.wrong_source.saturating_add(1);
-            return Verdict::Dropped(DropReason::WrongSource);
-        }
-        let outcome = match msg.class() {
-            Class::Success => match msg.mapped_address() {
-                Some(mapped) => Ok(BindingResponse {
-                    mapped,
-                    other_address: msg.other_address(),
-                    response_origin: msg.response_origin(),
-                    source: from,
-                    local: None,
-                    rtt: now.saturating_duration_since(tx.last_sent),
-                    transmissions: tx.transmissions,
-                    legacy: msg.is_legacy(),
-                }),
-                None => Err(Failure::ServerMisbehaved(
-                    Misbehaviour::MissingMappedAddress,
-                )),
-            },
-            _ => match msg.error_code() {
-                Some(e) => Err(Failure::ErrorResponse {
-                    code: e.code,
-                    reason: truncate(e.reason, 128),
-                }),
-                None => Err(Failure::ServerMisbehaved(Misbehaviour::MissingErrorCode)),
-            },
-        };
-        self.stats.replies = self.stats.replies.saturating_add(1);
-        self.finish(slot, outcome);
-        self.refresh_deadline();
-        Verdict::Consumed
-    }
-
-    /// Handles the answer to a socket intent.
-    pub fn handle_socket_result(&mut self, now: Instant, socket: SocketId, outcome: SocketOutcome) {
-        self.advance(now);
-        let Some(pos) = self.sockets.iter().position(|s| s.id == socket) else {
-            return;
-        };
-        match outcome {
-            SocketOutcome::Bound { local } => {
-                if let Some(s) = self.sockets.get_mut(pos) {
-                    s.state = SocketState::Ready(local);
-                }
-                self.events
-                    .push_back(ClientEvent::SocketReady { socket, local });
-                let waiting: Vec<usize> = self
-                    .transactions
-                    .iter()
-                    .enumerate()
-                    .filter(|(_, t)| {
-                        t.as_ref().is_some_and(|t| {
-                            t.request.socket == socket && t.transmissions == 0 && !t.queued
-                        })
-                    })
-                    .map(|(i, _)| i)
-                    .collect();
-                for slot in waiting {
-                    self.queue_send(slot);
-                }
-            }
-            SocketOutcome::Failed {
-                op: OpKind::Bind,
-                error,
-                ..
-            } => {
-                self.sockets.swap_remove(pos);
-                self.events
-                    .push_back(ClientEvent::SocketFailed { socket, error });
-                self.fail_where(
-                    |t| t.request.socket == socket,
-                    || Failure::SocketFailed(error),
-                );
-            }
-            SocketOutcome::Failed {
-                op: OpKind::Send, ..
-            } => {
-                // UDP: the retransmission schedule already covers a lost send.
-                self.stats.send_failures = self.stats.send_failures.saturating_add(1);
-            }
-            _ => {}
-        }
-        self.refresh_deadline();
-    }
-
-    /// Retransmits or fails every transaction whose deadline has passed.
-    pub fn handle_timeout(&mut self, now: Instant) {
-        self.advance(now);
-        let mut slot = 0usize;
-        while slot < self.transactions.len() {
-            let due = self
-                .transactions
-                .get(slot)
-                .and_then(Option::as_ref)
-                .and_then(|t| t.deadline.map(|d| (d <= now, t.final_wait)));
-            match due {
-                Some((true, false)) => self.queue_send(slot),
-                Some((true, true)) => {
-                    let failure =
-                        self.transactions
-                            .get(slot)
-                            .and_then(Option::as_ref)
-                            .map(|t| match t.misdirected {
-                                Some(from) => Failure::ServerMisbehaved(
-                                    Misbehaviour::ReplyFromUnexpectedSource { from },
-                                ),
-                                None => Failure::Timeout {
-                                    transmissions: t.transmissions,
-                                },
-                            })
-                            .unwrap_or(Failure::Timeout { transmissions: 0 });
-                    self.stats.timeouts = self.stats.timeouts.saturating_add(1);
-                    self.finish(slot, Err(failure));
-                }
-                _ => {}
-            }
-            slot = slot.saturating_add(1);
-        }
-        self.refresh_deadline();
-    }
-
-    /// Writes the next request into `buf`.
-    pub fn poll_transmit(&mut self, buf: &mut [u8]) -> Option<Transmit> {
-        while let Some((slot, handle)) = self.transmit_queue.pop_front() {
-            let now = self.now;
-            let retransmit = self.config.retransmit;
-            let (fingerprint, software) = (self.config.fingerprint, self.config.software);
-            let Some(tx) = self.transactions.get_mut(slot).and_then(Option::as_mut) else {
-                continue;
-            };
-            if tx.handle != handle || !tx.queued {
-                continue;
-            }
-            tx.queued = false;
-            let Some(len) = encode_request(tx, fingerprint, software, buf) else {
-                // The caller's buffer is too small (API misuse); fail rather than spin.
-                self.finish(slot, Err(Failure::SocketFailed(IoError::MessageTooLong)));
-                self.refresh_deadline();
-                continue;
-            };
-            tx.transmissions = tx.transmissions.saturating_add(1);
-            tx.last_sent = now;
-            let (wait, more) = tx
-                .request
-                .retransmit
-                .unwrap_or(retransmit)
-                .wait_after(tx.transmissions);
-            tx.deadline = Some(now.saturating_add(wait));
-            tx.final_wait = !more;
-            if tx.transmissions == 1 {
-                self.stats.requests = self.stats.requests.saturating_add(1);
-            } else {
-                self.stats.retransmissions = self.stats.retransmissions.saturating_add(1);
-            }
-            let transmit = Transmit {
-                socket: tx.request.socket,
-                destination: tx.request.server,
-                len,
-            };
-            self.refresh_deadline();
-            return Some(transmit);
-        }
-        None
-    }
-
-    /// The next socket intent.
-    pub fn poll_socket_op(&mut self) -> Option<SocketOp> {
-        self.ops.pop_front()
-    }
-
-    /// The next event.
-    pub fn poll_event(&mut self) -> Option<ClientEvent> {
-        self.events.pop_front()
-    }
-
-    /// The next deadline (cached).
-    pub fn poll_timeout(&self) -> Option<Instant> {
-        self.deadline
-    }
-
     fn advance(&mut self, now: Instant) {
         self.now = self.now.max(now);
     }
@@ -898,4 +667,237 @@ fn encode_request(
     Some(w.finish())
 }
 
-crate::impl_machine!(StunClient, ClientEvent);
+impl crate::Machine for StunClient {
+    type Event = ClientEvent;
+
+    /// Handles a datagram received on `socket` from `from`.
+    fn handle_datagram(
+        &mut self,
+        now: Instant,
+        socket: SocketId,
+        from: SocketAddr,
+        data: &[u8],
+    ) -> Verdict {
+        self.advance(now);
+        if !stun::is_stun(data) {
+            return Verdict::NotMine;
+        }
+        let msg = match Message::decode(data) {
+            Ok(m) => m,
+            Err(e) => {
+                self.stats.malformed = self.stats.malformed.saturating_add(1);
+                return Verdict::Dropped(DropReason::Malformed(e));
+            }
+        };
+        if !msg.class().is_response() {
+            return Verdict::NotMine;
+        }
+        let key = (msg.header().cookie, msg.transaction_id());
+        let Some(slot) = self.transactions.iter().position(|t| {
+            t.as_ref()
+                .is_some_and(|t| (t.cookie, t.txid) == key && t.transmissions > 0)
+        }) else {
+            if self.recent.contains(&key) {
+                self.stats.duplicates = self.stats.duplicates.saturating_add(1);
+                return Verdict::Dropped(DropReason::Duplicate);
+            }
+            self.stats.unknown_transaction = self.stats.unknown_transaction.saturating_add(1);
+            return Verdict::NotMine;
+        };
+        let Some(tx) = self.transactions.get_mut(slot).and_then(Option::as_mut) else {
+            return Verdict::NotMine;
+        };
+        if tx.request.socket != socket {
+            self.stats.wrong_source = self.stats.wrong_source.saturating_add(1);
+            return Verdict::Dropped(DropReason::WrongSocket);
+        }
+        if msg.method() != Method::BINDING {
+            self.stats.unexpected = self.stats.unexpected.saturating_add(1);
+            return Verdict::Dropped(DropReason::Unexpected);
+        }
+        // An error response (for example 420 to a change the server cannot make) comes from the
+        // address the request was sent to; a success must come from where the request allows.
+        let acceptable = source_acceptable(&tx.request, from)
+            || (msg.class() == Class::Error && canonical(from) == canonical(tx.request.server));
+        if !acceptable {
+            tx.misdirected = Some(from);
+            self.stats.wrong_source = self.stats.wrong_source.saturating_add(1);
+            return Verdict::Dropped(DropReason::WrongSource);
+        }
+        let outcome = match msg.class() {
+            Class::Success => match msg.mapped_address() {
+                Some(mapped) => Ok(BindingResponse {
+                    mapped,
+                    other_address: msg.other_address(),
+                    response_origin: msg.response_origin(),
+                    source: from,
+                    local: None,
+                    rtt: now.saturating_duration_since(tx.last_sent),
+                    transmissions: tx.transmissions,
+                    legacy: msg.is_legacy(),
+                }),
+                None => Err(Failure::ServerMisbehaved(
+                    Misbehaviour::MissingMappedAddress,
+                )),
+            },
+            _ => match msg.error_code() {
+                Some(e) => Err(Failure::ErrorResponse {
+                    code: e.code,
+                    reason: truncate(e.reason, 128),
+                }),
+                None => Err(Failure::ServerMisbehaved(Misbehaviour::MissingErrorCode)),
+            },
+        };
+        self.stats.replies = self.stats.replies.saturating_add(1);
+        self.finish(slot, outcome);
+        self.refresh_deadline();
+        Verdict::Consumed
+    }
+
+    /// Handles the answer to a socket intent.
+    fn handle_socket_result(&mut self, now: Instant, socket: SocketId, outcome: SocketOutcome) {
+        self.advance(now);
+        let Some(pos) = self.sockets.iter().position(|s| s.id == socket) else {
+            return;
+        };
+        match outcome {
+            SocketOutcome::Bound { local } => {
+                if let Some(s) = self.sockets.get_mut(pos) {
+                    s.state = SocketState::Ready(local);
+                }
+                self.events
+                    .push_back(ClientEvent::SocketReady { socket, local });
+                let waiting: Vec<usize> = self
+                    .transactions
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, t)| {
+                        t.as_ref().is_some_and(|t| {
+                            t.request.socket == socket && t.transmissions == 0 && !t.queued
+                        })
+                    })
+                    .map(|(i, _)| i)
+                    .collect();
+                for slot in waiting {
+                    self.queue_send(slot);
+                }
+            }
+            SocketOutcome::Failed {
+                op: OpKind::Bind,
+                error,
+                ..
+            } => {
+                self.sockets.swap_remove(pos);
+                self.events
+                    .push_back(ClientEvent::SocketFailed { socket, error });
+                self.fail_where(
+                    |t| t.request.socket == socket,
+                    || Failure::SocketFailed(error),
+                );
+            }
+            SocketOutcome::Failed {
+                op: OpKind::Send, ..
+            } => {
+                // UDP: the retransmission schedule already covers a lost send.
+                self.stats.send_failures = self.stats.send_failures.saturating_add(1);
+            }
+            _ => {}
+        }
+        self.refresh_deadline();
+    }
+
+    /// Retransmits or fails every transaction whose deadline has passed.
+    fn handle_timeout(&mut self, now: Instant) {
+        self.advance(now);
+        let mut slot = 0usize;
+        while slot < self.transactions.len() {
+            let due = self
+                .transactions
+                .get(slot)
+                .and_then(Option::as_ref)
+                .and_then(|t| t.deadline.map(|d| (d <= now, t.final_wait)));
+            match due {
+                Some((true, false)) => self.queue_send(slot),
+                Some((true, true)) => {
+                    let failure =
+                        self.transactions
+                            .get(slot)
+                            .and_then(Option::as_ref)
+                            .map(|t| match t.misdirected {
+                                Some(from) => Failure::ServerMisbehaved(
+                                    Misbehaviour::ReplyFromUnexpectedSource { from },
+                                ),
+                                None => Failure::Timeout {
+                                    transmissions: t.transmissions,
+                                },
+                            })
+                            .unwrap_or(Failure::Timeout { transmissions: 0 });
+                    self.stats.timeouts = self.stats.timeouts.saturating_add(1);
+                    self.finish(slot, Err(failure));
+                }
+                _ => {}
+            }
+            slot = slot.saturating_add(1);
+        }
+        self.refresh_deadline();
+    }
+
+    /// Writes the next request into `buf`.
+    fn poll_transmit(&mut self, buf: &mut [u8]) -> Option<Transmit> {
+        while let Some((slot, handle)) = self.transmit_queue.pop_front() {
+            let now = self.now;
+            let retransmit = self.config.retransmit;
+            let (fingerprint, software) = (self.config.fingerprint, self.config.software);
+            let Some(tx) = self.transactions.get_mut(slot).and_then(Option::as_mut) else {
+                continue;
+            };
+            if tx.handle != handle || !tx.queued {
+                continue;
+            }
+            tx.queued = false;
+            let Some(len) = encode_request(tx, fingerprint, software, buf) else {
+                // The caller's buffer is too small (API misuse); fail rather than spin.
+                self.finish(slot, Err(Failure::SocketFailed(IoError::MessageTooLong)));
+                self.refresh_deadline();
+                continue;
+            };
+            tx.transmissions = tx.transmissions.saturating_add(1);
+            tx.last_sent = now;
+            let (wait, more) = tx
+                .request
+                .retransmit
+                .unwrap_or(retransmit)
+                .wait_after(tx.transmissions);
+            tx.deadline = Some(now.saturating_add(wait));
+            tx.final_wait = !more;
+            if tx.transmissions == 1 {
+                self.stats.requests = self.stats.requests.saturating_add(1);
+            } else {
+                self.stats.retransmissions = self.stats.retransmissions.saturating_add(1);
+            }
+            let transmit = Transmit {
+                socket: tx.request.socket,
+                destination: tx.request.server,
+                len,
+            };
+            self.refresh_deadline();
+            return Some(transmit);
+        }
+        None
+    }
+
+    /// The next socket intent.
+    fn poll_socket_op(&mut self) -> Option<SocketOp> {
+        self.ops.pop_front()
+    }
+
+    /// The next event.
+    fn poll_event(&mut self) -> Option<ClientEvent> {
+        self.events.pop_front()
+    }
+
+    /// The next deadline (cached).
+    fn poll_timeout(&self) -> Option<Instant> {
+        self.deadline
+    }
+}

@@ -19,7 +19,7 @@
 //! ```
 //! use core::time::Duration;
 //! use p2pd_proto::client_tcp::{TcpBinding, TcpBindingConfig, TcpBindingEvent};
-//! use p2pd_proto::{Instant, SocketOp, SocketOutcome};
+//! use p2pd_proto::{Instant, Machine, SocketOp, SocketOutcome};
 //!
 //! let server = "192.0.2.1:3478".parse().unwrap();
 //! let local = "10.0.0.2:40000".parse().unwrap();
@@ -310,174 +310,6 @@ impl TcpBinding {
         Some(TCP_BINDING_SOCKET)
     }
 
-    /// A binding machine has no datagrams: always `NotMine`.
-    pub fn handle_datagram(
-        &mut self,
-        _now: Instant,
-        _socket: SocketId,
-        _from: SocketAddr,
-        _data: &[u8],
-    ) -> Verdict {
-        Verdict::NotMine
-    }
-
-    /// Bytes from the server, split anywhere.
-    pub fn handle_stream(&mut self, now: Instant, socket: SocketId, data: &[u8]) -> Verdict {
-        if socket != TCP_BINDING_SOCKET {
-            return Verdict::Dropped(DropReason::UnknownSocket);
-        }
-        let connected_at = match self.state {
-            State::Waiting { connected_at } => connected_at,
-            State::Open => {
-                // After the answer: read and ignored (the server has nothing more to say).
-                self.count_received(data.len());
-                self.stats.ignored = self.stats.ignored.saturating_add(1);
-                return Verdict::Consumed;
-            }
-            State::Done => return Verdict::Dropped(DropReason::Closed),
-            State::Binding | State::Connecting => return Verdict::Dropped(DropReason::Unexpected),
-        };
-        self.count_received(data.len());
-        let mut rest = data;
-        while self.state == (State::Waiting { connected_at }) {
-            let before = rest.len();
-            rest = self.fill(rest);
-            match self.next_message() {
-                Ok(None) if rest.is_empty() || rest.len() == before => break,
-                Ok(None) => {}
-                Ok(Some(total)) => {
-                    self.answer(now, connected_at, total);
-                    self.consume(total);
-                }
-                Err(e) => {
-                    self.fail(TcpBindingError::Malformed(e));
-                    return Verdict::Dropped(DropReason::Malformed(e));
-                }
-            }
-        }
-        Verdict::Consumed
-    }
-
-    /// The outcome of an intent, or an asynchronous socket error.
-    pub fn handle_socket_result(&mut self, now: Instant, socket: SocketId, outcome: SocketOutcome) {
-        if socket != TCP_BINDING_SOCKET {
-            return;
-        }
-        match (self.state, outcome) {
-            (State::Binding, SocketOutcome::Bound { local }) => {
-                self.local = Some(local);
-                self.state = State::Connecting;
-                self.ops.push_back(SocketOp::Connect {
-                    socket,
-                    remote: self.config.server,
-                });
-            }
-            (
-                State::Binding,
-                SocketOutcome::Failed {
-                    op: OpKind::Bind,
-                    error,
-                    ..
-                },
-            ) => {
-                // Nothing was opened: nothing to close.
-                self.socket_open = false;
-                self.fail(TcpBindingError::BindFailed(error));
-            }
-            (State::Connecting, SocketOutcome::Connected { local, .. }) => {
-                self.local = Some(local);
-                self.state = State::Waiting { connected_at: now };
-                self.send_request = true;
-            }
-            (
-                State::Connecting,
-                SocketOutcome::Failed {
-                    op: OpKind::Connect,
-                    error,
-                    ..
-                },
-            ) => self.fail(TcpBindingError::ConnectFailed(error)),
-            (State::Connecting | State::Waiting { .. }, SocketOutcome::PeerClosed) => {
-                self.fail(TcpBindingError::PeerClosed)
-            }
-            (State::Connecting | State::Waiting { .. }, SocketOutcome::Failed { error, .. }) => {
-                self.fail(TcpBindingError::SocketError(error))
-            }
-            (State::Open, SocketOutcome::PeerClosed) => self.finish(CloseCause::PeerClosed),
-            (State::Open, SocketOutcome::Failed { error, .. }) => {
-                self.finish(CloseCause::Error(error))
-            }
-            _ => {}
-        }
-    }
-
-    /// The deadline has come: fail with `Timeout` before an answer; send a keep-alive after it.
-    pub fn handle_timeout(&mut self, now: Instant) {
-        match self.state {
-            State::Binding | State::Connecting | State::Waiting { .. } => {
-                if self.deadline.is_some_and(|d| now >= d) {
-                    self.fail(TcpBindingError::Timeout);
-                }
-            }
-            State::Open => {
-                if let (Some(at), Some(every)) = (self.keepalive_at, self.config.keepalive) {
-                    if now >= at {
-                        self.send_keepalive = true;
-                        self.keepalive_at = Some(now.saturating_add(every));
-                        self.deadline = self.keepalive_at;
-                    }
-                }
-            }
-            State::Done => {}
-        }
-    }
-
-    /// Writes the request (or a keep-alive indication) into `buf`.
-    pub fn poll_transmit(&mut self, buf: &mut [u8]) -> Option<Transmit> {
-        let class = if self.send_request {
-            self.send_request = false;
-            Class::Request
-        } else if self.send_keepalive {
-            self.send_keepalive = false;
-            self.stats.keepalives = self.stats.keepalives.saturating_add(1);
-            Class::Indication
-        } else {
-            return None;
-        };
-        let id = if class == Class::Request {
-            self.transaction
-        } else {
-            let mut id = [0u8; 12];
-            self.rng.fill_bytes(&mut id);
-            TransactionId::new(id)
-        };
-        let mut w = MessageWriter::new(buf, Header::new(class, Method::BINDING, id)).ok()?;
-        if let Some(s) = self.config.software {
-            w.add(&Attribute::Software(s)).ok()?;
-        }
-        w.add_fingerprint().ok()?;
-        Some(Transmit {
-            socket: TCP_BINDING_SOCKET,
-            destination: self.config.server,
-            len: w.finish(),
-        })
-    }
-
-    /// The next socket intent.
-    pub fn poll_socket_op(&mut self) -> Option<SocketOp> {
-        self.ops.pop_front()
-    }
-
-    /// The next event.
-    pub fn poll_event(&mut self) -> Option<TcpBindingEvent> {
-        self.events.pop_front()
-    }
-
-    /// The next deadline: the timeout before the answer, the next keep-alive after it. O(1).
-    pub fn poll_timeout(&self) -> Option<Instant> {
-        self.deadline
-    }
-
     fn count_received(&mut self, n: usize) {
         let n = u64::try_from(n).unwrap_or(u64::MAX);
         self.stats.bytes_received = self.stats.bytes_received.saturating_add(n);
@@ -604,4 +436,163 @@ fn software(s: &str) -> String {
     s.get(..end).unwrap_or("").to_string()
 }
 
-crate::impl_machine!(TcpBinding, TcpBindingEvent, stream);
+impl crate::Machine for TcpBinding {
+    type Event = TcpBindingEvent;
+
+    /// Bytes from the server, split anywhere.
+    fn handle_stream(&mut self, now: Instant, socket: SocketId, data: &[u8]) -> Verdict {
+        if socket != TCP_BINDING_SOCKET {
+            return Verdict::Dropped(DropReason::UnknownSocket);
+        }
+        let connected_at = match self.state {
+            State::Waiting { connected_at } => connected_at,
+            State::Open => {
+                // After the answer: read and ignored (the server has nothing more to say).
+                self.count_received(data.len());
+                self.stats.ignored = self.stats.ignored.saturating_add(1);
+                return Verdict::Consumed;
+            }
+            State::Done => return Verdict::Dropped(DropReason::Closed),
+            State::Binding | State::Connecting => return Verdict::Dropped(DropReason::Unexpected),
+        };
+        self.count_received(data.len());
+        let mut rest = data;
+        while self.state == (State::Waiting { connected_at }) {
+            let before = rest.len();
+            rest = self.fill(rest);
+            match self.next_message() {
+                Ok(None) if rest.is_empty() || rest.len() == before => break,
+                Ok(None) => {}
+                Ok(Some(total)) => {
+                    self.answer(now, connected_at, total);
+                    self.consume(total);
+                }
+                Err(e) => {
+                    self.fail(TcpBindingError::Malformed(e));
+                    return Verdict::Dropped(DropReason::Malformed(e));
+                }
+            }
+        }
+        Verdict::Consumed
+    }
+
+    /// The outcome of an intent, or an asynchronous socket error.
+    fn handle_socket_result(&mut self, now: Instant, socket: SocketId, outcome: SocketOutcome) {
+        if socket != TCP_BINDING_SOCKET {
+            return;
+        }
+        match (self.state, outcome) {
+            (State::Binding, SocketOutcome::Bound { local }) => {
+                self.local = Some(local);
+                self.state = State::Connecting;
+                self.ops.push_back(SocketOp::Connect {
+                    socket,
+                    remote: self.config.server,
+                });
+            }
+            (
+                State::Binding,
+                SocketOutcome::Failed {
+                    op: OpKind::Bind,
+                    error,
+                    ..
+                },
+            ) => {
+                // Nothing was opened: nothing to close.
+                self.socket_open = false;
+                self.fail(TcpBindingError::BindFailed(error));
+            }
+            (State::Connecting, SocketOutcome::Connected { local, .. }) => {
+                self.local = Some(local);
+                self.state = State::Waiting { connected_at: now };
+                self.send_request = true;
+            }
+            (
+                State::Connecting,
+                SocketOutcome::Failed {
+                    op: OpKind::Connect,
+                    error,
+                    ..
+                },
+            ) => self.fail(TcpBindingError::ConnectFailed(error)),
+            (State::Connecting | State::Waiting { .. }, SocketOutcome::PeerClosed) => {
+                self.fail(TcpBindingError::PeerClosed)
+            }
+            (State::Connecting | State::Waiting { .. }, SocketOutcome::Failed { error, .. }) => {
+                self.fail(TcpBindingError::SocketError(error))
+            }
+            (State::Open, SocketOutcome::PeerClosed) => self.finish(CloseCause::PeerClosed),
+            (State::Open, SocketOutcome::Failed { error, .. }) => {
+                self.finish(CloseCause::Error(error))
+            }
+            _ => {}
+        }
+    }
+
+    /// The deadline has come: fail with `Timeout` before an answer; send a keep-alive after it.
+    fn handle_timeout(&mut self, now: Instant) {
+        match self.state {
+            State::Binding | State::Connecting | State::Waiting { .. } => {
+                if self.deadline.is_some_and(|d| now >= d) {
+                    self.fail(TcpBindingError::Timeout);
+                }
+            }
+            State::Open => {
+                if let (Some(at), Some(every)) = (self.keepalive_at, self.config.keepalive) {
+                    if now >= at {
+                        self.send_keepalive = true;
+                        self.keepalive_at = Some(now.saturating_add(every));
+                        self.deadline = self.keepalive_at;
+                    }
+                }
+            }
+            State::Done => {}
+        }
+    }
+
+    /// Writes the request (or a keep-alive indication) into `buf`.
+    fn poll_transmit(&mut self, buf: &mut [u8]) -> Option<Transmit> {
+        let class = if self.send_request {
+            self.send_request = false;
+            Class::Request
+        } else if self.send_keepalive {
+            self.send_keepalive = false;
+            self.stats.keepalives = self.stats.keepalives.saturating_add(1);
+            Class::Indication
+        } else {
+            return None;
+        };
+        let id = if class == Class::Request {
+            self.transaction
+        } else {
+            let mut id = [0u8; 12];
+            self.rng.fill_bytes(&mut id);
+            TransactionId::new(id)
+        };
+        let mut w = MessageWriter::new(buf, Header::new(class, Method::BINDING, id)).ok()?;
+        if let Some(s) = self.config.software {
+            w.add(&Attribute::Software(s)).ok()?;
+        }
+        w.add_fingerprint().ok()?;
+        Some(Transmit {
+            socket: TCP_BINDING_SOCKET,
+            destination: self.config.server,
+            len: w.finish(),
+        })
+    }
+
+    /// The next socket intent.
+    fn poll_socket_op(&mut self) -> Option<SocketOp> {
+        self.ops.pop_front()
+    }
+
+    /// The next event.
+    fn poll_event(&mut self) -> Option<TcpBindingEvent> {
+        self.events.pop_front()
+    }
+
+    /// The next deadline: the timeout before the answer, the next keep-alive after it. O(1).
+    fn poll_timeout(&self) -> Option<Instant> {
+        self.deadline
+    }
+}

@@ -3,7 +3,8 @@
 //! Every protocol machine in the workspace follows one shape (see the crate docs for the loop):
 //! inputs are `handle_*` calls that take `now`; outputs are drained after every input with
 //! [`Machine::poll_transmit`], [`Machine::poll_socket_op`], [`Machine::poll_event`] and finally
-//! [`Machine::poll_timeout`]. [`drain`] is that loop, shared by the runtime and the simulator.
+//! [`Machine::poll_timeout`]. [`drain`] is that loop, shared by the runtime, the simulator and the
+//! test harness in [`crate::testing`].
 
 use core::fmt;
 use core::net::SocketAddr;
@@ -307,25 +308,51 @@ pub enum Verdict {
     Dropped(DropReason),
 }
 
-/// The contract every protocol machine follows, so the runtime and the simulator can drive any of
-/// them. Users may equally call the machines' inherent methods of the same names.
+/// The contract every protocol machine follows, so the runtime, the simulator, fuzz targets and
+/// users' own loops can drive any of them. Each machine implements it directly (there is no second,
+/// inherent copy of these methods): import the trait to call them.
+///
+/// # Driving
 ///
 /// After every `handle_*` call or command, drain the outputs in this order until each is empty:
 /// `poll_transmit`, `poll_socket_op`, `poll_event`; then read `poll_timeout`. [`drain`] does this.
+///
+/// # Invariants
+///
+/// Every machine keeps these, and [`crate::testing::ContractChecker`] (feature `testing`) checks
+/// them in unit tests, the simulator and every fuzz target:
+///
+/// 1. **Monotonic time.** The caller passes a `now` that never goes backwards across calls.
+/// 2. **Timeouts make progress.** After `handle_timeout(now)` and a full drain, `poll_timeout` is
+///    `None` or later than `now` (a machine never asks to be woken again for the same instant,
+///    so a loop cannot spin).
+/// 3. **One close per socket.** A [`SocketOp::Close`] names a socket the machine opened (by a
+///    `Bind` or an `Accept` intent) and is emitted exactly once for it; no other intent or
+///    transmit names that socket afterwards, unless a new `Bind`/`Accept` reuses the id.
+/// 4. **Nothing after the end.** A machine that reports a final event (its `Closed`, `Finished`
+///    or equivalent) emits nothing after it: no transmit, no intent, no event, no deadline.
+/// 5. **Bad input is a verdict, never a panic.** Input that is malformed, unexpected, on an
+///    unknown socket or after close is answered with [`Verdict::Dropped`] or [`Verdict::NotMine`]
+///    (or ignored, for socket outcomes), and counted.
 pub trait Machine {
     /// What the machine reports.
     type Event;
 
-    /// A datagram arrived on `socket` from `from`.
+    /// A datagram arrived on `socket` from `from`. Stream-only machines keep the default, which
+    /// answers [`Verdict::NotMine`].
     fn handle_datagram(
         &mut self,
         now: Instant,
         socket: SocketId,
         from: SocketAddr,
         data: &[u8],
-    ) -> Verdict;
+    ) -> Verdict {
+        let _ = (now, socket, from, data);
+        Verdict::NotMine
+    }
 
-    /// Bytes arrived on a connected TCP stream. Datagram-only machines answer `NotMine`.
+    /// Bytes arrived on a connected TCP stream. Datagram-only machines keep the default, which
+    /// answers [`Verdict::NotMine`].
     fn handle_stream(&mut self, now: Instant, socket: SocketId, data: &[u8]) -> Verdict {
         let _ = (now, socket, data);
         Verdict::NotMine
@@ -387,74 +414,4 @@ where
             return machine.poll_timeout();
         }
     }
-}
-
-/// Implements [`Machine`] for a type whose inherent methods already have the contract's names and
-/// signatures, so every machine keeps its inherent API and the trait stays a thin delegation.
-///
-/// `impl_machine!(Type, Event)` is for datagram machines; `impl_machine!(Type, Event, stream)` also
-/// delegates `handle_stream` to an inherent method of that name.
-#[macro_export]
-macro_rules! impl_machine {
-    ($machine:ty, $event:ty, stream) => {
-        $crate::impl_machine!(@impl $machine, $event,
-            fn handle_stream(
-                &mut self,
-                now: $crate::Instant,
-                socket: $crate::SocketId,
-                data: &[u8],
-            ) -> $crate::Verdict {
-                <$machine>::handle_stream(self, now, socket, data)
-            }
-        );
-    };
-    ($machine:ty, $event:ty) => {
-        $crate::impl_machine!(@impl $machine, $event,);
-    };
-    (@impl $machine:ty, $event:ty, $($extra:item)*) => {
-        impl $crate::Machine for $machine {
-            type Event = $event;
-
-            $($extra)*
-
-            fn handle_datagram(
-                &mut self,
-                now: $crate::Instant,
-                socket: $crate::SocketId,
-                from: ::core::net::SocketAddr,
-                data: &[u8],
-            ) -> $crate::Verdict {
-                <$machine>::handle_datagram(self, now, socket, from, data)
-            }
-
-            fn handle_socket_result(
-                &mut self,
-                now: $crate::Instant,
-                socket: $crate::SocketId,
-                outcome: $crate::SocketOutcome,
-            ) {
-                <$machine>::handle_socket_result(self, now, socket, outcome);
-            }
-
-            fn handle_timeout(&mut self, now: $crate::Instant) {
-                <$machine>::handle_timeout(self, now);
-            }
-
-            fn poll_transmit(&mut self, buf: &mut [u8]) -> Option<$crate::Transmit> {
-                <$machine>::poll_transmit(self, buf)
-            }
-
-            fn poll_socket_op(&mut self) -> Option<$crate::SocketOp> {
-                <$machine>::poll_socket_op(self)
-            }
-
-            fn poll_event(&mut self) -> Option<$event> {
-                <$machine>::poll_event(self)
-            }
-
-            fn poll_timeout(&self) -> Option<$crate::Instant> {
-                <$machine>::poll_timeout(self)
-            }
-        }
-    };
 }

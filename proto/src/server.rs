@@ -468,94 +468,6 @@ impl StunServer {
         self.tcp.local_addr()
     }
 
-    /// Handles a datagram received on `socket` from `from`.
-    pub fn handle_datagram(
-        &mut self,
-        _now: Instant,
-        socket: SocketId,
-        from: SocketAddr,
-        data: &[u8],
-    ) -> Verdict {
-        if self.closed {
-            return Verdict::Dropped(DropReason::Closed);
-        }
-        let Some(received_on) = self.role_of(socket).filter(|r| self.available(*r)) else {
-            return Verdict::Dropped(DropReason::UnknownSocket);
-        };
-        if !stun::is_stun(data) {
-            self.stats.not_requests = self.stats.not_requests.saturating_add(1);
-            return Verdict::NotMine;
-        }
-        let msg = match Message::decode(data) {
-            Ok(m) => m,
-            Err(e) => {
-                self.stats.malformed = self.stats.malformed.saturating_add(1);
-                return Verdict::Dropped(DropReason::Malformed(e));
-            }
-        };
-        match self.pending_for(&msg, received_on, from, None) {
-            Ok(pending) => self.enqueue(pending),
-            Err(verdict) => verdict,
-        }
-    }
-
-    /// Handles bytes on an accepted TCP connection: any number of messages, split anywhere.
-    pub fn handle_stream(&mut self, now: Instant, socket: SocketId, data: &[u8]) -> Verdict {
-        if self.closed {
-            return Verdict::Dropped(DropReason::Closed);
-        }
-        let Some(index) = self.tcp.open_index(socket) else {
-            return Verdict::Dropped(DropReason::UnknownSocket);
-        };
-        let mut verdict = Verdict::Consumed;
-        let mut rest = data;
-        while let Some((_, buf)) = self.tcp.touch(now, index) {
-            let before = rest.len();
-            rest = buf.fill(rest);
-            let stuck = !rest.is_empty() && rest.len() == before;
-            // Answer every whole message held.
-            while let Some((conn, buf)) = self.tcp.get(index) {
-                let total = match buf.frame() {
-                    Frame::Partial => break,
-                    Frame::Bad(e) => {
-                        self.stats.tcp_bad_frames = self.stats.tcp_bad_frames.saturating_add(1);
-                        self.close_connection(now, index);
-                        self.refresh_timeout();
-                        return Verdict::Dropped(DropReason::Malformed(e));
-                    }
-                    Frame::Complete(total) => total,
-                };
-                // The message leaves the slot's buffer for the stack, so the slot can be updated
-                // while it is answered.
-                let mut scratch = [0u8; MAX_TCP_MESSAGE_LEN];
-                let (Some(dst), Some(src)) = (scratch.get_mut(..total), buf.held().get(..total))
-                else {
-                    break;
-                };
-                dst.copy_from_slice(src);
-                let outcome = match Message::decode(dst) {
-                    Ok(msg) => self.pending_for(&msg, Role::Primary, conn.remote, Some(index)),
-                    Err(e) => {
-                        self.stats.malformed = self.stats.malformed.saturating_add(1);
-                        Err(Verdict::Dropped(DropReason::Malformed(e)))
-                    }
-                };
-                verdict = match outcome {
-                    Ok(pending) => self.enqueue(pending),
-                    Err(v) => v,
-                };
-                if let Some((_, buf)) = self.tcp.get_mut(index) {
-                    buf.consume(total);
-                }
-            }
-            if rest.is_empty() || stuck {
-                break;
-            }
-        }
-        self.refresh_timeout();
-        verdict
-    }
-
     /// The response record for a decoded request received on `received_on` (or on TCP connection
     /// `stream`) from `from`, or the verdict for a message that gets no response.
     fn pending_for(
@@ -636,46 +548,6 @@ impl StunServer {
         Verdict::Consumed
     }
 
-    /// Handles the answer to a bind intent or a send failure.
-    pub fn handle_socket_result(&mut self, now: Instant, socket: SocketId, outcome: SocketOutcome) {
-        match self.tcp.handle_result(now, socket, outcome, &mut self.ops) {
-            PoolEvent::NotMine => {}
-            event => {
-                self.tcp_event(now, event);
-                self.refresh_timeout();
-                return;
-            }
-        }
-        let Some(role) = self.role_of(socket) else {
-            return;
-        };
-        let Some(state) = self.sockets.get_mut(role.index()) else {
-            return;
-        };
-        match outcome {
-            SocketOutcome::Bound { local } if *state == SocketState::Binding => {
-                *state = SocketState::Bound(local);
-                self.events
-                    .push_back(ServerEvent::Listening { role, local });
-            }
-            SocketOutcome::Failed {
-                op: OpKind::Bind,
-                error,
-                ..
-            } if *state == SocketState::Binding => {
-                *state = SocketState::Failed;
-                self.events
-                    .push_back(ServerEvent::SocketFailed { role, error });
-            }
-            SocketOutcome::Failed {
-                op: OpKind::Send, ..
-            } => {
-                self.stats.send_failures = self.stats.send_failures.saturating_add(1);
-            }
-            _ => {}
-        }
-    }
-
     fn tcp_event(&mut self, now: Instant, event: PoolEvent) {
         match event {
             PoolEvent::Listening(local) => {
@@ -697,21 +569,6 @@ impl StunServer {
         }
     }
 
-    /// Closes idle TCP connections and retries failed accepts (UDP needs no timers).
-    pub fn handle_timeout(&mut self, now: Instant) {
-        if self.closed {
-            return;
-        }
-        for index in 0..self.tcp.capacity() {
-            if self.tcp.is_expired(index, now) {
-                self.stats.tcp_idle_closed = self.stats.tcp_idle_closed.saturating_add(1);
-                self.close_connection(now, index);
-            }
-        }
-        self.tcp.accept_idle(now, &mut self.ops);
-        self.refresh_timeout();
-    }
-
     /// Closes an open connection (its one close intent), drops its queued responses and frees its
     /// slot for the next accept.
     fn close_connection(&mut self, now: Instant, index: usize) {
@@ -729,33 +586,6 @@ impl StunServer {
         } else {
             self.tcp.next_deadline()
         };
-    }
-
-    /// Encodes the next response into `buf`.
-    pub fn poll_transmit(&mut self, buf: &mut [u8]) -> Option<Transmit> {
-        while let Some(p) = self.queue.pop_front() {
-            let socket = match p.stream {
-                Some(index) if self.tcp.get(index).is_some() => self.tcp.socket(index),
-                Some(_) => continue,
-                None if self.available(p.answer_from) => p.answer_from.socket(),
-                None => continue,
-            };
-            let Some(len) = self.encode(&p, buf) else {
-                continue;
-            };
-            match p.reply {
-                Reply::Success => self.stats.responses = self.stats.responses.saturating_add(1),
-                Reply::Error { .. } => {
-                    self.stats.error_responses = self.stats.error_responses.saturating_add(1)
-                }
-            }
-            return Some(Transmit {
-                socket,
-                destination: p.destination,
-                len,
-            });
-        }
-        None
     }
 
     fn encode(&self, p: &Pending, buf: &mut [u8]) -> Option<usize> {
@@ -811,21 +641,6 @@ impl StunServer {
         }
         Some(w.finish())
     }
-
-    /// The next socket intent.
-    pub fn poll_socket_op(&mut self) -> Option<SocketOp> {
-        self.ops.pop_front()
-    }
-
-    /// The next event.
-    pub fn poll_event(&mut self) -> Option<ServerEvent> {
-        self.events.pop_front()
-    }
-
-    /// The next TCP deadline (idle connection, accept retry); `None` without TCP. O(1).
-    pub fn poll_timeout(&self) -> Option<Instant> {
-        self.timeout
-    }
 }
 
 fn error_reply(code: u16, unknown: &[u16]) -> Reply {
@@ -850,4 +665,191 @@ fn reason_phrase(code: u16) -> &'static str {
     }
 }
 
-crate::impl_machine!(StunServer, ServerEvent, stream);
+impl crate::Machine for StunServer {
+    type Event = ServerEvent;
+
+    /// Handles a datagram received on `socket` from `from`.
+    fn handle_datagram(
+        &mut self,
+        _now: Instant,
+        socket: SocketId,
+        from: SocketAddr,
+        data: &[u8],
+    ) -> Verdict {
+        if self.closed {
+            return Verdict::Dropped(DropReason::Closed);
+        }
+        let Some(received_on) = self.role_of(socket).filter(|r| self.available(*r)) else {
+            return Verdict::Dropped(DropReason::UnknownSocket);
+        };
+        if !stun::is_stun(data) {
+            self.stats.not_requests = self.stats.not_requests.saturating_add(1);
+            return Verdict::NotMine;
+        }
+        let msg = match Message::decode(data) {
+            Ok(m) => m,
+            Err(e) => {
+                self.stats.malformed = self.stats.malformed.saturating_add(1);
+                return Verdict::Dropped(DropReason::Malformed(e));
+            }
+        };
+        match self.pending_for(&msg, received_on, from, None) {
+            Ok(pending) => self.enqueue(pending),
+            Err(verdict) => verdict,
+        }
+    }
+
+    /// Handles bytes on an accepted TCP connection: any number of messages, split anywhere.
+    fn handle_stream(&mut self, now: Instant, socket: SocketId, data: &[u8]) -> Verdict {
+        if self.closed {
+            return Verdict::Dropped(DropReason::Closed);
+        }
+        let Some(index) = self.tcp.open_index(socket) else {
+            return Verdict::Dropped(DropReason::UnknownSocket);
+        };
+        let mut verdict = Verdict::Consumed;
+        let mut rest = data;
+        while let Some((_, buf)) = self.tcp.touch(now, index) {
+            let before = rest.len();
+            rest = buf.fill(rest);
+            let stuck = !rest.is_empty() && rest.len() == before;
+            // Answer every whole message held.
+            while let Some((conn, buf)) = self.tcp.get(index) {
+                let total = match buf.frame() {
+                    Frame::Partial => break,
+                    Frame::Bad(e) => {
+                        self.stats.tcp_bad_frames = self.stats.tcp_bad_frames.saturating_add(1);
+                        self.close_connection(now, index);
+                        self.refresh_timeout();
+                        return Verdict::Dropped(DropReason::Malformed(e));
+                    }
+                    Frame::Complete(total) => total,
+                };
+                // The message leaves the slot's buffer for the stack, so the slot can be updated
+                // while it is answered.
+                let mut scratch = [0u8; MAX_TCP_MESSAGE_LEN];
+                let (Some(dst), Some(src)) = (scratch.get_mut(..total), buf.held().get(..total))
+                else {
+                    break;
+                };
+                dst.copy_from_slice(src);
+                let outcome = match Message::decode(dst) {
+                    Ok(msg) => self.pending_for(&msg, Role::Primary, conn.remote, Some(index)),
+                    Err(e) => {
+                        self.stats.malformed = self.stats.malformed.saturating_add(1);
+                        Err(Verdict::Dropped(DropReason::Malformed(e)))
+                    }
+                };
+                verdict = match outcome {
+                    Ok(pending) => self.enqueue(pending),
+                    Err(v) => v,
+                };
+                if let Some((_, buf)) = self.tcp.get_mut(index) {
+                    buf.consume(total);
+                }
+            }
+            if rest.is_empty() || stuck {
+                break;
+            }
+        }
+        self.refresh_timeout();
+        verdict
+    }
+
+    /// Handles the answer to a bind intent or a send failure.
+    fn handle_socket_result(&mut self, now: Instant, socket: SocketId, outcome: SocketOutcome) {
+        match self.tcp.handle_result(now, socket, outcome, &mut self.ops) {
+            PoolEvent::NotMine => {}
+            event => {
+                self.tcp_event(now, event);
+                self.refresh_timeout();
+                return;
+            }
+        }
+        let Some(role) = self.role_of(socket) else {
+            return;
+        };
+        let Some(state) = self.sockets.get_mut(role.index()) else {
+            return;
+        };
+        match outcome {
+            SocketOutcome::Bound { local } if *state == SocketState::Binding => {
+                *state = SocketState::Bound(local);
+                self.events
+                    .push_back(ServerEvent::Listening { role, local });
+            }
+            SocketOutcome::Failed {
+                op: OpKind::Bind,
+                error,
+                ..
+            } if *state == SocketState::Binding => {
+                *state = SocketState::Failed;
+                self.events
+                    .push_back(ServerEvent::SocketFailed { role, error });
+            }
+            SocketOutcome::Failed {
+                op: OpKind::Send, ..
+            } => {
+                self.stats.send_failures = self.stats.send_failures.saturating_add(1);
+            }
+            _ => {}
+        }
+    }
+
+    /// Closes idle TCP connections and retries failed accepts (UDP needs no timers).
+    fn handle_timeout(&mut self, now: Instant) {
+        if self.closed {
+            return;
+        }
+        for index in 0..self.tcp.capacity() {
+            if self.tcp.is_expired(index, now) {
+                self.stats.tcp_idle_closed = self.stats.tcp_idle_closed.saturating_add(1);
+                self.close_connection(now, index);
+            }
+        }
+        self.tcp.accept_idle(now, &mut self.ops);
+        self.refresh_timeout();
+    }
+
+    /// Encodes the next response into `buf`.
+    fn poll_transmit(&mut self, buf: &mut [u8]) -> Option<Transmit> {
+        while let Some(p) = self.queue.pop_front() {
+            let socket = match p.stream {
+                Some(index) if self.tcp.get(index).is_some() => self.tcp.socket(index),
+                Some(_) => continue,
+                None if self.available(p.answer_from) => p.answer_from.socket(),
+                None => continue,
+            };
+            let Some(len) = self.encode(&p, buf) else {
+                continue;
+            };
+            match p.reply {
+                Reply::Success => self.stats.responses = self.stats.responses.saturating_add(1),
+                Reply::Error { .. } => {
+                    self.stats.error_responses = self.stats.error_responses.saturating_add(1)
+                }
+            }
+            return Some(Transmit {
+                socket,
+                destination: p.destination,
+                len,
+            });
+        }
+        None
+    }
+
+    /// The next socket intent.
+    fn poll_socket_op(&mut self) -> Option<SocketOp> {
+        self.ops.pop_front()
+    }
+
+    /// The next event.
+    fn poll_event(&mut self) -> Option<ServerEvent> {
+        self.events.pop_front()
+    }
+
+    /// The next TCP deadline (idle connection, accept retry); `None` without TCP. O(1).
+    fn poll_timeout(&self) -> Option<Instant> {
+        self.timeout
+    }
+}

@@ -2,6 +2,7 @@
 
 use core::net::SocketAddr;
 use core::time::Duration;
+use p2pd_proto::Machine;
 
 use p2pd_proto::client::{
     ClientConfig, ClientEvent, Failure, Misbehaviour, Request, Retransmit, StunClient,

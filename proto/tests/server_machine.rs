@@ -1,6 +1,7 @@
 //! Behaviour of the RFC 5780 server machine: roles, change requests, dialects, bounds, allocation.
 
 use core::net::SocketAddr;
+use p2pd_proto::Machine;
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 

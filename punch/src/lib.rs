@@ -25,5 +25,5 @@ pub mod sntp;
 pub use clock::{agree, propose, ClockError, MeetPolicy, MeetTime, PeerClock, Proposer, WallTime};
 pub use machine::{PunchConfig, PunchEvent, PunchFailure, Puncher};
 pub use message::{Candidate, Message, SessionId};
-pub use p2pd_proto::{Instant, SocketId};
+pub use p2pd_proto::{Instant, Machine, SocketId};
 pub use sntp::{ClockEstimate, SntpClient, SntpConfig, SntpEvent, SntpFailure};

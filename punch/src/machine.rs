@@ -498,101 +498,6 @@ impl Puncher {
         self.stats
     }
 
-    /// Datagrams are not for this machine.
-    pub fn handle_datagram(
-        &mut self,
-        _now: Instant,
-        _socket: SocketId,
-        _from: SocketAddr,
-        _data: &[u8],
-    ) -> Verdict {
-        Verdict::NotMine
-    }
-
-    /// Bytes on one of our streams: the handshake.
-    pub fn handle_stream(&mut self, now: Instant, socket: SocketId, data: &[u8]) -> Verdict {
-        let Some(index) = self.sockets.iter().position(|s| s.id == socket) else {
-            self.stats.unknown_socket = self.stats.unknown_socket.saturating_add(1);
-            return Verdict::NotMine;
-        };
-        let verdict = self.on_stream_bytes(now, index, data);
-        self.refresh_deadline();
-        verdict
-    }
-
-    /// The outcome of one of our socket intents.
-    pub fn handle_socket_result(&mut self, now: Instant, socket: SocketId, outcome: SocketOutcome) {
-        let Some(index) = self.sockets.iter().position(|s| s.id == socket) else {
-            self.stats.unknown_socket = self.stats.unknown_socket.saturating_add(1);
-            return;
-        };
-        self.on_outcome(now, index, outcome);
-        self.refresh_deadline();
-    }
-
-    /// Time passed.
-    pub fn handle_timeout(&mut self, now: Instant) {
-        if self.closing {
-            return;
-        }
-        match &mut self.phase {
-            Phase::Offering {
-                candidates,
-                sent_t1,
-                attempts,
-                next_resend,
-            } if now >= *next_resend => {
-                if *attempts >= self.config.signal_attempts {
-                    self.round_failed(now, PunchFailure::NoAnswer);
-                } else {
-                    let (c, s, a) = (candidates.clone(), std::mem::take(sent_t1), *attempts);
-                    self.send_offer(now, c, s, a);
-                }
-            }
-            Phase::AwaitingOffer { deadline } if now >= *deadline => {
-                self.finish_failed(PunchFailure::NoOffer);
-            }
-            Phase::AwaitingAck { meet_ns, .. } => {
-                let meet_ns = *meet_ns;
-                if now >= self.instant_of(meet_ns) {
-                    self.round_failed(now, PunchFailure::NoAcknowledgement);
-                }
-            }
-            Phase::Punching(_) => self.punch_timers(now),
-            _ => {}
-        }
-        self.refresh_deadline();
-    }
-
-    /// The next bytes to write.
-    pub fn poll_transmit(&mut self, buf: &mut [u8]) -> Option<Transmit> {
-        let (socket, destination, bytes) = self.transmits.pop_front()?;
-        let n = bytes.len().min(buf.len());
-        if let (Some(dst), Some(src)) = (buf.get_mut(..n), bytes.get(..n)) {
-            dst.copy_from_slice(src);
-        }
-        Some(Transmit {
-            socket,
-            destination,
-            len: n,
-        })
-    }
-
-    /// The next socket intent.
-    pub fn poll_socket_op(&mut self) -> Option<SocketOp> {
-        self.ops.pop_front()
-    }
-
-    /// The next event.
-    pub fn poll_event(&mut self) -> Option<PunchEvent> {
-        self.events.pop_front()
-    }
-
-    /// The next deadline (cached).
-    pub fn poll_timeout(&self) -> Option<Instant> {
-        self.deadline
-    }
-
     // ----- signaling -----
 
     fn on_message(&mut self, now: Instant, from: NodeId, message: Message) -> Verdict {
@@ -1459,7 +1364,93 @@ fn duration_ns(d: Duration) -> u64 {
     u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
 }
 
-p2pd_proto::impl_machine!(Puncher, PunchEvent, stream);
+impl p2pd_proto::Machine for Puncher {
+    type Event = PunchEvent;
+
+    /// Bytes on one of our streams: the handshake.
+    fn handle_stream(&mut self, now: Instant, socket: SocketId, data: &[u8]) -> Verdict {
+        let Some(index) = self.sockets.iter().position(|s| s.id == socket) else {
+            self.stats.unknown_socket = self.stats.unknown_socket.saturating_add(1);
+            return Verdict::NotMine;
+        };
+        let verdict = self.on_stream_bytes(now, index, data);
+        self.refresh_deadline();
+        verdict
+    }
+
+    /// The outcome of one of our socket intents.
+    fn handle_socket_result(&mut self, now: Instant, socket: SocketId, outcome: SocketOutcome) {
+        let Some(index) = self.sockets.iter().position(|s| s.id == socket) else {
+            self.stats.unknown_socket = self.stats.unknown_socket.saturating_add(1);
+            return;
+        };
+        self.on_outcome(now, index, outcome);
+        self.refresh_deadline();
+    }
+
+    /// Time passed.
+    fn handle_timeout(&mut self, now: Instant) {
+        if self.closing {
+            return;
+        }
+        match &mut self.phase {
+            Phase::Offering {
+                candidates,
+                sent_t1,
+                attempts,
+                next_resend,
+            } if now >= *next_resend => {
+                if *attempts >= self.config.signal_attempts {
+                    self.round_failed(now, PunchFailure::NoAnswer);
+                } else {
+                    let (c, s, a) = (candidates.clone(), std::mem::take(sent_t1), *attempts);
+                    self.send_offer(now, c, s, a);
+                }
+            }
+            Phase::AwaitingOffer { deadline } if now >= *deadline => {
+                self.finish_failed(PunchFailure::NoOffer);
+            }
+            Phase::AwaitingAck { meet_ns, .. } => {
+                let meet_ns = *meet_ns;
+                if now >= self.instant_of(meet_ns) {
+                    self.round_failed(now, PunchFailure::NoAcknowledgement);
+                }
+            }
+            Phase::Punching(_) => self.punch_timers(now),
+            _ => {}
+        }
+        self.refresh_deadline();
+    }
+
+    /// The next bytes to write.
+    fn poll_transmit(&mut self, buf: &mut [u8]) -> Option<Transmit> {
+        let (socket, destination, bytes) = self.transmits.pop_front()?;
+        let n = bytes.len().min(buf.len());
+        if let (Some(dst), Some(src)) = (buf.get_mut(..n), bytes.get(..n)) {
+            dst.copy_from_slice(src);
+        }
+        Some(Transmit {
+            socket,
+            destination,
+            len: n,
+        })
+    }
+
+    /// The next socket intent.
+    fn poll_socket_op(&mut self) -> Option<SocketOp> {
+        self.ops.pop_front()
+    }
+
+    /// The next event.
+    fn poll_event(&mut self) -> Option<PunchEvent> {
+        self.events.pop_front()
+    }
+
+    /// The next deadline (cached).
+    fn poll_timeout(&self) -> Option<Instant> {
+        self.deadline
+    }
+}
 
 #[cfg(test)]
 mod tests;

@@ -14,6 +14,7 @@
 
 use core::net::SocketAddr;
 use core::time::Duration;
+use p2pd_proto::Machine;
 use std::collections::VecDeque;
 
 use p2pd_proto::client_tcp::{
@@ -384,196 +385,6 @@ impl PunchNode {
 
     // ----- machine contract -----
 
-    /// Datagrams are not for this node.
-    pub fn handle_datagram(
-        &mut self,
-        _now: Instant,
-        _socket: SocketId,
-        _from: SocketAddr,
-        _data: &[u8],
-    ) -> Verdict {
-        Verdict::NotMine
-    }
-
-    /// Stream bytes: the punched stream, a probe, the puncher or a broker connection.
-    pub fn handle_stream(&mut self, now: Instant, socket: SocketId, data: &[u8]) -> Verdict {
-        if let Some(s) = self.stream.as_mut() {
-            s.settle();
-        }
-        let verdict = if self.stream.as_ref().is_some_and(|s| s.socket == socket) {
-            if !self.closing {
-                self.events.push_back(NodeEvent::Data(data.to_vec()));
-            }
-            Verdict::Consumed
-        } else if let Some(p) = self.probes.iter_mut().find(|p| p.outer == socket) {
-            p.machine.handle_stream(now, TCP_BINDING_SOCKET, data)
-        } else if socket.0 >= PUNCH_SOCKET_BASE {
-            self.puncher.handle_stream(now, socket, data)
-        } else {
-            self.rendezvous.handle_stream(now, socket, data)
-        };
-        self.pump(now);
-        verdict
-    }
-
-    /// A socket outcome, routed like stream bytes.
-    pub fn handle_socket_result(&mut self, now: Instant, socket: SocketId, outcome: SocketOutcome) {
-        if let Some(s) = self.stream.as_mut().filter(|s| s.socket == socket) {
-            let refused = matches!(
-                outcome,
-                SocketOutcome::Failed {
-                    op: OpKind::Send,
-                    error: IoError::WouldBlock,
-                    ..
-                }
-            );
-            if refused && !s.closed && s.refused < s.chunks.len() {
-                // Flow control: sent again after a pause (see `Stream`).
-                s.refused = s.refused.saturating_add(1);
-                s.blocked_until = Some(now.saturating_add(STREAM_RETRY));
-            } else if matches!(outcome, SocketOutcome::PeerClosed) && !s.closed {
-                // Half-closed by the peer: we may still send (and finish).
-                if !s.ended {
-                    s.ended = true;
-                    self.events.push_back(NodeEvent::StreamClosed);
-                }
-            } else if matches!(outcome, SocketOutcome::Failed { .. }) && !s.closed {
-                s.closed = true;
-                s.clear();
-                if !s.ended {
-                    s.ended = true;
-                    self.events.push_back(NodeEvent::StreamClosed);
-                }
-            }
-        } else if let Some(p) = self.probes.iter_mut().find(|p| p.outer == socket) {
-            p.machine
-                .handle_socket_result(now, TCP_BINDING_SOCKET, outcome);
-        } else if socket.0 >= PUNCH_SOCKET_BASE {
-            self.puncher.handle_socket_result(now, socket, outcome);
-        } else {
-            self.rendezvous.handle_socket_result(now, socket, outcome);
-        }
-        self.pump(now);
-    }
-
-    /// Time passed.
-    pub fn handle_timeout(&mut self, now: Instant) {
-        if let Some(s) = self.stream.as_mut() {
-            s.settle();
-            if s.blocked_until.is_some_and(|t| t <= now) {
-                s.blocked_until = None;
-            }
-        }
-        if self.rendezvous.poll_timeout().is_some_and(|t| t <= now) {
-            self.rendezvous.handle_timeout(now);
-        }
-        if self.puncher.poll_timeout().is_some_and(|t| t <= now) {
-            self.puncher.handle_timeout(now);
-        }
-        for p in &mut self.probes {
-            if p.machine.poll_timeout().is_some_and(|t| t <= now) {
-                p.machine.handle_timeout(now);
-            }
-        }
-        self.pump(now);
-    }
-
-    /// The next transmit of any part.
-    pub fn poll_transmit(&mut self, buf: &mut [u8]) -> Option<Transmit> {
-        if let Some(t) = self.rendezvous.poll_transmit(buf) {
-            return Some(t);
-        }
-        if let Some(t) = self.puncher.poll_transmit(buf) {
-            return Some(t);
-        }
-        for p in &mut self.probes {
-            if let Some(t) = p.machine.poll_transmit(buf) {
-                return Some(Transmit {
-                    socket: p.outer,
-                    ..t
-                });
-            }
-        }
-        let s = self.stream.as_mut()?;
-        if s.closed || s.blocked_until.is_some() {
-            return None;
-        }
-        let full = buf.len().min(TRANSMIT_BUFFER_LEN);
-        let n = s.out.len().saturating_sub(s.emitted).min(full);
-        // Only the first transmit of a batch may be short (see `Stream`); a short tail waits for
-        // the next settle point (at the latest the immediate deadline below).
-        if n == 0 || (n < full && !s.chunks.is_empty()) {
-            return None;
-        }
-        for (dst, src) in buf.iter_mut().zip(s.out.range(s.emitted..)).take(n) {
-            *dst = *src;
-        }
-        s.emitted = s.emitted.saturating_add(n);
-        s.chunks.push_back(n);
-        // Settle at once (a timeout now), so taken bytes leave the queue and the rest goes out.
-        self.deadline = Some(
-            self.deadline
-                .map_or(self.last_now, |d| d.min(self.last_now)),
-        );
-        Some(Transmit {
-            socket: s.socket,
-            destination: s.remote,
-            len: n,
-        })
-    }
-
-    /// The next socket intent of any part.
-    pub fn poll_socket_op(&mut self) -> Option<SocketOp> {
-        if let Some(op) = self.rendezvous.poll_socket_op() {
-            return Some(op);
-        }
-        if let Some(op) = self.puncher.poll_socket_op() {
-            return Some(op);
-        }
-        if let Some(op) = self.probe_ops.pop_front() {
-            return Some(op);
-        }
-        for p in &mut self.probes {
-            if let Some(op) = p.machine.poll_socket_op() {
-                return Some(remap(op, p.outer));
-            }
-        }
-        // Finishing: the `Shutdown` once the runtime has taken every byte (unsettled transmits
-        // stay in `out` until the next settle point, so refused ones are sent first).
-        if let Some(s) = self.stream.as_mut() {
-            if s.finishing && !s.shut && !s.closed && s.out.is_empty() && s.chunks.is_empty() {
-                s.shut = true;
-                return Some(SocketOp::Shutdown { socket: s.socket });
-            }
-        }
-        // The punched stream is ours once handed over: close it once, on close.
-        if self.closing {
-            if let Some(s) = self.stream.as_mut() {
-                if s.closed && s.socket != SocketId(u32::MAX) {
-                    let socket = s.socket;
-                    s.socket = SocketId(u32::MAX);
-                    return Some(SocketOp::Close { socket });
-                }
-            }
-        }
-        None
-    }
-
-    /// The next event.
-    pub fn poll_event(&mut self) -> Option<NodeEvent> {
-        let ev = self.events.pop_front();
-        if ev.is_none() {
-            self.report_closed();
-            return self.events.pop_front();
-        }
-        ev
-    }
-
-    /// The earliest deadline of any part (cached).
-    pub fn poll_timeout(&self) -> Option<Instant> {
-        self.deadline
-    }
-
     // ----- glue -----
 
     fn start_probes(&mut self, now: Instant, pending: Pending) {
@@ -895,7 +706,188 @@ fn remap(op: SocketOp, outer: SocketId) -> SocketOp {
     }
 }
 
-p2pd_proto::impl_machine!(PunchNode, NodeEvent, stream);
+impl p2pd_proto::Machine for PunchNode {
+    type Event = NodeEvent;
+
+    /// Stream bytes: the punched stream, a probe, the puncher or a broker connection.
+    fn handle_stream(&mut self, now: Instant, socket: SocketId, data: &[u8]) -> Verdict {
+        if let Some(s) = self.stream.as_mut() {
+            s.settle();
+        }
+        let verdict = if self.stream.as_ref().is_some_and(|s| s.socket == socket) {
+            if !self.closing {
+                self.events.push_back(NodeEvent::Data(data.to_vec()));
+            }
+            Verdict::Consumed
+        } else if let Some(p) = self.probes.iter_mut().find(|p| p.outer == socket) {
+            p.machine.handle_stream(now, TCP_BINDING_SOCKET, data)
+        } else if socket.0 >= PUNCH_SOCKET_BASE {
+            self.puncher.handle_stream(now, socket, data)
+        } else {
+            self.rendezvous.handle_stream(now, socket, data)
+        };
+        self.pump(now);
+        verdict
+    }
+
+    /// A socket outcome, routed like stream bytes.
+    fn handle_socket_result(&mut self, now: Instant, socket: SocketId, outcome: SocketOutcome) {
+        if let Some(s) = self.stream.as_mut().filter(|s| s.socket == socket) {
+            let refused = matches!(
+                outcome,
+                SocketOutcome::Failed {
+                    op: OpKind::Send,
+                    error: IoError::WouldBlock,
+                    ..
+                }
+            );
+            if refused && !s.closed && s.refused < s.chunks.len() {
+                // Flow control: sent again after a pause (see `Stream`).
+                s.refused = s.refused.saturating_add(1);
+                s.blocked_until = Some(now.saturating_add(STREAM_RETRY));
+            } else if matches!(outcome, SocketOutcome::PeerClosed) && !s.closed {
+                // Half-closed by the peer: we may still send (and finish).
+                if !s.ended {
+                    s.ended = true;
+                    self.events.push_back(NodeEvent::StreamClosed);
+                }
+            } else if matches!(outcome, SocketOutcome::Failed { .. }) && !s.closed {
+                s.closed = true;
+                s.clear();
+                if !s.ended {
+                    s.ended = true;
+                    self.events.push_back(NodeEvent::StreamClosed);
+                }
+            }
+        } else if let Some(p) = self.probes.iter_mut().find(|p| p.outer == socket) {
+            p.machine
+                .handle_socket_result(now, TCP_BINDING_SOCKET, outcome);
+        } else if socket.0 >= PUNCH_SOCKET_BASE {
+            self.puncher.handle_socket_result(now, socket, outcome);
+        } else {
+            self.rendezvous.handle_socket_result(now, socket, outcome);
+        }
+        self.pump(now);
+    }
+
+    /// Time passed.
+    fn handle_timeout(&mut self, now: Instant) {
+        if let Some(s) = self.stream.as_mut() {
+            s.settle();
+            if s.blocked_until.is_some_and(|t| t <= now) {
+                s.blocked_until = None;
+            }
+        }
+        if self.rendezvous.poll_timeout().is_some_and(|t| t <= now) {
+            self.rendezvous.handle_timeout(now);
+        }
+        if self.puncher.poll_timeout().is_some_and(|t| t <= now) {
+            self.puncher.handle_timeout(now);
+        }
+        for p in &mut self.probes {
+            if p.machine.poll_timeout().is_some_and(|t| t <= now) {
+                p.machine.handle_timeout(now);
+            }
+        }
+        self.pump(now);
+    }
+
+    /// The next transmit of any part.
+    fn poll_transmit(&mut self, buf: &mut [u8]) -> Option<Transmit> {
+        if let Some(t) = self.rendezvous.poll_transmit(buf) {
+            return Some(t);
+        }
+        if let Some(t) = self.puncher.poll_transmit(buf) {
+            return Some(t);
+        }
+        for p in &mut self.probes {
+            if let Some(t) = p.machine.poll_transmit(buf) {
+                return Some(Transmit {
+                    socket: p.outer,
+                    ..t
+                });
+            }
+        }
+        let s = self.stream.as_mut()?;
+        if s.closed || s.blocked_until.is_some() {
+            return None;
+        }
+        let full = buf.len().min(TRANSMIT_BUFFER_LEN);
+        let n = s.out.len().saturating_sub(s.emitted).min(full);
+        // Only the first transmit of a batch may be short (see `Stream`); a short tail waits for
+        // the next settle point (at the latest the immediate deadline below).
+        if n == 0 || (n < full && !s.chunks.is_empty()) {
+            return None;
+        }
+        for (dst, src) in buf.iter_mut().zip(s.out.range(s.emitted..)).take(n) {
+            *dst = *src;
+        }
+        s.emitted = s.emitted.saturating_add(n);
+        s.chunks.push_back(n);
+        // Settle at once (a timeout now), so taken bytes leave the queue and the rest goes out.
+        self.deadline = Some(
+            self.deadline
+                .map_or(self.last_now, |d| d.min(self.last_now)),
+        );
+        Some(Transmit {
+            socket: s.socket,
+            destination: s.remote,
+            len: n,
+        })
+    }
+
+    /// The next socket intent of any part.
+    fn poll_socket_op(&mut self) -> Option<SocketOp> {
+        if let Some(op) = self.rendezvous.poll_socket_op() {
+            return Some(op);
+        }
+        if let Some(op) = self.puncher.poll_socket_op() {
+            return Some(op);
+        }
+        if let Some(op) = self.probe_ops.pop_front() {
+            return Some(op);
+        }
+        for p in &mut self.probes {
+            if let Some(op) = p.machine.poll_socket_op() {
+                return Some(remap(op, p.outer));
+            }
+        }
+        // Finishing: the `Shutdown` once the runtime has taken every byte (unsettled transmits
+        // stay in `out` until the next settle point, so refused ones are sent first).
+        if let Some(s) = self.stream.as_mut() {
+            if s.finishing && !s.shut && !s.closed && s.out.is_empty() && s.chunks.is_empty() {
+                s.shut = true;
+                return Some(SocketOp::Shutdown { socket: s.socket });
+            }
+        }
+        // The punched stream is ours once handed over: close it once, on close.
+        if self.closing {
+            if let Some(s) = self.stream.as_mut() {
+                if s.closed && s.socket != SocketId(u32::MAX) {
+                    let socket = s.socket;
+                    s.socket = SocketId(u32::MAX);
+                    return Some(SocketOp::Close { socket });
+                }
+            }
+        }
+        None
+    }
+
+    /// The next event.
+    fn poll_event(&mut self) -> Option<NodeEvent> {
+        let ev = self.events.pop_front();
+        if ev.is_none() {
+            self.report_closed();
+            return self.events.pop_front();
+        }
+        ev
+    }
+
+    /// The earliest deadline of any part (cached).
+    fn poll_timeout(&self) -> Option<Instant> {
+        self.deadline
+    }
+}
 
 #[cfg(test)]
 mod tests {

@@ -294,131 +294,6 @@ impl SntpClient {
         self.deadline = None;
     }
 
-    /// Handles a datagram received on `socket` from `from`. Anything but an acceptable reply is
-    /// counted and dropped.
-    pub fn handle_datagram(
-        &mut self,
-        now: Instant,
-        socket: SocketId,
-        from: SocketAddr,
-        data: &[u8],
-    ) -> Verdict {
-        self.advance(now);
-        let verdict = self.receive(now, socket, from, data);
-        self.after_input(now);
-        verdict
-    }
-
-    /// Handles the answer to the bind intent, or a socket error.
-    pub fn handle_socket_result(&mut self, now: Instant, socket: SocketId, outcome: SocketOutcome) {
-        self.advance(now);
-        let Some(ours) = self.socket.filter(|s| s.id == socket) else {
-            return;
-        };
-        match outcome {
-            SocketOutcome::Bound { local } if ours.state == SocketState::Binding => {
-                self.socket = Some(OurSocket {
-                    state: SocketState::Ready(local),
-                    ..ours
-                });
-                self.events
-                    .push_back(SntpEvent::SocketReady { socket, local });
-                self.begin(now);
-            }
-            SocketOutcome::Failed {
-                op: OpKind::Bind,
-                error,
-                ..
-            } if ours.state == SocketState::Binding => {
-                // Never bound: nothing to close.
-                self.socket = None;
-                self.finish(Err(SntpFailure::SocketFailed(error)));
-            }
-            SocketOutcome::Failed {
-                op: OpKind::Send, ..
-            } => {
-                // The reply timeout already covers a lost send.
-                self.stats.send_failures = self.stats.send_failures.saturating_add(1);
-            }
-            _ => {}
-        }
-        self.after_input(now);
-    }
-
-    /// Gives up on or retries every query whose reply is overdue.
-    pub fn handle_timeout(&mut self, now: Instant) {
-        self.advance(now);
-        if self.phase == Phase::Running {
-            for index in 0..self.servers.len() {
-                let overdue = self
-                    .servers
-                    .get(index)
-                    .and_then(|s| s.awaiting)
-                    .is_some_and(|(_, give_up)| give_up <= now);
-                if overdue {
-                    self.query_lost(index, now);
-                }
-            }
-        }
-        self.after_input(now);
-    }
-
-    /// Writes the next due query into `buf` (at least [`PACKET_LEN`] bytes).
-    pub fn poll_transmit(&mut self, buf: &mut [u8]) -> Option<Transmit> {
-        if self.phase != Phase::Running {
-            return None;
-        }
-        let socket = self.socket?;
-        let now = self.now;
-        let index = self.servers.iter().position(|s| {
-            s.end.is_none() && s.awaiting.is_none() && s.next_send.is_some_and(|at| at <= now)
-        })?;
-        let nonce = self.fresh_nonce();
-        let len = NtpPacket::client_request(nonce).encode(buf)?;
-        let reply_timeout = self.config.reply_timeout;
-        let server = self.servers.get_mut(index)?;
-        server.attempts = server.attempts.saturating_add(1);
-        server.awaiting = Some((nonce, now.saturating_add(reply_timeout)));
-        server.next_send = None;
-        let (slot, destination, first) = (server.slot, server.address, server.attempts == 1);
-        if first {
-            self.stats.queries = self.stats.queries.saturating_add(1);
-        } else {
-            self.stats.retries = self.stats.retries.saturating_add(1);
-        }
-        if self.queries.len() >= QUERY_MEMORY {
-            self.queries.pop_front();
-        }
-        self.queries.push_back(Query {
-            nonce,
-            server: index,
-            slot,
-            sent_at: now,
-            answered: false,
-        });
-        self.refresh_deadline();
-        Some(Transmit {
-            socket: socket.id,
-            destination,
-            len,
-        })
-    }
-
-    /// The next socket intent.
-    pub fn poll_socket_op(&mut self) -> Option<SocketOp> {
-        self.ops.pop_front()
-    }
-
-    /// The next event.
-    pub fn poll_event(&mut self) -> Option<SntpEvent> {
-        self.events.pop_front()
-    }
-
-    /// The next deadline (cached).
-    pub fn poll_timeout(&self) -> Option<Instant> {
-        self.deadline
-    }
-
     fn check_socket(&mut self, now: Instant, local: SocketAddr) -> Result<(), ApiError> {
         self.advance(now);
         if self.phase == Phase::Closed {
@@ -731,4 +606,131 @@ fn canonical(a: SocketAddr) -> SocketAddr {
     SocketAddr::new(a.ip().to_canonical(), a.port())
 }
 
-p2pd_proto::impl_machine!(SntpClient, SntpEvent);
+impl p2pd_proto::Machine for SntpClient {
+    type Event = SntpEvent;
+
+    /// Handles a datagram received on `socket` from `from`. Anything but an acceptable reply is
+    /// counted and dropped.
+    fn handle_datagram(
+        &mut self,
+        now: Instant,
+        socket: SocketId,
+        from: SocketAddr,
+        data: &[u8],
+    ) -> Verdict {
+        self.advance(now);
+        let verdict = self.receive(now, socket, from, data);
+        self.after_input(now);
+        verdict
+    }
+
+    /// Handles the answer to the bind intent, or a socket error.
+    fn handle_socket_result(&mut self, now: Instant, socket: SocketId, outcome: SocketOutcome) {
+        self.advance(now);
+        let Some(ours) = self.socket.filter(|s| s.id == socket) else {
+            return;
+        };
+        match outcome {
+            SocketOutcome::Bound { local } if ours.state == SocketState::Binding => {
+                self.socket = Some(OurSocket {
+                    state: SocketState::Ready(local),
+                    ..ours
+                });
+                self.events
+                    .push_back(SntpEvent::SocketReady { socket, local });
+                self.begin(now);
+            }
+            SocketOutcome::Failed {
+                op: OpKind::Bind,
+                error,
+                ..
+            } if ours.state == SocketState::Binding => {
+                // Never bound: nothing to close.
+                self.socket = None;
+                self.finish(Err(SntpFailure::SocketFailed(error)));
+            }
+            SocketOutcome::Failed {
+                op: OpKind::Send, ..
+            } => {
+                // The reply timeout already covers a lost send.
+                self.stats.send_failures = self.stats.send_failures.saturating_add(1);
+            }
+            _ => {}
+        }
+        self.after_input(now);
+    }
+
+    /// Gives up on or retries every query whose reply is overdue.
+    fn handle_timeout(&mut self, now: Instant) {
+        self.advance(now);
+        if self.phase == Phase::Running {
+            for index in 0..self.servers.len() {
+                let overdue = self
+                    .servers
+                    .get(index)
+                    .and_then(|s| s.awaiting)
+                    .is_some_and(|(_, give_up)| give_up <= now);
+                if overdue {
+                    self.query_lost(index, now);
+                }
+            }
+        }
+        self.after_input(now);
+    }
+
+    /// Writes the next due query into `buf` (at least [`PACKET_LEN`] bytes).
+    fn poll_transmit(&mut self, buf: &mut [u8]) -> Option<Transmit> {
+        if self.phase != Phase::Running {
+            return None;
+        }
+        let socket = self.socket?;
+        let now = self.now;
+        let index = self.servers.iter().position(|s| {
+            s.end.is_none() && s.awaiting.is_none() && s.next_send.is_some_and(|at| at <= now)
+        })?;
+        let nonce = self.fresh_nonce();
+        let len = NtpPacket::client_request(nonce).encode(buf)?;
+        let reply_timeout = self.config.reply_timeout;
+        let server = self.servers.get_mut(index)?;
+        server.attempts = server.attempts.saturating_add(1);
+        server.awaiting = Some((nonce, now.saturating_add(reply_timeout)));
+        server.next_send = None;
+        let (slot, destination, first) = (server.slot, server.address, server.attempts == 1);
+        if first {
+            self.stats.queries = self.stats.queries.saturating_add(1);
+        } else {
+            self.stats.retries = self.stats.retries.saturating_add(1);
+        }
+        if self.queries.len() >= QUERY_MEMORY {
+            self.queries.pop_front();
+        }
+        self.queries.push_back(Query {
+            nonce,
+            server: index,
+            slot,
+            sent_at: now,
+            answered: false,
+        });
+        self.refresh_deadline();
+        Some(Transmit {
+            socket: socket.id,
+            destination,
+            len,
+        })
+    }
+
+    /// The next socket intent.
+    fn poll_socket_op(&mut self) -> Option<SocketOp> {
+        self.ops.pop_front()
+    }
+
+    /// The next event.
+    fn poll_event(&mut self) -> Option<SntpEvent> {
+        self.events.pop_front()
+    }
+
+    /// The next deadline (cached).
+    fn poll_timeout(&self) -> Option<Instant> {
+        self.deadline
+    }
+}

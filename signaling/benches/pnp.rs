@@ -13,6 +13,7 @@
 //! cargo bench -p p2pd-signaling --bench pnp
 //! ```
 
+use p2pd_proto::Machine;
 use std::cell::Cell;
 use std::net::SocketAddr;
 use std::time::Duration;

@@ -6,6 +6,7 @@
 //! cargo run -p p2pd-signaling --example pnp_in_memory
 //! ```
 
+use p2pd_proto::Machine;
 use std::net::SocketAddr;
 use std::time::Duration;
 

@@ -64,7 +64,7 @@ pub use identity::{
 };
 pub use mqtt::client::{MqttClient, MqttConfig, MqttEvent};
 pub use mqtt::codec::{CodecError as MqttCodecError, Decoder as MqttDecoder, Packet as MqttPacket};
-pub use p2pd_proto::{Instant, SocketId};
+pub use p2pd_proto::{Instant, Machine, SocketId};
 pub use pnp::{MemoryStore, NameStore, PnpClient, PnpServer};
 pub use rendezvous::{BrokerSpec, Rendezvous, RendezvousConfig, RendezvousEvent};
 

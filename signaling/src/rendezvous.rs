@@ -25,6 +25,7 @@
 use core::fmt;
 use core::net::SocketAddr;
 use core::time::Duration;
+use p2pd_proto::Machine;
 use std::collections::VecDeque;
 
 use p2pd_proto::{Instant, Rng, SocketId, SocketOp, SocketOutcome, Transmit, Verdict};
@@ -522,72 +523,6 @@ impl Rendezvous {
         self.pump(now);
     }
 
-    /// Datagrams are not for this machine.
-    pub fn handle_datagram(
-        &mut self,
-        _now: Instant,
-        _socket: SocketId,
-        _from: SocketAddr,
-        _data: &[u8],
-    ) -> Verdict {
-        Verdict::NotMine
-    }
-
-    /// Stream bytes for the broker that owns `socket`.
-    pub fn handle_stream(&mut self, now: Instant, socket: SocketId, data: &[u8]) -> Verdict {
-        let Some(i) = self.owner(socket) else {
-            return Verdict::NotMine;
-        };
-        let verdict = match self.brokers.get_mut(i) {
-            Some(b) => b.client.handle_stream(now, socket, data),
-            None => Verdict::NotMine,
-        };
-        self.pump(now);
-        verdict
-    }
-
-    /// A socket outcome for the broker that owns `socket`.
-    pub fn handle_socket_result(&mut self, now: Instant, socket: SocketId, outcome: SocketOutcome) {
-        if let Some(b) = self.owner(socket).and_then(|i| self.brokers.get_mut(i)) {
-            b.client.handle_socket_result(now, socket, outcome);
-        }
-        self.pump(now);
-    }
-
-    /// Time passed: every client whose deadline passed handles it.
-    pub fn handle_timeout(&mut self, now: Instant) {
-        for b in &mut self.brokers {
-            if b.client.poll_timeout().is_some_and(|t| t <= now) {
-                b.client.handle_timeout(now);
-            }
-        }
-        self.pump(now);
-    }
-
-    /// The next transmit of any broker's client.
-    pub fn poll_transmit(&mut self, buf: &mut [u8]) -> Option<Transmit> {
-        self.brokers
-            .iter_mut()
-            .find_map(|b| b.client.poll_transmit(buf))
-    }
-
-    /// The next socket intent of any broker's client.
-    pub fn poll_socket_op(&mut self) -> Option<SocketOp> {
-        self.brokers
-            .iter_mut()
-            .find_map(|b| b.client.poll_socket_op())
-    }
-
-    /// The next event.
-    pub fn poll_event(&mut self) -> Option<RendezvousEvent> {
-        self.events.pop_front()
-    }
-
-    /// The earliest deadline of any broker's client (cached after every input).
-    pub fn poll_timeout(&self) -> Option<Instant> {
-        self.deadline
-    }
-
     /// The broker index owning `socket`.
     fn owner(&self, socket: SocketId) -> Option<usize> {
         let offset = socket.0.checked_sub(self.socket_base)?;
@@ -734,7 +669,64 @@ impl Rendezvous {
     }
 }
 
-p2pd_proto::impl_machine!(Rendezvous, RendezvousEvent, stream);
+impl p2pd_proto::Machine for Rendezvous {
+    type Event = RendezvousEvent;
+
+    /// Stream bytes for the broker that owns `socket`.
+    fn handle_stream(&mut self, now: Instant, socket: SocketId, data: &[u8]) -> Verdict {
+        let Some(i) = self.owner(socket) else {
+            return Verdict::NotMine;
+        };
+        let verdict = match self.brokers.get_mut(i) {
+            Some(b) => b.client.handle_stream(now, socket, data),
+            None => Verdict::NotMine,
+        };
+        self.pump(now);
+        verdict
+    }
+
+    /// A socket outcome for the broker that owns `socket`.
+    fn handle_socket_result(&mut self, now: Instant, socket: SocketId, outcome: SocketOutcome) {
+        if let Some(b) = self.owner(socket).and_then(|i| self.brokers.get_mut(i)) {
+            b.client.handle_socket_result(now, socket, outcome);
+        }
+        self.pump(now);
+    }
+
+    /// Time passed: every client whose deadline passed handles it.
+    fn handle_timeout(&mut self, now: Instant) {
+        for b in &mut self.brokers {
+            if b.client.poll_timeout().is_some_and(|t| t <= now) {
+                b.client.handle_timeout(now);
+            }
+        }
+        self.pump(now);
+    }
+
+    /// The next transmit of any broker's client.
+    fn poll_transmit(&mut self, buf: &mut [u8]) -> Option<Transmit> {
+        self.brokers
+            .iter_mut()
+            .find_map(|b| b.client.poll_transmit(buf))
+    }
+
+    /// The next socket intent of any broker's client.
+    fn poll_socket_op(&mut self) -> Option<SocketOp> {
+        self.brokers
+            .iter_mut()
+            .find_map(|b| b.client.poll_socket_op())
+    }
+
+    /// The next event.
+    fn poll_event(&mut self) -> Option<RendezvousEvent> {
+        self.events.pop_front()
+    }
+
+    /// The earliest deadline of any broker's client (cached after every input).
+    fn poll_timeout(&self) -> Option<Instant> {
+        self.deadline
+    }
+}
 
 #[cfg(test)]
 mod tests;

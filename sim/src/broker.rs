@@ -386,16 +386,6 @@ impl MqttBroker {
         self.timeout = self.conns.values().map(|c| c.deadline).min();
     }
 
-    /// Bytes arrived on a connection.
-    pub fn handle_stream(&mut self, now: Instant, socket: SocketId, data: &[u8]) -> Verdict {
-        if !self.conns.contains_key(&socket) {
-            return Verdict::NotMine;
-        }
-        self.feed(now, socket, data);
-        self.refresh_timeout();
-        Verdict::Consumed
-    }
-
     fn feed(&mut self, now: Instant, socket: SocketId, data: &[u8]) {
         let max = self.config.max_packet_size;
         let Some(conn) = self.conns.get_mut(&socket) else {
@@ -691,20 +681,23 @@ impl MqttBroker {
             );
         }
     }
+}
 
-    /// Not a datagram machine.
-    pub fn handle_datagram(
-        &mut self,
-        _now: Instant,
-        _socket: SocketId,
-        _from: SocketAddr,
-        _data: &[u8],
-    ) -> Verdict {
-        Verdict::NotMine
+impl p2pd_proto::Machine for MqttBroker {
+    type Event = BrokerEvent;
+
+    /// Bytes arrived on a connection.
+    fn handle_stream(&mut self, now: Instant, socket: SocketId, data: &[u8]) -> Verdict {
+        if !self.conns.contains_key(&socket) {
+            return Verdict::NotMine;
+        }
+        self.feed(now, socket, data);
+        self.refresh_timeout();
+        Verdict::Consumed
     }
 
     /// Outcomes of the listener's intents, accepted connections and stream ends.
-    pub fn handle_socket_result(&mut self, now: Instant, socket: SocketId, outcome: SocketOutcome) {
+    fn handle_socket_result(&mut self, now: Instant, socket: SocketId, outcome: SocketOutcome) {
         if socket == LISTENER {
             match outcome {
                 SocketOutcome::Bound { local } if !self.closed => {
@@ -772,7 +765,7 @@ impl MqttBroker {
     }
 
     /// Closes connections past their keep-alive or connect deadline.
-    pub fn handle_timeout(&mut self, now: Instant) {
+    fn handle_timeout(&mut self, now: Instant) {
         let due: Vec<SocketId> = self
             .conns
             .iter()
@@ -787,7 +780,7 @@ impl MqttBroker {
     }
 
     /// The next chunk of a connection's outgoing bytes.
-    pub fn poll_transmit(&mut self, buf: &mut [u8]) -> Option<Transmit> {
+    fn poll_transmit(&mut self, buf: &mut [u8]) -> Option<Transmit> {
         let (socket, data) = self.transmits.pop_front()?;
         let len = data.len().min(buf.len());
         buf.get_mut(..len)?.copy_from_slice(data.get(..len)?);
@@ -802,22 +795,20 @@ impl MqttBroker {
     }
 
     /// The next socket intent.
-    pub fn poll_socket_op(&mut self) -> Option<SocketOp> {
+    fn poll_socket_op(&mut self) -> Option<SocketOp> {
         self.ops.pop_front()
     }
 
     /// The next event.
-    pub fn poll_event(&mut self) -> Option<BrokerEvent> {
+    fn poll_event(&mut self) -> Option<BrokerEvent> {
         self.events.pop_front()
     }
 
     /// The earliest keep-alive or connect deadline.
-    pub fn poll_timeout(&self) -> Option<Instant> {
+    fn poll_timeout(&self) -> Option<Instant> {
         self.timeout
     }
 }
-
-p2pd_proto::impl_machine!(MqttBroker, BrokerEvent, stream);
 
 impl crate::Sim {
     /// Adds a public host with IP `ip` running an [`MqttBroker`] on `port` (default settings).

@@ -54,6 +54,7 @@
 
 use core::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use core::time::Duration;
+use p2pd_proto::Machine;
 use std::collections::BTreeMap;
 
 use p2pd_nat::{Behaviour, Filtering, Mapping, PortAllocation};

@@ -16,6 +16,7 @@
 //!
 //! Skips (with a message) when mosquitto is not installed; CI installs it.
 
+use p2pd_proto::Machine;
 use p2pd_tests as common;
 
 use std::alloc::{GlobalAlloc, Layout, System};

@@ -5,6 +5,7 @@
 //!
 //! Skips (with a message) when mosquitto is not installed; CI installs it.
 
+use p2pd_proto::Machine;
 use p2pd_tests as common;
 
 use std::ops::ControlFlow;

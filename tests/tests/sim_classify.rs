@@ -4,6 +4,7 @@
 //! itself is `p2pd_sim::matrix` (also behind `p2pd sim nat`); this prints its per-loss table.
 
 use core::time::Duration;
+use p2pd_proto::Machine;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
 use p2pd_nat::{
@@ -46,15 +47,17 @@ mod liar {
 
     use p2pd_proto::server::StunServer;
     use p2pd_proto::stun::{Attribute, Message, MessageWriter};
-    use p2pd_proto::{Instant, SocketId, SocketOp, SocketOutcome, Transmit, Verdict};
+    use p2pd_proto::{Instant, Machine, SocketId, SocketOp, SocketOutcome, Transmit, Verdict};
 
     pub struct LyingServer {
         pub inner: StunServer,
         pub claim: SocketAddr,
     }
 
-    impl LyingServer {
-        pub fn handle_datagram(
+    impl Machine for LyingServer {
+        type Event = p2pd_proto::server::ServerEvent;
+
+        fn handle_datagram(
             &mut self,
             now: Instant,
             s: SocketId,
@@ -63,13 +66,16 @@ mod liar {
         ) -> Verdict {
             self.inner.handle_datagram(now, s, from, d)
         }
-        pub fn handle_socket_result(&mut self, now: Instant, s: SocketId, o: SocketOutcome) {
+
+        fn handle_socket_result(&mut self, now: Instant, s: SocketId, o: SocketOutcome) {
             self.inner.handle_socket_result(now, s, o)
         }
-        pub fn handle_timeout(&mut self, now: Instant) {
+
+        fn handle_timeout(&mut self, now: Instant) {
             self.inner.handle_timeout(now)
         }
-        pub fn poll_transmit(&mut self, buf: &mut [u8]) -> Option<Transmit> {
+
+        fn poll_transmit(&mut self, buf: &mut [u8]) -> Option<Transmit> {
             let t = self.inner.poll_transmit(buf)?;
             let original = buf[..t.len].to_vec();
             let msg = Message::decode(&original).ok()?;
@@ -90,18 +96,19 @@ mod liar {
             let len = w.finish();
             Some(Transmit { len, ..t })
         }
-        pub fn poll_socket_op(&mut self) -> Option<SocketOp> {
+
+        fn poll_socket_op(&mut self) -> Option<SocketOp> {
             self.inner.poll_socket_op()
         }
-        pub fn poll_event(&mut self) -> Option<p2pd_proto::server::ServerEvent> {
+
+        fn poll_event(&mut self) -> Option<p2pd_proto::server::ServerEvent> {
             self.inner.poll_event()
         }
-        pub fn poll_timeout(&self) -> Option<Instant> {
+
+        fn poll_timeout(&self) -> Option<Instant> {
             self.inner.poll_timeout()
         }
     }
-
-    p2pd_proto::impl_machine!(LyingServer, p2pd_proto::server::ServerEvent);
 }
 
 /// Runs a classifier on host 10.0.0.2 behind `nat` against `servers` until it reports.

@@ -9,8 +9,8 @@ use std::collections::VecDeque;
 
 use p2pd_nat::{Behaviour, Filtering, Mapping};
 use p2pd_proto::{
-    BindOptions, Instant, IoError, OpKind, SocketId, SocketOp, SocketOutcome, Transmit, Transport,
-    Verdict,
+    BindOptions, Instant, IoError, Machine, OpKind, SocketId, SocketOp, SocketOutcome, Transmit,
+    Transport, Verdict,
 };
 use p2pd_signaling::mqtt::codec::{encode, Decoder, Packet, Protocol, QoS};
 use p2pd_sim::{BrokerConfig, BrokerEvent, CloseReason, Host, HostId, LinkConfig, MqttBroker, Sim};
@@ -93,10 +93,10 @@ impl Client {
             socket: self.socket,
         });
     }
+}
 
-    fn handle_datagram(&mut self, _: Instant, _: SocketId, _: SocketAddr, _: &[u8]) -> Verdict {
-        Verdict::NotMine
-    }
+impl Machine for Client {
+    type Event = Ev;
 
     fn handle_stream(&mut self, _: Instant, socket: SocketId, data: &[u8]) -> Verdict {
         if socket != self.socket {
@@ -188,8 +188,6 @@ impl Client {
         None
     }
 }
-
-p2pd_proto::impl_machine!(Client, Ev, stream);
 
 fn client(sim: &mut Sim, ip: [u8; 4], c: Client) -> HostId {
     let link = LinkConfig::with_latency(Duration::from_millis(10));

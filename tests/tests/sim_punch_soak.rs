@@ -7,6 +7,7 @@
 //! 100 and punch 1,000 stays flat (within a small slack).
 
 use core::time::Duration;
+use p2pd_proto::Machine;
 
 use p2pd_proto::server::StunServer;
 use p2pd_punch::node::PunchNode;

@@ -34,6 +34,7 @@
 
 use core::net::{Ipv4Addr, SocketAddr};
 use core::time::Duration;
+use p2pd_proto::Machine;
 use std::collections::BTreeMap;
 
 use p2pd_nat::{Behaviour, Filtering, Mapping, PortAllocation};

@@ -2,6 +2,7 @@
 //! a thread) on loopback, opening and closing sockets every round. Nothing may fail, and sockets,
 //! transactions, timers and memory must return to their baseline.
 
+use p2pd_proto::Machine;
 use p2pd_tests as common;
 
 use std::collections::{HashMap, HashSet};

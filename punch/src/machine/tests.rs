@@ -1,6 +1,7 @@
 //! Regressions found by the `punch_session` fuzz target.
 
 use super::*;
+use p2pd_proto::Machine;
 
 const US: NodeId = [1; NODE_ID_LEN];
 const PEER: NodeId = [2; NODE_ID_LEN];

@@ -3,6 +3,7 @@
 
 use core::net::SocketAddr;
 use core::time::Duration;
+use p2pd_proto::Machine;
 
 use p2pd_proto::stun::DecodeError;
 use p2pd_proto::{

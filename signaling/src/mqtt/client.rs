@@ -26,7 +26,7 @@
 //! by `max_inflight`, subscriptions by `max_subscriptions`, events by `max_pending_events`.
 //!
 //! ```
-//! use p2pd_proto::{Instant, SocketOp, SocketOutcome};
+//! use p2pd_proto::{Instant, Machine, SocketOp, SocketOutcome};
 //! use p2pd_signaling::mqtt::client::{MqttClient, MqttConfig};
 //!
 //! let broker = "192.0.2.1:1883".parse().unwrap();
@@ -178,7 +178,137 @@ pub struct MqttClient {
     stats: MqttStats,
 }
 
-p2pd_proto::impl_machine!(MqttClient, MqttEvent, stream);
+impl p2pd_proto::Machine for MqttClient {
+    type Event = MqttEvent;
+
+    /// Bytes arrived on the broker stream (in chunks of any size).
+    fn handle_stream(&mut self, now: Instant, socket: SocketId, data: &[u8]) -> Verdict {
+        if self.is_closed() {
+            self.count_dropped();
+            return Verdict::Dropped(DropReason::Closed);
+        }
+        let current = match self.state {
+            State::Handshaking { socket, .. } | State::Connected { socket } => Some(socket),
+            _ => None,
+        };
+        if current != Some(socket) {
+            self.count_dropped();
+            return Verdict::Dropped(DropReason::UnknownSocket);
+        }
+        self.now = now;
+        self.last_received = now;
+        self.record_first_bytes(data);
+        self.consume(now, socket, data);
+        self.refresh_deadline();
+        Verdict::Consumed
+    }
+
+    /// The outcome of a socket intent, or an asynchronous error on the stream.
+    fn handle_socket_result(&mut self, now: Instant, socket: SocketId, outcome: SocketOutcome) {
+        if self.is_closed() || self.state.socket() != Some(socket) {
+            self.count_dropped();
+            return;
+        }
+        self.now = now;
+        match (self.state, outcome) {
+            (State::Binding { socket, deadline }, SocketOutcome::Bound { .. }) => {
+                self.ops.push_back(SocketOp::Connect {
+                    socket,
+                    remote: self.config.broker,
+                });
+                self.state = State::Connecting { socket, deadline };
+            }
+            (State::Connecting { socket, deadline }, SocketOutcome::Connected { .. }) => {
+                self.state = State::Handshaking { socket, deadline };
+                self.outbound_socket = Some(socket);
+                let connect = Packet::Connect {
+                    client_id: self.client_id.clone(),
+                    keep_alive: keep_alive_secs(self.config.keep_alive),
+                    clean_session: true,
+                    protocol: self.protocol,
+                };
+                if self.queue_packet(now, &connect).is_err() {
+                    self.disconnect(now, DisconnectReason::QueueOverflow, false);
+                }
+            }
+            (_, SocketOutcome::PeerClosed) => {
+                self.disconnect(now, DisconnectReason::PeerClosed, false);
+            }
+            (_, SocketOutcome::Failed { op, error, .. }) => {
+                self.disconnect(now, DisconnectReason::Io { op, error }, false);
+            }
+            _ => self.count_dropped(),
+        }
+        self.refresh_deadline();
+    }
+
+    /// Starts the next attempt, ends an attempt that took too long, or runs the keep-alive.
+    fn handle_timeout(&mut self, now: Instant) {
+        self.now = now;
+        match self.state {
+            State::Waiting { retry_at } if now >= retry_at => self.start_attempt(now),
+            State::Binding { deadline, .. }
+            | State::Connecting { deadline, .. }
+            | State::Handshaking { deadline, .. }
+                if now >= deadline =>
+            {
+                self.disconnect(now, DisconnectReason::ConnectTimeout, false);
+            }
+            State::Connected { .. } => match self.ping_sent {
+                Some(sent) if now >= sent.saturating_add(self.config.ping_timeout) => {
+                    self.disconnect(now, DisconnectReason::KeepAliveTimeout, false);
+                }
+                Some(_) => {}
+                None => {
+                    if self.ping_due().is_some_and(|due| now >= due) {
+                        // A full queue cannot take the PINGREQ; the connection is then treated
+                        // as if the ping went unanswered.
+                        let _ = self.queue_packet(now, &Packet::PingReq);
+                        self.ping_sent = Some(now);
+                    }
+                }
+            },
+            _ => {}
+        }
+        self.refresh_deadline();
+    }
+
+    /// Writes the next chunk of the outbound stream (at most `buf.len()` bytes) into `buf`.
+    fn poll_transmit(&mut self, buf: &mut [u8]) -> Option<Transmit> {
+        let socket = self.outbound_socket?;
+        let len = buf.len().min(self.outbound.len());
+        if len == 0 {
+            return None;
+        }
+        for (dst, src) in buf.iter_mut().zip(self.outbound.drain(..len)) {
+            *dst = src;
+        }
+        // Room freed: queue what was waiting for it.
+        let now = self.now;
+        self.pump(now);
+        self.refresh_deadline();
+        Some(Transmit {
+            socket,
+            destination: self.config.broker,
+            len,
+        })
+    }
+
+    /// The next socket intent.
+    fn poll_socket_op(&mut self) -> Option<SocketOp> {
+        self.ops.pop_front()
+    }
+
+    /// The next event.
+    fn poll_event(&mut self) -> Option<MqttEvent> {
+        self.events.pop_front()
+    }
+
+    /// The next deadline (cached; `None` once closed).
+    fn poll_timeout(&self) -> Option<Instant> {
+        self.deadline
+    }
+}
 
 impl MqttClient {
     /// A client for `config` whose randomness comes from `seed`. It starts connecting at once: the
@@ -378,146 +508,6 @@ impl MqttClient {
         self.decoder = Decoder::new(self.protocol, self.config.max_packet_size);
         self.events.push_back(MqttEvent::Closed);
         self.deadline = None;
-    }
-
-    /// Datagrams are never for this machine.
-    pub fn handle_datagram(
-        &mut self,
-        now: Instant,
-        socket: SocketId,
-        from: SocketAddr,
-        data: &[u8],
-    ) -> Verdict {
-        let _ = (now, socket, from, data);
-        Verdict::NotMine
-    }
-
-    /// Bytes arrived on the broker stream (in chunks of any size).
-    pub fn handle_stream(&mut self, now: Instant, socket: SocketId, data: &[u8]) -> Verdict {
-        if self.is_closed() {
-            self.count_dropped();
-            return Verdict::Dropped(DropReason::Closed);
-        }
-        let current = match self.state {
-            State::Handshaking { socket, .. } | State::Connected { socket } => Some(socket),
-            _ => None,
-        };
-        if current != Some(socket) {
-            self.count_dropped();
-            return Verdict::Dropped(DropReason::UnknownSocket);
-        }
-        self.now = now;
-        self.last_received = now;
-        self.record_first_bytes(data);
-        self.consume(now, socket, data);
-        self.refresh_deadline();
-        Verdict::Consumed
-    }
-
-    /// The outcome of a socket intent, or an asynchronous error on the stream.
-    pub fn handle_socket_result(&mut self, now: Instant, socket: SocketId, outcome: SocketOutcome) {
-        if self.is_closed() || self.state.socket() != Some(socket) {
-            self.count_dropped();
-            return;
-        }
-        self.now = now;
-        match (self.state, outcome) {
-            (State::Binding { socket, deadline }, SocketOutcome::Bound { .. }) => {
-                self.ops.push_back(SocketOp::Connect {
-                    socket,
-                    remote: self.config.broker,
-                });
-                self.state = State::Connecting { socket, deadline };
-            }
-            (State::Connecting { socket, deadline }, SocketOutcome::Connected { .. }) => {
-                self.state = State::Handshaking { socket, deadline };
-                self.outbound_socket = Some(socket);
-                let connect = Packet::Connect {
-                    client_id: self.client_id.clone(),
-                    keep_alive: keep_alive_secs(self.config.keep_alive),
-                    clean_session: true,
-                    protocol: self.protocol,
-                };
-                if self.queue_packet(now, &connect).is_err() {
-                    self.disconnect(now, DisconnectReason::QueueOverflow, false);
-                }
-            }
-            (_, SocketOutcome::PeerClosed) => {
-                self.disconnect(now, DisconnectReason::PeerClosed, false);
-            }
-            (_, SocketOutcome::Failed { op, error, .. }) => {
-                self.disconnect(now, DisconnectReason::Io { op, error }, false);
-            }
-            _ => self.count_dropped(),
-        }
-        self.refresh_deadline();
-    }
-
-    /// Starts the next attempt, ends an attempt that took too long, or runs the keep-alive.
-    pub fn handle_timeout(&mut self, now: Instant) {
-        self.now = now;
-        match self.state {
-            State::Waiting { retry_at } if now >= retry_at => self.start_attempt(now),
-            State::Binding { deadline, .. }
-            | State::Connecting { deadline, .. }
-            | State::Handshaking { deadline, .. }
-                if now >= deadline =>
-            {
-                self.disconnect(now, DisconnectReason::ConnectTimeout, false);
-            }
-            State::Connected { .. } => match self.ping_sent {
-                Some(sent) if now >= sent.saturating_add(self.config.ping_timeout) => {
-                    self.disconnect(now, DisconnectReason::KeepAliveTimeout, false);
-                }
-                Some(_) => {}
-                None => {
-                    if self.ping_due().is_some_and(|due| now >= due) {
-                        // A full queue cannot take the PINGREQ; the connection is then treated
-                        // as if the ping went unanswered.
-                        let _ = self.queue_packet(now, &Packet::PingReq);
-                        self.ping_sent = Some(now);
-                    }
-                }
-            },
-            _ => {}
-        }
-        self.refresh_deadline();
-    }
-
-    /// Writes the next chunk of the outbound stream (at most `buf.len()` bytes) into `buf`.
-    pub fn poll_transmit(&mut self, buf: &mut [u8]) -> Option<Transmit> {
-        let socket = self.outbound_socket?;
-        let len = buf.len().min(self.outbound.len());
-        if len == 0 {
-            return None;
-        }
-        for (dst, src) in buf.iter_mut().zip(self.outbound.drain(..len)) {
-            *dst = src;
-        }
-        // Room freed: queue what was waiting for it.
-        let now = self.now;
-        self.pump(now);
-        self.refresh_deadline();
-        Some(Transmit {
-            socket,
-            destination: self.config.broker,
-            len,
-        })
-    }
-
-    /// The next socket intent.
-    pub fn poll_socket_op(&mut self) -> Option<SocketOp> {
-        self.ops.pop_front()
-    }
-
-    /// The next event.
-    pub fn poll_event(&mut self) -> Option<MqttEvent> {
-        self.events.pop_front()
-    }
-
-    /// The next deadline (cached; `None` once closed).
-    pub fn poll_timeout(&self) -> Option<Instant> {
-        self.deadline
     }
 
     fn start_attempt(&mut self, now: Instant) {

@@ -564,66 +564,6 @@ impl PnpClient {
         }
     }
 
-    /// Handles a datagram on the UDP socket.
-    pub fn handle_datagram(
-        &mut self,
-        now: Instant,
-        socket: SocketId,
-        from: SocketAddr,
-        data: &[u8],
-    ) -> Verdict {
-        if self.closed {
-            return Verdict::Dropped(DropReason::Closed);
-        }
-        if socket != CLIENT_UDP_SOCKET || self.udp != UdpSocket::Bound {
-            return Verdict::Dropped(DropReason::UnknownSocket);
-        }
-        if from != self.config.server {
-            self.stats.wrong_source = self.stats.wrong_source.saturating_add(1);
-            return Verdict::Dropped(DropReason::WrongSource);
-        }
-        let verdict = self.handle_reply(now, data, None);
-        self.refresh_timeout();
-        verdict
-    }
-
-    /// Handles bytes on a request's TCP connection.
-    pub fn handle_stream(&mut self, now: Instant, socket: SocketId, data: &[u8]) -> Verdict {
-        if self.closed {
-            return Verdict::Dropped(DropReason::Closed);
-        }
-        let Some(index) = self.tcp_index(socket) else {
-            return Verdict::Dropped(DropReason::UnknownSocket);
-        };
-        let mut rest = data;
-        let event = match self.pending.get_mut(index).map(|p| &mut p.stage) {
-            Some(Stage::Tcp { reader, .. }) => reader.next(&mut rest),
-            _ => None,
-        };
-        let verdict = match event {
-            None => Verdict::Consumed,
-            Some(FrameEvent::BadLength(_)) => {
-                self.stats.malformed = self.stats.malformed.saturating_add(1);
-                self.finish(index, Err(PnpFailure::MalformedReply));
-                Verdict::Dropped(DropReason::Unexpected)
-            }
-            Some(FrameEvent::Frame(body)) => {
-                let verdict = self.handle_reply(now, &body, Some(index));
-                if self
-                    .pending
-                    .get(index)
-                    .is_some_and(|p| tcp_socket(p) == Some(socket))
-                {
-                    // The one frame was not a valid reply for this request.
-                    self.finish(index, Err(PnpFailure::MalformedReply));
-                }
-                verdict
-            }
-        };
-        self.refresh_timeout();
-        verdict
-    }
-
     fn tcp_index(&self, socket: SocketId) -> Option<usize> {
         self.pending
             .iter()
@@ -719,19 +659,6 @@ impl PnpClient {
         }
     }
 
-    /// Handles the outcome of an intent, or an asynchronous socket error.
-    pub fn handle_socket_result(&mut self, now: Instant, socket: SocketId, outcome: SocketOutcome) {
-        if self.closed {
-            return;
-        }
-        if socket == CLIENT_UDP_SOCKET {
-            self.udp_result(now, outcome);
-        } else if let Some(index) = self.tcp_index(socket) {
-            self.tcp_result(index, socket, outcome);
-        }
-        self.refresh_timeout();
-    }
-
     fn udp_result(&mut self, now: Instant, outcome: SocketOutcome) {
         match outcome {
             SocketOutcome::Bound { .. } if self.udp == UdpSocket::Binding => {
@@ -802,25 +729,6 @@ impl PnpClient {
         }
     }
 
-    /// Retransmits UDP requests and fails requests past their deadline.
-    pub fn handle_timeout(&mut self, now: Instant) {
-        if self.closed {
-            return;
-        }
-        let mut index = 0;
-        while index < self.pending.len() {
-            if self.pending.get(index).is_some_and(|p| now >= p.deadline) {
-                self.finish(index, Err(PnpFailure::Timeout));
-            } else {
-                index = index.saturating_add(1);
-            }
-        }
-        if self.udp == UdpSocket::Bound {
-            self.send_udp_due(now);
-        }
-        self.refresh_timeout();
-    }
-
     /// Sends every UDP request that is due: first transmissions and retransmissions.
     fn send_udp_due(&mut self, now: Instant) {
         let max = self.config.max_retransmits;
@@ -872,9 +780,105 @@ impl PnpClient {
         }
         self.timeout = next;
     }
+}
+
+impl p2pd_proto::Machine for PnpClient {
+    type Event = PnpClientEvent;
+
+    /// Handles a datagram on the UDP socket.
+    fn handle_datagram(
+        &mut self,
+        now: Instant,
+        socket: SocketId,
+        from: SocketAddr,
+        data: &[u8],
+    ) -> Verdict {
+        if self.closed {
+            return Verdict::Dropped(DropReason::Closed);
+        }
+        if socket != CLIENT_UDP_SOCKET || self.udp != UdpSocket::Bound {
+            return Verdict::Dropped(DropReason::UnknownSocket);
+        }
+        if from != self.config.server {
+            self.stats.wrong_source = self.stats.wrong_source.saturating_add(1);
+            return Verdict::Dropped(DropReason::WrongSource);
+        }
+        let verdict = self.handle_reply(now, data, None);
+        self.refresh_timeout();
+        verdict
+    }
+
+    /// Handles bytes on a request's TCP connection.
+    fn handle_stream(&mut self, now: Instant, socket: SocketId, data: &[u8]) -> Verdict {
+        if self.closed {
+            return Verdict::Dropped(DropReason::Closed);
+        }
+        let Some(index) = self.tcp_index(socket) else {
+            return Verdict::Dropped(DropReason::UnknownSocket);
+        };
+        let mut rest = data;
+        let event = match self.pending.get_mut(index).map(|p| &mut p.stage) {
+            Some(Stage::Tcp { reader, .. }) => reader.next(&mut rest),
+            _ => None,
+        };
+        let verdict = match event {
+            None => Verdict::Consumed,
+            Some(FrameEvent::BadLength(_)) => {
+                self.stats.malformed = self.stats.malformed.saturating_add(1);
+                self.finish(index, Err(PnpFailure::MalformedReply));
+                Verdict::Dropped(DropReason::Unexpected)
+            }
+            Some(FrameEvent::Frame(body)) => {
+                let verdict = self.handle_reply(now, &body, Some(index));
+                if self
+                    .pending
+                    .get(index)
+                    .is_some_and(|p| tcp_socket(p) == Some(socket))
+                {
+                    // The one frame was not a valid reply for this request.
+                    self.finish(index, Err(PnpFailure::MalformedReply));
+                }
+                verdict
+            }
+        };
+        self.refresh_timeout();
+        verdict
+    }
+
+    /// Handles the outcome of an intent, or an asynchronous socket error.
+    fn handle_socket_result(&mut self, now: Instant, socket: SocketId, outcome: SocketOutcome) {
+        if self.closed {
+            return;
+        }
+        if socket == CLIENT_UDP_SOCKET {
+            self.udp_result(now, outcome);
+        } else if let Some(index) = self.tcp_index(socket) {
+            self.tcp_result(index, socket, outcome);
+        }
+        self.refresh_timeout();
+    }
+
+    /// Retransmits UDP requests and fails requests past their deadline.
+    fn handle_timeout(&mut self, now: Instant) {
+        if self.closed {
+            return;
+        }
+        let mut index = 0;
+        while index < self.pending.len() {
+            if self.pending.get(index).is_some_and(|p| now >= p.deadline) {
+                self.finish(index, Err(PnpFailure::Timeout));
+            } else {
+                index = index.saturating_add(1);
+            }
+        }
+        if self.udp == UdpSocket::Bound {
+            self.send_udp_due(now);
+        }
+        self.refresh_timeout();
+    }
 
     /// Writes the next request (datagram, or TCP frame) into `buf`.
-    pub fn poll_transmit(&mut self, buf: &mut [u8]) -> Option<Transmit> {
+    fn poll_transmit(&mut self, buf: &mut [u8]) -> Option<Transmit> {
         while let Some((socket, bytes)) = self.transmits.pop_front() {
             let Some(dst) = buf.get_mut(..bytes.len()) else {
                 continue;
@@ -890,22 +894,20 @@ impl PnpClient {
     }
 
     /// The next socket intent.
-    pub fn poll_socket_op(&mut self) -> Option<SocketOp> {
+    fn poll_socket_op(&mut self) -> Option<SocketOp> {
         self.ops.pop_front()
     }
 
     /// The next event.
-    pub fn poll_event(&mut self) -> Option<PnpClientEvent> {
+    fn poll_event(&mut self) -> Option<PnpClientEvent> {
         self.events.pop_front()
     }
 
     /// The next deadline (retransmission or timeout). O(1).
-    pub fn poll_timeout(&self) -> Option<Instant> {
+    fn poll_timeout(&self) -> Option<Instant> {
         self.timeout
     }
 }
-
-p2pd_proto::impl_machine!(PnpClient, PnpClientEvent, stream);
 
 fn tcp_socket(pending: &Pending) -> Option<SocketId> {
     match pending.stage {

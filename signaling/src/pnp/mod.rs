@@ -90,7 +90,7 @@
 //! use p2pd_signaling::pnp::{Name, PnpClient, PnpClientConfig, PnpClientEvent, PnpTransport};
 //! use p2pd_signaling::pnp::{MemoryStore, PnpServer, PnpServerConfig};
 //! use p2pd_signaling::Identity;
-//! use p2pd_proto::{Instant, SocketOp, SocketOutcome, TRANSMIT_BUFFER_LEN};
+//! use p2pd_proto::{Instant, Machine, SocketOp, SocketOutcome, TRANSMIT_BUFFER_LEN};
 //! use std::time::Duration;
 //!
 //! let (server_addr, client_addr) = ("192.0.2.1:5300".parse().unwrap(), "198.51.100.2:4000".parse().unwrap());

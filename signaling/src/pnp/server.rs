@@ -391,77 +391,6 @@ impl<S: NameStore> PnpServer<S> {
         self.events.push_back(PnpServerEvent::Closed);
     }
 
-    /// Handles a datagram on the UDP socket.
-    pub fn handle_datagram(
-        &mut self,
-        now: Instant,
-        socket: SocketId,
-        from: SocketAddr,
-        data: &[u8],
-    ) -> Verdict {
-        if self.closed {
-            return Verdict::Dropped(DropReason::Closed);
-        }
-        if socket != UDP_SOCKET || !matches!(self.udp, Listener::Bound(_)) {
-            return Verdict::Dropped(DropReason::UnknownSocket);
-        }
-        if data.first() != Some(&envelope::VERSION) {
-            self.stats.not_envelopes = self.stats.not_envelopes.saturating_add(1);
-            return Verdict::NotMine;
-        }
-        let source = SourceKey::from_ip(from.ip());
-        let verdict = match self.answer(now, source, data, Some(data.len())) {
-            Ok(reply) => self.queue(UDP_SOCKET, from, reply),
-            Err(reason) => Verdict::Dropped(reason),
-        };
-        self.refresh_timeout();
-        verdict
-    }
-
-    /// Handles bytes on an accepted TCP connection: any number of frames, split anywhere.
-    pub fn handle_stream(&mut self, now: Instant, socket: SocketId, data: &[u8]) -> Verdict {
-        if self.closed {
-            return Verdict::Dropped(DropReason::Closed);
-        }
-        let Some(index) = self.tcp.open_index(socket) else {
-            return Verdict::Dropped(DropReason::UnknownSocket);
-        };
-        let mut rest = data;
-        let mut verdict = Verdict::Consumed;
-        while let Some((conn, reader)) = self.tcp.touch(now, index) {
-            let (remote, source) = (conn.remote, SourceKey::from_ip(conn.remote.ip()));
-            match reader.next(&mut rest) {
-                None => break,
-                Some(FrameEvent::BadLength(_)) => {
-                    self.stats.bad_frames = self.stats.bad_frames.saturating_add(1);
-                    self.close_connection(now, index);
-                    verdict = Verdict::Dropped(DropReason::Unexpected);
-                    break;
-                }
-                Some(FrameEvent::Frame(body)) => match self.answer(now, source, &body, None) {
-                    Ok(reply) => match wire::frame(&reply) {
-                        Some(framed) => verdict = self.queue(socket, remote, framed),
-                        None => verdict = Verdict::Dropped(DropReason::Unexpected),
-                    },
-                    Err(reason) => verdict = Verdict::Dropped(reason),
-                },
-            }
-        }
-        self.refresh_timeout();
-        verdict
-    }
-
-    /// Handles the outcome of an intent, or an asynchronous socket error.
-    pub fn handle_socket_result(&mut self, now: Instant, socket: SocketId, outcome: SocketOutcome) {
-        if socket == UDP_SOCKET {
-            self.udp_result(outcome);
-        } else {
-            let event = self.tcp.handle_result(now, socket, outcome, &mut self.ops);
-            self.tcp_event(now, event);
-        }
-        self.refresh_timeout();
-    }
-
     fn udp_result(&mut self, outcome: SocketOutcome) {
         match outcome {
             SocketOutcome::Bound { local } if self.udp == Listener::Binding => {
@@ -516,59 +445,6 @@ impl<S: NameStore> PnpServer<S> {
             }
             PoolEvent::NotMine | PoolEvent::Nothing => {}
         }
-    }
-
-    /// Prunes expired names, closes idle connections and retries failed accepts.
-    pub fn handle_timeout(&mut self, now: Instant) {
-        if self.closed {
-            return;
-        }
-        if now >= self.next_prune {
-            self.next_prune = now.saturating_add(self.config.prune_interval);
-            match self.store.prune_expired(self.unix_ms(now)) {
-                Ok(n) => self.stats.pruned = self.stats.pruned.saturating_add(n),
-                Err(_) => self.stats.store_errors = self.stats.store_errors.saturating_add(1),
-            }
-        }
-        for index in 0..self.tcp.capacity() {
-            if self.tcp.is_expired(index, now) {
-                self.stats.idle_closed = self.stats.idle_closed.saturating_add(1);
-                self.close_connection(now, index);
-            }
-        }
-        self.tcp.accept_idle(now, &mut self.ops);
-        self.refresh_timeout();
-    }
-
-    /// Writes the next reply into `buf`.
-    pub fn poll_transmit(&mut self, buf: &mut [u8]) -> Option<Transmit> {
-        while let Some(out) = self.transmits.pop_front() {
-            let Some(dst) = buf.get_mut(..out.bytes.len()) else {
-                continue;
-            };
-            dst.copy_from_slice(&out.bytes);
-            return Some(Transmit {
-                socket: out.socket,
-                destination: out.destination,
-                len: out.bytes.len(),
-            });
-        }
-        None
-    }
-
-    /// The next socket intent.
-    pub fn poll_socket_op(&mut self) -> Option<SocketOp> {
-        self.ops.pop_front()
-    }
-
-    /// The next event.
-    pub fn poll_event(&mut self) -> Option<PnpServerEvent> {
-        self.events.pop_front()
-    }
-
-    /// The next deadline (pruning, idle connections, accept retries). O(1).
-    pub fn poll_timeout(&self) -> Option<Instant> {
-        self.timeout
     }
 
     fn queue(&mut self, socket: SocketId, destination: SocketAddr, bytes: Vec<u8>) -> Verdict {
@@ -746,11 +622,10 @@ impl<S: NameStore> PnpServer<S> {
     }
 }
 
-// `impl_machine!` takes a plain type; the server is generic over its store, so the same thin
-// delegation is written out here.
 impl<S: NameStore> p2pd_proto::Machine for PnpServer<S> {
     type Event = PnpServerEvent;
 
+    /// Handles a datagram on the UDP socket.
     fn handle_datagram(
         &mut self,
         now: Instant,
@@ -758,34 +633,119 @@ impl<S: NameStore> p2pd_proto::Machine for PnpServer<S> {
         from: SocketAddr,
         data: &[u8],
     ) -> Verdict {
-        PnpServer::handle_datagram(self, now, socket, from, data)
+        if self.closed {
+            return Verdict::Dropped(DropReason::Closed);
+        }
+        if socket != UDP_SOCKET || !matches!(self.udp, Listener::Bound(_)) {
+            return Verdict::Dropped(DropReason::UnknownSocket);
+        }
+        if data.first() != Some(&envelope::VERSION) {
+            self.stats.not_envelopes = self.stats.not_envelopes.saturating_add(1);
+            return Verdict::NotMine;
+        }
+        let source = SourceKey::from_ip(from.ip());
+        let verdict = match self.answer(now, source, data, Some(data.len())) {
+            Ok(reply) => self.queue(UDP_SOCKET, from, reply),
+            Err(reason) => Verdict::Dropped(reason),
+        };
+        self.refresh_timeout();
+        verdict
     }
 
+    /// Handles bytes on an accepted TCP connection: any number of frames, split anywhere.
     fn handle_stream(&mut self, now: Instant, socket: SocketId, data: &[u8]) -> Verdict {
-        PnpServer::handle_stream(self, now, socket, data)
+        if self.closed {
+            return Verdict::Dropped(DropReason::Closed);
+        }
+        let Some(index) = self.tcp.open_index(socket) else {
+            return Verdict::Dropped(DropReason::UnknownSocket);
+        };
+        let mut rest = data;
+        let mut verdict = Verdict::Consumed;
+        while let Some((conn, reader)) = self.tcp.touch(now, index) {
+            let (remote, source) = (conn.remote, SourceKey::from_ip(conn.remote.ip()));
+            match reader.next(&mut rest) {
+                None => break,
+                Some(FrameEvent::BadLength(_)) => {
+                    self.stats.bad_frames = self.stats.bad_frames.saturating_add(1);
+                    self.close_connection(now, index);
+                    verdict = Verdict::Dropped(DropReason::Unexpected);
+                    break;
+                }
+                Some(FrameEvent::Frame(body)) => match self.answer(now, source, &body, None) {
+                    Ok(reply) => match wire::frame(&reply) {
+                        Some(framed) => verdict = self.queue(socket, remote, framed),
+                        None => verdict = Verdict::Dropped(DropReason::Unexpected),
+                    },
+                    Err(reason) => verdict = Verdict::Dropped(reason),
+                },
+            }
+        }
+        self.refresh_timeout();
+        verdict
     }
 
+    /// Handles the outcome of an intent, or an asynchronous socket error.
     fn handle_socket_result(&mut self, now: Instant, socket: SocketId, outcome: SocketOutcome) {
-        PnpServer::handle_socket_result(self, now, socket, outcome);
+        if socket == UDP_SOCKET {
+            self.udp_result(outcome);
+        } else {
+            let event = self.tcp.handle_result(now, socket, outcome, &mut self.ops);
+            self.tcp_event(now, event);
+        }
+        self.refresh_timeout();
     }
 
+    /// Prunes expired names, closes idle connections and retries failed accepts.
     fn handle_timeout(&mut self, now: Instant) {
-        PnpServer::handle_timeout(self, now);
+        if self.closed {
+            return;
+        }
+        if now >= self.next_prune {
+            self.next_prune = now.saturating_add(self.config.prune_interval);
+            match self.store.prune_expired(self.unix_ms(now)) {
+                Ok(n) => self.stats.pruned = self.stats.pruned.saturating_add(n),
+                Err(_) => self.stats.store_errors = self.stats.store_errors.saturating_add(1),
+            }
+        }
+        for index in 0..self.tcp.capacity() {
+            if self.tcp.is_expired(index, now) {
+                self.stats.idle_closed = self.stats.idle_closed.saturating_add(1);
+                self.close_connection(now, index);
+            }
+        }
+        self.tcp.accept_idle(now, &mut self.ops);
+        self.refresh_timeout();
     }
 
+    /// Writes the next reply into `buf`.
     fn poll_transmit(&mut self, buf: &mut [u8]) -> Option<Transmit> {
-        PnpServer::poll_transmit(self, buf)
+        while let Some(out) = self.transmits.pop_front() {
+            let Some(dst) = buf.get_mut(..out.bytes.len()) else {
+                continue;
+            };
+            dst.copy_from_slice(&out.bytes);
+            return Some(Transmit {
+                socket: out.socket,
+                destination: out.destination,
+                len: out.bytes.len(),
+            });
+        }
+        None
     }
 
+    /// The next socket intent.
     fn poll_socket_op(&mut self) -> Option<SocketOp> {
-        PnpServer::poll_socket_op(self)
+        self.ops.pop_front()
     }
 
+    /// The next event.
     fn poll_event(&mut self) -> Option<PnpServerEvent> {
-        PnpServer::poll_event(self)
+        self.events.pop_front()
     }
 
+    /// The next deadline (pruning, idle connections, accept retries). O(1).
     fn poll_timeout(&self) -> Option<Instant> {
-        PnpServer::poll_timeout(self)
+        self.timeout
     }
 }

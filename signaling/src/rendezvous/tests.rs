@@ -3,6 +3,7 @@
 
 use core::net::SocketAddr;
 use core::time::Duration;
+use p2pd_proto::Machine;
 use std::collections::BTreeMap;
 
 use p2pd_proto::{IoError, OpKind, TRANSMIT_BUFFER_LEN};

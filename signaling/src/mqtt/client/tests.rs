@@ -1,5 +1,6 @@
 //! Drives the client against a scripted broker built from the codec. No sockets, no clock.
 
+use p2pd_proto::Machine;
 use p2pd_proto::{IoError, OpKind, TRANSMIT_BUFFER_LEN};
 
 use super::*;

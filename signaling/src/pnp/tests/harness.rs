@@ -2,6 +2,7 @@
 //! connects with the server's accepts, delivers datagrams and stream chunks (optionally split or
 //! lost), and records closes so tests can assert "exactly once".
 
+use p2pd_proto::Machine;
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::time::Duration;

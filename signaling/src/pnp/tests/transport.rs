@@ -1,6 +1,7 @@
 //! Both transports end to end: TCP framing at every split, several frames per chunk, loss and
 //! retransmission on UDP, replays, clock windows, forged replies, amplification and garbage.
 
+use p2pd_proto::Machine;
 use std::net::SocketAddr;
 use std::time::Duration;
 

@@ -1,6 +1,7 @@
 //! The scripted broker: answers socket intents, decodes what the client writes, encodes what the
 //! test wants the broker to say, and records every output of the client.
 
+use p2pd_proto::Machine;
 use std::collections::HashMap;
 
 use super::*;

@@ -1,6 +1,7 @@
 //! Reconnect, back-off, stale sockets, protocol fallback and close.
 
 use super::*;
+use p2pd_proto::Machine;
 
 fn retry_in(events: &[MqttEvent]) -> Duration {
     match events.last() {
