@@ -8,6 +8,7 @@
 
 use core::fmt;
 use core::net::SocketAddr;
+use core::ops::ControlFlow;
 
 use crate::time::Instant;
 
@@ -379,21 +380,40 @@ pub trait Machine {
 
 /// Where [`drain`] delivers a machine's outputs: the runtime's sockets, the simulator's network, or a
 /// test's vectors.
-pub trait Outputs<E> {
+pub trait Outputs<M: Machine + ?Sized> {
     /// Send `bytes` as described by `transmit`.
     fn transmit(&mut self, transmit: Transmit, bytes: &[u8]);
-    /// Carry out a socket intent.
+    /// Carry out a socket intent. Its outcome, if it is known at once, may be handed back through
+    /// [`Outputs::outcome`].
     fn socket_op(&mut self, op: SocketOp);
-    /// Deliver an event.
-    fn event(&mut self, event: E);
+    /// Deliver an event. The machine is lent so the receiver can issue commands on it at once
+    /// (they are drained in the same call); `Break` stops the drain, leaving the machine's other
+    /// outputs queued in it for the next drain.
+    fn event(&mut self, machine: &mut M, event: M::Event) -> ControlFlow<()>;
+    /// The next socket outcome to hand the machine (for example a send that failed, or a bind
+    /// that completed), with the time to hand it at. The default has none.
+    fn outcome(&mut self) -> Option<(Instant, SocketId, SocketOutcome)> {
+        None
+    }
+    /// Called when a pass over the machine produced nothing. Answer `true` if finishing pending
+    /// work (flushing batched sends, say) produced new outcomes, so the drain runs another pass.
+    fn settle(&mut self) -> bool {
+        false
+    }
 }
 
-/// Drains every output of `machine` into `outputs`, in the contract's order, and returns the next
-/// deadline. `buf` is scratch space for transmits.
-pub fn drain<M, O>(machine: &mut M, buf: &mut [u8], outputs: &mut O) -> Option<Instant>
+/// Drains every output of `machine` into `outputs`, in the contract's order (transmits, socket
+/// intents, events, then the outcomes `outputs` hands back), until a pass produces nothing; then
+/// returns the machine's next deadline. `buf` is scratch space for transmits (at least
+/// [`TRANSMIT_BUFFER_LEN`] bytes). Returns `Break` as soon as [`Outputs::event`] does.
+pub fn drain<M, O>(
+    machine: &mut M,
+    buf: &mut [u8],
+    outputs: &mut O,
+) -> ControlFlow<(), Option<Instant>>
 where
     M: Machine + ?Sized,
-    O: Outputs<M::Event> + ?Sized,
+    O: Outputs<M> + ?Sized,
 {
     loop {
         let mut progressed = false;
@@ -408,10 +428,14 @@ where
         }
         while let Some(ev) = machine.poll_event() {
             progressed = true;
-            outputs.event(ev);
+            outputs.event(machine, ev)?;
         }
-        if !progressed {
-            return machine.poll_timeout();
+        while let Some((now, socket, outcome)) = outputs.outcome() {
+            progressed = true;
+            machine.handle_socket_result(now, socket, outcome);
+        }
+        if !progressed && !outputs.settle() {
+            return ControlFlow::Continue(machine.poll_timeout());
         }
     }
 }

@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use mio::{Events, Interest, Poll, Token};
 use p2pd_proto::{
-    BindOptions, Instant, IoError, Machine, OpKind, SocketId, SocketOp, SocketOutcome, Transmit,
-    Transport, Verdict,
+    BindOptions, Instant, IoError, Machine, OpKind, Outputs, SocketId, SocketOp, SocketOutcome,
+    Transmit, Transport, Verdict,
 };
 use socket2::{Domain, Protocol, SockRef, Socket, Type};
 
@@ -797,10 +797,11 @@ impl Runtime {
         self.drain_with(machine, on_event, false)
     }
 
-    /// The drain loop. Transmits are collected into the send batch, which is sent when it is full,
-    /// when a transmit for another socket comes, before a socket intent is carried out or an event
-    /// is handed to the callback (so the batch is empty whenever the drain returns `Break`), and at
-    /// the end if `flush`. Send failures are queued and reported like any other socket outcome.
+    /// The drain loop: [`p2pd_proto::drain`] into [`Driver`]. Transmits are collected into the
+    /// send batch, which is sent when it is full, when a transmit for another socket comes, before
+    /// a socket intent is carried out or an event is handed to the callback (so the batch is
+    /// empty whenever the drain returns `Break`), and at the end if `flush`. Send failures are
+    /// queued and reported like any other socket outcome.
     fn drain_with<M, F>(
         &mut self,
         machine: &mut M,
@@ -811,40 +812,19 @@ impl Runtime {
         M: Machine,
         F: FnMut(&mut M, Instant, M::Event) -> ControlFlow<()>,
     {
-        loop {
-            let mut progressed = false;
-            while let Some(t) = machine.poll_transmit(&mut self.tx_buf) {
-                progressed = true;
-                self.send(t);
-            }
-            while let Some(op) = machine.poll_socket_op() {
-                progressed = true;
-                self.flush_sends();
-                self.apply(op);
-            }
-            while let Some(ev) = machine.poll_event() {
-                progressed = true;
-                self.flush_sends();
-                let now = self.now();
-                if on_event(machine, now, ev).is_break() {
-                    return ControlFlow::Break(());
-                }
-            }
-            while let Some((id, outcome)) = self.pending.pop_front() {
-                progressed = true;
-                let now = self.now();
-                machine.handle_socket_result(now, id, outcome);
-            }
-            if !progressed {
-                if flush && !self.tx.is_empty() {
-                    self.flush_sends();
-                    if !self.pending.is_empty() {
-                        // Send failures to report.
-                        continue;
-                    }
-                }
-                return ControlFlow::Continue(());
-            }
+        // The transmit buffer is lent to the drain for the call (taking a boxed slice does not
+        // allocate) so the driver can borrow the rest of the runtime.
+        let mut buf = std::mem::take(&mut self.tx_buf);
+        let mut driver = Driver {
+            runtime: self,
+            on_event,
+            flush,
+        };
+        let flow = p2pd_proto::drain(machine, &mut buf, &mut driver);
+        self.tx_buf = buf;
+        match flow {
+            ControlFlow::Break(()) => ControlFlow::Break(()),
+            ControlFlow::Continue(_) => ControlFlow::Continue(()),
         }
     }
 
@@ -902,14 +882,14 @@ impl Runtime {
         self.tx.clear();
     }
 
-    /// Sends one transmit from `tx_buf` (a datagram, or bytes on a connected TCP stream); failures
-    /// are queued for the machine.
-    fn send(&mut self, t: Transmit) {
+    /// Sends one transmit (a datagram, or bytes on a connected TCP stream); failures are queued
+    /// for the machine.
+    fn send(&mut self, t: Transmit, payload: &[u8]) {
         let destination = t.destination;
         let idx = self.ids.get(&t.socket).copied();
         // A datagram joins the send batch (sent first if it is full or for another socket).
         let udp = idx.filter(|&i| {
-            t.len <= self.tx_buf.len()
+            t.len <= payload.len()
                 && matches!(
                     self.slots.get(i),
                     Some(Some(Entry {
@@ -923,14 +903,14 @@ impl Runtime {
                 self.flush_sends();
             }
             self.tx
-                .push(self.tx_buf.get(..t.len).unwrap_or_default(), destination);
+                .push(payload.get(..t.len).unwrap_or_default(), destination);
             self.tx_owner = Some((i, t.socket));
             return;
         }
         // Anything else is handled at once, after the datagrams before it.
         self.flush_sends();
         let mut datagram = false;
-        let result = match self.tx_buf.get(..t.len) {
+        let result = match payload.get(..t.len) {
             None => Err(IoError::MessageTooLong),
             Some(bytes) => match idx.and_then(|i| self.slots.get_mut(i)) {
                 Some(Some(entry)) => match &mut entry.kind {
@@ -1321,6 +1301,52 @@ impl Runtime {
 }
 
 /// Rounds `d` up to whole milliseconds, so the OS never wakes the loop before a deadline.
+/// The runtime as the shared drain's [`Outputs`]: transmits go to the sockets (datagrams through
+/// the send batch), intents are carried out, events go to the caller's callback, and outcomes the
+/// runtime queued are handed back.
+struct Driver<'a, F> {
+    runtime: &'a mut Runtime,
+    on_event: &'a mut F,
+    /// Send the batch when the machine has nothing more to say (otherwise the caller drains again
+    /// after its last input).
+    flush: bool,
+}
+
+impl<M, F> Outputs<M> for Driver<'_, F>
+where
+    M: Machine,
+    F: FnMut(&mut M, Instant, M::Event) -> ControlFlow<()>,
+{
+    fn transmit(&mut self, transmit: Transmit, bytes: &[u8]) {
+        self.runtime.send(transmit, bytes);
+    }
+
+    fn socket_op(&mut self, op: SocketOp) {
+        self.runtime.flush_sends();
+        self.runtime.apply(op);
+    }
+
+    fn event(&mut self, machine: &mut M, event: M::Event) -> ControlFlow<()> {
+        self.runtime.flush_sends();
+        let now = self.runtime.now();
+        (self.on_event)(machine, now, event)
+    }
+
+    fn outcome(&mut self) -> Option<(Instant, SocketId, SocketOutcome)> {
+        let (socket, outcome) = self.runtime.pending.pop_front()?;
+        Some((self.runtime.now(), socket, outcome))
+    }
+
+    fn settle(&mut self) -> bool {
+        if !self.flush || self.runtime.tx.is_empty() {
+            return false;
+        }
+        self.runtime.flush_sends();
+        // Send failures to report.
+        !self.runtime.pending.is_empty()
+    }
+}
+
 fn ceil_millis(d: Duration) -> Duration {
     let ms = d.as_nanos().div_ceil(1_000_000);
     Duration::from_millis(u64::try_from(ms).unwrap_or(u64::MAX))

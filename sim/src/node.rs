@@ -3,6 +3,7 @@
 
 use core::any::Any;
 use core::net::SocketAddr;
+use core::ops::ControlFlow;
 
 use p2pd_proto::{
     drain, Instant, Machine, Outputs, SocketId, SocketOp, SocketOutcome, Transmit, Verdict,
@@ -49,7 +50,7 @@ struct Sink<'a, E> {
     events: &'a mut Vec<E>,
 }
 
-impl<E> Outputs<E> for Sink<'_, E> {
+impl<M: Machine> Outputs<M> for Sink<'_, M::Event> {
     fn transmit(&mut self, transmit: Transmit, bytes: &[u8]) {
         self.out.push(Output::Transmit {
             socket: transmit.socket,
@@ -62,8 +63,9 @@ impl<E> Outputs<E> for Sink<'_, E> {
         self.out.push(Output::Op(op));
     }
 
-    fn event(&mut self, event: E) {
+    fn event(&mut self, _: &mut M, event: M::Event) -> ControlFlow<()> {
         self.events.push(event);
+        ControlFlow::Continue(())
     }
 }
 
@@ -99,7 +101,10 @@ where
             out,
             events: &mut self.events,
         };
+        // The sink never breaks.
         drain(&mut self.machine, buf, &mut sink)
+            .continue_value()
+            .flatten()
     }
 
     fn as_any(&self) -> &dyn Any {

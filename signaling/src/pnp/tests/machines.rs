@@ -337,15 +337,16 @@ struct Sink {
     events: usize,
 }
 
-impl<E> Outputs<E> for Sink {
+impl<M: Machine + ?Sized> Outputs<M> for Sink {
     fn transmit(&mut self, transmit: Transmit, bytes: &[u8]) {
         self.transmits.push((transmit, bytes.to_vec()));
     }
     fn socket_op(&mut self, op: SocketOp) {
         self.ops.push(op);
     }
-    fn event(&mut self, _event: E) {
+    fn event(&mut self, _: &mut M, _event: M::Event) -> std::ops::ControlFlow<()> {
         self.events += 1;
+        std::ops::ControlFlow::Continue(())
     }
 }
 
@@ -356,7 +357,9 @@ fn machines_drive_through_the_trait_with_a_boxed_store() {
         Box::new(PnpServer::new(server_config(), id(200), store, 3).unwrap());
     let mut buf = vec![0u8; p2pd_proto::TRANSMIT_BUFFER_LEN];
     let mut sink = Sink::default();
-    let deadline = drain(server.as_mut(), &mut buf, &mut sink);
+    let deadline = drain(server.as_mut(), &mut buf, &mut sink)
+        .continue_value()
+        .flatten();
     assert!(deadline.is_some());
     for op in std::mem::take(&mut sink.ops) {
         if let SocketOp::Bind { socket, local, .. } = op {
@@ -382,7 +385,9 @@ fn machines_drive_through_the_trait_with_a_boxed_store() {
     client.lookup(Instant::ZERO, name("x")).unwrap();
     let client: &mut dyn Machine<Event = PnpClientEvent> = &mut client;
     let mut sink = Sink::default();
-    let deadline = drain(client, &mut buf, &mut sink);
+    let deadline = drain(client, &mut buf, &mut sink)
+        .continue_value()
+        .flatten();
     assert_eq!(deadline, Some(Instant::ZERO + Duration::from_secs(5)));
     assert_eq!(sink.ops.len(), 1);
 }
