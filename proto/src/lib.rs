@@ -86,6 +86,8 @@ pub mod machine;
 pub mod rng;
 pub mod server;
 pub mod stun;
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
 pub mod time;
 
 pub use machine::{

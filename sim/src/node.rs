@@ -2,9 +2,11 @@
 //! [`crate::Sim::take_events`].
 
 use core::any::Any;
+use core::fmt::Debug;
 use core::net::SocketAddr;
 use core::ops::ControlFlow;
 
+use p2pd_proto::testing::{Checked, ContractChecker};
 use p2pd_proto::{
     drain, Instant, Machine, Outputs, SocketId, SocketOp, SocketOutcome, Transmit, Verdict,
 };
@@ -32,6 +34,8 @@ pub(crate) trait Node {
     fn handle_stream(&mut self, now: Instant, socket: SocketId, data: &[u8]) -> Verdict;
     fn handle_socket_result(&mut self, now: Instant, socket: SocketId, outcome: SocketOutcome);
     fn handle_timeout(&mut self, now: Instant);
+    /// A command is about to be given to the machine at `now` (for the contract checker).
+    fn command(&mut self, now: Instant);
     /// Drains transmits and socket intents into `out` (events stay inside, typed) and returns the
     /// next deadline.
     fn drain(&mut self, buf: &mut [u8], out: &mut Vec<Output>) -> Option<Instant>;
@@ -39,10 +43,29 @@ pub(crate) trait Node {
     fn as_any_mut(&mut self) -> &mut dyn Any;
 }
 
-/// A machine and the events it reported that nobody has taken yet.
+/// A machine, the events it reported that nobody has taken yet, and the contract checker that
+/// watches everything it does (a violation stops the simulation with its seed).
 pub(crate) struct Typed<M: Machine> {
     pub(crate) machine: M,
     pub(crate) events: Vec<M::Event>,
+    checker: ContractChecker<M::Event>,
+    /// The last input was `handle_timeout` at this instant.
+    timed_out: Option<Instant>,
+}
+
+impl<M: Machine> Typed<M>
+where
+    M::Event: Debug,
+{
+    /// Wraps `machine` with a fresh checker.
+    pub(crate) fn new(machine: M) -> Self {
+        Typed {
+            machine,
+            events: Vec::new(),
+            checker: ContractChecker::new(core::any::type_name::<M>(), |_| false),
+            timed_out: None,
+        }
+    }
 }
 
 struct Sink<'a, E> {
@@ -72,7 +95,7 @@ impl<M: Machine> Outputs<M> for Sink<'_, M::Event> {
 impl<M> Node for Typed<M>
 where
     M: Machine + 'static,
-    M::Event: 'static,
+    M::Event: Debug + 'static,
 {
     fn handle_datagram(
         &mut self,
@@ -81,19 +104,33 @@ where
         from: SocketAddr,
         data: &[u8],
     ) -> Verdict {
+        self.checker.input(now);
+        self.timed_out = None;
         self.machine.handle_datagram(now, socket, from, data)
     }
 
     fn handle_stream(&mut self, now: Instant, socket: SocketId, data: &[u8]) -> Verdict {
+        self.checker.input(now);
+        self.timed_out = None;
         self.machine.handle_stream(now, socket, data)
     }
 
     fn handle_socket_result(&mut self, now: Instant, socket: SocketId, outcome: SocketOutcome) {
+        self.checker.input(now);
+        self.checker.outcome(socket, &outcome);
+        self.timed_out = None;
         self.machine.handle_socket_result(now, socket, outcome);
     }
 
     fn handle_timeout(&mut self, now: Instant) {
+        self.checker.timeout_input(now);
+        self.timed_out = Some(now);
         self.machine.handle_timeout(now);
+    }
+
+    fn command(&mut self, now: Instant) {
+        self.checker.input(now);
+        self.timed_out = None;
     }
 
     fn drain(&mut self, buf: &mut [u8], out: &mut Vec<Output>) -> Option<Instant> {
@@ -101,10 +138,18 @@ where
             out,
             events: &mut self.events,
         };
+        let mut checked = Checked {
+            checker: &mut self.checker,
+            inner: &mut sink,
+        };
         // The sink never breaks.
-        drain(&mut self.machine, buf, &mut sink)
+        let next = drain(&mut self.machine, buf, &mut checked)
             .continue_value()
-            .flatten()
+            .flatten();
+        if let Some(now) = self.timed_out.take() {
+            self.checker.deadline(now, next, true);
+        }
+        next
     }
 
     fn as_any(&self) -> &dyn Any {

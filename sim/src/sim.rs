@@ -313,7 +313,7 @@ impl Sim {
     pub fn add_host<M>(&mut self, host: Host, machine: M) -> HostId
     where
         M: Machine + 'static,
-        M::Event: 'static,
+        M::Event: core::fmt::Debug + 'static,
     {
         assert!(!host.ips.is_empty(), "a host needs at least one IP");
         let id = HostId(self.hosts.len());
@@ -330,7 +330,7 @@ impl Sim {
     pub fn add_host_behind<M>(&mut self, nat: NatId, private_ip: Ipv4Addr, machine: M) -> HostId
     where
         M: Machine + 'static,
-        M::Event: 'static,
+        M::Event: core::fmt::Debug + 'static,
     {
         let id = HostId(self.hosts.len());
         let lan = self.lans.get_mut(nat.0).expect("unknown NAT");
@@ -387,10 +387,11 @@ impl Sim {
     pub fn with_machine<M, R>(&mut self, id: HostId, f: impl FnOnce(&mut M, Instant) -> R) -> R
     where
         M: Machine + 'static,
-        M::Event: 'static,
+        M::Event: core::fmt::Debug + 'static,
     {
         let now = self.now;
         let typed = self.typed_mut::<M>(id);
+        typed.command(now);
         let r = f(&mut typed.machine, now);
         self.service(id);
         r
@@ -403,7 +404,7 @@ impl Sim {
     pub fn machine<M>(&self, id: HostId) -> &M
     where
         M: Machine + 'static,
-        M::Event: 'static,
+        M::Event: core::fmt::Debug + 'static,
     {
         let node = &self.host_ref(id).node;
         let typed = node
@@ -420,7 +421,7 @@ impl Sim {
     pub fn take_events<M>(&mut self, id: HostId) -> Vec<M::Event>
     where
         M: Machine + 'static,
-        M::Event: 'static,
+        M::Event: core::fmt::Debug + 'static,
     {
         core::mem::take(&mut self.typed_mut::<M>(id).events)
     }
@@ -473,14 +474,11 @@ impl Sim {
     ) -> HostId
     where
         M: Machine + 'static,
-        M::Event: 'static,
+        M::Event: core::fmt::Debug + 'static,
     {
         let id = HostId(self.hosts.len());
         self.hosts.push(HostState {
-            node: Box::new(Typed {
-                machine,
-                events: Vec::new(),
-            }),
+            node: Box::new(Typed::new(machine)),
             location,
             ips,
             link,
@@ -514,7 +512,7 @@ impl Sim {
     fn typed_mut<M>(&mut self, id: HostId) -> &mut Typed<M>
     where
         M: Machine + 'static,
-        M::Event: 'static,
+        M::Event: core::fmt::Debug + 'static,
     {
         self.host_mut(id)
             .node

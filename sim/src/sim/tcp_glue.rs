@@ -111,7 +111,7 @@ impl Sim {
     pub fn restart_host<M>(&mut self, host: HostId, machine: M)
     where
         M: Machine + 'static,
-        M::Event: 'static,
+        M::Event: core::fmt::Debug + 'static,
     {
         let mut out = Vec::new();
         let h = self.host_mut(host);
@@ -119,10 +119,7 @@ impl Sim {
         h.sockets.clear();
         h.timer = None;
         h.fired = (Instant::MAX, 0);
-        h.node = Box::new(Typed {
-            machine,
-            events: Vec::new(),
-        });
+        h.node = Box::new(Typed::new(machine));
         self.apply_tcp(host, out);
         self.service(host);
     }

@@ -1,0 +1,411 @@
+//! Test support shared by unit tests, the simulator and every fuzz target (feature `testing`):
+//! [`ContractChecker`], which checks the invariants written on [`Machine`], [`Checked`], which
+//! runs that check on everything a [`drain`] delivers, and [`Recorder`], outputs kept in vectors.
+//!
+//! Violations panic with a message that names the machine and the rule, so a unit test fails, a
+//! fuzz target reports a crash and the simulator stops with its seed.
+//!
+//! ```
+//! use p2pd_proto::client::{ClientConfig, ClientEvent, Request, StunClient};
+//! use p2pd_proto::testing::{ContractChecker, Recorder};
+//! use p2pd_proto::{Instant, Machine, SocketOp, SocketOutcome, TRANSMIT_BUFFER_LEN};
+//!
+//! let mut client = StunClient::new(ClientConfig::default(), 7);
+//! let mut checker = ContractChecker::new("stun client", |_: &ClientEvent| false);
+//! let mut out = Recorder::default();
+//! let mut buf = [0u8; TRANSMIT_BUFFER_LEN];
+//! let now = Instant::ZERO;
+//! checker.input(now);
+//! let socket = client.open_socket(now, "0.0.0.0:0".parse().unwrap(), Default::default()).unwrap();
+//! let _ = checker.drain(&mut client, &mut buf, &mut out);
+//! assert!(matches!(out.ops[..], [SocketOp::Bind { .. }]));
+//! checker.input(now);
+//! checker.outcome(socket, &SocketOutcome::Bound { local: "192.0.2.1:4000".parse().unwrap() });
+//! client.handle_socket_result(now, socket, SocketOutcome::Bound { local: "192.0.2.1:4000".parse().unwrap() });
+//! client.close(now);
+//! let _ = checker.drain(&mut client, &mut buf, &mut out);
+//! checker.assert_all_closed();
+//! ```
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt::Debug;
+use std::ops::ControlFlow;
+use std::vec::Vec;
+
+use crate::machine::{drain, Machine, Outputs, SocketId, SocketOp, SocketOutcome, Transmit};
+use crate::time::Instant;
+
+/// Where one socket the machine opened stands, as the checker sees it.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+enum Owned {
+    /// A `Bind` was emitted: the machine must close it.
+    Bound,
+    /// An `Accept` was emitted and has not completed: closing it is allowed, not required.
+    Accepting,
+    /// The `Accept` completed (`Accepted`): the machine must close it.
+    Accepted,
+}
+
+/// Checks the contract's invariants on one machine (see [`Machine`]): monotonic `now`, timeouts
+/// that make progress, exactly one `Close` per socket the machine opened and nothing on it after,
+/// and nothing at all after the final event.
+///
+/// Feed it every input's time ([`ContractChecker::input`]), every outcome handed to the machine
+/// ([`ContractChecker::outcome`]), and every output, most simply by draining through
+/// [`ContractChecker::drain`]. Each violation panics.
+pub struct ContractChecker<E> {
+    name: &'static str,
+    is_final: fn(&E) -> bool,
+    last_now: Option<Instant>,
+    /// Sockets opened by this machine and not yet closed.
+    owned: BTreeMap<SocketId, Owned>,
+    /// Sockets this machine closed (an id leaves the set when a new intent reopens it).
+    closed: BTreeSet<SocketId>,
+    /// The final event was seen.
+    finished: bool,
+    /// `handle_timeout` calls at the current `now` whose drain left a deadline not after `now`.
+    due_again: u32,
+    closes: u64,
+}
+
+impl<E: Debug> ContractChecker<E> {
+    /// A checker for the machine called `name` in messages; `is_final` tells its final event
+    /// (`Closed`, `Finished`...). Use `|_| false` for a machine that has none.
+    pub fn new(name: &'static str, is_final: fn(&E) -> bool) -> Self {
+        ContractChecker {
+            name,
+            is_final,
+            last_now: None,
+            owned: BTreeMap::new(),
+            closed: BTreeSet::new(),
+            finished: false,
+            due_again: 0,
+            closes: 0,
+        }
+    }
+
+    /// An input (a `handle_*` call other than `handle_timeout`, or a command) is about to be given
+    /// at `now`: time must not go backwards.
+    pub fn input(&mut self, now: Instant) {
+        self.timeout_input(now);
+        // New input may make something due at once again.
+        self.due_again = 0;
+    }
+
+    /// `handle_timeout(now)` is about to be called: time must not go backwards. Pass the drain's
+    /// result to [`ContractChecker::deadline`] with `after_timeout` set.
+    pub fn timeout_input(&mut self, now: Instant) {
+        if let Some(last) = self.last_now {
+            assert!(
+                now >= last,
+                "{}: time went backwards: {now:?} after {last:?}",
+                self.name
+            );
+            if now > last {
+                self.due_again = 0;
+            }
+        }
+        self.last_now = Some(now);
+    }
+
+    /// `outcome` is about to be handed to the machine for `socket`.
+    pub fn outcome(&mut self, socket: SocketId, outcome: &SocketOutcome) {
+        match outcome {
+            SocketOutcome::Accepted { .. } => {
+                if let Some(state) = self.owned.get_mut(&socket) {
+                    if *state == Owned::Accepting {
+                        *state = Owned::Accepted;
+                    }
+                }
+            }
+            // An accept that never completed need not be closed.
+            SocketOutcome::Failed {
+                op: crate::OpKind::Accept,
+                ..
+            } if self.owned.get(&socket) == Some(&Owned::Accepting) => {
+                self.owned.remove(&socket);
+            }
+            _ => {}
+        }
+    }
+
+    /// The machine emitted `transmit`.
+    pub fn transmit(&mut self, transmit: &Transmit) {
+        assert!(
+            !self.finished,
+            "{}: transmit on {} after the final event",
+            self.name, transmit.socket
+        );
+        assert!(
+            !self.closed.contains(&transmit.socket),
+            "{}: transmit on {} after its Close",
+            self.name,
+            transmit.socket
+        );
+    }
+
+    /// The machine emitted `op`.
+    pub fn socket_op(&mut self, op: &SocketOp) {
+        assert!(
+            !self.finished,
+            "{}: intent after the final event: {op:?}",
+            self.name
+        );
+        let socket = op.socket();
+        match *op {
+            SocketOp::Bind { .. } | SocketOp::Accept { .. } => {
+                assert!(
+                    !self.owned.contains_key(&socket),
+                    "{}: {op:?} names {socket}, which is still open",
+                    self.name
+                );
+                self.closed.remove(&socket);
+                let state = if matches!(op, SocketOp::Bind { .. }) {
+                    Owned::Bound
+                } else {
+                    Owned::Accepting
+                };
+                self.owned.insert(socket, state);
+            }
+            SocketOp::Close { .. } => {
+                assert!(
+                    !self.closed.contains(&socket),
+                    "{}: second Close of {socket}",
+                    self.name
+                );
+                assert!(
+                    self.owned.remove(&socket).is_some(),
+                    "{}: Close of {socket}, which this machine never opened",
+                    self.name
+                );
+                self.closed.insert(socket);
+                self.closes = self.closes.saturating_add(1);
+            }
+            _ => assert!(
+                !self.closed.contains(&socket),
+                "{}: {op:?} after the Close of {socket}",
+                self.name
+            ),
+        }
+    }
+
+    /// The machine reported `event`.
+    pub fn event(&mut self, event: &E) {
+        assert!(
+            !self.finished,
+            "{}: event after the final event: {event:?}",
+            self.name
+        );
+        if (self.is_final)(event) {
+            self.finished = true;
+        }
+    }
+
+    /// The machine's deadline after a full drain. `after_timeout` says whether the input was
+    /// `handle_timeout(now)`: a machine may ask once more for the same instant (a timer whose
+    /// action is due at once), never a second time, or a loop would spin.
+    pub fn deadline(&mut self, now: Instant, next: Option<Instant>, after_timeout: bool) {
+        if self.finished {
+            assert!(
+                next.is_none(),
+                "{}: a deadline ({next:?}) after the final event",
+                self.name
+            );
+        }
+        if !after_timeout {
+            return;
+        }
+        if next.is_some_and(|t| t <= now) {
+            self.due_again = self.due_again.saturating_add(1);
+            assert!(
+                self.due_again < 2,
+                "{}: poll_timeout {next:?} <= now {now:?} after two handle_timeout(now): the \
+                 caller would spin",
+                self.name
+            );
+        } else {
+            self.due_again = 0;
+        }
+    }
+
+    /// Drains `machine` into `outputs` through [`crate::drain`], checking every output, then the
+    /// deadline (as after an input that was not a timeout). Returns what the drain returned.
+    pub fn drain<M, O>(
+        &mut self,
+        machine: &mut M,
+        buf: &mut [u8],
+        outputs: &mut O,
+    ) -> ControlFlow<(), Option<Instant>>
+    where
+        M: Machine<Event = E> + ?Sized,
+        O: Outputs<M> + ?Sized,
+    {
+        let flow = drain(
+            machine,
+            buf,
+            &mut Checked {
+                checker: self,
+                inner: outputs,
+            },
+        );
+        if let (ControlFlow::Continue(next), Some(now)) = (flow, self.last_now) {
+            self.deadline(now, next, false);
+        }
+        flow
+    }
+
+    /// `handle_timeout(now)` then a checked drain, twice at most if the machine asks for the same
+    /// instant again: what a runtime does when a deadline passes.
+    pub fn timeout<M, O>(
+        &mut self,
+        machine: &mut M,
+        now: Instant,
+        buf: &mut [u8],
+        outputs: &mut O,
+    ) -> ControlFlow<(), Option<Instant>>
+    where
+        M: Machine<Event = E> + ?Sized,
+        O: Outputs<M> + ?Sized,
+    {
+        let mut flow = ControlFlow::Continue(None);
+        for _ in 0..2 {
+            self.timeout_input(now);
+            machine.handle_timeout(now);
+            flow = drain(
+                machine,
+                buf,
+                &mut Checked {
+                    checker: self,
+                    inner: outputs,
+                },
+            );
+            let ControlFlow::Continue(next) = flow else {
+                return flow;
+            };
+            self.deadline(now, next, true);
+            if next.is_none_or(|t| t > now) {
+                break;
+            }
+        }
+        flow
+    }
+
+    /// Whether the final event was seen.
+    pub fn finished(&self) -> bool {
+        self.finished
+    }
+
+    /// Sockets the machine opened and has not closed (accepts that never completed excluded).
+    pub fn open_sockets(&self) -> Vec<SocketId> {
+        self.owned
+            .iter()
+            .filter(|(_, s)| **s != Owned::Accepting)
+            .map(|(id, _)| *id)
+            .collect()
+    }
+
+    /// How many `Close` intents the machine emitted.
+    pub fn closes(&self) -> u64 {
+        self.closes
+    }
+
+    /// Panics unless every socket the machine opened was closed (once).
+    pub fn assert_all_closed(&self) {
+        let open = self.open_sockets();
+        assert!(
+            open.is_empty(),
+            "{}: sockets never closed: {open:?}",
+            self.name
+        );
+    }
+}
+
+/// [`Outputs`] that checks every output with a [`ContractChecker`] before passing it on.
+pub struct Checked<'a, E, O: ?Sized> {
+    /// The checker.
+    pub checker: &'a mut ContractChecker<E>,
+    /// Where the outputs go after the check.
+    pub inner: &'a mut O,
+}
+
+impl<M, O> Outputs<M> for Checked<'_, M::Event, O>
+where
+    M: Machine + ?Sized,
+    M::Event: Debug,
+    O: Outputs<M> + ?Sized,
+{
+    fn transmit(&mut self, transmit: Transmit, bytes: &[u8]) {
+        self.checker.transmit(&transmit);
+        self.inner.transmit(transmit, bytes);
+    }
+
+    fn socket_op(&mut self, op: SocketOp) {
+        self.checker.socket_op(&op);
+        self.inner.socket_op(op);
+    }
+
+    fn event(&mut self, machine: &mut M, event: M::Event) -> ControlFlow<()> {
+        self.checker.event(&event);
+        self.inner.event(machine, event)
+    }
+
+    fn outcome(&mut self) -> Option<(Instant, SocketId, SocketOutcome)> {
+        let (now, socket, outcome) = self.inner.outcome()?;
+        self.checker.input(now);
+        self.checker.outcome(socket, &outcome);
+        Some((now, socket, outcome))
+    }
+
+    fn settle(&mut self) -> bool {
+        self.inner.settle()
+    }
+}
+
+/// Outputs kept in vectors, in the order the drain delivered them.
+#[derive(Debug)]
+pub struct Recorder<E> {
+    /// Transmits with their payloads.
+    pub transmits: Vec<(Transmit, Vec<u8>)>,
+    /// Socket intents.
+    pub ops: Vec<SocketOp>,
+    /// Events.
+    pub events: Vec<E>,
+}
+
+impl<E> Default for Recorder<E> {
+    fn default() -> Self {
+        Recorder {
+            transmits: Vec::new(),
+            ops: Vec::new(),
+            events: Vec::new(),
+        }
+    }
+}
+
+impl<E> Recorder<E> {
+    /// Takes everything recorded so far.
+    pub fn take(&mut self) -> Recorder<E> {
+        core::mem::take(self)
+    }
+}
+
+impl<M> Outputs<M> for Recorder<M::Event>
+where
+    M: Machine + ?Sized,
+{
+    fn transmit(&mut self, transmit: Transmit, bytes: &[u8]) {
+        self.transmits.push((transmit, bytes.to_vec()));
+    }
+
+    fn socket_op(&mut self, op: SocketOp) {
+        self.ops.push(op);
+    }
+
+    fn event(&mut self, _: &mut M, event: M::Event) -> ControlFlow<()> {
+        self.events.push(event);
+        ControlFlow::Continue(())
+    }
+}
+
+#[cfg(test)]
+mod tests;

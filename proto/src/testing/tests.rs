@@ -1,0 +1,242 @@
+//! The checker catches each violation it is for, and passes a machine that keeps the contract.
+
+use core::net::SocketAddr;
+use core::time::Duration;
+use std::collections::VecDeque;
+use std::ops::ControlFlow;
+
+use super::{ContractChecker, Recorder};
+use crate::{
+    Instant, Machine, OpKind, SocketId, SocketOp, SocketOutcome, Transmit, Transport, Verdict,
+    TRANSMIT_BUFFER_LEN,
+};
+
+/// A machine that emits whatever the test scripts.
+#[derive(Default)]
+struct Scripted {
+    transmits: VecDeque<Transmit>,
+    ops: VecDeque<SocketOp>,
+    events: VecDeque<&'static str>,
+    deadline: Option<Instant>,
+    /// `handle_timeout` sets the deadline to this.
+    after_timeout: Option<Instant>,
+}
+
+impl Machine for Scripted {
+    type Event = &'static str;
+    fn handle_datagram(&mut self, _: Instant, _: SocketId, _: SocketAddr, _: &[u8]) -> Verdict {
+        Verdict::Consumed
+    }
+    fn handle_socket_result(&mut self, _: Instant, _: SocketId, _: SocketOutcome) {}
+    fn handle_timeout(&mut self, _: Instant) {
+        self.deadline = self.after_timeout;
+    }
+    fn poll_transmit(&mut self, _: &mut [u8]) -> Option<Transmit> {
+        self.transmits.pop_front()
+    }
+    fn poll_socket_op(&mut self) -> Option<SocketOp> {
+        self.ops.pop_front()
+    }
+    fn poll_event(&mut self) -> Option<&'static str> {
+        self.events.pop_front()
+    }
+    fn poll_timeout(&self) -> Option<Instant> {
+        self.deadline
+    }
+}
+
+fn bind(id: u32) -> SocketOp {
+    SocketOp::Bind {
+        socket: SocketId(id),
+        transport: Transport::Udp,
+        local: "0.0.0.0:0".parse().unwrap(),
+        options: Default::default(),
+    }
+}
+
+fn close(id: u32) -> SocketOp {
+    SocketOp::Close {
+        socket: SocketId(id),
+    }
+}
+
+fn transmit(id: u32) -> Transmit {
+    Transmit {
+        socket: SocketId(id),
+        destination: "192.0.2.1:3478".parse().unwrap(),
+        len: 0,
+    }
+}
+
+fn at(ms: u64) -> Instant {
+    Instant::ZERO + Duration::from_millis(ms)
+}
+
+/// Runs one drain of `m` at `now` through a fresh checker that has already seen `setup`.
+fn run(m: &mut Scripted, checker: &mut ContractChecker<&'static str>, now: Instant) {
+    let mut buf = [0u8; TRANSMIT_BUFFER_LEN];
+    let mut out = Recorder::default();
+    checker.input(now);
+    let _ = checker.drain(m, &mut buf, &mut out);
+}
+
+fn checker() -> ContractChecker<&'static str> {
+    ContractChecker::new("scripted", |e| *e == "closed")
+}
+
+#[test]
+fn a_machine_that_keeps_the_contract_passes() {
+    let mut m = Scripted::default();
+    let mut c = checker();
+    m.ops.extend([bind(1), bind(2)]);
+    m.transmits.push_back(transmit(1));
+    run(&mut m, &mut c, at(0));
+    assert_eq!(c.open_sockets(), vec![SocketId(1), SocketId(2)]);
+    m.ops.extend([close(1), close(2), bind(1)]);
+    run(&mut m, &mut c, at(1));
+    m.ops.push_back(close(1));
+    m.events.push_back("closed");
+    run(&mut m, &mut c, at(1));
+    c.assert_all_closed();
+    assert_eq!(c.closes(), 3);
+    assert!(c.finished());
+}
+
+#[test]
+#[should_panic(expected = "time went backwards")]
+fn time_going_backwards_is_caught() {
+    let mut c = checker();
+    c.input(at(5));
+    c.input(at(4));
+}
+
+#[test]
+#[should_panic(expected = "second Close")]
+fn a_second_close_is_caught() {
+    let mut m = Scripted::default();
+    let mut c = checker();
+    m.ops.extend([bind(1), close(1), close(1)]);
+    run(&mut m, &mut c, at(0));
+}
+
+#[test]
+#[should_panic(expected = "never opened")]
+fn closing_a_socket_never_opened_is_caught() {
+    let mut m = Scripted::default();
+    let mut c = checker();
+    m.ops.push_back(close(9));
+    run(&mut m, &mut c, at(0));
+}
+
+#[test]
+#[should_panic(expected = "after its Close")]
+fn a_transmit_after_close_is_caught() {
+    let mut m = Scripted::default();
+    let mut c = checker();
+    m.ops.extend([bind(1), close(1)]);
+    run(&mut m, &mut c, at(0));
+    m.transmits.push_back(transmit(1));
+    run(&mut m, &mut c, at(0));
+}
+
+#[test]
+#[should_panic(expected = "after the final event")]
+fn an_intent_after_the_final_event_is_caught() {
+    let mut m = Scripted::default();
+    let mut c = checker();
+    m.events.push_back("closed");
+    run(&mut m, &mut c, at(0));
+    m.ops.push_back(bind(1));
+    run(&mut m, &mut c, at(0));
+}
+
+#[test]
+#[should_panic(expected = "deadline")]
+fn a_deadline_after_the_final_event_is_caught() {
+    let mut m = Scripted::default();
+    let mut c = checker();
+    m.events.push_back("closed");
+    m.deadline = Some(at(10));
+    run(&mut m, &mut c, at(0));
+}
+
+#[test]
+#[should_panic(expected = "never closed")]
+fn a_leaked_socket_is_caught() {
+    let mut m = Scripted::default();
+    let mut c = checker();
+    m.ops.push_back(bind(1));
+    run(&mut m, &mut c, at(0));
+    c.assert_all_closed();
+}
+
+#[test]
+#[should_panic(expected = "would spin")]
+fn a_timeout_that_stays_due_is_caught() {
+    let mut m = Scripted {
+        deadline: Some(at(10)),
+        after_timeout: Some(at(10)),
+        ..Scripted::default()
+    };
+    let mut c = checker();
+    let mut buf = [0u8; TRANSMIT_BUFFER_LEN];
+    let mut out = Recorder::default();
+    let _ = c.timeout(&mut m, at(10), &mut buf, &mut out);
+}
+
+#[test]
+fn a_timeout_may_be_due_once_more_then_moves_on() {
+    let mut m = Scripted {
+        deadline: Some(at(10)),
+        after_timeout: Some(at(20)),
+        ..Scripted::default()
+    };
+    let mut c = checker();
+    let mut buf = [0u8; TRANSMIT_BUFFER_LEN];
+    let mut out = Recorder::default();
+    assert_eq!(
+        c.timeout(&mut m, at(10), &mut buf, &mut out),
+        ControlFlow::Continue(Some(at(20)))
+    );
+}
+
+#[test]
+fn an_accept_that_never_completed_need_not_be_closed() {
+    let mut m = Scripted::default();
+    let mut c = checker();
+    m.ops.extend([
+        bind(1),
+        SocketOp::Listen {
+            socket: SocketId(1),
+            backlog: 8,
+        },
+        SocketOp::Accept {
+            listener: SocketId(1),
+            socket: SocketId(2),
+        },
+        SocketOp::Accept {
+            listener: SocketId(1),
+            socket: SocketId(3),
+        },
+    ]);
+    run(&mut m, &mut c, at(0));
+    c.outcome(
+        SocketId(2),
+        &SocketOutcome::Accepted {
+            local: "192.0.2.1:80".parse().unwrap(),
+            remote: "192.0.2.2:999".parse().unwrap(),
+        },
+    );
+    c.outcome(
+        SocketId(3),
+        &SocketOutcome::Failed {
+            op: OpKind::Accept,
+            destination: None,
+            error: crate::IoError::UnknownSocket,
+        },
+    );
+    assert_eq!(c.open_sockets(), vec![SocketId(1), SocketId(2)]);
+    m.ops.extend([close(2), close(1)]);
+    run(&mut m, &mut c, at(1));
+    c.assert_all_closed();
+}
