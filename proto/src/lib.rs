@@ -82,6 +82,7 @@
 pub mod accept;
 pub mod client;
 pub mod client_tcp;
+pub mod compose;
 pub mod machine;
 pub mod rng;
 pub mod server;

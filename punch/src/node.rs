@@ -8,21 +8,20 @@
 //! until its own EOF, [`NodeEvent::StreamClosed`]).
 //!
 //! The runtime (or the simulator) drives it like any machine; the CLI's `p2pd punch` is this
-//! machine plus stdin/stdout. Socket ids are split into ranges: the rendezvous machine uses
-//! `0 ..` ([`p2pd_signaling::rendezvous::SOCKETS_PER_BROKER`] per broker), the puncher [`PUNCH_SOCKET_BASE`] `..`, the probes
-//! [`PROBE_SOCKET_BASE`] `..`.
+//! machine plus stdin/stdout. Each part (the rendezvous, the puncher, every probe) names its own
+//! sockets in its own namespace: a [`SocketMap`] hands out the ids the runtime sees and routes
+//! every input back to its part; the punched stream is adopted from the puncher when it connects.
 
 use core::net::SocketAddr;
 use core::time::Duration;
 use p2pd_proto::Machine;
 use std::collections::VecDeque;
 
-use p2pd_proto::client_tcp::{
-    TcpBinding, TcpBindingConfig, TcpBindingError, TcpBindingEvent, TCP_BINDING_SOCKET,
-};
+use p2pd_proto::client_tcp::{TcpBinding, TcpBindingConfig, TcpBindingError, TcpBindingEvent};
+use p2pd_proto::compose::SocketMap;
 use p2pd_proto::{
-    Instant, IoError, OpKind, Rng, SocketId, SocketOp, SocketOutcome, Transmit, Verdict,
-    TRANSMIT_BUFFER_LEN,
+    DropReason, Instant, IoError, OpKind, Rng, SocketId, SocketOp, SocketOutcome, Transmit,
+    Verdict, TRANSMIT_BUFFER_LEN,
 };
 use p2pd_signaling::rendezvous::{Rendezvous, RendezvousConfig, RendezvousEvent};
 use p2pd_signaling::{Identity, PublicKey};
@@ -31,12 +30,21 @@ use crate::machine::{PunchConfig, PunchEvent, PunchFailure, Puncher};
 use crate::message::{Candidate, TAG};
 use crate::plan::{pick_local_ports, plan_candidates, NatView, Observation};
 
-/// The puncher's first socket id.
-pub const PUNCH_SOCKET_BASE: u32 = 10_000;
-/// The probes' first socket id.
-pub const PROBE_SOCKET_BASE: u32 = 20_000;
-/// Probe socket ids cycle through this many.
-const PROBE_SOCKET_IDS: u32 = 1024;
+/// The node's parts, each with its own socket-id namespace in the node's [`SocketMap`].
+#[derive(Copy, Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Part {
+    /// The rendezvous machine (broker connections).
+    Signaling,
+    /// The punch machine (punch sockets, until one connects).
+    Puncher,
+    /// A probe, by serial number.
+    Probe(u32),
+    /// The punched stream, adopted from the puncher (its id in this namespace is always 0).
+    Stream,
+}
+
+/// The punched stream's id in its own namespace.
+const STREAM_ID: SocketId = SocketId(0);
 /// Most bytes queued for the punched stream.
 pub const MAX_SEND_QUEUE: usize = 256 * 1024;
 
@@ -46,8 +54,7 @@ pub const MAX_SEND_QUEUE: usize = 256 * 1024;
 pub struct PunchNodeConfig {
     /// Signaling (brokers, epoch).
     pub rendezvous: RendezvousConfig,
-    /// The punch machine's settings (its `node_id`, `unix_epoch_ns` and socket range are set
-    /// from the node).
+    /// The punch machine's settings (its `node_id` and `unix_epoch_ns` are set from the node).
     pub punch: PunchConfig,
     /// The STUN server (TCP) that tells each punch port's mapping.
     pub stun_server: SocketAddr,
@@ -125,7 +132,8 @@ pub enum NodeEvent {
 
 /// One probe.
 struct Probe {
-    outer: SocketId,
+    /// Its serial number: its namespace is `Part::Probe(serial)`.
+    serial: u32,
     /// The punch port the probe is for (the probe itself may run from another port: see
     /// [`probe_elsewhere`]).
     port: u16,
@@ -165,6 +173,8 @@ struct Stream {
     blocked_until: Option<Instant>,
     /// Failed, or the node is closing: nothing more is sent or reported.
     closed: bool,
+    /// The stream's `Close` went out.
+    close_sent: bool,
     /// [`PunchNode::finish`] was called: no more `send`; the `Shutdown` goes out once `out` is
     /// empty (every byte taken by the runtime).
     finishing: bool,
@@ -205,6 +215,8 @@ enum Pending {
 /// The composite punching node (see the [module docs](self)).
 pub struct PunchNode {
     config: PunchNodeConfig,
+    /// Every part's sockets, in the runtime's namespace.
+    sockets: SocketMap<Part>,
     rendezvous: Rendezvous,
     puncher: Puncher,
     probes: Vec<Probe>,
@@ -246,15 +258,13 @@ impl PunchNode {
         now: Instant,
     ) -> Result<Self, p2pd_signaling::rendezvous::ConfigError> {
         let mut rng = Rng::from_seed(seed);
-        config.rendezvous.socket_base = SocketId(0);
         config.punch.node_id = identity.node_id().0;
         config.punch.unix_epoch_ns = config.rendezvous.unix_epoch_ms.saturating_mul(1_000_000);
-        config.punch.socket_base = SocketId(PUNCH_SOCKET_BASE);
-        config.punch.socket_ids = PROBE_SOCKET_BASE.saturating_sub(PUNCH_SOCKET_BASE);
         let rendezvous = Rendezvous::new(config.rendezvous.clone(), identity, rng.next_u64(), now)?;
         let puncher = Puncher::new(config.punch.clone(), rng.next_u64());
         let mut node = PunchNode {
             config,
+            sockets: SocketMap::new(),
             rendezvous,
             puncher,
             probes: Vec::new(),
@@ -406,16 +416,13 @@ impl PunchNode {
             ports.clone()
         };
         for (port, probe_port) in ports.into_iter().zip(probe_ports) {
-            let outer = SocketId(
-                PROBE_SOCKET_BASE
-                    .saturating_add(self.next_probe.checked_rem(PROBE_SOCKET_IDS).unwrap_or(0)),
-            );
+            let serial = self.next_probe;
             self.next_probe = self.next_probe.wrapping_add(1);
             let local = SocketAddr::new(self.config.punch.bind_ip, probe_port);
             let mut binding = TcpBindingConfig::new(self.config.stun_server, local).keep_open(true);
             binding.timeout = self.config.probe_timeout;
             self.probes.push(Probe {
-                outer,
+                serial,
                 port,
                 machine: TcpBinding::new(binding, self.rng.next_u64(), now),
                 result: None,
@@ -454,8 +461,11 @@ impl PunchNode {
         // Probes that are closed and no longer needed leave the table; their last intents (the
         // `Close` of their socket) stay queued.
         for p in &mut self.probes {
-            while let Some(op) = p.machine.poll_socket_op() {
-                self.probe_ops.push_back(remap(op, p.outer));
+            while let Some(op) = self
+                .sockets
+                .poll_socket_op(Part::Probe(p.serial), &mut p.machine)
+            {
+                self.probe_ops.push_back(op);
             }
         }
         if self.pending.is_none() {
@@ -519,6 +529,13 @@ impl PunchNode {
                 leftover,
                 ..
             } => {
+                // The stream is the node's from now on (the puncher does not close it).
+                let Some(socket) =
+                    self.sockets
+                        .adopt(Part::Puncher, socket, Part::Stream, STREAM_ID)
+                else {
+                    return;
+                };
                 self.stream = Some(Stream {
                     socket,
                     remote,
@@ -528,6 +545,7 @@ impl PunchNode {
                     refused: 0,
                     blocked_until: None,
                     closed: false,
+                    close_sent: false,
                     finishing: false,
                     shut: false,
                     ended: false,
@@ -652,10 +670,7 @@ impl PunchNode {
             && self.rendezvous_closed
             && self.puncher_closed
             && self.probes.iter().all(|p| p.closed)
-            && self
-                .stream
-                .as_ref()
-                .is_none_or(|s| s.socket == SocketId(u32::MAX))
+            && self.stream.as_ref().is_none_or(|s| s.close_sent)
         {
             self.closed_reported = true;
             self.events.push_back(NodeEvent::Closed);
@@ -678,34 +693,6 @@ fn probe_elsewhere(view: Option<NatView>) -> bool {
     })
 }
 
-/// `op` with its socket id replaced by `outer` (a probe's single socket).
-fn remap(op: SocketOp, outer: SocketId) -> SocketOp {
-    match op {
-        SocketOp::Bind {
-            transport,
-            local,
-            options,
-            ..
-        } => SocketOp::Bind {
-            socket: outer,
-            transport,
-            local,
-            options,
-        },
-        SocketOp::Connect { remote, .. } => SocketOp::Connect {
-            socket: outer,
-            remote,
-        },
-        SocketOp::Listen { backlog, .. } => SocketOp::Listen {
-            socket: outer,
-            backlog,
-        },
-        SocketOp::SetTtl { ttl, .. } => SocketOp::SetTtl { socket: outer, ttl },
-        SocketOp::Close { .. } => SocketOp::Close { socket: outer },
-        other => other,
-    }
-}
-
 impl p2pd_proto::Machine for PunchNode {
     type Event = NodeEvent;
 
@@ -714,17 +701,22 @@ impl p2pd_proto::Machine for PunchNode {
         if let Some(s) = self.stream.as_mut() {
             s.settle();
         }
-        let verdict = if self.stream.as_ref().is_some_and(|s| s.socket == socket) {
-            if !self.closing {
-                self.events.push_back(NodeEvent::Data(data.to_vec()));
+        let verdict = match self.sockets.route(socket) {
+            Some((Part::Stream, _)) => {
+                if !self.closing {
+                    self.events.push_back(NodeEvent::Data(data.to_vec()));
+                }
+                Verdict::Consumed
             }
-            Verdict::Consumed
-        } else if let Some(p) = self.probes.iter_mut().find(|p| p.outer == socket) {
-            p.machine.handle_stream(now, TCP_BINDING_SOCKET, data)
-        } else if socket.0 >= PUNCH_SOCKET_BASE {
-            self.puncher.handle_stream(now, socket, data)
-        } else {
-            self.rendezvous.handle_stream(now, socket, data)
+            Some((Part::Probe(serial), inner)) => {
+                match self.probes.iter_mut().find(|p| p.serial == serial) {
+                    Some(p) => p.machine.handle_stream(now, inner, data),
+                    None => Verdict::Dropped(DropReason::UnknownSocket),
+                }
+            }
+            Some((Part::Puncher, inner)) => self.puncher.handle_stream(now, inner, data),
+            Some((Part::Signaling, inner)) => self.rendezvous.handle_stream(now, inner, data),
+            None => Verdict::Dropped(DropReason::UnknownSocket),
         };
         self.pump(now);
         verdict
@@ -732,7 +724,12 @@ impl p2pd_proto::Machine for PunchNode {
 
     /// A socket outcome, routed like stream bytes.
     fn handle_socket_result(&mut self, now: Instant, socket: SocketId, outcome: SocketOutcome) {
-        if let Some(s) = self.stream.as_mut().filter(|s| s.socket == socket) {
+        let route = self.sockets.route(socket);
+        if let Some(s) = self
+            .stream
+            .as_mut()
+            .filter(|_| matches!(route, Some((Part::Stream, _))))
+        {
             let refused = matches!(
                 outcome,
                 SocketOutcome::Failed {
@@ -759,13 +756,22 @@ impl p2pd_proto::Machine for PunchNode {
                     self.events.push_back(NodeEvent::StreamClosed);
                 }
             }
-        } else if let Some(p) = self.probes.iter_mut().find(|p| p.outer == socket) {
-            p.machine
-                .handle_socket_result(now, TCP_BINDING_SOCKET, outcome);
-        } else if socket.0 >= PUNCH_SOCKET_BASE {
-            self.puncher.handle_socket_result(now, socket, outcome);
         } else {
-            self.rendezvous.handle_socket_result(now, socket, outcome);
+            match route {
+                Some((Part::Probe(serial), inner)) => {
+                    if let Some(p) = self.probes.iter_mut().find(|p| p.serial == serial) {
+                        p.machine.handle_socket_result(now, inner, outcome);
+                    }
+                }
+                Some((Part::Puncher, inner)) => {
+                    self.puncher.handle_socket_result(now, inner, outcome);
+                }
+                Some((Part::Signaling, inner)) => {
+                    self.rendezvous.handle_socket_result(now, inner, outcome);
+                }
+                // A socket no part holds (closed already): nothing to tell.
+                Some((Part::Stream, _)) | None => {}
+            }
         }
         self.pump(now);
     }
@@ -794,18 +800,24 @@ impl p2pd_proto::Machine for PunchNode {
 
     /// The next transmit of any part.
     fn poll_transmit(&mut self, buf: &mut [u8]) -> Option<Transmit> {
-        if let Some(t) = self.rendezvous.poll_transmit(buf) {
+        if let Some(t) = self
+            .sockets
+            .poll_transmit(Part::Signaling, &mut self.rendezvous, buf)
+        {
             return Some(t);
         }
-        if let Some(t) = self.puncher.poll_transmit(buf) {
+        if let Some(t) = self
+            .sockets
+            .poll_transmit(Part::Puncher, &mut self.puncher, buf)
+        {
             return Some(t);
         }
         for p in &mut self.probes {
-            if let Some(t) = p.machine.poll_transmit(buf) {
-                return Some(Transmit {
-                    socket: p.outer,
-                    ..t
-                });
+            if let Some(t) = self
+                .sockets
+                .poll_transmit(Part::Probe(p.serial), &mut p.machine, buf)
+            {
+                return Some(t);
             }
         }
         let s = self.stream.as_mut()?;
@@ -838,18 +850,27 @@ impl p2pd_proto::Machine for PunchNode {
 
     /// The next socket intent of any part.
     fn poll_socket_op(&mut self) -> Option<SocketOp> {
-        if let Some(op) = self.rendezvous.poll_socket_op() {
+        if let Some(op) = self
+            .sockets
+            .poll_socket_op(Part::Signaling, &mut self.rendezvous)
+        {
             return Some(op);
         }
-        if let Some(op) = self.puncher.poll_socket_op() {
+        if let Some(op) = self
+            .sockets
+            .poll_socket_op(Part::Puncher, &mut self.puncher)
+        {
             return Some(op);
         }
         if let Some(op) = self.probe_ops.pop_front() {
             return Some(op);
         }
         for p in &mut self.probes {
-            if let Some(op) = p.machine.poll_socket_op() {
-                return Some(remap(op, p.outer));
+            if let Some(op) = self
+                .sockets
+                .poll_socket_op(Part::Probe(p.serial), &mut p.machine)
+            {
+                return Some(op);
             }
         }
         // Finishing: the `Shutdown` once the runtime has taken every byte (unsettled transmits
@@ -863,10 +884,11 @@ impl p2pd_proto::Machine for PunchNode {
         // The punched stream is ours once handed over: close it once, on close.
         if self.closing {
             if let Some(s) = self.stream.as_mut() {
-                if s.closed && s.socket != SocketId(u32::MAX) {
-                    let socket = s.socket;
-                    s.socket = SocketId(u32::MAX);
-                    return Some(SocketOp::Close { socket });
+                if s.closed && !s.close_sent {
+                    s.close_sent = true;
+                    return self
+                        .sockets
+                        .outbound(Part::Stream, SocketOp::Close { socket: STREAM_ID });
                 }
             }
         }
@@ -915,7 +937,7 @@ mod tests {
         let mut out = Vec::new();
         while let Some(op) = n.poll_socket_op() {
             if let SocketOp::Bind { socket, local, .. } = op {
-                if socket.0 >= PROBE_SOCKET_BASE {
+                if matches!(n.sockets.route(socket), Some((Part::Probe(_), _))) {
                     out.push((socket, local.port()));
                 }
             }
