@@ -60,15 +60,15 @@ fn bulk_transfer_to_a_stalled_reader_arrives_whole() {
         describe(b)
     );
 
-    // 16 MiB of a counting pattern, fed as the queue allows; B is not run for the first 300 ms,
-    // so A's socket buffers and the runtime's own buffer fill up.
+    // 16 MiB of a counting pattern, fed as the node's send queue allows; B is not run until A's
+    // runtime has refused a transmit (its own buffer for the stream full, after the kernel's
+    // socket buffers), at most 10 s.
     const TOTAL: usize = 16 << 20;
     let pattern = |i: usize| (i % 251) as u8;
     let mut fed = 0usize;
     let feed = |a: &mut Side, fed: &mut usize| {
         while *fed < TOTAL {
-            let room = p2pd_punch::node::MAX_SEND_QUEUE.saturating_sub(a.node().queued());
-            let n = room.min(64 * 1024).min(TOTAL - *fed);
+            let n = a.node().send_room().min(64 * 1024).min(TOTAL - *fed);
             if n == 0 {
                 break;
             }
@@ -78,11 +78,10 @@ fn bulk_transfer_to_a_stalled_reader_arrives_whole() {
             *fed += n;
         }
     };
-    let stall_end = Instant::now() + Duration::from_millis(300);
-    // The most bytes the runtime itself held unwritten at any turn of the stall (sampled every
-    // turn: at one instant the kernel may just have taken them all).
+    let stall_end = Instant::now() + Duration::from_secs(10);
+    // The most bytes the runtime itself held unwritten at any turn of the stall.
     let mut held = 0;
-    while Instant::now() < stall_end {
+    while Instant::now() < stall_end && a.rt.stats().send_errors == 0 {
         feed(a, &mut fed);
         a.turn(Duration::from_millis(2));
         if let Some(stream) = a.node().stream_socket() {
@@ -93,13 +92,18 @@ fn bulk_transfer_to_a_stalled_reader_arrives_whole() {
         fed < TOTAL,
         "the reader's stall did not block the sender ({fed} bytes fed)"
     );
-    // The runtime itself holds bytes it could not write yet: closing now would drop them (why
-    // `p2pd punch` closes only once `Runtime::unsent` is 0 as well).
+    assert!(
+        a.rt.stats().send_errors > 0,
+        "the runtime never refused a transmit in 10 s of stall ({fed} bytes fed)"
+    );
+    // The runtime itself holds bytes it could not write yet, up to its cap.
     let stream = a.node().stream_socket().expect("stream socket");
+    held = held.max(a.rt.unsent(stream));
     assert!(
         held > 0,
         "the runtime holds no unwritten bytes after the stall"
     );
+    assert!(held <= p2pd_mio::MAX_STREAM_BUFFER, "{held}");
     let end = Instant::now() + Duration::from_secs(60);
     while b.data.len() < TOTAL && Instant::now() < end {
         feed(a, &mut fed);

@@ -143,9 +143,11 @@ pub enum SocketOp {
         /// The socket.
         socket: SocketId,
     },
-    /// Close the socket. The machine emits this exactly once per socket it opened. A runtime
-    /// may drop bytes it still holds unwritten for a stream (the mio runtime does): to have them
-    /// all delivered, [`SocketOp::Shutdown`] first and close after the peer's EOF.
+    /// Close the socket. The machine emits this exactly once per socket it opened. Bytes of a
+    /// stream handed over before a [`SocketOp::Shutdown`] are still delivered after the close
+    /// (the runtime keeps writing them, then sends the FIN, as a kernel does; the mio runtime
+    /// for at most `LINGER`); a stream closed without a shutdown may lose what the runtime still
+    /// holds.
     Close {
         /// The socket.
         socket: SocketId,
@@ -210,7 +212,8 @@ pub enum IoError {
     TimedOut,
     /// The datagram is larger than the path allows.
     MessageTooLong,
-    /// The socket's send buffer is full; the datagram was not sent.
+    /// The socket's send buffer is full; the datagram (or stream transmit) was not taken. For a
+    /// stream, [`SocketOutcome::Writable`] follows once it can take bytes again.
     WouldBlock,
     /// The interface does not exist.
     NoSuchDevice,
@@ -245,6 +248,13 @@ pub enum SocketOutcome {
     },
     /// The peer closed a TCP stream (EOF).
     PeerClosed,
+    /// A stream that refused a transmit (a [`SocketOutcome::Failed`] of kind [`OpKind::Send`]
+    /// with [`IoError::WouldBlock`]) can take bytes again. After such a refusal the runtime
+    /// refuses every further transmit on the stream until it reports `Writable` (so the refused
+    /// transmits are always the last ones handed over), and it reports `Writable` once, when its
+    /// buffer for the stream has room for more than a full transmit buffer's worth. Machines
+    /// that never send more than they can afford to have refused may ignore it.
+    Writable,
     /// An operation failed.
     Failed {
         /// What was being done.

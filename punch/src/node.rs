@@ -45,8 +45,10 @@ enum Part {
 
 /// The punched stream's id in its own namespace.
 const STREAM_ID: SocketId = SocketId(0);
-/// Most bytes queued for the punched stream.
-pub const MAX_SEND_QUEUE: usize = 256 * 1024;
+/// Most bytes [`PunchNode::send`] queues for the punched stream before the runtime takes them. The
+/// runtime's own buffer for the stream is the send buffer; this is only the hand-over: when it is
+/// full, `send` fails and [`NodeEvent::Writable`] says when there is room again.
+pub const MAX_SEND_QUEUE: usize = 64 * 1024;
 
 /// How a [`PunchNode`] runs.
 #[derive(Clone, Debug)]
@@ -119,6 +121,9 @@ pub enum NodeEvent {
     },
     /// Bytes from the peer on the punched stream.
     Data(Vec<u8>),
+    /// There is room again in the send queue, after a [`PunchNode::send`] failed because it was
+    /// full (at least half of [`MAX_SEND_QUEUE`] is free).
+    Writable,
     /// The peer finished sending (EOF, after its last [`NodeEvent::Data`]), or the stream failed.
     /// Reported once. After an EOF the stream stays up for our side: [`PunchNode::is_connected`]
     /// is still true and [`PunchNode::send`] / [`PunchNode::finish`] work as before; after a
@@ -144,21 +149,16 @@ struct Probe {
     current: bool,
 }
 
-/// After the runtime refused a stream transmit (its buffer is full), the stream waits this long
-/// before it writes again.
-const STREAM_RETRY: Duration = Duration::from_millis(5);
-
 /// The punched stream, once up.
 ///
-/// A runtime may refuse a stream transmit when its own buffer for the stream is full
-/// (`Failed { op: Send, error: WouldBlock }`; nothing of that transmit is taken). That is flow
-/// control, not a broken stream: bytes stay in `out` until the runtime has taken them. The first
-/// `emitted` bytes of `out` went out as the transmits in `chunks` since the last settle point;
-/// refusals are reported in the same drain (the runtime and the simulator deliver socket outcomes
-/// before any further input), so at the next input (stream bytes or a timeout; a transmit makes
-/// the deadline immediate) every such transmit not refused was taken. Refused ones are always the
-/// last ones: every transmit after the first of a batch is full-sized, so once one does not fit,
-/// none after it does.
+/// A runtime refuses a stream transmit when its own buffer for the stream is full
+/// (`Failed { op: Send, error: WouldBlock }`; nothing of that transmit is taken), refuses every
+/// later one until it reports [`SocketOutcome::Writable`], and reports refusals in the same drain
+/// (before any further input). That is flow control, not a broken stream: bytes stay in `out`
+/// until the runtime has taken them. The first `emitted` bytes of `out` went out as the transmits
+/// in `chunks` since the last settle point, so at the next input (stream bytes, an outcome, or a
+/// timeout: a transmit makes the deadline immediate) every such transmit not refused was taken,
+/// and the refused ones are the last ones. After a refusal nothing is sent until `Writable`.
 struct Stream {
     socket: SocketId,
     remote: SocketAddr,
@@ -169,8 +169,11 @@ struct Stream {
     chunks: VecDeque<usize>,
     /// Transmits the runtime refused (the last ones of `chunks`).
     refused: usize,
-    /// No stream transmit before this (after a refusal).
-    blocked_until: Option<Instant>,
+    /// The runtime refused a transmit and has not reported `Writable` yet.
+    blocked: bool,
+    /// [`PunchNode::send`] failed because `out` was full: report [`NodeEvent::Writable`] once
+    /// there is room.
+    wants_room: bool,
     /// Failed, or the node is closing: nothing more is sent or reported.
     closed: bool,
     /// The stream's `Close` went out.
@@ -201,7 +204,8 @@ impl Stream {
         self.emitted = 0;
         self.chunks.clear();
         self.refused = 0;
-        self.blocked_until = None;
+        self.blocked = false;
+        self.wants_room = false;
     }
 }
 
@@ -315,6 +319,7 @@ impl PunchNode {
             return Err("the sending side is finished");
         }
         if stream.out.len().saturating_add(bytes.len()) > MAX_SEND_QUEUE {
+            stream.wants_room = true;
             return Err("send queue full");
         }
         stream.out.extend(bytes.iter().copied());
@@ -361,6 +366,14 @@ impl PunchNode {
     /// and not yet known to be taken).
     pub fn queued(&self) -> usize {
         self.stream.as_ref().map_or(0, |s| s.out.len())
+    }
+
+    /// How many bytes [`PunchNode::send`] takes now (0 when the stream is not up for sending).
+    pub fn send_room(&self) -> usize {
+        match &self.stream {
+            Some(s) if !s.closed && !s.finishing => MAX_SEND_QUEUE.saturating_sub(s.out.len()),
+            _ => 0,
+        }
     }
 
     /// The signaling machine (health, stats).
@@ -479,15 +492,14 @@ impl PunchNode {
         {
             deadline = Some(deadline.map_or(t, |d| d.min(t)));
         }
-        if let Some(s) = self.stream.as_ref().filter(|s| !s.closed) {
-            // Unsettled transmits settle at once; a refused stream retries after its pause.
-            let t = if s.chunks.is_empty() {
-                s.blocked_until
-            } else {
-                Some(now)
-            };
-            if let Some(t) = t {
-                deadline = Some(deadline.map_or(t, |d| d.min(t)));
+        if let Some(s) = self.stream.as_mut().filter(|s| !s.closed) {
+            // Unsettled transmits settle at once (a blocked stream waits for `Writable`).
+            if !s.chunks.is_empty() && !s.blocked {
+                deadline = Some(deadline.map_or(now, |d| d.min(now)));
+            }
+            if s.wants_room && s.out.len() <= MAX_SEND_QUEUE / 2 {
+                s.wants_room = false;
+                self.events.push_back(NodeEvent::Writable);
             }
         }
         self.last_now = now;
@@ -543,7 +555,8 @@ impl PunchNode {
                     emitted: 0,
                     chunks: VecDeque::new(),
                     refused: 0,
-                    blocked_until: None,
+                    blocked: false,
+                    wants_room: false,
                     closed: false,
                     close_sent: false,
                     finishing: false,
@@ -739,9 +752,12 @@ impl p2pd_proto::Machine for PunchNode {
                 }
             );
             if refused && !s.closed && s.refused < s.chunks.len() {
-                // Flow control: sent again after a pause (see `Stream`).
+                // Flow control: sent again after `Writable` (see `Stream`).
                 s.refused = s.refused.saturating_add(1);
-                s.blocked_until = Some(now.saturating_add(STREAM_RETRY));
+                s.blocked = true;
+            } else if matches!(outcome, SocketOutcome::Writable) {
+                s.settle();
+                s.blocked = false;
             } else if matches!(outcome, SocketOutcome::PeerClosed) && !s.closed {
                 // Half-closed by the peer: we may still send (and finish).
                 if !s.ended {
@@ -780,9 +796,6 @@ impl p2pd_proto::Machine for PunchNode {
     fn handle_timeout(&mut self, now: Instant) {
         if let Some(s) = self.stream.as_mut() {
             s.settle();
-            if s.blocked_until.is_some_and(|t| t <= now) {
-                s.blocked_until = None;
-            }
         }
         if self.rendezvous.poll_timeout().is_some_and(|t| t <= now) {
             self.rendezvous.handle_timeout(now);
@@ -821,7 +834,7 @@ impl p2pd_proto::Machine for PunchNode {
             }
         }
         let s = self.stream.as_mut()?;
-        if s.closed || s.blocked_until.is_some() {
+        if s.closed || s.blocked {
             return None;
         }
         let full = buf.len().min(TRANSMIT_BUFFER_LEN);

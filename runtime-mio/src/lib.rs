@@ -105,4 +105,6 @@ mod mmsg;
 mod runtime;
 
 pub use error::map_io_error;
-pub use runtime::{RunEnd, Runtime, RuntimeStats, MAX_STREAM_BUFFER, RECV_BUFFER_LEN};
+pub use runtime::{
+    RunEnd, Runtime, RuntimeStats, Waker, LINGER, MAX_STREAM_BUFFER, RECV_BUFFER_LEN,
+};

@@ -5,6 +5,7 @@ use std::fmt;
 use std::io;
 use std::net::SocketAddr;
 use std::ops::ControlFlow;
+use std::sync::Arc;
 use std::time::Duration;
 
 use mio::{Events, Interest, Poll, Token};
@@ -80,12 +81,36 @@ pub enum RunEnd {
     Break,
     /// The time limit passed to `run` was reached.
     TimeLimit,
-    /// The machine is idle: it has no open sockets, no deadline and nothing left to report.
+    /// The machine is idle: it has no open sockets, no deadline and nothing left to report (and
+    /// no closed stream is still writing out its last bytes).
     Idle,
+    /// Another thread called [`Waker::wake`] (see [`Runtime::waker`]).
+    Woken,
 }
 
+/// Wakes a [`Runtime`] from another thread: its [`Runtime::run`] returns [`RunEnd::Woken`] (after
+/// servicing whatever else was ready), so the caller can hand the machine new work without
+/// polling. Cheap to clone; wakes that come while the loop is busy are coalesced into one.
+#[derive(Clone, Debug)]
+pub struct Waker(Arc<mio::Waker>);
+
+impl Waker {
+    /// Wakes the runtime. Fails only if the OS refuses (the runtime is gone, say).
+    pub fn wake(&self) -> io::Result<()> {
+        self.0.wake()
+    }
+}
+
+/// The mio token of the waker (slots use their index).
+const WAKER_TOKEN: Token = Token(usize::MAX);
+
+/// How long a stream closed with bytes still queued after a `Shutdown` may take to write them.
+pub const LINGER: Duration = Duration::from_secs(30);
+
 /// Cap on bytes waiting to be written to one TCP stream; a transmit that does not fit fails with
-/// [`IoError::WouldBlock`] and nothing of it is queued.
+/// [`IoError::WouldBlock`] and nothing of it is queued. Every later transmit on the stream is
+/// refused too, until the runtime reports [`SocketOutcome::Writable`] (once the queue is down to
+/// half of this).
 pub const MAX_STREAM_BUFFER: usize = 256 * 1024;
 
 /// A socket the runtime owns, by kind.
@@ -99,6 +124,9 @@ enum Kind {
     /// A listening TCP socket (registered readable) and the ids the machine asked to name its next
     /// accepted connections, oldest first.
     TcpListener(Listener),
+    /// A stream the machine closed after a `Shutdown`, still writing the bytes queued before it
+    /// (at most until the deadline); the machine's id is already free.
+    Lingering(Stream, std::time::Instant),
 }
 
 /// A listening TCP socket and its outstanding accept intents.
@@ -121,6 +149,9 @@ struct Stream {
     /// The machine asked to shut down the sending half ([`SocketOp::Shutdown`]): done once `out`
     /// is written (or at once if it was empty). Transmits fail from then on.
     shutdown: Shutdown,
+    /// A transmit was refused ([`IoError::WouldBlock`]): every later one is refused too until
+    /// [`SocketOutcome::Writable`] is reported.
+    refused: bool,
 }
 
 /// Where the sending half of a stream stands.
@@ -203,6 +234,10 @@ pub struct Runtime {
     tx_owner: Option<(usize, SocketId)>,
     /// Serial for the next socket opened.
     next_serial: u64,
+    /// Slots holding [`Kind::Lingering`] streams.
+    lingering: usize,
+    /// The waker, once [`Runtime::waker`] made one.
+    waker: Option<Arc<mio::Waker>>,
     stats: RuntimeStats,
 }
 
@@ -236,8 +271,21 @@ impl Runtime {
             tx: SendBatch::new(),
             tx_owner: None,
             next_serial: 0,
+            lingering: 0,
+            waker: None,
             stats: RuntimeStats::default(),
         })
+    }
+
+    /// A [`Waker`] for this runtime, for other threads (a stdin reader, an application) to make
+    /// [`Runtime::run`] return [`RunEnd::Woken`] when they have work for the machine.
+    pub fn waker(&mut self) -> io::Result<Waker> {
+        if let Some(w) = &self.waker {
+            return Ok(Waker(w.clone()));
+        }
+        let w = Arc::new(mio::Waker::new(self.poll.registry(), WAKER_TOKEN)?);
+        self.waker = Some(w.clone());
+        Ok(Waker(w))
     }
 
     /// The current time as a proto [`Instant`] (nanoseconds since the runtime was created).
@@ -355,11 +403,16 @@ impl Runtime {
                 return Ok(RunEnd::TimeLimit);
             }
             let backlog = !self.carry.is_empty() || !self.pending.is_empty();
-            if self.ids.is_empty() && deadline.is_none() && !backlog {
+            let linger = self.expire_lingering(wall);
+            if self.ids.is_empty() && deadline.is_none() && !backlog && linger.is_none() {
                 return Ok(RunEnd::Idle);
             }
 
             let mut timeout = deadline.map(|d| ceil_millis(d.saturating_duration_since(now)));
+            if let Some(linger) = linger {
+                let left = linger.saturating_duration_since(wall);
+                timeout = Some(timeout.map_or(left, |t| t.min(left)));
+            }
             if let Some(end) = end {
                 let left = end.saturating_duration_since(wall);
                 timeout = Some(timeout.map_or(left, |t| t.min(left)));
@@ -376,7 +429,12 @@ impl Runtime {
             self.stats.wakeups = self.stats.wakeups.saturating_add(1);
 
             self.ready.clear();
+            let mut woken = false;
             for event in self.events.iter() {
+                if event.token() == WAKER_TOKEN {
+                    woken = true;
+                    continue;
+                }
                 let Token(idx) = event.token();
                 if !self.ready.contains(&idx) {
                     self.ready.push(idx);
@@ -419,6 +477,71 @@ impl Runtime {
                     }
                 }
             }
+            if woken {
+                return Ok(RunEnd::Woken);
+            }
+        }
+    }
+
+    /// Drops lingering streams whose time is up; the earliest deadline of those left.
+    fn expire_lingering(&mut self, wall: std::time::Instant) -> Option<std::time::Instant> {
+        if self.lingering == 0 {
+            return None;
+        }
+        let mut earliest: Option<std::time::Instant> = None;
+        for idx in 0..self.slots.len() {
+            let until = match self.slots.get(idx) {
+                Some(Some(Entry {
+                    kind: Kind::Lingering(_, until),
+                    ..
+                })) => *until,
+                _ => continue,
+            };
+            if until <= wall {
+                self.drop_lingering(idx);
+            } else {
+                earliest = Some(earliest.map_or(until, |e| e.min(until)));
+            }
+        }
+        earliest
+    }
+
+    /// Writes what a lingering stream still holds; once it is all written, the FIN, and the slot
+    /// is free.
+    fn flush_lingering(&mut self, idx: usize) {
+        let Some(Some(Entry {
+            kind: Kind::Lingering(st, _),
+            ..
+        })) = self.slots.get_mut(idx)
+        else {
+            return;
+        };
+        match write_some(&mut st.stream, &st.out) {
+            Ok(n) => {
+                st.out.drain(..n.min(st.out.len()));
+                self.stats.bytes_sent = self
+                    .stats
+                    .bytes_sent
+                    .saturating_add(u64::try_from(n).unwrap_or(u64::MAX));
+                if st.out.is_empty() {
+                    let _ = st.stream.shutdown(std::net::Shutdown::Write);
+                    self.drop_lingering(idx);
+                }
+            }
+            // The peer is gone: nothing more can be delivered.
+            Err(_) => self.drop_lingering(idx),
+        }
+    }
+
+    fn drop_lingering(&mut self, idx: usize) {
+        if let Some(Some(Entry {
+            kind: Kind::Lingering(mut st, _),
+            ..
+        })) = self.slots.get_mut(idx).map(Option::take)
+        {
+            let _ = self.poll.registry().deregister(&mut st.stream);
+            self.lingering = self.lingering.saturating_sub(1);
+            self.free.push(idx);
         }
     }
 
@@ -445,6 +568,13 @@ impl Runtime {
                     ControlFlow::Break(()) => ReadEnd::Break,
                     ControlFlow::Continue(()) => ReadEnd::Done,
                 }
+            }
+            Some(Some(Entry {
+                kind: Kind::Lingering(..),
+                ..
+            })) => {
+                self.flush_lingering(idx);
+                ReadEnd::Done
             }
             _ => ReadEnd::Done,
         }
@@ -690,7 +820,14 @@ impl Runtime {
             return;
         };
         let id = *id;
-        if !st.connected || st.out.is_empty() {
+        if !st.connected {
+            return;
+        }
+        if st.out.is_empty() {
+            if st.refused {
+                st.refused = false;
+                self.report(id, SocketOutcome::Writable);
+            }
             return;
         }
         let result = write_some(&mut st.stream, &st.out);
@@ -711,11 +848,19 @@ impl Runtime {
             }
         };
         st.out.drain(..written.min(st.out.len()));
+        let writable = st.refused && st.out.len() <= MAX_STREAM_BUFFER / 2;
+        if writable {
+            st.refused = false;
+        }
+        let finish = written_all && st.shutdown == Shutdown::Pending;
         self.stats.bytes_sent = self
             .stats
             .bytes_sent
             .saturating_add(u64::try_from(written).unwrap_or(u64::MAX));
-        if written_all && st.shutdown == Shutdown::Pending {
+        if writable {
+            self.report(id, SocketOutcome::Writable);
+        }
+        if finish {
             // Everything handed over before the `Shutdown` is written: now the FIN.
             self.shutdown_now(idx);
         }
@@ -919,7 +1064,7 @@ impl Runtime {
                         send_to(sock, bytes, destination)
                     }
                     Kind::TcpStream(st) => stream_send(st, bytes),
-                    Kind::TcpBound(_) | Kind::TcpListener(_) => {
+                    Kind::TcpBound(_) | Kind::TcpListener(_) | Kind::Lingering(..) => {
                         Err(IoError::Other(Some(NOT_CONNECTED)))
                     }
                 },
@@ -1043,6 +1188,7 @@ impl Runtime {
             read_closed: failed.is_some(),
             out: Vec::new(),
             shutdown: Shutdown::No,
+            refused: false,
         });
         *slot = Some(entry);
         failed.map_or(Ok(()), Err)
@@ -1170,6 +1316,7 @@ impl Runtime {
                     read_closed: false,
                     out: Vec::new(),
                     shutdown: Shutdown::No,
+                    refused: false,
                 }),
             };
             match self.slots.get_mut(new_idx) {
@@ -1263,7 +1410,7 @@ impl Runtime {
         let sock = match &entry.kind {
             Kind::Udp(sock) => SockRef::from(sock),
             Kind::TcpBound(sock) => SockRef::from(sock),
-            Kind::TcpStream(st) => SockRef::from(&st.stream),
+            Kind::TcpStream(st) | Kind::Lingering(st, _) => SockRef::from(&st.stream),
             Kind::TcpListener(l) => SockRef::from(&l.listener),
         };
         let result = if entry.local.is_ipv4() {
@@ -1280,15 +1427,32 @@ impl Runtime {
             return;
         };
         if let Some(mut entry) = self.slots.get_mut(idx).and_then(Option::take) {
+            self.stats.sockets_closed = self.stats.sockets_closed.saturating_add(1);
+            if let Kind::TcpStream(st) = entry.kind {
+                if st.shutdown == Shutdown::Pending && !st.out.is_empty() {
+                    // Closed after a `Shutdown` with bytes still queued: they are delivered
+                    // anyway (then the FIN), as a kernel does with a socket closed with unsent
+                    // data; the machine's id is free at once.
+                    let until = std::time::Instant::now()
+                        .checked_add(LINGER)
+                        .unwrap_or_else(std::time::Instant::now);
+                    entry.kind = Kind::Lingering(st, until);
+                    if let Some(slot) = self.slots.get_mut(idx) {
+                        *slot = Some(entry);
+                    }
+                    self.lingering = self.lingering.saturating_add(1);
+                    return;
+                }
+                entry.kind = Kind::TcpStream(st);
+            }
             let registry = self.poll.registry();
             let _ = match &mut entry.kind {
                 Kind::Udp(sock) => registry.deregister(sock),
                 Kind::TcpStream(st) => registry.deregister(&mut st.stream),
                 // Outstanding accepts end with the listener, without a report.
                 Kind::TcpListener(l) => registry.deregister(&mut l.listener),
-                Kind::TcpBound(_) => Ok(()),
+                Kind::TcpBound(_) | Kind::Lingering(..) => Ok(()),
             };
-            self.stats.sockets_closed = self.stats.sockets_closed.saturating_add(1);
         }
         self.free.push(idx);
     }
@@ -1435,7 +1599,8 @@ fn stream_send(st: &mut Stream, bytes: &[u8]) -> Result<usize, IoError> {
     if st.shutdown != Shutdown::No {
         return Err(IoError::Other(Some(BROKEN_PIPE)));
     }
-    if st.out.len().saturating_add(bytes.len()) > MAX_STREAM_BUFFER {
+    if st.refused || st.out.len().saturating_add(bytes.len()) > MAX_STREAM_BUFFER {
+        st.refused = true;
         return Err(IoError::WouldBlock);
     }
     let written = if st.out.is_empty() {

@@ -570,3 +570,169 @@ fn shutdown_on_a_bound_socket_fails() {
         "{seen:?}"
     );
 }
+
+/// Connects `m` (socket `S`) to a fresh std listener; returns the runtime and the accepted peer
+/// stream (not read by anyone yet).
+fn connected_pair() -> (Runtime, Tcp, TcpStream) {
+    let server = TcpListener::bind("127.0.0.1:0").unwrap();
+    let server_addr = server.local_addr().unwrap();
+    let mut rt = Runtime::new().unwrap();
+    let mut m = Tcp {
+        remote: Some(server_addr),
+        ..Tcp::default()
+    };
+    m.ops.push_back(tcp_bind("127.0.0.1:0"));
+    let mut connected = false;
+    let start = std::time::Instant::now();
+    while !connected {
+        assert!(start.elapsed() < Duration::from_secs(5));
+        rt.run(&mut m, Some(Duration::from_millis(5)), |m, _, i| {
+            match i {
+                Input::Result(SocketOutcome::Bound { .. }) => m.ops.push_back(SocketOp::Connect {
+                    socket: S,
+                    remote: server_addr,
+                }),
+                Input::Result(SocketOutcome::Connected { .. }) => connected = true,
+                other => panic!("{other:?}"),
+            }
+            ControlFlow::Continue(())
+        })
+        .unwrap();
+    }
+    let (peer, _) = server.accept().unwrap();
+    (rt, m, peer)
+}
+
+/// A transmit chunk of the counting pattern starting at byte `at`.
+fn chunk_at(at: usize, len: usize) -> Vec<u8> {
+    (at..at + len).map(|i| (i % 251) as u8).collect()
+}
+
+#[test]
+fn a_refused_stream_refuses_until_writable_then_takes_bytes_again() {
+    let (mut rt, mut m, mut peer) = connected_pair();
+    // Fill the kernel and the runtime while the peer does not read: transmits until one is
+    // refused. Every byte accepted is remembered in order.
+    let mut accepted = Vec::new();
+    let mut offered = 0usize;
+    let mut refusals = 0;
+    let start = std::time::Instant::now();
+    while refusals == 0 {
+        assert!(start.elapsed() < Duration::from_secs(10), "never refused");
+        let c = chunk_at(offered, 1400);
+        offered += c.len();
+        m.tx.push_back(c.clone());
+        let _ = rt.drive(&mut m, |_, _, i| {
+            match i {
+                Input::Result(SocketOutcome::Failed {
+                    op: OpKind::Send,
+                    error: IoError::WouldBlock,
+                    ..
+                }) => refusals += 1,
+                other => panic!("{other:?}"),
+            }
+            ControlFlow::Continue(())
+        });
+        if refusals == 0 {
+            accepted.extend_from_slice(&c);
+        }
+    }
+    // Once refused, even a one-byte transmit is refused: refusals are always the last ones.
+    m.tx.push_back(vec![0xee]);
+    let _ = rt.drive(&mut m, |_, _, i| {
+        assert!(matches!(
+            i,
+            Input::Result(SocketOutcome::Failed {
+                error: IoError::WouldBlock,
+                ..
+            })
+        ));
+        refusals += 1;
+        ControlFlow::Continue(())
+    });
+    assert_eq!(refusals, 2);
+    // The peer reads everything; the runtime reports Writable exactly once.
+    let expected = accepted.len();
+    let reader = std::thread::spawn(move || {
+        let mut got = vec![0u8; expected];
+        peer.read_exact(&mut got).unwrap();
+        (peer, got)
+    });
+    let mut writable = 0;
+    let start = std::time::Instant::now();
+    while writable == 0 {
+        assert!(start.elapsed() < Duration::from_secs(10), "no Writable");
+        rt.run(&mut m, Some(Duration::from_millis(5)), |_, _, i| {
+            assert_eq!(i, Input::Result(SocketOutcome::Writable));
+            writable += 1;
+            ControlFlow::Continue(())
+        })
+        .unwrap();
+    }
+    let (mut peer, got) = reader.join().unwrap();
+    assert!(
+        got == accepted,
+        "the peer got exactly the accepted bytes, in order"
+    );
+    // Writable: transmits are taken again.
+    m.tx.push_back(b"after".to_vec());
+    let _ = rt.drive(&mut m, |_, _, i| panic!("{i:?}"));
+    let mut tail = [0u8; 5];
+    peer.read_exact(&mut tail).unwrap();
+    assert_eq!(&tail, b"after");
+    assert_eq!(writable, 1);
+}
+
+#[test]
+fn close_after_shutdown_still_delivers_every_queued_byte() {
+    let (mut rt, mut m, mut peer) = connected_pair();
+    // Fill until the runtime itself holds bytes (the peer is not reading).
+    let mut sent = Vec::new();
+    let start = std::time::Instant::now();
+    while rt.unsent(S) == 0 {
+        assert!(start.elapsed() < Duration::from_secs(10), "never filled up");
+        let c = chunk_at(sent.len(), 1400);
+        m.tx.push_back(c.clone());
+        let _ = rt.drive(&mut m, |_, _, i| panic!("{i:?}"));
+        sent.extend_from_slice(&c);
+    }
+    // Shutdown, then close at once: the machine's socket is gone, the bytes are not.
+    m.ops.push_back(SocketOp::Shutdown { socket: S });
+    m.ops.push_back(SocketOp::Close { socket: S });
+    let _ = rt.drive(&mut m, |_, _, i| panic!("{i:?}"));
+    assert_eq!(rt.open_sockets(), 0);
+    let reader = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(100));
+        let mut got = Vec::new();
+        peer.read_to_end(&mut got).unwrap();
+        got
+    });
+    // The loop is not idle until the lingering stream is written out.
+    let end = rt.run(&mut m, Some(Duration::from_secs(10)), |_, _, i| {
+        panic!("{i:?}")
+    });
+    assert_eq!(end.unwrap(), RunEnd::Idle);
+    let got = reader.join().unwrap();
+    assert_eq!(got.len(), sent.len(), "every byte, then EOF");
+    assert!(got == sent);
+    assert_eq!(rt.stats().sockets_opened, rt.stats().sockets_closed);
+}
+
+#[test]
+fn a_waker_ends_run_from_another_thread() {
+    let (mut rt, mut m, _peer) = connected_pair();
+    let waker = rt.waker().unwrap();
+    let t = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(50));
+        waker.wake().unwrap();
+    });
+    let started = std::time::Instant::now();
+    let end = rt
+        .run(&mut m, Some(Duration::from_secs(10)), |_, _, i| {
+            panic!("{i:?}")
+        })
+        .unwrap();
+    t.join().unwrap();
+    assert_eq!(end, RunEnd::Woken);
+    assert!(started.elapsed() < Duration::from_secs(5));
+}

@@ -55,7 +55,8 @@ pub const MSS: usize = 1400;
 /// Most bytes in flight per connection, and the receive window (out-of-order data beyond it is
 /// dropped).
 pub const WINDOW: usize = 64 * 1024;
-/// Most bytes a connection queues for sending; a transmit beyond it fails with `WouldBlock`.
+/// Most bytes a connection queues for sending; a transmit beyond it fails with `WouldBlock` (and
+/// so does every later one, until the buffer is down to half and `Writable` is reported).
 pub const MAX_SEND_BUFFER: usize = 256 * 1024;
 /// Most connections (of every state) per host; SYNs beyond it are dropped.
 pub const MAX_CONNECTIONS: usize = 4096;
@@ -326,6 +327,9 @@ struct Conn {
     listener: Option<SocketId>,
     /// The machine closed its socket.
     orphan: bool,
+    /// A transmit was refused (the send buffer was full): every later one is refused too until
+    /// `Writable` is reported (once the buffer is down to half).
+    refused: bool,
     iss: u32,
     snd_una: u32,
     snd_nxt: u32,
@@ -372,6 +376,7 @@ impl Conn {
             socket: None,
             listener: None,
             orphan: false,
+            refused: false,
             iss,
             snd_una: iss,
             snd_nxt: iss.wrapping_add(1),
@@ -761,6 +766,12 @@ impl Conn {
             let acked = distance(self.send_base, a).min(self.send.len());
             self.send.drain(..acked);
             self.send_base = self.send_base.wrapping_add(acked as u32);
+            if self.refused && self.send.len() <= MAX_SEND_BUFFER / 2 {
+                self.refused = false;
+                if let Some(s) = self.socket.filter(|_| !self.orphan) {
+                    out.push(TcpOut::Outcome(s, SocketOutcome::Writable));
+                }
+            }
             match self.timed {
                 Some((end, at)) if seq_le(end, a) => {
                     self.timed = None;
@@ -1171,7 +1182,8 @@ impl TcpStack {
         if !matches!(conn.state, State::Established | State::CloseWait) {
             return Err(IoError::Other(Some(NOT_CONNECTED)));
         }
-        if conn.send.len() + data.len() > MAX_SEND_BUFFER {
+        if conn.refused || conn.send.len() + data.len() > MAX_SEND_BUFFER {
+            conn.refused = true;
             return Err(IoError::WouldBlock);
         }
         conn.send.extend(data);

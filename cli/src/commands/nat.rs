@@ -320,7 +320,8 @@ fn classify(args: &NatArgs) -> Result<Outcome, String> {
                     progressed = true;
                 }
             }
-            RunEnd::Break | RunEnd::Idle => break,
+            // Nobody holds a waker of this runtime, so `Woken` cannot come.
+            RunEnd::Break | RunEnd::Idle | RunEnd::Woken => break,
         }
     }
     if progressed {
