@@ -12,6 +12,9 @@
 //! - [`predict`]: ranked candidates for the external port of a chosen local port.
 //! - [`default_servers`] / [`ServerList`]: RFC 5780 servers with canonical ids and health.
 //!
+//! Runnable example: `cargo run -p p2pd-nat --example classify_loopback` (the classifier on a
+//! `p2pd_mio::Runtime` against two of our RFC 5780 servers on 127.0.0.1 / 127.0.0.2: `Open`).
+//!
 //! ```
 //! use p2pd_nat::{Behaviour, Filtering, Mapping, PortAllocation};
 //! let nat = Behaviour::new(Mapping::AddressAndPortDependent, Filtering::AddressAndPortDependent)

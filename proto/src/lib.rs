@@ -66,6 +66,15 @@
 //! ```
 //!
 //! Runtimes and simulators do the same through [`Machine`] and [`drain`].
+//!
+//! ## Examples
+//!
+//! - runnable example: `cargo run -p p2pd-proto --example stun_in_memory` (client and RFC 5780
+//!   server drained with [`drain`] through an in-memory network in virtual time, with a lost
+//!   request and its retransmission);
+//! - runnable example: `cargo run -p p2pd-proto --example tokio_stun` (client and server, each
+//!   driven from a tokio task on a real UDP socket on 127.0.0.1: `select!` over `recv_from` and
+//!   `sleep_until(poll_timeout)`).
 #![forbid(unsafe_code)]
 #![cfg_attr(
     not(test),

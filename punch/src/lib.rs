@@ -2,6 +2,11 @@
 //!
 //! TCP hole punching: clock offset, meet-time agreement and the punch machine. Filled in by the punching
 //! issue; today it only fixes the crate's place and lints in the workspace.
+//!
+//! Runnable examples: `cargo run -p p2pd-punch --example sntp_in_memory` (the [`SntpClient`]
+//! against an in-memory server 250 ms ahead, over asymmetric delays: offset ± uncertainty) and
+//! `cargo run -p p2pd-punch --example meet_time` (peer clock offset from four timestamps, then a
+//! meet time proposed by one peer and agreed by the other).
 #![forbid(unsafe_code)]
 #![cfg_attr(
     not(test),

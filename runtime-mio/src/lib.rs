@@ -22,6 +22,9 @@
 //! bound socket into the listening state; each `Accept` intent names the next accepted connection
 //! (answered with `Accepted`), and connections nobody asked for wait in the kernel's backlog.
 //!
+//! Runnable example: `cargo run -p p2pd-mio --example stun_on_runtime` (our STUN server in a
+//! thread and our STUN client, each on its own runtime on 127.0.0.1, printing the mapped address).
+//!
 //! ## Example
 //!
 //! A machine that binds a socket on loopback, sends itself one datagram, reports its length and

@@ -81,6 +81,8 @@ fn main() {
                     client.lookup(now, name).unwrap();
                 }
                 PnpClientEvent::Found { record, .. } => {
+                    assert_eq!(record.name(), &name);
+                    assert_eq!(record.value(), b"p2pd1:example");
                     println!(
                         "found {}: {:?}, owner {}, signature verified",
                         record.name(),
@@ -96,6 +98,10 @@ fn main() {
         if looked_up {
             break;
         }
+        assert!(
+            now < Instant::from_millis(60_000),
+            "no answer within a minute"
+        );
         // Nothing in flight: let time pass to the next deadline.
         now = client
             .poll_timeout()

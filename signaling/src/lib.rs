@@ -22,6 +22,11 @@
 //! Like every protocol crate this one does no I/O, reads no clock and no global RNG: time
 //! (`now_ms`, Unix milliseconds) and randomness (key bytes, nonces) are passed in.
 //!
+//! Runnable examples: `cargo run -p p2pd-signaling --example rendezvous_in_memory` (identities,
+//! seal/open, then two [`Rendezvous`] machines exchanging a message through a tiny in-memory MQTT
+//! broker built on the codec) and `cargo run -p p2pd-signaling --example pnp_in_memory` (register
+//! and look up a name with [`PnpClient`] and [`PnpServer`] over an in-memory network).
+//!
 //! ```
 //! use p2pd_signaling::{seal, Identity, Opener};
 //! let alice = Identity::from_secret_bytes(&[1; 32]).unwrap();

@@ -83,6 +83,10 @@
 //! assert_eq!(reply.rtt, Duration::from_millis(40));
 //! ```
 //!
+//! Runnable example: `cargo run -p p2pd-sim --example stun_behind_nat` (a STUN client behind an
+//! endpoint-independent and then a symmetric NAT box learning its external address, checked
+//! against the box's mapping table).
+//!
 //! ## The classifier matrix
 //!
 //! [`matrix`] runs the NAT classifier against every simulated truth (open, firewalls, NATs of every
