@@ -19,12 +19,12 @@ use std::ops::ControlFlow;
 use std::time::Duration;
 
 use clap::Args;
-use p2pd_nat::classify::{InconclusiveReason, Probe, ProbeKind, ProbeOutcome};
+use p2pd_nat::classify::{Probe, ProbeOutcome};
+use p2pd_nat::Connectivity;
 use p2pd_nat::{
     default_servers, Behaviour, Classification, Classifier, ClassifierConfig, ClassifierEvent,
-    Filtering, Mapping, Report, ServerEntry, ServerId, ServerSpec,
+    Report, ServerEntry, ServerId, ServerSpec,
 };
-use p2pd_nat::{Connectivity, DeltaVerdict};
 use p2pd_proto::BindOptions;
 
 use super::json::Object;
@@ -336,48 +336,6 @@ fn classify(args: &NatArgs) -> Result<Outcome, String> {
     })
 }
 
-fn mapping_name(m: Mapping) -> &'static str {
-    match m {
-        Mapping::EndpointIndependent => "endpoint-independent",
-        Mapping::AddressDependent => "address-dependent",
-        Mapping::AddressAndPortDependent => "address-and-port-dependent",
-    }
-}
-
-fn filtering_name(f: Filtering) -> &'static str {
-    match f {
-        Filtering::EndpointIndependent => "endpoint-independent",
-        Filtering::AddressDependent => "address-dependent",
-        Filtering::AddressAndPortDependent => "address-and-port-dependent",
-    }
-}
-
-fn reason_name(r: InconclusiveReason) -> &'static str {
-    match r {
-        InconclusiveReason::NoUsableServer => {
-            "no server gave a complete, consistent set of results"
-        }
-        InconclusiveReason::MappingDisagrees => "servers disagree about the mapping",
-        InconclusiveReason::FilteringDisagrees => "servers disagree about the filtering",
-        InconclusiveReason::LocalAddressUnknown => {
-            "the mapped address equals the local port but the local IP is unknown"
-        }
-        InconclusiveReason::Deadline => "the deadline passed first",
-        _ => "unknown reason",
-    }
-}
-
-fn reason_key(r: InconclusiveReason) -> &'static str {
-    match r {
-        InconclusiveReason::NoUsableServer => "no-usable-server",
-        InconclusiveReason::MappingDisagrees => "mapping-disagrees",
-        InconclusiveReason::FilteringDisagrees => "filtering-disagrees",
-        InconclusiveReason::LocalAddressUnknown => "local-address-unknown",
-        InconclusiveReason::Deadline => "deadline",
-        _ => "other",
-    }
-}
-
 /// p2pd's NAT-type number and name (its delta is not measured here).
 fn p2pd_type(c: Classification) -> Option<(u8, String)> {
     match c {
@@ -394,19 +352,6 @@ fn p2pd_type(c: Classification) -> Option<(u8, String)> {
     }
 }
 
-fn kind_name(k: ProbeKind) -> &'static str {
-    match k {
-        ProbeKind::MapPrimary => "map-primary",
-        ProbeKind::MapAlternateIp => "map-alternate-ip",
-        ProbeKind::MapAlternateBoth => "map-alternate-ip+port",
-        ProbeKind::FilterControl => "filter-control",
-        ProbeKind::FilterChangeBoth => "filter-change-ip+port",
-        ProbeKind::FilterChangePort => "filter-change-port",
-        ProbeKind::AllocationRandom => "allocation-random-port",
-        ProbeKind::AllocationConsecutive => "allocation-consecutive-port",
-    }
-}
-
 /// Everything known about the path, when it is known completely (for a NAT: with its allocation).
 fn connectivity(r: &Report) -> Option<Connectivity> {
     match r.classification {
@@ -415,20 +360,6 @@ fn connectivity(r: &Report) -> Option<Connectivity> {
         Classification::Blocked => Some(Connectivity::Blocked),
         Classification::Nat { .. } => r.behaviour().map(Connectivity::Nat),
         Classification::Inconclusive(_) => None,
-    }
-}
-
-/// The port-allocation verdict in words.
-fn allocation_text(v: &DeltaVerdict) -> String {
-    match v {
-        DeltaVerdict::Equal => "port preserving (external = local)".into(),
-        DeltaVerdict::FixedOffset { offset } => format!("fixed offset {offset:+}"),
-        DeltaVerdict::Sequential { stride } => format!("sequential, stride {stride}"),
-        DeltaVerdict::LocalPortDependent { stride } => {
-            format!("local-port dependent, stride {stride}")
-        }
-        DeltaVerdict::Random => "random".into(),
-        DeltaVerdict::Inconclusive { reason } => format!("inconclusive ({reason:?})"),
     }
 }
 
@@ -448,7 +379,7 @@ fn ms(d: Duration) -> f64 {
 fn probe_json(p: &Probe) -> String {
     let o = Object::new()
         .str("server", &format!("{:016x}", p.server))
-        .str("kind", kind_name(p.kind))
+        .str("kind", &p.kind.to_string())
         .num("socket", p.socket.0)
         .str("destination", &p.destination.to_string())
         .str("change", change_name(p));
@@ -504,7 +435,7 @@ fn probe_text(p: &Probe) -> String {
     format!(
         "  {:016x} {:<22} {} -> {} change {:<4} {outcome}",
         p.server,
-        kind_name(p.kind),
+        p.kind.to_string(),
         p.socket,
         p.destination,
         change_name(p),
@@ -534,15 +465,12 @@ fn print_report(args: &NatArgs, out: &Outcome) {
         };
         let mut o = Object::new()
             .str("classification", class)
-            .opt("mapping", mapping.map(mapping_name))
-            .opt("filtering", filtering.map(filtering_name))
-            .opt("reason", reason.map(reason_key))
-            .opt("reason_text", reason.map(reason_name))
+            .opt("mapping", mapping)
+            .opt("filtering", filtering)
+            .opt("reason", reason.map(|r| r.key()))
+            .opt("reason_text", reason)
             .opt("p2pd_label", p2pd.as_ref().map(|(_, name)| name.clone()))
-            .opt(
-                "allocation",
-                r.allocation.as_ref().map(|a| allocation_text(&a.verdict)),
-            )
+            .opt("allocation", r.allocation.as_ref().map(|a| a.verdict))
             .opt(
                 "p2pd_full_label",
                 r.behaviour().map(|b| b.p2pd().to_string()),
@@ -590,22 +518,9 @@ fn print_report(args: &NatArgs, out: &Outcome) {
         println!("{s}");
         return;
     }
-    let verdict = match c {
-        Classification::Open => "open internet (no NAT, no filtering)".to_string(),
-        Classification::Firewall(f) => {
-            format!("UDP firewall, no NAT ({} filtering)", filtering_name(f))
-        }
-        Classification::Nat { mapping, filtering } => format!(
-            "NAT: {} mapping, {} filtering",
-            mapping_name(mapping),
-            filtering_name(filtering)
-        ),
-        Classification::Blocked => "blocked (no server answered)".to_string(),
-        Classification::Inconclusive(why) => format!("inconclusive: {}", reason_name(why)),
-    };
-    println!("classification    {verdict}");
+    println!("classification    {c}");
     if let Some(a) = &r.allocation {
-        println!("port allocation   {}", allocation_text(&a.verdict));
+        println!("port allocation   {}", a.verdict);
     }
     match (connectivity(r), &p2pd) {
         (Some(c), _) => println!("p2pd label        {}", c.p2pd()),
