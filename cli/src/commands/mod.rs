@@ -48,11 +48,18 @@ pub fn resolve(target: &str, default_port: u16) -> Result<SocketAddr, String> {
         .ok_or_else(|| format!("{target} has no addresses"))
 }
 
+/// `text` in double quotes, with quotes, backslashes and control characters escaped (for user
+/// input in error messages).
+pub fn quoted(text: &str) -> String {
+    format!("\"{}\"", text.escape_debug())
+}
+
 /// Parses an interface name for `--interface`.
 pub fn interface(name: &str) -> Result<InterfaceName, String> {
     InterfaceName::new(name).ok_or_else(|| {
         format!(
-            "invalid interface name {name:?} (1 to {} bytes, no '/' or NUL)",
+            "invalid interface name {} (1 to {} bytes, no '/' or NUL)",
+            quoted(name),
             InterfaceName::MAX_LEN
         )
     })

@@ -135,7 +135,7 @@ pub fn run(args: &NameArgs) -> i32 {
 }
 
 fn parse_name(name: &str) -> Result<Name, String> {
-    Name::new(name).map_err(|e| format!("invalid name {name:?}: {e}"))
+    Name::new(name).map_err(|e| format!("invalid name {}: {e}", super::quoted(name)))
 }
 
 fn owner_identity(path: Option<&PathBuf>) -> Result<Identity, String> {
@@ -383,6 +383,19 @@ fn explain(code: ErrorCode, detail: u64) -> String {
     }
 }
 
+/// What a client event is, in a word (for the message about an unexpected one).
+fn event_name(event: &PnpClientEvent) -> &'static str {
+    match event {
+        PnpClientEvent::Registered { .. } => "registered",
+        PnpClientEvent::Found { .. } => "found",
+        PnpClientEvent::NotFound { .. } => "not found",
+        PnpClientEvent::Deleted { .. } => "deleted",
+        PnpClientEvent::Failed { .. } => "failed",
+        PnpClientEvent::Closed => "closed",
+        _ => "another event",
+    }
+}
+
 /// Prints why a request failed; exit code 1.
 fn failed(event: PnpClientEvent, options: &ServerOptions) -> Result<i32, String> {
     let (kind, code, detail, text) = match event {
@@ -426,20 +439,20 @@ fn failed(event: PnpClientEvent, options: &ServerOptions) -> Result<i32, String>
                 None,
                 "the server's reply is malformed".into(),
             ),
-            PnpFailure::Io { op, error } => ("io", None, None, format!("{op:?} failed: {error:?}")),
+            PnpFailure::Io { op, error } => ("io", None, None, format!("{op} failed: {error}")),
             PnpFailure::ConnectionClosed => (
                 "connection_closed",
                 None,
                 None,
                 "the server closed the connection before replying".into(),
             ),
-            other => ("failed", None, None, format!("{other:?}")),
+            other => ("failed", None, None, other.to_string()),
         },
         other => (
             "unexpected",
             None,
             None,
-            format!("unexpected event {other:?}"),
+            format!("unexpected event: {}", event_name(&other)),
         ),
     };
     if options.json {

@@ -128,13 +128,13 @@ fn serve(args: &PnpServerArgs) -> Result<i32, String> {
                             Object::new()
                                 .str("event", "socket-failed")
                                 .str("transport", transport_name(transport))
-                                .str("op", &format!("{op:?}"))
-                                .str("error", &format!("{error:?}"))
+                                .str("op", &op.to_string())
+                                .str("error", &error.to_string())
                                 .finish()
                         );
                     } else {
                         eprintln!(
-                            "p2pd pnp-server: cannot serve {}: {op:?} failed: {error:?}",
+                            "p2pd pnp-server: cannot serve {}: {op} failed: {error}",
                             transport_name(transport)
                         );
                     }

@@ -75,7 +75,7 @@ fn parse_nat(args: &PunchArgs) -> Result<Option<NatView>, String> {
         Some("eim") => Mapping::EndpointIndependent,
         Some("adm") => Mapping::AddressDependent,
         Some("apdm") => Mapping::AddressAndPortDependent,
-        Some(other) => return Err(format!("unknown --nat-mapping {other:?}")),
+        Some(other) => return Err(format!("unknown --nat-mapping {}", super::quoted(other))),
     };
     let allocation = match args.nat_allocation.as_deref().unwrap_or("preserving") {
         "preserving" => PortAllocation::Preserving,
@@ -83,7 +83,7 @@ fn parse_nat(args: &PunchArgs) -> Result<Option<NatView>, String> {
         other => {
             let (kind, value) = other
                 .split_once(':')
-                .ok_or_else(|| format!("unknown --nat-allocation {other:?}"))?;
+                .ok_or_else(|| format!("unknown --nat-allocation {}", super::quoted(other)))?;
             match kind {
                 "offset" => PortAllocation::FixedOffset {
                     offset: value.parse().map_err(|_| "bad offset")?,
@@ -91,7 +91,7 @@ fn parse_nat(args: &PunchArgs) -> Result<Option<NatView>, String> {
                 "sequential" => PortAllocation::Sequential {
                     stride: value.parse().map_err(|_| "bad stride")?,
                 },
-                _ => return Err(format!("unknown --nat-allocation {other:?}")),
+                _ => return Err(format!("unknown --nat-allocation {}", super::quoted(other))),
             }
         }
     };
@@ -353,19 +353,19 @@ fn on_event(
         NodeEvent::Punch(PunchEvent::RoundFailed { round, reason }) => {
             status.line(
                 "round_failed",
-                &format!("round {round} failed: {reason:?}"),
+                &format!("round {round} failed: {reason}"),
                 Object::new()
                     .num("round", round)
                     .num("elapsed_ms", since(started, now))
-                    .str("reason", &format!("{reason:?}")),
+                    .str("reason", &reason.to_string()),
             );
         }
         NodeEvent::Failed(reason) => {
             status.line(
                 "failed",
-                &format!("punch failed: {reason:?}"),
+                &format!("punch failed: {reason}"),
                 Object::new()
-                    .str("reason", &format!("{reason:?}"))
+                    .str("reason", &reason.to_string())
                     .num("elapsed_ms", since(started, now)),
             );
             state.failed = true;
@@ -377,10 +377,10 @@ fn on_event(
         NodeEvent::ProbeFailed { port, reason } => {
             status.line(
                 "probe_failed",
-                &format!("STUN over TCP from port {port} failed: {reason:?}"),
+                &format!("STUN over TCP from port {port} failed: {reason}"),
                 Object::new()
                     .num("port", port)
-                    .str("reason", &format!("{reason:?}")),
+                    .str("reason", &reason.to_string()),
             );
         }
         NodeEvent::StreamClosed => {
@@ -403,7 +403,7 @@ fn on_event(
         }) => {
             status.line(
                 "broker_down",
-                &format!("broker {broker} down: {reason:?}"),
+                &format!("broker {broker} down: {reason}"),
                 Object::new().str("broker", &broker.to_string()),
             );
         }

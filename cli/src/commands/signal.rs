@@ -317,7 +317,7 @@ fn report(ev: &RendezvousEvent, json: bool) {
         } => (
             "broker_down",
             broker,
-            format!("{reason:?}, retry in {} ms", retry_in.as_millis()),
+            format!("{reason}, retry in {} ms", retry_in.as_millis()),
         ),
         RendezvousEvent::Listening { broker } => ("subscribed", broker, String::new()),
         RendezvousEvent::Rejected { broker, reason } => ("rejected", broker, reason.to_string()),

@@ -137,16 +137,22 @@ pub fn punch_text(m: &PunchMatrix, wall: Duration) -> String {
     use std::fmt::Write as _;
     let mut s = m.table();
     for c in m.flagged() {
+        let failures: Vec<String> = c
+            .failures
+            .iter()
+            .map(|(f, n)| format!("{f} x{n}"))
+            .collect();
+        let seeds: Vec<String> = c.notable_seeds.iter().map(u64::to_string).collect();
         let _ = writeln!(
             s,
-            "FLAGGED: {:?} -> {:?} at {:.0}% loss: {} of {} connected, failures {:?}, seeds {:?}",
-            c.a,
-            c.b,
+            "FLAGGED: {} -> {} at {:.0}% loss: {} of {} connected, failures [{}], seeds [{}]",
+            c.a.map_or("-", |k| k.label()),
+            c.b.map_or("-", |k| k.label()),
             c.loss * 100.0,
             c.successes,
             c.runs,
-            c.failures,
-            c.notable_seeds
+            failures.join(", "),
+            seeds.join(", ")
         );
     }
     let punchable: Vec<_> = m.cells.iter().filter(|c| c.punchable).collect();
@@ -259,13 +265,15 @@ pub fn text(summary: &MatrixSummary, wall: Duration) -> String {
     for n in &summary.notable {
         let _ = writeln!(
             s,
-            "{:?} at {:.0}% loss, seed {}: truth {:?}, got {:?}, allocation {:?}",
+            "{} at {:.0}% loss, seed {}: truth {}, got {}, allocation {}",
             n.correct,
             n.loss * 100.0,
             n.seed,
             n.truth,
-            n.got,
+            n.got
+                .map_or_else(|| "no report".to_string(), |c| c.to_string()),
             n.allocation
+                .map_or_else(|| "-".to_string(), |a| a.to_string())
         );
     }
     let _ = writeln!(

@@ -209,7 +209,7 @@ fn query(args: &StunArgs) -> Result<Answer, CliError> {
                 ClientEvent::SocketFailed { error, .. } => {
                     result = Some(Err(CliError::new(
                         "socket",
-                        format!("cannot bind {local}: {error:?}"),
+                        format!("cannot bind {local}: {error}"),
                     )));
                     client.close(now);
                     ControlFlow::Continue(())
@@ -260,10 +260,10 @@ fn failure(server: SocketAddr, f: Failure) -> CliError {
             format!("{server} answered error {code} {reason}"),
         ),
         Failure::ServerMisbehaved(m) => {
-            CliError::new("server-misbehaved", format!("{server} misbehaved: {m:?}"))
+            CliError::new("server-misbehaved", format!("{server} misbehaved: {m}"))
         }
-        Failure::SocketFailed(e) => CliError::new("socket", format!("socket failed: {e:?}")),
-        other => CliError::new("cancelled", format!("{other:?}")),
+        Failure::SocketFailed(e) => CliError::new("socket", format!("socket failed: {e}")),
+        other => CliError::new("cancelled", other.to_string()),
     }
 }
 

@@ -129,12 +129,12 @@ pub fn run(args: &StunServerArgs) -> i32 {
                             .str("event", "socket-failed")
                             .str("role", role_name(role))
                             .opt("local", addr)
-                            .str("error", &format!("{error:?}"))
+                            .str("error", &error.to_string())
                             .finish()
                     );
                 } else {
                     eprintln!(
-                        "cannot bind {} ({}): {error:?}",
+                        "cannot bind {} ({}): {error}",
                         addr.map_or_else(|| "-".into(), |a| a.to_string()),
                         role_name(role)
                     );
@@ -169,11 +169,11 @@ pub fn run(args: &StunServerArgs) -> i32 {
                             .str("role", "primary")
                             .str("transport", "tcp")
                             .str("local", &primary.to_string())
-                            .str("error", &format!("{op:?}: {error:?}"))
+                            .str("error", &format!("{op}: {error}"))
                             .finish()
                     );
                 } else {
-                    eprintln!("cannot serve TCP on {primary} ({op:?}): {error:?}");
+                    eprintln!("cannot serve TCP on {primary} ({op}): {error}");
                 }
                 // TCP was asked for: without it the server is not what the user wanted.
                 server.close(now);

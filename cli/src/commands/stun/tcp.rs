@@ -96,9 +96,9 @@ fn failure(server: SocketAddr, reason: TcpBindingError) -> CliError {
         TcpBindingError::Timeout => {
             CliError::new("timeout", format!("no answer from {server} over TCP"))
         }
-        TcpBindingError::BindFailed(e) => CliError::new("socket", format!("cannot bind: {e:?}")),
+        TcpBindingError::BindFailed(e) => CliError::new("socket", format!("cannot bind: {e}")),
         TcpBindingError::ConnectFailed(e) => {
-            CliError::new("connect", format!("cannot connect to {server}: {e:?}"))
+            CliError::new("connect", format!("cannot connect to {server}: {e}"))
         }
         TcpBindingError::ErrorResponse { code } => {
             CliError::new("error-response", format!("{server} answered error {code}"))
@@ -107,7 +107,7 @@ fn failure(server: SocketAddr, reason: TcpBindingError) -> CliError {
             "server-misbehaved",
             format!("{server} closed the connection without answering"),
         ),
-        other => CliError::new("server-misbehaved", format!("{server}: {other:?}")),
+        other => CliError::new("server-misbehaved", format!("{server}: {other}")),
     }
 }
 
