@@ -1,12 +1,12 @@
 //! The sub-commands of `p2pd`: one module per job, human output by default, `--json` for scripts.
 
 pub mod id;
-pub mod json;
 pub mod name;
 pub mod nat;
 pub mod ntp;
 pub mod pnp_server;
 pub mod punch;
+pub mod report;
 pub mod signal;
 pub mod sim;
 pub mod stop_signal;

@@ -19,15 +19,16 @@ use std::ops::ControlFlow;
 use std::time::Duration;
 
 use clap::Args;
-use p2pd_nat::classify::{Probe, ProbeOutcome};
-use p2pd_nat::Connectivity;
+use p2pd_nat::classify::{InconclusiveReason, Probe, ProbeKind, ProbeOutcome};
 use p2pd_nat::{
     default_servers, Behaviour, Classification, Classifier, ClassifierConfig, ClassifierEvent,
     Report, ServerEntry, ServerId, ServerSpec,
 };
+use p2pd_nat::{Connectivity, DeltaVerdict, Filtering, Mapping, P2pdLabel};
 use p2pd_proto::BindOptions;
+use serde::Serialize;
 
-use super::json::Object;
+use super::report::{display, display_opt, to_json, ErrorLine, Num};
 use p2pd_mio::{RunEnd, Runtime};
 
 /// Options of `p2pd nat`.
@@ -135,18 +136,16 @@ pub fn server_spec(text: &str) -> Result<ServerSpec, String> {
 fn list_servers(json: bool) {
     let servers = builtin_servers();
     if json {
-        let items: Vec<String> = servers
+        let servers = servers
             .iter()
-            .map(|e| {
-                Object::new()
-                    .str("id", &e.id.to_string())
-                    .opt("host", e.host)
-                    .str("primary", &e.primary.to_string())
-                    .opt("alternate", e.alternate)
-                    .finish()
+            .map(|e| BuiltinServer {
+                id: e.id.to_string(),
+                host: e.host,
+                primary: e.primary,
+                alternate: e.alternate,
             })
             .collect();
-        println!("{{\"servers\":[{}]}}", items.join(","));
+        println!("{}", to_json(&ServerList { servers }));
         return;
     }
     println!("{:<16}  {:<22} {:<22} host", "id", "primary", "alternate");
@@ -212,13 +211,100 @@ pub fn run(args: &NatArgs) -> i32 {
         }
         Err(e) => {
             if args.json {
-                println!("{}", Object::new().str("error", &e).finish());
+                println!("{}", to_json(&ErrorLine { error: &e }));
             } else {
                 eprintln!("p2pd nat: {e}");
             }
             1
         }
     }
+}
+
+/// `p2pd nat --list-servers --json`.
+#[derive(Debug, Serialize)]
+struct ServerList {
+    servers: Vec<BuiltinServer>,
+}
+
+/// One built-in server.
+#[derive(Debug, Serialize)]
+struct BuiltinServer {
+    id: String,
+    host: Option<&'static str>,
+    primary: SocketAddr,
+    alternate: Option<SocketAddr>,
+}
+
+/// `p2pd nat --json`: the whole report on one line. Fields that do not apply are `null`.
+#[derive(Debug, Serialize)]
+struct NatReport<'a> {
+    /// `open`, `firewall`, `nat`, `blocked` or `inconclusive`.
+    classification: &'static str,
+    #[serde(serialize_with = "display_opt")]
+    mapping: Option<Mapping>,
+    #[serde(serialize_with = "display_opt")]
+    filtering: Option<Filtering>,
+    /// The inconclusive reason's key.
+    reason: Option<&'static str>,
+    /// The inconclusive reason in words.
+    #[serde(serialize_with = "display_opt")]
+    reason_text: Option<InconclusiveReason>,
+    p2pd_label: Option<&'a str>,
+    #[serde(serialize_with = "display_opt")]
+    allocation: Option<DeltaVerdict>,
+    #[serde(serialize_with = "display_opt")]
+    p2pd_full_label: Option<P2pdLabel>,
+    p2pd_nat_type: Option<u8>,
+    local_ip: IpAddr,
+    servers_agreeing: usize,
+    confidence: Num,
+    servers_tested: usize,
+    elapsed_ms: Num,
+    public_addresses: &'a [SocketAddr],
+    servers: Vec<TestedServer>,
+    probes: Vec<ProbeReport>,
+}
+
+/// A server the report used.
+#[derive(Debug, Serialize)]
+struct TestedServer {
+    id: String,
+    primary: SocketAddr,
+    alternate: Option<SocketAddr>,
+}
+
+/// One probe: what it tested, then `outcome` and the outcome's own fields.
+#[derive(Debug, Serialize)]
+struct ProbeReport {
+    server: String,
+    #[serde(serialize_with = "display")]
+    kind: ProbeKind,
+    socket: u32,
+    destination: SocketAddr,
+    change: &'static str,
+    #[serde(flatten)]
+    outcome: OutcomeReport,
+}
+
+/// How a probe ended.
+#[derive(Debug, Serialize)]
+#[serde(tag = "outcome", rename_all = "kebab-case")]
+enum OutcomeReport {
+    Pending,
+    Reply {
+        mapped: SocketAddr,
+        other_address: Option<SocketAddr>,
+        source: SocketAddr,
+        rtt_ms: Num,
+        transmissions: u32,
+    },
+    NoReply {
+        transmissions: u32,
+    },
+    ErrorResponse {
+        code: u16,
+    },
+    Failed,
 }
 
 struct Outcome {
@@ -376,37 +462,34 @@ fn ms(d: Duration) -> f64 {
     (d.as_secs_f64() * 1_000_000.0).round() / 1000.0
 }
 
-fn probe_json(p: &Probe) -> String {
-    let o = Object::new()
-        .str("server", &format!("{:016x}", p.server))
-        .str("kind", &p.kind.to_string())
-        .num("socket", p.socket.0)
-        .str("destination", &p.destination.to_string())
-        .str("change", change_name(p));
-    match p.outcome {
-        ProbeOutcome::Pending => o.str("outcome", "pending"),
+fn probe_json(p: &Probe) -> ProbeReport {
+    let outcome = match p.outcome {
+        ProbeOutcome::Pending => OutcomeReport::Pending,
         ProbeOutcome::Reply {
             mapped,
             other_address,
             source,
             rtt,
             transmissions,
-        } => o
-            .str("outcome", "reply")
-            .str("mapped", &mapped.to_string())
-            .opt("other_address", other_address)
-            .str("source", &source.to_string())
-            .num("rtt_ms", ms(rtt))
-            .num("transmissions", transmissions),
-        ProbeOutcome::NoReply { transmissions } => o
-            .str("outcome", "no-reply")
-            .num("transmissions", transmissions),
-        ProbeOutcome::ErrorResponse { code } => {
-            o.str("outcome", "error-response").num("code", code)
-        }
-        ProbeOutcome::Failed => o.str("outcome", "failed"),
+        } => OutcomeReport::Reply {
+            mapped,
+            other_address,
+            source,
+            rtt_ms: Num(ms(rtt)),
+            transmissions,
+        },
+        ProbeOutcome::NoReply { transmissions } => OutcomeReport::NoReply { transmissions },
+        ProbeOutcome::ErrorResponse { code } => OutcomeReport::ErrorResponse { code },
+        ProbeOutcome::Failed => OutcomeReport::Failed,
+    };
+    ProbeReport {
+        server: format!("{:016x}", p.server),
+        kind: p.kind,
+        socket: p.socket.0,
+        destination: p.destination,
+        change: change_name(p),
+        outcome,
     }
-    .finish()
 }
 
 fn probe_text(p: &Probe) -> String {
@@ -442,13 +525,6 @@ fn probe_text(p: &Probe) -> String {
     )
 }
 
-/// Inserts `"key":raw` (raw JSON) before the closing brace of `object`.
-fn with_raw(object: String, key: &str, raw: &str) -> String {
-    let body = object.strip_suffix('}').unwrap_or(&object);
-    let sep = if body == "{" { "" } else { "," };
-    format!("{body}{sep}\"{key}\":{raw}}}")
-}
-
 fn print_report(args: &NatArgs, out: &Outcome) {
     let r = &out.report;
     let c = r.classification;
@@ -463,59 +539,34 @@ fn print_report(args: &NatArgs, out: &Outcome) {
             Classification::Blocked => ("blocked", None, None, None),
             Classification::Inconclusive(why) => ("inconclusive", None, None, Some(why)),
         };
-        let mut o = Object::new()
-            .str("classification", class)
-            .opt("mapping", mapping)
-            .opt("filtering", filtering)
-            .opt("reason", reason.map(|r| r.key()))
-            .opt("reason_text", reason)
-            .opt("p2pd_label", p2pd.as_ref().map(|(_, name)| name.clone()))
-            .opt("allocation", r.allocation.as_ref().map(|a| a.verdict))
-            .opt(
-                "p2pd_full_label",
-                r.behaviour().map(|b| b.p2pd().to_string()),
-            );
-        o = match &p2pd {
-            Some((n, _)) => o.num("p2pd_nat_type", *n),
-            None => o.opt("p2pd_nat_type", None::<u8>),
+        let report = NatReport {
+            classification: class,
+            mapping,
+            filtering,
+            reason: reason.map(|r| r.key()),
+            reason_text: reason,
+            p2pd_label: p2pd.as_ref().map(|(_, name)| name.as_str()),
+            allocation: r.allocation.as_ref().map(|a| a.verdict),
+            p2pd_full_label: r.behaviour().map(|b| b.p2pd()),
+            p2pd_nat_type: p2pd.as_ref().map(|(n, _)| *n),
+            local_ip: out.local_ip,
+            servers_agreeing: r.servers_agreeing,
+            confidence: Num(r.confidence),
+            servers_tested: out.servers.len(),
+            elapsed_ms: Num(ms(out.elapsed)),
+            public_addresses: &r.public_addresses,
+            servers: out
+                .servers
+                .iter()
+                .map(|s| TestedServer {
+                    id: format!("{:016x}", s.id),
+                    primary: s.primary,
+                    alternate: s.alternate,
+                })
+                .collect(),
+            probes: r.probes.iter().map(probe_json).collect(),
         };
-        let o = o
-            .str("local_ip", &out.local_ip.to_string())
-            .num(
-                "servers_agreeing",
-                u32::try_from(r.servers_agreeing).unwrap_or(u32::MAX),
-            )
-            .num("confidence", r.confidence)
-            .num(
-                "servers_tested",
-                u32::try_from(out.servers.len()).unwrap_or(u32::MAX),
-            )
-            .num("elapsed_ms", ms(out.elapsed));
-        let addrs: Vec<String> = r
-            .public_addresses
-            .iter()
-            .map(|a| format!("\"{a}\""))
-            .collect();
-        let servers: Vec<String> = out
-            .servers
-            .iter()
-            .map(|s| {
-                Object::new()
-                    .str("id", &format!("{:016x}", s.id))
-                    .str("primary", &s.primary.to_string())
-                    .opt("alternate", s.alternate)
-                    .finish()
-            })
-            .collect();
-        let probes: Vec<String> = r.probes.iter().map(probe_json).collect();
-        let mut s = with_raw(
-            o.finish(),
-            "public_addresses",
-            &format!("[{}]", addrs.join(",")),
-        );
-        s = with_raw(s, "servers", &format!("[{}]", servers.join(",")));
-        s = with_raw(s, "probes", &format!("[{}]", probes.join(",")));
-        println!("{s}");
+        println!("{}", to_json(&report));
         return;
     }
     println!("classification    {c}");
@@ -557,7 +608,7 @@ fn print_report(args: &NatArgs, out: &Outcome) {
 
 #[cfg(test)]
 mod tests {
-    use super::{builtin_servers, host_name, server_spec, with_raw};
+    use super::{builtin_servers, host_name, server_spec};
     use p2pd_nat::ServerId;
 
     #[test]
@@ -606,14 +657,5 @@ mod tests {
         assert_eq!(host_name("192.0.2.1:3478"), None);
         assert_eq!(host_name("::1"), None);
         assert_eq!(host_name("[::1]:3478"), None);
-    }
-
-    #[test]
-    fn raw_members() {
-        assert_eq!(with_raw("{}".into(), "a", "[]"), r#"{"a":[]}"#);
-        assert_eq!(
-            with_raw(r#"{"x":1}"#.into(), "a", "[1]"),
-            r#"{"x":1,"a":[1]}"#
-        );
     }
 }

@@ -12,7 +12,9 @@ use p2pd_proto::client_tcp::{
     TcpBinding, TcpBindingConfig, TcpBindingError, TcpBindingEvent, TcpMapping,
 };
 
-use super::super::json::Object;
+use serde::Serialize;
+
+use super::super::report::{to_json, Num};
 use super::{seed_from_os, CliError, StunArgs};
 use p2pd_mio::Runtime;
 
@@ -111,20 +113,32 @@ fn failure(server: SocketAddr, reason: TcpBindingError) -> CliError {
     }
 }
 
+/// `p2pd stun --tcp --json`: the TCP mapping.
+#[derive(Debug, Serialize)]
+struct TcpAnswer<'a> {
+    server: SocketAddr,
+    transport: &'static str,
+    local: SocketAddr,
+    mapped: SocketAddr,
+    response_origin: Option<SocketAddr>,
+    software: Option<&'a str>,
+    rtt_ms: Num,
+}
+
 fn print_success(args: &StunArgs, server: SocketAddr, m: &TcpMapping) {
     let rtt_ms = m.rtt.as_secs_f64() * 1000.0;
     if args.json {
         println!(
             "{}",
-            Object::new()
-                .str("server", &server.to_string())
-                .str("transport", "tcp")
-                .str("local", &m.local.to_string())
-                .str("mapped", &m.mapped.to_string())
-                .opt("response_origin", m.response_origin)
-                .opt("software", m.server_software.as_deref())
-                .num("rtt_ms", (rtt_ms * 1000.0).round() / 1000.0)
-                .finish()
+            to_json(&TcpAnswer {
+                server,
+                transport: "tcp",
+                local: m.local,
+                mapped: m.mapped,
+                response_origin: m.response_origin,
+                software: m.server_software.as_deref(),
+                rtt_ms: Num((rtt_ms * 1000.0).round() / 1000.0),
+            }),
         );
         return;
     }
