@@ -28,7 +28,7 @@ use p2pd_nat::{Connectivity, DeltaVerdict, Filtering, Mapping, P2pdLabel};
 use p2pd_proto::BindOptions;
 use serde::Serialize;
 
-use super::report::{display, display_opt, to_json, ErrorLine, Num};
+use super::report::{display, display_opt, to_json, ErrorLine, Num, Reporter};
 use p2pd_mio::{RunEnd, Runtime};
 
 /// Options of `p2pd nat`.
@@ -210,11 +210,8 @@ pub fn run(args: &NatArgs) -> i32 {
             }
         }
         Err(e) => {
-            if args.json {
-                println!("{}", to_json(&ErrorLine { error: &e }));
-            } else {
-                eprintln!("p2pd nat: {e}");
-            }
+            Reporter { json: args.json }
+                .note(format_args!("p2pd nat: {e}"), &ErrorLine { error: &e });
             1
         }
     }
@@ -346,13 +343,14 @@ fn classify(args: &NatArgs) -> Result<Outcome, String> {
     let local_ip = match args.local_ip {
         Some(ip) => ip,
         // No route: bind to "any" and let the probes time out (the answer is then Blocked).
-        None => route_local_ip(first.primary, args.interface.as_deref()).unwrap_or(
+        None => route_local_ip(first.primary, args.interface.as_deref()).unwrap_or_else(|e| {
+            tracing::debug!(error = %e, "no local IP routes to the first server; binding to any");
             if first.primary.is_ipv4() {
                 IpAddr::from([0, 0, 0, 0])
             } else {
                 IpAddr::from([0u16; 8])
-            },
-        ),
+            }
+        }),
     };
     let deadline = Duration::from_secs_f64(args.timeout);
     let config = ClassifierConfig {
@@ -365,6 +363,7 @@ fn classify(args: &NatArgs) -> Result<Outcome, String> {
         deadline,
         ..ClassifierConfig::default()
     };
+    tracing::debug!(%local_ip, servers = servers.len(), ?deadline, "classifying");
     let mut classifier = Classifier::new(config, &servers, super::stun::seed_from_os());
     let mut runtime = Runtime::new().map_err(|e| e.to_string())?;
     let started = std::time::Instant::now();
