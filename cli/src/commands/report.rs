@@ -46,8 +46,9 @@ impl Reporter {
 pub fn to_json(value: &impl Serialize) -> String {
     // Report structs are plain data (string keys, no failing Serialize impls), so this cannot fail;
     // should it, the line says so instead of vanishing.
-    serde_json::to_string(value)
-        .unwrap_or_else(|e| format!("{{\"error\":{:?}}}", format!("cannot encode JSON: {e}")))
+    serde_json::to_string(value).unwrap_or_else(|e| {
+        serde_json::json!({ "error": format!("cannot encode JSON: {e}") }).to_string()
+    })
 }
 
 /// A number in JSON as the CLI has always printed it: integral values without a fraction (`1`,
