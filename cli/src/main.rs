@@ -15,16 +15,53 @@
 //! p2pd name lookup NAME --server ADDR --server-key HEX [--tcp] [--json]
 //! p2pd name delete NAME --server ADDR --server-key HEX [--tcp] [--version N] [--identity FILE] [--json]
 //! ```
+//!
+//! Diagnostics (sockets opened and closed, failed socket intents, wakeups) go to stderr through
+//! `tracing`: `p2pd -v ...` shows debug events, `p2pd -vv ...` trace events, `--log-level LEVEL`
+//! (before or after the sub-command) sets the level; without either, `RUST_LOG` is honoured when
+//! set, else only warnings and errors are shown. They are not the command's output (its text or
+//! `--json` lines), which is unchanged by them. `p2pd nat --verbose` (`-v` after `nat`) is `nat`'s
+//! own flag: it prints every probe.
 
-use clap::{Parser, Subcommand};
+use clap::{ArgAction, Parser, Subcommand};
 use p2pd_cli::commands as cli;
+use tracing_subscriber::filter::{EnvFilter, LevelFilter};
 
 /// NAT traversal toolkit: STUN client, RFC 5780 server and NAT classifier.
 #[derive(Debug, Parser)]
 #[command(name = "p2pd", version, about)]
 struct Cli {
+    /// Diagnostics on stderr: -v debug, -vv trace (before the sub-command; default: warnings,
+    /// or RUST_LOG when set).
+    #[arg(short = 'v', action = ArgAction::Count)]
+    log_verbose: u8,
+    /// Diagnostics on stderr at this level: off, error, warn, info, debug or trace (overrides -v
+    /// and RUST_LOG).
+    #[arg(long, global = true, value_name = "LEVEL")]
+    log_level: Option<LevelFilter>,
     #[command(subcommand)]
     command: Command,
+}
+
+/// Sends `tracing` events to stderr: at `--log-level`, else at the level of `-v` / `-vv`, else as
+/// `RUST_LOG` says, else warnings and errors.
+fn init_logging(args: &Cli) {
+    let level = match (args.log_level, args.log_verbose) {
+        (Some(level), _) => Some(level),
+        (None, 0) => None,
+        (None, 1) => Some(LevelFilter::DEBUG),
+        (None, _) => Some(LevelFilter::TRACE),
+    };
+    let filter = match level {
+        Some(level) => EnvFilter::default().add_directive(level.into()),
+        None => EnvFilter::builder()
+            .with_default_directive(LevelFilter::WARN.into())
+            .from_env_lossy(),
+    };
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
 }
 
 #[derive(Debug, Subcommand)]
@@ -54,6 +91,8 @@ enum Command {
 
 fn main() {
     let args = Cli::parse();
+    init_logging(&args);
+    tracing::debug!("p2pd {}", env!("CARGO_PKG_VERSION"));
     let code = match &args.command {
         Command::Stun(a) => cli::stun::run(a),
         Command::StunServer(a) => cli::stun_server::run(a),

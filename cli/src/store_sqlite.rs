@@ -87,8 +87,9 @@ impl SqliteStore {
             .map_err(|e| StoreError::Backend(format!("{}: {e}", path.display())))?;
         if !mode.eq_ignore_ascii_case("wal") {
             return Err(StoreError::Backend(format!(
-                "{}: cannot use the WAL journal (SQLite chose {mode:?})",
-                path.display()
+                "{}: cannot use the WAL journal (SQLite chose \"{}\")",
+                path.display(),
+                mode.escape_debug()
             )));
         }
         Self::prepare(connection)
@@ -162,7 +163,7 @@ impl SqliteStore {
         else {
             return Err(corrupt("a column has the wrong type"));
         };
-        let record = Record::from_bytes(&record).map_err(|e| corrupt(&format!("record: {e:?}")))?;
+        let record = Record::from_bytes(&record).map_err(|e| corrupt(&format!("record: {e}")))?;
         if record.name() != name {
             return Err(corrupt("the record is for another name"));
         }

@@ -7,7 +7,7 @@ use p2pd_proto::Machine;
 use std::net::SocketAddr;
 use std::process::Command;
 
-use common::{json_raw, json_str, loopback_retransmit, CliServer, Client, ServerThread, LO1};
+use common::{json_object, loopback_retransmit, CliServer, Client, ServerThread, LO1};
 use p2pd_proto::client::{BindingResponse, Failure, Request, TransactionResult};
 use p2pd_proto::stun::ChangeRequest;
 
@@ -219,9 +219,15 @@ fn cli_stun_against_cli_stun_server() {
         ("both", true, alternate),
     ];
     for (change, legacy, from) in cases {
-        let json = p2pd_stun(primary, change, legacy);
-        let field = |k: &str| json_str(&json, k).unwrap_or_else(|| panic!("no {k} in {json}"));
-        let ctx = format!("--change {change} legacy={legacy}: {json}");
+        let text = p2pd_stun(primary, change, legacy);
+        let json = json_object(&text);
+        let field = |k: &str| {
+            json[k]
+                .as_str()
+                .unwrap_or_else(|| panic!("no string {k} in {text}"))
+                .to_string()
+        };
+        let ctx = format!("--change {change} legacy={legacy}: {text}");
         assert_eq!(field("server"), primary.to_string(), "{ctx}");
         let local: SocketAddr = field("local").parse().expect("local address");
         assert_eq!(local.ip(), LO1, "{ctx}");
@@ -229,18 +235,10 @@ fn cli_stun_against_cli_stun_server() {
         assert_eq!(field("other_address"), alternate.to_string(), "{ctx}");
         assert_eq!(field("source"), from.to_string(), "{ctx}");
         assert_eq!(field("response_origin"), from.to_string(), "{ctx}");
-        assert_eq!(
-            json_raw(&json, "legacy").as_deref(),
-            Some(if legacy { "true" } else { "false" }),
-            "{ctx}"
-        );
-        let tx: u32 = json_raw(&json, "transmissions")
-            .and_then(|v| v.parse().ok())
-            .expect("transmissions");
+        assert_eq!(json["legacy"], legacy, "{ctx}");
+        let tx = json["transmissions"].as_u64().expect("transmissions");
         assert!(tx >= 1, "{ctx}");
-        let rtt: f64 = json_raw(&json, "rtt_ms")
-            .and_then(|v| v.parse().ok())
-            .expect("rtt_ms");
+        let rtt = json["rtt_ms"].as_f64().expect("rtt_ms");
         assert!((0.0..1000.0).contains(&rtt), "{ctx}");
     }
 
@@ -254,5 +252,8 @@ fn cli_stun_against_cli_stun_server() {
         .expect("run p2pd stun");
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(1), "{stdout}");
-    assert!(json_str(&stdout, "error").is_some(), "{stdout}");
+    let json = json_object(&stdout);
+    assert!(json["error"].is_string(), "{stdout}");
+    assert!(json["kind"].is_string(), "{stdout}");
+    assert_eq!(json["server"], primary.to_string(), "{stdout}");
 }

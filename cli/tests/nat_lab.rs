@@ -18,7 +18,8 @@ use std::process::{Command, Stdio};
 use std::time::Instant;
 
 use common::lab::{skip_reason, Lab};
-use common::{json_raw, json_str, p2pd_bin, ChildGuard};
+use common::{event_of, json_line, p2pd_bin, ChildGuard};
+use serde_json::Value;
 
 /// Runs `ip ARGS...`.
 fn run_ip(args: &[&str]) -> Result<(), String> {
@@ -68,7 +69,7 @@ fn start_p2pd_server(lab: &Lab) -> ChildGuard {
             Ok(_) => {}
         }
         seen.push_str(&line);
-        if line.contains("\"listening\"") {
+        if json_line(&line).is_some_and(|l| event_of(&l) == Some("listening")) {
             listening += 1;
         }
     }
@@ -115,29 +116,37 @@ fn nat(
     }
 }
 
+/// A string field of the JSON report (`None` if null or missing).
+fn field(json: &Value, key: &str) -> Option<String> {
+    json.get(key)?.as_str().map(str::to_string)
+}
+
 /// The public addresses of the JSON report.
-fn public_addresses(json: &str) -> Vec<String> {
-    let Some(start) = json.find("\"public_addresses\":[") else {
-        return Vec::new();
-    };
-    let rest = &json[start + "\"public_addresses\":[".len()..];
-    let end = rest.find(']').unwrap_or(0);
-    rest[..end]
-        .split(',')
-        .map(|s| s.trim_matches('"').to_string())
-        .filter(|s| !s.is_empty())
+fn public_addresses(json: &Value) -> Result<Vec<String>, String> {
+    json["public_addresses"]
+        .as_array()
+        .ok_or("no public_addresses array")?
+        .iter()
+        .map(|a| {
+            a.as_str()
+                .map(str::to_string)
+                .ok_or("a public address that is not a string".into())
+        })
         .collect()
 }
 
 /// Checks one report against the expectation; `Err` explains what is wrong.
-fn check(json: &str, want: &Expect, wan_ip: Option<&str>) -> Result<(), String> {
-    let class = json_str(json, "classification").ok_or("no classification")?;
-    let mapping = json_str(json, "mapping");
-    let filtering = json_str(json, "filtering");
+fn check(text: &str, want: &Expect, wan_ip: Option<&str>) -> Result<(), String> {
+    let json = json_line(text).ok_or("no JSON report")?;
+    let json = &json;
+    let class = field(json, "classification").ok_or("no classification")?;
+    let mapping = field(json, "mapping");
+    let filtering = field(json, "filtering");
     if class == "inconclusive" {
+        let reason = field(json, "reason").ok_or("inconclusive without a reason")?;
         return Err(format!(
-            "inconclusive ({})",
-            json_str(json, "reason_text").unwrap_or_default()
+            "inconclusive ({reason}: {})",
+            field(json, "reason_text").ok_or("inconclusive without a reason_text")?
         ));
     }
     if class != want.class
@@ -149,7 +158,7 @@ fn check(json: &str, want: &Expect, wan_ip: Option<&str>) -> Result<(), String> 
             want.class, want.mapping, want.filtering
         ));
     }
-    let addrs = public_addresses(json);
+    let addrs = public_addresses(json)?;
     if let Some(ip) = wan_ip {
         if addrs.is_empty() || addrs.iter().any(|a| !a.starts_with(&format!("{ip}:"))) {
             return Err(format!("public addresses {addrs:?} are not all on {ip}"));
@@ -167,11 +176,11 @@ fn check(json: &str, want: &Expect, wan_ip: Option<&str>) -> Result<(), String> 
             }
         }
     }
-    if class != "blocked" && json_raw(json, "servers_agreeing").as_deref() != Some("2") {
+    if class != "blocked" && json["servers_agreeing"] != 2 {
         return Err("not both servers agree".into());
     }
     if let Some(prefix) = want.allocation {
-        let got = json_str(json, "allocation").unwrap_or_default();
+        let got = field(json, "allocation").unwrap_or_default();
         if !got.starts_with(prefix) && !got.starts_with("inconclusive") {
             return Err(format!("WRONG allocation: got {got:?}, want {prefix:?}"));
         }
@@ -294,14 +303,12 @@ fn nat_lab_modes_match_ground_truth() {
         if verdict.is_ok() && code != Some(0) {
             verdict = Err(format!("exit code {code:?}, want 0"));
         }
-        let result = match (
-            json_str(&json, "classification"),
-            json_str(&json, "mapping"),
-        ) {
+        let report = json_line(&json).unwrap_or_default();
+        let result = match (field(&report, "classification"), field(&report, "mapping")) {
             (Some(c), Some(m)) => format!(
                 "{c} {m} / {}; {}",
-                json_str(&json, "filtering").unwrap_or_default(),
-                json_str(&json, "allocation").unwrap_or_default()
+                field(&report, "filtering").unwrap_or_default(),
+                field(&report, "allocation").unwrap_or_default()
             ),
             (Some(c), None) => c,
             _ => "(no output)".into(),

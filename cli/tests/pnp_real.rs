@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant as StdInstant};
 
-use common::{free_port_pair, json_raw, json_str, p2pd_bin, ChildGuard, LO1};
+use common::{event_of, free_port_pair, json_line, json_object, p2pd_bin, ChildGuard, LO1};
 use p2pd_cli::identity_file::write_identity;
 use p2pd_cli::store_sqlite::SqliteStore;
 use p2pd_mio::Runtime;
@@ -131,12 +131,15 @@ impl ServerProcess {
             let n = out.read_line(&mut line).unwrap_or(0);
             assert!(n > 0, "p2pd pnp-server exited before listening:\n{seen}");
             seen.push_str(&line);
-            if json_str(&line, "event").as_deref() == Some("starting") {
-                assert_eq!(json_str(&line, "public_key").unwrap(), self.key.to_string());
-                self.names_at_start = json_raw(&line, "names").unwrap().parse().unwrap();
+            let Some(json) = json_line(&line) else {
+                continue;
+            };
+            if event_of(&json) == Some("starting") {
+                assert_eq!(json["public_key"], self.key.to_string(), "{line}");
+                self.names_at_start = json["names"].as_u64().expect("names");
             }
-            if json_str(&line, "event").as_deref() == Some("listening") {
-                assert_eq!(json_str(&line, "local").unwrap(), self.addr.to_string());
+            if event_of(&json) == Some("listening") {
+                assert_eq!(json["local"], self.addr.to_string(), "{line}");
                 listening += 1;
             }
         }
@@ -203,30 +206,22 @@ fn name_cli(server: &ServerProcess, args: &[&str]) -> (i32, String, String) {
 }
 
 fn assert_found(line: &str, value: &str, owner: &PublicKey, version: u64) {
-    assert_eq!(
-        json_str(line, "event").as_deref(),
-        Some("found"),
-        "not found: {line}"
-    );
-    assert_eq!(json_str(line, "value").as_deref(), Some(value), "{line}");
-    assert_eq!(json_str(line, "owner"), Some(owner.to_string()), "{line}");
-    assert_eq!(
-        json_raw(line, "version"),
-        Some(version.to_string()),
-        "{line}"
-    );
+    let json = json_object(line);
+    assert_eq!(event_of(&json), Some("found"), "not found: {line}");
+    assert_eq!(json["value"], value, "{line}");
+    assert_eq!(json["owner"], owner.to_string(), "{line}");
+    assert_eq!(json["version"], version, "{line}");
 }
 
 fn assert_refused(result: &(i32, String, String), code: &str, detail: u64) {
     let (rc, line, _) = result;
     assert_eq!(*rc, 1, "{line}");
-    assert_eq!(
-        json_str(line, "reason").as_deref(),
-        Some("refused"),
-        "{line}"
-    );
-    assert_eq!(json_str(line, "code").as_deref(), Some(code), "{line}");
-    assert_eq!(json_raw(line, "detail"), Some(detail.to_string()), "{line}");
+    let json = json_object(line);
+    assert_eq!(event_of(&json), Some("failed"), "{line}");
+    assert_eq!(json["reason"], "refused", "{line}");
+    assert_eq!(json["code"], code, "{line}");
+    assert_eq!(json["detail"], detail, "{line}");
+    assert!(json["message"].is_string(), "{line}");
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -390,8 +385,9 @@ fn cli_names_survive_sigkill_and_keep_their_rules() {
         ],
     );
     assert_eq!(r.0, 0, "{r:?}");
-    assert_eq!(json_str(&r.1, "event").as_deref(), Some("registered"));
-    assert_eq!(json_raw(&r.1, "version").as_deref(), Some("10"));
+    let json = json_object(&r.1);
+    assert_eq!(event_of(&json), Some("registered"), "{r:?}");
+    assert_eq!(json["version"], 10, "{r:?}");
     let r = name_cli(
         &server,
         &[
@@ -473,10 +469,10 @@ fn cli_names_survive_sigkill_and_keep_their_rules() {
         &["delete", "alice", "--version", "11", "--identity", alice_id],
     );
     assert_eq!(r.0, 0, "{r:?}");
-    assert_eq!(json_str(&r.1, "event").as_deref(), Some("deleted"));
+    assert_eq!(event_of(&json_object(&r.1)), Some("deleted"), "{r:?}");
     let (rc, line, _) = name_cli(&server, &["lookup", "alice"]);
     assert_eq!(rc, 1, "{line}");
-    assert_eq!(json_str(&line, "event").as_deref(), Some("not_found"));
+    assert_eq!(event_of(&json_object(&line)), Some("not_found"), "{line}");
 
     // The delete is on disk too.
     server.kill();
@@ -507,11 +503,10 @@ fn cli_names_survive_sigkill_and_keep_their_rules() {
         .unwrap();
     let line = String::from_utf8_lossy(&wrong.stdout);
     assert_eq!(wrong.status.code(), Some(1), "{line}");
-    assert_eq!(
-        json_str(&line, "reason").as_deref(),
-        Some("timeout"),
-        "{line}"
-    );
+    let json = json_object(&line);
+    assert_eq!(event_of(&json), Some("failed"), "{line}");
+    assert_eq!(json["reason"], "timeout", "{line}");
+    assert!(json.get("code").is_none(), "{line}");
     assert!(started.elapsed() < Duration::from_secs(3));
 
     // SIGTERM: a clean stop, every socket released, counters printed.
@@ -519,13 +514,14 @@ fn cli_names_survive_sigkill_and_keep_their_rules() {
     assert_eq!(code, Some(0), "{rest}");
     let stopped = rest
         .lines()
-        .find(|l| json_str(l, "event").as_deref() == Some("stopped"))
+        .filter_map(json_line)
+        .find(|l| event_of(l) == Some("stopped"))
         .unwrap_or_else(|| panic!("no stopped line in {rest:?}"));
-    assert_eq!(json_raw(stopped, "requests").as_deref(), Some("2"));
-    assert_eq!(json_raw(stopped, "names").as_deref(), Some("1"));
-    assert_eq!(json_raw(stopped, "open_sockets").as_deref(), Some("0"));
-    assert_eq!(json_raw(stopped, "store_errors").as_deref(), Some("0"));
-    let bad: u64 = json_raw(stopped, "bad_envelopes").unwrap().parse().unwrap();
+    assert_eq!(stopped["requests"], 2, "{stopped}");
+    assert_eq!(stopped["names"], 1, "{stopped}");
+    assert_eq!(stopped["open_sockets"], 0, "{stopped}");
+    assert_eq!(stopped["store_errors"], 0, "{stopped}");
+    let bad = stopped["bad_envelopes"].as_u64().expect("bad_envelopes");
     assert!(
         bad >= 1,
         "the wrong-key lookup was dropped unopened: {stopped}"
@@ -602,7 +598,12 @@ fn runtime_clients_over_udp_and_tcp_across_a_server_restart() {
     tcp.close();
     let (code, rest) = server.stop_with("INT");
     assert_eq!(code, Some(0), "SIGINT: {rest}");
-    assert!(rest.contains("\"open_sockets\":0"), "{rest}");
+    let stopped = rest
+        .lines()
+        .filter_map(json_line)
+        .find(|l| event_of(l) == Some("stopped"))
+        .unwrap_or_else(|| panic!("no stopped line in {rest:?}"));
+    assert_eq!(stopped["open_sockets"], 0, "{rest}");
 }
 
 /// A database the server cannot use stops it at once with a message and exit code 1.

@@ -24,7 +24,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use common::lab::{self, Lab};
-use common::{json_raw, json_str, p2pd_bin, ChildGuard};
+use common::{event_of, json_line, json_object, p2pd_bin, ChildGuard};
 
 /// Why the lab (with mosquitto) cannot run here, if it cannot.
 fn skip_reason() -> Option<String> {
@@ -44,8 +44,8 @@ fn identity(lab: &Lab, name: &str) -> (PathBuf, String) {
         .output()
         .expect("p2pd id new");
     assert!(out.status.success(), "p2pd id new: {out:?}");
-    let json = String::from_utf8_lossy(&out.stdout);
-    let key = json_str(&json, "public_key").expect("public_key");
+    let json = json_object(&String::from_utf8_lossy(&out.stdout));
+    let key = json["public_key"].as_str().expect("public_key").to_string();
     (file, key)
 }
 
@@ -62,15 +62,16 @@ struct Side {
 }
 
 impl Side {
-    fn event(&self, name: &str) -> Option<&String> {
-        let pat = format!("\"event\":\"{name}\"");
-        self.status.iter().find(|l| l.contains(&pat))
+    /// The first status line of this event, parsed.
+    fn event(&self, name: &str) -> Option<serde_json::Value> {
+        self.status
+            .iter()
+            .filter_map(|l| json_line(l))
+            .find(|l| event_of(l) == Some(name))
     }
 
     fn elapsed(&self, name: &str) -> Option<f64> {
-        self.event(name)
-            .and_then(|l| json_raw(l, "elapsed_ms"))
-            .and_then(|v| v.parse().ok())
+        self.event(name).and_then(|l| l["elapsed_ms"].as_f64())
     }
 
     /// Milliseconds from the `armed` line of the round that connected to `connected`.
@@ -79,8 +80,9 @@ impl Side {
         let armed = self
             .status
             .iter()
-            .filter(|l| l.contains("\"event\":\"armed\""))
-            .filter_map(|l| json_raw(l, "elapsed_ms").and_then(|v| v.parse::<f64>().ok()))
+            .filter_map(|l| json_line(l))
+            .filter(|l| event_of(l) == Some("armed"))
+            .filter_map(|l| l["elapsed_ms"].as_f64())
             .rfind(|t| *t <= connected)?;
         Some(connected - armed)
     }
@@ -281,12 +283,14 @@ fn run_once(
                 .flatten(),
         );
         if let (Some(l), Some(r)) = (a.event("connected"), b.event("connected")) {
+            let field =
+                |v: &serde_json::Value, k: &str| v[k].as_str().unwrap_or_default().to_string();
             tally.notes.push(format!(
                 "A {} -> {}, B {} -> {}",
-                json_str(l, "local").unwrap_or_default(),
-                json_str(l, "remote").unwrap_or_default(),
-                json_str(r, "local").unwrap_or_default(),
-                json_str(r, "remote").unwrap_or_default()
+                field(&l, "local"),
+                field(&l, "remote"),
+                field(&r, "local"),
+                field(&r, "remote")
             ));
         }
         Ok(())
@@ -296,8 +300,7 @@ fn run_once(
             s.code == Some(1)
                 && s.event("connected").is_none()
                 && s.event("failed")
-                    .and_then(|l| json_str(l, "reason"))
-                    .is_some_and(|r| !r.is_empty())
+                    .is_some_and(|l| l["reason"].as_str().is_some_and(|r| !r.is_empty()))
         };
         if !(typed(&a) && typed(&b)) {
             return Err(format!(
@@ -311,8 +314,8 @@ fn run_once(
             if let Some(l) = s.event("failed") {
                 tally.notes.push(format!(
                     "failed after {} ms: {}",
-                    json_raw(l, "elapsed_ms").unwrap_or_default(),
-                    json_str(l, "reason").unwrap_or_default()
+                    l["elapsed_ms"],
+                    l["reason"].as_str().unwrap_or_default()
                 ));
             }
         }

@@ -182,7 +182,8 @@ fn cli_file_to_a_slow_reader_arrives_whole() {
             .output()
             .expect("p2pd id new");
         assert!(out.status.success());
-        keys.push(common::json_str(&String::from_utf8_lossy(&out.stdout), "public_key").unwrap());
+        let id = common::json_object(&String::from_utf8_lossy(&out.stdout));
+        keys.push(id["public_key"].as_str().expect("public_key").to_string());
     }
     const TOTAL: usize = 24 << 20;
     let file: Vec<u8> = (0..TOTAL).map(|i| (i % 253) as u8).collect();
@@ -303,7 +304,8 @@ fn cli_both_sides_pipe_finite_input_and_both_outputs_are_complete() {
             .output()
             .expect("p2pd id new");
         assert!(out.status.success());
-        keys.push(common::json_str(&String::from_utf8_lossy(&out.stdout), "public_key").unwrap());
+        let id = common::json_object(&String::from_utf8_lossy(&out.stdout));
+        keys.push(id["public_key"].as_str().expect("public_key").to_string());
     }
     // Different sizes, so one side finishes well before the other; B's input is the bigger one.
     let file_a: Vec<u8> = (0..(1usize << 20)).map(|i| (i % 241) as u8).collect();

@@ -12,7 +12,9 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use common::servers::{Coturn, TcpStunServer};
-use common::{free_port_pair, json_str, on_path, p2pd_bin, ChildGuard, LO1, LO2};
+use common::{
+    event_of, free_port_pair, json_line, json_object, on_path, p2pd_bin, ChildGuard, LO1, LO2,
+};
 use p2pd_mio::Runtime;
 use p2pd_proto::client_tcp::{
     CloseCause, TcpBinding, TcpBindingConfig, TcpBindingError, TcpBindingEvent, TcpMapping,
@@ -278,12 +280,18 @@ fn cli_stun_tcp_against_cli_stun_server_tcp() {
         let mut line = String::new();
         while listening < 2 {
             line.clear();
-            if out.read_line(&mut line).unwrap_or(0) == 0 || line.contains("socket-failed") {
+            if out.read_line(&mut line).unwrap_or(0) == 0 {
                 break;
             }
-            if line.contains("\"listening\"") {
+            let Some(event) = json_line(&line) else {
+                continue;
+            };
+            if event_of(&event) == Some("socket-failed") {
+                break;
+            }
+            if event_of(&event) == Some("listening") {
                 listening += 1;
-                tcp |= line.contains("\"transport\":\"tcp\"");
+                tcp |= event["transport"] == "tcp";
             }
         }
         if listening < 2 {
@@ -296,15 +304,15 @@ fn cli_stun_tcp_against_cli_stun_server_tcp() {
             .args(["--local", &local.to_string()])
             .output()
             .expect("run p2pd stun --tcp");
-        let json = String::from_utf8_lossy(&output.stdout).to_string();
-        assert!(output.status.success(), "{json}");
-        assert_eq!(json_str(&json, "transport").as_deref(), Some("tcp"));
-        assert_eq!(json_str(&json, "local"), Some(local.to_string()), "{json}");
-        assert_eq!(json_str(&json, "mapped"), Some(local.to_string()), "{json}");
-        assert_eq!(
-            json_str(&json, "response_origin"),
-            Some(format!("127.0.0.1:{p}"))
-        );
+        let text = String::from_utf8_lossy(&output.stdout).to_string();
+        assert!(output.status.success(), "{text}");
+        let json = json_object(&text);
+        assert_eq!(json["transport"], "tcp", "{text}");
+        assert_eq!(json["local"], local.to_string(), "{text}");
+        assert_eq!(json["mapped"], local.to_string(), "{text}");
+        assert_eq!(json["response_origin"], format!("127.0.0.1:{p}"), "{text}");
+        assert_eq!(json["server"], format!("127.0.0.1:{p}"), "{text}");
+        assert!(json["rtt_ms"].is_number(), "{text}");
         // Change requests make no sense over TCP: a usage error.
         let output = Command::new(p2pd_bin())
             .args(["stun", &format!("127.0.0.1:{p}"), "--tcp", "--change", "ip"])

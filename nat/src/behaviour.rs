@@ -25,6 +25,28 @@ pub enum Filtering {
     AddressAndPortDependent,
 }
 
+/// The RFC 4787 names: `endpoint-independent`, `address-dependent`, `address-and-port-dependent`.
+impl core::fmt::Display for Mapping {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.pad(match self {
+            Mapping::EndpointIndependent => "endpoint-independent",
+            Mapping::AddressDependent => "address-dependent",
+            Mapping::AddressAndPortDependent => "address-and-port-dependent",
+        })
+    }
+}
+
+/// The RFC 4787 names: `endpoint-independent`, `address-dependent`, `address-and-port-dependent`.
+impl core::fmt::Display for Filtering {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.pad(match self {
+            Filtering::EndpointIndependent => "endpoint-independent",
+            Filtering::AddressDependent => "address-dependent",
+            Filtering::AddressAndPortDependent => "address-and-port-dependent",
+        })
+    }
+}
+
 /// An inclusive range of external ports a NAT allocates from.
 #[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]
 pub struct PortRange {
@@ -98,6 +120,22 @@ pub enum PortAllocation {
     },
     /// A random free port. p2pd: "random delta".
     Random,
+}
+
+/// In words, as the classifier's port-allocation verdicts are printed (`port preserving`,
+/// `fixed offset +2`, `sequential, stride 1`, `local-port dependent, stride 2`, `random`).
+impl core::fmt::Display for PortAllocation {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            PortAllocation::Preserving => f.write_str("port preserving"),
+            PortAllocation::FixedOffset { offset } => write!(f, "fixed offset {offset:+}"),
+            PortAllocation::Sequential { stride } => write!(f, "sequential, stride {stride}"),
+            PortAllocation::LocalPortDependent { stride } => {
+                write!(f, "local-port dependent, stride {stride}")
+            }
+            PortAllocation::Random => f.write_str("random"),
+        }
+    }
 }
 
 /// Everything the classifier tries to learn about a NAT, and what the simulator's NAT boxes do.

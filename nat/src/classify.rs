@@ -119,6 +119,24 @@ pub enum ProbeKind {
     AllocationConsecutive,
 }
 
+/// The probe's name in reports: `map-primary`, `map-alternate-ip`, `map-alternate-ip+port`,
+/// `filter-control`, `filter-change-ip+port`, `filter-change-port`, `allocation-random-port`,
+/// `allocation-consecutive-port`.
+impl core::fmt::Display for ProbeKind {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.pad(match self {
+            ProbeKind::MapPrimary => "map-primary",
+            ProbeKind::MapAlternateIp => "map-alternate-ip",
+            ProbeKind::MapAlternateBoth => "map-alternate-ip+port",
+            ProbeKind::FilterControl => "filter-control",
+            ProbeKind::FilterChangeBoth => "filter-change-ip+port",
+            ProbeKind::FilterChangePort => "filter-change-port",
+            ProbeKind::AllocationRandom => "allocation-random-port",
+            ProbeKind::AllocationConsecutive => "allocation-consecutive-port",
+        })
+    }
+}
+
 /// How a probe ended.
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
 pub enum ProbeOutcome {
@@ -190,6 +208,42 @@ pub enum InconclusiveReason {
     SilenceNotConclusive,
 }
 
+impl InconclusiveReason {
+    /// A short stable key for scripts: `no-usable-server`, `mapping-disagrees`,
+    /// `filtering-disagrees`, `local-address-unknown`, `deadline`, `silence-not-conclusive`.
+    pub fn key(&self) -> &'static str {
+        match self {
+            InconclusiveReason::NoUsableServer => "no-usable-server",
+            InconclusiveReason::MappingDisagrees => "mapping-disagrees",
+            InconclusiveReason::FilteringDisagrees => "filtering-disagrees",
+            InconclusiveReason::LocalAddressUnknown => "local-address-unknown",
+            InconclusiveReason::Deadline => "deadline",
+            InconclusiveReason::SilenceNotConclusive => "silence-not-conclusive",
+        }
+    }
+}
+
+/// The reason in words (for example `servers disagree about the mapping`).
+impl core::fmt::Display for InconclusiveReason {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.pad(match self {
+            InconclusiveReason::NoUsableServer => {
+                "no server gave a complete, consistent set of results"
+            }
+            InconclusiveReason::MappingDisagrees => "servers disagree about the mapping",
+            InconclusiveReason::FilteringDisagrees => "servers disagree about the filtering",
+            InconclusiveReason::LocalAddressUnknown => {
+                "the mapped address equals the local port but the local IP is unknown"
+            }
+            InconclusiveReason::Deadline => "the deadline passed first",
+            InconclusiveReason::SilenceNotConclusive => {
+                "filtering rests on silence, and with the loss seen on this path silence is not \
+                 proof enough"
+            }
+        })
+    }
+}
+
 /// The classifier's answer.
 #[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]
 pub enum Classification {
@@ -208,6 +262,25 @@ pub enum Classification {
     Blocked,
     /// No safe answer.
     Inconclusive(InconclusiveReason),
+}
+
+/// The verdict in words: `open internet (no NAT, no filtering)`, `UDP firewall, no NAT (F
+/// filtering)`, `NAT: M mapping, F filtering`, `blocked (no server answered)` or
+/// `inconclusive: REASON`.
+impl core::fmt::Display for Classification {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            Classification::Open => f.write_str("open internet (no NAT, no filtering)"),
+            Classification::Firewall(filtering) => {
+                write!(f, "UDP firewall, no NAT ({filtering} filtering)")
+            }
+            Classification::Nat { mapping, filtering } => {
+                write!(f, "NAT: {mapping} mapping, {filtering} filtering")
+            }
+            Classification::Blocked => f.write_str("blocked (no server answered)"),
+            Classification::Inconclusive(why) => write!(f, "inconclusive: {why}"),
+        }
+    }
 }
 
 /// The full report: the answer, the public addresses seen and every probe.

@@ -150,6 +150,16 @@ pub enum LocalPorts {
     Consecutive,
 }
 
+/// `random` or `consecutive` (how the round chose its local ports).
+impl core::fmt::Display for LocalPorts {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.pad(match self {
+            LocalPorts::Random => "random",
+            LocalPorts::Consecutive => "consecutive",
+        })
+    }
+}
+
 /// Scorer settings.
 #[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]
 pub struct DeltaConfig {
@@ -297,6 +307,34 @@ pub enum InconclusiveReason {
     WrapAmbiguous,
 }
 
+/// The reason in words (for example `the two rounds disagree`).
+impl core::fmt::Display for InconclusiveReason {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            InconclusiveReason::TooLittleEvidence { round } => write!(
+                f,
+                "too few replies or pairs in the round on {round} local ports"
+            ),
+            InconclusiveReason::LocalPortsDidNotVary => f.write_str(
+                "every supporting pair had the same local distance, so the rules cannot be told \
+                 apart",
+            ),
+            InconclusiveReason::Ambiguous => f.write_str("more than one allocation rule fits"),
+            InconclusiveReason::Contradictory => f.write_str("the two rounds disagree"),
+            InconclusiveReason::NeedConsecutiveRound => f.write_str(
+                "the round on random local ports refuted every rule; a round on consecutive local \
+                 ports is needed",
+            ),
+            InconclusiveReason::WrongRound => {
+                f.write_str("a round was passed in the other round's place")
+            }
+            InconclusiveReason::WrapAmbiguous => f.write_str(
+                "the answer depends on how the NAT wraps ports around the top of the range",
+            ),
+        }
+    }
+}
+
 /// The scorer's answer.
 #[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]
 pub enum DeltaVerdict {
@@ -326,6 +364,23 @@ pub enum DeltaVerdict {
         /// Why.
         reason: InconclusiveReason,
     },
+}
+
+/// The verdict in words: `port preserving (external = local)`, `fixed offset +2`,
+/// `sequential, stride 1`, `local-port dependent, stride 2`, `random` or `inconclusive (REASON)`.
+impl core::fmt::Display for DeltaVerdict {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            DeltaVerdict::Equal => f.write_str("port preserving (external = local)"),
+            DeltaVerdict::FixedOffset { offset } => write!(f, "fixed offset {offset:+}"),
+            DeltaVerdict::Sequential { stride } => write!(f, "sequential, stride {stride}"),
+            DeltaVerdict::LocalPortDependent { stride } => {
+                write!(f, "local-port dependent, stride {stride}")
+            }
+            DeltaVerdict::Random => f.write_str("random"),
+            DeltaVerdict::Inconclusive { reason } => write!(f, "inconclusive ({reason})"),
+        }
+    }
 }
 
 impl DeltaVerdict {

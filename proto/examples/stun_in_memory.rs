@@ -11,6 +11,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::ops::ControlFlow;
 use std::time::Duration;
 
 use p2pd_proto::client::{ClientConfig, ClientEvent, Request, StunClient};
@@ -55,7 +56,7 @@ impl<E> Host<E> {
     }
 }
 
-impl<E> Outputs<E> for Host<E> {
+impl<M: Machine> Outputs<M> for Host<M::Event> {
     fn transmit(&mut self, transmit: Transmit, bytes: &[u8]) {
         let from = self.sockets[&transmit.socket];
         self.sent.push(Packet {
@@ -76,7 +77,7 @@ impl<E> Outputs<E> for Host<E> {
                     self.next_port += 1;
                 }
                 self.sockets.insert(socket, local);
-                // The outcome is owed, not delivered: `drain` holds the machine borrowed.
+                // The outcome is owed: `drain` hands it over through `outcome` below.
                 self.outcomes.push((socket, SocketOutcome::Bound { local }));
             }
             SocketOp::Close { socket } => {
@@ -86,25 +87,24 @@ impl<E> Outputs<E> for Host<E> {
         }
     }
 
-    fn event(&mut self, event: E) {
+    fn event(&mut self, _: &mut M, event: M::Event) -> ControlFlow<()> {
         self.events.push(event);
+        ControlFlow::Continue(())
+    }
+
+    fn outcome(&mut self) -> Option<(Instant, SocketId, SocketOutcome)> {
+        let (socket, outcome) = self.outcomes.pop()?;
+        Some((self.now, socket, outcome))
     }
 }
 
-/// Drains `machine` at `now`, hands it the socket outcomes its intents produced, and repeats until
-/// it is quiet; returns its next deadline.
+/// Drains `machine` at `now` (the socket outcomes its intents produced are handed back within
+/// the drain) until it is quiet; returns its next deadline.
 fn pump<M: Machine>(machine: &mut M, host: &mut Host<M::Event>, now: Instant) -> Option<Instant> {
     let mut buf = [0u8; TRANSMIT_BUFFER_LEN];
     host.now = now;
-    loop {
-        let deadline = drain(machine, &mut buf, host);
-        if host.outcomes.is_empty() {
-            return deadline;
-        }
-        for (socket, outcome) in std::mem::take(&mut host.outcomes) {
-            machine.handle_socket_result(now, socket, outcome);
-        }
-    }
+    // This host never stops a drain early.
+    drain(machine, &mut buf, host).continue_value().flatten()
 }
 
 /// The socket of `host` bound to `addr`, if any.

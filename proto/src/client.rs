@@ -211,6 +211,20 @@ pub enum Misbehaviour {
     },
 }
 
+impl core::fmt::Display for Misbehaviour {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            Misbehaviour::MissingMappedAddress => {
+                f.write_str("a success response without a mapped address")
+            }
+            Misbehaviour::MissingErrorCode => f.write_str("an error response without ERROR-CODE"),
+            Misbehaviour::ReplyFromUnexpectedSource { from } => {
+                write!(f, "replies came only from an unexpected source ({from})")
+            }
+        }
+    }
+}
+
 /// Why a transaction failed.
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
@@ -235,6 +249,21 @@ pub enum Failure {
     Cancelled,
     /// The client was closed.
     Closed,
+}
+
+impl core::fmt::Display for Failure {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            Failure::Timeout { transmissions } => {
+                write!(f, "no reply after {transmissions} transmission(s)")
+            }
+            Failure::ErrorResponse { code, reason } => write!(f, "error response {code} {reason}"),
+            Failure::ServerMisbehaved(m) => write!(f, "the server misbehaved: {m}"),
+            Failure::SocketFailed(e) => write!(f, "socket failed: {e}"),
+            Failure::Cancelled => f.write_str("cancelled"),
+            Failure::Closed => f.write_str("the client was closed"),
+        }
+    }
 }
 
 /// The end of one transaction.
@@ -294,7 +323,13 @@ pub enum ApiError {
 
 impl core::fmt::Display for ApiError {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        core::fmt::Debug::fmt(self, f)
+        f.write_str(match self {
+            ApiError::TooManyTransactions => "too many transactions in flight",
+            ApiError::TooManySockets => "too many sockets open",
+            ApiError::UnknownSocket => "the socket is not open in this client",
+            ApiError::Closed => "the client is closed",
+            ApiError::AddressFamilyMismatch => "the server and the socket differ in address family",
+        })
     }
 }
 

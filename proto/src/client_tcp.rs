@@ -147,6 +147,25 @@ pub enum TcpBindingError {
     MissingMappedAddress,
 }
 
+impl core::fmt::Display for TcpBindingError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            TcpBindingError::Timeout => f.write_str("no answer in time"),
+            TcpBindingError::BindFailed(e) => write!(f, "cannot bind: {e}"),
+            TcpBindingError::ConnectFailed(e) => write!(f, "cannot connect: {e}"),
+            TcpBindingError::SocketError(e) => write!(f, "the connection failed: {e}"),
+            TcpBindingError::ErrorResponse { code } => write!(f, "error response {code}"),
+            TcpBindingError::Malformed(e) => write!(f, "malformed response: {e}"),
+            TcpBindingError::PeerClosed => {
+                f.write_str("the server closed the connection without answering")
+            }
+            TcpBindingError::MissingMappedAddress => {
+                f.write_str("the response has no mapped address")
+            }
+        }
+    }
+}
+
 /// Why the machine ended.
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]

@@ -190,6 +190,23 @@ pub enum OpKind {
     Receive,
 }
 
+/// The operation in words: `bind`, `connect`, `listen`, `accept`, `set-ttl`, `send`, `shutdown`,
+/// `receive`.
+impl fmt::Display for OpKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.pad(match self {
+            OpKind::Bind => "bind",
+            OpKind::Connect => "connect",
+            OpKind::Listen => "listen",
+            OpKind::Accept => "accept",
+            OpKind::SetTtl => "set-ttl",
+            OpKind::Send => "send",
+            OpKind::Shutdown => "shutdown",
+            OpKind::Receive => "receive",
+        })
+    }
+}
+
 /// An I/O error, reduced to what a protocol machine can act on.
 #[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]
 #[non_exhaustive]
@@ -222,6 +239,30 @@ pub enum IoError {
     /// Anything else, with the raw OS error code if there was one.
     Other(Option<i32>),
 }
+
+/// The error in words, as the OS says it (`address in use`, `connection refused`, ...).
+impl fmt::Display for IoError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            IoError::AddrInUse => f.write_str("address in use"),
+            IoError::AddrNotAvailable => f.write_str("address not available"),
+            IoError::PermissionDenied => f.write_str("permission denied"),
+            IoError::ConnectionRefused => f.write_str("connection refused"),
+            IoError::ConnectionReset => f.write_str("connection reset"),
+            IoError::HostUnreachable => f.write_str("host unreachable"),
+            IoError::NetworkUnreachable => f.write_str("network unreachable"),
+            IoError::TimedOut => f.write_str("timed out"),
+            IoError::MessageTooLong => f.write_str("message too long"),
+            IoError::WouldBlock => f.write_str("send buffer full"),
+            IoError::NoSuchDevice => f.write_str("no such device"),
+            IoError::UnknownSocket => f.write_str("no such socket in the runtime"),
+            IoError::Other(Some(code)) => write!(f, "OS error {code}"),
+            IoError::Other(None) => f.write_str("I/O error"),
+        }
+    }
+}
+
+impl std::error::Error for IoError {}
 
 /// The runtime's answer to a [`SocketOp`] or an asynchronous socket error.
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]

@@ -163,6 +163,43 @@ pub enum PunchFailure {
     Closed,
 }
 
+/// The failure in words, with its numbers (for example `no connection within the punch window
+/// (6 connects: 0 refused, 6 failed; 0 came up)`).
+impl core::fmt::Display for PunchFailure {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            PunchFailure::NoAnswer => f.write_str("no answer to the offer"),
+            PunchFailure::NoAcknowledgement => {
+                f.write_str("no acknowledgement before the meet time")
+            }
+            PunchFailure::TooUncertain { uncertainty, limit } => write!(
+                f,
+                "the clock offset is too uncertain ({} ms, limit {} ms)",
+                uncertainty.as_millis(),
+                limit.as_millis()
+            ),
+            PunchFailure::TooLate => {
+                f.write_str("the meet time was too close when it became known")
+            }
+            PunchFailure::PeerAborted(why) => write!(f, "the peer aborted: {why}"),
+            PunchFailure::NoConnection {
+                connects,
+                refused,
+                failed,
+                came_up,
+            } => write!(
+                f,
+                "no connection within the punch window ({connects} connects: {refused} refused, \
+                 {failed} failed; {came_up} came up)"
+            ),
+            PunchFailure::NoSockets(e) => write!(f, "no punch socket could be bound: {e}"),
+            PunchFailure::NoOffer => f.write_str("no offer for the next round"),
+            PunchFailure::BadClock(e) => write!(f, "the clock exchange is contradictory: {e}"),
+            PunchFailure::Closed => f.write_str("closed"),
+        }
+    }
+}
+
 /// What the punch machine reports.
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]

@@ -109,6 +109,18 @@ impl AbortReason {
     }
 }
 
+/// The reason in words (`the clocks could not be synchronised closely enough`, ...).
+impl fmt::Display for AbortReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            AbortReason::TooUncertain => "the clocks could not be synchronised closely enough",
+            AbortReason::TooLate => "the meet time arrived too late",
+            AbortReason::Cancelled => "it gave up",
+            AbortReason::NoSockets => "it could not prepare its sockets",
+        })
+    }
+}
+
 /// A punch signaling message.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Message {

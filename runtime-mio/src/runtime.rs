@@ -388,6 +388,7 @@ impl Runtime {
             if let Some(deadline) = deadline {
                 if now >= deadline {
                     self.stats.timeouts = self.stats.timeouts.saturating_add(1);
+                    tracing::trace!(?now, "machine timeout");
                     machine.handle_timeout(now);
                     if self.drain(machine, &mut on_event).is_break() {
                         return Ok(RunEnd::Break);
@@ -427,6 +428,7 @@ impl Runtime {
                 Err(e) => return Err(e),
             }
             self.stats.wakeups = self.stats.wakeups.saturating_add(1);
+            tracing::trace!(events = self.events.iter().count(), ?timeout, "wakeup");
 
             self.ready.clear();
             let mut woken = false;
@@ -1344,7 +1346,23 @@ impl Runtime {
 
     /// Queues an outcome for the machine, within [`MAX_PENDING_REPORTS`].
     fn report(&mut self, socket: SocketId, outcome: SocketOutcome) {
+        match &outcome {
+            SocketOutcome::Bound { local } => tracing::debug!(%socket, %local, "socket opened"),
+            SocketOutcome::Connected { local, remote } => {
+                tracing::debug!(%socket, %local, %remote, "connected");
+            }
+            SocketOutcome::Accepted { local, remote } => {
+                tracing::debug!(%socket, %local, %remote, "accepted");
+            }
+            SocketOutcome::Failed {
+                op,
+                destination,
+                error,
+            } => tracing::debug!(%socket, %op, ?destination, %error, "socket intent failed"),
+            _ => {}
+        }
         if self.pending.len() >= MAX_PENDING_REPORTS {
+            tracing::debug!(%socket, "outcome dropped: too many reports pending");
             self.stats.reports_dropped = self.stats.reports_dropped.saturating_add(1);
         } else {
             self.pending.push_back((socket, outcome));
@@ -1453,6 +1471,7 @@ impl Runtime {
                 Kind::TcpListener(l) => registry.deregister(&mut l.listener),
                 Kind::TcpBound(_) | Kind::Lingering(..) => Ok(()),
             };
+            tracing::debug!(socket = %id, local = %entry.local, "socket closed");
         }
         self.free.push(idx);
     }

@@ -63,6 +63,19 @@ pub enum Truth {
     Nat(Mapping, Filtering, PortAllocation),
 }
 
+/// `open`, `firewall (F filtering)` or `NAT (M mapping, F filtering, ALLOCATION)`.
+impl core::fmt::Display for Truth {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            Truth::Open => f.write_str("open"),
+            Truth::Firewall(filtering) => write!(f, "firewall ({filtering} filtering)"),
+            Truth::Nat(m, filtering, a) => {
+                write!(f, "NAT ({m} mapping, {filtering} filtering, {a})")
+            }
+        }
+    }
+}
+
 /// Every truth of the matrix: open, a firewall per filtering, then every NAT (49 in all).
 pub fn truths() -> Vec<Truth> {
     let mut t = vec![Truth::Open];
@@ -95,6 +108,28 @@ pub struct Correct {
     pub behaviour: Correctness,
     /// The port-allocation verdict; `None` when the truth is not a NAT.
     pub allocation: Option<Correctness>,
+}
+
+/// `right`, `inconclusive` or `wrong`.
+impl core::fmt::Display for Correctness {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.pad(match self {
+            Correctness::Right => "right",
+            Correctness::Inconclusive => "inconclusive",
+            Correctness::Wrong => "wrong",
+        })
+    }
+}
+
+/// `behaviour B` or `behaviour B, allocation A`.
+impl core::fmt::Display for Correct {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        write!(f, "behaviour {}", self.behaviour)?;
+        match self.allocation {
+            Some(a) => write!(f, ", allocation {a}"),
+            None => Ok(()),
+        }
+    }
 }
 
 /// One classification against the truth.

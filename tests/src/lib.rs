@@ -405,10 +405,12 @@ impl CliServer {
                     Ok(_) => {}
                 }
                 last.push_str(&line);
-                if line.contains("\"socket-failed\"") {
+                let event = json_line(&line);
+                let event = event.as_ref().and_then(event_of);
+                if event == Some("socket-failed") {
                     break;
                 }
-                if line.contains("\"listening\"") {
+                if event == Some("listening") {
                     listening += 1;
                     if listening == 4 {
                         return CliServer {
@@ -425,21 +427,22 @@ impl CliServer {
     }
 }
 
-/// The string value of `"key":"..."` in a one-line JSON object (enough for our flat output).
-pub fn json_str(json: &str, key: &str) -> Option<String> {
-    let pat = format!("\"{key}\":\"");
-    let start = json.find(&pat)? + pat.len();
-    let end = json.get(start..)?.find('"')? + start;
-    json.get(start..end).map(str::to_string)
+/// A line of the CLI's `--json` output, parsed (every such line is one JSON object); `None` for
+/// a line that is not a JSON object (human text, an empty line).
+pub fn json_line(line: &str) -> Option<serde_json::Value> {
+    let value: serde_json::Value = serde_json::from_str(line.trim()).ok()?;
+    value.is_object().then_some(value)
 }
 
-/// The raw (number, bool, null) value of `"key":...` in a one-line JSON object.
-pub fn json_raw(json: &str, key: &str) -> Option<String> {
-    let pat = format!("\"{key}\":");
-    let start = json.find(&pat)? + pat.len();
-    let rest = json.get(start..)?;
-    let end = rest.find([',', '}']).unwrap_or(rest.len());
-    rest.get(..end).map(|s| s.trim().to_string())
+/// The one JSON object a command printed (its whole stdout); panics, showing the text, if the text
+/// is anything else.
+pub fn json_object(text: &str) -> serde_json::Value {
+    json_line(text).unwrap_or_else(|| panic!("not one JSON object: {text:?}"))
+}
+
+/// The `"event"` of a parsed JSON line, if it has one.
+pub fn event_of(value: &serde_json::Value) -> Option<&str> {
+    value.get("event")?.as_str()
 }
 
 /// The resident set size of this process in KiB (Linux `/proc/self/status`, VmRSS).

@@ -3,8 +3,9 @@
 use std::path::PathBuf;
 
 use clap::{Args, Subcommand};
+use serde::Serialize;
 
-use crate::commands::json::Object as Json;
+use crate::commands::report::Reporter;
 use crate::identity_file::{
     default_identity_path, generate_identity, read_identity, write_identity,
 };
@@ -82,22 +83,23 @@ pub fn run(args: &IdArgs) -> i32 {
     }
 }
 
+/// `p2pd id new|show --json`.
+#[derive(Debug, Serialize)]
+struct IdReport {
+    node_id: String,
+    public_key: String,
+    file: String,
+}
+
 fn print_identity(identity: &Identity, path: &std::path::Path, json: bool) {
-    let node = identity.node_id().to_string();
-    let key = identity.public_key().to_string();
-    let file = path.display().to_string();
-    if json {
-        println!(
-            "{}",
-            Json::new()
-                .str("node_id", &node)
-                .str("public_key", &key)
-                .str("file", &file)
-                .finish()
-        );
-    } else {
-        println!("node id     {node}");
-        println!("public key  {key}");
-        println!("file        {file}");
-    }
+    let report = IdReport {
+        node_id: identity.node_id().to_string(),
+        public_key: identity.public_key().to_string(),
+        file: path.display().to_string(),
+    };
+    let human = format!(
+        "node id     {}\npublic key  {}\nfile        {}",
+        report.node_id, report.public_key, report.file
+    );
+    Reporter { json }.line(human, &report);
 }

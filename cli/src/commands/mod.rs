@@ -1,12 +1,12 @@
 //! The sub-commands of `p2pd`: one module per job, human output by default, `--json` for scripts.
 
 pub mod id;
-pub mod json;
 pub mod name;
 pub mod nat;
 pub mod ntp;
 pub mod pnp_server;
 pub mod punch;
+pub mod report;
 pub mod signal;
 pub mod sim;
 pub mod stop_signal;
@@ -48,11 +48,18 @@ pub fn resolve(target: &str, default_port: u16) -> Result<SocketAddr, String> {
         .ok_or_else(|| format!("{target} has no addresses"))
 }
 
+/// `text` in double quotes, with quotes, backslashes and control characters escaped (for user
+/// input in error messages).
+pub fn quoted(text: &str) -> String {
+    format!("\"{}\"", text.escape_debug())
+}
+
 /// Parses an interface name for `--interface`.
 pub fn interface(name: &str) -> Result<InterfaceName, String> {
     InterfaceName::new(name).ok_or_else(|| {
         format!(
-            "invalid interface name {name:?} (1 to {} bytes, no '/' or NUL)",
+            "invalid interface name {} (1 to {} bytes, no '/' or NUL)",
+            quoted(name),
             InterfaceName::MAX_LEN
         )
     })

@@ -13,7 +13,9 @@ use p2pd_signaling::pnp::{
 };
 use p2pd_signaling::{Identity, PublicKey};
 
-use super::json::Object;
+use serde::Serialize;
+
+use super::report::{to_json, Reporter};
 use super::resolve;
 use crate::identity_file::{
     default_identity_path, generate_identity, os_seed, parse_hex, read_identity,
@@ -135,7 +137,7 @@ pub fn run(args: &NameArgs) -> i32 {
 }
 
 fn parse_name(name: &str) -> Result<Name, String> {
-    Name::new(name).map_err(|e| format!("invalid name {name:?}: {e}"))
+    Name::new(name).map_err(|e| format!("invalid name {}: {e}", super::quoted(name)))
 }
 
 fn owner_identity(path: Option<&PathBuf>) -> Result<Identity, String> {
@@ -224,25 +226,20 @@ fn register(
     })?;
     match done.event {
         PnpClientEvent::Registered { name, version, .. } => {
-            if options.json {
-                println!(
-                    "{}",
-                    Object::new()
-                        .str("event", "registered")
-                        .str("name", name.as_str())
-                        .uint("version", version)
-                        .str("owner", &owner.to_string())
-                        .uint("ttl_s", ttl.as_secs())
-                        .str("server_id", &done.server_id.to_string())
-                        .finish()
-                );
-            } else {
-                println!(
+            Reporter { json: options.json }.line(
+                format_args!(
                     "registered {name} version {version} for {} s (owner {owner}, server {})",
                     ttl.as_secs(),
                     done.server_id
-                );
-            }
+                ),
+                &NameLine::Registered {
+                    name: name.as_str(),
+                    version,
+                    owner: owner.to_string(),
+                    ttl_s: ttl.as_secs(),
+                    server_id: done.server_id.to_string(),
+                },
+            );
             Ok(0)
         }
         other => failed(other, options),
@@ -263,18 +260,13 @@ fn lookup(name: &str, options: &ServerOptions, identity: Option<&PathBuf>) -> Re
             Ok(0)
         }
         PnpClientEvent::NotFound { name, .. } => {
-            if options.json {
-                println!(
-                    "{}",
-                    Object::new()
-                        .str("event", "not_found")
-                        .str("name", name.as_str())
-                        .str("server_id", &done.server_id.to_string())
-                        .finish()
-                );
-            } else {
-                println!("{name}: not found");
-            }
+            Reporter { json: options.json }.line(
+                format_args!("{name}: not found"),
+                &NameLine::NotFound {
+                    name: name.as_str(),
+                    server_id: done.server_id.to_string(),
+                },
+            );
             Ok(1)
         }
         other => failed(other, options),
@@ -295,22 +287,17 @@ fn delete(
     })?;
     match done.event {
         PnpClientEvent::Deleted { name, version, .. } => {
-            if options.json {
-                println!(
-                    "{}",
-                    Object::new()
-                        .str("event", "deleted")
-                        .str("name", name.as_str())
-                        .uint("version", version)
-                        .str("server_id", &done.server_id.to_string())
-                        .finish()
-                );
-            } else {
-                println!(
+            Reporter { json: options.json }.line(
+                format_args!(
                     "deleted {name} (version {version}, server {})",
                     done.server_id
-                );
-            }
+                ),
+                &NameLine::Deleted {
+                    name: name.as_str(),
+                    version,
+                    server_id: done.server_id.to_string(),
+                },
+            );
             Ok(0)
         }
         other => failed(other, options),
@@ -324,17 +311,16 @@ fn print_record(record: &Record, server_id: PnpServerId, unix_ms: u64, json: boo
     if json {
         println!(
             "{}",
-            Object::new()
-                .str("event", "found")
-                .str("name", record.name().as_str())
-                .str("value", &value)
-                .str("value_hex", &hex)
-                .str("owner", &record.owner().to_string())
-                .uint("version", record.version())
-                .uint("expires_ms", record.expires_ms())
-                .uint("expires_in_s", expires_in_s)
-                .str("server_id", &server_id.to_string())
-                .finish()
+            to_json(&NameLine::Found {
+                name: record.name().as_str(),
+                value: &value,
+                value_hex: &hex,
+                owner: record.owner().to_string(),
+                version: record.version(),
+                expires_ms: record.expires_ms(),
+                expires_in_s,
+                server_id: server_id.to_string(),
+            }),
         );
     } else {
         println!("name     {}", record.name());
@@ -351,6 +337,48 @@ fn print_record(record: &Record, server_id: PnpServerId, unix_ms: u64, json: boo
         );
         println!("server   {server_id}");
     }
+}
+
+/// `p2pd name ... --json`: the outcome, one line.
+#[derive(Debug, Serialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+enum NameLine<'a> {
+    /// `register`: stored.
+    Registered {
+        name: &'a str,
+        version: u64,
+        owner: String,
+        ttl_s: u64,
+        server_id: String,
+    },
+    /// `lookup`: the verified record.
+    Found {
+        name: &'a str,
+        value: &'a str,
+        value_hex: &'a str,
+        owner: String,
+        version: u64,
+        expires_ms: u64,
+        expires_in_s: u64,
+        server_id: String,
+    },
+    /// `lookup`: no such name.
+    NotFound { name: &'a str, server_id: String },
+    /// `delete`: gone.
+    Deleted {
+        name: &'a str,
+        version: u64,
+        server_id: String,
+    },
+    /// Any command: why it failed (`code` and `detail` only for a refusal).
+    Failed {
+        reason: &'static str,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        code: Option<String>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        detail: Option<u64>,
+        message: &'a str,
+    },
 }
 
 /// Explains a refusal code and its detail number.
@@ -380,6 +408,19 @@ fn explain(code: ErrorCode, detail: u64) -> String {
             format!("the server speaks protocol version {detail}")
         }
         other => format!("error code {} (detail {detail})", other.to_u8()),
+    }
+}
+
+/// What a client event is, in a word (for the message about an unexpected one).
+fn event_name(event: &PnpClientEvent) -> &'static str {
+    match event {
+        PnpClientEvent::Registered { .. } => "registered",
+        PnpClientEvent::Found { .. } => "found",
+        PnpClientEvent::NotFound { .. } => "not found",
+        PnpClientEvent::Deleted { .. } => "deleted",
+        PnpClientEvent::Failed { .. } => "failed",
+        PnpClientEvent::Closed => "closed",
+        _ => "another event",
     }
 }
 
@@ -426,30 +467,34 @@ fn failed(event: PnpClientEvent, options: &ServerOptions) -> Result<i32, String>
                 None,
                 "the server's reply is malformed".into(),
             ),
-            PnpFailure::Io { op, error } => ("io", None, None, format!("{op:?} failed: {error:?}")),
+            PnpFailure::Io { op, error } => ("io", None, None, format!("{op} failed: {error}")),
             PnpFailure::ConnectionClosed => (
                 "connection_closed",
                 None,
                 None,
                 "the server closed the connection before replying".into(),
             ),
-            other => ("failed", None, None, format!("{other:?}")),
+            other => ("failed", None, None, other.to_string()),
         },
         other => (
             "unexpected",
             None,
             None,
-            format!("unexpected event {other:?}"),
+            format!("unexpected event: {}", event_name(&other)),
         ),
     };
-    if options.json {
-        let mut o = Object::new().str("event", "failed").str("reason", kind);
-        if let (Some(code), Some(detail)) = (code, detail) {
-            o = o.str("code", &code.to_string()).uint("detail", detail);
-        }
-        println!("{}", o.str("message", &text).finish());
-    } else {
-        eprintln!("{text}");
-    }
+    let (code, detail) = match (code, detail) {
+        (Some(code), Some(detail)) => (Some(code.to_string()), Some(detail)),
+        _ => (None, None),
+    };
+    Reporter { json: options.json }.note(
+        &text,
+        &NameLine::Failed {
+            reason: kind,
+            code,
+            detail,
+            message: &text,
+        },
+    );
     Ok(1)
 }

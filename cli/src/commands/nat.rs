@@ -22,12 +22,13 @@ use clap::Args;
 use p2pd_nat::classify::{InconclusiveReason, Probe, ProbeKind, ProbeOutcome};
 use p2pd_nat::{
     default_servers, Behaviour, Classification, Classifier, ClassifierConfig, ClassifierEvent,
-    Filtering, Mapping, Report, ServerEntry, ServerId, ServerSpec,
+    Report, ServerEntry, ServerId, ServerSpec,
 };
-use p2pd_nat::{Connectivity, DeltaVerdict};
+use p2pd_nat::{Connectivity, DeltaVerdict, Filtering, Mapping, P2pdLabel};
 use p2pd_proto::BindOptions;
+use serde::Serialize;
 
-use super::json::Object;
+use super::report::{display, display_opt, to_json, ErrorLine, Num, Reporter};
 use p2pd_mio::{RunEnd, Runtime};
 
 /// Options of `p2pd nat`.
@@ -135,18 +136,16 @@ pub fn server_spec(text: &str) -> Result<ServerSpec, String> {
 fn list_servers(json: bool) {
     let servers = builtin_servers();
     if json {
-        let items: Vec<String> = servers
+        let servers = servers
             .iter()
-            .map(|e| {
-                Object::new()
-                    .str("id", &e.id.to_string())
-                    .opt("host", e.host)
-                    .str("primary", &e.primary.to_string())
-                    .opt("alternate", e.alternate)
-                    .finish()
+            .map(|e| BuiltinServer {
+                id: e.id.to_string(),
+                host: e.host,
+                primary: e.primary,
+                alternate: e.alternate,
             })
             .collect();
-        println!("{{\"servers\":[{}]}}", items.join(","));
+        println!("{}", to_json(&ServerList { servers }));
         return;
     }
     println!("{:<16}  {:<22} {:<22} host", "id", "primary", "alternate");
@@ -211,14 +210,98 @@ pub fn run(args: &NatArgs) -> i32 {
             }
         }
         Err(e) => {
-            if args.json {
-                println!("{}", Object::new().str("error", &e).finish());
-            } else {
-                eprintln!("p2pd nat: {e}");
-            }
+            Reporter { json: args.json }
+                .note(format_args!("p2pd nat: {e}"), &ErrorLine { error: &e });
             1
         }
     }
+}
+
+/// `p2pd nat --list-servers --json`.
+#[derive(Debug, Serialize)]
+struct ServerList {
+    servers: Vec<BuiltinServer>,
+}
+
+/// One built-in server.
+#[derive(Debug, Serialize)]
+struct BuiltinServer {
+    id: String,
+    host: Option<&'static str>,
+    primary: SocketAddr,
+    alternate: Option<SocketAddr>,
+}
+
+/// `p2pd nat --json`: the whole report on one line. Fields that do not apply are `null`.
+#[derive(Debug, Serialize)]
+struct NatReport<'a> {
+    /// `open`, `firewall`, `nat`, `blocked` or `inconclusive`.
+    classification: &'static str,
+    #[serde(serialize_with = "display_opt")]
+    mapping: Option<Mapping>,
+    #[serde(serialize_with = "display_opt")]
+    filtering: Option<Filtering>,
+    /// The inconclusive reason's key.
+    reason: Option<&'static str>,
+    /// The inconclusive reason in words.
+    #[serde(serialize_with = "display_opt")]
+    reason_text: Option<InconclusiveReason>,
+    p2pd_label: Option<&'a str>,
+    #[serde(serialize_with = "display_opt")]
+    allocation: Option<DeltaVerdict>,
+    #[serde(serialize_with = "display_opt")]
+    p2pd_full_label: Option<P2pdLabel>,
+    p2pd_nat_type: Option<u8>,
+    local_ip: IpAddr,
+    servers_agreeing: usize,
+    confidence: Num,
+    servers_tested: usize,
+    elapsed_ms: Num,
+    public_addresses: &'a [SocketAddr],
+    servers: Vec<TestedServer>,
+    probes: Vec<ProbeReport>,
+}
+
+/// A server the report used.
+#[derive(Debug, Serialize)]
+struct TestedServer {
+    id: String,
+    primary: SocketAddr,
+    alternate: Option<SocketAddr>,
+}
+
+/// One probe: what it tested, then `outcome` and the outcome's own fields.
+#[derive(Debug, Serialize)]
+struct ProbeReport {
+    server: String,
+    #[serde(serialize_with = "display")]
+    kind: ProbeKind,
+    socket: u32,
+    destination: SocketAddr,
+    change: &'static str,
+    #[serde(flatten)]
+    outcome: OutcomeReport,
+}
+
+/// How a probe ended.
+#[derive(Debug, Serialize)]
+#[serde(tag = "outcome", rename_all = "kebab-case")]
+enum OutcomeReport {
+    Pending,
+    Reply {
+        mapped: SocketAddr,
+        other_address: Option<SocketAddr>,
+        source: SocketAddr,
+        rtt_ms: Num,
+        transmissions: u32,
+    },
+    NoReply {
+        transmissions: u32,
+    },
+    ErrorResponse {
+        code: u16,
+    },
+    Failed,
 }
 
 struct Outcome {
@@ -260,13 +343,14 @@ fn classify(args: &NatArgs) -> Result<Outcome, String> {
     let local_ip = match args.local_ip {
         Some(ip) => ip,
         // No route: bind to "any" and let the probes time out (the answer is then Blocked).
-        None => route_local_ip(first.primary, args.interface.as_deref()).unwrap_or(
+        None => route_local_ip(first.primary, args.interface.as_deref()).unwrap_or_else(|e| {
+            tracing::debug!(error = %e, "no local IP routes to the first server; binding to any");
             if first.primary.is_ipv4() {
                 IpAddr::from([0, 0, 0, 0])
             } else {
                 IpAddr::from([0u16; 8])
-            },
-        ),
+            }
+        }),
     };
     let deadline = Duration::from_secs_f64(args.timeout);
     let config = ClassifierConfig {
@@ -279,6 +363,7 @@ fn classify(args: &NatArgs) -> Result<Outcome, String> {
         deadline,
         ..ClassifierConfig::default()
     };
+    tracing::debug!(%local_ip, servers = servers.len(), ?deadline, "classifying");
     let mut classifier = Classifier::new(config, &servers, super::stun::seed_from_os());
     let mut runtime = Runtime::new().map_err(|e| e.to_string())?;
     let started = std::time::Instant::now();
@@ -337,48 +422,6 @@ fn classify(args: &NatArgs) -> Result<Outcome, String> {
     })
 }
 
-fn mapping_name(m: Mapping) -> &'static str {
-    match m {
-        Mapping::EndpointIndependent => "endpoint-independent",
-        Mapping::AddressDependent => "address-dependent",
-        Mapping::AddressAndPortDependent => "address-and-port-dependent",
-    }
-}
-
-fn filtering_name(f: Filtering) -> &'static str {
-    match f {
-        Filtering::EndpointIndependent => "endpoint-independent",
-        Filtering::AddressDependent => "address-dependent",
-        Filtering::AddressAndPortDependent => "address-and-port-dependent",
-    }
-}
-
-fn reason_name(r: InconclusiveReason) -> &'static str {
-    match r {
-        InconclusiveReason::NoUsableServer => {
-            "no server gave a complete, consistent set of results"
-        }
-        InconclusiveReason::MappingDisagrees => "servers disagree about the mapping",
-        InconclusiveReason::FilteringDisagrees => "servers disagree about the filtering",
-        InconclusiveReason::LocalAddressUnknown => {
-            "the mapped address equals the local port but the local IP is unknown"
-        }
-        InconclusiveReason::Deadline => "the deadline passed first",
-        _ => "unknown reason",
-    }
-}
-
-fn reason_key(r: InconclusiveReason) -> &'static str {
-    match r {
-        InconclusiveReason::NoUsableServer => "no-usable-server",
-        InconclusiveReason::MappingDisagrees => "mapping-disagrees",
-        InconclusiveReason::FilteringDisagrees => "filtering-disagrees",
-        InconclusiveReason::LocalAddressUnknown => "local-address-unknown",
-        InconclusiveReason::Deadline => "deadline",
-        _ => "other",
-    }
-}
-
 /// p2pd's NAT-type number and name (its delta is not measured here).
 fn p2pd_type(c: Classification) -> Option<(u8, String)> {
     match c {
@@ -395,19 +438,6 @@ fn p2pd_type(c: Classification) -> Option<(u8, String)> {
     }
 }
 
-fn kind_name(k: ProbeKind) -> &'static str {
-    match k {
-        ProbeKind::MapPrimary => "map-primary",
-        ProbeKind::MapAlternateIp => "map-alternate-ip",
-        ProbeKind::MapAlternateBoth => "map-alternate-ip+port",
-        ProbeKind::FilterControl => "filter-control",
-        ProbeKind::FilterChangeBoth => "filter-change-ip+port",
-        ProbeKind::FilterChangePort => "filter-change-port",
-        ProbeKind::AllocationRandom => "allocation-random-port",
-        ProbeKind::AllocationConsecutive => "allocation-consecutive-port",
-    }
-}
-
 /// Everything known about the path, when it is known completely (for a NAT: with its allocation).
 fn connectivity(r: &Report) -> Option<Connectivity> {
     match r.classification {
@@ -416,20 +446,6 @@ fn connectivity(r: &Report) -> Option<Connectivity> {
         Classification::Blocked => Some(Connectivity::Blocked),
         Classification::Nat { .. } => r.behaviour().map(Connectivity::Nat),
         Classification::Inconclusive(_) => None,
-    }
-}
-
-/// The port-allocation verdict in words.
-fn allocation_text(v: &DeltaVerdict) -> String {
-    match v {
-        DeltaVerdict::Equal => "port preserving (external = local)".into(),
-        DeltaVerdict::FixedOffset { offset } => format!("fixed offset {offset:+}"),
-        DeltaVerdict::Sequential { stride } => format!("sequential, stride {stride}"),
-        DeltaVerdict::LocalPortDependent { stride } => {
-            format!("local-port dependent, stride {stride}")
-        }
-        DeltaVerdict::Random => "random".into(),
-        DeltaVerdict::Inconclusive { reason } => format!("inconclusive ({reason:?})"),
     }
 }
 
@@ -446,37 +462,34 @@ fn ms(d: Duration) -> f64 {
     (d.as_secs_f64() * 1_000_000.0).round() / 1000.0
 }
 
-fn probe_json(p: &Probe) -> String {
-    let o = Object::new()
-        .str("server", &format!("{:016x}", p.server))
-        .str("kind", kind_name(p.kind))
-        .num("socket", p.socket.0)
-        .str("destination", &p.destination.to_string())
-        .str("change", change_name(p));
-    match p.outcome {
-        ProbeOutcome::Pending => o.str("outcome", "pending"),
+fn probe_json(p: &Probe) -> ProbeReport {
+    let outcome = match p.outcome {
+        ProbeOutcome::Pending => OutcomeReport::Pending,
         ProbeOutcome::Reply {
             mapped,
             other_address,
             source,
             rtt,
             transmissions,
-        } => o
-            .str("outcome", "reply")
-            .str("mapped", &mapped.to_string())
-            .opt("other_address", other_address)
-            .str("source", &source.to_string())
-            .num("rtt_ms", ms(rtt))
-            .num("transmissions", transmissions),
-        ProbeOutcome::NoReply { transmissions } => o
-            .str("outcome", "no-reply")
-            .num("transmissions", transmissions),
-        ProbeOutcome::ErrorResponse { code } => {
-            o.str("outcome", "error-response").num("code", code)
-        }
-        ProbeOutcome::Failed => o.str("outcome", "failed"),
+        } => OutcomeReport::Reply {
+            mapped,
+            other_address,
+            source,
+            rtt_ms: Num(ms(rtt)),
+            transmissions,
+        },
+        ProbeOutcome::NoReply { transmissions } => OutcomeReport::NoReply { transmissions },
+        ProbeOutcome::ErrorResponse { code } => OutcomeReport::ErrorResponse { code },
+        ProbeOutcome::Failed => OutcomeReport::Failed,
+    };
+    ProbeReport {
+        server: format!("{:016x}", p.server),
+        kind: p.kind,
+        socket: p.socket.0,
+        destination: p.destination,
+        change: change_name(p),
+        outcome,
     }
-    .finish()
 }
 
 fn probe_text(p: &Probe) -> String {
@@ -505,18 +518,11 @@ fn probe_text(p: &Probe) -> String {
     format!(
         "  {:016x} {:<22} {} -> {} change {:<4} {outcome}",
         p.server,
-        kind_name(p.kind),
+        p.kind.to_string(),
         p.socket,
         p.destination,
         change_name(p),
     )
-}
-
-/// Inserts `"key":raw` (raw JSON) before the closing brace of `object`.
-fn with_raw(object: String, key: &str, raw: &str) -> String {
-    let body = object.strip_suffix('}').unwrap_or(&object);
-    let sep = if body == "{" { "" } else { "," };
-    format!("{body}{sep}\"{key}\":{raw}}}")
 }
 
 fn print_report(args: &NatArgs, out: &Outcome) {
@@ -533,80 +539,39 @@ fn print_report(args: &NatArgs, out: &Outcome) {
             Classification::Blocked => ("blocked", None, None, None),
             Classification::Inconclusive(why) => ("inconclusive", None, None, Some(why)),
         };
-        let mut o = Object::new()
-            .str("classification", class)
-            .opt("mapping", mapping.map(mapping_name))
-            .opt("filtering", filtering.map(filtering_name))
-            .opt("reason", reason.map(reason_key))
-            .opt("reason_text", reason.map(reason_name))
-            .opt("p2pd_label", p2pd.as_ref().map(|(_, name)| name.clone()))
-            .opt(
-                "allocation",
-                r.allocation.as_ref().map(|a| allocation_text(&a.verdict)),
-            )
-            .opt(
-                "p2pd_full_label",
-                r.behaviour().map(|b| b.p2pd().to_string()),
-            );
-        o = match &p2pd {
-            Some((n, _)) => o.num("p2pd_nat_type", *n),
-            None => o.opt("p2pd_nat_type", None::<u8>),
+        let report = NatReport {
+            classification: class,
+            mapping,
+            filtering,
+            reason: reason.map(|r| r.key()),
+            reason_text: reason,
+            p2pd_label: p2pd.as_ref().map(|(_, name)| name.as_str()),
+            allocation: r.allocation.as_ref().map(|a| a.verdict),
+            p2pd_full_label: r.behaviour().map(|b| b.p2pd()),
+            p2pd_nat_type: p2pd.as_ref().map(|(n, _)| *n),
+            local_ip: out.local_ip,
+            servers_agreeing: r.servers_agreeing,
+            confidence: Num(r.confidence),
+            servers_tested: out.servers.len(),
+            elapsed_ms: Num(ms(out.elapsed)),
+            public_addresses: &r.public_addresses,
+            servers: out
+                .servers
+                .iter()
+                .map(|s| TestedServer {
+                    id: format!("{:016x}", s.id),
+                    primary: s.primary,
+                    alternate: s.alternate,
+                })
+                .collect(),
+            probes: r.probes.iter().map(probe_json).collect(),
         };
-        let o = o
-            .str("local_ip", &out.local_ip.to_string())
-            .num(
-                "servers_agreeing",
-                u32::try_from(r.servers_agreeing).unwrap_or(u32::MAX),
-            )
-            .num("confidence", r.confidence)
-            .num(
-                "servers_tested",
-                u32::try_from(out.servers.len()).unwrap_or(u32::MAX),
-            )
-            .num("elapsed_ms", ms(out.elapsed));
-        let addrs: Vec<String> = r
-            .public_addresses
-            .iter()
-            .map(|a| format!("\"{a}\""))
-            .collect();
-        let servers: Vec<String> = out
-            .servers
-            .iter()
-            .map(|s| {
-                Object::new()
-                    .str("id", &format!("{:016x}", s.id))
-                    .str("primary", &s.primary.to_string())
-                    .opt("alternate", s.alternate)
-                    .finish()
-            })
-            .collect();
-        let probes: Vec<String> = r.probes.iter().map(probe_json).collect();
-        let mut s = with_raw(
-            o.finish(),
-            "public_addresses",
-            &format!("[{}]", addrs.join(",")),
-        );
-        s = with_raw(s, "servers", &format!("[{}]", servers.join(",")));
-        s = with_raw(s, "probes", &format!("[{}]", probes.join(",")));
-        println!("{s}");
+        println!("{}", to_json(&report));
         return;
     }
-    let verdict = match c {
-        Classification::Open => "open internet (no NAT, no filtering)".to_string(),
-        Classification::Firewall(f) => {
-            format!("UDP firewall, no NAT ({} filtering)", filtering_name(f))
-        }
-        Classification::Nat { mapping, filtering } => format!(
-            "NAT: {} mapping, {} filtering",
-            mapping_name(mapping),
-            filtering_name(filtering)
-        ),
-        Classification::Blocked => "blocked (no server answered)".to_string(),
-        Classification::Inconclusive(why) => format!("inconclusive: {}", reason_name(why)),
-    };
-    println!("classification    {verdict}");
+    println!("classification    {c}");
     if let Some(a) = &r.allocation {
-        println!("port allocation   {}", allocation_text(&a.verdict));
+        println!("port allocation   {}", a.verdict);
     }
     match (connectivity(r), &p2pd) {
         (Some(c), _) => println!("p2pd label        {}", c.p2pd()),
@@ -643,7 +608,7 @@ fn print_report(args: &NatArgs, out: &Outcome) {
 
 #[cfg(test)]
 mod tests {
-    use super::{builtin_servers, host_name, server_spec, with_raw};
+    use super::{builtin_servers, host_name, server_spec};
     use p2pd_nat::ServerId;
 
     #[test]
@@ -692,14 +657,5 @@ mod tests {
         assert_eq!(host_name("192.0.2.1:3478"), None);
         assert_eq!(host_name("::1"), None);
         assert_eq!(host_name("[::1]:3478"), None);
-    }
-
-    #[test]
-    fn raw_members() {
-        assert_eq!(with_raw("{}".into(), "a", "[]"), r#"{"a":[]}"#);
-        assert_eq!(
-            with_raw(r#"{"x":1}"#.into(), "a", "[1]"),
-            r#"{"x":1,"a":[1]}"#
-        );
     }
 }

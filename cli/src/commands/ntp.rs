@@ -9,7 +9,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use clap::Args;
 use p2pd_punch::sntp::{ClockEstimate, SntpClient, SntpConfig, SntpEvent, SntpFailure};
 
-use super::json::Object;
+use serde::Serialize;
+
+use super::report::{Num, Reporter};
 use crate::identity_file::os_seed;
 use p2pd_mio::Runtime;
 
@@ -44,17 +46,13 @@ pub fn run(args: &NtpArgs) -> i32 {
             0
         }
         Err((kind, message)) => {
-            if args.json {
-                println!(
-                    "{}",
-                    Object::new()
-                        .str("error", &message)
-                        .str("kind", kind)
-                        .finish()
-                );
-            } else {
-                eprintln!("p2pd ntp: {message}");
-            }
+            Reporter { json: args.json }.note(
+                format_args!("p2pd ntp: {message}"),
+                &NtpError {
+                    error: &message,
+                    kind,
+                },
+            );
             1
         }
     }
@@ -143,26 +141,32 @@ fn millis_u(ns: u64) -> f64 {
     ns as f64 / 1e6
 }
 
+/// `p2pd ntp --json`: the estimate.
+#[derive(Debug, Serialize)]
+struct NtpEstimate {
+    server: SocketAddr,
+    offset_ms: Num,
+    uncertainty_ms: Num,
+    delay_ms: Num,
+    stratum: u64,
+    samples: u64,
+}
+
+/// `p2pd ntp --json` when it fails.
+#[derive(Debug, Serialize)]
+struct NtpError<'a> {
+    error: &'a str,
+    kind: &'static str,
+}
+
 fn print_estimate(args: &NtpArgs, est: &ClockEstimate) {
-    if args.json {
-        println!(
-            "{}",
-            Object::new()
-                .str("server", &est.server.to_string())
-                .num("offset_ms", millis(est.offset_ns))
-                .num("uncertainty_ms", millis_u(est.uncertainty_ns))
-                .num("delay_ms", millis_u(est.delay_ns))
-                .uint("stratum", u64::from(est.stratum))
-                .uint("samples", u64::from(est.samples))
-                .finish()
-        );
+    let direction = if est.offset_ns >= 0 {
+        "behind"
     } else {
-        let direction = if est.offset_ns >= 0 {
-            "behind"
-        } else {
-            "ahead of"
-        };
-        println!(
+        "ahead of"
+    };
+    Reporter { json: args.json }.line(
+        format_args!(
             "offset {:+.3} ms ± {:.3} ms (this clock is {direction} {}), delay {:.3} ms, stratum {}, {} sample(s)",
             millis(est.offset_ns),
             millis_u(est.uncertainty_ns),
@@ -170,6 +174,14 @@ fn print_estimate(args: &NtpArgs, est: &ClockEstimate) {
             millis_u(est.delay_ns),
             est.stratum,
             est.samples
-        );
-    }
+        ),
+        &NtpEstimate {
+            server: est.server,
+            offset_ms: Num(millis(est.offset_ns)),
+            uncertainty_ms: Num(millis_u(est.uncertainty_ns)),
+            delay_ms: Num(millis_u(est.delay_ns)),
+            stratum: u64::from(est.stratum),
+            samples: u64::from(est.samples),
+        },
+    );
 }

@@ -12,7 +12,9 @@ use p2pd_signaling::pnp::{
 };
 use p2pd_signaling::PublicKey;
 
-use super::json::Object;
+use serde::Serialize;
+
+use super::report::{display_opt, to_json, Reporter};
 use super::stop_signal;
 use crate::identity_file::{default_identity_path, os_seed, read_identity};
 use crate::store_sqlite::{SqliteStore, DEFAULT_CAPACITY};
@@ -84,21 +86,16 @@ fn serve(args: &PnpServerArgs) -> Result<i32, String> {
     stop_signal::install().map_err(|e| format!("signal handlers: {e}"))?;
 
     let json = args.json;
+    let out = Reporter { json };
     let db = args.db.display().to_string();
-    if json {
-        println!(
-            "{}",
-            Object::new()
-                .str("event", "starting")
-                .str("public_key", &key.to_string())
-                .str("db", &db)
-                .uint("names", names)
-                .finish()
-        );
-    } else {
-        println!("public key  {key}");
-        println!("database    {db} ({names} names)");
-    }
+    out.line(
+        format_args!("public key  {key}\ndatabase    {db} ({names} names)"),
+        &PnpServerLine::Starting {
+            public_key: key.to_string(),
+            db: &db,
+            names,
+        },
+    );
 
     let started = std::time::Instant::now();
     let (mut listening, mut failed, mut closed) = (0usize, 0usize, false);
@@ -122,22 +119,17 @@ fn serve(args: &PnpServerArgs) -> Result<i32, String> {
                     error,
                 } => {
                     failed += 1;
-                    if json {
-                        println!(
-                            "{}",
-                            Object::new()
-                                .str("event", "socket-failed")
-                                .str("transport", transport_name(transport))
-                                .str("op", &format!("{op:?}"))
-                                .str("error", &format!("{error:?}"))
-                                .finish()
-                        );
-                    } else {
-                        eprintln!(
-                            "p2pd pnp-server: cannot serve {}: {op:?} failed: {error:?}",
+                    out.note(
+                        format_args!(
+                            "p2pd pnp-server: cannot serve {}: {op} failed: {error}",
                             transport_name(transport)
-                        );
-                    }
+                        ),
+                        &PnpServerLine::SocketFailed {
+                            transport: transport_name(transport),
+                            op: op.to_string(),
+                            error: error.to_string(),
+                        },
+                    );
                     return ControlFlow::Break(());
                 }
                 PnpServerEvent::Closed => {
@@ -172,6 +164,55 @@ fn serve(args: &PnpServerArgs) -> Result<i32, String> {
     Ok(if failed > 0 { 1 } else { 0 })
 }
 
+/// `p2pd pnp-server --json`: one line per event.
+#[derive(Debug, Serialize)]
+#[serde(tag = "event")]
+enum PnpServerLine<'a> {
+    /// The server's key and database, before it listens.
+    #[serde(rename = "starting")]
+    Starting {
+        public_key: String,
+        db: &'a str,
+        names: u64,
+    },
+    /// A listener is up; `server_id` is null on an unspecified address.
+    #[serde(rename = "listening")]
+    Listening {
+        transport: &'static str,
+        local: SocketAddr,
+        #[serde(serialize_with = "display_opt")]
+        server_id: Option<PnpServerId>,
+    },
+    /// A listener could not be opened (the server stops).
+    #[serde(rename = "socket-failed")]
+    SocketFailed {
+        transport: &'static str,
+        op: String,
+        error: String,
+    },
+    /// The server stopped: its counters; `names` is null if the store could not count.
+    #[serde(rename = "stopped")]
+    Stopped {
+        requests: u64,
+        error_replies: u64,
+        duplicates: u64,
+        stale: u64,
+        replays: u64,
+        bad_envelopes: u64,
+        not_envelopes: u64,
+        oversize: u64,
+        rate_limited: u64,
+        amplification_dropped: u64,
+        store_errors: u64,
+        pruned: u64,
+        connections_accepted: u64,
+        bad_frames: u64,
+        idle_closed: u64,
+        open_sockets: u64,
+        names: Option<u64>,
+    },
+}
+
 fn transport_name(transport: Transport) -> &'static str {
     match transport {
         Transport::Udp => "udp",
@@ -183,55 +224,48 @@ fn transport_name(transport: Transport) -> &'static str {
 /// printed only for a specific address.
 fn print_listening(transport: Transport, local: SocketAddr, key: &PublicKey, json: bool) {
     let id = (!local.ip().is_unspecified()).then(|| PnpServerId::new(local, key));
-    if json {
-        println!(
-            "{}",
-            Object::new()
-                .str("event", "listening")
-                .str("transport", transport_name(transport))
-                .str("local", &local.to_string())
-                .opt("server_id", id)
-                .finish()
-        );
-    } else {
-        match id {
-            Some(id) => println!(
-                "listening   {} {local} (server id {id})",
-                transport_name(transport)
-            ),
-            None => println!(
-                "listening   {} {local} (server id: depends on the address clients use)",
-                transport_name(transport)
-            ),
-        }
-    }
+    let human = match id {
+        Some(id) => format!(
+            "listening   {} {local} (server id {id})",
+            transport_name(transport)
+        ),
+        None => format!(
+            "listening   {} {local} (server id: depends on the address clients use)",
+            transport_name(transport)
+        ),
+    };
+    Reporter { json }.line(
+        human,
+        &PnpServerLine::Listening {
+            transport: transport_name(transport),
+            local,
+            server_id: id,
+        },
+    );
 }
 
 fn print_stats(stats: &PnpServerStats, names: Option<u64>, open_sockets: usize, json: bool) {
     if json {
-        let mut o = Object::new()
-            .str("event", "stopped")
-            .uint("requests", stats.requests)
-            .uint("error_replies", stats.error_replies)
-            .uint("duplicates", stats.duplicates)
-            .uint("stale", stats.stale)
-            .uint("replays", stats.replays)
-            .uint("bad_envelopes", stats.bad_envelopes)
-            .uint("not_envelopes", stats.not_envelopes)
-            .uint("oversize", stats.oversize)
-            .uint("rate_limited", stats.rate_limited)
-            .uint("amplification_dropped", stats.amplification_dropped)
-            .uint("store_errors", stats.store_errors)
-            .uint("pruned", stats.pruned)
-            .uint("connections_accepted", stats.connections_accepted)
-            .uint("bad_frames", stats.bad_frames)
-            .uint("idle_closed", stats.idle_closed)
-            .uint("open_sockets", open_sockets as u64);
-        o = match names {
-            Some(n) => o.uint("names", n),
-            None => o.opt("names", None::<u64>),
+        let line = PnpServerLine::Stopped {
+            requests: stats.requests,
+            error_replies: stats.error_replies,
+            duplicates: stats.duplicates,
+            stale: stats.stale,
+            replays: stats.replays,
+            bad_envelopes: stats.bad_envelopes,
+            not_envelopes: stats.not_envelopes,
+            oversize: stats.oversize,
+            rate_limited: stats.rate_limited,
+            amplification_dropped: stats.amplification_dropped,
+            store_errors: stats.store_errors,
+            pruned: stats.pruned,
+            connections_accepted: stats.connections_accepted,
+            bad_frames: stats.bad_frames,
+            idle_closed: stats.idle_closed,
+            open_sockets: open_sockets as u64,
+            names,
         };
-        println!("{}", o.finish());
+        println!("{}", to_json(&line));
     } else {
         println!(
             "stopped: {} requests ({} error replies, {} retransmissions answered from cache), \

@@ -7,6 +7,7 @@
 //! exits once the peer has finished sending too (or the stream fails).
 
 use std::io::{Read, Write};
+use std::net::SocketAddr;
 use std::ops::ControlFlow;
 use std::path::PathBuf;
 use std::sync::mpsc;
@@ -21,7 +22,9 @@ use p2pd_punch::PunchEvent;
 use p2pd_signaling::rendezvous::RendezvousConfig;
 use p2pd_signaling::PublicKey;
 
-use super::json::Object;
+use serde::Serialize;
+
+use super::report::Reporter;
 use super::resolve;
 use super::signal::{parse_brokers, parse_peer};
 use crate::identity_file::{default_identity_path, os_seed, read_identity};
@@ -75,7 +78,7 @@ fn parse_nat(args: &PunchArgs) -> Result<Option<NatView>, String> {
         Some("eim") => Mapping::EndpointIndependent,
         Some("adm") => Mapping::AddressDependent,
         Some("apdm") => Mapping::AddressAndPortDependent,
-        Some(other) => return Err(format!("unknown --nat-mapping {other:?}")),
+        Some(other) => return Err(format!("unknown --nat-mapping {}", super::quoted(other))),
     };
     let allocation = match args.nat_allocation.as_deref().unwrap_or("preserving") {
         "preserving" => PortAllocation::Preserving,
@@ -83,7 +86,7 @@ fn parse_nat(args: &PunchArgs) -> Result<Option<NatView>, String> {
         other => {
             let (kind, value) = other
                 .split_once(':')
-                .ok_or_else(|| format!("unknown --nat-allocation {other:?}"))?;
+                .ok_or_else(|| format!("unknown --nat-allocation {}", super::quoted(other)))?;
             match kind {
                 "offset" => PortAllocation::FixedOffset {
                     offset: value.parse().map_err(|_| "bad offset")?,
@@ -91,7 +94,7 @@ fn parse_nat(args: &PunchArgs) -> Result<Option<NatView>, String> {
                 "sequential" => PortAllocation::Sequential {
                     stride: value.parse().map_err(|_| "bad stride")?,
                 },
-                _ => return Err(format!("unknown --nat-allocation {other:?}")),
+                _ => return Err(format!("unknown --nat-allocation {}", super::quoted(other))),
             }
         }
     };
@@ -101,19 +104,68 @@ fn parse_nat(args: &PunchArgs) -> Result<Option<NatView>, String> {
     }))
 }
 
-/// Status output (stderr): human lines or JSON objects.
+/// Status output (stderr; stdout carries the peer's bytes): human lines or JSON objects.
 struct Status {
-    json: bool,
+    out: Reporter,
 }
 
 impl Status {
-    fn line(&self, event: &str, text: &str, fields: Object) {
-        if self.json {
-            eprintln!("{}", fields.str("event", event).finish());
-        } else {
-            eprintln!("{text}");
-        }
+    /// One status line: `text`, or `fields` followed by `"event": event`.
+    fn line(&self, event: &'static str, text: &str, fields: Fields) {
+        self.out.status(text, &StatusLine { fields, event });
     }
+}
+
+/// `p2pd punch --json`: a status line, its event's fields then the event's name.
+#[derive(Debug, Serialize)]
+struct StatusLine {
+    #[serde(flatten)]
+    fields: Fields,
+    event: &'static str,
+}
+
+/// The fields of each status line (named by the line's event).
+#[derive(Debug, Serialize)]
+#[serde(untagged)]
+enum Fields {
+    /// `started`.
+    Started { node_id: String, public_key: String },
+    /// `punching`.
+    Punching { peer: String },
+    /// `connected`.
+    Connected {
+        local: SocketAddr,
+        remote: SocketAddr,
+        peer: String,
+        elapsed_ms: u128,
+    },
+    /// `candidates`: `LOCAL_PORT->EXTERNAL` separated by spaces.
+    Candidates {
+        round: u8,
+        elapsed_ms: u128,
+        candidates: String,
+    },
+    /// `armed`.
+    Armed {
+        round: u8,
+        elapsed_ms: u128,
+        meet_in_ms: u128,
+        uncertainty_ms: u128,
+    },
+    /// `round_failed`.
+    RoundFailed {
+        round: u8,
+        elapsed_ms: u128,
+        reason: String,
+    },
+    /// `failed`.
+    Failed { reason: String, elapsed_ms: u128 },
+    /// `probe_failed`.
+    ProbeFailed { port: u16, reason: String },
+    /// `broker_down`.
+    BrokerDown { broker: String },
+    /// `timeout`, `peer_closed`.
+    Nothing {},
 }
 
 fn punch(args: &PunchArgs) -> Result<i32, String> {
@@ -132,14 +184,17 @@ fn punch(args: &PunchArgs) -> Result<i32, String> {
     config.nat = parse_nat(args)?;
     config.rendezvous.mqtt.backoff_max = Duration::from_secs(5);
     let seed = os_seed().map_err(|e| format!("random seed: {e}"))?;
-    let status = Status { json: args.json };
+    let status = Status {
+        out: Reporter { json: args.json },
+    };
     let me = identity.public_key();
     status.line(
         "started",
         &format!("node {} ({me})", identity.node_id()),
-        Object::new()
-            .str("node_id", &identity.node_id().to_string())
-            .str("public_key", &me.to_string()),
+        Fields::Started {
+            node_id: identity.node_id().to_string(),
+            public_key: me.to_string(),
+        },
     );
     let mut node = PunchNode::new(config, identity, seed, rt.now()).map_err(|e| e.to_string())?;
 
@@ -182,12 +237,18 @@ fn punch(args: &PunchArgs) -> Result<i32, String> {
                 status.line(
                     "punching",
                     &format!("punching to {}", peer.node_id()),
-                    Object::new().str("peer", &peer.to_string()),
+                    Fields::Punching {
+                        peer: peer.to_string(),
+                    },
                 );
             }
         }
         if state.connected_at.is_none() && now > deadline && !state.closing {
-            status.line("timeout", "gave up: no connection in time", Object::new());
+            status.line(
+                "timeout",
+                "gave up: no connection in time",
+                Fields::Nothing {},
+            );
             state.failed = true;
             state.closing = true;
             node.close(now);
@@ -262,8 +323,8 @@ fn punch(args: &PunchArgs) -> Result<i32, String> {
 const STDIN_CHUNKS: usize = 4;
 
 /// Milliseconds from `started` to `now`, for the status lines.
-fn since(started: Instant, now: Instant) -> f64 {
-    now.saturating_duration_since(started).as_millis() as f64
+fn since(started: Instant, now: Instant) -> u128 {
+    now.saturating_duration_since(started).as_millis()
 }
 
 #[derive(Default)]
@@ -310,11 +371,12 @@ fn on_event(
                     "connected {local} -> {remote} (peer {}) after {ms} ms",
                     peer.node_id()
                 ),
-                Object::new()
-                    .str("local", &local.to_string())
-                    .str("remote", &remote.to_string())
-                    .str("peer", &peer.to_string())
-                    .num("elapsed_ms", ms as f64),
+                Fields::Connected {
+                    local,
+                    remote,
+                    peer: peer.to_string(),
+                    elapsed_ms: ms,
+                },
             );
         }
         NodeEvent::Candidates { round, candidates } => {
@@ -325,10 +387,11 @@ fn on_event(
             status.line(
                 "candidates",
                 &format!("round {round}: candidates {}", list.join(" ")),
-                Object::new()
-                    .num("round", round)
-                    .num("elapsed_ms", since(started, now))
-                    .str("candidates", &list.join(" ")),
+                Fields::Candidates {
+                    round,
+                    elapsed_ms: since(started, now),
+                    candidates: list.join(" "),
+                },
             );
         }
         NodeEvent::Punch(PunchEvent::Armed {
@@ -343,30 +406,33 @@ fn on_event(
                     "round {round}: meeting in {in_ms} ms (clock uncertainty {} ms)",
                     uncertainty.as_millis()
                 ),
-                Object::new()
-                    .num("round", round)
-                    .num("elapsed_ms", since(started, now))
-                    .num("meet_in_ms", in_ms as f64)
-                    .num("uncertainty_ms", uncertainty.as_millis() as f64),
+                Fields::Armed {
+                    round,
+                    elapsed_ms: since(started, now),
+                    meet_in_ms: in_ms,
+                    uncertainty_ms: uncertainty.as_millis(),
+                },
             );
         }
         NodeEvent::Punch(PunchEvent::RoundFailed { round, reason }) => {
             status.line(
                 "round_failed",
-                &format!("round {round} failed: {reason:?}"),
-                Object::new()
-                    .num("round", round)
-                    .num("elapsed_ms", since(started, now))
-                    .str("reason", &format!("{reason:?}")),
+                &format!("round {round} failed: {reason}"),
+                Fields::RoundFailed {
+                    round,
+                    elapsed_ms: since(started, now),
+                    reason: reason.to_string(),
+                },
             );
         }
         NodeEvent::Failed(reason) => {
             status.line(
                 "failed",
-                &format!("punch failed: {reason:?}"),
-                Object::new()
-                    .str("reason", &format!("{reason:?}"))
-                    .num("elapsed_ms", since(started, now)),
+                &format!("punch failed: {reason}"),
+                Fields::Failed {
+                    reason: reason.to_string(),
+                    elapsed_ms: since(started, now),
+                },
             );
             state.failed = true;
             if !state.closing {
@@ -377,10 +443,11 @@ fn on_event(
         NodeEvent::ProbeFailed { port, reason } => {
             status.line(
                 "probe_failed",
-                &format!("STUN over TCP from port {port} failed: {reason:?}"),
-                Object::new()
-                    .num("port", port)
-                    .str("reason", &format!("{reason:?}")),
+                &format!("STUN over TCP from port {port} failed: {reason}"),
+                Fields::ProbeFailed {
+                    port,
+                    reason: reason.to_string(),
+                },
             );
         }
         NodeEvent::StreamClosed => {
@@ -388,7 +455,7 @@ fn on_event(
             status.line(
                 "peer_closed",
                 "the peer closed the connection",
-                Object::new(),
+                Fields::Nothing {},
             );
             state.peer_done = true;
         }
@@ -403,8 +470,10 @@ fn on_event(
         }) => {
             status.line(
                 "broker_down",
-                &format!("broker {broker} down: {reason:?}"),
-                Object::new().str("broker", &broker.to_string()),
+                &format!("broker {broker} down: {reason}"),
+                Fields::BrokerDown {
+                    broker: broker.to_string(),
+                },
             );
         }
         _ => {}

@@ -11,7 +11,9 @@ use p2pd_signaling::rendezvous::{
 };
 use p2pd_signaling::{Identity, PeerAddress, PublicKey};
 
-use super::json::Object;
+use serde::Serialize;
+
+use super::report::Reporter;
 use super::resolve;
 use crate::identity_file::{default_identity_path, os_seed, parse_hex, read_identity};
 use p2pd_mio::{RunEnd, Runtime};
@@ -168,22 +170,16 @@ fn listen(common: &Common, count: Option<u64>, timeout: Option<f64>) -> Result<i
         brokers: machine.broker_ids().collect(),
     };
     let text = address.to_text().map_err(|e| e.to_string())?;
-    if common.json {
-        println!(
-            "{}",
-            Object::new()
-                .str("event", "listening")
-                .str("node_id", &node.to_string())
-                .str("public_key", &key.to_string())
-                .str("topic", machine.topic())
-                .str("address", &text)
-                .finish()
-        );
-    } else {
-        println!("node id     {node}");
-        println!("public key  {key}");
-        println!("address     {text}");
-    }
+    let out = Reporter { json: common.json };
+    out.line(
+        format_args!("node id     {node}\npublic key  {key}\naddress     {text}"),
+        &SignalLine::Listening {
+            node_id: node.to_string(),
+            public_key: key.to_string(),
+            topic: machine.topic(),
+            address: &text,
+        },
+    );
     let limit = timeout.map(Duration::from_secs_f64);
     let mut received = 0u64;
     let mut closing = false;
@@ -199,21 +195,16 @@ fn listen(common: &Common, count: Option<u64>, timeout: Option<f64>) -> Result<i
                 } => {
                     received += 1;
                     let text = String::from_utf8_lossy(&payload);
-                    if json {
-                        println!(
-                            "{}",
-                            Object::new()
-                                .str("event", "message")
-                                .str("from", &from.to_string())
-                                .str("node_id", &from.node_id().to_string())
-                                .str("broker", &broker.to_string())
-                                .num("sent_at_ms", sent_at_ms as f64)
-                                .str("message", &text)
-                                .finish()
-                        );
-                    } else {
-                        println!("{} {text}", from.node_id());
-                    }
+                    out.line(
+                        format_args!("{} {text}", from.node_id()),
+                        &SignalLine::Message {
+                            from: from.to_string(),
+                            node_id: from.node_id().to_string(),
+                            broker: broker.to_string(),
+                            sent_at_ms,
+                            message: &text,
+                        },
+                    );
                     if count.is_some_and(|c| received >= c) && !closing {
                         closing = true;
                         m.close(now);
@@ -254,17 +245,12 @@ fn send(common: &Common, peer: &str, message: &str, timeout: f64) -> Result<i32,
                 match ev {
                     RendezvousEvent::Acknowledged { id, broker } if id == sending.id => {
                         acked += 1;
-                        if json {
-                            println!(
-                                "{}",
-                                Object::new()
-                                    .str("event", "acknowledged")
-                                    .str("broker", &broker.to_string())
-                                    .finish()
-                            );
-                        } else {
-                            println!("acknowledged by broker {broker}");
-                        }
+                        Reporter { json }.line(
+                            format_args!("acknowledged by broker {broker}"),
+                            &SignalLine::Acknowledged {
+                                broker: broker.to_string(),
+                            },
+                        );
                         if acked >= sending.brokers && !closing {
                             closing = true;
                             m.close(now);
@@ -293,6 +279,38 @@ fn send(common: &Common, peer: &str, message: &str, timeout: f64) -> Result<i32,
     Ok(0)
 }
 
+/// `p2pd signal listen|send --json`: one line per event.
+#[derive(Debug, Serialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+enum SignalLine<'a> {
+    /// `listen`: this node's id, key, topic and address.
+    Listening {
+        node_id: String,
+        public_key: String,
+        topic: &'a str,
+        address: &'a str,
+    },
+    /// `listen`: a message to us.
+    Message {
+        from: String,
+        node_id: String,
+        broker: String,
+        sent_at_ms: u64,
+        message: &'a str,
+    },
+    /// `send`: a broker took the message.
+    Acknowledged { broker: String },
+}
+
+/// A broker's health or a rejected envelope: `event` is `broker_up`, `broker_down`,
+/// `subscribed` or `rejected`; `detail` is empty when there is nothing more to say.
+#[derive(Debug, Serialize)]
+struct BrokerLine<'a> {
+    event: &'static str,
+    broker: String,
+    detail: &'a str,
+}
+
 /// Closes the machine and runs until its sockets are released (bounded).
 fn close(rt: &mut Runtime, machine: &mut Rendezvous) {
     let now = rt.now();
@@ -317,24 +335,23 @@ fn report(ev: &RendezvousEvent, json: bool) {
         } => (
             "broker_down",
             broker,
-            format!("{reason:?}, retry in {} ms", retry_in.as_millis()),
+            format!("{reason}, retry in {} ms", retry_in.as_millis()),
         ),
         RendezvousEvent::Listening { broker } => ("subscribed", broker, String::new()),
         RendezvousEvent::Rejected { broker, reason } => ("rejected", broker, reason.to_string()),
         _ => return,
     };
-    if json {
-        println!(
-            "{}",
-            Object::new()
-                .str("event", kind)
-                .str("broker", &broker.to_string())
-                .str("detail", &detail)
-                .finish()
-        );
-    } else if detail.is_empty() {
-        eprintln!("{kind} {broker}");
+    let human = if detail.is_empty() {
+        format!("{kind} {broker}")
     } else {
-        eprintln!("{kind} {broker}: {detail}");
-    }
+        format!("{kind} {broker}: {detail}")
+    };
+    Reporter { json }.note(
+        human,
+        &BrokerLine {
+            event: kind,
+            broker: broker.to_string(),
+            detail: &detail,
+        },
+    );
 }

@@ -6,13 +6,15 @@
 //! nodes behind every pair of NAT kinds and prints the success per pair against the oracle of
 //! what is punchable in principle (see `p2pd_sim::punch_matrix`).
 
+use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use clap::{Args, Subcommand};
 use p2pd_sim::matrix::{run_matrix, truths, MatrixSummary};
-use p2pd_sim::punch_matrix::{self, PunchMatrix, KINDS};
+use p2pd_sim::punch_matrix::{self, Failure, PunchMatrix, KINDS};
+use serde::{Serialize, Serializer};
 
-use super::json::Object;
+use super::report::{to_json, ErrorLine, Num, Reporter};
 
 /// Options of `p2pd sim`.
 #[derive(Debug, Args)]
@@ -101,11 +103,10 @@ pub fn run_punch(args: &SimPunchArgs) -> i32 {
     let losses = match checked {
         Ok(l) => l,
         Err(e) => {
-            if args.json {
-                println!("{}", Object::new().str("error", &e).finish());
-            } else {
-                eprintln!("p2pd sim punch: {e}");
-            }
+            Reporter { json: args.json }.note(
+                format_args!("p2pd sim punch: {e}"),
+                &ErrorLine { error: &e },
+            );
             return 1;
         }
     };
@@ -137,16 +138,22 @@ pub fn punch_text(m: &PunchMatrix, wall: Duration) -> String {
     use std::fmt::Write as _;
     let mut s = m.table();
     for c in m.flagged() {
+        let failures: Vec<String> = c
+            .failures
+            .iter()
+            .map(|(f, n)| format!("{f} x{n}"))
+            .collect();
+        let seeds: Vec<String> = c.notable_seeds.iter().map(u64::to_string).collect();
         let _ = writeln!(
             s,
-            "FLAGGED: {:?} -> {:?} at {:.0}% loss: {} of {} connected, failures {:?}, seeds {:?}",
-            c.a,
-            c.b,
+            "FLAGGED: {} -> {} at {:.0}% loss: {} of {} connected, failures [{}], seeds [{}]",
+            c.a.map_or("-", |k| k.label()),
+            c.b.map_or("-", |k| k.label()),
             c.loss * 100.0,
             c.successes,
             c.runs,
-            c.failures,
-            c.notable_seeds
+            failures.join(", "),
+            seeds.join(", ")
         );
     }
     let punchable: Vec<_> = m.cells.iter().filter(|c| c.punchable).collect();
@@ -162,38 +169,60 @@ pub fn punch_text(m: &PunchMatrix, wall: Duration) -> String {
     s
 }
 
+/// `p2pd sim punch --json`.
+#[derive(Debug, Serialize)]
+struct PunchReport {
+    runs: u32,
+    flagged: usize,
+    wall_s: Num,
+    cells: Vec<PunchCell>,
+}
+
+/// One pair of NAT kinds at one loss level.
+#[derive(Debug, Serialize)]
+struct PunchCell {
+    a: Option<&'static str>,
+    b: Option<&'static str>,
+    loss_percent: Num,
+    punchable: bool,
+    runs: u32,
+    successes: u32,
+    leaky: u32,
+    slowest_virtual_s: Num,
+    flagged: bool,
+    /// Failure name -> runs, in the matrix's order of failures.
+    #[serde(serialize_with = "failure_counts")]
+    failures: BTreeMap<Failure, u32>,
+}
+
+fn failure_counts<S: Serializer>(f: &BTreeMap<Failure, u32>, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_map(f.iter().map(|(failure, n)| (failure.to_string(), n)))
+}
+
 /// The punch matrix as one JSON object.
 pub fn punch_json(m: &PunchMatrix, wall: Duration) -> String {
-    let cells: Vec<String> = m
+    let cells = m
         .cells
         .iter()
-        .map(|c| {
-            let mut failures = Object::new();
-            for (f, n) in &c.failures {
-                failures = failures.uint(&f.to_string(), u64::from(*n));
-            }
-            let o = Object::new()
-                .opt("a", c.a.map(|k| k.label()))
-                .opt("b", c.b.map(|k| k.label()))
-                .num("loss_percent", c.loss * 100.0)
-                .bool("punchable", c.punchable)
-                .uint("runs", u64::from(c.runs))
-                .uint("successes", u64::from(c.successes))
-                .uint("leaky", u64::from(c.leaky))
-                .num("slowest_virtual_s", secs(c.slowest))
-                .bool("flagged", c.flagged())
-                .finish();
-            let body = o.strip_suffix('}').unwrap_or(&o);
-            format!("{body},\"failures\":{}}}", failures.finish())
+        .map(|c| PunchCell {
+            a: c.a.map(|k| k.label()),
+            b: c.b.map(|k| k.label()),
+            loss_percent: Num(c.loss * 100.0),
+            punchable: c.punchable,
+            runs: c.runs,
+            successes: c.successes,
+            leaky: c.leaky,
+            slowest_virtual_s: Num(secs(c.slowest)),
+            flagged: c.flagged(),
+            failures: c.failures.clone(),
         })
         .collect();
-    let o = Object::new()
-        .uint("runs", u64::from(m.runs()))
-        .uint("flagged", m.flagged().len() as u64)
-        .num("wall_s", secs(wall))
-        .finish();
-    let body = o.strip_suffix('}').unwrap_or(&o);
-    format!("{body},\"cells\":[{}]}}", cells.join(","))
+    to_json(&PunchReport {
+        runs: m.runs(),
+        flagged: m.flagged().len(),
+        wall_s: Num(secs(wall)),
+        cells,
+    })
 }
 
 /// Runs `p2pd sim nat`: 0 when no answer is wrong, 1 otherwise (or on bad options).
@@ -201,11 +230,8 @@ pub fn run_nat(args: &SimNatArgs) -> i32 {
     let losses = match losses(args) {
         Ok(l) => l,
         Err(e) => {
-            if args.json {
-                println!("{}", Object::new().str("error", &e).finish());
-            } else {
-                eprintln!("p2pd sim nat: {e}");
-            }
+            Reporter { json: args.json }
+                .note(format_args!("p2pd sim nat: {e}"), &ErrorLine { error: &e });
             return 1;
         }
     };
@@ -259,13 +285,15 @@ pub fn text(summary: &MatrixSummary, wall: Duration) -> String {
     for n in &summary.notable {
         let _ = writeln!(
             s,
-            "{:?} at {:.0}% loss, seed {}: truth {:?}, got {:?}, allocation {:?}",
+            "{} at {:.0}% loss, seed {}: truth {}, got {}, allocation {}",
             n.correct,
             n.loss * 100.0,
             n.seed,
             n.truth,
-            n.got,
+            n.got
+                .map_or_else(|| "no report".to_string(), |c| c.to_string()),
             n.allocation
+                .map_or_else(|| "-".to_string(), |a| a.to_string())
         );
     }
     let _ = writeln!(
@@ -277,37 +305,56 @@ pub fn text(summary: &MatrixSummary, wall: Duration) -> String {
     s
 }
 
+/// `p2pd sim nat --json`.
+#[derive(Debug, Serialize)]
+struct NatMatrixReport {
+    runs: u32,
+    wrong: u32,
+    wall_s: Num,
+    per_loss: Vec<LossLevel>,
+}
+
+/// The counts of one loss level.
+#[derive(Debug, Serialize)]
+struct LossLevel {
+    loss_percent: Num,
+    runs: u32,
+    right: u32,
+    inconclusive: u32,
+    inconclusive_percent: Num,
+    wrong: u32,
+    nat_runs: u32,
+    allocation_inconclusive: u32,
+    allocation_inconclusive_percent: Num,
+    allocation_wrong: u32,
+    slowest_virtual_s: Num,
+}
+
 /// The summary as one JSON object.
 pub fn json(summary: &MatrixSummary, wall: Duration) -> String {
-    let levels: Vec<String> = summary
+    let per_loss = summary
         .per_loss
         .iter()
-        .map(|l| {
-            Object::new()
-                .num("loss_percent", l.loss * 100.0)
-                .num("runs", l.runs)
-                .num("right", l.right)
-                .num("inconclusive", l.inconclusive)
-                .num("inconclusive_percent", l.inconclusive_percent())
-                .num("wrong", l.wrong)
-                .num("nat_runs", l.nat_runs)
-                .num("allocation_inconclusive", l.allocation_inconclusive)
-                .num(
-                    "allocation_inconclusive_percent",
-                    l.allocation_inconclusive_percent(),
-                )
-                .num("allocation_wrong", l.allocation_wrong)
-                .num("slowest_virtual_s", secs(l.slowest))
-                .finish()
+        .map(|l| LossLevel {
+            loss_percent: Num(l.loss * 100.0),
+            runs: l.runs,
+            right: l.right,
+            inconclusive: l.inconclusive,
+            inconclusive_percent: Num(l.inconclusive_percent()),
+            wrong: l.wrong,
+            nat_runs: l.nat_runs,
+            allocation_inconclusive: l.allocation_inconclusive,
+            allocation_inconclusive_percent: Num(l.allocation_inconclusive_percent()),
+            allocation_wrong: l.allocation_wrong,
+            slowest_virtual_s: Num(secs(l.slowest)),
         })
         .collect();
-    let o = Object::new()
-        .num("runs", summary.runs())
-        .num("wrong", summary.wrong())
-        .num("wall_s", secs(wall))
-        .finish();
-    let body = o.strip_suffix('}').unwrap_or(&o);
-    format!("{body},\"per_loss\":[{}]}}", levels.join(","))
+    to_json(&NatMatrixReport {
+        runs: summary.runs(),
+        wrong: summary.wrong(),
+        wall_s: Num(secs(wall)),
+        per_loss,
+    })
 }
 
 #[cfg(test)]
@@ -339,8 +386,21 @@ mod tests {
         let m = punch_matrix::run_matrix(&pairs, &[0.0], false, &[1]);
         assert!(m.flagged().is_empty(), "{}", m.table());
         let j = punch_json(&m, Duration::from_millis(5));
-        assert!(j.starts_with("{\"runs\":2,\"flagged\":0,"), "{j}");
-        assert!(j.contains("\"failures\":{\"NoConnection\":1}"), "{j}");
+        let v: serde_json::Value = serde_json::from_str(&j).unwrap();
+        assert_eq!(v["runs"], 2, "{j}");
+        assert_eq!(v["flagged"], 0, "{j}");
+        assert_eq!(v["wall_s"], 0.005, "{j}");
+        let cells = v["cells"].as_array().unwrap();
+        assert_eq!(cells.len(), 2, "{j}");
+        assert_eq!(cells[0]["a"], "full-cone", "{j}");
+        assert_eq!(cells[0]["punchable"], true, "{j}");
+        assert_eq!(cells[0]["failures"], serde_json::json!({}), "{j}");
+        assert_eq!(cells[1]["b"], "sym/random", "{j}");
+        assert_eq!(
+            cells[1]["failures"],
+            serde_json::json!({"NoConnection": 1}),
+            "{j}"
+        );
         let t = punch_text(&m, Duration::ZERO);
         assert!(t.contains("punchable pairs: 1 of 1 runs connected"), "{t}");
     }
@@ -350,8 +410,13 @@ mod tests {
         let summary = run_matrix(&[0.0], &[1]);
         assert_eq!(summary.wrong(), 0);
         let j = json(&summary, Duration::from_millis(5));
-        assert!(j.starts_with("{\"runs\":49,\"wrong\":0,"), "{j}");
-        assert!(j.ends_with("]}"), "{j}");
+        let v: serde_json::Value = serde_json::from_str(&j).unwrap();
+        assert_eq!(v["runs"], 49, "{j}");
+        assert_eq!(v["wrong"], 0, "{j}");
+        let levels = v["per_loss"].as_array().unwrap();
+        assert_eq!(levels.len(), 1, "{j}");
+        assert_eq!(levels[0]["loss_percent"], 0, "{j}");
+        assert_eq!(levels[0]["runs"], 49, "{j}");
         assert!(text(&summary, Duration::ZERO).contains("0 wrong answer(s)"));
     }
 }

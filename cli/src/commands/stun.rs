@@ -13,8 +13,9 @@ use p2pd_proto::client::{
 };
 use p2pd_proto::stun::ChangeRequest;
 use p2pd_proto::BindOptions;
+use serde::Serialize;
 
-use super::json::Object;
+use super::report::{to_json, Num, Reporter};
 use p2pd_mio::{RunEnd, Runtime};
 use std::io::IsTerminal;
 
@@ -105,19 +106,37 @@ pub fn run(args: &StunArgs) -> i32 {
     }
 }
 
+/// `p2pd stun --json` when it fails.
+#[derive(Debug, Serialize)]
+struct StunError<'a> {
+    server: &'a str,
+    error: &'a str,
+    kind: &'static str,
+}
+
+/// `p2pd stun --json`: the answer over UDP.
+#[derive(Debug, Serialize)]
+struct StunAnswer {
+    server: SocketAddr,
+    local: Option<SocketAddr>,
+    mapped: SocketAddr,
+    other_address: Option<SocketAddr>,
+    response_origin: Option<SocketAddr>,
+    source: SocketAddr,
+    rtt_ms: Num,
+    transmissions: u32,
+    legacy: bool,
+}
+
 fn report_error(args: &StunArgs, e: &CliError) {
-    if args.json {
-        println!(
-            "{}",
-            Object::new()
-                .str("server", &args.server)
-                .str("error", &e.message)
-                .str("kind", e.kind)
-                .finish()
-        );
-    } else {
-        eprintln!("p2pd stun: {}", e.message);
-    }
+    Reporter { json: args.json }.note(
+        format_args!("p2pd stun: {}", e.message),
+        &StunError {
+            server: &args.server,
+            error: &e.message,
+            kind: e.kind,
+        },
+    );
 }
 
 /// The server's address and the local address to use (default: any address of its family).
@@ -209,7 +228,7 @@ fn query(args: &StunArgs) -> Result<Answer, CliError> {
                 ClientEvent::SocketFailed { error, .. } => {
                     result = Some(Err(CliError::new(
                         "socket",
-                        format!("cannot bind {local}: {error:?}"),
+                        format!("cannot bind {local}: {error}"),
                     )));
                     client.close(now);
                     ControlFlow::Continue(())
@@ -260,10 +279,10 @@ fn failure(server: SocketAddr, f: Failure) -> CliError {
             format!("{server} answered error {code} {reason}"),
         ),
         Failure::ServerMisbehaved(m) => {
-            CliError::new("server-misbehaved", format!("{server} misbehaved: {m:?}"))
+            CliError::new("server-misbehaved", format!("{server} misbehaved: {m}"))
         }
-        Failure::SocketFailed(e) => CliError::new("socket", format!("socket failed: {e:?}")),
-        other => CliError::new("cancelled", format!("{other:?}")),
+        Failure::SocketFailed(e) => CliError::new("socket", format!("socket failed: {e}")),
+        other => CliError::new("cancelled", other.to_string()),
     }
 }
 
@@ -273,17 +292,17 @@ fn print_success(args: &StunArgs, a: &Answer) {
     if args.json {
         println!(
             "{}",
-            Object::new()
-                .str("server", &a.server.to_string())
-                .opt("local", r.local)
-                .str("mapped", &r.mapped.to_string())
-                .opt("other_address", r.other_address)
-                .opt("response_origin", r.response_origin)
-                .str("source", &r.source.to_string())
-                .num("rtt_ms", (rtt_ms * 1000.0).round() / 1000.0)
-                .num("transmissions", r.transmissions)
-                .bool("legacy", r.legacy)
-                .finish()
+            to_json(&StunAnswer {
+                server: a.server,
+                local: r.local,
+                mapped: r.mapped,
+                other_address: r.other_address,
+                response_origin: r.response_origin,
+                source: r.source,
+                rtt_ms: Num((rtt_ms * 1000.0).round() / 1000.0),
+                transmissions: r.transmissions,
+                legacy: r.legacy,
+            }),
         );
         return;
     }

@@ -9,7 +9,9 @@ use clap::Args;
 use p2pd_proto::server::{Role, ServerConfig, ServerEvent, StunServer};
 use p2pd_proto::BindOptions;
 
-use super::json::Object;
+use serde::Serialize;
+
+use super::report::Reporter;
 use p2pd_mio::Runtime;
 
 /// Options of `p2pd stun-server`.
@@ -45,6 +47,42 @@ pub struct StunServerArgs {
     /// Print JSON lines instead of text.
     #[arg(long)]
     pub json: bool,
+}
+
+/// `p2pd stun-server --json`: one line per event.
+#[derive(Debug, Serialize)]
+#[serde(tag = "event")]
+enum ServerLine {
+    /// A socket is up (`transport` only for TCP).
+    #[serde(rename = "listening")]
+    Listening {
+        role: &'static str,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        transport: Option<&'static str>,
+        local: SocketAddr,
+    },
+    /// A socket could not be opened (`transport` only for TCP).
+    #[serde(rename = "socket-failed")]
+    SocketFailed {
+        role: &'static str,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        transport: Option<&'static str>,
+        local: Option<SocketAddr>,
+        error: String,
+    },
+    /// The server stopped: its counters.
+    #[serde(rename = "stopped")]
+    Stopped {
+        requests: u64,
+        responses: u64,
+        error_responses: u64,
+        malformed: u64,
+        queue_full: u64,
+        tcp_accepted: u64,
+        tcp_closed: u64,
+        tcp_bad_frames: u64,
+        tcp_idle_closed: u64,
+    },
 }
 
 fn role_name(role: Role) -> &'static str {
@@ -94,6 +132,7 @@ pub fn run(args: &StunServerArgs) -> i32 {
         }
     };
     let json = args.json;
+    let out = Reporter { json };
     let mut listening = 0;
     let mut failed = 0;
     let expected = Role::ALL
@@ -106,75 +145,57 @@ pub fn run(args: &StunServerArgs) -> i32 {
         match event {
             ServerEvent::Listening { role, local } => {
                 listening += 1;
-                if json {
-                    println!(
-                        "{}",
-                        Object::new()
-                            .str("event", "listening")
-                            .str("role", role_name(role))
-                            .str("local", &local.to_string())
-                            .finish()
-                    );
-                } else {
-                    println!("listening {:<18} {local}", role_name(role));
-                }
+                out.line(
+                    format_args!("listening {:<18} {local}", role_name(role)),
+                    &ServerLine::Listening {
+                        role: role_name(role),
+                        transport: None,
+                        local,
+                    },
+                );
             }
             ServerEvent::SocketFailed { role, error } => {
                 failed += 1;
                 let addr = server.config().role_addr(role);
-                if json {
-                    println!(
-                        "{}",
-                        Object::new()
-                            .str("event", "socket-failed")
-                            .str("role", role_name(role))
-                            .opt("local", addr)
-                            .str("error", &format!("{error:?}"))
-                            .finish()
-                    );
-                } else {
-                    eprintln!(
-                        "cannot bind {} ({}): {error:?}",
+                out.note(
+                    format_args!(
+                        "cannot bind {} ({}): {error}",
                         addr.map_or_else(|| "-".into(), |a| a.to_string()),
                         role_name(role)
-                    );
-                }
+                    ),
+                    &ServerLine::SocketFailed {
+                        role: role_name(role),
+                        transport: None,
+                        local: addr,
+                        error: error.to_string(),
+                    },
+                );
                 if role == Role::Primary {
                     server.close(now);
                 }
             }
             ServerEvent::TcpListening { local } => {
                 listening += 1;
-                if json {
-                    println!(
-                        "{}",
-                        Object::new()
-                            .str("event", "listening")
-                            .str("role", "primary")
-                            .str("transport", "tcp")
-                            .str("local", &local.to_string())
-                            .finish()
-                    );
-                } else {
-                    println!("listening {:<18} {local}", "tcp");
-                }
+                out.line(
+                    format_args!("listening {:<18} {local}", "tcp"),
+                    &ServerLine::Listening {
+                        role: "primary",
+                        transport: Some("tcp"),
+                        local,
+                    },
+                );
             }
             ServerEvent::TcpFailed { op, error } => {
                 failed += 1;
-                if json {
-                    println!(
-                        "{}",
-                        Object::new()
-                            .str("event", "socket-failed")
-                            .str("role", "primary")
-                            .str("transport", "tcp")
-                            .str("local", &primary.to_string())
-                            .str("error", &format!("{op:?}: {error:?}"))
-                            .finish()
-                    );
-                } else {
-                    eprintln!("cannot serve TCP on {primary} ({op:?}): {error:?}");
-                }
+                out.note(
+                    format_args!("cannot serve TCP on {primary} ({op}): {error}"),
+                    &ServerLine::SocketFailed {
+                        role: "primary",
+                        transport: Some("tcp"),
+                        local: Some(primary),
+                        error: format!("{op}: {error}"),
+                    },
+                );
                 // TCP was asked for: without it the server is not what the user wanted.
                 server.close(now);
             }
@@ -190,34 +211,30 @@ pub fn run(args: &StunServerArgs) -> i32 {
         ControlFlow::Continue(())
     });
     let stats = server.stats();
-    if json {
-        println!(
-            "{}",
-            Object::new()
-                .str("event", "stopped")
-                .num("requests", stats.requests as f64)
-                .num("responses", stats.responses as f64)
-                .num("error_responses", stats.error_responses as f64)
-                .num("malformed", stats.malformed as f64)
-                .num("queue_full", stats.queue_full as f64)
-                .uint("tcp_accepted", stats.tcp_accepted)
-                .uint("tcp_closed", stats.tcp_closed)
-                .uint("tcp_bad_frames", stats.tcp_bad_frames)
-                .uint("tcp_idle_closed", stats.tcp_idle_closed)
-                .finish()
-        );
-    } else {
-        println!(
-            "stopped: {} requests, {} responses, {} error responses, {} malformed, {} dropped (queue full)",
-            stats.requests, stats.responses, stats.error_responses, stats.malformed, stats.queue_full
-        );
-        if args.tcp {
-            println!(
-                "tcp: {} accepted, {} closed ({} bad framing, {} idle)",
-                stats.tcp_accepted, stats.tcp_closed, stats.tcp_bad_frames, stats.tcp_idle_closed
-            );
-        }
+    let mut human = format!(
+        "stopped: {} requests, {} responses, {} error responses, {} malformed, {} dropped (queue full)",
+        stats.requests, stats.responses, stats.error_responses, stats.malformed, stats.queue_full
+    );
+    if args.tcp {
+        human.push_str(&format!(
+            "\ntcp: {} accepted, {} closed ({} bad framing, {} idle)",
+            stats.tcp_accepted, stats.tcp_closed, stats.tcp_bad_frames, stats.tcp_idle_closed
+        ));
     }
+    out.line(
+        human,
+        &ServerLine::Stopped {
+            requests: stats.requests,
+            responses: stats.responses,
+            error_responses: stats.error_responses,
+            malformed: stats.malformed,
+            queue_full: stats.queue_full,
+            tcp_accepted: stats.tcp_accepted,
+            tcp_closed: stats.tcp_closed,
+            tcp_bad_frames: stats.tcp_bad_frames,
+            tcp_idle_closed: stats.tcp_idle_closed,
+        },
+    );
     match result {
         Err(e) => {
             eprintln!("p2pd stun-server: {e}");

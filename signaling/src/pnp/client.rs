@@ -190,6 +190,29 @@ pub enum PnpFailure {
     Closed,
 }
 
+/// The failure in words (a refusal shows its code and detail number).
+impl fmt::Display for PnpFailure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            PnpFailure::Refused { code, detail } => {
+                write!(f, "refused by the server: {code} (detail {detail})")
+            }
+            PnpFailure::Timeout => f.write_str("no valid reply in time"),
+            PnpFailure::BadRecordSignature => {
+                f.write_str("the server returned a record whose signature does not verify")
+            }
+            PnpFailure::ExpiredRecord => f.write_str("the server returned an expired record"),
+            PnpFailure::Mismatch => f.write_str("the server's reply does not match the request"),
+            PnpFailure::MalformedReply => f.write_str("the server's reply is malformed"),
+            PnpFailure::Io { op, error } => write!(f, "{op} failed: {error}"),
+            PnpFailure::ConnectionClosed => {
+                f.write_str("the server closed the connection before replying")
+            }
+            PnpFailure::Closed => f.write_str("the client was closed"),
+        }
+    }
+}
+
 /// What the client reports. Every accepted command ends in exactly one event carrying its id.
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]

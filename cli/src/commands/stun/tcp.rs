@@ -12,7 +12,9 @@ use p2pd_proto::client_tcp::{
     TcpBinding, TcpBindingConfig, TcpBindingError, TcpBindingEvent, TcpMapping,
 };
 
-use super::super::json::Object;
+use serde::Serialize;
+
+use super::super::report::{to_json, Num};
 use super::{seed_from_os, CliError, StunArgs};
 use p2pd_mio::Runtime;
 
@@ -96,9 +98,9 @@ fn failure(server: SocketAddr, reason: TcpBindingError) -> CliError {
         TcpBindingError::Timeout => {
             CliError::new("timeout", format!("no answer from {server} over TCP"))
         }
-        TcpBindingError::BindFailed(e) => CliError::new("socket", format!("cannot bind: {e:?}")),
+        TcpBindingError::BindFailed(e) => CliError::new("socket", format!("cannot bind: {e}")),
         TcpBindingError::ConnectFailed(e) => {
-            CliError::new("connect", format!("cannot connect to {server}: {e:?}"))
+            CliError::new("connect", format!("cannot connect to {server}: {e}"))
         }
         TcpBindingError::ErrorResponse { code } => {
             CliError::new("error-response", format!("{server} answered error {code}"))
@@ -107,8 +109,20 @@ fn failure(server: SocketAddr, reason: TcpBindingError) -> CliError {
             "server-misbehaved",
             format!("{server} closed the connection without answering"),
         ),
-        other => CliError::new("server-misbehaved", format!("{server}: {other:?}")),
+        other => CliError::new("server-misbehaved", format!("{server}: {other}")),
     }
+}
+
+/// `p2pd stun --tcp --json`: the TCP mapping.
+#[derive(Debug, Serialize)]
+struct TcpAnswer<'a> {
+    server: SocketAddr,
+    transport: &'static str,
+    local: SocketAddr,
+    mapped: SocketAddr,
+    response_origin: Option<SocketAddr>,
+    software: Option<&'a str>,
+    rtt_ms: Num,
 }
 
 fn print_success(args: &StunArgs, server: SocketAddr, m: &TcpMapping) {
@@ -116,15 +130,15 @@ fn print_success(args: &StunArgs, server: SocketAddr, m: &TcpMapping) {
     if args.json {
         println!(
             "{}",
-            Object::new()
-                .str("server", &server.to_string())
-                .str("transport", "tcp")
-                .str("local", &m.local.to_string())
-                .str("mapped", &m.mapped.to_string())
-                .opt("response_origin", m.response_origin)
-                .opt("software", m.server_software.as_deref())
-                .num("rtt_ms", (rtt_ms * 1000.0).round() / 1000.0)
-                .finish()
+            to_json(&TcpAnswer {
+                server,
+                transport: "tcp",
+                local: m.local,
+                mapped: m.mapped,
+                response_origin: m.response_origin,
+                software: m.server_software.as_deref(),
+                rtt_ms: Num((rtt_ms * 1000.0).round() / 1000.0),
+            }),
         );
         return;
     }

@@ -184,6 +184,34 @@ pub enum DisconnectReason {
     QueueOverflow,
 }
 
+/// The reason in words (`no CONNACK in time`, `the broker closed the connection`, ...).
+impl core::fmt::Display for DisconnectReason {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            DisconnectReason::ConnectTimeout => f.write_str("no connection in time"),
+            DisconnectReason::KeepAliveTimeout => f.write_str("no answer to a keep-alive ping"),
+            DisconnectReason::Refused { code, protocol } => {
+                let version = match protocol {
+                    Protocol::V311 => "3.1.1",
+                    Protocol::V5 => "5",
+                };
+                write!(
+                    f,
+                    "the broker refused the connection (MQTT {version} code {code})"
+                )
+            }
+            DisconnectReason::PeerClosed => f.write_str("the broker closed the connection"),
+            DisconnectReason::BrokerDisconnect => f.write_str("the broker sent DISCONNECT"),
+            DisconnectReason::Io { op, error } => write!(f, "{op} failed: {error}"),
+            DisconnectReason::Codec(e) => write!(f, "undecodable bytes from the broker: {e}"),
+            DisconnectReason::ProtocolViolation(what) => {
+                write!(f, "protocol violation by the broker: {what}")
+            }
+            DisconnectReason::QueueOverflow => f.write_str("the outbound queue overflowed"),
+        }
+    }
+}
+
 /// Why [`publish`](super::MqttClient::publish) refused a message.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
