@@ -121,8 +121,11 @@ pub enum NodeEvent {
     },
     /// Bytes from the peer on the punched stream.
     Data(Vec<u8>),
-    /// There is room again in the send queue, after a [`PunchNode::send`] failed because it was
-    /// full (at least half of [`MAX_SEND_QUEUE`] is free).
+    /// Our sending side is finished: after [`PunchNode::finish`], every queued byte was taken by
+    /// the runtime and the `Shutdown` went out ([`PunchNode::is_finished`] is true from now on).
+    Finished,
+    /// There is room again in the send queue (at least half of [`MAX_SEND_QUEUE`] is free), after
+    /// a [`PunchNode::send`] failed because it was full or left it more than half full.
     Writable,
     /// The peer finished sending (EOF, after its last [`NodeEvent::Data`]), or the stream failed.
     /// Reported once. After an EOF the stream stays up for our side: [`PunchNode::is_connected`]
@@ -171,8 +174,8 @@ struct Stream {
     refused: usize,
     /// The runtime refused a transmit and has not reported `Writable` yet.
     blocked: bool,
-    /// [`PunchNode::send`] failed because `out` was full: report [`NodeEvent::Writable`] once
-    /// there is room.
+    /// [`PunchNode::send`] failed because `out` was full, or left it more than half full: report
+    /// [`NodeEvent::Writable`] once half of it is free.
     wants_room: bool,
     /// Failed, or the node is closing: nothing more is sent or reported.
     closed: bool,
@@ -323,6 +326,10 @@ impl PunchNode {
             return Err("send queue full");
         }
         stream.out.extend(bytes.iter().copied());
+        if stream.out.len() > MAX_SEND_QUEUE / 2 {
+            // The caller is filling the queue: tell it when half of it is free again.
+            stream.wants_room = true;
+        }
         self.pump(now);
         Ok(())
     }
@@ -891,6 +898,7 @@ impl p2pd_proto::Machine for PunchNode {
         if let Some(s) = self.stream.as_mut() {
             if s.finishing && !s.shut && !s.closed && s.out.is_empty() && s.chunks.is_empty() {
                 s.shut = true;
+                self.events.push_back(NodeEvent::Finished);
                 return Some(SocketOp::Shutdown { socket: s.socket });
             }
         }

@@ -198,27 +198,21 @@ fn punch(args: &PunchArgs) -> Result<i32, String> {
     );
     let mut node = PunchNode::new(config, identity, seed, rt.now()).map_err(|e| e.to_string())?;
 
-    // stdin on a thread; the loop below runs the node in short slices and feeds it. The channel
-    // is bounded and drained only while little is pending, so a slow peer holds stdin back
-    // instead of the whole input piling up in memory.
+    // stdin on a thread that wakes the loop when it has read something. The channel is bounded
+    // and drained only while the node takes bytes, so a slow peer holds stdin back instead of
+    // the whole input piling up in memory.
     let (tx, rx) = mpsc::sync_channel::<Option<Vec<u8>>>(STDIN_CHUNKS);
+    let waker = rt.waker().map_err(|e| format!("runtime: {e}"))?;
     std::thread::spawn(move || {
         let mut stdin = std::io::stdin();
         let mut buf = vec![0u8; 16 * 1024];
         loop {
-            match stdin.read(&mut buf) {
-                Ok(0) | Err(_) => {
-                    let _ = tx.send(None);
-                    return;
-                }
-                Ok(n) => {
-                    if tx
-                        .send(Some(buf.get(..n).unwrap_or_default().to_vec()))
-                        .is_err()
-                    {
-                        return;
-                    }
-                }
+            let (msg, last) = match stdin.read(&mut buf) {
+                Ok(0) | Err(_) => (None, true),
+                Ok(n) => (Some(buf.get(..n).unwrap_or_default().to_vec()), false),
+            };
+            if tx.send(msg).is_err() || waker.wake().is_err() || last {
+                return;
             }
         }
     });
@@ -253,16 +247,7 @@ fn punch(args: &PunchArgs) -> Result<i32, String> {
             state.closing = true;
             node.close(now);
         }
-        rt.run(
-            &mut node,
-            Some(Duration::from_millis(10)),
-            |node, now, ev| on_event(node, now, ev, &status, started, &mut state, &mut stdout),
-        )
-        .map_err(|e| format!("event loop: {e}"))?;
-        if state.closed {
-            break;
-        }
-        // Feed stdin (at most about one send queue's worth waits here).
+        // Take stdin while the node has room (at most one send queue's worth waits here).
         while state.pending.len() < p2pd_punch::node::MAX_SEND_QUEUE {
             let Ok(msg) = rx.try_recv() else {
                 break;
@@ -273,13 +258,13 @@ fn punch(args: &PunchArgs) -> Result<i32, String> {
             }
         }
         let now = rt.now();
-        if node.is_connected() && !state.pending.is_empty() {
-            let room = p2pd_punch::node::MAX_SEND_QUEUE.saturating_sub(node.queued());
-            let n = room.min(state.pending.len());
-            let chunk = state.pending.get(..n).unwrap_or_default();
-            if n > 0 && node.send(now, chunk).is_ok() {
-                state.pending.drain(..n);
-            }
+        let n = node.send_room().min(state.pending.len());
+        if n > 0
+            && node
+                .send(now, state.pending.get(..n).unwrap_or_default())
+                .is_ok()
+        {
+            state.pending.drain(..n);
         }
         if state.stdin_done
             && state.pending.is_empty()
@@ -293,24 +278,42 @@ fn punch(args: &PunchArgs) -> Result<i32, String> {
             state.finished = true;
             let _ = node.finish(now);
         }
-        if state.peer_done && !state.closing {
-            // Both directions done (the runtime has written everything: closing earlier would
-            // drop what it still holds), or the stream failed: close.
-            let written = state.finished
-                && node.is_finished()
-                && node.stream_socket().is_none_or(|s| rt.unsent(s) == 0);
-            if written || !node.is_connected() {
-                state.closing = true;
-                node.close(now);
-            }
+        if state.peer_done && !state.closing && (node.is_finished() || !node.is_connected()) {
+            // Both directions done, or the stream failed: close. What the runtime still holds
+            // of a finished stream is written after the close (it lingers), below.
+            state.closing = true;
+            node.close(now);
         }
-        let _ = rt.drive(&mut node, |node, now, ev| {
+        // Carry out what the commands above asked for; an event the loop acts on comes back to
+        // the checks above at once.
+        let flow = rt.drive(&mut node, |node, now, ev| {
             on_event(node, now, ev, &status, started, &mut state, &mut stdout)
         });
         if state.closed {
             break;
         }
+        if flow.is_break() {
+            continue;
+        }
+        // Run until something needs this loop: an event it acts on (`on_event` breaks), stdin
+        // (the waker), or the connect deadline.
+        let limit = state
+            .connected_at
+            .is_none()
+            .then(|| deadline.saturating_duration_since(rt.now()));
+        rt.run(&mut node, limit, |node, now, ev| {
+            on_event(node, now, ev, &status, started, &mut state, &mut stdout)
+        })
+        .map_err(|e| format!("event loop: {e}"))?;
+        if state.closed {
+            break;
+        }
     }
+    // The node is closed; a finished stream may still be writing its last bytes (the runtime
+    // lingers, bounded by its LINGER): wait for them before the process ends.
+    let _ = rt.run(&mut node, Some(p2pd_mio::LINGER), |_, _, _| {
+        ControlFlow::Continue(())
+    });
     let _ = stdout.flush();
     Ok(if state.failed || state.connected_at.is_none() {
         1
@@ -378,6 +381,8 @@ fn on_event(
                     elapsed_ms: ms,
                 },
             );
+            // The loop feeds the stream what stdin already gave.
+            return ControlFlow::Break(());
         }
         NodeEvent::Candidates { round, candidates } => {
             let list: Vec<String> = candidates
@@ -458,7 +463,11 @@ fn on_event(
                 Fields::Nothing {},
             );
             state.peer_done = true;
+            return ControlFlow::Break(());
         }
+        // Room in the send queue again (the loop feeds it), our side finished (the loop may
+        // close).
+        NodeEvent::Writable | NodeEvent::Finished => return ControlFlow::Break(()),
         NodeEvent::Closed => {
             state.closed = true;
             return ControlFlow::Break(());
@@ -476,6 +485,8 @@ fn on_event(
                 },
             );
         }
+        // A broker came up: the loop may start the punch.
+        NodeEvent::Signaling(_) => return ControlFlow::Break(()),
         _ => {}
     }
     ControlFlow::Continue(())
