@@ -211,6 +211,20 @@ pub enum Misbehaviour {
     },
 }
 
+impl core::fmt::Display for Misbehaviour {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            Misbehaviour::MissingMappedAddress => {
+                f.write_str("success response without a mapped address")
+            }
+            Misbehaviour::MissingErrorCode => f.write_str("error response without an error code"),
+            Misbehaviour::ReplyFromUnexpectedSource { from } => {
+                write!(f, "replies only from unexpected source {from}")
+            }
+        }
+    }
+}
+
 /// Why a transaction failed.
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
@@ -236,6 +250,28 @@ pub enum Failure {
     /// The client was closed.
     Closed,
 }
+
+impl core::fmt::Display for Failure {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            Failure::Timeout { transmissions } => {
+                write!(f, "no reply after {transmissions} transmissions")
+            }
+            Failure::ErrorResponse { code, reason } if reason.is_empty() => {
+                write!(f, "error response {code}")
+            }
+            Failure::ErrorResponse { code, reason } => {
+                write!(f, "error response {code}: {reason}")
+            }
+            Failure::ServerMisbehaved(m) => write!(f, "server misbehaved: {m}"),
+            Failure::SocketFailed(e) => write!(f, "socket failed: {e}"),
+            Failure::Cancelled => f.write_str("transaction cancelled"),
+            Failure::Closed => f.write_str("client closed"),
+        }
+    }
+}
+
+impl std::error::Error for Failure {}
 
 /// The end of one transaction.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -294,9 +330,19 @@ pub enum ApiError {
 
 impl core::fmt::Display for ApiError {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        core::fmt::Debug::fmt(self, f)
+        match self {
+            ApiError::TooManyTransactions => f.write_str("too many transactions in flight"),
+            ApiError::TooManySockets => f.write_str("too many sockets open"),
+            ApiError::UnknownSocket => f.write_str("socket not opened by this client"),
+            ApiError::Closed => f.write_str("client closed"),
+            ApiError::AddressFamilyMismatch => {
+                f.write_str("server and socket address families differ")
+            }
+        }
     }
 }
+
+impl std::error::Error for ApiError {}
 
 /// Counters, for tests and diagnostics.
 #[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]

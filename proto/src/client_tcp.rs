@@ -147,6 +147,27 @@ pub enum TcpBindingError {
     MissingMappedAddress,
 }
 
+impl core::fmt::Display for TcpBindingError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            TcpBindingError::Timeout => f.write_str("no stun answer over tcp in time"),
+            TcpBindingError::BindFailed(e) => write!(f, "bind failed: {e}"),
+            TcpBindingError::ConnectFailed(e) => write!(f, "connect failed: {e}"),
+            TcpBindingError::SocketError(e) => write!(f, "connection failed: {e}"),
+            TcpBindingError::ErrorResponse { code } => write!(f, "error response {code}"),
+            TcpBindingError::Malformed(e) => write!(f, "malformed response: {e}"),
+            TcpBindingError::PeerClosed => {
+                f.write_str("server closed the connection before answering")
+            }
+            TcpBindingError::MissingMappedAddress => {
+                f.write_str("success response without a mapped address")
+            }
+        }
+    }
+}
+
+impl std::error::Error for TcpBindingError {}
+
 /// Why the machine ended.
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]

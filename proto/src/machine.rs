@@ -187,6 +187,21 @@ pub enum OpKind {
     Receive,
 }
 
+impl fmt::Display for OpKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            OpKind::Bind => "bind",
+            OpKind::Connect => "connect",
+            OpKind::Listen => "listen",
+            OpKind::Accept => "accept",
+            OpKind::SetTtl => "set ttl",
+            OpKind::Send => "send",
+            OpKind::Shutdown => "shutdown",
+            OpKind::Receive => "receive",
+        })
+    }
+}
+
 /// An I/O error, reduced to what a protocol machine can act on.
 #[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]
 #[non_exhaustive]
@@ -218,6 +233,29 @@ pub enum IoError {
     /// Anything else, with the raw OS error code if there was one.
     Other(Option<i32>),
 }
+
+impl fmt::Display for IoError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            IoError::AddrInUse => f.write_str("address already in use"),
+            IoError::AddrNotAvailable => f.write_str("address not available on this host"),
+            IoError::PermissionDenied => f.write_str("permission denied"),
+            IoError::ConnectionRefused => f.write_str("connection refused by the peer"),
+            IoError::ConnectionReset => f.write_str("connection reset by the peer"),
+            IoError::HostUnreachable => f.write_str("no route to the host"),
+            IoError::NetworkUnreachable => f.write_str("no route to the network"),
+            IoError::TimedOut => f.write_str("timed out"),
+            IoError::MessageTooLong => f.write_str("datagram larger than the path allows"),
+            IoError::WouldBlock => f.write_str("send buffer full"),
+            IoError::NoSuchDevice => f.write_str("no such network interface"),
+            IoError::UnknownSocket => f.write_str("no socket with this id"),
+            IoError::Other(Some(code)) => write!(f, "os error {code}"),
+            IoError::Other(None) => f.write_str("i/o error"),
+        }
+    }
+}
+
+impl std::error::Error for IoError {}
 
 /// The runtime's answer to a [`SocketOp`] or an asynchronous socket error.
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]

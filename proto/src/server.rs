@@ -197,9 +197,25 @@ pub enum ConfigError {
 
 impl core::fmt::Display for ConfigError {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        core::fmt::Debug::fmt(self, f)
+        match self {
+            ConfigError::BadAlternateIp => {
+                f.write_str("alternate ip equals the primary or is of another family")
+            }
+            ConfigError::BadPort => {
+                f.write_str("alternate port equals the primary, or a port is 0 with alternates")
+            }
+            ConfigError::SoftwareTooLong => {
+                write!(f, "software longer than {MAX_SOFTWARE_LEN} bytes")
+            }
+            ConfigError::ZeroQueue => f.write_str("queue capacity is 0"),
+            ConfigError::BadConnectionLimit => {
+                write!(f, "tcp connection limit must be 1..={MAX_TCP_CONNECTIONS}")
+            }
+        }
     }
 }
+
+impl std::error::Error for ConfigError {}
 
 /// What the server reports.
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]

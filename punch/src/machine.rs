@@ -163,6 +163,55 @@ pub enum PunchFailure {
     Closed,
 }
 
+impl core::fmt::Display for PunchFailure {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            PunchFailure::NoAnswer => f.write_str("the peer never answered the offer"),
+            PunchFailure::NoAcknowledgement => {
+                f.write_str("no acknowledgement from the peer before the meet time")
+            }
+            PunchFailure::TooUncertain { uncertainty, limit } => write!(
+                f,
+                "clock offset too uncertain: {} ms, limit {} ms",
+                uncertainty.as_millis(),
+                limit.as_millis()
+            ),
+            PunchFailure::TooLate => {
+                f.write_str("the meet time was too close when it became known")
+            }
+            PunchFailure::PeerAborted(reason) => {
+                write!(f, "the peer aborted the round: {}", abort_text(*reason))
+            }
+            PunchFailure::NoConnection {
+                connects,
+                refused,
+                failed,
+                came_up,
+            } => write!(
+                f,
+                "no connection in the punch window ({connects} connects: {refused} refused, \
+                 {failed} failed; {came_up} came up but lost)"
+            ),
+            PunchFailure::NoSockets(e) => write!(f, "no punch socket could be bound: {e}"),
+            PunchFailure::NoOffer => f.write_str("no offer from the peer for the next round"),
+            PunchFailure::BadClock(e) => write!(f, "clock exchange unusable: {e}"),
+            PunchFailure::Closed => f.write_str("closed"),
+        }
+    }
+}
+
+impl std::error::Error for PunchFailure {}
+
+/// Why the peer aborted, in words.
+fn abort_text(reason: AbortReason) -> &'static str {
+    match reason {
+        AbortReason::TooUncertain => "clocks too uncertain",
+        AbortReason::TooLate => "meet time too late",
+        AbortReason::Cancelled => "cancelled",
+        AbortReason::NoSockets => "no sockets",
+    }
+}
+
 /// What the punch machine reports.
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]

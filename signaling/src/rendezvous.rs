@@ -174,7 +174,7 @@ impl fmt::Display for SendError {
         match self {
             SendError::NoCommonBroker => f.write_str("none of the peer's brokers is configured"),
             SendError::Seal(e) => write!(f, "cannot seal: {e}"),
-            SendError::Refused(e) => write!(f, "every broker refused: {e:?}"),
+            SendError::Refused(e) => write!(f, "every broker refused: {e}"),
             SendError::Closed => f.write_str("closed"),
         }
     }

@@ -244,6 +244,8 @@ impl core::fmt::Display for Failure {
     }
 }
 
+impl std::error::Error for Failure {}
+
 /// The variant name of a punch failure.
 pub fn failure_name(f: &PunchFailure) -> &'static str {
     match f {

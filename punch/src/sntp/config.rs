@@ -68,7 +68,19 @@ pub enum ConfigError {
 
 impl core::fmt::Display for ConfigError {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        core::fmt::Debug::fmt(self, f)
+        match self {
+            ConfigError::ServerCount => write!(f, "sntp needs 1..={MAX_SERVERS} servers"),
+            ConfigError::SampleCount => {
+                write!(f, "samples per server must be 1..={MAX_SAMPLES_PER_SERVER}")
+            }
+            ConfigError::AttemptCount => {
+                write!(
+                    f,
+                    "attempts per sample must be 1..={MAX_ATTEMPTS_PER_SAMPLE}"
+                )
+            }
+            ConfigError::ZeroTimeout => f.write_str("reply timeout is 0"),
+        }
     }
 }
 
@@ -88,7 +100,13 @@ pub enum ApiError {
 
 impl core::fmt::Display for ApiError {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        core::fmt::Debug::fmt(self, f)
+        match self {
+            ApiError::SocketAlreadySet => f.write_str("the sntp client already has its socket"),
+            ApiError::AddressFamilyMismatch => {
+                f.write_str("server and socket address families differ")
+            }
+            ApiError::Closed => f.write_str("sntp client closed"),
+        }
     }
 }
 

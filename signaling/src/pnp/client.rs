@@ -190,6 +190,54 @@ pub enum PnpFailure {
     Closed,
 }
 
+impl fmt::Display for PnpFailure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            PnpFailure::Refused { code, detail } => {
+                write!(
+                    f,
+                    "refused by the server: {} (detail {detail})",
+                    refusal(*code)
+                )
+            }
+            PnpFailure::Timeout => f.write_str("no valid reply in time"),
+            PnpFailure::BadRecordSignature => {
+                f.write_str("record signature from the server does not verify")
+            }
+            PnpFailure::ExpiredRecord => f.write_str("server returned an expired record"),
+            PnpFailure::Mismatch => f.write_str("reply does not match the request"),
+            PnpFailure::MalformedReply => f.write_str("malformed reply"),
+            PnpFailure::Io { op, error } => write!(f, "{op} failed: {error}"),
+            PnpFailure::ConnectionClosed => {
+                f.write_str("server closed the connection before replying")
+            }
+            PnpFailure::Closed => f.write_str("client closed"),
+        }
+    }
+}
+
+impl std::error::Error for PnpFailure {}
+
+/// What a refusal code means, in words.
+fn refusal(code: ErrorCode) -> &'static str {
+    match code {
+        ErrorCode::NotFound => "no such name",
+        ErrorCode::NotOwner => "name owned by another key",
+        ErrorCode::StaleVersion => "version not newer than the stored one",
+        ErrorCode::QuotaExceeded => "quota of names per source exceeded",
+        ErrorCode::RateLimited => "rate limited",
+        ErrorCode::BadSignature => "record signature refused",
+        ErrorCode::Malformed => "request malformed",
+        ErrorCode::TooLarge => "too large",
+        ErrorCode::ServerBusy => "server busy",
+        ErrorCode::InvalidName => "invalid name",
+        ErrorCode::InvalidExpiry => "invalid expiry",
+        ErrorCode::PaddingRequired => "request needs padding",
+        ErrorCode::UnsupportedVersion => "unsupported protocol version",
+        ErrorCode::Unknown(_) => "unknown error code",
+    }
+}
+
 /// What the client reports. Every accepted command ends in exactly one event carrying its id.
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
