@@ -16,6 +16,7 @@
 #![warn(missing_docs)]
 
 pub mod clock;
+mod error;
 pub mod machine;
 pub mod message;
 pub mod node;
@@ -23,6 +24,7 @@ pub mod plan;
 pub mod sntp;
 
 pub use clock::{agree, propose, ClockError, MeetPolicy, MeetTime, PeerClock, Proposer, WallTime};
+pub use error::PunchApiError;
 pub use machine::{PunchConfig, PunchEvent, PunchFailure, Puncher};
 pub use message::{Candidate, Message, SessionId};
 pub use p2pd_proto::{Instant, Machine, SocketId};

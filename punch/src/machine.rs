@@ -44,6 +44,7 @@ use p2pd_proto::{
 };
 
 use crate::clock::{offset_and_delay, ClockError};
+use crate::error::PunchApiError;
 use crate::message::{
     AbortReason, Candidate, Hello, Message, MessageError, SessionId, CHOSEN, HELLO_LEN,
     MAX_CANDIDATES, NODE_ID_LEN,
@@ -435,15 +436,15 @@ impl Puncher {
         now: Instant,
         peer: NodeId,
         candidates: Vec<Candidate>,
-    ) -> Result<SessionId, &'static str> {
+    ) -> Result<SessionId, PunchApiError> {
         if self.closing {
-            return Err("closed");
+            return Err(PunchApiError::Closed);
         }
         if !matches!(self.phase, Phase::Idle) {
-            return Err("a session is in progress");
+            return Err(PunchApiError::InProgress);
         }
         if peer == self.config.node_id {
-            return Err("cannot punch to ourselves");
+            return Err(PunchApiError::PunchToSelf);
         }
         check_candidates(&candidates)?;
         let mut session = [0u8; 16];
@@ -463,12 +464,15 @@ impl Puncher {
         now: Instant,
         round: u8,
         candidates: Vec<Candidate>,
-    ) -> Result<(), &'static str> {
+    ) -> Result<(), PunchApiError> {
         if self.closing {
-            return Err("closed");
+            return Err(PunchApiError::Closed);
         }
         if round != self.round {
-            return Err("not the current round");
+            return Err(PunchApiError::WrongRound {
+                given: round,
+                current: self.round,
+            });
         }
         check_candidates(&candidates)?;
         match std::mem::replace(&mut self.phase, Phase::Finished) {
@@ -480,7 +484,7 @@ impl Puncher {
             }
             other => {
                 self.phase = other;
-                return Err("no candidates were asked for");
+                return Err(PunchApiError::CandidatesNotAsked);
             }
         }
         self.refresh_deadline();
@@ -1377,15 +1381,17 @@ impl Puncher {
     }
 }
 
-fn check_candidates(candidates: &[Candidate]) -> Result<(), &'static str> {
+fn check_candidates(candidates: &[Candidate]) -> Result<(), PunchApiError> {
     if candidates.is_empty() || candidates.len() > MAX_CANDIDATES {
-        return Err("1 to 16 candidates");
+        return Err(PunchApiError::CandidateCount {
+            count: candidates.len(),
+        });
     }
     if candidates
         .iter()
         .any(|c| c.local_port == 0 || c.external.port() == 0)
     {
-        return Err("candidate with port 0");
+        return Err(PunchApiError::CandidatePortZero);
     }
     Ok(())
 }

@@ -27,6 +27,7 @@ use p2pd_proto::{
 use p2pd_signaling::rendezvous::{Rendezvous, RendezvousConfig, RendezvousEvent};
 use p2pd_signaling::{Identity, PublicKey};
 
+use crate::error::PunchApiError;
 use crate::machine::{PunchConfig, PunchEvent, PunchFailure, Puncher};
 use crate::message::{Candidate, TAG};
 use crate::plan::{pick_local_ports, plan_candidates, NatView, Observation};
@@ -278,12 +279,12 @@ impl PunchNode {
     }
 
     /// Starts punching to `peer`: probes first, then the offer.
-    pub fn punch(&mut self, now: Instant, peer: PublicKey) -> Result<(), &'static str> {
+    pub fn punch(&mut self, now: Instant, peer: PublicKey) -> Result<(), PunchApiError> {
         if self.closing {
-            return Err("closed");
+            return Err(PunchApiError::Closed);
         }
         if self.peer.is_some() || self.pending.is_some() {
-            return Err("a punch is already in progress");
+            return Err(PunchApiError::InProgress);
         }
         self.peer = Some(peer);
         self.probe_attempts = 0;
@@ -296,16 +297,19 @@ impl PunchNode {
     /// closed, after [`PunchNode::finish`], or when the queue is full. The peer's EOF
     /// ([`NodeEvent::StreamClosed`] with [`PunchNode::is_connected`] still true) does not stop
     /// sending.
-    pub fn send(&mut self, now: Instant, bytes: &[u8]) -> Result<(), &'static str> {
-        let stream = self.stream.as_mut().ok_or("not connected")?;
+    pub fn send(&mut self, now: Instant, bytes: &[u8]) -> Result<(), PunchApiError> {
+        let stream = self.stream.as_mut().ok_or(PunchApiError::NotConnected)?;
         if stream.closed {
-            return Err("the stream is closed");
+            return Err(PunchApiError::StreamClosed);
         }
         if stream.finishing {
-            return Err("the sending side is finished");
+            return Err(PunchApiError::Finished);
         }
         if stream.out.len().saturating_add(bytes.len()) > MAX_SEND_QUEUE {
-            return Err("send queue full");
+            return Err(PunchApiError::SendQueueFull {
+                queued: stream.out.len(),
+                len: bytes.len(),
+            });
         }
         stream.out.extend(bytes.iter().copied());
         self.pump(now);
@@ -318,10 +322,10 @@ impl PunchNode {
     /// EOF. We keep receiving: [`NodeEvent::Data`] until the peer's own EOF,
     /// [`NodeEvent::StreamClosed`]; then [`PunchNode::close`]. [`PunchNode::send`] fails from now
     /// on. Idempotent; `Err` before the stream is up and after it failed or the node closed.
-    pub fn finish(&mut self, now: Instant) -> Result<(), &'static str> {
-        let stream = self.stream.as_mut().ok_or("not connected")?;
+    pub fn finish(&mut self, now: Instant) -> Result<(), PunchApiError> {
+        let stream = self.stream.as_mut().ok_or(PunchApiError::NotConnected)?;
         if stream.closed {
-            return Err("the stream is closed");
+            return Err(PunchApiError::StreamClosed);
         }
         stream.finishing = true;
         self.pump(now);
@@ -630,17 +634,17 @@ impl PunchNode {
             round,
             candidates: candidates.clone(),
         });
-        let result = match pending {
+        let accepted = match pending {
             Pending::Initiate => match self.peer {
                 Some(peer) => self
                     .puncher
                     .initiate(now, peer.node_id().0, candidates)
-                    .map(|_| ()),
-                None => Err("no peer"),
+                    .is_ok(),
+                None => false,
             },
-            Pending::Provide(r) => self.puncher.provide_candidates(now, r, candidates),
+            Pending::Provide(r) => self.puncher.provide_candidates(now, r, candidates).is_ok(),
         };
-        if result.is_err() {
+        if !accepted {
             self.puncher.close(now);
         }
         true
@@ -1026,5 +1030,22 @@ mod tests {
             ),
             "{events:?}"
         );
+    }
+
+    #[test]
+    fn api_misuse_is_a_typed_error() {
+        let mut n = node(None, 1);
+        assert_eq!(
+            n.send(Instant::ZERO, b"x"),
+            Err(PunchApiError::NotConnected)
+        );
+        assert_eq!(n.finish(Instant::ZERO), Err(PunchApiError::NotConnected));
+        n.punch(Instant::ZERO, peer()).unwrap();
+        assert_eq!(
+            n.punch(Instant::ZERO, peer()),
+            Err(PunchApiError::InProgress)
+        );
+        n.close(Instant::ZERO);
+        assert_eq!(n.punch(Instant::ZERO, peer()), Err(PunchApiError::Closed));
     }
 }
