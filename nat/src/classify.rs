@@ -172,7 +172,7 @@ pub struct Probe {
 /// Why the classifier gave no answer.
 #[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]
 #[non_exhaustive]
-pub enum InconclusiveReason {
+pub enum ClassifyInconclusive {
     /// No server produced a complete, consistent set of results.
     NoUsableServer,
     /// Servers gave different mapping results.
@@ -207,7 +207,7 @@ pub enum Classification {
     /// No server answered anything.
     Blocked,
     /// No safe answer.
-    Inconclusive(InconclusiveReason),
+    Inconclusive(ClassifyInconclusive),
 }
 
 /// The full report: the answer, the public addresses seen and every probe.
@@ -780,7 +780,7 @@ impl Classifier {
             && matches!(
                 report.verdict,
                 crate::delta::DeltaVerdict::Inconclusive {
-                    reason: crate::delta::InconclusiveReason::NeedConsecutiveRound
+                    reason: crate::delta::DeltaInconclusive::NeedConsecutiveRound
                 }
             );
         self.allocation_report = Some(report);
@@ -869,7 +869,7 @@ impl Classifier {
         let (mappings, filterings) = self.verdicts();
         let classification = if deadline && mappings.is_empty() {
             if any_reply {
-                Classification::Inconclusive(InconclusiveReason::Deadline)
+                Classification::Inconclusive(ClassifyInconclusive::Deadline)
             } else {
                 Classification::Blocked
             }
@@ -986,16 +986,16 @@ impl Classifier {
 
     fn decide(&self, mappings: &[Mapping], filterings: &[Filtering]) -> Classification {
         let (Some(&mapping), Some(&filtering)) = (mappings.first(), filterings.first()) else {
-            return Classification::Inconclusive(InconclusiveReason::NoUsableServer);
+            return Classification::Inconclusive(ClassifyInconclusive::NoUsableServer);
         };
         if mappings.iter().any(|m| *m != mapping) {
-            return Classification::Inconclusive(InconclusiveReason::MappingDisagrees);
+            return Classification::Inconclusive(ClassifyInconclusive::MappingDisagrees);
         }
         if filterings.iter().any(|f| *f != filtering) {
-            return Classification::Inconclusive(InconclusiveReason::FilteringDisagrees);
+            return Classification::Inconclusive(ClassifyInconclusive::FilteringDisagrees);
         }
         if self.false_negative_chance() > self.config.max_false_negative {
-            return Classification::Inconclusive(InconclusiveReason::SilenceNotConclusive);
+            return Classification::Inconclusive(ClassifyInconclusive::SilenceNotConclusive);
         }
         // Endpoint-independent mapping must hold across servers too.
         let primaries: Vec<SocketAddr> = self
@@ -1007,13 +1007,13 @@ impl Classifier {
         if mapping == Mapping::EndpointIndependent
             && primaries.windows(2).any(|w| w.first() != w.get(1))
         {
-            return Classification::Inconclusive(InconclusiveReason::MappingDisagrees);
+            return Classification::Inconclusive(ClassifyInconclusive::MappingDisagrees);
         }
         let local = self.mapping_socket.and_then(|s| self.client.local_addr(s));
         let translated = match (primaries.first(), local) {
             (Some(mapped), Some(local)) if !local.ip().is_unspecified() => *mapped != local,
             (Some(mapped), Some(local)) if mapped.port() == local.port() => {
-                return Classification::Inconclusive(InconclusiveReason::LocalAddressUnknown)
+                return Classification::Inconclusive(ClassifyInconclusive::LocalAddressUnknown)
             }
             _ => true,
         };

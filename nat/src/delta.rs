@@ -274,7 +274,7 @@ pub struct RoundEvidence {
 
 /// Why the scorer would not answer.
 #[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]
-pub enum InconclusiveReason {
+pub enum DeltaInconclusive {
     /// Too few replies or pairs in this round to confirm or refute.
     TooLittleEvidence {
         /// The round lacking evidence.
@@ -324,7 +324,7 @@ pub enum DeltaVerdict {
     /// Not enough evidence, or evidence that disagrees.
     Inconclusive {
         /// Why.
-        reason: InconclusiveReason,
+        reason: DeltaInconclusive,
     },
 }
 
@@ -389,7 +389,7 @@ pub fn delta_test(
     if let Some(m) = cfg.cross_check.filter(|m| *m != cfg.modulus) {
         let other = score(&cfg.with_modulus(m)).verdict;
         if report.verdict.is_conclusive() && !agree(report.verdict, cfg.modulus, other, m) {
-            report.verdict = inconclusive(InconclusiveReason::WrapAmbiguous);
+            report.verdict = inconclusive(DeltaInconclusive::WrapAmbiguous);
         }
     }
     report
@@ -587,7 +587,7 @@ pub fn score_round(
 enum Status {
     Confirmed,
     Refuted,
-    Undetermined(InconclusiveReason),
+    Undetermined(DeltaInconclusive),
 }
 
 fn judge(
@@ -601,14 +601,14 @@ fn judge(
     let majority = u64::from(support).saturating_mul(2) > u64::from(of);
     if support >= t && majority {
         if varied == Some(false) {
-            Status::Undetermined(InconclusiveReason::LocalPortsDidNotVary)
+            Status::Undetermined(DeltaInconclusive::LocalPortsDidNotVary)
         } else {
             Status::Confirmed
         }
     } else if of >= t && !majority {
         Status::Refuted
     } else {
-        Status::Undetermined(InconclusiveReason::TooLittleEvidence { round })
+        Status::Undetermined(DeltaInconclusive::TooLittleEvidence { round })
     }
 }
 
@@ -643,7 +643,7 @@ fn refutes(cfg: &DeltaConfig, round: &RoundEvidence, verdict: DeltaVerdict) -> b
     status == Status::Refuted
 }
 
-const fn inconclusive(reason: InconclusiveReason) -> DeltaVerdict {
+const fn inconclusive(reason: DeltaInconclusive) -> DeltaVerdict {
     DeltaVerdict::Inconclusive { reason }
 }
 
@@ -654,7 +654,7 @@ pub fn decide(
     random: &RoundEvidence,
     consecutive: Option<&RoundEvidence>,
 ) -> DeltaVerdict {
-    use InconclusiveReason as R;
+    use DeltaInconclusive as R;
     if random.local_ports != LocalPorts::Random
         || consecutive.is_some_and(|c| c.local_ports != LocalPorts::Consecutive)
     {
@@ -844,7 +844,7 @@ mod tests {
         assert_eq!(
             v,
             DeltaVerdict::Inconclusive {
-                reason: InconclusiveReason::LocalPortsDidNotVary
+                reason: DeltaInconclusive::LocalPortsDidNotVary
             }
         );
         // With random local ports in round 1 (as p2pd really sends them) the answer is DEPENDENT 20.
@@ -861,7 +861,7 @@ mod tests {
         assert_eq!(
             delta_test(&T5, &r1, None).verdict,
             DeltaVerdict::Inconclusive {
-                reason: InconclusiveReason::NeedConsecutiveRound
+                reason: DeltaInconclusive::NeedConsecutiveRound
             }
         );
     }
@@ -878,7 +878,7 @@ mod tests {
         assert_eq!(
             v,
             DeltaVerdict::Inconclusive {
-                reason: InconclusiveReason::TooLittleEvidence {
+                reason: DeltaInconclusive::TooLittleEvidence {
                     round: LocalPorts::Consecutive
                 }
             }
@@ -907,7 +907,7 @@ mod tests {
         assert_eq!(
             delta_test(&cfg, &consecutive, Some(&consecutive)).verdict,
             DeltaVerdict::Inconclusive {
-                reason: InconclusiveReason::LocalPortsDidNotVary
+                reason: DeltaInconclusive::LocalPortsDidNotVary
             }
         );
         // The same NAT probed from random local ports: a fixed offset of 1000.
@@ -983,7 +983,7 @@ mod tests {
         assert_eq!(
             report.verdict,
             DeltaVerdict::Inconclusive {
-                reason: InconclusiveReason::TooLittleEvidence {
+                reason: DeltaInconclusive::TooLittleEvidence {
                     round: LocalPorts::Random
                 }
             }
@@ -1093,7 +1093,7 @@ mod tests {
         assert_eq!(
             delta_test(&cfg, &r1, Some(&bad)).verdict,
             DeltaVerdict::Inconclusive {
-                reason: InconclusiveReason::Contradictory
+                reason: DeltaInconclusive::Contradictory
             }
         );
         // Rounds passed the wrong way round.
@@ -1101,7 +1101,7 @@ mod tests {
         assert_eq!(
             decide(&cfg, &e1, None),
             DeltaVerdict::Inconclusive {
-                reason: InconclusiveReason::WrongRound
+                reason: DeltaInconclusive::WrongRound
             }
         );
         assert_eq!(DeltaConfig::for_probes(12), DeltaConfig::P2PD);

@@ -42,16 +42,17 @@ pub use behaviour::{
     PortRange,
 };
 pub use classify::{
-    Classification, Classifier, ClassifierConfig, ClassifierEvent, Report, ServerSpec,
+    Classification, Classifier, ClassifierConfig, ClassifierEvent, ClassifyInconclusive, Report,
+    ServerSpec,
 };
 pub use delta::{
-    decide, delta_test, score_round, DeltaConfig, DeltaReport, DeltaVerdict, InconclusiveReason,
+    decide, delta_test, score_round, DeltaConfig, DeltaInconclusive, DeltaReport, DeltaVerdict,
     LocalPorts, Observation, RoundEvidence, Tally,
 };
 pub use p2pd_proto::stun::ChangeRequest;
 pub use p2pd_proto::{Instant, Machine};
 pub use predict::{
-    local_for_external, predict, Candidate, PortMapping, PredictConfig, CONFIDENCE_DEPENDENT,
+    local_for_external, predict, PortCandidate, PortMapping, PredictConfig, CONFIDENCE_DEPENDENT,
     CONFIDENCE_EXACT, CONFIDENCE_SEQUENTIAL, MAX_CANDIDATES,
 };
 pub use servers::{

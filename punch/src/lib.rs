@@ -26,6 +26,9 @@ pub mod sntp;
 pub use clock::{agree, propose, ClockError, MeetPolicy, MeetTime, PeerClock, Proposer, WallTime};
 pub use error::PunchApiError;
 pub use machine::{PunchConfig, PunchEvent, PunchFailure, Puncher};
-pub use message::{Candidate, Message, SessionId};
+pub use message::{Message, PunchCandidate, SessionId};
 pub use p2pd_proto::{Instant, Machine, SocketId};
-pub use sntp::{ClockEstimate, SntpClient, SntpConfig, SntpEvent, SntpFailure};
+pub use p2pd_signaling::NodeId;
+pub use sntp::{
+    ClockEstimate, SntpApiError, SntpClient, SntpConfig, SntpConfigError, SntpEvent, SntpFailure,
+};

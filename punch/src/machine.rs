@@ -46,12 +46,10 @@ use p2pd_proto::{
 use crate::clock::{offset_and_delay, ClockError};
 use crate::error::PunchApiError;
 use crate::message::{
-    AbortReason, Candidate, Hello, Message, MessageError, SessionId, CHOSEN, HELLO_LEN,
-    MAX_CANDIDATES, NODE_ID_LEN,
+    AbortReason, Hello, Message, MessageError, PunchCandidate, SessionId, CHOSEN, HELLO_LEN,
+    MAX_CANDIDATES,
 };
-
-/// A node id as the punch machine sees it.
-pub type NodeId = [u8; NODE_ID_LEN];
+use p2pd_signaling::NodeId;
 
 /// How the punch machine runs. Build with [`PunchConfig::new`].
 #[derive(Clone, Debug)]
@@ -305,7 +303,7 @@ enum Phase {
     InitiatorNeedsCandidates,
     /// Initiator: offer sent, waiting for the answer.
     Offering {
-        candidates: Vec<Candidate>,
+        candidates: Vec<PunchCandidate>,
         sent_t1: Vec<u64>,
         attempts: u32,
         next_resend: Instant,
@@ -316,14 +314,14 @@ enum Phase {
     ResponderNeedsCandidates {
         t1: u64,
         t2: u64,
-        peer: Vec<Candidate>,
+        peer: Vec<PunchCandidate>,
     },
     /// Responder: answered, waiting for the acknowledgement.
     AwaitingAck {
         answer: Vec<u8>,
         meet_ns: u64,
-        ours: Vec<Candidate>,
-        peer: Vec<Candidate>,
+        ours: Vec<PunchCandidate>,
+        peer: Vec<PunchCandidate>,
     },
     /// Both agreed; sockets are bound and fire at `meet`.
     Punching(Box<Punch>),
@@ -435,7 +433,7 @@ impl Puncher {
         &mut self,
         now: Instant,
         peer: NodeId,
-        candidates: Vec<Candidate>,
+        candidates: Vec<PunchCandidate>,
     ) -> Result<SessionId, PunchApiError> {
         if self.closing {
             return Err(PunchApiError::Closed);
@@ -463,7 +461,7 @@ impl Puncher {
         &mut self,
         now: Instant,
         round: u8,
-        candidates: Vec<Candidate>,
+        candidates: Vec<PunchCandidate>,
     ) -> Result<(), PunchApiError> {
         if self.closing {
             return Err(PunchApiError::Closed);
@@ -651,7 +649,7 @@ impl Puncher {
         Verdict::Dropped(DropReason::Duplicate)
     }
 
-    fn on_offer(&mut self, now: Instant, t1: u64, peer: Vec<Candidate>) -> Verdict {
+    fn on_offer(&mut self, now: Instant, t1: u64, peer: Vec<PunchCandidate>) -> Verdict {
         let t2 = self.wall_ns(now);
         self.phase = Phase::ResponderNeedsCandidates { t1, t2, peer };
         self.events
@@ -662,7 +660,7 @@ impl Puncher {
     fn send_offer(
         &mut self,
         now: Instant,
-        candidates: Vec<Candidate>,
+        candidates: Vec<PunchCandidate>,
         mut sent: Vec<u64>,
         attempts: u32,
     ) {
@@ -693,8 +691,8 @@ impl Puncher {
         now: Instant,
         t1: u64,
         t2: u64,
-        ours: Vec<Candidate>,
-        peer: Vec<Candidate>,
+        ours: Vec<PunchCandidate>,
+        peer: Vec<PunchCandidate>,
     ) {
         let t3 = self.wall_ns(now);
         let meet_ns = t3.saturating_add(duration_ns(self.config.lead));
@@ -720,7 +718,7 @@ impl Puncher {
         };
     }
 
-    fn on_answer(&mut self, now: Instant, t: [u64; 3], meet_ns: u64, peer: Vec<Candidate>) {
+    fn on_answer(&mut self, now: Instant, t: [u64; 3], meet_ns: u64, peer: Vec<PunchCandidate>) {
         let [t1, t2, t3] = t;
         let t4 = self.wall_ns(now);
         let clock = match exchange_clock([t1, t2, t3, t4], self.config.drift_allowance) {
@@ -855,8 +853,8 @@ impl Puncher {
         now: Instant,
         meet: Instant,
         uncertainty: Duration,
-        ours: Vec<Candidate>,
-        peer: Vec<Candidate>,
+        ours: Vec<PunchCandidate>,
+        peer: Vec<PunchCandidate>,
     ) {
         let mut ports: Vec<u16> = Vec::new();
         for c in &ours {
@@ -1381,7 +1379,7 @@ impl Puncher {
     }
 }
 
-fn check_candidates(candidates: &[Candidate]) -> Result<(), PunchApiError> {
+fn check_candidates(candidates: &[PunchCandidate]) -> Result<(), PunchApiError> {
     if candidates.is_empty() || candidates.len() > MAX_CANDIDATES {
         return Err(PunchApiError::CandidateCount {
             count: candidates.len(),

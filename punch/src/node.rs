@@ -25,11 +25,11 @@ use p2pd_proto::{
     TRANSMIT_BUFFER_LEN,
 };
 use p2pd_signaling::rendezvous::{Rendezvous, RendezvousConfig, RendezvousEvent};
-use p2pd_signaling::{Identity, PublicKey};
+use p2pd_signaling::{Identity, NodeId, PublicKey, NODE_ID_LEN};
 
 use crate::error::PunchApiError;
 use crate::machine::{PunchConfig, PunchEvent, PunchFailure, Puncher};
-use crate::message::{Candidate, TAG};
+use crate::message::{PunchCandidate, TAG};
 use crate::plan::{pick_local_ports, plan_candidates, NatView, Observation};
 
 /// The puncher's first socket id.
@@ -70,7 +70,7 @@ impl PunchNodeConfig {
         let epoch_ns = rendezvous.unix_epoch_ms.saturating_mul(1_000_000);
         PunchNodeConfig {
             rendezvous,
-            punch: PunchConfig::new([0; 20], epoch_ns),
+            punch: PunchConfig::new(NodeId([0; NODE_ID_LEN]), epoch_ns),
             stun_server,
             nat: None,
             ports_per_round: 1,
@@ -91,7 +91,7 @@ pub enum NodeEvent {
         /// The round.
         round: u8,
         /// Our candidates.
-        candidates: Vec<Candidate>,
+        candidates: Vec<PunchCandidate>,
     },
     /// A probe failed (its port is left out of the round).
     ProbeFailed {
@@ -245,10 +245,10 @@ impl PunchNode {
         identity: Identity,
         seed: u64,
         now: Instant,
-    ) -> Result<Self, p2pd_signaling::rendezvous::ConfigError> {
+    ) -> Result<Self, p2pd_signaling::rendezvous::RendezvousConfigError> {
         let mut rng = Rng::from_seed(seed);
         config.rendezvous.socket_base = SocketId(0);
-        config.punch.node_id = identity.node_id().0;
+        config.punch.node_id = identity.node_id();
         config.punch.unix_epoch_ns = config.rendezvous.unix_epoch_ms.saturating_mul(1_000_000);
         config.punch.socket_base = SocketId(PUNCH_SOCKET_BASE);
         config.punch.socket_ids = PROBE_SOCKET_BASE.saturating_sub(PUNCH_SOCKET_BASE);
@@ -495,7 +495,7 @@ impl PunchNode {
                     self.peer = Some(from);
                 }
                 if self.peer == Some(from) {
-                    let _ = self.puncher.handle_signal(now, from.node_id().0, &payload);
+                    let _ = self.puncher.handle_signal(now, from.node_id(), &payload);
                 }
             }
             RendezvousEvent::Closed => self.rendezvous_closed = true,
@@ -638,7 +638,7 @@ impl PunchNode {
             Pending::Initiate => match self.peer {
                 Some(peer) => self
                     .puncher
-                    .initiate(now, peer.node_id().0, candidates)
+                    .initiate(now, peer.node_id(), candidates)
                     .is_ok(),
                 None => false,
             },

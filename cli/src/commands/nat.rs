@@ -19,7 +19,7 @@ use std::ops::ControlFlow;
 use std::time::Duration;
 
 use clap::Args;
-use p2pd_nat::classify::{InconclusiveReason, Probe, ProbeKind, ProbeOutcome};
+use p2pd_nat::classify::{ClassifyInconclusive, Probe, ProbeKind, ProbeOutcome};
 use p2pd_nat::{
     default_servers, Behaviour, Classification, Classifier, ClassifierConfig, ClassifierEvent,
     Filtering, Mapping, Report, ServerEntry, ServerId, ServerSpec,
@@ -352,28 +352,28 @@ fn filtering_name(f: Filtering) -> &'static str {
     }
 }
 
-fn reason_name(r: InconclusiveReason) -> &'static str {
+fn reason_name(r: ClassifyInconclusive) -> &'static str {
     match r {
-        InconclusiveReason::NoUsableServer => {
+        ClassifyInconclusive::NoUsableServer => {
             "no server gave a complete, consistent set of results"
         }
-        InconclusiveReason::MappingDisagrees => "servers disagree about the mapping",
-        InconclusiveReason::FilteringDisagrees => "servers disagree about the filtering",
-        InconclusiveReason::LocalAddressUnknown => {
+        ClassifyInconclusive::MappingDisagrees => "servers disagree about the mapping",
+        ClassifyInconclusive::FilteringDisagrees => "servers disagree about the filtering",
+        ClassifyInconclusive::LocalAddressUnknown => {
             "the mapped address equals the local port but the local IP is unknown"
         }
-        InconclusiveReason::Deadline => "the deadline passed first",
+        ClassifyInconclusive::Deadline => "the deadline passed first",
         _ => "unknown reason",
     }
 }
 
-fn reason_key(r: InconclusiveReason) -> &'static str {
+fn reason_key(r: ClassifyInconclusive) -> &'static str {
     match r {
-        InconclusiveReason::NoUsableServer => "no-usable-server",
-        InconclusiveReason::MappingDisagrees => "mapping-disagrees",
-        InconclusiveReason::FilteringDisagrees => "filtering-disagrees",
-        InconclusiveReason::LocalAddressUnknown => "local-address-unknown",
-        InconclusiveReason::Deadline => "deadline",
+        ClassifyInconclusive::NoUsableServer => "no-usable-server",
+        ClassifyInconclusive::MappingDisagrees => "mapping-disagrees",
+        ClassifyInconclusive::FilteringDisagrees => "filtering-disagrees",
+        ClassifyInconclusive::LocalAddressUnknown => "local-address-unknown",
+        ClassifyInconclusive::Deadline => "deadline",
         _ => "other",
     }
 }

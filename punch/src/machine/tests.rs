@@ -1,18 +1,19 @@
 //! Regressions found by the `punch_session` fuzz target.
 
 use super::*;
+use crate::message::NODE_ID_LEN;
 use p2pd_proto::Machine;
 
-const US: NodeId = [1; NODE_ID_LEN];
-const PEER: NodeId = [2; NODE_ID_LEN];
+const US: NodeId = NodeId([1; NODE_ID_LEN]);
+const PEER: NodeId = NodeId([2; NODE_ID_LEN]);
 const EPOCH: u64 = 1_700_000_000_000_000_000;
 
 fn ms(n: u64) -> Instant {
     Instant::from_millis(n)
 }
 
-fn cand(local_port: u16, external: &str) -> Candidate {
-    Candidate {
+fn cand(local_port: u16, external: &str) -> PunchCandidate {
+    PunchCandidate {
         local_port,
         external: external.parse().unwrap(),
     }
@@ -62,7 +63,7 @@ fn bound(m: &mut Puncher, now: Instant, id: SocketId) -> Out {
 /// time and the Bind ids (the listener first, then one dialer per pair).
 fn armed(
     config: PunchConfig,
-    peer_candidates: Vec<Candidate>,
+    peer_candidates: Vec<PunchCandidate>,
 ) -> (Puncher, Instant, Vec<SocketId>) {
     let mut m = Puncher::new(config, 7);
     let session = m
