@@ -65,7 +65,8 @@
 //! assert_eq!(done.outcome.unwrap().mapped, client_addr);
 //! ```
 //!
-//! Runtimes and simulators do the same through [`Machine`] and [`drain`].
+//! Runtimes and simulators run this loop through [`Machine`]; [`drain`] is the loop as a function
+//! (the simulator uses it).
 #![forbid(unsafe_code)]
 // Strict lints: [workspace.lints] in the root Cargo.toml. Unit tests may also do unchecked
 // arithmetic (clippy.toml lets them unwrap, expect, panic and index).

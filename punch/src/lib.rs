@@ -1,7 +1,26 @@
 //! # p2pd-punch
 //!
-//! TCP hole punching: clock offset, meet-time agreement and the punch machine. Filled in by the punching
-//! issue; today it only fixes the crate's place and lints in the workspace.
+//! TCP hole punching between two nodes behind NATs, as sans-IO machines (no I/O, no clock, seeded
+//! RNG; time and wall-clock epochs are passed in):
+//!
+//! - [`Puncher`] ([`machine`]): the punch itself. Offer / answer / acknowledge over signaling, a
+//!   meet time both clocks agree on, sockets bound with reuse flags ahead of it, timed
+//!   simultaneous connects plus a listener per port, a hello on every connection that elects one,
+//!   retried rounds with fresh candidates. It ends in [`PunchEvent::Connected`] (the stream is
+//!   the caller's) or a typed [`PunchFailure`].
+//! - [`node::PunchNode`]: a whole punching node in one machine: signaling
+//!   ([`p2pd_signaling::Rendezvous`] over MQTT brokers), a STUN-over-TCP probe per punch port to
+//!   learn its mapping, the [`Puncher`], and afterwards the punched stream (send, half-close,
+//!   bytes in). The CLI's `p2pd punch` is this machine on the mio runtime.
+//! - [`message`]: the punch signaling messages ([`Message`], [`PunchCandidate`]s) and the hello on
+//!   punched connections; [`plan`]: local port choice and external port prediction from the NAT's
+//!   behaviour.
+//! - [`clock`]: peer clock offset from a four-timestamp exchange and meet-time agreement with an
+//!   explicit uncertainty; [`sntp`]: the SNTP client machine ([`SntpClient`]) that measures our
+//!   own wall clock against NTP servers.
+//!
+//! Node ids are signaling's [`NodeId`] (the smaller id leads). API misuse is a
+//! [`PunchApiError`]; protocol failures are events.
 #![forbid(unsafe_code)]
 // Strict lints: [workspace.lints] in the root Cargo.toml. Unit tests may also do unchecked
 // arithmetic (clippy.toml lets them unwrap, expect, panic and index).
