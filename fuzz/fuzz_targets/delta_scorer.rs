@@ -7,7 +7,7 @@
 use arbitrary::Arbitrary;
 use libfuzzer_sys::fuzz_target;
 use p2pd_nat::{
-    delta_test, predict, DeltaConfig, DeltaVerdict, InconclusiveReason, Observation, PortMapping,
+    delta_test, predict, DeltaConfig, DeltaVerdict, DeltaInconclusive, Observation, PortMapping,
     PortRange, PredictConfig, RoundEvidence, MAX_CANDIDATES,
 };
 use p2pd_proto::Rng;
@@ -110,7 +110,7 @@ fuzz_target!(|input: Input| {
             assert!(!majority(ev.equal, ev.replies));
         }
         DeltaVerdict::Inconclusive { reason } => {
-            if reason == InconclusiveReason::NeedConsecutiveRound {
+            if reason == DeltaInconclusive::NeedConsecutiveRound {
                 assert!(report.consecutive.is_none());
             }
         }
@@ -124,8 +124,8 @@ fuzz_target!(|input: Input| {
                 || matches!(
                     report.verdict,
                     DeltaVerdict::Inconclusive {
-                        reason: InconclusiveReason::Contradictory
-                            | InconclusiveReason::WrapAmbiguous
+                        reason: DeltaInconclusive::Contradictory
+                            | DeltaInconclusive::WrapAmbiguous
                     }
                 ),
             "{alone:?} vs {:?}",

@@ -25,9 +25,10 @@ use p2pd_proto::{
     Instant, IoError, OpKind, SocketId, SocketOp, SocketOutcome, Transport, TRANSMIT_BUFFER_LEN,
 };
 use p2pd_punch::message::{AbortReason, Hello, CHOSEN, HELLO_LEN, NODE_ID_LEN};
-use p2pd_punch::{Candidate, Message, PunchConfig, PunchEvent, Puncher, SessionId};
+use p2pd_punch::{Message, PunchCandidate, PunchConfig, PunchEvent, Puncher, SessionId};
+use p2pd_signaling::NodeId;
 
-const PEER: [u8; NODE_ID_LEN] = [0x20; NODE_ID_LEN];
+const PEER: NodeId = NodeId([0x20; NODE_ID_LEN]);
 const BASE: u32 = 1000;
 
 #[derive(Arbitrary, Debug, Clone, Copy)]
@@ -272,7 +273,7 @@ enum St {
 struct H {
     m: Puncher,
     now: Instant,
-    ours: [u8; NODE_ID_LEN],
+    ours: NodeId,
     bind_ip: IpAddr,
     epoch_ns: u64,
     max_sockets: usize,
@@ -287,7 +288,7 @@ struct H {
     last_signal: Option<Vec<u8>>,
     need_round: u8,
     round: u8,
-    peer: Option<[u8; NODE_ID_LEN]>,
+    peer: Option<NodeId>,
     terminal: bool,
     closed_event: bool,
 }
@@ -305,11 +306,11 @@ impl H {
         self.epoch_ns.saturating_add(self.now.as_nanos())
     }
 
-    fn from(&self, f: FromSel) -> [u8; NODE_ID_LEN] {
+    fn from(&self, f: FromSel) -> NodeId {
         match f {
             FromSel::Peer => PEER,
             FromSel::Ourselves => self.ours,
-            FromSel::Other(b) => [b; NODE_ID_LEN],
+            FromSel::Other(b) => NodeId([b; NODE_ID_LEN]),
         }
     }
 
@@ -324,7 +325,7 @@ impl H {
         }
     }
 
-    fn cands(&self, c: &Cands) -> Vec<Candidate> {
+    fn cands(&self, c: &Cands) -> Vec<PunchCandidate> {
         match c {
             Cands::Good(n, base) => {
                 let n = usize::from(*n % 4) + 1;
@@ -336,7 +337,7 @@ impl H {
                         } else {
                             IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, i as u16 + 1))
                         };
-                        Candidate {
+                        PunchCandidate {
                             local_port: 20_000 + (i as u16 % 2),
                             external: SocketAddr::new(ip, port),
                         }
@@ -346,7 +347,7 @@ impl H {
             Cands::Any(list) => list
                 .iter()
                 .take(20)
-                .map(|c| Candidate {
+                .map(|c| PunchCandidate {
                     local_port: c.local_port,
                     external: SocketAddr::new(
                         if c.v6 {
@@ -404,7 +405,7 @@ impl H {
                     assert_eq!(*tx, HELLO_LEN, "at most a hello and a marker");
                     assert_eq!(bytes, &[CHOSEN], "the marker follows the hello");
                     assert!(
-                        self.ours < self.peer.unwrap_or([0xff; NODE_ID_LEN]),
+                        self.ours < self.peer.unwrap_or(NodeId([0xff; NODE_ID_LEN])),
                         "only the leader writes the marker"
                     );
                 }
@@ -575,7 +576,7 @@ impl H {
         self.drain();
     }
 
-    fn signal(&mut self, from: [u8; NODE_ID_LEN], payload: &[u8]) {
+    fn signal(&mut self, from: NodeId, payload: &[u8]) {
         let before = self.m.session();
         let _ = self.m.handle_signal(self.now, from, payload);
         // An offer that starts a session (idle, or glare) makes its sender the peer.
@@ -587,7 +588,7 @@ impl H {
         self.drain();
     }
 
-    fn message(&mut self, from: [u8; NODE_ID_LEN], msg: Message) {
+    fn message(&mut self, from: NodeId, msg: Message) {
         if let Ok(bytes) = msg.encode() {
             self.signal(from, &bytes);
         }
@@ -932,7 +933,7 @@ impl H {
                     HelloKind::Valid | HelloKind::BadMagic => {}
                     HelloKind::WrongSession => hello.session.0[3] ^= 1,
                     HelloKind::WrongRound => hello.round ^= 1,
-                    HelloKind::WrongNode => hello.node_id[0] ^= 1,
+                    HelloKind::WrongNode => hello.node_id.0[0] ^= 1,
                 }
                 let mut bytes = hello.encode().to_vec();
                 if matches!(kind, HelloKind::BadMagic) {
@@ -1089,9 +1090,9 @@ impl H {
 fuzz_target!(|input: Input| {
     let s = &input.setup;
     let ours = if s.leader {
-        [0x10; NODE_ID_LEN]
+        NodeId([0x10; NODE_ID_LEN])
     } else {
-        [0x30; NODE_ID_LEN]
+        NodeId([0x30; NODE_ID_LEN])
     };
     let epoch_ns = u64::from(s.epoch_s) * 1_000_000_000;
     let mut config = PunchConfig::new(ours, epoch_ns);

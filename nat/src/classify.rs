@@ -18,6 +18,11 @@
 //! control succeeded and the request was retransmitted on a schedule scaled to the measured RTT, and
 //! only if every server agrees: servers that disagree, or lie about their other address, make the
 //! result `Inconclusive`, never a guess.
+//!
+//! This module is the probing machine ([`Classifier`]): sockets, probes, follow-ups, the
+//! port-allocation rounds and the deadline. The answer itself is a pure function of the probes
+//! (module `decide`, with its rules written out there): [`Classification`], and the confidence in
+//! [`Report::confidence`].
 
 use core::net::{IpAddr, SocketAddr};
 use core::time::Duration;
@@ -31,10 +36,15 @@ use p2pd_proto::client::{
 use p2pd_proto::stun::ChangeRequest;
 use p2pd_proto::{BindOptions, Instant, SocketId, SocketOp, SocketOutcome, Transmit, Verdict};
 
-use crate::behaviour::{Behaviour, Filtering, Mapping};
+use crate::behaviour::{Behaviour, Filtering};
 use crate::delta::{delta_test, DeltaConfig, DeltaReport, Observation};
 use crate::servers::{ServerId, ServerList};
 use p2pd_proto::Rng;
+
+mod decide;
+
+use decide::{filtering_of, mapped_of, mapping_of, Evidence};
+pub use decide::{Classification, ClassifyInconclusive, Probe, ProbeKind, ProbeOutcome};
 
 /// A STUN server the classifier may use: its canonical id and its two addresses.
 #[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]
@@ -94,191 +104,6 @@ impl Default for ClassifierConfig {
             max_false_negative: 1e-5,
             deadline: Duration::from_secs(8),
             allocation_probes: 12,
-        }
-    }
-}
-
-/// What a probe tested.
-#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]
-pub enum ProbeKind {
-    /// Mapping socket to the primary address.
-    MapPrimary,
-    /// Mapping socket to the alternate IP, primary port.
-    MapAlternateIp,
-    /// Mapping socket to the alternate IP and port.
-    MapAlternateBoth,
-    /// Filtering socket to the primary address (the control).
-    FilterControl,
-    /// Filtering socket: answer from the other IP and port.
-    FilterChangeBoth,
-    /// Filtering socket: answer from the other port.
-    FilterChangePort,
-    /// Port-allocation test, round 1 (a fresh socket on a random local port).
-    AllocationRandom,
-    /// Port-allocation test, round 2 (fresh sockets on consecutive local ports).
-    AllocationConsecutive,
-}
-
-/// The probe's name in reports: `map-primary`, `map-alternate-ip`, `map-alternate-ip+port`,
-/// `filter-control`, `filter-change-ip+port`, `filter-change-port`, `allocation-random-port`,
-/// `allocation-consecutive-port`.
-impl core::fmt::Display for ProbeKind {
-    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        f.pad(match self {
-            ProbeKind::MapPrimary => "map-primary",
-            ProbeKind::MapAlternateIp => "map-alternate-ip",
-            ProbeKind::MapAlternateBoth => "map-alternate-ip+port",
-            ProbeKind::FilterControl => "filter-control",
-            ProbeKind::FilterChangeBoth => "filter-change-ip+port",
-            ProbeKind::FilterChangePort => "filter-change-port",
-            ProbeKind::AllocationRandom => "allocation-random-port",
-            ProbeKind::AllocationConsecutive => "allocation-consecutive-port",
-        })
-    }
-}
-
-/// How a probe ended.
-#[derive(Copy, Clone, Debug, PartialEq, Eq)]
-pub enum ProbeOutcome {
-    /// Still running (only in a report cut short by the deadline).
-    Pending,
-    /// A reply.
-    Reply {
-        /// Our mapped address.
-        mapped: SocketAddr,
-        /// The OTHER-ADDRESS the server reported.
-        other_address: Option<SocketAddr>,
-        /// Where the reply came from.
-        source: SocketAddr,
-        /// Round-trip time.
-        rtt: Duration,
-        /// Transmissions made before the reply came.
-        transmissions: u32,
-    },
-    /// No acceptable reply after every transmission.
-    NoReply {
-        /// Transmissions made.
-        transmissions: u32,
-    },
-    /// An error response.
-    ErrorResponse {
-        /// Its code.
-        code: u16,
-    },
-    /// The server broke the protocol (for example answered a change request from the wrong
-    /// address), or the socket failed.
-    Failed,
-}
-
-/// One probe, as evidence.
-#[derive(Copy, Clone, Debug, PartialEq, Eq)]
-pub struct Probe {
-    /// The server's canonical id.
-    pub server: u64,
-    /// What it tested.
-    pub kind: ProbeKind,
-    /// The local socket.
-    pub socket: SocketId,
-    /// Where the request went.
-    pub destination: SocketAddr,
-    /// The change requested.
-    pub change: ChangeRequest,
-    /// How it ended.
-    pub outcome: ProbeOutcome,
-}
-
-/// Why the classifier gave no answer.
-#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]
-#[non_exhaustive]
-pub enum InconclusiveReason {
-    /// No server produced a complete, consistent set of results.
-    NoUsableServer,
-    /// Servers gave different mapping results.
-    MappingDisagrees,
-    /// Servers gave different filtering results.
-    FilteringDisagrees,
-    /// The mapped address is our own, but our local IP is not known, so "no NAT" cannot be told
-    /// from a port-preserving NAT.
-    LocalAddressUnknown,
-    /// The deadline passed first.
-    Deadline,
-    /// Filtering rests on silence, and with the loss seen on this path (and the servers that could
-    /// corroborate it) silence is not proof enough: the chance that every transmission was lost is
-    /// above [`ClassifierConfig::max_false_negative`].
-    SilenceNotConclusive,
-}
-
-impl InconclusiveReason {
-    /// A short stable key for scripts: `no-usable-server`, `mapping-disagrees`,
-    /// `filtering-disagrees`, `local-address-unknown`, `deadline`, `silence-not-conclusive`.
-    pub fn key(&self) -> &'static str {
-        match self {
-            InconclusiveReason::NoUsableServer => "no-usable-server",
-            InconclusiveReason::MappingDisagrees => "mapping-disagrees",
-            InconclusiveReason::FilteringDisagrees => "filtering-disagrees",
-            InconclusiveReason::LocalAddressUnknown => "local-address-unknown",
-            InconclusiveReason::Deadline => "deadline",
-            InconclusiveReason::SilenceNotConclusive => "silence-not-conclusive",
-        }
-    }
-}
-
-/// The reason in words (for example `servers disagree about the mapping`).
-impl core::fmt::Display for InconclusiveReason {
-    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        f.pad(match self {
-            InconclusiveReason::NoUsableServer => {
-                "no server gave a complete, consistent set of results"
-            }
-            InconclusiveReason::MappingDisagrees => "servers disagree about the mapping",
-            InconclusiveReason::FilteringDisagrees => "servers disagree about the filtering",
-            InconclusiveReason::LocalAddressUnknown => {
-                "the mapped address equals the local port but the local IP is unknown"
-            }
-            InconclusiveReason::Deadline => "the deadline passed first",
-            InconclusiveReason::SilenceNotConclusive => {
-                "filtering rests on silence, and with the loss seen on this path silence is not \
-                 proof enough"
-            }
-        })
-    }
-}
-
-/// The classifier's answer.
-#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]
-pub enum Classification {
-    /// A public address with no filtering.
-    Open,
-    /// A public address behind a filtering firewall.
-    Firewall(Filtering),
-    /// A NAT.
-    Nat {
-        /// Its mapping behaviour.
-        mapping: Mapping,
-        /// Its filtering behaviour.
-        filtering: Filtering,
-    },
-    /// No server answered anything.
-    Blocked,
-    /// No safe answer.
-    Inconclusive(InconclusiveReason),
-}
-
-/// The verdict in words: `open internet (no NAT, no filtering)`, `UDP firewall, no NAT (F
-/// filtering)`, `NAT: M mapping, F filtering`, `blocked (no server answered)` or
-/// `inconclusive: REASON`.
-impl core::fmt::Display for Classification {
-    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        match self {
-            Classification::Open => f.write_str("open internet (no NAT, no filtering)"),
-            Classification::Firewall(filtering) => {
-                write!(f, "UDP firewall, no NAT ({filtering} filtering)")
-            }
-            Classification::Nat { mapping, filtering } => {
-                write!(f, "NAT: {mapping} mapping, {filtering} filtering")
-            }
-            Classification::Blocked => f.write_str("blocked (no server answered)"),
-            Classification::Inconclusive(why) => write!(f, "inconclusive: {why}"),
         }
     }
 }
@@ -721,8 +546,27 @@ impl Classifier {
     }
 
     fn current_classification(&self) -> Classification {
-        let (mappings, filterings) = self.verdicts();
-        self.decide(&mappings, &filterings)
+        let usable = self.usable_servers();
+        decide::decide(&self.evidence(&usable))
+    }
+
+    /// The canonical ids of the servers whose results may still count, in configuration order.
+    fn usable_servers(&self) -> Vec<u64> {
+        self.runs
+            .iter()
+            .filter(|r| !r.unusable)
+            .map(|r| r.spec.id)
+            .collect()
+    }
+
+    /// What the decision reads, for the servers in `usable`.
+    fn evidence<'a>(&'a self, usable: &'a [u64]) -> Evidence<'a> {
+        Evidence {
+            probes: &self.probes,
+            usable,
+            local: self.mapping_socket.and_then(|s| self.client.local_addr(s)),
+            max_false_negative: self.config.max_false_negative,
+        }
     }
 
     /// Plans the next round (random local ports, then consecutive ones) and starts its first probe.
@@ -760,7 +604,9 @@ impl Classifier {
         let target = self
             .runs
             .iter()
-            .find(|r| !r.unusable && self.mapped_of(r.spec.id, ProbeKind::MapPrimary).is_some())
+            .find(|r| {
+                !r.unusable && mapped_of(&self.probes, r.spec.id, ProbeKind::MapPrimary).is_some()
+            })
             .map(|r| {
                 (
                     self.runs.iter().position(|x| x.spec.id == r.spec.id),
@@ -853,7 +699,7 @@ impl Classifier {
             && matches!(
                 report.verdict,
                 crate::delta::DeltaVerdict::Inconclusive {
-                    reason: crate::delta::InconclusiveReason::NeedConsecutiveRound
+                    reason: crate::delta::DeltaInconclusive::NeedConsecutiveRound
                 }
             );
         self.allocation_report = Some(report);
@@ -870,54 +716,9 @@ impl Classifier {
         let usable: Vec<&ServerRun> = self.runs.iter().filter(|r| !r.unusable).collect();
         !usable.is_empty()
             && usable.iter().all(|r| {
-                self.filtering_of(r.spec.id) == Some(Filtering::EndpointIndependent)
-                    && self.mapping_of(r.spec.id).is_some()
+                filtering_of(&self.probes, r.spec.id) == Some(Filtering::EndpointIndependent)
+                    && mapping_of(&self.probes, r.spec.id).is_some()
             })
-    }
-
-    fn outcome_of(&self, server: u64, kind: ProbeKind) -> Option<ProbeOutcome> {
-        self.probes
-            .iter()
-            .find(|p| p.server == server && p.kind == kind)
-            .map(|p| p.outcome)
-    }
-
-    fn mapped_of(&self, server: u64, kind: ProbeKind) -> Option<SocketAddr> {
-        match self.outcome_of(server, kind)? {
-            ProbeOutcome::Reply { mapped, .. } => Some(mapped),
-            _ => None,
-        }
-    }
-
-    fn mapping_of(&self, server: u64) -> Option<Mapping> {
-        let m1 = self.mapped_of(server, ProbeKind::MapPrimary)?;
-        let m2 = self.mapped_of(server, ProbeKind::MapAlternateIp)?;
-        let m3 = self.mapped_of(server, ProbeKind::MapAlternateBoth)?;
-        Some(if m1 == m2 && m2 == m3 {
-            Mapping::EndpointIndependent
-        } else if m1 != m2 && m2 == m3 {
-            Mapping::AddressDependent
-        } else if m2 != m3 {
-            Mapping::AddressAndPortDependent
-        } else {
-            // m1 == m2 but m2 != m3 is covered above; anything else is inconsistent.
-            return None;
-        })
-    }
-
-    fn filtering_of(&self, server: u64) -> Option<Filtering> {
-        let both = self.outcome_of(server, ProbeKind::FilterChangeBoth)?;
-        let port = self.outcome_of(server, ProbeKind::FilterChangePort)?;
-        match (both, port) {
-            (ProbeOutcome::Reply { .. }, _) => Some(Filtering::EndpointIndependent),
-            (ProbeOutcome::NoReply { .. }, ProbeOutcome::Reply { .. }) => {
-                Some(Filtering::AddressDependent)
-            }
-            (ProbeOutcome::NoReply { .. }, ProbeOutcome::NoReply { .. }) => {
-                Some(Filtering::AddressAndPortDependent)
-            }
-            _ => None,
-        }
     }
 
     fn finish(&mut self, now: Instant) {
@@ -938,166 +739,16 @@ impl Classifier {
                 }
             }
         }
-        let any_reply = !public_addresses.is_empty();
-        let (mappings, filterings) = self.verdicts();
-        let classification = if deadline && mappings.is_empty() {
-            if any_reply {
-                Classification::Inconclusive(InconclusiveReason::Deadline)
-            } else {
-                Classification::Blocked
-            }
-        } else if !any_reply
-            && self
-                .probes
-                .iter()
-                .all(|p| matches!(p.outcome, ProbeOutcome::NoReply { .. }))
-        {
-            Classification::Blocked
-        } else {
-            self.decide(&mappings, &filterings)
-        };
+        let usable = self.usable_servers();
+        let evidence = self.evidence(&usable);
         Report {
-            classification,
+            classification: decide::classification(&evidence, deadline),
             public_addresses,
-            servers_agreeing: mappings.len(),
-            confidence: 1.0 - self.false_negative_chance(),
+            servers_agreeing: decide::verdicts(&evidence).0.len(),
+            confidence: 1.0 - decide::false_negative_chance(&evidence),
             probes: self.probes.clone(),
             allocation: self.allocation_report.clone(),
         }
-    }
-
-    /// The mapping and filtering results of every usable server with complete results.
-    fn verdicts(&self) -> (Vec<Mapping>, Vec<Filtering>) {
-        let mut mappings = Vec::new();
-        let mut filterings = Vec::new();
-        for run in self.runs.iter().filter(|r| !r.unusable) {
-            if let (Some(m), Some(f)) =
-                (self.mapping_of(run.spec.id), self.filtering_of(run.spec.id))
-            {
-                mappings.push(m);
-                filterings.push(f);
-            }
-        }
-        (mappings, filterings)
-    }
-
-    /// The per-transmission chance that a request or its reply is lost on this path, estimated from
-    /// the probes whose reply was expected (a reply after `k` transmissions counts `k - 1` losses
-    /// and one success; no reply, all losses), with one imagined loss and success added so that a
-    /// clean but short record never gives zero.
-    fn loss_estimate(&self) -> f64 {
-        let (mut lost, mut sent) = (1.0f64, 2.0f64);
-        // Only servers whose tests completed speak for the path: a server that is down, or whose
-        // claimed alternate is a black hole, says nothing about loss.
-        let complete: Vec<u64> = self
-            .runs
-            .iter()
-            .filter(|r| {
-                !r.unusable
-                    && self.mapping_of(r.spec.id).is_some()
-                    && self.filtering_of(r.spec.id).is_some()
-            })
-            .map(|r| r.spec.id)
-            .collect();
-        for p in &self.probes {
-            let allocation = matches!(
-                p.kind,
-                ProbeKind::AllocationRandom | ProbeKind::AllocationConsecutive
-            );
-            if !allocation && !complete.contains(&p.server) {
-                continue;
-            }
-            // The filtering probes are sent faster than the round trip, so their transmission
-            // counts say nothing about loss; the others retransmit only after `probe_retransmit`'s
-            // timeout (a path slower than that overstates loss, which only makes us more careful).
-            if matches!(
-                p.kind,
-                ProbeKind::FilterChangeBoth | ProbeKind::FilterChangePort
-            ) {
-                continue;
-            }
-            match p.outcome {
-                ProbeOutcome::Reply { transmissions, .. } => {
-                    sent += f64::from(transmissions);
-                    lost += f64::from(transmissions.saturating_sub(1));
-                }
-                ProbeOutcome::NoReply { transmissions } => {
-                    sent += f64::from(transmissions);
-                    lost += f64::from(transmissions);
-                }
-                _ => {}
-            }
-        }
-        (lost / sent).clamp(0.0, 1.0)
-    }
-
-    /// The chance that the filtering verdict is wrong because loss alone silenced the decisive
-    /// probe on every agreeing server (0 when filtering was shown by a reply).
-    fn false_negative_chance(&self) -> f64 {
-        let q = self.loss_estimate();
-        let mut chance = 1.0f64;
-        let mut negative = false;
-        for run in self.runs.iter().filter(|r| !r.unusable) {
-            let decisive = match self.filtering_of(run.spec.id) {
-                Some(Filtering::AddressDependent) => ProbeKind::FilterChangeBoth,
-                Some(Filtering::AddressAndPortDependent) => ProbeKind::FilterChangePort,
-                _ => continue,
-            };
-            if let Some(ProbeOutcome::NoReply { transmissions }) =
-                self.outcome_of(run.spec.id, decisive)
-            {
-                negative = true;
-                chance *= q.powi(i32::try_from(transmissions).unwrap_or(i32::MAX));
-            }
-        }
-        if negative {
-            chance
-        } else {
-            0.0
-        }
-    }
-
-    fn decide(&self, mappings: &[Mapping], filterings: &[Filtering]) -> Classification {
-        let (Some(&mapping), Some(&filtering)) = (mappings.first(), filterings.first()) else {
-            return Classification::Inconclusive(InconclusiveReason::NoUsableServer);
-        };
-        if mappings.iter().any(|m| *m != mapping) {
-            return Classification::Inconclusive(InconclusiveReason::MappingDisagrees);
-        }
-        if filterings.iter().any(|f| *f != filtering) {
-            return Classification::Inconclusive(InconclusiveReason::FilteringDisagrees);
-        }
-        if self.false_negative_chance() > self.config.max_false_negative {
-            return Classification::Inconclusive(InconclusiveReason::SilenceNotConclusive);
-        }
-        // Endpoint-independent mapping must hold across servers too.
-        let primaries: Vec<SocketAddr> = self
-            .runs
-            .iter()
-            .filter(|r| !r.unusable)
-            .filter_map(|r| self.mapped_of(r.spec.id, ProbeKind::MapPrimary))
-            .collect();
-        if mapping == Mapping::EndpointIndependent
-            && primaries.windows(2).any(|w| w.first() != w.get(1))
-        {
-            return Classification::Inconclusive(InconclusiveReason::MappingDisagrees);
-        }
-        let local = self.mapping_socket.and_then(|s| self.client.local_addr(s));
-        let translated = match (primaries.first(), local) {
-            (Some(mapped), Some(local)) if !local.ip().is_unspecified() => *mapped != local,
-            (Some(mapped), Some(local)) if mapped.port() == local.port() => {
-                return Classification::Inconclusive(InconclusiveReason::LocalAddressUnknown)
-            }
-            _ => true,
-        };
-        if !translated {
-            return if filtering == Filtering::EndpointIndependent {
-                Classification::Open
-            } else {
-                Classification::Firewall(filtering)
-            };
-        }
-        Classification::Nat { mapping, filtering }
     }
 }
 

@@ -284,7 +284,7 @@ pub struct RoundEvidence {
 
 /// Why the scorer would not answer.
 #[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]
-pub enum InconclusiveReason {
+pub enum DeltaInconclusive {
     /// Too few replies or pairs in this round to confirm or refute.
     TooLittleEvidence {
         /// The round lacking evidence.
@@ -308,27 +308,27 @@ pub enum InconclusiveReason {
 }
 
 /// The reason in words (for example `the two rounds disagree`).
-impl core::fmt::Display for InconclusiveReason {
+impl core::fmt::Display for DeltaInconclusive {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         match self {
-            InconclusiveReason::TooLittleEvidence { round } => write!(
+            DeltaInconclusive::TooLittleEvidence { round } => write!(
                 f,
                 "too few replies or pairs in the round on {round} local ports"
             ),
-            InconclusiveReason::LocalPortsDidNotVary => f.write_str(
+            DeltaInconclusive::LocalPortsDidNotVary => f.write_str(
                 "every supporting pair had the same local distance, so the rules cannot be told \
                  apart",
             ),
-            InconclusiveReason::Ambiguous => f.write_str("more than one allocation rule fits"),
-            InconclusiveReason::Contradictory => f.write_str("the two rounds disagree"),
-            InconclusiveReason::NeedConsecutiveRound => f.write_str(
+            DeltaInconclusive::Ambiguous => f.write_str("more than one allocation rule fits"),
+            DeltaInconclusive::Contradictory => f.write_str("the two rounds disagree"),
+            DeltaInconclusive::NeedConsecutiveRound => f.write_str(
                 "the round on random local ports refuted every rule; a round on consecutive local \
                  ports is needed",
             ),
-            InconclusiveReason::WrongRound => {
+            DeltaInconclusive::WrongRound => {
                 f.write_str("a round was passed in the other round's place")
             }
-            InconclusiveReason::WrapAmbiguous => f.write_str(
+            DeltaInconclusive::WrapAmbiguous => f.write_str(
                 "the answer depends on how the NAT wraps ports around the top of the range",
             ),
         }
@@ -362,7 +362,7 @@ pub enum DeltaVerdict {
     /// Not enough evidence, or evidence that disagrees.
     Inconclusive {
         /// Why.
-        reason: InconclusiveReason,
+        reason: DeltaInconclusive,
     },
 }
 
@@ -444,7 +444,7 @@ pub fn delta_test(
     if let Some(m) = cfg.cross_check.filter(|m| *m != cfg.modulus) {
         let other = score(&cfg.with_modulus(m)).verdict;
         if report.verdict.is_conclusive() && !agree(report.verdict, cfg.modulus, other, m) {
-            report.verdict = inconclusive(InconclusiveReason::WrapAmbiguous);
+            report.verdict = inconclusive(DeltaInconclusive::WrapAmbiguous);
         }
     }
     report
@@ -642,7 +642,7 @@ pub fn score_round(
 enum Status {
     Confirmed,
     Refuted,
-    Undetermined(InconclusiveReason),
+    Undetermined(DeltaInconclusive),
 }
 
 fn judge(
@@ -656,14 +656,14 @@ fn judge(
     let majority = u64::from(support).saturating_mul(2) > u64::from(of);
     if support >= t && majority {
         if varied == Some(false) {
-            Status::Undetermined(InconclusiveReason::LocalPortsDidNotVary)
+            Status::Undetermined(DeltaInconclusive::LocalPortsDidNotVary)
         } else {
             Status::Confirmed
         }
     } else if of >= t && !majority {
         Status::Refuted
     } else {
-        Status::Undetermined(InconclusiveReason::TooLittleEvidence { round })
+        Status::Undetermined(DeltaInconclusive::TooLittleEvidence { round })
     }
 }
 
@@ -698,7 +698,7 @@ fn refutes(cfg: &DeltaConfig, round: &RoundEvidence, verdict: DeltaVerdict) -> b
     status == Status::Refuted
 }
 
-const fn inconclusive(reason: InconclusiveReason) -> DeltaVerdict {
+const fn inconclusive(reason: DeltaInconclusive) -> DeltaVerdict {
     DeltaVerdict::Inconclusive { reason }
 }
 
@@ -709,7 +709,7 @@ pub fn decide(
     random: &RoundEvidence,
     consecutive: Option<&RoundEvidence>,
 ) -> DeltaVerdict {
-    use InconclusiveReason as R;
+    use DeltaInconclusive as R;
     if random.local_ports != LocalPorts::Random
         || consecutive.is_some_and(|c| c.local_ports != LocalPorts::Consecutive)
     {
@@ -899,7 +899,7 @@ mod tests {
         assert_eq!(
             v,
             DeltaVerdict::Inconclusive {
-                reason: InconclusiveReason::LocalPortsDidNotVary
+                reason: DeltaInconclusive::LocalPortsDidNotVary
             }
         );
         // With random local ports in round 1 (as p2pd really sends them) the answer is DEPENDENT 20.
@@ -916,7 +916,7 @@ mod tests {
         assert_eq!(
             delta_test(&T5, &r1, None).verdict,
             DeltaVerdict::Inconclusive {
-                reason: InconclusiveReason::NeedConsecutiveRound
+                reason: DeltaInconclusive::NeedConsecutiveRound
             }
         );
     }
@@ -933,7 +933,7 @@ mod tests {
         assert_eq!(
             v,
             DeltaVerdict::Inconclusive {
-                reason: InconclusiveReason::TooLittleEvidence {
+                reason: DeltaInconclusive::TooLittleEvidence {
                     round: LocalPorts::Consecutive
                 }
             }
@@ -962,7 +962,7 @@ mod tests {
         assert_eq!(
             delta_test(&cfg, &consecutive, Some(&consecutive)).verdict,
             DeltaVerdict::Inconclusive {
-                reason: InconclusiveReason::LocalPortsDidNotVary
+                reason: DeltaInconclusive::LocalPortsDidNotVary
             }
         );
         // The same NAT probed from random local ports: a fixed offset of 1000.
@@ -1038,7 +1038,7 @@ mod tests {
         assert_eq!(
             report.verdict,
             DeltaVerdict::Inconclusive {
-                reason: InconclusiveReason::TooLittleEvidence {
+                reason: DeltaInconclusive::TooLittleEvidence {
                     round: LocalPorts::Random
                 }
             }
@@ -1148,7 +1148,7 @@ mod tests {
         assert_eq!(
             delta_test(&cfg, &r1, Some(&bad)).verdict,
             DeltaVerdict::Inconclusive {
-                reason: InconclusiveReason::Contradictory
+                reason: DeltaInconclusive::Contradictory
             }
         );
         // Rounds passed the wrong way round.
@@ -1156,7 +1156,7 @@ mod tests {
         assert_eq!(
             decide(&cfg, &e1, None),
             DeltaVerdict::Inconclusive {
-                reason: InconclusiveReason::WrongRound
+                reason: DeltaInconclusive::WrongRound
             }
         );
         assert_eq!(DeltaConfig::for_probes(12), DeltaConfig::P2PD);

@@ -42,7 +42,7 @@ pub struct PortMapping {
 
 /// A predicted external port.
 #[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]
-pub struct Candidate {
+pub struct PortCandidate {
     /// The port.
     pub port: u16,
     /// How likely it is, in parts per million (a heuristic weight for ranking and for splitting a
@@ -93,9 +93,9 @@ fn signed_stride(stride: u16) -> i64 {
     i64::from(i16::from_ne_bytes(stride.to_ne_bytes()))
 }
 
-fn push_unique(out: &mut Vec<Candidate>, port: u16, confidence: u32) {
+fn push_unique(out: &mut Vec<PortCandidate>, port: u16, confidence: u32) {
     if !out.iter().any(|c| c.port == port) {
-        out.push(Candidate { port, confidence });
+        out.push(PortCandidate { port, confidence });
     }
 }
 
@@ -110,7 +110,7 @@ pub fn predict(
     last: &[PortMapping],
     local: Option<u16>,
     rng: &mut Rng,
-) -> Vec<Candidate> {
+) -> Vec<PortCandidate> {
     let range = cfg.range;
     let anchor = last.last().copied();
     let mut out = Vec::new();
@@ -216,7 +216,7 @@ pub fn local_for_external(
 mod tests {
     use super::*;
 
-    fn ports(c: &[Candidate]) -> Vec<u16> {
+    fn ports(c: &[PortCandidate]) -> Vec<u16> {
         c.iter().map(|c| c.port).collect()
     }
 

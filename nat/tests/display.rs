@@ -1,8 +1,8 @@
 //! The words the CLI prints for the classifier's types (`p2pd nat` output; scripts and users read
 //! them, so they are pinned here).
 
-use p2pd_nat::classify::{InconclusiveReason as Why, ProbeKind};
-use p2pd_nat::{Classification, DeltaVerdict, Filtering, InconclusiveReason, LocalPorts, Mapping};
+use p2pd_nat::classify::{ClassifyInconclusive as Why, ProbeKind};
+use p2pd_nat::{Classification, DeltaInconclusive, DeltaVerdict, Filtering, LocalPorts, Mapping};
 
 #[test]
 fn behaviour_words() {
@@ -105,7 +105,7 @@ fn allocation_words() {
     );
     assert_eq!(DeltaVerdict::Random.to_string(), "random");
     let v = DeltaVerdict::Inconclusive {
-        reason: InconclusiveReason::TooLittleEvidence {
+        reason: DeltaInconclusive::TooLittleEvidence {
             round: LocalPorts::Consecutive,
         },
     };

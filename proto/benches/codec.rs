@@ -8,6 +8,14 @@
 //! ```text
 //! cargo bench -p p2pd-proto --bench codec
 //! ```
+// Benchmark code: the package's strict lints (Cargo.toml `[lints]`) guard its library code.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    clippy::arithmetic_side_effects
+)]
 
 use core::net::SocketAddr;
 

@@ -266,6 +266,8 @@ impl core::fmt::Display for Failure {
     }
 }
 
+impl std::error::Error for Failure {}
+
 /// The end of one transaction.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TransactionResult {
@@ -308,7 +310,7 @@ pub enum ClientEvent {
 /// Misuse of the client's API.
 #[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]
 #[non_exhaustive]
-pub enum ApiError {
+pub enum ClientApiError {
     /// `max_transactions` are in flight.
     TooManyTransactions,
     /// `max_sockets` are open.
@@ -321,17 +323,21 @@ pub enum ApiError {
     AddressFamilyMismatch,
 }
 
-impl core::fmt::Display for ApiError {
+impl core::fmt::Display for ClientApiError {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         f.write_str(match self {
-            ApiError::TooManyTransactions => "too many transactions in flight",
-            ApiError::TooManySockets => "too many sockets open",
-            ApiError::UnknownSocket => "the socket is not open in this client",
-            ApiError::Closed => "the client is closed",
-            ApiError::AddressFamilyMismatch => "the server and the socket differ in address family",
+            ClientApiError::TooManyTransactions => "too many transactions in flight",
+            ClientApiError::TooManySockets => "too many sockets open",
+            ClientApiError::UnknownSocket => "the socket is not open in this client",
+            ClientApiError::Closed => "the client is closed",
+            ClientApiError::AddressFamilyMismatch => {
+                "the server and the socket differ in address family"
+            }
         })
     }
 }
+
+impl std::error::Error for ClientApiError {}
 
 /// Counters, for tests and diagnostics.
 #[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
@@ -462,13 +468,13 @@ impl StunClient {
         now: Instant,
         local: SocketAddr,
         options: BindOptions,
-    ) -> Result<SocketId, ApiError> {
+    ) -> Result<SocketId, ClientApiError> {
         self.advance(now);
         if self.closed {
-            return Err(ApiError::Closed);
+            return Err(ClientApiError::Closed);
         }
         if self.sockets.len() >= self.config.max_sockets {
-            return Err(ApiError::TooManySockets);
+            return Err(ClientApiError::TooManySockets);
         }
         let id = loop {
             let candidate = SocketId(self.next_socket);
@@ -505,25 +511,29 @@ impl StunClient {
     }
 
     /// Starts a transaction. Its request goes out on the next `poll_transmit` (once the socket is bound).
-    pub fn start(&mut self, now: Instant, request: Request) -> Result<TransactionHandle, ApiError> {
+    pub fn start(
+        &mut self,
+        now: Instant,
+        request: Request,
+    ) -> Result<TransactionHandle, ClientApiError> {
         self.advance(now);
         if self.closed {
-            return Err(ApiError::Closed);
+            return Err(ClientApiError::Closed);
         }
         let socket = self
             .sockets
             .iter()
             .find(|s| s.id == request.socket)
-            .ok_or(ApiError::UnknownSocket)?;
+            .ok_or(ClientApiError::UnknownSocket)?;
         if socket.local_hint.is_ipv4() != request.server.is_ipv4() {
-            return Err(ApiError::AddressFamilyMismatch);
+            return Err(ClientApiError::AddressFamilyMismatch);
         }
         let ready = matches!(socket.state, SocketState::Ready(_));
         let slot = self
             .transactions
             .iter()
             .position(Option::is_none)
-            .ok_or(ApiError::TooManyTransactions)?;
+            .ok_or(ClientApiError::TooManyTransactions)?;
         let handle = TransactionHandle(self.next_handle);
         self.next_handle = self.next_handle.wrapping_add(1);
         let mut id = [0u8; 12];

@@ -166,6 +166,8 @@ impl core::fmt::Display for TcpBindingError {
     }
 }
 
+impl std::error::Error for TcpBindingError {}
+
 /// Why the machine ended.
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]

@@ -136,8 +136,9 @@ pub enum SocketOp {
     /// byte already handed over in transmits on it is written: the peer then reads EOF
     /// ([`SocketOutcome::PeerClosed`]) while this side keeps receiving (bytes, and the peer's own
     /// EOF). Nothing answers success; a transmit on the socket afterwards fails with
-    /// [`SocketOutcome::Failed`] of kind [`OpKind::Send`], and a stream that cannot be shut down
-    /// (not connected, reset) answers a failure of kind [`OpKind::Shutdown`]. A second `Shutdown`
+    /// [`SocketOutcome::Failed`] of kind [`OpKind::Send`] ([`IoError::BrokenPipe`]), and a stream
+    /// that cannot be shut down (not connected: [`IoError::NotConnected`]; reset) answers a failure
+    /// of kind [`OpKind::Shutdown`]. A second `Shutdown`
     /// does nothing. The socket stays the machine's: it still emits [`SocketOp::Close`] for it.
     Shutdown {
         /// The socket.
@@ -236,6 +237,11 @@ pub enum IoError {
     NoSuchDevice,
     /// The runtime has no socket with this id.
     UnknownSocket,
+    /// The socket is not a connected stream: a transmit or [`SocketOp::Shutdown`] on a TCP socket
+    /// that is only bound, listening or still connecting (`ENOTCONN`).
+    NotConnected,
+    /// The stream's sending half is shut down: a transmit after [`SocketOp::Shutdown`] (`EPIPE`).
+    BrokenPipe,
     /// Anything else, with the raw OS error code if there was one.
     Other(Option<i32>),
 }
@@ -256,6 +262,8 @@ impl fmt::Display for IoError {
             IoError::WouldBlock => f.write_str("send buffer full"),
             IoError::NoSuchDevice => f.write_str("no such device"),
             IoError::UnknownSocket => f.write_str("no such socket in the runtime"),
+            IoError::NotConnected => f.write_str("not connected"),
+            IoError::BrokenPipe => f.write_str("broken pipe (sending side shut down)"),
             IoError::Other(Some(code)) => write!(f, "OS error {code}"),
             IoError::Other(None) => f.write_str("I/O error"),
         }

@@ -182,7 +182,7 @@ impl ServerConfig {
 /// Why a configuration is unusable.
 #[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]
 #[non_exhaustive]
-pub enum ConfigError {
+pub enum ServerConfigError {
     /// The alternate IP is of another family than the primary, or equal to it.
     BadAlternateIp,
     /// The alternate port equals the primary port, or a port is 0 while alternates are configured.
@@ -195,11 +195,27 @@ pub enum ConfigError {
     BadConnectionLimit,
 }
 
-impl core::fmt::Display for ConfigError {
+impl core::fmt::Display for ServerConfigError {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        core::fmt::Debug::fmt(self, f)
+        match self {
+            ServerConfigError::BadAlternateIp => {
+                f.write_str("alternate ip equals the primary or is of another family")
+            }
+            ServerConfigError::BadPort => {
+                f.write_str("alternate port equals the primary, or a port is 0 with alternates")
+            }
+            ServerConfigError::SoftwareTooLong => {
+                write!(f, "software longer than {MAX_SOFTWARE_LEN} bytes")
+            }
+            ServerConfigError::ZeroQueue => f.write_str("queue capacity is 0"),
+            ServerConfigError::BadConnectionLimit => {
+                write!(f, "tcp connection limit must be 1..={MAX_TCP_CONNECTIONS}")
+            }
+        }
     }
 }
+
+impl std::error::Error for ServerConfigError {}
 
 /// What the server reports.
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
@@ -312,30 +328,30 @@ pub struct StunServer {
 
 impl StunServer {
     /// A server for `config`; it asks for its sockets at once (drain `poll_socket_op`).
-    pub fn new(config: ServerConfig) -> Result<Self, ConfigError> {
+    pub fn new(config: ServerConfig) -> Result<Self, ServerConfigError> {
         if let Some(ip) = config.alternate_ip {
             if ip.is_ipv4() != config.primary.is_ipv4() || ip == config.primary.ip() {
-                return Err(ConfigError::BadAlternateIp);
+                return Err(ServerConfigError::BadAlternateIp);
             }
         }
         if let Some(port) = config.alternate_port {
             if port == config.primary.port() || port == 0 || config.primary.port() == 0 {
-                return Err(ConfigError::BadPort);
+                return Err(ServerConfigError::BadPort);
             }
         }
         if config.alternate_ip.is_some() && config.primary.port() == 0 {
-            return Err(ConfigError::BadPort);
+            return Err(ServerConfigError::BadPort);
         }
         if config.software.is_some_and(|s| s.len() > MAX_SOFTWARE_LEN) {
-            return Err(ConfigError::SoftwareTooLong);
+            return Err(ServerConfigError::SoftwareTooLong);
         }
         if config.queue_capacity == 0 {
-            return Err(ConfigError::ZeroQueue);
+            return Err(ServerConfigError::ZeroQueue);
         }
         if config.tcp
             && (config.max_tcp_connections == 0 || config.max_tcp_connections > MAX_TCP_CONNECTIONS)
         {
-            return Err(ConfigError::BadConnectionLimit);
+            return Err(ServerConfigError::BadConnectionLimit);
         }
         let mut sockets = [SocketState::Absent; 4];
         // Room for every bind, and for a close and an accept per connection slot: serving never

@@ -2,6 +2,14 @@
 //! same values, and the reverse; both produce the same bytes for the same message; and on mutated
 //! messages that both accept, both read the same class, method, transaction id and
 //! XOR-MAPPED-ADDRESS.
+// Test code: the package's strict lints (Cargo.toml `[lints]`) guard its library code.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    clippy::arithmetic_side_effects
+)]
 
 mod common;
 

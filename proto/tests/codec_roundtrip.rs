@@ -1,6 +1,14 @@
 //! Property tests for the STUN codec: everything we encode decodes back to the same header and
 //! attributes, decoding arbitrary bytes never panics, and whatever decodes re-encodes to the same bytes
 //! (except for padding and reserved bits, which the decoder ignores).
+// Test code: the package's strict lints (Cargo.toml `[lints]`) guard its library code.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    clippy::arithmetic_side_effects
+)]
 
 mod common;
 

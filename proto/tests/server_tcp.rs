@@ -1,5 +1,13 @@
 //! The STUN server over TCP: listener, accept slots, framing at every split, answers on the stream,
 //! bad framing, idle timeout, closes exactly once, bounds.
+// Test code: the package's strict lints (Cargo.toml `[lints]`) guard its library code.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    clippy::arithmetic_side_effects
+)]
 
 use core::net::SocketAddr;
 use core::time::Duration;
@@ -7,7 +15,7 @@ use p2pd_proto::Machine;
 use std::collections::BTreeMap;
 
 use p2pd_proto::server::{
-    ConfigError, Role, ServerConfig, ServerEvent, StunServer, MAX_RESPONSE_LEN,
+    Role, ServerConfig, ServerConfigError, ServerEvent, StunServer, MAX_RESPONSE_LEN,
     MAX_TCP_MESSAGE_LEN, TCP_CONNECTION_BASE, TCP_LISTENER,
 };
 use p2pd_proto::stun::{
@@ -169,7 +177,7 @@ fn tcp_binds_listens_and_accepts_one_per_slot() {
 fn connection_limit_is_validated() {
     for bad in [0, p2pd_proto::server::MAX_TCP_CONNECTIONS + 1] {
         let err = StunServer::new(small(bad).with_tcp(true)).unwrap_err();
-        assert_eq!(err, ConfigError::BadConnectionLimit);
+        assert_eq!(err, ServerConfigError::BadConnectionLimit);
         // Irrelevant without TCP.
         assert!(StunServer::new(small(bad)).is_ok());
     }

@@ -12,6 +12,14 @@
 //! ```text
 //! cargo run -p p2pd-punch --example meet_time
 //! ```
+// Example code: the package's strict lints (Cargo.toml `[lints]`) guard its library code.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    clippy::arithmetic_side_effects
+)]
 
 use p2pd_punch::clock::{ClockEcho, ClockProbe};
 use p2pd_punch::{agree, propose, ClockError, MeetPolicy, PeerClock, Proposer, WallTime};

@@ -44,13 +44,12 @@ use p2pd_proto::{
 };
 
 use crate::clock::{offset_and_delay, ClockError};
+use crate::error::PunchApiError;
 use crate::message::{
-    AbortReason, Candidate, Hello, Message, MessageError, SessionId, CHOSEN, HELLO_LEN,
-    MAX_CANDIDATES, NODE_ID_LEN,
+    AbortReason, Hello, Message, MessageError, PunchCandidate, SessionId, CHOSEN, HELLO_LEN,
+    MAX_CANDIDATES,
 };
-
-/// A node id as the punch machine sees it.
-pub type NodeId = [u8; NODE_ID_LEN];
+use p2pd_signaling::NodeId;
 
 /// How the punch machine runs. Build with [`PunchConfig::new`].
 #[derive(Clone, Debug)]
@@ -200,6 +199,8 @@ impl core::fmt::Display for PunchFailure {
     }
 }
 
+impl std::error::Error for PunchFailure {}
+
 /// What the punch machine reports.
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
@@ -292,7 +293,7 @@ enum Phase {
     InitiatorNeedsCandidates,
     /// Initiator: offer sent, waiting for the answer.
     Offering {
-        candidates: Vec<Candidate>,
+        candidates: Vec<PunchCandidate>,
         sent_t1: Vec<u64>,
         attempts: u32,
         next_resend: Instant,
@@ -303,14 +304,14 @@ enum Phase {
     ResponderNeedsCandidates {
         t1: u64,
         t2: u64,
-        peer: Vec<Candidate>,
+        peer: Vec<PunchCandidate>,
     },
     /// Responder: answered, waiting for the acknowledgement.
     AwaitingAck {
         answer: Vec<u8>,
         meet_ns: u64,
-        ours: Vec<Candidate>,
-        peer: Vec<Candidate>,
+        ours: Vec<PunchCandidate>,
+        peer: Vec<PunchCandidate>,
     },
     /// Both agreed; sockets are bound and fire at `meet`.
     Punching(Box<Punch>),
@@ -422,16 +423,16 @@ impl Puncher {
         &mut self,
         now: Instant,
         peer: NodeId,
-        candidates: Vec<Candidate>,
-    ) -> Result<SessionId, &'static str> {
+        candidates: Vec<PunchCandidate>,
+    ) -> Result<SessionId, PunchApiError> {
         if self.closing {
-            return Err("closed");
+            return Err(PunchApiError::Closed);
         }
         if !matches!(self.phase, Phase::Idle) {
-            return Err("a session is in progress");
+            return Err(PunchApiError::InProgress);
         }
         if peer == self.config.node_id {
-            return Err("cannot punch to ourselves");
+            return Err(PunchApiError::PunchToSelf);
         }
         check_candidates(&candidates)?;
         let mut session = [0u8; 16];
@@ -450,13 +451,16 @@ impl Puncher {
         &mut self,
         now: Instant,
         round: u8,
-        candidates: Vec<Candidate>,
-    ) -> Result<(), &'static str> {
+        candidates: Vec<PunchCandidate>,
+    ) -> Result<(), PunchApiError> {
         if self.closing {
-            return Err("closed");
+            return Err(PunchApiError::Closed);
         }
         if round != self.round {
-            return Err("not the current round");
+            return Err(PunchApiError::WrongRound {
+                given: round,
+                current: self.round,
+            });
         }
         check_candidates(&candidates)?;
         match std::mem::replace(&mut self.phase, Phase::Finished) {
@@ -468,7 +472,7 @@ impl Puncher {
             }
             other => {
                 self.phase = other;
-                return Err("no candidates were asked for");
+                return Err(PunchApiError::CandidatesNotAsked);
             }
         }
         self.refresh_deadline();
@@ -635,7 +639,7 @@ impl Puncher {
         Verdict::Dropped(DropReason::Duplicate)
     }
 
-    fn on_offer(&mut self, now: Instant, t1: u64, peer: Vec<Candidate>) -> Verdict {
+    fn on_offer(&mut self, now: Instant, t1: u64, peer: Vec<PunchCandidate>) -> Verdict {
         let t2 = self.wall_ns(now);
         self.phase = Phase::ResponderNeedsCandidates { t1, t2, peer };
         self.events
@@ -646,7 +650,7 @@ impl Puncher {
     fn send_offer(
         &mut self,
         now: Instant,
-        candidates: Vec<Candidate>,
+        candidates: Vec<PunchCandidate>,
         mut sent: Vec<u64>,
         attempts: u32,
     ) {
@@ -677,8 +681,8 @@ impl Puncher {
         now: Instant,
         t1: u64,
         t2: u64,
-        ours: Vec<Candidate>,
-        peer: Vec<Candidate>,
+        ours: Vec<PunchCandidate>,
+        peer: Vec<PunchCandidate>,
     ) {
         let t3 = self.wall_ns(now);
         let meet_ns = t3.saturating_add(duration_ns(self.config.lead));
@@ -704,7 +708,7 @@ impl Puncher {
         };
     }
 
-    fn on_answer(&mut self, now: Instant, t: [u64; 3], meet_ns: u64, peer: Vec<Candidate>) {
+    fn on_answer(&mut self, now: Instant, t: [u64; 3], meet_ns: u64, peer: Vec<PunchCandidate>) {
         let [t1, t2, t3] = t;
         let t4 = self.wall_ns(now);
         let clock = match exchange_clock([t1, t2, t3, t4], self.config.drift_allowance) {
@@ -839,8 +843,8 @@ impl Puncher {
         now: Instant,
         meet: Instant,
         uncertainty: Duration,
-        ours: Vec<Candidate>,
-        peer: Vec<Candidate>,
+        ours: Vec<PunchCandidate>,
+        peer: Vec<PunchCandidate>,
     ) {
         let mut ports: Vec<u16> = Vec::new();
         for c in &ours {
@@ -1365,15 +1369,17 @@ impl Puncher {
     }
 }
 
-fn check_candidates(candidates: &[Candidate]) -> Result<(), &'static str> {
+fn check_candidates(candidates: &[PunchCandidate]) -> Result<(), PunchApiError> {
     if candidates.is_empty() || candidates.len() > MAX_CANDIDATES {
-        return Err("1 to 16 candidates");
+        return Err(PunchApiError::CandidateCount {
+            count: candidates.len(),
+        });
     }
     if candidates
         .iter()
         .any(|c| c.local_port == 0 || c.external.port() == 0)
     {
-        return Err("candidate with port 0");
+        return Err(PunchApiError::CandidatePortZero);
     }
     Ok(())
 }

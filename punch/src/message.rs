@@ -35,6 +35,8 @@
 use core::fmt;
 use core::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
+use p2pd_signaling::NodeId;
+
 /// The first byte of every punch signaling message.
 pub const TAG: u8 = 0x50;
 /// The protocol version.
@@ -43,8 +45,8 @@ pub const VERSION: u8 = 1;
 pub const MAX_CANDIDATES: usize = 16;
 /// Length of a session id.
 pub const SESSION_LEN: usize = 16;
-/// Length of a node id in the stream hello.
-pub const NODE_ID_LEN: usize = 20;
+/// Length of a node id in the stream hello (signaling's [`NodeId`]).
+pub use p2pd_signaling::NODE_ID_LEN;
 /// The stream hello's magic.
 pub const HELLO_MAGIC: [u8; 4] = *b"P2PH";
 /// Length of the stream hello.
@@ -68,7 +70,7 @@ impl fmt::Debug for SessionId {
 
 /// One local port and the external endpoint the sender predicts for it.
 #[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]
-pub struct Candidate {
+pub struct PunchCandidate {
     /// The local port the sender binds.
     pub local_port: u16,
     /// The external endpoint the peer should connect to.
@@ -133,7 +135,7 @@ pub enum Message {
         /// Send time, initiator's clock (Unix ns).
         t1: u64,
         /// The initiator's candidates.
-        candidates: Vec<Candidate>,
+        candidates: Vec<PunchCandidate>,
     },
     /// The responder's candidates, clock samples and meet time.
     Answer {
@@ -150,7 +152,7 @@ pub enum Message {
         /// The meet time, responder's clock.
         meet: u64,
         /// The responder's candidates.
-        candidates: Vec<Candidate>,
+        candidates: Vec<PunchCandidate>,
     },
     /// The initiator accepts the meet time.
     Ack {
@@ -321,7 +323,7 @@ impl Message {
     }
 }
 
-fn encode_candidates(out: &mut Vec<u8>, candidates: &[Candidate]) -> Result<(), MessageError> {
+fn encode_candidates(out: &mut Vec<u8>, candidates: &[PunchCandidate]) -> Result<(), MessageError> {
     if candidates.is_empty() || candidates.len() > MAX_CANDIDATES {
         return Err(MessageError::Invalid("candidate count"));
     }
@@ -378,7 +380,7 @@ impl Reader<'_> {
         Ok(u64::from_be_bytes(self.array()?))
     }
 
-    fn candidates(&mut self) -> Result<Vec<Candidate>, MessageError> {
+    fn candidates(&mut self) -> Result<Vec<PunchCandidate>, MessageError> {
         let n = usize::from(self.u8()?);
         if n == 0 || n > MAX_CANDIDATES {
             return Err(MessageError::Invalid("candidate count"));
@@ -395,7 +397,7 @@ impl Reader<'_> {
             if local_port == 0 || port == 0 {
                 return Err(MessageError::Invalid("port 0"));
             }
-            out.push(Candidate {
+            out.push(PunchCandidate {
                 local_port,
                 external: SocketAddr::new(ip, port),
             });
@@ -412,14 +414,19 @@ pub struct Hello {
     /// The round.
     pub round: u8,
     /// The writer's node id.
-    pub node_id: [u8; NODE_ID_LEN],
+    pub node_id: NodeId,
 }
 
 impl Hello {
     /// The hello's bytes.
     pub fn encode(&self) -> [u8; HELLO_LEN] {
         let mut out = [0u8; HELLO_LEN];
-        let parts: [&[u8]; 4] = [&HELLO_MAGIC, &self.session.0, &[self.round], &self.node_id];
+        let parts: [&[u8]; 4] = [
+            &HELLO_MAGIC,
+            &self.session.0,
+            &[self.round],
+            &self.node_id.0,
+        ];
         let mut at = 0usize;
         for part in parts {
             let end = at.saturating_add(part.len());
@@ -439,7 +446,7 @@ impl Hello {
         }
         let session = SessionId(r.array().ok()?);
         let round = r.u8().ok()?;
-        let node_id = r.array().ok()?;
+        let node_id = NodeId(r.array().ok()?);
         r.rest.is_empty().then_some(Hello {
             session,
             round,
@@ -452,13 +459,13 @@ impl Hello {
 mod tests {
     use super::*;
 
-    fn cands() -> Vec<Candidate> {
+    fn cands() -> Vec<PunchCandidate> {
         vec![
-            Candidate {
+            PunchCandidate {
                 local_port: 20_001,
                 external: "203.0.113.5:41000".parse().unwrap(),
             },
-            Candidate {
+            PunchCandidate {
                 local_port: 20_001,
                 external: "[2001:db8::1]:41001".parse().unwrap(),
             },
@@ -556,7 +563,7 @@ mod tests {
         let h = Hello {
             session: SessionId([3; 16]),
             round: 4,
-            node_id: [5; NODE_ID_LEN],
+            node_id: NodeId([5; NODE_ID_LEN]),
         };
         let b = h.encode();
         assert_eq!(b.len(), HELLO_LEN);

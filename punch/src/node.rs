@@ -24,10 +24,11 @@ use p2pd_proto::{
     Verdict, TRANSMIT_BUFFER_LEN,
 };
 use p2pd_signaling::rendezvous::{Rendezvous, RendezvousConfig, RendezvousEvent};
-use p2pd_signaling::{Identity, PublicKey};
+use p2pd_signaling::{Identity, NodeId, PublicKey, NODE_ID_LEN};
 
+use crate::error::PunchApiError;
 use crate::machine::{PunchConfig, PunchEvent, PunchFailure, Puncher};
-use crate::message::{Candidate, TAG};
+use crate::message::{PunchCandidate, TAG};
 use crate::plan::{pick_local_ports, plan_candidates, NatView, Observation};
 
 /// The node's parts, each with its own socket-id namespace in the node's [`SocketMap`].
@@ -78,7 +79,7 @@ impl PunchNodeConfig {
         let epoch_ns = rendezvous.unix_epoch_ms.saturating_mul(1_000_000);
         PunchNodeConfig {
             rendezvous,
-            punch: PunchConfig::new([0; 20], epoch_ns),
+            punch: PunchConfig::new(NodeId([0; NODE_ID_LEN]), epoch_ns),
             stun_server,
             nat: None,
             ports_per_round: 1,
@@ -99,7 +100,7 @@ pub enum NodeEvent {
         /// The round.
         round: u8,
         /// Our candidates.
-        candidates: Vec<Candidate>,
+        candidates: Vec<PunchCandidate>,
     },
     /// A probe failed (its port is left out of the round).
     ProbeFailed {
@@ -159,9 +160,12 @@ struct Probe {
 /// later one until it reports [`SocketOutcome::Writable`], and reports refusals in the same drain
 /// (before any further input). That is flow control, not a broken stream: bytes stay in `out`
 /// until the runtime has taken them. The first `emitted` bytes of `out` went out as the transmits
-/// in `chunks` since the last settle point, so at the next input (stream bytes, an outcome, or a
-/// timeout: a transmit makes the deadline immediate) every such transmit not refused was taken,
-/// and the refused ones are the last ones. After a refusal nothing is sent until `Writable`.
+/// in `chunks` since the last settle point. The settle point is the next `handle_timeout` (a
+/// transmit makes the deadline immediate): a runtime calls it only after a whole drain, so every
+/// refusal of the transmits before it has been reported, and every transmit not refused was
+/// taken; the refused ones are the last ones and stay queued. No other input settles: an
+/// outcome or stream bytes may come while refusals of the same drain are still queued behind
+/// them. After a refusal nothing is sent until `Writable` and the next settle point.
 struct Stream {
     socket: SocketId,
     remote: SocketAddr,
@@ -263,9 +267,9 @@ impl PunchNode {
         identity: Identity,
         seed: u64,
         now: Instant,
-    ) -> Result<Self, p2pd_signaling::rendezvous::ConfigError> {
+    ) -> Result<Self, p2pd_signaling::rendezvous::RendezvousConfigError> {
         let mut rng = Rng::from_seed(seed);
-        config.punch.node_id = identity.node_id().0;
+        config.punch.node_id = identity.node_id();
         config.punch.unix_epoch_ns = config.rendezvous.unix_epoch_ms.saturating_mul(1_000_000);
         let rendezvous = Rendezvous::new(config.rendezvous.clone(), identity, rng.next_u64(), now)?;
         let puncher = Puncher::new(config.punch.clone(), rng.next_u64());
@@ -295,12 +299,12 @@ impl PunchNode {
     }
 
     /// Starts punching to `peer`: probes first, then the offer.
-    pub fn punch(&mut self, now: Instant, peer: PublicKey) -> Result<(), &'static str> {
+    pub fn punch(&mut self, now: Instant, peer: PublicKey) -> Result<(), PunchApiError> {
         if self.closing {
-            return Err("closed");
+            return Err(PunchApiError::Closed);
         }
         if self.peer.is_some() || self.pending.is_some() {
-            return Err("a punch is already in progress");
+            return Err(PunchApiError::InProgress);
         }
         self.peer = Some(peer);
         self.probe_attempts = 0;
@@ -313,17 +317,20 @@ impl PunchNode {
     /// closed, after [`PunchNode::finish`], or when the queue is full. The peer's EOF
     /// ([`NodeEvent::StreamClosed`] with [`PunchNode::is_connected`] still true) does not stop
     /// sending.
-    pub fn send(&mut self, now: Instant, bytes: &[u8]) -> Result<(), &'static str> {
-        let stream = self.stream.as_mut().ok_or("not connected")?;
+    pub fn send(&mut self, now: Instant, bytes: &[u8]) -> Result<(), PunchApiError> {
+        let stream = self.stream.as_mut().ok_or(PunchApiError::NotConnected)?;
         if stream.closed {
-            return Err("the stream is closed");
+            return Err(PunchApiError::StreamClosed);
         }
         if stream.finishing {
-            return Err("the sending side is finished");
+            return Err(PunchApiError::Finished);
         }
         if stream.out.len().saturating_add(bytes.len()) > MAX_SEND_QUEUE {
             stream.wants_room = true;
-            return Err("send queue full");
+            return Err(PunchApiError::SendQueueFull {
+                queued: stream.out.len(),
+                len: bytes.len(),
+            });
         }
         stream.out.extend(bytes.iter().copied());
         if stream.out.len() > MAX_SEND_QUEUE / 2 {
@@ -340,10 +347,10 @@ impl PunchNode {
     /// EOF. We keep receiving: [`NodeEvent::Data`] until the peer's own EOF,
     /// [`NodeEvent::StreamClosed`]; then [`PunchNode::close`]. [`PunchNode::send`] fails from now
     /// on. Idempotent; `Err` before the stream is up and after it failed or the node closed.
-    pub fn finish(&mut self, now: Instant) -> Result<(), &'static str> {
-        let stream = self.stream.as_mut().ok_or("not connected")?;
+    pub fn finish(&mut self, now: Instant) -> Result<(), PunchApiError> {
+        let stream = self.stream.as_mut().ok_or(PunchApiError::NotConnected)?;
         if stream.closed {
-            return Err("the stream is closed");
+            return Err(PunchApiError::StreamClosed);
         }
         stream.finishing = true;
         self.pump(now);
@@ -520,7 +527,7 @@ impl PunchNode {
                     self.peer = Some(from);
                 }
                 if self.peer == Some(from) {
-                    let _ = self.puncher.handle_signal(now, from.node_id().0, &payload);
+                    let _ = self.puncher.handle_signal(now, from.node_id(), &payload);
                 }
             }
             RendezvousEvent::Closed => self.rendezvous_closed = true,
@@ -668,17 +675,17 @@ impl PunchNode {
             round,
             candidates: candidates.clone(),
         });
-        let result = match pending {
+        let accepted = match pending {
             Pending::Initiate => match self.peer {
                 Some(peer) => self
                     .puncher
-                    .initiate(now, peer.node_id().0, candidates)
-                    .map(|_| ()),
-                None => Err("no peer"),
+                    .initiate(now, peer.node_id(), candidates)
+                    .is_ok(),
+                None => false,
             },
-            Pending::Provide(r) => self.puncher.provide_candidates(now, r, candidates),
+            Pending::Provide(r) => self.puncher.provide_candidates(now, r, candidates).is_ok(),
         };
-        if result.is_err() {
+        if !accepted {
             self.puncher.close(now);
         }
         true
@@ -718,9 +725,6 @@ impl p2pd_proto::Machine for PunchNode {
 
     /// Stream bytes: the punched stream, a probe, the puncher or a broker connection.
     fn handle_stream(&mut self, now: Instant, socket: SocketId, data: &[u8]) -> Verdict {
-        if let Some(s) = self.stream.as_mut() {
-            s.settle();
-        }
         let verdict = match self.sockets.route(socket) {
             Some((Part::Stream, _)) => {
                 if !self.closing {
@@ -763,7 +767,8 @@ impl p2pd_proto::Machine for PunchNode {
                 s.refused = s.refused.saturating_add(1);
                 s.blocked = true;
             } else if matches!(outcome, SocketOutcome::Writable) {
-                s.settle();
+                // Refused transmits go out again after the next settle point (an immediate
+                // timeout), never here: refusals of the last drain may still be on their way.
                 s.blocked = false;
             } else if matches!(outcome, SocketOutcome::PeerClosed) && !s.closed {
                 // Half-closed by the peer: we may still send (and finish).
@@ -841,7 +846,8 @@ impl p2pd_proto::Machine for PunchNode {
             }
         }
         let s = self.stream.as_mut()?;
-        if s.closed || s.blocked {
+        // After a refusal nothing more goes out until `Writable` and a settle point.
+        if s.closed || s.blocked || s.refused > 0 {
             return None;
         }
         let full = buf.len().min(TRANSMIT_BUFFER_LEN);
@@ -1069,5 +1075,22 @@ mod tests {
             ),
             "{events:?}"
         );
+    }
+
+    #[test]
+    fn api_misuse_is_a_typed_error() {
+        let mut n = node(None, 1);
+        assert_eq!(
+            n.send(Instant::ZERO, b"x"),
+            Err(PunchApiError::NotConnected)
+        );
+        assert_eq!(n.finish(Instant::ZERO), Err(PunchApiError::NotConnected));
+        n.punch(Instant::ZERO, peer()).unwrap();
+        assert_eq!(
+            n.punch(Instant::ZERO, peer()),
+            Err(PunchApiError::InProgress)
+        );
+        n.close(Instant::ZERO);
+        assert_eq!(n.punch(Instant::ZERO, peer()), Err(PunchApiError::Closed));
     }
 }

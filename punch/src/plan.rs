@@ -21,7 +21,7 @@ use core::net::SocketAddr;
 use p2pd_nat::{Mapping, PortAllocation};
 use p2pd_proto::Rng;
 
-use crate::message::{Candidate, MAX_CANDIDATES};
+use crate::message::{PunchCandidate, MAX_CANDIDATES};
 
 /// The lowest local port [`pick_local_ports`] chooses (below Linux's ephemeral range, so no
 /// outgoing connection takes it meanwhile).
@@ -64,11 +64,11 @@ pub fn pick_local_ports(rng: &mut Rng, n: usize) -> Vec<u16> {
 }
 
 /// Our candidates for the peer from the observations (at most [`MAX_CANDIDATES`]).
-pub fn plan_candidates(view: Option<NatView>, observations: &[Observation]) -> Vec<Candidate> {
+pub fn plan_candidates(view: Option<NatView>, observations: &[Observation]) -> Vec<PunchCandidate> {
     let mut out = Vec::new();
     for o in observations {
         for external in predict(view, o) {
-            let candidate = Candidate {
+            let candidate = PunchCandidate {
                 local_port: o.local_port,
                 external,
             };

@@ -73,7 +73,8 @@ use p2pd_proto::{
 
 use crate::clock::offset_and_delay;
 pub use config::{
-    ApiError, ConfigError, SntpConfig, MAX_ATTEMPTS_PER_SAMPLE, MAX_SAMPLES_PER_SERVER, MAX_SERVERS,
+    SntpApiError, SntpConfig, SntpConfigError, MAX_ATTEMPTS_PER_SAMPLE, MAX_SAMPLES_PER_SERVER,
+    MAX_SERVERS,
 };
 pub use packet::{KissCode, NtpPacket, RejectReason, PACKET_LEN};
 pub use report::{ClockEstimate, SntpEvent, SntpFailure, SntpSample, SntpStats};
@@ -157,18 +158,18 @@ pub struct SntpClient {
 
 impl SntpClient {
     /// A machine whose nonces come from `seed`.
-    pub fn new(config: SntpConfig, seed: u64) -> Result<SntpClient, ConfigError> {
+    pub fn new(config: SntpConfig, seed: u64) -> Result<SntpClient, SntpConfigError> {
         if config.servers.is_empty() || config.servers.len() > MAX_SERVERS {
-            return Err(ConfigError::ServerCount);
+            return Err(SntpConfigError::ServerCount);
         }
         if !(1..=MAX_SAMPLES_PER_SERVER).contains(&config.samples_per_server) {
-            return Err(ConfigError::SampleCount);
+            return Err(SntpConfigError::SampleCount);
         }
         if !(1..=MAX_ATTEMPTS_PER_SAMPLE).contains(&config.attempts_per_sample) {
-            return Err(ConfigError::AttemptCount);
+            return Err(SntpConfigError::AttemptCount);
         }
         if config.reply_timeout.is_zero() {
-            return Err(ConfigError::ZeroTimeout);
+            return Err(SntpConfigError::ZeroTimeout);
         }
         let servers = config
             .servers
@@ -236,7 +237,7 @@ impl SntpClient {
         now: Instant,
         local: SocketAddr,
         options: BindOptions,
-    ) -> Result<SocketId, ApiError> {
+    ) -> Result<SocketId, SntpApiError> {
         self.check_socket(now, local)?;
         let id = SocketId(1);
         self.socket = Some(OurSocket {
@@ -260,7 +261,7 @@ impl SntpClient {
         now: Instant,
         socket: SocketId,
         local: SocketAddr,
-    ) -> Result<(), ApiError> {
+    ) -> Result<(), SntpApiError> {
         self.check_socket(now, local)?;
         self.socket = Some(OurSocket {
             id: socket,
@@ -294,13 +295,13 @@ impl SntpClient {
         self.deadline = None;
     }
 
-    fn check_socket(&mut self, now: Instant, local: SocketAddr) -> Result<(), ApiError> {
+    fn check_socket(&mut self, now: Instant, local: SocketAddr) -> Result<(), SntpApiError> {
         self.advance(now);
         if self.phase == Phase::Closed {
-            return Err(ApiError::Closed);
+            return Err(SntpApiError::Closed);
         }
         if self.socket.is_some() || self.phase != Phase::Idle {
-            return Err(ApiError::SocketAlreadySet);
+            return Err(SntpApiError::SocketAlreadySet);
         }
         if self
             .config
@@ -308,7 +309,7 @@ impl SntpClient {
             .iter()
             .any(|s| s.is_ipv4() != local.is_ipv4())
         {
-            return Err(ApiError::AddressFamilyMismatch);
+            return Err(SntpApiError::AddressFamilyMismatch);
         }
         Ok(())
     }

@@ -30,6 +30,8 @@ pub fn map_io_error(e: &io::Error) -> IoError {
         io::ErrorKind::NetworkUnreachable => IoError::NetworkUnreachable,
         io::ErrorKind::TimedOut => IoError::TimedOut,
         io::ErrorKind::WouldBlock => IoError::WouldBlock,
+        io::ErrorKind::NotConnected => IoError::NotConnected,
+        io::ErrorKind::BrokenPipe => IoError::BrokenPipe,
         _ => IoError::Other(e.raw_os_error()),
     }
 }
@@ -51,6 +53,8 @@ fn map_raw_os_error(code: i32) -> Option<IoError> {
         // ENOBUFS: the interface queue is full (Linux, BSD); the datagram was not sent.
         libc::EAGAIN | libc::ENOBUFS => IoError::WouldBlock,
         libc::ENODEV | libc::ENXIO => IoError::NoSuchDevice,
+        libc::ENOTCONN => IoError::NotConnected,
+        libc::EPIPE => IoError::BrokenPipe,
         _ => return None,
     };
     Some(mapped)
@@ -72,6 +76,8 @@ fn map_raw_os_error(code: i32) -> Option<IoError> {
         10060 => IoError::TimedOut,           // WSAETIMEDOUT
         10040 => IoError::MessageTooLong,     // WSAEMSGSIZE
         10035 | 10055 => IoError::WouldBlock, // WSAEWOULDBLOCK, WSAENOBUFS
+        10057 => IoError::NotConnected,       // WSAENOTCONN
+        10058 => IoError::BrokenPipe,         // WSAESHUTDOWN (a send after shutdown(SD_SEND))
         _ => return None,
     };
     Some(mapped)
@@ -95,6 +101,8 @@ mod tests {
             (io::ErrorKind::PermissionDenied, IoError::PermissionDenied),
             (io::ErrorKind::ConnectionRefused, IoError::ConnectionRefused),
             (io::ErrorKind::WouldBlock, IoError::WouldBlock),
+            (io::ErrorKind::NotConnected, IoError::NotConnected),
+            (io::ErrorKind::BrokenPipe, IoError::BrokenPipe),
             (io::ErrorKind::InvalidInput, IoError::Other(None)),
         ];
         for (kind, want) in cases {
@@ -112,6 +120,8 @@ mod tests {
             (libc::EPERM, IoError::PermissionDenied),
             (libc::EMSGSIZE, IoError::MessageTooLong),
             (libc::ECONNREFUSED, IoError::ConnectionRefused),
+            (libc::ENOTCONN, IoError::NotConnected),
+            (libc::EPIPE, IoError::BrokenPipe),
             (libc::EINVAL, IoError::Other(Some(libc::EINVAL))),
         ];
         for (code, want) in cases {

@@ -880,11 +880,11 @@ impl Runtime {
             ..
         })) = self.slots.get_mut(idx)
         else {
-            self.fail(id, OpKind::Shutdown, IoError::Other(Some(NOT_CONNECTED)));
+            self.fail(id, OpKind::Shutdown, IoError::NotConnected);
             return;
         };
         if !st.connected {
-            self.fail(id, OpKind::Shutdown, IoError::Other(Some(NOT_CONNECTED)));
+            self.fail(id, OpKind::Shutdown, IoError::NotConnected);
             return;
         }
         if st.shutdown != Shutdown::No {
@@ -1067,7 +1067,7 @@ impl Runtime {
                     }
                     Kind::TcpStream(st) => stream_send(st, bytes),
                     Kind::TcpBound(_) | Kind::TcpListener(_) | Kind::Lingering(..) => {
-                        Err(IoError::Other(Some(NOT_CONNECTED)))
+                        Err(IoError::NotConnected)
                     }
                 },
                 _ => Err(IoError::UnknownSocket),
@@ -1546,28 +1546,6 @@ fn send_to(sock: &mio::net::UdpSocket, bytes: &[u8], to: SocketAddr) -> Result<u
     }
 }
 
-/// The OS code for "not connected", reported when a transmit names a TCP socket that is not a
-/// connected stream.
-#[cfg(unix)]
-const NOT_CONNECTED: i32 = libc::ENOTCONN;
-/// The OS code for "not connected" (`WSAENOTCONN`).
-#[cfg(windows)]
-const NOT_CONNECTED: i32 = 10057;
-/// The OS code for "not connected" (none on this platform).
-#[cfg(not(any(unix, windows)))]
-const NOT_CONNECTED: i32 = 0;
-
-/// The OS code for "broken pipe", reported when a transmit names a TCP stream whose sending half
-/// the machine shut down.
-#[cfg(unix)]
-const BROKEN_PIPE: i32 = libc::EPIPE;
-/// The OS code for "shut down" (`WSAESHUTDOWN`).
-#[cfg(windows)]
-const BROKEN_PIPE: i32 = 10058;
-/// The OS code for "broken pipe" (none on this platform).
-#[cfg(not(any(unix, windows)))]
-const BROKEN_PIPE: i32 = 0;
-
 /// Whether a non-blocking `connect` error only means "in progress".
 fn connect_in_progress(e: &io::Error) -> bool {
     #[cfg(unix)]
@@ -1613,10 +1591,10 @@ fn write_some(stream: &mut mio::net::TcpStream, bytes: &[u8]) -> Result<usize, I
 /// at all, within [`MAX_STREAM_BUFFER`]). Returns how many bytes were written at once.
 fn stream_send(st: &mut Stream, bytes: &[u8]) -> Result<usize, IoError> {
     if !st.connected {
-        return Err(IoError::Other(Some(NOT_CONNECTED)));
+        return Err(IoError::NotConnected);
     }
     if st.shutdown != Shutdown::No {
-        return Err(IoError::Other(Some(BROKEN_PIPE)));
+        return Err(IoError::BrokenPipe);
     }
     if st.refused || st.out.len().saturating_add(bytes.len()) > MAX_STREAM_BUFFER {
         st.refused = true;

@@ -7,6 +7,14 @@
 //! ```text
 //! cargo bench -p p2pd-signaling --bench envelope
 //! ```
+// Benchmark code: the package's strict lints (Cargo.toml `[lints]`) guard its library code.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    clippy::arithmetic_side_effects
+)]
 
 use divan::{black_box, AllocProfiler, Bencher};
 use p2pd_signaling::{seal, Identity, Opener};

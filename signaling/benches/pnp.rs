@@ -12,6 +12,14 @@
 //! ```text
 //! cargo bench -p p2pd-signaling --bench pnp
 //! ```
+// Benchmark code: the package's strict lints (Cargo.toml `[lints]`) guard its library code.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    clippy::arithmetic_side_effects
+)]
 
 use p2pd_proto::Machine;
 use std::cell::Cell;

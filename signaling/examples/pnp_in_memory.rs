@@ -5,6 +5,14 @@
 //! ```text
 //! cargo run -p p2pd-signaling --example pnp_in_memory
 //! ```
+// Example code: the package's strict lints (Cargo.toml `[lints]`) guard its library code.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    clippy::arithmetic_side_effects
+)]
 
 use p2pd_proto::Machine;
 use std::net::SocketAddr;

@@ -260,13 +260,13 @@ impl fmt::Display for AddressError {
             AddressError::Truncated => f.write_str("address truncated"),
             AddressError::TrailingBytes => f.write_str("trailing bytes after address"),
             AddressError::UnsupportedVersion(v) => write!(f, "unsupported address version {v}"),
-            AddressError::TooMany { what } => write!(f, "too many entries: {what:?}"),
+            AddressError::TooMany { what } => write!(f, "too many {}", part_plural(*what)),
             AddressError::TooLarge => f.write_str("address too large"),
             AddressError::BadKey => f.write_str("invalid public key"),
             AddressError::NodeIdMismatch => f.write_str("node id does not match public key"),
             AddressError::BadFamily(b) => write!(f, "unknown address family {b}"),
             AddressError::BadPort => f.write_str("port 0"),
-            AddressError::Duplicate { what } => write!(f, "duplicate entry: {what:?}"),
+            AddressError::Duplicate { what } => write!(f, "duplicate {}", part_singular(*what)),
             AddressError::BadName => f.write_str("invalid interface name"),
             AddressError::BadNat => f.write_str("invalid NAT behaviour"),
             AddressError::Reserved => f.write_str("reserved bits set"),
@@ -276,6 +276,22 @@ impl fmt::Display for AddressError {
 }
 
 impl std::error::Error for AddressError {}
+
+fn part_plural(part: Part) -> &'static str {
+    match part {
+        Part::Interface => "interfaces",
+        Part::Endpoint => "endpoints",
+        Part::Broker => "brokers",
+    }
+}
+
+fn part_singular(part: Part) -> &'static str {
+    match part {
+        Part::Interface => "interface",
+        Part::Endpoint => "endpoint",
+        Part::Broker => "broker",
+    }
+}
 
 impl PeerAddress {
     /// The node id (derived from the key).

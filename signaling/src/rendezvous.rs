@@ -119,7 +119,7 @@ impl RendezvousConfig {
 
 /// Why a configuration was refused (API misuse).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ConfigError {
+pub enum RendezvousConfigError {
     /// No brokers.
     NoBrokers,
     /// More than [`MAX_BROKERS`].
@@ -130,18 +130,18 @@ pub enum ConfigError {
     SocketIdsOverflow,
 }
 
-impl fmt::Display for ConfigError {
+impl fmt::Display for RendezvousConfigError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            ConfigError::NoBrokers => f.write_str("no brokers configured"),
-            ConfigError::TooManyBrokers => write!(f, "more than {MAX_BROKERS} brokers"),
-            ConfigError::DuplicateBroker(id) => write!(f, "broker {id} configured twice"),
-            ConfigError::SocketIdsOverflow => f.write_str("socket id range overflows"),
+            RendezvousConfigError::NoBrokers => f.write_str("no brokers configured"),
+            RendezvousConfigError::TooManyBrokers => write!(f, "more than {MAX_BROKERS} brokers"),
+            RendezvousConfigError::DuplicateBroker(id) => write!(f, "broker {id} configured twice"),
+            RendezvousConfigError::SocketIdsOverflow => f.write_str("socket id range overflows"),
         }
     }
 }
 
-impl std::error::Error for ConfigError {}
+impl std::error::Error for RendezvousConfigError {}
 
 /// Names one message given to [`Rendezvous::send`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -174,7 +174,7 @@ impl fmt::Display for SendError {
         match self {
             SendError::NoCommonBroker => f.write_str("none of the peer's brokers is configured"),
             SendError::Seal(e) => write!(f, "cannot seal: {e}"),
-            SendError::Refused(e) => write!(f, "every broker refused: {e:?}"),
+            SendError::Refused(e) => write!(f, "every broker refused: {e}"),
             SendError::Closed => f.write_str("closed"),
         }
     }
@@ -323,23 +323,23 @@ impl Rendezvous {
         identity: Identity,
         seed: u64,
         now: Instant,
-    ) -> Result<Self, ConfigError> {
+    ) -> Result<Self, RendezvousConfigError> {
         if config.brokers.is_empty() {
-            return Err(ConfigError::NoBrokers);
+            return Err(RendezvousConfigError::NoBrokers);
         }
         if config.brokers.len() > MAX_BROKERS {
-            return Err(ConfigError::TooManyBrokers);
+            return Err(RendezvousConfigError::TooManyBrokers);
         }
         for (i, b) in config.brokers.iter().enumerate() {
             if config.brokers.iter().take(i).any(|o| o.id == b.id) {
-                return Err(ConfigError::DuplicateBroker(b.id));
+                return Err(RendezvousConfigError::DuplicateBroker(b.id));
             }
         }
         u32::try_from(config.brokers.len())
             .ok()
             .and_then(|n| n.checked_mul(SOCKETS_PER_BROKER))
             .and_then(|n| n.checked_add(config.socket_base.0))
-            .ok_or(ConfigError::SocketIdsOverflow)?;
+            .ok_or(RendezvousConfigError::SocketIdsOverflow)?;
         let mut rng = Rng::from_seed(seed);
         let topic = topic_for(&identity.node_id());
         let mut brokers = Vec::with_capacity(config.brokers.len());

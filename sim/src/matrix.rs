@@ -564,7 +564,7 @@ mod tests {
         assert_eq!(
             grade_behaviour(
                 Truth::Open,
-                Classification::Inconclusive(p2pd_nat::classify::InconclusiveReason::Deadline)
+                Classification::Inconclusive(p2pd_nat::classify::ClassifyInconclusive::Deadline)
             ),
             Correctness::Inconclusive
         );

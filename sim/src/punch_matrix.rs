@@ -62,7 +62,7 @@ use p2pd_punch::node::{NodeEvent, PunchNode, PunchNodeConfig};
 use p2pd_punch::plan::NatView;
 use p2pd_punch::{PunchConfig, PunchFailure};
 use p2pd_signaling::rendezvous::{BrokerSpec, RendezvousConfig};
-use p2pd_signaling::{Identity, PublicKey};
+use p2pd_signaling::{Identity, NodeId, PublicKey};
 
 use crate::{
     BrokerConfig, Host, HostId, LinkConfig, MqttBroker, NatId, NatTcpConfig, Sim, TcpConfig,
@@ -243,6 +243,8 @@ impl core::fmt::Display for Failure {
         }
     }
 }
+
+impl std::error::Error for Failure {}
 
 /// The variant name of a punch failure.
 pub fn failure_name(f: &PunchFailure) -> &'static str {
@@ -627,7 +629,7 @@ fn new_node(sim: &mut Sim, kind: NatKind, identity: Identity, punch: &PunchConfi
 
 /// The punch settings of the matrix: the defaults.
 pub fn matrix_punch_config() -> PunchConfig {
-    PunchConfig::new([0; 20], EPOCH_MS.saturating_mul(1_000_000))
+    PunchConfig::new(NodeId([0; 20]), EPOCH_MS.saturating_mul(1_000_000))
 }
 
 /// Runs one punch from A behind `a` to B behind `b` at `loss` with simulation seed `seed`; the NAT

@@ -36,10 +36,10 @@
 //!   every byte before the FIN.
 //! - **Shutdown**: `Shutdown` sends the FIN after the queued data as `Close` does
 //!   (ESTABLISHED -> FIN-WAIT-1, CLOSE-WAIT -> LAST-ACK), but the socket stays the machine's: bytes
-//!   and the peer's FIN keep arriving (`PeerClosed`), transmits fail with `EPIPE`, and a later
-//!   `Close` releases the socket (the connection finishes alone from wherever it is). A second
-//!   `Shutdown` does nothing; on a socket that is not a connected stream it fails (kind
-//!   `Shutdown`).
+//!   and the peer's FIN keep arriving (`PeerClosed`), transmits fail with `BrokenPipe`, and a
+//!   later `Close` releases the socket (the connection finishes alone from wherever it is). A
+//!   second `Shutdown` does nothing; on a socket that is not a connected stream it fails (kind
+//!   `Shutdown`, `NotConnected`), as a transmit on one does (kind `Send`).
 //! - **Reset**: an in-window RST reports `Failed { op: Receive, error: ConnectionReset }` (or
 //!   `ConnectionRefused` while connecting); the socket stays the machine's until it closes it, and
 //!   transmits on it fail with `ConnectionReset`.
@@ -1160,7 +1160,7 @@ impl TcpStack {
             None => return Err(IoError::UnknownSocket),
             Some(Sock::Conn(id)) => *id,
             Some(Sock::Dead(error)) => return Err(*error),
-            Some(_) => return Err(IoError::Other(Some(NOT_CONNECTED))),
+            Some(_) => return Err(IoError::NotConnected),
         };
         let conn = self.conns.get_mut(&id).ok_or(IoError::UnknownSocket)?;
         Ok((conn, &mut self.stats))
@@ -1177,10 +1177,10 @@ impl TcpStack {
         let (conn, stats) = self.connection_of(socket)?;
         if conn.fin_queued {
             // The machine shut the sending half down.
-            return Err(IoError::Other(Some(BROKEN_PIPE)));
+            return Err(IoError::BrokenPipe);
         }
         if !matches!(conn.state, State::Established | State::CloseWait) {
-            return Err(IoError::Other(Some(NOT_CONNECTED)));
+            return Err(IoError::NotConnected);
         }
         if conn.refused || conn.send.len() + data.len() > MAX_SEND_BUFFER {
             conn.refused = true;
@@ -1205,7 +1205,7 @@ impl TcpStack {
         conn.state = match conn.state {
             State::Established => State::FinWait1,
             State::CloseWait => State::LastAck,
-            _ => return Err(IoError::Other(Some(NOT_CONNECTED))),
+            _ => return Err(IoError::NotConnected),
         };
         conn.fin_queued = true;
         conn.push(now, stats, out);
@@ -1322,7 +1322,7 @@ impl TcpStack {
                 let error = if h.has(TcpHeader::RST) {
                     IoError::ConnectionReset
                 } else {
-                    IoError::Other(Some(NOT_CONNECTED))
+                    IoError::NotConnected
                 };
                 let refused = conn.state == State::SynSent;
                 self.remove(
@@ -1412,8 +1412,3 @@ impl TcpStack {
         }
     }
 }
-
-/// `ENOTCONN` on Linux, as the mio runtime reports a send on an unconnected stream.
-const NOT_CONNECTED: i32 = 107;
-/// `EPIPE` on Linux, as the mio runtime reports a send after `Shutdown`.
-const BROKEN_PIPE: i32 = 32;

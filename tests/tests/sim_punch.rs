@@ -9,17 +9,17 @@ use std::collections::VecDeque;
 
 use p2pd_nat::{Behaviour, Filtering, Mapping, PortAllocation};
 use p2pd_proto::{Instant, SocketId};
-use p2pd_punch::machine::NodeId;
 use p2pd_punch::message::AbortReason;
-use p2pd_punch::{Candidate, PunchConfig, PunchEvent, PunchFailure, Puncher};
+use p2pd_punch::{PunchCandidate, PunchConfig, PunchEvent, PunchFailure, Puncher};
+use p2pd_signaling::NodeId;
 use p2pd_sim::{run_seeds, HostId, LinkConfig, NatTcpConfig, Sim};
 
 const NAT_A: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 10);
 const NAT_B: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 20);
 const PRIV_A: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 2);
 const PRIV_B: Ipv4Addr = Ipv4Addr::new(10, 1, 0, 2);
-const ID_A: NodeId = [0x11; 20];
-const ID_B: NodeId = [0x22; 20];
+const ID_A: NodeId = NodeId([0x11; 20]);
+const ID_B: NodeId = NodeId([0x22; 20]);
 const EPOCH_NS: u64 = 1_800_000_000_000_000_000;
 
 #[derive(Debug)]
@@ -88,7 +88,7 @@ fn punch(seed: u64, sc: &Scenario) -> (Outcome, Outcome, Sim, HostId, HostId) {
     let config_b = PunchConfig::new(ID_B, epoch_b);
     let ha = sim.add_host_behind(nat_a, PRIV_A, Puncher::new(config_a, seed));
     let hb = sim.add_host_behind(nat_b, PRIV_B, Puncher::new(config_b, seed ^ 1));
-    let cand = |ip: Ipv4Addr, port: u16| Candidate {
+    let cand = |ip: Ipv4Addr, port: u16| PunchCandidate {
         local_port: port,
         external: SocketAddr::new(ip.into(), port),
     };

@@ -19,7 +19,7 @@ use std::ops::ControlFlow;
 use std::time::Duration;
 
 use clap::Args;
-use p2pd_nat::classify::{InconclusiveReason, Probe, ProbeKind, ProbeOutcome};
+use p2pd_nat::classify::{ClassifyInconclusive, Probe, ProbeKind, ProbeOutcome};
 use p2pd_nat::{
     default_servers, Behaviour, Classification, Classifier, ClassifierConfig, ClassifierEvent,
     Report, ServerEntry, ServerId, ServerSpec,
@@ -245,7 +245,7 @@ struct NatReport<'a> {
     reason: Option<&'static str>,
     /// The inconclusive reason in words.
     #[serde(serialize_with = "display_opt")]
-    reason_text: Option<InconclusiveReason>,
+    reason_text: Option<ClassifyInconclusive>,
     p2pd_label: Option<&'a str>,
     #[serde(serialize_with = "display_opt")]
     allocation: Option<DeltaVerdict>,

@@ -227,7 +227,7 @@ fn punch(args: &PunchArgs) -> Result<i32, String> {
         if !punch_requested && node.rendezvous().connected_brokers() > 0 {
             punch_requested = true;
             if let Some(peer) = peer {
-                node.punch(now, peer).map_err(str::to_string)?;
+                node.punch(now, peer).map_err(|e| e.to_string())?;
                 status.line(
                     "punching",
                     &format!("punching to {}", peer.node_id()),

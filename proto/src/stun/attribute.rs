@@ -20,6 +20,20 @@ pub enum AttrError {
     TooLong,
 }
 
+impl core::fmt::Display for AttrError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            AttrError::BadLength => f.write_str("wrong value length for the attribute"),
+            AttrError::BadFamily => f.write_str("address family neither 1 (ipv4) nor 2 (ipv6)"),
+            AttrError::BadUtf8 => f.write_str("text is not utf-8"),
+            AttrError::BadErrorCode => f.write_str("error code class not 3..=6 or number over 99"),
+            AttrError::TooLong => f.write_str("value longer than the rfc allows"),
+        }
+    }
+}
+
+impl std::error::Error for AttrError {}
+
 /// The known attribute kinds, used to index a decoded message.
 #[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]
 pub enum AttrKind {

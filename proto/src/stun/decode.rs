@@ -44,19 +44,29 @@ pub enum DecodeError {
 impl core::fmt::Display for DecodeError {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         match self {
-            DecodeError::TooShort => f.write_str("shorter than a STUN header"),
-            DecodeError::NotStun => f.write_str("not a STUN message"),
-            DecodeError::UnalignedLength => f.write_str("length is not a multiple of 4"),
-            DecodeError::LengthMismatch => f.write_str("length field disagrees with the data"),
-            DecodeError::AttributeTruncated => f.write_str("attribute runs past the message"),
-            DecodeError::BadAttribute { code, error } => {
-                write!(f, "attribute 0x{code:04x} is invalid: {error:?}")
+            DecodeError::TooShort => {
+                write!(f, "stun message too short: header needs {HEADER_LEN} bytes")
             }
-            DecodeError::FingerprintNotLast => f.write_str("attribute after FINGERPRINT"),
-            DecodeError::FingerprintMismatch => f.write_str("FINGERPRINT mismatch"),
+            DecodeError::NotStun => f.write_str("not a stun message (top two bits set)"),
+            DecodeError::UnalignedLength => f.write_str("stun length field is not a multiple of 4"),
+            DecodeError::LengthMismatch => {
+                f.write_str("stun length field disagrees with the bytes received")
+            }
+            DecodeError::AttributeTruncated => {
+                f.write_str("stun attribute runs past the end of the message")
+            }
+            DecodeError::BadAttribute { code, error } => {
+                write!(f, "stun attribute 0x{code:04x} is invalid: {error}")
+            }
+            DecodeError::FingerprintNotLast => f.write_str("stun attribute after the fingerprint"),
+            DecodeError::FingerprintMismatch => {
+                f.write_str("stun fingerprint does not match the message")
+            }
         }
     }
 }
+
+impl std::error::Error for DecodeError {}
 
 /// Why MESSAGE-INTEGRITY did not verify.
 #[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]
@@ -66,6 +76,17 @@ pub enum IntegrityError {
     /// The HMAC does not match.
     Mismatch,
 }
+
+impl core::fmt::Display for IntegrityError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            IntegrityError::Missing => f.write_str("message-integrity attribute missing"),
+            IntegrityError::Mismatch => f.write_str("message-integrity hmac does not match"),
+        }
+    }
+}
+
+impl std::error::Error for IntegrityError {}
 
 /// A cheap test of whether `buf` could be a STUN message: at least a header, the top two bits zero and
 /// a length that is a multiple of four. Lets machines answer `NotMine` for other protocols.

@@ -18,6 +18,22 @@ pub enum EncodeError {
     InvalidValue,
 }
 
+impl core::fmt::Display for EncodeError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            EncodeError::BufferTooSmall => f.write_str("buffer too small for the stun message"),
+            EncodeError::TooLong => {
+                f.write_str("stun message or attribute longer than 65535 bytes")
+            }
+            EncodeError::InvalidValue => {
+                f.write_str("value not encodable (error code outside 300..=699)")
+            }
+        }
+    }
+}
+
+impl std::error::Error for EncodeError {}
+
 /// Writes one STUN message into a buffer.
 ///
 /// Add attributes in order; [`MessageWriter::add_message_integrity`] and

@@ -1,18 +1,19 @@
 //! Regressions found by the `punch_session` fuzz target.
 
 use super::*;
+use crate::message::NODE_ID_LEN;
 use p2pd_proto::Machine;
 
-const US: NodeId = [1; NODE_ID_LEN];
-const PEER: NodeId = [2; NODE_ID_LEN];
+const US: NodeId = NodeId([1; NODE_ID_LEN]);
+const PEER: NodeId = NodeId([2; NODE_ID_LEN]);
 const EPOCH: u64 = 1_700_000_000_000_000_000;
 
 fn ms(n: u64) -> Instant {
     Instant::from_millis(n)
 }
 
-fn cand(local_port: u16, external: &str) -> Candidate {
-    Candidate {
+fn cand(local_port: u16, external: &str) -> PunchCandidate {
+    PunchCandidate {
         local_port,
         external: external.parse().unwrap(),
     }
@@ -62,7 +63,7 @@ fn bound(m: &mut Puncher, now: Instant, id: SocketId) -> Out {
 /// time and the Bind ids (the listener first, then one dialer per pair).
 fn armed(
     config: PunchConfig,
-    peer_candidates: Vec<Candidate>,
+    peer_candidates: Vec<PunchCandidate>,
 ) -> (Puncher, Instant, Vec<SocketId>) {
     let mut m = Puncher::new(config, 7);
     let session = m
@@ -175,5 +176,64 @@ fn a_retry_without_a_free_socket_waits_instead_of_spinning() {
     assert!(
         next > retry,
         "deadline {next:?} is due at {retry:?}: the caller would spin"
+    );
+}
+
+#[test]
+fn api_misuse_is_a_typed_error_and_changes_nothing() {
+    let mut m = Puncher::new(PunchConfig::new(US, EPOCH), 7);
+    let one = || vec![cand(40_000, "203.0.113.1:40000")];
+    assert_eq!(
+        m.initiate(ms(0), US, one()),
+        Err(PunchApiError::PunchToSelf)
+    );
+    assert_eq!(
+        m.initiate(ms(0), PEER, Vec::new()),
+        Err(PunchApiError::CandidateCount { count: 0 })
+    );
+    let many = vec![cand(40_000, "203.0.113.1:40000"); MAX_CANDIDATES + 1];
+    assert_eq!(
+        m.initiate(ms(0), PEER, many),
+        Err(PunchApiError::CandidateCount {
+            count: MAX_CANDIDATES + 1
+        })
+    );
+    assert_eq!(
+        m.initiate(ms(0), PEER, vec![cand(0, "203.0.113.1:40000")]),
+        Err(PunchApiError::CandidatePortZero)
+    );
+    assert_eq!(
+        m.initiate(ms(0), PEER, vec![cand(40_000, "203.0.113.1:0")]),
+        Err(PunchApiError::CandidatePortZero)
+    );
+    assert_eq!(
+        m.provide_candidates(ms(0), 0, one()),
+        Err(PunchApiError::CandidatesNotAsked)
+    );
+    assert!(
+        drain(&mut m).events.is_empty(),
+        "refused calls emit nothing"
+    );
+    m.initiate(ms(0), PEER, one()).unwrap();
+    assert_eq!(
+        m.initiate(ms(0), PEER, one()),
+        Err(PunchApiError::InProgress)
+    );
+    assert_eq!(
+        m.provide_candidates(ms(0), 3, one()),
+        Err(PunchApiError::WrongRound {
+            given: 3,
+            current: 0
+        })
+    );
+    m.close(ms(1));
+    assert_eq!(m.initiate(ms(1), PEER, one()), Err(PunchApiError::Closed));
+    assert_eq!(
+        m.provide_candidates(ms(1), 0, one()),
+        Err(PunchApiError::Closed)
+    );
+    assert_eq!(
+        PunchApiError::CandidateCount { count: 17 }.to_string(),
+        "17 candidates given, 1 to 16 allowed"
     );
 }

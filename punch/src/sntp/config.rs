@@ -55,7 +55,7 @@ impl SntpConfig {
 /// A configuration the machine refuses.
 #[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]
 #[non_exhaustive]
-pub enum ConfigError {
+pub enum SntpConfigError {
     /// No servers, or more than [`MAX_SERVERS`].
     ServerCount,
     /// `samples_per_server` outside 1..=[`MAX_SAMPLES_PER_SERVER`].
@@ -66,18 +66,30 @@ pub enum ConfigError {
     ZeroTimeout,
 }
 
-impl core::fmt::Display for ConfigError {
+impl core::fmt::Display for SntpConfigError {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        core::fmt::Debug::fmt(self, f)
+        match self {
+            SntpConfigError::ServerCount => write!(f, "sntp needs 1..={MAX_SERVERS} servers"),
+            SntpConfigError::SampleCount => {
+                write!(f, "samples per server must be 1..={MAX_SAMPLES_PER_SERVER}")
+            }
+            SntpConfigError::AttemptCount => {
+                write!(
+                    f,
+                    "attempts per sample must be 1..={MAX_ATTEMPTS_PER_SAMPLE}"
+                )
+            }
+            SntpConfigError::ZeroTimeout => f.write_str("reply timeout is 0"),
+        }
     }
 }
 
-impl std::error::Error for ConfigError {}
+impl std::error::Error for SntpConfigError {}
 
 /// Misuse of the machine's API.
 #[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]
 #[non_exhaustive]
-pub enum ApiError {
+pub enum SntpApiError {
     /// The machine already has its socket.
     SocketAlreadySet,
     /// A server's address family differs from the socket's.
@@ -86,10 +98,16 @@ pub enum ApiError {
     Closed,
 }
 
-impl core::fmt::Display for ApiError {
+impl core::fmt::Display for SntpApiError {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        core::fmt::Debug::fmt(self, f)
+        match self {
+            SntpApiError::SocketAlreadySet => f.write_str("the sntp client already has its socket"),
+            SntpApiError::AddressFamilyMismatch => {
+                f.write_str("server and socket address families differ")
+            }
+            SntpApiError::Closed => f.write_str("sntp client closed"),
+        }
     }
 }
 
-impl std::error::Error for ApiError {}
+impl std::error::Error for SntpApiError {}

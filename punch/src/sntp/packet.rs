@@ -72,6 +72,8 @@ impl fmt::Display for TooShort {
     }
 }
 
+impl std::error::Error for TooShort {}
+
 impl NtpPacket {
     /// An SNTP client request (version 4, mode 3) whose transmit timestamp is `nonce`. Every other
     /// field is zero, as RFC 4330 §5 recommends.

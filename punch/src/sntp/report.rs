@@ -97,11 +97,13 @@ impl core::fmt::Display for SntpFailure {
             }
             SntpFailure::Unsynchronized => f.write_str("server clock unsynchronised"),
             SntpFailure::BadReplies { last } => write!(f, "bad replies ({last})"),
-            SntpFailure::SocketFailed(e) => write!(f, "socket failed: {e:?}"),
+            SntpFailure::SocketFailed(e) => write!(f, "socket failed: {e}"),
             SntpFailure::Closed => f.write_str("closed"),
         }
     }
 }
+
+impl std::error::Error for SntpFailure {}
 
 /// What the machine reports.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -906,7 +906,7 @@ fn a_callers_socket_is_used_at_once_and_never_closed() {
         .unwrap();
     assert_eq!(
         client.use_socket(Instant::ZERO, SocketId(43), addr(BOUND)),
-        Err(ApiError::SocketAlreadySet)
+        Err(SntpApiError::SocketAlreadySet)
     );
     let mut buf = [0u8; TRANSMIT_BUFFER_LEN];
     let t = client.poll_transmit(&mut buf).unwrap();
@@ -928,7 +928,7 @@ fn api_misuse_is_an_error() {
             0
         )
         .err(),
-        Some(ConfigError::ServerCount)
+        Some(SntpConfigError::ServerCount)
     );
     assert_eq!(
         SntpClient::new(
@@ -939,7 +939,7 @@ fn api_misuse_is_an_error() {
             0
         )
         .err(),
-        Some(ConfigError::ServerCount)
+        Some(SntpConfigError::ServerCount)
     );
     assert_eq!(
         SntpClient::new(
@@ -950,7 +950,7 @@ fn api_misuse_is_an_error() {
             0
         )
         .err(),
-        Some(ConfigError::SampleCount)
+        Some(SntpConfigError::SampleCount)
     );
     assert_eq!(
         SntpClient::new(
@@ -961,7 +961,7 @@ fn api_misuse_is_an_error() {
             0
         )
         .err(),
-        Some(ConfigError::AttemptCount)
+        Some(SntpConfigError::AttemptCount)
     );
     assert_eq!(
         SntpClient::new(
@@ -972,17 +972,17 @@ fn api_misuse_is_an_error() {
             0
         )
         .err(),
-        Some(ConfigError::ZeroTimeout)
+        Some(SntpConfigError::ZeroTimeout)
     );
     let mut c = SntpClient::new(cfg, 0).unwrap();
     assert_eq!(
         c.open_socket(Instant::ZERO, addr("[::]:0"), Default::default()),
-        Err(ApiError::AddressFamilyMismatch)
+        Err(SntpApiError::AddressFamilyMismatch)
     );
     c.close(Instant::ZERO);
     assert_eq!(
         c.open_socket(Instant::ZERO, addr(LOCAL), Default::default()),
-        Err(ApiError::Closed)
+        Err(SntpApiError::Closed)
     );
 }
 

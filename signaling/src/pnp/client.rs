@@ -213,6 +213,8 @@ impl fmt::Display for PnpFailure {
     }
 }
 
+impl std::error::Error for PnpFailure {}
+
 /// What the client reports. Every accepted command ends in exactly one event carrying its id.
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]

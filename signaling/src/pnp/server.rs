@@ -114,7 +114,13 @@ pub enum PnpConfigError {
 
 impl fmt::Display for PnpConfigError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fmt::Debug::fmt(self, f)
+        match self {
+            PnpConfigError::NoTransport => f.write_str("neither udp nor tcp configured"),
+            PnpConfigError::BadConnectionLimit => {
+                write!(f, "tcp connection limit must be 1..={MAX_CONNECTIONS}")
+            }
+            PnpConfigError::ZeroCapacity => f.write_str("a capacity is 0"),
+        }
     }
 }
 

@@ -510,21 +510,21 @@ fn configuration_errors() {
     let err = |c: RendezvousConfig| Rendezvous::new(c, id(), 1, Instant::ZERO).unwrap_err();
     assert_eq!(
         err(RendezvousConfig::new(vec![], 0)),
-        ConfigError::NoBrokers
+        RendezvousConfigError::NoBrokers
     );
     let nine = (0..9).map(spec).collect();
     assert_eq!(
         err(RendezvousConfig::new(nine, 0)),
-        ConfigError::TooManyBrokers
+        RendezvousConfigError::TooManyBrokers
     );
     let twice = vec![spec(0), spec(1), spec(0)];
     assert_eq!(
         err(RendezvousConfig::new(twice, 0)),
-        ConfigError::DuplicateBroker(spec(0).id)
+        RendezvousConfigError::DuplicateBroker(spec(0).id)
     );
     let mut overflow = config(2);
     overflow.socket_base = SocketId(u32::MAX - SOCKETS_PER_BROKER);
-    assert_eq!(err(overflow), ConfigError::SocketIdsOverflow);
+    assert_eq!(err(overflow), RendezvousConfigError::SocketIdsOverflow);
     let mut fits = config(2);
     fits.socket_base = SocketId(u32::MAX - 2 * SOCKETS_PER_BROKER);
     assert!(Rendezvous::new(fits, id(), 1, Instant::ZERO).is_ok());
