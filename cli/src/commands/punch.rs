@@ -28,7 +28,7 @@ use super::report::Reporter;
 use super::resolve;
 use super::signal::{parse_brokers, parse_peer};
 use crate::identity_file::{default_identity_path, os_seed, read_identity};
-use p2pd_mio::Runtime;
+use p2pd_mio::{RunEnd, Runtime};
 
 /// Options of `p2pd punch`.
 #[derive(Debug, Args)]
@@ -311,9 +311,14 @@ fn punch(args: &PunchArgs) -> Result<i32, String> {
     }
     // The node is closed; a finished stream may still be writing its last bytes (the runtime
     // lingers, bounded by its LINGER): wait for them before the process ends.
-    let _ = rt.run(&mut node, Some(p2pd_mio::LINGER), |_, _, _| {
-        ControlFlow::Continue(())
-    });
+    // A wake-up left over from the stdin thread ends `run` early: only idle (or the limit) is the
+    // end of the lingering.
+    let linger_end = std::time::Instant::now() + p2pd_mio::LINGER;
+    while let Ok(RunEnd::Woken) = rt.run(
+        &mut node,
+        Some(linger_end.saturating_duration_since(std::time::Instant::now())),
+        |_, _, _| ControlFlow::Continue(()),
+    ) {}
     let _ = stdout.flush();
     Ok(if state.failed || state.connected_at.is_none() {
         1
