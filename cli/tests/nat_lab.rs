@@ -5,7 +5,8 @@
 //! Every NAT mode of `tests/lab/nat.sh` is applied to router A in turn (conntrack flushed) and
 //! `p2pd nat` runs on host A. The answer must be the measured ground truth of the lab reference:
 //! a wrong answer fails, and so does `Inconclusive` (the lab loses no packets). Without root, `ip
-//! netns`, `nft`, `conntrack`, `ss` or `turnserver` the test prints `SKIP: ...` and passes.
+//! netns`, `nft`, `conntrack`, `ss` or `turnserver` the test prints `SKIP: ...` and passes (under
+//! `CI=true` it fails instead: CI installs all of them).
 //!
 //! Every address is a TEST-NET address inside namespaces the lab creates; nothing links them to the
 //! root namespace. The namespace prefix is unique per run, and the lab is torn down on drop, also
@@ -182,7 +183,7 @@ fn check(json: &str, want: &Expect, wan_ip: Option<&str>) -> Result<(), String> 
 #[test]
 fn nat_lab_modes_match_ground_truth() {
     if let Some(why) = skip_reason() {
-        println!("SKIP: {why}");
+        common::skip_or_fail(&why);
         return;
     }
     let bin = p2pd_bin().to_path_buf(); // build before the lab exists

@@ -183,7 +183,7 @@ fn echo_ipv4() {
 #[test]
 fn echo_ipv6() {
     if std::net::UdpSocket::bind("[::1]:0").is_err() {
-        println!("skipping echo_ipv6: cannot bind [::1]");
+        common::skip_or_fail("echo_ipv6: cannot bind [::1]");
         return;
     }
     echo_round("[::1]");
@@ -558,7 +558,7 @@ fn bind_to_device_lo() {
                 ..
             },
         ) => {
-            println!("skipping bind_to_device_lo: SO_BINDTODEVICE not permitted (not root?)");
+            common::skip_or_fail("bind_to_device_lo: SO_BINDTODEVICE not permitted (not root?)");
             return;
         }
         Input::Result(
@@ -568,7 +568,7 @@ fn bind_to_device_lo() {
                 ..
             },
         ) if !cfg!(target_os = "linux") => {
-            println!("skipping bind_to_device_lo: no interface named lo on this platform");
+            common::skip_or_fail("bind_to_device_lo: no interface named lo on this platform");
             return;
         }
         other => {

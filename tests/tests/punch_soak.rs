@@ -14,7 +14,8 @@
 //! so must VmRSS, within a slack for the allocator's warm-up (in a 400-round run VmRSS rose about
 //! 700 KiB until round ~300 and then stayed put, while the live heap stayed flat).
 //!
-//! Skips (with a message) when mosquitto is not installed; CI installs it.
+//! Skips (with a message) when mosquitto is not installed; CI installs it, and under `CI=true` a
+//! missing mosquitto fails the test ([`common::skip_or_fail`]).
 
 use p2pd_tests as common;
 
@@ -87,7 +88,9 @@ fn rounds() -> usize {
 #[test]
 fn hundred_punches_on_real_sockets_no_leaks() {
     let (Some(m1), Some(m2)) = (Mosquitto::start(), Mosquitto::start()) else {
-        eprintln!("SKIP hundred_punches_on_real_sockets_no_leaks: mosquitto is not installed");
+        common::skip_or_fail(
+            "hundred_punches_on_real_sockets_no_leaks: mosquitto is not installed",
+        );
         return;
     };
     let started = Instant::now();

@@ -3,7 +3,8 @@
 //! reconnect when it returns; a replayed or tampered envelope published raw into the broker is
 //! rejected; 10,000 messages without growth in memory, sockets or timers.
 //!
-//! Skips (with a message) when mosquitto is not installed; CI installs it.
+//! Skips (with a message) when mosquitto is not installed; CI installs it, and under `CI=true` a
+//! missing mosquitto fails the test ([`common::skip_or_fail`]).
 
 use p2pd_tests as common;
 
@@ -113,7 +114,9 @@ fn brokers_or_skip(test: &str) -> Option<(Mosquitto, Mosquitto)> {
     match (Mosquitto::start(), Mosquitto::start()) {
         (Some(x), Some(y)) => Some((x, y)),
         _ => {
-            eprintln!("SKIP {test}: mosquitto is not installed (apt-get install mosquitto)");
+            common::skip_or_fail(&format!(
+                "{test}: mosquitto is not installed (apt-get install mosquitto)"
+            ));
             None
         }
     }
@@ -284,7 +287,7 @@ fn two_brokers_outage_reconnect_and_replay() {
         assert!(b.take_messages().is_empty());
         let _ = std::fs::remove_file(&capture);
     } else {
-        eprintln!("SKIP raw replay part: mosquitto_pub/mosquitto_sub not installed");
+        common::skip_or_fail("raw replay part: mosquitto_pub/mosquitto_sub not installed");
     }
 
     close_both(&mut a, &mut b);
