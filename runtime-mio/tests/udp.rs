@@ -623,7 +623,14 @@ fn many_sequential_round_trips_do_not_grow_the_table() {
             RunEnd::Idle
         );
         assert_eq!(rt.open_sockets(), 0);
+        // Two sockets at a time: their slots are reused, the table never grows past two.
+        assert!(
+            rt.slot_capacity() <= 2,
+            "round {round}: {} slots",
+            rt.slot_capacity()
+        );
     }
+    assert_eq!(rt.slot_capacity(), 2);
     let stats = rt.stats();
     assert_eq!(stats.datagrams_received, 200);
     assert_eq!(stats.sockets_opened, 400);
