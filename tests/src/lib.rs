@@ -581,3 +581,8 @@ pub mod servers;
 // An SNTP responder with a known clock offset.
 
 pub mod sntp_responder;
+
+// ---------------------------------------------------------------------------------------------
+// A counting global allocator for the soak tests.
+
+pub mod heap;
