@@ -9,12 +9,15 @@
 //! (`NoConnection`: not a signaling failure, a refusal or a hang; each run has a virtual time
 //! budget). After every run both nodes close and nothing may be left: no socket in the simulator,
 //! no deadline on the machines, one `Closed` each. The RST-answering NATs must give the same
-//! successes and failures, cell by cell, as the silently dropping ones for the same seeds.
+//! successes and failures, cell by cell, as the silently dropping ones for the same seeds. And
+//! once more with each node told its NAT by a classifier run on its host first instead of the
+//! ground truth (the classifier -> planner path), graded the same way.
 //!
 //! `P2PD_SIM_SEED=N` runs only seed N; `p2pd sim punch --seeds N` runs more.
 
 use p2pd_sim::punch_matrix::{
-    pairs, punchable, run_matrix, run_one, Failure, NatKind, PunchMatrix, KINDS,
+    pairs, punchable, run_classified_matrix, run_matrix, run_one, Failure, NatKind, PunchMatrix,
+    KINDS,
 };
 
 fn check(m: &PunchMatrix) {
@@ -74,6 +77,18 @@ fn rst_answering_nats_change_nothing() {
             r.loss * 100.0
         );
     }
+}
+
+/// The classifier -> planner path: each host classifies its NAT first (UDP, two RFC 5780 servers)
+/// and its node plans with that report instead of the ground truth; every pair at 0 % and 10 %
+/// loss, graded by the same oracle and checks.
+#[test]
+fn classifier_reports_drive_the_planner() {
+    let seeds = p2pd_sim::matrix::seeds_or_env([5]);
+    let m = run_classified_matrix(&pairs(&KINDS), &[0.0, 0.1], false, &seeds);
+    eprintln!("{}", m.table());
+    check(&m);
+    assert_eq!(m.runs(), 64 * 2 * u32::try_from(seeds.len()).unwrap());
 }
 
 #[test]
