@@ -1,5 +1,8 @@
 #!/usr/bin/env bash
-# Builds and runs every cargo-fuzz target for SECONDS each (default 60).
+# Builds and runs every cargo-fuzz target for SECONDS each (default 60), starting from the committed
+# seed corpora (corpus/TARGET/seed-*). The three crypto targets (envelope_open, pnp_server,
+# pnp_client) run at least 30 s: each execution seals and opens envelopes, so a few seconds are
+# only a few thousand executions, barely past the first operations.
 # Uses nightly (AddressSanitizer) when it is installed, else stable without a sanitizer.
 # Exits non-zero if any target crashes, fails an assertion or fails to build.
 #
@@ -9,6 +12,9 @@ set -euo pipefail
 
 per_target="${1:-60}"
 cd "$(dirname "$0")"
+
+# Targets that get at least this many seconds, whatever SECONDS says.
+declare -A min_seconds=([envelope_open]=30 [pnp_server]=30 [pnp_client]=30)
 
 if rustup toolchain list 2>/dev/null | grep -q '^nightly'; then
     fuzz=(cargo +nightly fuzz)
@@ -29,11 +35,15 @@ fi
 failed=()
 log_dir=$(mktemp -d)
 for target in $targets; do
-    echo "=== $target (${per_target}s)"
+    seconds=$per_target
+    if [ "${min_seconds[$target]:-0}" -gt "$seconds" ]; then
+        seconds=${min_seconds[$target]}
+    fi
+    echo "=== $target (${seconds}s, $(find "corpus/$target" -name 'seed-*' 2>/dev/null | wc -l) seeds)"
     mkdir -p "corpus/$target"
     # shellcheck disable=SC2086 # FUZZ_ARGS is a list of libFuzzer flags
     if "${fuzz[@]}" run "${sanitizer[@]}" "$target" -- \
-        -max_total_time="$per_target" -print_final_stats=1 ${FUZZ_ARGS:-} \
+        -max_total_time="$seconds" -print_final_stats=1 ${FUZZ_ARGS:-} \
         >"$log_dir/$target.log" 2>&1; then
         grep -E '^Done [0-9]+ runs|stat::number_of_executed_units|stat::average_exec_per_sec' \
             "$log_dir/$target.log" || true

@@ -169,10 +169,11 @@ fn change_request_without_alternates_gets_error_420() {
     assert!(report.stats.error_responses >= 3, "{:?}", report.stats);
 }
 
-/// Known bug in `p2pd_proto::client`: `source_acceptable` is applied to error responses too, so
-/// the 420 that a server without alternates sends (from the address the request went to) is
-/// dropped as `WrongSource`, and the transaction ends after every retransmission with
-/// `ServerMisbehaved(ReplyFromUnexpectedSource)` instead of `ErrorResponse { code: 420 }`.
+/// Regression: a server without alternates answers a change request with 420 from the address the
+/// request went to. The client once applied `source_acceptable` to error responses too, dropped
+/// that 420 as `WrongSource` and ended the transaction with
+/// `ServerMisbehaved(ReplyFromUnexpectedSource)`; an error response from the request's own server
+/// address is accepted now, and the transaction ends with `ErrorResponse { code: 420 }`.
 #[test]
 fn client_accepts_420_from_the_primary_address() {
     let server = ServerThread::single();

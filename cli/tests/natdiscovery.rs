@@ -12,7 +12,7 @@ use common::{ChildGuard, CliServer};
 #[test]
 fn turnutils_natdiscovery_against_p2pd_stun_server() {
     if !common::on_path("turnutils_natdiscovery") {
-        println!("SKIP: turnutils_natdiscovery (coturn) not installed");
+        common::skip_or_fail("turnutils_natdiscovery (coturn) not installed");
         return;
     }
     let server = CliServer::start(common::p2pd_bin());

@@ -2,7 +2,8 @@
 //! [`PunchNode`](p2pd_punch::node::PunchNode)s in-process on `p2pd_mio` runtimes, and `p2pd punch`
 //! end to end, each with two real mosquitto brokers and our STUN server over TCP on loopback.
 //!
-//! Skips (with a message) when mosquitto is not installed; CI installs it.
+//! Skips (with a message) when mosquitto is not installed; CI installs it, and under `CI=true` a
+//! missing mosquitto fails the test ([`common::skip_or_fail`]).
 
 mod common;
 
@@ -24,8 +25,8 @@ use p2pd_signaling::Identity;
 #[test]
 fn bulk_transfer_to_a_stalled_reader_arrives_whole() {
     let (Some(m1), Some(m2)) = (Mosquitto::start(), Mosquitto::start()) else {
-        eprintln!(
-            "SKIP bulk_transfer_to_a_stalled_reader_arrives_whole: mosquitto is not installed"
+        common::skip_or_fail(
+            "bulk_transfer_to_a_stalled_reader_arrives_whole: mosquitto is not installed",
         );
         return;
     };
@@ -168,7 +169,7 @@ fn cli_file_to_a_slow_reader_arrives_whole() {
     use std::process::{Command, Stdio};
 
     let (Some(m1), Some(m2)) = (Mosquitto::start(), Mosquitto::start()) else {
-        eprintln!("SKIP cli_file_to_a_slow_reader_arrives_whole: mosquitto is not installed");
+        common::skip_or_fail("cli_file_to_a_slow_reader_arrives_whole: mosquitto is not installed");
         return;
     };
     let server = TcpStunServer::start();
@@ -290,7 +291,7 @@ fn cli_both_sides_pipe_finite_input_and_both_outputs_are_complete() {
     use std::process::{Command, Stdio};
 
     let (Some(m1), Some(m2)) = (Mosquitto::start(), Mosquitto::start()) else {
-        eprintln!("SKIP cli_both_sides_pipe_finite_input: mosquitto is not installed");
+        common::skip_or_fail("cli_both_sides_pipe_finite_input: mosquitto is not installed");
         return;
     };
     let server = TcpStunServer::start();

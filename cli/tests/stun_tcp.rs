@@ -221,7 +221,7 @@ fn our_server_against_a_raw_tcp_client() {
 #[test]
 fn tcp_binding_against_coturn() {
     if !on_path("turnserver") {
-        println!("SKIP: coturn (turnserver) not installed");
+        common::skip_or_fail("coturn (turnserver) not installed");
         return;
     }
     let coturn = Coturn::start("p2pd-coturn-tcp", "listen on TCP", |coturn| {

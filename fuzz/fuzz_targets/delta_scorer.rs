@@ -1,6 +1,11 @@
-//! Arbitrary observation lists through the delta scorer: it never panics, its counts match the
-//! input, and every verdict is backed by the counts the rules require (an Equal verdict implies at
-//! least T replies with mapped == local and a majority of them, and so on). The verdict's allocation
+//! Arbitrary observation lists through the delta scorer: it never panics, and its counts and every
+//! verdict agree with an oracle in this target that recomputes the pairwise deltas (local and
+//! mapped distances, offsets, modulo the configured modulus) from the observations: the tallies'
+//! values and supports, and that each verdict is backed by the counts its rule requires (an Equal
+//! verdict implies at least T replies with mapped == local and a majority of them; a FixedOffset
+//! or Sequential verdict a majority of the pairs with that offset or stride, from at least two
+//! local distances; LocalPortDependent and Random a round 1 that refuted the other rules, and so
+//! on). The verdict's allocation
 //! then goes through port prediction, whose candidates must be distinct, in range and bounded.
 #![no_main]
 
@@ -29,28 +34,165 @@ fn observations(v: &[(u16, Option<u16>)]) -> Vec<Observation> {
     v.iter().map(|&p| Observation::from(p)).collect()
 }
 
-fn check_counts(ev: &RoundEvidence, obs: &[Observation]) {
-    assert_eq!(ev.probes as usize, obs.len());
+// ---- The oracle: pairwise deltas recomputed here from the observations, never taken from the
+// scorer's own tallies (a wrong delta computation in the scorer would be self-consistent). ----
+
+/// `(a - b) mod m`, in `0..m`.
+fn sub_mod(a: u16, b: u16, m: u32) -> u32 {
+    let d = (i64::from(a) - i64::from(b)).rem_euclid(i64::from(m));
+    u32::try_from(d).expect("a residue fits")
+}
+
+/// One usable adjacent pair: both probes answered, local ports differ (modulo `m`).
+struct Pair {
+    /// Local distance, mod m.
+    ld: u32,
+    /// Mapped distance, mod m.
+    md: u32,
+    /// Offset class `mapped - local` of the second probe, mod m.
+    off: u32,
+    /// The same offset unreduced.
+    raw_off: i32,
+    /// Both probes mapped to their own local port.
+    both_equal: bool,
+}
+
+fn pairs_of(obs: &[Observation], m: u32) -> Vec<Pair> {
+    obs.windows(2)
+        .filter_map(|w| {
+            let (a, b) = (w[0], w[1]);
+            let (ma, mb) = (a.mapped?, b.mapped?);
+            let ld = sub_mod(b.local, a.local, m);
+            (ld != 0).then(|| Pair {
+                ld,
+                md: sub_mod(mb, ma, m),
+                off: sub_mod(mb, b.local, m),
+                raw_off: i32::from(mb) - i32::from(b.local),
+                both_equal: ma == a.local && mb == b.local,
+            })
+        })
+        .collect()
+}
+
+/// How many of `pairs` satisfy `f`, and whether those saw two distinct local distances.
+fn support(pairs: &[Pair], f: impl Fn(&Pair) -> bool) -> (u32, bool) {
+    let mut n = 0u32;
+    let mut first = None;
+    let mut varied = false;
+    for p in pairs.iter().filter(|p| f(p)) {
+        n += 1;
+        match first {
+            None => first = Some(p.ld),
+            Some(ld) if ld != p.ld => varied = true,
+            Some(_) => {}
+        }
+    }
+    (n, varied)
+}
+
+/// The best (most supported, smallest on ties) key among the pairs `f` keys, with its support.
+fn best(pairs: &[Pair], f: impl Fn(&Pair) -> Option<u32>) -> Option<(u32, u32)> {
+    let mut counts = std::collections::BTreeMap::<u32, u32>::new();
+    for k in pairs.iter().filter_map(f) {
+        *counts.entry(k).or_default() += 1;
+    }
+    let mut out: Option<(u32, u32)> = None;
+    for (k, n) in counts {
+        if out.is_none_or(|(_, b)| n > b) {
+            out = Some((k, n));
+        }
+    }
+    out
+}
+
+/// What the oracle knows about one round, modulo `m`.
+struct Round {
+    replies: u32,
+    equal: u32,
+    pairs: Vec<Pair>,
+    unit_pairs: u32,
+}
+
+fn round(obs: &[Observation], m: u32) -> Round {
     let replies = obs.iter().filter(|o| o.mapped.is_some()).count();
     let equal = obs.iter().filter(|o| o.mapped == Some(o.local)).count();
-    assert_eq!(ev.replies as usize, replies);
-    assert_eq!(ev.equal as usize, equal);
-    assert!(ev.pairs as usize <= obs.len().saturating_sub(1));
-    assert!(ev.unit_pairs <= ev.pairs);
-    for t in [ev.stride.map(|t| t.support), ev.offset.map(|t| t.support)]
-        .into_iter()
-        .flatten()
-    {
-        assert!(t <= ev.pairs);
+    let pairs = pairs_of(obs, m);
+    let unit_pairs = pairs.iter().filter(|p| p.ld == 1).count();
+    Round {
+        replies: u32::try_from(replies).expect("small"),
+        equal: u32::try_from(equal).expect("small"),
+        unit_pairs: u32::try_from(unit_pairs).expect("small"),
+        pairs,
     }
-    if let Some(t) = ev.dependent {
-        assert!(t.support <= ev.unit_pairs && !t.varied && t.value != 0);
+}
+
+impl Round {
+    fn n_pairs(&self) -> u32 {
+        u32::try_from(self.pairs.len()).expect("small")
     }
-    if let Some(t) = ev.stride {
-        assert_ne!(t.value, 0);
+    fn best_offset(&self) -> Option<(u32, u32)> {
+        best(&self.pairs, |p| (p.md == p.ld && p.off != 0).then_some(p.off))
     }
-    if let Some(t) = ev.offset {
-        assert_ne!(t.value, 0);
+    fn best_stride(&self) -> Option<(u32, u32)> {
+        best(&self.pairs, |p| (p.md != 0).then_some(p.md))
+    }
+    fn best_dependent(&self) -> Option<(u32, u32)> {
+        best(&self.pairs, |p| (p.ld == 1 && p.md != 0).then_some(p.md))
+    }
+    /// Round 1 refuted Equal, FixedOffset and Sequential (the precondition of round 2's verdicts).
+    fn refutes_all(&self, t: u32) -> bool {
+        let refuted = |support: u32, of: u32| of >= t && !majority(support, of);
+        refuted(self.equal, self.replies)
+            && refuted(self.best_offset().map_or(0, |b| b.1), self.n_pairs())
+            && refuted(self.best_stride().map_or(0, |b| b.1), self.n_pairs())
+    }
+}
+
+/// The scorer's counts against the oracle's.
+fn check_counts(ev: &RoundEvidence, obs: &[Observation], m: u32) {
+    let r = round(obs, m);
+    assert_eq!(ev.probes as usize, obs.len());
+    assert_eq!(ev.replies, r.replies);
+    assert_eq!(ev.equal, r.equal);
+    assert_eq!(ev.pairs, r.n_pairs(), "pairs");
+    assert_eq!(ev.unit_pairs, r.unit_pairs, "unit pairs");
+    assert_eq!(
+        ev.equal_varied,
+        support(&r.pairs, |p| p.both_equal).1,
+        "equal pairs varied"
+    );
+    match (ev.offset, r.best_offset()) {
+        (None, None) => {}
+        (Some(t), Some((class, n))) => {
+            let raw = i64::from(t.value);
+            assert_eq!(raw.rem_euclid(i64::from(m)), i64::from(class), "offset class");
+            assert_eq!(t.support, n, "offset support");
+            let (n2, varied) = support(&r.pairs, |p| p.md == p.ld && p.off == class);
+            assert_eq!((t.support, t.varied), (n2, varied));
+            assert!(
+                r.pairs
+                    .iter()
+                    .any(|p| p.md == p.ld && p.off == class && p.raw_off == t.value),
+                "the offset is one the probes saw"
+            );
+        }
+        (got, want) => panic!("offset tally {got:?}, oracle {want:?}"),
+    }
+    match (ev.stride, r.best_stride()) {
+        (None, None) => {}
+        (Some(t), Some((md, n))) => {
+            assert_eq!((u32::from(t.value), t.support), (md, n), "stride tally");
+            assert_eq!(t.varied, support(&r.pairs, |p| p.md == md).1);
+        }
+        (got, want) => panic!("stride tally {got:?}, oracle {want:?}"),
+    }
+    match (ev.dependent, r.best_dependent()) {
+        (None, None) => {}
+        (Some(t), Some((md, n))) => {
+            assert_eq!((u32::from(t.value), t.support), (md, n), "dependent tally");
+            assert!(!t.varied);
+        }
+        (got, want) => panic!("dependent tally {got:?}, oracle {want:?}"),
     }
 }
 
@@ -76,42 +218,56 @@ fuzz_target!(|input: Input| {
         delta_test(&cfg, &r1, r2.as_deref()),
         "deterministic"
     );
-    check_counts(&report.random, &r1);
+    let m = cfg.modulus();
+    check_counts(&report.random, &r1, m);
     if let (Some(ev), Some(obs)) = (&report.consecutive, &r2) {
-        check_counts(ev, obs);
+        check_counts(ev, obs, m);
     }
-    let ev = &report.random;
+    // Every verdict against the oracle's counts (modulo the configured modulus: the cross-check
+    // can only turn a verdict inconclusive).
+    let o1 = round(&r1, m);
+    let o2 = r2.as_deref().map(|obs| round(obs, m));
     match report.verdict {
         DeltaVerdict::Equal => {
-            assert!(ev.equal >= t && majority(ev.equal, ev.replies) && ev.equal_varied);
+            assert!(o1.equal >= t && majority(o1.equal, o1.replies));
+            assert!(support(&o1.pairs, |p| p.both_equal).1, "equal pairs varied");
         }
         DeltaVerdict::FixedOffset { offset } => {
-            let o = ev.offset.expect("offset tally");
-            assert!(offset != 0 && o.value == offset);
-            assert!(o.support >= t && majority(o.support, ev.pairs) && o.varied);
+            let class = u32::try_from(i64::from(offset).rem_euclid(i64::from(m))).expect("fits");
+            assert_ne!(class, 0, "offset {offset} is no offset modulo {m}");
+            let (n, varied) = support(&o1.pairs, |p| p.md == p.ld && p.off == class);
+            assert!(n >= t && majority(n, o1.n_pairs()) && varied, "offset {offset}: {n}");
+            assert!(
+                o1.pairs
+                    .iter()
+                    .any(|p| p.md == p.ld && p.off == class && p.raw_off == offset),
+                "offset {offset} was observed"
+            );
         }
         DeltaVerdict::Sequential { stride } => {
-            let s = ev.stride.expect("stride tally");
-            assert!(stride != 0 && s.value == stride);
-            assert!(s.support >= t && majority(s.support, ev.pairs) && s.varied);
+            let s = u32::from(stride);
+            assert!(s != 0 && s < m, "stride {stride} modulo {m}");
+            let (n, varied) = support(&o1.pairs, |p| p.md == s);
+            assert!(n >= t && majority(n, o1.n_pairs()) && varied, "stride {stride}: {n}");
         }
         DeltaVerdict::LocalPortDependent { stride } => {
-            let c = report.consecutive.as_ref().expect("round 2");
-            let d = c.dependent.expect("dependent tally");
-            assert!(stride > 1 && d.value == stride);
-            assert!(d.support >= t && majority(d.support, c.unit_pairs));
-            // Round 1 refuted the rules it judges.
-            assert!(ev.replies >= t && !majority(ev.equal, ev.replies));
-            assert!(ev.pairs >= t);
+            let o2 = o2.as_ref().expect("round 2");
+            let s = u32::from(stride);
+            let (n, _) = support(&o2.pairs, |p| p.ld == 1 && p.md == s);
+            assert!(stride > 1 && n >= t && majority(n, o2.unit_pairs), "{stride}: {n}");
+            assert!(!(o2.equal >= t && majority(o2.equal, o2.replies)));
+            assert!(o1.refutes_all(t), "round 1 refuted the rules it judges");
         }
         DeltaVerdict::Random => {
-            let c = report.consecutive.as_ref().expect("round 2");
-            assert!(ev.replies >= t && ev.pairs >= t && c.unit_pairs >= t);
-            assert!(!majority(ev.equal, ev.replies));
+            let o2 = o2.as_ref().expect("round 2");
+            assert!(o1.refutes_all(t), "round 1 refuted the rules it judges");
+            let dependent = o2.best_dependent().map_or(0, |b| b.1);
+            assert!(o2.unit_pairs >= t && !majority(dependent, o2.unit_pairs));
         }
         DeltaVerdict::Inconclusive { reason } => {
             if reason == DeltaInconclusive::NeedConsecutiveRound {
                 assert!(report.consecutive.is_none());
+                assert!(o1.refutes_all(t));
             }
         }
     }

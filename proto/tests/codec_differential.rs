@@ -348,16 +348,39 @@ proptest! {
             prop_assert!(theirs.validate_integrity(&credentials()).is_ok());
         }
     }
+}
 
-    #[test]
-    fn mutated_messages_are_read_alike_when_both_accept(
-        spec in spec(),
-        mutations in prop::collection::vec(mutation(), 1..4),
-        fix_length in any::<bool>(),
-    ) {
-        let data = mutate(encode_spec(&spec), &mutations, fix_length);
-        assert_agree(&data);
-    }
+/// Of the mutated messages, the share (in percent) both decoders must accept, so that the
+/// comparison really runs (measured: 22-23 % of 2,000 cases in three runs; at least one decoder
+/// rejects the rest).
+const MIN_BOTH_ACCEPT_PERCENT: u32 = 10;
+
+#[test]
+fn mutated_messages_are_read_alike_when_both_accept() {
+    let mut runner = proptest::test_runner::TestRunner::new(ProptestConfig::with_cases(2000));
+    let cases = core::cell::Cell::new(0u32);
+    let both = core::cell::Cell::new(0u32);
+    let strategy = (
+        spec(),
+        prop::collection::vec(mutation(), 1..4),
+        any::<bool>(),
+    );
+    runner
+        .run(&strategy, |(spec, mutations, fix_length)| {
+            let data = mutate(encode_spec(&spec), &mutations, fix_length);
+            cases.set(cases.get() + 1);
+            if assert_agree(&data) {
+                both.set(both.get() + 1);
+            }
+            Ok(())
+        })
+        .unwrap();
+    let (cases, both) = (cases.get(), both.get());
+    println!("both decoders accepted {both} of {cases} mutated messages");
+    assert!(
+        both * 100 >= cases * MIN_BOTH_ACCEPT_PERCENT,
+        "both decoders accepted only {both} of {cases} mutated messages: the comparison hardly ran"
+    );
 }
 
 #[test]

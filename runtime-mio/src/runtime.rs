@@ -337,6 +337,12 @@ impl Runtime {
         self.ids.len()
     }
 
+    /// The size of the socket table: open sockets plus free slots kept for reuse. A closed socket's
+    /// slot is reused, so this stays at the most sockets ever open at once.
+    pub fn slot_capacity(&self) -> usize {
+        self.slots.len()
+    }
+
     /// Bytes the machine sent on TCP stream `id` that the runtime holds and has not written to the
     /// OS yet (0 for any other socket). Closing the socket now would drop them: a caller that wants
     /// everything delivered closes once this is 0.

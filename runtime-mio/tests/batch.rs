@@ -204,7 +204,7 @@ fn burst_of_1000_is_echoed_in_order_ipv4() {
 #[test]
 fn bursts_on_mixed_ipv4_and_ipv6_sockets() {
     if !ipv6_available() {
-        println!("skipping: cannot bind [::1]");
+        common::skip_or_fail("bursts_on_mixed_ipv4_and_ipv6_sockets: cannot bind [::1]");
         return;
     }
     echo_bursts(&["127.0.0.1:0", "[::1]:0", "127.0.0.1:0", "[::1]:0"]);

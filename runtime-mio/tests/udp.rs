@@ -190,7 +190,7 @@ fn echo_ipv4() {
 #[test]
 fn echo_ipv6() {
     if std::net::UdpSocket::bind("[::1]:0").is_err() {
-        println!("skipping echo_ipv6: cannot bind [::1]");
+        common::skip_or_fail("echo_ipv6: cannot bind [::1]");
         return;
     }
     echo_round("[::1]");
@@ -565,7 +565,7 @@ fn bind_to_device_lo() {
                 ..
             },
         ) => {
-            println!("skipping bind_to_device_lo: SO_BINDTODEVICE not permitted (not root?)");
+            common::skip_or_fail("bind_to_device_lo: SO_BINDTODEVICE not permitted (not root?)");
             return;
         }
         Input::Result(
@@ -575,7 +575,7 @@ fn bind_to_device_lo() {
                 ..
             },
         ) if !cfg!(target_os = "linux") => {
-            println!("skipping bind_to_device_lo: no interface named lo on this platform");
+            common::skip_or_fail("bind_to_device_lo: no interface named lo on this platform");
             return;
         }
         other => {
@@ -630,7 +630,14 @@ fn many_sequential_round_trips_do_not_grow_the_table() {
             RunEnd::Idle
         );
         assert_eq!(rt.open_sockets(), 0);
+        // Two sockets at a time: their slots are reused, the table never grows past two.
+        assert!(
+            rt.slot_capacity() <= 2,
+            "round {round}: {} slots",
+            rt.slot_capacity()
+        );
     }
+    assert_eq!(rt.slot_capacity(), 2);
     let stats = rt.stats();
     assert_eq!(stats.datagrams_received, 200);
     assert_eq!(stats.sockets_opened, 400);

@@ -4,8 +4,10 @@
 //! - `register`: open (ECDH + ECDSA verify + AES-GCM), record signature check, store write, seal
 //!   the reply (ECDH + ECDSA sign + AES-GCM).
 //! - `lookup`: open + store read + seal a `Found` reply carrying a 200-byte record.
-//! - `retransmission`: the same request bytes again, answered from the reply cache (no crypto).
-//! - `stale_drop`: a request outside the clock window, dropped before any public-key operation.
+//! - `retransmission`: the same request bytes again, answered from the reply cache (no crypto);
+//!   every iteration must get a reply and count as a cache hit (`duplicates`), none as a request.
+//! - `stale_drop`: a request outside the clock window, dropped before any public-key operation;
+//!   every iteration must get no reply and count as `stale`.
 //!
 //! Requests are sealed by the client outside the timed section. Requests per second = 1 / time.
 //!
@@ -141,7 +143,25 @@ fn retransmission(bencher: Bencher) {
     let request = Request::Lookup(Name::new("alice").unwrap());
     let (now, bytes) = sealed(&id, &key, 1, &request, UDP_LOOKUP_PAYLOAD_LEN);
     assert!(answer(&mut server, now, &bytes, &mut buf) > 0);
-    bencher.bench_local(|| black_box(answer(&mut server, now, black_box(&bytes), &mut buf)));
+    let before = server.stats();
+    let iterations = Cell::new(0u64);
+    bencher.bench_local(|| {
+        iterations.set(iterations.get() + 1);
+        let len = answer(&mut server, now, black_box(&bytes), &mut buf);
+        assert!(
+            len > 0,
+            "a retransmission is answered (from the reply cache)"
+        );
+        black_box(len)
+    });
+    // Every iteration was a reply-cache hit; nothing was opened again.
+    let after = server.stats();
+    assert_eq!(
+        after.duplicates - before.duplicates,
+        iterations.get(),
+        "{after:?}"
+    );
+    assert_eq!(after.requests, before.requests, "{after:?}");
 }
 
 #[divan::bench]
@@ -152,5 +172,19 @@ fn stale_drop(bencher: Bencher) {
     let request = Request::Lookup(Name::new("alice").unwrap());
     let (_, bytes) = sealed(&id, &key, 1, &request, UDP_LOOKUP_PAYLOAD_LEN);
     let late = Instant::from_millis(1) + Duration::from_secs(3600);
-    bencher.bench_local(|| black_box(answer(&mut server, late, black_box(&bytes), &mut buf)));
+    let iterations = Cell::new(0u64);
+    bencher.bench_local(|| {
+        iterations.set(iterations.get() + 1);
+        let len = answer(&mut server, late, black_box(&bytes), &mut buf);
+        assert_eq!(len, 0, "a stale request is dropped, not answered");
+        black_box(len)
+    });
+    // Every iteration was refused as stale, and nothing got further.
+    let stats = server.stats();
+    assert_eq!(stats.stale, iterations.get(), "{stats:?}");
+    assert_eq!(
+        (stats.requests, stats.duplicates, stats.bad_envelopes),
+        (0, 0, 0),
+        "{stats:?}"
+    );
 }

@@ -290,6 +290,23 @@ impl MqttBroker {
         self.conns.len()
     }
 
+    /// The connections a PUBLISH to `topic` would be delivered to now (connected, with a matching
+    /// subscription), by socket id in socket order. A socket id is not reused while the broker
+    /// runs, so a test can tell later whether that very connection is still there.
+    pub fn subscribers(&self, topic: &str) -> Vec<SocketId> {
+        self.conns
+            .iter()
+            .filter(|(_, c)| {
+                c.client_id.is_some()
+                    && c.session
+                        .subscriptions
+                        .keys()
+                        .any(|f| topic_matches(f, topic))
+            })
+            .map(|(s, _)| *s)
+            .collect()
+    }
+
     /// Client ids connected now, in socket order.
     pub fn clients(&self) -> Vec<String> {
         self.conns

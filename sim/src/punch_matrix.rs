@@ -51,13 +51,24 @@
 //!
 //! Everything else (e.g. port-restricted cone vs symmetric random) is not punchable in principle:
 //! the expected outcome is a typed failure after every round (`NoConnection`).
+//!
+//! # The classifier -> planner family
+//!
+//! [`run_one_classified`] and [`run_classified_matrix`] run the same punches, graded by the same
+//! oracle, except that the nodes are not handed the ground truth: each host first runs a
+//! [`Classifier`] (UDP, against two RFC 5780 STUN servers: the matrix's and one more), and its
+//! report becomes the node's `nat` ([`view_of_report`]). A wrong or unusable classification then
+//! shows as a punchable pair that fails.
 
 use core::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use core::time::Duration;
 use p2pd_proto::Machine;
 use std::collections::BTreeMap;
 
-use p2pd_nat::{Behaviour, Filtering, Mapping, PortAllocation};
+use p2pd_nat::{
+    Behaviour, Classification, Classifier, ClassifierConfig, ClassifierEvent, Filtering, Mapping,
+    PortAllocation, Report,
+};
 use p2pd_punch::node::{NodeEvent, PunchNode, PunchNodeConfig};
 use p2pd_punch::plan::NatView;
 use p2pd_punch::{PunchConfig, PunchFailure};
@@ -205,12 +216,18 @@ pub const RUN_LIMIT: Duration = Duration::from_secs(120);
 /// Virtual time the nodes get to listen on both brokers before the punch.
 pub const SETUP_LIMIT: Duration = Duration::from_secs(30);
 
+/// Virtual time the classifiers of the classified family get to report and close (their own
+/// deadline is 8 s).
+pub const CLASSIFY_LIMIT: Duration = Duration::from_secs(30);
+
 const BROKER_IPS: [Ipv4Addr; 2] = [
     Ipv4Addr::new(192, 0, 2, 10),
     Ipv4Addr::new(198, 51, 100, 20),
 ];
 const BROKER_PORT: u16 = 1883;
 const STUN_IPS: [Ipv4Addr; 2] = [Ipv4Addr::new(192, 0, 2, 1), Ipv4Addr::new(192, 0, 2, 2)];
+/// The second RFC 5780 server of the classified family (the classifier wants two).
+const STUN2_IPS: [Ipv4Addr; 2] = [Ipv4Addr::new(192, 0, 2, 11), Ipv4Addr::new(192, 0, 2, 12)];
 const STUN_PORT: u16 = 3478;
 /// The public IPs of A's and B's NAT boxes (or of the hosts themselves when open).
 const PUBLIC_IPS: [Ipv4Addr; 2] = [Ipv4Addr::new(203, 0, 113, 1), Ipv4Addr::new(203, 0, 113, 2)];
@@ -223,7 +240,8 @@ const STEP: Duration = Duration::from_millis(20);
 pub enum Failure {
     /// A's typed punch failure (its variant name; `NoConnection`, `NoAnswer`, ...).
     Punch(&'static str),
-    /// The nodes did not both listen on both brokers within [`SETUP_LIMIT`].
+    /// The nodes did not both listen on both brokers within [`SETUP_LIMIT`] (or, in the classified
+    /// family, a classifier did not report and close within [`CLASSIFY_LIMIT`]).
     Setup,
     /// Neither a connection nor a typed failure within [`RUN_LIMIT`].
     Hang,
@@ -321,6 +339,9 @@ pub struct World {
     pub nat_rst: bool,
     /// The NAT view / punch settings used for the next nodes.
     pub punch: PunchConfig,
+    /// What each node is told about its NAT: the ground truth ([`NatKind::view`]) or, in the
+    /// classified family, its classifier's report ([`view_of_report`]).
+    pub views: [Option<NatView>; 2],
 }
 
 impl World {
@@ -334,6 +355,19 @@ impl World {
         loss: f64,
         nat_rst: bool,
         punch: PunchConfig,
+    ) -> World {
+        Self::build(seed, kinds, loss, nat_rst, punch, None)
+    }
+
+    /// [`World::new`], or with a classifier on each host instead of the node (`classify`: its
+    /// servers, a second STUN server joining the network).
+    fn build(
+        seed: u64,
+        kinds: [NatKind; 2],
+        loss: f64,
+        nat_rst: bool,
+        punch: PunchConfig,
+        classify: Option<&[p2pd_nat::ServerSpec]>,
     ) -> World {
         let mut sim = Sim::new(seed);
         let service_link =
@@ -350,6 +384,10 @@ impl World {
         });
         let stun = sim.add_stun_server(STUN_IPS[0], STUN_IPS[1], STUN_PORT, STUN_PORT + 1);
         sim.set_link(stun, service_link);
+        if classify.is_some() {
+            let stun2 = sim.add_stun_server(STUN2_IPS[0], STUN2_IPS[1], STUN_PORT, STUN_PORT + 1);
+            sim.set_link(stun2, service_link);
+        }
         let broker_ids =
             BROKER_IPS.map(|ip| BrokerSpec::new(None, SocketAddr::from((ip, BROKER_PORT))).id);
         let access = LinkConfig::with_latency(Duration::from_millis(20))
@@ -358,34 +396,22 @@ impl World {
         let mut hosts = Vec::new();
         let mut nats = Vec::new();
         let mut keys = Vec::new();
-        for i in 0..2 {
+        for (i, kind) in kinds.into_iter().enumerate() {
             let secret = [u8::try_from(i).unwrap_or(0).wrapping_add(0x31); 32];
             let identity = Identity::from_secret_bytes(&secret).expect("valid secret");
             keys.push(identity.public_key());
-            let node = new_node(&mut sim, kinds[i], identity, &punch);
-            let (host, nat) = match kinds[i].behaviour() {
+            let (host, nat) = match classify {
                 None => {
-                    let h = sim.add_host(
-                        Host::public([PUBLIC_IPS[i]])
-                            .with_link(access)
-                            .with_tcp(tcp_config()),
-                        node,
-                    );
-                    (h, None)
+                    let node = new_node(&mut sim, kind.view(), identity, &punch);
+                    add_side(&mut sim, i, kind, access, nat_rst, node)
                 }
-                Some(b) => {
-                    let nat = sim.add_nat(PUBLIC_IPS[i], b);
-                    sim.set_nat_link(nat, access);
-                    sim.set_nat_tcp(
-                        nat,
-                        NatTcpConfig {
-                            rst_unsolicited_syn: nat_rst,
-                            ..NatTcpConfig::default()
-                        },
-                    );
-                    let h = sim.add_host_behind(nat, PRIVATE_IPS[i], node);
-                    sim.set_tcp_config(h, tcp_config());
-                    (h, Some(nat))
+                Some(servers) => {
+                    let config = ClassifierConfig {
+                        local_ip: local_ip(i, kind).into(),
+                        ..ClassifierConfig::default()
+                    };
+                    let classifier = Classifier::new(config, servers, sim.machine_seed());
+                    add_side(&mut sim, i, kind, access, nat_rst, classifier)
                 }
             };
             hosts.push(host);
@@ -402,7 +428,63 @@ impl World {
             kinds,
             nat_rst,
             punch,
+            views: kinds.map(NatKind::view),
         }
+    }
+
+    /// Like [`World::new`], but each node learns its NAT from a [`Classifier`] run on its host
+    /// first (see the module docs): both hosts classify at once (a second STUN server joins the
+    /// network for it), each report becomes its node's `nat`, then the nodes start. `None` if a
+    /// classifier did not report and close within [`CLASSIFY_LIMIT`], or left a socket behind.
+    pub fn classified(
+        seed: u64,
+        kinds: [NatKind; 2],
+        loss: f64,
+        nat_rst: bool,
+        punch: PunchConfig,
+    ) -> Option<World> {
+        let servers: Vec<p2pd_nat::ServerSpec> = [STUN_IPS[0], STUN2_IPS[0]]
+            .into_iter()
+            .zip(1u64..)
+            .map(|(ip, id)| p2pd_nat::ServerSpec {
+                id,
+                primary: SocketAddr::from((ip, STUN_PORT)),
+                alternate: None,
+            })
+            .collect();
+        let mut w = Self::build(seed, kinds, loss, nat_rst, punch, Some(&servers));
+        for h in w.hosts {
+            w.sim
+                .with_machine::<Classifier, _>(h, |c, now| c.start(now));
+        }
+        let mut reports: [Option<Report>; 2] = [None, None];
+        let mut closed = [false; 2];
+        let end = w.sim.now() + CLASSIFY_LIMIT;
+        while closed != [true, true] {
+            if w.sim.now() >= end {
+                return None;
+            }
+            w.sim.run_for(STEP);
+            for (i, h) in w.hosts.into_iter().enumerate() {
+                for ev in w.sim.take_events::<Classifier>(h) {
+                    match ev {
+                        ClassifierEvent::Done(r) => reports[i] = Some(r),
+                        ClassifierEvent::Closed => closed[i] = true,
+                    }
+                }
+            }
+        }
+        if w.hosts.iter().any(|h| w.sim.socket_count(*h) != 0) {
+            return None;
+        }
+        let [Some(ra), Some(rb)] = reports else {
+            return None;
+        };
+        w.views = [view_of_report(&ra), view_of_report(&rb)];
+        for i in 0..2 {
+            w.restart_node(i);
+        }
+        Some(w)
     }
 
     /// Replaces side `i`'s node with a fresh one (same identity), killing the old process first
@@ -410,7 +492,7 @@ impl World {
     pub fn restart_node(&mut self, i: usize) {
         let secret = [u8::try_from(i).unwrap_or(0).wrapping_add(0x31); 32];
         let identity = Identity::from_secret_bytes(&secret).expect("valid secret");
-        let node = new_node(&mut self.sim, self.kinds[i], identity, &self.punch);
+        let node = new_node(&mut self.sim, self.views[i], identity, &self.punch);
         self.sim.restart_host(self.hosts[i], node);
     }
 
@@ -610,7 +692,79 @@ impl World {
     }
 }
 
-fn new_node(sim: &mut Sim, kind: NatKind, identity: Identity, punch: &PunchConfig) -> PunchNode {
+/// Host `i`'s own IP: the public one when open, else its private one behind its NAT box.
+fn local_ip(i: usize, kind: NatKind) -> Ipv4Addr {
+    match kind.behaviour() {
+        None => PUBLIC_IPS[i],
+        Some(_) => PRIVATE_IPS[i],
+    }
+}
+
+/// Host `i` running `machine`: public when `kind` is open, else behind a NAT box of that kind
+/// (answering unsolicited SYNs with an RST if `nat_rst`), its access link with `access`.
+fn add_side<M>(
+    sim: &mut Sim,
+    i: usize,
+    kind: NatKind,
+    access: LinkConfig,
+    nat_rst: bool,
+    machine: M,
+) -> (HostId, Option<NatId>)
+where
+    M: p2pd_proto::Machine + 'static,
+    M::Event: core::fmt::Debug + 'static,
+{
+    match kind.behaviour() {
+        None => {
+            let h = sim.add_host(
+                Host::public([PUBLIC_IPS[i]])
+                    .with_link(access)
+                    .with_tcp(tcp_config()),
+                machine,
+            );
+            (h, None)
+        }
+        Some(b) => {
+            let nat = sim.add_nat(PUBLIC_IPS[i], b);
+            sim.set_nat_link(nat, access);
+            sim.set_nat_tcp(
+                nat,
+                NatTcpConfig {
+                    rst_unsolicited_syn: nat_rst,
+                    ..NatTcpConfig::default()
+                },
+            );
+            let h = sim.add_host_behind(nat, local_ip(i, kind), machine);
+            sim.set_tcp_config(h, tcp_config());
+            (h, Some(nat))
+        }
+    }
+}
+
+/// What a node takes from its classifier's report: for a NAT its mapping and the allocation
+/// verdict (an inconclusive verdict as random: nothing is known about the next port); `None` (no
+/// translation: the mapping is the local endpoint) for an open host or a firewall, and for an
+/// inconclusive classification (the node's default, as when no classifier ran).
+pub fn view_of_report(report: &Report) -> Option<NatView> {
+    match report.classification {
+        Classification::Nat { mapping, .. } => Some(NatView {
+            mapping,
+            allocation: report
+                .allocation
+                .as_ref()
+                .and_then(|a| a.verdict.allocation())
+                .unwrap_or(PortAllocation::Random),
+        }),
+        _ => None,
+    }
+}
+
+fn new_node(
+    sim: &mut Sim,
+    view: Option<NatView>,
+    identity: Identity,
+    punch: &PunchConfig,
+) -> PunchNode {
     let brokers = BROKER_IPS
         .iter()
         .map(|ip| BrokerSpec::new(None, SocketAddr::from((*ip, BROKER_PORT))))
@@ -620,7 +774,7 @@ fn new_node(sim: &mut Sim, kind: NatKind, identity: Identity, punch: &PunchConfi
     rendezvous.mqtt.backoff_max = Duration::from_secs(3);
     rendezvous.mqtt.connect_timeout = Duration::from_secs(6);
     let mut config = PunchNodeConfig::new(rendezvous, SocketAddr::from((STUN_IPS[0], STUN_PORT)));
-    config.nat = kind.view();
+    config.nat = view;
     // The node sets the node id, epoch and socket range itself.
     config.punch = punch.clone();
     let seed = sim.machine_seed();
@@ -641,6 +795,32 @@ pub fn run_one(a: NatKind, b: NatKind, loss: f64, nat_rst: bool, seed: u64) -> O
     } else {
         (Err(Failure::Setup), w.close_and_check())
     };
+    Outcome {
+        a,
+        b,
+        loss,
+        nat_rst,
+        seed,
+        result,
+        leaks,
+    }
+}
+
+/// [`run_one`] with the nodes' NAT views from a classifier run first (the classifier -> planner
+/// path, see the module docs); graded by the same oracle. A classifier that does not report in
+/// time is [`Failure::Setup`].
+pub fn run_one_classified(a: NatKind, b: NatKind, loss: f64, nat_rst: bool, seed: u64) -> Outcome {
+    let (result, leaks) =
+        match World::classified(seed, [a, b], loss, nat_rst, matrix_punch_config()) {
+            Some(mut w) => {
+                if w.wait_ready(SETUP_LIMIT) {
+                    w.punch_once()
+                } else {
+                    (Err(Failure::Setup), w.close_and_check())
+                }
+            }
+            None => (Err(Failure::Setup), Vec::new()),
+        };
     Outcome {
         a,
         b,
@@ -806,6 +986,28 @@ pub fn run_matrix_on(
     seeds: &[u64],
     threads: usize,
 ) -> PunchMatrix {
+    matrix_with(run_one, pairs, losses, nat_rst, seeds, threads)
+}
+
+/// [`run_matrix`] for the classified family: every run is [`run_one_classified`].
+pub fn run_classified_matrix(
+    pairs: &[(NatKind, NatKind)],
+    losses: &[f64],
+    nat_rst: bool,
+    seeds: &[u64],
+) -> PunchMatrix {
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    matrix_with(run_one_classified, pairs, losses, nat_rst, seeds, threads)
+}
+
+fn matrix_with(
+    run: fn(NatKind, NatKind, f64, bool, u64) -> Outcome,
+    pairs: &[(NatKind, NatKind)],
+    losses: &[f64],
+    nat_rst: bool,
+    seeds: &[u64],
+    threads: usize,
+) -> PunchMatrix {
     // (cell index, seed) jobs; cell = loss index * pairs + pair index.
     let cells = losses.len() * pairs.len();
     let jobs: Vec<(usize, u64)> = (0..cells)
@@ -831,7 +1033,7 @@ pub fn run_matrix_on(
                 continue;
             }
             let (a, b) = pairs[c % pairs.len()];
-            out.push((j, run_one(a, b, losses[c / pairs.len()], nat_rst, seed)));
+            out.push((j, run(a, b, losses[c / pairs.len()], nat_rst, seed)));
         }
         out
     };

@@ -356,6 +356,23 @@ impl Drop for ChildGuard {
     }
 }
 
+/// Whether this run is CI's (the environment variable `CI` is `true`, as `.ci/run` and most CI
+/// services set it).
+pub fn in_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| v == "true")
+}
+
+/// A test (or part of one) cannot run here for `reason` (a missing program, no root, ...): prints
+/// `SKIP: reason` and returns, so the caller returns and libtest counts the test as passed. Under
+/// `CI=true` it panics instead: CI installs every prerequisite, so there a missing one is a failure,
+/// never a silent pass. Every SKIP path of the workspace's tests goes through here.
+pub fn skip_or_fail(reason: &str) {
+    if in_ci() {
+        panic!("CI=true, but a test would be skipped: {reason}");
+    }
+    eprintln!("SKIP: {reason}");
+}
+
 /// Whether `program` is found on PATH.
 pub fn on_path(program: &str) -> bool {
     std::env::var_os("PATH").is_some_and(|paths| {
@@ -476,7 +493,8 @@ pub struct Mosquitto {
 }
 
 impl Mosquitto {
-    /// Starts a broker on a free port; `None` when mosquitto is not installed (the caller skips).
+    /// Starts a broker on a free port; `None` when mosquitto is not installed (the caller skips
+    /// through [`skip_or_fail`], which fails under `CI=true`).
     pub fn start() -> Option<Mosquitto> {
         let binary = mosquitto_binary()?;
         let (port, _) = free_port_pair();
@@ -566,3 +584,8 @@ pub mod servers;
 // An SNTP responder with a known clock offset.
 
 pub mod sntp_responder;
+
+// ---------------------------------------------------------------------------------------------
+// A counting global allocator for the soak tests.
+
+pub mod heap;

@@ -14,15 +14,15 @@
 //! so must VmRSS, within a slack for the allocator's warm-up (in a 400-round run VmRSS rose about
 //! 700 KiB until round ~300 and then stayed put, while the live heap stayed flat).
 //!
-//! Skips (with a message) when mosquitto is not installed; CI installs it.
+//! Skips (with a message) when mosquitto is not installed; CI installs it, and under `CI=true` a
+//! missing mosquitto fails the test ([`common::skip_or_fail`]).
 
 use p2pd_proto::Machine;
 use p2pd_tests as common;
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::{Duration, Instant};
 
+use common::heap::{live_bytes, LiveBytes};
 use common::punch::{config, describe, new_side, run_until, subscribed};
 use common::servers::TcpStunServer;
 use common::{rss_kib, Mosquitto};
@@ -30,51 +30,8 @@ use p2pd_punch::node::{NodeEvent, PunchNode};
 use p2pd_punch::PunchEvent;
 use p2pd_signaling::{Identity, PublicKey};
 
-/// Counts the bytes live on the heap (all threads).
-struct LiveBytes;
-
-static LIVE: AtomicI64 = AtomicI64::new(0);
-
-fn size(layout: Layout) -> i64 {
-    i64::try_from(layout.size()).unwrap_or(i64::MAX)
-}
-
-unsafe impl GlobalAlloc for LiveBytes {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        let p = unsafe { System.alloc(layout) };
-        if !p.is_null() {
-            LIVE.fetch_add(size(layout), Ordering::Relaxed);
-        }
-        p
-    }
-    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        let p = unsafe { System.alloc_zeroed(layout) };
-        if !p.is_null() {
-            LIVE.fetch_add(size(layout), Ordering::Relaxed);
-        }
-        p
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        unsafe { System.dealloc(ptr, layout) };
-        LIVE.fetch_sub(size(layout), Ordering::Relaxed);
-    }
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        let p = unsafe { System.realloc(ptr, layout, new_size) };
-        if !p.is_null() {
-            let new = i64::try_from(new_size).unwrap_or(i64::MAX);
-            LIVE.fetch_add(new - size(layout), Ordering::Relaxed);
-        }
-        p
-    }
-}
-
 #[global_allocator]
 static GLOBAL: LiveBytes = LiveBytes;
-
-/// Bytes live on the heap now.
-fn live_bytes() -> i64 {
-    LIVE.load(Ordering::Relaxed)
-}
 
 /// Rounds (`P2PD_PUNCH_SOAK_ROUNDS` overrides, at least 20).
 fn rounds() -> usize {
@@ -88,7 +45,9 @@ fn rounds() -> usize {
 #[test]
 fn hundred_punches_on_real_sockets_no_leaks() {
     let (Some(m1), Some(m2)) = (Mosquitto::start(), Mosquitto::start()) else {
-        eprintln!("SKIP hundred_punches_on_real_sockets_no_leaks: mosquitto is not installed");
+        common::skip_or_fail(
+            "hundred_punches_on_real_sockets_no_leaks: mosquitto is not installed",
+        );
         return;
     };
     let started = Instant::now();
@@ -254,11 +213,15 @@ fn hundred_punches_on_real_sockets_no_leaks() {
         live[9],
         live[rounds - 1]
     );
-    // The live heap is flat (a leak of even a few bytes per punch would show over 90 rounds).
+    // The live heap is flat: at most 16 bytes per punch between round 10 and the last (1,440 bytes
+    // over the default 90; the measured drift is a few bytes), so a leak of even a small record
+    // per punch fails.
     let (l10, l_end) = (live[9], live[rounds - 1]);
+    let slack = 16 * i64::try_from(rounds - 10).expect("rounds fit");
     assert!(
-        l_end <= l10 + 16 * 1024,
-        "live heap grew from {l10} to {l_end} bytes"
+        l_end <= l10 + slack,
+        "live heap grew from {l10} to {l_end} bytes over {} punches (slack {slack})",
+        rounds - 10
     );
     if let (Some(x), Some(y)) = (rss[9], rss[rounds - 1]) {
         assert!(y <= x + 2048, "VmRSS grew from {x} KiB to {y} KiB");

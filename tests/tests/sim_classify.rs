@@ -1,7 +1,9 @@
 //! The classifier in the simulator against ground truth: every mapping x filtering combination, an
 //! open host and firewalls, at 0 %, 10 % and 30 % loss, several seeds. The answer must equal the
-//! truth or be `Inconclusive` — never wrong — and never `Inconclusive` without loss. The matrix
-//! itself is `p2pd_sim::matrix` (also behind `p2pd sim nat`); this prints its per-loss table.
+//! truth or be `Inconclusive` — never wrong — for the classification and the port-allocation
+//! verdict alike. Neither may be `Inconclusive` without loss, and the classification may not be
+//! `Inconclusive` at 10 % loss either (only at 30 %). The matrix itself is `p2pd_sim::matrix` (also
+//! behind `p2pd sim nat`); this prints its per-loss table.
 
 use core::time::Duration;
 use p2pd_proto::Machine;
@@ -36,6 +38,25 @@ fn never_wrong_at_any_loss() {
         0,
         "inconclusive without loss: {:#?}",
         summary.notable
+    );
+    let at = |loss: f64| {
+        summary
+            .per_loss
+            .iter()
+            .find(|l| l.loss == loss)
+            .unwrap_or_else(|| panic!("no runs at loss {loss}"))
+    };
+    let lossless = at(0.0);
+    assert!(lossless.nat_runs > 0);
+    assert_eq!(
+        lossless.allocation_inconclusive, 0,
+        "allocation verdicts inconclusive without loss: {:#?}",
+        summary.notable
+    );
+    let lossy = at(0.1);
+    assert_eq!(
+        lossy.inconclusive, 0,
+        "classifications inconclusive at 10 % loss (replay with {SEED_VAR}=seed): {lossy:?}"
     );
 }
 

@@ -4,16 +4,23 @@
 //! SYNs silently; and once more with NAT boxes that answer them with an RST.
 //!
 //! Every pair the oracle ([`punchable`]) calls punchable must connect in 100 % of runs (both sides
-//! `Connected` to each other's real external endpoint, bytes both ways); every run of any other
-//! pair must end with a typed punch failure (no hang: each run has a virtual time budget). After
-//! every run both nodes close and nothing may be left: no socket in the simulator, no deadline on
-//! the machines, one `Closed` each.
+//! `Connected` to each other's real external endpoint, bytes both ways); no run of any other pair
+//! may connect, and every one must end with the punch failure that says no connection came up
+//! (`NoConnection`: not a signaling failure, a refusal or a hang; each run has a virtual time
+//! budget). After every run both nodes close and nothing may be left: no socket in the simulator,
+//! no deadline on the machines, one `Closed` each. The RST-answering NATs must give the same
+//! successes and failures, cell by cell, as the silently dropping ones for the same seeds. And
+//! once more with each node told its NAT by a classifier run on its host first instead of the
+//! ground truth (the classifier -> planner path), graded the same way.
 //!
 //! `P2PD_SIM_SEED=N` runs only seed N; `p2pd sim punch --seeds N` runs more.
 
-use p2pd_sim::punch_matrix::{pairs, punchable, run_matrix, run_one, Failure, NatKind, KINDS};
+use p2pd_sim::punch_matrix::{
+    pairs, punchable, run_classified_matrix, run_matrix, run_one, Failure, NatKind, PunchMatrix,
+    KINDS,
+};
 
-fn check(m: &p2pd_sim::punch_matrix::PunchMatrix) {
+fn check(m: &PunchMatrix) {
     for c in &m.cells {
         let what = format!(
             "{:?} -> {:?} at {:.0}% loss (seeds {:?})",
@@ -26,9 +33,12 @@ fn check(m: &p2pd_sim::punch_matrix::PunchMatrix) {
         if c.punchable {
             assert_eq!(c.successes, c.runs, "{what}: punchable: {:?}", c.failures);
         } else {
+            assert_eq!(c.successes, 0, "{what}: not punchable, but connected");
             assert!(
-                c.failures.keys().all(|f| matches!(f, Failure::Punch(_))),
-                "{what}: untyped failure {:?}",
+                c.failures
+                    .keys()
+                    .all(|f| *f == Failure::Punch("NoConnection")),
+                "{what}: not punchable: every run must fail with NoConnection, got {:?}",
                 c.failures
             );
         }
@@ -49,9 +59,36 @@ fn every_punchable_pair_connects_every_time() {
 #[test]
 fn rst_answering_nats_change_nothing() {
     let seeds = p2pd_sim::matrix::seeds_or_env([4]);
-    let m = run_matrix(&pairs(&KINDS), &[0.0, 0.1], true, &seeds);
+    let rst = run_matrix(&pairs(&KINDS), &[0.0, 0.1], true, &seeds);
+    eprintln!("{}", rst.table());
+    check(&rst);
+    // The same seeds with NATs that drop unsolicited SYNs silently: the same outcome per cell.
+    let silent = run_matrix(&pairs(&KINDS), &[0.0, 0.1], false, &seeds);
+    check(&silent);
+    assert_eq!(rst.cells.len(), silent.cells.len());
+    for (r, s) in rst.cells.iter().zip(&silent.cells) {
+        assert_eq!((r.a, r.b, r.loss), (s.a, s.b, s.loss));
+        assert_eq!(
+            (r.successes, &r.failures, r.leaky),
+            (s.successes, &s.failures, s.leaky),
+            "{:?} -> {:?} at {:.0}% loss: RST-answering NATs changed the outcome",
+            r.a,
+            r.b,
+            r.loss * 100.0
+        );
+    }
+}
+
+/// The classifier -> planner path: each host classifies its NAT first (UDP, two RFC 5780 servers)
+/// and its node plans with that report instead of the ground truth; every pair at 0 % and 10 %
+/// loss, graded by the same oracle and checks.
+#[test]
+fn classifier_reports_drive_the_planner() {
+    let seeds = p2pd_sim::matrix::seeds_or_env([5]);
+    let m = run_classified_matrix(&pairs(&KINDS), &[0.0, 0.1], false, &seeds);
     eprintln!("{}", m.table());
     check(&m);
+    assert_eq!(m.runs(), 64 * 2 * u32::try_from(seeds.len()).unwrap());
 }
 
 #[test]

@@ -1,6 +1,11 @@
 //! Soak: 10,000 STUN transactions through one client Runtime against our server (its own Runtime in
 //! a thread) on loopback, opening and closing sockets every round. Nothing may fail, and sockets,
 //! transactions, timers and memory must return to their baseline.
+//!
+//! Memory is measured as the bytes live on the heap (a counting global allocator, client and
+//! server together) after round 10 and after round 100: they may differ by at most
+//! [`LIVE_SLACK`] bytes over those 9,000 transactions, so even a leaked 1-byte allocation per
+//! transaction fails. VmRSS is checked too, with a looser slack for the allocator's warm-up.
 
 use p2pd_proto::Machine;
 use p2pd_tests as common;
@@ -10,6 +15,7 @@ use std::net::SocketAddr;
 use std::ops::ControlFlow;
 use std::time::{Duration, Instant};
 
+use common::heap::{live_bytes, LiveBytes};
 use common::{loopback_retransmit, rss_kib, Client, ServerThread, LO1};
 use p2pd_proto::client::{ClientEvent, Request};
 use p2pd_proto::stun::ChangeRequest;
@@ -19,6 +25,11 @@ const ROUNDS: usize = 100;
 const SOCKETS_PER_ROUND: usize = 4;
 const TX_PER_SOCKET: usize = 25;
 const TX_PER_ROUND: usize = SOCKETS_PER_ROUND * TX_PER_SOCKET;
+/// The live heap may grow this much between round 10 and round 100 (9,000 transactions).
+const LIVE_SLACK: i64 = 1024;
+
+#[global_allocator]
+static GLOBAL: LiveBytes = LiveBytes;
 
 #[test]
 fn ten_thousand_transactions_no_leaks() {
@@ -32,6 +43,7 @@ fn ten_thousand_transactions_no_leaks() {
     let baseline_sockets = c.rt.open_sockets();
     assert_eq!(baseline_sockets, 0);
     let mut rss_after_10 = None;
+    let mut live_after_10 = 0;
     let mut failures = Vec::new();
     let mut ok_count = 0usize;
 
@@ -131,9 +143,11 @@ fn ten_thousand_transactions_no_leaks() {
 
         if round == 10 {
             rss_after_10 = rss_kib();
+            live_after_10 = live_bytes();
         }
     }
     let rss_after_100 = rss_kib();
+    let live_after_100 = live_bytes();
 
     assert!(
         failures.is_empty(),
@@ -168,12 +182,18 @@ fn ten_thousand_transactions_no_leaks() {
 
     println!(
         "soak: {total} transactions in {:.2} s ({} retransmissions, {} duplicates); \
-         VmRSS after round 10: {:?} KiB, after round {ROUNDS}: {:?} KiB",
+         VmRSS after round 10: {:?} KiB, after round {ROUNDS}: {:?} KiB; live heap after round 10: \
+         {live_after_10} bytes, after round {ROUNDS}: {live_after_100} bytes",
         started.elapsed().as_secs_f64(),
         cs.retransmissions,
         cs.duplicates,
         rss_after_10,
         rss_after_100
+    );
+    assert!(
+        live_after_100 <= live_after_10 + LIVE_SLACK,
+        "live heap grew from {live_after_10} to {live_after_100} bytes between round 10 and round \
+         {ROUNDS} (slack {LIVE_SLACK})"
     );
     if let (Some(a), Some(b)) = (rss_after_10, rss_after_100) {
         assert!(
