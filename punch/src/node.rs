@@ -11,25 +11,33 @@
 //! machine plus stdin/stdout. Each part (the rendezvous, the puncher, every probe) names its own
 //! sockets in its own namespace: a [`SocketMap`] hands out the ids the runtime sees and routes
 //! every input back to its part; the punched stream is adopted from the puncher when it connects.
+//!
+//! [`TcpBinding`]: p2pd_proto::client_tcp::TcpBinding
+
+mod probes;
+mod stream;
+#[cfg(test)]
+mod tests;
 
 use core::net::SocketAddr;
 use core::time::Duration;
 use p2pd_proto::Machine;
 use std::collections::VecDeque;
 
-use p2pd_proto::client_tcp::{TcpBinding, TcpBindingConfig, TcpBindingError, TcpBindingEvent};
+use p2pd_proto::client_tcp::TcpBindingError;
 use p2pd_proto::compose::SocketMap;
-use p2pd_proto::{
-    DropReason, Instant, IoError, OpKind, Rng, SocketId, SocketOp, SocketOutcome, Transmit,
-    Verdict, TRANSMIT_BUFFER_LEN,
-};
+use p2pd_proto::{DropReason, Instant, Rng, SocketId, SocketOp, SocketOutcome, Transmit, Verdict};
 use p2pd_signaling::rendezvous::{Rendezvous, RendezvousConfig, RendezvousEvent};
 use p2pd_signaling::{Identity, NodeId, PublicKey, NODE_ID_LEN};
 
 use crate::error::PunchApiError;
 use crate::machine::{PunchConfig, PunchEvent, PunchFailure, Puncher};
 use crate::message::{PunchCandidate, TAG};
-use crate::plan::{pick_local_ports, plan_candidates, NatView, Observation};
+use crate::plan::NatView;
+
+use probes::{Pending, Probe};
+use stream::Stream;
+pub use stream::MAX_SEND_QUEUE;
 
 /// The node's parts, each with its own socket-id namespace in the node's [`SocketMap`].
 #[derive(Copy, Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -46,10 +54,6 @@ enum Part {
 
 /// The punched stream's id in its own namespace.
 const STREAM_ID: SocketId = SocketId(0);
-/// Most bytes [`PunchNode::send`] queues for the punched stream before the runtime takes them. The
-/// runtime's own buffer for the stream is the send buffer; this is only the hand-over: when it is
-/// full, `send` fails and [`NodeEvent::Writable`] says when there is room again.
-pub const MAX_SEND_QUEUE: usize = 64 * 1024;
 
 /// How a [`PunchNode`] runs.
 #[derive(Clone, Debug)]
@@ -137,90 +141,6 @@ pub enum NodeEvent {
     Failed(PunchFailure),
     /// Everything is released: the last event.
     Closed,
-}
-
-/// One probe.
-struct Probe {
-    /// Its serial number: its namespace is `Part::Probe(serial)`.
-    serial: u32,
-    /// The punch port the probe is for (the probe itself may run from another port: see
-    /// [`probe_elsewhere`]).
-    port: u16,
-    machine: TcpBinding,
-    result: Option<Option<Observation>>,
-    closed: bool,
-    /// Probed for the round being prepared (an earlier round's probe is only waiting to close).
-    current: bool,
-}
-
-/// The punched stream, once up.
-///
-/// A runtime refuses a stream transmit when its own buffer for the stream is full
-/// (`Failed { op: Send, error: WouldBlock }`; nothing of that transmit is taken), refuses every
-/// later one until it reports [`SocketOutcome::Writable`], and reports refusals in the same drain
-/// (before any further input). That is flow control, not a broken stream: bytes stay in `out`
-/// until the runtime has taken them. The first `emitted` bytes of `out` went out as the transmits
-/// in `chunks` since the last settle point. The settle point is the next `handle_timeout` (a
-/// transmit makes the deadline immediate): a runtime calls it only after a whole drain, so every
-/// refusal of the transmits before it has been reported, and every transmit not refused was
-/// taken; the refused ones are the last ones and stay queued. No other input settles: an
-/// outcome or stream bytes may come while refusals of the same drain are still queued behind
-/// them. After a refusal nothing is sent until `Writable` and the next settle point.
-struct Stream {
-    socket: SocketId,
-    remote: SocketAddr,
-    out: VecDeque<u8>,
-    /// Bytes at the front of `out` handed to the runtime, not yet known to be taken.
-    emitted: usize,
-    /// Their transmits' lengths, in order.
-    chunks: VecDeque<usize>,
-    /// Transmits the runtime refused (the last ones of `chunks`).
-    refused: usize,
-    /// The runtime refused a transmit and has not reported `Writable` yet.
-    blocked: bool,
-    /// [`PunchNode::send`] failed because `out` was full, or left it more than half full: report
-    /// [`NodeEvent::Writable`] once half of it is free.
-    wants_room: bool,
-    /// Failed, or the node is closing: nothing more is sent or reported.
-    closed: bool,
-    /// The stream's `Close` went out.
-    close_sent: bool,
-    /// [`PunchNode::finish`] was called: no more `send`; the `Shutdown` goes out once `out` is
-    /// empty (every byte taken by the runtime).
-    finishing: bool,
-    /// The `Shutdown` intent went out.
-    shut: bool,
-    /// [`NodeEvent::StreamClosed`] was reported (the peer's EOF, or a failure).
-    ended: bool,
-}
-
-impl Stream {
-    /// Every transmit since the last settle point not refused was taken: drop those bytes, keep
-    /// the refused ones queued (in order) to be sent again.
-    fn settle(&mut self) {
-        let refused: usize = self.chunks.iter().rev().take(self.refused).sum();
-        let taken = self.emitted.saturating_sub(refused).min(self.out.len());
-        self.out.drain(..taken);
-        self.emitted = 0;
-        self.chunks.clear();
-        self.refused = 0;
-    }
-
-    fn clear(&mut self) {
-        self.out.clear();
-        self.emitted = 0;
-        self.chunks.clear();
-        self.refused = 0;
-        self.blocked = false;
-        self.wants_room = false;
-    }
-}
-
-/// Which round the probes are for, and who to tell.
-#[derive(Copy, Clone, Debug)]
-enum Pending {
-    Initiate,
-    Provide(u8),
 }
 
 /// The composite punching node (see the [module docs](self)).
@@ -313,83 +233,6 @@ impl PunchNode {
         Ok(())
     }
 
-    /// Queues bytes for the punched stream. `Err` before it is up, after it failed or the node
-    /// closed, after [`PunchNode::finish`], or when the queue is full. The peer's EOF
-    /// ([`NodeEvent::StreamClosed`] with [`PunchNode::is_connected`] still true) does not stop
-    /// sending.
-    pub fn send(&mut self, now: Instant, bytes: &[u8]) -> Result<(), PunchApiError> {
-        let stream = self.stream.as_mut().ok_or(PunchApiError::NotConnected)?;
-        if stream.closed {
-            return Err(PunchApiError::StreamClosed);
-        }
-        if stream.finishing {
-            return Err(PunchApiError::Finished);
-        }
-        if stream.out.len().saturating_add(bytes.len()) > MAX_SEND_QUEUE {
-            stream.wants_room = true;
-            return Err(PunchApiError::SendQueueFull {
-                queued: stream.out.len(),
-                len: bytes.len(),
-            });
-        }
-        stream.out.extend(bytes.iter().copied());
-        if stream.out.len() > MAX_SEND_QUEUE / 2 {
-            // The caller is filling the queue: tell it when half of it is free again.
-            stream.wants_room = true;
-        }
-        self.pump(now);
-        Ok(())
-    }
-
-    /// Finishes our sending side of the punched stream (half-close): once every byte queued so far
-    /// has been taken by the runtime, the node emits [`SocketOp::Shutdown`] for the stream (the
-    /// runtime writes what it still holds, then the FIN), so the peer reads all of it and then
-    /// EOF. We keep receiving: [`NodeEvent::Data`] until the peer's own EOF,
-    /// [`NodeEvent::StreamClosed`]; then [`PunchNode::close`]. [`PunchNode::send`] fails from now
-    /// on. Idempotent; `Err` before the stream is up and after it failed or the node closed.
-    pub fn finish(&mut self, now: Instant) -> Result<(), PunchApiError> {
-        let stream = self.stream.as_mut().ok_or(PunchApiError::NotConnected)?;
-        if stream.closed {
-            return Err(PunchApiError::StreamClosed);
-        }
-        stream.finishing = true;
-        self.pump(now);
-        Ok(())
-    }
-
-    /// Whether [`PunchNode::finish`] has taken full effect on the node's side: every queued byte
-    /// was taken by the runtime and the `Shutdown` intent went out (the runtime may still hold
-    /// bytes it has not written: see its own view of the socket, [`PunchNode::stream_socket`]).
-    pub fn is_finished(&self) -> bool {
-        self.stream.as_ref().is_some_and(|s| s.shut)
-    }
-
-    /// The punched stream's socket while it is up (for the runtime's own view of it, e.g. bytes
-    /// it still holds unwritten).
-    pub fn stream_socket(&self) -> Option<SocketId> {
-        self.stream.as_ref().filter(|s| !s.closed).map(|s| s.socket)
-    }
-
-    /// Whether the punched stream is up: punched, not failed, the node not closed. Stays true
-    /// after the peer's EOF and after [`PunchNode::finish`] (half-closed either way).
-    pub fn is_connected(&self) -> bool {
-        self.stream.as_ref().is_some_and(|s| !s.closed)
-    }
-
-    /// Bytes waiting to be written to the punched stream (including those handed to the runtime
-    /// and not yet known to be taken).
-    pub fn queued(&self) -> usize {
-        self.stream.as_ref().map_or(0, |s| s.out.len())
-    }
-
-    /// How many bytes [`PunchNode::send`] takes now (0 when the stream is not up for sending).
-    pub fn send_room(&self) -> usize {
-        match &self.stream {
-            Some(s) if !s.closed && !s.finishing => MAX_SEND_QUEUE.saturating_sub(s.out.len()),
-            _ => 0,
-        }
-    }
-
     /// The signaling machine (health, stats).
     pub fn rendezvous(&self) -> &Rendezvous {
         &self.rendezvous
@@ -423,42 +266,6 @@ impl PunchNode {
     // ----- machine contract -----
 
     // ----- glue -----
-
-    fn start_probes(&mut self, now: Instant, pending: Pending) {
-        self.probe_attempts = self.probe_attempts.saturating_add(1);
-        for p in &mut self.probes {
-            p.machine.close(now);
-            p.current = false;
-        }
-        let n = self.config.ports_per_round.clamp(1, 8);
-        let elsewhere = probe_elsewhere(self.config.nat);
-        let mut ports = pick_local_ports(
-            &mut self.rng,
-            if elsewhere { n.saturating_mul(2) } else { n },
-        );
-        // With `elsewhere`, the second half are the probes' own ports.
-        let probe_ports = if elsewhere {
-            ports.split_off(n)
-        } else {
-            ports.clone()
-        };
-        for (port, probe_port) in ports.into_iter().zip(probe_ports) {
-            let serial = self.next_probe;
-            self.next_probe = self.next_probe.wrapping_add(1);
-            let local = SocketAddr::new(self.config.punch.bind_ip, probe_port);
-            let mut binding = TcpBindingConfig::new(self.config.stun_server, local).keep_open(true);
-            binding.timeout = self.config.probe_timeout;
-            self.probes.push(Probe {
-                serial,
-                port,
-                machine: TcpBinding::new(binding, self.rng.next_u64(), now),
-                result: None,
-                closed: false,
-                current: true,
-            });
-        }
-        self.pending = Some(pending);
-    }
 
     /// Takes every part's events, glues them, and caches the deadline.
     fn pump(&mut self, now: Instant) {
@@ -606,91 +413,6 @@ impl PunchNode {
         }
     }
 
-    fn on_probe(&mut self, i: usize, ev: TcpBindingEvent) {
-        let Some(p) = self.probes.get_mut(i) else {
-            return;
-        };
-        match ev {
-            TcpBindingEvent::Mapped(m) => {
-                p.result = Some(Some(Observation {
-                    local_port: p.port,
-                    mapped: m.mapped,
-                }));
-            }
-            TcpBindingEvent::Failed { reason } => {
-                p.result = Some(None);
-                let port = p.port;
-                self.events
-                    .push_back(NodeEvent::ProbeFailed { port, reason });
-            }
-            TcpBindingEvent::Closed { .. } => {
-                p.closed = true;
-                if p.result.is_none() {
-                    p.result = Some(None);
-                }
-            }
-            _ => {}
-        }
-    }
-
-    fn probes_done(&self) -> bool {
-        self.pending.is_some() && self.probes.iter().all(|p| p.result.is_some() || p.closed)
-    }
-
-    /// All probes of the round answered: plan and hand the candidates on.
-    fn finish_probes(&mut self, now: Instant) -> bool {
-        let Some(pending) = self.pending.take() else {
-            return false;
-        };
-        // Only this round's probes: an earlier round's observation is stale (a sequential NAT has
-        // moved on since, and its ports would add pairs that take the predicted ports).
-        let observations: Vec<Observation> = self
-            .probes
-            .iter()
-            .filter(|p| p.current)
-            .filter_map(|p| p.result.flatten())
-            .collect();
-        let candidates = plan_candidates(self.config.nat, &observations);
-        if self.closing {
-            return true;
-        }
-        let round = match pending {
-            Pending::Initiate => 0,
-            Pending::Provide(r) => r,
-        };
-        if candidates.is_empty() && self.probe_attempts < self.config.probe_attempts {
-            // Every probe failed (lost segments, a slow server): probe again from fresh ports.
-            self.start_probes(now, pending);
-            return true;
-        }
-        if candidates.is_empty() {
-            self.events
-                .push_back(NodeEvent::Failed(PunchFailure::NoSockets(
-                    p2pd_proto::IoError::Other(None),
-                )));
-            self.puncher.close(now);
-            return true;
-        }
-        self.events.push_back(NodeEvent::Candidates {
-            round,
-            candidates: candidates.clone(),
-        });
-        let accepted = match pending {
-            Pending::Initiate => match self.peer {
-                Some(peer) => self
-                    .puncher
-                    .initiate(now, peer.node_id(), candidates)
-                    .is_ok(),
-                None => false,
-            },
-            Pending::Provide(r) => self.puncher.provide_candidates(now, r, candidates).is_ok(),
-        };
-        if !accepted {
-            self.puncher.close(now);
-        }
-        true
-    }
-
     fn report_closed(&mut self) {
         if self.closing
             && !self.closed_reported
@@ -703,21 +425,6 @@ impl PunchNode {
             self.events.push_back(NodeEvent::Closed);
         }
     }
-}
-
-/// Whether the probes must run from other ports than the punch ports: with a dependent mapping
-/// whose external port follows the local port (preserving, fixed offset), a probe kept open from
-/// the punch port would hold the very external port the punch connection is predicted to get (its
-/// mapping is for the STUN server, a different destination), and the NAT would give the punch
-/// connection another one. The probe then only tells the external IP.
-fn probe_elsewhere(view: Option<NatView>) -> bool {
-    view.is_some_and(|v| {
-        v.mapping != p2pd_nat::Mapping::EndpointIndependent
-            && matches!(
-                v.allocation,
-                p2pd_nat::PortAllocation::Preserving | p2pd_nat::PortAllocation::FixedOffset { .. }
-            )
-    })
 }
 
 impl p2pd_proto::Machine for PunchNode {
@@ -754,36 +461,7 @@ impl p2pd_proto::Machine for PunchNode {
             .as_mut()
             .filter(|_| matches!(route, Some((Part::Stream, _))))
         {
-            let refused = matches!(
-                outcome,
-                SocketOutcome::Failed {
-                    op: OpKind::Send,
-                    error: IoError::WouldBlock,
-                    ..
-                }
-            );
-            if refused && !s.closed && s.refused < s.chunks.len() {
-                // Flow control: sent again after `Writable` (see `Stream`).
-                s.refused = s.refused.saturating_add(1);
-                s.blocked = true;
-            } else if matches!(outcome, SocketOutcome::Writable) {
-                // Refused transmits go out again after the next settle point (an immediate
-                // timeout), never here: refusals of the last drain may still be on their way.
-                s.blocked = false;
-            } else if matches!(outcome, SocketOutcome::PeerClosed) && !s.closed {
-                // Half-closed by the peer: we may still send (and finish).
-                if !s.ended {
-                    s.ended = true;
-                    self.events.push_back(NodeEvent::StreamClosed);
-                }
-            } else if matches!(outcome, SocketOutcome::Failed { .. }) && !s.closed {
-                s.closed = true;
-                s.clear();
-                if !s.ended {
-                    s.ended = true;
-                    self.events.push_back(NodeEvent::StreamClosed);
-                }
-            }
+            s.on_outcome(outcome, &mut self.events);
         } else {
             match route {
                 Some((Part::Probe(serial), inner)) => {
@@ -845,33 +523,7 @@ impl p2pd_proto::Machine for PunchNode {
                 return Some(t);
             }
         }
-        let s = self.stream.as_mut()?;
-        // After a refusal nothing more goes out until `Writable` and a settle point.
-        if s.closed || s.blocked || s.refused > 0 {
-            return None;
-        }
-        let full = buf.len().min(TRANSMIT_BUFFER_LEN);
-        let n = s.out.len().saturating_sub(s.emitted).min(full);
-        // Only the first transmit of a batch may be short (see `Stream`); a short tail waits for
-        // the next settle point (at the latest the immediate deadline below).
-        if n == 0 || (n < full && !s.chunks.is_empty()) {
-            return None;
-        }
-        for (dst, src) in buf.iter_mut().zip(s.out.range(s.emitted..)).take(n) {
-            *dst = *src;
-        }
-        s.emitted = s.emitted.saturating_add(n);
-        s.chunks.push_back(n);
-        // Settle at once (a timeout now), so taken bytes leave the queue and the rest goes out.
-        self.deadline = Some(
-            self.deadline
-                .map_or(self.last_now, |d| d.min(self.last_now)),
-        );
-        Some(Transmit {
-            socket: s.socket,
-            destination: s.remote,
-            len: n,
-        })
+        self.poll_stream_transmit(buf)
     }
 
     /// The next socket intent of any part.
@@ -899,27 +551,7 @@ impl p2pd_proto::Machine for PunchNode {
                 return Some(op);
             }
         }
-        // Finishing: the `Shutdown` once the runtime has taken every byte (unsettled transmits
-        // stay in `out` until the next settle point, so refused ones are sent first).
-        if let Some(s) = self.stream.as_mut() {
-            if s.finishing && !s.shut && !s.closed && s.out.is_empty() && s.chunks.is_empty() {
-                s.shut = true;
-                self.events.push_back(NodeEvent::Finished);
-                return Some(SocketOp::Shutdown { socket: s.socket });
-            }
-        }
-        // The punched stream is ours once handed over: close it once, on close.
-        if self.closing {
-            if let Some(s) = self.stream.as_mut() {
-                if s.closed && !s.close_sent {
-                    s.close_sent = true;
-                    return self
-                        .sockets
-                        .outbound(Part::Stream, SocketOp::Close { socket: STREAM_ID });
-                }
-            }
-        }
-        None
+        self.poll_stream_op()
     }
 
     /// The next event.
@@ -935,162 +567,5 @@ impl p2pd_proto::Machine for PunchNode {
     /// The earliest deadline of any part (cached).
     fn poll_timeout(&self) -> Option<Instant> {
         self.deadline
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use p2pd_nat::{Mapping, PortAllocation};
-    use p2pd_signaling::rendezvous::BrokerSpec;
-
-    fn node(nat: Option<NatView>, secret: u8) -> PunchNode {
-        let brokers = vec![BrokerSpec::new(None, "192.0.2.10:1883".parse().unwrap())];
-        let mut config = PunchNodeConfig::new(
-            RendezvousConfig::new(brokers, 1_800_000_000_000),
-            "192.0.2.1:3478".parse().unwrap(),
-        );
-        config.nat = nat;
-        let identity = Identity::from_secret_bytes(&[secret; 32]).unwrap();
-        PunchNode::new(config, identity, 7, Instant::ZERO).unwrap()
-    }
-
-    fn peer() -> PublicKey {
-        Identity::from_secret_bytes(&[9; 32]).unwrap().public_key()
-    }
-
-    /// The probes' (socket, local port) binds.
-    fn probe_binds(n: &mut PunchNode) -> Vec<(SocketId, u16)> {
-        let mut out = Vec::new();
-        while let Some(op) = n.poll_socket_op() {
-            if let SocketOp::Bind { socket, local, .. } = op {
-                if matches!(n.sockets.route(socket), Some((Part::Probe(_), _))) {
-                    out.push((socket, local.port()));
-                }
-            }
-        }
-        out
-    }
-
-    #[test]
-    fn closing_while_probing_closes_the_probe_socket() {
-        // Regression: a probe that finished on close left the table before its `Close` was
-        // polled, so its socket was never closed.
-        let mut n = node(None, 1);
-        n.punch(Instant::ZERO, peer()).unwrap();
-        let binds = probe_binds(&mut n);
-        assert_eq!(binds.len(), 1);
-        n.close(Instant::ZERO);
-        let mut closes = Vec::new();
-        while let Some(op) = n.poll_socket_op() {
-            if let SocketOp::Close { socket } = op {
-                closes.push(socket);
-            }
-        }
-        assert!(closes.contains(&binds[0].0), "{closes:?}");
-        assert_eq!(
-            closes.iter().filter(|s| **s == binds[0].0).count(),
-            1,
-            "closed once"
-        );
-    }
-
-    #[test]
-    fn probes_run_from_another_port_when_the_prediction_follows_the_local_port() {
-        // Regression: with a dependent mapping and preserving (or fixed-offset) allocation, a
-        // kept-open probe from the punch port holds the external port the punch connection is
-        // predicted to get.
-        let view = |mapping, allocation| {
-            Some(NatView {
-                mapping,
-                allocation,
-            })
-        };
-        assert!(probe_elsewhere(view(
-            Mapping::AddressAndPortDependent,
-            PortAllocation::Preserving
-        )));
-        assert!(probe_elsewhere(view(
-            Mapping::AddressDependent,
-            PortAllocation::FixedOffset { offset: 10 }
-        )));
-        assert!(!probe_elsewhere(view(
-            Mapping::EndpointIndependent,
-            PortAllocation::Preserving
-        )));
-        assert!(!probe_elsewhere(view(
-            Mapping::AddressAndPortDependent,
-            PortAllocation::Sequential { stride: 1 }
-        )));
-        assert!(!probe_elsewhere(None));
-        let mut n = node(
-            view(Mapping::AddressAndPortDependent, PortAllocation::Preserving),
-            1,
-        );
-        n.punch(Instant::ZERO, peer()).unwrap();
-        let binds = probe_binds(&mut n);
-        assert_eq!(binds.len(), 1);
-        let punch_port = n.probes[0].port;
-        assert_ne!(binds[0].1, punch_port);
-        let mut same = node(None, 1);
-        same.punch(Instant::ZERO, peer()).unwrap();
-        let binds = probe_binds(&mut same);
-        assert_eq!(binds[0].1, same.probes[0].port);
-    }
-
-    #[test]
-    fn a_round_whose_probes_all_fail_is_probed_again_from_fresh_ports() {
-        // Regression: one lost probe ended the whole punch with `NoSockets`.
-        use p2pd_proto::{IoError, OpKind};
-        let mut n = node(None, 1);
-        n.punch(Instant::ZERO, peer()).unwrap();
-        let mut seen = Vec::new();
-        for attempt in 0..3 {
-            let binds = probe_binds(&mut n);
-            assert_eq!(binds.len(), 1, "attempt {attempt}");
-            let (socket, port) = binds[0];
-            assert!(!seen.contains(&port), "fresh port");
-            seen.push(port);
-            n.handle_socket_result(
-                Instant::ZERO,
-                socket,
-                SocketOutcome::Failed {
-                    op: OpKind::Bind,
-                    destination: None,
-                    error: IoError::AddrInUse,
-                },
-            );
-        }
-        assert!(probe_binds(&mut n).is_empty(), "no fourth attempt");
-        let events: Vec<NodeEvent> = core::iter::from_fn(|| n.poll_event()).collect();
-        let probe_failures = events
-            .iter()
-            .filter(|e| matches!(e, NodeEvent::ProbeFailed { .. }))
-            .count();
-        assert_eq!(probe_failures, 3, "{events:?}");
-        assert!(
-            matches!(
-                events.last(),
-                Some(NodeEvent::Failed(PunchFailure::NoSockets(_)))
-            ),
-            "{events:?}"
-        );
-    }
-
-    #[test]
-    fn api_misuse_is_a_typed_error() {
-        let mut n = node(None, 1);
-        assert_eq!(
-            n.send(Instant::ZERO, b"x"),
-            Err(PunchApiError::NotConnected)
-        );
-        assert_eq!(n.finish(Instant::ZERO), Err(PunchApiError::NotConnected));
-        n.punch(Instant::ZERO, peer()).unwrap();
-        assert_eq!(
-            n.punch(Instant::ZERO, peer()),
-            Err(PunchApiError::InProgress)
-        );
-        n.close(Instant::ZERO);
-        assert_eq!(n.punch(Instant::ZERO, peer()), Err(PunchApiError::Closed));
     }
 }
