@@ -38,12 +38,24 @@ use crate::time::Instant;
 /// Where one socket the machine opened stands, as the checker sees it.
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
 enum Owned {
-    /// A `Bind` was emitted: the machine must close it.
+    /// A `Bind` was emitted and not answered yet: the machine must close it.
+    Binding,
+    /// The `Bind` was answered `Bound`: the machine must close it.
     Bound,
+    /// The `Bind` was answered with a failure before it was bound: the runtime holds nothing, so
+    /// closing it (once) is allowed, not required.
+    BindFailed,
     /// An `Accept` was emitted and has not completed: closing it is allowed, not required.
     Accepting,
     /// The `Accept` completed (`Accepted`): the machine must close it.
     Accepted,
+}
+
+impl Owned {
+    /// Whether the machine must still close the socket.
+    fn must_close(self) -> bool {
+        matches!(self, Owned::Binding | Owned::Bound | Owned::Accepted)
+    }
 }
 
 /// Checks the contract's invariants on one machine (see [`Machine`]): monotonic `now`, timeouts
@@ -53,6 +65,11 @@ enum Owned {
 /// Feed it every input's time ([`ContractChecker::input`]), every outcome handed to the machine
 /// ([`ContractChecker::outcome`]), and every output, most simply by draining through
 /// [`ContractChecker::drain`]. Each violation panics.
+///
+/// Two cases need no `Close`, as the runtime holds no socket for them: an `Accept` that failed
+/// before it completed (closing it is a violation), and a `Bind` answered with a failure before
+/// it was bound (closing it once is allowed). A socket the machine hands to its caller (the puncher's winning stream,
+/// a released probe socket) leaves its responsibility through [`ContractChecker::released`].
 pub struct ContractChecker<E> {
     name: &'static str,
     is_final: fn(&E) -> bool,
@@ -61,6 +78,8 @@ pub struct ContractChecker<E> {
     owned: BTreeMap<SocketId, Owned>,
     /// Sockets this machine closed (an id leaves the set when a new intent reopens it).
     closed: BTreeSet<SocketId>,
+    /// Sockets handed to the caller (an id leaves the set when a new intent reopens it).
+    released: BTreeSet<SocketId>,
     /// The final event was seen.
     finished: bool,
     /// `handle_timeout` calls at the current `now` whose drain left a deadline not after `now`.
@@ -78,6 +97,7 @@ impl<E: Debug> ContractChecker<E> {
             last_now: None,
             owned: BTreeMap::new(),
             closed: BTreeSet::new(),
+            released: BTreeSet::new(),
             finished: false,
             due_again: 0,
             closes: 0,
@@ -118,6 +138,24 @@ impl<E: Debug> ContractChecker<E> {
                     }
                 }
             }
+            SocketOutcome::Bound { .. } => {
+                if let Some(state) = self.owned.get_mut(&socket) {
+                    if *state == Owned::Binding {
+                        *state = Owned::Bound;
+                    }
+                }
+            }
+            // A bind that failed leaves no socket: closing it is allowed, not required.
+            SocketOutcome::Failed {
+                op: crate::OpKind::Bind,
+                ..
+            } => {
+                if let Some(state) = self.owned.get_mut(&socket) {
+                    if *state == Owned::Binding {
+                        *state = Owned::BindFailed;
+                    }
+                }
+            }
             // An accept that never completed need not be closed.
             SocketOutcome::Failed {
                 op: crate::OpKind::Accept,
@@ -127,6 +165,19 @@ impl<E: Debug> ContractChecker<E> {
             }
             _ => {}
         }
+    }
+
+    /// The machine handed `socket` to its caller (for example the puncher's winning stream in
+    /// its `Connected` event, or `TcpBinding::release_socket`): the caller closes it now. The
+    /// machine must not close it or name it in any output again, until a new `Bind`/`Accept`
+    /// reuses the id.
+    pub fn released(&mut self, socket: SocketId) {
+        assert!(
+            self.owned.remove(&socket).is_some(),
+            "{}: {socket} handed over, but this machine does not hold it",
+            self.name
+        );
+        self.released.insert(socket);
     }
 
     /// The machine emitted `transmit`.
@@ -139,6 +190,12 @@ impl<E: Debug> ContractChecker<E> {
         assert!(
             !self.closed.contains(&transmit.socket),
             "{}: transmit on {} after its Close",
+            self.name,
+            transmit.socket
+        );
+        assert!(
+            !self.released.contains(&transmit.socket),
+            "{}: transmit on {} after it was handed to the caller",
             self.name,
             transmit.socket
         );
@@ -155,13 +212,16 @@ impl<E: Debug> ContractChecker<E> {
         match *op {
             SocketOp::Bind { .. } | SocketOp::Accept { .. } => {
                 assert!(
-                    !self.owned.contains_key(&socket),
+                    self.owned
+                        .get(&socket)
+                        .is_none_or(|s| *s == Owned::BindFailed),
                     "{}: {op:?} names {socket}, which is still open",
                     self.name
                 );
                 self.closed.remove(&socket);
+                self.released.remove(&socket);
                 let state = if matches!(op, SocketOp::Bind { .. }) {
-                    Owned::Bound
+                    Owned::Binding
                 } else {
                     Owned::Accepting
                 };
@@ -174,6 +234,11 @@ impl<E: Debug> ContractChecker<E> {
                     self.name
                 );
                 assert!(
+                    !self.released.contains(&socket),
+                    "{}: Close of {socket} after it was handed to the caller",
+                    self.name
+                );
+                assert!(
                     self.owned.remove(&socket).is_some(),
                     "{}: Close of {socket}, which this machine never opened",
                     self.name
@@ -181,11 +246,18 @@ impl<E: Debug> ContractChecker<E> {
                 self.closed.insert(socket);
                 self.closes = self.closes.saturating_add(1);
             }
-            _ => assert!(
-                !self.closed.contains(&socket),
-                "{}: {op:?} after the Close of {socket}",
-                self.name
-            ),
+            _ => {
+                assert!(
+                    !self.closed.contains(&socket),
+                    "{}: {op:?} after the Close of {socket}",
+                    self.name
+                );
+                assert!(
+                    !self.released.contains(&socket),
+                    "{}: {op:?} after {socket} was handed to the caller",
+                    self.name
+                );
+            }
         }
     }
 
@@ -295,11 +367,12 @@ impl<E: Debug> ContractChecker<E> {
         self.finished
     }
 
-    /// Sockets the machine opened and has not closed (accepts that never completed excluded).
+    /// Sockets the machine opened and must still close (accepts that never completed and binds
+    /// that failed excluded).
     pub fn open_sockets(&self) -> Vec<SocketId> {
         self.owned
             .iter()
-            .filter(|(_, s)| **s != Owned::Accepting)
+            .filter(|(_, s)| s.must_close())
             .map(|(id, _)| *id)
             .collect()
     }

@@ -240,3 +240,96 @@ fn an_accept_that_never_completed_need_not_be_closed() {
     run(&mut m, &mut c, at(1));
     c.assert_all_closed();
 }
+
+fn bind_failed() -> SocketOutcome {
+    SocketOutcome::Failed {
+        op: OpKind::Bind,
+        destination: None,
+        error: crate::IoError::AddrInUse,
+    }
+}
+
+#[test]
+fn a_bind_that_failed_may_be_closed_once_or_not_at_all() {
+    let mut m = Scripted::default();
+    let mut c = checker();
+    m.ops.extend([bind(1), bind(2)]);
+    run(&mut m, &mut c, at(0));
+    c.outcome(SocketId(1), &bind_failed());
+    c.outcome(SocketId(2), &bind_failed());
+    assert!(c.open_sockets().is_empty());
+    // 1 is closed anyway, 2 is forgotten and its id bound again.
+    m.ops.extend([close(1), bind(2)]);
+    run(&mut m, &mut c, at(1));
+    assert_eq!(c.open_sockets(), vec![SocketId(2)]);
+    m.ops.push_back(close(2));
+    run(&mut m, &mut c, at(1));
+    c.assert_all_closed();
+}
+
+#[test]
+#[should_panic(expected = "never closed")]
+fn a_bind_failure_after_bound_does_not_excuse_the_close() {
+    let mut m = Scripted::default();
+    let mut c = checker();
+    m.ops.push_back(bind(1));
+    run(&mut m, &mut c, at(0));
+    c.outcome(
+        SocketId(1),
+        &SocketOutcome::Bound {
+            local: "192.0.2.1:1".parse().unwrap(),
+        },
+    );
+    c.outcome(SocketId(1), &bind_failed());
+    c.assert_all_closed();
+}
+
+#[test]
+#[should_panic(expected = "second Close")]
+fn a_bind_that_failed_is_closed_at_most_once() {
+    let mut m = Scripted::default();
+    let mut c = checker();
+    m.ops.push_back(bind(1));
+    run(&mut m, &mut c, at(0));
+    c.outcome(SocketId(1), &bind_failed());
+    m.ops.extend([close(1), close(1)]);
+    run(&mut m, &mut c, at(0));
+}
+
+#[test]
+fn a_socket_handed_to_the_caller_needs_no_close() {
+    let mut m = Scripted::default();
+    let mut c = checker();
+    m.ops.push_back(bind(1));
+    run(&mut m, &mut c, at(0));
+    c.released(SocketId(1));
+    c.assert_all_closed();
+    // The id may be opened again.
+    m.ops.extend([bind(1), close(1)]);
+    run(&mut m, &mut c, at(0));
+    c.assert_all_closed();
+}
+
+#[test]
+#[should_panic(expected = "handed to the caller")]
+fn a_transmit_on_a_socket_handed_to_the_caller_is_caught() {
+    let mut m = Scripted::default();
+    let mut c = checker();
+    m.ops.push_back(bind(1));
+    run(&mut m, &mut c, at(0));
+    c.released(SocketId(1));
+    m.transmits.push_back(transmit(1));
+    run(&mut m, &mut c, at(0));
+}
+
+#[test]
+#[should_panic(expected = "handed to the caller")]
+fn closing_a_socket_handed_to_the_caller_is_caught() {
+    let mut m = Scripted::default();
+    let mut c = checker();
+    m.ops.push_back(bind(1));
+    run(&mut m, &mut c, at(0));
+    c.released(SocketId(1));
+    m.ops.push_back(close(1));
+    run(&mut m, &mut c, at(0));
+}
