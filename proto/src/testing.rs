@@ -1,6 +1,8 @@
 //! Test support shared by unit tests, the simulator and every fuzz target (feature `testing`):
 //! [`ContractChecker`], which checks the invariants written on [`Machine`], [`Checked`], which
-//! runs that check on everything a [`drain`] delivers, and [`Recorder`], outputs kept in vectors.
+//! runs that check on everything a [`drain`] delivers, [`Recorder`], outputs kept in vectors,
+//! [`Driven`], one machine on a virtual clock with checked drains, and [`Pair`], two machines on
+//! an in-memory network (UDP and TCP) with checked drains.
 //!
 //! Violations panic with a message that names the machine and the rule, so a unit test fails, a
 //! fuzz target reports a crash and the simulator stops with its seed.
@@ -34,6 +36,12 @@ use std::vec::Vec;
 
 use crate::machine::{drain, Machine, Outputs, SocketId, SocketOp, SocketOutcome, Transmit};
 use crate::time::Instant;
+
+mod driven;
+mod pair;
+
+pub use driven::{Answer, Driven};
+pub use pair::{Pair, Side};
 
 /// Where one socket the machine opened stands, as the checker sees it.
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
