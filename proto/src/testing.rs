@@ -1,8 +1,9 @@
 //! Test support shared by unit tests, the simulator and every fuzz target (feature `testing`):
 //! [`ContractChecker`], which checks the invariants written on [`Machine`], [`Checked`], which
 //! runs that check on everything a [`drain`] delivers, [`Recorder`], outputs kept in vectors,
-//! [`Driven`], one machine on a virtual clock with checked drains, and [`Pair`], two machines on
-//! an in-memory network (UDP and TCP) with checked drains.
+//! [`Driven`], one machine on a virtual clock with checked drains, [`Pair`], two machines on an
+//! in-memory network (UDP and TCP) with checked drains, and [`SocketTable`], the sockets a runtime
+//! holds for a machine (for fuzz targets that answer intents themselves).
 //!
 //! Violations panic with a message that names the machine and the rule, so a unit test fails, a
 //! fuzz target reports a crash and the simulator stops with its seed.
@@ -39,9 +40,11 @@ use crate::time::Instant;
 
 mod driven;
 mod pair;
+mod sockets;
 
 pub use driven::{Answer, Driven};
 pub use pair::{Pair, Side};
+pub use sockets::{SocketState, SocketTable};
 
 /// Where one socket the machine opened stands, as the checker sees it.
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
@@ -57,6 +60,9 @@ enum Owned {
     Accepting,
     /// The `Accept` completed (`Accepted`): the machine must close it.
     Accepted,
+    /// `Accepted` arrived for an id with no outstanding `Accept` (a runtime's mistake, or a fuzz
+    /// target's): the machine may close it once or ignore it.
+    Unasked,
 }
 
 impl Owned {
@@ -76,7 +82,9 @@ impl Owned {
 ///
 /// Two cases need no `Close`, as the runtime holds no socket for them: an `Accept` that failed
 /// before it completed (closing it is a violation), and a `Bind` answered with a failure before
-/// it was bound (closing it once is allowed). A socket the machine hands to its caller (the puncher's winning stream,
+/// it was bound (closing it once is allowed). An `Accepted` for an id the machine has no
+/// outstanding `Accept` for (which a runtime does not send, but fuzz targets do) may be closed
+/// once or ignored. A socket the machine hands to its caller (the puncher's winning stream,
 /// a released probe socket) leaves its responsibility through [`ContractChecker::released`].
 pub struct ContractChecker<E> {
     name: &'static str,
@@ -139,13 +147,18 @@ impl<E: Debug> ContractChecker<E> {
     /// `outcome` is about to be handed to the machine for `socket`.
     pub fn outcome(&mut self, socket: SocketId, outcome: &SocketOutcome) {
         match outcome {
-            SocketOutcome::Accepted { .. } => {
-                if let Some(state) = self.owned.get_mut(&socket) {
+            SocketOutcome::Accepted { .. } => match self.owned.get_mut(&socket) {
+                Some(state) => {
                     if *state == Owned::Accepting {
                         *state = Owned::Accepted;
                     }
                 }
-            }
+                None => {
+                    self.owned.insert(socket, Owned::Unasked);
+                    self.closed.remove(&socket);
+                    self.released.remove(&socket);
+                }
+            },
             SocketOutcome::Bound { .. } => {
                 if let Some(state) = self.owned.get_mut(&socket) {
                     if *state == Owned::Binding {
@@ -222,7 +235,7 @@ impl<E: Debug> ContractChecker<E> {
                 assert!(
                     self.owned
                         .get(&socket)
-                        .is_none_or(|s| *s == Owned::BindFailed),
+                        .is_none_or(|s| matches!(s, Owned::BindFailed | Owned::Unasked)),
                     "{}: {op:?} names {socket}, which is still open",
                     self.name
                 );
@@ -442,7 +455,18 @@ where
     }
 }
 
-/// Outputs kept in vectors, in the order the drain delivered them.
+/// The `which`-th of `items`, wrapping around (`None` if there are none): how fuzz targets pick
+/// one of the sockets, transactions or messages they know from an arbitrary byte.
+pub fn pick<T: Copy>(items: &[T], which: impl Into<usize>) -> Option<T> {
+    let n = items.len();
+    if n == 0 {
+        return None;
+    }
+    items.get(which.into().checked_rem(n)?).copied()
+}
+
+/// Outputs kept in vectors, in the order the drain delivered them; [`Recorder::into_outputs`]
+/// interleaves them again.
 #[derive(Debug)]
 pub struct Recorder<E> {
     /// Transmits with their payloads.
@@ -451,6 +475,26 @@ pub struct Recorder<E> {
     pub ops: Vec<SocketOp>,
     /// Events.
     pub events: Vec<E>,
+    /// The kind of every output, in drain order.
+    order: Vec<Kind>,
+}
+
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+enum Kind {
+    Transmit,
+    Op,
+    Event,
+}
+
+/// One output of a drain, as [`Recorder::into_outputs`] gives them back.
+#[derive(Debug)]
+pub enum Output<E> {
+    /// A transmit with its payload.
+    Transmit(Transmit, Vec<u8>),
+    /// A socket intent.
+    Op(SocketOp),
+    /// An event.
+    Event(E),
 }
 
 impl<E> Default for Recorder<E> {
@@ -459,6 +503,7 @@ impl<E> Default for Recorder<E> {
             transmits: Vec::new(),
             ops: Vec::new(),
             events: Vec::new(),
+            order: Vec::new(),
         }
     }
 }
@@ -468,6 +513,65 @@ impl<E> Recorder<E> {
     pub fn take(&mut self) -> Recorder<E> {
         core::mem::take(self)
     }
+
+    /// Takes the transmits recorded so far (the other outputs stay).
+    pub fn take_transmits(&mut self) -> Vec<(Transmit, Vec<u8>)> {
+        self.order.retain(|k| *k != Kind::Transmit);
+        core::mem::take(&mut self.transmits)
+    }
+
+    /// Takes the intents recorded so far (the other outputs stay).
+    pub fn take_ops(&mut self) -> Vec<SocketOp> {
+        self.order.retain(|k| *k != Kind::Op);
+        core::mem::take(&mut self.ops)
+    }
+
+    /// Takes the events recorded so far (the other outputs stay).
+    pub fn take_events(&mut self) -> Vec<E> {
+        self.order.retain(|k| *k != Kind::Event);
+        core::mem::take(&mut self.events)
+    }
+
+    /// Whether nothing was recorded.
+    pub fn is_empty(&self) -> bool {
+        self.transmits.is_empty() && self.ops.is_empty() && self.events.is_empty()
+    }
+
+    /// Every output, in the order the machine produced them (outputs pushed into the vectors
+    /// directly come last).
+    pub fn into_outputs(self) -> Vec<Output<E>> {
+        let mut transmits = self.transmits.into_iter();
+        let mut ops = self.ops.into_iter();
+        let mut events = self.events.into_iter();
+        let mut out: Vec<Output<E>> = self
+            .order
+            .iter()
+            .filter_map(|kind| match kind {
+                Kind::Transmit => transmits.next().map(|(t, b)| Output::Transmit(t, b)),
+                Kind::Op => ops.next().map(Output::Op),
+                Kind::Event => events.next().map(Output::Event),
+            })
+            .collect();
+        out.extend(transmits.map(|(t, b)| Output::Transmit(t, b)));
+        out.extend(ops.map(Output::Op));
+        out.extend(events.map(Output::Event));
+        out
+    }
+
+    fn push_transmit(&mut self, transmit: Transmit, bytes: &[u8]) {
+        self.transmits.push((transmit, bytes.to_vec()));
+        self.order.push(Kind::Transmit);
+    }
+
+    fn push_op(&mut self, op: SocketOp) {
+        self.ops.push(op);
+        self.order.push(Kind::Op);
+    }
+
+    fn push_event(&mut self, event: E) {
+        self.events.push(event);
+        self.order.push(Kind::Event);
+    }
 }
 
 impl<M> Outputs<M> for Recorder<M::Event>
@@ -475,15 +579,15 @@ where
     M: Machine + ?Sized,
 {
     fn transmit(&mut self, transmit: Transmit, bytes: &[u8]) {
-        self.transmits.push((transmit, bytes.to_vec()));
+        self.push_transmit(transmit, bytes);
     }
 
     fn socket_op(&mut self, op: SocketOp) {
-        self.ops.push(op);
+        self.push_op(op);
     }
 
     fn event(&mut self, _: &mut M, event: M::Event) -> ControlFlow<()> {
-        self.events.push(event);
+        self.push_event(event);
         ControlFlow::Continue(())
     }
 }

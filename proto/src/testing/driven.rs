@@ -80,18 +80,18 @@ struct Sink<'a, E> {
 
 impl<M: Machine + ?Sized> Outputs<M> for Sink<'_, M::Event> {
     fn transmit(&mut self, transmit: Transmit, bytes: &[u8]) {
-        self.out.transmits.push((transmit, bytes.to_vec()));
+        self.out.push_transmit(transmit, bytes);
     }
 
     fn socket_op(&mut self, op: SocketOp) {
         if let Some(outcome) = self.answer.as_mut().and_then(|a| a(&op)) {
             self.answered.push_back((op.socket(), outcome));
         }
-        self.out.ops.push(op);
+        self.out.push_op(op);
     }
 
     fn event(&mut self, _: &mut M, event: M::Event) -> ControlFlow<()> {
-        self.out.events.push(event);
+        self.out.push_event(event);
         ControlFlow::Continue(())
     }
 
@@ -274,16 +274,16 @@ where
 
     /// Takes the transmits recorded so far (the other outputs stay).
     pub fn take_transmits(&mut self) -> Vec<(Transmit, Vec<u8>)> {
-        core::mem::take(&mut self.out.transmits)
+        self.out.take_transmits()
     }
 
     /// Takes the intents recorded so far (the other outputs stay).
     pub fn take_ops(&mut self) -> Vec<SocketOp> {
-        core::mem::take(&mut self.out.ops)
+        self.out.take_ops()
     }
 
     /// Takes the events recorded so far (the other outputs stay).
     pub fn take_events(&mut self) -> Vec<M::Event> {
-        core::mem::take(&mut self.out.events)
+        self.out.take_events()
     }
 }
