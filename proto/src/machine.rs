@@ -335,7 +335,9 @@ pub enum Verdict {
 ///    machine does not close it). A machine that hands a socket to its caller (the puncher's
 ///    winning stream) stops owning it: it never names it again.
 /// 4. **Nothing after the end.** A machine that reports a final event (its `Closed`, `Finished`
-///    or equivalent) emits nothing after it: no transmit, no intent, no event, no deadline.
+///    or equivalent) emits nothing after it: no transmit, no intent, no event, no deadline. The
+///    one exception is forced on it by the runtime: a stream `Accepted` after the end (for an
+///    `Accept` still outstanding when it closed) gets its `Close`.
 /// 5. **Bad input is a verdict, never a panic.** Input that is malformed, unexpected, on an
 ///    unknown socket or after close is answered with [`Verdict::Dropped`] or [`Verdict::NotMine`]
 ///    (or ignored, for socket outcomes), and counted.

@@ -84,7 +84,8 @@ impl Owned {
 /// before it completed (closing it is a violation), and a `Bind` answered with a failure before
 /// it was bound (closing it once is allowed). An `Accepted` for an id the machine has no
 /// outstanding `Accept` for (which a runtime does not send, but fuzz targets do) may be closed
-/// once or ignored. A socket the machine hands to its caller (the puncher's winning stream,
+/// once or ignored. After the final event, the Close of a stream whose outstanding `Accept`
+/// completed after it is the one output still allowed (and owed). A socket the machine hands to its caller (the puncher's winning stream,
 /// a released probe socket) leaves its responsibility through [`ContractChecker::released`].
 pub struct ContractChecker<E> {
     name: &'static str,
@@ -96,6 +97,8 @@ pub struct ContractChecker<E> {
     closed: BTreeSet<SocketId>,
     /// Sockets handed to the caller (an id leaves the set when a new intent reopens it).
     released: BTreeSet<SocketId>,
+    /// Accepts completed after the final event: their Close is the one intent still allowed.
+    late: BTreeSet<SocketId>,
     /// The final event was seen.
     finished: bool,
     /// `handle_timeout` calls at the current `now` whose drain left a deadline not after `now`.
@@ -114,6 +117,7 @@ impl<E: Debug> ContractChecker<E> {
             owned: BTreeMap::new(),
             closed: BTreeSet::new(),
             released: BTreeSet::new(),
+            late: BTreeSet::new(),
             finished: false,
             due_again: 0,
             closes: 0,
@@ -151,6 +155,9 @@ impl<E: Debug> ContractChecker<E> {
                 Some(state) => {
                     if *state == Owned::Accepting {
                         *state = Owned::Accepted;
+                        if self.finished {
+                            self.late.insert(socket);
+                        }
                     }
                 }
                 None => {
@@ -224,8 +231,11 @@ impl<E: Debug> ContractChecker<E> {
 
     /// The machine emitted `op`.
     pub fn socket_op(&mut self, op: &SocketOp) {
+        // The one intent allowed after the end: the Close of a stream the runtime handed over
+        // after it (an `Accepted` for an accept that was outstanding when the machine closed).
+        let late_close = matches!(op, SocketOp::Close { socket } if self.late.contains(socket));
         assert!(
-            !self.finished,
+            !self.finished || late_close,
             "{}: intent after the final event: {op:?}",
             self.name
         );
@@ -265,6 +275,7 @@ impl<E: Debug> ContractChecker<E> {
                     self.name
                 );
                 self.closed.insert(socket);
+                self.late.remove(&socket);
                 self.closes = self.closes.saturating_add(1);
             }
             _ => {

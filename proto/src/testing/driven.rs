@@ -144,6 +144,12 @@ where
         }
     }
 
+    /// Sets the clock to `now` for the next inputs (the checker catches a clock set back).
+    pub fn clock(&mut self, now: Instant) -> &mut Self {
+        self.now = now;
+        self
+    }
+
     /// Uses a transmit buffer of `len` bytes from now on (at least [`TRANSMIT_BUFFER_LEN`] per
     /// the contract; smaller ones test a machine's handling of short buffers).
     pub fn set_buffer_len(&mut self, len: usize) {

@@ -413,3 +413,38 @@ fn the_socket_table_follows_intents_and_outcomes() {
     t.apply(&close(2));
     assert!(t.is_empty());
 }
+
+#[test]
+fn a_stream_accepted_after_the_end_gets_its_close_and_nothing_else() {
+    let mut m = Scripted::default();
+    let mut c = checker();
+    m.ops.extend([
+        bind(1),
+        SocketOp::Accept {
+            listener: SocketId(1),
+            socket: SocketId(2),
+        },
+    ]);
+    run(&mut m, &mut c, at(0));
+    m.ops.push_back(close(1));
+    m.events.push_back("closed");
+    run(&mut m, &mut c, at(1));
+    // The runtime hands over the connection it accepted meanwhile: the machine closes it.
+    c.outcome(
+        SocketId(2),
+        &SocketOutcome::Accepted {
+            local: "192.0.2.1:80".parse().unwrap(),
+            remote: "192.0.2.2:999".parse().unwrap(),
+        },
+    );
+    assert_eq!(c.open_sockets(), vec![SocketId(2)]);
+    m.ops.push_back(close(2));
+    run(&mut m, &mut c, at(2));
+    c.assert_all_closed();
+    // Anything else is still caught.
+    m.transmits.push_back(transmit(2));
+    let after = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        run(&mut m, &mut c, at(2));
+    }));
+    assert!(after.is_err());
+}
