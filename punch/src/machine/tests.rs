@@ -1,7 +1,6 @@
-//! Regressions found by the `punch_session` fuzz target.
+//! Regressions found by the `punch_session` fuzz target, driven through the contract checker.
 
 use super::*;
-use p2pd_proto::Machine;
 
 const US: NodeId = [1; NODE_ID_LEN];
 const PEER: NodeId = [2; NODE_ID_LEN];
@@ -18,23 +17,12 @@ fn cand(local_port: u16, external: &str) -> Candidate {
     }
 }
 
-#[derive(Default)]
-struct Out {
-    ops: Vec<SocketOp>,
-    events: Vec<PunchEvent>,
-}
+/// Every input and drain of the puncher goes through the contract checker.
+type Driven = p2pd_proto::testing::Driven<Puncher>;
+type Out = p2pd_proto::testing::Recorder<PunchEvent>;
 
-fn drain(m: &mut Puncher) -> Out {
-    let mut out = Out::default();
-    let mut buf = [0u8; 256];
-    while m.poll_transmit(&mut buf).is_some() {}
-    while let Some(op) = m.poll_socket_op() {
-        out.ops.push(op);
-    }
-    while let Some(ev) = m.poll_event() {
-        out.events.push(ev);
-    }
-    out
+fn drain(m: &mut Driven) -> Out {
+    m.take()
 }
 
 fn binds(out: &Out) -> Vec<SocketId> {
@@ -47,9 +35,8 @@ fn binds(out: &Out) -> Vec<SocketId> {
         .collect()
 }
 
-fn bound(m: &mut Puncher, now: Instant, id: SocketId) -> Out {
-    m.handle_socket_result(
-        now,
+fn bound(m: &mut Driven, now: Instant, id: SocketId) -> Out {
+    m.clock(now).outcome(
         id,
         SocketOutcome::Bound {
             local: "0.0.0.0:20000".parse().unwrap(),
@@ -60,13 +47,11 @@ fn bound(m: &mut Puncher, now: Instant, id: SocketId) -> Out {
 
 /// An initiator armed against `peer_candidates` (one own port): returns the machine, the meet
 /// time and the Bind ids (the listener first, then one dialer per pair).
-fn armed(
-    config: PunchConfig,
-    peer_candidates: Vec<Candidate>,
-) -> (Puncher, Instant, Vec<SocketId>) {
-    let mut m = Puncher::new(config, 7);
+fn armed(config: PunchConfig, peer_candidates: Vec<Candidate>) -> (Driven, Instant, Vec<SocketId>) {
+    let puncher = Puncher::new(config, 7);
+    let mut m = Driven::new("puncher", puncher, |e| matches!(e, PunchEvent::Closed));
     let session = m
-        .initiate(ms(0), PEER, vec![cand(20_000, "198.51.100.1:20000")])
+        .input(|m, now| m.initiate(now, PEER, vec![cand(20_000, "198.51.100.1:20000")]))
         .unwrap();
     let t1 = drain(&mut m)
         .events
@@ -91,7 +76,11 @@ fn armed(
     }
     .encode()
     .unwrap();
-    assert_eq!(m.handle_signal(ms(10), PEER, &answer), Verdict::Consumed);
+    assert_eq!(
+        m.clock(ms(10))
+            .input(|m, now| m.handle_signal(now, PEER, &answer)),
+        Verdict::Consumed
+    );
     let out = drain(&mut m);
     let meet = out
         .events
@@ -113,9 +102,9 @@ fn a_dialer_still_binding_at_the_meet_time_does_not_make_the_caller_spin() {
     };
     let _ = bound(&mut m, ms(20), listener);
     // The dialer's bind has not completed when the meet time comes.
-    m.handle_timeout(meet);
+    m.clock(meet).fire();
     let _ = drain(&mut m);
-    let next = m.poll_timeout().unwrap();
+    let next = m.deadline().unwrap();
     assert!(
         next > meet,
         "deadline {next:?} is due at {meet:?}: the caller would spin"
@@ -146,11 +135,10 @@ fn a_retry_without_a_free_socket_waits_instead_of_spinning() {
     };
     let _ = bound(&mut m, ms(20), d1);
     let _ = bound(&mut m, ms(20), d2);
-    m.handle_timeout(meet);
+    m.clock(meet).fire();
     let _ = drain(&mut m);
     // The first connect is refused: its pair retries after `retry_interval`...
-    m.handle_socket_result(
-        meet,
+    m.clock(meet).outcome(
         d1,
         SocketOutcome::Failed {
             op: OpKind::Connect,
@@ -165,13 +153,13 @@ fn a_retry_without_a_free_socket_waits_instead_of_spinning() {
         .ops
         .iter()
         .any(|op| matches!(op, SocketOp::Accept { .. })));
-    assert_eq!(m.open_sockets(), 3);
+    assert_eq!(m.machine.open_sockets(), 3);
     let retry = meet.saturating_add(Duration::from_millis(100));
     for _ in 0..2 {
-        m.handle_timeout(retry);
+        m.clock(retry).fire();
         let _ = drain(&mut m);
     }
-    let next = m.poll_timeout().unwrap();
+    let next = m.deadline().unwrap();
     assert!(
         next > retry,
         "deadline {next:?} is due at {retry:?}: the caller would spin"
