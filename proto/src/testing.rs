@@ -164,6 +164,9 @@ impl<E: Debug> ContractChecker<E> {
                     self.owned.insert(socket, Owned::Unasked);
                     self.closed.remove(&socket);
                     self.released.remove(&socket);
+                    if self.finished {
+                        self.late.insert(socket);
+                    }
                 }
             },
             SocketOutcome::Bound { .. } => {
