@@ -1,6 +1,7 @@
 //! Regressions found by the `punch_session` fuzz target, driven through the contract checker.
 
 use super::*;
+use p2pd_proto::testing::Pair;
 
 const US: NodeId = [1; NODE_ID_LEN];
 const PEER: NodeId = [2; NODE_ID_LEN];
@@ -164,4 +165,102 @@ fn a_retry_without_a_free_socket_waits_instead_of_spinning() {
         next > retry,
         "deadline {next:?} is due at {retry:?}: the caller would spin"
     );
+}
+
+/// Moves every signal one side reported to the other at once (signaling takes no time here),
+/// answers the responder's candidate request; keeps every other event (with its side).
+fn relay(pair: &mut Pair<Puncher, Puncher>, seen: &mut Vec<(char, PunchEvent)>) {
+    while !(pair.a.events.is_empty() && pair.b.events.is_empty()) {
+        relay_once(pair, seen);
+    }
+}
+
+fn relay_once(pair: &mut Pair<Puncher, Puncher>, seen: &mut Vec<(char, PunchEvent)>) {
+    for (side, events) in [('a', pair.a.take_events()), ('b', pair.b.take_events())] {
+        for ev in events {
+            match ev {
+                PunchEvent::Signal { payload, .. } => {
+                    let verdict = if side == 'a' {
+                        pair.input_b(|m, now| m.handle_signal(now, US, &payload))
+                    } else {
+                        pair.input_a(|m, now| m.handle_signal(now, PEER, &payload))
+                    };
+                    // Retransmitted signals are duplicates.
+                    assert!(
+                        matches!(
+                            verdict,
+                            Verdict::Consumed | Verdict::Dropped(DropReason::Duplicate)
+                        ),
+                        "{verdict:?}"
+                    );
+                }
+                PunchEvent::NeedCandidates { round } if side == 'b' => {
+                    pair.input_b(|m, now| {
+                        m.provide_candidates(now, round, vec![cand(30_000, "10.0.0.2:30000")])
+                    })
+                    .unwrap();
+                }
+                other => seen.push((side, other)),
+            }
+        }
+    }
+}
+
+#[test]
+fn two_punchers_meet_through_the_in_memory_network() {
+    // Both on one virtual clock (so their clocks agree), 15 ms apart, no NAT: each candidate is
+    // the side's own address.
+    let (a, b) = (
+        Puncher::new(PunchConfig::new(US, EPOCH), 1),
+        Puncher::new(PunchConfig::new(PEER, EPOCH), 2),
+    );
+    let mut pair = Pair::new(a, b)
+        .latency(Duration::from_millis(15), Duration::from_millis(15))
+        .final_events(
+            |e| matches!(e, PunchEvent::Closed),
+            |e| matches!(e, PunchEvent::Closed),
+        );
+    pair.input_a(|m, now| m.initiate(now, PEER, vec![cand(20_000, "10.0.0.1:20000")]))
+        .unwrap();
+    let mut seen = Vec::new();
+    let done = pair.drive_until(|p| {
+        relay(p, &mut seen);
+        ['a', 'b'].iter().all(|side| {
+            seen.iter()
+                .any(|(s, e)| s == side && matches!(e, PunchEvent::Connected { .. }))
+        })
+    });
+    assert!(done, "{seen:?}");
+    // Each side's winner is the caller's now: a stream between the two candidates.
+    for (side, ev) in &seen {
+        if let PunchEvent::Connected {
+            socket,
+            local,
+            remote,
+            ..
+        } = ev
+        {
+            let (ours, theirs) = if *side == 'a' {
+                ("10.0.0.1:20000", "10.0.0.2:30000")
+            } else {
+                ("10.0.0.2:30000", "10.0.0.1:20000")
+            };
+            assert_eq!(
+                (*local, *remote),
+                (ours.parse().unwrap(), theirs.parse().unwrap()),
+                "{side}"
+            );
+            if *side == 'a' {
+                pair.a.checker.released(*socket);
+            } else {
+                pair.b.checker.released(*socket);
+            }
+        }
+    }
+    pair.input_a(|m, now| m.close(now));
+    pair.input_b(|m, now| m.close(now));
+    pair.drive_for(Duration::from_secs(1));
+    pair.a.checker.assert_all_closed();
+    pair.b.checker.assert_all_closed();
+    assert!(pair.a.checker.finished() && pair.b.checker.finished());
 }
