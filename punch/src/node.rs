@@ -149,8 +149,9 @@ const STREAM_RETRY: Duration = Duration::from_millis(5);
 /// refusals are reported in the same drain (the runtime and the simulator deliver socket outcomes
 /// before any further input), so at the next input (stream bytes or a timeout; a transmit makes
 /// the deadline immediate) every such transmit not refused was taken. Refused ones are always the
-/// last ones: every transmit after the first of a batch is full-sized, so once one does not fit,
-/// none after it does.
+/// last ones: every transmit after the first of a batch is full-sized (the first carries the odd
+/// remainder, so a whole queue goes out in one batch), so once one does not fit, none after it
+/// does.
 struct Stream {
     socket: SocketId,
     remote: SocketAddr,
@@ -813,9 +814,15 @@ impl p2pd_proto::Machine for PunchNode {
             return None;
         }
         let full = buf.len().min(TRANSMIT_BUFFER_LEN);
-        let n = s.out.len().saturating_sub(s.emitted).min(full);
-        // Only the first transmit of a batch may be short (see `Stream`); a short tail waits for
-        // the next settle point (at the latest the immediate deadline below).
+        let pending = s.out.len().saturating_sub(s.emitted);
+        // Only the first transmit of a batch may be short (see `Stream`): it carries the odd
+        // remainder, so the rest of the queue follows in full-sized transmits in the same batch.
+        // Bytes queued after a batch started wait for the next settle point if they leave a
+        // short tail (at the latest the immediate deadline below).
+        let n = match (s.chunks.is_empty(), pending.checked_rem(full)) {
+            (true, Some(odd)) if odd > 0 => odd,
+            _ => pending.min(full),
+        };
         if n == 0 || (n < full && !s.chunks.is_empty()) {
             return None;
         }
@@ -987,6 +994,88 @@ mod tests {
         same.punch(Instant::ZERO, peer()).unwrap();
         let binds = probe_binds(&mut same);
         assert_eq!(binds[0].1, same.probes[0].port);
+    }
+
+    /// A node whose punched stream is up on `STREAM` (set directly: the punch itself is tested
+    /// elsewhere), driven through the contract checker.
+    fn streaming() -> p2pd_proto::testing::Driven<PunchNode> {
+        let mut n = node(None, 1);
+        n.stream = Some(Stream {
+            socket: STREAM,
+            remote: "203.0.113.20:40000".parse().unwrap(),
+            out: VecDeque::new(),
+            emitted: 0,
+            chunks: VecDeque::new(),
+            refused: 0,
+            blocked_until: None,
+            closed: false,
+            finishing: false,
+            shut: false,
+            ended: false,
+        });
+        let mut d =
+            p2pd_proto::testing::Driven::new("punch node", n, |e| matches!(e, NodeEvent::Closed));
+        d.drain();
+        let _ = d.take();
+        d
+    }
+
+    const STREAM: SocketId = SocketId(PUNCH_SOCKET_BASE + 2);
+
+    /// The stream bytes of the transmits recorded so far.
+    fn stream_transmits(d: &mut p2pd_proto::testing::Driven<PunchNode>) -> Vec<Vec<u8>> {
+        d.take_transmits()
+            .into_iter()
+            .filter(|(t, _)| t.socket == STREAM)
+            .map(|(_, bytes)| bytes)
+            .collect()
+    }
+
+    #[test]
+    fn refused_stream_transmits_go_out_again_without_spinning() {
+        // Regression (fuzz punch_node_session): after the runtime refused a batch, the pause's
+        // end sent the full chunks, the next wake-up at the same instant the short tail, and a
+        // third one at that instant settled it: the contract allows two.
+        let mut d = streaming();
+        let bytes: Vec<u8> = (0..4000u32).map(|i| i as u8).collect();
+        d.input(|n, now| n.send(now, &bytes)).unwrap();
+        let first = stream_transmits(&mut d);
+        assert!(!first.is_empty());
+        // The runtime's buffer is full: every transmit of the batch is refused.
+        let refused = SocketOutcome::Failed {
+            op: OpKind::Send,
+            destination: None,
+            error: IoError::WouldBlock,
+        };
+        for _ in &first {
+            d.outcome(STREAM, refused);
+        }
+        // Once the pause is over, everything goes out again, in order, without a spin.
+        let mut taken = Vec::new();
+        for _ in 0..10 {
+            d.advance(Duration::from_millis(10));
+            taken.extend(stream_transmits(&mut d).concat());
+        }
+        assert_eq!(taken, bytes);
+        assert_eq!(d.machine.queued(), 0);
+    }
+
+    #[test]
+    fn one_batch_carries_the_whole_queue() {
+        // The first transmit of a batch carries the odd remainder, the others are full: a queue
+        // goes out in one batch, and a refusal still hits a suffix of it.
+        let mut d = streaming();
+        let bytes: Vec<u8> = (0..4000u32).map(|i| (i * 7) as u8).collect();
+        d.input(|n, now| n.send(now, &bytes)).unwrap();
+        let batch = stream_transmits(&mut d);
+        let sizes: Vec<usize> = batch.iter().map(Vec::len).collect();
+        assert_eq!(sizes, vec![1000, 1500, 1500]);
+        assert_eq!(batch.concat(), bytes);
+        // The settle point (one wake-up at the same instant) leaves nothing queued.
+        d.advance(Duration::ZERO);
+        assert!(stream_transmits(&mut d).is_empty());
+        assert_eq!(d.machine.queued(), 0);
+        assert_eq!(d.deadline(), d.machine.rendezvous().poll_timeout());
     }
 
     #[test]
