@@ -108,6 +108,11 @@ enum Op {
     /// Everything goes well for a while: every pending bind, connect and accept succeeds, the
     /// broker comes up, every probe is answered (mapped ports from `port`).
     Settle { port: u16 },
+    /// A whole punch as a friendly world plays it (so the fuzzer starts from the deep states):
+    /// the node punches the peer, everything settles, the peer answers its offer at once with a
+    /// meet `lead_ms` ahead, time runs to the meet, connects and accepts succeed, the peer's
+    /// hellos (with the marker, when the peer leads) arrive on every punch stream.
+    Happy { port: u16, lead_ms: u8 },
     ConnectResult { which: u8, fail: Option<Fail> },
     AcceptResult { which: u8, fail: Option<Fail>, remote: u8 },
     /// A stream ends (EOF) or fails.
@@ -365,8 +370,12 @@ impl H {
         self.check();
     }
 
-    /// Stream bytes (a settle point of the punched stream).
+    /// Stream bytes (a settle point of the punched stream). A runtime never reports an empty
+    /// read (EOF is `PeerClosed`).
     fn stream(&mut self, socket: SocketId, data: &[u8]) {
+        if data.is_empty() {
+            return;
+        }
         self.unsettled.clear();
         let _ = self.d.stream(socket, data);
         self.check();
@@ -525,6 +534,27 @@ impl H {
         }
     }
 
+    /// The peer's hello on punch stream `socket`, maybe the marker and more, cut in two.
+    fn hello(&mut self, socket: SocketId, valid: bool, chosen: bool, extra: &[u8], cut: u8) {
+        let peer = self.peer.unwrap_or(1);
+        let mut hello = Hello { session: self.session.unwrap_or(SessionId([0; 16])), round: self.round, node_id: node_id(peer) };
+        if !valid {
+            hello.node_id[0] ^= 1;
+        }
+        let mut bytes = hello.encode().to_vec();
+        if chosen {
+            bytes.push(CHOSEN);
+        }
+        bytes.extend(extra.iter().take(64));
+        let cut = usize::from(cut).min(bytes.len());
+        let (a, b) = bytes.split_at(cut);
+        for part in [a, b] {
+            if !part.is_empty() {
+                self.stream(socket, part);
+            }
+        }
+    }
+
     fn fail(op: OpKind, f: Fail) -> SocketOutcome {
         SocketOutcome::Failed { op, destination: None, error: f.io() }
     }
@@ -574,6 +604,33 @@ impl H {
                     }
                 }
             }
+            Op::Happy { port, lead_ms } => {
+                self.run(Op::Punch { stranger: false });
+                for _ in 0..3 {
+                    if !self.offers.is_empty() {
+                        break;
+                    }
+                    self.run(Op::Settle { port });
+                }
+                let which = self.offers.len().saturating_sub(1) as u8;
+                let lead_ms = 150 + u16::from(lead_ms);
+                let answer = Signal::Answer { which, offset_ms: 0, proc_ms: 0, lead_ms, cands: 0, port: port | 1 };
+                self.signal(answer, false, u16::MAX);
+                let peer_leads = node_id(1) < node_id(0);
+                let mut greeted = Vec::new();
+                for _ in 0..6 {
+                    if self.connected {
+                        break;
+                    }
+                    self.run(Op::Settle { port });
+                    let fresh: Vec<SocketId> = self.t.ids(is_stream).into_iter().filter(|s| (PUNCH_SOCKET_BASE..PROBE_SOCKET_BASE).contains(&s.0) && !greeted.contains(s)).collect();
+                    for (k, socket) in fresh.into_iter().enumerate() {
+                        greeted.push(socket);
+                        self.hello(socket, true, peer_leads && k == 0, &[], 255);
+                    }
+                    self.run(Op::ToDeadline { extra_ms: 0 });
+                }
+            }
             Op::ConnectResult { which, fail } => {
                 let Some(socket) = self.t.pick(|s| matches!(s, SocketState::Connecting { .. }), which) else { return };
                 let Some(SocketState::Connecting { local, remote }) = self.t.get(socket) else { return };
@@ -621,22 +678,7 @@ impl H {
             Op::Hello { which, valid, chosen, extra, cut } => {
                 let streams: Vec<SocketId> = self.t.ids(is_stream).into_iter().filter(|s| (PUNCH_SOCKET_BASE..PROBE_SOCKET_BASE).contains(&s.0)).collect();
                 let Some(socket) = pick(&streams, which) else { return };
-                let mut hello = Hello { session: self.session.unwrap_or(SessionId([0; 16])), round: self.round, node_id: node_id(self.peer.unwrap_or(1)) };
-                if !valid {
-                    hello.node_id[0] ^= 1;
-                }
-                let mut bytes = hello.encode().to_vec();
-                if chosen {
-                    bytes.push(CHOSEN);
-                }
-                bytes.extend(extra.iter().take(64));
-                let cut = usize::from(cut).min(bytes.len());
-                let (a, b) = bytes.split_at(cut);
-                for part in [a, b] {
-                    if !part.is_empty() {
-                        self.stream(socket, part);
-                    }
-                }
+                self.hello(socket, valid, chosen, &extra, cut);
             }
             Op::Bytes { which, data } => {
                 let Some(socket) = self.t.pick(is_stream, which) else { return };

@@ -132,6 +132,9 @@ struct Link {
     /// The node's QoS 1 publishes not acknowledged yet.
     unacked: Vec<u16>,
     next_pkid: u16,
+    /// Raw bytes went down this connection: its MQTT framing is anyone's guess (a partial packet
+    /// may swallow what follows).
+    garbled: bool,
 }
 
 struct H {
@@ -430,7 +433,7 @@ impl H {
             assert_eq!(processed, 0, "an envelope on another node's topic");
             return;
         }
-        if !connected || self.links[i].socket != Some(socket) || !self.exact {
+        if !connected || self.links[i].socket != Some(socket) || self.links[i].garbled || !self.exact {
             assert!(!matches!(expect, Expect::NoMessage) || new_messages == 0, "a flipped or raw envelope opened");
             return;
         }
@@ -482,6 +485,7 @@ impl H {
             Op::Bytes { broker, data } => {
                 let i = usize::from(broker) % brokers;
                 if let Some(socket) = self.links[i].socket {
+                    self.links[i].garbled |= !data.is_empty();
                     let _ = self.d.stream(socket, &data);
                 }
             }
