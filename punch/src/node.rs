@@ -917,34 +917,47 @@ mod tests {
         Identity::from_secret_bytes(&[9; 32]).unwrap().public_key()
     }
 
-    /// The probes' (socket, local port) binds.
-    fn probe_binds(n: &mut PunchNode) -> Vec<(SocketId, u16)> {
-        let mut out = Vec::new();
-        while let Some(op) = n.poll_socket_op() {
-            if let SocketOp::Bind { socket, local, .. } = op {
-                if socket.0 >= PROBE_SOCKET_BASE {
-                    out.push((socket, local.port()));
+    type Driven = p2pd_proto::testing::Driven<PunchNode>;
+
+    /// `node`, driven through the contract checker.
+    fn driven(nat: Option<NatView>, secret: u8) -> Driven {
+        let mut d = Driven::new("punch node", node(nat, secret), |e| {
+            matches!(e, NodeEvent::Closed)
+        });
+        d.drain();
+        d
+    }
+
+    /// The probes' (socket, local port) binds since the last call.
+    fn probe_binds(n: &mut Driven) -> Vec<(SocketId, u16)> {
+        n.take_ops()
+            .into_iter()
+            .filter_map(|op| match op {
+                SocketOp::Bind { socket, local, .. } if socket.0 >= PROBE_SOCKET_BASE => {
+                    Some((socket, local.port()))
                 }
-            }
-        }
-        out
+                _ => None,
+            })
+            .collect()
     }
 
     #[test]
     fn closing_while_probing_closes_the_probe_socket() {
         // Regression: a probe that finished on close left the table before its `Close` was
         // polled, so its socket was never closed.
-        let mut n = node(None, 1);
-        n.punch(Instant::ZERO, peer()).unwrap();
+        let mut n = driven(None, 1);
+        n.input(|n, now| n.punch(now, peer())).unwrap();
         let binds = probe_binds(&mut n);
         assert_eq!(binds.len(), 1);
-        n.close(Instant::ZERO);
-        let mut closes = Vec::new();
-        while let Some(op) = n.poll_socket_op() {
-            if let SocketOp::Close { socket } = op {
-                closes.push(socket);
-            }
-        }
+        n.input(|n, now| n.close(now));
+        let closes: Vec<SocketId> = n
+            .take_ops()
+            .into_iter()
+            .filter_map(|op| match op {
+                SocketOp::Close { socket } => Some(socket),
+                _ => None,
+            })
+            .collect();
         assert!(closes.contains(&binds[0].0), "{closes:?}");
         assert_eq!(
             closes.iter().filter(|s| **s == binds[0].0).count(),
@@ -981,24 +994,24 @@ mod tests {
             PortAllocation::Sequential { stride: 1 }
         )));
         assert!(!probe_elsewhere(None));
-        let mut n = node(
+        let mut n = driven(
             view(Mapping::AddressAndPortDependent, PortAllocation::Preserving),
             1,
         );
-        n.punch(Instant::ZERO, peer()).unwrap();
+        n.input(|n, now| n.punch(now, peer())).unwrap();
         let binds = probe_binds(&mut n);
         assert_eq!(binds.len(), 1);
-        let punch_port = n.probes[0].port;
+        let punch_port = n.machine.probes[0].port;
         assert_ne!(binds[0].1, punch_port);
-        let mut same = node(None, 1);
-        same.punch(Instant::ZERO, peer()).unwrap();
+        let mut same = driven(None, 1);
+        same.input(|n, now| n.punch(now, peer())).unwrap();
         let binds = probe_binds(&mut same);
-        assert_eq!(binds[0].1, same.probes[0].port);
+        assert_eq!(binds[0].1, same.machine.probes[0].port);
     }
 
     /// A node whose punched stream is up on `STREAM` (set directly: the punch itself is tested
     /// elsewhere), driven through the contract checker.
-    fn streaming() -> p2pd_proto::testing::Driven<PunchNode> {
+    fn streaming() -> Driven {
         let mut n = node(None, 1);
         n.stream = Some(Stream {
             socket: STREAM,
@@ -1013,8 +1026,7 @@ mod tests {
             shut: false,
             ended: false,
         });
-        let mut d =
-            p2pd_proto::testing::Driven::new("punch node", n, |e| matches!(e, NodeEvent::Closed));
+        let mut d = Driven::new("punch node", n, |e| matches!(e, NodeEvent::Closed));
         d.drain();
         let _ = d.take();
         d
@@ -1023,7 +1035,7 @@ mod tests {
     const STREAM: SocketId = SocketId(PUNCH_SOCKET_BASE + 2);
 
     /// The stream bytes of the transmits recorded so far.
-    fn stream_transmits(d: &mut p2pd_proto::testing::Driven<PunchNode>) -> Vec<Vec<u8>> {
+    fn stream_transmits(d: &mut Driven) -> Vec<Vec<u8>> {
         d.take_transmits()
             .into_iter()
             .filter(|(t, _)| t.socket == STREAM)
@@ -1082,8 +1094,8 @@ mod tests {
     fn a_round_whose_probes_all_fail_is_probed_again_from_fresh_ports() {
         // Regression: one lost probe ended the whole punch with `NoSockets`.
         use p2pd_proto::{IoError, OpKind};
-        let mut n = node(None, 1);
-        n.punch(Instant::ZERO, peer()).unwrap();
+        let mut n = driven(None, 1);
+        n.input(|n, now| n.punch(now, peer())).unwrap();
         let mut seen = Vec::new();
         for attempt in 0..3 {
             let binds = probe_binds(&mut n);
@@ -1091,8 +1103,7 @@ mod tests {
             let (socket, port) = binds[0];
             assert!(!seen.contains(&port), "fresh port");
             seen.push(port);
-            n.handle_socket_result(
-                Instant::ZERO,
+            n.outcome(
                 socket,
                 SocketOutcome::Failed {
                     op: OpKind::Bind,
@@ -1102,7 +1113,7 @@ mod tests {
             );
         }
         assert!(probe_binds(&mut n).is_empty(), "no fourth attempt");
-        let events: Vec<NodeEvent> = core::iter::from_fn(|| n.poll_event()).collect();
+        let events: Vec<NodeEvent> = n.take_events();
         let probe_failures = events
             .iter()
             .filter(|e| matches!(e, NodeEvent::ProbeFailed { .. }))
