@@ -1,12 +1,11 @@
 //! Stateful fuzzing of the NAT classifier machine: well-formed Binding responses to its own requests
 //! (fuzzer-chosen mapped address, source and OTHER-ADDRESS), mutated and raw datagrams, bind
-//! outcomes, send failures and time steps. Checks the machine contract, not just "no panic":
-//! exactly one `Done`, then `Closed`, then nothing; every socket closed at most once (exactly once
-//! unless its bind failed); `poll_timeout` never at or before the time just handled; probes bounded.
+//! outcomes, send failures and time steps, driven through the contract checker. Checks besides the
+//! contract: exactly one `Done` (unless closed first), then `Closed`; ids never reused, no close of
+//! a socket whose bind failed, every socket closed by `Closed`; probes bounded.
 #![no_main]
 
-use p2pd_proto::Machine;
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
@@ -15,7 +14,8 @@ use libfuzzer_sys::fuzz_target;
 use p2pd_nat::{Classifier, ClassifierConfig, ClassifierEvent, ServerSpec};
 use p2pd_proto::client::Retransmit;
 use p2pd_proto::stun::{Attribute, Class, ErrorCode, Header, Message, MessageWriter};
-use p2pd_proto::{Instant, IoError, OpKind, SocketId, SocketOp, SocketOutcome, TRANSMIT_BUFFER_LEN};
+use p2pd_proto::testing::{pick, Driven};
+use p2pd_proto::{IoError, OpKind, SocketId, SocketOp, SocketOutcome};
 
 /// Addresses replies may come from or name: both simulated servers' four endpoints, a NAT, the host.
 const ADDRS: [&str; 12] = [
@@ -97,51 +97,41 @@ struct Input {
     ops: Vec<Op>,
 }
 
+/// What the target knows of the classifier beyond the contract (the checker sees the rest).
 #[derive(Default)]
-struct Harness {
-    now: Instant,
+struct Model {
     /// Sockets with a Bind intent not yet answered (id, requested local).
     unbound: Vec<(SocketId, SocketAddr)>,
     /// Bound sockets and their local address.
-    bound: HashMap<SocketId, SocketAddr>,
+    bound: BTreeMap<SocketId, SocketAddr>,
     /// Every socket that ever had a Bind intent.
-    opened: HashSet<SocketId>,
+    opened: BTreeSet<SocketId>,
     /// Sockets whose bind we failed (the OS closed them; no Close intent expected).
-    bind_failed: HashSet<SocketId>,
-    closed: HashSet<SocketId>,
+    bind_failed: BTreeSet<SocketId>,
     sent: Vec<(SocketId, SocketAddr, Vec<u8>)>,
-    transmits: usize,
     done: usize,
-    closed_event: bool,
 }
 
-impl Harness {
-    fn drain(&mut self, c: &mut Classifier) {
-        let mut buf = [0u8; TRANSMIT_BUFFER_LEN];
-        while let Some(t) = c.poll_transmit(&mut buf) {
-            assert!(!self.closed_event, "transmit after Closed");
-            assert!(t.len <= TRANSMIT_BUFFER_LEN);
+impl Model {
+    /// Machine-specific checks on what the last input produced.
+    fn check(&mut self, d: &mut Driven<Classifier>) {
+        let out = d.take();
+        for (t, bytes) in out.transmits {
             assert!(self.opened.contains(&t.socket), "transmit on an unknown socket");
-            assert!(!self.closed.contains(&t.socket), "transmit on a closed socket");
-            let bytes = buf[..t.len].to_vec();
             let msg = Message::decode(&bytes).expect("the classifier sends valid STUN");
             assert_eq!(msg.class(), Class::Request);
-            self.transmits += 1;
             if self.sent.len() > 64 {
                 self.sent.remove(0);
             }
             self.sent.push((t.socket, t.destination, bytes));
         }
-        while let Some(op) = c.poll_socket_op() {
+        for op in out.ops {
             match op {
                 SocketOp::Bind { socket, local, .. } => {
-                    assert!(!self.closed_event, "bind after Closed");
                     assert!(self.opened.insert(socket), "socket id reused");
                     self.unbound.push((socket, local));
                 }
                 SocketOp::Close { socket } => {
-                    assert!(self.opened.contains(&socket), "close of an unknown socket");
-                    assert!(self.closed.insert(socket), "socket {socket:?} closed twice");
                     assert!(!self.bind_failed.contains(&socket), "close of a socket whose bind failed");
                     self.unbound.retain(|(s, _)| *s != socket);
                     self.bound.remove(&socket);
@@ -149,8 +139,7 @@ impl Harness {
                 other => panic!("unexpected intent {other:?}"),
             }
         }
-        while let Some(ev) = c.poll_event() {
-            assert!(!self.closed_event, "event after Closed: {ev:?}");
+        for ev in out.events {
             match ev {
                 ClassifierEvent::Done(report) => {
                     self.done += 1;
@@ -158,17 +147,13 @@ impl Harness {
                     assert!(report.servers_agreeing <= 3);
                 }
                 ClassifierEvent::Closed => {
-                    self.closed_event = true;
+                    assert!(self.unbound.is_empty() && self.bound.is_empty(), "socket left open after Closed");
                 }
             }
         }
-        if self.closed_event {
-            assert_eq!(c.poll_timeout(), None, "timer after Closed");
-            assert!(self.unbound.is_empty() && self.bound.is_empty(), "socket left open after Closed");
-        }
     }
 
-    fn bind(&mut self, c: &mut Classifier, which: u8, ok: bool, port: Option<u16>) {
+    fn bind(&mut self, d: &mut Driven<Classifier>, which: u8, ok: bool, port: Option<u16>) {
         if self.unbound.is_empty() {
             return;
         }
@@ -189,26 +174,10 @@ impl Harness {
             };
             let local = SocketAddr::new(ip, port);
             self.bound.insert(socket, local);
-            c.handle_socket_result(self.now, socket, SocketOutcome::Bound { local });
+            d.outcome(socket, SocketOutcome::Bound { local });
         } else {
             self.bind_failed.insert(socket);
-            c.handle_socket_result(
-                self.now,
-                socket,
-                SocketOutcome::Failed { op: OpKind::Bind, destination: None, error: IoError::AddrInUse },
-            );
-        }
-    }
-
-    /// Advances to `to` and fires the timer if due; checks the next deadline is in the future.
-    fn advance(&mut self, c: &mut Classifier, to: Instant, force: bool) {
-        assert!(to >= self.now);
-        self.now = to;
-        if force || c.poll_timeout().is_some_and(|d| d <= self.now) {
-            c.handle_timeout(self.now);
-            if let Some(d) = c.poll_timeout() {
-                assert!(d > self.now, "poll_timeout {d:?} not after the time just handled {:?}", self.now);
-            }
+            d.outcome(socket, SocketOutcome::Failed { op: OpKind::Bind, destination: None, error: IoError::AddrInUse });
         }
     }
 }
@@ -284,25 +253,27 @@ fuzz_target!(|input: Input| {
     };
     let runs = n_servers.min(config.parallel_servers.max(1));
     let probe_bound = 6 * runs + 2 * usize::from(allocation_probes);
-    let mut c = Classifier::new(config, &servers, s.seed);
-    let mut h = Harness::default();
+    let c = Classifier::new(config, &servers, s.seed);
+    let mut d = Driven::new("classifier", c, |e| matches!(e, ClassifierEvent::Closed));
+    let mut m = Model::default();
     let mut started = false;
     let mut closed_by_us = false;
     if !s.start_late {
-        c.start(h.now);
+        d.input(|c, now| c.start(now));
         started = true;
     }
-    h.drain(&mut c);
+    d.drain();
+    m.check(&mut d);
     for op in input.ops.into_iter().take(300) {
         match op {
-            Op::Bind { which, ok, port } => h.bind(&mut c, which, ok, port),
+            Op::Bind { which, ok, port } => m.bind(&mut d, which, ok, port),
             Op::Reply { which, from, mapped, other, legacy_mapped, error, flip, fingerprint } => {
-                if h.sent.is_empty() {
+                if m.sent.is_empty() {
                     continue;
                 }
-                let (socket, destination, req) = h.sent[usize::from(which) % h.sent.len()].clone();
-                let local = h.bound.get(&socket).copied();
-                let mapped = mapped.and_then(|m| match m {
+                let (socket, destination, req) = m.sent[usize::from(which) % m.sent.len()].clone();
+                let local = m.bound.get(&socket).copied();
+                let mapped = mapped.and_then(|mc| match mc {
                     MappedChoice::Local => local,
                     MappedChoice::Pool(i, p) => Some(SocketAddr::new(addr(i).ip(), p)),
                     MappedChoice::Nat(p) => Some(SocketAddr::new("203.0.113.10".parse().unwrap(), p)),
@@ -316,80 +287,67 @@ fuzz_target!(|input: Input| {
                     Source::Destination => destination,
                     Source::Pool(i) => addr(i),
                 };
-                let _ = c.handle_datagram(h.now, socket, from, &bytes);
+                let _ = d.datagram(socket, from, &bytes);
             }
             Op::Raw { socket, from, data } => {
-                let ids: Vec<SocketId> = h.opened.iter().copied().collect();
-                let s = if ids.is_empty() { SocketId(0) } else { ids[usize::from(socket) % ids.len()] };
-                let _ = c.handle_datagram(h.now, s, addr(from), &data);
+                let ids: Vec<SocketId> = m.opened.iter().copied().collect();
+                let s = pick(&ids, socket).unwrap_or(SocketId(0));
+                let _ = d.datagram(s, addr(from), &data);
             }
-            Op::Advance { ms } => {
-                let to = h.now.saturating_add(Duration::from_millis(u64::from(ms % 4000)));
-                h.advance(&mut c, to, false);
-            }
+            Op::Advance { ms } => d.advance(Duration::from_millis(u64::from(ms % 4000))),
             Op::Tick { ms } => {
-                let to = h.now.saturating_add(Duration::from_millis(u64::from(ms)));
-                h.advance(&mut c, to, true);
+                d.now = d.now.saturating_add(Duration::from_millis(u64::from(ms)));
+                d.fire();
             }
             Op::SendFailed { socket } => {
-                let ids: Vec<SocketId> = h.bound.keys().copied().collect();
-                if !ids.is_empty() {
-                    let s = ids[usize::from(socket) % ids.len()];
-                    c.handle_socket_result(
-                        h.now,
-                        s,
-                        SocketOutcome::Failed { op: OpKind::Send, destination: Some(addr(0)), error: IoError::WouldBlock },
-                    );
+                let ids: Vec<SocketId> = m.bound.keys().copied().collect();
+                if let Some(s) = pick(&ids, socket) {
+                    d.outcome(s, SocketOutcome::Failed { op: OpKind::Send, destination: Some(addr(0)), error: IoError::WouldBlock });
                 }
             }
             Op::Start => {
-                c.start(h.now);
+                d.input(|c, now| c.start(now));
                 started = true;
             }
             Op::Close => {
-                c.close(h.now);
+                d.input(|c, now| c.close(now));
                 closed_by_us = true;
             }
         }
-        h.drain(&mut c);
-        assert!(c.probes().len() <= probe_bound, "{} probes > {probe_bound}", c.probes().len());
+        m.check(&mut d);
+        assert!(d.machine.probes().len() <= probe_bound, "{} probes > {probe_bound}", d.machine.probes().len());
     }
     // Let it finish on its own: answer every bind, fire every timer. It must report once and close.
     if !started {
-        c.start(h.now);
-        h.drain(&mut c);
+        d.input(|c, now| c.start(now));
+        m.check(&mut d);
     }
     for _ in 0..10_000 {
-        if h.closed_event {
+        if d.checker.finished() {
             break;
         }
-        while !h.unbound.is_empty() {
-            h.bind(&mut c, 0, true, None);
-            h.drain(&mut c);
+        while !m.unbound.is_empty() {
+            m.bind(&mut d, 0, true, None);
+            m.check(&mut d);
         }
-        match c.poll_timeout() {
-            Some(d) => {
-                let to = d.max(h.now);
-                h.advance(&mut c, to, true);
+        match d.deadline() {
+            Some(t) => {
+                d.now = d.now.max(t);
+                d.fire();
             }
             None => break,
         }
-        h.drain(&mut c);
-        assert!(c.probes().len() <= probe_bound);
+        m.check(&mut d);
+        assert!(d.machine.probes().len() <= probe_bound);
     }
-    assert!(h.closed_event, "never Closed (done {}, closed by us {closed_by_us})", h.done);
+    assert!(d.checker.finished(), "never Closed (done {}, closed by us {closed_by_us})", m.done);
     if !closed_by_us {
-        assert_eq!(h.done, 1, "Closed without a Done report");
+        assert_eq!(m.done, 1, "Closed without a Done report");
     }
-    assert!(h.done <= 1);
+    assert!(m.done <= 1);
     // Every socket that was bound (or never answered) was closed exactly once.
-    for s in &h.opened {
-        if !h.bind_failed.contains(s) {
-            assert!(h.closed.contains(s), "socket {s:?} never closed");
-        }
-    }
+    d.checker.assert_all_closed();
     // Closing again changes nothing.
-    c.close(h.now);
-    h.drain(&mut c);
-    assert_eq!(c.poll_timeout(), None);
+    d.input(|c, now| c.close(now));
+    m.check(&mut d);
 });

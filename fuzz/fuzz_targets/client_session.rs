@@ -1,8 +1,8 @@
 //! Stateful fuzzing of the STUN client machine: arbitrary commands, replies (well-formed, mutated or
-//! raw), socket outcomes and time steps. Checks the contract's invariants, not just "no panic".
+//! raw), socket outcomes and time steps, driven through the contract checker. Checks besides the
+//! contract: valid requests only, one result per started transaction, bounded transactions.
 #![no_main]
 
-use p2pd_proto::Machine;
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -13,9 +13,8 @@ use p2pd_proto::client::{
     ClientConfig, ClientEvent, Request, Retransmit, StunClient, TransactionHandle,
 };
 use p2pd_proto::stun::{Attribute, ChangeRequest, Class, ErrorCode, Header, Message, MessageWriter};
-use p2pd_proto::{
-    Instant, IoError, OpKind, SocketId, SocketOp, SocketOutcome, TRANSMIT_BUFFER_LEN,
-};
+use p2pd_proto::testing::{pick, Driven, Recorder};
+use p2pd_proto::{IoError, OpKind, SocketId, SocketOp, SocketOutcome};
 
 const ADDRS: [&str; 6] = [
     "192.0.2.1:3478",
@@ -62,25 +61,20 @@ struct Input {
     ops: Vec<Op>,
 }
 
-struct Harness {
-    client: StunClient,
-    now: Instant,
+/// What the target knows of the client beyond the contract (the checker sees the rest).
+#[derive(Default)]
+struct Model {
     sockets: Vec<SocketId>,
     unbound: Vec<SocketId>,
     started: HashSet<TransactionHandle>,
     ended: HashMap<TransactionHandle, usize>,
-    closed_sockets: HashSet<SocketId>,
     sent: Vec<(SocketId, SocketAddr, Vec<u8>)>,
-    closed_event: bool,
 }
 
-impl Harness {
-    fn drain(&mut self) {
-        let mut buf = [0u8; TRANSMIT_BUFFER_LEN];
-        while let Some(t) = self.client.poll_transmit(&mut buf) {
-            assert!(!self.closed_event, "transmit after Closed");
-            assert!(t.len <= TRANSMIT_BUFFER_LEN);
-            let bytes = buf[..t.len].to_vec();
+impl Model {
+    /// Machine-specific checks on what one input produced.
+    fn check(&mut self, out: Recorder<ClientEvent>) {
+        for (t, bytes) in out.transmits {
             let msg = Message::decode(&bytes).expect("the client sends valid STUN");
             assert_eq!(msg.class(), Class::Request);
             if self.sent.len() > 64 {
@@ -88,39 +82,19 @@ impl Harness {
             }
             self.sent.push((t.socket, t.destination, bytes));
         }
-        while let Some(op) = self.client.poll_socket_op() {
+        for op in out.ops {
             match op {
                 SocketOp::Bind { socket, .. } => self.unbound.push(socket),
-                SocketOp::Close { socket } => {
-                    assert!(self.closed_sockets.insert(socket), "socket closed twice");
-                }
+                SocketOp::Close { .. } => {}
                 other => panic!("unexpected intent {other:?}"),
             }
         }
-        while let Some(ev) = self.client.poll_event() {
-            assert!(!self.closed_event, "event after Closed: {ev:?}");
-            match ev {
-                ClientEvent::Transaction(t) => {
-                    assert!(self.started.contains(&t.id), "result for an unknown transaction");
-                    *self.ended.entry(t.id).or_default() += 1;
-                    assert_eq!(self.ended[&t.id], 1, "two results for one transaction");
-                }
-                ClientEvent::Closed => self.closed_event = true,
-                _ => {}
+        for ev in out.events {
+            if let ClientEvent::Transaction(t) = ev {
+                assert!(self.started.contains(&t.id), "result for an unknown transaction");
+                *self.ended.entry(t.id).or_default() += 1;
+                assert_eq!(self.ended[&t.id], 1, "two results for one transaction");
             }
-        }
-        if let Some(d) = self.client.poll_timeout() {
-            assert!(!self.closed_event, "timer after Closed");
-            // A deadline may be in the past only if time has not been offered yet.
-            let _ = d;
-        }
-    }
-
-    fn pick<T: Copy>(list: &[T], i: u8) -> Option<T> {
-        if list.is_empty() {
-            None
-        } else {
-            Some(list[usize::from(i) % list.len()])
         }
     }
 }
@@ -164,39 +138,30 @@ fuzz_target!(|input: Input| {
         }
     };
     let config = ClientConfig { retransmit, max_transactions: 8, max_sockets: 4, ..ClientConfig::default() };
-    let mut h = Harness {
-        client: StunClient::new(config, input.seed),
-        now: Instant::ZERO,
-        sockets: Vec::new(),
-        unbound: Vec::new(),
-        started: HashSet::new(),
-        ended: HashMap::new(),
-        closed_sockets: HashSet::new(),
-        sent: Vec::new(),
-        closed_event: false,
-    };
+    let client = StunClient::new(config, input.seed);
+    let mut d = Driven::new("stun client", client, |e| matches!(e, ClientEvent::Closed));
+    let mut m = Model::default();
     for op in input.ops.into_iter().take(256) {
-        let now = h.now;
         match op {
             Op::Open { v6 } => {
                 let local: SocketAddr = if v6 { "[2001:db8::9]:0" } else { "10.0.0.1:0" }.parse().unwrap();
-                if let Ok(s) = h.client.open_socket(now, local, Default::default()) {
-                    h.sockets.push(s);
+                if let Ok(s) = d.input(|c, now| c.open_socket(now, local, Default::default())) {
+                    m.sockets.push(s);
                 }
             }
             Op::BindResult { which, ok } => {
-                if let Some(s) = Harness::pick(&h.unbound, which) {
-                    h.unbound.retain(|x| *x != s);
+                if let Some(s) = pick(&m.unbound, which) {
+                    m.unbound.retain(|x| *x != s);
                     let outcome = if ok {
                         SocketOutcome::Bound { local: "10.0.0.1:4000".parse().unwrap() }
                     } else {
                         SocketOutcome::Failed { op: OpKind::Bind, destination: None, error: IoError::AddrInUse }
                     };
-                    h.client.handle_socket_result(now, s, outcome);
+                    d.outcome(s, outcome);
                 }
             }
             Op::Start { socket, server, change, legacy, expect } => {
-                let s = Harness::pick(&h.sockets, socket).unwrap_or(SocketId(999));
+                let s = pick(&m.sockets, socket).unwrap_or(SocketId(999));
                 let change = match change % 4 {
                     0 => ChangeRequest::NONE,
                     1 => ChangeRequest::PORT,
@@ -210,65 +175,55 @@ fuzz_target!(|input: Input| {
                 if let Some(e) = expect {
                     req = req.expect_from(addr(e));
                 }
-                if let Ok(id) = h.client.start(now, req) {
-                    assert!(h.started.insert(id), "handle reused");
+                if let Ok(id) = d.input(|c, now| c.start(now, req)) {
+                    assert!(m.started.insert(id), "handle reused");
                 }
             }
             Op::Reply { which, from, error, attrs, flip, fingerprint } => {
-                if h.sent.is_empty() {
+                let Some((socket, _, req)) = m.sent.get(usize::from(which) % m.sent.len().max(1)).cloned() else {
                     continue;
-                }
-                let (socket, _, req) = h.sent[usize::from(which) % h.sent.len()].clone();
+                };
                 let mut reply = build_reply(&req, error, &attrs, fingerprint);
                 if let Some((at, x)) = flip {
                     let n = reply.len();
                     reply[usize::from(at) % n] ^= x;
                 }
-                let _ = h.client.handle_datagram(now, socket, addr(from), &reply);
+                let _ = d.datagram(socket, addr(from), &reply);
             }
             Op::Raw { socket, from, data } => {
-                let s = Harness::pick(&h.sockets, socket).unwrap_or(SocketId(0));
-                let _ = h.client.handle_datagram(now, s, addr(from), &data);
+                let s = pick(&m.sockets, socket).unwrap_or(SocketId(0));
+                let _ = d.datagram(s, addr(from), &data);
             }
-            Op::Advance { ms } => {
-                h.now = now.saturating_add(Duration::from_millis(u64::from(ms)));
-                if h.client.poll_timeout().is_some_and(|d| d <= h.now) {
-                    h.client.handle_timeout(h.now);
-                }
-            }
+            Op::Advance { ms } => d.advance(Duration::from_millis(u64::from(ms))),
             Op::SendFailed { socket } => {
-                if let Some(s) = Harness::pick(&h.sockets, socket) {
-                    h.client.handle_socket_result(now, s, SocketOutcome::Failed {
-                        op: OpKind::Send,
-                        destination: Some(addr(0)),
-                        error: IoError::WouldBlock,
-                    });
+                if let Some(s) = pick(&m.sockets, socket) {
+                    d.outcome(s, SocketOutcome::Failed { op: OpKind::Send, destination: Some(addr(0)), error: IoError::WouldBlock });
                 }
             }
             Op::Cancel { which } => {
-                let ids: Vec<_> = h.started.iter().copied().collect();
-                if let Some(id) = Harness::pick(&ids, which) {
-                    h.client.cancel(now, id);
+                let ids: Vec<_> = m.started.iter().copied().collect();
+                if let Some(id) = pick(&ids, which) {
+                    d.input(|c, now| c.cancel(now, id));
                 }
             }
             Op::CloseSocket { socket } => {
-                if let Some(s) = Harness::pick(&h.sockets, socket) {
-                    h.client.close_socket(now, s);
+                if let Some(s) = pick(&m.sockets, socket) {
+                    d.input(|c, now| c.close_socket(now, s));
                 }
             }
-            Op::Close => h.client.close(now),
+            Op::Close => d.input(|c, now| c.close(now)),
         }
-        h.drain();
-        assert!(h.client.in_flight() <= 8);
+        m.check(d.take());
+        assert!(d.machine.in_flight() <= 8);
     }
     // Clean-up invariants: after close every transaction has ended exactly once and nothing is left.
-    h.client.close(h.now);
-    h.client.close(h.now);
-    h.drain();
-    assert!(h.closed_event);
-    assert_eq!(h.client.in_flight(), 0);
-    assert_eq!(h.client.poll_timeout(), None);
-    for id in &h.started {
-        assert_eq!(h.ended.get(id), Some(&1), "transaction {id:?} never ended");
+    d.input(|c, now| c.close(now));
+    d.input(|c, now| c.close(now));
+    m.check(d.take());
+    assert!(d.checker.finished());
+    d.checker.assert_all_closed();
+    assert_eq!(d.machine.in_flight(), 0);
+    for id in &m.started {
+        assert_eq!(m.ended.get(id), Some(&1), "transaction {id:?} never ended");
     }
 });

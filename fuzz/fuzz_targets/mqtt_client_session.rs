@@ -1,18 +1,17 @@
 //! Stateful fuzzing of the MQTT client machine: arbitrary socket outcomes (for the current socket
 //! and for old or unknown ones), broker packets (well-formed, cut into arbitrary chunks, or raw
-//! bytes), API calls and time steps. Checks the contract's invariants, not just "no panic":
-//! the client only writes valid MQTT on open, connected sockets; every socket it opens is
-//! closed exactly once; buffers stay within their caps; timers always move forward; a PUBACK is
-//! reported once per publish; nothing happens after `Closed`.
+//! bytes), API calls and time steps, driven through the contract checker. Checks besides the
+//! contract: the client only writes valid MQTT on open, connected sockets; one socket at a time,
+//! ids never reused; buffers stay within their caps; a PUBACK is reported once per publish.
 #![no_main]
 
-use p2pd_proto::Machine;
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use arbitrary::Arbitrary;
 use libfuzzer_sys::fuzz_target;
+use p2pd_proto::testing::Driven;
 use p2pd_proto::{Instant, IoError, OpKind, SocketId, SocketOp, SocketOutcome, TRANSMIT_BUFFER_LEN};
 use p2pd_signaling::mqtt::{
     encode, Decoder, MqttClient, MqttConfig, MqttEvent, Packet, Protocol, PublishId, QoS,
@@ -82,106 +81,93 @@ struct Input {
     ops: Vec<Op>,
 }
 
-struct Harness {
-    client: MqttClient,
-    now: Instant,
+/// What the target knows of the client beyond the contract (the checker sees the rest).
+#[derive(Default)]
+struct Model {
     /// Sockets bound and not yet closed.
-    open: HashSet<SocketId>,
+    open: BTreeSet<SocketId>,
     /// Sockets the client connected (answered `Connected`) and has not closed.
-    streams: HashSet<SocketId>,
-    closed: HashMap<SocketId, usize>,
+    streams: BTreeSet<SocketId>,
+    /// Every socket closed.
+    closed: BTreeSet<SocketId>,
     decoders: HashMap<SocketId, Decoder>,
     /// Packet ids the client used (for realistic acknowledgements).
     sent_pkids: Vec<u16>,
     published: HashSet<PublishId>,
     delivered: HashSet<PublishId>,
-    closed_event: bool,
 }
 
-impl Harness {
+impl Model {
     /// The socket of the client's latest Bind that is still open.
     fn current(&self) -> Option<SocketId> {
         self.open.iter().copied().max_by_key(|s| s.0)
     }
 
-    fn drain(&mut self, buf_len: usize) {
-        let mut buf = vec![0u8; buf_len.max(1)];
-        loop {
-            let mut progressed = false;
-            while let Some(t) = self.client.poll_transmit(&mut buf) {
-                progressed = true;
-                assert!(!self.closed_event, "transmit after Closed");
-                assert!(t.len > 0 && t.len <= buf.len());
-                assert_eq!(t.destination, broker());
-                assert!(self.streams.contains(&t.socket), "transmit on {} which is not a connected stream", t.socket);
-                let protocol = self.client.protocol();
-                let decoder = self.decoders.entry(t.socket).or_insert_with(|| Decoder::new(protocol, 1 << 20));
-                let mut rest = &buf[..t.len];
-                while !rest.is_empty() {
-                    let n = decoder.push(rest).unwrap();
-                    rest = &rest[n..];
-                    while let Some(p) = decoder.next() {
-                        let p = p.expect("the client writes valid MQTT");
-                        assert!(!matches!(p, Packet::ConnAck { .. } | Packet::SubAck { .. } | Packet::PingResp));
-                        match p {
-                            Packet::Publish { pkid, .. } | Packet::Subscribe { pkid, .. } if pkid != 0 => {
-                                if self.sent_pkids.len() >= 32 {
-                                    self.sent_pkids.remove(0);
-                                }
-                                self.sent_pkids.push(pkid);
+    /// Machine-specific checks on what the last input produced.
+    fn check(&mut self, d: &mut Driven<MqttClient>) {
+        let out = d.take();
+        for (t, bytes) in out.transmits {
+            assert!(t.len > 0 && bytes.len() == t.len);
+            assert_eq!(t.destination, broker());
+            assert!(self.streams.contains(&t.socket), "transmit on {} which is not a connected stream", t.socket);
+            let protocol = d.machine.protocol();
+            let decoder = self.decoders.entry(t.socket).or_insert_with(|| Decoder::new(protocol, 1 << 20));
+            let mut rest = &bytes[..];
+            while !rest.is_empty() {
+                let n = decoder.push(rest).unwrap();
+                rest = &rest[n..];
+                while let Some(p) = decoder.next() {
+                    let p = p.expect("the client writes valid MQTT");
+                    assert!(!matches!(p, Packet::ConnAck { .. } | Packet::SubAck { .. } | Packet::PingResp));
+                    match p {
+                        Packet::Publish { pkid, .. } | Packet::Subscribe { pkid, .. } if pkid != 0 => {
+                            if self.sent_pkids.len() >= 32 {
+                                self.sent_pkids.remove(0);
                             }
-                            _ => {}
+                            self.sent_pkids.push(pkid);
                         }
+                        _ => {}
                     }
                 }
-            }
-            while let Some(op) = self.client.poll_socket_op() {
-                progressed = true;
-                match op {
-                    SocketOp::Bind { socket, .. } => {
-                        assert!(!self.closed_event, "bind after Closed");
-                        assert!(self.open.insert(socket), "{socket} bound while open");
-                        assert!(!self.closed.contains_key(&socket), "{socket} reused (ids must not wrap here)");
-                    }
-                    SocketOp::Connect { socket, remote } => {
-                        assert!(self.open.contains(&socket));
-                        assert_eq!(remote, broker());
-                    }
-                    SocketOp::Close { socket } => {
-                        assert!(self.open.remove(&socket), "{socket} closed but not open");
-                        self.streams.remove(&socket);
-                        *self.closed.entry(socket).or_default() += 1;
-                    }
-                    other => panic!("unexpected intent {other:?}"),
-                }
-            }
-            while let Some(ev) = self.client.poll_event() {
-                progressed = true;
-                assert!(!self.closed_event, "event after Closed: {ev:?}");
-                match ev {
-                    MqttEvent::Closed => self.closed_event = true,
-                    MqttEvent::Delivered(id) => {
-                        assert!(self.published.contains(&id), "Delivered for an unknown id");
-                        assert!(self.delivered.insert(id), "Delivered twice");
-                    }
-                    MqttEvent::Message { payload, .. } => assert!(payload.len() <= MAX_PACKET),
-                    _ => {}
-                }
-            }
-            if !progressed {
-                break;
             }
         }
-        assert!(self.client.queued_bytes() <= MAX_QUEUED);
-        assert!(self.client.inflight() <= MAX_INFLIGHT);
+        for op in out.ops {
+            match op {
+                SocketOp::Bind { socket, .. } => {
+                    assert!(!self.closed.contains(&socket), "{socket} reused (ids must not wrap here)");
+                    self.open.insert(socket);
+                }
+                SocketOp::Connect { socket, remote } => {
+                    assert!(self.open.contains(&socket));
+                    assert_eq!(remote, broker());
+                }
+                SocketOp::Close { socket } => {
+                    self.open.remove(&socket);
+                    self.streams.remove(&socket);
+                    self.closed.insert(socket);
+                }
+                other => panic!("unexpected intent {other:?}"),
+            }
+        }
+        for ev in out.events {
+            match ev {
+                MqttEvent::Delivered(id) => {
+                    assert!(self.published.contains(&id), "Delivered for an unknown id");
+                    assert!(self.delivered.insert(id), "Delivered twice");
+                }
+                MqttEvent::Message { payload, .. } => assert!(payload.len() <= MAX_PACKET),
+                _ => {}
+            }
+        }
+        assert!(d.machine.queued_bytes() <= MAX_QUEUED);
+        assert!(d.machine.inflight() <= MAX_INFLIGHT);
         assert!(self.open.len() <= 1, "more than one socket open: {:?}", self.open);
-        if self.closed_event {
-            assert_eq!(self.client.poll_timeout(), None, "timer after Closed");
+        if d.checker.finished() {
             assert!(self.open.is_empty(), "socket left open after Closed");
         }
     }
 
-    fn outcome(&mut self, socket: SocketId, outcome: &Outcome) {
+    fn outcome(&mut self, d: &mut Driven<MqttClient>, socket: SocketId, outcome: &Outcome) {
         let outcome = match outcome {
             Outcome::Bound => SocketOutcome::Bound { local: local() },
             Outcome::Connected => {
@@ -200,7 +186,7 @@ impl Harness {
                 }
             }
         };
-        self.client.handle_socket_result(self.now, socket, outcome);
+        d.outcome(socket, outcome);
     }
 
     fn pkid(&self, which: u8) -> u16 {
@@ -211,8 +197,7 @@ impl Harness {
         }
     }
 
-    fn encode_broker(&self, packet: &BrokerPacket, out: &mut Vec<u8>) {
-        let protocol = self.client.protocol();
+    fn encode_broker(&self, protocol: Protocol, packet: &BrokerPacket, out: &mut Vec<u8>) {
         let packet = match packet {
             BrokerPacket::ConnAck { session_present, code } => {
                 let codes: &[u8] = match protocol {
@@ -248,25 +233,6 @@ impl Harness {
         let _ = encode(&packet, protocol, out);
     }
 
-    fn stream(&mut self, socket: SocketId, data: &[u8]) {
-        let _ = self.client.handle_stream(self.now, socket, data);
-    }
-
-    fn fire_timers(&mut self) {
-        for _ in 0..64 {
-            match self.client.poll_timeout() {
-                Some(d) if d <= self.now => {
-                    self.client.handle_timeout(self.now);
-                    self.drain(TRANSMIT_BUFFER_LEN);
-                    if let Some(next) = self.client.poll_timeout() {
-                        assert!(next > self.now, "timer did not move: {next:?} <= {:?}", self.now);
-                    }
-                }
-                _ => return,
-            }
-        }
-        panic!("timers keep firing");
-    }
 }
 
 fuzz_target!(|input: Input| {
@@ -285,89 +251,85 @@ fuzz_target!(|input: Input| {
     config.backoff_max = Duration::from_secs(2);
     config.socket_base = SocketId(1000);
     config.socket_ids = 1_000_000;
-    let mut h = Harness {
-        client: MqttClient::new(config, input.seed, Instant::ZERO),
-        now: Instant::ZERO,
-        open: HashSet::new(),
-        streams: HashSet::new(),
-        closed: HashMap::new(),
-        decoders: HashMap::new(),
-        sent_pkids: Vec::new(),
-        published: HashSet::new(),
-        delivered: HashSet::new(),
-        closed_event: false,
-    };
-    h.drain(TRANSMIT_BUFFER_LEN);
-    let mut small_buffer = None;
+    let client = MqttClient::new(config, input.seed, Instant::ZERO);
+    let mut d = Driven::new("mqtt client", client, |e| matches!(e, MqttEvent::Closed));
+    let mut m = Model::default();
+    d.drain();
+    m.check(&mut d);
     for op in input.ops.into_iter().take(256) {
+        let protocol = d.machine.protocol();
         match op {
             Op::Outcome(outcome) => {
-                if let Some(socket) = h.current() {
-                    h.outcome(socket, &outcome);
+                if let Some(socket) = m.current() {
+                    m.outcome(&mut d, socket, &outcome);
                 }
             }
             Op::Handshake => {
-                if let Some(socket) = h.current() {
-                    h.outcome(socket, &Outcome::Bound);
-                    h.drain(TRANSMIT_BUFFER_LEN);
-                    h.outcome(socket, &Outcome::Connected);
-                    h.drain(TRANSMIT_BUFFER_LEN);
+                if let Some(socket) = m.current() {
+                    m.outcome(&mut d, socket, &Outcome::Bound);
+                    m.check(&mut d);
+                    m.outcome(&mut d, socket, &Outcome::Connected);
+                    m.check(&mut d);
                     let mut bytes = Vec::new();
-                    h.encode_broker(&BrokerPacket::ConnAck { session_present: false, code: 0 }, &mut bytes);
-                    h.stream(socket, &bytes);
+                    m.encode_broker(d.machine.protocol(), &BrokerPacket::ConnAck { session_present: false, code: 0 }, &mut bytes);
+                    let _ = d.stream(socket, &bytes);
                 }
             }
-            Op::StaleOutcome { socket, outcome } => h.outcome(SocketId(995 + u32::from(socket % 16)), &outcome),
+            Op::StaleOutcome { socket, outcome } => m.outcome(&mut d, SocketId(995 + u32::from(socket % 16)), &outcome),
             Op::Broker { packets, cuts } => {
                 let mut bytes = Vec::new();
                 for p in packets.iter().take(16) {
-                    h.encode_broker(p, &mut bytes);
+                    m.encode_broker(protocol, p, &mut bytes);
                 }
-                if let Some(socket) = h.current() {
+                if let Some(socket) = m.current() {
                     let mut rest = bytes.as_slice();
                     for cut in cuts.iter().take(16) {
                         let n = usize::from(*cut).min(rest.len());
                         let (chunk, tail) = rest.split_at(n);
-                        h.stream(socket, chunk);
+                        let _ = d.stream(socket, chunk);
                         rest = tail;
                     }
-                    h.stream(socket, rest);
+                    let _ = d.stream(socket, rest);
                 }
             }
             Op::Raw(data) => {
-                if let Some(socket) = h.current() {
-                    h.stream(socket, &data);
+                if let Some(socket) = m.current() {
+                    let _ = d.stream(socket, &data);
                 }
             }
-            Op::StaleBytes { socket, data } => h.stream(SocketId(995 + u32::from(socket % 16)), &data),
-            Op::Advance { ms } => {
-                h.now = h.now.saturating_add(Duration::from_millis(u64::from(ms)));
-                h.fire_timers();
+            Op::StaleBytes { socket, data } => {
+                let _ = d.stream(SocketId(995 + u32::from(socket % 16)), &data);
             }
+            Op::Advance { ms } => d.advance(Duration::from_millis(u64::from(ms))),
             Op::Subscribe { topic, qos } => {
                 let qos = [QoS::AtMostOnce, QoS::AtLeastOnce, QoS::ExactlyOnce][usize::from(qos) % 3];
-                let _ = h.client.subscribe(h.now, TOPICS[usize::from(topic) % TOPICS.len()], qos);
+                let _ = d.input(|c, now| c.subscribe(now, TOPICS[usize::from(topic) % TOPICS.len()], qos));
             }
             Op::Publish { topic, len, qos } => {
                 let qos = [QoS::AtMostOnce, QoS::AtLeastOnce, QoS::ExactlyOnce][usize::from(qos) % 3];
                 let payload = vec![0x5A; usize::from(len % 400)];
-                if let Ok(id) = h.client.publish(h.now, TOPICS[usize::from(topic) % TOPICS.len()], &payload, qos) {
-                    assert!(h.published.insert(id), "publish id reused");
+                let topic = TOPICS[usize::from(topic) % TOPICS.len()];
+                if let Ok(id) = d.input(|c, now| c.publish(now, topic, &payload, qos)) {
+                    assert!(m.published.insert(id), "publish id reused");
                 }
             }
-            Op::SmallBuffer { len } => small_buffer = Some(usize::from(len % 16)),
-            Op::Close => h.client.close(h.now),
+            // Drain transmits with a small buffer.
+            Op::SmallBuffer { len } => {
+                d.set_buffer_len(usize::from(len % 16).max(1));
+                d.drain();
+                d.set_buffer_len(TRANSMIT_BUFFER_LEN);
+            }
+            Op::Close => d.input(|c, now| c.close(now)),
         }
-        h.drain(small_buffer.take().unwrap_or(TRANSMIT_BUFFER_LEN));
+        m.check(&mut d);
     }
     // Clean-up: close twice, everything released, each socket closed exactly once.
-    h.client.close(h.now);
-    h.client.close(h.now);
-    h.drain(TRANSMIT_BUFFER_LEN);
-    assert!(h.closed_event);
-    assert!(h.open.is_empty());
-    assert!(h.closed.values().all(|n| *n == 1));
-    assert_eq!(h.client.poll_timeout(), None);
-    h.client.handle_timeout(h.now.saturating_add(Duration::from_secs(3600)));
-    h.drain(TRANSMIT_BUFFER_LEN);
+    d.input(|c, now| c.close(now));
+    d.input(|c, now| c.close(now));
+    m.check(&mut d);
+    assert!(d.checker.finished());
+    d.checker.assert_all_closed();
+    d.now = d.now.saturating_add(Duration::from_secs(3600));
+    d.fire();
+    m.check(&mut d);
 });

@@ -1,11 +1,11 @@
 //! Stateful fuzzing of the PNP client machine over UDP or TCP: arbitrary commands, socket outcomes,
 //! datagrams, stream chunks and time, plus valid server replies (sealed by the real server key, to
-//! the real nonce of a request the client sent) with fuzz-chosen bodies. Checks: each accepted
-//! command ends in exactly one event, nothing after Closed, sockets closed at most once, transmits
-//! only to the server and within bounds, a Found record always verifies and matches its request.
+//! the real nonce of a request the client sent) with fuzz-chosen bodies, driven through the
+//! contract checker. Checks besides the contract: each accepted command ends in exactly one event,
+//! transmits only to the server and within bounds, a Found record always verifies and matches its
+//! request.
 #![no_main]
 
-use p2pd_proto::Machine;
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::OnceLock;
@@ -13,7 +13,8 @@ use std::time::Duration;
 
 use arbitrary::Arbitrary;
 use libfuzzer_sys::fuzz_target;
-use p2pd_proto::{Instant, IoError, OpKind, SocketId, SocketOp, SocketOutcome, TRANSMIT_BUFFER_LEN};
+use p2pd_proto::testing::Driven;
+use p2pd_proto::{Instant, IoError, OpKind, SocketId, SocketOp, SocketOutcome};
 use p2pd_signaling::pnp::{
     frame, ErrorCode, Name, PnpClient, PnpClientConfig, PnpClientEvent, PnpTransport, Record, Reply,
     ReplyBody, Request, RequestId, CLIENT_UDP_SOCKET, MAX_MESSAGE_LEN,
@@ -74,26 +75,22 @@ fuzz_target!(|input: Input| {
     let transport = if input.tcp { PnpTransport::Tcp } else { PnpTransport::Udp };
     let mut config = PnpClientConfig::new(server_addr(), server_key().public_key(), transport, EPOCH);
     config.max_pending = 4;
-    let mut client = PnpClient::new(config, client_key().clone(), 5);
-    let mut now = Instant::from_millis(1);
+    let client = PnpClient::new(config, client_key().clone(), 5);
+    let mut d = Driven::new("pnp client", client, |e| matches!(e, PnpClientEvent::Closed)).at(Instant::from_millis(1));
     let mut ids: HashSet<RequestId> = HashSet::new();
     let mut names: HashMap<RequestId, Name> = HashMap::new();
     let mut finished: HashSet<RequestId> = HashSet::new();
-    let mut closes: HashSet<SocketId> = HashSet::new();
     let mut binding: Vec<SocketId> = Vec::new();
-    let mut sockets: HashSet<SocketId> = HashSet::new();
     let mut sent: Vec<Sent> = Vec::new();
     let mut closed = false;
-    let mut ended = false;
     let mut opener = Opener::with_window(64, u64::MAX / 4, u64::MAX / 4);
-    let mut buf = [0u8; TRANSMIT_BUFFER_LEN];
 
     for op in input.ops.into_iter().take(48) {
         match op {
             Op::Register { name, value_len, version, ttl_s } => {
                 if let Ok(n) = Name::new(&name) {
                     let value = vec![7; usize::from(value_len) % 800];
-                    if let Ok(id) = client.register(now, n.clone(), value, u64::from(version), Duration::from_secs(u64::from(ttl_s))) {
+                    if let Ok(id) = d.input(|c, now| c.register(now, n.clone(), value, u64::from(version), Duration::from_secs(u64::from(ttl_s)))) {
                         assert!(ids.insert(id));
                         names.insert(id, n);
                     }
@@ -101,7 +98,7 @@ fuzz_target!(|input: Input| {
             }
             Op::Lookup { name } => {
                 if let Ok(n) = Name::new(&name) {
-                    if let Ok(id) = client.lookup(now, n.clone()) {
+                    if let Ok(id) = d.input(|c, now| c.lookup(now, n.clone())) {
                         assert!(ids.insert(id));
                         names.insert(id, n);
                     }
@@ -109,7 +106,7 @@ fuzz_target!(|input: Input| {
             }
             Op::Delete { name, version } => {
                 if let Ok(n) = Name::new(&name) {
-                    if let Ok(id) = client.delete(now, n.clone(), u64::from(version)) {
+                    if let Ok(id) = d.input(|c, now| c.delete(now, n.clone(), u64::from(version))) {
                         assert!(ids.insert(id));
                         names.insert(id, n);
                     }
@@ -120,7 +117,7 @@ fuzz_target!(|input: Input| {
                     continue;
                 }
                 let s = &sent[usize::from(request) % sent.len()];
-                let now_ms = client.unix_ms(now);
+                let now_ms = d.machine.unix_ms(d.now);
                 let body: Result<ReplyBody, Vec<u8>> = match body {
                     Body::Raw(raw) => Err(raw),
                     Body::Registered(v) => Ok(ReplyBody::Registered { version: u64::from(v) }),
@@ -147,26 +144,26 @@ fuzz_target!(|input: Input| {
                     Err(raw) => raw.into_iter().take(1000).collect(),
                 };
                 let mut nonce = [0u8; 16];
-                nonce[..8].copy_from_slice(&now.as_nanos().to_be_bytes());
+                nonce[..8].copy_from_slice(&d.now.as_nanos().to_be_bytes());
                 nonce[8] = request;
                 nonce[9] = split as u8;
                 let sealed = seal(server_key(), &client_key().public_key(), now_ms, nonce, &payload).unwrap();
                 if s.socket == CLIENT_UDP_SOCKET {
                     let from = if wrong_source { "192.0.2.2:5300".parse().unwrap() } else { server_addr() };
-                    let _ = client.handle_datagram(now, CLIENT_UDP_SOCKET, from, &sealed);
+                    let _ = d.datagram(CLIENT_UDP_SOCKET, from, &sealed);
                 } else {
                     let framed = frame(&sealed).unwrap();
                     let cut = usize::from(split) % (framed.len() + 1);
                     let socket = s.socket;
-                    let _ = client.handle_stream(now, socket, &framed[..cut]);
-                    let _ = client.handle_stream(now, socket, &framed[cut..]);
+                    let _ = d.stream(socket, &framed[..cut]);
+                    let _ = d.stream(socket, &framed[cut..]);
                 }
             }
             Op::Datagram { data } => {
-                let _ = client.handle_datagram(now, CLIENT_UDP_SOCKET, server_addr(), &data);
+                let _ = d.datagram(CLIENT_UDP_SOCKET, server_addr(), &data);
             }
             Op::Stream { socket, data } => {
-                let _ = client.handle_stream(now, SocketId(u32::from(socket % 8)), &data);
+                let _ = d.stream(SocketId(u32::from(socket % 8)), &data);
             }
             Op::Outcome { socket, kind } => {
                 let socket = if binding.is_empty() || kind & 0x80 != 0 {
@@ -182,33 +179,27 @@ fuzz_target!(|input: Input| {
                     4 => SocketOutcome::Failed { op: OpKind::Bind, destination: None, error: IoError::AddrInUse },
                     _ => SocketOutcome::Failed { op: OpKind::Connect, destination: Some(server_addr()), error: IoError::ConnectionRefused },
                 };
-                client.handle_socket_result(now, socket, outcome);
+                d.outcome(socket, outcome);
             }
-            Op::Advance { ms } => {
-                now = now + Duration::from_millis(u64::from(ms));
-                if client.poll_timeout().is_some_and(|t| t <= now) {
-                    client.handle_timeout(now);
-                }
-            }
+            Op::Advance { ms } => d.advance(Duration::from_millis(u64::from(ms))),
             Op::Close => {
                 closed = true;
-                client.close(now);
+                d.input(|c, now| c.close(now));
             }
         }
-        // Drain and check.
-        while let Some(t) = client.poll_transmit(&mut buf) {
-            assert!(!ended, "transmit after close");
+        // Check what the input produced (the checker saw it first).
+        let out = d.take();
+        for (t, bytes) in &out.transmits {
             assert_eq!(t.destination, server_addr());
-            let bytes = &buf[..t.len];
             let envelope = if t.socket == CLIENT_UDP_SOCKET {
                 assert!(t.len <= MAX_MESSAGE_LEN);
-                bytes
+                &bytes[..]
             } else {
                 assert_eq!(usize::from(u16::from_be_bytes([bytes[0], bytes[1]])), t.len - 2);
                 &bytes[2..]
             };
             // Learn the request's nonce the way the server would (retransmissions replay).
-            if let Ok(opened) = opener.open(server_key(), client.unix_ms(now), envelope) {
+            if let Ok(opened) = opener.open(server_key(), d.machine.unix_ms(d.now), envelope) {
                 let request = Request::decode(&opened.payload).expect("client requests decode");
                 sent.push(Sent { socket: t.socket, nonce: opened.nonce, request });
                 if sent.len() > 16 {
@@ -216,27 +207,18 @@ fuzz_target!(|input: Input| {
                 }
             }
         }
-        while let Some(op) = client.poll_socket_op() {
+        for op in out.ops {
             match op {
-                SocketOp::Bind { socket, .. } => {
-                    assert!(sockets.insert(socket) || closes.contains(&socket) || socket == CLIENT_UDP_SOCKET);
-                    closes.remove(&socket);
-                    binding.push(socket);
-                }
+                SocketOp::Bind { socket, .. } => binding.push(socket),
                 SocketOp::Connect { remote, .. } => assert_eq!(remote, server_addr()),
-                SocketOp::Close { socket } => {
-                    assert!(closes.insert(socket), "{socket} closed twice");
-                    binding.retain(|s| *s != socket);
-                }
+                SocketOp::Close { socket } => binding.retain(|s| *s != socket),
                 other => panic!("unexpected op {other:?}"),
             }
         }
-        while let Some(ev) = client.poll_event() {
-            assert!(!ended, "event after Closed");
+        for ev in out.events {
             let id = match &ev {
                 PnpClientEvent::Closed => {
                     assert!(closed);
-                    ended = true;
                     continue;
                 }
                 PnpClientEvent::Found { id, record } => {
@@ -253,10 +235,11 @@ fuzz_target!(|input: Input| {
             assert!(ids.contains(&id), "event for an unknown request");
             assert!(finished.insert(id), "two events for {id}");
         }
-        assert!(client.pending() <= 4);
+        assert!(d.machine.pending() <= 4);
     }
     if closed {
-        assert!(ended);
+        assert!(d.checker.finished());
         assert_eq!(finished.len(), ids.len(), "a request ended without an event");
+        d.checker.assert_all_closed();
     }
 });

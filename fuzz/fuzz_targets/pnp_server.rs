@@ -1,18 +1,19 @@
 //! Stateful fuzzing of the PNP server machine: arbitrary datagrams, stream chunks, socket outcomes,
 //! time steps and closes, plus valid sealed requests built from fuzz bytes (so the registry rules
-//! are reached) and replays of earlier requests. Checks: at most one reply per request, a UDP
-//! reply never larger than its request, every reply within MAX_REPLY_LEN and sealed to the
-//! requester answering its nonce, sockets closed exactly once, nothing after close, tables bounded.
+//! are reached) and replays of earlier requests, driven through the contract checker. Checks besides
+//! the contract: at most one reply per request, a UDP reply never larger than its request, every
+//! reply within MAX_REPLY_LEN and sealed to the requester answering its nonce, only accepted
+//! connections closed, all closed by close, tables bounded.
 #![no_main]
 
-use p2pd_proto::Machine;
 use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::sync::OnceLock;
 
 use arbitrary::Arbitrary;
 use libfuzzer_sys::fuzz_target;
-use p2pd_proto::{Instant, IoError, OpKind, SocketId, SocketOp, SocketOutcome, TRANSMIT_BUFFER_LEN};
+use p2pd_proto::testing::Driven;
+use p2pd_proto::{Instant, IoError, OpKind, SocketId, SocketOp, SocketOutcome};
 use p2pd_signaling::pnp::{
     frame, MemoryStore, Name, PnpServer, PnpServerConfig, PnpServerEvent, Record, Reply, Request,
     MAX_MESSAGE_LEN, MAX_REPLY_LEN, TCP_LISTENER, UDP_SOCKET,
@@ -63,63 +64,53 @@ fn addr(from: u8, v6: bool) -> SocketAddr {
     }
 }
 
+/// What the target knows of the server beyond the contract (the checker sees the rest).
 struct Harness {
-    server: PnpServer<MemoryStore>,
-    now: Instant,
+    d: Driven<PnpServer<MemoryStore>>,
     open: HashSet<SocketId>,
     accepting: Vec<SocketId>,
-    closed_fixed: HashSet<SocketId>,
     closed: bool,
-    ended: bool,
     sent: Vec<(Vec<u8>, usize)>,
 }
 
 impl Harness {
     fn unix_ms(&self) -> u64 {
-        self.server.unix_ms(self.now)
+        self.d.machine.unix_ms(self.d.now)
     }
 
-    /// Drains the server; returns the transmits (socket, bytes).
-    fn drain(&mut self) -> Vec<(SocketId, Vec<u8>)> {
-        let mut buf = [0u8; TRANSMIT_BUFFER_LEN];
-        let mut out = Vec::new();
-        while let Some(t) = self.server.poll_transmit(&mut buf) {
-            assert!(!self.ended, "transmit after close");
+    /// Checks what the last input produced; returns the transmits (socket, bytes).
+    fn check(&mut self) -> Vec<(SocketId, Vec<u8>)> {
+        let out = self.d.take();
+        let mut sent = Vec::new();
+        for (t, bytes) in out.transmits {
             assert!(t.len <= MAX_REPLY_LEN + 2, "{} bytes", t.len);
             assert!(t.socket == UDP_SOCKET || self.open.contains(&t.socket), "send on {:?}", t.socket);
-            out.push((t.socket, buf[..t.len].to_vec()));
+            sent.push((t.socket, bytes));
         }
-        while let Some(op) = self.server.poll_socket_op() {
+        for op in out.ops {
             match op {
-                SocketOp::Bind { socket, local, .. } => {
-                    self.server.handle_socket_result(self.now, socket, SocketOutcome::Bound { local });
-                }
+                SocketOp::Bind { .. } => {}
                 SocketOp::Listen { socket, .. } => assert_eq!(socket, TCP_LISTENER),
                 SocketOp::Accept { listener, socket } => {
                     assert_eq!(listener, TCP_LISTENER);
-                    assert!(!self.open.contains(&socket) && !self.accepting.contains(&socket));
                     self.accepting.push(socket);
                 }
                 SocketOp::Close { socket } => {
-                    if socket == UDP_SOCKET || socket == TCP_LISTENER {
-                        assert!(self.closed_fixed.insert(socket), "{socket} closed twice");
-                    } else {
+                    if socket != UDP_SOCKET && socket != TCP_LISTENER {
                         assert!(self.open.remove(&socket), "closed {socket} which is not open");
                     }
                 }
                 other => panic!("unexpected op {other:?}"),
             }
         }
-        while let Some(ev) = self.server.poll_event() {
-            assert!(!self.ended, "event after Closed");
+        for ev in out.events {
             if ev == PnpServerEvent::Closed {
                 assert!(self.closed);
-                self.ended = true;
             }
         }
-        let (rates, replies, replay, queued) = self.server.table_sizes();
+        let (rates, replies, replay, queued) = self.d.machine.table_sizes();
         assert!(rates <= 64 && replies <= 16 && replay <= 256 && queued <= 16);
-        out
+        sent
     }
 }
 
@@ -152,7 +143,7 @@ fn build(h: &Harness, key: u8, nonce: u16, op: ReqOp, pad: u16, skew_ms: i32) ->
     let ts = now_ms.saturating_add_signed(i64::from(skew_ms % 40_000));
     let mut n = [0u8; 16];
     n[..2].copy_from_slice(&nonce.to_be_bytes());
-    let sealed = seal(&ks[key], &h.server.public_key(), ts, n, &payload).unwrap();
+    let sealed = seal(&ks[key], &h.d.machine.public_key(), ts, n, &payload).unwrap();
     (sealed, key)
 }
 
@@ -160,7 +151,7 @@ fn build(h: &Harness, key: u8, nonce: u16, op: ReqOp, pad: u16, skew_ms: i32) ->
 fn check_reply(h: &Harness, request: &[u8], key: usize, reply: &[u8]) {
     let mut opener = Opener::with_window(4, u64::MAX / 4, u64::MAX / 4);
     let opened = opener.open(&keys()[key], h.unix_ms(), reply).expect("reply opens for the requester");
-    assert_eq!(opened.sender, h.server.public_key());
+    assert_eq!(opened.sender, h.d.machine.public_key());
     let reply = Reply::decode(&opened.payload).expect("reply decodes");
     assert_eq!(&reply.request_nonce[..], &request[62..78]);
 }
@@ -175,26 +166,25 @@ fuzz_target!(|input: Input| {
     config.transmit_queue_capacity = 16;
     config.max_connections = 4;
     let server = PnpServer::new(config, Identity::from_secret_bytes(&[99; 32]).unwrap(), MemoryStore::new(8), 1).unwrap();
-    let mut h = Harness {
-        server,
-        now: Instant::from_millis(1000),
-        open: HashSet::new(),
-        accepting: Vec::new(),
-        closed_fixed: HashSet::new(),
-        closed: false,
-        ended: false,
-        sent: Vec::new(),
+    // Binds succeed, but the UDP socket's first one if the input says so.
+    let mut udp_fails = input.udp_fails;
+    let answer = move |op: &SocketOp| match *op {
+        SocketOp::Bind { socket, local, .. } => Some(if socket == UDP_SOCKET && core::mem::take(&mut udp_fails) {
+            SocketOutcome::Failed { op: OpKind::Bind, destination: None, error: IoError::AddrInUse }
+        } else {
+            SocketOutcome::Bound { local }
+        }),
+        _ => None,
     };
-    if input.udp_fails {
-        let _ = h.server.poll_socket_op();
-        h.server.handle_socket_result(h.now, UDP_SOCKET, SocketOutcome::Failed { op: OpKind::Bind, destination: None, error: IoError::AddrInUse });
-    }
-    let _ = h.drain();
+    let d = Driven::new("pnp server", server, |e| *e == PnpServerEvent::Closed).at(Instant::from_millis(1000)).answering(answer);
+    let mut h = Harness { d, open: HashSet::new(), accepting: Vec::new(), closed: false, sent: Vec::new() };
+    h.d.drain();
+    let _ = h.check();
     for op in input.ops.into_iter().take(48) {
         match op {
             Op::Datagram { from, data } => {
-                let _ = h.server.handle_datagram(h.now, UDP_SOCKET, addr(from, from & 0x80 != 0), &data);
-                let out = h.drain();
+                let _ = h.d.datagram(UDP_SOCKET, addr(from, from & 0x80 != 0), &data);
+                let out = h.check();
                 assert!(out.len() <= 1, "one reply per datagram");
                 for (s, r) in out {
                     assert_eq!(s, UDP_SOCKET);
@@ -206,8 +196,8 @@ fuzz_target!(|input: Input| {
                 h.sent.push((bytes.clone(), key));
                 match tcp {
                     None => {
-                        let _ = h.server.handle_datagram(h.now, UDP_SOCKET, addr(from, false), &bytes);
-                        let out = h.drain();
+                        let _ = h.d.datagram(UDP_SOCKET, addr(from, false), &bytes);
+                        let out = h.check();
                         assert!(out.len() <= 1);
                         for (_, r) in out {
                             assert!(r.len() <= bytes.len(), "amplification");
@@ -218,9 +208,9 @@ fuzz_target!(|input: Input| {
                         let Some(&socket) = h.open.iter().nth(usize::from(conn) % h.open.len().max(1)) else { continue };
                         let framed = frame(&bytes).unwrap();
                         let cut = usize::from(split) % (framed.len() + 1);
-                        let _ = h.server.handle_stream(h.now, socket, &framed[..cut]);
-                        let _ = h.server.handle_stream(h.now, socket, &framed[cut..]);
-                        let out = h.drain();
+                        let _ = h.d.stream(socket, &framed[..cut]);
+                        let _ = h.d.stream(socket, &framed[cut..]);
+                        let out = h.check();
                         assert!(out.len() <= 1);
                         for (s, r) in out {
                             assert_eq!(s, socket);
@@ -236,29 +226,26 @@ fuzz_target!(|input: Input| {
                     continue;
                 }
                 let (bytes, key) = h.sent[usize::from(index) % h.sent.len()].clone();
-                let _ = h.server.handle_datagram(h.now, UDP_SOCKET, addr(from, false), &bytes);
-                for (_, r) in h.drain() {
+                let _ = h.d.datagram(UDP_SOCKET, addr(from, false), &bytes);
+                for (_, r) in h.check() {
                     assert!(r.len() <= bytes.len());
                     check_reply(&h, &bytes, key, &r);
                 }
             }
             Op::Stream { conn, data } => {
                 let socket = SocketId(u32::from(conn % 8));
-                let _ = h.server.handle_stream(h.now, socket, &data);
-                let _ = h.drain();
+                let _ = h.d.stream(socket, &data);
+                let _ = h.check();
             }
             Op::Accept { v6, from } => {
                 if h.accepting.is_empty() {
                     continue;
                 }
                 let socket = h.accepting.remove(0);
-                h.server.handle_socket_result(h.now, socket, SocketOutcome::Accepted { local: "192.0.2.1:5300".parse().unwrap(), remote: addr(from, v6) });
-                if !h.closed {
-                    h.open.insert(socket);
-                } else {
-                    h.open.insert(socket); // the server must close it at once
-                }
-                let _ = h.drain();
+                // Open from now on (after close the server must close it at once).
+                h.open.insert(socket);
+                h.d.outcome(socket, SocketOutcome::Accepted { local: "192.0.2.1:5300".parse().unwrap(), remote: addr(from, v6) });
+                let _ = h.check();
             }
             Op::Outcome { socket, kind } => {
                 let socket = SocketId(u32::from(socket % 8));
@@ -275,22 +262,20 @@ fuzz_target!(|input: Input| {
                         continue; // the runtime only fails accepts it was asked for
                     }
                 }
-                h.server.handle_socket_result(h.now, socket, outcome);
-                let _ = h.drain();
+                h.d.outcome(socket, outcome);
+                let _ = h.check();
             }
             Op::Advance { ms } => {
-                h.now = h.now + std::time::Duration::from_millis(u64::from(ms % 120_000));
-                if h.server.poll_timeout().is_some_and(|t| t <= h.now) {
-                    h.server.handle_timeout(h.now);
-                }
-                let _ = h.drain();
+                h.d.advance(std::time::Duration::from_millis(u64::from(ms % 120_000)));
+                let _ = h.check();
             }
             Op::Close => {
                 h.closed = true;
-                h.server.close(h.now);
-                let _ = h.drain();
-                assert!(h.ended);
+                h.d.input(|s, now| s.close(now));
+                let _ = h.check();
+                assert!(h.d.checker.finished());
                 assert!(h.open.is_empty(), "open connections left after close");
+                h.d.checker.assert_all_closed();
                 h.accepting.clear();
             }
         }

@@ -5,25 +5,22 @@
 //! intents the machine issued (and for unknown ids), stream bytes (valid or broken hellos, the
 //! CHOSEN marker, junk) and time steps (small ones and jumps past deadlines).
 //!
-//! Checks the contract's invariants, not just "no panic": every socket the machine binds is closed
-//! at most once and nothing is done with it afterwards; an accept id that never got `Accepted` is
-//! never closed; transmits only go to streams (connected or accepted) and are a hello then at most
-//! the marker; the winner of `Connected` is never touched again; `poll_timeout` never makes the
-//! caller spin; `Connected`/`Failed` at most once, nothing but `Closed` after them, nothing after
-//! `Closed`; after the end the machine owns nothing and has no timer; at most `max_sockets` open;
-//! every signal payload decodes.
+//! Driven through the contract checker (the winner of `Connected` is handed to the caller). Checks
+//! besides the contract: an accept id that never got `Accepted` is never closed; transmits only go
+//! to streams (connected or accepted) and are a hello then at most the marker; the winner is never
+//! touched again; `Connected`/`Failed` at most once, nothing but `Closed` after them; after the end
+//! the machine owns nothing; at most `max_sockets` open; ids in the configured range; every signal
+//! payload decodes.
 #![no_main]
 
-use p2pd_proto::Machine;
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::Duration;
 
 use arbitrary::Arbitrary;
 use libfuzzer_sys::fuzz_target;
-use p2pd_proto::{
-    Instant, IoError, OpKind, SocketId, SocketOp, SocketOutcome, Transport, TRANSMIT_BUFFER_LEN,
-};
+use p2pd_proto::testing::{pick, Driven, Output};
+use p2pd_proto::{Instant, IoError, OpKind, SocketId, SocketOp, SocketOutcome, Transport};
 use p2pd_punch::message::{AbortReason, Hello, CHOSEN, HELLO_LEN, NODE_ID_LEN};
 use p2pd_punch::{Message, PunchCandidate, PunchConfig, PunchEvent, Puncher, SessionId};
 use p2pd_signaling::NodeId;
@@ -271,8 +268,7 @@ enum St {
 }
 
 struct H {
-    m: Puncher,
-    now: Instant,
+    d: Driven<Puncher>,
     ours: NodeId,
     bind_ip: IpAddr,
     epoch_ns: u64,
@@ -293,17 +289,9 @@ struct H {
     closed_event: bool,
 }
 
-fn pick<T: Copy>(v: &[T], which: u8) -> Option<T> {
-    if v.is_empty() {
-        None
-    } else {
-        Some(v[usize::from(which) % v.len()])
-    }
-}
-
 impl H {
     fn wall(&self) -> u64 {
-        self.epoch_ns.saturating_add(self.now.as_nanos())
+        self.epoch_ns.saturating_add(self.d.now.as_nanos())
     }
 
     fn from(&self, f: FromSel) -> NodeId {
@@ -316,7 +304,7 @@ impl H {
 
     fn session(&self, s: SessionSel) -> SessionId {
         match s {
-            SessionSel::Current => self.m.session().unwrap_or(SessionId([0; 16])),
+            SessionSel::Current => self.d.machine.session().unwrap_or(SessionId([0; 16])),
             SessionSel::Fuzz([a, b]) => {
                 let mut id = [a; 16];
                 id[15] = b;
@@ -377,175 +365,16 @@ impl H {
         v
     }
 
+    /// Checks what the last input produced, in order (the contract checker saw it first).
     fn drain(&mut self) {
-        let mut buf = vec![0u8; TRANSMIT_BUFFER_LEN];
-        loop {
-            let mut progressed = false;
-            while let Some(t) = self.m.poll_transmit(&mut buf) {
-                progressed = true;
-                assert!(!self.closed_event, "transmit after Closed");
-                let bytes = &buf[..t.len];
-                let Some(St::Stream { remote, tx }) = self.socks.get_mut(&t.socket) else {
-                    panic!(
-                        "transmit on {} which is not an open stream: {:?}",
-                        t.socket,
-                        self.socks.get(&t.socket)
-                    );
-                };
-                assert_eq!(t.destination, *remote);
-                if *tx == 0 {
-                    assert_eq!(
-                        bytes.len(),
-                        HELLO_LEN,
-                        "first bytes on a stream are the hello"
-                    );
-                    let h = Hello::decode(bytes).expect("a valid hello");
-                    assert_eq!(h.node_id, self.ours);
-                } else {
-                    assert_eq!(*tx, HELLO_LEN, "at most a hello and a marker");
-                    assert_eq!(bytes, &[CHOSEN], "the marker follows the hello");
-                    assert!(
-                        self.ours < self.peer.unwrap_or(NodeId([0xff; NODE_ID_LEN])),
-                        "only the leader writes the marker"
-                    );
-                }
-                *tx += bytes.len();
-            }
-            while let Some(op) = self.m.poll_socket_op() {
-                progressed = true;
-                assert!(!self.closed_event, "intent after Closed: {op:?}");
-                assert!(!self.terminal, "intent after the punch ended: {op:?}");
-                let id = op.socket();
-                assert!(
-                    id.0 >= BASE && id.0 < BASE + self.span,
-                    "id {id} outside the configured range"
-                );
-                if !self.known.contains(&id) && self.known.len() < 4096 {
-                    self.known.push(id);
-                }
-                match op {
-                    SocketOp::Bind { socket, transport, local, options } => {
-                        assert_eq!(transport, Transport::Tcp);
-                        assert!(options.reuse_address && options.reuse_port, "reuse flags set before bind");
-                        assert_eq!(local.ip(), self.bind_ip);
-                        assert_ne!(local.port(), 0);
-                        assert!(!self.socks.contains_key(&socket), "bind on {socket} which is in use: {:?}", self.socks.get(&socket));
-                        self.socks.insert(
-                            socket,
-                            St::Opened { bound: false, failed: false, listening: false, connecting: None, local },
-                        );
-                    }
-                    SocketOp::Listen { socket, .. } => match self.socks.get_mut(&socket) {
-                        Some(St::Opened { bound: true, failed: false, connecting: None, listening, .. }) => *listening = true,
-                        other => panic!("listen on {socket} in state {other:?}"),
-                    },
-                    SocketOp::Accept { listener, socket } => {
-                        assert!(
-                            matches!(self.socks.get(&listener), Some(St::Opened { listening: true, failed: false, .. })),
-                            "accept on {listener} which is not listening: {:?}",
-                            self.socks.get(&listener)
-                        );
-                        assert!(!self.socks.contains_key(&socket), "accept id {socket} in use: {:?}", self.socks.get(&socket));
-                        self.socks.insert(socket, St::Accepting { listener });
-                    }
-                    SocketOp::Connect { socket, remote } => match self.socks.get_mut(&socket) {
-                        Some(St::Opened { bound: true, failed: false, listening: false, connecting, .. })
-                            if connecting.is_none() =>
-                        {
-                            assert_eq!(remote.is_ipv4(), self.bind_ip.is_ipv4());
-                            *connecting = Some(remote);
-                        }
-                        other => panic!("connect on {socket} in state {other:?}"),
-                    },
-                    SocketOp::Close { socket } => match self.socks.remove(&socket) {
-                        Some(St::Opened { listening, .. }) => {
-                            if listening {
-                                // The runtime drops the listener's outstanding accepts with it.
-                                self.socks.retain(|_, s| *s != St::Accepting { listener: socket });
-                            }
-                        }
-                        Some(St::Stream { .. }) => {}
-                        other => panic!("close of {socket} in state {other:?} (closed twice, never opened, an accept that never came up, or the winner)"),
-                    },
-                    other => panic!("unexpected intent {other:?}"),
-                }
-            }
-            while let Some(ev) = self.m.poll_event() {
-                progressed = true;
-                assert!(!self.closed_event, "event after Closed: {ev:?}");
-                if self.terminal {
-                    assert!(
-                        matches!(ev, PunchEvent::Closed),
-                        "{ev:?} after the punch ended"
-                    );
-                }
-                match ev {
-                    PunchEvent::Signal { peer, payload } => {
-                        assert_eq!(
-                            Some(peer),
-                            self.peer,
-                            "signal to a node that is not the peer"
-                        );
-                        let msg = Message::decode(&payload).expect("signal payloads decode");
-                        assert_eq!(
-                            Some(msg.session()),
-                            self.m.session(),
-                            "signal for another session"
-                        );
-                        match &msg {
-                            Message::Offer {
-                                session, round, t1, ..
-                            } => {
-                                if self.offers.len() >= 64 {
-                                    self.offers.remove(0);
-                                }
-                                self.offers.push((*session, *round, *t1));
-                                self.round = *round;
-                            }
-                            Message::Answer {
-                                session,
-                                round,
-                                meet,
-                                ..
-                            } => {
-                                self.answer = Some((*session, *round, *meet));
-                                self.round = *round;
-                            }
-                            _ => {}
-                        }
-                        self.last_signal = Some(payload);
-                    }
-                    PunchEvent::NeedCandidates { round } => {
-                        self.need_round = round;
-                        self.round = round;
-                    }
-                    PunchEvent::Armed { meet, .. } => {
-                        assert!(meet > self.now, "armed for a meet time in the past");
-                    }
-                    PunchEvent::Connected { socket, remote, .. } => {
-                        match self.socks.get(&socket) {
-                            Some(St::Stream { remote: r, tx }) => {
-                                assert_eq!(*r, remote);
-                                assert!(*tx >= HELLO_LEN, "connected before our hello went out");
-                            }
-                            other => panic!("Connected on {socket} in state {other:?}"),
-                        }
-                        self.socks.insert(socket, St::Winner);
-                        self.terminal = true;
-                    }
-                    PunchEvent::Failed { .. } => self.terminal = true,
-                    PunchEvent::RoundFailed { round, .. } => {
-                        self.round = round.saturating_add(1);
-                    }
-                    PunchEvent::Closed => self.closed_event = true,
-                    _ => {}
-                }
-            }
-            if !progressed {
-                break;
+        for out in self.d.take().into_outputs() {
+            match out {
+                Output::Transmit(t, bytes) => self.transmit(t.socket, t.destination, &bytes),
+                Output::Op(op) => self.op(op),
+                Output::Event(ev) => self.event(ev),
             }
         }
-        let open = self.m.open_sockets();
+        let open = self.d.machine.open_sockets();
         assert!(
             open <= self.max_sockets,
             "{open} sockets open, limit {}",
@@ -566,22 +395,138 @@ impl H {
             assert_eq!(ours, 0, "sockets left open after the end: {:?}", self.socks);
         }
         if self.closed_event {
-            assert_eq!(self.m.poll_timeout(), None, "timer after Closed");
-            assert!(self.m.is_closed());
+            assert!(self.d.machine.is_closed());
+        }
+    }
+
+    fn transmit(&mut self, socket: SocketId, destination: SocketAddr, bytes: &[u8]) {
+        let Some(St::Stream { remote, tx }) = self.socks.get_mut(&socket) else {
+            panic!("transmit on {socket} which is not an open stream: {:?}", self.socks.get(&socket));
+        };
+        assert_eq!(destination, *remote);
+        if *tx == 0 {
+            assert_eq!(bytes.len(), HELLO_LEN, "first bytes on a stream are the hello");
+            let h = Hello::decode(bytes).expect("a valid hello");
+            assert_eq!(h.node_id, self.ours);
+        } else {
+            assert_eq!(*tx, HELLO_LEN, "at most a hello and a marker");
+            assert_eq!(bytes, &[CHOSEN], "the marker follows the hello");
+            assert!(self.ours < self.peer.unwrap_or(NodeId([0xff; NODE_ID_LEN])), "only the leader writes the marker");
+        }
+        *tx += bytes.len();
+    }
+
+    fn op(&mut self, op: SocketOp) {
+        assert!(!self.terminal, "intent after the punch ended: {op:?}");
+        let id = op.socket();
+        assert!(id.0 >= BASE && id.0 < BASE + self.span, "id {id} outside the configured range");
+        if !self.known.contains(&id) && self.known.len() < 4096 {
+            self.known.push(id);
+        }
+        match op {
+            SocketOp::Bind { socket, transport, local, options } => {
+                assert_eq!(transport, Transport::Tcp);
+                assert!(options.reuse_address && options.reuse_port, "reuse flags set before bind");
+                assert_eq!(local.ip(), self.bind_ip);
+                assert_ne!(local.port(), 0);
+                assert!(!self.socks.contains_key(&socket), "bind on {socket} which is in use: {:?}", self.socks.get(&socket));
+                self.socks.insert(socket, St::Opened { bound: false, failed: false, listening: false, connecting: None, local });
+            }
+            SocketOp::Listen { socket, .. } => match self.socks.get_mut(&socket) {
+                Some(St::Opened { bound: true, failed: false, connecting: None, listening, .. }) => *listening = true,
+                other => panic!("listen on {socket} in state {other:?}"),
+            },
+            SocketOp::Accept { listener, socket } => {
+                assert!(
+                    matches!(self.socks.get(&listener), Some(St::Opened { listening: true, failed: false, .. })),
+                    "accept on {listener} which is not listening: {:?}",
+                    self.socks.get(&listener)
+                );
+                assert!(!self.socks.contains_key(&socket), "accept id {socket} in use: {:?}", self.socks.get(&socket));
+                self.socks.insert(socket, St::Accepting { listener });
+            }
+            SocketOp::Connect { socket, remote } => match self.socks.get_mut(&socket) {
+                Some(St::Opened { bound: true, failed: false, listening: false, connecting, .. }) if connecting.is_none() => {
+                    assert_eq!(remote.is_ipv4(), self.bind_ip.is_ipv4());
+                    *connecting = Some(remote);
+                }
+                other => panic!("connect on {socket} in state {other:?}"),
+            },
+            SocketOp::Close { socket } => match self.socks.remove(&socket) {
+                Some(St::Opened { listening, .. }) => {
+                    if listening {
+                        // The runtime drops the listener's outstanding accepts with it.
+                        self.socks.retain(|_, s| *s != St::Accepting { listener: socket });
+                    }
+                }
+                Some(St::Stream { .. }) => {}
+                other => panic!("close of {socket} in state {other:?} (an accept that never came up, or the winner)"),
+            },
+            other => panic!("unexpected intent {other:?}"),
+        }
+    }
+
+    fn event(&mut self, ev: PunchEvent) {
+        if self.terminal {
+            assert!(matches!(ev, PunchEvent::Closed), "{ev:?} after the punch ended");
+        }
+        match ev {
+            PunchEvent::Signal { peer, payload } => {
+                assert_eq!(Some(peer), self.peer, "signal to a node that is not the peer");
+                let msg = Message::decode(&payload).expect("signal payloads decode");
+                assert_eq!(Some(msg.session()), self.d.machine.session(), "signal for another session");
+                match &msg {
+                    Message::Offer { session, round, t1, .. } => {
+                        if self.offers.len() >= 64 {
+                            self.offers.remove(0);
+                        }
+                        self.offers.push((*session, *round, *t1));
+                        self.round = *round;
+                    }
+                    Message::Answer { session, round, meet, .. } => {
+                        self.answer = Some((*session, *round, *meet));
+                        self.round = *round;
+                    }
+                    _ => {}
+                }
+                self.last_signal = Some(payload);
+            }
+            PunchEvent::NeedCandidates { round } => {
+                self.need_round = round;
+                self.round = round;
+            }
+            PunchEvent::Armed { meet, .. } => assert!(meet > self.d.now, "armed for a meet time in the past"),
+            PunchEvent::Connected { socket, remote, .. } => {
+                match self.socks.get(&socket) {
+                    Some(St::Stream { remote: r, tx }) => {
+                        assert_eq!(*r, remote);
+                        assert!(*tx >= HELLO_LEN, "connected before our hello went out");
+                    }
+                    other => panic!("Connected on {socket} in state {other:?}"),
+                }
+                // The winner is the caller's from now on.
+                self.socks.insert(socket, St::Winner);
+                self.d.checker.released(socket);
+                self.terminal = true;
+            }
+            PunchEvent::Failed { .. } => self.terminal = true,
+            PunchEvent::RoundFailed { round, .. } => self.round = round.saturating_add(1),
+            PunchEvent::Closed => self.closed_event = true,
+            _ => {}
         }
     }
 
     fn outcome(&mut self, socket: SocketId, outcome: SocketOutcome) {
-        self.m.handle_socket_result(self.now, socket, outcome);
+        self.d.outcome(socket, outcome);
         self.drain();
     }
 
     fn signal(&mut self, from: NodeId, payload: &[u8]) {
-        let before = self.m.session();
-        let _ = self.m.handle_signal(self.now, from, payload);
+        let before = self.d.machine.session();
+        let _ = self.d.input(|m, now| m.handle_signal(now, from, payload));
         // An offer that starts a session (idle, or glare) makes its sender the peer.
         if let Ok(Message::Offer { session, .. }) = Message::decode(payload) {
-            if before != Some(session) && self.m.session() == Some(session) {
+            if before != Some(session) && self.d.machine.session() == Some(session) {
                 self.peer = Some(from);
             }
         }
@@ -594,18 +539,11 @@ impl H {
         }
     }
 
-    /// Time moves to `to`: handle_timeout, and at most once more if the deadline is still due.
+    /// Time moves to `to`: handle_timeout (at most once more if the deadline is still due).
     fn advance(&mut self, to: Instant) {
-        self.now = self.now.max(to);
-        self.m.handle_timeout(self.now);
+        self.d.now = self.d.now.max(to);
+        self.d.fire();
         self.drain();
-        if self.m.poll_timeout().is_some_and(|t| t <= self.now) {
-            self.m.handle_timeout(self.now);
-            self.drain();
-            if let Some(t) = self.m.poll_timeout() {
-                assert!(t > self.now, "poll_timeout {t:?} <= now {:?} after two handle_timeout(now): the caller would spin", self.now);
-            }
-        }
     }
 
     fn stream_id(&self, which: u8) -> Option<SocketId> {
@@ -617,8 +555,8 @@ impl H {
             Op::Initiate { peer, cands } => {
                 let peer = self.from(peer);
                 let c = self.cands(&cands);
-                let was_idle = self.m.session().is_none() && !self.m.is_closed();
-                if self.m.initiate(self.now, peer, c).is_ok() {
+                let was_idle = self.d.machine.session().is_none() && !self.d.machine.is_closed();
+                if self.d.input(|m, now| m.initiate(now, peer, c)).is_ok() {
                     assert!(was_idle);
                     self.peer = Some(peer);
                     self.round = 0;
@@ -629,7 +567,7 @@ impl H {
                 let round =
                     (i16::from(self.need_round) + i16::from(round_delta % 2)).clamp(0, 255) as u8;
                 let c = self.cands(&cands);
-                let _ = self.m.provide_candidates(self.now, round, c);
+                let _ = self.d.input(|m, now| m.provide_candidates(now, round, c));
                 self.drain();
             }
             Op::Signal { from, signal } => {
@@ -925,7 +863,7 @@ impl H {
                     return;
                 };
                 let mut hello = Hello {
-                    session: self.m.session().unwrap_or(SessionId([0; 16])),
+                    session: self.d.machine.session().unwrap_or(SessionId([0; 16])),
                     round: self.round,
                     node_id: self.peer.unwrap_or(PEER),
                 };
@@ -947,7 +885,7 @@ impl H {
                 let (a, b) = bytes.split_at(cut);
                 for part in [a, b] {
                     if !part.is_empty() {
-                        let _ = self.m.handle_stream(self.now, id, part);
+                        let _ = self.d.stream(id, part);
                         self.drain();
                     }
                 }
@@ -964,38 +902,27 @@ impl H {
                         None => return,
                     },
                 };
-                let _ = self.m.handle_stream(self.now, id, &data);
+                let _ = self.d.stream(id, &data);
                 self.drain();
             }
-            Op::Advance { ms } => self.advance(
-                self.now
-                    .saturating_add(Duration::from_millis(u64::from(ms))),
-            ),
+            Op::Advance { ms } => self.advance(self.d.now.saturating_add(Duration::from_millis(u64::from(ms)))),
             Op::ToDeadline { extra_ms } => {
-                let to = self.m.poll_timeout().unwrap_or(self.now).max(self.now);
+                let to = self.d.deadline().unwrap_or(self.d.now).max(self.d.now);
                 self.advance(to.saturating_add(Duration::from_millis(u64::from(extra_ms))));
             }
-            Op::Jump { secs } => self.advance(
-                self.now
-                    .saturating_add(Duration::from_secs(u64::from(secs))),
-            ),
+            Op::Jump { secs } => self.advance(self.d.now.saturating_add(Duration::from_secs(u64::from(secs)))),
             Op::Datagram => {
-                let v = self.m.handle_datagram(
-                    self.now,
-                    SocketId(BASE),
-                    "192.0.2.1:1".parse().unwrap(),
-                    b"x",
-                );
+                let v = self.d.datagram(SocketId(BASE), "192.0.2.1:1".parse().unwrap(), b"x");
                 assert_eq!(v, p2pd_proto::Verdict::NotMine);
                 self.drain();
             }
             Op::Close => {
-                let was_closed = self.m.is_closed();
-                self.m.close(self.now);
+                let was_closed = self.d.machine.is_closed();
+                self.d.input(|m, now| m.close(now));
                 self.drain();
                 assert!(self.closed_event, "no Closed after close");
                 if !was_closed {
-                    self.m.close(self.now);
+                    self.d.input(|m, now| m.close(now));
                     self.drain();
                 }
             }
@@ -1113,9 +1040,9 @@ fuzz_target!(|input: Input| {
     config.retry_interval = Duration::from_millis(u64::from(s.retry_ms) + 1);
     config.punch_window = Duration::from_millis(u64::from(s.window_ms) + 1);
     config.lead = Duration::from_millis(u64::from(s.lead_ms));
+    let puncher = Puncher::new(config.clone(), s.seed);
     let mut h = H {
-        m: Puncher::new(config.clone(), s.seed),
-        now: Instant::from_millis(1),
+        d: Driven::new("puncher", puncher, |e| matches!(e, PunchEvent::Closed)).at(Instant::from_millis(1)),
         ours,
         bind_ip: config.bind_ip,
         epoch_ns,
@@ -1138,5 +1065,6 @@ fuzz_target!(|input: Input| {
     // Closing always ends cleanly.
     h.run(Op::Close);
     assert!(h.closed_event);
-    assert_eq!(h.m.open_sockets(), 0);
+    assert_eq!(h.d.machine.open_sockets(), 0);
+    h.d.checker.assert_all_closed();
 });

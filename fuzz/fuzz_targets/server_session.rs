@@ -1,17 +1,18 @@
 //! Stateful fuzzing of the RFC 5780 server machine: arbitrary datagrams (raw or mutated requests) on
-//! any role, bind outcomes and closes. Checks: at most one bounded, valid response per request, sent
-//! from a bound role, echoing the transaction id.
+//! any role, bind outcomes and closes, driven through the contract checker. Checks besides the
+//! contract: at most one bounded, valid response per request, sent from a bound role, echoing the
+//! transaction id; only bound roles closed.
 #![no_main]
 
-use p2pd_proto::Machine;
 use std::collections::HashSet;
 use std::net::SocketAddr;
 
 use arbitrary::Arbitrary;
 use libfuzzer_sys::fuzz_target;
-use p2pd_proto::server::{Role, ServerConfig, StunServer, MAX_RESPONSE_LEN};
+use p2pd_proto::server::{Role, ServerConfig, ServerEvent, StunServer, MAX_RESPONSE_LEN};
 use p2pd_proto::stun::{Attribute, ChangeRequest, Class, Header, Message, MessageWriter, Method, TransactionId};
-use p2pd_proto::{Instant, IoError, OpKind, SocketOp, SocketOutcome, Verdict, TRANSMIT_BUFFER_LEN};
+use p2pd_proto::testing::Driven;
+use p2pd_proto::{IoError, OpKind, SocketOp, SocketOutcome, Verdict};
 
 #[derive(Arbitrary, Debug)]
 enum Op {
@@ -42,23 +43,32 @@ fuzz_target!(|input: Input| {
         config.alternate_port = Some(3479);
     }
     config.queue_capacity = 4;
-    let mut server = StunServer::new(config).unwrap();
+    let server = StunServer::new(config).unwrap();
+    let mut d = Driven::new("stun server", server, |e| matches!(e, ServerEvent::Closed));
+    d.drain();
     let mut bound = HashSet::new();
-    while let Some(op) = server.poll_socket_op() {
+    for op in d.take_ops() {
         let SocketOp::Bind { socket, local, .. } = op else { panic!("{op:?}") };
-        let role = server.role_of(socket).unwrap();
+        let role = d.machine.role_of(socket).unwrap();
         if input.failed_roles & (1 << (role as u8)) != 0 {
-            server.handle_socket_result(Instant::ZERO, socket, SocketOutcome::Failed { op: OpKind::Bind, destination: None, error: IoError::AddrInUse });
+            d.outcome(socket, SocketOutcome::Failed { op: OpKind::Bind, destination: None, error: IoError::AddrInUse });
         } else {
-            server.handle_socket_result(Instant::ZERO, socket, SocketOutcome::Bound { local });
+            d.outcome(socket, SocketOutcome::Bound { local });
             bound.insert(socket);
         }
     }
     let mut closed = false;
-    let mut buf = [0u8; TRANSMIT_BUFFER_LEN];
+    let close = |d: &mut Driven<StunServer>, bound: &mut HashSet<_>| {
+        d.input(|s, now| s.close(now));
+        for op in d.take_ops() {
+            let SocketOp::Close { socket } = op else { panic!("{op:?}") };
+            assert!(bound.remove(&socket), "closed a socket that was not open");
+        }
+    };
     for op in input.ops.into_iter().take(128) {
+        let mut source: SocketAddr = "203.0.113.9:5000".parse().unwrap();
         let (role, data, expect_id) = match op {
-            Op::Request { role, from: _, legacy, change, response_port, extra, flip } => {
+            Op::Request { role, from, legacy, change, response_port, extra, flip } => {
                 let id = TransactionId::new([role; 12]);
                 let header = if legacy {
                     Header::legacy(Class::Request, Method::BINDING, *b"1234", id)
@@ -81,28 +91,26 @@ fuzz_target!(|input: Input| {
                     let len = req.len();
                     req[usize::from(at) % len] ^= x;
                 }
+                source.set_port(from.max(1));
                 (role, req, Some(id))
             }
             Op::Raw { role, data } => (role, data, None),
             Op::Close => {
-                server.close(Instant::ZERO);
+                close(&mut d, &mut bound);
                 closed = true;
-                while let Some(op) = server.poll_socket_op() {
-                    let SocketOp::Close { socket } = op else { panic!("{op:?}") };
-                    assert!(bound.remove(&socket), "closed a socket that was not open");
-                }
                 continue;
             }
         };
         let role = Role::ALL[usize::from(role) % 4];
-        let verdict = server.handle_datagram(Instant::ZERO, role.socket(), "203.0.113.9:5000".parse().unwrap(), &data);
-        let mut responses = 0;
-        while let Some(t) = server.poll_transmit(&mut buf) {
-            responses += 1;
+        let verdict = d.datagram(role.socket(), source, &data);
+        let out = d.take();
+        assert!(out.ops.is_empty(), "{:?}", out.ops);
+        assert!(out.transmits.len() <= 1, "one response per request");
+        for (t, bytes) in &out.transmits {
             assert!(!closed, "response after close");
             assert!(t.len <= MAX_RESPONSE_LEN, "{} bytes", t.len);
             assert!(bound.contains(&t.socket), "sent from a socket that is not bound");
-            let m = Message::decode(&buf[..t.len]).expect("responses are valid STUN");
+            let m = Message::decode(bytes).expect("responses are valid STUN");
             assert!(m.class().is_response());
             let req = Message::decode(&data).expect("only valid requests are answered");
             assert_eq!(m.transaction_id(), req.transaction_id());
@@ -113,10 +121,10 @@ fuzz_target!(|input: Input| {
                     assert_eq!(m.transaction_id(), id);
                 }
             }
-        }
-        assert!(responses <= 1, "one response per request");
-        if responses == 1 {
             assert_eq!(verdict, Verdict::Consumed);
         }
     }
+    close(&mut d, &mut bound);
+    assert!(d.checker.finished());
+    d.checker.assert_all_closed();
 });

@@ -1,18 +1,16 @@
 //! Stateful fuzzing of the SNTP client machine: arbitrary datagrams, replies built from fuzz bytes
-//! around the right originate timestamp, socket outcomes, time steps and closes. Checks the
-//! contract's invariants: no panic, bounded queries, valid requests, one Finished, one Close,
-//! nothing after Closed.
+//! around the right originate timestamp, socket outcomes, time steps and closes, driven through the
+//! contract checker. Checks besides the contract: bounded queries, valid requests, one Finished,
+//! samples only before it, the caller's socket never closed.
 #![no_main]
 
-use p2pd_proto::Machine;
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use arbitrary::Arbitrary;
 use libfuzzer_sys::fuzz_target;
-use p2pd_proto::{
-    Instant, IoError, OpKind, SocketId, SocketOp, SocketOutcome, Verdict, TRANSMIT_BUFFER_LEN,
-};
+use p2pd_proto::testing::{Driven, Output};
+use p2pd_proto::{Instant, IoError, OpKind, SocketId, SocketOp, SocketOutcome, Verdict};
 use p2pd_punch::sntp::packet::{unix_nanos_to_ntp, NtpPacket, PACKET_LEN};
 use p2pd_punch::sntp::{SntpClient, SntpConfig, SntpEvent};
 
@@ -64,9 +62,8 @@ struct Input {
     ops: Vec<Op>,
 }
 
-struct Harness {
-    client: SntpClient,
-    now: Instant,
+/// What the target knows of the client beyond the contract (the checker sees the rest).
+struct Model {
     socket: SocketId,
     owned: bool,
     /// An owned socket whose bind failed (so there is nothing to close).
@@ -77,42 +74,32 @@ struct Harness {
     max_sends: usize,
     finished: usize,
     closes: usize,
-    closed_event: bool,
 }
 
-impl Harness {
-    fn drain(&mut self) {
-        let mut buf = [0u8; TRANSMIT_BUFFER_LEN];
-        while let Some(t) = self.client.poll_transmit(&mut buf) {
-            assert!(!self.closed_event, "transmit after Closed");
-            assert_eq!(self.finished, 0, "transmit after Finished");
-            assert_eq!(t.socket, self.socket);
-            assert_eq!(t.len, PACKET_LEN);
-            let req = NtpPacket::decode(&buf[..t.len]).unwrap();
-            assert_eq!((req.mode, req.version, req.leap), (3, 4, 0));
-            assert_ne!(req.transmit_ts, 0);
-            assert_eq!(req.originate_ts | req.receive_ts | req.reference_ts, 0);
-            self.sent.push((t.destination, req.transmit_ts, self.now));
-            assert!(self.sent.len() <= self.max_sends, "more queries than configured");
-        }
-        while let Some(op) = self.client.poll_socket_op() {
-            match op {
-                SocketOp::Bind { socket, .. } => {
-                    panic!("second bind intent for {socket:?}");
+impl Model {
+    /// Machine-specific checks on what one input produced.
+    fn check(&mut self, d: &mut Driven<SntpClient>) {
+        let now = d.now;
+        for out in d.take().into_outputs() {
+            match out {
+                Output::Transmit(t, bytes) => {
+                    assert_eq!(self.finished, 0, "transmit after Finished");
+                    assert_eq!(t.socket, self.socket);
+                    assert_eq!(t.len, PACKET_LEN);
+                    let req = NtpPacket::decode(&bytes).unwrap();
+                    assert_eq!((req.mode, req.version, req.leap), (3, 4, 0));
+                    assert_ne!(req.transmit_ts, 0);
+                    assert_eq!(req.originate_ts | req.receive_ts | req.reference_ts, 0);
+                    self.sent.push((t.destination, req.transmit_ts, now));
+                    assert!(self.sent.len() <= self.max_sends, "more queries than configured");
                 }
-                SocketOp::Close { socket } => {
+                Output::Op(SocketOp::Close { socket }) => {
                     assert!(self.owned, "closed the caller's socket");
                     assert_eq!(socket, self.socket);
                     self.closes += 1;
-                    assert_eq!(self.closes, 1, "socket closed twice");
                 }
-                other => panic!("unexpected intent {other:?}"),
-            }
-        }
-        while let Some(ev) = self.client.poll_event() {
-            assert!(!self.closed_event, "event after Closed: {ev:?}");
-            match ev {
-                SntpEvent::Finished(result) => {
+                Output::Op(other) => panic!("unexpected intent {other:?}"),
+                Output::Event(SntpEvent::Finished(result)) => {
                     self.finished += 1;
                     assert_eq!(self.finished, 1, "two Finished events");
                     if let Ok(est) = result {
@@ -120,16 +107,15 @@ impl Harness {
                         assert!(est.uncertainty_ns >= est.delay_ns / 2);
                     }
                 }
-                SntpEvent::Sample(s) => {
+                Output::Event(SntpEvent::Sample(s)) => {
                     assert_eq!(self.finished, 0, "sample after Finished");
                     assert!(s.uncertainty_ns >= s.delay_ns / 2);
                 }
-                SntpEvent::Closed => self.closed_event = true,
-                _ => {}
+                Output::Event(_) => {}
             }
         }
-        if self.closed_event || self.finished > 0 {
-            assert_eq!(self.client.poll_timeout(), None, "timer after the end");
+        if self.finished > 0 {
+            assert_eq!(d.deadline(), None, "timer after Finished");
         }
     }
 
@@ -194,19 +180,18 @@ fuzz_target!(|input: Input| {
         attempts_per_sample: attempts,
         ..SntpConfig::new(servers.clone(), EPOCH_NS)
     };
-    let mut client = SntpClient::new(config, input.seed).unwrap();
+    let client = SntpClient::new(config, input.seed).unwrap();
+    let mut d = Driven::new("sntp client", client, |e| matches!(e, SntpEvent::Closed));
     let local: SocketAddr = "10.0.0.2:0".parse().unwrap();
     let (socket, owned) = if input.callers_socket {
-        client.use_socket(Instant::ZERO, SocketId(77), local).unwrap();
+        d.input(|c, now| c.use_socket(now, SocketId(77), local)).unwrap();
         (SocketId(77), false)
     } else {
-        let socket = client.open_socket(Instant::ZERO, local, Default::default()).unwrap();
-        assert!(matches!(client.poll_socket_op(), Some(SocketOp::Bind { socket: s, .. }) if s == socket));
+        let socket = d.input(|c, now| c.open_socket(now, local, Default::default())).unwrap();
+        assert!(matches!(d.take_ops()[..], [SocketOp::Bind { socket: s, .. }] if s == socket));
         (socket, true)
     };
-    let mut h = Harness {
-        client,
-        now: Instant::ZERO,
+    let mut m = Model {
         socket,
         owned,
         bind_failed: false,
@@ -215,11 +200,9 @@ fuzz_target!(|input: Input| {
         max_sends: servers.len() * samples as usize * attempts as usize,
         finished: 0,
         closes: 0,
-        closed_event: false,
     };
-    h.drain();
+    m.check(&mut d);
     for op in input.ops.into_iter().take(256) {
-        let now = h.now;
         match op {
             Op::BindResult { ok } => {
                 let outcome = if ok {
@@ -227,64 +210,49 @@ fuzz_target!(|input: Input| {
                 } else {
                     SocketOutcome::Failed { op: OpKind::Bind, destination: None, error: IoError::AddrInUse }
                 };
-                h.client.handle_socket_result(now, h.socket, outcome);
-                if !h.bind_answered && !h.closed_event {
-                    h.bind_answered = true;
-                    h.bind_failed = !ok;
+                d.outcome(m.socket, outcome);
+                if !m.bind_answered && !d.checker.finished() {
+                    m.bind_answered = true;
+                    m.bind_failed = !ok;
                 }
             }
             Op::Reply { which, from, wrong_socket, reply } => {
-                if let Some((dest, bytes)) = h.build(which, &reply) {
+                if let Some((dest, bytes)) = m.build(which, &reply) {
                     let from = if from % 4 == 0 { server(from / 4) } else { dest };
-                    let socket = if wrong_socket { SocketId(999) } else { h.socket };
-                    let v = h.client.handle_datagram(now, socket, from, &bytes);
+                    let socket = if wrong_socket { SocketId(999) } else { m.socket };
+                    let v = d.datagram(socket, from, &bytes);
                     if wrong_socket {
                         assert!(matches!(v, Verdict::Dropped(_)));
                     }
                 }
             }
             Op::Raw { from, data } => {
-                let v = h.client.handle_datagram(now, h.socket, server(from), &data);
+                let v = d.datagram(m.socket, server(from), &data);
                 if data.len() < PACKET_LEN {
                     assert!(matches!(v, Verdict::Dropped(_)));
                 }
             }
-            Op::Advance { ms } => {
-                h.now = now.saturating_add(Duration::from_millis(u64::from(ms)));
-                if h.client.poll_timeout().is_some_and(|d| d <= h.now) {
-                    h.client.handle_timeout(h.now);
-                }
-            }
-            Op::SendFailed => h.client.handle_socket_result(
-                now,
-                h.socket,
-                SocketOutcome::Failed {
-                    op: OpKind::Send,
-                    destination: Some(server(0)),
-                    error: IoError::WouldBlock,
-                },
+            Op::Advance { ms } => d.advance(Duration::from_millis(u64::from(ms))),
+            Op::SendFailed => d.outcome(
+                m.socket,
+                SocketOutcome::Failed { op: OpKind::Send, destination: Some(server(0)), error: IoError::WouldBlock },
             ),
-            Op::Close => h.client.close(now),
+            Op::Close => d.input(|c, now| c.close(now)),
         }
-        h.drain();
+        m.check(&mut d);
     }
     // Run the clock out: the machine must finish on its own (every query gives up eventually).
     for _ in 0..1000 {
-        match h.client.poll_timeout() {
-            Some(d) => {
-                h.now = h.now.max(d);
-                h.client.handle_timeout(h.now);
-                h.drain();
-            }
-            None => break,
-        }
+        let Some(t) = d.deadline() else { break };
+        d.advance_to(t);
+        m.check(&mut d);
     }
-    h.client.close(h.now);
-    h.client.close(h.now);
-    h.drain();
-    assert!(h.closed_event);
-    assert_eq!(h.finished, 1, "exactly one Finished");
-    let expected_closes = usize::from(h.owned && !h.bind_failed);
-    assert_eq!(h.closes, expected_closes, "one close intent for an owned socket");
-    assert_eq!(h.client.poll_timeout(), None);
+    d.input(|c, now| c.close(now));
+    d.input(|c, now| c.close(now));
+    m.check(&mut d);
+    assert!(d.checker.finished());
+    assert_eq!(m.finished, 1, "exactly one Finished");
+    // An owned socket is closed once (never if its bind failed), the caller's never.
+    d.checker.assert_all_closed();
+    assert_eq!(m.closes, usize::from(m.owned && !m.bind_failed), "one close intent for an owned socket");
 });

@@ -1,21 +1,20 @@
-//! Stateful fuzzing of STUN over TCP, both ends.
+//! Stateful fuzzing of STUN over TCP, both ends, each driven through the contract checker.
 //!
 //! Server ([`StunServer`] with TCP): accepts on outstanding ids (and on ids it never asked for),
 //! arbitrary stream chunks and valid Binding requests split anywhere, socket outcomes, UDP
-//! datagrams, time steps, listener failures and closes. Checks: responses only on open
-//! connections (or bound UDP roles), valid, bounded, echoing a transaction id, XOR-MAPPED-ADDRESS =
-//! the connection's remote, never OTHER-ADDRESS over TCP; every accepted socket closed exactly
-//! once, nothing closed that is not open; accepts outstanding + open within the limit; nothing
-//! sent after close; deadlines move forward.
+//! datagrams, time steps, listener failures and closes. Checks besides the contract: responses
+//! only on open connections (or bound UDP roles), valid, bounded, echoing a transaction id,
+//! XOR-MAPPED-ADDRESS = the connection's remote, never OTHER-ADDRESS over TCP; a stream it did not
+//! ask for is closed at once; nothing closed that is not open; accepts outstanding + open within
+//! the limit.
 //!
 //! Client ([`TcpBinding`]): socket outcomes in any order, arbitrary chunks and genuine responses
-//! (success, error, wrong id) split anywhere, time, close and release. Checks: at most one
-//! `Mapped`/`Failed`, `Closed` last and once, at most one close intent (none after a failed bind or
-//! a release), requests only while connected and only the one Binding request, deadlines move
-//! forward.
+//! (success, error, wrong id) split anywhere, time, close and release. Checks besides the
+//! contract: at most one `Mapped`/`Failed`; exactly one close intent, none after a failed bind or
+//! a release (the released socket is the caller's); requests only while connected and only the one
+//! Binding request.
 #![no_main]
 
-use p2pd_proto::Machine;
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 
@@ -23,15 +22,14 @@ use arbitrary::Arbitrary;
 use libfuzzer_sys::fuzz_target;
 use p2pd_proto::client_tcp::{TcpBinding, TcpBindingConfig, TcpBindingEvent, TCP_BINDING_SOCKET};
 use p2pd_proto::server::{
-    Role, ServerConfig, StunServer, MAX_RESPONSE_LEN, TCP_CONNECTION_BASE, TCP_LISTENER,
+    Role, ServerConfig, ServerEvent, StunServer, MAX_RESPONSE_LEN, TCP_CONNECTION_BASE, TCP_LISTENER,
 };
 use p2pd_proto::stun::{
     Attribute, ChangeRequest, Class, ErrorCode, Header, Message, MessageWriter, Method,
     TransactionId,
 };
-use p2pd_proto::{
-    Instant, IoError, OpKind, SocketId, SocketOp, SocketOutcome, Transport, TRANSMIT_BUFFER_LEN,
-};
+use p2pd_proto::testing::Driven;
+use p2pd_proto::{Instant, IoError, OpKind, SocketId, SocketOp, SocketOutcome, Transport};
 
 const MAX_CONN: usize = 3;
 
@@ -97,9 +95,8 @@ fn split<'a>(data: &'a [u8], cuts: &[u16]) -> Vec<&'a [u8]> {
     out
 }
 
+/// What the target knows of the server beyond the contract (the checker sees the rest).
 struct ServerModel {
-    server: StunServer,
-    now: Instant,
     /// Accept ids the server asked for and that are not answered yet.
     accepting: Vec<SocketId>,
     /// Open connections and their remote.
@@ -107,17 +104,15 @@ struct ServerModel {
     /// Sockets that exist in the "runtime": UDP roles, the listener.
     bound: BTreeSet<SocketId>,
     closed: bool,
-    last_deadline: Option<Instant>,
 }
 
 impl ServerModel {
-    /// Drains every output, checking each.
-    fn drain(&mut self) {
-        let mut buf = [0u8; TRANSMIT_BUFFER_LEN];
-        while let Some(t) = self.server.poll_transmit(&mut buf) {
-            assert!(!self.closed, "transmit after close");
+    /// Checks what the last input produced.
+    fn check(&mut self, d: &mut Driven<StunServer>) {
+        let out = d.take();
+        for (t, bytes) in out.transmits {
             assert!(t.len <= MAX_RESPONSE_LEN, "{} bytes", t.len);
-            let m = Message::decode(&buf[..t.len]).expect("responses are valid STUN");
+            let m = Message::decode(&bytes).expect("responses are valid STUN");
             assert!(m.class().is_response());
             if let Some(remote) = self.open.get(&t.socket) {
                 assert_eq!(t.destination, *remote);
@@ -127,38 +122,29 @@ impl ServerModel {
                 }
             } else {
                 assert!(self.bound.contains(&t.socket), "sent on {:?}, not open", t.socket);
-                assert!(self.server.role_of(t.socket).is_some());
+                assert!(d.machine.role_of(t.socket).is_some());
             }
         }
-        while let Some(op) = self.server.poll_socket_op() {
+        for op in out.ops {
             match op {
                 SocketOp::Close { socket } => {
                     let was_open = self.open.remove(&socket).is_some() || self.bound.remove(&socket);
                     assert!(was_open, "closed {socket:?} which is not open");
                 }
                 SocketOp::Accept { listener, socket } => {
-                    assert!(!self.closed, "accept after close");
                     assert_eq!(listener, TCP_LISTENER);
-                    assert!(!self.accepting.contains(&socket), "two accepts on {socket:?}");
-                    assert!(!self.open.contains_key(&socket), "accept on open {socket:?}");
                     self.accepting.push(socket);
                 }
                 SocketOp::Listen { socket, .. } => assert_eq!(socket, TCP_LISTENER),
-                SocketOp::Bind { socket, local, transport, .. } => {
+                SocketOp::Bind { socket, transport, .. } => {
                     assert_eq!(transport == Transport::Tcp, socket == TCP_LISTENER);
                     self.bound.insert(socket);
-                    self.server.handle_socket_result(self.now, socket, SocketOutcome::Bound { local });
                 }
                 other => panic!("unexpected {other:?}"),
             }
         }
-        while self.server.poll_event().is_some() {}
         assert!(self.accepting.len() + self.open.len() <= MAX_CONN, "over the connection limit");
-        assert_eq!(self.server.tcp_connections(), self.open.len());
-        if let Some(d) = self.server.poll_timeout() {
-            assert!(!self.closed, "a deadline after close");
-            let _ = self.last_deadline.replace(d);
-        }
+        assert_eq!(d.machine.tcp_connections(), self.open.len());
     }
 }
 
@@ -167,17 +153,12 @@ fn run_server(input: &Input) {
     config.max_tcp_connections = MAX_CONN;
     config.queue_capacity = 8;
     config.tcp_idle_timeout = std::time::Duration::from_secs(u64::from(input.idle_s % 30) + 1);
-    let mut m = ServerModel {
-        server: StunServer::new(config).unwrap(),
-        now: Instant::ZERO,
-        accepting: Vec::new(),
-        open: BTreeMap::new(),
-        bound: BTreeSet::new(),
-        closed: false,
-        last_deadline: None,
-    };
-    m.drain();
-    m.drain();
+    let server = StunServer::new(config).unwrap();
+    let mut d = Driven::new("stun server (tcp)", server, |e| matches!(e, ServerEvent::Closed))
+        .answering(Driven::<StunServer>::bind_answer());
+    let mut m = ServerModel { accepting: Vec::new(), open: BTreeMap::new(), bound: BTreeSet::new(), closed: false };
+    d.drain();
+    m.check(&mut d);
     let mut buf = vec![0u8; 4096];
     for op in input.server_ops.iter().take(200) {
         match op {
@@ -197,11 +178,11 @@ fn run_server(input: &Input) {
                 // The runtime now holds a stream under this id: the server keeps it or closes it.
                 m.open.insert(socket, remote(*from));
                 let local = "192.0.2.1:3478".parse().unwrap();
-                m.server.handle_socket_result(m.now, socket, SocketOutcome::Accepted { local, remote: remote(*from) });
-                if m.server.tcp_connections() == m.open.len() {
+                d.outcome(socket, SocketOutcome::Accepted { local, remote: remote(*from) });
+                if d.machine.tcp_connections() == m.open.len() {
                     assert!(asked && !m.closed, "kept a stream it did not ask for");
                 } else {
-                    m.drain();
+                    m.check(&mut d);
                     assert!(!m.open.contains_key(&socket), "an unwanted stream is closed at once");
                 }
             }
@@ -210,14 +191,10 @@ fn run_server(input: &Input) {
                     continue;
                 }
                 let socket = m.accepting.remove(usize::from(*n) % m.accepting.len());
-                m.server.handle_socket_result(
-                    m.now,
-                    socket,
-                    SocketOutcome::Failed { op: OpKind::Accept, destination: None, error: IoError::Other(Some(24)) },
-                );
+                d.outcome(socket, SocketOutcome::Failed { op: OpKind::Accept, destination: None, error: IoError::Other(Some(24)) });
             }
             ServerOp::Chunk { conn, data } => {
-                let _ = m.server.handle_stream(m.now, conn_id(*conn), data);
+                let _ = d.stream(conn_id(*conn), data);
             }
             ServerOp::Requests { conn, count, change, port, software, cuts } => {
                 let mut stream = Vec::new();
@@ -239,8 +216,8 @@ fn run_server(input: &Input) {
                     stream.extend_from_slice(&buf[..n]);
                 }
                 for part in split(&stream, cuts) {
-                    let _ = m.server.handle_stream(m.now, conn_id(*conn), part);
-                    m.drain();
+                    let _ = d.stream(conn_id(*conn), part);
+                    m.check(&mut d);
                 }
             }
             ServerOp::Outcome { conn, kind } => {
@@ -249,47 +226,31 @@ fn run_server(input: &Input) {
                     1 => SocketOutcome::Failed { op: OpKind::Send, destination: None, error: IoError::ConnectionReset },
                     _ => SocketOutcome::Failed { op: OpKind::Receive, destination: None, error: IoError::TimedOut },
                 };
-                m.server.handle_socket_result(m.now, conn_id(*conn), outcome);
+                d.outcome(conn_id(*conn), outcome);
             }
             ServerOp::Datagram { role, data } => {
                 let role = Role::ALL[usize::from(*role) % 4];
-                let _ = m.server.handle_datagram(m.now, role.socket(), remote(1), data);
+                let _ = d.datagram(role.socket(), remote(1), data);
             }
             ServerOp::ListenerFails { listen } => {
+                // A bind failure after `Bound` is the runtime's mistake: the listener it bound
+                // still gets its close, as after a listen failure.
                 let op = if *listen { OpKind::Listen } else { OpKind::Bind };
-                m.server.handle_socket_result(
-                    m.now,
-                    TCP_LISTENER,
-                    SocketOutcome::Failed { op, destination: None, error: IoError::AddrInUse },
-                );
-                if !*listen {
-                    // A failed bind leaves no socket (the model bound it already: forget it).
-                    let _ = m.bound.remove(&TCP_LISTENER);
-                }
+                d.outcome(TCP_LISTENER, SocketOutcome::Failed { op, destination: None, error: IoError::AddrInUse });
             }
-            ServerOp::Advance { ms } => {
-                m.now = m.now.saturating_add(std::time::Duration::from_millis(u64::from(*ms % 200_000)));
-                if let Some(d) = m.server.poll_timeout() {
-                    if d <= m.now {
-                        m.server.handle_timeout(m.now);
-                        m.drain();
-                        if let Some(next) = m.server.poll_timeout() {
-                            assert!(next > m.now, "the deadline did not move past now");
-                        }
-                    }
-                }
-            }
+            ServerOp::Advance { ms } => d.advance(std::time::Duration::from_millis(u64::from(*ms % 200_000))),
             ServerOp::Close => {
-                m.server.close(m.now);
+                d.input(|s, now| s.close(now));
                 m.closed = true;
             }
         }
-        m.drain();
+        m.check(&mut d);
     }
-    m.server.close(m.now);
+    d.input(|s, now| s.close(now));
     m.closed = true;
-    m.drain();
+    m.check(&mut d);
     assert!(m.open.is_empty(), "connections left open after close: {:?}", m.open);
+    d.checker.assert_all_closed();
 }
 
 fn response(kind: u8, id: TransactionId, mapped_port: u16, buf: &mut [u8]) -> usize {
@@ -311,6 +272,7 @@ fn response(kind: u8, id: TransactionId, mapped_port: u16, buf: &mut [u8]) -> us
     w.finish()
 }
 
+/// What the target knows of the client beyond the contract (the checker sees the rest).
 #[derive(Default)]
 struct ClientModel {
     connected: bool,
@@ -318,17 +280,15 @@ struct ClientModel {
     released: bool,
     closes: usize,
     outcomes: usize,
-    closed_events: usize,
     requests: usize,
 }
 
 impl ClientModel {
-    fn check(&mut self, b: &mut TcpBinding, id: TransactionId) {
-        let mut buf = [0u8; TRANSMIT_BUFFER_LEN];
-        while let Some(t) = b.poll_transmit(&mut buf) {
-            assert_eq!(self.closed_events, 0, "transmit after Closed");
+    fn check(&mut self, d: &mut Driven<TcpBinding>, id: TransactionId) {
+        let out = d.take();
+        for (_, bytes) in out.transmits {
             assert!(self.connected, "transmit before the connection");
-            let m = Message::decode(&buf[..t.len]).expect("valid request");
+            let m = Message::decode(&bytes).expect("valid request");
             assert_eq!(m.method(), Method::BINDING);
             match m.class() {
                 Class::Request => {
@@ -340,33 +300,26 @@ impl ClientModel {
                 c => panic!("sent a {c:?}"),
             }
         }
-        while let Some(op) = b.poll_socket_op() {
+        for op in out.ops {
             match op {
                 SocketOp::Bind { .. } => {}
                 SocketOp::Connect { .. } => assert_eq!(self.closes, 0),
                 SocketOp::Close { socket } => {
                     assert_eq!(socket, TCP_BINDING_SOCKET);
                     assert!(!self.bind_failed, "closed a socket whose bind failed");
-                    assert!(!self.released, "closed a released socket");
                     self.closes += 1;
-                    assert_eq!(self.closes, 1, "closed twice");
                 }
                 other => panic!("unexpected {other:?}"),
             }
         }
-        while let Some(ev) = b.poll_event() {
-            assert_eq!(self.closed_events, 0, "event after Closed: {ev:?}");
-            match ev {
-                TcpBindingEvent::Mapped(_) | TcpBindingEvent::Failed { .. } => {
-                    self.outcomes += 1;
-                    assert_eq!(self.outcomes, 1, "two outcomes");
-                }
-                TcpBindingEvent::Closed { .. } => self.closed_events += 1,
-                _ => {}
+        for ev in out.events {
+            if let TcpBindingEvent::Mapped(_) | TcpBindingEvent::Failed { .. } = ev {
+                self.outcomes += 1;
+                assert_eq!(self.outcomes, 1, "two outcomes");
             }
         }
-        if b.is_done() {
-            assert_eq!(b.poll_timeout(), None);
+        if d.machine.is_done() {
+            assert_eq!(d.deadline(), None);
         }
     }
 }
@@ -377,72 +330,72 @@ fn run_client(input: &Input) {
     let mut config = TcpBindingConfig::new(server, local).keep_open(input.keep_open);
     config.timeout = std::time::Duration::from_millis(u64::from(input.timeout_ms) + 1);
     config.keepalive = input.keepalive_s.map(|s| std::time::Duration::from_secs(u64::from(s) + 1));
-    let mut now = Instant::ZERO;
-    let mut b = TcpBinding::new(config, u64::from(input.timeout_ms), now);
+    let b = TcpBinding::new(config, u64::from(input.timeout_ms), Instant::ZERO);
     let id = b.transaction_id();
-    assert!(matches!(b.poll_socket_op(), Some(SocketOp::Bind { .. })));
+    let mut d = Driven::new("tcp binding", b, |e| matches!(e, TcpBindingEvent::Closed { .. }));
+    d.drain();
+    assert!(matches!(d.out.ops[..], [SocketOp::Bind { .. }]));
     let mut m = ClientModel::default();
     let mut resp = [0u8; 512];
     for op in input.client_ops.iter().take(64) {
         let s = TCP_BINDING_SOCKET;
         match op {
-            ClientOp::Bound => b.handle_socket_result(now, s, SocketOutcome::Bound { local }),
+            ClientOp::Bound => d.outcome(s, SocketOutcome::Bound { local }),
             ClientOp::BindFails => {
-                let binding = !b.is_done() && b.local_addr().is_none();
-                b.handle_socket_result(now, s, SocketOutcome::Failed { op: OpKind::Bind, destination: None, error: IoError::AddrInUse });
+                let binding = !d.machine.is_done() && d.machine.local_addr().is_none();
+                d.outcome(s, SocketOutcome::Failed { op: OpKind::Bind, destination: None, error: IoError::AddrInUse });
                 // Taken only while binding: then there is nothing to close.
-                m.bind_failed |= binding && b.is_done();
+                m.bind_failed |= binding && d.machine.is_done();
             }
             ClientOp::Connected => {
-                let was_done = b.is_done();
-                b.handle_socket_result(now, s, SocketOutcome::Connected { local, remote: server });
-                m.connected |= !was_done && b.local_addr().is_some();
+                let was_done = d.machine.is_done();
+                d.outcome(s, SocketOutcome::Connected { local, remote: server });
+                m.connected |= !was_done && d.machine.local_addr().is_some();
             }
-            ClientOp::ConnectFails => b.handle_socket_result(now, s, SocketOutcome::Failed { op: OpKind::Connect, destination: None, error: IoError::ConnectionRefused }),
-            ClientOp::PeerClosed => b.handle_socket_result(now, s, SocketOutcome::PeerClosed),
+            ClientOp::ConnectFails => d.outcome(s, SocketOutcome::Failed { op: OpKind::Connect, destination: None, error: IoError::ConnectionRefused }),
+            ClientOp::PeerClosed => d.outcome(s, SocketOutcome::PeerClosed),
             ClientOp::Failed { op } => {
                 let op = [OpKind::Send, OpKind::Receive, OpKind::Accept, OpKind::Listen][usize::from(*op) % 4];
-                b.handle_socket_result(now, s, SocketOutcome::Failed { op, destination: None, error: IoError::ConnectionReset });
+                d.outcome(s, SocketOutcome::Failed { op, destination: None, error: IoError::ConnectionReset });
             }
             ClientOp::Chunk(data) => {
-                let _ = b.handle_stream(now, s, data);
+                let _ = d.stream(s, data);
             }
             ClientOp::Response { kind, mapped_port, cuts, trailing } => {
                 let n = response(*kind, id, *mapped_port, &mut resp);
                 let mut stream = resp[..n].to_vec();
                 stream.extend_from_slice(trailing);
                 for part in split(&stream, cuts) {
-                    let _ = b.handle_stream(now, s, part);
-                    m.check(&mut b, id);
+                    let _ = d.stream(s, part);
+                    m.check(&mut d, id);
                 }
             }
             ClientOp::Advance { ms } => {
-                now = now.saturating_add(std::time::Duration::from_millis(u64::from(*ms % 100_000)));
+                d.now = d.now.saturating_add(std::time::Duration::from_millis(u64::from(*ms % 100_000)));
             }
             ClientOp::Timeout => {
                 // Jump to the deadline (time never goes back).
-                if let Some(d) = b.poll_timeout() {
-                    now = now.max(d);
-                    b.handle_timeout(now);
-                    if let Some(next) = b.poll_timeout() {
-                        assert!(next > now, "the deadline did not move past now");
-                    }
+                if let Some(t) = d.deadline() {
+                    d.now = d.now.max(t);
+                    d.fire();
                 }
             }
-            ClientOp::Close => b.close(now),
-            ClientOp::Release => m.released |= b.release_socket().is_some(),
+            ClientOp::Close => d.input(|b, now| b.close(now)),
+            ClientOp::Release => {
+                if let Some(socket) = d.input(|b, _| b.release_socket()) {
+                    d.checker.released(socket);
+                    m.released = true;
+                }
+            }
         }
-        m.check(&mut b, id);
+        m.check(&mut d, id);
     }
-    b.close(now);
-    m.check(&mut b, id);
-    assert_eq!(m.closed_events, 1, "exactly one Closed");
-    assert!(b.is_done());
-    assert_eq!(
-        m.closes + usize::from(m.bind_failed) + usize::from(m.released),
-        1,
-        "one close, unless there is nothing to close"
-    );
+    d.input(|b, now| b.close(now));
+    m.check(&mut d, id);
+    assert!(d.checker.finished(), "exactly one Closed");
+    assert!(d.machine.is_done());
+    d.checker.assert_all_closed();
+    assert_eq!(m.closes + usize::from(m.bind_failed) + usize::from(m.released), 1, "one close, unless there is nothing to close");
 }
 
 fuzz_target!(|input: Input| {

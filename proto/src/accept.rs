@@ -334,8 +334,10 @@ impl<C: SlotData> AcceptPool<C> {
                 error,
                 ..
             } if matches!(self.listener, Listener::Binding | Listener::Bound(_)) => {
-                if op == OpKind::Listen {
-                    // The socket exists (it was bound): it still needs its one close.
+                if op == OpKind::Listen || matches!(self.listener, Listener::Bound(_)) {
+                    // The socket exists (it was bound): it still needs its one close. (A bind
+                    // failure reported after `Bound` is the runtime's mistake, but the socket it
+                    // bound must not leak.)
                     ops.push_back(SocketOp::Close {
                         socket: self.config.listener,
                     });

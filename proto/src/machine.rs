@@ -388,9 +388,15 @@ pub enum Verdict {
 ///    so a loop cannot spin).
 /// 3. **One close per socket.** A [`SocketOp::Close`] names a socket the machine opened (by a
 ///    `Bind` or an `Accept` intent) and is emitted exactly once for it; no other intent or
-///    transmit names that socket afterwards, unless a new `Bind`/`Accept` reuses the id.
+///    transmit names that socket afterwards, unless a new `Bind`/`Accept` reuses the id. The runtime
+///    holds no socket after a `Bind` answered with a failure before it was bound (the machine
+///    may close it once or not at all) nor after an `Accept` that failed before it completed (the
+///    machine does not close it). A machine that hands a socket to its caller (the puncher's
+///    winning stream) stops owning it: it never names it again.
 /// 4. **Nothing after the end.** A machine that reports a final event (its `Closed`, `Finished`
-///    or equivalent) emits nothing after it: no transmit, no intent, no event, no deadline.
+///    or equivalent) emits nothing after it: no transmit, no intent, no event, no deadline. The
+///    one exception is forced on it by the runtime: a stream `Accepted` after the end (for an
+///    `Accept` still outstanding when it closed) gets its `Close`.
 /// 5. **Bad input is a verdict, never a panic.** Input that is malformed, unexpected, on an
 ///    unknown socket or after close is answered with [`Verdict::Dropped`] or [`Verdict::NotMine`]
 ///    (or ignored, for socket outcomes), and counted.

@@ -1,6 +1,9 @@
 //! Test support shared by unit tests, the simulator and every fuzz target (feature `testing`):
 //! [`ContractChecker`], which checks the invariants written on [`Machine`], [`Checked`], which
-//! runs that check on everything a [`drain`] delivers, and [`Recorder`], outputs kept in vectors.
+//! runs that check on everything a [`drain`] delivers, [`Recorder`], outputs kept in vectors,
+//! [`Driven`], one machine on a virtual clock with checked drains, [`Pair`], two machines on an
+//! in-memory network (UDP and TCP) with checked drains, and [`SocketTable`], the sockets a runtime
+//! holds for a machine (for fuzz targets that answer intents themselves).
 //!
 //! Violations panic with a message that names the machine and the rule, so a unit test fails, a
 //! fuzz target reports a crash and the simulator stops with its seed.
@@ -35,15 +38,38 @@ use std::vec::Vec;
 use crate::machine::{drain, Machine, Outputs, SocketId, SocketOp, SocketOutcome, Transmit};
 use crate::time::Instant;
 
+mod driven;
+mod pair;
+mod sockets;
+
+pub use driven::{Answer, Driven};
+pub use pair::{Pair, Side};
+pub use sockets::{SocketState, SocketTable};
+
 /// Where one socket the machine opened stands, as the checker sees it.
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
 enum Owned {
-    /// A `Bind` was emitted: the machine must close it.
+    /// A `Bind` was emitted and not answered yet: the machine must close it.
+    Binding,
+    /// The `Bind` was answered `Bound`: the machine must close it.
     Bound,
+    /// The `Bind` was answered with a failure before it was bound: the runtime holds nothing, so
+    /// closing it (once) is allowed, not required.
+    BindFailed,
     /// An `Accept` was emitted and has not completed: closing it is allowed, not required.
     Accepting,
     /// The `Accept` completed (`Accepted`): the machine must close it.
     Accepted,
+    /// `Accepted` arrived for an id with no outstanding `Accept` (a runtime's mistake, or a fuzz
+    /// target's): the machine may close it once or ignore it.
+    Unasked,
+}
+
+impl Owned {
+    /// Whether the machine must still close the socket.
+    fn must_close(self) -> bool {
+        matches!(self, Owned::Binding | Owned::Bound | Owned::Accepted)
+    }
 }
 
 /// Checks the contract's invariants on one machine (see [`Machine`]): monotonic `now`, timeouts
@@ -53,6 +79,14 @@ enum Owned {
 /// Feed it every input's time ([`ContractChecker::input`]), every outcome handed to the machine
 /// ([`ContractChecker::outcome`]), and every output, most simply by draining through
 /// [`ContractChecker::drain`]. Each violation panics.
+///
+/// Two cases need no `Close`, as the runtime holds no socket for them: an `Accept` that failed
+/// before it completed (closing it is a violation), and a `Bind` answered with a failure before
+/// it was bound (closing it once is allowed). An `Accepted` for an id the machine has no
+/// outstanding `Accept` for (which a runtime does not send, but fuzz targets do) may be closed
+/// once or ignored. After the final event, the Close of a stream whose outstanding `Accept`
+/// completed after it is the one output still allowed (and owed). A socket the machine hands to its caller (the puncher's winning stream,
+/// a released probe socket) leaves its responsibility through [`ContractChecker::released`].
 pub struct ContractChecker<E> {
     name: &'static str,
     is_final: fn(&E) -> bool,
@@ -61,6 +95,10 @@ pub struct ContractChecker<E> {
     owned: BTreeMap<SocketId, Owned>,
     /// Sockets this machine closed (an id leaves the set when a new intent reopens it).
     closed: BTreeSet<SocketId>,
+    /// Sockets handed to the caller (an id leaves the set when a new intent reopens it).
+    released: BTreeSet<SocketId>,
+    /// Accepts completed after the final event: their Close is the one intent still allowed.
+    late: BTreeSet<SocketId>,
     /// The final event was seen.
     finished: bool,
     /// `handle_timeout` calls at the current `now` whose drain left a deadline not after `now`.
@@ -78,6 +116,8 @@ impl<E: Debug> ContractChecker<E> {
             last_now: None,
             owned: BTreeMap::new(),
             closed: BTreeSet::new(),
+            released: BTreeSet::new(),
+            late: BTreeSet::new(),
             finished: false,
             due_again: 0,
             closes: 0,
@@ -111,10 +151,39 @@ impl<E: Debug> ContractChecker<E> {
     /// `outcome` is about to be handed to the machine for `socket`.
     pub fn outcome(&mut self, socket: SocketId, outcome: &SocketOutcome) {
         match outcome {
-            SocketOutcome::Accepted { .. } => {
-                if let Some(state) = self.owned.get_mut(&socket) {
+            SocketOutcome::Accepted { .. } => match self.owned.get_mut(&socket) {
+                Some(state) => {
                     if *state == Owned::Accepting {
                         *state = Owned::Accepted;
+                        if self.finished {
+                            self.late.insert(socket);
+                        }
+                    }
+                }
+                None => {
+                    self.owned.insert(socket, Owned::Unasked);
+                    self.closed.remove(&socket);
+                    self.released.remove(&socket);
+                    if self.finished {
+                        self.late.insert(socket);
+                    }
+                }
+            },
+            SocketOutcome::Bound { .. } => {
+                if let Some(state) = self.owned.get_mut(&socket) {
+                    if *state == Owned::Binding {
+                        *state = Owned::Bound;
+                    }
+                }
+            }
+            // A bind that failed leaves no socket: closing it is allowed, not required.
+            SocketOutcome::Failed {
+                op: crate::OpKind::Bind,
+                ..
+            } => {
+                if let Some(state) = self.owned.get_mut(&socket) {
+                    if *state == Owned::Binding {
+                        *state = Owned::BindFailed;
                     }
                 }
             }
@@ -127,6 +196,19 @@ impl<E: Debug> ContractChecker<E> {
             }
             _ => {}
         }
+    }
+
+    /// The machine handed `socket` to its caller (for example the puncher's winning stream in
+    /// its `Connected` event, or `TcpBinding::release_socket`): the caller closes it now. The
+    /// machine must not close it or name it in any output again, until a new `Bind`/`Accept`
+    /// reuses the id.
+    pub fn released(&mut self, socket: SocketId) {
+        assert!(
+            self.owned.remove(&socket).is_some(),
+            "{}: {socket} handed over, but this machine does not hold it",
+            self.name
+        );
+        self.released.insert(socket);
     }
 
     /// The machine emitted `transmit`.
@@ -142,12 +224,21 @@ impl<E: Debug> ContractChecker<E> {
             self.name,
             transmit.socket
         );
+        assert!(
+            !self.released.contains(&transmit.socket),
+            "{}: transmit on {} after it was handed to the caller",
+            self.name,
+            transmit.socket
+        );
     }
 
     /// The machine emitted `op`.
     pub fn socket_op(&mut self, op: &SocketOp) {
+        // The one intent allowed after the end: the Close of a stream the runtime handed over
+        // after it (an `Accepted` for an accept that was outstanding when the machine closed).
+        let late_close = matches!(op, SocketOp::Close { socket } if self.late.contains(socket));
         assert!(
-            !self.finished,
+            !self.finished || late_close,
             "{}: intent after the final event: {op:?}",
             self.name
         );
@@ -155,13 +246,16 @@ impl<E: Debug> ContractChecker<E> {
         match *op {
             SocketOp::Bind { .. } | SocketOp::Accept { .. } => {
                 assert!(
-                    !self.owned.contains_key(&socket),
+                    self.owned
+                        .get(&socket)
+                        .is_none_or(|s| matches!(s, Owned::BindFailed | Owned::Unasked)),
                     "{}: {op:?} names {socket}, which is still open",
                     self.name
                 );
                 self.closed.remove(&socket);
+                self.released.remove(&socket);
                 let state = if matches!(op, SocketOp::Bind { .. }) {
-                    Owned::Bound
+                    Owned::Binding
                 } else {
                     Owned::Accepting
                 };
@@ -174,18 +268,31 @@ impl<E: Debug> ContractChecker<E> {
                     self.name
                 );
                 assert!(
+                    !self.released.contains(&socket),
+                    "{}: Close of {socket} after it was handed to the caller",
+                    self.name
+                );
+                assert!(
                     self.owned.remove(&socket).is_some(),
                     "{}: Close of {socket}, which this machine never opened",
                     self.name
                 );
                 self.closed.insert(socket);
+                self.late.remove(&socket);
                 self.closes = self.closes.saturating_add(1);
             }
-            _ => assert!(
-                !self.closed.contains(&socket),
-                "{}: {op:?} after the Close of {socket}",
-                self.name
-            ),
+            _ => {
+                assert!(
+                    !self.closed.contains(&socket),
+                    "{}: {op:?} after the Close of {socket}",
+                    self.name
+                );
+                assert!(
+                    !self.released.contains(&socket),
+                    "{}: {op:?} after {socket} was handed to the caller",
+                    self.name
+                );
+            }
         }
     }
 
@@ -295,11 +402,12 @@ impl<E: Debug> ContractChecker<E> {
         self.finished
     }
 
-    /// Sockets the machine opened and has not closed (accepts that never completed excluded).
+    /// Sockets the machine opened and must still close (accepts that never completed and binds
+    /// that failed excluded).
     pub fn open_sockets(&self) -> Vec<SocketId> {
         self.owned
             .iter()
-            .filter(|(_, s)| **s != Owned::Accepting)
+            .filter(|(_, s)| s.must_close())
             .map(|(id, _)| *id)
             .collect()
     }
@@ -361,7 +469,18 @@ where
     }
 }
 
-/// Outputs kept in vectors, in the order the drain delivered them.
+/// The `which`-th of `items`, wrapping around (`None` if there are none): how fuzz targets pick
+/// one of the sockets, transactions or messages they know from an arbitrary byte.
+pub fn pick<T: Copy>(items: &[T], which: impl Into<usize>) -> Option<T> {
+    let n = items.len();
+    if n == 0 {
+        return None;
+    }
+    items.get(which.into().checked_rem(n)?).copied()
+}
+
+/// Outputs kept in vectors, in the order the drain delivered them; [`Recorder::into_outputs`]
+/// interleaves them again.
 #[derive(Debug)]
 pub struct Recorder<E> {
     /// Transmits with their payloads.
@@ -370,6 +489,26 @@ pub struct Recorder<E> {
     pub ops: Vec<SocketOp>,
     /// Events.
     pub events: Vec<E>,
+    /// The kind of every output, in drain order.
+    order: Vec<Kind>,
+}
+
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+enum Kind {
+    Transmit,
+    Op,
+    Event,
+}
+
+/// One output of a drain, as [`Recorder::into_outputs`] gives them back.
+#[derive(Debug)]
+pub enum Output<E> {
+    /// A transmit with its payload.
+    Transmit(Transmit, Vec<u8>),
+    /// A socket intent.
+    Op(SocketOp),
+    /// An event.
+    Event(E),
 }
 
 impl<E> Default for Recorder<E> {
@@ -378,6 +517,7 @@ impl<E> Default for Recorder<E> {
             transmits: Vec::new(),
             ops: Vec::new(),
             events: Vec::new(),
+            order: Vec::new(),
         }
     }
 }
@@ -387,6 +527,65 @@ impl<E> Recorder<E> {
     pub fn take(&mut self) -> Recorder<E> {
         core::mem::take(self)
     }
+
+    /// Takes the transmits recorded so far (the other outputs stay).
+    pub fn take_transmits(&mut self) -> Vec<(Transmit, Vec<u8>)> {
+        self.order.retain(|k| *k != Kind::Transmit);
+        core::mem::take(&mut self.transmits)
+    }
+
+    /// Takes the intents recorded so far (the other outputs stay).
+    pub fn take_ops(&mut self) -> Vec<SocketOp> {
+        self.order.retain(|k| *k != Kind::Op);
+        core::mem::take(&mut self.ops)
+    }
+
+    /// Takes the events recorded so far (the other outputs stay).
+    pub fn take_events(&mut self) -> Vec<E> {
+        self.order.retain(|k| *k != Kind::Event);
+        core::mem::take(&mut self.events)
+    }
+
+    /// Whether nothing was recorded.
+    pub fn is_empty(&self) -> bool {
+        self.transmits.is_empty() && self.ops.is_empty() && self.events.is_empty()
+    }
+
+    /// Every output, in the order the machine produced them (outputs pushed into the vectors
+    /// directly come last).
+    pub fn into_outputs(self) -> Vec<Output<E>> {
+        let mut transmits = self.transmits.into_iter();
+        let mut ops = self.ops.into_iter();
+        let mut events = self.events.into_iter();
+        let mut out: Vec<Output<E>> = self
+            .order
+            .iter()
+            .filter_map(|kind| match kind {
+                Kind::Transmit => transmits.next().map(|(t, b)| Output::Transmit(t, b)),
+                Kind::Op => ops.next().map(Output::Op),
+                Kind::Event => events.next().map(Output::Event),
+            })
+            .collect();
+        out.extend(transmits.map(|(t, b)| Output::Transmit(t, b)));
+        out.extend(ops.map(Output::Op));
+        out.extend(events.map(Output::Event));
+        out
+    }
+
+    fn push_transmit(&mut self, transmit: Transmit, bytes: &[u8]) {
+        self.transmits.push((transmit, bytes.to_vec()));
+        self.order.push(Kind::Transmit);
+    }
+
+    fn push_op(&mut self, op: SocketOp) {
+        self.ops.push(op);
+        self.order.push(Kind::Op);
+    }
+
+    fn push_event(&mut self, event: E) {
+        self.events.push(event);
+        self.order.push(Kind::Event);
+    }
 }
 
 impl<M> Outputs<M> for Recorder<M::Event>
@@ -394,15 +593,15 @@ where
     M: Machine + ?Sized,
 {
     fn transmit(&mut self, transmit: Transmit, bytes: &[u8]) {
-        self.transmits.push((transmit, bytes.to_vec()));
+        self.push_transmit(transmit, bytes);
     }
 
     fn socket_op(&mut self, op: SocketOp) {
-        self.ops.push(op);
+        self.push_op(op);
     }
 
     fn event(&mut self, _: &mut M, event: M::Event) -> ControlFlow<()> {
-        self.events.push(event);
+        self.push_event(event);
         ControlFlow::Continue(())
     }
 }

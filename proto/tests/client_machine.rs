@@ -10,18 +10,17 @@
 
 use core::net::SocketAddr;
 use core::time::Duration;
-use p2pd_proto::Machine;
 
 use p2pd_proto::client::{
-    ClientConfig, ClientEvent, Failure, Misbehaviour, Request, Retransmit, StunClient,
-    TransactionResult,
+    ClientApiError, ClientConfig, ClientEvent, Failure, Misbehaviour, Request, Retransmit,
+    StunClient, TransactionHandle, TransactionResult,
 };
 use p2pd_proto::stun::{
     Attribute, ChangeRequest, Class, ErrorCode, Header, Message, MessageWriter,
 };
+use p2pd_proto::testing::Driven;
 use p2pd_proto::{
     DropReason, Instant, IoError, OpKind, SocketId, SocketOp, SocketOutcome, Verdict,
-    TRANSMIT_BUFFER_LEN,
 };
 
 const SERVER: &str = "192.0.2.1:3478";
@@ -35,50 +34,69 @@ fn ms(n: u64) -> Instant {
     Instant::from_millis(n)
 }
 
+/// Every drain of the client goes through the contract checker.
+type Client = Driven<StunClient>;
+
+fn driven(c: StunClient) -> Client {
+    Driven::new("stun client", c, |e| matches!(e, ClientEvent::Closed))
+}
+
 /// A client with one bound socket.
-fn client(retransmit: Retransmit) -> (StunClient, SocketId) {
-    let mut c = StunClient::new(
+fn client(retransmit: Retransmit) -> (Client, SocketId) {
+    let mut c = driven(StunClient::new(
         ClientConfig {
             retransmit,
             ..ClientConfig::default()
         },
         7,
-    );
+    ));
     let s = c
-        .open_socket(ms(0), addr(LOCAL), Default::default())
+        .input(|c, now| c.open_socket(now, addr(LOCAL), Default::default()))
         .unwrap();
-    match c.poll_socket_op() {
-        Some(SocketOp::Bind { socket, local, .. }) => {
+    match c.take_ops()[..] {
+        [SocketOp::Bind { socket, local, .. }] => {
             assert_eq!((socket, local), (s, addr(LOCAL)));
-            c.handle_socket_result(ms(0), s, SocketOutcome::Bound { local });
+            c.outcome(s, SocketOutcome::Bound { local });
         }
-        other => panic!("expected a bind intent, got {other:?}"),
+        ref other => panic!("expected a bind intent, got {other:?}"),
     }
     assert!(matches!(
-        c.poll_event(),
-        Some(ClientEvent::SocketReady { .. })
+        c.take_events()[..],
+        [ClientEvent::SocketReady { .. }]
     ));
     (c, s)
 }
 
-/// All pending transmits as (destination, bytes).
-fn sent(c: &mut StunClient) -> Vec<(SocketAddr, Vec<u8>)> {
-    let mut buf = [0u8; TRANSMIT_BUFFER_LEN];
-    let mut out = Vec::new();
-    while let Some(t) = c.poll_transmit(&mut buf) {
-        out.push((t.destination, buf[..t.len].to_vec()));
-    }
-    out
+/// All transmits so far as (destination, bytes).
+fn sent(c: &mut Client) -> Vec<(SocketAddr, Vec<u8>)> {
+    c.take_transmits()
+        .into_iter()
+        .map(|(t, bytes)| (t.destination, bytes))
+        .collect()
 }
 
-fn results(c: &mut StunClient) -> Vec<TransactionResult> {
-    let mut out = Vec::new();
-    while let Some(ev) = c.poll_event() {
-        if let ClientEvent::Transaction(r) = ev {
-            out.push(r);
-        }
-    }
-    out
+fn results(c: &mut Client) -> Vec<TransactionResult> {
+    c.take_events()
+        .into_iter()
+        .filter_map(|ev| match ev {
+            ClientEvent::Transaction(r) => Some(r),
+            _ => None,
+        })
+        .collect()
+}
+
+/// `start` at `at`.
+fn start(
+    c: &mut Client,
+    at: Instant,
+    request: Request,
+) -> Result<TransactionHandle, ClientApiError> {
+    c.clock(at).input(|c, now| c.start(now, request))
+}
+
+/// A datagram at `at`.
+fn datagram(c: &mut Client, at: Instant, s: SocketId, from: SocketAddr, data: &[u8]) -> Verdict {
+    c.clock(at).datagram(s, from, data)
 }
 
 /// A success response to `request` bytes with the given mapped address and extras.
@@ -98,14 +116,14 @@ fn respond(request: &[u8], class: Class, attrs: &[Attribute<'_>]) -> Vec<u8> {
 }
 
 /// Runs time forward to `until`, firing timeouts, and returns the instants of transmissions.
-fn run_until(c: &mut StunClient, until: Instant) -> Vec<Instant> {
+fn run_until(c: &mut Client, until: Instant) -> Vec<Instant> {
     let mut times = Vec::new();
     loop {
-        let now = match c.poll_timeout() {
+        let now = match c.deadline() {
             Some(d) if d <= until => d,
             _ => break,
         };
-        c.handle_timeout(now);
+        c.clock(now).fire();
         for _ in sent(c) {
             times.push(now);
         }
@@ -116,7 +134,7 @@ fn run_until(c: &mut StunClient, until: Instant) -> Vec<Instant> {
 #[test]
 fn rfc5389_retransmission_schedule_then_timeout() {
     let (mut c, s) = client(Retransmit::RFC5389);
-    c.start(ms(0), Request::binding(s, addr(SERVER))).unwrap();
+    start(&mut c, ms(0), Request::binding(s, addr(SERVER))).unwrap();
     assert_eq!(sent(&mut c).len(), 1);
     let times = run_until(&mut c, ms(100_000));
     let expect: Vec<Instant> = [500, 1500, 3500, 7500, 15500, 31500]
@@ -127,8 +145,8 @@ fn rfc5389_retransmission_schedule_then_timeout() {
     let r = results(&mut c);
     assert_eq!(r.len(), 1);
     assert_eq!(r[0].outcome, Err(Failure::Timeout { transmissions: 7 }));
-    assert_eq!(c.poll_timeout(), None, "no timer left after the end");
-    assert_eq!(c.stats().retransmissions, 6);
+    assert_eq!(c.deadline(), None, "no timer left after the end");
+    assert_eq!(c.machine.stats().retransmissions, 6);
 }
 
 #[test]
@@ -140,7 +158,7 @@ fn custom_policy_caps_the_backoff() {
         max_rto: Duration::from_millis(250),
     };
     let (mut c, s) = client(policy);
-    c.start(ms(0), Request::binding(s, addr(SERVER))).unwrap();
+    start(&mut c, ms(0), Request::binding(s, addr(SERVER))).unwrap();
     let _ = sent(&mut c);
     let times = run_until(&mut c, ms(10_000));
     assert_eq!(times, vec![ms(100), ms(300), ms(550), ms(800)]);
@@ -154,9 +172,9 @@ fn single_shot_sends_once() {
     let (mut c, s) = client(Retransmit::SingleShot {
         timeout: Duration::from_secs(2),
     });
-    c.start(ms(0), Request::binding(s, addr(SERVER))).unwrap();
+    start(&mut c, ms(0), Request::binding(s, addr(SERVER))).unwrap();
     assert_eq!(sent(&mut c).len(), 1);
-    assert_eq!(c.poll_timeout(), Some(ms(2000)));
+    assert_eq!(c.deadline(), Some(ms(2000)));
     assert!(run_until(&mut c, ms(1999)).is_empty());
     assert!(results(&mut c).is_empty());
     assert!(run_until(&mut c, ms(2000)).is_empty());
@@ -169,7 +187,7 @@ fn single_shot_sends_once() {
 #[test]
 fn reply_must_match_id_source_and_socket() {
     let (mut c, s) = client(Retransmit::RFC5389);
-    let id = c.start(ms(0), Request::binding(s, addr(SERVER))).unwrap();
+    let id = start(&mut c, ms(0), Request::binding(s, addr(SERVER))).unwrap();
     let (_, req) = sent(&mut c).remove(0);
     let mapped = addr("203.0.113.5:6000");
     let reply = respond(&req, Class::Success, &[Attribute::XorMappedAddress(mapped)]);
@@ -178,38 +196,38 @@ fn reply_must_match_id_source_and_socket() {
     let mut other = reply.clone();
     other[10] ^= 0xFF;
     assert_eq!(
-        c.handle_datagram(ms(10), s, addr(SERVER), &other),
+        datagram(&mut c, ms(10), s, addr(SERVER), &other),
         Verdict::NotMine
     );
     // Wrong source: dropped, transaction still alive.
     assert_eq!(
-        c.handle_datagram(ms(10), s, addr("192.0.2.9:3478"), &reply),
+        datagram(&mut c, ms(10), s, addr("192.0.2.9:3478"), &reply),
         Verdict::Dropped(DropReason::WrongSource)
     );
     // Wrong socket.
     assert_eq!(
-        c.handle_datagram(ms(10), SocketId(99), addr(SERVER), &reply),
+        datagram(&mut c, ms(10), SocketId(99), addr(SERVER), &reply),
         Verdict::Dropped(DropReason::WrongSocket)
     );
     // A request is not a reply.
     assert_eq!(
-        c.handle_datagram(ms(10), s, addr(SERVER), &req),
+        datagram(&mut c, ms(10), s, addr(SERVER), &req),
         Verdict::NotMine
     );
     // Not STUN at all.
     assert_eq!(
-        c.handle_datagram(ms(10), s, addr(SERVER), b"hello"),
+        datagram(&mut c, ms(10), s, addr(SERVER), b"hello"),
         Verdict::NotMine
     );
     // Truncated STUN: malformed.
     assert!(matches!(
-        c.handle_datagram(ms(10), s, addr(SERVER), &reply[..reply.len() - 4]),
+        datagram(&mut c, ms(10), s, addr(SERVER), &reply[..reply.len() - 4]),
         Verdict::Dropped(DropReason::Malformed(_))
     ));
     assert!(results(&mut c).is_empty());
 
     assert_eq!(
-        c.handle_datagram(ms(42), s, addr(SERVER), &reply),
+        datagram(&mut c, ms(42), s, addr(SERVER), &reply),
         Verdict::Consumed
     );
     let r = results(&mut c);
@@ -221,11 +239,11 @@ fn reply_must_match_id_source_and_socket() {
     assert_eq!(ok.local, Some(addr(LOCAL)));
     // A late duplicate is recognised.
     assert_eq!(
-        c.handle_datagram(ms(50), s, addr(SERVER), &reply),
+        datagram(&mut c, ms(50), s, addr(SERVER), &reply),
         Verdict::Dropped(DropReason::Duplicate)
     );
-    assert_eq!(c.poll_timeout(), None);
-    assert_eq!(c.stats().malformed, 1);
+    assert_eq!(c.deadline(), None);
+    assert_eq!(c.machine.stats().malformed, 1);
 }
 
 #[test]
@@ -233,7 +251,8 @@ fn change_request_reply_must_come_from_the_changed_address() {
     let (mut c, s) = client(Retransmit::SingleShot {
         timeout: Duration::from_secs(1),
     });
-    c.start(
+    start(
+        &mut c,
         ms(0),
         Request::binding(s, addr(SERVER)).with_change(ChangeRequest::BOTH),
     )
@@ -250,12 +269,12 @@ fn change_request_reply_must_come_from_the_changed_address() {
     );
     // The server ignored the change and answered from its primary address.
     assert_eq!(
-        c.handle_datagram(ms(5), s, addr(SERVER), &reply),
+        datagram(&mut c, ms(5), s, addr(SERVER), &reply),
         Verdict::Dropped(DropReason::WrongSource)
     );
     // Only the port changed: still wrong.
     assert_eq!(
-        c.handle_datagram(ms(5), s, addr("192.0.2.1:3479"), &reply),
+        datagram(&mut c, ms(5), s, addr("192.0.2.1:3479"), &reply),
         Verdict::Dropped(DropReason::WrongSource)
     );
     run_until(&mut c, ms(5000));
@@ -269,7 +288,8 @@ fn change_request_reply_must_come_from_the_changed_address() {
     );
 
     // The same request answered from the other IP and port is accepted.
-    c.start(
+    start(
+        &mut c,
         ms(6000),
         Request::binding(s, addr(SERVER)).with_change(ChangeRequest::BOTH),
     )
@@ -281,7 +301,7 @@ fn change_request_reply_must_come_from_the_changed_address() {
         &[Attribute::XorMappedAddress(addr("203.0.113.5:6000"))],
     );
     assert_eq!(
-        c.handle_datagram(ms(6010), s, addr("192.0.2.2:3479"), &reply),
+        datagram(&mut c, ms(6010), s, addr("192.0.2.2:3479"), &reply),
         Verdict::Consumed
     );
     assert!(results(&mut c)[0].outcome.is_ok());
@@ -290,7 +310,8 @@ fn change_request_reply_must_come_from_the_changed_address() {
 #[test]
 fn expect_from_overrides_the_default() {
     let (mut c, s) = client(Retransmit::RFC5389);
-    c.start(
+    start(
+        &mut c,
         ms(0),
         Request::binding(s, addr(SERVER))
             .with_change(ChangeRequest::PORT)
@@ -304,11 +325,11 @@ fn expect_from_overrides_the_default() {
         &[Attribute::MappedAddress(addr("203.0.113.5:6000"))],
     );
     assert_eq!(
-        c.handle_datagram(ms(1), s, addr("192.0.2.1:3479"), &reply),
+        datagram(&mut c, ms(1), s, addr("192.0.2.1:3479"), &reply),
         Verdict::Dropped(DropReason::WrongSource)
     );
     assert_eq!(
-        c.handle_datagram(ms(1), s, addr("192.0.2.1:4000"), &reply),
+        datagram(&mut c, ms(1), s, addr("192.0.2.1:4000"), &reply),
         Verdict::Consumed
     );
 }
@@ -316,9 +337,9 @@ fn expect_from_overrides_the_default() {
 #[test]
 fn error_responses_and_misbehaviour_are_typed() {
     let (mut c, s) = client(Retransmit::RFC5389);
-    c.start(ms(0), Request::binding(s, addr(SERVER))).unwrap();
-    c.start(ms(0), Request::binding(s, addr(SERVER))).unwrap();
-    c.start(ms(0), Request::binding(s, addr(SERVER))).unwrap();
+    start(&mut c, ms(0), Request::binding(s, addr(SERVER))).unwrap();
+    start(&mut c, ms(0), Request::binding(s, addr(SERVER))).unwrap();
+    start(&mut c, ms(0), Request::binding(s, addr(SERVER))).unwrap();
     let reqs = sent(&mut c);
     assert_eq!(reqs.len(), 3);
     let err = respond(
@@ -334,7 +355,7 @@ fn error_responses_and_misbehaviour_are_typed() {
     // Replies in reverse order: matching is by id, not by order.
     for r in [&no_code, &no_mapped, &err] {
         assert_eq!(
-            c.handle_datagram(ms(3), s, addr(SERVER), r),
+            datagram(&mut c, ms(3), s, addr(SERVER), r),
             Verdict::Consumed
         );
     }
@@ -365,7 +386,8 @@ fn error_responses_and_misbehaviour_are_typed() {
 #[test]
 fn legacy_requests_carry_no_magic_cookie() {
     let (mut c, s) = client(Retransmit::RFC5389);
-    c.start(
+    start(
+        &mut c,
         ms(0),
         Request::binding(s, addr(SERVER))
             .legacy()
@@ -388,11 +410,11 @@ fn legacy_requests_carry_no_magic_cookie() {
     let mut wrong_cookie = reply.clone();
     wrong_cookie[4] ^= 1;
     assert_eq!(
-        c.handle_datagram(ms(1), s, addr("192.0.2.1:3479"), &wrong_cookie),
+        datagram(&mut c, ms(1), s, addr("192.0.2.1:3479"), &wrong_cookie),
         Verdict::NotMine
     );
     assert_eq!(
-        c.handle_datagram(ms(1), s, addr("192.0.2.1:3479"), &reply),
+        datagram(&mut c, ms(1), s, addr("192.0.2.1:3479"), &reply),
         Verdict::Consumed
     );
     let r = results(&mut c);
@@ -403,16 +425,15 @@ fn legacy_requests_carry_no_magic_cookie() {
 
 #[test]
 fn transactions_wait_for_the_bind_and_fail_with_it() {
-    let mut c = StunClient::new(ClientConfig::default(), 1);
+    let mut c = driven(StunClient::new(ClientConfig::default(), 1));
     let s = c
-        .open_socket(ms(0), addr(LOCAL), Default::default())
+        .input(|c, now| c.open_socket(now, addr(LOCAL), Default::default()))
         .unwrap();
-    c.start(ms(0), Request::binding(s, addr(SERVER))).unwrap();
+    start(&mut c, ms(0), Request::binding(s, addr(SERVER))).unwrap();
     assert!(sent(&mut c).is_empty(), "nothing is sent before the bind");
-    assert_eq!(c.poll_timeout(), None);
-    let _ = c.poll_socket_op();
-    c.handle_socket_result(
-        ms(1),
+    assert_eq!(c.deadline(), None);
+    assert!(matches!(c.take_ops()[..], [SocketOp::Bind { .. }]));
+    c.clock(ms(1)).outcome(
         s,
         SocketOutcome::Failed {
             op: OpKind::Bind,
@@ -420,10 +441,7 @@ fn transactions_wait_for_the_bind_and_fail_with_it() {
             error: IoError::AddrInUse,
         },
     );
-    let mut evs = Vec::new();
-    while let Some(e) = c.poll_event() {
-        evs.push(e);
-    }
+    let evs = c.take_events();
     assert!(matches!(
         evs[0],
         ClientEvent::SocketFailed {
@@ -438,30 +456,24 @@ fn transactions_wait_for_the_bind_and_fail_with_it() {
             ..
         })
     ));
-    assert_eq!(c.open_sockets(), 0);
-    assert_eq!(
-        c.poll_socket_op(),
-        None,
-        "a socket that never bound is not closed"
-    );
+    assert_eq!(c.machine.open_sockets(), 0);
+    assert_eq!(c.take_ops(), [], "a socket that never bound is not closed");
+    c.checker.assert_all_closed();
 }
 
 #[test]
 fn close_is_idempotent_and_releases_every_socket_once() {
     let (mut c, s1) = client(Retransmit::RFC5389);
     let s2 = c
-        .open_socket(ms(0), addr("10.0.0.2:5001"), Default::default())
+        .input(|c, now| c.open_socket(now, addr("10.0.0.2:5001"), Default::default()))
         .unwrap();
-    let _ = c.poll_socket_op();
-    c.start(ms(0), Request::binding(s1, addr(SERVER))).unwrap();
-    c.start(ms(0), Request::binding(s2, addr(SERVER))).unwrap();
+    let _ = c.take_ops();
+    start(&mut c, ms(0), Request::binding(s1, addr(SERVER))).unwrap();
+    start(&mut c, ms(0), Request::binding(s2, addr(SERVER))).unwrap();
     let _ = sent(&mut c);
-    c.close(ms(5));
-    c.close(ms(6));
-    let mut closes = Vec::new();
-    while let Some(op) = c.poll_socket_op() {
-        closes.push(op);
-    }
+    c.clock(ms(5)).input(|c, now| c.close(now));
+    c.clock(ms(6)).input(|c, now| c.close(now));
+    let mut closes = c.take_ops();
     closes.sort_by_key(|o| o.socket());
     assert_eq!(
         closes,
@@ -470,10 +482,7 @@ fn close_is_idempotent_and_releases_every_socket_once() {
             SocketOp::Close { socket: s2 }
         ]
     );
-    let mut evs = Vec::new();
-    while let Some(e) = c.poll_event() {
-        evs.push(e);
-    }
+    let evs = c.take_events();
     assert_eq!(evs.len(), 3);
     assert!(evs[..2].iter().all(|e| matches!(
         e,
@@ -483,36 +492,43 @@ fn close_is_idempotent_and_releases_every_socket_once() {
         })
     )));
     assert_eq!(evs[2], ClientEvent::Closed);
-    assert_eq!(c.poll_timeout(), None);
+    assert_eq!(c.deadline(), None);
     assert!(sent(&mut c).is_empty());
-    assert!(c.start(ms(7), Request::binding(s1, addr(SERVER))).is_err());
+    assert!(start(&mut c, ms(7), Request::binding(s1, addr(SERVER))).is_err());
+    c.checker.assert_all_closed();
 }
 
 #[test]
 fn limits_are_enforced_with_api_errors() {
-    let mut c = StunClient::new(
+    let mut c = driven(StunClient::new(
         ClientConfig {
             max_transactions: 2,
             max_sockets: 1,
             ..ClientConfig::default()
         },
         3,
-    );
+    ));
     let s = c
-        .open_socket(ms(0), addr(LOCAL), Default::default())
+        .input(|c, now| c.open_socket(now, addr(LOCAL), Default::default()))
         .unwrap();
     assert!(c
-        .open_socket(ms(0), addr(LOCAL), Default::default())
+        .input(|c, now| c.open_socket(now, addr(LOCAL), Default::default()))
         .is_err());
-    c.start(ms(0), Request::binding(s, addr(SERVER))).unwrap();
-    c.start(ms(0), Request::binding(s, addr(SERVER))).unwrap();
-    assert!(c.start(ms(0), Request::binding(s, addr(SERVER))).is_err());
-    assert!(c
-        .start(ms(0), Request::binding(s, addr("[2001:db8::1]:3478")))
-        .is_err());
-    assert!(c
-        .start(ms(0), Request::binding(SocketId(1234), addr(SERVER)))
-        .is_err());
+    start(&mut c, ms(0), Request::binding(s, addr(SERVER))).unwrap();
+    start(&mut c, ms(0), Request::binding(s, addr(SERVER))).unwrap();
+    assert!(start(&mut c, ms(0), Request::binding(s, addr(SERVER))).is_err());
+    assert!(start(
+        &mut c,
+        ms(0),
+        Request::binding(s, addr("[2001:db8::1]:3478"))
+    )
+    .is_err());
+    assert!(start(
+        &mut c,
+        ms(0),
+        Request::binding(SocketId(1234), addr(SERVER))
+    )
+    .is_err());
 }
 
 #[test]
@@ -520,7 +536,7 @@ fn same_seed_same_bytes() {
     let run = || {
         let (mut c, s) = client(Retransmit::RFC5389);
         for _ in 0..5 {
-            c.start(ms(0), Request::binding(s, addr(SERVER))).unwrap();
+            start(&mut c, ms(0), Request::binding(s, addr(SERVER))).unwrap();
         }
         let mut all = sent(&mut c);
         all.extend(
@@ -536,7 +552,8 @@ fn same_seed_same_bytes() {
 #[test]
 fn error_to_a_change_request_is_accepted_from_the_server_address() {
     let (mut c, s) = client(Retransmit::RFC5389);
-    c.start(
+    start(
+        &mut c,
         ms(0),
         Request::binding(s, addr(SERVER)).with_change(ChangeRequest::IP),
     )
@@ -552,11 +569,11 @@ fn error_to_a_change_request_is_accepted_from_the_server_address() {
     );
     // From the same IP but another port: neither the changed address nor the server.
     assert_eq!(
-        c.handle_datagram(ms(2), s, addr("192.0.2.1:9999"), &err),
+        datagram(&mut c, ms(2), s, addr("192.0.2.1:9999"), &err),
         Verdict::Dropped(DropReason::WrongSource)
     );
     assert_eq!(
-        c.handle_datagram(ms(2), s, addr(SERVER), &err),
+        datagram(&mut c, ms(2), s, addr(SERVER), &err),
         Verdict::Consumed
     );
     assert!(matches!(
@@ -568,14 +585,15 @@ fn error_to_a_change_request_is_accepted_from_the_server_address() {
 #[test]
 fn a_request_may_carry_its_own_retransmission_policy() {
     let (mut c, s) = client(Retransmit::RFC5389);
-    c.start(
+    start(
+        &mut c,
         ms(0),
         Request::binding(s, addr(SERVER)).with_retransmit(Retransmit::SingleShot {
             timeout: Duration::from_millis(250),
         }),
     )
     .unwrap();
-    c.start(ms(0), Request::binding(s, addr(SERVER))).unwrap();
+    start(&mut c, ms(0), Request::binding(s, addr(SERVER))).unwrap();
     assert_eq!(sent(&mut c).len(), 2);
     // Only the default-policy transaction is retransmitted at 500 ms; the other ended at 250 ms.
     let times = run_until(&mut c, ms(600));

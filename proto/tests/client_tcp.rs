@@ -16,13 +16,13 @@ use p2pd_proto::client_tcp::{
     CloseCause, TcpBinding, TcpBindingConfig, TcpBindingError, TcpBindingEvent, TcpMapping,
     MAX_TCP_RESPONSE_LEN, TCP_BINDING_SOCKET,
 };
-use p2pd_proto::server::{ServerConfig, StunServer};
+use p2pd_proto::server::{ServerConfig, ServerEvent, StunServer};
 use p2pd_proto::stun::{
     Attribute, Class, DecodeError, ErrorCode, Header, Message, MessageWriter, Method, TransactionId,
 };
+use p2pd_proto::testing::Driven;
 use p2pd_proto::{
-    DropReason, Instant, IoError, Machine, OpKind, SocketId, SocketOp, SocketOutcome, Verdict,
-    TRANSMIT_BUFFER_LEN,
+    DropReason, Instant, IoError, OpKind, SocketId, SocketOp, SocketOutcome, Verdict,
 };
 use proptest::prelude::*;
 
@@ -35,12 +35,25 @@ const LOCAL: &str = "10.0.0.2:40000";
 /// Where the "NAT" maps LOCAL.
 const MAPPED: &str = "198.51.100.7:61000";
 
-fn ops<M: Machine>(m: &mut M) -> Vec<SocketOp> {
-    std::iter::from_fn(|| m.poll_socket_op()).collect()
+/// Every drain of the binding goes through the contract checker.
+type Binding = Driven<TcpBinding>;
+
+fn binding(config: TcpBindingConfig, seed: u64, now: Instant) -> Binding {
+    let b = TcpBinding::new(config, seed, now);
+    let mut b = Driven::new("tcp binding", b, |e| {
+        matches!(e, TcpBindingEvent::Closed { .. })
+    })
+    .at(now);
+    b.drain();
+    b
 }
 
-fn events(b: &mut TcpBinding) -> Vec<TcpBindingEvent> {
-    std::iter::from_fn(|| b.poll_event()).collect()
+fn ops(b: &mut Binding) -> Vec<SocketOp> {
+    b.take_ops()
+}
+
+fn events(b: &mut Binding) -> Vec<TcpBindingEvent> {
+    b.take_events()
 }
 
 fn closes(ops: &[SocketOp]) -> usize {
@@ -50,16 +63,15 @@ fn closes(ops: &[SocketOp]) -> usize {
 }
 
 /// A binding that has bound and connected; returns it with the request it sent.
-fn connected(config: TcpBindingConfig, now: Instant) -> (TcpBinding, Vec<u8>) {
-    let mut b = TcpBinding::new(config, 11, now);
+fn connected(config: TcpBindingConfig, now: Instant) -> (Binding, Vec<u8>) {
+    let mut b = binding(config, 11, now);
     let first = ops(&mut b);
     assert!(matches!(
         first[..],
         [SocketOp::Bind { socket: TCP_BINDING_SOCKET, local, options, .. }]
             if local == addr(LOCAL) && options.reuse_address && options.reuse_port
     ));
-    b.handle_socket_result(
-        now,
+    b.outcome(
         TCP_BINDING_SOCKET,
         SocketOutcome::Bound { local: addr(LOCAL) },
     );
@@ -70,19 +82,18 @@ fn connected(config: TcpBindingConfig, now: Instant) -> (TcpBinding, Vec<u8>) {
             remote: addr(SERVER)
         }]
     );
-    b.handle_socket_result(
-        now,
+    b.outcome(
         TCP_BINDING_SOCKET,
         SocketOutcome::Connected {
             local: addr(LOCAL),
             remote: addr(SERVER),
         },
     );
-    let mut buf = [0u8; TRANSMIT_BUFFER_LEN];
-    let t = b.poll_transmit(&mut buf).expect("the request");
+    let sent = b.take_transmits();
+    assert_eq!(sent.len(), 1, "one request");
+    let (t, request) = sent.into_iter().next().expect("the request");
     assert_eq!(t.socket, TCP_BINDING_SOCKET);
-    assert!(b.poll_transmit(&mut buf).is_none(), "one request");
-    (b, buf[..t.len].to_vec())
+    (b, request)
 }
 
 fn config() -> TcpBindingConfig {
@@ -91,36 +102,26 @@ fn config() -> TcpBindingConfig {
 
 /// Our server's answer to `request`, as if the connection came from `MAPPED`.
 fn server_answer(request: &[u8]) -> Vec<u8> {
-    let mut s = StunServer::new(ServerConfig::single(addr(SERVER)).with_tcp(true)).unwrap();
-    let mut accept = None;
-    for _ in 0..3 {
-        for op in ops(&mut s) {
-            match op {
-                SocketOp::Bind { socket, local, .. } => {
-                    s.handle_socket_result(Instant::ZERO, socket, SocketOutcome::Bound { local })
-                }
-                SocketOp::Accept { socket, .. } if accept.is_none() => accept = Some(socket),
-                _ => {}
-            }
-        }
-    }
+    let server = StunServer::new(ServerConfig::single(addr(SERVER)).with_tcp(true)).unwrap();
+    let mut s = Driven::new("stun server", server, |e| matches!(e, ServerEvent::Closed))
+        .answering(Driven::<StunServer>::bind_answer());
+    s.drain();
+    let accept = s.take_ops().into_iter().find_map(|op| match op {
+        SocketOp::Accept { socket, .. } => Some(socket),
+        _ => None,
+    });
     let socket = accept.unwrap();
-    s.handle_socket_result(
-        Instant::ZERO,
+    s.outcome(
         socket,
         SocketOutcome::Accepted {
             local: addr(SERVER),
             remote: addr(MAPPED),
         },
     );
-    assert_eq!(
-        s.handle_stream(Instant::ZERO, socket, request),
-        Verdict::Consumed
-    );
-    let mut buf = [0u8; TRANSMIT_BUFFER_LEN];
-    let t = s.poll_transmit(&mut buf).unwrap();
+    assert_eq!(s.stream(socket, request), Verdict::Consumed);
+    let (t, answer) = s.take_transmits().into_iter().next().unwrap();
     assert_eq!(t.socket, socket);
-    buf[..t.len].to_vec()
+    answer
 }
 
 fn response(class: Class, id: TransactionId, attrs: &[Attribute<'_>]) -> Vec<u8> {
@@ -166,7 +167,7 @@ proptest! {
             if p == from {
                 continue;
             }
-            prop_assert_eq!(b.handle_stream(t1, TCP_BINDING_SOCKET, &answer[from..p]), Verdict::Consumed);
+            prop_assert_eq!(b.clock(t1).stream(TCP_BINDING_SOCKET, &answer[from..p]), Verdict::Consumed);
             from = p;
         }
         let evs = events(&mut b);
@@ -179,8 +180,8 @@ proptest! {
         // Not kept open: closed right after the answer, once.
         prop_assert_eq!(closes(&ops(&mut b)), 1);
         prop_assert_eq!(evs.last(), Some(&TcpBindingEvent::Closed { cause: CloseCause::Local }));
-        prop_assert_eq!(b.poll_timeout(), None);
-        b.close(t1);
+        prop_assert_eq!(b.deadline(), None);
+        b.clock(t1).input(|b, now| b.close(now));
         prop_assert!(ops(&mut b).is_empty());
         prop_assert!(events(&mut b).is_empty());
     }
@@ -194,31 +195,34 @@ fn the_request_is_a_fingerprinted_binding_request_with_a_seeded_id() {
     assert_eq!(m.method(), Method::BINDING);
     assert!(m.has_fingerprint());
     assert!(!m.is_legacy());
-    assert_eq!(m.transaction_id(), b.transaction_id());
+    assert_eq!(m.transaction_id(), b.machine.transaction_id());
     // Same seed, same bytes; another seed, another id.
     let (_, again) = connected(config(), Instant::ZERO);
     assert_eq!(req, again);
     let other = TcpBinding::new(config(), 12, Instant::ZERO);
-    assert_ne!(other.transaction_id(), b.transaction_id());
+    assert_ne!(other.transaction_id(), b.machine.transaction_id());
 }
 
 #[test]
 fn kept_open_the_socket_stays_until_close() {
     let (mut b, req) = connected(config().keep_open(true), Instant::ZERO);
-    let _ = b.handle_stream(Instant::ZERO, TCP_BINDING_SOCKET, &server_answer(&req));
+    let _ = b
+        .clock(Instant::ZERO)
+        .stream(TCP_BINDING_SOCKET, &server_answer(&req));
     let evs = events(&mut b);
     assert!(mapped_event(&evs).is_some());
     assert_eq!(evs.len(), 1, "no Closed yet: {evs:?}");
     assert!(ops(&mut b).is_empty(), "no close while kept open");
-    assert!(b.is_open());
-    assert_eq!(b.poll_timeout(), None, "no keep-alive configured");
+    assert!(b.machine.is_open());
+    assert_eq!(b.deadline(), None, "no keep-alive configured");
     // Later bytes are read and ignored.
     assert_eq!(
-        b.handle_stream(Instant::ZERO, TCP_BINDING_SOCKET, b"whatever"),
+        b.clock(Instant::ZERO)
+            .stream(TCP_BINDING_SOCKET, b"whatever"),
         Verdict::Consumed
     );
-    b.close(Instant::ZERO);
-    b.close(Instant::ZERO);
+    b.clock(Instant::ZERO).input(|b, now| b.close(now));
+    b.clock(Instant::ZERO).input(|b, now| b.close(now));
     assert_eq!(
         ops(&mut b),
         vec![SocketOp::Close {
@@ -231,7 +235,7 @@ fn kept_open_the_socket_stays_until_close() {
             cause: CloseCause::Local
         }]
     );
-    assert!(b.is_done());
+    assert!(b.machine.is_done());
 }
 
 #[test]
@@ -248,12 +252,14 @@ fn kept_open_peer_close_or_error_ends_it_with_one_close() {
         ),
     ] {
         let (mut b, req) = connected(config().keep_open(true), Instant::ZERO);
-        let _ = b.handle_stream(Instant::ZERO, TCP_BINDING_SOCKET, &server_answer(&req));
+        let _ = b
+            .clock(Instant::ZERO)
+            .stream(TCP_BINDING_SOCKET, &server_answer(&req));
         let _ = events(&mut b);
-        b.handle_socket_result(Instant::ZERO, TCP_BINDING_SOCKET, outcome);
+        b.clock(Instant::ZERO).outcome(TCP_BINDING_SOCKET, outcome);
         assert_eq!(closes(&ops(&mut b)), 1);
         assert_eq!(events(&mut b), vec![TcpBindingEvent::Closed { cause }]);
-        b.close(Instant::ZERO);
+        b.clock(Instant::ZERO).input(|b, now| b.close(now));
         assert!(ops(&mut b).is_empty());
     }
 }
@@ -261,12 +267,21 @@ fn kept_open_peer_close_or_error_ends_it_with_one_close() {
 #[test]
 fn release_hands_the_socket_over_without_closing_it() {
     let (mut b, req) = connected(config().keep_open(true), Instant::ZERO);
-    assert_eq!(b.release_socket(), None, "not before the answer");
-    let _ = b.handle_stream(Instant::ZERO, TCP_BINDING_SOCKET, &server_answer(&req));
+    let release = |b: &mut Binding| {
+        let released = b.input(|b, _| b.release_socket());
+        if let Some(socket) = released {
+            b.checker.released(socket);
+        }
+        released
+    };
+    assert_eq!(release(&mut b), None, "not before the answer");
+    let _ = b
+        .clock(Instant::ZERO)
+        .stream(TCP_BINDING_SOCKET, &server_answer(&req));
     let _ = events(&mut b);
-    assert_eq!(b.release_socket(), Some(TCP_BINDING_SOCKET));
-    assert_eq!(b.release_socket(), None);
-    b.close(Instant::ZERO);
+    assert_eq!(release(&mut b), Some(TCP_BINDING_SOCKET));
+    assert_eq!(release(&mut b), None);
+    b.clock(Instant::ZERO).input(|b, now| b.close(now));
     assert!(ops(&mut b).is_empty(), "a released socket is never closed");
     assert_eq!(
         events(&mut b),
@@ -282,21 +297,20 @@ fn keepalives_are_sent_while_kept_open() {
     cfg.keepalive = Some(Duration::from_secs(30));
     let (mut b, req) = connected(cfg, Instant::ZERO);
     let t1 = Instant::from_millis(50);
-    let _ = b.handle_stream(t1, TCP_BINDING_SOCKET, &server_answer(&req));
-    let mut buf = [0u8; TRANSMIT_BUFFER_LEN];
+    let _ = b.clock(t1).stream(TCP_BINDING_SOCKET, &server_answer(&req));
     for k in 1..=3u64 {
-        let at = b.poll_timeout().unwrap();
+        let at = b.deadline().unwrap();
         assert_eq!(at, t1 + Duration::from_secs(30 * k));
-        b.handle_timeout(at);
-        let t = b.poll_transmit(&mut buf).unwrap();
-        let m = Message::decode(&buf[..t.len]).unwrap();
+        b.clock(at).fire();
+        let (_, bytes) = b.take_transmits().into_iter().next().unwrap();
+        let m = Message::decode(&bytes).unwrap();
         assert_eq!(m.class(), Class::Indication);
-        assert_ne!(m.transaction_id(), b.transaction_id());
+        assert_ne!(m.transaction_id(), b.machine.transaction_id());
     }
-    assert_eq!(b.stats().keepalives, 3);
-    b.close(t1);
-    assert_eq!(b.poll_timeout(), None);
-    assert!(b.poll_transmit(&mut buf).is_none());
+    assert_eq!(b.machine.stats().keepalives, 3);
+    b.input(|b, now| b.close(now));
+    assert_eq!(b.deadline(), None);
+    assert!(b.take_transmits().is_empty());
 }
 
 #[test]
@@ -305,18 +319,16 @@ fn timeout_at_every_stage() {
     let deadline = t0 + Duration::from_secs(5);
     // While binding, while connecting, while waiting for the answer.
     for stage in 0..3 {
-        let mut b = TcpBinding::new(config(), 1, t0);
+        let mut b = binding(config(), 1, t0);
         let _ = ops(&mut b);
         if stage >= 1 {
-            b.handle_socket_result(
-                t0,
+            b.clock(t0).outcome(
                 TCP_BINDING_SOCKET,
                 SocketOutcome::Bound { local: addr(LOCAL) },
             );
         }
         if stage >= 2 {
-            b.handle_socket_result(
-                t0,
+            b.clock(t0).outcome(
                 TCP_BINDING_SOCKET,
                 SocketOutcome::Connected {
                     local: addr(LOCAL),
@@ -325,10 +337,10 @@ fn timeout_at_every_stage() {
             );
         }
         let _ = ops(&mut b);
-        assert_eq!(b.poll_timeout(), Some(deadline));
-        b.handle_timeout(t0 + Duration::from_millis(4999));
+        assert_eq!(b.deadline(), Some(deadline));
+        b.clock(t0 + Duration::from_millis(4999)).fire();
         assert!(events(&mut b).is_empty());
-        b.handle_timeout(deadline);
+        b.clock(deadline).fire();
         let evs = events(&mut b);
         assert_eq!(
             failed(&evs),
@@ -336,16 +348,15 @@ fn timeout_at_every_stage() {
             "stage {stage}"
         );
         assert_eq!(closes(&ops(&mut b)), 1);
-        assert_eq!(b.poll_timeout(), None);
+        assert_eq!(b.deadline(), None);
     }
 }
 
 #[test]
 fn bind_and_connect_failures() {
-    let mut b = TcpBinding::new(config(), 1, Instant::ZERO);
+    let mut b = binding(config(), 1, Instant::ZERO);
     let _ = ops(&mut b);
-    b.handle_socket_result(
-        Instant::ZERO,
+    b.clock(Instant::ZERO).outcome(
         TCP_BINDING_SOCKET,
         SocketOutcome::Failed {
             op: OpKind::Bind,
@@ -359,18 +370,16 @@ fn bind_and_connect_failures() {
         Some(TcpBindingError::BindFailed(IoError::AddrInUse))
     );
     assert_eq!(closes(&ops(&mut b)), 0, "nothing was opened");
-    assert!(b.is_done());
+    assert!(b.machine.is_done());
 
-    let mut b = TcpBinding::new(config(), 1, Instant::ZERO);
+    let mut b = binding(config(), 1, Instant::ZERO);
     let _ = ops(&mut b);
-    b.handle_socket_result(
-        Instant::ZERO,
+    b.clock(Instant::ZERO).outcome(
         TCP_BINDING_SOCKET,
         SocketOutcome::Bound { local: addr(LOCAL) },
     );
     let _ = ops(&mut b);
-    b.handle_socket_result(
-        Instant::ZERO,
+    b.clock(Instant::ZERO).outcome(
         TCP_BINDING_SOCKET,
         SocketOutcome::Failed {
             op: OpKind::Connect,
@@ -388,7 +397,7 @@ fn bind_and_connect_failures() {
 #[test]
 fn every_bad_answer_has_its_reason() {
     let (b, _) = connected(config(), Instant::ZERO);
-    let id = b.transaction_id();
+    let id = b.machine.transaction_id();
     let cases: Vec<(Vec<u8>, TcpBindingError)> = vec![
         (
             response(
@@ -433,21 +442,22 @@ fn every_bad_answer_has_its_reason() {
     ];
     for (bytes, reason) in cases {
         let (mut b, _) = connected(config(), Instant::ZERO);
-        let _ = b.handle_stream(Instant::ZERO, TCP_BINDING_SOCKET, &bytes);
+        let _ = b.clock(Instant::ZERO).stream(TCP_BINDING_SOCKET, &bytes);
         let evs = events(&mut b);
         assert_eq!(failed(&evs), Some(reason));
         assert!(mapped_event(&evs).is_none());
         assert_eq!(closes(&ops(&mut b)), 1);
         // Nothing more is read.
         assert_eq!(
-            b.handle_stream(Instant::ZERO, TCP_BINDING_SOCKET, &bytes),
+            b.clock(Instant::ZERO).stream(TCP_BINDING_SOCKET, &bytes),
             Verdict::Dropped(DropReason::Closed)
         );
         assert!(events(&mut b).is_empty());
     }
     // The server closing before answering.
     let (mut b, _) = connected(config(), Instant::ZERO);
-    b.handle_socket_result(Instant::ZERO, TCP_BINDING_SOCKET, SocketOutcome::PeerClosed);
+    b.clock(Instant::ZERO)
+        .outcome(TCP_BINDING_SOCKET, SocketOutcome::PeerClosed);
     assert_eq!(failed(&events(&mut b)), Some(TcpBindingError::PeerClosed));
     assert_eq!(closes(&ops(&mut b)), 1);
 }
@@ -455,7 +465,7 @@ fn every_bad_answer_has_its_reason() {
 #[test]
 fn other_messages_are_skipped_until_the_answer() {
     let (mut b, _) = connected(config(), Instant::ZERO);
-    let id = b.transaction_id();
+    let id = b.machine.transaction_id();
     let mut stream = response(
         Class::Success,
         TransactionId::new([0xAB; 12]),
@@ -474,34 +484,37 @@ fn other_messages_are_skipped_until_the_answer() {
             Attribute::Software("Coturn-4.6 'test'"),
         ],
     ));
-    let _ = b.handle_stream(Instant::ZERO, TCP_BINDING_SOCKET, &stream);
+    let _ = b.clock(Instant::ZERO).stream(TCP_BINDING_SOCKET, &stream);
     let evs = events(&mut b);
     let m = mapped_event(&evs).unwrap();
     assert_eq!(m.mapped, addr(MAPPED));
     assert_eq!(m.server_software.as_deref(), Some("Coturn-4.6 'test'"));
-    assert_eq!(b.stats().ignored, 2);
-    assert_eq!(b.stats().bytes_received, stream.len() as u64);
+    assert_eq!(b.machine.stats().ignored, 2);
+    assert_eq!(b.machine.stats().bytes_received, stream.len() as u64);
 }
 
 #[test]
 fn foreign_sockets_and_datagrams_are_not_ours() {
     let (mut b, req) = connected(config(), Instant::ZERO);
     assert_eq!(
-        b.handle_stream(Instant::ZERO, SocketId(9), &server_answer(&req)),
+        b.clock(Instant::ZERO)
+            .stream(SocketId(9), &server_answer(&req)),
         Verdict::Dropped(DropReason::UnknownSocket)
     );
     assert_eq!(
-        b.handle_datagram(Instant::ZERO, TCP_BINDING_SOCKET, addr(SERVER), &req),
+        b.clock(Instant::ZERO)
+            .datagram(TCP_BINDING_SOCKET, addr(SERVER), &req),
         Verdict::NotMine
     );
-    b.handle_socket_result(Instant::ZERO, SocketId(9), SocketOutcome::PeerClosed);
+    b.clock(Instant::ZERO)
+        .outcome(SocketId(9), SocketOutcome::PeerClosed);
     assert!(events(&mut b).is_empty());
 }
 
 #[test]
 fn close_before_the_answer_reports_only_closed() {
     let (mut b, _) = connected(config(), Instant::ZERO);
-    b.close(Instant::ZERO);
+    b.clock(Instant::ZERO).input(|b, now| b.close(now));
     assert_eq!(
         events(&mut b),
         vec![TcpBindingEvent::Closed {
@@ -509,6 +522,6 @@ fn close_before_the_answer_reports_only_closed() {
         }]
     );
     assert_eq!(closes(&ops(&mut b)), 1);
-    b.handle_timeout(Instant::from_millis(10_000));
+    b.clock(Instant::from_millis(10_000)).fire();
     assert!(events(&mut b).is_empty());
 }

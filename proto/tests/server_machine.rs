@@ -9,6 +9,7 @@
 )]
 
 use core::net::SocketAddr;
+use core::ops::ControlFlow;
 use p2pd_proto::Machine;
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
@@ -18,9 +19,10 @@ use p2pd_proto::stun::{
     attr, AttrKind, Attribute, ChangeRequest, Class, Header, Message, MessageWriter, Method,
     TransactionId,
 };
+use p2pd_proto::testing::Driven;
 use p2pd_proto::{
-    DropReason, Instant, IoError, OpKind, SocketId, SocketOp, SocketOutcome, Verdict,
-    TRANSMIT_BUFFER_LEN,
+    DropReason, Instant, IoError, OpKind, Outputs, SocketId, SocketOp, SocketOutcome, Transmit,
+    Verdict, TRANSMIT_BUFFER_LEN,
 };
 
 /// Counts heap allocations made by the current thread while `COUNTING` is set.
@@ -63,14 +65,16 @@ fn addr(s: &str) -> SocketAddr {
 const P: &str = "192.0.2.1:3478";
 const CLIENT: &str = "203.0.113.9:40000";
 
+/// Every drain of the server goes through the contract checker.
+type Server = Driven<StunServer>;
+
 /// A server with every bind intent answered as bound (or failed for `fail`).
-fn server(config: ServerConfig, fail: Option<Role>) -> StunServer {
-    let mut s = StunServer::new(config).unwrap();
-    while let Some(op) = s.poll_socket_op() {
-        let SocketOp::Bind { socket, local, .. } = op else {
-            panic!("unexpected {op:?}")
+fn server(config: ServerConfig, fail: Option<Role>) -> Server {
+    let answer = move |op: &SocketOp| {
+        let SocketOp::Bind { socket, local, .. } = *op else {
+            return None;
         };
-        let outcome = if Some(s.role_of(socket).unwrap()) == fail {
+        Some(if Some(socket) == fail.map(Role::socket) {
             SocketOutcome::Failed {
                 op: OpKind::Bind,
                 destination: None,
@@ -78,17 +82,67 @@ fn server(config: ServerConfig, fail: Option<Role>) -> StunServer {
             }
         } else {
             SocketOutcome::Bound { local }
-        };
-        s.handle_socket_result(Instant::ZERO, socket, outcome);
+        })
+    };
+    let s = StunServer::new(config).unwrap();
+    let mut s =
+        Driven::new("stun server", s, |e| matches!(e, ServerEvent::Closed)).answering(answer);
+    s.drain();
+    for op in &s.out.ops {
+        assert!(
+            matches!(
+                op,
+                SocketOp::Bind { .. } | SocketOp::Listen { .. } | SocketOp::Accept { .. }
+            ),
+            "unexpected {op:?}"
+        );
     }
     s
 }
 
-fn full() -> StunServer {
+fn full() -> Server {
     server(
         ServerConfig::rfc5780(addr(P), "192.0.2.2".parse().unwrap(), 3479),
         None,
     )
+}
+
+/// Counts the transmits of a drain without allocating (for the allocation tests); hands back
+/// `Accepted` for an accept intent, as a runtime with a connection waiting would.
+struct Served {
+    answered: usize,
+    accepted: Option<(SocketId, SocketOutcome)>,
+    remote: SocketAddr,
+}
+
+impl Outputs<StunServer> for Served {
+    fn transmit(&mut self, _: Transmit, _: &[u8]) {
+        self.answered += 1;
+    }
+    fn socket_op(&mut self, op: SocketOp) {
+        if let SocketOp::Accept { socket, listener } = op {
+            assert_eq!(listener, p2pd_proto::server::TCP_LISTENER);
+            let accepted = SocketOutcome::Accepted {
+                local: addr(P),
+                remote: self.remote,
+            };
+            self.accepted = Some((socket, accepted));
+        }
+    }
+    fn event(&mut self, _: &mut StunServer, _: ServerEvent) -> ControlFlow<()> {
+        ControlFlow::Continue(())
+    }
+    fn outcome(&mut self) -> Option<(Instant, SocketId, SocketOutcome)> {
+        let (socket, outcome) = self.accepted.take()?;
+        Some((Instant::ZERO, socket, outcome))
+    }
+}
+
+/// Gives `s` an input, then drains it through its checker into `served`.
+fn serve(s: &mut Server, served: &mut Served, buf: &mut [u8], input: impl FnOnce(&mut StunServer)) {
+    s.checker.input(Instant::ZERO);
+    input(&mut s.machine);
+    let _ = s.checker.drain(&mut s.machine, buf, served);
 }
 
 fn request(legacy: bool, attrs: &[Attribute<'_>]) -> Vec<u8> {
@@ -109,21 +163,18 @@ fn request(legacy: bool, attrs: &[Attribute<'_>]) -> Vec<u8> {
 
 /// Sends `req` to `role` and returns (answering socket, destination, response bytes).
 fn ask(
-    s: &mut StunServer,
+    s: &mut Server,
     role: Role,
     from: &str,
     req: &[u8],
 ) -> Option<(SocketId, SocketAddr, Vec<u8>)> {
-    let v = s.handle_datagram(Instant::ZERO, role.socket(), addr(from), req);
+    let v = s.datagram(role.socket(), addr(from), req);
     assert_eq!(v, Verdict::Consumed);
-    let mut buf = [0u8; TRANSMIT_BUFFER_LEN];
-    let t = s.poll_transmit(&mut buf)?;
+    let mut sent = s.take_transmits();
+    assert!(sent.len() <= 1, "one response per request");
+    let (t, bytes) = sent.pop()?;
     assert!(t.len <= MAX_RESPONSE_LEN);
-    assert!(
-        s.poll_transmit(&mut buf).is_none(),
-        "one response per request"
-    );
-    Some((t.socket, t.destination, buf[..t.len].to_vec()))
+    Some((t.socket, t.destination, bytes))
 }
 
 #[test]
@@ -171,7 +222,7 @@ fn four_roles_answer_change_requests_from_the_right_socket() {
             assert!(m.has_fingerprint());
         }
     }
-    assert_eq!(s.stats().responses, 16);
+    assert_eq!(s.machine.stats().responses, 16);
 }
 
 #[test]
@@ -228,10 +279,7 @@ fn a_role_that_failed_to_bind_is_not_advertised() {
         ServerConfig::rfc5780(addr(P), "192.0.2.2".parse().unwrap(), 3479),
         Some(Role::AlternateBoth),
     );
-    let mut events = Vec::new();
-    while let Some(e) = s.poll_event() {
-        events.push(e);
-    }
+    let events = s.take_events();
     assert!(events.contains(&ServerEvent::SocketFailed {
         role: Role::AlternateBoth,
         error: IoError::AddrNotAvailable
@@ -340,14 +388,13 @@ fn bad_input_is_counted_never_answered() {
     ];
     for (bytes, verdict) in cases {
         assert_eq!(
-            s.handle_datagram(Instant::ZERO, Role::Primary.socket(), addr(CLIENT), &bytes),
+            s.datagram(Role::Primary.socket(), addr(CLIENT), &bytes),
             verdict
         );
     }
-    let mut buf = [0u8; TRANSMIT_BUFFER_LEN];
-    assert!(s.poll_transmit(&mut buf).is_none());
+    assert!(s.take_transmits().is_empty());
     assert_eq!(
-        s.handle_datagram(Instant::ZERO, SocketId(77), addr(CLIENT), &good),
+        s.datagram(SocketId(77), addr(CLIENT), &good),
         Verdict::Dropped(DropReason::UnknownSocket)
     );
     // Responses and indications are not answered.
@@ -355,17 +402,17 @@ fn bad_input_is_counted_never_answered() {
     resp[1] = 0x01;
     resp[0] = 0x01;
     assert_eq!(
-        s.handle_datagram(Instant::ZERO, Role::Primary.socket(), addr(CLIENT), &resp),
+        s.datagram(Role::Primary.socket(), addr(CLIENT), &resp),
         Verdict::NotMine
     );
     let mut ind = good.clone();
     ind[1] = 0x11;
     assert_eq!(
-        s.handle_datagram(Instant::ZERO, Role::Primary.socket(), addr(CLIENT), &ind),
+        s.datagram(Role::Primary.socket(), addr(CLIENT), &ind),
         Verdict::Consumed
     );
-    assert!(s.poll_transmit(&mut buf).is_none());
-    assert_eq!(s.stats().malformed, 1);
+    assert!(s.take_transmits().is_empty());
+    assert_eq!(s.machine.stats().malformed, 1);
 }
 
 #[test]
@@ -374,8 +421,13 @@ fn queue_is_bounded() {
     cfg.queue_capacity = 3;
     let mut s = server(cfg, None);
     let req = request(false, &[]);
-    for i in 0..5 {
-        let v = s.handle_datagram(Instant::ZERO, Role::Primary.socket(), addr(CLIENT), &req);
+    // Five requests before the server is drained.
+    let verdicts = s.input(|s, now| {
+        (0..5)
+            .map(|_| s.handle_datagram(now, Role::Primary.socket(), addr(CLIENT), &req))
+            .collect::<Vec<_>>()
+    });
+    for (i, v) in verdicts.into_iter().enumerate() {
         let expect = if i < 3 {
             Verdict::Consumed
         } else {
@@ -383,7 +435,8 @@ fn queue_is_bounded() {
         };
         assert_eq!(v, expect);
     }
-    assert_eq!(s.stats().queue_full, 2);
+    assert_eq!(s.take_transmits().len(), 3);
+    assert_eq!(s.machine.stats().queue_full, 2);
 }
 
 #[test]
@@ -409,26 +462,18 @@ fn ipv6_worst_case_fits_the_bound() {
 #[test]
 fn close_releases_each_socket_once() {
     let mut s = full();
-    while s.poll_event().is_some() {}
-    s.close(Instant::ZERO);
-    s.close(Instant::ZERO);
-    let mut closes = Vec::new();
-    while let Some(op) = s.poll_socket_op() {
-        closes.push(op);
-    }
-    assert_eq!(closes.len(), 4);
-    assert!(closes.iter().all(|o| matches!(o, SocketOp::Close { .. })));
-    assert_eq!(s.poll_event(), Some(ServerEvent::Closed));
-    assert_eq!(s.poll_event(), None);
+    let _ = s.take();
+    s.input(|s, now| s.close(now));
+    s.input(|s, now| s.close(now));
+    let out = s.take();
+    assert_eq!(out.ops.len(), 4);
+    assert!(out.ops.iter().all(|o| matches!(o, SocketOp::Close { .. })));
+    assert_eq!(out.events, vec![ServerEvent::Closed]);
     assert_eq!(
-        s.handle_datagram(
-            Instant::ZERO,
-            Role::Primary.socket(),
-            addr(CLIENT),
-            &request(false, &[])
-        ),
+        s.datagram(Role::Primary.socket(), addr(CLIENT), &request(false, &[])),
         Verdict::Dropped(DropReason::Closed)
     );
+    s.checker.assert_all_closed();
 }
 
 #[test]
@@ -448,11 +493,19 @@ fn no_heap_allocation_per_request() {
         request(false, &[Attribute::ResponsePort(9)]),
     ];
     let mut buf = [0u8; TRANSMIT_BUFFER_LEN];
+    let mut served = Served {
+        answered: 0,
+        accepted: None,
+        remote: addr(CLIENT),
+    };
+    let primary = Role::Primary.socket();
     // Warm up (the queue was allocated at construction; this proves it never grows).
     for r in &requests {
-        let _ = s.handle_datagram(Instant::ZERO, Role::Primary.socket(), addr(CLIENT), r);
-        while s.poll_transmit(&mut buf).is_some() {}
+        serve(&mut s, &mut served, &mut buf, |s| {
+            let _ = s.handle_datagram(Instant::ZERO, primary, addr(CLIENT), r);
+        });
     }
+    served.answered = 0;
     // The counter works: one allocation is seen.
     COUNTING.with(|c| c.set(true));
     drop(std::hint::black_box(vec![1u8; 16]));
@@ -464,50 +517,46 @@ fn no_heap_allocation_per_request() {
     );
     ALLOCS.with(|a| a.set(0));
     COUNTING.with(|c| c.set(true));
-    let mut answered = 0;
     for i in 0..10_000 {
         let r = &requests[i % requests.len()];
-        let _ = s.handle_datagram(Instant::ZERO, Role::Primary.socket(), addr(CLIENT), r);
         // Let a few queue up before draining, as a busy socket would.
         if i % 7 == 0 {
-            while s.poll_transmit(&mut buf).is_some() {
-                answered += 1;
-            }
+            serve(&mut s, &mut served, &mut buf, |s| {
+                let _ = s.handle_datagram(Instant::ZERO, primary, addr(CLIENT), r);
+            });
+        } else {
+            s.checker.input(Instant::ZERO);
+            let _ = s
+                .machine
+                .handle_datagram(Instant::ZERO, primary, addr(CLIENT), r);
         }
     }
-    while s.poll_transmit(&mut buf).is_some() {
-        answered += 1;
-    }
+    serve(&mut s, &mut served, &mut buf, |_| {});
     COUNTING.with(|c| c.set(false));
-    assert_eq!(answered, 10_000);
+    assert_eq!(served.answered, 10_000);
     assert_eq!(ALLOCS.with(|a| a.get()), 0, "allocations while serving");
 }
 
 #[test]
 fn no_heap_allocation_per_tcp_request() {
-    use p2pd_proto::server::TCP_LISTENER;
     let mut cfg = ServerConfig::single(addr(P)).with_tcp(true);
     cfg.max_tcp_connections = 4;
-    let mut s = StunServer::new(cfg).unwrap();
-    let mut accepts = Vec::new();
-    for _ in 0..3 {
-        while let Some(op) = s.poll_socket_op() {
-            match op {
-                SocketOp::Bind { socket, local, .. } => {
-                    s.handle_socket_result(Instant::ZERO, socket, SocketOutcome::Bound { local })
-                }
-                SocketOp::Accept { socket, .. } => accepts.push(socket),
-                _ => {}
-            }
-        }
-    }
+    let mut s = server(cfg, None);
+    let accepts: Vec<SocketId> = s
+        .take_ops()
+        .into_iter()
+        .filter_map(|op| match op {
+            SocketOp::Accept { socket, .. } => Some(socket),
+            _ => None,
+        })
+        .collect();
     let client = addr(CLIENT);
     let accepted = SocketOutcome::Accepted {
         local: addr(P),
         remote: client,
     };
     for socket in &accepts {
-        s.handle_socket_result(Instant::ZERO, *socket, accepted);
+        s.outcome(*socket, accepted);
     }
     let mut stream = request(false, &[]);
     stream.extend(request(
@@ -515,30 +564,35 @@ fn no_heap_allocation_per_tcp_request() {
         &[Attribute::ChangeRequest(ChangeRequest::BOTH)],
     ));
     let mut buf = [0u8; TRANSMIT_BUFFER_LEN];
+    let mut served = Served {
+        answered: 0,
+        accepted: None,
+        remote: client,
+    };
+    // Warm up: one recycle, so the checker's tables have their nodes.
+    serve(&mut s, &mut served, &mut buf, |s| {
+        s.handle_socket_result(Instant::ZERO, accepts[0], SocketOutcome::PeerClosed)
+    });
     ALLOCS.with(|a| a.set(0));
     COUNTING.with(|c| c.set(true));
-    let mut answered = 0;
     for i in 0..5_000usize {
         let socket = accepts[i % accepts.len()];
         // Split the two requests at a moving offset.
         let cut = i % stream.len();
-        let _ = s.handle_stream(Instant::ZERO, socket, &stream[..cut]);
-        let _ = s.handle_stream(Instant::ZERO, socket, &stream[cut..]);
-        while s.poll_transmit(&mut buf).is_some() {
-            answered += 1;
-        }
-        // Recycle a connection now and then: close, re-accept.
+        serve(&mut s, &mut served, &mut buf, |s| {
+            let _ = s.handle_stream(Instant::ZERO, socket, &stream[..cut]);
+        });
+        serve(&mut s, &mut served, &mut buf, |s| {
+            let _ = s.handle_stream(Instant::ZERO, socket, &stream[cut..]);
+        });
+        // Recycle a connection now and then: close, re-accept (handed back inside the drain).
         if i % 100 == 0 {
-            s.handle_socket_result(Instant::ZERO, socket, SocketOutcome::PeerClosed);
-            while let Some(op) = s.poll_socket_op() {
-                if let SocketOp::Accept { socket, listener } = op {
-                    assert_eq!(listener, TCP_LISTENER);
-                    s.handle_socket_result(Instant::ZERO, socket, accepted);
-                }
-            }
+            serve(&mut s, &mut served, &mut buf, |s| {
+                s.handle_socket_result(Instant::ZERO, socket, SocketOutcome::PeerClosed)
+            });
         }
     }
     COUNTING.with(|c| c.set(false));
-    assert_eq!(answered, 10_000);
+    assert_eq!(served.answered, 10_000);
     assert_eq!(ALLOCS.with(|a| a.get()), 0, "allocations while serving TCP");
 }

@@ -55,6 +55,21 @@ enum Part {
 /// The punched stream's id in its own namespace.
 const STREAM_ID: SocketId = SocketId(0);
 
+/// Which part of a [`PunchNode`] holds a socket ([`PunchNode::socket_part`]), for diagnostics and
+/// test harnesses that answer the node's intents.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum NodePart {
+    /// Signaling: a broker connection of the rendezvous.
+    Signaling,
+    /// The punch machine: a punch port's listener or connection.
+    Puncher,
+    /// A STUN-over-TCP probe.
+    Probe,
+    /// The punched stream.
+    Stream,
+}
+
 /// How a [`PunchNode`] runs.
 #[derive(Clone, Debug)]
 #[non_exhaustive]

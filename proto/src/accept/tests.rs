@@ -321,6 +321,25 @@ fn listener_failures() {
 }
 
 #[test]
+fn a_bind_failure_after_the_listener_was_bound_still_closes_it() {
+    // Regression (fuzz tcp_stun_session under the contract checker): a `Failed { op: Bind }`
+    // for a listener already `Bound` made the pool forget it without its close, leaking the
+    // runtime's socket.
+    let (mut p, mut ops, _) = listening(1);
+    let ev = p.handle_result(at(1), LISTENER, failed(OpKind::Bind), &mut ops);
+    assert!(matches!(
+        ev,
+        PoolEvent::ListenerFailed {
+            op: OpKind::Bind,
+            ..
+        }
+    ));
+    assert_eq!(drain(&mut ops), vec![SocketOp::Close { socket: LISTENER }]);
+    assert_eq!(p.close_all(&mut ops), 0);
+    assert!(ops.is_empty(), "closed once");
+}
+
+#[test]
 fn empty_pool_owns_nothing() {
     let mut p: AcceptPool<()> = AcceptPool::new(
         PoolConfig {

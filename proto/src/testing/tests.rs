@@ -240,3 +240,211 @@ fn an_accept_that_never_completed_need_not_be_closed() {
     run(&mut m, &mut c, at(1));
     c.assert_all_closed();
 }
+
+fn bind_failed() -> SocketOutcome {
+    SocketOutcome::Failed {
+        op: OpKind::Bind,
+        destination: None,
+        error: crate::IoError::AddrInUse,
+    }
+}
+
+#[test]
+fn a_bind_that_failed_may_be_closed_once_or_not_at_all() {
+    let mut m = Scripted::default();
+    let mut c = checker();
+    m.ops.extend([bind(1), bind(2)]);
+    run(&mut m, &mut c, at(0));
+    c.outcome(SocketId(1), &bind_failed());
+    c.outcome(SocketId(2), &bind_failed());
+    assert!(c.open_sockets().is_empty());
+    // 1 is closed anyway, 2 is forgotten and its id bound again.
+    m.ops.extend([close(1), bind(2)]);
+    run(&mut m, &mut c, at(1));
+    assert_eq!(c.open_sockets(), vec![SocketId(2)]);
+    m.ops.push_back(close(2));
+    run(&mut m, &mut c, at(1));
+    c.assert_all_closed();
+}
+
+#[test]
+#[should_panic(expected = "never closed")]
+fn a_bind_failure_after_bound_does_not_excuse_the_close() {
+    let mut m = Scripted::default();
+    let mut c = checker();
+    m.ops.push_back(bind(1));
+    run(&mut m, &mut c, at(0));
+    c.outcome(
+        SocketId(1),
+        &SocketOutcome::Bound {
+            local: "192.0.2.1:1".parse().unwrap(),
+        },
+    );
+    c.outcome(SocketId(1), &bind_failed());
+    c.assert_all_closed();
+}
+
+#[test]
+#[should_panic(expected = "second Close")]
+fn a_bind_that_failed_is_closed_at_most_once() {
+    let mut m = Scripted::default();
+    let mut c = checker();
+    m.ops.push_back(bind(1));
+    run(&mut m, &mut c, at(0));
+    c.outcome(SocketId(1), &bind_failed());
+    m.ops.extend([close(1), close(1)]);
+    run(&mut m, &mut c, at(0));
+}
+
+#[test]
+fn a_socket_handed_to_the_caller_needs_no_close() {
+    let mut m = Scripted::default();
+    let mut c = checker();
+    m.ops.push_back(bind(1));
+    run(&mut m, &mut c, at(0));
+    c.released(SocketId(1));
+    c.assert_all_closed();
+    // The id may be opened again.
+    m.ops.extend([bind(1), close(1)]);
+    run(&mut m, &mut c, at(0));
+    c.assert_all_closed();
+}
+
+#[test]
+#[should_panic(expected = "handed to the caller")]
+fn a_transmit_on_a_socket_handed_to_the_caller_is_caught() {
+    let mut m = Scripted::default();
+    let mut c = checker();
+    m.ops.push_back(bind(1));
+    run(&mut m, &mut c, at(0));
+    c.released(SocketId(1));
+    m.transmits.push_back(transmit(1));
+    run(&mut m, &mut c, at(0));
+}
+
+#[test]
+#[should_panic(expected = "handed to the caller")]
+fn closing_a_socket_handed_to_the_caller_is_caught() {
+    let mut m = Scripted::default();
+    let mut c = checker();
+    m.ops.push_back(bind(1));
+    run(&mut m, &mut c, at(0));
+    c.released(SocketId(1));
+    m.ops.push_back(close(1));
+    run(&mut m, &mut c, at(0));
+}
+
+#[test]
+fn an_accepted_nobody_asked_for_may_be_closed_once_or_ignored() {
+    let mut m = Scripted::default();
+    let mut c = checker();
+    let accepted = SocketOutcome::Accepted {
+        local: "192.0.2.1:80".parse().unwrap(),
+        remote: "192.0.2.2:999".parse().unwrap(),
+    };
+    c.outcome(SocketId(5), &accepted);
+    c.outcome(SocketId(6), &accepted);
+    m.ops.push_back(close(5));
+    run(&mut m, &mut c, at(0));
+    c.assert_all_closed();
+    m.ops.push_back(close(5));
+    let second = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        run(&mut m, &mut c, at(0));
+    }));
+    assert!(second.is_err(), "a second Close is still caught");
+}
+
+#[test]
+fn the_socket_table_follows_intents_and_outcomes() {
+    use super::{SocketState, SocketTable};
+    let local: SocketAddr = "10.0.0.1:4000".parse().unwrap();
+    let remote: SocketAddr = "10.0.0.2:80".parse().unwrap();
+    let mut t = SocketTable::default();
+    let tcp = |id| SocketOp::Bind {
+        socket: SocketId(id),
+        transport: Transport::Tcp,
+        local,
+        options: Default::default(),
+    };
+    assert_eq!(t.apply(&tcp(1)), None);
+    t.apply(&tcp(2));
+    t.apply(&tcp(3));
+    assert_eq!(t.ids(|s| matches!(s, SocketState::Binding { .. })).len(), 3);
+    t.outcome(SocketId(3), &bind_failed());
+    for id in [1, 2] {
+        t.outcome(SocketId(id), &SocketOutcome::Bound { local });
+    }
+    assert_eq!(t.get(SocketId(3)), None, "a failed bind leaves nothing");
+    t.apply(&SocketOp::Listen {
+        socket: SocketId(1),
+        backlog: 1,
+    });
+    t.apply(&SocketOp::Accept {
+        listener: SocketId(1),
+        socket: SocketId(9),
+    });
+    t.apply(&SocketOp::Connect {
+        socket: SocketId(2),
+        remote,
+    });
+    assert_eq!(
+        t.get(SocketId(2)),
+        Some(SocketState::Connecting { local, remote })
+    );
+    t.outcome(SocketId(2), &SocketOutcome::Connected { local, remote });
+    t.apply(&SocketOp::Shutdown {
+        socket: SocketId(2),
+    });
+    assert_eq!(
+        t.get(SocketId(2)),
+        Some(SocketState::Stream {
+            local,
+            remote,
+            shut: true
+        })
+    );
+    assert_eq!(
+        t.pick(|s| matches!(s, SocketState::Accepting { .. }), 7),
+        Some(SocketId(9))
+    );
+    // Closing the listener drops its pending accept.
+    t.apply(&close(1));
+    assert_eq!(t.len(), 1);
+    t.apply(&close(2));
+    assert!(t.is_empty());
+}
+
+#[test]
+fn a_stream_accepted_after_the_end_gets_its_close_and_nothing_else() {
+    let mut m = Scripted::default();
+    let mut c = checker();
+    m.ops.extend([
+        bind(1),
+        SocketOp::Accept {
+            listener: SocketId(1),
+            socket: SocketId(2),
+        },
+    ]);
+    run(&mut m, &mut c, at(0));
+    m.ops.push_back(close(1));
+    m.events.push_back("closed");
+    run(&mut m, &mut c, at(1));
+    // The runtime hands over the connection it accepted meanwhile: the machine closes it.
+    c.outcome(
+        SocketId(2),
+        &SocketOutcome::Accepted {
+            local: "192.0.2.1:80".parse().unwrap(),
+            remote: "192.0.2.2:999".parse().unwrap(),
+        },
+    );
+    assert_eq!(c.open_sockets(), vec![SocketId(2)]);
+    m.ops.push_back(close(2));
+    run(&mut m, &mut c, at(2));
+    c.assert_all_closed();
+    // Anything else is still caught.
+    m.transmits.push_back(transmit(2));
+    let after = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        run(&mut m, &mut c, at(2));
+    }));
+    assert!(after.is_err());
+}

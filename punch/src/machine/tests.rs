@@ -1,7 +1,8 @@
-//! Regressions found by the `punch_session` fuzz target.
+//! Regressions found by the `punch_session` fuzz target, driven through the contract checker.
 
 use super::*;
 use crate::message::NODE_ID_LEN;
+use p2pd_proto::testing::Pair;
 use p2pd_proto::Machine;
 
 const US: NodeId = NodeId([1; NODE_ID_LEN]);
@@ -19,23 +20,12 @@ fn cand(local_port: u16, external: &str) -> PunchCandidate {
     }
 }
 
-#[derive(Default)]
-struct Out {
-    ops: Vec<SocketOp>,
-    events: Vec<PunchEvent>,
-}
+/// Every input and drain of the puncher goes through the contract checker.
+type Driven = p2pd_proto::testing::Driven<Puncher>;
+type Out = p2pd_proto::testing::Recorder<PunchEvent>;
 
-fn drain(m: &mut Puncher) -> Out {
-    let mut out = Out::default();
-    let mut buf = [0u8; 256];
-    while m.poll_transmit(&mut buf).is_some() {}
-    while let Some(op) = m.poll_socket_op() {
-        out.ops.push(op);
-    }
-    while let Some(ev) = m.poll_event() {
-        out.events.push(ev);
-    }
-    out
+fn drain(m: &mut Driven) -> Out {
+    m.take()
 }
 
 fn binds(out: &Out) -> Vec<SocketId> {
@@ -48,9 +38,8 @@ fn binds(out: &Out) -> Vec<SocketId> {
         .collect()
 }
 
-fn bound(m: &mut Puncher, now: Instant, id: SocketId) -> Out {
-    m.handle_socket_result(
-        now,
+fn bound(m: &mut Driven, now: Instant, id: SocketId) -> Out {
+    m.clock(now).outcome(
         id,
         SocketOutcome::Bound {
             local: "0.0.0.0:20000".parse().unwrap(),
@@ -64,10 +53,11 @@ fn bound(m: &mut Puncher, now: Instant, id: SocketId) -> Out {
 fn armed(
     config: PunchConfig,
     peer_candidates: Vec<PunchCandidate>,
-) -> (Puncher, Instant, Vec<SocketId>) {
-    let mut m = Puncher::new(config, 7);
+) -> (Driven, Instant, Vec<SocketId>) {
+    let puncher = Puncher::new(config, 7);
+    let mut m = Driven::new("puncher", puncher, |e| matches!(e, PunchEvent::Closed));
     let session = m
-        .initiate(ms(0), PEER, vec![cand(20_000, "198.51.100.1:20000")])
+        .input(|m, now| m.initiate(now, PEER, vec![cand(20_000, "198.51.100.1:20000")]))
         .unwrap();
     let t1 = drain(&mut m)
         .events
@@ -92,7 +82,11 @@ fn armed(
     }
     .encode()
     .unwrap();
-    assert_eq!(m.handle_signal(ms(10), PEER, &answer), Verdict::Consumed);
+    assert_eq!(
+        m.clock(ms(10))
+            .input(|m, now| m.handle_signal(now, PEER, &answer)),
+        Verdict::Consumed
+    );
     let out = drain(&mut m);
     let meet = out
         .events
@@ -114,9 +108,9 @@ fn a_dialer_still_binding_at_the_meet_time_does_not_make_the_caller_spin() {
     };
     let _ = bound(&mut m, ms(20), listener);
     // The dialer's bind has not completed when the meet time comes.
-    m.handle_timeout(meet);
+    m.clock(meet).fire();
     let _ = drain(&mut m);
-    let next = m.poll_timeout().unwrap();
+    let next = m.deadline().unwrap();
     assert!(
         next > meet,
         "deadline {next:?} is due at {meet:?}: the caller would spin"
@@ -147,11 +141,10 @@ fn a_retry_without_a_free_socket_waits_instead_of_spinning() {
     };
     let _ = bound(&mut m, ms(20), d1);
     let _ = bound(&mut m, ms(20), d2);
-    m.handle_timeout(meet);
+    m.clock(meet).fire();
     let _ = drain(&mut m);
     // The first connect is refused: its pair retries after `retry_interval`...
-    m.handle_socket_result(
-        meet,
+    m.clock(meet).outcome(
         d1,
         SocketOutcome::Failed {
             op: OpKind::Connect,
@@ -166,17 +159,115 @@ fn a_retry_without_a_free_socket_waits_instead_of_spinning() {
         .ops
         .iter()
         .any(|op| matches!(op, SocketOp::Accept { .. })));
-    assert_eq!(m.open_sockets(), 3);
+    assert_eq!(m.machine.open_sockets(), 3);
     let retry = meet.saturating_add(Duration::from_millis(100));
     for _ in 0..2 {
-        m.handle_timeout(retry);
+        m.clock(retry).fire();
         let _ = drain(&mut m);
     }
-    let next = m.poll_timeout().unwrap();
+    let next = m.deadline().unwrap();
     assert!(
         next > retry,
         "deadline {next:?} is due at {retry:?}: the caller would spin"
     );
+}
+
+/// Moves every signal one side reported to the other at once (signaling takes no time here),
+/// answers the responder's candidate request; keeps every other event (with its side).
+fn relay(pair: &mut Pair<Puncher, Puncher>, seen: &mut Vec<(char, PunchEvent)>) {
+    while !(pair.a.events.is_empty() && pair.b.events.is_empty()) {
+        relay_once(pair, seen);
+    }
+}
+
+fn relay_once(pair: &mut Pair<Puncher, Puncher>, seen: &mut Vec<(char, PunchEvent)>) {
+    for (side, events) in [('a', pair.a.take_events()), ('b', pair.b.take_events())] {
+        for ev in events {
+            match ev {
+                PunchEvent::Signal { payload, .. } => {
+                    let verdict = if side == 'a' {
+                        pair.input_b(|m, now| m.handle_signal(now, US, &payload))
+                    } else {
+                        pair.input_a(|m, now| m.handle_signal(now, PEER, &payload))
+                    };
+                    // Retransmitted signals are duplicates.
+                    assert!(
+                        matches!(
+                            verdict,
+                            Verdict::Consumed | Verdict::Dropped(DropReason::Duplicate)
+                        ),
+                        "{verdict:?}"
+                    );
+                }
+                PunchEvent::NeedCandidates { round } if side == 'b' => {
+                    pair.input_b(|m, now| {
+                        m.provide_candidates(now, round, vec![cand(30_000, "10.0.0.2:30000")])
+                    })
+                    .unwrap();
+                }
+                other => seen.push((side, other)),
+            }
+        }
+    }
+}
+
+#[test]
+fn two_punchers_meet_through_the_in_memory_network() {
+    // Both on one virtual clock (so their clocks agree), 15 ms apart, no NAT: each candidate is
+    // the side's own address.
+    let (a, b) = (
+        Puncher::new(PunchConfig::new(US, EPOCH), 1),
+        Puncher::new(PunchConfig::new(PEER, EPOCH), 2),
+    );
+    let mut pair = Pair::new(a, b)
+        .latency(Duration::from_millis(15), Duration::from_millis(15))
+        .final_events(
+            |e| matches!(e, PunchEvent::Closed),
+            |e| matches!(e, PunchEvent::Closed),
+        );
+    pair.input_a(|m, now| m.initiate(now, PEER, vec![cand(20_000, "10.0.0.1:20000")]))
+        .unwrap();
+    let mut seen = Vec::new();
+    let done = pair.drive_until(|p| {
+        relay(p, &mut seen);
+        ['a', 'b'].iter().all(|side| {
+            seen.iter()
+                .any(|(s, e)| s == side && matches!(e, PunchEvent::Connected { .. }))
+        })
+    });
+    assert!(done, "{seen:?}");
+    // Each side's winner is the caller's now: a stream between the two candidates.
+    for (side, ev) in &seen {
+        if let PunchEvent::Connected {
+            socket,
+            local,
+            remote,
+            ..
+        } = ev
+        {
+            let (ours, theirs) = if *side == 'a' {
+                ("10.0.0.1:20000", "10.0.0.2:30000")
+            } else {
+                ("10.0.0.2:30000", "10.0.0.1:20000")
+            };
+            assert_eq!(
+                (*local, *remote),
+                (ours.parse().unwrap(), theirs.parse().unwrap()),
+                "{side}"
+            );
+            if *side == 'a' {
+                pair.a.checker.released(*socket);
+            } else {
+                pair.b.checker.released(*socket);
+            }
+        }
+    }
+    pair.input_a(|m, now| m.close(now));
+    pair.input_b(|m, now| m.close(now));
+    pair.drive_for(Duration::from_secs(1));
+    pair.a.checker.assert_all_closed();
+    pair.b.checker.assert_all_closed();
+    assert!(pair.a.checker.finished() && pair.b.checker.finished());
 }
 
 #[test]
@@ -210,10 +301,7 @@ fn api_misuse_is_a_typed_error_and_changes_nothing() {
         m.provide_candidates(ms(0), 0, one()),
         Err(PunchApiError::CandidatesNotAsked)
     );
-    assert!(
-        drain(&mut m).events.is_empty(),
-        "refused calls emit nothing"
-    );
+    assert!(m.poll_event().is_none(), "refused calls emit nothing");
     m.initiate(ms(0), PEER, one()).unwrap();
     assert_eq!(
         m.initiate(ms(0), PEER, one()),

@@ -8,7 +8,7 @@ use p2pd_proto::{
     Instant, IoError, OpKind, SocketId, SocketOp, SocketOutcome, Transmit, TRANSMIT_BUFFER_LEN,
 };
 
-use super::{NodeEvent, Part, PunchNode, STREAM_ID};
+use super::{NodeEvent, NodePart, Part, PunchNode, STREAM_ID};
 use crate::error::PunchApiError;
 
 /// Most bytes [`PunchNode::send`] queues for the punched stream before the runtime takes them. The
@@ -166,6 +166,17 @@ impl PunchNode {
         self.stream.as_ref().is_some_and(|s| s.shut)
     }
 
+    /// Which part of the node holds `socket` (an id the node named in an intent and has not
+    /// closed), if any.
+    pub fn socket_part(&self, socket: SocketId) -> Option<NodePart> {
+        Some(match self.sockets.route(socket)?.0 {
+            Part::Signaling => NodePart::Signaling,
+            Part::Puncher => NodePart::Puncher,
+            Part::Probe(_) => NodePart::Probe,
+            Part::Stream => NodePart::Stream,
+        })
+    }
+
     /// The punched stream's socket while it is up (for the runtime's own view of it, e.g. bytes
     /// it still holds unwritten).
     pub fn stream_socket(&self) -> Option<SocketId> {
@@ -200,9 +211,16 @@ impl PunchNode {
             return None;
         }
         let full = buf.len().min(TRANSMIT_BUFFER_LEN);
-        let n = s.out.len().saturating_sub(s.emitted).min(full);
-        // Only the first transmit of a batch may be short (see `Stream`); a short tail waits for
-        // the next settle point (at the latest the immediate deadline below).
+        let pending = s.out.len().saturating_sub(s.emitted);
+        // Only the first transmit of a batch may be short: it carries the odd remainder, so the
+        // rest of the queue follows in full-sized transmits in the same batch (a short tail would
+        // wait for another settle point: one more timeout at the same instant than the contract
+        // allows). Bytes queued after a batch started wait for the next settle point if they
+        // leave a short tail (at the latest the immediate deadline).
+        let n = match (s.chunks.is_empty(), pending.checked_rem(full)) {
+            (true, Some(odd)) if odd > 0 => odd,
+            _ => pending.min(full),
+        };
         if n == 0 || (n < full && !s.chunks.is_empty()) {
             return None;
         }

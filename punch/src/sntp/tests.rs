@@ -3,12 +3,11 @@
 
 use core::net::SocketAddr;
 use core::time::Duration;
-use p2pd_proto::Machine;
 
 use p2pd_proto::stun::DecodeError;
+use p2pd_proto::testing::{Driven, Output};
 use p2pd_proto::{
     DropReason, Instant, IoError, OpKind, SocketId, SocketOp, SocketOutcome, Verdict,
-    TRANSMIT_BUFFER_LEN,
 };
 use proptest::prelude::*;
 
@@ -321,7 +320,8 @@ impl FakeServer {
 }
 
 struct Harness {
-    client: SntpClient,
+    /// The client; every input and drain goes through its contract checker.
+    d: Driven<SntpClient>,
     now: Instant,
     socket: SocketId,
     /// (destination, bytes, sent at)
@@ -330,6 +330,10 @@ struct Harness {
     pending: Vec<(Instant, SocketAddr, Vec<u8>)>,
     events: Vec<SntpEvent>,
     closes: Vec<SocketId>,
+}
+
+fn driven(client: SntpClient) -> Driven<SntpClient> {
+    Driven::new("sntp client", client, |e| matches!(e, SntpEvent::Closed))
 }
 
 fn config(servers: Vec<SocketAddr>) -> SntpConfig {
@@ -345,12 +349,14 @@ fn config(servers: Vec<SocketAddr>) -> SntpConfig {
 
 impl Harness {
     fn new(config: SntpConfig) -> Self {
-        let mut client = SntpClient::new(config, 7).unwrap();
-        let socket = client
-            .open_socket(Instant::ZERO, addr(LOCAL), Default::default())
+        let mut d = driven(SntpClient::new(config, 7).unwrap());
+        let socket = d
+            .input(|c, now| c.open_socket(now, addr(LOCAL), Default::default()))
             .unwrap();
+        assert!(matches!(d.take_ops()[..], [SocketOp::Bind { socket: s, .. }] if s == socket));
+        d.outcome(socket, SocketOutcome::Bound { local: addr(BOUND) });
         let mut h = Harness {
-            client,
+            d,
             now: Instant::ZERO,
             socket,
             sent: Vec::new(),
@@ -358,43 +364,47 @@ impl Harness {
             events: Vec::new(),
             closes: Vec::new(),
         };
-        let op = h.client.poll_socket_op().unwrap();
-        assert!(matches!(op, SocketOp::Bind { socket: s, .. } if s == socket));
-        h.client
-            .handle_socket_result(h.now, socket, SocketOutcome::Bound { local: addr(BOUND) });
         h.drain();
         h
     }
 
+    /// Takes what the last inputs produced (the checker saw it first).
     fn drain(&mut self) {
-        let mut buf = [0u8; TRANSMIT_BUFFER_LEN];
-        while let Some(t) = self.client.poll_transmit(&mut buf) {
-            assert_eq!(t.socket, self.socket);
-            assert_eq!(t.len, PACKET_LEN);
-            self.sent
-                .push((t.destination, buf[..t.len].to_vec(), self.now));
-        }
-        while let Some(op) = self.client.poll_socket_op() {
-            match op {
-                SocketOp::Close { socket } => self.closes.push(socket),
-                other => panic!("unexpected intent {other:?}"),
+        for out in self.d.take().into_outputs() {
+            match out {
+                Output::Transmit(t, bytes) => {
+                    assert_eq!(t.socket, self.socket);
+                    assert_eq!(t.len, PACKET_LEN);
+                    self.sent.push((t.destination, bytes, self.now));
+                }
+                Output::Op(SocketOp::Close { socket }) => self.closes.push(socket),
+                Output::Op(other) => panic!("unexpected intent {other:?}"),
+                Output::Event(ev) => self.events.push(ev),
             }
         }
-        while let Some(ev) = self.client.poll_event() {
-            self.events.push(ev);
-        }
+    }
+
+    /// `handle_timeout` at the current time (due or not).
+    fn fire(&mut self) {
+        self.d.clock(self.now).fire();
+        self.drain();
+    }
+
+    /// Closes the client at the current time.
+    fn close(&mut self) {
+        self.d.clock(self.now).input(|c, now| c.close(now));
+        self.drain();
     }
 
     /// Moves time forward by `ms`, firing the timer as often as it falls due.
     fn advance(&mut self, ms: u64) {
         let target = self.now + Duration::from_millis(ms);
-        while let Some(d) = self.client.poll_timeout() {
+        while let Some(d) = self.d.deadline() {
             if d > target {
                 break;
             }
             self.now = self.now.max(d);
-            self.client.handle_timeout(self.now);
-            self.drain();
+            self.fire();
         }
         self.now = target;
     }
@@ -417,7 +427,7 @@ impl Harness {
     /// Processes the next delivery or timer (deliveries first on a tie); false if there is none.
     fn step(&mut self) -> bool {
         let delivery = self.pending.iter().map(|p| p.0).min();
-        let timer = self.client.poll_timeout();
+        let timer = self.d.deadline();
         match (delivery, timer) {
             (Some(d), t) if t.is_none_or(|t| d <= t) => {
                 let i = self.pending.iter().position(|p| p.0 == d).unwrap();
@@ -428,8 +438,7 @@ impl Harness {
             }
             (_, Some(t)) => {
                 self.now = self.now.max(t);
-                self.client.handle_timeout(self.now);
-                self.drain();
+                self.fire();
                 true
             }
             _ => false,
@@ -455,9 +464,11 @@ impl Harness {
     }
 
     fn deliver(&mut self, from: SocketAddr, bytes: &[u8]) -> Verdict {
-        let v = self
-            .client
-            .handle_datagram(self.now, self.socket, from, bytes);
+        self.deliver_on(self.socket, from, bytes)
+    }
+
+    fn deliver_on(&mut self, socket: SocketId, from: SocketAddr, bytes: &[u8]) -> Verdict {
+        let v = self.d.clock(self.now).datagram(socket, from, bytes);
         self.drain();
         v
     }
@@ -533,9 +544,9 @@ fn good_replies_give_the_offset_within_its_uncertainty() {
     assert_eq!(i128::from(est.offset_ns), offset);
     assert_eq!(est.delay_ns, 20_000_000);
     assert_eq!(est.uncertainty_ns, 10_000_001);
-    assert_eq!(h.client.stats().queries, 3);
-    assert_eq!(h.client.stats().retries, 0);
-    assert_eq!(h.client.poll_timeout(), None, "no timer after the end");
+    assert_eq!(h.d.machine.stats().queries, 3);
+    assert_eq!(h.d.machine.stats().retries, 0);
+    assert_eq!(h.d.deadline(), None, "no timer after the end");
     // Samples 500 ms apart (spacing counted from each reply).
     let times: Vec<u64> = h.sent.iter().map(|s| s.2.as_nanos() / 1_000_000).collect();
     assert_eq!(times, vec![0, 520, 1040]);
@@ -591,7 +602,7 @@ fn kiss_of_death_stops_queries_to_that_server() {
         }))
     );
     assert_eq!(h.sent.len(), 2, "one query each, nothing after the kiss");
-    assert_eq!(h.client.stats().kisses, 2);
+    assert_eq!(h.d.machine.stats().kisses, 2);
 }
 
 #[test]
@@ -648,14 +659,14 @@ fn wrong_originate_is_dropped_and_the_query_times_out() {
         h.deliver(dest, &reply),
         Verdict::Dropped(DropReason::UnknownTransaction)
     );
-    assert_eq!(h.client.stats().unknown_originate, 1);
+    assert_eq!(h.d.machine.stats().unknown_originate, 1);
     h.advance(10_000);
     assert_eq!(
         h.finished(),
         Some(&Err(SntpFailure::Timeout { queries: 6 })),
         "3 samples x 2 attempts"
     );
-    assert_eq!(h.client.stats().retries, 3);
+    assert_eq!(h.d.machine.stats().retries, 3);
 }
 
 #[test]
@@ -696,10 +707,10 @@ fn bad_input_is_counted_and_dropped() {
         Verdict::Dropped(DropReason::WrongSource)
     );
     assert_eq!(
-        h.client.handle_datagram(h.now, SocketId(99), dest, &good),
+        h.deliver_on(SocketId(99), dest, &good),
         Verdict::Dropped(DropReason::UnknownSocket)
     );
-    let stats = h.client.stats();
+    let stats = h.d.machine.stats();
     assert_eq!(stats.too_short, 48);
     assert_eq!(stats.wrong_header, 3);
     assert_eq!(stats.wrong_source, 2);
@@ -740,7 +751,7 @@ fn late_reply_after_a_retry_is_a_sample_with_its_own_send_time() {
     h.advance(300); // timeout: retry
     assert_eq!(h.sent.len(), 2);
     assert_ne!(h.sent[0].1, h.sent[1].1, "a retry carries a fresh nonce");
-    assert_eq!(h.client.stats().retries, 1);
+    assert_eq!(h.d.machine.stats().retries, 1);
     // The first attempt's reply arrives 400 ms after it was sent (200 ms each way).
     assert_eq!(
         h.answer(0, FakeServer::honest(3_000_000), 200, 200),
@@ -840,18 +851,17 @@ fn silent_servers_time_out_after_every_attempt() {
         .map(|s| s.2.as_nanos() / 1_000_000)
         .collect();
     assert_eq!(times, vec![0, 300, 1100, 1400, 2200, 2500]);
-    assert_eq!(h.client.poll_timeout(), None);
+    assert_eq!(h.d.deadline(), None);
 }
 
 #[test]
 fn bind_failure_is_a_typed_failure_and_nothing_is_closed() {
-    let mut client = SntpClient::new(config(vec![server(1)]), 1).unwrap();
+    let mut client = driven(SntpClient::new(config(vec![server(1)]), 1).unwrap());
     let s = client
-        .open_socket(Instant::ZERO, addr(LOCAL), Default::default())
+        .input(|c, now| c.open_socket(now, addr(LOCAL), Default::default()))
         .unwrap();
-    let _ = client.poll_socket_op();
-    client.handle_socket_result(
-        Instant::ZERO,
+    let _ = client.take_ops();
+    client.outcome(
         s,
         SocketOutcome::Failed {
             op: OpKind::Bind,
@@ -860,22 +870,22 @@ fn bind_failure_is_a_typed_failure_and_nothing_is_closed() {
         },
     );
     assert_eq!(
-        client.poll_event(),
-        Some(SntpEvent::Finished(Err(SntpFailure::SocketFailed(
+        client.take_events(),
+        vec![SntpEvent::Finished(Err(SntpFailure::SocketFailed(
             IoError::AddrInUse
-        ))))
+        )))]
     );
-    client.close(Instant::ZERO);
-    assert_eq!(client.poll_socket_op(), None);
-    assert_eq!(client.poll_event(), Some(SntpEvent::Closed));
+    client.input(|c, now| c.close(now));
+    assert_eq!(client.take_ops(), vec![]);
+    assert_eq!(client.take_events(), vec![SntpEvent::Closed]);
+    client.checker.assert_all_closed();
 }
 
 #[test]
 fn close_is_idempotent_and_finishes_first() {
     let mut h = Harness::new(config(vec![server(1)]));
-    h.client.close(h.now);
-    h.client.close(h.now);
-    h.drain();
+    h.close();
+    h.close();
     assert_eq!(h.closes, vec![h.socket]);
     let tail: Vec<_> = h.events.iter().skip(1).cloned().collect();
     assert_eq!(
@@ -885,35 +895,34 @@ fn close_is_idempotent_and_finishes_first() {
             SntpEvent::Closed
         ]
     );
-    assert_eq!(h.client.poll_timeout(), None);
+    assert_eq!(h.d.deadline(), None);
     let (dest, req, _) = h.sent[0].clone();
     let reply = FakeServer::honest(0).reply(&req, h.wall());
     assert_eq!(
         h.deliver(dest, &reply),
         Verdict::Dropped(DropReason::Closed)
     );
-    h.client.handle_timeout(h.now);
-    h.drain();
+    h.fire();
     assert_eq!(h.events.len(), 3, "nothing after Closed");
     assert_eq!(h.sent.len(), 1);
+    h.d.checker.assert_all_closed();
 }
 
 #[test]
 fn a_callers_socket_is_used_at_once_and_never_closed() {
-    let mut client = SntpClient::new(config(vec![server(1)]), 1).unwrap();
+    let mut client = driven(SntpClient::new(config(vec![server(1)]), 1).unwrap());
     client
-        .use_socket(Instant::ZERO, SocketId(42), addr(BOUND))
+        .input(|c, now| c.use_socket(now, SocketId(42), addr(BOUND)))
         .unwrap();
     assert_eq!(
-        client.use_socket(Instant::ZERO, SocketId(43), addr(BOUND)),
+        client.input(|c, now| c.use_socket(now, SocketId(43), addr(BOUND))),
         Err(SntpApiError::SocketAlreadySet)
     );
-    let mut buf = [0u8; TRANSMIT_BUFFER_LEN];
-    let t = client.poll_transmit(&mut buf).unwrap();
+    let (t, _) = client.take_transmits().into_iter().next().unwrap();
     assert_eq!(t.socket, SocketId(42));
     assert_eq!(t.destination, server(1));
-    client.close(Instant::ZERO);
-    assert_eq!(client.poll_socket_op(), None);
+    client.input(|c, now| c.close(now));
+    assert_eq!(client.take_ops(), vec![]);
 }
 
 #[test]
@@ -1002,7 +1011,7 @@ fn machine_trait_drives_it() {
         m.poll_timeout()
     }
     let h = Harness::new(config(vec![server(1)]));
-    let mut client = h.client;
+    let mut client = h.d.machine;
     assert_eq!(poll(&mut client), Some(Instant::from_millis(300)));
 }
 

@@ -3,10 +3,10 @@
 
 use core::net::SocketAddr;
 use core::time::Duration;
-use p2pd_proto::Machine;
 use std::collections::BTreeMap;
 
-use p2pd_proto::{IoError, OpKind, TRANSMIT_BUFFER_LEN};
+use p2pd_proto::testing::{Driven, Output};
+use p2pd_proto::{IoError, OpKind};
 
 use super::*;
 use crate::mqtt::codec::{encode, Decoder, Packet, Protocol};
@@ -46,7 +46,8 @@ struct Side {
 }
 
 struct Harness {
-    m: Rendezvous,
+    /// The machine; every input and drain goes through its contract checker.
+    m: Driven<Rendezvous>,
     now: Instant,
     sides: Vec<Side>,
     /// Socket -> broker index, from the Connect intents.
@@ -64,6 +65,8 @@ impl Harness {
     fn with(config: RendezvousConfig) -> Harness {
         let n = config.brokers.len();
         let m = Rendezvous::new(config, identity(1), 7, Instant::ZERO).unwrap();
+        let mut m = Driven::new("rendezvous", m, |e| *e == RendezvousEvent::Closed);
+        m.drain();
         let mut h = Harness {
             m,
             now: Instant::ZERO,
@@ -78,33 +81,32 @@ impl Harness {
     }
 
     fn id(&self, broker: usize) -> BrokerId {
-        self.m.broker_ids().nth(broker).unwrap()
+        self.m.machine.broker_ids().nth(broker).unwrap()
     }
 
     /// Carries out every output: binds succeed, connects reach the broker named by the remote
     /// address, the brokers answer CONNECT, SUBSCRIBE, PUBLISH (unless holding) and PINGREQ.
     fn drain(&mut self) {
-        let mut buf = [0u8; TRANSMIT_BUFFER_LEN];
         loop {
-            let mut progressed = false;
-            while let Some(t) = self.m.poll_transmit(&mut buf) {
-                progressed = true;
-                let b = self.routes[&t.socket];
-                assert_eq!(t.destination, addr(u8::try_from(b).unwrap()));
-                let bytes = buf[..t.len].to_vec();
-                self.broker_reads(b, t.socket, &bytes);
+            let out = self.m.take();
+            if out.is_empty() {
+                return;
             }
-            while let Some(op) = self.m.poll_socket_op() {
-                progressed = true;
-                let now = self.now;
-                match op {
-                    SocketOp::Bind { socket, .. } => {
+            for output in out.into_outputs() {
+                match output {
+                    Output::Transmit(t, bytes) => {
+                        let b = self.routes[&t.socket];
+                        assert_eq!(t.destination, addr(u8::try_from(b).unwrap()));
+                        self.broker_reads(b, t.socket, &bytes);
+                    }
+                    Output::Op(SocketOp::Bind { socket, .. }) => {
                         self.binds.push(socket);
                         let local = "10.0.0.2:40000".parse().unwrap();
                         self.m
-                            .handle_socket_result(now, socket, SocketOutcome::Bound { local });
+                            .clock(self.now)
+                            .outcome(socket, SocketOutcome::Bound { local });
                     }
-                    SocketOp::Connect { socket, remote } => {
+                    Output::Op(SocketOp::Connect { socket, remote }) => {
                         let b = (0..self.sides.len())
                             .find(|&i| addr(u8::try_from(i).unwrap()) == remote)
                             .expect("a configured broker");
@@ -113,13 +115,11 @@ impl Harness {
                         side.socket = Some(socket);
                         side.decoder = Some(Decoder::new(Protocol::V311, 1 << 20));
                         let local = "10.0.0.2:40000".parse().unwrap();
-                        self.m.handle_socket_result(
-                            now,
-                            socket,
-                            SocketOutcome::Connected { local, remote },
-                        );
+                        self.m
+                            .clock(self.now)
+                            .outcome(socket, SocketOutcome::Connected { local, remote });
                     }
-                    SocketOp::Close { socket } => {
+                    Output::Op(SocketOp::Close { socket }) => {
                         *self.closes.entry(socket).or_default() += 1;
                         for side in &mut self.sides {
                             if side.socket == Some(socket) {
@@ -127,19 +127,15 @@ impl Harness {
                             }
                         }
                     }
-                    other => panic!("unexpected intent {other:?}"),
+                    Output::Op(other) => panic!("unexpected intent {other:?}"),
+                    Output::Event(ev) => {
+                        assert!(
+                            !self.events.contains(&RendezvousEvent::Closed),
+                            "event after Closed: {ev:?}"
+                        );
+                        self.events.push(ev);
+                    }
                 }
-            }
-            while let Some(ev) = self.m.poll_event() {
-                progressed = true;
-                assert!(
-                    !self.events.contains(&RendezvousEvent::Closed),
-                    "event after Closed: {ev:?}"
-                );
-                self.events.push(ev);
-            }
-            if !progressed {
-                break;
             }
         }
     }
@@ -187,8 +183,10 @@ impl Harness {
         let socket = self.sides[b].socket.expect("connected");
         let mut wire = Vec::new();
         encode(packet, Protocol::V311, &mut wire).unwrap();
-        let now = self.now;
-        assert_eq!(self.m.handle_stream(now, socket, &wire), Verdict::Consumed);
+        assert_eq!(
+            self.m.clock(self.now).stream(socket, &wire),
+            Verdict::Consumed
+        );
         self.drain();
     }
 
@@ -210,8 +208,7 @@ impl Harness {
 
     fn advance(&mut self, d: Duration) {
         self.now = self.now + d;
-        let now = self.now;
-        self.m.handle_timeout(now);
+        self.m.clock(self.now).fire();
         self.drain();
     }
 
@@ -225,7 +222,7 @@ impl Harness {
 
     /// An envelope from node 2 to us, sealed `age` before now.
     fn envelope(&self, nonce: u8, age: Duration, payload: &[u8]) -> Vec<u8> {
-        let at = self.m.unix_ms(self.now) - u64::try_from(age.as_millis()).unwrap();
+        let at = self.m.machine.unix_ms(self.now) - u64::try_from(age.as_millis()).unwrap();
         seal(
             &identity(2),
             &identity(1).public_key(),
@@ -255,23 +252,23 @@ fn sockets_are_routed_to_the_broker_that_owns_them() {
             ev.contains(&RendezvousEvent::Listening { broker }),
             "{ev:?}"
         );
-        let health = h.m.health(broker).unwrap();
+        let health = h.m.machine.health(broker).unwrap();
         assert!(health.connected && health.listening);
         assert_eq!(health.connects, 1);
     }
-    assert_eq!(h.m.connected_brokers(), 2);
+    assert_eq!(h.m.machine.connected_brokers(), 2);
     // Input for a socket outside every range is not ours and changes nothing.
     let now = h.now;
     for socket in [SocketId(BASE - 1), SocketId(BASE + 2 * SOCKETS_PER_BROKER)] {
         assert_eq!(
-            h.m.handle_stream(now, socket, b"\x20\x02\0\0"),
+            h.m.clock(now).stream(socket, b"\x20\x02\0\0"),
             Verdict::NotMine
         );
-        h.m.handle_socket_result(now, socket, SocketOutcome::PeerClosed);
+        h.m.clock(now).outcome(socket, SocketOutcome::PeerClosed);
     }
     let addr = "192.0.2.99:1".parse().unwrap();
     assert_eq!(
-        h.m.handle_datagram(now, SocketId(BASE), addr, b"x"),
+        h.m.clock(now).datagram(SocketId(BASE), addr, b"x"),
         Verdict::NotMine
     );
     h.drain();
@@ -283,15 +280,16 @@ fn sockets_are_routed_to_the_broker_that_owns_them() {
         destination: None,
         error: IoError::ConnectionReset,
     };
-    h.m.handle_socket_result(now, SocketId(BASE + SOCKETS_PER_BROKER), failed);
+    h.m.clock(now)
+        .outcome(SocketId(BASE + SOCKETS_PER_BROKER), failed);
     h.drain();
     let ev = h.take();
     assert!(
         matches!(ev.as_slice(), [RendezvousEvent::BrokerDown { broker, .. }] if *broker == h.id(1)),
         "{ev:?}"
     );
-    assert!(h.m.health(h.id(0)).unwrap().connected);
-    assert!(!h.m.health(h.id(1)).unwrap().connected);
+    assert!(h.m.machine.health(h.id(0)).unwrap().connected);
+    assert!(!h.m.machine.health(h.id(1)).unwrap().connected);
     assert_eq!(h.closes[&SocketId(BASE + SOCKETS_PER_BROKER)], 1);
     // It reconnects on its next socket id and re-subscribes.
     h.advance(Duration::from_secs(2));
@@ -301,7 +299,7 @@ fn sockets_are_routed_to_the_broker_that_owns_them() {
     );
     let broker = h.id(1);
     assert!(h.take().contains(&RendezvousEvent::Listening { broker }));
-    assert_eq!(h.m.health(broker).unwrap().connects, 2);
+    assert_eq!(h.m.machine.health(broker).unwrap().connects, 2);
 }
 
 #[test]
@@ -334,15 +332,18 @@ fn first_copy_reported_later_copies_counted_as_duplicates() {
     h.advance(Duration::from_millis(Opener::DEFAULT_MAX_AGE_MS + 5_000));
     h.deliver(1, &topic, &env);
     assert_eq!(h.take(), []);
-    let stats = h.m.stats();
+    let stats = h.m.machine.stats();
     assert_eq!(
         (stats.received, stats.duplicates, stats.rejected),
         (1, 3, 0)
     );
-    let (h0, h1) = (h.m.health(h.id(0)).unwrap(), h.m.health(h.id(1)).unwrap());
+    let (h0, h1) = (
+        h.m.machine.health(h.id(0)).unwrap(),
+        h.m.machine.health(h.id(1)).unwrap(),
+    );
     assert_eq!((h0.delivered, h0.duplicates), (1, 1));
     assert_eq!((h1.delivered, h1.duplicates), (0, 2));
-    assert_eq!(h.m.replay_cache_len(), 1);
+    assert_eq!(h.m.machine.replay_cache_len(), 1);
 }
 
 #[test]
@@ -361,7 +362,7 @@ fn rejections_carry_their_reason() {
     let elsewhere = seal(
         &identity(2),
         &identity(3).public_key(),
-        h.m.unix_ms(h.now),
+        h.m.machine.unix_ms(h.now),
         [4; NONCE_LEN],
         b"not for us",
     )
@@ -397,12 +398,14 @@ fn rejections_carry_their_reason() {
     let fresh = h.envelope(6, Duration::ZERO, b"x");
     h.deliver(0, "p2pd/v1/elsewhere", &fresh);
     assert_eq!(h.take(), []);
-    let stats = h.m.stats();
+    let stats = h.m.machine.stats();
     assert_eq!(
         (stats.rejected, stats.foreign_topic, stats.received),
         (6, 1, 0)
     );
-    let rejected: u64 = (0..2).map(|b| h.m.health(h.id(b)).unwrap().rejected).sum();
+    let rejected: u64 = (0..2)
+        .map(|b| h.m.machine.health(h.id(b)).unwrap().rejected)
+        .sum();
     assert_eq!(rejected, 6);
 }
 
@@ -415,10 +418,13 @@ fn every_broker_acknowledges_separately() {
     }
     let peer = identity(2).public_key();
     let now = h.now;
-    let sent = h.m.send(now, &peer, None, b"to both").unwrap();
+    let sent =
+        h.m.clock(now)
+            .input(|m, now| m.send(now, &peer, None, b"to both"))
+            .unwrap();
     h.drain();
     assert_eq!(sent.brokers, 2);
-    assert_eq!(h.m.pending_acks(), 2);
+    assert_eq!(h.m.machine.pending_acks(), 2);
     let topic = topic_for(&peer.node_id());
     for side in &h.sides {
         assert_eq!(side.published.len(), 1);
@@ -438,15 +444,18 @@ fn every_broker_acknowledges_separately() {
             }]
         );
     }
-    assert_eq!(h.m.pending_acks(), 0);
-    assert_eq!(h.m.health(h.id(0)).unwrap().acknowledged, 1);
+    assert_eq!(h.m.machine.pending_acks(), 0);
+    assert_eq!(h.m.machine.health(h.id(0)).unwrap().acknowledged, 1);
     // A stray PUBACK changes nothing.
     h.broker_sends(0, &Packet::PubAck { pkid: 999 });
     assert_eq!(h.take(), []);
     // Through one chosen broker only.
     let via = [h.id(1)];
     let now = h.now;
-    let one = h.m.send(now, &peer, Some(&via), b"via one").unwrap();
+    let one =
+        h.m.clock(now)
+            .input(|m, now| m.send(now, &peer, Some(&via), b"via one"))
+            .unwrap();
     h.drain();
     assert_eq!((one.brokers, one.id), (1, MessageId(sent.id.0 + 1)));
     assert_eq!(
@@ -455,15 +464,17 @@ fn every_broker_acknowledges_separately() {
     );
     let unknown = [BrokerSpec::new(Some("nowhere"), addr(9)).id];
     assert_eq!(
-        h.m.send(now, &peer, Some(&unknown), b"x"),
+        h.m.clock(now)
+            .input(|m, now| m.send(now, &peer, Some(&unknown), b"x")),
         Err(SendError::NoCommonBroker)
     );
     let too_big = vec![0; crate::envelope::MAX_PAYLOAD + 1];
     assert!(matches!(
-        h.m.send(now, &peer, None, &too_big),
+        h.m.clock(now)
+            .input(|m, now| m.send(now, &peer, None, &too_big)),
         Err(SendError::Seal(_))
     ));
-    assert_eq!(h.m.stats().sent, 2);
+    assert_eq!(h.m.machine.stats().sent, 2);
 }
 
 #[test]
@@ -472,21 +483,25 @@ fn close_is_idempotent_and_reports_closed_once() {
     h.take();
     let sockets: Vec<SocketId> = h.sides.iter().map(|s| s.socket.unwrap()).collect();
     let now = h.now;
-    h.m.close(now);
+    h.m.clock(now).input(|m, now| m.close(now));
     h.drain();
-    assert!(h.m.is_closing());
+    assert!(h.m.machine.is_closing());
     for s in &sockets {
         assert_eq!(h.closes[s], 1, "{s} closed once");
     }
     assert_eq!(h.take(), [RendezvousEvent::Closed]);
-    assert_eq!(h.m.poll_timeout(), None);
-    assert_eq!(h.m.connected_brokers(), 0);
-    h.m.close(now);
+    assert_eq!(h.m.deadline(), None);
+    assert_eq!(h.m.machine.connected_brokers(), 0);
+    h.m.clock(now).input(|m, now| m.close(now));
     h.advance(Duration::from_secs(120));
     assert_eq!(h.take(), []);
     assert_eq!(h.closes.values().sum::<usize>(), 3);
     let peer = identity(2).public_key();
-    assert_eq!(h.m.send(now, &peer, None, b"x"), Err(SendError::Closed));
+    // (At the current time: the checker refuses a clock set back.)
+    assert_eq!(
+        h.m.input(|m, now| m.send(now, &peer, None, b"x")),
+        Err(SendError::Closed)
+    );
     // Closing while a broker is between attempts closes only the live sockets.
     let mut h = Harness::new(2);
     let now = h.now;
@@ -495,13 +510,13 @@ fn close_is_idempotent_and_reports_closed_once() {
         destination: None,
         error: IoError::ConnectionReset,
     };
-    h.m.handle_socket_result(now, SocketId(BASE), failed);
+    h.m.clock(now).outcome(SocketId(BASE), failed);
     h.drain();
-    h.m.close(now);
+    h.m.clock(now).input(|m, now| m.close(now));
     h.drain();
     assert_eq!(h.closes.values().sum::<usize>(), 2);
     assert_eq!(h.take().last(), Some(&RendezvousEvent::Closed));
-    assert_eq!(h.m.poll_timeout(), None);
+    assert_eq!(h.m.deadline(), None);
 }
 
 #[test]
@@ -537,7 +552,8 @@ fn same_seed_same_outputs() {
     let run = || {
         let mut h = Harness::new(2);
         let now = h.now;
-        h.m.send(now, &identity(2).public_key(), None, b"d")
+        h.m.clock(now)
+            .input(|m, now| m.send(now, &identity(2).public_key(), None, b"d"))
             .unwrap();
         h.drain();
         (

@@ -1,6 +1,5 @@
 //! Drives the client against a scripted broker built from the codec. No sockets, no clock.
 
-use p2pd_proto::Machine;
 use p2pd_proto::{IoError, OpKind, TRANSMIT_BUFFER_LEN};
 
 use super::*;
@@ -38,13 +37,13 @@ fn connects_with_both_protocols() {
         else {
             panic!("expected one CONNECT, got {sent:?}");
         };
-        assert_eq!(client_id, h.client.client_id());
+        assert_eq!(client_id, h.client.machine.client_id());
         assert_eq!(*keep_alive, 30);
         assert!(*clean_session);
         assert_eq!(*sent_protocol, protocol);
-        assert!(!h.client.is_connected());
+        assert!(!h.client.machine.is_connected());
         h.send(&connack(0));
-        assert!(h.client.is_connected());
+        assert!(h.client.machine.is_connected());
         assert_eq!(
             h.events,
             vec![MqttEvent::Connected {
@@ -52,7 +51,7 @@ fn connects_with_both_protocols() {
                 protocol
             }]
         );
-        assert_eq!(h.client.stats().connects, 1);
+        assert_eq!(h.client.machine.stats().connects, 1);
     }
 }
 
@@ -75,8 +74,8 @@ fn client_id_is_random_per_seed_and_deterministic() {
 fn ipv6_broker_binds_an_ipv6_socket() {
     let mut c = config(Protocol::V311);
     c.broker = "[2001:db8::1]:1883".parse().unwrap();
-    let mut client = MqttClient::new(c, 1, Instant::ZERO);
-    let Some(SocketOp::Bind { local, .. }) = client.poll_socket_op() else {
+    let h = Harness::new(c, 1);
+    let Some(SocketOp::Bind { local, .. }) = h.ops.first().copied() else {
         panic!()
     };
     assert_eq!(local, "[::]:0".parse().unwrap());
@@ -87,10 +86,12 @@ fn subscribe_before_connect_is_sent_on_connect_and_acknowledged() {
     for protocol in BOTH {
         let mut h = Harness::new(config(protocol), 2);
         h.client
-            .subscribe(h.now, "node/a", QoS::AtLeastOnce)
+            .clock(h.now)
+            .input(|c, now| c.subscribe(now, "node/a", QoS::AtLeastOnce))
             .unwrap();
         h.client
-            .subscribe(h.now, "node/b", QoS::AtMostOnce)
+            .clock(h.now)
+            .input(|c, now| c.subscribe(now, "node/b", QoS::AtMostOnce))
             .unwrap();
         h.connect();
         let subs = h.take_subscribes();
@@ -119,13 +120,13 @@ fn subscribe_before_connect_is_sent_on_connect_and_acknowledged() {
             ]
         );
         // A stale SUBACK is counted, not an error.
-        let dropped = h.client.stats().dropped;
+        let dropped = h.client.machine.stats().dropped;
         h.send(&Packet::SubAck {
             pkid: subs[0].0,
             codes: vec![1],
         });
-        assert_eq!(h.client.stats().dropped, dropped + 1);
-        assert!(h.client.is_connected());
+        assert_eq!(h.client.machine.stats().dropped, dropped + 1);
+        assert!(h.client.machine.is_connected());
     }
 }
 
@@ -137,26 +138,42 @@ fn subscribe_errors() {
     let mut h = Harness::new(c, 3);
     let now = h.now;
     assert_eq!(
-        h.client.subscribe(now, "", QoS::AtMostOnce),
+        h.client
+            .clock(now)
+            .input(|c, now| c.subscribe(now, "", QoS::AtMostOnce)),
         Err(SubscribeError::InvalidFilter)
     );
     assert_eq!(
-        h.client.subscribe(now, "a\0", QoS::AtMostOnce),
+        h.client
+            .clock(now)
+            .input(|c, now| c.subscribe(now, "a\0", QoS::AtMostOnce)),
         Err(SubscribeError::InvalidFilter)
     );
     assert_eq!(
-        h.client.subscribe(now, &"x".repeat(100), QoS::AtMostOnce),
+        h.client
+            .clock(now)
+            .input(|c, now| c.subscribe(now, &"x".repeat(100), QoS::AtMostOnce)),
         Err(SubscribeError::InvalidFilter)
     );
     assert_eq!(
-        h.client.subscribe(now, "a", QoS::ExactlyOnce),
+        h.client
+            .clock(now)
+            .input(|c, now| c.subscribe(now, "a", QoS::ExactlyOnce)),
         Err(SubscribeError::UnsupportedQoS)
     );
-    h.client.subscribe(now, "a/+", QoS::AtMostOnce).unwrap();
+    h.client
+        .clock(now)
+        .input(|c, now| c.subscribe(now, "a/+", QoS::AtMostOnce))
+        .unwrap();
     // The same filter again replaces it; a second one does not fit.
-    h.client.subscribe(now, "a/+", QoS::AtLeastOnce).unwrap();
+    h.client
+        .clock(now)
+        .input(|c, now| c.subscribe(now, "a/+", QoS::AtLeastOnce))
+        .unwrap();
     assert_eq!(
-        h.client.subscribe(now, "b", QoS::AtMostOnce),
+        h.client
+            .clock(now)
+            .input(|c, now| c.subscribe(now, "b", QoS::AtMostOnce)),
         Err(SubscribeError::TooManySubscriptions)
     );
 }
@@ -166,12 +183,15 @@ fn publish_qos0_only_while_connected() {
     for protocol in BOTH {
         let mut h = Harness::new(config(protocol), 4);
         assert_eq!(
-            h.client.publish(h.now, "t", b"x", QoS::AtMostOnce),
+            h.client
+                .clock(h.now)
+                .input(|c, now| c.publish(now, "t", b"x", QoS::AtMostOnce)),
             Err(PublishError::NotConnected)
         );
         h.connect();
         h.client
-            .publish(h.now, "t", b"hello", QoS::AtMostOnce)
+            .clock(h.now)
+            .input(|c, now| c.publish(now, "t", b"hello", QoS::AtMostOnce))
             .unwrap();
         h.drain();
         assert_eq!(
@@ -188,7 +208,8 @@ fn publish_qos1_is_delivered_on_puback() {
         h.connect();
         let id = h
             .client
-            .publish(h.now, "t", b"one", QoS::AtLeastOnce)
+            .clock(h.now)
+            .input(|c, now| c.publish(now, "t", b"one", QoS::AtLeastOnce))
             .unwrap();
         h.drain();
         let sent = h.take_packets();
@@ -202,15 +223,15 @@ fn publish_qos1_is_delivered_on_puback() {
             panic!("{sent:?}")
         };
         let pkid = *pkid;
-        assert_eq!(h.client.inflight(), 1);
+        assert_eq!(h.client.machine.inflight(), 1);
         h.send(&Packet::PubAck {
             pkid: pkid.wrapping_add(1),
         });
         assert!(h.events.is_empty());
-        assert_eq!(h.client.stats().dropped, 1);
+        assert_eq!(h.client.machine.stats().dropped, 1);
         h.send(&Packet::PubAck { pkid });
         assert_eq!(h.events, vec![MqttEvent::Delivered(id)]);
-        assert_eq!(h.client.inflight(), 0);
+        assert_eq!(h.client.machine.inflight(), 0);
     }
 }
 
@@ -223,17 +244,23 @@ fn publish_errors() {
     let now = h.now;
     for topic in ["", "a/+", "a/#", "a\0"] {
         assert_eq!(
-            h.client.publish(now, topic, b"", QoS::AtLeastOnce),
+            h.client
+                .clock(now)
+                .input(|c, now| c.publish(now, topic, b"", QoS::AtLeastOnce)),
             Err(PublishError::InvalidTopic)
         );
     }
     assert_eq!(
-        h.client.publish(now, "t", b"", QoS::ExactlyOnce),
+        h.client
+            .clock(now)
+            .input(|c, now| c.publish(now, "t", b"", QoS::ExactlyOnce)),
         Err(PublishError::UnsupportedQoS)
     );
     // V5 QoS 1: 2 header + 2 topic len + 1 topic + 2 pkid + 1 properties = 8 bytes of overhead.
     assert_eq!(
-        h.client.publish(now, "t", &[0; 93], QoS::AtLeastOnce),
+        h.client
+            .clock(now)
+            .input(|c, now| c.publish(now, "t", &[0; 93], QoS::AtLeastOnce)),
         Err(PublishError::TooLarge {
             size: 101,
             max: 100
@@ -241,11 +268,17 @@ fn publish_errors() {
     );
     // Queued while disconnected, up to max_inflight.
     h.client
-        .publish(now, "t", &[0; 92], QoS::AtLeastOnce)
+        .clock(now)
+        .input(|c, now| c.publish(now, "t", &[0; 92], QoS::AtLeastOnce))
         .unwrap();
-    h.client.publish(now, "t", b"", QoS::AtLeastOnce).unwrap();
+    h.client
+        .clock(now)
+        .input(|c, now| c.publish(now, "t", b"", QoS::AtLeastOnce))
+        .unwrap();
     assert_eq!(
-        h.client.publish(now, "t", b"", QoS::AtLeastOnce),
+        h.client
+            .clock(now)
+            .input(|c, now| c.publish(now, "t", b"", QoS::AtLeastOnce)),
         Err(PublishError::QueueFull)
     );
     h.connect();
@@ -263,19 +296,18 @@ fn qos0_publish_fails_when_the_outbound_queue_is_full() {
     c.max_queued_bytes = 1000;
     let mut h = Harness::new(c, 7);
     h.connect();
-    // Do not drain: the queue fills.
-    h.client
-        .publish(h.now, "t", &[1; 900], QoS::AtMostOnce)
-        .unwrap();
-    assert_eq!(
-        h.client.publish(h.now, "t", &[1; 900], QoS::AtMostOnce),
-        Err(PublishError::QueueFull)
-    );
-    // QoS 1 waits for room instead, and goes out once the queue drains.
-    h.client
-        .publish(h.now, "t", &[2; 900], QoS::AtLeastOnce)
-        .unwrap();
-    assert!(h.client.queued_bytes() <= 1000);
+    // No drain between the publishes (one input): the queue fills.
+    let (first, second, third, queued) = h.client.clock(h.now).input(|c, now| {
+        let first = c.publish(now, "t", &[1; 900], QoS::AtMostOnce);
+        let second = c.publish(now, "t", &[1; 900], QoS::AtMostOnce);
+        // QoS 1 waits for room instead, and goes out once the queue drains.
+        let third = c.publish(now, "t", &[2; 900], QoS::AtLeastOnce);
+        (first, second, third, c.queued_bytes())
+    });
+    first.unwrap();
+    assert_eq!(second, Err(PublishError::QueueFull));
+    third.unwrap();
+    assert!(queued <= 1000);
     h.drain();
     let sent = h.take_packets();
     assert_eq!(sent.len(), 2);
@@ -359,21 +391,24 @@ fn every_split_offset_gives_the_same_result() {
 fn transmits_are_chunked_to_the_buffer() {
     let mut h = Harness::new(config(Protocol::V5), 10);
     h.connect();
+    h.client.set_buffer_len(7);
     h.client
-        .publish(h.now, "topic", &[7; 3000], QoS::AtLeastOnce)
+        .clock(h.now)
+        .input(|c, now| c.publish(now, "topic", &[7; 3000], QoS::AtLeastOnce))
         .unwrap();
     let mut stream = Vec::new();
-    let mut buf = [0u8; 7];
-    while let Some(t) = h.client.poll_transmit(&mut buf) {
+    for (t, bytes) in h.client.take_transmits() {
         assert!(t.len <= 7 && t.len > 0);
         assert_eq!(t.destination, broker_addr());
         assert_eq!(t.socket, SOCKET_BASE);
-        stream.extend_from_slice(&buf[..t.len]);
+        stream.extend_from_slice(&bytes);
     }
     let mut decoder = Decoder::new(Protocol::V5, 1 << 20);
     decoder.push(&stream).unwrap();
     assert!(matches!(decoder.next(), Some(Ok(Packet::Publish { .. }))));
-    assert!(h.client.poll_transmit(&mut []).is_none());
+    h.client.set_buffer_len(0);
+    h.client.drain();
+    assert!(h.client.take_transmits().is_empty());
 }
 
 #[test]
@@ -381,18 +416,18 @@ fn keep_alive_pings_and_pongs() {
     let mut h = Harness::new(config(Protocol::V311), 11);
     h.connect();
     let connected_at = h.now;
-    assert_eq!(h.client.poll_timeout(), Some(connected_at + KEEP_ALIVE));
+    assert_eq!(h.client.deadline(), Some(connected_at + KEEP_ALIVE));
     h.advance(KEEP_ALIVE - Duration::from_millis(1));
     assert!(h.take_packets().is_empty());
     h.advance(Duration::from_millis(1));
     assert_eq!(h.take_packets(), vec![Packet::PingReq]);
-    assert_eq!(h.client.poll_timeout(), Some(h.now + PING_TIMEOUT));
+    assert_eq!(h.client.deadline(), Some(h.now + PING_TIMEOUT));
     h.advance(PING_TIMEOUT / 2);
     h.send(&Packet::PingResp);
-    assert!(h.client.is_connected());
+    assert!(h.client.machine.is_connected());
     // The next ping is due a keep-alive after the last packet we sent (the PINGREQ).
     assert_eq!(
-        h.client.poll_timeout(),
+        h.client.deadline(),
         Some(connected_at + KEEP_ALIVE + KEEP_ALIVE)
     );
     h.advance(KEEP_ALIVE);
@@ -415,7 +450,7 @@ fn missing_pingresp_kills_the_connection() {
         }]
     ));
     assert_eq!(h.closes(SOCKET_BASE), 1);
-    assert!(!h.client.is_connected());
+    assert!(!h.client.machine.is_connected());
 }
 
 #[test]
@@ -427,10 +462,13 @@ fn silence_while_sending_is_noticed() {
     let mut pinged = false;
     for _ in 0..(KEEP_ALIVE.as_secs() + PING_TIMEOUT.as_secs() + 2) {
         h.advance(step);
-        if !h.client.is_connected() {
+        if !h.client.machine.is_connected() {
             break;
         }
-        h.client.publish(h.now, "t", b"x", QoS::AtMostOnce).unwrap();
+        h.client
+            .clock(h.now)
+            .input(|c, now| c.publish(now, "t", b"x", QoS::AtMostOnce))
+            .unwrap();
         h.drain();
         pinged |= h.take_packets().contains(&Packet::PingReq);
     }
@@ -450,7 +488,7 @@ fn keep_alive_zero_disables_pings() {
     c.keep_alive = Duration::ZERO;
     let mut h = Harness::new(c, 14);
     h.connect();
-    assert_eq!(h.client.poll_timeout(), None);
+    assert_eq!(h.client.deadline(), None);
     let sent = h.connect_packet.clone();
     assert!(matches!(sent, Some(Packet::Connect { keep_alive: 0, .. })));
 }
@@ -468,8 +506,7 @@ fn connect_timeout_covers_bind_connect_and_connack() {
         let mut h = Harness::new(config(Protocol::V311), 15);
         let socket = SOCKET_BASE;
         if stage >= 1 {
-            h.client.handle_socket_result(
-                h.now,
+            h.client.clock(h.now).outcome(
                 socket,
                 SocketOutcome::Bound {
                     local: local_addr(),
@@ -478,8 +515,7 @@ fn connect_timeout_covers_bind_connect_and_connack() {
             h.drain();
         }
         if stage >= 2 {
-            h.client.handle_socket_result(
-                h.now,
+            h.client.clock(h.now).outcome(
                 socket,
                 SocketOutcome::Connected {
                     local: local_addr(),
@@ -488,10 +524,7 @@ fn connect_timeout_covers_bind_connect_and_connack() {
             );
             h.drain();
         }
-        assert_eq!(
-            h.client.poll_timeout(),
-            Some(Instant::ZERO + CONNECT_TIMEOUT)
-        );
+        assert_eq!(h.client.deadline(), Some(Instant::ZERO + CONNECT_TIMEOUT));
         h.advance(CONNECT_TIMEOUT);
         assert!(
             matches!(
@@ -522,7 +555,7 @@ fn oversize_incoming_packet_is_a_protocol_error() {
             ..
         }]
     ));
-    assert_eq!(h.client.stats().protocol_errors, 1);
+    assert_eq!(h.client.machine.stats().protocol_errors, 1);
     assert_eq!(h.closes(SOCKET_BASE), 1);
 }
 
@@ -549,10 +582,10 @@ fn garbage_bytes_end_the_connection() {
                 "{protocol:?} {garbage:?}: {:?}",
                 h.events
             );
-            assert_eq!(h.client.stats().protocol_errors, 1);
+            assert_eq!(h.client.machine.stats().protocol_errors, 1);
             // Further bytes on the dead socket are dropped.
             assert_eq!(
-                h.client.handle_stream(h.now, SOCKET_BASE, &[0x20]),
+                h.client.clock(h.now).stream(SOCKET_BASE, &[0x20]),
                 Verdict::Dropped(DropReason::UnknownSocket)
             );
         }
@@ -631,8 +664,7 @@ fn socket_failures_become_disconnects() {
         if op != OpKind::Bind {
             h.connect();
         }
-        h.client.handle_socket_result(
-            h.now,
+        h.client.clock(h.now).outcome(
             SOCKET_BASE,
             SocketOutcome::Failed {
                 op,
@@ -649,7 +681,9 @@ fn socket_failures_become_disconnects() {
         assert_eq!(h.closes(SOCKET_BASE), 1);
         // A publish after the failure is a typed error, not a crash.
         assert_eq!(
-            h.client.publish(h.now, "t", b"x", QoS::AtMostOnce),
+            h.client
+                .clock(h.now)
+                .input(|c, now| c.publish(now, "t", b"x", QoS::AtMostOnce)),
             Err(PublishError::NotConnected)
         );
     }
@@ -658,8 +692,7 @@ fn socket_failures_become_disconnects() {
 #[test]
 fn unexpected_outcomes_are_counted() {
     let mut h = Harness::new(config(Protocol::V311), 21);
-    h.client.handle_socket_result(
-        h.now,
+    h.client.clock(h.now).outcome(
         SOCKET_BASE,
         SocketOutcome::Connected {
             local: local_addr(),
@@ -667,16 +700,17 @@ fn unexpected_outcomes_are_counted() {
         },
     );
     h.drain();
-    assert_eq!(h.client.stats().dropped, 1);
+    assert_eq!(h.client.machine.stats().dropped, 1);
     assert!(h.events.is_empty());
     assert_eq!(
         h.client
-            .handle_datagram(h.now, SOCKET_BASE, broker_addr(), b"x"),
+            .clock(h.now)
+            .datagram(SOCKET_BASE, broker_addr(), b"x"),
         Verdict::NotMine
     );
     // Stream bytes before the TCP connect completed are not ours yet.
     assert_eq!(
-        h.client.handle_stream(h.now, SOCKET_BASE, &[0x20]),
+        h.client.clock(h.now).stream(SOCKET_BASE, &[0x20]),
         Verdict::Dropped(DropReason::UnknownSocket)
     );
 }
@@ -698,10 +732,10 @@ fn event_queue_is_bounded_and_dropped_qos1_is_not_acknowledged() {
     }
     // Feed without polling events.
     assert_eq!(
-        h.client.handle_stream(h.now, SOCKET_BASE, &bytes),
+        h.client.clock(h.now).stream(SOCKET_BASE, &bytes),
         Verdict::Consumed
     );
-    assert_eq!(h.client.stats().events_dropped, 40 - 16);
+    assert_eq!(h.client.machine.stats().events_dropped, 40 - 16);
     h.drain();
     assert_eq!(h.events.len(), 16);
     let acks = h.take_packets();
@@ -758,10 +792,14 @@ fn encoded_sizes_match_the_codec() {
 fn same_seed_same_outputs() {
     let run = |seed| {
         let mut h = Harness::new(config(Protocol::V5), seed);
-        h.client.subscribe(h.now, "x", QoS::AtLeastOnce).unwrap();
+        h.client
+            .clock(h.now)
+            .input(|c, now| c.subscribe(now, "x", QoS::AtLeastOnce))
+            .unwrap();
         h.connect();
         h.client
-            .handle_socket_result(h.now, SOCKET_BASE, SocketOutcome::PeerClosed);
+            .clock(h.now)
+            .outcome(SOCKET_BASE, SocketOutcome::PeerClosed);
         h.drain();
         (h.wire.clone(), h.events.clone(), h.ops.clone())
     };
@@ -775,7 +813,8 @@ fn transmit_buffer_len_is_enough() {
     let mut h = Harness::new(config(Protocol::V311), 23);
     h.connect();
     h.client
-        .publish(h.now, "t", &[0; TRANSMIT_BUFFER_LEN * 3], QoS::AtMostOnce)
+        .clock(h.now)
+        .input(|c, now| c.publish(now, "t", &[0; TRANSMIT_BUFFER_LEN * 3], QoS::AtMostOnce))
         .unwrap();
     h.drain();
     assert_eq!(h.take_packets().len(), 1);

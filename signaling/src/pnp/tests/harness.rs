@@ -2,14 +2,12 @@
 //! connects with the server's accepts, delivers datagrams and stream chunks (optionally split or
 //! lost), and records closes so tests can assert "exactly once".
 
-use p2pd_proto::Machine;
+use p2pd_proto::testing::{Driven, Output};
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use p2pd_proto::{
-    Instant, IoError, OpKind, SocketId, SocketOp, SocketOutcome, Transport, TRANSMIT_BUFFER_LEN,
-};
+use p2pd_proto::{Instant, IoError, OpKind, SocketId, SocketOp, SocketOutcome, Transport};
 
 use crate::envelope::seal;
 use crate::identity::{Identity, PublicKey};
@@ -46,7 +44,8 @@ pub fn seal_request(
 }
 
 pub struct Client {
-    pub machine: PnpClient,
+    /// The client; every input and drain goes through its contract checker.
+    pub machine: Driven<PnpClient>,
     pub addr: SocketAddr,
     pub events: Vec<PnpClientEvent>,
     pub closes: Vec<SocketId>,
@@ -62,7 +61,8 @@ pub struct UdpLog {
 
 pub struct World {
     pub now: Instant,
-    pub server: PnpServer<MemoryStore>,
+    /// The server; every input and drain goes through its contract checker.
+    pub server: Driven<PnpServer<MemoryStore>>,
     pub server_key: PublicKey,
     pub server_events: Vec<PnpServerEvent>,
     pub server_closes: Vec<SocketId>,
@@ -94,8 +94,12 @@ impl World {
         let identity = id(200);
         let server_key = identity.public_key();
         let server = PnpServer::new(config, identity, store, 7).unwrap();
+        let now = Instant::from_millis(1_000);
+        let mut server =
+            Driven::new("pnp server", server, |e| *e == PnpServerEvent::Closed).at(now);
+        server.drain();
         let mut world = World {
-            now: Instant::from_millis(1_000),
+            now,
             server,
             server_key,
             server_events: Vec::new(),
@@ -127,7 +131,12 @@ impl World {
 
     pub fn add_client_with(&mut self, key: u8, addr: &str, config: PnpClientConfig) -> usize {
         self.clients.push(Client {
-            machine: PnpClient::new(config, id(key), u64::from(key)),
+            machine: Driven::new(
+                "pnp client",
+                PnpClient::new(config, id(key), u64::from(key)),
+                |e| *e == PnpClientEvent::Closed,
+            )
+            .at(self.now),
             addr: addr.parse().unwrap(),
             events: Vec::new(),
             closes: Vec::new(),
@@ -137,43 +146,41 @@ impl World {
         self.clients.len() - 1
     }
 
-    pub fn client(&mut self, c: usize) -> &mut PnpClient {
-        &mut self.clients[c].machine
+    /// Client `c`, its clock set to the world's.
+    pub fn client(&mut self, c: usize) -> &mut Driven<PnpClient> {
+        let now = self.now;
+        self.clients[c].machine.clock(now)
     }
 
-    /// Runs every machine until no output is left.
+    /// Carries out every output of every machine (each drained through its checker) until none
+    /// is left.
     pub fn pump(&mut self) {
-        let mut buf = vec![0u8; TRANSMIT_BUFFER_LEN];
         loop {
             let mut progressed = false;
             for c in 0..self.clients.len() {
-                while let Some(t) = self.clients[c].machine.poll_transmit(&mut buf) {
-                    progressed = true;
-                    let bytes = buf[..t.len].to_vec();
-                    assert_eq!(t.destination, server_addr());
-                    self.client_transmit(c, t.socket, bytes);
-                }
-                while let Some(op) = self.clients[c].machine.poll_socket_op() {
-                    progressed = true;
-                    self.client_op(c, op);
-                }
-                while let Some(ev) = self.clients[c].machine.poll_event() {
-                    progressed = true;
-                    self.clients[c].events.push(ev);
+                let out = self.clients[c].machine.take();
+                progressed |= !out.is_empty();
+                for output in out.into_outputs() {
+                    match output {
+                        Output::Transmit(t, bytes) => {
+                            assert_eq!(t.destination, server_addr());
+                            self.client_transmit(c, t.socket, bytes);
+                        }
+                        Output::Op(op) => self.client_op(c, op),
+                        Output::Event(ev) => self.clients[c].events.push(ev),
+                    }
                 }
             }
-            while let Some(t) = self.server.poll_transmit(&mut buf) {
-                progressed = true;
-                let bytes = buf[..t.len].to_vec();
-                self.server_transmit(t.socket, t.destination, bytes);
-            }
-            while let Some(op) = self.server.poll_socket_op() {
-                progressed = true;
-                self.server_op(op);
-            }
-            while let Some(ev) = self.server.poll_event() {
-                progressed = true;
-                self.server_events.push(ev);
+            let out = self.server.take();
+            progressed |= !out.is_empty();
+            for output in out.into_outputs() {
+                match output {
+                    Output::Transmit(t, bytes) => {
+                        self.server_transmit(t.socket, t.destination, bytes)
+                    }
+                    Output::Op(op) => self.server_op(op),
+                    Output::Event(ev) => self.server_events.push(ev),
+                }
             }
             if !progressed {
                 return;
@@ -185,9 +192,9 @@ impl World {
     pub fn advance(&mut self, d: Duration) {
         let end = self.now + d;
         loop {
-            let mut next = self.server.poll_timeout();
+            let mut next = self.server.deadline();
             for c in &self.clients {
-                if let Some(t) = c.machine.poll_timeout() {
+                if let Some(t) = c.machine.deadline() {
                     next = Some(next.map_or(t, |n: Instant| n.min(t)));
                 }
             }
@@ -195,16 +202,12 @@ impl World {
                 Some(t) if t <= end => {
                     self.now = self.now.max(t);
                     let now = self.now;
-                    if self.server.poll_timeout().is_some_and(|d| d <= now) {
-                        self.server.handle_timeout(now);
+                    if self.server.deadline().is_some_and(|d| d <= now) {
+                        self.server.clock(now).fire();
                     }
                     for c in 0..self.clients.len() {
-                        if self.clients[c]
-                            .machine
-                            .poll_timeout()
-                            .is_some_and(|d| d <= now)
-                        {
-                            self.clients[c].machine.handle_timeout(now);
+                        if self.clients[c].machine.deadline().is_some_and(|d| d <= now) {
+                            self.clients[c].machine.clock(now).fire();
                         }
                     }
                     self.pump();
@@ -231,7 +234,7 @@ impl World {
         command: impl FnOnce(&mut PnpClient, Instant) -> RequestId,
     ) -> PnpClientEvent {
         let now = self.now;
-        let rid = command(&mut self.clients[c].machine, now);
+        let rid = self.clients[c].machine.clock(now).input(command);
         self.pump();
         let mut waited = 0;
         while self.clients[c].events.is_empty() && waited < 100 {
@@ -273,10 +276,10 @@ impl World {
     pub fn raw_udp(&mut self, from: SocketAddr, bytes: &[u8]) -> Vec<Vec<u8>> {
         let _ = self
             .server
-            .handle_datagram(self.now, UDP_SOCKET, from, bytes);
+            .clock(self.now)
+            .datagram(UDP_SOCKET, from, bytes);
         let mut out = Vec::new();
-        let mut buf = vec![0u8; TRANSMIT_BUFFER_LEN];
-        while let Some(t) = self.server.poll_transmit(&mut buf) {
+        for (t, reply) in self.server.take_transmits() {
             assert_eq!(t.socket, UDP_SOCKET);
             assert_eq!(t.destination, from);
             assert!(
@@ -285,7 +288,7 @@ impl World {
                 t.len,
                 bytes.len()
             );
-            out.push(buf[..t.len].to_vec());
+            out.push(reply);
         }
         self.pump();
         out
@@ -298,8 +301,7 @@ impl World {
             .pop_front()
             .expect("server waiting for a connection");
         self.server_open.insert(accept);
-        self.server.handle_socket_result(
-            self.now,
+        self.server.clock(self.now).outcome(
             accept,
             SocketOutcome::Accepted {
                 local: server_addr(),
@@ -312,12 +314,11 @@ impl World {
 
     /// Sends raw bytes on a raw server connection and returns the bytes the server wrote back.
     pub fn raw_stream(&mut self, conn: SocketId, bytes: &[u8]) -> Vec<u8> {
-        let _ = self.server.handle_stream(self.now, conn, bytes);
+        let _ = self.server.clock(self.now).stream(conn, bytes);
         let mut out = Vec::new();
-        let mut buf = vec![0u8; TRANSMIT_BUFFER_LEN];
-        while let Some(t) = self.server.poll_transmit(&mut buf) {
+        for (t, reply) in self.server.take_transmits() {
             assert_eq!(t.socket, conn);
-            out.extend_from_slice(&buf[..t.len]);
+            out.extend_from_slice(&reply);
         }
         self.pump();
         out
@@ -339,7 +340,8 @@ impl World {
                 };
                 client
                     .machine
-                    .handle_socket_result(now, socket, SocketOutcome::Bound { local });
+                    .clock(now)
+                    .outcome(socket, SocketOutcome::Bound { local });
             }
             SocketOp::Connect { socket, remote } => {
                 assert_eq!(remote, server_addr());
@@ -349,8 +351,7 @@ impl World {
                     self.accepts.pop_front()
                 };
                 let Some(accept) = accept else {
-                    self.clients[c].machine.handle_socket_result(
-                        now,
+                    self.clients[c].machine.clock(now).outcome(
                         socket,
                         SocketOutcome::Failed {
                             op: OpKind::Connect,
@@ -364,16 +365,14 @@ impl World {
                 self.server_open.insert(accept);
                 self.links.insert(accept, (c, socket));
                 self.clients[c].open_tcp.insert(socket, accept);
-                self.server.handle_socket_result(
-                    now,
+                self.server.clock(now).outcome(
                     accept,
                     SocketOutcome::Accepted {
                         local: server_addr(),
                         remote: client_addr,
                     },
                 );
-                self.clients[c].machine.handle_socket_result(
-                    now,
+                self.clients[c].machine.clock(now).outcome(
                     socket,
                     SocketOutcome::Connected {
                         local: client_addr,
@@ -386,7 +385,8 @@ impl World {
                 if let Some(server_sock) = self.clients[c].open_tcp.remove(&socket) {
                     self.links.remove(&server_sock);
                     self.server
-                        .handle_socket_result(now, server_sock, SocketOutcome::PeerClosed);
+                        .clock(now)
+                        .outcome(server_sock, SocketOutcome::PeerClosed);
                 }
             }
             other => panic!("unexpected client op {other:?}"),
@@ -398,7 +398,8 @@ impl World {
         match op {
             SocketOp::Bind { socket, local, .. } => {
                 self.server
-                    .handle_socket_result(now, socket, SocketOutcome::Bound { local });
+                    .clock(now)
+                    .outcome(socket, SocketOutcome::Bound { local });
             }
             SocketOp::Listen { .. } => {}
             SocketOp::Accept { listener, socket } => {
@@ -423,11 +424,10 @@ impl World {
                 );
                 if let Some((c, client_sock)) = self.links.remove(&socket) {
                     self.clients[c].open_tcp.remove(&client_sock);
-                    self.clients[c].machine.handle_socket_result(
-                        now,
-                        client_sock,
-                        SocketOutcome::PeerClosed,
-                    );
+                    self.clients[c]
+                        .machine
+                        .clock(now)
+                        .outcome(client_sock, SocketOutcome::PeerClosed);
                 }
             }
             other => panic!("unexpected server op {other:?}"),
@@ -442,17 +442,17 @@ impl World {
                 return;
             }
             let from = self.clients[c].addr;
-            let _ = self.server.handle_datagram(now, UDP_SOCKET, from, &bytes);
-            let mut buf = vec![0u8; TRANSMIT_BUFFER_LEN];
-            while let Some(t) = self.server.poll_transmit(&mut buf) {
-                assert!(
-                    t.len <= bytes.len(),
-                    "UDP reply {} > request {}",
-                    t.len,
-                    bytes.len()
-                );
-                self.udp.pairs.push((bytes.len(), t.len));
-                let reply = buf[..t.len].to_vec();
+            let _ = self.server.clock(now).datagram(UDP_SOCKET, from, &bytes);
+            for (t, reply) in self.server.take_transmits() {
+                if t.socket == UDP_SOCKET {
+                    assert!(
+                        t.len <= bytes.len(),
+                        "UDP reply {} > request {}",
+                        t.len,
+                        bytes.len()
+                    );
+                    self.udp.pairs.push((bytes.len(), t.len));
+                }
                 self.server_transmit(t.socket, t.destination, reply);
             }
             return;
@@ -464,7 +464,7 @@ impl World {
         let (a, b) = bytes.split_at(cut);
         for chunk in [a, b] {
             if !chunk.is_empty() && self.links.contains_key(&server_sock) {
-                let _ = self.server.handle_stream(now, server_sock, chunk);
+                let _ = self.server.clock(now).stream(server_sock, chunk);
             }
         }
     }
@@ -476,8 +476,7 @@ impl World {
                 return;
             }
             if let Some(c) = self.clients.iter().position(|c| c.addr == destination) {
-                let _ = self.clients[c].machine.handle_datagram(
-                    now,
+                let _ = self.clients[c].machine.clock(now).datagram(
                     CLIENT_UDP_SOCKET,
                     server_addr(),
                     &bytes,
@@ -488,7 +487,8 @@ impl World {
         if let Some(&(c, client_sock)) = self.links.get(&socket) {
             let _ = self.clients[c]
                 .machine
-                .handle_stream(now, client_sock, &bytes);
+                .clock(now)
+                .stream(client_sock, &bytes);
         }
     }
 }

@@ -3,9 +3,10 @@
 
 use std::time::Duration;
 
+use p2pd_proto::testing::{ContractChecker, Driven};
 use p2pd_proto::{
-    drain, DropReason, Instant, Machine, OpKind, Outputs, SocketId, SocketOp, SocketOutcome,
-    Transmit, Verdict,
+    DropReason, Instant, Machine, OpKind, Outputs, SocketId, SocketOp, SocketOutcome, Transmit,
+    Verdict,
 };
 
 use super::harness::*;
@@ -16,12 +17,9 @@ fn server_close_is_idempotent_and_closes_each_socket_once() {
     let mut w = World::new(server_config());
     let c1 = w.raw_connect("198.51.100.1:40000".parse().unwrap());
     let c2 = w.raw_connect("198.51.100.2:40000".parse().unwrap());
-    w.server.close(w.now);
-    w.server.close(w.now);
-    let mut ops = Vec::new();
-    while let Some(op) = w.server.poll_socket_op() {
-        ops.push(op);
-    }
+    w.server.clock(w.now).input(|s, now| s.close(now));
+    w.server.clock(w.now).input(|s, now| s.close(now));
+    let ops = w.server.take_ops();
     let mut closed: Vec<SocketId> = ops
         .iter()
         .map(|op| match op {
@@ -31,20 +29,18 @@ fn server_close_is_idempotent_and_closes_each_socket_once() {
         .collect();
     closed.sort();
     assert_eq!(closed, vec![UDP_SOCKET, TCP_LISTENER, c1, c2]);
-    let mut events = Vec::new();
-    while let Some(ev) = w.server.poll_event() {
-        events.push(ev);
-    }
+    let events = w.server.take_events();
     assert_eq!(events, vec![PnpServerEvent::Closed]);
-    assert_eq!(w.server.poll_timeout(), None);
+    assert_eq!(w.server.deadline(), None);
     assert_eq!(
         w.server
-            .handle_datagram(w.now, UDP_SOCKET, "198.51.100.1:1".parse().unwrap(), &[1]),
+            .clock(w.now)
+            .datagram(UDP_SOCKET, "198.51.100.1:1".parse().unwrap(), &[1]),
         Verdict::Dropped(DropReason::Closed)
     );
-    // A connection the runtime accepted just before the close is still closed, once.
-    w.server.handle_socket_result(
-        w.now,
+    // A connection the runtime accepted just before the close is still closed, once (after
+    // Closed: the one output the contract allows there).
+    w.server.clock(w.now).outcome(
         SocketId(10),
         SocketOutcome::Accepted {
             local: server_addr(),
@@ -52,32 +48,31 @@ fn server_close_is_idempotent_and_closes_each_socket_once() {
         },
     );
     assert_eq!(
-        w.server.poll_socket_op(),
-        Some(SocketOp::Close {
+        w.server.take_ops(),
+        vec![SocketOp::Close {
             socket: SocketId(10)
-        })
+        }]
     );
-    assert_eq!(w.server.poll_socket_op(), None);
-    w.server.handle_timeout(w.now + Duration::from_secs(100));
-    assert_eq!(w.server.poll_socket_op(), None);
+    w.server.clock(w.now + Duration::from_secs(100)).fire();
+    assert_eq!(w.server.take_ops(), vec![]);
+    w.server.checker.assert_all_closed();
 }
 
 #[test]
 fn server_without_tcp_and_failed_sockets() {
     let mut config = server_config();
     config.tcp = None;
-    let mut server = PnpServer::new(config.clone(), id(200), MemoryStore::new(1), 1).unwrap();
-    let op = server.poll_socket_op().unwrap();
+    let server = PnpServer::new(config.clone(), id(200), MemoryStore::new(1), 1).unwrap();
+    let mut server = driven(server);
+    let ops = server.take_ops();
     assert!(matches!(
-        op,
-        SocketOp::Bind {
+        ops[..],
+        [SocketOp::Bind {
             socket: UDP_SOCKET,
             ..
-        }
+        }]
     ));
-    assert_eq!(server.poll_socket_op(), None);
-    server.handle_socket_result(
-        Instant::ZERO,
+    server.outcome(
         UDP_SOCKET,
         SocketOutcome::Failed {
             op: OpKind::Bind,
@@ -86,11 +81,12 @@ fn server_without_tcp_and_failed_sockets() {
         },
     );
     assert!(matches!(
-        server.poll_event(),
-        Some(PnpServerEvent::SocketFailed { .. })
+        server.take_events()[..],
+        [PnpServerEvent::SocketFailed { .. }]
     ));
-    server.close(Instant::ZERO);
-    assert_eq!(server.poll_socket_op(), None); // the failed socket never existed
+    server.input(|s, now| s.close(now));
+    assert_eq!(server.take_ops(), vec![]); // the failed socket never existed
+    server.checker.assert_all_closed();
     config.udp = None;
     assert_eq!(
         PnpServer::new(config, id(200), MemoryStore::new(1), 1).err(),
@@ -104,17 +100,33 @@ fn server_without_tcp_and_failed_sockets() {
     );
 }
 
+/// A server driven through its contract checker (nothing answered yet).
+fn driven<S: NameStore>(server: PnpServer<S>) -> Driven<PnpServer<S>> {
+    let mut d = Driven::new("pnp server", server, |e| *e == PnpServerEvent::Closed);
+    d.drain();
+    d
+}
+
+/// A server whose binds are answered at once.
+fn bound_server() -> Driven<PnpServer<MemoryStore>> {
+    let server = PnpServer::new(server_config(), id(200), MemoryStore::new(1), 1).unwrap();
+    let mut d = Driven::new("pnp server", server, |e| *e == PnpServerEvent::Closed)
+        .answering(Driven::<PnpClient>::bind_answer());
+    d.drain();
+    d
+}
+
+fn closes_of(ops: &[SocketOp], socket: SocketId) -> usize {
+    ops.iter()
+        .filter(|op| **op == SocketOp::Close { socket })
+        .count()
+}
+
 #[test]
 fn listen_failure_closes_the_listener_once() {
-    let mut server = PnpServer::new(server_config(), id(200), MemoryStore::new(1), 1).unwrap();
-    let now = Instant::ZERO;
-    while let Some(op) = server.poll_socket_op() {
-        if let SocketOp::Bind { socket, local, .. } = op {
-            server.handle_socket_result(now, socket, SocketOutcome::Bound { local });
-        }
-    }
-    server.handle_socket_result(
-        now,
+    let mut server = bound_server();
+    let _ = server.take_ops();
+    server.outcome(
         TCP_LISTENER,
         SocketOutcome::Failed {
             op: OpKind::Listen,
@@ -122,46 +134,26 @@ fn listen_failure_closes_the_listener_once() {
             error: p2pd_proto::IoError::Other(None),
         },
     );
-    let mut closes = 0;
-    while let Some(op) = server.poll_socket_op() {
-        if op
-            == (SocketOp::Close {
-                socket: TCP_LISTENER,
-            })
-        {
-            closes += 1;
-        }
-    }
-    server.close(now);
-    while let Some(op) = server.poll_socket_op() {
-        if op
-            == (SocketOp::Close {
-                socket: TCP_LISTENER,
-            })
-        {
-            closes += 1;
-        }
-    }
+    let mut closes = closes_of(&server.take_ops(), TCP_LISTENER);
+    server.input(|s, now| s.close(now));
+    closes += closes_of(&server.take_ops(), TCP_LISTENER);
     assert_eq!(closes, 1);
+    server.checker.assert_all_closed();
 }
 
 #[test]
 fn accept_completing_after_listen_failure_is_closed_once() {
-    let mut server = PnpServer::new(server_config(), id(200), MemoryStore::new(1), 1).unwrap();
-    let now = Instant::ZERO;
-    let mut accepts = Vec::new();
-    while let Some(op) = server.poll_socket_op() {
-        match op {
-            SocketOp::Bind { socket, local, .. } => {
-                server.handle_socket_result(now, socket, SocketOutcome::Bound { local });
-            }
-            SocketOp::Accept { socket, .. } => accepts.push(socket),
-            _ => {}
-        }
-    }
+    let mut server = bound_server();
+    let accepts: Vec<SocketId> = server
+        .take_ops()
+        .into_iter()
+        .filter_map(|op| match op {
+            SocketOp::Accept { socket, .. } => Some(socket),
+            _ => None,
+        })
+        .collect();
     let late = *accepts.first().expect("an accept per free slot");
-    server.handle_socket_result(
-        now,
+    server.outcome(
         TCP_LISTENER,
         SocketOutcome::Failed {
             op: OpKind::Listen,
@@ -169,31 +161,29 @@ fn accept_completing_after_listen_failure_is_closed_once() {
             error: p2pd_proto::IoError::Other(None),
         },
     );
-    while server.poll_socket_op().is_some() {}
+    let _ = server.take_ops();
     // The listener is gone, so no accept is outstanding: a stream still reported for one is
     // closed at once and never served.
-    server.handle_socket_result(
-        now,
+    server.outcome(
         late,
         SocketOutcome::Accepted {
             local: "192.0.2.1:7000".parse().unwrap(),
             remote: "198.51.100.9:40000".parse().unwrap(),
         },
     );
-    assert_eq!(
-        server.poll_socket_op(),
-        Some(SocketOp::Close { socket: late })
-    );
-    assert_eq!(server.poll_socket_op(), None);
-    assert_eq!(server.open_connections(), 0);
-    server.close(now);
-    let mut closes = Vec::new();
-    while let Some(op) = server.poll_socket_op() {
-        if let SocketOp::Close { socket } = op {
-            closes.push(socket);
-        }
-    }
+    assert_eq!(server.take_ops(), vec![SocketOp::Close { socket: late }]);
+    assert_eq!(server.machine.open_connections(), 0);
+    server.input(|s, now| s.close(now));
+    let closes: Vec<SocketId> = server
+        .take_ops()
+        .into_iter()
+        .filter_map(|op| match op {
+            SocketOp::Close { socket } => Some(socket),
+            _ => None,
+        })
+        .collect();
     assert!(!closes.contains(&late), "closed twice: {closes:?}");
+    server.checker.assert_all_closed();
 }
 
 #[test]
@@ -205,13 +195,21 @@ fn client_close_fails_pending_and_closes_each_socket_once() {
     // (the TCP request is answered and closed; a second one stays pending while binding).
     w.lose_requests.extend([true; 10]);
     let now = w.now;
-    let rid = w.client(u).lookup(now, name("x")).unwrap();
+    let rid = w
+        .client(u)
+        .clock(now)
+        .input(|m, now| m.lookup(now, name("x")))
+        .unwrap();
     w.pump();
-    let tid = w.client(t).lookup(now, name("x")).unwrap();
+    let tid = w
+        .client(t)
+        .clock(now)
+        .input(|m, now| m.lookup(now, name("x")))
+        .unwrap();
     // Do not pump the TCP client: its request is still binding.
     for c in [u, t] {
-        w.client(c).close(now);
-        w.client(c).close(now);
+        w.client(c).clock(now).input(|m, now| m.close(now));
+        w.client(c).clock(now).input(|m, now| m.close(now));
     }
     w.pump();
     let ev_u = std::mem::take(&mut w.clients[u].events);
@@ -239,56 +237,59 @@ fn client_close_fails_pending_and_closes_each_socket_once() {
     assert_eq!(w.clients[u].closes, vec![CLIENT_UDP_SOCKET]);
     assert_eq!(w.clients[t].closes.len(), 1);
     assert_eq!(
-        w.client(u).lookup(now, name("x")),
+        w.client(u)
+            .clock(now)
+            .input(|m, now| m.lookup(now, name("x"))),
         Err(PnpClientError::Closed)
     );
-    assert_eq!(w.client(u).poll_timeout(), None);
+    assert_eq!(w.client(u).deadline(), None);
 }
 
 #[test]
 fn tcp_peer_close_before_reply_fails_once() {
     let server = id(200);
     let config = PnpClientConfig::new(server_addr(), server.public_key(), PnpTransport::Tcp, EPOCH);
-    let mut client = PnpClient::new(config, id(1), 1);
-    let now = Instant::from_millis(1);
-    let rid = client.lookup(now, name("x")).unwrap();
-    let Some(SocketOp::Bind { socket, local, .. }) = client.poll_socket_op() else {
+    let client = PnpClient::new(config, id(1), 1);
+    let mut client = Driven::new("pnp client", client, |e| *e == PnpClientEvent::Closed)
+        .at(Instant::from_millis(1));
+    let rid = client.input(|c, now| c.lookup(now, name("x"))).unwrap();
+    let [SocketOp::Bind { socket, local, .. }] = client.take_ops()[..] else {
         panic!()
     };
-    client.handle_socket_result(now, socket, SocketOutcome::Bound { local });
+    client.outcome(socket, SocketOutcome::Bound { local });
     assert_eq!(
-        client.poll_socket_op(),
-        Some(SocketOp::Connect {
+        client.take_ops(),
+        vec![SocketOp::Connect {
             socket,
             remote: server_addr()
-        })
+        }]
     );
-    client.handle_socket_result(
-        now,
+    client.outcome(
         socket,
         SocketOutcome::Connected {
             local,
             remote: server_addr(),
         },
     );
-    let mut buf = [0u8; 1500];
-    let t = client.poll_transmit(&mut buf).unwrap();
+    let (t, bytes) = client.take_transmits().into_iter().next().unwrap();
     assert_eq!(t.socket, socket);
-    assert_eq!(usize::from(u16::from_be_bytes([buf[0], buf[1]])), t.len - 2);
-    client.handle_socket_result(now, socket, SocketOutcome::PeerClosed);
-    client.handle_socket_result(now, socket, SocketOutcome::PeerClosed);
-    assert_eq!(client.poll_socket_op(), Some(SocketOp::Close { socket }));
-    assert_eq!(client.poll_socket_op(), None);
     assert_eq!(
-        client.poll_event(),
-        Some(PnpClientEvent::Failed {
+        usize::from(u16::from_be_bytes([bytes[0], bytes[1]])),
+        t.len - 2
+    );
+    client.outcome(socket, SocketOutcome::PeerClosed);
+    client.outcome(socket, SocketOutcome::PeerClosed);
+    assert_eq!(client.take_ops(), vec![SocketOp::Close { socket }]);
+    assert_eq!(
+        client.take_events(),
+        vec![PnpClientEvent::Failed {
             id: rid,
             reason: PnpFailure::ConnectionClosed
-        })
+        }]
     );
-    assert_eq!(client.poll_event(), None);
-    client.close(now);
-    assert_eq!(client.poll_socket_op(), None);
+    client.input(|c, now| c.close(now));
+    assert_eq!(client.take_ops(), vec![]);
+    client.checker.assert_all_closed();
 }
 
 #[test]
@@ -357,16 +358,22 @@ fn machines_drive_through_the_trait_with_a_boxed_store() {
         Box::new(PnpServer::new(server_config(), id(200), store, 3).unwrap());
     let mut buf = vec![0u8; p2pd_proto::TRANSMIT_BUFFER_LEN];
     let mut sink = Sink::default();
-    let deadline = drain(server.as_mut(), &mut buf, &mut sink)
+    // The shared drain, checked, through the trait object.
+    let mut checker = ContractChecker::new("boxed pnp server", |e| *e == PnpServerEvent::Closed);
+    checker.input(Instant::ZERO);
+    let deadline = checker
+        .drain(server.as_mut(), &mut buf, &mut sink)
         .continue_value()
         .flatten();
     assert!(deadline.is_some());
     for op in std::mem::take(&mut sink.ops) {
         if let SocketOp::Bind { socket, local, .. } = op {
-            server.handle_socket_result(Instant::ZERO, socket, SocketOutcome::Bound { local });
+            let bound = SocketOutcome::Bound { local };
+            checker.outcome(socket, &bound);
+            server.handle_socket_result(Instant::ZERO, socket, bound);
         }
     }
-    let _ = drain(server.as_mut(), &mut buf, &mut sink);
+    let _ = checker.drain(server.as_mut(), &mut buf, &mut sink);
     assert_eq!(sink.events, 2); // UDP and TCP listening
     let accepts = sink
         .ops
@@ -382,10 +389,13 @@ fn machines_drive_through_the_trait_with_a_boxed_store() {
         EPOCH,
     );
     let mut client = PnpClient::new(config, id(1), 1);
+    let mut checker = ContractChecker::new("dyn pnp client", |e| *e == PnpClientEvent::Closed);
+    checker.input(Instant::ZERO);
     client.lookup(Instant::ZERO, name("x")).unwrap();
     let client: &mut dyn Machine<Event = PnpClientEvent> = &mut client;
     let mut sink = Sink::default();
-    let deadline = drain(client, &mut buf, &mut sink)
+    let deadline = checker
+        .drain(client, &mut buf, &mut sink)
         .continue_value()
         .flatten();
     assert_eq!(deadline, Some(Instant::ZERO + Duration::from_secs(5)));

@@ -62,7 +62,7 @@ fn only_the_owner_may_update_or_delete() {
         other => panic!("{other:?}"),
     }
     // A record whose owner is not the sender is refused even for a free name.
-    let now_ms = w.server.unix_ms(w.now);
+    let now_ms = w.server.machine.unix_ms(w.now);
     let record = Record::sign(&id(1), name("free"), vec![], 1, now_ms + 60_000).unwrap();
     let request = Request::Register(Box::new(record));
     let bytes = seal_request(&id(2), &w.server_key, now_ms, [1; 16], &request, 0);
@@ -81,7 +81,7 @@ fn only_the_owner_may_update_or_delete() {
 pub fn open_reply(w: &World, key: u8, bytes: &[u8]) -> Reply {
     let mut opener = crate::envelope::Opener::new(16);
     let opened = opener
-        .open(&id(key), w.server.unix_ms(w.now), bytes)
+        .open(&id(key), w.server.machine.unix_ms(w.now), bytes)
         .unwrap();
     assert_eq!(opened.sender, w.server_key);
     Reply::decode(&opened.payload).unwrap()
@@ -103,12 +103,13 @@ fn versions_must_increase_and_repeats_are_idempotent() {
     // Same version, identical record (a repeat in a new envelope): success, nothing changes.
     let stored = w
         .server
+        .machine
         .store()
         .get(&name("alice"))
         .unwrap()
         .unwrap()
         .record;
-    let now_ms = w.server.unix_ms(w.now);
+    let now_ms = w.server.machine.unix_ms(w.now);
     let request = Request::Register(Box::new(stored.clone()));
     let bytes = seal_request(&id(1), &w.server_key, now_ms, [2; 16], &request, 0);
     let replies = w.raw_udp("198.51.100.1:4000".parse().unwrap(), &bytes);
@@ -161,10 +162,10 @@ fn expired_names_disappear_and_are_pruned() {
             .unwrap()
     });
     assert!(matches!(ev, PnpClientEvent::Registered { .. }));
-    assert_eq!(w.server.store().len(), Ok(2));
+    assert_eq!(w.server.machine.store().len(), Ok(2));
     w.advance(Duration::from_secs(70));
-    assert!(w.server.stats().pruned >= 1);
-    assert_eq!(w.server.store().get(&name("gone")), Ok(None));
+    assert!(w.server.machine.stats().pruned >= 1);
+    assert_eq!(w.server.machine.store().get(&name("gone")), Ok(None));
 }
 
 #[test]
@@ -178,7 +179,7 @@ fn expiry_must_be_within_the_lifetime() {
     assert_eq!(code, ErrorCode::InvalidExpiry);
     assert_eq!(
         latest,
-        w.server.unix_ms(w.now) + 7 * 24 * 3600 * 1000 + 5_000
+        w.server.machine.unix_ms(w.now) + 7 * 24 * 3600 * 1000 + 5_000
     );
     let ev = w.run(a, |m, now| {
         m.register(now, name("past"), vec![], 1, Duration::ZERO)
@@ -234,8 +235,14 @@ fn request_rate_is_limited_per_source() {
     }
     // The 4th in the window is told once; the 5th is dropped (the client times out).
     let now = w.now;
-    w.client(a).lookup(now, name("x")).unwrap();
-    w.client(a).lookup(now, name("x")).unwrap();
+    w.client(a)
+        .clock(now)
+        .input(|m, now| m.lookup(now, name("x")))
+        .unwrap();
+    w.client(a)
+        .clock(now)
+        .input(|m, now| m.lookup(now, name("x")))
+        .unwrap();
     w.pump();
     let events = std::mem::take(&mut w.clients[a].events);
     assert_eq!(events.len(), 1);
@@ -251,7 +258,7 @@ fn request_rate_is_limited_per_source() {
         matches!(events[..], [PnpClientEvent::NotFound { .. }]),
         "{events:?}"
     );
-    assert!(w.server.stats().rate_limited >= 2);
+    assert!(w.server.machine.stats().rate_limited >= 2);
     // A new window.
     assert!(matches!(w.lookup(a, "x"), PnpClientEvent::NotFound { .. }));
 }
@@ -271,7 +278,7 @@ fn full_store_answers_server_busy() {
 fn malformed_and_oversize_payloads_get_typed_errors() {
     let (mut w, _, _) = udp_world();
     let from = "198.51.100.9:4000".parse().unwrap();
-    let now_ms = w.server.unix_ms(w.now);
+    let now_ms = w.server.machine.unix_ms(w.now);
     let cases: Vec<(Vec<u8>, ErrorCode)> = vec![
         (vec![1, 0x55, 0, 0], ErrorCode::Malformed),
         (vec![9, 1], ErrorCode::UnsupportedVersion),
@@ -320,7 +327,7 @@ fn malformed_and_oversize_payloads_get_typed_errors() {
 #[test]
 fn bad_record_signature_is_refused_by_the_server() {
     let (mut w, _, _) = udp_world();
-    let now_ms = w.server.unix_ms(w.now);
+    let now_ms = w.server.machine.unix_ms(w.now);
     let record = Record::sign(&id(1), name("alice"), b"v".to_vec(), 1, now_ms + 60_000).unwrap();
     let mut bytes = record.to_bytes();
     let last = bytes.len() - 1;
@@ -336,5 +343,5 @@ fn bad_record_signature_is_refused_by_the_server() {
             ..
         }
     ));
-    assert_eq!(w.server.store().len(), Ok(0));
+    assert_eq!(w.server.machine.store().len(), Ok(0));
 }

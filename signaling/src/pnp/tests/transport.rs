@@ -1,7 +1,7 @@
 //! Both transports end to end: TCP framing at every split, several frames per chunk, loss and
 //! retransmission on UDP, replays, clock windows, forged replies, amplification and garbage.
 
-use p2pd_proto::Machine;
+use p2pd_proto::testing::Driven;
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -63,15 +63,15 @@ fn tcp_register_lookup_delete_close_each_socket_once() {
     assert_closed_once(&w.clients[b].closes);
     // Every accepted connection was closed by the server exactly once (the harness asserts
     // that no close hits a socket that is not open), and none is left open.
-    assert_eq!(w.server.open_connections(), 0);
-    assert_eq!(w.server.stats().connections_accepted, 4);
-    assert_eq!(w.server.stats().connections_closed, 4);
+    assert_eq!(w.server.machine.open_connections(), 0);
+    assert_eq!(w.server.machine.stats().connections_accepted, 4);
+    assert_eq!(w.server.machine.stats().connections_closed, 4);
 }
 
 #[test]
 fn tcp_frames_split_at_every_offset() {
     let mut w = World::new(unlimited());
-    let now_ms = w.server.unix_ms(w.now);
+    let now_ms = w.server.machine.unix_ms(w.now);
     let record = Record::sign(&id(1), name("split"), vec![3; 300], 1, now_ms + 60_000).unwrap();
     let request = Request::Register(Box::new(record));
     let sealed = seal_request(&id(1), &w.server_key, now_ms, [1; 16], &request, 0);
@@ -81,7 +81,8 @@ fn tcp_frames_split_at_every_offset() {
     let first = w.raw_stream(conn, &framed);
     assert_eq!(frames(&first).len(), 1);
     w.server
-        .handle_socket_result(w.now, conn, SocketOutcome::PeerClosed);
+        .clock(w.now)
+        .outcome(conn, SocketOutcome::PeerClosed);
     w.pump();
     // The same request again (answered from the reply cache, so no crypto) cut at every offset.
     for cut in 0..=framed.len() {
@@ -90,11 +91,12 @@ fn tcp_frames_split_at_every_offset() {
         out.extend(w.raw_stream(conn, &framed[cut..]));
         assert_eq!(out, first, "cut {cut}");
         w.server
-            .handle_socket_result(w.now, conn, SocketOutcome::PeerClosed);
+            .clock(w.now)
+            .outcome(conn, SocketOutcome::PeerClosed);
         w.pump();
     }
-    assert_eq!(w.server.stats().duplicates, framed.len() as u64 + 1);
-    assert_eq!(w.server.open_connections(), 0);
+    assert_eq!(w.server.machine.stats().duplicates, framed.len() as u64 + 1);
+    assert_eq!(w.server.machine.open_connections(), 0);
 }
 
 #[test]
@@ -114,7 +116,7 @@ fn client_and_server_handle_split_frames() {
 #[test]
 fn two_frames_in_one_chunk_get_two_replies() {
     let mut w = World::new(server_config());
-    let now_ms = w.server.unix_ms(w.now);
+    let now_ms = w.server.machine.unix_ms(w.now);
     let r1 = Request::Lookup(name("one"));
     let r2 = Request::Lookup(name("two"));
     let mut chunk = frame(&seal_request(
@@ -169,14 +171,15 @@ fn bad_frame_length_closes_the_connection_once() {
         assert!(!w.server_open.contains(&conn));
         // The peer's later close and data change nothing.
         w.server
-            .handle_socket_result(w.now, conn, SocketOutcome::PeerClosed);
+            .clock(w.now)
+            .outcome(conn, SocketOutcome::PeerClosed);
         assert_eq!(
-            w.server.handle_stream(w.now, conn, b"more"),
+            w.server.clock(w.now).stream(conn, b"more"),
             Verdict::Dropped(DropReason::UnknownSocket)
         );
         w.pump();
     }
-    assert_eq!(w.server.stats().bad_frames, 2);
+    assert_eq!(w.server.machine.stats().bad_frames, 2);
 }
 
 #[test]
@@ -186,9 +189,9 @@ fn idle_connections_are_closed_once() {
     let _ = w.raw_stream(conn, &[0]); // half a prefix
     w.advance(Duration::from_secs(11));
     assert!(!w.server_open.contains(&conn));
-    assert_eq!(w.server.stats().idle_closed, 1);
+    assert_eq!(w.server.machine.stats().idle_closed, 1);
     w.advance(Duration::from_secs(30));
-    assert_eq!(w.server.stats().idle_closed, 1);
+    assert_eq!(w.server.machine.stats().idle_closed, 1);
 }
 
 #[test]
@@ -207,10 +210,15 @@ fn tcp_failures_are_reported_and_sockets_closed_once() {
     w.refuse_tcp = false;
     // Outcomes for sockets the client does not know are ignored; the next request works.
     let now = w.now;
-    let rid = w.client(a).lookup(now, name("x")).unwrap();
+    let rid = w
+        .client(a)
+        .clock(now)
+        .input(|m, now| m.lookup(now, name("x")))
+        .unwrap();
     w.clients[a]
         .machine
-        .handle_socket_result(now, SocketId(99), SocketOutcome::PeerClosed); // unknown socket: ignored
+        .clock(now)
+        .outcome(SocketId(99), SocketOutcome::PeerClosed); // unknown socket: ignored
     w.pump();
     assert!(matches!(
         w.take_event(a),
@@ -229,19 +237,19 @@ fn udp_retransmits_after_loss_and_duplicates_get_the_cached_reply() {
         w.register(a, "alice", b"1", 1),
         PnpClientEvent::Registered { .. }
     ));
-    assert_eq!(w.client(a).stats().retransmits, 1);
+    assert_eq!(w.client(a).machine.stats().retransmits, 1);
     // The reply is lost: the retransmitted request (same bytes) gets the same reply again.
     w.lose_replies.push_back(true);
     assert!(matches!(
         w.register(a, "alice", b"2", 2),
         PnpClientEvent::Registered { version: 2, .. }
     ));
-    assert_eq!(w.server.stats().duplicates, 1);
+    assert_eq!(w.server.machine.stats().duplicates, 1);
     let last = w.captured.len();
     assert_eq!(w.captured[last - 1], w.captured[last - 2]);
     // Everything lost: a timeout after max_retransmits retransmissions.
     w.lose_requests.extend([true; 10]);
-    let before = w.client(a).stats().retransmits;
+    let before = w.client(a).machine.stats().retransmits;
     assert!(matches!(
         w.lookup(a, "alice"),
         PnpClientEvent::Failed {
@@ -249,7 +257,7 @@ fn udp_retransmits_after_loss_and_duplicates_get_the_cached_reply() {
             ..
         }
     ));
-    assert_eq!(w.client(a).stats().retransmits - before, 3); // 0.5 + 1 + 2 s < 5 s < + 4 s
+    assert_eq!(w.client(a).machine.stats().retransmits - before, 3); // 0.5 + 1 + 2 s < 5 s < + 4 s
 }
 
 #[test]
@@ -262,7 +270,7 @@ fn replayed_requests_are_not_executed_again() {
     w.register(a, "alice", b"1", 1);
     let captured = w.captured[0].clone();
     assert!(w.raw_udp(src("203.0.113.5:999"), &captured).is_empty());
-    assert_eq!(w.server.stats().replays, 1);
+    assert_eq!(w.server.machine.stats().replays, 1);
 
     // With the cache, a replay of an old request only gets the old reply back; the store keeps
     // the newer record.
@@ -273,7 +281,13 @@ fn replayed_requests_are_not_executed_again() {
     w.register(a, "alice", b"2", 2);
     let replies = w.raw_udp(src("198.51.100.1:4000"), &captured);
     assert_eq!(replies.len(), 1);
-    let stored = w.server.store().get(&name("alice")).unwrap().unwrap();
+    let stored = w
+        .server
+        .machine
+        .store()
+        .get(&name("alice"))
+        .unwrap()
+        .unwrap();
     assert_eq!(stored.record.version(), 2);
     // A tampered copy (same nonce, other bytes) is not served from the cache.
     let mut tampered = captured.clone();
@@ -284,7 +298,7 @@ fn replayed_requests_are_not_executed_again() {
     let mut w2 = World::new(server_config());
     w2.advance(Duration::from_secs(31));
     assert!(w2.raw_udp(src("198.51.100.1:4000"), &captured).is_empty());
-    assert_eq!(w2.server.stats().stale, 1);
+    assert_eq!(w2.server.machine.stats().stale, 1);
 }
 
 #[test]
@@ -303,25 +317,29 @@ fn requests_outside_the_clock_window_are_dropped() {
             }
         ));
     }
-    assert!(w.server.stats().stale >= 2);
-    assert_eq!(w.server.stats().requests, 0);
+    assert!(w.server.machine.stats().stale >= 2);
+    assert_eq!(w.server.machine.stats().requests, 0);
 }
 
 /// A lone client whose request the test answers by hand, as a (possibly lying) server.
-fn lone_client() -> (PnpClient, Vec<u8>, Instant) {
+fn lone_client() -> (Driven<PnpClient>, Vec<u8>, Instant) {
     let server = id(200);
     let config = PnpClientConfig::new(server_addr(), server.public_key(), PnpTransport::Udp, EPOCH);
-    let mut client = PnpClient::new(config, id(1), 1);
+    let client = PnpClient::new(config, id(1), 1);
     let now = Instant::from_millis(10);
-    client.lookup(now, name("alice")).unwrap();
-    while let Some(op) = client.poll_socket_op() {
-        if let p2pd_proto::SocketOp::Bind { socket, local, .. } = op {
-            client.handle_socket_result(now, socket, SocketOutcome::Bound { local });
-        }
-    }
-    let mut buf = [0u8; 1500];
-    let t = client.poll_transmit(&mut buf).unwrap();
-    (client, buf[..t.len].to_vec(), now)
+    let mut client = Driven::new("pnp client", client, |e| *e == PnpClientEvent::Closed)
+        .at(now)
+        .answering(Driven::<PnpClient>::bind_answer());
+    client.input(|c, now| c.lookup(now, name("alice"))).unwrap();
+    let (_, request) = client.take_transmits().into_iter().next().unwrap();
+    (client, request, now)
+}
+
+/// The client's one event since the last call, if any.
+fn event(client: &mut Driven<PnpClient>) -> Option<PnpClientEvent> {
+    let mut events = client.take_events();
+    assert!(events.len() <= 1, "{events:?}");
+    events.pop()
 }
 
 fn answer(request: &[u8], now: Instant, signer: &crate::Identity, body: ReplyBody) -> Vec<u8> {
@@ -363,10 +381,10 @@ fn client_rejects_forged_or_mismatched_replies() {
         let (mut client, request, now) = lone_client();
         let reply = answer(&request, now, &server, body);
         assert_eq!(
-            client.handle_datagram(now, CLIENT_UDP_SOCKET, server_addr(), &reply),
+            client.datagram(CLIENT_UDP_SOCKET, server_addr(), &reply),
             Verdict::Consumed
         );
-        match client.poll_event() {
+        match event(&mut client) {
             Some(PnpClientEvent::Failed { reason, .. }) => assert_eq!(reason, want),
             other => panic!("{other:?}"),
         }
@@ -376,26 +394,26 @@ fn client_rejects_forged_or_mismatched_replies() {
     let body = ReplyBody::Found(Box::new(good));
     let by_impostor = answer(&request, now, &id(66), body.clone());
     assert_eq!(
-        client.handle_datagram(now, CLIENT_UDP_SOCKET, server_addr(), &by_impostor),
+        client.datagram(CLIENT_UDP_SOCKET, server_addr(), &by_impostor),
         Verdict::Dropped(DropReason::WrongSource)
     );
     let genuine = answer(&request, now, &server, body);
     assert_eq!(
-        client.handle_datagram(now, CLIENT_UDP_SOCKET, src("192.0.2.99:5300"), &genuine),
+        client.datagram(CLIENT_UDP_SOCKET, src("192.0.2.99:5300"), &genuine),
         Verdict::Dropped(DropReason::WrongSource)
     );
-    assert_eq!(client.poll_event(), None);
+    assert_eq!(event(&mut client), None);
     assert_eq!(
-        client.handle_datagram(now, CLIENT_UDP_SOCKET, server_addr(), &genuine),
+        client.datagram(CLIENT_UDP_SOCKET, server_addr(), &genuine),
         Verdict::Consumed
     );
     assert!(matches!(
-        client.poll_event(),
+        event(&mut client),
         Some(PnpClientEvent::Found { .. })
     ));
     // The same reply again is a duplicate.
     assert_eq!(
-        client.handle_datagram(now, CLIENT_UDP_SOCKET, server_addr(), &genuine),
+        client.datagram(CLIENT_UDP_SOCKET, server_addr(), &genuine),
         Verdict::Dropped(DropReason::Duplicate)
     );
 }
@@ -407,7 +425,7 @@ fn udp_replies_are_never_larger_than_requests() {
     let owner = id(1);
     // A large record so that Found replies are large.
     let big = vec![0xab; MAX_VALUE_LEN];
-    let now_ms = w.server.unix_ms(w.now);
+    let now_ms = w.server.machine.unix_ms(w.now);
     let record = Record::sign(&owner, name("big"), big, 1, now_ms + 60_000).unwrap();
     let sealed = seal_request(
         &owner,
@@ -469,7 +487,7 @@ fn udp_replies_are_never_larger_than_requests() {
 #[test]
 fn a_tcp_request_replayed_over_udp_gets_no_larger_reply() {
     let mut w = World::new(server_config());
-    let now_ms = w.server.unix_ms(w.now);
+    let now_ms = w.server.machine.unix_ms(w.now);
     let record = Record::sign(
         &id(1),
         name("big"),
@@ -501,7 +519,7 @@ fn a_tcp_request_replayed_over_udp_gets_no_larger_reply() {
     assert!(out.len() > lookup.len() + 2);
     // The same bytes over UDP (say from a spoofed victim address): nothing.
     assert!(w.raw_udp(src("203.0.113.7:53"), &lookup).is_empty());
-    assert_eq!(w.server.stats().amplification_dropped, 1);
+    assert_eq!(w.server.machine.stats().amplification_dropped, 1);
 }
 
 #[test]
@@ -517,13 +535,15 @@ fn server_survives_garbage_and_keeps_working() {
             data[0] = 1; // looks like an envelope
         }
         let from = SocketAddr::from(([10, 0, (rng.below(4)) as u8, 1], 1000));
-        let _ = w.server.handle_datagram(w.now, UDP_SOCKET, from, &data);
+        let _ = w.server.clock(w.now).datagram(UDP_SOCKET, from, &data);
         let _ = w
             .server
-            .handle_stream(w.now, SocketId(rng.below(80) as u32), &data);
+            .clock(w.now)
+            .stream(SocketId(rng.below(80) as u32), &data);
         let _ = w
             .server
-            .handle_datagram(w.now, SocketId(rng.below(3) as u32), from, &data);
+            .clock(w.now)
+            .datagram(SocketId(rng.below(3) as u32), from, &data);
         w.pump();
     }
     let _ = conn;
@@ -532,6 +552,6 @@ fn server_survives_garbage_and_keeps_working() {
         w.register(a, "still", b"ok", 1),
         PnpClientEvent::Registered { .. }
     ));
-    let (rates, replies, replay, queued) = w.server.table_sizes();
+    let (rates, replies, replay, queued) = w.server.machine.table_sizes();
     assert!(rates <= 4096 && replies <= 256 && replay <= 16_384 && queued == 0);
 }

@@ -1,7 +1,7 @@
 //! The scripted broker: answers socket intents, decodes what the client writes, encodes what the
 //! test wants the broker to say, and records every output of the client.
 
-use p2pd_proto::Machine;
+use p2pd_proto::testing::{Driven, Output};
 use std::collections::HashMap;
 
 use super::*;
@@ -53,7 +53,8 @@ pub(super) fn publish(topic: &str, qos: QoS, pkid: u16, dup: bool, payload: &[u8
 }
 
 pub(super) struct Harness {
-    pub client: MqttClient,
+    /// The client; every input and drain goes through its contract checker.
+    pub client: Driven<MqttClient>,
     pub now: Instant,
     /// The socket whose stream the broker talks on.
     pub current: Option<SocketId>,
@@ -72,8 +73,11 @@ pub(super) struct Harness {
 
 impl Harness {
     pub fn new(config: MqttConfig, seed: u64) -> Self {
+        let client = MqttClient::new(config, seed, Instant::ZERO);
+        let mut client = Driven::new("mqtt client", client, |e| *e == MqttEvent::Closed);
+        client.drain();
         let mut h = Self {
-            client: MqttClient::new(config, seed, Instant::ZERO),
+            client,
             now: Instant::ZERO,
             current: None,
             wire: Vec::new(),
@@ -89,65 +93,58 @@ impl Harness {
         h
     }
 
-    /// Drains every output in the contract's order, checking the contract as it goes.
+    /// Takes every output the client produced (drained through its contract checker), in order.
     pub fn drain(&mut self) {
-        let mut buf = [0u8; TRANSMIT_BUFFER_LEN];
-        loop {
-            let mut progressed = false;
-            while let Some(t) = self.client.poll_transmit(&mut buf) {
-                progressed = true;
-                assert!(!self.closed_seen, "transmit after Closed");
-                assert!(t.len > 0 && t.len <= buf.len());
-                assert_eq!(t.destination, broker_addr());
-                assert_eq!(
-                    self.close_counts.get(&t.socket),
-                    None,
-                    "transmit on a closed socket"
-                );
-                let bytes = &buf[..t.len];
-                self.wire.extend_from_slice(bytes);
-                let protocol = self.client.protocol();
-                let decoder = self
-                    .decoders
-                    .entry(t.socket)
-                    .or_insert_with(|| Decoder::new(protocol, 1 << 24));
-                let mut rest = bytes;
-                while !rest.is_empty() {
-                    let n = decoder.push(rest).unwrap();
-                    rest = &rest[n..];
-                    while let Some(p) = decoder.next() {
-                        let p = p.expect("the client sends valid MQTT");
-                        if matches!(p, Packet::Connect { .. }) {
-                            self.connect_packet = Some(p.clone());
+        for output in self.client.take().into_outputs() {
+            match output {
+                Output::Transmit(t, bytes) => {
+                    assert!(!self.closed_seen, "transmit after Closed");
+                    assert!(t.len > 0 && t.len == bytes.len());
+                    assert_eq!(t.destination, broker_addr());
+                    assert_eq!(
+                        self.close_counts.get(&t.socket),
+                        None,
+                        "transmit on a closed socket"
+                    );
+                    self.wire.extend_from_slice(&bytes);
+                    let protocol = self.client.machine.protocol();
+                    let decoder = self
+                        .decoders
+                        .entry(t.socket)
+                        .or_insert_with(|| Decoder::new(protocol, 1 << 24));
+                    let mut rest = &bytes[..];
+                    while !rest.is_empty() {
+                        let n = decoder.push(rest).unwrap();
+                        rest = &rest[n..];
+                        while let Some(p) = decoder.next() {
+                            let p = p.expect("the client sends valid MQTT");
+                            if matches!(p, Packet::Connect { .. }) {
+                                self.connect_packet = Some(p.clone());
+                            }
+                            self.received.push(p);
                         }
-                        self.received.push(p);
                     }
                 }
-            }
-            while let Some(op) = self.client.poll_socket_op() {
-                progressed = true;
-                if let SocketOp::Close { socket } = op {
-                    let n = self.close_counts.entry(socket).or_default();
-                    *n += 1;
-                    assert_eq!(*n, 1, "{socket} closed twice");
-                    if self.current == Some(socket) {
-                        self.current = None;
+                Output::Op(op) => {
+                    if let SocketOp::Close { socket } = op {
+                        let n = self.close_counts.entry(socket).or_default();
+                        *n += 1;
+                        assert_eq!(*n, 1, "{socket} closed twice");
+                        if self.current == Some(socket) {
+                            self.current = None;
+                        }
                     }
+                    self.ops.push(op);
                 }
-                self.ops.push(op);
-            }
-            while let Some(ev) = self.client.poll_event() {
-                progressed = true;
-                assert!(!self.closed_seen, "event after Closed: {ev:?}");
-                self.closed_seen |= ev == MqttEvent::Closed;
-                self.events.push(ev);
-            }
-            if !progressed {
-                break;
+                Output::Event(ev) => {
+                    assert!(!self.closed_seen, "event after Closed: {ev:?}");
+                    self.closed_seen |= ev == MqttEvent::Closed;
+                    self.events.push(ev);
+                }
             }
         }
         if self.closed_seen {
-            assert_eq!(self.client.poll_timeout(), None, "timer after Closed");
+            assert_eq!(self.client.deadline(), None, "timer after Closed");
         }
     }
 
@@ -166,8 +163,7 @@ impl Harness {
     /// Answers the latest Bind and the Connect that follows: the client then sends CONNECT.
     pub fn accept_tcp(&mut self) {
         let socket = self.last_bind();
-        self.client.handle_socket_result(
-            self.now,
+        self.client.clock(self.now).outcome(
             socket,
             SocketOutcome::Bound {
                 local: local_addr(),
@@ -181,8 +177,7 @@ impl Harness {
                 remote: broker_addr()
             })
         );
-        self.client.handle_socket_result(
-            self.now,
+        self.client.clock(self.now).outcome(
             socket,
             SocketOutcome::Connected {
                 local: local_addr(),
@@ -202,21 +197,21 @@ impl Harness {
             "{sent:?}"
         );
         self.send(&connack(0));
-        assert!(self.client.is_connected(), "{:?}", self.events);
+        assert!(self.client.machine.is_connected(), "{:?}", self.events);
         self.events.clear();
     }
 
     /// The broker sends `packet` on the current stream.
     pub fn send(&mut self, packet: &Packet) {
         let mut bytes = Vec::new();
-        encode(packet, self.client.protocol(), &mut bytes).unwrap();
+        encode(packet, self.client.machine.protocol(), &mut bytes).unwrap();
         self.send_raw(&bytes);
     }
 
     /// The broker sends raw bytes on the current stream.
     pub fn send_raw(&mut self, bytes: &[u8]) {
         let socket = self.current.expect("a connected stream");
-        let verdict = self.client.handle_stream(self.now, socket, bytes);
+        let verdict = self.client.clock(self.now).stream(socket, bytes);
         assert_eq!(verdict, Verdict::Consumed);
         self.drain();
     }
@@ -225,10 +220,10 @@ impl Harness {
     pub fn advance(&mut self, d: Duration) {
         let target = self.now + d;
         for _ in 0..10_000 {
-            match self.client.poll_timeout() {
+            match self.client.deadline() {
                 Some(t) if t <= target => {
                     self.now = self.now.max(t);
-                    self.client.handle_timeout(self.now);
+                    self.client.clock(self.now).fire();
                     self.drain();
                 }
                 _ => {

@@ -1,7 +1,6 @@
 //! Reconnect, back-off, stale sockets, protocol fallback and close.
 
 use super::*;
-use p2pd_proto::Machine;
 
 fn retry_in(events: &[MqttEvent]) -> Duration {
     match events.last() {
@@ -15,7 +14,8 @@ fn peer_close_reconnects_resubscribes_and_resends_with_dup() {
     for protocol in BOTH {
         let mut h = Harness::new(config(protocol), 30);
         h.client
-            .subscribe(h.now, "node/x", QoS::AtLeastOnce)
+            .clock(h.now)
+            .input(|c, now| c.subscribe(now, "node/x", QoS::AtLeastOnce))
             .unwrap();
         h.connect();
         let subs = h.take_subscribes();
@@ -25,11 +25,13 @@ fn peer_close_reconnects_resubscribes_and_resends_with_dup() {
         });
         let a = h
             .client
-            .publish(h.now, "peer/a", b"A", QoS::AtLeastOnce)
+            .clock(h.now)
+            .input(|c, now| c.publish(now, "peer/a", b"A", QoS::AtLeastOnce))
             .unwrap();
         let b = h
             .client
-            .publish(h.now, "peer/b", b"B", QoS::AtLeastOnce)
+            .clock(h.now)
+            .input(|c, now| c.publish(now, "peer/b", b"B", QoS::AtLeastOnce))
             .unwrap();
         h.drain();
         let sent = h.take_packets();
@@ -47,7 +49,8 @@ fn peer_close_reconnects_resubscribes_and_resends_with_dup() {
 
         // The broker goes away.
         h.client
-            .handle_socket_result(h.now, SOCKET_BASE, SocketOutcome::PeerClosed);
+            .clock(h.now)
+            .outcome(SOCKET_BASE, SocketOutcome::PeerClosed);
         h.drain();
         assert!(matches!(
             h.events.as_slice(),
@@ -62,14 +65,17 @@ fn peer_close_reconnects_resubscribes_and_resends_with_dup() {
             "{delay:?}"
         );
         assert_eq!(h.closes(SOCKET_BASE), 1);
-        assert_eq!(h.client.poll_timeout(), Some(h.now + delay));
+        assert_eq!(h.client.deadline(), Some(h.now + delay));
         assert_eq!(
-            h.client.publish(h.now, "t", b"x", QoS::AtMostOnce),
+            h.client
+                .clock(h.now)
+                .input(|c, now| c.publish(now, "t", b"x", QoS::AtMostOnce)),
             Err(PublishError::NotConnected)
         );
         let c = h
             .client
-            .publish(h.now, "peer/c", b"C", QoS::AtLeastOnce)
+            .clock(h.now)
+            .input(|c, now| c.publish(now, "peer/c", b"C", QoS::AtLeastOnce))
             .unwrap();
         h.drain();
         assert!(h.take_packets().is_empty());
@@ -92,7 +98,7 @@ fn peer_close_reconnects_resubscribes_and_resends_with_dup() {
         assert!(
             matches!(&again[2], Packet::Publish { topic, dup: false, .. } if topic == "peer/c")
         );
-        assert_eq!(h.client.stats().resent, 1);
+        assert_eq!(h.client.machine.stats().resent, 1);
         let Packet::Subscribe { pkid: sub_pkid, .. } = again[0] else {
             unreachable!()
         };
@@ -116,8 +122,8 @@ fn peer_close_reconnects_resubscribes_and_resends_with_dup() {
                 MqttEvent::Delivered(c),
             ]
         );
-        assert_eq!(h.client.inflight(), 0);
-        let stats = h.client.stats();
+        assert_eq!(h.client.machine.inflight(), 0);
+        let stats = h.client.machine.stats();
         assert_eq!(
             (stats.attempts, stats.connects, stats.disconnects),
             (2, 2, 1)
@@ -133,8 +139,7 @@ fn backoff_grows_with_jitter_within_bounds_and_resets_after_success() {
         let mut base = BACKOFF_INITIAL;
         for attempt in 0..8 {
             let socket = h.last_bind();
-            h.client.handle_socket_result(
-                h.now,
+            h.client.clock(h.now).outcome(
                 socket,
                 SocketOutcome::Failed {
                     op: OpKind::Bind,
@@ -156,7 +161,8 @@ fn backoff_grows_with_jitter_within_bounds_and_resets_after_success() {
         // A success resets the back-off.
         h.connect();
         h.client
-            .handle_socket_result(h.now, h.current.unwrap(), SocketOutcome::PeerClosed);
+            .clock(h.now)
+            .outcome(h.current.unwrap(), SocketOutcome::PeerClosed);
         h.drain();
         let delay = retry_in(&h.events);
         assert!(delay <= BACKOFF_INITIAL, "{delay:?}");
@@ -172,11 +178,12 @@ fn late_outcomes_for_old_sockets_are_ignored() {
     h.connect();
     let old = SOCKET_BASE;
     h.client
-        .handle_socket_result(h.now, old, SocketOutcome::PeerClosed);
+        .clock(h.now)
+        .outcome(old, SocketOutcome::PeerClosed);
     h.drain();
     h.advance(BACKOFF_INITIAL);
     h.connect();
-    let dropped = h.client.stats().dropped;
+    let dropped = h.client.machine.stats().dropped;
     let late = [
         SocketOutcome::PeerClosed,
         SocketOutcome::Bound {
@@ -193,17 +200,17 @@ fn late_outcomes_for_old_sockets_are_ignored() {
         },
     ];
     for outcome in late {
-        h.client.handle_socket_result(h.now, old, outcome);
+        h.client.clock(h.now).outcome(old, outcome);
         h.drain();
     }
     assert_eq!(
-        h.client.handle_stream(h.now, old, &[0xD0, 0x00]),
+        h.client.clock(h.now).stream(old, &[0xD0, 0x00]),
         Verdict::Dropped(DropReason::UnknownSocket)
     );
     h.drain();
     assert!(h.events.is_empty(), "{:?}", h.events);
-    assert!(h.client.is_connected());
-    assert_eq!(h.client.stats().dropped, dropped + 5);
+    assert!(h.client.machine.is_connected());
+    assert_eq!(h.client.machine.stats().dropped, dropped + 5);
     assert_eq!(h.closes(old), 1);
 }
 
@@ -216,8 +223,7 @@ fn socket_ids_wrap_within_the_range() {
     for _ in 0..5 {
         let socket = h.last_bind();
         seen.push(socket.0);
-        h.client.handle_socket_result(
-            h.now,
+        h.client.clock(h.now).outcome(
             socket,
             SocketOutcome::Failed {
                 op: OpKind::Bind,
@@ -263,7 +269,7 @@ fn v5_falls_back_to_v311_when_the_version_is_refused() {
                 retry_in: Duration::ZERO,
             }]
         );
-        assert_eq!(h.client.protocol(), Protocol::V311);
+        assert_eq!(h.client.machine.protocol(), Protocol::V311);
         h.events.clear();
         h.advance(Duration::ZERO);
         h.accept_tcp();
@@ -294,55 +300,64 @@ fn no_fallback_when_disabled_or_already_v311() {
     h.accept_tcp();
     h.send(&connack(0x84));
     assert!(retry_in(&h.events) >= BACKOFF_INITIAL / 2);
-    assert_eq!(h.client.protocol(), Protocol::V5);
+    assert_eq!(h.client.machine.protocol(), Protocol::V5);
 
     let mut h = Harness::new(config(Protocol::V311), 34);
     h.accept_tcp();
     h.send(&connack(1));
     assert!(retry_in(&h.events) >= BACKOFF_INITIAL / 2);
-    assert_eq!(h.client.protocol(), Protocol::V311);
+    assert_eq!(h.client.machine.protocol(), Protocol::V311);
 }
 
 #[test]
 fn close_while_connected_sends_disconnect_then_closes_once() {
     for protocol in BOTH {
         let mut h = Harness::new(config(protocol), 35);
-        h.client.subscribe(h.now, "a", QoS::AtMostOnce).unwrap();
+        h.client
+            .clock(h.now)
+            .input(|c, now| c.subscribe(now, "a", QoS::AtMostOnce))
+            .unwrap();
         h.connect();
         h.client
-            .publish(h.now, "t", b"pending", QoS::AtLeastOnce)
+            .clock(h.now)
+            .input(|c, now| c.publish(now, "t", b"pending", QoS::AtLeastOnce))
             .unwrap();
         h.drain();
         h.take_packets();
-        h.client.close(h.now);
-        h.client.close(h.now);
+        h.client.clock(h.now).input(|c, now| c.close(now));
+        h.client.clock(h.now).input(|c, now| c.close(now));
         h.drain();
-        h.client.close(h.now);
+        h.client.clock(h.now).input(|c, now| c.close(now));
         h.drain();
         assert_eq!(h.take_packets(), vec![Packet::Disconnect]);
         assert_eq!(h.closes(SOCKET_BASE), 1);
         assert_eq!(h.events, vec![MqttEvent::Closed]);
-        assert_eq!(h.client.poll_timeout(), None);
-        assert!(h.client.is_closed() && !h.client.is_connected());
+        assert_eq!(h.client.deadline(), None);
+        assert!(h.client.machine.is_closed() && !h.client.machine.is_connected());
         // Everything after close is refused or dropped, and produces nothing.
         assert_eq!(
-            h.client.publish(h.now, "t", b"x", QoS::AtLeastOnce),
+            h.client
+                .clock(h.now)
+                .input(|c, now| c.publish(now, "t", b"x", QoS::AtLeastOnce)),
             Err(PublishError::Closed)
         );
         assert_eq!(
-            h.client.subscribe(h.now, "t", QoS::AtMostOnce),
+            h.client
+                .clock(h.now)
+                .input(|c, now| c.subscribe(now, "t", QoS::AtMostOnce)),
             Err(SubscribeError::Closed)
         );
         assert_eq!(
-            h.client.handle_stream(h.now, SOCKET_BASE, &[0xD0, 0x00]),
+            h.client.clock(h.now).stream(SOCKET_BASE, &[0xD0, 0x00]),
             Verdict::Dropped(DropReason::Closed)
         );
         h.client
-            .handle_socket_result(h.now, SOCKET_BASE, SocketOutcome::PeerClosed);
-        h.client.handle_timeout(h.now + Duration::from_secs(1000));
+            .clock(h.now)
+            .outcome(SOCKET_BASE, SocketOutcome::PeerClosed);
+        h.client.clock(h.now + Duration::from_secs(1000)).fire();
         h.drain();
         assert_eq!(h.events, vec![MqttEvent::Closed]);
-        assert_eq!(h.client.poll_timeout(), None);
+        assert_eq!(h.client.deadline(), None);
     }
 }
 
@@ -354,8 +369,7 @@ fn close_in_every_other_state() {
         match stage {
             0 => {}
             1 => {
-                h.client.handle_socket_result(
-                    h.now,
+                h.client.clock(h.now).outcome(
                     SOCKET_BASE,
                     SocketOutcome::Bound {
                         local: local_addr(),
@@ -366,19 +380,20 @@ fn close_in_every_other_state() {
             2 => h.accept_tcp(),
             _ => {
                 h.client
-                    .handle_socket_result(h.now, SOCKET_BASE, SocketOutcome::PeerClosed);
+                    .clock(h.now)
+                    .outcome(SOCKET_BASE, SocketOutcome::PeerClosed);
                 h.drain();
                 h.events.clear();
             }
         }
         h.take_packets();
-        h.client.close(h.now);
-        h.client.close(h.now);
+        h.client.clock(h.now).input(|c, now| c.close(now));
+        h.client.clock(h.now).input(|c, now| c.close(now));
         h.drain();
         assert!(h.take_packets().is_empty(), "no DISCONNECT before CONNACK");
         assert_eq!(h.closes(SOCKET_BASE), 1, "stage {stage}");
         assert_eq!(h.events, vec![MqttEvent::Closed]);
-        assert_eq!(h.client.poll_timeout(), None);
+        assert_eq!(h.client.deadline(), None);
         let binds = h
             .ops
             .iter()
