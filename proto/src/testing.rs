@@ -30,7 +30,7 @@
 //! checker.assert_all_closed();
 //! ```
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::fmt::Debug;
 use std::ops::ControlFlow;
 use std::vec::Vec;
@@ -45,6 +45,11 @@ mod sockets;
 pub use driven::{Answer, Driven};
 pub use pair::{Pair, Side};
 pub use sockets::{SocketState, SocketTable};
+
+/// How many closed socket ids a [`ContractChecker`] remembers (to catch output on a socket after
+/// its `Close`): the most recent ones, so the checker's memory does not grow with the machine's
+/// lifetime (a soak test measures the heap with it running).
+pub const REMEMBERED_CLOSES: usize = 128;
 
 /// Where one socket the machine opened stands, as the checker sees it.
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
@@ -93,8 +98,11 @@ pub struct ContractChecker<E> {
     last_now: Option<Instant>,
     /// Sockets opened by this machine and not yet closed.
     owned: BTreeMap<SocketId, Owned>,
-    /// Sockets this machine closed (an id leaves the set when a new intent reopens it).
+    /// Sockets this machine closed (an id leaves the set when a new intent reopens it), the last
+    /// [`REMEMBERED_CLOSES`] of them, so a long-running machine's checker stays bounded.
     closed: BTreeSet<SocketId>,
+    /// The order `closed` was filled in, to forget the oldest.
+    closed_order: VecDeque<SocketId>,
     /// Sockets handed to the caller (an id leaves the set when a new intent reopens it).
     released: BTreeSet<SocketId>,
     /// Accepts completed after the final event: their Close is the one intent still allowed.
@@ -116,6 +124,7 @@ impl<E: Debug> ContractChecker<E> {
             last_now: None,
             owned: BTreeMap::new(),
             closed: BTreeSet::new(),
+            closed_order: VecDeque::new(),
             released: BTreeSet::new(),
             late: BTreeSet::new(),
             finished: false,
@@ -278,6 +287,12 @@ impl<E: Debug> ContractChecker<E> {
                     self.name
                 );
                 self.closed.insert(socket);
+                self.closed_order.push_back(socket);
+                if self.closed_order.len() > REMEMBERED_CLOSES {
+                    if let Some(oldest) = self.closed_order.pop_front() {
+                        self.closed.remove(&oldest);
+                    }
+                }
                 self.late.remove(&socket);
                 self.closes = self.closes.saturating_add(1);
             }
