@@ -114,6 +114,7 @@ mod link;
 pub mod matrix;
 mod natbox;
 mod node;
+mod parallel;
 pub mod punch_matrix;
 mod raw;
 mod raw_tcp;

@@ -479,22 +479,7 @@ pub fn run_matrix_on(losses: &[f64], seeds: &[u64], threads: usize) -> MatrixSum
         }
         (per_loss, notable)
     };
-    let parts: Vec<Part> = if threads == 1 {
-        vec![worker(0)]
-    } else {
-        std::thread::scope(|scope| {
-            let handles: Vec<_> = (0..threads)
-                .map(|k| {
-                    let worker = &worker;
-                    scope.spawn(move || worker(k))
-                })
-                .collect();
-            handles
-                .into_iter()
-                .map(|h| h.join().unwrap_or_else(|e| std::panic::resume_unwind(e)))
-                .collect()
-        })
-    };
+    let parts: Vec<Part> = crate::parallel::fan_out(threads, worker);
     let mut per_loss = empty;
     let mut notable = Vec::new();
     for (p, n) in parts {
