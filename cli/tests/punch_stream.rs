@@ -61,22 +61,39 @@ fn bulk_transfer_to_a_stalled_reader_arrives_whole() {
         describe(b)
     );
 
-    // 16 MiB of a counting pattern, fed as the node's send queue allows; B is not run until A's
-    // runtime has refused a transmit (its own buffer for the stream full, after the kernel's
-    // socket buffers), at most 10 s.
+    // 16 MiB of a counting pattern, offered in 100,000-byte writes regardless of room: `send`
+    // takes what fits in the node's send buffer (a partial write, like `io::Write::write`) and
+    // fails with `SendBufferFull` when nothing fits. B is not run until A's runtime has refused a
+    // transmit (its spill for the stream full, after the kernel's socket buffers), at most 10 s.
     const TOTAL: usize = 16 << 20;
+    const WRITE: usize = 100_000;
     let pattern = |i: usize| (i % 251) as u8;
     let mut fed = 0usize;
-    let feed = |a: &mut Side, fed: &mut usize| {
+    let mut partial_writes = 0usize;
+    let mut full_refusals = 0usize;
+    let mut feed = |a: &mut Side, fed: &mut usize| {
         while *fed < TOTAL {
-            let n = a.node().send_room().min(64 * 1024).min(TOTAL - *fed);
-            if n == 0 {
-                break;
-            }
+            let room = a.node().send_room();
+            let n = WRITE.min(TOTAL - *fed);
             let chunk: Vec<u8> = (*fed..*fed + n).map(pattern).collect();
             let now = a.rt.now();
-            a.node().send(now, &chunk).expect("send");
-            *fed += n;
+            match a.node().send(now, &chunk) {
+                Ok(taken) => {
+                    assert_eq!(taken, room.min(n), "send takes what fits");
+                    *fed += taken;
+                    if taken < n {
+                        partial_writes += 1;
+                        break;
+                    }
+                }
+                Err(p2pd_punch::PunchApiError::SendBufferFull { buffered }) => {
+                    assert_eq!(room, 0);
+                    assert_eq!(buffered, p2pd_punch::node::SEND_BUFFER);
+                    full_refusals += 1;
+                    break;
+                }
+                Err(e) => panic!("send: {e}"),
+            }
         }
     };
     let stall_end = Instant::now() + Duration::from_secs(10);
@@ -138,9 +155,23 @@ fn bulk_transfer_to_a_stalled_reader_arrives_whole() {
         a.rt.stats().send_errors > 0,
         "the runtime never refused a transmit: the test did not exercise flow control"
     );
+    assert!(
+        partial_writes > 0 && full_refusals > 0,
+        "partial {partial_writes}, full {full_refusals}"
+    );
+    let writable = a
+        .events
+        .iter()
+        .filter(|e| matches!(e, NodeEvent::Writable))
+        .count();
+    assert!(
+        writable > 0,
+        "the node never said its send buffer had room again"
+    );
     eprintln!(
         "bulk: {TOTAL} bytes through a stalled reader; runtime refusals {}, runtime held {held} \
-         unwritten bytes after the stall",
+         unwritten bytes after the stall; node: {partial_writes} partial writes, {full_refusals} \
+         full refusals, {writable} Writable events",
         a.rt.stats().send_errors
     );
     for side in [&mut *a, &mut *b] {

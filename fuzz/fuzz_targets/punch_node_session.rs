@@ -214,7 +214,7 @@ impl H {
             self.winner = self.d.machine.stream_socket();
         }
         assert!(self.sent.starts_with(&self.taken), "the punched stream carries what was sent, in order");
-        assert!(self.d.machine.queued() <= p2pd_punch::node::MAX_SEND_QUEUE);
+        assert!(self.d.machine.queued() <= p2pd_punch::node::SEND_BUFFER);
     }
 
     fn transmit(&mut self, socket: SocketId, destination: SocketAddr, bytes: &[u8]) {
@@ -718,9 +718,10 @@ impl H {
                 let connected = self.d.machine.is_connected();
                 self.counter += 1;
                 let bytes: Vec<u8> = (0..usize::from(len) * 4).map(|i| (i as u32 ^ self.counter) as u8).collect();
-                if self.d.input(|n, now| n.send(now, &bytes)).is_ok() {
+                if let Ok(taken) = self.d.input(|n, now| n.send(now, &bytes)) {
                     assert!(connected && !self.shut, "send accepted while not connected");
-                    self.sent.extend_from_slice(&bytes);
+                    assert!(taken <= bytes.len() && (taken > 0 || bytes.is_empty()), "send took {taken} of {}", bytes.len());
+                    self.sent.extend_from_slice(&bytes[..taken]);
                 }
                 self.check();
             }

@@ -6,7 +6,7 @@
 use core::fmt;
 
 use crate::message::MAX_CANDIDATES;
-use crate::node::MAX_SEND_QUEUE;
+use crate::node::SEND_BUFFER;
 
 /// Why a call on [`crate::Puncher`] or [`crate::node::PunchNode`] was refused. Nothing changed.
 #[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]
@@ -40,12 +40,10 @@ pub enum PunchApiError {
     StreamClosed,
     /// [`crate::node::PunchNode::finish`] was called: no more bytes may be sent.
     Finished,
-    /// The bytes do not fit in the send queue ([`MAX_SEND_QUEUE`]).
-    SendQueueFull {
-        /// Bytes already queued.
-        queued: usize,
-        /// Bytes given.
-        len: usize,
+    /// The send buffer ([`SEND_BUFFER`]) is full: nothing was taken.
+    SendBufferFull {
+        /// Bytes waiting in it to be taken by the runtime.
+        buffered: usize,
     },
 }
 
@@ -69,9 +67,9 @@ impl fmt::Display for PunchApiError {
             PunchApiError::NotConnected => f.write_str("the punched stream is not up"),
             PunchApiError::StreamClosed => f.write_str("the punched stream is closed"),
             PunchApiError::Finished => f.write_str("the sending side is finished"),
-            PunchApiError::SendQueueFull { queued, len } => write!(
+            PunchApiError::SendBufferFull { buffered } => write!(
                 f,
-                "send queue full: {queued} bytes queued, {len} more exceed {MAX_SEND_QUEUE}"
+                "send buffer full: {buffered} of {SEND_BUFFER} bytes wait for the runtime"
             ),
         }
     }

@@ -37,7 +37,7 @@ use crate::plan::NatView;
 
 use probes::{Pending, Probe};
 use stream::Stream;
-pub use stream::MAX_SEND_QUEUE;
+pub use stream::SEND_BUFFER;
 
 /// The node's parts, each with its own socket-id namespace in the node's [`SocketMap`].
 #[derive(Copy, Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -144,7 +144,7 @@ pub enum NodeEvent {
     /// Our sending side is finished: after [`PunchNode::finish`], every queued byte was taken by
     /// the runtime and the `Shutdown` went out ([`PunchNode::is_finished`] is true from now on).
     Finished,
-    /// There is room again in the send queue (at least half of [`MAX_SEND_QUEUE`] is free), after
+    /// There is room again in the send buffer (at least half of [`SEND_BUFFER`] is free), after
     /// a [`PunchNode::send`] failed because it was full or left it more than half full.
     Writable,
     /// The peer finished sending (EOF, after its last [`NodeEvent::Data`]), or the stream failed.
@@ -333,7 +333,7 @@ impl PunchNode {
             if !s.chunks.is_empty() && !s.blocked {
                 deadline = Some(deadline.map_or(now, |d| d.min(now)));
             }
-            if s.wants_room && s.out.len() <= MAX_SEND_QUEUE / 2 {
+            if s.wants_room && s.out.len() <= SEND_BUFFER / 2 {
                 s.wants_room = false;
                 self.events.push_back(NodeEvent::Writable);
             }

@@ -117,11 +117,12 @@ const WAKER_TOKEN: Token = Token(usize::MAX);
 /// How long a stream closed with bytes still queued after a `Shutdown` may take to write them.
 pub const LINGER: Duration = Duration::from_secs(30);
 
-/// Cap on bytes waiting to be written to one TCP stream; a transmit that does not fit fails with
-/// [`IoError::WouldBlock`] and nothing of it is queued. Every later transmit on the stream is
-/// refused too, until the runtime reports [`SocketOutcome::Writable`] (once the queue is down to
-/// half of this).
-pub const MAX_STREAM_BUFFER: usize = 256 * 1024;
+/// Cap on bytes of accepted transmits the kernel has not taken yet, per TCP stream: a spill, not
+/// a send buffer (the machine holds the stream's send buffer, as quinn's connection does, and the
+/// kernel its socket buffer). A transmit that does not fit fails with [`IoError::WouldBlock`] and
+/// nothing of it is queued. Every later transmit on the stream is refused too, until the runtime
+/// reports [`SocketOutcome::Writable`] (once the spill is down to half of this).
+pub const MAX_STREAM_BUFFER: usize = 16 * 1024;
 
 /// A socket the runtime owns, by kind.
 enum Kind {

@@ -465,9 +465,9 @@ fn shutdown_after_queued_bytes_half_closes() {
         })
         .unwrap();
     }
-    // Feed 32 KiB chunks while the runtime has room, until the kernel is full and the runtime
+    // Feed 4 KiB chunks while the runtime has room, until the kernel is full and the runtime
     // itself holds bytes (the peer is not reading).
-    const CHUNK: usize = 32 * 1024;
+    const CHUNK: usize = 4 * 1024;
     let mut fed = 0usize;
     let mut stalled_turns = 0;
     while stalled_turns < 20 {

@@ -247,24 +247,23 @@ fn punch(args: &PunchArgs) -> Result<i32, String> {
             state.closing = true;
             node.close(now);
         }
-        // Take stdin while the node has room (at most one send queue's worth waits here).
-        while state.pending.len() < p2pd_punch::node::MAX_SEND_QUEUE {
-            let Ok(msg) = rx.try_recv() else {
-                break;
-            };
-            match msg {
-                Some(bytes) => state.pending.extend_from_slice(&bytes),
-                None => state.stdin_done = true,
-            }
-        }
+        // Hand stdin to the node while its send buffer takes it: at most one chunk waits here
+        // (what a partial `send` left), the rest waits in the bounded channel or in stdin.
         let now = rt.now();
-        let n = node.send_room().min(state.pending.len());
-        if n > 0
-            && node
-                .send(now, state.pending.get(..n).unwrap_or_default())
-                .is_ok()
-        {
-            state.pending.drain(..n);
+        while node.is_connected() {
+            if state.pending.is_empty() {
+                match rx.try_recv() {
+                    Ok(Some(bytes)) => state.pending = bytes,
+                    Ok(None) => state.stdin_done = true,
+                    Err(_) => {}
+                }
+            }
+            match node.send(now, &state.pending) {
+                Ok(taken) if taken > 0 => {
+                    state.pending.drain(..taken);
+                }
+                _ => break,
+            }
         }
         if state.stdin_done
             && state.pending.is_empty()
@@ -470,7 +469,7 @@ fn on_event(
             state.peer_done = true;
             return ControlFlow::Break(());
         }
-        // Room in the send queue again (the loop feeds it), our side finished (the loop may
+        // Room in the send buffer again (the loop feeds it), our side finished (the loop may
         // close).
         NodeEvent::Writable | NodeEvent::Finished => return ControlFlow::Break(()),
         NodeEvent::Closed => {

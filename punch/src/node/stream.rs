@@ -1,5 +1,5 @@
-//! The punched stream's send queue: what `send` and `finish` queue, the transmits that take it, and
-//! the runtime's refusals (flow control) until every byte is taken.
+//! The punched stream's send buffer: what `send` and `finish` queue, the transmits that take it,
+//! and the runtime's refusals (flow control) until every byte is taken.
 
 use core::net::SocketAddr;
 use std::collections::VecDeque;
@@ -11,10 +11,12 @@ use p2pd_proto::{
 use super::{NodeEvent, NodePart, Part, PunchNode, STREAM_ID};
 use crate::error::PunchApiError;
 
-/// Most bytes [`PunchNode::send`] queues for the punched stream before the runtime takes them. The
-/// runtime's own buffer for the stream is the send buffer; this is only the hand-over: when it is
-/// full, `send` fails and [`NodeEvent::Writable`] says when there is room again.
-pub const MAX_SEND_QUEUE: usize = 64 * 1024;
+/// The punched stream's send buffer: most bytes [`PunchNode::send`] holds that the runtime has not
+/// taken yet. It is the stream's one send buffer. A runtime takes a transmit only when it can
+/// write it at once or hold what the kernel did not take in a small spill (`p2pd_mio` holds at
+/// most 16 KiB per stream, then refuses until `Writable`); the bytes wait here meanwhile. When it
+/// is full, `send` takes what fits and [`NodeEvent::Writable`] says when half of it is free.
+pub const SEND_BUFFER: usize = 256 * 1024;
 
 /// The punched stream, once up.
 ///
@@ -115,11 +117,14 @@ impl Stream {
 }
 
 impl PunchNode {
-    /// Queues bytes for the punched stream. `Err` before it is up, after it failed or the node
-    /// closed, after [`PunchNode::finish`], or when the queue is full. The peer's EOF
-    /// ([`NodeEvent::StreamClosed`] with [`PunchNode::is_connected`] still true) does not stop
-    /// sending.
-    pub fn send(&mut self, now: Instant, bytes: &[u8]) -> Result<(), PunchApiError> {
+    /// Takes as many of `bytes` as fit in the send buffer ([`SEND_BUFFER`]) for the punched
+    /// stream and returns how many, like [`std::io::Write::write`]: a partial write leaves the
+    /// rest to the caller, and [`NodeEvent::Writable`] says when half of the buffer is free again.
+    /// `Err` before the stream is up, after it failed or the node closed, after
+    /// [`PunchNode::finish`], or when the buffer is full and `bytes` is not empty
+    /// ([`PunchApiError::SendBufferFull`]). The peer's EOF ([`NodeEvent::StreamClosed`] with
+    /// [`PunchNode::is_connected`] still true) does not stop sending.
+    pub fn send(&mut self, now: Instant, bytes: &[u8]) -> Result<usize, PunchApiError> {
         let stream = self.stream.as_mut().ok_or(PunchApiError::NotConnected)?;
         if stream.closed {
             return Err(PunchApiError::StreamClosed);
@@ -127,20 +132,21 @@ impl PunchNode {
         if stream.finishing {
             return Err(PunchApiError::Finished);
         }
-        if stream.out.len().saturating_add(bytes.len()) > MAX_SEND_QUEUE {
+        let room = SEND_BUFFER.saturating_sub(stream.out.len());
+        if room == 0 && !bytes.is_empty() {
             stream.wants_room = true;
-            return Err(PunchApiError::SendQueueFull {
-                queued: stream.out.len(),
-                len: bytes.len(),
+            return Err(PunchApiError::SendBufferFull {
+                buffered: stream.out.len(),
             });
         }
-        stream.out.extend(bytes.iter().copied());
-        if stream.out.len() > MAX_SEND_QUEUE / 2 {
-            // The caller is filling the queue: tell it when half of it is free again.
+        let taken = room.min(bytes.len());
+        stream.out.extend(bytes.iter().take(taken).copied());
+        if stream.out.len() > SEND_BUFFER / 2 {
+            // The caller is filling the buffer: tell it when half of it is free again.
             stream.wants_room = true;
         }
         self.pump(now);
-        Ok(())
+        Ok(taken)
     }
 
     /// Finishes our sending side of the punched stream (half-close): once every byte queued so far
@@ -198,7 +204,7 @@ impl PunchNode {
     /// How many bytes [`PunchNode::send`] takes now (0 when the stream is not up for sending).
     pub fn send_room(&self) -> usize {
         match &self.stream {
-            Some(s) if !s.closed && !s.finishing => MAX_SEND_QUEUE.saturating_sub(s.out.len()),
+            Some(s) if !s.closed && !s.finishing => SEND_BUFFER.saturating_sub(s.out.len()),
             _ => 0,
         }
     }
