@@ -354,3 +354,6 @@ pub fn unix_nanos_to_ntp(unix_ns: i128) -> u64 {
     let seconds = u64::try_from(seconds).unwrap_or(0);
     (seconds << 32) | fraction.min(u64::from(u32::MAX))
 }
+
+#[cfg(test)]
+mod tests;
