@@ -2,10 +2,11 @@
 //!
 //! The file is text: a first line `p2pd-identity-v1`, then the 32-byte secret key as 64 lowercase
 //! hex characters, then a newline. It is created with mode 0600 on Unix and never overwritten
-//! unless asked.
+//! unless asked (then replaced by rename, still 0600); it is read only if it is a small regular
+//! file that nobody but its owner may read ([`read_identity`]).
 
 use std::fs;
-use std::io::{self, Write};
+use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 
 use p2pd_signaling::{Identity, SECRET_KEY_LEN};
@@ -85,32 +86,178 @@ pub fn decode_identity(text: &str) -> Result<Identity, String> {
     Identity::from_secret_bytes(&secret).map_err(|e| e.to_string())
 }
 
-/// Writes a new identity file; refuses to replace an existing file unless `overwrite`.
+/// The largest identity file [`read_identity`] reads: 64 KiB (a real one is 82 bytes), so a
+/// wrong `--identity` (a log, a disk image) fails at once instead of filling memory.
+pub const MAX_IDENTITY_FILE_LEN: u64 = 64 * 1024;
+
+/// Writes a new identity file, readable and writable by its owner only (mode 0600 on Unix,
+/// whatever the umask or the mode of a file it replaces).
+///
+/// Without `overwrite` an existing file is refused (`AlreadyExists`). With it, the key is written
+/// to a new private file in the same directory, synced, and renamed over `path`, so `path` is at
+/// every moment either the old file or the complete new one, and the new secret is never in a
+/// file that others may read. Missing directories are created with mode 0700.
 pub fn write_identity(path: &Path, identity: &Identity, overwrite: bool) -> io::Result<()> {
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        fs::create_dir_all(dir)?;
+    let dir = path.parent().filter(|d| !d.as_os_str().is_empty());
+    if let Some(dir) = dir {
+        create_private_dir_all(dir)?;
     }
+    let text = encode_identity(identity);
+    if !overwrite {
+        // `create_new` refuses an existing file (or symlink) atomically.
+        let result = write_private_file(path, &text);
+        if result
+            .as_ref()
+            .is_err_and(|e| e.kind() != io::ErrorKind::AlreadyExists)
+        {
+            let _ = fs::remove_file(path);
+        }
+        return result;
+    }
+    let temp = temp_path_beside(path)?;
+    let result = write_private_file(&temp, &text).and_then(|()| fs::rename(&temp, path));
+    if result.is_err() {
+        let _ = fs::remove_file(&temp);
+        return result;
+    }
+    // Make the rename itself durable (best effort: not every system can sync a directory).
+    if let Ok(d) = fs::File::open(dir.unwrap_or(Path::new("."))) {
+        let _ = d.sync_all();
+    }
+    Ok(())
+}
+
+/// Creates `path` (which must not exist) with mode 0600, writes `text` and syncs it.
+fn write_private_file(path: &Path, text: &str) -> io::Result<()> {
     let mut options = fs::OpenOptions::new();
-    options.write(true);
-    if overwrite {
-        options.create(true).truncate(true);
-    } else {
-        options.create_new(true);
-    }
+    options.write(true).create_new(true);
     #[cfg(unix)]
     {
         use std::os::unix::fs::OpenOptionsExt;
         options.mode(0o600);
     }
     let mut file = options.open(path)?;
-    file.write_all(encode_identity(identity).as_bytes())?;
+    file.write_all(text.as_bytes())?;
     file.sync_all()
 }
 
-/// Reads an identity file.
+/// `dir` and its missing parents, new ones with mode 0700 on Unix.
+fn create_private_dir_all(dir: &Path) -> io::Result<()> {
+    let mut builder = fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::DirBuilderExt;
+        builder.mode(0o700);
+    }
+    builder.create(dir)
+}
+
+/// A fresh name beside `path` for the file that replaces it: `.NAME.RANDOM.tmp`.
+fn temp_path_beside(path: &Path) -> io::Result<PathBuf> {
+    let name = path
+        .file_name()
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "the path names no file"))?;
+    let mut temp = std::ffi::OsString::from(".");
+    temp.push(name);
+    temp.push(format!(".{:016x}.tmp", os_seed()?));
+    Ok(path.with_file_name(temp))
+}
+
+/// Reads an identity file. Refused, each with a message naming the file: anything but a regular
+/// file (a FIFO, a device such as `/dev/zero`, a directory; checked without blocking on it), a
+/// file larger than [`MAX_IDENTITY_FILE_LEN`], and on Unix a file that its group or others may
+/// read or write (as ssh refuses such private keys; the message gives the `chmod 600` fix).
 pub fn read_identity(path: &Path) -> Result<Identity, String> {
-    let text = fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let text = read_key_file(path).map_err(|e| format!("{}: {e}", path.display()))?;
     decode_identity(&text).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+/// The text of the key file at `path`, checked as [`read_identity`] says.
+fn read_key_file(path: &Path) -> Result<String, String> {
+    let mut options = fs::OpenOptions::new();
+    options.read(true);
+    #[cfg(unix)]
+    {
+        // Opening a FIFO without a writer would block; O_NONBLOCK returns at once and fstat
+        // below refuses it. No effect on a regular file's reads.
+        use std::os::unix::fs::OpenOptionsExt;
+        options.custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY);
+    }
+    #[cfg(not(unix))]
+    {
+        // No non-blocking open here: look before opening.
+        let meta = fs::metadata(path).map_err(|e| e.to_string())?;
+        check_key_metadata(path, &meta)?;
+    }
+    let file = options.open(path).map_err(|e| e.to_string())?;
+    let meta = file.metadata().map_err(|e| e.to_string())?;
+    check_key_metadata(path, &meta)?;
+    let mut bytes = Vec::new();
+    file.take(MAX_IDENTITY_FILE_LEN + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| e.to_string())?;
+    if bytes.len() as u64 > MAX_IDENTITY_FILE_LEN {
+        return Err(too_large());
+    }
+    String::from_utf8(bytes).map_err(|_| "not a p2pd identity file (not text)".to_string())
+}
+
+fn too_large() -> String {
+    format!("not a p2pd identity file (larger than {MAX_IDENTITY_FILE_LEN} bytes)")
+}
+
+/// Refuses what is not a private regular file of a sane size.
+fn check_key_metadata(path: &Path, meta: &fs::Metadata) -> Result<(), String> {
+    if !meta.is_file() {
+        return Err(format!(
+            "not a regular file ({}); an identity file is a small text file",
+            file_kind(meta)
+        ));
+    }
+    if meta.len() > MAX_IDENTITY_FILE_LEN {
+        return Err(too_large());
+    }
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = meta.permissions().mode() & 0o777;
+        if mode & 0o077 != 0 {
+            return Err(format!(
+                "permissions {mode:04o} are too open: the secret key must be readable and \
+                 writable by its owner only; fix with `chmod 600 {}`",
+                path.display()
+            ));
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = path;
+    Ok(())
+}
+
+/// What kind of file `meta` describes, in words.
+fn file_kind(meta: &fs::Metadata) -> &'static str {
+    let kind = meta.file_type();
+    if kind.is_dir() {
+        return "a directory";
+    }
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::FileTypeExt;
+        if kind.is_fifo() {
+            return "a FIFO";
+        }
+        if kind.is_char_device() {
+            return "a character device";
+        }
+        if kind.is_block_device() {
+            return "a block device";
+        }
+        if kind.is_socket() {
+            return "a socket";
+        }
+    }
+    "not a file"
 }
 
 /// Parses lowercase or uppercase hex (even length, no separators).
@@ -125,44 +272,4 @@ pub fn parse_hex(s: &str) -> Option<Vec<u8>> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn round_trip_and_strict_parse() {
-        let id = Identity::from_secret_bytes(&[7; 32]).unwrap();
-        let text = encode_identity(&id);
-        assert_eq!(
-            decode_identity(&text).unwrap().public_key(),
-            id.public_key()
-        );
-        assert!(decode_identity("p2pd-identity-v1\n0707\n").is_err());
-        assert!(decode_identity(&text.replace("v1", "v2")).is_err());
-        assert!(decode_identity(&format!("{text}junk\n")).is_err());
-        assert!(decode_identity(&text.replace('7', "g")).is_err());
-        let zero = format!("{IDENTITY_HEADER}\n{}\n", "00".repeat(32));
-        assert!(decode_identity(&zero).is_err());
-    }
-
-    #[test]
-    fn new_file_is_private_and_not_overwritten() {
-        let dir = std::env::temp_dir().join(format!("p2pd-id-test-{}", std::process::id()));
-        let path = dir.join("sub").join("id.key");
-        let _ = fs::remove_dir_all(&dir);
-        let a = generate_identity().unwrap();
-        write_identity(&path, &a, false).unwrap();
-        let b = generate_identity().unwrap();
-        assert_ne!(a.public_key(), b.public_key());
-        assert!(write_identity(&path, &b, false).is_err());
-        assert_eq!(read_identity(&path).unwrap().public_key(), a.public_key());
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::PermissionsExt;
-            let mode = fs::metadata(&path).unwrap().permissions().mode();
-            assert_eq!(mode & 0o777, 0o600);
-        }
-        write_identity(&path, &b, true).unwrap();
-        assert_eq!(read_identity(&path).unwrap().public_key(), b.public_key());
-        let _ = fs::remove_dir_all(&dir);
-    }
-}
+mod tests;

@@ -7,9 +7,13 @@
 //!
 //! This crate is not published; it is a library only so its end-to-end tests (`cli/tests/`) can
 //! write identity files and open the name store the way the binary does.
+//!
+//! Output goes through [`output`] (never `println!`, which panics on a closed pipe).
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
+#![deny(clippy::print_stdout, clippy::print_stderr)]
 
 pub mod commands;
 pub mod identity_file;
+pub mod output;
 pub mod store_sqlite;

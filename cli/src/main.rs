@@ -22,6 +22,14 @@
 //! set, else only warnings and errors are shown. They are not the command's output (its text or
 //! `--json` lines), which is unchanged by them. `p2pd nat --verbose` (`-v` after `nat`) is `nat`'s
 //! own flag: it prints every probe.
+//!
+//! Every numeric option has a range (shown in its `--help`); a value outside it, NaN, a negative
+//! or an empty one is refused with a message naming the option and the range, exit code 2.
+//!
+//! Exit codes: 0 success, 1 failure, 2 usage (a bad option), 3 `nat` inconclusive, 141 stdout
+//! closed by its reader (`p2pd ... | head -n 2`, as for a tool killed by SIGPIPE): the command
+//! stops quietly and cleanly, see `p2pd_cli::output`.
+#![deny(clippy::print_stdout, clippy::print_stderr)]
 
 use clap::{ArgAction, Parser, Subcommand};
 use p2pd_cli::commands as cli;
@@ -105,5 +113,5 @@ fn main() {
         Command::Name(a) => cli::name::run(a),
         Command::Punch(a) => cli::punch::run(a),
     };
-    std::process::exit(code);
+    std::process::exit(p2pd_cli::output::exit_code(code));
 }

@@ -1,5 +1,6 @@
 //! `p2pd id new` / `p2pd id show`: create and show the node identity (a secp256k1 key pair).
 
+use crate::errln;
 use std::path::PathBuf;
 
 use clap::{Args, Subcommand};
@@ -51,7 +52,7 @@ pub fn run(args: &IdArgs) -> i32 {
             let identity = match generate_identity() {
                 Ok(id) => id,
                 Err(e) => {
-                    eprintln!("p2pd id new: {e}");
+                    errln!("p2pd id new: {e}");
                     return 1;
                 }
             };
@@ -61,7 +62,7 @@ pub fn run(args: &IdArgs) -> i32 {
                 } else {
                     ""
                 };
-                eprintln!("p2pd id new: {}: {e}{hint}", path.display());
+                errln!("p2pd id new: {}: {e}{hint}", path.display());
                 return 1;
             }
             print_identity(&identity, &path, *json);
@@ -75,7 +76,7 @@ pub fn run(args: &IdArgs) -> i32 {
                     0
                 }
                 Err(e) => {
-                    eprintln!("p2pd id show: {e}");
+                    errln!("p2pd id show: {e}");
                     1
                 }
             }

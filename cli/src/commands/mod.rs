@@ -4,6 +4,7 @@ pub mod id;
 pub mod name;
 pub mod nat;
 pub mod ntp;
+pub mod numbers;
 pub mod pnp_server;
 pub mod punch;
 pub mod report;

@@ -1,6 +1,7 @@
 //! `p2pd name register|lookup|delete`: names on a PNP server (`p2pd pnp-server`), owned by this
 //! node's identity and signed by it, so a lookup is verified without trusting the server.
 
+use crate::{errln, outln};
 use std::ops::ControlFlow;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -15,6 +16,7 @@ use p2pd_signaling::{Identity, PublicKey};
 
 use serde::Serialize;
 
+use super::numbers::{self, MAX_SECONDS};
 use super::report::{to_json, Reporter};
 use super::resolve;
 use crate::identity_file::{
@@ -46,9 +48,9 @@ struct ServerOptions {
     /// Use TCP instead of UDP.
     #[arg(long)]
     tcp: bool,
-    /// Give up after this many seconds.
-    #[arg(long, default_value_t = 5.0)]
-    timeout: f64,
+    /// Give up after this many seconds (0 to 31536000).
+    #[arg(long, value_name = "S", default_value = "5", value_parser = numbers::seconds)]
+    timeout: Duration,
     /// Print one JSON object instead of text.
     #[arg(long)]
     json: bool,
@@ -64,12 +66,13 @@ enum NameCommand {
         value: String,
         #[command(flatten)]
         server: ServerOptions,
-        /// The record's version; it must exceed the version stored (default: the current Unix
-        /// time in ms, so later registrations win).
-        #[arg(long)]
+        /// The record's version (0 to 18446744073709551615); it must exceed the version stored
+        /// (default: the current Unix time in ms, so later registrations win).
+        #[arg(long, value_parser = numbers::count::<u64>(0, u64::MAX))]
         version: Option<u64>,
-        /// How long the record lives, in seconds.
-        #[arg(long, default_value_t = 3600)]
+        /// How long the record lives, in whole seconds (1 to 31536000; `p2pd pnp-server` keeps
+        /// records at most 7 days).
+        #[arg(long, default_value_t = 3600, value_parser = numbers::count::<u64>(1, MAX_SECONDS))]
         ttl: u64,
         /// The identity file (default: $P2PD_IDENTITY, else ~/.config/p2pd/identity.key).
         #[arg(long)]
@@ -91,9 +94,9 @@ enum NameCommand {
         name: String,
         #[command(flatten)]
         server: ServerOptions,
-        /// The delete's version; it must exceed the version stored (default: the current Unix
-        /// time in ms).
-        #[arg(long)]
+        /// The delete's version (0 to 18446744073709551615); it must exceed the version stored
+        /// (default: the current Unix time in ms).
+        #[arg(long, value_parser = numbers::count::<u64>(0, u64::MAX))]
         version: Option<u64>,
         /// The identity file (default as for `register`).
         #[arg(long)]
@@ -130,7 +133,7 @@ pub fn run(args: &NameArgs) -> i32 {
     match result {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("p2pd name {verb}: {e}");
+            errln!("p2pd name {verb}: {e}");
             1
         }
     }
@@ -168,8 +171,7 @@ fn exchange(
     let server = resolve(&options.server, PNP_PORT)?;
     let key_bytes = parse_hex(&options.server_key).ok_or("--server-key is not hex")?;
     let key = PublicKey::from_bytes(&key_bytes).map_err(|e| format!("--server-key: {e}"))?;
-    let timeout =
-        Duration::try_from_secs_f64(options.timeout).map_err(|e| format!("--timeout: {e}"))?;
+    let timeout = options.timeout;
     let transport = if options.tcp {
         PnpTransport::Tcp
     } else {
@@ -309,7 +311,7 @@ fn print_record(record: &Record, server_id: PnpServerId, unix_ms: u64, json: boo
     let hex: String = record.value().iter().map(|b| format!("{b:02x}")).collect();
     let expires_in_s = record.expires_ms().saturating_sub(unix_ms) / 1000;
     if json {
-        println!(
+        outln!(
             "{}",
             to_json(&NameLine::Found {
                 name: record.name().as_str(),
@@ -323,19 +325,19 @@ fn print_record(record: &Record, server_id: PnpServerId, unix_ms: u64, json: boo
             }),
         );
     } else {
-        println!("name     {}", record.name());
+        outln!("name     {}", record.name());
         if std::str::from_utf8(record.value()).is_ok() {
-            println!("value    {value}");
+            outln!("value    {value}");
         } else {
-            println!("value    (hex) {hex}");
+            outln!("value    (hex) {hex}");
         }
-        println!("owner    {}", record.owner());
-        println!("version  {}", record.version());
-        println!(
+        outln!("owner    {}", record.owner());
+        outln!("version  {}", record.version());
+        outln!(
             "expires  {} (Unix ms, in {expires_in_s} s)",
             record.expires_ms()
         );
-        println!("server   {server_id}");
+        outln!("server   {server_id}");
     }
 }
 
@@ -440,7 +442,7 @@ fn failed(event: PnpClientEvent, options: &ServerOptions) -> Result<i32, String>
                 None,
                 format!(
                     "no valid reply within {} s (check the address, --server-key and --tcp)",
-                    options.timeout
+                    options.timeout.as_secs_f64()
                 ),
             ),
             PnpFailure::BadRecordSignature => (

@@ -12,6 +12,7 @@
 //! address that is a built-in server's primary takes that entry's id, so one server has one id
 //! however it is named. `--server` also accepts a built-in id (`--server 1a2b3c4d5e6f7081`).
 
+use crate::{err, errln, outln};
 use std::fmt::Write as _;
 use std::io::IsTerminal;
 use std::net::{IpAddr, SocketAddr, UdpSocket};
@@ -49,9 +50,10 @@ pub struct NatArgs {
     /// Bind every socket to this network interface.
     #[arg(long)]
     pub interface: Option<String>,
-    /// Give up after this many seconds.
-    #[arg(long, default_value_t = 8.0)]
-    pub timeout: f64,
+    /// Give up after this many seconds (0 to 3600).
+    #[arg(long, value_name = "S", default_value = "8",
+          value_parser = super::numbers::seconds_up_to(3600))]
+    pub timeout: Duration,
     /// Print every probe.
     #[arg(long, short)]
     pub verbose: bool,
@@ -145,12 +147,12 @@ fn list_servers(json: bool) {
                 alternate: e.alternate,
             })
             .collect();
-        println!("{}", to_json(&ServerList { servers }));
+        outln!("{}", to_json(&ServerList { servers }));
         return;
     }
-    println!("{:<16}  {:<22} {:<22} host", "id", "primary", "alternate");
+    outln!("{:<16}  {:<22} {:<22} host", "id", "primary", "alternate");
     for e in &servers {
-        println!(
+        outln!(
             "{}  {:<22} {:<22} {}",
             e.id,
             e.primary.to_string(),
@@ -333,9 +335,6 @@ fn classify(args: &NatArgs) -> Result<Outcome, String> {
     {
         return Err("mixing IPv4 and IPv6 servers is not supported".to_string());
     }
-    if !(args.timeout.is_finite() && args.timeout > 0.0 && args.timeout <= 3600.0) {
-        return Err(format!("--timeout {} out of range (0, 3600]", args.timeout));
-    }
     let device = match &args.interface {
         Some(name) => Some(super::interface(name)?),
         None => None,
@@ -352,7 +351,7 @@ fn classify(args: &NatArgs) -> Result<Outcome, String> {
             }
         }),
     };
-    let deadline = Duration::from_secs_f64(args.timeout);
+    let deadline = args.timeout;
     let config = ClassifierConfig {
         local_ip,
         bind_options: BindOptions {
@@ -397,7 +396,7 @@ fn classify(args: &NatArgs) -> Result<Outcome, String> {
                         .iter()
                         .filter(|p| !matches!(p.outcome, ProbeOutcome::Pending))
                         .count();
-                    eprint!(
+                    err!(
                         "\rclassifying: {:.0} s, {done}/{} probe(s) done   ",
                         started.elapsed().as_secs_f64(),
                         probes.len()
@@ -410,7 +409,7 @@ fn classify(args: &NatArgs) -> Result<Outcome, String> {
         }
     }
     if progressed {
-        eprintln!();
+        errln!();
     }
     let elapsed = started.elapsed();
     let report = report.ok_or("the event loop ended without a report")?;
@@ -566,42 +565,42 @@ fn print_report(args: &NatArgs, out: &Outcome) {
                 .collect(),
             probes: r.probes.iter().map(probe_json).collect(),
         };
-        println!("{}", to_json(&report));
+        outln!("{}", to_json(&report));
         return;
     }
-    println!("classification    {c}");
+    outln!("classification    {c}");
     if let Some(a) = &r.allocation {
-        println!("port allocation   {}", a.verdict);
+        outln!("port allocation   {}", a.verdict);
     }
     match (connectivity(r), &p2pd) {
-        (Some(c), _) => println!("p2pd label        {}", c.p2pd()),
+        (Some(c), _) => outln!("p2pd label        {}", c.p2pd()),
         (None, Some((n, name))) => {
-            println!("p2pd NAT type     {name} ({n}; port delta not measured)")
+            outln!("p2pd NAT type     {name} ({n}; port delta not measured)")
         }
         (None, None) => {}
     }
-    println!("local IP          {}", out.local_ip);
+    outln!("local IP          {}", out.local_ip);
     if r.public_addresses.is_empty() {
-        println!("public address    -");
+        outln!("public address    -");
     }
     for a in &r.public_addresses {
-        println!("public address    {a}");
+        outln!("public address    {a}");
     }
-    println!(
+    outln!(
         "servers agreeing  {} of {}",
         r.servers_agreeing,
         out.servers.len()
     );
-    println!(
+    outln!(
         "confidence        {:.6} (chance that loss alone faked a filter: {:.1e})",
         r.confidence,
         1.0 - r.confidence
     );
-    println!("time              {:.0} ms", ms(out.elapsed));
+    outln!("time              {:.0} ms", ms(out.elapsed));
     if args.verbose {
-        println!("probes:");
+        outln!("probes:");
         for p in &r.probes {
-            println!("{}", probe_text(p));
+            outln!("{}", probe_text(p));
         }
     }
 }

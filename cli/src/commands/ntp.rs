@@ -1,16 +1,20 @@
 //! `p2pd ntp SERVER...`: measures how far this host's clock is from one or more NTP servers (the
 //! SNTP machine of `p2pd-punch`), printing the offset with its uncertainty.
 
+use crate::errln;
 use std::io::IsTerminal;
 use std::net::SocketAddr;
 use std::ops::ControlFlow;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use clap::Args;
-use p2pd_punch::sntp::{ClockEstimate, SntpClient, SntpConfig, SntpEvent, SntpFailure};
+use p2pd_punch::sntp::{
+    ClockEstimate, SntpClient, SntpConfig, SntpEvent, SntpFailure, MAX_SAMPLES_PER_SERVER,
+};
 
 use serde::Serialize;
 
+use super::numbers;
 use super::report::{Num, Reporter};
 use crate::identity_file::os_seed;
 use p2pd_mio::Runtime;
@@ -25,14 +29,16 @@ pub struct NtpArgs {
     #[arg(required = true)]
     pub servers: Vec<String>,
     /// Samples per server (1 to 16).
-    #[arg(long, default_value_t = 4)]
+    #[arg(long, default_value_t = 4,
+          value_parser = numbers::count::<u32>(1, u64::from(MAX_SAMPLES_PER_SERVER)))]
     pub samples: u32,
-    /// Milliseconds between samples of one server (public servers kiss faster clients `RATE`).
-    #[arg(long, default_value_t = 2000)]
-    pub spacing_ms: u64,
-    /// Milliseconds to wait for each reply.
-    #[arg(long, default_value_t = 1000)]
-    pub timeout_ms: u64,
+    /// Milliseconds between samples of one server (0 to 3600000; public servers kiss faster
+    /// clients `RATE`).
+    #[arg(long, value_name = "MS", default_value = "2000", value_parser = numbers::millis)]
+    pub spacing_ms: Duration,
+    /// Milliseconds to wait for each reply (1 to 3600000).
+    #[arg(long, value_name = "MS", default_value = "1000", value_parser = numbers::millis_nonzero)]
+    pub timeout_ms: Duration,
     /// Print one JSON object instead of text.
     #[arg(long)]
     pub json: bool,
@@ -77,8 +83,8 @@ fn measure(args: &NtpArgs) -> Result<ClockEstimate, (&'static str, String)> {
         .saturating_sub(since_zero);
     let config = SntpConfig {
         samples_per_server: args.samples,
-        sample_spacing: Duration::from_millis(args.spacing_ms),
-        reply_timeout: Duration::from_millis(args.timeout_ms),
+        sample_spacing: args.spacing_ms,
+        reply_timeout: args.timeout_ms,
         local_error: Duration::from_micros(100),
         ..SntpConfig::new(servers.clone(), epoch)
     };
@@ -97,7 +103,7 @@ fn measure(args: &NtpArgs) -> Result<ClockEstimate, (&'static str, String)> {
         .run(&mut client, None, |client, now, event| match event {
             SntpEvent::Sample(s) => {
                 if progress {
-                    eprintln!(
+                    errln!(
                         "sample from {}: offset {:+.3} ms, delay {:.3} ms",
                         s.server,
                         millis(s.offset_ns),

@@ -1,5 +1,6 @@
 //! `p2pd pnp-server`: the PNP name registry server on UDP and TCP, with its names in SQLite.
 
+use crate::{errln, outln};
 use std::net::SocketAddr;
 use std::ops::ControlFlow;
 use std::path::PathBuf;
@@ -41,12 +42,13 @@ pub struct PnpServerArgs {
     /// ~/.config/p2pd/identity.key).
     #[arg(long)]
     pub identity: Option<PathBuf>,
-    /// The most names the database may hold.
-    #[arg(long, default_value_t = DEFAULT_CAPACITY)]
+    /// The most names the database may hold (1 to 1000000000).
+    #[arg(long, default_value_t = DEFAULT_CAPACITY,
+          value_parser = super::numbers::count::<u64>(1, 1_000_000_000))]
     pub capacity: u64,
-    /// Stop after this many seconds (default: serve until SIGINT or SIGTERM).
-    #[arg(long)]
-    pub duration: Option<f64>,
+    /// Stop after this many seconds (0 to 31536000; default: serve until SIGINT or SIGTERM).
+    #[arg(long, value_name = "S", value_parser = super::numbers::seconds)]
+    pub duration: Option<Duration>,
     /// Print JSON lines instead of text.
     #[arg(long)]
     pub json: bool,
@@ -57,7 +59,7 @@ pub fn run(args: &PnpServerArgs) -> i32 {
     match serve(args) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("p2pd pnp-server: {e}");
+            errln!("p2pd pnp-server: {e}");
             1
         }
     }
@@ -68,10 +70,7 @@ fn serve(args: &PnpServerArgs) -> Result<i32, String> {
     let identity =
         read_identity(&path).map_err(|e| format!("{e} (create one with `p2pd id new`)"))?;
     let key = identity.public_key();
-    let limit = match args.duration {
-        Some(s) => Some(Duration::try_from_secs_f64(s).map_err(|e| format!("--duration: {e}"))?),
-        None => None,
-    };
+    let limit = args.duration;
     let store = SqliteStore::open(&args.db)
         .map_err(|e| e.to_string())?
         .with_capacity(args.capacity);
@@ -110,7 +109,7 @@ fn serve(args: &PnpServerArgs) -> Result<i32, String> {
                     listening += 1;
                     print_listening(transport, local, &key, json);
                     if listening == 2 && !json {
-                        println!("ready");
+                        outln!("ready");
                     }
                 }
                 PnpServerEvent::SocketFailed {
@@ -265,9 +264,9 @@ fn print_stats(stats: &PnpServerStats, names: Option<u64>, open_sockets: usize, 
             open_sockets: open_sockets as u64,
             names,
         };
-        println!("{}", to_json(&line));
+        outln!("{}", to_json(&line));
     } else {
-        println!(
+        outln!(
             "stopped: {} requests ({} error replies, {} retransmissions answered from cache), \
              dropped: {} stale, {} replays, {} bad envelopes, {} not envelopes, {} oversize, \
              {} rate limited, {} amplification; {} store errors, {} pruned, {} TCP connections \

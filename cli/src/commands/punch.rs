@@ -6,6 +6,7 @@
 //! EOF), and the peer's bytes keep coming to stdout; the connection is closed and the command
 //! exits once the peer has finished sending too (or the stream fails).
 
+use crate::errln;
 use std::io::{Read, Write};
 use std::net::SocketAddr;
 use std::ops::ControlFlow;
@@ -50,12 +51,13 @@ pub struct PunchArgs {
     /// Our NAT's mapping, if known: eim (endpoint-independent), adm, apdm.
     #[arg(long)]
     pub nat_mapping: Option<String>,
-    /// Our NAT's port allocation, if known: preserving, offset:K, sequential:S, random.
+    /// Our NAT's port allocation, if known: preserving, offset:K (K from -65535 to 65535),
+    /// sequential:S (S from 1 to 65535), random.
     #[arg(long)]
     pub nat_allocation: Option<String>,
-    /// Give up punching after this many seconds.
-    #[arg(long, default_value_t = 60.0)]
-    pub timeout: f64,
+    /// Give up punching after this many seconds (0 to 31536000).
+    #[arg(long, value_name = "S", default_value = "60", value_parser = super::numbers::seconds)]
+    pub timeout: Duration,
     /// Status lines on stderr as JSON.
     #[arg(long)]
     pub json: bool,
@@ -66,7 +68,7 @@ pub fn run(args: &PunchArgs) -> i32 {
     match punch(args) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("p2pd punch: {e}");
+            errln!("p2pd punch: {e}");
             1
         }
     }
@@ -89,10 +91,28 @@ fn parse_nat(args: &PunchArgs) -> Result<Option<NatView>, String> {
                 .ok_or_else(|| format!("unknown --nat-allocation {}", super::quoted(other)))?;
             match kind {
                 "offset" => PortAllocation::FixedOffset {
-                    offset: value.parse().map_err(|_| "bad offset")?,
+                    offset: value
+                        .parse()
+                        .ok()
+                        .filter(|k: &i32| (-65535..=65535).contains(k))
+                        .ok_or_else(|| {
+                            format!(
+                                "bad offset {} in --nat-allocation (-65535 to 65535)",
+                                super::quoted(value)
+                            )
+                        })?,
                 },
                 "sequential" => PortAllocation::Sequential {
-                    stride: value.parse().map_err(|_| "bad stride")?,
+                    stride: value
+                        .parse()
+                        .ok()
+                        .filter(|s: &u16| *s != 0)
+                        .ok_or_else(|| {
+                            format!(
+                                "bad stride {} in --nat-allocation (1 to 65535)",
+                                super::quoted(value)
+                            )
+                        })?,
                 },
                 _ => return Err(format!("unknown --nat-allocation {}", super::quoted(other))),
             }
@@ -218,7 +238,7 @@ fn punch(args: &PunchArgs) -> Result<i32, String> {
     });
 
     let started = rt.now();
-    let deadline = started.saturating_add(Duration::from_secs_f64(args.timeout));
+    let deadline = started.saturating_add(args.timeout);
     let mut punch_requested = peer.is_none();
     let mut state = LoopState::default();
     let mut stdout = std::io::stdout();
@@ -360,9 +380,13 @@ fn on_event(
     match ev {
         NodeEvent::Data(bytes) => {
             let written = stdout.write_all(&bytes).and_then(|()| stdout.flush());
-            if written.is_err() && !state.closing {
-                state.closing = true;
-                node.close(now);
+            if let Err(e) = written {
+                // Nobody reads the peer's bytes any more: stop (exit code 141 on a closed pipe).
+                crate::output::stdout_failed(&e);
+                if !state.closing {
+                    state.closing = true;
+                    node.close(now);
+                }
             }
         }
         NodeEvent::Connected {

@@ -1,6 +1,7 @@
 //! Output of the sub-commands: a line of text for people, or one JSON object per line (`--json`)
 //! from a `#[derive(Serialize)]` report struct, for scripts.
 
+use crate::{errln, outln};
 use std::fmt::Display;
 
 use serde::{Serialize, Serializer};
@@ -16,9 +17,9 @@ impl Reporter {
     /// A line of output on stdout: `human`, or `json` as one JSON object.
     pub fn line(&self, human: impl Display, json: &impl Serialize) {
         if self.json {
-            println!("{}", to_json(json));
+            outln!("{}", to_json(json));
         } else {
-            println!("{human}");
+            outln!("{human}");
         }
     }
 
@@ -26,18 +27,18 @@ impl Reporter {
     /// object on stdout (where scripts read the rest of the output).
     pub fn note(&self, human: impl Display, json: &impl Serialize) {
         if self.json {
-            println!("{}", to_json(json));
+            outln!("{}", to_json(json));
         } else {
-            eprintln!("{human}");
+            errln!("{human}");
         }
     }
 
     /// A status line on stderr, text or JSON (for commands whose stdout carries data).
     pub fn status(&self, human: impl Display, json: &impl Serialize) {
         if self.json {
-            eprintln!("{}", to_json(json));
+            errln!("{}", to_json(json));
         } else {
-            eprintln!("{human}");
+            errln!("{human}");
         }
     }
 }

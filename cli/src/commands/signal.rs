@@ -1,6 +1,7 @@
 //! `p2pd signal listen` / `p2pd signal send PEER MESSAGE`: encrypted, signed messages between
 //! nodes through several MQTT brokers at once (the rendezvous machine of `p2pd-signaling`).
 
+use crate::errln;
 use std::ops::ControlFlow;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -49,12 +50,12 @@ enum SignalCommand {
     Listen {
         #[command(flatten)]
         common: Common,
-        /// Stop after this many messages.
-        #[arg(long)]
+        /// Stop after this many messages (1 to 18446744073709551615).
+        #[arg(long, value_parser = super::numbers::count::<u64>(1, u64::MAX))]
         count: Option<u64>,
-        /// Stop after this many seconds.
-        #[arg(long)]
-        timeout: Option<f64>,
+        /// Stop after this many seconds (0 to 31536000).
+        #[arg(long, value_name = "S", value_parser = super::numbers::seconds)]
+        timeout: Option<Duration>,
     },
     /// Send MESSAGE to PEER (a public key in hex, or a p2pd1: address) and wait for the brokers'
     /// acknowledgements.
@@ -65,9 +66,9 @@ enum SignalCommand {
         message: String,
         #[command(flatten)]
         common: Common,
-        /// Give up waiting for acknowledgements after this many seconds.
-        #[arg(long, default_value_t = 10.0)]
-        timeout: f64,
+        /// Give up waiting for acknowledgements after this many seconds (0 to 31536000).
+        #[arg(long, value_name = "S", default_value = "10", value_parser = super::numbers::seconds)]
+        timeout: Duration,
     },
 }
 
@@ -89,7 +90,7 @@ pub fn run(args: &SignalArgs) -> i32 {
     match result {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("p2pd signal: {e}");
+            errln!("p2pd signal: {e}");
             1
         }
     }
@@ -148,9 +149,7 @@ fn load_identity(common: &Common) -> Result<Identity, String> {
 fn start(common: &Common, identity: Identity) -> Result<(Runtime, Rendezvous), String> {
     let brokers = parse_brokers(&common.brokers)?;
     if brokers.len() < 2 && !common.json {
-        eprintln!(
-            "note: one broker only; give --broker twice or more so delivery survives an outage"
-        );
+        errln!("note: one broker only; give --broker twice or more so delivery survives an outage");
     }
     let rt = Runtime::new().map_err(|e| format!("runtime: {e}"))?;
     let config = RendezvousConfig::new(brokers, rt.unix_epoch_ms());
@@ -159,7 +158,7 @@ fn start(common: &Common, identity: Identity) -> Result<(Runtime, Rendezvous), S
     Ok((rt, machine))
 }
 
-fn listen(common: &Common, count: Option<u64>, timeout: Option<f64>) -> Result<i32, String> {
+fn listen(common: &Common, count: Option<u64>, timeout: Option<Duration>) -> Result<i32, String> {
     let identity = load_identity(common)?;
     let node = identity.node_id();
     let key = identity.public_key();
@@ -180,7 +179,12 @@ fn listen(common: &Common, count: Option<u64>, timeout: Option<f64>) -> Result<i
             address: &text,
         },
     );
-    let limit = timeout.map(Duration::from_secs_f64);
+    // Nobody reads stdout (it closed at the first line): close at once.
+    let limit = if crate::output::stdout_gone() {
+        Some(Duration::ZERO)
+    } else {
+        timeout
+    };
     let mut received = 0u64;
     let mut closing = false;
     let json = common.json;
@@ -213,6 +217,11 @@ fn listen(common: &Common, count: Option<u64>, timeout: Option<f64>) -> Result<i
                 RendezvousEvent::Closed => return ControlFlow::Break(()),
                 other => report(&other, json),
             }
+            // Nobody reads stdout any more: stop as if --count were reached.
+            if crate::output::stdout_gone() && !closing {
+                closing = true;
+                m.close(now);
+            }
             ControlFlow::Continue(())
         })
         .map_err(|e| format!("event loop: {e}"))?;
@@ -226,7 +235,7 @@ fn listen(common: &Common, count: Option<u64>, timeout: Option<f64>) -> Result<i
     })
 }
 
-fn send(common: &Common, peer: &str, message: &str, timeout: f64) -> Result<i32, String> {
+fn send(common: &Common, peer: &str, message: &str, timeout: Duration) -> Result<i32, String> {
     let identity = load_identity(common)?;
     let (to, address) = parse_peer(peer)?;
     let (mut rt, mut machine) = start(common, identity)?;
@@ -238,40 +247,39 @@ fn send(common: &Common, peer: &str, message: &str, timeout: f64) -> Result<i32,
     let mut acked = 0usize;
     let mut closing = false;
     let end = rt
-        .run(
-            &mut machine,
-            Some(Duration::from_secs_f64(timeout)),
-            |m, now, ev| {
-                match ev {
-                    RendezvousEvent::Acknowledged { id, broker } if id == sending.id => {
-                        acked += 1;
-                        Reporter { json }.line(
-                            format_args!("acknowledged by broker {broker}"),
-                            &SignalLine::Acknowledged {
-                                broker: broker.to_string(),
-                            },
-                        );
-                        if acked >= sending.brokers && !closing {
-                            closing = true;
-                            m.close(now);
-                        }
+        .run(&mut machine, Some(timeout), |m, now, ev| {
+            match ev {
+                RendezvousEvent::Acknowledged { id, broker } if id == sending.id => {
+                    acked += 1;
+                    Reporter { json }.line(
+                        format_args!("acknowledged by broker {broker}"),
+                        &SignalLine::Acknowledged {
+                            broker: broker.to_string(),
+                        },
+                    );
+                    if acked >= sending.brokers && !closing {
+                        closing = true;
+                        m.close(now);
                     }
-                    RendezvousEvent::Closed => return ControlFlow::Break(()),
-                    other => report(&other, json),
                 }
-                ControlFlow::Continue(())
-            },
-        )
+                RendezvousEvent::Closed => return ControlFlow::Break(()),
+                other => report(&other, json),
+            }
+            ControlFlow::Continue(())
+        })
         .map_err(|e| format!("event loop: {e}"))?;
     if end == RunEnd::TimeLimit {
         close(&mut rt, &mut machine);
     }
     if acked == 0 {
-        eprintln!("p2pd signal send: no broker acknowledged the message within {timeout} s");
+        errln!(
+            "p2pd signal send: no broker acknowledged the message within {} s",
+            timeout.as_secs_f64()
+        );
         return Ok(1);
     }
     if acked < sending.brokers {
-        eprintln!(
+        errln!(
             "p2pd signal send: {acked} of {} brokers acknowledged",
             sending.brokers
         );

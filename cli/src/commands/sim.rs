@@ -6,6 +6,7 @@
 //! nodes behind every pair of NAT kinds and prints the success per pair against the oracle of
 //! what is punchable in principle (see `p2pd_sim::punch_matrix`).
 
+use crate::{out, outln};
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
@@ -14,6 +15,7 @@ use p2pd_sim::matrix::{run_matrix, truths, MatrixSummary};
 use p2pd_sim::punch_matrix::{self, Failure, PunchMatrix, KINDS};
 use serde::{Serialize, Serializer};
 
+use super::numbers;
 use super::report::{to_json, ErrorLine, Num, Reporter};
 
 /// Options of `p2pd sim`.
@@ -37,11 +39,12 @@ pub enum SimCommand {
 /// Options of `p2pd sim punch`.
 #[derive(Debug, Args)]
 pub struct SimPunchArgs {
-    /// Seeds per pair and loss level (seeds 1..=N).
-    #[arg(long, default_value_t = 3)]
+    /// Seeds per pair and loss level (seeds 1..=N; N from 1 to 10000).
+    #[arg(long, default_value_t = 3, value_parser = numbers::count::<u64>(1, MAX_SEEDS))]
     pub seeds: u64,
-    /// Loss levels in percent, comma-separated.
-    #[arg(long, value_delimiter = ',', default_value = "0,10")]
+    /// Loss levels in percent (each 0 to 100), comma-separated (1 to 16 levels).
+    #[arg(long, value_name = "PERCENT", value_delimiter = ',', default_value = "0,10",
+          value_parser = numbers::percent)]
     pub loss: Vec<f64>,
     /// NAT boxes answer unsolicited SYNs with an RST (default: drop them silently).
     #[arg(long)]
@@ -54,11 +57,12 @@ pub struct SimPunchArgs {
 /// Options of `p2pd sim nat`.
 #[derive(Debug, Args)]
 pub struct SimNatArgs {
-    /// Seeds per truth and loss level (seeds 1..=N).
-    #[arg(long, default_value_t = 5)]
+    /// Seeds per truth and loss level (seeds 1..=N; N from 1 to 10000).
+    #[arg(long, default_value_t = 5, value_parser = numbers::count::<u64>(1, MAX_SEEDS))]
     pub seeds: u64,
-    /// Loss levels in percent, comma-separated.
-    #[arg(long, value_delimiter = ',', default_value = "0,10,30")]
+    /// Loss levels in percent (each 0 to 100), comma-separated (1 to 16 levels).
+    #[arg(long, value_name = "PERCENT", value_delimiter = ',', default_value = "0,10,30",
+          value_parser = numbers::percent)]
     pub loss: Vec<f64>,
     /// Print one JSON object instead of text.
     #[arg(long)]
@@ -73,13 +77,21 @@ pub fn run(args: &SimArgs) -> i32 {
     }
 }
 
+/// Most seeds per cell (`--seeds`).
+pub const MAX_SEEDS: u64 = 10_000;
+/// Most loss levels (`--loss`).
+pub const MAX_LOSS_LEVELS: usize = 16;
+
 /// Checks the options and converts the loss levels to fractions.
 pub fn losses(args: &SimNatArgs) -> Result<Vec<f64>, String> {
-    if args.seeds == 0 || args.seeds > 10_000 {
-        return Err(format!("--seeds {} out of range [1, 10000]", args.seeds));
+    if args.seeds == 0 || args.seeds > MAX_SEEDS {
+        return Err(format!(
+            "--seeds {} out of range [1, {MAX_SEEDS}]",
+            args.seeds
+        ));
     }
-    if args.loss.is_empty() {
-        return Err("--loss needs at least one level".into());
+    if args.loss.is_empty() || args.loss.len() > MAX_LOSS_LEVELS {
+        return Err(format!("--loss needs 1 to {MAX_LOSS_LEVELS} levels"));
     }
     args.loss
         .iter()
@@ -113,7 +125,7 @@ pub fn run_punch(args: &SimPunchArgs) -> i32 {
     let seeds: Vec<u64> = (1..=args.seeds).collect();
     let pairs = punch_matrix::pairs(&KINDS);
     if !args.json {
-        println!(
+        outln!(
             "punch matrix: {} pairs x {} loss level(s) x {} seed(s) = {} runs (NAT boxes {}              unsolicited SYNs)",
             pairs.len(),
             losses.len(),
@@ -126,9 +138,9 @@ pub fn run_punch(args: &SimPunchArgs) -> i32 {
     let m = punch_matrix::run_matrix(&pairs, &losses, args.nat_rst, &seeds);
     let wall = started.elapsed();
     if args.json {
-        println!("{}", punch_json(&m, wall));
+        outln!("{}", punch_json(&m, wall));
     } else {
-        print!("{}", punch_text(&m, wall));
+        out!("{}", punch_text(&m, wall));
     }
     i32::from(!m.flagged().is_empty())
 }
@@ -237,7 +249,7 @@ pub fn run_nat(args: &SimNatArgs) -> i32 {
     };
     let seeds: Vec<u64> = (1..=args.seeds).collect();
     if !args.json {
-        println!(
+        outln!(
             "classifier matrix: {} truths x {} loss level(s) x {} seed(s) = {} runs",
             truths().len(),
             losses.len(),
@@ -249,9 +261,9 @@ pub fn run_nat(args: &SimNatArgs) -> i32 {
     let summary = run_matrix(&losses, &seeds);
     let wall = started.elapsed();
     if args.json {
-        println!("{}", json(&summary, wall));
+        outln!("{}", json(&summary, wall));
     } else {
-        print!("{}", text(&summary, wall));
+        out!("{}", text(&summary, wall));
     }
     i32::from(summary.wrong() > 0)
 }

@@ -1,5 +1,6 @@
 //! SIGINT and SIGTERM as a flag, so long-running commands (servers) stop cleanly: close their
-//! sockets, flush their store and print their counters.
+//! sockets, flush their store and print their counters. A closed stdout asks for the same stop
+//! ([`requested`]; see [`crate::output`]).
 //!
 //! The handler only sets an atomic flag (async-signal-safe). It is installed without
 //! `SA_RESTART`, so a blocking wait in the event loop returns early, and with `SA_RESETHAND`, so a
@@ -11,9 +12,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 static REQUESTED: AtomicBool = AtomicBool::new(false);
 
-/// Whether SIGINT or SIGTERM has arrived since [`install`].
+/// Whether the command should stop: SIGINT or SIGTERM has arrived since [`install`], or stdout is
+/// gone (its reader closed it, or writing failed: [`crate::output::poll_stdout_gone`]).
 pub fn requested() -> bool {
-    REQUESTED.load(Ordering::SeqCst)
+    REQUESTED.load(Ordering::SeqCst) || crate::output::poll_stdout_gone()
 }
 
 #[cfg(unix)]

@@ -3,6 +3,7 @@
 
 mod tcp;
 
+use crate::{err, errln, outln};
 use std::net::SocketAddr;
 use std::ops::ControlFlow;
 use std::time::Duration;
@@ -15,6 +16,7 @@ use p2pd_proto::stun::ChangeRequest;
 use p2pd_proto::BindOptions;
 use serde::Serialize;
 
+use super::numbers;
 use super::report::{to_json, Num, Reporter};
 use p2pd_mio::{RunEnd, Runtime};
 use std::io::IsTerminal;
@@ -60,28 +62,32 @@ pub struct StunArgs {
     /// Speak RFC 3489 (no magic cookie), as p2pd does for change requests.
     #[arg(long)]
     pub legacy: bool,
-    /// Initial retransmission timeout in milliseconds (RFC 5389 RTO).
-    #[arg(long, default_value_t = 500)]
-    pub rto_ms: u64,
-    /// Total transmissions (RFC 5389 Rc).
-    #[arg(long, default_value_t = 7)]
+    /// Initial retransmission timeout in milliseconds (RFC 5389 RTO; 1 to 3600000; it doubles
+    /// up to 60 s).
+    #[arg(long, value_name = "MS", default_value = "500", value_parser = numbers::millis_nonzero)]
+    pub rto_ms: Duration,
+    /// Total transmissions (RFC 5389 Rc; 1 to 20).
+    #[arg(long, default_value_t = 7, value_parser = numbers::count::<u32>(1, MAX_TRANSMISSIONS))]
     pub transmissions: u32,
-    /// Send once and wait this many milliseconds instead of retransmitting.
-    #[arg(long)]
-    pub single_shot_ms: Option<u64>,
+    /// Send once and wait this many milliseconds instead of retransmitting (0 to 3600000).
+    #[arg(long, value_name = "MS", value_parser = numbers::millis)]
+    pub single_shot_ms: Option<Duration>,
     /// Ask over TCP (RFC 5389 §7.2.2) and print the TCP mapping of the local port; the socket
     /// is bound with SO_REUSEADDR and SO_REUSEPORT. `--single-shot-ms` is the timeout (default
     /// 5000).
     #[arg(long)]
     pub tcp: bool,
     /// With --tcp: keep the connection (and the NAT mapping) open this many seconds after the
-    /// answer.
-    #[arg(long, requires = "tcp")]
-    pub hold: Option<f64>,
+    /// answer (0 to 31536000).
+    #[arg(long, value_name = "S", requires = "tcp", value_parser = numbers::seconds)]
+    pub hold: Option<Duration>,
     /// Print one JSON object instead of text.
     #[arg(long)]
     pub json: bool,
 }
+
+/// Most transmissions `--transmissions` accepts.
+pub const MAX_TRANSMISSIONS: u64 = 20;
 
 /// Runs `p2pd stun`; returns the process exit code.
 pub fn run(args: &StunArgs) -> i32 {
@@ -179,12 +185,10 @@ fn query(args: &StunArgs) -> Result<Answer, CliError> {
         None => None,
     };
     let retransmit = match args.single_shot_ms {
-        Some(ms) => Retransmit::SingleShot {
-            timeout: Duration::from_millis(ms),
-        },
+        Some(timeout) => Retransmit::SingleShot { timeout },
         None => Retransmit::Rfc5389 {
-            rto: Duration::from_millis(args.rto_ms.max(1)),
-            transmissions: args.transmissions.max(1),
+            rto: args.rto_ms,
+            transmissions: args.transmissions,
             last_wait: 16,
             max_rto: Duration::from_secs(60),
         },
@@ -247,7 +251,7 @@ fn query(args: &StunArgs) -> Result<Answer, CliError> {
             Ok(RunEnd::TimeLimit) => {
                 if progress {
                     let stats = client.stats();
-                    eprint!(
+                    err!(
                         "\rwaiting for {server}: {:.0} s, {} transmission(s)   ",
                         started.elapsed().as_secs_f64(),
                         stats.requests.saturating_add(stats.retransmissions)
@@ -259,7 +263,7 @@ fn query(args: &StunArgs) -> Result<Answer, CliError> {
         }
     }
     if progressed {
-        eprintln!();
+        errln!();
     }
     match result {
         Some(Ok(response)) => Ok(Answer { server, response }),
@@ -290,7 +294,7 @@ fn print_success(args: &StunArgs, a: &Answer) {
     let r = &a.response;
     let rtt_ms = r.rtt.as_secs_f64() * 1000.0;
     if args.json {
-        println!(
+        outln!(
             "{}",
             to_json(&StunAnswer {
                 server: a.server,
@@ -307,22 +311,22 @@ fn print_success(args: &StunArgs, a: &Answer) {
         return;
     }
     let none = || "-".to_string();
-    println!("server           {}", a.server);
-    println!(
+    outln!("server           {}", a.server);
+    outln!(
         "local            {}",
         r.local.map_or_else(none, |l| l.to_string())
     );
-    println!("mapped address   {}", r.mapped);
-    println!(
+    outln!("mapped address   {}", r.mapped);
+    outln!(
         "other address    {}",
         r.other_address.map_or_else(none, |l| l.to_string())
     );
-    println!(
+    outln!(
         "response origin  {}",
         r.response_origin.map_or_else(none, |l| l.to_string())
     );
-    println!("reply from       {}", r.source);
-    println!(
+    outln!("reply from       {}", r.source);
+    outln!(
         "rtt              {rtt_ms:.3} ms ({} transmission{})",
         r.transmissions,
         if r.transmissions == 1 { "" } else { "s" }

@@ -1,18 +1,27 @@
 //! `p2pd stun-server`: a full RFC 5780 STUN server on two IPs and two ports, and with `--tcp` STUN
-//! over TCP on the primary address.
+//! over TCP on the primary address. It serves until `--duration` passes, SIGINT or SIGTERM
+//! arrives, or stdout is closed; then it closes its sockets and prints its counters.
 
+use crate::{errln, outln};
 use std::net::{IpAddr, SocketAddr};
 use std::ops::ControlFlow;
 use std::time::Duration;
 
 use clap::Args;
-use p2pd_proto::server::{Role, ServerConfig, ServerEvent, StunServer};
-use p2pd_proto::BindOptions;
+use p2pd_proto::server::{Role, ServerConfig, ServerEvent, StunServer, MAX_TCP_CONNECTIONS};
+use p2pd_proto::{BindOptions, Instant};
 
 use serde::Serialize;
 
+use super::numbers;
 use super::report::Reporter;
+use super::stop_signal;
 use p2pd_mio::Runtime;
+
+/// How long the loop runs between checks for SIGINT / SIGTERM, a closed stdout and `--duration`.
+const SLICE: Duration = Duration::from_millis(100);
+/// How long a clean stop may take to release the sockets.
+const CLOSE_LIMIT: Duration = Duration::from_secs(2);
 
 /// Options of `p2pd stun-server`.
 #[derive(Debug, Args)]
@@ -23,10 +32,10 @@ pub struct StunServerArgs {
     /// The alternate IP address (RFC 5780 change-IP); without it change-IP requests get error 420.
     #[arg(long)]
     pub alternate: Option<IpAddr>,
-    /// The primary port.
+    /// The primary port (0 to 65535; 0, with --single only, picks a free port).
     #[arg(long, default_value_t = 3478)]
     pub port: u16,
-    /// The alternate port (default: PORT + 1).
+    /// The alternate port (1 to 65535, not PORT; default: PORT + 1).
     #[arg(long)]
     pub alt_port: Option<u16>,
     /// Serve only the primary address and port (no alternates at all).
@@ -35,15 +44,16 @@ pub struct StunServerArgs {
     /// Also serve STUN over TCP (RFC 5389 §7.2.2) on the primary address and port.
     #[arg(long)]
     pub tcp: bool,
-    /// With --tcp: most TCP connections held at once.
-    #[arg(long, default_value_t = 64, requires = "tcp")]
+    /// With --tcp: most TCP connections held at once (1 to 4096).
+    #[arg(long, default_value_t = 64, requires = "tcp",
+          value_parser = numbers::count::<usize>(1, MAX_TCP_CONNECTIONS as u64))]
     pub max_connections: usize,
     /// Bind every socket to this network interface.
     #[arg(long)]
     pub interface: Option<String>,
-    /// Stop after this many seconds (default: run until killed).
-    #[arg(long)]
-    pub duration: Option<f64>,
+    /// Stop after this many seconds (0 to 31536000; default: serve until SIGINT or SIGTERM).
+    #[arg(long, value_name = "S", value_parser = numbers::seconds)]
+    pub duration: Option<Duration>,
     /// Print JSON lines instead of text.
     #[arg(long)]
     pub json: bool,
@@ -85,6 +95,105 @@ enum ServerLine {
     },
 }
 
+/// What the serving loop keeps between slices, and how it reports each server event.
+struct Serving {
+    out: Reporter,
+    tcp: bool,
+    primary: SocketAddr,
+    /// Sockets the server should open (UDP roles, plus TCP).
+    expected: usize,
+    listening: usize,
+    failed: usize,
+    /// The `ready` line is printed (once).
+    ready: bool,
+    /// The server reported `Closed`.
+    closed: bool,
+}
+
+impl Serving {
+    fn on_event(
+        &mut self,
+        server: &mut StunServer,
+        now: Instant,
+        event: ServerEvent,
+    ) -> ControlFlow<()> {
+        match event {
+            ServerEvent::Listening { role, local } => {
+                self.listening += 1;
+                self.out.line(
+                    format_args!("listening {:<18} {local}", role_name(role)),
+                    &ServerLine::Listening {
+                        role: role_name(role),
+                        transport: None,
+                        local,
+                    },
+                );
+            }
+            ServerEvent::SocketFailed { role, error } => {
+                self.failed += 1;
+                let addr = server.config().role_addr(role);
+                self.out.note(
+                    format_args!(
+                        "cannot bind {} ({}): {error}",
+                        addr.map_or_else(|| "-".into(), |a| a.to_string()),
+                        role_name(role)
+                    ),
+                    &ServerLine::SocketFailed {
+                        role: role_name(role),
+                        transport: None,
+                        local: addr,
+                        error: error.to_string(),
+                    },
+                );
+                if role == Role::Primary {
+                    server.close(now);
+                }
+            }
+            ServerEvent::TcpListening { local } => {
+                self.listening += 1;
+                self.out.line(
+                    format_args!("listening {:<18} {local}", "tcp"),
+                    &ServerLine::Listening {
+                        role: "primary",
+                        transport: Some("tcp"),
+                        local,
+                    },
+                );
+            }
+            ServerEvent::TcpFailed { op, error } => {
+                self.failed += 1;
+                self.out.note(
+                    format_args!("cannot serve TCP on {} ({op}): {error}", self.primary),
+                    &ServerLine::SocketFailed {
+                        role: "primary",
+                        transport: Some("tcp"),
+                        local: Some(self.primary),
+                        error: format!("{op}: {error}"),
+                    },
+                );
+                // TCP was asked for: without it the server is not what the user wanted.
+                server.close(now);
+            }
+            ServerEvent::Closed => {
+                self.closed = true;
+                return ControlFlow::Break(());
+            }
+            _ => {}
+        }
+        if !self.ready && self.listening + self.failed == self.expected && self.failed == 0 {
+            self.ready = true;
+            if !self.out.json {
+                outln!(
+                    "ready: RFC 5780 server with {} socket(s){}",
+                    self.listening,
+                    if self.tcp { " (incl. TCP)" } else { "" }
+                );
+            }
+        }
+        ControlFlow::Continue(())
+    }
+}
+
 fn role_name(role: Role) -> &'static str {
     match role {
         Role::Primary => "primary",
@@ -112,7 +221,7 @@ pub fn run(args: &StunServerArgs) -> i32 {
                 }
             }
             Err(e) => {
-                eprintln!("p2pd stun-server: {e}");
+                errln!("p2pd stun-server: {e}");
                 return 2;
             }
         }
@@ -120,96 +229,64 @@ pub fn run(args: &StunServerArgs) -> i32 {
     let mut server = match StunServer::new(config) {
         Ok(s) => s,
         Err(e) => {
-            eprintln!("p2pd stun-server: invalid configuration: {e}");
+            errln!("p2pd stun-server: invalid configuration: {e}");
             return 2;
         }
     };
     let mut runtime = match Runtime::new() {
         Ok(r) => r,
         Err(e) => {
-            eprintln!("p2pd stun-server: {e}");
+            errln!("p2pd stun-server: {e}");
             return 1;
         }
     };
-    let json = args.json;
-    let out = Reporter { json };
-    let mut listening = 0;
-    let mut failed = 0;
-    let expected = Role::ALL
-        .iter()
-        .filter(|r| server.config().role_addr(**r).is_some())
-        .count()
-        + usize::from(args.tcp);
-    let limit = args.duration.map(Duration::from_secs_f64);
-    let result = runtime.run(&mut server, limit, |server, now, event| {
-        match event {
-            ServerEvent::Listening { role, local } => {
-                listening += 1;
-                out.line(
-                    format_args!("listening {:<18} {local}", role_name(role)),
-                    &ServerLine::Listening {
-                        role: role_name(role),
-                        transport: None,
-                        local,
-                    },
-                );
-            }
-            ServerEvent::SocketFailed { role, error } => {
-                failed += 1;
-                let addr = server.config().role_addr(role);
-                out.note(
-                    format_args!(
-                        "cannot bind {} ({}): {error}",
-                        addr.map_or_else(|| "-".into(), |a| a.to_string()),
-                        role_name(role)
-                    ),
-                    &ServerLine::SocketFailed {
-                        role: role_name(role),
-                        transport: None,
-                        local: addr,
-                        error: error.to_string(),
-                    },
-                );
-                if role == Role::Primary {
-                    server.close(now);
-                }
-            }
-            ServerEvent::TcpListening { local } => {
-                listening += 1;
-                out.line(
-                    format_args!("listening {:<18} {local}", "tcp"),
-                    &ServerLine::Listening {
-                        role: "primary",
-                        transport: Some("tcp"),
-                        local,
-                    },
-                );
-            }
-            ServerEvent::TcpFailed { op, error } => {
-                failed += 1;
-                out.note(
-                    format_args!("cannot serve TCP on {primary} ({op}): {error}"),
-                    &ServerLine::SocketFailed {
-                        role: "primary",
-                        transport: Some("tcp"),
-                        local: Some(primary),
-                        error: format!("{op}: {error}"),
-                    },
-                );
-                // TCP was asked for: without it the server is not what the user wanted.
-                server.close(now);
-            }
-            ServerEvent::Closed => return ControlFlow::Break(()),
-            _ => {}
+    if let Err(e) = stop_signal::install() {
+        errln!("p2pd stun-server: signal handlers: {e}");
+        return 1;
+    }
+    let mut state = Serving {
+        out: Reporter { json: args.json },
+        tcp: args.tcp,
+        primary,
+        expected: Role::ALL
+            .iter()
+            .filter(|r| server.config().role_addr(**r).is_some())
+            .count()
+            + usize::from(args.tcp),
+        listening: 0,
+        failed: 0,
+        ready: false,
+        closed: false,
+    };
+    // Serve in short slices, checking between them for SIGINT / SIGTERM, a closed stdout and
+    // the --duration limit (at least one slice runs, so `--duration 0` still opens and closes).
+    let started = std::time::Instant::now();
+    let mut result = Ok(());
+    while !state.closed {
+        let slice = args.duration.map_or(SLICE, |limit| {
+            limit.saturating_sub(started.elapsed()).min(SLICE)
+        });
+        if let Err(e) = runtime.run(&mut server, Some(slice), |server, now, event| {
+            state.on_event(server, now, event)
+        }) {
+            result = Err(e);
+            break;
         }
-        if listening + failed == expected && failed == 0 && !json {
-            println!(
-                "ready: RFC 5780 server with {listening} socket(s){}",
-                if args.tcp { " (incl. TCP)" } else { "" }
-            );
+        if stop_signal::requested() || args.duration.is_some_and(|l| started.elapsed() >= l) {
+            break;
         }
-        ControlFlow::Continue(())
-    });
+    }
+    // Clean stop: close every socket and wait (bounded) until the runtime has released them.
+    if !state.closed {
+        server.close(runtime.now());
+        let _ = runtime.run(&mut server, Some(CLOSE_LIMIT), |_, _, event| {
+            if event == ServerEvent::Closed {
+                ControlFlow::Break(())
+            } else {
+                ControlFlow::Continue(())
+            }
+        });
+    }
     let stats = server.stats();
     let mut human = format!(
         "stopped: {} requests, {} responses, {} error responses, {} malformed, {} dropped (queue full)",
@@ -221,7 +298,7 @@ pub fn run(args: &StunServerArgs) -> i32 {
             stats.tcp_accepted, stats.tcp_closed, stats.tcp_bad_frames, stats.tcp_idle_closed
         ));
     }
-    out.line(
+    state.out.line(
         human,
         &ServerLine::Stopped {
             requests: stats.requests,
@@ -237,10 +314,10 @@ pub fn run(args: &StunServerArgs) -> i32 {
     );
     match result {
         Err(e) => {
-            eprintln!("p2pd stun-server: {e}");
+            errln!("p2pd stun-server: {e}");
             1
         }
-        Ok(_) if failed > 0 && listening == 0 => 1,
-        Ok(_) => 0,
+        Ok(()) if state.failed > 0 && state.listening == 0 => 1,
+        Ok(()) => 0,
     }
 }

@@ -3,7 +3,7 @@
 //! `--local` port can be shared with a hole-punching socket; `--hold SECS` keeps the connection
 //! (and so the mapping) open that long after the answer.
 
-use std::io::Write;
+use crate::outln;
 use std::net::SocketAddr;
 use std::ops::ControlFlow;
 use std::time::Duration;
@@ -40,18 +40,12 @@ fn query(args: &StunArgs, server: SocketAddr, local: SocketAddr) -> Result<(), C
         ));
     }
     let mut config = TcpBindingConfig::new(server, local);
-    config.timeout = args
-        .single_shot_ms
-        .map_or(DEFAULT_TIMEOUT, Duration::from_millis);
+    config.timeout = args.single_shot_ms.unwrap_or(DEFAULT_TIMEOUT);
     if let Some(name) = &args.interface {
         config.options.device =
             Some(super::super::interface(name).map_err(|e| CliError::new("usage", e))?);
     }
-    let hold = match args.hold {
-        Some(s) if s.is_finite() && s >= 0.0 => Some(Duration::from_secs_f64(s)),
-        Some(_) => return Err(CliError::new("usage", "--hold needs a number of seconds")),
-        None => None,
-    };
+    let hold = args.hold;
     config.keep_open = hold.is_some();
     let mut runtime = Runtime::new().map_err(|e| CliError::new("io", e.to_string()))?;
     let mut binding = TcpBinding::new(config, seed_from_os(), runtime.now());
@@ -78,7 +72,6 @@ fn query(args: &StunArgs, server: SocketAddr, local: SocketAddr) -> Result<(), C
         None => return Err(CliError::new("io", "the event loop ended without a result")),
     };
     print_success(args, server, &mapping);
-    let _ = std::io::stdout().flush();
     if let Some(hold) = hold {
         // Hold the mapping: keep the loop (and the connection) running, then close.
         let _ = runtime.run(&mut binding, Some(hold), |_, _, event| match event {
@@ -128,7 +121,7 @@ struct TcpAnswer<'a> {
 fn print_success(args: &StunArgs, server: SocketAddr, m: &TcpMapping) {
     let rtt_ms = m.rtt.as_secs_f64() * 1000.0;
     if args.json {
-        println!(
+        outln!(
             "{}",
             to_json(&TcpAnswer {
                 server,
@@ -143,16 +136,16 @@ fn print_success(args: &StunArgs, server: SocketAddr, m: &TcpMapping) {
         return;
     }
     let none = || "-".to_string();
-    println!("server           {server} (tcp)");
-    println!("local            {}", m.local);
-    println!("mapped address   {}", m.mapped);
-    println!(
+    outln!("server           {server} (tcp)");
+    outln!("local            {}", m.local);
+    outln!("mapped address   {}", m.mapped);
+    outln!(
         "response origin  {}",
         m.response_origin.map_or_else(none, |a| a.to_string())
     );
-    println!(
+    outln!(
         "software         {}",
         m.server_software.clone().unwrap_or_else(none)
     );
-    println!("rtt              {rtt_ms:.3} ms");
+    outln!("rtt              {rtt_ms:.3} ms");
 }
