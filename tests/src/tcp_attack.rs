@@ -402,7 +402,9 @@ pub fn raise_fd_limit(want: u64) -> u64 {
         if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
             return 0;
         }
-        let target = (want as libc::rlim_t).min(limit.rlim_max);
+        let target = libc::rlim_t::try_from(want)
+            .unwrap_or(libc::rlim_t::MAX)
+            .min(limit.rlim_max);
         if limit.rlim_cur < target {
             let raised = libc::rlimit {
                 rlim_cur: target,
@@ -413,7 +415,9 @@ pub fn raise_fd_limit(want: u64) -> u64 {
             }
         }
     }
-    limit.rlim_cur as u64
+    // `rlim_t` is `u64` on Linux but not on every Unix.
+    #[allow(clippy::useless_conversion)]
+    u64::try_from(limit.rlim_cur).unwrap_or(u64::MAX)
 }
 
 /// Without `setrlimit`: assume `want` is allowed.
