@@ -6,8 +6,9 @@
 //! server's open descriptors stay bounded by its connection limit.
 //!
 //! Before the fix (global slots, any byte renewing the idle timer, newcomers left in the
-//! backlog when all slots were taken) the probes starved: see the figures in the commit that
-//! added this file.
+//! backlog when all slots were taken) the probes starved: run against commit b643805, every
+//! scenario served 0 of 100 probes (the attacker held all 64 slots, or the slots and the backlog).
+//! With the fix: 100 of 100 in each.
 //!
 //! The scenarios run one at a time (they measure a shared machine), each within about 15 s.
 
