@@ -226,8 +226,26 @@ const NUMERIC: &[NumericOption] = &[
     NumericOption {
         command: &["stun-server"],
         quick: QUICK_STUN_SERVER_TCP,
-        option: "--max-connections",
+        option: "--tcp-max-connections",
         range: "1 to 4096",
+    },
+    NumericOption {
+        command: &["stun-server"],
+        quick: QUICK_STUN_SERVER_TCP,
+        option: "--tcp-max-per-source",
+        range: "1 to 4096",
+    },
+    NumericOption {
+        command: &["stun-server"],
+        quick: QUICK_STUN_SERVER_TCP,
+        option: "--tcp-message-timeout",
+        range: "above 0 to 86400",
+    },
+    NumericOption {
+        command: &["stun-server"],
+        quick: QUICK_STUN_SERVER_TCP,
+        option: "--tcp-idle-timeout",
+        range: "above 0 to 86400",
     },
     NumericOption {
         command: &["stun-server"],
@@ -306,6 +324,30 @@ const NUMERIC: &[NumericOption] = &[
         quick: QUICK_PNP_SERVER,
         option: "--capacity",
         range: "1 to 1000000000",
+    },
+    NumericOption {
+        command: &["pnp-server"],
+        quick: QUICK_PNP_SERVER,
+        option: "--tcp-max-connections",
+        range: "1 to 4096",
+    },
+    NumericOption {
+        command: &["pnp-server"],
+        quick: QUICK_PNP_SERVER,
+        option: "--tcp-max-per-source",
+        range: "1 to 4096",
+    },
+    NumericOption {
+        command: &["pnp-server"],
+        quick: QUICK_PNP_SERVER,
+        option: "--tcp-message-timeout",
+        range: "above 0 to 86400",
+    },
+    NumericOption {
+        command: &["pnp-server"],
+        quick: QUICK_PNP_SERVER,
+        option: "--tcp-idle-timeout",
+        range: "above 0 to 86400",
     },
     NumericOption {
         command: &["pnp-server"],

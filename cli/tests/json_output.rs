@@ -190,6 +190,8 @@ fn stun_server_lines_keep_their_shape() {
         "tcp_closed",
         "tcp_bad_frames",
         "tcp_idle_closed",
+        "tcp_message_timeouts",
+        "tcp_evicted",
     ];
     let shape: Vec<(&str, &str)> = [("event", "string")]
         .into_iter()

@@ -23,7 +23,7 @@ use p2pd_proto::stun::{Class, Message, MAGIC_COOKIE};
 
 /// Our server (UDP + TCP on 127.0.0.1:P) in a thread, idle TCP connections closed after 2 s.
 fn start_server() -> TcpStunServer {
-    TcpStunServer::start_with(|config| config.tcp_idle_timeout = Duration::from_secs(2))
+    TcpStunServer::start_with(|config| config.tcp_limits.idle_timeout = Duration::from_secs(2))
 }
 
 /// Runs a binding until it reports its outcome; returns the outcome with the runtime and machine

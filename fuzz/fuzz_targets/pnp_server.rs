@@ -164,7 +164,8 @@ fuzz_target!(|input: Input| {
     config.reply_cache_capacity = 16;
     config.replay_capacity = 256;
     config.transmit_queue_capacity = 16;
-    config.max_connections = 4;
+    config.tcp_limits.max_connections = 4;
+    config.tcp_limits.max_per_source = 2;
     let server = PnpServer::new(config, Identity::from_secret_bytes(&[99; 32]).unwrap(), MemoryStore::new(8), 1).unwrap();
     // Binds succeed, but the UDP socket's first one if the input says so.
     let mut udp_fails = input.udp_fails;

@@ -17,22 +17,27 @@
 //! With [`ServerConfig::with_tcp`] the server also listens on TCP on the primary address (RFC 5389
 //! §7.2.2): messages on a stream, framed by the header's length field. It binds
 //! [`TCP_LISTENER`], listens, and keeps one [`SocketOp::Accept`] outstanding per free connection
-//! slot ([`ServerConfig::max_tcp_connections`], managed by an [`AcceptPool`]); accepted streams are named
-//! `SocketId(TCP_CONNECTION_BASE + slot)` and fed to [`StunServer::handle_stream`] in chunks of any
-//! size. Each Binding request is answered on its stream, RESPONSE-ORIGIN being the connection's
+//! slot, and always at least one (an [`AcceptPool`] under [`ServerConfig::tcp_limits`]); accepted
+//! streams are named `SocketId(TCP_CONNECTION_BASE + slot)` and fed to
+//! [`StunServer::handle_stream`] in chunks of any size. Each Binding request is answered on its stream, RESPONSE-ORIGIN being the connection's
 //! local address; OTHER-ADDRESS is never sent over TCP, RESPONSE-PORT is ignored, and a
 //! CHANGE-REQUEST asking for any change gets error 420 (a stream cannot be answered from another
 //! address). Bytes that cannot start a STUN message, or a message longer than
 //! [`MAX_TCP_MESSAGE_LEN`], close that connection; a well-framed message that does not decode is
-//! dropped and counted. A connection idle for [`ServerConfig::tcp_idle_timeout`] is closed; each
-//! accepted socket gets exactly one close intent. The connection buffers are allocated when the
+//! dropped and counted. One source cannot lock others out: it holds at most
+//! [`ConnectionLimits::max_per_source`] connections, a message must be whole within
+//! [`ConnectionLimits::message_timeout`] of its first byte, a connection idle for
+//! [`ConnectionLimits::idle_timeout`] is closed, and when every connection is open a newcomer
+//! replaces the one that has done least (see [`crate::accept`]). Each accepted socket gets
+//! exactly one close intent. The connection buffers are allocated when the
 //! server is built, so TCP requests allocate nothing either.
 
 use core::net::{IpAddr, SocketAddr};
-use core::time::Duration;
 use std::collections::VecDeque;
 
-use crate::accept::{AcceptPool, PoolConfig, PoolEvent};
+use crate::accept::{
+    AcceptPool, ConnectionLimits, EvictReason, Expiry, LimitsError, PoolConfig, PoolEvent,
+};
 use crate::machine::{
     BindOptions, DropReason, IoError, OpKind, SocketId, SocketOp, SocketOutcome, Transmit,
     Transport, Verdict,
@@ -122,11 +127,10 @@ pub struct ServerConfig {
     pub bind_options: BindOptions,
     /// Also serve STUN over TCP on the primary address (see the module docs).
     pub tcp: bool,
-    /// Most TCP connections held at once (1 to [`MAX_TCP_CONNECTIONS`]); the server asks for one
-    /// accepted connection per free slot.
-    pub max_tcp_connections: usize,
-    /// A TCP connection that sends nothing for this long is closed.
-    pub tcp_idle_timeout: Duration,
+    /// TCP connections: how many (1 to [`MAX_TCP_CONNECTIONS`]), how many per source, the
+    /// message and idle deadlines. Default [`ConnectionLimits::DEFAULT`]: 64 connections, 8 per
+    /// source, 10 s per message, 120 s idle.
+    pub tcp_limits: ConnectionLimits,
     /// The TCP listen backlog.
     pub tcp_backlog: u32,
 }
@@ -142,8 +146,7 @@ impl ServerConfig {
             queue_capacity: 256,
             bind_options: BindOptions::default(),
             tcp: false,
-            max_tcp_connections: 64,
-            tcp_idle_timeout: Duration::from_secs(120),
+            tcp_limits: ConnectionLimits::DEFAULT,
             tcp_backlog: 128,
         }
     }
@@ -191,8 +194,10 @@ pub enum ServerConfigError {
     SoftwareTooLong,
     /// `queue_capacity` is 0.
     ZeroQueue,
-    /// TCP is on and `max_tcp_connections` is 0 or above [`MAX_TCP_CONNECTIONS`].
+    /// TCP is on and `tcp_limits.max_connections` is 0 or above [`MAX_TCP_CONNECTIONS`].
     BadConnectionLimit,
+    /// TCP is on and `tcp_limits` allows no connection per source or has a zero timeout.
+    BadTcpLimits(LimitsError),
 }
 
 impl core::fmt::Display for ServerConfigError {
@@ -211,6 +216,7 @@ impl core::fmt::Display for ServerConfigError {
             ServerConfigError::BadConnectionLimit => {
                 write!(f, "tcp connection limit must be 1..={MAX_TCP_CONNECTIONS}")
             }
+            ServerConfigError::BadTcpLimits(e) => e.fmt(f),
         }
     }
 }
@@ -276,6 +282,12 @@ pub struct ServerStats {
     pub tcp_bad_frames: u64,
     /// TCP connections closed for idleness.
     pub tcp_idle_closed: u64,
+    /// TCP connections closed because a message was not whole within the message timeout.
+    pub tcp_message_timeouts: u64,
+    /// TCP connections closed to make room for a newcomer from the same source (at its cap).
+    pub tcp_evicted_source_full: u64,
+    /// TCP connections closed to make room for a newcomer while every connection was open.
+    pub tcp_evicted_pool_full: u64,
 }
 
 #[derive(Copy, Clone, Debug)]
@@ -348,19 +360,26 @@ impl StunServer {
         if config.queue_capacity == 0 {
             return Err(ServerConfigError::ZeroQueue);
         }
-        if config.tcp
-            && (config.max_tcp_connections == 0 || config.max_tcp_connections > MAX_TCP_CONNECTIONS)
-        {
-            return Err(ServerConfigError::BadConnectionLimit);
+        if config.tcp {
+            match config.tcp_limits.check(MAX_TCP_CONNECTIONS) {
+                Ok(()) => {}
+                Err(LimitsError::Connections) => return Err(ServerConfigError::BadConnectionLimit),
+                Err(e) => return Err(ServerConfigError::BadTcpLimits(e)),
+            }
         }
         let mut sockets = [SocketState::Absent; 4];
-        // Room for every bind, and for a close and an accept per connection slot: serving never
-        // grows the queue.
-        let tcp_slots = if config.tcp {
-            config.max_tcp_connections
-        } else {
-            0
+        // Without TCP the pool has no slots at all.
+        let tcp_limits = ConnectionLimits {
+            max_connections: if config.tcp {
+                config.tcp_limits.max_connections
+            } else {
+                0
+            },
+            ..config.tcp_limits
         };
+        // Room for every bind, and for a close and an accept per connection slot (the spare
+        // included): serving never grows the queue.
+        let tcp_slots = tcp_limits.max_connections.saturating_add(1);
         let mut ops = VecDeque::with_capacity(tcp_slots.saturating_mul(2).saturating_add(8));
         for role in Role::ALL {
             if let Some(local) = config.role_addr(role) {
@@ -379,8 +398,7 @@ impl StunServer {
             PoolConfig {
                 listener: TCP_LISTENER,
                 first_socket: TCP_CONNECTION_BASE,
-                capacity: tcp_slots,
-                idle_timeout: config.tcp_idle_timeout,
+                limits: tcp_limits,
                 backlog: config.tcp_backlog,
             },
             StreamBuf::new,
@@ -572,8 +590,18 @@ impl StunServer {
             PoolEvent::ListenerFailed { op, error } => {
                 self.events.push_back(ServerEvent::TcpFailed { op, error });
             }
-            PoolEvent::Opened(_) => {
+            PoolEvent::Opened { evicted, .. } => {
                 self.stats.tcp_accepted = self.stats.tcp_accepted.saturating_add(1);
+                if let Some(evicted) = evicted {
+                    let counter = match evicted.reason {
+                        EvictReason::SourceFull => &mut self.stats.tcp_evicted_source_full,
+                        EvictReason::PoolFull => &mut self.stats.tcp_evicted_pool_full,
+                    };
+                    *counter = counter.saturating_add(1);
+                    // The pool closed it: count it and drop what was queued for it.
+                    self.stats.tcp_closed = self.stats.tcp_closed.saturating_add(1);
+                    self.queue.retain(|p| p.stream != Some(evicted.index));
+                }
             }
             PoolEvent::Ended { index, send_failed } => {
                 if send_failed {
@@ -723,9 +751,12 @@ impl crate::Machine for StunServer {
         let Some(index) = self.tcp.open_index(socket) else {
             return Verdict::Dropped(DropReason::UnknownSocket);
         };
+        if !data.is_empty() {
+            self.tcp.bytes_arrived(now, index);
+        }
         let mut verdict = Verdict::Consumed;
         let mut rest = data;
-        while let Some((_, buf)) = self.tcp.touch(now, index) {
+        while let Some((_, buf)) = self.tcp.get_mut(index) {
             let before = rest.len();
             rest = buf.fill(rest);
             let stuck = !rest.is_empty() && rest.len() == before;
@@ -749,19 +780,29 @@ impl crate::Machine for StunServer {
                     break;
                 };
                 dst.copy_from_slice(src);
-                let outcome = match Message::decode(dst) {
-                    Ok(msg) => self.pending_for(&msg, Role::Primary, conn.remote, Some(index)),
+                let (outcome, decoded) = match Message::decode(dst) {
+                    Ok(msg) => (
+                        self.pending_for(&msg, Role::Primary, conn.remote, Some(index)),
+                        true,
+                    ),
                     Err(e) => {
                         self.stats.malformed = self.stats.malformed.saturating_add(1);
-                        Err(Verdict::Dropped(DropReason::Malformed(e)))
+                        (Err(Verdict::Dropped(DropReason::Malformed(e))), false)
                     }
                 };
                 verdict = match outcome {
                     Ok(pending) => self.enqueue(pending),
                     Err(v) => v,
                 };
+                let mut more_held = !rest.is_empty();
                 if let Some((_, buf)) = self.tcp.get_mut(index) {
                     buf.consume(total);
+                    more_held |= !buf.held().is_empty();
+                }
+                // Only a message that decodes is work done: well-framed garbage does not end the
+                // message deadline that its first byte started.
+                if decoded {
+                    self.tcp.message_completed(now, index, more_held);
                 }
             }
             if rest.is_empty() || stuck {
@@ -812,16 +853,19 @@ impl crate::Machine for StunServer {
         }
     }
 
-    /// Closes idle TCP connections and retries failed accepts (UDP needs no timers).
+    /// Closes idle TCP connections and those whose message is late, and retries failed accepts
+    /// (UDP needs no timers).
     fn handle_timeout(&mut self, now: Instant) {
         if self.closed {
             return;
         }
-        for index in 0..self.tcp.capacity() {
-            if self.tcp.is_expired(index, now) {
-                self.stats.tcp_idle_closed = self.stats.tcp_idle_closed.saturating_add(1);
-                self.close_connection(now, index);
-            }
+        while let Some((index, why)) = self.tcp.next_expired(now) {
+            let counter = match why {
+                Expiry::Idle => &mut self.stats.tcp_idle_closed,
+                Expiry::MessageTimeout => &mut self.stats.tcp_message_timeouts,
+            };
+            *counter = counter.saturating_add(1);
+            self.close_connection(now, index);
         }
         self.tcp.accept_idle(now, &mut self.ops);
         self.refresh_timeout();
@@ -864,7 +908,8 @@ impl crate::Machine for StunServer {
         self.events.pop_front()
     }
 
-    /// The next TCP deadline (idle connection, accept retry); `None` without TCP. O(1).
+    /// The next TCP deadline (idle connection, late message, accept retry); `None` without TCP.
+    /// O(1).
     fn poll_timeout(&self) -> Option<Instant> {
         self.timeout
     }

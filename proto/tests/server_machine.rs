@@ -113,6 +113,8 @@ struct Served {
     answered: usize,
     accepted: Option<(SocketId, SocketOutcome)>,
     remote: SocketAddr,
+    /// Hand back `Accepted` for accept intents (else only remember the last one asked for).
+    auto_accept: bool,
 }
 
 impl Outputs<StunServer> for Served {
@@ -133,6 +135,9 @@ impl Outputs<StunServer> for Served {
         ControlFlow::Continue(())
     }
     fn outcome(&mut self) -> Option<(Instant, SocketId, SocketOutcome)> {
+        if !self.auto_accept {
+            return None;
+        }
         let (socket, outcome) = self.accepted.take()?;
         Some((Instant::ZERO, socket, outcome))
     }
@@ -497,6 +502,7 @@ fn no_heap_allocation_per_request() {
         answered: 0,
         accepted: None,
         remote: addr(CLIENT),
+        auto_accept: true,
     };
     let primary = Role::Primary.socket();
     // Warm up (the queue was allocated at construction; this proves it never grows).
@@ -540,9 +546,9 @@ fn no_heap_allocation_per_request() {
 #[test]
 fn no_heap_allocation_per_tcp_request() {
     let mut cfg = ServerConfig::single(addr(P)).with_tcp(true);
-    cfg.max_tcp_connections = 4;
+    cfg.tcp_limits.max_connections = 4;
     let mut s = server(cfg, None);
-    let accepts: Vec<SocketId> = s
+    let mut accepts: Vec<SocketId> = s
         .take_ops()
         .into_iter()
         .filter_map(|op| match op {
@@ -550,6 +556,10 @@ fn no_heap_allocation_per_tcp_request() {
             _ => None,
         })
         .collect();
+    // One accept per connection plus the spare; the spare stays outstanding (a newcomer there
+    // would evict one of the four).
+    assert_eq!(accepts.len(), 5);
+    let mut spare = accepts.pop().unwrap();
     let client = addr(CLIENT);
     let accepted = SocketOutcome::Accepted {
         local: addr(P),
@@ -568,6 +578,7 @@ fn no_heap_allocation_per_tcp_request() {
         answered: 0,
         accepted: None,
         remote: client,
+        auto_accept: true,
     };
     // Warm up: one recycle, so the checker's tables have their nodes.
     serve(&mut s, &mut served, &mut buf, |s| {
@@ -592,7 +603,26 @@ fn no_heap_allocation_per_tcp_request() {
             });
         }
     }
+    // Evictions allocate nothing either: a newcomer on the spare evicts the connection that has
+    // done least, whose slot becomes the next spare; the newcomer is served.
+    served.auto_accept = false;
+    for _ in 0..1_000 {
+        serve(&mut s, &mut served, &mut buf, |s| {
+            s.handle_socket_result(Instant::ZERO, spare, accepted)
+        });
+        let newcomer = spare;
+        spare = served
+            .accepted
+            .take()
+            .expect("the evicted slot accepts again")
+            .0;
+        assert_ne!(spare, newcomer);
+        serve(&mut s, &mut served, &mut buf, |s| {
+            let _ = s.handle_stream(Instant::ZERO, newcomer, &stream);
+        });
+    }
     COUNTING.with(|c| c.set(false));
-    assert_eq!(served.answered, 10_000);
+    assert_eq!(served.answered, 12_000);
+    assert_eq!(s.machine.stats().tcp_evicted_pool_full, 1_000);
     assert_eq!(ALLOCS.with(|a| a.get()), 0, "allocations while serving TCP");
 }

@@ -79,7 +79,7 @@ fn tcp_server(config: ServerConfig) -> (Server, Vec<SocketId>) {
 
 fn small(max: usize) -> ServerConfig {
     let mut c = ServerConfig::single(addr(P));
-    c.max_tcp_connections = max;
+    c.tcp_limits.max_connections = max;
     c
 }
 
@@ -149,9 +149,10 @@ fn tcp_binds_listens_and_accepts_one_per_slot() {
             backlog: 128
         }
     );
+    // One accept per connection and the spare: a newcomer is always taken from the backlog.
     assert_eq!(
         next[1..].to_vec(),
-        (0..3)
+        (0..4)
             .map(|i| SocketOp::Accept {
                 listener: TCP_LISTENER,
                 socket: conn(i)
@@ -381,7 +382,9 @@ fn a_well_framed_bad_message_is_dropped_and_the_stream_goes_on() {
 #[test]
 fn idle_connections_close_at_the_deadline_and_traffic_extends_it() {
     let mut cfg = small(2);
-    cfg.tcp_idle_timeout = Duration::from_secs(10);
+    cfg.tcp_limits.idle_timeout = Duration::from_secs(10);
+    // Long enough that the partial request below is not closed for lateness first.
+    cfg.tcp_limits.message_timeout = Duration::from_secs(60);
     let (mut s, accepts) = tcp_server(cfg);
     let t0 = Instant::from_millis(1000);
     accept(&mut s, accepts[0], t0);
@@ -537,4 +540,126 @@ fn udp_is_unchanged_with_tcp_on() {
         s.clock(Instant::ZERO).stream(Role::Primary.socket(), &req),
         Verdict::Dropped(DropReason::UnknownSocket)
     );
+}
+
+#[test]
+fn a_request_dripped_slower_than_the_message_timeout_closes_the_connection() {
+    let mut cfg = small(2);
+    cfg.tcp_limits.message_timeout = Duration::from_secs(5);
+    let (mut s, accepts) = tcp_server(cfg);
+    let t0 = Instant::from_millis(1000);
+    accept(&mut s, accepts[0], t0);
+    accept(&mut s, accepts[1], t0);
+    let req = request(1, &[]);
+    // One byte a second on the first connection: every byte renews the idle deadline (120 s),
+    // but the request must be whole 5 s after its first byte.
+    let mut closed_at = None;
+    for (i, byte) in req.iter().enumerate() {
+        let now = t0 + Duration::from_secs(i as u64 + 1);
+        if s.deadline().is_some_and(|d| d <= now) {
+            s.clock(now).fire();
+            let c = closes(&ops(&mut s));
+            if !c.is_empty() {
+                assert_eq!(c, vec![accepts[0]]);
+                closed_at = Some(i as u64 + 1);
+                break;
+            }
+        }
+        let _ = s.clock(now).stream(accepts[0], std::slice::from_ref(byte));
+        // The second connection asks a whole request each second and is answered.
+        let _ = s.clock(now).stream(accepts[1], &request(2, &[]));
+    }
+    assert_eq!(closed_at, Some(6), "first byte at 1 s, deadline 6 s");
+    assert_eq!(s.machine.stats().tcp_message_timeouts, 1);
+    assert_eq!(s.machine.stats().tcp_idle_closed, 0);
+    assert_eq!(
+        s.machine.tcp_connections(),
+        1,
+        "the prompt client keeps its connection"
+    );
+    let answered: Vec<SocketId> = transmits(&mut s).into_iter().map(|t| t.0).collect();
+    assert_eq!(answered, vec![accepts[1]; 5]);
+    // A whole request ends the message: the prompt connection has no message deadline left,
+    // only its idle one.
+    let last = t0 + Duration::from_secs(5);
+    assert_eq!(s.deadline(), Some(last + cfg_idle()));
+}
+
+fn cfg_idle() -> Duration {
+    ServerConfig::single(addr(P)).tcp_limits.idle_timeout
+}
+
+#[test]
+fn a_newcomer_when_full_evicts_the_least_active_and_its_queued_answer_is_dropped() {
+    let (mut s, accepts) = tcp_server(small(2));
+    assert_eq!(accepts.len(), 3);
+    let t0 = Instant::from_millis(1000);
+    s.clock(t0).outcome(
+        accepts[0],
+        SocketOutcome::Accepted {
+            local: addr(P),
+            remote: addr("198.51.100.1:1000"),
+        },
+    );
+    s.clock(t0).outcome(
+        accepts[1],
+        SocketOutcome::Accepted {
+            local: addr(P),
+            remote: addr("198.51.100.2:1000"),
+        },
+    );
+    // The first connection has asked two questions; the second has asked one whose answer is
+    // still queued (not drained) when a third client arrives on the spare.
+    let _ = s.clock(t0).stream(accepts[0], &request(1, &[]));
+    let _ = s.clock(t0).stream(accepts[0], &request(1, &[]));
+    assert_eq!(transmits(&mut s).len(), 2);
+    s.input(|s, now| {
+        let _ = s.handle_stream(now, accepts[1], &request(2, &[]));
+        s.handle_socket_result(
+            now,
+            accepts[2],
+            SocketOutcome::Accepted {
+                local: addr(P),
+                remote: addr("198.51.100.3:1000"),
+            },
+        );
+    });
+    // The second did least (one message to two): closed once, its answer never sent, its slot
+    // accepts again.
+    assert!(transmits(&mut s).is_empty());
+    let out = ops(&mut s);
+    assert_eq!(closes(&out), vec![accepts[1]]);
+    assert!(out.contains(&SocketOp::Accept {
+        listener: TCP_LISTENER,
+        socket: accepts[1]
+    }));
+    let stats = s.machine.stats();
+    assert_eq!(stats.tcp_evicted_pool_full, 1);
+    assert_eq!(stats.tcp_closed, 1);
+    assert_eq!(s.machine.tcp_connections(), 2);
+    // The newcomer is served.
+    let _ = s.clock(t0).stream(accepts[2], &request(3, &[]));
+    let out = transmits(&mut s);
+    assert_eq!(out.len(), 1);
+    assert_eq!(out[0].0, accepts[2]);
+}
+
+#[test]
+fn one_source_holds_at_most_its_cap() {
+    let mut cfg = small(4);
+    cfg.tcp_limits.max_per_source = 2;
+    let (mut s, accepts) = tcp_server(cfg);
+    for (i, socket) in accepts.iter().take(3).enumerate() {
+        accept(&mut s, *socket, Instant::from_millis(i as u64));
+    }
+    // The third from CLIENT replaced the first.
+    assert_eq!(closes(&ops(&mut s)), vec![accepts[0]]);
+    assert_eq!(s.machine.tcp_connections(), 2);
+    assert_eq!(s.machine.stats().tcp_evicted_source_full, 1);
+    let mut bad = small(4);
+    bad.tcp_limits.max_per_source = 0;
+    assert!(matches!(
+        StunServer::new(bad.with_tcp(true)),
+        Err(ServerConfigError::BadTcpLimits(_))
+    ));
 }

@@ -589,3 +589,8 @@ pub mod sntp_responder;
 // A counting global allocator for the soak tests.
 
 pub mod heap;
+
+// ---------------------------------------------------------------------------------------------
+// Slow and idle TCP clients from one source, probes from another (TCP fairness).
+
+pub mod tcp_attack;

@@ -13,6 +13,7 @@ pub mod sim;
 pub mod stop_signal;
 pub mod stun;
 pub mod stun_server;
+pub mod tcp_limits;
 
 use std::net::{SocketAddr, ToSocketAddrs};
 

@@ -17,6 +17,7 @@ use serde::Serialize;
 
 use super::report::{display_opt, to_json, Reporter};
 use super::stop_signal;
+use super::tcp_limits::TcpLimitArgs;
 use crate::identity_file::{default_identity_path, os_seed, read_identity};
 use crate::store_sqlite::{SqliteStore, DEFAULT_CAPACITY};
 use p2pd_mio::Runtime;
@@ -46,6 +47,9 @@ pub struct PnpServerArgs {
     #[arg(long, default_value_t = DEFAULT_CAPACITY,
           value_parser = super::numbers::count::<u64>(1, 1_000_000_000))]
     pub capacity: u64,
+    /// The TCP connection limits.
+    #[command(flatten)]
+    pub tcp_limits: TcpLimitArgs,
     /// Stop after this many seconds (0 to 31536000; default: serve until SIGINT or SIGTERM).
     #[arg(long, value_name = "S", value_parser = super::numbers::seconds)]
     pub duration: Option<Duration>,
@@ -79,6 +83,7 @@ fn serve(args: &PnpServerArgs) -> Result<i32, String> {
     let mut config = PnpServerConfig::new(args.udp, args.tcp, rt.unix_epoch_ms());
     // A restarted server must get its port back while old connections linger in TIME_WAIT.
     config.bind_options.reuse_address = true;
+    config.tcp_limits = args.tcp_limits.limits(config.tcp_limits);
     let seed = os_seed().map_err(|e| format!("random seed: {e}"))?;
     let mut server =
         PnpServer::new(config, identity, store, seed).map_err(|e| format!("configuration: {e}"))?;
@@ -207,6 +212,8 @@ enum PnpServerLine<'a> {
         connections_accepted: u64,
         bad_frames: u64,
         idle_closed: u64,
+        message_timeouts: u64,
+        evicted: u64,
         open_sockets: u64,
         names: Option<u64>,
     },
@@ -243,6 +250,13 @@ fn print_listening(transport: Transport, local: SocketAddr, key: &PublicKey, jso
     );
 }
 
+/// TCP connections closed to make room for newcomers, for whichever reason.
+fn evicted(stats: &PnpServerStats) -> u64 {
+    stats
+        .evicted_source_full
+        .saturating_add(stats.evicted_pool_full)
+}
+
 fn print_stats(stats: &PnpServerStats, names: Option<u64>, open_sockets: usize, json: bool) {
     if json {
         let line = PnpServerLine::Stopped {
@@ -261,6 +275,8 @@ fn print_stats(stats: &PnpServerStats, names: Option<u64>, open_sockets: usize, 
             connections_accepted: stats.connections_accepted,
             bad_frames: stats.bad_frames,
             idle_closed: stats.idle_closed,
+            message_timeouts: stats.message_timeouts,
+            evicted: evicted(stats),
             open_sockets: open_sockets as u64,
             names,
         };
@@ -270,7 +286,7 @@ fn print_stats(stats: &PnpServerStats, names: Option<u64>, open_sockets: usize, 
             "stopped: {} requests ({} error replies, {} retransmissions answered from cache), \
              dropped: {} stale, {} replays, {} bad envelopes, {} not envelopes, {} oversize, \
              {} rate limited, {} amplification; {} store errors, {} pruned, {} TCP connections \
-             ({} bad frames, {} idle); {} names stored",
+             ({} bad frames, {} idle, {} late request, {} evicted); {} names stored",
             stats.requests,
             stats.error_replies,
             stats.duplicates,
@@ -286,6 +302,8 @@ fn print_stats(stats: &PnpServerStats, names: Option<u64>, open_sockets: usize, 
             stats.connections_accepted,
             stats.bad_frames,
             stats.idle_closed,
+            stats.message_timeouts,
+            evicted(stats),
             names.map_or_else(|| "?".to_string(), |n| n.to_string()),
         );
     }

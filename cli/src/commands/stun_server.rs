@@ -8,7 +8,7 @@ use std::ops::ControlFlow;
 use std::time::Duration;
 
 use clap::Args;
-use p2pd_proto::server::{Role, ServerConfig, ServerEvent, StunServer, MAX_TCP_CONNECTIONS};
+use p2pd_proto::server::{Role, ServerConfig, ServerEvent, ServerStats, StunServer};
 use p2pd_proto::{BindOptions, Instant};
 
 use serde::Serialize;
@@ -16,6 +16,7 @@ use serde::Serialize;
 use super::numbers;
 use super::report::Reporter;
 use super::stop_signal;
+use super::tcp_limits::TcpLimitArgs;
 use p2pd_mio::Runtime;
 
 /// How long the loop runs between checks for SIGINT / SIGTERM, a closed stdout and `--duration`.
@@ -44,10 +45,9 @@ pub struct StunServerArgs {
     /// Also serve STUN over TCP (RFC 5389 §7.2.2) on the primary address and port.
     #[arg(long)]
     pub tcp: bool,
-    /// With --tcp: most TCP connections held at once (1 to 4096).
-    #[arg(long, default_value_t = 64, requires = "tcp",
-          value_parser = numbers::count::<usize>(1, MAX_TCP_CONNECTIONS as u64))]
-    pub max_connections: usize,
+    /// With --tcp: the connection limits.
+    #[command(flatten)]
+    pub tcp_limits: TcpLimitArgs,
     /// Bind every socket to this network interface.
     #[arg(long)]
     pub interface: Option<String>,
@@ -92,6 +92,8 @@ enum ServerLine {
         tcp_closed: u64,
         tcp_bad_frames: u64,
         tcp_idle_closed: u64,
+        tcp_message_timeouts: u64,
+        tcp_evicted: u64,
     },
 }
 
@@ -194,6 +196,13 @@ impl Serving {
     }
 }
 
+/// TCP connections closed to make room for newcomers, for whichever reason.
+fn tcp_evicted(stats: &ServerStats) -> u64 {
+    stats
+        .tcp_evicted_source_full
+        .saturating_add(stats.tcp_evicted_pool_full)
+}
+
 fn role_name(role: Role) -> &'static str {
     match role {
         Role::Primary => "primary",
@@ -207,7 +216,7 @@ fn role_name(role: Role) -> &'static str {
 pub fn run(args: &StunServerArgs) -> i32 {
     let primary = SocketAddr::new(args.primary, args.port);
     let mut config = ServerConfig::single(primary).with_tcp(args.tcp);
-    config.max_tcp_connections = args.max_connections;
+    config.tcp_limits = args.tcp_limits.limits(config.tcp_limits);
     if !args.single {
         config.alternate_ip = args.alternate;
         config.alternate_port = Some(args.alt_port.unwrap_or(args.port.wrapping_add(1)));
@@ -294,8 +303,13 @@ pub fn run(args: &StunServerArgs) -> i32 {
     );
     if args.tcp {
         human.push_str(&format!(
-            "\ntcp: {} accepted, {} closed ({} bad framing, {} idle)",
-            stats.tcp_accepted, stats.tcp_closed, stats.tcp_bad_frames, stats.tcp_idle_closed
+            "\ntcp: {} accepted, {} closed ({} bad framing, {} idle, {} late message, {} evicted)",
+            stats.tcp_accepted,
+            stats.tcp_closed,
+            stats.tcp_bad_frames,
+            stats.tcp_idle_closed,
+            stats.tcp_message_timeouts,
+            tcp_evicted(&stats)
         ));
     }
     state.out.line(
@@ -310,6 +324,8 @@ pub fn run(args: &StunServerArgs) -> i32 {
             tcp_closed: stats.tcp_closed,
             tcp_bad_frames: stats.tcp_bad_frames,
             tcp_idle_closed: stats.tcp_idle_closed,
+            tcp_message_timeouts: stats.tcp_message_timeouts,
+            tcp_evicted: tcp_evicted(&stats),
         },
     );
     match result {

@@ -24,7 +24,11 @@
 //! - **TCP**: frames of `length:u16 (big-endian) ‖ envelope`, one reply frame per request frame.
 //!   The client opens one connection per request, sends one frame, reads one frame and closes.
 //!   The server accepts any number of frames per connection (split anywhere, several per chunk),
-//!   closes a connection on a zero or oversize length and after an idle timeout.
+//!   closes a connection on a zero or oversize length, after an idle timeout, and when a request
+//!   is not whole and answered within a message timeout of its first byte. One source (IPv4
+//!   address, IPv6 /64) holds a bounded number of connections, and a newcomer arriving when all
+//!   are open replaces the one that has done least ([`PnpServerConfig::tcp_limits`]), so slow
+//!   or idle clients from one source cannot lock others out.
 //!
 //! # Payloads (inside the envelope), wire version 1
 //!

@@ -5,7 +5,10 @@ use core::net::SocketAddr;
 use core::time::Duration;
 use std::collections::VecDeque;
 
-use p2pd_proto::accept::{AcceptPool, Listener, PoolConfig, PoolEvent, SlotData};
+use p2pd_proto::accept::{
+    AcceptPool, ConnectionLimits, EvictReason, Expiry, LimitsError, Listener, PoolConfig,
+    PoolEvent, SlotData,
+};
 use p2pd_proto::{
     BindOptions, DropReason, Instant, IoError, OpKind, Rng, SocketId, SocketOp, SocketOutcome,
     Transmit, Transport, Verdict,
@@ -62,10 +65,11 @@ pub struct PnpServerConfig {
     pub rate_table_capacity: usize,
     /// The longest lifetime a record may have (its expiry minus now).
     pub max_lifetime: Duration,
-    /// How many TCP connections are held at once (at most [`MAX_CONNECTIONS`]).
-    pub max_connections: usize,
-    /// A TCP connection silent for this long is closed.
-    pub tcp_idle_timeout: Duration,
+    /// TCP connections: how many (1 to [`MAX_CONNECTIONS`]), how many per source, the message
+    /// and idle deadlines. [`PnpServerConfig::new`]: 64 connections, 8 per source, 10 s per
+    /// message, 10 s idle (see [`ConnectionLimits`] for how they keep one source from locking
+    /// others out).
+    pub tcp_limits: ConnectionLimits,
     /// The listen backlog.
     pub listen_backlog: u32,
     /// How many replies may wait to be sent.
@@ -91,8 +95,10 @@ impl PnpServerConfig {
             rate_window: Duration::from_secs(1),
             rate_table_capacity: 4096,
             max_lifetime: Duration::from_secs(7 * 24 * 3600),
-            max_connections: 64,
-            tcp_idle_timeout: Duration::from_secs(10),
+            tcp_limits: ConnectionLimits {
+                idle_timeout: Duration::from_secs(10),
+                ..ConnectionLimits::DEFAULT
+            },
             listen_backlog: 128,
             transmit_queue_capacity: 256,
             prune_interval: Duration::from_secs(60),
@@ -106,8 +112,10 @@ impl PnpServerConfig {
 pub enum PnpConfigError {
     /// Neither UDP nor TCP is configured.
     NoTransport,
-    /// `max_connections` is 0 (with TCP) or above [`MAX_CONNECTIONS`].
+    /// `tcp_limits.max_connections` is 0 (with TCP) or above [`MAX_CONNECTIONS`].
     BadConnectionLimit,
+    /// With TCP, `tcp_limits` allows no connection per source or has a zero timeout.
+    BadTcpLimits(LimitsError),
     /// A capacity that must be non-zero is zero.
     ZeroCapacity,
 }
@@ -119,6 +127,7 @@ impl fmt::Display for PnpConfigError {
             PnpConfigError::BadConnectionLimit => {
                 write!(f, "tcp connection limit must be 1..={MAX_CONNECTIONS}")
             }
+            PnpConfigError::BadTcpLimits(e) => e.fmt(f),
             PnpConfigError::ZeroCapacity => f.write_str("a capacity is 0"),
         }
     }
@@ -190,6 +199,13 @@ pub struct PnpServerStats {
     pub bad_frames: u64,
     /// TCP connections closed for idleness.
     pub idle_closed: u64,
+    /// TCP connections closed because a request was not whole and answered within the message
+    /// timeout of its first byte.
+    pub message_timeouts: u64,
+    /// TCP connections closed to make room for a newcomer from the same source (at its cap).
+    pub evicted_source_full: u64,
+    /// TCP connections closed to make room for a newcomer while every connection was open.
+    pub evicted_pool_full: u64,
     /// Sends the runtime reported as failed.
     pub send_failures: u64,
 }
@@ -256,10 +272,12 @@ impl<S: NameStore> PnpServer<S> {
         if config.udp.is_none() && config.tcp.is_none() {
             return Err(PnpConfigError::NoTransport);
         }
-        if config.tcp.is_some()
-            && (config.max_connections == 0 || config.max_connections > MAX_CONNECTIONS)
-        {
-            return Err(PnpConfigError::BadConnectionLimit);
+        if config.tcp.is_some() {
+            match config.tcp_limits.check(MAX_CONNECTIONS) {
+                Ok(()) => {}
+                Err(LimitsError::Connections) => return Err(PnpConfigError::BadConnectionLimit),
+                Err(e) => return Err(PnpConfigError::BadTcpLimits(e)),
+            }
         }
         if config.replay_capacity == 0
             || config.transmit_queue_capacity == 0
@@ -267,10 +285,14 @@ impl<S: NameStore> PnpServer<S> {
         {
             return Err(PnpConfigError::ZeroCapacity);
         }
-        let connections = if config.tcp.is_some() {
-            config.max_connections
-        } else {
-            0
+        // Without TCP the pool has no slots at all.
+        let tcp_limits = ConnectionLimits {
+            max_connections: if config.tcp.is_some() {
+                config.tcp_limits.max_connections
+            } else {
+                0
+            },
+            ..config.tcp_limits
         };
         let mut ops = VecDeque::new();
         let mut udp = Listener::Absent;
@@ -287,8 +309,7 @@ impl<S: NameStore> PnpServer<S> {
             PoolConfig {
                 listener: TCP_LISTENER,
                 first_socket: FIRST_CONNECTION_ID,
-                capacity: connections,
-                idle_timeout: config.tcp_idle_timeout,
+                limits: tcp_limits,
                 backlog: config.listen_backlog,
             },
             || FrameReader::new(MAX_MESSAGE_LEN),
@@ -440,8 +461,19 @@ impl<S: NameStore> PnpServer<S> {
                     error,
                 });
             }
-            PoolEvent::Opened(_) => {
+            PoolEvent::Opened { evicted, .. } => {
                 self.stats.connections_accepted = self.stats.connections_accepted.saturating_add(1);
+                if let Some(evicted) = evicted {
+                    let counter = match evicted.reason {
+                        EvictReason::SourceFull => &mut self.stats.evicted_source_full,
+                        EvictReason::PoolFull => &mut self.stats.evicted_pool_full,
+                    };
+                    *counter = counter.saturating_add(1);
+                    // The pool closed it: count it and drop the replies queued for it.
+                    self.stats.connections_closed = self.stats.connections_closed.saturating_add(1);
+                    let socket = self.tcp.socket(evicted.index);
+                    self.transmits.retain(|t| t.socket != socket);
+                }
             }
             PoolEvent::Ended { index, send_failed } => {
                 if send_failed {
@@ -666,9 +698,12 @@ impl<S: NameStore> p2pd_proto::Machine for PnpServer<S> {
         let Some(index) = self.tcp.open_index(socket) else {
             return Verdict::Dropped(DropReason::UnknownSocket);
         };
+        if !data.is_empty() {
+            self.tcp.bytes_arrived(now, index);
+        }
         let mut rest = data;
         let mut verdict = Verdict::Consumed;
-        while let Some((conn, reader)) = self.tcp.touch(now, index) {
+        while let Some((conn, reader)) = self.tcp.get_mut(index) {
             let (remote, source) = (conn.remote, SourceKey::from_ip(conn.remote.ip()));
             match reader.next(&mut rest) {
                 None => break,
@@ -679,10 +714,15 @@ impl<S: NameStore> p2pd_proto::Machine for PnpServer<S> {
                     break;
                 }
                 Some(FrameEvent::Frame(body)) => match self.answer(now, source, &body, None) {
-                    Ok(reply) => match wire::frame(&reply) {
-                        Some(framed) => verdict = self.queue(socket, remote, framed),
-                        None => verdict = Verdict::Dropped(DropReason::Unexpected),
-                    },
+                    Ok(reply) => {
+                        verdict = match wire::frame(&reply) {
+                            Some(framed) => self.queue(socket, remote, framed),
+                            None => Verdict::Dropped(DropReason::Unexpected),
+                        };
+                        // An answered request is work done; an unanswered frame (not ours,
+                        // stale, over the rate) does not end the deadline its first byte started.
+                        self.tcp.message_completed(now, index, !rest.is_empty());
+                    }
                     Err(reason) => verdict = Verdict::Dropped(reason),
                 },
             }
@@ -702,7 +742,8 @@ impl<S: NameStore> p2pd_proto::Machine for PnpServer<S> {
         self.refresh_timeout();
     }
 
-    /// Prunes expired names, closes idle connections and retries failed accepts.
+    /// Prunes expired names, closes idle connections and those whose request is late, and retries
+    /// failed accepts.
     fn handle_timeout(&mut self, now: Instant) {
         if self.closed {
             return;
@@ -714,11 +755,13 @@ impl<S: NameStore> p2pd_proto::Machine for PnpServer<S> {
                 Err(_) => self.stats.store_errors = self.stats.store_errors.saturating_add(1),
             }
         }
-        for index in 0..self.tcp.capacity() {
-            if self.tcp.is_expired(index, now) {
-                self.stats.idle_closed = self.stats.idle_closed.saturating_add(1);
-                self.close_connection(now, index);
-            }
+        while let Some((index, why)) = self.tcp.next_expired(now) {
+            let counter = match why {
+                Expiry::Idle => &mut self.stats.idle_closed,
+                Expiry::MessageTimeout => &mut self.stats.message_timeouts,
+            };
+            *counter = counter.saturating_add(1);
+            self.close_connection(now, index);
         }
         self.tcp.accept_idle(now, &mut self.ops);
         self.refresh_timeout();
@@ -750,7 +793,7 @@ impl<S: NameStore> p2pd_proto::Machine for PnpServer<S> {
         self.events.pop_front()
     }
 
-    /// The next deadline (pruning, idle connections, accept retries). O(1).
+    /// The next deadline (pruning, idle connections, late requests, accept retries). O(1).
     fn poll_timeout(&self) -> Option<Instant> {
         self.timeout
     }

@@ -5,4 +5,5 @@ mod codec;
 mod harness;
 mod machines;
 mod rules;
+mod tcp_fairness;
 mod transport;
