@@ -88,6 +88,7 @@ pub mod client_tcp;
 pub mod compose;
 pub mod machine;
 pub mod rng;
+pub mod send_buffer;
 pub mod server;
 pub mod stun;
 #[cfg(any(test, feature = "testing"))]

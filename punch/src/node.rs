@@ -330,10 +330,10 @@ impl PunchNode {
         }
         if let Some(s) = self.stream.as_mut().filter(|s| !s.closed) {
             // Unsettled transmits settle at once (a blocked stream waits for `Writable`).
-            if !s.chunks.is_empty() && !s.blocked {
+            if s.send.wants_settle() {
                 deadline = Some(deadline.map_or(now, |d| d.min(now)));
             }
-            if s.wants_room && s.out.len() <= SEND_BUFFER / 2 {
+            if s.wants_room && s.send.len() <= SEND_BUFFER / 2 {
                 s.wants_room = false;
                 self.events.push_back(NodeEvent::Writable);
             }
@@ -384,21 +384,7 @@ impl PunchNode {
                 else {
                     return;
                 };
-                self.stream = Some(Stream {
-                    socket,
-                    remote,
-                    out: VecDeque::new(),
-                    emitted: 0,
-                    chunks: VecDeque::new(),
-                    refused: 0,
-                    blocked: false,
-                    wants_room: false,
-                    closed: false,
-                    close_sent: false,
-                    finishing: false,
-                    shut: false,
-                    ended: false,
-                });
+                self.stream = Some(Stream::new(socket, remote));
                 for p in &mut self.probes {
                     p.machine.close(now);
                 }
@@ -500,7 +486,7 @@ impl p2pd_proto::Machine for PunchNode {
     /// Time passed.
     fn handle_timeout(&mut self, now: Instant) {
         if let Some(s) = self.stream.as_mut() {
-            s.settle();
+            s.send.settle();
         }
         if self.rendezvous.poll_timeout().is_some_and(|t| t <= now) {
             self.rendezvous.handle_timeout(now);

@@ -4,9 +4,8 @@
 use core::net::SocketAddr;
 use std::collections::VecDeque;
 
-use p2pd_proto::{
-    Instant, IoError, OpKind, SocketId, SocketOp, SocketOutcome, Transmit, TRANSMIT_BUFFER_LEN,
-};
+use p2pd_proto::send_buffer::{FlowControl, SendBuffer};
+use p2pd_proto::{Instant, SocketId, SocketOp, SocketOutcome, Transmit};
 
 use super::{NodeEvent, NodePart, Part, PunchNode, STREAM_ID};
 use crate::error::PunchApiError;
@@ -18,39 +17,20 @@ use crate::error::PunchApiError;
 /// is full, `send` takes what fits and [`NodeEvent::Writable`] says when half of it is free.
 pub const SEND_BUFFER: usize = 256 * 1024;
 
-/// The punched stream, once up.
-///
-/// A runtime refuses a stream transmit when its own buffer for the stream is full
-/// (`Failed { op: Send, error: WouldBlock }`; nothing of that transmit is taken), refuses every
-/// later one until it reports [`SocketOutcome::Writable`], and reports refusals in the same drain
-/// (before any further input). That is flow control, not a broken stream: bytes stay in `out`
-/// until the runtime has taken them. The first `emitted` bytes of `out` went out as the transmits
-/// in `chunks` since the last settle point. The settle point is the next `handle_timeout` (a
-/// transmit makes the deadline immediate): a runtime calls it only after a whole drain, so every
-/// refusal of the transmits before it has been reported, and every transmit not refused was
-/// taken; the refused ones are the last ones and stay queued. No other input settles: an
-/// outcome or stream bytes may come while refusals of the same drain are still queued behind
-/// them. After a refusal nothing is sent until `Writable` and the next settle point.
+/// The punched stream, once up. Its bytes wait in `send` (see [`SendBuffer`] for the runtime's
+/// flow control) until the runtime has taken them.
 pub(super) struct Stream {
     pub(super) socket: SocketId,
     pub(super) remote: SocketAddr,
-    pub(super) out: VecDeque<u8>,
-    /// Bytes at the front of `out` handed to the runtime, not yet known to be taken.
-    pub(super) emitted: usize,
-    /// Their transmits' lengths, in order.
-    pub(super) chunks: VecDeque<usize>,
-    /// Transmits the runtime refused (the last ones of `chunks`).
-    pub(super) refused: usize,
-    /// The runtime refused a transmit and has not reported `Writable` yet.
-    pub(super) blocked: bool,
-    /// [`PunchNode::send`] failed because `out` was full, or left it more than half full: report
+    pub(super) send: SendBuffer,
+    /// [`PunchNode::send`] failed because `send` was full, or left it more than half full: report
     /// [`NodeEvent::Writable`] once half of it is free.
     pub(super) wants_room: bool,
     /// Failed, or the node is closing: nothing more is sent or reported.
     pub(super) closed: bool,
     /// The stream's `Close` went out.
     pub(super) close_sent: bool,
-    /// [`PunchNode::finish`] was called: no more `send`; the `Shutdown` goes out once `out` is
+    /// [`PunchNode::finish`] was called: no more `send`; the `Shutdown` goes out once `send` is
     /// empty (every byte taken by the runtime).
     pub(super) finishing: bool,
     /// The `Shutdown` intent went out.
@@ -60,52 +40,39 @@ pub(super) struct Stream {
 }
 
 impl Stream {
-    /// Every transmit since the last settle point not refused was taken: drop those bytes, keep
-    /// the refused ones queued (in order) to be sent again.
-    pub(super) fn settle(&mut self) {
-        let refused: usize = self.chunks.iter().rev().take(self.refused).sum();
-        let taken = self.emitted.saturating_sub(refused).min(self.out.len());
-        self.out.drain(..taken);
-        self.emitted = 0;
-        self.chunks.clear();
-        self.refused = 0;
+    /// The stream the puncher connected, adopted by the node.
+    pub(super) fn new(socket: SocketId, remote: SocketAddr) -> Self {
+        Stream {
+            socket,
+            remote,
+            send: SendBuffer::new(SEND_BUFFER),
+            wants_room: false,
+            closed: false,
+            close_sent: false,
+            finishing: false,
+            shut: false,
+            ended: false,
+        }
     }
 
     pub(super) fn clear(&mut self) {
-        self.out.clear();
-        self.emitted = 0;
-        self.chunks.clear();
-        self.refused = 0;
-        self.blocked = false;
+        self.send.clear();
         self.wants_room = false;
     }
 
     /// An outcome for the punched stream: a refusal (flow control), `Writable`, the peer's EOF or
     /// a failure.
     pub(super) fn on_outcome(&mut self, outcome: SocketOutcome, events: &mut VecDeque<NodeEvent>) {
-        let refused = matches!(
-            outcome,
-            SocketOutcome::Failed {
-                op: OpKind::Send,
-                error: IoError::WouldBlock,
-                ..
-            }
-        );
-        if refused && !self.closed && self.refused < self.chunks.len() {
-            // Flow control: sent again after `Writable` (see `Stream`).
-            self.refused = self.refused.saturating_add(1);
-            self.blocked = true;
-        } else if matches!(outcome, SocketOutcome::Writable) {
-            // Refused transmits go out again after the next settle point (an immediate
-            // timeout), never here: refusals of the last drain may still be on their way.
-            self.blocked = false;
-        } else if matches!(outcome, SocketOutcome::PeerClosed) && !self.closed {
+        if self.closed || self.send.on_outcome(&outcome) != FlowControl::NotFlowControl {
+            return;
+        }
+        if matches!(outcome, SocketOutcome::PeerClosed) {
             // Half-closed by the peer: we may still send (and finish).
             if !self.ended {
                 self.ended = true;
                 events.push_back(NodeEvent::StreamClosed);
             }
-        } else if matches!(outcome, SocketOutcome::Failed { .. }) && !self.closed {
+        } else if matches!(outcome, SocketOutcome::Failed { .. }) {
             self.closed = true;
             self.clear();
             if !self.ended {
@@ -132,16 +99,14 @@ impl PunchNode {
         if stream.finishing {
             return Err(PunchApiError::Finished);
         }
-        let room = SEND_BUFFER.saturating_sub(stream.out.len());
-        if room == 0 && !bytes.is_empty() {
+        if stream.send.room() == 0 && !bytes.is_empty() {
             stream.wants_room = true;
             return Err(PunchApiError::SendBufferFull {
-                buffered: stream.out.len(),
+                buffered: stream.send.len(),
             });
         }
-        let taken = room.min(bytes.len());
-        stream.out.extend(bytes.iter().take(taken).copied());
-        if stream.out.len() > SEND_BUFFER / 2 {
+        let taken = stream.send.push(bytes);
+        if stream.send.len() > SEND_BUFFER / 2 {
             // The caller is filling the buffer: tell it when half of it is free again.
             stream.wants_room = true;
         }
@@ -198,44 +163,22 @@ impl PunchNode {
     /// Bytes waiting to be written to the punched stream (including those handed to the runtime
     /// and not yet known to be taken).
     pub fn queued(&self) -> usize {
-        self.stream.as_ref().map_or(0, |s| s.out.len())
+        self.stream.as_ref().map_or(0, |s| s.send.len())
     }
 
     /// How many bytes [`PunchNode::send`] takes now (0 when the stream is not up for sending).
     pub fn send_room(&self) -> usize {
         match &self.stream {
-            Some(s) if !s.closed && !s.finishing => SEND_BUFFER.saturating_sub(s.out.len()),
+            Some(s) if !s.closed && !s.finishing => s.send.room(),
             _ => 0,
         }
     }
 
     /// The punched stream's next transmit (after every part's own).
     pub(super) fn poll_stream_transmit(&mut self, buf: &mut [u8]) -> Option<Transmit> {
-        let s = self.stream.as_mut()?;
-        // After a refusal nothing more goes out until `Writable` and a settle point.
-        if s.closed || s.blocked || s.refused > 0 {
-            return None;
-        }
-        let full = buf.len().min(TRANSMIT_BUFFER_LEN);
-        let pending = s.out.len().saturating_sub(s.emitted);
-        // Only the first transmit of a batch may be short: it carries the odd remainder, so the
-        // rest of the queue follows in full-sized transmits in the same batch (a short tail would
-        // wait for another settle point: one more timeout at the same instant than the contract
-        // allows). Bytes queued after a batch started wait for the next settle point if they
-        // leave a short tail (at the latest the immediate deadline).
-        let n = match (s.chunks.is_empty(), pending.checked_rem(full)) {
-            (true, Some(odd)) if odd > 0 => odd,
-            _ => pending.min(full),
-        };
-        if n == 0 || (n < full && !s.chunks.is_empty()) {
-            return None;
-        }
-        for (dst, src) in buf.iter_mut().zip(s.out.range(s.emitted..)).take(n) {
-            *dst = *src;
-        }
-        s.emitted = s.emitted.saturating_add(n);
-        s.chunks.push_back(n);
-        // Settle at once (a timeout now), so taken bytes leave the queue and the rest goes out.
+        let s = self.stream.as_mut().filter(|s| !s.closed)?;
+        let len = s.send.poll_transmit(buf)?;
+        // Settle at once (a timeout now), so taken bytes leave the buffer and the rest goes out.
         self.deadline = Some(
             self.deadline
                 .map_or(self.last_now, |d| d.min(self.last_now)),
@@ -243,7 +186,7 @@ impl PunchNode {
         Some(Transmit {
             socket: s.socket,
             destination: s.remote,
-            len: n,
+            len,
         })
     }
 
@@ -253,7 +196,7 @@ impl PunchNode {
         // Finishing: the `Shutdown` once the runtime has taken every byte (unsettled transmits
         // stay in `out` until the next settle point, so refused ones are sent first).
         if let Some(s) = self.stream.as_mut() {
-            if s.finishing && !s.shut && !s.closed && s.out.is_empty() && s.chunks.is_empty() {
+            if s.finishing && !s.shut && !s.closed && s.send.is_empty() && s.send.is_settled() {
                 s.shut = true;
                 self.events.push_back(NodeEvent::Finished);
                 return Some(SocketOp::Shutdown { socket: s.socket });
