@@ -58,7 +58,9 @@ pub struct PnpServerConfig {
     pub requests_per_window: u32,
     /// The rate limiter's window.
     pub rate_window: Duration,
-    /// How many sources the rate limiter tracks at once.
+    /// How many sources the rate limiter tracks at once. A full table never refuses a new
+    /// source: it forgets a one-shot or stale one instead (see [`PnpServerStats::rate_evictions`]),
+    /// so a flood of spoofed sources cannot lock new clients out.
     pub rate_table_capacity: usize,
     /// The longest lifetime a record may have (its expiry minus now).
     pub max_lifetime: Duration,
@@ -171,8 +173,9 @@ pub struct PnpServerStats {
     pub bad_envelopes: u64,
     /// Requests over their source's rate (answered once per window, then dropped).
     pub rate_limited: u64,
-    /// Requests from new sources dropped because the rate table was full.
-    pub rate_table_full: u64,
+    /// Sources the rate table forgot to make room for a new source (the table never refuses
+    /// one; a spoofed-source flood shows here, not as refused clients).
+    pub rate_evictions: u64,
     /// UDP replies not sent because they would have been larger than the request, even as a
     /// `PaddingRequired` error.
     pub amplification_dropped: u64,
@@ -337,7 +340,10 @@ impl<S: NameStore> PnpServer<S> {
 
     /// The counters.
     pub fn stats(&self) -> PnpServerStats {
-        self.stats
+        PnpServerStats {
+            rate_evictions: self.rates.evictions(),
+            ..self.stats
+        }
     }
 
     /// The store.
@@ -507,10 +513,6 @@ impl<S: NameStore> PnpServer<S> {
             RateVerdict::Allowed | RateVerdict::LimitedTell { .. } => {}
             RateVerdict::Limited => {
                 self.stats.rate_limited = self.stats.rate_limited.saturating_add(1);
-                return Err(DropReason::Unexpected);
-            }
-            RateVerdict::TableFull => {
-                self.stats.rate_table_full = self.stats.rate_table_full.saturating_add(1);
                 return Err(DropReason::Unexpected);
             }
         }
