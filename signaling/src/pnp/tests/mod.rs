@@ -2,6 +2,7 @@
 //! over an in-memory network (UDP and TCP).
 
 mod codec;
+mod expiry;
 mod flood;
 mod harness;
 mod machines;
