@@ -2,9 +2,16 @@
 //!
 //! One table holds every name: the name (primary key), the owner-signed record as
 //! [`Record::to_bytes`], its expiry in Unix milliseconds and the 9-byte [`SourceKey`] that wrote
-//! it, with an index on the source (quotas) and one on the expiry (pruning). The schema carries
-//! its version in `PRAGMA user_version` ([`SCHEMA_VERSION`]); a file with another version is
-//! refused rather than guessed at.
+//! it, with an index on (source, expiry) (quotas count a source's unexpired names) and one on the
+//! expiry (pruning and making room take the earliest first). The schema carries its version in
+//! `PRAGMA user_version` ([`SCHEMA_VERSION`]); a version-1 file is upgraded in place (one index
+//! replaced), a file with any other version is refused rather than guessed at.
+//!
+//! Expired names count against nothing: a new name in a store at its capacity takes the place of
+//! expired ones (at most [`RECLAIM_PER_PUT`] per insert), and pruning deletes at most the given
+//! number of rows per call, earliest expiry first, and stops after [`PRUNE_TIME_BUDGET`], so that
+//! a million names expiring together are removed in many short transactions instead of one long
+//! `DELETE` that stalls the server (`cargo bench -p p2pd --bench pnp_prune` measures it).
 //!
 //! The file is opened in WAL mode with `synchronous = FULL`: a write the server has answered
 //! is on disk, and a process killed at any moment leaves a consistent database.
@@ -22,12 +29,14 @@ use std::fmt;
 use std::path::Path;
 use std::time::Duration;
 
-use p2pd_signaling::pnp::{Name, NameStore, Record, SourceKey, StoreError, StoredName};
+use p2pd_signaling::pnp::{
+    Name, NameStore, Record, SourceKey, StoreError, StoredName, RECLAIM_PER_PUT,
+};
 use rusqlite::types::Value;
 use rusqlite::{params, Connection, OptionalExtension};
 
 /// The schema version this code writes and reads (`PRAGMA user_version`).
-pub const SCHEMA_VERSION: i64 = 1;
+pub const SCHEMA_VERSION: i64 = 2;
 
 /// The capacity of [`SqliteStore::open`] and [`SqliteStore::in_memory`] unless
 /// [`SqliteStore::with_capacity`] sets another.
@@ -36,6 +45,17 @@ pub const DEFAULT_CAPACITY: u64 = 1_000_000;
 /// How long a statement waits for a lock held by another connection before failing.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// The page cache of a store's connection, in KiB.
+const CACHE_KIB: i64 = 64 * 1024;
+
+/// Rows one prune statement deletes (a prune call runs several in one transaction).
+const PRUNE_CHUNK: u64 = 32;
+
+/// A prune call stops starting new chunks after this long, whatever its `max`: the server's loop
+/// waits for the call, and on a slow or busy disk a fixed row count is no time bound (expired
+/// rows are scattered over the table, so every deleted row dirties a page of its own).
+pub const PRUNE_TIME_BUDGET: Duration = Duration::from_millis(8);
+
 const CREATE_SCHEMA: &str = "
     CREATE TABLE names (
         name       TEXT    PRIMARY KEY NOT NULL,
@@ -43,8 +63,14 @@ const CREATE_SCHEMA: &str = "
         expires_ms INTEGER NOT NULL,
         source     BLOB    NOT NULL
     ) WITHOUT ROWID;
-    CREATE INDEX names_by_source ON names (source);
+    CREATE INDEX names_by_source_expiry ON names (source, expires_ms);
     CREATE INDEX names_by_expiry ON names (expires_ms);
+";
+
+/// Version 1 -> 2: quotas count unexpired names only, so the source index carries the expiry.
+const UPGRADE_FROM_1: &str = "
+    DROP INDEX IF EXISTS names_by_source;
+    CREATE INDEX names_by_source_expiry ON names (source, expires_ms);
 ";
 
 /// A bounded [`NameStore`] in an SQLite database (a file, or memory for tests).
@@ -100,9 +126,9 @@ impl SqliteStore {
         Self::prepare(Connection::open_in_memory().map_err(backend)?)
     }
 
-    /// The same store, holding at most `capacity` names: inserting a new name beyond it fails
-    /// with [`StoreError::Full`] (replacing an existing name always works). A database that
-    /// already holds more keeps them.
+    /// The same store, holding at most `capacity` unexpired names: inserting a new name beyond
+    /// it fails with [`StoreError::Full`] unless expired names can make room (replacing an
+    /// existing name always works). A database that already holds more keeps them.
     pub fn with_capacity(mut self, capacity: u64) -> SqliteStore {
         self.capacity = capacity;
         self
@@ -118,6 +144,11 @@ impl SqliteStore {
         connection
             .pragma_update(None, "synchronous", "FULL")
             .map_err(backend)?;
+        // A page cache that holds a busy server's hot pages (a million names take about 280 MB
+        // on disk; SQLite's default cache is 2 MB, which makes every scattered delete a miss).
+        connection
+            .pragma_update(None, "cache_size", CACHE_KIB.wrapping_neg())
+            .map_err(backend)?;
         let version: i64 = connection
             .query_row("PRAGMA user_version", [], |row| row.get(0))
             .map_err(backend)?;
@@ -131,6 +162,16 @@ impl SqliteStore {
                     .map_err(|e| {
                         let _ = connection.execute_batch("ROLLBACK");
                         StoreError::Backend(format!("cannot create the schema: {e}"))
+                    })?;
+            }
+            1 => {
+                connection
+                    .execute_batch(&format!(
+                        "BEGIN IMMEDIATE; {UPGRADE_FROM_1} PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;"
+                    ))
+                    .map_err(|e| {
+                        let _ = connection.execute_batch("ROLLBACK");
+                        StoreError::Backend(format!("cannot upgrade the schema from version 1: {e}"))
                     })?;
             }
             SCHEMA_VERSION => {}
@@ -148,6 +189,20 @@ impl SqliteStore {
             capacity: DEFAULT_CAPACITY,
             len: u64::try_from(len).unwrap_or(0),
         })
+    }
+
+    /// Deletes at most `max` names expired at `now_ms`, earliest first (one statement over the
+    /// expiry index, so its cost is bounded by `max`); how many.
+    fn delete_expired(connection: &Connection, now_ms: u64, max: u64) -> Result<u64, StoreError> {
+        let removed = connection
+            .prepare_cached(
+                "DELETE FROM names WHERE name IN (
+                     SELECT name FROM names WHERE expires_ms <= ?1 ORDER BY expires_ms LIMIT ?2
+                 )",
+            )
+            .and_then(|mut s| s.execute(params![to_sql_ms(now_ms), to_sql_ms(max)]))
+            .map_err(backend)?;
+        Ok(u64::try_from(removed).unwrap_or(u64::MAX))
     }
 
     /// Decodes and checks one row; any disagreement is corruption.
@@ -203,15 +258,22 @@ impl NameStore for SqliteStore {
         }
     }
 
-    fn put(&mut self, entry: StoredName) -> Result<(), StoreError> {
+    fn put(&mut self, entry: StoredName, now_ms: u64) -> Result<(), StoreError> {
         let name = entry.record.name().as_str();
         let transaction = self.connection.transaction().map_err(backend)?;
         let exists = transaction
             .prepare_cached("SELECT 1 FROM names WHERE name = ?1")
             .and_then(|mut s| s.exists([name]))
             .map_err(backend)?;
+        let mut freed = 0;
         if !exists && self.len >= self.capacity {
-            return Err(StoreError::Full);
+            // Expired names do not count: make room from them (dropping the transaction on
+            // `Full` rolls this back, which is harmless).
+            let excess = self.len.saturating_sub(self.capacity).saturating_add(1);
+            freed = Self::delete_expired(&transaction, now_ms, excess.min(RECLAIM_PER_PUT))?;
+            if freed == 0 {
+                return Err(StoreError::Full);
+            }
         }
         transaction
             .prepare_cached(
@@ -231,6 +293,7 @@ impl NameStore for SqliteStore {
             })
             .map_err(backend)?;
         transaction.commit().map_err(backend)?;
+        self.len = self.len.saturating_sub(freed);
         if !exists {
             self.len = self.len.saturating_add(1);
         }
@@ -247,22 +310,48 @@ impl NameStore for SqliteStore {
         Ok(removed > 0)
     }
 
-    fn count_for_source(&self, source: SourceKey) -> Result<u64, StoreError> {
+    fn count_for_source(&self, source: SourceKey, now_ms: u64) -> Result<u64, StoreError> {
         let count: i64 = self
             .connection
-            .prepare_cached("SELECT COUNT(*) FROM names WHERE source = ?1")
-            .and_then(|mut s| s.query_row([&source.to_bytes()[..]], |row| row.get(0)))
+            .prepare_cached("SELECT COUNT(*) FROM names WHERE source = ?1 AND expires_ms > ?2")
+            .and_then(|mut s| {
+                s.query_row(params![&source.to_bytes()[..], to_sql_ms(now_ms)], |row| {
+                    row.get(0)
+                })
+            })
             .map_err(backend)?;
         Ok(u64::try_from(count).unwrap_or(0))
     }
 
-    fn prune_expired(&mut self, now_ms: u64) -> Result<u64, StoreError> {
-        let removed = self
-            .connection
-            .prepare_cached("DELETE FROM names WHERE expires_ms <= ?1")
-            .and_then(|mut s| s.execute([to_sql_ms(now_ms)]))
+    /// Deletes expired rows in chunks of [`PRUNE_CHUNK`] inside one transaction, until `max`
+    /// rows, none left, or [`PRUNE_TIME_BUDGET`] spent. The transaction commits with
+    /// `synchronous = NORMAL` (no fsync of its own; a prune lost to a power cut is redone), so
+    /// the call costs its deletes and nothing else.
+    fn prune_expired(&mut self, now_ms: u64, max: u64) -> Result<u64, StoreError> {
+        let started = std::time::Instant::now();
+        self.connection
+            .pragma_update(None, "synchronous", "NORMAL")
             .map_err(backend)?;
-        let removed = removed as u64;
+        let result = (|| {
+            let transaction = self.connection.transaction().map_err(backend)?;
+            let mut removed = 0u64;
+            while removed < max {
+                let chunk = PRUNE_CHUNK.min(max.saturating_sub(removed));
+                let n = Self::delete_expired(&transaction, now_ms, chunk)?;
+                removed = removed.saturating_add(n);
+                if n < chunk || started.elapsed() >= PRUNE_TIME_BUDGET {
+                    break;
+                }
+            }
+            transaction.commit().map_err(backend)?;
+            Ok(removed)
+        })();
+        let restored = self
+            .connection
+            .pragma_update(None, "synchronous", "FULL")
+            .map_err(backend);
+        let removed = result?;
+        restored?;
         self.len = self.len.saturating_sub(removed);
         Ok(removed)
     }
@@ -316,70 +405,174 @@ mod tests {
         assert!(store.is_empty().unwrap());
         assert_eq!(store.get(&name("alice")).unwrap(), None);
         assert!(!store.delete(&name("alice")).unwrap());
-        assert_eq!(store.count_for_source(source("192.0.2.1")).unwrap(), 0);
+        assert_eq!(
+            store.count_for_source(source("192.0.2.1"), NOW_MS).unwrap(),
+            0
+        );
 
         // Insert and read back exactly.
         let alice = entry(1, "alice", 1, NOW_MS + 10_000, "192.0.2.1");
-        store.put(alice.clone()).unwrap();
+        store.put(alice.clone(), NOW_MS).unwrap();
         assert_eq!(store.get(&name("alice")).unwrap(), Some(alice));
         assert_eq!(store.len().unwrap(), 1);
         assert!(!store.is_empty().unwrap());
-        assert_eq!(store.count_for_source(source("192.0.2.1")).unwrap(), 1);
+        assert_eq!(
+            store.count_for_source(source("192.0.2.1"), NOW_MS).unwrap(),
+            1
+        );
 
         // Replacing keeps the count and moves the name to the new source.
         let alice2 = entry(1, "alice", 2, NOW_MS + 20_000, "2001:db8::1");
-        store.put(alice2.clone()).unwrap();
+        store.put(alice2.clone(), NOW_MS).unwrap();
         assert_eq!(store.get(&name("alice")).unwrap(), Some(alice2));
         assert_eq!(store.len().unwrap(), 1);
-        assert_eq!(store.count_for_source(source("192.0.2.1")).unwrap(), 0);
+        assert_eq!(
+            store.count_for_source(source("192.0.2.1"), NOW_MS).unwrap(),
+            0
+        );
         // IPv6 sources count per /64.
-        assert_eq!(store.count_for_source(source("2001:db8::ffff")).unwrap(), 1);
+        assert_eq!(
+            store
+                .count_for_source(source("2001:db8::ffff"), NOW_MS)
+                .unwrap(),
+            1
+        );
 
         // Capacity: new names up to it, then Full; replacing still works when full.
         store
-            .put(entry(2, "bob", 1, NOW_MS + 5_000, "192.0.2.1"))
+            .put(entry(2, "bob", 1, NOW_MS + 5_000, "192.0.2.1"), NOW_MS)
             .unwrap();
         store
-            .put(entry(3, "carol", 1, NOW_MS + 30_000, "192.0.2.1"))
+            .put(entry(3, "carol", 1, NOW_MS + 30_000, "192.0.2.1"), NOW_MS)
             .unwrap();
         assert_eq!(store.len().unwrap(), 3);
         assert_eq!(
-            store.put(entry(4, "dave", 1, NOW_MS + 30_000, "192.0.2.9")),
+            store.put(entry(4, "dave", 1, NOW_MS + 30_000, "192.0.2.9"), NOW_MS),
             Err(StoreError::Full)
         );
         assert_eq!(store.get(&name("dave")).unwrap(), None);
         assert_eq!(store.len().unwrap(), 3);
         let bob2 = entry(2, "bob", 2, NOW_MS + 6_000, "192.0.2.1");
-        store.put(bob2.clone()).unwrap();
+        store.put(bob2.clone(), NOW_MS).unwrap();
         assert_eq!(store.get(&name("bob")).unwrap(), Some(bob2));
-        assert_eq!(store.count_for_source(source("192.0.2.1")).unwrap(), 2);
+        assert_eq!(
+            store.count_for_source(source("192.0.2.1"), NOW_MS).unwrap(),
+            2
+        );
 
         // Delete frees a slot.
         assert!(store.delete(&name("carol")).unwrap());
         assert!(!store.delete(&name("carol")).unwrap());
         assert_eq!(store.get(&name("carol")).unwrap(), None);
         assert_eq!(store.len().unwrap(), 2);
-        assert_eq!(store.count_for_source(source("192.0.2.1")).unwrap(), 1);
+        assert_eq!(
+            store.count_for_source(source("192.0.2.1"), NOW_MS).unwrap(),
+            1
+        );
         store
-            .put(entry(4, "dave", 1, NOW_MS + 30_000, "192.0.2.9"))
+            .put(entry(4, "dave", 1, NOW_MS + 30_000, "192.0.2.9"), NOW_MS)
             .unwrap();
 
         // Expired entries are still returned by get (the server decides) until pruned; pruning
         // removes those expiring at or before now.
         assert!(store.get(&name("bob")).unwrap().is_some());
-        assert_eq!(store.prune_expired(NOW_MS).unwrap(), 0);
-        assert_eq!(store.prune_expired(NOW_MS + 6_000).unwrap(), 1); // bob, exactly at expiry
+        assert_eq!(store.prune_expired(NOW_MS, 100).unwrap(), 0);
+        assert_eq!(store.prune_expired(NOW_MS + 6_000, 100).unwrap(), 1); // bob, exactly at expiry
         assert_eq!(store.get(&name("bob")).unwrap(), None);
-        assert_eq!(store.count_for_source(source("192.0.2.1")).unwrap(), 0);
+        assert_eq!(
+            store.count_for_source(source("192.0.2.1"), NOW_MS).unwrap(),
+            0
+        );
         assert_eq!(store.len().unwrap(), 2);
-        assert_eq!(store.prune_expired(u64::MAX).unwrap(), 2);
+        assert_eq!(store.prune_expired(u64::MAX, 100).unwrap(), 2);
         assert!(store.is_empty().unwrap());
-        assert_eq!(store.count_for_source(source("2001:db8::1")).unwrap(), 0);
+        assert_eq!(
+            store
+                .count_for_source(source("2001:db8::1"), NOW_MS)
+                .unwrap(),
+            0
+        );
+
+        // Expired names count against nothing. A full store of expired names takes new ones,
+        // each in the place of the earliest expired name.
+        let mut store = make(3);
+        for (i, n) in ["e1", "e2", "e3"].into_iter().enumerate() {
+            store
+                .put(
+                    entry(1, n, 1, NOW_MS + 10 * (3 - i as u64), "192.0.2.1"),
+                    NOW_MS,
+                )
+                .unwrap();
+        }
+        assert_eq!(
+            store.count_for_source(source("192.0.2.1"), NOW_MS).unwrap(),
+            3
+        );
+        let later = NOW_MS + 20;
+        assert_eq!(
+            store.count_for_source(source("192.0.2.1"), later).unwrap(),
+            1,
+            "e2 and e3 expired"
+        );
+        assert_eq!(
+            store.put(entry(2, "f1", 1, later + 100, "192.0.2.2"), NOW_MS),
+            Err(StoreError::Full),
+            "nothing has expired at NOW_MS"
+        );
+        store
+            .put(entry(2, "f1", 1, later + 100, "192.0.2.2"), later)
+            .unwrap();
+        assert_eq!(
+            store.get(&name("e3")).unwrap(),
+            None,
+            "the earliest went first"
+        );
+        assert!(store.get(&name("e2")).unwrap().is_some());
+        store
+            .put(entry(2, "f2", 1, later + 100, "192.0.2.2"), later)
+            .unwrap();
+        assert_eq!(store.get(&name("e2")).unwrap(), None);
+        assert_eq!(store.len().unwrap(), 3);
+        assert_eq!(
+            store.put(entry(2, "f3", 1, later + 100, "192.0.2.2"), later),
+            Err(StoreError::Full),
+            "three unexpired names"
+        );
+        assert_eq!(
+            store.count_for_source(source("192.0.2.2"), later).unwrap(),
+            2
+        );
+
+        // Pruning takes at most `max` names per call, earliest first.
+        let mut store = make(100);
+        for i in 0..10u64 {
+            store
+                .put(
+                    entry(1, &format!("p{i}"), 1, NOW_MS + 10 - i, "192.0.2.1"),
+                    NOW_MS,
+                )
+                .unwrap();
+        }
+        store
+            .put(entry(1, "live", 1, NOW_MS + 1_000, "192.0.2.1"), NOW_MS)
+            .unwrap();
+        let at = NOW_MS + 10;
+        assert_eq!(store.prune_expired(at, 4).unwrap(), 4);
+        for i in 0..10u64 {
+            let gone = store.get(&name(&format!("p{i}"))).unwrap().is_none();
+            assert_eq!(gone, i >= 6, "p{i} expires at NOW_MS + {}", 10 - i);
+        }
+        assert_eq!(store.prune_expired(at, 4).unwrap(), 4);
+        assert_eq!(store.prune_expired(at, 4).unwrap(), 2);
+        assert_eq!(store.prune_expired(at, 4).unwrap(), 0);
+        assert_eq!(store.prune_expired(at, 0).unwrap(), 0);
+        assert_eq!(store.len().unwrap(), 1);
+        assert!(store.get(&name("live")).unwrap().is_some());
 
         // A zero-capacity store takes nothing.
         let mut none = make(0);
         assert_eq!(
-            none.put(entry(1, "x", 1, NOW_MS, "192.0.2.1")),
+            none.put(entry(1, "x", 1, NOW_MS, "192.0.2.1"), NOW_MS),
             Err(StoreError::Full)
         );
     }
@@ -441,10 +634,10 @@ mod tests {
                 .query_row("PRAGMA journal_mode", [], |r| r.get(0))
                 .unwrap();
             assert_eq!(mode, "wal");
-            store.put(alice.clone()).unwrap();
-            store.put(bob.clone()).unwrap();
+            store.put(alice.clone(), NOW_MS).unwrap();
+            store.put(bob.clone(), NOW_MS).unwrap();
             store
-                .put(entry(3, "carol", 1, NOW_MS, "192.0.2.1"))
+                .put(entry(3, "carol", 1, NOW_MS, "192.0.2.1"), NOW_MS)
                 .unwrap();
             assert!(store.delete(&name("carol")).unwrap());
         }
@@ -453,17 +646,173 @@ mod tests {
         assert_eq!(store.get(&name("alice")).unwrap(), Some(alice));
         assert_eq!(store.get(&name("bob")).unwrap(), Some(bob));
         assert_eq!(store.get(&name("carol")).unwrap(), None);
-        assert_eq!(store.count_for_source(source("192.0.2.1")).unwrap(), 1);
         assert_eq!(
-            store.put(entry(4, "dave", 1, NOW_MS, "192.0.2.1")),
+            store.count_for_source(source("192.0.2.1"), NOW_MS).unwrap(),
+            1
+        );
+        assert_eq!(
+            store.put(entry(4, "dave", 1, NOW_MS, "192.0.2.1"), NOW_MS),
             Err(StoreError::Full),
             "the capacity counts names written before the reopen"
         );
-        assert_eq!(store.prune_expired(NOW_MS + 1_000).unwrap(), 1);
+        assert_eq!(store.prune_expired(NOW_MS + 1_000, 100).unwrap(), 1);
         drop(store);
         let store = SqliteStore::open(&path).unwrap();
         assert_eq!(store.len().unwrap(), 1);
         assert!(store.get(&name("bob")).unwrap().is_none());
+    }
+
+    /// Fills `store` with `n` rows expiring at or before `NOW_MS`, in one transaction, straight
+    /// through SQL (one signed record blob for all: pruning never reads it).
+    fn fill_expired(store: &mut SqliteStore, n: u64) {
+        let blob = entry(1, "x", 1, NOW_MS, "192.0.2.1").record.to_bytes();
+        let source = source("192.0.2.1").to_bytes();
+        let tx = store.connection.transaction().unwrap();
+        {
+            let mut insert = tx
+                .prepare(
+                    "INSERT INTO names (name, record, expires_ms, source) VALUES (?1, ?2, ?3, ?4)",
+                )
+                .unwrap();
+            for i in 0..n {
+                insert
+                    .execute(params![
+                        format!("bulk{i}"),
+                        blob,
+                        to_sql_ms(NOW_MS - (i % 1_000)),
+                        &source[..]
+                    ])
+                    .unwrap();
+            }
+        }
+        tx.commit().unwrap();
+        store.len = store.len.saturating_add(n);
+    }
+
+    #[test]
+    fn pruning_many_expired_names_goes_in_bounded_steps() {
+        let mut store = SqliteStore::in_memory().unwrap().with_capacity(10);
+        fill_expired(&mut store, 20_500);
+        assert_eq!(
+            store.count_for_source(source("192.0.2.1"), NOW_MS).unwrap(),
+            0
+        );
+        // 20,500 expired rows in a store of capacity 10: a new name still goes in.
+        store
+            .put(entry(2, "fresh", 1, NOW_MS + 60_000, "192.0.2.2"), NOW_MS)
+            .unwrap();
+        let mut steps = Vec::new();
+        loop {
+            let n = store.prune_expired(NOW_MS, 1_000).unwrap();
+            steps.push(n);
+            if n == 0 {
+                break;
+            }
+            assert!(steps.len() <= 20_500, "pruning does not end");
+        }
+        // Each call removes at most its max (fewer if it ran out of time).
+        assert!(steps.iter().all(|n| *n <= 1_000), "{steps:?}");
+        assert_eq!(steps.iter().sum::<u64>(), 20_500 - RECLAIM_PER_PUT);
+        assert!(steps.len() >= 21, "{steps:?}");
+        assert_eq!(store.len().unwrap(), 1);
+        let rows: i64 = store
+            .connection
+            .query_row("SELECT COUNT(*) FROM names", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(rows, 1, "the in-memory count agrees with the table");
+    }
+
+    /// The query plan of `sql`, as SQLite's EXPLAIN QUERY PLAN lines.
+    fn plan(store: &SqliteStore, sql: &str) -> String {
+        let mut statement = store
+            .connection
+            .prepare(&format!("EXPLAIN QUERY PLAN {sql}"))
+            .unwrap();
+        let rows = statement
+            .query_map(params![&[0u8; 9][..], 1i64], |r| r.get::<_, String>(3))
+            .unwrap();
+        rows.map(|r| r.unwrap()).collect::<Vec<_>>().join("; ")
+    }
+
+    #[test]
+    fn pruning_and_quota_queries_use_their_indexes() {
+        let store = SqliteStore::in_memory().unwrap();
+        // The prune step walks the expiry index for at most LIMIT rows, never the whole table.
+        let prune = plan(
+            &store,
+            "SELECT name FROM names WHERE expires_ms <= ?2 ORDER BY expires_ms LIMIT ?2",
+        );
+        assert!(
+            prune.contains("USING COVERING INDEX names_by_expiry"),
+            "{prune}"
+        );
+        assert!(!prune.contains("TEMP B-TREE"), "{prune}");
+        // The quota count reads the (source, expiry) index only.
+        let quota = plan(
+            &store,
+            "SELECT COUNT(*) FROM names WHERE source = ?1 AND expires_ms > ?2",
+        );
+        assert!(
+            quota.contains("USING COVERING INDEX names_by_source_expiry"),
+            "{quota}"
+        );
+    }
+
+    #[test]
+    fn a_version_1_file_is_upgraded_in_place() {
+        let dir = TempDir::new("upgrade");
+        let path = dir.0.join("v1.db");
+        let alice = entry(1, "alice", 7, NOW_MS + 60_000, "192.0.2.1");
+        {
+            let c = Connection::open(&path).unwrap();
+            c.execute_batch(
+                "CREATE TABLE names (
+                     name       TEXT    PRIMARY KEY NOT NULL,
+                     record     BLOB    NOT NULL,
+                     expires_ms INTEGER NOT NULL,
+                     source     BLOB    NOT NULL
+                 ) WITHOUT ROWID;
+                 CREATE INDEX names_by_source ON names (source);
+                 CREATE INDEX names_by_expiry ON names (expires_ms);
+                 PRAGMA user_version = 1;",
+            )
+            .unwrap();
+            c.execute(
+                "INSERT INTO names VALUES (?1, ?2, ?3, ?4)",
+                params![
+                    "alice",
+                    alice.record.to_bytes(),
+                    to_sql_ms(alice.record.expires_ms()),
+                    &alice.source.to_bytes()[..]
+                ],
+            )
+            .unwrap();
+        }
+        let store = SqliteStore::open(&path).unwrap();
+        let version: i64 = store
+            .connection
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(version, SCHEMA_VERSION);
+        let indexes: Vec<String> = store
+            .connection
+            .prepare("SELECT name FROM sqlite_master WHERE type = 'index' ORDER BY name")
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .map(|r| r.unwrap())
+            .collect();
+        assert_eq!(indexes, ["names_by_expiry", "names_by_source_expiry"]);
+        assert_eq!(store.get(&name("alice")).unwrap(), Some(alice));
+        assert_eq!(
+            store.count_for_source(source("192.0.2.1"), NOW_MS).unwrap(),
+            1
+        );
+        drop(store);
+        assert!(
+            SqliteStore::open(&path).is_ok(),
+            "and opens again as version 2"
+        );
     }
 
     #[test]
@@ -495,7 +844,7 @@ mod tests {
     fn corrupt_rows_are_errors_not_panics() {
         let mut store = SqliteStore::in_memory().unwrap();
         let good = entry(1, "good", 1, NOW_MS + 1_000, "192.0.2.1");
-        store.put(good.clone()).unwrap();
+        store.put(good.clone(), NOW_MS).unwrap();
         for (row, what) in [
             ("trunc", "record"),
             ("forged", "signature"),
@@ -505,7 +854,7 @@ mod tests {
             ("text", "wrong type"),
         ] {
             store
-                .put(entry(1, row, 1, NOW_MS + 1_000, "192.0.2.1"))
+                .put(entry(1, row, 1, NOW_MS + 1_000, "192.0.2.1"), NOW_MS)
                 .unwrap();
             let changed = match row {
                 "trunc" => store.connection.execute(
@@ -558,7 +907,7 @@ mod tests {
         }
         // A corrupt row can be replaced or deleted.
         store
-            .put(entry(1, "trunc", 2, NOW_MS + 1_000, "192.0.2.1"))
+            .put(entry(1, "trunc", 2, NOW_MS + 1_000, "192.0.2.1"), NOW_MS)
             .unwrap();
         assert!(store.get(&name("trunc")).unwrap().is_some());
         assert!(store.delete(&name("forged")).unwrap());
@@ -571,7 +920,7 @@ mod tests {
         store.connection.execute_batch("DROP TABLE names").unwrap();
         assert!(matches!(store.get(&name("a")), Err(StoreError::Backend(_))));
         assert!(matches!(
-            store.put(entry(1, "a", 1, NOW_MS, "192.0.2.1")),
+            store.put(entry(1, "a", 1, NOW_MS, "192.0.2.1"), NOW_MS),
             Err(StoreError::Backend(_))
         ));
         assert!(matches!(
@@ -579,11 +928,11 @@ mod tests {
             Err(StoreError::Backend(_))
         ));
         assert!(matches!(
-            store.prune_expired(NOW_MS),
+            store.prune_expired(NOW_MS, 1),
             Err(StoreError::Backend(_))
         ));
         assert!(matches!(
-            store.count_for_source(source("192.0.2.1")),
+            store.count_for_source(source("192.0.2.1"), NOW_MS),
             Err(StoreError::Backend(_))
         ));
     }

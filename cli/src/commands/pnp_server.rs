@@ -190,7 +190,8 @@ enum PnpServerLine<'a> {
         op: String,
         error: String,
     },
-    /// The server stopped: its counters; `names` is null if the store could not count.
+    /// The server stopped: every counter of [`PnpServerStats`] (the refusals and drops
+    /// included); `names` is null if the store could not count.
     #[serde(rename = "stopped")]
     Stopped {
         requests: u64,
@@ -210,6 +211,11 @@ enum PnpServerLine<'a> {
         idle_closed: u64,
         open_sockets: u64,
         names: Option<u64>,
+        rate_evictions: u64,
+        queue_full: u64,
+        send_failures: u64,
+        connections_closed: u64,
+        prune_steps: u64,
     },
 }
 
@@ -245,48 +251,65 @@ fn print_listening(transport: Transport, local: SocketAddr, key: &PublicKey, jso
 }
 
 fn print_stats(stats: &PnpServerStats, names: Option<u64>, open_sockets: usize, json: bool) {
+    // Destructured without `..`: a counter added to PnpServerStats must be printed here too.
+    let PnpServerStats {
+        requests,
+        error_replies,
+        duplicates,
+        oversize,
+        not_envelopes,
+        stale,
+        replays,
+        bad_envelopes,
+        rate_limited,
+        rate_evictions,
+        amplification_dropped,
+        queue_full,
+        store_errors,
+        pruned,
+        prune_steps,
+        connections_accepted,
+        connections_closed,
+        bad_frames,
+        idle_closed,
+        send_failures,
+    } = *stats;
     if json {
         let line = PnpServerLine::Stopped {
-            requests: stats.requests,
-            error_replies: stats.error_replies,
-            duplicates: stats.duplicates,
-            stale: stats.stale,
-            replays: stats.replays,
-            bad_envelopes: stats.bad_envelopes,
-            not_envelopes: stats.not_envelopes,
-            oversize: stats.oversize,
-            rate_limited: stats.rate_limited,
-            amplification_dropped: stats.amplification_dropped,
-            store_errors: stats.store_errors,
-            pruned: stats.pruned,
-            connections_accepted: stats.connections_accepted,
-            bad_frames: stats.bad_frames,
-            idle_closed: stats.idle_closed,
+            requests,
+            error_replies,
+            duplicates,
+            stale,
+            replays,
+            bad_envelopes,
+            not_envelopes,
+            oversize,
+            rate_limited,
+            amplification_dropped,
+            store_errors,
+            pruned,
+            connections_accepted,
+            bad_frames,
+            idle_closed,
             open_sockets: open_sockets as u64,
             names,
+            rate_evictions,
+            queue_full,
+            send_failures,
+            connections_closed,
+            prune_steps,
         };
         println!("{}", to_json(&line));
     } else {
         println!(
-            "stopped: {} requests ({} error replies, {} retransmissions answered from cache), \
-             dropped: {} stale, {} replays, {} bad envelopes, {} not envelopes, {} oversize, \
-             {} rate limited, {} amplification; {} store errors, {} pruned, {} TCP connections \
-             ({} bad frames, {} idle); {} names stored",
-            stats.requests,
-            stats.error_replies,
-            stats.duplicates,
-            stats.stale,
-            stats.replays,
-            stats.bad_envelopes,
-            stats.not_envelopes,
-            stats.oversize,
-            stats.rate_limited,
-            stats.amplification_dropped,
-            stats.store_errors,
-            stats.pruned,
-            stats.connections_accepted,
-            stats.bad_frames,
-            stats.idle_closed,
+            "stopped: {requests} requests ({error_replies} error replies, {duplicates} \
+             retransmissions answered from cache), dropped: {stale} stale, {replays} replays, \
+             {bad_envelopes} bad envelopes, {not_envelopes} not envelopes, {oversize} oversize, \
+             {rate_limited} rate limited, {amplification_dropped} amplification, {queue_full} \
+             queue full, {send_failures} send failures; {rate_evictions} rate-table evictions; \
+             {store_errors} store errors, {pruned} pruned in {prune_steps} steps; \
+             {connections_accepted} TCP connections ({connections_closed} closed, {bad_frames} \
+             bad frames, {idle_closed} idle); {} names stored",
             names.map_or_else(|| "?".to_string(), |n| n.to_string()),
         );
     }

@@ -84,8 +84,10 @@ pub struct PnpServerConfig {
     /// How often expired names are pruned from the store.
     pub prune_interval: Duration,
     /// The most expired names one prune step removes (at least 1), so that a mass expiry never
-    /// stalls the server in one store call: a step that removes this many is followed by the
-    /// next one after [`PnpServerConfig::prune_step_pause`], requests being served in between.
+    /// stalls the server in one store call (a store may remove fewer, to bound its time). A step
+    /// that removed names is followed by the next one after
+    /// [`PnpServerConfig::prune_step_pause`], requests being served in between; a step that found
+    /// none waits `prune_interval`.
     pub prune_batch: u64,
     /// The pause between two prune steps while expired names remain.
     pub prune_step_pause: Duration,
@@ -523,15 +525,15 @@ impl<S: NameStore> PnpServer<S> {
         self.transmits.retain(|t| t.socket != socket);
     }
 
-    /// Removes one bounded batch of expired names; schedules the next step soon if the batch was
-    /// full (more may be left), else after the prune interval.
+    /// Removes one bounded batch of expired names; schedules the next step soon if it removed
+    /// any (more may be left), else after the prune interval.
     fn prune_step(&mut self, now: Instant) {
         let batch = self.config.prune_batch.max(1);
         let pause = match self.store.prune_expired(self.unix_ms(now), batch) {
             Ok(n) => {
                 self.stats.pruned = self.stats.pruned.saturating_add(n);
                 self.stats.prune_steps = self.stats.prune_steps.saturating_add(1);
-                if n >= batch {
+                if n > 0 {
                     self.config.prune_step_pause
                 } else {
                     self.config.prune_interval

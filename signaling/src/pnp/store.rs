@@ -100,7 +100,9 @@ impl fmt::Display for StoreError {
 impl std::error::Error for StoreError {}
 
 /// How many expired names one [`NameStore::put`] may drop to make room for a new name (so a put
-/// into a full store stays cheap). More are left to [`NameStore::prune_expired`].
+/// into a full store stays cheap; more than one only in a store holding more names than its
+/// capacity, for example reopened with a smaller one). The rest is left to
+/// [`NameStore::prune_expired`].
 pub const RECLAIM_PER_PUT: u64 = 64;
 
 /// Where the server keeps names. Synchronous and plain data in, plain data out, so it is easy to
@@ -115,18 +117,20 @@ pub const RECLAIM_PER_PUT: u64 = 64;
 pub trait NameStore {
     /// The entry for `name`, expired or not.
     fn get(&self, name: &Name) -> Result<Option<StoredName>, StoreError>;
-    /// Inserts or replaces the entry for `entry.record.name()`. Inserting a new name into a store
-    /// at its capacity first drops up to [`RECLAIM_PER_PUT`] names that have expired at `now_ms`
-    /// (Unix ms), earliest first, and fails with [`StoreError::Full`] only if that frees no room:
-    /// in a store within its capacity, `Full` means as many unexpired names as the capacity.
+    /// Inserts or replaces the entry for `entry.record.name()`. A new name goes into a store that
+    /// holds fewer names than its capacity, or else in the place of names that have expired at
+    /// `now_ms` (Unix ms): the earliest expired one, and up to [`RECLAIM_PER_PUT`] of them while
+    /// the store holds more than its capacity. It fails with [`StoreError::Full`] only if no
+    /// stored name has expired, so `Full` means at least `capacity` unexpired names.
     fn put(&mut self, entry: StoredName, now_ms: u64) -> Result<(), StoreError>;
     /// Removes `name`; whether it was there.
     fn delete(&mut self, name: &Name) -> Result<bool, StoreError>;
     /// How many names `source` holds that have not expired at `now_ms` (Unix ms).
     fn count_for_source(&self, source: SourceKey, now_ms: u64) -> Result<u64, StoreError>;
     /// Removes at most `max` entries whose record expires at or before `now_ms` (Unix ms),
-    /// earliest first; how many. Fewer than `max` means none is left; the server calls it again
-    /// soon after a full step, so the cost of one call is bounded by `max`.
+    /// earliest first; how many. A store may remove fewer to bound the time of one call (the
+    /// server's loop waits for it): the server calls again soon after any call that removed
+    /// something, until one removes nothing.
     fn prune_expired(&mut self, now_ms: u64, max: u64) -> Result<u64, StoreError>;
     /// How many entries the store holds, expired ones not yet pruned included.
     fn len(&self) -> Result<u64, StoreError>;
@@ -255,8 +259,7 @@ impl NameStore for MemoryStore {
                 .saturating_sub(self.capacity)
                 .saturating_add(1);
             let excess = u64::try_from(excess).unwrap_or(u64::MAX);
-            self.drop_expired(now_ms, excess.min(RECLAIM_PER_PUT));
-            if self.names.len() >= self.capacity {
+            if self.drop_expired(now_ms, excess.min(RECLAIM_PER_PUT)) == 0 {
                 return Err(StoreError::Full);
             }
         }

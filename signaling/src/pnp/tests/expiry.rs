@@ -128,7 +128,13 @@ fn pruning_runs_in_bounded_steps_and_serves_requests_in_between() {
         EXPIRED.div_ceil(BATCH)
     );
     assert_eq!(w.server.machine.store().len(), Ok(5), "live names stay");
-    // The batch that found fewer than BATCH names puts the next step a prune interval away.
+    // One more step finds nothing and puts the next one a prune interval away.
+    assert!(w.server.deadline().unwrap() < w.now + Duration::from_secs(1));
+    w.advance(Duration::from_millis(10));
+    assert_eq!(
+        w.server.machine.stats().prune_steps,
+        EXPIRED.div_ceil(BATCH) + 1
+    );
     assert!(w.server.deadline().unwrap() >= w.now + Duration::from_secs(59));
 }
 
