@@ -156,14 +156,20 @@ pub fn run(f: &Flood) -> FloodReport {
         let mut probes = Vec::new();
         let mut next = f.warmup;
         let mut n = 0u32;
+        // Each probe in its own thread, on schedule: a probe waiting for its answer must not
+        // delay the next one past the flood.
         while next + f.probe_timeout <= f.duration {
             if let Some(wait) = next.checked_sub(start.elapsed()) {
                 std::thread::sleep(wait);
             }
-            probes.push(probe(f, n));
+            probes.push(scope.spawn(move || probe(f, n)));
             n += 1;
             next += f.probe_every;
         }
+        let probes: Vec<Option<Duration>> = probes
+            .into_iter()
+            .map(|p| p.join().expect("probe thread"))
+            .collect();
         stop.store(true, Ordering::Relaxed);
         let mut report = flooder.join().expect("flood thread");
         report.probes = n;
