@@ -14,7 +14,10 @@
 //! `DELETE` that stalls the server (`cargo bench -p p2pd --bench pnp_prune` measures it).
 //!
 //! The file is opened in WAL mode with `synchronous = FULL`: a write the server has answered
-//! is on disk, and a process killed at any moment leaves a consistent database.
+//! is on disk, and a process killed at any moment leaves a consistent database. The log is
+//! copied into the file by a thread of the store's own (a `PASSIVE` checkpoint every 250 ms),
+//! not by whichever write crosses SQLite's auto-checkpoint threshold, so no store call that the
+//! server's loop waits for pays for a checkpoint and its fsyncs.
 //!
 //! Nothing read back is trusted: every record is parsed and its owner signature verified, and it
 //! must agree with its row (name, expiry). A row that fails is reported as
@@ -34,6 +37,9 @@ use p2pd_signaling::pnp::{
 };
 use rusqlite::types::Value;
 use rusqlite::{params, Connection, OptionalExtension};
+
+mod checkpointer;
+use checkpointer::Checkpointer;
 
 /// The schema version this code writes and reads (`PRAGMA user_version`).
 pub const SCHEMA_VERSION: i64 = 2;
@@ -79,6 +85,8 @@ pub struct SqliteStore {
     capacity: u64,
     /// Rows in the table, counted at open and kept up to date by every write.
     len: u64,
+    /// For a file: the thread that checkpoints the write-ahead log.
+    checkpointer: Option<Checkpointer>,
 }
 
 impl fmt::Debug for SqliteStore {
@@ -118,7 +126,17 @@ impl SqliteStore {
                 mode.escape_debug()
             )));
         }
-        Self::prepare(connection)
+        // Checkpoints (copying the log into the file, with its fsyncs) run on a thread of their
+        // own, never inside a store call that the server's loop waits for.
+        connection
+            .pragma_update(None, "wal_autocheckpoint", 0)
+            .map_err(backend)?;
+        let mut store = Self::prepare(connection)?;
+        store.checkpointer = Some(
+            Checkpointer::start(path, BUSY_TIMEOUT)
+                .map_err(|e| StoreError::Backend(format!("{}: {e}", path.display())))?,
+        );
+        Ok(store)
     }
 
     /// A fresh database in memory (tests, simulation); gone when dropped.
@@ -188,6 +206,7 @@ impl SqliteStore {
             connection,
             capacity: DEFAULT_CAPACITY,
             len: u64::try_from(len).unwrap_or(0),
+            checkpointer: None,
         })
     }
 
