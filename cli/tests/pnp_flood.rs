@@ -4,7 +4,6 @@
 //! a quarter of the rate against a table an eighth of the default size, so the table is
 //! overrun just as fast); `cargo bench -p p2pd --bench pnp_flood` runs the full-size attack.
 
-#[allow(dead_code)]
 mod common;
 #[path = "common/flood.rs"]
 mod flood;
