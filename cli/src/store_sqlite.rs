@@ -2,12 +2,22 @@
 //!
 //! One table holds every name: the name (primary key), the owner-signed record as
 //! [`Record::to_bytes`], its expiry in Unix milliseconds and the 9-byte [`SourceKey`] that wrote
-//! it, with an index on the source (quotas) and one on the expiry (pruning). The schema carries
-//! its version in `PRAGMA user_version` ([`SCHEMA_VERSION`]); a file with another version is
-//! refused rather than guessed at.
+//! it, with an index on (source, expiry) (quotas count a source's unexpired names) and one on the
+//! expiry (pruning and making room take the earliest first). The schema carries its version in
+//! `PRAGMA user_version` ([`SCHEMA_VERSION`]); a version-1 file is upgraded in place (one index
+//! replaced), a file with any other version is refused rather than guessed at.
+//!
+//! Expired names count against nothing: a new name in a store at its capacity takes the place of
+//! expired ones (at most [`RECLAIM_PER_PUT`] per insert), and pruning deletes at most the given
+//! number of rows per call, earliest expiry first, and stops after [`PRUNE_TIME_BUDGET`], so that
+//! a million names expiring together are removed in many short transactions instead of one long
+//! `DELETE` that stalls the server (`cargo bench -p p2pd --bench pnp_prune` measures it).
 //!
 //! The file is opened in WAL mode with `synchronous = FULL`: a write the server has answered
-//! is on disk, and a process killed at any moment leaves a consistent database.
+//! is on disk, and a process killed at any moment leaves a consistent database. The log is
+//! copied into the file by a thread of the store's own (a `PASSIVE` checkpoint every 250 ms),
+//! not by whichever write crosses SQLite's auto-checkpoint threshold, so no store call that the
+//! server's loop waits for pays for a checkpoint and its fsyncs.
 //!
 //! Nothing read back is trusted: every record is parsed and its owner signature verified, and it
 //! must agree with its row (name, expiry). A row that fails is reported as
@@ -22,12 +32,17 @@ use std::fmt;
 use std::path::Path;
 use std::time::Duration;
 
-use p2pd_signaling::pnp::{Name, NameStore, Record, SourceKey, StoreError, StoredName};
+use p2pd_signaling::pnp::{
+    Name, NameStore, Record, SourceKey, StoreError, StoredName, RECLAIM_PER_PUT,
+};
 use rusqlite::types::Value;
 use rusqlite::{params, Connection, OptionalExtension};
 
+mod checkpointer;
+use checkpointer::Checkpointer;
+
 /// The schema version this code writes and reads (`PRAGMA user_version`).
-pub const SCHEMA_VERSION: i64 = 1;
+pub const SCHEMA_VERSION: i64 = 2;
 
 /// The capacity of [`SqliteStore::open`] and [`SqliteStore::in_memory`] unless
 /// [`SqliteStore::with_capacity`] sets another.
@@ -36,6 +51,17 @@ pub const DEFAULT_CAPACITY: u64 = 1_000_000;
 /// How long a statement waits for a lock held by another connection before failing.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// The page cache of a store's connection, in KiB.
+const CACHE_KIB: i64 = 64 * 1024;
+
+/// Rows one prune statement deletes (a prune call runs several in one transaction).
+const PRUNE_CHUNK: u64 = 32;
+
+/// A prune call stops starting new chunks after this long, whatever its `max`: the server's loop
+/// waits for the call, and on a slow or busy disk a fixed row count is no time bound (expired
+/// rows are scattered over the table, so every deleted row dirties a page of its own).
+pub const PRUNE_TIME_BUDGET: Duration = Duration::from_millis(8);
+
 const CREATE_SCHEMA: &str = "
     CREATE TABLE names (
         name       TEXT    PRIMARY KEY NOT NULL,
@@ -43,8 +69,14 @@ const CREATE_SCHEMA: &str = "
         expires_ms INTEGER NOT NULL,
         source     BLOB    NOT NULL
     ) WITHOUT ROWID;
-    CREATE INDEX names_by_source ON names (source);
+    CREATE INDEX names_by_source_expiry ON names (source, expires_ms);
     CREATE INDEX names_by_expiry ON names (expires_ms);
+";
+
+/// Version 1 -> 2: quotas count unexpired names only, so the source index carries the expiry.
+const UPGRADE_FROM_1: &str = "
+    DROP INDEX IF EXISTS names_by_source;
+    CREATE INDEX names_by_source_expiry ON names (source, expires_ms);
 ";
 
 /// A bounded [`NameStore`] in an SQLite database (a file, or memory for tests).
@@ -53,6 +85,8 @@ pub struct SqliteStore {
     capacity: u64,
     /// Rows in the table, counted at open and kept up to date by every write.
     len: u64,
+    /// For a file: the thread that checkpoints the write-ahead log.
+    checkpointer: Option<Checkpointer>,
 }
 
 impl fmt::Debug for SqliteStore {
@@ -92,7 +126,17 @@ impl SqliteStore {
                 mode.escape_debug()
             )));
         }
-        Self::prepare(connection)
+        // Checkpoints (copying the log into the file, with its fsyncs) run on a thread of their
+        // own, never inside a store call that the server's loop waits for.
+        connection
+            .pragma_update(None, "wal_autocheckpoint", 0)
+            .map_err(backend)?;
+        let mut store = Self::prepare(connection)?;
+        store.checkpointer = Some(
+            Checkpointer::start(path, BUSY_TIMEOUT)
+                .map_err(|e| StoreError::Backend(format!("{}: {e}", path.display())))?,
+        );
+        Ok(store)
     }
 
     /// A fresh database in memory (tests, simulation); gone when dropped.
@@ -100,9 +144,9 @@ impl SqliteStore {
         Self::prepare(Connection::open_in_memory().map_err(backend)?)
     }
 
-    /// The same store, holding at most `capacity` names: inserting a new name beyond it fails
-    /// with [`StoreError::Full`] (replacing an existing name always works). A database that
-    /// already holds more keeps them.
+    /// The same store, holding at most `capacity` unexpired names: inserting a new name beyond
+    /// it fails with [`StoreError::Full`] unless expired names can make room (replacing an
+    /// existing name always works). A database that already holds more keeps them.
     pub fn with_capacity(mut self, capacity: u64) -> SqliteStore {
         self.capacity = capacity;
         self
@@ -117,6 +161,11 @@ impl SqliteStore {
         connection.busy_timeout(BUSY_TIMEOUT).map_err(backend)?;
         connection
             .pragma_update(None, "synchronous", "FULL")
+            .map_err(backend)?;
+        // A page cache that holds a busy server's hot pages (a million names take about 280 MB
+        // on disk; SQLite's default cache is 2 MB, which makes every scattered delete a miss).
+        connection
+            .pragma_update(None, "cache_size", CACHE_KIB.wrapping_neg())
             .map_err(backend)?;
         let version: i64 = connection
             .query_row("PRAGMA user_version", [], |row| row.get(0))
@@ -133,6 +182,16 @@ impl SqliteStore {
                         StoreError::Backend(format!("cannot create the schema: {e}"))
                     })?;
             }
+            1 => {
+                connection
+                    .execute_batch(&format!(
+                        "BEGIN IMMEDIATE; {UPGRADE_FROM_1} PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;"
+                    ))
+                    .map_err(|e| {
+                        let _ = connection.execute_batch("ROLLBACK");
+                        StoreError::Backend(format!("cannot upgrade the schema from version 1: {e}"))
+                    })?;
+            }
             SCHEMA_VERSION => {}
             other => {
                 return Err(StoreError::Backend(format!(
@@ -147,7 +206,22 @@ impl SqliteStore {
             connection,
             capacity: DEFAULT_CAPACITY,
             len: u64::try_from(len).unwrap_or(0),
+            checkpointer: None,
         })
+    }
+
+    /// Deletes at most `max` names expired at `now_ms`, earliest first (one statement over the
+    /// expiry index, so its cost is bounded by `max`); how many.
+    fn delete_expired(connection: &Connection, now_ms: u64, max: u64) -> Result<u64, StoreError> {
+        let removed = connection
+            .prepare_cached(
+                "DELETE FROM names WHERE name IN (
+                     SELECT name FROM names WHERE expires_ms <= ?1 ORDER BY expires_ms LIMIT ?2
+                 )",
+            )
+            .and_then(|mut s| s.execute(params![to_sql_ms(now_ms), to_sql_ms(max)]))
+            .map_err(backend)?;
+        Ok(u64::try_from(removed).unwrap_or(u64::MAX))
     }
 
     /// Decodes and checks one row; any disagreement is corruption.
@@ -203,15 +277,22 @@ impl NameStore for SqliteStore {
         }
     }
 
-    fn put(&mut self, entry: StoredName) -> Result<(), StoreError> {
+    fn put(&mut self, entry: StoredName, now_ms: u64) -> Result<(), StoreError> {
         let name = entry.record.name().as_str();
         let transaction = self.connection.transaction().map_err(backend)?;
         let exists = transaction
             .prepare_cached("SELECT 1 FROM names WHERE name = ?1")
             .and_then(|mut s| s.exists([name]))
             .map_err(backend)?;
+        let mut freed = 0;
         if !exists && self.len >= self.capacity {
-            return Err(StoreError::Full);
+            // Expired names do not count: make room from them (dropping the transaction on
+            // `Full` rolls this back, which is harmless).
+            let excess = self.len.saturating_sub(self.capacity).saturating_add(1);
+            freed = Self::delete_expired(&transaction, now_ms, excess.min(RECLAIM_PER_PUT))?;
+            if freed == 0 {
+                return Err(StoreError::Full);
+            }
         }
         transaction
             .prepare_cached(
@@ -231,6 +312,7 @@ impl NameStore for SqliteStore {
             })
             .map_err(backend)?;
         transaction.commit().map_err(backend)?;
+        self.len = self.len.saturating_sub(freed);
         if !exists {
             self.len = self.len.saturating_add(1);
         }
@@ -247,22 +329,48 @@ impl NameStore for SqliteStore {
         Ok(removed > 0)
     }
 
-    fn count_for_source(&self, source: SourceKey) -> Result<u64, StoreError> {
+    fn count_for_source(&self, source: SourceKey, now_ms: u64) -> Result<u64, StoreError> {
         let count: i64 = self
             .connection
-            .prepare_cached("SELECT COUNT(*) FROM names WHERE source = ?1")
-            .and_then(|mut s| s.query_row([&source.to_bytes()[..]], |row| row.get(0)))
+            .prepare_cached("SELECT COUNT(*) FROM names WHERE source = ?1 AND expires_ms > ?2")
+            .and_then(|mut s| {
+                s.query_row(params![&source.to_bytes()[..], to_sql_ms(now_ms)], |row| {
+                    row.get(0)
+                })
+            })
             .map_err(backend)?;
         Ok(u64::try_from(count).unwrap_or(0))
     }
 
-    fn prune_expired(&mut self, now_ms: u64) -> Result<u64, StoreError> {
-        let removed = self
-            .connection
-            .prepare_cached("DELETE FROM names WHERE expires_ms <= ?1")
-            .and_then(|mut s| s.execute([to_sql_ms(now_ms)]))
+    /// Deletes expired rows in chunks of [`PRUNE_CHUNK`] inside one transaction, until `max`
+    /// rows, none left, or [`PRUNE_TIME_BUDGET`] spent. The transaction commits with
+    /// `synchronous = NORMAL` (no fsync of its own; a prune lost to a power cut is redone), so
+    /// the call costs its deletes and nothing else.
+    fn prune_expired(&mut self, now_ms: u64, max: u64) -> Result<u64, StoreError> {
+        let started = std::time::Instant::now();
+        self.connection
+            .pragma_update(None, "synchronous", "NORMAL")
             .map_err(backend)?;
-        let removed = removed as u64;
+        let result = (|| {
+            let transaction = self.connection.transaction().map_err(backend)?;
+            let mut removed = 0u64;
+            while removed < max {
+                let chunk = PRUNE_CHUNK.min(max.saturating_sub(removed));
+                let n = Self::delete_expired(&transaction, now_ms, chunk)?;
+                removed = removed.saturating_add(n);
+                if n < chunk || started.elapsed() >= PRUNE_TIME_BUDGET {
+                    break;
+                }
+            }
+            transaction.commit().map_err(backend)?;
+            Ok(removed)
+        })();
+        let restored = self
+            .connection
+            .pragma_update(None, "synchronous", "FULL")
+            .map_err(backend);
+        let removed = result?;
+        restored?;
         self.len = self.len.saturating_sub(removed);
         Ok(removed)
     }
@@ -273,318 +381,4 @@ impl NameStore for SqliteStore {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use p2pd_signaling::pnp::MemoryStore;
-    use p2pd_signaling::Identity;
-    use std::net::IpAddr;
-    use std::path::PathBuf;
-
-    const NOW_MS: u64 = 1_700_000_000_000;
-
-    fn identity(secret: u8) -> Identity {
-        Identity::from_secret_bytes(&[secret; 32]).unwrap()
-    }
-
-    fn source(ip: &str) -> SourceKey {
-        SourceKey::from_ip(ip.parse::<IpAddr>().unwrap())
-    }
-
-    fn entry(owner: u8, name: &str, version: u64, expires_ms: u64, from: &str) -> StoredName {
-        let record = Record::sign(
-            &identity(owner),
-            Name::new(name).unwrap(),
-            format!("value of {name} v{version}").into_bytes(),
-            version,
-            expires_ms,
-        )
-        .unwrap();
-        StoredName {
-            record,
-            source: source(from),
-        }
-    }
-
-    fn name(s: &str) -> Name {
-        Name::new(s).unwrap()
-    }
-
-    /// The behaviour every [`NameStore`] must have; `make(capacity)` gives an empty store.
-    fn behaves_like_a_name_store<S: NameStore>(make: impl Fn(usize) -> S) {
-        let mut store = make(3);
-        assert_eq!(store.len().unwrap(), 0);
-        assert!(store.is_empty().unwrap());
-        assert_eq!(store.get(&name("alice")).unwrap(), None);
-        assert!(!store.delete(&name("alice")).unwrap());
-        assert_eq!(store.count_for_source(source("192.0.2.1")).unwrap(), 0);
-
-        // Insert and read back exactly.
-        let alice = entry(1, "alice", 1, NOW_MS + 10_000, "192.0.2.1");
-        store.put(alice.clone()).unwrap();
-        assert_eq!(store.get(&name("alice")).unwrap(), Some(alice));
-        assert_eq!(store.len().unwrap(), 1);
-        assert!(!store.is_empty().unwrap());
-        assert_eq!(store.count_for_source(source("192.0.2.1")).unwrap(), 1);
-
-        // Replacing keeps the count and moves the name to the new source.
-        let alice2 = entry(1, "alice", 2, NOW_MS + 20_000, "2001:db8::1");
-        store.put(alice2.clone()).unwrap();
-        assert_eq!(store.get(&name("alice")).unwrap(), Some(alice2));
-        assert_eq!(store.len().unwrap(), 1);
-        assert_eq!(store.count_for_source(source("192.0.2.1")).unwrap(), 0);
-        // IPv6 sources count per /64.
-        assert_eq!(store.count_for_source(source("2001:db8::ffff")).unwrap(), 1);
-
-        // Capacity: new names up to it, then Full; replacing still works when full.
-        store
-            .put(entry(2, "bob", 1, NOW_MS + 5_000, "192.0.2.1"))
-            .unwrap();
-        store
-            .put(entry(3, "carol", 1, NOW_MS + 30_000, "192.0.2.1"))
-            .unwrap();
-        assert_eq!(store.len().unwrap(), 3);
-        assert_eq!(
-            store.put(entry(4, "dave", 1, NOW_MS + 30_000, "192.0.2.9")),
-            Err(StoreError::Full)
-        );
-        assert_eq!(store.get(&name("dave")).unwrap(), None);
-        assert_eq!(store.len().unwrap(), 3);
-        let bob2 = entry(2, "bob", 2, NOW_MS + 6_000, "192.0.2.1");
-        store.put(bob2.clone()).unwrap();
-        assert_eq!(store.get(&name("bob")).unwrap(), Some(bob2));
-        assert_eq!(store.count_for_source(source("192.0.2.1")).unwrap(), 2);
-
-        // Delete frees a slot.
-        assert!(store.delete(&name("carol")).unwrap());
-        assert!(!store.delete(&name("carol")).unwrap());
-        assert_eq!(store.get(&name("carol")).unwrap(), None);
-        assert_eq!(store.len().unwrap(), 2);
-        assert_eq!(store.count_for_source(source("192.0.2.1")).unwrap(), 1);
-        store
-            .put(entry(4, "dave", 1, NOW_MS + 30_000, "192.0.2.9"))
-            .unwrap();
-
-        // Expired entries are still returned by get (the server decides) until pruned; pruning
-        // removes those expiring at or before now.
-        assert!(store.get(&name("bob")).unwrap().is_some());
-        assert_eq!(store.prune_expired(NOW_MS).unwrap(), 0);
-        assert_eq!(store.prune_expired(NOW_MS + 6_000).unwrap(), 1); // bob, exactly at expiry
-        assert_eq!(store.get(&name("bob")).unwrap(), None);
-        assert_eq!(store.count_for_source(source("192.0.2.1")).unwrap(), 0);
-        assert_eq!(store.len().unwrap(), 2);
-        assert_eq!(store.prune_expired(u64::MAX).unwrap(), 2);
-        assert!(store.is_empty().unwrap());
-        assert_eq!(store.count_for_source(source("2001:db8::1")).unwrap(), 0);
-
-        // A zero-capacity store takes nothing.
-        let mut none = make(0);
-        assert_eq!(
-            none.put(entry(1, "x", 1, NOW_MS, "192.0.2.1")),
-            Err(StoreError::Full)
-        );
-    }
-
-    fn sqlite(capacity: usize) -> SqliteStore {
-        SqliteStore::in_memory()
-            .unwrap()
-            .with_capacity(capacity as u64)
-    }
-
-    #[test]
-    fn memory_store_passes_the_shared_list() {
-        behaves_like_a_name_store(MemoryStore::new);
-    }
-
-    #[test]
-    fn sqlite_store_passes_the_shared_list() {
-        behaves_like_a_name_store(sqlite);
-    }
-
-    #[test]
-    fn sqlite_store_passes_the_shared_list_as_a_box_dyn() {
-        behaves_like_a_name_store(|c| Box::new(sqlite(c)) as Box<dyn NameStore>);
-    }
-
-    struct TempDir(PathBuf);
-
-    impl TempDir {
-        fn new(tag: &str) -> TempDir {
-            let dir = std::env::temp_dir().join(format!(
-                "p2pd-store-sqlite-{tag}-{}-{}",
-                std::process::id(),
-                std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .unwrap()
-                    .as_nanos()
-            ));
-            std::fs::create_dir_all(&dir).unwrap();
-            TempDir(dir)
-        }
-    }
-
-    impl Drop for TempDir {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
-
-    #[test]
-    fn file_store_persists_across_reopen() {
-        let dir = TempDir::new("reopen");
-        let path = dir.0.join("names.db");
-        let alice = entry(1, "alice", 7, NOW_MS + 60_000, "192.0.2.1");
-        let bob = entry(2, "bob", 3, NOW_MS + 1_000, "2001:db8::1");
-        {
-            let mut store = SqliteStore::open(&path).unwrap();
-            let mode: String = store
-                .connection
-                .query_row("PRAGMA journal_mode", [], |r| r.get(0))
-                .unwrap();
-            assert_eq!(mode, "wal");
-            store.put(alice.clone()).unwrap();
-            store.put(bob.clone()).unwrap();
-            store
-                .put(entry(3, "carol", 1, NOW_MS, "192.0.2.1"))
-                .unwrap();
-            assert!(store.delete(&name("carol")).unwrap());
-        }
-        let mut store = SqliteStore::open(&path).unwrap().with_capacity(2);
-        assert_eq!(store.len().unwrap(), 2, "the count is read back at open");
-        assert_eq!(store.get(&name("alice")).unwrap(), Some(alice));
-        assert_eq!(store.get(&name("bob")).unwrap(), Some(bob));
-        assert_eq!(store.get(&name("carol")).unwrap(), None);
-        assert_eq!(store.count_for_source(source("192.0.2.1")).unwrap(), 1);
-        assert_eq!(
-            store.put(entry(4, "dave", 1, NOW_MS, "192.0.2.1")),
-            Err(StoreError::Full),
-            "the capacity counts names written before the reopen"
-        );
-        assert_eq!(store.prune_expired(NOW_MS + 1_000).unwrap(), 1);
-        drop(store);
-        let store = SqliteStore::open(&path).unwrap();
-        assert_eq!(store.len().unwrap(), 1);
-        assert!(store.get(&name("bob")).unwrap().is_none());
-    }
-
-    #[test]
-    fn other_schema_versions_and_non_databases_are_refused() {
-        let dir = TempDir::new("schema");
-        let path = dir.0.join("future.db");
-        {
-            let c = Connection::open(&path).unwrap();
-            c.execute_batch("PRAGMA user_version = 99").unwrap();
-        }
-        match SqliteStore::open(&path) {
-            Err(StoreError::Backend(e)) => assert!(e.contains("schema version 99"), "{e}"),
-            other => panic!("expected a schema error, got {other:?}"),
-        }
-        let junk = dir.0.join("junk.db");
-        std::fs::write(&junk, vec![0x5a; 4096]).unwrap();
-        assert!(matches!(
-            SqliteStore::open(&junk),
-            Err(StoreError::Backend(_))
-        ));
-        let missing_dir = dir.0.join("no-such-dir").join("x.db");
-        assert!(matches!(
-            SqliteStore::open(missing_dir),
-            Err(StoreError::Backend(_))
-        ));
-    }
-
-    #[test]
-    fn corrupt_rows_are_errors_not_panics() {
-        let mut store = SqliteStore::in_memory().unwrap();
-        let good = entry(1, "good", 1, NOW_MS + 1_000, "192.0.2.1");
-        store.put(good.clone()).unwrap();
-        for (row, what) in [
-            ("trunc", "record"),
-            ("forged", "signature"),
-            ("renamed", "another name"),
-            ("expiry", "expiry"),
-            ("source", "source"),
-            ("text", "wrong type"),
-        ] {
-            store
-                .put(entry(1, row, 1, NOW_MS + 1_000, "192.0.2.1"))
-                .unwrap();
-            let changed = match row {
-                "trunc" => store.connection.execute(
-                    "UPDATE names SET record = substr(record, 1, 20) WHERE name = ?1",
-                    [row],
-                ),
-                "forged" => {
-                    // Flip one bit of the signature (the record's last byte).
-                    let mut bytes: Vec<u8> = store
-                        .connection
-                        .query_row("SELECT record FROM names WHERE name = ?1", [row], |r| {
-                            r.get(0)
-                        })
-                        .unwrap();
-                    *bytes.last_mut().unwrap() ^= 1;
-                    store.connection.execute(
-                        "UPDATE names SET record = ?2 WHERE name = ?1",
-                        params![row, bytes],
-                    )
-                }
-                "renamed" => store.connection.execute(
-                    "UPDATE names SET record = (SELECT record FROM names WHERE name = 'good')
-                     WHERE name = ?1",
-                    [row],
-                ),
-                "expiry" => store.connection.execute(
-                    "UPDATE names SET expires_ms = expires_ms + 1 WHERE name = ?1",
-                    [row],
-                ),
-                "source" => store
-                    .connection
-                    .execute("UPDATE names SET source = x'07' WHERE name = ?1", [row]),
-                _ => store.connection.execute(
-                    "UPDATE names SET record = 'not a blob' WHERE name = ?1",
-                    [row],
-                ),
-            };
-            assert_eq!(changed.unwrap(), 1);
-            match store.get(&name(row)) {
-                Err(StoreError::Backend(e)) => {
-                    assert!(
-                        e.contains("corrupt row for") && e.contains(what),
-                        "{row}: {e}"
-                    )
-                }
-                other => panic!("{row}: expected a backend error, got {other:?}"),
-            }
-            // The rest of the store still works.
-            assert_eq!(store.get(&name("good")).unwrap(), Some(good.clone()));
-        }
-        // A corrupt row can be replaced or deleted.
-        store
-            .put(entry(1, "trunc", 2, NOW_MS + 1_000, "192.0.2.1"))
-            .unwrap();
-        assert!(store.get(&name("trunc")).unwrap().is_some());
-        assert!(store.delete(&name("forged")).unwrap());
-        assert_eq!(store.len().unwrap(), 6);
-    }
-
-    #[test]
-    fn backend_failures_are_errors() {
-        let mut store = SqliteStore::in_memory().unwrap();
-        store.connection.execute_batch("DROP TABLE names").unwrap();
-        assert!(matches!(store.get(&name("a")), Err(StoreError::Backend(_))));
-        assert!(matches!(
-            store.put(entry(1, "a", 1, NOW_MS, "192.0.2.1")),
-            Err(StoreError::Backend(_))
-        ));
-        assert!(matches!(
-            store.delete(&name("a")),
-            Err(StoreError::Backend(_))
-        ));
-        assert!(matches!(
-            store.prune_expired(NOW_MS),
-            Err(StoreError::Backend(_))
-        ));
-        assert!(matches!(
-            store.count_for_source(source("192.0.2.1")),
-            Err(StoreError::Backend(_))
-        ));
-    }
-}
+mod tests;

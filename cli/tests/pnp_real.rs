@@ -464,6 +464,37 @@ fn cli_names_survive_sigkill_and_keep_their_rules() {
         ],
     );
     assert_refused(&stale_delete, "StaleVersion", 10);
+    // An endless --ttl is refused with a typed reason (the latest expiry accepted), not stored
+    // forever and not a crash.
+    let (rc, line, err) = name_cli(
+        &server,
+        &[
+            "register",
+            "forever",
+            "v",
+            "--ttl",
+            &u64::MAX.to_string(),
+            "--identity",
+            alice_id,
+        ],
+    );
+    assert!(!err.contains("panicked"), "{err}");
+    if rc == 1 {
+        let json = json_object(&line);
+        assert_eq!(json["code"], "InvalidExpiry", "{line}");
+        let latest = json["detail"].as_u64().expect("detail");
+        let week_ms = 7 * 24 * 3600 * 1000;
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as u64;
+        assert!(latest <= now_ms + week_ms + 5_000, "{line}");
+    } else {
+        // Or refused by the argument parser, before any request.
+        assert_eq!(rc, 2, "{line} {err}");
+    }
+    let (rc, _, _) = name_cli(&server, &["lookup", "forever"]);
+    assert_eq!(rc, 1, "never stored");
     let r = name_cli(
         &server,
         &["delete", "alice", "--version", "11", "--identity", alice_id],
@@ -526,6 +557,33 @@ fn cli_names_survive_sigkill_and_keep_their_rules() {
         bad >= 1,
         "the wrong-key lookup was dropped unopened: {stopped}"
     );
+    // Every counter is printed, every refusal and drop included (issue 10: the rate table's
+    // refusals used to be missing from this line).
+    for counter in [
+        "requests",
+        "error_replies",
+        "duplicates",
+        "stale",
+        "replays",
+        "bad_envelopes",
+        "not_envelopes",
+        "oversize",
+        "rate_limited",
+        "rate_evictions",
+        "amplification_dropped",
+        "queue_full",
+        "send_failures",
+        "store_errors",
+        "pruned",
+        "prune_steps",
+        "connections_accepted",
+        "connections_closed",
+        "bad_frames",
+        "idle_closed",
+        "open_sockets",
+    ] {
+        assert!(stopped[counter].is_u64(), "no {counter} in {stopped}");
+    }
 }
 
 /// A `PnpClient` on a `Runtime` over UDP and over TCP: registers, looks up (its own names and one

@@ -194,7 +194,8 @@ enum PnpServerLine<'a> {
         op: String,
         error: String,
     },
-    /// The server stopped: its counters; `names` is null if the store could not count.
+    /// The server stopped: every counter of [`PnpServerStats`] (the refusals and drops
+    /// included); `names` is null if the store could not count.
     #[serde(rename = "stopped")]
     Stopped {
         requests: u64,
@@ -216,6 +217,11 @@ enum PnpServerLine<'a> {
         evicted: u64,
         open_sockets: u64,
         names: Option<u64>,
+        rate_evictions: u64,
+        queue_full: u64,
+        send_failures: u64,
+        connections_closed: u64,
+        prune_steps: u64,
     },
 }
 
@@ -250,60 +256,73 @@ fn print_listening(transport: Transport, local: SocketAddr, key: &PublicKey, jso
     );
 }
 
-/// TCP connections closed to make room for newcomers, for whichever reason.
-fn evicted(stats: &PnpServerStats) -> u64 {
-    stats
-        .evicted_source_full
-        .saturating_add(stats.evicted_pool_full)
-}
-
 fn print_stats(stats: &PnpServerStats, names: Option<u64>, open_sockets: usize, json: bool) {
+    // Destructured without `..`: a counter added to PnpServerStats must be printed here too.
+    let PnpServerStats {
+        requests,
+        error_replies,
+        duplicates,
+        oversize,
+        not_envelopes,
+        stale,
+        replays,
+        bad_envelopes,
+        rate_limited,
+        rate_evictions,
+        amplification_dropped,
+        queue_full,
+        store_errors,
+        pruned,
+        prune_steps,
+        connections_accepted,
+        connections_closed,
+        bad_frames,
+        idle_closed,
+        message_timeouts,
+        evicted_source_full,
+        evicted_pool_full,
+        send_failures,
+    } = *stats;
     if json {
         let line = PnpServerLine::Stopped {
-            requests: stats.requests,
-            error_replies: stats.error_replies,
-            duplicates: stats.duplicates,
-            stale: stats.stale,
-            replays: stats.replays,
-            bad_envelopes: stats.bad_envelopes,
-            not_envelopes: stats.not_envelopes,
-            oversize: stats.oversize,
-            rate_limited: stats.rate_limited,
-            amplification_dropped: stats.amplification_dropped,
-            store_errors: stats.store_errors,
-            pruned: stats.pruned,
-            connections_accepted: stats.connections_accepted,
-            bad_frames: stats.bad_frames,
-            idle_closed: stats.idle_closed,
-            message_timeouts: stats.message_timeouts,
-            evicted: evicted(stats),
+            requests,
+            error_replies,
+            duplicates,
+            stale,
+            replays,
+            bad_envelopes,
+            not_envelopes,
+            oversize,
+            rate_limited,
+            amplification_dropped,
+            store_errors,
+            pruned,
+            connections_accepted,
+            bad_frames,
+            idle_closed,
+            message_timeouts,
+            evicted: evicted_source_full.saturating_add(evicted_pool_full),
             open_sockets: open_sockets as u64,
             names,
+            rate_evictions,
+            queue_full,
+            send_failures,
+            connections_closed,
+            prune_steps,
         };
         outln!("{}", to_json(&line));
     } else {
         outln!(
-            "stopped: {} requests ({} error replies, {} retransmissions answered from cache), \
-             dropped: {} stale, {} replays, {} bad envelopes, {} not envelopes, {} oversize, \
-             {} rate limited, {} amplification; {} store errors, {} pruned, {} TCP connections \
-             ({} bad frames, {} idle, {} late request, {} evicted); {} names stored",
-            stats.requests,
-            stats.error_replies,
-            stats.duplicates,
-            stats.stale,
-            stats.replays,
-            stats.bad_envelopes,
-            stats.not_envelopes,
-            stats.oversize,
-            stats.rate_limited,
-            stats.amplification_dropped,
-            stats.store_errors,
-            stats.pruned,
-            stats.connections_accepted,
-            stats.bad_frames,
-            stats.idle_closed,
-            stats.message_timeouts,
-            evicted(stats),
+            "stopped: {requests} requests ({error_replies} error replies, {duplicates} \
+             retransmissions answered from cache), dropped: {stale} stale, {replays} replays, \
+             {bad_envelopes} bad envelopes, {not_envelopes} not envelopes, {oversize} oversize, \
+             {rate_limited} rate limited, {amplification_dropped} amplification, {queue_full} \
+             queue full, {send_failures} send failures; {rate_evictions} rate-table evictions; \
+             {store_errors} store errors, {pruned} pruned in {prune_steps} steps; \
+             {connections_accepted} TCP connections ({connections_closed} closed, {bad_frames} \
+             bad frames, {idle_closed} idle, {message_timeouts} late request, {} evicted); {} names \
+             stored",
+            evicted_source_full.saturating_add(evicted_pool_full),
             names.map_or_else(|| "?".to_string(), |n| n.to_string()),
         );
     }

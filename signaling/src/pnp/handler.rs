@@ -108,11 +108,11 @@ fn register<S: NameStore + ?Sized>(
         }
     }
     let moves_source = existing.as_ref().is_none_or(|e| e.source != source);
-    if moves_source && store.count_for_source(source)? >= rules.max_names_per_source {
+    if moves_source && store.count_for_source(source, now_ms)? >= rules.max_names_per_source {
         return Ok(error(ErrorCode::QuotaExceeded, rules.max_names_per_source));
     }
     let version = record.version();
-    match store.put(StoredName { record, source }) {
+    match store.put(StoredName { record, source }, now_ms) {
         Ok(()) => Ok(ReplyBody::Registered { version }),
         Err(super::StoreError::Full) => Ok(error(ErrorCode::ServerBusy, 0)),
         Err(e) => Err(e),

@@ -72,11 +72,16 @@
 //!   (`StaleVersion`, detail = stored version); the same version with an identical record is an
 //!   idempotent success. After a delete (or expiry) the name is free again.
 //! - **Expiry**: `expires_ms` must be in the future and at most `max_lifetime` (+ clock skew)
-//!   ahead. Expired records are treated as absent at once and pruned from the store
-//!   periodically, using the caller's clock ([`PnpServerConfig::unix_epoch_ms`]).
+//!   ahead, both bounded by the configuration checks ([`MAX_RECORD_LIFETIME`],
+//!   [`MAX_CLOCK_SKEW_MS`]); any other value, up to `u64::MAX`, gets `InvalidExpiry`. Expired
+//!   records are treated as absent at once, count against no capacity or quota, and are pruned
+//!   from the store in bounded steps ([`PnpServerConfig::prune_batch`]), using the caller's
+//!   clock ([`PnpServerConfig::unix_epoch_ms`]).
 //! - **Quotas**: names per source (IPv4 address or IPv6 /64; an update from another source moves
 //!   the name there) and requests per source per window, in a table of bounded size. A source
-//!   over its rate gets one `RateLimited` reply per window and is then dropped silently.
+//!   over its rate gets one `RateLimited` reply per window and is then dropped silently. A full
+//!   rate table never refuses a new source (a spoofed-source flood would otherwise lock new
+//!   clients out): it forgets a one-shot or stale entry instead.
 //! - **Anti-amplification**: over UDP a reply is never larger than the request that caused it.
 //!   The client pads lookups to [`UDP_LOOKUP_PAYLOAD_LEN`] and other requests to
 //!   [`MIN_UDP_REQUEST_PAYLOAD`] so that every reply fits; if one would not, the server sends a
@@ -146,10 +151,10 @@ pub use record::{
     RECORD_FIXED_LEN, RECORD_SIGNING_DOMAIN,
 };
 pub use server::{
-    PnpConfigError, PnpServer, PnpServerConfig, PnpServerEvent, PnpServerStats, MAX_CONNECTIONS,
-    TCP_LISTENER, UDP_SOCKET,
+    PnpConfigError, PnpServer, PnpServerConfig, PnpServerEvent, PnpServerStats, MAX_CLOCK_SKEW_MS,
+    MAX_CONNECTIONS, MAX_RECORD_LIFETIME, TCP_LISTENER, UDP_SOCKET,
 };
-pub use store::{MemoryStore, NameStore, SourceKey, StoreError, StoredName};
+pub use store::{MemoryStore, NameStore, SourceKey, StoreError, StoredName, RECLAIM_PER_PUT};
 pub use wire::{
     frame, ErrorCode, Reply, ReplyBody, Request, WireError, ACK_REPLY_PAYLOAD_LEN,
     ERROR_REPLY_PAYLOAD_LEN, FRAME_PREFIX_LEN, MAX_MESSAGE_LEN, MAX_PAYLOAD_LEN, MAX_REPLY_LEN,

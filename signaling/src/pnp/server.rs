@@ -31,6 +31,13 @@ pub const TCP_LISTENER: SocketId = SocketId(1);
 /// The most TCP connections one server holds.
 pub const MAX_CONNECTIONS: usize = 4096;
 const FIRST_CONNECTION_ID: u32 = 2;
+/// The longest [`PnpServerConfig::max_lifetime`] a server accepts (366 days): no configuration
+/// lets a name be registered for longer, and every expiry the server stores stays far from the
+/// limits of its integer types.
+pub const MAX_RECORD_LIFETIME: Duration = Duration::from_secs(366 * 24 * 3600);
+/// The most clock skew ([`PnpServerConfig::max_future_ms`]) a server accepts: one hour. It is
+/// added to the lifetime when checking an expiry, so it is bounded too.
+pub const MAX_CLOCK_SKEW_MS: u64 = 3_600_000;
 
 /// Server settings. [`PnpServerConfig::new`] gives sensible defaults.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -47,7 +54,8 @@ pub struct PnpServerConfig {
     pub unix_epoch_ms: u64,
     /// Requests older than this (by their envelope timestamp) are dropped as stale.
     pub max_age_ms: u64,
-    /// Requests further ahead of the server's clock than this are dropped.
+    /// Requests further ahead of the server's clock than this are dropped (at most
+    /// [`MAX_CLOCK_SKEW_MS`]).
     pub max_future_ms: u64,
     /// How many accepted requests the replay cache remembers; size it for the request rate over
     /// `max_age_ms + max_future_ms` (a too small cache rejects late genuine requests, never
@@ -61,9 +69,12 @@ pub struct PnpServerConfig {
     pub requests_per_window: u32,
     /// The rate limiter's window.
     pub rate_window: Duration,
-    /// How many sources the rate limiter tracks at once.
+    /// How many sources the rate limiter tracks at once. A full table never refuses a new
+    /// source: it forgets a one-shot or stale one instead (see [`PnpServerStats::rate_evictions`]),
+    /// so a flood of spoofed sources cannot lock new clients out.
     pub rate_table_capacity: usize,
-    /// The longest lifetime a record may have (its expiry minus now).
+    /// The longest lifetime a record may have (its expiry minus now; at most
+    /// [`MAX_RECORD_LIFETIME`]). A record expiring later is refused with `InvalidExpiry`.
     pub max_lifetime: Duration,
     /// TCP connections: how many (1 to [`MAX_CONNECTIONS`]), how many per source, the message
     /// and idle deadlines. [`PnpServerConfig::new`]: 64 connections, 8 per source, 10 s per
@@ -76,6 +87,14 @@ pub struct PnpServerConfig {
     pub transmit_queue_capacity: usize,
     /// How often expired names are pruned from the store.
     pub prune_interval: Duration,
+    /// The most expired names one prune step removes (at least 1), so that a mass expiry never
+    /// stalls the server in one store call (a store may remove fewer, to bound its time). A step
+    /// that removed names is followed by the next one after
+    /// [`PnpServerConfig::prune_step_pause`], requests being served in between; a step that found
+    /// none waits `prune_interval`.
+    pub prune_batch: u64,
+    /// The pause between two prune steps while expired names remain.
+    pub prune_step_pause: Duration,
 }
 
 impl PnpServerConfig {
@@ -102,6 +121,8 @@ impl PnpServerConfig {
             listen_backlog: 128,
             transmit_queue_capacity: 256,
             prune_interval: Duration::from_secs(60),
+            prune_batch: 1_000,
+            prune_step_pause: Duration::from_millis(10),
         }
     }
 }
@@ -118,6 +139,10 @@ pub enum PnpConfigError {
     BadTcpLimits(LimitsError),
     /// A capacity that must be non-zero is zero.
     ZeroCapacity,
+    /// `max_lifetime` is above [`MAX_RECORD_LIFETIME`].
+    LifetimeTooLong,
+    /// `max_future_ms` is above [`MAX_CLOCK_SKEW_MS`].
+    SkewTooLarge,
 }
 
 impl fmt::Display for PnpConfigError {
@@ -129,6 +154,17 @@ impl fmt::Display for PnpConfigError {
             }
             PnpConfigError::BadTcpLimits(e) => e.fmt(f),
             PnpConfigError::ZeroCapacity => f.write_str("a capacity is 0"),
+            PnpConfigError::LifetimeTooLong => write!(
+                f,
+                "the longest record lifetime is {} days",
+                MAX_RECORD_LIFETIME.as_secs() / 86_400
+            ),
+            PnpConfigError::SkewTooLarge => {
+                write!(
+                    f,
+                    "the clock skew allowed is at most {MAX_CLOCK_SKEW_MS} ms"
+                )
+            }
         }
     }
 }
@@ -180,8 +216,9 @@ pub struct PnpServerStats {
     pub bad_envelopes: u64,
     /// Requests over their source's rate (answered once per window, then dropped).
     pub rate_limited: u64,
-    /// Requests from new sources dropped because the rate table was full.
-    pub rate_table_full: u64,
+    /// Sources the rate table forgot to make room for a new source (the table never refuses
+    /// one; a spoofed-source flood shows here, not as refused clients).
+    pub rate_evictions: u64,
     /// UDP replies not sent because they would have been larger than the request, even as a
     /// `PaddingRequired` error.
     pub amplification_dropped: u64,
@@ -191,6 +228,8 @@ pub struct PnpServerStats {
     pub store_errors: u64,
     /// Names removed by pruning.
     pub pruned: u64,
+    /// Prune steps run (each removes at most [`PnpServerConfig::prune_batch`] names).
+    pub prune_steps: u64,
     /// TCP connections accepted.
     pub connections_accepted: u64,
     /// TCP connections closed by the server (each exactly once).
@@ -285,6 +324,12 @@ impl<S: NameStore> PnpServer<S> {
         {
             return Err(PnpConfigError::ZeroCapacity);
         }
+        if config.max_lifetime > MAX_RECORD_LIFETIME {
+            return Err(PnpConfigError::LifetimeTooLong);
+        }
+        if config.max_future_ms > MAX_CLOCK_SKEW_MS {
+            return Err(PnpConfigError::SkewTooLarge);
+        }
         // Without TCP the pool has no slots at all.
         let tcp_limits = ConnectionLimits {
             max_connections: if config.tcp.is_some() {
@@ -358,7 +403,10 @@ impl<S: NameStore> PnpServer<S> {
 
     /// The counters.
     pub fn stats(&self) -> PnpServerStats {
-        self.stats
+        PnpServerStats {
+            rate_evictions: self.rates.evictions(),
+            ..self.stats
+        }
     }
 
     /// The store.
@@ -509,6 +557,29 @@ impl<S: NameStore> PnpServer<S> {
         self.transmits.retain(|t| t.socket != socket);
     }
 
+    /// Removes one bounded batch of expired names; schedules the next step soon if it removed
+    /// any (more may be left), else after the prune interval.
+    fn prune_step(&mut self, now: Instant) {
+        let batch = self.config.prune_batch.max(1);
+        let pause = match self.store.prune_expired(self.unix_ms(now), batch) {
+            Ok(n) => {
+                self.stats.pruned = self.stats.pruned.saturating_add(n);
+                self.stats.prune_steps = self.stats.prune_steps.saturating_add(1);
+                if n > 0 {
+                    self.config.prune_step_pause
+                } else {
+                    self.config.prune_interval
+                }
+            }
+            Err(_) => {
+                self.stats.store_errors = self.stats.store_errors.saturating_add(1);
+                self.config.prune_interval
+            }
+        };
+        // Never a zero pause: time must pass between two steps for requests to be served.
+        self.next_prune = now.saturating_add(pause.max(Duration::from_millis(1)));
+    }
+
     fn refresh_timeout(&mut self) {
         if self.closed {
             self.timeout = None;
@@ -539,10 +610,6 @@ impl<S: NameStore> PnpServer<S> {
             RateVerdict::Allowed | RateVerdict::LimitedTell { .. } => {}
             RateVerdict::Limited => {
                 self.stats.rate_limited = self.stats.rate_limited.saturating_add(1);
-                return Err(DropReason::Unexpected);
-            }
-            RateVerdict::TableFull => {
-                self.stats.rate_table_full = self.stats.rate_table_full.saturating_add(1);
                 return Err(DropReason::Unexpected);
             }
         }
@@ -749,11 +816,7 @@ impl<S: NameStore> p2pd_proto::Machine for PnpServer<S> {
             return;
         }
         if now >= self.next_prune {
-            self.next_prune = now.saturating_add(self.config.prune_interval);
-            match self.store.prune_expired(self.unix_ms(now)) {
-                Ok(n) => self.stats.pruned = self.stats.pruned.saturating_add(n),
-                Err(_) => self.stats.store_errors = self.stats.store_errors.saturating_add(1),
-            }
+            self.prune_step(now);
         }
         while let Some((index, why)) = self.tcp.next_expired(now) {
             let counter = match why {

@@ -3,7 +3,8 @@
 
 use core::fmt;
 use core::net::IpAddr;
-use std::collections::HashMap;
+use core::ops::Bound;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use super::record::{Name, Record};
 
@@ -98,24 +99,40 @@ impl fmt::Display for StoreError {
 
 impl std::error::Error for StoreError {}
 
+/// How many expired names one [`NameStore::put`] may drop to make room for a new name (so a put
+/// into a full store stays cheap; more than one only in a store holding more names than its
+/// capacity, for example reopened with a smaller one). The rest is left to
+/// [`NameStore::prune_expired`].
+pub const RECLAIM_PER_PUT: u64 = 64;
+
 /// Where the server keeps names. Synchronous and plain data in, plain data out, so it is easy to
 /// implement over SQLite and usable as `Box<dyn NameStore>`.
 ///
 /// The server never relies on the store for expiry: it treats a record whose expiry has passed as
-/// absent even if [`NameStore::prune_expired`] has not removed it yet.
+/// absent even if [`NameStore::prune_expired`] has not removed it yet. Expired names never count
+/// against a limit: neither the store's capacity ([`NameStore::put`]) nor a source's quota
+/// ([`NameStore::count_for_source`]). Pruning is done in bounded steps
+/// ([`NameStore::prune_expired`] takes a maximum) so that a million names expiring together
+/// never stall the server in one call.
 pub trait NameStore {
     /// The entry for `name`, expired or not.
     fn get(&self, name: &Name) -> Result<Option<StoredName>, StoreError>;
-    /// Inserts or replaces the entry for `entry.record.name()`. Fails with [`StoreError::Full`]
-    /// when inserting a new name into a full store.
-    fn put(&mut self, entry: StoredName) -> Result<(), StoreError>;
+    /// Inserts or replaces the entry for `entry.record.name()`. A new name goes into a store that
+    /// holds fewer names than its capacity, or else in the place of names that have expired at
+    /// `now_ms` (Unix ms): the earliest expired one, and up to [`RECLAIM_PER_PUT`] of them while
+    /// the store holds more than its capacity. It fails with [`StoreError::Full`] only if no
+    /// stored name has expired, so `Full` means at least `capacity` unexpired names.
+    fn put(&mut self, entry: StoredName, now_ms: u64) -> Result<(), StoreError>;
     /// Removes `name`; whether it was there.
     fn delete(&mut self, name: &Name) -> Result<bool, StoreError>;
-    /// How many names `source` holds (expired ones not yet pruned included).
-    fn count_for_source(&self, source: SourceKey) -> Result<u64, StoreError>;
-    /// Removes every entry whose record expires at or before `now_ms` (Unix ms); how many.
-    fn prune_expired(&mut self, now_ms: u64) -> Result<u64, StoreError>;
-    /// How many entries the store holds.
+    /// How many names `source` holds that have not expired at `now_ms` (Unix ms).
+    fn count_for_source(&self, source: SourceKey, now_ms: u64) -> Result<u64, StoreError>;
+    /// Removes at most `max` entries whose record expires at or before `now_ms` (Unix ms),
+    /// earliest first; how many. A store may remove fewer to bound the time of one call (the
+    /// server's loop waits for it): the server calls again soon after any call that removed
+    /// something, until one removes nothing.
+    fn prune_expired(&mut self, now_ms: u64, max: u64) -> Result<u64, StoreError>;
+    /// How many entries the store holds, expired ones not yet pruned included.
     fn len(&self) -> Result<u64, StoreError>;
     /// Whether the store is empty.
     fn is_empty(&self) -> Result<bool, StoreError> {
@@ -127,17 +144,17 @@ impl<S: NameStore + ?Sized> NameStore for Box<S> {
     fn get(&self, name: &Name) -> Result<Option<StoredName>, StoreError> {
         (**self).get(name)
     }
-    fn put(&mut self, entry: StoredName) -> Result<(), StoreError> {
-        (**self).put(entry)
+    fn put(&mut self, entry: StoredName, now_ms: u64) -> Result<(), StoreError> {
+        (**self).put(entry, now_ms)
     }
     fn delete(&mut self, name: &Name) -> Result<bool, StoreError> {
         (**self).delete(name)
     }
-    fn count_for_source(&self, source: SourceKey) -> Result<u64, StoreError> {
-        (**self).count_for_source(source)
+    fn count_for_source(&self, source: SourceKey, now_ms: u64) -> Result<u64, StoreError> {
+        (**self).count_for_source(source, now_ms)
     }
-    fn prune_expired(&mut self, now_ms: u64) -> Result<u64, StoreError> {
-        (**self).prune_expired(now_ms)
+    fn prune_expired(&mut self, now_ms: u64, max: u64) -> Result<u64, StoreError> {
+        (**self).prune_expired(now_ms, max)
     }
     fn len(&self) -> Result<u64, StoreError> {
         (**self).len()
@@ -145,35 +162,86 @@ impl<S: NameStore + ?Sized> NameStore for Box<S> {
 }
 
 /// A bounded in-memory [`NameStore`] (tests, simulation, small servers).
+///
+/// Names are indexed by expiry (pruning and making room take the earliest first, in O(log n) per
+/// name) and, per source, by expiry too (a quota counts only unexpired names).
 #[derive(Clone, Debug)]
 pub struct MemoryStore {
     capacity: usize,
     names: HashMap<Name, StoredName>,
-    per_source: HashMap<SourceKey, u64>,
+    by_expiry: BTreeSet<(u64, Name)>,
+    /// Per source: how many of its names expire at each instant.
+    per_source: HashMap<SourceKey, BTreeMap<u64, u64>>,
 }
 
 impl MemoryStore {
-    /// A store holding at most `capacity` names.
+    /// A store holding at most `capacity` unexpired names.
     pub fn new(capacity: usize) -> Self {
         MemoryStore {
             capacity,
             names: HashMap::new(),
+            by_expiry: BTreeSet::new(),
             per_source: HashMap::new(),
         }
     }
 
-    fn add_source(&mut self, source: SourceKey) {
-        let count = self.per_source.entry(source).or_insert(0);
+    fn index(&mut self, entry: &StoredName) {
+        let expires = entry.record.expires_ms();
+        self.by_expiry
+            .insert((expires, entry.record.name().clone()));
+        let count = self
+            .per_source
+            .entry(entry.source)
+            .or_default()
+            .entry(expires)
+            .or_insert(0);
         *count = count.saturating_add(1);
     }
 
-    fn remove_source(per_source: &mut HashMap<SourceKey, u64>, source: SourceKey) {
-        if let Some(count) = per_source.get_mut(&source) {
-            *count = count.saturating_sub(1);
-            if *count == 0 {
-                per_source.remove(&source);
+    fn unindex(&mut self, entry: &StoredName) {
+        let expires = entry.record.expires_ms();
+        self.by_expiry
+            .remove(&(expires, entry.record.name().clone()));
+        if let Some(expiries) = self.per_source.get_mut(&entry.source) {
+            if let Some(count) = expiries.get_mut(&expires) {
+                *count = count.saturating_sub(1);
+                if *count == 0 {
+                    expiries.remove(&expires);
+                }
+            }
+            if expiries.is_empty() {
+                self.per_source.remove(&entry.source);
             }
         }
+    }
+
+    fn remove(&mut self, name: &Name) -> bool {
+        match self.names.remove(name) {
+            Some(old) => {
+                self.unindex(&old);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Removes at most `max` names expired at `now_ms`, earliest first; how many.
+    fn drop_expired(&mut self, now_ms: u64, max: u64) -> u64 {
+        let mut removed = 0u64;
+        while removed < max {
+            let Some((expires, name)) = self.by_expiry.first().cloned() else {
+                break;
+            };
+            if expires > now_ms {
+                break;
+            }
+            if !self.remove(&name) {
+                // An index entry without its name cannot happen; drop it rather than loop.
+                self.by_expiry.remove(&(expires, name));
+            }
+            removed = removed.saturating_add(1);
+        }
+        removed
     }
 }
 
@@ -182,46 +250,39 @@ impl NameStore for MemoryStore {
         Ok(self.names.get(name).cloned())
     }
 
-    fn put(&mut self, entry: StoredName) -> Result<(), StoreError> {
-        let name = entry.record.name();
-        if !self.names.contains_key(name) && self.names.len() >= self.capacity {
-            return Err(StoreError::Full);
+    fn put(&mut self, entry: StoredName, now_ms: u64) -> Result<(), StoreError> {
+        let name = entry.record.name().clone();
+        if !self.names.contains_key(&name) && self.names.len() >= self.capacity {
+            let excess = self
+                .names
+                .len()
+                .saturating_sub(self.capacity)
+                .saturating_add(1);
+            let excess = u64::try_from(excess).unwrap_or(u64::MAX);
+            if self.drop_expired(now_ms, excess.min(RECLAIM_PER_PUT)) == 0 {
+                return Err(StoreError::Full);
+            }
         }
-        let source = entry.source;
-        if let Some(old) = self.names.insert(name.clone(), entry) {
-            Self::remove_source(&mut self.per_source, old.source);
-        }
-        self.add_source(source);
+        self.remove(&name);
+        self.index(&entry);
+        self.names.insert(name, entry);
         Ok(())
     }
 
     fn delete(&mut self, name: &Name) -> Result<bool, StoreError> {
-        match self.names.remove(name) {
-            Some(old) => {
-                Self::remove_source(&mut self.per_source, old.source);
-                Ok(true)
-            }
-            None => Ok(false),
-        }
+        Ok(self.remove(name))
     }
 
-    fn count_for_source(&self, source: SourceKey) -> Result<u64, StoreError> {
-        Ok(self.per_source.get(&source).copied().unwrap_or(0))
+    fn count_for_source(&self, source: SourceKey, now_ms: u64) -> Result<u64, StoreError> {
+        Ok(self.per_source.get(&source).map_or(0, |expiries| {
+            expiries
+                .range((Bound::Excluded(now_ms), Bound::Unbounded))
+                .fold(0u64, |sum, (_, n)| sum.saturating_add(*n))
+        }))
     }
 
-    fn prune_expired(&mut self, now_ms: u64) -> Result<u64, StoreError> {
-        let mut removed = 0u64;
-        let per_source = &mut self.per_source;
-        self.names.retain(|_, entry| {
-            if entry.record.is_expired(now_ms) {
-                Self::remove_source(per_source, entry.source);
-                removed = removed.saturating_add(1);
-                false
-            } else {
-                true
-            }
-        });
-        Ok(removed)
+    fn prune_expired(&mut self, now_ms: u64, max: u64) -> Result<u64, StoreError> {
+        Ok(self.drop_expired(now_ms, max))
     }
 
     fn len(&self) -> Result<u64, StoreError> {

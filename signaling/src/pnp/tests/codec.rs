@@ -220,23 +220,25 @@ fn memory_store_is_bounded_and_counts_sources() {
         source,
     };
     let mut store = MemoryStore::new(2);
-    store.put(entry("a", 100, s1)).unwrap();
-    store.put(entry("b", 200, s1)).unwrap();
-    assert_eq!(store.put(entry("c", 100, s1)), Err(StoreError::Full));
-    assert_eq!(store.count_for_source(s1), Ok(2));
+    store.put(entry("a", 100, s1), 0).unwrap();
+    store.put(entry("b", 200, s1), 0).unwrap();
+    assert_eq!(store.put(entry("c", 100, s1), 0), Err(StoreError::Full));
+    assert_eq!(store.count_for_source(s1, 0), Ok(2));
     // Replacing moves the name to the new source.
-    store.put(entry("a", 100, s2)).unwrap();
-    assert_eq!(store.count_for_source(s1), Ok(1));
-    assert_eq!(store.count_for_source(s2), Ok(1));
-    assert_eq!(store.prune_expired(100), Ok(1));
-    assert_eq!(store.count_for_source(s2), Ok(0));
+    store.put(entry("a", 100, s2), 0).unwrap();
+    assert_eq!(store.count_for_source(s1, 0), Ok(1));
+    assert_eq!(store.count_for_source(s2, 0), Ok(1));
+    // An expired name counts against nothing, pruned or not.
+    assert_eq!(store.count_for_source(s2, 100), Ok(0));
+    assert_eq!(store.prune_expired(100, 10), Ok(1));
+    assert_eq!(store.count_for_source(s2, 0), Ok(0));
     assert_eq!(store.len(), Ok(1));
     assert_eq!(store.delete(&name("b")), Ok(true));
     assert_eq!(store.delete(&name("b")), Ok(false));
     assert_eq!(store.is_empty(), Ok(true));
     // Usable as a trait object.
     let mut boxed: Box<dyn NameStore> = Box::new(MemoryStore::new(1));
-    boxed.put(entry("z", 100, s1)).unwrap();
+    boxed.put(entry("z", 100, s1), 0).unwrap();
     assert_eq!(boxed.get(&name("z")).unwrap().unwrap().source, s1);
 }
 

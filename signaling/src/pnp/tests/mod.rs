@@ -2,6 +2,8 @@
 //! over an in-memory network (UDP and TCP).
 
 mod codec;
+mod expiry;
+mod flood;
 mod harness;
 mod machines;
 mod rules;
