@@ -20,7 +20,7 @@ use std::process::{Command, Stdio};
 use std::time::Instant;
 
 use common::lab::{skip_reason, Lab};
-use common::{event_of, json_line, p2pd_bin, ChildGuard};
+use common::{await_listening, json_line, p2pd_bin, ChildGuard};
 use serde_json::Value;
 
 /// Runs `ip ARGS...`.
@@ -61,20 +61,11 @@ fn start_p2pd_server(lab: &Lab) -> ChildGuard {
     )
     .expect("spawn p2pd stun-server");
     let mut out = BufReader::new(guard.child.stdout.take().expect("stdout"));
-    let mut listening = 0;
     let mut seen = String::new();
-    let mut line = String::new();
-    while listening < 4 {
-        line.clear();
-        match out.read_line(&mut line) {
-            Ok(0) | Err(_) => panic!("p2pd stun-server ended before listening:\n{seen}"),
-            Ok(_) => {}
-        }
-        seen.push_str(&line);
-        if json_line(&line).is_some_and(|l| event_of(&l) == Some("listening")) {
-            listening += 1;
-        }
-    }
+    assert!(
+        await_listening(&mut out, &mut seen),
+        "p2pd stun-server ended before listening:\n{seen}"
+    );
     // Keep reading (and discarding) so the server never blocks on a full pipe.
     std::thread::spawn(move || {
         let mut sink = String::new();

@@ -8,6 +8,8 @@
 mod common;
 
 use p2pd_proto::Machine;
+use std::path::PathBuf;
+use std::process::{Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use common::punch::{config, describe, run_until, subscribed, Side};
@@ -197,56 +199,24 @@ fn bulk_transfer_to_a_stalled_reader_arrives_whole() {
 #[test]
 fn cli_file_to_a_slow_reader_arrives_whole() {
     use std::io::Read;
-    use std::process::{Command, Stdio};
 
-    let (Some(m1), Some(m2)) = (Mosquitto::start(), Mosquitto::start()) else {
-        common::skip_or_fail("cli_file_to_a_slow_reader_arrives_whole: mosquitto is not installed");
+    let Some(cli) = PunchCli::start("cli_file_to_a_slow_reader_arrives_whole", "cli") else {
         return;
     };
-    let server = TcpStunServer::start();
-    let dir = std::env::temp_dir().join(format!("p2pd-punch-cli-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("temp dir");
-    let mut keys = Vec::new();
-    for name in ["a", "b"] {
-        let out = Command::new(common::p2pd_bin())
-            .args(["id", "new", "--json", "--file"])
-            .arg(dir.join(format!("{name}.key")))
-            .output()
-            .expect("p2pd id new");
-        assert!(out.status.success());
-        let id = common::json_object(&String::from_utf8_lossy(&out.stdout));
-        keys.push(id["public_key"].as_str().expect("public_key").to_string());
-    }
+    let (dir, keys) = (&cli.dir, &cli.keys);
     const TOTAL: usize = 24 << 20;
     let file: Vec<u8> = (0..TOTAL).map(|i| (i % 253) as u8).collect();
     std::fs::write(dir.join("file"), &file).expect("write file");
-    let args = |name: &str| {
-        let mut v = vec![
-            "punch".to_string(),
-            "--identity".into(),
-            dir.join(format!("{name}.key")).display().to_string(),
-            "--stun".into(),
-            server.addr.to_string(),
-            "--timeout".into(),
-            "20".into(),
-        ];
-        for m in [&m1, &m2] {
-            v.extend(["--broker".to_string(), m.addr().to_string()]);
-        }
-        v
-    };
+    let args = |name: &str| cli.args(name);
     // B: nothing to send (stdin at EOF at once: B finishes its sending side as soon as it is
     // connected, and keeps receiving); stdout read only after 3 s, then slowly.
-    let mut b = common::ChildGuard::spawn(
+    let mut b = spawn_punch(
         "p2pd punch --wait",
-        Command::new(common::p2pd_bin())
-            .args(args("b"))
-            .arg("--wait")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null()),
-    )
-    .expect("spawn B");
+        args("b"),
+        "--wait",
+        Stdio::null(),
+        Stdio::piped(),
+    );
     let mut b_out = b.child.stdout.take().expect("stdout");
     let reader = std::thread::spawn(move || {
         std::thread::sleep(Duration::from_secs(3));
@@ -261,26 +231,14 @@ fn cli_file_to_a_slow_reader_arrives_whole() {
         }
     });
     std::thread::sleep(Duration::from_millis(300));
-    let mut a = common::ChildGuard::spawn(
+    let file_in = std::fs::File::open(dir.join("file")).expect("open file");
+    let mut a = spawn_punch(
         "p2pd punch",
-        Command::new(common::p2pd_bin())
-            .args(args("a"))
-            .arg(&keys[1])
-            .stdin(std::fs::File::open(dir.join("file")).expect("open file"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null()),
-    )
-    .expect("spawn A");
-    let wait = |g: &mut common::ChildGuard, what: &str| {
-        let end = Instant::now() + Duration::from_secs(60);
-        loop {
-            if let Some(s) = g.exited() {
-                return s;
-            }
-            assert!(Instant::now() < end, "{what} did not exit");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    };
+        args("a"),
+        &keys[1],
+        file_in.into(),
+        Stdio::null(),
+    );
     // A's peak resident memory, sampled while it runs (stdin must not pile up in memory).
     let pid = a.child.id();
     let mut hwm_kib = 0u64;
@@ -297,10 +255,10 @@ fn cli_file_to_a_slow_reader_arrives_whole() {
         }
         std::thread::sleep(Duration::from_millis(20));
     }
-    let sa = wait(&mut a, "A");
-    let sb = wait(&mut b, "B");
+    let sa = wait_exit(&mut a, "A");
+    let sb = wait_exit(&mut b, "B");
     let got = reader.join().expect("reader");
-    let _ = std::fs::remove_dir_all(&dir);
+    let _ = std::fs::remove_dir_all(dir);
     assert!(sa.success() && sb.success(), "A {sa}, B {sb}");
     assert_eq!(got.len(), TOTAL, "bytes B wrote to stdout");
     assert!(got == file, "the file arrived changed");
@@ -319,26 +277,11 @@ fn cli_file_to_a_slow_reader_arrives_whole() {
 #[test]
 fn cli_both_sides_pipe_finite_input_and_both_outputs_are_complete() {
     use std::io::Read;
-    use std::process::{Command, Stdio};
 
-    let (Some(m1), Some(m2)) = (Mosquitto::start(), Mosquitto::start()) else {
-        common::skip_or_fail("cli_both_sides_pipe_finite_input: mosquitto is not installed");
+    let Some(cli) = PunchCli::start("cli_both_sides_pipe_finite_input", "both") else {
         return;
     };
-    let server = TcpStunServer::start();
-    let dir = std::env::temp_dir().join(format!("p2pd-punch-both-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("temp dir");
-    let mut keys = Vec::new();
-    for name in ["a", "b"] {
-        let out = Command::new(common::p2pd_bin())
-            .args(["id", "new", "--json", "--file"])
-            .arg(dir.join(format!("{name}.key")))
-            .output()
-            .expect("p2pd id new");
-        assert!(out.status.success());
-        let id = common::json_object(&String::from_utf8_lossy(&out.stdout));
-        keys.push(id["public_key"].as_str().expect("public_key").to_string());
-    }
+    let (dir, keys) = (&cli.dir, &cli.keys);
     // Different sizes, so one side finishes well before the other; B's input is the bigger one.
     let file_a: Vec<u8> = (0..(1usize << 20)).map(|i| (i % 241) as u8).collect();
     let file_b: Vec<u8> = (0..(6usize << 20))
@@ -346,23 +289,11 @@ fn cli_both_sides_pipe_finite_input_and_both_outputs_are_complete() {
         .collect();
     std::fs::write(dir.join("in-a"), &file_a).expect("write");
     std::fs::write(dir.join("in-b"), &file_b).expect("write");
-    let args = |name: &str| {
-        let mut v = vec![
-            "punch".to_string(),
-            "--identity".into(),
-            dir.join(format!("{name}.key")).display().to_string(),
-            "--stun".into(),
-            server.addr.to_string(),
-            "--timeout".into(),
-            "20".into(),
-        ];
-        for m in [&m1, &m2] {
-            v.extend(["--broker".to_string(), m.addr().to_string()]);
-        }
-        v
-    };
-    let spawn = |what: &str, cmd: &mut Command| {
-        let mut g = common::ChildGuard::spawn(what, cmd).expect("spawn");
+    let args = |name: &str| cli.args(name);
+    // Each side's stdin is its file; its stdout is read to the end by a thread.
+    let spawn = |what: &str, name: &str, last_arg: &str| {
+        let input = std::fs::File::open(dir.join(format!("in-{name}"))).expect("open");
+        let mut g = spawn_punch(what, args(name), last_arg, input.into(), Stdio::piped());
         let mut out = g.child.stdout.take().expect("stdout");
         let reader = std::thread::spawn(move || {
             let mut got = Vec::new();
@@ -371,43 +302,109 @@ fn cli_both_sides_pipe_finite_input_and_both_outputs_are_complete() {
         });
         (g, reader)
     };
-    let (mut b, b_reader) = spawn(
-        "p2pd punch --wait",
-        Command::new(common::p2pd_bin())
-            .args(args("b"))
-            .arg("--wait")
-            .stdin(std::fs::File::open(dir.join("in-b")).expect("open"))
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null()),
-    );
+    let (mut b, b_reader) = spawn("p2pd punch --wait", "b", "--wait");
     std::thread::sleep(Duration::from_millis(300));
-    let (mut a, a_reader) = spawn(
-        "p2pd punch",
-        Command::new(common::p2pd_bin())
-            .args(args("a"))
-            .arg(&keys[1])
-            .stdin(std::fs::File::open(dir.join("in-a")).expect("open"))
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null()),
-    );
-    let wait = |g: &mut common::ChildGuard, what: &str| {
-        let end = Instant::now() + Duration::from_secs(60);
-        loop {
-            if let Some(s) = g.exited() {
-                return s;
-            }
-            assert!(Instant::now() < end, "{what} did not exit");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    };
-    let sa = wait(&mut a, "A");
-    let sb = wait(&mut b, "B");
+    let (mut a, a_reader) = spawn("p2pd punch", "a", &keys[1]);
+    let sa = wait_exit(&mut a, "A");
+    let sb = wait_exit(&mut b, "B");
     let got_a = a_reader.join().expect("reader A");
     let got_b = b_reader.join().expect("reader B");
-    let _ = std::fs::remove_dir_all(&dir);
+    let _ = std::fs::remove_dir_all(dir);
     assert!(sa.success() && sb.success(), "A {sa}, B {sb}");
     assert_eq!(got_b.len(), file_a.len(), "bytes B wrote to stdout");
     assert_eq!(got_a.len(), file_b.len(), "bytes A wrote to stdout");
     assert!(got_b == file_a, "A's file arrived changed");
     assert!(got_a == file_b, "B's file arrived changed");
+}
+
+/// What the `p2pd punch` runs of a CLI test share: two mosquitto brokers, our STUN server over TCP,
+/// and a fresh temp dir `p2pd-punch-{tag}-{pid}` holding identity files `a.key` and `b.key` made
+/// by `p2pd id new`, with their public keys.
+struct PunchCli {
+    brokers: [Mosquitto; 2],
+    server: TcpStunServer,
+    dir: PathBuf,
+    keys: Vec<String>,
+}
+
+impl PunchCli {
+    /// Starts it for the test `test`; `None` (after [`common::skip_or_fail`]) when mosquitto is
+    /// not installed.
+    fn start(test: &str, tag: &str) -> Option<PunchCli> {
+        let (Some(m1), Some(m2)) = (Mosquitto::start(), Mosquitto::start()) else {
+            common::skip_or_fail(&format!("{test}: mosquitto is not installed"));
+            return None;
+        };
+        let server = TcpStunServer::start();
+        let dir = std::env::temp_dir().join(format!("p2pd-punch-{tag}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let mut keys = Vec::new();
+        for name in ["a", "b"] {
+            let out = Command::new(common::p2pd_bin())
+                .args(["id", "new", "--json", "--file"])
+                .arg(dir.join(format!("{name}.key")))
+                .output()
+                .expect("p2pd id new");
+            assert!(out.status.success());
+            let id = common::json_object(&String::from_utf8_lossy(&out.stdout));
+            keys.push(id["public_key"].as_str().expect("public_key").to_string());
+        }
+        Some(PunchCli {
+            brokers: [m1, m2],
+            server,
+            dir,
+            keys,
+        })
+    }
+
+    /// The arguments of `p2pd punch` as `name` (its identity file), with our STUN server, both
+    /// brokers and a 20 s timeout.
+    fn args(&self, name: &str) -> Vec<String> {
+        let mut v = vec![
+            "punch".to_string(),
+            "--identity".into(),
+            self.dir.join(format!("{name}.key")).display().to_string(),
+            "--stun".into(),
+            self.server.addr.to_string(),
+            "--timeout".into(),
+            "20".into(),
+        ];
+        for broker in &self.brokers {
+            v.extend(["--broker".to_string(), broker.addr().to_string()]);
+        }
+        v
+    }
+}
+
+/// Spawns `p2pd` with `args` and then `last_arg` (`--wait`, or the peer's key), with `stdin` and
+/// `stdout` as given and stderr discarded.
+fn spawn_punch(
+    what: &str,
+    args: Vec<String>,
+    last_arg: &str,
+    stdin: Stdio,
+    stdout: Stdio,
+) -> common::ChildGuard {
+    common::ChildGuard::spawn(
+        what,
+        Command::new(common::p2pd_bin())
+            .args(args)
+            .arg(last_arg)
+            .stdin(stdin)
+            .stdout(stdout)
+            .stderr(Stdio::null()),
+    )
+    .unwrap_or_else(|e| panic!("spawn {what}: {e}"))
+}
+
+/// Waits (60 s at most) for the child `what` to exit, and returns its status.
+fn wait_exit(g: &mut common::ChildGuard, what: &str) -> ExitStatus {
+    let end = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Some(s) = g.exited() {
+            return s;
+        }
+        assert!(Instant::now() < end, "{what} did not exit");
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }

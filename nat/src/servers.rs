@@ -424,14 +424,13 @@ impl ServerList {
 mod tests {
     use super::*;
 
-    const NO_JITTER: HealthConfig = HealthConfig {
-        backoff_after: 2,
-        backoff_base: Duration::from_secs(30),
-        backoff_max: Duration::from_secs(30 * 60),
-        fresh_for: Duration::from_secs(10 * 60),
-        default_rtt: Duration::from_millis(250),
-        jitter_percent: 0,
-    };
+    /// The default health rules without the random bonus, so the order is predictable.
+    fn no_jitter() -> HealthConfig {
+        HealthConfig {
+            jitter_percent: 0,
+            ..HealthConfig::default()
+        }
+    }
 
     fn at(secs: u64) -> Instant {
         Instant::from_millis(secs * 1000)
@@ -518,7 +517,7 @@ mod tests {
 
     #[test]
     fn health_updates() {
-        let mut list = ServerList::new(many(), NO_JITTER);
+        let mut list = ServerList::new(many(), no_jitter());
         let id = many()[0].id;
         assert!(list.record_success(id, at(1), ms(100)));
         assert!(list.record_success(id, at(2), ms(200)));
@@ -536,13 +535,13 @@ mod tests {
         // Bounded.
         let huge = (0..2000u32)
             .map(|i| ServerEntry::new(None, v4(10, (i >> 8) as u8, i as u8, 1, 3478), None, false));
-        assert_eq!(ServerList::new(huge, NO_JITTER).len(), MAX_SERVERS);
+        assert_eq!(ServerList::new(huge, no_jitter()).len(), MAX_SERVERS);
     }
 
     #[test]
     fn selection_prefers_fresh_healthy_fast_servers() {
         let e = many();
-        let mut list = ServerList::new(e.clone(), NO_JITTER);
+        let mut list = ServerList::new(e.clone(), no_jitter());
         let now = at(1000);
         // e0: fresh, 20 ms. e1: fresh, 300 ms. e2: untried. e3: answered long ago.
         // e4: failed once. e5: in back-off.
@@ -560,7 +559,7 @@ mod tests {
         // The filter.
         let mut mixed = e.clone();
         mixed.extend(default_servers());
-        let mixed = ServerList::new(mixed, NO_JITTER);
+        let mixed = ServerList::new(mixed, no_jitter());
         let change = mixed.select_where(now, 10, &mut Rng::from_seed(1), |s| s.rfc5780);
         assert_eq!(change.len(), 3);
         assert!(change.iter().all(|id| mixed.get(*id).unwrap().rfc5780));
@@ -588,7 +587,7 @@ mod tests {
     fn backoff_grows_and_expires() {
         let e = many();
         let id = e[0].id;
-        let mut list = ServerList::new(e, NO_JITTER);
+        let mut list = ServerList::new(e, no_jitter());
         list.record_failure(id, at(100));
         assert!(!list.in_backoff(id, at(100)), "one failure is not enough");
         list.record_failure(id, at(100));

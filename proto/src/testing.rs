@@ -3,7 +3,8 @@
 //! runs that check on everything a [`drain`] delivers, [`Recorder`], outputs kept in vectors,
 //! [`Driven`], one machine on a virtual clock with checked drains, [`Pair`], two machines on an
 //! in-memory network (UDP and TCP) with checked drains, and [`SocketTable`], the sockets a runtime
-//! holds for a machine (for fuzz targets that answer intents themselves).
+//! holds for a machine (for fuzz targets that answer intents themselves). [`codec`] holds the
+//! STUN codec's properties, checked on any bytes by its property tests and its fuzz target.
 //!
 //! Violations panic with a message that names the machine and the rule, so a unit test fails, a
 //! fuzz target reports a crash and the simulator stops with its seed.
@@ -38,6 +39,7 @@ use std::vec::Vec;
 use crate::machine::{drain, Machine, Outputs, SocketId, SocketOp, SocketOutcome, Transmit};
 use crate::time::Instant;
 
+pub mod codec;
 mod driven;
 mod pair;
 mod sockets;

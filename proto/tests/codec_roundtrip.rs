@@ -16,9 +16,10 @@ use common::mutation::{mutate, mutation};
 use core::net::{IpAddr, SocketAddr};
 
 use p2pd_proto::stun::{
-    attr, is_stun, AttrKind, AttrTypes, Attribute, ChangeRequest, Class, DecodeError, ErrorCode,
-    Header, Message, MessageWriter, Method, TransactionId, HEADER_LEN, MAGIC_COOKIE,
+    attr, AttrKind, AttrTypes, Attribute, ChangeRequest, Class, ErrorCode, Header, Message,
+    MessageWriter, Method, TransactionId, HEADER_LEN, MAGIC_COOKIE,
 };
+use p2pd_proto::testing::codec::{check_framing, check_reencodes, ADDRESS_CODES};
 use proptest::prelude::*;
 
 // ---- Strategies ----
@@ -123,17 +124,6 @@ impl Owned {
     }
 }
 
-const ADDRESS_CODES: [u16; 8] = [
-    attr::MAPPED_ADDRESS,
-    attr::XOR_MAPPED_ADDRESS,
-    attr::XOR_MAPPED_ADDRESS_DRAFT,
-    attr::RESPONSE_ADDRESS,
-    attr::SOURCE_ADDRESS,
-    attr::CHANGED_ADDRESS,
-    attr::OTHER_ADDRESS,
-    attr::RESPONSE_ORIGIN,
-];
-
 /// Every attribute variant except FINGERPRINT (which must be last; it is appended separately).
 fn attribute() -> impl Strategy<Value = Owned> {
     prop_oneof![
@@ -209,108 +199,6 @@ fn parsed<'a>(msg: &Message<'a>) -> Vec<Attribute<'a>> {
     msg.attributes()
         .map(|raw| Attribute::parse(raw.code, raw.value, msg.header()).unwrap())
         .collect()
-}
-
-// ---- Invariants shared by the properties ----
-
-/// `is_stun`, `needed`, `decode_prefix` and `decode` agree on any bytes.
-fn check_framing(data: &[u8]) {
-    let needed = Message::needed(data);
-    assert_eq!(is_stun(data), needed.is_ok());
-    match needed {
-        Ok(total) => {
-            assert!(total >= HEADER_LEN && (total - HEADER_LEN).is_multiple_of(4));
-            match Message::decode_prefix(data) {
-                Ok((msg, used)) => {
-                    assert_eq!(used, total);
-                    assert_eq!(msg.as_bytes(), &data[..total]);
-                    if total != data.len() {
-                        assert_eq!(
-                            Message::decode(data).err(),
-                            Some(DecodeError::LengthMismatch)
-                        );
-                    }
-                }
-                Err(e) if total > data.len() => assert_eq!(e, DecodeError::LengthMismatch),
-                Err(e) => assert_eq!(Message::decode(&data[..total]).err(), Some(e)),
-            }
-            if total != data.len() {
-                assert!(Message::decode(data).is_err());
-            }
-        }
-        Err(e) => {
-            assert_eq!(Message::decode_prefix(data).err(), Some(e));
-            assert_eq!(Message::decode(data).err(), Some(e));
-        }
-    }
-}
-
-/// For each byte of a decoded message, the bits its decoder ignores: padding and reserved fields.
-fn ignored_bits(msg: &Message<'_>) -> Vec<u8> {
-    let mut mask = vec![0u8; msg.as_bytes().len()];
-    for raw in msg.attributes() {
-        let v = raw.offset + 4;
-        let end = v + raw.value.len();
-        mask[end..end.next_multiple_of(4)].fill(0xFF);
-        match raw.code {
-            c if ADDRESS_CODES.contains(&c) => mask[v] = 0xFF,
-            attr::CHANGE_REQUEST => {
-                mask[v..v + 3].fill(0xFF);
-                mask[v + 3] = !0x06;
-            }
-            attr::RESPONSE_PORT => mask[v + 2..v + 4].fill(0xFF),
-            attr::ERROR_CODE => {
-                mask[v..v + 2].fill(0xFF);
-                mask[v + 2] = 0xF8;
-            }
-            _ => {}
-        }
-    }
-    mask
-}
-
-/// Re-encodes every attribute of `msg` under the same header (a fresh FINGERPRINT if it had one)
-/// and checks: it decodes to the same attributes, and its bytes equal the input except in ignored
-/// bits (and, if those differ, in the FINGERPRINT value that covers them).
-fn check_reencodes(msg: &Message<'_>) {
-    let original = msg.as_bytes();
-    let mut buf = vec![0u8; original.len()];
-    let mut w = MessageWriter::new(&mut buf, *msg.header()).unwrap();
-    let attrs = parsed(msg);
-    for a in &attrs {
-        match a {
-            Attribute::Fingerprint(_) => w.add_fingerprint().unwrap(),
-            other => w.add(other).unwrap(),
-        }
-    }
-    assert_eq!(w.finish(), original.len());
-
-    let again = Message::decode(&buf).expect("re-encoding decodes");
-    assert_eq!(again.header(), msg.header());
-    let again_attrs = parsed(&again);
-    assert_eq!(again_attrs.len(), attrs.len());
-    for (a, b) in attrs.iter().zip(&again_attrs) {
-        if !matches!(a, Attribute::Fingerprint(_)) {
-            assert_eq!(a, b);
-        }
-    }
-
-    let fingerprint = msg
-        .attributes()
-        .find(|a| a.code == attr::FINGERPRINT)
-        .map(|a| a.offset);
-    let end = fingerprint.unwrap_or(original.len());
-    let mask = ignored_bits(msg);
-    for i in 0..end {
-        assert_eq!(
-            (original[i] ^ buf[i]) & !mask[i],
-            0,
-            "byte {i} changed outside padding and reserved bits"
-        );
-    }
-    if original[..end] == buf[..end] {
-        assert_eq!(original, &buf[..]);
-    }
 }
 
 // ---- Properties ----

@@ -10,37 +10,20 @@
 
 mod common;
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::net::{SocketAddr, UdpSocket};
 use std::ops::ControlFlow;
 use std::thread;
 use std::time::Duration;
 
+use common::{udp_bind, Input, Reactions, Scripted};
 use p2pd_mio::{map_io_error, RunEnd, Runtime};
-use p2pd_proto::{
-    BindOptions, Instant, Machine, OpKind, SocketId, SocketOp, SocketOutcome, Transmit, Transport,
-    Verdict,
-};
+use p2pd_proto::{BindOptions, Instant, OpKind, SocketId, SocketOp, SocketOutcome, Verdict};
 
 const LIMIT: Option<Duration> = Some(Duration::from_secs(10));
 
-fn bind_op(socket: u32, local: SocketAddr) -> SocketOp {
-    SocketOp::Bind {
-        socket: SocketId(socket),
-        transport: Transport::Udp,
-        local,
-        options: BindOptions::default(),
-    }
-}
-
 fn ipv6_available() -> bool {
     UdpSocket::bind("[::1]:0").is_ok()
-}
-
-#[derive(Debug, Clone, PartialEq)]
-enum Input {
-    Result(SocketId, SocketOutcome),
-    Datagram(SocketId, SocketAddr, Vec<u8>),
 }
 
 /// Every input becomes an event, except datagrams in echo mode, which are sent back on the socket
@@ -48,98 +31,66 @@ enum Input {
 /// mode the machine closes every socket once each has echoed `close_after` datagrams.
 #[derive(Default)]
 struct Relay {
-    ops: VecDeque<SocketOp>,
-    tx: VecDeque<common::Queued>,
-    inputs: VecDeque<Input>,
     echo: bool,
     close_after: usize,
     echoed: HashMap<SocketId, usize>,
     bound: HashMap<SocketId, SocketAddr>,
 }
 
-impl Machine for Relay {
+impl Reactions for Relay {
     type Event = Input;
 
-    fn handle_datagram(
-        &mut self,
-        _now: Instant,
-        socket: SocketId,
-        from: SocketAddr,
-        data: &[u8],
-    ) -> Verdict {
-        if !self.echo {
-            self.inputs
-                .push_back(Input::Datagram(socket, from, data.to_vec()));
-            return Verdict::Consumed;
-        }
-        self.tx.push_back((socket, from, data.to_vec()));
-        let n = self.echoed.entry(socket).or_default();
-        *n += 1;
-        let done = self
-            .bound
-            .keys()
-            .all(|id| self.echoed.get(id).is_some_and(|&n| n >= self.close_after));
-        if done {
-            for &socket in self.bound.keys() {
-                self.ops.push_back(SocketOp::Close { socket });
+    fn react(m: &mut Scripted<Self>, _now: Instant, input: Input) -> Verdict {
+        match input {
+            Input::Datagram(socket, from, data) if m.state.echo => {
+                m.tx.push_back((socket, from, data));
+                let relay = &mut m.state;
+                *relay.echoed.entry(socket).or_default() += 1;
+                let done = relay.bound.keys().all(|id| {
+                    relay
+                        .echoed
+                        .get(id)
+                        .is_some_and(|&n| n >= relay.close_after)
+                });
+                if done {
+                    for &socket in relay.bound.keys() {
+                        m.ops.push_back(SocketOp::Close { socket });
+                    }
+                }
+                Verdict::Consumed
             }
+            Input::Datagram(..) | Input::Result(..) => {
+                if let Input::Result(socket, SocketOutcome::Bound { local }) = input {
+                    m.state.bound.insert(socket, local);
+                }
+                common::record(m, input)
+            }
+            Input::Stream(..) | Input::Timeout(_) => Verdict::NotMine,
         }
-        Verdict::Consumed
-    }
-
-    fn handle_socket_result(&mut self, _now: Instant, socket: SocketId, outcome: SocketOutcome) {
-        if let SocketOutcome::Bound { local } = outcome {
-            self.bound.insert(socket, local);
-        }
-        self.inputs.push_back(Input::Result(socket, outcome));
-    }
-
-    fn handle_timeout(&mut self, _now: Instant) {}
-
-    fn poll_transmit(&mut self, buf: &mut [u8]) -> Option<Transmit> {
-        common::pop_transmit(&mut self.tx, buf)
-    }
-
-    fn poll_socket_op(&mut self) -> Option<SocketOp> {
-        self.ops.pop_front()
-    }
-
-    fn poll_event(&mut self) -> Option<Input> {
-        self.inputs.pop_front()
-    }
-
-    fn poll_timeout(&self) -> Option<Instant> {
-        None
     }
 }
 
-/// Runs until `n` events have been seen (or the limit), returning them.
-fn collect(rt: &mut Runtime, m: &mut Relay, n: usize) -> Vec<Input> {
-    let mut seen = Vec::new();
-    rt.run(m, LIMIT, |_, _, input| {
-        seen.push(input);
-        if seen.len() >= n {
-            ControlFlow::Break(())
-        } else {
-            ControlFlow::Continue(())
-        }
-    })
-    .unwrap();
-    seen
+fn collect(rt: &mut Runtime, m: &mut Scripted<Relay>, n: usize) -> Vec<Input> {
+    common::collect(rt, m, LIMIT, n)
 }
 
-/// Binds `addrs` as sockets 1, 2, ... and returns their real addresses.
-fn bind_all(rt: &mut Runtime, m: &mut Relay, addrs: &[&str]) -> Vec<SocketAddr> {
+/// A new runtime and relay with `addrs` bound as sockets 1, 2, ..., and their real addresses.
+fn bound_relay(addrs: &[&str]) -> (Runtime, Scripted<Relay>, Vec<SocketAddr>) {
+    let mut rt = Runtime::new().unwrap();
+    let mut m = Scripted::<Relay>::default();
     for (i, a) in addrs.iter().enumerate() {
-        m.ops.push_back(bind_op(i as u32 + 1, a.parse().unwrap()));
+        m.ops
+            .push_back(udp_bind(i as u32 + 1, a, BindOptions::default()));
     }
-    let seen = collect(rt, m, addrs.len());
-    seen.iter()
+    let seen = collect(&mut rt, &mut m, addrs.len());
+    let bound = seen
+        .iter()
         .map(|input| match input {
             Input::Result(_, SocketOutcome::Bound { local }) => *local,
             other => panic!("expected Bound, got {other:?}"),
         })
-        .collect()
+        .collect();
+    (rt, m, bound)
 }
 
 /// Sends `n` numbered datagrams to `server` keeping up to `window` unanswered, and returns the
@@ -170,11 +121,9 @@ fn burst_client(server: SocketAddr, n: u32, window: u32) -> Vec<u32> {
 
 fn echo_bursts(addrs: &[&str]) {
     const N: u32 = 1000;
-    let mut rt = Runtime::new().unwrap();
-    let mut m = Relay::default();
-    let servers = bind_all(&mut rt, &mut m, addrs);
-    m.echo = true;
-    m.close_after = N as usize;
+    let (mut rt, mut m, servers) = bound_relay(addrs);
+    m.state.echo = true;
+    m.state.close_after = N as usize;
     let clients: Vec<_> = servers
         .iter()
         .map(|&server| thread::spawn(move || burst_client(server, N, 64)))
@@ -224,9 +173,8 @@ fn read_n(sock: &UdpSocket, n: usize) -> Vec<(SocketAddr, Vec<u8>)> {
 
 #[test]
 fn one_failing_datagram_in_a_batch_is_reported_and_the_rest_are_sent() {
-    let mut rt = Runtime::new().unwrap();
-    let mut m = Relay::default();
-    let a = bind_all(&mut rt, &mut m, &["127.0.0.1:0"])[0];
+    let (mut rt, mut m, bound) = bound_relay(&["127.0.0.1:0"]);
+    let a = bound[0];
     let sink = UdpSocket::bind("127.0.0.1:0").unwrap();
     let dst = sink.local_addr().unwrap();
     // An IPv6 destination from an IPv4 socket: refused by the kernel (EAFNOSUPPORT on Linux).
@@ -273,9 +221,7 @@ fn one_failing_datagram_in_a_batch_is_reported_and_the_rest_are_sent() {
 
 #[test]
 fn transmits_on_alternating_sockets_keep_their_order() {
-    let mut rt = Runtime::new().unwrap();
-    let mut m = Relay::default();
-    let socks = bind_all(&mut rt, &mut m, &["127.0.0.1:0", "127.0.0.1:0"]);
+    let (mut rt, mut m, socks) = bound_relay(&["127.0.0.1:0", "127.0.0.1:0"]);
     let sink = UdpSocket::bind("127.0.0.1:0").unwrap();
     let dst = sink.local_addr().unwrap();
     // Runs of different lengths on each socket, so batches end on a socket change and when full.
@@ -299,9 +245,8 @@ fn transmits_on_alternating_sockets_keep_their_order() {
 
 #[test]
 fn a_run_stopped_mid_batch_resumes_with_the_rest() {
-    let mut rt = Runtime::new().unwrap();
-    let mut m = Relay::default();
-    let a = bind_all(&mut rt, &mut m, &["127.0.0.1:0"])[0];
+    let (mut rt, mut m, bound) = bound_relay(&["127.0.0.1:0"]);
+    let a = bound[0];
     let peer = UdpSocket::bind("127.0.0.1:0").unwrap();
     let from = peer.local_addr().unwrap();
     const N: u8 = 50;
@@ -333,7 +278,8 @@ fn a_run_stopped_mid_batch_resumes_with_the_rest() {
     m.ops.push_back(SocketOp::Close {
         socket: SocketId(1),
     });
-    m.ops.push_back(bind_op(1, "127.0.0.1:0".parse().unwrap()));
+    m.ops
+        .push_back(udp_bind(1, "127.0.0.1:0", BindOptions::default()));
     let mut seen = Vec::new();
     let end = rt
         .run(&mut m, Some(Duration::from_millis(200)), |_, _, input| {

@@ -7,16 +7,17 @@
     clippy::indexing_slicing
 )]
 
-use std::collections::VecDeque;
+mod common;
+
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::ops::ControlFlow;
 use std::time::Duration;
 
+use common::{Reactions, Scripted};
 use p2pd_mio::{RunEnd, Runtime};
 use p2pd_proto::{
-    BindOptions, Instant, IoError, Machine, OpKind, SocketId, SocketOp, SocketOutcome, Transmit,
-    Transport, Verdict,
+    BindOptions, Instant, IoError, OpKind, SocketId, SocketOp, SocketOutcome, Transport, Verdict,
 };
 
 const LIMIT: Option<Duration> = Some(Duration::from_secs(5));
@@ -41,48 +42,56 @@ enum Input {
     Stream(Vec<u8>),
 }
 
-/// Every input becomes an event; the test reacts in the callback.
+/// Every input on the one stream `S` becomes an event; the test reacts in the callback.
 #[derive(Default)]
-struct Tcp {
-    ops: VecDeque<SocketOp>,
-    tx: VecDeque<Vec<u8>>,
-    inputs: VecDeque<Input>,
+struct OneStream {
     remote: Option<SocketAddr>,
 }
 
-impl Machine for Tcp {
+type Tcp = Scripted<OneStream>;
+
+impl Reactions for OneStream {
     type Event = Input;
-    fn handle_datagram(&mut self, _: Instant, _: SocketId, _: SocketAddr, _: &[u8]) -> Verdict {
-        Verdict::NotMine
-    }
-    fn handle_stream(&mut self, _: Instant, socket: SocketId, data: &[u8]) -> Verdict {
-        assert_eq!(socket, S);
-        self.inputs.push_back(Input::Stream(data.to_vec()));
+    fn react(m: &mut Tcp, _: Instant, input: common::Input) -> Verdict {
+        match input {
+            common::Input::Stream(socket, data) => {
+                assert_eq!(socket, S);
+                m.events.push_back(Input::Stream(data));
+            }
+            common::Input::Result(socket, outcome) => {
+                assert_eq!(socket, S);
+                m.events.push_back(Input::Result(outcome));
+            }
+            common::Input::Datagram(..) | common::Input::Timeout(_) => return Verdict::NotMine,
+        }
         Verdict::Consumed
     }
-    fn handle_socket_result(&mut self, _: Instant, socket: SocketId, outcome: SocketOutcome) {
-        assert_eq!(socket, S);
-        self.inputs.push_back(Input::Result(outcome));
-    }
-    fn handle_timeout(&mut self, _: Instant) {}
-    fn poll_transmit(&mut self, buf: &mut [u8]) -> Option<Transmit> {
-        let bytes = self.tx.pop_front()?;
-        buf[..bytes.len()].copy_from_slice(&bytes);
-        Some(Transmit {
-            socket: S,
-            destination: self.remote?,
-            len: bytes.len(),
+}
+
+impl Tcp {
+    /// A machine whose stream `S` talks to `remote`.
+    fn to(remote: SocketAddr) -> Self {
+        Scripted::new(OneStream {
+            remote: Some(remote),
         })
     }
-    fn poll_socket_op(&mut self) -> Option<SocketOp> {
-        self.ops.pop_front()
+
+    /// Queues `bytes` on the stream `S`.
+    fn send(&mut self, bytes: Vec<u8>) {
+        let remote = self.state.remote.expect("a stream with a remote");
+        self.tx.push_back((S, remote, bytes));
     }
-    fn poll_event(&mut self) -> Option<Input> {
-        self.inputs.pop_front()
-    }
-    fn poll_timeout(&self) -> Option<Instant> {
-        None
-    }
+}
+
+/// Every byte the stream delivered, in order.
+fn streamed(seen: &[Input]) -> Vec<u8> {
+    seen.iter()
+        .filter_map(|i| match i {
+            Input::Stream(d) => Some(d.clone()),
+            _ => None,
+        })
+        .flatten()
+        .collect()
 }
 
 #[test]
@@ -99,10 +108,7 @@ fn connect_exchange_and_peer_close() {
     });
 
     let mut rt = Runtime::new().unwrap();
-    let mut m = Tcp {
-        remote: Some(server_addr),
-        ..Tcp::default()
-    };
+    let mut m = Tcp::to(server_addr);
     m.ops.push_back(tcp_bind("127.0.0.1:0"));
     let mut seen = Vec::new();
     let end = rt
@@ -114,7 +120,7 @@ fn connect_exchange_and_peer_close() {
                         remote: server_addr,
                     });
                 }
-                Input::Result(SocketOutcome::Connected { .. }) => m.tx.push_back(b"ping".to_vec()),
+                Input::Result(SocketOutcome::Connected { .. }) => m.send(b"ping".to_vec()),
                 Input::Result(SocketOutcome::PeerClosed) => {
                     m.ops.push_back(SocketOp::Close { socket: S });
                 }
@@ -141,15 +147,7 @@ fn connect_exchange_and_peer_close() {
             remote: server_addr
         })
     );
-    let streamed: Vec<u8> = seen
-        .iter()
-        .filter_map(|i| match i {
-            Input::Stream(d) => Some(d.clone()),
-            _ => None,
-        })
-        .flatten()
-        .collect();
-    assert_eq!(streamed, b"pong");
+    assert_eq!(streamed(&seen), b"pong");
     assert_eq!(seen.last(), Some(&Input::Result(SocketOutcome::PeerClosed)));
     assert_eq!(rt.open_sockets(), 0);
     assert_eq!(rt.stats().bytes_sent, 4);
@@ -190,8 +188,8 @@ fn connect_to_closed_port_is_refused() {
         })
     );
     // A transmit on the failed stream is reported, not a panic.
-    m.remote = Some(remote);
-    m.tx.push_back(b"x".to_vec());
+    m.state.remote = Some(remote);
+    m.send(b"x".to_vec());
     m.ops.push_back(SocketOp::Close { socket: S });
     let _ = rt.drive(&mut m, |_, _, input| {
         assert!(matches!(
@@ -217,11 +215,7 @@ fn listen_accepts_into_the_backlog() {
             backlog: 8,
         },
     ]);
-    let mut seen = Vec::new();
-    let _ = rt.drive(&mut m, |_, _, input| {
-        seen.push(input);
-        ControlFlow::Continue(())
-    });
+    let seen = common::drained(&mut rt, &mut m);
     let local = match seen[..] {
         [Input::Result(SocketOutcome::Bound { local })] => local,
         ref other => panic!("{other:?}"),
@@ -255,72 +249,52 @@ fn listen_accepts_into_the_backlog() {
 /// stream chunk back on the stream it came from.
 #[derive(Default)]
 struct Echo {
-    ops: VecDeque<SocketOp>,
-    tx: VecDeque<(SocketId, Vec<u8>)>,
-    events: VecDeque<(SocketId, SocketOutcome)>,
     next: u32,
     accepted: Vec<SocketId>,
 }
 
 const LISTENER: SocketId = SocketId(1);
 
-impl Echo {
+impl Scripted<Echo> {
     fn accept_next(&mut self) {
-        self.next += 1;
+        self.state.next += 1;
         self.ops.push_back(SocketOp::Accept {
             listener: LISTENER,
-            socket: SocketId(9 + self.next),
+            socket: SocketId(9 + self.state.next),
         });
     }
 }
 
-impl Machine for Echo {
+impl Reactions for Echo {
     type Event = (SocketId, SocketOutcome);
-    fn handle_datagram(&mut self, _: Instant, _: SocketId, _: SocketAddr, _: &[u8]) -> Verdict {
-        Verdict::NotMine
-    }
-    fn handle_stream(&mut self, _: Instant, socket: SocketId, data: &[u8]) -> Verdict {
-        assert!(self.accepted.contains(&socket));
-        self.tx.push_back((socket, data.to_vec()));
-        Verdict::Consumed
-    }
-    fn handle_socket_result(&mut self, _: Instant, socket: SocketId, outcome: SocketOutcome) {
-        match outcome {
-            SocketOutcome::Bound { .. } => {}
-            SocketOutcome::Accepted { .. } => {
-                self.accepted.push(socket);
-                self.accept_next();
+    fn react(m: &mut Scripted<Self>, _: Instant, input: common::Input) -> Verdict {
+        match input {
+            common::Input::Stream(socket, data) => {
+                assert!(m.state.accepted.contains(&socket));
+                m.tx.push_back((socket, "0.0.0.0:0".parse().unwrap(), data));
             }
-            SocketOutcome::PeerClosed => self.ops.push_back(SocketOp::Close { socket }),
-            _ => {}
+            common::Input::Result(socket, outcome) => {
+                match outcome {
+                    SocketOutcome::Bound { .. } => {}
+                    SocketOutcome::Accepted { .. } => {
+                        m.state.accepted.push(socket);
+                        m.accept_next();
+                    }
+                    SocketOutcome::PeerClosed => m.ops.push_back(SocketOp::Close { socket }),
+                    _ => {}
+                }
+                m.events.push_back((socket, outcome));
+            }
+            common::Input::Datagram(..) | common::Input::Timeout(_) => return Verdict::NotMine,
         }
-        self.events.push_back((socket, outcome));
-    }
-    fn handle_timeout(&mut self, _: Instant) {}
-    fn poll_transmit(&mut self, buf: &mut [u8]) -> Option<Transmit> {
-        let (socket, bytes) = self.tx.pop_front()?;
-        buf[..bytes.len()].copy_from_slice(&bytes);
-        Some(Transmit {
-            socket,
-            destination: "0.0.0.0:0".parse().unwrap(),
-            len: bytes.len(),
-        })
-    }
-    fn poll_socket_op(&mut self) -> Option<SocketOp> {
-        self.ops.pop_front()
-    }
-    fn poll_event(&mut self) -> Option<(SocketId, SocketOutcome)> {
-        self.events.pop_front()
-    }
-    fn poll_timeout(&self) -> Option<Instant> {
-        None
+        Verdict::Consumed
     }
 }
 
 #[test]
 fn accept_names_connections_and_streams_them() {
     let mut rt = Runtime::new().unwrap();
-    let mut m = Echo::default();
+    let mut m = Scripted::<Echo>::default();
     m.ops.extend([
         tcp_bind("127.0.0.1:0"),
         SocketOp::Listen {
@@ -391,14 +365,10 @@ fn accept_names_connections_and_streams_them() {
 #[test]
 fn accept_on_a_socket_that_is_not_listening_fails() {
     let mut rt = Runtime::new().unwrap();
-    let mut m = Echo::default();
+    let mut m = Scripted::<Echo>::default();
     m.ops.push_back(tcp_bind("127.0.0.1:0"));
     m.accept_next();
-    let mut seen = Vec::new();
-    let _ = rt.drive(&mut m, |_, _, ev| {
-        seen.push(ev);
-        ControlFlow::Continue(())
-    });
+    let seen = common::drained(&mut rt, &mut m);
     assert!(matches!(
         seen[..],
         [
@@ -422,12 +392,9 @@ fn accept_on_a_socket_that_is_not_listening_fails() {
 /// shutdown fails, and the peer's answer still arrives on our side (half-close).
 #[test]
 fn shutdown_after_queued_bytes_half_closes() {
-    let server = TcpListener::bind("127.0.0.1:0").unwrap();
-    let server_addr = server.local_addr().unwrap();
+    let (mut rt, mut m, mut conn) = connected_pair();
     let (go_tx, go_rx) = std::sync::mpsc::channel::<()>();
-    let pattern = |i: usize| (i % 251) as u8;
     let peer = std::thread::spawn(move || {
-        let (mut conn, _) = server.accept().unwrap();
         go_rx.recv().unwrap();
         let mut got = Vec::new();
         conn.read_to_end(&mut got).unwrap();
@@ -435,36 +402,9 @@ fn shutdown_after_queued_bytes_half_closes() {
         conn.shutdown(std::net::Shutdown::Write).unwrap();
         got
     });
-
-    let mut rt = Runtime::new().unwrap();
-    let mut m = Tcp {
-        remote: Some(server_addr),
-        ..Tcp::default()
-    };
-    m.ops.push_back(tcp_bind("127.0.0.1:0"));
     let mut seen = Vec::new();
-    let mut connected = false;
     let slice = Some(Duration::from_millis(5));
-    let collect = |m: &mut Tcp, input: Input, seen: &mut Vec<Input>, connected: &mut bool| {
-        match &input {
-            Input::Result(SocketOutcome::Bound { .. }) => m.ops.push_back(SocketOp::Connect {
-                socket: S,
-                remote: server_addr,
-            }),
-            Input::Result(SocketOutcome::Connected { .. }) => *connected = true,
-            _ => {}
-        }
-        seen.push(input);
-    };
     let start = std::time::Instant::now();
-    while !connected {
-        assert!(start.elapsed() < Duration::from_secs(5), "{seen:?}");
-        rt.run(&mut m, slice, |m, _, i| {
-            collect(m, i, &mut seen, &mut connected);
-            ControlFlow::Continue(())
-        })
-        .unwrap();
-    }
     // Feed 4 KiB chunks while the runtime has room, until the kernel is full and the runtime
     // itself holds bytes (the peer is not reading).
     const CHUNK: usize = 4 * 1024;
@@ -473,11 +413,11 @@ fn shutdown_after_queued_bytes_half_closes() {
     while stalled_turns < 20 {
         assert!(start.elapsed() < Duration::from_secs(10), "never filled up");
         if rt.unsent(S) + CHUNK <= p2pd_mio::MAX_STREAM_BUFFER {
-            m.tx.push_back((fed..fed + CHUNK).map(pattern).collect());
+            m.send(chunk_at(fed, CHUNK));
             fed += CHUNK;
         }
-        rt.run(&mut m, slice, |m, _, i| {
-            collect(m, i, &mut seen, &mut connected);
+        rt.run(&mut m, slice, |_, _, i| {
+            seen.push(i);
             ControlFlow::Continue(())
         })
         .unwrap();
@@ -494,16 +434,10 @@ fn shutdown_after_queued_bytes_half_closes() {
     let held = rt.unsent(S);
     assert!(held > 0);
     m.ops.push_back(SocketOp::Shutdown { socket: S });
-    let _ = rt.drive(&mut m, |m, _, i| {
-        collect(m, i, &mut seen, &mut connected);
-        ControlFlow::Continue(())
-    });
+    seen.extend(common::drained(&mut rt, &mut m));
     // (A transmit polled in the same drain would go first: transmits before intents.)
-    m.tx.push_back(b"too late".to_vec());
-    let _ = rt.drive(&mut m, |m, _, i| {
-        collect(m, i, &mut seen, &mut connected);
-        ControlFlow::Continue(())
-    });
+    m.send(b"too late".to_vec());
+    seen.extend(common::drained(&mut rt, &mut m));
     assert_eq!(rt.unsent(S), held, "the queue is kept for the shutdown");
     let failed: Vec<&Input> = seen
         .iter()
@@ -534,16 +468,8 @@ fn shutdown_after_queued_bytes_half_closes() {
     assert_eq!(end, RunEnd::Idle, "{seen:?}");
     let got = peer.join().unwrap();
     assert_eq!(got.len(), fed, "the peer read every byte, then EOF");
-    assert!(got.iter().enumerate().all(|(i, &b)| b == pattern(i)));
-    let back: Vec<u8> = seen
-        .iter()
-        .filter_map(|i| match i {
-            Input::Stream(d) => Some(d.clone()),
-            _ => None,
-        })
-        .flatten()
-        .collect();
-    assert_eq!(back, b"answer after your EOF");
+    assert!(got == chunk_at(0, fed));
+    assert_eq!(streamed(&seen), b"answer after your EOF");
     assert_eq!(
         seen.last(),
         Some(&Input::Result(SocketOutcome::PeerClosed)),
@@ -560,11 +486,7 @@ fn shutdown_on_a_bound_socket_fails() {
     let mut m = Tcp::default();
     m.ops.push_back(tcp_bind("127.0.0.1:0"));
     m.ops.push_back(SocketOp::Shutdown { socket: S });
-    let mut seen = Vec::new();
-    let _ = rt.drive(&mut m, |_, _, i| {
-        seen.push(i);
-        ControlFlow::Continue(())
-    });
+    let seen = common::drained(&mut rt, &mut m);
     assert!(
         matches!(
             seen.as_slice(),
@@ -587,10 +509,7 @@ fn connected_pair() -> (Runtime, Tcp, TcpStream) {
     let server = TcpListener::bind("127.0.0.1:0").unwrap();
     let server_addr = server.local_addr().unwrap();
     let mut rt = Runtime::new().unwrap();
-    let mut m = Tcp {
-        remote: Some(server_addr),
-        ..Tcp::default()
-    };
+    let mut m = Tcp::to(server_addr);
     m.ops.push_back(tcp_bind("127.0.0.1:0"));
     let mut connected = false;
     let start = std::time::Instant::now();
@@ -631,7 +550,7 @@ fn a_refused_stream_refuses_until_writable_then_takes_bytes_again() {
         assert!(start.elapsed() < Duration::from_secs(10), "never refused");
         let c = chunk_at(offered, 1400);
         offered += c.len();
-        m.tx.push_back(c.clone());
+        m.send(c.clone());
         let _ = rt.drive(&mut m, |_, _, i| {
             match i {
                 Input::Result(SocketOutcome::Failed {
@@ -648,7 +567,7 @@ fn a_refused_stream_refuses_until_writable_then_takes_bytes_again() {
         }
     }
     // Once refused, even a one-byte transmit is refused: refusals are always the last ones.
-    m.tx.push_back(vec![0xee]);
+    m.send(vec![0xee]);
     let _ = rt.drive(&mut m, |_, _, i| {
         assert!(matches!(
             i,
@@ -685,7 +604,7 @@ fn a_refused_stream_refuses_until_writable_then_takes_bytes_again() {
         "the peer got exactly the accepted bytes, in order"
     );
     // Writable: transmits are taken again.
-    m.tx.push_back(b"after".to_vec());
+    m.send(b"after".to_vec());
     let _ = rt.drive(&mut m, |_, _, i| panic!("{i:?}"));
     let mut tail = [0u8; 5];
     peer.read_exact(&mut tail).unwrap();
@@ -702,7 +621,7 @@ fn close_after_shutdown_still_delivers_every_queued_byte() {
     while rt.unsent(S) == 0 {
         assert!(start.elapsed() < Duration::from_secs(10), "never filled up");
         let c = chunk_at(sent.len(), 1400);
-        m.tx.push_back(c.clone());
+        m.send(c.clone());
         let _ = rt.drive(&mut m, |_, _, i| panic!("{i:?}"));
         sent.extend_from_slice(&c);
     }

@@ -9,27 +9,18 @@
 
 mod common;
 
-use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::ops::ControlFlow;
 use std::time::Duration;
 
+use common::{udp_bind, Input, Reactions, Record, Scripted};
 use p2pd_mio::{RunEnd, Runtime};
 use p2pd_proto::{
-    BindOptions, Instant, InterfaceName, IoError, Machine, OpKind, SocketId, SocketOp,
-    SocketOutcome, Transmit, Transport, Verdict,
+    BindOptions, Instant, InterfaceName, IoError, OpKind, SocketId, SocketOp, SocketOutcome,
+    Verdict,
 };
 
 const LIMIT: Option<Duration> = Some(Duration::from_secs(5));
-
-fn bind_op(socket: u32, local: &str, options: BindOptions) -> SocketOp {
-    SocketOp::Bind {
-        socket: SocketId(socket),
-        transport: Transport::Udp,
-        local: local.parse().unwrap(),
-        options,
-    }
-}
 
 // ---------------------------------------------------------------------------------------------
 // Echo: binds two sockets, A pings B, B echoes, A arms a timer, the timer closes both.
@@ -45,106 +36,72 @@ const A: SocketId = SocketId(1);
 const B: SocketId = SocketId(2);
 
 struct Echo {
-    ops: VecDeque<SocketOp>,
-    tx: VecDeque<common::Queued>,
-    events: VecDeque<EchoEvent>,
     a: Option<SocketAddr>,
     b: Option<SocketAddr>,
-    deadline: Option<Instant>,
     delay: Duration,
     echoes: u32,
 }
 
-impl Echo {
-    fn new(ip: &str, delay: Duration) -> Self {
-        let local = format!("{ip}:0");
-        Echo {
-            ops: VecDeque::from([
-                bind_op(1, &local, BindOptions::default()),
-                bind_op(2, &local, BindOptions::default()),
-            ]),
-            tx: VecDeque::new(),
-            events: VecDeque::new(),
-            a: None,
-            b: None,
-            deadline: None,
-            delay,
-            echoes: 0,
-        }
-    }
+fn echo_machine(ip: &str, delay: Duration) -> Scripted<Echo> {
+    let local = format!("{ip}:0");
+    let state = Echo {
+        a: None,
+        b: None,
+        delay,
+        echoes: 0,
+    };
+    Scripted::with_ops(
+        state,
+        [
+            udp_bind(1, &local, BindOptions::default()),
+            udp_bind(2, &local, BindOptions::default()),
+        ],
+    )
 }
 
-impl Machine for Echo {
+impl Reactions for Echo {
     type Event = EchoEvent;
 
-    fn handle_datagram(
-        &mut self,
-        now: Instant,
-        socket: SocketId,
-        from: SocketAddr,
-        data: &[u8],
-    ) -> Verdict {
-        if socket == B {
-            assert_eq!(Some(from), self.a, "B hears A's real address");
-            self.echoes += 1;
-            self.tx.push_back((B, from, data.to_vec()));
-        } else {
-            assert_eq!(Some(from), self.b);
-            self.events.push_back(EchoEvent::Echoed(data.to_vec()));
-            self.deadline = Some(now + self.delay);
-        }
-        Verdict::Consumed
-    }
-
-    fn handle_socket_result(&mut self, _now: Instant, socket: SocketId, outcome: SocketOutcome) {
-        match outcome {
-            SocketOutcome::Bound { local } => {
+    fn react(m: &mut Scripted<Self>, now: Instant, input: Input) -> Verdict {
+        match input {
+            Input::Datagram(B, from, data) => {
+                assert_eq!(Some(from), m.state.a, "B hears A's real address");
+                m.state.echoes += 1;
+                m.tx.push_back((B, from, data));
+            }
+            Input::Datagram(_, from, data) => {
+                assert_eq!(Some(from), m.state.b);
+                m.events.push_back(EchoEvent::Echoed(data));
+                m.deadline = Some(now + m.state.delay);
+            }
+            Input::Result(socket, SocketOutcome::Bound { local }) => {
                 assert_ne!(local.port(), 0, "the real port is reported");
                 if socket == A {
-                    self.a = Some(local);
+                    m.state.a = Some(local);
                 } else {
-                    self.b = Some(local);
+                    m.state.b = Some(local);
                 }
-                if let (Some(_), Some(b)) = (self.a, self.b) {
-                    self.tx.push_back((A, b, b"ping".to_vec()));
+                if let (Some(_), Some(b)) = (m.state.a, m.state.b) {
+                    m.tx.push_back((A, b, b"ping".to_vec()));
                 }
             }
-            other => self.events.push_back(EchoEvent::Failed(socket, other)),
+            Input::Result(socket, other) => m.events.push_back(EchoEvent::Failed(socket, other)),
+            Input::Timeout(now) => {
+                let deadline = m.deadline.take().expect("a timeout only with a deadline");
+                m.events.push_back(EchoEvent::TimerFired { deadline, now });
+                m.ops.push_back(SocketOp::Close { socket: A });
+                m.ops.push_back(SocketOp::Close { socket: B });
+            }
+            Input::Stream(..) => return Verdict::NotMine,
         }
-    }
-
-    fn handle_timeout(&mut self, now: Instant) {
-        let deadline = self
-            .deadline
-            .take()
-            .expect("a timeout only with a deadline");
-        self.events
-            .push_back(EchoEvent::TimerFired { deadline, now });
-        self.ops.push_back(SocketOp::Close { socket: A });
-        self.ops.push_back(SocketOp::Close { socket: B });
-    }
-
-    fn poll_transmit(&mut self, buf: &mut [u8]) -> Option<Transmit> {
-        common::pop_transmit(&mut self.tx, buf)
-    }
-
-    fn poll_socket_op(&mut self) -> Option<SocketOp> {
-        self.ops.pop_front()
-    }
-
-    fn poll_event(&mut self) -> Option<EchoEvent> {
-        self.events.pop_front()
-    }
-
-    fn poll_timeout(&self) -> Option<Instant> {
-        self.deadline
+        Verdict::Consumed
     }
 }
 
 fn echo_round(ip: &str) {
     let mut rt = Runtime::new().unwrap();
     let delay = Duration::from_millis(50);
-    let mut machine = Echo::new(ip, delay);
+    let mut machine = echo_machine(ip, delay);
     let mut events = Vec::new();
     let started = std::time::Instant::now();
     let end = rt
@@ -168,7 +125,7 @@ fn echo_round(ip: &str) {
         ref other => panic!("unexpected {other:?}"),
     }
     assert!(elapsed >= delay, "the loop waited for the timer");
-    assert_eq!(machine.echoes, 1);
+    assert_eq!(machine.state.echoes, 1);
     assert_eq!(rt.open_sockets(), 0, "Close released both sockets");
     let stats = rt.stats();
     assert_eq!(stats.datagrams_sent, 2);
@@ -200,7 +157,7 @@ fn echo_ipv6() {
 fn runtime_is_reusable_across_runs() {
     let mut rt = Runtime::new().unwrap();
     for _ in 0..20 {
-        let mut machine = Echo::new("127.0.0.1", Duration::from_millis(1));
+        let mut machine = echo_machine("127.0.0.1", Duration::from_millis(1));
         let end = rt
             .run(&mut machine, LIMIT, |_, _, _| ControlFlow::Continue(()))
             .unwrap();
@@ -211,93 +168,29 @@ fn runtime_is_reusable_across_runs() {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Script: every input becomes an event; the test reacts in the callback.
+// Script: every input becomes an event (`common::Record`); the test reacts in the callback.
 
-#[derive(Debug, Clone, PartialEq)]
-enum Input {
-    Result(SocketId, SocketOutcome),
-    Datagram(SocketId, SocketAddr, Vec<u8>),
-    Stream(SocketId, Vec<u8>),
-    Timeout(Instant),
-}
+type Script = Scripted<Record>;
 
-#[derive(Default)]
-struct Script {
-    ops: VecDeque<SocketOp>,
-    tx: VecDeque<common::Queued>,
-    inputs: VecDeque<Input>,
-    deadline: Option<Instant>,
-}
-
-impl Script {
-    fn with_ops(ops: impl IntoIterator<Item = SocketOp>) -> Self {
-        Script {
-            ops: ops.into_iter().collect(),
-            ..Script::default()
-        }
-    }
-}
-
-impl Machine for Script {
-    type Event = Input;
-
-    fn handle_datagram(
-        &mut self,
-        _now: Instant,
-        socket: SocketId,
-        from: SocketAddr,
-        data: &[u8],
-    ) -> Verdict {
-        self.inputs
-            .push_back(Input::Datagram(socket, from, data.to_vec()));
-        Verdict::Consumed
-    }
-
-    fn handle_stream(&mut self, _now: Instant, socket: SocketId, data: &[u8]) -> Verdict {
-        self.inputs.push_back(Input::Stream(socket, data.to_vec()));
-        Verdict::Consumed
-    }
-
-    fn handle_socket_result(&mut self, _now: Instant, socket: SocketId, outcome: SocketOutcome) {
-        self.inputs.push_back(Input::Result(socket, outcome));
-    }
-
-    fn handle_timeout(&mut self, now: Instant) {
-        let deadline = self.deadline.take().expect("deadline");
-        assert!(now >= deadline, "handle_timeout before the deadline");
-        self.inputs.push_back(Input::Timeout(now));
-    }
-
-    fn poll_transmit(&mut self, buf: &mut [u8]) -> Option<Transmit> {
-        common::pop_transmit(&mut self.tx, buf)
-    }
-
-    fn poll_socket_op(&mut self) -> Option<SocketOp> {
-        self.ops.pop_front()
-    }
-
-    fn poll_event(&mut self) -> Option<Input> {
-        self.inputs.pop_front()
-    }
-
-    fn poll_timeout(&self) -> Option<Instant> {
-        self.deadline
-    }
+fn script(ops: impl IntoIterator<Item = SocketOp>) -> Script {
+    Scripted::with_ops(Record, ops)
 }
 
 /// Runs until `n` inputs have been seen (or the limit), returning them.
 fn collect(rt: &mut Runtime, m: &mut Script, n: usize) -> Vec<Input> {
-    let mut seen = Vec::new();
-    rt.run(m, LIMIT, |_, _, input| {
-        seen.push(input);
-        if seen.len() >= n {
-            ControlFlow::Break(())
-        } else {
-            ControlFlow::Continue(())
-        }
-    })
-    .unwrap();
-    seen
+    common::collect(rt, m, LIMIT, n)
+}
+
+/// The report of a bind of `socket` that failed with `error`.
+fn bind_failed(socket: u32, error: IoError) -> Input {
+    Input::Result(
+        SocketId(socket),
+        SocketOutcome::Failed {
+            op: OpKind::Bind,
+            destination: None,
+            error,
+        },
+    )
 }
 
 fn bound_addr(input: &Input) -> SocketAddr {
@@ -310,19 +203,9 @@ fn bound_addr(input: &Input) -> SocketAddr {
 #[test]
 fn bind_to_non_local_address_fails() {
     let mut rt = Runtime::new().unwrap();
-    let mut m = Script::with_ops([bind_op(7, "192.0.2.1:0", BindOptions::default())]);
+    let mut m = script([udp_bind(7, "192.0.2.1:0", BindOptions::default())]);
     let seen = collect(&mut rt, &mut m, 1);
-    assert_eq!(
-        seen,
-        vec![Input::Result(
-            SocketId(7),
-            SocketOutcome::Failed {
-                op: OpKind::Bind,
-                destination: None,
-                error: IoError::AddrNotAvailable
-            }
-        )]
-    );
+    assert_eq!(seen, vec![bind_failed(7, IoError::AddrNotAvailable)]);
     assert_eq!(rt.open_sockets(), 0);
 }
 
@@ -342,7 +225,7 @@ fn send_on_unknown_or_closed_socket_is_reported() {
 
     // Bind, close, then send on the closed id; closing twice (and closing an unknown id) is harmless.
     m.ops
-        .extend([bind_op(1, "127.0.0.1:0", BindOptions::default())]);
+        .extend([udp_bind(1, "127.0.0.1:0", BindOptions::default())]);
     let seen = collect(&mut rt, &mut m, 1);
     bound_addr(&seen[0]);
     assert_eq!(rt.open_sockets(), 1);
@@ -375,34 +258,24 @@ fn reuse_port_lets_two_sockets_share_a_port() {
         reuse_port: true,
         device: None,
     };
-    let mut m = Script::with_ops([bind_op(1, "127.0.0.1:0", reuse)]);
+    let mut m = script([udp_bind(1, "127.0.0.1:0", reuse)]);
     let first = bound_addr(&collect(&mut rt, &mut m, 1)[0]);
-    m.ops.push_back(bind_op(2, &first.to_string(), reuse));
+    m.ops.push_back(udp_bind(2, &first.to_string(), reuse));
     let second = bound_addr(&collect(&mut rt, &mut m, 1)[0]);
     assert_eq!(first, second);
     // Without the flags the port is taken.
     m.ops
-        .push_back(bind_op(3, &first.to_string(), BindOptions::default()));
+        .push_back(udp_bind(3, &first.to_string(), BindOptions::default()));
     let seen = collect(&mut rt, &mut m, 1);
-    assert_eq!(
-        seen,
-        vec![Input::Result(
-            SocketId(3),
-            SocketOutcome::Failed {
-                op: OpKind::Bind,
-                destination: None,
-                error: IoError::AddrInUse
-            }
-        )]
-    );
+    assert_eq!(seen, vec![bind_failed(3, IoError::AddrInUse)]);
     assert_eq!(rt.open_sockets(), 2);
 }
 
 #[test]
 fn set_ttl_and_misdirected_ops() {
     let mut rt = Runtime::new().unwrap();
-    let mut m = Script::with_ops([
-        bind_op(1, "127.0.0.1:0", BindOptions::default()),
+    let mut m = script([
+        udp_bind(1, "127.0.0.1:0", BindOptions::default()),
         SocketOp::SetTtl {
             socket: SocketId(1),
             ttl: 3,
@@ -442,7 +315,7 @@ fn set_ttl_and_misdirected_ops() {
     );
     // Binding an id that is already open is refused and leaves the socket alone.
     m.ops
-        .push_back(bind_op(1, "127.0.0.1:0", BindOptions::default()));
+        .push_back(udp_bind(1, "127.0.0.1:0", BindOptions::default()));
     let seen = collect(&mut rt, &mut m, 1);
     assert!(matches!(
         seen[0],
@@ -495,9 +368,9 @@ fn timer_never_fires_early_and_limit_and_idle_end_the_run() {
 #[test]
 fn callback_commands_take_effect_and_bursts_are_read() {
     let mut rt = Runtime::new().unwrap();
-    let mut m = Script::with_ops([
-        bind_op(1, "127.0.0.1:0", BindOptions::default()),
-        bind_op(2, "127.0.0.1:0", BindOptions::default()),
+    let mut m = script([
+        udp_bind(1, "127.0.0.1:0", BindOptions::default()),
+        udp_bind(2, "127.0.0.1:0", BindOptions::default()),
     ]);
     let seen = collect(&mut rt, &mut m, 2);
     let a = bound_addr(&seen[0]);
@@ -552,9 +425,9 @@ fn bind_to_device_lo() {
         device: InterfaceName::new("nosuchdev0"),
         ..BindOptions::default()
     };
-    let mut m = Script::with_ops([
-        bind_op(1, "127.0.0.1:0", lo),
-        bind_op(2, "127.0.0.1:0", bogus),
+    let mut m = script([
+        udp_bind(1, "127.0.0.1:0", lo),
+        udp_bind(2, "127.0.0.1:0", bogus),
     ]);
     let seen = collect(&mut rt, &mut m, 2);
     match &seen[0] {
@@ -605,9 +478,9 @@ fn bind_to_device_lo() {
 fn many_sequential_round_trips_do_not_grow_the_table() {
     let mut rt = Runtime::new().unwrap();
     for round in 0..200u32 {
-        let mut m = Script::with_ops([
-            bind_op(1, "127.0.0.1:0", BindOptions::default()),
-            bind_op(2, "127.0.0.1:0", BindOptions::default()),
+        let mut m = script([
+            udp_bind(1, "127.0.0.1:0", BindOptions::default()),
+            udp_bind(2, "127.0.0.1:0", BindOptions::default()),
         ]);
         let seen = collect(&mut rt, &mut m, 2);
         let b = bound_addr(&seen[1]);

@@ -793,38 +793,38 @@ pub fn matrix_punch_config() -> PunchConfig {
 /// Runs one punch from A behind `a` to B behind `b` at `loss` with simulation seed `seed`; the NAT
 /// boxes answer unsolicited SYNs with an RST if `nat_rst`.
 pub fn run_one(a: NatKind, b: NatKind, loss: f64, nat_rst: bool, seed: u64) -> Outcome {
-    let mut w = World::new(seed, [a, b], loss, nat_rst, matrix_punch_config());
-    let (result, leaks) = if w.wait_ready(SETUP_LIMIT) {
-        w.punch_once()
-    } else {
-        (Err(Failure::Setup), w.close_and_check())
-    };
-    Outcome {
-        a,
-        b,
-        loss,
-        nat_rst,
-        seed,
-        result,
-        leaks,
-    }
+    let world = World::new(seed, [a, b], loss, nat_rst, matrix_punch_config());
+    punch_in(Some(world), a, b, loss, nat_rst, seed)
 }
 
 /// [`run_one`] with the nodes' NAT views from a classifier run first (the classifier -> planner
 /// path, see the module docs); graded by the same oracle. A classifier that does not report in
 /// time is [`Failure::Setup`].
 pub fn run_one_classified(a: NatKind, b: NatKind, loss: f64, nat_rst: bool, seed: u64) -> Outcome {
-    let (result, leaks) =
-        match World::classified(seed, [a, b], loss, nat_rst, matrix_punch_config()) {
-            Some(mut w) => {
-                if w.wait_ready(SETUP_LIMIT) {
-                    w.punch_once()
-                } else {
-                    (Err(Failure::Setup), w.close_and_check())
-                }
+    let world = World::classified(seed, [a, b], loss, nat_rst, matrix_punch_config());
+    punch_in(world, a, b, loss, nat_rst, seed)
+}
+
+/// Punches once in `world` once both nodes are ready, graded as the run of `a` to `b` at `loss`
+/// (`None`: the world could not be set up, [`Failure::Setup`]).
+fn punch_in(
+    world: Option<World>,
+    a: NatKind,
+    b: NatKind,
+    loss: f64,
+    nat_rst: bool,
+    seed: u64,
+) -> Outcome {
+    let (result, leaks) = match world {
+        Some(mut w) => {
+            if w.wait_ready(SETUP_LIMIT) {
+                w.punch_once()
+            } else {
+                (Err(Failure::Setup), w.close_and_check())
             }
-            None => (Err(Failure::Setup), Vec::new()),
-        };
+        }
+        None => (Err(Failure::Setup), Vec::new()),
+    };
     Outcome {
         a,
         b,

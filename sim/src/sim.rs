@@ -873,8 +873,25 @@ impl Sim {
             return;
         };
         self.stats.delivered += 1;
+        self.record_delivery(id, &packet);
+        let _ = self.host_mut(id).node.handle_datagram(
+            now,
+            socket,
+            SocketAddr::V4(packet.src),
+            &packet.data,
+        );
+        self.service(id);
+    }
+
+    /// Adds `packet`, delivered to host `id` now, to the trace hash and (when one is kept) the
+    /// trace.
+    fn record_delivery(&mut self, id: HostId, packet: &Packet) {
+        let now = self.now;
         self.trace_hash
             .add(now, id, packet.src, packet.dst, &packet.data);
+        if let Some(header) = packet.tcp {
+            self.trace_hash.eat(&header.bytes());
+        }
         if let Some(trace) = &mut self.trace {
             trace.push(TraceEntry {
                 at: now,
@@ -882,13 +899,9 @@ impl Sim {
                 src: packet.src,
                 dst: packet.dst,
                 data: packet.data.clone(),
-                tcp: None,
+                tcp: packet.tcp,
             });
         }
-        let _ = host
-            .node
-            .handle_datagram(now, socket, SocketAddr::V4(packet.src), &packet.data);
-        self.service(id);
     }
 }
 

@@ -25,7 +25,7 @@ use p2pd_proto::client::{
     ClientConfig, ClientEvent, Request, Retransmit, StunClient, TransactionResult,
 };
 use p2pd_proto::server::{ServerConfig, ServerEvent, ServerStats, StunServer};
-use p2pd_proto::{BindOptions, SocketId};
+use p2pd_proto::{BindOptions, Machine, SocketId};
 
 pub const LO1: IpAddr = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 1));
 pub const LO2: IpAddr = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2));
@@ -92,8 +92,7 @@ pub struct ServerReport {
 pub struct ServerThread {
     pub primary: SocketAddr,
     pub alternate: Option<SocketAddr>,
-    stop: Arc<AtomicBool>,
-    handle: Option<JoinHandle<ServerReport>>,
+    run: ServerRun,
 }
 
 impl ServerThread {
@@ -126,6 +125,32 @@ impl ServerThread {
             (Some(ip), Some(port)) => Some(SocketAddr::new(ip, port)),
             _ => None,
         };
+        let run = ServerRun::start(config, roles)?;
+        Some(ServerThread {
+            primary,
+            alternate,
+            run,
+        })
+    }
+
+    /// Stops the server and returns its counters.
+    pub fn stop(mut self) -> ServerReport {
+        self.run.stop().expect("server thread already stopped")
+    }
+}
+
+/// Our STUN server driven by its own runtime in a thread until it is stopped (or dropped): then
+/// it closes, and the thread reports how it ended.
+pub(crate) struct ServerRun {
+    stop: Arc<AtomicBool>,
+    handle: Option<JoinHandle<ServerReport>>,
+}
+
+impl ServerRun {
+    /// Starts the server of `config` and waits (15 s at most) until each of its `sockets` (UDP
+    /// roles and TCP listeners) listens or fails; `None`, with the thread stopped, unless all
+    /// listen.
+    pub(crate) fn start(config: ServerConfig, sockets: usize) -> Option<ServerRun> {
         let stop = Arc::new(AtomicBool::new(false));
         let (ready_tx, ready_rx) = mpsc::channel::<bool>();
         let stop2 = Arc::clone(&stop);
@@ -135,18 +160,20 @@ impl ServerThread {
             let (mut listening, mut failed) = (0usize, 0usize);
             rt.run(&mut server, Some(Duration::from_secs(10)), |_, _, ev| {
                 match ev {
-                    ServerEvent::Listening { .. } => listening += 1,
-                    ServerEvent::SocketFailed { .. } => failed += 1,
+                    ServerEvent::Listening { .. } | ServerEvent::TcpListening { .. } => {
+                        listening += 1
+                    }
+                    ServerEvent::SocketFailed { .. } | ServerEvent::TcpFailed { .. } => failed += 1,
                     _ => {}
                 }
-                if listening + failed >= roles {
+                if listening + failed >= sockets {
                     ControlFlow::Break(())
                 } else {
                     ControlFlow::Continue(())
                 }
             })
             .expect("server run");
-            let ok = listening == roles && failed == 0;
+            let ok = listening == sockets && failed == 0;
             let _ = ready_tx.send(ok);
             while ok && !stop2.load(Ordering::SeqCst) {
                 rt.run(&mut server, Some(Duration::from_millis(20)), |_, _, _| {
@@ -156,16 +183,10 @@ impl ServerThread {
             }
             let now = rt.now();
             server.close(now);
-            let mut closed_event = false;
-            rt.run(&mut server, Some(Duration::from_secs(5)), |_, _, ev| {
-                if matches!(ev, ServerEvent::Closed) {
-                    closed_event = true;
-                    ControlFlow::Break(())
-                } else {
-                    ControlFlow::Continue(())
-                }
+            let closed_event = run_until(&mut rt, &mut server, Duration::from_secs(5), |ev| {
+                matches!(ev, ServerEvent::Closed).then_some(())
             })
-            .expect("server run");
+            .is_some();
             ServerReport {
                 stats: server.stats(),
                 runtime: rt.stats(),
@@ -176,32 +197,26 @@ impl ServerThread {
         let ok = ready_rx
             .recv_timeout(Duration::from_secs(15))
             .unwrap_or(false);
-        let mut s = ServerThread {
-            primary,
-            alternate,
+        let mut run = ServerRun {
             stop,
             handle: Some(handle),
         };
         if ok {
-            Some(s)
+            Some(run)
         } else {
-            let _ = s.stop_inner();
+            let _ = run.stop();
             None
         }
     }
 
-    fn stop_inner(&mut self) -> Option<ServerReport> {
+    /// Stops the server and waits for its report (`None` if it was stopped already).
+    pub(crate) fn stop(&mut self) -> Option<ServerReport> {
         self.stop.store(true, Ordering::SeqCst);
         self.handle.take().map(|h| h.join().expect("server thread"))
     }
-
-    /// Stops the server and returns its counters.
-    pub fn stop(mut self) -> ServerReport {
-        self.stop_inner().expect("server thread already stopped")
-    }
 }
 
-impl Drop for ServerThread {
+impl Drop for ServerRun {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::SeqCst);
         if let Some(h) = self.handle.take() {
@@ -210,6 +225,27 @@ impl Drop for ServerThread {
             }
         }
     }
+}
+
+/// Runs `machine` on `rt` until `pick` takes one of its events (its answer), or `limit` passes
+/// (`None`).
+pub fn run_until<M: Machine, T>(
+    rt: &mut Runtime,
+    machine: &mut M,
+    limit: Duration,
+    mut pick: impl FnMut(M::Event) -> Option<T>,
+) -> Option<T> {
+    let mut picked = None;
+    rt.run(machine, Some(limit), |_, _, ev| {
+        picked = pick(ev);
+        if picked.is_some() {
+            ControlFlow::Break(())
+        } else {
+            ControlFlow::Continue(())
+        }
+    })
+    .expect("runtime run");
+    picked
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -242,27 +278,19 @@ impl Client {
             .client
             .open_socket(now, local, BindOptions::default())
             .expect("open_socket");
-        let mut bound = None;
-        self.rt
-            .run(
-                &mut self.client,
-                Some(Duration::from_secs(5)),
-                |_, _, ev| {
-                    match ev {
-                        ClientEvent::SocketReady { socket, local } if socket == id => {
-                            bound = Some(local);
-                            return ControlFlow::Break(());
-                        }
-                        ClientEvent::SocketFailed { socket, error } if socket == id => {
-                            panic!("cannot bind {local}: {error:?}")
-                        }
-                        _ => {}
-                    }
-                    ControlFlow::Continue(())
-                },
-            )
-            .expect("client run");
-        let bound = bound.expect("no SocketReady within 5 s");
+        let bound = run_until(
+            &mut self.rt,
+            &mut self.client,
+            Duration::from_secs(5),
+            |ev| match ev {
+                ClientEvent::SocketReady { socket, local } if socket == id => Some(local),
+                ClientEvent::SocketFailed { socket, error } if socket == id => {
+                    panic!("cannot bind {local}: {error:?}")
+                }
+                _ => None,
+            },
+        )
+        .expect("no SocketReady within 5 s");
         assert_eq!(
             self.rt.local_addr(id),
             Some(bound),
@@ -275,45 +303,29 @@ impl Client {
     pub fn query(&mut self, request: Request) -> TransactionResult {
         let now = self.rt.now();
         let handle = self.client.start(now, request).expect("start");
-        let mut result = None;
-        self.rt
-            .run(
-                &mut self.client,
-                Some(Duration::from_secs(20)),
-                |_, _, ev| {
-                    if let ClientEvent::Transaction(t) = ev {
-                        if t.id == handle {
-                            result = Some(t);
-                            return ControlFlow::Break(());
-                        }
-                    }
-                    ControlFlow::Continue(())
-                },
-            )
-            .expect("client run");
-        result.expect("the transaction did not end within 20 s")
+        run_until(
+            &mut self.rt,
+            &mut self.client,
+            Duration::from_secs(20),
+            |ev| match ev {
+                ClientEvent::Transaction(t) if t.id == handle => Some(t),
+                _ => None,
+            },
+        )
+        .expect("the transaction did not end within 20 s")
     }
 
     /// Closes the client and waits for `Closed`; asserts that every socket is gone.
     pub fn close(&mut self) {
         let now = self.rt.now();
         self.client.close(now);
-        let mut closed = false;
-        self.rt
-            .run(
-                &mut self.client,
-                Some(Duration::from_secs(5)),
-                |_, _, ev| {
-                    if matches!(ev, ClientEvent::Closed) {
-                        closed = true;
-                        ControlFlow::Break(())
-                    } else {
-                        ControlFlow::Continue(())
-                    }
-                },
-            )
-            .expect("client run");
-        assert!(closed, "no Closed event after close");
+        let closed = run_until(
+            &mut self.rt,
+            &mut self.client,
+            Duration::from_secs(5),
+            |ev| matches!(ev, ClientEvent::Closed).then_some(()),
+        );
+        assert!(closed.is_some(), "no Closed event after close");
         assert_eq!(
             self.rt.open_sockets(),
             0,
@@ -412,36 +424,41 @@ impl CliServer {
             )
             .expect("spawn p2pd stun-server");
             let mut out = BufReader::new(guard.child.stdout.take().expect("stdout"));
-            let mut listening = 0;
-            let mut line = String::new();
             last.clear();
-            loop {
-                line.clear();
-                match out.read_line(&mut line) {
-                    Ok(0) | Err(_) => break,
-                    Ok(_) => {}
-                }
-                last.push_str(&line);
-                let event = json_line(&line);
-                let event = event.as_ref().and_then(event_of);
-                if event == Some("socket-failed") {
-                    break;
-                }
-                if event == Some("listening") {
-                    listening += 1;
-                    if listening == 4 {
-                        return CliServer {
-                            primary: SocketAddr::new(LO1, p),
-                            alternate: SocketAddr::new(LO2, q),
-                            guard,
-                            _stdout: out,
-                        };
-                    }
-                }
+            if await_listening(&mut out, &mut last) {
+                return CliServer {
+                    primary: SocketAddr::new(LO1, p),
+                    alternate: SocketAddr::new(LO2, q),
+                    guard,
+                    _stdout: out,
+                };
             }
         }
         panic!("p2pd stun-server did not start after 10 attempts; last output:\n{last}");
     }
+}
+
+/// Reads the `--json` output of `p2pd stun-server` from `out` until the server has printed its
+/// four `listening` lines (`true`), or until the output ends or reports `socket-failed`
+/// (`false`). Every line read is appended to `seen`.
+pub fn await_listening(out: &mut impl BufRead, seen: &mut String) -> bool {
+    let mut listening = 0;
+    let mut line = String::new();
+    while listening < 4 {
+        line.clear();
+        match out.read_line(&mut line) {
+            Ok(0) | Err(_) => return false,
+            Ok(_) => {}
+        }
+        seen.push_str(&line);
+        let event = json_line(&line);
+        match event.as_ref().and_then(event_of) {
+            Some("socket-failed") => return false,
+            Some("listening") => listening += 1,
+            _ => {}
+        }
+    }
+    true
 }
 
 /// A line of the CLI's `--json` output, parsed (every such line is one JSON object); `None` for

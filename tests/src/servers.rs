@@ -2,24 +2,17 @@
 //! runtime in a thread, and coturn (`turnserver --stun-only`) on fresh loopback ports.
 
 use std::net::SocketAddr;
-use std::ops::ControlFlow;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{mpsc, Arc};
-use std::thread::JoinHandle;
-use std::time::Duration;
 
-use p2pd_mio::Runtime;
-use p2pd_proto::server::{ServerConfig, ServerEvent, ServerStats, StunServer};
+use p2pd_proto::server::{ServerConfig, ServerStats};
 
-use super::{free_port_pair, ChildGuard, LO1, LO2};
+use super::{free_port_pair, ChildGuard, ServerRun, LO1, LO2};
 
 /// Our STUN server (UDP + TCP on 127.0.0.1:P) driven by a runtime in a thread.
 pub struct TcpStunServer {
     pub addr: SocketAddr,
-    stop: Arc<AtomicBool>,
-    handle: Option<JoinHandle<(ServerStats, usize)>>,
+    run: ServerRun,
 }
 
 impl TcpStunServer {
@@ -35,77 +28,18 @@ impl TcpStunServer {
             let addr = SocketAddr::new(LO1, p);
             let mut config = ServerConfig::single(addr).with_tcp(true);
             configure(&mut config);
-            let stop = Arc::new(AtomicBool::new(false));
-            let stop2 = Arc::clone(&stop);
-            let (tx, rx) = mpsc::channel();
-            let handle = std::thread::spawn(move || {
-                let mut rt = Runtime::new().expect("runtime");
-                let mut server = StunServer::new(config).expect("config");
-                let mut up = (0, 0);
-                rt.run(&mut server, Some(Duration::from_secs(10)), |_, _, ev| {
-                    match ev {
-                        ServerEvent::Listening { .. } | ServerEvent::TcpListening { .. } => {
-                            up.0 += 1
-                        }
-                        ServerEvent::SocketFailed { .. } | ServerEvent::TcpFailed { .. } => {
-                            up.1 += 1
-                        }
-                        _ => {}
-                    }
-                    if up.0 + up.1 == 2 {
-                        ControlFlow::Break(())
-                    } else {
-                        ControlFlow::Continue(())
-                    }
-                })
-                .expect("run");
-                let ok = up == (2, 0);
-                let _ = tx.send(ok);
-                while ok && !stop2.load(Ordering::SeqCst) {
-                    rt.run(&mut server, Some(Duration::from_millis(20)), |_, _, _| {
-                        ControlFlow::Continue(())
-                    })
-                    .expect("run");
-                }
-                server.close(rt.now());
-                rt.run(&mut server, Some(Duration::from_secs(5)), |_, _, ev| {
-                    if matches!(ev, ServerEvent::Closed) {
-                        ControlFlow::Break(())
-                    } else {
-                        ControlFlow::Continue(())
-                    }
-                })
-                .expect("run");
-                (server.stats(), rt.open_sockets())
-            });
-            if rx.recv_timeout(Duration::from_secs(15)).unwrap_or(false) {
-                return TcpStunServer {
-                    addr,
-                    stop,
-                    handle: Some(handle),
-                };
+            // The UDP socket and the TCP listener.
+            if let Some(run) = ServerRun::start(config, 2) {
+                return TcpStunServer { addr, run };
             }
-            stop.store(true, Ordering::SeqCst);
-            let _ = handle.join();
         }
         panic!("could not start the TCP STUN server on loopback");
     }
 
     /// Stops it; returns its counters and the sockets its runtime still held after close.
     pub fn stop(mut self) -> (ServerStats, usize) {
-        self.stop.store(true, Ordering::SeqCst);
-        self.handle.take().expect("running").join().expect("thread")
-    }
-}
-
-impl Drop for TcpStunServer {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-        if let Some(h) = self.handle.take() {
-            if !std::thread::panicking() {
-                let _ = h.join();
-            }
-        }
+        let report = self.run.stop().expect("running");
+        (report.stats, report.open_after_close)
     }
 }
 

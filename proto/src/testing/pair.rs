@@ -71,6 +71,16 @@ enum Sock {
 }
 
 impl Sock {
+    /// A new stream on connection `conn`, open both ways.
+    fn stream(conn: usize, local: SocketAddr, remote: SocketAddr) -> Sock {
+        Sock::Stream {
+            conn,
+            local,
+            remote,
+            shut: false,
+        }
+    }
+
     fn local(&self) -> SocketAddr {
         match *self {
             Sock::Udp { local }
@@ -412,15 +422,7 @@ impl Sockets {
                 *s = Some(socket);
             }
             let early = c.early.get_mut(me).map(core::mem::take).unwrap_or_default();
-            self.map.insert(
-                socket,
-                Sock::Stream {
-                    conn,
-                    local,
-                    remote,
-                    shut: false,
-                },
-            );
+            self.map.insert(socket, Sock::stream(conn, local, remote));
             answered.push_back((socket, SocketOutcome::Accepted { local, remote }));
             let now = net.now;
             for what in early {
@@ -698,15 +700,9 @@ where
                 };
                 match conn {
                     Some(conn) => {
-                        self.sockets.map.insert(
-                            socket,
-                            Sock::Stream {
-                                conn,
-                                local,
-                                remote,
-                                shut: false,
-                            },
-                        );
+                        self.sockets
+                            .map
+                            .insert(socket, Sock::stream(conn, local, remote));
                         self.outcome(me, net, socket, SocketOutcome::Connected { local, remote });
                     }
                     None => {

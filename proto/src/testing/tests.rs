@@ -72,6 +72,16 @@ fn at(ms: u64) -> Instant {
     Instant::ZERO + Duration::from_millis(ms)
 }
 
+/// A scripted machine that asked for socket 1 (its bind not answered yet), and the checker that
+/// saw it ask.
+fn bound_one() -> (Scripted, ContractChecker<&'static str>) {
+    let mut m = Scripted::default();
+    let mut c = checker();
+    m.ops.push_back(bind(1));
+    run(&mut m, &mut c, at(0));
+    (m, c)
+}
+
 /// Runs one drain of `m` at `now` through a fresh checker that has already seen `setup`.
 fn run(m: &mut Scripted, checker: &mut ContractChecker<&'static str>, now: Instant) {
     let mut buf = [0u8; TRANSMIT_BUFFER_LEN];
@@ -163,10 +173,7 @@ fn a_deadline_after_the_final_event_is_caught() {
 #[test]
 #[should_panic(expected = "never closed")]
 fn a_leaked_socket_is_caught() {
-    let mut m = Scripted::default();
-    let mut c = checker();
-    m.ops.push_back(bind(1));
-    run(&mut m, &mut c, at(0));
+    let (_, c) = bound_one();
     c.assert_all_closed();
 }
 
@@ -270,10 +277,7 @@ fn a_bind_that_failed_may_be_closed_once_or_not_at_all() {
 #[test]
 #[should_panic(expected = "never closed")]
 fn a_bind_failure_after_bound_does_not_excuse_the_close() {
-    let mut m = Scripted::default();
-    let mut c = checker();
-    m.ops.push_back(bind(1));
-    run(&mut m, &mut c, at(0));
+    let (_, mut c) = bound_one();
     c.outcome(
         SocketId(1),
         &SocketOutcome::Bound {
@@ -287,10 +291,7 @@ fn a_bind_failure_after_bound_does_not_excuse_the_close() {
 #[test]
 #[should_panic(expected = "second Close")]
 fn a_bind_that_failed_is_closed_at_most_once() {
-    let mut m = Scripted::default();
-    let mut c = checker();
-    m.ops.push_back(bind(1));
-    run(&mut m, &mut c, at(0));
+    let (mut m, mut c) = bound_one();
     c.outcome(SocketId(1), &bind_failed());
     m.ops.extend([close(1), close(1)]);
     run(&mut m, &mut c, at(0));
@@ -298,10 +299,7 @@ fn a_bind_that_failed_is_closed_at_most_once() {
 
 #[test]
 fn a_socket_handed_to_the_caller_needs_no_close() {
-    let mut m = Scripted::default();
-    let mut c = checker();
-    m.ops.push_back(bind(1));
-    run(&mut m, &mut c, at(0));
+    let (mut m, mut c) = bound_one();
     c.released(SocketId(1));
     c.assert_all_closed();
     // The id may be opened again.
@@ -313,10 +311,7 @@ fn a_socket_handed_to_the_caller_needs_no_close() {
 #[test]
 #[should_panic(expected = "handed to the caller")]
 fn a_transmit_on_a_socket_handed_to_the_caller_is_caught() {
-    let mut m = Scripted::default();
-    let mut c = checker();
-    m.ops.push_back(bind(1));
-    run(&mut m, &mut c, at(0));
+    let (mut m, mut c) = bound_one();
     c.released(SocketId(1));
     m.transmits.push_back(transmit(1));
     run(&mut m, &mut c, at(0));
@@ -325,10 +320,7 @@ fn a_transmit_on_a_socket_handed_to_the_caller_is_caught() {
 #[test]
 #[should_panic(expected = "handed to the caller")]
 fn closing_a_socket_handed_to_the_caller_is_caught() {
-    let mut m = Scripted::default();
-    let mut c = checker();
-    m.ops.push_back(bind(1));
-    run(&mut m, &mut c, at(0));
+    let (mut m, mut c) = bound_one();
     c.released(SocketId(1));
     m.ops.push_back(close(1));
     run(&mut m, &mut c, at(0));

@@ -283,36 +283,23 @@ fn overflow_is_a_typed_failure_never_a_wrap() {
         propose(WallTime(u64::MAX), 1, clock(0, 0), &policy),
         Err(ClockError::Overflow)
     );
-    assert_eq!(
-        agree(
-            WallTime(u64::MAX - 1),
-            Proposer::Us,
-            clock(i64::MAX, 0),
-            WallTime(0),
-            &policy
-        ),
-        Err(ClockError::Overflow)
-    );
-    assert_eq!(
-        agree(
-            WallTime(10),
-            Proposer::Peer,
-            clock(i64::MAX, 0),
-            WallTime(0),
-            &policy
-        ),
-        Err(ClockError::Overflow)
-    );
-    assert_eq!(
-        agree(
-            WallTime(10),
-            Proposer::Peer,
-            clock(i64::MIN, 0),
-            WallTime(0),
-            &policy
-        ),
-        Err(ClockError::Overflow)
-    );
+    for (meet, proposer, offset) in [
+        (u64::MAX - 1, Proposer::Us, i64::MAX),
+        (10, Proposer::Peer, i64::MAX),
+        (10, Proposer::Peer, i64::MIN),
+    ] {
+        assert_eq!(
+            agree(
+                WallTime(meet),
+                proposer,
+                clock(offset, 0),
+                WallTime(0),
+                &policy
+            ),
+            Err(ClockError::Overflow),
+            "meet {meet}, {proposer:?}, offset {offset}"
+        );
+    }
     assert_eq!(clock(i64::MIN, 0).reversed(), Err(ClockError::Overflow));
     assert_eq!(
         propose(WallTime(0), S, clock(0, u64::MAX), &policy),

@@ -176,16 +176,21 @@ impl Puncher {
         let Some(id) = self.new_socket_id() else {
             return;
         };
-        self.ops.push_back(self.bind_op(id, port));
-        self.stats.sockets_opened = self.stats.sockets_opened.saturating_add(1);
-        self.sockets.push(Sock {
+        self.open_socket(
             id,
             port,
-            kind: SockKind::Listener {
+            SockKind::Listener {
                 bound: false,
                 accepting: None,
             },
-        });
+        );
+    }
+
+    /// Asks for socket `id` bound to `port` and keeps it as `kind`.
+    fn open_socket(&mut self, id: SocketId, port: u16, kind: SockKind) {
+        self.ops.push_back(self.bind_op(id, port));
+        self.stats.sockets_opened = self.stats.sockets_opened.saturating_add(1);
+        self.sockets.push(Sock { id, port, kind });
     }
 
     fn open_dialer(&mut self, pair: usize, at: Instant) {
@@ -207,17 +212,15 @@ impl Puncher {
             }
             return;
         };
-        self.ops.push_back(self.bind_op(id, port));
-        self.stats.sockets_opened = self.stats.sockets_opened.saturating_add(1);
-        self.sockets.push(Sock {
+        self.open_socket(
             id,
             port,
-            kind: SockKind::Dialing {
+            SockKind::Dialing {
                 pair,
                 bound: false,
                 connecting: false,
             },
-        });
+        );
         if let Phase::Punching(p) = &mut self.phase {
             if let Some(x) = p.pairs.get_mut(pair) {
                 x.next = Some(at);

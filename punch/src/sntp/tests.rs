@@ -694,61 +694,26 @@ fn a_callers_socket_is_used_at_once_and_never_closed() {
 #[test]
 fn api_misuse_is_an_error() {
     let cfg = config(vec![server(1)]);
-    assert_eq!(
-        SntpClient::new(
-            SntpConfig {
-                servers: vec![],
-                ..cfg.clone()
-            },
-            0
-        )
-        .err(),
-        Some(SntpConfigError::ServerCount)
-    );
-    assert_eq!(
-        SntpClient::new(
-            SntpConfig {
-                servers: vec![server(1); 17],
-                ..cfg.clone()
-            },
-            0
-        )
-        .err(),
-        Some(SntpConfigError::ServerCount)
-    );
-    assert_eq!(
-        SntpClient::new(
-            SntpConfig {
-                samples_per_server: 0,
-                ..cfg.clone()
-            },
-            0
-        )
-        .err(),
-        Some(SntpConfigError::SampleCount)
-    );
-    assert_eq!(
-        SntpClient::new(
-            SntpConfig {
-                attempts_per_sample: 9,
-                ..cfg.clone()
-            },
-            0
-        )
-        .err(),
-        Some(SntpConfigError::AttemptCount)
-    );
-    assert_eq!(
-        SntpClient::new(
-            SntpConfig {
-                reply_timeout: Duration::ZERO,
-                ..cfg.clone()
-            },
-            0
-        )
-        .err(),
-        Some(SntpConfigError::ZeroTimeout)
-    );
+    /// Spoils one field of a valid configuration.
+    type Spoil = fn(&mut SntpConfig);
+    let refused: [(Spoil, SntpConfigError); 5] = [
+        (|c| c.servers = vec![], SntpConfigError::ServerCount),
+        (
+            |c| c.servers = vec![server(1); 17],
+            SntpConfigError::ServerCount,
+        ),
+        (|c| c.samples_per_server = 0, SntpConfigError::SampleCount),
+        (|c| c.attempts_per_sample = 9, SntpConfigError::AttemptCount),
+        (
+            |c| c.reply_timeout = Duration::ZERO,
+            SntpConfigError::ZeroTimeout,
+        ),
+    ];
+    for (spoil, error) in refused {
+        let mut bad = cfg.clone();
+        spoil(&mut bad);
+        assert_eq!(SntpClient::new(bad, 0).err(), Some(error));
+    }
     let mut c = SntpClient::new(cfg, 0).unwrap();
     assert_eq!(
         c.open_socket(Instant::ZERO, addr("[::]:0"), Default::default()),

@@ -79,15 +79,9 @@ impl Runtime {
         F: FnMut(&mut M, Instant, M::Event) -> ControlFlow<()>,
     {
         // Connection progress.
-        let Some(Some(Entry {
-            id,
-            kind: Kind::TcpStream(st),
-            ..
-        })) = self.slots.get_mut(idx)
-        else {
+        let Some((id, st)) = stream_at(&mut self.slots, idx) else {
             return ReadEnd::Done;
         };
-        let id = *id;
         if !st.connected {
             if st.read_closed {
                 return ReadEnd::Done;
@@ -122,15 +116,9 @@ impl Runtime {
 
         let mut reads = 0usize;
         loop {
-            let Some(Some(Entry {
-                id,
-                kind: Kind::TcpStream(st),
-                ..
-            })) = self.slots.get_mut(idx)
-            else {
+            let Some((id, st)) = stream_at(&mut self.slots, idx) else {
                 return ReadEnd::Done;
             };
-            let id = *id;
             if !st.connected || st.read_closed {
                 return ReadEnd::Done;
             }
@@ -182,15 +170,9 @@ impl Runtime {
     /// Writes as much of stream `idx`'s queued bytes as the kernel takes; a write error is
     /// reported as a failed send and drops the queue.
     pub(super) fn flush_stream(&mut self, idx: usize) {
-        let Some(Some(Entry {
-            id,
-            kind: Kind::TcpStream(st),
-            ..
-        })) = self.slots.get_mut(idx)
-        else {
+        let Some((id, st)) = stream_at(&mut self.slots, idx) else {
             return;
         };
-        let id = *id;
         if !st.connected {
             return;
         }
@@ -243,11 +225,7 @@ impl Runtime {
             self.fail(id, OpKind::Shutdown, IoError::UnknownSocket);
             return;
         };
-        let Some(Some(Entry {
-            kind: Kind::TcpStream(st),
-            ..
-        })) = self.slots.get_mut(idx)
-        else {
+        let Some((_, st)) = stream_at(&mut self.slots, idx) else {
             self.fail(id, OpKind::Shutdown, IoError::NotConnected);
             return;
         };
@@ -266,19 +244,26 @@ impl Runtime {
     }
     /// Shuts down the sending half of stream slot `idx` now; a failure is reported.
     pub(super) fn shutdown_now(&mut self, idx: usize) {
-        let Some(Some(Entry {
-            id,
-            kind: Kind::TcpStream(st),
-            ..
-        })) = self.slots.get_mut(idx)
-        else {
+        let Some((id, st)) = stream_at(&mut self.slots, idx) else {
             return;
         };
-        let id = *id;
         st.shutdown = Shutdown::Done;
         if let Err(e) = st.stream.shutdown(std::net::Shutdown::Write) {
             self.fail(id, OpKind::Shutdown, map_io_error(&e));
         }
+    }
+}
+
+/// The TCP stream in slot `idx` and its socket id, if the slot holds one (a function of the slots
+/// alone, so the caller may still use the runtime's other fields while it holds the stream).
+fn stream_at(slots: &mut [Option<Entry>], idx: usize) -> Option<(SocketId, &mut Stream)> {
+    match slots.get_mut(idx) {
+        Some(Some(Entry {
+            id,
+            kind: Kind::TcpStream(st),
+            ..
+        })) => Some((*id, st)),
+        _ => None,
     }
 }
 

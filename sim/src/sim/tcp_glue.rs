@@ -11,7 +11,6 @@ use super::{fail, Event, HostId, NatId, Packet, Protocol, Sim, SimSocket};
 use crate::natbox::NatTcpConfig;
 use crate::node::Typed;
 use crate::tcp::{Segment, TcpConfig, TcpHeader, TcpOut, TcpStats};
-use crate::trace::TraceEntry;
 
 /// The machine of a killed host ([`Sim::kill_host`]): it does nothing.
 #[derive(Debug, Default)]
@@ -297,19 +296,7 @@ impl Sim {
     /// A segment reached host `id` (which is up).
     pub(super) fn tcp_deliver(&mut self, id: HostId, packet: Packet, header: TcpHeader) {
         let now = self.now;
-        self.trace_hash
-            .add(now, id, packet.src, packet.dst, &packet.data);
-        self.trace_hash.eat(&header.bytes());
-        if let Some(trace) = &mut self.trace {
-            trace.push(TraceEntry {
-                at: now,
-                host: id,
-                src: packet.src,
-                dst: packet.dst,
-                data: packet.data.clone(),
-                tcp: Some(header),
-            });
-        }
+        self.record_delivery(id, &packet);
         let seg = Segment {
             src: packet.src,
             dst: packet.dst,
