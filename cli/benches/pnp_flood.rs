@@ -10,13 +10,6 @@
 //! ```text
 //! cargo bench -p p2pd --bench pnp_flood
 //! ```
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    clippy::indexing_slicing,
-    clippy::arithmetic_side_effects
-)]
 
 #[path = "../tests/common/flood.rs"]
 mod flood;

@@ -16,13 +16,6 @@
 //! P2PD_PRUNE_ROWS=200000 P2PD_PRUNE_BATCH=500 P2PD_PRUNE_SKIP_DELETE=1 cargo bench -p p2pd --bench pnp_prune
 //! P2PD_PRUNE_DIR=/dev/shm cargo bench -p p2pd --bench pnp_prune    # without the disk's fsyncs
 //! ```
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    clippy::indexing_slicing,
-    clippy::arithmetic_side_effects
-)]
 
 use std::path::Path;
 use std::time::{Duration, Instant};
