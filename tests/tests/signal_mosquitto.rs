@@ -20,7 +20,7 @@ use common::heap::{live_bytes, LiveBytes};
 use common::{on_path, rss_kib, Mosquitto};
 use p2pd_mio::Runtime;
 use p2pd_signaling::rendezvous::{
-    topic_for, BrokerSpec, Rendezvous, RendezvousConfig, RendezvousEvent,
+    topic_for, BrokerSpec, Rejection, Rendezvous, RendezvousConfig, RendezvousEvent,
 };
 use p2pd_signaling::{seal, BrokerId, Identity, OpenError, PublicKey};
 
@@ -279,7 +279,10 @@ fn two_brokers_outage_reconnect_and_replay() {
             b.events
                 .iter()
                 .filter_map(|e| match e {
-                    RendezvousEvent::Rejected { reason, .. } => Some(*reason),
+                    RendezvousEvent::Rejected {
+                        reason: Rejection::Envelope(reason),
+                        ..
+                    } => Some(*reason),
                     _ => None,
                 })
                 .collect()
