@@ -2,8 +2,8 @@
 //!
 //! [`MqttClient`] follows the workspace's machine contract (see `p2pd_proto::machine`): it asks
 //! for a TCP socket with [`SocketOp::Bind`] then [`SocketOp::Connect`], speaks MQTT 3.1.1 or 5
-//! over the bytes given to [`handle_stream`](MqttClient::handle_stream), hands its output out in
-//! chunks through [`poll_transmit`](MqttClient::poll_transmit), and reports what happened as
+//! over the bytes given to [`handle_stream`](p2pd_proto::Machine::handle_stream), hands its output out in
+//! chunks through [`poll_transmit`](p2pd_proto::Machine::poll_transmit), and reports what happened as
 //! [`MqttEvent`]s. It never reads a clock; its randomness (client id, back-off jitter) comes from
 //! the seed given to [`MqttClient::new`].
 //!
@@ -335,7 +335,7 @@ impl p2pd_proto::Machine for MqttClient {
 
 impl MqttClient {
     /// A client for `config` whose randomness comes from `seed`. It starts connecting at once: the
-    /// first [`poll_socket_op`](Self::poll_socket_op) returns the Bind intent.
+    /// first [`poll_socket_op`](p2pd_proto::Machine::poll_socket_op) returns the Bind intent.
     pub fn new(config: MqttConfig, seed: u64, now: Instant) -> Self {
         let config = config.normalized();
         let config_keep_alive = config.keep_alive;

@@ -106,11 +106,11 @@ impl fmt::Display for RendezvousConfigError {
 
 impl std::error::Error for RendezvousConfigError {}
 
-/// Names one message given to [`Rendezvous::send`].
+/// Names one message given to [`Rendezvous::send`](super::Rendezvous::send).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct MessageId(pub u64);
 
-/// What [`Rendezvous::send`] did.
+/// What [`Rendezvous::send`](super::Rendezvous::send) did.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Sending {
     /// The message's id, reported back in [`RendezvousEvent::Acknowledged`].
@@ -119,7 +119,7 @@ pub struct Sending {
     pub brokers: usize,
 }
 
-/// Why [`Rendezvous::send`] refused a message.
+/// Why [`Rendezvous::send`](super::Rendezvous::send) refused a message.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum SendError {
     /// None of the requested brokers is configured here.
