@@ -1,8 +1,12 @@
 //! Stateful fuzzing of the MQTT client machine: arbitrary socket outcomes (for the current socket
 //! and for old or unknown ones), broker packets (well-formed, cut into arbitrary chunks, or raw
-//! bytes), API calls and time steps, driven through the contract checker. Checks besides the
-//! contract: the client only writes valid MQTT on open, connected sockets; one socket at a time,
-//! ids never reused; buffers stay within their caps; a PUBACK is reported once per publish.
+//! bytes), API calls and time steps, driven through the contract checker. The broker may send MQTT 5
+//! CONNACK limits (Maximum Packet Size, Receive Maximum, Server Keep Alive), retained messages and
+//! PUBLISH packets larger than the client's limit. Checks besides the contract: the client only
+//! writes valid MQTT on open, connected sockets; one socket at a time, ids never reused; buffers
+//! stay within their caps; a PUBACK is reported once per publish, never for a message dropped as
+//! too large for the broker; a skipped PUBLISH really was over the limit; no QoS 1 PUBLISH beyond
+//! the broker's Receive Maximum is outstanding, none beyond its Maximum Packet Size is written.
 #![no_main]
 
 use std::collections::{BTreeSet, HashMap, HashSet};
@@ -14,7 +18,8 @@ use libfuzzer_sys::fuzz_target;
 use p2pd_proto::testing::Driven;
 use p2pd_proto::{Instant, IoError, OpKind, SocketId, SocketOp, SocketOutcome, TRANSMIT_BUFFER_LEN};
 use p2pd_signaling::mqtt::{
-    encode, Decoder, MqttClient, MqttConfig, MqttEvent, Packet, Protocol, PublishId, QoS,
+    encode, ConnAckProperties, Decoded, Decoder, MqttClient, MqttConfig, MqttEvent, Packet, Protocol, PublishId,
+    QoS,
 };
 
 const TOPICS: [&str; 4] = ["a", "node/x", "b/c", "p2pd/very/long/topic/name/for/the/size/limit"];
@@ -32,12 +37,14 @@ fn local() -> SocketAddr {
 
 #[derive(Arbitrary, Debug)]
 enum BrokerPacket {
-    ConnAck { session_present: bool, code: u8 },
+    /// With MQTT 5 limits (ignored in 3.1.1): Maximum Packet Size 64 + 8 * size, Receive
+    /// Maximum, Server Keep Alive.
+    ConnAck { session_present: bool, code: u8, max_size: Option<u8>, receive_max: Option<u8>, keep_alive: Option<u8> },
     /// A 3.1.1 "unacceptable protocol version" CONNACK, whatever the protocol.
     V311Refusal,
     SubAck { which: u8, code: u8 },
     PubAck { which: u8 },
-    Publish { topic: u8, qos: u8, which: u8, dup: bool, payload: Vec<u8> },
+    Publish { topic: u8, qos: u8, which: u8, dup: bool, retain: bool, payload: Vec<u8> },
     PingResp,
     PingReq,
     Disconnect,
@@ -95,6 +102,16 @@ struct Model {
     sent_pkids: Vec<u16>,
     published: HashSet<PublishId>,
     delivered: HashSet<PublishId>,
+    /// Per stream: the properties of its first packet if that was a well-formed CONNACK 0 (the
+    /// one the client accepted, if it accepted any), `None` if it was anything else.
+    first: HashMap<SocketId, Option<ConnAckProperties>>,
+    /// Raw bytes went down the current stream: what the client decoded is unknown.
+    raw: bool,
+    /// What the first packet of the last `encode_broker` batch was (see `first`).
+    last_first: Option<Option<ConnAckProperties>>,
+    /// QoS 1 PUBLISH packet ids written on the current connection and not acknowledged (as far
+    /// as the target knows: never fewer than the client has).
+    outstanding: HashSet<u16>,
 }
 
 impl Model {
@@ -117,8 +134,20 @@ impl Model {
                 let n = decoder.push(rest).unwrap();
                 rest = &rest[n..];
                 while let Some(p) = decoder.next() {
-                    let p = p.expect("the client writes valid MQTT");
+                    let Ok(Decoded::Packet(p)) = p else { panic!("the client writes valid MQTT: {p:?}") };
                     assert!(!matches!(p, Packet::ConnAck { .. } | Packet::SubAck { .. } | Packet::PingResp));
+                    let limits = if self.raw { None } else { self.first.get(&t.socket).copied().flatten() };
+                    if let (Packet::Publish { qos: QoS::AtLeastOnce, pkid, .. }, Some(limits)) = (&p, limits) {
+                        let mut wire = Vec::new();
+                        encode(&p, protocol, &mut wire).unwrap();
+                        if let Some(max) = limits.max_packet_size {
+                            assert!(wire.len() <= max as usize, "a PUBLISH over the broker's limit");
+                        }
+                        self.outstanding.insert(*pkid);
+                        if let Some(max) = limits.receive_maximum {
+                            assert!(self.outstanding.len() <= usize::from(max), "over the broker's Receive Maximum");
+                        }
+                    }
                     match p {
                         Packet::Publish { pkid, .. } | Packet::Subscribe { pkid, .. } if pkid != 0 => {
                             if self.sent_pkids.len() >= 32 {
@@ -145,17 +174,20 @@ impl Model {
                     self.open.remove(&socket);
                     self.streams.remove(&socket);
                     self.closed.insert(socket);
+                    self.raw = false;
+                    self.outstanding.clear();
                 }
                 other => panic!("unexpected intent {other:?}"),
             }
         }
         for ev in out.events {
             match ev {
-                MqttEvent::Delivered(id) => {
+                MqttEvent::Delivered(id) | MqttEvent::TooLargeForBroker { id, .. } => {
                     assert!(self.published.contains(&id), "Delivered for an unknown id");
-                    assert!(self.delivered.insert(id), "Delivered twice");
+                    assert!(self.delivered.insert(id), "Delivered twice, or after it was dropped");
                 }
                 MqttEvent::Message { payload, .. } => assert!(payload.len() <= MAX_PACKET),
+                MqttEvent::PublishSkipped { size, max, .. } => assert!(size > max && max == MAX_PACKET),
                 _ => {}
             }
         }
@@ -197,16 +229,46 @@ impl Model {
         }
     }
 
-    fn encode_broker(&self, protocol: Protocol, packet: &BrokerPacket, out: &mut Vec<u8>) {
+    /// Notes what the first packet on the current stream is (once per stream).
+    fn note_first(&mut self, socket: SocketId, first: Option<ConnAckProperties>) {
+        if self.streams.contains(&socket) {
+            self.first.entry(socket).or_insert(first);
+        }
+    }
+
+    /// `packet`'s properties if it is a CONNACK that accepts the connection.
+    fn accepting(packet: &Packet) -> Option<ConnAckProperties> {
+        match packet {
+            Packet::ConnAck { code: 0, properties, .. } => Some(*properties),
+            _ => None,
+        }
+    }
+
+    fn encode_broker(&mut self, protocol: Protocol, packet: &BrokerPacket, out: &mut Vec<u8>) {
         let packet = match packet {
-            BrokerPacket::ConnAck { session_present, code } => {
+            BrokerPacket::ConnAck { session_present, code, max_size, receive_max, keep_alive } => {
                 let codes: &[u8] = match protocol {
                     Protocol::V311 => &[0, 1, 2, 3, 4, 5],
                     Protocol::V5 => &[0, 0x80, 0x84, 0x87, 0x88, 0x95],
                 };
-                Packet::ConnAck { session_present: *session_present, code: codes[usize::from(*code) % codes.len()] }
+                let properties = match protocol {
+                    Protocol::V311 => ConnAckProperties::default(),
+                    Protocol::V5 => ConnAckProperties {
+                        max_packet_size: max_size.map(|s| 64 + 8 * u32::from(s)),
+                        receive_maximum: receive_max.map(|r| u16::from(r).max(1)),
+                        server_keep_alive: keep_alive.map(u16::from),
+                    },
+                };
+                Packet::ConnAck {
+                    session_present: *session_present,
+                    code: codes[usize::from(*code) % codes.len()],
+                    properties,
+                }
             }
             BrokerPacket::V311Refusal => {
+                if out.is_empty() {
+                    self.last_first = Some(None);
+                }
                 out.extend_from_slice(&[0x20, 0x02, 0x00, 0x01]);
                 return;
             }
@@ -215,13 +277,13 @@ impl Model {
                 Packet::SubAck { pkid: self.pkid(*which), codes: vec![codes[usize::from(*code) % 4]] }
             }
             BrokerPacket::PubAck { which } => Packet::PubAck { pkid: self.pkid(*which) },
-            BrokerPacket::Publish { topic, qos, which, dup, payload } => {
+            BrokerPacket::Publish { topic, qos, which, dup, retain, payload } => {
                 let qos = [QoS::AtMostOnce, QoS::AtLeastOnce, QoS::ExactlyOnce][usize::from(*qos) % 3];
                 Packet::Publish {
                     topic: TOPICS[usize::from(*topic) % TOPICS.len()].into(),
                     qos,
                     pkid: if qos == QoS::AtMostOnce { 0 } else { u16::from(*which).max(1) },
-                    retain: false,
+                    retain: *retain,
                     dup: *dup,
                     payload: payload.clone(),
                 }
@@ -230,7 +292,13 @@ impl Model {
             BrokerPacket::PingReq => Packet::PingReq,
             BrokerPacket::Disconnect => Packet::Disconnect,
         };
-        let _ = encode(&packet, protocol, out);
+        if let Packet::PubAck { pkid } = packet {
+            self.outstanding.remove(&pkid);
+        }
+        let before = out.len();
+        if encode(&packet, protocol, out).is_ok() && before == 0 {
+            self.last_first = Some(Self::accepting(&packet));
+        }
     }
 
 }
@@ -271,17 +339,28 @@ fuzz_target!(|input: Input| {
                     m.outcome(&mut d, socket, &Outcome::Connected);
                     m.check(&mut d);
                     let mut bytes = Vec::new();
-                    m.encode_broker(d.machine.protocol(), &BrokerPacket::ConnAck { session_present: false, code: 0 }, &mut bytes);
+                    let connack = BrokerPacket::ConnAck {
+                        session_present: false,
+                        code: 0,
+                        max_size: None,
+                        receive_max: None,
+                        keep_alive: None,
+                    };
+                    m.encode_broker(d.machine.protocol(), &connack, &mut bytes);
                     let _ = d.stream(socket, &bytes);
                 }
             }
             Op::StaleOutcome { socket, outcome } => m.outcome(&mut d, SocketId(995 + u32::from(socket % 16)), &outcome),
             Op::Broker { packets, cuts } => {
                 let mut bytes = Vec::new();
+                m.last_first = None;
                 for p in packets.iter().take(16) {
                     m.encode_broker(protocol, p, &mut bytes);
                 }
                 if let Some(socket) = m.current() {
+                    if let Some(first) = m.last_first {
+                        m.note_first(socket, first);
+                    }
                     let mut rest = bytes.as_slice();
                     for cut in cuts.iter().take(16) {
                         let n = usize::from(*cut).min(rest.len());
@@ -294,6 +373,10 @@ fuzz_target!(|input: Input| {
             }
             Op::Raw(data) => {
                 if let Some(socket) = m.current() {
+                    if !data.is_empty() {
+                        m.note_first(socket, None);
+                        m.raw = true;
+                    }
                     let _ = d.stream(socket, &data);
                 }
             }

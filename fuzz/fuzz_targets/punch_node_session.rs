@@ -29,7 +29,8 @@ use p2pd_punch::message::{AbortReason, Hello, CHOSEN, HELLO_LEN};
 use p2pd_punch::node::{NodeEvent, NodePart, PunchNode, PunchNodeConfig};
 use p2pd_punch::{Message, NodeId, PunchCandidate as Candidate, SessionId};
 use p2pd_signaling::envelope::NONCE_LEN;
-use p2pd_signaling::mqtt::{encode, Decoder, Packet, Protocol, QoS};
+use p2pd_signaling::mqtt::{encode, Decoded, Decoder, Packet, Protocol, QoS};
+use p2pd_signaling::rendezvous::payload::{self, Content};
 use p2pd_signaling::rendezvous::{topic_for, BrokerSpec};
 use p2pd_signaling::{seal, Identity, Opener, RendezvousConfig};
 
@@ -256,7 +257,8 @@ impl H {
         assert_eq!(decoder.push(bytes).unwrap(), bytes.len());
         let mut packets = Vec::new();
         while let Some(p) = decoder.next() {
-            packets.push(p.expect("the node writes valid MQTT"));
+            let Ok(Decoded::Packet(p)) = p else { panic!("the node writes valid MQTT: {p:?}") };
+            packets.push(p);
         }
         for p in packets {
             match p {
@@ -270,9 +272,12 @@ impl H {
                     assert_eq!(*self.peer.get_or_insert(to), to, "signals to two peers");
                     let mut opener = Opener::with_window(4, u64::MAX / 4, u64::MAX / 4);
                     let opened = opener.open(&keys()[to], 0, &payload).expect("the node's envelope opens for the peer");
-                    let msg = Message::decode(&opened.payload).expect("a punch message");
+                    let Ok(Content::Message { payload, wants_receipt: false }) = payload::parse(&opened.payload) else {
+                        panic!("a rendezvous message without a receipt request");
+                    };
+                    let msg = Message::decode(payload).expect("a punch message");
                     self.learn(&msg);
-                    self.last_signal = Some(opened.payload);
+                    self.last_signal = Some(payload.to_vec());
                 }
                 Packet::PubAck { .. } | Packet::Disconnect => {}
                 other => panic!("the node sent a broker's packet: {other:?}"),
@@ -424,7 +429,7 @@ impl H {
                 Some(SocketState::Stream { .. }) => {
                     if self.link.connect_seen && !self.link.connack_sent {
                         self.link.connack_sent = true;
-                        self.broker_sends(Packet::ConnAck { session_present: false, code: 0 });
+                        self.broker_sends(Packet::ConnAck { session_present: false, code: 0, properties: Default::default() });
                     } else if let Some(pkid) = self.link.subscribes.pop() {
                         self.broker_sends(Packet::SubAck { pkid, codes: vec![1] });
                     } else if self.link.pings > 0 {
@@ -495,7 +500,8 @@ impl H {
         let mut nonce = [0x33; NONCE_LEN];
         nonce[..4].copy_from_slice(&self.counter.to_be_bytes());
         let from = if stranger { 2 } else { 1 };
-        let envelope = seal(&keys()[from], &keys()[0].public_key(), self.d.machine.rendezvous().unix_ms(self.d.now), nonce, &payload).unwrap();
+        let content = payload::message(&payload, false);
+        let envelope = seal(&keys()[from], &keys()[0].public_key(), self.d.machine.rendezvous().unix_ms(self.d.now), nonce, &content).unwrap();
         self.sealed.push(envelope.clone());
         self.publish(envelope, cut);
     }

@@ -7,15 +7,22 @@
 //! envelopes re-signed by a stranger with its own key swapped in, raw bytes; several at once in one
 //! chunk; time steps, sends and close.
 //!
+//! Receipts: messages may ask for one (the node must answer each such first copy with exactly one
+//! receipt, sealed to the sender, naming its nonce, and never answer a receipt), the node's own
+//! sends may ask for one, and peers (or the stranger) deliver receipts naming the node's
+//! messages or nothing at all.
+//!
 //! Checks besides the contract: one `Message` per (sender, nonce), only for an envelope we sealed,
 //! with its payload and timestamp; every envelope a connected broker hands over is processed once,
 //! and (while no event was dropped) exactly as a model of the opener says: a `Message`, a
-//! duplicate, or a `Rejected` with the right reason; `Acknowledged` once per (message, broker) for a
-//! message we sent; what the node publishes is valid MQTT on its connected socket and opens for its
-//! recipient with the payload given to `send`; replay cache, tracked acks within their bounds.
+//! duplicate, a `Rejected` with the right reason, or a `Receipt` for the right message only from
+//! its recipient; `Acknowledged` once per (message, broker) for a message we sent; what the node
+//! publishes is valid MQTT on its connected socket and opens for its recipient with the payload
+//! given to `send` (or a receipt it owes); replay cache, tracked acks and awaited receipts within
+//! their bounds.
 #![no_main]
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::SocketAddr;
 use std::sync::OnceLock;
 use std::time::Duration;
@@ -26,8 +33,9 @@ use p2pd_proto::testing::{Driven, Output};
 use p2pd_proto::{Instant, IoError, OpKind, SocketId, SocketOp, SocketOutcome};
 use p2pd_signaling::address::BrokerId;
 use p2pd_signaling::envelope::{NONCE_LEN, SIGNATURE_LEN};
-use p2pd_signaling::mqtt::{encode, Decoder, Packet, Protocol, QoS};
-use p2pd_signaling::rendezvous::{topic_for, BrokerSpec, MessageId, SOCKETS_PER_BROKER};
+use p2pd_signaling::mqtt::{encode, Decoded, Decoder, Packet, Protocol, QoS};
+use p2pd_signaling::rendezvous::payload::{self, Content};
+use p2pd_signaling::rendezvous::{topic_for, BrokerSpec, MessageId, Rejection, SOCKETS_PER_BROKER};
 use p2pd_signaling::{seal, Identity, OpenError, Opener, Rendezvous, RendezvousConfig, RendezvousEvent};
 
 const EPOCH_MS: u64 = 1_700_000_000_000;
@@ -53,8 +61,10 @@ fn broker_addr(i: usize) -> SocketAddr {
 
 #[derive(Arbitrary, Debug)]
 enum Env {
-    /// Sealed now (plus a skew) by the node itself or a peer.
-    Fresh { from: u8, skew_ms: i16, len: u8 },
+    /// Sealed now (plus a skew) by the node itself or a peer; may ask for a receipt.
+    Fresh { from: u8, skew_ms: i16, len: u8, receipt: bool },
+    /// A receipt from a peer or the stranger naming one of the node's messages (or none).
+    Receipt { from: u8, which: u8 },
     /// An earlier envelope again: another broker's copy, a redelivery, an attacker's replay.
     Copy { index: u8 },
     /// Sealed too long ago, or too far ahead.
@@ -84,7 +94,7 @@ enum Op {
     Drop { broker: u8, kind: u8 },
     /// Some outcome for any socket id.
     Wild { id: u16, kind: u8 },
-    Send { to: u8, via: u8, len: u16 },
+    Send { to: u8, via: u8, len: u16, receipt: bool },
     Advance { ms: u32 },
     Close,
 }
@@ -106,14 +116,37 @@ struct Sealed {
     payload: Vec<u8>,
     /// Addressed to the node (and authentic).
     for_us: bool,
+    /// What opening it yields besides the opener's verdict.
+    content: Kind,
+}
+
+/// The content kind of a sealed envelope.
+#[derive(Clone, Copy, Debug)]
+enum Kind {
+    Message { wants_receipt: bool },
+    /// A receipt naming `nonce`.
+    Receipt { nonce: [u8; NONCE_LEN] },
+}
+
+/// A message the node published: its recipient, nonce and id.
+#[derive(Clone, Copy)]
+struct Published {
+    to: usize,
+    nonce: [u8; NONCE_LEN],
+    id: MessageId,
+    wants_receipt: bool,
 }
 
 /// What delivering an envelope must do, per the model of the node's opener.
 #[derive(Debug)]
 enum Expect {
     Message,
+    /// A message asking for a receipt: reported, and answered with one receipt.
+    MessageWithReceipt,
+    /// A receipt for this message.
+    Receipt(MessageId),
     Duplicate,
-    Rejected(fn(&OpenError) -> bool),
+    Rejected(fn(&Rejection) -> bool),
     /// Anything but a `Message` (flipped bytes, raw bytes).
     NoMessage,
 }
@@ -152,9 +185,16 @@ struct H {
     exact: bool,
     sent: HashSet<MessageId>,
     acked: HashSet<(MessageId, BrokerId)>,
-    payloads: Vec<Vec<u8>>,
+    payloads: Vec<(Vec<u8>, MessageId, bool)>,
     messages: usize,
-    rejected: Vec<OpenError>,
+    rejected: Vec<Rejection>,
+    /// Every message the node published (first copies), for receipts.
+    published: Vec<Published>,
+    /// Messages awaiting a receipt, as the node's table must have them (oldest first).
+    awaited: VecDeque<MessageId>,
+    receipts: HashSet<MessageId>,
+    /// (sender, nonce) of every message the node sent a receipt for -> the receipt's own nonce.
+    answered: HashMap<(usize, [u8; NONCE_LEN]), [u8; NONCE_LEN]>,
 }
 
 impl H {
@@ -178,6 +218,7 @@ impl H {
         }
         assert!(self.d.machine.replay_cache_len() <= REPLAY);
         assert!(self.d.machine.pending_acks() <= MAX_TRACKED);
+        assert!(self.d.machine.pending_receipts() <= MAX_TRACKED);
         if self.d.machine.stats().events_dropped > 0 {
             self.exact = false;
         }
@@ -193,14 +234,15 @@ impl H {
         assert_eq!(decoder.push(bytes).unwrap(), bytes.len());
         let mut packets = Vec::new();
         while let Some(p) = decoder.next() {
-            packets.push(p.expect("the node writes valid MQTT"));
+            let Ok(Decoded::Packet(p)) = p else { panic!("the node writes valid MQTT: {p:?}") };
+            packets.push(p);
         }
         for p in packets {
             match p {
                 Packet::Connect { .. } => link.connect_seen = true,
                 Packet::Subscribe { pkid, topics } => {
                     assert_eq!(topics.len(), 1);
-                    assert_eq!(topics[0].0, topic_for(&keys()[0].node_id()), "subscribes to its own topic");
+                    assert_eq!(topics[0].filter, topic_for(&keys()[0].node_id()), "subscribes to its own topic");
                     link.subscribes.push(pkid);
                 }
                 Packet::Publish { topic, qos, pkid, payload, .. } => {
@@ -208,12 +250,37 @@ impl H {
                     if !link.unacked.contains(&pkid) {
                         link.unacked.push(pkid);
                     }
-                    // The envelope opens for its recipient with a payload given to `send`.
-                    let to = (1..3).find(|&k| topic == topic_for(&keys()[k].node_id())).expect("a peer's topic");
+                    // The envelope opens for its recipient with a payload given to `send`, or a
+                    // receipt the node owes.
+                    let to = (0..3).find(|&k| topic == topic_for(&keys()[k].node_id())).expect("a known node's topic");
                     let mut opener = Opener::with_window(4, u64::MAX / 4, u64::MAX / 4);
                     let opened = opener.open(&keys()[to], 0, &payload).expect("the node's envelope opens");
                     assert_eq!(opened.sender, keys()[0].public_key());
-                    assert!(self.payloads.contains(&opened.payload), "an envelope with a payload never sent");
+                    match payload::parse(&opened.payload).expect("the node's content parses") {
+                        Content::Message { payload, wants_receipt } => {
+                            let &(_, id, wants) = self
+                                .payloads
+                                .iter()
+                                .find(|(p, _, _)| p == payload)
+                                .expect("an envelope with a payload never sent");
+                            assert_eq!(wants, wants_receipt);
+                            if !self.published.iter().any(|p| p.nonce == opened.nonce) {
+                                self.published.push(Published { to, nonce: opened.nonce, id, wants_receipt });
+                            }
+                        }
+                        Content::Receipt { nonce } => {
+                            let owed = self.sealed.iter().any(|s| {
+                                s.sender == to
+                                    && s.nonce == nonce
+                                    && s.for_us
+                                    && matches!(s.content, Kind::Message { wants_receipt: true })
+                            });
+                            assert!(owed, "a receipt for no message that asked for one");
+                            // Resent with DUP after a reconnect: the same envelope, never a second receipt.
+                            let first = *self.answered.entry((to, nonce)).or_insert(opened.nonce);
+                            assert_eq!(first, opened.nonce, "two receipts for one message");
+                        }
+                    }
                 }
                 Packet::PubAck { .. } | Packet::PingReq | Packet::Disconnect => {
                     if matches!(p, Packet::PingReq) {
@@ -266,8 +333,17 @@ impl H {
             }
             RendezvousEvent::Rejected { broker, reason } => {
                 assert!(self.ids.contains(&broker));
-                assert_ne!(reason, OpenError::Replay, "a replay is a duplicate, not a rejection");
+                assert_ne!(reason, Rejection::Envelope(OpenError::Replay), "a replay is a duplicate, not a rejection");
                 self.rejected.push(reason);
+            }
+            RendezvousEvent::Receipt { id, from, broker, .. } => {
+                assert!(self.ids.contains(&broker));
+                let p = self.published.iter().find(|p| p.id == id).expect("a receipt for a message never published");
+                assert!(p.wants_receipt, "a receipt for a message that did not ask");
+                assert_eq!(from, keys()[p.to].public_key(), "a receipt from someone else");
+                assert!(self.receipts.insert(id), "two receipts for one message");
+                assert!(self.awaited.contains(&id), "a receipt for a message no longer awaited");
+                self.awaited.retain(|a| *a != id);
             }
             RendezvousEvent::Acknowledged { id, broker } => {
                 assert!(self.sent.contains(&id), "acknowledged a message never sent");
@@ -284,15 +360,19 @@ impl H {
         n
     }
 
-    fn seal(&mut self, sender: usize, to: usize, ts: u64, len: usize) -> Option<(Vec<u8>, Expect)> {
+    fn seal(&mut self, sender: usize, to: usize, ts: u64, len: usize, content: Kind) -> Option<(Vec<u8>, Expect)> {
         if self.sealed.len() >= 24 {
             return None;
         }
         let nonce = self.nonce();
         let mut payload = nonce.to_vec();
         payload.resize(NONCE_LEN + len, 0xC3);
-        let bytes = seal(&keys()[sender], &keys()[to].public_key(), ts, nonce, &payload).unwrap();
-        let s = Sealed { sender, nonce, ts, bytes: bytes.clone(), payload, for_us: to == 0 };
+        let plaintext = match content {
+            Kind::Message { wants_receipt } => payload::message(&payload, wants_receipt),
+            Kind::Receipt { nonce } => payload::receipt(&nonce).to_vec(),
+        };
+        let bytes = seal(&keys()[sender], &keys()[to].public_key(), ts, nonce, &plaintext).unwrap();
+        let s = Sealed { sender, nonce, ts, bytes: bytes.clone(), payload, for_us: to == 0, content };
         let expect = self.expect(&s);
         self.sealed.push(s);
         Some((bytes, expect))
@@ -301,18 +381,35 @@ impl H {
     /// What the node must do with a copy of `s` now.
     fn expect(&self, s: &Sealed) -> Expect {
         if !s.for_us {
-            return Expect::Rejected(|r| *r == OpenError::WrongRecipient);
+            return Expect::Rejected(|r| *r == Rejection::Envelope(OpenError::WrongRecipient));
         }
         let now = self.unix_ms();
         let cached = self.cache.iter().any(|(k, n, _)| (*k, *n) == (s.sender, s.nonce));
         if s.ts <= now && now - s.ts > MAX_AGE_MS {
-            if cached { Expect::Duplicate } else { Expect::Rejected(|r| matches!(r, OpenError::Stale { .. })) }
+            if cached {
+                Expect::Duplicate
+            } else {
+                Expect::Rejected(|r| matches!(r, Rejection::Envelope(OpenError::Stale { .. })))
+            }
         } else if s.ts > now && s.ts - now > MAX_FUTURE_MS {
-            Expect::Rejected(|r| matches!(r, OpenError::FromFuture { .. }))
+            Expect::Rejected(|r| matches!(r, Rejection::Envelope(OpenError::FromFuture { .. })))
         } else if cached || self.floor.is_some_and(|f| s.ts <= f) {
             Expect::Duplicate
         } else {
-            Expect::Message
+            match s.content {
+                Kind::Message { wants_receipt: false } => Expect::Message,
+                Kind::Message { wants_receipt: true } => Expect::MessageWithReceipt,
+                Kind::Receipt { nonce } => {
+                    // Only the recipient of a message still awaiting its receipt.
+                    let awaited = self.published.iter().find(|p| {
+                        p.nonce == nonce && p.to == s.sender && self.awaited.contains(&p.id)
+                    });
+                    match awaited {
+                        Some(p) => Expect::Receipt(p.id),
+                        None => Expect::Rejected(|r| *r == Rejection::UnexpectedReceipt),
+                    }
+                }
+            }
         }
     }
 
@@ -321,16 +418,36 @@ impl H {
         let now = self.unix_ms();
         let from = |f: u8| usize::from(f % 3);
         match env {
-            Env::Fresh { from: f, skew_ms, len } => {
-                self.seal(from(f), 0, now.saturating_add_signed(i64::from(skew_ms)), usize::from(len % 96))
+            Env::Fresh { from: f, skew_ms, len, receipt } => self.seal(
+                from(f),
+                0,
+                now.saturating_add_signed(i64::from(skew_ms)),
+                usize::from(len % 96),
+                Kind::Message { wants_receipt: receipt },
+            ),
+            Env::Receipt { from: f, which } => {
+                let nonce = match self.published.len() {
+                    0 => [0xAB; NONCE_LEN],
+                    n => self.published[usize::from(which) % n].nonce,
+                };
+                // Peers 1 and 2, or the stranger.
+                self.seal(1 + usize::from(f % 3), 0, now, 0, Kind::Receipt { nonce })
             }
-            Env::Stale { from: f, age_s } => {
-                self.seal(from(f), 0, now - MAX_AGE_MS - 1 - u64::from(age_s) * 1000, 8)
-            }
-            Env::Future { from: f, ahead_s } => {
-                self.seal(from(f), 0, now + MAX_FUTURE_MS + 1 + u64::from(ahead_s) * 1000, 8)
-            }
-            Env::NotForUs { from: f } => self.seal(from(f), 3, now, 8),
+            Env::Stale { from: f, age_s } => self.seal(
+                from(f),
+                0,
+                now - MAX_AGE_MS - 1 - u64::from(age_s) * 1000,
+                8,
+                Kind::Message { wants_receipt: false },
+            ),
+            Env::Future { from: f, ahead_s } => self.seal(
+                from(f),
+                0,
+                now + MAX_FUTURE_MS + 1 + u64::from(ahead_s) * 1000,
+                8,
+                Kind::Message { wants_receipt: false },
+            ),
+            Env::NotForUs { from: f } => self.seal(from(f), 3, now, 8, Kind::Message { wants_receipt: false }),
             Env::Copy { index } => {
                 let s = self.sealed.get(usize::from(index) % self.sealed.len().max(1))?.clone();
                 Some((s.bytes.clone(), self.expect(&s)))
@@ -351,9 +468,12 @@ impl H {
                 let sig = stranger.sign(&bytes[..split]);
                 bytes[split..].copy_from_slice(&sig);
                 assert_eq!(bytes[OFF_NONCE..OFF_NONCE + NONCE_LEN], s.nonce);
-                let forged = Sealed { sender: 3, for_us: s.for_us, ..s };
+                // Whatever its content, it cannot open: judge it as a plain message.
+                let forged = Sealed { sender: 3, for_us: s.for_us, content: Kind::Message { wants_receipt: false }, ..s };
                 let expect = match self.expect(&forged) {
-                    Expect::Message => Expect::Rejected(|r| *r == OpenError::SenderMismatch),
+                    Expect::Message => {
+                        Expect::Rejected(|r| *r == Rejection::Envelope(OpenError::SenderMismatch))
+                    }
                     // Never cached: the stranger never sent anything that opened.
                     other => other,
                 };
@@ -398,7 +518,7 @@ impl H {
                 self.check();
             } else if link.connect_seen && !link.connack_sent {
                 self.links[i].connack_sent = true;
-                self.broker_sends(i, Packet::ConnAck { session_present: false, code: 0 });
+                self.broker_sends(i, Packet::ConnAck { session_present: false, code: 0, properties: Default::default() });
             } else if let Some(pkid) = self.links[i].subscribes.pop() {
                 self.broker_sends(i, Packet::SubAck { pkid, codes: vec![1] });
             } else if self.links[i].pings > 0 {
@@ -417,7 +537,7 @@ impl H {
         let connected = self.d.machine.health(self.ids[i]).is_some_and(|h| h.connected);
         let wire = self.publish_packet(i, envelope, qos1, dup, foreign);
         let before = self.d.machine.stats();
-        let (messages, rejected) = (self.messages, self.rejected.len());
+        let (messages, rejected, receipts) = (self.messages, self.rejected.len(), self.receipts.len());
         let cut = usize::from(cut) % (wire.len() + 1);
         let _ = self.d.stream(socket, &wire[..cut]);
         self.check();
@@ -426,7 +546,8 @@ impl H {
             self.check();
         }
         let after = self.d.machine.stats();
-        let processed = (after.received + after.duplicates + after.rejected) - (before.received + before.duplicates + before.rejected);
+        let processed = (after.received + after.duplicates + after.rejected + after.receipts_received)
+            - (before.received + before.duplicates + before.rejected + before.receipts_received);
         let new_messages = self.messages - messages;
         assert!(new_messages <= 1);
         if foreign {
@@ -438,8 +559,14 @@ impl H {
             return;
         }
         assert_eq!(processed, 1, "a connected broker's PUBLISH on our topic is processed once");
+        let answered = (after.receipts_sent + after.receipts_failed) - (before.receipts_sent + before.receipts_failed);
+        assert_eq!(answered, u64::from(matches!(expect, Expect::MessageWithReceipt)), "{expect:?}: receipts sent");
         match expect {
-            Expect::Message => assert_eq!(new_messages, 1, "a fresh envelope is reported"),
+            Expect::Message | Expect::MessageWithReceipt => assert_eq!(new_messages, 1, "a fresh envelope is reported"),
+            Expect::Receipt(id) => {
+                assert_eq!(self.receipts.len(), receipts + 1, "the receipt is reported");
+                assert!(self.receipts.contains(&id), "for its message");
+            }
             Expect::Duplicate => {
                 assert_eq!(after.duplicates, before.duplicates + 1, "a copy is a duplicate");
             }
@@ -496,7 +623,7 @@ impl H {
                 }
             }
             Op::Wild { id, kind } => self.d.outcome(SocketId(BASE.wrapping_add(u32::from(id))), outcome(kind)),
-            Op::Send { to, via, len } => {
+            Op::Send { to, via, len, receipt } => {
                 let to = keys()[1 + usize::from(to % 2)].public_key();
                 let via = match via % 4 {
                     0 => None,
@@ -504,16 +631,30 @@ impl H {
                     2 => Some(vec![self.ids[brokers - 1]]),
                     _ => Some(vec![BrokerSpec::new(Some("elsewhere"), "198.51.100.1:1883".parse().unwrap()).id]),
                 };
-                let payload = vec![self.counter as u8; usize::from(len % 300)];
+                // Unique payloads: the counter in the first bytes.
+                let mut payload = self.counter.to_be_bytes().to_vec();
+                payload.resize(usize::from(len % 300).max(4), 0x33);
                 self.counter += 1;
-                self.payloads.push(payload.clone());
                 let closing = self.d.machine.is_closing();
-                let result = self.d.input(|r, now| r.send(now, &to, via.as_deref(), &payload));
+                let result = self.d.input(|r, now| {
+                    if receipt {
+                        r.send_with_receipt(now, &to, via.as_deref(), &payload)
+                    } else {
+                        r.send(now, &to, via.as_deref(), &payload)
+                    }
+                });
                 match result {
                     Ok(sending) => {
                         assert!(!closing);
                         assert!(sending.brokers >= 1);
                         assert!(self.sent.insert(sending.id), "message id reused");
+                        self.payloads.push((payload, sending.id, receipt));
+                        if receipt {
+                            if self.awaited.len() >= MAX_TRACKED {
+                                self.awaited.pop_front();
+                            }
+                            self.awaited.push_back(sending.id);
+                        }
                     }
                     Err(_) => {}
                 }
@@ -568,6 +709,10 @@ fuzz_target!(|input: Input| {
         payloads: Vec::new(),
         messages: 0,
         rejected: Vec::new(),
+        published: Vec::new(),
+        awaited: VecDeque::new(),
+        receipts: HashSet::new(),
+        answered: HashMap::new(),
     };
     h.d.drain();
     h.check();

@@ -20,7 +20,9 @@ use std::net::SocketAddr;
 
 use p2pd_proto::{Instant, Machine, SocketId, SocketOp, SocketOutcome, TRANSMIT_BUFFER_LEN};
 use p2pd_signaling::envelope::OpenError;
-use p2pd_signaling::mqtt::codec::{encode, Decoder, Packet, Protocol, QoS};
+use p2pd_signaling::mqtt::codec::{
+    encode, ConnAckProperties, Decoded, Decoder, Packet, Protocol, QoS,
+};
 use p2pd_signaling::{
     seal, BrokerSpec, Identity, Opener, Rendezvous, RendezvousConfig, RendezvousEvent,
 };
@@ -70,13 +72,17 @@ impl TinyBroker {
         let mut out = Vec::new();
         let mut published = Vec::new();
         while let Some(packet) = decoder.next() {
-            match packet.expect("well-formed MQTT") {
+            let Decoded::Packet(packet) = packet.expect("well-formed MQTT") else {
+                continue; // a PUBLISH too large for this broker: not forwarded
+            };
+            match packet {
                 Packet::Connect { .. } => out.push((
                     node,
                     socket,
                     Packet::ConnAck {
                         session_present: false,
                         code: 0,
+                        properties: ConnAckProperties::default(),
                     },
                 )),
                 Packet::Subscribe {
@@ -84,7 +90,7 @@ impl TinyBroker {
                     topics: wanted,
                 } => {
                     let codes = wanted.iter().map(|_| 1).collect(); // QoS 1 granted
-                    topics.extend(wanted.into_iter().map(|(topic, _)| topic));
+                    topics.extend(wanted.into_iter().map(|wanted| wanted.filter));
                     out.push((node, socket, Packet::SubAck { pkid, codes }));
                 }
                 Packet::Publish {

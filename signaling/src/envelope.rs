@@ -145,6 +145,26 @@ pub enum OpenError {
     TooLarge,
 }
 
+impl OpenError {
+    /// A short, stable name for the kind of error (`bad_signature`, `stale`, ...), without the
+    /// details, for counting rejections by reason.
+    pub fn label(&self) -> &'static str {
+        match self {
+            OpenError::Truncated => "truncated",
+            OpenError::Malformed => "malformed",
+            OpenError::UnsupportedVersion(_) => "unsupported_version",
+            OpenError::WrongRecipient => "wrong_recipient",
+            OpenError::BadSignature => "bad_signature",
+            OpenError::Stale { .. } => "stale",
+            OpenError::FromFuture { .. } => "from_future",
+            OpenError::Replay => "replay",
+            OpenError::DecryptFailed => "decrypt_failed",
+            OpenError::SenderMismatch => "sender_mismatch",
+            OpenError::TooLarge => "too_large",
+        }
+    }
+}
+
 impl fmt::Display for OpenError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {

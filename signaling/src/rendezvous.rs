@@ -9,7 +9,18 @@
 //! replay cache and are counted as duplicates, never reported twice, even when they arrive after
 //! the freshness window (a copy held by the sender's client while a broker was down). Anything
 //! else that fails to open (bad signature, stale, from the future, addressed to someone else) is
-//! reported as [`RendezvousEvent::Rejected`] with the typed [`OpenError`] and counted.
+//! reported as [`RendezvousEvent::Rejected`] with a typed [`Rejection`] and counted, as is a
+//! PUBLISH too large for the MQTT client (skipped without buffering it or dropping the
+//! connection; MQTT 5 brokers are told our limit and asked not to send retained messages).
+//!
+//! Receipts: every envelope carries a kind byte before the application payload (see
+//! [`payload`]). A message sent with [`Rendezvous::send_with_receipt`] asks its recipient for a
+//! receipt; the recipient's machine answers the first copy it opens with a receipt envelope,
+//! sealed to the sender and signed by the recipient, naming the message's envelope nonce, through
+//! the broker the message came through. The sender reports [`RendezvousEvent::Receipt`] only for
+//! a receipt signed by the key the message was sent to and naming a message still awaiting one;
+//! any other receipt is rejected ([`Rejection::UnexpectedReceipt`]). Receipts are never
+//! answered, so they cannot loop.
 //!
 //! Brokers are named by their canonical [`BrokerId`] (a hash of name/address, see
 //! [`BrokerId::of`]), never by a position in a list, and each keeps its own health record
@@ -23,20 +34,25 @@
 //! [`Instant::ZERO`]).
 
 use core::fmt;
-use core::net::SocketAddr;
-use core::time::Duration;
 use p2pd_proto::Machine;
 use std::collections::VecDeque;
 
 use p2pd_proto::{Instant, Rng, SocketId, SocketOp, SocketOutcome, Transmit, Verdict};
 
 use crate::address::BrokerId;
-use crate::envelope::{seal, OpenError, Opener, SealError, NONCE_LEN};
+use crate::envelope::{seal, OpenError, Opened, Opener, SealError, NONCE_LEN};
 use crate::identity::{Identity, NodeId, PublicKey, NODE_ID_LEN, PUBLIC_KEY_LEN};
-use crate::mqtt::client::{
-    DisconnectReason, MqttClient, MqttConfig, MqttEvent, MqttStats, PublishError, PublishId,
-};
+use crate::mqtt::client::{MqttClient, MqttEvent, MqttStats, PublishError, PublishId};
 use crate::mqtt::codec::QoS;
+
+pub mod payload;
+mod types;
+
+pub use payload::{Content, ContentError, MAX_MESSAGE};
+pub use types::{
+    BrokerHealth, BrokerSpec, MessageId, Rejection, RendezvousConfig, RendezvousConfigError,
+    RendezvousEvent, RendezvousStats, SendError, Sending,
+};
 
 /// The prefix of every node topic.
 pub const TOPIC_PREFIX: &str = "p2pd/v1/";
@@ -52,228 +68,12 @@ pub fn topic_for(node: &NodeId) -> String {
     format!("{TOPIC_PREFIX}{node}")
 }
 
-/// A broker to use: its canonical id and where it is.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct BrokerSpec {
-    /// The canonical id.
-    pub id: BrokerId,
-    /// The broker's address.
-    pub address: SocketAddr,
-}
-
-impl BrokerSpec {
-    /// The broker named `host` (if known) at `address`, with its canonical id.
-    pub fn new(host: Option<&str>, address: SocketAddr) -> Self {
-        BrokerSpec {
-            id: BrokerId::of(host, address),
-            address,
-        }
-    }
-}
-
-/// How the rendezvous machine runs. Build with [`RendezvousConfig::new`].
-#[derive(Clone, Debug)]
-#[non_exhaustive]
-pub struct RendezvousConfig {
-    /// The brokers (1 to [`MAX_BROKERS`], distinct ids).
-    pub brokers: Vec<BrokerSpec>,
-    /// Settings for every broker's MQTT client; its `broker`, `socket_base` and `socket_ids` are
-    /// replaced per broker.
-    pub mqtt: MqttConfig,
-    /// Unix time in milliseconds at [`Instant::ZERO`].
-    pub unix_epoch_ms: u64,
-    /// Envelopes remembered against replay (and for de-duplication). Default 4096.
-    pub replay_capacity: usize,
-    /// Oldest envelope accepted, in milliseconds. Default [`Opener::DEFAULT_MAX_AGE_MS`].
-    pub max_age_ms: u64,
-    /// Furthest-ahead envelope accepted (clock skew), in milliseconds. Default
-    /// [`Opener::DEFAULT_MAX_FUTURE_MS`].
-    pub max_future_ms: u64,
-    /// The first socket id; broker `i` uses `socket_base + i * SOCKETS_PER_BROKER` onwards.
-    pub socket_base: SocketId,
-    /// Most sent messages whose broker acknowledgements are tracked. Default 1024.
-    pub max_tracked: usize,
-    /// Most events waiting to be polled; further messages are dropped and counted. Default 1024.
-    pub max_pending_events: usize,
-}
-
-impl RendezvousConfig {
-    /// Defaults for these brokers and this Unix time at [`Instant::ZERO`].
-    pub fn new(brokers: Vec<BrokerSpec>, unix_epoch_ms: u64) -> Self {
-        let first = brokers
-            .first()
-            .map_or(SocketAddr::from(([127, 0, 0, 1], 1883)), |b| b.address);
-        RendezvousConfig {
-            brokers,
-            mqtt: MqttConfig::new(first),
-            unix_epoch_ms,
-            replay_capacity: 4096,
-            max_age_ms: Opener::DEFAULT_MAX_AGE_MS,
-            max_future_ms: Opener::DEFAULT_MAX_FUTURE_MS,
-            socket_base: SocketId(0),
-            max_tracked: 1024,
-            max_pending_events: 1024,
-        }
-    }
-}
-
-/// Why a configuration was refused (API misuse).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum RendezvousConfigError {
-    /// No brokers.
-    NoBrokers,
-    /// More than [`MAX_BROKERS`].
-    TooManyBrokers,
-    /// Two brokers with the same id.
-    DuplicateBroker(BrokerId),
-    /// The socket id ranges would overflow `u32`.
-    SocketIdsOverflow,
-}
-
-impl fmt::Display for RendezvousConfigError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            RendezvousConfigError::NoBrokers => f.write_str("no brokers configured"),
-            RendezvousConfigError::TooManyBrokers => write!(f, "more than {MAX_BROKERS} brokers"),
-            RendezvousConfigError::DuplicateBroker(id) => write!(f, "broker {id} configured twice"),
-            RendezvousConfigError::SocketIdsOverflow => f.write_str("socket id range overflows"),
-        }
-    }
-}
-
-impl std::error::Error for RendezvousConfigError {}
-
-/// Names one message given to [`Rendezvous::send`].
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct MessageId(pub u64);
-
-/// What [`Rendezvous::send`] did.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Sending {
-    /// The message's id, reported back in [`RendezvousEvent::Acknowledged`].
-    pub id: MessageId,
-    /// On how many brokers it was published (or queued until the broker is reachable).
-    pub brokers: usize,
-}
-
-/// Why [`Rendezvous::send`] refused a message.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum SendError {
-    /// None of the requested brokers is configured here.
-    NoCommonBroker,
-    /// Sealing failed (payload too large).
-    Seal(SealError),
-    /// Every broker's client refused the publish; the last refusal.
-    Refused(PublishError),
-    /// The machine is closed.
-    Closed,
-}
-
-impl fmt::Display for SendError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            SendError::NoCommonBroker => f.write_str("none of the peer's brokers is configured"),
-            SendError::Seal(e) => write!(f, "cannot seal: {e}"),
-            SendError::Refused(e) => write!(f, "every broker refused: {e}"),
-            SendError::Closed => f.write_str("closed"),
-        }
-    }
-}
-
-impl std::error::Error for SendError {}
-
-/// What the rendezvous machine reports.
-#[derive(Clone, Debug, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum RendezvousEvent {
-    /// Connected to a broker.
-    BrokerUp {
-        /// Which.
-        broker: BrokerId,
-    },
-    /// A broker connection (attempt) ended; its client reconnects after `retry_in`.
-    BrokerDown {
-        /// Which.
-        broker: BrokerId,
-        /// Why.
-        reason: DisconnectReason,
-        /// Delay before the next attempt.
-        retry_in: Duration,
-    },
-    /// A broker granted our topic subscription: messages to us arrive through it.
-    Listening {
-        /// Which.
-        broker: BrokerId,
-    },
-    /// A message for us, opened and verified: the first copy only.
-    Message {
-        /// The sender's key (its node id is `from.node_id()`).
-        from: PublicKey,
-        /// The plaintext.
-        payload: Vec<u8>,
-        /// The broker the first copy came through.
-        broker: BrokerId,
-        /// The sender's timestamp (Unix ms).
-        sent_at_ms: u64,
-    },
-    /// An envelope on our topic that failed to open (not a duplicate).
-    Rejected {
-        /// The broker it came through.
-        broker: BrokerId,
-        /// Why.
-        reason: OpenError,
-    },
-    /// A broker acknowledged (PUBACK) one of our messages.
-    Acknowledged {
-        /// The message.
-        id: MessageId,
-        /// The broker.
-        broker: BrokerId,
-    },
-    /// The machine closed every broker connection: the last event.
-    Closed,
-}
-
-/// One broker's health, as seen by this node.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct BrokerHealth {
-    /// Connected now.
-    pub connected: bool,
-    /// Our subscription is granted on the current connection.
-    pub listening: bool,
-    /// Successful connections.
-    pub connects: u64,
-    /// Connections or attempts that ended.
-    pub disconnects: u64,
-    /// When the last connection succeeded.
-    pub last_up: Option<Instant>,
-    /// Envelopes received through it that opened (first copies).
-    pub delivered: u64,
-    /// Copies through it that were duplicates.
-    pub duplicates: u64,
-    /// Envelopes through it that failed to open.
-    pub rejected: u64,
-    /// Our messages it acknowledged.
-    pub acknowledged: u64,
-}
-
-/// Counters for the whole machine.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct RendezvousStats {
-    /// Messages sent.
-    pub sent: u64,
-    /// Messages received (first copies).
-    pub received: u64,
-    /// Duplicate copies dropped.
-    pub duplicates: u64,
-    /// Envelopes rejected.
-    pub rejected: u64,
-    /// Messages on a topic that is not ours (dropped).
-    pub foreign_topic: u64,
-    /// Events dropped because the event queue was full.
-    pub events_dropped: u64,
-    /// Acknowledgements no longer tracked (the tracking table was full).
-    pub untracked_acks: u64,
+/// A message whose recipient was asked for a receipt.
+#[derive(Clone, Copy, Debug)]
+struct AwaitedReceipt {
+    id: MessageId,
+    to: PublicKey,
+    nonce: [u8; NONCE_LEN],
 }
 
 /// One broker and its client.
@@ -296,6 +96,8 @@ pub struct Rendezvous {
     /// (broker index, publish id, message id), oldest first.
     tracked: VecDeque<(usize, PublishId, MessageId)>,
     max_tracked: usize,
+    /// Messages awaiting a receipt, oldest first (at most `max_tracked`).
+    awaited: VecDeque<AwaitedReceipt>,
     events: VecDeque<RendezvousEvent>,
     max_pending_events: usize,
     next_message: u64,
@@ -375,6 +177,7 @@ impl Rendezvous {
             socket_base: config.socket_base.0,
             tracked: VecDeque::new(),
             max_tracked: config.max_tracked.max(1),
+            awaited: VecDeque::new(),
             events: VecDeque::new(),
             max_pending_events: config.max_pending_events.max(16),
             next_message: 0,
@@ -434,6 +237,11 @@ impl Rendezvous {
         self.tracked.len()
     }
 
+    /// Messages whose receipt is still awaited (bounded by the configured `max_tracked`).
+    pub fn pending_receipts(&self) -> usize {
+        self.awaited.len()
+    }
+
     /// Whether [`close`](Self::close) was called.
     pub fn is_closing(&self) -> bool {
         self.closing
@@ -447,7 +255,8 @@ impl Rendezvous {
 
     /// Seals `payload` to `to` and publishes it (QoS 1) on every configured broker, or on those
     /// of `via` that are configured here when `via` is given (for example the broker ids in the
-    /// peer's address). Brokers that are down hold the message until they reconnect.
+    /// peer's address). Brokers that are down hold the message until they reconnect. Each
+    /// broker's PUBACK is reported as [`RendezvousEvent::Acknowledged`]; no receipt is asked for.
     pub fn send(
         &mut self,
         now: Instant,
@@ -455,6 +264,34 @@ impl Rendezvous {
         via: Option<&[BrokerId]>,
         payload: &[u8],
     ) -> Result<Sending, SendError> {
+        self.send_message(now, to, via, payload, false)
+    }
+
+    /// Like [`send`](Self::send), and asks the recipient for a receipt: when its node opens the
+    /// message it answers with a signed receipt, reported here as [`RendezvousEvent::Receipt`].
+    /// At most `max_tracked` messages await a receipt; beyond, the oldest is forgotten (its
+    /// receipt would then be rejected as unexpected).
+    pub fn send_with_receipt(
+        &mut self,
+        now: Instant,
+        to: &PublicKey,
+        via: Option<&[BrokerId]>,
+        payload: &[u8],
+    ) -> Result<Sending, SendError> {
+        self.send_message(now, to, via, payload, true)
+    }
+
+    fn send_message(
+        &mut self,
+        now: Instant,
+        to: &PublicKey,
+        via: Option<&[BrokerId]>,
+        payload: &[u8],
+        wants_receipt: bool,
+    ) -> Result<Sending, SendError> {
+        if payload.len() > MAX_MESSAGE {
+            return Err(SendError::Seal(SealError::TooLarge));
+        }
         if self.closing {
             return Err(SendError::Closed);
         }
@@ -472,8 +309,9 @@ impl Rendezvous {
         }
         let mut nonce = [0u8; NONCE_LEN];
         self.rng.fill_bytes(&mut nonce);
-        let envelope =
-            seal(&self.identity, to, self.unix_ms(now), nonce, payload).map_err(SendError::Seal)?;
+        let content = payload::message(payload, wants_receipt);
+        let envelope = seal(&self.identity, to, self.unix_ms(now), nonce, &content)
+            .map_err(SendError::Seal)?;
         let topic = topic_for(&to.node_id());
         let id = MessageId(self.next_message);
         let mut published = 0usize;
@@ -502,6 +340,14 @@ impl Rendezvous {
             return Err(SendError::Refused(
                 last_error.unwrap_or(PublishError::NotConnected),
             ));
+        }
+        if wants_receipt {
+            if self.awaited.len() >= self.max_tracked {
+                self.awaited.pop_front();
+                self.stats.untracked_receipts = self.stats.untracked_receipts.saturating_add(1);
+            }
+            self.awaited
+                .push_back(AwaitedReceipt { id, to: *to, nonce });
         }
         self.next_message = self.next_message.saturating_add(1);
         self.stats.sent = self.stats.sent.saturating_add(1);
@@ -586,6 +432,13 @@ impl Rendezvous {
                 }
                 self.on_envelope(i, now, &payload);
             }
+            MqttEvent::PublishSkipped { size, .. } => {
+                self.reject(i, Rejection::Oversized { size });
+            }
+            MqttEvent::TooLargeForBroker { id: pid, .. } => {
+                // Never acknowledged by this broker: stop waiting for it.
+                self.tracked.retain(|&(bi, p, _)| !(bi == i && p == pid));
+            }
             MqttEvent::Delivered(pid) => {
                 b.health.acknowledged = b.health.acknowledged.saturating_add(1);
                 let pos = self
@@ -616,31 +469,103 @@ impl Rendezvous {
             Err(OpenError::Stale { .. }) => self.seen_before(bytes),
             _ => false,
         };
-        let Some(b) = self.brokers.get_mut(i) else {
+        match result {
+            Ok(opened) => self.on_opened(i, now, opened),
+            Err(_) if duplicate => {
+                if let Some(b) = self.brokers.get_mut(i) {
+                    b.health.duplicates = b.health.duplicates.saturating_add(1);
+                }
+                self.stats.duplicates = self.stats.duplicates.saturating_add(1);
+            }
+            Err(reason) => self.reject(i, Rejection::Envelope(reason)),
+        }
+    }
+
+    /// An envelope that opened: a message (answered with a receipt if it asks for one), a
+    /// receipt for one of ours, or content we reject.
+    fn on_opened(&mut self, i: usize, now: Instant, opened: Opened) {
+        let Some(broker) = self.brokers.get(i).map(|b| b.spec.id) else {
             return;
         };
-        let broker = b.spec.id;
-        match result {
-            Ok(opened) => {
-                b.health.delivered = b.health.delivered.saturating_add(1);
+        match payload::parse(&opened.payload) {
+            Ok(Content::Message {
+                payload,
+                wants_receipt,
+            }) => {
+                if let Some(b) = self.brokers.get_mut(i) {
+                    b.health.delivered = b.health.delivered.saturating_add(1);
+                }
                 self.stats.received = self.stats.received.saturating_add(1);
                 self.push(RendezvousEvent::Message {
                     from: opened.sender,
-                    payload: opened.payload,
+                    payload: payload.to_vec(),
                     broker,
                     sent_at_ms: opened.timestamp,
                 });
+                if wants_receipt {
+                    self.send_receipt(i, now, &opened.sender, &opened.nonce);
+                }
             }
-            Err(_) if duplicate => {
-                b.health.duplicates = b.health.duplicates.saturating_add(1);
-                self.stats.duplicates = self.stats.duplicates.saturating_add(1);
+            Ok(Content::Receipt { nonce }) => {
+                let position = self
+                    .awaited
+                    .iter()
+                    .position(|a| a.nonce == nonce && a.to == opened.sender);
+                let Some(awaited) = position.and_then(|p| self.awaited.remove(p)) else {
+                    self.reject(i, Rejection::UnexpectedReceipt);
+                    return;
+                };
+                self.stats.receipts_received = self.stats.receipts_received.saturating_add(1);
+                self.push(RendezvousEvent::Receipt {
+                    id: awaited.id,
+                    from: opened.sender,
+                    broker,
+                    received_at_ms: opened.timestamp,
+                });
             }
-            Err(reason) => {
-                b.health.rejected = b.health.rejected.saturating_add(1);
-                self.stats.rejected = self.stats.rejected.saturating_add(1);
-                self.push(RendezvousEvent::Rejected { broker, reason });
-            }
+            Err(e) => self.reject(i, Rejection::Content(e)),
         }
+    }
+
+    /// Answers the message with `nonce` from `sender` with a receipt, through broker `i` (the
+    /// one the message came through: it reaches the sender, and one receipt per message is all
+    /// an attacker can make us send).
+    fn send_receipt(
+        &mut self,
+        i: usize,
+        now: Instant,
+        sender: &PublicKey,
+        nonce: &[u8; NONCE_LEN],
+    ) {
+        let mut receipt_nonce = [0u8; NONCE_LEN];
+        self.rng.fill_bytes(&mut receipt_nonce);
+        let content = payload::receipt(nonce);
+        let unix_ms = self.unix_ms(now);
+        let sent = seal(&self.identity, sender, unix_ms, receipt_nonce, &content)
+            .ok()
+            .and_then(|envelope| {
+                let topic = topic_for(&sender.node_id());
+                let b = self.brokers.get_mut(i)?;
+                b.client
+                    .publish(now, &topic, &envelope, QoS::AtLeastOnce)
+                    .ok()
+            });
+        if sent.is_some() {
+            self.stats.receipts_sent = self.stats.receipts_sent.saturating_add(1);
+        } else {
+            self.stats.receipts_failed = self.stats.receipts_failed.saturating_add(1);
+        }
+    }
+
+    /// Counts and reports a rejection of something that came through broker `i`.
+    fn reject(&mut self, i: usize, reason: Rejection) {
+        let Some(b) = self.brokers.get_mut(i) else {
+            return;
+        };
+        b.health.rejected = b.health.rejected.saturating_add(1);
+        let broker = b.spec.id;
+        self.stats.rejected = self.stats.rejected.saturating_add(1);
+        self.push(RendezvousEvent::Rejected { broker, reason });
     }
 
     /// Whether the envelope's (sender, nonce) is in the replay cache, read from the header

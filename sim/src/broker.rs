@@ -11,7 +11,15 @@
 //!   takes over: the older connection is closed. An empty client id gets a generated one.
 //! - SUBSCRIBE: filters with `+` and `#` wildcards (topics starting with `$` are not matched by a
 //!   leading wildcard); QoS 2 is granted as 1; beyond [`BrokerConfig::max_subscriptions`] per client
-//!   or for an invalid filter the filter fails (0x80). No retained messages, no UNSUBSCRIBE.
+//!   or for an invalid filter the filter fails (0x80). No UNSUBSCRIBE.
+//! - Retained messages: a PUBLISH with the retain flag replaces the topic's retained message (an
+//!   empty payload deletes it; at most [`BrokerConfig::max_retained`] topics, beyond which a new
+//!   topic's message is not kept). A SUBSCRIBE gets the matching retained messages, with the
+//!   retain flag set, unless its MQTT 5 Retain Handling says not to (2, or 1 for a filter the
+//!   client already had).
+//! - MQTT 5 Maximum Packet Size: a packet larger than the client said it accepts is not sent
+//!   (a PUBLISH is dropped as if delivered, counted in [`BrokerStats::dropped_oversize`]), unless
+//!   [`BrokerConfig::honour_max_packet_size`] is off, which models a broker that ignores it.
 //! - PUBLISH QoS 0/1: QoS 1 is acknowledged with PUBACK; the message goes to every subscribed
 //!   connection (the publisher included if it subscribed) at min(granted, published) QoS, with a
 //!   fresh packet id per receiver. Unacknowledged QoS 1 deliveries are kept (at most
@@ -36,7 +44,16 @@ use std::collections::{BTreeMap, VecDeque};
 use p2pd_proto::{
     BindOptions, Instant, IoError, SocketId, SocketOp, SocketOutcome, Transmit, Transport, Verdict,
 };
-use p2pd_signaling::mqtt::codec::{encode, Decoder, Packet, Protocol, QoS};
+use p2pd_signaling::mqtt::codec::{
+    encode, ConnAckProperties, Decoded, Decoder, Packet, Protocol, QoS, RetainHandling,
+    SubscribeFilter,
+};
+
+mod retained;
+mod wire;
+
+pub use wire::topic_matches;
+use wire::{connect_level, valid_filter, Level};
 
 /// Most events queued; beyond, the oldest are dropped.
 pub const MAX_EVENTS: usize = 1024;
@@ -62,6 +79,11 @@ pub struct BrokerConfig {
     pub max_sessions: usize,
     /// How long a connection may wait before sending CONNECT.
     pub connect_timeout: Duration,
+    /// Most topics with a retained message.
+    pub max_retained: usize,
+    /// Whether a client's MQTT 5 Maximum Packet Size is obeyed. `false` models a broker that
+    /// sends oversized packets anyway (as every 3.1.1 broker does: its clients cannot say).
+    pub honour_max_packet_size: bool,
 }
 
 impl BrokerConfig {
@@ -86,6 +108,8 @@ impl Default for BrokerConfig {
             max_inflight: 64,
             max_sessions: 256,
             connect_timeout: Duration::from_secs(10),
+            max_retained: 1024,
+            honour_max_packet_size: true,
         }
     }
 }
@@ -182,6 +206,12 @@ pub struct BrokerStats {
     pub dropped_inflight_full: u64,
     /// Connections closed because they did not read.
     pub slow_consumers: u64,
+    /// Retained messages sent to subscribers (counted before the Maximum Packet Size check).
+    pub retained_sent: u64,
+    /// Retained messages not kept because the table was full.
+    pub retained_refused: u64,
+    /// Packets not sent because they exceed the client's Maximum Packet Size.
+    pub dropped_oversize: u64,
 }
 
 const LISTENER: SocketId = SocketId(0);
@@ -229,6 +259,8 @@ struct Conn {
     grace: Option<Duration>,
     /// Bytes queued and not yet taken by `poll_transmit`.
     unsent: usize,
+    /// The client's MQTT 5 Maximum Packet Size.
+    max_packet_size: Option<usize>,
 }
 
 /// The broker machine. See the module docs.
@@ -240,6 +272,8 @@ pub struct MqttBroker {
     accepting: usize,
     next_id: u32,
     sessions: BTreeMap<String, Session>,
+    /// Topic -> (QoS, payload) of its retained message.
+    retained: BTreeMap<String, (QoS, Vec<u8>)>,
     next_auto_id: u64,
     ops: VecDeque<SocketOp>,
     transmits: VecDeque<(SocketId, Vec<u8>)>,
@@ -269,6 +303,7 @@ impl MqttBroker {
             accepting: 0,
             next_id: 1,
             sessions: BTreeMap::new(),
+            retained: BTreeMap::new(),
             next_auto_id: 0,
             ops,
             transmits: VecDeque::new(),
@@ -360,6 +395,15 @@ impl MqttBroker {
         if encode(packet, conn.protocol, &mut bytes).is_err() {
             return;
         }
+        let too_large = conn.max_packet_size.is_some_and(|max| bytes.len() > max);
+        if too_large && self.config.honour_max_packet_size {
+            // MQTT 5: not sent, and a QoS 1 PUBLISH counts as delivered.
+            self.stats.dropped_oversize += 1;
+            if let Packet::Publish { pkid, .. } = packet {
+                conn.session.inflight.remove(pkid);
+            }
+            return;
+        }
         if conn.unsent + bytes.len() > self.config.max_unsent {
             self.stats.slow_consumers += 1;
             self.close_conn(socket, CloseReason::SlowConsumer);
@@ -428,6 +472,7 @@ impl MqttBroker {
                     let refuse = Packet::ConnAck {
                         session_present: false,
                         code: 1,
+                        properties: ConnAckProperties::default(),
                     };
                     if encode(&refuse, Protocol::V311, &mut bytes).is_ok() {
                         self.transmits.push_back((socket, bytes));
@@ -458,8 +503,9 @@ impl MqttBroker {
             let mut bad = false;
             while let Some(next) = decoder.next() {
                 match next {
-                    Ok(p) => packets.push(p),
-                    Err(_) => {
+                    Ok(Decoded::Packet(p)) => packets.push(p),
+                    // Larger than we accept: a broker closes such a client.
+                    Ok(Decoded::Skipped(_)) | Err(_) => {
                         bad = true;
                         break;
                     }
@@ -504,8 +550,15 @@ impl MqttBroker {
                 client_id,
                 keep_alive,
                 clean_session,
+                max_packet_size,
                 ..
-            } if !connected => self.on_connect(now, socket, client_id, keep_alive, clean_session),
+            } if !connected => {
+                if let Some(conn) = self.conns.get_mut(&socket) {
+                    conn.max_packet_size =
+                        max_packet_size.map(|m| usize::try_from(m).unwrap_or(usize::MAX));
+                }
+                self.on_connect(now, socket, client_id, keep_alive, clean_session)
+            }
             _ if !connected => self.violation(socket, CloseReason::ProtocolViolation),
             Packet::Subscribe { pkid, topics } => self.on_subscribe(socket, pkid, topics),
             Packet::Publish {
@@ -513,8 +566,9 @@ impl MqttBroker {
                 qos,
                 pkid,
                 payload,
+                retain,
                 ..
-            } => self.on_publish(socket, topic, qos, pkid, payload),
+            } => self.on_publish(socket, topic, qos, pkid, retain, payload),
             Packet::PubAck { pkid } => {
                 if conn.session.inflight.remove(&pkid).is_some() {
                     self.stats.pubacks_in += 1;
@@ -581,6 +635,7 @@ impl MqttBroker {
             &Packet::ConnAck {
                 session_present: present,
                 code: 0,
+                properties: ConnAckProperties::default(),
             },
         );
         for (pkid, m) in resend {
@@ -606,21 +661,31 @@ impl MqttBroker {
         });
     }
 
-    fn on_subscribe(&mut self, socket: SocketId, pkid: u16, topics: Vec<(String, QoS)>) {
+    fn on_subscribe(&mut self, socket: SocketId, pkid: u16, topics: Vec<SubscribeFilter>) {
         let max = self.config.max_subscriptions;
         let Some(conn) = self.conns.get_mut(&socket) else {
             return;
         };
         self.stats.subscribes += 1;
+        let mut retained_for = Vec::new();
         let codes = topics
             .into_iter()
-            .map(|(filter, qos)| {
-                let granted = qos.min(QoS::AtLeastOnce);
+            .map(|topic| {
+                let granted = topic.qos.min(QoS::AtLeastOnce);
                 let subs = &mut conn.session.subscriptions;
-                if !valid_filter(&filter) || (subs.len() >= max && !subs.contains_key(&filter)) {
+                let existed = subs.contains_key(&topic.filter);
+                if !valid_filter(&topic.filter) || (subs.len() >= max && !existed) {
                     return 0x80;
                 }
-                subs.insert(filter, granted);
+                let send_retained = match topic.retain_handling {
+                    RetainHandling::SendOnSubscribe => true,
+                    RetainHandling::SendOnNewSubscribe => !existed,
+                    RetainHandling::DoNotSend => false,
+                };
+                if send_retained {
+                    retained_for.push((topic.filter.clone(), granted));
+                }
+                subs.insert(topic.filter, granted);
                 match granted {
                     QoS::AtMostOnce => 0,
                     _ => 1,
@@ -628,6 +693,9 @@ impl MqttBroker {
             })
             .collect();
         self.send(socket, &Packet::SubAck { pkid, codes });
+        for (filter, granted) in retained_for {
+            self.send_retained(socket, &filter, granted);
+        }
     }
 
     fn on_publish(
@@ -636,6 +704,7 @@ impl MqttBroker {
         topic: String,
         qos: QoS,
         pkid: u16,
+        retain: bool,
         payload: Vec<u8>,
     ) {
         if qos == QoS::ExactlyOnce || topic.is_empty() || topic.contains(['+', '#']) {
@@ -644,6 +713,9 @@ impl MqttBroker {
         self.stats.publishes_in += 1;
         if qos == QoS::AtLeastOnce {
             self.send(socket, &Packet::PubAck { pkid });
+        }
+        if retain {
+            self.retain(&topic, qos, &payload);
         }
         let max_inflight = self.config.max_inflight;
         let mut deliveries = Vec::new();
@@ -762,6 +834,7 @@ impl p2pd_proto::Machine for MqttBroker {
                         deadline: now + self.config.connect_timeout,
                         grace: None,
                         unsent: 0,
+                        max_packet_size: None,
                     },
                 );
             }
@@ -851,112 +924,5 @@ impl crate::Sim {
     /// sessions survive).
     pub fn restart_mqtt_broker(&mut self, host: crate::HostId, config: BrokerConfig) {
         self.restart_host(host, MqttBroker::new(config));
-    }
-}
-
-enum Level {
-    NeedMore,
-    NotConnect,
-    Is(u8),
-}
-
-/// The protocol level of the CONNECT at the start of `pre`: fixed header 0x10, remaining length,
-/// then the protocol name (length 4, "MQTT") and the level byte.
-fn connect_level(pre: &[u8]) -> Level {
-    let Some(&first) = pre.first() else {
-        return Level::NeedMore;
-    };
-    if first != 0x10 {
-        return Level::NotConnect;
-    }
-    let mut header = 1;
-    loop {
-        let Some(&b) = pre.get(header) else {
-            return Level::NeedMore;
-        };
-        header += 1;
-        if b & 0x80 == 0 {
-            break;
-        }
-        if header > 4 {
-            return Level::NotConnect;
-        }
-    }
-    let Some(name) = pre.get(header..header + 6) else {
-        return Level::NeedMore;
-    };
-    if name != [0, 4, b'M', b'Q', b'T', b'T'] {
-        return Level::NotConnect;
-    }
-    match pre.get(header + 6) {
-        None => Level::NeedMore,
-        Some(&level) => Level::Is(level),
-    }
-}
-
-/// A topic filter: non-empty, `#` only as the last level, `+` and `#` alone in their level.
-fn valid_filter(filter: &str) -> bool {
-    if filter.is_empty() {
-        return false;
-    }
-    let levels: Vec<&str> = filter.split('/').collect();
-    levels.iter().enumerate().all(|(i, l)| match *l {
-        "#" => i + 1 == levels.len(),
-        "+" => true,
-        l => !l.contains(['+', '#']),
-    })
-}
-
-/// Whether `topic` matches `filter` (`+` one level, `#` the rest; `$` topics only explicitly).
-pub fn topic_matches(filter: &str, topic: &str) -> bool {
-    if topic.starts_with('$') && (filter.starts_with('+') || filter.starts_with('#')) {
-        return false;
-    }
-    let mut f = filter.split('/');
-    let mut t = topic.split('/');
-    loop {
-        match (f.next(), t.next()) {
-            (Some("#"), _) => return true,
-            (Some("+"), Some(_)) => {}
-            (Some(a), Some(b)) if a == b => {}
-            (None, None) => return true,
-            _ => return false,
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn filters_match_topics() {
-        assert!(topic_matches("a/b", "a/b"));
-        assert!(!topic_matches("a/b", "a/c"));
-        assert!(topic_matches("a/+", "a/c"));
-        assert!(!topic_matches("a/+", "a/c/d"));
-        assert!(topic_matches("a/#", "a/c/d"));
-        assert!(topic_matches("a/#", "a"));
-        assert!(topic_matches("#", "x/y"));
-        assert!(!topic_matches("#", "$SYS/x"));
-        assert!(valid_filter("a/+/#"));
-        assert!(!valid_filter("a/#/b"));
-        assert!(!valid_filter("a+/b"));
-        assert!(!valid_filter(""));
-    }
-
-    #[test]
-    fn connect_level_is_read_from_the_header() {
-        let mut wire = Vec::new();
-        let connect = Packet::Connect {
-            client_id: "c".into(),
-            keep_alive: 30,
-            clean_session: true,
-            protocol: Protocol::V5,
-        };
-        encode(&connect, Protocol::V5, &mut wire).unwrap();
-        assert!(matches!(connect_level(&wire), Level::Is(5)));
-        assert!(matches!(connect_level(&wire[..8]), Level::NeedMore));
-        assert!(matches!(connect_level(&[0x30, 0]), Level::NotConnect));
     }
 }

@@ -2,8 +2,10 @@
 //! through both; one broker is killed mid-run and delivery continues through the other, with
 //! reconnect when it returns; a replayed or tampered envelope published raw into the broker is
 //! rejected; 10,000 messages, each arriving exactly once (every payload checked), without growth in
-//! memory (bytes live on the heap, a counting global allocator), sockets or timers. The tests of
-//! this binary run one at a time (the allocator counts every thread).
+//! memory (bytes live on the heap, a counting global allocator), sockets or timers; a retained
+//! 256 KiB message (and a live one) on a node's topic, which an MQTT 3.1.1 node skips as it
+//! streams past while messages and their receipts keep flowing. The tests of this binary run one
+//! at a time (the allocator counts every thread).
 //!
 //! Skips (with a message) when mosquitto is not installed; CI installs it, and under `CI=true` a
 //! missing mosquitto fails the test ([`common::skip_or_fail`]).
@@ -19,8 +21,9 @@ use std::time::Duration;
 use common::heap::{live_bytes, LiveBytes};
 use common::{on_path, rss_kib, Mosquitto};
 use p2pd_mio::Runtime;
+use p2pd_signaling::mqtt::{encode, Packet, Protocol, QoS};
 use p2pd_signaling::rendezvous::{
-    topic_for, BrokerSpec, Rendezvous, RendezvousConfig, RendezvousEvent,
+    topic_for, BrokerSpec, Rejection, Rendezvous, RendezvousConfig, RendezvousEvent,
 };
 use p2pd_signaling::{seal, BrokerId, Identity, OpenError, PublicKey};
 
@@ -42,6 +45,10 @@ struct Node {
 
 impl Node {
     fn new(secret: u8, brokers: &[&Mosquitto], seed: u64) -> Node {
+        Node::speaking(Protocol::V5, secret, brokers, seed)
+    }
+
+    fn speaking(protocol: Protocol, secret: u8, brokers: &[&Mosquitto], seed: u64) -> Node {
         let rt = Runtime::new().unwrap();
         let specs = brokers
             .iter()
@@ -53,6 +60,7 @@ impl Node {
         config.mqtt.keep_alive = Duration::from_secs(5);
         config.mqtt.max_inflight = 1024;
         config.replay_capacity = 4096;
+        config.mqtt.protocol = protocol;
         let identity = Identity::from_secret_bytes(&[secret; 32]).unwrap();
         let key = identity.public_key();
         let m = Rendezvous::new(config, identity, seed, rt.now()).unwrap();
@@ -279,7 +287,10 @@ fn two_brokers_outage_reconnect_and_replay() {
             b.events
                 .iter()
                 .filter_map(|e| match e {
-                    RendezvousEvent::Rejected { reason, .. } => Some(*reason),
+                    RendezvousEvent::Rejected {
+                        reason: Rejection::Envelope(reason),
+                        ..
+                    } => Some(*reason),
                     _ => None,
                 })
                 .collect()
@@ -454,5 +465,120 @@ fn soak_10000_messages() {
     if let (Some(x), Some(y)) = (rss[4], rss[ROUNDS - 1]) {
         assert!(y <= x + 2048, "VmRSS grew from {x} KiB to {y} KiB");
     }
+    close_both(&mut a, &mut b);
+}
+
+/// Publishes `payload` on `topic` (QoS 0, `retain` as given) from a raw MQTT 3.1.1 connection, as
+/// anyone may: the topic follows from the node's public key.
+fn publish_huge(broker: &Mosquitto, topic: &str, payload: Vec<u8>, retain: bool) {
+    use std::io::{Read, Write};
+    let v = Protocol::V311;
+    let mut wire = Vec::new();
+    let connect = Packet::Connect {
+        client_id: format!("mallory-{}-{retain}", std::process::id()),
+        keep_alive: 0,
+        clean_session: true,
+        protocol: v,
+        max_packet_size: None,
+    };
+    encode(&connect, v, &mut wire).unwrap();
+    let publish = Packet::Publish {
+        topic: topic.into(),
+        qos: QoS::AtLeastOnce,
+        pkid: 1,
+        retain,
+        dup: false,
+        payload,
+    };
+    encode(&publish, v, &mut wire).unwrap();
+    let mut stream = std::net::TcpStream::connect(broker.addr()).unwrap();
+    stream.write_all(&wire).unwrap();
+    // CONNACK and PUBACK: the broker has it.
+    let mut answer = [0u8; 8];
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    stream.read_exact(&mut answer).unwrap();
+    assert_eq!(answer, [0x20, 2, 0, 0, 0x40, 2, 0, 1]);
+}
+
+/// Regression: one retained 256 KiB message on a node's topic ended its every connection (an
+/// oversized packet was fatal), so it reconnected forever and received nothing. MQTT 5 nodes now
+/// tell mosquitto their limit and ask for no retained messages; an MQTT 3.1.1 node, which cannot,
+/// gets the message and skips it as it streams past, staying connected. Messages keep arriving,
+/// each answered with a receipt the sender verifies.
+#[test]
+fn a_huge_retained_message_does_not_silence_a_node() {
+    let _serial = serial();
+    let Some((m1, m2)) = brokers_or_skip("a_huge_retained_message_does_not_silence_a_node") else {
+        return;
+    };
+    let b_key = Identity::from_secret_bytes(&[6; 32]).unwrap().public_key();
+    let topic = topic_for(&b_key.node_id());
+    for m in [&m1, &m2] {
+        publish_huge(m, &topic, vec![0xEE; 256 * 1024], true);
+    }
+    let mut a = Node::new(5, &[&m1, &m2], 5);
+    let mut b = Node::speaking(Protocol::V311, 6, &[&m1, &m2], 6);
+    assert_eq!(b.key, b_key);
+    let ids: Vec<BrokerId> = b.m.broker_ids().collect();
+    assert!(run_until(
+        &mut a,
+        &mut b,
+        Duration::from_secs(10),
+        |a, b| ids
+            .iter()
+            .all(|&id| a.listening_on(id) && b.listening_on(id))
+    ));
+    // And a live one while it listens.
+    publish_huge(&m1, &topic, vec![0xAA; 256 * 1024], false);
+    let mut sent = Vec::new();
+    for i in 0..10 {
+        let now = a.rt.now();
+        let sending =
+            a.m.send_with_receipt(now, &b_key, None, format!("real {i}").as_bytes())
+                .unwrap();
+        sent.push(sending.id);
+    }
+    let receipts = |a: &Node| {
+        a.events
+            .iter()
+            .filter(|e| matches!(e, RendezvousEvent::Receipt { from, .. } if *from == b_key))
+            .count()
+    };
+    let mut got = Vec::new();
+    assert!(
+        run_until(&mut a, &mut b, Duration::from_secs(20), |a, b| {
+            got.extend(b.take_messages());
+            got.len() >= 10 && receipts(a) >= 10
+        }),
+        "{} of 10 messages, {} receipts; b: {:?}",
+        got.len(),
+        receipts(&a),
+        b.events
+    );
+    got.sort();
+    let want: Vec<Vec<u8>> = (0..10).map(|i| format!("real {i}").into_bytes()).collect();
+    assert_eq!(got, want);
+    // Two retained copies and the live one, skipped; never a lost connection.
+    let skipped: u64 = ids
+        .iter()
+        .map(|&id| b.m.mqtt_stats(id).unwrap().oversized_skipped)
+        .sum();
+    assert_eq!(skipped, 3);
+    for &id in &ids {
+        assert_eq!(b.m.health(id).unwrap().disconnects, 0, "{id}");
+        assert_eq!(a.m.health(id).unwrap().disconnects, 0, "{id}");
+    }
+    assert!(!b
+        .events
+        .iter()
+        .any(|e| matches!(e, RendezvousEvent::BrokerDown { .. })));
+    assert_eq!(a.m.pending_receipts(), 0);
+    eprintln!(
+        "retained 256 KiB on both brokers + a live one: 10 of 10 messages, {} receipts, {skipped} \
+         packets skipped, 0 disconnects",
+        receipts(&a)
+    );
     close_both(&mut a, &mut b);
 }

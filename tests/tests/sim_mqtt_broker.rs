@@ -12,7 +12,10 @@ use p2pd_proto::{
     BindOptions, Instant, IoError, Machine, OpKind, SocketId, SocketOp, SocketOutcome, Transmit,
     Transport, Verdict,
 };
-use p2pd_signaling::mqtt::codec::{encode, Decoder, Packet, Protocol, QoS};
+use p2pd_signaling::mqtt::codec::{
+    encode, ConnAckProperties, Decoded, Decoder, Packet, Protocol, QoS, RetainHandling,
+    SkippedPublish, SubscribeFilter,
+};
 use p2pd_sim::{BrokerConfig, BrokerEvent, CloseReason, Host, HostId, LinkConfig, MqttBroker, Sim};
 
 const BROKER: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 50);
@@ -23,6 +26,8 @@ const PORT: u16 = 1883;
 enum Ev {
     TcpUp,
     Packet(Packet),
+    /// A PUBLISH larger than the client's decoder takes.
+    Skipped(SkippedPublish),
     PeerClosed,
     Failed(OpKind, IoError),
 }
@@ -36,6 +41,8 @@ struct Client {
     clean: bool,
     auto_ack: bool,
     auto_connect: bool,
+    /// MQTT 5: the Maximum Packet Size its CONNECT states.
+    max_packet_size: Option<u32>,
     socket: SocketId,
     up: bool,
     decoder: Decoder,
@@ -53,6 +60,7 @@ impl Client {
             clean: true,
             auto_ack: true,
             auto_connect: true,
+            max_packet_size: None,
             socket: SocketId(0),
             up: false,
             decoder: Decoder::new(protocol, 64 * 1024),
@@ -107,7 +115,13 @@ impl Machine for Client {
             let n = self.decoder.push(rest).expect("decoder alive");
             rest = &rest[n..];
             while let Some(p) = self.decoder.next() {
-                let p = p.expect("broker sends valid packets");
+                let p = match p.expect("broker sends valid packets") {
+                    Decoded::Packet(p) => p,
+                    Decoded::Skipped(s) => {
+                        self.events.push_back(Ev::Skipped(s));
+                        continue;
+                    }
+                };
                 if let Packet::Publish {
                     qos: QoS::AtLeastOnce,
                     pkid,
@@ -140,6 +154,7 @@ impl Machine for Client {
                     keep_alive: self.keep_alive,
                     clean_session: self.clean,
                     protocol: self.protocol,
+                    max_packet_size: self.max_packet_size,
                 };
                 self.send(&connect);
             }
@@ -210,6 +225,7 @@ fn connack(code: u8, session_present: bool) -> Packet {
     Packet::ConnAck {
         session_present,
         code,
+        properties: ConnAckProperties::default(),
     }
 }
 
@@ -272,9 +288,9 @@ fn subscriber_gets_qos0_and_qos1_publishes_across_protocols() {
         c.send(&Packet::Subscribe {
             pkid: 1,
             topics: vec![
-                ("p2pd/node/a".into(), QoS::AtLeastOnce),
-                ("p2pd/+/b".into(), QoS::AtMostOnce),
-                ("bad/#/filter".into(), QoS::AtMostOnce),
+                SubscribeFilter::new("p2pd/node/a", QoS::AtLeastOnce),
+                SubscribeFilter::new("p2pd/+/b", QoS::AtMostOnce),
+                SubscribeFilter::new("bad/#/filter", QoS::AtMostOnce),
             ],
         })
     });
@@ -346,7 +362,7 @@ fn through_a_nat_over_a_lossy_link() {
     sim.with_machine::<Client, _>(sub, |c, _| {
         c.send(&Packet::Subscribe {
             pkid: 3,
-            topics: vec![("t".into(), QoS::AtLeastOnce)],
+            topics: vec![SubscribeFilter::new("t", QoS::AtLeastOnce)],
         })
     });
     sim.run_for(Duration::from_secs(20));
@@ -498,7 +514,7 @@ fn session_resumes_and_resends_unacknowledged_qos1_once() {
     sim.with_machine::<Client, _>(sub, |c, _| {
         c.send(&Packet::Subscribe {
             pkid: 1,
-            topics: vec![("k".into(), QoS::AtLeastOnce)],
+            topics: vec![SubscribeFilter::new("k", QoS::AtLeastOnce)],
         })
     });
     sim.run_for(Duration::from_millis(200));
@@ -573,4 +589,190 @@ fn killed_broker_resets_clients_and_a_restarted_one_serves_again() {
     sim.set_host_down(b, false);
     sim.run_for(Duration::from_secs(5));
     assert_eq!(packets(&mut sim, c1), [Packet::PingResp]);
+}
+
+/// Retained messages, MQTT 5 Retain Handling and Maximum Packet Size: a 200 KiB retained
+/// message reaches a 3.1.1 subscriber (which skips it), never an MQTT 5 subscriber that stated
+/// a 64 KiB limit or asked for no retained messages; a broker that ignores the limit sends it
+/// anyway.
+#[test]
+fn retained_messages_retain_handling_and_maximum_packet_size() {
+    for honour in [true, false] {
+        let mut sim = Sim::new(11);
+        let b = sim.add_mqtt_broker_with(
+            Host::public([BROKER]),
+            BrokerConfig {
+                max_packet_size: 1 << 20,
+                honour_max_packet_size: honour,
+                ..BrokerConfig::new(PORT)
+            },
+        );
+        let publ = client(
+            &mut sim,
+            [198, 51, 100, 1],
+            Client::new(Protocol::V311, "pub"),
+        );
+        sim.run_for(Duration::from_millis(200));
+        // (Under the simulated TCP's 256 KiB send buffer: the scripted client does not wait for
+        // room.)
+        let big = vec![0xEE; 200 * 1024];
+        sim.with_machine::<Client, _>(publ, |c, _| {
+            for (topic, payload) in [("node/big", &big[..]), ("node/small", b"hello")] {
+                c.send(&Packet::Publish {
+                    topic: topic.into(),
+                    qos: QoS::AtLeastOnce,
+                    pkid: 1,
+                    retain: true,
+                    dup: false,
+                    payload: payload.to_vec(),
+                });
+            }
+        });
+        sim.run_for(Duration::from_secs(1));
+        let _ = sim.take_events::<Client>(publ);
+        // A: MQTT 5, 64 KiB. B: MQTT 5, no retained messages. C: 3.1.1.
+        let mut a = Client::new(Protocol::V5, "a");
+        a.max_packet_size = Some(64 * 1024);
+        let a = client(&mut sim, [198, 51, 100, 2], a);
+        let c_b = client(&mut sim, [198, 51, 100, 3], Client::new(Protocol::V5, "b"));
+        let c = client(
+            &mut sim,
+            [198, 51, 100, 4],
+            Client::new(Protocol::V311, "c"),
+        );
+        sim.run_for(Duration::from_millis(200));
+        for h in [a, c_b, c] {
+            let _ = sim.take_events::<Client>(h);
+        }
+        let mut never = SubscribeFilter::new("node/+", QoS::AtLeastOnce);
+        never.retain_handling = RetainHandling::DoNotSend;
+        sim.with_machine::<Client, _>(c_b, |c, _| {
+            c.send(&Packet::Subscribe {
+                pkid: 1,
+                topics: vec![never.clone()],
+            })
+        });
+        for h in [a, c] {
+            sim.with_machine::<Client, _>(h, |c, _| {
+                c.send(&Packet::Subscribe {
+                    pkid: 1,
+                    topics: vec![SubscribeFilter::new("node/+", QoS::AtLeastOnce)],
+                })
+            });
+        }
+        sim.run_for(Duration::from_secs(2));
+        let small = Packet::Publish {
+            topic: "node/small".into(),
+            qos: QoS::AtLeastOnce,
+            pkid: 0,
+            retain: true,
+            dup: false,
+            payload: b"hello".to_vec(),
+        };
+        let events = |sim: &mut Sim, h| -> Vec<Ev> {
+            sim.take_events::<Client>(h)
+                .into_iter()
+                .map(|e| match e {
+                    // Packet ids are the broker's to choose.
+                    Ev::Packet(Packet::Publish {
+                        topic,
+                        qos,
+                        retain,
+                        dup,
+                        payload,
+                        ..
+                    }) => Ev::Packet(Packet::Publish {
+                        topic,
+                        qos,
+                        pkid: 0,
+                        retain,
+                        dup,
+                        payload,
+                    }),
+                    Ev::Skipped(s) => Ev::Skipped(SkippedPublish { pkid: 0, ..s }),
+                    other => other,
+                })
+                .collect()
+        };
+        let suback = Ev::Packet(Packet::SubAck {
+            pkid: 1,
+            codes: vec![1],
+        });
+        let skipped = |size| {
+            Ev::Skipped(SkippedPublish {
+                size,
+                max: 64 * 1024,
+                qos: QoS::AtLeastOnce,
+                pkid: 0,
+                retain: true,
+                dup: false,
+            })
+        };
+        let big_size = {
+            let mut wire = Vec::new();
+            encode(
+                &Packet::Publish {
+                    topic: "node/big".into(),
+                    qos: QoS::AtLeastOnce,
+                    pkid: 1,
+                    retain: true,
+                    dup: false,
+                    payload: big.clone(),
+                },
+                Protocol::V5,
+                &mut wire,
+            )
+            .unwrap();
+            wire.len()
+        };
+        // A gets the big one only from a broker that ignores its limit.
+        let a_got = events(&mut sim, a);
+        if honour {
+            assert_eq!(a_got, [suback.clone(), Ev::Packet(small.clone())]);
+        } else {
+            assert_eq!(
+                a_got,
+                [suback.clone(), skipped(big_size), Ev::Packet(small.clone())]
+            );
+        }
+        assert_eq!(events(&mut sim, c_b), std::slice::from_ref(&suback));
+        assert_eq!(
+            events(&mut sim, c),
+            [suback, skipped(big_size - 1), Ev::Packet(small.clone())]
+        );
+        let st = sim.machine::<MqttBroker>(b).stats();
+        assert_eq!(st.retained_sent, 4);
+        assert_eq!(st.dropped_oversize, u64::from(honour));
+        // An empty retained message forgets the topic's.
+        sim.with_machine::<Client, _>(publ, |c, _| {
+            c.send(&Packet::Publish {
+                topic: "node/big".into(),
+                qos: QoS::AtMostOnce,
+                pkid: 0,
+                retain: true,
+                dup: false,
+                payload: Vec::new(),
+            })
+        });
+        sim.run_for(Duration::from_secs(1));
+        let _ = sim.take_events::<Client>(c);
+        sim.with_machine::<Client, _>(c, |c, _| {
+            c.send(&Packet::Subscribe {
+                pkid: 2,
+                topics: vec![SubscribeFilter::new("node/#", QoS::AtLeastOnce)],
+            })
+        });
+        sim.run_for(Duration::from_secs(1));
+        let got = events(&mut sim, c);
+        assert_eq!(
+            got,
+            [
+                Ev::Packet(Packet::SubAck {
+                    pkid: 2,
+                    codes: vec![1]
+                }),
+                Ev::Packet(small)
+            ]
+        );
+    }
 }

@@ -43,7 +43,8 @@ use std::collections::BTreeMap;
 use p2pd_nat::{Behaviour, Filtering, Mapping, PortAllocation};
 use p2pd_proto::SocketId;
 use p2pd_signaling::rendezvous::{
-    topic_for, BrokerHealth, BrokerSpec, MessageId, Rendezvous, RendezvousConfig, RendezvousEvent,
+    topic_for, BrokerHealth, BrokerSpec, MessageId, Rejection, Rendezvous, RendezvousConfig,
+    RendezvousEvent,
 };
 use p2pd_signaling::{BrokerId, Identity, OpenError, PublicKey};
 use p2pd_sim::{
@@ -304,7 +305,7 @@ impl World {
                     // A held copy of a message whose first copy was lost can come back after
                     // the freshness window (checked against the excused messages at the end).
                     RendezvousEvent::Rejected {
-                        reason: OpenError::Stale { .. },
+                        reason: Rejection::Envelope(OpenError::Stale { .. }),
                         ..
                     } => self.stale[n] += 1,
                     RendezvousEvent::Rejected { broker, reason } => {

@@ -1,5 +1,11 @@
 //! `p2pd signal listen` / `p2pd signal send PEER MESSAGE`: encrypted, signed messages between
 //! nodes through several MQTT brokers at once (the rendezvous machine of `p2pd-signaling`).
+//!
+//! `send` asks the recipient for a signed receipt and waits for it (`--no-receipt`: only for the
+//! brokers' acknowledgements); `listen` answers such requests, and reports what it rejects as
+//! counts per reason, at most one line per few seconds ([`rejections`]).
+
+mod rejections;
 
 use crate::errln;
 use std::ops::ControlFlow;
@@ -16,6 +22,7 @@ use serde::Serialize;
 
 use super::report::Reporter;
 use super::resolve;
+use super::stop_signal;
 use crate::identity_file::{default_identity_path, os_seed, parse_hex, read_identity};
 use p2pd_mio::{RunEnd, Runtime};
 
@@ -57,8 +64,9 @@ enum SignalCommand {
         #[arg(long, value_name = "S", value_parser = super::numbers::seconds)]
         timeout: Option<Duration>,
     },
-    /// Send MESSAGE to PEER (a public key in hex, or a p2pd1: address) and wait for the brokers'
-    /// acknowledgements.
+    /// Send MESSAGE to PEER (a public key in hex, or a p2pd1: address) and wait for the
+    /// recipient's signed receipt (exit 1 without one), printing the brokers' acknowledgements on
+    /// the way.
     Send {
         /// The recipient: 66 hex digits of its public key, or its p2pd1: address.
         peer: String,
@@ -66,9 +74,14 @@ enum SignalCommand {
         message: String,
         #[command(flatten)]
         common: Common,
-        /// Give up waiting for acknowledgements after this many seconds (0 to 31536000).
+        /// Give up waiting for the receipt (or the acknowledgements) after this many seconds (0 to
+        /// 31536000).
         #[arg(long, value_name = "S", default_value = "10", value_parser = super::numbers::seconds)]
         timeout: Duration,
+        /// Ask for no receipt: done (exit 0) once a broker acknowledged the message, as before
+        /// receipts existed. The recipient's node may not even be listening.
+        #[arg(long)]
+        no_receipt: bool,
     },
 }
 
@@ -85,7 +98,8 @@ pub fn run(args: &SignalArgs) -> i32 {
             message,
             common,
             timeout,
-        } => send(common, peer, message, *timeout),
+            no_receipt,
+        } => send(common, peer, message, *timeout, !*no_receipt),
     };
     match result {
         Ok(code) => code,
@@ -158,11 +172,16 @@ fn start(common: &Common, identity: Identity) -> Result<(Runtime, Rendezvous), S
     Ok((rt, machine))
 }
 
+/// How long `listen` runs between checks for SIGINT / SIGTERM, the time limit and due
+/// rejection summaries.
+const SLICE: Duration = Duration::from_millis(100);
+
 fn listen(common: &Common, count: Option<u64>, timeout: Option<Duration>) -> Result<i32, String> {
     let identity = load_identity(common)?;
     let node = identity.node_id();
     let key = identity.public_key();
     let (mut rt, mut machine) = start(common, identity)?;
+    stop_signal::install().map_err(|e| format!("signal handlers: {e}"))?;
     let address = PeerAddress {
         public_key: key,
         interfaces: Vec::new(),
@@ -185,48 +204,63 @@ fn listen(common: &Common, count: Option<u64>, timeout: Option<Duration>) -> Res
     } else {
         timeout
     };
+    let started = std::time::Instant::now();
     let mut received = 0u64;
     let mut closing = false;
+    let mut closed = false;
+    let mut rejections = rejections::Tally::default();
     let json = common.json;
-    let end = rt
-        .run(&mut machine, limit, |m, now, ev| {
-            match ev {
-                RendezvousEvent::Message {
-                    from,
-                    payload,
-                    broker,
-                    sent_at_ms,
-                } => {
-                    received += 1;
-                    let text = String::from_utf8_lossy(&payload);
-                    out.line(
-                        format_args!("{} {text}", from.node_id()),
-                        &SignalLine::Message {
-                            from: from.to_string(),
-                            node_id: from.node_id().to_string(),
-                            broker: broker.to_string(),
-                            sent_at_ms,
-                            message: &text,
-                        },
-                    );
-                    if count.is_some_and(|c| received >= c) && !closing {
-                        closing = true;
-                        m.close(now);
+    while !closed {
+        if stop_signal::requested() || limit.is_some_and(|l| started.elapsed() >= l) {
+            close(&mut rt, &mut machine);
+            break;
+        }
+        let slice = limit.map_or(SLICE, |l| SLICE.min(l.saturating_sub(started.elapsed())));
+        let end = rt
+            .run(&mut machine, Some(slice), |m, now, ev| {
+                match ev {
+                    RendezvousEvent::Message {
+                        from,
+                        payload,
+                        broker,
+                        sent_at_ms,
+                    } => {
+                        received += 1;
+                        let text = String::from_utf8_lossy(&payload);
+                        out.line(
+                            format_args!("{} {text}", from.node_id()),
+                            &SignalLine::Message {
+                                from: from.to_string(),
+                                node_id: from.node_id().to_string(),
+                                broker: broker.to_string(),
+                                sent_at_ms,
+                                message: &text,
+                            },
+                        );
+                        if count.is_some_and(|c| received >= c) && !closing {
+                            closing = true;
+                            m.close(now);
+                        }
                     }
+                    RendezvousEvent::Rejected { reason, .. } => {
+                        rejections.record(reason.label());
+                        if let Some(summary) = rejections.due(now) {
+                            out.note(summary.text(), &summary);
+                        }
+                    }
+                    RendezvousEvent::Closed => return ControlFlow::Break(()),
+                    other => report(&other, json),
                 }
-                RendezvousEvent::Closed => return ControlFlow::Break(()),
-                other => report(&other, json),
-            }
-            // Nobody reads stdout any more: stop as if --count were reached.
-            if crate::output::stdout_gone() && !closing {
-                closing = true;
-                m.close(now);
-            }
-            ControlFlow::Continue(())
-        })
-        .map_err(|e| format!("event loop: {e}"))?;
-    if end == RunEnd::TimeLimit {
-        close(&mut rt, &mut machine);
+                ControlFlow::Continue(())
+            })
+            .map_err(|e| format!("event loop: {e}"))?;
+        closed = matches!(end, RunEnd::Break | RunEnd::Idle);
+        if let Some(summary) = rejections.due(rt.now()) {
+            out.note(summary.text(), &summary);
+        }
+    }
+    if let Some(summary) = rejections.finish() {
+        out.note(summary.text(), &summary);
     }
     Ok(if count.is_some_and(|c| received < c) {
         1
@@ -235,16 +269,27 @@ fn listen(common: &Common, count: Option<u64>, timeout: Option<Duration>) -> Res
     })
 }
 
-fn send(common: &Common, peer: &str, message: &str, timeout: Duration) -> Result<i32, String> {
+fn send(
+    common: &Common,
+    peer: &str,
+    message: &str,
+    timeout: Duration,
+    want_receipt: bool,
+) -> Result<i32, String> {
     let identity = load_identity(common)?;
     let (to, address) = parse_peer(peer)?;
     let (mut rt, mut machine) = start(common, identity)?;
     let via: Option<Vec<_>> = address.map(|a| a.brokers);
-    let sending = machine
-        .send(rt.now(), &to, via.as_deref(), message.as_bytes())
-        .map_err(|e| e.to_string())?;
+    let sent_at = rt.now();
+    let sending = if want_receipt {
+        machine.send_with_receipt(sent_at, &to, via.as_deref(), message.as_bytes())
+    } else {
+        machine.send(sent_at, &to, via.as_deref(), message.as_bytes())
+    }
+    .map_err(|e| e.to_string())?;
     let json = common.json;
     let mut acked = 0usize;
+    let mut receipt = false;
     let mut closing = false;
     let end = rt
         .run(&mut machine, Some(timeout), |m, now, ev| {
@@ -257,13 +302,41 @@ fn send(common: &Common, peer: &str, message: &str, timeout: Duration) -> Result
                             broker: broker.to_string(),
                         },
                     );
-                    if acked >= sending.brokers && !closing {
-                        closing = true;
-                        m.close(now);
-                    }
+                }
+                RendezvousEvent::Receipt {
+                    id,
+                    from,
+                    broker,
+                    received_at_ms,
+                } if id == sending.id => {
+                    receipt = true;
+                    let round_trip_ms = now.saturating_duration_since(sent_at).as_millis();
+                    Reporter { json }.line(
+                        format_args!(
+                            "receipt from {} via broker {broker} after {round_trip_ms} ms",
+                            from.node_id()
+                        ),
+                        &SignalLine::Receipt {
+                            from: from.to_string(),
+                            node_id: from.node_id().to_string(),
+                            broker: broker.to_string(),
+                            received_at_ms,
+                            round_trip_ms: u64::try_from(round_trip_ms).unwrap_or(u64::MAX),
+                        },
+                    );
                 }
                 RendezvousEvent::Closed => return ControlFlow::Break(()),
                 other => report(&other, json),
+            }
+            // The receipt is proof of delivery: done even if a broker never acknowledged.
+            let done = if want_receipt {
+                receipt
+            } else {
+                acked >= sending.brokers
+            };
+            if done && !closing {
+                closing = true;
+                m.close(now);
             }
             ControlFlow::Continue(())
         })
@@ -271,14 +344,23 @@ fn send(common: &Common, peer: &str, message: &str, timeout: Duration) -> Result
     if end == RunEnd::TimeLimit {
         close(&mut rt, &mut machine);
     }
-    if acked == 0 {
+    if want_receipt && !receipt {
+        errln!(
+            "p2pd signal send: no receipt from the recipient within {} s ({acked} of {} \
+             brokers acknowledged the message)",
+            timeout.as_secs_f64(),
+            sending.brokers
+        );
+        return Ok(1);
+    }
+    if acked == 0 && !receipt {
         errln!(
             "p2pd signal send: no broker acknowledged the message within {} s",
             timeout.as_secs_f64()
         );
         return Ok(1);
     }
-    if acked < sending.brokers {
+    if acked < sending.brokers && !receipt {
         errln!(
             "p2pd signal send: {acked} of {} brokers acknowledged",
             sending.brokers
@@ -308,10 +390,20 @@ enum SignalLine<'a> {
     },
     /// `send`: a broker took the message.
     Acknowledged { broker: String },
+    /// `send`: the recipient's signed receipt.
+    Receipt {
+        from: String,
+        node_id: String,
+        broker: String,
+        /// When the recipient answered (its clock, Unix ms).
+        received_at_ms: u64,
+        /// From sending to the receipt, on our clock.
+        round_trip_ms: u64,
+    },
 }
 
-/// A broker's health or a rejected envelope: `event` is `broker_up`, `broker_down`,
-/// `subscribed` or `rejected`; `detail` is empty when there is nothing more to say.
+/// A broker's health: `event` is `broker_up`, `broker_down` or `subscribed`; `detail` is empty
+/// when there is nothing more to say. (Rejections are counted and summarised instead.)
 #[derive(Debug, Serialize)]
 struct BrokerLine<'a> {
     event: &'static str,
@@ -332,7 +424,7 @@ fn close(rt: &mut Runtime, machine: &mut Rendezvous) {
     });
 }
 
-/// Broker health changes and rejected envelopes go to stderr (or JSON lines on stdout).
+/// Broker health changes go to stderr (or JSON lines on stdout).
 fn report(ev: &RendezvousEvent, json: bool) {
     let (kind, broker, detail) = match ev {
         RendezvousEvent::BrokerUp { broker } => ("broker_up", broker, String::new()),
@@ -346,7 +438,6 @@ fn report(ev: &RendezvousEvent, json: bool) {
             format!("{reason}, retry in {} ms", retry_in.as_millis()),
         ),
         RendezvousEvent::Listening { broker } => ("subscribed", broker, String::new()),
-        RendezvousEvent::Rejected { broker, reason } => ("rejected", broker, reason.to_string()),
         _ => return,
     };
     let human = if detail.is_empty() {

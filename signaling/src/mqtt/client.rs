@@ -2,15 +2,21 @@
 //!
 //! [`MqttClient`] follows the workspace's machine contract (see `p2pd_proto::machine`): it asks
 //! for a TCP socket with [`SocketOp::Bind`] then [`SocketOp::Connect`], speaks MQTT 3.1.1 or 5
-//! over the bytes given to [`handle_stream`](MqttClient::handle_stream), hands its output out in
-//! chunks through [`poll_transmit`](MqttClient::poll_transmit), and reports what happened as
+//! over the bytes given to [`handle_stream`](p2pd_proto::Machine::handle_stream), hands its output out in
+//! chunks through [`poll_transmit`](p2pd_proto::Machine::poll_transmit), and reports what happened as
 //! [`MqttEvent`]s. It never reads a clock; its randomness (client id, back-off jitter) comes from
 //! the seed given to [`MqttClient::new`].
 //!
 //! What it does:
 //! - CONNECT with a random client id (`p2pd-` + 16 alphanumerics, never derived from a node id),
-//!   always a clean session; MQTT 5 can fall back to 3.1.1 when the broker refuses the version;
-//! - SUBSCRIBE (QoS 0 or 1), renewed after every reconnect;
+//!   always a clean session; MQTT 5 can fall back to 3.1.1 when the broker refuses the version.
+//!   In MQTT 5 the CONNECT carries our Maximum Packet Size, and the CONNACK's Maximum Packet
+//!   Size, Receive Maximum and Server Keep Alive are obeyed;
+//! - SUBSCRIBE (QoS 0 or 1), renewed after every reconnect; unless retained messages are wanted
+//!   ([`MqttConfig::accept_retained`]), MQTT 5 brokers are asked not to send them and any that
+//!   arrive anyway are acknowledged and dropped;
+//! - an incoming PUBLISH larger than [`MqttConfig::max_packet_size`] is skipped as it streams
+//!   past (never buffered) and reported ([`MqttEvent::PublishSkipped`]); the connection stays;
 //! - PUBLISH QoS 0 (only while connected) and QoS 1 (packet ids, PUBACK matching, a bounded
 //!   in-flight store, queued while disconnected, resent with DUP after a reconnect);
 //! - PUBACK for incoming QoS 1 messages;
@@ -18,7 +24,9 @@
 //!   without PINGRESP within `ping_timeout` ends the connection;
 //! - a connect timeout covering bind, TCP connect and CONNACK;
 //! - reconnect with exponential back-off and jitter, on every failure: broker close, socket
-//!   error, timeout, refusal, undecodable or oversize packet, protocol violation.
+//!   error, timeout, refusal, undecodable packet, protocol violation. Only a connection that
+//!   lasted [`MqttConfig::healthy_after`] resets the back-off, so a connection that dies right
+//!   after its CONNACK cannot make the client reconnect in a tight loop.
 //!
 //! Every connection attempt uses a fresh [`SocketId`] (see [`MqttConfig::socket_ids`]) and closes
 //! it exactly once; input for an earlier socket is ignored and counted. All buffers are bounded:
@@ -168,8 +176,17 @@ pub struct MqttClient {
     inflight: VecDeque<Outgoing>,
     last_pkid: u16,
     next_publish_id: u64,
-    /// Consecutive attempts that ended without an accepted CONNACK since the last success.
+    /// Consecutive attempts or connections that ended before they were healthy.
     failures: u32,
+    /// When the current connection's CONNACK arrived.
+    connected_at: Option<Instant>,
+    /// The broker's Maximum Packet Size on the current connection (MQTT 5 CONNACK).
+    broker_max_packet_size: Option<usize>,
+    /// The broker's Receive Maximum on the current connection: QoS 1 PUBLISHes sent and not yet
+    /// acknowledged are at most this many.
+    receive_maximum: usize,
+    /// The keep-alive on the current connection (the broker's Server Keep Alive, else ours).
+    keep_alive: Duration,
     /// Attempts started (selects the next socket id).
     attempt: u32,
     ops: VecDeque<SocketOp>,
@@ -226,6 +243,12 @@ impl p2pd_proto::Machine for MqttClient {
                     keep_alive: keep_alive_secs(self.config.keep_alive),
                     clean_session: true,
                     protocol: self.protocol,
+                    max_packet_size: match self.protocol {
+                        Protocol::V311 => None,
+                        Protocol::V5 => {
+                            Some(u32::try_from(self.config.max_packet_size).unwrap_or(u32::MAX))
+                        }
+                    },
                 };
                 if self.queue_packet(now, &connect).is_err() {
                     self.disconnect(now, DisconnectReason::QueueOverflow, false);
@@ -312,9 +335,10 @@ impl p2pd_proto::Machine for MqttClient {
 
 impl MqttClient {
     /// A client for `config` whose randomness comes from `seed`. It starts connecting at once: the
-    /// first [`poll_socket_op`](Self::poll_socket_op) returns the Bind intent.
+    /// first [`poll_socket_op`](p2pd_proto::Machine::poll_socket_op) returns the Bind intent.
     pub fn new(config: MqttConfig, seed: u64, now: Instant) -> Self {
         let config = config.normalized();
+        let config_keep_alive = config.keep_alive;
         let mut rng = Rng::from_seed(seed);
         let client_id = random_client_id(&mut rng);
         let mut client = Self {
@@ -337,6 +361,10 @@ impl MqttClient {
             last_pkid: 0,
             next_publish_id: 0,
             failures: 0,
+            connected_at: None,
+            broker_max_packet_size: None,
+            receive_maximum: usize::from(u16::MAX),
+            keep_alive: config_keep_alive,
             attempt: 0,
             ops: VecDeque::new(),
             events: VecDeque::new(),
@@ -443,7 +471,7 @@ impl MqttClient {
         if !valid_topic_name(topic) {
             return Err(PublishError::InvalidTopic);
         }
-        let max = self.config.max_packet_size;
+        let max = self.max_outgoing_packet();
         let size =
             publish_size(self.protocol, topic.len(), qos, payload.len()).unwrap_or(usize::MAX);
         if size > max {
@@ -510,6 +538,14 @@ impl MqttClient {
         self.deadline = None;
     }
 
+    /// The largest packet we may send: ours, or the broker's if it said less.
+    fn max_outgoing_packet(&self) -> usize {
+        self.broker_max_packet_size
+            .map_or(self.config.max_packet_size, |broker| {
+                broker.min(self.config.max_packet_size)
+            })
+    }
+
     fn start_attempt(&mut self, now: Instant) {
         let offset = self
             .attempt
@@ -553,6 +589,16 @@ impl MqttClient {
         for message in &mut self.inflight {
             message.sent = false;
         }
+        let healthy = self
+            .connected_at
+            .take()
+            .is_some_and(|since| now.saturating_duration_since(since) >= self.config.healthy_after);
+        if healthy {
+            self.failures = 0;
+        }
+        self.broker_max_packet_size = None;
+        self.receive_maximum = usize::from(u16::MAX);
+        self.keep_alive = self.config.keep_alive;
         let retry_in = if retry_now {
             Duration::ZERO
         } else {
@@ -591,11 +637,11 @@ impl MqttClient {
 
     /// When the next PINGREQ is due (keep-alive enabled, connected, no ping outstanding).
     fn ping_due(&self) -> Option<Instant> {
-        if self.config.keep_alive.is_zero() {
+        if self.keep_alive.is_zero() {
             return None;
         }
         let quiet_since = self.last_sent.min(self.last_received);
-        Some(quiet_since.saturating_add(self.config.keep_alive))
+        Some(quiet_since.saturating_add(self.keep_alive))
     }
 
     fn push_event(&mut self, event: MqttEvent) {

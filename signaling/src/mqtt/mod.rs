@@ -13,4 +13,7 @@ pub use client::{
     DisconnectReason, MqttClient, MqttConfig, MqttEvent, MqttStats, PublishError, PublishId,
     SubscribeError,
 };
-pub use codec::{encode, CodecError, Decoder, Packet, Protocol, QoS};
+pub use codec::{
+    encode, CodecError, ConnAckProperties, Decoded, Decoder, Packet, Protocol, QoS, RetainHandling,
+    SkippedPublish, SubscribeFilter,
+};

@@ -9,7 +9,7 @@ use p2pd_proto::testing::{Driven, Output};
 use p2pd_proto::{IoError, OpKind};
 
 use super::*;
-use crate::mqtt::codec::{encode, Decoder, Packet, Protocol};
+use crate::mqtt::codec::{encode, ConnAckProperties, Decoded, Decoder, Packet, Protocol};
 
 const EPOCH_MS: u64 = 1_700_000_000_000;
 const BASE: u32 = 100;
@@ -147,13 +147,17 @@ impl Harness {
         assert_eq!(decoder.push(bytes).unwrap(), bytes.len());
         let mut packets = Vec::new();
         while let Some(p) = decoder.next() {
-            packets.push(p.expect("valid MQTT"));
+            let Ok(Decoded::Packet(p)) = p else {
+                panic!("valid MQTT, got {p:?}");
+            };
+            packets.push(p);
         }
         for p in packets {
             let reply = match p {
                 Packet::Connect { .. } => Some(Packet::ConnAck {
                     session_present: false,
                     code: 0,
+                    properties: ConnAckProperties::default(),
                 }),
                 Packet::Subscribe { pkid, topics } => Some(Packet::SubAck {
                     pkid,
@@ -220,15 +224,21 @@ impl Harness {
         topic_for(&identity(1).node_id())
     }
 
-    /// An envelope from node 2 to us, sealed `age` before now.
+    /// A message envelope (no receipt wanted) from node 2 to us, sealed `age` before now.
     fn envelope(&self, nonce: u8, age: Duration, payload: &[u8]) -> Vec<u8> {
+        self.sealed(2, nonce, age, &payload::message(payload, false))
+    }
+
+    /// An envelope from node `from` to us with `content` (kind byte included), sealed `age`
+    /// before now.
+    fn sealed(&self, from: u8, nonce: u8, age: Duration, content: &[u8]) -> Vec<u8> {
         let at = self.m.machine.unix_ms(self.now) - u64::try_from(age.as_millis()).unwrap();
         seal(
-            &identity(2),
+            &identity(from),
             &identity(1).public_key(),
             at,
             [nonce; NONCE_LEN],
-            payload,
+            content,
         )
         .unwrap()
     }
@@ -390,7 +400,7 @@ fn rejections_carry_their_reason() {
             h.take(),
             [RendezvousEvent::Rejected {
                 broker,
-                reason: *reason
+                reason: Rejection::Envelope(*reason)
             }]
         );
     }
@@ -566,3 +576,5 @@ fn same_seed_same_outputs() {
     };
     assert_eq!(run(), run());
 }
+
+mod receipts;

@@ -2,10 +2,13 @@
 
 use p2pd_proto::{Instant, SocketId};
 
+use core::time::Duration;
+
 use super::{
     CodecError, DisconnectReason, Flow, MqttClient, MqttEvent, Packet, Protocol, QoS, State,
     SubState, V311_UNACCEPTABLE_PROTOCOL, V5_UNSUPPORTED_PROTOCOL,
 };
+use crate::mqtt::codec::{ConnAckProperties, Decoded, SkippedPublish};
 
 impl MqttClient {
     pub(super) fn consume(&mut self, now: Instant, socket: SocketId, data: &[u8]) {
@@ -23,10 +26,11 @@ impl MqttClient {
             while let Some(result) = self.decoder.next() {
                 decoded = true;
                 let flow = match result {
-                    Ok(packet) => {
+                    Ok(Decoded::Packet(packet)) => {
                         self.stats.packets_in = self.stats.packets_in.saturating_add(1);
                         self.on_packet(now, packet)
                     }
+                    Ok(Decoded::Skipped(skipped)) => self.on_skipped(now, skipped),
                     Err(error) => {
                         self.on_decode_error(now, error);
                         Flow::Stop
@@ -95,9 +99,11 @@ impl MqttClient {
                 Packet::ConnAck {
                     session_present,
                     code: 0,
+                    properties,
                 } => {
                     self.state = State::Connected { socket };
-                    self.failures = 0;
+                    self.connected_at = Some(now);
+                    self.adopt(&properties);
                     self.stats.connects = self.stats.connects.saturating_add(1);
                     self.push_event(MqttEvent::Connected {
                         session_present,
@@ -119,12 +125,23 @@ impl MqttClient {
                 qos,
                 pkid,
                 payload,
+                retain,
                 ..
-            } => self.on_publish(now, topic, qos, pkid, payload),
+            } => {
+                if retain && !self.config.accept_retained {
+                    self.stats.retained_dropped = self.stats.retained_dropped.saturating_add(1);
+                    return self.acknowledge_dropped(now, qos, pkid);
+                }
+                self.on_publish(now, topic, qos, pkid, payload)
+            }
             Packet::PubAck { pkid } => {
                 let position = self.inflight.iter().position(|m| m.sent && m.pkid == pkid);
                 match position.and_then(|i| self.inflight.remove(i)) {
-                    Some(message) => self.push_event(MqttEvent::Delivered(message.id)),
+                    Some(message) => {
+                        self.push_event(MqttEvent::Delivered(message.id));
+                        // A slot under the broker's Receive Maximum is free again.
+                        self.pump(now);
+                    }
                     None => self.count_dropped(),
                 }
                 Flow::Continue
@@ -145,6 +162,50 @@ impl MqttClient {
             Packet::Connect { .. } | Packet::Subscribe { .. } | Packet::PingReq => {
                 self.violation(now, "client-only packet from the broker")
             }
+        }
+    }
+
+    /// Takes the MQTT 5 CONNACK properties for this connection.
+    fn adopt(&mut self, properties: &ConnAckProperties) {
+        self.broker_max_packet_size = properties
+            .max_packet_size
+            .map(|size| usize::try_from(size).unwrap_or(usize::MAX));
+        if let Some(receive_maximum) = properties.receive_maximum {
+            self.receive_maximum = usize::from(receive_maximum).max(1);
+        }
+        if let Some(secs) = properties.server_keep_alive {
+            self.keep_alive = Duration::from_secs(u64::from(secs));
+        }
+    }
+
+    /// A PUBLISH too large to take was skipped by the decoder: counted, reported, and
+    /// acknowledged at QoS 1 so the broker neither sends it again nor keeps it in flight.
+    fn on_skipped(&mut self, now: Instant, skipped: SkippedPublish) -> Flow {
+        if matches!(self.state, State::Handshaking { .. }) {
+            return self.violation(now, "packet before CONNACK");
+        }
+        self.stats.oversized_skipped = self.stats.oversized_skipped.saturating_add(1);
+        self.push_event(MqttEvent::PublishSkipped {
+            size: skipped.size,
+            max: skipped.max,
+            retained: skipped.retain,
+        });
+        self.acknowledge_dropped(now, skipped.qos, skipped.pkid)
+    }
+
+    /// Acknowledges a PUBLISH we drop (PUBACK at QoS 1; QoS 2 is a violation, as for any
+    /// PUBLISH).
+    fn acknowledge_dropped(&mut self, now: Instant, qos: QoS, pkid: u16) -> Flow {
+        match qos {
+            QoS::AtMostOnce => Flow::Continue,
+            QoS::AtLeastOnce => {
+                if self.queue_packet(now, &Packet::PubAck { pkid }).is_err() {
+                    self.disconnect(now, DisconnectReason::QueueOverflow, false);
+                    return Flow::Stop;
+                }
+                Flow::Continue
+            }
+            QoS::ExactlyOnce => self.violation(now, "QoS 2 PUBLISH (never subscribed with QoS 2)"),
         }
     }
 

@@ -2,10 +2,14 @@
 
 use p2pd_proto::Instant;
 
-use super::{encode, MqttClient, Packet, QoS, QueueError, SubState};
+use super::sizes::publish_size;
+use super::{encode, MqttClient, MqttEvent, Packet, Protocol, QoS, QueueError, SubState};
+use crate::mqtt::codec::{RetainHandling, SubscribeFilter};
 
 impl MqttClient {
-    /// While connected, queues unsent SUBSCRIBEs, then unsent QoS 1 PUBLISHes, while they fit.
+    /// While connected, queues unsent SUBSCRIBEs, then unsent QoS 1 PUBLISHes, while they fit in
+    /// the queue and under the broker's Receive Maximum. A held message larger than the broker's
+    /// Maximum Packet Size is dropped and reported instead.
     pub(super) fn pump(&mut self, now: Instant) {
         if !self.is_connected() {
             return;
@@ -21,9 +25,13 @@ impl MqttClient {
             let Some(sub) = self.subscriptions.get(index) else {
                 break;
             };
+            let mut filter = SubscribeFilter::new(sub.filter.clone(), sub.qos);
+            if self.protocol == Protocol::V5 && !self.config.accept_retained {
+                filter.retain_handling = RetainHandling::DoNotSend;
+            }
             let packet = Packet::Subscribe {
                 pkid,
-                topics: vec![(sub.filter.clone(), sub.qos)],
+                topics: vec![filter],
             };
             match self.queue_packet(now, &packet) {
                 Ok(()) => {
@@ -40,7 +48,12 @@ impl MqttClient {
                 }
             }
         }
+        self.drop_too_large_for_broker();
+        let mut unacknowledged = self.inflight.iter().filter(|m| m.sent).count();
         for index in 0..self.inflight.len() {
+            if unacknowledged >= self.receive_maximum {
+                return;
+            }
             let Some(message) = self.inflight.get(index) else {
                 break;
             };
@@ -58,6 +71,7 @@ impl MqttClient {
             let resend = message.sent_before;
             match self.queue_packet(now, &packet) {
                 Ok(()) => {
+                    unacknowledged = unacknowledged.saturating_add(1);
                     if resend {
                         self.stats.resent = self.stats.resent.saturating_add(1);
                     }
@@ -73,6 +87,35 @@ impl MqttClient {
                         message.sent = true;
                     }
                 }
+            }
+        }
+    }
+
+    /// Drops (and reports) every held message the broker said it would not accept.
+    fn drop_too_large_for_broker(&mut self) {
+        let Some(max) = self.broker_max_packet_size else {
+            return;
+        };
+        let protocol = self.protocol;
+        let mut index = 0;
+        while let Some(message) = self.inflight.get(index) {
+            let size = publish_size(
+                protocol,
+                message.topic.len(),
+                QoS::AtLeastOnce,
+                message.payload.len(),
+            )
+            .unwrap_or(usize::MAX);
+            if message.sent || size <= max {
+                index = index.saturating_add(1);
+                continue;
+            }
+            if let Some(message) = self.inflight.remove(index) {
+                self.push_event(MqttEvent::TooLargeForBroker {
+                    id: message.id,
+                    size,
+                    max,
+                });
             }
         }
     }

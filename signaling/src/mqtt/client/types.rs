@@ -30,10 +30,17 @@ pub struct MqttConfig {
     pub ping_timeout: Duration,
     /// Limit for one connection attempt: bind, TCP connect and CONNACK. Default: 10 s.
     pub connect_timeout: Duration,
-    /// Largest MQTT packet, fixed header included, in either direction. A larger incoming packet
-    /// is a protocol error; a larger outgoing one is refused by [`publish`](super::MqttClient::publish).
-    /// At least 64 bytes. Default: 64 KiB.
+    /// Largest MQTT packet, fixed header included, in either direction. MQTT 5 brokers are told
+    /// (CONNECT's Maximum Packet Size) and must not send us more; a larger incoming PUBLISH is
+    /// skipped as it streams past, without ending the connection ([`MqttEvent::PublishSkipped`]);
+    /// any other larger incoming packet is a protocol error. A larger outgoing packet is refused
+    /// by [`publish`](super::MqttClient::publish). At least 64 bytes. Default: 64 KiB.
     pub max_packet_size: usize,
+    /// Whether retained messages are wanted. When `false` (the default), SUBSCRIBE asks MQTT 5
+    /// brokers not to send them (Retain Handling 2), and a PUBLISH that still arrives with the
+    /// retain flag set (a 3.1.1 broker sends retained messages when the subscription is made) is
+    /// acknowledged and dropped, counted in [`MqttStats::retained_dropped`]. Default: `false`.
+    pub accept_retained: bool,
     /// Most QoS 1 messages held until their PUBACK (sent or waiting to be sent). 1..=4096.
     /// Default: 64.
     pub max_inflight: usize,
@@ -46,13 +53,18 @@ pub struct MqttConfig {
     /// acknowledgement events are dropped and counted ([`MqttStats::events_dropped`]); an
     /// incoming QoS 1 message that was dropped is not acknowledged. At least 16. Default: 1024.
     pub max_pending_events: usize,
-    /// The first reconnect delay. The delay doubles with every attempt that ends without an
-    /// accepted CONNACK, up to `backoff_max`, and is then drawn uniformly from its upper half
-    /// (jitter). An accepted CONNACK resets it. A fallback to 3.1.1 retries at once.
+    /// The first reconnect delay. The delay doubles with every attempt or connection that ends
+    /// before it was healthy (see `healthy_after`), up to `backoff_max`, and is then drawn
+    /// uniformly from its upper half (jitter). A fallback to 3.1.1 retries at once.
     /// Default: 500 ms.
     pub backoff_initial: Duration,
     /// The largest reconnect delay (before jitter). Default: 60 s.
     pub backoff_max: Duration,
+    /// How long a connection must have lasted after its CONNACK to reset the back-off when it
+    /// ends. A connection that dies sooner (a broker that accepts and then drops us at once, or
+    /// a packet that kills every connection) counts as one more failure, so such a loop slows
+    /// down to `backoff_max` instead of reconnecting every `backoff_initial`. Default: 10 s.
+    pub healthy_after: Duration,
     /// The first socket id this client uses. Every connection attempt takes the next id in
     /// `socket_base .. socket_base + socket_ids` (wrapping), so outcomes for an earlier
     /// attempt's socket are recognised and ignored. Default: `SocketId(0)`.
@@ -72,12 +84,14 @@ impl MqttConfig {
             ping_timeout: Duration::from_secs(10),
             connect_timeout: Duration::from_secs(10),
             max_packet_size: 64 * 1024,
+            accept_retained: false,
             max_inflight: 64,
             max_queued_bytes: 256 * 1024,
             max_subscriptions: 64,
             max_pending_events: 1024,
             backoff_initial: Duration::from_millis(500),
             backoff_max: Duration::from_secs(60),
+            healthy_after: Duration::from_secs(10),
             socket_base: SocketId(0),
             socket_ids: 1024,
         }
@@ -85,7 +99,8 @@ impl MqttConfig {
 
     /// The same configuration with every value clamped into its documented range.
     pub(super) fn normalized(mut self) -> Self {
-        self.max_packet_size = self.max_packet_size.max(64);
+        // 64 bytes up to the largest packet MQTT can frame (a remaining length of 2^28 - 1).
+        self.max_packet_size = self.max_packet_size.clamp(64, 268_435_460);
         self.max_inflight = self.max_inflight.clamp(1, 4096);
         self.max_queued_bytes = self.max_queued_bytes.max(self.max_packet_size);
         self.max_subscriptions = self.max_subscriptions.clamp(1, 1024);
@@ -126,6 +141,27 @@ pub enum MqttEvent {
         topic: String,
         /// The broker's return or reason code (0x80 or above).
         code: u8,
+    },
+    /// A PUBLISH larger than `max_packet_size` was skipped (its bytes discarded as they
+    /// arrived); a QoS 1 one was acknowledged so the broker does not send it again. The
+    /// connection goes on.
+    PublishSkipped {
+        /// Its size, fixed header included.
+        size: usize,
+        /// The limit.
+        max: usize,
+        /// It was a retained message.
+        retained: bool,
+    },
+    /// A held QoS 1 message is larger than the broker's Maximum Packet Size (MQTT 5 CONNACK):
+    /// sending it would only get us disconnected, so it was dropped.
+    TooLargeForBroker {
+        /// The message.
+        id: PublishId,
+        /// Its encoded size.
+        size: usize,
+        /// The broker's limit.
+        max: usize,
     },
     /// A message arrived on a subscribed topic. QoS 1 messages may arrive more than once.
     Message {
@@ -303,4 +339,9 @@ pub struct MqttStats {
     pub events_dropped: u64,
     /// Connections ended by a codec error or a protocol violation.
     pub protocol_errors: u64,
+    /// Incoming PUBLISH packets larger than `max_packet_size`, skipped without ending the
+    /// connection.
+    pub oversized_skipped: u64,
+    /// Incoming retained messages dropped (`accept_retained` off).
+    pub retained_dropped: u64,
 }

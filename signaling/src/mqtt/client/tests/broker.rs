@@ -38,6 +38,7 @@ pub(super) fn connack(code: u8) -> Packet {
     Packet::ConnAck {
         session_present: false,
         code,
+        properties: ConnAckProperties::default(),
     }
 }
 
@@ -117,7 +118,9 @@ impl Harness {
                         let n = decoder.push(rest).unwrap();
                         rest = &rest[n..];
                         while let Some(p) = decoder.next() {
-                            let p = p.expect("the client sends valid MQTT");
+                            let Ok(Decoded::Packet(p)) = p else {
+                                panic!("the client sends valid MQTT, got {p:?}");
+                            };
                             if matches!(p, Packet::Connect { .. }) {
                                 self.connect_packet = Some(p.clone());
                             }
@@ -249,7 +252,7 @@ impl Harness {
     }
 
     /// The SUBSCRIBEs among the packets taken: (packet id, filters).
-    pub fn take_subscribes(&mut self) -> Vec<(u16, Vec<(String, QoS)>)> {
+    pub fn take_subscribes(&mut self) -> Vec<(u16, Vec<SubscribeFilter>)> {
         self.take_packets()
             .into_iter()
             .filter_map(|p| match p {

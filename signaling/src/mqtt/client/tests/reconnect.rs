@@ -90,7 +90,9 @@ fn peer_close_reconnects_resubscribes_and_resends_with_dup() {
         h.connect();
         let again = h.take_packets();
         assert_eq!(again.len(), 3, "{again:?}");
-        assert!(matches!(&again[0], Packet::Subscribe { topics, .. } if topics[0].0 == "node/x"));
+        assert!(
+            matches!(&again[0], Packet::Subscribe { topics, .. } if topics[0].filter == "node/x")
+        );
         assert_eq!(
             again[1],
             publish("peer/a", QoS::AtLeastOnce, pkids[0], true, b"A")
@@ -158,8 +160,9 @@ fn backoff_grows_with_jitter_within_bounds_and_resets_after_success() {
             assert_ne!(h.last_bind(), socket, "a new socket per attempt");
             base = (base * 2).min(BACKOFF_MAX);
         }
-        // A success resets the back-off.
+        // A connection that stays up for `healthy_after` resets the back-off.
         h.connect();
+        h.advance(MqttConfig::new(broker_addr()).healthy_after);
         h.client
             .clock(h.now)
             .outcome(h.current.unwrap(), SocketOutcome::PeerClosed);
@@ -170,6 +173,49 @@ fn backoff_grows_with_jitter_within_bounds_and_resets_after_success() {
     delays_seen.sort();
     delays_seen.dedup();
     assert!(delays_seen.len() > 100, "jitter varies the delays");
+}
+
+/// Regression: the back-off was reset by every accepted CONNACK, so a connection that the broker
+/// (or a message it delivers) kills right after the CONNACK was retried every `backoff_initial`
+/// forever. Now such connections count as failures: the delay doubles up to the maximum, and
+/// only a connection that lasted `healthy_after` resets it.
+#[test]
+fn a_connection_that_dies_right_after_connack_keeps_the_backoff_growing() {
+    let healthy_after = MqttConfig::new(broker_addr()).healthy_after;
+    for seed in 0..5 {
+        let mut h = Harness::new(config(Protocol::V5), 50 + seed);
+        let mut base = BACKOFF_INITIAL;
+        let mut delays = Vec::new();
+        for attempt in 0..8 {
+            h.connect();
+            // Up, then gone well before it was healthy.
+            h.advance(healthy_after / 2);
+            h.client
+                .clock(h.now)
+                .outcome(h.current.unwrap(), SocketOutcome::PeerClosed);
+            h.drain();
+            let delay = retry_in(&h.events);
+            assert!(
+                delay >= base / 2 && delay <= base,
+                "seed {seed} attempt {attempt}: {delay:?} vs {base:?}"
+            );
+            delays.push(delay);
+            h.events.clear();
+            h.advance(delay);
+            base = (base * 2).min(BACKOFF_MAX);
+        }
+        assert!(delays.last().unwrap() >= &(BACKOFF_MAX / 2), "{delays:?}");
+        let stats = h.client.machine.stats();
+        assert_eq!((stats.connects, stats.disconnects), (8, 8));
+        // A connection that lasts resets it.
+        h.connect();
+        h.advance(healthy_after);
+        h.client
+            .clock(h.now)
+            .outcome(h.current.unwrap(), SocketOutcome::PeerClosed);
+        h.drain();
+        assert!(retry_in(&h.events) <= BACKOFF_INITIAL);
+    }
 }
 
 #[test]
