@@ -51,6 +51,7 @@ use std::collections::VecDeque;
 use core::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use core::time::Duration;
 
+use p2pd_proto::send_buffer::{FlowControl, SendBuffer};
 use p2pd_proto::{
     BindOptions, DropReason, Instant, Rng, SocketId, SocketOp, SocketOutcome, Transmit, Transport,
     Verdict,
@@ -166,8 +167,10 @@ pub struct MqttClient {
     /// The first bytes of the current connection (to recognise a 3.1.1 CONNACK to a v5 CONNECT).
     first_bytes: [u8; 4],
     first_bytes_len: usize,
-    /// Bytes waiting to be written to `outbound_socket`.
-    outbound: VecDeque<u8>,
+    /// Bytes waiting to be taken by the runtime for `outbound_socket`: the connection's one send
+    /// buffer, under the runtime's flow control (a refused transmit stays here and goes out
+    /// again after `Writable`; see [`SendBuffer`]).
+    outbound: SendBuffer,
     outbound_socket: Option<SocketId>,
     last_sent: Instant,
     last_received: Instant,
@@ -227,6 +230,13 @@ impl p2pd_proto::Machine for MqttClient {
             return;
         }
         self.now = now;
+        if self.outbound_socket == Some(socket)
+            && self.outbound.on_outcome(&outcome) != FlowControl::NotFlowControl
+        {
+            // Flow control, not a failure: refused bytes go out again after `Writable`.
+            self.refresh_deadline();
+            return;
+        }
         match (self.state, outcome) {
             (State::Binding { socket, deadline }, SocketOutcome::Bound { .. }) => {
                 self.ops.push_back(SocketOp::Connect {
@@ -268,6 +278,11 @@ impl p2pd_proto::Machine for MqttClient {
     /// Starts the next attempt, ends an attempt that took too long, or runs the keep-alive.
     fn handle_timeout(&mut self, now: Instant) {
         self.now = now;
+        // The settle point of the transmits of the last drain; their room takes what waits.
+        if !self.outbound.is_settled() {
+            self.outbound.settle();
+            self.pump(now);
+        }
         match self.state {
             State::Waiting { retry_at } if now >= retry_at => self.start_attempt(now),
             State::Binding { deadline, .. }
@@ -299,16 +314,9 @@ impl p2pd_proto::Machine for MqttClient {
     /// Writes the next chunk of the outbound stream (at most `buf.len()` bytes) into `buf`.
     fn poll_transmit(&mut self, buf: &mut [u8]) -> Option<Transmit> {
         let socket = self.outbound_socket?;
-        let len = buf.len().min(self.outbound.len());
-        if len == 0 {
-            return None;
-        }
-        for (dst, src) in buf.iter_mut().zip(self.outbound.drain(..len)) {
-            *dst = src;
-        }
-        // Room freed: queue what was waiting for it.
-        let now = self.now;
-        self.pump(now);
+        let len = self.outbound.poll_transmit(buf)?;
+        // Settle at once (a timeout now): taken bytes leave the buffer, making room for what
+        // waits (see `handle_timeout`).
         self.refresh_deadline();
         Some(Transmit {
             socket,
@@ -319,7 +327,17 @@ impl p2pd_proto::Machine for MqttClient {
 
     /// The next socket intent.
     fn poll_socket_op(&mut self) -> Option<SocketOp> {
-        self.ops.pop_front()
+        let op = self.ops.pop_front()?;
+        if let SocketOp::Close { socket } = op {
+            if self.outbound_socket == Some(socket) {
+                // Transmits go before intents: whatever could not go out before the close
+                // (refused, or a short tail of an unsettled batch) never will.
+                self.outbound.clear();
+                self.outbound_socket = None;
+                self.refresh_deadline();
+            }
+        }
+        Some(op)
     }
 
     /// The next event.
@@ -338,6 +356,7 @@ impl MqttClient {
     /// first [`poll_socket_op`](p2pd_proto::Machine::poll_socket_op) returns the Bind intent.
     pub fn new(config: MqttConfig, seed: u64, now: Instant) -> Self {
         let config = config.normalized();
+        let max_queued_bytes = config.max_queued_bytes;
         let config_keep_alive = config.keep_alive;
         let mut rng = Rng::from_seed(seed);
         let client_id = random_client_id(&mut rng);
@@ -351,7 +370,7 @@ impl MqttClient {
             now,
             first_bytes: [0; 4],
             first_bytes_len: 0,
-            outbound: VecDeque::new(),
+            outbound: SendBuffer::new(max_queued_bytes),
             outbound_socket: None,
             last_sent: now,
             last_received: now,
@@ -657,7 +676,7 @@ impl MqttClient {
     }
 
     fn refresh_deadline(&mut self) {
-        self.deadline = match self.state {
+        let deadline = match self.state {
             State::Waiting { retry_at } => Some(retry_at),
             State::Binding { deadline, .. }
             | State::Connecting { deadline, .. }
@@ -667,6 +686,13 @@ impl MqttClient {
                 None => self.ping_due(),
             },
             State::Closed => None,
+        };
+        // Transmits since the last settle point settle at once (a blocked stream waits for
+        // `Writable`).
+        self.deadline = if self.outbound.wants_settle() && self.outbound_socket.is_some() {
+            Some(deadline.map_or(self.now, |d| d.min(self.now)))
+        } else {
+            deadline
         };
     }
 }

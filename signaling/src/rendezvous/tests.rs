@@ -86,10 +86,16 @@ impl Harness {
 
     /// Carries out every output: binds succeed, connects reach the broker named by the remote
     /// address, the brokers answer CONNECT, SUBSCRIBE, PUBLISH (unless holding) and PINGREQ.
+    /// A deadline due now is fired, as a runtime does (the settle point of the transmits the
+    /// brokers just read).
     fn drain(&mut self) {
         loop {
             let out = self.m.take();
             if out.is_empty() {
+                if self.m.deadline().is_some_and(|d| d <= self.now) {
+                    self.m.clock(self.now).fire();
+                    continue;
+                }
                 return;
             }
             for output in out.into_outputs() {

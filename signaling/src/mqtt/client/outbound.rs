@@ -124,14 +124,10 @@ impl MqttClient {
     pub(super) fn queue_packet(&mut self, now: Instant, packet: &Packet) -> Result<(), QueueError> {
         let mut bytes = Vec::new();
         encode(packet, self.protocol, &mut bytes).map_err(|_| QueueError::Encode)?;
-        let room = self
-            .config
-            .max_queued_bytes
-            .saturating_sub(self.outbound.len());
-        if bytes.len() > room {
+        if bytes.len() > self.outbound.room() {
             return Err(QueueError::Full);
         }
-        self.outbound.extend(bytes);
+        self.outbound.push(&bytes);
         self.last_sent = now;
         self.stats.packets_out = self.stats.packets_out.saturating_add(1);
         Ok(())

@@ -816,3 +816,53 @@ fn transmit_buffer_len_is_enough() {
     h.drain();
     assert_eq!(h.take_packets().len(), 1);
 }
+
+/// Flow control: the runtime refuses a transmit (its spill for the stream is full). The client
+/// keeps the refused bytes, sends nothing more until `Writable`, stays connected, and then sends
+/// them again: the broker reads the PUBLISH whole, once. Regression: the client drained its queue
+/// into every transmit and took a refusal for a broken connection (`Io { Send, WouldBlock }`),
+/// so a burst of 10,000 signals through a runtime with a small spill reconnected in a loop.
+#[test]
+fn a_refused_transmit_is_sent_again_after_writable_and_the_connection_stays() {
+    for protocol in BOTH {
+        let mut h = Harness::new(config(protocol), 5);
+        h.connect();
+        let socket = h.current.expect("connected");
+        let _id = h
+            .client
+            .clock(h.now)
+            .input(|c, now| c.publish(now, "t", b"held back", QoS::AtLeastOnce))
+            .unwrap();
+        // The runtime refuses the PUBLISH's transmit (nothing of it was taken).
+        let sent = h.client.take_transmits();
+        assert_eq!(sent.len(), 1, "{sent:?}");
+        let refused = SocketOutcome::Failed {
+            op: OpKind::Send,
+            destination: Some(broker_addr()),
+            error: IoError::WouldBlock,
+        };
+        h.client.clock(h.now).outcome(socket, refused);
+        h.client.clock(h.now).fire();
+        assert!(
+            h.client.take_transmits().is_empty(),
+            "blocked until Writable"
+        );
+        assert!(h.client.machine.is_connected());
+        assert!(
+            h.client.machine.queued_bytes() > 0,
+            "the refused bytes are kept"
+        );
+        assert_eq!(h.client.machine.stats().disconnects, 0);
+        h.client
+            .clock(h.now)
+            .outcome(socket, SocketOutcome::Writable);
+        h.drain();
+        let packets = h.take_packets();
+        assert_eq!(packets.len(), 1, "{packets:?}");
+        assert!(
+            matches!(&packets[0], Packet::Publish { payload, .. } if payload == b"held back"),
+            "{packets:?}"
+        );
+        assert!(h.client.machine.is_connected());
+    }
+}

@@ -94,8 +94,18 @@ impl Harness {
         h
     }
 
-    /// Takes every output the client produced (drained through its contract checker), in order.
+    /// Takes every output the client produced (drained through its contract checker), in order,
+    /// and, as a runtime does, fires a deadline that is due (the settle point of the transmits
+    /// just taken: the runtime took them all) and takes its outputs too.
     pub fn drain(&mut self) {
+        self.take_outputs();
+        if self.client.deadline().is_some_and(|d| d <= self.now) {
+            self.client.clock(self.now).fire();
+            self.take_outputs();
+        }
+    }
+
+    fn take_outputs(&mut self) {
         for output in self.client.take().into_outputs() {
             match output {
                 Output::Transmit(t, bytes) => {
