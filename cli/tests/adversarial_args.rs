@@ -11,14 +11,14 @@
 //! `punch --timeout=1e300` and `stun --tcp --hold=1e300` panicked ("cannot convert float seconds
 //! to Duration"); `stun --rto-ms=18446744073709551615` and `ntp --spacing-ms=...` hung.
 
+mod common;
+
 use std::io::Read;
-use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use p2pd_cli::identity_file::write_identity;
-use p2pd_signaling::Identity;
+use common::{p2pd_bin, KeyDir};
 
 /// A run still going after this long counts as a hang. Every run is set up to end within about a
 /// second when its value is accepted (`sim punch`, the slowest, takes about 2.5 s in a debug
@@ -440,10 +440,6 @@ const SUBCOMMANDS: &[&[&str]] = &[
     &["punch"],
 ];
 
-fn p2pd_bin() -> &'static Path {
-    Path::new(env!("CARGO_BIN_EXE_p2pd"))
-}
-
 /// What one run did.
 struct Outcome {
     code: Option<i32>,
@@ -486,52 +482,17 @@ fn run_bounded(args: &[String]) -> Outcome {
     }
 }
 
-/// A directory with an identity file and room for a database, removed on drop.
-struct Fixture {
-    dir: PathBuf,
-    key_file: PathBuf,
-    public_key: String,
-}
-
-impl Fixture {
-    fn new() -> Fixture {
-        let dir = std::env::temp_dir().join(format!(
-            "p2pd-adversarial-{}-{}",
-            std::process::id(),
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap()
-                .as_nanos()
-        ));
-        std::fs::create_dir_all(&dir).unwrap();
-        let identity = Identity::from_secret_bytes(&[0x42; 32]).unwrap();
-        let key_file = dir.join("id.key");
-        write_identity(&key_file, &identity, false).unwrap();
-        Fixture {
-            dir,
-            key_file,
-            public_key: identity.public_key().to_string(),
-        }
-    }
-
-    /// `words`, with the placeholders filled in (a database file of its own per run).
-    fn fill(&self, words: &[&str], run: usize) -> Vec<String> {
-        words
-            .iter()
-            .map(|w| match *w {
-                KEY => self.key_file.display().to_string(),
-                PEER => self.public_key.clone(),
-                DB => self.dir.join(format!("db-{run}")).display().to_string(),
-                other => other.to_string(),
-            })
-            .collect()
-    }
-}
-
-impl Drop for Fixture {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
+/// `words`, with the placeholders filled in from `dir` (a database file of its own per run).
+fn fill(dir: &KeyDir, words: &[&str], run: usize) -> Vec<String> {
+    words
+        .iter()
+        .map(|w| match *w {
+            KEY => dir.key(),
+            PEER => dir.public_key.clone(),
+            DB => dir.path(&format!("db-{run}")),
+            other => other.to_string(),
+        })
+        .collect()
 }
 
 /// `quick` without `option` and its value.
@@ -592,13 +553,13 @@ fn run_all(jobs: Vec<(String, Vec<String>, bool)>) -> Vec<String> {
 
 #[test]
 fn no_numeric_value_panics_or_hangs_and_nonsense_is_a_usage_error() {
-    let fixture = Fixture::new();
+    let fixture = KeyDir::new("adversarial", 0x42);
     let mut jobs = Vec::new();
     for (i, case) in NUMERIC.iter().enumerate() {
         for (j, value) in VALUES.iter().enumerate() {
             let mut words: Vec<&str> = case.command.to_vec();
             words.extend(without(case.quick, case.option));
-            let mut args = fixture.fill(&words, i * VALUES.len() + j);
+            let mut args = fill(&fixture, &words, i * VALUES.len() + j);
             args.push(format!("{}={value}", case.option));
             let label = format!("p2pd {} {}={value:?}", case.command.join(" "), case.option);
             jobs.push((label, args, NEVER_VALID.contains(value)));
@@ -616,7 +577,7 @@ fn no_numeric_value_panics_or_hangs_and_nonsense_is_a_usage_error() {
         "sequential:",
         "offset:",
     ] {
-        let mut args = fixture.fill(QUICK_PUNCH, 0);
+        let mut args = fill(&fixture, QUICK_PUNCH, 0);
         args.insert(0, "punch".into());
         args.extend(["--nat-mapping".into(), "eim".into()]);
         args.push(format!("--nat-allocation={value}"));
