@@ -177,6 +177,16 @@ fn idle_connections() -> usize {
         .clamp(64, 2000)
 }
 
+/// [`assert_fair_under`] one source holding [`idle_connections`] idle connections.
+fn assert_fair_under_idle_connections(server: &Server, name: &str) {
+    let n = idle_connections();
+    assert_fair_under(
+        server,
+        Attack::Idle { connections: n },
+        &format!("{name}, {n} idle"),
+    );
+}
+
 #[test]
 fn stun_server_tcp_serves_others_while_one_source_drips() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
@@ -187,13 +197,7 @@ fn stun_server_tcp_serves_others_while_one_source_drips() {
 #[test]
 fn stun_server_tcp_serves_others_while_one_source_holds_idle_connections() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let server = stun_server();
-    let n = idle_connections();
-    assert_fair_under(
-        &server,
-        Attack::Idle { connections: n },
-        &format!("stun-server, {n} idle"),
-    );
+    assert_fair_under_idle_connections(&stun_server(), "stun-server");
 }
 
 #[test]
@@ -206,11 +210,5 @@ fn pnp_server_tcp_serves_others_while_one_source_drips() {
 #[test]
 fn pnp_server_tcp_serves_others_while_one_source_holds_idle_connections() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let server = pnp_server();
-    let n = idle_connections();
-    assert_fair_under(
-        &server,
-        Attack::Idle { connections: n },
-        &format!("pnp-server, {n} idle"),
-    );
+    assert_fair_under_idle_connections(&pnp_server(), "pnp-server");
 }
