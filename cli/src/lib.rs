@@ -17,3 +17,12 @@ pub mod commands;
 pub mod identity_file;
 pub mod output;
 pub mod store_sqlite;
+
+/// A fresh empty directory for one unit test, its name starting `p2pd-{tag}-`, removed on drop.
+#[cfg(test)]
+pub(crate) fn test_dir(tag: &str) -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix(&format!("p2pd-{tag}-"))
+        .tempdir()
+        .expect("create a temporary directory")
+}

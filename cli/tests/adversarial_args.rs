@@ -11,14 +11,14 @@
 //! `punch --timeout=1e300` and `stun --tcp --hold=1e300` panicked ("cannot convert float seconds
 //! to Duration"); `stun --rto-ms=18446744073709551615` and `ntp --spacing-ms=...` hung.
 
+mod common;
+
 use std::io::Read;
-use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use p2pd_cli::identity_file::write_identity;
-use p2pd_signaling::Identity;
+use common::{p2pd_bin, KeyDir};
 
 /// A run still going after this long counts as a hang. Every run is set up to end within about a
 /// second when its value is accepted (`sim punch`, the slowest, takes about 2.5 s in a debug
@@ -185,218 +185,128 @@ const QUICK_PUNCH: &[&str] = &[
 
 const SECONDS: &str = "0 to 31536000";
 
+/// The [`NumericOption`] `option` of `command`, run with `quick`, whose `--help` states `range`.
+const fn opt(
+    command: &'static [&'static str],
+    quick: &'static [&'static str],
+    option: &'static str,
+    range: &'static str,
+) -> NumericOption {
+    NumericOption {
+        command,
+        quick,
+        option,
+        range,
+    }
+}
+
 /// Every numeric option of every sub-command.
 const NUMERIC: &[NumericOption] = &[
-    NumericOption {
-        command: &["stun"],
-        quick: QUICK_STUN,
-        option: "--rto-ms",
-        range: "1 to 3600000",
-    },
-    NumericOption {
-        command: &["stun"],
-        quick: QUICK_STUN,
-        option: "--transmissions",
-        range: "1 to 20",
-    },
-    NumericOption {
-        command: &["stun"],
-        quick: QUICK_STUN,
-        option: "--single-shot-ms",
-        range: "0 to 3600000",
-    },
-    NumericOption {
-        command: &["stun"],
-        quick: QUICK_STUN_TCP,
-        option: "--hold",
-        range: SECONDS,
-    },
-    NumericOption {
-        command: &["stun-server"],
-        quick: QUICK_STUN_SERVER,
-        option: "--port",
-        range: "0 to 65535",
-    },
-    NumericOption {
-        command: &["stun-server"],
-        quick: QUICK_STUN_SERVER_ALT,
-        option: "--alt-port",
-        range: "1 to 65535",
-    },
-    NumericOption {
-        command: &["stun-server"],
-        quick: QUICK_STUN_SERVER_TCP,
-        option: "--tcp-max-connections",
-        range: "1 to 4096",
-    },
-    NumericOption {
-        command: &["stun-server"],
-        quick: QUICK_STUN_SERVER_TCP,
-        option: "--tcp-max-per-source",
-        range: "1 to 4096",
-    },
-    NumericOption {
-        command: &["stun-server"],
-        quick: QUICK_STUN_SERVER_TCP,
-        option: "--tcp-message-timeout",
-        range: "above 0 to 86400",
-    },
-    NumericOption {
-        command: &["stun-server"],
-        quick: QUICK_STUN_SERVER_TCP,
-        option: "--tcp-idle-timeout",
-        range: "above 0 to 86400",
-    },
-    NumericOption {
-        command: &["stun-server"],
-        quick: QUICK_STUN_SERVER,
-        option: "--duration",
-        range: SECONDS,
-    },
-    NumericOption {
-        command: &["nat"],
-        quick: QUICK_NAT,
-        option: "--timeout",
-        range: "0 to 3600",
-    },
-    NumericOption {
-        command: &["ntp"],
-        quick: QUICK_NTP,
-        option: "--samples",
-        range: "1 to 16",
-    },
-    NumericOption {
-        command: &["ntp"],
-        quick: QUICK_NTP,
-        option: "--spacing-ms",
-        range: "0 to 3600000",
-    },
-    NumericOption {
-        command: &["ntp"],
-        quick: QUICK_NTP,
-        option: "--timeout-ms",
-        range: "1 to 3600000",
-    },
-    NumericOption {
-        command: &["sim", "nat"],
-        quick: QUICK_SIM,
-        option: "--seeds",
-        range: "1 to 10000",
-    },
-    NumericOption {
-        command: &["sim", "nat"],
-        quick: QUICK_SIM,
-        option: "--loss",
-        range: "0 to 100",
-    },
-    NumericOption {
-        command: &["sim", "punch"],
-        quick: QUICK_SIM,
-        option: "--seeds",
-        range: "1 to 10000",
-    },
-    NumericOption {
-        command: &["sim", "punch"],
-        quick: QUICK_SIM,
-        option: "--loss",
-        range: "0 to 100",
-    },
-    NumericOption {
-        command: &["signal", "listen"],
-        quick: QUICK_LISTEN,
-        option: "--count",
-        range: "1 to 18446744073709551615",
-    },
-    NumericOption {
-        command: &["signal", "listen"],
-        quick: QUICK_LISTEN,
-        option: "--timeout",
-        range: SECONDS,
-    },
-    NumericOption {
-        command: &["signal", "send"],
-        quick: QUICK_SEND,
-        option: "--timeout",
-        range: SECONDS,
-    },
-    NumericOption {
-        command: &["pnp-server"],
-        quick: QUICK_PNP_SERVER,
-        option: "--capacity",
-        range: "1 to 1000000000",
-    },
-    NumericOption {
-        command: &["pnp-server"],
-        quick: QUICK_PNP_SERVER,
-        option: "--tcp-max-connections",
-        range: "1 to 4096",
-    },
-    NumericOption {
-        command: &["pnp-server"],
-        quick: QUICK_PNP_SERVER,
-        option: "--tcp-max-per-source",
-        range: "1 to 4096",
-    },
-    NumericOption {
-        command: &["pnp-server"],
-        quick: QUICK_PNP_SERVER,
-        option: "--tcp-message-timeout",
-        range: "above 0 to 86400",
-    },
-    NumericOption {
-        command: &["pnp-server"],
-        quick: QUICK_PNP_SERVER,
-        option: "--tcp-idle-timeout",
-        range: "above 0 to 86400",
-    },
-    NumericOption {
-        command: &["pnp-server"],
-        quick: QUICK_PNP_SERVER,
-        option: "--duration",
-        range: SECONDS,
-    },
-    NumericOption {
-        command: &["name", "register"],
-        quick: QUICK_REGISTER,
-        option: "--timeout",
-        range: SECONDS,
-    },
-    NumericOption {
-        command: &["name", "register"],
-        quick: QUICK_REGISTER,
-        option: "--version",
-        range: "0 to 18446744073709551615",
-    },
-    NumericOption {
-        command: &["name", "register"],
-        quick: QUICK_REGISTER,
-        option: "--ttl",
-        range: "1 to 31536000",
-    },
-    NumericOption {
-        command: &["name", "lookup"],
-        quick: QUICK_LOOKUP,
-        option: "--timeout",
-        range: SECONDS,
-    },
-    NumericOption {
-        command: &["name", "delete"],
-        quick: QUICK_DELETE,
-        option: "--timeout",
-        range: SECONDS,
-    },
-    NumericOption {
-        command: &["name", "delete"],
-        quick: QUICK_DELETE,
-        option: "--version",
-        range: "0 to 18446744073709551615",
-    },
-    NumericOption {
-        command: &["punch"],
-        quick: QUICK_PUNCH,
-        option: "--timeout",
-        range: SECONDS,
-    },
+    opt(&["stun"], QUICK_STUN, "--rto-ms", "1 to 3600000"),
+    opt(&["stun"], QUICK_STUN, "--transmissions", "1 to 20"),
+    opt(&["stun"], QUICK_STUN, "--single-shot-ms", "0 to 3600000"),
+    opt(&["stun"], QUICK_STUN_TCP, "--hold", SECONDS),
+    opt(&["stun-server"], QUICK_STUN_SERVER, "--port", "0 to 65535"),
+    opt(
+        &["stun-server"],
+        QUICK_STUN_SERVER_ALT,
+        "--alt-port",
+        "1 to 65535",
+    ),
+    opt(
+        &["stun-server"],
+        QUICK_STUN_SERVER_TCP,
+        "--tcp-max-connections",
+        "1 to 4096",
+    ),
+    opt(
+        &["stun-server"],
+        QUICK_STUN_SERVER_TCP,
+        "--tcp-max-per-source",
+        "1 to 4096",
+    ),
+    opt(
+        &["stun-server"],
+        QUICK_STUN_SERVER_TCP,
+        "--tcp-message-timeout",
+        "above 0 to 86400",
+    ),
+    opt(
+        &["stun-server"],
+        QUICK_STUN_SERVER_TCP,
+        "--tcp-idle-timeout",
+        "above 0 to 86400",
+    ),
+    opt(&["stun-server"], QUICK_STUN_SERVER, "--duration", SECONDS),
+    opt(&["nat"], QUICK_NAT, "--timeout", "0 to 3600"),
+    opt(&["ntp"], QUICK_NTP, "--samples", "1 to 16"),
+    opt(&["ntp"], QUICK_NTP, "--spacing-ms", "0 to 3600000"),
+    opt(&["ntp"], QUICK_NTP, "--timeout-ms", "1 to 3600000"),
+    opt(&["sim", "nat"], QUICK_SIM, "--seeds", "1 to 10000"),
+    opt(&["sim", "nat"], QUICK_SIM, "--loss", "0 to 100"),
+    opt(&["sim", "punch"], QUICK_SIM, "--seeds", "1 to 10000"),
+    opt(&["sim", "punch"], QUICK_SIM, "--loss", "0 to 100"),
+    opt(
+        &["signal", "listen"],
+        QUICK_LISTEN,
+        "--count",
+        "1 to 18446744073709551615",
+    ),
+    opt(&["signal", "listen"], QUICK_LISTEN, "--timeout", SECONDS),
+    opt(&["signal", "send"], QUICK_SEND, "--timeout", SECONDS),
+    opt(
+        &["pnp-server"],
+        QUICK_PNP_SERVER,
+        "--capacity",
+        "1 to 1000000000",
+    ),
+    opt(
+        &["pnp-server"],
+        QUICK_PNP_SERVER,
+        "--tcp-max-connections",
+        "1 to 4096",
+    ),
+    opt(
+        &["pnp-server"],
+        QUICK_PNP_SERVER,
+        "--tcp-max-per-source",
+        "1 to 4096",
+    ),
+    opt(
+        &["pnp-server"],
+        QUICK_PNP_SERVER,
+        "--tcp-message-timeout",
+        "above 0 to 86400",
+    ),
+    opt(
+        &["pnp-server"],
+        QUICK_PNP_SERVER,
+        "--tcp-idle-timeout",
+        "above 0 to 86400",
+    ),
+    opt(&["pnp-server"], QUICK_PNP_SERVER, "--duration", SECONDS),
+    opt(&["name", "register"], QUICK_REGISTER, "--timeout", SECONDS),
+    opt(
+        &["name", "register"],
+        QUICK_REGISTER,
+        "--version",
+        "0 to 18446744073709551615",
+    ),
+    opt(
+        &["name", "register"],
+        QUICK_REGISTER,
+        "--ttl",
+        "1 to 31536000",
+    ),
+    opt(&["name", "lookup"], QUICK_LOOKUP, "--timeout", SECONDS),
+    opt(&["name", "delete"], QUICK_DELETE, "--timeout", SECONDS),
+    opt(
+        &["name", "delete"],
+        QUICK_DELETE,
+        "--version",
+        "0 to 18446744073709551615",
+    ),
+    opt(&["punch"], QUICK_PUNCH, "--timeout", SECONDS),
 ];
 
 /// Options that take a value that is not a number (addresses, paths, names, keys, enums).
@@ -440,10 +350,6 @@ const SUBCOMMANDS: &[&[&str]] = &[
     &["punch"],
 ];
 
-fn p2pd_bin() -> &'static Path {
-    Path::new(env!("CARGO_BIN_EXE_p2pd"))
-}
-
 /// What one run did.
 struct Outcome {
     code: Option<i32>,
@@ -486,52 +392,17 @@ fn run_bounded(args: &[String]) -> Outcome {
     }
 }
 
-/// A directory with an identity file and room for a database, removed on drop.
-struct Fixture {
-    dir: PathBuf,
-    key_file: PathBuf,
-    public_key: String,
-}
-
-impl Fixture {
-    fn new() -> Fixture {
-        let dir = std::env::temp_dir().join(format!(
-            "p2pd-adversarial-{}-{}",
-            std::process::id(),
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap()
-                .as_nanos()
-        ));
-        std::fs::create_dir_all(&dir).unwrap();
-        let identity = Identity::from_secret_bytes(&[0x42; 32]).unwrap();
-        let key_file = dir.join("id.key");
-        write_identity(&key_file, &identity, false).unwrap();
-        Fixture {
-            dir,
-            key_file,
-            public_key: identity.public_key().to_string(),
-        }
-    }
-
-    /// `words`, with the placeholders filled in (a database file of its own per run).
-    fn fill(&self, words: &[&str], run: usize) -> Vec<String> {
-        words
-            .iter()
-            .map(|w| match *w {
-                KEY => self.key_file.display().to_string(),
-                PEER => self.public_key.clone(),
-                DB => self.dir.join(format!("db-{run}")).display().to_string(),
-                other => other.to_string(),
-            })
-            .collect()
-    }
-}
-
-impl Drop for Fixture {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
+/// `words`, with the placeholders filled in from `dir` (a database file of its own per run).
+fn fill(dir: &KeyDir, words: &[&str], run: usize) -> Vec<String> {
+    words
+        .iter()
+        .map(|w| match *w {
+            KEY => dir.key(),
+            PEER => dir.public_key.clone(),
+            DB => dir.path(&format!("db-{run}")),
+            other => other.to_string(),
+        })
+        .collect()
 }
 
 /// `quick` without `option` and its value.
@@ -592,13 +463,13 @@ fn run_all(jobs: Vec<(String, Vec<String>, bool)>) -> Vec<String> {
 
 #[test]
 fn no_numeric_value_panics_or_hangs_and_nonsense_is_a_usage_error() {
-    let fixture = Fixture::new();
+    let fixture = KeyDir::new("adversarial", 0x42);
     let mut jobs = Vec::new();
     for (i, case) in NUMERIC.iter().enumerate() {
         for (j, value) in VALUES.iter().enumerate() {
             let mut words: Vec<&str> = case.command.to_vec();
             words.extend(without(case.quick, case.option));
-            let mut args = fixture.fill(&words, i * VALUES.len() + j);
+            let mut args = fill(&fixture, &words, i * VALUES.len() + j);
             args.push(format!("{}={value}", case.option));
             let label = format!("p2pd {} {}={value:?}", case.command.join(" "), case.option);
             jobs.push((label, args, NEVER_VALID.contains(value)));
@@ -616,7 +487,7 @@ fn no_numeric_value_panics_or_hangs_and_nonsense_is_a_usage_error() {
         "sequential:",
         "offset:",
     ] {
-        let mut args = fixture.fill(QUICK_PUNCH, 0);
+        let mut args = fill(&fixture, QUICK_PUNCH, 0);
         args.insert(0, "punch".into());
         args.extend(["--nat-mapping".into(), "eim".into()]);
         args.push(format!("--nat-allocation={value}"));

@@ -9,62 +9,20 @@ mod common;
 
 use std::io::{BufRead, BufReader, Read};
 use std::net::{SocketAddr, UdpSocket};
-use std::path::PathBuf;
 use std::process::{Child, ChildStdout, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{free_port_pair, json_line, p2pd_bin, ChildGuard, ServerThread, LO1};
-use p2pd_cli::identity_file::write_identity;
-use p2pd_signaling::Identity;
+use common::{
+    command_words, free_port_pair, json_line, p2pd_bin, ChildGuard, KeyDir, ServerThread, LO1,
+};
 
+/// The identity file's secret key: `[SECRET; 32]`.
+const SECRET: u8 = 0x43;
 /// The exit code after a closed stdout.
 const EXIT_STDOUT_CLOSED: i32 = 141;
 /// Every run here ends well within this (the long-running ones are asked for 30 s and must stop
 /// far sooner).
 const LIMIT: Duration = Duration::from_secs(10);
-
-/// A directory with an identity file, removed on drop.
-struct Fixture {
-    dir: PathBuf,
-    key_file: PathBuf,
-    public_key: String,
-}
-
-impl Fixture {
-    fn new(tag: &str) -> Fixture {
-        let dir = std::env::temp_dir().join(format!(
-            "p2pd-closed-stdout-{tag}-{}-{}",
-            std::process::id(),
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap()
-                .as_nanos()
-        ));
-        std::fs::create_dir_all(&dir).unwrap();
-        let identity = Identity::from_secret_bytes(&[0x43; 32]).unwrap();
-        let key_file = dir.join("id.key");
-        write_identity(&key_file, &identity, false).unwrap();
-        Fixture {
-            dir,
-            key_file,
-            public_key: identity.public_key().to_string(),
-        }
-    }
-
-    fn key(&self) -> String {
-        self.key_file.display().to_string()
-    }
-
-    fn path(&self, name: &str) -> String {
-        self.dir.join(name).display().to_string()
-    }
-}
-
-impl Drop for Fixture {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
 
 /// Waits (bounded by [`LIMIT`]) for `child` to exit; kills it and returns `None` if it does not.
 fn wait_bounded(child: &mut Child) -> Option<(Option<i32>, Duration)> {
@@ -130,72 +88,44 @@ fn strings(words: &[&str]) -> Vec<String> {
     words.iter().map(|w| w.to_string()).collect()
 }
 
+/// A STUN server asked to run for 30 s.
+const STUN_SERVER_30S: &str = "stun-server --primary 127.0.0.1 --single --port 0 --duration 30";
+/// A PNP server (on `{db}`, with the identity `{key}`) asked to run for 30 s.
+const PNP_SERVER_30S: &str =
+    "pnp-server --db {db} --udp 127.0.0.1:0 --tcp 127.0.0.1:0 --identity {key} --duration 30";
+
 #[test]
 fn every_printing_command_exits_141_quietly_on_a_closed_stdout() {
-    let f = Fixture::new("oneshot");
+    let f = KeyDir::new("closed-stdout-oneshot", SECRET);
     let stun = ServerThread::single();
     let stun_addr = stun.primary.to_string();
     let key = f.key();
     let new_key = f.path("new.key");
-    let peer = f.public_key.clone();
-    let commands: Vec<Vec<&str>> = vec![
-        vec!["id", "show", "--file", &key],
-        vec!["id", "show", "--file", &key, "--json"],
-        vec!["id", "new", "--file", &new_key, "--force"],
-        vec!["nat", "--list-servers"],
-        vec!["nat", "--list-servers", "--json"],
-        vec!["nat", "--server", "127.0.0.1:9", "--timeout", "0.2"],
-        vec![
-            "nat",
-            "--server",
-            "127.0.0.1:9",
-            "--timeout",
-            "0.2",
-            "--json",
-        ],
-        vec!["stun", &stun_addr],
-        vec!["stun", &stun_addr, "--json"],
-        vec!["stun", "127.0.0.1:9", "--single-shot-ms", "100", "--json"],
-        vec!["stun", "127.0.0.1:9", "--tcp", "--json"],
-        vec![
-            "ntp",
-            "127.0.0.1:9",
-            "--samples",
-            "1",
-            "--timeout-ms",
-            "100",
-            "--json",
-        ],
-        vec!["sim", "nat", "--seeds", "1", "--loss", "0"],
-        vec!["sim", "punch", "--seeds", "1", "--loss", "0", "--json"],
-        vec![
-            "signal",
-            "send",
-            &peer,
-            "hi",
-            "--broker",
-            "127.0.0.1:1",
-            "--identity",
-            &key,
-            "--timeout",
-            "0.5",
-            "--json",
-        ],
-        vec![
-            "name",
-            "lookup",
-            "x",
-            "--server",
-            "127.0.0.1:9",
-            "--server-key",
-            &peer,
-            "--timeout",
-            "0.2",
-            "--json",
-        ],
+    let fill = [
+        ("{key}", key.as_str()),
+        ("{new_key}", &new_key),
+        ("{stun_addr}", &stun_addr),
+        ("{peer}", &f.public_key),
     ];
-    for words in commands {
-        let args = strings(&words);
+    for line in [
+        "id show --file {key}",
+        "id show --file {key} --json",
+        "id new --file {new_key} --force",
+        "nat --list-servers",
+        "nat --list-servers --json",
+        "nat --server 127.0.0.1:9 --timeout 0.2",
+        "nat --server 127.0.0.1:9 --timeout 0.2 --json",
+        "stun {stun_addr}",
+        "stun {stun_addr} --json",
+        "stun 127.0.0.1:9 --single-shot-ms 100 --json",
+        "stun 127.0.0.1:9 --tcp --json",
+        "ntp 127.0.0.1:9 --samples 1 --timeout-ms 100 --json",
+        "sim nat --seeds 1 --loss 0",
+        "sim punch --seeds 1 --loss 0 --json",
+        "signal send {peer} hi --broker 127.0.0.1:1 --identity {key} --timeout 0.5 --json",
+        "name lookup x --server 127.0.0.1:9 --server-key {peer} --timeout 0.2 --json",
+    ] {
+        let args = command_words(line, &fill);
         let (code, stderr, _) = run_with_closed_stdout(&args);
         assert_quiet_141(&args, code, &stderr);
     }
@@ -210,68 +140,18 @@ fn every_printing_command_exits_141_quietly_on_a_closed_stdout() {
 
 #[test]
 fn servers_and_listeners_stop_at_once_on_a_closed_stdout() {
-    let f = Fixture::new("servers");
+    let f = KeyDir::new("closed-stdout-servers", SECRET);
     let key = f.key();
     let db = f.path("names.db");
-    let commands: Vec<Vec<&str>> = vec![
-        vec![
-            "stun-server",
-            "--primary",
-            "127.0.0.1",
-            "--single",
-            "--port",
-            "0",
-            "--duration",
-            "30",
-        ],
-        vec![
-            "stun-server",
-            "--primary",
-            "127.0.0.1",
-            "--single",
-            "--port",
-            "0",
-            "--duration",
-            "30",
-            "--json",
-        ],
-        vec![
-            "pnp-server",
-            "--db",
-            &db,
-            "--udp",
-            "127.0.0.1:0",
-            "--tcp",
-            "127.0.0.1:0",
-            "--identity",
-            &key,
-            "--duration",
-            "30",
-        ],
-        vec![
-            "signal",
-            "listen",
-            "--broker",
-            "127.0.0.1:1",
-            "--identity",
-            &key,
-            "--timeout",
-            "30",
-        ],
-        vec![
-            "signal",
-            "listen",
-            "--broker",
-            "127.0.0.1:1",
-            "--identity",
-            &key,
-            "--timeout",
-            "30",
-            "--json",
-        ],
-    ];
-    for words in commands {
-        let args = strings(&words);
+    let fill = [("{key}", key.as_str()), ("{db}", &db)];
+    for line in [
+        STUN_SERVER_30S,
+        &format!("{STUN_SERVER_30S} --json"),
+        PNP_SERVER_30S,
+        "signal listen --broker 127.0.0.1:1 --identity {key} --timeout 30",
+        "signal listen --broker 127.0.0.1:1 --identity {key} --timeout 30 --json",
+    ] {
+        let args = command_words(line, &fill);
         let (code, stderr, took) = run_with_closed_stdout(&args);
         assert_quiet_141(&args, code, &stderr);
         assert!(
@@ -315,42 +195,12 @@ fn read_until(out: &mut BufReader<ChildStdout>, marker: &str) -> String {
 /// stops when the reader goes (it polls its stdout between slices of its loop).
 #[test]
 fn a_silent_server_notices_its_reader_is_gone() {
-    let f = Fixture::new("silent");
+    let f = KeyDir::new("closed-stdout-silent", SECRET);
     let key = f.key();
     let db = f.path("names.db");
-    let commands: Vec<(Vec<&str>, &str)> = vec![
-        (
-            vec![
-                "stun-server",
-                "--primary",
-                "127.0.0.1",
-                "--single",
-                "--port",
-                "0",
-                "--duration",
-                "30",
-            ],
-            "ready",
-        ),
-        (
-            vec![
-                "pnp-server",
-                "--db",
-                &db,
-                "--udp",
-                "127.0.0.1:0",
-                "--tcp",
-                "127.0.0.1:0",
-                "--identity",
-                &key,
-                "--duration",
-                "30",
-            ],
-            "ready",
-        ),
-    ];
-    for (words, marker) in commands {
-        let args = strings(&words);
+    let fill = [("{key}", key.as_str()), ("{db}", &db)];
+    for (line, marker) in [(STUN_SERVER_30S, "ready"), (PNP_SERVER_30S, "ready")] {
+        let args = command_words(line, &fill);
         let (mut guard, mut out) = spawn_piped(&args);
         read_until(&mut out, marker);
         let closed_at = Instant::now();
@@ -369,24 +219,15 @@ fn a_silent_server_notices_its_reader_is_gone() {
 /// `p2pd name lookup` printing a found record (the case issue 10 names) to a closed stdout.
 #[test]
 fn name_lookup_of_a_found_record_exits_141_on_a_closed_stdout() {
-    let f = Fixture::new("lookup");
+    let f = KeyDir::new("closed-stdout-lookup", SECRET);
     let (port, _) = free_port_pair();
     let addr = SocketAddr::new(LO1, port).to_string();
     let key = f.key();
     let db = f.path("names.db");
-    let (_server, mut out) = spawn_piped(&strings(&[
-        "pnp-server",
-        "--db",
-        &db,
-        "--udp",
-        &addr,
-        "--tcp",
-        &addr,
-        "--identity",
-        &key,
-        "--duration",
-        "30",
-    ]));
+    let (_server, mut out) = spawn_piped(&command_words(
+        "pnp-server --db {db} --udp {addr} --tcp {addr} --identity {key} --duration 30",
+        &[("{db}", &db), ("{addr}", &addr), ("{key}", &key)],
+    ));
     read_until(&mut out, "ready");
     let server = ["--server", &addr, "--server-key", &f.public_key];
     let register = Command::new(p2pd_bin())
@@ -442,15 +283,10 @@ fn a_closed_stderr_is_no_panic() {
 #[test]
 fn stun_server_stops_cleanly_on_sigterm_and_sigint() {
     for signal in ["TERM", "INT"] {
-        let (mut guard, mut out) = spawn_piped(&strings(&[
-            "stun-server",
-            "--primary",
-            "127.0.0.1",
-            "--single",
-            "--port",
-            "0",
-            "--json",
-        ]));
+        let (mut guard, mut out) = spawn_piped(&command_words(
+            "stun-server --primary 127.0.0.1 --single --port 0 --json",
+            &[],
+        ));
         let first = read_until(&mut out, "listening");
         let local: SocketAddr = json_line(&first)
             .and_then(|j| j["local"].as_str().map(str::to_string))

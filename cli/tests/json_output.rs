@@ -3,9 +3,10 @@
 
 mod common;
 
+use std::ffi::OsStr;
 use std::process::Command;
 
-use common::{json_line, json_object, p2pd_bin, CliServer};
+use common::{command_words, json_line, json_object, p2pd_bin, CliServer};
 use serde_json::Value;
 
 /// The type of a JSON value, as this test spells it.
@@ -38,7 +39,7 @@ fn assert_shape(v: &Value, shape: &[(&str, &str)], context: &str) {
     }
 }
 
-fn run(args: &[&str]) -> (Option<i32>, String) {
+fn run<S: AsRef<OsStr>>(args: &[S]) -> (Option<i32>, String) {
     let out = Command::new(p2pd_bin())
         .args(args)
         .output()
@@ -159,17 +160,11 @@ fn stun_and_nat_json_keep_their_shape() {
 
 #[test]
 fn stun_server_lines_keep_their_shape() {
-    let (code, text) = run(&[
-        "stun-server",
-        "--primary",
-        "127.0.0.1",
-        "--single",
-        "--port",
-        "0",
-        "--duration",
-        "0.2",
-        "--json",
-    ]);
+    let words = command_words(
+        "stun-server --primary 127.0.0.1 --single --port 0 --duration 0.2 --json",
+        &[],
+    );
+    let (code, text) = run(&words);
     assert_eq!(code, Some(0), "{text}");
     let lines: Vec<Value> = text.lines().map(json_object).collect();
     assert_eq!(lines.len(), 2, "{text}");

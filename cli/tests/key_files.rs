@@ -5,48 +5,19 @@
 //! file fail at once with a clear error.
 #![cfg(unix)]
 
+mod common;
+
+use std::ffi::OsStr;
+use std::fmt::Debug;
 use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use p2pd_cli::identity_file::write_identity;
-use p2pd_signaling::Identity;
+use common::{command_words, identity, p2pd_bin, Scratch};
 
 /// Every run here ends within this; a blocked read fails the test instead of hanging it.
 const LIMIT: Duration = Duration::from_secs(5);
-
-fn p2pd_bin() -> &'static Path {
-    Path::new(env!("CARGO_BIN_EXE_p2pd"))
-}
-
-/// A temporary directory, removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(tag: &str) -> TempDir {
-        let dir = std::env::temp_dir().join(format!(
-            "p2pd-key-files-{tag}-{}-{}",
-            std::process::id(),
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap()
-                .as_nanos()
-        ));
-        std::fs::create_dir_all(&dir).unwrap();
-        TempDir(dir)
-    }
-
-    fn path(&self, name: &str) -> PathBuf {
-        self.0.join(name)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 fn mode_of(path: &Path) -> u32 {
     std::fs::metadata(path).unwrap().permissions().mode() & 0o777
@@ -57,7 +28,7 @@ fn set_mode(path: &Path, mode: u32) {
 }
 
 /// Runs `p2pd ARGS`, killed after [`LIMIT`]; returns the exit code and stderr.
-fn run_bounded(args: &[&str]) -> (Option<i32>, String) {
+fn run_bounded<S: AsRef<OsStr> + Debug>(args: &[S]) -> (Option<i32>, String) {
     let mut child = Command::new(p2pd_bin())
         .args(args)
         .env("RUST_BACKTRACE", "0")
@@ -86,7 +57,7 @@ fn run_bounded(args: &[&str]) -> (Option<i32>, String) {
 
 #[test]
 fn id_new_force_over_a_world_readable_file_leaves_a_private_one() {
-    let dir = TempDir::new("force");
+    let dir = Scratch::new("key-files-force");
     let file = dir.path("id.key");
     std::fs::write(&file, "an old key, world-readable\n").unwrap();
     set_mode(&file, 0o644);
@@ -104,106 +75,26 @@ fn id_new_force_over_a_world_readable_file_leaves_a_private_one() {
 
 #[test]
 fn every_command_refuses_a_key_file_others_may_read() {
-    let dir = TempDir::new("mode");
-    let file = dir.path("id.key");
-    let identity = Identity::from_secret_bytes(&[0x44; 32]).unwrap();
-    write_identity(&file, &identity, false).unwrap();
+    let dir = Scratch::new("key-files-mode");
+    let file = dir.identity_file("id.key", 0x44);
     set_mode(&file, 0o644);
     let key = file.to_str().unwrap();
-    let peer = identity.public_key().to_string();
+    let peer = identity(0x44).public_key().to_string();
     let db = dir.path("names.db");
     let db = db.to_str().unwrap();
     let fix = format!("chmod 600 {key}");
-    for args in [
-        vec!["id", "show", "--file", key],
-        vec![
-            "signal",
-            "listen",
-            "--broker",
-            "127.0.0.1:1",
-            "--identity",
-            key,
-            "--timeout",
-            "1",
-        ],
-        vec![
-            "signal",
-            "send",
-            &peer,
-            "hi",
-            "--broker",
-            "127.0.0.1:1",
-            "--identity",
-            key,
-            "--timeout",
-            "1",
-        ],
-        vec![
-            "punch",
-            "--wait",
-            "--broker",
-            "127.0.0.1:1",
-            "--stun",
-            "127.0.0.1:9",
-            "--identity",
-            key,
-            "--timeout",
-            "1",
-        ],
-        vec![
-            "pnp-server",
-            "--db",
-            db,
-            "--udp",
-            "127.0.0.1:0",
-            "--tcp",
-            "127.0.0.1:0",
-            "--identity",
-            key,
-            "--duration",
-            "1",
-        ],
-        vec![
-            "name",
-            "register",
-            "n",
-            "v",
-            "--server",
-            "127.0.0.1:9",
-            "--server-key",
-            &peer,
-            "--identity",
-            key,
-            "--timeout",
-            "1",
-        ],
-        vec![
-            "name",
-            "delete",
-            "n",
-            "--server",
-            "127.0.0.1:9",
-            "--server-key",
-            &peer,
-            "--identity",
-            key,
-            "--timeout",
-            "1",
-        ],
-        vec![
-            "name",
-            "lookup",
-            "n",
-            "--server",
-            "127.0.0.1:9",
-            "--server-key",
-            &peer,
-            "--identity",
-            key,
-            "--timeout",
-            "1",
-        ],
+    let fill = [("{key}", key), ("{peer}", peer.as_str()), ("{db}", db)];
+    for line in [
+        "id show --file {key}",
+        "signal listen --broker 127.0.0.1:1 --identity {key} --timeout 1",
+        "signal send {peer} hi --broker 127.0.0.1:1 --identity {key} --timeout 1",
+        "punch --wait --broker 127.0.0.1:1 --stun 127.0.0.1:9 --identity {key} --timeout 1",
+        "pnp-server --db {db} --udp 127.0.0.1:0 --tcp 127.0.0.1:0 --identity {key} --duration 1",
+        "name register n v --server 127.0.0.1:9 --server-key {peer} --identity {key} --timeout 1",
+        "name delete n --server 127.0.0.1:9 --server-key {peer} --identity {key} --timeout 1",
+        "name lookup n --server 127.0.0.1:9 --server-key {peer} --identity {key} --timeout 1",
     ] {
+        let args = command_words(line, &fill);
         let (code, stderr) = run_bounded(&args);
         assert_eq!(code, Some(1), "p2pd {args:?}: {stderr}");
         assert!(
@@ -218,14 +109,14 @@ fn every_command_refuses_a_key_file_others_may_read() {
 
 #[test]
 fn dev_zero_fifos_directories_and_huge_files_fail_at_once() {
-    let dir = TempDir::new("kinds");
+    let dir = Scratch::new("key-files-kinds");
     let fifo = dir.path("fifo");
     let status = Command::new("mkfifo").arg(&fifo).status().expect("mkfifo");
     assert!(status.success());
     let huge = dir.path("huge.key");
     std::fs::write(&huge, vec![b'\n'; 1 << 20]).unwrap();
     set_mode(&huge, 0o600);
-    let dir_path = dir.0.to_str().unwrap().to_string();
+    let dir_path = dir.dir().to_str().unwrap().to_string();
     for (file, want) in [
         (
             "/dev/zero".to_string(),
@@ -235,19 +126,11 @@ fn dev_zero_fifos_directories_and_huge_files_fail_at_once() {
         (dir_path, "not a regular file (a directory)"),
         (huge.display().to_string(), "larger than 65536 bytes"),
     ] {
-        for args in [
-            vec!["id", "show", "--file", &file],
-            vec![
-                "signal",
-                "listen",
-                "--broker",
-                "127.0.0.1:1",
-                "--identity",
-                &file,
-                "--timeout",
-                "1",
-            ],
+        for line in [
+            "id show --file {file}",
+            "signal listen --broker 127.0.0.1:1 --identity {file} --timeout 1",
         ] {
+            let args = command_words(line, &[("{file}", &file)]);
             let started = Instant::now();
             let (code, stderr) = run_bounded(&args);
             assert_eq!(code, Some(1), "p2pd {args:?}: {stderr}");

@@ -15,8 +15,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant as StdInstant};
 
-use common::{event_of, free_port_pair, json_line, json_object, p2pd_bin, ChildGuard, LO1};
-use p2pd_cli::identity_file::write_identity;
+use common::{
+    event_of, free_port_pair, identity, json_line, json_object, p2pd_bin, ChildGuard, Scratch, LO1,
+};
 use p2pd_cli::store_sqlite::SqliteStore;
 use p2pd_mio::Runtime;
 use p2pd_proto::{Instant, Transport};
@@ -24,49 +25,10 @@ use p2pd_signaling::pnp::{
     ErrorCode, Name, NameStore, PnpClient, PnpClientConfig, PnpClientEvent, PnpFailure, PnpServer,
     PnpServerConfig, PnpServerEvent, PnpTransport, RequestId,
 };
-use p2pd_signaling::{Identity, PublicKey};
-
-fn identity(secret: u8) -> Identity {
-    Identity::from_secret_bytes(&[secret; 32]).unwrap()
-}
+use p2pd_signaling::PublicKey;
 
 fn name(s: &str) -> Name {
     Name::new(s).unwrap()
-}
-
-/// A temporary directory removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(tag: &str) -> TempDir {
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_nanos();
-        let dir = std::env::temp_dir().join(format!(
-            "p2pd-pnp-real-{tag}-{}-{nanos}",
-            std::process::id()
-        ));
-        std::fs::create_dir_all(&dir).unwrap();
-        TempDir(dir)
-    }
-
-    fn path(&self, file: &str) -> PathBuf {
-        self.0.join(file)
-    }
-
-    /// Writes the identity with secret `[secret; 32]` to `file`; returns its path.
-    fn identity_file(&self, file: &str, secret: u8) -> PathBuf {
-        let path = self.path(file);
-        write_identity(&path, &identity(secret), true).unwrap();
-        path
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -86,7 +48,7 @@ struct ServerProcess {
 }
 
 impl ServerProcess {
-    fn start(dir: &TempDir) -> ServerProcess {
+    fn start(dir: &Scratch) -> ServerProcess {
         let (port, _) = free_port_pair();
         let mut s = ServerProcess {
             addr: SocketAddr::new(LO1, port),
@@ -364,7 +326,7 @@ fn assert_refused_event(event: &PnpClientEvent, want: ErrorCode, want_detail: u6
 /// its counters.
 #[test]
 fn cli_names_survive_sigkill_and_keep_their_rules() {
-    let dir = TempDir::new("cli");
+    let dir = Scratch::new("pnp-real-cli");
     let alice_id = dir.identity_file("alice.key", 0xa1);
     let bob_id = dir.identity_file("bob.key", 0xb2);
     let (alice_id, bob_id) = (alice_id.to_str().unwrap(), bob_id.to_str().unwrap());
@@ -591,7 +553,7 @@ fn cli_names_survive_sigkill_and_keep_their_rules() {
 /// UDP), is refused a stale version afterwards, updates and deletes.
 #[test]
 fn runtime_clients_over_udp_and_tcp_across_a_server_restart() {
-    let dir = TempDir::new("runtime");
+    let dir = Scratch::new("pnp-real-runtime");
     let carol_file = dir.identity_file("carol.key", 0xc3);
     let carol = identity(0xc3).public_key();
     let mut server = ServerProcess::start(&dir);
@@ -667,7 +629,7 @@ fn runtime_clients_over_udp_and_tcp_across_a_server_restart() {
 /// A database the server cannot use stops it at once with a message and exit code 1.
 #[test]
 fn server_refuses_a_file_that_is_not_a_database() {
-    let dir = TempDir::new("junk");
+    let dir = Scratch::new("pnp-real-junk");
     std::fs::write(dir.path("names.db"), vec![0x5a; 4096]).unwrap();
     let server_key = dir.identity_file("server.key", SERVER_SECRET);
     let out = Command::new(p2pd_bin())
@@ -781,7 +743,7 @@ impl Drop for ServerThread {
 /// same file serves them.
 #[test]
 fn in_process_server_thread_with_sqlite_store() {
-    let dir = TempDir::new("thread");
+    let dir = Scratch::new("pnp-real-thread");
     let db = dir.path("names.db");
     let key = identity(SERVER_SECRET).public_key();
     let server = ServerThread::start(&db);

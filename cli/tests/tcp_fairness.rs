@@ -16,14 +16,14 @@ mod common;
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::process::{ChildStdout, Command, Stdio};
 use std::sync::Mutex;
 use std::time::Duration;
 
-use common::{event_of, free_port_pair, json_line, p2pd_bin, ChildGuard, LO1, LO2};
-use p2pd_cli::identity_file::write_identity;
-use p2pd_signaling::{Identity, PublicKey};
+use common::{
+    event_of, free_port_pair, identity, json_line, p2pd_bin, ChildGuard, Scratch, LO1, LO2,
+};
+use p2pd_signaling::PublicKey;
 use p2pd_tests::tcp_attack::{
     pnp_probe, probe_window, raise_fd_limit, stun_probe, Attack, Attacker, ProbeReport,
     ResourceSampler,
@@ -45,7 +45,7 @@ struct Server {
     addr: SocketAddr,
     guard: ChildGuard,
     _stdout: BufReader<ChildStdout>,
-    _dir: Option<TempDir>,
+    _dir: Option<Scratch>,
     key: Option<PublicKey>,
 }
 
@@ -106,28 +106,10 @@ fn stun_server() -> Server {
     }
 }
 
-/// A temporary directory removed on drop.
-struct TempDir(PathBuf);
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 /// `p2pd pnp-server` on 127.0.0.1 (UDP and TCP), its defaults untouched.
 fn pnp_server() -> Server {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos();
-    let dir = TempDir(
-        std::env::temp_dir().join(format!("p2pd-tcp-fairness-{}-{nanos}", std::process::id())),
-    );
-    std::fs::create_dir_all(&dir.0).unwrap();
-    let identity = Identity::from_secret_bytes(&[0x61; 32]).unwrap();
-    let key_file = dir.0.join("server.key");
-    write_identity(&key_file, &identity, true).unwrap();
+    let dir = Scratch::new("tcp-fairness");
+    let key_file = dir.identity_file("server.key", 0x61);
     let (port, _) = free_port_pair();
     let addr = SocketAddr::new(LO1, port).to_string();
     let (guard, out) = wait_listening(
@@ -135,7 +117,7 @@ fn pnp_server() -> Server {
         Command::new(p2pd_bin())
             .arg("pnp-server")
             .arg("--db")
-            .arg(dir.0.join("names.db"))
+            .arg(dir.path("names.db"))
             .args(["--udp", &addr, "--tcp", &addr, "--identity"])
             .arg(&key_file),
     );
@@ -144,7 +126,7 @@ fn pnp_server() -> Server {
         guard,
         _stdout: out,
         _dir: Some(dir),
-        key: Some(identity.public_key()),
+        key: Some(identity(0x61).public_key()),
     }
 }
 
@@ -195,6 +177,16 @@ fn idle_connections() -> usize {
         .clamp(64, 2000)
 }
 
+/// [`assert_fair_under`] one source holding [`idle_connections`] idle connections.
+fn assert_fair_under_idle_connections(server: &Server, name: &str) {
+    let n = idle_connections();
+    assert_fair_under(
+        server,
+        Attack::Idle { connections: n },
+        &format!("{name}, {n} idle"),
+    );
+}
+
 #[test]
 fn stun_server_tcp_serves_others_while_one_source_drips() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
@@ -205,13 +197,7 @@ fn stun_server_tcp_serves_others_while_one_source_drips() {
 #[test]
 fn stun_server_tcp_serves_others_while_one_source_holds_idle_connections() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let server = stun_server();
-    let n = idle_connections();
-    assert_fair_under(
-        &server,
-        Attack::Idle { connections: n },
-        &format!("stun-server, {n} idle"),
-    );
+    assert_fair_under_idle_connections(&stun_server(), "stun-server");
 }
 
 #[test]
@@ -224,11 +210,5 @@ fn pnp_server_tcp_serves_others_while_one_source_drips() {
 #[test]
 fn pnp_server_tcp_serves_others_while_one_source_holds_idle_connections() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let server = pnp_server();
-    let n = idle_connections();
-    assert_fair_under(
-        &server,
-        Attack::Idle { connections: n },
-        &format!("pnp-server, {n} idle"),
-    );
+    assert_fair_under_idle_connections(&pnp_server(), "pnp-server");
 }

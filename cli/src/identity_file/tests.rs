@@ -1,25 +1,5 @@
 use super::*;
-
-/// A fresh empty directory for one test, removed on drop.
-struct TestDir(PathBuf);
-
-impl TestDir {
-    fn new(tag: &str) -> TestDir {
-        let dir = std::env::temp_dir().join(format!(
-            "p2pd-id-test-{tag}-{}-{:x}",
-            std::process::id(),
-            os_seed().unwrap()
-        ));
-        fs::create_dir_all(&dir).unwrap();
-        TestDir(dir)
-    }
-}
-
-impl Drop for TestDir {
-    fn drop(&mut self) {
-        let _ = fs::remove_dir_all(&self.0);
-    }
-}
+use crate::test_dir;
 
 #[cfg(unix)]
 fn mode_of(path: &Path) -> u32 {
@@ -63,8 +43,8 @@ fn round_trip_and_strict_parse() {
 
 #[test]
 fn new_file_is_private_and_not_overwritten() {
-    let dir = TestDir::new("new");
-    let path = dir.0.join("sub").join("id.key");
+    let dir = test_dir("id-test-new");
+    let path = dir.path().join("sub").join("id.key");
     let a = generate_identity().unwrap();
     write_identity(&path, &a, false).unwrap();
     let b = generate_identity().unwrap();
@@ -76,7 +56,7 @@ fn new_file_is_private_and_not_overwritten() {
     {
         assert_eq!(mode_of(&path), 0o600);
         assert_eq!(
-            mode_of(&dir.0.join("sub")),
+            mode_of(&dir.path().join("sub")),
             0o700,
             "a new directory is private"
         );
@@ -90,15 +70,15 @@ fn new_file_is_private_and_not_overwritten() {
 #[cfg(unix)]
 #[test]
 fn replacing_a_world_readable_file_leaves_a_private_one_and_no_temp_file() {
-    let dir = TestDir::new("force");
-    let path = dir.0.join("id.key");
+    let dir = test_dir("id-test-force");
+    let path = dir.path().join("id.key");
     fs::write(&path, "old, world-readable\n").unwrap();
     set_mode(&path, 0o644);
     let id = generate_identity().unwrap();
     write_identity(&path, &id, true).unwrap();
     assert_eq!(mode_of(&path), 0o600);
     assert_eq!(read_identity(&path).unwrap().public_key(), id.public_key());
-    let names: Vec<_> = fs::read_dir(&dir.0)
+    let names: Vec<_> = fs::read_dir(dir.path())
         .unwrap()
         .map(|e| e.unwrap().file_name())
         .collect();
@@ -108,8 +88,8 @@ fn replacing_a_world_readable_file_leaves_a_private_one_and_no_temp_file() {
 #[cfg(unix)]
 #[test]
 fn key_files_others_may_read_or_write_are_refused_with_the_fix() {
-    let dir = TestDir::new("mode");
-    let path = dir.0.join("id.key");
+    let dir = test_dir("id-test-mode");
+    let path = dir.path().join("id.key");
     let id = generate_identity().unwrap();
     write_identity(&path, &id, false).unwrap();
     for mode in [
@@ -144,12 +124,12 @@ fn key_files_others_may_read_or_write_are_refused_with_the_fix() {
 #[cfg(unix)]
 #[test]
 fn non_regular_files_are_refused_without_blocking() {
-    let dir = TestDir::new("kinds");
+    let dir = test_dir("id-test-kinds");
     let e = read_within_5s(Path::new("/dev/zero")).unwrap_err();
     assert!(e.contains("not a regular file (a character device)"), "{e}");
-    let e = read_within_5s(&dir.0).unwrap_err();
+    let e = read_within_5s(dir.path()).unwrap_err();
     assert!(e.contains("not a regular file (a directory)"), "{e}");
-    let fifo = dir.0.join("fifo");
+    let fifo = dir.path().join("fifo");
     let status = std::process::Command::new("mkfifo")
         .arg(&fifo)
         .status()
@@ -161,8 +141,8 @@ fn non_regular_files_are_refused_without_blocking() {
 
 #[test]
 fn files_beyond_the_size_bound_are_refused() {
-    let dir = TestDir::new("size");
-    let path = dir.0.join("big.key");
+    let dir = test_dir("id-test-size");
+    let path = dir.path().join("big.key");
     let id = generate_identity().unwrap();
     write_identity(&path, &id, false).unwrap();
     let mut text = encode_identity(&id);

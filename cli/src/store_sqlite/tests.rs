@@ -2,10 +2,10 @@
 //! too), persistence, schema versions, corrupt rows, bounded pruning and query plans.
 
 use super::*;
+use crate::test_dir;
 use p2pd_signaling::pnp::MemoryStore;
 use p2pd_signaling::Identity;
 use std::net::IpAddr;
-use std::path::PathBuf;
 
 const NOW_MS: u64 = 1_700_000_000_000;
 
@@ -236,33 +236,10 @@ fn sqlite_store_passes_the_shared_list_as_a_box_dyn() {
     behaves_like_a_name_store(|c| Box::new(sqlite(c)) as Box<dyn NameStore>);
 }
 
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(tag: &str) -> TempDir {
-        let dir = std::env::temp_dir().join(format!(
-            "p2pd-store-sqlite-{tag}-{}-{}",
-            std::process::id(),
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap()
-                .as_nanos()
-        ));
-        std::fs::create_dir_all(&dir).unwrap();
-        TempDir(dir)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 #[test]
 fn file_store_persists_across_reopen() {
-    let dir = TempDir::new("reopen");
-    let path = dir.0.join("names.db");
+    let dir = test_dir("store-sqlite-reopen");
+    let path = dir.path().join("names.db");
     let alice = entry(1, "alice", 7, NOW_MS + 60_000, "192.0.2.1");
     let bob = entry(2, "bob", 3, NOW_MS + 1_000, "2001:db8::1");
     {
@@ -396,8 +373,8 @@ fn pruning_and_quota_queries_use_their_indexes() {
 
 #[test]
 fn the_log_is_checkpointed_by_the_store_thread_not_by_writes() {
-    let dir = TempDir::new("checkpoint");
-    let path = dir.0.join("names.db");
+    let dir = test_dir("store-sqlite-checkpoint");
+    let path = dir.path().join("names.db");
     let mut store = SqliteStore::open(&path).unwrap();
     let autocheckpoint: i64 = store
         .connection
@@ -432,8 +409,8 @@ fn the_log_is_checkpointed_by_the_store_thread_not_by_writes() {
 
 #[test]
 fn a_version_1_file_is_upgraded_in_place() {
-    let dir = TempDir::new("upgrade");
-    let path = dir.0.join("v1.db");
+    let dir = test_dir("store-sqlite-upgrade");
+    let path = dir.path().join("v1.db");
     let alice = entry(1, "alice", 7, NOW_MS + 60_000, "192.0.2.1");
     {
         let c = Connection::open(&path).unwrap();
@@ -489,8 +466,8 @@ fn a_version_1_file_is_upgraded_in_place() {
 
 #[test]
 fn other_schema_versions_and_non_databases_are_refused() {
-    let dir = TempDir::new("schema");
-    let path = dir.0.join("future.db");
+    let dir = test_dir("store-sqlite-schema");
+    let path = dir.path().join("future.db");
     {
         let c = Connection::open(&path).unwrap();
         c.execute_batch("PRAGMA user_version = 99").unwrap();
@@ -499,13 +476,13 @@ fn other_schema_versions_and_non_databases_are_refused() {
         Err(StoreError::Backend(e)) => assert!(e.contains("schema version 99"), "{e}"),
         other => panic!("expected a schema error, got {other:?}"),
     }
-    let junk = dir.0.join("junk.db");
+    let junk = dir.path().join("junk.db");
     std::fs::write(&junk, vec![0x5a; 4096]).unwrap();
     assert!(matches!(
         SqliteStore::open(&junk),
         Err(StoreError::Backend(_))
     ));
-    let missing_dir = dir.0.join("no-such-dir").join("x.db");
+    let missing_dir = dir.path().join("no-such-dir").join("x.db");
     assert!(matches!(
         SqliteStore::open(missing_dir),
         Err(StoreError::Backend(_))
