@@ -323,12 +323,8 @@ impl H {
                 let s = self.sealed.iter().find(|s| s.sender == sender && s.nonce == nonce && s.for_us).expect("a Message we sealed");
                 assert_eq!((&payload, sent_at_ms), (&s.payload, s.ts));
                 assert!(self.delivered.insert((sender, nonce)), "two Messages for one (sender, nonce)");
-                // The opener remembers it, evicting the oldest (which raises its floor).
-                while self.cache.len() >= REPLAY {
-                    let (_, _, ts) = self.cache.pop_front().unwrap();
-                    self.floor = Some(self.floor.map_or(ts, |f| f.max(ts)));
-                }
-                self.cache.push_back((sender, nonce, s.ts));
+                let ts = s.ts;
+                self.remember(sender, nonce, ts);
                 self.messages += 1;
             }
             RendezvousEvent::Rejected { broker, reason } => {
@@ -351,6 +347,16 @@ impl H {
             }
             _ => {}
         }
+    }
+
+    /// The opener remembers every envelope that opens (a message, a receipt, an unexpected
+    /// receipt), evicting the oldest (which raises its floor).
+    fn remember(&mut self, sender: usize, nonce: [u8; NONCE_LEN], ts: u64) {
+        while self.cache.len() >= REPLAY {
+            let (_, _, ts) = self.cache.pop_front().unwrap();
+            self.floor = Some(self.floor.map_or(ts, |f| f.max(ts)));
+        }
+        self.cache.push_back((sender, nonce, ts));
     }
 
     fn nonce(&mut self) -> [u8; NONCE_LEN] {
@@ -535,6 +541,7 @@ impl H {
         let Some(socket) = self.links[i].socket else { return };
         let Some((envelope, expect)) = self.envelope(env) else { return };
         let connected = self.d.machine.health(self.ids[i]).is_some_and(|h| h.connected);
+        let sealed = self.sealed.iter().find(|s| s.bytes == envelope).map(|s| (s.sender, s.nonce, s.ts));
         let wire = self.publish_packet(i, envelope, qos1, dup, foreign);
         let before = self.d.machine.stats();
         let (messages, rejected, receipts) = (self.messages, self.rejected.len(), self.receipts.len());
@@ -546,6 +553,13 @@ impl H {
             self.check();
         }
         let after = self.d.machine.stats();
+        // A receipt that opened (reported, or rejected as unexpected) is in the opener's replay
+        // cache like a message (whose event updates the model).
+        let receipt_opened = after.receipts_received > before.receipts_received
+            || self.rejected.get(rejected..).is_some_and(|r| r.contains(&Rejection::UnexpectedReceipt));
+        if let (true, Some((sender, nonce, ts))) = (receipt_opened, sealed) {
+            self.remember(sender, nonce, ts);
+        }
         let processed = (after.received + after.duplicates + after.rejected + after.receipts_received)
             - (before.received + before.duplicates + before.rejected + before.receipts_received);
         let new_messages = self.messages - messages;
@@ -590,7 +604,9 @@ impl H {
                 let Some(socket) = self.links[i].socket else { return };
                 let mut wire = Vec::new();
                 for env in envs.into_iter().take(24) {
-                    let no_message = matches!(env, Env::Flip { .. } | Env::Raw(_));
+                    // Receipts only one at a time (`deliver`): an unexpected one is rejected
+                    // without naming its envelope, so the model could not tell which opened.
+                    let no_message = matches!(env, Env::Flip { .. } | Env::Raw(_) | Env::Receipt { .. });
                     if let Some((envelope, _)) = self.envelope(env) {
                         if !no_message {
                             let packet = self.publish_packet(i, envelope, false, false, false);

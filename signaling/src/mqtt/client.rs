@@ -171,6 +171,11 @@ pub struct MqttClient {
     /// buffer, under the runtime's flow control (a refused transmit stays here and goes out
     /// again after `Writable`; see [`SendBuffer`]).
     outbound: SendBuffer,
+    /// When `outbound` was last settled, if no other input came since: a settle point at the same
+    /// instant comes once (the client may refill the buffer from its backlog after a settle; the
+    /// next settle then waits for the next instant, so the contract's "no third timeout at one
+    /// instant" holds).
+    settled_at: Option<Instant>,
     outbound_socket: Option<SocketId>,
     last_sent: Instant,
     last_received: Instant,
@@ -215,7 +220,7 @@ impl p2pd_proto::Machine for MqttClient {
             self.count_dropped();
             return Verdict::Dropped(DropReason::UnknownSocket);
         }
-        self.now = now;
+        self.input_at(now);
         self.last_received = now;
         self.record_first_bytes(data);
         self.consume(now, socket, data);
@@ -229,7 +234,7 @@ impl p2pd_proto::Machine for MqttClient {
             self.count_dropped();
             return;
         }
-        self.now = now;
+        self.input_at(now);
         if self.outbound_socket == Some(socket)
             && self.outbound.on_outcome(&outcome) != FlowControl::NotFlowControl
         {
@@ -281,6 +286,7 @@ impl p2pd_proto::Machine for MqttClient {
         // The settle point of the transmits of the last drain; their room takes what waits.
         if !self.outbound.is_settled() {
             self.outbound.settle();
+            self.settled_at = Some(now);
             self.pump(now);
         }
         match self.state {
@@ -371,6 +377,7 @@ impl MqttClient {
             first_bytes: [0; 4],
             first_bytes_len: 0,
             outbound: SendBuffer::new(max_queued_bytes),
+            settled_at: None,
             outbound_socket: None,
             last_sent: now,
             last_received: now,
@@ -450,7 +457,7 @@ impl MqttClient {
         if !valid_filter(filter) || !fits {
             return Err(SubscribeError::InvalidFilter);
         }
-        self.now = now;
+        self.input_at(now);
         if let Some(sub) = self.subscriptions.iter_mut().find(|s| s.filter == filter) {
             sub.qos = qos;
             sub.state = SubState::Unsent;
@@ -496,7 +503,7 @@ impl MqttClient {
         if size > max {
             return Err(PublishError::TooLarge { size, max });
         }
-        self.now = now;
+        self.input_at(now);
         let id = PublishId(self.next_publish_id);
         if qos == QoS::AtMostOnce {
             if !self.is_connected() {
@@ -538,7 +545,7 @@ impl MqttClient {
         if self.is_closed() {
             return;
         }
-        self.now = now;
+        self.input_at(now);
         if self.is_connected() {
             // Best effort: a full queue just means no DISCONNECT.
             let _ = self.queue_packet(now, &Packet::Disconnect);
@@ -671,6 +678,13 @@ impl MqttClient {
         }
     }
 
+    /// An input other than a timeout at `now`: after it, one settle point may again come at the
+    /// same instant (as the contract counts timeouts).
+    fn input_at(&mut self, now: Instant) {
+        self.now = now;
+        self.settled_at = None;
+    }
+
     fn count_dropped(&mut self) {
         self.stats.dropped = self.stats.dropped.saturating_add(1);
     }
@@ -690,7 +704,12 @@ impl MqttClient {
         // Transmits since the last settle point settle at once (a blocked stream waits for
         // `Writable`).
         self.deadline = if self.outbound.wants_settle() && self.outbound_socket.is_some() {
-            Some(deadline.map_or(self.now, |d| d.min(self.now)))
+            let settle = if self.settled_at == Some(self.now) {
+                self.now.saturating_add(Duration::from_nanos(1))
+            } else {
+                self.now
+            };
+            Some(deadline.map_or(settle, |d| d.min(settle)))
         } else {
             deadline
         };
