@@ -10,8 +10,7 @@ mod flood;
 
 use std::net::SocketAddr;
 use std::ops::ControlFlow;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{mpsc, Arc};
+use std::sync::mpsc;
 use std::time::Duration;
 
 use common::LO1;
@@ -25,18 +24,15 @@ use p2pd_signaling::{Identity, PublicKey};
 struct ServerThread {
     udp: SocketAddr,
     key: PublicKey,
-    stop: Arc<AtomicBool>,
-    handle: Option<std::thread::JoinHandle<PnpServerStats>>,
+    thread: common::Stoppable<PnpServerStats>,
 }
 
 impl ServerThread {
     fn start(rate_table_capacity: usize) -> ServerThread {
         let identity = Identity::from_secret_bytes(&[0x5e; 32]).unwrap();
         let key = identity.public_key();
-        let stop = Arc::new(AtomicBool::new(false));
         let (ready_tx, ready_rx) = mpsc::channel();
-        let stop2 = Arc::clone(&stop);
-        let handle = std::thread::spawn(move || {
+        let thread = common::Stoppable::spawn(move |stop| {
             let mut rt = Runtime::new().unwrap();
             let mut config =
                 PnpServerConfig::new(SocketAddr::new(LO1, 0), SocketAddr::new(LO1, 0), 0);
@@ -62,48 +58,17 @@ impl ServerThread {
             )
             .unwrap();
             ready_tx.send(udp.unwrap()).unwrap();
-            while !stop2.load(Ordering::SeqCst) {
-                rt.run(&mut server, Some(Duration::from_millis(20)), |_, _, _| {
-                    ControlFlow::Continue(())
-                })
-                .unwrap();
-            }
-            let now = rt.now();
-            server.close(now);
-            let _ = rt.run(&mut server, Some(Duration::from_secs(2)), |_, _, ev| {
-                if ev == PnpServerEvent::Closed {
-                    ControlFlow::Break(())
-                } else {
-                    ControlFlow::Continue(())
-                }
-            });
+            common::serve_pnp_until_stopped(&mut rt, &mut server, stop, Duration::from_secs(2));
             server.stats()
         });
         let udp = ready_rx
             .recv_timeout(Duration::from_secs(10))
             .expect("server thread ready");
-        ServerThread {
-            udp,
-            key,
-            stop,
-            handle: Some(handle),
-        }
+        ServerThread { udp, key, thread }
     }
 
-    fn stop(mut self) -> PnpServerStats {
-        self.stop.store(true, Ordering::SeqCst);
-        self.handle.take().unwrap().join().unwrap()
-    }
-}
-
-impl Drop for ServerThread {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-        if let Some(h) = self.handle.take() {
-            if !std::thread::panicking() {
-                let _ = h.join();
-            }
-        }
+    fn stop(self) -> PnpServerStats {
+        self.thread.stop()
     }
 }
 

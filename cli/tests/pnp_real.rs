@@ -11,8 +11,7 @@ use std::net::SocketAddr;
 use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 use std::process::{ChildStdout, Command, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{mpsc, Arc};
+use std::sync::mpsc;
 use std::time::{Duration, Instant as StdInstant};
 
 use common::{
@@ -653,17 +652,15 @@ fn server_refuses_a_file_that_is_not_a_database() {
 struct ServerThread {
     udp: SocketAddr,
     tcp: SocketAddr,
-    stop: Arc<AtomicBool>,
-    handle: Option<std::thread::JoinHandle<(u64, usize)>>,
+    thread: common::Stoppable<(u64, usize)>,
 }
 
 impl ServerThread {
     /// A server on 127.0.0.1 (any ports) writing to the SQLite file `db`.
     fn start(db: &Path) -> ServerThread {
-        let stop = Arc::new(AtomicBool::new(false));
         let (ready_tx, ready_rx) = mpsc::channel();
-        let (stop2, db) = (Arc::clone(&stop), db.to_path_buf());
-        let handle = std::thread::spawn(move || {
+        let db = db.to_path_buf();
+        let thread = common::Stoppable::spawn(move |stop| {
             let mut rt = Runtime::new().unwrap();
             let any = SocketAddr::new(LO1, 0);
             let config = PnpServerConfig::new(any, any, rt.unix_epoch_ms());
@@ -690,51 +687,21 @@ impl ServerThread {
             })
             .unwrap();
             ready_tx.send((udp.unwrap(), tcp.unwrap())).unwrap();
-            while !stop2.load(Ordering::SeqCst) {
-                rt.run(&mut server, Some(Duration::from_millis(20)), |_, _, _| {
-                    ControlFlow::Continue(())
-                })
-                .unwrap();
-            }
-            let now = rt.now();
-            server.close(now);
-            rt.run(&mut server, Some(Duration::from_secs(5)), |_, _, ev| {
-                if ev == PnpServerEvent::Closed {
-                    ControlFlow::Break(())
-                } else {
-                    ControlFlow::Continue(())
-                }
-            })
-            .unwrap();
+            let closed =
+                common::serve_pnp_until_stopped(&mut rt, &mut server, stop, Duration::from_secs(5));
+            assert!(closed, "the server closed");
             assert_eq!(server.stats().store_errors, 0);
             (server.store().len().unwrap(), rt.open_sockets())
         });
         let (udp, tcp) = ready_rx
             .recv_timeout(Duration::from_secs(10))
             .expect("server thread ready");
-        ServerThread {
-            udp,
-            tcp,
-            stop,
-            handle: Some(handle),
-        }
+        ServerThread { udp, tcp, thread }
     }
 
     /// Stops the thread; returns (names stored, sockets left open).
-    fn stop(mut self) -> (u64, usize) {
-        self.stop.store(true, Ordering::SeqCst);
-        self.handle.take().unwrap().join().unwrap()
-    }
-}
-
-impl Drop for ServerThread {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-        if let Some(h) = self.handle.take() {
-            if !std::thread::panicking() {
-                let _ = h.join();
-            }
-        }
+    fn stop(self) -> (u64, usize) {
+        self.thread.stop()
     }
 }
 

@@ -232,6 +232,35 @@ struct Session {
 }
 
 impl Session {
+    /// The packet id of a delivery at `qos`: 0 for QoS 0; for QoS 1 a free id, with the message
+    /// held in flight until its PUBACK. `None`: not delivered, because the window of
+    /// `max_inflight` is full (counted in `stats`) or no id is free.
+    fn hold(
+        &mut self,
+        qos: QoS,
+        topic: &str,
+        payload: &[u8],
+        max_inflight: usize,
+        stats: &mut BrokerStats,
+    ) -> Option<u16> {
+        if qos != QoS::AtLeastOnce {
+            return Some(0);
+        }
+        if self.inflight.len() >= max_inflight {
+            stats.dropped_inflight_full += 1;
+            return None;
+        }
+        let id = self.pkid()?;
+        self.inflight.insert(
+            id,
+            Inflight {
+                topic: topic.to_string(),
+                payload: payload.to_vec(),
+            },
+        );
+        Some(id)
+    }
+
     fn pkid(&mut self) -> Option<u16> {
         for _ in 0..u16::MAX {
             self.next_pkid = self.next_pkid.wrapping_add(1).max(1);
@@ -734,24 +763,11 @@ impl MqttBroker {
                 continue;
             };
             let q = granted.min(qos);
-            let id = if q == QoS::AtLeastOnce {
-                if conn.session.inflight.len() >= max_inflight {
-                    self.stats.dropped_inflight_full += 1;
-                    continue;
-                }
-                let Some(id) = conn.session.pkid() else {
-                    continue;
-                };
-                conn.session.inflight.insert(
-                    id,
-                    Inflight {
-                        topic: topic.clone(),
-                        payload: payload.clone(),
-                    },
-                );
-                id
-            } else {
-                0
+            let Some(id) = conn
+                .session
+                .hold(q, &topic, &payload, max_inflight, &mut self.stats)
+            else {
+                continue;
             };
             deliveries.push((*s, q, id));
         }

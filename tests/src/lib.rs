@@ -611,3 +611,16 @@ pub mod heap;
 // Slow and idle TCP clients from one source, probes from another (TCP fairness).
 
 pub mod tcp_attack;
+
+/// For test machines that write a stream from a queue of byte strings: moves the front of
+/// `queue` into `buf` (splitting a string longer than `buf`, whose rest stays in front) and
+/// returns how many bytes, or `None` when the queue is empty.
+pub fn pop_chunk(queue: &mut std::collections::VecDeque<Vec<u8>>, buf: &mut [u8]) -> Option<usize> {
+    let mut wire = queue.pop_front()?;
+    if wire.len() > buf.len() {
+        let rest = wire.split_off(buf.len());
+        queue.push_front(rest);
+    }
+    buf.get_mut(..wire.len())?.copy_from_slice(&wire);
+    Some(wire.len())
+}

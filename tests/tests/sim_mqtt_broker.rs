@@ -178,16 +178,11 @@ impl Machine for Client {
         if !self.up {
             return None;
         }
-        let mut wire = self.transmits.pop_front()?;
-        if wire.len() > buf.len() {
-            let rest = wire.split_off(buf.len());
-            self.transmits.push_front(rest);
-        }
-        buf[..wire.len()].copy_from_slice(&wire);
+        let len = p2pd_tests::pop_chunk(&mut self.transmits, buf)?;
         Some(Transmit {
             socket: self.socket,
             destination: SocketAddr::from((BROKER, PORT)),
-            len: wire.len(),
+            len,
         })
     }
 

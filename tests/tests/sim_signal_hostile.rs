@@ -113,16 +113,11 @@ impl Machine for Attacker {
         if !self.up {
             return None;
         }
-        let mut wire = self.pending.pop_front()?;
-        if wire.len() > buf.len() {
-            let rest = wire.split_off(buf.len());
-            self.pending.push_front(rest);
-        }
-        buf[..wire.len()].copy_from_slice(&wire);
+        let len = p2pd_tests::pop_chunk(&mut self.pending, buf)?;
         Some(Transmit {
             socket: self.socket,
             destination: SocketAddr::from((BROKER, PORT)),
-            len: wire.len(),
+            len,
         })
     }
 

@@ -96,3 +96,74 @@ pub fn command_words(line: &str, fill: &[(&str, &str)]) -> Vec<String> {
         })
         .collect()
 }
+
+/// A thread that runs until told to stop: [`Stoppable::stop`] (or dropping it) raises the flag
+/// the thread's body watches, then joins it.
+pub struct Stoppable<T> {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    handle: Option<std::thread::JoinHandle<T>>,
+}
+
+impl<T: Send + 'static> Stoppable<T> {
+    /// Runs `body` on a new thread; it returns once the flag it is given is raised.
+    pub fn spawn(
+        body: impl FnOnce(&std::sync::atomic::AtomicBool) -> T + Send + 'static,
+    ) -> Stoppable<T> {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = std::sync::Arc::clone(&stop);
+        let handle = std::thread::spawn(move || body(&flag));
+        Stoppable {
+            stop,
+            handle: Some(handle),
+        }
+    }
+
+    /// Raises the flag and returns what the thread returned.
+    pub fn stop(mut self) -> T {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        self.handle.take().unwrap().join().unwrap()
+    }
+}
+
+impl<T> Drop for Stoppable<T> {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        if let Some(h) = self.handle.take() {
+            if !std::thread::panicking() {
+                let _ = h.join();
+            }
+        }
+    }
+}
+
+/// A PNP server's life after it listens, on its own thread: serves until `stop` is raised, then
+/// closes and waits (at most `limit`) for `Closed`. Returns whether `Closed` came.
+pub fn serve_pnp_until_stopped<S: p2pd_signaling::pnp::NameStore>(
+    rt: &mut p2pd_mio::Runtime,
+    server: &mut p2pd_signaling::pnp::PnpServer<S>,
+    stop: &std::sync::atomic::AtomicBool,
+    limit: std::time::Duration,
+) -> bool {
+    use p2pd_signaling::pnp::PnpServerEvent;
+    use std::ops::ControlFlow;
+    while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+        rt.run(
+            server,
+            Some(std::time::Duration::from_millis(20)),
+            |_, _, _| ControlFlow::Continue(()),
+        )
+        .unwrap();
+    }
+    let now = rt.now();
+    server.close(now);
+    let mut closed = false;
+    let _ = rt.run(server, Some(limit), |_, _, ev| {
+        if ev == PnpServerEvent::Closed {
+            closed = true;
+            ControlFlow::Break(())
+        } else {
+            ControlFlow::Continue(())
+        }
+    });
+    closed
+}

@@ -3,7 +3,7 @@
 use p2pd_proto::SocketId;
 use p2pd_signaling::mqtt::codec::{Packet, QoS};
 
-use super::{topic_matches, Inflight, MqttBroker};
+use super::{topic_matches, MqttBroker};
 
 impl MqttBroker {
     /// Sends the retained messages matching `filter`, with the retain flag.
@@ -20,24 +20,11 @@ impl MqttBroker {
                 return;
             };
             let q = granted.min(qos);
-            let pkid = if q == QoS::AtLeastOnce {
-                if conn.session.inflight.len() >= max_inflight {
-                    self.stats.dropped_inflight_full += 1;
-                    continue;
-                }
-                let Some(id) = conn.session.pkid() else {
-                    continue;
-                };
-                conn.session.inflight.insert(
-                    id,
-                    Inflight {
-                        topic: topic.clone(),
-                        payload: payload.clone(),
-                    },
-                );
-                id
-            } else {
-                0
+            let Some(pkid) = conn
+                .session
+                .hold(q, &topic, &payload, max_inflight, &mut self.stats)
+            else {
+                continue;
             };
             self.stats.retained_sent += 1;
             self.stats.publishes_out += 1;
