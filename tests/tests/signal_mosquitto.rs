@@ -181,6 +181,15 @@ fn exchange(a: &mut Node, b: &mut Node, tag: &str, n: usize) -> Vec<Vec<u8>> {
     got
 }
 
+/// Runs both nodes until each listens on every broker of `b` (at most 10 s).
+fn until_both_listen(a: &mut Node, b: &mut Node) -> bool {
+    let ids: Vec<BrokerId> = b.m.broker_ids().collect();
+    run_until(a, b, Duration::from_secs(10), |a, b| {
+        ids.iter()
+            .all(|&id| a.listening_on(id) && b.listening_on(id))
+    })
+}
+
 #[test]
 fn two_brokers_outage_reconnect_and_replay() {
     let _serial = serial();
@@ -191,14 +200,7 @@ fn two_brokers_outage_reconnect_and_replay() {
     let mut b = Node::new(2, &[&m1, &m2], 2);
     let ids: Vec<BrokerId> = b.m.broker_ids().collect();
     assert_eq!(ids.len(), 2);
-    assert!(run_until(
-        &mut a,
-        &mut b,
-        Duration::from_secs(10),
-        |a, b| ids
-            .iter()
-            .all(|&id| a.listening_on(id) && b.listening_on(id))
-    ));
+    assert!(until_both_listen(&mut a, &mut b));
 
     // Both ways, through both brokers.
     exchange(&mut a, &mut b, "a->b", 20);
@@ -347,15 +349,7 @@ fn soak_10000_messages() {
     };
     let mut a = Node::new(3, &[&m1, &m2], 3);
     let mut b = Node::new(4, &[&m1, &m2], 4);
-    let ids: Vec<BrokerId> = b.m.broker_ids().collect();
-    assert!(run_until(
-        &mut a,
-        &mut b,
-        Duration::from_secs(10),
-        |a, b| ids
-            .iter()
-            .all(|&id| a.listening_on(id) && b.listening_on(id))
-    ));
+    assert!(until_both_listen(&mut a, &mut b));
 
     const ROUNDS: usize = 20;
     const PER_ROUND: usize = 500;
@@ -521,15 +515,8 @@ fn a_huge_retained_message_does_not_silence_a_node() {
     let mut a = Node::new(5, &[&m1, &m2], 5);
     let mut b = Node::speaking(Protocol::V311, 6, &[&m1, &m2], 6);
     assert_eq!(b.key, b_key);
+    assert!(until_both_listen(&mut a, &mut b));
     let ids: Vec<BrokerId> = b.m.broker_ids().collect();
-    assert!(run_until(
-        &mut a,
-        &mut b,
-        Duration::from_secs(10),
-        |a, b| ids
-            .iter()
-            .all(|&id| a.listening_on(id) && b.listening_on(id))
-    ));
     // And a live one while it listens.
     publish_huge(&m1, &topic, vec![0xAA; 256 * 1024], false);
     let mut sent = Vec::new();

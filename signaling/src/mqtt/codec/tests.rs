@@ -100,28 +100,10 @@ fn decode_all(bytes: &[u8], max: usize) -> Vec<Result<Packet, CodecError>> {
 }
 
 fn decode_all_as(bytes: &[u8], max: usize, v: Protocol) -> Vec<Result<Packet, CodecError>> {
-    let mut d = Decoder::new(v, max);
-    let mut out = Vec::new();
-    let mut rest = bytes;
-    loop {
-        let n = match d.push(rest) {
-            Ok(n) => n,
-            Err(e) => {
-                out.push(Err(e));
-                return out;
-            }
-        };
-        assert!(d.buffered() <= d.capacity());
-        rest = &rest[n..];
-        let mut got = false;
-        while let Some(r) = d.next() {
-            got = true;
-            out.push(r.map(packet_only));
-        }
-        if rest.is_empty() || (n == 0 && !got) {
-            return out;
-        }
-    }
+    decode_frames(bytes, max, bytes.len().max(1), v)
+        .into_iter()
+        .map(|r| r.map(packet_only))
+        .collect()
 }
 
 #[test]
