@@ -612,6 +612,11 @@ pub mod heap;
 
 pub mod tcp_attack;
 
+// ---------------------------------------------------------------------------------------------
+// A scripted MQTT client (the simulated broker's tests, attacks on nodes).
+
+pub mod scripted_mqtt;
+
 /// For test machines that write a stream from a queue of byte strings: moves the front of
 /// `queue` into `buf` (splitting a string longer than `buf`, whose rest stays in front) and
 /// returns how many bytes, or `None` when the queue is empty.

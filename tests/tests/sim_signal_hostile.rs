@@ -11,17 +11,14 @@
 
 use core::net::{Ipv4Addr, SocketAddr};
 use core::time::Duration;
-use std::collections::VecDeque;
 
-use p2pd_proto::{
-    BindOptions, Instant, Machine, SocketId, SocketOp, SocketOutcome, Transmit, Transport, Verdict,
-};
-use p2pd_signaling::mqtt::codec::{encode, Packet, Protocol, QoS};
+use p2pd_signaling::mqtt::codec::{Packet, Protocol, QoS};
 use p2pd_signaling::rendezvous::{
     topic_for, BrokerSpec, MessageId, Rejection, Rendezvous, RendezvousConfig, RendezvousEvent,
 };
 use p2pd_signaling::{Identity, PublicKey};
 use p2pd_sim::{BrokerConfig, Host, HostId, LinkConfig, MqttBroker, Sim};
+use p2pd_tests::scripted_mqtt::Client;
 
 const BROKER: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 10);
 const PORT: u16 = 1883;
@@ -31,106 +28,33 @@ const MESSAGES: usize = 10;
 /// buffer, which the attacker does not wait on).
 const HUGE: usize = 200 * 1024;
 
-/// Connects to the broker as MQTT 3.1.1 and publishes what it is given, raw.
-struct Attacker {
-    socket: SocketId,
-    up: bool,
-    ops: VecDeque<SocketOp>,
-    pending: VecDeque<Vec<u8>>,
+/// Mallory: connects to the broker as MQTT 3.1.1 (no receive limit of its own to state) and
+/// publishes what it is given.
+fn attacker() -> Client {
+    let mut m = Client::new(Protocol::V311, "mallory");
+    m.broker = SocketAddr::from((BROKER, PORT));
+    // Its CONNECT goes first, ahead of the PUBLISHes queued before the stream is up.
+    m.auto_connect = false;
+    m.send(&Packet::Connect {
+        client_id: "mallory".into(),
+        keep_alive: 0,
+        clean_session: true,
+        protocol: Protocol::V311,
+        max_packet_size: None,
+    });
+    m.dial();
+    m
 }
 
-impl Attacker {
-    fn new() -> Self {
-        let socket = SocketId(1);
-        let ops = VecDeque::from([
-            SocketOp::Bind {
-                socket,
-                transport: Transport::Tcp,
-                local: SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0)),
-                options: BindOptions::default(),
-            },
-            SocketOp::Connect {
-                socket,
-                remote: SocketAddr::from((BROKER, PORT)),
-            },
-        ]);
-        let mut connect = Vec::new();
-        encode(
-            &Packet::Connect {
-                client_id: "mallory".into(),
-                keep_alive: 0,
-                clean_session: true,
-                protocol: Protocol::V311,
-                max_packet_size: None,
-            },
-            Protocol::V311,
-            &mut connect,
-        )
-        .unwrap();
-        Attacker {
-            socket,
-            up: false,
-            ops,
-            pending: VecDeque::from([connect]),
-        }
-    }
-
-    fn publish(&mut self, topic: &str, retain: bool, payload: Vec<u8>) {
-        let mut wire = Vec::new();
-        let packet = Packet::Publish {
-            topic: topic.into(),
-            qos: QoS::AtMostOnce,
-            pkid: 0,
-            retain,
-            dup: false,
-            payload,
-        };
-        encode(&packet, Protocol::V311, &mut wire).unwrap();
-        self.pending.push_back(wire);
-    }
-}
-
-impl Machine for Attacker {
-    type Event = ();
-
-    fn handle_stream(&mut self, _: Instant, socket: SocketId, _: &[u8]) -> Verdict {
-        if socket == self.socket {
-            Verdict::Consumed
-        } else {
-            Verdict::NotMine
-        }
-    }
-
-    fn handle_socket_result(&mut self, _: Instant, socket: SocketId, outcome: SocketOutcome) {
-        if socket == self.socket && matches!(outcome, SocketOutcome::Connected { .. }) {
-            self.up = true;
-        }
-    }
-
-    fn handle_timeout(&mut self, _: Instant) {}
-
-    fn poll_transmit(&mut self, buf: &mut [u8]) -> Option<Transmit> {
-        if !self.up {
-            return None;
-        }
-        let len = p2pd_tests::pop_chunk(&mut self.pending, buf)?;
-        Some(Transmit {
-            socket: self.socket,
-            destination: SocketAddr::from((BROKER, PORT)),
-            len,
-        })
-    }
-
-    fn poll_socket_op(&mut self) -> Option<SocketOp> {
-        self.ops.pop_front()
-    }
-
-    fn poll_event(&mut self) -> Option<()> {
-        None
-    }
-
-    fn poll_timeout(&self) -> Option<Instant> {
-        None
+/// A QoS 0 PUBLISH of `payload` on `topic`, retained or not.
+fn huge_publish(topic: &str, retain: bool, payload: Vec<u8>) -> Packet {
+    Packet::Publish {
+        topic: topic.into(),
+        qos: QoS::AtMostOnce,
+        pkid: 0,
+        retain,
+        dup: false,
+        payload,
     }
 }
 
@@ -172,8 +96,8 @@ fn run(s: &Scenario, seed: u64) {
     let b_topic = topic_for(&b_key.node_id());
     // The retained message is in place before B connects.
     let attacker = sim.add_host(Host::public([Ipv4Addr::new(203, 0, 113, 66)]), {
-        let mut m = Attacker::new();
-        m.publish(&b_topic, true, vec![0xEE; HUGE]);
+        let mut m = attacker();
+        m.send(&huge_publish(&b_topic, true, vec![0xEE; HUGE]));
         m
     });
     let (a, _) = node(&mut sim, [198, 51, 100, 1], 1, Protocol::V5);
@@ -185,8 +109,8 @@ fn run(s: &Scenario, seed: u64) {
     };
     assert!(listening(&sim, a) && listening(&sim, b), "{context}");
     // While B listens: oversized live messages, then real ones with receipts, interleaved.
-    sim.with_machine::<Attacker, _>(attacker, |m, _| {
-        m.publish(&b_topic, false, vec![0xAA; HUGE]);
+    sim.with_machine::<Client, _>(attacker, |m, _| {
+        m.send(&huge_publish(&b_topic, false, vec![0xAA; HUGE]));
     });
     let mut ids: Vec<MessageId> = Vec::new();
     for i in 0..MESSAGES {
