@@ -544,7 +544,9 @@ fn options_with_values(help: &str) -> Vec<String> {
 }
 
 fn help(command: &[&str]) -> String {
+    // One line per option and sub-command, whatever the terminal: clap wraps help to COLUMNS.
     let out = Command::new(p2pd_bin())
+        .env("COLUMNS", "1000")
         .args(command)
         .arg("--help")
         .output()
@@ -603,6 +605,9 @@ fn the_sub_command_list_is_complete() {
             .skip_while(|l| !l.starts_with("Commands:"))
             .skip(1)
             .take_while(|l| l.starts_with("  "))
+            // A command's line is indented by two spaces; a description wrapped to a narrow
+            // terminal continues on lines indented further.
+            .filter(|l| !l.starts_with("   "))
             .filter_map(|l| l.split_whitespace().next().map(str::to_string))
             .filter(|c| c != "help")
             .collect()
