@@ -544,9 +544,11 @@ fn options_with_values(help: &str) -> Vec<String> {
 }
 
 fn help(command: &[&str]) -> String {
-    // One line per option and sub-command, whatever the terminal: clap wraps help to COLUMNS.
+    // One line per option and sub-command: when a workspace build unifies clap's `wrap_help`
+    // feature in, help wraps to the terminal's width (100 columns without one) or to COLUMNS.
     let out = Command::new(p2pd_bin())
         .env("COLUMNS", "1000")
+        .stdin(Stdio::null())
         .args(command)
         .arg("--help")
         .output()
