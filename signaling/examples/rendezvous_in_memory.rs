@@ -201,6 +201,12 @@ fn pump(
             for (socket, outcome) in outcomes {
                 node.machine.handle_socket_result(now, socket, outcome);
             }
+            // A deadline that is due fires, as in any event loop (for example the settle point
+            // of the transmits just taken: the broker took them all).
+            if node.machine.poll_timeout().is_some_and(|t| t <= now) {
+                moved = true;
+                node.machine.handle_timeout(now);
+            }
         }
         // The broker's packets reach their clients as stream bytes.
         for (i, socket, packet) in to_clients {
