@@ -247,6 +247,9 @@ fn run_server(input: &Input) {
                 // still gets its close, as after a listen failure.
                 let op = if *listen { OpKind::Listen } else { OpKind::Bind };
                 d.outcome(TCP_LISTENER, SocketOutcome::Failed { op, destination: None, error: IoError::AddrInUse });
+                // No accept is outstanding once the listener failed: a late `Accepted` for one
+                // of them is a stream the server no longer waits for, closed at once.
+                m.accepting.clear();
             }
             ServerOp::Advance { ms } => d.advance(std::time::Duration::from_millis(u64::from(*ms % 200_000))),
             ServerOp::Close => {
