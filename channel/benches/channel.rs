@@ -8,6 +8,14 @@
 //!
 //! Throughput is divan's bytes/s of each `bulk_*` function (16 MiB per iteration); the ratio
 //! to report is `bulk_channel` over `bare_copy`.
+// Bench code may unwrap and index, as tests do.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    clippy::arithmetic_side_effects
+)]
 
 use std::hint::black_box;
 
