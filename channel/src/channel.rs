@@ -354,20 +354,26 @@ impl Channel {
     /// How many plaintext bytes [`Channel::send`] takes now (0 unless established and not
     /// finished).
     pub fn send_room(&self) -> usize {
+        let pending = self.pending_transmit().len();
+        self.plaintext_room(self.config.send_buffer.saturating_sub(pending))
+    }
+
+    /// How many plaintext bytes fit in `wire_room` bytes of frames (0 unless established and not
+    /// finished): for a caller that bounds its own buffer of wire bytes.
+    pub fn plaintext_room(&self, wire_room: usize) -> usize {
         if !self.is_established() || self.finished {
             return 0;
         }
-        let pending = self.pending_transmit().len();
-        let mut room = self.config.send_buffer.saturating_sub(pending);
-        let mut plaintext = 0usize;
-        while room > FRAME_HEADER_LEN.saturating_add(TAG_LEN) {
-            let len = room
-                .saturating_sub(FRAME_HEADER_LEN.saturating_add(TAG_LEN))
-                .min(self.config.max_frame);
-            plaintext = plaintext.saturating_add(len);
-            room = room.saturating_sub(frame_wire_len(len));
-        }
-        plaintext
+        let overhead = FRAME_HEADER_LEN.saturating_add(TAG_LEN);
+        let whole = wire_room
+            .checked_div(frame_wire_len(self.config.max_frame))
+            .unwrap_or(0);
+        let rest = wire_room
+            .checked_rem(frame_wire_len(self.config.max_frame))
+            .unwrap_or(0);
+        whole
+            .saturating_mul(self.config.max_frame)
+            .saturating_add(rest.saturating_sub(overhead))
     }
 
     /// Whether our FINISH was sealed.

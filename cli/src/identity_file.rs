@@ -26,6 +26,14 @@ pub fn os_seed() -> io::Result<u64> {
     Ok(u64::from_le_bytes(b))
 }
 
+/// 32 secret bytes from the operating system, for a machine's key material (a secure
+/// channel's static and ephemeral keys).
+pub fn os_secret() -> io::Result<[u8; 32]> {
+    let mut b = [0u8; 32];
+    os_random(&mut b)?;
+    Ok(b)
+}
+
 /// Makes a new identity from OS randomness.
 pub fn generate_identity() -> io::Result<Identity> {
     let mut failure = None;

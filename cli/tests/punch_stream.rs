@@ -42,7 +42,7 @@ fn bulk_transfer_to_a_stalled_reader_arrives_whole() {
         let c = config(&brokers, server.addr, &rt);
         let now = rt.now();
         Side {
-            node: Some(PunchNode::new(c, id, seed, now).expect("node")),
+            node: Some(PunchNode::new(c, id, [seed as u8; 32], seed, now).expect("node")),
             rt,
             events: Vec::new(),
             data: Vec::new(),

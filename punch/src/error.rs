@@ -40,6 +40,9 @@ pub enum PunchApiError {
     StreamClosed,
     /// [`crate::node::PunchNode::finish`] was called: no more bytes may be sent.
     Finished,
+    /// The punch configuration's channel settings are out of range
+    /// ([`p2pd_channel::ChannelConfig`]).
+    BadChannelConfig,
     /// The send buffer ([`SEND_BUFFER`]) is full: nothing was taken.
     SendBufferFull {
         /// Bytes waiting in it to be taken by the runtime.
@@ -67,6 +70,9 @@ impl fmt::Display for PunchApiError {
             PunchApiError::NotConnected => f.write_str("the punched stream is not up"),
             PunchApiError::StreamClosed => f.write_str("the punched stream is closed"),
             PunchApiError::Finished => f.write_str("the sending side is finished"),
+            PunchApiError::BadChannelConfig => {
+                f.write_str("the secure channel settings are out of range")
+            }
             PunchApiError::SendBufferFull { buffered } => write!(
                 f,
                 "send buffer full: {buffered} of {SEND_BUFFER} bytes wait for the runtime"

@@ -5,15 +5,16 @@
 //!
 //! - [`Puncher`] ([`machine`]): the punch itself. Offer / answer / acknowledge over signaling, a
 //!   meet time both clocks agree on, sockets bound with reuse flags ahead of it, timed
-//!   simultaneous connects plus a listener per port, a hello on every connection that elects one,
-//!   retried rounds with fresh candidates. It ends in [`PunchEvent::Connected`] (the stream is
-//!   the caller's) or a typed [`PunchFailure`].
+//!   simultaneous connects plus a listener per port, a secure channel handshake
+//!   ([`p2pd_channel`], Noise XX bound to both identities) on every connection that elects the
+//!   first one proving the peer, retried rounds with fresh candidates. It ends in
+//!   [`PunchEvent::Connected`] (the stream and its established channel are the caller's) or a
+//!   typed [`PunchFailure`].
 //! - [`node::PunchNode`]: a whole punching node in one machine: signaling
 //!   ([`p2pd_signaling::Rendezvous`] over MQTT brokers), a STUN-over-TCP probe per punch port to
-//!   learn its mapping, the [`Puncher`], and afterwards the punched stream (send, half-close,
-//!   bytes in). The CLI's `p2pd punch` is this machine on the mio runtime.
-//! - [`message`]: the punch signaling messages ([`Message`], [`PunchCandidate`]s) and the hello on
-//!   punched connections; [`plan`]: local port choice and external port prediction from the NAT's
+//!   learn its mapping, the [`Puncher`], and afterwards the punched stream through its channel
+//!   (send, half-close, bytes in; authenticated and encrypted). The CLI's `p2pd punch` is this machine on the mio runtime.
+//! - [`message`]: the punch signaling messages ([`Message`], [`PunchCandidate`]s); [`plan`]: local port choice and external port prediction from the NAT's
 //!   behaviour.
 //! - [`clock`]: peer clock offset from a four-timestamp exchange and meet-time agreement with an
 //!   explicit uncertainty; [`sntp`]: the SNTP client machine ([`SntpClient`]) that measures our

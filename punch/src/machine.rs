@@ -19,23 +19,25 @@
 //!    own candidate port and one socket per (own port, peer endpoint) pair. At the meet time the
 //!    pairs connect, spaced by `connect_spacing`; a refused or timed-out connect is retried on a
 //!    fresh socket after `retry_interval` until the punch window closes.
-//! 5. Every connection that comes up (connected or accepted) carries the [`Hello`] both ways. The
-//!    side with the smaller node id leads: it takes the first connection whose hello checks out,
-//!    writes [`CHOSEN`] on it and closes everything else; the follower takes the connection on
-//!    which it reads [`CHOSEN`] (while it holds a verified connection it waits up to
-//!    `chosen_timeout` for the marker, even past the punch window, so loss cannot leave the leader
-//!    connected alone). The winner is handed to the caller
-//!    ([`PunchEvent::Connected`]); the machine never touches it again. Every other socket is closed
-//!    exactly once.
+//! 5. Every connection that comes up (connected or accepted) runs a secure channel handshake
+//!    ([`p2pd_channel`]: Noise XX bound to both node identities, its context the session id and
+//!    round). The side with the smaller node id leads and initiates on every connection,
+//!    expecting the peer's identity; the follower responds, accepting only the leader's. The
+//!    leader takes the first connection whose responder proves the peer and sends the
+//!    handshake's last message on it alone, closing everything else; the follower takes the
+//!    connection on which that last message proves the leader (while it has answered a leader's
+//!    first message it waits up to `chosen_timeout` for the last one, even past the punch window,
+//!    so loss cannot leave the leader connected alone). A stranger, another session or round, or
+//!    tampered bytes fail the handshake and that connection is closed. The winner and its
+//!    established channel are handed to the caller ([`PunchEvent::Connected`],
+//!    [`Puncher::take_channel`]); the machine never touches them again. Every other socket is
+//!    closed exactly once.
 //! 6. A failed round is retried with fresh candidates (`max_rounds`); the last failure is final
 //!    ([`PunchEvent::Failed`]).
 //!
 //! Duplicated signaling (brokers duplicate) is harmless: every message is matched to the session
 //! and round, and handled once. If both sides initiate at once, the smaller node id stays
 //! initiator and the other becomes the responder.
-//!
-//! [`Hello`]: crate::message::Hello
-//! [`CHOSEN`]: crate::message::CHOSEN
 
 mod dial;
 mod handshake;
@@ -46,6 +48,7 @@ mod types;
 use core::net::SocketAddr;
 use std::collections::VecDeque;
 
+use p2pd_channel::{Channel, ChannelKeys, SeedSource};
 use p2pd_proto::{DropReason, Instant, Rng, SocketId, SocketOp, SocketOutcome, Transmit, Verdict};
 
 use crate::error::PunchApiError;
@@ -109,6 +112,12 @@ enum Phase {
 #[derive(Debug)]
 pub struct Puncher {
     config: PunchConfig,
+    /// Our channel keys (the proof of our identity every handshake carries).
+    keys: ChannelKeys,
+    /// Seeds for each connection's channel.
+    seeds: SeedSource,
+    /// The winning connection's socket and channel, until the caller takes them.
+    won: Option<(SocketId, Box<Channel>)>,
     rng: Rng,
     role: Role,
     peer: Option<NodeId>,
@@ -127,10 +136,35 @@ pub struct Puncher {
 }
 
 impl Puncher {
-    /// An idle machine (answers offers if `accept_offers`).
-    pub fn new(config: PunchConfig, seed: u64) -> Self {
-        Puncher {
+    /// An idle machine (answers offers if `accept_offers`) for the node whose channel `keys`
+    /// these are (the config's `node_id` is set from them). `seeds` keys every punched
+    /// connection's channel (32 secret bytes from the OS in a runtime, from the simulation's seed
+    /// in a simulator); `seed` draws session ids. `Err` when `config.channel` is out of range.
+    pub fn new(
+        mut config: PunchConfig,
+        keys: ChannelKeys,
+        seeds: SeedSource,
+        seed: u64,
+    ) -> Result<Self, PunchApiError> {
+        config.node_id = keys.identity().node_id();
+        // The channel checks its configuration when it is built; try it once here so that a bad
+        // one is an error now, not a round that can never elect a connection.
+        let probe = Channel::new(
+            config.channel,
+            &keys,
+            p2pd_channel::Role::Responder { expect: None },
+            b"",
+            [0; 32],
+            Instant::ZERO,
+        );
+        if probe.is_err() {
+            return Err(PunchApiError::BadChannelConfig);
+        }
+        Ok(Puncher {
             config,
+            keys,
+            seeds,
+            won: None,
             rng: Rng::from_seed(seed),
             role: Role::Responder,
             peer: None,
@@ -146,6 +180,21 @@ impl Puncher {
             closed_reported: false,
             deadline: None,
             stats: PunchStats::default(),
+        })
+    }
+
+    /// The winning connection's established secure channel, once, for the socket of
+    /// [`PunchEvent::Connected`]. The leader's last handshake message is still the machine's own
+    /// last transmit on that socket (drain [`Machine::poll_transmit`](p2pd_proto::Machine) as
+    /// usual); the follower's channel may hold data that came right behind the handshake
+    /// ([`Channel::poll_event`], after its `Established`): drain it at once.
+    pub fn take_channel(&mut self, socket: SocketId) -> Option<Channel> {
+        match self.won.take() {
+            Some((id, channel)) if id == socket => Some(*channel),
+            other => {
+                self.won = other;
+                None
+            }
         }
     }
 

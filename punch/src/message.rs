@@ -26,16 +26,11 @@
 //!
 //! # Stream handshake
 //!
-//! On every TCP connection that comes up (connected or accepted), each side first writes a
-//! [`Hello`] (`"P2PH" session:[16] round:u8 node_id:[20]`, 41 bytes). The side with the smaller node
-//! id leads: on the first connection whose hello checks out it writes the one-byte
-//! [`CHOSEN`] marker, keeps that connection and closes every other; the follower keeps the
-//! connection on which it reads the marker. Application bytes may follow the marker at once.
+//! Every TCP connection that comes up carries a secure channel handshake ([`p2pd_channel`]),
+//! bound to the session id and round; the election rides on it (see [`crate::machine`]).
 
 use core::fmt;
 use core::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
-
-use p2pd_signaling::NodeId;
 
 /// The first byte of every punch signaling message.
 pub const TAG: u8 = 0x50;
@@ -45,14 +40,8 @@ pub const VERSION: u8 = 1;
 pub const MAX_CANDIDATES: usize = 16;
 /// Length of a session id.
 pub const SESSION_LEN: usize = 16;
-/// Length of a node id in the stream hello (signaling's [`NodeId`]).
+/// Length of a node id (signaling's [`p2pd_signaling::NodeId`]).
 pub use p2pd_signaling::NODE_ID_LEN;
-/// The stream hello's magic.
-pub const HELLO_MAGIC: [u8; 4] = *b"P2PH";
-/// Length of the stream hello.
-pub const HELLO_LEN: usize = 4 + SESSION_LEN + 1 + NODE_ID_LEN;
-/// The leader's one-byte marker on the chosen connection.
-pub const CHOSEN: u8 = 0x01;
 
 /// A punch session id, chosen by the initiator.
 #[derive(Copy, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -406,55 +395,6 @@ impl Reader<'_> {
     }
 }
 
-/// The first bytes each side writes on a punched connection.
-#[derive(Copy, Clone, Debug, PartialEq, Eq)]
-pub struct Hello {
-    /// The session.
-    pub session: SessionId,
-    /// The round.
-    pub round: u8,
-    /// The writer's node id.
-    pub node_id: NodeId,
-}
-
-impl Hello {
-    /// The hello's bytes.
-    pub fn encode(&self) -> [u8; HELLO_LEN] {
-        let mut out = [0u8; HELLO_LEN];
-        let parts: [&[u8]; 4] = [
-            &HELLO_MAGIC,
-            &self.session.0,
-            &[self.round],
-            &self.node_id.0,
-        ];
-        let mut at = 0usize;
-        for part in parts {
-            let end = at.saturating_add(part.len());
-            if let Some(dst) = out.get_mut(at..end) {
-                dst.copy_from_slice(part);
-            }
-            at = end;
-        }
-        out
-    }
-
-    /// Parses a hello from exactly [`HELLO_LEN`] bytes.
-    pub fn decode(bytes: &[u8]) -> Option<Hello> {
-        let mut r = Reader { rest: bytes };
-        if r.array::<4>().ok()? != HELLO_MAGIC {
-            return None;
-        }
-        let session = SessionId(r.array().ok()?);
-        let round = r.u8().ok()?;
-        let node_id = NodeId(r.array().ok()?);
-        r.rest.is_empty().then_some(Hello {
-            session,
-            round,
-            node_id,
-        })
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -556,21 +496,5 @@ mod tests {
         let mut b = abort.clone();
         *b.last_mut().unwrap() = 0;
         assert!(matches!(Message::decode(&b), Err(MessageError::Invalid(_))));
-    }
-
-    #[test]
-    fn hello_round_trip() {
-        let h = Hello {
-            session: SessionId([3; 16]),
-            round: 4,
-            node_id: NodeId([5; NODE_ID_LEN]),
-        };
-        let b = h.encode();
-        assert_eq!(b.len(), HELLO_LEN);
-        assert_eq!(Hello::decode(&b), Some(h));
-        assert_eq!(Hello::decode(&b[..HELLO_LEN - 1]), None);
-        let mut bad = b;
-        bad[0] = b'X';
-        assert_eq!(Hello::decode(&bad), None);
     }
 }

@@ -2,10 +2,13 @@
 //! discovery (a [`TcpBinding`] STUN-over-TCP probe from every punch port, kept open so the mapping
 //! lives; from another port when the NAT's mapping is dependent and its allocation follows the local
 //! port, so the probe does not hold the port the punch connection is predicted to get), the
-//! [`Puncher`], and afterwards the punched stream itself (bytes in as
-//! [`NodeEvent::Data`], out with [`PunchNode::send`], our end of the sending side with
-//! [`PunchNode::finish`]: the peer reads EOF once every byte is written, and we keep receiving
-//! until its own EOF, [`NodeEvent::StreamClosed`]).
+//! [`Puncher`], and afterwards the punched stream itself, through the secure channel the punch's
+//! election established ([`p2pd_channel`]: authenticated to the peer's identity, encrypted):
+//! bytes in as [`NodeEvent::Data`], out with [`PunchNode::send`], our end of the sending side with
+//! [`PunchNode::finish`] (the channel's authenticated FINISH, then the TCP FIN: the peer reads EOF
+//! once every byte is written), and we keep receiving until the peer's own FINISH,
+//! [`NodeEvent::StreamClosed`]. An end of the stream without it, or any tampered byte, is
+//! [`NodeEvent::StreamFailed`].
 //!
 //! The runtime (or the simulator) drives it like any machine; the CLI's `p2pd punch` is this
 //! machine plus stdin/stdout. Each part (the rendezvous, the puncher, every probe) names its own
@@ -24,9 +27,13 @@ use core::time::Duration;
 use p2pd_proto::Machine;
 use std::collections::VecDeque;
 
+use p2pd_channel::{ChannelFailure, ChannelKeys, SeedSource};
 use p2pd_proto::client_tcp::TcpBindingError;
 use p2pd_proto::compose::SocketMap;
-use p2pd_proto::{DropReason, Instant, Rng, SocketId, SocketOp, SocketOutcome, Transmit, Verdict};
+use p2pd_proto::{
+    DropReason, Instant, Rng, SocketId, SocketOp, SocketOutcome, Transmit, Verdict,
+    TRANSMIT_BUFFER_LEN,
+};
 use p2pd_signaling::rendezvous::{Rendezvous, RendezvousConfig, RendezvousEvent};
 use p2pd_signaling::{Identity, NodeId, PublicKey, NODE_ID_LEN};
 
@@ -108,6 +115,26 @@ impl PunchNodeConfig {
     }
 }
 
+/// Why [`PunchNode::new`] refused its configuration.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PunchNodeError {
+    /// The signaling configuration.
+    Rendezvous(p2pd_signaling::rendezvous::RendezvousConfigError),
+    /// The secure channel's settings (`config.punch.channel`) are out of range.
+    Channel,
+}
+
+impl core::fmt::Display for PunchNodeError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            PunchNodeError::Rendezvous(e) => write!(f, "signaling: {e}"),
+            PunchNodeError::Channel => f.write_str("the secure channel settings are out of range"),
+        }
+    }
+}
+
+impl std::error::Error for PunchNodeError {}
+
 /// What a [`PunchNode`] reports.
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
@@ -139,15 +166,19 @@ pub enum NodeEvent {
         /// The peer's end.
         remote: SocketAddr,
     },
-    /// Bytes from the peer on the punched stream.
+    /// Bytes from the peer on the punched stream (authenticated and decrypted).
     Data(Vec<u8>),
+    /// The punched stream's secure channel failed (tampered bytes, the stream cut before the
+    /// peer's FINISH...): nothing more is delivered or sent; [`NodeEvent::StreamClosed`] follows.
+    StreamFailed(ChannelFailure),
     /// Our sending side is finished: after [`PunchNode::finish`], every queued byte was taken by
     /// the runtime and the `Shutdown` went out ([`PunchNode::is_finished`] is true from now on).
     Finished,
     /// There is room again in the send buffer (at least half of [`SEND_BUFFER`] is free), after
     /// a [`PunchNode::send`] failed because it was full or left it more than half full.
     Writable,
-    /// The peer finished sending (EOF, after its last [`NodeEvent::Data`]), or the stream failed.
+    /// The peer finished sending (its authenticated FINISH, after its last [`NodeEvent::Data`]),
+    /// or the stream failed.
     /// Reported once. After an EOF the stream stays up for our side: [`PunchNode::is_connected`]
     /// is still true and [`PunchNode::send`] / [`PunchNode::finish`] work as before; after a
     /// failure (or a failure that comes later) `is_connected` is false.
@@ -197,17 +228,26 @@ impl core::fmt::Debug for PunchNode {
 
 impl PunchNode {
     /// A node for `identity`; it connects to its brokers at once and answers punch offers.
+    /// `channel_secret` (32 secret random bytes: from the OS in a runtime, from the simulation's
+    /// seed in a simulator) keys the secure channel's static and ephemeral keys; `seed` draws
+    /// everything that needs no secrecy (ids, jitter).
     pub fn new(
         mut config: PunchNodeConfig,
         identity: Identity,
+        channel_secret: [u8; 32],
         seed: u64,
         now: Instant,
-    ) -> Result<Self, p2pd_signaling::rendezvous::RendezvousConfigError> {
+    ) -> Result<Self, PunchNodeError> {
         let mut rng = Rng::from_seed(seed);
+        let mut seeds = SeedSource::new(channel_secret);
+        let keys =
+            ChannelKeys::new(&identity, seeds.next_seed()).map_err(|_| PunchNodeError::Channel)?;
         config.punch.node_id = identity.node_id();
         config.punch.unix_epoch_ns = config.rendezvous.unix_epoch_ms.saturating_mul(1_000_000);
-        let rendezvous = Rendezvous::new(config.rendezvous.clone(), identity, rng.next_u64(), now)?;
-        let puncher = Puncher::new(config.punch.clone(), rng.next_u64());
+        let rendezvous = Rendezvous::new(config.rendezvous.clone(), identity, rng.next_u64(), now)
+            .map_err(PunchNodeError::Rendezvous)?;
+        let puncher = Puncher::new(config.punch.clone(), keys, seeds, rng.next_u64())
+            .map_err(|_| PunchNodeError::Channel)?;
         let mut node = PunchNode {
             config,
             sockets: SocketMap::new(),
@@ -329,6 +369,11 @@ impl PunchNode {
             deadline = Some(deadline.map_or(t, |d| d.min(t)));
         }
         if let Some(s) = self.stream.as_mut().filter(|s| !s.closed) {
+            // Sealed bytes that did not fit yet, and a FINISH waiting for room.
+            s.take_channel_output(&mut self.events);
+            s.seal_finish(now, &mut self.events);
+        }
+        if let Some(s) = self.stream.as_mut().filter(|s| !s.closed) {
             // Unsettled transmits settle at once (a blocked stream waits for `Writable`).
             if s.send.wants_settle() {
                 deadline = Some(deadline.map_or(now, |d| d.min(now)));
@@ -374,30 +419,45 @@ impl PunchNode {
                 socket,
                 local,
                 remote,
-                leftover,
+                peer,
                 ..
             } => {
-                // The stream is the node's from now on (the puncher does not close it).
+                // The stream and its channel are the node's from now on (the puncher does not
+                // close it).
+                let Some(channel) = self.puncher.take_channel(socket) else {
+                    return;
+                };
+                // The leader's last handshake message is the puncher's last transmit on the
+                // winner: it goes out first, before the socket changes hands.
+                let mut handshake_tail = Vec::new();
+                let mut buf = [0u8; TRANSMIT_BUFFER_LEN];
+                while let Some(t) =
+                    self.sockets
+                        .poll_transmit(Part::Puncher, &mut self.puncher, &mut buf)
+                {
+                    if self.sockets.route(t.socket) == Some((Part::Puncher, socket)) {
+                        handshake_tail.extend_from_slice(buf.get(..t.len).unwrap_or_default());
+                    }
+                }
                 let Some(socket) =
                     self.sockets
                         .adopt(Part::Puncher, socket, Part::Stream, STREAM_ID)
                 else {
                     return;
                 };
-                self.stream = Some(Stream::new(socket, remote));
                 for p in &mut self.probes {
                     p.machine.close(now);
                 }
-                if let Some(peer) = self.peer {
-                    self.events.push_back(NodeEvent::Connected {
-                        peer,
-                        local,
-                        remote,
-                    });
-                }
-                if !leftover.is_empty() {
-                    self.events.push_back(NodeEvent::Data(leftover));
-                }
+                self.events.push_back(NodeEvent::Connected {
+                    peer,
+                    local,
+                    remote,
+                });
+                // The leader's last handshake message, or data that came right behind it.
+                let mut stream = Stream::new(socket, remote, channel);
+                let _ = stream.send.push(&handshake_tail);
+                stream.take_channel_output(&mut self.events);
+                self.stream = Some(stream);
                 // The puncher has nothing left to do.
                 self.puncher.close(now);
             }
@@ -435,8 +495,8 @@ impl p2pd_proto::Machine for PunchNode {
     fn handle_stream(&mut self, now: Instant, socket: SocketId, data: &[u8]) -> Verdict {
         let verdict = match self.sockets.route(socket) {
             Some((Part::Stream, _)) => {
-                if !self.closing {
-                    self.events.push_back(NodeEvent::Data(data.to_vec()));
+                if let Some(s) = self.stream.as_mut().filter(|_| !self.closing) {
+                    s.on_bytes(now, data, &mut self.events);
                 }
                 Verdict::Consumed
             }
@@ -462,7 +522,7 @@ impl p2pd_proto::Machine for PunchNode {
             .as_mut()
             .filter(|_| matches!(route, Some((Part::Stream, _))))
         {
-            s.on_outcome(outcome, &mut self.events);
+            s.on_outcome(now, outcome, &mut self.events);
         } else {
             match route {
                 Some((Part::Probe(serial), inner)) => {

@@ -781,8 +781,9 @@ fn new_node(
     config.nat = view;
     // The node sets the node id, epoch and socket range itself.
     config.punch = punch.clone();
+    let secret = sim.machine_secret();
     let seed = sim.machine_seed();
-    PunchNode::new(config, identity, seed, sim.now()).expect("valid configuration")
+    PunchNode::new(config, identity, secret, seed, sim.now()).expect("valid configuration")
 }
 
 /// The punch settings of the matrix: the defaults.

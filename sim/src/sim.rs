@@ -245,6 +245,14 @@ impl Sim {
         self.seed_rng.next_u64()
     }
 
+    /// 32 bytes for a machine that needs secret key material (a secure channel's seeds), drawn
+    /// like [`Sim::machine_seed`]: secret from nobody in a simulation, but replayed byte for byte.
+    pub fn machine_secret(&mut self) -> [u8; 32] {
+        let mut secret = [0u8; 32];
+        self.seed_rng.fill_bytes(&mut secret);
+        secret
+    }
+
     /// The virtual time.
     pub fn now(&self) -> Instant {
         self.now

@@ -70,8 +70,10 @@ fn hundred_punches_on_real_sockets_no_leaks() {
             side.data.clear();
             let c = config(&brokers, server.addr, &side.rt);
             let now = side.rt.now();
-            side.node =
-                Some(PunchNode::new(c, id.clone(), seed * 16 + s, now).expect("valid node config"));
+            side.node = Some(
+                PunchNode::new(c, id.clone(), [s as u8; 32], seed * 16 + s, now)
+                    .expect("valid node config"),
+            );
         }
         // Both subscribed on both brokers (the offer would be re-sent otherwise, a second later).
         assert!(

@@ -7,20 +7,36 @@ use core::time::Duration;
 use p2pd_proto::Machine;
 use std::collections::VecDeque;
 
+use p2pd_channel::{ChannelKeys, SeedSource};
 use p2pd_nat::{Behaviour, Filtering, Mapping, PortAllocation};
 use p2pd_proto::{Instant, SocketId};
 use p2pd_punch::message::AbortReason;
 use p2pd_punch::{PunchCandidate, PunchConfig, PunchEvent, PunchFailure, Puncher};
-use p2pd_signaling::NodeId;
+use p2pd_signaling::{Identity, NodeId};
 use p2pd_sim::{run_seeds, HostId, LinkConfig, NatTcpConfig, Sim};
 
 const NAT_A: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 10);
 const NAT_B: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 20);
 const PRIV_A: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 2);
 const PRIV_B: Ipv4Addr = Ipv4Addr::new(10, 1, 0, 2);
-const ID_A: NodeId = NodeId([0x11; 20]);
-const ID_B: NodeId = NodeId([0x22; 20]);
+/// The two identities' secret bytes.
+const KEY_A: u8 = 0x11;
+const KEY_B: u8 = 0x22;
 const EPOCH_NS: u64 = 1_800_000_000_000_000_000;
+
+fn identity(key: u8) -> Identity {
+    Identity::from_secret_bytes(&[key; 32]).unwrap()
+}
+
+fn id(key: u8) -> NodeId {
+    identity(key).node_id()
+}
+
+/// A puncher for the identity with secret byte `key`, its channel keyed from the simulation.
+fn puncher(sim: &mut Sim, key: u8, config: PunchConfig, seed: u64) -> Puncher {
+    let keys = ChannelKeys::new(&identity(key), sim.machine_secret()).unwrap();
+    Puncher::new(config, keys, SeedSource::new(sim.machine_secret()), seed).unwrap()
+}
 
 #[derive(Debug)]
 struct Outcome {
@@ -81,25 +97,27 @@ fn punch(seed: u64, sc: &Scenario) -> (Outcome, Outcome, Sim, HostId, HostId) {
             );
         }
     }
-    let config_a = PunchConfig::new(ID_A, EPOCH_NS);
+    let config_a = PunchConfig::new(id(KEY_A), EPOCH_NS);
     let epoch_b = EPOCH_NS
         .checked_add_signed(sc.skew_b_ms * 1_000_000)
         .unwrap();
-    let config_b = PunchConfig::new(ID_B, epoch_b);
-    let ha = sim.add_host_behind(nat_a, PRIV_A, Puncher::new(config_a, seed));
-    let hb = sim.add_host_behind(nat_b, PRIV_B, Puncher::new(config_b, seed ^ 1));
+    let config_b = PunchConfig::new(id(KEY_B), epoch_b);
+    let puncher_a = puncher(&mut sim, KEY_A, config_a, seed);
+    let puncher_b = puncher(&mut sim, KEY_B, config_b, seed ^ 1);
+    let ha = sim.add_host_behind(nat_a, PRIV_A, puncher_a);
+    let hb = sim.add_host_behind(nat_b, PRIV_B, puncher_b);
     let cand = |ip: Ipv4Addr, port: u16| PunchCandidate {
         local_port: port,
         external: SocketAddr::new(ip.into(), port),
     };
     let mut round_port = [40000u16, 50000u16];
     sim.with_machine::<Puncher, _>(ha, |m, now| {
-        m.initiate(now, ID_B, vec![cand(NAT_A, round_port[0])])
+        m.initiate(now, id(KEY_B), vec![cand(NAT_A, round_port[0])])
             .unwrap();
     });
     if sc.glare {
         sim.with_machine::<Puncher, _>(hb, |m, now| {
-            m.initiate(now, ID_A, vec![cand(NAT_B, round_port[1])])
+            m.initiate(now, id(KEY_A), vec![cand(NAT_B, round_port[1])])
                 .unwrap();
         });
     }
@@ -115,7 +133,9 @@ fn punch(seed: u64, sc: &Scenario) -> (Outcome, Outcome, Sim, HostId, HostId) {
     while sim.now() < end && !(out[0].closed && out[1].closed) {
         sim.run_for(Duration::from_millis(5));
         let now = sim.now();
-        for (i, (host, peer_host, from)) in [(ha, hb, ID_A), (hb, ha, ID_B)].into_iter().enumerate()
+        for (i, (host, peer_host, from)) in [(ha, hb, id(KEY_A)), (hb, ha, id(KEY_B))]
+            .into_iter()
+            .enumerate()
         {
             for ev in sim.take_events::<Puncher>(host) {
                 match ev {

@@ -28,7 +28,7 @@ use serde::Serialize;
 use super::report::Reporter;
 use super::resolve;
 use super::signal::{parse_brokers, parse_peer};
-use crate::identity_file::{default_identity_path, os_seed, read_identity};
+use crate::identity_file::{default_identity_path, os_secret, os_seed, read_identity};
 use p2pd_mio::{RunEnd, Runtime};
 
 /// Options of `p2pd punch`.
@@ -149,9 +149,14 @@ struct StatusLine {
 #[serde(untagged)]
 enum Fields {
     /// `started`.
-    Started { node_id: String, public_key: String },
+    Started {
+        node_id: String,
+        public_key: String,
+    },
     /// `punching`.
-    Punching { peer: String },
+    Punching {
+        peer: String,
+    },
     /// `connected`.
     Connected {
         local: SocketAddr,
@@ -179,11 +184,23 @@ enum Fields {
         reason: String,
     },
     /// `failed`.
-    Failed { reason: String, elapsed_ms: u128 },
+    Failed {
+        reason: String,
+        elapsed_ms: u128,
+    },
+    StreamFailed {
+        reason: String,
+        elapsed_ms: u128,
+    },
     /// `probe_failed`.
-    ProbeFailed { port: u16, reason: String },
+    ProbeFailed {
+        port: u16,
+        reason: String,
+    },
     /// `broker_down`.
-    BrokerDown { broker: String },
+    BrokerDown {
+        broker: String,
+    },
     /// `timeout`, `peer_closed`.
     Nothing {},
 }
@@ -204,6 +221,7 @@ fn punch(args: &PunchArgs) -> Result<i32, String> {
     config.nat = parse_nat(args)?;
     config.rendezvous.mqtt.backoff_max = Duration::from_secs(5);
     let seed = os_seed().map_err(|e| format!("random seed: {e}"))?;
+    let secret = os_secret().map_err(|e| format!("random channel secret: {e}"))?;
     let status = Status {
         out: Reporter { json: args.json },
     };
@@ -216,7 +234,8 @@ fn punch(args: &PunchArgs) -> Result<i32, String> {
             public_key: me.to_string(),
         },
     );
-    let mut node = PunchNode::new(config, identity, seed, rt.now()).map_err(|e| e.to_string())?;
+    let mut node =
+        PunchNode::new(config, identity, secret, seed, rt.now()).map_err(|e| e.to_string())?;
 
     // stdin on a thread that wakes the loop when it has read something. The channel is bounded
     // and drained only while the node takes bytes, so a slow peer holds stdin back instead of
@@ -482,6 +501,19 @@ fn on_event(
                     reason: reason.to_string(),
                 },
             );
+        }
+        NodeEvent::StreamFailed(reason) => {
+            // The secure channel refused the stream (tampered bytes, cut before the peer's
+            // FINISH): nothing more is delivered; StreamClosed follows.
+            status.line(
+                "stream_failed",
+                &format!("the secure stream failed: {reason}"),
+                Fields::StreamFailed {
+                    reason: reason.to_string(),
+                    elapsed_ms: since(started, now),
+                },
+            );
+            state.failed = true;
         }
         NodeEvent::StreamClosed => {
             // The loop closes once our side is finished too (or at once if the stream failed).

@@ -1,5 +1,5 @@
-//! The socket pool and dialing: listeners, timed connects and retries, accepts, and the hello
-//! handshake that elects one connection.
+//! The socket pool and dialing: listeners, timed connects and retries, accepts, and the
+//! secure-channel handshake on every connection that elects one.
 
 use core::net::SocketAddr;
 use core::time::Duration;
@@ -9,13 +9,18 @@ use p2pd_proto::{
     Transport, Verdict,
 };
 
+use p2pd_channel::{Channel, Role as ChannelRole};
+
 use super::{Phase, PunchEvent, PunchFailure, Puncher};
-use crate::message::{Hello, PunchCandidate, CHOSEN, HELLO_LEN};
+use crate::message::PunchCandidate;
 
 /// The state of one armed round.
 #[derive(Clone, Debug)]
 pub(super) struct Punch {
     pub(super) deadline: Instant,
+    /// The latest the round may last while a follower waits for the leader's last handshake
+    /// message: the window's end plus `chosen_timeout`.
+    pub(super) latest: Instant,
     /// (own port, peer endpoint, next connect time) of every pair; `None` while a connect runs.
     pub(super) pairs: Vec<Pair>,
     pub(super) connects: u32,
@@ -35,14 +40,14 @@ pub(super) struct Pair {
 }
 
 /// A socket the machine owns.
-#[derive(Clone, Debug)]
+#[derive(Debug)]
 pub(super) struct Sock {
     pub(super) id: SocketId,
     pub(super) port: u16,
     pub(super) kind: SockKind,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Debug)]
 pub(super) enum SockKind {
     /// A listener (bound, then listening) with its outstanding accept id.
     Listener {
@@ -57,14 +62,17 @@ pub(super) enum SockKind {
         bound: bool,
         connecting: bool,
     },
-    /// A connection that came up: handshake in progress.
+    /// A connection that came up: its secure channel's handshake in progress.
     Stream {
         local: SocketAddr,
         remote: SocketAddr,
-        rx: Vec<u8>,
-        verified: bool,
+        channel: Box<Channel>,
     },
 }
+
+/// The first bytes of every punched connection's channel context (then the session id and the
+/// round), so a handshake belongs to one round of one session.
+const CONTEXT_PREFIX: &[u8] = b"p2pd-punch";
 
 impl Puncher {
     // ----- punching -----
@@ -106,6 +114,7 @@ impl Puncher {
         let deadline = meet.saturating_add(self.config.punch_window);
         self.phase = Phase::Punching(Box::new(Punch {
             deadline,
+            latest: deadline.saturating_add(self.config.chosen_timeout),
             pairs,
             connects: 0,
             refused: 0,
@@ -322,16 +331,7 @@ impl Puncher {
             (SockKind::Dialing { .. }, SocketOutcome::Connected { local, remote })
             | (SockKind::Accepting, SocketOutcome::Accepted { local, remote }) => {
                 let accepted = matches!(sock.kind, SockKind::Accepting);
-                sock.kind = SockKind::Stream {
-                    local,
-                    remote,
-                    rx: Vec::new(),
-                    verified: false,
-                };
-                if let Phase::Punching(p) = &mut self.phase {
-                    p.came_up = p.came_up.saturating_add(1);
-                }
-                self.send_hello(id, remote);
+                self.came_up(now, index, local, remote);
                 if accepted {
                     if let Some(listener) = self.listener_of(id) {
                         self.accept_next(listener);
@@ -418,119 +418,149 @@ impl Puncher {
         });
     }
 
-    fn send_hello(&mut self, socket: SocketId, remote: SocketAddr) {
-        let hello = Hello {
-            session: self.session,
-            round: self.round,
-            node_id: self.config.node_id,
+    /// A connection came up: its secure channel starts (the leader initiates, expecting the
+    /// peer; the follower responds, accepting only the peer), bound to this session and round.
+    fn came_up(&mut self, now: Instant, index: usize, local: SocketAddr, remote: SocketAddr) {
+        let Some(peer) = self.peer else {
+            return;
         };
-        self.transmits
-            .push_back((socket, remote, hello.encode().to_vec()));
+        let role = if self.is_leader() {
+            ChannelRole::Initiator { expect: peer }
+        } else {
+            ChannelRole::Responder { expect: Some(peer) }
+        };
+        let mut context = Vec::with_capacity(CONTEXT_PREFIX.len().saturating_add(17));
+        context.extend_from_slice(CONTEXT_PREFIX);
+        context.extend_from_slice(&self.session.0);
+        context.push(self.round);
+        let seed = self.seeds.next_seed();
+        let channel = Channel::new(self.config.channel, &self.keys, role, &context, seed, now);
+        let Some(sock) = self.sockets.get_mut(index) else {
+            return;
+        };
+        let id = sock.id;
+        match channel {
+            Ok(channel) => {
+                sock.kind = SockKind::Stream {
+                    local,
+                    remote,
+                    channel: Box::new(channel),
+                };
+                if let Phase::Punching(p) = &mut self.phase {
+                    p.came_up = p.came_up.saturating_add(1);
+                }
+                self.flush_channel(index);
+            }
+            // The configuration is out of range (checked in `Puncher::new`): nothing to elect.
+            Err(_) => self.close_socket(id),
+        }
+    }
+
+    /// Whether we lead the election (the smaller node id).
+    fn is_leader(&self) -> bool {
+        self.peer.is_some_and(|p| self.config.node_id < p)
+    }
+
+    /// Queues the handshake bytes the connection's channel has for the peer.
+    fn flush_channel(&mut self, index: usize) {
+        let Some(Sock {
+            id,
+            kind: SockKind::Stream {
+                remote, channel, ..
+            },
+            ..
+        }) = self.sockets.get_mut(index)
+        else {
+            return;
+        };
+        let bytes = channel.pending_transmit().to_vec();
+        channel.consume_transmit(bytes.len());
+        if !bytes.is_empty() {
+            self.transmits.push_back((*id, *remote, bytes));
+        }
     }
 
     pub(super) fn on_stream_bytes(&mut self, now: Instant, index: usize, data: &[u8]) -> Verdict {
-        let leader = self.peer.is_some_and(|p| self.config.node_id < p);
-        let (session, round, peer) = (self.session, self.round, self.peer);
+        let punching = matches!(self.phase, Phase::Punching(_));
         let Some(sock) = self.sockets.get_mut(index) else {
             return Verdict::NotMine;
         };
         let id = sock.id;
-        let SockKind::Stream {
-            local,
-            remote,
-            rx,
-            verified,
-        } = &mut sock.kind
-        else {
+        let SockKind::Stream { channel, .. } = &mut sock.kind else {
             return Verdict::Dropped(DropReason::Unexpected);
         };
-        if !matches!(self.phase, Phase::Punching(_)) {
+        if !punching {
             return Verdict::Dropped(DropReason::Unexpected);
         }
-        // Keep at most the hello and the marker; anything after them is application data.
-        rx.extend_from_slice(data);
-        let (local, remote) = (*local, *remote);
-        if !*verified {
-            if rx.len() < HELLO_LEN {
-                return Verdict::Consumed;
-            }
-            let ok = rx
-                .get(..HELLO_LEN)
-                .and_then(Hello::decode)
-                .is_some_and(|h| {
-                    h.session == session && h.round == round && Some(h.node_id) == peer
-                });
-            if !ok {
-                self.close_socket(id);
-                return Verdict::Dropped(DropReason::Unexpected);
-            }
-            *verified = true;
-            if leader {
-                let leftover = rx.get(HELLO_LEN..).unwrap_or_default().to_vec();
-                self.transmits.push_back((id, remote, vec![CHOSEN]));
-                self.win(now, id, local, remote, leftover);
-                return Verdict::Consumed;
-            }
-            // The leader may have chosen this connection already: its marker is on the way
+        channel.handle_input(now, data);
+        if channel.is_ended() {
+            // A stranger, the wrong peer, another session, tampered bytes: this connection
+            // proves nothing.
+            self.stats.channel_failures = self.stats.channel_failures.saturating_add(1);
+            self.close_socket(id);
+            return Verdict::Dropped(DropReason::Unexpected);
+        }
+        if channel.is_established() {
+            // The peer proved itself on this connection. The leader's last handshake message
+            // is our last transmit on it; data that came right behind the follower's stays in
+            // the channel for the new owner.
+            self.flush_channel(index);
+            self.win(index);
+            return Verdict::Consumed;
+        }
+        let answered = matches!(channel.role(), ChannelRole::Responder { .. })
+            && !channel.pending_transmit().is_empty();
+        self.flush_channel(index);
+        if answered {
+            // The leader's last message (which also says it chose this connection) is on the way
             // (TCP retransmits it). Do not give up on the round while waiting for it.
             self.wait_for_chosen(now);
         }
-        let Some(Sock {
-            kind: SockKind::Stream { rx, .. },
-            ..
-        }) = self.sockets.get(index)
-        else {
-            return Verdict::Consumed;
-        };
-        // Follower: the marker follows the hello.
-        match rx.get(HELLO_LEN) {
-            None => Verdict::Consumed,
-            Some(&CHOSEN) => {
-                let leftover = rx
-                    .get(HELLO_LEN.saturating_add(1)..)
-                    .unwrap_or_default()
-                    .to_vec();
-                self.win(now, id, local, remote, leftover);
-                Verdict::Consumed
-            }
-            Some(_) => {
-                self.close_socket(id);
-                Verdict::Dropped(DropReason::Unexpected)
-            }
-        }
+        Verdict::Consumed
     }
 
-    /// A follower with a verified connection keeps the round open for at least
-    /// [`PunchConfig::chosen_timeout`] more, so a leader's marker delayed by loss is not met by a
-    /// closed round (which would leave the leader alone with a connection).
+    /// A follower that answered a leader's handshake keeps the round open for
+    /// [`PunchConfig::chosen_timeout`] more (at most that long past the window), so a leader's
+    /// last message delayed by loss is not met by a closed round (which would leave the leader
+    /// alone with a connection).
     ///
     /// [`PunchConfig::chosen_timeout`]: super::PunchConfig::chosen_timeout
     fn wait_for_chosen(&mut self, now: Instant) {
         let until = now.saturating_add(self.config.chosen_timeout);
         if let Phase::Punching(p) = &mut self.phase {
+            let until = until.min(p.latest);
             if p.deadline < until {
                 p.deadline = until;
             }
         }
     }
 
-    fn win(
-        &mut self,
-        _now: Instant,
-        winner: SocketId,
-        local: SocketAddr,
-        remote: SocketAddr,
-        leftover: Vec<u8>,
-    ) {
-        // The winner leaves our table: it is the caller's now.
-        self.sockets.retain(|s| s.id != winner);
-        self.close_all_sockets();
-        self.phase = Phase::Finished;
-        self.events.push_back(PunchEvent::Connected {
-            socket: winner,
+    /// The connection at `index` won: it leaves our table with its channel (the caller's now,
+    /// through [`Puncher::take_channel`]), and every other socket is closed.
+    fn win(&mut self, index: usize) {
+        if index >= self.sockets.len() {
+            return;
+        }
+        let sock = self.sockets.remove(index);
+        let SockKind::Stream {
             local,
             remote,
-            leftover,
+            channel,
+        } = sock.kind
+        else {
+            return;
+        };
+        let Some(peer) = channel.peer() else {
+            return;
+        };
+        self.close_all_sockets();
+        self.phase = Phase::Finished;
+        self.won = Some((sock.id, channel));
+        self.events.push_back(PunchEvent::Connected {
+            socket: sock.id,
+            local,
+            remote,
+            peer,
             round: self.round,
         });
     }
@@ -542,7 +572,7 @@ impl Puncher {
             let sock = self.sockets.remove(pos);
             // An outstanding accept's id was never opened by the runtime: the listener's close
             // ends it. Everything else gets exactly one Close.
-            if sock.kind != SockKind::Accepting {
+            if !matches!(sock.kind, SockKind::Accepting) {
                 self.ops.push_back(SocketOp::Close { socket: id });
                 self.stats.sockets_closed = self.stats.sockets_closed.saturating_add(1);
             }

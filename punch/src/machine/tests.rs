@@ -1,13 +1,33 @@
 //! Regressions found by the `punch_session` fuzz target, driven through the contract checker.
 
 use super::*;
-use crate::message::NODE_ID_LEN;
+use p2pd_channel::{ChannelKeys, SeedSource};
 use p2pd_proto::testing::Pair;
 use p2pd_proto::Machine;
+use p2pd_signaling::Identity;
 
-const US: NodeId = NodeId([1; NODE_ID_LEN]);
-const PEER: NodeId = NodeId([2; NODE_ID_LEN]);
+/// Our identity's secret byte, and the peer's.
+const US_KEY: u8 = 1;
+const PEER_KEY: u8 = 2;
 const EPOCH: u64 = 1_700_000_000_000_000_000;
+
+fn identity(key: u8) -> Identity {
+    Identity::from_secret_bytes(&[key; 32]).unwrap()
+}
+
+fn us() -> NodeId {
+    identity(US_KEY).node_id()
+}
+
+fn peer() -> NodeId {
+    identity(PEER_KEY).node_id()
+}
+
+/// A puncher for the identity with secret byte `key`.
+fn puncher(key: u8, config: PunchConfig, seed: u64) -> Puncher {
+    let keys = ChannelKeys::new(&identity(key), [key; 32]).unwrap();
+    Puncher::new(config, keys, SeedSource::new([key ^ 0x55; 32]), seed).unwrap()
+}
 
 fn ms(n: u64) -> Instant {
     Instant::from_millis(n)
@@ -54,10 +74,10 @@ fn armed(
     config: PunchConfig,
     peer_candidates: Vec<PunchCandidate>,
 ) -> (Driven, Instant, Vec<SocketId>) {
-    let puncher = Puncher::new(config, 7);
+    let puncher = puncher(US_KEY, config, 7);
     let mut m = Driven::new("puncher", puncher, |e| matches!(e, PunchEvent::Closed));
     let session = m
-        .input(|m, now| m.initiate(now, PEER, vec![cand(20_000, "198.51.100.1:20000")]))
+        .input(|m, now| m.initiate(now, peer(), vec![cand(20_000, "198.51.100.1:20000")]))
         .unwrap();
     let t1 = drain(&mut m)
         .events
@@ -84,7 +104,7 @@ fn armed(
     .unwrap();
     assert_eq!(
         m.clock(ms(10))
-            .input(|m, now| m.handle_signal(now, PEER, &answer)),
+            .input(|m, now| m.handle_signal(now, peer(), &answer)),
         Verdict::Consumed
     );
     let out = drain(&mut m);
@@ -101,7 +121,7 @@ fn armed(
 
 #[test]
 fn a_dialer_still_binding_at_the_meet_time_does_not_make_the_caller_spin() {
-    let config = PunchConfig::new(US, EPOCH);
+    let config = PunchConfig::new(us(), EPOCH);
     let (mut m, meet, ids) = armed(config, vec![cand(20_000, "203.0.113.9:41000")]);
     let [listener, dialer] = ids[..] else {
         panic!("{ids:?}")
@@ -127,7 +147,7 @@ fn a_dialer_still_binding_at_the_meet_time_does_not_make_the_caller_spin() {
 #[test]
 fn a_retry_without_a_free_socket_waits_instead_of_spinning() {
     // One listener and two dialers fill the table.
-    let mut config = PunchConfig::new(US, EPOCH);
+    let mut config = PunchConfig::new(us(), EPOCH);
     config.max_sockets = 3;
     let (mut m, meet, ids) = armed(
         config,
@@ -186,9 +206,9 @@ fn relay_once(pair: &mut Pair<Puncher, Puncher>, seen: &mut Vec<(char, PunchEven
             match ev {
                 PunchEvent::Signal { payload, .. } => {
                     let verdict = if side == 'a' {
-                        pair.input_b(|m, now| m.handle_signal(now, US, &payload))
+                        pair.input_b(|m, now| m.handle_signal(now, us(), &payload))
                     } else {
-                        pair.input_a(|m, now| m.handle_signal(now, PEER, &payload))
+                        pair.input_a(|m, now| m.handle_signal(now, peer(), &payload))
                     };
                     // Retransmitted signals are duplicates.
                     assert!(
@@ -216,8 +236,8 @@ fn two_punchers_meet_through_the_in_memory_network() {
     // Both on one virtual clock (so their clocks agree), 15 ms apart, no NAT: each candidate is
     // the side's own address.
     let (a, b) = (
-        Puncher::new(PunchConfig::new(US, EPOCH), 1),
-        Puncher::new(PunchConfig::new(PEER, EPOCH), 2),
+        puncher(US_KEY, PunchConfig::new(us(), EPOCH), 1),
+        puncher(PEER_KEY, PunchConfig::new(peer(), EPOCH), 2),
     );
     let mut pair = Pair::new(a, b)
         .latency(Duration::from_millis(15), Duration::from_millis(15))
@@ -225,7 +245,7 @@ fn two_punchers_meet_through_the_in_memory_network() {
             |e| matches!(e, PunchEvent::Closed),
             |e| matches!(e, PunchEvent::Closed),
         );
-    pair.input_a(|m, now| m.initiate(now, PEER, vec![cand(20_000, "10.0.0.1:20000")]))
+    pair.input_a(|m, now| m.initiate(now, peer(), vec![cand(20_000, "10.0.0.1:20000")]))
         .unwrap();
     let mut seen = Vec::new();
     let done = pair.drive_until(|p| {
@@ -242,9 +262,19 @@ fn two_punchers_meet_through_the_in_memory_network() {
             socket,
             local,
             remote,
+            peer: proved,
             ..
         } = ev
         {
+            // Each side's channel proved the other's identity.
+            let expected = if *side == 'a' { PEER_KEY } else { US_KEY };
+            assert_eq!(*proved, identity(expected).public_key(), "{side}");
+            let channel = if *side == 'a' {
+                pair.a.machine.take_channel(*socket)
+            } else {
+                pair.b.machine.take_channel(*socket)
+            };
+            assert!(channel.is_some_and(|c| c.is_established()), "{side}");
             let (ours, theirs) = if *side == 'a' {
                 ("10.0.0.1:20000", "10.0.0.2:30000")
             } else {
@@ -272,29 +302,29 @@ fn two_punchers_meet_through_the_in_memory_network() {
 
 #[test]
 fn api_misuse_is_a_typed_error_and_changes_nothing() {
-    let mut m = Puncher::new(PunchConfig::new(US, EPOCH), 7);
+    let mut m = puncher(US_KEY, PunchConfig::new(us(), EPOCH), 7);
     let one = || vec![cand(40_000, "203.0.113.1:40000")];
     assert_eq!(
-        m.initiate(ms(0), US, one()),
+        m.initiate(ms(0), us(), one()),
         Err(PunchApiError::PunchToSelf)
     );
     assert_eq!(
-        m.initiate(ms(0), PEER, Vec::new()),
+        m.initiate(ms(0), peer(), Vec::new()),
         Err(PunchApiError::CandidateCount { count: 0 })
     );
     let many = vec![cand(40_000, "203.0.113.1:40000"); MAX_CANDIDATES + 1];
     assert_eq!(
-        m.initiate(ms(0), PEER, many),
+        m.initiate(ms(0), peer(), many),
         Err(PunchApiError::CandidateCount {
             count: MAX_CANDIDATES + 1
         })
     );
     assert_eq!(
-        m.initiate(ms(0), PEER, vec![cand(0, "203.0.113.1:40000")]),
+        m.initiate(ms(0), peer(), vec![cand(0, "203.0.113.1:40000")]),
         Err(PunchApiError::CandidatePortZero)
     );
     assert_eq!(
-        m.initiate(ms(0), PEER, vec![cand(40_000, "203.0.113.1:0")]),
+        m.initiate(ms(0), peer(), vec![cand(40_000, "203.0.113.1:0")]),
         Err(PunchApiError::CandidatePortZero)
     );
     assert_eq!(
@@ -302,9 +332,9 @@ fn api_misuse_is_a_typed_error_and_changes_nothing() {
         Err(PunchApiError::CandidatesNotAsked)
     );
     assert!(m.poll_event().is_none(), "refused calls emit nothing");
-    m.initiate(ms(0), PEER, one()).unwrap();
+    m.initiate(ms(0), peer(), one()).unwrap();
     assert_eq!(
-        m.initiate(ms(0), PEER, one()),
+        m.initiate(ms(0), peer(), one()),
         Err(PunchApiError::InProgress)
     );
     assert_eq!(
@@ -315,7 +345,7 @@ fn api_misuse_is_a_typed_error_and_changes_nothing() {
         })
     );
     m.close(ms(1));
-    assert_eq!(m.initiate(ms(1), PEER, one()), Err(PunchApiError::Closed));
+    assert_eq!(m.initiate(ms(1), peer(), one()), Err(PunchApiError::Closed));
     assert_eq!(
         m.provide_candidates(ms(1), 0, one()),
         Err(PunchApiError::Closed)

@@ -3,17 +3,19 @@
 use core::net::{IpAddr, Ipv4Addr, SocketAddr};
 use core::time::Duration;
 
+use p2pd_channel::ChannelConfig;
 use p2pd_proto::{Instant, IoError, SocketId};
 
 use crate::clock::ClockError;
 use crate::message::AbortReason;
-use p2pd_signaling::NodeId;
+use p2pd_signaling::{NodeId, PublicKey};
 
 /// How the punch machine runs. Build with [`PunchConfig::new`].
 #[derive(Clone, Debug)]
 #[non_exhaustive]
 pub struct PunchConfig {
-    /// Our node id (decides the leader: the smaller id leads, and the initiator on glare).
+    /// Our node id (decides the leader: the smaller id leads, and the initiator on glare). Set
+    /// from the channel keys by [`Puncher::new`](super::Puncher::new).
     pub node_id: NodeId,
     /// Unix time in nanoseconds at [`Instant::ZERO`] (our wall clock).
     pub unix_epoch_ns: u64,
@@ -39,9 +41,12 @@ pub struct PunchConfig {
     pub punch_window: Duration,
     /// Rounds (with fresh candidates) before the punch fails. Default 3.
     pub max_rounds: u8,
-    /// A follower holding a connection whose hello checked out waits this long for the leader's
-    /// marker, past the punch window if need be. Default 10 s.
+    /// A follower that answered a leader's handshake on a connection waits this long for its
+    /// last message, past the punch window if need be. Default 10 s.
     pub chosen_timeout: Duration,
+    /// The secure channel of every punched connection (both peers must agree on `max_frame`).
+    /// Default [`ChannelConfig::default`].
+    pub channel: ChannelConfig,
     /// The first socket id; the machine cycles through `socket_base .. socket_base + socket_ids`.
     pub socket_base: SocketId,
     /// How many socket ids the machine cycles through. Default 4096.
@@ -70,6 +75,7 @@ impl PunchConfig {
             punch_window: Duration::from_secs(6),
             max_rounds: 3,
             chosen_timeout: Duration::from_secs(10),
+            channel: ChannelConfig::default(),
             socket_base: SocketId(0),
             socket_ids: 4096,
             max_sockets: 64,
@@ -186,7 +192,8 @@ pub enum PunchEvent {
         uncertainty: Duration,
     },
     /// The punch succeeded: `socket` is a connected TCP stream to the peer, now the caller's
-    /// (the machine will never use or close it).
+    /// (the machine will never use or close it), and its secure channel, established, proves the
+    /// peer: take it with [`Puncher::take_channel`](super::Puncher::take_channel).
     Connected {
         /// The stream.
         socket: SocketId,
@@ -194,8 +201,8 @@ pub enum PunchEvent {
         local: SocketAddr,
         /// The peer's end.
         remote: SocketAddr,
-        /// Application bytes that arrived right behind the handshake.
-        leftover: Vec<u8>,
+        /// The identity the peer proved.
+        peer: PublicKey,
         /// The round that succeeded.
         round: u8,
     },
@@ -234,4 +241,7 @@ pub struct PunchStats {
     pub connects: u64,
     /// Inputs for unknown sockets.
     pub unknown_socket: u64,
+    /// Connections closed because their secure-channel handshake failed (a stranger, the wrong
+    /// identity, another session or round, tampered bytes).
+    pub channel_failures: u64,
 }

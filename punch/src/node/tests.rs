@@ -13,7 +13,7 @@ fn node(nat: Option<NatView>, secret: u8) -> PunchNode {
     );
     config.nat = nat;
     let identity = Identity::from_secret_bytes(&[secret; 32]).unwrap();
-    PunchNode::new(config, identity, 7, Instant::ZERO).unwrap()
+    PunchNode::new(config, identity, [7; 32], 7, Instant::ZERO).unwrap()
 }
 
 fn peer() -> PublicKey {
