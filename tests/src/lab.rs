@@ -1,6 +1,7 @@
-//! The NAT lab of `tests/lab/` for the lab tests (`nat_lab`, `punch_lab`): why it cannot run here,
-//! if it cannot, and one lab (namespaces `PREFIX-*`, state in its own directory) brought up with
-//! its services and torn down on drop, also after a panic; tcpdump on one of its interfaces.
+//! The NAT lab of `tests/lab/` for the lab tests (`nat_lab`, `punch_lab`, `punch_lab_capture`):
+//! why it cannot run here, if it cannot, and one lab (namespaces `PREFIX-*`, state in its own
+//! directory) brought up with its services and torn down on drop, also after a panic; tcpdump on
+//! one of its interfaces.
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
