@@ -19,165 +19,15 @@
 //! down on drop, also after a panic.
 
 mod common;
+#[path = "common/lab_punch.rs"]
+mod lab_punch;
 
-use std::io::{BufRead, BufReader, Read, Write};
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
-use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use common::lab::{self, Lab};
-use common::{event_of, json_line, json_object, p2pd_bin, ChildGuard};
-
-/// Why the lab (with mosquitto) cannot run here, if it cannot.
-fn skip_reason() -> Option<String> {
-    lab::skip_reason().or_else(|| {
-        common::mosquitto_binary()
-            .is_none()
-            .then(|| "`mosquitto` is unavailable".into())
-    })
-}
-
-/// A new identity file; returns (path, public key hex).
-fn identity(lab: &Lab, name: &str) -> (PathBuf, String) {
-    let file = lab.state.join(format!("{name}.key"));
-    let out = Command::new(p2pd_bin())
-        .args(["id", "new", "--json", "--file"])
-        .arg(&file)
-        .output()
-        .expect("p2pd id new");
-    assert!(out.status.success(), "p2pd id new: {out:?}");
-    let json = json_object(&String::from_utf8_lossy(&out.stdout));
-    let key = json["public_key"].as_str().expect("public_key").to_string();
-    (file, key)
-}
-
-const BROKERS: [&str; 2] = ["203.0.113.3:1883", "203.0.113.4:1883"];
-const STUN: &str = "203.0.113.1:3478";
-
-/// One side of a run: what the process printed and how it ended.
-#[derive(Debug, Default)]
-struct Side {
-    code: Option<i32>,
-    stdout: String,
-    /// The JSON status lines.
-    status: Vec<String>,
-}
-
-impl Side {
-    /// The first status line of this event, parsed.
-    fn event(&self, name: &str) -> Option<serde_json::Value> {
-        self.status
-            .iter()
-            .filter_map(|l| json_line(l))
-            .find(|l| event_of(l) == Some(name))
-    }
-
-    fn elapsed(&self, name: &str) -> Option<f64> {
-        self.event(name).and_then(|l| l["elapsed_ms"].as_f64())
-    }
-
-    /// Milliseconds from the `armed` line of the round that connected to `connected`.
-    fn armed_to_connected(&self) -> Option<f64> {
-        let connected = self.elapsed("connected")?;
-        let armed = self
-            .status
-            .iter()
-            .filter_map(|l| json_line(l))
-            .filter(|l| event_of(l) == Some("armed"))
-            .filter_map(|l| l["elapsed_ms"].as_f64())
-            .rfind(|t| *t <= connected)?;
-        Some(connected - armed)
-    }
-}
-
-/// A running `p2pd punch` in a host namespace. Its stdin carries `message` and stays open until
-/// its stdout holds `expect` (the peer's message) or ends, so the close that follows stdin's EOF
-/// never races the peer's bytes; the reader threads report the result.
-struct Punch {
-    guard: ChildGuard,
-    out: mpsc::Receiver<String>,
-    err: mpsc::Receiver<Vec<String>>,
-}
-
-impl Punch {
-    fn spawn(lab: &Lab, host: &str, args: &[String], message: &str, expect: &str) -> Punch {
-        let mut guard = ChildGuard::spawn(
-            "p2pd punch",
-            Command::new("ip")
-                .args(["netns", "exec", &lab.ns(host)])
-                .arg(p2pd_bin())
-                .arg("punch")
-                .args(args)
-                .stdin(Stdio::piped())
-                .stdout(Stdio::piped())
-                .stderr(Stdio::piped()),
-        )
-        .expect("spawn p2pd punch");
-        let mut stdin = guard.child.stdin.take();
-        let mut stdout = guard.child.stdout.take().expect("stdout");
-        let stderr = guard.child.stderr.take().expect("stderr");
-        if let Some(s) = stdin.as_mut() {
-            s.write_all(message.as_bytes()).expect("write stdin");
-            s.flush().expect("flush stdin");
-        }
-        let expect = expect.to_string();
-        let (out_tx, out) = mpsc::channel();
-        std::thread::spawn(move || {
-            let mut got = Vec::new();
-            let mut buf = [0u8; 4096];
-            loop {
-                match stdout.read(&mut buf) {
-                    Ok(0) | Err(_) => break,
-                    Ok(n) => got.extend_from_slice(&buf[..n]),
-                }
-                if String::from_utf8_lossy(&got).contains(&expect) {
-                    stdin = None; // EOF: the CLI closes once everything is written
-                }
-            }
-            drop(stdin);
-            let _ = out_tx.send(String::from_utf8_lossy(&got).into_owned());
-        });
-        let (err_tx, err) = mpsc::channel();
-        std::thread::spawn(move || {
-            let lines: Vec<String> = BufReader::new(stderr)
-                .lines()
-                .map_while(Result::ok)
-                .collect();
-            let _ = err_tx.send(lines);
-        });
-        Punch { guard, out, err }
-    }
-
-    /// Waits until the process ends (killed after `limit`).
-    fn finish(mut self, limit: Duration) -> Side {
-        let deadline = Instant::now() + limit;
-        let code = loop {
-            if let Some(status) = self.guard.exited() {
-                break status.code();
-            }
-            if Instant::now() >= deadline {
-                let _ = self.guard.child.kill();
-                let _ = self.guard.child.wait();
-                break None;
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        };
-        let stdout = self
-            .out
-            .recv_timeout(Duration::from_secs(5))
-            .unwrap_or_default();
-        let status = self
-            .err
-            .recv_timeout(Duration::from_secs(5))
-            .unwrap_or_default();
-        Side {
-            code,
-            stdout,
-            status,
-        }
-    }
-}
+use common::lab::Lab;
+use common::p2pd_bin;
+use lab_punch::{common_args, identity, skip_reason, start_brokers, Punch, Side};
 
 /// A NAT pair to punch through.
 struct Pair {
@@ -226,53 +76,33 @@ fn run_once(
     lab.script("nat.sh", &["A", pair.a, "inputdrop"])?;
     lab.script("nat.sh", &["B", pair.b, "inputdrop"])?;
     let timeout = if pair.punchable { "20" } else { "60" };
-    let common = |id: &PathBuf| -> Vec<String> {
-        let mut v = vec!["--identity".to_string(), id.display().to_string()];
-        for b in BROKERS {
-            v.extend(["--broker".to_string(), b.to_string()]);
-        }
-        v.extend(
-            ["--stun", STUN, "--json", "--timeout", timeout]
-                .iter()
-                .map(|s| s.to_string()),
-        );
-        v
-    };
     let (msg_a, msg_b) = (
         format!("hello from A via {}\n", pair.a),
         format!("hello from B via {}\n", pair.b),
     );
     let mut args_b = vec!["--wait".to_string()];
-    args_b.extend(common(&ids[1].0));
+    args_b.extend(common_args(&ids[1].0, timeout));
     args_b.extend(pair.args_b.iter().map(|s| s.to_string()));
-    let b = Punch::spawn(lab, "hb", &args_b, &msg_b, &msg_a);
+    let b = Punch::spawn(lab, "hb", &args_b, msg_b.as_bytes(), msg_a.as_bytes());
     // B subscribes to both brokers first (A's offer would be re-sent anyway, once a second).
     std::thread::sleep(Duration::from_millis(500));
     let mut args_a = vec![ids[1].1.clone()];
-    args_a.extend(common(&ids[0].0));
+    args_a.extend(common_args(&ids[0].0, timeout));
     args_a.extend(pair.args_a.iter().map(|s| s.to_string()));
-    let a = Punch::spawn(lab, "ha", &args_a, &msg_a, &msg_b);
+    let a = Punch::spawn(lab, "ha", &args_a, msg_a.as_bytes(), msg_b.as_bytes());
     let limit = Duration::from_secs(if pair.punchable { 40 } else { 90 });
     let a = a.finish(limit);
     let b = b.finish(Duration::from_secs(10));
     tally.runs += 1;
-    let describe = |name: &str, s: &Side| {
-        format!(
-            "{name}: exit {:?}, stdout {:?}\n  {}",
-            s.code,
-            s.stdout,
-            s.status.join("\n  ")
-        )
-    };
     if pair.punchable {
         let ok = a.code == Some(0)
             && b.code == Some(0)
-            && a.stdout.contains(&msg_b)
-            && b.stdout.contains(&msg_a)
+            && a.got(msg_b.as_bytes())
+            && b.got(msg_a.as_bytes())
             && a.event("connected").is_some()
             && b.event("connected").is_some();
         if !ok {
-            return Err(format!("{}\n{}", describe("A", &a), describe("B", &b)));
+            return Err(format!("{}\n{}", a.describe("A"), b.describe("B")));
         }
         tally.ok += 1;
         if let Some(t) = a.elapsed("connected") {
@@ -310,8 +140,8 @@ fn run_once(
         if !(typed(&a) && typed(&b)) {
             return Err(format!(
                 "expected a NoConnection failure on both sides\n{}\n{}",
-                describe("A", &a),
-                describe("B", &b)
+                a.describe("A"),
+                b.describe("B")
             ));
         }
         tally.ok += 1;
@@ -338,7 +168,7 @@ fn punch_through_real_nats() {
     let bin = p2pd_bin(); // built before the lab exists
     assert!(bin.is_file());
     let lab = Lab::start("pp");
-    let _brokers = [lab.broker("203.0.113.3"), lab.broker("203.0.113.4")];
+    let _brokers = start_brokers(&lab);
     let ids = [identity(&lab, "a"), identity(&lab, "b")];
 
     const SEQ: &[&str] = &["--nat-mapping", "apdm", "--nat-allocation", "sequential:1"];

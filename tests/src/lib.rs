@@ -5,7 +5,8 @@
 //! share with the CLI's end-to-end tests (`cli/tests/`): free loopback ports, our STUN server in a
 //! thread, a blocking STUN client on a [`p2pd_mio::Runtime`], `p2pd stun-server` as a child
 //! process ([`CliServer`]), child processes that are killed on drop, mosquitto and coturn on
-//! loopback, the real-NAT lab of `tests/lab/`, and the process's resident memory.
+//! loopback, the real-NAT lab of `tests/lab/` (with tcpdump on its interfaces), a reader of the
+//! pcap files tcpdump writes, and the process's resident memory.
 //!
 //! The `stun-load` binary (`src/bin/stun-load.rs`) is the closed-loop STUN load generator of
 //! `bench/server-throughput.sh`.
@@ -591,6 +592,11 @@ pub mod punch;
 // The NAT lab of `tests/lab/` (network namespaces, nftables, coturn), torn down on drop.
 
 pub mod lab;
+
+// ---------------------------------------------------------------------------------------------
+// What an on-path observer saw: classic pcap files (tcpdump -w), TCP streams, plaintext search.
+
+pub mod pcap;
 
 // ---------------------------------------------------------------------------------------------
 // Servers in the background: our STUN server over TCP in a thread, coturn on loopback.
