@@ -355,3 +355,59 @@ fn api_misuse_is_a_typed_error_and_changes_nothing() {
         "17 candidates given, 1 to 16 allowed"
     );
 }
+
+#[test]
+fn an_impostor_with_the_signaling_but_not_the_key_never_gets_a_stream() {
+    // B speaks for `peer()` on signaling (the relay delivers its messages as from `peer()`), but
+    // holds identity 3's key. A refuses every connection (B cannot prove `peer()`), so A never
+    // connects and its punch ends in NoConnection. (B may see A prove itself, as A's identity is
+    // public; it gets no stream from A.)
+    const IMPOSTOR_KEY: u8 = 3;
+    let mut one_round = PunchConfig::new(us(), EPOCH);
+    one_round.max_rounds = 1;
+    let (a, b) = (
+        puncher(US_KEY, one_round, 1),
+        puncher(IMPOSTOR_KEY, PunchConfig::new(us(), EPOCH), 2),
+    );
+    let mut pair = Pair::new(a, b)
+        .latency(Duration::from_millis(15), Duration::from_millis(15))
+        .final_events(
+            |e| matches!(e, PunchEvent::Closed),
+            |e| matches!(e, PunchEvent::Closed),
+        );
+    pair.input_a(|m, now| m.initiate(now, peer(), vec![cand(20_000, "10.0.0.1:20000")]))
+        .unwrap();
+    let mut seen = Vec::new();
+    let failed = pair.drive_until(|p| {
+        relay(p, &mut seen);
+        seen.iter()
+            .any(|(s, e)| *s == 'a' && matches!(e, PunchEvent::Failed { .. }))
+    });
+    assert!(failed, "{seen:?}");
+    assert!(
+        !seen
+            .iter()
+            .any(|(s, e)| *s == 'a' && matches!(e, PunchEvent::Connected { .. })),
+        "{seen:?}"
+    );
+    // Connections did come up at A; their handshakes failed.
+    assert!(pair.a.machine.stats().channel_failures > 0, "{seen:?}");
+    // A stream B believes in is B's caller's to close.
+    for (_, ev) in seen.iter().filter(|(s, _)| *s == 'b') {
+        if let PunchEvent::Connected { socket, .. } = ev {
+            pair.b.checker.released(*socket);
+        }
+    }
+    assert!(seen.iter().any(|(s, e)| *s == 'a'
+        && matches!(
+            e,
+            PunchEvent::Failed {
+                reason: PunchFailure::NoConnection { came_up, .. }
+            } if *came_up > 0
+        )));
+    pair.input_a(|m, now| m.close(now));
+    pair.input_b(|m, now| m.close(now));
+    pair.drive_for(Duration::from_secs(1));
+    pair.a.checker.assert_all_closed();
+    pair.b.checker.assert_all_closed();
+}
