@@ -4,7 +4,8 @@
 //! arbitrary bytes, the peer's frames (pristine, or with a bit flipped, truncated, duplicated,
 //! reordered or dropped), frames recorded in an earlier session of the same identities (replays)
 //! and its own bytes back (reflection), in arbitrary chunks; it advances time, ends the stream and
-//! calls `send`, `finish` and `close` on the attacked side, and `send` and `finish` on the peer.
+//! calls `send`, `finish` and `close` on the attacked side, and `send` and `finish` on the peer;
+//! the attacked side's bytes reach the peer whole or in part (a socket that took part of a write).
 //! The session may start with a complete genuine handshake, so the established phase is fuzzed
 //! from the first operation.
 //!
@@ -145,6 +146,9 @@ enum Op {
     },
     /// The attacked side's bytes reach the peer.
     ToPeer,
+    /// Only the first `len` of them (a socket that took part of a write): the rest stays
+    /// pending, and later sends go after it.
+    ToPeerPart { len: u16 },
     /// The attacked side's bytes come back to itself.
     Reflect,
     /// A frame of the recorded earlier session (the peer's or the attacked side's own).
@@ -413,6 +417,13 @@ impl H {
             }
             Op::PeerFrames { cuts } => self.peer_frames(cuts),
             Op::ToPeer => self.to_peer(),
+            Op::ToPeerPart { len } => {
+                let pending = self.attacked.pending_transmit();
+                let part = pending[..usize::from(len).min(pending.len())].to_vec();
+                self.attacked.consume_transmit(part.len());
+                self.peer.handle_input(self.now, &part);
+                self.collect_peer();
+            }
             Op::Reflect => {
                 let bytes = take_all(&mut self.attacked);
                 self.tainted |= !bytes.is_empty();
