@@ -1,13 +1,15 @@
 //! The channel's cost: bulk throughput of an established channel in one direction (sealing at
 //! the sender and opening at the receiver, both on this one core), beside the bare copy of the
-//! same bytes through the same buffers without the channel; and the handshake, both sides.
+//! same bytes through the same buffers without the channel; each half alone (`seal_only`,
+//! `open_only`) beside its own bare counterpart; and the handshake, both sides together and each
+//! side's own work alone.
 //!
 //! ```text
 //! cargo bench -p p2pd-channel --bench channel
 //! ```
 //!
-//! Throughput is divan's bytes/s of each `bulk_*` function (16 MiB per iteration); the ratio
-//! to report is `bulk_channel` over `bare_copy`.
+//! Throughput is divan's bytes/s of each 16 MiB function; the ratios to report are
+//! `bulk_channel` / `bare_copy`, `seal_only` / `seal_bare` and `open_only` / `open_bare`.
 // Bench code may unwrap and index, as tests do.
 #![allow(
     clippy::unwrap_used,
@@ -21,7 +23,10 @@ use std::hint::black_box;
 
 use divan::counter::BytesCount;
 use divan::Bencher;
-use p2pd_channel::{Channel, ChannelConfig, ChannelEvent, ChannelKeys, Identity, Instant, Role};
+use p2pd_channel::{
+    Channel, ChannelConfig, ChannelEvent, ChannelKeys, Identity, Instant, Role, FRAME_HEADER_LEN,
+    TAG_LEN,
+};
 
 const BULK: usize = 16 << 20;
 /// The chunk an application hands over at a time (a socket read's worth).
@@ -40,12 +45,17 @@ fn keys(byte: u8) -> ChannelKeys {
 }
 
 fn new_pair() -> (Channel, Channel) {
-    let (ka, kb) = (keys(1), keys(2));
+    new_pair_with(&keys(1), &keys(2))
+}
+
+/// An initiator with `ka` (seed 3) expecting `kb`'s identity, and a responder with `kb` (seed 4):
+/// the same keys give the same handshake messages, byte for byte.
+fn new_pair_with(ka: &ChannelKeys, kb: &ChannelKeys) -> (Channel, Channel) {
     let expect = kb.identity().node_id();
     let config = ChannelConfig::default();
     let a = Channel::new(
         config,
-        &ka,
+        ka,
         Role::Initiator { expect },
         b"bench",
         [3; 32],
@@ -54,7 +64,7 @@ fn new_pair() -> (Channel, Channel) {
     .unwrap();
     let b = Channel::new(
         config,
-        &kb,
+        kb,
         Role::Responder { expect: None },
         b"bench",
         [4; 32],
@@ -161,4 +171,214 @@ fn handshake_both_sides(bencher: Bencher) {
 fn channel_keys(bencher: Bencher) {
     let identity = Identity::from_secret_bytes(&[1; 32]).unwrap();
     bencher.bench_local(|| ChannelKeys::new(&identity, [5; 32]).unwrap());
+}
+
+/// The frame size of the default configuration.
+fn max_frame() -> usize {
+    ChannelConfig::default().max_frame
+}
+
+/// The sender alone: `BULK` bytes sealed (a `CHUNK` at a time, as an application hands them over)
+/// and the wire bytes taken, as a runtime takes them for the socket.
+#[divan::bench(sample_count = 20)]
+fn seal_only(bencher: Bencher) {
+    let data = vec![0x5au8; BULK];
+    let (mut a, mut b) = new_pair();
+    handshake(&mut a, &mut b);
+    bencher.counter(BytesCount::new(BULK)).bench_local(|| {
+        let mut wire = 0;
+        for chunk in data.chunks(CHUNK) {
+            let mut sent = 0;
+            while sent < chunk.len() {
+                sent += a.send(Instant::ZERO, &chunk[sent..]).unwrap();
+                let len = black_box(a.pending_transmit()).len();
+                a.consume_transmit(len);
+                wire += len;
+            }
+        }
+        assert!(wire > BULK);
+    });
+}
+
+/// `seal_only`'s buffer moves without the cipher: each chunk framed into the send buffer (header,
+/// plaintext, room for the tag) in frame-sized pieces, then taken.
+#[divan::bench(sample_count = 20)]
+fn seal_bare(bencher: Bencher) {
+    let data = vec![0x5au8; BULK];
+    let mut out: Vec<u8> = Vec::with_capacity(ChannelConfig::default().send_buffer);
+    bencher.counter(BytesCount::new(BULK)).bench_local(|| {
+        let mut wire = 0;
+        for chunk in data.chunks(CHUNK) {
+            for piece in chunk.chunks(max_frame()) {
+                let len = u16::try_from(piece.len() + TAG_LEN).unwrap();
+                out.extend_from_slice(&len.to_be_bytes());
+                out.extend_from_slice(piece);
+                out.resize(out.len() + TAG_LEN, 0);
+            }
+            wire += black_box(&out[..]).len();
+            out.clear();
+        }
+        assert!(wire > BULK);
+    });
+}
+
+/// `BULK` bytes sealed by the channel of `new_pair`'s initiator: what a fresh pair's responder
+/// opens (the same seeds, the same keys).
+fn sealed_stream() -> Vec<u8> {
+    let data = vec![0x5au8; BULK];
+    let (mut a, mut b) = new_pair();
+    handshake(&mut a, &mut b);
+    let mut wire = Vec::with_capacity(BULK + BULK / 64);
+    let mut sent = 0;
+    while sent < data.len() {
+        sent += a.send(Instant::ZERO, &data[sent..]).unwrap();
+        let pending = a.pending_transmit();
+        wire.extend_from_slice(pending);
+        let len = pending.len();
+        a.consume_transmit(len);
+    }
+    wire
+}
+
+/// The receiver alone: `BULK` bytes of wire (sealed once, outside the timing) read a `CHUNK` at
+/// a time, as from a socket (frames straddle the reads), and every `Data` event taken. A fresh
+/// established receiver per iteration, set up outside the timing.
+#[divan::bench(sample_count = 20)]
+fn open_only(bencher: Bencher) {
+    let wire = sealed_stream();
+    let (ka, kb) = (keys(1), keys(2));
+    bencher
+        .counter(BytesCount::new(BULK))
+        .with_inputs(|| {
+            let (mut a, mut b) = new_pair_with(&ka, &kb);
+            handshake(&mut a, &mut b);
+            b
+        })
+        .bench_local_values(|mut b| {
+            let mut delivered = 0;
+            for chunk in wire.chunks(CHUNK) {
+                b.handle_input(Instant::ZERO, chunk);
+                while let Some(event) = b.poll_event() {
+                    if let ChannelEvent::Data(plain) = event {
+                        delivered += black_box(plain).len();
+                    }
+                }
+            }
+            assert_eq!(delivered, BULK);
+            // Dropped outside the timing.
+            b
+        });
+}
+
+/// `open_only`'s buffer moves without the cipher: the same wire, read a `CHUNK` at a time; a
+/// frame inside one read is taken where it lies, a frame that straddles two is assembled in a
+/// carried buffer; each frame's plaintext copied into a fresh buffer (what `Data` carries).
+#[divan::bench(sample_count = 20)]
+fn open_bare(bencher: Bencher) {
+    let wire = sealed_stream();
+    let mut partial: Vec<u8> = Vec::with_capacity(max_frame() + TAG_LEN + FRAME_HEADER_LEN);
+    let announced = |b: &[u8]| usize::from(u16::from_be_bytes([b[0], b[1]]));
+    bencher.counter(BytesCount::new(BULK)).bench_local(|| {
+        let mut delivered = 0;
+        for chunk in wire.chunks(CHUNK) {
+            let mut input = chunk;
+            while !input.is_empty() {
+                if partial.is_empty() && input.len() >= FRAME_HEADER_LEN {
+                    let end = FRAME_HEADER_LEN + announced(input);
+                    if input.len() >= end {
+                        let plain = &input[FRAME_HEADER_LEN..end - TAG_LEN];
+                        delivered += black_box(plain.to_vec()).len();
+                        input = &input[end..];
+                        continue;
+                    }
+                }
+                let need = if partial.len() < FRAME_HEADER_LEN {
+                    FRAME_HEADER_LEN - partial.len()
+                } else {
+                    FRAME_HEADER_LEN + announced(&partial) - partial.len()
+                };
+                let take = need.min(input.len());
+                partial.extend_from_slice(&input[..take]);
+                input = &input[take..];
+                if partial.len() >= FRAME_HEADER_LEN
+                    && partial.len() == FRAME_HEADER_LEN + announced(&partial)
+                {
+                    let plain = &partial[FRAME_HEADER_LEN..partial.len() - TAG_LEN];
+                    delivered += black_box(plain.to_vec()).len();
+                    partial.clear();
+                }
+            }
+        }
+        assert_eq!(delivered, BULK);
+    });
+}
+
+/// The three handshake messages of `new_pair_with(ka, kb)` (the same every time: the seeds and
+/// keys are fixed).
+fn transcript(ka: &ChannelKeys, kb: &ChannelKeys) -> [Vec<u8>; 3] {
+    let (mut a, mut b) = new_pair_with(ka, kb);
+    let take = |c: &mut Channel| {
+        let bytes = c.pending_transmit().to_vec();
+        c.consume_transmit(bytes.len());
+        bytes
+    };
+    let m1 = take(&mut a);
+    b.handle_input(Instant::ZERO, &m1);
+    let m2 = take(&mut b);
+    a.handle_input(Instant::ZERO, &m2);
+    let m3 = take(&mut a);
+    b.handle_input(Instant::ZERO, &m3);
+    assert!(a.is_established() && b.is_established());
+    [m1, m2, m3]
+}
+
+/// The initiator's own work: build the channel (message 1), read the responder's recorded
+/// message 2 (DH, the proof verified) and write message 3 (DH, its proof).
+#[divan::bench(sample_count = 50)]
+fn handshake_initiator(bencher: Bencher) {
+    let (ka, kb) = (keys(1), keys(2));
+    let [m1, m2, _] = transcript(&ka, &kb);
+    bencher.bench_local(|| {
+        let mut a = Channel::new(
+            ChannelConfig::default(),
+            &ka,
+            Role::Initiator {
+                expect: kb.identity().node_id(),
+            },
+            b"bench",
+            [3; 32],
+            Instant::ZERO,
+        )
+        .unwrap();
+        assert_eq!(a.pending_transmit(), m1);
+        a.consume_transmit(m1.len());
+        a.handle_input(Instant::ZERO, &m2);
+        assert!(a.is_established());
+        a
+    });
+}
+
+/// The responder's own work: build the channel, read the initiator's recorded message 1 and
+/// write message 2 (DH, its proof), read message 3 (DH, the proof verified).
+#[divan::bench(sample_count = 50)]
+fn handshake_responder(bencher: Bencher) {
+    let (ka, kb) = (keys(1), keys(2));
+    let [m1, m2, m3] = transcript(&ka, &kb);
+    bencher.bench_local(|| {
+        let mut b = Channel::new(
+            ChannelConfig::default(),
+            &kb,
+            Role::Responder { expect: None },
+            b"bench",
+            [4; 32],
+            Instant::ZERO,
+        )
+        .unwrap();
+        b.handle_input(Instant::ZERO, &m1);
+        assert_eq!(b.pending_transmit(), m2);
+        b.consume_transmit(m2.len());
+        b.handle_input(Instant::ZERO, &m3);
+        assert!(b.is_established());
+        b
+    });
 }

@@ -9,7 +9,7 @@ use p2pd_signaling::{NodeId, PublicKey};
 use snow::{HandshakeState, TransportState};
 
 use crate::error::{ChannelApiError, ChannelFailure, HandshakeError};
-use crate::frame::{push_header, FrameReader, Next, FRAME_HEADER_LEN, HANDSHAKE_MAX_LEN, TAG_LEN};
+use crate::frame::{header, FrameReader, Next, FRAME_HEADER_LEN, HANDSHAKE_MAX_LEN, TAG_LEN};
 use crate::keys::{verify_proof, ChannelKeys};
 use crate::resolver::SeededResolver;
 use crate::{MAX_CONTEXT_LEN, NOISE_PARAMS, PROLOGUE_PREFIX};
@@ -104,9 +104,13 @@ pub struct Channel {
     proof: [u8; crate::PROOF_LEN],
     state: State,
     reader: FrameReader,
-    /// Wire bytes for the stream; the first `out_start` are taken.
+    /// Wire bytes for the stream: `out_start..out_end` wait to be taken. The bytes past
+    /// `out_end` are scratch kept from earlier frames, so sealing does not zero-fill its buffer
+    /// every time (the length stays at its high-water mark, within the send buffer and one
+    /// FINISH frame, or one handshake message).
     out: Vec<u8>,
     out_start: usize,
+    out_end: usize,
     events: VecDeque<ChannelEvent>,
     /// The handshake deadline, while handshaking.
     deadline: Option<Instant>,
@@ -175,6 +179,7 @@ impl Channel {
             reader: FrameReader::default(),
             out: Vec::new(),
             out_start: 0,
+            out_end: 0,
             events: VecDeque::new(),
             deadline: Some(now.saturating_add(config.handshake_timeout)),
             handshake_reads: 0,
@@ -249,7 +254,7 @@ impl Channel {
         self.compact();
         let mut taken = 0usize;
         while let Some(rest) = plaintext.get(taken..).filter(|r| !r.is_empty()) {
-            let room = self.config.send_buffer.saturating_sub(self.out.len());
+            let room = self.config.send_buffer.saturating_sub(self.out_end);
             let fits = room.saturating_sub(FRAME_HEADER_LEN.saturating_add(TAG_LEN));
             let len = fits.min(self.config.max_frame).min(rest.len());
             let Some(chunk) = rest.get(..len).filter(|c| !c.is_empty()) else {
@@ -307,15 +312,17 @@ impl Channel {
     /// The wire bytes waiting for the stream, without copying (take them with
     /// [`Channel::consume_transmit`]).
     pub fn pending_transmit(&self) -> &[u8] {
-        self.out.get(self.out_start..).unwrap_or_default()
+        self.out
+            .get(self.out_start..self.out_end)
+            .unwrap_or_default()
     }
 
     /// Marks the first `len` bytes of [`Channel::pending_transmit`] as written.
     pub fn consume_transmit(&mut self, len: usize) {
-        self.out_start = self.out_start.saturating_add(len).min(self.out.len());
-        if self.out_start == self.out.len() {
-            self.out.clear();
+        self.out_start = self.out_start.saturating_add(len).min(self.out_end);
+        if self.out_start == self.out_end {
             self.out_start = 0;
+            self.out_end = 0;
         }
     }
 
@@ -401,12 +408,23 @@ impl Channel {
         }
     }
 
-    /// Drops the taken bytes at the front of `out`.
+    /// Moves the pending bytes to the front of `out`.
     fn compact(&mut self) {
         if self.out_start > 0 {
-            self.out.drain(..self.out_start);
+            self.out.copy_within(self.out_start..self.out_end, 0);
+            self.out_end = self.out_end.saturating_sub(self.out_start);
             self.out_start = 0;
         }
+    }
+
+    /// The `len` bytes after the pending ones in `out`, grown (zero-filled) only past its
+    /// high-water mark.
+    fn out_tail(out: &mut Vec<u8>, out_end: usize, len: usize) -> Option<&mut [u8]> {
+        let end = out_end.checked_add(len)?;
+        if out.len() < end {
+            out.resize(end, 0);
+        }
+        out.get_mut(out_end..end)
     }
 
     /// Seals one transport frame (`plaintext` empty: FINISH) onto `out`.
@@ -415,23 +433,14 @@ impl Channel {
             return Err(ChannelApiError::NotEstablished);
         };
         let body = plaintext.len().saturating_add(TAG_LEN);
-        let start = self.out.len();
-        push_header(&mut self.out, body);
-        let body_start = self.out.len();
-        self.out.resize(body_start.saturating_add(body), 0);
-        let written = self
-            .out
-            .get_mut(body_start..)
-            .ok_or(ChannelApiError::Noise)
-            .and_then(|dst| {
-                transport
-                    .write_message(plaintext, dst)
-                    .map_err(|_| ChannelApiError::Noise)
-            });
-        if written != Ok(body) {
-            self.out.truncate(start);
-            return Err(ChannelApiError::Noise);
+        let frame = Self::out_tail(&mut self.out, self.out_end, frame_wire_len(plaintext.len()))
+            .ok_or(ChannelApiError::Noise)?;
+        let (head, dst) = frame.split_at_mut(FRAME_HEADER_LEN);
+        match transport.write_message(plaintext, dst) {
+            Ok(written) if written == body => head.copy_from_slice(&header(body)),
+            _ => return Err(ChannelApiError::Noise),
         }
+        self.out_end = self.out_end.saturating_add(frame_wire_len(plaintext.len()));
         self.stats.frames_out = self.stats.frames_out.saturating_add(1);
         let len = u64::try_from(plaintext.len()).unwrap_or(u64::MAX);
         self.stats.bytes_out = self.stats.bytes_out.saturating_add(len);
@@ -446,8 +455,13 @@ impl Channel {
         let mut message = [0u8; HANDSHAKE_MAX_LEN];
         let len = handshake.write_message(payload, &mut message)?;
         let body = message.get(..len).ok_or(snow::Error::Input)?;
-        push_header(&mut self.out, len);
-        self.out.extend_from_slice(body);
+        let wire_len = FRAME_HEADER_LEN.saturating_add(len);
+        let frame =
+            Self::out_tail(&mut self.out, self.out_end, wire_len).ok_or(snow::Error::Input)?;
+        let (head, dst) = frame.split_at_mut(FRAME_HEADER_LEN);
+        head.copy_from_slice(&header(len));
+        dst.copy_from_slice(body);
+        self.out_end = self.out_end.saturating_add(wire_len);
         Ok(())
     }
 
@@ -546,9 +560,12 @@ impl Channel {
         let State::Transport(transport) = &mut self.state else {
             return;
         };
-        let mut plaintext = vec![0u8; body.len().saturating_sub(TAG_LEN)];
-        if transport.read_message(body, &mut plaintext).is_err() {
-            return self.fail(ChannelFailure::Tampered);
+        // Room for the tag too: snow then opens in place in this buffer (given only the
+        // plaintext's length, it copies the frame into a scratch vector first, then back).
+        let mut plaintext = vec![0u8; body.len()];
+        match transport.read_message(body, &mut plaintext) {
+            Ok(len) => plaintext.truncate(len),
+            Err(_) => return self.fail(ChannelFailure::Tampered),
         }
         self.stats.frames_in = self.stats.frames_in.saturating_add(1);
         if self.peer_finished {
@@ -577,6 +594,7 @@ impl Channel {
         self.state = State::Ended;
         self.out = Vec::new();
         self.out_start = 0;
+        self.out_end = 0;
         self.reader.clear();
         self.deadline = None;
     }

@@ -103,8 +103,7 @@ fn announced(bytes: &[u8]) -> Option<usize> {
     }
 }
 
-/// Appends a frame header for a body of `len` bytes (at most `u16::MAX`; callers bound it).
-pub(crate) fn push_header(out: &mut Vec<u8>, len: usize) {
-    let len = u16::try_from(len).unwrap_or(u16::MAX);
-    out.extend_from_slice(&len.to_be_bytes());
+/// The frame header for a body of `len` bytes (at most `u16::MAX`; callers bound it).
+pub(crate) fn header(len: usize) -> [u8; FRAME_HEADER_LEN] {
+    u16::try_from(len).unwrap_or(u16::MAX).to_be_bytes()
 }

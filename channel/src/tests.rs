@@ -156,6 +156,32 @@ fn a_full_send_buffer_takes_part_then_nothing() {
 }
 
 #[test]
+fn partial_takes_between_sends_keep_the_stream_whole() {
+    // The runtime writes only part of the pending bytes (a full socket), and the application
+    // sends more in between: the pending bytes move to the front of the buffer and the stream
+    // stays whole, in order.
+    let (mut a, mut b) = established();
+    let message: Vec<u8> = (0..300_000u32).map(|i| (i % 241) as u8).collect();
+    let (mut sent, mut wire, mut step) = (0, Vec::new(), 0usize);
+    while sent < message.len() || !a.pending_transmit().is_empty() {
+        if sent < message.len() {
+            sent += a.send(t(2), &message[sent..]).unwrap_or(0);
+        }
+        step += 1;
+        let take = a.pending_transmit().len().min(1 + step * 7919 % 70_000);
+        wire.extend_from_slice(&a.pending_transmit()[..take]);
+        a.consume_transmit(take);
+        assert!(a.pending_transmit().len() <= ChannelConfig::default().send_buffer);
+    }
+    a.finish(t(2)).unwrap();
+    wire.extend(drain(&mut a));
+    b.handle_input(t(3), &wire);
+    let evs = events(&mut b);
+    assert_eq!(data(&evs), message);
+    assert_eq!(evs.last(), Some(&ChannelEvent::PeerFinished));
+}
+
+#[test]
 fn the_same_seeds_give_the_same_bytes() {
     let run = || {
         let (mut a, mut b) = pair();
