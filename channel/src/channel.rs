@@ -478,7 +478,9 @@ impl Channel {
             return;
         };
         if handshake.is_my_turn() {
-            return self.fail(ChannelFailure::BadHandshake(HandshakeError::OutOfTurn));
+            // Never with this protocol (each side writes as soon as it has read), but a message
+            // where none is due is malformed, not a panic.
+            return self.fail(ChannelFailure::BadHandshake(HandshakeError::Malformed));
         }
         // The responder's first read is message 1 (XX sends the initiator's static key only in
         // message 3).
@@ -531,7 +533,15 @@ impl Channel {
                 self.events
                     .push_back(ChannelEvent::Established { peer: proved });
             }
-            Err(_) => self.fail(ChannelFailure::BadHandshake(HandshakeError::Malformed)),
+            Err(_) => {
+                // The state is already `Ended` (taken for the conversion): end and report here,
+                // as `fail` would.
+                self.end();
+                self.events
+                    .push_back(ChannelEvent::Failed(ChannelFailure::BadHandshake(
+                        HandshakeError::Malformed,
+                    )));
+            }
         }
     }
 

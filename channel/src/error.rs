@@ -44,8 +44,6 @@ pub enum HandshakeError {
     Malformed,
     /// The peer's identity proof is not a valid key and signature over its Noise static key.
     BadProof,
-    /// The peer sent a message when it was our turn.
-    OutOfTurn,
 }
 
 impl fmt::Display for HandshakeError {
@@ -54,7 +52,6 @@ impl fmt::Display for HandshakeError {
             HandshakeError::Decrypt => "a handshake message failed to authenticate",
             HandshakeError::Malformed => "a malformed handshake message",
             HandshakeError::BadProof => "an invalid identity proof",
-            HandshakeError::OutOfTurn => "a handshake message out of turn",
         })
     }
 }
