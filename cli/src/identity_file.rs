@@ -54,11 +54,8 @@ pub fn default_identity_path() -> PathBuf {
     if let Some(p) = std::env::var_os("P2PD_IDENTITY") {
         return PathBuf::from(p);
     }
-    let config = std::env::var_os("XDG_CONFIG_HOME")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".config")));
-    match config {
-        Some(dir) => dir.join("p2pd").join("identity.key"),
+    match crate::config::config_dir() {
+        Some(dir) => dir.join("identity.key"),
         None => PathBuf::from("p2pd-identity.key"),
     }
 }
@@ -244,7 +241,7 @@ fn check_key_metadata(path: &Path, meta: &fs::Metadata) -> Result<(), String> {
 }
 
 /// What kind of file `meta` describes, in words.
-fn file_kind(meta: &fs::Metadata) -> &'static str {
+pub(crate) fn file_kind(meta: &fs::Metadata) -> &'static str {
     let kind = meta.file_type();
     if kind.is_dir() {
         return "a directory";

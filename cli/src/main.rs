@@ -14,7 +14,15 @@
 //! p2pd name register NAME VALUE --server ADDR --server-key HEX [--tcp] [--version N] [--ttl S] [--identity FILE] [--json]
 //! p2pd name lookup NAME --server ADDR --server-key HEX [--tcp] [--json]
 //! p2pd name delete NAME --server ADDR --server-key HEX [--tcp] [--version N] [--identity FILE] [--json]
+//! p2pd config show [--json] [--show-secrets]
+//! p2pd config path [--json]
 //! ```
+//!
+//! `--config FILE` (anywhere on the line) names the configuration file; without it,
+//! `$P2PD_CONFIG`, else `~/.config/p2pd/config.toml`, else built-in defaults (see
+//! `p2pd_cli::config`). Its STUN servers, brokers and PNP servers are used when the command's own
+//! `--stun`, `--broker`, `--server` / `--server-key` (or `nat --server`) are not given; the flags
+//! always win, and a command whose flags are all given never reads the file.
 //!
 //! Diagnostics (sockets opened and closed, failed socket intents, wakeups) go to stderr through
 //! `tracing`: `p2pd -v ...` shows debug events, `p2pd -vv ...` trace events, `--log-level LEVEL`
@@ -30,6 +38,8 @@
 //! closed by its reader (`p2pd ... | head -n 2`, as for a tool killed by SIGPIPE): the command
 //! stops quietly and cleanly, see `p2pd_cli::output`.
 #![deny(clippy::print_stdout, clippy::print_stderr)]
+
+use std::path::PathBuf;
 
 use clap::{ArgAction, Parser, Subcommand};
 use p2pd_cli::commands as cli;
@@ -47,6 +57,10 @@ struct Cli {
     /// and RUST_LOG).
     #[arg(long, global = true, value_name = "LEVEL")]
     log_level: Option<LevelFilter>,
+    /// The configuration file (default: $P2PD_CONFIG, else ~/.config/p2pd/config.toml; built-in
+    /// defaults when there is none). Command-line flags override it.
+    #[arg(long, global = true, value_name = "FILE")]
+    config: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -95,23 +109,27 @@ enum Command {
     Name(cli::name::NameArgs),
     /// Punch a TCP connection to a peer through both NATs, then pipe stdin/stdout over it.
     Punch(cli::punch::PunchArgs),
+    /// Show the effective configuration (STUN servers, brokers, PNP servers, relays) or its file.
+    Config(cli::config::ConfigArgs),
 }
 
 fn main() {
     let args = Cli::parse();
     init_logging(&args);
     tracing::debug!("p2pd {}", env!("CARGO_PKG_VERSION"));
+    let config = args.config.as_deref();
     let code = match &args.command {
         Command::Stun(a) => cli::stun::run(a),
         Command::StunServer(a) => cli::stun_server::run(a),
-        Command::Nat(a) => cli::nat::run(a),
+        Command::Nat(a) => cli::nat::run(a, config),
         Command::Ntp(a) => cli::ntp::run(a),
         Command::Sim(a) => cli::sim::run(a),
         Command::Id(a) => cli::id::run(a),
-        Command::Signal(a) => cli::signal::run(a),
+        Command::Signal(a) => cli::signal::run(a, config),
         Command::PnpServer(a) => cli::pnp_server::run(a),
-        Command::Name(a) => cli::name::run(a),
-        Command::Punch(a) => cli::punch::run(a),
+        Command::Name(a) => cli::name::run(a, config),
+        Command::Punch(a) => cli::punch::run(a, config),
+        Command::Config(a) => cli::config::run(a, config),
     };
     std::process::exit(p2pd_cli::output::exit_code(code));
 }

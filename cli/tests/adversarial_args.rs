@@ -329,6 +329,7 @@ const NOT_NUMERIC: &[&str] = &[
     "--nat-mapping",
     "--nat-allocation",
     "--log-level",
+    "--config",
 ];
 
 /// Every sub-command, as the command words.
@@ -348,6 +349,8 @@ const SUBCOMMANDS: &[&[&str]] = &[
     &["name", "lookup"],
     &["name", "delete"],
     &["punch"],
+    &["config", "show"],
+    &["config", "path"],
 ];
 
 /// What one run did.

@@ -1,5 +1,6 @@
 //! The sub-commands of `p2pd`: one module per job, human output by default, `--json` for scripts.
 
+pub mod config;
 pub mod id;
 pub mod name;
 pub mod nat;

@@ -3,7 +3,7 @@
 
 use crate::{errln, outln};
 use std::ops::ControlFlow;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use clap::{Args, Subcommand};
@@ -38,13 +38,16 @@ pub struct NameArgs {
 
 /// How to reach the server; shared by every sub-command.
 #[derive(Debug, Args)]
-struct ServerOptions {
-    /// The PNP server, HOST[:PORT] (default port 5300).
+struct ServerArgs {
+    /// The PNP server, HOST[:PORT] (default port 5300), or the id of a PNP server of the
+    /// configuration (see `p2pd config show`). Default: the configuration's PNP server, if it
+    /// lists exactly one.
     #[arg(long)]
-    server: String,
-    /// The server's public key (66 hex digits, printed by `p2pd pnp-server`).
+    server: Option<String>,
+    /// The server's public key (66 hex digits, printed by `p2pd pnp-server`). Default: the key
+    /// the configuration gives the server.
     #[arg(long)]
-    server_key: String,
+    server_key: Option<String>,
     /// Use TCP instead of UDP.
     #[arg(long)]
     tcp: bool,
@@ -56,6 +59,94 @@ struct ServerOptions {
     json: bool,
 }
 
+/// [`ServerArgs`] with the server and its key settled (from the flags or the configuration).
+#[derive(Debug)]
+struct ServerOptions {
+    server: String,
+    server_key: String,
+    tcp: bool,
+    timeout: Duration,
+    json: bool,
+}
+
+/// Settles the server and its key: both flags as given; `--server` alone names a configured
+/// server (by id or address) whose key is taken; neither takes the configuration's only PNP
+/// server. Anything else is a usage error (exit 2), reported here.
+fn server_options(
+    verb: &str,
+    args: &ServerArgs,
+    config_flag: Option<&Path>,
+) -> Result<ServerOptions, i32> {
+    let command = format!("name {verb}");
+    let settled = |server: String, server_key: String| ServerOptions {
+        server,
+        server_key,
+        tcp: args.tcp,
+        timeout: args.timeout,
+        json: args.json,
+    };
+    let usage = |message: String| {
+        errln!("p2pd {command}: {message}");
+        crate::config::EXIT_CONFIG_ERROR
+    };
+    match (&args.server, &args.server_key) {
+        (Some(server), Some(key)) => return Ok(settled(server.clone(), key.clone())),
+        (None, Some(_)) => return Err(usage("--server-key needs --server".into())),
+        _ => {}
+    }
+    let loaded = crate::config::load_for(&command, config_flag)?;
+    let servers = &loaded.config.pnp;
+    let chosen = match &args.server {
+        Some(wanted) => {
+            let as_endpoint = crate::config::Endpoint::parse(wanted, PNP_PORT).ok();
+            let found = servers.iter().find(|p| {
+                p.address.text == *wanted
+                    || as_endpoint
+                        .as_ref()
+                        .is_some_and(|e| e.host == p.address.host && e.port == p.address.port)
+                    || p.id()
+                        .is_ok_and(|id| id.to_string() == wanted.to_ascii_lowercase())
+            });
+            found.ok_or_else(|| {
+                usage(format!(
+                    "--server {} is not a PNP server of the configuration ({}): give \
+                     --server-key too",
+                    super::quoted(wanted),
+                    loaded.source
+                ))
+            })?
+        }
+        None => match servers.as_slice() {
+            [] => {
+                return Err(usage(format!(
+                    "no PNP server: give --server and --server-key, or add a [[pnp]] table to the \
+                     configuration ({}); {}",
+                    loaded.source,
+                    crate::config::NO_PUBLIC_PNP
+                )))
+            }
+            [only] => only,
+            several => {
+                let ids: Vec<String> = several
+                    .iter()
+                    .map(|p| match p.id() {
+                        Ok(id) => format!("{id} ({})", p.address.text),
+                        Err(_) => p.address.text.clone(),
+                    })
+                    .collect();
+                return Err(usage(format!(
+                    "{} PNP servers in the configuration ({}): choose one with --server ID or \
+                     ADDRESS: {}",
+                    several.len(),
+                    loaded.source,
+                    ids.join(", ")
+                )));
+            }
+        },
+    };
+    Ok(settled(chosen.address.text.clone(), chosen.key.to_string()))
+}
+
 #[derive(Debug, Subcommand)]
 enum NameCommand {
     /// Register NAME with VALUE (or update it), owned and signed by this node's identity.
@@ -65,7 +156,7 @@ enum NameCommand {
         /// The value (UTF-8 text, at most 640 bytes), for example a p2pd1: address.
         value: String,
         #[command(flatten)]
-        server: ServerOptions,
+        server: ServerArgs,
         /// The record's version (0 to 18446744073709551615); it must exceed the version stored
         /// (default: the current Unix time in ms, so later registrations win).
         #[arg(long, value_parser = numbers::count::<u64>(0, u64::MAX))]
@@ -83,7 +174,7 @@ enum NameCommand {
         /// The name.
         name: String,
         #[command(flatten)]
-        server: ServerOptions,
+        server: ServerArgs,
         /// The identity to sign the request with (default: a throwaway key).
         #[arg(long)]
         identity: Option<PathBuf>,
@@ -93,7 +184,7 @@ enum NameCommand {
         /// The name.
         name: String,
         #[command(flatten)]
-        server: ServerOptions,
+        server: ServerArgs,
         /// The delete's version (0 to 18446744073709551615); it must exceed the version stored
         /// (default: the current Unix time in ms).
         #[arg(long, value_parser = numbers::count::<u64>(0, u64::MAX))]
@@ -104,13 +195,23 @@ enum NameCommand {
     },
 }
 
-/// Runs `p2pd name`; returns the exit code.
-pub fn run(args: &NameArgs) -> i32 {
+/// Runs `p2pd name`; returns the exit code (2 for a configuration error).
+pub fn run(args: &NameArgs, config_flag: Option<&Path>) -> i32 {
+    let (verb, server) = match &args.command {
+        NameCommand::Register { server, .. } => ("register", server),
+        NameCommand::Lookup { server, .. } => ("lookup", server),
+        NameCommand::Delete { server, .. } => ("delete", server),
+    };
+    let server = match server_options(verb, server, config_flag) {
+        Ok(s) => s,
+        Err(code) => return code,
+    };
+    let server = &server;
     let (verb, result) = match &args.command {
         NameCommand::Register {
             name,
             value,
-            server,
+            server: _,
             version,
             ttl,
             identity,
@@ -120,12 +221,12 @@ pub fn run(args: &NameArgs) -> i32 {
         ),
         NameCommand::Lookup {
             name,
-            server,
+            server: _,
             identity,
         } => ("lookup", lookup(name, server, identity.as_ref())),
         NameCommand::Delete {
             name,
-            server,
+            server: _,
             version,
             identity,
         } => ("delete", delete(name, server, *version, identity.as_ref())),

@@ -17,6 +17,7 @@ use std::fmt::Write as _;
 use std::io::IsTerminal;
 use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::ops::ControlFlow;
+use std::path::Path;
 use std::time::Duration;
 
 use clap::Args;
@@ -38,7 +39,7 @@ pub struct NatArgs {
     /// An RFC 5780 STUN server: HOST[:PORT], or HOST[:PORT],ALT[:PORT] to give its alternate
     /// address (otherwise the OTHER-ADDRESS it reports is used), or the id of a built-in server
     /// (see --list-servers). Repeat it; two or more servers corroborate each other. Default: the
-    /// built-in RFC 5780 servers.
+    /// configuration's stun servers (see `p2pd config show`), else the built-in RFC 5780 servers.
     #[arg(long = "server", value_name = "ADDR[,ALT]|ID")]
     pub servers: Vec<String>,
     /// Print the built-in servers with their ids and exit.
@@ -197,13 +198,36 @@ fn route_local_ip(server: SocketAddr, interface: Option<&str>) -> Result<IpAddr,
     Ok(local.ip())
 }
 
-/// Runs `p2pd nat`; returns the process exit code (0 classified, 3 inconclusive, 1 error).
-pub fn run(args: &NatArgs) -> i32 {
+/// Runs `p2pd nat`; returns the process exit code (0 classified, 3 inconclusive, 1 error, 2 a
+/// configuration error).
+///
+/// Without `--server`, the configuration's `stun` servers are used when the configuration file
+/// lists them (`stun` absent from the file, or no file: the built-in servers, as before).
+pub fn run(args: &NatArgs, config_flag: Option<&Path>) -> i32 {
     if args.list_servers {
         list_servers(args.json);
         return 0;
     }
-    match classify(args) {
+    let configured = if args.servers.is_empty() {
+        match crate::config::load_for("nat", config_flag) {
+            Ok(loaded) if !loaded.is_default("stun") => {
+                if loaded.config.stun.is_empty() {
+                    errln!(
+                        "p2pd nat: no STUN server: give --server, or list stun servers in the \
+                         configuration ({})",
+                        loaded.source
+                    );
+                    return crate::config::EXIT_CONFIG_ERROR;
+                }
+                loaded.config.stun.iter().map(|e| e.text.clone()).collect()
+            }
+            Ok(_) => Vec::new(),
+            Err(code) => return code,
+        }
+    } else {
+        Vec::new()
+    };
+    match classify(args, &configured) {
         Ok(out) => {
             print_report(args, &out);
             match out.report.classification {
@@ -313,9 +337,14 @@ struct Outcome {
     elapsed: Duration,
 }
 
-fn classify(args: &NatArgs) -> Result<Outcome, String> {
+fn classify(args: &NatArgs, configured: &[String]) -> Result<Outcome, String> {
     let mut servers: Vec<ServerSpec> = Vec::new();
-    for text in &args.servers {
+    let texts = if args.servers.is_empty() {
+        configured
+    } else {
+        &args.servers
+    };
+    for text in texts {
         let spec = server_spec(text)?;
         if servers
             .iter()

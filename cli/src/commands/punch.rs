@@ -10,7 +10,7 @@ use crate::errln;
 use std::io::{Read, Write};
 use std::net::SocketAddr;
 use std::ops::ControlFlow;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use std::time::Duration;
 
@@ -27,7 +27,7 @@ use serde::Serialize;
 
 use super::report::Reporter;
 use super::resolve;
-use super::signal::{parse_brokers, parse_peer};
+use super::signal::{brokers_or_config, parse_brokers, parse_peer};
 use crate::identity_file::{default_identity_path, os_secret, os_seed, read_identity};
 use p2pd_mio::{RunEnd, Runtime};
 
@@ -39,12 +39,14 @@ pub struct PunchArgs {
     /// Answer the first peer that punches to us instead of starting.
     #[arg(long)]
     pub wait: bool,
-    /// An MQTT broker, HOST[:PORT]; give two or more.
-    #[arg(long = "broker", required = true)]
+    /// An MQTT broker, HOST[:PORT]; give two or more. Default: the configuration's brokers (see
+    /// `p2pd config show`).
+    #[arg(long = "broker")]
     pub brokers: Vec<String>,
-    /// A STUN server that speaks TCP, HOST[:PORT] (default port 3478).
+    /// A STUN server that speaks TCP, HOST[:PORT] (default port 3478). Default: the first `stun`
+    /// server of the configuration.
     #[arg(long)]
-    pub stun: String,
+    pub stun: Option<String>,
     /// The identity file (default: $P2PD_IDENTITY, else ~/.config/p2pd/identity.key).
     #[arg(long)]
     pub identity: Option<PathBuf>,
@@ -63,9 +65,30 @@ pub struct PunchArgs {
     pub json: bool,
 }
 
-/// Runs `p2pd punch`; returns the exit code.
-pub fn run(args: &PunchArgs) -> i32 {
-    match punch(args) {
+/// Runs `p2pd punch`; returns the exit code (2 for a configuration error).
+pub fn run(args: &PunchArgs, config_flag: Option<&Path>) -> i32 {
+    let brokers = match brokers_or_config("punch", &args.brokers, config_flag) {
+        Ok(b) => b,
+        Err(code) => return code,
+    };
+    let stun = match &args.stun {
+        Some(s) => s.clone(),
+        None => match crate::config::load_for("punch", config_flag) {
+            Ok(loaded) => match loaded.config.stun.first() {
+                Some(e) => e.text.clone(),
+                None => {
+                    errln!(
+                        "p2pd punch: no STUN server: give --stun, or list stun servers in the \
+                         configuration ({})",
+                        loaded.source
+                    );
+                    return crate::config::EXIT_CONFIG_ERROR;
+                }
+            },
+            Err(code) => return code,
+        },
+    };
+    match punch(args, &brokers, &stun) {
         Ok(code) => code,
         Err(e) => {
             errln!("p2pd punch: {e}");
@@ -205,7 +228,7 @@ enum Fields {
     Nothing {},
 }
 
-fn punch(args: &PunchArgs) -> Result<i32, String> {
+fn punch(args: &PunchArgs, brokers: &[String], stun: &str) -> Result<i32, String> {
     let path = args.identity.clone().unwrap_or_else(default_identity_path);
     let identity =
         read_identity(&path).map_err(|e| format!("{e} (create one with `p2pd id new`)"))?;
@@ -214,8 +237,8 @@ fn punch(args: &PunchArgs) -> Result<i32, String> {
         (None, true) => None,
         _ => return Err("give PEER, or --wait (not both)".into()),
     };
-    let brokers = parse_brokers(&args.brokers)?;
-    let stun = resolve(&args.stun, super::STUN_PORT)?;
+    let brokers = parse_brokers(brokers)?;
+    let stun = resolve(stun, super::STUN_PORT)?;
     let mut rt = Runtime::new().map_err(|e| format!("runtime: {e}"))?;
     let mut config = PunchNodeConfig::new(RendezvousConfig::new(brokers, rt.unix_epoch_ms()), stun);
     config.nat = parse_nat(args)?;

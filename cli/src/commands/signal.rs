@@ -9,7 +9,7 @@ mod rejections;
 
 use crate::errln;
 use std::ops::ControlFlow;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use clap::{Args, Subcommand};
@@ -40,8 +40,8 @@ pub struct SignalArgs {
 #[derive(Debug, Args)]
 struct Common {
     /// An MQTT broker, HOST[:PORT] (default port 1883); give two or more, every message goes
-    /// through each.
-    #[arg(long = "broker", required = true)]
+    /// through each. Default: the configuration's brokers (see `p2pd config show`).
+    #[arg(long = "broker")]
     brokers: Vec<String>,
     /// The identity file (default: $P2PD_IDENTITY, else ~/.config/p2pd/identity.key).
     #[arg(long)]
@@ -85,21 +85,29 @@ enum SignalCommand {
     },
 }
 
-/// Runs `p2pd signal`; returns the exit code.
-pub fn run(args: &SignalArgs) -> i32 {
+/// Runs `p2pd signal`; returns the exit code (2 for a configuration error).
+pub fn run(args: &SignalArgs, config_flag: Option<&Path>) -> i32 {
+    let (verb, common) = match &args.command {
+        SignalCommand::Listen { common, .. } => ("listen", common),
+        SignalCommand::Send { common, .. } => ("send", common),
+    };
+    let brokers = match brokers_or_config(&format!("signal {verb}"), &common.brokers, config_flag) {
+        Ok(b) => b,
+        Err(code) => return code,
+    };
     let result = match &args.command {
         SignalCommand::Listen {
             common,
             count,
             timeout,
-        } => listen(common, *count, *timeout),
+        } => listen(common, &brokers, *count, *timeout),
         SignalCommand::Send {
             peer,
             message,
             common,
             timeout,
             no_receipt,
-        } => send(common, peer, message, *timeout, !*no_receipt),
+        } => send(common, &brokers, peer, message, *timeout, !*no_receipt),
     };
     match result {
         Ok(code) => code,
@@ -108,6 +116,33 @@ pub fn run(args: &SignalArgs) -> i32 {
             1
         }
     }
+}
+
+/// The `--broker` values, or without any the configuration's brokers (the configuration is read
+/// only then). A configuration error, or a configuration with no broker, is reported here and
+/// gives the exit code 2.
+pub fn brokers_or_config(
+    command: &str,
+    flags: &[String],
+    config_flag: Option<&Path>,
+) -> Result<Vec<String>, i32> {
+    if !flags.is_empty() {
+        return Ok(flags.to_vec());
+    }
+    let loaded = crate::config::load_for(command, config_flag)?;
+    if loaded.config.brokers.is_empty() {
+        errln!(
+            "p2pd {command}: no broker: give --broker, or list brokers in the configuration ({})",
+            loaded.source
+        );
+        return Err(crate::config::EXIT_CONFIG_ERROR);
+    }
+    Ok(loaded
+        .config
+        .brokers
+        .iter()
+        .map(|b| b.text.clone())
+        .collect())
 }
 
 /// Parses `--broker` values into canonical broker specs.
@@ -160,8 +195,12 @@ fn load_identity(common: &Common) -> Result<Identity, String> {
     read_identity(&path).map_err(|e| format!("{e} (create one with `p2pd id new`)"))
 }
 
-fn start(common: &Common, identity: Identity) -> Result<(Runtime, Rendezvous), String> {
-    let brokers = parse_brokers(&common.brokers)?;
+fn start(
+    common: &Common,
+    brokers: &[String],
+    identity: Identity,
+) -> Result<(Runtime, Rendezvous), String> {
+    let brokers = parse_brokers(brokers)?;
     if brokers.len() < 2 && !common.json {
         errln!("note: one broker only; give --broker twice or more so delivery survives an outage");
     }
@@ -176,11 +215,16 @@ fn start(common: &Common, identity: Identity) -> Result<(Runtime, Rendezvous), S
 /// rejection summaries.
 const SLICE: Duration = Duration::from_millis(100);
 
-fn listen(common: &Common, count: Option<u64>, timeout: Option<Duration>) -> Result<i32, String> {
+fn listen(
+    common: &Common,
+    brokers: &[String],
+    count: Option<u64>,
+    timeout: Option<Duration>,
+) -> Result<i32, String> {
     let identity = load_identity(common)?;
     let node = identity.node_id();
     let key = identity.public_key();
-    let (mut rt, mut machine) = start(common, identity)?;
+    let (mut rt, mut machine) = start(common, brokers, identity)?;
     stop_signal::install().map_err(|e| format!("signal handlers: {e}"))?;
     let address = PeerAddress {
         public_key: key,
@@ -271,6 +315,7 @@ fn listen(common: &Common, count: Option<u64>, timeout: Option<Duration>) -> Res
 
 fn send(
     common: &Common,
+    brokers: &[String],
     peer: &str,
     message: &str,
     timeout: Duration,
@@ -278,7 +323,7 @@ fn send(
 ) -> Result<i32, String> {
     let identity = load_identity(common)?;
     let (to, address) = parse_peer(peer)?;
-    let (mut rt, mut machine) = start(common, identity)?;
+    let (mut rt, mut machine) = start(common, brokers, identity)?;
     let via: Option<Vec<_>> = address.map(|a| a.brokers);
     let sent_at = rt.now();
     let sending = if want_receipt {
