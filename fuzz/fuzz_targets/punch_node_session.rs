@@ -1,23 +1,35 @@
 //! Stateful fuzzing of the composite punching node (`PunchNode`: rendezvous over MQTT, STUN-over-TCP
-//! probes, the puncher, the punched stream), driven through the contract checker. The target plays
-//! the runtime and everyone the node talks to: socket outcomes for its intents (and for any id),
-//! the broker (connection up, PUBLISH packets carrying punch messages sealed by the real peer key:
-//! offers, answers echoing the node's offers, acks of its answers, raw and replayed ones), the STUN
-//! server (genuine binding responses to the probes' requests), the peer on the punch streams (valid
-//! or broken hellos, the CHOSEN marker, junk), time steps, and the node's API (`punch`, `send`,
-//! `finish`, `close`), including refused stream transmits (flow control).
+//! probes, the puncher, the punched stream through its secure channel), driven through the
+//! contract checker. The target plays the runtime and everyone the node talks to: socket outcomes
+//! for its intents (and for any id), the broker (connection up, PUBLISH packets carrying punch
+//! messages sealed by the real peer key: offers, answers echoing the node's offers, acks of its
+//! answers, raw and replayed ones), the STUN server (genuine binding responses to the probes'
+//! requests), the far end of every punch stream and of the punched stream
+//! (`common/channel_peer.rs`: a real secure channel for the genuine peer, or for another identity,
+//! session, round or role; its handshake, sealed data and FINISH whole, cut, bit-flipped,
+//! truncated or followed by junk; replays of bytes seen on other connections; raw bytes), time
+//! steps, and the node's API (`punch`, `send`, `finish`, `close`), including refused stream
+//! transmits (flow control). The node's identity is one of a few fixed ones, so it leads or
+//! follows.
 //!
 //! Checks besides the contract: socket ids in the node's ranges; transmits only on connected, not
 //! shut down streams: valid MQTT to the broker (its punch signals open for the peer and decode),
-//! valid STUN from the probes, a hello with our node id then at most the marker on punch streams,
-//! and on the punched stream exactly the bytes given to `send`, in order, refused transmits sent
-//! again; `Connected` once, for the peer; `Data` only after it, equal to what arrived on the
-//! stream; `StreamClosed` at most once, after `Connected`; `send` accepted only while connected.
+//! valid STUN from the probes, channel handshake frames of the right size for the node's role on
+//! punch streams (the leader's first message as soon as the connection is up, the follower's
+//! second once it has read something); `Connected` once, for the signalled peer, only on a
+//! connection whose bytes began with the genuine peer's whole handshake; on the punched stream
+//! the genuine peer opens exactly a prefix of the bytes given to `send`, in order, refused
+//! transmits sent again, and the node's FINISH only after `finish` and all of them; `Data` only
+//! after `Connected`, always exactly a prefix of what the genuine peer sealed, and all of it
+//! once its frames arrived whole and untouched (attacker bytes are never delivered); a flipped
+//! bit in a whole frame is `StreamFailed` at once, the end of the stream before the peer's FINISH
+//! is `StreamFailed(Truncated)`, after it a clean `StreamClosed`; a genuine peer fed only by a
+//! clean connection never fails and sees the node's identity; `StreamClosed` at most once, after
+//! `Connected`; `send` accepted only while connected.
 #![no_main]
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::sync::OnceLock;
 use std::time::Duration;
 
 use arbitrary::Arbitrary;
@@ -25,14 +37,20 @@ use libfuzzer_sys::fuzz_target;
 use p2pd_proto::stun::{Attribute, Class, Header, Message as Stun, MessageWriter, TransactionId};
 use p2pd_proto::testing::{pick, Driven, Output, SocketState, SocketTable};
 use p2pd_proto::{Instant, IoError, OpKind, SocketId, SocketOp, SocketOutcome, Transport};
-use p2pd_punch::message::{AbortReason, Hello, CHOSEN, HELLO_LEN};
+use p2pd_channel::ChannelFailure;
+use p2pd_punch::message::AbortReason;
 use p2pd_punch::node::{NodeEvent, NodePart, PunchNode, PunchNodeConfig};
-use p2pd_punch::{Message, NodeId, PunchCandidate as Candidate, SessionId};
+use p2pd_punch::{Message, PunchCandidate as Candidate, PunchEvent, SessionId};
 use p2pd_signaling::envelope::NONCE_LEN;
 use p2pd_signaling::mqtt::{encode, Decoded, Decoder, Packet, Protocol, QoS};
 use p2pd_signaling::rendezvous::payload::{self, Content};
 use p2pd_signaling::rendezvous::{topic_for, BrokerSpec};
 use p2pd_signaling::{seal, Identity, Opener, RendezvousConfig};
+
+#[path = "common/channel_peer.rs"]
+#[allow(dead_code)]
+mod channel_peer;
+use channel_peer::{context, identity, Conn, Kind, Tamper, IDENTITIES, MSG1_FRAME, MSG2_FRAME};
 
 const EPOCH_MS: u64 = 1_700_000_000_000;
 
@@ -48,14 +66,9 @@ fn local_ip() -> IpAddr {
     IpAddr::V4(Ipv4Addr::new(10, 0, 0, 2))
 }
 
-/// 0: the node, 1: its peer, 2: a stranger.
-fn keys() -> &'static [Identity; 3] {
-    static KEYS: OnceLock<[Identity; 3]> = OnceLock::new();
-    KEYS.get_or_init(|| std::array::from_fn(|i| Identity::from_secret_bytes(&[i as u8 + 1; 32]).unwrap()))
-}
-
-fn node_id(k: usize) -> NodeId {
-    keys()[k].node_id()
+/// The node, its peer and a stranger: `WHO[me + k]` of the fixed identities for k = 0, 1, 2.
+fn who(me: usize, k: usize) -> usize {
+    (me + k) % IDENTITIES
 }
 
 #[derive(Arbitrary, Debug)]
@@ -111,7 +124,7 @@ enum Op {
     /// A whole punch as a friendly world plays it (so the fuzzer starts from the deep states):
     /// the node punches the peer, everything settles, the peer answers its offer at once with a
     /// meet `lead_ms` ahead, time runs to the meet, connects and accepts succeed, the peer's
-    /// hellos (with the marker, when the peer leads) arrive on every punch stream.
+    /// channel (the genuine one) speaks on every punch stream until one wins.
     Happy { port: u16, lead_ms: u8 },
     ConnectResult { which: u8, fail: Option<Fail> },
     AcceptResult { which: u8, fail: Option<Fail>, remote: u8 },
@@ -119,8 +132,12 @@ enum Op {
     StreamEnd { which: u8, fail: Option<Fail> },
     /// Some outcome for any socket id.
     Wild { id: u32, kind: u8 },
-    /// The peer's hello on a punch stream, maybe the marker and more, cut in two.
-    Hello { which: u8, valid: bool, chosen: bool, extra: Vec<u8>, cut: u8 },
+    /// The far end of a punch stream or of the punched stream speaks (taken by `kind` if nobody
+    /// has yet): everything its channel wrote since it last spoke, maybe `data` bytes sealed and
+    /// its FINISH (once established), tampered with as asked, cut in two reads.
+    Speak { which: u8, kind: Kind, data: u16, finish: bool, tamper: Tamper, cut: u16 },
+    /// Bytes seen on some connection (written by the node or by a far end) arrive on a stream.
+    Replay { which: u8, chunk: u8, cut: u16 },
     /// Bytes on any stream.
     Bytes { which: u8, data: Vec<u8> },
     /// The runtime refuses the last transmits on the punched stream (its buffer is full).
@@ -136,6 +153,8 @@ enum Op {
 #[derive(Arbitrary, Debug)]
 struct Input {
     seed: u64,
+    /// The node's identity (of a few fixed ones; its peer and the stranger follow).
+    me: u8,
     ports_per_round: u8,
     window_ms: u16,
     lead_ms: u16,
@@ -161,8 +180,14 @@ struct H {
     link: BrokerLink,
     /// The probes' Binding request ids, by socket.
     requests: HashMap<SocketId, TransactionId>,
-    /// Bytes written on punch streams.
-    punch_tx: HashMap<SocketId, usize>,
+    /// The identities of the node, its peer and the stranger.
+    who: [usize; 3],
+    /// The far end of every punch stream (and of the punched stream), and the round of the
+    /// latest `Armed`.
+    conns: HashMap<SocketId, Conn>,
+    armed: u8,
+    /// Bytes seen on connections (the node's and the far ends'), for replays.
+    seen: Vec<Vec<u8>>,
     /// (session, round, t1) of the node's offers; its latest answer's (session, round, meet).
     offers: Vec<(SessionId, u8, u64)>,
     answer: Option<(SessionId, u8, u64)>,
@@ -179,12 +204,18 @@ struct H {
     connected: bool,
     stream_closed: bool,
     shut: bool,
-    /// Bytes `send` accepted, and the stream transmits the runtime took.
+    /// Bytes `send` accepted, and the stream transmits the runtime took (how many of them the
+    /// peer read: those that can no longer be refused).
     sent: Vec<u8>,
     taken: Vec<u8>,
+    fed: usize,
     /// Lengths of the stream transmits since the node's last settle point (not refused).
     unsettled: Vec<usize>,
-    data: Vec<Vec<u8>>,
+    /// `finish` was called (and accepted).
+    finishing: bool,
+    /// Every `Data` byte, and the `StreamFailed` reason.
+    received: Vec<u8>,
+    failed: Option<ChannelFailure>,
 }
 
 
@@ -196,6 +227,11 @@ impl H {
     /// The part of the node that opened `socket`.
     fn part(&self, socket: SocketId) -> Option<NodePart> {
         self.parts.get(&socket).copied()
+    }
+
+    /// Identity `k` of the scene (0: the node, 1: its peer, 2: the stranger).
+    fn key(&self, k: usize) -> &'static Identity {
+        identity(self.who[k])
     }
 
     fn wall_ns(&self) -> u64 {
@@ -213,9 +249,53 @@ impl H {
         }
         if self.winner.is_none() && self.connected {
             self.winner = self.d.machine.stream_socket();
+            if let Some(w) = self.winner {
+                let conn = self.conns.get(&w).expect("the punched stream has a far end");
+                assert!(conn.may_win(), "Connected on {w}, whose bytes did not begin with the genuine peer's handshake");
+                let want = if conn.machine_leads { MSG1_FRAME } else { MSG2_FRAME };
+                assert_eq!(conn.heard.len(), want, "Connected before the node's handshake went out");
+            }
         }
-        assert!(self.sent.starts_with(&self.taken), "the punched stream carries what was sent, in order");
+        self.feed_settled();
+        if let Some(conn) = self.winner.and_then(|w| self.conns.get(&w)) {
+            // What the node sent, as the genuine peer opens it (its last handshake message first,
+            // when it leads), and what the node delivered of what the peer sealed.
+            let sp = conn.speaker.as_ref().expect("the punched stream's far end");
+            assert!(self.sent.starts_with(&sp.opened), "the punched stream carries what was sent, in order");
+            if sp.peer_finished {
+                assert!(self.finishing, "the node's FINISH without finish");
+                assert_eq!(sp.opened, self.sent, "the node's FINISH before all it sent");
+            }
+            assert!(sp.sealed.starts_with(&self.received), "Data the genuine peer did not seal");
+            if let (Some(expected), true) = (conn.must_have_opened(), self.d.machine.is_connected()) {
+                assert_eq!(self.received, expected, "Data is what the peer sealed, once it arrived whole");
+            }
+            conn.check_speaker();
+        }
+        assert!(self.received.is_empty() || self.connected);
         assert!(self.d.machine.queued() <= p2pd_punch::node::SEND_BUFFER);
+    }
+
+    /// The punched stream's transmits that can no longer be refused reach the peer.
+    fn feed_settled(&mut self) {
+        let settled = self.taken.len() - self.unsettled.iter().sum::<usize>();
+        if settled > self.fed {
+            let now = self.d.now;
+            let bytes = self.taken[self.fed..settled].to_vec();
+            self.fed = settled;
+            if let Some(conn) = self.winner.and_then(|w| self.conns.get_mut(&w)) {
+                conn.machine_wrote(now, &bytes);
+            }
+            self.remember(&bytes);
+        }
+    }
+
+    /// Keeps `bytes` (seen on some connection) for replays.
+    fn remember(&mut self, bytes: &[u8]) {
+        if self.seen.len() >= 32 {
+            self.seen.remove(0);
+        }
+        self.seen.push(bytes[..bytes.len().min(1024)].to_vec());
     }
 
     fn transmit(&mut self, socket: SocketId, destination: SocketAddr, bytes: &[u8]) {
@@ -225,7 +305,7 @@ impl H {
         };
         assert!(!shut, "transmit on {socket} after its Shutdown");
         assert_eq!(destination, remote);
-        if Some(socket) == self.winner {
+        if Some(socket) == self.winner || self.d.machine.socket_part(socket) == Some(NodePart::Stream) {
             self.taken.extend_from_slice(bytes);
             self.unsettled.push(bytes.len());
         } else if self.part(socket) == Some(NodePart::Signaling) {
@@ -240,14 +320,23 @@ impl H {
                 c => panic!("a probe sent a {c:?}"),
             }
         } else {
-            let tx = self.punch_tx.entry(socket).or_default();
-            if *tx == 0 {
-                let h = Hello::decode(bytes).expect("the first bytes on a punch stream are a hello");
-                assert_eq!(h.node_id, node_id(0));
-            } else {
-                assert_eq!((*tx, bytes), (HELLO_LEN, &[CHOSEN][..]), "a hello then at most the marker");
-            }
-            *tx += bytes.len();
+            // A punch stream: the puncher writes the leader's first message as the connection
+            // comes up, or the follower's second once it has read something (the leader's third
+            // goes out on the punched stream, after Connected).
+            let conn = self.conns.get_mut(&socket).expect("every punch stream has a far end");
+            let tx = conn.heard.len();
+            let expected = match (conn.machine_leads, tx) {
+                (true, 0) => MSG1_FRAME,
+                (false, 0) => {
+                    assert!(!conn.delivered.is_empty(), "the follower wrote before it read");
+                    MSG2_FRAME
+                }
+                (leads, sent) => panic!("the {} wrote {} more bytes after {sent}", if leads { "leader" } else { "follower" }, bytes.len()),
+            };
+            assert_eq!(bytes.len(), expected, "a handshake message of the wrong size");
+            assert_eq!(usize::from(u16::from_be_bytes([bytes[0], bytes[1]])) + 2, bytes.len(), "one whole channel frame");
+            conn.machine_wrote(self.d.now, bytes);
+            self.remember(bytes);
         }
     }
 
@@ -268,10 +357,10 @@ impl H {
                 Packet::Publish { topic, payload, .. } => {
                     // The node signals its one peer (the peer or the stranger, whoever it punches
                     // or answers first): the envelope opens for it and holds a punch message.
-                    let to = (1..3).find(|&k| topic == topic_for(&keys()[k].node_id())).expect("a signal to a known key");
+                    let to = (1..3).find(|&k| topic == topic_for(&self.key(k).node_id())).expect("a signal to a known key");
                     assert_eq!(*self.peer.get_or_insert(to), to, "signals to two peers");
                     let mut opener = Opener::with_window(4, u64::MAX / 4, u64::MAX / 4);
-                    let opened = opener.open(&keys()[to], 0, &payload).expect("the node's envelope opens for the peer");
+                    let opened = opener.open(self.key(to), 0, &payload).expect("the node's envelope opens for the peer");
                     let Ok(Content::Message { payload, wants_receipt: false }) = payload::parse(&opened.payload) else {
                         panic!("a rendezvous message without a receipt request");
                     };
@@ -325,7 +414,7 @@ impl H {
             SocketOp::Bind { transport, .. } => {
                 assert_eq!(transport, Transport::Tcp);
                 self.requests.remove(&socket);
-                self.punch_tx.remove(&socket);
+                self.conns.remove(&socket);
                 if self.part(socket) == Some(NodePart::Signaling) {
                     self.link = BrokerLink { socket: Some(socket), next_pkid: self.link.next_pkid, ..BrokerLink::default() };
                 }
@@ -353,6 +442,9 @@ impl H {
                 if self.link.socket == Some(socket) {
                     self.link.socket = None;
                 }
+                if Some(socket) != self.winner {
+                    self.conns.remove(&socket);
+                }
             }
             other => panic!("unexpected intent {other:?}"),
         }
@@ -362,17 +454,21 @@ impl H {
         match ev {
             NodeEvent::Connected { peer, .. } => {
                 assert!(!self.connected, "two Connected");
-                assert!(peer == keys()[1].public_key() || peer == keys()[2].public_key());
-                if let Some(k) = self.peer {
-                    assert_eq!(peer, keys()[k].public_key(), "connected to another peer than signalled");
-                }
+                let k = self.peer.expect("Connected to a peer it never signalled");
+                assert_eq!(peer, self.key(k).public_key(), "connected to another peer than signalled");
                 self.connected = true;
             }
             NodeEvent::Data(bytes) => {
                 assert!(self.connected, "Data before Connected");
                 assert!(!bytes.is_empty());
-                self.data.push(bytes);
+                self.received.extend_from_slice(&bytes);
             }
+            NodeEvent::StreamFailed(failure) => {
+                assert!(self.connected, "StreamFailed before Connected");
+                assert!(self.failed.is_none(), "two StreamFailed");
+                self.failed = Some(failure);
+            }
+            NodeEvent::Punch(PunchEvent::Armed { round, .. }) => self.armed = round,
             NodeEvent::StreamClosed => {
                 assert!(self.connected, "StreamClosed before Connected");
                 assert!(!self.stream_closed, "two StreamClosed");
@@ -384,6 +480,15 @@ impl H {
     }
 
     fn outcome(&mut self, socket: SocketId, outcome: SocketOutcome) {
+        let up = matches!(outcome, SocketOutcome::Connected { .. } | SocketOutcome::Accepted { .. });
+        if up && self.part(socket) == Some(NodePart::Puncher) && self.d.machine.socket_part(socket) == Some(NodePart::Puncher) {
+            // A punch connection comes up: its far end, bound to the session and round.
+            let session = self.session.unwrap_or(SessionId([0; 16]));
+            let peer = self.peer.map(|k| self.who[k]);
+            let leads = peer.is_some_and(|p| identity(self.who[0]).node_id() < identity(p).node_id());
+            let conn = Conn::new(context(session.0, self.armed), leads, peer, self.who[0]);
+            self.conns.insert(socket, conn);
+        }
         self.t.outcome(socket, &outcome);
         self.d.outcome(socket, outcome);
         self.check();
@@ -501,7 +606,7 @@ impl H {
         nonce[..4].copy_from_slice(&self.counter.to_be_bytes());
         let from = if stranger { 2 } else { 1 };
         let content = payload::message(&payload, false);
-        let envelope = seal(&keys()[from], &keys()[0].public_key(), self.d.machine.rendezvous().unix_ms(self.d.now), nonce, &content).unwrap();
+        let envelope = seal(self.key(from), &self.key(0).public_key(), self.d.machine.rendezvous().unix_ms(self.d.now), nonce, &content).unwrap();
         self.sealed.push(envelope.clone());
         self.publish(envelope, cut);
     }
@@ -511,7 +616,7 @@ impl H {
         let Some(socket) = self.link.socket else { return };
         self.link.next_pkid = self.link.next_pkid % 60_000 + 1;
         let publish = Packet::Publish {
-            topic: topic_for(&keys()[0].node_id()),
+            topic: topic_for(&self.key(0).node_id()),
             qos: QoS::AtLeastOnce,
             pkid: self.link.next_pkid,
             retain: false,
@@ -554,25 +659,67 @@ impl H {
         }
     }
 
-    /// The peer's hello on punch stream `socket`, maybe the marker and more, cut in two.
-    fn hello(&mut self, socket: SocketId, valid: bool, chosen: bool, extra: &[u8], cut: u8) {
-        let peer = self.peer.unwrap_or(1);
-        let mut hello = Hello { session: self.session.unwrap_or(SessionId([0; 16])), round: self.round, node_id: node_id(peer) };
-        if !valid {
-            hello.node_id.0[0] ^= 1;
+    /// Punch streams and the punched stream: the streams with a far end.
+    fn speakable(&self) -> Vec<SocketId> {
+        self.t.ids(is_stream).into_iter().filter(|s| self.conns.contains_key(s)).collect()
+    }
+
+    /// The far end of `socket` speaks (see [`Op::Speak`]).
+    fn speak(&mut self, socket: SocketId, kind: Kind, data: u16, finish: bool, tamper: &Tamper, cut: u16) {
+        self.counter += 1;
+        let (now, counter) = (self.d.now, self.counter);
+        let Some(conn) = self.conns.get_mut(&socket) else { return };
+        let Some(speaker) = conn.speaker(now, kind, counter) else { return };
+        if data > 0 || finish {
+            let bytes: Vec<u8> = (0..usize::from(data % 2048)).map(|i| (i as u32 ^ counter).wrapping_mul(31) as u8).collect();
+            speaker.seal(now, &bytes, finish);
         }
-        let mut bytes = hello.encode().to_vec();
-        if chosen {
-            bytes.push(CHOSEN);
+        conn.check_speaker();
+        let delivery = conn.deliver(tamper);
+        self.deliver(socket, delivery.bytes, cut, delivery.must_fail);
+    }
+
+    /// `bytes` arrive on `socket`, cut in two reads. `must_fail`: the channel must fail on them
+    /// (a punch connection is closed; the punched stream fails as tampered).
+    fn deliver(&mut self, socket: SocketId, bytes: Vec<u8>, cut: u16, must_fail: bool) {
+        if bytes.is_empty() {
+            return;
         }
-        bytes.extend(extra.iter().take(64));
-        let cut = usize::from(cut).min(bytes.len());
-        let (a, b) = bytes.split_at(cut);
-        for part in [a, b] {
-            if !part.is_empty() {
-                self.stream(socket, part);
+        self.remember(&bytes);
+        let on_stream = Some(socket) == self.winner;
+        let up = on_stream && self.d.machine.is_connected();
+        let failures = self.d.machine.puncher().stats().channel_failures;
+        let cut = usize::from(cut) % (bytes.len() + 1);
+        for part in [&bytes[..cut], &bytes[cut..]] {
+            if part.is_empty() || !matches!(self.t.get(socket), Some(SocketState::Stream { .. })) {
+                continue;
+            }
+            if let Some(c) = self.conns.get_mut(&socket) {
+                c.handed(part);
+            }
+            self.stream(socket, part);
+            if let Some(c) = self.conns.get(&socket) {
+                c.check_speaker();
             }
         }
+        if must_fail && up {
+            assert_eq!(self.failed, Some(ChannelFailure::Tampered), "a flipped bit in a whole frame on the punched stream");
+            assert!(!self.d.machine.is_connected());
+        } else if must_fail && !on_stream && Some(socket) != self.winner {
+            assert!(!self.conns.contains_key(&socket), "a flipped bit in a whole frame, and the punch connection stays");
+            assert!(self.d.machine.puncher().stats().channel_failures > failures);
+        }
+        if up && self.finish_arrived(socket) {
+            assert!(self.stream_closed && self.failed.is_none(), "the peer's FINISH arrived whole: a clean StreamClosed");
+            assert!(self.d.machine.is_connected(), "after the peer's FINISH the stream stays up for our side");
+        }
+    }
+
+    /// Whether the far end's FINISH reached the node whole, behind nothing but its own bytes.
+    fn finish_arrived(&self, socket: SocketId) -> bool {
+        self.conns.get(&socket).is_some_and(|c| {
+            c.clean() && c.speaker.as_ref().and_then(|s| s.finish_end).is_some_and(|e| c.delivered.len() >= e)
+        })
     }
 
     fn fail(op: OpKind, f: Fail) -> SocketOutcome {
@@ -582,7 +729,7 @@ impl H {
     fn run(&mut self, op: Op) {
         match op {
             Op::Punch { stranger } => {
-                let peer = keys()[if stranger { 2 } else { 1 }].public_key();
+                let peer = self.key(if stranger { 2 } else { 1 }).public_key();
                 let _ = self.d.input(|n, now| n.punch(now, peer));
                 self.check();
             }
@@ -626,27 +773,31 @@ impl H {
             }
             Op::Happy { port, lead_ms } => {
                 self.run(Op::Punch { stranger: false });
-                for _ in 0..3 {
+                for _ in 0..4 {
                     if !self.offers.is_empty() {
                         break;
                     }
                     self.run(Op::Settle { port });
+                    if self.offers.is_empty() {
+                        // Signaling may wait for the broker's timers (keep-alive, retransmits).
+                        self.run(Op::ToDeadline { extra_ms: 0 });
+                    }
                 }
                 let which = self.offers.len().saturating_sub(1) as u8;
                 let lead_ms = 150 + u16::from(lead_ms);
                 let answer = Signal::Answer { which, offset_ms: 0, proc_ms: 0, lead_ms, cands: 0, port: port | 1 };
                 self.signal(answer, false, u16::MAX);
-                let peer_leads = node_id(1) < node_id(0);
-                let mut greeted = Vec::new();
                 for _ in 0..6 {
                     if self.connected {
                         break;
                     }
                     self.run(Op::Settle { port });
-                    let fresh: Vec<SocketId> = self.t.ids(is_stream).into_iter().filter(|s| self.part(*s) == Some(NodePart::Puncher) && !greeted.contains(s)).collect();
-                    for (k, socket) in fresh.into_iter().enumerate() {
-                        greeted.push(socket);
-                        self.hello(socket, true, peer_leads && k == 0, &[], 255);
+                    for _ in 0..2 {
+                        for socket in self.speakable() {
+                            if !self.connected {
+                                self.speak(socket, Kind::Genuine, 0, false, &Tamper::None, u16::MAX);
+                            }
+                        }
                     }
                     self.run(Op::ToDeadline { extra_ms: 0 });
                 }
@@ -678,11 +829,27 @@ impl H {
             }
             Op::StreamEnd { which, fail } => {
                 let Some(socket) = self.t.pick(is_stream, which) else { return };
+                let up = Some(socket) == self.winner && self.d.machine.is_connected();
+                let clean = self.conns.get(&socket).is_some_and(|c| c.clean());
+                let finished = self.finish_arrived(socket);
                 let outcome = match fail {
                     None => SocketOutcome::PeerClosed,
                     Some(f) => Self::fail(OpKind::Receive, f),
                 };
                 self.outcome(socket, outcome);
+                if up {
+                    assert!(self.stream_closed, "the punched stream ended without StreamClosed");
+                    // The end of the bytes (EOF or a reset) is clean only after the peer's FINISH.
+                    if finished {
+                        assert!(self.failed.is_none(), "the stream failed after the peer's FINISH");
+                        assert_eq!(self.d.machine.is_connected(), fail.is_none());
+                    } else if clean {
+                        assert_eq!(self.failed, Some(ChannelFailure::Truncated), "the stream cut before the peer's FINISH");
+                    }
+                    if fail.is_some() || !finished {
+                        assert!(!self.d.machine.is_connected(), "the stream failed and stays up");
+                    }
+                }
             }
             Op::Wild { id, kind } => {
                 let socket = SocketId(id % 64);
@@ -695,19 +862,27 @@ impl H {
                 };
                 self.outcome(socket, outcome);
             }
-            Op::Hello { which, valid, chosen, extra, cut } => {
-                let streams: Vec<SocketId> = self.t.ids(is_stream).into_iter().filter(|s| self.part(*s) == Some(NodePart::Puncher)).collect();
-                let Some(socket) = pick(&streams, which) else { return };
-                self.hello(socket, valid, chosen, &extra, cut);
+            Op::Speak { which, kind, data, finish, tamper, cut } => {
+                let Some(socket) = pick(&self.speakable(), which) else { return };
+                self.speak(socket, kind, data, finish, &tamper, cut);
+            }
+            Op::Replay { which, chunk, cut } => {
+                let Some(socket) = self.t.pick(is_stream, which) else { return };
+                let Some(bytes) = self.seen.get(usize::from(chunk) % self.seen.len().max(1)).cloned() else { return };
+                self.deliver(socket, bytes, cut, false);
             }
             Op::Bytes { which, data } => {
                 let Some(socket) = self.t.pick(is_stream, which) else { return };
-                let onto_stream = Some(socket) == self.winner && self.d.machine.is_connected();
-                let closing = self.d.machine.stream_socket().is_none();
-                self.data.clear();
+                if data.is_empty() {
+                    return;
+                }
+                // Attacker bytes: never delivered as Data (see `check`).
+                if let Some(c) = self.conns.get_mut(&socket) {
+                    c.handed(&data);
+                }
                 self.stream(socket, &data);
-                if onto_stream && !closing && !data.is_empty() {
-                    assert_eq!(self.data, vec![data], "Data is what arrived on the punched stream");
+                if let Some(c) = self.conns.get(&socket) {
+                    c.check_speaker();
                 }
             }
             Op::Refuse { n } => {
@@ -732,7 +907,9 @@ impl H {
                 self.check();
             }
             Op::Finish => {
-                let _ = self.d.input(|n, now| n.finish(now));
+                if self.d.input(|n, now| n.finish(now)).is_ok() {
+                    self.finishing = true;
+                }
                 self.check();
             }
             Op::Advance { ms } => self.advance(self.d.now.saturating_add(Duration::from_millis(u64::from(ms)))),
@@ -759,7 +936,9 @@ fuzz_target!(|input: Input| {
     config.punch.lead = Duration::from_millis(u64::from(input.lead_ms % 3000));
     config.punch.max_sockets = 16;
     let now = Instant::from_millis(1);
-    let node = PunchNode::new(config, keys()[0].clone(), input.seed, now).unwrap();
+    let me = usize::from(input.me) % IDENTITIES;
+    let who = [who(me, 0), who(me, 1), who(me, 2)];
+    let node = PunchNode::new(config, identity(who[0]).clone(), [input.seed as u8; 32], input.seed, now).unwrap();
     let d = Driven::new("punch node", node, |e| matches!(e, NodeEvent::Closed)).at(now);
     let mut h = H {
         parts: HashMap::new(),
@@ -767,7 +946,10 @@ fuzz_target!(|input: Input| {
         t: SocketTable::default(),
         link: BrokerLink::default(),
         requests: HashMap::new(),
-        punch_tx: HashMap::new(),
+        who,
+        conns: HashMap::new(),
+        armed: 0,
+        seen: Vec::new(),
         offers: Vec::new(),
         answer: None,
         session: None,
@@ -782,8 +964,11 @@ fuzz_target!(|input: Input| {
         shut: false,
         sent: Vec::new(),
         taken: Vec::new(),
+        fed: 0,
         unsettled: Vec::new(),
-        data: Vec::new(),
+        finishing: false,
+        received: Vec::new(),
+        failed: None,
     };
     h.d.drain();
     h.check();

@@ -2,15 +2,25 @@
 //! provide candidates, close), signaling (raw bytes, or well-formed messages with the right or a
 //! wrong session, round and sender, plus shortcuts that play the peer's side correctly: an answer
 //! echoing an offer's `t1`, an ack echoing an answer's meet, a peer offer), socket outcomes for the
-//! intents the machine issued (and for unknown ids), stream bytes (valid or broken hellos, the
-//! CHOSEN marker, junk) and time steps (small ones and jumps past deadlines).
+//! intents the machine issued (and for unknown ids), the far end of every connection that comes up
+//! (`common/channel_peer.rs`: a real secure channel for the genuine peer, or for another identity,
+//! session, round or role, its bytes whole, cut, bit-flipped, truncated or followed by junk;
+//! replays of bytes seen on other connections; raw bytes), and time steps (small ones and jumps
+//! past deadlines). Every node id is one of a few fixed identities.
 //!
 //! Driven through the contract checker (the winner of `Connected` is handed to the caller). Checks
 //! besides the contract: an accept id that never got `Accepted` is never closed; transmits only go
-//! to streams (connected or accepted) and are a hello then at most the marker; the winner is never
-//! touched again; `Connected`/`Failed` at most once, nothing but `Closed` after them; after the end
-//! the machine owns nothing; at most `max_sockets` open; ids in the configured range; every signal
-//! payload decodes.
+//! to streams (connected or accepted) and are channel frames of the right size for the machine's
+//! role: the leader's first message as soon as the connection is up, then at most its third, on
+//! the winner only, right before `Connected`; the follower's second message only once it has
+//! read something; `Connected` only on a connection whose bytes began with the genuine peer's
+//! whole handshake, with that peer's identity, its established channel handed over once (holding
+//! exactly a prefix of what the peer sealed behind its handshake, and carrying data both ways
+//! afterwards); a genuine peer fed only by a clean connection never fails and sees our identity;
+//! a flipped bit in a whole handshake or data frame gets the connection closed at once; the
+//! winner is never touched again; `Connected`/`Failed` at most once, nothing but `Closed` after
+//! them; after the end the machine owns nothing; at most `max_sockets` open; ids in the
+//! configured range; every signal payload decodes.
 #![no_main]
 
 use std::collections::HashMap;
@@ -21,11 +31,18 @@ use arbitrary::Arbitrary;
 use libfuzzer_sys::fuzz_target;
 use p2pd_proto::testing::{pick, Driven, Output};
 use p2pd_proto::{Instant, IoError, OpKind, SocketId, SocketOp, SocketOutcome, Transport};
-use p2pd_punch::message::{AbortReason, Hello, CHOSEN, HELLO_LEN, NODE_ID_LEN};
+use p2pd_channel::{ChannelEvent, SeedSource};
+use p2pd_punch::message::AbortReason;
 use p2pd_punch::{Message, PunchCandidate, PunchConfig, PunchEvent, Puncher, SessionId};
 use p2pd_signaling::NodeId;
 
-const PEER: NodeId = NodeId([0x20; NODE_ID_LEN]);
+#[path = "common/channel_peer.rs"]
+mod channel_peer;
+use channel_peer::{
+    channel_keys, context, key_of, node_id, Conn, Kind, Tamper, IDENTITIES,
+    MSG1_FRAME, MSG2_FRAME, MSG3_FRAME,
+};
+
 const BASE: u32 = 1000;
 
 #[derive(Arbitrary, Debug, Clone, Copy)]
@@ -125,15 +142,6 @@ enum WildOutcome {
 }
 
 #[derive(Arbitrary, Debug)]
-enum HelloKind {
-    Valid,
-    WrongSession,
-    WrongRound,
-    WrongNode,
-    BadMagic,
-}
-
-#[derive(Arbitrary, Debug)]
 enum Op {
     Initiate {
         peer: FromSel,
@@ -199,13 +207,28 @@ enum Op {
         id: u16,
         outcome: WildOutcome,
     },
-    /// A hello on a stream, maybe followed by the marker and data, cut in two.
-    Hello {
+    /// The far end of a stream speaks (taken by `kind` if nobody has yet): everything its
+    /// channel wrote since it last spoke, maybe data sealed behind its handshake, tampered with
+    /// as asked, cut in two reads.
+    Speak {
         which: u8,
-        kind: HelloKind,
-        chosen: bool,
-        extra: Vec<u8>,
+        kind: Kind,
+        data: Option<Vec<u8>>,
+        tamper: Tamper,
         cut: u8,
+    },
+    /// Bytes seen on some connection (written by the machine or by a far end) arrive on another
+    /// (or the same) stream.
+    Replay {
+        which: u8,
+        chunk: u8,
+        cut: u8,
+    },
+    /// A whole punch as a friendly world plays it: the machine initiates (or answers the
+    /// peer's offer), the peer answers or acknowledges at once, every bind, connect and accept
+    /// succeeds, time runs to each deadline, and the genuine peer speaks on every stream.
+    Happy {
+        lead_ms: u8,
     },
     /// Raw bytes on a stream (or any id).
     Bytes {
@@ -230,7 +253,9 @@ enum Op {
 #[derive(Arbitrary, Debug)]
 struct Setup {
     seed: u64,
-    leader: bool,
+    /// Our identity and the peer's (of a few fixed ones; the smaller node id leads).
+    us: u8,
+    peer: u8,
     v6: bool,
     max_sockets: u8,
     small_ids: Option<u8>,
@@ -241,6 +266,7 @@ struct Setup {
     retry_ms: u8,
     window_ms: u16,
     lead_ms: u16,
+    chosen_ms: u16,
 }
 
 #[derive(Arbitrary, Debug)]
@@ -270,6 +296,9 @@ enum St {
 struct H {
     d: Driven<Puncher>,
     ours: NodeId,
+    /// Our identity and the peer's, by index.
+    us: usize,
+    their: usize,
     bind_ip: IpAddr,
     epoch_ns: u64,
     max_sockets: usize,
@@ -285,6 +314,15 @@ struct H {
     need_round: u8,
     round: u8,
     peer: Option<NodeId>,
+    /// The round of the latest `Armed`.
+    armed: u8,
+    /// The far end of every stream (and the context its channel is bound to).
+    conns: HashMap<SocketId, Conn>,
+    /// Bytes seen on connections (the machine's and the far ends'), for replays.
+    seen: Vec<Vec<u8>>,
+    /// The stream whose leader's last handshake message went out in this drain.
+    msg3: Option<SocketId>,
+    counter: u32,
     terminal: bool,
     closed_event: bool,
 }
@@ -296,9 +334,9 @@ impl H {
 
     fn from(&self, f: FromSel) -> NodeId {
         match f {
-            FromSel::Peer => PEER,
+            FromSel::Peer => node_id(self.their),
             FromSel::Ourselves => self.ours,
-            FromSel::Other(b) => NodeId([b; NODE_ID_LEN]),
+            FromSel::Other(k) => node_id(usize::from(k)),
         }
     }
 
@@ -397,6 +435,9 @@ impl H {
         if self.closed_event {
             assert!(self.d.machine.is_closed());
         }
+        if let Some(socket) = self.msg3.take() {
+            assert_eq!(self.socks.get(&socket), Some(&St::Winner), "the leader's last message on a connection it did not take");
+        }
     }
 
     fn transmit(&mut self, socket: SocketId, destination: SocketAddr, bytes: &[u8]) {
@@ -404,16 +445,37 @@ impl H {
             panic!("transmit on {socket} which is not an open stream: {:?}", self.socks.get(&socket));
         };
         assert_eq!(destination, *remote);
-        if *tx == 0 {
-            assert_eq!(bytes.len(), HELLO_LEN, "first bytes on a stream are the hello");
-            let h = Hello::decode(bytes).expect("a valid hello");
-            assert_eq!(h.node_id, self.ours);
-        } else {
-            assert_eq!(*tx, HELLO_LEN, "at most a hello and a marker");
-            assert_eq!(bytes, &[CHOSEN], "the marker follows the hello");
-            assert!(self.ours < self.peer.unwrap_or(NodeId([0xff; NODE_ID_LEN])), "only the leader writes the marker");
-        }
+        let conn = self.conns.get_mut(&socket).expect("every stream has a far end");
+        // The machine writes handshake messages only, one whole frame per transmit: the leader
+        // its first as soon as the connection is up and its third on the winner alone; the
+        // follower its second once it has read the leader's first.
+        let expected = match (conn.machine_leads, *tx) {
+            (true, 0) => MSG1_FRAME,
+            (true, MSG1_FRAME) => {
+                assert_eq!(self.msg3, None, "the leader's last message on two connections");
+                self.msg3 = Some(socket);
+                MSG3_FRAME
+            }
+            (false, 0) => {
+                assert!(!conn.delivered.is_empty(), "the follower wrote before it read");
+                MSG2_FRAME
+            }
+            (leads, sent) => panic!("the {} wrote {} more bytes after {sent}", if leads { "leader" } else { "follower" }, bytes.len()),
+        };
+        assert_eq!(bytes.len(), expected, "a handshake message of the wrong size (after {tx} bytes)");
+        let announced = usize::from(u16::from_be_bytes([bytes[0], bytes[1]]));
+        assert_eq!(announced + 2, bytes.len(), "one whole channel frame");
         *tx += bytes.len();
+        conn.machine_wrote(self.d.now, bytes);
+        self.remember(bytes);
+    }
+
+    /// Keeps `bytes` (seen on some connection) for replays.
+    fn remember(&mut self, bytes: &[u8]) {
+        if self.seen.len() >= 32 {
+            self.seen.remove(0);
+        }
+        self.seen.push(bytes[..bytes.len().min(1024)].to_vec());
     }
 
     fn op(&mut self, op: SocketOp) {
@@ -459,7 +521,9 @@ impl H {
                         self.socks.retain(|_, s| *s != St::Accepting { listener: socket });
                     }
                 }
-                Some(St::Stream { .. }) => {}
+                Some(St::Stream { .. }) => {
+                    self.conns.remove(&socket);
+                }
                 other => panic!("close of {socket} in state {other:?} (an accept that never came up, or the winner)"),
             },
             other => panic!("unexpected intent {other:?}"),
@@ -495,19 +559,31 @@ impl H {
                 self.need_round = round;
                 self.round = round;
             }
-            PunchEvent::Armed { meet, .. } => assert!(meet > self.d.now, "armed for a meet time in the past"),
-            PunchEvent::Connected { socket, remote, .. } => {
-                match self.socks.get(&socket) {
-                    Some(St::Stream { remote: r, tx }) => {
-                        assert_eq!(*r, remote);
-                        assert!(*tx >= HELLO_LEN, "connected before our hello went out");
-                    }
-                    other => panic!("Connected on {socket} in state {other:?}"),
-                }
+            PunchEvent::Connected { socket, remote, peer, .. } => {
+                let Some(St::Stream { remote: r, tx }) = self.socks.get(&socket) else {
+                    panic!("Connected on {socket} in state {:?}", self.socks.get(&socket));
+                };
+                assert_eq!(*r, remote);
+                let tx = *tx;
+                let conn = self.conns.remove(&socket).expect("every stream has a far end");
+                let want = if conn.machine_leads { MSG1_FRAME + MSG3_FRAME } else { MSG2_FRAME };
+                assert_eq!(tx, want, "Connected before the machine's handshake went out whole");
+                assert!(
+                    conn.may_win(),
+                    "Connected on {socket}, whose bytes did not begin with the genuine peer's handshake (speaker {:?}, genuine {:?})",
+                    conn.speaker.as_ref().map(|s| s.key),
+                    conn.speaker.as_ref().map(|s| s.genuine)
+                );
+                assert_eq!(Some(peer.node_id()), self.peer, "Connected to another identity than the peer");
+                self.check_winner(socket, peer, conn);
                 // The winner is the caller's from now on.
                 self.socks.insert(socket, St::Winner);
                 self.d.checker.released(socket);
                 self.terminal = true;
+            }
+            PunchEvent::Armed { round, meet, .. } => {
+                assert!(meet > self.d.now, "armed for a meet time in the past");
+                self.armed = round;
             }
             PunchEvent::Failed { .. } => self.terminal = true,
             PunchEvent::RoundFailed { round, .. } => self.round = round.saturating_add(1),
@@ -516,9 +592,106 @@ impl H {
         }
     }
 
+    /// The winner's channel: handed over once, established with the peer, holding exactly a
+    /// prefix of what the peer sealed behind its handshake, and carrying data both ways.
+    fn check_winner(&mut self, socket: SocketId, peer: p2pd_channel::PublicKey, mut conn: Conn) {
+        let now = self.d.now;
+        let mut ch = self.d.machine.take_channel(socket).expect("the winner's channel");
+        assert!(self.d.machine.take_channel(socket).is_none(), "the winner's channel taken twice");
+        assert!(ch.is_established());
+        assert_eq!(ch.peer(), Some(peer));
+        assert_eq!(ch.poll_event(), Some(ChannelEvent::Established { peer }));
+        let mut got = Vec::new();
+        let mut failed = false;
+        while let Some(ev) = ch.poll_event() {
+            match ev {
+                ChannelEvent::Data(d) => {
+                    assert!(!failed, "data after a failure");
+                    got.extend_from_slice(&d);
+                }
+                ChannelEvent::Failed(_) => failed = true,
+                other => panic!("the winner's channel holds {other:?}"),
+            }
+        }
+        let clean = conn.clean();
+        if let Some(expected) = conn.must_have_opened() {
+            assert_eq!(got, expected, "the winner's channel holds the peer's data behind its handshake");
+        }
+        let sp = conn.speaker.as_mut().expect("a genuine far end");
+        assert!(sp.sealed.starts_with(&got), "the winner's channel delivered what the peer did not seal");
+        if failed {
+            return;
+        }
+        // Our side to the peer.
+        ch.send(now, b"from the caller").unwrap();
+        let out = ch.pending_transmit().to_vec();
+        ch.consume_transmit(out.len());
+        let opened = sp.opened.len();
+        conn.machine_wrote(now, &out);
+        let sp = conn.speaker.as_mut().unwrap();
+        assert_eq!(&sp.opened[opened..], b"from the caller");
+        // The peer's side to us: the rest of what it produced, then a new frame.
+        if clean {
+            sp.seal(now, b"from the peer", false);
+            ch.handle_input(now, &sp.produced[conn.delivered.len()..]);
+            while let Some(ev) = ch.poll_event() {
+                match ev {
+                    ChannelEvent::Data(d) => got.extend_from_slice(&d),
+                    other => panic!("the winner's channel: {other:?} on the peer's genuine bytes"),
+                }
+            }
+            assert_eq!(got, sp.sealed, "the winner's channel opens what the peer sealed");
+        }
+    }
+
     fn outcome(&mut self, socket: SocketId, outcome: SocketOutcome) {
         self.d.outcome(socket, outcome);
         self.drain();
+    }
+
+    /// A stream came up: its far end, bound to the current session and round.
+    fn came_up(&mut self, id: SocketId, remote: SocketAddr, outcome: SocketOutcome) {
+        self.socks.insert(id, St::Stream { remote, tx: 0 });
+        let session = self.d.machine.session().unwrap_or(SessionId([0; 16]));
+        let leads = self.peer.is_some_and(|p| self.ours < p);
+        let conn = Conn::new(context(session.0, self.armed), leads, self.peer.and_then(key_of), self.us);
+        self.conns.insert(id, conn);
+        self.outcome(id, outcome);
+        if let (Some(St::Stream { tx, .. }), Some(c)) = (self.socks.get(&id), self.conns.get(&id)) {
+            let want = if c.machine_leads { MSG1_FRAME } else { 0 };
+            assert_eq!(*tx, want, "the leader's first message goes out as the connection comes up");
+        }
+    }
+
+    /// `bytes` arrive on stream `id`, cut in two reads. `must_fail`: the channel must fail on
+    /// them (the connection closed, a channel failure counted).
+    fn deliver(&mut self, id: SocketId, bytes: Vec<u8>, cut: u8, must_fail: bool) {
+        if bytes.is_empty() {
+            return;
+        }
+        self.remember(&bytes);
+        let failures = self.d.machine.stats().channel_failures;
+        let cut = usize::from(cut).min(bytes.len());
+        let mut handed = 0;
+        for part in [&bytes[..cut], &bytes[cut..]] {
+            if part.is_empty() || !matches!(self.socks.get(&id), Some(St::Stream { .. })) {
+                continue;
+            }
+            handed += part.len();
+            if let Some(c) = self.conns.get_mut(&id) {
+                c.handed(part);
+            }
+            let _ = self.d.stream(id, part);
+            self.drain();
+            if let Some(c) = self.conns.get(&id) {
+                c.check_speaker();
+            }
+        }
+        // (Unless the connection won on the first read and the flipped bit was in the second.)
+        if must_fail && handed == bytes.len() {
+            assert!(!self.socks.contains_key(&id), "a flipped bit in a whole frame, and the connection stays");
+            assert!(self.d.machine.stats().channel_failures > failures);
+        }
     }
 
     fn signal(&mut self, from: NodeId, payload: &[u8]) {
@@ -656,7 +829,7 @@ impl H {
                     meet,
                     candidates: self.cands(&cands),
                 };
-                self.message(PEER, msg);
+                self.message(node_id(self.their), msg);
             }
             Op::PeerOffer {
                 new_session,
@@ -683,7 +856,7 @@ impl H {
                     t1,
                     candidates: self.cands(&cands),
                 };
-                self.message(PEER, msg);
+                self.message(node_id(self.their), msg);
             }
             Op::PeerAck {
                 meet_delta,
@@ -699,11 +872,11 @@ impl H {
                     meet,
                     uncertainty_ns: u64::from(uncertainty_ms) * 1_000_000,
                 };
-                self.message(PEER, msg);
+                self.message(node_id(self.their), msg);
             }
             Op::Echo => {
                 if let Some(bytes) = self.last_signal.clone() {
-                    self.signal(PEER, &bytes);
+                    self.signal(node_id(self.their), &bytes);
                 }
             }
             Op::BindResult { which, fail } => {
@@ -768,10 +941,7 @@ impl H {
                     return;
                 };
                 match fail {
-                    None => {
-                        self.socks.insert(id, St::Stream { remote, tx: 0 });
-                        self.outcome(id, SocketOutcome::Connected { local, remote });
-                    }
+                    None => self.came_up(id, remote, SocketOutcome::Connected { local, remote }),
                     Some(e) => {
                         self.mark_failed(id);
                         self.outcome(
@@ -818,8 +988,7 @@ impl H {
                             ))
                         };
                         let remote = SocketAddr::new(ip, 40_000 + u16::from(remote));
-                        self.socks.insert(id, St::Stream { remote, tx: 0 });
-                        self.outcome(id, SocketOutcome::Accepted { local, remote });
+                        self.came_up(id, remote, SocketOutcome::Accepted { local, remote });
                     }
                     Some(e) => {
                         // The machine forgets a failed accept without closing it.
@@ -852,44 +1021,35 @@ impl H {
             Op::Wild { id, outcome } => {
                 self.wild(SocketId(BASE.wrapping_add(u32::from(id))), outcome)
             }
-            Op::Hello {
-                which,
-                kind,
-                chosen,
-                extra,
-                cut,
-            } => {
+            Op::Speak { which, kind, data, tamper, cut } => {
                 let Some(id) = self.stream_id(which) else {
                     return;
                 };
-                let mut hello = Hello {
-                    session: self.d.machine.session().unwrap_or(SessionId([0; 16])),
-                    round: self.round,
-                    node_id: self.peer.unwrap_or(PEER),
+                self.counter += 1;
+                let now = self.d.now;
+                let Some(conn) = self.conns.get_mut(&id) else {
+                    return;
                 };
-                match kind {
-                    HelloKind::Valid | HelloKind::BadMagic => {}
-                    HelloKind::WrongSession => hello.session.0[3] ^= 1,
-                    HelloKind::WrongRound => hello.round ^= 1,
-                    HelloKind::WrongNode => hello.node_id.0[0] ^= 1,
+                let Some(speaker) = conn.speaker(now, kind, self.counter) else {
+                    return;
+                };
+                if let Some(data) = data {
+                    speaker.seal(now, &data[..data.len().min(512)], false);
                 }
-                let mut bytes = hello.encode().to_vec();
-                if matches!(kind, HelloKind::BadMagic) {
-                    bytes[0] = b'X';
-                }
-                if chosen {
-                    bytes.push(CHOSEN);
-                }
-                bytes.extend(extra.iter().take(64));
-                let cut = usize::from(cut).min(bytes.len());
-                let (a, b) = bytes.split_at(cut);
-                for part in [a, b] {
-                    if !part.is_empty() {
-                        let _ = self.d.stream(id, part);
-                        self.drain();
-                    }
-                }
+                conn.check_speaker();
+                let delivery = conn.deliver(&tamper);
+                self.deliver(id, delivery.bytes, cut, delivery.must_fail);
             }
+            Op::Replay { which, chunk, cut } => {
+                let Some(id) = self.stream_id(which) else {
+                    return;
+                };
+                let Some(bytes) = self.seen.get(usize::from(chunk) % self.seen.len().max(1)).cloned() else {
+                    return;
+                };
+                self.deliver(id, bytes, cut, false);
+            }
+            Op::Happy { lead_ms } => self.happy(lead_ms),
             Op::Bytes {
                 which,
                 any_id,
@@ -902,8 +1062,14 @@ impl H {
                         None => return,
                     },
                 };
+                if let Some(c) = self.conns.get_mut(&id) {
+                    c.handed(&data);
+                }
                 let _ = self.d.stream(id, &data);
                 self.drain();
+                if let Some(c) = self.conns.get(&id) {
+                    c.check_speaker();
+                }
             }
             Op::Advance { ms } => self.advance(self.d.now.saturating_add(Duration::from_millis(u64::from(ms)))),
             Op::ToDeadline { extra_ms } => {
@@ -924,6 +1090,40 @@ impl H {
                 if !was_closed {
                     self.d.input(|m, now| m.close(now));
                     self.drain();
+                }
+            }
+        }
+    }
+
+    /// A whole punch as a friendly world plays it (so the fuzzer starts from the deep states).
+    fn happy(&mut self, lead_ms: u8) {
+        if self.d.machine.session().is_none() && !self.d.machine.is_closed() {
+            self.run(Op::Initiate { peer: FromSel::Peer, cands: Cands::Good(0, 30_000) });
+        }
+        self.run(Op::Provide { round_delta: 0, cands: Cands::Good(0, 30_000) });
+        if let Some(last) = self.offers.len().checked_sub(1) {
+            let lead_ms = 150 + u16::from(lead_ms);
+            let cands = Cands::Good(1, 40_000);
+            self.run(Op::PeerAnswer { t1_index: last as u8, offset_ms: 0, proc_ms: 0, lead_ms, cands });
+        }
+        self.run(Op::PeerAck { meet_delta: 0, uncertainty_ms: 1 });
+        for _ in 0..8 {
+            if self.terminal {
+                break;
+            }
+            self.run(Op::AllBound);
+            self.run(Op::ToDeadline { extra_ms: 0 });
+            for _ in 0..4 {
+                self.run(Op::ConnectResult { which: 0, fail: None });
+            }
+            for k in 0..4 {
+                self.run(Op::AcceptResult { which: 0, fail: None, remote: k });
+            }
+            for _ in 0..2 {
+                for id in self.ids_where(|s| matches!(s, St::Stream { .. })) {
+                    if let Some(which) = self.ids_where(|s| matches!(s, St::Stream { .. })).iter().position(|s| *s == id) {
+                        self.run(Op::Speak { which: which as u8, kind: Kind::Genuine, data: None, tamper: Tamper::None, cut: 255 });
+                    }
                 }
             }
         }
@@ -1016,11 +1216,9 @@ impl H {
 
 fuzz_target!(|input: Input| {
     let s = &input.setup;
-    let ours = if s.leader {
-        NodeId([0x10; NODE_ID_LEN])
-    } else {
-        NodeId([0x30; NODE_ID_LEN])
-    };
+    let us = usize::from(s.us) % IDENTITIES;
+    let their = (us + 1 + usize::from(s.peer) % (IDENTITIES - 1)) % IDENTITIES;
+    let ours = node_id(us);
     let epoch_ns = u64::from(s.epoch_s) * 1_000_000_000;
     let mut config = PunchConfig::new(ours, epoch_ns);
     config.bind_ip = if s.v6 {
@@ -1040,10 +1238,14 @@ fuzz_target!(|input: Input| {
     config.retry_interval = Duration::from_millis(u64::from(s.retry_ms) + 1);
     config.punch_window = Duration::from_millis(u64::from(s.window_ms) + 1);
     config.lead = Duration::from_millis(u64::from(s.lead_ms));
-    let puncher = Puncher::new(config.clone(), s.seed);
+    config.chosen_timeout = Duration::from_millis(u64::from(s.chosen_ms));
+    let seeds = SeedSource::new([s.seed as u8; 32]);
+    let puncher = Puncher::new(config.clone(), channel_keys(us).clone(), seeds, s.seed).unwrap();
     let mut h = H {
         d: Driven::new("puncher", puncher, |e| matches!(e, PunchEvent::Closed)).at(Instant::from_millis(1)),
         ours,
+        us,
+        their,
         bind_ip: config.bind_ip,
         epoch_ns,
         max_sockets: config.max_sockets,
@@ -1056,6 +1258,11 @@ fuzz_target!(|input: Input| {
         need_round: 0,
         round: 0,
         peer: None,
+        armed: 0,
+        conns: HashMap::new(),
+        seen: Vec::new(),
+        msg3: None,
+        counter: 0,
         terminal: false,
         closed_event: false,
     };

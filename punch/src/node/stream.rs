@@ -83,6 +83,9 @@ impl Stream {
             self.channel.handle_end_of_stream(now);
             self.take_channel_output(events);
         } else if matches!(outcome, SocketOutcome::Failed { .. }) {
+            // A reset ends the bytes too: truncated unless the peer's FINISH came first.
+            self.channel.handle_end_of_stream(now);
+            self.take_channel_output(events);
             self.fail(events);
         }
     }

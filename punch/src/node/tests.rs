@@ -154,3 +154,77 @@ fn api_misuse_is_a_typed_error() {
     n.close(Instant::ZERO);
     assert_eq!(n.punch(Instant::ZERO, peer()), Err(PunchApiError::Closed));
 }
+
+/// Two established channels over an in-memory stream: (ours, the peer's).
+fn channel_pair() -> (p2pd_channel::Channel, p2pd_channel::Channel) {
+    use p2pd_channel::{Channel, ChannelConfig, Role};
+    let (us, them) = (
+        Identity::from_secret_bytes(&[1; 32]).unwrap(),
+        Identity::from_secret_bytes(&[9; 32]).unwrap(),
+    );
+    let keys = |i: &Identity| ChannelKeys::new(i, [i.secret_bytes()[0]; 32]).unwrap();
+    let role = Role::Initiator {
+        expect: them.node_id(),
+    };
+    let mut a = Channel::new(
+        ChannelConfig::default(),
+        &keys(&us),
+        role,
+        b"t",
+        [3; 32],
+        Instant::ZERO,
+    )
+    .unwrap();
+    let role = Role::Responder { expect: None };
+    let mut b = Channel::new(
+        ChannelConfig::default(),
+        &keys(&them),
+        role,
+        b"t",
+        [4; 32],
+        Instant::ZERO,
+    )
+    .unwrap();
+    for _ in 0..2 {
+        let out = a.pending_transmit().to_vec();
+        a.consume_transmit(out.len());
+        b.handle_input(Instant::ZERO, &out);
+        let out = b.pending_transmit().to_vec();
+        b.consume_transmit(out.len());
+        a.handle_input(Instant::ZERO, &out);
+    }
+    assert!(a.is_established() && b.is_established());
+    (a, b)
+}
+
+#[test]
+fn a_reset_before_the_peers_finish_is_a_failed_stream() {
+    // Regression (punch_node_session): a reset (or any failure) of the punched stream before the
+    // peer's authenticated FINISH was reported as a plain StreamClosed, like the peer's clean
+    // end, so a forged RST could pass for the end of the data (`p2pd punch` exited 0).
+    let reset = SocketOutcome::Failed {
+        op: p2pd_proto::OpKind::Receive,
+        destination: None,
+        error: p2pd_proto::IoError::ConnectionReset,
+    };
+    let (ours, _) = channel_pair();
+    let mut stream = Stream::new(SocketId(5), "203.0.113.9:4000".parse().unwrap(), ours);
+    let mut events = VecDeque::new();
+    stream.on_outcome(Instant::ZERO, reset, &mut events);
+    assert_eq!(
+        Vec::from(events),
+        vec![
+            NodeEvent::StreamFailed(ChannelFailure::Truncated),
+            NodeEvent::StreamClosed
+        ]
+    );
+    // After the peer's FINISH the data is whole: a reset then fails nothing more.
+    let (ours, mut theirs) = channel_pair();
+    let mut stream = Stream::new(SocketId(5), "203.0.113.9:4000".parse().unwrap(), ours);
+    theirs.finish(Instant::ZERO).unwrap();
+    let mut events = VecDeque::new();
+    stream.on_bytes(Instant::ZERO, theirs.pending_transmit(), &mut events);
+    stream.on_outcome(Instant::ZERO, reset, &mut events);
+    assert_eq!(Vec::from(events), vec![NodeEvent::StreamClosed]);
+    assert!(stream.closed);
+}
