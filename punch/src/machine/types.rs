@@ -45,7 +45,8 @@ pub struct PunchConfig {
     /// last message, past the punch window if need be. Default 10 s.
     pub chosen_timeout: Duration,
     /// The secure channel of every punched connection (both peers must agree on `max_frame`).
-    /// Default [`ChannelConfig::default`].
+    /// Its `handshake_timeout` plays no part while punching: the round's deadline (and
+    /// `chosen_timeout`) bound every connection's handshake. Default [`ChannelConfig::default`].
     pub channel: ChannelConfig,
     /// The first socket id; the machine cycles through `socket_base .. socket_base + socket_ids`.
     pub socket_base: SocketId,
