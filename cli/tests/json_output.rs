@@ -244,7 +244,7 @@ fn id_list_servers_and_sim_json_keep_their_shape() {
         ],
         &text,
     );
-    let level: Vec<(&str, &str)> = [
+    let mut level: Vec<(&str, &str)> = [
         "loss_percent",
         "runs",
         "right",
@@ -255,11 +255,15 @@ fn id_list_servers_and_sim_json_keep_their_shape() {
         "allocation_inconclusive",
         "allocation_inconclusive_percent",
         "allocation_wrong",
+        "median_virtual_s",
+        "p99_virtual_s",
+        "max_classify_virtual_s",
         "slowest_virtual_s",
     ]
     .iter()
     .map(|k| (*k, "number"))
     .collect();
+    level.push(("inconclusive_reasons", "object"));
     assert_shape(&sim["per_loss"][0], &level, &text);
     // Integral numbers print without a fraction, as they always have.
     assert!(sim["per_loss"][0]["loss_percent"].is_u64(), "{text}");

@@ -87,6 +87,8 @@ struct Setup {
     filter_transmissions: u8,
     transmissions: u8,
     deadline_ms: u16,
+    budget_ms: u16,
+    filter_attempts: u8,
     local: u8,
     start_late: bool,
 }
@@ -248,11 +250,16 @@ fuzz_target!(|input: Input| {
         },
         filter_transmissions: u32::from(s.filter_transmissions % 5),
         deadline: Duration::from_millis(u64::from(s.deadline_ms % 10_000)),
+        budget: Duration::from_millis(u64::from(s.budget_ms % 10_000)),
+        filter_attempts: u32::from(s.filter_attempts % 5),
         allocation_probes,
         ..ClassifierConfig::default()
     };
     let runs = n_servers.min(config.parallel_servers.max(1));
-    let probe_bound = 6 * runs + 2 * usize::from(allocation_probes);
+    // Six behaviour probes per server, each filtering test repeated up to `filter_attempts - 1`
+    // times, and two allocation rounds.
+    let repeats = 2 * (config.filter_attempts.max(1) as usize - 1);
+    let probe_bound = (6 + repeats) * runs + 2 * usize::from(allocation_probes);
     let c = Classifier::new(config, &servers, s.seed);
     let mut d = Driven::new("classifier", c, |e| matches!(e, ClassifierEvent::Closed));
     let mut m = Model::default();

@@ -19,6 +19,16 @@
 //! only if every server agrees: servers that disagree, or lie about their other address, make the
 //! result `Inconclusive`, never a guess.
 //!
+//! The time is spent adaptively, within [`ClassifierConfig::budget`] (2 s by default): on a clean
+//! path one train of filtering requests is enough and the answer comes as soon as the evidence is
+//! decisive; when the loss measured on the probes that were answered leaves a server's silence
+//! explainable by loss alone (more likely than [`ClassifierConfig::max_false_negative`]), that
+//! filtering test is sent again as a new transaction, up to
+//! [`ClassifierConfig::filter_attempts`] times, each silent train multiplying that chance by the
+//! loss again, until it is conclusive or a reply settles it. When the budget is spent, whatever is
+//! still running is cancelled and the answer is made from what came: an answer only if it is as
+//! sure as required, else `Inconclusive` with its reason.
+//!
 //! This module is the probing machine ([`Classifier`]): sockets, probes, follow-ups, the
 //! port-allocation rounds and the deadline. The answer itself is a pure function of the probes
 //! (module `decide`, with its rules written out there): [`Classification`], and the confidence in
@@ -79,6 +89,17 @@ pub struct ClassifierConfig {
     /// The highest acceptable chance that a "filtered" verdict is only loss (see
     /// [`Report::confidence`]); above it the answer is `Inconclusive`.
     pub max_false_negative: f64,
+    /// The time budget of the mapping and filtering tests, from [`Classifier::start`]. While it
+    /// lasts, a filtering test whose silence loss could still explain (see
+    /// [`ClassifierConfig::filter_attempts`]) is sent again instead of being believed or given up
+    /// on; when it is spent, probes still running are cancelled and the answer is made from what
+    /// came (`Inconclusive` with its reason if that is not enough). The port-allocation test runs
+    /// after it, within `deadline`.
+    pub budget: Duration,
+    /// Attempts (trains of `filter_transmissions`, each a new transaction) a filtering test may
+    /// get on one server while its silence is not yet conclusive at the estimated loss. 1 never
+    /// repeats it.
+    pub filter_attempts: u32,
     /// Give up after this long.
     pub deadline: Duration,
     /// Probes per round of the port-allocation test (0 skips the test). Each probe is a fresh
@@ -102,6 +123,8 @@ impl Default for ClassifierConfig {
             filter_spacing: Duration::from_millis(10),
             filter_final_wait: Duration::from_millis(50),
             max_false_negative: 1e-5,
+            budget: Duration::from_secs(2),
+            filter_attempts: 6,
             deadline: Duration::from_secs(8),
             allocation_probes: 12,
         }
@@ -124,6 +147,10 @@ pub struct Report {
     pub confidence: f64,
     /// Every probe.
     pub probes: Vec<Probe>,
+    /// Time from [`Classifier::start`] until the mapping and filtering tests ended (the
+    /// classification was settled), or until the deadline cut them short. The port-allocation test
+    /// runs after that.
+    pub classified_in: Duration,
     /// The port-allocation test: its verdict and evidence, when it ran (only behind a NAT).
     pub allocation: Option<DeltaReport>,
 }
@@ -146,7 +173,7 @@ impl Report {
                     seen.push(p.server);
                     servers.record_success(id, now, rtt);
                 }
-                ProbeOutcome::NoReply { .. } | ProbeOutcome::Failed => {
+                ProbeOutcome::NoReply { .. } | ProbeOutcome::Failed | ProbeOutcome::Pending => {
                     let answered = self.probes.iter().any(|q| {
                         q.server == p.server && matches!(q.outcome, ProbeOutcome::Reply { .. })
                     });
@@ -184,6 +211,8 @@ struct ServerRun {
     spec: ServerSpec,
     filter_socket: Option<SocketId>,
     alternate: Option<SocketAddr>,
+    /// The filtering trains' schedule, once the control's round-trip time is known.
+    filter_policy: Option<Retransmit>,
     unusable: bool,
 }
 
@@ -198,6 +227,10 @@ pub struct Classifier {
     handles: Vec<(TransactionHandle, usize)>,
     events: VecDeque<ClassifierEvent>,
     deadline: Option<Instant>,
+    started: Instant,
+    classified_at: Option<Instant>,
+    /// The budget ran out before the mapping and filtering tests ended.
+    budget_spent: bool,
     done: bool,
     rng: Rng,
     allocation: Option<AllocationRun>,
@@ -234,6 +267,7 @@ impl Classifier {
                 spec: *spec,
                 filter_socket: None,
                 alternate: spec.alternate,
+                filter_policy: None,
                 unusable: false,
             })
             .collect();
@@ -246,6 +280,9 @@ impl Classifier {
             handles: Vec::new(),
             events: VecDeque::new(),
             deadline: None,
+            started: Instant::ZERO,
+            classified_at: None,
+            budget_spent: false,
             done: false,
             rng: Rng::from_seed(seed ^ 0xA110_C8ED),
             allocation: None,
@@ -259,6 +296,7 @@ impl Classifier {
             return;
         }
         self.deadline = Some(now.saturating_add(self.config.deadline));
+        self.started = now;
         let local = SocketAddr::new(self.config.local_ip, 0);
         let options = self.config.bind_options;
         self.mapping_socket = self.client.open_socket(now, local, options).ok();
@@ -359,9 +397,17 @@ impl Classifier {
                 progressed = true;
                 self.on_client_event(now, event);
             }
+            if !self.done && self.allocation.is_none() && self.classified_at.is_none() {
+                if now >= self.budget_end() {
+                    progressed |= self.spend_budget(now);
+                } else {
+                    self.repeat_filtering(now);
+                }
+            }
             if !self.done {
                 match &self.allocation {
                     None if self.handles.is_empty() || self.decided_early() => {
+                        self.classified_at = Some(now);
                         if self.needs_allocation_test() {
                             self.allocation = Some(AllocationRun::default());
                             self.next_allocation_round(now);
@@ -380,6 +426,73 @@ impl Classifier {
             if !progressed {
                 break;
             }
+        }
+    }
+
+    /// When the mapping and filtering tests must end.
+    fn budget_end(&self) -> Instant {
+        self.started.saturating_add(self.config.budget)
+    }
+
+    /// The budget is spent: cancels the probes still running (they end as `Pending`, which
+    /// counts as no result). Whether anything was cancelled.
+    fn spend_budget(&mut self, now: Instant) -> bool {
+        if self.handles.is_empty() {
+            return false;
+        }
+        self.budget_spent = true;
+        let handles: Vec<TransactionHandle> = self.handles.iter().map(|(h, _)| *h).collect();
+        for h in handles {
+            self.client.cancel(now, h);
+        }
+        true
+    }
+
+    /// Sends again every filtering test whose silence is not yet conclusive on its own server
+    /// (`decide::worth_repeating`), as a new transaction on the same socket with the same
+    /// schedule, up to `filter_attempts` attempts per test.
+    fn repeat_filtering(&mut self, now: Instant) {
+        let usable = self.usable_servers();
+        let wanted = decide::worth_repeating(&self.evidence(&usable));
+        for (server, kind) in wanted {
+            let attempts = self
+                .probes
+                .iter()
+                .filter(|p| p.server == server && p.kind == kind)
+                .count();
+            if attempts >= usize::try_from(self.config.filter_attempts).unwrap_or(usize::MAX) {
+                continue;
+            }
+            let Some(run) = self.runs.iter().position(|r| r.spec.id == server) else {
+                continue;
+            };
+            let Some((socket, primary, alternate, policy)) = self.runs.get(run).and_then(|r| {
+                Some((
+                    r.filter_socket?,
+                    r.spec.primary,
+                    r.alternate?,
+                    r.filter_policy?,
+                ))
+            }) else {
+                continue;
+            };
+            let (change, expect) = match kind {
+                ProbeKind::FilterChangeBoth => (ChangeRequest::BOTH, alternate),
+                ProbeKind::FilterChangePort => (
+                    ChangeRequest::PORT,
+                    SocketAddr::new(primary.ip(), alternate.port()),
+                ),
+                _ => continue,
+            };
+            self.probe(
+                now,
+                run,
+                kind,
+                socket,
+                primary,
+                change,
+                Some((policy, expect)),
+            );
         }
     }
 
@@ -515,6 +628,9 @@ impl Classifier {
                     last_wait,
                     max_rto: spacing,
                 };
+                if let Some(r) = self.runs.get_mut(run) {
+                    r.filter_policy = Some(policy);
+                }
                 let from_port = SocketAddr::new(spec.primary.ip(), alternate.port());
                 self.probe(
                     now,
@@ -725,12 +841,12 @@ impl Classifier {
         if self.done {
             return;
         }
-        let report = self.report(false);
+        let report = self.report(now, false);
         self.events.push_back(ClassifierEvent::Done(report));
         self.shut(now);
     }
 
-    fn report(&self, deadline: bool) -> Report {
+    fn report(&self, now: Instant, deadline: bool) -> Report {
         let mut public_addresses: Vec<SocketAddr> = Vec::new();
         for p in &self.probes {
             if let ProbeOutcome::Reply { mapped, .. } = p.outcome {
@@ -742,11 +858,15 @@ impl Classifier {
         let usable = self.usable_servers();
         let evidence = self.evidence(&usable);
         Report {
-            classification: decide::classification(&evidence, deadline),
+            classification: decide::classification(&evidence, deadline || self.budget_spent),
             public_addresses,
             servers_agreeing: decide::verdicts(&evidence).0.len(),
             confidence: 1.0 - decide::false_negative_chance(&evidence),
             probes: self.probes.clone(),
+            classified_in: self
+                .classified_at
+                .unwrap_or(now)
+                .saturating_duration_since(self.started),
             allocation: self.allocation_report.clone(),
         }
     }
@@ -777,7 +897,7 @@ impl p2pd_proto::Machine for Classifier {
     /// Advances time.
     fn handle_timeout(&mut self, now: Instant) {
         if !self.done && self.deadline.is_some_and(|d| now >= d) {
-            let report = self.report(true);
+            let report = self.report(now, true);
             self.events.push_back(ClassifierEvent::Done(report));
             self.shut(now);
         }
@@ -806,9 +926,11 @@ impl p2pd_proto::Machine for Classifier {
         if self.done {
             return client;
         }
-        match (client, self.deadline) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        let budget = (self.deadline.is_some()
+            && self.allocation.is_none()
+            && self.classified_at.is_none()
+            && !self.handles.is_empty())
+        .then(|| self.budget_end());
+        [client, self.deadline, budget].into_iter().flatten().min()
     }
 }

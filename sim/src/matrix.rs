@@ -15,6 +15,7 @@
 use core::time::Duration;
 use std::net::{IpAddr, Ipv4Addr};
 
+use p2pd_nat::classify::ClassifyInconclusive;
 use p2pd_nat::{
     Behaviour, Classification, Classifier, ClassifierConfig, ClassifierEvent, DeltaVerdict,
     Filtering, Mapping, PortAllocation, Report, ServerSpec,
@@ -310,6 +311,12 @@ pub struct LossSummary {
     pub allocation_wrong: u32,
     /// The slowest run, in virtual time.
     pub slowest: Duration,
+    /// Every run's virtual time to its classification ([`Report::classified_in`], before the
+    /// port-allocation test; without a report, the time given up after), sorted once merged, so
+    /// that the summary does not depend on the threads (see [`Self::quantile`]).
+    pub times: Vec<Duration>,
+    /// Inconclusive classifications per reason, sorted by key once merged.
+    pub reasons: Vec<(ClassifyInconclusive, u32)>,
 }
 
 impl LossSummary {
@@ -329,6 +336,22 @@ impl LossSummary {
             }
         }
         self.slowest = self.slowest.max(o.virtual_time);
+        self.times.push(
+            o.report
+                .as_ref()
+                .map_or(o.virtual_time, |r| r.classified_in),
+        );
+        if let Some(Classification::Inconclusive(why)) = o.report.as_ref().map(|r| r.classification)
+        {
+            self.count_reason(why, 1);
+        }
+    }
+
+    fn count_reason(&mut self, why: ClassifyInconclusive, n: u32) {
+        match self.reasons.iter_mut().find(|(r, _)| *r == why) {
+            Some((_, count)) => *count += n,
+            None => self.reasons.push((why, n)),
+        }
     }
 
     fn merge(&mut self, other: &LossSummary) {
@@ -340,6 +363,27 @@ impl LossSummary {
         self.allocation_inconclusive += other.allocation_inconclusive;
         self.allocation_wrong += other.allocation_wrong;
         self.slowest = self.slowest.max(other.slowest);
+        self.times.extend_from_slice(&other.times);
+        self.times.sort_unstable();
+        for &(why, n) in &other.reasons {
+            self.count_reason(why, n);
+        }
+        self.reasons.sort_by_key(|(why, _)| why.key());
+    }
+
+    /// The median virtual time to a classification (the lower middle one for an even count; zero
+    /// without runs).
+    pub fn median(&self) -> Duration {
+        self.quantile(50)
+    }
+
+    /// The virtual time to a classification that `percent` % of the runs did not exceed (the
+    /// nearest rank; zero without runs): 50 is the median, 100 the slowest classification.
+    pub fn quantile(&self, percent: u8) -> Duration {
+        let mut t = self.times.clone();
+        t.sort_unstable();
+        let rank = (t.len() * usize::from(percent.min(100))).div_ceil(100);
+        t.get(rank.saturating_sub(1)).copied().unwrap_or_default()
     }
 
     /// Inconclusive classifications, in percent of the runs.
@@ -394,12 +438,12 @@ impl MatrixSummary {
     pub fn table(&self) -> String {
         use std::fmt::Write as _;
         let mut s = String::from(
-            "  loss   runs  right  inconclusive  wrong  allocation inconclusive  slowest (virtual)\n",
+            "  loss   runs  right  inconclusive  wrong  allocation inconclusive  median    slowest (virtual)\n",
         );
         for l in &self.per_loss {
             let _ = writeln!(
                 s,
-                "{:>5.0}% {:>6} {:>6} {:>6} ({:>4.1}%) {:>6} {:>7} of {:>4} ({:>4.1}%)  {:>8.3} s",
+                "{:>5.0}% {:>6} {:>6} {:>6} ({:>4.1}%) {:>6} {:>7} of {:>4} ({:>4.1}%)  {:>6.3} s {:>8.3} s",
                 l.loss * 100.0,
                 l.runs,
                 l.right,
@@ -409,6 +453,7 @@ impl MatrixSummary {
                 l.allocation_inconclusive,
                 l.nat_runs,
                 l.allocation_inconclusive_percent(),
+                l.median().as_secs_f64(),
                 l.slowest.as_secs_f64(),
             );
         }
@@ -568,6 +613,18 @@ mod tests {
         assert_ne!(a.correct.allocation, Some(Correctness::Wrong));
         assert_eq!(a.report, b.report);
         assert_eq!(a.virtual_time, b.virtual_time);
+    }
+
+    #[test]
+    fn quantiles_are_nearest_ranks() {
+        let ms = Duration::from_millis;
+        let mut l = LossSummary::default();
+        assert_eq!(l.median(), Duration::ZERO);
+        l.times = vec![ms(4), ms(1), ms(3), ms(2)];
+        assert_eq!(l.median(), ms(2));
+        assert_eq!(l.quantile(75), ms(3));
+        assert_eq!(l.quantile(100), ms(4));
+        assert_eq!(l.quantile(1), ms(1));
     }
 
     #[test]

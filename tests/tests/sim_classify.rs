@@ -1,9 +1,11 @@
 //! The classifier in the simulator against ground truth: every mapping x filtering combination, an
-//! open host and firewalls, at 0 %, 10 % and 30 % loss, several seeds. The answer must equal the
-//! truth or be `Inconclusive` — never wrong — for the classification and the port-allocation
+//! open host and firewalls, at 0 %, 10 %, 20 % and 30 % loss, several seeds. The answer must equal
+//! the truth or be `Inconclusive` — never wrong — for the classification and the port-allocation
 //! verdict alike. Neither may be `Inconclusive` without loss, and the classification may not be
-//! `Inconclusive` at 10 % loss either (only at 30 %). The matrix itself is `p2pd_sim::matrix` (also
-//! behind `p2pd sim nat`); this prints its per-loss table.
+//! `Inconclusive` at 10 % loss either; at 20 % at most 2 % of the classifications may be, at 30 %
+//! at most 10 % (issue 12 item 4: the classifier spends its 2 s budget on more probes while loss
+//! leaves its verdict unsure), and every classification is settled within that budget. The matrix
+//! itself is `p2pd_sim::matrix` (also behind `p2pd sim nat`); this prints its per-loss table.
 
 use core::time::Duration;
 use p2pd_proto::Machine;
@@ -13,16 +15,14 @@ use p2pd_nat::{
     Behaviour, Classifier, ClassifierConfig, ClassifierEvent, Filtering, Mapping, PortAllocation,
     Report, ServerSpec,
 };
-use p2pd_sim::matrix::{
-    grade_behaviour, run_matrix, seeds_or_env, Correctness, Truth, DEFAULT_LOSSES,
-};
+use p2pd_sim::matrix::{grade_behaviour, run_matrix, seeds_or_env, Correctness, Truth};
 use p2pd_sim::{Host, LinkConfig, NatId, Sim, SEED_VAR};
 
 #[test]
 fn never_wrong_at_any_loss() {
     let seeds = seeds_or_env(1..=5);
     let wall = std::time::Instant::now();
-    let summary = run_matrix(&DEFAULT_LOSSES, &seeds);
+    let summary = run_matrix(&[0.0, 0.1, 0.2, 0.3], &seeds);
     let elapsed = wall.elapsed();
     print!("{}", summary.table());
     println!("matrix: {} runs, wall time {elapsed:?}", summary.runs());
@@ -56,8 +56,34 @@ fn never_wrong_at_any_loss() {
     let lossy = at(0.1);
     assert_eq!(
         lossy.inconclusive, 0,
-        "classifications inconclusive at 10 % loss (replay with {SEED_VAR}=seed): {lossy:?}"
+        "classifications inconclusive at 10 % loss (replay with {SEED_VAR}=seed): {:?}",
+        lossy.reasons
     );
+    for (loss, most) in [(0.2, 2.0), (0.3, 10.0)] {
+        let l = at(loss);
+        assert!(
+            l.inconclusive_percent() <= most,
+            "{:.1} % inconclusive at {:.0} % loss, more than {most} %: {:?}",
+            l.inconclusive_percent(),
+            loss * 100.0,
+            l.reasons
+        );
+    }
+    let budget = ClassifierConfig::default().budget;
+    for l in &summary.per_loss {
+        // Every inconclusive classification names its reason.
+        assert_eq!(
+            l.reasons.iter().map(|(_, n)| n).sum::<u32>(),
+            l.inconclusive,
+            "{l:?}"
+        );
+        let slowest = l.times.iter().max().copied().unwrap_or_default();
+        assert!(
+            slowest <= budget,
+            "a classification at {:.0} % loss took {slowest:?}",
+            l.loss * 100.0
+        );
+    }
 }
 
 mod liar {

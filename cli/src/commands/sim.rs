@@ -278,22 +278,42 @@ pub fn text(summary: &MatrixSummary, wall: Duration) -> String {
     let mut s = String::new();
     let _ = writeln!(
         s,
-        "{:>5} {:>6} {:>6} {:>13} {:>6} {:>15} {:>10}",
-        "loss", "runs", "right", "inconclusive", "wrong", "alloc. inconcl.", "slowest"
+        "{:>5} {:>6} {:>6} {:>13} {:>6} {:>15} {:>9} {:>9} {:>9} {:>10}",
+        "loss",
+        "runs",
+        "right",
+        "inconclusive",
+        "wrong",
+        "alloc. inconcl.",
+        "median",
+        "p99",
+        "max",
+        "slowest"
     );
     for l in &summary.per_loss {
         let _ = writeln!(
             s,
-            "{:>4.0}% {:>6} {:>6} {:>12.1}% {:>6} {:>14.1}% {:>8.3} s",
+            "{:>4.0}% {:>6} {:>6} {:>12.1}% {:>6} {:>14.1}% {:>7.3} s {:>7.3} s {:>7.3} s {:>8.3} s",
             l.loss * 100.0,
             l.runs,
             l.right,
             l.inconclusive_percent(),
             l.wrong + l.allocation_wrong,
             l.allocation_inconclusive_percent(),
+            l.median().as_secs_f64(),
+            l.quantile(99).as_secs_f64(),
+            l.quantile(100).as_secs_f64(),
             l.slowest.as_secs_f64(),
         );
+        for (why, n) in &l.reasons {
+            let _ = writeln!(s, "        inconclusive: {n} x {}", why.key());
+        }
     }
+    let _ = writeln!(
+        s,
+        "(median, p99, max: virtual time to the classification; slowest: to the whole report, \
+         port-allocation test included)"
+    );
     for n in &summary.notable {
         let _ = writeln!(
             s,
@@ -339,7 +359,12 @@ struct LossLevel {
     allocation_inconclusive: u32,
     allocation_inconclusive_percent: Num,
     allocation_wrong: u32,
+    median_virtual_s: Num,
+    p99_virtual_s: Num,
+    max_classify_virtual_s: Num,
     slowest_virtual_s: Num,
+    /// Reason key -> inconclusive classifications.
+    inconclusive_reasons: BTreeMap<&'static str, u32>,
 }
 
 /// The summary as one JSON object.
@@ -358,7 +383,11 @@ pub fn json(summary: &MatrixSummary, wall: Duration) -> String {
             allocation_inconclusive: l.allocation_inconclusive,
             allocation_inconclusive_percent: Num(l.allocation_inconclusive_percent()),
             allocation_wrong: l.allocation_wrong,
+            median_virtual_s: Num(secs(l.median())),
+            p99_virtual_s: Num(secs(l.quantile(99))),
+            max_classify_virtual_s: Num(secs(l.quantile(100))),
             slowest_virtual_s: Num(secs(l.slowest)),
+            inconclusive_reasons: l.reasons.iter().map(|(why, n)| (why.key(), *n)).collect(),
         })
         .collect();
     to_json(&NatMatrixReport {

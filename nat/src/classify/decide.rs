@@ -45,6 +45,10 @@
 //! the round trip), and so are the probes of servers whose tests did not complete, except the
 //! port-allocation probes. [`false_negative_chance`] raises that loss to the number of unanswered
 //! transmissions of each usable server's decisive filtering probe and multiplies over the servers.
+//!
+//! A test may be attempted several times ([`outcome_of`] sums the silent attempts' transmissions;
+//! any reply wins). [`worth_repeating`] names the filtering tests whose silence is not yet
+//! conclusive on its own server, which the machine sends again while its budget lasts.
 
 use core::net::SocketAddr;
 use core::time::Duration;
@@ -179,12 +183,44 @@ pub(crate) struct Evidence<'a> {
     pub(crate) max_false_negative: f64,
 }
 
-/// How `server`'s probe of `kind` ended, if it was started.
+/// How `server`'s test of `kind` ended, over every attempt at it (a test whose silence was not
+/// yet conclusive is sent again as a new probe): the first reply if any attempt got one; else
+/// the first failure or error response (a server breaking the protocol spoils the test); else,
+/// if some attempts ended in silence, one silence with their transmissions added up (attempts
+/// still pending, or cut short by the budget, do not count); else pending. `None` if never started.
 pub(crate) fn outcome_of(probes: &[Probe], server: u64, kind: ProbeKind) -> Option<ProbeOutcome> {
+    let mut attempts = probes
+        .iter()
+        .filter(|p| p.server == server && p.kind == kind)
+        .map(|p| p.outcome)
+        .peekable();
+    attempts.peek()?;
+    let mut silent: Option<u32> = None;
+    let mut spoilt = None;
+    for outcome in attempts {
+        match outcome {
+            ProbeOutcome::Reply { .. } => return Some(outcome),
+            ProbeOutcome::Failed | ProbeOutcome::ErrorResponse { .. } => {
+                spoilt = spoilt.or(Some(outcome));
+            }
+            ProbeOutcome::NoReply { transmissions } => {
+                silent = Some(silent.unwrap_or(0).saturating_add(transmissions));
+            }
+            ProbeOutcome::Pending => {}
+        }
+    }
+    Some(match (spoilt, silent) {
+        (Some(outcome), _) => outcome,
+        (None, Some(transmissions)) => ProbeOutcome::NoReply { transmissions },
+        (None, None) => ProbeOutcome::Pending,
+    })
+}
+
+/// Whether an attempt at `server`'s test of `kind` is still running.
+pub(crate) fn in_flight(probes: &[Probe], server: u64, kind: ProbeKind) -> bool {
     probes
         .iter()
-        .find(|p| p.server == server && p.kind == kind)
-        .map(|p| p.outcome)
+        .any(|p| p.server == server && p.kind == kind && p.outcome == ProbeOutcome::Pending)
 }
 
 /// The mapped address of `server`'s probe of `kind`, if it got a reply.
@@ -288,6 +324,26 @@ pub(crate) fn loss_estimate(e: &Evidence<'_>) -> f64 {
     (lost / sent).clamp(0.0, 1.0)
 }
 
+/// The filtering test whose silence `server`'s filtering result rests on, and that silence's
+/// transmissions: "change IP and port" for address-dependent filtering, "change port" for
+/// address-and-port-dependent; `None` when the result is unknown or shown by a reply.
+pub(crate) fn decisive_silence(probes: &[Probe], server: u64) -> Option<(ProbeKind, u32)> {
+    let decisive = match filtering_of(probes, server)? {
+        Filtering::AddressDependent => ProbeKind::FilterChangeBoth,
+        Filtering::AddressAndPortDependent => ProbeKind::FilterChangePort,
+        Filtering::EndpointIndependent => return None,
+    };
+    match outcome_of(probes, server, decisive)? {
+        ProbeOutcome::NoReply { transmissions } => Some((decisive, transmissions)),
+        _ => None,
+    }
+}
+
+/// The chance that loss alone silenced `transmissions` transmissions at per-transmission loss `q`.
+fn silenced_by_loss(q: f64, transmissions: u32) -> f64 {
+    q.powi(i32::try_from(transmissions).unwrap_or(i32::MAX))
+}
+
 /// The chance that the filtering verdict is wrong because loss alone silenced the decisive
 /// probe on every agreeing server (0 when filtering was shown by a reply).
 pub(crate) fn false_negative_chance(e: &Evidence<'_>) -> f64 {
@@ -295,16 +351,9 @@ pub(crate) fn false_negative_chance(e: &Evidence<'_>) -> f64 {
     let mut chance = 1.0f64;
     let mut negative = false;
     for &server in e.usable {
-        let decisive = match filtering_of(e.probes, server) {
-            Some(Filtering::AddressDependent) => ProbeKind::FilterChangeBoth,
-            Some(Filtering::AddressAndPortDependent) => ProbeKind::FilterChangePort,
-            _ => continue,
-        };
-        if let Some(ProbeOutcome::NoReply { transmissions }) =
-            outcome_of(e.probes, server, decisive)
-        {
+        if let Some((_, transmissions)) = decisive_silence(e.probes, server) {
             negative = true;
-            chance *= q.powi(i32::try_from(transmissions).unwrap_or(i32::MAX));
+            chance *= silenced_by_loss(q, transmissions);
         }
     }
     if negative {
@@ -312,6 +361,31 @@ pub(crate) fn false_negative_chance(e: &Evidence<'_>) -> f64 {
     } else {
         0.0
     }
+}
+
+/// The filtering tests worth sending again, as (server, kind): for every usable server whose
+/// mapping and filtering results are known but whose filtering rests on a silence that loss alone
+/// could explain more often than the configured limit allows (on its own, without counting on the
+/// other servers to corroborate it), the test of that silence, unless an attempt at it is still
+/// running. One more silent attempt multiplies the chance by the loss again; a reply settles it.
+/// Empty once every server's result is as sure as required: then nothing more is to be learned.
+pub(crate) fn worth_repeating(e: &Evidence<'_>) -> Vec<(u64, ProbeKind)> {
+    let q = loss_estimate(e);
+    let mut repeat = Vec::new();
+    for &server in e.usable {
+        if mapping_of(e.probes, server).is_none() {
+            continue;
+        }
+        let Some((kind, transmissions)) = decisive_silence(e.probes, server) else {
+            continue;
+        };
+        if silenced_by_loss(q, transmissions) > e.max_false_negative
+            && !in_flight(e.probes, server, kind)
+        {
+            repeat.push((server, kind));
+        }
+    }
+    repeat
 }
 
 /// The answer from the usable servers' results (see the module docs for the rules).

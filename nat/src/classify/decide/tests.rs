@@ -557,3 +557,155 @@ fn the_chances_of_agreeing_servers_multiply() {
     assert!(close(loss_estimate(&e), q));
     assert!(close(false_negative_chance(&e), q.powi(20)));
 }
+
+// ---------------------------------------------------------------------------------------------
+// Repeated attempts (the adaptive budget)
+
+/// The filtering probes of `server` with `attempts` more attempts of `kind` appended.
+fn with_attempts(mut probes: Vec<Probe>, kind: ProbeKind, attempts: &[ProbeOutcome]) -> Vec<Probe> {
+    let server = probes.first().map_or(S1, |p| p.server);
+    probes.extend(attempts.iter().map(|o| probe(server, kind, *o)));
+    probes
+}
+
+#[test]
+fn attempts_at_one_test_add_up_their_silence() {
+    let probes = with_attempts(one(EIM, ADF), FilterChangeBoth, &[silence(10), silence(4)]);
+    assert_eq!(
+        outcome_of(&probes, S1, FilterChangeBoth),
+        Some(silence(SILENT + 14))
+    );
+    assert_eq!(filtering_of(&probes, S1), Some(Filtering::AddressDependent));
+    // An attempt still running, or cut short by the budget, adds nothing and takes nothing away.
+    let probes = with_attempts(one(EIM, ADF), FilterChangeBoth, &[ProbeOutcome::Pending]);
+    assert_eq!(
+        outcome_of(&probes, S1, FilterChangeBoth),
+        Some(silence(SILENT))
+    );
+    assert!(in_flight(&probes, S1, FilterChangeBoth));
+    assert!(!in_flight(&probes, S1, FilterChangePort));
+}
+
+#[test]
+fn a_reply_to_any_attempt_is_a_reply() {
+    // The first train was lost, the second answered: endpoint-independent, whatever came first.
+    let answered = reply("203.0.113.5:50001");
+    let probes = with_attempts(one(EIM, APDF), FilterChangeBoth, &[silence(10), answered]);
+    assert_eq!(outcome_of(&probes, S1, FilterChangeBoth), Some(answered));
+    assert_eq!(
+        filtering_of(&probes, S1),
+        Some(Filtering::EndpointIndependent)
+    );
+    // And a reply to a repeated "change port" turns address-and-port-dependent into
+    // address-dependent.
+    let probes = with_attempts(one(EIM, APDF), FilterChangePort, &[answered]);
+    assert_eq!(filtering_of(&probes, S1), Some(Filtering::AddressDependent));
+}
+
+#[test]
+fn a_spoilt_attempt_spoils_the_test() {
+    for bad in [
+        ProbeOutcome::Failed,
+        ProbeOutcome::ErrorResponse { code: 420 },
+    ] {
+        let probes = with_attempts(one(EIM, ADF), FilterChangeBoth, &[bad, silence(10)]);
+        assert_eq!(outcome_of(&probes, S1, FilterChangeBoth), Some(bad));
+        assert_eq!(filtering_of(&probes, S1), None, "{bad:?}");
+    }
+}
+
+/// `S1`'s complete tests on a path where every expected reply needed `k` transmissions.
+fn lossy(filtering: (bool, bool), k: u32) -> Vec<Probe> {
+    let mut probes = one(EIM, filtering);
+    for p in probes.iter_mut().take(4) {
+        p.outcome = reply_after("203.0.113.5:50000", k);
+    }
+    probes
+}
+
+#[test]
+fn silence_that_loss_could_explain_is_worth_repeating_until_it_cannot() {
+    // Every reply needed two transmissions: loss (4 + 1) / (8 + 2) = 1/2, and ten silent
+    // transmissions leave a chance of 2^-10, above the limit.
+    let probes = lossy(ADF, 2);
+    let e = evidence(&probes, &[S1], PRIVATE_LOCAL);
+    assert!(close(loss_estimate(&e), 0.5));
+    assert_eq!(worth_repeating(&e), vec![(S1, FilterChangeBoth)]);
+    assert_eq!(
+        classification(&e, false),
+        inconclusive(ClassifyInconclusive::SilenceNotConclusive)
+    );
+    // While an attempt runs, nothing more is asked for.
+    let running = with_attempts(probes.clone(), FilterChangeBoth, &[ProbeOutcome::Pending]);
+    assert!(worth_repeating(&evidence(&running, &[S1], PRIVATE_LOCAL)).is_empty());
+    // Seven more silent transmissions: 2^-17 < 1e-5. Settled, and the answer follows.
+    let more = with_attempts(probes, FilterChangeBoth, &[silence(7)]);
+    let e = evidence(&more, &[S1], PRIVATE_LOCAL);
+    assert!(worth_repeating(&e).is_empty());
+    assert_eq!(
+        classification(&e, false),
+        Classification::Nat {
+            mapping: Mapping::EndpointIndependent,
+            filtering: Filtering::AddressDependent,
+        }
+    );
+}
+
+#[test]
+fn the_silence_repeated_is_the_one_the_result_rests_on() {
+    // Address-and-port-dependent: "change port".
+    let probes = lossy(APDF, 2);
+    let e = evidence(&probes, &[S1], PRIVATE_LOCAL);
+    assert_eq!(worth_repeating(&e), vec![(S1, FilterChangePort)]);
+    // Once "change port" answered, the result is address-dependent and rests on "change IP and
+    // port" instead.
+    let probes = with_attempts(probes, FilterChangePort, &[reply("203.0.113.5:50001")]);
+    let e = evidence(&probes, &[S1], PRIVATE_LOCAL);
+    assert_eq!(worth_repeating(&e), vec![(S1, FilterChangeBoth)]);
+}
+
+#[test]
+fn nothing_is_repeated_without_doubt() {
+    // A clean path (loss 1/6): ten silent transmissions are conclusive.
+    let probes = one(EIM, APDF);
+    assert!(worth_repeating(&evidence(&probes, &[S1], PRIVATE_LOCAL)).is_empty());
+    // A reply is conclusive at any loss.
+    let probes = lossy(EIF, 4);
+    assert!(worth_repeating(&evidence(&probes, &[S1], PRIVATE_LOCAL)).is_empty());
+    // A server without a mapping result, or not usable, is not worth the probes.
+    let mut probes = lossy(ADF, 2);
+    probes[2].outcome = silence(8);
+    assert!(worth_repeating(&evidence(&probes, &[S1], PRIVATE_LOCAL)).is_empty());
+    let probes = lossy(ADF, 2);
+    assert!(worth_repeating(&evidence(&probes, &[S2], PRIVATE_LOCAL)).is_empty());
+}
+
+#[test]
+fn each_server_must_be_sure_on_its_own() {
+    // Two agreeing servers together are sure enough (their chances multiply), but each is asked
+    // to be sure alone, so that losing one of them later cannot leave a doubtful answer.
+    let mut probes = server(S1, EIM, ADF.0, ADF.1);
+    probes.extend(server(S2, EIM, ADF.0, ADF.1));
+    for p in probes.iter_mut() {
+        if matches!(
+            p.kind,
+            MapPrimary | MapAlternateIp | MapAlternateBoth | FilterControl
+        ) {
+            p.outcome = reply_after("203.0.113.5:50000", 2);
+        }
+    }
+    let e = evidence(&probes, &[S1, S2], PRIVATE_LOCAL);
+    let q = loss_estimate(&e);
+    assert!(
+        q.powi(20) <= MAX_FALSE_NEGATIVE && q.powi(10) > MAX_FALSE_NEGATIVE,
+        "{q}"
+    );
+    assert!(matches!(
+        classification(&e, false),
+        Classification::Nat { .. }
+    ));
+    assert_eq!(
+        worth_repeating(&e),
+        vec![(S1, FilterChangeBoth), (S2, FilterChangeBoth)]
+    );
+}
