@@ -46,7 +46,7 @@
 //! left out) and the clock uncertainty (`delay / 2` plus the drift allowance), and it meets at
 //!
 //! ```text
-//! now + clamp((min_margin + 2 * delay + uncertainty) * 2^late_rounds, min_lead, lead)
+//! now + max(clamp((min_margin + 2 * delay + uncertainty) * 2^late_rounds, min_lead, lead), min_margin)
 //! ```
 //!
 //! or at the answer's meet time if that is sooner. The ACK takes about `delay / 2` (at most

@@ -256,7 +256,8 @@ impl Puncher {
 
     /// The initiator's lead from the ACK to the meet time, from the round trip it just measured
     /// (see the [module docs](super)): `min_margin + 2 * delay + uncertainty`, doubled for every
-    /// round of this punch that failed for time, at least `min_lead`, at most `lead`.
+    /// round of this punch that failed for time, at least `min_lead`, at most `lead`, and never
+    /// below `min_margin` (a `lead` configured below it would arm for a meet time already due).
     fn measured_lead(&self, clock: &ExchangeClock) -> Duration {
         let need = self
             .config
@@ -267,6 +268,7 @@ impl Puncher {
         need.saturating_mul(scale)
             .max(self.config.min_lead)
             .min(self.config.lead)
+            .max(self.config.min_margin)
     }
 
     fn signal(&mut self, payload: Vec<u8>) {

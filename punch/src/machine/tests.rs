@@ -494,6 +494,12 @@ fn the_initiator_meets_one_measured_lead_after_the_answer() {
     config.lead = Duration::from_millis(500);
     let (_m, _, out) = answered(config, [150, 150, 2_150], 300);
     assert_eq!(armed_and_ack(&out).0, Some(ms(300 + 500)));
+    // A lead configured below min_margin (found by the punch_session fuzz target: it armed for
+    // `now`): min_margin it is.
+    let mut config = PunchConfig::new(us(), EPOCH);
+    config.lead = Duration::ZERO;
+    let (_m, _, out) = answered(config, [5, 25, 2_025], 30);
+    assert_eq!(armed_and_ack(&out).0, Some(ms(30 + 100)));
 }
 
 #[test]
