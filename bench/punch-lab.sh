@@ -9,7 +9,8 @@
 #   start->connected  A's `connected` elapsed_ms (from the command's start: broker connect, STUN probe,
 #                     signaling, the meet lead and the connect itself)
 #   armed->connected  per side, `connected` minus the `armed` line of the same round (the time from the
-#                     end of the signaling exchange to connected; mostly the 2 s meet lead)
+#                     end of the signaling exchange to connected: the meet lead, which the initiator picks from
+#                     the measured signaling round trip, plus the connect and the channel handshake)
 #   signal            A's `armed` elapsed_ms minus its `candidates` elapsed_ms (offer -> answer -> ack)
 # Failing pairs (masq-fully/masq-fully) report the time to the typed failure instead.
 #

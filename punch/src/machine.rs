@@ -8,13 +8,16 @@
 //!    answer comes.
 //! 2. The **responder** asks its caller for candidates ([`PunchEvent::NeedCandidates`]; the caller
 //!    learns its TCP mappings, e.g. with a TCP STUN binding, and calls
-//!    [`Puncher::provide_candidates`]), then answers with its candidates, `t2`, `t3` and a meet
-//!    time `t3 + lead` in its own clock. A duplicate offer gets the very same answer again.
-//! 3. The initiator estimates the responder's clock offset from the four timestamps
-//!    ([`crate::clock`]); if the uncertainty is within the limit and the meet time is far enough
-//!    ahead it sends an ACK and arms; otherwise it sends an ABORT and the round fails with a typed
-//!    reason. The responder arms on the ACK; with no ACK by the meet time its round fails
-//!    ([`PunchFailure::NoAcknowledgement`]).
+//!    [`Puncher::provide_candidates`]), then answers with its candidates, `t2`, `t3` and the
+//!    latest meet time, `t3 + lead` in its own clock. A duplicate offer gets the very same answer
+//!    again.
+//! 3. The initiator estimates the responder's clock offset and the signaling round trip from the
+//!    four timestamps ([`crate::clock`]); if the uncertainty is within the limit and the latest
+//!    meet time is far enough ahead it picks the meet time (see *The lead* below), sends it in an
+//!    ACK and arms; otherwise it sends an ABORT and the round fails with a typed reason. The
+//!    responder arms on the ACK if its meet time is no later than the answer's and still
+//!    `min_margin` ahead (else it aborts: [`PunchFailure::TooLate`]); with no ACK by the
+//!    answer's meet time its round fails ([`PunchFailure::NoAcknowledgement`]).
 //! 4. Armed, each side binds (SO_REUSEADDR + SO_REUSEPORT, set before bind) a listener on every
 //!    own candidate port and one socket per (own port, peer endpoint) pair. At the meet time the
 //!    pairs connect, spaced by `connect_spacing`; a refused or timed-out connect is retried on a
@@ -34,6 +37,24 @@
 //!    closed exactly once.
 //! 6. A failed round is retried with fresh candidates (`max_rounds`); the last failure is final
 //!    ([`PunchEvent::Failed`]).
+//!
+//! # The lead
+//!
+//! Nothing is measured when the responder answers, so its meet time `t3 + lead` (`lead`, 2 s by
+//! default) is only the latest one, and the fallback. When the answer arrives the initiator knows
+//! the signaling round trip `delay` (the time spent on the path, the responder's holding time
+//! left out) and the clock uncertainty (`delay / 2` plus the drift allowance), and it meets at
+//!
+//! ```text
+//! now + max(clamp((min_margin + 2 * delay + uncertainty) * 2^late_rounds, min_lead, lead), min_margin)
+//! ```
+//!
+//! or at the answer's meet time if that is sooner. The ACK takes about `delay / 2` (at most
+//! `delay` on a lopsided path) to arrive and the initiator's view of the responder's clock is off
+//! by at most `uncertainty`, so the ACK still arrives `min_margin` before the meet time even when
+//! the return path is as slow again as the measured round trip. `late_rounds` counts this
+//! punch's rounds that failed for time (too late, no acknowledgement, or the peer aborting as
+//! too late): each doubles the lead of the next round, up to `lead`.
 //!
 //! Duplicated signaling (brokers duplicate) is harmless: every message is matched to the session
 //! and round, and handled once. If both sides initiate at once, the smaller node id stays
@@ -123,6 +144,9 @@ pub struct Puncher {
     peer: Option<NodeId>,
     session: SessionId,
     round: u8,
+    /// Rounds of this punch that failed for time (too late, no acknowledgement): each doubles
+    /// the initiator's measured lead.
+    late_rounds: u32,
     phase: Phase,
     sockets: Vec<Sock>,
     next_socket: u32,
@@ -170,6 +194,7 @@ impl Puncher {
             peer: None,
             session: SessionId([0; 16]),
             round: 0,
+            late_rounds: 0,
             phase: Phase::Idle,
             sockets: Vec::new(),
             next_socket: 0,
@@ -222,6 +247,7 @@ impl Puncher {
         self.role = Role::Initiator;
         self.peer = Some(peer);
         self.round = 0;
+        self.late_rounds = 0;
         self.send_offer(now, candidates, Vec::new(), 0);
         self.refresh_deadline();
         Ok(self.session)
@@ -324,6 +350,14 @@ impl Puncher {
 
     fn round_failed(&mut self, now: Instant, reason: PunchFailure) {
         self.close_all_sockets();
+        if matches!(
+            reason,
+            PunchFailure::TooLate
+                | PunchFailure::NoAcknowledgement
+                | PunchFailure::PeerAborted(AbortReason::TooLate)
+        ) {
+            self.late_rounds = self.late_rounds.saturating_add(1);
+        }
         let next = self.round.saturating_add(1);
         if next >= self.config.max_rounds || self.round == u8::MAX {
             self.finish_failed(reason);

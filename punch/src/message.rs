@@ -1,25 +1,30 @@
 //! The punch protocol's signaling messages (carried, sealed, inside signaling envelopes) and the
 //! first bytes exchanged on every punched TCP connection.
 //!
-//! # Signaling messages, version 1
+//! # Signaling messages, version 2
 //!
 //! All integers are big-endian; times are Unix nanoseconds of the sender's (or the stated party's)
 //! wall clock.
 //!
 //! ```text
-//! message   = tag:u8 (= 0x50, 'P') version:u8 (= 1) kind:u8 session:[16] round:u8 body
+//! message   = tag:u8 (= 0x50, 'P') version:u8 (= 2) kind:u8 session:[16] round:u8 body
 //!   1 OFFER   body = t1:u64 candidates              ; t1 = sender's send time
 //!   2 ANSWER  body = t1:u64 t2:u64 t3:u64 meet:u64 candidates
 //!                                                   ; t1 echoed from the offer; t2 = receive time,
 //!                                                   ; t3 = send time, meet = meet time, all in the
 //!                                                   ; answerer's clock
-//!   3 ACK     body = meet:u64 uncertainty_ns:u64    ; meet echoed (answerer's clock)
+//!   3 ACK     body = meet:u64 uncertainty_ns:u64    ; the meet time the initiator chose
+//!                                                   ; (answerer's clock), no later than the
+//!                                                   ; answer's
 //!   4 ABORT   body = reason:u8
 //! candidates = count:u8 (1..=MAX_CANDIDATES) candidate*
 //! candidate  = local_port:u16 family:u8 (4 | 6) ip:[4 | 16] port:u16
 //!                                                   ; the sender's local port and its predicted
 //!                                                   ; external endpoint for connections to the peer
 //! ```
+//!
+//! Version 2 changed only the meaning of the ACK's `meet` (version 1 echoed the answer's meet
+//! time; version 2 may name an earlier one, from the measured round trip).
 //!
 //! The parser is strict: unknown tags, versions, kinds and families, zero counts, port 0, and
 //! trailing bytes are rejected with a typed [`MessageError`]; every value has one encoding.
@@ -35,7 +40,7 @@ use core::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 /// The first byte of every punch signaling message.
 pub const TAG: u8 = 0x50;
 /// The protocol version.
-pub const VERSION: u8 = 1;
+pub const VERSION: u8 = 2;
 /// Most candidates one message carries.
 pub const MAX_CANDIDATES: usize = 16;
 /// Length of a session id.
@@ -149,7 +154,7 @@ pub enum Message {
         session: SessionId,
         /// The round.
         round: u8,
-        /// The answer's meet time, echoed.
+        /// The meet time the initiator chose (responder's clock), no later than the answer's.
         meet: u64,
         /// The initiator's uncertainty about the responder's clock.
         uncertainty_ns: u64,
@@ -471,7 +476,9 @@ mod tests {
             Message::decode(&b)
         };
         assert_eq!(with(0, b'{'), Err(MessageError::NotPunch));
-        assert_eq!(with(1, 2), Err(MessageError::UnsupportedVersion(2)));
+        // Version 1 (whose ACK echoed the answer's meet time) is not spoken any more.
+        assert_eq!(with(1, 1), Err(MessageError::UnsupportedVersion(1)));
+        assert_eq!(with(1, 3), Err(MessageError::UnsupportedVersion(3)));
         assert_eq!(with(2, 9), Err(MessageError::UnknownKind(9)));
         // Candidate count (after tag, version, kind, session, round, t1).
         let count = 3 + 16 + 1 + 8;

@@ -90,8 +90,9 @@ impl Puncher {
             },
             Message::Ack { meet, .. } if self.role == Role::Responder && round == self.round => {
                 match &self.phase {
-                    Phase::AwaitingAck { meet_ns, .. } if *meet_ns == meet => {
-                        self.on_ack(now);
+                    // The initiator may pick an earlier meet than ours, never a later one.
+                    Phase::AwaitingAck { meet_ns, .. } if meet <= *meet_ns => {
+                        self.on_ack(now, meet);
                         Verdict::Consumed
                     }
                     _ => self.duplicate(),
@@ -203,14 +204,22 @@ impl Puncher {
             );
             return;
         }
-        // The meet time in our clock: theirs minus their offset from us.
-        let meet_ours = i128::from(meet_ns).saturating_sub(i128::from(clock.offset_ns));
-        let meet = u64::try_from(meet_ours).ok().map(|ns| self.instant_of(ns));
+        // The responder's meet time (the latest one) in our clock: theirs minus their offset
+        // from us.
+        let latest = i128::from(meet_ns).saturating_sub(i128::from(clock.offset_ns));
+        let latest = u64::try_from(latest).ok().map(|ns| self.instant_of(ns));
         let margin = now.saturating_add(self.config.min_margin);
-        let Some(meet) = meet.filter(|m| *m >= margin) else {
+        let Some(latest) = latest.filter(|m| *m >= margin) else {
             self.signal_abort(AbortReason::TooLate);
             self.round_failed(now, PunchFailure::TooLate);
             return;
+        };
+        // The round trip is measured now: meet as early as it allows, never later than offered.
+        let early = now.saturating_add(self.measured_lead(&clock));
+        let early_ns = i128::from(self.wall_ns(early)).saturating_add(i128::from(clock.offset_ns));
+        let (meet, meet_ns) = match u64::try_from(early_ns) {
+            Ok(early_ns) if early < latest && early_ns < meet_ns => (early, early_ns),
+            _ => (latest, meet_ns),
         };
         let ours = match &self.phase {
             Phase::Offering { candidates, .. } => candidates.clone(),
@@ -228,13 +237,10 @@ impl Puncher {
         self.arm(now, meet, clock.uncertainty, ours, peer);
     }
 
-    fn on_ack(&mut self, now: Instant) {
-        let Phase::AwaitingAck {
-            meet_ns,
-            ours,
-            peer,
-            ..
-        } = std::mem::replace(&mut self.phase, Phase::Finished)
+    /// The ACK chose `meet_ns` (our clock, no later than our answer's).
+    fn on_ack(&mut self, now: Instant, meet_ns: u64) {
+        let Phase::AwaitingAck { ours, peer, .. } =
+            std::mem::replace(&mut self.phase, Phase::Finished)
         else {
             return;
         };
@@ -246,6 +252,23 @@ impl Puncher {
         }
         // The responder's own clock is the reference; the initiator carries the uncertainty.
         self.arm(now, meet, Duration::ZERO, ours, peer);
+    }
+
+    /// The initiator's lead from the ACK to the meet time, from the round trip it just measured
+    /// (see the [module docs](super)): `min_margin + 2 * delay + uncertainty`, doubled for every
+    /// round of this punch that failed for time, at least `min_lead`, at most `lead`, and never
+    /// below `min_margin` (a `lead` configured below it would arm for a meet time already due).
+    fn measured_lead(&self, clock: &ExchangeClock) -> Duration {
+        let need = self
+            .config
+            .min_margin
+            .saturating_add(clock.delay.saturating_mul(2))
+            .saturating_add(clock.uncertainty);
+        let scale = 1u32.checked_shl(self.late_rounds).unwrap_or(u32::MAX);
+        need.saturating_mul(scale)
+            .max(self.config.min_lead)
+            .min(self.config.lead)
+            .max(self.config.min_margin)
     }
 
     fn signal(&mut self, payload: Vec<u8>) {
@@ -274,6 +297,9 @@ struct ExchangeClock {
     offset_ns: i64,
     /// Half the round trip spent on the path (rounded up), plus the drift allowance.
     uncertainty: Duration,
+    /// The round trip spent on the path (the responder's time between offer and answer left
+    /// out).
+    delay: Duration,
 }
 
 /// [`crate::clock::offset_and_delay`] on the four timestamps (see [`crate::clock`] for the math and
@@ -284,6 +310,7 @@ fn exchange_clock(t: [u64; 4], drift: Duration) -> Result<ExchangeClock, ClockEr
     Ok(ExchangeClock {
         offset_ns,
         uncertainty: Duration::from_nanos(delay.div_ceil(2)).saturating_add(drift),
+        delay: Duration::from_nanos(delay),
     })
 }
 

@@ -256,6 +256,16 @@ fn two_punchers_meet_through_the_in_memory_network() {
         })
     });
     assert!(done, "{seen:?}");
+    // Both meet at the same time, one measured lead (not the 2 s fallback) after the answer:
+    // signals arrive at once here, so the lead is min_lead.
+    let meets: Vec<Instant> = seen
+        .iter()
+        .filter_map(|(_, e)| match e {
+            PunchEvent::Armed { meet, .. } => Some(*meet),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(meets, vec![ms(150); 2], "{seen:?}");
     // Each side's winner is the caller's now: a stream between the two candidates.
     for (side, ev) in &seen {
         if let PunchEvent::Connected {
@@ -410,4 +420,200 @@ fn an_impostor_with_the_signaling_but_not_the_key_never_gets_a_stream() {
     pair.drive_for(Duration::from_secs(1));
     pair.a.checker.assert_all_closed();
     pair.b.checker.assert_all_closed();
+}
+
+/// An initiator that offered at 0 ms gets an answer (`t2`, `t3` and the meet time in the
+/// responder's clock, ms after `EPOCH`) at `arrive`: its output.
+fn answered(config: PunchConfig, t: [u64; 3], arrive: u64) -> (Driven, SessionId, Out) {
+    let puncher = puncher(US_KEY, config, 7);
+    let mut m = Driven::new("puncher", puncher, |e| matches!(e, PunchEvent::Closed));
+    let session = m
+        .input(|m, now| m.initiate(now, peer(), vec![cand(20_000, "198.51.100.1:20000")]))
+        .unwrap();
+    let _ = drain(&mut m);
+    let [t2, t3, meet] = t.map(|ms| EPOCH + ms * 1_000_000);
+    let answer = Message::Answer {
+        session,
+        round: 0,
+        t1: EPOCH,
+        t2,
+        t3,
+        meet,
+        candidates: vec![cand(30_000, "203.0.113.9:41000")],
+    }
+    .encode()
+    .unwrap();
+    assert_eq!(
+        m.clock(ms(arrive))
+            .input(|m, now| m.handle_signal(now, peer(), &answer)),
+        Verdict::Consumed
+    );
+    let out = drain(&mut m);
+    (m, session, out)
+}
+
+/// The Armed meet time and the ACK's meet (Unix ns, the responder's clock) in `out`.
+fn armed_and_ack(out: &Out) -> (Option<Instant>, Option<u64>) {
+    let mut armed = None;
+    let mut ack = None;
+    for e in &out.events {
+        match e {
+            PunchEvent::Armed { meet, .. } => armed = Some(*meet),
+            PunchEvent::Signal { payload, .. } => {
+                if let Ok(Message::Ack { meet, .. }) = Message::decode(payload) {
+                    ack = Some(meet);
+                }
+            }
+            _ => {}
+        }
+    }
+    (armed, ack)
+}
+
+#[test]
+fn the_initiator_meets_one_measured_lead_after_the_answer() {
+    // A 10 ms round trip, clocks in step (the responder held the offer 20 ms): the lead is
+    // min_margin + 2 * 10 ms + 7 ms, below min_lead, so 150 ms.
+    let (_m, _, out) = answered(PunchConfig::new(us(), EPOCH), [5, 25, 2_025], 30);
+    let (armed, ack) = armed_and_ack(&out);
+    assert_eq!(armed, Some(ms(30 + 150)));
+    assert_eq!(ack, Some(EPOCH + 180_000_000));
+    // A 300 ms round trip: 100 + 600 + 152 ms.
+    let (_m, _, out) = answered(PunchConfig::new(us(), EPOCH), [150, 150, 2_150], 300);
+    assert_eq!(armed_and_ack(&out).0, Some(ms(300 + 852)));
+    // A 700 ms round trip (uncertainty allowed): 100 + 1400 + 352 ms is past the answer's meet
+    // time: that one it is.
+    let mut config = PunchConfig::new(us(), EPOCH);
+    config.max_uncertainty = Duration::from_secs(1);
+    let (_m, _, out) = answered(config, [350, 350, 2_350], 700);
+    let (armed, ack) = armed_and_ack(&out);
+    assert_eq!(armed, Some(ms(2_350)));
+    assert_eq!(ack, Some(EPOCH + 2_350_000_000));
+    // With the lead capped at 500 ms, a 300 ms round trip meets 500 ms after the answer.
+    let mut config = PunchConfig::new(us(), EPOCH);
+    config.lead = Duration::from_millis(500);
+    let (_m, _, out) = answered(config, [150, 150, 2_150], 300);
+    assert_eq!(armed_and_ack(&out).0, Some(ms(300 + 500)));
+    // A lead configured below min_margin (found by the punch_session fuzz target: it armed for
+    // `now`): min_margin it is.
+    let mut config = PunchConfig::new(us(), EPOCH);
+    config.lead = Duration::ZERO;
+    let (_m, _, out) = answered(config, [5, 25, 2_025], 30);
+    assert_eq!(armed_and_ack(&out).0, Some(ms(30 + 100)));
+}
+
+#[test]
+fn a_round_that_failed_for_time_doubles_the_next_lead() {
+    let (mut m, session, out) = answered(PunchConfig::new(us(), EPOCH), [5, 25, 2_025], 30);
+    assert_eq!(armed_and_ack(&out).0, Some(ms(180)));
+    // The responder got the ACK too late.
+    let abort = Message::Abort {
+        session,
+        round: 0,
+        reason: AbortReason::TooLate,
+    }
+    .encode()
+    .unwrap();
+    assert_eq!(
+        m.clock(ms(100))
+            .input(|m, now| m.handle_signal(now, peer(), &abort)),
+        Verdict::Consumed
+    );
+    let _ = drain(&mut m);
+    m.clock(ms(110))
+        .input(|m, now| m.provide_candidates(now, 1, vec![cand(20_001, "198.51.100.1:20001")]))
+        .unwrap();
+    let t1 = drain(&mut m)
+        .events
+        .iter()
+        .find_map(|e| match e {
+            PunchEvent::Signal { payload, .. } => match Message::decode(payload) {
+                Ok(Message::Offer { t1, round: 1, .. }) => Some(t1),
+                _ => None,
+            },
+            _ => None,
+        })
+        .unwrap();
+    // The same 10 ms round trip: (100 + 20 + 7) ms doubled.
+    let answer = Message::Answer {
+        session,
+        round: 1,
+        t1,
+        t2: t1 + 5_000_000,
+        t3: t1 + 5_000_000,
+        meet: t1 + 2_005_000_000,
+        candidates: vec![cand(30_001, "203.0.113.9:41001")],
+    }
+    .encode()
+    .unwrap();
+    assert_eq!(
+        m.clock(ms(120))
+            .input(|m, now| m.handle_signal(now, peer(), &answer)),
+        Verdict::Consumed
+    );
+    assert_eq!(armed_and_ack(&drain(&mut m)).0, Some(ms(120 + 254)));
+}
+
+#[test]
+fn the_responder_arms_at_an_earlier_meet_but_never_a_later_one() {
+    let responder = |ack_meet: u64, arrive: u64| {
+        let puncher = puncher(PEER_KEY, PunchConfig::new(peer(), EPOCH), 3);
+        let mut m = Driven::new("responder", puncher, |e| matches!(e, PunchEvent::Closed));
+        let session = SessionId([9; 16]);
+        let offer = Message::Offer {
+            session,
+            round: 0,
+            t1: EPOCH,
+            candidates: vec![cand(20_000, "198.51.100.1:20000")],
+        }
+        .encode()
+        .unwrap();
+        assert_eq!(
+            m.clock(ms(5))
+                .input(|m, now| m.handle_signal(now, us(), &offer)),
+            Verdict::Consumed
+        );
+        let _ = drain(&mut m);
+        m.clock(ms(5))
+            .input(|m, now| m.provide_candidates(now, 0, vec![cand(30_000, "203.0.113.9:41000")]))
+            .unwrap();
+        let _ = drain(&mut m);
+        // The answer offered EPOCH + 2005 ms.
+        let ack = Message::Ack {
+            session,
+            round: 0,
+            meet: EPOCH + ack_meet * 1_000_000,
+            uncertainty_ns: 7_000_000,
+        }
+        .encode()
+        .unwrap();
+        let verdict = m
+            .clock(ms(arrive))
+            .input(|m, now| m.handle_signal(now, us(), &ack));
+        let out = drain(&mut m);
+        (verdict, out)
+    };
+    // Earlier than offered: armed at it.
+    let (verdict, out) = responder(165, 15);
+    assert_eq!(verdict, Verdict::Consumed);
+    assert_eq!(armed_and_ack(&out).0, Some(ms(165)));
+    // Exactly the offered meet time.
+    let (verdict, out) = responder(2_005, 15);
+    assert_eq!(verdict, Verdict::Consumed);
+    assert_eq!(armed_and_ack(&out).0, Some(ms(2_005)));
+    // Later than offered: not ours to accept.
+    let (verdict, out) = responder(2_006, 15);
+    assert_eq!(verdict, Verdict::Dropped(DropReason::Duplicate));
+    assert_eq!(armed_and_ack(&out).0, None);
+    // Earlier, but closer than min_margin when it arrives: too late, aborted.
+    let (verdict, out) = responder(165, 70);
+    assert_eq!(verdict, Verdict::Consumed);
+    assert_eq!(armed_and_ack(&out).0, None);
+    assert!(out.events.iter().any(|e| matches!(
+        e,
+        PunchEvent::RoundFailed {
+            reason: PunchFailure::TooLate,
+            ..
+        }
+    )));
 }

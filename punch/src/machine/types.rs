@@ -21,8 +21,13 @@ pub struct PunchConfig {
     pub unix_epoch_ns: u64,
     /// The local address punch sockets bind to (port from the candidates).
     pub bind_ip: IpAddr,
-    /// The responder's meet time is its answer's send time plus this. Default 2 s.
+    /// The longest lead, and the fallback: the responder's answer offers the meet time `t3 +
+    /// lead` (its send time plus this); the initiator, once it has measured the signaling round
+    /// trip, acknowledges an earlier one (see the [module docs](super)). Default 2 s.
     pub lead: Duration,
+    /// The shortest lead the initiator picks from a measured round trip (time for both sides to
+    /// bind their sockets before the meet). Default 150 ms.
+    pub min_lead: Duration,
     /// The meet time must be at least this far ahead when a side arms. Default 100 ms.
     pub min_margin: Duration,
     /// Largest acceptable clock uncertainty between the peers. Default 200 ms.
@@ -66,6 +71,7 @@ impl PunchConfig {
             unix_epoch_ns,
             bind_ip: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
             lead: Duration::from_secs(2),
+            min_lead: Duration::from_millis(150),
             min_margin: Duration::from_millis(100),
             max_uncertainty: Duration::from_millis(200),
             drift_allowance: Duration::from_millis(2),
