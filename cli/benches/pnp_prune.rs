@@ -1,15 +1,24 @@
-//! How long the PNP server's SQLite store stalls when a million names have expired.
+//! How long the PNP server's event loop waits for its SQLite store when a million names have
+//! expired.
 //!
 //! Fills a database file (WAL, `synchronous = FULL`, as `p2pd pnp-server` opens it) with
 //! `P2PD_PRUNE_ROWS` (default 1,000,000) names that have all expired, in one transaction, then:
 //!
 //! - `one DELETE`: what the store did before issue 10 (one `DELETE ... WHERE expires_ms <= now`),
-//!   timed on a copy of the file;
-//! - `prune steps`: [`NameStore::prune_expired`] with the server's default batch
-//!   ([`PnpServerConfig::prune_batch`]) until a call removes nothing, each call timed: the
-//!   longest call is the longest the server's event loop stalls;
-//! - `put into a full store`: inserting new names into a store whose capacity is the row count
-//!   (so it is "full" of expired names), each call timed.
+//!   timed on a copy of the file (skipped with `P2PD_PRUNE_SKIP_DELETE`);
+//! - `put ..., no pruning`: new names put into the store, whose capacity is the row count (so it
+//!   is "full" of expired names), one every [`PnpServerConfig::prune_step_pause`]: what a put
+//!   costs on this disk when nothing is being pruned, the baseline for the lines below;
+//! - `prune step`: [`NameStore::prune_expired`] with the server's default batch
+//!   ([`PnpServerConfig::prune_batch`], or `P2PD_PRUNE_BATCH`), paced as the server paces it (the
+//!   next call a step pause after the last one began, while the last one removed something or
+//!   [`NameStore::prune_pending`] says the store is still at it), each call timed;
+//! - `put while pruning` and `get while pruning`: between two steps, as the server serves
+//!   requests between two steps, a put of a new name and a get of an earlier one, each timed
+//!   (the store prunes on a thread of its own, so these are where the loop could wait for it).
+//!
+//! The last line is the longest the loop waited for any of these calls while pruning; the
+//! `prune steps` line also gives the total time and the largest the write-ahead log grew.
 //!
 //! ```text
 //! cargo bench -p p2pd --bench pnp_prune
@@ -26,6 +35,9 @@ use p2pd_signaling::Identity;
 use rusqlite::{params, Connection};
 
 const NOW_MS: u64 = 1_700_000_000_000;
+
+/// Puts timed before pruning starts (10 s at the server's step pause).
+const IDLE_PUTS: u64 = 1_000;
 
 fn main() {
     let rows: u64 = std::env::var("P2PD_PRUNE_ROWS")
@@ -87,10 +99,17 @@ fn one_delete(path: &Path) {
 }
 
 fn after(path: &Path, owner: &Identity, source: SourceKey, rows: u64) {
-    // After: a full store of expired names still takes new ones, quickly.
+    // After: a full store of expired names still takes new ones, quickly. One put every
+    // `prune_step_pause`, as below while pruning: what a put costs on this disk without pruning.
+    let config = PnpServerConfig::new(
+        "127.0.0.1:1".parse().unwrap(),
+        "127.0.0.1:1".parse().unwrap(),
+        0,
+    );
     let mut store = SqliteStore::open(path).unwrap().with_capacity(rows);
+    let idle_puts = IDLE_PUTS.min(rows / 2);
     let mut puts = Vec::new();
-    for i in 0..20 {
+    for i in 0..idle_puts {
         let record = Record::sign(
             owner,
             Name::new(&format!("new{i}")).unwrap(),
@@ -102,40 +121,85 @@ fn after(path: &Path, owner: &Identity, source: SourceKey, rows: u64) {
         let t = Instant::now();
         store.put(StoredName { record, source }, NOW_MS).unwrap();
         puts.push(t.elapsed());
+        std::thread::sleep(config.prune_step_pause.saturating_sub(t.elapsed()));
     }
-    report("put into a store full of expired names", &mut puts);
+    report(
+        "put into a store full of expired names, no pruning",
+        &mut puts,
+    );
+    // From here on puts never need to make room (this run may add more names than it prunes).
+    let mut store = store.with_capacity(u64::MAX);
 
-    // After: bounded prune steps.
-    let batch = PnpServerConfig::new(
-        "127.0.0.1:1".parse().unwrap(),
-        "127.0.0.1:1".parse().unwrap(),
-        0,
-    )
-    .prune_batch;
+    // After: prune steps paced as the server paces them (the next step `prune_step_pause` after
+    // the last one started, while the last one removed something or the store is still at it),
+    // and between two steps the requests the loop would serve: a put of a new name and a get.
     let batch = std::env::var("P2PD_PRUNE_BATCH")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(batch);
-    let mut steps = Vec::new();
+        .unwrap_or(config.prune_batch);
+    let wal = path.with_extension("db-wal");
+    let mut largest_wal = 0;
+    let (mut steps, mut puts, mut gets) = (Vec::new(), Vec::new(), Vec::new());
     let mut pruned = 0;
+    let mut live = idle_puts;
     let t = Instant::now();
     loop {
-        // As the server does: another step while the last one removed something.
         let step = Instant::now();
         let n = store.prune_expired(NOW_MS, batch).unwrap();
         steps.push(step.elapsed());
         pruned += n;
-        if n == 0 {
+        if n == 0 && !store.prune_pending() {
             break;
+        }
+        let record = Record::sign(
+            owner,
+            Name::new(&format!("new{live}")).unwrap(),
+            b"198.51.100.7:4000".to_vec(),
+            1,
+            NOW_MS + 60_000,
+        )
+        .unwrap();
+        let put = Instant::now();
+        store.put(StoredName { record, source }, NOW_MS).unwrap();
+        puts.push(put.elapsed());
+        // A name put earlier (the bulk rows all carry one record, for another name).
+        let name = Name::new(&format!("new{}", (live * 7_919) % live.max(1))).unwrap();
+        live += 1;
+        let get = Instant::now();
+        assert!(store.get(&name).unwrap().is_some());
+        gets.push(get.elapsed());
+        largest_wal = largest_wal.max(std::fs::metadata(&wal).map_or(0, |m| m.len()));
+        if let Some(rest) = config.prune_step_pause.checked_sub(step.elapsed()) {
+            std::thread::sleep(rest);
         }
     }
     println!(
-        "prune steps: {pruned} rows in {} steps of at most {batch}, {:.1} s in all",
+        "prune steps: {pruned} rows in {} steps of at most {batch} (every {} ms), {:.1} s in all, \
+         write-ahead log at most {} MB",
         steps.len(),
-        t.elapsed().as_secs_f64()
+        config.prune_step_pause.as_millis(),
+        t.elapsed().as_secs_f64(),
+        largest_wal / 1_000_000
     );
+    let worst = steps.iter().chain(&puts).chain(&gets).max().copied();
     report("prune step", &mut steps);
-    assert_eq!(store.len().unwrap(), 20);
+    report("put while pruning", &mut puts);
+    report("get while pruning", &mut gets);
+    println!(
+        "longest the loop waited for the store while pruning: {:.2} ms",
+        worst.map_or(0.0, ms)
+    );
+    assert_eq!(store.len().unwrap(), live);
+    drop(store);
+    let c = Connection::open(path).unwrap();
+    let count: i64 = c
+        .query_row("SELECT COUNT(*) FROM names", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(
+        u64::try_from(count).unwrap(),
+        live,
+        "len agrees with the table"
+    );
 }
 
 /// Inserts `rows` names expiring at or before `NOW_MS`, in one transaction. Every row carries the
@@ -182,6 +246,10 @@ fn ms(d: Duration) -> f64 {
 }
 
 fn report(what: &str, times: &mut [Duration]) {
+    if times.is_empty() {
+        println!("{what}: no calls");
+        return;
+    }
     times.sort();
     let pick = |q: f64| times[((times.len() - 1) as f64 * q) as usize];
     println!(

@@ -8,16 +8,11 @@
 //! replaced), a file with any other version is refused rather than guessed at.
 //!
 //! Expired names count against nothing: a new name in a store at its capacity takes the place of
-//! expired ones (at most [`RECLAIM_PER_PUT`] per insert), and pruning deletes at most the given
-//! number of rows per call, earliest expiry first, and stops after [`PRUNE_TIME_BUDGET`], so that
-//! a million names expiring together are removed in many short transactions instead of one long
-//! `DELETE` that stalls the server (`cargo bench -p p2pd --bench pnp_prune` measures it).
+//! expired ones (at most [`RECLAIM_PER_PUT`] per insert), and pruning removes the rest, earliest
+//! expiry first, a bounded number per call.
 //!
 //! The file is opened in WAL mode with `synchronous = FULL`: a write the server has answered
-//! is on disk, and a process killed at any moment leaves a consistent database. The log is
-//! copied into the file by a thread of the store's own (a `PASSIVE` checkpoint every 250 ms),
-//! not by whichever write crosses SQLite's auto-checkpoint threshold, so no store call that the
-//! server's loop waits for pays for a checkpoint and its fsyncs.
+//! is on disk, and a process killed at any moment leaves a consistent database.
 //!
 //! Nothing read back is trusted: every record is parsed and its owner signature verified, and it
 //! must agree with its row (name, expiry). A row that fails is reported as
@@ -27,9 +22,47 @@
 //! bound is kept in memory (counting a large table on every insert would be slow), so rows written
 //! by another process are only counted after a reopen. Reading the file meanwhile (for example
 //! with the `sqlite3` shell) is fine.
+//!
+//! ## Pruning on a thread of the store's own
+//!
+//! A file store deletes expired names and checkpoints the write-ahead log on a thread with its
+//! own connection; [`NameStore::prune_expired`] only gives it the time and a credit of rows and
+//! returns how many it deleted since the last call (and [`NameStore::prune_pending`] whether it
+//! is still at it), so the call never touches the database. A store in memory, where no disk
+//! waits, prunes within the call ([`PRUNE_CHUNK`]-row statements in one transaction, at most
+//! [`PRUNE_TIME_BUDGET`]).
+//!
+//! Why, measured with `cargo bench -p p2pd --bench pnp_prune` (a million expired names, 280 MB,
+//! ext4 on a virtual disk): when the server's loop pruned within the call (an 8 ms budget, a
+//! commit without fsync), its calls took a median of 18 ms and up to 116 to 405 ms across runs.
+//! Both halves stalled: the deletes (up to 120 ms) and the commit (up to 130 ms). Each
+//! deleted row dirties about 1.25 pages (the table is ordered by name, so rows expiring together
+//! sit on pages of their own; deleting in name order would scatter the two expiry indexes
+//! instead), so a call of 1,000 rows logged about 4 MB, and the log grew to 5 GB: SQLite restarts
+//! it only when a write begins with the whole log copied into the file, and `PASSIVE`
+//! checkpoints every 250 ms never caught up with a writer that never paused. Smaller commits on
+//! the loop would still put the disk's page-cache and journal stalls inside the loop's calls.
+//!
+//! The thread instead:
+//!
+//! - deletes in transactions of at most 256 rows and 4 ms of deletes (their commit only writes
+//!   to the log), each holding a write lock that the store's own writes take first; a
+//!   transaction ends after its current 32-row statement when a store call starts waiting, so a
+//!   put waits for that statement and a commit, not for a whole transaction;
+//! - syncs what each transaction logged right after it, outside the lock, so that the next put's
+//!   `FULL` commit does not have to write it;
+//! - checkpoints every 8,192 deleted rows (and every 250 ms otherwise) until a pass has copied
+//!   the whole log with no commit in between, checked under the write lock, so that the next
+//!   write restarts the log (it stays within some tens of MB).
+//!
+//! The write lock is an in-process lock beside SQLite's: a writer waiting for SQLite's lock
+//! polls with sleeps of up to 100 ms. A delete the thread committed is counted in
+//! [`NameStore::len`] before the lock is released, so a put deciding whether the store is full
+//! sees it.
 
 use std::fmt;
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use p2pd_signaling::pnp::{
@@ -38,8 +71,8 @@ use p2pd_signaling::pnp::{
 use rusqlite::types::Value;
 use rusqlite::{params, Connection, OptionalExtension};
 
-mod checkpointer;
-use checkpointer::Checkpointer;
+mod background;
+use background::{Background, WriteLock};
 
 /// The schema version this code writes and reads (`PRAGMA user_version`).
 pub const SCHEMA_VERSION: i64 = 2;
@@ -57,9 +90,9 @@ const CACHE_KIB: i64 = 64 * 1024;
 /// Rows one prune statement deletes (a prune call runs several in one transaction).
 const PRUNE_CHUNK: u64 = 32;
 
-/// A prune call stops starting new chunks after this long, whatever its `max`: the server's loop
-/// waits for the call, and on a slow or busy disk a fixed row count is no time bound (expired
-/// rows are scattered over the table, so every deleted row dirties a page of its own).
+/// A prune call of a store in memory stops starting new chunks after this long, whatever its
+/// `max` (expired rows are scattered over the table, so every deleted row dirties a page of its
+/// own and a row count is no time bound).
 pub const PRUNE_TIME_BUDGET: Duration = Duration::from_millis(8);
 
 const CREATE_SCHEMA: &str = "
@@ -83,10 +116,19 @@ const UPGRADE_FROM_1: &str = "
 pub struct SqliteStore {
     connection: Connection,
     capacity: u64,
-    /// Rows in the table, counted at open and kept up to date by every write.
+    /// Rows in the table, counted at open and kept up to date by every write, except those the
+    /// background thread deleted after `len_synced` of them had been subtracted.
     len: u64,
-    /// For a file: the thread that checkpoints the write-ahead log.
-    checkpointer: Option<Checkpointer>,
+    /// How many of the background thread's deletes `len` accounts for.
+    len_synced: u64,
+    /// How many of the background thread's deletes [`NameStore::prune_expired`] has reported.
+    reported: u64,
+    /// Whether the background thread was still at work at the last prune call.
+    prune_pending: bool,
+    /// Held by every write transaction (shared with the background thread).
+    write: Arc<WriteLock>,
+    /// For a file: the thread that prunes and checkpoints the write-ahead log.
+    background: Option<Background>,
 }
 
 impl fmt::Debug for SqliteStore {
@@ -111,7 +153,8 @@ fn to_sql_ms(ms: u64) -> i64 {
 
 impl SqliteStore {
     /// Opens (or creates) the database file at `path`, in WAL mode, creating the schema in a new
-    /// file. Fails on a file that is not SQLite or has another [`SCHEMA_VERSION`].
+    /// file, and starts the store's thread (pruning and checkpoints; dropping the store stops
+    /// it). Fails on a file that is not SQLite or has another [`SCHEMA_VERSION`].
     pub fn open(path: impl AsRef<Path>) -> Result<SqliteStore, StoreError> {
         let path = path.as_ref();
         let connection = Connection::open(path)
@@ -126,16 +169,16 @@ impl SqliteStore {
                 mode.escape_debug()
             )));
         }
-        // Checkpoints (copying the log into the file, with its fsyncs) run on a thread of their
-        // own, never inside a store call that the server's loop waits for.
+        // Checkpoints (copying the log into the file, with its fsyncs) run on the store's
+        // thread, never inside a store call that the server's loop waits for.
         connection
             .pragma_update(None, "wal_autocheckpoint", 0)
             .map_err(backend)?;
         let mut store = Self::prepare(connection)?;
-        store.checkpointer = Some(
-            Checkpointer::start(path, BUSY_TIMEOUT)
-                .map_err(|e| StoreError::Backend(format!("{}: {e}", path.display())))?,
-        );
+        let background = Background::start(path)
+            .map_err(|e| StoreError::Backend(format!("{}: {e}", path.display())))?;
+        store.write = background.write_lock();
+        store.background = Some(background);
         Ok(store)
     }
 
@@ -206,7 +249,11 @@ impl SqliteStore {
             connection,
             capacity: DEFAULT_CAPACITY,
             len: u64::try_from(len).unwrap_or(0),
-            checkpointer: None,
+            len_synced: 0,
+            reported: 0,
+            prune_pending: false,
+            write: Arc::new(WriteLock::default()),
+            background: None,
         })
     }
 
@@ -222,6 +269,34 @@ impl SqliteStore {
             .and_then(|mut s| s.execute(params![to_sql_ms(now_ms), to_sql_ms(max)]))
             .map_err(backend)?;
         Ok(u64::try_from(removed).unwrap_or(u64::MAX))
+    }
+
+    /// Subtracts from `len` the rows the background thread has deleted since the last time.
+    fn sync_len(&mut self, removed_by_thread: u64) {
+        self.len = self
+            .len
+            .saturating_sub(removed_by_thread.saturating_sub(self.len_synced));
+        self.len_synced = removed_by_thread;
+    }
+
+    /// Pruning without a thread (a store in memory, where no disk waits): expired rows in chunks
+    /// of [`PRUNE_CHUNK`] inside one transaction, until `max` rows, none left, or
+    /// [`PRUNE_TIME_BUDGET`] spent.
+    fn prune_here(&mut self, now_ms: u64, max: u64) -> Result<u64, StoreError> {
+        let started = std::time::Instant::now();
+        let transaction = self.connection.transaction().map_err(backend)?;
+        let mut removed = 0u64;
+        while removed < max {
+            let chunk = PRUNE_CHUNK.min(max.saturating_sub(removed));
+            let n = Self::delete_expired(&transaction, now_ms, chunk)?;
+            removed = removed.saturating_add(n);
+            if n < chunk || started.elapsed() >= PRUNE_TIME_BUDGET {
+                break;
+            }
+        }
+        transaction.commit().map_err(backend)?;
+        self.len = self.len.saturating_sub(removed);
+        Ok(removed)
     }
 
     /// Decodes and checks one row; any disagreement is corruption.
@@ -278,6 +353,12 @@ impl NameStore for SqliteStore {
     }
 
     fn put(&mut self, entry: StoredName, now_ms: u64) -> Result<(), StoreError> {
+        let write = Arc::clone(&self.write);
+        let _write = write.for_loop();
+        // Every delete the thread committed is counted before the lock was released.
+        if let Some(removed) = self.background.as_ref().map(Background::removed) {
+            self.sync_len(removed);
+        }
         let name = entry.record.name().as_str();
         let transaction = self.connection.transaction().map_err(backend)?;
         let exists = transaction
@@ -320,6 +401,7 @@ impl NameStore for SqliteStore {
     }
 
     fn delete(&mut self, name: &Name) -> Result<bool, StoreError> {
+        let _write = self.write.for_loop();
         let removed = self
             .connection
             .prepare_cached("DELETE FROM names WHERE name = ?1")
@@ -342,41 +424,37 @@ impl NameStore for SqliteStore {
         Ok(u64::try_from(count).unwrap_or(0))
     }
 
-    /// Deletes expired rows in chunks of [`PRUNE_CHUNK`] inside one transaction, until `max`
-    /// rows, none left, or [`PRUNE_TIME_BUDGET`] spent. The transaction commits with
-    /// `synchronous = NORMAL` (no fsync of its own; a prune lost to a power cut is redone), so
-    /// the call costs its deletes and nothing else.
+    /// A store in memory prunes here and now ([`SqliteStore::prune_here`]). A file store hands
+    /// the work to its thread: the call gives it `now_ms` and a credit of `max` rows (what it
+    /// deletes from now until the next call counts against it), and returns how many rows the
+    /// thread deleted since the last call; [`NameStore::prune_pending`] then says whether the
+    /// work asked for before this call was still running.
     fn prune_expired(&mut self, now_ms: u64, max: u64) -> Result<u64, StoreError> {
-        let started = std::time::Instant::now();
-        self.connection
-            .pragma_update(None, "synchronous", "NORMAL")
-            .map_err(backend)?;
-        let result = (|| {
-            let transaction = self.connection.transaction().map_err(backend)?;
-            let mut removed = 0u64;
-            while removed < max {
-                let chunk = PRUNE_CHUNK.min(max.saturating_sub(removed));
-                let n = Self::delete_expired(&transaction, now_ms, chunk)?;
-                removed = removed.saturating_add(n);
-                if n < chunk || started.elapsed() >= PRUNE_TIME_BUDGET {
-                    break;
-                }
-            }
-            transaction.commit().map_err(backend)?;
-            Ok(removed)
-        })();
-        let restored = self
-            .connection
-            .pragma_update(None, "synchronous", "FULL")
-            .map_err(backend);
-        let removed = result?;
-        restored?;
-        self.len = self.len.saturating_sub(removed);
+        let Some(background) = &self.background else {
+            return self.prune_here(now_ms, max);
+        };
+        let progress = background.request(now_ms, max);
+        self.prune_pending = progress.busy;
+        self.sync_len(progress.removed);
+        if let Some(error) = progress.error {
+            // What the thread did delete is reported by the next call.
+            return Err(StoreError::Backend(error));
+        }
+        let removed = progress.removed.saturating_sub(self.reported);
+        self.reported = progress.removed;
         Ok(removed)
     }
 
+    fn prune_pending(&self) -> bool {
+        self.prune_pending
+    }
+
     fn len(&self) -> Result<u64, StoreError> {
-        Ok(self.len)
+        let unsynced = self
+            .background
+            .as_ref()
+            .map_or(0, |b| b.removed().saturating_sub(self.len_synced));
+        Ok(self.len.saturating_sub(unsynced))
     }
 }
 

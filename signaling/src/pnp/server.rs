@@ -558,14 +558,15 @@ impl<S: NameStore> PnpServer<S> {
     }
 
     /// Removes one bounded batch of expired names; schedules the next step soon if it removed
-    /// any (more may be left), else after the prune interval.
+    /// any (more may be left) or the store is still pruning in the background, else after the
+    /// prune interval.
     fn prune_step(&mut self, now: Instant) {
         let batch = self.config.prune_batch.max(1);
         let pause = match self.store.prune_expired(self.unix_ms(now), batch) {
             Ok(n) => {
                 self.stats.pruned = self.stats.pruned.saturating_add(n);
                 self.stats.prune_steps = self.stats.prune_steps.saturating_add(1);
-                if n > 0 {
+                if n > 0 || self.store.prune_pending() {
                     self.config.prune_step_pause
                 } else {
                     self.config.prune_interval

@@ -131,7 +131,19 @@ pub trait NameStore {
     /// earliest first; how many. A store may remove fewer to bound the time of one call (the
     /// server's loop waits for it): the server calls again soon after any call that removed
     /// something, until one removes nothing.
+    ///
+    /// A store may instead prune on a thread of its own (a database on disk, whose writes can
+    /// wait for the disk): then the call asks it to remove at most `max` entries expired at
+    /// `now_ms` before the next call and returns how many it removed since the previous call,
+    /// and [`NameStore::prune_pending`] says whether that work was still running, so that the
+    /// server keeps calling.
     fn prune_expired(&mut self, now_ms: u64, max: u64) -> Result<u64, StoreError>;
+    /// Whether pruning asked for before the last [`NameStore::prune_expired`] call was still
+    /// running at that call (a store that prunes on a thread); the server then calls again soon
+    /// even if that call reported nothing. A store that prunes within the call never is.
+    fn prune_pending(&self) -> bool {
+        false
+    }
     /// How many entries the store holds, expired ones not yet pruned included.
     fn len(&self) -> Result<u64, StoreError>;
     /// Whether the store is empty.
@@ -155,6 +167,9 @@ impl<S: NameStore + ?Sized> NameStore for Box<S> {
     }
     fn prune_expired(&mut self, now_ms: u64, max: u64) -> Result<u64, StoreError> {
         (**self).prune_expired(now_ms, max)
+    }
+    fn prune_pending(&self) -> bool {
+        (**self).prune_pending()
     }
     fn len(&self) -> Result<u64, StoreError> {
         (**self).len()

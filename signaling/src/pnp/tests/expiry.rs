@@ -236,3 +236,76 @@ fn configurations_beyond_the_lifetime_and_skew_limits_are_refused() {
         }
     );
 }
+
+/// A store that prunes on a thread of its own, modelled: a call hands the work over and reports
+/// what was removed since the last one, which is nothing for the first `lagging` calls (the
+/// thread is still at it), then all that the memory store would remove.
+struct BackgroundStore {
+    inner: MemoryStore,
+    lagging: u32,
+    pending: bool,
+}
+
+impl NameStore for BackgroundStore {
+    fn get(&self, name: &Name) -> Result<Option<StoredName>, StoreError> {
+        self.inner.get(name)
+    }
+    fn put(&mut self, entry: StoredName, now_ms: u64) -> Result<(), StoreError> {
+        self.inner.put(entry, now_ms)
+    }
+    fn delete(&mut self, name: &Name) -> Result<bool, StoreError> {
+        self.inner.delete(name)
+    }
+    fn count_for_source(&self, source: SourceKey, now_ms: u64) -> Result<u64, StoreError> {
+        self.inner.count_for_source(source, now_ms)
+    }
+    fn prune_expired(&mut self, now_ms: u64, max: u64) -> Result<u64, StoreError> {
+        self.pending = self.lagging > 0;
+        if self.pending {
+            self.lagging -= 1;
+            return Ok(0);
+        }
+        self.inner.prune_expired(now_ms, max)
+    }
+    fn prune_pending(&self) -> bool {
+        self.pending
+    }
+    fn len(&self) -> Result<u64, StoreError> {
+        self.inner.len()
+    }
+}
+
+#[test]
+fn a_store_still_pruning_in_the_background_gets_its_next_step_soon() {
+    use p2pd_proto::{Instant, Machine};
+    let mut config = server_config();
+    config.prune_step_pause = Duration::from_millis(10);
+    let mut store = BackgroundStore {
+        inner: MemoryStore::new(100),
+        lagging: 3,
+        pending: false,
+    };
+    let record = Record::sign(&id(1), name("old"), vec![], 1, EPOCH + 1_000).unwrap();
+    let source = SourceKey::V4([192, 0, 2, 9]);
+    store.put(StoredName { record, source }, EPOCH).unwrap();
+    let mut server = PnpServer::new(config, id(200), store, 7).unwrap();
+    let mut now = Instant::ZERO + Duration::from_secs(60);
+    assert_eq!(server.poll_timeout(), Some(now), "the first prune step");
+    // Three steps report nothing removed, but the store is still at it: the next step is a
+    // step pause away, not a prune interval.
+    for _ in 0..3 {
+        server.handle_timeout(now);
+        now = now + Duration::from_millis(10);
+        assert_eq!(server.poll_timeout(), Some(now));
+        assert_eq!(server.stats().pruned, 0);
+    }
+    // Then it reports the removed name (the next step comes soon, more may be left) ...
+    server.handle_timeout(now);
+    assert_eq!(server.stats().pruned, 1);
+    now = now + Duration::from_millis(10);
+    assert_eq!(server.poll_timeout(), Some(now));
+    // ... and a step that removes nothing with nothing pending waits a prune interval.
+    server.handle_timeout(now);
+    assert_eq!(server.stats().prune_steps, 5);
+    assert_eq!(server.poll_timeout(), Some(now + Duration::from_secs(60)));
+}
