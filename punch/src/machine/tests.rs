@@ -231,14 +231,9 @@ fn relay_once(pair: &mut Pair<Puncher, Puncher>, seen: &mut Vec<(char, PunchEven
     }
 }
 
-#[test]
-fn two_punchers_meet_through_the_in_memory_network() {
-    // Both on one virtual clock (so their clocks agree), 15 ms apart, no NAT: each candidate is
-    // the side's own address.
-    let (a, b) = (
-        puncher(US_KEY, PunchConfig::new(us(), EPOCH), 1),
-        puncher(PEER_KEY, PunchConfig::new(peer(), EPOCH), 2),
-    );
+/// `a` and `b` 15 ms apart on one virtual clock, `a` initiating a punch to `peer()` with its own
+/// address as its candidate.
+fn initiated_pair(a: Puncher, b: Puncher) -> Pair<Puncher, Puncher> {
     let mut pair = Pair::new(a, b)
         .latency(Duration::from_millis(15), Duration::from_millis(15))
         .final_events(
@@ -247,6 +242,18 @@ fn two_punchers_meet_through_the_in_memory_network() {
         );
     pair.input_a(|m, now| m.initiate(now, peer(), vec![cand(20_000, "10.0.0.1:20000")]))
         .unwrap();
+    pair
+}
+
+#[test]
+fn two_punchers_meet_through_the_in_memory_network() {
+    // Both on one virtual clock (so their clocks agree), 15 ms apart, no NAT: each candidate is
+    // the side's own address.
+    let (a, b) = (
+        puncher(US_KEY, PunchConfig::new(us(), EPOCH), 1),
+        puncher(PEER_KEY, PunchConfig::new(peer(), EPOCH), 2),
+    );
+    let mut pair = initiated_pair(a, b);
     let mut seen = Vec::new();
     let done = pair.drive_until(|p| {
         relay(p, &mut seen);
@@ -379,14 +386,7 @@ fn an_impostor_with_the_signaling_but_not_the_key_never_gets_a_stream() {
         puncher(US_KEY, one_round, 1),
         puncher(IMPOSTOR_KEY, PunchConfig::new(us(), EPOCH), 2),
     );
-    let mut pair = Pair::new(a, b)
-        .latency(Duration::from_millis(15), Duration::from_millis(15))
-        .final_events(
-            |e| matches!(e, PunchEvent::Closed),
-            |e| matches!(e, PunchEvent::Closed),
-        );
-    pair.input_a(|m, now| m.initiate(now, peer(), vec![cand(20_000, "10.0.0.1:20000")]))
-        .unwrap();
+    let mut pair = initiated_pair(a, b);
     let mut seen = Vec::new();
     let failed = pair.drive_until(|p| {
         relay(p, &mut seen);
