@@ -71,6 +71,7 @@ mod error;
 mod frame;
 mod keys;
 mod resolver;
+pub mod stream;
 
 pub use channel::{Channel, ChannelConfig, ChannelEvent, ChannelStats, Role};
 pub use error::{ChannelApiError, ChannelFailure, HandshakeError};
