@@ -118,6 +118,12 @@ impl SecureStream {
     /// leader's last handshake message, a fresh initiator's first one) goes into the send buffer
     /// at once, and events it holds (data that came right behind the handshake) are reported.
     pub fn new(channel: Channel) -> Self {
+        Self::with_prefix(channel, &[])
+    }
+
+    /// Like [`SecureStream::new`], with `prefix` (bytes an earlier owner of the socket had
+    /// already queued for it, at most [`SEND_BUFFER`]) going out before anything of the channel.
+    pub fn with_prefix(channel: Channel, prefix: &[u8]) -> Self {
         let established = channel.is_established();
         let mut stream = SecureStream {
             channel,
@@ -130,6 +136,7 @@ impl SecureStream {
             shut: false,
             ended: false,
         };
+        let _ = stream.send.push(prefix);
         stream.take_channel_output();
         stream
     }

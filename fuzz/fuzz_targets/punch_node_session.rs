@@ -606,7 +606,7 @@ impl H {
         nonce[..4].copy_from_slice(&self.counter.to_be_bytes());
         let from = if stranger { 2 } else { 1 };
         let content = payload::message(&payload, false);
-        let envelope = seal(self.key(from), &self.key(0).public_key(), self.d.machine.rendezvous().unix_ms(self.d.now), nonce, &content).unwrap();
+        let envelope = seal(self.key(from), &self.key(0).public_key(), self.d.machine.rendezvous().expect("own signaling").unix_ms(self.d.now), nonce, &content).unwrap();
         self.sealed.push(envelope.clone());
         self.publish(envelope, cut);
     }

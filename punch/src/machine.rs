@@ -26,8 +26,9 @@
 //!    ([`p2pd_channel`]: Noise XX bound to both node identities, its context the session id and
 //!    round). The side with the smaller node id leads and initiates on every connection,
 //!    expecting the peer's identity; the follower responds, accepting only the leader's. The
-//!    leader takes the first connection whose responder proves the peer and sends the
-//!    handshake's last message on it alone, closing everything else; the follower takes the
+//!    leader takes the first connection whose responder proves the peer, closing everything else
+//!    (the handshake's last message, on that connection alone, is left in its channel for the
+//!    caller to send); the follower takes the
 //!    connection on which that last message proves the leader (while it has answered a leader's
 //!    first message it waits up to `chosen_timeout` for the last one, even past the punch window,
 //!    so loss cannot leave the leader connected alone). A stranger, another session or round, or
@@ -209,10 +210,11 @@ impl Puncher {
     }
 
     /// The winning connection's established secure channel, once, for the socket of
-    /// [`PunchEvent::Connected`]. The leader's last handshake message is still the machine's own
-    /// last transmit on that socket (drain [`Machine::poll_transmit`](p2pd_proto::Machine) as
-    /// usual); the follower's channel may hold data that came right behind the handshake
-    /// ([`Channel::poll_event`], after its `Established`): drain it at once.
+    /// [`PunchEvent::Connected`]. The leader's last handshake message is still in the channel
+    /// ([`Channel::pending_transmit`]): the new owner writes it first (e.g.
+    /// `p2pd_channel::stream::SecureStream::new` does). The follower's channel may hold data that
+    /// came right behind the handshake ([`Channel::poll_event`], after its `Established`): drain
+    /// it at once.
     pub fn take_channel(&mut self, socket: SocketId) -> Option<Channel> {
         match self.won.take() {
             Some((id, channel)) if id == socket => Some(*channel),

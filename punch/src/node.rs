@@ -27,6 +27,7 @@ use core::time::Duration;
 use p2pd_proto::Machine;
 use std::collections::VecDeque;
 
+use p2pd_channel::stream::SecureStream;
 use p2pd_channel::{ChannelFailure, ChannelKeys, SeedSource};
 use p2pd_proto::client_tcp::TcpBindingError;
 use p2pd_proto::compose::SocketMap;
@@ -183,10 +184,37 @@ pub enum NodeEvent {
     /// is still true and [`PunchNode::send`] / [`PunchNode::finish`] work as before; after a
     /// failure (or a failure that comes later) `is_connected` is false.
     StreamClosed,
+    /// A punch message for `to`, for the parent's signaling to carry (only in the external
+    /// signaling mode, [`PunchNode::with_external_signaling`]; the peer's node hands it to
+    /// [`PunchNode::handle_signal`]).
+    Signal {
+        /// The peer.
+        to: PublicKey,
+        /// The punch message (its first byte is [`crate::message::TAG`]).
+        payload: Vec<u8>,
+    },
     /// The punch failed for good.
     Failed(PunchFailure),
     /// Everything is released: the last event.
     Closed,
+}
+
+/// The punched stream, handed over by [`PunchNode::take_stream`].
+#[derive(Debug)]
+#[non_exhaustive]
+pub struct PunchedStream {
+    /// Its socket, an id in the node's (the runtime's) namespace: the caller's from now on (the
+    /// node never names it again, not even to close it).
+    pub socket: SocketId,
+    /// Our end.
+    pub local: SocketAddr,
+    /// The peer's end.
+    pub remote: SocketAddr,
+    /// The peer's key (the identity its channel proved).
+    pub peer: PublicKey,
+    /// The stream's secure channel and send buffer, with every byte and event the node had not
+    /// reported yet.
+    pub stream: SecureStream,
 }
 
 /// The composite punching node (see the [module docs](self)).
@@ -194,7 +222,9 @@ pub struct PunchNode {
     config: PunchNodeConfig,
     /// Every part's sockets, in the runtime's namespace.
     sockets: SocketMap<Part>,
-    rendezvous: Rendezvous,
+    /// Our own signaling; `None` when the parent carries the punch messages
+    /// ([`PunchNode::with_external_signaling`]).
+    rendezvous: Option<Rendezvous>,
     puncher: Puncher,
     probes: Vec<Probe>,
     /// Probes' socket intents, taken out of them at every pump so that a finished probe can leave
@@ -232,7 +262,7 @@ impl PunchNode {
     /// seed in a simulator) keys the secure channel's static and ephemeral keys; `seed` draws
     /// everything that needs no secrecy (ids, jitter).
     pub fn new(
-        mut config: PunchNodeConfig,
+        config: PunchNodeConfig,
         identity: Identity,
         channel_secret: [u8; 32],
         seed: u64,
@@ -242,12 +272,40 @@ impl PunchNode {
         let mut seeds = SeedSource::new(channel_secret);
         let keys =
             ChannelKeys::new(&identity, seeds.next_seed()).map_err(|_| PunchNodeError::Channel)?;
-        config.punch.node_id = identity.node_id();
-        config.punch.unix_epoch_ns = config.rendezvous.unix_epoch_ms.saturating_mul(1_000_000);
         let rendezvous = Rendezvous::new(config.rendezvous.clone(), identity, rng.next_u64(), now)
             .map_err(PunchNodeError::Rendezvous)?;
+        Self::build(config, keys, seeds, rng, Some(rendezvous), now)
+    }
+
+    /// A punch node without its own rendezvous: its parent carries the punch messages (it
+    /// reports them as [`NodeEvent::Signal`] and hands the peer's to
+    /// [`PunchNode::handle_signal`]). `config.rendezvous` is ignored except its `unix_epoch_ms`
+    /// (the punch's wall-clock epoch). `keys` are the node's channel keys (its identity), `seeds`
+    /// key every channel of the punch, `seed` draws everything that needs no secrecy. It speaks
+    /// the same punch messages as a node with its own signaling.
+    pub fn with_external_signaling(
+        config: PunchNodeConfig,
+        keys: ChannelKeys,
+        seeds: SeedSource,
+        seed: u64,
+        now: Instant,
+    ) -> Result<Self, PunchNodeError> {
+        Self::build(config, keys, seeds, Rng::from_seed(seed), None, now)
+    }
+
+    fn build(
+        mut config: PunchNodeConfig,
+        keys: ChannelKeys,
+        seeds: SeedSource,
+        mut rng: Rng,
+        rendezvous: Option<Rendezvous>,
+        now: Instant,
+    ) -> Result<Self, PunchNodeError> {
+        config.punch.node_id = keys.identity().node_id();
+        config.punch.unix_epoch_ns = config.rendezvous.unix_epoch_ms.saturating_mul(1_000_000);
         let puncher = Puncher::new(config.punch.clone(), keys, seeds, rng.next_u64())
             .map_err(|_| PunchNodeError::Channel)?;
+        let rendezvous_closed = rendezvous.is_none();
         let mut node = PunchNode {
             config,
             sockets: SocketMap::new(),
@@ -264,7 +322,7 @@ impl PunchNode {
             events: VecDeque::new(),
             closing: false,
             closed_reported: false,
-            rendezvous_closed: false,
+            rendezvous_closed,
             puncher_closed: false,
             deadline: None,
             last_now: now,
@@ -288,9 +346,43 @@ impl PunchNode {
         Ok(())
     }
 
-    /// The signaling machine (health, stats).
-    pub fn rendezvous(&self) -> &Rendezvous {
-        &self.rendezvous
+    /// The signaling machine (health, stats); `None` with external signaling.
+    pub fn rendezvous(&self) -> Option<&Rendezvous> {
+        self.rendezvous.as_ref()
+    }
+
+    /// A punch message (its first byte is [`TAG`]) from `from`, received by the parent's
+    /// signaling (external signaling mode; with our own rendezvous it works the same). The first
+    /// peer heard from (or the one we punch to) is the only one answered.
+    pub fn handle_signal(&mut self, now: Instant, from: PublicKey, payload: &[u8]) {
+        self.on_signal(now, from, payload);
+        self.pump(now);
+    }
+
+    /// Hands the punched stream over, once connected (in either mode): the node forgets its
+    /// socket (it never names it again, not even in a `Close`) and the caller owns it from now
+    /// on, with its [`SecureStream`] (events the node had not reported yet stay in it). Call it
+    /// when [`NodeEvent::Connected`] comes, before polling further events, so the stream's data
+    /// is not reported as the node's. `None` before the stream is up, after it failed, after
+    /// [`PunchNode::close`] and once taken.
+    pub fn take_stream(&mut self) -> Option<PunchedStream> {
+        if self.closing || !self.stream.as_ref().is_some_and(|s| s.secure.is_open()) {
+            return None;
+        }
+        let s = self.stream.take()?;
+        // Forget the socket without emitting its Close (the map releases it on the translation;
+        // the intent is dropped): the caller closes it.
+        let _forgotten = self
+            .sockets
+            .outbound(Part::Stream, SocketOp::Close { socket: STREAM_ID });
+        self.pump(self.last_now);
+        Some(PunchedStream {
+            socket: s.socket,
+            local: s.local,
+            remote: s.remote,
+            peer: s.peer,
+            stream: s.secure,
+        })
     }
 
     /// The punch machine (stats).
@@ -305,15 +397,14 @@ impl PunchNode {
         }
         self.closing = true;
         self.puncher.close(now);
-        self.rendezvous.close(now);
+        if let Some(r) = &mut self.rendezvous {
+            r.close(now);
+        }
         for p in &mut self.probes {
             p.machine.close(now);
         }
         if let Some(s) = &mut self.stream {
-            if !s.closed {
-                s.closed = true;
-            }
-            s.clear();
+            s.secure.close(now);
         }
         self.pump(now);
     }
@@ -326,7 +417,7 @@ impl PunchNode {
     fn pump(&mut self, now: Instant) {
         loop {
             let mut progressed = false;
-            while let Some(ev) = self.rendezvous.poll_event() {
+            while let Some(ev) = self.rendezvous.as_mut().and_then(|r| r.poll_event()) {
                 progressed = true;
                 self.on_rendezvous(now, ev);
             }
@@ -360,28 +451,22 @@ impl PunchNode {
         if self.pending.is_none() {
             self.probes.retain(|p| !(p.closed && p.result.is_some()));
         }
-        let mut deadline = self.rendezvous.poll_timeout();
-        for t in [self.puncher.poll_timeout()]
+        let mut deadline = self.rendezvous.as_ref().and_then(|r| r.poll_timeout());
+        let stream_deadline = self.stream.as_ref().and_then(|s| s.secure.poll_timeout());
+        for t in [self.puncher.poll_timeout(), stream_deadline]
             .into_iter()
             .chain(self.probes.iter().map(|p| p.machine.poll_timeout()))
             .flatten()
         {
             deadline = Some(deadline.map_or(t, |d| d.min(t)));
         }
-        if let Some(s) = self.stream.as_mut().filter(|s| !s.closed) {
-            // Sealed bytes that did not fit yet, and a FINISH waiting for room.
-            s.take_channel_output(&mut self.events);
-            s.seal_finish(now, &mut self.events);
-        }
-        if let Some(s) = self.stream.as_mut().filter(|s| !s.closed) {
-            // Unsettled transmits settle at once (a blocked stream waits for `Writable`).
-            if s.send.wants_settle() {
-                deadline = Some(deadline.map_or(now, |d| d.min(now)));
-            }
-            if s.wants_room && s.send.len() <= SEND_BUFFER / 2 {
-                s.wants_room = false;
-                self.events.push_back(NodeEvent::Writable);
-            }
+        // Unsettled transmits settle at once (a blocked stream waits for `Writable`).
+        if self
+            .stream
+            .as_ref()
+            .is_some_and(|s| s.secure.wants_settle())
+        {
+            deadline = Some(deadline.map_or(now, |d| d.min(now)));
         }
         self.last_now = now;
         self.deadline = deadline;
@@ -390,15 +475,24 @@ impl PunchNode {
     fn on_rendezvous(&mut self, now: Instant, ev: RendezvousEvent) {
         match ev {
             RendezvousEvent::Message { from, payload, .. } if payload.first() == Some(&TAG) => {
-                if self.peer.is_none() {
-                    self.peer = Some(from);
-                }
-                if self.peer == Some(from) {
-                    let _ = self.puncher.handle_signal(now, from.node_id(), &payload);
-                }
+                self.on_signal(now, from, &payload);
             }
             RendezvousEvent::Closed => self.rendezvous_closed = true,
             other => self.events.push_back(NodeEvent::Signaling(other)),
+        }
+    }
+
+    /// A punch message from `from`: the first peer heard from (or the one we punch to) is the
+    /// only one answered.
+    fn on_signal(&mut self, now: Instant, from: PublicKey, payload: &[u8]) {
+        if payload.first() != Some(&TAG) {
+            return;
+        }
+        if self.peer.is_none() {
+            self.peer = Some(from);
+        }
+        if self.peer == Some(from) {
+            let _ = self.puncher.handle_signal(now, from.node_id(), payload);
         }
     }
 
@@ -406,7 +500,14 @@ impl PunchNode {
         match ev {
             PunchEvent::Signal { payload, .. } => {
                 if let Some(peer) = self.peer {
-                    let _ = self.rendezvous.send(now, &peer, None, &payload);
+                    match &mut self.rendezvous {
+                        Some(r) => {
+                            let _ = r.send(now, &peer, None, &payload);
+                        }
+                        None => self
+                            .events
+                            .push_back(NodeEvent::Signal { to: peer, payload }),
+                    }
                 }
             }
             PunchEvent::NeedCandidates { round } => {
@@ -427,16 +528,17 @@ impl PunchNode {
                 let Some(channel) = self.puncher.take_channel(socket) else {
                     return;
                 };
-                // The leader's last handshake message is the puncher's last transmit on the
-                // winner: it goes out first, before the socket changes hands.
-                let mut handshake_tail = Vec::new();
+                // The winner's last handshake message (the leader's message 3) is still in its
+                // channel: the stream sends it. Bytes the puncher had already queued on the
+                // winner (normally none) go out first.
+                let mut earlier = Vec::new();
                 let mut buf = [0u8; TRANSMIT_BUFFER_LEN];
                 while let Some(t) =
                     self.sockets
                         .poll_transmit(Part::Puncher, &mut self.puncher, &mut buf)
                 {
                     if self.sockets.route(t.socket) == Some((Part::Puncher, socket)) {
-                        handshake_tail.extend_from_slice(buf.get(..t.len).unwrap_or_default());
+                        earlier.extend_from_slice(buf.get(..t.len).unwrap_or_default());
                     }
                 }
                 let Some(socket) =
@@ -453,11 +555,16 @@ impl PunchNode {
                     local,
                     remote,
                 });
-                // The leader's last handshake message, or data that came right behind it.
-                let mut stream = Stream::new(socket, remote, channel);
-                let _ = stream.send.push(&handshake_tail);
-                stream.take_channel_output(&mut self.events);
-                self.stream = Some(stream);
+                // The leader's last handshake message, and data that came right behind the
+                // follower's.
+                self.stream = Some(Stream {
+                    socket,
+                    local,
+                    remote,
+                    peer,
+                    secure: SecureStream::with_prefix(channel, &earlier),
+                    close_sent: false,
+                });
                 // The puncher has nothing left to do.
                 self.puncher.close(now);
             }
@@ -496,7 +603,7 @@ impl p2pd_proto::Machine for PunchNode {
         let verdict = match self.sockets.route(socket) {
             Some((Part::Stream, _)) => {
                 if let Some(s) = self.stream.as_mut().filter(|_| !self.closing) {
-                    s.on_bytes(now, data, &mut self.events);
+                    s.secure.handle_bytes(now, data);
                 }
                 Verdict::Consumed
             }
@@ -507,7 +614,10 @@ impl p2pd_proto::Machine for PunchNode {
                 }
             }
             Some((Part::Puncher, inner)) => self.puncher.handle_stream(now, inner, data),
-            Some((Part::Signaling, inner)) => self.rendezvous.handle_stream(now, inner, data),
+            Some((Part::Signaling, inner)) => match &mut self.rendezvous {
+                Some(r) => r.handle_stream(now, inner, data),
+                None => Verdict::Dropped(DropReason::UnknownSocket),
+            },
             None => Verdict::Dropped(DropReason::UnknownSocket),
         };
         self.pump(now);
@@ -522,7 +632,7 @@ impl p2pd_proto::Machine for PunchNode {
             .as_mut()
             .filter(|_| matches!(route, Some((Part::Stream, _))))
         {
-            s.on_outcome(now, outcome, &mut self.events);
+            s.secure.handle_outcome(now, &outcome);
         } else {
             match route {
                 Some((Part::Probe(serial), inner)) => {
@@ -534,7 +644,9 @@ impl p2pd_proto::Machine for PunchNode {
                     self.puncher.handle_socket_result(now, inner, outcome);
                 }
                 Some((Part::Signaling, inner)) => {
-                    self.rendezvous.handle_socket_result(now, inner, outcome);
+                    if let Some(r) = &mut self.rendezvous {
+                        r.handle_socket_result(now, inner, outcome);
+                    }
                 }
                 // A socket no part holds (closed already): nothing to tell.
                 Some((Part::Stream, _)) | None => {}
@@ -546,10 +658,15 @@ impl p2pd_proto::Machine for PunchNode {
     /// Time passed.
     fn handle_timeout(&mut self, now: Instant) {
         if let Some(s) = self.stream.as_mut() {
-            s.send.settle();
+            // The send buffer's settle point (and the channel's deadline, were it due).
+            s.secure.handle_timeout(now);
         }
-        if self.rendezvous.poll_timeout().is_some_and(|t| t <= now) {
-            self.rendezvous.handle_timeout(now);
+        if let Some(r) = self
+            .rendezvous
+            .as_mut()
+            .filter(|r| r.poll_timeout().is_some_and(|t| t <= now))
+        {
+            r.handle_timeout(now);
         }
         if self.puncher.poll_timeout().is_some_and(|t| t <= now) {
             self.puncher.handle_timeout(now);
@@ -564,11 +681,10 @@ impl p2pd_proto::Machine for PunchNode {
 
     /// The next transmit of any part.
     fn poll_transmit(&mut self, buf: &mut [u8]) -> Option<Transmit> {
-        if let Some(t) = self
-            .sockets
-            .poll_transmit(Part::Signaling, &mut self.rendezvous, buf)
-        {
-            return Some(t);
+        if let Some(r) = &mut self.rendezvous {
+            if let Some(t) = self.sockets.poll_transmit(Part::Signaling, r, buf) {
+                return Some(t);
+            }
         }
         if let Some(t) = self
             .sockets
@@ -589,11 +705,10 @@ impl p2pd_proto::Machine for PunchNode {
 
     /// The next socket intent of any part.
     fn poll_socket_op(&mut self) -> Option<SocketOp> {
-        if let Some(op) = self
-            .sockets
-            .poll_socket_op(Part::Signaling, &mut self.rendezvous)
-        {
-            return Some(op);
+        if let Some(r) = &mut self.rendezvous {
+            if let Some(op) = self.sockets.poll_socket_op(Part::Signaling, r) {
+                return Some(op);
+            }
         }
         if let Some(op) = self
             .sockets
@@ -617,12 +732,16 @@ impl p2pd_proto::Machine for PunchNode {
 
     /// The next event.
     fn poll_event(&mut self) -> Option<NodeEvent> {
-        let ev = self.events.pop_front();
-        if ev.is_none() {
-            self.report_closed();
-            return self.events.pop_front();
+        // The node's own events, then the punched stream's (after its `Connected`), then the
+        // last one.
+        if let Some(ev) = self.events.pop_front() {
+            return Some(ev);
         }
-        ev
+        if let Some(ev) = self.poll_stream_event() {
+            return Some(ev);
+        }
+        self.report_closed();
+        self.events.pop_front()
     }
 
     /// The earliest deadline of any part (cached).

@@ -504,9 +504,11 @@ impl World {
     pub fn ready(&self) -> bool {
         self.hosts.iter().all(|h| {
             let n = self.sim.machine::<PunchNode>(*h);
-            self.broker_ids
-                .iter()
-                .all(|id| n.rendezvous().health(*id).is_some_and(|h| h.listening))
+            self.broker_ids.iter().all(|id| {
+                n.rendezvous()
+                    .and_then(|r| r.health(*id))
+                    .is_some_and(|h| h.listening)
+            })
         })
     }
 

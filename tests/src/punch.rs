@@ -96,7 +96,12 @@ pub fn describe(side: &Side) -> String {
 
 /// Whether the side's node listens on every broker.
 pub fn subscribed(s: &Side) -> bool {
-    let r = s.node.as_ref().expect("node").rendezvous();
+    let r = s
+        .node
+        .as_ref()
+        .expect("node")
+        .rendezvous()
+        .expect("own signaling");
     r.broker_ids()
         .all(|id| r.health(id).is_some_and(|h| h.listening))
 }

@@ -286,7 +286,7 @@ fn punch(args: &PunchArgs, brokers: &[String], stun: &str) -> Result<i32, String
     let mut stdout = std::io::stdout();
     loop {
         let now = rt.now();
-        if !punch_requested && node.rendezvous().connected_brokers() > 0 {
+        if !punch_requested && node.rendezvous().is_some_and(|r| r.connected_brokers() > 0) {
             punch_requested = true;
             if let Some(peer) = peer {
                 node.punch(now, peer).map_err(|e| e.to_string())?;

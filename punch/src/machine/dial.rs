@@ -502,9 +502,8 @@ impl Puncher {
         }
         if channel.is_established() {
             // The peer proved itself on this connection. The leader's last handshake message
-            // is our last transmit on it; data that came right behind the follower's stays in
-            // the channel for the new owner.
-            self.flush_channel(index);
+            // stays in the channel, like data that came right behind the follower's: the new
+            // owner ([`Puncher::take_channel`]) sends it.
             self.win(index);
             return Verdict::Consumed;
         }

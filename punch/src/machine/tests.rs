@@ -192,15 +192,114 @@ fn a_retry_without_a_free_socket_waits_instead_of_spinning() {
     );
 }
 
+/// A puncher and its caller: at `Connected` it takes the winner's channel and writes what the
+/// channel holds (the leader's last handshake message) on the winner, as a node does; it closes
+/// the winner on close. Everything else is the puncher's.
+struct Owner {
+    puncher: Puncher,
+    /// The winner: its socket, the peer's end, its channel.
+    won: Option<(SocketId, SocketAddr, Channel)>,
+    /// The winner's `Close`, once closing.
+    close: Option<SocketOp>,
+}
+
+impl Owner {
+    fn new(puncher: Puncher) -> Owner {
+        Owner {
+            puncher,
+            won: None,
+            close: None,
+        }
+    }
+
+    fn close(&mut self, now: Instant) {
+        self.puncher.close(now);
+        if let Some((socket, _, channel)) = &mut self.won {
+            if self.close.is_none() {
+                channel.close(now);
+                self.close = Some(SocketOp::Close { socket: *socket });
+            }
+        }
+    }
+}
+
+impl core::ops::Deref for Owner {
+    type Target = Puncher;
+    fn deref(&self) -> &Puncher {
+        &self.puncher
+    }
+}
+
+impl core::ops::DerefMut for Owner {
+    fn deref_mut(&mut self) -> &mut Puncher {
+        &mut self.puncher
+    }
+}
+
+impl Machine for Owner {
+    type Event = PunchEvent;
+
+    fn handle_stream(&mut self, now: Instant, socket: SocketId, data: &[u8]) -> Verdict {
+        match &mut self.won {
+            Some((won, _, channel)) if *won == socket => {
+                channel.handle_input(now, data);
+                Verdict::Consumed
+            }
+            _ => self.puncher.handle_stream(now, socket, data),
+        }
+    }
+
+    fn handle_socket_result(&mut self, now: Instant, socket: SocketId, outcome: SocketOutcome) {
+        if !self.won.as_ref().is_some_and(|(won, _, _)| *won == socket) {
+            self.puncher.handle_socket_result(now, socket, outcome);
+        }
+    }
+
+    fn handle_timeout(&mut self, now: Instant) {
+        self.puncher.handle_timeout(now);
+    }
+
+    fn poll_transmit(&mut self, buf: &mut [u8]) -> Option<Transmit> {
+        if let Some(t) = self.puncher.poll_transmit(buf) {
+            return Some(t);
+        }
+        let (socket, destination, channel) = self.won.as_mut()?;
+        let len = channel.poll_transmit(buf)?;
+        Some(Transmit {
+            socket: *socket,
+            destination: *destination,
+            len,
+        })
+    }
+
+    fn poll_socket_op(&mut self) -> Option<SocketOp> {
+        self.puncher.poll_socket_op().or_else(|| self.close.take())
+    }
+
+    fn poll_event(&mut self) -> Option<PunchEvent> {
+        let ev = self.puncher.poll_event()?;
+        if let PunchEvent::Connected { socket, remote, .. } = &ev {
+            if let Some(channel) = self.puncher.take_channel(*socket) {
+                self.won = Some((*socket, *remote, channel));
+            }
+        }
+        Some(ev)
+    }
+
+    fn poll_timeout(&self) -> Option<Instant> {
+        self.puncher.poll_timeout()
+    }
+}
+
 /// Moves every signal one side reported to the other at once (signaling takes no time here),
 /// answers the responder's candidate request; keeps every other event (with its side).
-fn relay(pair: &mut Pair<Puncher, Puncher>, seen: &mut Vec<(char, PunchEvent)>) {
+fn relay(pair: &mut Pair<Owner, Owner>, seen: &mut Vec<(char, PunchEvent)>) {
     while !(pair.a.events.is_empty() && pair.b.events.is_empty()) {
         relay_once(pair, seen);
     }
 }
 
-fn relay_once(pair: &mut Pair<Puncher, Puncher>, seen: &mut Vec<(char, PunchEvent)>) {
+fn relay_once(pair: &mut Pair<Owner, Owner>, seen: &mut Vec<(char, PunchEvent)>) {
     for (side, events) in [('a', pair.a.take_events()), ('b', pair.b.take_events())] {
         for ev in events {
             match ev {
@@ -233,8 +332,8 @@ fn relay_once(pair: &mut Pair<Puncher, Puncher>, seen: &mut Vec<(char, PunchEven
 
 /// `a` and `b` 15 ms apart on one virtual clock, `a` initiating a punch to `peer()` with its own
 /// address as its candidate.
-fn initiated_pair(a: Puncher, b: Puncher) -> Pair<Puncher, Puncher> {
-    let mut pair = Pair::new(a, b)
+fn initiated_pair(a: Puncher, b: Puncher) -> Pair<Owner, Owner> {
+    let mut pair = Pair::new(Owner::new(a), Owner::new(b))
         .latency(Duration::from_millis(15), Duration::from_millis(15))
         .final_events(
             |e| matches!(e, PunchEvent::Closed),
@@ -286,12 +385,18 @@ fn two_punchers_meet_through_the_in_memory_network() {
             // Each side's channel proved the other's identity.
             let expected = if *side == 'a' { PEER_KEY } else { US_KEY };
             assert_eq!(*proved, identity(expected).public_key(), "{side}");
-            let channel = if *side == 'a' {
-                pair.a.machine.take_channel(*socket)
+            // The owner took it at once (and sent the leader's last handshake message on it:
+            // both sides connected).
+            let won = if *side == 'a' {
+                &pair.a.machine.won
             } else {
-                pair.b.machine.take_channel(*socket)
+                &pair.b.machine.won
             };
-            assert!(channel.is_some_and(|c| c.is_established()), "{side}");
+            assert!(
+                won.as_ref()
+                    .is_some_and(|(s, _, c)| s == socket && c.is_established()),
+                "{side}"
+            );
             let (ours, theirs) = if *side == 'a' {
                 ("10.0.0.1:20000", "10.0.0.2:30000")
             } else {
@@ -302,11 +407,6 @@ fn two_punchers_meet_through_the_in_memory_network() {
                 (ours.parse().unwrap(), theirs.parse().unwrap()),
                 "{side}"
             );
-            if *side == 'a' {
-                pair.a.checker.released(*socket);
-            } else {
-                pair.b.checker.released(*socket);
-            }
         }
     }
     pair.input_a(|m, now| m.close(now));
@@ -402,12 +502,7 @@ fn an_impostor_with_the_signaling_but_not_the_key_never_gets_a_stream() {
     );
     // Connections did come up at A; their handshakes failed.
     assert!(pair.a.machine.stats().channel_failures > 0, "{seen:?}");
-    // A stream B believes in is B's caller's to close.
-    for (_, ev) in seen.iter().filter(|(s, _)| *s == 'b') {
-        if let PunchEvent::Connected { socket, .. } = ev {
-            pair.b.checker.released(*socket);
-        }
-    }
+    // A stream B believes in is B's caller's to close (the owner closes it).
     assert!(seen.iter().any(|(s, e)| *s == 'a'
         && matches!(
             e,

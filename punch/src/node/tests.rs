@@ -202,29 +202,29 @@ fn a_reset_before_the_peers_finish_is_a_failed_stream() {
     // Regression (punch_node_session): a reset (or any failure) of the punched stream before the
     // peer's authenticated FINISH was reported as a plain StreamClosed, like the peer's clean
     // end, so a forged RST could pass for the end of the data (`p2pd punch` exited 0).
+    use p2pd_channel::stream::{SecureStream, StreamEvent};
     let reset = SocketOutcome::Failed {
         op: p2pd_proto::OpKind::Receive,
         destination: None,
         error: p2pd_proto::IoError::ConnectionReset,
     };
+    let events = |s: &mut SecureStream| core::iter::from_fn(|| s.poll_event()).collect::<Vec<_>>();
     let (ours, _) = channel_pair();
-    let mut stream = Stream::new(SocketId(5), "203.0.113.9:4000".parse().unwrap(), ours);
-    let mut events = VecDeque::new();
-    stream.on_outcome(Instant::ZERO, reset, &mut events);
+    let mut stream = SecureStream::new(ours);
+    stream.handle_outcome(Instant::ZERO, &reset);
     assert_eq!(
-        Vec::from(events),
+        events(&mut stream),
         vec![
-            NodeEvent::StreamFailed(ChannelFailure::Truncated),
-            NodeEvent::StreamClosed
+            StreamEvent::Failed(ChannelFailure::Truncated),
+            StreamEvent::PeerFinished
         ]
     );
     // After the peer's FINISH the data is whole: a reset then fails nothing more.
     let (ours, mut theirs) = channel_pair();
-    let mut stream = Stream::new(SocketId(5), "203.0.113.9:4000".parse().unwrap(), ours);
+    let mut stream = SecureStream::new(ours);
     theirs.finish(Instant::ZERO).unwrap();
-    let mut events = VecDeque::new();
-    stream.on_bytes(Instant::ZERO, theirs.pending_transmit(), &mut events);
-    stream.on_outcome(Instant::ZERO, reset, &mut events);
-    assert_eq!(Vec::from(events), vec![NodeEvent::StreamClosed]);
-    assert!(stream.closed);
+    stream.handle_bytes(Instant::ZERO, theirs.pending_transmit());
+    stream.handle_outcome(Instant::ZERO, &reset);
+    assert_eq!(events(&mut stream), vec![StreamEvent::PeerFinished]);
+    assert!(!stream.is_open());
 }
