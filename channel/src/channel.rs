@@ -46,6 +46,21 @@ pub struct ChannelConfig {
     pub handshake_timeout: Duration,
 }
 
+impl ChannelConfig {
+    /// Whether the limits are in range (`max_frame` in `1..=65519`, `send_buffer` at least one
+    /// whole frame): [`ChannelApiError::BadConfig`] otherwise. [`Channel::new`] checks it; a
+    /// machine that builds channels later checks it once, when it is built.
+    pub fn check(&self) -> Result<(), ChannelApiError> {
+        if self.max_frame == 0
+            || self.max_frame > NOISE_MAX_PLAINTEXT
+            || self.send_buffer < frame_wire_len(self.max_frame)
+        {
+            return Err(ChannelApiError::BadConfig);
+        }
+        Ok(())
+    }
+}
+
 impl Default for ChannelConfig {
     fn default() -> Self {
         ChannelConfig {
@@ -147,12 +162,7 @@ impl Channel {
         seed: [u8; 32],
         now: Instant,
     ) -> Result<Channel, ChannelApiError> {
-        if config.max_frame == 0
-            || config.max_frame > NOISE_MAX_PLAINTEXT
-            || config.send_buffer < frame_wire_len(config.max_frame)
-        {
-            return Err(ChannelApiError::BadConfig);
-        }
+        config.check()?;
         let context_len =
             u8::try_from(context.len()).map_err(|_| ChannelApiError::ContextTooLong)?;
         debug_assert!(context.len() <= MAX_CONTEXT_LEN);

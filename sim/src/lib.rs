@@ -114,6 +114,7 @@ mod link;
 pub mod matrix;
 mod natbox;
 mod node;
+pub mod node_matrix;
 mod parallel;
 pub mod punch_matrix;
 mod raw;

@@ -1,0 +1,191 @@
+//! Authenticated streams, whatever their path: each is a socket of the node's own with its
+//! [`SecureStream`] (every byte sealed and opened by the secure channel). Bytes in as
+//! [`NodeEvent::Data`], out with [`Node::send`]; [`Node::finish`] half-closes;
+//! [`Node::close_stream`] releases the socket ([`NodeEvent::StreamClosed`]).
+
+use core::net::SocketAddr;
+
+use p2pd_channel::stream::{SecureStream, StreamApiError, StreamEvent};
+use p2pd_proto::{Instant, SocketId, SocketOp, Transmit};
+use p2pd_signaling::PublicKey;
+
+use crate::node::{Node, Part};
+use crate::types::{NodeApiError, NodeEvent, Path, StreamId};
+
+/// One stream.
+pub(crate) struct StreamSlot {
+    pub(crate) id: StreamId,
+    pub(crate) socket: SocketId,
+    pub(crate) remote: SocketAddr,
+    pub(crate) peer: PublicKey,
+    pub(crate) path: Path,
+    pub(crate) stream: SecureStream,
+    /// [`Node::close_stream`] was called (or the node closes): its `Close` goes out next.
+    pub(crate) closing: bool,
+}
+
+impl Node {
+    pub(crate) fn add_stream(
+        &mut self,
+        socket: SocketId,
+        remote: SocketAddr,
+        peer: PublicKey,
+        path: Path,
+        stream: SecureStream,
+    ) -> StreamId {
+        let id = StreamId(self.next_stream);
+        self.next_stream = self.next_stream.wrapping_add(1);
+        self.stats.streams = self.stats.streams.saturating_add(1);
+        self.streams.push(StreamSlot {
+            id,
+            socket,
+            remote,
+            peer,
+            path,
+            stream,
+            closing: false,
+        });
+        id
+    }
+
+    fn stream_mut(&mut self, id: StreamId) -> Result<&mut StreamSlot, NodeApiError> {
+        self.streams
+            .iter_mut()
+            .find(|s| s.id == id && !s.closing)
+            .ok_or(NodeApiError::UnknownStream)
+    }
+
+    /// Sends `bytes` on `stream`: takes as many as fit and returns how many (like
+    /// [`std::io::Write::write`]); [`NodeEvent::Writable`] says when there is room again.
+    pub fn send(
+        &mut self,
+        now: Instant,
+        stream: StreamId,
+        bytes: &[u8],
+    ) -> Result<usize, NodeApiError> {
+        let slot = self.stream_mut(stream)?;
+        let taken = slot.stream.send(now, bytes).map_err(api_error)?;
+        self.pump(now);
+        Ok(taken)
+    }
+
+    /// How many bytes [`Node::send`] takes now on `stream`.
+    pub fn send_room(&self, stream: StreamId) -> usize {
+        self.streams
+            .iter()
+            .find(|s| s.id == stream && !s.closing)
+            .map_or(0, |s| s.stream.send_room())
+    }
+
+    /// Finishes our sending side of `stream` (authenticated FINISH, then the FIN once every byte
+    /// is taken: [`NodeEvent::Finished`]). We keep receiving until [`NodeEvent::PeerFinished`].
+    pub fn finish(&mut self, now: Instant, stream: StreamId) -> Result<(), NodeApiError> {
+        let slot = self.stream_mut(stream)?;
+        slot.stream.finish(now).map_err(api_error)?;
+        self.pump(now);
+        Ok(())
+    }
+
+    /// Closes `stream` at once (unsent bytes are dropped) and releases its socket:
+    /// [`NodeEvent::StreamClosed`]. Idempotent.
+    pub fn close_stream(&mut self, now: Instant, stream: StreamId) -> Result<(), NodeApiError> {
+        let slot = self.stream_mut(stream)?;
+        slot.stream.close(now);
+        slot.closing = true;
+        self.pump(now);
+        Ok(())
+    }
+
+    /// The peer, path and peer's end of `stream`.
+    pub fn stream_info(&self, stream: StreamId) -> Option<(PublicKey, Path, SocketAddr)> {
+        self.streams
+            .iter()
+            .find(|s| s.id == stream)
+            .map(|s| (s.peer, s.path, s.remote))
+    }
+
+    /// The runtime's socket id of `stream` (for the runtime's own view of it).
+    pub fn stream_socket(&self, stream: StreamId) -> Option<SocketId> {
+        let s = self.streams.iter().find(|s| s.id == stream)?;
+        self.sockets.outer(Part::Own, s.socket)
+    }
+
+    /// Bytes queued on `stream` that the runtime has not taken.
+    pub fn queued(&self, stream: StreamId) -> usize {
+        self.streams
+            .iter()
+            .find(|s| s.id == stream)
+            .map_or(0, |s| s.stream.queued())
+    }
+
+    pub(crate) fn on_stream_event(&mut self, i: usize, ev: StreamEvent) {
+        let Some(slot) = self.streams.get(i) else {
+            return;
+        };
+        let stream = slot.id;
+        let event = match ev {
+            StreamEvent::Data(bytes) => NodeEvent::Data { stream, bytes },
+            StreamEvent::Failed(reason) => NodeEvent::StreamFailed { stream, reason },
+            StreamEvent::PeerFinished => NodeEvent::PeerFinished { stream },
+            StreamEvent::Finished => NodeEvent::Finished { stream },
+            StreamEvent::Writable => NodeEvent::Writable { stream },
+            _ => return,
+        };
+        self.events.push_back(event);
+    }
+
+    pub(crate) fn poll_stream_transmit(&mut self, buf: &mut [u8]) -> Option<Transmit> {
+        for s in &mut self.streams {
+            if s.closing {
+                continue;
+            }
+            if let Some(len) = s.stream.poll_transmit(buf) {
+                // Settle at once, so taken bytes leave the buffer and the rest goes out.
+                self.deadline = Some(
+                    self.deadline
+                        .map_or(self.last_now, |d| d.min(self.last_now)),
+                );
+                let t = Transmit {
+                    socket: s.socket,
+                    destination: s.remote,
+                    len,
+                };
+                if let Some(t) = self.sockets.transmit(Part::Own, t) {
+                    return Some(t);
+                }
+            }
+        }
+        None
+    }
+
+    /// A stream's `Shutdown` once it finished, its `Close` once it is closed.
+    pub(crate) fn poll_stream_op(&mut self) -> Option<SocketOp> {
+        for s in &mut self.streams {
+            if !s.closing && s.stream.poll_shutdown() {
+                let op = SocketOp::Shutdown { socket: s.socket };
+                if let Some(op) = self.sockets.outbound(Part::Own, op) {
+                    return Some(op);
+                }
+            }
+        }
+        if let Some(pos) = self.streams.iter().position(|s| s.closing) {
+            let slot = self.streams.remove(pos);
+            self.events
+                .push_back(NodeEvent::StreamClosed { stream: slot.id });
+            return self.sockets.outbound(
+                Part::Own,
+                SocketOp::Close {
+                    socket: slot.socket,
+                },
+            );
+        }
+        None
+    }
+}
+
+fn api_error(e: StreamApiError) -> NodeApiError {
+    match e {
+        StreamApiError::SendBufferFull { .. } => NodeApiError::SendBufferFull,
+        _ => NodeApiError::StreamClosed,
+    }
+}

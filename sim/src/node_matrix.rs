@@ -1,0 +1,536 @@
+//! Whole nodes ([`p2pd_node::Node`]) connecting by name in the simulator, graded against an
+//! oracle written from the NAT kinds alone (apart from the node's planner): every pair of
+//! [`NatKind`]s, and two hosts behind one NAT box, at several loss levels and seeds.
+//!
+//! # One run
+//!
+//! Two MQTT brokers, an RFC 5780 STUN server (also answering over TCP) and a PNP server on public
+//! hosts; host A and host B each behind a NAT box of its kind (or public for [`NatKind::Open`];
+//! behind the same box for [`Layout::SameNat`]). Each runs a node told its NAT's behaviour
+//! (the ground truth, as a classifier reports it) or classifying it itself
+//! ([`Family::Classified`], against two STUN servers). B registers the name `bob`; once both are
+//! ready, A connects to `bob`. A run **succeeds** when A's `Connected` and B's `Accepted` name
+//! each other with the oracle's path, bytes cross both ways and both ends see the other's FINISH;
+//! when the oracle expects no path (a relay is needed), when A's connect fails with the relay
+//! phase skipped. Then both nodes close, and nothing may be left: one `Closed` each, no socket in
+//! the simulator, no deadline.
+//!
+//! # The oracle
+//!
+//! - two hosts behind one NAT: **direct** (the local endpoint);
+//! - B open, or behind a full cone (endpoint-independent filtering lets A's SYN in to the
+//!   listener's kept-open mapping): **direct**;
+//! - else A open or full cone: **reverse** (B dials A);
+//! - else, if the punch matrix's oracle [`punchable`] says the pair can be punched: **punched**;
+//! - else: no path without a relay (phase C).
+
+use core::net::{Ipv4Addr, SocketAddr};
+use core::time::Duration;
+
+use p2pd_nat::{Behaviour, ClassifierConfig, Filtering, ServerSpec};
+use p2pd_node::{
+    NatSource, Node, NodeConfig, NodeEvent, Path, Phase, PhaseOutcome, SkipReason, StreamId, Target,
+};
+use p2pd_proto::Machine;
+use p2pd_signaling::pnp::{
+    MemoryStore, Name, PnpClientConfig, PnpServer, PnpServerConfig, PnpTransport,
+};
+use p2pd_signaling::rendezvous::{BrokerSpec, RendezvousConfig};
+use p2pd_signaling::{Identity, NatInfo};
+
+use crate::punch_matrix::{punchable, tcp_config, NatKind};
+use crate::{BrokerConfig, Host, HostId, LinkConfig, MqttBroker, NatTcpConfig, Sim};
+
+/// Where the two hosts sit.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Layout {
+    /// A and B behind their own NAT kinds (or open).
+    Apart(NatKind, NatKind),
+    /// A and B behind one NAT box of this kind.
+    SameNat(NatKind),
+}
+
+impl Layout {
+    /// A label for tables.
+    pub fn label(self) -> String {
+        match self {
+            Layout::Apart(a, b) => format!("{} -> {}", a.label(), b.label()),
+            Layout::SameNat(k) => format!("both behind one {}", k.label()),
+        }
+    }
+}
+
+/// How the nodes learn their NAT.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Family {
+    /// Told the ground truth.
+    Given,
+    /// Each node classifies its NAT itself (two RFC 5780 servers).
+    Classified,
+}
+
+/// The oracle's expected path (`None`: a relay is needed).
+pub fn expected(layout: Layout) -> Option<Path> {
+    let open_door = |k: NatKind| {
+        k.behaviour()
+            .is_none_or(|b| b.filtering == Filtering::EndpointIndependent)
+    };
+    match layout {
+        Layout::SameNat(_) => Some(Path::Direct),
+        Layout::Apart(_, b) if open_door(b) => Some(Path::Direct),
+        Layout::Apart(a, _) if open_door(a) => Some(Path::Reverse),
+        Layout::Apart(a, b) if punchable(a, b) => Some(Path::Punched),
+        Layout::Apart(..) => None,
+    }
+}
+
+/// Every layout: all ordered pairs of kinds, and each NAT kind shared by both hosts.
+pub fn layouts() -> Vec<Layout> {
+    let kinds = crate::punch_matrix::KINDS;
+    let mut all = Vec::new();
+    for a in kinds {
+        for b in kinds {
+            all.push(Layout::Apart(a, b));
+        }
+    }
+    for k in kinds.into_iter().filter(|k| *k != NatKind::Open) {
+        all.push(Layout::SameNat(k));
+    }
+    all
+}
+
+/// One run's result.
+#[derive(Clone, Debug, PartialEq)]
+pub struct NodeOutcome {
+    /// Where the hosts sat.
+    pub layout: Layout,
+    /// The access links' loss.
+    pub loss: f64,
+    /// The seed.
+    pub seed: u64,
+    /// The expected path.
+    pub expected: Option<Path>,
+    /// The path taken and the virtual time from `connect` to the stream, or the connect's failure
+    /// (its phases), or what went wrong.
+    pub result: Result<(Path, Duration), String>,
+    /// Whether the run matches the oracle (and bytes crossed both ways when connected).
+    pub correct: bool,
+    /// What was left after both nodes closed.
+    pub leaks: Vec<String>,
+}
+
+const BROKER_IPS: [Ipv4Addr; 2] = [
+    Ipv4Addr::new(192, 0, 2, 10),
+    Ipv4Addr::new(198, 51, 100, 20),
+];
+const BROKER_PORT: u16 = 1883;
+const STUN_IPS: [Ipv4Addr; 2] = [Ipv4Addr::new(192, 0, 2, 1), Ipv4Addr::new(192, 0, 2, 2)];
+const STUN2_IPS: [Ipv4Addr; 2] = [Ipv4Addr::new(192, 0, 2, 11), Ipv4Addr::new(192, 0, 2, 12)];
+const STUN_PORT: u16 = 3478;
+const PNP_IP: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 30);
+const PNP_PORT: u16 = 5300;
+const PUBLIC_IPS: [Ipv4Addr; 2] = [Ipv4Addr::new(203, 0, 113, 1), Ipv4Addr::new(203, 0, 113, 2)];
+const PRIVATE_IPS: [Ipv4Addr; 2] = [Ipv4Addr::new(10, 0, 0, 2), Ipv4Addr::new(10, 0, 0, 3)];
+const EPOCH_MS: u64 = 1_800_000_000_000;
+const STEP: Duration = Duration::from_millis(10);
+/// Virtual time for both nodes to be ready (classified, registered, listening).
+pub const SETUP_LIMIT: Duration = Duration::from_secs(40);
+/// Virtual time a connect may take to its outcome.
+pub const CONNECT_LIMIT: Duration = Duration::from_secs(90);
+const NAME: &str = "bob";
+
+/// The network of one run and its two nodes.
+pub struct NodeWorld {
+    /// The simulation.
+    pub sim: Sim,
+    /// A's and B's hosts.
+    pub hosts: [HostId; 2],
+    /// Events each node reported so far (the harness takes them out of the simulator).
+    pub events: [Vec<NodeEvent>; 2],
+}
+
+/// The NAT behaviour a classifier reports for `kind` (open: no NAT).
+pub fn nat_info(kind: NatKind) -> NatInfo {
+    match kind.behaviour() {
+        Some(b) => NatInfo::from(&b),
+        None => p2pd_node::ladder::OPEN,
+    }
+}
+
+fn identity(i: usize) -> Identity {
+    let secret = [u8::try_from(i).unwrap_or(0).wrapping_add(0x51); 32];
+    Identity::from_secret_bytes(&secret).expect("valid secret")
+}
+
+impl NodeWorld {
+    /// The network for `layout`, nodes started (not yet ready).
+    pub fn new(seed: u64, layout: Layout, loss: f64, family: Family) -> NodeWorld {
+        let mut sim = Sim::new(seed);
+        let service =
+            LinkConfig::with_latency(Duration::from_millis(10)).jitter(Duration::from_millis(3));
+        for ip in BROKER_IPS {
+            let b = sim.add_mqtt_broker_with(
+                Host::public([ip]).with_link(service).with_tcp(tcp_config()),
+                BrokerConfig::new(BROKER_PORT),
+            );
+            let _ = sim.take_events::<MqttBroker>(b);
+        }
+        let stun = sim.add_stun_server(STUN_IPS[0], STUN_IPS[1], STUN_PORT, STUN_PORT + 1);
+        sim.set_link(stun, service);
+        let stun2 = sim.add_stun_server(STUN2_IPS[0], STUN2_IPS[1], STUN_PORT, STUN_PORT + 1);
+        sim.set_link(stun2, service);
+        let pnp_identity = identity(9);
+        let pnp_key = pnp_identity.public_key();
+        let pnp_addr = SocketAddr::from((PNP_IP, PNP_PORT));
+        let pnp_seed = sim.machine_seed();
+        let server = PnpServer::new(
+            PnpServerConfig::new(pnp_addr, pnp_addr, EPOCH_MS),
+            pnp_identity,
+            MemoryStore::new(1024),
+            pnp_seed,
+        )
+        .expect("pnp server config");
+        sim.add_host(
+            Host::public([PNP_IP])
+                .with_link(service)
+                .with_tcp(tcp_config()),
+            server,
+        );
+        let access = LinkConfig::with_latency(Duration::from_millis(20))
+            .jitter(Duration::from_millis(5))
+            .loss(loss);
+        let (kinds, shared) = match layout {
+            Layout::Apart(a, b) => ([a, b], false),
+            Layout::SameNat(k) => ([k, k], true),
+        };
+        let mut hosts = Vec::new();
+        let mut shared_nat = None;
+        for (i, kind) in kinds.into_iter().enumerate() {
+            let ip = match kind.behaviour() {
+                None => PUBLIC_IPS.get(i).copied().unwrap_or(PUBLIC_IPS[0]),
+                Some(_) => PRIVATE_IPS.get(i).copied().unwrap_or(PRIVATE_IPS[0]),
+            };
+            let node = new_node(&mut sim, i, kind, ip, family, pnp_addr, pnp_key);
+            let host = match kind.behaviour() {
+                None => sim.add_host(
+                    Host::public([ip]).with_link(access).with_tcp(tcp_config()),
+                    node,
+                ),
+                Some(b) => {
+                    let nat = match shared_nat.filter(|_| shared) {
+                        Some(nat) => nat,
+                        None => new_nat(
+                            &mut sim,
+                            PUBLIC_IPS.get(i).copied().unwrap_or(PUBLIC_IPS[0]),
+                            b,
+                            access,
+                        ),
+                    };
+                    shared_nat = Some(nat);
+                    let h = sim.add_host_behind(nat, ip, node);
+                    sim.set_tcp_config(h, tcp_config());
+                    h
+                }
+            };
+            hosts.push(host);
+        }
+        NodeWorld {
+            sim,
+            hosts: [hosts[0], hosts[1]],
+            events: [Vec::new(), Vec::new()],
+        }
+    }
+
+    /// Runs for `d`, collecting both nodes' events.
+    pub fn run_for(&mut self, d: Duration) {
+        self.sim.run_for(d);
+        for (i, h) in self.hosts.into_iter().enumerate() {
+            let evs = self.sim.take_events::<Node>(h);
+            if let Some(list) = self.events.get_mut(i) {
+                list.extend(evs);
+            }
+        }
+    }
+
+    /// Runs until `done` holds (checked every step) or `limit` passes; whether it held.
+    pub fn run_until(&mut self, limit: Duration, mut done: impl FnMut(&NodeWorld) -> bool) -> bool {
+        let end = self.sim.now() + limit;
+        loop {
+            if done(self) {
+                return true;
+            }
+            if self.sim.now() >= end {
+                return false;
+            }
+            self.run_for(STEP);
+        }
+    }
+
+    /// Whether node `i` reported `Ready` (B: registered under its name).
+    pub fn is_ready(&self, i: usize) -> bool {
+        self.events[i]
+            .iter()
+            .any(|e| matches!(e, NodeEvent::Ready { .. }))
+    }
+
+    /// Closes both nodes and reports what was left behind.
+    pub fn close_and_check(&mut self) -> Vec<String> {
+        for h in self.hosts {
+            self.sim.with_machine::<Node, _>(h, |n, now| n.close(now));
+        }
+        let _ = self.run_until(Duration::from_secs(30), |w| {
+            w.events
+                .iter()
+                .all(|evs| evs.iter().any(|e| matches!(e, NodeEvent::Closed)))
+        });
+        self.run_for(Duration::from_secs(1));
+        let mut leaks = Vec::new();
+        for (i, h) in self.hosts.into_iter().enumerate() {
+            let side = ["A", "B"][i];
+            let closed = self.events[i]
+                .iter()
+                .filter(|e| matches!(e, NodeEvent::Closed))
+                .count();
+            if closed != 1 {
+                leaks.push(format!("{side}: {closed} Closed events"));
+            }
+            let sockets = self.sim.socket_count(h);
+            if sockets != 0 {
+                leaks.push(format!(
+                    "{side}: {sockets} sockets {:?}",
+                    self.sim.socket_list(h)
+                ));
+            }
+            let node = self.sim.machine::<Node>(h);
+            if let Some(t) = node.poll_timeout() {
+                leaks.push(format!("{side}: deadline {t:?}"));
+            }
+            if node.live() != (0, 0, 0, 0) {
+                leaks.push(format!("{side}: live parts {:?}", node.live()));
+            }
+        }
+        leaks
+    }
+}
+
+fn new_nat(
+    sim: &mut Sim,
+    public: Ipv4Addr,
+    behaviour: Behaviour,
+    access: LinkConfig,
+) -> crate::NatId {
+    let nat = sim.add_nat(public, behaviour);
+    sim.set_nat_link(nat, access);
+    sim.set_nat_tcp(nat, NatTcpConfig::default());
+    nat
+}
+
+fn new_node(
+    sim: &mut Sim,
+    i: usize,
+    kind: NatKind,
+    ip: Ipv4Addr,
+    family: Family,
+    pnp: SocketAddr,
+    pnp_key: p2pd_signaling::PublicKey,
+) -> Node {
+    let brokers = BROKER_IPS
+        .iter()
+        .map(|ip| BrokerSpec::new(None, SocketAddr::from((*ip, BROKER_PORT))))
+        .collect();
+    let rendezvous = RendezvousConfig::new(brokers, EPOCH_MS);
+    let pnp = vec![PnpClientConfig::new(
+        pnp,
+        pnp_key,
+        PnpTransport::Udp,
+        EPOCH_MS,
+    )];
+    let mut config = NodeConfig::new(rendezvous, pnp);
+    config.local_ip = ip.into();
+    config.stun_tcp = Some(SocketAddr::from((STUN_IPS[0], STUN_PORT)));
+    config.nat = match family {
+        Family::Given => NatSource::Known(Some(nat_info(kind))),
+        Family::Classified => NatSource::Classify(
+            [STUN_IPS[0], STUN2_IPS[0]]
+                .into_iter()
+                .zip(1u64..)
+                .map(|(ip, id)| ServerSpec {
+                    id,
+                    primary: SocketAddr::from((ip, STUN_PORT)),
+                    alternate: None,
+                })
+                .collect(),
+        ),
+    };
+    config.classifier = ClassifierConfig::default();
+    if i == 1 {
+        config.name = Some(Name::new(NAME).expect("valid name"));
+    }
+    let secret = sim.machine_secret();
+    let seed = sim.machine_seed();
+    Node::new(config, identity(i), secret, seed, p2pd_proto::Instant::ZERO).expect("node config")
+}
+
+/// One run (see the module docs).
+pub fn run_one(layout: Layout, loss: f64, seed: u64, family: Family) -> NodeOutcome {
+    let mut w = NodeWorld::new(seed, layout, loss, family);
+    let expected = expected(layout);
+    let result = connect_and_exchange(&mut w, expected);
+    let leaks = w.close_and_check();
+    let correct = match (&result, expected) {
+        (Ok((path, _)), Some(want)) => *path == want,
+        (Err(why), None) => why.starts_with("no path"),
+        _ => false,
+    };
+    NodeOutcome {
+        layout,
+        loss,
+        seed,
+        expected,
+        result,
+        correct,
+        leaks,
+    }
+}
+
+fn connect_and_exchange(
+    w: &mut NodeWorld,
+    expected: Option<Path>,
+) -> Result<(Path, Duration), String> {
+    if !w.run_until(SETUP_LIMIT, |w| w.is_ready(0) && w.is_ready(1)) {
+        return Err(format!(
+            "setup: ready A {} B {}",
+            w.is_ready(0),
+            w.is_ready(1)
+        ));
+    }
+    let a = w.hosts[0];
+    let target = Target::Name(Name::new(NAME).expect("valid name"));
+    w.sim
+        .with_machine::<Node, _>(a, |n, now| n.connect(now, target))
+        .map_err(|e| format!("connect: {e}"))?;
+    let outcome = |w: &NodeWorld| {
+        w.events[0].iter().find_map(|e| match e {
+            NodeEvent::Connected {
+                stream,
+                path,
+                elapsed,
+                ..
+            } => Some(Ok((*stream, *path, *elapsed))),
+            NodeEvent::ConnectFailed { phases, .. } => Some(Err(phases.clone())),
+            _ => None,
+        })
+    };
+    if !w.run_until(CONNECT_LIMIT, |w| outcome(w).is_some()) {
+        return Err("hang: no outcome".into());
+    }
+    let (stream_a, path, elapsed) = match outcome(w) {
+        Some(Ok(ok)) => ok,
+        Some(Err(phases)) => {
+            let relay_skipped = phases.iter().any(|p| {
+                p.phase == Phase::Relay && p.outcome == PhaseOutcome::Skipped(SkipReason::NoRelay)
+            });
+            let why = format!("{phases:?}");
+            return Err(if relay_skipped && expected.is_none() {
+                format!("no path without a relay: {why}")
+            } else {
+                format!("failed: {why}")
+            });
+        }
+        None => return Err("hang".into()),
+    };
+    // B's side of the same stream.
+    let accepted = |w: &NodeWorld| {
+        w.events[1].iter().find_map(|e| match e {
+            NodeEvent::Accepted { stream, path, .. } => Some((*stream, *path)),
+            _ => None,
+        })
+    };
+    if !w.run_until(Duration::from_secs(20), |w| accepted(w).is_some()) {
+        return Err("B never accepted".into());
+    }
+    let Some((stream_b, path_b)) = accepted(w) else {
+        return Err("B never accepted".into());
+    };
+    if path_b != path {
+        return Err(format!("paths differ: A {path:?}, B {path_b:?}"));
+    }
+    exchange(w, stream_a, stream_b)?;
+    Ok((path, elapsed))
+}
+
+/// Sends a message each way, finishes both sides, and checks each end got the other's bytes
+/// and FINISH.
+fn exchange(w: &mut NodeWorld, stream_a: StreamId, stream_b: StreamId) -> Result<(), String> {
+    let [a, b] = w.hosts;
+    let messages: [&[u8]; 2] = [b"hello from a", b"hello from b"];
+    for (host, stream, msg) in [(a, stream_a, messages[0]), (b, stream_b, messages[1])] {
+        w.sim.with_machine::<Node, _>(host, |n, now| {
+            let sent = n.send(now, stream, msg).map_err(|e| e.to_string())?;
+            if sent != msg.len() {
+                return Err("short send".to_string());
+            }
+            n.finish(now, stream).map_err(|e| e.to_string())
+        })?;
+    }
+    let got = |evs: &[NodeEvent], stream: StreamId| {
+        let mut bytes = Vec::new();
+        let mut finished = false;
+        for e in evs {
+            match e {
+                NodeEvent::Data {
+                    stream: s,
+                    bytes: b,
+                } if *s == stream => bytes.extend_from_slice(b),
+                NodeEvent::PeerFinished { stream: s } if *s == stream => finished = true,
+                _ => {}
+            }
+        }
+        (bytes, finished)
+    };
+    let done = |w: &NodeWorld| {
+        let (ab, af) = got(&w.events[0], stream_a);
+        let (bb, bf) = got(&w.events[1], stream_b);
+        af && bf && ab == messages[1] && bb == messages[0]
+    };
+    if !w.run_until(Duration::from_secs(30), done) {
+        let (ab, af) = got(&w.events[0], stream_a);
+        let (bb, bf) = got(&w.events[1], stream_b);
+        return Err(format!(
+            "exchange: A got {:?} finished {af}, B got {:?} finished {bf}",
+            String::from_utf8_lossy(&ab),
+            String::from_utf8_lossy(&bb)
+        ));
+    }
+    Ok(())
+}
+
+/// Runs every layout x loss x seed (seeds `0..seeds`, mixed with the layout) on `threads`
+/// threads.
+pub fn run_matrix(
+    layouts: &[Layout],
+    losses: &[f64],
+    seeds: u64,
+    family: Family,
+    threads: usize,
+) -> Vec<NodeOutcome> {
+    let mut jobs = Vec::new();
+    for &layout in layouts {
+        for &loss in losses {
+            for s in 0..seeds {
+                jobs.push((layout, loss, s));
+            }
+        }
+    }
+    crate::parallel::fan_out(threads, |i| {
+        jobs.get(i..)
+            .into_iter()
+            .flatten()
+            .step_by(threads.max(1))
+            .map(|&(layout, loss, seed)| run_one(layout, loss, seed, family))
+            .collect::<Vec<_>>()
+    })
+    .into_iter()
+    .flatten()
+    .collect()
+}
