@@ -236,10 +236,16 @@ fn servers_checks_every_kind_at_once_and_remembers_last_success() {
     // In parallel: three checks wait for their whole timeout (dead STUN over UDP, dead PNP, the
     // PNP key the server does not hold), so one after the other would take 3 x TIMEOUT_S.
     let elapsed_ms = summary["elapsed_ms"].as_u64().expect("elapsed_ms");
-    let limit_ms = 1000 * TIMEOUT_S + 1500;
-    assert!(elapsed_ms < limit_ms, "elapsed {elapsed_ms} ms: {summary}");
+    // (Room for a loaded machine: twice the timeout, still below the sum.)
+    let limit_ms = 2 * 1000 * TIMEOUT_S + 500;
     assert!(
-        wall < Duration::from_millis(limit_ms + 1500),
+        elapsed_ms >= 1000 * TIMEOUT_S - 100,
+        "the dead servers were given their whole timeout: {summary}"
+    );
+    assert!(elapsed_ms < limit_ms, "elapsed {elapsed_ms} ms: {summary}");
+    // Closing is bounded too: the process ends soon after the checks.
+    assert!(
+        wall < Duration::from_millis(limit_ms + 3000),
         "wall {wall:?}"
     );
     assert_eq!(

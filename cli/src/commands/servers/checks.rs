@@ -208,8 +208,9 @@ pub fn stun_tcp(server: SocketAddr, timeout: Duration) -> Result<Duration, Strin
     result.unwrap_or_else(|| Err(format!("no answer over TCP within {}", seconds(timeout))))
 }
 
-/// An MQTT broker: TCP connect, CONNECT, CONNACK. The time from the start to the CONNACK (TCP
-/// handshake included), or why the first attempt failed (no reconnect).
+/// An MQTT broker: TCP connect, CONNECT, CONNACK (MQTT 5, or 3.1.1 when the broker refuses 5).
+/// The time from the start to the CONNACK (TCP handshake included), or why the attempt failed
+/// (no reconnect after a failure).
 pub fn mqtt(broker: SocketAddr, timeout: Duration) -> Result<Duration, String> {
     let mut rt = Runtime::new().map_err(|e| format!("runtime: {e}"))?;
     let mut config = MqttConfig::new(broker);
@@ -225,6 +226,10 @@ pub fn mqtt(broker: SocketAddr, timeout: Duration) -> Result<Duration, String> {
             MqttEvent::Connected { .. } => {
                 result = Some(Ok(now.saturating_duration_since(started)));
                 ControlFlow::Break(())
+            }
+            // A broker refusing MQTT 5 is retried at once in 3.1.1: wait for that attempt.
+            MqttEvent::Disconnected { retry_in, .. } if retry_in.is_zero() => {
+                ControlFlow::Continue(())
             }
             MqttEvent::Disconnected { reason, .. } => {
                 result = Some(Err(reason.to_string()));
