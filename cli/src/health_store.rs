@@ -270,6 +270,29 @@ impl HealthStore {
         Ok(())
     }
 
+    /// Runs `f` in one transaction, so many records cost one write to disk; nothing of it is kept
+    /// if `f` fails.
+    pub fn batch<R>(
+        &mut self,
+        f: impl FnOnce(&mut HealthStore) -> Result<R, String>,
+    ) -> Result<R, String> {
+        self.connection
+            .execute_batch("BEGIN IMMEDIATE")
+            .map_err(|e| format!("cannot start a transaction: {e}"))?;
+        match f(self) {
+            Ok(r) => {
+                self.connection
+                    .execute_batch("COMMIT")
+                    .map_err(|e| format!("cannot commit: {e}"))?;
+                Ok(r)
+            }
+            Err(e) => {
+                let _ = self.connection.execute_batch("ROLLBACK");
+                Err(e)
+            }
+        }
+    }
+
     /// What the store knows about the server `id` of `kind`, if anything.
     pub fn get(&self, kind: ServerKind, id: u64) -> Result<Option<Health>, String> {
         self.connection

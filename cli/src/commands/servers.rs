@@ -220,10 +220,22 @@ fn record_health(path: &Path, rows: &mut [Row], now_ms: u64) -> Result<(), Strin
         row.last_success_ms = row.outcome.is_ok().then_some(now_ms);
     }
     let mut store = HealthStore::open(path)?;
-    for row in rows.iter_mut() {
-        let Some(id) = row.id else { continue };
-        store.record(row.kind, id, &row.address, row.outcome.clone(), now_ms)?;
-        row.last_success_ms = store.get(row.kind, id)?.and_then(|h| h.last_success_ms);
+    let known = store.batch(|store| {
+        let mut known = Vec::with_capacity(rows.len());
+        for row in rows.iter() {
+            let Some(id) = row.id else {
+                known.push(None);
+                continue;
+            };
+            store.record(row.kind, id, &row.address, row.outcome.clone(), now_ms)?;
+            known.push(store.get(row.kind, id)?.and_then(|h| h.last_success_ms));
+        }
+        Ok(known)
+    })?;
+    for (row, last) in rows.iter_mut().zip(known) {
+        if row.id.is_some() {
+            row.last_success_ms = last;
+        }
     }
     Ok(())
 }

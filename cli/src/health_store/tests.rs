@@ -109,3 +109,22 @@ fn long_errors_are_clipped_at_a_character_boundary() {
     assert!(e.len() <= MAX_ERROR_LEN && e.len() >= MAX_ERROR_LEN - 1);
     assert!(e.chars().all(|c| c == 'é'));
 }
+
+#[test]
+fn a_batch_is_kept_whole_or_not_at_all() {
+    let mut s = HealthStore::in_memory().unwrap();
+    s.batch(|s| {
+        s.record(ServerKind::Mqtt, 1, "a", Ok(MS), 10)?;
+        s.record(ServerKind::Mqtt, 2, "b", Ok(MS), 10)
+    })
+    .unwrap();
+    let e = s
+        .batch(|s| {
+            s.record(ServerKind::Mqtt, 3, "c", Ok(MS), 20)?;
+            Err::<(), _>("stop".to_string())
+        })
+        .unwrap_err();
+    assert_eq!(e, "stop");
+    assert!(s.get(ServerKind::Mqtt, 2).unwrap().is_some());
+    assert_eq!(s.get(ServerKind::Mqtt, 3).unwrap(), None);
+}
