@@ -14,6 +14,7 @@
 //! p2pd name register NAME VALUE [--server ADDR|ID] [--server-key HEX] [--tcp] [--version N] [--ttl S] [--identity FILE] [--json]
 //! p2pd name lookup NAME [--server ADDR|ID] [--server-key HEX] [--tcp] [--json]
 //! p2pd name delete NAME [--server ADDR|ID] [--server-key HEX] [--tcp] [--version N] [--identity FILE] [--json]
+//! p2pd servers [--timeout S] [--health FILE] [--json]
 //! p2pd config show [--json] [--show-secrets]
 //! p2pd config path [--json]
 //! ```
@@ -109,6 +110,9 @@ enum Command {
     Name(cli::name::NameArgs),
     /// Punch a TCP connection to a peer through both NATs, then pipe stdin/stdout over it.
     Punch(cli::punch::PunchArgs),
+    /// Check every configured server at once (STUN over UDP and TCP, RFC 5780, MQTT brokers, PNP
+    /// servers and their keys, relays): reachability, RTT and last success.
+    Servers(cli::servers::ServersArgs),
     /// Show the effective configuration (STUN servers, brokers, PNP servers, relays) or its file.
     Config(cli::config::ConfigArgs),
 }
@@ -129,6 +133,7 @@ fn main() {
         Command::PnpServer(a) => cli::pnp_server::run(a),
         Command::Name(a) => cli::name::run(a, config),
         Command::Punch(a) => cli::punch::run(a, config),
+        Command::Servers(a) => cli::servers::run(a, config),
         Command::Config(a) => cli::config::run(a, config),
     };
     std::process::exit(p2pd_cli::output::exit_code(code));

@@ -108,6 +108,8 @@ const QUICK_NTP: &[&str] = &[
     "--timeout-ms",
     "100",
 ];
+/// A configuration file that does not exist: `servers` parses its options, then stops (exit 2).
+const QUICK_SERVERS: &[&str] = &["--config", DB, "--timeout", "0.2"];
 const QUICK_SIM: &[&str] = &["--seeds", "1", "--loss", "0"];
 const QUICK_LISTEN: &[&str] = &[
     "--broker",
@@ -239,6 +241,7 @@ const NUMERIC: &[NumericOption] = &[
     ),
     opt(&["stun-server"], QUICK_STUN_SERVER, "--duration", SECONDS),
     opt(&["nat"], QUICK_NAT, "--timeout", "0 to 3600"),
+    opt(&["servers"], QUICK_SERVERS, "--timeout", "0 to 3600"),
     opt(&["ntp"], QUICK_NTP, "--samples", "1 to 16"),
     opt(&["ntp"], QUICK_NTP, "--spacing-ms", "0 to 3600000"),
     opt(&["ntp"], QUICK_NTP, "--timeout-ms", "1 to 3600000"),
@@ -330,6 +333,7 @@ const NOT_NUMERIC: &[&str] = &[
     "--nat-allocation",
     "--log-level",
     "--config",
+    "--health",
 ];
 
 /// Every sub-command, as the command words.
@@ -349,6 +353,7 @@ const SUBCOMMANDS: &[&[&str]] = &[
     &["name", "lookup"],
     &["name", "delete"],
     &["punch"],
+    &["servers"],
     &["config", "show"],
     &["config", "path"],
 ];

@@ -9,6 +9,7 @@ pub mod numbers;
 pub mod pnp_server;
 pub mod punch;
 pub mod report;
+pub mod servers;
 pub mod signal;
 pub mod sim;
 pub mod stop_signal;
