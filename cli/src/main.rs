@@ -15,6 +15,8 @@
 //! p2pd name lookup NAME [--server ADDR|ID] [--server-key HEX] [--tcp] [--json]
 //! p2pd name delete NAME [--server ADDR|ID] [--server-key HEX] [--tcp] [--version N] [--identity FILE] [--json]
 //! p2pd servers [--timeout S] [--health FILE] [--json]
+//! p2pd node --name NAME [--forward HOST:PORT] [--broker ..] [--stun ..] [--identity FILE] [--json]
+//! p2pd connect TARGET [--forward LISTEN_ADDR] [--timeout S] [--broker ..] [--stun ..] [--identity FILE] [--json]
 //! p2pd config show [--json] [--show-secrets]
 //! p2pd config path [--json]
 //! ```
@@ -110,6 +112,12 @@ enum Command {
     Name(cli::name::NameArgs),
     /// Punch a TCP connection to a peer through both NATs, then pipe stdin/stdout over it.
     Punch(cli::punch::PunchArgs),
+    /// Run a node reachable by name: print `ready`, then pipe the first accepted stream to
+    /// stdin/stdout (or forward every stream to a local service).
+    Node(cli::node::NodeArgs),
+    /// Connect to a node by name, address or key (direct, reverse or punched; every stream
+    /// authenticated and encrypted) and pipe stdin/stdout (or forward a local port).
+    Connect(cli::node::ConnectArgs),
     /// Check every configured server at once (STUN over UDP and TCP, RFC 5780, MQTT brokers, PNP
     /// servers and their keys, relays): reachability, RTT and last success.
     Servers(cli::servers::ServersArgs),
@@ -134,6 +142,8 @@ fn main() {
         Command::Name(a) => cli::name::run(a, config),
         Command::Punch(a) => cli::punch::run(a, config),
         Command::Servers(a) => cli::servers::run(a, config),
+        Command::Node(a) => cli::node::run_node(a, config),
+        Command::Connect(a) => cli::node::run_connect(a, config),
         Command::Config(a) => cli::config::run(a, config),
     };
     std::process::exit(p2pd_cli::output::exit_code(code));

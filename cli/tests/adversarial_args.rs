@@ -185,6 +185,19 @@ const QUICK_PUNCH: &[&str] = &[
     "0.2",
 ];
 
+const QUICK_NODE: &[&str] = &["--name", "quick", "--identity", "/nonexistent/p2pd.key"];
+const QUICK_CONNECT: &[&str] = &[
+    "somename",
+    "--broker",
+    "127.0.0.1:1",
+    "--stun",
+    "127.0.0.1:9",
+    "--identity",
+    KEY,
+    "--timeout",
+    "0.2",
+];
+
 const SECONDS: &str = "0 to 31536000";
 
 /// The [`NumericOption`] `option` of `command`, run with `quick`, whose `--help` states `range`.
@@ -310,6 +323,9 @@ const NUMERIC: &[NumericOption] = &[
         "0 to 18446744073709551615",
     ),
     opt(&["punch"], QUICK_PUNCH, "--timeout", SECONDS),
+    opt(&["node"], QUICK_NODE, "--listen-port", "0 to 65535"),
+    opt(&["connect"], QUICK_CONNECT, "--listen-port", "0 to 65535"),
+    opt(&["connect"], QUICK_CONNECT, "--timeout", SECONDS),
 ];
 
 /// Options that take a value that is not a number (addresses, paths, names, keys, enums).
@@ -334,6 +350,8 @@ const NOT_NUMERIC: &[&str] = &[
     "--log-level",
     "--config",
     "--health",
+    "--name",
+    "--forward",
 ];
 
 /// Every sub-command, as the command words.
@@ -354,6 +372,8 @@ const SUBCOMMANDS: &[&[&str]] = &[
     &["name", "delete"],
     &["punch"],
     &["servers"],
+    &["node"],
+    &["connect"],
     &["config", "show"],
     &["config", "path"],
 ];

@@ -4,6 +4,7 @@ pub mod config;
 pub mod id;
 pub mod name;
 pub mod nat;
+pub mod node;
 pub mod ntp;
 pub mod numbers;
 pub mod pnp_server;

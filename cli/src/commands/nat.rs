@@ -165,7 +165,7 @@ fn list_servers(json: bool) {
 }
 
 /// The local IP the OS would use to reach `server` (a UDP `connect` sends nothing).
-fn route_local_ip(server: SocketAddr, interface: Option<&str>) -> Result<IpAddr, String> {
+pub fn route_local_ip(server: SocketAddr, interface: Option<&str>) -> Result<IpAddr, String> {
     let any: SocketAddr = if server.is_ipv4() {
         SocketAddr::from(([0, 0, 0, 0], 0))
     } else {

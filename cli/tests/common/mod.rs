@@ -10,6 +10,8 @@ use p2pd_signaling::Identity;
 #[allow(unused_imports)]
 pub use p2pd_tests::*;
 
+pub mod procs;
+
 /// The `p2pd` binary of this package, built by cargo for the integration tests.
 pub fn p2pd_bin() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_p2pd"))

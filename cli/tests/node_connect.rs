@@ -1,0 +1,267 @@
+//! `p2pd node --name` and `p2pd connect NAME` end to end on loopback, with a configuration file
+//! naming real servers (our RFC 5780 STUN server with TCP on 127.0.0.1 + 127.0.0.2, our PNP
+//! server, mosquitto) and no NAT flags: the node classifies itself (no NAT on loopback: open),
+//! registers its name, the connect resolves it and dials directly; the stream carries stdin both
+//! ways (authenticated and encrypted), and both exit 0 once both sides finished.
+//!
+//! Skips (with a message) when mosquitto is not installed; under `CI=true` that fails.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use common::procs::{start_server, words};
+use common::{event_of, identity, json_line, p2pd_bin, Mosquitto, Scratch};
+use serde_json::Value;
+
+/// The servers and a configuration file naming them.
+struct Lab {
+    dir: Scratch,
+    config: std::path::PathBuf,
+    _servers: Vec<common::procs::Server>,
+    _broker: Mosquitto,
+}
+
+fn lab(tag: &str) -> Option<Lab> {
+    let broker = Mosquitto::start()?;
+    let dir = Scratch::new(tag);
+    let (stun, p, _) = start_server(5, |p, q| {
+        words(&[
+            "stun-server",
+            "--primary",
+            "127.0.0.1",
+            "--alternate",
+            "127.0.0.2",
+            "--port",
+            &p.to_string(),
+            "--alt-port",
+            &q.to_string(),
+            "--tcp",
+        ])
+    });
+    let key_file = dir.identity_file("pnp.key", 0x71);
+    let db = dir.path("names.db");
+    let (pnp, n, _) = start_server(2, |p, _| {
+        let addr = format!("127.0.0.1:{p}");
+        vec![
+            "pnp-server".into(),
+            "--db".into(),
+            db.display().to_string(),
+            "--udp".into(),
+            addr.clone(),
+            "--tcp".into(),
+            addr,
+            "--identity".into(),
+            key_file.display().to_string(),
+        ]
+    });
+    let config = dir.path("config.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "stun = [\"127.0.0.1:{p}\"]\nbrokers = [\"{}\"]\n\n[[pnp]]\naddress = \"127.0.0.1:{n}\"\nkey = \"{}\"\n",
+            broker.addr(),
+            identity(0x71).public_key()
+        ),
+    )
+    .expect("config");
+    Some(Lab {
+        dir,
+        config,
+        _servers: vec![stun, pnp],
+        _broker: broker,
+    })
+}
+
+/// A running `p2pd` whose stderr lines arrive on a channel (parsed JSON).
+struct Proc {
+    child: Child,
+    lines: mpsc::Receiver<Value>,
+    seen: Vec<Value>,
+}
+
+impl Proc {
+    fn spawn(config: &Path, args: &[String], stdin: &[u8]) -> Proc {
+        let mut child = Command::new(p2pd_bin())
+            .arg("--config")
+            .arg(config)
+            .args(args)
+            .arg("--json")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn p2pd");
+        let mut input = child.stdin.take().expect("stdin");
+        let data = stdin.to_vec();
+        std::thread::spawn(move || {
+            let _ = input.write_all(&data);
+        });
+        let err = child.stderr.take().expect("stderr");
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(err).lines().map_while(Result::ok) {
+                let value = json_line(&line).unwrap_or(Value::String(line));
+                if tx.send(value).is_err() {
+                    return;
+                }
+            }
+        });
+        Proc {
+            child,
+            lines: rx,
+            seen: Vec::new(),
+        }
+    }
+
+    /// Waits for a status line with `event` (at most `limit`).
+    fn wait_for(&mut self, event: &str, limit: Duration) -> Option<Value> {
+        let end = Instant::now() + limit;
+        loop {
+            if let Some(v) = self.seen.iter().find(|v| event_of(v) == Some(event)) {
+                return Some(v.clone());
+            }
+            let left = end.checked_duration_since(Instant::now())?;
+            match self.lines.recv_timeout(left) {
+                Ok(v) => self.seen.push(v),
+                Err(_) => return None,
+            }
+        }
+    }
+
+    /// Waits for the exit (at most `limit`); its code and stdout.
+    fn finish(&mut self, limit: Duration) -> (Option<i32>, Vec<u8>) {
+        let end = Instant::now() + limit;
+        let code = loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                break status.code();
+            }
+            if Instant::now() > end {
+                let _ = self.child.kill();
+                break None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let mut out = Vec::new();
+        if let Some(mut o) = self.child.stdout.take() {
+            let _ = o.read_to_end(&mut out);
+        }
+        while let Ok(v) = self.lines.try_recv() {
+            self.seen.push(v);
+        }
+        (code, out)
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn connect_by_name_on_loopback_goes_direct_and_pipes_both_ways() {
+    let Some(lab) = lab("node-connect") else {
+        common::skip_or_fail("connect_by_name_on_loopback: mosquitto is not installed");
+        return;
+    };
+    let key_b = lab.dir.identity_file("b.key", 0x72);
+    let key_a = lab.dir.identity_file("a.key", 0x73);
+    let mut b = Proc::spawn(
+        &lab.config,
+        &words(&[
+            "node",
+            "--name",
+            "bob-loopback",
+            "--identity",
+            &key_b.display().to_string(),
+        ]),
+        b"from bob\n",
+    );
+    let ready = b
+        .wait_for("ready", Duration::from_secs(20))
+        .unwrap_or_else(|| panic!("B never ready: {:?}", b.seen));
+    assert_eq!(ready["name"], "bob-loopback", "{ready}");
+    assert_eq!(
+        ready["nat"]["filtering"], "EndpointIndependent",
+        "loopback is open: {ready}"
+    );
+    let mut a = Proc::spawn(
+        &lab.config,
+        &words(&[
+            "connect",
+            "bob-loopback",
+            "--identity",
+            &key_a.display().to_string(),
+        ]),
+        b"from alice\n",
+    );
+    let connected = a
+        .wait_for("connected", Duration::from_secs(30))
+        .unwrap_or_else(|| panic!("A never connected: {:?}", a.seen));
+    eprintln!("B: {ready}\nA: {connected}");
+    assert_eq!(connected["path"], "direct", "{connected}");
+    assert_eq!(connected["peer"], identity(0x72).public_key().to_string());
+    let phases = connected["phases"].as_array().expect("phases");
+    assert!(
+        phases
+            .iter()
+            .any(|p| p["phase"] == "direct" && p["outcome"] == "won"),
+        "{connected}"
+    );
+    let (code_a, out_a) = a.finish(Duration::from_secs(20));
+    let (code_b, out_b) = b.finish(Duration::from_secs(20));
+    assert_eq!(out_a, b"from bob\n", "A's stdout; A said {:?}", a.seen);
+    assert_eq!(out_b, b"from alice\n", "B's stdout; B said {:?}", b.seen);
+    assert_eq!(code_a, Some(0), "A: {:?}", a.seen);
+    assert_eq!(code_b, Some(0), "B: {:?}", b.seen);
+    let accepted = b
+        .seen
+        .iter()
+        .find(|v| event_of(v) == Some("accepted"))
+        .expect("accepted");
+    assert_eq!(accepted["path"], "direct");
+    assert_eq!(accepted["peer"], identity(0x73).public_key().to_string());
+}
+
+#[test]
+fn an_unknown_name_fails_with_the_reason_of_each_phase() {
+    let Some(lab) = lab("node-unknown") else {
+        common::skip_or_fail("an_unknown_name_fails: mosquitto is not installed");
+        return;
+    };
+    let key_a = lab.dir.identity_file("a.key", 0x74);
+    let mut a = Proc::spawn(
+        &lab.config,
+        &words(&[
+            "connect",
+            "nobody-here",
+            "--identity",
+            &key_a.display().to_string(),
+        ]),
+        b"",
+    );
+    let failed = a
+        .wait_for("failed", Duration::from_secs(30))
+        .unwrap_or_else(|| panic!("no failure: {:?}", a.seen));
+    let phases = failed["phases"].as_array().expect("phases");
+    let resolve = phases
+        .iter()
+        .find(|p| p["phase"] == "resolve")
+        .expect("resolve phase");
+    assert_eq!(resolve["outcome"], "failed", "{failed}");
+    assert!(
+        resolve["reason"]
+            .as_str()
+            .unwrap_or("")
+            .contains("no PNP server has the name"),
+        "{failed}"
+    );
+    let (code, _) = a.finish(Duration::from_secs(10));
+    assert_eq!(code, Some(1));
+}
