@@ -60,6 +60,9 @@
 //! the same bytes out, byte for byte.
 //!
 //! Runnable example: `cargo run -p p2pd-channel --example channel_in_memory`.
+//!
+//! A machine that owns a stream socket can hold a [`stream::SecureStream`] instead: the channel
+//! plus the socket's send buffer under the runtime's flow control, `finish` and its `Shutdown`.
 #![forbid(unsafe_code)]
 // Strict lints: [workspace.lints] in the root Cargo.toml. Unit tests may also do unchecked
 // arithmetic (clippy.toml lets them unwrap, expect, panic and index).

@@ -11,8 +11,8 @@
 //! Driven through the contract checker (the winner of `Connected` is handed to the caller). Checks
 //! besides the contract: an accept id that never got `Accepted` is never closed; transmits only go
 //! to streams (connected or accepted) and are channel frames of the right size for the machine's
-//! role: the leader's first message as soon as the connection is up, then at most its third, on
-//! the winner only, right before `Connected`; the follower's second message only once it has
+//! role: the leader's first message as soon as the connection is up (its third stays in the
+//! winner's channel, for the caller to write); the follower's second message only once it has
 //! read something; `Connected` only on a connection whose bytes began with the genuine peer's
 //! whole handshake, with that peer's identity, its established channel handed over once (holding
 //! exactly a prefix of what the peer sealed behind its handshake, and carrying data both ways
@@ -320,8 +320,6 @@ struct H {
     conns: HashMap<SocketId, Conn>,
     /// Bytes seen on connections (the machine's and the far ends'), for replays.
     seen: Vec<Vec<u8>>,
-    /// The stream whose leader's last handshake message went out in this drain.
-    msg3: Option<SocketId>,
     counter: u32,
     terminal: bool,
     closed_event: bool,
@@ -435,9 +433,6 @@ impl H {
         if self.closed_event {
             assert!(self.d.machine.is_closed());
         }
-        if let Some(socket) = self.msg3.take() {
-            assert_eq!(self.socks.get(&socket), Some(&St::Winner), "the leader's last message on a connection it did not take");
-        }
     }
 
     fn transmit(&mut self, socket: SocketId, destination: SocketAddr, bytes: &[u8]) {
@@ -447,15 +442,10 @@ impl H {
         assert_eq!(destination, *remote);
         let conn = self.conns.get_mut(&socket).expect("every stream has a far end");
         // The machine writes handshake messages only, one whole frame per transmit: the leader
-        // its first as soon as the connection is up and its third on the winner alone; the
-        // follower its second once it has read the leader's first.
+        // its first as soon as the connection is up (its third stays in the winner's channel);
+        // the follower its second once it has read the leader's first.
         let expected = match (conn.machine_leads, *tx) {
             (true, 0) => MSG1_FRAME,
-            (true, MSG1_FRAME) => {
-                assert_eq!(self.msg3, None, "the leader's last message on two connections");
-                self.msg3 = Some(socket);
-                MSG3_FRAME
-            }
             (false, 0) => {
                 assert!(!conn.delivered.is_empty(), "the follower wrote before it read");
                 MSG2_FRAME
@@ -566,7 +556,7 @@ impl H {
                 assert_eq!(*r, remote);
                 let tx = *tx;
                 let conn = self.conns.remove(&socket).expect("every stream has a far end");
-                let want = if conn.machine_leads { MSG1_FRAME + MSG3_FRAME } else { MSG2_FRAME };
+                let want = if conn.machine_leads { MSG1_FRAME } else { MSG2_FRAME };
                 assert_eq!(tx, want, "Connected before the machine's handshake went out whole");
                 assert!(
                     conn.may_win(),
@@ -601,6 +591,16 @@ impl H {
         assert!(ch.is_established());
         assert_eq!(ch.peer(), Some(peer));
         assert_eq!(ch.poll_event(), Some(ChannelEvent::Established { peer }));
+        // The leader's last handshake message waits in the winner's channel: the caller writes it
+        // first. A follower's channel has nothing to write.
+        let msg3 = ch.pending_transmit().to_vec();
+        ch.consume_transmit(msg3.len());
+        let want = if conn.machine_leads { MSG3_FRAME } else { 0 };
+        assert_eq!(msg3.len(), want, "the winner's channel holds the leader's last handshake message only");
+        if !msg3.is_empty() {
+            conn.machine_wrote(now, &msg3);
+            self.remember(&msg3);
+        }
         let mut got = Vec::new();
         let mut failed = false;
         while let Some(ev) = ch.poll_event() {
@@ -1261,7 +1261,6 @@ fuzz_target!(|input: Input| {
         armed: 0,
         conns: HashMap::new(),
         seen: Vec::new(),
-        msg3: None,
         counter: 0,
         terminal: false,
         closed_event: false,

@@ -15,6 +15,14 @@
 //! sockets in its own namespace: a [`SocketMap`] hands out the ids the runtime sees and routes
 //! every input back to its part; the punched stream is adopted from the puncher when it connects.
 //!
+//! The punched stream is a [`SecureStream`] (the channel and its send buffer under the runtime's
+//! flow control): the node reports its events as its own, or hands it over with its socket
+//! ([`PunchNode::take_stream`]) to a parent that drives it directly.
+//!
+//! With [`PunchNode::with_external_signaling`] the node has no rendezvous of its own: a parent
+//! machine carries the punch messages ([`NodeEvent::Signal`] out, [`PunchNode::handle_signal`]
+//! in). The messages are the same, so such a node punches with one that has its own signaling.
+//!
 //! [`TcpBinding`]: p2pd_proto::client_tcp::TcpBinding
 
 mod probes;
@@ -82,7 +90,8 @@ pub enum NodePart {
 #[derive(Clone, Debug)]
 #[non_exhaustive]
 pub struct PunchNodeConfig {
-    /// Signaling (brokers, epoch).
+    /// Signaling (brokers, epoch). With external signaling only its `unix_epoch_ms` is used
+    /// (the punch's wall-clock epoch).
     pub rendezvous: RendezvousConfig,
     /// The punch machine's settings (its `node_id` and `unix_epoch_ns` are set from the node).
     pub punch: PunchConfig,
@@ -158,7 +167,7 @@ pub enum NodeEvent {
     },
     /// The punch machine's progress (armed, round failed).
     Punch(PunchEvent),
-    /// Punched: the stream to the peer is up.
+    /// Punched: the stream to the peer is up (the node's, until [`PunchNode::take_stream`]).
     Connected {
         /// The peer's key.
         peer: PublicKey,

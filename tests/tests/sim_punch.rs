@@ -7,9 +7,9 @@ use core::time::Duration;
 use p2pd_proto::Machine;
 use std::collections::VecDeque;
 
-use p2pd_channel::{ChannelKeys, SeedSource};
+use p2pd_channel::{Channel, ChannelKeys, SeedSource};
 use p2pd_nat::{Behaviour, Filtering, Mapping, PortAllocation};
-use p2pd_proto::{Instant, SocketId};
+use p2pd_proto::{Instant, SocketId, SocketOp, SocketOutcome, Transmit, Verdict};
 use p2pd_punch::message::AbortReason;
 use p2pd_punch::{PunchCandidate, PunchConfig, PunchEvent, PunchFailure, Puncher};
 use p2pd_signaling::{Identity, NodeId};
@@ -33,9 +33,86 @@ fn id(key: u8) -> NodeId {
 }
 
 /// A puncher for the identity with secret byte `key`, its channel keyed from the simulation.
-fn puncher(sim: &mut Sim, key: u8, config: PunchConfig, seed: u64) -> Puncher {
+fn puncher(sim: &mut Sim, key: u8, config: PunchConfig, seed: u64) -> Owned {
     let keys = ChannelKeys::new(&identity(key), sim.machine_secret()).unwrap();
-    Puncher::new(config, keys, SeedSource::new(sim.machine_secret()), seed).unwrap()
+    let puncher = Puncher::new(config, keys, SeedSource::new(sim.machine_secret()), seed).unwrap();
+    Owned { puncher, won: None }
+}
+
+/// A puncher and its caller: at `Connected` the caller takes the winner's channel and writes
+/// what it holds (the leader's last handshake message) on the winner, and keeps the winner open.
+struct Owned {
+    puncher: Puncher,
+    /// The winner: its socket, the peer's end, its channel.
+    won: Option<(SocketId, SocketAddr, Channel)>,
+}
+
+impl core::ops::Deref for Owned {
+    type Target = Puncher;
+    fn deref(&self) -> &Puncher {
+        &self.puncher
+    }
+}
+
+impl core::ops::DerefMut for Owned {
+    fn deref_mut(&mut self) -> &mut Puncher {
+        &mut self.puncher
+    }
+}
+
+impl Machine for Owned {
+    type Event = PunchEvent;
+
+    fn handle_stream(&mut self, now: Instant, socket: SocketId, data: &[u8]) -> Verdict {
+        match &mut self.won {
+            Some((won, _, channel)) if *won == socket => {
+                channel.handle_input(now, data);
+                Verdict::Consumed
+            }
+            _ => self.puncher.handle_stream(now, socket, data),
+        }
+    }
+
+    fn handle_socket_result(&mut self, now: Instant, socket: SocketId, outcome: SocketOutcome) {
+        if self.won.as_ref().is_none_or(|(won, _, _)| *won != socket) {
+            self.puncher.handle_socket_result(now, socket, outcome);
+        }
+    }
+
+    fn handle_timeout(&mut self, now: Instant) {
+        self.puncher.handle_timeout(now);
+    }
+
+    fn poll_transmit(&mut self, buf: &mut [u8]) -> Option<Transmit> {
+        if let Some(t) = self.puncher.poll_transmit(buf) {
+            return Some(t);
+        }
+        let (socket, destination, channel) = self.won.as_mut()?;
+        let len = channel.poll_transmit(buf)?;
+        Some(Transmit {
+            socket: *socket,
+            destination: *destination,
+            len,
+        })
+    }
+
+    fn poll_socket_op(&mut self) -> Option<SocketOp> {
+        self.puncher.poll_socket_op()
+    }
+
+    fn poll_event(&mut self) -> Option<PunchEvent> {
+        let ev = self.puncher.poll_event()?;
+        if let PunchEvent::Connected { socket, remote, .. } = &ev {
+            if let Some(channel) = self.puncher.take_channel(*socket) {
+                self.won = Some((*socket, *remote, channel));
+            }
+        }
+        Some(ev)
+    }
+
+    fn poll_timeout(&self) -> Option<Instant> {
+        self.puncher.poll_timeout()
+    }
 }
 
 #[derive(Debug)]
@@ -111,12 +188,12 @@ fn punch(seed: u64, sc: &Scenario) -> (Outcome, Outcome, Sim, HostId, HostId) {
         external: SocketAddr::new(ip.into(), port),
     };
     let mut round_port = [40000u16, 50000u16];
-    sim.with_machine::<Puncher, _>(ha, |m, now| {
+    sim.with_machine::<Owned, _>(ha, |m, now| {
         m.initiate(now, id(KEY_B), vec![cand(NAT_A, round_port[0])])
             .unwrap();
     });
     if sc.glare {
-        sim.with_machine::<Puncher, _>(hb, |m, now| {
+        sim.with_machine::<Owned, _>(hb, |m, now| {
             m.initiate(now, id(KEY_A), vec![cand(NAT_B, round_port[1])])
                 .unwrap();
         });
@@ -137,7 +214,7 @@ fn punch(seed: u64, sc: &Scenario) -> (Outcome, Outcome, Sim, HostId, HostId) {
             .into_iter()
             .enumerate()
         {
-            for ev in sim.take_events::<Puncher>(host) {
+            for ev in sim.take_events::<Owned>(host) {
                 match ev {
                     PunchEvent::Signal { payload, .. } => {
                         for _ in 0..sc.copies {
@@ -151,7 +228,7 @@ fn punch(seed: u64, sc: &Scenario) -> (Outcome, Outcome, Sim, HostId, HostId) {
                         round_port[i] += 7;
                         let ip = if i == 0 { NAT_A } else { NAT_B };
                         let c = cand(ip, round_port[i]);
-                        sim.with_machine::<Puncher, _>(host, |m, now| {
+                        sim.with_machine::<Owned, _>(host, |m, now| {
                             m.provide_candidates(now, round, vec![c]).unwrap();
                         });
                     }
@@ -162,11 +239,11 @@ fn punch(seed: u64, sc: &Scenario) -> (Outcome, Outcome, Sim, HostId, HostId) {
                         ..
                     } => {
                         out[i].connected = Some((socket, local, remote));
-                        sim.with_machine::<Puncher, _>(host, |m, now| m.close(now));
+                        sim.with_machine::<Owned, _>(host, |m, now| m.close(now));
                     }
                     PunchEvent::Failed { reason } => {
                         out[i].failed = Some(reason);
-                        sim.with_machine::<Puncher, _>(host, |m, now| m.close(now));
+                        sim.with_machine::<Owned, _>(host, |m, now| m.close(now));
                     }
                     PunchEvent::RoundFailed { reason, .. } => out[i].rounds_failed.push(reason),
                     PunchEvent::Closed => out[i].closed = true,
@@ -178,7 +255,7 @@ fn punch(seed: u64, sc: &Scenario) -> (Outcome, Outcome, Sim, HostId, HostId) {
         let mut later = VecDeque::new();
         while let Some((at, host, from, payload)) = wire.pop_front() {
             if at <= now {
-                sim.with_machine::<Puncher, _>(host, |m, now| {
+                sim.with_machine::<Owned, _>(host, |m, now| {
                     let _ = m.handle_signal(now, from, &payload);
                 });
             } else {
@@ -204,9 +281,9 @@ fn assert_connected(seed: u64, a: &Outcome, b: &Outcome, sim: &Sim, ha: HostId, 
     assert!(a.closed && b.closed);
     assert_eq!(sim.socket_count(ha), 1, "A: only the winner stays open");
     assert_eq!(sim.socket_count(hb), 1, "B: only the winner stays open");
-    assert_eq!(sim.machine::<Puncher>(ha).poll_timeout(), None);
-    assert_eq!(sim.machine::<Puncher>(hb).poll_timeout(), None);
-    assert_eq!(sim.machine::<Puncher>(ha).open_sockets(), 0);
+    assert_eq!(sim.machine::<Owned>(ha).poll_timeout(), None);
+    assert_eq!(sim.machine::<Owned>(hb).poll_timeout(), None);
+    assert_eq!(sim.machine::<Owned>(ha).open_sockets(), 0);
 }
 
 fn eim(filtering: Filtering) -> Behaviour {
@@ -327,7 +404,7 @@ fn unpredictable_pair_fails_after_every_round_and_closes_everything() {
         assert!(a.closed && b.closed);
         assert_eq!(sim.socket_count(ha), 0);
         assert_eq!(sim.socket_count(hb), 0);
-        let stats = sim.machine::<Puncher>(ha).stats();
+        let stats = sim.machine::<Owned>(ha).stats();
         assert!(stats.connects >= 3, "{stats:?} {a:?} {b:?}");
     });
 }

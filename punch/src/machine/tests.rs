@@ -250,7 +250,7 @@ impl Machine for Owner {
     }
 
     fn handle_socket_result(&mut self, now: Instant, socket: SocketId, outcome: SocketOutcome) {
-        if !self.won.as_ref().is_some_and(|(won, _, _)| *won == socket) {
+        if self.won.as_ref().is_none_or(|(won, _, _)| *won != socket) {
             self.puncher.handle_socket_result(now, socket, outcome);
         }
     }
