@@ -68,7 +68,7 @@ echo "x" | "$p2pd" connect bob2 --identity "$dir/alice.key" --json 2>&1 >/dev/nu
 wait "$bob" || true
 echo
 echo "== p2pd sim node   (the ladder between every pair of simulated NAT kinds, against an oracle)"
-"$p2pd" sim node 2>/dev/null || cargo test --release -q -p p2pd-tests --test sim_node_matrix every_layout -- --nocapture 2>&1 | grep -E "^(open|full|restricted|port|sym|both)" | cut -c1-110
+"$p2pd" sim node
 echo
 echo "== the STUN and NAT demo: scripts/stun-demo.sh"
 ./scripts/stun-demo.sh

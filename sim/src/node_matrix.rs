@@ -522,8 +522,8 @@ pub fn run_matrix(
             }
         }
     }
-    crate::parallel::fan_out(threads, |i| {
-        jobs.get(i..)
+    let mut outcomes: Vec<NodeOutcome> = crate::parallel::fan_out(threads, |k| {
+        jobs.get(k..)
             .into_iter()
             .flatten()
             .step_by(threads.max(1))
@@ -532,5 +532,12 @@ pub fn run_matrix(
     })
     .into_iter()
     .flatten()
-    .collect()
+    .collect();
+    // The workers return their shares interleaved: back to job order.
+    outcomes.sort_by(|a, b| {
+        (a.layout, a.seed)
+            .cmp(&(b.layout, b.seed))
+            .then(a.loss.total_cmp(&b.loss))
+    });
+    outcomes
 }

@@ -18,6 +18,8 @@ use serde::{Serialize, Serializer};
 use super::numbers;
 use super::report::{to_json, ErrorLine, Num, Reporter};
 
+mod node;
+
 /// Options of `p2pd sim`.
 #[derive(Debug, Args)]
 pub struct SimArgs {
@@ -34,6 +36,10 @@ pub enum SimCommand {
     /// The punch matrix: every pair of NAT kinds x loss x seeds (exits 1 if a punchable pair
     /// ever fails, a run ends without a typed failure, or anything is left after close).
     Punch(SimPunchArgs),
+    /// The node matrix: whole nodes connect by name between every pair of NAT kinds (and two
+    /// hosts behind one NAT) x loss x seeds; the path must be the oracle's (exits 1 otherwise, or
+    /// if anything is left after close).
+    Node(node::SimNodeArgs),
 }
 
 /// Options of `p2pd sim punch`.
@@ -74,6 +80,7 @@ pub fn run(args: &SimArgs) -> i32 {
     match &args.command {
         SimCommand::Nat(a) => run_nat(a),
         SimCommand::Punch(a) => run_punch(a),
+        SimCommand::Node(a) => node::run(a),
     }
 }
 
