@@ -262,6 +262,8 @@ const NUMERIC: &[NumericOption] = &[
     opt(&["sim", "nat"], QUICK_SIM, "--loss", "0 to 100"),
     opt(&["sim", "punch"], QUICK_SIM, "--seeds", "1 to 10000"),
     opt(&["sim", "punch"], QUICK_SIM, "--loss", "0 to 100"),
+    opt(&["sim", "node"], QUICK_SIM, "--seeds", "1 to 1000"),
+    opt(&["sim", "node"], QUICK_SIM, "--loss", "0 to 100"),
     opt(
         &["signal", "listen"],
         QUICK_LISTEN,
@@ -362,6 +364,7 @@ const SUBCOMMANDS: &[&[&str]] = &[
     &["ntp"],
     &["sim", "nat"],
     &["sim", "punch"],
+    &["sim", "node"],
     &["id", "new"],
     &["id", "show"],
     &["signal", "listen"],

@@ -17,7 +17,7 @@ pub struct SimNodeArgs {
     /// Seeds per layout and loss level (1 to 1000).
     #[arg(long, default_value_t = 1, value_parser = numbers::count::<u64>(1, 1000))]
     pub seeds: u64,
-    /// Loss levels in percent (each 0 to 100), comma-separated.
+    /// Loss levels in percent (each 0 to 100), comma-separated (1 to 16 levels).
     #[arg(long, value_name = "PERCENT", value_delimiter = ',', default_value = "0",
           value_parser = numbers::percent)]
     pub loss: Vec<f64>,
@@ -72,7 +72,18 @@ fn row(o: &NodeOutcome) -> Row {
 
 /// Runs `p2pd sim node`; the exit code.
 pub fn run(args: &SimNodeArgs) -> i32 {
-    let losses: Vec<f64> = args.loss.iter().map(|l| l / 100.0).collect();
+    let checked = super::losses(&super::SimNatArgs {
+        seeds: args.seeds,
+        loss: args.loss.clone(),
+        json: args.json,
+    });
+    let losses = match checked {
+        Ok(l) => l,
+        Err(e) => {
+            crate::errln!("p2pd sim node: {e}");
+            return 1;
+        }
+    };
     let layouts = node_matrix::layouts();
     let family = if args.classify {
         Family::Classified
