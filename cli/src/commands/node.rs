@@ -12,6 +12,7 @@
 //! the stream ended cleanly, 1 otherwise.
 
 mod forward;
+mod health;
 mod pipe;
 mod setup;
 mod status;
@@ -80,18 +81,19 @@ fn start(
     options: &NodeOptions,
     name: Option<Name>,
     config_flag: Option<&Path>,
-) -> Result<(Runtime, Node, Status), String> {
+) -> Result<(Runtime, Node, Status, health::NodeHealth), String> {
     let rt = Runtime::new().map_err(|e| format!("runtime: {e}"))?;
     let mut s = setup::setup(command, options, config_flag, rt.unix_epoch_ms())?;
     s.config.name = name;
     let seed = os_seed().map_err(|e| format!("random seed: {e}"))?;
     let secret = os_secret().map_err(|e| format!("random channel secret: {e}"))?;
+    let node_health = s.health;
     let node =
         Node::new(s.config, s.identity, secret, seed, rt.now()).map_err(|e| e.to_string())?;
     let status = Status {
         out: Reporter { json: options.json },
     };
-    Ok((rt, node, status))
+    Ok((rt, node, status, node_health))
 }
 
 /// Runs `p2pd node`; returns the exit code.
@@ -99,12 +101,12 @@ pub fn run_node(args: &NodeArgs, config_flag: Option<&Path>) -> i32 {
     let result = Name::new(&args.name)
         .map_err(|e| format!("bad --name: {e}"))
         .and_then(|name| start("node", &args.options, Some(name), config_flag))
-        .and_then(|(rt, node, status)| match &args.forward {
+        .and_then(|(rt, node, status, health)| match &args.forward {
             Some(to) => {
                 let to = setup::forward_address(to)?;
-                forward::serve(rt, node, status, to)
+                forward::serve(rt, node, status, health, to)
             }
-            None => pipe::pipe(rt, node, status, Mode::Listen),
+            None => pipe::pipe(rt, node, status, health, Mode::Listen),
         });
     finish("node", result)
 }
@@ -114,16 +116,17 @@ pub fn run_connect(args: &ConnectArgs, config_flag: Option<&Path>) -> i32 {
     let result = Target::parse(&args.target)
         .map_err(|e| e.to_string())
         .and_then(|target| {
-            let (rt, node, status) = start("connect", &args.options, None, config_flag)?;
+            let (rt, node, status, health) = start("connect", &args.options, None, config_flag)?;
             match &args.forward {
                 Some(listen) => {
                     let listen = setup::forward_address(listen)?;
-                    forward::tunnel(rt, node, status, target, listen, args.timeout)
+                    forward::tunnel(rt, node, status, health, target, listen)
                 }
                 None => pipe::pipe(
                     rt,
                     node,
                     status,
+                    health,
                     Mode::Connect {
                         target,
                         timeout: args.timeout,

@@ -23,6 +23,7 @@ use p2pd_proto::{
     BindOptions, Instant, Machine, SocketId, SocketOp, SocketOutcome, Transmit, Transport, Verdict,
 };
 
+use super::health::NodeHealth;
 use super::status::{PhaseLine, Status};
 use crate::commands::stop_signal;
 
@@ -434,11 +435,17 @@ impl Machine for Forwarder {
 }
 
 /// `p2pd node --forward HOST:PORT`.
-pub fn serve(rt: Runtime, node: Node, status: Status, to: SocketAddr) -> Result<i32, String> {
+pub fn serve(
+    rt: Runtime,
+    node: Node,
+    status: Status,
+    health: NodeHealth,
+    to: SocketAddr,
+) -> Result<i32, String> {
     let now = rt.now();
     let mut f = Forwarder::new(node, now);
     f.forward_to = Some(to);
-    run(rt, f, status)
+    run(rt, f, status, health)
 }
 
 /// `p2pd connect TARGET --forward LISTEN_ADDR`.
@@ -446,9 +453,9 @@ pub fn tunnel(
     rt: Runtime,
     node: Node,
     status: Status,
+    health: NodeHealth,
     target: Target,
     listen: SocketAddr,
-    _timeout: Duration,
 ) -> Result<i32, String> {
     let now = rt.now();
     let mut f = Forwarder::new(node, now);
@@ -459,10 +466,16 @@ pub fn tunnel(
         format!("forwarding {listen} to {target}"),
         listen.to_string(),
     );
-    run(rt, f, status)
+    run(rt, f, status, health)
 }
 
-fn run(mut rt: Runtime, mut f: Forwarder, status: Status) -> Result<i32, String> {
+fn run(
+    mut rt: Runtime,
+    mut f: Forwarder,
+    status: Status,
+    mut health: NodeHealth,
+) -> Result<i32, String> {
+    let began = rt.now();
     let _ = stop_signal::install();
     let target = f.target.as_ref().map(|t| t.to_string()).unwrap_or_default();
     let mut closing = false;
@@ -474,7 +487,8 @@ fn run(mut rt: Runtime, mut f: Forwarder, status: Status) -> Result<i32, String>
             f.pump(now);
         }
         let mut closed = false;
-        rt.run(&mut f, Some(SLICE), |_, _, ev| {
+        rt.run(&mut f, Some(SLICE), |_, now, ev| {
+            health.on_event(now.saturating_duration_since(began), &ev);
             match ev {
                 NodeEvent::Ready { name, address, nat } => {
                     status.ready(name.as_ref().map(|n| n.as_str()), &address, nat.as_ref())

@@ -11,6 +11,7 @@ use p2pd_mio::{RunEnd, Runtime};
 use p2pd_node::{Node, NodeEvent, StreamId};
 use p2pd_proto::Instant;
 
+use super::health::NodeHealth;
 use super::status::{PhaseLine, Status};
 use super::Mode;
 
@@ -46,7 +47,13 @@ impl State {
 }
 
 /// Runs the loop; the exit code.
-pub fn pipe(mut rt: Runtime, mut node: Node, status: Status, mode: Mode) -> Result<i32, String> {
+pub fn pipe(
+    mut rt: Runtime,
+    mut node: Node,
+    status: Status,
+    mut health: NodeHealth,
+    mode: Mode,
+) -> Result<i32, String> {
     let (tx, rx) = mpsc::sync_channel::<Option<Vec<u8>>>(STDIN_CHUNKS);
     let waker = rt.waker().map_err(|e| format!("runtime: {e}"))?;
     std::thread::spawn(move || {
@@ -115,6 +122,7 @@ pub fn pipe(mut rt: Runtime, mut node: Node, status: Status, mode: Mode) -> Resu
             state.close(&mut node, now);
         }
         let flow = rt.drive(&mut node, |node, now, ev| {
+            health.on_event(now.saturating_duration_since(began), &ev);
             on_event(node, now, ev, &status, &mut state, &mut stdout, listening)
         });
         if state.closed {
@@ -130,6 +138,7 @@ pub fn pipe(mut rt: Runtime, mut node: Node, status: Status, mode: Mode) -> Resu
             left.min(PROGRESS_EVERY)
         });
         rt.run(&mut node, limit, |node, now, ev| {
+            health.on_event(now.saturating_duration_since(began), &ev);
             on_event(node, now, ev, &status, &mut state, &mut stdout, listening)
         })
         .map_err(|e| format!("event loop: {e}"))?;

@@ -8,10 +8,12 @@ use std::time::Duration;
 
 use clap::Args;
 use p2pd_node::{NatSource, NodeConfig};
-use p2pd_signaling::pnp::{PnpClientConfig, PnpTransport};
+use p2pd_signaling::pnp::{PnpClientConfig, PnpServerId, PnpTransport};
 use p2pd_signaling::rendezvous::RendezvousConfig;
 use p2pd_signaling::Identity;
 
+use super::health::{self, NodeHealth};
+use crate::health_store::ServerKind;
 use crate::identity_file::{default_identity_path, read_identity};
 
 /// Options shared by `p2pd node` and `p2pd connect`.
@@ -43,6 +45,8 @@ pub struct NodeOptions {
 pub struct Setup {
     pub identity: Identity,
     pub config: NodeConfig,
+    /// The server health file, for the records of this run.
+    pub health: NodeHealth,
 }
 
 /// Builds the node's configuration (`unix_epoch_ms`: the runtime's wall clock at its epoch).
@@ -75,12 +79,25 @@ pub fn setup(
             loaded.source
         ));
     }
+    let mut health = NodeHealth::open(&health::path_beside(&path));
     let brokers = super::super::signal::parse_brokers(&brokers)?;
+    for b in &brokers {
+        health.name(ServerKind::Mqtt, b.id.as_u64(), &b.address.to_string());
+    }
     let stun_texts: Vec<String> = if options.stun.is_empty() {
         loaded.config.stun.iter().map(|e| e.text.clone()).collect()
     } else {
         options.stun.clone()
     };
+    // Freshest first: the classifier takes the first ones, and the first answers over TCP too
+    // (the freshest over TCP of them).
+    let mut stun_texts = health.rank_stun(ServerKind::StunUdp, &stun_texts);
+    if let Some(best_tcp) = health.rank_stun(ServerKind::StunTcp, &stun_texts).first() {
+        if let Some(pos) = stun_texts.iter().position(|t| t == best_tcp) {
+            let t = stun_texts.remove(pos);
+            stun_texts.insert(0, t);
+        }
+    }
     let mut servers = Vec::new();
     for text in &stun_texts {
         servers.push(super::super::nat::server_spec(text)?);
@@ -91,6 +108,11 @@ pub fn setup(
     let mut pnp = Vec::new();
     for server in &loaded.config.pnp {
         let address = server.address.resolve()?;
+        health.name(
+            ServerKind::Pnp,
+            PnpServerId::new(address, &server.key).0,
+            &server.address.text,
+        );
         let mut c = PnpClientConfig::new(address, server.key, PnpTransport::Udp, unix_epoch_ms);
         c.timeout = Duration::from_secs(4);
         pnp.push(c);
@@ -107,7 +129,11 @@ pub fn setup(
     config.stun_tcp = Some(first);
     config.nat = NatSource::Classify(servers);
     config.classifier.local_ip = local_ip;
-    Ok(Setup { identity, config })
+    Ok(Setup {
+        identity,
+        config,
+        health,
+    })
 }
 
 /// The first address of `text` (HOST:PORT) for `--forward`.
