@@ -43,6 +43,9 @@ mod target;
 mod types;
 pub mod wire;
 
+#[cfg(test)]
+mod tests;
+
 pub use config::{NatSource, NodeConfig};
 pub use node::{Node, NodeError, NodeStats};
 pub use p2pd_proto::{Instant, Machine, SocketId};

@@ -119,12 +119,22 @@ impl Node {
             local: SocketAddr::new(self.config.local_ip, self.config.listen_port),
             options: reuse(),
         });
+        self.start_classifier(now);
+    }
+
+    /// Classifies the NAT (with [`NatSource::Classify`]; nothing if a classification runs): the
+    /// address is rebuilt and registered again once it answers.
+    fn start_classifier(&mut self, now: Instant) {
+        if self.classifier.is_some() {
+            return;
+        }
         if let NatSource::Classify(servers) = &self.config.nat {
             let mut config = self.config.classifier.clone();
             config.local_ip = self.config.local_ip;
             let mut classifier = Classifier::new(config, servers, self.rng.next_u64());
             classifier.start(now);
             self.classifier = Some(classifier);
+            self.own.nat = None;
         }
     }
 
@@ -192,11 +202,17 @@ impl Node {
     pub(crate) fn on_binding(&mut self, now: Instant, ev: TcpBindingEvent) {
         match ev {
             TcpBindingEvent::Mapped(m) => {
+                let moved = self.own.external.is_some_and(|e| e != m.mapped);
                 if self.own.external != Some(m.mapped) {
                     self.own.external = Some(m.mapped);
                     self.own.dirty = true;
                 }
                 self.own.binding_done = true;
+                if moved {
+                    // The network changed under us (a new external address): what we know of
+                    // the NAT may be stale too.
+                    self.start_classifier(now);
+                }
             }
             TcpBindingEvent::Failed { .. } => {
                 self.own.binding_done = true;

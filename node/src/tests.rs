@@ -1,0 +1,256 @@
+//! The node against hand-played peers: strangers on the listener, the accept list, a genuine
+//! inbound stream.
+
+use core::net::SocketAddr;
+
+use p2pd_channel::{Channel, ChannelConfig, ChannelKeys, Role};
+use p2pd_proto::{Instant, Machine, SocketId, SocketOp, SocketOutcome, TRANSMIT_BUFFER_LEN};
+use p2pd_signaling::rendezvous::{BrokerSpec, RendezvousConfig};
+use p2pd_signaling::Identity;
+
+use crate::ladder::OPEN;
+use crate::wire::{Preface, PrefaceKind};
+use crate::{NatSource, Node, NodeConfig, NodeEvent};
+
+const LOCAL: &str = "10.0.0.1:4000";
+
+fn identity(b: u8) -> Identity {
+    Identity::from_secret_bytes(&[b; 32]).unwrap()
+}
+
+fn node(accept_from: Option<Vec<p2pd_signaling::NodeId>>) -> Node {
+    let broker = BrokerSpec::new(None, "192.0.2.10:1883".parse().unwrap());
+    let mut config = NodeConfig::new(
+        RendezvousConfig::new(vec![broker], 1_800_000_000_000),
+        vec![],
+    );
+    config.local_ip = "10.0.0.1".parse().unwrap();
+    config.listen_port = 4000;
+    config.nat = NatSource::Known(Some(OPEN));
+    config.accept_from = accept_from;
+    Node::new(config, identity(1), [7; 32], 7, Instant::ZERO).unwrap()
+}
+
+#[derive(Default)]
+struct Out {
+    transmits: Vec<(SocketId, Vec<u8>)>,
+    ops: Vec<SocketOp>,
+    events: Vec<NodeEvent>,
+}
+
+fn drain(n: &mut Node) -> Out {
+    let mut out = Out::default();
+    let mut buf = [0u8; TRANSMIT_BUFFER_LEN];
+    loop {
+        let mut any = false;
+        while let Some(t) = n.poll_transmit(&mut buf) {
+            any = true;
+            out.transmits.push((t.socket, buf[..t.len].to_vec()));
+        }
+        while let Some(op) = n.poll_socket_op() {
+            any = true;
+            out.ops.push(op);
+        }
+        while let Some(e) = n.poll_event() {
+            any = true;
+            out.events.push(e);
+        }
+        if !any {
+            return out;
+        }
+    }
+}
+
+/// The node with its listener bound; the accept it keeps outstanding.
+struct Listening {
+    node: Node,
+    accept: SocketId,
+}
+
+fn listening(accept_from: Option<Vec<p2pd_signaling::NodeId>>) -> Listening {
+    let mut n = node(accept_from);
+    let out = drain(&mut n);
+    let listener = out
+        .ops
+        .iter()
+        .find_map(|op| match op {
+            SocketOp::Bind { socket, local, .. } if *local == LOCAL.parse().unwrap() => {
+                Some(*socket)
+            }
+            _ => None,
+        })
+        .expect("listener bind");
+    n.handle_socket_result(
+        Instant::ZERO,
+        listener,
+        SocketOutcome::Bound {
+            local: LOCAL.parse().unwrap(),
+        },
+    );
+    let out = drain(&mut n);
+    let accept = next_accept(&out).expect("an accept outstanding");
+    Listening { node: n, accept }
+}
+
+fn next_accept(out: &Out) -> Option<SocketId> {
+    out.ops.iter().rev().find_map(|op| match op {
+        SocketOp::Accept { socket, .. } => Some(*socket),
+        _ => None,
+    })
+}
+
+impl Listening {
+    /// Accepts a connection from `remote`: its socket.
+    fn accept(&mut self, remote: &str) -> SocketId {
+        let s = self.accept;
+        self.node.handle_socket_result(
+            Instant::ZERO,
+            s,
+            SocketOutcome::Accepted {
+                local: LOCAL.parse().unwrap(),
+                remote: remote.parse::<SocketAddr>().unwrap(),
+            },
+        );
+        let out = drain(&mut self.node);
+        self.accept = next_accept(&out).expect("the listener keeps accepting");
+        s
+    }
+}
+
+fn closed(out: &Out, socket: SocketId) -> bool {
+    out.ops.iter().any(|op| *op == SocketOp::Close { socket })
+}
+
+#[test]
+fn a_stranger_on_the_listener_gets_nothing_but_a_close() {
+    let mut l = listening(None);
+    let s = l.accept("198.51.100.9:5555");
+    let n = &mut l.node;
+    n.handle_stream(Instant::ZERO, s, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n");
+    let out = drain(n);
+    assert!(closed(&out, s), "{:?}", out.ops);
+    assert!(
+        out.transmits.iter().all(|(sock, _)| *sock != s),
+        "nothing is sent to a stranger"
+    );
+    assert!(!out
+        .events
+        .iter()
+        .any(|e| matches!(e, NodeEvent::Accepted { .. })));
+    assert_eq!(n.stats().strangers, 1);
+}
+
+/// A peer that dials the node: the preface and its channel's first message; then the node's
+/// answer in, our last message out.
+fn handshake(n: &mut Node, s: SocketId, who: &Identity) -> (Channel, Out) {
+    let keys = ChannelKeys::new(who, [9; 32]).unwrap();
+    let preface = Preface {
+        kind: PrefaceKind::Direct,
+        token: [3; 16],
+    };
+    let mut ch = Channel::new(
+        ChannelConfig::default(),
+        &keys,
+        Role::Initiator {
+            expect: identity(1).node_id(),
+        },
+        &preface.context(),
+        [5; 32],
+        Instant::ZERO,
+    )
+    .unwrap();
+    let mut first = preface.encode().to_vec();
+    first.extend_from_slice(ch.pending_transmit());
+    let n1 = ch.pending_transmit().len();
+    ch.consume_transmit(n1);
+    n.handle_stream(Instant::ZERO, s, &first);
+    let out = drain(n);
+    for (sock, bytes) in &out.transmits {
+        if *sock == s {
+            ch.handle_input(Instant::ZERO, bytes);
+        }
+    }
+    assert!(ch.is_established(), "the node answered with its proof");
+    let last = ch.pending_transmit().to_vec();
+    ch.consume_transmit(last.len());
+    n.handle_stream(Instant::ZERO, s, &last);
+    (ch, drain(n))
+}
+
+#[test]
+fn only_identities_on_the_accept_list_get_a_stream() {
+    let friend = identity(2);
+    let mut l = listening(Some(vec![friend.node_id()]));
+    let s = l.accept("198.51.100.9:5555");
+    let (_, out) = handshake(&mut l.node, s, &identity(3));
+    assert!(closed(&out, s), "{:?}", out.ops);
+    assert!(!out
+        .events
+        .iter()
+        .any(|e| matches!(e, NodeEvent::Accepted { .. })));
+    assert_eq!(l.node.stats().strangers, 1);
+
+    let s = l.accept("198.51.100.10:5555");
+    let n = &mut l.node;
+    let (mut ch, out) = handshake(n, s, &friend);
+    let stream = out
+        .events
+        .iter()
+        .find_map(|e| match e {
+            NodeEvent::Accepted { stream, peer, .. } if *peer == friend.public_key() => {
+                Some(*stream)
+            }
+            _ => None,
+        })
+        .expect("the friend is accepted");
+    // Bytes both ways, sealed.
+    ch.send(Instant::ZERO, b"hello node").unwrap();
+    let sealed = ch.pending_transmit().to_vec();
+    ch.consume_transmit(sealed.len());
+    assert!(
+        !sealed.windows(10).any(|w| w == b"hello node"),
+        "sealed on the wire"
+    );
+    n.handle_stream(Instant::ZERO, s, &sealed);
+    n.send(Instant::ZERO, stream, b"hello peer").unwrap();
+    let out = drain(n);
+    assert!(out
+        .events
+        .iter()
+        .any(|e| matches!(e, NodeEvent::Data { bytes, .. } if bytes == b"hello node")));
+    for (sock, bytes) in &out.transmits {
+        if *sock == s {
+            ch.handle_input(Instant::ZERO, bytes);
+        }
+    }
+    let got: Vec<u8> = std::iter::from_fn(|| ch.poll_event())
+        .filter_map(|e| match e {
+            p2pd_channel::ChannelEvent::Data(d) => Some(d),
+            _ => None,
+        })
+        .flatten()
+        .collect();
+    assert_eq!(got, b"hello peer");
+}
+
+#[test]
+fn close_releases_every_socket_once_and_ends_with_closed() {
+    let mut l = listening(None);
+    let s = l.accept("198.51.100.9:5555");
+    let n = &mut l.node;
+    n.close(Instant::ZERO);
+    let out = drain(n);
+    assert!(
+        closed(&out, s),
+        "the handshaking connection is closed: {:?}",
+        out.ops
+    );
+    let closes = out
+        .ops
+        .iter()
+        .filter(|op| **op == SocketOp::Close { socket: s })
+        .count();
+    assert_eq!(closes, 1);
+    n.close(Instant::ZERO);
+    assert!(drain(n).ops.is_empty(), "close is idempotent");
+}
