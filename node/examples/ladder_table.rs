@@ -3,6 +3,8 @@
 //! relay), from its own behaviour and the peer's address alone.
 //!
 //! `cargo run -p p2pd-node --example ladder_table`
+// Example code: the package's strict lints (Cargo.toml `[lints]`) guard its library code.
+#![allow(clippy::expect_used, clippy::arithmetic_side_effects)]
 
 use p2pd_nat::{Filtering, Mapping, PortAllocation};
 use p2pd_node::ladder::{plan, SelfView, OPEN};
