@@ -8,7 +8,7 @@ use core::net::SocketAddr;
 use core::time::Duration;
 
 use p2pd_proto::Instant;
-use p2pd_signaling::pnp::{PnpClientEvent, PnpFailure, RequestId};
+use p2pd_signaling::pnp::{PnpFailure, RequestId};
 use p2pd_signaling::{PeerAddress, PublicKey};
 
 use crate::ladder::{self, Plan};
@@ -46,9 +46,9 @@ pub(crate) struct Connect {
     pub(crate) peer: Option<PeerAddress>,
     pub(crate) plan: Plan,
     /// PNP lookups in flight: (server index, request).
-    lookups: Vec<(usize, RequestId)>,
-    lookup_failure: Option<PnpFailure>,
-    found_nothing: bool,
+    pub(crate) lookups: Vec<(usize, RequestId)>,
+    pub(crate) lookup_failure: Option<PnpFailure>,
+    pub(crate) found_nothing: bool,
     /// The fresh-address request's nonce.
     pub(crate) address_nonce: Option<u64>,
     resolve_until: Instant,
@@ -190,86 +190,6 @@ impl Node {
         });
         self.pump(now);
         Ok(id)
-    }
-
-    /// A PNP lookup's answer.
-    pub(crate) fn on_lookup(&mut self, now: Instant, server: usize, ev: &PnpClientEvent) {
-        let id = match ev {
-            PnpClientEvent::Found { id, .. }
-            | PnpClientEvent::NotFound { id, .. }
-            | PnpClientEvent::Failed { id, .. } => *id,
-            _ => return,
-        };
-        let Some(connect) = self
-            .connects
-            .iter_mut()
-            .find(|c| c.lookups.contains(&(server, id)))
-        else {
-            return;
-        };
-        connect.lookups.retain(|&l| l != (server, id));
-        if connect.stage != Stage::Resolving || connect.peer.is_some() {
-            return;
-        }
-        match ev {
-            PnpClientEvent::Found { record, .. } => {
-                match PeerAddress::from_bytes(record.value()) {
-                    Ok(address) if address.public_key == *record.owner() => {
-                        connect.key = Some(address.public_key);
-                        connect.peer = Some(address);
-                        end_phase(connect, Phase::Resolve, now, PhaseOutcome::Done);
-                        // A fresher address over signaling, in parallel with the ladder.
-                        let nonce = self.rng.next_u64();
-                        connect.address_nonce = Some(nonce);
-                        let message = Message::AddressRequest { nonce }.encode();
-                        let owner = *record.owner();
-                        let _ = self.rendezvous.send(now, &owner, None, &message);
-                    }
-                    _ => connect.lookup_failure = Some(PnpFailure::MalformedReply),
-                }
-            }
-            PnpClientEvent::NotFound { .. } => connect.found_nothing = true,
-            PnpClientEvent::Failed { reason, .. } => connect.lookup_failure = Some(reason.clone()),
-            _ => {}
-        }
-        if connect.peer.is_none() && connect.lookups.is_empty() {
-            let failure = match (&connect.lookup_failure, connect.found_nothing) {
-                (_, true) | (None, false) => PhaseFailure::NameNotFound,
-                (Some(PnpFailure::MalformedReply), _) => PhaseFailure::BadAddress,
-                (Some(e), false) => PhaseFailure::Lookup(e.clone()),
-            };
-            end_phase(connect, Phase::Resolve, now, PhaseOutcome::Failed(failure));
-        }
-    }
-
-    /// A fresh address from the peer (an answer to our request).
-    pub(crate) fn on_address_reply(
-        &mut self,
-        now: Instant,
-        from: PublicKey,
-        nonce: u64,
-        address: PeerAddress,
-    ) {
-        if address.public_key != from {
-            self.stats.bad_messages = self.stats.bad_messages.saturating_add(1);
-            return;
-        }
-        for connect in &mut self.connects {
-            if connect.address_nonce != Some(nonce) || connect.key.is_some_and(|k| k != from) {
-                continue;
-            }
-            connect.address_nonce = None;
-            match connect.stage {
-                Stage::Resolving if connect.peer.is_none() => {
-                    connect.key = Some(from);
-                    connect.peer = Some(address.clone());
-                    end_phase(connect, Phase::Resolve, now, PhaseOutcome::Done);
-                }
-                // The ladder runs already: later phases use the fresher address.
-                Stage::Resolving | Stage::PhaseA { .. } => connect.peer = Some(address.clone()),
-                Stage::PhaseB | Stage::Done => {}
-            }
-        }
     }
 
     /// Moves every connect along its ladder; true if anything changed.
@@ -669,7 +589,7 @@ impl Node {
 }
 
 /// Marks `phase` started (running: outcome `Lost` until it ends).
-fn start_phase(connect: &mut Connect, phase: Phase, now: Instant) {
+pub(crate) fn start_phase(connect: &mut Connect, phase: Phase, now: Instant) {
     let since = now.saturating_duration_since(connect.started);
     if let Some(r) = connect.report_mut(phase) {
         r.started = Some(since);
@@ -679,7 +599,7 @@ fn start_phase(connect: &mut Connect, phase: Phase, now: Instant) {
 }
 
 /// Ends `phase` with `outcome` (once).
-fn end_phase(connect: &mut Connect, phase: Phase, now: Instant, outcome: PhaseOutcome) {
+pub(crate) fn end_phase(connect: &mut Connect, phase: Phase, now: Instant, outcome: PhaseOutcome) {
     let started = connect.started;
     if let Some(r) = connect.report_mut(phase) {
         if r.took != Duration::MAX {

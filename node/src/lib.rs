@@ -37,6 +37,7 @@ pub mod ladder;
 mod node;
 mod own;
 mod punches;
+mod resolve;
 mod signal;
 mod streams;
 mod target;
