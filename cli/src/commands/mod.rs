@@ -13,6 +13,7 @@ pub mod report;
 pub mod servers;
 pub mod signal;
 pub mod sim;
+pub mod stdin_relay;
 pub mod stop_signal;
 pub mod stun;
 pub mod stun_server;

@@ -7,11 +7,11 @@
 //! exits once the peer has finished sending too (or the stream fails).
 
 use crate::errln;
-use std::io::{Read, Write};
+use std::io::Write;
 use std::net::SocketAddr;
 use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
-use std::sync::mpsc;
+
 use std::time::Duration;
 
 use clap::Args;
@@ -29,7 +29,7 @@ use super::report::Reporter;
 use super::resolve;
 use super::signal::{brokers_or_config, parse_brokers, parse_peer};
 use crate::identity_file::{default_identity_path, os_secret, os_seed, read_identity};
-use p2pd_mio::{RunEnd, Runtime};
+use p2pd_mio::Runtime;
 
 /// Options of `p2pd punch`.
 #[derive(Debug, Args)]
@@ -260,24 +260,8 @@ fn punch(args: &PunchArgs, brokers: &[String], stun: &str) -> Result<i32, String
     let mut node =
         PunchNode::new(config, identity, secret, seed, rt.now()).map_err(|e| e.to_string())?;
 
-    // stdin on a thread that wakes the loop when it has read something. The channel is bounded
-    // and drained only while the node takes bytes, so a slow peer holds stdin back instead of
-    // the whole input piling up in memory.
-    let (tx, rx) = mpsc::sync_channel::<Option<Vec<u8>>>(STDIN_CHUNKS);
     let waker = rt.waker().map_err(|e| format!("runtime: {e}"))?;
-    std::thread::spawn(move || {
-        let mut stdin = std::io::stdin();
-        let mut buf = vec![0u8; 16 * 1024];
-        loop {
-            let (msg, last) = match stdin.read(&mut buf) {
-                Ok(0) | Err(_) => (None, true),
-                Ok(n) => (Some(buf.get(..n).unwrap_or_default().to_vec()), false),
-            };
-            if tx.send(msg).is_err() || waker.wake().is_err() || last {
-                return;
-            }
-        }
-    });
+    let rx = super::stdin_relay::spawn_reader(waker);
 
     let started = rt.now();
     let deadline = started.saturating_add(args.timeout);
@@ -370,16 +354,8 @@ fn punch(args: &PunchArgs, brokers: &[String], stun: &str) -> Result<i32, String
             break;
         }
     }
-    // The node is closed; a finished stream may still be writing its last bytes (the runtime
-    // lingers, bounded by its LINGER): wait for them before the process ends.
-    // A wake-up left over from the stdin thread ends `run` early: only idle (or the limit) is the
-    // end of the lingering.
-    let linger_end = std::time::Instant::now() + p2pd_mio::LINGER;
-    while let Ok(RunEnd::Woken) = rt.run(
-        &mut node,
-        Some(linger_end.saturating_duration_since(std::time::Instant::now())),
-        |_, _, _| ControlFlow::Continue(()),
-    ) {}
+    // The node is closed; a finished stream may still be writing its last bytes.
+    super::stdin_relay::linger(&mut rt, &mut node);
     let _ = stdout.flush();
     Ok(if state.failed || state.connected_at.is_none() {
         1
@@ -387,9 +363,6 @@ fn punch(args: &PunchArgs, brokers: &[String], stun: &str) -> Result<i32, String
         0
     })
 }
-
-/// stdin chunks (16 KiB each) the reader thread may have waiting.
-const STDIN_CHUNKS: usize = 4;
 
 /// Milliseconds from `started` to `now`, for the status lines.
 fn since(started: Instant, now: Instant) -> u128 {

@@ -2,12 +2,13 @@
 //! `p2pd connect` its own. At stdin's EOF only our sending side is finished (the peer reads every
 //! byte, then EOF); the command ends once the peer has finished too, or the stream failed.
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::ops::ControlFlow;
 use std::sync::mpsc;
 use std::time::Duration;
 
-use p2pd_mio::{RunEnd, Runtime};
+use crate::commands::stdin_relay;
+use p2pd_mio::Runtime;
 use p2pd_node::{Node, NodeEvent, StreamId};
 use p2pd_proto::Instant;
 
@@ -15,8 +16,6 @@ use super::health::NodeHealth;
 use super::status::{PhaseLine, Status};
 use super::Mode;
 
-/// stdin chunks (16 KiB each) the reader thread may have waiting.
-const STDIN_CHUNKS: usize = 4;
 /// A progress line this often while a connect runs.
 const PROGRESS_EVERY: Duration = Duration::from_secs(1);
 
@@ -54,21 +53,8 @@ pub fn pipe(
     mut health: NodeHealth,
     mode: Mode,
 ) -> Result<i32, String> {
-    let (tx, rx) = mpsc::sync_channel::<Option<Vec<u8>>>(STDIN_CHUNKS);
     let waker = rt.waker().map_err(|e| format!("runtime: {e}"))?;
-    std::thread::spawn(move || {
-        let mut stdin = std::io::stdin();
-        let mut buf = vec![0u8; 16 * 1024];
-        loop {
-            let (msg, last) = match stdin.read(&mut buf) {
-                Ok(0) | Err(_) => (None, true),
-                Ok(n) => (Some(buf.get(..n).unwrap_or_default().to_vec()), false),
-            };
-            if tx.send(msg).is_err() || waker.wake().is_err() || last {
-                return;
-            }
-        }
-    });
+    let rx = stdin_relay::spawn_reader(waker);
     let (mut target, timeout) = match mode {
         Mode::Listen => (None, Duration::MAX),
         Mode::Connect { target, timeout } => (Some(target), timeout),
@@ -146,13 +132,7 @@ pub fn pipe(
             break;
         }
     }
-    // A finished stream may still be writing its last bytes (the runtime lingers).
-    let linger_end = std::time::Instant::now() + p2pd_mio::LINGER;
-    while let Ok(RunEnd::Woken) = rt.run(
-        &mut node,
-        Some(linger_end.saturating_duration_since(std::time::Instant::now())),
-        |_, _, _| ControlFlow::Continue(()),
-    ) {}
+    stdin_relay::linger(&mut rt, &mut node);
     let _ = stdout.flush();
     Ok(if state.failed || state.stream.is_none() {
         1
