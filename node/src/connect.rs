@@ -309,12 +309,13 @@ impl Node {
                 }
             }
         } else {
-            end_phase(
-                connect,
-                Phase::Reverse,
-                now,
-                PhaseOutcome::Skipped(SkipReason::NotApplicable),
-            );
+            let outcome = if plan.reverse {
+                // The peer should dial us, but we do not know where we are yet.
+                PhaseOutcome::Failed(PhaseFailure::NoOwnAddress)
+            } else {
+                PhaseOutcome::Skipped(SkipReason::NotApplicable)
+            };
+            end_phase(connect, Phase::Reverse, now, outcome);
         }
         let expect = peer.public_key;
         for remote in plan.direct {

@@ -125,6 +125,9 @@ pub enum PhaseFailure {
     Punch(PunchFailure),
     /// Signaling could not carry the request (no broker).
     Signaling,
+    /// Our own address is not known yet (a connect before [`NodeEvent::Ready`]), so the peer
+    /// cannot be asked to dial us.
+    NoOwnAddress,
     /// The node was closed.
     Closed,
 }
@@ -142,6 +145,7 @@ impl fmt::Display for PhaseFailure {
             PhaseFailure::PeerCouldNotDial => f.write_str("the peer could not dial us"),
             PhaseFailure::Punch(e) => write!(f, "punch failed: {e:?}"),
             PhaseFailure::Signaling => f.write_str("signaling unavailable"),
+            PhaseFailure::NoOwnAddress => f.write_str("our own address is not known yet"),
             PhaseFailure::Closed => f.write_str("the node was closed"),
         }
     }
