@@ -8,15 +8,11 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use common::node_proc::Proc;
 use common::procs::{start_server, words};
-use common::{event_of, identity, json_line, p2pd_bin, Mosquitto, Scratch};
-use serde_json::Value;
+use common::{event_of, identity, Mosquitto, Scratch};
 
 /// The servers and a configuration file naming them.
 struct Lab {
@@ -75,93 +71,6 @@ fn lab(tag: &str) -> Option<Lab> {
         _servers: vec![stun, pnp],
         _broker: broker,
     })
-}
-
-/// A running `p2pd` whose stderr lines arrive on a channel (parsed JSON).
-struct Proc {
-    child: Child,
-    lines: mpsc::Receiver<Value>,
-    seen: Vec<Value>,
-}
-
-impl Proc {
-    fn spawn(config: &Path, args: &[String], stdin: &[u8]) -> Proc {
-        let mut child = Command::new(p2pd_bin())
-            .arg("--config")
-            .arg(config)
-            .args(args)
-            .arg("--json")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn p2pd");
-        let mut input = child.stdin.take().expect("stdin");
-        let data = stdin.to_vec();
-        std::thread::spawn(move || {
-            let _ = input.write_all(&data);
-        });
-        let err = child.stderr.take().expect("stderr");
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(err).lines().map_while(Result::ok) {
-                let value = json_line(&line).unwrap_or(Value::String(line));
-                if tx.send(value).is_err() {
-                    return;
-                }
-            }
-        });
-        Proc {
-            child,
-            lines: rx,
-            seen: Vec::new(),
-        }
-    }
-
-    /// Waits for a status line with `event` (at most `limit`).
-    fn wait_for(&mut self, event: &str, limit: Duration) -> Option<Value> {
-        let end = Instant::now() + limit;
-        loop {
-            if let Some(v) = self.seen.iter().find(|v| event_of(v) == Some(event)) {
-                return Some(v.clone());
-            }
-            let left = end.checked_duration_since(Instant::now())?;
-            match self.lines.recv_timeout(left) {
-                Ok(v) => self.seen.push(v),
-                Err(_) => return None,
-            }
-        }
-    }
-
-    /// Waits for the exit (at most `limit`); its code and stdout.
-    fn finish(&mut self, limit: Duration) -> (Option<i32>, Vec<u8>) {
-        let end = Instant::now() + limit;
-        let code = loop {
-            if let Ok(Some(status)) = self.child.try_wait() {
-                break status.code();
-            }
-            if Instant::now() > end {
-                let _ = self.child.kill();
-                break None;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        };
-        let mut out = Vec::new();
-        if let Some(mut o) = self.child.stdout.take() {
-            let _ = o.read_to_end(&mut out);
-        }
-        while let Ok(v) = self.lines.try_recv() {
-            self.seen.push(v);
-        }
-        (code, out)
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 #[test]

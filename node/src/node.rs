@@ -501,6 +501,40 @@ impl Machine for Node {
     }
 
     fn poll_transmit(&mut self, buf: &mut [u8]) -> Option<Transmit> {
+        let transmit = self.next_transmit(buf);
+        if transmit.is_some() {
+            // A child may arm a timer as it sends (a STUN client's retransmission is due from
+            // the send): the cached deadline must see it, or nothing wakes us to retransmit.
+            self.deadline = self.next_deadline(self.last_now);
+        }
+        transmit
+    }
+
+    fn poll_socket_op(&mut self) -> Option<SocketOp> {
+        let op = self.next_socket_op();
+        if op.is_some() {
+            self.deadline = self.next_deadline(self.last_now);
+        }
+        op
+    }
+
+    fn poll_event(&mut self) -> Option<NodeEvent> {
+        let ev = self.events.pop_front();
+        if ev.is_none() {
+            self.report_closed();
+            return self.events.pop_front();
+        }
+        ev
+    }
+
+    fn poll_timeout(&self) -> Option<Instant> {
+        self.deadline
+    }
+}
+
+impl Node {
+    /// The next transmit of any part.
+    fn next_transmit(&mut self, buf: &mut [u8]) -> Option<Transmit> {
         if let Some(t) = self
             .sockets
             .poll_transmit(Part::Signaling, &mut self.rendezvous, buf)
@@ -533,7 +567,8 @@ impl Machine for Node {
         self.poll_own_transmit(buf)
     }
 
-    fn poll_socket_op(&mut self) -> Option<SocketOp> {
+    /// The next socket intent of any part.
+    fn next_socket_op(&mut self) -> Option<SocketOp> {
         if let Some(op) = self.retired_ops.pop_front() {
             return Some(op);
         }
@@ -569,21 +604,6 @@ impl Machine for Node {
         self.poll_own_op()
     }
 
-    fn poll_event(&mut self) -> Option<NodeEvent> {
-        let ev = self.events.pop_front();
-        if ev.is_none() {
-            self.report_closed();
-            return self.events.pop_front();
-        }
-        ev
-    }
-
-    fn poll_timeout(&self) -> Option<Instant> {
-        self.deadline
-    }
-}
-
-impl Node {
     fn report_closed(&mut self) {
         if self.closing
             && !self.closed_reported
@@ -610,5 +630,74 @@ impl Node {
         } else {
             Ok(())
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use core::net::Ipv4Addr;
+    use p2pd_nat::ServerSpec;
+    use p2pd_proto::Transport;
+    use p2pd_signaling::rendezvous::{BrokerSpec, RendezvousConfig};
+
+    /// A node that classifies its NAT against one server (as `p2pd node` does).
+    fn classifying_node() -> Node {
+        let broker = BrokerSpec::new(
+            None,
+            SocketAddr::from((Ipv4Addr::new(203, 0, 113, 3), 1883)),
+        );
+        let mut config = NodeConfig::new(RendezvousConfig::new(vec![broker], 0), Vec::new());
+        config.local_ip = Ipv4Addr::new(192, 0, 2, 2).into();
+        config.nat = NatSource::Classify(vec![ServerSpec {
+            id: 1,
+            primary: SocketAddr::from((Ipv4Addr::new(203, 0, 113, 1), 3478)),
+            alternate: None,
+        }]);
+        let identity = Identity::from_secret_bytes(&[5; 32]).unwrap();
+        Node::new(config, identity, [6; 32], 7, Instant::ZERO).unwrap()
+    }
+
+    /// The classifier's STUN client arms each retransmission as the request is sent; the node's
+    /// deadline must include it right after the send, with no other input in between (in the
+    /// real-NAT lab the filtering trains stopped after the first send and the NAT came out
+    /// unknown: nothing woke the node to retransmit).
+    #[test]
+    fn the_deadline_follows_timers_armed_by_a_send() {
+        let mut node = classifying_node();
+        let now = Instant::ZERO;
+        let mut port = 40000u16;
+        let mut buf = vec![0u8; 2048];
+        let mut sent = 0;
+        for _ in 0..10 {
+            while let Some(op) = node.poll_socket_op() {
+                assert_eq!(node.poll_timeout(), node.next_deadline(node.last_now));
+                if let SocketOp::Bind {
+                    socket,
+                    transport: Transport::Udp,
+                    local,
+                    ..
+                } = op
+                {
+                    port += 1;
+                    let local = SocketAddr::new(local.ip(), port);
+                    node.handle_socket_result(now, socket, SocketOutcome::Bound { local });
+                }
+            }
+            while node.poll_transmit(&mut buf).is_some() {
+                sent += 1;
+                assert_eq!(
+                    node.poll_timeout(),
+                    node.next_deadline(node.last_now),
+                    "after send {sent}"
+                );
+            }
+        }
+        assert!(sent > 0, "the classifier sent its probes");
+        let due = node.poll_timeout().expect("a retransmission is due");
+        assert!(
+            due <= now.saturating_add(core::time::Duration::from_millis(500)),
+            "{due:?}"
+        );
     }
 }

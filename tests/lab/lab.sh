@@ -9,6 +9,7 @@
 #   PREFIX-stun: 203.0.113.1 .2 .3 .4 on one veth (coturn RFC 5780 server on .1/.2, ports 3478/3479)
 #   PREFIX-ra  : NAT A  wan0 203.0.113.10  lan0 192.0.2.1/24     PREFIX-ha: eth0 192.0.2.2    (gw 192.0.2.1)
 #   PREFIX-rb  : NAT B  wan0 203.0.113.20  lan0 198.51.100.1/24  PREFIX-hb: eth0 198.51.100.2 (gw 198.51.100.1)
+#   PREFIX-ho  : open host (no NAT) wan0 203.0.113.30, straight on the "internet" bridge
 #
 # Namespace names are the only global thing, so labs with different prefixes run side by side.
 # State (pid files, logs, generated nft maps) goes to $LAB_STATE (default /tmp/p2pd-lab-PREFIX).
@@ -16,7 +17,7 @@ set -e
 P=${2:-${LAB_PREFIX:-nl}}
 case "$P" in *[!A-Za-z0-9_-]*|"") echo "bad prefix '$P'" >&2; exit 2;; esac
 S=${LAB_STATE:-/tmp/p2pd-lab-$P}
-NS="$P-wan $P-stun $P-ra $P-ha $P-rb $P-hb"
+NS="$P-wan $P-stun $P-ra $P-ha $P-rb $P-hb $P-ho"
 sc() { ip netns exec "$1" sysctl -qw "$2"; }
 up() {
   mkdir -p "$S"
@@ -26,13 +27,14 @@ up() {
     sc "$n" net.ipv4.conf.all.rp_filter=0; sc "$n" net.ipv4.conf.default.rp_filter=0
   done
   ip -n "$P-wan" link add br0 type bridge; ip -n "$P-wan" link set br0 up
-  for pair in stun:$P-stun ra:$P-ra rb:$P-rb; do   # veth created inside PREFIX-wan, peer goes straight into its namespace
+  for pair in stun:$P-stun ra:$P-ra rb:$P-rb ho:$P-ho; do   # veth created inside PREFIX-wan, peer goes straight into its namespace
     p=${pair%%:*}; n=${pair##*:}
     ip -n "$P-wan" link add "p-$p" type veth peer name wan0 netns "$n"
     ip -n "$P-wan" link set "p-$p" master br0 up; ip -n "$n" link set wan0 up
   done
   for a in 1 2 3 4; do ip -n "$P-stun" addr add 203.0.113.$a/24 dev wan0; done
   ip -n "$P-ra" addr add 203.0.113.10/24 dev wan0; ip -n "$P-rb" addr add 203.0.113.20/24 dev wan0
+  ip -n "$P-ho" addr add 203.0.113.30/24 dev wan0
   ip -n "$P-ra" link add lan0 type veth peer name eth0 netns "$P-ha"
   ip -n "$P-rb" link add lan0 type veth peer name eth0 netns "$P-hb"
   ip -n "$P-ra" addr add 192.0.2.1/24 dev lan0;    ip -n "$P-ra" link set lan0 up

@@ -1,0 +1,125 @@
+//! A running `p2pd node` or `p2pd connect` (with `--config FILE ... --json`), optionally inside a
+//! network namespace: its stdin fed once and closed, its JSON status lines (stderr) arriving on a
+//! channel; killed on drop. Shared by `node_connect` (loopback) and `node_lab` (the real-NAT lab).
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use super::{event_of, json_line, p2pd_bin};
+
+/// A running `p2pd` whose stderr lines arrive on a channel (parsed JSON).
+pub struct Proc {
+    pub child: Child,
+    lines: mpsc::Receiver<Value>,
+    /// Every status line read so far (a line that is not JSON is kept as a string).
+    pub seen: Vec<Value>,
+    /// When it was spawned.
+    pub started: Instant,
+}
+
+impl Proc {
+    /// `p2pd --config CONFIG ARGS --json`, `stdin` written to it and then closed.
+    pub fn spawn(config: &Path, args: &[String], stdin: &[u8]) -> Proc {
+        Proc::spawn_in(None, config, args, stdin)
+    }
+
+    /// Like [`Proc::spawn`], inside the network namespace `netns` (`ip netns exec`) if given.
+    pub fn spawn_in(netns: Option<&str>, config: &Path, args: &[String], stdin: &[u8]) -> Proc {
+        let mut command = match netns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns]).arg(p2pd_bin());
+                c
+            }
+            None => Command::new(p2pd_bin()),
+        };
+        let started = Instant::now();
+        let mut child = command
+            .arg("--config")
+            .arg(config)
+            .args(args)
+            .arg("--json")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn p2pd");
+        let mut input = child.stdin.take().expect("stdin");
+        let data = stdin.to_vec();
+        std::thread::spawn(move || {
+            let _ = input.write_all(&data);
+        });
+        let err = child.stderr.take().expect("stderr");
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(err).lines().map_while(Result::ok) {
+                let value = json_line(&line).unwrap_or(Value::String(line));
+                if tx.send(value).is_err() {
+                    return;
+                }
+            }
+        });
+        Proc {
+            child,
+            lines: rx,
+            seen: Vec::new(),
+            started,
+        }
+    }
+
+    /// Waits for a status line with `event` (at most `limit`).
+    pub fn wait_for(&mut self, event: &str, limit: Duration) -> Option<Value> {
+        let end = Instant::now() + limit;
+        loop {
+            if let Some(v) = self.seen.iter().find(|v| event_of(v) == Some(event)) {
+                return Some(v.clone());
+            }
+            let left = end.checked_duration_since(Instant::now())?;
+            match self.lines.recv_timeout(left) {
+                Ok(v) => self.seen.push(v),
+                Err(_) => return None,
+            }
+        }
+    }
+
+    /// The first status line with `event` read so far.
+    pub fn event(&self, event: &str) -> Option<&Value> {
+        self.seen.iter().find(|v| event_of(v) == Some(event))
+    }
+
+    /// Waits for the exit (at most `limit`, then killed); its code and stdout.
+    pub fn finish(&mut self, limit: Duration) -> (Option<i32>, Vec<u8>) {
+        let end = Instant::now() + limit;
+        let code = loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                break status.code();
+            }
+            if Instant::now() > end {
+                let _ = self.child.kill();
+                break None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let mut out = Vec::new();
+        if let Some(mut o) = self.child.stdout.take() {
+            let _ = o.read_to_end(&mut out);
+        }
+        // The reader thread sends the last lines as the pipe closes.
+        while let Ok(v) = self.lines.recv_timeout(Duration::from_millis(200)) {
+            self.seen.push(v);
+        }
+        (code, out)
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

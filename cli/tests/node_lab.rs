@@ -1,0 +1,397 @@
+//! `p2pd node --name NAME` and `p2pd connect NAME` through real Linux NATs (the lab of
+//! `tests/lab/`), with a configuration file naming the lab's servers and no NAT flags: coturn's
+//! RFC 5780 STUN (UDP, and TCP for the listener's address and the punch) on 203.0.113.1:3478
+//! (alternate 203.0.113.2:3479), our `p2pd pnp-server` on 203.0.113.1:5300, the two mosquitto
+//! brokers on 203.0.113.3:1883 and 203.0.113.4:1883. Every process classifies its own NAT; the
+//! `ready` lines must show the router's real mode (see [`nat_of`]).
+//!
+//! Cases (`node` on one host, `connect` on the other; path asserted on both the `connected` and
+//! the `accepted` line, and each side's stdin must reach the other's stdout, both exit 0):
+//! - **direct**: the open host (`ho`, 203.0.113.30, straight on the lab's internet, no NAT) runs
+//!   `node`, host A behind `masq` connects;
+//! - **reverse**: host A behind `masq` runs `node`, the open host connects (it asks A to dial it);
+//! - **direct to a full cone**: host B behind `fullcone` runs `node`, A behind `masq` connects;
+//! - **punched**: `masq`/`masq` and `seq`/`restricted` (A connects, B runs `node`);
+//! - **unpunchable**: `masq-fully`/`masq-fully`: the connect fails (punch and relay skipped, no
+//!   relay configured) with exit 1 within a few seconds.
+//!
+//! The times (connected/failed `elapsed_ms`, counted from the connect call, and the wall time of
+//! the connect process) are printed; `bench/node-lab.sh` measures them over more runs.
+//!
+//! Without root, `ip netns`, `nft`, `conntrack`, `ss`, `turnserver` or `mosquitto` the test prints
+//! `SKIP: ...` and passes (under `CI=true` it fails instead). The namespace prefix is unique per
+//! run; the lab (namespaces and every process in them) is torn down on drop, also after a panic.
+
+mod common;
+#[path = "common/lab_punch.rs"]
+mod lab_punch;
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::lab::Lab;
+use common::node_proc::Proc;
+use common::procs::words;
+use common::{event_of, identity, json_line, p2pd_bin, ChildGuard, Scratch};
+use lab_punch::{skip_reason, start_brokers, BROKERS, STUN};
+use serde_json::Value;
+
+/// The PNP server inside the lab (stun namespace), UDP and TCP.
+const PNP: &str = "203.0.113.1:5300";
+/// The secret of the PNP server's identity.
+const PNP_SECRET: u8 = 0x51;
+
+/// A host of the lab and the NAT mode of its router (`None`: the open host).
+#[derive(Clone, Copy)]
+struct Host {
+    ns: &'static str,
+    router: Option<(&'static str, &'static str)>,
+}
+
+const fn natted(router: &'static str, mode: &'static str) -> Host {
+    let ns = if router.as_bytes()[0] == b'A' {
+        "ha"
+    } else {
+        "hb"
+    };
+    Host {
+        ns,
+        router: Some((router, mode)),
+    }
+}
+
+const OPEN: Host = Host {
+    ns: "ho",
+    router: None,
+};
+
+impl Host {
+    fn label(&self) -> String {
+        match self.router {
+            Some((r, mode)) => format!("{}({mode})", if r == "A" { "ha" } else { "hb" }),
+            None => "ho(open)".into(),
+        }
+    }
+
+    fn mode(&self) -> &'static str {
+        self.router.map_or("open", |(_, m)| m)
+    }
+}
+
+/// What the classifier must report for a router mode: (mapping, filtering, allocation).
+fn nat_of(mode: &str) -> (&'static str, &'static str, &'static str) {
+    match mode {
+        "open" | "fullcone" => ("EndpointIndependent", "EndpointIndependent", "Preserving"),
+        "masq" => (
+            "EndpointIndependent",
+            "AddressAndPortDependent",
+            "Preserving",
+        ),
+        "restricted" => ("EndpointIndependent", "AddressDependent", "Preserving"),
+        "seq" => (
+            "AddressAndPortDependent",
+            "AddressAndPortDependent",
+            "Sequential { stride: 1 }",
+        ),
+        "masq-fully" => (
+            "AddressAndPortDependent",
+            "AddressAndPortDependent",
+            "Random",
+        ),
+        other => panic!("no expectation for mode {other}"),
+    }
+}
+
+struct Case {
+    name: &'static str,
+    /// Runs `p2pd node`.
+    node: Host,
+    /// Runs `p2pd connect`.
+    connect: Host,
+    /// The path both sides must print; `None`: the connect must fail.
+    path: Option<&'static str>,
+}
+
+/// The lab's servers and the configuration file naming them.
+struct Servers {
+    _brokers: [ChildGuard; 2],
+    _pnp: ChildGuard,
+    config: PathBuf,
+    keys: [PathBuf; 2],
+}
+
+fn servers(lab: &Lab, dir: &Scratch) -> Servers {
+    let brokers = start_brokers(lab);
+    let key = dir.identity_file("pnp.key", PNP_SECRET);
+    let mut pnp = ChildGuard::spawn(
+        "p2pd pnp-server (lab)",
+        Command::new("ip")
+            .args(["netns", "exec", &lab.ns("stun")])
+            .arg(p2pd_bin())
+            .arg("pnp-server")
+            .arg("--db")
+            .arg(dir.path("names.db"))
+            .args(["--udp", PNP, "--tcp", PNP, "--identity"])
+            .arg(&key)
+            .arg("--json")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit()),
+    )
+    .expect("spawn p2pd pnp-server");
+    let mut out = BufReader::new(pnp.child.stdout.take().expect("stdout"));
+    let mut listening = 0;
+    let mut line = String::new();
+    while listening < 2 {
+        line.clear();
+        let n = out.read_line(&mut line).unwrap_or(0);
+        assert!(n > 0, "pnp-server ended before listening");
+        if json_line(&line).as_ref().and_then(event_of) == Some("listening") {
+            listening += 1;
+        }
+    }
+    // Keep its stdout drained (it never gets EPIPE).
+    std::thread::spawn(move || {
+        let mut sink = String::new();
+        while out.read_line(&mut sink).unwrap_or(0) > 0 {
+            sink.clear();
+        }
+    });
+    let config = dir.path("config.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "stun = [\"{STUN}\"]\nbrokers = [\"{}\", \"{}\"]\n\n[[pnp]]\naddress = \"{PNP}\"\nkey = \"{}\"\n",
+            BROKERS[0],
+            BROKERS[1],
+            identity(PNP_SECRET).public_key()
+        ),
+    )
+    .expect("config");
+    Servers {
+        _brokers: brokers,
+        _pnp: pnp,
+        config,
+        keys: [
+            dir.identity_file("node.key", 0x52),
+            dir.identity_file("connect.key", 0x53),
+        ],
+    }
+}
+
+/// The `nat` of a `ready` line as (mapping, filtering, allocation).
+fn ready_nat(ready: &Value) -> (String, String, String) {
+    let f = |k: &str| ready["nat"][k].as_str().unwrap_or("null").to_string();
+    (f("mapping"), f("filtering"), f("allocation"))
+}
+
+/// One case; what it printed for the summary, or why it went wrong.
+fn run_case(lab: &Lab, s: &Servers, case: &Case, serial: usize) -> Result<Vec<String>, String> {
+    for host in [case.node, case.connect] {
+        if let Some((router, mode)) = host.router {
+            lab.script("nat.sh", &[router, mode, "inputdrop"])?;
+        }
+    }
+    let name = format!("lab-{}-{serial}", case.name);
+    let (msg_node, msg_connect) = (
+        format!("from the node on {}\n", case.node.label()),
+        format!("from the connect on {}\n", case.connect.label()),
+    );
+    let mut node = Proc::spawn_in(
+        Some(&lab.ns(case.node.ns)),
+        &s.config,
+        &words(&[
+            "node",
+            "--name",
+            &name,
+            "--identity",
+            &s.keys[0].display().to_string(),
+        ]),
+        msg_node.as_bytes(),
+    );
+    let ready = node
+        .wait_for("ready", Duration::from_secs(15))
+        .ok_or_else(|| format!("node never ready: {:?}", node.seen))?;
+    let mut connect = Proc::spawn_in(
+        Some(&lab.ns(case.connect.ns)),
+        &s.config,
+        &words(&[
+            "connect",
+            &name,
+            "--timeout",
+            "20",
+            "--identity",
+            &s.keys[1].display().to_string(),
+        ]),
+        msg_connect.as_bytes(),
+    );
+    let (code_c, out_c) = connect.finish(Duration::from_secs(30));
+    let wall_ms = connect.started.elapsed().as_millis();
+    let mut lines = Vec::new();
+    let mut wrong = Vec::new();
+    // Both sides' classification against the router's real mode.
+    let ready_c = connect.event("ready").cloned().unwrap_or(Value::Null);
+    for (who, host, r) in [
+        ("node", case.node, &ready),
+        ("connect", case.connect, &ready_c),
+    ] {
+        let got = ready_nat(r);
+        let (m, f, a) = nat_of(host.mode());
+        lines.push(format!(
+            "    {who:<7} on {:<16} ready nat: {} / {} / {}",
+            host.label(),
+            got.0,
+            got.1,
+            got.2
+        ));
+        if (got.0.as_str(), got.1.as_str(), got.2.as_str()) != (m, f, a) {
+            wrong.push(format!(
+                "{who} on {}: classified {got:?}, the router is {} ({m} / {f} / {a})",
+                host.label(),
+                host.mode()
+            ));
+        }
+    }
+    match case.path {
+        Some(path) => {
+            let (code_n, out_n) = node.finish(Duration::from_secs(15));
+            let connected = connect.event("connected").cloned().unwrap_or(Value::Null);
+            let accepted = node.event("accepted").cloned().unwrap_or(Value::Null);
+            lines.push(format!(
+                "    connected.path {} accepted.path {} elapsed_ms {} (resolve {} ms), connect process {wall_ms} ms",
+                connected["path"],
+                accepted["path"],
+                connected["elapsed_ms"],
+                phase(&connected, "resolve")["took_ms"]
+            ));
+            if connected["path"] != path || accepted["path"] != path {
+                wrong.push(format!(
+                    "path: connected {} accepted {}, expected {path}",
+                    connected["path"], accepted["path"]
+                ));
+            }
+            if out_c != msg_node.as_bytes() || out_n != msg_connect.as_bytes() {
+                wrong.push(format!(
+                    "data: connect got {:?}, node got {:?}",
+                    String::from_utf8_lossy(&out_c),
+                    String::from_utf8_lossy(&out_n)
+                ));
+            }
+            if code_c != Some(0) || code_n != Some(0) {
+                wrong.push(format!("exit: connect {code_c:?}, node {code_n:?}"));
+            }
+        }
+        None => {
+            let failed = connect.event("failed").cloned().unwrap_or(Value::Null);
+            lines.push(format!(
+                "    failed after elapsed_ms {} (connect process {wall_ms} ms, exit {code_c:?}); punch: {}; relay: {}",
+                failed["elapsed_ms"],
+                phase(&failed, "punch")["reason"],
+                phase(&failed, "relay")["reason"]
+            ));
+            if failed.is_null() || connect.event("connected").is_some() {
+                wrong.push("expected a failed line and no connected line".into());
+            }
+            if code_c != Some(1) {
+                wrong.push(format!("exit {code_c:?}, expected 1"));
+            }
+            if phase(&failed, "relay")["outcome"] != "skipped" {
+                wrong.push(format!("relay phase not skipped: {failed}"));
+            }
+            if wall_ms > 5000 {
+                wrong.push(format!("the connect took {wall_ms} ms to fail"));
+            }
+            if node.event("accepted").is_some() {
+                wrong.push("the node accepted a stream".into());
+            }
+        }
+    }
+    if wrong.is_empty() {
+        Ok(lines)
+    } else {
+        Err(format!(
+            "{}\n{}\n  connect said {:?}\n  node said {:?}",
+            lines.join("\n"),
+            wrong.join("\n"),
+            connect.seen,
+            node.seen
+        ))
+    }
+}
+
+/// The phase `name` of a `connected` or `failed` line.
+fn phase<'a>(line: &'a Value, name: &str) -> &'a Value {
+    line["phases"]
+        .as_array()
+        .and_then(|p| p.iter().find(|p| p["phase"] == name))
+        .unwrap_or(&Value::Null)
+}
+
+#[test]
+fn node_and_connect_through_real_nats() {
+    if let Some(reason) = skip_reason() {
+        common::skip_or_fail(&reason);
+        return;
+    }
+    let started = Instant::now();
+    assert!(p2pd_bin().is_file()); // built before the lab exists
+    let lab = Lab::start("nd");
+    let dir = Scratch::new("node-lab");
+    let s = servers(&lab, &dir);
+    let case = |name, node, connect, path| Case {
+        name,
+        node,
+        connect,
+        path,
+    };
+    let cases = [
+        case("direct", OPEN, natted("A", "masq"), Some("direct")),
+        case("reverse", natted("A", "masq"), OPEN, Some("reverse")),
+        case(
+            "fullcone",
+            natted("B", "fullcone"),
+            natted("A", "masq"),
+            Some("direct"),
+        ),
+        case(
+            "masq-masq",
+            natted("B", "masq"),
+            natted("A", "masq"),
+            Some("punched"),
+        ),
+        case(
+            "seq-restricted",
+            natted("B", "restricted"),
+            natted("A", "seq"),
+            Some("punched"),
+        ),
+        case(
+            "unpunchable",
+            natted("B", "masq-fully"),
+            natted("A", "masq-fully"),
+            None,
+        ),
+    ];
+    let mut failures = Vec::new();
+    eprintln!("p2pd node / p2pd connect through real NATs (no NAT flags):");
+    for (i, c) in cases.iter().enumerate() {
+        let head = format!(
+            "{:<15} node on {}, connect from {}: expect {}",
+            c.name,
+            c.node.label(),
+            c.connect.label(),
+            c.path.unwrap_or("failed")
+        );
+        match run_case(&lab, &s, c, i) {
+            Ok(lines) => eprintln!("{head}: ok\n{}", lines.join("\n")),
+            Err(e) => {
+                eprintln!("{head}: WRONG\n{e}");
+                failures.push(c.name);
+            }
+        }
+    }
+    eprintln!("total {:.1} s", started.elapsed().as_secs_f64());
+    assert!(failures.is_empty(), "wrong: {failures:?}");
+}
