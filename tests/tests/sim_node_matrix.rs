@@ -150,3 +150,21 @@ fn classified_nodes_take_the_oracles_path() {
     let outcomes = run_matrix(&classified_layouts(), &[0.0], 1, Family::Classified, 2);
     check("classified, 0 % loss", &outcomes);
 }
+
+/// Regression (10 % loss, seed 18): B reported `Ready` once registered, before its subscription
+/// on either broker was granted; A's reverse request, published at once, reached no one and
+/// the connect timed out. `Ready` now waits for a broker to listen.
+#[test]
+fn ready_means_reachable_over_signaling() {
+    let layout = Layout::Apart(NatKind::Open, NatKind::PortRestricted);
+    let mut w = p2pd_sim::node_matrix::NodeWorld::new(18, layout, 0.10, Family::Given);
+    let listening = |w: &p2pd_sim::node_matrix::NodeWorld, i: usize| {
+        let r = w.sim.machine::<p2pd_node::Node>(w.hosts[i]).rendezvous();
+        r.broker_ids()
+            .any(|id| r.health(id).is_some_and(|h| h.listening))
+    };
+    assert!(w.run_until(Duration::from_secs(40), |w| w.is_ready(1)));
+    assert!(listening(&w, 1), "B ready before listening on any broker");
+    let o = run_one(layout, 0.10, 18, Family::Given);
+    assert!(o.correct && o.leaks.is_empty(), "{}", show(&o));
+}
