@@ -1,8 +1,9 @@
 //! Soak in simulation: the same two nodes connect by name over and over in one world (connect,
 //! a message each way, FINISH both ways, `close_stream` both ends, next). Every connect must take
 //! the same path; after each round both nodes return to their baseline (`open_sockets`, `live`,
-//! the simulator's sockets per host) and keep a future deadline; the rendezvous' bounded tables
-//! stay bounded; closing at the end leaves nothing.
+//! the simulator's sockets per host) and keep a future deadline; the rendezvous' tables stay
+//! bounded (acknowledgements and receipts flat, the replay cache within its capacity: it keeps
+//! the last 4,096 envelopes, two or three per round); closing at the end leaves nothing.
 //!
 //! Default counts: 1,000 connects for the reverse pair (A open, B port-restricted), 100 for the
 //! punched pair (both port-restricted); `P2PD_SOAK=N` runs N of each.
@@ -104,7 +105,12 @@ fn soak(layout: Layout, rounds: usize) {
             })
             .collect();
         let first = tables_first.get_or_insert_with(|| tables.clone());
-        for ((_, acks, receipts), (_, acks0, receipts0)) in tables.iter().zip(first.iter()) {
+        for ((replay, acks, receipts), (_, acks0, receipts0)) in tables.iter().zip(first.iter()) {
+            // The replay cache fills up to its capacity (default 4,096), then stays there.
+            assert!(
+                *replay <= 4096,
+                "round {round}: replay cache over its capacity"
+            );
             assert!(
                 acks <= &(acks0 + 4) && receipts <= &(receipts0 + 4),
                 "round {round}: rendezvous tables grow: {tables:?} (first {first:?})"
