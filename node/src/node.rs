@@ -341,6 +341,9 @@ impl Node {
                 {
                     retired.push_back(op);
                 }
+                // What it still holds it never names again: an outstanding accept ended by its
+                // listener's close, the alias of the stream it handed over.
+                self.sockets.forget(Part::Punch(p.serial));
             } else {
                 i = i.saturating_add(1);
             }
@@ -465,7 +468,13 @@ impl Machine for Node {
                 }
             }
             Some((Part::Own, inner)) => self.own_socket_result(now, inner, outcome),
-            None => {}
+            None => {
+                // A stream accepted for a retired child's outstanding accept: the runtime holds
+                // it, so it gets its one close.
+                if matches!(outcome, SocketOutcome::Accepted { .. }) {
+                    self.retired_ops.push_back(SocketOp::Close { socket });
+                }
+            }
         }
         self.pump(now);
     }

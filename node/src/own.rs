@@ -50,6 +50,8 @@ pub(crate) struct Own {
     registrations: Vec<(usize, RequestId)>,
     /// Next registration round (refresh or retry).
     register_at: Option<Instant>,
+    /// The address last registered (on at least one PNP server; any address without a name).
+    registered: Option<PeerAddress>,
     /// The address that was last reported `Ready`.
     reported: Option<PeerAddress>,
 }
@@ -69,6 +71,7 @@ impl Own {
             dirty: false,
             registrations: Vec::new(),
             register_at: None,
+            registered: None,
             reported: None,
         }
     }
@@ -379,12 +382,28 @@ impl Node {
         }
     }
 
+    /// The current address is registered: report it ready once signaling can reach us too.
     fn report_ready(&mut self) {
-        if self.own.reported == self.own.address {
+        self.own.registered = self.own.address.clone();
+        self.try_ready();
+    }
+
+    /// Reports the registered address `Ready` once we listen on at least one broker: a peer
+    /// that finds us by name must also reach us over signaling (a reverse request published
+    /// before we subscribe is lost).
+    pub(crate) fn try_ready(&mut self) {
+        if self.own.reported == self.own.registered || self.closing {
             return;
         }
-        self.own.reported = self.own.address.clone();
-        if let Some(address) = self.own.address.clone() {
+        let listening = self
+            .rendezvous
+            .broker_ids()
+            .any(|id| self.rendezvous.health(id).is_some_and(|h| h.listening));
+        if !listening {
+            return;
+        }
+        self.own.reported = self.own.registered.clone();
+        if let Some(address) = self.own.registered.clone() {
             self.events.push_back(NodeEvent::Ready {
                 name: self.config.name.clone(),
                 nat: self.own.nat.flatten(),

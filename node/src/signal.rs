@@ -23,9 +23,13 @@ impl Node {
                 _ => self.stats.bad_messages = self.stats.bad_messages.saturating_add(1),
             },
             RendezvousEvent::Closed => self.rendezvous_closed = true,
-            ev @ (RendezvousEvent::BrokerUp { .. }
-            | RendezvousEvent::BrokerDown { .. }
-            | RendezvousEvent::Listening { .. }) => self.events.push_back(NodeEvent::Signaling(ev)),
+            ev @ RendezvousEvent::Listening { .. } => {
+                self.events.push_back(NodeEvent::Signaling(ev));
+                self.try_ready();
+            }
+            ev @ (RendezvousEvent::BrokerUp { .. } | RendezvousEvent::BrokerDown { .. }) => {
+                self.events.push_back(NodeEvent::Signaling(ev))
+            }
             _ => {}
         }
     }

@@ -183,8 +183,9 @@ pub struct PhaseReport {
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum NodeEvent {
-    /// Our address is known (and, with a name, registered on at least one PNP server): peers can
-    /// reach us. Reported again when the address changes.
+    /// Our address is known (and, with a name, registered on at least one PNP server) and we
+    /// listen on at least one broker: peers can reach us. Reported again when the address
+    /// changes.
     Ready {
         /// Our name, if we have one.
         name: Option<Name>,

@@ -197,6 +197,17 @@ impl<K: Copy + Ord> SocketMap<K> {
         self.inner.values().any(|(k, _)| *k == child)
     }
 
+    /// Forgets every id `child` still holds, for a child that is retired (it names no socket
+    /// again): an outstanding `Accept`'s id, which the child never closes because its
+    /// listener's close ends it, and the aliases of sockets it handed over (those stay with
+    /// their new owner). Returns how many sockets were forgotten.
+    pub fn forget(&mut self, child: K) -> usize {
+        let before = self.inner.len();
+        self.inner.retain(|_, (k, _)| *k != child);
+        self.outer.retain(|(k, _), _| *k != child);
+        before.saturating_sub(self.inner.len())
+    }
+
     /// Intents and transmits dropped because they named a socket their child did not hold.
     pub fn unknown(&self) -> u64 {
         self.unknown

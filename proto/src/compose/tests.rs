@@ -198,3 +198,43 @@ fn outer_ids_skip_those_in_use_when_they_wrap() {
     assert_ne!(wrapped, first, "id 0 is in use");
     assert_eq!(wrapped, SocketId(1));
 }
+
+#[test]
+fn forget_drops_a_retired_childs_outstanding_accept_and_aliases_only() {
+    let mut m = SocketMap::new();
+    let listener = m.outbound(Child::A, bind(0)).unwrap().socket();
+    let accept = m
+        .outbound(
+            Child::A,
+            SocketOp::Accept {
+                listener: SocketId(0),
+                socket: SocketId(1),
+            },
+        )
+        .unwrap()
+        .socket();
+    let stream = m.outbound(Child::A, bind(2)).unwrap().socket();
+    let other = m.outbound(Child::B, bind(0)).unwrap().socket();
+    // A hands its stream over, then closes its listener (which ends the outstanding accept
+    // without a Close of its own).
+    assert_eq!(
+        m.adopt(Child::A, SocketId(2), Child::Parent, SocketId(7)),
+        Some(stream)
+    );
+    m.outbound(
+        Child::A,
+        SocketOp::Close {
+            socket: SocketId(0),
+        },
+    )
+    .unwrap();
+    assert_eq!(m.route(listener), None);
+    assert_eq!(m.len(), 3, "the accept's id is still held");
+    assert_eq!(m.forget(Child::A), 1);
+    assert_eq!(m.route(accept), None);
+    assert_eq!(m.outer(Child::A, SocketId(2)), None, "alias gone");
+    assert_eq!(m.route(stream), Some((Child::Parent, SocketId(7))));
+    assert_eq!(m.route(other), Some((Child::B, SocketId(0))));
+    assert_eq!(m.len(), 2);
+    assert!(!m.holds_any(Child::A));
+}
