@@ -564,7 +564,7 @@ fn exchange(
     Ok(())
 }
 
-/// Runs every layout x loss x seed (seeds `0..seeds`, mixed with the layout) on `threads`
+/// Runs every layout x loss x seed (seeds `0..seeds`, the same seeds for every layout) on `threads`
 /// threads.
 pub fn run_matrix(
     layouts: &[Layout],
