@@ -387,7 +387,8 @@ impl H {
                 }
             }
             SocketOp::Connect { remote, .. } => {
-                // The node dials with Bind and Connect at once (the runtime runs them in order).
+                // A Connect right behind its Bind is allowed (the runtime runs intents in order);
+                // the node itself waits for Bound.
                 match before {
                     Some(SocketState::Bound { .. }) => {}
                     Some(SocketState::Binding { transport: Transport::Tcp, .. }) => {

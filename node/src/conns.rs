@@ -38,6 +38,8 @@ pub(crate) enum ConnRole {
 /// Where a connection is.
 #[derive(Debug)]
 pub(crate) enum ConnState {
+    /// Binding (the connect goes out once the bind is done).
+    Binding,
     /// Bound, connecting.
     Connecting,
     /// Accepted, reading the preface.
@@ -92,12 +94,11 @@ impl Node {
             local: SocketAddr::new(local_ip, 0),
             options: BindOptions::default(),
         });
-        self.ops.push_back(SocketOp::Connect { socket, remote });
         self.conns.push(Conn {
             socket,
             remote,
             role,
-            state: ConnState::Connecting,
+            state: ConnState::Binding,
             deadline,
             opened: now,
         });
@@ -183,7 +184,16 @@ impl Node {
         };
         match outcome {
             SocketOutcome::Connected { .. } => self.on_connected(now, i),
-            SocketOutcome::Bound { .. } | SocketOutcome::Writable => {}
+            SocketOutcome::Bound { .. } => {
+                if let Some(conn) = self.conns.get_mut(i) {
+                    if matches!(conn.state, ConnState::Binding) {
+                        conn.state = ConnState::Connecting;
+                        let (socket, remote) = (conn.socket, conn.remote);
+                        self.ops.push_back(SocketOp::Connect { socket, remote });
+                    }
+                }
+            }
+            SocketOutcome::Writable => {}
             SocketOutcome::Failed { error, .. } => {
                 self.conn_failed(now, socket, PhaseFailure::Connect(error))
             }
