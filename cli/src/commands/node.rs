@@ -13,7 +13,7 @@
 
 mod forward;
 mod pipe;
-mod setup;
+pub mod setup;
 mod status;
 
 use std::path::Path;
