@@ -189,4 +189,3 @@ impl Drop for Proc {
         let _ = self.child.wait();
     }
 }
-
