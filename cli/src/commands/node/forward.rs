@@ -51,7 +51,10 @@ struct Pair {
     /// Local bytes the stream has not taken yet.
     to_stream: Vec<u8>,
     local_eof: bool,
+    /// `finish` was called on the stream.
     stream_finished: bool,
+    /// The node reported `Finished`: every byte of ours was taken, the FIN is out.
+    stream_flushed: bool,
     peer_finished: bool,
     local_shut: bool,
     closed: bool,
@@ -142,6 +145,7 @@ impl Forwarder {
             to_stream: Vec::new(),
             local_eof: false,
             stream_finished: false,
+            stream_flushed: false,
             peer_finished: false,
             local_shut: false,
             closed: false,
@@ -213,7 +217,12 @@ impl Forwarder {
                 self.ready = true;
                 self.events.push_back(ev);
             }
-            NodeEvent::Writable { .. } | NodeEvent::Finished { .. } => {}
+            NodeEvent::Finished { stream } => {
+                if let Some(p) = self.pairs.iter_mut().find(|p| p.stream == Some(stream)) {
+                    p.stream_flushed = true;
+                }
+            }
+            NodeEvent::Writable { .. } => {}
             other => self.events.push_back(other),
         }
         let _ = now;
@@ -281,7 +290,9 @@ impl Forwarder {
                 p.local_shut = true;
                 self.ops.push_back(SocketOp::Shutdown { socket: p.local });
             }
-            if p.local_shut && p.stream_finished {
+            // Closing the stream drops what the node has not sent yet: only once `Finished`
+            // said all of it is out.
+            if p.local_shut && p.stream_flushed {
                 p.closed = true;
             }
         }
