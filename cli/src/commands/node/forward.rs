@@ -15,7 +15,7 @@ use std::net::SocketAddr;
 use std::ops::ControlFlow;
 use std::time::Duration;
 
-use p2pd_mio::Runtime;
+use p2pd_mio::{RunEnd, Runtime};
 use p2pd_node::{ConnectId, Node, NodeEvent, StreamId, Target};
 use p2pd_proto::compose::SocketMap;
 use p2pd_proto::send_buffer::{FlowControl, SendBuffer};
@@ -428,6 +428,12 @@ impl Machine for Forwarder {
     }
 
     fn poll_event(&mut self) -> Option<NodeEvent> {
+        // The node's own events are pulled here too, not only after an input: some appear only
+        // when it is polled (`Closed`, once the runtime has taken its last intents), and after
+        // those there may be no input left to run the pump.
+        if self.events.is_empty() {
+            self.pump(self.now);
+        }
         self.events.pop_front()
     }
 
@@ -485,7 +491,7 @@ fn run(mut rt: Runtime, mut f: Forwarder, status: Status) -> Result<i32, String>
             f.pump(now);
         }
         let mut closed = false;
-        rt.run(&mut f, Some(SLICE), |_, _, ev| {
+        let end = rt.run(&mut f, Some(SLICE), |_, _, ev| {
             match ev {
                 NodeEvent::Ready { name, address, nat } => {
                     status.ready(name.as_ref().map(|n| n.as_str()), &address, nat.as_ref())
@@ -526,6 +532,10 @@ fn run(mut rt: Runtime, mut f: Forwarder, status: Status) -> Result<i32, String>
             ControlFlow::Continue(())
         })
         .map_err(|e| format!("event loop: {e}"))?;
+        // Idle: no socket and no deadline left (a node that lost everything); do not spin.
+        if end == RunEnd::Idle && !closed {
+            std::thread::sleep(SLICE);
+        }
         if closed {
             return Ok(0);
         }
