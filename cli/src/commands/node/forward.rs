@@ -262,11 +262,12 @@ impl Forwarder {
                 continue;
             }
             // Stream -> local.
-            while let Some(b) = p.to_local_wait.front().copied() {
-                if p.to_local.push(&[b]) == 0 {
+            while !p.to_local_wait.is_empty() {
+                let taken = p.to_local.push(p.to_local_wait.as_slices().0);
+                if taken == 0 {
                     break;
                 }
-                p.to_local_wait.pop_front();
+                p.to_local_wait.drain(..taken);
             }
             // Local -> stream.
             if let Some(stream) = p.stream {
