@@ -185,7 +185,16 @@ impl Forwarder {
             } => {
                 if let Some(p) = self.pairs.iter_mut().find(|p| p.connect == Some(connect)) {
                     p.stream = Some(stream);
+                } else {
+                    // Its local client is gone (the node cannot cancel a connect): release the
+                    // stream, or it stays open on both sides.
+                    let _ = self.node.close_stream(now, stream);
                 }
+                self.events.push_back(ev);
+            }
+            NodeEvent::Accepted { stream, .. } => {
+                // Connect mode carries no inbound streams.
+                let _ = self.node.close_stream(now, stream);
                 self.events.push_back(ev);
             }
             NodeEvent::ConnectFailed { connect, .. } => {
