@@ -501,47 +501,48 @@ fn run(mut rt: Runtime, mut f: Forwarder, status: Status) -> Result<i32, String>
             f.pump(now);
         }
         let mut closed = false;
-        let end = rt.run(&mut f, Some(SLICE), |_, _, ev| {
-            match ev {
-                NodeEvent::Ready { name, address, nat } => {
-                    status.ready(name.as_ref().map(|n| n.as_str()), &address, nat.as_ref())
+        let end = rt
+            .run(&mut f, Some(SLICE), |_, _, ev| {
+                match ev {
+                    NodeEvent::Ready { name, address, nat } => {
+                        status.ready(name.as_ref().map(|n| n.as_str()), &address, nat.as_ref())
+                    }
+                    NodeEvent::Accepted {
+                        peer, path, remote, ..
+                    } => status.accepted(&peer, path.as_str(), remote),
+                    NodeEvent::Connected {
+                        peer,
+                        path,
+                        elapsed,
+                        phases,
+                        remote,
+                        ..
+                    } => status.connected(
+                        &target,
+                        &peer,
+                        path.as_str(),
+                        remote,
+                        elapsed.as_millis(),
+                        phases.iter().map(PhaseLine::of).collect(),
+                    ),
+                    NodeEvent::ConnectFailed {
+                        elapsed, phases, ..
+                    } => status.failed(
+                        &target,
+                        elapsed.as_millis(),
+                        phases.iter().map(PhaseLine::of).collect(),
+                    ),
+                    NodeEvent::StreamFailed { reason, .. } => status.reason(
+                        "stream_failed",
+                        format!("a secure stream failed: {reason}"),
+                        reason.to_string(),
+                    ),
+                    NodeEvent::Closed => closed = true,
+                    _ => {}
                 }
-                NodeEvent::Accepted {
-                    peer, path, remote, ..
-                } => status.accepted(&peer, path.as_str(), remote),
-                NodeEvent::Connected {
-                    peer,
-                    path,
-                    elapsed,
-                    phases,
-                    remote,
-                    ..
-                } => status.connected(
-                    &target,
-                    &peer,
-                    path.as_str(),
-                    remote,
-                    elapsed.as_millis(),
-                    phases.iter().map(PhaseLine::of).collect(),
-                ),
-                NodeEvent::ConnectFailed {
-                    elapsed, phases, ..
-                } => status.failed(
-                    &target,
-                    elapsed.as_millis(),
-                    phases.iter().map(PhaseLine::of).collect(),
-                ),
-                NodeEvent::StreamFailed { reason, .. } => status.reason(
-                    "stream_failed",
-                    format!("a secure stream failed: {reason}"),
-                    reason.to_string(),
-                ),
-                NodeEvent::Closed => closed = true,
-                _ => {}
-            }
-            ControlFlow::Continue(())
-        })
-        .map_err(|e| format!("event loop: {e}"))?;
+                ControlFlow::Continue(())
+            })
+            .map_err(|e| format!("event loop: {e}"))?;
         // Idle: no socket and no deadline left (a node that lost everything); do not spin.
         if end == RunEnd::Idle && !closed {
             std::thread::sleep(SLICE);
