@@ -16,7 +16,7 @@ use std::ops::ControlFlow;
 use std::time::Duration;
 
 use p2pd_mio::{RunEnd, Runtime};
-use p2pd_node::{ConnectId, Node, NodeEvent, StreamId, Target};
+use p2pd_node::{ConnectId, Node, NodeApiError, NodeEvent, StreamId, Target};
 use p2pd_proto::compose::SocketMap;
 use p2pd_proto::send_buffer::{FlowControl, SendBuffer};
 use p2pd_proto::{
@@ -250,7 +250,8 @@ impl Forwarder {
                 break;
             }
         }
-        // Local clients waiting for the node to be ready.
+        // Local clients waiting for the node to be ready, or for a connect slot (the node runs
+        // at most `max_connects` at once: the others wait for one to end, they are not cut).
         if self.ready {
             let target = self.target.clone();
             for i in 0..self.pairs.len() {
@@ -261,6 +262,7 @@ impl Forwarder {
                 if let (true, Some(t)) = (wants, target.clone()) {
                     match self.node.connect(now, t) {
                         Ok(c) => self.pairs[i].connect = Some(c),
+                        Err(NodeApiError::TooManyConnects) => break,
                         Err(_) => self.pairs[i].closed = true,
                     }
                 }
