@@ -165,11 +165,21 @@ fn five_concurrent_clients_through_forward_get_their_bytes_back() {
         })
         .collect();
     eprintln!("clients after {took:.2?}: {summary:?}");
+    let failures = |p: &mut Proc| {
+        let mut v = p.all("failed");
+        v.extend(p.all("stream_failed"));
+        v
+    };
+    let (fa, fb) = (failures(&mut a), failures(&mut b));
     for (i, r) in results.iter().enumerate() {
         let got = r
             .as_ref()
-            .unwrap_or_else(|e| panic!("{e}\nA: {:?}\nB: {:?}", a.seen, b.seen));
-        assert_eq!(got.len(), PAYLOAD, "client {i}: length");
+            .unwrap_or_else(|e| panic!("{e}\nA's failures: {fa:?}\nB's failures: {fb:?}"));
+        assert_eq!(
+            got.len(),
+            PAYLOAD,
+            "client {i}: length\nA's failures: {fa:?}\nB's failures: {fb:?}"
+        );
         assert!(*got == payload(i), "client {i}: not its own bytes back");
     }
     eprintln!(
