@@ -16,18 +16,24 @@ use std::ops::ControlFlow;
 use std::time::Duration;
 
 use p2pd_mio::{RunEnd, Runtime};
-use p2pd_node::{ConnectId, Node, NodeApiError, NodeEvent, StreamId, Target};
+use p2pd_node::{
+    ConnectId, Node, NodeApiError, NodeEvent, Phase, PhaseFailure, PhaseOutcome, PhaseReport,
+    StreamId, Target,
+};
 use p2pd_proto::compose::SocketMap;
 use p2pd_proto::send_buffer::{FlowControl, SendBuffer};
 use p2pd_proto::{
     BindOptions, Instant, Machine, SocketId, SocketOp, SocketOutcome, Transmit, Transport, Verdict,
 };
+use p2pd_signaling::pnp::{ErrorCode, PnpFailure};
 
 use super::status::{PhaseLine, Status};
 use crate::commands::stop_signal;
 
 /// Most bytes waiting in one direction of one pair.
 pub const MAX_WAITING: usize = 4 * 1024 * 1024;
+/// How many times a local client's connect is retried after the PNP server said "rate limited".
+const RATE_LIMIT_RETRIES: u8 = 3;
 /// How often the loop checks for a stop request.
 const SLICE: Duration = Duration::from_millis(200);
 
@@ -51,6 +57,10 @@ struct Pair {
     /// Local bytes the stream has not taken yet.
     to_stream: Vec<u8>,
     local_eof: bool,
+    /// A rate-limited connect is tried again at this time.
+    retry_at: Option<Instant>,
+    /// Connects retried so far.
+    retries: u8,
     /// `finish` was called on the stream.
     stream_finished: bool,
     /// The node reported `Finished`: every byte of ours was taken, the FIN is out.
@@ -144,6 +154,8 @@ impl Forwarder {
             to_local_wait: VecDeque::new(),
             to_stream: Vec::new(),
             local_eof: false,
+            retry_at: None,
+            retries: 0,
             stream_finished: false,
             stream_flushed: false,
             peer_finished: false,
@@ -197,9 +209,24 @@ impl Forwarder {
                 let _ = self.node.close_stream(now, stream);
                 self.events.push_back(ev);
             }
-            NodeEvent::ConnectFailed { connect, .. } => {
+            NodeEvent::ConnectFailed {
+                connect,
+                ref phases,
+                ..
+            } => {
                 if let Some(p) = self.pairs.iter_mut().find(|p| p.connect == Some(connect)) {
-                    p.closed = true;
+                    // Every local client is a connect, each with its own name lookup: a burst
+                    // of clients meets the PNP server's per-source rate limit. Such a connect
+                    // is tried again once the server's window is over.
+                    match rate_limited(phases) {
+                        Some(wait) if p.retries < RATE_LIMIT_RETRIES => {
+                            p.retries = p.retries.saturating_add(1);
+                            p.connect = None;
+                            p.retry_at = Some(now.saturating_add(wait));
+                            return;
+                        }
+                        _ => p.closed = true,
+                    }
                 }
                 self.events.push_back(ev);
             }
@@ -255,13 +282,18 @@ impl Forwarder {
         if self.ready {
             let target = self.target.clone();
             for i in 0..self.pairs.len() {
-                let wants = self
-                    .pairs
-                    .get(i)
-                    .is_some_and(|p| p.stream.is_none() && p.connect.is_none() && !p.closed);
+                let wants = self.pairs.get(i).is_some_and(|p| {
+                    p.stream.is_none()
+                        && p.connect.is_none()
+                        && !p.closed
+                        && p.retry_at.is_none_or(|t| t <= now)
+                });
                 if let (true, Some(t)) = (wants, target.clone()) {
                     match self.node.connect(now, t) {
-                        Ok(c) => self.pairs[i].connect = Some(c),
+                        Ok(c) => {
+                            self.pairs[i].connect = Some(c);
+                            self.pairs[i].retry_at = None;
+                        }
                         Err(NodeApiError::TooManyConnects) => break,
                         Err(_) => self.pairs[i].closed = true,
                     }
@@ -455,11 +487,29 @@ impl Machine for Forwarder {
             .iter()
             .any(|p| p.to_local.wants_settle())
             .then_some(self.now);
-        match (self.node.poll_timeout(), settle) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        let retry = self
+            .pairs
+            .iter()
+            .filter(|p| p.connect.is_none() && p.stream.is_none() && !p.closed)
+            .filter_map(|p| p.retry_at)
+            .min();
+        [self.node.poll_timeout(), settle, retry]
+            .into_iter()
+            .flatten()
+            .min()
     }
+}
+
+/// How long to wait before trying again, if the connect failed only because a PNP server said
+/// "rate limited" (its detail: milliseconds until its window ends; 50 ms to 2 s).
+fn rate_limited(phases: &[PhaseReport]) -> Option<Duration> {
+    phases.iter().find_map(|p| match &p.outcome {
+        PhaseOutcome::Failed(PhaseFailure::Lookup(PnpFailure::Refused {
+            code: ErrorCode::RateLimited,
+            detail,
+        })) if p.phase == Phase::Resolve => Some(Duration::from_millis((*detail).clamp(50, 2000))),
+        _ => None,
+    })
 }
 
 /// `p2pd node --forward HOST:PORT`.
