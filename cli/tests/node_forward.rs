@@ -4,7 +4,8 @@
 //! clients at once each send their own 200 KB, half-close, and must read back exactly their bytes;
 //! the status lines show five `connected` and five `accepted`, all by one path. A sixth client
 //! that resets at once must not leave its stream (and B's echo connection) open. SIGTERM then
-//! stops both processes with exit code 0.
+//! stops both processes with exit code 0. A burst of thirty clients (over the node's connect
+//! limit and the PNP server's rate limit) must all get through too.
 //!
 //! Skips (with a message) when mosquitto is not installed; under `CI=true` that fails.
 
@@ -18,9 +19,6 @@ use std::time::{Duration, Instant};
 
 use common::node_lab::{lab, Proc};
 use common::procs::words;
-
-const CLIENTS: usize = 5;
-const PAYLOAD: usize = 200 * 1024;
 
 /// A TCP echo server on 127.0.0.1 (a thread per connection: echoes until EOF, then closes);
 /// counts the connections it served and those still open.
@@ -57,9 +55,9 @@ fn echo_server() -> (SocketAddr, Arc<AtomicUsize>, Arc<AtomicUsize>) {
     (addr, served, open)
 }
 
-fn payload(client: usize) -> Vec<u8> {
+fn payload(client: usize, len: usize) -> Vec<u8> {
     let mut state = 0x9e37_79b9_u32 ^ (client as u32).wrapping_mul(0x85eb_ca6b);
-    (0..PAYLOAD)
+    (0..len)
         .map(|_| {
             state ^= state << 13;
             state ^= state >> 17;
@@ -71,7 +69,7 @@ fn payload(client: usize) -> Vec<u8> {
 
 /// One local client: connects (retrying while the listener comes up), writes its payload and
 /// half-closes while reading everything back; returns what it read.
-fn client(local: SocketAddr, i: usize) -> Result<Vec<u8>, String> {
+fn client(local: SocketAddr, i: usize, len: usize) -> Result<Vec<u8>, String> {
     let end = Instant::now() + Duration::from_secs(10);
     let mut conn = loop {
         match TcpStream::connect(local) {
@@ -83,12 +81,12 @@ fn client(local: SocketAddr, i: usize) -> Result<Vec<u8>, String> {
     conn.set_read_timeout(Some(Duration::from_secs(30)))
         .expect("read timeout");
     let mut writer = conn.try_clone().expect("clone");
-    let data = payload(i);
+    let data = payload(i, len);
     let write = std::thread::spawn(move || {
         writer.write_all(&data).map_err(|e| e.to_string())?;
         writer.shutdown(Shutdown::Write).map_err(|e| e.to_string())
     });
-    let mut got = Vec::with_capacity(PAYLOAD);
+    let mut got = Vec::with_capacity(len);
     let read = conn.read_to_end(&mut got);
     let wrote = write.join().expect("writer thread");
     wrote.map_err(|e| format!("client {i}: write: {e}"))?;
@@ -98,8 +96,22 @@ fn client(local: SocketAddr, i: usize) -> Result<Vec<u8>, String> {
 
 #[test]
 fn five_concurrent_clients_through_forward_get_their_bytes_back() {
+    forward("node-forward", 5, 200 * 1024, true);
+}
+
+/// Thirty clients at once: more than the node's concurrent connects (16) and, since every
+/// client is its own name lookup, more than the PNP server's rate limit (20 requests/s per
+/// source): the clients wait for a connect slot, or for the rate window, and none is cut.
+#[test]
+fn thirty_clients_at_once_all_get_through() {
+    forward("node-forward-burst", 30, 20 * 1024, false);
+}
+
+/// `clients` concurrent clients of `len` bytes each through the tunnel (see the module docs);
+/// with `reset_client`, a client resetting at once comes last.
+fn forward(tag: &str, clients: usize, len: usize, reset_client: bool) {
     let started = Instant::now();
-    let Some(lab) = lab("node-forward") else {
+    let Some(lab) = lab(tag) else {
         common::skip_or_fail("node_forward: mosquitto is not installed");
         return;
     };
@@ -141,10 +153,10 @@ fn five_concurrent_clients_through_forward_get_their_bytes_back() {
         .unwrap_or_else(|| panic!("A never listening: {:?}", a.seen));
 
     let t0 = Instant::now();
-    let clients: Vec<_> = (0..CLIENTS)
-        .map(|i| std::thread::spawn(move || client(local, i)))
+    let threads: Vec<_> = (0..clients)
+        .map(|i| std::thread::spawn(move || client(local, i, len)))
         .collect();
-    let results: Vec<Result<Vec<u8>, String>> = clients
+    let results: Vec<Result<Vec<u8>, String>> = threads
         .into_iter()
         .map(|c| c.join().expect("client thread"))
         .collect();
@@ -155,11 +167,7 @@ fn five_concurrent_clients_through_forward_get_their_bytes_back() {
             Ok(got) => format!(
                 "{} bytes, {}",
                 got.len(),
-                if got.len() == PAYLOAD {
-                    "full"
-                } else {
-                    "short"
-                }
+                if got.len() == len { "full" } else { "short" }
             ),
             Err(e) => e.clone(),
         })
@@ -177,14 +185,17 @@ fn five_concurrent_clients_through_forward_get_their_bytes_back() {
             .unwrap_or_else(|e| panic!("{e}\nA's failures: {fa:?}\nB's failures: {fb:?}"));
         assert_eq!(
             got.len(),
-            PAYLOAD,
+            len,
             "client {i}: length\nA's failures: {fa:?}\nB's failures: {fb:?}"
         );
-        assert!(*got == payload(i), "client {i}: not its own bytes back");
+        assert!(
+            *got == payload(i, len),
+            "client {i}: not its own bytes back"
+        );
     }
     eprintln!(
-        "{CLIENTS} clients x {} KiB echoed through the tunnel in {took:.2?}",
-        PAYLOAD / 1024
+        "{clients} clients x {} KiB echoed through the tunnel in {took:.2?}",
+        len / 1024
     );
 
     // Status lines: one connect and one accept per client, all by one path.
@@ -193,20 +204,20 @@ fn five_concurrent_clients_through_forward_get_their_bytes_back() {
     while Instant::now() < end {
         connected = a.all("connected");
         accepted = b.all("accepted");
-        if connected.len() >= CLIENTS && accepted.len() >= CLIENTS {
+        if connected.len() >= clients && accepted.len() >= clients {
             break;
         }
         std::thread::sleep(Duration::from_millis(50));
     }
-    assert_eq!(connected.len(), CLIENTS, "A: {:?}", a.seen);
-    assert_eq!(accepted.len(), CLIENTS, "B: {:?}", b.seen);
+    assert_eq!(connected.len(), clients, "A: {:?}", a.seen);
+    assert_eq!(accepted.len(), clients, "B: {:?}", b.seen);
     let path = connected[0]["path"].clone();
     assert_eq!(path, "direct", "{:?}", connected[0]);
     assert!(
         connected.iter().chain(&accepted).all(|v| v["path"] == path),
         "one path: {connected:?} {accepted:?}"
     );
-    assert_eq!(served.load(Ordering::SeqCst), CLIENTS, "echo connections");
+    assert_eq!(served.load(Ordering::SeqCst), clients, "echo connections");
     for (who, p) in [("A", &a), ("B", &b)] {
         let failures: Vec<_> = p
             .seen
@@ -216,29 +227,31 @@ fn five_concurrent_clients_through_forward_get_their_bytes_back() {
         assert!(failures.is_empty(), "{who}: {failures:?}");
     }
 
-    // A client that resets at once, before its stream can be up: its stream is released on
-    // both sides when it comes up, so B closes its echo connection too.
-    {
-        let conn = TcpStream::connect(local).expect("connect");
-        socket2::SockRef::from(&conn)
-            .set_linger(Some(Duration::ZERO))
-            .expect("linger 0");
-        drop(conn);
+    if reset_client {
+        // A client that resets at once, before its stream can be up: its stream is released on
+        // both sides when it comes up, so B closes its echo connection too.
+        {
+            let conn = TcpStream::connect(local).expect("connect");
+            socket2::SockRef::from(&conn)
+                .set_linger(Some(Duration::ZERO))
+                .expect("linger 0");
+            drop(conn);
+        }
+        // B accepts it or not (A may close it before B's side of the handshake is done); either
+        // way no echo connection stays open.
+        std::thread::sleep(Duration::from_millis(500));
+        let end = Instant::now() + Duration::from_secs(5);
+        while open.load(Ordering::SeqCst) > 0 && Instant::now() < end {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert_eq!(
+            open.load(Ordering::SeqCst),
+            0,
+            "an echo connection is still open after the reset client (A connected {}, B accepted {})",
+            a.all("connected").len(),
+            b.all("accepted").len()
+        );
     }
-    // B accepts it or not (A may close it before B's side of the handshake is done); either
-    // way no echo connection stays open.
-    std::thread::sleep(Duration::from_millis(500));
-    let end = Instant::now() + Duration::from_secs(5);
-    while open.load(Ordering::SeqCst) > 0 && Instant::now() < end {
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    assert_eq!(
-        open.load(Ordering::SeqCst),
-        0,
-        "an echo connection is still open after the reset client (A connected {}, B accepted {})",
-        a.all("connected").len(),
-        b.all("accepted").len()
-    );
 
     // SIGTERM: both stop cleanly, quickly.
     a.terminate();
