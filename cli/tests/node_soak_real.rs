@@ -127,6 +127,19 @@ impl Side {
         }
     }
 
+    fn describe(&self) -> String {
+        format!(
+            "sent {}/{}, finish called {}, finished {}, got {}, peer finished {}, close called {}",
+            self.sent,
+            self.out.len(),
+            self.finish_called,
+            self.finished,
+            self.got.len(),
+            self.peer_finished,
+            self.close_called
+        )
+    }
+
     /// Pushes what the node takes; finishes once all is taken; closes once both ends finished.
     fn step(&mut self, node: &mut Node, now: Instant, stream: StreamId) {
         while self.sent < self.out.len() {
@@ -181,6 +194,8 @@ fn stream_of(ev: &NodeEvent) -> Option<StreamId> {
 /// B's thread: the main thread asks it for counts, or to stop.
 enum ToB {
     Counts(mpsc::Sender<Counts>),
+    /// What B's open streams are waiting for (for a failure message).
+    Describe(mpsc::Sender<String>),
     Stop,
 }
 
@@ -204,6 +219,24 @@ fn run_b(mut rt: Runtime, mut node: Node, rx: mpsc::Receiver<ToB>, tx: mpsc::Sen
         match rx.try_recv() {
             Ok(ToB::Counts(reply)) => {
                 let _ = reply.send(counts(&rt, &node));
+            }
+            Ok(ToB::Describe(reply)) => {
+                let text: Vec<String> = streams
+                    .iter()
+                    .map(|(id, (k, _, side))| {
+                        format!(
+                            "{id} (accept {k}): {}, queued {}, {:?}",
+                            side.describe(),
+                            node.queued(*id),
+                            node.stream_socket(*id).map(|s| rt.unsent(s))
+                        )
+                    })
+                    .collect();
+                let _ = reply.send(format!(
+                    "{text:?}; {:?}; runtime {:?}",
+                    counts(&rt, &node),
+                    rt.stats()
+                ));
             }
             Ok(ToB::Stop) | Err(mpsc::TryRecvError::Disconnected) => break,
             Err(mpsc::TryRecvError::Empty) => {}
@@ -397,7 +430,12 @@ fn a_hundred_connects_by_name_on_real_sockets_leak_nothing() {
             match from_b.recv_timeout(Duration::from_secs(10)) {
                 Ok(FromB::Done { k, path, got }) => break (k, path, got),
                 Ok(_) => {}
-                Err(e) => panic!("connect {i}: B's stream never released: {e}"),
+                Err(e) => {
+                    let (tx, rx) = mpsc::channel();
+                    let _ = to_b.send(ToB::Describe(tx));
+                    let b = rx.recv_timeout(Duration::from_secs(5)).unwrap_or_default();
+                    panic!("connect {i}: B's stream never released: {e}\nB: {b}\nA: {:?}", counts(&rt, &a));
+                }
             }
         };
         round_times.push(t0.elapsed());
