@@ -434,7 +434,10 @@ fn a_hundred_connects_by_name_on_real_sockets_leak_nothing() {
                     let (tx, rx) = mpsc::channel();
                     let _ = to_b.send(ToB::Describe(tx));
                     let b = rx.recv_timeout(Duration::from_secs(5)).unwrap_or_default();
-                    panic!("connect {i}: B's stream never released: {e}\nB: {b}\nA: {:?}", counts(&rt, &a));
+                    panic!(
+                        "connect {i}: B's stream never released: {e}\nB: {b}\nA: {:?}",
+                        counts(&rt, &a)
+                    );
                 }
             }
         };
