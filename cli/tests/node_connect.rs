@@ -10,68 +10,10 @@ mod common;
 
 use std::time::Duration;
 
+use common::node_lab::lab;
 use common::node_proc::Proc;
-use common::procs::{start_server, words};
-use common::{event_of, identity, Mosquitto, Scratch};
-
-/// The servers and a configuration file naming them.
-struct Lab {
-    dir: Scratch,
-    config: std::path::PathBuf,
-    _servers: Vec<common::procs::Server>,
-    _broker: Mosquitto,
-}
-
-fn lab(tag: &str) -> Option<Lab> {
-    let broker = Mosquitto::start()?;
-    let dir = Scratch::new(tag);
-    let (stun, p, _) = start_server(5, |p, q| {
-        words(&[
-            "stun-server",
-            "--primary",
-            "127.0.0.1",
-            "--alternate",
-            "127.0.0.2",
-            "--port",
-            &p.to_string(),
-            "--alt-port",
-            &q.to_string(),
-            "--tcp",
-        ])
-    });
-    let key_file = dir.identity_file("pnp.key", 0x71);
-    let db = dir.path("names.db");
-    let (pnp, n, _) = start_server(2, |p, _| {
-        let addr = format!("127.0.0.1:{p}");
-        vec![
-            "pnp-server".into(),
-            "--db".into(),
-            db.display().to_string(),
-            "--udp".into(),
-            addr.clone(),
-            "--tcp".into(),
-            addr,
-            "--identity".into(),
-            key_file.display().to_string(),
-        ]
-    });
-    let config = dir.path("config.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "stun = [\"127.0.0.1:{p}\"]\nbrokers = [\"{}\"]\n\n[[pnp]]\naddress = \"127.0.0.1:{n}\"\nkey = \"{}\"\n",
-            broker.addr(),
-            identity(0x71).public_key()
-        ),
-    )
-    .expect("config");
-    Some(Lab {
-        dir,
-        config,
-        _servers: vec![stun, pnp],
-        _broker: broker,
-    })
-}
+use common::procs::words;
+use common::{event_of, identity};
 
 #[test]
 fn connect_by_name_on_loopback_goes_direct_and_pipes_both_ways() {

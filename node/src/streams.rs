@@ -160,9 +160,17 @@ impl Node {
 
     /// A stream's `Shutdown` once it finished, its `Close` once it is closed.
     pub(crate) fn poll_stream_op(&mut self) -> Option<SocketOp> {
-        for s in &mut self.streams {
+        for i in 0..self.streams.len() {
+            let Some(s) = self.streams.get_mut(i) else {
+                break;
+            };
             if !s.closing && s.stream.poll_shutdown() {
                 let op = SocketOp::Shutdown { socket: s.socket };
+                // The shutdown raised the stream's `Finished`: hand it on now, since no input
+                // may come after (the peer may be done already) to run the pump that would.
+                while let Some(ev) = self.streams.get_mut(i).and_then(|s| s.stream.poll_event()) {
+                    self.on_stream_event(i, ev);
+                }
                 if let Some(op) = self.sockets.outbound(Part::Own, op) {
                     return Some(op);
                 }

@@ -14,7 +14,7 @@
 mod forward;
 mod health;
 mod pipe;
-mod setup;
+pub mod setup;
 mod status;
 
 use std::path::Path;

@@ -10,6 +10,7 @@ use p2pd_signaling::Identity;
 #[allow(unused_imports)]
 pub use p2pd_tests::*;
 
+pub mod node_lab;
 pub mod node_proc;
 pub mod procs;
 

@@ -117,6 +117,29 @@ impl Proc {
     }
 }
 
+impl Proc {
+    /// Sends SIGTERM.
+    pub fn terminate(&self) {
+        let pid = libc::pid_t::try_from(self.child.id()).expect("pid");
+        // SAFETY: kill(2) on our own child's pid; no memory is involved.
+        #[allow(unsafe_code)]
+        let rc = unsafe { libc::kill(pid, libc::SIGTERM) };
+        assert_eq!(rc, 0, "kill -TERM {pid}");
+    }
+
+    /// Every status line of `event` so far (after draining what arrived).
+    pub fn all(&mut self, event: &str) -> Vec<Value> {
+        while let Ok(v) = self.lines.try_recv() {
+            self.seen.push(v);
+        }
+        self.seen
+            .iter()
+            .filter(|v| event_of(v) == Some(event))
+            .cloned()
+            .collect()
+    }
+}
+
 impl Drop for Proc {
     fn drop(&mut self) {
         let _ = self.child.kill();

@@ -15,13 +15,17 @@ use std::net::SocketAddr;
 use std::ops::ControlFlow;
 use std::time::Duration;
 
-use p2pd_mio::Runtime;
-use p2pd_node::{ConnectId, Node, NodeEvent, StreamId, Target};
+use p2pd_mio::{RunEnd, Runtime};
+use p2pd_node::{
+    ConnectId, Node, NodeApiError, NodeEvent, Phase, PhaseFailure, PhaseOutcome, PhaseReport,
+    StreamId, Target,
+};
 use p2pd_proto::compose::SocketMap;
 use p2pd_proto::send_buffer::{FlowControl, SendBuffer};
 use p2pd_proto::{
     BindOptions, Instant, Machine, SocketId, SocketOp, SocketOutcome, Transmit, Transport, Verdict,
 };
+use p2pd_signaling::pnp::{ErrorCode, PnpFailure};
 
 use super::health::NodeHealth;
 use super::status::{PhaseLine, Status};
@@ -29,6 +33,8 @@ use crate::commands::stop_signal;
 
 /// Most bytes waiting in one direction of one pair.
 pub const MAX_WAITING: usize = 4 * 1024 * 1024;
+/// How many times a local client's connect is retried after the PNP server said "rate limited".
+const RATE_LIMIT_RETRIES: u8 = 3;
 /// How often the loop checks for a stop request.
 const SLICE: Duration = Duration::from_millis(200);
 
@@ -52,7 +58,14 @@ struct Pair {
     /// Local bytes the stream has not taken yet.
     to_stream: Vec<u8>,
     local_eof: bool,
+    /// A rate-limited connect is tried again at this time.
+    retry_at: Option<Instant>,
+    /// Connects retried so far.
+    retries: u8,
+    /// `finish` was called on the stream.
     stream_finished: bool,
+    /// The node reported `Finished`: every byte of ours was taken, the FIN is out.
+    stream_flushed: bool,
     peer_finished: bool,
     local_shut: bool,
     closed: bool,
@@ -142,7 +155,10 @@ impl Forwarder {
             to_local_wait: VecDeque::new(),
             to_stream: Vec::new(),
             local_eof: false,
+            retry_at: None,
+            retries: 0,
             stream_finished: false,
+            stream_flushed: false,
             peer_finished: false,
             local_shut: false,
             closed: false,
@@ -182,12 +198,36 @@ impl Forwarder {
             } => {
                 if let Some(p) = self.pairs.iter_mut().find(|p| p.connect == Some(connect)) {
                     p.stream = Some(stream);
+                } else {
+                    // Its local client is gone (the node cannot cancel a connect): release the
+                    // stream, or it stays open on both sides.
+                    let _ = self.node.close_stream(now, stream);
                 }
                 self.events.push_back(ev);
             }
-            NodeEvent::ConnectFailed { connect, .. } => {
+            NodeEvent::Accepted { stream, .. } => {
+                // Connect mode carries no inbound streams.
+                let _ = self.node.close_stream(now, stream);
+                self.events.push_back(ev);
+            }
+            NodeEvent::ConnectFailed {
+                connect,
+                ref phases,
+                ..
+            } => {
                 if let Some(p) = self.pairs.iter_mut().find(|p| p.connect == Some(connect)) {
-                    p.closed = true;
+                    // Every local client is a connect, each with its own name lookup: a burst
+                    // of clients meets the PNP server's per-source rate limit. Such a connect
+                    // is tried again once the server's window is over.
+                    match rate_limited(phases) {
+                        Some(wait) if p.retries < RATE_LIMIT_RETRIES => {
+                            p.retries = p.retries.saturating_add(1);
+                            p.connect = None;
+                            p.retry_at = Some(now.saturating_add(wait));
+                            return;
+                        }
+                        _ => p.closed = true,
+                    }
                 }
                 self.events.push_back(ev);
             }
@@ -214,7 +254,12 @@ impl Forwarder {
                 self.ready = true;
                 self.events.push_back(ev);
             }
-            NodeEvent::Writable { .. } | NodeEvent::Finished { .. } => {}
+            NodeEvent::Finished { stream } => {
+                if let Some(p) = self.pairs.iter_mut().find(|p| p.stream == Some(stream)) {
+                    p.stream_flushed = true;
+                }
+            }
+            NodeEvent::Writable { .. } => {}
             other => self.events.push_back(other),
         }
         let _ = now;
@@ -233,17 +278,24 @@ impl Forwarder {
                 break;
             }
         }
-        // Local clients waiting for the node to be ready.
+        // Local clients waiting for the node to be ready, or for a connect slot (the node runs
+        // at most `max_connects` at once: the others wait for one to end, they are not cut).
         if self.ready {
             let target = self.target.clone();
             for i in 0..self.pairs.len() {
-                let wants = self
-                    .pairs
-                    .get(i)
-                    .is_some_and(|p| p.stream.is_none() && p.connect.is_none() && !p.closed);
+                let wants = self.pairs.get(i).is_some_and(|p| {
+                    p.stream.is_none()
+                        && p.connect.is_none()
+                        && !p.closed
+                        && p.retry_at.is_none_or(|t| t <= now)
+                });
                 if let (true, Some(t)) = (wants, target.clone()) {
                     match self.node.connect(now, t) {
-                        Ok(c) => self.pairs[i].connect = Some(c),
+                        Ok(c) => {
+                            self.pairs[i].connect = Some(c);
+                            self.pairs[i].retry_at = None;
+                        }
+                        Err(NodeApiError::TooManyConnects) => break,
                         Err(_) => self.pairs[i].closed = true,
                     }
                 }
@@ -254,11 +306,12 @@ impl Forwarder {
                 continue;
             }
             // Stream -> local.
-            while let Some(b) = p.to_local_wait.front().copied() {
-                if p.to_local.push(&[b]) == 0 {
+            while !p.to_local_wait.is_empty() {
+                let taken = p.to_local.push(p.to_local_wait.as_slices().0);
+                if taken == 0 {
                     break;
                 }
-                p.to_local_wait.pop_front();
+                p.to_local_wait.drain(..taken);
             }
             // Local -> stream.
             if let Some(stream) = p.stream {
@@ -282,7 +335,9 @@ impl Forwarder {
                 p.local_shut = true;
                 self.ops.push_back(SocketOp::Shutdown { socket: p.local });
             }
-            if p.local_shut && p.stream_finished {
+            // Closing the stream drops what the node has not sent yet: only once `Finished`
+            // said all of it is out.
+            if p.local_shut && p.stream_flushed {
                 p.closed = true;
             }
         }
@@ -418,6 +473,12 @@ impl Machine for Forwarder {
     }
 
     fn poll_event(&mut self) -> Option<NodeEvent> {
+        // The node's own events are pulled here too, not only after an input: some appear only
+        // when it is polled (`Closed`, once the runtime has taken its last intents), and after
+        // those there may be no input left to run the pump.
+        if self.events.is_empty() {
+            self.pump(self.now);
+        }
         self.events.pop_front()
     }
 
@@ -427,11 +488,29 @@ impl Machine for Forwarder {
             .iter()
             .any(|p| p.to_local.wants_settle())
             .then_some(self.now);
-        match (self.node.poll_timeout(), settle) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        let retry = self
+            .pairs
+            .iter()
+            .filter(|p| p.connect.is_none() && p.stream.is_none() && !p.closed)
+            .filter_map(|p| p.retry_at)
+            .min();
+        [self.node.poll_timeout(), settle, retry]
+            .into_iter()
+            .flatten()
+            .min()
     }
+}
+
+/// How long to wait before trying again, if the connect failed only because a PNP server said
+/// "rate limited" (its detail: milliseconds until its window ends; 50 ms to 2 s).
+fn rate_limited(phases: &[PhaseReport]) -> Option<Duration> {
+    phases.iter().find_map(|p| match &p.outcome {
+        PhaseOutcome::Failed(PhaseFailure::Lookup(PnpFailure::Refused {
+            code: ErrorCode::RateLimited,
+            detail,
+        })) if p.phase == Phase::Resolve => Some(Duration::from_millis((*detail).clamp(50, 2000))),
+        _ => None,
+    })
 }
 
 /// `p2pd node --forward HOST:PORT`.
@@ -487,48 +566,53 @@ fn run(
             f.pump(now);
         }
         let mut closed = false;
-        rt.run(&mut f, Some(SLICE), |_, now, ev| {
-            health.on_event(now.saturating_duration_since(began), &ev);
-            match ev {
-                NodeEvent::Ready { name, address, nat } => {
-                    status.ready(name.as_ref().map(|n| n.as_str()), &address, nat.as_ref())
+        let end = rt
+            .run(&mut f, Some(SLICE), |_, now, ev| {
+                health.on_event(now.saturating_duration_since(began), &ev);
+                match ev {
+                    NodeEvent::Ready { name, address, nat } => {
+                        status.ready(name.as_ref().map(|n| n.as_str()), &address, nat.as_ref())
+                    }
+                    NodeEvent::Accepted {
+                        peer, path, remote, ..
+                    } => status.accepted(&peer, path.as_str(), remote),
+                    NodeEvent::Connected {
+                        peer,
+                        path,
+                        elapsed,
+                        phases,
+                        remote,
+                        ..
+                    } => status.connected(
+                        &target,
+                        &peer,
+                        path.as_str(),
+                        remote,
+                        elapsed.as_millis(),
+                        phases.iter().map(PhaseLine::of).collect(),
+                    ),
+                    NodeEvent::ConnectFailed {
+                        elapsed, phases, ..
+                    } => status.failed(
+                        &target,
+                        elapsed.as_millis(),
+                        phases.iter().map(PhaseLine::of).collect(),
+                    ),
+                    NodeEvent::StreamFailed { reason, .. } => status.reason(
+                        "stream_failed",
+                        format!("a secure stream failed: {reason}"),
+                        reason.to_string(),
+                    ),
+                    NodeEvent::Closed => closed = true,
+                    _ => {}
                 }
-                NodeEvent::Accepted {
-                    peer, path, remote, ..
-                } => status.accepted(&peer, path.as_str(), remote),
-                NodeEvent::Connected {
-                    peer,
-                    path,
-                    elapsed,
-                    phases,
-                    remote,
-                    ..
-                } => status.connected(
-                    &target,
-                    &peer,
-                    path.as_str(),
-                    remote,
-                    elapsed.as_millis(),
-                    phases.iter().map(PhaseLine::of).collect(),
-                ),
-                NodeEvent::ConnectFailed {
-                    elapsed, phases, ..
-                } => status.failed(
-                    &target,
-                    elapsed.as_millis(),
-                    phases.iter().map(PhaseLine::of).collect(),
-                ),
-                NodeEvent::StreamFailed { reason, .. } => status.reason(
-                    "stream_failed",
-                    format!("a secure stream failed: {reason}"),
-                    reason.to_string(),
-                ),
-                NodeEvent::Closed => closed = true,
-                _ => {}
-            }
-            ControlFlow::Continue(())
-        })
-        .map_err(|e| format!("event loop: {e}"))?;
+                ControlFlow::Continue(())
+            })
+            .map_err(|e| format!("event loop: {e}"))?;
+        // Idle: no socket and no deadline left (a node that lost everything); do not spin.
+        if end == RunEnd::Idle && !closed {
+            std::thread::sleep(SLICE);
+        }
         if closed {
             return Ok(0);
         }

@@ -43,7 +43,9 @@ pub struct NodeOptions {
 
 /// What the commands need to start a node.
 pub struct Setup {
+    /// The identity read from the identity file.
     pub identity: Identity,
+    /// The node's configuration.
     pub config: NodeConfig,
     /// The server health file, for the records of this run.
     pub health: NodeHealth,
