@@ -55,7 +55,8 @@ pub struct ConnectArgs {
     /// Listen on LISTEN_ADDR (HOST:PORT) and carry each local client over its own stream.
     #[arg(long, value_name = "LISTEN_ADDR")]
     pub forward: Option<String>,
-    /// Give up if no stream is up this many seconds after the start (0 to 31536000).
+    /// Give up if no stream is up this many seconds after the start (0 to 31536000; without
+    /// --forward: with it, each local client waits for its own connect, which the ladder bounds).
     #[arg(long, value_name = "S", default_value = "60", value_parser = super::numbers::seconds)]
     pub timeout: Duration,
     /// Servers, identity and output.
