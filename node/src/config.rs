@@ -6,8 +6,9 @@ use core::time::Duration;
 use p2pd_channel::ChannelConfig;
 use p2pd_nat::{ClassifierConfig, ServerSpec};
 use p2pd_punch::PunchConfig;
-use p2pd_signaling::pnp::{Name, PnpClientConfig};
+use p2pd_signaling::pnp::{Name, PnpClientConfig, PnpTransport};
 use p2pd_signaling::rendezvous::RendezvousConfig;
+use p2pd_signaling::PublicKey;
 use p2pd_signaling::{NatInfo, NodeId};
 
 /// Where the node's NAT behaviour comes from.
@@ -90,4 +91,19 @@ impl NodeConfig {
             max_streams: 256,
         }
     }
+}
+
+/// A PNP client's settings as a node uses them: over UDP, its first retransmission after 250 ms
+/// (doubling), so five transmissions fit in the 5 s a resolution may take (a lookup survives
+/// heavy loss on the path; the client's own default sends four).
+pub fn pnp_client_config(
+    server: SocketAddr,
+    key: PublicKey,
+    unix_epoch_ms: u64,
+) -> PnpClientConfig {
+    let mut c = PnpClientConfig::new(server, key, PnpTransport::Udp, unix_epoch_ms);
+    c.retransmit = Duration::from_millis(250);
+    c.max_retransmits = 6;
+    c.timeout = Duration::from_secs(5);
+    c
 }

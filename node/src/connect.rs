@@ -62,6 +62,8 @@ pub(crate) struct Connect {
     pub(crate) punch: Option<u32>,
     /// One report per phase, in ladder order.
     pub(crate) reports: Vec<PhaseReport>,
+    /// Phase A's budget ran out with nothing after it, and was extended once.
+    pub(crate) budget_extended: bool,
 }
 
 const PHASES: [Phase; 5] = [
@@ -142,6 +144,7 @@ impl Node {
             reverse_token: None,
             punch: None,
             reports,
+            budget_extended: false,
         };
         start_phase(&mut connect, Phase::Resolve, now);
         match target {
@@ -436,6 +439,7 @@ impl Node {
 
     /// Deadlines: resolution and phase A's budget.
     pub(crate) fn connects_timeout(&mut self, now: Instant) {
+        let handshake_timeout = self.config.channel.handshake_timeout;
         let mut expired_dials = Vec::new();
         for connect in &mut self.connects {
             match connect.stage {
@@ -446,6 +450,21 @@ impl Node {
                     };
                     connect.lookups.clear();
                     end_phase(connect, Phase::Resolve, now, PhaseOutcome::Failed(failure));
+                }
+                Stage::PhaseA { until }
+                    if until <= now
+                        && !connect.plan.punch
+                        && !connect.budget_extended
+                        && (connect.dials > 0 || connect.reverse_token.is_some()) =>
+                {
+                    // Nothing comes after phase A for this pair (no punch, no relay yet): its
+                    // budget would only cut attempts that are still making progress (a SYN
+                    // retransmitted over a lossy link). They get their own handshake deadline
+                    // instead, once.
+                    connect.budget_extended = true;
+                    connect.stage = Stage::PhaseA {
+                        until: now.saturating_add(handshake_timeout),
+                    };
                 }
                 Stage::PhaseA { until } if until <= now => {
                     if connect.dials > 0 {

@@ -17,7 +17,10 @@
 //! unpredicted port (endpoint-independent, or address-dependent once its own SYN went to the
 //! peer's IP). A mapping is **predictable** when it is
 //! endpoint-independent (the probe's mapping is the punch's) or its port allocation is not
-//! random (the planner predicts the next port). Phase C is the relay (a later issue): it is
+//! random (the planner predicts the next port). Phase A's budget (3 s) only bounds the wait
+//! before a later phase: for a pair with nothing after phase A (no punch, and no relay yet) its
+//! attempts keep their own handshake deadline instead, so a SYN retransmitted over a lossy link
+//! is not cut short for nothing. Phase C is the relay (a later issue): it is
 //! always the last resort and is reported as skipped while no relay is configured.
 
 use core::net::{IpAddr, SocketAddr};

@@ -47,7 +47,7 @@ pub mod wire;
 #[cfg(test)]
 mod tests;
 
-pub use config::{NatSource, NodeConfig};
+pub use config::{pnp_client_config, NatSource, NodeConfig};
 pub use node::{Node, NodeError, NodeStats};
 pub use p2pd_proto::{Instant, Machine, SocketId};
 pub use target::{Target, TargetError};

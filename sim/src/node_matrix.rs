@@ -32,9 +32,7 @@ use p2pd_node::{
     NatSource, Node, NodeConfig, NodeEvent, Path, Phase, PhaseOutcome, SkipReason, StreamId, Target,
 };
 use p2pd_proto::Machine;
-use p2pd_signaling::pnp::{
-    MemoryStore, Name, PnpClientConfig, PnpServer, PnpServerConfig, PnpTransport,
-};
+use p2pd_signaling::pnp::{MemoryStore, Name, PnpServer, PnpServerConfig};
 use p2pd_signaling::rendezvous::{BrokerSpec, RendezvousConfig};
 use p2pd_signaling::{Identity, NatInfo};
 
@@ -339,12 +337,7 @@ fn new_node(
         .map(|ip| BrokerSpec::new(None, SocketAddr::from((*ip, BROKER_PORT))))
         .collect();
     let rendezvous = RendezvousConfig::new(brokers, EPOCH_MS);
-    let pnp = vec![PnpClientConfig::new(
-        pnp,
-        pnp_key,
-        PnpTransport::Udp,
-        EPOCH_MS,
-    )];
+    let pnp = vec![p2pd_node::pnp_client_config(pnp, pnp_key, EPOCH_MS)];
     let mut config = NodeConfig::new(rendezvous, pnp);
     config.local_ip = ip.into();
     config.stun_tcp = Some(SocketAddr::from((STUN_IPS[0], STUN_PORT)));

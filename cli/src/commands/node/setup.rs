@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use clap::Args;
 use p2pd_node::{NatSource, NodeConfig};
-use p2pd_signaling::pnp::{PnpClientConfig, PnpServerId, PnpTransport};
+use p2pd_signaling::pnp::PnpServerId;
 use p2pd_signaling::rendezvous::RendezvousConfig;
 use p2pd_signaling::Identity;
 
@@ -115,9 +115,11 @@ pub fn setup(
             PnpServerId::new(address, &server.key).0,
             &server.address.text,
         );
-        let mut c = PnpClientConfig::new(address, server.key, PnpTransport::Udp, unix_epoch_ms);
-        c.timeout = Duration::from_secs(4);
-        pnp.push(c);
+        pnp.push(p2pd_node::pnp_client_config(
+            address,
+            server.key,
+            unix_epoch_ms,
+        ));
     }
     let local_ip = match options.local_ip {
         Some(ip) => ip,
