@@ -63,6 +63,7 @@
 
 mod dial;
 mod handshake;
+mod owned;
 #[cfg(test)]
 mod tests;
 mod types;
@@ -80,6 +81,7 @@ use crate::message::{
 use p2pd_signaling::NodeId;
 
 use dial::{Punch, Sock};
+pub use owned::Owned;
 pub use types::{PunchConfig, PunchEvent, PunchFailure, PunchStats};
 
 // Names machine/tests.rs takes from `super::*` that the machine itself no longer uses.

@@ -7,9 +7,10 @@ use core::time::Duration;
 use p2pd_proto::Machine;
 use std::collections::VecDeque;
 
-use p2pd_channel::{Channel, ChannelKeys, SeedSource};
+use p2pd_channel::{ChannelKeys, SeedSource};
 use p2pd_nat::{Behaviour, Filtering, Mapping, PortAllocation};
-use p2pd_proto::{Instant, SocketId, SocketOp, SocketOutcome, Transmit, Verdict};
+use p2pd_proto::{Instant, SocketId};
+use p2pd_punch::machine::Owned;
 use p2pd_punch::message::AbortReason;
 use p2pd_punch::{PunchCandidate, PunchConfig, PunchEvent, PunchFailure, Puncher};
 use p2pd_signaling::{Identity, NodeId};
@@ -36,83 +37,7 @@ fn id(key: u8) -> NodeId {
 fn puncher(sim: &mut Sim, key: u8, config: PunchConfig, seed: u64) -> Owned {
     let keys = ChannelKeys::new(&identity(key), sim.machine_secret()).unwrap();
     let puncher = Puncher::new(config, keys, SeedSource::new(sim.machine_secret()), seed).unwrap();
-    Owned { puncher, won: None }
-}
-
-/// A puncher and its caller: at `Connected` the caller takes the winner's channel and writes
-/// what it holds (the leader's last handshake message) on the winner, and keeps the winner open.
-struct Owned {
-    puncher: Puncher,
-    /// The winner: its socket, the peer's end, its channel.
-    won: Option<(SocketId, SocketAddr, Channel)>,
-}
-
-impl core::ops::Deref for Owned {
-    type Target = Puncher;
-    fn deref(&self) -> &Puncher {
-        &self.puncher
-    }
-}
-
-impl core::ops::DerefMut for Owned {
-    fn deref_mut(&mut self) -> &mut Puncher {
-        &mut self.puncher
-    }
-}
-
-impl Machine for Owned {
-    type Event = PunchEvent;
-
-    fn handle_stream(&mut self, now: Instant, socket: SocketId, data: &[u8]) -> Verdict {
-        match &mut self.won {
-            Some((won, _, channel)) if *won == socket => {
-                channel.handle_input(now, data);
-                Verdict::Consumed
-            }
-            _ => self.puncher.handle_stream(now, socket, data),
-        }
-    }
-
-    fn handle_socket_result(&mut self, now: Instant, socket: SocketId, outcome: SocketOutcome) {
-        if self.won.as_ref().is_none_or(|(won, _, _)| *won != socket) {
-            self.puncher.handle_socket_result(now, socket, outcome);
-        }
-    }
-
-    fn handle_timeout(&mut self, now: Instant) {
-        self.puncher.handle_timeout(now);
-    }
-
-    fn poll_transmit(&mut self, buf: &mut [u8]) -> Option<Transmit> {
-        if let Some(t) = self.puncher.poll_transmit(buf) {
-            return Some(t);
-        }
-        let (socket, destination, channel) = self.won.as_mut()?;
-        let len = channel.poll_transmit(buf)?;
-        Some(Transmit {
-            socket: *socket,
-            destination: *destination,
-            len,
-        })
-    }
-
-    fn poll_socket_op(&mut self) -> Option<SocketOp> {
-        self.puncher.poll_socket_op()
-    }
-
-    fn poll_event(&mut self) -> Option<PunchEvent> {
-        let ev = self.puncher.poll_event()?;
-        if let PunchEvent::Connected { socket, remote, .. } = &ev {
-            if let Some(channel) = self.puncher.take_channel(*socket) {
-                self.won = Some((*socket, *remote, channel));
-            }
-        }
-        Some(ev)
-    }
-
-    fn poll_timeout(&self) -> Option<Instant> {
-        self.puncher.poll_timeout()
-    }
+    Owned::new(puncher)
 }
 
 #[derive(Debug)]
@@ -239,11 +164,12 @@ fn punch(seed: u64, sc: &Scenario) -> (Outcome, Outcome, Sim, HostId, HostId) {
                         ..
                     } => {
                         out[i].connected = Some((socket, local, remote));
-                        sim.with_machine::<Owned, _>(host, |m, now| m.close(now));
+                        // The puncher is done; the winner stays open (it is the caller's).
+                        sim.with_machine::<Owned, _>(host, |m, now| Puncher::close(m, now));
                     }
                     PunchEvent::Failed { reason } => {
                         out[i].failed = Some(reason);
-                        sim.with_machine::<Owned, _>(host, |m, now| m.close(now));
+                        sim.with_machine::<Owned, _>(host, |m, now| Puncher::close(m, now));
                     }
                     PunchEvent::RoundFailed { reason, .. } => out[i].rounds_failed.push(reason),
                     PunchEvent::Closed => out[i].closed = true,

@@ -192,114 +192,15 @@ fn a_retry_without_a_free_socket_waits_instead_of_spinning() {
     );
 }
 
-/// A puncher and its caller: at `Connected` it takes the winner's channel and writes what the
-/// channel holds (the leader's last handshake message) on the winner, as a node does; it closes
-/// the winner on close. Everything else is the puncher's.
-struct Owner {
-    puncher: Puncher,
-    /// The winner: its socket, the peer's end, its channel.
-    won: Option<(SocketId, SocketAddr, Channel)>,
-    /// The winner's `Close`, once closing.
-    close: Option<SocketOp>,
-}
-
-impl Owner {
-    fn new(puncher: Puncher) -> Owner {
-        Owner {
-            puncher,
-            won: None,
-            close: None,
-        }
-    }
-
-    fn close(&mut self, now: Instant) {
-        self.puncher.close(now);
-        if let Some((socket, _, channel)) = &mut self.won {
-            if self.close.is_none() {
-                channel.close(now);
-                self.close = Some(SocketOp::Close { socket: *socket });
-            }
-        }
-    }
-}
-
-impl core::ops::Deref for Owner {
-    type Target = Puncher;
-    fn deref(&self) -> &Puncher {
-        &self.puncher
-    }
-}
-
-impl core::ops::DerefMut for Owner {
-    fn deref_mut(&mut self) -> &mut Puncher {
-        &mut self.puncher
-    }
-}
-
-impl Machine for Owner {
-    type Event = PunchEvent;
-
-    fn handle_stream(&mut self, now: Instant, socket: SocketId, data: &[u8]) -> Verdict {
-        match &mut self.won {
-            Some((won, _, channel)) if *won == socket => {
-                channel.handle_input(now, data);
-                Verdict::Consumed
-            }
-            _ => self.puncher.handle_stream(now, socket, data),
-        }
-    }
-
-    fn handle_socket_result(&mut self, now: Instant, socket: SocketId, outcome: SocketOutcome) {
-        if self.won.as_ref().is_none_or(|(won, _, _)| *won != socket) {
-            self.puncher.handle_socket_result(now, socket, outcome);
-        }
-    }
-
-    fn handle_timeout(&mut self, now: Instant) {
-        self.puncher.handle_timeout(now);
-    }
-
-    fn poll_transmit(&mut self, buf: &mut [u8]) -> Option<Transmit> {
-        if let Some(t) = self.puncher.poll_transmit(buf) {
-            return Some(t);
-        }
-        let (socket, destination, channel) = self.won.as_mut()?;
-        let len = channel.poll_transmit(buf)?;
-        Some(Transmit {
-            socket: *socket,
-            destination: *destination,
-            len,
-        })
-    }
-
-    fn poll_socket_op(&mut self) -> Option<SocketOp> {
-        self.puncher.poll_socket_op().or_else(|| self.close.take())
-    }
-
-    fn poll_event(&mut self) -> Option<PunchEvent> {
-        let ev = self.puncher.poll_event()?;
-        if let PunchEvent::Connected { socket, remote, .. } = &ev {
-            if let Some(channel) = self.puncher.take_channel(*socket) {
-                self.won = Some((*socket, *remote, channel));
-            }
-        }
-        Some(ev)
-    }
-
-    fn poll_timeout(&self) -> Option<Instant> {
-        self.puncher.poll_timeout()
-    }
-}
-
 /// Moves every signal one side reported to the other at once (signaling takes no time here),
 /// answers the responder's candidate request; keeps every other event (with its side).
-fn relay(pair: &mut Pair<Owner, Owner>, seen: &mut Vec<(char, PunchEvent)>) {
+fn relay(pair: &mut Pair<Owned, Owned>, seen: &mut Vec<(char, PunchEvent)>) {
     while !(pair.a.events.is_empty() && pair.b.events.is_empty()) {
         relay_once(pair, seen);
     }
 }
 
-fn relay_once(pair: &mut Pair<Owner, Owner>, seen: &mut Vec<(char, PunchEvent)>) {
+fn relay_once(pair: &mut Pair<Owned, Owned>, seen: &mut Vec<(char, PunchEvent)>) {
     for (side, events) in [('a', pair.a.take_events()), ('b', pair.b.take_events())] {
         for ev in events {
             match ev {
@@ -332,8 +233,8 @@ fn relay_once(pair: &mut Pair<Owner, Owner>, seen: &mut Vec<(char, PunchEvent)>)
 
 /// `a` and `b` 15 ms apart on one virtual clock, `a` initiating a punch to `peer()` with its own
 /// address as its candidate.
-fn initiated_pair(a: Puncher, b: Puncher) -> Pair<Owner, Owner> {
-    let mut pair = Pair::new(Owner::new(a), Owner::new(b))
+fn initiated_pair(a: Puncher, b: Puncher) -> Pair<Owned, Owned> {
+    let mut pair = Pair::new(Owned::new(a), Owned::new(b))
         .latency(Duration::from_millis(15), Duration::from_millis(15))
         .final_events(
             |e| matches!(e, PunchEvent::Closed),
