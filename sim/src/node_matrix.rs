@@ -36,7 +36,11 @@ use p2pd_signaling::pnp::{MemoryStore, Name, PnpServer, PnpServerConfig};
 use p2pd_signaling::rendezvous::{BrokerSpec, RendezvousConfig};
 use p2pd_signaling::{Identity, NatInfo};
 
-use crate::punch_matrix::{punchable, tcp_config, NatKind};
+// The services sit where the punch matrix puts them.
+use crate::punch_matrix::{
+    punchable, tcp_config, NatKind, BROKER_IPS, BROKER_PORT, EPOCH_MS, PUBLIC_IPS, STUN2_IPS,
+    STUN_IPS, STUN_PORT,
+};
 use crate::{BrokerConfig, Host, HostId, LinkConfig, MqttBroker, NatTcpConfig, Sim};
 
 /// Where the two hosts sit.
@@ -117,19 +121,9 @@ pub struct NodeOutcome {
     pub leaks: Vec<String>,
 }
 
-const BROKER_IPS: [Ipv4Addr; 2] = [
-    Ipv4Addr::new(192, 0, 2, 10),
-    Ipv4Addr::new(198, 51, 100, 20),
-];
-const BROKER_PORT: u16 = 1883;
-const STUN_IPS: [Ipv4Addr; 2] = [Ipv4Addr::new(192, 0, 2, 1), Ipv4Addr::new(192, 0, 2, 2)];
-const STUN2_IPS: [Ipv4Addr; 2] = [Ipv4Addr::new(192, 0, 2, 11), Ipv4Addr::new(192, 0, 2, 12)];
-const STUN_PORT: u16 = 3478;
 const PNP_IP: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 30);
 const PNP_PORT: u16 = 5300;
-const PUBLIC_IPS: [Ipv4Addr; 2] = [Ipv4Addr::new(203, 0, 113, 1), Ipv4Addr::new(203, 0, 113, 2)];
 const PRIVATE_IPS: [Ipv4Addr; 2] = [Ipv4Addr::new(10, 0, 0, 2), Ipv4Addr::new(10, 0, 0, 3)];
-const EPOCH_MS: u64 = 1_800_000_000_000;
 const STEP: Duration = Duration::from_millis(10);
 /// Virtual time for both nodes to be ready (classified, registered, listening).
 pub const SETUP_LIMIT: Duration = Duration::from_secs(40);

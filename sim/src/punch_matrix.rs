@@ -224,19 +224,22 @@ pub const SETUP_LIMIT: Duration = Duration::from_secs(30);
 /// deadline is 8 s).
 pub const CLASSIFY_LIMIT: Duration = Duration::from_secs(30);
 
-const BROKER_IPS: [Ipv4Addr; 2] = [
+pub(crate) const BROKER_IPS: [Ipv4Addr; 2] = [
     Ipv4Addr::new(192, 0, 2, 10),
     Ipv4Addr::new(198, 51, 100, 20),
 ];
-const BROKER_PORT: u16 = 1883;
-const STUN_IPS: [Ipv4Addr; 2] = [Ipv4Addr::new(192, 0, 2, 1), Ipv4Addr::new(192, 0, 2, 2)];
+pub(crate) const BROKER_PORT: u16 = 1883;
+pub(crate) const STUN_IPS: [Ipv4Addr; 2] =
+    [Ipv4Addr::new(192, 0, 2, 1), Ipv4Addr::new(192, 0, 2, 2)];
 /// The second RFC 5780 server of the classified family (the classifier wants two).
-const STUN2_IPS: [Ipv4Addr; 2] = [Ipv4Addr::new(192, 0, 2, 11), Ipv4Addr::new(192, 0, 2, 12)];
-const STUN_PORT: u16 = 3478;
+pub(crate) const STUN2_IPS: [Ipv4Addr; 2] =
+    [Ipv4Addr::new(192, 0, 2, 11), Ipv4Addr::new(192, 0, 2, 12)];
+pub(crate) const STUN_PORT: u16 = 3478;
 /// The public IPs of A's and B's NAT boxes (or of the hosts themselves when open).
-const PUBLIC_IPS: [Ipv4Addr; 2] = [Ipv4Addr::new(203, 0, 113, 1), Ipv4Addr::new(203, 0, 113, 2)];
+pub(crate) const PUBLIC_IPS: [Ipv4Addr; 2] =
+    [Ipv4Addr::new(203, 0, 113, 1), Ipv4Addr::new(203, 0, 113, 2)];
 const PRIVATE_IPS: [Ipv4Addr; 2] = [Ipv4Addr::new(10, 0, 0, 2), Ipv4Addr::new(10, 1, 0, 2)];
-const EPOCH_MS: u64 = 1_800_000_000_000;
+pub(crate) const EPOCH_MS: u64 = 1_800_000_000_000;
 const STEP: Duration = Duration::from_millis(20);
 
 /// Why a run did not succeed.
