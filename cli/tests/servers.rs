@@ -10,7 +10,7 @@ use std::path::Path;
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
-use common::procs::{start_server, words};
+use common::procs::{start_pnp, start_server, start_stun_rfc5780, words};
 use common::{event_of, free_port_pair, identity, json_line, p2pd_bin, Mosquitto, Scratch};
 use serde_json::Value;
 
@@ -81,20 +81,7 @@ fn assert_failed(r: &Value) {
 fn servers_checks_every_kind_at_once_and_remembers_last_success() {
     let dir = Scratch::new("servers");
     // The RFC 5780 STUN server (UDP on 4 roles, TCP on the primary address).
-    let (rfc5780, p, _) = start_server(5, |p, q| {
-        words(&[
-            "stun-server",
-            "--primary",
-            "127.0.0.1",
-            "--alternate",
-            "127.0.0.2",
-            "--port",
-            &p.to_string(),
-            "--alt-port",
-            &q.to_string(),
-            "--tcp",
-        ])
-    });
+    let (rfc5780, p) = start_stun_rfc5780();
     let stun_full = format!("127.0.0.1:{p}");
     // A single-address STUN server (UDP only): answers, but no RFC 5780, nothing over TCP.
     let (single, s, _) = start_server(1, |p, _| {
@@ -109,22 +96,7 @@ fn servers_checks_every_kind_at_once_and_remembers_last_success() {
     });
     let stun_single = format!("127.0.0.1:{s}");
     // The PNP server.
-    let server_key_file = dir.identity_file("pnp.key", 0x61);
-    let db = dir.path("names.db");
-    let (_pnp, n, _) = start_server(2, |p, _| {
-        let addr = format!("127.0.0.1:{p}");
-        vec![
-            "pnp-server".into(),
-            "--db".into(),
-            db.display().to_string(),
-            "--udp".into(),
-            addr.clone(),
-            "--tcp".into(),
-            addr,
-            "--identity".into(),
-            server_key_file.display().to_string(),
-        ]
-    });
+    let (_pnp, n) = start_pnp(&dir.path("names.db"), &dir.identity_file("pnp.key", 0x61));
     let pnp = format!("127.0.0.1:{n}");
     let pnp_key = identity(0x61).public_key().to_string();
     let wrong_key = identity(0x62).public_key().to_string();

@@ -3,7 +3,7 @@
 //! JSON status lines are collected is `node_proc::Proc`).
 #![allow(dead_code)]
 
-use super::procs::{start_server, words};
+use super::procs::{start_pnp, start_stun_rfc5780};
 use super::{identity, Mosquitto, Scratch};
 
 /// The servers and a configuration file naming them.
@@ -22,36 +22,8 @@ pub struct Lab {
 pub fn lab(tag: &str) -> Option<Lab> {
     let broker = Mosquitto::start()?;
     let dir = Scratch::new(tag);
-    let (stun, p, _) = start_server(5, |p, q| {
-        words(&[
-            "stun-server",
-            "--primary",
-            "127.0.0.1",
-            "--alternate",
-            "127.0.0.2",
-            "--port",
-            &p.to_string(),
-            "--alt-port",
-            &q.to_string(),
-            "--tcp",
-        ])
-    });
-    let key_file = dir.identity_file("pnp.key", 0x71);
-    let db = dir.path("names.db");
-    let (pnp, n, _) = start_server(2, |p, _| {
-        let addr = format!("127.0.0.1:{p}");
-        vec![
-            "pnp-server".into(),
-            "--db".into(),
-            db.display().to_string(),
-            "--udp".into(),
-            addr.clone(),
-            "--tcp".into(),
-            addr,
-            "--identity".into(),
-            key_file.display().to_string(),
-        ]
-    });
+    let (stun, p) = start_stun_rfc5780();
+    let (pnp, n) = start_pnp(&dir.path("names.db"), &dir.identity_file("pnp.key", 0x71));
     let config = dir.path("config.toml");
     std::fs::write(
         &config,

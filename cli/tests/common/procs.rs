@@ -61,3 +61,43 @@ pub fn start_server(
 pub fn words(items: &[&str]) -> Vec<String> {
     items.iter().map(|s| s.to_string()).collect()
 }
+
+/// `p2pd stun-server` doing RFC 5780 on 127.0.0.1 + 127.0.0.2 and STUN over TCP on the primary
+/// address; its primary port.
+pub fn start_stun_rfc5780() -> (Server, u16) {
+    let (server, p, _) = start_server(5, |p, q| {
+        words(&[
+            "stun-server",
+            "--primary",
+            "127.0.0.1",
+            "--alternate",
+            "127.0.0.2",
+            "--port",
+            &p.to_string(),
+            "--alt-port",
+            &q.to_string(),
+            "--tcp",
+        ])
+    });
+    (server, p)
+}
+
+/// `p2pd pnp-server` on 127.0.0.1 (UDP and TCP on one port) with the names in `db` and the key in
+/// `key_file`; its port.
+pub fn start_pnp(db: &std::path::Path, key_file: &std::path::Path) -> (Server, u16) {
+    let (server, p, _) = start_server(2, |p, _| {
+        let addr = format!("127.0.0.1:{p}");
+        vec![
+            "pnp-server".into(),
+            "--db".into(),
+            db.display().to_string(),
+            "--udp".into(),
+            addr.clone(),
+            "--tcp".into(),
+            addr,
+            "--identity".into(),
+            key_file.display().to_string(),
+        ]
+    });
+    (server, p)
+}
