@@ -20,6 +20,9 @@ use crate::types::{
 };
 use crate::wire::{Message, TOKEN_LEN};
 
+/// Most endpoints phase A dials for one connect.
+const MAX_DIRECT_DIALS: usize = 8;
+
 /// Where a connect is.
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
 pub(crate) enum Stage {
@@ -321,7 +324,8 @@ impl Node {
             end_phase(connect, Phase::Reverse, now, outcome);
         }
         let expect = peer.public_key;
-        for remote in plan.direct {
+        // A peer's address may list up to 64 endpoints: the first few are its preferred ones.
+        for remote in plan.direct.into_iter().take(MAX_DIRECT_DIALS) {
             self.dial(now, id, remote, expect);
         }
         if !self

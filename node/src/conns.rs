@@ -21,6 +21,11 @@ use crate::node::{Node, Part};
 use crate::types::{ConnectId, NodeEvent, Path, PhaseFailure};
 use crate::wire::{Message, Preface, PrefaceKind, PREFACE_LEN, TOKEN_LEN};
 
+/// Most dials answering reverse requests at once (requests beyond are dropped and counted).
+const MAX_REVERSE_DIALS: usize = 16;
+/// Most endpoints dialled for one reverse request.
+const MAX_DIALS_PER_REQUEST: usize = 4;
+
 /// Whose connection it is.
 #[derive(Clone, Debug)]
 pub(crate) enum ConnRole {
@@ -124,6 +129,16 @@ impl Node {
             return;
         }
         let plan = ladder::plan(&self.own.view(), &address);
+        let reverse_dials = self
+            .conns
+            .iter()
+            .filter(|c| matches!(c.role, ConnRole::ReverseDial { .. }))
+            .count();
+        if reverse_dials >= MAX_REVERSE_DIALS {
+            // Anyone who can sign may ask us to dial: a bounded number at a time.
+            self.stats.bad_messages = self.stats.bad_messages.saturating_add(1);
+            return;
+        }
         if plan.direct.is_empty() {
             let _ =
                 self.rendezvous
@@ -131,7 +146,7 @@ impl Node {
             return;
         }
         let until = now.saturating_add(self.config.channel.handshake_timeout);
-        for remote in plan.direct {
+        for remote in plan.direct.into_iter().take(MAX_DIALS_PER_REQUEST) {
             self.open_dial(
                 now,
                 remote,
