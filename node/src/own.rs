@@ -20,6 +20,8 @@ use crate::types::NodeEvent;
 
 /// How long after a failed registration (or binding) it is tried again.
 const RETRY: Duration = Duration::from_secs(5);
+/// How often the listener's binding sends a keep-alive.
+const BINDING_KEEPALIVE: Duration = Duration::from_secs(25);
 /// Listener backlog.
 const BACKLOG: u32 = 64;
 
@@ -199,6 +201,11 @@ impl Node {
         };
         let mut config = TcpBindingConfig::new(server, local).keep_open(true);
         config.options = reuse();
+        // The binding keeps the listener's mapping alive through NATs that idle TCP out, and
+        // its keep-alive is how we notice the network moved under us (a renumbered uplink
+        // answers it with a reset): the binding ends, is made again, and a new external
+        // address re-classifies and re-registers us.
+        config.keepalive = Some(BINDING_KEEPALIVE);
         self.binding = Some(TcpBinding::new(config, self.rng.next_u64(), now));
     }
 

@@ -169,6 +169,16 @@ impl NatBox {
         }
     }
 
+    /// A new public IP: every mapping is gone.
+    pub(crate) fn renumber(&mut self, public_ip: Ipv4Addr) {
+        self.public_ip = public_ip;
+        self.mappings.clear();
+        self.by_port.clear();
+        self.last_port.clear();
+        self.first.clear();
+        self.next_expiry = Instant::MAX;
+    }
+
     /// Live mappings.
     pub(crate) fn mapping_count(&self) -> usize {
         self.mappings.len()

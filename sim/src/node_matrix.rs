@@ -139,6 +139,8 @@ pub struct NodeWorld {
     pub hosts: [HostId; 2],
     /// Events each node reported so far (the harness takes them out of the simulator).
     pub events: [Vec<NodeEvent>; 2],
+    /// A's and B's NAT boxes (`None`: an open host; the same box for [`Layout::SameNat`]).
+    pub nats: [Option<crate::NatId>; 2],
 }
 
 /// The NAT behaviour a classifier reports for `kind` (open: no NAT).
@@ -196,6 +198,7 @@ impl NodeWorld {
             Layout::SameNat(k) => ([k, k], true),
         };
         let mut hosts = Vec::new();
+        let mut nats = Vec::new();
         let mut shared_nat = None;
         for (i, kind) in kinds.into_iter().enumerate() {
             let ip = match kind.behaviour() {
@@ -219,17 +222,22 @@ impl NodeWorld {
                         ),
                     };
                     shared_nat = Some(nat);
+                    nats.push(Some(nat));
                     let h = sim.add_host_behind(nat, ip, node);
                     sim.set_tcp_config(h, tcp_config());
                     h
                 }
             };
+            if nats.len() < hosts.len().saturating_add(1) {
+                nats.push(None);
+            }
             hosts.push(host);
         }
         NodeWorld {
             sim,
             hosts: [hosts[0], hosts[1]],
             events: [Vec::new(), Vec::new()],
+            nats: [nats[0], nats[1]],
         }
     }
 

@@ -293,6 +293,19 @@ impl Sim {
         id
     }
 
+    /// Gives NAT box `nat` a new public IP, as a renumbered uplink does (a new DHCP lease, a
+    /// carrier-grade NAT moving us): every mapping is dropped, so connections through it die and
+    /// new ones leave from `public_ip`.
+    ///
+    /// # Panics
+    /// If `public_ip` is already in use.
+    pub fn renumber_nat(&mut self, nat: NatId, public_ip: Ipv4Addr) {
+        let old = self.nat_mut(nat).public_ip;
+        self.public.remove(&old);
+        self.claim(public_ip, Owner::Nat(nat));
+        self.nat_mut(nat).renumber(public_ip);
+    }
+
     /// Sets the link between a NAT box and the internet.
     pub fn set_nat_link(&mut self, nat: NatId, link: LinkConfig) {
         self.nat_mut(nat).link = link;

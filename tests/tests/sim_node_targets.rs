@@ -80,3 +80,33 @@ fn the_name_stays_registered_past_its_first_lifetime() {
     let leaks = w.close_and_check();
     assert!(leaks.is_empty(), "{leaks:?}");
 }
+
+#[test]
+fn a_renumbered_nat_is_noticed_and_the_name_follows() {
+    let mut w = NodeWorld::new(
+        5,
+        Layout::Apart(NatKind::Open, NatKind::PortRestricted),
+        0.0,
+        Family::Classified,
+    );
+    ready(&mut w);
+    let before = b_address(&w);
+    let old_ip: std::net::IpAddr = [203, 0, 113, 2].into();
+    assert_eq!(before.interfaces[0].endpoints[0].ip, old_ip);
+    // B's uplink gets a new public IP: its kept-open binding dies with the old mappings.
+    let nat = w.nats[1].expect("B is behind a NAT");
+    w.sim.renumber_nat(nat, [203, 0, 113, 9].into());
+    let new_ip: std::net::IpAddr = [203, 0, 113, 9].into();
+    let moved = |w: &NodeWorld| b_address(w).interfaces[0].endpoints[0].ip == new_ip;
+    assert!(
+        w.run_until(Duration::from_secs(300), moved),
+        "B still announces {:?}",
+        b_address(&w)
+    );
+    // Classified again after the move, and the name leads to the new address.
+    assert!(b_address(&w).interfaces[0].nat.is_some());
+    let name = Name::new("bob").expect("name");
+    assert_eq!(connect(&mut w, Target::Name(name)), Ok(Path::Reverse));
+    let leaks = w.close_and_check();
+    assert!(leaks.is_empty(), "{leaks:?}");
+}
