@@ -55,8 +55,8 @@ pub struct ConnectArgs {
     /// Listen on LISTEN_ADDR (HOST:PORT) and carry each local client over its own stream.
     #[arg(long, value_name = "LISTEN_ADDR")]
     pub forward: Option<String>,
-    /// Give up if no stream is up this many seconds after the start (0 to 31536000; without
-    /// --forward: with it, each local client waits for its own connect, which the ladder bounds).
+    /// Give up if no stream is up this many seconds after the start (0 to 31536000); with
+    /// --forward, a local client whose stream is not up this long after it connected is closed.
     #[arg(long, value_name = "S", default_value = "60", value_parser = super::numbers::seconds)]
     pub timeout: Duration,
     /// Servers, identity and output.
@@ -121,7 +121,7 @@ pub fn run_connect(args: &ConnectArgs, config_flag: Option<&Path>) -> i32 {
             match &args.forward {
                 Some(listen) => {
                     let listen = setup::forward_address(listen)?;
-                    forward::tunnel(rt, node, status, health, target, listen)
+                    forward::tunnel(rt, node, status, health, target, listen, args.timeout)
                 }
                 None => pipe::pipe(
                     rt,

@@ -46,6 +46,8 @@ enum Side {
 
 /// One stream and its local connection.
 struct Pair {
+    /// When the local side appeared (the connect timeout counts from here).
+    opened: Instant,
     stream: Option<StreamId>,
     connect: Option<ConnectId>,
     local: SocketId,
@@ -83,6 +85,8 @@ pub struct Forwarder {
     forward_to: Option<SocketAddr>,
     /// Where local clients connect to (connect mode).
     target: Option<Target>,
+    /// Connect mode: a local client whose stream is not up this long after it came is closed.
+    connect_timeout: Option<Duration>,
     ready: bool,
     next_id: u32,
     events: VecDeque<NodeEvent>,
@@ -100,6 +104,7 @@ impl Forwarder {
             accepting: None,
             forward_to: None,
             target: None,
+            connect_timeout: None,
             ready: false,
             next_id: 0,
             events: VecDeque::new(),
@@ -145,7 +150,9 @@ impl Forwarder {
     }
 
     fn new_pair(&mut self, local: SocketId, local_peer: SocketAddr, local_up: bool) -> &mut Pair {
+        let opened = self.now;
         self.pairs.push(Pair {
+            opened,
             stream: None,
             connect: None,
             local,
@@ -268,6 +275,13 @@ impl Forwarder {
     /// Moves bytes along every pair and closes pairs that are done.
     fn pump(&mut self, now: Instant) {
         self.now = now;
+        if let Some(limit) = self.connect_timeout {
+            for p in &mut self.pairs {
+                if p.stream.is_none() && now.saturating_duration_since(p.opened) >= limit {
+                    p.closed = true;
+                }
+            }
+        }
         loop {
             let mut any = false;
             while let Some(ev) = self.node.poll_event() {
@@ -494,7 +508,14 @@ impl Machine for Forwarder {
             .filter(|p| p.connect.is_none() && p.stream.is_none() && !p.closed)
             .filter_map(|p| p.retry_at)
             .min();
-        [self.node.poll_timeout(), settle, retry]
+        let give_up = self.connect_timeout.and_then(|limit| {
+            self.pairs
+                .iter()
+                .filter(|p| p.stream.is_none() && !p.closed)
+                .map(|p| p.opened.saturating_add(limit))
+                .min()
+        });
+        [self.node.poll_timeout(), settle, retry, give_up]
             .into_iter()
             .flatten()
             .min()
@@ -535,10 +556,12 @@ pub fn tunnel(
     health: NodeHealth,
     target: Target,
     listen: SocketAddr,
+    timeout: Duration,
 ) -> Result<i32, String> {
     let now = rt.now();
     let mut f = Forwarder::new(node, now);
     f.target = Some(target.clone());
+    f.connect_timeout = Some(timeout);
     f.listen(listen);
     status.reason(
         "listening",
