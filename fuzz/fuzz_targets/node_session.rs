@@ -38,11 +38,15 @@ use p2pd_proto::testing::{pick, Driven, Output, SocketState, SocketTable};
 use p2pd_proto::{Instant, IoError, OpKind, SocketId, SocketOp, SocketOutcome, Transport};
 use p2pd_signaling::address::{Endpoint, Interface, InterfaceLabel};
 use p2pd_signaling::envelope::NONCE_LEN;
-use p2pd_signaling::mqtt::{encode, Decoded, Decoder, Packet, Protocol, QoS};
+use p2pd_signaling::mqtt::{encode, Packet, Protocol};
 use p2pd_signaling::pnp::{Name, PnpClientConfig, PnpTransport};
 use p2pd_signaling::rendezvous::payload::{self, Content};
 use p2pd_signaling::rendezvous::{topic_for, BrokerSpec};
 use p2pd_signaling::{seal, NatInfo, Opener, PeerAddress, RendezvousConfig};
+
+#[path = "common/broker_link.rs"]
+mod broker_link;
+use broker_link::BrokerLink;
 
 #[path = "common/channel_peer.rs"]
 #[allow(dead_code)]
@@ -196,16 +200,6 @@ struct Input {
     ops: Vec<Op>,
 }
 
-#[derive(Default)]
-struct BrokerLink {
-    socket: Option<SocketId>,
-    decoder: Option<Decoder>,
-    connect_seen: bool,
-    connack_sent: bool,
-    subscribes: Vec<u16>,
-    pings: usize,
-    next_pkid: u16,
-}
 
 /// One connection of the node's own (dialled or accepted) and its far end.
 struct Track {
@@ -322,18 +316,8 @@ impl H {
 
     fn broker_reads(&mut self, socket: SocketId, bytes: &[u8]) {
         assert_eq!(self.link.socket, Some(socket));
-        let decoder = self.link.decoder.get_or_insert_with(|| Decoder::new(Protocol::V311, 1 << 20));
-        assert_eq!(decoder.push(bytes).unwrap(), bytes.len());
-        let mut packets = Vec::new();
-        while let Some(p) = decoder.next() {
-            let Ok(Decoded::Packet(p)) = p else { panic!("the node writes valid MQTT: {p:?}") };
-            packets.push(p);
-        }
-        for p in packets {
+        for p in self.link.read(bytes) {
             match p {
-                Packet::Connect { .. } => self.link.connect_seen = true,
-                Packet::Subscribe { pkid, .. } => self.link.subscribes.push(pkid),
-                Packet::PingReq => self.link.pings += 1,
                 Packet::Publish { topic, payload, .. } => {
                     let to = [PEER, STRANGER]
                         .into_iter()
@@ -397,7 +381,7 @@ impl H {
                     _ => panic!("connect on {socket} in state {before:?}"),
                 }
                 if remote == broker() {
-                    self.link = BrokerLink { socket: Some(socket), next_pkid: self.link.next_pkid, ..BrokerLink::default() };
+                    self.link = BrokerLink::new(socket, self.link.next_pkid);
                 } else if remote == stun_server() {
                     if self.stun.is_none() {
                         self.stun = Some(socket);
@@ -570,16 +554,8 @@ impl H {
             }
             if let Some(socket) = self.link.socket.filter(|s| matches!(self.t.get(*s), Some(SocketState::Stream { .. }))) {
                 let _ = socket;
-                if self.link.connect_seen && !self.link.connack_sent {
-                    self.link.connack_sent = true;
-                    self.broker_sends(Packet::ConnAck { session_present: false, code: 0, properties: Default::default() });
-                    progressed = true;
-                } else if let Some(pkid) = self.link.subscribes.pop() {
-                    self.broker_sends(Packet::SubAck { pkid, codes: vec![1] });
-                    progressed = true;
-                } else if self.link.pings > 0 {
-                    self.link.pings -= 1;
-                    self.broker_sends(Packet::PingResp);
+                if let Some(answer) = self.link.next_answer() {
+                    self.broker_sends(answer);
                     progressed = true;
                 }
             }
@@ -658,17 +634,7 @@ impl H {
     /// The broker delivers `envelope` on the node's topic, cut in two.
     fn publish(&mut self, envelope: Vec<u8>, cut: u16) {
         let Some(socket) = self.link.socket else { return };
-        self.link.next_pkid = self.link.next_pkid % 60_000 + 1;
-        let publish = Packet::Publish {
-            topic: topic_for(&identity(ME).node_id()),
-            qos: QoS::AtLeastOnce,
-            pkid: self.link.next_pkid,
-            retain: false,
-            dup: false,
-            payload: envelope,
-        };
-        let mut wire = Vec::new();
-        encode(&publish, Protocol::V311, &mut wire).unwrap();
+        let wire = self.link.publish_wire(topic_for(&identity(ME).node_id()), envelope);
         let cut = usize::from(cut) % (wire.len() + 1);
         self.stream(socket, &wire[..cut]);
         if self.link.socket == Some(socket) {
