@@ -1,5 +1,6 @@
 //! TURN (RFC 8656, with RFC 6062 TCP allocations) for p2pd: the TURN attributes and credentials on
-//! the workspace's STUN codec ([`codec`]).
+//! the workspace's STUN codec ([`codec`]) and the [`TurnClient`] machine ([`client`]): Allocate with
+//! long-term or TURN REST API credentials, Refresh, CreatePermission and deallocation on close.
 //!
 //! # Why not `turn-client-proto`
 //!
@@ -29,4 +30,10 @@
 #![cfg_attr(test, allow(clippy::arithmetic_side_effects))]
 #![warn(missing_docs)]
 
+pub mod client;
 pub mod codec;
+
+pub use client::{
+    Credentials, RelayTransport, TurnClient, TurnConfig, TurnError, TurnEvent, TurnFailure,
+    TurnStats, CONTROL_SOCKET,
+};

@@ -1,0 +1,560 @@
+//! The TURN client against a scripted in-memory TURN server, under the contract checker.
+
+use super::*;
+use p2pd_proto::stun::ErrorCode;
+use p2pd_proto::testing::{ContractChecker, Recorder};
+use p2pd_proto::TRANSMIT_BUFFER_LEN;
+
+const SERVER: &str = "198.51.100.1:3478";
+const LOCAL: &str = "10.0.0.2:40000";
+const RELAYED: &str = "198.51.100.1:50000";
+const MAPPED: &str = "203.0.113.9:40000";
+const PEER: &str = "192.0.2.44:7000";
+
+/// A scripted TURN server: challenges unauthenticated requests, checks the long-term
+/// MESSAGE-INTEGRITY and the nonce, and answers successes with MESSAGE-INTEGRITY.
+struct Server {
+    realm: &'static str,
+    nonce: Vec<u8>,
+    key: [u8; 16],
+    /// Answer the next authenticated request with 438 and this new nonce.
+    stale_next: Option<Vec<u8>>,
+    /// Answer Allocate with this error code instead.
+    allocate_error: Option<u16>,
+    /// Requests seen: (method, lifetime, authenticated).
+    seen: Vec<(Method, Option<u32>, bool)>,
+}
+
+impl Server {
+    fn new(username: &str, password: &str) -> Server {
+        Server {
+            realm: "p2pd.test",
+            nonce: b"nonce-1".to_vec(),
+            key: long_term_key(username.as_bytes(), b"p2pd.test", password.as_bytes()),
+            stale_next: None,
+            allocate_error: None,
+            seen: Vec::new(),
+        }
+    }
+
+    fn answer(&mut self, request: &[u8]) -> Vec<u8> {
+        let msg = Message::decode(request).unwrap();
+        assert_eq!(msg.class(), Class::Request);
+        assert!(msg.has_fingerprint());
+        let has_mi = msg
+            .attributes()
+            .any(|a| a.code == stun_attr::MESSAGE_INTEGRITY);
+        let lifetime = match codec::find(&msg, attr::LIFETIME).unwrap() {
+            Some(TurnAttribute::Lifetime(l)) => Some(l),
+            _ => None,
+        };
+        self.seen.push((msg.method(), lifetime, has_mi));
+        let id = msg.transaction_id();
+        let method = msg.method();
+        if !has_mi || msg.verify_integrity(&self.key).is_err() {
+            return self.error(method, id, 401, true);
+        }
+        let nonce = match codec::find(&msg, attr::NONCE).unwrap() {
+            Some(TurnAttribute::Nonce(n)) => n.to_vec(),
+            _ => panic!("authenticated request without NONCE"),
+        };
+        if let Some(fresh) = self.stale_next.take() {
+            self.nonce = fresh;
+            return self.error(method, id, 438, true);
+        }
+        assert_eq!(nonce, self.nonce, "request with an old nonce");
+        if method == method::ALLOCATE {
+            assert_eq!(
+                codec::find(&msg, attr::REQUESTED_TRANSPORT).unwrap(),
+                Some(TurnAttribute::RequestedTransport(codec::TRANSPORT_TCP))
+            );
+            if let Some(code) = self.allocate_error {
+                return self.error(method, id, code, false);
+            }
+        }
+        let header = Header::new(Class::Success, method, id);
+        let mut buf = [0u8; 512];
+        let mut w = MessageWriter::new(&mut buf, header).unwrap();
+        if method == method::ALLOCATE {
+            w.add_turn(
+                &header,
+                &TurnAttribute::XorRelayedAddress(RELAYED.parse().unwrap()),
+            )
+            .unwrap();
+            w.add(&Attribute::XorMappedAddress(MAPPED.parse().unwrap()))
+                .unwrap();
+            w.add_turn(&header, &TurnAttribute::Lifetime(600)).unwrap();
+        }
+        if method == method::REFRESH {
+            w.add_turn(&header, &TurnAttribute::Lifetime(lifetime.unwrap_or(600)))
+                .unwrap();
+        }
+        w.add_message_integrity(&self.key).unwrap();
+        w.add_fingerprint().unwrap();
+        let n = w.finish();
+        buf[..n].to_vec()
+    }
+
+    fn error(&self, method: Method, id: TransactionId, code: u16, challenge: bool) -> Vec<u8> {
+        let header = Header::new(Class::Error, method, id);
+        let mut buf = [0u8; 512];
+        let mut w = MessageWriter::new(&mut buf, header).unwrap();
+        w.add(&Attribute::ErrorCode(ErrorCode {
+            code,
+            reason: "scripted",
+        }))
+        .unwrap();
+        if challenge {
+            w.add_turn(&header, &TurnAttribute::Realm(self.realm))
+                .unwrap();
+            w.add_turn(&header, &TurnAttribute::Nonce(&self.nonce))
+                .unwrap();
+        }
+        w.add_fingerprint().unwrap();
+        let n = w.finish();
+        buf[..n].to_vec()
+    }
+}
+
+struct Harness {
+    client: TurnClient,
+    checker: ContractChecker<TurnEvent>,
+    rec: Recorder<TurnEvent>,
+    buf: Vec<u8>,
+    now: Instant,
+}
+
+fn is_final(e: &TurnEvent) -> bool {
+    matches!(e, TurnEvent::Closed { .. })
+}
+
+impl Harness {
+    fn new(credentials: Credentials) -> Harness {
+        let config = TurnConfig::new(SERVER.parse().unwrap(), LOCAL.parse().unwrap(), credentials);
+        let mut h = Harness {
+            client: TurnClient::new(config, 7, Instant::ZERO),
+            checker: ContractChecker::new("turn", is_final),
+            rec: Recorder::default(),
+            buf: vec![0; TRANSMIT_BUFFER_LEN],
+            now: Instant::ZERO,
+        };
+        h.drain();
+        h
+    }
+
+    fn drain(&mut self) {
+        let _ = self
+            .checker
+            .drain(&mut self.client, &mut self.buf, &mut self.rec);
+    }
+
+    fn outcome(&mut self, outcome: SocketOutcome) {
+        self.checker.input(self.now);
+        self.checker.outcome(CONTROL_SOCKET, &outcome);
+        self.client
+            .handle_socket_result(self.now, CONTROL_SOCKET, outcome);
+        self.drain();
+    }
+
+    /// Bind and connect; returns the Allocate request.
+    fn connect(&mut self) -> Vec<u8> {
+        let ops = self.rec.take_ops();
+        assert!(matches!(
+            ops[..],
+            [SocketOp::Bind {
+                socket: CONTROL_SOCKET,
+                transport: Transport::Tcp,
+                ..
+            }]
+        ));
+        self.outcome(SocketOutcome::Bound {
+            local: LOCAL.parse().unwrap(),
+        });
+        assert!(matches!(
+            self.rec.take_ops()[..],
+            [SocketOp::Connect { .. }]
+        ));
+        self.outcome(SocketOutcome::Connected {
+            local: LOCAL.parse().unwrap(),
+            remote: SERVER.parse().unwrap(),
+        });
+        self.one_request()
+    }
+
+    fn one_request(&mut self) -> Vec<u8> {
+        let mut t = self.rec.take_transmits();
+        assert_eq!(t.len(), 1, "{t:?}");
+        let (transmit, bytes) = t.pop().unwrap();
+        assert_eq!(transmit.socket, CONTROL_SOCKET);
+        bytes
+    }
+
+    fn stream(&mut self, bytes: &[u8]) -> Verdict {
+        self.checker.input(self.now);
+        let v = self.client.handle_stream(self.now, CONTROL_SOCKET, bytes);
+        self.drain();
+        v
+    }
+
+    fn advance_to(&mut self, t: Instant) {
+        self.now = t;
+        self.checker.timeout_input(t);
+        let _ = self
+            .checker
+            .timeout(&mut self.client, t, &mut self.buf, &mut self.rec);
+    }
+
+    /// Runs requests through `server` until none is waiting.
+    fn serve(&mut self, server: &mut Server, first: Vec<u8>) {
+        let mut next = Some(first);
+        while let Some(req) = next.take() {
+            let answer = server.answer(&req);
+            assert_eq!(self.stream(&answer), Verdict::Consumed);
+            let mut t = self.rec.take_transmits();
+            assert!(t.len() <= 1, "{t:?}");
+            next = t.pop().map(|(_, b)| b);
+        }
+    }
+}
+
+fn allocated(h: &mut Harness, server: &mut Server) {
+    let req = h.connect();
+    h.serve(server, req);
+    assert_eq!(
+        h.rec.take_events(),
+        vec![TurnEvent::Allocated {
+            relayed: RELAYED.parse().unwrap(),
+            mapped: Some(MAPPED.parse().unwrap()),
+            lifetime: Duration::from_secs(600),
+        }]
+    );
+}
+
+#[test]
+fn allocates_after_the_401_challenge_refreshes_permits_and_deallocates_on_close() {
+    let mut h = Harness::new(Credentials::long_term("u", "p"));
+    let mut server = Server::new("u", "p");
+    allocated(&mut h, &mut server);
+    assert_eq!(
+        server.seen,
+        vec![
+            (method::ALLOCATE, None, false),
+            (method::ALLOCATE, None, true)
+        ]
+    );
+    assert_eq!(h.client.relayed(), Some(RELAYED.parse().unwrap()));
+
+    // CreatePermission.
+    h.checker.input(h.now);
+    h.client
+        .create_permission(h.now, PEER.parse().unwrap())
+        .unwrap();
+    h.drain();
+    let req = h.one_request();
+    h.serve(&mut server, req);
+    assert_eq!(
+        h.rec.take_events(),
+        vec![TurnEvent::PermissionCreated {
+            peer: PEER.parse().unwrap()
+        }]
+    );
+
+    // The permission is refreshed at 240 s, the allocation at 300 s (half of 600).
+    assert_eq!(
+        h.client.poll_timeout(),
+        Some(Instant::ZERO + PERMISSION_REFRESH)
+    );
+    h.advance_to(Instant::ZERO + PERMISSION_REFRESH);
+    let req = h.one_request();
+    h.serve(&mut server, req);
+    assert!(
+        h.rec.take_events().is_empty(),
+        "permission refreshes are silent"
+    );
+    h.advance_to(Instant::ZERO + Duration::from_secs(300));
+    let req = h.one_request();
+    h.serve(&mut server, req);
+    assert_eq!(
+        h.rec.take_events(),
+        vec![TurnEvent::Refreshed {
+            lifetime: Duration::from_secs(600)
+        }]
+    );
+    assert_eq!(h.client.stats().refreshes, 1);
+    assert_eq!(
+        server.seen.last(),
+        Some(&(method::REFRESH, Some(600), true))
+    );
+
+    // Close: Refresh LIFETIME 0, then the socket's close, then Closed; a second close is a no-op.
+    h.checker.input(h.now);
+    h.client.close(h.now);
+    h.drain();
+    h.checker.input(h.now);
+    h.client.close(h.now);
+    h.drain();
+    let req = h.one_request();
+    assert!(
+        h.rec.take_ops().is_empty(),
+        "closed before the deallocation was answered"
+    );
+    h.serve(&mut server, req);
+    assert_eq!(server.seen.last(), Some(&(method::REFRESH, Some(0), true)));
+    assert_eq!(
+        h.rec.take_ops(),
+        vec![SocketOp::Close {
+            socket: CONTROL_SOCKET
+        }]
+    );
+    assert_eq!(
+        h.rec.take_events(),
+        vec![TurnEvent::Closed { deallocated: true }]
+    );
+    h.checker.input(h.now);
+    h.client.close(h.now);
+    h.drain();
+    assert!(h.rec.take().is_empty());
+    h.checker.assert_all_closed();
+    assert_eq!(h.checker.closes(), 1);
+}
+
+#[test]
+fn a_stale_nonce_is_retried_with_the_new_nonce() {
+    let mut h = Harness::new(Credentials::long_term("u", "p"));
+    let mut server = Server::new("u", "p");
+    server.stale_next = Some(b"nonce-2".to_vec());
+    allocated(&mut h, &mut server);
+    assert_eq!(server.seen.len(), 3, "challenge, stale nonce, success");
+    assert_eq!(server.nonce, b"nonce-2");
+}
+
+#[test]
+fn a_wrong_password_fails_unauthenticated_and_closes_once() {
+    let mut h = Harness::new(Credentials::long_term("u", "wrong"));
+    let mut server = Server::new("u", "p");
+    let req = h.connect();
+    h.serve(&mut server, req);
+    assert_eq!(server.seen.len(), 2, "one challenge, one refusal, no loop");
+    assert_eq!(
+        h.rec.take_events(),
+        vec![
+            TurnEvent::Failed(TurnFailure::Unauthenticated),
+            TurnEvent::Closed { deallocated: false }
+        ]
+    );
+    h.checker.assert_all_closed();
+}
+
+#[test]
+fn allocate_errors_are_typed_failures() {
+    for (code, failure) in [
+        (403, TurnFailure::Forbidden),
+        (437, TurnFailure::AllocationMismatch),
+        (441, TurnFailure::WrongCredentials),
+        (442, TurnFailure::UnsupportedTransportProtocol),
+        (486, TurnFailure::AllocationQuotaReached),
+        (508, TurnFailure::InsufficientCapacity),
+        (599, TurnFailure::Other(599)),
+    ] {
+        let mut h = Harness::new(Credentials::long_term("u", "p"));
+        let mut server = Server::new("u", "p");
+        server.allocate_error = Some(code);
+        let req = h.connect();
+        h.serve(&mut server, req);
+        assert_eq!(
+            h.rec.take_events(),
+            vec![
+                TurnEvent::Failed(failure),
+                TurnEvent::Closed { deallocated: false }
+            ],
+            "{code}"
+        );
+        h.checker.assert_all_closed();
+    }
+}
+
+#[test]
+fn every_error_code_has_its_failure() {
+    let table = [
+        (300, TurnFailure::TryAlternate(None)),
+        (400, TurnFailure::BadRequest),
+        (401, TurnFailure::Unauthenticated),
+        (403, TurnFailure::Forbidden),
+        (420, TurnFailure::UnknownAttribute),
+        (437, TurnFailure::AllocationMismatch),
+        (438, TurnFailure::StaleNonce),
+        (440, TurnFailure::AddressFamilyNotSupported),
+        (441, TurnFailure::WrongCredentials),
+        (442, TurnFailure::UnsupportedTransportProtocol),
+        (443, TurnFailure::PeerAddressFamilyMismatch),
+        (446, TurnFailure::ConnectionAlreadyExists),
+        (447, TurnFailure::ConnectionTimeoutOrFailure),
+        (486, TurnFailure::AllocationQuotaReached),
+        (500, TurnFailure::ServerError),
+        (508, TurnFailure::InsufficientCapacity),
+        (487, TurnFailure::Other(487)),
+    ];
+    for (code, failure) in table {
+        assert_eq!(TurnFailure::from_code(code, None), failure);
+        assert!(!failure.to_string().is_empty());
+    }
+}
+
+#[test]
+fn responses_split_into_single_bytes_are_reassembled() {
+    let mut h = Harness::new(Credentials::long_term("u", "p"));
+    let mut server = Server::new("u", "p");
+    let req = h.connect();
+    let challenge = server.answer(&req);
+    for b in &challenge {
+        assert_eq!(h.stream(std::slice::from_ref(b)), Verdict::Consumed);
+    }
+    let req = h.one_request();
+    let ok = server.answer(&req);
+    for b in &ok {
+        assert_eq!(h.stream(std::slice::from_ref(b)), Verdict::Consumed);
+    }
+    assert!(matches!(
+        h.rec.take_events()[..],
+        [TurnEvent::Allocated { .. }]
+    ));
+}
+
+#[test]
+fn a_success_with_a_wrong_integrity_is_ignored() {
+    let mut h = Harness::new(Credentials::long_term("u", "p"));
+    let mut server = Server::new("u", "p");
+    let req = h.connect();
+    let challenge = server.answer(&req);
+    assert_eq!(h.stream(&challenge), Verdict::Consumed);
+    let req = h.one_request();
+    let mut forged = server.answer(&req);
+    // Flip a bit of the XOR-RELAYED-ADDRESS: MESSAGE-INTEGRITY no longer verifies.
+    forged[27] ^= 1;
+    // The FINGERPRINT must still hold, or the codec rejects it first: recompute it.
+    let n = forged.len();
+    let crc = crc32(&forged[..n - 8]) ^ p2pd_proto::stun::FINGERPRINT_XOR;
+    forged[n - 4..].copy_from_slice(&crc.to_be_bytes());
+    assert_eq!(h.stream(&forged), Verdict::Consumed);
+    assert!(h.rec.take_events().is_empty());
+    assert_eq!(h.client.stats().ignored, 1);
+    // The real answer still works.
+    let real = server.answer(&req);
+    server.seen.pop();
+    assert_eq!(h.stream(&real), Verdict::Consumed);
+    assert!(matches!(
+        h.rec.take_events()[..],
+        [TurnEvent::Allocated { .. }]
+    ));
+}
+
+/// CRC-32 (ISO-HDLC), bitwise: the test's own, independent of the codec's.
+fn crc32(data: &[u8]) -> u32 {
+    let mut crc = 0xFFFF_FFFFu32;
+    for &b in data {
+        crc ^= u32::from(b);
+        for _ in 0..8 {
+            crc = if crc & 1 != 0 {
+                (crc >> 1) ^ 0xEDB8_8320
+            } else {
+                crc >> 1
+            };
+        }
+    }
+    !crc
+}
+
+#[test]
+fn no_answer_times_out_and_closes() {
+    let mut h = Harness::new(Credentials::long_term("u", "p"));
+    let _ = h.connect();
+    let deadline = h.client.poll_timeout().unwrap();
+    assert_eq!(deadline, Instant::ZERO + Duration::from_secs(10));
+    h.advance_to(deadline);
+    assert_eq!(
+        h.rec.take_events(),
+        vec![
+            TurnEvent::Failed(TurnFailure::Timeout),
+            TurnEvent::Closed { deallocated: false }
+        ]
+    );
+    h.checker.assert_all_closed();
+}
+
+#[test]
+fn close_before_the_allocation_closes_at_once() {
+    let mut h = Harness::new(Credentials::long_term("u", "p"));
+    let _ = h.connect();
+    h.checker.input(h.now);
+    h.client.close(h.now);
+    h.drain();
+    assert!(h.rec.take_transmits().is_empty());
+    assert_eq!(
+        h.rec.take_events(),
+        vec![TurnEvent::Closed { deallocated: false }]
+    );
+    h.checker.assert_all_closed();
+}
+
+#[test]
+fn a_refused_connect_is_a_typed_failure() {
+    let mut h = Harness::new(Credentials::long_term("u", "p"));
+    let _ = h.rec.take_ops();
+    h.outcome(SocketOutcome::Bound {
+        local: LOCAL.parse().unwrap(),
+    });
+    h.outcome(SocketOutcome::Failed {
+        op: OpKind::Connect,
+        destination: None,
+        error: IoError::ConnectionRefused,
+    });
+    assert_eq!(
+        h.rec.take_events(),
+        vec![
+            TurnEvent::Failed(TurnFailure::ConnectFailed(IoError::ConnectionRefused)),
+            TurnEvent::Closed { deallocated: false }
+        ]
+    );
+    h.checker.assert_all_closed();
+}
+
+#[test]
+fn rest_credentials_are_expiry_colon_user() {
+    let c = Credentials::rest(b"north", "alice", 1_699_999_000, Duration::from_secs(1000));
+    assert_eq!(c.username, "1700000000:alice");
+    assert_eq!(
+        c,
+        Credentials::long_term(
+            c.username.clone(),
+            RestCredentials::new(b"north", "alice", 1_700_000_000).password
+        )
+    );
+    assert!(!format!("{c:?}").contains(&c.password));
+}
+
+#[test]
+fn create_permission_before_allocation_is_misuse() {
+    let mut h = Harness::new(Credentials::long_term("u", "p"));
+    assert_eq!(
+        h.client.create_permission(h.now, PEER.parse().unwrap()),
+        Err(TurnError::NotAllocated)
+    );
+}
+
+#[test]
+fn garbage_from_the_server_is_a_typed_failure_not_a_panic() {
+    let mut h = Harness::new(Credentials::long_term("u", "p"));
+    let _ = h.connect();
+    let v = h.stream(&[
+        0x01, 0x01, 0x00, 0x03, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+    ]);
+    assert!(matches!(v, Verdict::Dropped(DropReason::Malformed(_))));
+    assert!(matches!(
+        h.rec.take_events()[..],
+        [
+            TurnEvent::Failed(TurnFailure::Malformed(_)),
+            TurnEvent::Closed { .. }
+        ]
+    ));
+    h.checker.assert_all_closed();
+}
