@@ -16,6 +16,12 @@
 //! deallocation) and closes the socket once that is answered, refused or timed out; without one
 //! it closes the socket at once. Then [`TurnEvent::Closed`], the last event.
 //!
+//! With a TCP allocation, [`TurnClient::connect`] asks the relay to connect to a peer (RFC 6062
+//! Connect), and a peer's connection to the relayed address arrives as a ConnectionAttempt; either
+//! way the machine opens a data connection to the server, sends ConnectionBind on it and hands the
+//! bound stream to the caller ([`TurnEvent::PeerConnected`]); a failure is
+//! [`TurnEvent::PeerConnectFailed`]. At most [`MAX_DATA_CONNECTIONS`] are set up at once.
+//!
 //! TCP is reliable, so there are no retransmissions (RFC 8489 §6.2.2): each request has one
 //! deadline, [`TurnConfig::timeout`].
 
@@ -45,8 +51,12 @@ pub const PERMISSION_REFRESH: Duration = Duration::from_secs(240);
 /// Most peers a client keeps permissions for; more is [`TurnError::TooManyPermissions`].
 pub const MAX_PERMISSIONS: usize = 16;
 
-/// Most requests in flight at once (Allocate or Refresh, and permissions).
-const MAX_PENDING: usize = MAX_PERMISSIONS + 2;
+/// Most RFC 6062 data connections being set up at once (Connect answered or ConnectionAttempt
+/// received, ConnectionBind not answered yet); more ConnectionAttempts are ignored and counted.
+pub const MAX_DATA_CONNECTIONS: usize = 8;
+
+/// Most requests in flight at once (Allocate or Refresh, permissions, Connects, ConnectionBinds).
+const MAX_PENDING: usize = MAX_PERMISSIONS + 2 * MAX_DATA_CONNECTIONS + 2;
 
 /// Stale-nonce retries allowed per request.
 const MAX_STALE_NONCE_RETRIES: u8 = 2;
@@ -279,6 +289,10 @@ pub enum TurnError {
     NotAllocated,
     /// [`MAX_PERMISSIONS`] peers already have permissions.
     TooManyPermissions,
+    /// Connect needs a TCP allocation (RFC 6062).
+    NotTcpAllocation,
+    /// [`MAX_DATA_CONNECTIONS`] data connections are already being set up.
+    TooManyConnections,
 }
 
 impl core::fmt::Display for TurnError {
@@ -286,6 +300,8 @@ impl core::fmt::Display for TurnError {
         match self {
             TurnError::NotAllocated => f.write_str("no allocation"),
             TurnError::TooManyPermissions => f.write_str("too many permissions"),
+            TurnError::NotTcpAllocation => f.write_str("connect needs a tcp allocation"),
+            TurnError::TooManyConnections => f.write_str("too many data connections in setup"),
         }
     }
 }
@@ -293,7 +309,7 @@ impl core::fmt::Display for TurnError {
 impl std::error::Error for TurnError {}
 
 /// What a [`TurnClient`] reports.
-#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum TurnEvent {
     /// The allocation exists.
@@ -322,6 +338,25 @@ pub enum TurnEvent {
         /// Why.
         failure: TurnFailure,
     },
+    /// An RFC 6062 data connection to `peer` through the relay is bound (after
+    /// [`TurnClient::connect`], or a peer's connection to the relayed address): the stream on
+    /// `socket` now carries the peer's bytes, and the socket is the caller's (the machine never
+    /// names it again; the caller closes it).
+    PeerConnected {
+        /// The peer.
+        peer: SocketAddr,
+        /// The data connection, handed over.
+        socket: SocketId,
+        /// Bytes of the peer's that arrived right behind the ConnectionBind answer.
+        data: Vec<u8>,
+    },
+    /// A data connection to or from `peer` could not be made (its socket, if any, is closed).
+    PeerConnectFailed {
+        /// The peer.
+        peer: SocketAddr,
+        /// Why.
+        failure: TurnFailure,
+    },
     /// The allocation failed or was lost. [`TurnEvent::Closed`] follows.
     Failed(TurnFailure),
     /// The control socket has had its close intent. The last event.
@@ -341,6 +376,8 @@ pub struct TurnStats {
     pub ignored: u64,
     /// Refreshes that succeeded.
     pub refreshes: u64,
+    /// Data connections handed over.
+    pub connections: u64,
 }
 
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
@@ -360,11 +397,37 @@ enum Kind {
     Allocate,
     Refresh { lifetime: u32 },
     CreatePermission { peer: SocketAddr, first: bool },
+    Connect { peer: SocketAddr },
+    ConnectionBind { socket: SocketId, id: u32 },
+}
+
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+enum DataPhase {
+    Binding,
+    Connecting,
+    /// Connected; the ConnectionBind is in flight.
+    Binding2,
+}
+
+/// An RFC 6062 data connection being set up.
+#[derive(Clone, Debug)]
+struct DataConn {
+    socket: SocketId,
+    peer: SocketAddr,
+    id: u32,
+    phase: DataPhase,
+    deadline: Instant,
+    /// The socket exists (its bind did not fail) and is ours to close.
+    opened: bool,
+    /// The ConnectionBind answer, as it arrives.
+    buf: Vec<u8>,
 }
 
 #[derive(Copy, Clone, Debug)]
 struct Pending {
     id: TransactionId,
+    /// The socket it is sent on.
+    socket: SocketId,
     kind: Kind,
     deadline: Instant,
     stale_retries: u8,
@@ -397,6 +460,8 @@ pub struct TurnClient {
     permissions: Vec<SocketAddr>,
     permissions_at: Option<Instant>,
     deallocated: bool,
+    data: Vec<DataConn>,
+    next_data_socket: u32,
     deadline: Option<Instant>,
     buf: Box<[u8]>,
     held: usize,
@@ -428,6 +493,8 @@ impl TurnClient {
             permissions: Vec::new(),
             permissions_at: None,
             deallocated: false,
+            data: Vec::new(),
+            next_data_socket: CONTROL_SOCKET.0.saturating_add(1),
             deadline: connect_deadline,
             buf: vec![0u8; MAX_CONTROL_MESSAGE_LEN].into_boxed_slice(),
             held: 0,
@@ -471,22 +538,188 @@ impl TurnClient {
             return Err(TurnError::TooManyPermissions);
         }
         self.permissions.push(peer);
-        self.start(now, Kind::CreatePermission { peer, first: true });
+        let _ = self.start(now, Kind::CreatePermission { peer, first: true });
         self.permissions_at
             .get_or_insert(now.saturating_add(PERMISSION_REFRESH));
         self.update_deadline();
         Ok(())
     }
 
+    /// Asks the relay to open a TCP connection to `peer` (RFC 6062 Connect; a permission for its
+    /// IP is needed, [`TurnClient::create_permission`]). When the server answers, the machine
+    /// opens a data connection to the server, binds it to the peer's connection
+    /// (ConnectionBind) and reports [`TurnEvent::PeerConnected`] with the socket, or
+    /// [`TurnEvent::PeerConnectFailed`].
+    pub fn connect(&mut self, now: Instant, peer: SocketAddr) -> Result<(), TurnError> {
+        if self.state != State::Allocated {
+            return Err(TurnError::NotAllocated);
+        }
+        if self.config.transport != RelayTransport::Tcp {
+            return Err(TurnError::NotTcpAllocation);
+        }
+        let connects = self
+            .pending
+            .iter()
+            .filter(|p| matches!(p.kind, Kind::Connect { .. }))
+            .count();
+        if connects.saturating_add(self.data.len()) >= MAX_DATA_CONNECTIONS {
+            return Err(TurnError::TooManyConnections);
+        }
+        let _ = self.start(now, Kind::Connect { peer });
+        self.update_deadline();
+        Ok(())
+    }
+
+    /// Opens a data connection for the server's connection `id` to `peer`.
+    fn open_data(&mut self, now: Instant, peer: SocketAddr, id: u32) {
+        if self.data.len() >= MAX_DATA_CONNECTIONS || self.next_data_socket == u32::MAX {
+            self.ignore();
+            return;
+        }
+        let socket = SocketId(self.next_data_socket);
+        self.next_data_socket = self.next_data_socket.saturating_add(1);
+        self.ops.push_back(SocketOp::Bind {
+            socket,
+            transport: Transport::Tcp,
+            local: SocketAddr::new(self.config.local.ip(), 0),
+            options: self.config.options,
+        });
+        self.data.push(DataConn {
+            socket,
+            peer,
+            id,
+            phase: DataPhase::Binding,
+            deadline: now.saturating_add(self.config.timeout),
+            opened: true,
+            buf: Vec::new(),
+        });
+    }
+
+    /// Gives up the data connection at `at`: closes its socket, reports `failure`.
+    fn drop_data(&mut self, at: usize, failure: TurnFailure) {
+        if at >= self.data.len() {
+            return;
+        }
+        let conn = self.data.swap_remove(at);
+        self.pending.retain(|p| p.socket != conn.socket);
+        if conn.opened {
+            self.ops.push_back(SocketOp::Close {
+                socket: conn.socket,
+            });
+        }
+        self.events.push_back(TurnEvent::PeerConnectFailed {
+            peer: conn.peer,
+            failure,
+        });
+    }
+
+    /// Closes every data connection still being set up (no events: the machine is ending).
+    fn close_data(&mut self) {
+        for conn in core::mem::take(&mut self.data) {
+            self.pending.retain(|p| p.socket != conn.socket);
+            if conn.opened {
+                self.ops.push_back(SocketOp::Close {
+                    socket: conn.socket,
+                });
+            }
+        }
+    }
+
+    /// Bytes on a data connection: the ConnectionBind answer, then the peer's.
+    fn data_stream(&mut self, now: Instant, socket: SocketId, data: &[u8]) -> Verdict {
+        let Some(at) = self.data.iter().position(|c| c.socket == socket) else {
+            return Verdict::Dropped(DropReason::UnknownSocket);
+        };
+        let Some(conn) = self.data.get_mut(at) else {
+            return Verdict::Dropped(DropReason::UnknownSocket);
+        };
+        if conn.phase != DataPhase::Binding2 {
+            return Verdict::Dropped(DropReason::Unexpected);
+        }
+        let room = MAX_CONTROL_MESSAGE_LEN.saturating_sub(conn.buf.len());
+        let (now_part, rest) = data.split_at(room.min(data.len()));
+        conn.buf.extend_from_slice(now_part);
+        let total = match Message::needed(&conn.buf) {
+            Err(DecodeError::TooShort) if conn.buf.len() < MAX_CONTROL_MESSAGE_LEN => {
+                return Verdict::Consumed;
+            }
+            Ok(total) if total <= conn.buf.len() => total,
+            Ok(total) if total <= MAX_CONTROL_MESSAGE_LEN => return Verdict::Consumed,
+            Ok(_) => {
+                self.drop_data(at, TurnFailure::Malformed(DecodeError::LengthMismatch));
+                return Verdict::Dropped(DropReason::Malformed(DecodeError::LengthMismatch));
+            }
+            Err(e) => {
+                self.drop_data(at, TurnFailure::Malformed(e));
+                return Verdict::Dropped(DropReason::Malformed(e));
+            }
+        };
+        let buf = core::mem::take(&mut conn.buf);
+        let (frame, after) = buf.split_at(total.min(buf.len()));
+        let msg = match Message::decode(frame) {
+            Ok(m) => m,
+            Err(e) => {
+                self.drop_data(at, TurnFailure::Malformed(e));
+                return Verdict::Dropped(DropReason::Malformed(e));
+            }
+        };
+        let pending = self
+            .pending
+            .iter()
+            .position(|p| p.socket == socket && p.id == msg.transaction_id() && !p.unsent);
+        let (Some(pi), true) = (pending, msg.class().is_response()) else {
+            self.drop_data(at, TurnFailure::BadResponse);
+            return Verdict::Dropped(DropReason::UnknownTransaction);
+        };
+        let Some(p) = self.pending.get(pi).copied() else {
+            return Verdict::Consumed;
+        };
+        if msg.class() == Class::Success {
+            if !self.integrity_ok(&msg) {
+                self.drop_data(at, TurnFailure::BadResponse);
+                return Verdict::Dropped(DropReason::Unexpected);
+            }
+            self.pending.swap_remove(pi);
+            let conn = self.data.swap_remove(at);
+            let mut handed = after.to_vec();
+            handed.extend_from_slice(rest);
+            self.stats.connections = self.stats.connections.saturating_add(1);
+            self.events.push_back(TurnEvent::PeerConnected {
+                peer: conn.peer,
+                socket,
+                data: handed,
+            });
+        } else {
+            self.pending.swap_remove(pi);
+            // A 438 retries on the same connection (whose buffer is empty again); anything else
+            // gives it up.
+            self.error(now, p, &msg);
+        }
+        Verdict::Consumed
+    }
+
+    /// Whether a success response's MESSAGE-INTEGRITY, if it carries one, verifies under our key.
+    fn integrity_ok(&self, msg: &Message<'_>) -> bool {
+        let has_mi = msg
+            .attributes()
+            .any(|a| a.code == stun_attr::MESSAGE_INTEGRITY);
+        !has_mi
+            || self
+                .auth
+                .as_ref()
+                .is_some_and(|a| msg.verify_integrity(&a.key).is_ok())
+    }
+
     /// Deallocates (Refresh with LIFETIME 0) and closes the control connection. Idempotent.
     pub fn close(&mut self, now: Instant) {
         match self.state {
             State::Allocated => {
+                self.close_data();
                 self.pending.clear();
                 self.refresh_at = None;
                 self.permissions_at = None;
                 self.state = State::Closing;
-                self.start(now, Kind::Refresh { lifetime: 0 });
+                let _ = self.start(now, Kind::Refresh { lifetime: 0 });
                 self.update_deadline();
             }
             State::Binding | State::Connecting | State::Allocating => self.finish(),
@@ -494,20 +727,27 @@ impl TurnClient {
         }
     }
 
-    /// Queues a new request of `kind`.
-    fn start(&mut self, now: Instant, kind: Kind) {
+    /// Queues a new request of `kind`; `false` if [`MAX_PENDING`] are already in flight (the
+    /// request is then dropped; its own deadline or the data connection's ends it).
+    fn start(&mut self, now: Instant, kind: Kind) -> bool {
+        let socket = match kind {
+            Kind::ConnectionBind { socket, .. } => socket,
+            _ => CONTROL_SOCKET,
+        };
         if self.pending.len() >= MAX_PENDING {
-            return;
+            return false;
         }
         let id = self.new_id();
         self.pending.push(Pending {
             id,
+            socket,
             kind,
             deadline: now.saturating_add(self.config.timeout),
             stale_retries: 0,
             authenticated: false,
             unsent: true,
         });
+        true
     }
 
     fn new_id(&mut self) -> TransactionId {
@@ -522,6 +762,7 @@ impl TurnClient {
             return;
         }
         self.state = State::Done;
+        self.close_data();
         self.pending.clear();
         self.refresh_at = None;
         self.permissions_at = None;
@@ -564,6 +805,7 @@ impl TurnClient {
             .map(|p| p.deadline)
             .chain(self.refresh_at)
             .chain(self.permissions_at)
+            .chain(self.data.iter().map(|c| c.deadline))
         {
             next = Some(next.map_or(t, |n| n.min(t)));
         }
@@ -641,15 +883,34 @@ impl TurnClient {
 
     /// Handles one STUN message from the server.
     fn message(&mut self, now: Instant, msg: &Message<'_>) {
+        if msg.class() == Class::Indication
+            && msg.method() == method::CONNECTION_ATTEMPT
+            && self.state == State::Allocated
+            && self.config.transport == RelayTransport::Tcp
+        {
+            // A peer connected to the relayed address (RFC 6062 §5.3).
+            let id = codec::find(msg, attr::CONNECTION_ID);
+            let peer = codec::find(msg, attr::XOR_PEER_ADDRESS);
+            if let (
+                Ok(Some(TurnAttribute::ConnectionId(id))),
+                Ok(Some(TurnAttribute::XorPeerAddress(peer))),
+            ) = (id, peer)
+            {
+                self.open_data(now, peer, id);
+            } else {
+                self.ignore();
+            }
+            return;
+        }
         if !msg.class().is_response() {
-            // Data indications and ConnectionAttempt (RFC 6062) are not handled yet.
+            // Data indications (UDP allocations) are not handled.
             self.ignore();
             return;
         }
         let Some(at) = self
             .pending
             .iter()
-            .position(|p| p.id == msg.transaction_id() && !p.unsent)
+            .position(|p| p.id == msg.transaction_id() && !p.unsent && p.socket == CONTROL_SOCKET)
         else {
             self.ignore();
             return;
@@ -662,20 +923,9 @@ impl TurnClient {
             return;
         }
         // A response that carries MESSAGE-INTEGRITY must verify under our key.
-        if msg.class() == Class::Success {
-            let has_mi = msg
-                .attributes()
-                .any(|a| a.code == stun_attr::MESSAGE_INTEGRITY);
-            if has_mi {
-                let ok = self
-                    .auth
-                    .as_ref()
-                    .is_some_and(|a| msg.verify_integrity(&a.key).is_ok());
-                if !ok {
-                    self.ignore();
-                    return;
-                }
-            }
+        if msg.class() == Class::Success && !self.integrity_ok(msg) {
+            self.ignore();
+            return;
         }
         self.pending.swap_remove(at);
         if msg.class() == Class::Success {
@@ -721,6 +971,15 @@ impl TurnClient {
                     self.events.push_back(TurnEvent::PermissionCreated { peer });
                 }
             }
+            Kind::Connect { peer } => match codec::find(msg, attr::CONNECTION_ID) {
+                Ok(Some(TurnAttribute::ConnectionId(id))) => self.open_data(now, peer, id),
+                _ => self.events.push_back(TurnEvent::PeerConnectFailed {
+                    peer,
+                    failure: TurnFailure::BadResponse,
+                }),
+            },
+            // Answered on the data connection (`data_stream`), never here.
+            Kind::ConnectionBind { .. } => self.ignore(),
         }
     }
 
@@ -798,6 +1057,7 @@ impl TurnClient {
                 let id = self.new_id();
                 self.pending.push(Pending {
                     id,
+                    socket: p.socket,
                     kind: p.kind,
                     deadline: now.saturating_add(self.config.timeout),
                     stale_retries,
@@ -813,6 +1073,15 @@ impl TurnClient {
                 }
                 Kind::Refresh { lifetime: 0 } => self.finish(),
                 Kind::Allocate | Kind::Refresh { .. } => self.fail(failure),
+                Kind::Connect { peer } => {
+                    self.events
+                        .push_back(TurnEvent::PeerConnectFailed { peer, failure });
+                }
+                Kind::ConnectionBind { socket, .. } => {
+                    if let Some(at) = self.data.iter().position(|c| c.socket == socket) {
+                        self.drop_data(at, failure);
+                    }
+                }
             },
         }
     }
@@ -841,9 +1110,12 @@ impl TurnClient {
                 w.add_turn(&header, &TurnAttribute::Lifetime(lifetime))
                     .ok()?;
             }
-            Kind::CreatePermission { peer, .. } => {
+            Kind::CreatePermission { peer, .. } | Kind::Connect { peer } => {
                 w.add_turn(&header, &TurnAttribute::XorPeerAddress(peer))
                     .ok()?;
+            }
+            Kind::ConnectionBind { id, .. } => {
+                w.add_turn(&header, &TurnAttribute::ConnectionId(id)).ok()?;
             }
         }
         if let Some(auth) = &self.auth {
@@ -869,11 +1141,68 @@ impl TurnClient {
     }
 }
 
+impl TurnClient {
+    /// The outcome of an intent on a data connection.
+    fn data_outcome(&mut self, now: Instant, socket: SocketId, outcome: SocketOutcome) {
+        let Some(at) = self.data.iter().position(|c| c.socket == socket) else {
+            return;
+        };
+        let Some(conn) = self.data.get_mut(at) else {
+            return;
+        };
+        match (conn.phase, outcome) {
+            (DataPhase::Binding, SocketOutcome::Bound { .. }) => {
+                conn.phase = DataPhase::Connecting;
+                self.ops.push_back(SocketOp::Connect {
+                    socket,
+                    remote: self.config.server,
+                });
+            }
+            (
+                DataPhase::Binding,
+                SocketOutcome::Failed {
+                    op: OpKind::Bind,
+                    error,
+                    ..
+                },
+            ) => {
+                conn.opened = false;
+                self.drop_data(at, TurnFailure::BindFailed(error));
+            }
+            (DataPhase::Connecting, SocketOutcome::Connected { .. }) => {
+                conn.phase = DataPhase::Binding2;
+                let (id, deadline) = (conn.id, conn.deadline);
+                // The data connection's deadline covers its ConnectionBind.
+                if self.start(now, Kind::ConnectionBind { socket, id }) {
+                    if let Some(p) = self.pending.last_mut() {
+                        p.deadline = deadline;
+                    }
+                }
+            }
+            (
+                DataPhase::Connecting,
+                SocketOutcome::Failed {
+                    op: OpKind::Connect,
+                    error,
+                    ..
+                },
+            ) => self.drop_data(at, TurnFailure::ConnectFailed(error)),
+            (_, SocketOutcome::PeerClosed) => self.drop_data(at, TurnFailure::PeerClosed),
+            (_, SocketOutcome::Failed { error, .. }) => {
+                self.drop_data(at, TurnFailure::SocketError(error))
+            }
+            _ => {}
+        }
+    }
+}
+
 fn kind_method(kind: Kind) -> Method {
     match kind {
         Kind::Allocate => method::ALLOCATE,
         Kind::Refresh { .. } => method::REFRESH,
         Kind::CreatePermission { .. } => method::CREATE_PERMISSION,
+        Kind::Connect { .. } => method::CONNECT,
+        Kind::ConnectionBind { .. } => method::CONNECTION_BIND,
     }
 }
 
@@ -883,7 +1212,9 @@ impl Machine for TurnClient {
     /// Bytes from the server on the control connection, split anywhere.
     fn handle_stream(&mut self, now: Instant, socket: SocketId, data: &[u8]) -> Verdict {
         if socket != CONTROL_SOCKET {
-            return Verdict::Dropped(DropReason::UnknownSocket);
+            let verdict = self.data_stream(now, socket, data);
+            self.update_deadline();
+            return verdict;
         }
         match self.state {
             State::Allocating | State::Allocated | State::Closing => {}
@@ -914,6 +1245,8 @@ impl Machine for TurnClient {
 
     fn handle_socket_result(&mut self, now: Instant, socket: SocketId, outcome: SocketOutcome) {
         if socket != CONTROL_SOCKET {
+            self.data_outcome(now, socket, outcome);
+            self.update_deadline();
             return;
         }
         match (self.state, outcome) {
@@ -938,7 +1271,7 @@ impl Machine for TurnClient {
             (State::Connecting, SocketOutcome::Connected { .. }) => {
                 self.state = State::Allocating;
                 self.connect_deadline = None;
-                self.start(now, Kind::Allocate);
+                let _ = self.start(now, Kind::Allocate);
             }
             (
                 State::Connecting,
@@ -973,21 +1306,34 @@ impl Machine for TurnClient {
             }
             match p.kind {
                 Kind::CreatePermission { peer, .. } => {
-                    expired.push(peer);
+                    expired.push((peer, true));
                     false
                 }
+                Kind::Connect { peer } => {
+                    expired.push((peer, false));
+                    false
+                }
+                // The data connection's own deadline covers it.
+                Kind::ConnectionBind { .. } => true,
                 Kind::Allocate | Kind::Refresh { .. } => {
                     fatal = true;
                     true
                 }
             }
         });
-        for peer in expired {
-            self.permissions.retain(|q| q.ip() != peer.ip());
-            self.events.push_back(TurnEvent::PermissionFailed {
-                peer,
-                failure: TurnFailure::Timeout,
-            });
+        for (peer, permission) in expired {
+            let failure = TurnFailure::Timeout;
+            if permission {
+                self.permissions.retain(|q| q.ip() != peer.ip());
+                self.events
+                    .push_back(TurnEvent::PermissionFailed { peer, failure });
+            } else {
+                self.events
+                    .push_back(TurnEvent::PeerConnectFailed { peer, failure });
+            }
+        }
+        while let Some(at) = self.data.iter().position(|c| now >= c.deadline) {
+            self.drop_data(at, TurnFailure::Timeout);
         }
         if fatal {
             self.fail(TurnFailure::Timeout);
@@ -996,13 +1342,13 @@ impl Machine for TurnClient {
             if self.refresh_at.is_some_and(|t| now >= t) {
                 self.refresh_at = None;
                 let lifetime = self.requested_lifetime();
-                self.start(now, Kind::Refresh { lifetime });
+                let _ = self.start(now, Kind::Refresh { lifetime });
             }
             if self.permissions_at.is_some_and(|t| now >= t) {
                 self.permissions_at = Some(now.saturating_add(PERMISSION_REFRESH));
                 let peers = self.permissions.clone();
                 for peer in peers {
-                    self.start(now, Kind::CreatePermission { peer, first: false });
+                    let _ = self.start(now, Kind::CreatePermission { peer, first: false });
                 }
             }
         }
@@ -1026,7 +1372,7 @@ impl Machine for TurnClient {
         }
         self.stats.requests = self.stats.requests.saturating_add(1);
         Some(Transmit {
-            socket: CONTROL_SOCKET,
+            socket: p.socket,
             destination: self.config.server,
             len: len?,
         })

@@ -10,6 +10,7 @@ const LOCAL: &str = "10.0.0.2:40000";
 const RELAYED: &str = "198.51.100.1:50000";
 const MAPPED: &str = "203.0.113.9:40000";
 const PEER: &str = "192.0.2.44:7000";
+const CONNECTION_ID: u32 = 0x0102_0304;
 
 /// A scripted TURN server: challenges unauthenticated requests, checks the long-term
 /// MESSAGE-INTEGRITY and the nonce, and answers successes with MESSAGE-INTEGRITY.
@@ -21,6 +22,8 @@ struct Server {
     stale_next: Option<Vec<u8>>,
     /// Answer Allocate with this error code instead.
     allocate_error: Option<u16>,
+    /// Answer Connect with this error code instead.
+    connect_error: Option<u16>,
     /// Requests seen: (method, lifetime, authenticated).
     seen: Vec<(Method, Option<u32>, bool)>,
 }
@@ -33,6 +36,7 @@ impl Server {
             key: long_term_key(username.as_bytes(), b"p2pd.test", password.as_bytes()),
             stale_next: None,
             allocate_error: None,
+            connect_error: None,
             seen: Vec::new(),
         }
     }
@@ -72,6 +76,21 @@ impl Server {
                 return self.error(method, id, code, false);
             }
         }
+        if method == method::CONNECT {
+            assert_eq!(
+                codec::find(&msg, attr::XOR_PEER_ADDRESS).unwrap(),
+                Some(TurnAttribute::XorPeerAddress(PEER.parse().unwrap()))
+            );
+            if let Some(code) = self.connect_error {
+                return self.error(method, id, code, false);
+            }
+        }
+        if method == method::CONNECTION_BIND {
+            assert_eq!(
+                codec::find(&msg, attr::CONNECTION_ID).unwrap(),
+                Some(TurnAttribute::ConnectionId(CONNECTION_ID))
+            );
+        }
         let header = Header::new(Class::Success, method, id);
         let mut buf = [0u8; 512];
         let mut w = MessageWriter::new(&mut buf, header).unwrap();
@@ -84,6 +103,10 @@ impl Server {
             w.add(&Attribute::XorMappedAddress(MAPPED.parse().unwrap()))
                 .unwrap();
             w.add_turn(&header, &TurnAttribute::Lifetime(600)).unwrap();
+        }
+        if method == method::CONNECT {
+            w.add_turn(&header, &TurnAttribute::ConnectionId(CONNECTION_ID))
+                .unwrap();
         }
         if method == method::REFRESH {
             w.add_turn(&header, &TurnAttribute::Lifetime(lifetime.unwrap_or(600)))
@@ -149,11 +172,64 @@ impl Harness {
     }
 
     fn outcome(&mut self, outcome: SocketOutcome) {
+        self.outcome_on(CONTROL_SOCKET, outcome);
+    }
+
+    fn outcome_on(&mut self, socket: SocketId, outcome: SocketOutcome) {
         self.checker.input(self.now);
-        self.checker.outcome(CONTROL_SOCKET, &outcome);
-        self.client
-            .handle_socket_result(self.now, CONTROL_SOCKET, outcome);
+        self.checker.outcome(socket, &outcome);
+        self.client.handle_socket_result(self.now, socket, outcome);
         self.drain();
+    }
+
+    fn stream_on(&mut self, socket: SocketId, bytes: &[u8]) -> Verdict {
+        self.checker.input(self.now);
+        let v = self.client.handle_stream(self.now, socket, bytes);
+        self.drain();
+        v
+    }
+
+    /// A data connection's Bind answered and its Connect completed; returns its ConnectionBind.
+    fn data_connected(&mut self) -> (SocketId, Vec<u8>) {
+        let ops = self.rec.take_ops();
+        let [SocketOp::Bind {
+            socket,
+            transport: Transport::Tcp,
+            ..
+        }] = ops[..]
+        else {
+            panic!("{ops:?}");
+        };
+        assert_ne!(socket, CONTROL_SOCKET);
+        self.outcome_on(
+            socket,
+            SocketOutcome::Bound {
+                local: "10.0.0.2:40001".parse().unwrap(),
+            },
+        );
+        let server = SERVER.parse().unwrap();
+        assert_eq!(
+            self.rec.take_ops(),
+            vec![SocketOp::Connect {
+                socket,
+                remote: server
+            }]
+        );
+        self.outcome_on(
+            socket,
+            SocketOutcome::Connected {
+                local: "10.0.0.2:40001".parse().unwrap(),
+                remote: server,
+            },
+        );
+        let mut t = self.rec.take_transmits();
+        assert_eq!(t.len(), 1, "{t:?}");
+        let (transmit, bytes) = t.pop().unwrap();
+        assert_eq!(
+            transmit.socket, socket,
+            "ConnectionBind on the data connection"
+        );
+        (socket, bytes)
     }
 
     /// Bind and connect; returns the Allocate request.
@@ -557,4 +633,196 @@ fn garbage_from_the_server_is_a_typed_failure_not_a_panic() {
         ]
     ));
     h.checker.assert_all_closed();
+}
+
+/// Allocated, with a permission for PEER.
+fn permitted(h: &mut Harness, server: &mut Server) {
+    allocated(h, server);
+    h.checker.input(h.now);
+    h.client
+        .create_permission(h.now, PEER.parse().unwrap())
+        .unwrap();
+    h.drain();
+    let req = h.one_request();
+    h.serve(server, req);
+    let _ = h.rec.take_events();
+}
+
+#[test]
+fn connect_binds_a_data_connection_and_hands_it_over() {
+    let mut h = Harness::new(Credentials::long_term("u", "p"));
+    let mut server = Server::new("u", "p");
+    permitted(&mut h, &mut server);
+    h.checker.input(h.now);
+    h.client.connect(h.now, PEER.parse().unwrap()).unwrap();
+    h.drain();
+    let req = h.one_request();
+    let answer = server.answer(&req);
+    assert_eq!(h.stream(&answer), Verdict::Consumed);
+    let (socket, bind) = h.data_connected();
+    assert_eq!(server.seen.last().map(|s| s.0), Some(method::CONNECT));
+    // The answer and the peer's first bytes in one chunk: the bytes are handed over with it.
+    let mut answer = server.answer(&bind);
+    assert_eq!(
+        server.seen.last(),
+        Some(&(method::CONNECTION_BIND, None, true))
+    );
+    answer.extend_from_slice(b"hello");
+    assert_eq!(h.stream_on(socket, &answer), Verdict::Consumed);
+    assert_eq!(
+        h.rec.take_events(),
+        vec![TurnEvent::PeerConnected {
+            peer: PEER.parse().unwrap(),
+            socket,
+            data: b"hello".to_vec(),
+        }]
+    );
+    h.checker.released(socket);
+    assert!(
+        h.rec.take_ops().is_empty(),
+        "the handed-over socket is not closed"
+    );
+    assert_eq!(h.client.stats().connections, 1);
+    assert_eq!(
+        h.client.handle_stream(h.now, socket, b"more"),
+        Verdict::Dropped(DropReason::UnknownSocket),
+        "the machine no longer reads it"
+    );
+
+    h.checker.input(h.now);
+    h.client.close(h.now);
+    h.drain();
+    let req = h.one_request();
+    h.serve(&mut server, req);
+    assert_eq!(
+        h.rec.take_ops(),
+        vec![SocketOp::Close {
+            socket: CONTROL_SOCKET
+        }]
+    );
+    h.checker.assert_all_closed();
+}
+
+#[test]
+fn a_peers_connection_attempt_is_bound_and_handed_over() {
+    let mut h = Harness::new(Credentials::long_term("u", "p"));
+    let mut server = Server::new("u", "p");
+    permitted(&mut h, &mut server);
+    let header = Header::new(
+        Class::Indication,
+        method::CONNECTION_ATTEMPT,
+        TransactionId::new([9; 12]),
+    );
+    let mut buf = [0u8; 128];
+    let mut w = MessageWriter::new(&mut buf, header).unwrap();
+    w.add_turn(&header, &TurnAttribute::ConnectionId(CONNECTION_ID))
+        .unwrap();
+    w.add_turn(
+        &header,
+        &TurnAttribute::XorPeerAddress(PEER.parse().unwrap()),
+    )
+    .unwrap();
+    let n = w.finish();
+    assert_eq!(h.stream(&buf[..n]), Verdict::Consumed);
+    let (socket, bind) = h.data_connected();
+    let answer = server.answer(&bind);
+    assert_eq!(h.stream_on(socket, &answer), Verdict::Consumed);
+    assert_eq!(
+        h.rec.take_events(),
+        vec![TurnEvent::PeerConnected {
+            peer: PEER.parse().unwrap(),
+            socket,
+            data: Vec::new(),
+        }]
+    );
+    h.checker.released(socket);
+}
+
+#[test]
+fn a_refused_connect_fails_that_peer_only() {
+    let mut h = Harness::new(Credentials::long_term("u", "p"));
+    let mut server = Server::new("u", "p");
+    server.connect_error = Some(447);
+    permitted(&mut h, &mut server);
+    h.checker.input(h.now);
+    h.client.connect(h.now, PEER.parse().unwrap()).unwrap();
+    h.drain();
+    let req = h.one_request();
+    h.serve(&mut server, req);
+    assert_eq!(
+        h.rec.take_events(),
+        vec![TurnEvent::PeerConnectFailed {
+            peer: PEER.parse().unwrap(),
+            failure: TurnFailure::ConnectionTimeoutOrFailure,
+        }]
+    );
+    assert!(h.rec.take_ops().is_empty());
+    assert_eq!(h.client.relayed(), Some(RELAYED.parse().unwrap()));
+}
+
+#[test]
+fn a_data_connection_without_an_answer_times_out_and_is_closed() {
+    let mut h = Harness::new(Credentials::long_term("u", "p"));
+    let mut server = Server::new("u", "p");
+    permitted(&mut h, &mut server);
+    h.checker.input(h.now);
+    h.client.connect(h.now, PEER.parse().unwrap()).unwrap();
+    h.drain();
+    let req = h.one_request();
+    let answer = server.answer(&req);
+    assert_eq!(h.stream(&answer), Verdict::Consumed);
+    let (socket, _bind) = h.data_connected();
+    h.advance_to(h.now + Duration::from_secs(10));
+    assert_eq!(
+        h.rec.take_events(),
+        vec![TurnEvent::PeerConnectFailed {
+            peer: PEER.parse().unwrap(),
+            failure: TurnFailure::Timeout,
+        }]
+    );
+    assert_eq!(h.rec.take_ops(), vec![SocketOp::Close { socket }]);
+    assert_eq!(h.client.relayed(), Some(RELAYED.parse().unwrap()));
+}
+
+#[test]
+fn close_during_a_data_connection_setup_closes_both_sockets() {
+    let mut h = Harness::new(Credentials::long_term("u", "p"));
+    let mut server = Server::new("u", "p");
+    permitted(&mut h, &mut server);
+    h.checker.input(h.now);
+    h.client.connect(h.now, PEER.parse().unwrap()).unwrap();
+    h.drain();
+    let req = h.one_request();
+    let answer = server.answer(&req);
+    assert_eq!(h.stream(&answer), Verdict::Consumed);
+    let (socket, _bind) = h.data_connected();
+    h.checker.input(h.now);
+    h.client.close(h.now);
+    h.drain();
+    assert_eq!(h.rec.take_ops(), vec![SocketOp::Close { socket }]);
+    let req = h.one_request();
+    h.serve(&mut server, req);
+    assert_eq!(
+        h.rec.take_ops(),
+        vec![SocketOp::Close {
+            socket: CONTROL_SOCKET
+        }]
+    );
+    h.checker.assert_all_closed();
+    assert_eq!(h.checker.closes(), 2);
+}
+
+#[test]
+fn connect_on_a_udp_allocation_is_misuse() {
+    let mut config = TurnConfig::new(
+        SERVER.parse().unwrap(),
+        LOCAL.parse().unwrap(),
+        Credentials::long_term("u", "p"),
+    );
+    config.transport = RelayTransport::Udp;
+    let mut c = TurnClient::new(config, 1, Instant::ZERO);
+    assert_eq!(
+        c.connect(Instant::ZERO, PEER.parse().unwrap()),
+        Err(TurnError::NotAllocated)
+    );
 }
