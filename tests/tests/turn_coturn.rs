@@ -1,7 +1,8 @@
 //! Interop: our TURN client machine (`p2pd_turn::TurnClient`) against coturn on loopback, driven
 //! by the mio runtime: Allocate (RFC 6062 TCP allocation) with static long-term credentials
 //! (`--lt-cred-mech --user`) and with TURN REST API credentials (`--use-auth-secret`),
-//! CreatePermission, Refresh, and the deallocation on close.
+//! CreatePermission, Refresh, and the deallocation on close; RFC 6062 Connect and ConnectionAttempt
+//! (a peer that dials the relayed address) bound on data connections.
 //!
 //! Skipped (with a message) when `turnserver` is not installed (a failure under `CI=true`).
 
@@ -216,5 +217,85 @@ fn turn_allocation_against_coturn_with_a_wrong_password_is_refused() {
         ],
         "coturn log:\n{}",
         coturn.log()
+    );
+}
+
+#[test]
+fn rfc6062_connect_and_connection_attempt_through_coturn() {
+    if !common::on_path("turnserver") {
+        common::skip_or_fail("coturn (turnserver) not installed");
+        return;
+    }
+    let coturn = start_turn("p2pd-turn-6062", &["--lt-cred-mech", "--user", "u:p"]);
+    let mut rt = Runtime::new().expect("runtime");
+    let config = TurnConfig::new(
+        coturn.primary,
+        SocketAddr::new(LO1, 0),
+        Credentials::long_term("u", "p"),
+    );
+    let mut client = TurnClient::new(config, 0x6062, rt.now());
+    let events = run_until(&mut rt, &mut client, &coturn, |_, _, e| {
+        matches!(e, TurnEvent::Allocated { .. } | TurnEvent::Closed { .. })
+    });
+    let Some(&TurnEvent::Allocated { relayed, .. }) = events.last() else {
+        panic!("no allocation: {events:?}\ncoturn log:\n{}", coturn.log());
+    };
+
+    // Outgoing: the relay connects to our listener, from the relayed address.
+    let listener = std::net::TcpListener::bind(SocketAddr::new(LO1, 0)).expect("listener");
+    let peer = listener.local_addr().expect("addr");
+    let accepted = std::thread::spawn(move || {
+        let (stream, from) = listener.accept().expect("accept");
+        (stream, from)
+    });
+    client.create_permission(rt.now(), peer).expect("allocated");
+    client.connect(rt.now(), peer).expect("tcp allocation");
+    let events = run_until(&mut rt, &mut client, &coturn, |_, _, e| {
+        matches!(
+            e,
+            TurnEvent::PeerConnected { .. } | TurnEvent::PeerConnectFailed { .. }
+        )
+    });
+    let Some(TurnEvent::PeerConnected {
+        peer: connected,
+        socket,
+        ..
+    }) = events.last().cloned()
+    else {
+        panic!("{events:?}\ncoturn log:\n{}", coturn.log());
+    };
+    assert_eq!(connected, peer);
+    assert_ne!(socket, CONTROL_SOCKET);
+    let (_peer_stream, from) = accepted.join().expect("accept thread");
+    assert_eq!(from, relayed, "the peer sees the relayed address");
+
+    // Incoming: a peer connects to the relayed address; ConnectionAttempt, then ConnectionBind.
+    let dialer = std::thread::spawn(move || {
+        let s = TcpStream::connect_timeout(&relayed, Duration::from_secs(5)).expect("connect");
+        let local = s.local_addr().expect("addr");
+        std::thread::sleep(Duration::from_secs(2));
+        local
+    });
+    let events = run_until(&mut rt, &mut client, &coturn, |_, _, e| {
+        matches!(
+            e,
+            TurnEvent::PeerConnected { .. } | TurnEvent::PeerConnectFailed { .. }
+        )
+    });
+    let dialer_addr = dialer.join().expect("dialer");
+    assert!(
+        matches!(events.last(), Some(TurnEvent::PeerConnected { peer, .. }) if *peer == dialer_addr),
+        "{events:?} (dialer {dialer_addr})\ncoturn log:\n{}",
+        coturn.log()
+    );
+    assert_eq!(client.stats().connections, 2);
+
+    client.close(rt.now());
+    let events = run_until(&mut rt, &mut client, &coturn, |_, _, e| {
+        matches!(e, TurnEvent::Closed { .. })
+    });
+    assert_eq!(
+        events.last(),
+        Some(&TurnEvent::Closed { deallocated: true })
     );
 }
