@@ -299,3 +299,45 @@ fn rfc6062_connect_and_connection_attempt_through_coturn() {
         Some(&TurnEvent::Closed { deallocated: true })
     );
 }
+
+#[test]
+fn turn_refresh_against_coturn_survives_a_stale_nonce() {
+    if !common::on_path("turnserver") {
+        common::skip_or_fail("coturn (turnserver) not installed");
+        return;
+    }
+    // Nonces expire after 1 s; the refresh comes at 2 s (half of 4), so coturn answers it 438.
+    let coturn = start_turn(
+        "p2pd-turn-stale",
+        &["--lt-cred-mech", "--user", "u:p", "--stale-nonce=1"],
+    );
+    let mut rt = Runtime::new().expect("runtime");
+    let mut config = TurnConfig::new(
+        coturn.primary,
+        SocketAddr::new(LO1, 0),
+        Credentials::long_term("u", "p"),
+    );
+    config.lifetime = Some(Duration::from_secs(4));
+    let mut client = TurnClient::new(config, 0x438, rt.now());
+    let events = run_until(&mut rt, &mut client, &coturn, |_, _, e| {
+        !matches!(e, TurnEvent::Allocated { .. })
+    });
+    assert!(
+        matches!(events.last(), Some(TurnEvent::Refreshed { .. })),
+        "{events:?}\ncoturn log:\n{}",
+        coturn.log()
+    );
+    assert!(
+        coturn.log().contains("error 438"),
+        "coturn never answered 438:\n{}",
+        coturn.log()
+    );
+    client.close(rt.now());
+    let events = run_until(&mut rt, &mut client, &coturn, |_, _, e| {
+        matches!(e, TurnEvent::Closed { .. })
+    });
+    assert_eq!(
+        events.last(),
+        Some(&TurnEvent::Closed { deallocated: true })
+    );
+}
