@@ -24,6 +24,32 @@
 //!
 //! TCP is reliable, so there are no retransmissions (RFC 8489 §6.2.2): each request has one
 //! deadline, [`TurnConfig::timeout`].
+//!
+//! ```
+//! use core::time::Duration;
+//! use p2pd_proto::{Instant, Machine, SocketOp, SocketOutcome, TRANSMIT_BUFFER_LEN};
+//! use p2pd_turn::{Credentials, TurnClient, TurnConfig, TurnEvent, TurnFailure, CONTROL_SOCKET};
+//!
+//! let server = "192.0.2.1:3478".parse().unwrap();
+//! let local = "10.0.0.2:0".parse().unwrap();
+//! // TURN REST API credentials from coturn's static-auth-secret, valid for an hour from the
+//! // caller's wall clock (here a fixed unix time).
+//! let credentials = Credentials::rest(b"secret", "alice", 1_700_000_000, Duration::from_secs(3600));
+//! let mut c = TurnClient::new(TurnConfig::new(server, local, credentials), 7, Instant::ZERO);
+//! let Some(SocketOp::Bind { socket, .. }) = c.poll_socket_op() else { unreachable!() };
+//! c.handle_socket_result(Instant::ZERO, socket, SocketOutcome::Bound { local });
+//! assert!(matches!(c.poll_socket_op(), Some(SocketOp::Connect { .. })));
+//! c.handle_socket_result(Instant::ZERO, socket, SocketOutcome::Connected { local, remote: server });
+//! let mut buf = [0u8; TRANSMIT_BUFFER_LEN];
+//! let allocate = c.poll_transmit(&mut buf).unwrap();
+//! assert_eq!(allocate.socket, CONTROL_SOCKET);
+//! // ...the runtime writes buf[..allocate.len] to the stream and feeds the server's bytes to
+//! // `c.handle_stream(now, CONTROL_SOCKET, chunk)`; no answer within the timeout fails:
+//! c.handle_timeout(Instant::ZERO + Duration::from_secs(10));
+//! assert_eq!(c.poll_event(), Some(TurnEvent::Failed(TurnFailure::Timeout)));
+//! assert_eq!(c.poll_socket_op(), Some(SocketOp::Close { socket: CONTROL_SOCKET }));
+//! assert_eq!(c.poll_event(), Some(TurnEvent::Closed { deallocated: false }));
+//! ```
 
 use core::net::SocketAddr;
 use core::time::Duration;
