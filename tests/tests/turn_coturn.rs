@@ -341,3 +341,62 @@ fn turn_refresh_against_coturn_survives_a_stale_nonce() {
         Some(&TurnEvent::Closed { deallocated: true })
     );
 }
+
+#[test]
+fn udp_relay_through_coturn_carries_datagrams_both_ways() {
+    if !common::on_path("turnserver") {
+        common::skip_or_fail("coturn (turnserver) not installed");
+        return;
+    }
+    let coturn = start_turn("p2pd-turn-udp", &["--lt-cred-mech", "--user", "u:p"]);
+    let mut rt = Runtime::new().expect("runtime");
+    let mut config = TurnConfig::new(
+        coturn.primary,
+        SocketAddr::new(LO1, 0),
+        Credentials::long_term("u", "p"),
+    );
+    config.transport = p2pd_turn::RelayTransport::Udp;
+    let mut client = TurnClient::new(config, 0x0d9, rt.now());
+    let events = run_until(&mut rt, &mut client, &coturn, |_, _, e| {
+        matches!(e, TurnEvent::Allocated { .. } | TurnEvent::Closed { .. })
+    });
+    let Some(&TurnEvent::Allocated { relayed, .. }) = events.last() else {
+        panic!("no allocation: {events:?}\ncoturn log:\n{}", coturn.log());
+    };
+
+    let peer_socket = std::net::UdpSocket::bind(SocketAddr::new(LO1, 0)).expect("peer socket");
+    peer_socket
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    let peer = peer_socket.local_addr().expect("addr");
+    client.create_permission(rt.now(), peer).expect("allocated");
+    let events = run_until(&mut rt, &mut client, &coturn, |_, _, _| true);
+    assert_eq!(events, vec![TurnEvent::PermissionCreated { peer }]);
+
+    // Client -> peer: a Send indication arrives as a datagram from the relayed address.
+    client.send_to(rt.now(), peer, b"ping").expect("send");
+    let _ = rt.drive(&mut client, |_, _, _| ControlFlow::Continue(()));
+    let mut buf = [0u8; 64];
+    let (n, from) = peer_socket.recv_from(&mut buf).expect("the peer receives");
+    assert_eq!((&buf[..n], from), (&b"ping"[..], relayed));
+
+    // Peer -> client: a datagram to the relayed address arrives as a Data indication.
+    peer_socket.send_to(b"pong", relayed).expect("peer send");
+    let events = run_until(&mut rt, &mut client, &coturn, |_, _, _| true);
+    assert_eq!(
+        events,
+        vec![TurnEvent::PeerData {
+            peer,
+            data: b"pong".to_vec()
+        }]
+    );
+
+    client.close(rt.now());
+    let events = run_until(&mut rt, &mut client, &coturn, |_, _, e| {
+        matches!(e, TurnEvent::Closed { .. })
+    });
+    assert_eq!(
+        events.last(),
+        Some(&TurnEvent::Closed { deallocated: true })
+    );
+}

@@ -16,11 +16,13 @@
 //! deallocation) and closes the socket once that is answered, refused or timed out; without one
 //! it closes the socket at once. Then [`TurnEvent::Closed`], the last event.
 //!
-//! With a TCP allocation, [`TurnClient::connect`] asks the relay to connect to a peer (RFC 6062
-//! Connect), and a peer's connection to the relayed address arrives as a ConnectionAttempt; either
-//! way the machine opens a data connection to the server, sends ConnectionBind on it and hands the
-//! bound stream to the caller ([`TurnEvent::PeerConnected`]); a failure is
-//! [`TurnEvent::PeerConnectFailed`]. At most [`MAX_DATA_CONNECTIONS`] are set up at once.
+//! With a UDP allocation, [`TurnClient::send_to`] sends Send indications, and Data indications
+//! from permitted peers are [`TurnEvent::PeerData`]. With a TCP allocation,
+//! [`TurnClient::connect`] asks the relay to connect to a peer (RFC 6062 Connect), and a peer's
+//! connection to the relayed address arrives as a ConnectionAttempt; either way the machine opens
+//! a data connection to the server, sends ConnectionBind on it and hands the bound stream to the
+//! caller ([`TurnEvent::PeerConnected`]); a failure is [`TurnEvent::PeerConnectFailed`]. At most
+//! [`MAX_DATA_CONNECTIONS`] are set up at once.
 //!
 //! TCP is reliable, so there are no retransmissions (RFC 8489 §6.2.2): each request has one
 //! deadline, [`TurnConfig::timeout`].
@@ -80,6 +82,13 @@ pub const MAX_PERMISSIONS: usize = 16;
 /// Most RFC 6062 data connections being set up at once (Connect answered or ConnectionAttempt
 /// received, ConnectionBind not answered yet); more ConnectionAttempts are ignored and counted.
 pub const MAX_DATA_CONNECTIONS: usize = 8;
+
+/// Most Send indications waiting to be transmitted ([`TurnClient::send_to`]).
+pub const MAX_SEND_QUEUE: usize = 16;
+
+/// The longest payload [`TurnClient::send_to`] takes: a Send indication with it fits in a
+/// 1500-byte transmit.
+pub const MAX_SEND_LEN: usize = 1400;
 
 /// Most requests in flight at once (Allocate or Refresh, permissions, Connects, ConnectionBinds).
 const MAX_PENDING: usize = MAX_PERMISSIONS + 2 * MAX_DATA_CONNECTIONS + 2;
@@ -319,6 +328,14 @@ pub enum TurnError {
     NotTcpAllocation,
     /// [`MAX_DATA_CONNECTIONS`] data connections are already being set up.
     TooManyConnections,
+    /// Send indications need a UDP allocation.
+    NotUdpAllocation,
+    /// No permission for the peer's IP address ([`TurnClient::create_permission`] first).
+    NoPermission,
+    /// The payload is longer than [`MAX_SEND_LEN`].
+    TooLong,
+    /// [`MAX_SEND_QUEUE`] sends are waiting; drain the transmits first.
+    QueueFull,
 }
 
 impl core::fmt::Display for TurnError {
@@ -328,6 +345,10 @@ impl core::fmt::Display for TurnError {
             TurnError::TooManyPermissions => f.write_str("too many permissions"),
             TurnError::NotTcpAllocation => f.write_str("connect needs a tcp allocation"),
             TurnError::TooManyConnections => f.write_str("too many data connections in setup"),
+            TurnError::NotUdpAllocation => f.write_str("send needs a udp allocation"),
+            TurnError::NoPermission => f.write_str("no permission for the peer"),
+            TurnError::TooLong => f.write_str("payload too long for one send indication"),
+            TurnError::QueueFull => f.write_str("send queue full"),
         }
     }
 }
@@ -374,6 +395,13 @@ pub enum TurnEvent {
         /// The data connection, handed over.
         socket: SocketId,
         /// Bytes of the peer's that arrived right behind the ConnectionBind answer.
+        data: Vec<u8>,
+    },
+    /// A datagram from `peer` relayed on a UDP allocation (a Data indication).
+    PeerData {
+        /// The peer.
+        peer: SocketAddr,
+        /// The datagram.
         data: Vec<u8>,
     },
     /// A data connection to or from `peer` could not be made (its socket, if any, is closed).
@@ -488,6 +516,7 @@ pub struct TurnClient {
     deallocated: bool,
     data: Vec<DataConn>,
     next_data_socket: u32,
+    sends: VecDeque<(SocketAddr, Vec<u8>)>,
     deadline: Option<Instant>,
     buf: Box<[u8]>,
     held: usize,
@@ -520,6 +549,7 @@ impl TurnClient {
             permissions_at: None,
             deallocated: false,
             data: Vec::new(),
+            sends: VecDeque::new(),
             next_data_socket: CONTROL_SOCKET.0.saturating_add(1),
             deadline: connect_deadline,
             buf: vec![0u8; MAX_CONTROL_MESSAGE_LEN].into_boxed_slice(),
@@ -594,6 +624,45 @@ impl TurnClient {
         let _ = self.start(now, Kind::Connect { peer });
         self.update_deadline();
         Ok(())
+    }
+
+    /// Sends `data` to `peer` through a UDP allocation (a Send indication on the control
+    /// connection; RFC 8656 §11). The peer's IP needs a permission.
+    pub fn send_to(
+        &mut self,
+        _now: Instant,
+        peer: SocketAddr,
+        data: &[u8],
+    ) -> Result<(), TurnError> {
+        if self.state != State::Allocated {
+            return Err(TurnError::NotAllocated);
+        }
+        if self.config.transport != RelayTransport::Udp {
+            return Err(TurnError::NotUdpAllocation);
+        }
+        if !self.permissions.iter().any(|p| p.ip() == peer.ip()) {
+            return Err(TurnError::NoPermission);
+        }
+        if data.len() > MAX_SEND_LEN {
+            return Err(TurnError::TooLong);
+        }
+        if self.sends.len() >= MAX_SEND_QUEUE {
+            return Err(TurnError::QueueFull);
+        }
+        self.sends.push_back((peer, data.to_vec()));
+        Ok(())
+    }
+
+    /// Writes the next Send indication into `buf`.
+    fn encode_send(&mut self, buf: &mut [u8]) -> Option<usize> {
+        let (peer, data) = self.sends.pop_front()?;
+        let header = Header::new(Class::Indication, method::SEND, self.new_id());
+        let mut w = MessageWriter::new(buf, header).ok()?;
+        w.add_turn(&header, &TurnAttribute::XorPeerAddress(peer))
+            .ok()?;
+        w.add_turn(&header, &TurnAttribute::Data(&data)).ok()?;
+        w.add_fingerprint().ok()?;
+        Some(w.finish())
     }
 
     /// Opens a data connection for the server's connection `id` to `peer`.
@@ -741,6 +810,7 @@ impl TurnClient {
         match self.state {
             State::Allocated => {
                 self.close_data();
+                self.sends.clear();
                 self.pending.clear();
                 self.refresh_at = None;
                 self.permissions_at = None;
@@ -789,6 +859,7 @@ impl TurnClient {
         }
         self.state = State::Done;
         self.close_data();
+        self.sends.clear();
         self.pending.clear();
         self.refresh_at = None;
         self.permissions_at = None;
@@ -928,8 +999,28 @@ impl TurnClient {
             }
             return;
         }
+        if msg.class() == Class::Indication
+            && msg.method() == method::DATA
+            && self.state == State::Allocated
+            && self.config.transport == RelayTransport::Udp
+        {
+            let peer = codec::find(msg, attr::XOR_PEER_ADDRESS);
+            let data = codec::find(msg, attr::DATA);
+            match (peer, data) {
+                (
+                    Ok(Some(TurnAttribute::XorPeerAddress(peer))),
+                    Ok(Some(TurnAttribute::Data(data))),
+                ) if self.permissions.iter().any(|p| p.ip() == peer.ip()) => {
+                    self.events.push_back(TurnEvent::PeerData {
+                        peer,
+                        data: data.to_vec(),
+                    });
+                }
+                _ => self.ignore(),
+            }
+            return;
+        }
         if !msg.class().is_response() {
-            // Data indications (UDP allocations) are not handled.
             self.ignore();
             return;
         }
@@ -1388,7 +1479,17 @@ impl Machine for TurnClient {
         ) {
             return None;
         }
-        let at = self.pending.iter().position(|p| p.unsent)?;
+        let Some(at) = self.pending.iter().position(|p| p.unsent) else {
+            if self.state != State::Allocated {
+                return None;
+            }
+            let len = self.encode_send(buf)?;
+            return Some(Transmit {
+                socket: CONTROL_SOCKET,
+                destination: self.config.server,
+                len,
+            });
+        };
         let mut p = *self.pending.get(at)?;
         p.unsent = false;
         p.authenticated = self.auth.is_some();

@@ -68,10 +68,12 @@ impl Server {
         }
         assert_eq!(nonce, self.nonce, "request with an old nonce");
         if method == method::ALLOCATE {
-            assert_eq!(
+            assert!(matches!(
                 codec::find(&msg, attr::REQUESTED_TRANSPORT).unwrap(),
-                Some(TurnAttribute::RequestedTransport(codec::TRANSPORT_TCP))
-            );
+                Some(TurnAttribute::RequestedTransport(
+                    codec::TRANSPORT_TCP | codec::TRANSPORT_UDP
+                ))
+            ));
             if let Some(code) = self.allocate_error {
                 return self.error(method, id, code, false);
             }
@@ -153,7 +155,13 @@ fn is_final(e: &TurnEvent) -> bool {
 
 impl Harness {
     fn new(credentials: Credentials) -> Harness {
-        let config = TurnConfig::new(SERVER.parse().unwrap(), LOCAL.parse().unwrap(), credentials);
+        Harness::with(credentials, RelayTransport::Tcp)
+    }
+
+    fn with(credentials: Credentials, transport: RelayTransport) -> Harness {
+        let mut config =
+            TurnConfig::new(SERVER.parse().unwrap(), LOCAL.parse().unwrap(), credentials);
+        config.transport = transport;
         let mut h = Harness {
             client: TurnClient::new(config, 7, Instant::ZERO),
             checker: ContractChecker::new("turn", is_final),
@@ -825,4 +833,88 @@ fn connect_on_a_udp_allocation_is_misuse() {
         c.connect(Instant::ZERO, PEER.parse().unwrap()),
         Err(TurnError::NotAllocated)
     );
+}
+
+fn data_indication(peer: &str, data: &[u8]) -> Vec<u8> {
+    let header = Header::new(Class::Indication, method::DATA, TransactionId::new([4; 12]));
+    let mut buf = [0u8; 256];
+    let mut w = MessageWriter::new(&mut buf, header).unwrap();
+    w.add_turn(
+        &header,
+        &TurnAttribute::XorPeerAddress(peer.parse().unwrap()),
+    )
+    .unwrap();
+    w.add_turn(&header, &TurnAttribute::Data(data)).unwrap();
+    w.add_fingerprint().unwrap();
+    let n = w.finish();
+    buf[..n].to_vec()
+}
+
+#[test]
+fn udp_allocations_send_and_receive_through_indications() {
+    let mut h = Harness::with(Credentials::long_term("u", "p"), RelayTransport::Udp);
+    let mut server = Server::new("u", "p");
+    let peer: SocketAddr = PEER.parse().unwrap();
+    assert_eq!(
+        h.client.send_to(h.now, peer, b"early"),
+        Err(TurnError::NotAllocated)
+    );
+    permitted(&mut h, &mut server);
+    assert_eq!(
+        h.client
+            .send_to(h.now, "192.0.2.99:1".parse().unwrap(), b"x"),
+        Err(TurnError::NoPermission)
+    );
+    assert_eq!(
+        h.client.send_to(h.now, peer, &[0; MAX_SEND_LEN + 1]),
+        Err(TurnError::TooLong)
+    );
+    assert_eq!(
+        h.client.connect(h.now, peer),
+        Err(TurnError::NotTcpAllocation)
+    );
+    h.checker.input(h.now);
+    h.client.send_to(h.now, peer, &[7; MAX_SEND_LEN]).unwrap();
+    h.drain();
+    let send = h.one_request();
+    assert!(send.len() <= TRANSMIT_BUFFER_LEN);
+    let msg = Message::decode(&send).unwrap();
+    assert_eq!(
+        (msg.class(), msg.method()),
+        (Class::Indication, method::SEND)
+    );
+    assert_eq!(
+        codec::find(&msg, attr::XOR_PEER_ADDRESS).unwrap(),
+        Some(TurnAttribute::XorPeerAddress(peer))
+    );
+    assert_eq!(
+        codec::find(&msg, attr::DATA).unwrap(),
+        Some(TurnAttribute::Data(&[7; MAX_SEND_LEN][..]))
+    );
+    for _ in 0..MAX_SEND_QUEUE {
+        h.client.send_to(h.now, peer, b"q").unwrap();
+    }
+    assert_eq!(
+        h.client.send_to(h.now, peer, b"q"),
+        Err(TurnError::QueueFull)
+    );
+    h.drain();
+    assert_eq!(h.rec.take_transmits().len(), MAX_SEND_QUEUE);
+
+    // Data from the permitted peer is an event; from anyone else it is dropped and counted.
+    assert_eq!(h.stream(&data_indication(PEER, b"pong")), Verdict::Consumed);
+    assert_eq!(
+        h.rec.take_events(),
+        vec![TurnEvent::PeerData {
+            peer,
+            data: b"pong".to_vec()
+        }]
+    );
+    let ignored = h.client.stats().ignored;
+    assert_eq!(
+        h.stream(&data_indication("203.0.113.1:5", b"spoof")),
+        Verdict::Consumed
+    );
+    assert!(h.rec.take_events().is_empty());
+    assert_eq!(h.client.stats().ignored, ignored + 1);
 }

@@ -35,5 +35,5 @@ pub mod codec;
 
 pub use client::{
     Credentials, RelayTransport, TurnClient, TurnConfig, TurnError, TurnEvent, TurnFailure,
-    TurnStats, CONTROL_SOCKET, MAX_DATA_CONNECTIONS,
+    TurnStats, CONTROL_SOCKET, MAX_DATA_CONNECTIONS, MAX_SEND_LEN, MAX_SEND_QUEUE,
 };
