@@ -6,7 +6,8 @@
 //! steps, timeouts, CreatePermission and close. Checks besides the contract: requests only while
 //! connected, each a valid STUN request (Allocate, Refresh or CreatePermission, with FINGERPRINT,
 //! within the transmit buffer); at most one `Failed`; exactly one close intent unless the bind
-//! failed; a `Closed { deallocated: true }` only after a Refresh with LIFETIME 0 was sent.
+//! failed; a `Closed { deallocated: true }` only after a Refresh with LIFETIME 0 was sent; data
+//! connections opened, closed or handed over, never named after; Send indications (UDP) valid.
 #![no_main]
 
 use std::net::SocketAddr;
@@ -46,6 +47,9 @@ enum Op {
     /// An answer to the last request on a data connection, split at `cuts`, peer bytes behind it.
     DataAnswer { kind: u8, code: u16, cuts: Vec<u16>, trailing: Vec<u8> },
     DataChunk { which: u8, data: Vec<u8> },
+    /// UDP allocations: send `len` bytes to a peer; a Data indication from a peer.
+    Send { peer: u8, len: u16 },
+    DataIndication { peer: u8, data: Vec<u8> },
     Close,
 }
 
@@ -153,6 +157,12 @@ impl Model {
             assert!(self.connected, "transmit before the connection");
             assert!(bytes.len() <= TRANSMIT_BUFFER_LEN);
             let m = Message::decode(&bytes).expect("valid request");
+            if m.class() == Class::Indication {
+                assert_eq!(m.method(), method::SEND);
+                assert_eq!(t.socket, CONTROL_SOCKET);
+                assert!(matches!(codec::find(&m, attr::DATA), Ok(Some(TurnAttribute::Data(_)))));
+                continue;
+            }
             assert_eq!(m.class(), Class::Request);
             assert!(m.has_fingerprint());
             let mth = m.method();
@@ -329,6 +339,21 @@ fuzz_target!(|input: Input| {
                 }
                 let socket = m.data_open[usize::from(*which) % m.data_open.len()];
                 let _ = d.stream(socket, data);
+            }
+            Op::Send { peer, len } => {
+                let peer = SocketAddr::new([192, 0, 2, *peer % 24].into(), 7000);
+                let data = vec![0x5A; usize::from(*len % 1500)];
+                let _ = d.input(|c, now| c.send_to(now, peer, &data));
+            }
+            Op::DataIndication { peer, data } => {
+                let header = Header::new(Class::Indication, method::DATA, TransactionId::new([*peer; 12]));
+                let mut buf = vec![0u8; 2048];
+                let mut w = MessageWriter::new(&mut buf, header).unwrap();
+                let peer = SocketAddr::new([192, 0, 2, *peer % 24].into(), 7000);
+                w.add_turn(&header, &TurnAttribute::XorPeerAddress(peer)).unwrap();
+                let _ = w.add_turn(&header, &TurnAttribute::Data(&data[..data.len().min(1024)]));
+                let n = w.finish();
+                let _ = d.stream(s, &buf[..n]);
             }
             Op::Close => d.input(|c, now| c.close(now)),
         }
