@@ -1,5 +1,6 @@
 //! Servers run in the background by the real-socket tests: our STUN server over TCP driven by a
-//! runtime in a thread, and coturn (`turnserver --stun-only`) on fresh loopback ports.
+//! runtime in a thread, and coturn (`turnserver --stun-only`, or as a TURN server) on fresh
+//! loopback ports.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -58,7 +59,19 @@ impl Coturn {
     /// Starts coturn on fresh loopback ports until `ready` holds for it (up to 5 attempts, each in
     /// the directory `{name}-PID-ATTEMPT-P` of the temporary directory); panics with the last log
     /// after that, saying that coturn did not `what`.
-    pub fn start(name: &str, what: &str, mut ready: impl FnMut(&mut Coturn) -> bool) -> Coturn {
+    pub fn start(name: &str, what: &str, ready: impl FnMut(&mut Coturn) -> bool) -> Coturn {
+        Coturn::start_with(name, what, &["--stun-only"], ready)
+    }
+
+    /// [`Coturn::start`] with `mode` instead of `--stun-only`: the TURN tests pass their
+    /// authentication flags (`--lt-cred-mech --user u:p`, `--use-auth-secret
+    /// --static-auth-secret=...`) and `--realm`, `--relay-ip`, `--allow-loopback-peers`.
+    pub fn start_with(
+        name: &str,
+        what: &str,
+        mode: &[&str],
+        mut ready: impl FnMut(&mut Coturn) -> bool,
+    ) -> Coturn {
         let mut last_log = String::new();
         for attempt in 0..5 {
             let (p, q) = free_port_pair();
@@ -70,7 +83,9 @@ impl Coturn {
             let guard = ChildGuard::spawn(
                 "turnserver",
                 Command::new("turnserver")
-                    .args(["-n", "--stun-only", "-L", "127.0.0.1", "-L", "127.0.0.2"])
+                    .arg("-n")
+                    .args(mode)
+                    .args(["-L", "127.0.0.1", "-L", "127.0.0.2"])
                     .args(["--listening-port", &p.to_string()])
                     .args(["--alt-listening-port", &q.to_string()])
                     .args(["--no-tls", "--no-dtls", "--no-cli"])
