@@ -1,7 +1,7 @@
 //! # p2pd (the command line)
 //!
 //! The `p2pd` binary's parts: one module per sub-command in [`commands`] (clap arguments, the run,
-//! human or `--json` output), the configuration file ([`config`]), the node identity file ([`identity_file`]), the server health file
+//! human or `--json` output), the configuration file ([`config`]), the node identity file ([`identity_file`]), a configured TURN relay as the TURN client's settings ([`relay`]), the server health file
 //! ([`health_store`]) and the SQLite name store
 //! behind `p2pd pnp-server --db` ([`store_sqlite`]). The protocol machines live in the protocol
 //! crates and run here on [`p2pd_mio::Runtime`]; nothing in this crate is a dependency of them.
@@ -19,6 +19,7 @@ pub mod config;
 pub mod health_store;
 pub mod identity_file;
 pub mod output;
+pub mod relay;
 pub mod store_sqlite;
 
 /// A fresh empty directory for one unit test, its name starting `p2pd-{tag}-`, removed on drop.

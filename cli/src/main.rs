@@ -119,7 +119,8 @@ enum Command {
     /// authenticated and encrypted) and pipe stdin/stdout (or forward a local port).
     Connect(cli::node::ConnectArgs),
     /// Check every configured server at once (STUN over UDP and TCP, RFC 5780, MQTT brokers, PNP
-    /// servers and their keys, relays): reachability, RTT and last success.
+    /// servers and their keys, relays by a TURN allocation with their credentials): reachability,
+    /// RTT, relayed address and last success.
     Servers(cli::servers::ServersArgs),
     /// Show the effective configuration (STUN servers, brokers, PNP servers, relays) or its file.
     Config(cli::config::ConfigArgs),

@@ -11,16 +11,23 @@
 //! - `mqtt`: TCP connect, CONNECT, CONNACK (the RTT covers all three);
 //! - `pnp`: a lookup of a random unused name, sealed to the configured key: only a reply signed by
 //!   that key counts, so an answer proves the server holds it;
-//! - `relay`: whether the relay's address accepts a TCP connection (no TURN exchange).
+//! - `relay`: a TURN Allocate (an RFC 6062 TCP allocation over a TCP control connection) with the
+//!   configured credentials ([`crate::relay::turn_config`]: long-term ones, or TURN REST API ones
+//!   from the secret for the node id of the default identity file, else user `p2pd`), then the
+//!   deallocation; the RTT is the time from the start to the allocation (TCP connect and the 401
+//!   challenge included), and the row names the relayed address. A refusal of the credentials is
+//!   "authentication refused (401)".
 //!
 //! Servers are named by their canonical id (see [`crate::config`]), never by their position.
 //! Each outcome is recorded in the health file ([`crate::health_store`]; `--health FILE`, default
 //! `health.sqlite` beside the identity file), and each row shows the server's last success as
 //! the file knows it after this run (this run's, or an earlier one for a server that failed now).
 //!
-//! Output: a table on stdout, the summary on stderr; with `--json` one object per server on
+//! Output: a table on stdout (an allocated relay's row ends with its relayed address), the
+//! summary on stderr; with `--json` one object per server on
 //! stdout (`event` `server`, `kind`, `id`, `address`, `ok`, `rtt_ms`, `rfc5780` for `stun-udp`
-//! only, `error`, `last_success_unix_ms`, `last_success_age_s`), then
+//! only, `relayed` for `relay` only (the relayed address, `null` when the check failed), `error`,
+//! `last_success_unix_ms`, `last_success_age_s`), then
 //! `{"event":"summary","checked":N,"ok":M,"elapsed_ms":T}`. Exit code 0 when at least one server
 //! of every configured kind answered, else 1; 2 for a configuration error.
 
@@ -37,9 +44,11 @@ use serde::Serialize;
 
 use super::numbers;
 use super::report::{to_json, Num};
-use crate::config::{broker_id, relay_id, stun_id, Config, Endpoint, PnpServer};
+use crate::config::{broker_id, relay_id, stun_id, Config, Endpoint, PnpServer, Relay};
 use crate::health_store::{default_health_path, HealthStore, ServerKind};
+use crate::identity_file::default_identity_path;
 pub use checks::Rfc5780;
+use p2pd_signaling::NodeId;
 
 /// The longest `--timeout`: one hour.
 pub const MAX_TIMEOUT_S: u64 = 3600;
@@ -66,7 +75,8 @@ enum Target {
     Stun(Endpoint, ServerKind),
     Mqtt(Endpoint),
     Pnp(PnpServer),
-    Relay(Endpoint),
+    /// A relay, the node id its REST credentials name, and the wall clock they start at.
+    Relay(Relay, Option<NodeId>, u64),
 }
 
 impl Target {
@@ -75,21 +85,23 @@ impl Target {
             Target::Stun(_, kind) => *kind,
             Target::Mqtt(_) => ServerKind::Mqtt,
             Target::Pnp(_) => ServerKind::Pnp,
-            Target::Relay(_) => ServerKind::Relay,
+            Target::Relay(..) => ServerKind::Relay,
         }
     }
 
     fn endpoint(&self) -> &Endpoint {
         match self {
-            Target::Stun(e, _) | Target::Mqtt(e) | Target::Relay(e) => e,
+            Target::Stun(e, _) | Target::Mqtt(e) => e,
             Target::Pnp(p) => &p.address,
+            Target::Relay(r, ..) => &r.address,
         }
     }
 }
 
 /// Every server of `config`, grouped by kind in the order of [`ServerKind::ALL`], each group in
-/// the configuration's order.
-fn targets(config: &Config) -> Vec<Target> {
+/// the configuration's order. Relays authenticate with REST credentials for `node` from
+/// `unix_now` (when they have a secret).
+fn targets(config: &Config, node: Option<NodeId>, unix_now: u64) -> Vec<Target> {
     let mut out = Vec::new();
     for kind in [ServerKind::StunUdp, ServerKind::StunTcp] {
         out.extend(config.stun.iter().map(|e| Target::Stun(e.clone(), kind)));
@@ -100,7 +112,7 @@ fn targets(config: &Config) -> Vec<Target> {
         config
             .relay
             .iter()
-            .map(|r| Target::Relay(r.address.clone())),
+            .map(|r| Target::Relay(r.clone(), node, unix_now)),
     );
     out
 }
@@ -119,6 +131,8 @@ pub struct Row {
     pub outcome: Result<Duration, String>,
     /// `stun-udp` only.
     pub rfc5780: Option<Rfc5780>,
+    /// `relay` only: the relayed address the allocation got.
+    pub relayed: Option<SocketAddr>,
     /// Its last success (Unix ms), as the health file knows it after this run.
     pub last_success_ms: Option<u64>,
 }
@@ -133,16 +147,26 @@ fn check(target: &Target, timeout: Duration) -> Row {
         address: endpoint.text.clone(),
         outcome: Err(String::new()),
         rfc5780: None,
+        relayed: None,
         last_success_ms: None,
     };
     row.id = match target {
         Target::Stun(e, _) => Some(stun_id(e).as_u64()),
         Target::Mqtt(e) => Some(broker_id(e).as_u64()),
-        Target::Relay(e) => Some(relay_id(e).0),
+        Target::Relay(r, ..) => Some(relay_id(&r.address).0),
         Target::Pnp(_) => None,
     };
     if kind == ServerKind::StunUdp {
         row.rfc5780 = Some(Rfc5780::Unknown);
+    }
+    if let Target::Relay(relay, node, unix_now) = target {
+        row.outcome = crate::relay::turn_config(relay, node.as_ref(), *unix_now)
+            .and_then(|config| checks::relay_turn(config, timeout))
+            .map(|(rtt, relayed)| {
+                row.relayed = Some(relayed);
+                rtt
+            });
+        return row;
     }
     let addr: SocketAddr = match endpoint.resolve() {
         Ok(a) => a,
@@ -163,7 +187,7 @@ fn check(target: &Target, timeout: Duration) -> Row {
             row.id = Some(p2pd_signaling::pnp::PnpServerId::new(addr, &p.key).0);
             checks::pnp(addr, &p.key, timeout)
         }
-        Target::Relay(_) => checks::relay_tcp(addr, timeout),
+        Target::Relay(..) => unreachable!("checked above"),
     };
     row
 }
@@ -203,6 +227,7 @@ fn check_failed(t: &Target) -> Row {
         address: t.endpoint().text.clone(),
         outcome: Err(String::new()),
         rfc5780: None,
+        relayed: None,
         last_success_ms: None,
     }
 }
@@ -246,7 +271,13 @@ pub fn run(args: &ServersArgs, config_flag: Option<&Path>) -> i32 {
         Ok(l) => l,
         Err(code) => return code,
     };
-    let targets = targets(&loaded.config);
+    // REST credentials name the node of the default identity file, if there is one.
+    let node = if loaded.config.relay.is_empty() {
+        None
+    } else {
+        crate::relay::node_id_of(&default_identity_path())
+    };
+    let targets = targets(&loaded.config, node, crate::relay::unix_now());
     if targets.is_empty() {
         errln!(
             "p2pd servers: no servers in the configuration ({})",
@@ -318,6 +349,9 @@ struct RowJson<'a> {
     rtt_ms: Option<Num>,
     #[serde(skip_serializing_if = "Option::is_none")]
     rfc5780: Option<&'static str>,
+    /// `relay` rows only (`null` when the allocation failed).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    relayed: Option<Option<String>>,
     error: Option<&'a str>,
     last_success_unix_ms: Option<u64>,
     last_success_age_s: Option<u64>,
@@ -345,6 +379,7 @@ fn row_json(row: &Row, now_ms: u64) -> RowJson<'_> {
         ok: row.outcome.is_ok(),
         rtt_ms: row.outcome.as_ref().ok().map(|r| Num(rtt_ms(*r))),
         rfc5780: row.rfc5780.map(Rfc5780::as_str),
+        relayed: (row.kind == ServerKind::Relay).then(|| row.relayed.map(|a| a.to_string())),
         error: row.outcome.as_ref().err().map(String::as_str),
         last_success_unix_ms: row.last_success_ms,
         last_success_age_s: row.last_success_ms.map(|t| now_ms.saturating_sub(t) / 1000),
@@ -412,9 +447,10 @@ fn print_table(rows: &[Row], now_ms: u64) {
     outln!("{}", render(&header));
     for (line, row) in lines.iter().zip(rows) {
         let cells: Vec<&str> = line.iter().map(String::as_str).collect();
-        match &row.outcome {
-            Ok(_) => outln!("{}", render(&cells)),
-            Err(why) => outln!("{}  ({why})", render(&cells)),
+        match (&row.outcome, row.relayed) {
+            (Ok(_), Some(relayed)) => outln!("{}  (relayed {relayed})", render(&cells)),
+            (Ok(_), None) => outln!("{}", render(&cells)),
+            (Err(why), _) => outln!("{}  ({why})", render(&cells)),
         }
     }
 }
@@ -434,6 +470,7 @@ mod tests {
                 Err("x".into())
             },
             rfc5780: None,
+            relayed: None,
             last_success_ms: None,
         }
     }

@@ -18,6 +18,7 @@ use p2pd_signaling::pnp::{
     Name, PnpClient, PnpClientConfig, PnpClientEvent, PnpFailure, PnpTransport,
 };
 use p2pd_signaling::PublicKey;
+use p2pd_turn::{TurnClient, TurnConfig, TurnEvent, TurnFailure};
 
 use crate::identity_file::{generate_identity, os_seed};
 
@@ -306,25 +307,63 @@ pub fn pnp(server: SocketAddr, key: &PublicKey, timeout: Duration) -> Result<Dur
     }
 }
 
-/// A TURN relay: whether its address accepts a TCP connection (no TURN exchange); the connect
-/// time.
-pub fn relay_tcp(server: SocketAddr, timeout: Duration) -> Result<Duration, String> {
+/// A TURN relay: an Allocate with `config`'s credentials (each step, and the whole allocation,
+/// within `timeout`), then the deallocation (within [`CLOSE_LIMIT`]). The time from the start to
+/// the allocation (TCP connect and 401 challenge included) and the relayed address, or why it
+/// failed.
+pub fn relay_turn(
+    mut config: TurnConfig,
+    timeout: Duration,
+) -> Result<(Duration, SocketAddr), String> {
     if timeout.is_zero() {
-        return Err("no time to connect (--timeout 0)".into());
+        return Err("no time to allocate (--timeout 0)".into());
     }
-    let started = StdInstant::now();
-    match std::net::TcpStream::connect_timeout(&server, timeout) {
-        Ok(stream) => {
-            let rtt = started.elapsed();
-            let _ = stream.shutdown(std::net::Shutdown::Both);
-            Ok(rtt)
+    let mut rt = Runtime::new().map_err(|e| format!("runtime: {e}"))?;
+    config.timeout = timeout;
+    let started = rt.now();
+    let mut client = TurnClient::new(config, seed(), started);
+    let mut result: Option<Result<(Duration, SocketAddr), String>> = None;
+    let end = rt.run(
+        &mut client,
+        Some(timeout.saturating_add(Duration::from_millis(100))),
+        |_, now, ev| match ev {
+            TurnEvent::Allocated { relayed, .. } => {
+                result = Some(Ok((now.saturating_duration_since(started), relayed)));
+                ControlFlow::Break(())
+            }
+            TurnEvent::Failed(failure) => {
+                result = Some(Err(turn_failure(failure, timeout)));
+                ControlFlow::Break(())
+            }
+            TurnEvent::Closed { .. } => ControlFlow::Break(()),
+            _ => ControlFlow::Continue(()),
+        },
+    );
+    // Deallocate (a Refresh with LIFETIME 0) and close the control connection.
+    client.close(rt.now());
+    let mut deallocated = None;
+    let _ = rt.run(&mut client, Some(CLOSE_LIMIT), |_, _, ev| match ev {
+        TurnEvent::Closed { deallocated: d } => {
+            deallocated = Some(d);
+            ControlFlow::Break(())
         }
-        Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {
-            Err(format!("no TCP connection within {}", seconds(timeout)))
+        _ => ControlFlow::Continue(()),
+    });
+    tracing::debug!(?deallocated, "relay check closed");
+    end.map_err(|e| format!("event loop: {e}"))?;
+    result.unwrap_or_else(|| Err(format!("no allocation within {}", seconds(timeout))))
+}
+
+/// Why an allocation failed, in words.
+fn turn_failure(failure: TurnFailure, timeout: Duration) -> String {
+    match failure {
+        TurnFailure::Unauthenticated => {
+            "authentication refused (401): wrong user name, password or secret".into()
         }
-        Err(e) => Err(format!(
-            "cannot connect over TCP: {}",
-            p2pd_mio::map_io_error(&e)
-        )),
+        TurnFailure::WrongCredentials => "authentication refused (441 wrong credentials)".into(),
+        TurnFailure::Timeout => format!("no answer within {}", seconds(timeout)),
+        TurnFailure::ConnectFailed(e) => format!("cannot connect over TCP: {e}"),
+        TurnFailure::BindFailed(e) => format!("cannot bind a TCP socket: {e}"),
+        other => format!("allocation refused or failed: {other}"),
     }
 }
