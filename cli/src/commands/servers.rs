@@ -159,36 +159,44 @@ fn check(target: &Target, timeout: Duration) -> Row {
     if kind == ServerKind::StunUdp {
         row.rfc5780 = Some(Rfc5780::Unknown);
     }
-    if let Target::Relay(relay, node, unix_now) = target {
-        row.outcome = crate::relay::turn_config(relay, node.as_ref(), *unix_now)
-            .and_then(|config| checks::relay_turn(config, timeout))
-            .map(|(rtt, relayed)| {
-                row.relayed = Some(relayed);
-                rtt
-            });
-        return row;
-    }
-    let addr: SocketAddr = match endpoint.resolve() {
-        Ok(a) => a,
-        Err(e) => {
-            row.outcome = Err(e);
-            return row;
-        }
-    };
+    // What some checks learn besides the outcome.
+    let mut rfc5780 = None;
+    let mut relayed = None;
+    let mut pnp_id = None;
     row.outcome = match target {
-        Target::Stun(_, ServerKind::StunUdp) => {
-            let (outcome, rfc5780) = checks::stun_udp(addr, timeout);
-            row.rfc5780 = Some(rfc5780);
+        Target::Relay(relay, node, unix_now) => {
+            crate::relay::turn_config(relay, node.as_ref(), *unix_now)
+                .and_then(|config| checks::relay_turn(config, timeout))
+                .map(|(rtt, address)| {
+                    relayed = Some(address);
+                    rtt
+                })
+        }
+        Target::Stun(_, ServerKind::StunUdp) => endpoint.resolve().and_then(|addr| {
+            let (outcome, found) = checks::stun_udp(addr, timeout);
+            rfc5780 = Some(found);
             outcome
-        }
-        Target::Stun(..) => checks::stun_tcp(addr, timeout),
-        Target::Mqtt(_) => checks::mqtt(addr, timeout),
-        Target::Pnp(p) => {
-            row.id = Some(p2pd_signaling::pnp::PnpServerId::new(addr, &p.key).0);
+        }),
+        Target::Stun(..) => endpoint
+            .resolve()
+            .and_then(|addr| checks::stun_tcp(addr, timeout)),
+        Target::Mqtt(_) => endpoint
+            .resolve()
+            .and_then(|addr| checks::mqtt(addr, timeout)),
+        Target::Pnp(p) => endpoint.resolve().and_then(|addr: SocketAddr| {
+            pnp_id = Some(p2pd_signaling::pnp::PnpServerId::new(addr, &p.key).0);
             checks::pnp(addr, &p.key, timeout)
-        }
-        Target::Relay(..) => unreachable!("checked above"),
+        }),
     };
+    if rfc5780.is_some() {
+        row.rfc5780 = rfc5780;
+    }
+    if relayed.is_some() {
+        row.relayed = relayed;
+    }
+    if pnp_id.is_some() {
+        row.id = pnp_id;
+    }
     row
 }
 
