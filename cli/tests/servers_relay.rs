@@ -8,7 +8,7 @@
 
 mod common;
 
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::path::Path;
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
@@ -22,28 +22,7 @@ const SECRET: &str = "p2pd-servers-secret";
 
 /// Starts coturn as a TURN server with `auth`, relaying on 127.0.0.1, once it accepts TCP.
 fn start_turn(name: &str, auth: &[&str]) -> Coturn {
-    let mut mode = vec![
-        "--realm",
-        REALM,
-        "--relay-ip",
-        "127.0.0.1",
-        "--allow-loopback-peers",
-        "--verbose",
-    ];
-    mode.extend_from_slice(auth);
-    Coturn::start_with(name, "accept TCP", &mode, |c| {
-        let until = Instant::now() + Duration::from_secs(15);
-        while Instant::now() < until {
-            if c.exited() {
-                return false;
-            }
-            if TcpStream::connect_timeout(&c.primary, Duration::from_millis(200)).is_ok() {
-                return true;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        false
-    })
+    Coturn::start_turn(name, REALM, auth)
 }
 
 fn run_servers(config: &Path, dir: &Scratch, identity: &Path, extra: &[&str]) -> Output {

@@ -63,6 +63,39 @@ impl Coturn {
         Coturn::start_with(name, what, &["--stun-only"], ready)
     }
 
+    /// coturn as a TURN server in realm `realm` with the authentication flags `auth` (and any
+    /// other flags), relaying on 127.0.0.1 (loopback peers allowed, verbose log), once it accepts
+    /// TCP on its primary address.
+    pub fn start_turn(name: &str, realm: &str, auth: &[&str]) -> Coturn {
+        let mut mode = vec![
+            "--realm",
+            realm,
+            "--relay-ip",
+            "127.0.0.1",
+            "--allow-loopback-peers",
+            "--verbose",
+        ];
+        mode.extend_from_slice(auth);
+        Coturn::start_with(name, "accept TCP", &mode, |c| {
+            let until = std::time::Instant::now() + std::time::Duration::from_secs(15);
+            while std::time::Instant::now() < until {
+                if c.exited() {
+                    return false;
+                }
+                let up = std::net::TcpStream::connect_timeout(
+                    &c.primary,
+                    std::time::Duration::from_millis(200),
+                )
+                .is_ok();
+                if up {
+                    return true;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+            false
+        })
+    }
+
     /// [`Coturn::start`] with `mode` instead of `--stun-only`: the TURN tests pass their
     /// authentication flags (`--lt-cred-mech --user u:p`, `--use-auth-secret
     /// --static-auth-secret=...`) and `--realm`, `--relay-ip`, `--allow-loopback-peers`.

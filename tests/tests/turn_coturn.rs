@@ -21,32 +21,12 @@ use p2pd_turn::{Credentials, TurnClient, TurnConfig, TurnEvent, CONTROL_SOCKET};
 const REALM: &str = "p2pd.test";
 const SECRET: &str = "p2pd-test-secret";
 
-/// Starts coturn as a TURN server in `auth` mode, relaying on 127.0.0.1, once it accepts TCP.
+/// Starts coturn as a TURN server in `auth` mode, relaying on 127.0.0.1, once it accepts TCP,
+/// with short allocations, so the timed refresh (at half the lifetime) happens within the test.
 fn start_turn(name: &str, auth: &[&str]) -> Coturn {
-    let mut mode = vec![
-        "--realm",
-        REALM,
-        "--relay-ip",
-        "127.0.0.1",
-        "--allow-loopback-peers",
-        "--verbose",
-        // Short allocations, so the timed refresh (at half the lifetime) happens within the test.
-        "--max-allocate-lifetime=4",
-    ];
-    mode.extend_from_slice(auth);
-    Coturn::start_with(name, "accept TCP", &mode, |c| {
-        let until = StdInstant::now() + Duration::from_secs(15);
-        while StdInstant::now() < until {
-            if c.exited() {
-                return false;
-            }
-            if TcpStream::connect_timeout(&c.primary, Duration::from_millis(200)).is_ok() {
-                return true;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        false
-    })
+    let mut flags = vec!["--max-allocate-lifetime=4"];
+    flags.extend_from_slice(auth);
+    Coturn::start_turn(name, REALM, &flags)
 }
 
 /// Runs `client` until `stop` holds for an event (or 15 s pass); returns the events seen.
