@@ -35,7 +35,7 @@ use p2pd_node::wire::{Message as NodeMessage, Preface, PrefaceKind, PREFACE_LEN,
 use p2pd_node::{NatSource, Node, NodeApiError, NodeConfig, NodeEvent, Path, StreamId, Target};
 use p2pd_proto::stun::{Attribute, Class, Header, Message as Stun, MessageWriter, TransactionId};
 use p2pd_proto::testing::{pick, Driven, Output, SocketState, SocketTable};
-use p2pd_proto::{Instant, IoError, OpKind, SocketId, SocketOp, SocketOutcome, Transport};
+use p2pd_proto::{Instant, OpKind, SocketId, SocketOp, SocketOutcome, Transport};
 use p2pd_signaling::address::{Endpoint, Interface, InterfaceLabel};
 use p2pd_signaling::envelope::NONCE_LEN;
 use p2pd_signaling::mqtt::{encode, Packet, Protocol};
@@ -43,6 +43,10 @@ use p2pd_signaling::pnp::{Name, PnpClientConfig, PnpTransport};
 use p2pd_signaling::rendezvous::payload::{self, Content};
 use p2pd_signaling::rendezvous::{topic_for, BrokerSpec};
 use p2pd_signaling::{seal, NatInfo, Opener, PeerAddress, RendezvousConfig};
+
+#[path = "common/socket_fail.rs"]
+mod socket_fail;
+use socket_fail::Fail;
 
 #[path = "common/broker_link.rs"]
 mod broker_link;
@@ -89,25 +93,6 @@ fn nat(which: u8) -> Option<NatInfo> {
             filtering: Filtering::AddressAndPortDependent,
             allocation: PortAllocation::Random,
         }),
-    }
-}
-
-#[derive(Arbitrary, Debug, Clone, Copy)]
-enum Fail {
-    Refused,
-    Reset,
-    TimedOut,
-    InUse,
-}
-
-impl Fail {
-    fn io(self) -> IoError {
-        match self {
-            Fail::Refused => IoError::ConnectionRefused,
-            Fail::Reset => IoError::ConnectionReset,
-            Fail::TimedOut => IoError::TimedOut,
-            Fail::InUse => IoError::AddrInUse,
-        }
     }
 }
 

@@ -47,6 +47,10 @@ use p2pd_signaling::rendezvous::payload::{self, Content};
 use p2pd_signaling::rendezvous::{topic_for, BrokerSpec};
 use p2pd_signaling::{seal, Identity, Opener, RendezvousConfig};
 
+#[path = "common/socket_fail.rs"]
+mod socket_fail;
+use socket_fail::Fail;
+
 #[path = "common/broker_link.rs"]
 mod broker_link;
 use broker_link::BrokerLink;
@@ -90,25 +94,6 @@ enum Signal {
     Raw(Vec<u8>),
     /// An earlier sealed signal again (another copy, a replay).
     Copy { which: u8 },
-}
-
-#[derive(Arbitrary, Debug, Clone, Copy)]
-enum Fail {
-    Refused,
-    Reset,
-    TimedOut,
-    InUse,
-}
-
-impl Fail {
-    fn io(self) -> IoError {
-        match self {
-            Fail::Refused => IoError::ConnectionRefused,
-            Fail::Reset => IoError::ConnectionReset,
-            Fail::TimedOut => IoError::TimedOut,
-            Fail::InUse => IoError::AddrInUse,
-        }
-    }
 }
 
 #[derive(Arbitrary, Debug)]

@@ -58,10 +58,24 @@ fn run_until(
     seen
 }
 
+/// Whether coturn is here (else the test prints SKIP, or fails under CI).
+fn turnserver_installed() -> bool {
+    let here = common::on_path("turnserver");
+    if !here {
+        common::skip_or_fail("coturn (turnserver) not installed");
+    }
+    here
+}
+
+/// A TURN client's settings for `coturn` from loopback.
+fn client_config(coturn: &Coturn, credentials: Credentials) -> TurnConfig {
+    TurnConfig::new(coturn.primary, SocketAddr::new(LO1, 0), credentials)
+}
+
 /// Allocate, permit, refresh, close against `coturn` with `credentials`.
 fn allocate_refresh_close(coturn: &Coturn, credentials: Credentials) {
     let mut rt = Runtime::new().expect("runtime");
-    let mut config = TurnConfig::new(coturn.primary, SocketAddr::new(LO1, 0), credentials);
+    let mut config = client_config(coturn, credentials);
     // Ask for a short lifetime: coturn grants what it allows, and the refresh comes at half of it.
     config.lifetime = Some(Duration::from_secs(4));
     let mut client = TurnClient::new(config, 0x7e_57, rt.now());
@@ -143,8 +157,7 @@ fn allocate_refresh_close(coturn: &Coturn, credentials: Credentials) {
 
 #[test]
 fn turn_allocation_against_coturn_with_static_long_term_credentials() {
-    if !common::on_path("turnserver") {
-        common::skip_or_fail("coturn (turnserver) not installed");
+    if !turnserver_installed() {
         return;
     }
     let coturn = start_turn("p2pd-turn-lt", &["--lt-cred-mech", "--user", "u:p"]);
@@ -153,8 +166,7 @@ fn turn_allocation_against_coturn_with_static_long_term_credentials() {
 
 #[test]
 fn turn_allocation_against_coturn_with_rest_api_credentials() {
-    if !common::on_path("turnserver") {
-        common::skip_or_fail("coturn (turnserver) not installed");
+    if !turnserver_installed() {
         return;
     }
     let secret_flag = format!("--static-auth-secret={SECRET}");
@@ -174,17 +186,12 @@ fn turn_allocation_against_coturn_with_rest_api_credentials() {
 
 #[test]
 fn turn_allocation_against_coturn_with_a_wrong_password_is_refused() {
-    if !common::on_path("turnserver") {
-        common::skip_or_fail("coturn (turnserver) not installed");
+    if !turnserver_installed() {
         return;
     }
     let coturn = start_turn("p2pd-turn-wrong", &["--lt-cred-mech", "--user", "u:p"]);
     let mut rt = Runtime::new().expect("runtime");
-    let config = TurnConfig::new(
-        coturn.primary,
-        SocketAddr::new(LO1, 0),
-        Credentials::long_term("u", "not-p"),
-    );
+    let config = client_config(&coturn, Credentials::long_term("u", "not-p"));
     let mut client = TurnClient::new(config, 0x7e_58, rt.now());
     let events = run_until(&mut rt, &mut client, &coturn, |_, _, e| {
         matches!(e, TurnEvent::Closed { .. })
@@ -202,17 +209,12 @@ fn turn_allocation_against_coturn_with_a_wrong_password_is_refused() {
 
 #[test]
 fn rfc6062_connect_and_connection_attempt_through_coturn() {
-    if !common::on_path("turnserver") {
-        common::skip_or_fail("coturn (turnserver) not installed");
+    if !turnserver_installed() {
         return;
     }
     let coturn = start_turn("p2pd-turn-6062", &["--lt-cred-mech", "--user", "u:p"]);
     let mut rt = Runtime::new().expect("runtime");
-    let config = TurnConfig::new(
-        coturn.primary,
-        SocketAddr::new(LO1, 0),
-        Credentials::long_term("u", "p"),
-    );
+    let config = client_config(&coturn, Credentials::long_term("u", "p"));
     let mut client = TurnClient::new(config, 0x6062, rt.now());
     let events = run_until(&mut rt, &mut client, &coturn, |_, _, e| {
         matches!(e, TurnEvent::Allocated { .. } | TurnEvent::Closed { .. })
@@ -282,8 +284,7 @@ fn rfc6062_connect_and_connection_attempt_through_coturn() {
 
 #[test]
 fn turn_refresh_against_coturn_survives_a_stale_nonce() {
-    if !common::on_path("turnserver") {
-        common::skip_or_fail("coturn (turnserver) not installed");
+    if !turnserver_installed() {
         return;
     }
     // Nonces expire after 1 s; the refresh comes at 2 s (half of 4), so coturn answers it 438.
@@ -292,11 +293,7 @@ fn turn_refresh_against_coturn_survives_a_stale_nonce() {
         &["--lt-cred-mech", "--user", "u:p", "--stale-nonce=1"],
     );
     let mut rt = Runtime::new().expect("runtime");
-    let mut config = TurnConfig::new(
-        coturn.primary,
-        SocketAddr::new(LO1, 0),
-        Credentials::long_term("u", "p"),
-    );
+    let mut config = client_config(&coturn, Credentials::long_term("u", "p"));
     config.lifetime = Some(Duration::from_secs(4));
     let mut client = TurnClient::new(config, 0x438, rt.now());
     let events = run_until(&mut rt, &mut client, &coturn, |_, _, e| {
@@ -324,17 +321,12 @@ fn turn_refresh_against_coturn_survives_a_stale_nonce() {
 
 #[test]
 fn udp_relay_through_coturn_carries_datagrams_both_ways() {
-    if !common::on_path("turnserver") {
-        common::skip_or_fail("coturn (turnserver) not installed");
+    if !turnserver_installed() {
         return;
     }
     let coturn = start_turn("p2pd-turn-udp", &["--lt-cred-mech", "--user", "u:p"]);
     let mut rt = Runtime::new().expect("runtime");
-    let mut config = TurnConfig::new(
-        coturn.primary,
-        SocketAddr::new(LO1, 0),
-        Credentials::long_term("u", "p"),
-    );
+    let mut config = client_config(&coturn, Credentials::long_term("u", "p"));
     config.transport = p2pd_turn::RelayTransport::Udp;
     let mut client = TurnClient::new(config, 0x0d9, rt.now());
     let events = run_until(&mut rt, &mut client, &coturn, |_, _, e| {

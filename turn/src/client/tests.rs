@@ -656,8 +656,9 @@ fn permitted(h: &mut Harness, server: &mut Server) {
     let _ = h.rec.take_events();
 }
 
-#[test]
-fn connect_binds_a_data_connection_and_hands_it_over() {
+/// An allocation with a permission for PEER, a Connect to it answered, and the data connection
+/// up with its ConnectionBind written: the harness, the server, the data socket and the bind.
+fn data_connection_up() -> (Harness, Server, SocketId, Vec<u8>) {
     let mut h = Harness::new(Credentials::long_term("u", "p"));
     let mut server = Server::new("u", "p");
     permitted(&mut h, &mut server);
@@ -668,6 +669,12 @@ fn connect_binds_a_data_connection_and_hands_it_over() {
     let answer = server.answer(&req);
     assert_eq!(h.stream(&answer), Verdict::Consumed);
     let (socket, bind) = h.data_connected();
+    (h, server, socket, bind)
+}
+
+#[test]
+fn connect_binds_a_data_connection_and_hands_it_over() {
+    let (mut h, mut server, socket, bind) = data_connection_up();
     assert_eq!(server.seen.last().map(|s| s.0), Some(method::CONNECT));
     // The answer and the peer's first bytes in one chunk: the bytes are handed over with it.
     let mut answer = server.answer(&bind);
@@ -770,16 +777,7 @@ fn a_refused_connect_fails_that_peer_only() {
 
 #[test]
 fn a_data_connection_without_an_answer_times_out_and_is_closed() {
-    let mut h = Harness::new(Credentials::long_term("u", "p"));
-    let mut server = Server::new("u", "p");
-    permitted(&mut h, &mut server);
-    h.checker.input(h.now);
-    h.client.connect(h.now, PEER.parse().unwrap()).unwrap();
-    h.drain();
-    let req = h.one_request();
-    let answer = server.answer(&req);
-    assert_eq!(h.stream(&answer), Verdict::Consumed);
-    let (socket, _bind) = h.data_connected();
+    let (mut h, _server, socket, _bind) = data_connection_up();
     h.advance_to(h.now + Duration::from_secs(10));
     assert_eq!(
         h.rec.take_events(),
@@ -794,16 +792,7 @@ fn a_data_connection_without_an_answer_times_out_and_is_closed() {
 
 #[test]
 fn close_during_a_data_connection_setup_closes_both_sockets() {
-    let mut h = Harness::new(Credentials::long_term("u", "p"));
-    let mut server = Server::new("u", "p");
-    permitted(&mut h, &mut server);
-    h.checker.input(h.now);
-    h.client.connect(h.now, PEER.parse().unwrap()).unwrap();
-    h.drain();
-    let req = h.one_request();
-    let answer = server.answer(&req);
-    assert_eq!(h.stream(&answer), Verdict::Consumed);
-    let (socket, _bind) = h.data_connected();
+    let (mut h, mut server, socket, _bind) = data_connection_up();
     h.checker.input(h.now);
     h.client.close(h.now);
     h.drain();
