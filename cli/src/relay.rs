@@ -10,7 +10,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use p2pd_signaling::NodeId;
-use p2pd_turn::{Credentials, TurnConfig};
+use p2pd_turn::{CredentialSource, Credentials, TurnConfig};
 
 use crate::config::{Relay, RelayAuth};
 
@@ -29,12 +29,21 @@ pub fn rest_user(node: Option<&NodeId>) -> String {
 /// secret, valid for [`REST_TTL`] from `unix_now` (seconds since the epoch), for
 /// [`rest_user`]`(node)`.
 pub fn credentials(relay: &Relay, node: Option<&NodeId>, unix_now: u64) -> Credentials {
+    credential_source(relay, node).credentials(unix_now)
+}
+
+/// Where `relay`'s credentials come from: long-term ones as configured, or TURN REST API ones
+/// from its secret for [`rest_user`]`(node)`, each set valid for [`REST_TTL`] (a node makes a
+/// fresh set for every allocation).
+pub fn credential_source(relay: &Relay, node: Option<&NodeId>) -> CredentialSource {
     match &relay.auth {
-        RelayAuth::Secret(secret) => {
-            Credentials::rest(secret.as_bytes(), &rest_user(node), unix_now, REST_TTL)
-        }
+        RelayAuth::Secret(secret) => CredentialSource::Rest {
+            secret: secret.as_bytes().to_vec(),
+            user: rest_user(node),
+            ttl: REST_TTL,
+        },
         RelayAuth::Credentials { username, password } => {
-            Credentials::long_term(username.clone(), password.clone())
+            CredentialSource::LongTerm(Credentials::long_term(username.clone(), password.clone()))
         }
     }
 }

@@ -10,6 +10,7 @@ use p2pd_signaling::pnp::{Name, PnpClientConfig, PnpTransport};
 use p2pd_signaling::rendezvous::RendezvousConfig;
 use p2pd_signaling::PublicKey;
 use p2pd_signaling::{NatInfo, NodeId};
+use p2pd_turn::CredentialSource;
 
 /// Where the node's NAT behaviour comes from.
 #[derive(Clone, Debug, PartialEq)]
@@ -18,6 +19,15 @@ pub enum NatSource {
     Classify(Vec<ServerSpec>),
     /// Known already (`None`: unknown, never punch).
     Known(Option<NatInfo>),
+}
+
+/// A TURN relay for phase C of the ladder (an RFC 6062 TCP allocation on it carries the stream).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RelaySpec {
+    /// The server's address (TURN over TCP).
+    pub server: SocketAddr,
+    /// Its credentials (REST ones are made afresh for each allocation).
+    pub credentials: CredentialSource,
 }
 
 /// A node's settings. [`NodeConfig::new`] gives defaults.
@@ -56,6 +66,12 @@ pub struct NodeConfig {
     /// Accept inbound streams only from these identities (`None`: from anyone who proves an
     /// identity).
     pub accept_from: Option<Vec<NodeId>>,
+    /// The TURN relays for phase C, in order of preference: a relay that refuses, cannot be
+    /// reached or times out is followed by the next. Empty: no relaying.
+    pub relays: Vec<RelaySpec>,
+    /// Phase C's budget per relay: each step of the allocation, and the wait for the peer to
+    /// come through the relay once it has the relayed address.
+    pub relay_timeout: Duration,
     /// Most connects in progress at once.
     pub max_connects: usize,
     /// Most inbound connections still in their preface or handshake (the oldest is dropped for a
@@ -67,7 +83,8 @@ pub struct NodeConfig {
 
 impl NodeConfig {
     /// Defaults for these brokers and PNP servers: no name, 10 min registrations, any local IP
-    /// and port, no STUN, unknown NAT, 3 s phase A, 5 s resolution, at most 16 connects, 32
+    /// and port, no STUN, unknown NAT, 3 s phase A, 5 s resolution, no relay (5 s per relay
+    /// step), at most 16 connects, 32
     /// handshakes and 256 streams.
     pub fn new(rendezvous: RendezvousConfig, pnp: Vec<PnpClientConfig>) -> Self {
         let epoch_ns = rendezvous.unix_epoch_ms.saturating_mul(1_000_000);
@@ -86,6 +103,8 @@ impl NodeConfig {
             punch: PunchConfig::new(NodeId([0; p2pd_signaling::NODE_ID_LEN]), epoch_ns),
             channel: ChannelConfig::default(),
             accept_from: None,
+            relays: Vec::new(),
+            relay_timeout: Duration::from_secs(5),
             max_connects: 16,
             max_handshakes: 32,
             max_streams: 256,

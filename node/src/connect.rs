@@ -1,6 +1,6 @@
 //! One connect, up the ladder: resolve, phase A (direct dials raced with a reverse request
 //! within [`NodeConfig::direct_budget`](crate::NodeConfig::direct_budget)), phase B (the punch,
-//! when the pair is punchable), phase C (the relay hook). The plan comes from
+//! when the pair is punchable), phase C (the relay, module `relays`). The plan comes from
 //! [`crate::ladder::plan`]; the first authenticated stream wins and everything else of the
 //! connect is closed once.
 
@@ -32,6 +32,9 @@ pub(crate) enum Stage {
     PhaseA { until: Instant },
     /// Phase B: the punch runs.
     PhaseB,
+    /// Phase C: waiting for the allocation (`None`), then for the peer to come through the
+    /// relay (until then).
+    PhaseC { until: Option<Instant> },
     /// Won or failed: about to leave.
     Done,
 }
@@ -67,6 +70,14 @@ pub(crate) struct Connect {
     pub(crate) reports: Vec<PhaseReport>,
     /// Phase A's budget ran out with nothing after it, and was extended once.
     pub(crate) budget_extended: bool,
+    /// Phase C: the allocation serving this connect.
+    pub(crate) relay: Option<u32>,
+    /// Phase C: the next configured relay to try.
+    pub(crate) relay_next: usize,
+    /// Phase C: the last relay's failure.
+    pub(crate) relay_failure: Option<PhaseFailure>,
+    /// Phase C: the offer's token while it is out.
+    pub(crate) relay_token: Option<[u8; TOKEN_LEN]>,
 }
 
 const PHASES: [Phase; 5] = [
@@ -82,6 +93,7 @@ impl Connect {
         match self.stage {
             Stage::Resolving => Some(self.resolve_until),
             Stage::PhaseA { until } => Some(until),
+            Stage::PhaseC { until } => until,
             Stage::PhaseB | Stage::Done => None,
         }
     }
@@ -148,6 +160,10 @@ impl Node {
             punch: None,
             reports,
             budget_extended: false,
+            relay: None,
+            relay_next: 0,
+            relay_failure: None,
+            relay_token: None,
         };
         start_phase(&mut connect, Phase::Resolve, now);
         match target {
@@ -241,7 +257,7 @@ impl Node {
                 }
                 false
             }
-            Stage::Done => false,
+            Stage::PhaseC { .. } | Stage::Done => false,
         }
     }
 
@@ -272,6 +288,14 @@ impl Node {
         };
         let id = connect.id;
         let plan = connect.plan.clone();
+        let punch = plan.punch && self.config.stun_tcp.is_some();
+        if plan.direct.is_empty() && !plan.reverse && !punch {
+            // Nothing before phase C: the relay's allocation starts now.
+            self.start_relay(now, i);
+        }
+        let Some(connect) = self.connects.get_mut(i) else {
+            return;
+        };
         if plan.direct.is_empty() {
             end_phase(
                 connect,
@@ -359,6 +383,10 @@ impl Node {
             return;
         };
         start_phase(connect, Phase::Punch, now);
+        if connect.relay.is_none() {
+            // The relay gets ready while the punch runs, in case it fails.
+            self.start_relay(now, i);
+        }
         match self.start_punch(now, key, Some(id)) {
             Some(serial) => {
                 if let Some(c) = self.connects.get_mut(i) {
@@ -382,20 +410,7 @@ impl Node {
         }
     }
 
-    /// Phase C: the relay hook. No relay yet: the connect fails with every phase's reason.
-    fn start_phase_c(&mut self, now: Instant, i: usize) {
-        if let Some(connect) = self.connects.get_mut(i) {
-            end_phase(
-                connect,
-                Phase::Relay,
-                now,
-                PhaseOutcome::Skipped(SkipReason::NoRelay),
-            );
-        }
-        self.fail_connect(now, i);
-    }
-
-    fn fail_connect(&mut self, now: Instant, i: usize) {
+    pub(crate) fn fail_connect(&mut self, now: Instant, i: usize) {
         let Some(connect) = self.connects.get_mut(i) else {
             return;
         };
@@ -403,6 +418,8 @@ impl Node {
             return;
         }
         connect.stage = Stage::Done;
+        connect.relay_token = None;
+        let relay = connect.relay.take();
         for r in &mut connect.reports {
             if r.started.is_none() && r.took == Duration::MAX {
                 r.took = Duration::ZERO;
@@ -416,6 +433,9 @@ impl Node {
             elapsed: now.saturating_duration_since(connect.started),
             phases: connect.reports.clone(),
         });
+        if let Some(serial) = relay {
+            self.release_relay(now, serial);
+        }
     }
 
     /// Fails every connect (the node is closing).
@@ -441,10 +461,12 @@ impl Node {
         self.connects.clear();
     }
 
-    /// Deadlines: resolution and phase A's budget.
+    /// Deadlines: resolution, phase A's budget, the wait for the peer through the relay.
     pub(crate) fn connects_timeout(&mut self, now: Instant) {
         let handshake_timeout = self.config.channel.handshake_timeout;
+        let relay_after = !self.config.relays.is_empty();
         let mut expired_dials = Vec::new();
+        let mut expired_relays = Vec::new();
         for connect in &mut self.connects {
             match connect.stage {
                 Stage::Resolving if connect.resolve_until <= now && connect.peer.is_none() => {
@@ -458,10 +480,11 @@ impl Node {
                 Stage::PhaseA { until }
                     if until <= now
                         && !connect.plan.punch
+                        && !relay_after
                         && !connect.budget_extended
                         && (connect.dials > 0 || connect.reverse_token.is_some()) =>
                 {
-                    // Nothing comes after phase A for this pair (no punch, no relay yet): its
+                    // Nothing comes after phase A for this pair (no punch, no relay): its
                     // budget would only cut attempts that are still making progress (a SYN
                     // retransmitted over a lossy link). They get their own handshake deadline
                     // instead, once.
@@ -490,11 +513,17 @@ impl Node {
                         );
                     }
                 }
+                Stage::PhaseC { until: Some(until) } if until <= now => {
+                    expired_relays.push(connect.id);
+                }
                 _ => {}
             }
         }
         for id in expired_dials {
             self.drop_dials_of(id);
+        }
+        for id in expired_relays {
+            self.relay_failed(now, id, PhaseFailure::Timeout);
         }
     }
 
@@ -589,8 +618,10 @@ impl Node {
         }
         c.stage = Stage::Done;
         c.reverse_token = None;
+        c.relay_token = None;
         c.dials = 0;
         let punch = c.punch.take();
+        let relay = c.relay.take();
         let event = NodeEvent::Connected {
             connect,
             stream,
@@ -609,6 +640,18 @@ impl Node {
                 self.stats.losers = self.stats.losers.saturating_add(1);
             }
         }
+        if let Some(serial) = relay {
+            if path == Path::Relayed {
+                // The allocation lives as long as its stream.
+                if let Some(r) = self.relays.iter_mut().find(|r| r.serial == serial) {
+                    r.connect = None;
+                    r.stream = Some(stream);
+                }
+            } else {
+                // Released unused: another path won.
+                self.release_relay(now, serial);
+            }
+        }
     }
 }
 
@@ -619,6 +662,16 @@ pub(crate) fn start_phase(connect: &mut Connect, phase: Phase, now: Instant) {
         r.started = Some(since);
         r.outcome = PhaseOutcome::Lost;
         r.took = Duration::MAX;
+    }
+}
+
+/// Marks `phase` started unless it already is (phase C across relays).
+pub(crate) fn start_phase_once(connect: &mut Connect, phase: Phase, now: Instant) {
+    if connect
+        .report_mut(phase)
+        .is_some_and(|r| r.started.is_none() && r.took == Duration::MAX)
+    {
+        start_phase(connect, phase, now);
     }
 }
 

@@ -38,6 +38,13 @@ pub(crate) enum ConnRole {
     },
     /// Accepted by the listener.
     Inbound,
+    /// Our dial to the relayed address `requester` offered.
+    RelayDial {
+        requester: PublicKey,
+        token: [u8; TOKEN_LEN],
+    },
+    /// A connection our relay handed us for `connect` (the peer dialled the relayed address).
+    Relayed { connect: ConnectId },
 }
 
 /// Where a connection is.
@@ -84,7 +91,13 @@ impl Node {
         self.open_dial(now, remote, ConnRole::Dial { connect, peer }, until);
     }
 
-    fn open_dial(&mut self, now: Instant, remote: SocketAddr, role: ConnRole, deadline: Instant) {
+    pub(crate) fn open_dial(
+        &mut self,
+        now: Instant,
+        remote: SocketAddr,
+        role: ConnRole,
+        deadline: Instant,
+    ) {
         let socket = self.new_socket();
         let local_ip = if remote.is_ipv4() == self.config.local_ip.is_ipv4() {
             self.config.local_ip
@@ -129,12 +142,7 @@ impl Node {
             return;
         }
         let plan = ladder::plan(&self.own.view(), &address);
-        let reverse_dials = self
-            .conns
-            .iter()
-            .filter(|c| matches!(c.role, ConnRole::ReverseDial { .. }))
-            .count();
-        if reverse_dials >= MAX_REVERSE_DIALS {
+        if !self.may_dial_for_peer() {
             // Anyone who can sign may ask us to dial: a bounded number at a time.
             self.stats.bad_messages = self.stats.bad_messages.saturating_add(1);
             return;
@@ -157,6 +165,22 @@ impl Node {
                 until,
             );
         }
+    }
+
+    /// Whether another dial a peer asked for (reverse or relayed) fits: anyone who can sign may
+    /// ask us to dial, so a bounded number run at a time.
+    pub(crate) fn may_dial_for_peer(&self) -> bool {
+        let asked = self
+            .conns
+            .iter()
+            .filter(|c| {
+                matches!(
+                    c.role,
+                    ConnRole::ReverseDial { .. } | ConnRole::RelayDial { .. }
+                )
+            })
+            .count();
+        asked < MAX_REVERSE_DIALS
     }
 
     /// Whether we take streams from `peer`.
@@ -275,7 +299,16 @@ impl Node {
                     expect: Some(requester.node_id()),
                 },
             ),
-            ConnRole::Inbound => return,
+            ConnRole::RelayDial { requester, token } => (
+                Preface {
+                    kind: PrefaceKind::Relay,
+                    token,
+                },
+                Role::Responder {
+                    expect: Some(requester.node_id()),
+                },
+            ),
+            ConnRole::Inbound | ConnRole::Relayed { .. } => return,
         };
         match Channel::new(
             self.config.channel,
@@ -344,23 +377,43 @@ impl Node {
     }
 
     /// The preface of an accepted connection: its channel (responder for a direct one, our
-    /// initiator for the answer to our reverse request). False if it is not a node's preface, or
-    /// answers no reverse request of ours.
+    /// initiator for the answer to our reverse request or relay offer). False if it is not a
+    /// node's preface, or answers no request of ours (a relay preface only counts on a
+    /// connection our relay handed us for that connect).
     fn start_inbound_channel(&mut self, now: Instant, i: usize, preface: Option<Preface>) -> bool {
-        let Some(preface) = preface else {
+        let (Some(preface), Some(conn)) = (preface, self.conns.get(i)) else {
             return false;
         };
-        let (role, reverse_for) = match preface.kind {
-            PrefaceKind::Direct => (Role::Responder { expect: None }, None),
-            PrefaceKind::Reverse => match self.reverse_connect(&preface.token) {
-                Some((connect, peer)) => (
-                    Role::Initiator {
-                        expect: peer.node_id(),
-                    },
-                    Some(connect),
-                ),
-                None => return false,
-            },
+        let (role, reverse_for) = match (&conn.role, preface.kind) {
+            (ConnRole::Inbound, PrefaceKind::Direct) => (Role::Responder { expect: None }, None),
+            (ConnRole::Inbound, PrefaceKind::Reverse) => {
+                match self.reverse_connect(&preface.token) {
+                    Some((connect, peer)) => (
+                        Role::Initiator {
+                            expect: peer.node_id(),
+                        },
+                        Some(connect),
+                    ),
+                    None => return false,
+                }
+            }
+            (ConnRole::Relayed { connect }, PrefaceKind::Relay) => {
+                match self
+                    .connects
+                    .iter()
+                    .find(|c| c.id == *connect && c.relay_token == Some(preface.token))
+                    .and_then(|c| c.key)
+                {
+                    Some(peer) => (
+                        Role::Initiator {
+                            expect: peer.node_id(),
+                        },
+                        Some(*connect),
+                    ),
+                    None => return false,
+                }
+            }
+            _ => return false,
         };
         let Ok(channel) = Channel::new(
             self.config.channel,
@@ -437,6 +490,8 @@ impl Node {
             (ConnRole::Inbound, Some(connect)) => (Path::Reverse, Some(connect)),
             (ConnRole::Inbound, None) => (Path::Direct, None),
             (ConnRole::ReverseDial { .. }, _) => (Path::Reverse, None),
+            (ConnRole::RelayDial { .. }, _) => (Path::Relayed, None),
+            (ConnRole::Relayed { connect }, _) => (Path::Relayed, Some(*connect)),
         };
         match connect {
             Some(connect) if initiator => {
@@ -511,6 +566,15 @@ impl Node {
                     );
                 }
             }
+            ConnRole::RelayDial { requester, token } => {
+                let _ = self.rendezvous.send(
+                    now,
+                    &requester,
+                    None,
+                    &Message::RelayFailed { token }.encode(),
+                );
+            }
+            ConnRole::Relayed { connect } => self.relay_failed(now, connect, failure),
             ConnRole::Inbound => {}
         }
     }
@@ -530,7 +594,8 @@ impl Node {
             .conns
             .iter()
             .filter(|c| match (&c.role, &c.state) {
-                (ConnRole::Dial { connect: id, .. }, _) => *id == connect,
+                (ConnRole::Dial { connect: id, .. }, _)
+                | (ConnRole::Relayed { connect: id }, _) => *id == connect,
                 (ConnRole::Inbound, ConnState::Handshake { reverse_for, .. }) => {
                     *reverse_for == Some(connect)
                 }

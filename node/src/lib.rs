@@ -14,7 +14,9 @@
 //!   or a public key), then **phase A** within a 3 s budget: direct dials to every endpoint that
 //!   can be reachable raced with a reverse request (the peer dials us when we are the reachable
 //!   one); **phase B**: the TCP punch ([`p2pd_punch`]) only for punchable pairs; **phase C**:
-//!   the relay hook (no relay yet: reported as skipped). The first stream whose secure channel
+//!   a TURN relay ([`p2pd_turn`], an RFC 6062 TCP allocation; [`NodeConfig::relays`]), allocated
+//!   at once when nothing else can work, else alongside the punch and released unused if
+//!   another path wins. The first stream whose secure channel
 //!   proves the expected identity wins; every other attempt is closed once;
 //! - **every stream through the secure channel** ([`p2pd_channel`], Noise XX bound to the node
 //!   identities): the side that connects is the channel's initiator and picks the winner; a
@@ -37,6 +39,7 @@ pub mod ladder;
 mod node;
 mod own;
 mod punches;
+mod relays;
 mod resolve;
 mod signal;
 mod streams;
@@ -47,9 +50,10 @@ pub mod wire;
 #[cfg(test)]
 mod tests;
 
-pub use config::{pnp_client_config, NatSource, NodeConfig};
+pub use config::{pnp_client_config, NatSource, NodeConfig, RelaySpec};
 pub use node::{Node, NodeError, NodeStats};
 pub use p2pd_proto::{Instant, Machine, SocketId};
+pub use p2pd_turn::{CredentialSource, Credentials};
 pub use target::{Target, TargetError};
 pub use types::{
     ConnectId, NodeApiError, NodeEvent, Path, Phase, PhaseFailure, PhaseOutcome, PhaseReport,

@@ -20,6 +20,7 @@ use crate::connect::Connect;
 use crate::conns::Conn;
 use crate::own::Own;
 use crate::punches::PunchSlot;
+use crate::relays::RelaySlot;
 use crate::streams::StreamSlot;
 use crate::types::{NodeApiError, NodeEvent};
 
@@ -36,6 +37,8 @@ pub(crate) enum Part {
     Classifier,
     /// A punch, by serial number.
     Punch(u32),
+    /// A relay allocation, by serial number.
+    Relay(u32),
     /// The node's own sockets: the listener, dials, accepted connections, streams.
     Own,
 }
@@ -74,6 +77,9 @@ pub struct NodeStats {
     pub bad_messages: u64,
     /// Streams opened.
     pub streams: u64,
+    /// Relay allocations started (phase C; none for pairs that connect otherwise, unless a
+    /// punch was running).
+    pub allocations: u64,
 }
 
 /// The node machine. See the [crate docs](crate).
@@ -92,6 +98,7 @@ pub struct Node {
     pub(crate) connects: Vec<Connect>,
     pub(crate) conns: Vec<Conn>,
     pub(crate) punches: Vec<PunchSlot>,
+    pub(crate) relays: Vec<RelaySlot>,
     pub(crate) streams: Vec<StreamSlot>,
     /// Intents of the node's own sockets (their ids in `Part::Own`).
     pub(crate) ops: VecDeque<SocketOp>,
@@ -103,6 +110,7 @@ pub struct Node {
     pub(crate) next_stream: u64,
     pub(crate) next_connect: u64,
     pub(crate) next_punch: u32,
+    pub(crate) next_relay: u32,
     pub(crate) events: VecDeque<NodeEvent>,
     pub(crate) stats: NodeStats,
     pub(crate) closing: bool,
@@ -173,6 +181,7 @@ impl Node {
             connects: Vec::new(),
             conns: Vec::new(),
             punches: Vec::new(),
+            relays: Vec::new(),
             streams: Vec::new(),
             ops: VecDeque::new(),
             retired_ops: VecDeque::new(),
@@ -181,6 +190,7 @@ impl Node {
             next_stream: 0,
             next_connect: 0,
             next_punch: 0,
+            next_relay: 0,
             events: VecDeque::new(),
             stats: NodeStats::default(),
             closing: false,
@@ -221,6 +231,11 @@ impl Node {
         self.sockets.len()
     }
 
+    /// Relay allocations held (for connects in progress and relayed streams).
+    pub fn open_relays(&self) -> usize {
+        self.relays.len()
+    }
+
     /// Connects, connections, punches and streams alive (for leak checks).
     pub fn live(&self) -> (usize, usize, usize, usize) {
         (
@@ -250,6 +265,9 @@ impl Node {
         }
         for p in &mut self.punches {
             p.node.close(now);
+        }
+        for r in &mut self.relays {
+            r.client.close(now);
         }
         let sockets: Vec<SocketId> = self.conns.iter().map(|c| c.socket).collect();
         for s in sockets {
@@ -304,6 +322,12 @@ impl Node {
                     self.on_punch(now, i, ev);
                 }
             }
+            for i in 0..self.relays.len() {
+                while let Some(ev) = self.relays.get_mut(i).and_then(|r| r.client.poll_event()) {
+                    progressed = true;
+                    self.on_relay(now, i, ev);
+                }
+            }
             for i in 0..self.streams.len() {
                 while let Some(ev) = self.streams.get_mut(i).and_then(|s| s.stream.poll_event()) {
                     progressed = true;
@@ -348,6 +372,22 @@ impl Node {
                 i = i.saturating_add(1);
             }
         }
+        let mut i = 0;
+        while i < self.relays.len() {
+            if self.relays.get(i).is_some_and(|r| r.closed) {
+                let mut r = self.relays.remove(i);
+                while let Some(op) = self
+                    .sockets
+                    .poll_socket_op(Part::Relay(r.serial), &mut r.client)
+                {
+                    retired.push_back(op);
+                }
+                // The aliases of the data connections it handed over.
+                self.sockets.forget(Part::Relay(r.serial));
+            } else {
+                i = i.saturating_add(1);
+            }
+        }
         self.retired_ops.extend(retired);
     }
 
@@ -366,6 +406,9 @@ impl Node {
         add(self.classifier.as_ref().and_then(|c| c.poll_timeout()));
         for p in &self.punches {
             add(p.node.poll_timeout());
+        }
+        for r in &self.relays {
+            add(r.client.poll_timeout());
         }
         for s in &self.streams {
             add(s.stream.poll_timeout());
@@ -435,6 +478,12 @@ impl Machine for Node {
                     None => Verdict::Dropped(DropReason::UnknownSocket),
                 }
             }
+            Some((Part::Relay(serial), inner)) => {
+                match self.relays.iter_mut().find(|r| r.serial == serial) {
+                    Some(r) => r.client.handle_stream(now, inner, data),
+                    None => Verdict::Dropped(DropReason::UnknownSocket),
+                }
+            }
             Some((Part::Own, inner)) => self.own_stream_bytes(now, inner, data),
             None => Verdict::Dropped(DropReason::UnknownSocket),
         };
@@ -465,6 +514,11 @@ impl Machine for Node {
             Some((Part::Punch(serial), inner)) => {
                 if let Some(p) = self.punches.iter_mut().find(|p| p.serial == serial) {
                     p.node.handle_socket_result(now, inner, outcome);
+                }
+            }
+            Some((Part::Relay(serial), inner)) => {
+                if let Some(r) = self.relays.iter_mut().find(|r| r.serial == serial) {
+                    r.client.handle_socket_result(now, inner, outcome);
                 }
             }
             Some((Part::Own, inner)) => self.own_socket_result(now, inner, outcome),
@@ -498,6 +552,11 @@ impl Machine for Node {
         for p in &mut self.punches {
             if due(p.node.poll_timeout()) {
                 p.node.handle_timeout(now);
+            }
+        }
+        for r in &mut self.relays {
+            if due(r.client.poll_timeout()) {
+                r.client.handle_timeout(now);
             }
         }
         for s in &mut self.streams {
@@ -573,6 +632,14 @@ impl Node {
                 return Some(t);
             }
         }
+        for r in &mut self.relays {
+            if let Some(t) = self
+                .sockets
+                .poll_transmit(Part::Relay(r.serial), &mut r.client, buf)
+            {
+                return Some(t);
+            }
+        }
         self.poll_own_transmit(buf)
     }
 
@@ -610,6 +677,14 @@ impl Node {
                 return Some(op);
             }
         }
+        for r in &mut self.relays {
+            if let Some(op) = self
+                .sockets
+                .poll_socket_op(Part::Relay(r.serial), &mut r.client)
+            {
+                return Some(op);
+            }
+        }
         self.poll_own_op()
     }
 
@@ -621,6 +696,7 @@ impl Node {
             && self.binding.is_none()
             && self.classifier.is_none()
             && self.punches.is_empty()
+            && self.relays.is_empty()
             && self.conns.is_empty()
             && self.streams.is_empty()
             && self.ops.is_empty()

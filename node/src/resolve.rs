@@ -88,7 +88,7 @@ impl Node {
                 }
                 // The ladder runs already: later phases use the fresher address.
                 Stage::Resolving | Stage::PhaseA { .. } => connect.peer = Some(address.clone()),
-                Stage::PhaseB | Stage::Done => {}
+                Stage::PhaseB | Stage::PhaseC { .. } | Stage::Done => {}
             }
         }
     }

@@ -55,6 +55,10 @@ impl Node {
                 self.on_reverse_request(now, from, token, *address)
             }
             Message::ReverseFailed { token } => self.reverse_failed(now, from, token),
+            Message::RelayOffer { token, relayed } => {
+                self.on_relay_offer(now, from, token, relayed)
+            }
+            Message::RelayFailed { token } => self.relay_offer_failed(now, from, token),
         }
     }
 

@@ -180,6 +180,9 @@ impl Node {
             let slot = self.streams.remove(pos);
             self.events
                 .push_back(NodeEvent::StreamClosed { stream: slot.id });
+            if slot.path == Path::Relayed {
+                self.relayed_stream_closed(slot.id);
+            }
             return self.sockets.outbound(
                 Part::Own,
                 SocketOp::Close {

@@ -10,6 +10,7 @@ use p2pd_punch::PunchFailure;
 use p2pd_signaling::pnp::{Name, PnpFailure, PnpServerId};
 use p2pd_signaling::rendezvous::RendezvousEvent;
 use p2pd_signaling::{NatInfo, PeerAddress, PublicKey};
+use p2pd_turn::TurnFailure;
 
 /// One [`Node::connect`](crate::Node::connect) call.
 #[derive(Copy, Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -128,6 +129,9 @@ pub enum PhaseFailure {
     /// Our own address is not known yet (a connect before [`NodeEvent::Ready`]), so the peer
     /// cannot be asked to dial us.
     NoOwnAddress,
+    /// A relay refused the allocation or its permission, could not be reached or timed out
+    /// (the last relay's failure, after every configured relay was tried).
+    Relay(TurnFailure),
     /// The node was closed.
     Closed,
 }
@@ -146,6 +150,7 @@ impl fmt::Display for PhaseFailure {
             PhaseFailure::Punch(e) => write!(f, "punch failed: {e:?}"),
             PhaseFailure::Signaling => f.write_str("signaling unavailable"),
             PhaseFailure::NoOwnAddress => f.write_str("our own address is not known yet"),
+            PhaseFailure::Relay(e) => write!(f, "relay failed: {e}"),
             PhaseFailure::Closed => f.write_str("the node was closed"),
         }
     }

@@ -7,14 +7,21 @@
 //!   kind 2  address reply     nonce:u64 address:[rest]      ; PeerAddress binary form
 //!   kind 3  reverse request   token:[16] address:[rest]     ; dial me back at this address
 //!   kind 4  reverse failed    token:[16]                    ; no dial reached the requester
-//! preface  = MAGIC:[6] kind:u8 token:[16]                   ; kind 1 direct, 2 reverse
+//!   kind 5  relay offer       token:[16] relayed:addr       ; dial me through this relay
+//!   kind 6  relay failed      token:[16]                    ; the relayed address was not reached
+//! addr     = 4:u8 ip:[4] port:u16 | 6:u8 ip:[16] port:u16
+//! preface  = MAGIC:[6] kind:u8 token:[16]                   ; kind 1 direct, 2 reverse, 3 relay
 //! ```
 //!
 //! After the preface the connection carries the secure channel. On a direct connection the
 //! dialler is the channel's initiator; on a reverse one the dialler (the peer that was asked to
 //! dial) is the responder and the requester initiates, so on every path the side that called
 //! `connect` chooses the winning connection (its last handshake message goes on that one only).
+//! A relayed connection is like a reverse one: the offer's receiver dials the relayed address
+//! and is the responder; the connecting side, whose relay hands it the connection, initiates.
 //! The token is in the channel's context: a handshake cannot be moved to another connection.
+
+use core::net::{IpAddr, SocketAddr};
 
 use p2pd_signaling::PeerAddress;
 
@@ -56,6 +63,18 @@ pub enum Message {
         /// The request's token.
         token: [u8; TOKEN_LEN],
     },
+    /// Dial me through my relay at `relayed`, open with a relay preface carrying `token`.
+    RelayOffer {
+        /// The offerer's token.
+        token: [u8; TOKEN_LEN],
+        /// The relayed address of the offerer's allocation.
+        relayed: SocketAddr,
+    },
+    /// The relayed address could not be reached.
+    RelayFailed {
+        /// The offer's token.
+        token: [u8; TOKEN_LEN],
+    },
 }
 
 impl Message {
@@ -79,6 +98,15 @@ impl Message {
             }
             Message::ReverseFailed { token } => {
                 out.push(4);
+                out.extend_from_slice(token);
+            }
+            Message::RelayOffer { token, relayed } => {
+                out.push(5);
+                out.extend_from_slice(token);
+                encode_addr(&mut out, relayed);
+            }
+            Message::RelayFailed { token } => {
+                out.push(6);
                 out.extend_from_slice(token);
             }
         }
@@ -113,9 +141,52 @@ impl Message {
             4 => Some(Message::ReverseFailed {
                 token: body.try_into().ok()?,
             }),
+            5 => {
+                let (token, addr) = body.split_first_chunk::<TOKEN_LEN>()?;
+                Some(Message::RelayOffer {
+                    token: *token,
+                    relayed: decode_addr(addr)?,
+                })
+            }
+            6 => Some(Message::RelayFailed {
+                token: body.try_into().ok()?,
+            }),
             _ => None,
         }
     }
+}
+
+/// Appends `addr` in the `addr` form of the [module docs](self).
+fn encode_addr(out: &mut Vec<u8>, addr: &SocketAddr) {
+    match addr.ip() {
+        IpAddr::V4(ip) => {
+            out.push(4);
+            out.extend_from_slice(&ip.octets());
+        }
+        IpAddr::V6(ip) => {
+            out.push(6);
+            out.extend_from_slice(&ip.octets());
+        }
+    }
+    out.extend_from_slice(&addr.port().to_be_bytes());
+}
+
+/// Parses exactly one `addr`.
+fn decode_addr(bytes: &[u8]) -> Option<SocketAddr> {
+    let (&family, rest) = bytes.split_first()?;
+    let (ip, port) = match family {
+        4 => {
+            let (ip, port) = rest.split_first_chunk::<4>()?;
+            (IpAddr::from(*ip), port)
+        }
+        6 => {
+            let (ip, port) = rest.split_first_chunk::<16>()?;
+            (IpAddr::from(*ip), port)
+        }
+        _ => return None,
+    };
+    let port: [u8; 2] = port.try_into().ok()?;
+    Some(SocketAddr::new(ip, u16::from_be_bytes(port)))
 }
 
 /// What a connection is for, from its preface.
@@ -125,6 +196,9 @@ pub enum PrefaceKind {
     Direct,
     /// We asked the dialler to dial us: we initiate the channel.
     Reverse,
+    /// We offered the dialler our relayed address: it came through the relay, and we initiate
+    /// the channel.
+    Relay,
 }
 
 /// A connection's preface.
@@ -146,6 +220,7 @@ impl Preface {
             *kind = match self.kind {
                 PrefaceKind::Direct => 1,
                 PrefaceKind::Reverse => 2,
+                PrefaceKind::Relay => 3,
             };
             token.copy_from_slice(&self.token);
         }
@@ -162,6 +237,7 @@ impl Preface {
         let kind = match kind {
             1 => PrefaceKind::Direct,
             2 => PrefaceKind::Reverse,
+            3 => PrefaceKind::Relay,
             _ => return None,
         };
         Some(Preface {
@@ -202,6 +278,15 @@ mod tests {
                 address,
             },
             Message::ReverseFailed { token: [1; 16] },
+            Message::RelayOffer {
+                token: [2; 16],
+                relayed: "192.0.2.7:49152".parse().unwrap(),
+            },
+            Message::RelayOffer {
+                token: [3; 16],
+                relayed: "[2001:db8::1]:3478".parse().unwrap(),
+            },
+            Message::RelayFailed { token: [5; 16] },
         ] {
             let bytes = m.encode();
             assert_eq!(Message::decode(&bytes), Some(m));
@@ -210,11 +295,27 @@ mod tests {
             }
         }
         assert_eq!(Message::decode(&[TAG, 9, 0]), None);
+        // An address of an unknown family, or with bytes after it.
+        let mut offer = vec![TAG, 5];
+        offer.extend_from_slice(&[0; TOKEN_LEN]);
+        offer.extend_from_slice(&[5, 1, 2, 3, 4, 0, 80]);
+        assert_eq!(Message::decode(&offer), None);
+        let mut long = Message::RelayOffer {
+            token: [0; 16],
+            relayed: "192.0.2.7:80".parse().unwrap(),
+        }
+        .encode();
+        long.push(0);
+        assert_eq!(Message::decode(&long), None);
     }
 
     #[test]
     fn prefaces_round_trip() {
-        for kind in [PrefaceKind::Direct, PrefaceKind::Reverse] {
+        for kind in [
+            PrefaceKind::Direct,
+            PrefaceKind::Reverse,
+            PrefaceKind::Relay,
+        ] {
             let p = Preface {
                 kind,
                 token: [7; 16],

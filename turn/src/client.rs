@@ -70,9 +70,9 @@ mod tests;
 mod types;
 
 pub use types::{
-    Credentials, RelayTransport, TurnConfig, TurnError, TurnEvent, TurnFailure, TurnStats,
-    CONTROL_SOCKET, MAX_CONTROL_MESSAGE_LEN, MAX_DATA_CONNECTIONS, MAX_PERMISSIONS, MAX_SEND_LEN,
-    MAX_SEND_QUEUE, PERMISSION_REFRESH,
+    CredentialSource, Credentials, RelayTransport, TurnConfig, TurnError, TurnEvent, TurnFailure,
+    TurnStats, CONTROL_SOCKET, MAX_CONTROL_MESSAGE_LEN, MAX_DATA_CONNECTIONS, MAX_PERMISSIONS,
+    MAX_SEND_LEN, MAX_SEND_QUEUE, PERMISSION_REFRESH,
 };
 use types::{ALTERNATE_SERVER, MAX_CHALLENGE_LEN, MAX_PENDING, MAX_STALE_NONCE_RETRIES};
 

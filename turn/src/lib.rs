@@ -34,6 +34,6 @@ pub mod client;
 pub mod codec;
 
 pub use client::{
-    Credentials, RelayTransport, TurnClient, TurnConfig, TurnError, TurnEvent, TurnFailure,
-    TurnStats, CONTROL_SOCKET, MAX_DATA_CONNECTIONS, MAX_SEND_LEN, MAX_SEND_QUEUE,
+    CredentialSource, Credentials, RelayTransport, TurnClient, TurnConfig, TurnError, TurnEvent,
+    TurnFailure, TurnStats, CONTROL_SOCKET, MAX_DATA_CONNECTIONS, MAX_SEND_LEN, MAX_SEND_QUEUE,
 };

@@ -83,6 +83,52 @@ impl Credentials {
     }
 }
 
+/// Where a relay's credentials come from: fixed long-term ones, or TURN REST API ones made
+/// afresh from a shared secret for each allocation (so a long-running caller never presents
+/// expired ones).
+#[derive(Clone, PartialEq, Eq)]
+pub enum CredentialSource {
+    /// Static long-term credentials, used as they are.
+    LongTerm(Credentials),
+    /// TURN REST API credentials: `user` under `secret`, each set valid for `ttl` from when it
+    /// is made.
+    Rest {
+        /// The shared secret (coturn's `static-auth-secret`).
+        secret: Vec<u8>,
+        /// The user part of the time-limited user name.
+        user: String,
+        /// How long each set stays valid.
+        ttl: Duration,
+    },
+}
+
+impl core::fmt::Debug for CredentialSource {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            CredentialSource::LongTerm(c) => f.debug_tuple("LongTerm").field(c).finish(),
+            CredentialSource::Rest { user, ttl, .. } => f
+                .debug_struct("Rest")
+                .field("secret", &"<redacted>")
+                .field("user", user)
+                .field("ttl", ttl)
+                .finish(),
+        }
+    }
+}
+
+impl CredentialSource {
+    /// The credentials to present now: `unix_now` is the caller's wall clock in seconds since
+    /// the unix epoch (only REST credentials depend on it).
+    pub fn credentials(&self, unix_now: u64) -> Credentials {
+        match self {
+            CredentialSource::LongTerm(c) => c.clone(),
+            CredentialSource::Rest { secret, user, ttl } => {
+                Credentials::rest(secret, user, unix_now, *ttl)
+            }
+        }
+    }
+}
+
 /// What the relay relays.
 #[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]
 pub enum RelayTransport {

@@ -133,6 +133,14 @@ pub fn setup(
     config.stun_tcp = Some(first);
     config.nat = NatSource::Classify(servers);
     config.classifier.local_ip = local_ip;
+    // Phase C: the configured relays in file order, REST credentials made per allocation for
+    // our node id.
+    for relay in &loaded.config.relay {
+        config.relays.push(p2pd_node::RelaySpec {
+            server: relay.address.resolve()?,
+            credentials: crate::relay::credential_source(relay, Some(&identity.node_id())),
+        });
+    }
     Ok(Setup {
         identity,
         config,
