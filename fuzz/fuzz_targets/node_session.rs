@@ -8,7 +8,12 @@
 //! failures for the node's own tokens, raw and replayed envelopes, and raw bytes on the broker
 //! connection); the STUN server (a genuine binding answer); raw datagrams on the PNP socket; the
 //! dialler of every inbound connection (a genuine direct preface, a reverse one with one of the
-//! node's tokens or a foreign one, or garbage) and the far end of every connection
+//! node's tokens or a foreign one, or garbage), the TURN relay of phase C when the input
+//! configures one (a scripted server: the 401 challenge, then authenticated successes for
+//! Allocate, CreatePermission, Refresh and ConnectionBind; ConnectionAttempt indications for a
+//! peer coming through; raw bytes on any relay connection), the dialler coming through the
+//! relay (a genuine relay preface with the token of the node's relay offer, or any) and the far
+//! end of every connection
 //! (`common/channel_peer.rs`: the genuine peer's secure channel, or another identity, role or
 //! context; whole, cut, bit-flipped, truncated or followed by junk; raw bytes); the API
 //! (`connect` by the peer's key, its address with arbitrary endpoints, a name, or our own key;
@@ -16,9 +21,10 @@
 //!
 //! Checks besides the contract: transmits only on connected streams, valid MQTT to the broker
 //! whose PUBLISHes open for the peer or the stranger; every connection the node dials starts
-//! with a node preface; `Connected` and `Accepted` name the peer (the node takes streams only
-//! from it) and come only on a connection whose bytes began with the genuine peer's whole
-//! handshake; `Data` only on such a stream and always a prefix of what the genuine peer sealed
+//! with a node preface; relay offers carry the relayed address the relay gave; `Connected` and
+//! `Accepted` name the peer (the node takes streams only from it) and come only on a connection
+//! whose bytes began with the genuine peer's whole handshake, with path `Relayed` exactly when
+//! that connection came through the relay; `Data` only on such a stream and always a prefix of what the genuine peer sealed
 //! there (attacker bytes are never delivered); a genuine peer fed by the node never fails and
 //! sees the node's identity; `StreamClosed` once per stream; `Closed` exactly once, only after
 //! `close`, and nothing after it.
@@ -32,8 +38,12 @@ use arbitrary::Arbitrary;
 use libfuzzer_sys::fuzz_target;
 use p2pd_nat::{Filtering, Mapping, PortAllocation};
 use p2pd_node::wire::{Message as NodeMessage, Preface, PrefaceKind, PREFACE_LEN, TOKEN_LEN};
-use p2pd_node::{NatSource, Node, NodeApiError, NodeConfig, NodeEvent, Path, StreamId, Target};
-use p2pd_proto::stun::{Attribute, Class, Header, Message as Stun, MessageWriter, TransactionId};
+use p2pd_node::{
+    CredentialSource, Credentials, NatSource, Node, NodeApiError, NodeConfig, NodeEvent, Path, RelaySpec, StreamId,
+    Target,
+};
+use p2pd_proto::stun::{attr as stun_attr, Attribute, Class, ErrorCode, Header, Message as Stun, MessageWriter, TransactionId};
+use p2pd_turn::codec::{self as turn_codec, attr as turn_attr, method as turn_method, long_term_key, TurnAttribute, TurnWriter};
 use p2pd_proto::testing::{pick, Driven, Output, SocketState, SocketTable};
 use p2pd_proto::{Instant, OpKind, SocketId, SocketOp, SocketOutcome, Transport};
 use p2pd_signaling::address::{Endpoint, Interface, InterfaceLabel};
@@ -73,6 +83,20 @@ fn stun_server() -> SocketAddr {
 
 fn pnp_server() -> SocketAddr {
     "192.0.2.30:5300".parse().unwrap()
+}
+
+fn relay_server() -> SocketAddr {
+    "192.0.2.40:3478".parse().unwrap()
+}
+
+fn relayed() -> SocketAddr {
+    "192.0.2.40:50000".parse().unwrap()
+}
+
+const RELAY_REALM: &str = "relay.fuzz";
+
+fn relay_key() -> [u8; 16] {
+    long_term_key(b"u", RELAY_REALM.as_bytes(), b"p")
 }
 
 fn local_ip() -> IpAddr {
@@ -130,6 +154,8 @@ enum PrefaceMode {
     Direct { token: u8 },
     /// A reverse preface with one of the node's reverse tokens (or any).
     Reverse { ours: bool, token: u8 },
+    /// A relay preface with the token of one of the node's relay offers (or any).
+    Relay { ours: bool, token: u8 },
     /// Anything.
     Garbage(Vec<u8>),
 }
@@ -159,6 +185,16 @@ enum Op {
     Signal { sig: Sig, stranger: bool, cut: u16 },
     /// A datagram on the PNP socket.
     Datagram(Vec<u8>),
+    /// The relay answers every request it has (see [`H::relay_serve`]).
+    RelayServe,
+    /// The relay tells of a peer's connection to the relayed address (on its control
+    /// connection).
+    RelayAttempt { port: u16 },
+    /// Raw bytes on a relay connection (control or data, before the hand-over).
+    RelayBytes { which: u8, data: Vec<u8> },
+    /// A whole relayed connect: the node (with a relay) connects to an unpunchable peer, the
+    /// relay allocates, the offer goes out, the peer comes through and runs its handshake.
+    HappyRelay { port: u16 },
     Connect(Tgt),
     /// A whole connect as a friendly world plays it: the node is settled, connects to the
     /// peer's address (open, one endpoint), the connection comes up, the genuine peer answers.
@@ -182,7 +218,21 @@ enum Op {
 struct Input {
     seed: u64,
     nat: u8,
+    relay: bool,
     ops: Vec<Op>,
+}
+
+/// A connection of the node's to the relay, before it is handed over as a data connection.
+#[derive(Default)]
+struct RelaySock {
+    /// Its first request was an Allocate.
+    control: bool,
+    /// Request bytes not yet a whole message.
+    buf: Vec<u8>,
+    /// Answers to deliver (the relay speaks when told to).
+    answers: Vec<Vec<u8>>,
+    /// A ConnectionBind success is among the answers: the peer this connection carries after.
+    binds_to: Option<SocketAddr>,
 }
 
 
@@ -197,6 +247,8 @@ struct Track {
     conn: Option<Conn>,
     remote: SocketAddr,
     stream: Option<StreamId>,
+    /// Handed over by the relay.
+    relayed: bool,
 }
 
 #[derive(Default)]
@@ -227,6 +279,13 @@ struct H {
     closing: bool,
     closed: bool,
     next_remote: u16,
+    relay_socks: HashMap<SocketId, RelaySock>,
+    /// The node's relay-offer tokens, from its signals.
+    relay_tokens: Vec<[u8; TOKEN_LEN]>,
+    /// Connection attempts announced: connection id -> peer.
+    attempts: HashMap<u32, SocketAddr>,
+    next_cid: u32,
+    relay_on: bool,
 }
 
 impl H {
@@ -241,6 +300,9 @@ impl H {
     }
 
     fn transmit(&mut self, socket: SocketId, destination: SocketAddr, bytes: &[u8]) {
+        if std::env::var_os("NODE_FUZZ_DEBUG").is_some() {
+            eprintln!("DEBUG transmit {socket} {} bytes", bytes.len());
+        }
         match self.t.get(socket) {
             Some(SocketState::Stream { remote, shut, .. }) => {
                 assert!(!shut, "transmit on {socket} after its Shutdown");
@@ -254,6 +316,10 @@ impl H {
         }
         if self.link.socket == Some(socket) {
             self.broker_reads(socket, bytes);
+            return;
+        }
+        if self.relay_socks.contains_key(&socket) {
+            self.relay_reads(socket, bytes);
             return;
         }
         if self.stun == Some(socket) {
@@ -302,6 +368,9 @@ impl H {
     fn broker_reads(&mut self, socket: SocketId, bytes: &[u8]) {
         assert_eq!(self.link.socket, Some(socket));
         for p in self.link.read(bytes) {
+            if std::env::var_os("NODE_FUZZ_DEBUG").is_some() {
+                eprintln!("DEBUG broker got {}", format!("{p:?}").chars().take(80).collect::<String>());
+            }
             match p {
                 Packet::Publish { topic, payload, .. } => {
                     let to = [PEER, STRANGER]
@@ -316,12 +385,22 @@ impl H {
                     match payload.first() {
                         Some(&p2pd_node::wire::TAG) => {
                             let m = NodeMessage::decode(payload).expect("the node's messages decode");
+                            if std::env::var_os("NODE_FUZZ_DEBUG").is_some() {
+                                eprintln!("DEBUG signal {m:?}");
+                            }
                             match m {
                                 NodeMessage::AddressRequest { nonce } if self.nonces.len() < 16 => self.nonces.push(nonce),
                                 NodeMessage::ReverseRequest { token, address } => {
                                     assert_eq!(address.public_key, public_key(ME), "a reverse request with another's address");
                                     if self.tokens.len() < 16 {
                                         self.tokens.push(token);
+                                    }
+                                }
+                                NodeMessage::RelayOffer { token, relayed: at } => {
+                                    assert!(self.relay_on, "a relay offer without a relay");
+                                    assert_eq!(at, relayed(), "an offer of another address than the relay gave");
+                                    if self.relay_tokens.len() < 16 {
+                                        self.relay_tokens.push(token);
                                     }
                                 }
                                 _ => {}
@@ -348,6 +427,7 @@ impl H {
             SocketOp::Bind { transport: Transport::Udp, .. } => self.pnp = Some(socket),
             SocketOp::Bind { .. } => {
                 self.tracks.remove(&socket);
+                self.relay_socks.remove(&socket);
                 if self.link.socket == Some(socket) {
                     self.link.socket = None;
                 }
@@ -372,8 +452,11 @@ impl H {
                         self.stun = Some(socket);
                         self.stun_request = None;
                     }
+                } else if remote == relay_server() {
+                    assert!(self.relay_on, "a connection to a relay that is not configured");
+                    self.relay_socks.insert(socket, RelaySock::default());
                 } else {
-                    self.tracks.insert(socket, Track { outbound: true, pre: Vec::new(), prefaced: false, conn: None, remote, stream: None });
+                    self.tracks.insert(socket, Track { outbound: true, pre: Vec::new(), prefaced: false, conn: None, remote, stream: None, relayed: false });
                 }
             }
             SocketOp::Listen { .. } => {
@@ -388,6 +471,7 @@ impl H {
             SocketOp::Shutdown { .. } => assert!(matches!(before, Some(SocketState::Stream { .. }))),
             SocketOp::Close { .. } => {
                 self.tracks.remove(&socket);
+                self.relay_socks.remove(&socket);
                 self.pending_connects.remove(&socket);
                 if self.link.socket == Some(socket) {
                     self.link.socket = None;
@@ -423,10 +507,12 @@ impl H {
     fn new_stream(&mut self, stream: StreamId, peer: p2pd_signaling::PublicKey, path: Path, remote: SocketAddr) {
         assert!(!self.closing, "a stream after close");
         assert_eq!(peer, public_key(PEER), "a stream with another identity than the peer's");
-        assert!(matches!(path, Path::Direct | Path::Reverse), "path {path:?} without a punch peer");
+        assert!(matches!(path, Path::Direct | Path::Reverse | Path::Relayed), "path {path:?} without a punch peer");
         let socket = self
             .winner(remote)
             .unwrap_or_else(|| panic!("{stream} to {remote} on no connection whose bytes began with the genuine peer's handshake"));
+        let relayed = self.tracks.get(&socket).is_some_and(|t| t.relayed);
+        assert_eq!(relayed, path == Path::Relayed, "{stream} on {socket} reported {path:?}");
         assert!(!self.streams.contains_key(&stream), "{stream} reported twice");
         if let Some(t) = self.tracks.get_mut(&socket) {
             t.stream = Some(stream);
@@ -438,6 +524,9 @@ impl H {
     }
 
     fn event(&mut self, ev: NodeEvent) {
+        if std::env::var_os("NODE_FUZZ_DEBUG").is_some() {
+            eprintln!("DEBUG event {ev:?}");
+        }
         assert!(!self.closed, "{ev:?} after Closed");
         match ev {
             NodeEvent::Connected { stream, peer, path, remote, .. } => self.new_stream(stream, peer, path, remote),
@@ -523,6 +612,11 @@ impl H {
     fn settle(&mut self) {
         for _ in 0..8 {
             let mut progressed = false;
+            // Timers due now (a stream's written bytes settle at once, and more follow).
+            if self.d.deadline().is_some_and(|d| d <= self.d.now) {
+                self.advance(self.d.now);
+                progressed = true;
+            }
             for socket in self.t.ids(|s| matches!(s, SocketState::Binding { .. })) {
                 if let Some(SocketState::Binding { local, .. }) = self.t.get(socket) {
                     let local = SocketAddr::new(local_ip(), local.port().max(40_000));
@@ -532,7 +626,7 @@ impl H {
             }
             for socket in self.t.ids(|s| matches!(s, SocketState::Connecting { .. })) {
                 let Some(SocketState::Connecting { local, remote }) = self.t.get(socket) else { continue };
-                if remote == broker() || remote == stun_server() {
+                if remote == broker() || remote == stun_server() || remote == relay_server() {
                     self.outcome(socket, SocketOutcome::Connected { local, remote });
                     progressed = true;
                 }
@@ -543,6 +637,10 @@ impl H {
                     self.broker_sends(answer);
                     progressed = true;
                 }
+            }
+            if self.relay_socks.values().any(|r| !r.answers.is_empty()) {
+                self.relay_serve();
+                progressed = true;
             }
             if let (Some(socket), Some(id)) = (self.stun, self.stun_request.take()) {
                 let mut buf = [0u8; 256];
@@ -627,6 +725,74 @@ impl H {
         }
     }
 
+    /// The node wrote on a relay connection: answer each whole request (queued until the relay
+    /// is told to speak).
+    fn relay_reads(&mut self, socket: SocketId, bytes: &[u8]) {
+        let Some(sock) = self.relay_socks.get_mut(&socket) else { return };
+        sock.buf.extend_from_slice(bytes);
+        loop {
+            let Some(len) = sock.buf.get(2..4).map(|l| 20 + usize::from(u16::from_be_bytes([l[0], l[1]]))) else { break };
+            if sock.buf.len() < len {
+                break;
+            }
+            let request: Vec<u8> = sock.buf.drain(..len).collect();
+            let msg = Stun::decode(&request).expect("the node's TURN client sends well-formed STUN");
+            assert_eq!(msg.class(), Class::Request, "the TURN client only sends requests");
+            if sock.answers.is_empty() && msg.method() == turn_method::ALLOCATE {
+                sock.control = true;
+            }
+            let (answer, binds_to) = relay_answer(&msg, &self.attempts);
+            if std::env::var_os("NODE_FUZZ_DEBUG").is_some() {
+                eprintln!("DEBUG relay {socket} {:?} -> {binds_to:?} {:?}", msg.method(), Stun::decode(&answer).map(|a| a.class()));
+            }
+            if binds_to.is_some() {
+                sock.binds_to = binds_to;
+            }
+            if sock.answers.len() < 16 {
+                sock.answers.push(answer);
+            }
+        }
+    }
+
+    /// The relay delivers every queued answer; a connection whose ConnectionBind succeeded is
+    /// the peer's from then on (its preface comes next).
+    fn relay_serve(&mut self) {
+        let mut ids: Vec<SocketId> = self.relay_socks.keys().copied().collect();
+        ids.sort();
+        for socket in ids {
+            let Some(sock) = self.relay_socks.get_mut(&socket) else { continue };
+            let answers = std::mem::take(&mut sock.answers);
+            let binds_to = sock.binds_to.take();
+            for a in answers {
+                self.stream(socket, &a);
+            }
+            if binds_to.is_some() {
+                if self.relay_socks.remove(&socket).is_some() && matches!(self.t.get(socket), Some(SocketState::Stream { .. })) {
+                    self.tracks.insert(socket, Track { outbound: false, pre: Vec::new(), prefaced: false, conn: None, remote: relay_server(), stream: None, relayed: true });
+                }
+            }
+        }
+    }
+
+    /// A ConnectionAttempt indication on the relay's control connection.
+    fn relay_attempt(&mut self, port: u16) {
+        let Some(control) = self.relay_socks.iter().filter(|(_, r)| r.control).map(|(s, _)| *s).min() else { return };
+        if self.attempts.len() >= 16 {
+            return;
+        }
+        self.next_cid = self.next_cid.wrapping_add(1);
+        let cid = self.next_cid;
+        let peer = SocketAddr::new(IpAddr::V4(Ipv4Addr::new(203, 0, 113, 50)), port.max(1));
+        self.attempts.insert(cid, peer);
+        let header = Header::new(Class::Indication, turn_method::CONNECTION_ATTEMPT, TransactionId::new([cid as u8; 12]));
+        let mut buf = [0u8; 128];
+        let mut w = MessageWriter::new(&mut buf, header).unwrap();
+        w.add_turn(&header, &TurnAttribute::ConnectionId(cid)).unwrap();
+        w.add_turn(&header, &TurnAttribute::XorPeerAddress(peer)).unwrap();
+        let n = w.finish();
+        self.stream(control, &buf[..n]);
+    }
+
     /// Connections of the node's own that are streams.
     fn own_streams(&self) -> Vec<SocketId> {
         let mut v: Vec<SocketId> = self
@@ -650,7 +816,7 @@ impl H {
             None => {
                 self.next_remote = self.next_remote.wrapping_add(1);
                 let remote = SocketAddr::new(IpAddr::V4(Ipv4Addr::new(198, 51, 100, 1 + remote % 8)), 20_000 + self.next_remote % 40_000);
-                self.tracks.insert(socket, Track { outbound: false, pre: Vec::new(), prefaced: false, conn: None, remote, stream: None });
+                self.tracks.insert(socket, Track { outbound: false, pre: Vec::new(), prefaced: false, conn: None, remote, stream: None, relayed: false });
                 self.outcome(socket, SocketOutcome::Accepted { local, remote });
                 Some(socket)
             }
@@ -678,6 +844,13 @@ impl H {
                 let token = if ours { self.tokens.last().copied().unwrap_or([token; TOKEN_LEN]) } else { [token; TOKEN_LEN] };
                 let p = Preface { kind: PrefaceKind::Reverse, token };
                 // The node (the requester) initiates.
+                track.conn = Some(Conn::new(p.context(), true, Some(PEER), ME));
+                p.encode().to_vec()
+            }
+            PrefaceMode::Relay { ours, token } => {
+                let token = if ours { self.relay_tokens.last().copied().unwrap_or([token; TOKEN_LEN]) } else { [token; TOKEN_LEN] };
+                let p = Preface { kind: PrefaceKind::Relay, token };
+                // The node (the offerer) initiates.
                 track.conn = Some(Conn::new(p.context(), true, Some(PEER), ME));
                 p.encode().to_vec()
             }
@@ -823,6 +996,38 @@ impl H {
                     self.check();
                 }
             }
+            Op::RelayServe => self.relay_serve(),
+            Op::RelayAttempt { port } => self.relay_attempt(port),
+            Op::RelayBytes { which, data } => {
+                let mut ids: Vec<SocketId> = self.relay_socks.keys().copied().collect();
+                ids.sort();
+                let Some(socket) = pick(&ids, which) else { return };
+                if !data.is_empty() {
+                    self.stream(socket, &data);
+                }
+            }
+            Op::HappyRelay { port } => {
+                self.settle();
+                let address = self.peer_address(0, port, 3);
+                if self.api(|n, now| n.connect(now, Target::Address(Box::new(address)))).is_err() {
+                    return;
+                }
+                for _ in 0..4 {
+                    self.settle();
+                }
+                self.relay_attempt(port);
+                for _ in 0..3 {
+                    self.settle();
+                }
+                let fresh: Vec<SocketId> = self.tracks.iter().filter(|(_, t)| t.relayed && !t.prefaced).map(|(s, _)| *s).collect();
+                for socket in fresh {
+                    self.preface(socket, PrefaceMode::Relay { ours: true, token: 0 }, 3);
+                    for _ in 0..2 {
+                        self.speak(socket, Kind::Genuine, 0, false, &Tamper::None, u16::MAX);
+                    }
+                    self.speak(socket, Kind::Genuine, 200, false, &Tamper::None, 11);
+                }
+            }
             Op::Connect(tgt) => {
                 let target = match tgt {
                     Tgt::Key => Target::Key(public_key(PEER)),
@@ -916,6 +1121,48 @@ impl H {
     }
 }
 
+/// The scripted relay's answer to `request`: 401 with the realm and nonce unless it carries a
+/// valid long-term MESSAGE-INTEGRITY, else a success (with what each method returns); for a
+/// ConnectionBind of a known connection id, the peer the connection carries after.
+fn relay_answer(request: &Stun, attempts: &HashMap<u32, SocketAddr>) -> (Vec<u8>, Option<SocketAddr>) {
+    let id = request.transaction_id();
+    let method = request.method();
+    let mut buf = [0u8; 512];
+    let authenticated = request.attributes().any(|a| a.code == stun_attr::MESSAGE_INTEGRITY) && request.verify_integrity(&relay_key()).is_ok();
+    if !authenticated {
+        let header = Header::new(Class::Error, method, id);
+        let mut w = MessageWriter::new(&mut buf, header).unwrap();
+        w.add(&Attribute::ErrorCode(ErrorCode { code: 401, reason: "fuzz" })).unwrap();
+        w.add_turn(&header, &TurnAttribute::Realm(RELAY_REALM)).unwrap();
+        w.add_turn(&header, &TurnAttribute::Nonce(b"fuzz-nonce")).unwrap();
+        w.add_fingerprint().unwrap();
+        let n = w.finish();
+        return (buf[..n].to_vec(), None);
+    }
+    let header = Header::new(Class::Success, method, id);
+    let mut w = MessageWriter::new(&mut buf, header).unwrap();
+    let mut binds_to = None;
+    if method == turn_method::ALLOCATE {
+        w.add_turn(&header, &TurnAttribute::XorRelayedAddress(relayed())).unwrap();
+        w.add(&Attribute::XorMappedAddress("203.0.113.7:41000".parse().unwrap())).unwrap();
+        w.add_turn(&header, &TurnAttribute::Lifetime(600)).unwrap();
+    } else if method == turn_method::REFRESH {
+        let lifetime = match turn_codec::find(request, turn_attr::LIFETIME) {
+            Ok(Some(TurnAttribute::Lifetime(l))) => l,
+            _ => 600,
+        };
+        w.add_turn(&header, &TurnAttribute::Lifetime(lifetime)).unwrap();
+    } else if method == turn_method::CONNECTION_BIND {
+        if let Ok(Some(TurnAttribute::ConnectionId(cid))) = turn_codec::find(request, turn_attr::CONNECTION_ID) {
+            binds_to = attempts.get(&cid).copied();
+        }
+    }
+    w.add_message_integrity(&relay_key()).unwrap();
+    w.add_fingerprint().unwrap();
+    let n = w.finish();
+    (buf[..n].to_vec(), binds_to)
+}
+
 fuzz_target!(|input: Input| {
     let mut rendezvous = RendezvousConfig::new(vec![BrokerSpec::new(Some("broker"), broker())], EPOCH_MS);
     rendezvous.mqtt.protocol = Protocol::V311;
@@ -928,6 +1175,10 @@ fuzz_target!(|input: Input| {
     config.max_handshakes = 4;
     config.max_streams = 8;
     config.max_connects = 4;
+    if input.relay {
+        config.relays =
+            vec![RelaySpec { server: relay_server(), credentials: CredentialSource::LongTerm(Credentials::long_term("u", "p")) }];
+    }
     let now = Instant::from_millis(1);
     let node = Node::new(config, identity(ME).clone(), [input.seed as u8; 32], input.seed, now).unwrap();
     let d = Driven::new("node", node, |e| matches!(e, NodeEvent::Closed)).at(now);
@@ -949,6 +1200,11 @@ fuzz_target!(|input: Input| {
         closing: false,
         closed: false,
         next_remote: 0,
+        relay_socks: HashMap::new(),
+        relay_tokens: Vec::new(),
+        attempts: HashMap::new(),
+        next_cid: 0,
+        relay_on: input.relay,
     };
     h.d.drain();
     h.check();

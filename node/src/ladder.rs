@@ -20,8 +20,11 @@
 //! random (the planner predicts the next port). Phase A's budget (3 s) only bounds the wait
 //! before a later phase: for a pair with nothing after phase A (no punch, and no relay yet) its
 //! attempts keep their own handshake deadline instead, so a SYN retransmitted over a lossy link
-//! is not cut short for nothing. Phase C is the relay (a later issue): it is
-//! always the last resort and is reported as skipped while no relay is configured.
+//! is not cut short for nothing. Phase C is the relay: always the last resort, reported as
+//! skipped when no relay is configured. The connecting side allocates (on its own configured
+//! relays); when the plan has nothing before phase C (the last row) the allocation starts with
+//! phase A, else with the punch (released unused if another path wins), and never for a pair
+//! whose phase A works.
 
 use core::net::{IpAddr, SocketAddr};
 

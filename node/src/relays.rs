@@ -339,8 +339,10 @@ impl Node {
                     self.relay_failed(now, c, PhaseFailure::Relay(failure));
                 }
             }
-            TurnEvent::PeerConnected { peer, socket, data } => {
-                self.relayed_connection(now, serial, connect, peer, socket, &data);
+            TurnEvent::PeerConnected { socket, data, .. } => {
+                // The data connection's far end is the relay: the stream's bytes go there.
+                let server = slot.client.config().server;
+                self.relayed_connection(now, serial, connect, server, socket, &data);
             }
             TurnEvent::Failed(failure) => {
                 if let Some(c) = connect {
@@ -352,14 +354,14 @@ impl Node {
         }
     }
 
-    /// The relay handed us a data connection from `peer`: it must open with the relay preface of
-    /// the offer still out, then the channel's handshake.
+    /// The relay (at `server`) handed us a data connection: it must open with the relay preface
+    /// of the offer still out, then the channel's handshake.
     fn relayed_connection(
         &mut self,
         now: Instant,
         serial: u32,
         connect: Option<ConnectId>,
-        peer: SocketAddr,
+        server: SocketAddr,
         socket: p2pd_proto::SocketId,
         data: &[u8],
     ) {
@@ -384,7 +386,7 @@ impl Node {
         };
         self.conns.push(Conn {
             socket: own,
-            remote: peer,
+            remote: server,
             role: ConnRole::Relayed { connect },
             state: ConnState::Preface(Vec::with_capacity(PREFACE_LEN)),
             deadline: now.saturating_add(self.config.channel.handshake_timeout),

@@ -227,7 +227,7 @@ pub enum NodeEvent {
         elapsed: Duration,
         /// Every phase, in ladder order.
         phases: Vec<PhaseReport>,
-        /// The peer's end of the stream.
+        /// The far end of the stream's connection: the peer's, or the relay's for a relayed one.
         remote: SocketAddr,
     },
     /// A connect failed: every phase says why.
@@ -245,9 +245,10 @@ pub enum NodeEvent {
         stream: StreamId,
         /// The peer's key.
         peer: PublicKey,
-        /// How it came (direct: it dialled us; reverse: we dialled it on request; punched).
+        /// How it came (direct: it dialled us; reverse: we dialled it on request; punched;
+        /// relayed: we dialled its relayed address).
         path: Path,
-        /// The peer's end.
+        /// The far end of the connection: the peer's, or the relay's for a relayed one.
         remote: SocketAddr,
     },
     /// Authenticated bytes from the peer.
