@@ -22,7 +22,7 @@
 //!   keyed MD5 tag under a secret from the seed), so a data connection can use the nonce its
 //!   control connection got. Responses to authenticated requests carry MESSAGE-INTEGRITY.
 //! - **Allocate**: REQUESTED-TRANSPORT TCP (6) gives an RFC 6062 allocation: a relayed TCP
-//!   listener bound on [`TurnServerConfig::relay_ip`] on a fresh port; the success response
+//!   listener bound on [`TurnServerConfig::relay_ip`](TurnServerConfig#structfield.relay_ip) on a fresh port; the success response
 //!   (sent once that listener is bound) carries XOR-RELAYED-ADDRESS, XOR-MAPPED-ADDRESS and
 //!   LIFETIME (the requested one clamped to [`TurnServerConfig::default_lifetime`] ..=
 //!   [`TurnServerConfig::max_lifetime`]). UDP (17) or anything else gets 442; a second Allocate on
@@ -62,17 +62,34 @@
 //! [`TurnServer::close`] closes every connection, relayed listener and the listener, each exactly
 //! once, then reports [`TurnServerEvent::Closed`].
 
-use core::net::{IpAddr, Ipv4Addr, SocketAddr};
+// A server model faces arbitrary input (and the fuzzer): the protocol crates' strict lints hold
+// here too, although the simulator crate does not opt in to them.
+#![deny(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    clippy::arithmetic_side_effects
+)]
+
+use core::net::{IpAddr, SocketAddr};
 use core::time::Duration;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
-use p2pd_proto::{BindOptions, Instant, IoError, Rng, SocketId, SocketOp, Transport};
+use p2pd_proto::{BindOptions, Instant, Rng, SocketId, SocketOp, Transport};
 
 mod auth;
+mod config;
 mod machine;
 mod relay;
+mod report;
 mod requests;
+#[cfg(test)]
+mod tests;
 mod wire;
+
+pub use config::TurnServerConfig;
+pub use report::{EndReason, TurnServerEvent, TurnServerStats};
 
 /// Most events queued; beyond, the oldest are dropped.
 pub const MAX_EVENTS: usize = 1024;
@@ -86,197 +103,6 @@ pub const MAX_QUEUED: usize = 4 * 1024 * 1024;
 
 /// The listener's socket id.
 const LISTENER: SocketId = SocketId(0);
-
-/// How a [`TurnServer`] runs.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct TurnServerConfig {
-    /// The address it listens on for control and data connections (port 3478 by default).
-    pub listen: SocketAddr,
-    /// The IP relayed listeners and outgoing peer connections are bound to (`None`: the listen
-    /// IP).
-    pub relay_ip: Option<IpAddr>,
-    /// The REALM.
-    pub realm: String,
-    /// The TURN REST API shared secret (`None`: REST usernames are not accepted).
-    pub rest_secret: Option<Vec<u8>>,
-    /// Static long-term users: (username, password).
-    pub users: Vec<(String, String)>,
-    /// Unix time (seconds) at [`Instant::ZERO`]: REST usernames expire on this clock.
-    pub unix_now: u64,
-    /// How long a nonce is good for; an older one gets 438 Stale Nonce.
-    pub nonce_lifetime: Duration,
-    /// The lifetime granted when none (or a shorter one) is asked for.
-    pub default_lifetime: Duration,
-    /// The longest lifetime granted.
-    pub max_lifetime: Duration,
-    /// Most allocations at once (486 beyond).
-    pub max_allocations: usize,
-    /// Most TCP connections at once, of every kind (control, data, peer).
-    pub max_connections: usize,
-    /// Most permissions per allocation.
-    pub max_permissions: usize,
-    /// Most peer connections per allocation (waiting for ConnectionBind or spliced).
-    pub max_peers_per_allocation: usize,
-    /// Most bytes held from a peer before its ConnectionBind; beyond, the peer is closed.
-    pub max_peer_buffer: usize,
-    /// How long a peer connection waits for its ConnectionBind.
-    pub bind_timeout: Duration,
-    /// How long a connection with no allocation and no splice may stay.
-    pub idle_timeout: Duration,
-    /// The listen backlog (also of relayed listeners).
-    pub backlog: u32,
-}
-
-impl TurnServerConfig {
-    /// The defaults on `listen`, realm `realm`, with no credentials yet.
-    pub fn new(listen: SocketAddr, realm: impl Into<String>) -> Self {
-        TurnServerConfig {
-            listen,
-            realm: realm.into(),
-            ..TurnServerConfig::default()
-        }
-    }
-
-    /// Adds the TURN REST API shared secret.
-    pub fn with_rest_secret(mut self, secret: impl Into<Vec<u8>>) -> Self {
-        self.rest_secret = Some(secret.into());
-        self
-    }
-
-    /// Adds a static user.
-    pub fn with_user(mut self, username: impl Into<String>, password: impl Into<String>) -> Self {
-        self.users.push((username.into(), password.into()));
-        self
-    }
-
-    /// The IP relayed addresses live on.
-    fn relay_ip(&self) -> IpAddr {
-        self.relay_ip.unwrap_or(self.listen.ip())
-    }
-}
-
-impl Default for TurnServerConfig {
-    fn default() -> Self {
-        TurnServerConfig {
-            listen: SocketAddr::from((Ipv4Addr::UNSPECIFIED, 3478)),
-            relay_ip: None,
-            realm: "p2pd.sim".to_string(),
-            rest_secret: None,
-            users: Vec::new(),
-            unix_now: 1_700_000_000,
-            nonce_lifetime: Duration::from_secs(600),
-            default_lifetime: Duration::from_secs(600),
-            max_lifetime: Duration::from_secs(3600),
-            max_allocations: 64,
-            max_connections: 256,
-            max_permissions: 32,
-            max_peers_per_allocation: 16,
-            max_peer_buffer: 64 * 1024,
-            bind_timeout: Duration::from_secs(30),
-            idle_timeout: Duration::from_secs(60),
-            backlog: 64,
-        }
-    }
-}
-
-/// What a [`TurnServer`] reports.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum TurnServerEvent {
-    /// The listener is bound and listening.
-    Listening {
-        /// Its address.
-        local: SocketAddr,
-    },
-    /// The listener could not be bound or could not listen; the server does nothing more.
-    ListenFailed {
-        /// Why.
-        error: IoError,
-    },
-    /// An allocation exists.
-    Allocated {
-        /// Its control connection.
-        control: SocketId,
-        /// The relayed address.
-        relayed: SocketAddr,
-        /// Its username.
-        username: String,
-    },
-    /// An allocation was deleted.
-    Deallocated {
-        /// The relayed address (`None` if its listener never got bound).
-        relayed: Option<SocketAddr>,
-        /// Why.
-        reason: EndReason,
-    },
-    /// A data connection and a peer connection are spliced.
-    Spliced {
-        /// The peer.
-        peer: SocketAddr,
-        /// The CONNECTION-ID.
-        id: u32,
-    },
-    /// The server closed ([`TurnServer::close`]); the last event.
-    Closed,
-}
-
-/// Why an allocation ended.
-#[derive(Copy, Clone, Debug, PartialEq, Eq)]
-pub enum EndReason {
-    /// Refresh with LIFETIME 0.
-    Deallocated,
-    /// Its lifetime ran out.
-    Expired,
-    /// Its control connection ended.
-    ControlClosed,
-    /// Its relayed listener failed.
-    ListenerFailed,
-    /// The server closed.
-    Shutdown,
-}
-
-/// A [`TurnServer`]'s counters.
-#[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
-pub struct TurnServerStats {
-    /// Allocations live now.
-    pub allocations_live: u64,
-    /// Allocations ever made.
-    pub allocations_total: u64,
-    /// Allocations deleted by a Refresh with LIFETIME 0.
-    pub deallocated: u64,
-    /// Allocations deleted because their lifetime ran out.
-    pub expired: u64,
-    /// Requests refused for their credentials (unknown user, expired REST username, wrong
-    /// MESSAGE-INTEGRITY).
-    pub auth_refused: u64,
-    /// 401 challenges to requests without credentials.
-    pub challenges: u64,
-    /// 438 Stale Nonce answers.
-    pub stale_nonces: u64,
-    /// Error responses of any code other than 401 and 438.
-    pub errors: u64,
-    /// Data and peer connections spliced.
-    pub connections_spliced: u64,
-    /// Peers closed because their IP had no permission.
-    pub peer_refused_no_permission: u64,
-    /// Peers closed because the allocation or the server had no room for them.
-    pub peer_refused_capacity: u64,
-    /// Peer connections closed because no ConnectionBind came in time.
-    pub bind_timeouts: u64,
-    /// Peer connections closed because they sent more than could be held before ConnectionBind.
-    pub peer_overflow: u64,
-    /// Bytes relayed between spliced connections (both ways).
-    pub bytes_relayed: u64,
-    /// Connections closed for a malformed frame.
-    pub malformed: u64,
-    /// Connections closed because their runtime refused bytes or too many were queued.
-    pub slow_closed: u64,
-    /// Connections closed after [`TurnServerConfig::idle_timeout`] without an allocation.
-    pub idle_closed: u64,
-    /// TCP connections accepted (listen address and relayed addresses).
-    pub accepted: u64,
-    /// Messages ignored (indications, responses).
-    pub ignored: u64,
-}
 
 /// A connection accepted on the listen address: a control connection, or a data connection
 /// before or after its ConnectionBind.
@@ -472,7 +298,8 @@ impl TurnServer {
             self.ops.push_back(SocketOp::Close { socket: LISTENER });
         }
         self.listening = false;
-        self.accepts.clear();
+        // An accept still outstanding may yet complete: its stream is closed then.
+        self.orphan_accepts(LISTENER);
         self.timeout = None;
         self.push_event(TurnServerEvent::Closed);
     }
@@ -593,8 +420,8 @@ impl TurnServer {
         if a.relayed.is_some() {
             self.stats.allocations_live = self.stats.allocations_live.saturating_sub(1);
             match reason {
-                EndReason::Deallocated => self.stats.deallocated += 1,
-                EndReason::Expired => self.stats.expired += 1,
+                EndReason::Deallocated => bump(&mut self.stats.deallocated),
+                EndReason::Expired => bump(&mut self.stats.expired),
                 _ => {}
             }
             self.push_event(TurnServerEvent::Deallocated {
@@ -621,4 +448,9 @@ impl TurnServer {
         let idle = self.clients.values().filter_map(|c| c.idle_deadline);
         self.timeout = allocs.chain(peers).chain(idle).min();
     }
+}
+
+/// Adds one to a counter (saturating).
+fn bump(counter: &mut u64) {
+    *counter = counter.saturating_add(1);
 }

@@ -5,7 +5,7 @@ use p2pd_proto::stun::{AttrKind, Attribute, Message};
 use p2pd_proto::SocketId;
 use p2pd_turn::codec::{self, attr, error, long_term_key, rest_password, TurnAttribute};
 
-use super::TurnServer;
+use super::{bump, TurnServer};
 
 /// A request whose credentials verified.
 #[derive(Clone, Debug)]
@@ -86,7 +86,7 @@ impl TurnServer {
     pub(super) fn authenticate(&mut self, socket: SocketId, msg: &Message<'_>) -> Option<Authed> {
         let has_mi = msg.get(AttrKind::MessageIntegrity).is_some();
         if !has_mi {
-            self.stats.challenges += 1;
+            bump(&mut self.stats.challenges);
             self.respond_error(socket, msg, error::UNAUTHENTICATED, true, None);
             return None;
         }
@@ -107,7 +107,7 @@ impl TurnServer {
             return None;
         };
         if !self.nonce_fresh(nonce) {
-            self.stats.stale_nonces += 1;
+            bump(&mut self.stats.stale_nonces);
             self.respond_error(socket, msg, error::STALE_NONCE, true, None);
             return None;
         }
@@ -124,7 +124,7 @@ impl TurnServer {
                 key,
             }),
             _ => {
-                self.stats.auth_refused += 1;
+                bump(&mut self.stats.auth_refused);
                 self.respond_error(socket, msg, error::UNAUTHENTICATED, true, None);
                 None
             }

@@ -7,6 +7,7 @@ use p2pd_proto::{
     Verdict,
 };
 
+use super::bump;
 use super::{
     Client, EndReason, PeerState, TurnServer, TurnServerConfig, TurnServerEvent, LISTENER,
 };
@@ -46,7 +47,7 @@ impl TurnServer {
                 if self.closed {
                     self.ops.push_back(SocketOp::Close { socket });
                 } else if listener == LISTENER {
-                    self.stats.accepted += 1;
+                    bump(&mut self.stats.accepted);
                     let idle = self.now.saturating_add(self.config.idle_timeout);
                     self.clients.insert(
                         socket,
@@ -96,7 +97,7 @@ impl TurnServer {
                     ..
                 },
             ) => {
-                self.stats.slow_closed += 1;
+                bump(&mut self.stats.slow_closed);
                 self.close_client(socket);
             }
             (_, SocketOutcome::PeerClosed | SocketOutcome::Failed { .. }) => {
@@ -216,7 +217,7 @@ impl Machine for TurnServer {
             match state {
                 PeerState::Binding(tid) | PeerState::Connecting(tid) => self.fail_connect(id, tid),
                 _ => {
-                    self.stats.bind_timeouts += 1;
+                    bump(&mut self.stats.bind_timeouts);
                     self.close_peer(id);
                 }
             }
@@ -228,7 +229,7 @@ impl Machine for TurnServer {
             .map(|(s, _)| *s)
             .collect();
         for s in idle {
-            self.stats.idle_closed += 1;
+            bump(&mut self.stats.idle_closed);
             self.close_client(s);
         }
         self.refresh_timeout();

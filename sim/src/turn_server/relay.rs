@@ -8,6 +8,7 @@ use p2pd_proto::stun::{Class, TransactionId};
 use p2pd_proto::{IoError, OpKind, SocketId, SocketOp, SocketOutcome};
 use p2pd_turn::codec::{error, method, TurnAttribute};
 
+use super::bump;
 use super::wire::Out;
 use super::{EndReason, Peer, PeerState, TurnServer, TurnServerEvent};
 
@@ -58,8 +59,8 @@ impl TurnServer {
             socket: listener,
             backlog,
         });
-        self.stats.allocations_total += 1;
-        self.stats.allocations_live += 1;
+        bump(&mut self.stats.allocations_total);
+        bump(&mut self.stats.allocations_live);
         let mapped = self.clients.get(&control).map(|c| c.remote);
         self.respond_ok(
             control,
@@ -93,7 +94,7 @@ impl TurnServer {
         }
         let (waiting, key) = (a.waiting.take(), a.key);
         if let Some((tid, _)) = waiting {
-            self.stats.errors += 1;
+            bump(&mut self.stats.errors);
             self.respond_error_to(
                 control,
                 method::ALLOCATE,
@@ -123,13 +124,13 @@ impl TurnServer {
             self.ops.push_back(SocketOp::Close { socket });
             return;
         };
-        self.stats.accepted += 1;
+        bump(&mut self.stats.accepted);
         let permitted = a
             .permissions
             .get(&remote.ip())
             .is_some_and(|until| *until > now);
         if !permitted {
-            self.stats.peer_refused_no_permission += 1;
+            bump(&mut self.stats.peer_refused_no_permission);
             self.ops.push_back(SocketOp::Close { socket });
             self.fill_accepts();
             return;
@@ -138,7 +139,7 @@ impl TurnServer {
             || self.connection_load() >= self.config.max_connections;
         let id = if full { None } else { self.new_connection_id() };
         let Some(id) = id else {
-            self.stats.peer_refused_capacity += 1;
+            bump(&mut self.stats.peer_refused_capacity);
             self.ops.push_back(SocketOp::Close { socket });
             self.fill_accepts();
             return;
@@ -231,7 +232,7 @@ impl TurnServer {
                     ..
                 },
             ) => {
-                self.stats.slow_closed += 1;
+                bump(&mut self.stats.slow_closed);
                 self.close_peer(id);
             }
             (_, SocketOutcome::Failed { .. }) => self.close_peer(id),
@@ -246,7 +247,7 @@ impl TurnServer {
         };
         let control = peer.control;
         let key = self.allocations.get(&control).map(|a| a.key);
-        self.stats.errors += 1;
+        bump(&mut self.stats.errors);
         self.respond_error_to(
             control,
             method::CONNECT,
@@ -270,7 +271,7 @@ impl TurnServer {
                 peer.held.extend_from_slice(data);
             }
             PeerState::Waiting => {
-                self.stats.peer_overflow += 1;
+                bump(&mut self.stats.peer_overflow);
                 self.close_peer(id);
             }
             PeerState::Binding(_) | PeerState::Connecting(_) => {}
@@ -291,7 +292,7 @@ impl TurnServer {
         client.idle_deadline = None;
         let held = core::mem::take(&mut peer.held);
         let remote = peer.remote;
-        self.stats.connections_spliced += 1;
+        bump(&mut self.stats.connections_spliced);
         self.push_event(TurnServerEvent::Spliced { peer: remote, id });
         self.relay(data, &held, id);
     }
@@ -309,7 +310,7 @@ impl TurnServer {
         if self.send(socket, data) {
             self.stats.bytes_relayed = self.stats.bytes_relayed.saturating_add(data.len() as u64);
         } else {
-            self.stats.slow_closed += 1;
+            bump(&mut self.stats.slow_closed);
             self.close_peer(id);
         }
     }

@@ -9,6 +9,7 @@ use p2pd_proto::{BindOptions, SocketId, SocketOp, Transport};
 use p2pd_turn::codec::{self, attr, error, method, TurnAttribute};
 
 use super::auth::Authed;
+use super::bump;
 use super::wire::frame_len;
 use super::{Allocation, Peer, PeerState, TurnServer, MAX_MESSAGE_LEN, PERMISSION_LIFETIME};
 
@@ -34,7 +35,7 @@ impl TurnServer {
                 Ok(Some(total)) => total,
                 Ok(None) => break,
                 Err(_) => {
-                    self.stats.malformed += 1;
+                    bump(&mut self.stats.malformed);
                     self.close_client(socket);
                     return;
                 }
@@ -43,7 +44,7 @@ impl TurnServer {
             match Message::decode(frame) {
                 Ok(msg) if !msg.is_legacy() => self.message(socket, &msg),
                 _ => {
-                    self.stats.malformed += 1;
+                    bump(&mut self.stats.malformed);
                     self.close_client(socket);
                     return;
                 }
@@ -67,7 +68,7 @@ impl TurnServer {
 
     fn message(&mut self, socket: SocketId, msg: &Message<'_>) {
         if msg.class() != Class::Request {
-            self.stats.ignored += 1;
+            bump(&mut self.stats.ignored);
             return;
         }
         let m = msg.method();

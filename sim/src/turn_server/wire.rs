@@ -9,6 +9,7 @@ use p2pd_proto::stun::{
 use p2pd_proto::SocketId;
 use p2pd_turn::codec::{error, TurnAttribute, TurnWriter};
 
+use super::bump;
 use super::{TurnServer, MAX_MESSAGE_LEN};
 
 /// Largest message the server writes.
@@ -100,7 +101,7 @@ impl TurnServer {
             return;
         };
         if !self.send(socket, &bytes) {
-            self.stats.slow_closed += 1;
+            bump(&mut self.stats.slow_closed);
             self.close_socket(socket);
         }
     }
@@ -116,7 +117,7 @@ impl TurnServer {
         key: Option<[u8; 16]>,
     ) {
         if code != error::UNAUTHENTICATED && code != error::STALE_NONCE {
-            self.stats.errors += 1;
+            bump(&mut self.stats.errors);
         }
         self.respond_error_to(
             socket,
