@@ -123,6 +123,7 @@ mod replay;
 mod sim;
 mod tcp;
 mod trace;
+pub mod turn_server;
 
 #[cfg(test)]
 mod tests;
@@ -137,3 +138,4 @@ pub use replay::{run_seeds, SEED_VAR};
 pub use sim::{Dead, Host, HostId, NatId, Sim, SimStats};
 pub use tcp::{TcpConfig, TcpHeader, TcpStats, MAX_SEND_BUFFER, MSS, WINDOW};
 pub use trace::TraceEntry;
+pub use turn_server::{EndReason, TurnServer, TurnServerConfig, TurnServerEvent, TurnServerStats};

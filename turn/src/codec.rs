@@ -387,21 +387,27 @@ impl RestCredentials {
     /// Credentials for `user` valid until `expiry_unix` (seconds since the unix epoch; the caller
     /// computes it from its injected wall clock plus the lifetime it wants).
     pub fn new(secret: &[u8], user: &str, expiry_unix: u64) -> RestCredentials {
-        use base64ct::Encoding;
         let username = format!("{expiry_unix}:{user}");
-        // HMAC accepts keys of any length, so this never fails; an empty MAC would only make
-        // the server answer 401.
-        let mac = <hmac::Hmac<sha1::Sha1> as KeyInit>::new_from_slice(secret)
-            .map(|mut m| {
-                m.update(username.as_bytes());
-                m.finalize().into_bytes().to_vec()
-            })
-            .unwrap_or_default();
         RestCredentials {
+            password: rest_password(secret, &username),
             username,
-            password: base64ct::Base64::encode_string(&mac),
         }
     }
+}
+
+/// The TURN REST API password of `username` under `secret`: base64(HMAC-SHA1(secret, username)),
+/// what a server (coturn's `--use-auth-secret`) checks a REST username against.
+pub fn rest_password(secret: &[u8], username: &str) -> String {
+    use base64ct::Encoding;
+    // HMAC accepts keys of any length, so this never fails; an empty MAC would only make the
+    // server answer 401.
+    let mac = <hmac::Hmac<sha1::Sha1> as KeyInit>::new_from_slice(secret)
+        .map(|mut m| {
+            m.update(username.as_bytes());
+            m.finalize().into_bytes().to_vec()
+        })
+        .unwrap_or_default();
+    base64ct::Base64::encode_string(&mac)
 }
 
 #[cfg(test)]
