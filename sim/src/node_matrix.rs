@@ -4,16 +4,18 @@
 //!
 //! # One run
 //!
-//! Two MQTT brokers, an RFC 5780 STUN server (also answering over TCP) and a PNP server on public
-//! hosts; host A and host B each behind a NAT box of its kind (or public for [`NatKind::Open`];
+//! Two MQTT brokers, an RFC 5780 STUN server (also answering over TCP), a PNP server and a TURN
+//! relay ([`TurnServer`](crate::TurnServer), TURN REST credentials; every node has it as its one
+//! configured relay) on public hosts; host A and host B each behind a NAT box of its kind (or public for [`NatKind::Open`];
 //! behind the same box for [`Layout::SameNat`]). Each runs a node told its NAT's behaviour
 //! (the ground truth, as a classifier reports it) or classifying it itself
 //! ([`Family::Classified`], against two STUN servers). B registers the name `bob`; once both are
 //! ready, A connects to `bob`. A run **succeeds** when A's `Connected` and B's `Accepted` name
-//! each other with the oracle's path, bytes cross both ways and both ends see the other's FINISH;
-//! when the oracle expects no path (a relay is needed), when A's connect fails with the relay
-//! phase skipped. Then both nodes close, and nothing may be left: one `Closed` each, no socket in
-//! the simulator, no deadline.
+//! each other with the oracle's path, bytes cross both ways and both ends see the other's FINISH,
+//! and relays were used as the ladder promises: no allocation for a direct or reverse path, at
+//! most one (started with the punch, released unused) for a punched one. Then both nodes close,
+//! and nothing may be left: one `Closed` each, no socket in the simulator, no deadline, no
+//! allocation on the relay.
 //!
 //! # The oracle
 //!
@@ -22,14 +24,14 @@
 //!   listener's kept-open mapping): **direct**;
 //! - else A open or full cone: **reverse** (B dials A);
 //! - else, if the punch matrix's oracle [`punchable`] says the pair can be punched: **punched**;
-//! - else: no path without a relay (phase C).
+//! - else: **relayed** (phase C).
 
 use core::net::{Ipv4Addr, SocketAddr};
 use core::time::Duration;
 
 use p2pd_nat::{Behaviour, ClassifierConfig, Filtering, ServerSpec};
 use p2pd_node::{
-    NatSource, Node, NodeConfig, NodeEvent, Path, Phase, PhaseOutcome, SkipReason, StreamId, Target,
+    CredentialSource, NatSource, Node, NodeConfig, NodeEvent, Path, RelaySpec, StreamId, Target,
 };
 use p2pd_proto::Machine;
 use p2pd_signaling::pnp::{MemoryStore, Name, PnpServer, PnpServerConfig};
@@ -41,7 +43,10 @@ use crate::punch_matrix::{
     punchable, tcp_config, NatKind, BROKER_IPS, BROKER_PORT, EPOCH_MS, PUBLIC_IPS, STUN2_IPS,
     STUN_IPS, STUN_PORT,
 };
-use crate::{BrokerConfig, Host, HostId, LinkConfig, MqttBroker, NatTcpConfig, Sim};
+use crate::{
+    BrokerConfig, Host, HostId, LinkConfig, MqttBroker, NatTcpConfig, Sim, TurnServer,
+    TurnServerConfig,
+};
 
 /// Where the two hosts sit.
 #[derive(Copy, Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -71,18 +76,18 @@ pub enum Family {
     Classified,
 }
 
-/// The oracle's expected path (`None`: a relay is needed).
-pub fn expected(layout: Layout) -> Option<Path> {
+/// The oracle's expected path.
+pub fn expected(layout: Layout) -> Path {
     let open_door = |k: NatKind| {
         k.behaviour()
             .is_none_or(|b| b.filtering == Filtering::EndpointIndependent)
     };
     match layout {
-        Layout::SameNat(_) => Some(Path::Direct),
-        Layout::Apart(_, b) if open_door(b) => Some(Path::Direct),
-        Layout::Apart(a, _) if open_door(a) => Some(Path::Reverse),
-        Layout::Apart(a, b) if punchable(a, b) => Some(Path::Punched),
-        Layout::Apart(..) => None,
+        Layout::SameNat(_) => Path::Direct,
+        Layout::Apart(_, b) if open_door(b) => Path::Direct,
+        Layout::Apart(a, _) if open_door(a) => Path::Reverse,
+        Layout::Apart(a, b) if punchable(a, b) => Path::Punched,
+        Layout::Apart(..) => Path::Relayed,
     }
 }
 
@@ -111,11 +116,14 @@ pub struct NodeOutcome {
     /// The seed.
     pub seed: u64,
     /// The expected path.
-    pub expected: Option<Path>,
+    pub expected: Path,
     /// The path taken and the virtual time from `connect` to the stream, or the connect's failure
     /// (its phases), or what went wrong.
     pub result: Result<(Path, Duration), String>,
-    /// Whether the run matches the oracle (and bytes crossed both ways when connected).
+    /// Relay allocations A made for the connect.
+    pub allocations: u64,
+    /// Whether the run matches the oracle (bytes crossed both ways, and no allocation beyond
+    /// what the path allows).
     pub correct: bool,
     /// What was left after both nodes closed.
     pub leaks: Vec<String>,
@@ -123,6 +131,10 @@ pub struct NodeOutcome {
 
 const PNP_IP: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 30);
 const PNP_PORT: u16 = 5300;
+/// The TURN relay.
+pub const TURN_IP: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 40);
+const TURN_PORT: u16 = 3478;
+const TURN_SECRET: &[u8] = b"p2pd-sim-turn-secret";
 const PRIVATE_IPS: [Ipv4Addr; 2] = [Ipv4Addr::new(10, 0, 0, 2), Ipv4Addr::new(10, 0, 0, 3)];
 const STEP: Duration = Duration::from_millis(10);
 /// Virtual time for both nodes to be ready (classified, registered, listening).
@@ -141,6 +153,8 @@ pub struct NodeWorld {
     pub events: [Vec<NodeEvent>; 2],
     /// A's and B's NAT boxes (`None`: an open host; the same box for [`Layout::SameNat`]).
     pub nats: [Option<crate::NatId>; 2],
+    /// The TURN relay's host.
+    pub turn: HostId,
 }
 
 /// The NAT behaviour a classifier reports for `kind` (open: no NAT).
@@ -190,6 +204,15 @@ impl NodeWorld {
                 .with_tcp(tcp_config()),
             server,
         );
+        let mut relay = TurnServerConfig::new(SocketAddr::from((TURN_IP, TURN_PORT)), "p2pd.sim")
+            .with_rest_secret(TURN_SECRET);
+        relay.unix_now = EPOCH_MS / 1000;
+        let turn = sim.add_turn_server(
+            Host::public([TURN_IP])
+                .with_link(service)
+                .with_tcp(tcp_config()),
+            relay,
+        );
         let access = LinkConfig::with_latency(Duration::from_millis(20))
             .jitter(Duration::from_millis(5))
             .loss(loss);
@@ -238,12 +261,14 @@ impl NodeWorld {
             hosts: [hosts[0], hosts[1]],
             events: [Vec::new(), Vec::new()],
             nats: [nats[0], nats[1]],
+            turn,
         }
     }
 
     /// Runs for `d`, collecting both nodes' events.
     pub fn run_for(&mut self, d: Duration) {
         self.sim.run_for(d);
+        let _ = self.sim.take_events::<TurnServer>(self.turn);
         for (i, h) in self.hosts.into_iter().enumerate() {
             let evs = self.sim.take_events::<Node>(h);
             if let Some(list) = self.events.get_mut(i) {
@@ -308,6 +333,16 @@ impl NodeWorld {
             if node.live() != (0, 0, 0, 0) {
                 leaks.push(format!("{side}: live parts {:?}", node.live()));
             }
+            if node.open_relays() != 0 {
+                leaks.push(format!("{side}: {} relay allocations", node.open_relays()));
+            }
+        }
+        let relay = self.sim.machine::<TurnServer>(self.turn).stats();
+        if relay.allocations_live != 0 {
+            leaks.push(format!(
+                "relay: {} allocations live",
+                relay.allocations_live
+            ));
         }
         leaks
     }
@@ -358,6 +393,14 @@ fn new_node(
         ),
     };
     config.classifier = ClassifierConfig::default();
+    config.relays = vec![RelaySpec {
+        server: SocketAddr::from((TURN_IP, TURN_PORT)),
+        credentials: CredentialSource::Rest {
+            secret: TURN_SECRET.to_vec(),
+            user: format!("node{i}"),
+            ttl: Duration::from_secs(3600),
+        },
+    }];
     if i == 1 {
         config.name = Some(Name::new(NAME).expect("valid name"));
     }
@@ -374,11 +417,11 @@ pub fn run_one(layout: Layout, loss: f64, seed: u64, family: Family) -> NodeOutc
         .wait_ready()
         .and_then(|()| connect_once(&mut w))
         .map(|(path, elapsed, _, _)| (path, elapsed));
+    let allocations = w.sim.machine::<Node>(w.hosts[0]).stats().allocations;
     let leaks = w.close_and_check();
-    let correct = match (&result, expected) {
-        (Ok((path, _)), Some(want)) => *path == want,
-        (Err(why), None) => why.starts_with("no path"),
-        _ => false,
+    let correct = match &result {
+        Ok((path, _)) => *path == expected && allocations <= allowed_allocations(*path),
+        Err(_) => false,
     };
     NodeOutcome {
         layout,
@@ -386,8 +429,18 @@ pub fn run_one(layout: Layout, loss: f64, seed: u64, family: Family) -> NodeOutc
         seed,
         expected,
         result,
+        allocations,
         correct,
         leaks,
+    }
+}
+
+/// The most relay allocations a connect that took `path` may make: none when phase A works, one
+/// (alongside the punch, or for the relay itself) otherwise.
+pub fn allowed_allocations(path: Path) -> u64 {
+    match path {
+        Path::Direct | Path::Reverse => 0,
+        Path::Punched | Path::Relayed => 1,
     }
 }
 
@@ -446,7 +499,7 @@ impl NodeWorld {
 /// One connect by name from A to B on a ready world, then a message each way and both FINISHes:
 /// the path, the virtual time from `connect` to the stream, and A's and B's stream. Only events
 /// reported after the call count, so it can be repeated in one world (the soak). A failed
-/// connect whose relay phase was skipped is `Err("no path without a relay: ...")`.
+/// connect is `Err("failed: ...")` with its phases.
 pub fn connect_once(w: &mut NodeWorld) -> Result<(Path, Duration, StreamId, StreamId), String> {
     let mark = w.marks();
     let a = w.hosts[0];
@@ -475,17 +528,7 @@ pub fn connect_once(w: &mut NodeWorld) -> Result<(Path, Duration, StreamId, Stre
     }
     let (stream_a, path, elapsed) = match outcome(w) {
         Some(Ok(ok)) => ok,
-        Some(Err(phases)) => {
-            let relay_skipped = phases.iter().any(|p| {
-                p.phase == Phase::Relay && p.outcome == PhaseOutcome::Skipped(SkipReason::NoRelay)
-            });
-            let why = format!("{phases:?}");
-            return Err(if relay_skipped {
-                format!("no path without a relay: {why}")
-            } else {
-                format!("failed: {why}")
-            });
-        }
+        Some(Err(phases)) => return Err(format!("failed: {phases:?}")),
         None => return Err("hang".into()),
     };
     // B's side of the same stream.

@@ -1,5 +1,7 @@
 //! The node's connection ladder in simulation: every pair of NAT kinds (and two hosts behind one
-//! NAT) connect by name; the path taken is the oracle's, bytes cross both ways, nothing leaks.
+//! NAT) connect by name; the path taken is the oracle's (the pairs no punch can join go through
+//! the simulated TURN relay, and only they), bytes cross both ways, no allocation is made for a
+//! direct or reverse path, nothing leaks.
 //! Three families: told the NAT (0 % and 10 % loss, two seeds), and classifying it itself (a
 //! representative subset covering every expected path, 0 % loss). Each prints a one-line summary
 //! (correct/total, median connect time per path).
@@ -12,12 +14,13 @@ use p2pd_sim::punch_matrix::NatKind;
 
 fn show(o: &NodeOutcome) -> String {
     format!(
-        "{} loss {} seed {}: expected {:?}, got {:?}, leaks {:?}",
+        "{} loss {} seed {}: expected {:?}, got {:?}, allocations {}, leaks {:?}",
         o.layout.label(),
         o.loss,
         o.seed,
         o.expected,
         o.result,
+        o.allocations,
         o.leaks
     )
 }
@@ -49,9 +52,9 @@ fn summary(family: &str, outcomes: &[NodeOutcome]) -> String {
             median.as_millis()
         ));
     }
-    let no_path = outcomes.iter().filter(|o| o.result.is_err()).count();
+    let failed = outcomes.iter().filter(|o| o.result.is_err()).count();
     format!(
-        "{family}: {correct}/{} correct; {}; no path {no_path}",
+        "{family}: {correct}/{} correct; {}; failed {failed}",
         outcomes.len(),
         per_path.join(", ")
     )
@@ -92,6 +95,20 @@ fn one_open_pair_connects_directly() {
 fn every_layout_takes_the_oracles_path() {
     let outcomes = run_matrix(&layouts(), &[0.0], 1, Family::Given, 2);
     check("given, 0 % loss", &outcomes);
+    // Every one of the 64 ordered pairs connects; exactly the 9 unpunchable ones through the
+    // relay.
+    let pairs: Vec<&NodeOutcome> = outcomes
+        .iter()
+        .filter(|o| matches!(o.layout, Layout::Apart(..)))
+        .collect();
+    assert_eq!(pairs.len(), 64);
+    assert!(pairs.iter().all(|o| o.result.is_ok()));
+    let relayed: Vec<String> = outcomes
+        .iter()
+        .filter(|o| matches!(o.result, Ok((Path::Relayed, _))))
+        .map(|o| o.layout.label())
+        .collect();
+    assert_eq!(relayed.len(), 9, "relayed: {relayed:?}");
 }
 
 /// Seeds per layout at 10 % loss: 2, or `P2PD_NODE_SEEDS`.
@@ -110,7 +127,7 @@ fn every_layout_takes_the_oracles_path_at_10_percent_loss() {
 }
 
 /// Twelve layouts covering every expected path (direct apart and behind one NAT, reverse,
-/// punched, none), each node classifying its own NAT.
+/// punched, relayed), each node classifying its own NAT.
 fn classified_layouts() -> Vec<Layout> {
     use NatKind::*;
     vec![
@@ -132,12 +149,7 @@ fn classified_layouts() -> Vec<Layout> {
 #[test]
 fn classified_layouts_cover_every_path() {
     let all = classified_layouts();
-    for path in [
-        Some(Path::Direct),
-        Some(Path::Reverse),
-        Some(Path::Punched),
-        None,
-    ] {
+    for path in [Path::Direct, Path::Reverse, Path::Punched, Path::Relayed] {
         assert!(
             all.iter().any(|l| expected(*l) == path),
             "no classified layout expects {path:?}"
