@@ -5,7 +5,6 @@
 //! connect is closed once.
 
 use core::net::SocketAddr;
-use core::time::Duration;
 
 use p2pd_proto::Instant;
 use p2pd_signaling::pnp::{PnpFailure, RequestId};
@@ -13,10 +12,11 @@ use p2pd_signaling::{PeerAddress, PublicKey};
 
 use crate::ladder::{self, Plan};
 use crate::node::Node;
+use crate::phases::Phases;
 use crate::target::Target;
 use crate::types::{
-    ConnectId, NodeApiError, NodeEvent, Path, Phase, PhaseFailure, PhaseOutcome, PhaseReport,
-    SkipReason, StreamId,
+    ConnectId, NodeApiError, NodeEvent, Path, Phase, PhaseFailure, PhaseOutcome, SkipReason,
+    StreamId,
 };
 use crate::wire::{Message, TOKEN_LEN};
 
@@ -66,8 +66,8 @@ pub(crate) struct Connect {
     pub(crate) reverse_token: Option<[u8; TOKEN_LEN]>,
     /// Phase B: the punch's serial.
     pub(crate) punch: Option<u32>,
-    /// One report per phase, in ladder order.
-    pub(crate) reports: Vec<PhaseReport>,
+    /// What each phase is doing.
+    pub(crate) phases: Phases,
     /// Phase A's budget ran out with nothing after it, and was extended once.
     pub(crate) budget_extended: bool,
     /// Phase C: the allocation serving this connect.
@@ -80,14 +80,6 @@ pub(crate) struct Connect {
     pub(crate) relay_token: Option<[u8; TOKEN_LEN]>,
 }
 
-const PHASES: [Phase; 5] = [
-    Phase::Resolve,
-    Phase::Direct,
-    Phase::Reverse,
-    Phase::Punch,
-    Phase::Relay,
-];
-
 impl Connect {
     pub(crate) fn deadline(&self) -> Option<Instant> {
         match self.stage {
@@ -98,22 +90,9 @@ impl Connect {
         }
     }
 
-    fn report_mut(&mut self, phase: Phase) -> Option<&mut PhaseReport> {
-        self.reports.iter_mut().find(|r| r.phase == phase)
-    }
-
-    fn is_running(&self, phase: Phase) -> bool {
-        self.reports
-            .iter()
-            .any(|r| r.phase == phase && r.started.is_some() && r.outcome == PhaseOutcome::Lost)
-            && !self.ended(phase)
-    }
-
-    fn ended(&self, phase: Phase) -> bool {
-        self.reports
-            .iter()
-            .find(|r| r.phase == phase)
-            .is_some_and(|r| r.took != Duration::MAX)
+    /// Whether `phase` is over.
+    pub(crate) fn ended(&self, phase: Phase) -> bool {
+        self.phases.has_ended(phase)
     }
 }
 
@@ -132,15 +111,6 @@ impl Node {
         }
         let id = ConnectId(self.next_connect);
         self.next_connect = self.next_connect.wrapping_add(1);
-        let reports = PHASES
-            .iter()
-            .map(|&phase| PhaseReport {
-                phase,
-                started: None,
-                took: Duration::MAX,
-                outcome: PhaseOutcome::Lost,
-            })
-            .collect();
         let mut connect = Connect {
             id,
             target: target.clone(),
@@ -158,7 +128,7 @@ impl Node {
             dial_failure: None,
             reverse_token: None,
             punch: None,
-            reports,
+            phases: Phases::new(now),
             budget_extended: false,
             relay: None,
             relay_next: 0,
@@ -420,18 +390,13 @@ impl Node {
         connect.stage = Stage::Done;
         connect.relay_token = None;
         let relay = connect.relay.take();
-        for r in &mut connect.reports {
-            if r.started.is_none() && r.took == Duration::MAX {
-                r.took = Duration::ZERO;
-                if r.outcome == PhaseOutcome::Lost {
-                    r.outcome = PhaseOutcome::Skipped(SkipReason::NotApplicable);
-                }
-            }
-        }
+        let phases = connect
+            .phases
+            .close(now, &PhaseOutcome::Failed(PhaseFailure::Timeout));
         self.events.push_back(NodeEvent::ConnectFailed {
             connect: connect.id,
             elapsed: now.saturating_duration_since(connect.started),
-            phases: connect.reports.clone(),
+            phases,
         });
         if let Some(serial) = relay {
             self.release_relay(now, serial);
@@ -442,11 +407,8 @@ impl Node {
     pub(crate) fn fail_all_connects(&mut self, now: Instant) {
         for i in 0..self.connects.len() {
             if let Some(c) = self.connects.get_mut(i) {
-                for phase in PHASES {
-                    if c.is_running(phase) {
-                        end_phase(c, phase, now, PhaseOutcome::Failed(PhaseFailure::Closed));
-                    }
-                }
+                c.phases
+                    .end_running(now, &PhaseOutcome::Failed(PhaseFailure::Closed));
                 if c.stage == Stage::Resolving && !c.ended(Phase::Resolve) {
                     end_phase(
                         c,
@@ -605,17 +567,7 @@ impl Node {
             Path::Relayed => Phase::Relay,
         };
         end_phase(c, winner, now, PhaseOutcome::Won);
-        for phase in PHASES {
-            if c.is_running(phase) {
-                end_phase(c, phase, now, PhaseOutcome::Lost);
-            }
-        }
-        for r in &mut c.reports {
-            if r.started.is_none() && r.took == Duration::MAX {
-                r.took = Duration::ZERO;
-                r.outcome = PhaseOutcome::Skipped(SkipReason::NotApplicable);
-            }
-        }
+        let phases = c.phases.close(now, &PhaseOutcome::Lost);
         c.stage = Stage::Done;
         c.reverse_token = None;
         c.relay_token = None;
@@ -628,7 +580,7 @@ impl Node {
             peer,
             path,
             elapsed: now.saturating_duration_since(c.started),
-            phases: c.reports.clone(),
+            phases,
             remote,
         };
         self.events.push_back(event);
@@ -655,40 +607,12 @@ impl Node {
     }
 }
 
-/// Marks `phase` started (running: outcome `Lost` until it ends).
+/// Marks `phase` started (unless it runs or ended already).
 pub(crate) fn start_phase(connect: &mut Connect, phase: Phase, now: Instant) {
-    let since = now.saturating_duration_since(connect.started);
-    if let Some(r) = connect.report_mut(phase) {
-        r.started = Some(since);
-        r.outcome = PhaseOutcome::Lost;
-        r.took = Duration::MAX;
-    }
-}
-
-/// Marks `phase` started unless it already is (phase C across relays).
-pub(crate) fn start_phase_once(connect: &mut Connect, phase: Phase, now: Instant) {
-    if connect
-        .report_mut(phase)
-        .is_some_and(|r| r.started.is_none() && r.took == Duration::MAX)
-    {
-        start_phase(connect, phase, now);
-    }
+    connect.phases.start(phase, now);
 }
 
 /// Ends `phase` with `outcome` (once).
 pub(crate) fn end_phase(connect: &mut Connect, phase: Phase, now: Instant, outcome: PhaseOutcome) {
-    let started = connect.started;
-    if let Some(r) = connect.report_mut(phase) {
-        if r.took != Duration::MAX {
-            return;
-        }
-        let began = r
-            .started
-            .unwrap_or_else(|| now.saturating_duration_since(started));
-        r.took = now.saturating_duration_since(started).saturating_sub(began);
-        if r.started.is_none() && !matches!(outcome, PhaseOutcome::Skipped(_)) {
-            r.started = Some(began);
-        }
-        r.outcome = outcome;
-    }
+    connect.phases.end(phase, now, outcome);
 }

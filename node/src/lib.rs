@@ -38,6 +38,7 @@ mod conns;
 pub mod ladder;
 mod node;
 mod own;
+mod phases;
 mod punches;
 mod relays;
 mod resolve;

@@ -19,7 +19,7 @@ use core::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use p2pd_proto::{Instant, SocketOp};
 use p2pd_turn::{RelayTransport, TurnClient, TurnConfig, TurnEvent};
 
-use crate::connect::{start_phase_once, Stage};
+use crate::connect::{start_phase, Stage};
 use crate::conns::{Conn, ConnRole, ConnState};
 use crate::node::{Node, Part};
 use crate::types::{ConnectId, NodeEvent, Phase, PhaseFailure, PhaseOutcome, SkipReason, StreamId};
@@ -98,7 +98,7 @@ impl Node {
         turn.timeout = timeout;
         c.relay = Some(serial);
         let id = c.id;
-        start_phase_once(c, Phase::Relay, now);
+        start_phase(c, Phase::Relay, now);
         self.next_relay = self.next_relay.wrapping_add(1);
         self.stats.allocations = self.stats.allocations.saturating_add(1);
         self.relays.push(RelaySlot {
