@@ -9,7 +9,7 @@
 //!   kind 4  reverse failed    token:[16]                    ; no dial reached the requester
 //!   kind 5  relay offer       token:[16] relayed:addr       ; dial me through this relay
 //!   kind 6  relay failed      token:[16]                    ; the relayed address was not reached
-//! addr     = 4:u8 ip:[4] port:u16 | 6:u8 ip:[16] port:u16
+//! addr     = 4:u8 ip:[4] port:u16 | 6:u8 ip:[16] port:u16  ; p2pd_signaling::address::write_socket_addr
 //! preface  = MAGIC:[6] kind:u8 token:[16]                   ; kind 1 direct, 2 reverse, 3 relay
 //! ```
 //!
@@ -21,8 +21,9 @@
 //! and is the responder; the connecting side, whose relay hands it the connection, initiates.
 //! The token is in the channel's context: a handshake cannot be moved to another connection.
 
-use core::net::{IpAddr, SocketAddr};
+use core::net::SocketAddr;
 
+use p2pd_signaling::address::{read_socket_addr, write_socket_addr};
 use p2pd_signaling::PeerAddress;
 
 /// First byte of a node message over signaling (the punch's messages start with
@@ -103,7 +104,7 @@ impl Message {
             Message::RelayOffer { token, relayed } => {
                 out.push(5);
                 out.extend_from_slice(token);
-                encode_addr(&mut out, relayed);
+                write_socket_addr(&mut out, *relayed);
             }
             Message::RelayFailed { token } => {
                 out.push(6);
@@ -143,10 +144,13 @@ impl Message {
             }),
             5 => {
                 let (token, addr) = body.split_first_chunk::<TOKEN_LEN>()?;
-                Some(Message::RelayOffer {
-                    token: *token,
-                    relayed: decode_addr(addr)?,
-                })
+                match read_socket_addr(addr)? {
+                    (relayed, []) => Some(Message::RelayOffer {
+                        token: *token,
+                        relayed,
+                    }),
+                    _ => None,
+                }
             }
             6 => Some(Message::RelayFailed {
                 token: body.try_into().ok()?,
@@ -154,39 +158,6 @@ impl Message {
             _ => None,
         }
     }
-}
-
-/// Appends `addr` in the `addr` form of the [module docs](self).
-fn encode_addr(out: &mut Vec<u8>, addr: &SocketAddr) {
-    match addr.ip() {
-        IpAddr::V4(ip) => {
-            out.push(4);
-            out.extend_from_slice(&ip.octets());
-        }
-        IpAddr::V6(ip) => {
-            out.push(6);
-            out.extend_from_slice(&ip.octets());
-        }
-    }
-    out.extend_from_slice(&addr.port().to_be_bytes());
-}
-
-/// Parses exactly one `addr`.
-fn decode_addr(bytes: &[u8]) -> Option<SocketAddr> {
-    let (&family, rest) = bytes.split_first()?;
-    let (ip, port) = match family {
-        4 => {
-            let (ip, port) = rest.split_first_chunk::<4>()?;
-            (IpAddr::from(*ip), port)
-        }
-        6 => {
-            let (ip, port) = rest.split_first_chunk::<16>()?;
-            (IpAddr::from(*ip), port)
-        }
-        _ => return None,
-    };
-    let port: [u8; 2] = port.try_into().ok()?;
-    Some(SocketAddr::new(ip, u16::from_be_bytes(port)))
 }
 
 /// What a connection is for, from its preface.

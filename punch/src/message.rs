@@ -327,17 +327,7 @@ fn encode_candidates(out: &mut Vec<u8>, candidates: &[PunchCandidate]) -> Result
             return Err(MessageError::Invalid("port 0"));
         }
         out.extend_from_slice(&c.local_port.to_be_bytes());
-        match c.external.ip() {
-            IpAddr::V4(ip) => {
-                out.push(4);
-                out.extend_from_slice(&ip.octets());
-            }
-            IpAddr::V6(ip) => {
-                out.push(6);
-                out.extend_from_slice(&ip.octets());
-            }
-        }
-        out.extend_from_slice(&c.external.port().to_be_bytes());
+        p2pd_signaling::address::write_socket_addr(out, c.external);
     }
     Ok(())
 }

@@ -498,17 +498,7 @@ impl Interface {
         }
         out.push(count_byte(self.endpoints.len())?);
         for e in &self.endpoints {
-            match e.ip {
-                IpAddr::V4(ip) => {
-                    out.push(4);
-                    out.extend_from_slice(&ip.octets());
-                }
-                IpAddr::V6(ip) => {
-                    out.push(6);
-                    out.extend_from_slice(&ip.octets());
-                }
-            }
-            out.extend_from_slice(&e.port.to_be_bytes());
+            write_socket_addr(out, SocketAddr::new(e.ip, e.port));
         }
         Ok(())
     }
@@ -641,6 +631,41 @@ impl<'a> Reader<'a> {
         }
         Ok(n)
     }
+}
+
+/// Appends `addr` in the binary form every p2pd message uses for a transport address: the
+/// family (`4` or `6`), the IP's octets, the port (big-endian).
+pub fn write_socket_addr(out: &mut Vec<u8>, addr: SocketAddr) {
+    match addr.ip() {
+        IpAddr::V4(ip) => {
+            out.push(4);
+            out.extend_from_slice(&ip.octets());
+        }
+        IpAddr::V6(ip) => {
+            out.push(6);
+            out.extend_from_slice(&ip.octets());
+        }
+    }
+    out.extend_from_slice(&addr.port().to_be_bytes());
+}
+
+/// Reads a transport address written by [`write_socket_addr`] from the front of `bytes`: the
+/// address and the bytes after it, `None` if it is cut short or of an unknown family.
+pub fn read_socket_addr(bytes: &[u8]) -> Option<(SocketAddr, &[u8])> {
+    let (&family, rest) = bytes.split_first()?;
+    let (ip, rest) = match family {
+        4 => {
+            let (ip, rest) = rest.split_first_chunk::<4>()?;
+            (IpAddr::from(*ip), rest)
+        }
+        6 => {
+            let (ip, rest) = rest.split_first_chunk::<16>()?;
+            (IpAddr::from(*ip), rest)
+        }
+        _ => return None,
+    };
+    let (port, rest) = rest.split_first_chunk::<2>()?;
+    Some((SocketAddr::new(ip, u16::from_be_bytes(*port)), rest))
 }
 
 #[cfg(test)]
