@@ -115,8 +115,9 @@ enum Command {
     /// Run a node reachable by name: print `ready`, then pipe the first accepted stream to
     /// stdin/stdout (or forward every stream to a local service).
     Node(cli::node::NodeArgs),
-    /// Connect to a node by name, address or key (direct, reverse or punched; every stream
-    /// authenticated and encrypted) and pipe stdin/stdout (or forward a local port).
+    /// Connect to a node by name, address or key (direct, reverse, punched, or through a
+    /// configured TURN relay; every stream authenticated and encrypted) and pipe stdin/stdout
+    /// (or forward a local port).
     Connect(cli::node::ConnectArgs),
     /// Check every configured server at once (STUN over UDP and TCP, RFC 5780, MQTT brokers, PNP
     /// servers and their keys, relays by a TURN allocation with their credentials): reachability,

@@ -3,7 +3,8 @@
 //! HOST:PORT`, hands every accepted stream to that local TCP service until stopped).
 //!
 //! `p2pd connect TARGET`: connect to a name, a `p2pd1:` address or a public key by the cheapest
-//! path that works (direct, reverse, punched) and carry stdin/stdout over the stream (or, with
+//! path that works (direct, reverse, punched, or relayed through the configuration's `[[relay]]`
+//! TURN servers) and carry stdin/stdout over the stream (or, with
 //! `--forward LISTEN_ADDR`, listen locally and carry each local client over its own stream, like
 //! `ssh -L`).
 //!
