@@ -29,6 +29,9 @@ struct State {
     pending: Vec<u8>,
     stdin_done: bool,
     finished: bool,
+    /// Our FINISH (and every byte before it) went to the runtime ([`NodeEvent::Finished`]):
+    /// closing now loses nothing.
+    sent_all: bool,
     peer_done: bool,
     closing: bool,
     closed: bool,
@@ -104,7 +107,7 @@ pub fn pipe(
             }
         }
         feed(&mut node, &mut state, &rx, now);
-        if state.peer_done && !state.closing && (state.finished || state.failed) {
+        if state.peer_done && !state.closing && (state.sent_all || state.failed) {
             state.close(&mut node, now);
         }
         let flow = rt.drive(&mut node, |node, now, ev| {
@@ -254,7 +257,11 @@ fn on_event(
             state.peer_done = true;
             return ControlFlow::Break(());
         }
-        NodeEvent::Writable { .. } | NodeEvent::Finished { .. } => return ControlFlow::Break(()),
+        NodeEvent::Finished { stream } => {
+            state.sent_all |= Some(stream) == state.stream;
+            return ControlFlow::Break(());
+        }
+        NodeEvent::Writable { .. } => return ControlFlow::Break(()),
         NodeEvent::Closed => {
             state.closed = true;
             return ControlFlow::Break(());
