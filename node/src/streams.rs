@@ -101,6 +101,16 @@ impl Node {
         Ok(())
     }
 
+    /// Whether `stream` is still open: false once it failed or was closed, also when the
+    /// connection under it ended after both sides' FINISH (a TURN relay resets both legs when
+    /// either side closes its own).
+    pub fn stream_open(&self, stream: StreamId) -> bool {
+        self.streams
+            .iter()
+            .find(|s| s.id == stream && !s.closing)
+            .is_some_and(|s| s.stream.is_open())
+    }
+
     /// The peer, path and peer's end of `stream`.
     pub fn stream_info(&self, stream: StreamId) -> Option<(PublicKey, Path, SocketAddr)> {
         self.streams
