@@ -2,21 +2,29 @@
 //! `tests/lab/`), with a configuration file naming the lab's servers and no NAT flags: coturn's
 //! RFC 5780 STUN (UDP, and TCP for the listener's address and the punch) on 203.0.113.1:3478
 //! (alternate 203.0.113.2:3479), our `p2pd pnp-server` on 203.0.113.1:5300, the two mosquitto
-//! brokers on 203.0.113.3:1883 and 203.0.113.4:1883. Every process classifies its own NAT; the
-//! `ready` lines must show the router's real mode (see [`nat_of`]).
+//! brokers on 203.0.113.3:1883 and 203.0.113.4:1883, and a TURN relay: a second coturn
+//! (`lab.sh turn`) on 203.0.113.1:3480 with TURN REST API credentials (`[[relay]]` with its
+//! shared secret, so the file is mode 600), granting allocations at most 4 s. Every process
+//! classifies its own NAT; the `ready` lines must show the router's real mode (see [`nat_of`]).
 //!
 //! Cases (`node` on one host, `connect` on the other; path asserted on both the `connected` and
-//! the `accepted` line, and each side's stdin must reach the other's stdout, both exit 0):
+//! the `accepted` line, and each side's stdin must reach the other's stdout, both exit 0). The
+//! relay is configured for every case and must not change the paths that need none:
 //! - **direct**: the open host (`ho`, 203.0.113.30, straight on the lab's internet, no NAT) runs
 //!   `node`, host A behind `masq` connects;
 //! - **reverse**: host A behind `masq` runs `node`, the open host connects (it asks A to dial it);
 //! - **direct to a full cone**: host B behind `fullcone` runs `node`, A behind `masq` connects;
 //! - **punched**: `masq`/`masq` and `seq`/`restricted` (A connects, B runs `node`);
-//! - **unpunchable**: `masq-fully`/`masq-fully`: the connect fails (punch and relay skipped, no
-//!   relay configured) with exit 1 within a few seconds.
+//! - **unpunchable**: `masq-fully`/`masq-fully`: relayed (the connect allocates on the TURN
+//!   server at once, the node dials the relayed address);
+//! - **long relayed**: `masq-fully`/`masq-fully` again, the connect's stdin fed for 11 s (a
+//!   16 KiB chunk of a known pattern every 250 ms, the node sending nothing): the node's stdout
+//!   must hold exactly those bytes, and coturn's log must show the allocation refreshed (at
+//!   least twice: it outlived its 4 s) and, once both processes ended, deallocated (a Refresh
+//!   with lifetime 0) and deleted.
 //!
-//! The times (connected/failed `elapsed_ms`, counted from the connect call, and the wall time of
-//! the connect process) are printed; `bench/node-lab.sh` measures them over more runs.
+//! The times (connected `elapsed_ms`, counted from the connect call, and the wall time of the
+//! connect process) are printed; `bench/node-lab.sh` measures them over more runs.
 //!
 //! Without root, `ip netns`, `nft`, `conntrack`, `ss`, `turnserver` or `mosquitto` the test prints
 //! `SKIP: ...` and passes (under `CI=true` it fails instead). The namespace prefix is unique per
@@ -26,7 +34,8 @@ mod common;
 #[path = "common/lab_punch.rs"]
 mod lab_punch;
 
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -42,6 +51,10 @@ use serde_json::Value;
 const PNP: &str = "203.0.113.1:5300";
 /// The secret of the PNP server's identity.
 const PNP_SECRET: u8 = 0x51;
+/// The lab's TURN server (`lab.sh turn`, in the stun namespace), TCP.
+const TURN: &str = "203.0.113.1:3480";
+/// Its TURN REST API shared secret.
+const TURN_SECRET: &str = "p2pd-lab-turn-secret";
 
 /// A host of the lab and the NAT mode of its router (`None`: the open host).
 #[derive(Clone, Copy)]
@@ -110,8 +123,8 @@ struct Case {
     node: Host,
     /// Runs `p2pd connect`.
     connect: Host,
-    /// The path both sides must print; `None`: the connect must fail.
-    path: Option<&'static str>,
+    /// The path both sides must print.
+    path: &'static str,
 }
 
 /// The lab's servers and the configuration file naming them.
@@ -120,6 +133,8 @@ struct Servers {
     _pnp: ChildGuard,
     config: PathBuf,
     keys: [PathBuf; 2],
+    /// The TURN server's log.
+    turn_log: PathBuf,
 }
 
 fn servers(lab: &Lab, dir: &Scratch) -> Servers {
@@ -159,17 +174,21 @@ fn servers(lab: &Lab, dir: &Scratch) -> Servers {
             sink.clear();
         }
     });
+    let turn_log = lab.start_turn(TURN_SECRET).expect("the lab's TURN server");
     let config = dir.path("config.toml");
     std::fs::write(
         &config,
         format!(
-            "stun = [\"{STUN}\"]\nbrokers = [\"{}\", \"{}\"]\n\n[[pnp]]\naddress = \"{PNP}\"\nkey = \"{}\"\n",
+            "stun = [\"{STUN}\"]\nbrokers = [\"{}\", \"{}\"]\n\n[[pnp]]\naddress = \"{PNP}\"\nkey = \"{}\"\n\n\
+             [[relay]]\naddress = \"{TURN}\"\nsecret = \"{TURN_SECRET}\"\n",
             BROKERS[0],
             BROKERS[1],
             identity(PNP_SECRET).public_key()
         ),
     )
     .expect("config");
+    // It holds a secret: the CLI refuses it unless only its owner may read it.
+    std::fs::set_permissions(&config, std::fs::Permissions::from_mode(0o600)).expect("chmod 600");
     Servers {
         _brokers: brokers,
         _pnp: pnp,
@@ -178,6 +197,7 @@ fn servers(lab: &Lab, dir: &Scratch) -> Servers {
             dir.identity_file("node.key", 0x52),
             dir.identity_file("connect.key", 0x53),
         ],
+        turn_log,
     }
 }
 
@@ -254,65 +274,181 @@ fn run_case(lab: &Lab, s: &Servers, case: &Case, serial: usize) -> Result<Vec<St
             ));
         }
     }
-    match case.path {
-        Some(path) => {
-            let (code_n, out_n) = node.finish(Duration::from_secs(15));
-            let connected = connect.event("connected").cloned().unwrap_or(Value::Null);
-            let accepted = node.event("accepted").cloned().unwrap_or(Value::Null);
-            lines.push(format!(
-                "    connected.path {} accepted.path {} elapsed_ms {} (resolve {} ms), connect process {wall_ms} ms",
-                connected["path"],
-                accepted["path"],
-                connected["elapsed_ms"],
-                phase(&connected, "resolve")["took_ms"]
-            ));
-            if connected["path"] != path || accepted["path"] != path {
-                wrong.push(format!(
-                    "path: connected {} accepted {}, expected {path}",
-                    connected["path"], accepted["path"]
-                ));
-            }
-            if out_c != msg_node.as_bytes() || out_n != msg_connect.as_bytes() {
-                wrong.push(format!(
-                    "data: connect got {:?}, node got {:?}",
-                    String::from_utf8_lossy(&out_c),
-                    String::from_utf8_lossy(&out_n)
-                ));
-            }
-            if code_c != Some(0) || code_n != Some(0) {
-                wrong.push(format!("exit: connect {code_c:?}, node {code_n:?}"));
-            }
-        }
-        None => {
-            let failed = connect.event("failed").cloned().unwrap_or(Value::Null);
-            lines.push(format!(
-                "    failed after elapsed_ms {} (connect process {wall_ms} ms, exit {code_c:?}); punch: {}; relay: {}",
-                failed["elapsed_ms"],
-                phase(&failed, "punch")["reason"],
-                phase(&failed, "relay")["reason"]
-            ));
-            if failed.is_null() || connect.event("connected").is_some() {
-                wrong.push("expected a failed line and no connected line".into());
-            }
-            if code_c != Some(1) {
-                wrong.push(format!("exit {code_c:?}, expected 1"));
-            }
-            if phase(&failed, "relay")["outcome"] != "skipped" {
-                wrong.push(format!("relay phase not skipped: {failed}"));
-            }
-            if wall_ms > 5000 {
-                wrong.push(format!("the connect took {wall_ms} ms to fail"));
-            }
-            if node.event("accepted").is_some() {
-                wrong.push("the node accepted a stream".into());
-            }
-        }
+    let path = case.path;
+    let (code_n, out_n) = node.finish(Duration::from_secs(15));
+    let connected = connect.event("connected").cloned().unwrap_or(Value::Null);
+    let accepted = node.event("accepted").cloned().unwrap_or(Value::Null);
+    lines.push(format!(
+        "    connected.path {} accepted.path {} elapsed_ms {} (resolve {} ms; relay phase {}), connect process {wall_ms} ms",
+        connected["path"],
+        accepted["path"],
+        connected["elapsed_ms"],
+        phase(&connected, "resolve")["took_ms"],
+        phase(&connected, "relay")["outcome"]
+    ));
+    if connected["path"] != path || accepted["path"] != path {
+        wrong.push(format!(
+            "path: connected {} accepted {}, expected {path}",
+            connected["path"], accepted["path"]
+        ));
+    }
+    if out_c != msg_node.as_bytes() || out_n != msg_connect.as_bytes() {
+        wrong.push(format!(
+            "data: connect got {:?}, node got {:?}",
+            String::from_utf8_lossy(&out_c),
+            String::from_utf8_lossy(&out_n)
+        ));
+    }
+    if code_c != Some(0) || code_n != Some(0) {
+        wrong.push(format!("exit: connect {code_c:?}, node {code_n:?}"));
     }
     if wrong.is_empty() {
         Ok(lines)
     } else {
         Err(format!(
             "{}\n{}\n  connect said {:?}\n  node said {:?}",
+            lines.join("\n"),
+            wrong.join("\n"),
+            connect.seen,
+            node.seen
+        ))
+    }
+}
+
+/// The long relayed transfer: [`CHUNKS`] chunks of [`CHUNK_LEN`] bytes, one every
+/// [`CHUNK_EVERY`] (11 s, well over the 4 s the lab's TURN server grants an allocation).
+const CHUNKS: u32 = 44;
+const CHUNK_LEN: u32 = 16 * 1024;
+const CHUNK_EVERY: Duration = Duration::from_millis(250);
+
+/// Chunk `i` of the long transfer: a pattern that differs per chunk and per byte.
+fn chunk(i: u32) -> Vec<u8> {
+    (0..CHUNK_LEN)
+        .map(|j| (i.wrapping_mul(31) ^ j ^ (j >> 8)) as u8)
+        .collect()
+}
+
+/// The TURN server's log from byte `from` on.
+fn turn_log_since(s: &Servers, from: u64) -> String {
+    let all = std::fs::read(&s.turn_log).unwrap_or_default();
+    let from = usize::try_from(from).unwrap_or(usize::MAX).min(all.len());
+    String::from_utf8_lossy(&all[from..]).into_owned()
+}
+
+/// `masq-fully`/`masq-fully` (B runs `node` with nothing to send, A connects): the connect's
+/// stdin is fed by a thread for 11 s and the node's stdout must hold exactly those bytes; both
+/// exit 0. The allocation outlives its granted lifetime only if refreshed: coturn's log (of this
+/// run) must show at least two refreshes, and, once both processes ended, the deallocation
+/// (a Refresh with lifetime 0) and the deletion.
+fn long_relayed(lab: &Lab, s: &Servers, serial: usize) -> Result<Vec<String>, String> {
+    lab.script("nat.sh", &["A", "masq-fully", "inputdrop"])?;
+    lab.script("nat.sh", &["B", "masq-fully", "inputdrop"])?;
+    let log_from = std::fs::metadata(&s.turn_log).map_or(0, |m| m.len());
+    let name = format!("lab-long-relayed-{serial}");
+    let mut node = Proc::spawn_in(
+        Some(&lab.ns("hb")),
+        &s.config,
+        &words(&[
+            "node",
+            "--name",
+            &name,
+            "--identity",
+            &s.keys[0].display().to_string(),
+        ]),
+        b"",
+    );
+    node.wait_for("ready", Duration::from_secs(15))
+        .ok_or_else(|| format!("node never ready: {:?}", node.seen))?;
+    let mut connect = Proc::spawn_fed(
+        Some(&lab.ns("ha")),
+        &s.config,
+        &words(&[
+            "connect",
+            &name,
+            "--timeout",
+            "20",
+            "--identity",
+            &s.keys[1].display().to_string(),
+        ]),
+        |mut input| {
+            for i in 0..CHUNKS {
+                if input.write_all(&chunk(i)).is_err() {
+                    return;
+                }
+                std::thread::sleep(CHUNK_EVERY);
+            }
+        },
+    );
+    let (code_c, out_c) = connect.finish(Duration::from_secs(40));
+    let wall = connect.started.elapsed();
+    let (code_n, out_n) = node.finish(Duration::from_secs(15));
+    let sent: Vec<u8> = (0..CHUNKS).flat_map(chunk).collect();
+    let connected = connect.event("connected").cloned().unwrap_or(Value::Null);
+    let accepted = node.event("accepted").cloned().unwrap_or(Value::Null);
+    let mut wrong = Vec::new();
+    if connected["path"] != "relayed" || accepted["path"] != "relayed" {
+        wrong.push(format!(
+            "path: connected {} accepted {}, expected relayed",
+            connected["path"], accepted["path"]
+        ));
+    }
+    if out_n != sent {
+        let first = out_n.iter().zip(&sent).position(|(a, b)| a != b);
+        wrong.push(format!(
+            "the node's stdout: {} bytes, {} sent, first difference at {:?}",
+            out_n.len(),
+            sent.len(),
+            first
+        ));
+    }
+    if !out_c.is_empty() {
+        wrong.push(format!(
+            "the connect's stdout: {} bytes, expected none",
+            out_c.len()
+        ));
+    }
+    if code_c != Some(0) || code_n != Some(0) {
+        wrong.push(format!("exit: connect {code_c:?}, node {code_n:?}"));
+    }
+    // The deallocation is logged once the connect closed its stream; wait for it a little.
+    let deleted =
+        |log: &str| log.contains("lifetime=0") && log.contains("delete: realm=<p2pd-lab>");
+    let until = Instant::now() + Duration::from_secs(5);
+    let mut log = turn_log_since(s, log_from);
+    while !deleted(&log) && Instant::now() < until {
+        std::thread::sleep(Duration::from_millis(50));
+        log = turn_log_since(s, log_from);
+    }
+    let processed = log.matches("REFRESH processed, success").count();
+    let refreshed = log
+        .lines()
+        .filter(|l| l.contains("refreshed,") && !l.trim_end().ends_with("lifetime=0"))
+        .count();
+    let lines = vec![format!(
+        "    connected.path {} accepted.path {}, {} of {} bytes in {:.1} s (connect process); \
+         coturn: {refreshed} refreshes, {processed} REFRESH processed (the last deallocates), deleted: {}",
+        connected["path"],
+        accepted["path"],
+        out_n.len(),
+        sent.len(),
+        wall.as_secs_f64(),
+        deleted(&log)
+    )];
+    if refreshed < 2 {
+        wrong.push(format!(
+            "coturn refreshed the allocation {refreshed} times, expected >= 2"
+        ));
+    }
+    if processed < refreshed + 1 || !deleted(&log) {
+        wrong.push(
+            "coturn never deallocated (Refresh with lifetime 0) and deleted the allocation".into(),
+        );
+    }
+    if wrong.is_empty() {
+        Ok(lines)
+    } else {
+        Err(format!(
+            "{}\n{}\n  connect said {:?}\n  node said {:?}\n  coturn's log of this run:\n{log}",
             lines.join("\n"),
             wrong.join("\n"),
             connect.seen,
@@ -347,31 +483,31 @@ fn node_and_connect_through_real_nats() {
         path,
     };
     let cases = [
-        case("direct", OPEN, natted("A", "masq"), Some("direct")),
-        case("reverse", natted("A", "masq"), OPEN, Some("reverse")),
+        case("direct", OPEN, natted("A", "masq"), "direct"),
+        case("reverse", natted("A", "masq"), OPEN, "reverse"),
         case(
             "fullcone",
             natted("B", "fullcone"),
             natted("A", "masq"),
-            Some("direct"),
+            "direct",
         ),
         case(
             "masq-masq",
             natted("B", "masq"),
             natted("A", "masq"),
-            Some("punched"),
+            "punched",
         ),
         case(
             "seq-restricted",
             natted("B", "restricted"),
             natted("A", "seq"),
-            Some("punched"),
+            "punched",
         ),
         case(
             "unpunchable",
             natted("B", "masq-fully"),
             natted("A", "masq-fully"),
-            None,
+            "relayed",
         ),
     ];
     let mut failures = Vec::new();
@@ -382,7 +518,7 @@ fn node_and_connect_through_real_nats() {
             c.name,
             c.node.label(),
             c.connect.label(),
-            c.path.unwrap_or("failed")
+            c.path
         );
         match run_case(&lab, &s, c, i) {
             Ok(lines) => eprintln!("{head}: ok\n{}", lines.join("\n")),
@@ -390,6 +526,14 @@ fn node_and_connect_through_real_nats() {
                 eprintln!("{head}: WRONG\n{e}");
                 failures.push(c.name);
             }
+        }
+    }
+    let head = "long-relayed    node on hb(masq-fully), connect from ha(masq-fully): expect relayed, 11 s of data";
+    match long_relayed(&lab, &s, cases.len()) {
+        Ok(lines) => eprintln!("{head}: ok\n{}", lines.join("\n")),
+        Err(e) => {
+            eprintln!("{head}: WRONG\n{e}");
+            failures.push("long-relayed");
         }
     }
     eprintln!("total {:.1} s", started.elapsed().as_secs_f64());

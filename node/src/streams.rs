@@ -22,6 +22,9 @@ pub(crate) struct StreamSlot {
     pub(crate) stream: SecureStream,
     /// [`Node::close_stream`] was called (or the node closes): its `Close` goes out next.
     pub(crate) closing: bool,
+    /// A relayed stream finished, and its `Shutdown` waits for the close (see
+    /// [`Node::poll_stream_op`]).
+    fin_held: bool,
 }
 
 impl Node {
@@ -44,6 +47,7 @@ impl Node {
             path,
             stream,
             closing: false,
+            fin_held: false,
         });
         id
     }
@@ -78,7 +82,8 @@ impl Node {
     }
 
     /// Finishes our sending side of `stream` (authenticated FINISH, then the FIN once every byte
-    /// is taken: [`NodeEvent::Finished`]). We keep receiving until [`NodeEvent::PeerFinished`].
+    /// is taken: [`NodeEvent::Finished`]; on a relayed stream the FIN waits for the close, since
+    /// a TURN relay has no half-close). We keep receiving until [`NodeEvent::PeerFinished`].
     pub fn finish(&mut self, now: Instant, stream: StreamId) -> Result<(), NodeApiError> {
         let slot = self.stream_mut(stream)?;
         slot.stream.finish(now).map_err(api_error)?;
@@ -94,6 +99,16 @@ impl Node {
         slot.closing = true;
         self.pump(now);
         Ok(())
+    }
+
+    /// Whether `stream` is still open: false once it failed or was closed, also when the
+    /// connection under it ended after both sides' FINISH (a TURN relay resets both legs when
+    /// either side closes its own).
+    pub fn stream_open(&self, stream: StreamId) -> bool {
+        self.streams
+            .iter()
+            .find(|s| s.id == stream && !s.closing)
+            .is_some_and(|s| s.stream.is_open())
     }
 
     /// The peer, path and peer's end of `stream`.
@@ -166,14 +181,30 @@ impl Node {
             };
             if !s.closing && s.stream.poll_shutdown() {
                 let op = SocketOp::Shutdown { socket: s.socket };
+                // A TURN relay carries no half-close: coturn answers a FIN on either leg of a
+                // relayed connection by resetting both, and what the peer still had to send is
+                // lost. The authenticated FINISH already told the peer; the FIN waits for the
+                // close (where it makes the runtime write what it still holds before closing).
+                let relayed = s.path == Path::Relayed;
+                s.fin_held = relayed;
                 // The shutdown raised the stream's `Finished`: hand it on now, since no input
                 // may come after (the peer may be done already) to run the pump that would.
                 while let Some(ev) = self.streams.get_mut(i).and_then(|s| s.stream.poll_event()) {
                     self.on_stream_event(i, ev);
                 }
+                if relayed {
+                    continue;
+                }
                 if let Some(op) = self.sockets.outbound(Part::Own, op) {
                     return Some(op);
                 }
+            }
+        }
+        if let Some(s) = self.streams.iter_mut().find(|s| s.closing && s.fin_held) {
+            s.fin_held = false;
+            let op = SocketOp::Shutdown { socket: s.socket };
+            if let Some(op) = self.sockets.outbound(Part::Own, op) {
+                return Some(op);
             }
         }
         if let Some(pos) = self.streams.iter().position(|s| s.closing) {

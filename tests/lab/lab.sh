@@ -3,10 +3,11 @@
 # only inside namespaces created here. No namespace has a link to the root namespace and the routers have no
 # default route, so nothing can leave the lab.
 #
-#   usage: lab.sh up|services|down [PREFIX]        (PREFIX also from $LAB_PREFIX; default "nl")
+#   usage: lab.sh up|services|turn|down [PREFIX]   (PREFIX also from $LAB_PREFIX; default "nl")
 #
 #   PREFIX-wan : bridge br0 = "internet" 203.0.113.0/24
-#   PREFIX-stun: 203.0.113.1 .2 .3 .4 on one veth (coturn RFC 5780 server on .1/.2, ports 3478/3479)
+#   PREFIX-stun: 203.0.113.1 .2 .3 .4 on one veth (coturn RFC 5780 server on .1/.2, ports 3478/3479;
+#                with "turn": a second coturn, a TURN server, on 203.0.113.1:3480)
 #   PREFIX-ra  : NAT A  wan0 203.0.113.10  lan0 192.0.2.1/24     PREFIX-ha: eth0 192.0.2.2    (gw 192.0.2.1)
 #   PREFIX-rb  : NAT B  wan0 203.0.113.20  lan0 198.51.100.1/24  PREFIX-hb: eth0 198.51.100.2 (gw 198.51.100.1)
 #   PREFIX-ho  : open host (no NAT) wan0 203.0.113.30, straight on the "internet" bridge
@@ -63,10 +64,30 @@ services() {
   done
   echo "turnserver not listening after 10 s; log:" >&2; cat "$S/turnserver.log" >&2; return 1
 }
+turn() {
+  # A second coturn, a TURN server (RFC 5766 + RFC 6062 TCP relays) with TURN REST API credentials (shared secret
+  # $LAB_TURN_SECRET, realm p2pd-lab) on 203.0.113.1:3480 (UDP + TCP), relaying from 203.0.113.1. Allocations live
+  # at most 4 s unless refreshed (so a longer stream proves the client refreshes). --verbose logs every request
+  # (REFRESH, CONNECT, deletion) to $S/turn.log. Like the STUN coturn, a direct child left running, killed by "down".
+  [ -n "${LAB_TURN_SECRET:-}" ] || { echo "turn: set LAB_TURN_SECRET" >&2; return 2; }
+  ip netns exec "$P-stun" turnserver -n --use-auth-secret "--static-auth-secret=$LAB_TURN_SECRET" --realm p2pd-lab \
+    -L 203.0.113.1 --listening-port 3480 --relay-ip 203.0.113.1 --max-allocate-lifetime=4 \
+    --no-tls --no-dtls --no-cli --log-file stdout --simple-log --verbose \
+    --pidfile "$S/turn.pid" --userdb "$S/turn.db" > "$S/turn.log" 2>&1 &
+  echo $! > "$S/turn.bgpid"
+  for i in $(seq 200); do
+    if listening 203.0.113.1 3480 && ip netns exec "$P-stun" ss -Hltn "src 203.0.113.1:3480" 2>/dev/null | grep -q .; then
+      return 0
+    fi
+    kill -0 "$(cat "$S/turn.bgpid")" 2>/dev/null || { echo "turnserver (TURN) exited; log:" >&2; cat "$S/turn.log" >&2; return 1; }
+    sleep 0.05
+  done
+  echo "turnserver (TURN) not listening after 10 s; log:" >&2; cat "$S/turn.log" >&2; return 1
+}
 down() {
   for n in $NS; do for p in $(ip netns pids "$n" 2>/dev/null); do kill "$p" 2>/dev/null || true; done; done   # by PID only
   for i in $(seq 50); do [ -z "$(for n in $NS; do ip netns pids "$n" 2>/dev/null; done)" ] && break; sleep 0.05; done
   for n in $NS; do for p in $(ip netns pids "$n" 2>/dev/null); do kill -9 "$p" 2>/dev/null || true; done; done
   for n in $NS; do ip netns del "$n" 2>/dev/null || true; done
 }
-case "$1" in up) up;; services) services;; down) down;; *) echo "usage: $0 up|services|down [PREFIX]" >&2; exit 2;; esac
+case "$1" in up) up;; services) services;; turn) turn;; down) down;; *) echo "usage: $0 up|services|turn|down [PREFIX]" >&2; exit 2;; esac

@@ -112,11 +112,22 @@ impl Lab {
 
     /// Runs a script of `tests/lab/` on this lab.
     pub fn script(&self, name: &str, args: &[&str]) -> Result<(), String> {
+        self.script_env(name, args, &[])
+    }
+
+    /// [`Lab::script`] with these environment variables set too.
+    pub fn script_env(
+        &self,
+        name: &str,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Result<(), String> {
         let out = Command::new("bash")
             .arg(lab_dir().join(name))
             .args(args)
             .env("LAB_PREFIX", &self.prefix)
             .env("LAB_STATE", &self.state)
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .output()
             .map_err(|e| format!("{name}: {e}"))?;
@@ -130,6 +141,15 @@ impl Lab {
                 String::from_utf8_lossy(&out.stderr)
             ))
         }
+    }
+
+    /// Starts the lab's TURN server (`lab.sh turn`: a second coturn on 203.0.113.1:3480 taking
+    /// TURN REST API credentials made with `secret`, realm `p2pd-lab`, allocations granted at
+    /// most 4 s), once it listens; returns the path of its log (`--verbose`: every request). It
+    /// is torn down with the lab.
+    pub fn start_turn(&self, secret: &str) -> Result<PathBuf, String> {
+        self.script_env("lab.sh", &["turn"], &[("LAB_TURN_SECRET", secret)])?;
+        Ok(self.state.join("turn.log"))
     }
 
     /// Brings a lab up with its services (coturn in the stun namespace); `tag` starts the

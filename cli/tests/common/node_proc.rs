@@ -1,10 +1,11 @@
 //! A running `p2pd node` or `p2pd connect` (with `--config FILE ... --json`), optionally inside a
-//! network namespace: its stdin fed once and closed, its JSON status lines (stderr) arriving on a
-//! channel; killed on drop. Shared by `node_connect` (loopback) and `node_lab` (the real-NAT lab).
+//! network namespace: its stdin fed once and closed (or by a feeder of the caller's, on a thread),
+//! its stdout collected on a thread (so a long output never blocks it), its JSON status lines
+//! (stderr) arriving on a channel; killed on drop. Shared by `node_connect` (loopback) and `node_lab` (the real-NAT lab).
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
@@ -20,6 +21,8 @@ pub struct Proc {
     pub seen: Vec<Value>,
     /// When it was spawned.
     pub started: Instant,
+    /// The thread reading its stdout to the end.
+    stdout: Option<std::thread::JoinHandle<Vec<u8>>>,
 }
 
 impl Proc {
@@ -30,6 +33,20 @@ impl Proc {
 
     /// Like [`Proc::spawn`], inside the network namespace `netns` (`ip netns exec`) if given.
     pub fn spawn_in(netns: Option<&str>, config: &Path, args: &[String], stdin: &[u8]) -> Proc {
+        let data = stdin.to_vec();
+        Proc::spawn_fed(netns, config, args, move |mut input| {
+            let _ = input.write_all(&data);
+        })
+    }
+
+    /// Like [`Proc::spawn_in`], its stdin handed to `feed` on a thread (closed when `feed`
+    /// returns and drops it).
+    pub fn spawn_fed(
+        netns: Option<&str>,
+        config: &Path,
+        args: &[String],
+        feed: impl FnOnce(ChildStdin) + Send + 'static,
+    ) -> Proc {
         let mut command = match netns {
             Some(ns) => {
                 let mut c = Command::new("ip");
@@ -49,10 +66,13 @@ impl Proc {
             .stderr(Stdio::piped())
             .spawn()
             .expect("spawn p2pd");
-        let mut input = child.stdin.take().expect("stdin");
-        let data = stdin.to_vec();
-        std::thread::spawn(move || {
-            let _ = input.write_all(&data);
+        let input = child.stdin.take().expect("stdin");
+        std::thread::spawn(move || feed(input));
+        let mut out = child.stdout.take().expect("stdout");
+        let stdout = std::thread::spawn(move || {
+            let mut bytes = Vec::new();
+            let _ = out.read_to_end(&mut bytes);
+            bytes
         });
         let err = child.stderr.take().expect("stderr");
         let (tx, rx) = mpsc::channel();
@@ -69,6 +89,7 @@ impl Proc {
             lines: rx,
             seen: Vec::new(),
             started,
+            stdout: Some(stdout),
         }
     }
 
@@ -105,10 +126,11 @@ impl Proc {
             }
             std::thread::sleep(Duration::from_millis(20));
         };
-        let mut out = Vec::new();
-        if let Some(mut o) = self.child.stdout.take() {
-            let _ = o.read_to_end(&mut out);
-        }
+        let out = self
+            .stdout
+            .take()
+            .and_then(|t| t.join().ok())
+            .unwrap_or_default();
         // The reader thread sends the last lines as the pipe closes.
         while let Ok(v) = self.lines.recv_timeout(Duration::from_millis(200)) {
             self.seen.push(v);
