@@ -21,7 +21,11 @@
 //!   16 KiB chunk of a known pattern every 250 ms, the node sending nothing): the node's stdout
 //!   must hold exactly those bytes, and coturn's log must show the allocation refreshed (at
 //!   least twice: it outlived its 4 s) and, once both processes ended, deallocated (a Refresh
-//!   with lifetime 0) and deleted.
+//!   with lifetime 0) and deleted;
+//! - **bulk relayed**: 16 MiB at once to a node whose stdout is read slowly, so coturn still
+//!   holds bytes for the node when the connect is done: every byte must arrive (coturn drops
+//!   what it holds when either leg closes; the connect's stream lingers until the relay ends it,
+//!   and its allocation stays until then), and the allocation is deleted after.
 //!
 //! The times (connected `elapsed_ms`, counted from the connect call, and the wall time of the
 //! connect process) are printed; `bench/node-lab.sh` measures them over more runs.
@@ -315,9 +319,20 @@ fn run_case(lab: &Lab, s: &Servers, case: &Case, serial: usize) -> Result<Vec<St
     }
 }
 
-/// The long relayed transfer: [`CHUNKS`] chunks of [`CHUNK_LEN`] bytes, one every
-/// [`CHUNK_EVERY`] (11 s, well over the 4 s the lab's TURN server grants an allocation).
+/// A relayed transfer through the lab's TURN server.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Transfer {
+    /// [`CHUNKS`] chunks of [`CHUNK_LEN`] bytes, one every [`CHUNK_EVERY`] (11 s, well over the
+    /// 4 s the lab's TURN server grants an allocation): the allocation must be refreshed.
+    Long,
+    /// [`BULK_CHUNKS`] chunks as fast as they go (16 MiB) to a node whose stdout is read slowly
+    /// (1 ms per 16 KiB), so the relay holds bytes for it when the connect is done: the stream's
+    /// end must not lose them (coturn drops what it holds when either leg closes).
+    Bulk,
+}
+
 const CHUNKS: u32 = 44;
+const BULK_CHUNKS: u32 = 1024;
 const CHUNK_LEN: u32 = 16 * 1024;
 const CHUNK_EVERY: Duration = Duration::from_millis(250);
 
@@ -336,27 +351,42 @@ fn turn_log_since(s: &Servers, from: u64) -> String {
 }
 
 /// `masq-fully`/`masq-fully` (B runs `node` with nothing to send, A connects): the connect's
-/// stdin is fed by a thread for 11 s and the node's stdout must hold exactly those bytes; both
-/// exit 0. The allocation outlives its granted lifetime only if refreshed: coturn's log (of this
-/// run) must show at least two refreshes, and, once both processes ended, the deallocation
-/// (a Refresh with lifetime 0) and the deletion.
-fn long_relayed(lab: &Lab, s: &Servers, serial: usize) -> Result<Vec<String>, String> {
+/// stdin is fed by a thread (for 11 s, or 16 MiB at once to a slow reader) and the node's stdout must hold exactly
+/// those bytes; both exit 0. A long transfer outlives the allocation's granted lifetime only if
+/// it is refreshed: coturn's log (of this run) must show at least two refreshes. Either way, once
+/// both processes ended, the log shows the deallocation (a Refresh with lifetime 0) and the
+/// deletion.
+fn relayed_transfer(
+    lab: &Lab,
+    s: &Servers,
+    serial: usize,
+    transfer: Transfer,
+) -> Result<Vec<String>, String> {
+    let (chunks, every) = match transfer {
+        Transfer::Long => (CHUNKS, CHUNK_EVERY),
+        Transfer::Bulk => (BULK_CHUNKS, Duration::ZERO),
+    };
     lab.script("nat.sh", &["A", "masq-fully", "inputdrop"])?;
     lab.script("nat.sh", &["B", "masq-fully", "inputdrop"])?;
     let log_from = std::fs::metadata(&s.turn_log).map_or(0, |m| m.len());
-    let name = format!("lab-long-relayed-{serial}");
-    let mut node = Proc::spawn_in(
-        Some(&lab.ns("hb")),
-        &s.config,
-        &words(&[
-            "node",
-            "--name",
-            &name,
-            "--identity",
-            &s.keys[0].display().to_string(),
-        ]),
-        b"",
-    );
+    let name = format!("lab-relayed-transfer-{serial}");
+    let node_args = words(&[
+        "node",
+        "--name",
+        &name,
+        "--identity",
+        &s.keys[0].display().to_string(),
+    ]);
+    let mut node = match transfer {
+        Transfer::Long => Proc::spawn_in(Some(&lab.ns("hb")), &s.config, &node_args, b""),
+        Transfer::Bulk => Proc::spawn_in_slow_reader(
+            Some(&lab.ns("hb")),
+            &s.config,
+            &node_args,
+            b"",
+            Duration::from_millis(1),
+        ),
+    };
     node.wait_for("ready", Duration::from_secs(15))
         .ok_or_else(|| format!("node never ready: {:?}", node.seen))?;
     let mut connect = Proc::spawn_fed(
@@ -370,19 +400,19 @@ fn long_relayed(lab: &Lab, s: &Servers, serial: usize) -> Result<Vec<String>, St
             "--identity",
             &s.keys[1].display().to_string(),
         ]),
-        |mut input| {
-            for i in 0..CHUNKS {
+        move |mut input| {
+            for i in 0..chunks {
                 if input.write_all(&chunk(i)).is_err() {
                     return;
                 }
-                std::thread::sleep(CHUNK_EVERY);
+                std::thread::sleep(every);
             }
         },
     );
     let (code_c, out_c) = connect.finish(Duration::from_secs(40));
     let wall = connect.started.elapsed();
     let (code_n, out_n) = node.finish(Duration::from_secs(15));
-    let sent: Vec<u8> = (0..CHUNKS).flat_map(chunk).collect();
+    let sent: Vec<u8> = (0..chunks).flat_map(chunk).collect();
     let connected = connect.event("connected").cloned().unwrap_or(Value::Null);
     let accepted = node.event("accepted").cloned().unwrap_or(Value::Null);
     let mut wrong = Vec::new();
@@ -434,7 +464,7 @@ fn long_relayed(lab: &Lab, s: &Servers, serial: usize) -> Result<Vec<String>, St
         wall.as_secs_f64(),
         deleted(&log)
     )];
-    if refreshed < 2 {
+    if transfer == Transfer::Long && refreshed < 2 {
         wrong.push(format!(
             "coturn refreshed the allocation {refreshed} times, expected >= 2"
         ));
@@ -528,12 +558,26 @@ fn node_and_connect_through_real_nats() {
             }
         }
     }
-    let head = "long-relayed    node on hb(masq-fully), connect from ha(masq-fully): expect relayed, 11 s of data";
-    match long_relayed(&lab, &s, cases.len()) {
-        Ok(lines) => eprintln!("{head}: ok\n{}", lines.join("\n")),
-        Err(e) => {
-            eprintln!("{head}: WRONG\n{e}");
-            failures.push("long-relayed");
+    for (i, (name, transfer, what)) in [
+        ("long-relayed", Transfer::Long, "11 s of data"),
+        (
+            "bulk-relayed",
+            Transfer::Bulk,
+            "16 MiB at once to a slow reader",
+        ),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let head = format!(
+            "{name:<15} node on hb(masq-fully), connect from ha(masq-fully): expect relayed, {what}"
+        );
+        match relayed_transfer(&lab, &s, cases.len() + i, transfer) {
+            Ok(lines) => eprintln!("{head}: ok\n{}", lines.join("\n")),
+            Err(e) => {
+                eprintln!("{head}: WRONG\n{e}");
+                failures.push(name);
+            }
         }
     }
     eprintln!("total {:.1} s", started.elapsed().as_secs_f64());

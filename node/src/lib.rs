@@ -55,6 +55,7 @@ pub use config::{pnp_client_config, NatSource, NodeConfig, RelaySpec};
 pub use node::{Node, NodeError, NodeStats};
 pub use p2pd_proto::{Instant, Machine, SocketId};
 pub use p2pd_turn::{CredentialSource, Credentials};
+pub use streams::RELAY_LINGER;
 pub use target::{Target, TargetError};
 pub use types::{
     ConnectId, NodeApiError, NodeEvent, Path, Phase, PhaseFailure, PhaseOutcome, PhaseReport,

@@ -246,7 +246,9 @@ impl Node {
         )
     }
 
-    /// Closes everything. Idempotent; [`NodeEvent::Closed`] comes last.
+    /// Closes everything. Idempotent; [`NodeEvent::Closed`] comes last (a relayed stream that
+    /// finished cleanly may linger up to [`RELAY_LINGER`](crate::RELAY_LINGER) before, see
+    /// [`Node::close_stream`]).
     pub fn close(&mut self, now: Instant) {
         if self.closing {
             return;
@@ -266,16 +268,26 @@ impl Node {
         for p in &mut self.punches {
             p.node.close(now);
         }
-        for r in &mut self.relays {
-            r.client.close(now);
-        }
         let sockets: Vec<SocketId> = self.conns.iter().map(|c| c.socket).collect();
         for s in sockets {
             self.drop_conn(s);
         }
         for s in &mut self.streams {
-            s.stream.close(now);
-            s.closing = true;
+            // A relayed stream that finished cleanly still lingers for the relay (bounded).
+            s.close_or_linger(now);
+        }
+        // Allocations go, but a lingering stream's only when it closes (the deallocation would
+        // end it at once, and the relay would drop what it still holds for the peer).
+        let lingering: Vec<_> = self
+            .streams
+            .iter()
+            .filter(|s| !s.closing)
+            .map(|s| s.id)
+            .collect();
+        for r in &mut self.relays {
+            if !r.stream.is_some_and(|id| lingering.contains(&id)) {
+                r.client.close(now);
+            }
         }
         self.close_listener();
         self.own.stop();
@@ -336,6 +348,7 @@ impl Node {
             }
             progressed |= self.step_connects(now);
             progressed |= self.step_own(now);
+            progressed |= self.step_lingering(now);
             if !progressed {
                 break;
             }
@@ -422,6 +435,7 @@ impl Node {
         for c in &self.connects {
             add(c.deadline());
         }
+        add(self.linger_deadline());
         add(self.own.deadline());
         deadline
     }

@@ -2,8 +2,19 @@
 //! [`SecureStream`] (every byte sealed and opened by the secure channel). Bytes in as
 //! [`NodeEvent::Data`], out with [`Node::send`]; [`Node::finish`] half-closes;
 //! [`Node::close_stream`] releases the socket ([`NodeEvent::StreamClosed`]).
+//!
+//! A TURN relay has no half-close: coturn answers a FIN on either leg of a relayed connection by
+//! resetting both, and drops what it still holds for the other side. So on a relayed stream
+//! [`Node::finish`] sends only the authenticated FINISH (the FIN waits for the close), and a
+//! [`Node::close_stream`] after both FINISHes, by the side whose own FINISH went out after the
+//! peer's (its last bytes may still be in the relay), lingers: the socket stays until the relay
+//! ends it (the peer closed, having read everything) or [`RELAY_LINGER`] passes. The side that
+//! finished first closes at once (the peer's FINISH came later, so it was usually sent after ours
+//! arrived). When the two FINISHes cross on the way neither side lingers, and a close can still
+//! drop bytes the relay holds: only a FINISH acknowledgement in the channel would tell.
 
 use core::net::SocketAddr;
+use core::time::Duration;
 
 use p2pd_channel::stream::{SecureStream, StreamApiError, StreamEvent};
 use p2pd_proto::{Instant, SocketId, SocketOp, Transmit};
@@ -11,6 +22,10 @@ use p2pd_signaling::PublicKey;
 
 use crate::node::{Node, Part};
 use crate::types::{NodeApiError, NodeEvent, Path, StreamId};
+
+/// Longest a relayed stream lingers after [`Node::close_stream`] for the relay to end it (see the
+/// [module docs](self)).
+pub const RELAY_LINGER: Duration = Duration::from_secs(30);
 
 /// One stream.
 pub(crate) struct StreamSlot {
@@ -25,6 +40,35 @@ pub(crate) struct StreamSlot {
     /// A relayed stream finished, and its `Shutdown` waits for the close (see
     /// [`Node::poll_stream_op`]).
     fin_held: bool,
+    /// Our FINISH went out ([`NodeEvent::Finished`]).
+    sent_all: bool,
+    /// The peer's FINISH came.
+    peer_finished: bool,
+    /// The peer's FINISH came before ours went out.
+    peer_first: bool,
+    /// Closed by the caller, lingering until then for the relay to end it.
+    linger_until: Option<Instant>,
+}
+
+impl StreamSlot {
+    /// Closes the stream, or starts its linger if it is a relayed stream whose FINISH went out
+    /// after the peer's (see the [module docs](self)). A lingering stream keeps lingering.
+    pub(crate) fn close_or_linger(&mut self, now: Instant) {
+        if self.closing || self.linger_until.is_some() {
+            return;
+        }
+        let linger = self.path == Path::Relayed
+            && self.sent_all
+            && self.peer_finished
+            && self.peer_first
+            && self.stream.is_open();
+        if linger {
+            self.linger_until = Some(now.saturating_add(RELAY_LINGER));
+        } else {
+            self.stream.close(now);
+            self.closing = true;
+        }
+    }
 }
 
 impl Node {
@@ -48,6 +92,10 @@ impl Node {
             stream,
             closing: false,
             fin_held: false,
+            sent_all: false,
+            peer_finished: false,
+            peer_first: false,
+            linger_until: None,
         });
         id
     }
@@ -55,7 +103,7 @@ impl Node {
     fn stream_mut(&mut self, id: StreamId) -> Result<&mut StreamSlot, NodeApiError> {
         self.streams
             .iter_mut()
-            .find(|s| s.id == id && !s.closing)
+            .find(|s| s.id == id && !s.closing && s.linger_until.is_none())
             .ok_or(NodeApiError::UnknownStream)
     }
 
@@ -92,23 +140,37 @@ impl Node {
     }
 
     /// Closes `stream` at once (unsent bytes are dropped) and releases its socket:
-    /// [`NodeEvent::StreamClosed`]. Idempotent.
+    /// [`NodeEvent::StreamClosed`]. Idempotent. A relayed stream whose FINISH went out after the
+    /// peer's lingers first (see the [module docs](self)); nothing more is reported of it but
+    /// `StreamClosed`.
     pub fn close_stream(&mut self, now: Instant, stream: StreamId) -> Result<(), NodeApiError> {
         let slot = self.stream_mut(stream)?;
-        slot.stream.close(now);
-        slot.closing = true;
+        slot.close_or_linger(now);
         self.pump(now);
         Ok(())
     }
 
-    /// Whether `stream` is still open: false once it failed or was closed, also when the
-    /// connection under it ended after both sides' FINISH (a TURN relay resets both legs when
-    /// either side closes its own).
-    pub fn stream_open(&self, stream: StreamId) -> bool {
-        self.streams
-            .iter()
-            .find(|s| s.id == stream && !s.closing)
-            .is_some_and(|s| s.stream.is_open())
+    /// Lingering relayed streams the relay ended, or whose linger ran out, close now; true if
+    /// any did.
+    pub(crate) fn step_lingering(&mut self, now: Instant) -> bool {
+        let mut closed = false;
+        for s in &mut self.streams {
+            let Some(until) = s.linger_until else {
+                continue;
+            };
+            if !s.stream.is_open() || until <= now {
+                s.linger_until = None;
+                s.stream.close(now);
+                s.closing = true;
+                closed = true;
+            }
+        }
+        closed
+    }
+
+    /// The earliest end of a linger.
+    pub(crate) fn linger_deadline(&self) -> Option<Instant> {
+        self.streams.iter().filter_map(|s| s.linger_until).min()
     }
 
     /// The peer, path and peer's end of `stream`.
@@ -134,9 +196,21 @@ impl Node {
     }
 
     pub(crate) fn on_stream_event(&mut self, i: usize, ev: StreamEvent) {
-        let Some(slot) = self.streams.get(i) else {
+        let Some(slot) = self.streams.get_mut(i) else {
             return;
         };
+        if slot.linger_until.is_some() {
+            // Closed by the caller: nothing more is reported but `StreamClosed`.
+            return;
+        }
+        match ev {
+            StreamEvent::Finished => slot.sent_all = true,
+            StreamEvent::PeerFinished => {
+                slot.peer_finished = true;
+                slot.peer_first = !slot.sent_all;
+            }
+            _ => {}
+        }
         let stream = slot.id;
         let event = match ev {
             StreamEvent::Data(bytes) => NodeEvent::Data { stream, bytes },

@@ -39,6 +39,27 @@ impl Proc {
         })
     }
 
+    /// Like [`Proc::spawn_in`], its stdout read slowly: `pause` after every 16 KiB (a slow
+    /// consumer, so what is sent to it queues up on the way).
+    pub fn spawn_in_slow_reader(
+        netns: Option<&str>,
+        config: &Path,
+        args: &[String],
+        stdin: &[u8],
+        pause: Duration,
+    ) -> Proc {
+        let data = stdin.to_vec();
+        Proc::spawn_with(
+            netns,
+            config,
+            args,
+            move |mut input| {
+                let _ = input.write_all(&data);
+            },
+            Some(pause),
+        )
+    }
+
     /// Like [`Proc::spawn_in`], its stdin handed to `feed` on a thread (closed when `feed`
     /// returns and drops it).
     pub fn spawn_fed(
@@ -46,6 +67,18 @@ impl Proc {
         config: &Path,
         args: &[String],
         feed: impl FnOnce(ChildStdin) + Send + 'static,
+    ) -> Proc {
+        Proc::spawn_with(netns, config, args, feed, None)
+    }
+
+    /// The spawn: stdin fed by `feed`, stdout read to the end (pausing after every 16 KiB if
+    /// `pause` is given).
+    fn spawn_with(
+        netns: Option<&str>,
+        config: &Path,
+        args: &[String],
+        feed: impl FnOnce(ChildStdin) + Send + 'static,
+        pause: Option<Duration>,
     ) -> Proc {
         let mut command = match netns {
             Some(ns) => {
@@ -71,7 +104,21 @@ impl Proc {
         let mut out = child.stdout.take().expect("stdout");
         let stdout = std::thread::spawn(move || {
             let mut bytes = Vec::new();
-            let _ = out.read_to_end(&mut bytes);
+            match pause {
+                None => {
+                    let _ = out.read_to_end(&mut bytes);
+                }
+                Some(pause) => {
+                    let mut buf = vec![0u8; 16 * 1024];
+                    while let Ok(n) = out.read(&mut buf) {
+                        if n == 0 {
+                            break;
+                        }
+                        bytes.extend_from_slice(&buf[..n]);
+                        std::thread::sleep(pause);
+                    }
+                }
+            }
             bytes
         });
         let err = child.stderr.take().expect("stderr");

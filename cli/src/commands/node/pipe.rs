@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use crate::commands::stdin_relay;
 use p2pd_mio::Runtime;
-use p2pd_node::{Node, NodeEvent, Path, StreamId};
+use p2pd_node::{Node, NodeEvent, StreamId};
 use p2pd_proto::Instant;
 
 use super::health::NodeHealth;
@@ -18,12 +18,6 @@ use super::Mode;
 
 /// A progress line this often while a connect runs.
 const PROGRESS_EVERY: Duration = Duration::from_secs(1);
-
-/// How long a relayed stream that finished last waits for the peer's close (see [`State::hold`]).
-const RELAY_HOLD: Duration = Duration::from_secs(30);
-
-/// How often a held stream is looked at (the relay's reset of our leg raises no event).
-const HOLD_POLL: Duration = Duration::from_millis(20);
 
 #[derive(Default)]
 struct State {
@@ -36,14 +30,8 @@ struct State {
     stdin_done: bool,
     finished: bool,
     /// Our FINISH (and every byte before it) went to the runtime ([`NodeEvent::Finished`]):
-    /// closing now loses nothing.
+    /// closing now loses nothing (on a relayed stream the node lingers as long as it must).
     sent_all: bool,
-    /// The peer's FINISH came before our own went out.
-    peer_first: bool,
-    /// The stream goes through a TURN relay.
-    relayed: bool,
-    /// Both sides finished, and we wait for the peer's close until then (see [`State::hold`]).
-    hold_until: Option<Instant>,
     peer_done: bool,
     closing: bool,
     closed: bool,
@@ -52,25 +40,6 @@ struct State {
 }
 
 impl State {
-    /// Whether to keep a cleanly finished stream open a while longer: a TURN relay has no
-    /// half-close, and when one side closes its leg the relay resets the other at once, dropping
-    /// what it still holds for it. So on a relayed stream the side whose FINISH went out last
-    /// (its bytes may still be on their way) waits for the peer, which closes once it has read
-    /// them (the relay then ends our leg), at most [`RELAY_HOLD`]. The side that finished first
-    /// closes at once: the peer's FINISH came later, so it was usually sent after ours arrived.
-    /// (When both FINISHes cross on the way, neither side holds, and our close can still drop
-    /// bytes the relay holds for the peer; telling that apart needs the peer to acknowledge our
-    /// FINISH, which the channel has no frame for.)
-    fn hold(&mut self, node: &Node, now: Instant) -> bool {
-        if !self.relayed || !self.peer_first || self.failed {
-            return false;
-        }
-        let until = *self
-            .hold_until
-            .get_or_insert_with(|| now.saturating_add(RELAY_HOLD));
-        now < until && self.stream.is_some_and(|s| node.stream_open(s))
-    }
-
     fn close(&mut self, node: &mut Node, now: Instant) {
         if !self.closing {
             self.closing = true;
@@ -138,11 +107,7 @@ pub fn pipe(
             }
         }
         feed(&mut node, &mut state, &rx, now);
-        if state.peer_done
-            && !state.closing
-            && (state.sent_all || state.failed)
-            && !state.hold(&node, now)
-        {
+        if state.peer_done && !state.closing && (state.sent_all || state.failed) {
             state.close(&mut node, now);
         }
         let flow = rt.drive(&mut node, |node, now, ev| {
@@ -161,11 +126,6 @@ pub fn pipe(
             let left = timeout.saturating_sub(rt.now().saturating_duration_since(began));
             left.min(PROGRESS_EVERY)
         });
-        // A held stream is looked at again soon.
-        let limit = match (state.hold_until, state.closing) {
-            (Some(_), false) => Some(limit.map_or(HOLD_POLL, |l| l.min(HOLD_POLL))),
-            _ => limit,
-        };
         rt.run(&mut node, limit, |node, now, ev| {
             health.on_event(now.saturating_duration_since(began), &ev);
             on_event(node, now, ev, &status, &mut state, &mut stdout, listening)
@@ -244,7 +204,6 @@ fn on_event(
         } => {
             if listening && state.stream.is_none() && !state.closing {
                 state.stream = Some(stream);
-                state.relayed = path == Path::Relayed;
                 status.accepted(&peer, path.as_str(), remote);
                 return ControlFlow::Break(());
             }
@@ -261,7 +220,6 @@ fn on_event(
             ..
         } => {
             state.stream = Some(stream);
-            state.relayed = path == Path::Relayed;
             let lines = phases.iter().map(PhaseLine::of).collect();
             status.connected(
                 &state.target,
@@ -297,7 +255,6 @@ fn on_event(
         }
         NodeEvent::PeerFinished { stream } if Some(stream) == state.stream => {
             state.peer_done = true;
-            state.peer_first = !state.sent_all;
             return ControlFlow::Break(());
         }
         NodeEvent::Finished { stream } => {
