@@ -484,3 +484,30 @@ fn a_peer_that_overflows_before_its_bind_is_closed() {
     assert!(h.ops().contains(&SocketOp::Close { socket: ps }));
     assert_eq!(h.d.machine.stats().peer_overflow, 1);
 }
+
+#[test]
+fn the_control_connection_ending_deletes_its_allocation_and_peers() {
+    let mut h = H::new(config());
+    let (s, ps, _, nonce) = peer_waiting(&mut h);
+    // Connect to a peer without a permission: 403.
+    let stranger: SocketAddr = "203.0.113.77:80".parse().unwrap();
+    let req = h.request(
+        method::CONNECT,
+        &[TurnAttribute::XorPeerAddress(stranger)],
+        Some((&nonce, "p")),
+    );
+    let _ = h.d.stream(s, &req);
+    assert_eq!(code(&h.one_reply(s)), error::FORBIDDEN);
+    let listener = h.d.machine.allocations.get(&s).map(|a| a.listener).unwrap();
+    h.d.outcome(s, SocketOutcome::PeerClosed);
+    let ops = h.ops();
+    for socket in [s, ps, listener] {
+        assert!(
+            ops.contains(&SocketOp::Close { socket }),
+            "{socket}: {ops:?}"
+        );
+    }
+    let st = h.d.machine.stats();
+    assert_eq!((st.allocations_live, st.deallocated, st.expired), (0, 0, 0));
+    assert_eq!(h.d.machine.table_sizes(), (0, 0, 0, 1));
+}
