@@ -200,7 +200,9 @@ impl Harness {
             w.add_turn(&header, &TurnAttribute::RequestedTransport(proto)).unwrap();
         }
         if let Some(l) = lifetime {
-            w.add_turn(&header, &TurnAttribute::Lifetime(l % 100)).unwrap();
+            // A third of them 0: a deallocation when it is a Refresh.
+            let l = if l % 3 == 0 { 0 } else { l % 100 };
+            w.add_turn(&header, &TurnAttribute::Lifetime(l)).unwrap();
         }
         if m == method::CREATE_PERMISSION || m == method::CONNECT {
             w.add_turn(&header, &TurnAttribute::XorPeerAddress(peer_addr(peer))).unwrap();
@@ -255,7 +257,7 @@ fuzz_target!(|input: Input| {
     config.max_allocations = MAX_ALLOCATIONS;
     config.max_permissions = 2;
     config.max_peers_per_allocation = 2;
-    config.max_peer_buffer = 4096;
+    config.max_peer_buffer = 256;
     config.nonce_lifetime = Duration::from_secs(20);
     config.default_lifetime = Duration::from_secs(10);
     config.max_lifetime = Duration::from_secs(30);
