@@ -3,7 +3,8 @@
 # seed corpora (corpus/TARGET/seed-*). The crypto targets (envelope_open, pnp_server,
 # pnp_client, channel_session, node_session) run at least 30 s: each execution seals and opens envelopes or runs
 # Noise handshakes, so a few seconds are only a few thousand executions, barely past the first
-# operations.
+# operations. turn_server does too: its executions walk whole allocations (MD5 keys, HMAC
+# integrity on every request) up to spliced relay connections.
 # Uses nightly (AddressSanitizer) when it is installed, else stable without a sanitizer.
 # Exits non-zero if any target crashes, fails an assertion or fails to build.
 #
@@ -15,7 +16,7 @@ per_target="${1:-60}"
 cd "$(dirname "$0")"
 
 # Targets that get at least this many seconds, whatever SECONDS says.
-declare -A min_seconds=([envelope_open]=30 [pnp_server]=30 [pnp_client]=30 [channel_session]=30 [node_session]=30)
+declare -A min_seconds=([envelope_open]=30 [pnp_server]=30 [pnp_client]=30 [channel_session]=30 [node_session]=30 [turn_server]=30)
 
 if rustup toolchain list 2>/dev/null | grep -q '^nightly'; then
     fuzz=(cargo +nightly fuzz)

@@ -52,6 +52,11 @@
 //!   MQTT 3.1.1 + 5 broker machine over the signaling crate's codec (CONNECT, SUBSCRIBE with
 //!   wildcards, PUBLISH QoS 0/1 fan-out, sessions, PING, keep-alive, bounded everything); see
 //!   [`broker`]. [`Sim::kill_host`] / [`Sim::restart_mqtt_broker`] take it down and back.
+//! - **TURN servers** ([`Sim::add_turn_server`]): a host running [`TurnServer`], a TURN server
+//!   model (RFC 8656 over TCP with RFC 6062 TCP allocations) on `p2pd-turn`'s codec: long-term
+//!   authentication with static users and TURN REST credentials, Allocate, Refresh,
+//!   CreatePermission, Connect, ConnectionBind, peers spliced with data connections, bounded
+//!   everything; see [`turn_server`]. `p2pd_turn::TurnClient` behind NAT boxes talks to it.
 //! - **Replay**: [`run_seeds`] runs a test per seed and, on failure, prints
 //!   `simulation failed with seed N; replay with P2PD_SIM_SEED=N`; setting that variable runs only
 //!   that seed.

@@ -196,16 +196,15 @@ impl Machine for TurnServer {
             .map(|(c, _)| *c)
             .collect();
         for c in expired {
-            let reason = if self
-                .allocations
-                .get(&c)
-                .is_some_and(|a| a.relayed.is_some())
-            {
-                EndReason::Expired
-            } else {
-                EndReason::ListenerFailed
-            };
-            self.delete_allocation(c, reason);
+            match self.allocations.get(&c) {
+                Some(a) if a.relayed.is_some() => self.delete_allocation(c, EndReason::Expired),
+                // Its relayed listener never got bound: the Allocate gets 508.
+                Some(a) => {
+                    let listener = a.listener;
+                    self.relay_failed(listener, OpKind::Listen);
+                }
+                None => {}
+            }
         }
         let due: Vec<(u32, PeerState)> = self
             .peers

@@ -11,7 +11,7 @@ use p2pd_turn::codec::{self, attr, error, method, TurnAttribute};
 use super::auth::Authed;
 use super::bump;
 use super::wire::frame_len;
-use super::{Allocation, Peer, PeerState, TurnServer, MAX_MESSAGE_LEN, PERMISSION_LIFETIME};
+use super::{Allocation, Peer, PeerState, TurnServer, PERMISSION_LIFETIME};
 
 impl TurnServer {
     /// Bytes on connection `socket` to the listen address (not spliced yet): reassembles and
@@ -20,14 +20,10 @@ impl TurnServer {
         let Some(client) = self.clients.get_mut(&socket) else {
             return;
         };
+        // What stays held between chunks is at most one incomplete message: `frame_len` refuses
+        // a header that announces more than `MAX_MESSAGE_LEN`.
         let mut buf = core::mem::take(&mut client.buf);
-        if buf.len().saturating_add(data.len()) > MAX_MESSAGE_LEN.saturating_mul(4) {
-            // More than a few messages at once without any being complete cannot be ours.
-            let room = MAX_MESSAGE_LEN.saturating_mul(4).saturating_sub(buf.len());
-            buf.extend_from_slice(data.get(..room).unwrap_or(data));
-        } else {
-            buf.extend_from_slice(data);
-        }
+        buf.extend_from_slice(data);
         let mut at = 0usize;
         loop {
             let rest = buf.get(at..).unwrap_or_default();

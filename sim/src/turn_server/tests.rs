@@ -363,3 +363,151 @@ fn deallocation_and_close_release_every_socket_once() {
     assert!(h.d.checker.finished());
     h.d.checker.assert_all_closed();
 }
+
+/// An allocation with a permitted peer connected to the relayed address: (control, peer
+/// socket, CONNECTION-ID, nonce).
+fn peer_waiting(h: &mut H) -> (SocketId, SocketId, u32, Vec<u8>) {
+    let (s, listener, nonce) = h.allocated();
+    let peer: SocketAddr = PEER.parse().unwrap();
+    let req = h.request(
+        method::CREATE_PERMISSION,
+        &[TurnAttribute::XorPeerAddress(peer)],
+        Some((&nonce, "p")),
+    );
+    let _ = h.d.stream(s, &req);
+    let _ = h.replies(s);
+    let ps = h.accept_on(listener);
+    h.d.outcome(
+        ps,
+        SocketOutcome::Accepted {
+            local: listen(),
+            remote: peer,
+        },
+    );
+    let ind = h.one_reply(s);
+    let msg = Message::decode(&ind).unwrap();
+    let Ok(Some(TurnAttribute::ConnectionId(id))) = codec::find(&msg, attr::CONNECTION_ID) else {
+        panic!("no CONNECTION-ID");
+    };
+    (s, ps, id, nonce)
+}
+
+#[test]
+fn connection_bind_splices_held_and_trailing_bytes_both_ways_then_half_closes() {
+    let mut h = H::new(config());
+    let (_, ps, id, nonce) = peer_waiting(&mut h);
+    let _ = h.d.stream(ps, b"held before the bind; ");
+    let data = h.connect();
+    let mut bind = h.request(
+        method::CONNECTION_BIND,
+        &[TurnAttribute::ConnectionId(id)],
+        Some((&nonce, "p")),
+    );
+    bind.extend_from_slice(b"client bytes in the same segment");
+    let _ = h.d.stream(data, &bind);
+    let out = h.d.take_transmits();
+    let on_data: Vec<&Vec<u8>> = out
+        .iter()
+        .filter(|(t, _)| t.socket == data)
+        .map(|(_, b)| b)
+        .collect();
+    assert_eq!(on_data.len(), 2, "{on_data:?}");
+    let answer = Message::decode(on_data[0]).unwrap();
+    assert_eq!(answer.class(), Class::Success);
+    assert_eq!(answer.method(), method::CONNECTION_BIND);
+    assert_eq!(on_data[1].as_slice(), b"held before the bind; ");
+    let to_peer: Vec<u8> = out
+        .iter()
+        .filter(|(t, _)| t.socket == ps)
+        .flat_map(|(_, b)| b.clone())
+        .collect();
+    assert_eq!(to_peer, b"client bytes in the same segment");
+    // Spliced: bytes pass through untouched, even ones that look like STUN.
+    let _ = h.d.stream(data, &[0xFF; 7]);
+    let _ = h.d.stream(ps, b"reply");
+    let out = h.d.take_transmits();
+    let on = |socket: SocketId| -> Vec<Vec<u8>> {
+        out.iter()
+            .filter(|(t, _)| t.socket == socket)
+            .map(|(_, b)| b.clone())
+            .collect()
+    };
+    assert_eq!(on(ps), vec![vec![0xFF; 7]]);
+    assert_eq!(on(data), vec![b"reply".to_vec()]);
+    let st = h.d.machine.stats();
+    assert_eq!(st.connections_spliced, 1);
+    assert_eq!(st.bytes_relayed, 22 + 32 + 7 + 5);
+    // The peer's EOF shuts the data connection's sending half; the client's EOF then closes both.
+    h.d.outcome(ps, SocketOutcome::PeerClosed);
+    let ops = h.ops();
+    assert!(
+        ops.contains(&SocketOp::Shutdown { socket: data }),
+        "{ops:?}"
+    );
+    assert!(
+        !ops.iter().any(|op| matches!(op, SocketOp::Close { .. })),
+        "{ops:?}"
+    );
+    h.d.outcome(data, SocketOutcome::PeerClosed);
+    let ops = h.ops();
+    assert!(ops.contains(&SocketOp::Close { socket: ps }), "{ops:?}");
+    assert!(ops.contains(&SocketOp::Close { socket: data }), "{ops:?}");
+    assert_eq!(h.d.machine.table_sizes().2, 0);
+}
+
+#[test]
+fn connection_bind_needs_the_allocations_user_and_a_waiting_id() {
+    let mut c = config();
+    c.users.push(("w".into(), "p".into()));
+    let mut h = H::new(c);
+    let (_, _, id, nonce) = peer_waiting(&mut h);
+    let data = h.connect();
+    // An unknown CONNECTION-ID: 400.
+    let bind = h.request(
+        method::CONNECTION_BIND,
+        &[TurnAttribute::ConnectionId(id.wrapping_add(1))],
+        Some((&nonce, "p")),
+    );
+    let _ = h.d.stream(data, &bind);
+    assert_eq!(code(&h.one_reply(data)), error::BAD_REQUEST);
+    assert_eq!(h.d.machine.stats().connections_spliced, 0);
+}
+
+#[test]
+fn a_peer_that_overflows_before_its_bind_is_closed() {
+    let mut c = config();
+    c.max_peer_buffer = 16;
+    let mut h = H::new(c);
+    let (_, ps, _, _) = peer_waiting(&mut h);
+    let _ = h.d.stream(ps, &[1; 10]);
+    let _ = h.d.stream(ps, &[2; 10]);
+    assert!(h.ops().contains(&SocketOp::Close { socket: ps }));
+    assert_eq!(h.d.machine.stats().peer_overflow, 1);
+}
+
+#[test]
+fn the_control_connection_ending_deletes_its_allocation_and_peers() {
+    let mut h = H::new(config());
+    let (s, ps, _, nonce) = peer_waiting(&mut h);
+    // Connect to a peer without a permission: 403.
+    let stranger: SocketAddr = "203.0.113.77:80".parse().unwrap();
+    let req = h.request(
+        method::CONNECT,
+        &[TurnAttribute::XorPeerAddress(stranger)],
+        Some((&nonce, "p")),
+    );
+    let _ = h.d.stream(s, &req);
+    assert_eq!(code(&h.one_reply(s)), error::FORBIDDEN);
+    let listener = h.d.machine.allocations.get(&s).map(|a| a.listener).unwrap();
+    h.d.outcome(s, SocketOutcome::PeerClosed);
+    let ops = h.ops();
+    for socket in [s, ps, listener] {
+        assert!(
+            ops.contains(&SocketOp::Close { socket }),
+            "{socket}: {ops:?}"
+        );
+    }
+    let st = h.d.machine.stats();
+    assert_eq!((st.allocations_live, st.deallocated, st.expired), (0, 0, 0));
+    assert_eq!(h.d.machine.table_sizes(), (0, 0, 0, 1));
+}
