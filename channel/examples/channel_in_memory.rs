@@ -135,7 +135,7 @@ fn main() {
     // 3. Finish both ways (the authenticated half-close), then the stream ends cleanly.
     alice.send(now, b"bye").unwrap();
     alice.finish(now).unwrap();
-    let (_, b, _, _) = pump(now, &mut alice, &mut bob);
+    let (a, b, _, _) = pump(now, &mut alice, &mut bob);
     assert_eq!(
         b,
         [
@@ -143,9 +143,11 @@ fn main() {
             ChannelEvent::PeerFinished
         ]
     );
+    // Bob's channel acknowledged Alice's FINISH by itself: she knows he has every byte.
+    assert_eq!(a, [ChannelEvent::FinishAcknowledged]);
     bob.send(now, b"bye to you").unwrap();
     bob.finish(now).unwrap();
-    let (a, _, _, _) = pump(now, &mut alice, &mut bob);
+    let (a, b, _, _) = pump(now, &mut alice, &mut bob);
     assert_eq!(
         a,
         [
@@ -153,6 +155,7 @@ fn main() {
             ChannelEvent::PeerFinished
         ]
     );
+    assert_eq!(b, [ChannelEvent::FinishAcknowledged]);
     // Each side sees the stream's end (TCP FIN) after the other's FINISH: no failure.
     alice.handle_end_of_stream(now);
     bob.handle_end_of_stream(now);

@@ -9,13 +9,18 @@ use p2pd_signaling::{NodeId, PublicKey};
 use snow::{HandshakeState, TransportState};
 
 use crate::error::{ChannelApiError, ChannelFailure, HandshakeError};
-use crate::frame::{header, FrameReader, Next, FRAME_HEADER_LEN, HANDSHAKE_MAX_LEN, TAG_LEN};
+use crate::frame::{
+    header, FrameReader, Next, FRAME_HEADER_LEN, FRAME_OVERHEAD, HANDSHAKE_MAX_LEN, KIND_DATA,
+    KIND_FINISH, KIND_FINISH_ACK, KIND_LEN, TAG_LEN,
+};
 use crate::keys::{verify_proof, ChannelKeys};
 use crate::resolver::SeededResolver;
 use crate::{MAX_CONTEXT_LEN, NOISE_PARAMS, PROLOGUE_PREFIX};
 
 /// The most plaintext one Noise transport message carries.
 const NOISE_MAX_PLAINTEXT: usize = 65_535 - TAG_LEN;
+/// The most application bytes one frame carries (the kind byte takes one of Noise's).
+const MAX_FRAME: usize = NOISE_MAX_PLAINTEXT - KIND_LEN;
 
 /// Which end of the handshake a channel is, and whom it expects at the other.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -37,22 +42,24 @@ pub enum Role {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ChannelConfig {
     /// The most plaintext bytes in one frame, ours and the peer's (a longer announced frame is
-    /// [`ChannelFailure::TooLarge`]): `1..=65519`. Both ends must use the same value.
+    /// [`ChannelFailure::TooLarge`]): `1..=65518`. Both ends must use the same value. The wire
+    /// frame is [`FRAME_OVERHEAD`] bytes longer (header, kind byte, tag).
     pub max_frame: usize,
     /// The most wire bytes [`Channel::send`] holds that the caller has not taken with
-    /// [`Channel::poll_transmit`]; at least one whole frame (`max_frame + 18`).
+    /// [`Channel::poll_transmit`]; at least one whole frame (`max_frame + 19`). FINISH and
+    /// FINISH-ACK frames (19 bytes each) are sealed beyond it.
     pub send_buffer: usize,
     /// The handshake must be complete this long after the channel is created.
     pub handshake_timeout: Duration,
 }
 
 impl ChannelConfig {
-    /// Whether the limits are in range (`max_frame` in `1..=65519`, `send_buffer` at least one
+    /// Whether the limits are in range (`max_frame` in `1..=65518`, `send_buffer` at least one
     /// whole frame): [`ChannelApiError::BadConfig`] otherwise. [`Channel::new`] checks it; a
     /// machine that builds channels later checks it once, when it is built.
     pub fn check(&self) -> Result<(), ChannelApiError> {
         if self.max_frame == 0
-            || self.max_frame > NOISE_MAX_PLAINTEXT
+            || self.max_frame > MAX_FRAME
             || self.send_buffer < frame_wire_len(self.max_frame)
         {
             return Err(ChannelApiError::BadConfig);
@@ -82,7 +89,10 @@ pub enum ChannelEvent {
     /// Plaintext the peer sent, authenticated, in order.
     Data(Vec<u8>),
     /// The peer finished its sending side (authenticated half-close): no more data will come.
+    /// The channel has sealed its FINISH-ACK (take the transmits).
     PeerFinished,
+    /// The peer acknowledged our FINISH: it has read every byte we sent (reported once).
+    FinishAcknowledged,
     /// The channel failed; nothing more is delivered or sent. Close the stream.
     Failed(ChannelFailure),
     /// [`Channel::close`] took effect (reported once).
@@ -92,9 +102,9 @@ pub enum ChannelEvent {
 /// Counters (all saturating).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ChannelStats {
-    /// Transport frames read and authenticated (FINISH included).
+    /// Transport frames read and authenticated (FINISH and FINISH-ACK included).
     pub frames_in: u64,
-    /// Transport frames sealed (FINISH included).
+    /// Transport frames sealed (FINISH and FINISH-ACK included).
     pub frames_out: u64,
     /// Plaintext bytes delivered.
     pub bytes_in: u64,
@@ -122,10 +132,12 @@ pub struct Channel {
     /// Wire bytes for the stream: `out_start..out_end` wait to be taken. The bytes past
     /// `out_end` are scratch kept from earlier frames, so sealing does not zero-fill its buffer
     /// every time (the length stays at its high-water mark, within the send buffer and one
-    /// FINISH frame, or one handshake message).
+    /// FINISH and one FINISH-ACK frame, or one handshake message).
     out: Vec<u8>,
     out_start: usize,
     out_end: usize,
+    /// The plaintext being sealed (kind byte and payload), kept between frames.
+    plain: Vec<u8>,
     events: VecDeque<ChannelEvent>,
     /// The handshake deadline, while handshaking.
     deadline: Option<Instant>,
@@ -134,6 +146,8 @@ pub struct Channel {
     peer: Option<PublicKey>,
     finished: bool,
     peer_finished: bool,
+    /// The peer's FINISH-ACK of our FINISH came.
+    finish_acked: bool,
     closed: bool,
     stats: ChannelStats,
 }
@@ -190,12 +204,14 @@ impl Channel {
             out: Vec::new(),
             out_start: 0,
             out_end: 0,
+            plain: Vec::new(),
             events: VecDeque::new(),
             deadline: Some(now.saturating_add(config.handshake_timeout)),
             handshake_reads: 0,
             peer: None,
             finished: false,
             peer_finished: false,
+            finish_acked: false,
             closed: false,
             stats: ChannelStats::default(),
         };
@@ -215,7 +231,13 @@ impl Channel {
         while !input.is_empty() {
             let (min, max) = match &self.state {
                 State::Handshake(_) => (1, HANDSHAKE_MAX_LEN),
-                State::Transport(_) => (TAG_LEN, self.config.max_frame.saturating_add(TAG_LEN)),
+                State::Transport(_) => (
+                    TAG_LEN.saturating_add(KIND_LEN),
+                    self.config
+                        .max_frame
+                        .saturating_add(KIND_LEN)
+                        .saturating_add(TAG_LEN),
+                ),
                 State::Ended => break,
             };
             match self.reader.next(&mut input, min, max) {
@@ -265,12 +287,12 @@ impl Channel {
         let mut taken = 0usize;
         while let Some(rest) = plaintext.get(taken..).filter(|r| !r.is_empty()) {
             let room = self.config.send_buffer.saturating_sub(self.out_end);
-            let fits = room.saturating_sub(FRAME_HEADER_LEN.saturating_add(TAG_LEN));
+            let fits = room.saturating_sub(FRAME_OVERHEAD);
             let len = fits.min(self.config.max_frame).min(rest.len());
             let Some(chunk) = rest.get(..len).filter(|c| !c.is_empty()) else {
                 break;
             };
-            self.seal(chunk)?;
+            self.seal(KIND_DATA, chunk)?;
             taken = taken.saturating_add(len);
         }
         if taken == 0 && !plaintext.is_empty() {
@@ -280,13 +302,15 @@ impl Channel {
     }
 
     /// Finishes our sending side: seals the authenticated FINISH after every byte sent so far.
-    /// The peer reads all of it, then [`ChannelEvent::PeerFinished`]; we keep receiving. Close the
-    /// stream's sending side (TCP shutdown) once the transmits are taken. Idempotent.
+    /// The peer reads all of it, then [`ChannelEvent::PeerFinished`], and acknowledges it
+    /// ([`ChannelEvent::FinishAcknowledged`] here); we keep receiving. On a stream with a
+    /// half-close, close its sending side (TCP shutdown) once the transmits are taken, or later
+    /// to let our FINISH-ACK of the peer's FINISH out too. Idempotent.
     pub fn finish(&mut self, _now: Instant) -> Result<(), ChannelApiError> {
         self.check_sendable()?;
         if !self.finished {
             self.compact();
-            self.seal(&[])?;
+            self.seal(KIND_FINISH, &[])?;
             self.finished = true;
         }
         Ok(())
@@ -381,7 +405,7 @@ impl Channel {
         if !self.is_established() || self.finished {
             return 0;
         }
-        let overhead = FRAME_HEADER_LEN.saturating_add(TAG_LEN);
+        let overhead = FRAME_OVERHEAD;
         let whole = wire_room
             .checked_div(frame_wire_len(self.config.max_frame))
             .unwrap_or(0);
@@ -401,6 +425,11 @@ impl Channel {
     /// Whether the peer's FINISH arrived.
     pub fn is_peer_finished(&self) -> bool {
         self.peer_finished
+    }
+
+    /// Whether the peer acknowledged our FINISH (it has every byte we sent).
+    pub fn is_finish_acknowledged(&self) -> bool {
+        self.finish_acked
     }
 
     /// The counters.
@@ -437,22 +466,26 @@ impl Channel {
         out.get_mut(out_end..end)
     }
 
-    /// Seals one transport frame (`plaintext` empty: FINISH) onto `out`.
-    fn seal(&mut self, plaintext: &[u8]) -> Result<(), ChannelApiError> {
+    /// Seals one transport frame of `kind` carrying `payload` onto `out`.
+    pub(crate) fn seal(&mut self, kind: u8, payload: &[u8]) -> Result<(), ChannelApiError> {
         let State::Transport(transport) = &mut self.state else {
             return Err(ChannelApiError::NotEstablished);
         };
-        let body = plaintext.len().saturating_add(TAG_LEN);
-        let frame = Self::out_tail(&mut self.out, self.out_end, frame_wire_len(plaintext.len()))
-            .ok_or(ChannelApiError::Noise)?;
+        self.plain.clear();
+        self.plain.push(kind);
+        self.plain.extend_from_slice(payload);
+        let body = self.plain.len().saturating_add(TAG_LEN);
+        let wire_len = frame_wire_len(payload.len());
+        let frame =
+            Self::out_tail(&mut self.out, self.out_end, wire_len).ok_or(ChannelApiError::Noise)?;
         let (head, dst) = frame.split_at_mut(FRAME_HEADER_LEN);
-        match transport.write_message(plaintext, dst) {
+        match transport.write_message(&self.plain, dst) {
             Ok(written) if written == body => head.copy_from_slice(&header(body)),
             _ => return Err(ChannelApiError::Noise),
         }
-        self.out_end = self.out_end.saturating_add(frame_wire_len(plaintext.len()));
+        self.out_end = self.out_end.saturating_add(wire_len);
         self.stats.frames_out = self.stats.frames_out.saturating_add(1);
-        let len = u64::try_from(plaintext.len()).unwrap_or(u64::MAX);
+        let len = u64::try_from(payload.len()).unwrap_or(u64::MAX);
         self.stats.bytes_out = self.stats.bytes_out.saturating_add(len);
         Ok(())
     }
@@ -588,16 +621,44 @@ impl Channel {
             Err(_) => return self.fail(ChannelFailure::Tampered),
         }
         self.stats.frames_in = self.stats.frames_in.saturating_add(1);
-        if self.peer_finished {
-            return self.fail(ChannelFailure::DataAfterFinish);
-        }
-        if plaintext.is_empty() {
-            self.peer_finished = true;
-            self.events.push_back(ChannelEvent::PeerFinished);
-        } else {
-            let len = u64::try_from(plaintext.len()).unwrap_or(u64::MAX);
-            self.stats.bytes_in = self.stats.bytes_in.saturating_add(len);
-            self.events.push_back(ChannelEvent::Data(plaintext));
+        let Some((&kind, payload)) = plaintext.split_first() else {
+            return self.fail(ChannelFailure::BadPlaintext);
+        };
+        match kind {
+            KIND_DATA | KIND_FINISH if self.peer_finished => {
+                self.fail(ChannelFailure::DataAfterFinish)
+            }
+            KIND_DATA if payload.is_empty() => self.fail(ChannelFailure::BadPlaintext),
+            KIND_DATA => {
+                let len = payload.len();
+                // Drop the kind byte in place: the plaintext's buffer becomes the event's.
+                plaintext.copy_within(KIND_LEN.., 0);
+                plaintext.truncate(len);
+                let len = u64::try_from(len).unwrap_or(u64::MAX);
+                self.stats.bytes_in = self.stats.bytes_in.saturating_add(len);
+                self.events.push_back(ChannelEvent::Data(plaintext));
+            }
+            KIND_FINISH | KIND_FINISH_ACK if !payload.is_empty() => {
+                self.fail(ChannelFailure::BadPlaintext)
+            }
+            KIND_FINISH => {
+                // Read in order: every DATA before it was authenticated and handed out above,
+                // so acknowledge it now (once: a second FINISH fails above).
+                self.peer_finished = true;
+                self.events.push_back(ChannelEvent::PeerFinished);
+                self.compact();
+                if self.seal(KIND_FINISH_ACK, &[]).is_err() {
+                    self.fail(ChannelFailure::BadPlaintext);
+                }
+            }
+            KIND_FINISH_ACK if !self.finished || self.finish_acked => {
+                self.fail(ChannelFailure::UnexpectedAck)
+            }
+            KIND_FINISH_ACK => {
+                self.finish_acked = true;
+                self.events.push_back(ChannelEvent::FinishAcknowledged);
+            }
+            unknown => self.fail(ChannelFailure::UnknownKind(unknown)),
         }
     }
 
@@ -620,9 +681,7 @@ impl Channel {
     }
 }
 
-/// The wire length of a frame carrying `plaintext` bytes.
-fn frame_wire_len(plaintext: usize) -> usize {
-    plaintext
-        .saturating_add(TAG_LEN)
-        .saturating_add(FRAME_HEADER_LEN)
+/// The wire length of a frame carrying `payload` bytes (after the kind byte).
+fn frame_wire_len(payload: usize) -> usize {
+    payload.saturating_add(FRAME_OVERHEAD)
 }

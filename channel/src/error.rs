@@ -30,8 +30,15 @@ pub enum ChannelFailure {
     HandshakeTimeout,
     /// The stream ended before the peer's authenticated FINISH, or in the middle of a frame.
     Truncated,
-    /// The peer sent data after its own FINISH.
+    /// The peer sent data (or a second FINISH) after its own FINISH.
     DataAfterFinish,
+    /// A transport plaintext of the wrong shape for its kind: empty (no kind byte), DATA
+    /// without bytes, or a FINISH or FINISH-ACK with a payload.
+    BadPlaintext,
+    /// A transport plaintext of a kind this version does not know.
+    UnknownKind(u8),
+    /// A FINISH-ACK when our FINISH was not sealed, or a second one.
+    UnexpectedAck,
 }
 
 /// Why a handshake failed.
@@ -77,6 +84,15 @@ impl fmt::Display for ChannelFailure {
                 f.write_str("the stream ended before the peer finished (truncated)")
             }
             ChannelFailure::DataAfterFinish => f.write_str("the peer sent data after finishing"),
+            ChannelFailure::BadPlaintext => {
+                f.write_str("a transport plaintext of the wrong shape for its kind")
+            }
+            ChannelFailure::UnknownKind(kind) => {
+                write!(f, "a transport plaintext of unknown kind {kind}")
+            }
+            ChannelFailure::UnexpectedAck => {
+                f.write_str("a FINISH acknowledgement without a FINISH of ours to acknowledge")
+            }
         }
     }
 }

@@ -8,6 +8,16 @@ pub const FRAME_HEADER_LEN: usize = 2;
 pub const HANDSHAKE_MAX_LEN: usize = 256;
 /// The authentication tag every transport frame ends with.
 pub const TAG_LEN: usize = 16;
+/// The kind byte in front of every transport plaintext (see the crate docs).
+pub const KIND_LEN: usize = 1;
+/// Transport plaintext kind: application bytes (1 to `max_frame` of them) follow.
+pub const KIND_DATA: u8 = 0;
+/// Transport plaintext kind: FINISH, the sender's authenticated half-close (nothing follows).
+pub const KIND_FINISH: u8 = 1;
+/// Transport plaintext kind: the acknowledgement of the peer's FINISH (nothing follows).
+pub const KIND_FINISH_ACK: u8 = 2;
+/// The wire bytes a transport frame adds to what it carries: header, kind byte and tag.
+pub const FRAME_OVERHEAD: usize = FRAME_HEADER_LEN + KIND_LEN + TAG_LEN;
 
 /// Where the next frame of a byte stream stands: the partial frame carried over from earlier
 /// input (at most one frame, header included), with the bound checked as soon as the header is in.

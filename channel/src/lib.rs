@@ -16,7 +16,7 @@
 //! handshake payload carries its identity public key and its signature over the Noise static key.
 //!
 //! ```text
-//! prologue   = "p2pd-channel/1" ‖ len(context):u8 ‖ context        (both sides must agree)
+//! prologue   = "p2pd-channel/2" ‖ len(context):u8 ‖ context        (both sides must agree)
 //! -> msg 1   = e                                                    payload: empty
 //! <- msg 2   = e, ee, s, es                                         payload: proof(responder)
 //! -> msg 3   = s, se                                                payload: proof(initiator)
@@ -39,10 +39,43 @@
 //! ```text
 //! frame      = length:u16 (big-endian) ‖ body:length
 //! handshake  : body is a Noise handshake message, length <= HANDSHAKE_MAX_LEN (256)
-//! transport  : body = ChaCha20-Poly1305(plaintext) ‖ tag:16, 16 <= length <= max_frame + 16
-//!              plaintext non-empty: application bytes (at most `max_frame`, default 16 KiB)
-//!              plaintext empty    : FINISH, the sender's authenticated half-close
+//! transport  : body = ChaCha20-Poly1305(plaintext) ‖ tag:16, 17 <= length <= max_frame + 17
+//! plaintext  = kind:u8 ‖ payload
+//!   kind 0   DATA        payload: application bytes, 1 ..= max_frame (default 16 KiB)
+//!   kind 1   FINISH      payload: empty. The sender's authenticated half-close
+//!   kind 2   FINISH-ACK  payload: empty. "I read your FINISH and every byte before it"
+//!   other    the channel fails: ChannelFailure::UnknownKind
 //! ```
+//!
+//! `max_frame` still counts application bytes: a frame carries up to `max_frame` of them and is
+//! [`FRAME_OVERHEAD`] (19) bytes longer on the wire (the kind byte is the one more than in
+//! version 1, whose empty plaintext was FINISH; the prologue names version 2, so a version-1
+//! peer fails the handshake instead of misreading frames). `max_frame` is at most 65518 now.
+//!
+//! Why a kind byte: the kind is inside the authenticated plaintext, so nobody on the path can
+//! forge, drop or turn one kind into another without [`ChannelFailure::Tampered`]. Keeping
+//! "empty = FINISH" left no authenticated way to tell an ack from data (every non-empty
+//! plaintext was data) or from FINISH (both empty, and their order differs when FINISHes cross);
+//! a marker outside the ciphertext could be stripped on the path. One byte per frame (at most
+//! 0.006 % of a full frame) buys room for later control kinds too.
+//!
+//! ### Half-close and its acknowledgement
+//!
+//! [`Channel::finish`] seals FINISH after every DATA sent so far; the peer reports
+//! [`ChannelEvent::PeerFinished`] after the last [`ChannelEvent::Data`], and may go on sending.
+//! On reading a FINISH the channel seals one FINISH-ACK at once, by itself: the FINISH was read
+//! in order, so every DATA before it has been authenticated and handed out as events (the bytes
+//! are out of the network). The ack is a control frame: it is sealed even after our own FINISH,
+//! does not end our sending side (we may still send DATA and our own FINISH after it) and never
+//! passes for our FINISH. When the peer's ack of our FINISH comes, the channel reports
+//! [`ChannelEvent::FinishAcknowledged`] once: the peer has every byte we sent. Once a side has
+//! the peer's FINISH and the ack of its own, closing the stream loses nothing, even over a path
+//! without half-close (a TURN relay resets both legs when one closes). FINISHes may cross: each
+//! side acks the other's. An ack when our FINISH was not sealed, or a second one, is
+//! [`ChannelFailure::UnexpectedAck`]; DATA or FINISH after the peer's FINISH is
+//! [`ChannelFailure::DataAfterFinish`] (its ack of our FINISH may still come); an empty
+//! plaintext, empty DATA or a FINISH / FINISH-ACK with a payload is
+//! [`ChannelFailure::BadPlaintext`].
 //!
 //! Transport frames use Noise's counter nonces, so a dropped, reordered, replayed or altered frame
 //! fails authentication ([`ChannelFailure::Tampered`]). A length beyond the bound is
@@ -78,7 +111,10 @@ pub mod stream;
 
 pub use channel::{Channel, ChannelConfig, ChannelEvent, ChannelStats, Role};
 pub use error::{ChannelApiError, ChannelFailure, HandshakeError};
-pub use frame::{FRAME_HEADER_LEN, HANDSHAKE_MAX_LEN, TAG_LEN};
+pub use frame::{
+    FRAME_HEADER_LEN, FRAME_OVERHEAD, HANDSHAKE_MAX_LEN, KIND_DATA, KIND_FINISH, KIND_FINISH_ACK,
+    KIND_LEN, TAG_LEN,
+};
 pub use keys::{ChannelKeys, SeedSource, PROOF_LEN};
 pub use p2pd_proto::Instant;
 pub use p2pd_signaling::{Identity, NodeId, PublicKey};
@@ -87,7 +123,7 @@ pub use p2pd_signaling::{Identity, NodeId, PublicKey};
 pub const NOISE_PARAMS: &str = "Noise_XX_25519_ChaChaPoly_SHA256";
 
 /// The first bytes of every channel's Noise prologue (the protocol and its version).
-pub const PROLOGUE_PREFIX: &[u8] = b"p2pd-channel/1";
+pub const PROLOGUE_PREFIX: &[u8] = b"p2pd-channel/2";
 
 /// The most bytes of caller context a prologue carries.
 pub const MAX_CONTEXT_LEN: usize = 255;

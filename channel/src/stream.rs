@@ -12,6 +12,15 @@
 //! Plaintext goes out with [`SecureStream::send`] (sealing only what fits in the send buffer, so
 //! it stays the stream's one buffer) and our sending side ends with [`SecureStream::finish`] (the
 //! channel's authenticated FINISH, then the TCP `Shutdown` once every byte is taken).
+//!
+//! The channel acknowledges the peer's FINISH by itself (a FINISH-ACK, see the crate docs); the
+//! peer's acknowledgement of ours is [`StreamEvent::FinishAcknowledged`]
+//! ([`SecureStream::finish_acknowledged`]). On a stream with a half-close the ack is sent only
+//! while our sending side is open: an ack due after our `Shutdown` is dropped (the FIN already
+//! tells the peer the rest). A stream without half-close (a TURN relay) calls
+//! [`SecureStream::set_no_half_close`]: its owner holds the `Shutdown` for the close, so acks go
+//! out after our FINISH too, and closing once both FINISHes are in and ours is acknowledged
+//! loses nothing.
 
 use core::fmt;
 use std::collections::VecDeque;
@@ -20,7 +29,7 @@ use p2pd_proto::send_buffer::{FlowControl, SendBuffer};
 use p2pd_proto::{Instant, SocketOutcome};
 use p2pd_signaling::PublicKey;
 
-use crate::{Channel, ChannelApiError, ChannelEvent, ChannelFailure, FRAME_HEADER_LEN, TAG_LEN};
+use crate::{Channel, ChannelApiError, ChannelEvent, ChannelFailure, FRAME_OVERHEAD};
 
 /// A stream's send buffer: most sealed bytes (frames of the secure channel) a [`SecureStream`]
 /// holds that the runtime has not taken yet. A runtime takes a transmit only when it can write it
@@ -52,6 +61,9 @@ pub enum StreamEvent {
     /// Our sending side is finished: after [`SecureStream::finish`], every queued byte was taken
     /// by the runtime and [`SecureStream::poll_shutdown`] told the owner to emit the `Shutdown`.
     Finished,
+    /// The peer acknowledged our FINISH (its authenticated FINISH-ACK): it has read every byte we
+    /// sent. Reported once, and only on a healthy stream.
+    FinishAcknowledged,
     /// At least half of [`SEND_BUFFER`] is free again, after a [`SecureStream::send`] was refused
     /// because it was full or left it more than half full.
     Writable,
@@ -111,6 +123,9 @@ pub struct SecureStream {
     shut: bool,
     /// [`StreamEvent::PeerFinished`] was reported.
     ended: bool,
+    /// The socket's sending side closes at [`SecureStream::poll_shutdown`] (false: the owner
+    /// holds the `Shutdown` for the close, see [`SecureStream::set_no_half_close`]).
+    half_close: bool,
 }
 
 impl SecureStream {
@@ -135,10 +150,28 @@ impl SecureStream {
             finishing: false,
             shut: false,
             ended: false,
+            half_close: true,
         };
         let _ = stream.send.push(prefix);
         stream.take_channel_output();
         stream
+    }
+
+    /// For a socket without half-close (a TURN relay): the owner does not shut its sending side
+    /// when [`SecureStream::poll_shutdown`] says `true` (it holds the `Shutdown` for the close),
+    /// so the channel's FINISH-ACK of the peer's FINISH still goes out after our own FINISH.
+    pub fn set_no_half_close(&mut self) {
+        self.half_close = false;
+    }
+
+    /// Whether the peer acknowledged our FINISH ([`StreamEvent::FinishAcknowledged`]).
+    pub fn finish_acknowledged(&self) -> bool {
+        self.channel.is_finish_acknowledged()
+    }
+
+    /// Whether the peer's authenticated FINISH came.
+    pub fn is_peer_finished(&self) -> bool {
+        self.channel.is_peer_finished()
     }
 
     /// Bytes read from the socket: opened by the channel (handshake messages and frames).
@@ -372,7 +405,12 @@ impl SecureStream {
     /// Moves the channel's sealed bytes into the send buffer (as far as they fit) and its events
     /// out as the stream's.
     fn take_channel_output(&mut self) {
-        if !self.closed {
+        if !self.closed && self.shut && self.half_close {
+            // Our sending side is shut: a FINISH-ACK due now cannot go out (the FIN told the
+            // peer what it needs); drop it.
+            let pending = self.channel.pending_transmit().len();
+            self.channel.consume_transmit(pending);
+        } else if !self.closed {
             let taken = self.send.push(self.channel.pending_transmit());
             self.channel.consume_transmit(taken);
         }
@@ -388,6 +426,9 @@ impl SecureStream {
                     self.events.push_back(StreamEvent::Data(bytes))
                 }
                 ChannelEvent::PeerFinished => self.end(),
+                ChannelEvent::FinishAcknowledged if !self.closed => {
+                    self.events.push_back(StreamEvent::FinishAcknowledged)
+                }
                 ChannelEvent::Failed(failure) if !self.closed => {
                     self.events.push_back(StreamEvent::Failed(failure));
                     self.fail();
@@ -395,6 +436,7 @@ impl SecureStream {
                 ChannelEvent::Established { .. }
                 | ChannelEvent::Data(_)
                 | ChannelEvent::Failed(_)
+                | ChannelEvent::FinishAcknowledged
                 | ChannelEvent::Closed => {}
             }
         }
@@ -422,7 +464,7 @@ impl SecureStream {
 
     /// Seals the FINISH once the channel may and the send buffer has room for it.
     fn seal_finish(&mut self, now: Instant) {
-        let finish_len = FRAME_HEADER_LEN.saturating_add(TAG_LEN);
+        let finish_len = FRAME_OVERHEAD;
         if self.finishing
             && !self.closed
             && !self.channel.is_finished()

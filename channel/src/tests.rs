@@ -7,7 +7,7 @@ use p2pd_signaling::{Identity, NodeId};
 
 use crate::{
     Channel, ChannelApiError, ChannelConfig, ChannelEvent, ChannelFailure, ChannelKeys,
-    HandshakeError, Role, SeedSource,
+    HandshakeError, Role, SeedSource, FRAME_OVERHEAD, KIND_DATA, KIND_FINISH, KIND_FINISH_ACK,
 };
 
 fn identity(byte: u8) -> Identity {
@@ -412,7 +412,7 @@ fn a_length_beyond_the_bound_is_too_large_at_the_header() {
         events(&mut b),
         [ChannelEvent::Failed(ChannelFailure::TooLarge {
             len: 65_535,
-            max: 16 * 1024 + 16
+            max: 16 * 1024 + 17
         })]
     );
 }
@@ -544,4 +544,209 @@ fn seed_sources_are_deterministic_and_never_repeat() {
     assert_ne!(first, s.next_seed());
     assert!(!format!("{s:?}").contains("05"));
     assert!(!format!("{:?}", keys(1)).contains("static_private"));
+}
+
+// ----- FINISH acknowledgements -----
+
+fn established_pair() -> (Channel, Channel) {
+    let (mut a, mut b) = pair();
+    pump(&mut a, &mut b);
+    events(&mut a);
+    events(&mut b);
+    (a, b)
+}
+
+#[test]
+fn a_finish_is_acknowledged_once_after_the_data_before_it() {
+    let (mut a, mut b) = established_pair();
+    let big = vec![7u8; 40_000];
+    assert_eq!(a.send(t(2), &big).unwrap(), big.len());
+    a.finish(t(2)).unwrap();
+    let wire = drain(&mut a);
+    let (before, finish) = wire.split_at(wire.len() - FRAME_OVERHEAD);
+    // Every DATA frame, and the FINISH but its last byte: no ack yet.
+    b.handle_input(t(3), before);
+    b.handle_input(t(3), &finish[..FRAME_OVERHEAD - 1]);
+    assert!(drain(&mut b).is_empty(), "no ack before the FINISH is read");
+    assert!(!b.is_peer_finished());
+    b.handle_input(t(3), &finish[FRAME_OVERHEAD - 1..]);
+    let evs = events(&mut b);
+    assert_eq!(data(&evs), big);
+    assert_eq!(evs.last(), Some(&ChannelEvent::PeerFinished));
+    let ack = drain(&mut b);
+    assert_eq!(ack.len(), FRAME_OVERHEAD, "exactly one FINISH-ACK frame");
+    assert_eq!(b.stats().frames_out, 1);
+    assert_eq!(b.stats().bytes_out, 0);
+    assert!(!a.is_finish_acknowledged());
+    a.handle_input(t(4), &ack);
+    assert_eq!(events(&mut a), [ChannelEvent::FinishAcknowledged]);
+    assert!(a.is_finish_acknowledged());
+    // The ack is no FINISH of b's, and b's sending side is still up.
+    assert!(!a.is_peer_finished() && !b.is_finished());
+    assert_eq!(b.send(t(5), b"still talking").unwrap(), 13);
+    b.finish(t(5)).unwrap();
+    a.handle_input(t(6), &drain(&mut b));
+    assert_eq!(
+        events(&mut a),
+        [
+            ChannelEvent::Data(b"still talking".to_vec()),
+            ChannelEvent::PeerFinished
+        ]
+    );
+    // a acks b's FINISH after its own FINISH; b hears it once.
+    b.handle_input(t(7), &drain(&mut a));
+    assert_eq!(events(&mut b), [ChannelEvent::FinishAcknowledged]);
+    assert!(
+        drain(&mut a).is_empty() && drain(&mut b).is_empty(),
+        "nothing more"
+    );
+    a.handle_end_of_stream(t(8));
+    b.handle_end_of_stream(t(8));
+    assert!(events(&mut a).is_empty() && events(&mut b).is_empty());
+}
+
+#[test]
+fn crossing_finishes_are_both_acknowledged() {
+    let (mut a, mut b) = established_pair();
+    a.send(t(2), b"from a").unwrap();
+    b.send(t(2), b"from b").unwrap();
+    a.finish(t(2)).unwrap();
+    b.finish(t(2)).unwrap();
+    let (wa, wb) = (drain(&mut a), drain(&mut b));
+    a.handle_input(t(3), &wb);
+    b.handle_input(t(3), &wa);
+    pump(&mut a, &mut b);
+    for c in [&mut a, &mut b] {
+        let evs = events(c);
+        assert_eq!(evs.len(), 3, "{evs:?}");
+        assert_eq!(evs[1], ChannelEvent::PeerFinished);
+        assert_eq!(evs[2], ChannelEvent::FinishAcknowledged);
+        assert!(c.is_finish_acknowledged() && c.is_peer_finished());
+        assert_eq!(c.stats().frames_out, 3, "DATA, FINISH, FINISH-ACK");
+        c.handle_end_of_stream(t(4));
+        assert!(events(c).is_empty());
+    }
+}
+
+/// `b` seals a frame of `kind` with `payload` (what a faulty or hostile peer could send, with
+/// the session keys) and `a` reads it: its events.
+fn forged(a: &mut Channel, b: &mut Channel, kind: u8, payload: &[u8]) -> Vec<ChannelEvent> {
+    b.seal(kind, payload).unwrap();
+    a.handle_input(t(5), &drain(b));
+    events(a)
+}
+
+#[test]
+fn an_ack_without_our_finish_is_unexpected() {
+    let (mut a, mut b) = established_pair();
+    assert_eq!(
+        forged(&mut a, &mut b, KIND_FINISH_ACK, &[]),
+        [ChannelEvent::Failed(ChannelFailure::UnexpectedAck)]
+    );
+    assert!(a.is_ended());
+}
+
+#[test]
+fn a_second_ack_is_unexpected_and_a_replayed_one_tampered() {
+    let (mut a, mut b) = established_pair();
+    a.finish(t(2)).unwrap();
+    b.handle_input(t(3), &drain(&mut a));
+    let ack = drain(&mut b);
+    let mut twice = ack.clone();
+    twice.extend_from_slice(&ack);
+    let (mut a2, _) = (a, ());
+    a2.handle_input(t(4), &twice);
+    assert_eq!(
+        events(&mut a2),
+        [
+            ChannelEvent::FinishAcknowledged,
+            ChannelEvent::Failed(ChannelFailure::Tampered)
+        ]
+    );
+
+    let (mut a, mut b) = established_pair();
+    a.finish(t(2)).unwrap();
+    b.handle_input(t(3), &drain(&mut a));
+    a.handle_input(t(4), &drain(&mut b));
+    assert_eq!(events(&mut a), [ChannelEvent::FinishAcknowledged]);
+    assert_eq!(
+        forged(&mut a, &mut b, KIND_FINISH_ACK, &[]),
+        [ChannelEvent::Failed(ChannelFailure::UnexpectedAck)]
+    );
+}
+
+#[test]
+fn a_flipped_bit_in_an_ack_is_tampered() {
+    for bit in 0..FRAME_OVERHEAD * 8 {
+        let (mut a, mut b) = established_pair();
+        a.finish(t(2)).unwrap();
+        b.handle_input(t(3), &drain(&mut a));
+        let mut ack = drain(&mut b);
+        ack[bit / 8] ^= 1 << (bit % 8);
+        a.handle_input(t(4), &ack);
+        let evs = events(&mut a);
+        assert!(
+            matches!(
+                evs.as_slice(),
+                [ChannelEvent::Failed(
+                    ChannelFailure::Tampered | ChannelFailure::TooLarge { .. }
+                )] | []
+            ),
+            "bit {bit}: {evs:?}"
+        );
+        assert!(!a.is_finish_acknowledged(), "bit {bit}");
+    }
+}
+
+#[test]
+fn bad_kinds_and_shapes_fail_typed() {
+    let cases: [(u8, &[u8], ChannelFailure); 6] = [
+        (3, b"", ChannelFailure::UnknownKind(3)),
+        (0xff, b"xyz", ChannelFailure::UnknownKind(0xff)),
+        (KIND_DATA, b"", ChannelFailure::BadPlaintext),
+        (KIND_FINISH, b"x", ChannelFailure::BadPlaintext),
+        (KIND_FINISH_ACK, b"x", ChannelFailure::BadPlaintext),
+        (KIND_FINISH_ACK, b"", ChannelFailure::UnexpectedAck),
+    ];
+    for (kind, payload, failure) in cases {
+        let (mut a, mut b) = established_pair();
+        assert_eq!(
+            forged(&mut a, &mut b, kind, payload),
+            [ChannelEvent::Failed(failure)],
+            "kind {kind} payload {payload:?}"
+        );
+        assert!(drain(&mut a).is_empty(), "nothing is acked after a failure");
+    }
+}
+
+#[test]
+fn a_second_finish_is_data_after_finish_and_acked_only_once() {
+    let (mut a, mut b) = established_pair();
+    b.finish(t(2)).unwrap();
+    let evs = forged(&mut a, &mut b, KIND_FINISH, &[]);
+    assert_eq!(
+        evs,
+        [
+            ChannelEvent::PeerFinished,
+            ChannelEvent::Failed(ChannelFailure::DataAfterFinish)
+        ]
+    );
+    assert!(drain(&mut a).is_empty(), "the failure discards the ack");
+}
+
+#[test]
+fn an_ack_after_the_peers_finish_is_accepted() {
+    // The peer finished first, then read our FINISH: its ack comes after its FINISH.
+    let (mut a, mut b) = established_pair();
+    b.finish(t(2)).unwrap();
+    a.handle_input(t(3), &drain(&mut b));
+    assert_eq!(events(&mut a), [ChannelEvent::PeerFinished]);
+    a.finish(t(3)).unwrap();
+    b.handle_input(t(4), &drain(&mut a));
+    assert_eq!(
+        events(&mut b),
+        [ChannelEvent::FinishAcknowledged, ChannelEvent::PeerFinished]
+    );
+    a.handle_input(t(5), &drain(&mut b));
+    assert_eq!(events(&mut a), [ChannelEvent::FinishAcknowledged]);
 }

@@ -14,7 +14,7 @@ use std::sync::OnceLock;
 
 use p2pd_channel::{
     Channel, ChannelApiError, ChannelConfig, ChannelEvent, ChannelFailure, ChannelKeys, Identity,
-    Instant, Role, FRAME_HEADER_LEN, TAG_LEN,
+    Instant, Role, FRAME_HEADER_LEN, KIND_LEN, TAG_LEN,
 };
 use proptest::prelude::*;
 
@@ -105,7 +105,7 @@ fn seal_all(a: &mut Channel, messages: &[Vec<u8>], finish: bool) -> (Vec<u8>, Ve
     while at < wire.len() {
         let len = usize::from(u16::from_be_bytes([wire[at], wire[at + 1]]));
         at += FRAME_HEADER_LEN + len;
-        frames.push((at, len - TAG_LEN));
+        frames.push((at, len - TAG_LEN - KIND_LEN));
     }
     assert_eq!(at, wire.len());
     (wire, frames)

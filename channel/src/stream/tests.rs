@@ -262,7 +262,12 @@ fn finish_shuts_down_once_everything_is_taken_and_the_peer_sees_it_finished() {
     assert!(!p.a.poll_shutdown(), "once");
     assert!(p.a.is_finished());
     p.collect();
-    assert_eq!(p.a_events, vec![StreamEvent::Finished]);
+    // The peer read the FINISH and acknowledged it (before the runtime settled our Shutdown).
+    assert_eq!(
+        p.a_events,
+        vec![StreamEvent::FinishAcknowledged, StreamEvent::Finished]
+    );
+    assert!(p.a.finish_acknowledged());
     // The Shutdown reaches the peer as EOF, after the FINISH: a clean end.
     p.b.handle_outcome(p.now, &SocketOutcome::PeerClosed);
     p.collect();
@@ -363,4 +368,79 @@ fn a_reset_fails_the_stream_and_close_stops_everything() {
     p.run();
     assert!(p.a_events.is_empty(), "{:?}", p.a_events);
     assert!(!p.a.poll_shutdown());
+}
+
+#[test]
+fn finish_acks_round_trip_both_ways_without_half_close() {
+    let mut p = Pipe::established();
+    p.a.set_no_half_close();
+    p.b.set_no_half_close();
+    p.a.send(p.now, b"request").unwrap();
+    p.a.finish(p.now).unwrap();
+    p.run();
+    assert!(p.a.poll_shutdown());
+    p.collect();
+    assert!(p.a.finish_acknowledged());
+    assert_eq!(
+        p.a_events,
+        vec![StreamEvent::FinishAcknowledged, StreamEvent::Finished]
+    );
+    assert_eq!(
+        p.b_events,
+        vec![
+            StreamEvent::Data(b"request".to_vec()),
+            StreamEvent::PeerFinished
+        ]
+    );
+    assert!(p.b.is_peer_finished() && !p.b.finish_acknowledged());
+    // The acker still sends, then finishes: the finished side (its Shutdown held by the owner)
+    // acknowledges that FINISH in turn.
+    p.b.send(p.now, b"response").unwrap();
+    p.b.finish(p.now).unwrap();
+    p.run();
+    assert!(p.b.poll_shutdown());
+    p.collect();
+    assert_eq!(data(&p.a_events), b"response");
+    assert!(p.a.is_peer_finished());
+    assert!(p.b.finish_acknowledged());
+    assert_eq!(
+        p.b_events[2..],
+        [StreamEvent::FinishAcknowledged, StreamEvent::Finished]
+    );
+    assert_eq!(
+        p.a_events
+            .iter()
+            .filter(|e| **e == StreamEvent::FinishAcknowledged)
+            .count(),
+        1
+    );
+    assert!(!p
+        .a_events
+        .iter()
+        .chain(&p.b_events)
+        .any(|e| matches!(e, StreamEvent::Failed(_))));
+}
+
+#[test]
+fn an_ack_due_after_our_shutdown_is_dropped_on_a_half_closed_stream() {
+    let mut p = Pipe::established();
+    p.a.finish(p.now).unwrap();
+    p.run();
+    assert!(p.a.poll_shutdown());
+    p.b.finish(p.now).unwrap();
+    p.run();
+    assert!(p.b.poll_shutdown());
+    p.collect();
+    // Our sending side is shut: the ack of b's FINISH is not written (the FIN tells b).
+    assert!(p.a.poll_transmit(&mut [0u8; 64]).is_none());
+    assert!(p.a.finish_acknowledged() && !p.b.finish_acknowledged());
+    assert!(p.a.is_open() && p.b.is_open());
+    p.a.handle_outcome(p.now, &SocketOutcome::PeerClosed);
+    p.b.handle_outcome(p.now, &SocketOutcome::PeerClosed);
+    p.collect();
+    assert!(!p
+        .a_events
+        .iter()
+        .chain(&p.b_events)
+        .any(|e| matches!(e, StreamEvent::Failed(_))));
 }
