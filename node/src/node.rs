@@ -246,9 +246,9 @@ impl Node {
         )
     }
 
-    /// Closes everything. Idempotent; [`NodeEvent::Closed`] comes last (a relayed stream that
-    /// finished cleanly may linger up to [`RELAY_LINGER`](crate::RELAY_LINGER) before, see
-    /// [`Node::close_stream`]).
+    /// Closes everything. Idempotent; [`NodeEvent::Closed`] comes last (a relayed stream we
+    /// finished lingers until its FINISHes are in and ours acknowledged, at most
+    /// [`RELAY_LINGER`](crate::RELAY_LINGER), before: see [`Node::close_stream`]).
     pub fn close(&mut self, now: Instant) {
         if self.closing {
             return;
@@ -273,7 +273,7 @@ impl Node {
             self.drop_conn(s);
         }
         for s in &mut self.streams {
-            // A relayed stream that finished cleanly still lingers for the relay (bounded).
+            // A relayed stream we finished lingers for the acknowledgements (bounded).
             s.close_or_linger(now);
         }
         // Allocations go, but a lingering stream's only when it closes (the deallocation would

@@ -5,13 +5,22 @@
 //!
 //! A TURN relay has no half-close: coturn answers a FIN on either leg of a relayed connection by
 //! resetting both, and drops what it still holds for the other side. So on a relayed stream
-//! [`Node::finish`] sends only the authenticated FINISH (the FIN waits for the close), and a
-//! [`Node::close_stream`] after both FINISHes, by the side whose own FINISH went out after the
-//! peer's (its last bytes may still be in the relay), lingers: the socket stays until the relay
-//! ends it (the peer closed, having read everything) or [`RELAY_LINGER`] passes. The side that
-//! finished first closes at once (the peer's FINISH came later, so it was usually sent after ours
-//! arrived). When the two FINISHes cross on the way neither side lingers, and a close can still
-//! drop bytes the relay holds: only a FINISH acknowledgement in the channel would tell.
+//! [`Node::finish`] sends only the authenticated FINISH (the FIN waits for the close; the stream
+//! is [`SecureStream::set_no_half_close`], so the channel's FINISH-ACKs still go out after it),
+//! and [`Node::close_stream`] (or [`Node::close`]) of a relayed stream we finished lingers until
+//! closing loses nothing:
+//!
+//! - (a) the peer's authenticated FINISH came (nothing more will come), and
+//! - (b) the peer acknowledged our FINISH (its channel's FINISH-ACK: it read every byte we sent),
+//!   and our own ack of its FINISH left the stream's buffer;
+//!
+//! or the relay ends the connection (the peer closed: it had what it needed), or [`RELAY_LINGER`]
+//! passes. Then the socket closes. FINISHes that cross on the way are acknowledged both ways like
+//! any others. The side that closes last may never see its ack arrive (coturn resets the leg when
+//! the peer closes); that reset ends its linger, and it lost nothing: it had the peer's FINISH
+//! and its own was acknowledged. A relayed stream closed without [`Node::finish`] (an abort), and
+//! every direct, reverse or punched stream, closes at once. [`NodeEvent::FinishAcknowledged`]
+//! tells the caller of the ack on any path.
 
 use core::net::SocketAddr;
 use core::time::Duration;
@@ -40,34 +49,37 @@ pub(crate) struct StreamSlot {
     /// A relayed stream finished, and its `Shutdown` waits for the close (see
     /// [`Node::poll_stream_op`]).
     fin_held: bool,
-    /// Our FINISH went out ([`NodeEvent::Finished`]).
-    sent_all: bool,
-    /// The peer's FINISH came.
-    peer_finished: bool,
-    /// The peer's FINISH came before ours went out.
-    peer_first: bool,
-    /// Closed by the caller, lingering until then for the relay to end it.
+    /// [`Node::finish`] was called: a close is graceful (a relayed stream may linger).
+    finishing: bool,
+    /// Closed by the caller, lingering until then for the acknowledgements or the relay's end.
     linger_until: Option<Instant>,
 }
 
 impl StreamSlot {
-    /// Closes the stream, or starts its linger if it is a relayed stream whose FINISH went out
-    /// after the peer's (see the [module docs](self)). A lingering stream keeps lingering.
+    /// Closes the stream, or starts its linger if it is a relayed stream we finished whose close
+    /// would still lose bytes (see the [module docs](self)). A lingering stream keeps lingering.
     pub(crate) fn close_or_linger(&mut self, now: Instant) {
         if self.closing || self.linger_until.is_some() {
             return;
         }
         let linger = self.path == Path::Relayed
-            && self.sent_all
-            && self.peer_finished
-            && self.peer_first
-            && self.stream.is_open();
+            && self.finishing
+            && self.stream.is_open()
+            && !self.lossless();
         if linger {
             self.linger_until = Some(now.saturating_add(RELAY_LINGER));
         } else {
             self.stream.close(now);
             self.closing = true;
         }
+    }
+
+    /// Whether closing loses nothing either way: (a) the peer's FINISH came, (b) the peer
+    /// acknowledged ours, and nothing of ours (our ack of its FINISH) waits in the buffer.
+    fn lossless(&self) -> bool {
+        self.stream.is_peer_finished()
+            && self.stream.finish_acknowledged()
+            && self.stream.queued() == 0
     }
 }
 
@@ -78,8 +90,13 @@ impl Node {
         remote: SocketAddr,
         peer: PublicKey,
         path: Path,
-        stream: SecureStream,
+        mut stream: SecureStream,
     ) -> StreamId {
+        if path == Path::Relayed {
+            // No half-close through a TURN relay: the FIN waits for the close (see
+            // `poll_stream_op`), and the channel's FINISH-ACKs go out after our FINISH.
+            stream.set_no_half_close();
+        }
         let id = StreamId(self.next_stream);
         self.next_stream = self.next_stream.wrapping_add(1);
         self.stats.streams = self.stats.streams.saturating_add(1);
@@ -92,9 +109,7 @@ impl Node {
             stream,
             closing: false,
             fin_held: false,
-            sent_all: false,
-            peer_finished: false,
-            peer_first: false,
+            finishing: false,
             linger_until: None,
         });
         id
@@ -131,18 +146,20 @@ impl Node {
 
     /// Finishes our sending side of `stream` (authenticated FINISH, then the FIN once every byte
     /// is taken: [`NodeEvent::Finished`]; on a relayed stream the FIN waits for the close, since
-    /// a TURN relay has no half-close). We keep receiving until [`NodeEvent::PeerFinished`].
+    /// a TURN relay has no half-close). We keep receiving until [`NodeEvent::PeerFinished`];
+    /// [`NodeEvent::FinishAcknowledged`] says the peer read everything we sent.
     pub fn finish(&mut self, now: Instant, stream: StreamId) -> Result<(), NodeApiError> {
         let slot = self.stream_mut(stream)?;
         slot.stream.finish(now).map_err(api_error)?;
+        slot.finishing = true;
         self.pump(now);
         Ok(())
     }
 
     /// Closes `stream` at once (unsent bytes are dropped) and releases its socket:
-    /// [`NodeEvent::StreamClosed`]. Idempotent. A relayed stream whose FINISH went out after the
-    /// peer's lingers first (see the [module docs](self)); nothing more is reported of it but
-    /// `StreamClosed`.
+    /// [`NodeEvent::StreamClosed`]. Idempotent. A relayed stream we finished lingers first until
+    /// both FINISHes are in and ours is acknowledged, the relay ends it, or [`RELAY_LINGER`]
+    /// passes (see the [module docs](self)); nothing more is reported of it but `StreamClosed`.
     pub fn close_stream(&mut self, now: Instant, stream: StreamId) -> Result<(), NodeApiError> {
         let slot = self.stream_mut(stream)?;
         slot.close_or_linger(now);
@@ -150,15 +167,15 @@ impl Node {
         Ok(())
     }
 
-    /// Lingering relayed streams the relay ended, or whose linger ran out, close now; true if
-    /// any did.
+    /// Lingering relayed streams that may close without loss (both FINISHes in, ours
+    /// acknowledged), that the relay ended, or whose linger ran out, close now; true if any did.
     pub(crate) fn step_lingering(&mut self, now: Instant) -> bool {
         let mut closed = false;
         for s in &mut self.streams {
             let Some(until) = s.linger_until else {
                 continue;
             };
-            if !s.stream.is_open() || until <= now {
+            if !s.stream.is_open() || s.lossless() || until <= now {
                 s.linger_until = None;
                 s.stream.close(now);
                 s.closing = true;
@@ -166,6 +183,16 @@ impl Node {
             }
         }
         closed
+    }
+
+    /// Test only: `stream` goes as if through a TURN relay (the path sets its close; the
+    /// sockets stay as they are).
+    #[cfg(test)]
+    pub(crate) fn pretend_relayed(&mut self, stream: StreamId) {
+        if let Some(s) = self.streams.iter_mut().find(|s| s.id == stream) {
+            s.path = Path::Relayed;
+            s.stream.set_no_half_close();
+        }
     }
 
     /// The earliest end of a linger.
@@ -203,14 +230,6 @@ impl Node {
             // Closed by the caller: nothing more is reported but `StreamClosed`.
             return;
         }
-        match ev {
-            StreamEvent::Finished => slot.sent_all = true,
-            StreamEvent::PeerFinished => {
-                slot.peer_finished = true;
-                slot.peer_first = !slot.sent_all;
-            }
-            _ => {}
-        }
         let stream = slot.id;
         let event = match ev {
             StreamEvent::Data(bytes) => NodeEvent::Data { stream, bytes },
@@ -218,6 +237,7 @@ impl Node {
             StreamEvent::PeerFinished => NodeEvent::PeerFinished { stream },
             StreamEvent::Finished => NodeEvent::Finished { stream },
             StreamEvent::Writable => NodeEvent::Writable { stream },
+            StreamEvent::FinishAcknowledged => NodeEvent::FinishAcknowledged { stream },
             _ => return,
         };
         self.events.push_back(event);

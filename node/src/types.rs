@@ -271,6 +271,12 @@ pub enum NodeEvent {
         /// The stream.
         stream: StreamId,
     },
+    /// The peer acknowledged our FINISH (authenticated, in the secure channel): it read every
+    /// byte we sent on the stream. Reported once per stream, not after its close.
+    FinishAcknowledged {
+        /// The stream.
+        stream: StreamId,
+    },
     /// Our [`Node::finish`](crate::Node::finish) took effect: every byte was taken, the FIN is out.
     Finished {
         /// The stream.
