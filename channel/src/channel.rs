@@ -490,6 +490,17 @@ impl Channel {
         Ok(())
     }
 
+    /// Test support (feature `testing`): seals a transport frame of any `kind` with any
+    /// `payload`, which this channel never sends on its own (an unknown kind, an empty DATA, an
+    /// ack without a FINISH...): what a faulty or hostile peer holding the session keys could
+    /// send. The channel's own state (finished, acked) does not change.
+    #[cfg(feature = "testing")]
+    pub fn seal_raw(&mut self, kind: u8, payload: &[u8]) -> Result<(), ChannelApiError> {
+        self.check_sendable()?;
+        self.compact();
+        self.seal(kind, payload)
+    }
+
     /// Writes the next handshake message with `payload` onto `out`.
     fn write_handshake(&mut self, payload: &[u8]) -> Result<(), snow::Error> {
         let State::Handshake(handshake) = &mut self.state else {

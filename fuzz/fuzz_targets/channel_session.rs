@@ -5,6 +5,8 @@
 //! reordered or dropped), frames recorded in an earlier session of the same identities (replays)
 //! and its own bytes back (reflection), in arbitrary chunks; it advances time, ends the stream and
 //! calls `send`, `finish` and `close` on the attacked side, and `send` and `finish` on the peer;
+//! the peer may also seal a frame of any kind and payload (`seal_raw`: unknown kinds, empty DATA,
+//! an ack without a FINISH, a FINISH with a payload), which only a peer with the keys can;
 //! the attacked side's bytes reach the peer whole or in part (a socket that took part of a write).
 //! The session may start with a complete genuine handshake, so the established phase is fuzzed
 //! from the first operation.
@@ -15,13 +17,17 @@
 //! is a prefix of what the peer sent (no injection; at `PeerFinished` all of it); at most one
 //! `Failed` and one `Closed`, nothing else after either; `stats().bytes_in` is the sum of the
 //! delivered `Data`; the pending transmit stays within the send buffer (or one handshake message)
-//! plus one FINISH frame, and is empty once the channel ended; `poll_timeout` is the handshake
+//! plus one FINISH and one FINISH-ACK frame, and is empty once the channel ended;
+//! `FinishAcknowledged` at most once, only after our `finish`, and (unless the peer forged frames)
+//! only once the peer has everything we sent; the peer's `FinishAcknowledged` only after the
+//! attacked side read its FINISH; `poll_timeout` is the handshake
 //! deadline while the handshake runs and `None` otherwise; `send` takes exactly what `send_room`
 //! said, and its errors match the state. The peer (it only ever gets the attacked side's pristine
 //! bytes) delivers a prefix of what the attacked side sent and never fails unless the network
 //! misbehaved or one side refuses the other's identity. At the end of a session in which the
 //! network only ever delivered pristine bytes, both sides complete the handshake (when they
-//! accept each other) and deliver everything the other sent.
+//! accept each other) and deliver everything the other sent, and a FINISH on either side is
+//! acknowledged.
 #![no_main]
 
 use std::collections::VecDeque;
@@ -32,7 +38,7 @@ use arbitrary::Arbitrary;
 use libfuzzer_sys::fuzz_target;
 use p2pd_channel::{
     Channel, ChannelApiError, ChannelConfig, ChannelEvent, ChannelKeys, Identity, Instant, NodeId, PublicKey, Role,
-    FRAME_HEADER_LEN, HANDSHAKE_MAX_LEN, TAG_LEN,
+    FRAME_HEADER_LEN, FRAME_OVERHEAD, HANDSHAKE_MAX_LEN, KIND_DATA,
 };
 
 const CONTEXT: &[u8] = b"fuzz session";
@@ -54,9 +60,9 @@ fn node_id(k: usize) -> NodeId {
     keys()[k].identity().node_id()
 }
 
-/// The wire length of a transport frame with `plaintext` bytes.
+/// The wire length of a transport frame with `plaintext` application bytes.
 fn wire_len(plaintext: usize) -> usize {
-    FRAME_HEADER_LEN + plaintext + TAG_LEN
+    FRAME_OVERHEAD + plaintext
 }
 
 /// Whole frames of a well-formed stream.
@@ -160,6 +166,12 @@ enum Op {
         len: u16,
     },
     PeerFinish,
+    /// The peer seals a frame of kind `kind % 6` (0 DATA, 1 FINISH, 2 FINISH-ACK, others
+    /// unknown) with `len % 3` bytes.
+    PeerForge {
+        kind: u8,
+        len: u8,
+    },
     Advance {
         ms: u16,
     },
@@ -236,6 +248,13 @@ struct H {
     closed: bool,
     finished: bool,
     peer_failed: bool,
+    /// The attacked side's FINISH was acknowledged; the peer's was.
+    acked: bool,
+    peer_acked: bool,
+    /// The peer finished (its own `finish`).
+    peer_finishing: bool,
+    /// The peer sealed a frame with `seal_raw`.
+    forged: bool,
     /// The network delivered something other than the peer's pristine frames in order.
     tainted: bool,
     counter: u8,
@@ -275,6 +294,29 @@ impl H {
     }
 
     fn check(&mut self) {
+        // The peer's events first: an ack the attacked side reads now was sealed after the peer
+        // took in everything it acknowledges.
+        let p = &mut self.peer;
+        while let Some(event) = p.poll_event() {
+            match event {
+                ChannelEvent::Data(data) => {
+                    self.peer_got.extend_from_slice(&data);
+                    assert!(self.sent.starts_with(&self.peer_got), "the peer got what was never sent");
+                }
+                ChannelEvent::Failed(failure) => {
+                    assert!(self.tainted || !self.mutual, "the genuine peer failed on pristine bytes: {failure:?}");
+                    self.peer_failed = true;
+                }
+                ChannelEvent::Established { peer } => assert_eq!(peer, keys()[0].identity()),
+                ChannelEvent::PeerFinished => assert_eq!(self.peer_got, self.sent),
+                ChannelEvent::FinishAcknowledged => {
+                    assert!(self.peer_finishing && !self.peer_acked && self.peer_finished, "the peer's ack out of place");
+                    self.peer_acked = true;
+                }
+                ChannelEvent::Closed => unreachable!("the peer is never closed"),
+            }
+        }
+
         while let Some(event) = self.attacked.poll_event() {
             match event {
                 ChannelEvent::Established { peer } => {
@@ -303,13 +345,21 @@ impl H {
                     assert!(!self.closed, "Closed twice");
                     self.closed = true;
                 }
+                ChannelEvent::FinishAcknowledged => {
+                    assert!(self.finished && !self.acked && !self.ended(), "FinishAcknowledged out of place");
+                    if !self.forged {
+                        assert_eq!(self.peer_got, self.sent, "acknowledged before the peer had everything");
+                    }
+                    self.acked = true;
+                }
             }
         }
+        assert_eq!(self.attacked.is_finish_acknowledged(), self.acked);
         assert_eq!(self.attacked.stats().bytes_in, self.delivered.len() as u64);
         assert_eq!(self.attacked.is_ended(), self.ended());
         assert_eq!(self.attacked.is_established(), self.established && !self.ended());
         assert_eq!(self.attacked.is_peer_finished(), self.peer_finished);
-        let bound = self.config.send_buffer.max(FRAME_HEADER_LEN + HANDSHAKE_MAX_LEN) + wire_len(0);
+        let bound = self.config.send_buffer.max(FRAME_HEADER_LEN + HANDSHAKE_MAX_LEN) + 2 * wire_len(0);
         assert!(self.attacked.pending_transmit().len() <= bound, "{} pending", self.attacked.pending_transmit().len());
         if self.ended() {
             assert!(self.attacked.pending_transmit().is_empty(), "bytes pending after the end");
@@ -319,23 +369,6 @@ impl H {
         } else {
             assert_eq!(self.attacked.poll_timeout(), Some(self.deadline));
             assert!(self.now < self.deadline, "handshake alive past its deadline");
-        }
-
-        let p = &mut self.peer;
-        while let Some(event) = p.poll_event() {
-            match event {
-                ChannelEvent::Data(data) => {
-                    self.peer_got.extend_from_slice(&data);
-                    assert!(self.sent.starts_with(&self.peer_got), "the peer got what was never sent");
-                }
-                ChannelEvent::Failed(failure) => {
-                    assert!(self.tainted || !self.mutual, "the genuine peer failed on pristine bytes: {failure:?}");
-                    self.peer_failed = true;
-                }
-                ChannelEvent::Established { peer } => assert_eq!(peer, keys()[0].identity()),
-                ChannelEvent::PeerFinished => assert_eq!(self.peer_got, self.sent),
-                ChannelEvent::Closed => unreachable!("the peer is never closed"),
-            }
         }
     }
 
@@ -443,7 +476,21 @@ impl H {
                 self.collect_peer();
             }
             Op::PeerFinish => {
-                let _ = self.peer.finish(self.now);
+                self.peer_finishing |= self.peer.finish(self.now).is_ok();
+                self.collect_peer();
+            }
+            Op::PeerForge { kind, len } => {
+                let kind = kind % 6;
+                let payload = self.pattern(usize::from(len % 3));
+                if self.peer.seal_raw(kind, &payload).is_ok() {
+                    if kind == KIND_DATA && !payload.is_empty() {
+                        // A well-formed DATA frame: genuine data as far as anyone can tell.
+                        self.peer_sent.extend_from_slice(&payload);
+                    } else {
+                        self.forged = true;
+                        self.tainted = true;
+                    }
+                }
                 self.collect_peer();
             }
             Op::Advance { ms } => {
@@ -522,6 +569,10 @@ fuzz_target!(|input: Input| {
         closed: false,
         finished: false,
         peer_failed: false,
+        acked: false,
+        peer_acked: false,
+        peer_finishing: false,
+        forged: false,
         tainted: false,
         counter: 0,
     };
@@ -550,6 +601,8 @@ fuzz_target!(|input: Input| {
         assert_eq!(h.established, mutual, "a handshake on pristine bytes");
         assert_eq!(h.delivered, h.peer_sent, "pristine data lost");
         assert_eq!(h.peer_got, h.sent, "pristine data lost on the way to the peer");
+        assert_eq!(h.acked, h.finished, "a FINISH unacknowledged on pristine bytes");
+        assert_eq!(h.peer_acked, h.peer_finishing, "the peer's FINISH unacknowledged");
     }
     // Close (twice): one Closed at most, nothing pending, no deadline.
     h.attacked.close(h.now);

@@ -116,6 +116,13 @@ pub enum Tamper {
     },
     /// Junk right behind (in the same read).
     Junk(Vec<u8>),
+    /// The speaker first seals a frame no genuine channel sends on its own, with its session
+    /// keys (`Channel::seal_raw`): kind `kind % 6` (0 an empty DATA, 1 FINISH, 2 FINISH-ACK,
+    /// 3.. unknown) with `len % 2` bytes (none for DATA). The connection is no longer clean.
+    Forge {
+        kind: u8,
+        len: u8,
+    },
 }
 
 /// The scripted far end of one connection.
@@ -140,6 +147,10 @@ pub struct Speaker {
     /// What it opened: the machine's plaintext, and whether the machine's FINISH came.
     pub opened: Vec<u8>,
     pub peer_finished: bool,
+    /// The machine acknowledged the speaker's FINISH.
+    pub finish_acked: bool,
+    /// The speaker sealed a forged frame ([`Tamper::Forge`]).
+    pub forged: bool,
     /// The identity the machine proved to it, and its failure.
     pub proved: Option<PublicKey>,
     pub failed: Option<ChannelFailure>,
@@ -168,6 +179,10 @@ impl Speaker {
                 ChannelEvent::Established { peer } => self.proved = Some(peer),
                 ChannelEvent::Data(d) => self.opened.extend_from_slice(&d),
                 ChannelEvent::PeerFinished => self.peer_finished = true,
+                ChannelEvent::FinishAcknowledged => {
+                    assert!(self.finish_end.is_some(), "an ack of a FINISH never sealed");
+                    self.finish_acked = true;
+                }
                 ChannelEvent::Failed(f) => self.failed = Some(f),
                 ChannelEvent::Closed => {}
             }
@@ -318,6 +333,8 @@ impl Conn {
                 finish_end: None,
                 opened: Vec::new(),
                 peer_finished: false,
+                finish_acked: false,
+                forged: false,
                 proved: None,
                 failed: None,
             };
@@ -335,7 +352,7 @@ impl Conn {
     pub fn clean(&self) -> bool {
         !self.delivered_overflow
             && match &self.speaker {
-                Some(s) => s.produced.starts_with(&self.delivered),
+                Some(s) => !s.forged && s.produced.starts_with(&self.delivered),
                 None => self.delivered.is_empty(),
             }
     }
@@ -381,6 +398,14 @@ impl Conn {
                 must_fail: false,
             };
         };
+        if let Tamper::Forge { kind, len } = tamper {
+            let kind = kind % 6;
+            let payload = if kind == 0 { Vec::new() } else { vec![0x5a; usize::from(len % 2)] };
+            if s.ch.seal_raw(kind, &payload).is_ok() {
+                s.forged = true;
+                s.pull();
+            }
+        }
         let start = s.next;
         let mut bytes = s.produced[start..].to_vec();
         s.next = s.produced.len();
@@ -407,6 +432,7 @@ impl Conn {
             }
             Tamper::Truncate { keep } => bytes.truncate(usize::from(*keep)),
             Tamper::Junk(junk) => bytes.extend(junk.iter().take(64)),
+            Tamper::Forge { .. } => {}
         }
         Delivery { bytes, must_fail }
     }
