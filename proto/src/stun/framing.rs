@@ -1,39 +1,7 @@
 //! STUN over a byte stream (RFC 8489 §6.2.2): messages sent back to back on TCP (or TLS), each
 //! sized by its own header's length field, reassembled from chunks split anywhere.
 //!
-//! [`StreamFramer`] is the one reassembly buffer every stream reader in the workspace uses: the
-//! STUN client over TCP, the STUN server's TCP connections, the TURN client's control and data
-//! connections, and the simulator's TURN server. It is bounded: its capacity, fixed when it is
-//! built and allocated then (filling never allocates), is also the longest frame it accepts, so
-//! what a peer can make it hold never grows with the peer's input.
-//!
-//! A reader loops: [`fill`](StreamFramer::fill) a chunk (what does not fit is handed back, to be
-//! filled again once a frame is consumed), ask for the [`status`](StreamFramer::status) of the
-//! frame at the front, handle a [`FrameStatus::Complete`] frame and
-//! [`consume`](StreamFramer::consume) it, stop on [`FrameStatus::Partial`] and close the stream
-//! on [`FrameStatus::Bad`] (the framing is lost: nothing after it can be trusted).
-//!
-//! Protocols that multiplex other frames with STUN on the same stream (TURN ChannelData, RFC 8656
-//! §12.5) pass their own length rule to [`status_with`](StreamFramer::status_with); the
-//! bookkeeping (partial, too long for the capacity) stays here.
-//!
-//! ```
-//! use p2pd_proto::stun::{FrameStatus, Header, Class, Method, MessageWriter, StreamFramer, TransactionId};
-//! let mut msg = [0u8; 64];
-//! let w = MessageWriter::new(&mut msg, Header::new(Class::Request, Method::BINDING, TransactionId::new([1; 12]))).unwrap();
-//! let len = w.finish();
-//!
-//! let mut framer = StreamFramer::new(1024);
-//! // The first 7 bytes arrive: not a whole message yet.
-//! assert!(framer.fill(&msg[..7]).is_empty());
-//! assert_eq!(framer.status(), FrameStatus::Partial);
-//! // The rest arrives.
-//! assert!(framer.fill(&msg[7..len]).is_empty());
-//! assert_eq!(framer.status(), FrameStatus::Complete(len));
-//! // ...decode `&framer.held()[..len]`, then drop it.
-//! framer.consume(len);
-//! assert!(framer.held().is_empty());
-//! ```
+//! See [`StreamFramer`].
 
 use super::decode::{DecodeError, Message};
 
@@ -50,7 +18,42 @@ pub enum FrameStatus {
 }
 
 /// A bounded buffer reassembling STUN messages (or other length-prefixed frames) from a byte
-/// stream. See the [module docs](self).
+/// stream.
+///
+/// It is the one reassembly buffer every stream reader in the workspace uses: the STUN client
+/// over TCP, the STUN server's TCP connections, the TURN client's control and data connections,
+/// and the simulator's TURN server. It is bounded: its capacity, fixed when it is built and
+/// allocated then (filling never allocates), is also the longest frame it accepts, so what a
+/// peer can make it hold never grows with the peer's input.
+///
+/// A reader loops: [`fill`](StreamFramer::fill) a chunk (what does not fit is handed back, to be
+/// filled again once a frame is consumed), ask for the [`status`](StreamFramer::status) of the
+/// frame at the front, handle a [`FrameStatus::Complete`] frame and
+/// [`consume`](StreamFramer::consume) it, stop on [`FrameStatus::Partial`] and close the stream
+/// on [`FrameStatus::Bad`] (the framing is lost: nothing after it can be trusted).
+///
+/// Protocols that multiplex other frames with STUN on the same stream (TURN ChannelData, RFC 8656
+/// §12.5) pass their own length rule to [`status_with`](StreamFramer::status_with); the
+/// bookkeeping (partial, too long for the capacity) stays here.
+///
+/// ```
+/// use p2pd_proto::stun::{Class, FrameStatus, Header, MessageWriter, Method, StreamFramer};
+/// use p2pd_proto::stun::TransactionId;
+/// let header = Header::new(Class::Request, Method::BINDING, TransactionId::new([1; 12]));
+/// let mut msg = [0u8; 64];
+/// let len = MessageWriter::new(&mut msg, header).unwrap().finish();
+///
+/// let mut framer = StreamFramer::new(1024);
+/// // The first 7 bytes arrive: not a whole message yet.
+/// assert!(framer.fill(&msg[..7]).is_empty());
+/// assert_eq!(framer.status(), FrameStatus::Partial);
+/// // The rest arrives.
+/// assert!(framer.fill(&msg[7..len]).is_empty());
+/// assert_eq!(framer.status(), FrameStatus::Complete(len));
+/// // ...decode `&framer.held()[..len]`, then drop it.
+/// framer.consume(len);
+/// assert!(framer.held().is_empty());
+/// ```
 ///
 /// The capacity is the longest frame accepted. With a capacity of at least
 /// [`HEADER_LEN`](super::HEADER_LEN) a full buffer always holds a whole frame or a bad one, never
