@@ -23,8 +23,8 @@ use p2pd_signaling::PublicKey;
 use crate::node::{Node, Part};
 use crate::types::{NodeApiError, NodeEvent, Path, StreamId};
 
-/// Longest a relayed stream lingers after [`Node::close_stream`] for the relay to end it (see the
-/// [module docs](self)).
+/// Longest a relayed stream lingers after [`Node::close_stream`] for the relay to end it: a TURN
+/// relay has no half-close, and drops what it still holds for one side when the other closes.
 pub const RELAY_LINGER: Duration = Duration::from_secs(30);
 
 /// One stream.
@@ -141,7 +141,7 @@ impl Node {
 
     /// Closes `stream` at once (unsent bytes are dropped) and releases its socket:
     /// [`NodeEvent::StreamClosed`]. Idempotent. A relayed stream whose FINISH went out after the
-    /// peer's lingers first (see the [module docs](self)); nothing more is reported of it but
+    /// peer's lingers first (up to [`RELAY_LINGER`], until the relay ends it); nothing more is reported of it but
     /// `StreamClosed`.
     pub fn close_stream(&mut self, now: Instant, stream: StreamId) -> Result<(), NodeApiError> {
         let slot = self.stream_mut(stream)?;

@@ -19,7 +19,7 @@
 //! [`TCP_LISTENER`], listens, and keeps one [`SocketOp::Accept`] outstanding per free connection
 //! slot, and always at least one (an [`AcceptPool`] under [`ServerConfig::tcp_limits`]); accepted
 //! streams are named `SocketId(TCP_CONNECTION_BASE + slot)` and fed to
-//! [`StunServer::handle_stream`] in chunks of any size. Each Binding request is answered on its stream, RESPONSE-ORIGIN being the connection's
+//! the server's [`Machine::handle_stream`](crate::Machine::handle_stream) in chunks of any size. Each Binding request is answered on its stream, RESPONSE-ORIGIN being the connection's
 //! local address; OTHER-ADDRESS is never sent over TCP, RESPONSE-PORT is ignored, and a
 //! CHANGE-REQUEST asking for any change gets error 420 (a stream cannot be answered from another
 //! address). Bytes that cannot start a STUN message, or a message longer than

@@ -5,7 +5,7 @@
 //! # One run
 //!
 //! Two MQTT brokers, an RFC 5780 STUN server (also answering over TCP), a PNP server and a TURN
-//! relay ([`TurnServer`](crate::TurnServer), TURN REST credentials; every node has it as its one
+//! relay ([`TurnServer`], TURN REST credentials; every node has it as its one
 //! configured relay) on public hosts; host A and host B each behind a NAT box of its kind (or public for [`NatKind::Open`];
 //! behind the same box for [`Layout::SameNat`]). Each runs a node told its NAT's behaviour
 //! (the ground truth, as a classifier reports it) or classifying it itself
