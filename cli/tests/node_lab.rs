@@ -205,6 +205,29 @@ fn servers(lab: &Lab, dir: &Scratch) -> Servers {
     }
 }
 
+/// `p2pd node --name NAME` with the lab's node identity.
+fn node_args(s: &Servers, name: &str) -> Vec<String> {
+    words(&[
+        "node",
+        "--name",
+        name,
+        "--identity",
+        &s.keys[0].display().to_string(),
+    ])
+}
+
+/// `p2pd connect NAME --timeout 20` with the lab's connect identity.
+fn connect_args(s: &Servers, name: &str) -> Vec<String> {
+    words(&[
+        "connect",
+        name,
+        "--timeout",
+        "20",
+        "--identity",
+        &s.keys[1].display().to_string(),
+    ])
+}
+
 /// The `nat` of a `ready` line as (mapping, filtering, allocation).
 fn ready_nat(ready: &Value) -> (String, String, String) {
     let f = |k: &str| ready["nat"][k].as_str().unwrap_or("null").to_string();
@@ -226,13 +249,7 @@ fn run_case(lab: &Lab, s: &Servers, case: &Case, serial: usize) -> Result<Vec<St
     let mut node = Proc::spawn_in(
         Some(&lab.ns(case.node.ns)),
         &s.config,
-        &words(&[
-            "node",
-            "--name",
-            &name,
-            "--identity",
-            &s.keys[0].display().to_string(),
-        ]),
+        &node_args(s, &name),
         msg_node.as_bytes(),
     );
     let ready = node
@@ -241,14 +258,7 @@ fn run_case(lab: &Lab, s: &Servers, case: &Case, serial: usize) -> Result<Vec<St
     let mut connect = Proc::spawn_in(
         Some(&lab.ns(case.connect.ns)),
         &s.config,
-        &words(&[
-            "connect",
-            &name,
-            "--timeout",
-            "20",
-            "--identity",
-            &s.keys[1].display().to_string(),
-        ]),
+        &connect_args(s, &name),
         msg_connect.as_bytes(),
     );
     let (code_c, out_c) = connect.finish(Duration::from_secs(30));
@@ -370,13 +380,7 @@ fn relayed_transfer(
     lab.script("nat.sh", &["B", "masq-fully", "inputdrop"])?;
     let log_from = std::fs::metadata(&s.turn_log).map_or(0, |m| m.len());
     let name = format!("lab-relayed-transfer-{serial}");
-    let node_args = words(&[
-        "node",
-        "--name",
-        &name,
-        "--identity",
-        &s.keys[0].display().to_string(),
-    ]);
+    let node_args = node_args(s, &name);
     let mut node = match transfer {
         Transfer::Long => Proc::spawn_in(Some(&lab.ns("hb")), &s.config, &node_args, b""),
         Transfer::Bulk => Proc::spawn_in_slow_reader(
@@ -392,14 +396,7 @@ fn relayed_transfer(
     let mut connect = Proc::spawn_fed(
         Some(&lab.ns("ha")),
         &s.config,
-        &words(&[
-            "connect",
-            &name,
-            "--timeout",
-            "20",
-            "--identity",
-            &s.keys[1].display().to_string(),
-        ]),
+        &connect_args(s, &name),
         move |mut input| {
             for i in 0..chunks {
                 if input.write_all(&chunk(i)).is_err() {

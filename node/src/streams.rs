@@ -32,8 +32,9 @@ use p2pd_signaling::PublicKey;
 use crate::node::{Node, Part};
 use crate::types::{NodeApiError, NodeEvent, Path, StreamId};
 
-/// Longest a relayed stream lingers after [`Node::close_stream`] for the relay to end it (see the
-/// [module docs](self)).
+/// Longest a relayed stream lingers after [`Node::close_stream`] for the acknowledgement of our
+/// FINISH (or for the relay to end it): a TURN relay has no half-close, and drops what it still
+/// holds for one side when the other closes.
 pub const RELAY_LINGER: Duration = Duration::from_secs(30);
 
 /// One stream.
@@ -57,7 +58,7 @@ pub(crate) struct StreamSlot {
 
 impl StreamSlot {
     /// Closes the stream, or starts its linger if it is a relayed stream we finished whose close
-    /// would still lose bytes (see the [module docs](self)). A lingering stream keeps lingering.
+    /// would still lose bytes (see the module docs). A lingering stream keeps lingering.
     pub(crate) fn close_or_linger(&mut self, now: Instant) {
         if self.closing || self.linger_until.is_some() {
             return;
@@ -157,9 +158,11 @@ impl Node {
     }
 
     /// Closes `stream` at once (unsent bytes are dropped) and releases its socket:
-    /// [`NodeEvent::StreamClosed`]. Idempotent. A relayed stream we finished lingers first until
-    /// both FINISHes are in and ours is acknowledged, the relay ends it, or [`RELAY_LINGER`]
-    /// passes (see the [module docs](self)); nothing more is reported of it but `StreamClosed`.
+    /// [`NodeEvent::StreamClosed`]. Idempotent. A relayed stream we finished lingers first (a
+    /// TURN relay has no half-close, and drops what it still holds for one side when the other
+    /// closes): until the peer's FINISH is in and the peer acknowledged ours
+    /// ([`NodeEvent::FinishAcknowledged`]), the relay ends the connection, or [`RELAY_LINGER`]
+    /// passes. Nothing more is reported of it but `StreamClosed`.
     pub fn close_stream(&mut self, now: Instant, stream: StreamId) -> Result<(), NodeApiError> {
         let slot = self.stream_mut(stream)?;
         slot.close_or_linger(now);

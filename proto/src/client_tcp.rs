@@ -47,7 +47,8 @@ use crate::machine::{
 };
 use crate::rng::Rng;
 use crate::stun::{
-    Attribute, Class, DecodeError, Header, Message, MessageWriter, Method, TransactionId,
+    Attribute, Class, DecodeError, FrameStatus, Header, Message, MessageWriter, Method,
+    StreamFramer, TransactionId,
 };
 use crate::time::Instant;
 
@@ -239,8 +240,7 @@ pub struct TcpBinding {
     send_keepalive: bool,
     deadline: Option<Instant>,
     keepalive_at: Option<Instant>,
-    buf: Box<[u8]>,
-    held: usize,
+    framer: StreamFramer,
     ops: VecDeque<SocketOp>,
     events: VecDeque<TcpBindingEvent>,
     stats: TcpBindingStats,
@@ -270,8 +270,7 @@ impl TcpBinding {
             send_request: false,
             send_keepalive: false,
             keepalive_at: None,
-            buf: vec![0u8; MAX_TCP_RESPONSE_LEN].into_boxed_slice(),
-            held: 0,
+            framer: StreamFramer::new(MAX_TCP_RESPONSE_LEN),
             ops,
             events: VecDeque::with_capacity(4),
             stats: TcpBindingStats::default(),
@@ -336,44 +335,9 @@ impl TcpBinding {
         self.stats.bytes_received = self.stats.bytes_received.saturating_add(n);
     }
 
-    /// Appends as much of `data` as fits; returns the rest.
-    fn fill<'d>(&mut self, data: &'d [u8]) -> &'d [u8] {
-        let Some(free) = self.buf.get_mut(self.held..) else {
-            return data;
-        };
-        let n = free.len().min(data.len());
-        let (now, rest) = data.split_at(n);
-        if let Some(dst) = free.get_mut(..n) {
-            dst.copy_from_slice(now);
-        }
-        self.held = self.held.saturating_add(n);
-        rest
-    }
-
-    /// The size of the whole message starting the buffer, `None` if it has not all arrived.
-    fn next_message(&self) -> Result<Option<usize>, DecodeError> {
-        let held = self.buf.get(..self.held).unwrap_or(&[]);
-        match Message::needed(held) {
-            Err(DecodeError::TooShort) => Ok(None),
-            Err(e) => Err(e),
-            Ok(total) if total > self.buf.len() => Err(DecodeError::LengthMismatch),
-            Ok(total) if total > held.len() => Ok(None),
-            Ok(total) => Ok(Some(total)),
-        }
-    }
-
-    fn consume(&mut self, n: usize) {
-        if n >= self.held {
-            self.held = 0;
-            return;
-        }
-        self.buf.copy_within(n..self.held, 0);
-        self.held = self.held.saturating_sub(n);
-    }
-
     /// Handles the whole message of `total` bytes starting the buffer.
     fn answer(&mut self, now: Instant, connected_at: Instant, total: usize) {
-        let raw = self.buf.get(..total).unwrap_or(&[]);
+        let raw = self.framer.held().get(..total).unwrap_or(&[]);
         let msg = match Message::decode(raw) {
             Ok(m) => m,
             Err(e) => {
@@ -444,7 +408,7 @@ impl TcpBinding {
         self.send_keepalive = false;
         self.deadline = None;
         self.keepalive_at = None;
-        self.held = 0;
+        self.framer.clear();
     }
 }
 
@@ -480,15 +444,15 @@ impl crate::Machine for TcpBinding {
         let mut rest = data;
         while self.state == (State::Waiting { connected_at }) {
             let before = rest.len();
-            rest = self.fill(rest);
-            match self.next_message() {
-                Ok(None) if rest.is_empty() || rest.len() == before => break,
-                Ok(None) => {}
-                Ok(Some(total)) => {
+            rest = self.framer.fill(rest);
+            match self.framer.status() {
+                FrameStatus::Partial if rest.is_empty() || rest.len() == before => break,
+                FrameStatus::Partial => {}
+                FrameStatus::Complete(total) => {
                     self.answer(now, connected_at, total);
-                    self.consume(total);
+                    self.framer.consume(total);
                 }
-                Err(e) => {
+                FrameStatus::Bad(e) => {
                     self.fail(TcpBindingError::Malformed(e));
                     return Verdict::Dropped(DropReason::Malformed(e));
                 }

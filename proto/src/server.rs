@@ -19,7 +19,7 @@
 //! [`TCP_LISTENER`], listens, and keeps one [`SocketOp::Accept`] outstanding per free connection
 //! slot, and always at least one (an [`AcceptPool`] under [`ServerConfig::tcp_limits`]); accepted
 //! streams are named `SocketId(TCP_CONNECTION_BASE + slot)` and fed to
-//! [`StunServer::handle_stream`] in chunks of any size. Each Binding request is answered on its stream, RESPONSE-ORIGIN being the connection's
+//! the server's [`Machine::handle_stream`](crate::Machine::handle_stream) in chunks of any size. Each Binding request is answered on its stream, RESPONSE-ORIGIN being the connection's
 //! local address; OTHER-ADDRESS is never sent over TCP, RESPONSE-PORT is ignored, and a
 //! CHANGE-REQUEST asking for any change gets error 420 (a stream cannot be answered from another
 //! address). Bytes that cannot start a STUN message, or a message longer than
@@ -43,13 +43,13 @@ use crate::machine::{
     Transport, Verdict,
 };
 use crate::stun::{
-    self, attr, AttrTypes, Attribute, Class, ErrorCode, Header, Message, MessageWriter, Method,
+    self, attr, AttrTypes, Attribute, Class, ErrorCode, FrameStatus, Header, Message,
+    MessageWriter, Method, StreamFramer,
 };
 use crate::time::Instant;
 
 mod tcp;
 
-use tcp::{Frame, StreamBuf};
 pub use tcp::{MAX_TCP_CONNECTIONS, MAX_TCP_MESSAGE_LEN, TCP_CONNECTION_BASE, TCP_LISTENER};
 
 /// The longest response the server sends (IPv6 with every attribute and the longest SOFTWARE).
@@ -332,7 +332,7 @@ pub struct StunServer {
     queue: VecDeque<Pending>,
     ops: VecDeque<SocketOp>,
     events: VecDeque<ServerEvent>,
-    tcp: AcceptPool<StreamBuf>,
+    tcp: AcceptPool<StreamFramer>,
     timeout: Option<Instant>,
     closed: bool,
     stats: ServerStats,
@@ -401,7 +401,7 @@ impl StunServer {
                 limits: tcp_limits,
                 backlog: config.tcp_backlog,
             },
-            StreamBuf::new,
+            || StreamFramer::new(MAX_TCP_MESSAGE_LEN),
         );
         if config.tcp {
             tcp.bind(config.primary, config.bind_options, &mut ops);
@@ -762,15 +762,15 @@ impl crate::Machine for StunServer {
             let stuck = !rest.is_empty() && rest.len() == before;
             // Answer every whole message held.
             while let Some((conn, buf)) = self.tcp.get(index) {
-                let total = match buf.frame() {
-                    Frame::Partial => break,
-                    Frame::Bad(e) => {
+                let total = match buf.status() {
+                    FrameStatus::Partial => break,
+                    FrameStatus::Bad(e) => {
                         self.stats.tcp_bad_frames = self.stats.tcp_bad_frames.saturating_add(1);
                         self.close_connection(now, index);
                         self.refresh_timeout();
                         return Verdict::Dropped(DropReason::Malformed(e));
                     }
-                    Frame::Complete(total) => total,
+                    FrameStatus::Complete(total) => total,
                 };
                 // The message leaves the slot's buffer for the stack, so the slot can be updated
                 // while it is answered.

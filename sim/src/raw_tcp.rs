@@ -60,6 +60,21 @@ pub enum TcpEvent {
     },
 }
 
+impl TcpEvent {
+    /// Every byte the stream `socket` received in `events`, in order.
+    pub fn received(events: &[TcpEvent], socket: SocketId) -> Vec<u8> {
+        let mut out = Vec::new();
+        for e in events {
+            if let TcpEvent::Data { socket: s, data } = e {
+                if *s == socket {
+                    out.extend_from_slice(data);
+                }
+            }
+        }
+        out
+    }
+}
+
 /// A machine that is nothing but TCP sockets: [`RawTcp::bind`], [`RawTcp::connect`],
 /// [`RawTcp::listen`], [`RawTcp::accept`], [`RawTcp::send`], [`RawTcp::shutdown`],
 /// [`RawTcp::close`]. Every outcome and

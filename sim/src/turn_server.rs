@@ -76,6 +76,7 @@ use core::net::{IpAddr, SocketAddr};
 use core::time::Duration;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
+use p2pd_proto::stun::StreamFramer;
 use p2pd_proto::{BindOptions, Instant, Rng, SocketId, SocketOp, Transport};
 
 mod auth;
@@ -109,8 +110,8 @@ const LISTENER: SocketId = SocketId(0);
 #[derive(Debug)]
 struct Client {
     remote: SocketAddr,
-    /// Bytes of a message not complete yet.
-    buf: Vec<u8>,
+    /// Bytes of a message not complete yet (at most [`MAX_MESSAGE_LEN`]).
+    framer: StreamFramer,
     /// Spliced with this peer connection (CONNECTION-ID).
     spliced: Option<u32>,
     /// The client ended its sending half (only tracked while spliced).

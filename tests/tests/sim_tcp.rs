@@ -48,19 +48,6 @@ fn dial(sim: &mut Sim, h: HostId, port: u16, to: SocketAddr) -> SocketId {
     })
 }
 
-/// Everything the stream `socket` received, in order.
-fn received(events: &[TcpEvent], socket: SocketId) -> Vec<u8> {
-    let mut out = Vec::new();
-    for e in events {
-        if let TcpEvent::Data { socket: s, data } = e {
-            if *s == socket {
-                out.extend_from_slice(data);
-            }
-        }
-    }
-    out
-}
-
 fn peer_closed(events: &[TcpEvent], socket: SocketId) -> usize {
     events
         .iter()
@@ -147,11 +134,11 @@ fn connect_accept_exchange_close_between_public_hosts() {
     sim.with_machine::<RawTcp, _>(cli, |m, _| m.send(s, b"hello"));
     sim.run_for(Duration::from_millis(100));
     let se = events(&mut sim, srv);
-    assert_eq!(received(&se, acc[0]), b"hello");
+    assert_eq!(TcpEvent::received(&se, acc[0]), b"hello");
     sim.with_machine::<RawTcp, _>(srv, |m, _| m.send(acc[0], b"world"));
     sim.run_for(Duration::from_millis(100));
     let ce = events(&mut sim, cli);
-    assert_eq!(received(&ce, s), b"world");
+    assert_eq!(TcpEvent::received(&ce, s), b"world");
 
     // Client closes: the server reads EOF exactly once, closes too.
     sim.with_machine::<RawTcp, _>(cli, |m, _| m.close(s));
@@ -241,8 +228,8 @@ fn through_a_nat_the_server_sees_the_mapping() {
     sim.with_machine::<RawTcp, _>(cli, |m, _| m.send(s, &up));
     sim.with_machine::<RawTcp, _>(srv, |m, _| m.send(acc[0], &down));
     sim.run_for(Duration::from_secs(1));
-    assert_eq!(received(&events(&mut sim, srv), acc[0]), up);
-    assert_eq!(received(&events(&mut sim, cli), s), down);
+    assert_eq!(TcpEvent::received(&events(&mut sim, srv), acc[0]), up);
+    assert_eq!(TcpEvent::received(&events(&mut sim, cli), s), down);
     assert_eq!(sim.nat_stats(nat).mappings_created, 1);
 }
 
@@ -310,7 +297,7 @@ fn lossy_run(seed: u64, loss: f64) -> u64 {
             sim.with_machine::<RawTcp, _>(srv, |m, _| m.send(acc[0], &down));
         }
         // The client closes once it has read everything (a close discards later data).
-        if !sent.2 && received(ce, s).len() >= down.len() {
+        if !sent.2 && TcpEvent::received(ce, s).len() >= down.len() {
             sent.2 = true;
             sim.with_machine::<RawTcp, _>(cli, |m, _| m.close(s));
         }
@@ -320,7 +307,7 @@ fn lossy_run(seed: u64, loss: f64) -> u64 {
         connected(&ce, s).is_some(),
         "seed {seed}: no connect: {ce:?}"
     );
-    let got = received(&se, acc[0]);
+    let got = TcpEvent::received(&se, acc[0]);
     assert!(
         got == up,
         "seed {seed}: upstream {} of {} bytes; {:?}; server events {:?}",
@@ -338,7 +325,7 @@ fn lossy_run(seed: u64, loss: f64) -> u64 {
         peer_closed(&se, acc[0]),
         1,
         "EOF once, after the data; client got {} of {}; sent {sent:?}; {:?} at {:?}; conns {} {}",
-        received(&ce, s).len(),
+        TcpEvent::received(&ce, s).len(),
         down.len(),
         sim.tcp_stats(),
         sim.now(),
@@ -349,7 +336,10 @@ fn lossy_run(seed: u64, loss: f64) -> u64 {
         matches!(se.last(), Some(TcpEvent::PeerClosed { .. })),
         "EOF after every byte"
     );
-    assert!(received(&ce, s) == down, "seed {seed}: downstream");
+    assert!(
+        TcpEvent::received(&ce, s) == down,
+        "seed {seed}: downstream"
+    );
     let st = sim.tcp_stats();
     if loss > 0.0 {
         assert!(st.lost > 0 && st.retransmitted > 0, "{st:?}");
@@ -447,8 +437,8 @@ fn simultaneous(
     sim.with_machine::<RawTcp, _>(a, |m, _| m.send(sa, b"ping"));
     sim.with_machine::<RawTcp, _>(b, |m, _| m.send(sb, b"pong"));
     sim.run_for(Duration::from_secs(1));
-    assert_eq!(received(&events(sim, a), sa), b"pong");
-    assert_eq!(received(&events(sim, b), sb), b"ping");
+    assert_eq!(TcpEvent::received(&events(sim, a), sa), b"pong");
+    assert_eq!(TcpEvent::received(&events(sim, b), sb), b"ping");
 }
 
 #[test]
@@ -631,7 +621,7 @@ fn bytes_and_eof_before_accept_wait_for_it() {
     let acc = sim.with_machine::<RawTcp, _>(srv, |m, _| m.accept(listener));
     let ev = events(&mut sim, srv);
     assert!(matches!(ev[0], TcpEvent::Accepted { .. }), "{ev:?}");
-    assert_eq!(received(&ev, acc), b"early bytes");
+    assert_eq!(TcpEvent::received(&ev, acc), b"early bytes");
     assert!(matches!(ev.last(), Some(TcpEvent::PeerClosed { .. })));
 }
 
@@ -793,8 +783,12 @@ fn half_close_run(seed: u64, loss: f64) {
         }
         peer_closed(ce, s) == 1 && peer_closed(se, acc[0]) == 1
     });
-    assert_eq!(received(&se, acc[0]), up, "seed {seed}: server got");
-    assert_eq!(received(&ce, s), down, "seed {seed}: client got");
+    assert_eq!(
+        TcpEvent::received(&se, acc[0]),
+        up,
+        "seed {seed}: server got"
+    );
+    assert_eq!(TcpEvent::received(&ce, s), down, "seed {seed}: client got");
     assert_eq!(peer_closed(&ce, s), 1, "seed {seed}");
     assert_eq!(peer_closed(&se, acc[0]), 1, "seed {seed}");
     assert_eq!(failure(&ce, s), None, "seed {seed}");

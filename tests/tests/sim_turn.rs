@@ -319,18 +319,6 @@ fn received_by_client(events: &[Ev], socket: SocketId) -> Vec<u8> {
     out
 }
 
-fn received_by_peer(events: &[TcpEvent], socket: SocketId) -> Vec<u8> {
-    let mut out = Vec::new();
-    for e in events {
-        if let TcpEvent::Data { socket: s, data } = e {
-            if *s == socket {
-                out.extend_from_slice(data);
-            }
-        }
-    }
-    out
-}
-
 const BULK: usize = 200 * 1024;
 
 /// The whole RFC 6062 path with REST credentials: allocate behind a symmetric NAT, permit the
@@ -375,7 +363,7 @@ fn relay_run(seed: u64) -> u64 {
     let client_events = w.events(c);
     let peer_events = w.sim.take_events::<RawTcp>(p);
     let got_client = received_by_client(&client_events, data_socket);
-    let got_peer = received_by_peer(&peer_events, ps);
+    let got_peer = TcpEvent::received(&peer_events, ps);
     assert_eq!(got_client.len(), BULK);
     assert!(got_client == to_client, "client bytes differ");
     assert_eq!(got_peer.len(), BULK);
@@ -562,7 +550,7 @@ fn connect_reaches_a_listening_peer_and_a_dead_port_is_447() {
         w.sim
             .with_machine::<RawTcp, _>(p, |m, _| m.send(accepted, b"pong"));
         w.sim.run_for(Duration::from_secs(1));
-        let got = received_by_peer(&w.sim.take_events::<RawTcp>(p), accepted);
+        let got = TcpEvent::received(&w.sim.take_events::<RawTcp>(p), accepted);
         assert_eq!(got, b"ping through the relay");
         assert_eq!(received_by_client(&w.events(c), data_socket), b"pong");
 

@@ -56,7 +56,7 @@
 use core::net::SocketAddr;
 use std::collections::VecDeque;
 
-use p2pd_proto::stun::{DecodeError, Message, TransactionId};
+use p2pd_proto::stun::{DecodeError, FrameStatus, Message, StreamFramer, TransactionId};
 use p2pd_proto::{
     DropReason, Instant, Machine, OpKind, Rng, SocketId, SocketOp, SocketOutcome, Transmit,
     Transport, Verdict,
@@ -124,8 +124,8 @@ struct DataConn {
     deadline: Instant,
     /// The socket exists (its bind did not fail) and is ours to close.
     opened: bool,
-    /// The ConnectionBind answer, as it arrives.
-    buf: Vec<u8>,
+    /// The ConnectionBind answer, as it arrives (at most [`MAX_CONTROL_MESSAGE_LEN`] bytes).
+    framer: StreamFramer,
 }
 
 #[derive(Copy, Clone, Debug)]
@@ -169,8 +169,8 @@ pub struct TurnClient {
     next_data_socket: u32,
     sends: VecDeque<(SocketAddr, Vec<u8>)>,
     deadline: Option<Instant>,
-    buf: Box<[u8]>,
-    held: usize,
+    /// The control connection's reassembly buffer (STUN and ChannelData).
+    framer: StreamFramer,
     ops: VecDeque<SocketOp>,
     events: VecDeque<TurnEvent>,
     stats: TurnStats,
@@ -203,8 +203,7 @@ impl TurnClient {
             sends: VecDeque::new(),
             next_data_socket: CONTROL_SOCKET.0.saturating_add(1),
             deadline: connect_deadline,
-            buf: vec![0u8; MAX_CONTROL_MESSAGE_LEN].into_boxed_slice(),
-            held: 0,
+            framer: StreamFramer::new(MAX_CONTROL_MESSAGE_LEN),
             ops,
             events: VecDeque::new(),
             stats: TurnStats::default(),
@@ -307,73 +306,44 @@ impl TurnClient {
         self.deadline = next;
     }
 
-    /// Appends as much of `data` as fits; returns the rest.
-    fn fill<'d>(&mut self, data: &'d [u8]) -> &'d [u8] {
-        let Some(free) = self.buf.get_mut(self.held..) else {
-            return data;
-        };
-        let n = free.len().min(data.len());
-        let (now, rest) = data.split_at(n);
-        if let Some(dst) = free.get_mut(..n) {
-            dst.copy_from_slice(now);
-        }
-        self.held = self.held.saturating_add(n);
-        rest
-    }
-
-    /// The size of the whole frame (STUN message, or ChannelData padded to 4 on a stream, RFC
-    /// 8656 §12.5) starting the buffer, `None` if it has not all arrived.
-    fn next_frame(&self) -> Result<Option<usize>, DecodeError> {
-        let held = self.buf.get(..self.held).unwrap_or(&[]);
-        let total = match held {
-            [] => return Ok(None),
-            [first, ..] if first & 0xC0 == 0x40 => match held {
-                [_, _, l0, l1, ..] => {
-                    let len = usize::from(u16::from_be_bytes([*l0, *l1]));
-                    len.saturating_add(4).saturating_add(3) & !3
-                }
-                _ => return Ok(None),
-            },
-            _ => match Message::needed(held) {
-                Err(DecodeError::TooShort) => return Ok(None),
-                Err(e) => return Err(e),
-                Ok(total) => total,
-            },
-        };
-        if total > self.buf.len() {
-            Err(DecodeError::LengthMismatch)
-        } else if total > held.len() {
-            Ok(None)
-        } else {
-            Ok(Some(total))
-        }
-    }
-
-    fn consume(&mut self, n: usize) {
-        if n >= self.held {
-            self.held = 0;
-            return;
-        }
-        self.buf.copy_within(n..self.held, 0);
-        self.held = self.held.saturating_sub(n);
-    }
-
     /// Handles the frame of `total` bytes starting the buffer.
     fn frame(&mut self, now: Instant, total: usize) {
-        let buf = core::mem::take(&mut self.buf);
-        let raw = buf.get(..total).unwrap_or(&[]);
+        let framer = core::mem::take(&mut self.framer);
+        let raw = framer.held().get(..total).unwrap_or(&[]);
         match raw.first() {
-            Some(first) if first & 0xC0 == 0x40 => self.ignore(),
+            Some(first) if is_channel_data(*first) => self.ignore(),
             _ => match Message::decode(raw) {
                 Ok(msg) => self.message(now, &msg),
                 Err(e) => self.fail(TurnFailure::Malformed(e)),
             },
         }
-        self.buf = buf;
+        self.framer = framer;
     }
 
     fn ignore(&mut self) {
         self.stats.ignored = self.stats.ignored.saturating_add(1);
+    }
+}
+
+/// Whether a frame starting with `first` is TURN ChannelData (channel numbers 0x4000..=0x7FFF,
+/// RFC 8656 §12: the first two bits are 0b01; STUN's are 0b00).
+fn is_channel_data(first: u8) -> bool {
+    first & 0xC0 == 0x40
+}
+
+/// The length rule of the control connection, for [`StreamFramer::status_with`]: a STUN message
+/// is sized by its header ([`Message::needed`]); ChannelData by its 4-byte header (channel
+/// number, length), padded to a multiple of 4 on a stream (RFC 8656 §12.5).
+fn frame_len(held: &[u8]) -> Result<usize, DecodeError> {
+    match held {
+        [first, ..] if is_channel_data(*first) => match held {
+            [_, _, l0, l1, ..] => {
+                let len = usize::from(u16::from_be_bytes([*l0, *l1]));
+                Ok(len.saturating_add(4).saturating_add(3) & !3)
+            }
+            _ => Err(DecodeError::TooShort),
+        },
+        _ => Message::needed(held),
     }
 }
 
@@ -396,15 +366,15 @@ impl Machine for TurnClient {
         let mut verdict = Verdict::Consumed;
         while self.state != State::Done {
             let before = rest.len();
-            rest = self.fill(rest);
-            match self.next_frame() {
-                Ok(None) if rest.is_empty() || rest.len() == before => break,
-                Ok(None) => {}
-                Ok(Some(total)) => {
+            rest = self.framer.fill(rest);
+            match self.framer.status_with(frame_len) {
+                FrameStatus::Partial if rest.is_empty() || rest.len() == before => break,
+                FrameStatus::Partial => {}
+                FrameStatus::Complete(total) => {
                     self.frame(now, total);
-                    self.consume(total);
+                    self.framer.consume(total);
                 }
-                Err(e) => {
+                FrameStatus::Bad(e) => {
                     self.fail(TurnFailure::Malformed(e));
                     verdict = Verdict::Dropped(DropReason::Malformed(e));
                 }

@@ -3,6 +3,8 @@
 //! Covers RFC 5389/8489 messages, RFC 3489 "legacy" messages (no magic cookie: the 16 bytes after the
 //! length are all transaction id), the RFC 5780 attributes and the legacy RFC 3489 address attributes.
 //!
+//! [`StreamFramer`] reassembles messages sent back to back on a byte stream (RFC 8489 §6.2.2).
+//!
 //! ```
 //! use p2pd_proto::stun::{Attribute, Class, Header, Message, MessageWriter, Method, TransactionId};
 //! let header = Header::new(Class::Success, Method::BINDING, TransactionId::new([7; 12]));
@@ -18,11 +20,13 @@
 mod attribute;
 mod decode;
 mod encode;
+mod framing;
 mod header;
 
 pub use attribute::{AttrError, AttrKind, AttrTypes, Attribute, ChangeRequest, ErrorCode};
 pub use decode::{is_stun, Attributes, DecodeError, IntegrityError, Message, RawAttribute};
 pub use encode::{EncodeError, MessageWriter};
+pub use framing::{FrameStatus, StreamFramer};
 pub use header::{Class, Header, Method, TransactionId, HEADER_LEN, MAGIC_COOKIE};
 
 /// Attribute type codes.

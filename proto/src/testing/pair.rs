@@ -739,7 +739,7 @@ fn early(net: &mut Net, conn: usize, me: usize, what: Arrival) {
     }
 }
 
-/// Two machines, `a` and `b`, on an in-memory network (see the [module docs](self)).
+/// Two machines, `a` and `b`, on an in-memory network (see the `testing` module docs).
 ///
 /// ```
 /// use p2pd_proto::client::{ClientConfig, ClientEvent, Request, StunClient};

@@ -9,7 +9,7 @@ use super::{PunchEvent, Puncher};
 
 /// A [`Puncher`] and the simplest caller it can have: at [`PunchEvent::Connected`] it takes the
 /// winner's channel ([`Puncher::take_channel`]) and writes what the channel holds (the leader's
-/// last handshake message, then whatever the caller sends through [`Owned::channel`]) on the
+/// last handshake message, then whatever the caller sends through the channel in [`Owned::won`]) on the
 /// winner, as a node does; it closes the winner on [`Owned::close`]. Everything else is the
 /// puncher's (it derefs to it). For tests and harnesses that drive a bare puncher on a network
 /// (the simulator, in-memory pairs); a real caller is [`crate::node::PunchNode`].

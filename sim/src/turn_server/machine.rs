@@ -2,6 +2,7 @@
 
 use core::net::{Ipv4Addr, SocketAddr};
 
+use p2pd_proto::stun::StreamFramer;
 use p2pd_proto::{
     DropReason, Instant, IoError, Machine, OpKind, SocketId, SocketOp, SocketOutcome, Transmit,
     Verdict,
@@ -10,6 +11,7 @@ use p2pd_proto::{
 use super::bump;
 use super::{
     Client, EndReason, PeerState, TurnServer, TurnServerConfig, TurnServerEvent, LISTENER,
+    MAX_MESSAGE_LEN,
 };
 
 /// Most accepts remembered after their listener closed (an `Accepted` for one is closed).
@@ -53,7 +55,7 @@ impl TurnServer {
                         socket,
                         Client {
                             remote,
-                            buf: Vec::new(),
+                            framer: StreamFramer::new(MAX_MESSAGE_LEN),
                             spliced: None,
                             eof: false,
                             idle_deadline: Some(idle),

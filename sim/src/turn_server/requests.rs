@@ -4,13 +4,12 @@
 use core::net::SocketAddr;
 use core::time::Duration;
 
-use p2pd_proto::stun::{Class, Message, Method};
+use p2pd_proto::stun::{Class, FrameStatus, Message, Method};
 use p2pd_proto::{BindOptions, SocketId, SocketOp, Transport};
 use p2pd_turn::codec::{self, attr, error, method, TurnAttribute};
 
 use super::auth::Authed;
 use super::bump;
-use super::wire::frame_len;
 use super::{Allocation, Peer, PeerState, TurnServer, PERMISSION_LIFETIME};
 
 impl TurnServer {
@@ -20,23 +19,23 @@ impl TurnServer {
         let Some(client) = self.clients.get_mut(&socket) else {
             return;
         };
-        // What stays held between chunks is at most one incomplete message: `frame_len` refuses
-        // a header that announces more than `MAX_MESSAGE_LEN`.
-        let mut buf = core::mem::take(&mut client.buf);
-        buf.extend_from_slice(data);
-        let mut at = 0usize;
+        // The client's framer holds at most `MAX_MESSAGE_LEN` bytes and refuses a header that
+        // announces more; it leaves the client while its messages are handled.
+        let mut framer = core::mem::take(&mut client.framer);
+        let mut rest = data;
         loop {
-            let rest = buf.get(at..).unwrap_or_default();
-            let total = match frame_len(rest) {
-                Ok(Some(total)) => total,
-                Ok(None) => break,
-                Err(_) => {
+            rest = framer.fill(rest);
+            let total = match framer.status() {
+                // The framer is never full of a partial message: `rest` is all in.
+                FrameStatus::Partial => break,
+                FrameStatus::Complete(total) => total,
+                FrameStatus::Bad(_) => {
                     bump(&mut self.stats.malformed);
                     self.close_client(socket);
                     return;
                 }
             };
-            let frame = rest.get(..total).unwrap_or_default();
+            let frame = framer.held().get(..total).unwrap_or_default();
             match Message::decode(frame) {
                 Ok(msg) if !msg.is_legacy() => self.message(socket, &msg),
                 _ => {
@@ -45,20 +44,20 @@ impl TurnServer {
                     return;
                 }
             }
-            at = at.saturating_add(total);
+            framer.consume(total);
             let Some(client) = self.clients.get(&socket) else {
                 return;
             };
             if let Some(id) = client.spliced {
                 // The rest belongs to the peer.
-                let rest = buf.get(at..).unwrap_or_default().to_vec();
-                self.relay_to_peer(id, &rest);
+                let mut after = framer.held().to_vec();
+                after.extend_from_slice(rest);
+                self.relay_to_peer(id, &after);
                 return;
             }
         }
         if let Some(client) = self.clients.get_mut(&socket) {
-            buf.drain(..at.min(buf.len()));
-            client.buf = buf;
+            client.framer = framer;
         }
     }
 

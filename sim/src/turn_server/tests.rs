@@ -303,38 +303,7 @@ fn udp_is_442_and_the_quota_is_486() {
 #[test]
 fn a_peer_gets_a_connection_attempt_and_is_closed_if_never_bound() {
     let mut h = H::new(config());
-    let (s, listener, nonce) = h.allocated();
-    let peer: SocketAddr = PEER.parse().unwrap();
-    let req = h.request(
-        method::CREATE_PERMISSION,
-        &[TurnAttribute::XorPeerAddress(peer)],
-        Some((&nonce, "p")),
-    );
-    let _ = h.d.stream(s, &req);
-    assert_eq!(
-        Message::decode(&h.one_reply(s)).unwrap().class(),
-        Class::Success
-    );
-    let ps = h.accept_on(listener);
-    h.d.outcome(
-        ps,
-        SocketOutcome::Accepted {
-            local: listen(),
-            remote: peer,
-        },
-    );
-    let ind = h.one_reply(s);
-    let msg = Message::decode(&ind).unwrap();
-    assert_eq!(msg.class(), Class::Indication);
-    assert_eq!(msg.method(), method::CONNECTION_ATTEMPT);
-    assert_eq!(
-        codec::find(&msg, attr::XOR_PEER_ADDRESS),
-        Ok(Some(TurnAttribute::XorPeerAddress(peer)))
-    );
-    assert!(matches!(
-        codec::find(&msg, attr::CONNECTION_ID),
-        Ok(Some(TurnAttribute::ConnectionId(_)))
-    ));
+    let (_, ps, _, _) = peer_waiting(&mut h);
     let _ = h.d.stream(ps, b"early bytes are held");
     h.d.run_for(Duration::from_secs(31));
     assert!(h.ops().contains(&SocketOp::Close { socket: ps }));
@@ -364,8 +333,8 @@ fn deallocation_and_close_release_every_socket_once() {
     h.d.checker.assert_all_closed();
 }
 
-/// An allocation with a permitted peer connected to the relayed address: (control, peer
-/// socket, CONNECTION-ID, nonce).
+/// An allocation with a permitted peer connected to the relayed address, the ConnectionAttempt
+/// checked: (control, peer socket, CONNECTION-ID, nonce).
 fn peer_waiting(h: &mut H) -> (SocketId, SocketId, u32, Vec<u8>) {
     let (s, listener, nonce) = h.allocated();
     let peer: SocketAddr = PEER.parse().unwrap();
@@ -384,8 +353,15 @@ fn peer_waiting(h: &mut H) -> (SocketId, SocketId, u32, Vec<u8>) {
             remote: peer,
         },
     );
+    // The client hears of it: a ConnectionAttempt naming the peer and a connection id.
     let ind = h.one_reply(s);
     let msg = Message::decode(&ind).unwrap();
+    assert_eq!(msg.class(), Class::Indication);
+    assert_eq!(msg.method(), method::CONNECTION_ATTEMPT);
+    assert_eq!(
+        codec::find(&msg, attr::XOR_PEER_ADDRESS),
+        Ok(Some(TurnAttribute::XorPeerAddress(peer)))
+    );
     let Ok(Some(TurnAttribute::ConnectionId(id))) = codec::find(&msg, attr::CONNECTION_ID) else {
         panic!("no CONNECTION-ID");
     };

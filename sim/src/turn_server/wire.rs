@@ -1,31 +1,19 @@
-//! The server's wire: STUN-over-TCP framing of what clients send, and the encoding of responses
-//! and indications.
+//! The server's wire: the encoding of responses and indications (what clients send is framed by
+//! each client's [`StreamFramer`](p2pd_proto::stun::StreamFramer)).
 
 use core::net::SocketAddr;
 
 use p2pd_proto::stun::{
-    Attribute, Class, DecodeError, ErrorCode, Header, Message, MessageWriter, Method, TransactionId,
+    Attribute, Class, ErrorCode, Header, Message, MessageWriter, Method, TransactionId,
 };
 use p2pd_proto::SocketId;
 use p2pd_turn::codec::{error, TurnAttribute, TurnWriter};
 
 use super::bump;
-use super::{TurnServer, MAX_MESSAGE_LEN};
+use super::TurnServer;
 
 /// Largest message the server writes.
 const OUT_LEN: usize = 1024;
-
-/// The size of the STUN message starting `buf`: `Ok(None)` until it has all arrived, `Err` if
-/// it is not STUN or longer than [`MAX_MESSAGE_LEN`].
-pub(super) fn frame_len(buf: &[u8]) -> Result<Option<usize>, DecodeError> {
-    match Message::needed(buf) {
-        Err(DecodeError::TooShort) => Ok(None),
-        Err(e) => Err(e),
-        Ok(total) if total > MAX_MESSAGE_LEN => Err(DecodeError::LengthMismatch),
-        Ok(total) if total > buf.len() => Ok(None),
-        Ok(total) => Ok(Some(total)),
-    }
-}
 
 /// The reason phrase of an error code.
 fn reason(code: u16) -> &'static str {

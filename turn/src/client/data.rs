@@ -3,7 +3,7 @@
 
 use core::net::SocketAddr;
 
-use p2pd_proto::stun::{Class, DecodeError, Header, Message, MessageWriter};
+use p2pd_proto::stun::{Class, FrameStatus, Header, Message, MessageWriter, StreamFramer};
 use p2pd_proto::{
     DropReason, Instant, OpKind, SocketId, SocketOp, SocketOutcome, Transport, Verdict,
 };
@@ -100,7 +100,7 @@ impl TurnClient {
             phase: DataPhase::Binding,
             deadline: now.saturating_add(self.config.timeout),
             opened: true,
-            buf: Vec::new(),
+            framer: StreamFramer::new(MAX_CONTROL_MESSAGE_LEN),
         });
     }
 
@@ -145,26 +145,21 @@ impl TurnClient {
         if conn.phase != DataPhase::Binding2 {
             return Verdict::Dropped(DropReason::Unexpected);
         }
-        let room = MAX_CONTROL_MESSAGE_LEN.saturating_sub(conn.buf.len());
-        let (now_part, rest) = data.split_at(room.min(data.len()));
-        conn.buf.extend_from_slice(now_part);
-        let total = match Message::needed(&conn.buf) {
-            Err(DecodeError::TooShort) if conn.buf.len() < MAX_CONTROL_MESSAGE_LEN => {
-                return Verdict::Consumed;
-            }
-            Ok(total) if total <= conn.buf.len() => total,
-            Ok(total) if total <= MAX_CONTROL_MESSAGE_LEN => return Verdict::Consumed,
-            Ok(_) => {
-                self.drop_data(at, TurnFailure::Malformed(DecodeError::LengthMismatch));
-                return Verdict::Dropped(DropReason::Malformed(DecodeError::LengthMismatch));
-            }
-            Err(e) => {
+        let rest = conn.framer.fill(data);
+        let total = match conn.framer.status() {
+            FrameStatus::Partial => return Verdict::Consumed,
+            FrameStatus::Complete(total) => total,
+            FrameStatus::Bad(e) => {
                 self.drop_data(at, TurnFailure::Malformed(e));
                 return Verdict::Dropped(DropReason::Malformed(e));
             }
         };
-        let buf = core::mem::take(&mut conn.buf);
-        let (frame, after) = buf.split_at(total.min(buf.len()));
+        // The answer leaves the connection (whose buffer is empty again) so the machine can be
+        // updated while it is read.
+        let framer =
+            core::mem::replace(&mut conn.framer, StreamFramer::new(MAX_CONTROL_MESSAGE_LEN));
+        let held = framer.held();
+        let (frame, after) = held.split_at(total.min(held.len()));
         let msg = match Message::decode(frame) {
             Ok(m) => m,
             Err(e) => {

@@ -643,6 +643,54 @@ fn garbage_from_the_server_is_a_typed_failure_not_a_panic() {
     h.checker.assert_all_closed();
 }
 
+#[test]
+fn channel_data_is_framed_padded_to_four_and_ignored() {
+    // ChannelData on channel 0x4001 with 5 bytes: a 4-byte header, padded to 12 on a stream.
+    let channel = [0x40, 0x01, 0x00, 0x05, 1, 2, 3, 4, 5, 0, 0, 0];
+    assert_eq!(frame_len(&[]), Err(DecodeError::TooShort));
+    assert_eq!(frame_len(&channel[..3]), Err(DecodeError::TooShort));
+    assert_eq!(frame_len(&channel[..4]), Ok(12));
+    let challenge = {
+        let mut h = Harness::new(Credentials::long_term("u", "p"));
+        let req = h.connect();
+        Server::new("u", "p").answer(&req)
+    };
+    assert_eq!(frame_len(&challenge), Ok(challenge.len()));
+    let mut chunk = channel.to_vec();
+    chunk.extend_from_slice(&challenge);
+    chunk.extend_from_slice(&channel);
+    for cut in 0..=chunk.len() {
+        let mut h = Harness::new(Credentials::long_term("u", "p"));
+        let _ = h.connect();
+        assert_eq!(h.stream(&chunk[..cut]), Verdict::Consumed, "cut at {cut}");
+        assert_eq!(h.stream(&chunk[cut..]), Verdict::Consumed, "cut at {cut}");
+        assert_eq!(h.client.stats().ignored, 2, "cut at {cut}");
+        // The challenge between them was answered: the Allocate goes again, authenticated.
+        let retry = h.one_request();
+        let retry = Message::decode(&retry).unwrap();
+        assert!(retry
+            .attributes()
+            .any(|a| a.code == stun_attr::MESSAGE_INTEGRITY));
+    }
+}
+
+#[test]
+fn channel_data_longer_than_the_buffer_is_malformed() {
+    let mut h = Harness::new(Credentials::long_term("u", "p"));
+    let _ = h.connect();
+    let v = h.stream(&[0x40, 0x01, 0xFF, 0xFF]);
+    let e = DecodeError::LengthMismatch;
+    assert_eq!(v, Verdict::Dropped(DropReason::Malformed(e)));
+    assert!(matches!(
+        h.rec.take_events()[..],
+        [
+            TurnEvent::Failed(TurnFailure::Malformed(DecodeError::LengthMismatch)),
+            TurnEvent::Closed { .. }
+        ]
+    ));
+    h.checker.assert_all_closed();
+}
+
 /// Allocated, with a permission for PEER.
 fn permitted(h: &mut Harness, server: &mut Server) {
     allocated(h, server);
