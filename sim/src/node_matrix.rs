@@ -559,17 +559,21 @@ pub fn connect_once(w: &mut NodeWorld) -> Result<(Path, Duration, StreamId, Stre
     if path_b != path {
         return Err(format!("paths differ: A {path:?}, B {path_b:?}"));
     }
-    exchange(w, mark, stream_a, stream_b)?;
+    exchange(w, mark, stream_a, stream_b, path)?;
     Ok((path, elapsed, stream_a, stream_b))
 }
 
-/// Sends a message each way, finishes both sides, and checks each end got the other's bytes
-/// and FINISH.
+/// Sends a message each way, finishes both sides (the FINISHes cross), and checks each end got
+/// the other's bytes and FINISH; on a relayed stream also that each end's FINISH was
+/// acknowledged ([`NodeEvent::FinishAcknowledged`]: the relay has no half-close, so the channel's
+/// ack is what lets either side close without loss). On other paths the acks are not awaited: a
+/// side whose FIN went out before the peer's FINISH came cannot send one.
 fn exchange(
     w: &mut NodeWorld,
     mark: [usize; 2],
     stream_a: StreamId,
     stream_b: StreamId,
+    path: Path,
 ) -> Result<(), String> {
     let [a, b] = w.hosts;
     let messages: [&[u8]; 2] = [b"hello from a", b"hello from b"];
@@ -585,6 +589,7 @@ fn exchange(
     let got = |evs: &[NodeEvent], stream: StreamId| {
         let mut bytes = Vec::new();
         let mut finished = false;
+        let mut acked = false;
         for e in evs {
             match e {
                 NodeEvent::Data {
@@ -592,21 +597,23 @@ fn exchange(
                     bytes: b,
                 } if *s == stream => bytes.extend_from_slice(b),
                 NodeEvent::PeerFinished { stream: s } if *s == stream => finished = true,
+                NodeEvent::FinishAcknowledged { stream: s } if *s == stream => acked = true,
                 _ => {}
             }
         }
-        (bytes, finished)
+        (bytes, finished, acked)
     };
+    let need_acks = path == Path::Relayed;
     let done = |w: &NodeWorld| {
-        let (ab, af) = got(w.since(mark, 0), stream_a);
-        let (bb, bf) = got(w.since(mark, 1), stream_b);
-        af && bf && ab == messages[1] && bb == messages[0]
+        let (ab, af, aa) = got(w.since(mark, 0), stream_a);
+        let (bb, bf, ba) = got(w.since(mark, 1), stream_b);
+        af && bf && ab == messages[1] && bb == messages[0] && (!need_acks || (aa && ba))
     };
     if !w.run_until(Duration::from_secs(30), done) {
-        let (ab, af) = got(w.since(mark, 0), stream_a);
-        let (bb, bf) = got(w.since(mark, 1), stream_b);
+        let (ab, af, aa) = got(w.since(mark, 0), stream_a);
+        let (bb, bf, ba) = got(w.since(mark, 1), stream_b);
         return Err(format!(
-            "exchange: A got {:?} finished {af}, B got {:?} finished {bf}",
+            "exchange: A got {:?} finished {af} acked {aa}, B got {:?} finished {bf} acked {ba}",
             String::from_utf8_lossy(&ab),
             String::from_utf8_lossy(&bb)
         ));
