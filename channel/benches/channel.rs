@@ -25,7 +25,7 @@ use divan::counter::BytesCount;
 use divan::Bencher;
 use p2pd_channel::{
     Channel, ChannelConfig, ChannelEvent, ChannelKeys, Identity, Instant, Role, FRAME_HEADER_LEN,
-    TAG_LEN,
+    KIND_DATA, KIND_LEN, TAG_LEN,
 };
 
 const BULK: usize = 16 << 20;
@@ -201,7 +201,7 @@ fn seal_only(bencher: Bencher) {
 }
 
 /// `seal_only`'s buffer moves without the cipher: each chunk framed into the send buffer (header,
-/// plaintext, room for the tag) in frame-sized pieces, then taken.
+/// kind byte, plaintext, room for the tag) in frame-sized pieces, then taken.
 #[divan::bench(sample_count = 20)]
 fn seal_bare(bencher: Bencher) {
     let data = vec![0x5au8; BULK];
@@ -210,8 +210,9 @@ fn seal_bare(bencher: Bencher) {
         let mut wire = 0;
         for chunk in data.chunks(CHUNK) {
             for piece in chunk.chunks(max_frame()) {
-                let len = u16::try_from(piece.len() + TAG_LEN).unwrap();
+                let len = u16::try_from(KIND_LEN + piece.len() + TAG_LEN).unwrap();
                 out.extend_from_slice(&len.to_be_bytes());
+                out.push(KIND_DATA);
                 out.extend_from_slice(piece);
                 out.resize(out.len() + TAG_LEN, 0);
             }
@@ -276,7 +277,8 @@ fn open_only(bencher: Bencher) {
 #[divan::bench(sample_count = 20)]
 fn open_bare(bencher: Bencher) {
     let wire = sealed_stream();
-    let mut partial: Vec<u8> = Vec::with_capacity(max_frame() + TAG_LEN + FRAME_HEADER_LEN);
+    let mut partial: Vec<u8> =
+        Vec::with_capacity(max_frame() + KIND_LEN + TAG_LEN + FRAME_HEADER_LEN);
     let announced = |b: &[u8]| usize::from(u16::from_be_bytes([b[0], b[1]]));
     bencher.counter(BytesCount::new(BULK)).bench_local(|| {
         let mut delivered = 0;
@@ -286,7 +288,7 @@ fn open_bare(bencher: Bencher) {
                 if partial.is_empty() && input.len() >= FRAME_HEADER_LEN {
                     let end = FRAME_HEADER_LEN + announced(input);
                     if input.len() >= end {
-                        let plain = &input[FRAME_HEADER_LEN..end - TAG_LEN];
+                        let plain = &input[FRAME_HEADER_LEN + KIND_LEN..end - TAG_LEN];
                         delivered += black_box(plain.to_vec()).len();
                         input = &input[end..];
                         continue;
@@ -303,7 +305,7 @@ fn open_bare(bencher: Bencher) {
                 if partial.len() >= FRAME_HEADER_LEN
                     && partial.len() == FRAME_HEADER_LEN + announced(&partial)
                 {
-                    let plain = &partial[FRAME_HEADER_LEN..partial.len() - TAG_LEN];
+                    let plain = &partial[FRAME_HEADER_LEN + KIND_LEN..partial.len() - TAG_LEN];
                     delivered += black_box(plain.to_vec()).len();
                     partial.clear();
                 }
