@@ -214,19 +214,28 @@ impl Node {
         }
         let serial = c.relay.take();
         c.relay_token = None;
-        c.relay_failure = Some(failure);
+        c.relay_failure = Some(failure.clone());
         let in_phase_c = matches!(c.stage, Stage::PhaseC { .. });
         if in_phase_c {
             c.stage = Stage::PhaseC { until: None };
         }
+        let relay = serial
+            .and_then(|serial| self.relays.iter().find(|r| r.serial == serial))
+            .map(|r| r.client.config().server);
         if let Some(serial) = serial {
             self.release_relay(now, serial);
         }
         self.drop_relayed_conns_of(connect);
-        if self.start_relay(now, i) {
-            return;
+        let next = self.start_relay(now, i);
+        if let Some(relay) = relay {
+            self.events.push_back(NodeEvent::RelayFailed {
+                connect,
+                relay,
+                failure,
+                next,
+            });
         }
-        if in_phase_c {
+        if !next && in_phase_c {
             self.relay_exhausted(now, i);
         }
     }

@@ -206,6 +206,19 @@ pub enum NodeEvent {
         /// Why.
         reason: PnpFailure,
     },
+    /// A configured relay failed for a connect (refused, unreachable, timed out, or its relayed
+    /// address was not reached): the next configured one is tried if `next`, else phase C
+    /// fails with this failure.
+    RelayFailed {
+        /// The connect.
+        connect: ConnectId,
+        /// The relay's address.
+        relay: SocketAddr,
+        /// Why.
+        failure: PhaseFailure,
+        /// Whether another relay is tried.
+        next: bool,
+    },
     /// A connect made progress (a phase started).
     Progress {
         /// The connect.

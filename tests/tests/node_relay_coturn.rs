@@ -187,6 +187,8 @@ struct Outcome {
     rt: Runtime,
     a: Node,
     event: NodeEvent,
+    /// The relays that failed on the way: (relay, failure, whether the next was tried).
+    relay_failures: Vec<(SocketAddr, PhaseFailure, bool)>,
 }
 
 /// The echo peer's thread: its allocations and the paths it accepted.
@@ -210,14 +212,33 @@ fn connect_through(
     });
     a.connect(rt.now(), Target::Address(Box::new(address)))
         .expect("connect");
+    let mut relay_failures = Vec::new();
     let event = run_until(&mut rt, &mut a, Duration::from_secs(20), "connect", |ev| {
+        if let NodeEvent::RelayFailed {
+            relay,
+            failure,
+            next,
+            ..
+        } = ev
+        {
+            relay_failures.push((*relay, failure.clone(), *next));
+        }
         matches!(
             ev,
             NodeEvent::Connected { .. } | NodeEvent::ConnectFailed { .. }
         )
         .then(|| ev.clone())
     });
-    (Outcome { rt, a, event }, stop_tx, peer)
+    (
+        Outcome {
+            rt,
+            a,
+            event,
+            relay_failures,
+        },
+        stop_tx,
+        peer,
+    )
 }
 
 fn report(phases: &[PhaseReport], phase: Phase) -> &PhaseReport {
@@ -409,6 +430,35 @@ fn relays_that_refuse_never_answer_or_reject_the_credentials_are_followed_by_the
         "the silent relay's timeout is part of it"
     );
     assert_eq!(o.a.stats().allocations, 4, "every relay was tried in turn");
+    // Each failure was reported, typed, with the next relay tried.
+    let failed: Vec<SocketAddr> = o.relay_failures.iter().map(|f| f.0).collect();
+    assert_eq!(
+        failed,
+        vec![
+            refused_at,
+            silent.local_addr().expect("addr"),
+            coturn.primary
+        ],
+        "{:?}",
+        o.relay_failures
+    );
+    assert!(
+        o.relay_failures.iter().all(|f| f.2),
+        "{:?}",
+        o.relay_failures
+    );
+    assert!(matches!(
+        o.relay_failures[0].1,
+        PhaseFailure::Relay(TurnFailure::ConnectFailed(_))
+    ));
+    assert_eq!(
+        o.relay_failures[1].1,
+        PhaseFailure::Relay(TurnFailure::Timeout)
+    );
+    assert!(matches!(
+        o.relay_failures[2].1,
+        PhaseFailure::Relay(TurnFailure::Unauthenticated | TurnFailure::WrongCredentials)
+    ));
     stop.send(()).expect("stop");
     let _ = peer.join();
 
@@ -435,6 +485,8 @@ fn relays_that_refuse_never_answer_or_reject_the_credentials_are_followed_by_the
         "{phases:?}"
     );
     assert_eq!(o.a.stats().allocations, 2);
+    let nexts: Vec<bool> = o.relay_failures.iter().map(|f| f.2).collect();
+    assert_eq!(nexts, vec![true, false], "{:?}", o.relay_failures);
     stop.send(()).expect("stop");
     let _ = peer.join();
 }

@@ -195,6 +195,12 @@ fn on_event(
                 reason.to_string(),
             );
         }
+        NodeEvent::RelayFailed {
+            relay,
+            failure,
+            next,
+            ..
+        } => status.relay_failed(relay, &failure, next),
         NodeEvent::Progress { phase, .. } => state.phase = phase.as_str(),
         NodeEvent::Accepted {
             stream,

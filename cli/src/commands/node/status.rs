@@ -4,7 +4,7 @@
 
 use std::net::SocketAddr;
 
-use p2pd_node::{PhaseOutcome, PhaseReport};
+use p2pd_node::{PhaseFailure, PhaseOutcome, PhaseReport};
 use p2pd_signaling::{NatInfo, PeerAddress, PublicKey};
 use serde::Serialize;
 
@@ -123,6 +123,13 @@ struct Reason {
     reason: String,
 }
 
+#[derive(Debug, Serialize)]
+struct RelayFailed {
+    relay: SocketAddr,
+    reason: String,
+    next: bool,
+}
+
 impl Status {
     fn emit<T: Serialize>(&self, event: &'static str, human: String, fields: T) {
         self.out.status(human, &Line { event, fields });
@@ -226,6 +233,24 @@ impl Status {
                 target: target.to_string(),
                 phase,
                 elapsed_ms,
+            },
+        );
+    }
+
+    /// A relay failed for the connect (`next`: the next configured one is tried).
+    pub fn relay_failed(&self, relay: SocketAddr, failure: &PhaseFailure, next: bool) {
+        let then = if next {
+            "trying the next relay"
+        } else {
+            "no relay left"
+        };
+        self.emit(
+            "relay_failed",
+            format!("relay {relay}: {failure} ({then})"),
+            RelayFailed {
+                relay,
+                reason: failure.to_string(),
+                next,
             },
         );
     }
