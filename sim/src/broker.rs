@@ -305,7 +305,7 @@ pub struct MqttBroker {
     retained: BTreeMap<String, (QoS, Vec<u8>)>,
     next_auto_id: u64,
     ops: VecDeque<SocketOp>,
-    transmits: VecDeque<(SocketId, Vec<u8>)>,
+    out: crate::out_queue::OutQueue,
     events: VecDeque<BrokerEvent>,
     stats: BrokerStats,
     timeout: Option<Instant>,
@@ -335,7 +335,7 @@ impl MqttBroker {
             retained: BTreeMap::new(),
             next_auto_id: 0,
             ops,
-            transmits: VecDeque::new(),
+            out: crate::out_queue::OutQueue::default(),
             events: VecDeque::new(),
             stats: BrokerStats::default(),
             timeout: None,
@@ -439,9 +439,7 @@ impl MqttBroker {
             return;
         }
         conn.unsent += bytes.len();
-        for chunk in bytes.chunks(p2pd_proto::TRANSMIT_BUFFER_LEN) {
-            self.transmits.push_back((socket, chunk.to_vec()));
-        }
+        self.out.push(socket, &bytes);
     }
 
     /// Ends a connection: its queued bytes go out first (dropped for a slow consumer), then the
@@ -454,7 +452,7 @@ impl MqttBroker {
         self.stats.closed += 1;
         self.ops.push_back(SocketOp::Close { socket });
         if reason == CloseReason::SlowConsumer {
-            self.transmits.retain(|(s, _)| *s != socket);
+            self.out.forget(socket);
         }
         if let Some(id) = &conn.client_id {
             if conn.keep_session {
@@ -504,7 +502,7 @@ impl MqttBroker {
                         properties: ConnAckProperties::default(),
                     };
                     if encode(&refuse, Protocol::V311, &mut bytes).is_ok() {
-                        self.transmits.push_back((socket, bytes));
+                        self.out.push(socket, &bytes);
                     }
                     self.stats.violations += 1;
                     return self.close_conn(socket, CloseReason::UnsupportedProtocol);
@@ -887,17 +885,11 @@ impl p2pd_proto::Machine for MqttBroker {
 
     /// The next chunk of a connection's outgoing bytes.
     fn poll_transmit(&mut self, buf: &mut [u8]) -> Option<Transmit> {
-        let (socket, data) = self.transmits.pop_front()?;
-        let len = data.len().min(buf.len());
-        buf.get_mut(..len)?.copy_from_slice(data.get(..len)?);
-        if let Some(conn) = self.conns.get_mut(&socket) {
-            conn.unsent = conn.unsent.saturating_sub(data.len());
+        let (transmit, len) = self.out.poll_transmit(buf)?;
+        if let Some(conn) = self.conns.get_mut(&transmit.socket) {
+            conn.unsent = conn.unsent.saturating_sub(len);
         }
-        Some(Transmit {
-            socket,
-            destination: SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0)),
-            len,
-        })
+        Some(transmit)
     }
 
     /// The next socket intent.

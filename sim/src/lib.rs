@@ -120,6 +120,7 @@ pub mod matrix;
 mod natbox;
 mod node;
 pub mod node_matrix;
+mod out_queue;
 mod parallel;
 pub mod punch_matrix;
 mod raw;

@@ -191,8 +191,7 @@ pub struct TurnServer {
     orphans: BTreeSet<SocketId>,
     next_id: u32,
     ops: VecDeque<SocketOp>,
-    transmits: VecDeque<(SocketId, Vec<u8>)>,
-    queued: usize,
+    out: crate::out_queue::OutQueue,
     events: VecDeque<TurnServerEvent>,
     stats: TurnServerStats,
     timeout: Option<Instant>,
@@ -234,8 +233,7 @@ impl TurnServer {
             orphans: BTreeSet::new(),
             next_id: 1,
             ops,
-            transmits: VecDeque::new(),
-            queued: 0,
+            out: crate::out_queue::OutQueue::default(),
             events: VecDeque::new(),
             stats: TurnServerStats::default(),
             timeout: None,
@@ -378,13 +376,10 @@ impl TurnServer {
         if bytes.is_empty() {
             return true;
         }
-        if self.queued.saturating_add(bytes.len()) > MAX_QUEUED {
+        if self.out.queued().saturating_add(bytes.len()) > MAX_QUEUED {
             return false;
         }
-        self.queued = self.queued.saturating_add(bytes.len());
-        for chunk in bytes.chunks(p2pd_proto::TRANSMIT_BUFFER_LEN) {
-            self.transmits.push_back((socket, chunk.to_vec()));
-        }
+        self.out.push(socket, bytes);
         true
     }
 

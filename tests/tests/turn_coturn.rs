@@ -58,6 +58,20 @@ fn run_until(
     seen
 }
 
+/// Closes `client` and runs it until `Closed`, which must confirm the deallocation.
+fn close_deallocated(rt: &mut Runtime, client: &mut TurnClient, coturn: &Coturn) {
+    client.close(rt.now());
+    let events = run_until(rt, client, coturn, |_, _, e| {
+        matches!(e, TurnEvent::Closed { .. })
+    });
+    assert_eq!(
+        events.last(),
+        Some(&TurnEvent::Closed { deallocated: true }),
+        "coturn log:\n{}",
+        coturn.log()
+    );
+}
+
 /// Whether coturn is here (else the test prints SKIP, or fails under CI).
 fn turnserver_installed() -> bool {
     let here = common::on_path("turnserver");
@@ -129,16 +143,7 @@ fn allocate_refresh_close(coturn: &Coturn, credentials: Credentials) {
     }
 
     // Close: deallocation confirmed, the control socket closed once.
-    client.close(rt.now());
-    let events = run_until(&mut rt, &mut client, coturn, |_, _, e| {
-        matches!(e, TurnEvent::Closed { .. })
-    });
-    assert_eq!(
-        events.last(),
-        Some(&TurnEvent::Closed { deallocated: true }),
-        "coturn log:\n{}",
-        coturn.log()
-    );
+    close_deallocated(&mut rt, &mut client, coturn);
     assert!(client.is_done());
     assert_eq!(client.poll_timeout(), None);
     let _ = rt.run(&mut client, Some(Duration::from_secs(2)), |_, _, _| {
@@ -272,14 +277,7 @@ fn rfc6062_connect_and_connection_attempt_through_coturn() {
     );
     assert_eq!(client.stats().connections, 2);
 
-    client.close(rt.now());
-    let events = run_until(&mut rt, &mut client, &coturn, |_, _, e| {
-        matches!(e, TurnEvent::Closed { .. })
-    });
-    assert_eq!(
-        events.last(),
-        Some(&TurnEvent::Closed { deallocated: true })
-    );
+    close_deallocated(&mut rt, &mut client, &coturn);
 }
 
 #[test]
@@ -309,14 +307,7 @@ fn turn_refresh_against_coturn_survives_a_stale_nonce() {
         "coturn never answered 438:\n{}",
         coturn.log()
     );
-    client.close(rt.now());
-    let events = run_until(&mut rt, &mut client, &coturn, |_, _, e| {
-        matches!(e, TurnEvent::Closed { .. })
-    });
-    assert_eq!(
-        events.last(),
-        Some(&TurnEvent::Closed { deallocated: true })
-    );
+    close_deallocated(&mut rt, &mut client, &coturn);
 }
 
 #[test]
@@ -363,12 +354,5 @@ fn udp_relay_through_coturn_carries_datagrams_both_ways() {
         }]
     );
 
-    client.close(rt.now());
-    let events = run_until(&mut rt, &mut client, &coturn, |_, _, e| {
-        matches!(e, TurnEvent::Closed { .. })
-    });
-    assert_eq!(
-        events.last(),
-        Some(&TurnEvent::Closed { deallocated: true })
-    );
+    close_deallocated(&mut rt, &mut client, &coturn);
 }

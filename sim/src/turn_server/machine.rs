@@ -1,7 +1,5 @@
 //! The machine contract for [`TurnServer`], and its place in the simulator.
 
-use core::net::{Ipv4Addr, SocketAddr};
-
 use p2pd_proto::stun::StreamFramer;
 use p2pd_proto::{
     DropReason, Instant, IoError, Machine, OpKind, SocketId, SocketOp, SocketOutcome, Transmit,
@@ -238,15 +236,7 @@ impl Machine for TurnServer {
 
     /// The next chunk of a connection's outgoing bytes.
     fn poll_transmit(&mut self, buf: &mut [u8]) -> Option<Transmit> {
-        let (socket, data) = self.transmits.pop_front()?;
-        self.queued = self.queued.saturating_sub(data.len());
-        let len = data.len().min(buf.len());
-        buf.get_mut(..len)?.copy_from_slice(data.get(..len)?);
-        Some(Transmit {
-            socket,
-            destination: SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0)),
-            len,
-        })
+        self.out.poll_transmit(buf).map(|(transmit, _)| transmit)
     }
 
     /// The next socket intent.

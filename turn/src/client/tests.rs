@@ -173,6 +173,19 @@ impl Harness {
         h
     }
 
+    /// The machine reported `failure`, then `Closed` without a deallocation, and closed every
+    /// socket.
+    fn fails_and_closes(&mut self, failure: TurnFailure) {
+        assert_eq!(
+            self.rec.take_events(),
+            vec![
+                TurnEvent::Failed(failure),
+                TurnEvent::Closed { deallocated: false }
+            ]
+        );
+        self.checker.assert_all_closed();
+    }
+
     fn drain(&mut self) {
         let _ = self
             .checker
@@ -419,14 +432,7 @@ fn a_wrong_password_fails_unauthenticated_and_closes_once() {
     let req = h.connect();
     h.serve(&mut server, req);
     assert_eq!(server.seen.len(), 2, "one challenge, one refusal, no loop");
-    assert_eq!(
-        h.rec.take_events(),
-        vec![
-            TurnEvent::Failed(TurnFailure::Unauthenticated),
-            TurnEvent::Closed { deallocated: false }
-        ]
-    );
-    h.checker.assert_all_closed();
+    h.fails_and_closes(TurnFailure::Unauthenticated);
 }
 
 #[test]
@@ -445,15 +451,7 @@ fn allocate_errors_are_typed_failures() {
         server.allocate_error = Some(code);
         let req = h.connect();
         h.serve(&mut server, req);
-        assert_eq!(
-            h.rec.take_events(),
-            vec![
-                TurnEvent::Failed(failure),
-                TurnEvent::Closed { deallocated: false }
-            ],
-            "{code}"
-        );
-        h.checker.assert_all_closed();
+        h.fails_and_closes(failure);
     }
 }
 
@@ -555,14 +553,7 @@ fn no_answer_times_out_and_closes() {
     let deadline = h.client.poll_timeout().unwrap();
     assert_eq!(deadline, Instant::ZERO + Duration::from_secs(10));
     h.advance_to(deadline);
-    assert_eq!(
-        h.rec.take_events(),
-        vec![
-            TurnEvent::Failed(TurnFailure::Timeout),
-            TurnEvent::Closed { deallocated: false }
-        ]
-    );
-    h.checker.assert_all_closed();
+    h.fails_and_closes(TurnFailure::Timeout);
 }
 
 #[test]
@@ -592,14 +583,7 @@ fn a_refused_connect_is_a_typed_failure() {
         destination: None,
         error: IoError::ConnectionRefused,
     });
-    assert_eq!(
-        h.rec.take_events(),
-        vec![
-            TurnEvent::Failed(TurnFailure::ConnectFailed(IoError::ConnectionRefused)),
-            TurnEvent::Closed { deallocated: false }
-        ]
-    );
-    h.checker.assert_all_closed();
+    h.fails_and_closes(TurnFailure::ConnectFailed(IoError::ConnectionRefused));
 }
 
 #[test]
